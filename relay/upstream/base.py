@@ -1,0 +1,84 @@
+"""The contract between the relay and an OpenAI Realtime upstream.
+
+The web layer maps these errors to HTTP: ``UpstreamTimeout`` → 504,
+``UpstreamError`` → 502 (keeping the upstream's status and error code).
+Secrets (API key, ek_ values) never appear in a message, repr or log line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+Stage = Literal["mint", "sdp", "hangup"]
+
+
+@dataclass(frozen=True)
+class MintedSession:
+    """An upstream session minted for one interview; ``secret`` stays on the server."""
+
+    secret: str = field(repr=False)
+    # Unix seconds after which the secret no longer opens a call.
+    expires_at: int
+    model: str
+    # The upstream's own session id (sess_…) when it returns one.
+    upstream_session_id: str | None = None
+
+
+@dataclass(frozen=True)
+class SdpAnswer:
+    sdp: str
+    # rtc_… from the Location header (GA); None when the dialect has no call id.
+    call_id: str | None = None
+
+
+class UpstreamFailure(Exception):
+    """Base for failures talking to the upstream."""
+
+    def __init__(self, stage: Stage, message: str) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.message = message
+
+
+class UpstreamTimeout(UpstreamFailure):
+    """The upstream did not answer within the configured timeout (→ 504)."""
+
+
+class UpstreamError(UpstreamFailure):
+    """The upstream answered with an error or could not be reached (→ 502).
+
+    ``status`` is the upstream HTTP status (None when unreachable); ``code`` is the
+    upstream ``error.code`` (or a relay code such as ``upstream_unreachable``).
+    """
+
+    def __init__(
+        self, stage: Stage, message: str, *, status: int | None, code: str | None
+    ) -> None:
+        super().__init__(stage, message)
+        self.status = status
+        self.code = code
+
+
+class UpstreamClient(Protocol):
+    """One OpenAI Realtime dialect (ga or beta), or the simulator behind the same HTTP."""
+
+    @property
+    def dialect(self) -> str: ...
+
+    @property
+    def model(self) -> str: ...
+
+    async def mint(self, *, request_id: str) -> MintedSession:
+        """Create the upstream session with the server-owned configuration."""
+
+    async def exchange_sdp(
+        self, minted: MintedSession, offer_sdp: str, *, request_id: str
+    ) -> SdpAnswer:
+        """Post the relay's own SDP offer; return the upstream's answer."""
+
+    async def hangup(self, call_id: str) -> None:
+        """End the upstream call (best effort; errors are logged, not raised)."""
+
+    async def close(self) -> None:
+        """Release HTTP resources."""
