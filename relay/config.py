@@ -340,7 +340,9 @@ def validate(s: Settings) -> None:
     if s.database.pool_min_size > s.database.pool_max_size:
         raise ConfigError("database.pool_min_size: larger than database.pool_max_size")
     if not 0.0 < s.upstream.vad_threshold < 1.0:
-        raise ConfigError(f"upstream.vad_threshold: must be in (0, 1), got {s.upstream.vad_threshold}")
+        raise ConfigError(
+            f"upstream.vad_threshold: must be in (0, 1), got {s.upstream.vad_threshold}"
+        )
     if not 10 <= s.upstream.secret_ttl_s <= 7200:
         raise ConfigError("upstream.secret_ttl_s: must be within 10..7200 (OpenAI's bounds)")
     if s.upstream.base_url and not s.upstream.base_url.startswith(("http://", "https://")):

@@ -52,9 +52,7 @@ class UpstreamError(UpstreamFailure):
     upstream ``error.code`` (or a relay code such as ``upstream_unreachable``).
     """
 
-    def __init__(
-        self, stage: Stage, message: str, *, status: int | None, code: str | None
-    ) -> None:
+    def __init__(self, stage: Stage, message: str, *, status: int | None, code: str | None) -> None:
         super().__init__(stage, message)
         self.status = status
         self.code = code
