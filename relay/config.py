@@ -238,7 +238,7 @@ def load_settings(
         if len(parts) != 2 or not all(parts):
             raise ConfigError(f"{name}: expected RELAY__SECTION__KEY")
         raw.setdefault(parts[0], {})[parts[1]] = _parse_env_value(value)
-    settings = _build(Settings, raw, "")
+    settings: Settings = _build(Settings, raw, "")
     validate(settings)
     return settings
 

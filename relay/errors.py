@@ -1,4 +1,4 @@
-"""The one error type the HTTP layer renders as JSON.
+"""The one error type every layer raises and the HTTP layer renders as JSON.
 
 ``{"error": {"code", "message", "retryable", ...}, "request_id": "req_…"}`` with the
 right status and headers (Retry-After on 429/503). Routes and services raise

@@ -1,0 +1,447 @@
+"""PostgreSQL access: a warmed asyncpg pool, per-query timeouts, retries with backoff.
+
+Every statement goes through ``_run``: it acquires a pooled connection and runs the
+statement with ``database.query_timeout_s``; on a connection error or a timeout it
+retries ``database.retries`` times with exponential backoff and full jitter (the
+``backoff`` package), then raises ``DatabaseUnavailable`` (the web layer answers 503
+with Retry-After). Errors that retrying cannot fix (constraint violations, SQL errors)
+propagate at once.
+
+The pool is created empty and warmed in the background (``warm``), so a database that
+is down at start-up does not stop the relay from starting; ``/readyz`` says so and
+the pool connects as soon as the database is back. A keep-warm task pings idle
+connections so that a restarted database is noticed before a candidate's request is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeVar
+
+import asyncpg
+import backoff
+
+from relay.admission.migrate import migrate
+from relay.config import DatabaseConfig
+from relay.observability.metrics import MetricsRegistry
+from relay.observability.request_context import record_stage
+
+log = logging.getLogger("relay.db")
+
+T = TypeVar("T")
+
+# Errors a retry can fix: the server is unreachable, restarting, overloaded or slow.
+RETRYABLE_ERRORS: tuple[type[Exception], ...] = (
+    OSError,  # connection refused / reset (ConnectionError is a subclass)
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,  # connection closed underneath us
+    asyncpg.CannotConnectNowError,  # server starting up or shutting down
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.QueryCanceledError,  # statement_timeout on the server side
+)
+
+SessionState = Literal["pending", "connecting", "active", "ended", "failed"]
+
+
+class DatabaseUnavailable(Exception):
+    """The database did not answer after all retries (``code``: database_timeout or
+    database_unavailable)."""
+
+    def __init__(self, code: str, attempts: int, cause: BaseException) -> None:
+        super().__init__(f"{code} after {attempts} attempts: {type(cause).__name__}")
+        self.code = code
+        self.attempts = attempts
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    id: int
+    email: str
+    active: bool
+    remaining_seconds: int
+
+    def to_cache(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "email": self.email,
+            "active": self.active,
+            "remaining_seconds": self.remaining_seconds,
+        }
+
+    @classmethod
+    def from_cache(cls, data: dict[str, Any]) -> UserRecord:
+        return cls(
+            id=int(data["id"]),
+            email=str(data["email"]),
+            active=bool(data["active"]),
+            remaining_seconds=int(data["remaining_seconds"]),
+        )
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    id: str
+    user_id: int
+    request_id: str
+    state: SessionState
+    model: str
+    dialect: str
+    upstream_call_id: str | None
+    created_at: datetime
+    expires_at: datetime
+    connected_at: datetime | None
+    ended_at: datetime | None
+    end_reason: str | None
+    duration_seconds: float | None
+    debited_seconds: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        def iso(value: datetime | None) -> str | None:
+            return value.isoformat() if value else None
+
+        return {
+            "session_id": self.id,
+            "state": self.state,
+            "model": self.model,
+            "dialect": self.dialect,
+            "created_at": iso(self.created_at),
+            "expires_at": iso(self.expires_at),
+            "connected_at": iso(self.connected_at),
+            "ended_at": iso(self.ended_at),
+            "end_reason": self.end_reason,
+            "duration_seconds": self.duration_seconds,
+            "debited_seconds": self.debited_seconds,
+        }
+
+
+class Store:
+    def __init__(self, dsn: str, config: DatabaseConfig, metrics: MetricsRegistry) -> None:
+        self._dsn = dsn
+        self._config = config
+        self._pool: asyncpg.Pool | None = None
+        self._keepalive: asyncio.Task[None] | None = None
+        self._attempts = metrics.counter(
+            "relay_db_attempts_total",
+            "Database statement attempts by query and outcome",
+            ["query", "outcome"],
+        )
+        self._queries = metrics.counter(
+            "relay_db_queries_total", "Database statements started (before retries)", ["query"]
+        )
+        self._retries = metrics.counter("relay_db_retries_total", "Database retries", ["query"])
+        self._latency = metrics.summary(
+            "relay_db_latency_ms", "Database statement latency incl. retries", ["query"]
+        )
+        self._pool_warm = metrics.gauge("relay_db_pool_warm_connections", "Idle warm connections")
+
+    # ------------------------------------------------------------------ lifecycle
+    async def open(self) -> None:
+        """Create the pool without connecting (start-up never blocks on the database)."""
+        self._pool = await asyncpg.create_pool(
+            self._dsn,
+            min_size=0,
+            max_size=self._config.pool_max_size,
+            timeout=self._config.connect_timeout_s,
+            command_timeout=self._config.query_timeout_s,
+            # Warm connections stay warm: the keep-warm task, not idleness, retires them.
+            max_inactive_connection_lifetime=0,
+        )
+        self._keepalive = asyncio.create_task(self._keep_warm(), name="db-keep-warm")
+
+    async def close(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            await asyncio.gather(self._keepalive, return_exceptions=True)
+            self._keepalive = None
+        if self._pool is not None:
+            try:
+                await asyncio.wait_for(self._pool.close(), timeout=5)
+            except (TimeoutError, OSError, asyncpg.PostgresError):
+                self._pool.terminate()
+            self._pool = None
+
+    async def warm(self) -> int:
+        """Open ``pool_min_size`` connections and prove each with SELECT 1; return how many."""
+        pool = self._require_pool()
+        wanted = self._config.pool_min_size
+        conns: list[asyncpg.Connection] = []
+        try:
+            for _ in range(wanted):
+                conn = await pool.acquire(timeout=self._config.connect_timeout_s)
+                conns.append(conn)
+                await conn.fetchval("SELECT 1", timeout=self._config.query_timeout_s)
+        finally:
+            for conn in conns:
+                await pool.release(conn)
+        self._pool_warm.set(len(conns))
+        return len(conns)
+
+    async def migrate(self) -> None:
+        pool = self._require_pool()
+        async with pool.acquire(timeout=self._config.connect_timeout_s) as conn:
+            await migrate(conn)
+
+    async def ping(self, timeout_s: float = 1.0) -> None:
+        """One SELECT 1 without retries (readiness); raises on failure."""
+        pool = self._require_pool()
+        async with pool.acquire(timeout=timeout_s) as conn:
+            await conn.fetchval("SELECT 1", timeout=timeout_s)
+
+    async def _keep_warm(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.keepalive_interval_s)
+            try:
+                await self.warm()
+            except RETRYABLE_ERRORS as exc:
+                self._pool_warm.set(0)
+                log.warning("keep-warm: database unreachable (%s)", type(exc).__name__)
+
+    def _require_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("Store.open() was not called")
+        return self._pool
+
+    # ------------------------------------------------------------------ core
+    async def _run(self, query: str, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        pool = self._require_pool()
+        config = self._config
+        self._queries.inc(query=query)
+        attempts = 0
+
+        def _on_backoff(details: Any) -> None:
+            self._retries.inc(query=query)
+            log.warning(
+                "DATABASE_RETRY %s attempt %d failed (%s); retrying in %.0fms",
+                query,
+                details["tries"],
+                type(details["exception"]).__name__,
+                details["wait"] * 1000,
+            )
+
+        @backoff.on_exception(
+            backoff.expo,
+            RETRYABLE_ERRORS,
+            max_tries=config.retries + 1,
+            base=2,
+            factor=config.backoff_base_s,
+            max_value=config.backoff_max_s,
+            jitter=backoff.full_jitter,
+            on_backoff=_on_backoff,
+            logger=None,
+        )
+        async def attempt() -> T:
+            nonlocal attempts
+            attempts += 1
+            try:
+                async with pool.acquire(timeout=config.connect_timeout_s) as conn:
+                    result = await asyncio.wait_for(op(conn), timeout=config.query_timeout_s)
+            except RETRYABLE_ERRORS as exc:
+                outcome = "timeout" if isinstance(exc, TimeoutError) else "connection_error"
+                self._attempts.inc(query=query, outcome=outcome)
+                raise
+            self._attempts.inc(query=query, outcome="ok")
+            return result
+
+        started = time.perf_counter()
+        try:
+            return await attempt()
+        except RETRYABLE_ERRORS as exc:
+            code = "database_timeout" if isinstance(exc, TimeoutError) else "database_unavailable"
+            raise DatabaseUnavailable(code, attempts, exc) from exc
+        finally:
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            self._latency.observe(elapsed_ms, query=query)
+            record_stage("db", elapsed_ms)
+
+    # ------------------------------------------------------------------ users
+    async def find_user_by_token_hash(self, token_hash: str) -> UserRecord | None:
+        async def op(conn: asyncpg.Connection) -> asyncpg.Record | None:
+            return await conn.fetchrow(
+                "SELECT id, email, active, remaining_seconds FROM users WHERE token_hash = $1",
+                token_hash,
+            )
+
+        row = await self._run("user_by_token", op)
+        return _user(row) if row else None
+
+    async def create_user(self, email: str, token_hash: str, seconds: int) -> UserRecord:
+        async def op(conn: asyncpg.Connection) -> asyncpg.Record:
+            return await conn.fetchrow(
+                """INSERT INTO users (email, token_hash, remaining_seconds) VALUES ($1, $2, $3)
+                   RETURNING id, email, active, remaining_seconds""",
+                email,
+                token_hash,
+                seconds,
+            )
+
+        return _user(await self._run("create_user", op))
+
+    async def revoke_user(self, email: str) -> UserRecord | None:
+        async def op(conn: asyncpg.Connection) -> asyncpg.Record | None:
+            return await conn.fetchrow(
+                """UPDATE users SET active = FALSE, revoked_at = now() WHERE email = $1
+                   RETURNING id, email, active, remaining_seconds""",
+                email,
+            )
+
+        row = await self._run("revoke_user", op)
+        return _user(row) if row else None
+
+    async def find_user_by_email(self, email: str) -> UserRecord | None:
+        async def op(conn: asyncpg.Connection) -> asyncpg.Record | None:
+            return await conn.fetchrow(
+                "SELECT id, email, active, remaining_seconds FROM users WHERE email = $1", email
+            )
+
+        row = await self._run("user_by_email", op)
+        return _user(row) if row else None
+
+    # ------------------------------------------------------------------ sessions
+    async def create_session(
+        self,
+        *,
+        session_id: str,
+        user_id: int,
+        request_id: str,
+        model: str,
+        dialect: str,
+        relay_instance: str,
+        expires_at: datetime,
+    ) -> None:
+        async def op(conn: asyncpg.Connection) -> None:
+            await conn.execute(
+                """INSERT INTO interview_sessions
+                   (id, user_id, request_id, state, model, dialect, relay_instance, expires_at)
+                   VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7)""",
+                session_id,
+                user_id,
+                request_id,
+                model,
+                dialect,
+                relay_instance,
+                expires_at,
+            )
+
+        await self._run("create_session", op)
+
+    async def set_session_state(
+        self,
+        session_id: str,
+        state: SessionState,
+        *,
+        upstream_session_id: str | None = None,
+        upstream_call_id: str | None = None,
+    ) -> None:
+        """Move a live session to pending/connecting/active (``active`` stamps connected_at)."""
+
+        async def op(conn: asyncpg.Connection) -> None:
+            await conn.execute(
+                """UPDATE interview_sessions
+                   SET state = $2,
+                       upstream_session_id = COALESCE($3, upstream_session_id),
+                       upstream_call_id = COALESCE($4, upstream_call_id),
+                       connected_at = CASE WHEN $2 = 'active' THEN COALESCE(connected_at, now())
+                                           ELSE connected_at END
+                   WHERE id = $1 AND state NOT IN ('ended', 'failed')""",
+                session_id,
+                state,
+                upstream_session_id,
+                upstream_call_id,
+            )
+
+        await self._run("set_session_state", op)
+
+    async def finish_session(
+        self,
+        session_id: str,
+        *,
+        state: Literal["ended", "failed"],
+        end_reason: str,
+        duration_seconds: float,
+    ) -> int | None:
+        """Close the row and debit the user's credit by the whole seconds used, atomically.
+
+        Idempotent: a row already closed is left alone and None is returned. Otherwise
+        returns the user's remaining seconds after the debit.
+        """
+        debit = max(0, int(-(-duration_seconds // 1)))  # ceil without float surprises
+
+        async def op(conn: asyncpg.Connection) -> int | None:
+            async with conn.transaction():
+                user_id = await conn.fetchval(
+                    """UPDATE interview_sessions
+                       SET state = $2, end_reason = $3, ended_at = now(),
+                           duration_seconds = $4, debited_seconds = $5
+                       WHERE id = $1 AND state NOT IN ('ended', 'failed')
+                       RETURNING user_id""",
+                    session_id,
+                    state,
+                    end_reason,
+                    duration_seconds,
+                    debit,
+                )
+                if user_id is None:
+                    return None
+                remaining: int = await conn.fetchval(
+                    """UPDATE users SET remaining_seconds = GREATEST(0, remaining_seconds - $2)
+                       WHERE id = $1 RETURNING remaining_seconds""",
+                    user_id,
+                    debit,
+                )
+                return remaining
+
+        return await self._run("finish_session", op)
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        async def op(conn: asyncpg.Connection) -> asyncpg.Record | None:
+            return await conn.fetchrow(
+                """SELECT id, user_id, request_id, state, model, dialect, upstream_call_id,
+                          created_at, expires_at, connected_at, ended_at, end_reason,
+                          duration_seconds, debited_seconds
+                   FROM interview_sessions WHERE id = $1""",
+                session_id,
+            )
+
+        row = await self._run("get_session", op)
+        if row is None:
+            return None
+        return SessionRecord(**dict(row))
+
+    async def recover_abandoned_sessions(self, relay_instance: str) -> int:
+        """Close rows this instance left live when it last stopped without draining.
+
+        Their true duration is unknown, so nothing is debited; the reason says why.
+        """
+
+        async def op(conn: asyncpg.Connection) -> str:
+            status: str = await conn.execute(
+                """UPDATE interview_sessions
+                   SET state = 'failed', end_reason = 'relay_restarted', ended_at = now(),
+                       debited_seconds = 0
+                   WHERE relay_instance = $1 AND state IN ('pending', 'connecting', 'active')""",
+                relay_instance,
+            )
+            return status
+
+        status = await self._run("recover_sessions", op)
+        return int(status.split()[-1])
+
+
+def _user(row: asyncpg.Record) -> UserRecord:
+    return UserRecord(
+        id=row["id"],
+        email=row["email"],
+        active=row["active"],
+        remaining_seconds=row["remaining_seconds"],
+    )
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

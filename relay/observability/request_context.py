@@ -1,0 +1,60 @@
+"""Per-request context carried through await chains: the request id and stage timings.
+
+The HTTP middleware opens a context for each request; anything below it (cache,
+database, upstream client) records how long its stage took with ``record_stage`` and
+logs through the request-aware logger, without threading a parameter everywhere.
+Outside a request these calls are harmless no-ops.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class RequestContext:
+    request_id: str
+    started: float = field(default_factory=time.perf_counter)
+    # Stage name → accumulated milliseconds (e.g. cache, db, upstream).
+    stages: dict[str, float] = field(default_factory=dict)
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000
+
+    def record(self, stage: str, ms: float) -> None:
+        self.stages[stage] = self.stages.get(stage, 0.0) + ms
+
+    def server_timing(self) -> str:
+        parts = [f"{name};dur={ms:.1f}" for name, ms in self.stages.items()]
+        parts.append(f"total;dur={self.elapsed_ms():.1f}")
+        return ", ".join(parts)
+
+
+_current: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
+    "relay_request_context", default=None
+)
+
+
+def begin(request_id: str) -> contextvars.Token[RequestContext | None]:
+    return _current.set(RequestContext(request_id))
+
+
+def end(token: contextvars.Token[RequestContext | None]) -> None:
+    _current.reset(token)
+
+
+def current() -> RequestContext | None:
+    return _current.get()
+
+
+def current_request_id() -> str:
+    ctx = _current.get()
+    return ctx.request_id if ctx else "-"
+
+
+def record_stage(stage: str, ms: float) -> None:
+    ctx = _current.get()
+    if ctx is not None:
+        ctx.record(stage, ms)

@@ -1,0 +1,150 @@
+"""The live sessions of this instance: reservation, single-use exchange, limits.
+
+A session is reserved when ``/api/realtime-session`` admits a user (state
+``pending``), claimed exactly once by ``/api/webrtc-exchange`` (``connecting``), and
+released when it ends. The registry enforces the per-user concurrent-session limit
+and the global cap in one place, synchronously (no awaits), so two concurrent
+requests can never both take the last slot.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from relay.config import LimitsConfig
+from relay.errors import ApiError
+from relay.observability.metrics import MetricsRegistry
+from relay.upstream.base import MintedSession
+
+LIVE_STATES = ("pending", "connecting", "active")
+
+
+@dataclass
+class SessionEntry:
+    session_id: str
+    user_id: int
+    # SHA-256 of the user's token: the cache key to invalidate when credit changes.
+    token_hash: str = field(repr=False)
+    request_id: str
+    # The longest this interview may last: min(config cap, the user's remaining seconds).
+    max_duration_s: float
+    expires_at: datetime
+    state: str = "pending"
+    minted: MintedSession | None = None
+    # The media bridge attached at exchange time (relay.media); typed loosely here to
+    # keep this module below the media layer.
+    bridge: Any = None
+    created_monotonic: float = field(default_factory=time.monotonic)
+
+    @property
+    def expired(self) -> bool:
+        return self.state == "pending" and datetime.now(UTC) >= self.expires_at
+
+
+def new_session_id() -> str:
+    return "is_" + secrets.token_hex(16)
+
+
+class SessionRegistry:
+    def __init__(self, limits: LimitsConfig, metrics: MetricsRegistry) -> None:
+        self._limits = limits
+        self._sessions: dict[str, SessionEntry] = {}
+        self._live_gauge = metrics.gauge(
+            "relay_sessions_live", "Sessions of this instance by state", ["state"]
+        )
+        self._rejected = metrics.counter(
+            "relay_sessions_rejected_total", "Sessions refused by a limit", ["reason"]
+        )
+
+    def _update_gauge(self) -> None:
+        counts = dict.fromkeys(LIVE_STATES, 0)
+        for entry in self._sessions.values():
+            counts[entry.state] = counts.get(entry.state, 0) + 1
+        for state, n in counts.items():
+            self._live_gauge.set(n, state=state)
+
+    def check_capacity(self, user_id: int) -> None:
+        """Raise 429/503 if this user or this instance is at its limit."""
+        if len(self._sessions) >= self._limits.global_max_sessions:
+            self._rejected.inc(reason="global_cap")
+            raise ApiError(
+                503,
+                "over_capacity",
+                "This relay is at capacity; try again shortly.",
+                retryable=True,
+                retry_after_s=self._limits.retry_after_s,
+            )
+        mine = sum(1 for e in self._sessions.values() if e.user_id == user_id)
+        if mine >= self._limits.per_user_concurrent_sessions:
+            self._rejected.inc(reason="user_concurrency")
+            raise ApiError(
+                429,
+                "too_many_sessions",
+                f"At most {self._limits.per_user_concurrent_sessions} concurrent sessions"
+                " per user.",
+                retryable=True,
+                retry_after_s=self._limits.retry_after_s,
+            )
+
+    def reserve(
+        self,
+        *,
+        user_id: int,
+        token_hash: str,
+        request_id: str,
+        max_duration_s: float,
+        pending_ttl_s: float,
+    ) -> SessionEntry:
+        self.check_capacity(user_id)
+        entry = SessionEntry(
+            session_id=new_session_id(),
+            user_id=user_id,
+            token_hash=token_hash,
+            request_id=request_id,
+            max_duration_s=max_duration_s,
+            expires_at=datetime.now(UTC) + timedelta(seconds=pending_ttl_s),
+        )
+        self._sessions[entry.session_id] = entry
+        self._update_gauge()
+        return entry
+
+    def get(self, session_id: str) -> SessionEntry | None:
+        return self._sessions.get(session_id)
+
+    def claim_for_exchange(self, session_id: str, user_id: int) -> SessionEntry:
+        """pending → connecting, once. 404 for unknown, foreign or expired; 409 if used."""
+        entry = self._sessions.get(session_id)
+        if entry is None or entry.user_id != user_id:
+            # Someone else's session is reported as unknown: no existence oracle.
+            raise ApiError(404, "session_not_found", "No such session for this user.")
+        if entry.state != "pending":
+            raise ApiError(409, "session_already_exchanged", "This session was already used.")
+        if entry.expired:
+            raise ApiError(404, "session_expired", "This session expired; create a new one.")
+        entry.state = "connecting"
+        self._update_gauge()
+        return entry
+
+    def set_state(self, session_id: str, state: str) -> None:
+        entry = self._sessions.get(session_id)
+        if entry is not None:
+            entry.state = state
+            self._update_gauge()
+
+    def release(self, session_id: str) -> SessionEntry | None:
+        entry = self._sessions.pop(session_id, None)
+        self._update_gauge()
+        return entry
+
+    def expired_pending(self) -> list[SessionEntry]:
+        return [e for e in self._sessions.values() if e.expired]
+
+    def live(self) -> list[SessionEntry]:
+        return list(self._sessions.values())
+
+    def __len__(self) -> int:
+        return len(self._sessions)
