@@ -1,0 +1,110 @@
+"""Who is calling, and may they start an interview: token → cache → PostgreSQL → policy."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+from relay.admission.cache import UserCache
+from relay.admission.rate_limit import SlidingWindowLimiter
+from relay.admission.store import DatabaseUnavailable, Store, UserRecord
+from relay.admission.tokens import bearer_token, hash_token, plausible_token
+from relay.config import Settings
+from relay.errors import ApiError
+from relay.observability.logging import stage
+from relay.observability.metrics import MetricsRegistry
+from relay.observability.request_context import current_request_id
+
+log = logging.getLogger("relay.admission")
+
+
+@dataclass(frozen=True)
+class Caller:
+    user: UserRecord
+    token_hash: str = field(repr=False)
+
+
+def database_error(exc: DatabaseUnavailable, retry_after_s: int) -> ApiError:
+    return ApiError(
+        503,
+        exc.code,
+        f"The database did not answer after {exc.attempts} attempts; try again shortly.",
+        retryable=True,
+        retry_after_s=retry_after_s,
+    )
+
+
+class Admission:
+    def __init__(
+        self, settings: Settings, store: Store, cache: UserCache, metrics: MetricsRegistry
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._cache = cache
+        self._limiter = SlidingWindowLimiter(settings.limits.per_user_requests_per_minute)
+        self._outcomes = metrics.counter(
+            "relay_admission_total", "Admission decisions", ["outcome"]
+        )
+
+    async def authenticate(self, authorization: str | None) -> Caller:
+        token = bearer_token(authorization)
+        if token is None:
+            self._outcomes.inc(outcome="missing_token")
+            raise ApiError(401, "missing_token", "Send 'Authorization: Bearer <token>'.")
+        if not plausible_token(token):
+            self._outcomes.inc(outcome="invalid_token")
+            raise ApiError(401, "invalid_token", "The token is not valid.")
+        token_hash = hash_token(token)
+
+        started = time.perf_counter()
+        cached = await self._cache.get(token_hash)
+        if cached is not None:
+            ms = (time.perf_counter() - started) * 1000
+            if cached.user is not None:
+                log.info("[DB Query] Cache hit for user %d - %.0fms", cached.user.id, ms)
+                user: UserRecord | None = cached.user
+            else:
+                log.info("[DB Query] Cache hit for an unknown token - %.0fms", ms)
+                user = None
+        else:
+            stage(log, "DATABASE_QUERY_START")
+            db_started = time.perf_counter()
+            try:
+                user = await self._store.find_user_by_token_hash(token_hash)
+            except DatabaseUnavailable as exc:
+                self._outcomes.inc(outcome=exc.code)
+                log.error("[%s] DATABASE_QUERY_FAILED %s", current_request_id(), exc)
+                raise database_error(exc, self._settings.database.retry_after_s) from exc
+            stage(log, "DATABASE_QUERY_COMPLETE", (time.perf_counter() - db_started) * 1000)
+            await self._cache.put(token_hash, user)
+        if user is None:
+            self._outcomes.inc(outcome="invalid_token")
+            raise ApiError(401, "invalid_token", "The token is not valid.")
+        return Caller(user, token_hash)
+
+    def check_policy(self, caller: Caller) -> None:
+        """Active, has credit, within the request rate. Raises 403/429."""
+        user = caller.user
+        if not user.active:
+            self._outcomes.inc(outcome="user_inactive")
+            raise ApiError(403, "user_inactive", "This account is not active.")
+        if user.remaining_seconds < self._settings.limits.min_remaining_seconds:
+            self._outcomes.inc(outcome="no_credit")
+            raise ApiError(403, "no_credit", "No interview time left on this account.")
+        wait = self._limiter.acquire(user.id)
+        if wait is not None:
+            self._outcomes.inc(outcome="rate_limited")
+            raise ApiError(
+                429,
+                "rate_limited",
+                "Too many session requests; slow down.",
+                retryable=True,
+                retry_after_s=max(1, math.ceil(wait)),
+            )
+        self._outcomes.inc(outcome="admitted")
+
+    async def forget(self, token_hash: str) -> None:
+        """Drop a user's cached record (credit or status changed)."""
+        await self._cache.invalidate(token_hash)

@@ -1,0 +1,42 @@
+"""The long-lived parts of one relay process, built and torn down by relay.app.
+
+Handlers reach them through the single typed app key ``SERVICES``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from relay.admission.cache import UserCache
+from relay.admission.service import Admission
+from relay.admission.store import Store
+from relay.config import Settings
+from relay.observability.metrics import MetricsRegistry
+from relay.sessions.registry import SessionRegistry
+from relay.sessions.service import SessionService
+from relay.upstream.base import UpstreamClient
+
+
+@dataclass
+class Services:
+    settings: Settings
+    metrics: MetricsRegistry
+    instance_id: str
+    store: Store
+    cache: UserCache
+    admission: Admission
+    registry: SessionRegistry
+    upstream: UpstreamClient
+    sessions: SessionService
+    # The operator token's SHA-256 (never the token itself).
+    operator_token_hash: str = field(repr=False)
+    # Set on SIGTERM: no new sessions, live ones finish or hit the drain deadline.
+    draining: bool = False
+    # Extra parts added by later layers (media bridges manager, simulator handle, …).
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+SERVICES = web.AppKey("services", Services)

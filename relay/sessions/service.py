@@ -1,0 +1,172 @@
+"""Creating and finishing interview sessions: the orchestration above admission.
+
+``create`` runs the policy, reserves a slot, writes the ``interview_sessions`` row and
+mints the upstream session; every failure on the way leaves nothing half-open (the
+slot is released and the row, if written, is closed as failed with the reason).
+``finish`` is the single exit for every session, whoever ends it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+from relay.admission.service import Admission, Caller, database_error
+from relay.admission.store import DatabaseUnavailable, Store
+from relay.config import Settings, model_for
+from relay.errors import ApiError
+from relay.observability.logging import stage
+from relay.observability.metrics import MetricsRegistry
+from relay.observability.request_context import current_request_id, record_stage
+from relay.sessions.registry import SessionEntry, SessionRegistry
+from relay.upstream.base import UpstreamClient, UpstreamError, UpstreamTimeout
+
+log = logging.getLogger("relay.sessions")
+
+
+def upstream_api_error(exc: UpstreamTimeout | UpstreamError) -> ApiError:
+    if isinstance(exc, UpstreamTimeout):
+        return ApiError(
+            504,
+            "upstream_timeout",
+            f"The realtime service did not answer in time ({exc.stage}).",
+            retryable=True,
+            details={"stage": exc.stage},
+        )
+    retryable = exc.status is None or exc.status == 429 or exc.status >= 500
+    return ApiError(
+        502,
+        "upstream_error",
+        f"The realtime service refused the request ({exc.stage}): {exc.message}",
+        retryable=retryable,
+        details={"stage": exc.stage, "upstream_status": exc.status, "upstream_code": exc.code},
+    )
+
+
+class SessionService:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        admission: Admission,
+        store: Store,
+        registry: SessionRegistry,
+        upstream: UpstreamClient,
+        metrics: MetricsRegistry,
+        instance_id: str,
+        is_draining: Callable[[], bool],
+    ) -> None:
+        self._settings = settings
+        self._admission = admission
+        self._store = store
+        self._registry = registry
+        self._upstream = upstream
+        self._instance_id = instance_id
+        self._is_draining = is_draining
+        self._ended = metrics.counter(
+            "relay_sessions_ended_total",
+            "Sessions ended, by final state and reason",
+            ["state", "reason"],
+        )
+        self._finish_failures = metrics.counter(
+            "relay_sessions_finish_write_failures_total",
+            "Session rows that could not be closed (database unavailable)",
+        )
+
+    @property
+    def upstream(self) -> UpstreamClient:
+        return self._upstream
+
+    def refuse_if_draining(self) -> None:
+        if self._is_draining():
+            raise ApiError(
+                503,
+                "draining",
+                "This relay is shutting down; try again.",
+                retryable=True,
+                retry_after_s=self._settings.server.drain_retry_after_s,
+            )
+
+    async def create(self, caller: Caller) -> SessionEntry:
+        self.refuse_if_draining()
+        self._admission.check_policy(caller)
+        settings = self._settings
+        entry = self._registry.reserve(
+            user_id=caller.user.id,
+            token_hash=caller.token_hash,
+            request_id=current_request_id(),
+            max_duration_s=min(settings.session.max_duration_s, caller.user.remaining_seconds),
+            pending_ttl_s=settings.session.pending_ttl_s,
+        )
+        try:
+            await self._store.create_session(
+                session_id=entry.session_id,
+                user_id=caller.user.id,
+                request_id=entry.request_id,
+                model=model_for(settings.upstream),
+                dialect=settings.upstream.dialect,
+                relay_instance=self._instance_id,
+                expires_at=entry.expires_at,
+            )
+        except DatabaseUnavailable as exc:
+            self._registry.release(entry.session_id)
+            raise database_error(exc, settings.database.retry_after_s) from exc
+        except BaseException:
+            self._registry.release(entry.session_id)
+            raise
+
+        stage(log, "OPENAI_SESSION_START")
+        started = time.perf_counter()
+        try:
+            entry.minted = await self._upstream.mint(request_id=entry.request_id)
+        except (UpstreamTimeout, UpstreamError) as exc:
+            reason = "upstream_timeout" if isinstance(exc, UpstreamTimeout) else "upstream_error"
+            log.error("[%s] OPENAI_SESSION_FAILED %s (%s)", entry.request_id, reason, exc.message)
+            await self.finish(entry, state="failed", reason=reason, duration_s=0.0)
+            raise upstream_api_error(exc) from exc
+        except BaseException:
+            await self.finish(entry, state="failed", reason="internal_error", duration_s=0.0)
+            raise
+        finally:
+            record_stage("upstream", (time.perf_counter() - started) * 1000)
+        stage(log, "OPENAI_SESSION_COMPLETE", (time.perf_counter() - started) * 1000)
+        return entry
+
+    def expires_at(self, entry: SessionEntry) -> datetime:
+        """When the session must have been exchanged: the earlier of ours and the secret's."""
+        if entry.minted is None:
+            return entry.expires_at
+        secret_expiry = datetime.fromtimestamp(entry.minted.expires_at, entry.expires_at.tzinfo)
+        return min(entry.expires_at, secret_expiry)
+
+    async def finish(
+        self, entry: SessionEntry, *, state: str, reason: str, duration_s: float
+    ) -> int | None:
+        """Release the slot, close the row and debit credit; idempotent per session."""
+        if self._registry.release(entry.session_id) is None:
+            return None  # already finished by someone else
+        entry.state = state
+        self._ended.inc(state=state, reason=reason)
+        log.info("session %s %s (%s) after %.1fs", entry.session_id, state, reason, duration_s)
+        try:
+            remaining = await self._store.finish_session(
+                entry.session_id,
+                state="ended" if state == "ended" else "failed",
+                end_reason=reason,
+                duration_seconds=duration_s,
+            )
+        except DatabaseUnavailable:
+            self._finish_failures.inc()
+            log.error("could not close session %s: database unavailable", entry.session_id)
+            remaining = None
+        await self._admission.forget(entry.token_hash)
+        return remaining
+
+    async def expire_pending(self) -> int:
+        """Fail pending sessions nobody exchanged in time; return how many."""
+        expired = self._registry.expired_pending()
+        for entry in expired:
+            await self.finish(entry, state="failed", reason="expired", duration_s=0.0)
+        return len(expired)
