@@ -6,7 +6,7 @@ Handlers reach them through the single typed app key ``SERVICES``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -18,6 +18,9 @@ from relay.observability.metrics import MetricsRegistry
 from relay.sessions.registry import SessionRegistry
 from relay.sessions.service import SessionService
 from relay.upstream.base import UpstreamClient
+
+if TYPE_CHECKING:
+    from relay.media.manager import BridgeManager
 
 
 @dataclass
@@ -35,6 +38,8 @@ class Services:
     operator_token_hash: str = field(repr=False)
     # Set on SIGTERM: no new sessions, live ones finish or hit the drain deadline.
     draining: bool = False
+    # The media bridges of this instance (relay.media.manager), set during start-up.
+    bridges: BridgeManager | None = None
     # Extra parts added by later layers (media bridges manager, simulator handle, …).
     extras: dict[str, Any] = field(default_factory=dict)
 
