@@ -283,16 +283,33 @@ class Store:
 
         return _user(await self._run("create_user", op))
 
-    async def revoke_user(self, email: str) -> UserRecord | None:
-        async def op(conn: asyncpg.Connection) -> asyncpg.Record | None:
-            return await conn.fetchrow(
+    async def revoke_user(self, email: str) -> str | None:
+        """Deactivate a user; return its token hash (to evict caches) or None if unknown."""
+
+        async def op(conn: asyncpg.Connection) -> str | None:
+            token_hash: str | None = await conn.fetchval(
                 """UPDATE users SET active = FALSE, revoked_at = now() WHERE email = $1
-                   RETURNING id, email, active, remaining_seconds""",
+                   RETURNING token_hash""",
                 email,
             )
+            return token_hash
 
-        row = await self._run("revoke_user", op)
-        return _user(row) if row else None
+        return await self._run("revoke_user", op)
+
+    async def set_user_token(self, email: str, token_hash: str, seconds: int) -> UserRecord:
+        """Create the user, or give an existing one a new token (the old one stops working)."""
+
+        async def op(conn: asyncpg.Connection) -> asyncpg.Record:
+            return await conn.fetchrow(
+                """INSERT INTO users (email, token_hash, remaining_seconds) VALUES ($1, $2, $3)
+                   ON CONFLICT (email) DO UPDATE SET token_hash = EXCLUDED.token_hash
+                   RETURNING id, email, active, remaining_seconds""",
+                email,
+                token_hash,
+                seconds,
+            )
+
+        return _user(await self._run("set_user_token", op))
 
     async def find_user_by_email(self, email: str) -> UserRecord | None:
         async def op(conn: asyncpg.Connection) -> asyncpg.Record | None:

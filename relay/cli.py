@@ -1,0 +1,203 @@
+"""Command line: ``relay serve | simulate | users add/revoke | db migrate``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from relay.admission.store import DatabaseUnavailable, Store
+from relay.admission.tokens import hash_token, new_token
+from relay.config import ConfigError, Settings, load_settings
+from relay.observability.logging import configure_logging
+from relay.observability.metrics import MetricsRegistry
+
+log = logging.getLogger("relay.cli")
+
+DEMO_EMAIL = "demo@localhost"
+DEFAULT_USER_SECONDS = 1800
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="relay", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", help="TOML settings file (default: ./config.toml if present)")
+        return p
+
+    serve = with_config(sub.add_parser("serve", help="run the relay"))
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+
+    simulate = sub.add_parser("simulate", help="run the OpenAI Realtime simulator alone")
+    simulate.add_argument("--host", default="127.0.0.1")
+    simulate.add_argument("--port", type=int, default=9000)
+    simulate.add_argument("--dialect", choices=["ga", "beta"], default="ga")
+
+    users = sub.add_parser("users", help="manage candidate accounts")
+    users_sub = users.add_subparsers(dest="users_command", required=True)
+    add = with_config(users_sub.add_parser("add", help="create a user and print its token"))
+    add.add_argument("--email", required=True)
+    add.add_argument(
+        "--seconds", type=int, default=DEFAULT_USER_SECONDS, help="interview seconds granted"
+    )
+    revoke = with_config(users_sub.add_parser("revoke", help="deactivate a user"))
+    revoke.add_argument("--email", required=True)
+
+    db = sub.add_parser("db", help="database maintenance")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    with_config(db_sub.add_parser("migrate", help="apply schema migrations"))
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    path = args.config
+    if path is None and Path("config.toml").is_file():
+        path = "config.toml"
+    settings = load_settings(path)
+    if getattr(args, "host", None):
+        settings = settings.replace("server", host=args.host)
+    if getattr(args, "port", None) is not None:
+        settings = settings.replace("server", port=args.port)
+    return settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "simulate":
+            configure_logging("INFO")
+            from relay.upstream.simulator.server import run_simulator
+
+            run_simulator(args.host, args.port, args.dialect)
+            return 0
+        settings = _settings(args)
+        configure_logging(settings.server.log_level, settings.server.log_format)
+        if args.command == "serve":
+            return asyncio.run(_serve(settings))
+        if args.command == "users":
+            return asyncio.run(_users(settings, args))
+        if args.command == "db":
+            return asyncio.run(_migrate(settings))
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except DatabaseUnavailable as exc:
+        print(f"database unavailable: {exc}", file=sys.stderr)
+        return 3
+    return 1
+
+
+# ---------------------------------------------------------------------- serve
+async def _serve(settings: Settings) -> int:
+    from relay.app import create_app
+    from relay.services import SERVICES
+
+    app = create_app(settings)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.server.host, settings.server.port)
+    await site.start()
+    services = app[SERVICES]
+    host, port = runner.addresses[0][:2]
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
+
+    print(f"Interview relay listening on {url}", flush=True)
+    generated = services.extras.get("generated_operator_token")
+    if generated:
+        print(f"Operator token (generated for this run): {generated}")
+    if settings.server.create_demo_user:
+        token = new_token()
+        try:
+            await services.store.set_user_token(DEMO_EMAIL, hash_token(token), DEFAULT_USER_SECONDS)
+            print(f"Demo candidate {DEMO_EMAIL}; token (new for this run):")
+            print(token, flush=True)
+        except DatabaseUnavailable as exc:
+            log.error("could not create the demo user: %s", exc)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    services.draining = True
+    log.info(
+        "draining: no new sessions; waiting up to %.0fs for live ones",
+        settings.server.drain_timeout_s,
+    )
+    if services.bridges is not None:
+        await services.bridges.drain(settings.server.drain_timeout_s)
+    await runner.cleanup()
+    return 0
+
+
+# ---------------------------------------------------------------------- users, db
+@contextlib.asynccontextmanager
+async def _store(settings: Settings) -> AsyncIterator[Store]:
+    """A store on the configured (or the shared embedded) database, migrated."""
+    async with contextlib.AsyncExitStack() as stack:
+        dsn = settings.database.url
+        if not dsn:
+            from relay.admission.embedded_pg import start_embedded_postgres
+
+            embedded = await asyncio.to_thread(start_embedded_postgres, settings.data_path)
+            stack.push_async_callback(asyncio.to_thread, embedded.stop)
+            dsn = embedded.dsn
+        store = Store(dsn, settings.database, MetricsRegistry())
+        await store.open()
+        stack.push_async_callback(store.close)
+        await store.migrate()
+        yield store
+
+
+async def _migrate(settings: Settings) -> int:
+    async with _store(settings):
+        print("database schema is up to date")
+    return 0
+
+
+async def _users(settings: Settings, args: argparse.Namespace) -> int:
+    async with _store(settings) as store:
+        if args.users_command == "add":
+            if args.seconds < 0:
+                print("--seconds must be >= 0", file=sys.stderr)
+                return 2
+            if await store.find_user_by_email(args.email) is not None:
+                print(f"a user with email {args.email} already exists", file=sys.stderr)
+                return 1
+            token = new_token()
+            user = await store.create_user(args.email, hash_token(token), args.seconds)
+            print(f"created user {user.id} <{user.email}> with {user.remaining_seconds} seconds")
+            print(token)
+            return 0
+        token_hash = await store.revoke_user(args.email)
+        if token_hash is None:
+            print(f"no user with email {args.email}", file=sys.stderr)
+            return 1
+        await _evict_shared_cache(settings, token_hash)
+        print(f"revoked {args.email}")
+        return 0
+
+
+async def _evict_shared_cache(settings: Settings, token_hash: str) -> None:
+    """Drop the user from Redis so every instance sees the revocation at once.
+
+    (Instances' local fallback caches expire within cache.local_ttl_s.)
+    """
+    if not settings.cache.redis_url:
+        return
+    from relay.admission.cache import UserCache
+
+    cache = UserCache(settings.cache, MetricsRegistry())
+    try:
+        await cache.invalidate(token_hash)
+    finally:
+        await cache.close()

@@ -1,0 +1,102 @@
+"""HTTP middleware: request ids, timing, access metrics and JSON errors.
+
+Every response carries ``X-Request-ID`` (a valid incoming id is kept, otherwise a new
+``req_<32 hex>``) and ``Server-Timing`` (cache, db, upstream, total). Every error is
+JSON with the request id; nothing below ever turns into a bare 500 with a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from relay.errors import ApiError
+from relay.observability import request_context
+from relay.observability.metrics import MetricsRegistry
+
+log = logging.getLogger("relay.http")
+
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+_HTTP_ERROR_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def new_request_id() -> str:
+    return "req_" + secrets.token_hex(16)
+
+
+def request_id_for(incoming: str | None) -> str:
+    if incoming and _VALID_REQUEST_ID.match(incoming):
+        return incoming
+    return new_request_id()
+
+
+def _route_name(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    if resource is None:
+        return "unmatched"
+    return resource.canonical
+
+
+def make_middleware(metrics: MetricsRegistry) -> Middleware:
+    requests_total = metrics.counter(
+        "relay_http_requests_total",
+        "HTTP requests by route, method and status",
+        ["route", "method", "status"],
+    )
+    latency = metrics.summary("relay_http_latency_ms", "HTTP handler latency", ["route"])
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        request_id = request_id_for(request.headers.get("X-Request-ID"))
+        token = request_context.begin(request_id)
+        ctx = request_context.current()
+        assert ctx is not None
+        try:
+            try:
+                response = await handler(request)
+            except ApiError as exc:
+                response = _error_response(exc, request_id)
+            except web.HTTPException as exc:
+                if exc.status < 400:
+                    raise
+                code = _HTTP_ERROR_CODES.get(exc.status, f"http_{exc.status}")
+                api = ApiError(exc.status, code, exc.reason or code)
+                response = _error_response(api, request_id)
+                for name in ("Allow", "Retry-After"):
+                    if name in exc.headers:
+                        response.headers[name] = exc.headers[name]
+            except Exception:
+                log.exception(
+                    "[%s] unhandled error in %s %s", request_id, request.method, request.path
+                )
+                api = ApiError(
+                    500, "internal_error", "Unexpected error; it has been logged.", retryable=True
+                )
+                response = _error_response(api, request_id)
+            response.headers["X-Request-ID"] = request_id
+            response.headers["Server-Timing"] = ctx.server_timing()
+            route = _route_name(request)
+            requests_total.inc(route=route, method=request.method, status=response.status)
+            latency.observe(ctx.elapsed_ms(), route=route)
+            return response
+        finally:
+            request_context.end(token)
+
+    return middleware
+
+
+def _error_response(exc: ApiError, request_id: str) -> web.Response:
+    return web.json_response(exc.body(request_id), status=exc.status, headers=exc.headers())

@@ -1,0 +1,55 @@
+"""GET /healthz (the process is alive) and GET /readyz (it can take new interviews)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from relay.observability.request_context import current_request_id
+from relay.services import SERVICES
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "request_id": current_request_id()})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    checks: dict[str, dict[str, Any]] = {}
+    try:
+        await services.store.ping(timeout_s=1.0)
+        checks["database"] = {"ok": True}
+    except Exception as exc:  # any failure means "not reachable"; say which kind
+        checks["database"] = {"ok": False, "error": type(exc).__name__}
+    if not services.extras.get("schema_ready", True):
+        checks["database"] = {"ok": False, "error": "migrations_pending"}
+    checks["upstream"] = {
+        "ok": True,
+        "dialect": services.upstream.dialect,
+        "model": services.upstream.model,
+        "simulated": bool(services.extras.get("simulator")),
+    }
+    # Redis is optional: when down the local cache serves, so readiness is kept and the
+    # state reported.
+    checks["cache"] = {"ok": True, "redis": services.cache.redis_state}
+    checks["draining"] = {"ok": not services.draining}
+    failing = [name for name, check in checks.items() if not check["ok"]]
+    body: dict[str, Any] = {
+        "status": "ready" if not failing else "unavailable",
+        "checks": checks,
+        "request_id": current_request_id(),
+    }
+    if not failing:
+        return web.json_response(body)
+    body["error"] = {
+        "code": "not_ready",
+        "message": "Not ready: " + ", ".join(failing),
+        "retryable": True,
+    }
+    return web.json_response(body, status=503, headers={"Retry-After": "5"})
+
+
+def register(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
