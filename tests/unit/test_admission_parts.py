@@ -1,0 +1,103 @@
+"""Pure admission logic: breaker, local TTL cache, rate limiter, tokens, request ids."""
+
+from __future__ import annotations
+
+from relay.admission.breaker import CircuitBreaker
+from relay.admission.local_cache import LocalTTLCache
+from relay.admission.rate_limit import SlidingWindowLimiter
+from relay.admission.tokens import (
+    bearer_token,
+    hash_token,
+    new_token,
+    plausible_token,
+    tokens_equal,
+)
+from relay.web.middleware import request_id_for
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_breaker_opens_after_threshold_and_half_opens_one_trial() -> None:
+    clock = FakeClock()
+    b = CircuitBreaker(failure_threshold=3, open_s=10, clock=clock)
+    for _ in range(2):
+        assert b.allow()
+        b.record_failure()
+    assert b.state == "closed"
+    b.record_failure()
+    assert b.state == "open" and not b.allow()
+    clock.now += 10
+    assert b.state == "half_open"
+    assert b.allow()  # the one trial
+    assert not b.allow()  # no second trial while the first is in flight
+    b.record_failure()
+    assert b.state == "open"
+    clock.now += 10
+    assert b.allow()
+    b.record_success()
+    assert b.state == "closed" and b.allow()
+    assert b.opened_count == 1
+
+
+def test_success_resets_the_failure_count() -> None:
+    b = CircuitBreaker(failure_threshold=2, open_s=10, clock=FakeClock())
+    b.record_failure()
+    b.record_success()
+    b.record_failure()
+    assert b.state == "closed"
+
+
+def test_local_cache_ttl_lru_and_stored_none() -> None:
+    clock = FakeClock()
+    c: LocalTTLCache[str | None] = LocalTTLCache(max_entries=2, clock=clock)
+    c.set("a", "A", 5)
+    c.set("unknown", None, 5)
+    assert c.lookup("unknown") == (True, None)
+    assert c.lookup("missing") == (False, None)
+    c.lookup("a")  # a is now most recent; adding c evicts "unknown"
+    c.set("c", "C", 5)
+    assert c.lookup("unknown") == (False, None)
+    assert c.lookup("a") == (True, "A")
+    clock.now += 5
+    assert c.lookup("a") == (False, None)
+    assert len(c) == 1
+
+
+def test_sliding_window_rate_limit() -> None:
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(per_minute=2, clock=clock)
+    assert limiter.acquire(1) is None
+    clock.now += 10
+    assert limiter.acquire(1) is None
+    wait = limiter.acquire(1)
+    assert wait is not None and abs(wait - 50) < 1e-6
+    assert limiter.acquire(2) is None  # other users unaffected
+    clock.now += 50
+    assert limiter.acquire(1) is None
+
+
+def test_tokens() -> None:
+    token = new_token()
+    assert plausible_token(token)
+    assert len(hash_token(token)) == 64 and hash_token(token) != token
+    assert not plausible_token("short")
+    assert not plausible_token("x" * 20 + "'; drop table users; --")
+    assert bearer_token("Bearer  abc ") == "abc"
+    assert bearer_token("bearer abc") == "abc"
+    assert bearer_token("Basic abc") is None
+    assert bearer_token("Bearer ") is None
+    assert bearer_token(None) is None
+    assert tokens_equal("a", "a") and not tokens_equal("a", "b")
+
+
+def test_request_ids() -> None:
+    assert request_id_for("client-req.1_A") == "client-req.1_A"
+    for bad in (None, "", "x" * 65, "has space", "inject\nheader", "é"):
+        rid = request_id_for(bad)
+        assert rid.startswith("req_") and len(rid) == 36
