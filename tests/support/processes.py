@@ -1,0 +1,60 @@
+"""Child processes of the test session that cannot outlive it, and loopback port helpers.
+
+Servers are spawned from one long-lived thread with the Linux parent-death signal set to
+SIGKILL: the signal fires when the *thread* that forked the child exits, so spawning from
+short-lived threads (``asyncio.to_thread`` workers, shut down with each test's loop) would
+kill servers early. The spawner thread lives until the interpreter exits, so a session
+that dies without running its fixture finalizers (SIGKILL, ``os._exit``) leaves no server
+behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import signal
+import socket
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-services-spawner")
+_PR_SET_PDEATHSIG = 1
+
+
+def _parent_death_signal() -> None:
+    # Runs in the forked child before exec (after any user switch, which would clear it).
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def spawn(args: list[str], **popen_kwargs: Any) -> subprocess.Popen[bytes]:
+    """Start a server process that dies with this test session. Blocking (fork/exec)."""
+    if sys.platform.startswith("linux"):
+        popen_kwargs.setdefault("preexec_fn", _parent_death_signal)
+    # Its own session: a Ctrl-C in the terminal reaches pytest, which then stops it cleanly.
+    popen_kwargs.setdefault("start_new_session", True)
+    return _SPAWNER.submit(subprocess.Popen, args, **popen_kwargs).result()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def terminate(process: subprocess.Popen[bytes], sig: int, timeout: float) -> None:
+    """Send ``sig``, wait up to ``timeout`` seconds, then SIGKILL. No-op if it has exited."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(sig)
+        try:
+            process.wait(timeout)
+            return
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+    process.wait()
