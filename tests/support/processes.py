@@ -36,7 +36,11 @@ def spawn(args: list[str], **popen_kwargs: Any) -> subprocess.Popen[bytes]:
         popen_kwargs.setdefault("preexec_fn", _parent_death_signal)
     # Its own session: a Ctrl-C in the terminal reaches pytest, which then stops it cleanly.
     popen_kwargs.setdefault("start_new_session", True)
-    return _SPAWNER.submit(subprocess.Popen, args, **popen_kwargs).result()
+
+    def popen() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(args, **popen_kwargs)
+
+    return _SPAWNER.submit(popen).result()
 
 
 def free_port() -> int:
