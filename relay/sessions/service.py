@@ -17,7 +17,6 @@ from relay.admission.service import Admission, Caller, database_error
 from relay.admission.store import DatabaseUnavailable, Store
 from relay.config import Settings, model_for
 from relay.errors import ApiError
-from relay.observability.logging import stage
 from relay.observability.metrics import MetricsRegistry
 from relay.observability.request_context import current_request_id, record_stage
 from relay.sessions.registry import SessionEntry, SessionRegistry
@@ -117,13 +116,12 @@ class SessionService:
             self._registry.release(entry.session_id)
             raise
 
-        stage(log, "OPENAI_SESSION_START")
+        # The upstream client logs the OPENAI_SESSION_* stage lines itself.
         started = time.perf_counter()
         try:
             entry.minted = await self._upstream.mint(request_id=entry.request_id)
         except (UpstreamTimeout, UpstreamError) as exc:
             reason = "upstream_timeout" if isinstance(exc, UpstreamTimeout) else "upstream_error"
-            log.error("[%s] OPENAI_SESSION_FAILED %s (%s)", entry.request_id, reason, exc.message)
             await self.finish(entry, state="failed", reason=reason, duration_s=0.0)
             raise upstream_api_error(exc) from exc
         except BaseException:
@@ -131,7 +129,6 @@ class SessionService:
             raise
         finally:
             record_stage("upstream", (time.perf_counter() - started) * 1000)
-        stage(log, "OPENAI_SESSION_COMPLETE", (time.perf_counter() - started) * 1000)
         return entry
 
     def expires_at(self, entry: SessionEntry) -> datetime:

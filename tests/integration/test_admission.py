@@ -1,0 +1,277 @@
+"""POST /api/realtime-session end to end: real PostgreSQL, real Redis, the simulator."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import asyncpg
+import pytest
+
+from relay.admission.tokens import hash_token
+from tests.integration.conftest import MakeRelay
+
+REQUEST_ID = re.compile(r"^req_[0-9a-f]{32}$")
+
+
+def assert_error(body: dict[str, Any], headers: dict[str, str], code: str) -> None:
+    assert body["error"]["code"] == code, body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    assert body["request_id"] == headers["X-Request-ID"]
+
+
+async def test_happy_path_creates_session_and_row(make_relay: MakeRelay) -> None:
+    relay = await make_relay()
+    token = await relay.add_user(seconds=600)
+    status, body, headers = await relay.create_session(token)
+    assert status == 201, body
+    assert set(body) >= {
+        "session_id",
+        "expires_at",
+        "model",
+        "ice_servers",
+        "request_id",
+        "processing_time_ms",
+    }
+    assert REQUEST_ID.match(body["request_id"]) and body["request_id"] == headers["X-Request-ID"]
+    assert body["model"] == "gpt-realtime"
+    assert body["max_duration_seconds"] == 600
+    assert isinstance(body["processing_time_ms"], float) and body["processing_time_ms"] > 0
+    assert "db;dur=" in headers["Server-Timing"] and "upstream;dur=" in headers["Server-Timing"]
+    assert "ek_" not in str(body) and "secret" not in str(body)
+    rows = await relay.sql(
+        "SELECT state, request_id, model, dialect, relay_instance FROM interview_sessions"
+        " WHERE id = $1",
+        body["session_id"],
+    )
+    assert [dict(r) for r in rows] == [
+        {
+            "state": "pending",
+            "request_id": body["request_id"],
+            "model": "gpt-realtime",
+            "dialect": "ga",
+            "relay_instance": "test-instance",
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("authorization", "code"),
+    [
+        (None, "missing_token"),
+        ("Basic dXNlcjpwYXNz", "missing_token"),
+        ("Bearer rt_unknownunknownunknownunknown", "invalid_token"),
+        ("Bearer not a token", "invalid_token"),
+    ],
+)
+async def test_missing_or_unknown_token_is_401(
+    make_relay: MakeRelay, authorization: str | None, code: str
+) -> None:
+    relay = await make_relay()
+    headers = {"Authorization": authorization} if authorization else {}
+    status, body, resp_headers = await relay.create_session(None, headers=headers)
+    assert status == 401
+    assert_error(body, resp_headers, code)
+
+
+async def test_inactive_and_out_of_credit_users_are_403(make_relay: MakeRelay) -> None:
+    relay = await make_relay()
+    revoked = await relay.add_user(active=False)
+    broke = await relay.add_user(seconds=0)
+    status, body, headers = await relay.create_session(revoked)
+    assert status == 403
+    assert_error(body, headers, "user_inactive")
+    status, body, headers = await relay.create_session(broke)
+    assert status == 403
+    assert_error(body, headers, "no_credit")
+    assert relay.counter("relay_sessions_live") == 0
+
+
+@pytest.mark.parametrize("with_redis", [True, False])
+async def test_cached_user_is_admitted_without_postgres(
+    make_relay: MakeRelay, redis_server: Any, with_redis: bool
+) -> None:
+    relay = await make_relay(
+        redis_url=redis_server.url if with_redis else "",
+        overrides={"limits": {"per_user_concurrent_sessions": 5}},
+    )
+    token = await relay.add_user()
+    for _ in range(3):
+        status, body, _ = await relay.create_session(token)
+        assert status == 201, body
+    # One credential lookup reached PostgreSQL; the next two were cache hits.
+    assert relay.counter("relay_db_queries_total", query="user_by_token") == 1
+    source = "redis" if with_redis else "local"
+    assert relay.counter("relay_cache_lookups_total", result="hit", source=source) == 2
+
+
+async def test_redis_stopped_falls_back_and_breaker_skips_it(
+    make_relay: MakeRelay, redis_server: Any
+) -> None:
+    relay = await make_relay(
+        redis_url=redis_server.url,
+        overrides={"limits": {"per_user_concurrent_sessions": 20}},
+    )
+    seen = await relay.add_user()
+    assert (await relay.create_session(seen))[0] == 201
+    await redis_server.astop()
+
+    # A user seen before: served by the local cache, PostgreSQL untouched.
+    status, body, _ = await relay.create_session(seen)
+    assert status == 201, body
+    assert relay.counter("relay_db_queries_total", query="user_by_token") == 1
+    # A new user: PostgreSQL answers.
+    fresh = await relay.add_user()
+    assert (await relay.create_session(fresh))[0] == 201
+    assert relay.counter("relay_db_queries_total", query="user_by_token") == 2
+
+    # Failures open the breaker; after that Redis is not called at all.
+    threshold = relay.services.settings.cache.breaker_failure_threshold
+    assert relay.counter("relay_cache_redis_errors_total") >= threshold
+    assert relay.services.cache.redis_state == "down"
+    errors_before = relay.counter("relay_cache_redis_errors_total")
+    skipped_before = relay.counter("relay_cache_redis_skipped_total")
+    for _ in range(3):
+        assert (await relay.create_session(seen))[0] == 201
+    assert relay.counter("relay_cache_redis_errors_total") == errors_before
+    assert relay.counter("relay_cache_redis_skipped_total") > skipped_before
+
+
+async def test_hung_redis_is_bounded_by_its_timeout_then_skipped(
+    make_relay: MakeRelay, redis_server: Any
+) -> None:
+    relay = await make_relay(redis_url=redis_server.url)
+    token = await relay.add_user()
+    redis_server.pause()  # accepts connections, never answers
+    try:
+        status, body, _ = await relay.create_session(token)
+        assert status == 201, body
+        assert relay.counter("relay_cache_redis_errors_total") >= 1
+    finally:
+        redis_server.resume()
+
+
+async def test_postgres_stopped_gives_503_after_three_attempts_then_recovers(
+    make_relay: MakeRelay, private_postgres: Any
+) -> None:
+    relay = await make_relay(dsn=private_postgres.dsn())
+    token = await relay.add_user()
+    await private_postgres.astop()
+
+    status, body, headers = await relay.create_session(token)
+    assert status == 503
+    assert_error(body, headers, "database_unavailable")
+    assert body["error"]["retryable"] is True
+    assert int(headers["Retry-After"]) == relay.services.settings.database.retry_after_s
+    attempts = relay.counter("relay_db_attempts_total", query="user_by_token")
+    assert attempts == 1 + 2
+    assert relay.counter("relay_db_retries_total", query="user_by_token") == 2
+
+    async with relay.client.get("/readyz") as resp:
+        ready = await resp.json()
+        assert resp.status == 503
+        assert ready["checks"]["database"]["ok"] is False
+        assert "database" in ready["error"]["message"]
+
+    await private_postgres.astart()
+    status, body, _ = await relay.create_session(token)
+    assert status == 201, body
+    async with relay.client.get("/readyz") as resp:
+        assert resp.status == 200
+
+
+async def test_slow_postgres_past_the_timeout_gives_503(make_relay: MakeRelay) -> None:
+    relay = await make_relay(overrides={"database": {"query_timeout_s": 0.3}})
+    token = await relay.add_user()
+    locker = await asyncpg.connect(relay.database_url)
+    try:
+        tx = locker.transaction()
+        await tx.start()
+        # The relay's user lookup now waits on this lock: a database slower than the timeout.
+        await locker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        status, body, headers = await relay.create_session(token)
+        assert status == 503
+        assert_error(body, headers, "database_timeout")
+        assert "Retry-After" in headers
+        assert (
+            relay.counter("relay_db_attempts_total", query="user_by_token", outcome="timeout") == 3
+        )
+        await tx.rollback()
+    finally:
+        await locker.close()
+    status, body, _ = await relay.create_session(token)
+    assert status == 201, body
+
+
+async def test_malformed_and_oversized_bodies(make_relay: MakeRelay) -> None:
+    relay = await make_relay(overrides={"server": {"max_body_bytes": 1024}})
+    token = await relay.add_user()
+    auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    for payload in (b"{not json", b"[1, 2]", b"\xff\xfe"):
+        status, body, headers = await relay.create_session(None, headers=auth, data=payload)
+        assert status == 400
+        assert_error(body, headers, "invalid_json")
+    status, body, headers = await relay.create_session(
+        None, headers=auth, data=b"{" + b" " * 4096 + b"}"
+    )
+    assert status == 413
+    assert_error(body, headers, "body_too_large")
+    # None of these touched the credential path.
+    assert relay.counter("relay_admission_total") == 0
+
+
+async def test_request_id_kept_when_valid_replaced_when_not(make_relay: MakeRelay) -> None:
+    relay = await make_relay()
+    token = await relay.add_user()
+    status, body, headers = await relay.create_session(token, headers={"X-Request-ID": "lb-42.a_b"})
+    assert status == 201
+    assert headers["X-Request-ID"] == "lb-42.a_b" == body["request_id"]
+    status, body, headers = await relay.create_session(
+        None, headers={"X-Request-ID": "bad id with spaces"}
+    )
+    assert (
+        REQUEST_ID.match(headers["X-Request-ID"]) and body["request_id"] == headers["X-Request-ID"]
+    )
+    async with relay.client.get("/no/such/route") as resp:
+        assert resp.status == 404
+        err = await resp.json()
+        assert (
+            err["error"]["code"] == "not_found"
+            and err["request_id"] == resp.headers["X-Request-ID"]
+        )
+
+
+async def test_rate_and_concurrency_limits(make_relay: MakeRelay) -> None:
+    relay = await make_relay(
+        overrides={"limits": {"per_user_concurrent_sessions": 1, "per_user_requests_per_minute": 3}}
+    )
+    token = await relay.add_user()
+    assert (await relay.create_session(token))[0] == 201
+    status, body, headers = await relay.create_session(token)
+    assert status == 429
+    assert_error(body, headers, "too_many_sessions")
+    assert int(headers["Retry-After"]) > 0
+    await relay.create_session(token)
+    status, body, headers = await relay.create_session(token)
+    assert status == 429
+    assert_error(body, headers, "rate_limited")
+
+
+async def test_no_secret_reaches_the_logs(
+    make_relay: MakeRelay, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    relay = await make_relay()
+    token = await relay.add_user()
+    status, body, _ = await relay.create_session(token)
+    assert status == 201
+    await relay.create_session("rt_" + "x" * 40)
+    entry = relay.services.registry.get(body["session_id"])
+    assert entry is not None and entry.minted is not None
+    text = caplog.text
+    assert "REALTIME SESSION REQUEST START" in text and "OPENAI_SESSION_COMPLETE" in text
+    for secret in (token, hash_token(token), entry.minted.secret, "sk-sim-local", "x" * 40):
+        assert secret not in text
+    assert "ek_" not in text
+    assert token not in repr(entry)

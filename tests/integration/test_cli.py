@@ -1,0 +1,153 @@
+"""The command line as a user runs it: `relay serve` prints a URL and a working token;
+`relay users add` from the same folder makes a token that the running relay accepts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+URL_LINE = re.compile(r"listening on (http://127\.0\.0\.1:\d+/)")
+
+
+def _env(data_dir: Path) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RELAY", "OPENAI", "DATABASE", "REDIS"))
+    }
+    env["RELAY__SERVER__DATA_DIR"] = str(data_dir)
+    env["RELAY__SERVER__DRAIN_TIMEOUT_S"] = "2"
+    return env
+
+
+async def _run(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "relay",
+        *args,
+        env=env,
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=90)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+@pytest.fixture
+async def served(traversable_tmp_path: Path) -> AsyncIterator[tuple[str, str, Path]]:
+    """`relay serve --port 0` in a fresh folder: (url, demo token, data dir)."""
+    tmp_path = traversable_tmp_path
+    data_dir = tmp_path / "state"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "relay",
+        "serve",
+        "--port",
+        "0",
+        env=_env(data_dir),
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+
+    async def read_banner() -> tuple[str, str]:
+        url = ""
+        while True:
+            raw = await proc.stdout.readline()  # type: ignore[union-attr]
+            assert raw, f"relay exited early: {lines}"
+            line = raw.decode().strip()
+            lines.append(line)
+            if match := URL_LINE.search(line):
+                url = match[1]
+            if line.startswith("rt_") and url:
+                return url, line
+
+    try:
+        url, token = await asyncio.wait_for(read_banner(), timeout=90)
+        yield url, token, data_dir
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), timeout=30)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+    assert proc.returncode == 0, lines
+
+
+async def test_serve_prints_url_and_token_that_opens_a_session(
+    served: tuple[str, str, Path],
+) -> None:
+    url, token, _ = served
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            url + "api/realtime-session", headers={"Authorization": f"Bearer {token}"}
+        ) as resp:
+            body = await resp.json()
+            assert resp.status == 201, body
+            assert body["request_id"].startswith("req_")
+            assert body["processing_time_ms"] > 0
+        async with http.get(url + "readyz") as resp:
+            ready = await resp.json()
+            assert resp.status == 200, ready
+            assert ready["checks"]["upstream"]["simulated"] is True
+        async with http.get(url) as resp:
+            assert resp.status == 200
+            assert "Voice interview" in await resp.text()
+
+
+async def test_users_add_and_revoke_share_the_served_database(
+    served: tuple[str, str, Path], traversable_tmp_path: Path
+) -> None:
+    tmp_path = traversable_tmp_path
+    url, _, data_dir = served
+    env = _env(data_dir)
+    code, out, err = await _run(
+        "users", "add", "--email", "c@example.test", "--seconds", "90", env=env, cwd=tmp_path
+    )
+    assert code == 0, err
+    token = out.strip().splitlines()[-1]
+    assert token.startswith("rt_") and out.count(token) == 1
+    code, _, err = await _run("users", "add", "--email", "c@example.test", env=env, cwd=tmp_path)
+    assert code == 1 and "already exists" in err
+
+    async with aiohttp.ClientSession() as http:
+        headers = {"Authorization": f"Bearer {token}"}
+        async with http.post(url + "api/realtime-session", headers=headers) as resp:
+            body = await resp.json()
+            assert resp.status == 201, body
+            assert body["max_duration_seconds"] == 90
+
+    code, out, err = await _run(
+        "users", "revoke", "--email", "c@example.test", env=env, cwd=tmp_path
+    )
+    assert code == 0 and "revoked" in out, err
+    code, _, err = await _run(
+        "users", "revoke", "--email", "nobody@example.test", env=env, cwd=tmp_path
+    )
+    assert code == 1 and "no user" in err
+    code, out, err = await _run("db", "migrate", env=env, cwd=tmp_path)
+    assert code == 0 and "up to date" in out, err
+
+
+async def test_bad_configuration_exits_with_a_clear_message(tmp_path: Path) -> None:
+    env = _env(tmp_path / "state")
+    env["RELAY__SERVER__PORT"] = "not-a-port"
+    code, _, err = await _run("serve", env=env, cwd=tmp_path)
+    assert code == 2
+    assert "server.port" in err and "Traceback" not in err
