@@ -282,13 +282,18 @@ def _read_postmaster(pgdata: Path) -> _Postmaster | None:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process (a zombie awaiting its reaper is not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, but belongs to another user
+        pass
+    try:  # Linux: the state follows the parenthesised command name
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return True
-    return True
+    return state != "Z"
 
 
 def _is_postmaster_of(pid: int, pgdata: Path) -> bool:
@@ -309,8 +314,12 @@ def _running_postmaster(pgdata: Path) -> _Postmaster | None:
     deadline = time.monotonic() + _TIMEOUT_S
     while True:
         postmaster = _read_postmaster(pgdata)
-        if postmaster is None or not _pid_alive(postmaster.pid):
-            return None  # postgres replaces a stale postmaster.pid itself
+        if postmaster is None:
+            return None
+        if not _pid_alive(postmaster.pid):
+            # postgres replaces a stale postmaster.pid itself, once that pid is gone.
+            _wait_reaped(postmaster.pid)
+            return None
         if not _is_postmaster_of(postmaster.pid, pgdata):
             # The pid was reused by an unrelated process after the server died; postgres
             # would refuse to start while that process lives.
@@ -325,6 +334,24 @@ def _running_postmaster(pgdata: Path) -> _Postmaster | None:
                 f"{postmaster.status!r} for {_TIMEOUT_S:.0f}s"
             )
         time.sleep(_POLL_S)  # starting up or shutting down: look again
+
+
+def _wait_reaped(pid: int) -> None:
+    """Wait for a dead server's zombie to be reaped: postgres refuses to start before."""
+    deadline = time.monotonic() + _TIMEOUT_S
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            pass
+        if time.monotonic() > deadline:
+            raise EmbeddedPostgresError(
+                f"the previous PostgreSQL (pid {pid}) exited but its parent never reaped it; "
+                "is PID 1 an init that reaps orphans (docker run --init)?"
+            )
+        time.sleep(_POLL_S)
 
 
 def _ensure_runtime_dir(fallback: Path) -> None:

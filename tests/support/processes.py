@@ -10,14 +10,18 @@ behind.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 _SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-services-spawner")
@@ -48,6 +52,29 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def exited(pid: int) -> bool:
+    """Whether ``pid`` (any process, not only a child) has exited, zombies included."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    try:  # Linux: the state follows the parenthesised command name
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+async def wait_exited(pid: int, limit_s: float) -> None:
+    """Wait until ``pid`` (not necessarily a child) has exited; fail after ``limit_s``."""
+    deadline = time.monotonic() + limit_s
+    while not await asyncio.to_thread(exited, pid):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"process {pid} still running after {limit_s}s")
+        await asyncio.sleep(0.02)
 
 
 def terminate(process: subprocess.Popen[bytes], sig: int, timeout: float) -> None:

@@ -7,7 +7,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import asyncpg
@@ -17,6 +16,7 @@ from blockbuster import BlockingError
 
 from relay.admission.embedded_pg import OsUser, unreachable_dirs
 from tests.support.postgres import PostgresError, PostgresServer
+from tests.support.processes import wait_exited
 from tests.support.redis_server import RedisServer
 from tests.support.workspace import PREFIX, remove_stale_workspaces
 
@@ -24,20 +24,8 @@ _GONE_TIMEOUT_S = 10.0
 _REPO = Path(__file__).resolve().parents[2]
 
 
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 async def _wait_gone(pid: int) -> None:
-    """Wait until ``pid`` no longer exists (it is not our child, so poll for it)."""
-    deadline = time.monotonic() + _GONE_TIMEOUT_S
-    while _exists(pid):
-        assert time.monotonic() < deadline, f"process {pid} still alive"
-        await asyncio.sleep(0.02)
+    await wait_exited(pid, _GONE_TIMEOUT_S)
 
 
 # ---------------------------------------------------------------------- PostgreSQL
