@@ -211,8 +211,10 @@ class EmbeddedPostgres:
         if fd is None:
             return
         atexit.unregister(self.stop)
+        # Drop this handle's shared lock first: whoever holds postgres.lock next (a starting
+        # process attaching, or this one below) sees only the handles still in use.
+        os.close(fd)
         with _exclusive_lock(self._data_dir / "postgres.lock"):
-            os.close(fd)  # drops this handle's shared lock on postgres.clients
             if _in_use(self._data_dir / "postgres.clients"):
                 log.info("embedded PostgreSQL still used by another process; leaving it running")
                 return
