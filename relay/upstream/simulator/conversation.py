@@ -1,0 +1,578 @@
+"""The Realtime event sequence of one call (pure logic, no I/O, no clocks).
+
+The peer feeds it what happens (the data channel opened, the VAD found speech start/stop,
+reply audio progressed or ended, a client event arrived) and sends the events it returns,
+in order. Names follow the call's dialect: GA (``response.output_audio_transcript.*``,
+``conversation.item.added/done``) or beta (``response.audio_transcript.*``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from relay.upstream.simulator.errors import BETA_DISABLED_MESSAGE, SimHttpError
+from relay.upstream.simulator.ids import IdFactory
+from relay.upstream.simulator.session_config import (
+    Dialect,
+    merge_beta,
+    merge_ga,
+    transcription_of,
+    turn_detection_of,
+    voice_of,
+)
+from relay.upstream.simulator.validation import validate_beta_session, validate_ga_session
+
+Event = dict[str, Any]
+
+_NAMES: dict[Dialect, dict[str, str]] = {
+    "ga": {
+        "audio_done": "response.output_audio.done",
+        "transcript_delta": "response.output_audio_transcript.delta",
+        "transcript_done": "response.output_audio_transcript.done",
+        "output_part": "output_audio",
+    },
+    "beta": {
+        "audio_done": "response.audio.done",
+        "transcript_delta": "response.audio_transcript.delta",
+        "transcript_done": "response.audio_transcript.done",
+        "output_part": "audio",
+    },
+}
+
+# Client events that exist in the API but are not simulated (answered with an error).
+_NOT_SIMULATED = frozenset(
+    {
+        "input_audio_buffer.append",
+        "input_audio_buffer.commit",
+        "conversation.item.truncate",
+        "conversation.item.delete",
+        "conversation.item.retrieve",
+        "transcription_session.update",
+    }
+)
+_ITEM_TYPES = frozenset({"message", "function_call", "function_call_output"})
+
+
+@dataclass(frozen=True)
+class ReplyPlan:
+    """Speak ``text`` as the audio of ``response_id``."""
+
+    response_id: str
+    text: str
+
+
+@dataclass
+class Step:
+    """Events to send, in order, and what the peer must do with the reply audio."""
+
+    events: list[Event] = field(default_factory=list)
+    start_reply: ReplyPlan | None = None
+    stop_reply: bool = False
+    session_changed: bool = False
+    close: bool = False
+
+    def extend(self, other: Step) -> Step:
+        self.events.extend(other.events)
+        self.start_reply = other.start_reply or self.start_reply
+        self.stop_reply = self.stop_reply or other.stop_reply
+        self.session_changed = self.session_changed or other.session_changed
+        self.close = self.close or other.close
+        return self
+
+
+@dataclass
+class _Response:
+    id: str
+    item_id: str
+    text: str
+    words: list[str]
+    words_sent: int = 0
+
+    @property
+    def transcript_so_far(self) -> str:
+        return " ".join(self.words[: self.words_sent])
+
+
+class Conversation:
+    def __init__(
+        self,
+        dialect: Dialect,
+        session: Mapping[str, Any],
+        *,
+        ids: IdFactory,
+        reply_lines: Sequence[str],
+    ) -> None:
+        if not reply_lines:
+            raise ValueError("reply_lines must not be empty")
+        self.dialect = dialect
+        self.session: dict[str, Any] = dict(session)
+        self._ids = ids
+        self._lines = list(reply_lines)
+        self._next_line = 0
+        self._names = _NAMES[dialect]
+        self.conversation_id = ids("conv")
+        self._last_item_id: str | None = None
+        self._speech_item_id: str | None = None
+        self._response: _Response | None = None
+        self._last_response_id: str | None = None
+
+    # -- state -------------------------------------------------------------------------
+
+    @property
+    def turn_detection(self) -> Mapping[str, Any] | None:
+        return turn_detection_of(self.session, self.dialect)
+
+    @property
+    def responding(self) -> bool:
+        return self._response is not None
+
+    @property
+    def response_id(self) -> str | None:
+        return self._response.id if self._response else None
+
+    def _event(self, type_: str, **fields: Any) -> Event:
+        return {"type": type_, "event_id": self._ids("event"), **fields}
+
+    # -- session -----------------------------------------------------------------------
+
+    def opened(self) -> Step:
+        """The data channel opened: ``session.created`` comes first."""
+        return Step([self._event("session.created", session=self.session)])
+
+    def beta_disabled(self) -> Step:
+        """The beta shape was switched off under an open beta call: error, then close."""
+        error = self._error_event(
+            "beta_api_shape_disabled", BETA_DISABLED_MESSAGE, param=None, event_id=None
+        )
+        return Step([error], stop_reply=True, close=True)
+
+    # -- input audio -------------------------------------------------------------------
+
+    def speech_started(self, audio_start_ms: int) -> Step:
+        self._speech_item_id = self._ids("item")
+        step = Step(
+            [
+                self._event(
+                    "input_audio_buffer.speech_started",
+                    audio_start_ms=audio_start_ms,
+                    item_id=self._speech_item_id,
+                )
+            ]
+        )
+        turn = self.turn_detection or {}
+        if self._response is not None and turn.get("interrupt_response", True):
+            step.extend(self._cancel("turn_detected", cleared=True))
+        return step
+
+    def speech_stopped(self, audio_end_ms: int, spoken_ms: int) -> Step:
+        item_id = self._speech_item_id or self._ids("item")
+        self._speech_item_id = None
+        previous = self._last_item_id
+        item = {
+            "id": item_id,
+            "object": "realtime.item",
+            "type": "message",
+            "status": "completed",
+            "role": "user",
+            "content": [{"type": "input_audio", "transcript": None}],
+        }
+        step = Step(
+            [
+                self._event(
+                    "input_audio_buffer.speech_stopped", audio_end_ms=audio_end_ms, item_id=item_id
+                ),
+                self._event(
+                    "input_audio_buffer.committed", previous_item_id=previous, item_id=item_id
+                ),
+            ]
+        )
+        step.events.extend(self._item_created(item, previous))
+        self._last_item_id = item_id
+        if transcription_of(self.session, self.dialect) is not None:
+            step.events.append(self._transcription(item_id, spoken_ms))
+        turn = self.turn_detection or {}
+        if turn.get("create_response", True) and self._response is None:
+            step.extend(self.start_response())
+        return step
+
+    def _item_created(self, item: Mapping[str, Any], previous: str | None) -> list[Event]:
+        events = [
+            self._event("conversation.item.created", previous_item_id=previous, item=dict(item))
+        ]
+        if self.dialect == "ga":
+            events.append(
+                self._event("conversation.item.added", previous_item_id=previous, item=dict(item))
+            )
+            events.append(
+                self._event("conversation.item.done", previous_item_id=previous, item=dict(item))
+            )
+        return events
+
+    def _transcription(self, item_id: str, spoken_ms: int) -> Event:
+        transcript = f"(candidate spoke for {spoken_ms / 1000:.1f} s)"
+        fields: dict[str, Any] = {
+            "item_id": item_id,
+            "content_index": 0,
+            "transcript": transcript,
+        }
+        if self.dialect == "ga":
+            audio_tokens = max(1, spoken_ms // 100)
+            text_tokens = len(transcript.split())
+            fields["usage"] = {
+                "type": "tokens",
+                "total_tokens": audio_tokens + text_tokens,
+                "input_tokens": audio_tokens,
+                "input_token_details": {"text_tokens": 0, "audio_tokens": audio_tokens},
+                "output_tokens": text_tokens,
+            }
+        return self._event("conversation.item.input_audio_transcription.completed", **fields)
+
+    # -- responses ---------------------------------------------------------------------
+
+    def start_response(self) -> Step:
+        """``response.created`` … ``output_audio_buffer.started``; the peer starts the audio."""
+        text = self._lines[self._next_line % len(self._lines)]
+        self._next_line += 1
+        response = _Response(self._ids("resp"), self._ids("item"), text, text.split())
+        self._response = response
+        self._last_response_id = response.id
+        item = self._assistant_item(response, "in_progress", content=[])
+        previous = self._last_item_id
+        self._last_item_id = response.item_id
+        added_type = (
+            "conversation.item.added" if self.dialect == "ga" else "conversation.item.created"
+        )
+        events = [
+            self._event(
+                "response.created", response=self._response_object(response, "in_progress")
+            ),
+            self._event("rate_limits.updated", rate_limits=_RATE_LIMITS),
+            self._event(
+                "response.output_item.added", response_id=response.id, output_index=0, item=item
+            ),
+            self._event(added_type, previous_item_id=previous, item=item),
+            self._event(
+                "response.content_part.added",
+                response_id=response.id,
+                item_id=response.item_id,
+                output_index=0,
+                content_index=0,
+                part={"type": self._names["output_part"], "transcript": ""},
+            ),
+            self._event("output_audio_buffer.started", response_id=response.id),
+        ]
+        return Step(events, start_reply=ReplyPlan(response.id, text))
+
+    def reply_progress(self, words_spoken: int) -> Step:
+        """The reply audio reached word ``words_spoken``: transcript deltas up to it."""
+        response = self._response
+        step = Step()
+        if response is None:
+            return step
+        while response.words_sent < min(words_spoken, len(response.words)):
+            word = response.words[response.words_sent]
+            step.events.append(
+                self._event(
+                    self._names["transcript_delta"],
+                    response_id=response.id,
+                    item_id=response.item_id,
+                    output_index=0,
+                    content_index=0,
+                    delta=word if response.words_sent == 0 else f" {word}",
+                )
+            )
+            response.words_sent += 1
+        return step
+
+    def reply_finished(self) -> Step:
+        """The reply audio was sent in full: the rest of the transcript, then the ``done``s."""
+        response = self._response
+        if response is None:
+            return Step()
+        step = self.reply_progress(len(response.words))
+        ids = {"response_id": response.id, "item_id": response.item_id}
+        where = {**ids, "output_index": 0, "content_index": 0}
+        part = {"type": self._names["output_part"], "transcript": response.text}
+        item = self._assistant_item(response, "completed", content=[part])
+        step.events.extend(
+            [
+                self._event(self._names["audio_done"], **where),
+                self._event(self._names["transcript_done"], **where, transcript=response.text),
+                self._event("response.content_part.done", **where, part=part),
+                self._event(
+                    "response.output_item.done", response_id=response.id, output_index=0, item=item
+                ),
+            ]
+        )
+        if self.dialect == "ga":
+            step.events.append(self._event("conversation.item.done", item=item))
+        self._response = None
+        step.events.extend(
+            [
+                self._event(
+                    "response.done",
+                    response=self._response_object(response, "completed", output=[item]),
+                ),
+                self._event("output_audio_buffer.stopped", response_id=response.id),
+            ]
+        )
+        return step
+
+    def _cancel(self, reason: str, *, cleared: bool) -> Step:
+        """End the active response as cancelled; the audio stops now."""
+        response = self._response
+        assert response is not None
+        part = {"type": self._names["output_part"], "transcript": response.transcript_so_far}
+        item = self._assistant_item(response, "incomplete", content=[part])
+        self._response = None
+        step = Step(
+            [
+                self._event(
+                    "response.output_item.done", response_id=response.id, output_index=0, item=item
+                ),
+            ],
+            stop_reply=True,
+        )
+        if self.dialect == "ga":
+            step.events.append(self._event("conversation.item.done", item=item))
+        step.events.append(
+            self._event(
+                "response.done",
+                response=self._response_object(
+                    response,
+                    "cancelled",
+                    output=[item],
+                    details={"type": "cancelled", "reason": reason},
+                ),
+            )
+        )
+        buffer_event = "output_audio_buffer.cleared" if cleared else "output_audio_buffer.stopped"
+        step.events.append(self._event(buffer_event, response_id=response.id))
+        return step
+
+    def _assistant_item(
+        self, response: _Response, status: str, *, content: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        return {
+            "id": response.item_id,
+            "object": "realtime.item",
+            "type": "message",
+            "status": status,
+            "role": "assistant",
+            "content": content,
+        }
+
+    def _response_object(
+        self,
+        response: _Response,
+        status: str,
+        *,
+        output: list[dict[str, Any]] | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        finished = status != "in_progress"
+        obj: dict[str, Any] = {
+            "object": "realtime.response",
+            "id": response.id,
+            "status": status,
+            "status_details": details,
+            "output": output or [],
+            "conversation_id": self.conversation_id,
+        }
+        voice = voice_of(self.session, self.dialect)
+        if self.dialect == "ga":
+            obj["output_modalities"] = ["audio"]
+            obj["max_output_tokens"] = self.session.get("max_output_tokens", "inf")
+            obj["audio"] = {
+                "output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": voice}
+            }
+        else:
+            obj["modalities"] = ["audio", "text"]
+            obj["voice"] = voice
+            obj["output_audio_format"] = self.session.get("output_audio_format", "pcm16")
+            obj["temperature"] = self.session.get("temperature", 0.8)
+            obj["max_output_tokens"] = self.session.get("max_response_output_tokens", "inf")
+        obj["usage"] = _usage(response) if finished else None
+        obj["metadata"] = None
+        return obj
+
+    # -- client events -----------------------------------------------------------------
+
+    def client_event(self, raw: str | bytes) -> Step:
+        """One message from the data channel."""
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            return self._error("invalid_json", "The event is not valid JSON.", None, None)
+        if not isinstance(data, dict):
+            return self._error("invalid_event", "The event must be a JSON object.", None, None)
+        event_id = data.get("event_id") if isinstance(data.get("event_id"), str) else None
+        type_ = data.get("type")
+        if not isinstance(type_, str) or not type_:
+            return self._error("invalid_event", "The 'type' field is missing.", "type", event_id)
+        handler = {
+            "session.update": self._session_update,
+            "response.create": self._response_create,
+            "response.cancel": self._response_cancel,
+            "output_audio_buffer.clear": self._output_audio_buffer_clear,
+            "conversation.item.create": self._item_create,
+            "input_audio_buffer.clear": self._input_audio_buffer_clear,
+        }.get(type_)
+        if handler is not None:
+            return handler(data, event_id)
+        if type_ in _NOT_SIMULATED:
+            return self._error(
+                "unsupported_event",
+                f"The simulator does not implement '{type_}'.",
+                "type",
+                event_id,
+            )
+        return self._error(
+            "invalid_event",
+            f"Invalid value: '{type_}' is not a client event type.",
+            "type",
+            event_id,
+        )
+
+    def _session_update(self, data: Mapping[str, Any], event_id: str | None) -> Step:
+        if "session" not in data:
+            return self._error(
+                "missing_required_parameter",
+                "Missing required parameter: 'session'.",
+                "session",
+                event_id,
+            )
+        try:
+            if self.dialect == "ga":
+                update = validate_ga_session(data["session"], "session")
+            else:
+                update = validate_beta_session(data["session"], "session")
+        except SimHttpError as exc:
+            return self._error(exc.code or "invalid_value", exc.message, exc.param, event_id)
+        model = update.get("model")
+        if model is not None and model != self.session.get("model"):
+            return self._error(
+                "invalid_value", "The session model cannot be changed.", "session.model", event_id
+            )
+        merge = merge_ga if self.dialect == "ga" else merge_beta
+        self.session = merge(self.session, update)
+        return Step([self._event("session.updated", session=self.session)], session_changed=True)
+
+    def _response_create(self, data: Mapping[str, Any], event_id: str | None) -> Step:
+        if "response" in data and not isinstance(data["response"], dict | type(None)):
+            return self._error(
+                "invalid_type",
+                "Invalid type for 'response': expected an object.",
+                "response",
+                event_id,
+            )
+        if self._response is not None:
+            return self._error(
+                "conversation_already_has_active_response",
+                f"Conversation already has an active response in progress: {self._response.id}. "
+                "Wait until the response is finished before creating a new one.",
+                None,
+                event_id,
+            )
+        return self.start_response()
+
+    def _response_cancel(self, data: Mapping[str, Any], event_id: str | None) -> Step:
+        wanted = data.get("response_id")
+        if self._response is None or (wanted is not None and wanted != self._response.id):
+            return self._error(
+                "response_cancel_not_active",
+                "Cancellation failed: no active response found.",
+                None,
+                event_id,
+            )
+        # Generation stops, so the (real-time paced) output buffer drains at once.
+        return self._cancel("client_cancelled", cleared=False)
+
+    def _output_audio_buffer_clear(self, data: Mapping[str, Any], event_id: str | None) -> Step:
+        if self._response is not None:
+            return self._cancel("client_cancelled", cleared=True)
+        return Step(
+            [self._event("output_audio_buffer.cleared", response_id=self._last_response_id)]
+        )
+
+    def _input_audio_buffer_clear(self, data: Mapping[str, Any], event_id: str | None) -> Step:
+        return Step([self._event("input_audio_buffer.cleared")])
+
+    def _item_create(self, data: Mapping[str, Any], event_id: str | None) -> Step:
+        item = data.get("item")
+        if not isinstance(item, dict):
+            return self._error(
+                "missing_required_parameter",
+                "Missing required parameter: 'item'.",
+                "item",
+                event_id,
+            )
+        if item.get("type") not in _ITEM_TYPES:
+            return self._error(
+                "invalid_value",
+                f"Invalid value for 'item.type': expected one of {', '.join(sorted(_ITEM_TYPES))}.",
+                "item.type",
+                event_id,
+            )
+        if item["type"] == "message" and not isinstance(item.get("content"), list):
+            return self._error(
+                "missing_required_parameter",
+                "Missing required parameter: 'item.content'.",
+                "item.content",
+                event_id,
+            )
+        previous = data.get("previous_item_id", self._last_item_id)
+        stored = {
+            "id": item.get("id") or self._ids("item"),
+            "object": "realtime.item",
+            "status": "completed",
+            **{k: v for k, v in item.items() if k != "id"},
+        }
+        self._last_item_id = stored["id"]
+        return Step(self._item_created(stored, previous))
+
+    # -- errors ------------------------------------------------------------------------
+
+    def _error_event(
+        self, code: str, message: str, *, param: str | None, event_id: str | None
+    ) -> Event:
+        return self._event(
+            "error",
+            error={
+                "type": "invalid_request_error",
+                "code": code,
+                "message": message,
+                "param": param,
+                "event_id": event_id,
+            },
+        )
+
+    def _error(self, code: str, message: str, param: str | None, event_id: str | None) -> Step:
+        return Step([self._error_event(code, message, param=param, event_id=event_id)])
+
+
+_RATE_LIMITS = [
+    {"name": "requests", "limit": 5000, "remaining": 4999, "reset_seconds": 0.012},
+    {"name": "tokens", "limit": 800000, "remaining": 799000, "reset_seconds": 0.075},
+]
+
+
+def _usage(response: _Response) -> dict[str, Any]:
+    text_tokens = len(response.words_sent and response.words[: response.words_sent] or [])
+    audio_tokens = text_tokens * 4
+    return {
+        "total_tokens": text_tokens + audio_tokens + 20,
+        "input_tokens": 20,
+        "output_tokens": text_tokens + audio_tokens,
+        "input_token_details": {
+            "text_tokens": 20,
+            "audio_tokens": 0,
+            "image_tokens": 0,
+            "cached_tokens": 0,
+            "cached_tokens_details": {"text_tokens": 0, "audio_tokens": 0, "image_tokens": 0},
+        },
+        "output_token_details": {"text_tokens": text_tokens, "audio_tokens": audio_tokens},
+    }

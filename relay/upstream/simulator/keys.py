@@ -1,0 +1,119 @@
+"""API keys: the standard ``sk-…`` keys from the options and minted ``ek_…`` keys with expiry.
+
+Key values never appear in a repr, a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
+from typing import Any
+
+from relay.upstream.simulator.errors import invalid_api_key
+from relay.upstream.simulator.session_config import Dialect
+
+# Expired keys are remembered this long (for a precise "expired" message), then forgotten.
+_FORGET_AFTER_S = 3600.0
+
+
+@dataclass(frozen=True)
+class EphemeralKey:
+    value: str = field(repr=False)
+    expires_at: int
+    # The dialect that minted the key and the effective session in that dialect's shape.
+    dialect: Dialect
+    session: Mapping[str, Any] = field(repr=False)
+
+    @property
+    def model(self) -> str:
+        return str(self.session["model"])
+
+
+def kind_of(token: str) -> str:
+    """A safe description of a token for messages: its kind, never its value."""
+    for prefix in ("ek_", "sk-", "rk-"):
+        if token.startswith(prefix):
+            return f"{prefix}…"
+    return "a token of unknown form"
+
+
+class KeyStore:
+    def __init__(
+        self,
+        standard_keys: AbstractSet[str],
+        *,
+        accept_any_standard: bool,
+        clock: Callable[[], float],
+    ) -> None:
+        self._standard = frozenset(standard_keys)
+        self._accept_any = accept_any_standard
+        self._clock = clock
+        self._ephemeral: dict[str, EphemeralKey] = {}
+
+    def __repr__(self) -> str:
+        return f"KeyStore(standard={len(self._standard)}, ephemeral={len(self._ephemeral)})"
+
+    def is_standard(self, token: str) -> bool:
+        if token in self._standard:
+            return True
+        return self._accept_any and token.startswith("sk-") and len(token) > 3
+
+    def mint(self, dialect: Dialect, session: Mapping[str, Any], ttl_s: int) -> EphemeralKey:
+        now = self._clock()
+        self._forget_old(now)
+        key = EphemeralKey(
+            value=f"ek_{secrets.token_hex(16)}",
+            expires_at=int(now + ttl_s),
+            dialect=dialect,
+            session=session,
+        )
+        self._ephemeral[key.value] = key
+        return key
+
+    def require_standard(self, token: str | None) -> None:
+        """Raise 401 unless ``token`` is a standard API key."""
+        if token is None:
+            raise _missing()
+        if not self.is_standard(token):
+            raise invalid_api_key(
+                f"Incorrect API key provided ({kind_of(token)}). This endpoint needs a "
+                "standard API key."
+            )
+
+    def require_call_credential(self, token: str | None) -> EphemeralKey | None:
+        """A valid ephemeral key (returned) or a standard key (None); else 401."""
+        if token is None:
+            raise _missing()
+        if self.is_standard(token):
+            return None
+        key = self._ephemeral.get(token)
+        if key is None:
+            raise invalid_api_key(f"Incorrect API key provided ({kind_of(token)}).")
+        if self._clock() >= key.expires_at:
+            raise invalid_api_key("The ephemeral key provided (ek_…) has expired.")
+        return key
+
+    def _forget_old(self, now: float) -> None:
+        old = [v for v, k in self._ephemeral.items() if now - k.expires_at > _FORGET_AFTER_S]
+        for value in old:
+            del self._ephemeral[value]
+
+
+def _missing() -> Exception:
+    return invalid_api_key(
+        "You didn't provide an API key. You need to provide your API key in an "
+        "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+    )
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header (None when absent)."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return token

@@ -1,0 +1,46 @@
+"""The simulator's settings (``SimulatorOptions``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
+
+from relay.config import IceConfig
+from relay.upstream.simulator.faults import Faults
+
+DEFAULT_API_KEY = "sk-sim-local"
+DEFAULT_GA_MODEL = "gpt-realtime"
+DEFAULT_BETA_MODEL = "gpt-4o-realtime-preview"
+
+# What the simulated interviewer says, in turn (one line per response).
+DEFAULT_REPLY_LINES: tuple[str, ...] = (
+    "Thank you. Could you tell me a little more about that?",
+    "Interesting. What was the hardest part of that project?",
+    "I see. How did you work with the rest of your team?",
+    "Great. What would you do differently next time?",
+)
+
+
+@dataclass(frozen=True)
+class SimulatorOptions:
+    # Standard keys (Bearer sk-…) accepted for minting, the unified /calls form and hang-up.
+    api_keys: AbstractSet[str] = frozenset({DEFAULT_API_KEY})
+    # Accept any Bearer token starting with "sk-" as a standard key.
+    accept_any_api_key: bool = False
+    # ICE for the simulator's peers (default: host candidate 127.0.0.1 only, no STUN).
+    ice: IceConfig = field(default_factory=IceConfig)
+    # Initial fault knobs (copied into the state; change them at runtime there).
+    faults: Faults = field(default_factory=Faults)
+    default_ga_model: str = DEFAULT_GA_MODEL
+    default_beta_model: str = DEFAULT_BETA_MODEL
+    # Lifetime of a beta ephemeral key when the request names none (OpenAI: one minute).
+    beta_secret_ttl_s: int = 60
+    # Offers larger than this are refused with 400 invalid_offer.
+    max_offer_bytes: int = 32768
+    reply_lines: tuple[str, ...] = DEFAULT_REPLY_LINES
+    # Unix-seconds clock for key expiry (tests pass a controllable one).
+    clock: Callable[[], float] = time.time
+    # Closed calls kept for inspection (oldest forgotten first).
+    max_closed_calls: int = 200
