@@ -1,21 +1,173 @@
-"""The media bridges of this relay instance: tracking, draining, closing."""
+"""The media bridges of this relay instance: opening, tracking, draining, closing.
+
+The manager is the glue between a bridge and the session layer: it moves the session
+to ``connecting`` and ``active`` (registry and database row) as the bridge reaches
+those milestones, and finishes it through ``SessionService.finish`` (slot released,
+row closed, credit debited) when the bridge ends, whatever ended it.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from typing import TYPE_CHECKING
+
+from relay.admission.store import DatabaseUnavailable, SessionState
+from relay.errors import ApiError
+from relay.media.bridge import (
+    Bridge,
+    BridgeClosed,
+    BridgeSettings,
+    EndState,
+    UpstreamAnswerInvalid,
+)
+from relay.media.metrics import MediaMetrics
+from relay.media.peers import IceGatherTimeout
+from relay.media.sdp import InvalidOffer
+from relay.sessions.registry import SessionEntry
+from relay.sessions.service import upstream_api_error
+from relay.upstream.base import UpstreamError, UpstreamTimeout
 
 if TYPE_CHECKING:
     from relay.services import Services
+
+log = logging.getLogger("relay.media")
+
+SHUTDOWN_REASON = "relay_shutdown"
+
+
+class _SessionHooks:
+    """A bridge's milestones, applied to the session registry, database and credit."""
+
+    def __init__(self, manager: BridgeManager, entry: SessionEntry) -> None:
+        self._manager = manager
+        self._entry = entry
+
+    async def on_connecting(self) -> None:
+        await self._write_state("connecting")
+
+    async def on_active(self, upstream_call_id: str | None) -> None:
+        services = self._manager.services
+        services.registry.set_state(self._entry.session_id, "active")
+        await self._write_state("active", upstream_call_id)
+
+    async def on_finished(self, state: EndState, reason: str, duration_s: float) -> None:
+        try:
+            await self._manager.services.sessions.finish(
+                self._entry, state=state, reason=reason, duration_s=duration_s
+            )
+        finally:
+            self._manager.forget(self._entry.session_id)
+
+    async def _write_state(self, state: SessionState, upstream_call_id: str | None = None) -> None:
+        try:
+            await self._manager.services.store.set_session_state(
+                self._entry.session_id, state, upstream_call_id=upstream_call_id
+            )
+        except DatabaseUnavailable as exc:
+            # The row catches up at the end (finish); the interview goes on.
+            log.warning(
+                "session %s: could not record state %s (%s)", self._entry.session_id, state, exc
+            )
 
 
 class BridgeManager:
     """Tracks live bridges; ``drain`` and ``close_all`` end them at shut-down."""
 
-    def __init__(self, services: Services) -> None:
-        self._services = services
+    def __init__(self, services: Services, *, force_decode: bool = False) -> None:
+        self.services = services
+        settings = services.settings
+        self.settings = BridgeSettings(
+            session=settings.session,
+            media=settings.media,
+            events=settings.events,
+            ice=settings.ice,
+        )
+        self.metrics = MediaMetrics(services.metrics)
+        self._force_decode = force_decode
+        self._bridges: dict[str, Bridge] = {}
+
+    def __len__(self) -> int:
+        return len(self._bridges)
+
+    def get(self, session_id: str) -> Bridge | None:
+        return self._bridges.get(session_id)
+
+    def bridges(self) -> list[Bridge]:
+        return list(self._bridges.values())
+
+    def forget(self, session_id: str) -> None:
+        if self._bridges.pop(session_id, None) is not None:
+            self.metrics.bridges_live.set(len(self._bridges))
+
+    async def open(self, entry: SessionEntry, offer_sdp: str, request_id: str) -> Bridge:
+        """Bridge a claimed session; return the started bridge (``bridge.answer`` is the SDP).
+
+        Raises ``ApiError``; the session is finished as failed on every error path.
+        """
+        if entry.minted is None:
+            await self.services.sessions.finish(
+                entry, state="failed", reason="not_minted", duration_s=0.0
+            )
+            raise ApiError(409, "session_not_ready", "This session is not ready for media.")
+        started = time.perf_counter()
+        bridge = Bridge(
+            session_id=entry.session_id,
+            request_id=request_id,
+            settings=self.settings,
+            upstream=self.services.upstream,
+            minted=entry.minted,
+            max_duration_s=entry.max_duration_s,
+            metrics=self.metrics,
+            hooks=_SessionHooks(self, entry),
+            force_decode=self._force_decode,
+        )
+        entry.bridge = bridge
+        self._bridges[entry.session_id] = bridge
+        self.metrics.bridges_live.set(len(self._bridges))
+        try:
+            await bridge.start(offer_sdp)
+        except InvalidOffer as exc:
+            raise ApiError(400, "invalid_offer", f"Invalid SDP offer: {exc.reason}") from None
+        except (UpstreamTimeout, UpstreamError) as exc:
+            raise upstream_api_error(exc) from None
+        except UpstreamAnswerInvalid as exc:
+            raise ApiError(
+                502,
+                "upstream_error",
+                "The realtime service answered with SDP the relay cannot use.",
+                retryable=True,
+                details={"stage": "sdp", "upstream_code": "invalid_answer"},
+            ) from exc
+        except IceGatherTimeout as exc:
+            raise ApiError(504, "ice_gather_timeout", str(exc), retryable=True) from None
+        except BridgeClosed as exc:
+            raise ApiError(
+                409, "session_closed", f"The session ended during the exchange ({exc.reason})."
+            ) from None
+        self.metrics.exchange_ms.observe((time.perf_counter() - started) * 1000)
+        return bridge
 
     async def drain(self, deadline_s: float) -> None:
-        """Wait up to ``deadline_s`` for live bridges, then hang up the rest."""
+        """Wait up to ``deadline_s`` for live bridges to end, then hang up the rest."""
+        live = self.bridges()
+        if live:
+            log.info("draining: waiting up to %.0fs for %d bridges", deadline_s, len(live))
+            waits = [asyncio.create_task(b.wait_closed()) for b in live]
+            _, pending = await asyncio.wait(waits, timeout=max(0.0, deadline_s))
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        await self.close_all()
 
-    async def close_all(self) -> None:
-        """Hang up every live bridge (reason ``relay_shutdown``)."""
+    async def close_all(self, reason: str = SHUTDOWN_REASON) -> None:
+        """Hang up every live bridge and wait until each session is finished."""
+        live = self.bridges()
+        if not live:
+            return
+        log.info("closing %d bridges (%s)", len(live), reason)
+        results = await asyncio.gather(*(b.close(reason) for b in live), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                log.error("closing a bridge failed: %s: %s", type(result).__name__, result)

@@ -1,9 +1,155 @@
-"""POST /api/webrtc-exchange and GET/DELETE /api/sessions/{id}."""
+"""POST /api/webrtc-exchange, GET and DELETE /api/sessions/{id}.
+
+The exchange answers the browser's SDP offer: the relay terminates the browser's
+WebRTC leg itself and does its own SDP exchange with the upstream (relay.media).
+A session id is usable once; an invalid offer is refused before the session is
+claimed, so the browser can fix its offer and retry with the same session.
+"""
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from aiohttp import web
+
+from relay.admission.service import database_error
+from relay.admission.store import DatabaseUnavailable
+from relay.errors import ApiError
+from relay.media.manager import BridgeManager
+from relay.media.sdp import InvalidOffer, validate_offer
+from relay.observability.logging import stage
+from relay.observability.request_context import current, current_request_id
+from relay.services import SERVICES, Services
+from relay.web.auth import is_operator
+from relay.web.body import read_json_object
+
+log = logging.getLogger("relay.http")
+
+MAX_SESSION_ID_CHARS = 128
+
+
+def _bridges(services: Services) -> BridgeManager:
+    if services.bridges is None:
+        raise ApiError(503, "media_unavailable", "The media bridge is not running.", retryable=True)
+    return services.bridges
+
+
+def _exchange_fields(body: dict[str, Any]) -> tuple[str, str]:
+    session_id = body.get("session_id")
+    if not isinstance(session_id, str) or not 0 < len(session_id) <= MAX_SESSION_ID_CHARS:
+        raise ApiError(400, "invalid_request", "session_id must be a non-empty string.")
+    if body.get("type") != "offer":
+        raise ApiError(400, "invalid_request", 'type must be "offer".')
+    sdp = body.get("sdp")
+    if not isinstance(sdp, str):
+        raise ApiError(400, "invalid_offer", "Invalid SDP offer: sdp must be a string.")
+    return session_id, sdp
+
+
+async def webrtc_exchange(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    request_id = current_request_id()
+    log.info("=== WEBRTC EXCHANGE REQUEST START [%s] ===", request_id)
+    stage(log, "WEBRTC_EXCHANGE_START")
+    status = 500
+    try:
+        caller = await services.admission.authenticate(request.headers.get("Authorization"))
+        body = await read_json_object(request, services.settings.server.max_body_bytes)
+        session_id, sdp = _exchange_fields(body)
+        services.sessions.refuse_if_draining()
+        try:
+            validate_offer(sdp, max_bytes=services.settings.session.max_sdp_bytes)
+        except InvalidOffer as exc:
+            raise ApiError(400, "invalid_offer", f"Invalid SDP offer: {exc.reason}") from None
+        manager = _bridges(services)
+        entry = services.registry.claim_for_exchange(session_id, caller.user.id)
+        bridge = await manager.open(entry, sdp, request_id)
+        ctx = current()
+        status = 201
+        stage(log, "WEBRTC_EXCHANGE_COMPLETE")
+        return web.json_response(
+            {
+                "type": "answer",
+                "sdp": bridge.answer,
+                "session_id": session_id,
+                "request_id": request_id,
+                "processing_time_ms": round(ctx.elapsed_ms(), 1) if ctx else 0.0,
+            },
+            status=201,
+        )
+    except Exception as exc:
+        status = getattr(exc, "status", 500)
+        raise
+    finally:
+        ctx = current()
+        total = ctx.elapsed_ms() if ctx else 0.0
+        stage(log, f"RESPONSE {status}", total)
+        log.info("=== WEBRTC EXCHANGE REQUEST END [%s] - Total: %.0fms ===", request_id, total)
+
+
+async def get_session(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    caller = await services.admission.authenticate(request.headers.get("Authorization"))
+    session_id = request.match_info["session_id"]
+    entry = services.registry.get(session_id)
+    body: dict[str, Any]
+    if entry is not None and entry.user_id == caller.user.id:
+        body = {
+            "session_id": entry.session_id,
+            "state": entry.state,
+            "end_reason": None,
+            "expires_at": services.sessions.expires_at(entry).isoformat(),
+            "max_duration_seconds": int(entry.max_duration_s),
+        }
+        bridge = entry.bridge
+        if bridge is not None:
+            media = bridge.stats()
+            body["active_seconds"] = media["active_s"]
+            body["media"] = media
+    else:
+        record = await _session_row(services, session_id)
+        if record is None or record.user_id != caller.user.id:
+            raise ApiError(404, "session_not_found", "No such session for this user.")
+        body = record.to_json()
+    body["request_id"] = current_request_id()
+    return web.json_response(body)
+
+
+async def delete_session(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    operator = is_operator(request)
+    user_id: int | None = None
+    if not operator:
+        caller = await services.admission.authenticate(request.headers.get("Authorization"))
+        user_id = caller.user.id
+    session_id = request.match_info["session_id"]
+    entry = services.registry.get(session_id)
+    if entry is not None and (operator or entry.user_id == user_id):
+        reason = "operator_hangup" if operator else "hangup"
+        log.info("[%s] SESSION_HANGUP %s (%s)", current_request_id(), session_id, reason)
+        if entry.bridge is not None:
+            await entry.bridge.close(reason)
+        else:
+            # Minted but never exchanged: nothing to hang up, nothing used.
+            await services.sessions.finish(entry, state="ended", reason=reason, duration_s=0.0)
+        return web.Response(status=204)
+    record = await _session_row(services, session_id)
+    if record is None or not (operator or record.user_id == user_id):
+        raise ApiError(404, "session_not_found", "No such session for this user.")
+    return web.Response(status=204)  # already over: deleting it again changes nothing
+
+
+async def _session_row(services: Services, session_id: str) -> Any:
+    if len(session_id) > MAX_SESSION_ID_CHARS:
+        return None
+    try:
+        return await services.store.get_session(session_id)
+    except DatabaseUnavailable as exc:
+        raise database_error(exc, services.settings.database.retry_after_s) from exc
 
 
 def register(app: web.Application) -> None:
-    """Routes are added as the media bridge lands."""
+    app.router.add_post("/api/webrtc-exchange", webrtc_exchange)
+    app.router.add_get("/api/sessions/{session_id}", get_session)
+    app.router.add_delete("/api/sessions/{session_id}", delete_session)

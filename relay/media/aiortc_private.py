@@ -1,0 +1,125 @@
+"""Every private aiortc name the relay relies on, in one place.
+
+aiortc has no public way to receive *encoded* audio, to keep RTCP receiver reports
+when a receiver is bypassed, or to stop a receiver's decoder thread without blocking
+the event loop. The functions below do exactly that and nothing more. They depend on
+aiortc internals that have changed between minor releases, so aiortc is pinned
+exactly (pyproject.toml) and ``tests/unit/test_aiortc_private.py`` fails loudly when an
+upgrade renames or removes any of them. Read docs/media.md before changing anything.
+
+Private names used (aiortc 1.16.0):
+
+* ``RTCRtpReceiver._handle_rtp_packet(packet, arrival_time_ms)``: the per-packet entry
+  point, called by ``RTCDtlsTransport._handle_rtp_data`` through an ordinary attribute
+  lookup, so an instance attribute shadows the method.
+* ``RTCRtpReceiver._RTCRtpReceiver__remote_streams``: ssrc → ``StreamStatistics``; the
+  receiver's RTCP task builds its receiver reports from it and ``getStats()`` reads it.
+* ``aiortc.rtcrtpreceiver.StreamStatistics``: the per-SSRC loss/jitter bookkeeping.
+* ``RTCRtpReceiver._RTCRtpReceiver__decoder_thread`` / ``__decoder_queue``: the decoder
+  thread ``receive()`` starts for every receiver, and its input queue.
+* ``aiortc.rtp.compute_audio_level_dbov``: a module-level function the sender calls per
+  decoded frame (public module, but replacing it is a monkeypatch).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiortc
+import aiortc.rtp
+from aiortc.rtcrtpreceiver import RTCRtpReceiver, StreamStatistics
+from aiortc.rtp import RtpPacket
+
+from relay.media.audio_level import compute_audio_level_dbov
+
+# The exact version these internals were read from. The guard test checks it.
+PINNED_AIORTC_VERSION = "1.16.0"
+
+RtpHook = Callable[[RtpPacket, int], Awaitable[None]]
+OriginalHandler = Callable[..., Awaitable[None]]
+
+_REMOTE_STREAMS = "_RTCRtpReceiver__remote_streams"
+_DECODER_THREAD = "_RTCRtpReceiver__decoder_thread"
+_DECODER_QUEUE = "_RTCRtpReceiver__decoder_queue"
+
+
+def aiortc_version() -> str:
+    return str(aiortc.__version__)
+
+
+def original_rtp_handler(receiver: RTCRtpReceiver) -> OriginalHandler:
+    """The receiver's own ``_handle_rtp_packet`` (bound), to delegate to from a hook."""
+    handler: OriginalHandler = RTCRtpReceiver._handle_rtp_packet.__get__(receiver)
+    return handler
+
+
+def install_rtp_hook(receiver: RTCRtpReceiver, hook: RtpHook) -> None:
+    """Route every RTP packet of ``receiver`` to ``hook(packet, arrival_time_ms)``.
+
+    The packet arrives parsed and SRTP-decrypted, before aiortc's jitter buffer and
+    decoder. This is how encoded Opus is forwarded without decoding (and with no
+    jitter-buffer delay). The hook decides whether to call ``original_rtp_handler``.
+    """
+    # setattr: an instance attribute deliberately shadowing the method.
+    setattr(receiver, "_handle_rtp_packet", hook)  # noqa: B010
+
+
+def remove_rtp_hook(receiver: RTCRtpReceiver) -> None:
+    """Drop the instance override (the class method applies again)."""
+    receiver.__dict__.pop("_handle_rtp_packet", None)
+
+
+def receiver_statistics(receiver: RTCRtpReceiver, ssrc: int, clock_rate: int) -> Any:
+    """The ``StreamStatistics`` aiortc keeps for ``ssrc`` (created if missing).
+
+    A hook that bypasses ``_handle_rtp_packet`` calls ``.add(packet)`` on it per packet
+    (about a microsecond) so the receiver keeps sending RTCP receiver reports: the far
+    end keeps its round-trip-time and loss statistics, and ``receiver.getStats()``
+    keeps reporting inbound packets, loss and jitter.
+    """
+    streams: dict[int, Any] = getattr(receiver, _REMOTE_STREAMS)
+    stats = streams.get(ssrc)
+    if stats is None:
+        stats = streams[ssrc] = StreamStatistics(clock_rate)
+    return stats
+
+
+def detach_decoder_thread(receiver: RTCRtpReceiver) -> threading.Thread | None:
+    """Ask the receiver's decoder thread to exit and return it, for joining off the loop.
+
+    ``receive()`` starts one decoder thread per receiver, even when a hook means it
+    never decodes anything. aiortc stops it in ``RTCRtpReceiver.stop()`` with a
+    blocking ``join()`` on the event loop. Handing it the same ``None`` sentinel here
+    and clearing the attribute makes aiortc skip that join (and stop queueing frames
+    for it); the caller joins the returned thread in a worker thread instead.
+    """
+    thread: threading.Thread | None = getattr(receiver, _DECODER_THREAD, None)
+    if thread is None:
+        return None
+    getattr(receiver, _DECODER_QUEUE).put(None)
+    setattr(receiver, _DECODER_THREAD, None)
+    return thread
+
+
+def decoder_thread(receiver: RTCRtpReceiver) -> threading.Thread | None:
+    """The receiver's decoder thread, if it has one (tests and stats)."""
+    thread: threading.Thread | None = getattr(receiver, _DECODER_THREAD, None)
+    return thread
+
+
+def install_fast_audio_level() -> None:
+    """Replace aiortc's per-frame audio-level function with a numpy version.
+
+    On the decode/re-encode path the sender calls ``aiortc.rtp.compute_audio_level_dbov``
+    on the event loop for every frame; aiortc's version loops over every sample in
+    Python (~60-120 µs per frame, about half the CPU of that path). The sender looks it
+    up as a module attribute at call time, so replacing the attribute is enough.
+    Process-wide and idempotent.
+    """
+    aiortc.rtp.compute_audio_level_dbov = compute_audio_level_dbov
+
+
+def fast_audio_level_installed() -> bool:
+    return aiortc.rtp.compute_audio_level_dbov is compute_audio_level_dbov

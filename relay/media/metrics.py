@@ -1,0 +1,107 @@
+"""The media layer's metrics, and publishing per-bridge counters as deltas."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from relay.media.forwarding import DirectionStats
+from relay.observability.metrics import MetricsRegistry
+
+# DirectionStats fields published as counters, with their metric names.
+_COUNTED = {
+    "packets_in": "relay_media_packets_received_total",
+    "bytes_in": "relay_media_bytes_received_total",
+    "forwarded": "relay_media_packets_forwarded_total",
+    "forwarded_bytes": "relay_media_bytes_forwarded_total",
+    "frames_decoded": "relay_media_frames_decoded_total",
+}
+
+
+@dataclass
+class _Published:
+    values: dict[str, int] = field(default_factory=dict)
+    queue_drops: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+class MediaMetrics:
+    """Counters, gauges and summaries of the media bridges (one per registry)."""
+
+    def __init__(self, registry: MetricsRegistry) -> None:
+        labels = ["direction"]
+        self._counters = {
+            key: registry.counter(
+                name, f"Media {key.replace('_', ' ')} per direction (all bridges)", labels
+            )
+            for key, name in _COUNTED.items()
+        }
+        self.queue_drops = registry.counter(
+            "relay_media_queue_drops_total",
+            "Oldest items dropped because a forwarding queue was full",
+            labels,
+        )
+        self.packets_dropped = registry.counter(
+            "relay_media_packets_dropped_total",
+            "Received packets not forwarded, by reason",
+            ["direction", "reason"],
+        )
+        self.forwarding_modes = registry.counter(
+            "relay_media_directions_total",
+            "Bridged directions by forwarding mode (passthrough: no decoder ran)",
+            ["direction", "mode"],
+        )
+        self.events_forwarded = registry.counter(
+            "relay_media_events_forwarded_total",
+            "Data-channel events relayed, by direction",
+            labels,
+        )
+        self.events_refused = registry.counter(
+            "relay_media_events_refused_total",
+            "Browser data-channel events refused, by reason",
+            ["reason"],
+        )
+        self.events_dropped = registry.counter(
+            "relay_media_events_dropped_total",
+            "Data-channel events dropped because the other side was not open in time",
+            labels,
+        )
+        self.bridges_live = registry.gauge("relay_media_bridges_live", "Live media bridges")
+        self.bridges_ended = registry.counter(
+            "relay_media_bridges_ended_total", "Bridges ended, by reason", ["reason"]
+        )
+        self.exchange_ms = registry.summary(
+            "relay_media_exchange_ms", "Time to answer a browser offer (both legs negotiated)"
+        )
+        self.connect_ms = registry.summary(
+            "relay_media_connect_ms", "From the offer until both legs were connected"
+        )
+        self.first_upstream_audio_ms = registry.summary(
+            "relay_media_first_upstream_audio_ms",
+            "From the offer until the first upstream audio packet arrived",
+        )
+        self._published: dict[int, _Published] = {}
+
+    def publish(self, stats: DirectionStats, queue_drops: int) -> None:
+        """Add what changed since the last call for this ``stats`` object."""
+        seen = self._published.setdefault(id(stats), _Published())
+        direction = stats.direction
+        for key, counter in self._counters.items():
+            value = getattr(stats, key)
+            delta = value - seen.values.get(key, 0)
+            if delta:
+                counter.inc(delta, direction=direction)
+                seen.values[key] = value
+        if queue_drops != seen.queue_drops:
+            self.queue_drops.inc(queue_drops - seen.queue_drops, direction=direction)
+            seen.queue_drops = queue_drops
+        for reason, value in (
+            ("other_codec", stats.dropped_other_codec),
+            ("duplicate", stats.dropped_duplicate),
+        ):
+            delta = value - seen.dropped.get(reason, 0)
+            if delta:
+                self.packets_dropped.inc(delta, direction=direction, reason=reason)
+                seen.dropped[reason] = value
+
+    def forget(self, stats: DirectionStats) -> None:
+        self._published.pop(id(stats), None)

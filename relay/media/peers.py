@@ -1,0 +1,69 @@
+"""Creating and closing the relay's aiortc peers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+
+from aiortc import RTCPeerConnection, RTCSessionDescription
+
+from relay.config import IceConfig
+from relay.media import aiortc_private
+from relay.media.ice import rtc_configuration
+
+log = logging.getLogger("relay.media")
+
+DECODER_JOIN_TIMEOUT_S = 5.0
+
+# Every peer this process created and has not garbage-collected (leak checks, stats).
+_peers: weakref.WeakSet[RTCPeerConnection] = weakref.WeakSet()
+
+
+class IceGatherTimeout(Exception):
+    """Gathering local ICE candidates took longer than ``session.ice_gather_timeout_s``."""
+
+
+def new_peer(ice: IceConfig) -> RTCPeerConnection:
+    """A peer with the configured ICE servers (never aiortc's implicit public STUN)."""
+    pc = RTCPeerConnection(rtc_configuration(ice))
+    _peers.add(pc)
+    return pc
+
+
+def open_peer_count() -> int:
+    """Peers created by ``new_peer`` that are not closed yet."""
+    return sum(1 for pc in list(_peers) if pc.connectionState != "closed")
+
+
+async def set_local_description(
+    pc: RTCPeerConnection, description: RTCSessionDescription, timeout_s: float
+) -> RTCSessionDescription:
+    """``setLocalDescription`` (which gathers every candidate) within ``timeout_s``."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await pc.setLocalDescription(description)
+    except TimeoutError:
+        raise IceGatherTimeout(f"ICE gathering took longer than {timeout_s:g}s") from None
+    local: RTCSessionDescription = pc.localDescription
+    return local
+
+
+async def close_peer(pc: RTCPeerConnection) -> None:
+    """Close ``pc`` and make sure its receivers' decoder threads have exited.
+
+    aiortc would join each decoder thread on the event loop; we stop them first and
+    join in a worker thread (see ``aiortc_private.detach_decoder_thread``).
+    """
+    threads = []
+    for transceiver in pc.getTransceivers():
+        thread = aiortc_private.detach_decoder_thread(transceiver.receiver)
+        if thread is not None:
+            threads.append(thread)
+    try:
+        await pc.close()
+    finally:
+        for thread in threads:
+            await asyncio.to_thread(thread.join, DECODER_JOIN_TIMEOUT_S)
+            if thread.is_alive():
+                log.error("decoder thread %s did not exit", thread.name)

@@ -1,0 +1,289 @@
+"""The media bridge with real aiortc peers on loopback: a browser peer, the bridge, and an
+in-process upstream peer (run inside a private network namespace, see tests/run.sh)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from relay.config import EventsConfig, IceConfig, MediaConfig, SessionConfig
+from relay.media import aiortc_private
+from relay.media.bridge import Bridge, BridgeSettings, EndState
+from relay.media.metrics import MediaMetrics
+from relay.media.peers import open_peer_count
+from relay.observability.metrics import MetricsRegistry
+from relay.upstream.base import MintedSession, UpstreamError
+from tests.integration.media_helpers import (
+    BrowserPeer,
+    LoopbackUpstream,
+    encode_opus,
+    speech_like,
+    upstream_failure,
+    wait_until,
+)
+
+SPEECH = encode_opus(speech_like(1.5))
+
+
+@dataclass
+class RecordingHooks:
+    """Stands in for the session layer: records the bridge's milestones."""
+
+    connecting: int = 0
+    active: list[str | None] = field(default_factory=list)
+    finished: list[tuple[EndState, str, float]] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def on_connecting(self) -> None:
+        self.connecting += 1
+
+    async def on_active(self, upstream_call_id: str | None) -> None:
+        self.active.append(upstream_call_id)
+
+    async def on_finished(self, state: EndState, reason: str, duration_s: float) -> None:
+        self.finished.append((state, reason, duration_s))
+        self.done.set()
+
+
+@dataclass
+class Rig:
+    upstream: LoopbackUpstream
+    metrics: MetricsRegistry
+    hooks: RecordingHooks = field(default_factory=RecordingHooks)
+    bridges: list[Bridge] = field(default_factory=list)
+    browsers: list[BrowserPeer] = field(default_factory=list)
+
+    def bridge(self, *, session: SessionConfig | None = None, max_duration_s: float = 60) -> Bridge:
+        settings = BridgeSettings(
+            session=session or SessionConfig(connect_timeout_s=5.0, idle_media_timeout_s=10.0),
+            media=MediaConfig(queue_max_frames=50),
+            events=EventsConfig(),
+            ice=IceConfig(),
+        )
+        bridge = Bridge(
+            session_id=f"is_test{len(self.bridges)}",
+            request_id="req_test",
+            settings=settings,
+            upstream=self.upstream,
+            minted=MintedSession(secret="ek_test", expires_at=0, model="m"),
+            max_duration_s=max_duration_s,
+            metrics=MediaMetrics(self.metrics),
+            hooks=self.hooks,
+        )
+        self.bridges.append(bridge)
+        return bridge
+
+    def browser(self, **kwargs: Any) -> BrowserPeer:
+        peer = BrowserPeer(**kwargs)
+        self.browsers.append(peer)
+        return peer
+
+    async def connect(self, bridge: Bridge, browser: BrowserPeer) -> None:
+        answer = await bridge.start(await browser.offer())
+        await browser.accept(answer)
+        await browser.wait_connected()
+        await wait_until(lambda: bridge.state == "active", 10, "bridge active")
+
+    def counter(self, name: str, **labels: str) -> float:
+        rows: list[dict[str, Any]] = self.metrics.snapshot().get(name) or []
+        return float(
+            sum(r["value"] for r in rows if all(str(r.get(k)) == v for k, v in labels.items()))
+        )
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[Rig]:
+    r = Rig(upstream=LoopbackUpstream(), metrics=MetricsRegistry())
+    yield r
+    for browser in r.browsers:
+        await browser.close()
+    for bridge in r.bridges:
+        await bridge.close("test_over")
+    await r.upstream.close()
+
+
+async def test_opus_passthrough_forwards_packets_unchanged_both_ways(rig: Rig) -> None:
+    bridge = rig.bridge()
+    browser = rig.browser(payloads=SPEECH)
+    await rig.connect(bridge, browser)
+    call = rig.upstream.calls[0]
+    assert rig.hooks.active == [call.call_id]
+
+    # The upstream receives the browser's Opus packets byte for byte: nothing decoded
+    # and re-encoded them on the way.
+    await wait_until(lambda: len(call.payloads) >= len(SPEECH), 10, "speech upstream")
+    first = call.payloads.index(SPEECH[0])
+    assert call.payloads[first : first + len(SPEECH)] == SPEECH
+    assert call.speaker.loud_frames() > 30
+
+    # The upstream's reply reaches the browser, audible.
+    await wait_until(lambda: browser.speaker.loud_frames() > 30, 10, "reply audio at browser")
+
+    stats = bridge.stats()
+    for direction in ("browser_to_upstream", "upstream_to_browser"):
+        d = stats[direction]
+        assert d["mode"] == "passthrough" and d["decoder_used"] is False
+        assert d["codec_in"] == "opus" and d["codec_out"] == "opus"
+        assert d["frames_decoded"] == 0
+        assert d["forwarded"] > 50
+        assert d["dropped"]["queue_full"] == 0
+        assert d["last_media_age_s"] is not None and d["last_media_age_s"] < 1.0
+    assert stats["time_to_first_upstream_audio_ms"] > 0
+    # The relay's receivers hold an idle decoder thread each (started by aiortc).
+    for pc in (bridge.browser_pc, bridge.upstream_pc):
+        assert pc is not None
+        receiver = pc.getTransceivers()[0].receiver
+        assert aiortc_private.decoder_thread(receiver) is not None
+
+    await bridge.close("hangup")
+    assert rig.hooks.finished[0][:2] == ("ended", "hangup")
+    assert rig.hooks.finished[0][2] > 0.5
+    assert rig.upstream.hangups == [call.call_id]
+    assert rig.counter("relay_media_directions_total", mode="passthrough") == 2
+    assert rig.counter("relay_media_directions_total", mode="decode") == 0
+    assert rig.counter("relay_media_frames_decoded_total") == 0
+    assert rig.counter("relay_media_packets_forwarded_total", direction="browser_to_upstream") > 50
+    # Both decoder threads are gone after close.
+    for pc in (bridge.browser_pc, bridge.upstream_pc):
+        assert pc is not None
+        assert aiortc_private.decoder_thread(pc.getTransceivers()[0].receiver) is None
+        assert pc.connectionState == "closed"
+
+
+async def test_pcmu_upstream_falls_back_to_decoding(rig: Rig) -> None:
+    rig.upstream.answer_codec = "pcmu"
+    bridge = rig.bridge()
+    browser = rig.browser(payloads=SPEECH)
+    await rig.connect(bridge, browser)
+    call = rig.upstream.calls[0]
+    await wait_until(lambda: call.speaker.loud_frames() > 20, 10, "speech at a PCMU upstream")
+    await wait_until(lambda: browser.speaker.loud_frames() > 20, 10, "PCMU reply at browser")
+    stats = bridge.stats()
+    assert stats["browser_to_upstream"]["mode"] == "decode"
+    assert stats["browser_to_upstream"]["codec_out"] == "pcmu"
+    assert stats["upstream_to_browser"]["codec_in"] == "pcmu"
+    assert stats["upstream_to_browser"]["frames_decoded"] > 20
+    assert aiortc_private.fast_audio_level_installed()
+    assert rig.counter("relay_media_directions_total", mode="decode") == 2
+
+
+async def test_browser_preferring_pcmu_is_honoured_and_decoded(rig: Rig) -> None:
+    bridge = rig.bridge()
+    browser = rig.browser(codecs=["PCMU", "opus"])
+    await rig.connect(bridge, browser)
+    call = rig.upstream.calls[0]
+    await wait_until(lambda: call.speaker.loud_frames() > 20, 10, "PCMU browser heard upstream")
+    await wait_until(lambda: browser.speaker.loud_frames() > 20, 10, "reply at PCMU browser")
+    assert bridge.stats()["browser_to_upstream"]["codec_in"] == "pcmu"
+    assert bridge.stats()["upstream_to_browser"]["mode"] == "decode"
+
+
+async def test_events_relay_and_allow_list(rig: Rig) -> None:
+    bridge = rig.bridge()
+    browser = rig.browser(payloads=SPEECH)
+    await rig.connect(bridge, browser)
+    call = rig.upstream.calls[0]
+    created = await browser.wait_type("session.created")
+    assert created["event_id"] == "event_1"
+
+    browser.send_event({"type": "session.update", "event_id": "evt_hack", "session": {}})
+    error = await browser.wait_type("error")
+    assert error["error"]["code"] == "event_not_allowed"
+    assert error["error"]["type"] == "invalid_request_error"
+    assert error["error"]["event_id"] == "evt_hack"
+
+    browser.send_event({"type": "conversation.item.create", "item": {}})
+    browser.channel.send("not json")
+    browser.channel.send(json.dumps({"type": "response.cancel", "pad": "x" * 20000}))
+    browser.send_event({"type": "response.cancel", "event_id": "evt_ok"})
+    await wait_until(lambda: len(call.events) >= 1, 5, "allowed event upstream")
+    await wait_until(lambda: browser.event_types().count("error") == 4, 5, "four error events")
+    codes = [e["error"]["code"] for e in browser.events if e["type"] == "error"]
+    assert codes == ["event_not_allowed", "event_not_allowed", "invalid_event", "event_too_large"]
+    # Only the allowed event went upstream.
+    assert [e["type"] for e in call.events] == ["response.cancel"]
+    assert bridge.stats()["events"]["refused"] == 4
+    assert rig.counter("relay_media_events_refused_total", reason="event_not_allowed") == 2
+
+
+async def test_upstream_sdp_failure_closes_browser_leg(rig: Rig) -> None:
+    rig.upstream.fail_with = upstream_failure("error")
+    bridge = rig.bridge()
+    browser = rig.browser(payloads=SPEECH)
+    with pytest.raises(UpstreamError):
+        await bridge.start(await browser.offer())
+    assert rig.hooks.finished == [("failed", "upstream_error", 0.0)]
+    assert bridge.browser_pc.connectionState == "closed"
+    assert bridge.upstream_pc is not None and bridge.upstream_pc.connectionState == "closed"
+    assert bridge.state == "closed"
+
+
+async def test_connect_timeout_fails_the_session(rig: Rig) -> None:
+    bridge = rig.bridge(session=SessionConfig(connect_timeout_s=0.5, idle_media_timeout_s=10))
+    browser = rig.browser(payloads=SPEECH)
+    await bridge.start(await browser.offer())  # the browser never applies the answer
+    await asyncio.wait_for(rig.hooks.done.wait(), 5)
+    assert rig.hooks.finished == [("failed", "connect_timeout", 0.0)]
+    assert rig.hooks.active == []
+    assert rig.upstream.hangups == [rig.upstream.calls[0].call_id]
+
+
+async def test_idle_media_ends_the_session(rig: Rig) -> None:
+    rig.upstream.reply_pcm = speech_like(0.2)
+    bridge = rig.bridge(session=SessionConfig(connect_timeout_s=5, idle_media_timeout_s=0.6))
+    browser = rig.browser(payloads=SPEECH)
+    await rig.connect(bridge, browser)
+    assert browser.mic is not None
+    browser.mic.pause()
+    # The loopback upstream keeps sending encoded silence, so stop its track too.
+    for sender in rig.upstream.calls[0].pc.getSenders():
+        sender.replaceTrack(None)
+    await asyncio.wait_for(rig.hooks.done.wait(), 5)
+    state, reason, duration = rig.hooks.finished[0]
+    assert (state, reason) == ("ended", "idle_media")
+    assert duration >= 0.6
+
+
+async def test_max_duration_ends_the_session(rig: Rig) -> None:
+    bridge = rig.bridge(max_duration_s=0.8)
+    browser = rig.browser(payloads=SPEECH)
+    await rig.connect(bridge, browser)
+    await asyncio.wait_for(rig.hooks.done.wait(), 5)
+    state, reason, duration = rig.hooks.finished[0]
+    assert (state, reason) == ("ended", "max_duration")
+    assert 0.8 <= duration < 1.5
+
+
+@pytest.mark.parametrize("who", ["browser", "upstream"])
+async def test_either_peer_closing_tears_down_both(rig: Rig, who: str) -> None:
+    bridge = rig.bridge()
+    browser = rig.browser(payloads=SPEECH)
+    await rig.connect(bridge, browser)
+    call = rig.upstream.calls[0]
+    if who == "browser":
+        await browser.pc.close()
+    else:
+        await call.pc.close()
+    await asyncio.wait_for(rig.hooks.done.wait(), 5)
+    state, reason, _ = rig.hooks.finished[0]
+    assert state == "ended"
+    assert reason.startswith(who + "_")
+    assert bridge.browser_pc.connectionState == "closed"
+    assert bridge.upstream_pc is not None and bridge.upstream_pc.connectionState == "closed"
+    assert rig.upstream.hangups == [call.call_id]
+
+
+async def test_close_is_idempotent_and_first_reason_wins(rig: Rig) -> None:
+    bridge = rig.bridge()
+    browser = rig.browser(payloads=SPEECH)
+    await rig.connect(bridge, browser)
+    before = open_peer_count()
+    await asyncio.gather(bridge.close("hangup"), bridge.close("relay_shutdown"))
+    await bridge.close("again")
+    assert [f[1] for f in rig.hooks.finished] == ["hangup"]
+    assert open_peer_count() == before - 2
