@@ -42,6 +42,13 @@ from relay.web.middleware import make_middleware
 log = logging.getLogger("relay.app")
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+# Read once at import: the page's files are fixed, and listing them here keeps file-system
+# calls off the event loop and makes path traversal impossible by construction.
+STATIC_FILES = (
+    frozenset(p.name for p in STATIC_DIR.iterdir() if p.is_file())
+    if STATIC_DIR.is_dir()
+    else frozenset()
+)
 SIMULATOR_API_KEY = "sk-sim-local"
 HOUSEKEEPING_INTERVAL_S = 5.0
 
@@ -60,14 +67,21 @@ def create_app(settings: Settings, *, instance_id: str | None = None) -> web.App
     routes_bridge.register(app)
     routes_health.register(app)
     routes_operator.register(app)
-    if STATIC_DIR.is_dir():
+    if "index.html" in STATIC_FILES:
         app.router.add_get("/", _index)
-        app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False)
+        app.router.add_get("/static/{name}", _static_file)
     return app
 
 
 async def _index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC_DIR / "index.html")
+
+
+async def _static_file(request: web.Request) -> web.FileResponse:
+    name = request.match_info["name"]
+    if name not in STATIC_FILES:
+        raise web.HTTPNotFound()
+    return web.FileResponse(STATIC_DIR / name)
 
 
 def _lifecycle(
