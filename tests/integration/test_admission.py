@@ -275,3 +275,42 @@ async def test_no_secret_reaches_the_logs(
         assert secret not in text
     assert "ek_" not in text
     assert token not in repr(entry)
+
+
+async def test_upstream_failures_map_to_502_and_504_and_leave_nothing_open(
+    make_relay: MakeRelay, simulator: Any
+) -> None:
+    relay = await make_relay(
+        overrides={"upstream": {"mint_timeout_s": 0.5, "mint_retries": 1, "backoff_base_s": 0.01}}
+    )
+    token = await relay.add_user()
+
+    await simulator.state.update_faults({"mint": {"status": 401, "code": "invalid_api_key"}})
+    status, body, headers = await relay.create_session(token)
+    assert status == 502
+    assert_error(body, headers, "upstream_error")
+    assert body["error"]["upstream_status"] == 401
+    assert body["error"]["upstream_code"] == "invalid_api_key"
+    assert body["error"]["retryable"] is False
+    assert simulator.state.requests["mint"] == 1  # a 401 is never retried
+
+    await simulator.state.update_faults(
+        {"mint": {"status": 503, "code": "server_error", "retry_after_s": 0.05}}
+    )
+    status, body, headers = await relay.create_session(token)
+    assert status == 502 and body["error"]["upstream_status"] == 503
+    assert body["error"]["retryable"] is True
+    assert simulator.state.requests["mint"] == 1 + 2  # one attempt + one retry
+
+    await simulator.state.update_faults({"mint": {"status": None, "code": None, "latency_s": 5.0}})
+    status, body, headers = await relay.create_session(token)
+    assert status == 504
+    assert_error(body, headers, "upstream_timeout")
+
+    rows = await relay.sql("SELECT state, end_reason FROM interview_sessions ORDER BY created_at")
+    assert [tuple(r) for r in rows] == [
+        ("failed", "upstream_error"),
+        ("failed", "upstream_error"),
+        ("failed", "upstream_timeout"),
+    ]
+    assert len(relay.services.registry) == 0
