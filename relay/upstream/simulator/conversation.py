@@ -561,7 +561,7 @@ _RATE_LIMITS = [
 
 
 def _usage(response: _Response) -> dict[str, Any]:
-    text_tokens = len(response.words_sent and response.words[: response.words_sent] or [])
+    text_tokens = response.words_sent
     audio_tokens = text_tokens * 4
     return {
         "total_tokens": text_tokens + audio_tokens + 20,

@@ -1,0 +1,343 @@
+"""The simulator's event sequencing (pure): turns, responses, barge-in, client events, dialects."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from relay.upstream.simulator.conversation import Conversation, Step
+from relay.upstream.simulator.ids import CountingIds
+from relay.upstream.simulator.session_config import Dialect, beta_session, ga_session
+
+LINES = ("Thank you, tell me more.", "Why was that?")
+
+
+def _session(dialect: Dialect, *, transcription: bool = True, **turn: Any) -> dict[str, Any]:
+    td = {"type": "server_vad", "silence_duration_ms": 500, **turn}
+    if dialect == "ga":
+        audio_in: dict[str, Any] = {"turn_detection": td}
+        if transcription:
+            audio_in["transcription"] = {"model": "whisper-1"}
+        return ga_session(
+            {"type": "realtime", "audio": {"input": audio_in}},
+            session_id="sess_1",
+            default_model="gpt-realtime",
+        )
+    config: dict[str, Any] = {"turn_detection": td}
+    if transcription:
+        config["input_audio_transcription"] = {"model": "whisper-1"}
+    return beta_session(config, session_id="sess_1", default_model="gpt-4o-realtime-preview")
+
+
+def _conversation(dialect: Dialect = "ga", **kwargs: Any) -> Conversation:
+    return Conversation(dialect, _session(dialect, **kwargs), ids=CountingIds(), reply_lines=LINES)
+
+
+def _types(step: Step) -> list[str]:
+    return [e["type"] for e in step.events]
+
+
+def _client(conversation: Conversation, event: dict[str, Any]) -> Step:
+    return conversation.client_event(json.dumps(event))
+
+
+GA_TURN = [
+    "input_audio_buffer.speech_stopped",
+    "input_audio_buffer.committed",
+    "conversation.item.created",
+    "conversation.item.added",
+    "conversation.item.done",
+    "conversation.item.input_audio_transcription.completed",
+    "response.created",
+    "rate_limits.updated",
+    "response.output_item.added",
+    "conversation.item.added",
+    "response.content_part.added",
+    "output_audio_buffer.started",
+]
+GA_END = [
+    "response.output_audio_transcript.delta",
+    "response.output_audio_transcript.delta",
+    "response.output_audio.done",
+    "response.output_audio_transcript.done",
+    "response.content_part.done",
+    "response.output_item.done",
+    "conversation.item.done",
+    "response.done",
+    "output_audio_buffer.stopped",
+]
+
+
+def test_session_created_comes_first_with_the_session() -> None:
+    conversation = _conversation()
+    step = conversation.opened()
+    assert _types(step) == ["session.created"]
+    assert step.events[0]["session"]["id"] == "sess_1"
+
+
+def test_ga_turn_sequence() -> None:
+    c = _conversation("ga")
+    started = c.speech_started(audio_start_ms=700)
+    assert _types(started) == ["input_audio_buffer.speech_started"]
+    item_id = started.events[0]["item_id"]
+    assert started.events[0]["audio_start_ms"] == 700
+    assert started.start_reply is None and not started.stop_reply
+
+    stopped = c.speech_stopped(audio_end_ms=3000, spoken_ms=2300)
+    assert _types(stopped) == GA_TURN
+    by_type = {e["type"]: e for e in stopped.events}
+    assert by_type["input_audio_buffer.committed"]["item_id"] == item_id
+    assert by_type["input_audio_buffer.committed"]["previous_item_id"] is None
+    assert by_type["input_audio_buffer.speech_stopped"]["audio_end_ms"] == 3000
+    transcription = by_type["conversation.item.input_audio_transcription.completed"]
+    assert transcription["transcript"] == "(candidate spoke for 2.3 s)"
+    assert transcription["usage"]["type"] == "tokens"
+    assert by_type["response.created"]["response"]["status"] == "in_progress"
+    assert stopped.start_reply is not None
+    assert stopped.start_reply.text == LINES[0]
+    assert c.responding
+
+    words = LINES[0].split()
+    progress = c.reply_progress(3)
+    assert [e["delta"] for e in progress.events] == words[:1] + [f" {w}" for w in words[1:3]]
+    assert c.reply_progress(3).events == []  # nothing new
+
+    end = c.reply_finished()
+    assert _types(end) == GA_END
+    deltas = [e["delta"] for e in progress.events + end.events if "delta" in e]
+    assert "".join(deltas) == LINES[0]
+    done = {e["type"]: e for e in end.events}
+    assert done["response.output_audio_transcript.done"]["transcript"] == LINES[0]
+    assert done["response.done"]["response"]["status"] == "completed"
+    assert done["response.done"]["response"]["output"][0]["role"] == "assistant"
+    assert not c.responding
+
+
+def test_every_event_has_a_unique_event_id() -> None:
+    c = _conversation()
+    events = (
+        c.opened().events
+        + c.speech_started(0).events
+        + c.speech_stopped(1000, 1000).events
+        + c.reply_finished().events
+    )
+    ids = [e["event_id"] for e in events]
+    assert all(isinstance(i, str) and i.startswith("event_") for i in ids)
+    assert len(set(ids)) == len(ids)
+
+
+def test_beta_uses_beta_names() -> None:
+    c = _conversation("beta")
+    c.speech_started(0)
+    stopped = c.speech_stopped(1000, 1000)
+    assert _types(stopped) == [
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+        "conversation.item.created",
+        "conversation.item.input_audio_transcription.completed",
+        "response.created",
+        "rate_limits.updated",
+        "response.output_item.added",
+        "conversation.item.created",
+        "response.content_part.added",
+        "output_audio_buffer.started",
+    ]
+    assert "usage" not in stopped.events[3]
+    end = c.reply_finished()
+    names = _types(end)
+    assert "response.audio_transcript.done" in names
+    assert "response.audio.done" in names
+    assert not any(n.startswith("response.output_audio") for n in names)
+    assert "conversation.item.done" not in names
+    response = end.events[names.index("response.done")]["response"]
+    assert response["modalities"] == ["audio", "text"]
+    assert response["output"][0]["content"][0]["type"] == "audio"
+
+
+def test_no_transcription_event_without_transcription_config() -> None:
+    c = _conversation(transcription=False)
+    c.speech_started(0)
+    assert "conversation.item.input_audio_transcription.completed" not in _types(
+        c.speech_stopped(1000, 1000)
+    )
+
+
+def test_create_response_false_commits_without_responding() -> None:
+    c = _conversation(create_response=False)
+    c.speech_started(0)
+    step = c.speech_stopped(1000, 1000)
+    assert "response.created" not in _types(step)
+    assert step.start_reply is None and not c.responding
+
+
+def test_barge_in_cancels_the_response_and_clears_audio() -> None:
+    c = _conversation()
+    c.speech_started(0)
+    c.speech_stopped(1000, 1000)
+    response_id = c.response_id
+    c.reply_progress(2)
+    step = c.speech_started(2500)
+    assert _types(step) == [
+        "input_audio_buffer.speech_started",
+        "response.output_item.done",
+        "conversation.item.done",
+        "response.done",
+        "output_audio_buffer.cleared",
+    ]
+    assert step.stop_reply
+    response = step.events[3]["response"]
+    assert response["id"] == response_id
+    assert response["status"] == "cancelled"
+    assert response["status_details"] == {"type": "cancelled", "reason": "turn_detected"}
+    assert step.events[4]["response_id"] == response_id
+    assert not c.responding
+    assert c.reply_finished().events == []  # late audio end is ignored
+
+
+def test_interrupt_response_false_lets_the_reply_finish() -> None:
+    c = _conversation(interrupt_response=False)
+    c.speech_started(0)
+    c.speech_stopped(1000, 1000)
+    step = c.speech_started(2500)
+    assert _types(step) == ["input_audio_buffer.speech_started"]
+    assert not step.stop_reply and c.responding
+
+
+def test_next_turn_uses_the_next_line_and_links_items() -> None:
+    c = _conversation()
+    c.speech_started(0)
+    first = c.speech_stopped(1000, 1000)
+    c.reply_finished()
+    c.speech_started(5000)
+    second = c.speech_stopped(6000, 1000)
+    assert second.start_reply is not None and second.start_reply.text == LINES[1]
+    assistant = next(e for e in first.events if e["type"] == "response.output_item.added")
+    committed = next(e for e in second.events if e["type"] == "input_audio_buffer.committed")
+    assert committed["previous_item_id"] == assistant["item"]["id"]
+
+
+# ---------------------------------------------------------------------- client events
+def test_ga_session_update_merges_and_answers_session_updated() -> None:
+    c = _conversation()
+    step = _client(
+        c,
+        {
+            "type": "session.update",
+            "event_id": "evt_1",
+            "session": {
+                "type": "realtime",
+                "instructions": "Be brief.",
+                "audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": 0.8}}},
+            },
+        },
+    )
+    assert _types(step) == ["session.updated"] and step.session_changed
+    session = step.events[0]["session"]
+    assert session["instructions"] == "Be brief."
+    turn = session["audio"]["input"]["turn_detection"]
+    assert turn["threshold"] == 0.8
+    assert turn["silence_duration_ms"] == 200  # a new turn_detection takes its defaults
+    assert session["audio"]["input"]["transcription"] == {"model": "whisper-1"}  # kept
+    assert c.turn_detection == turn
+
+
+@pytest.mark.parametrize(
+    ("session", "code", "param"),
+    [
+        ({"instructions": "x"}, "missing_required_parameter", "session.type"),
+        ({"type": "transcription"}, "invalid_value", "session.type"),
+        ({"type": "realtime", "voice": "ash"}, "unknown_parameter", "session.voice"),
+        ({"type": "realtime", "model": "gpt-realtime-mini"}, "invalid_value", "session.model"),
+    ],
+)
+def test_bad_ga_session_update_is_an_error_event(
+    session: dict[str, Any], code: str, param: str
+) -> None:
+    c = _conversation()
+    before = dict(c.session)
+    step = _client(c, {"type": "session.update", "event_id": "evt_9", "session": session})
+    assert _types(step) == ["error"]
+    error = step.events[0]["error"]
+    assert (error["code"], error["param"], error["event_id"]) == (code, param, "evt_9")
+    assert error["type"] == "invalid_request_error"
+    assert c.session == before
+
+
+def test_beta_session_update_is_flat() -> None:
+    c = _conversation("beta")
+    step = _client(c, {"type": "session.update", "session": {"voice": "verse"}})
+    assert _types(step) == ["session.updated"]
+    assert step.events[0]["session"]["voice"] == "verse"
+    error = _client(c, {"type": "session.update", "session": {"type": "realtime"}})
+    assert error.events[0]["error"]["code"] == "unknown_parameter"
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        ("not json", "invalid_json"),
+        ('["session.update"]', "invalid_event"),
+        ('{"event_id": "evt_3"}', "invalid_event"),
+        ('{"type": "response.dance", "event_id": "evt_3"}', "invalid_event"),
+        ('{"type": "conversation.item.truncate", "event_id": "evt_3"}', "unsupported_event"),
+    ],
+)
+def test_malformed_or_unknown_client_events(raw: str, code: str) -> None:
+    step = _conversation().client_event(raw)
+    assert _types(step) == ["error"]
+    assert step.events[0]["error"]["code"] == code
+    assert step.events[0]["event_id"].startswith("event_")
+    if "evt_3" in raw:
+        assert step.events[0]["error"]["event_id"] == "evt_3"
+
+
+def test_response_create_and_client_cancel() -> None:
+    c = _conversation()
+    created = _client(c, {"type": "response.create", "event_id": "evt_1"})
+    assert _types(created)[0] == "response.created" and created.start_reply is not None
+    busy = _client(c, {"type": "response.create", "event_id": "evt_2"})
+    assert busy.events[0]["error"]["code"] == "conversation_already_has_active_response"
+    wrong = _client(c, {"type": "response.cancel", "response_id": "resp_other"})
+    assert wrong.events[0]["error"]["code"] == "response_cancel_not_active"
+    cancelled = _client(c, {"type": "response.cancel"})
+    assert cancelled.stop_reply
+    done = next(e for e in cancelled.events if e["type"] == "response.done")
+    assert done["response"]["status_details"]["reason"] == "client_cancelled"
+    assert _types(cancelled)[-1] == "output_audio_buffer.stopped"
+    again = _client(c, {"type": "response.cancel", "event_id": "evt_4"})
+    assert again.events[0]["error"]["code"] == "response_cancel_not_active"
+
+
+def test_output_audio_buffer_clear_cancels_a_playing_reply() -> None:
+    c = _conversation()
+    _client(c, {"type": "response.create"})
+    step = _client(c, {"type": "output_audio_buffer.clear"})
+    assert step.stop_reply
+    assert _types(step)[-2:] == ["response.done", "output_audio_buffer.cleared"]
+    idle = _client(c, {"type": "output_audio_buffer.clear"})
+    assert _types(idle) == ["output_audio_buffer.cleared"] and not idle.stop_reply
+
+
+def test_conversation_item_create() -> None:
+    c = _conversation()
+    item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi"}]}
+    step = _client(c, {"type": "conversation.item.create", "item": item})
+    assert _types(step) == [
+        "conversation.item.created",
+        "conversation.item.added",
+        "conversation.item.done",
+    ]
+    stored = step.events[0]["item"]
+    assert stored["id"].startswith("item_") and stored["content"] == item["content"]
+    bad = _client(c, {"type": "conversation.item.create", "item": {"type": "poem"}})
+    assert bad.events[0]["error"]["param"] == "item.type"
+    missing = _client(c, {"type": "conversation.item.create"})
+    assert missing.events[0]["error"]["code"] == "missing_required_parameter"
+
+
+def test_beta_disabled_sends_the_error_and_closes() -> None:
+    step = _conversation("beta").beta_disabled()
+    assert _types(step) == ["error"] and step.close
+    assert step.events[0]["error"]["code"] == "beta_api_shape_disabled"
