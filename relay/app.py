@@ -171,6 +171,9 @@ async def _start(
         extras=extras,
     )
     services_ref.append(services)
+    # Runs after the bridges have closed (the stack unwinds in reverse): whatever is still
+    # registered (e.g. sessions minted but never exchanged) is closed in the database.
+    stack.push_async_callback(sessions.finish_all, "relay_shutdown")
     bridges = BridgeManager(services)
     services.bridges = bridges
     stack.push_async_callback(bridges.close_all)

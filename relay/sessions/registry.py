@@ -40,6 +40,9 @@ class SessionEntry:
     bridge: Any = None
     created_monotonic: float = field(default_factory=time.monotonic)
 
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self.created_monotonic
+
     @property
     def expired(self) -> bool:
         return self.state == "pending" and datetime.now(UTC) >= self.expires_at

@@ -161,6 +161,14 @@ class SessionService:
         await self._admission.forget(entry.token_hash)
         return remaining
 
+    async def finish_all(self, reason: str) -> int:
+        """Close every session still registered (shut-down, after the bridges closed)."""
+        entries = self._registry.live()
+        for entry in entries:
+            duration = 0.0 if entry.state == "pending" else entry.elapsed_s()
+            await self.finish(entry, state="failed", reason=reason, duration_s=duration)
+        return len(entries)
+
     async def expire_pending(self) -> int:
         """Fail pending sessions nobody exchanged in time; return how many."""
         expired = self._registry.expired_pending()

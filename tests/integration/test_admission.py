@@ -314,3 +314,39 @@ async def test_upstream_failures_map_to_502_and_504_and_leave_nothing_open(
         ("failed", "upstream_timeout"),
     ]
     assert len(relay.services.registry) == 0
+
+
+async def test_shutdown_closes_sessions_never_exchanged(make_relay: MakeRelay) -> None:
+    relay = await make_relay()
+    token = await relay.add_user()
+    status, body, _ = await relay.create_session(token)
+    assert status == 201
+    await relay.client.close()  # runs the app's shut-down sequence
+    rows = await relay.sql(
+        "SELECT state, end_reason, debited_seconds FROM interview_sessions WHERE id = $1",
+        body["session_id"],
+    )
+    assert [tuple(r) for r in rows] == [("failed", "relay_shutdown", 0)]
+
+
+async def test_restart_recovers_rows_left_live_by_a_crash(make_relay: MakeRelay) -> None:
+    relay = await make_relay()
+    token = await relay.add_user()
+    status, body, _ = await relay.create_session(token)
+    assert status == 201
+    # A crash: the row stays live because nothing ran the shut-down sequence.
+    await relay.sql(
+        "UPDATE interview_sessions SET state = 'active' WHERE id = $1", body["session_id"]
+    )
+    relay.services.registry.release(body["session_id"])
+    await relay.client.close()
+    await relay.sql(
+        "UPDATE interview_sessions SET state = 'active', end_reason = NULL WHERE id = $1",
+        body["session_id"],
+    )
+    again = await make_relay()  # same instance id, same database
+    assert again.services.extras["schema_ready"] is True
+    rows = await again.sql(
+        "SELECT state, end_reason FROM interview_sessions WHERE id = $1", body["session_id"]
+    )
+    assert [tuple(r) for r in rows] == [("failed", "relay_restarted")]
