@@ -23,6 +23,8 @@ def assert_error(body: dict[str, Any], headers: dict[str, str], code: str) -> No
 
 async def test_happy_path_creates_session_and_row(make_relay: MakeRelay) -> None:
     relay = await make_relay()
+    # The pool was warmed during start-up, before the first request.
+    assert relay.counter("relay_db_pool_warm_connections") == 1
     token = await relay.add_user(seconds=600)
     status, body, headers = await relay.create_session(token)
     assert status == 201, body
