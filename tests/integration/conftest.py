@@ -28,9 +28,11 @@ async def simulator() -> AsyncIterator[RunningSimulator]:
 
 @pytest.fixture
 async def make_relay(
-    aiohttp_client: Callable[[Application], Awaitable[TestClient]],
     database_url: str,
     simulator: RunningSimulator,
+    # Last, so that the app shuts down (and finishes its sessions) before the database
+    # and the simulator go away: pytest tears fixtures down in reverse order.
+    aiohttp_client: Callable[[Application], Awaitable[TestClient]],
 ) -> MakeRelay:
     async def factory(
         *,
