@@ -19,7 +19,14 @@ log = logging.getLogger("relay.simulator")
 
 
 class _Sink(asyncio.DatagramProtocol):
-    """Receives ICE checks and never answers them."""
+    """Receives ICE checks and never answers them (counting them for tests)."""
+
+    def __init__(self, state: SimulatorState) -> None:
+        self._state = state
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self._state.ice_checks_ignored += 1
+        self._state.notify()
 
 
 class CallManager:
@@ -106,6 +113,8 @@ class CallManager:
         )
         if self._sink is None:
             loop = asyncio.get_running_loop()
-            self._sink, _ = await loop.create_datagram_endpoint(_Sink, local_addr=(host, 0))
+            self._sink, _ = await loop.create_datagram_endpoint(
+                lambda: _Sink(self._state), local_addr=(host, 0)
+            )
         address = self._sink.get_extra_info("sockname")
         return str(address[0]), int(address[1])

@@ -97,6 +97,8 @@ class SimulatorState:
     def __init__(self, faults: Faults, *, max_closed_calls: int = 200) -> None:
         self.faults = faults
         self.requests: Counter[str] = Counter()
+        # Datagrams (ICE checks) that reached the silent port of ``ice_never_completes``.
+        self.ice_checks_ignored = 0
         self.calls: OrderedDict[str, CallRecord] = OrderedDict()
         self._max_closed = max_closed_calls
         self._changed = asyncio.Event()
@@ -125,6 +127,7 @@ class SimulatorState:
     def to_json(self) -> dict[str, Any]:
         return {
             "requests": dict(self.requests),
+            "ice_checks_ignored": self.ice_checks_ignored,
             "calls": {call_id: c.to_json() for call_id, c in self.calls.items()},
         }
 
