@@ -109,6 +109,10 @@ def decoder_thread(receiver: RTCRtpReceiver) -> threading.Thread | None:
     return thread
 
 
+# aiortc's own version, kept for tests and comparisons.
+AIORTC_AUDIO_LEVEL: Callable[[Any], int] = aiortc.rtp.compute_audio_level_dbov
+
+
 def install_fast_audio_level() -> None:
     """Replace aiortc's per-frame audio-level function with a numpy version.
 

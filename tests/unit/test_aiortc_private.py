@@ -1,0 +1,140 @@
+"""Guard: the private aiortc names relay.media.aiortc_private relies on still exist.
+
+If this fails after an aiortc upgrade, do not just bump the pin: re-read aiortc's
+RTCRtpReceiver/RTCRtpSender and docs/media.md, adapt aiortc_private, and re-run the
+media tests and the benchmark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import queue
+import threading
+from collections.abc import Callable, Iterator
+
+import aiortc
+import aiortc.rtp
+import av
+import pytest
+from aiortc import RTCPeerConnection
+from aiortc.rtcrtpreceiver import RTCRtpReceiver, StreamStatistics
+from aiortc.rtcrtpsender import RTCRtpSender
+
+from relay.media import aiortc_private
+from relay.media.audio_level import compute_audio_level_dbov
+from relay.media.tracks import BoundedQueueTrack
+from tests.integration.media_helpers import (
+    BrowserPeer,
+    LoopbackUpstream,
+    encode_opus,
+    speech_like,
+    wait_until,
+)
+
+
+def test_aiortc_is_the_pinned_version() -> None:
+    assert aiortc.__version__ == aiortc_private.PINNED_AIORTC_VERSION == "1.16.0"
+    assert aiortc_private.aiortc_version() == "1.16.0"
+
+
+def test_receiver_internals_exist() -> None:
+    source = inspect.getsource(RTCRtpReceiver)
+    for name in ("__remote_streams", "__decoder_thread", "__decoder_queue"):
+        assert f"self.{name}" in source, name
+    assert inspect.iscoroutinefunction(RTCRtpReceiver._handle_rtp_packet)
+    assert list(inspect.signature(RTCRtpReceiver._handle_rtp_packet).parameters) == [
+        "self",
+        "packet",
+        "arrival_time_ms",
+    ]
+    # The transport calls it through an attribute lookup, so an instance hook wins.
+    from aiortc import rtcdtlstransport
+
+    assert "receiver._handle_rtp_packet(packet" in inspect.getsource(rtcdtlstransport)
+    # receive() starts the decoder thread on the queue; stop paths join it.
+    assert "decoder_worker" in inspect.getsource(RTCRtpReceiver.receive)
+    assert "self.__decoder_thread.join()" in source
+    for name in ("add", "packets_lost", "jitter", "fraction_lost"):
+        assert hasattr(StreamStatistics, name), name
+
+
+def test_sender_internals_exist() -> None:
+    source = inspect.getsource(RTCRtpSender._next_encoded_frame)
+    # Packets (not Frames) are packed as they are: the passthrough's sender side.
+    assert "self.__encoder.pack(data)" in source
+    assert "rtp.compute_audio_level_dbov(data)" in source
+    assert callable(aiortc.rtp.compute_audio_level_dbov)
+
+
+async def test_private_accessors_work_on_a_live_receiver() -> None:
+    upstream = LoopbackUpstream()
+    browser = BrowserPeer(payloads=encode_opus(speech_like(0.5)))
+    pc = RTCPeerConnection()
+    try:
+        await upstream.exchange_sdp(
+            await upstream.mint(request_id="r"), await browser.offer(), request_id="r"
+        )
+        call = upstream.calls[0]
+        await browser.accept(str(call.pc.localDescription.sdp))
+        await browser.wait_connected()
+        receiver = call.pc.getTransceivers()[0].receiver
+        await wait_until(
+            lambda: aiortc_private.decoder_thread(receiver) is not None, 5, "receive() started"
+        )
+        thread = aiortc_private.decoder_thread(receiver)
+        assert isinstance(thread, threading.Thread) and thread.is_alive()
+        assert isinstance(vars(receiver)["_RTCRtpReceiver__decoder_queue"], queue.Queue)
+        stats = aiortc_private.receiver_statistics(receiver, 1234, 48000)
+        assert isinstance(stats, StreamStatistics)
+        assert aiortc_private.receiver_statistics(receiver, 1234, 48000) is stats
+
+        detached = aiortc_private.detach_decoder_thread(receiver)
+        assert detached is thread
+        await asyncio.to_thread(detached.join, 5)
+        assert not detached.is_alive()
+        assert aiortc_private.decoder_thread(receiver) is None
+    finally:
+        await browser.close()
+        await upstream.close()
+        await pc.close()
+
+
+async def test_rtp_hook_shadows_and_restores_the_method() -> None:
+    pc = RTCPeerConnection()
+    receiver = pc.addTransceiver("audio").receiver
+
+    async def hook(packet: aiortc.rtp.RtpPacket, arrival_time_ms: int) -> None:
+        return None
+
+    aiortc_private.install_rtp_hook(receiver, hook)
+    assert receiver._handle_rtp_packet is hook
+    aiortc_private.remove_rtp_hook(receiver)
+    assert "_handle_rtp_packet" not in vars(receiver)
+    # The class method applies again, and is what a hook delegates to.
+    assert aiortc_private.original_rtp_handler(receiver) == receiver._handle_rtp_packet
+    await pc.close()
+
+
+LevelFunction = Callable[[av.AudioFrame], int]
+
+
+@pytest.fixture
+def restore_audio_level() -> Iterator[None]:
+    current: LevelFunction = aiortc.rtp.compute_audio_level_dbov
+    yield
+    setattr(aiortc.rtp, "compute_audio_level_dbov", current)  # noqa: B010
+
+
+@pytest.mark.usefixtures("restore_audio_level")
+def test_fast_audio_level_patch_replaces_the_module_function() -> None:
+    setattr(aiortc.rtp, "compute_audio_level_dbov", aiortc_private.AIORTC_AUDIO_LEVEL)  # noqa: B010
+    assert not aiortc_private.fast_audio_level_installed()
+    aiortc_private.install_fast_audio_level()
+    assert aiortc.rtp.compute_audio_level_dbov is compute_audio_level_dbov
+    assert aiortc_private.fast_audio_level_installed()
+
+
+def test_queue_track_is_a_media_stream_track() -> None:
+    track = BoundedQueueTrack(2)
+    assert isinstance(track, aiortc.MediaStreamTrack) and track.kind == "audio"
