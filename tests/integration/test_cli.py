@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -44,10 +45,11 @@ async def _run(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str, st
     return proc.returncode, out.decode(), err.decode()
 
 
-@pytest.fixture
-async def served(traversable_tmp_path: Path) -> AsyncIterator[tuple[str, str, Path]]:
-    """`relay serve --port 0` in a fresh folder: (url, demo token, data dir)."""
-    tmp_path = traversable_tmp_path
+@contextlib.asynccontextmanager
+async def _serving(
+    tmp_path: Path, extra_env: dict[str, str]
+) -> AsyncIterator[tuple[str, str, Path]]:
+    """`relay serve --port 0` in a folder: (url, demo token, data dir); SIGTERM → exit 0."""
     data_dir = tmp_path / "state"
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -56,7 +58,7 @@ async def served(traversable_tmp_path: Path) -> AsyncIterator[tuple[str, str, Pa
         "serve",
         "--port",
         "0",
-        env=_env(data_dir),
+        env={**_env(data_dir), **extra_env},
         cwd=tmp_path,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
@@ -88,6 +90,12 @@ async def served(traversable_tmp_path: Path) -> AsyncIterator[tuple[str, str, Pa
                 proc.kill()
                 await proc.wait()
     assert proc.returncode == 0, lines
+
+
+@pytest.fixture
+async def served(traversable_tmp_path: Path) -> AsyncIterator[tuple[str, str, Path]]:
+    async with _serving(traversable_tmp_path, {}) as running:
+        yield running
 
 
 async def test_serve_prints_url_and_token_that_opens_a_session(
@@ -151,3 +159,50 @@ async def test_bad_configuration_exits_with_a_clear_message(tmp_path: Path) -> N
     code, _, err = await _run("serve", env=env, cwd=tmp_path)
     assert code == 2
     assert "server.port" in err and "Traceback" not in err
+
+
+async def test_serve_against_a_separately_run_simulator_in_the_beta_dialect(
+    traversable_tmp_path: Path,
+) -> None:
+    sim = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "relay",
+        "simulate",
+        "--port",
+        "0",
+        "--dialect",
+        "beta",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        assert sim.stdout is not None
+        first = (await asyncio.wait_for(sim.stdout.readline(), timeout=30)).decode()
+        match = re.search(r"listening on (http://127\.0\.0\.1:\d+/v1)", first)
+        assert match, first
+        env = {
+            "OPENAI_BASE_URL": match[1],
+            "OPENAI_API_KEY": "sk-operator-key",
+            "RELAY__UPSTREAM__DIALECT": "beta",
+        }
+        async with (
+            _serving(traversable_tmp_path, env) as (url, token, _),
+            aiohttp.ClientSession() as http,
+        ):
+            headers = {"Authorization": f"Bearer {token}"}
+            async with http.post(url + "api/realtime-session", headers=headers) as resp:
+                body = await resp.json()
+                assert resp.status == 201, body
+                assert body["model"] == "gpt-4o-realtime-preview-2024-12-17"
+            async with http.get(url + "readyz") as resp:
+                ready = await resp.json()
+                assert ready["checks"]["upstream"] == {
+                    "ok": True,
+                    "dialect": "beta",
+                    "model": "gpt-4o-realtime-preview-2024-12-17",
+                    "simulated": False,
+                }
+    finally:
+        sim.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(sim.wait(), timeout=30) == 0
