@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from aiohttp.web import Application
+from aiohttp.web import Application, Request
 from relay.upstream.simulator.server import RunningSimulator, start_simulator
 
 from relay.app import create_app
@@ -32,7 +32,7 @@ async def make_relay(
     simulator: RunningSimulator,
     # Last, so that the app shuts down (and finishes its sessions) before the database
     # and the simulator go away: pytest tears fixtures down in reverse order.
-    aiohttp_client: Callable[[Application], Awaitable[TestClient]],
+    aiohttp_client: Callable[[Application], Awaitable[TestClient[Request, Application]]],
 ) -> MakeRelay:
     async def factory(
         *,

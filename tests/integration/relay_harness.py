@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from relay.admission.tokens import hash_token, new_token
@@ -46,7 +47,7 @@ def relay_settings(
 
 @dataclass
 class RelayHarness:
-    client: TestClient
+    client: TestClient[web.Request, web.Application]
     services: Services
     database_url: str
 
