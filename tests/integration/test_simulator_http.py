@@ -21,6 +21,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from relay.config import IceConfig
 from relay.media.ice import rtc_configuration
+from relay.media.peers import close_peer
 from relay.upstream.simulator import (
     SIM_STATE_KEY,
     SimulatorOptions,
@@ -74,7 +75,7 @@ async def offerer() -> AsyncIterator[RTCPeerConnection]:
     try:
         yield pc
     finally:
-        await pc.close()
+        await close_peer(pc)
 
 
 def _offer(pc: RTCPeerConnection) -> str:

@@ -28,6 +28,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from relay.config import IceConfig
 from relay.media.ice import rtc_configuration
+from relay.media.peers import close_peer
 from relay.upstream.simulator.conversation import Conversation, Event, Step
 from relay.upstream.simulator.errors import invalid_offer
 from relay.upstream.simulator.faults import AnswerCodec
@@ -109,7 +110,7 @@ class SimCall:
         """
         await self._set_offer(offer_sdp, "opus")
         description = aiortc_sdp.SessionDescription.parse((await self._pc.createAnswer()).sdp)
-        await self._pc.close()
+        await close_peer(self._pc)
         for media in description.media:
             media.host, media.port = host, port
             media.ice_candidates = [
@@ -138,7 +139,7 @@ class SimCall:
         try:
             await self._pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
         except Exception as exc:
-            await self._pc.close()
+            await close_peer(self._pc)
             raise invalid_offer(f"cannot apply the offer: {exc}") from None
 
     def _use_codec(self, answer_sdp: str) -> None:
@@ -296,28 +297,36 @@ class SimCall:
         self.record.hung_up = self.record.hung_up or hung_up
         self.record.closed_reason = reason
         self._track.stop_reply()
-        with contextlib.suppress(Exception):
-            await self._read_packet_count()
+        try:
+            with contextlib.suppress(Exception):
+                await self._read_packet_count()
+            await self._close_channel()
+            await close_peer(self._pc)
+        except Exception:
+            log.exception("simulator: closing call %s failed", self.call_id)
+        finally:
+            self._track.stop()
+            current = asyncio.current_task()
+            others = [t for t in self._tasks if t is not current]
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
+            self._set_state("closed")
+            self.closed.set()
+            if self._on_closed is not None:
+                self._on_closed(self)
+
+    async def _close_channel(self) -> None:
+        """Close the event channel first: its stream reset is queued behind the last
+        messages (e.g. an error event), so they reach the caller before the peer goes."""
         channel = self._channel
-        if channel is not None and channel.readyState == "open":
-            # Closing the channel first queues a stream reset behind the last messages, so
-            # they reach the caller before the association is aborted.
-            done = asyncio.Event()
-            channel.on("close", done.set)
-            channel.close()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), _FLUSH_TIMEOUT_S)
-        await self._pc.close()
-        self._track.stop()
-        current = asyncio.current_task()
-        others = [t for t in self._tasks if t is not current]
-        for task in others:
-            task.cancel()
-        await asyncio.gather(*others, return_exceptions=True)
-        self._set_state("closed")
-        self.closed.set()
-        if self._on_closed is not None:
-            self._on_closed(self)
+        if channel is None or channel.readyState != "open":
+            return
+        done = asyncio.Event()
+        channel.on("close", done.set)
+        channel.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), _FLUSH_TIMEOUT_S)
 
     def _set_state(self, state: str) -> None:
         if self.record.state != "closed":
