@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -32,6 +36,7 @@ from relay.upstream.simulator import (
 
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[..., Awaitable[Client]]
+ROOT = Path(__file__).resolve().parents[2]
 KEY = "sk-sim-local"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 SDP = {"Content-Type": "application/sdp"}
@@ -516,3 +521,41 @@ async def test_sim_calls_lists_calls_and_request_counts(
     one = await (await client.get(f"/_sim/calls/{call_id}")).json()
     assert one["call_id"] == call_id
     await _error(await client.get("/_sim/calls/rtc_nope"), 404, "call_id_not_found")
+
+
+async def test_run_simulator_serves_both_dialects_until_sigterm() -> None:
+    code = (
+        "from relay.upstream.simulator import run_simulator; run_simulator('127.0.0.1', 0, 'beta')"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        code,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        cwd=str(ROOT),
+    )
+    try:
+        assert process.stdout is not None
+        first = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
+        match = re.fullmatch(r"simulator listening on (http://127\.0\.0\.1:\d+/v1)\n", first)
+        assert match, first
+        base_url = match.group(1)
+        async with aiohttp.ClientSession() as http:
+            # Any sk-… key is a standard key here.
+            headers = {"Authorization": "Bearer sk-my-own-key"}
+            async with http.post(f"{base_url}/realtime/sessions", json={}, headers=headers) as r:
+                assert r.status == 200
+                assert (await r.json())["client_secret"]["value"].startswith("ek_")
+            async with http.post(
+                f"{base_url}/realtime/client_secrets",
+                json={"session": {"type": "realtime"}},
+                headers=headers,
+            ) as r:
+                assert r.status == 200
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

@@ -26,7 +26,7 @@ DEFAULT_REPLY_LINES: tuple[str, ...] = (
 @dataclass(frozen=True)
 class SimulatorOptions:
     # Standard keys (Bearer sk-…) accepted for minting, the unified /calls form and hang-up.
-    api_keys: AbstractSet[str] = frozenset({DEFAULT_API_KEY})
+    api_keys: AbstractSet[str] = field(default=frozenset({DEFAULT_API_KEY}), repr=False)
     # Accept any Bearer token starting with "sk-" as a standard key.
     accept_any_api_key: bool = False
     # ICE for the simulator's peers (default: host candidate 127.0.0.1 only, no STUN).

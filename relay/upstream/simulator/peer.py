@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +33,7 @@ from relay.media.peers import close_peer
 from relay.upstream.simulator.conversation import Conversation, Event, Step
 from relay.upstream.simulator.errors import invalid_offer
 from relay.upstream.simulator.faults import AnswerCodec
-from relay.upstream.simulator.state import CallRecord, SimulatorState
+from relay.upstream.simulator.state import MAX_EVENTS_KEPT, CallRecord, SimulatorState
 from relay.upstream.simulator.track import ReplyTrack
 from relay.upstream.simulator.vad import (
     EnergyVad,
@@ -74,7 +75,9 @@ class SimCall:
         self._pc = RTCPeerConnection(rtc_configuration(ice))
         self._track = ReplyTrack(voice.for_codec("opus"), self)
         self._channel: RTCDataChannel | None = None
-        self._pending: list[Event] = []
+        # Events decided before the channel opened (sent after session.created); bounded
+        # in case the caller never opens ``oai-events``.
+        self._pending: deque[Event] = deque(maxlen=MAX_EVENTS_KEPT)
         self._vad = EnergyVad(self._vad_params())
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -177,7 +180,8 @@ class SimCall:
         if self.record.dialect == "beta" and self._state.faults.beta_disabled:
             self._apply(self._conversation.beta_disabled())
             return
-        pending, self._pending = self._pending, []
+        pending = list(self._pending)
+        self._pending.clear()
         self._apply(self._conversation.opened())
         self._send(pending)
 
