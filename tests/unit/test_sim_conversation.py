@@ -339,5 +339,5 @@ def test_conversation_item_create() -> None:
 
 def test_beta_disabled_sends_the_error_and_closes() -> None:
     step = _conversation("beta").beta_disabled()
-    assert _types(step) == ["error"] and step.close
+    assert _types(step) == ["error"] and step.close_reason == "beta_api_shape_disabled"
     assert step.events[0]["error"]["code"] == "beta_api_shape_disabled"

@@ -202,7 +202,7 @@ async def _read_offer(request: web.Request) -> tuple[str, Any | None]:
 
 
 async def _answer(
-    request: web.Request, sim: Simulator, dialect: Dialect, session: dict[str, Any], offer: str
+    sim: Simulator, dialect: Dialect, session: dict[str, Any], offer: str
 ) -> web.Response:
     model = str(session["model"])
     if model not in sim.state.faults.accepted_models:
@@ -234,7 +234,7 @@ async def ga_calls(request: web.Request) -> web.Response:
             session_id=random_id("sess"),
             default_model=model,
         )
-    return await _answer(request, sim, "ga", session, offer)
+    return await _answer(sim, "ga", session, offer)
 
 
 async def beta_calls(request: web.Request) -> web.Response:
@@ -254,7 +254,7 @@ async def beta_calls(request: web.Request) -> web.Response:
         )
     if model:
         session["model"] = model
-    return await _answer(request, sim, "beta", session, offer)
+    return await _answer(sim, "beta", session, offer)
 
 
 async def hangup(request: web.Request) -> web.Response:

@@ -72,14 +72,15 @@ class Step:
     start_reply: ReplyPlan | None = None
     stop_reply: bool = False
     session_changed: bool = False
-    close: bool = False
+    # End the call after sending the events, for this reason.
+    close_reason: str | None = None
 
     def extend(self, other: Step) -> Step:
         self.events.extend(other.events)
         self.start_reply = other.start_reply or self.start_reply
         self.stop_reply = self.stop_reply or other.stop_reply
         self.session_changed = self.session_changed or other.session_changed
-        self.close = self.close or other.close
+        self.close_reason = self.close_reason or other.close_reason
         return self
 
 
@@ -147,7 +148,7 @@ class Conversation:
         error = self._error_event(
             "beta_api_shape_disabled", BETA_DISABLED_MESSAGE, param=None, event_id=None
         )
-        return Step([error], stop_reply=True, close=True)
+        return Step([error], stop_reply=True, close_reason="beta_api_shape_disabled")
 
     # -- input audio -------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import av
@@ -80,6 +80,7 @@ class SimCall:
         self._pending: deque[Event] = deque(maxlen=MAX_EVENTS_KEPT)
         self._vad = EnergyVad(self._vad_params())
         self._tasks: set[asyncio.Task[None]] = set()
+        self._consuming = False
         self._closing = False
         self.closed = asyncio.Event()
 
@@ -99,9 +100,13 @@ class SimCall:
         pc.on("track", self._on_track)
         pc.on("connectionstatechange", self._on_connection_state)
         await self._set_offer(offer_sdp, codec)
-        await pc.setLocalDescription(await pc.createAnswer())
-        answer: str = pc.localDescription.sdp
-        self._use_codec(answer)
+        try:
+            await pc.setLocalDescription(await pc.createAnswer())
+            answer: str = pc.localDescription.sdp
+            self._use_codec(answer)
+        except Exception:
+            await close_peer(pc)
+            raise
         self._set_state("connecting")
         return answer
 
@@ -194,7 +199,9 @@ class SimCall:
         self._apply(self._conversation.client_event(message))
 
     def _on_track(self, track: MediaStreamTrack) -> None:
-        if track.kind == "audio":
+        # One caller voice: the first audio track feeds the VAD, any other is ignored.
+        if track.kind == "audio" and not self._consuming:
+            self._consuming = True
             self._spawn(self._consume(track))
 
     async def _consume(self, track: MediaStreamTrack) -> None:
@@ -251,8 +258,8 @@ class SimCall:
             line = self._voice.for_codec(self.record.codec or "opus").lines[step.start_reply.text]
             self.record.responses_started += 1
             self._track.play(line)
-        if step.close:
-            self._spawn(self.close("beta_api_shape_disabled"))
+        if step.close_reason is not None:
+            self._spawn(self.close(step.close_reason))
 
     def _send(self, events: list[Event]) -> None:
         channel = self._channel
@@ -337,7 +344,7 @@ class SimCall:
             self.record.state = state
         self._state.notify()
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
