@@ -130,9 +130,14 @@ async def _start(
     api_key = settings.upstream.api_key
     base_url = settings.upstream.base_url
     if not api_key:
+        from relay.upstream.simulator.options import SimulatorOptions
         from relay.upstream.simulator.server import start_simulator
 
-        simulator = await start_simulator(host="127.0.0.1", port=0)
+        # The simulator's peers share this process's ICE settings (aioice's host-address
+        # choice is process-wide), so it must use the relay's, not its defaults.
+        simulator = await start_simulator(
+            host="127.0.0.1", port=0, options=SimulatorOptions(ice=settings.ice)
+        )
         stack.push_async_callback(simulator.close)
         extras["simulator"] = simulator
         api_key, base_url = SIMULATOR_API_KEY, simulator.base_url

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 from aiohttp.web import Application, Request
-from relay.upstream.simulator.server import RunningSimulator, start_simulator
 
 from relay.app import create_app
 from relay.services import SERVICES
+from relay.upstream.simulator.server import RunningSimulator, start_simulator
 from tests.integration.relay_harness import RelayHarness, relay_settings
 
 MakeRelay = Callable[..., Awaitable[RelayHarness]]
