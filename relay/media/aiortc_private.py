@@ -16,7 +16,7 @@ Private names used (aiortc 1.16.0):
   receiver's RTCP task builds its receiver reports from it and ``getStats()`` reads it.
 * ``aiortc.rtcrtpreceiver.StreamStatistics``: the per-SSRC loss/jitter bookkeeping.
 * ``RTCRtpReceiver._RTCRtpReceiver__decoder_thread`` / ``__decoder_queue``: the decoder
-  thread ``receive()`` starts for every receiver, and its input queue.
+  thread ``receive()`` starts for every receiver, and its (unbounded) input queue.
 * ``aiortc.rtp.compute_audio_level_dbov``: a module-level function the sender calls per
   decoded frame (public module, but replacing it is a monkeypatch).
 """
@@ -101,6 +101,16 @@ def detach_decoder_thread(receiver: RTCRtpReceiver) -> threading.Thread | None:
     getattr(receiver, _DECODER_QUEUE).put(None)
     setattr(receiver, _DECODER_THREAD, None)
     return thread
+
+
+def decoder_backlog(receiver: RTCRtpReceiver) -> int:
+    """Encoded frames waiting for the receiver's decoder thread.
+
+    aiortc's decoder input is an unbounded ``queue.Queue``; on the decode path the relay
+    checks its depth per packet and drops instead of letting it grow (overload).
+    """
+    backlog: int = getattr(receiver, _DECODER_QUEUE).qsize()
+    return backlog
 
 
 def decoder_thread(receiver: RTCRtpReceiver) -> threading.Thread | None:

@@ -292,9 +292,10 @@ class Bridge:
                 ),
             ]
         else:
+            backlog = self._settings.media.queue_max_frames
             self._forwarders = [
-                DecodedRelay(browser_rx, self.to_upstream, up),
-                DecodedRelay(upstream_rx, self.to_browser, down),
+                DecodedRelay(browser_rx, self.to_upstream, up, max_backlog=backlog),
+                DecodedRelay(upstream_rx, self.to_browser, down, max_backlog=backlog),
             ]
         for forwarder in self._forwarders:
             forwarder.start()
@@ -494,6 +495,7 @@ class Bridge:
                 "queue_full": queue.dropped,
                 "other_codec": stats.dropped_other_codec,
                 "duplicate": stats.dropped_duplicate,
+                "decoder_backlog": stats.dropped_decoder_backlog,
             },
             "queue_depth": queue.depth,
             "queue_max_depth": queue.max_depth,

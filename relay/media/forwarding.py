@@ -59,6 +59,8 @@ class DirectionStats:
     frames_decoded: int = 0
     dropped_other_codec: int = 0
     dropped_duplicate: int = 0
+    # Decode path: packets dropped because aiortc's decoder fell this far behind.
+    dropped_decoder_backlog: int = 0
     ssrc_changes: int = 0
     first_packet_at: float | None = None
     last_packet_at: float | None = None
@@ -211,11 +213,17 @@ class DecodedRelay:
     """Fallback: aiortc decodes ``receiver``'s audio; frames go into ``sink`` for encoding."""
 
     def __init__(
-        self, receiver: RTCRtpReceiver, sink: BoundedQueueTrack, stats: DirectionStats
+        self,
+        receiver: RTCRtpReceiver,
+        sink: BoundedQueueTrack,
+        stats: DirectionStats,
+        *,
+        max_backlog: int,
     ) -> None:
         self._receiver = receiver
         self._sink = sink
         self._stats = stats
+        self._max_backlog = max_backlog
         self._original = aiortc_private.original_rtp_handler(receiver)
         self._pump: asyncio.Task[None] | None = None
         self._clock = time.monotonic
@@ -244,6 +252,10 @@ class DecodedRelay:
         if stats.first_packet_at is None:
             stats.first_packet_at = now
         stats.last_packet_at = now
+        if aiortc_private.decoder_backlog(self._receiver) >= self._max_backlog:
+            # The decoder thread is behind (CPU overload): shed load instead of queueing.
+            stats.dropped_decoder_backlog += 1
+            return
         await self._original(packet, arrival_time_ms)
 
     async def _run(self) -> None:

@@ -97,6 +97,7 @@ class MediaMetrics:
         for reason, value in (
             ("other_codec", stats.dropped_other_codec),
             ("duplicate", stats.dropped_duplicate),
+            ("decoder_backlog", stats.dropped_decoder_backlog),
         ):
             delta = value - seen.dropped.get(reason, 0)
             if delta:

@@ -85,6 +85,7 @@ async def test_private_accessors_work_on_a_live_receiver() -> None:
         thread = aiortc_private.decoder_thread(receiver)
         assert isinstance(thread, threading.Thread) and thread.is_alive()
         assert isinstance(vars(receiver)["_RTCRtpReceiver__decoder_queue"], queue.Queue)
+        assert aiortc_private.decoder_backlog(receiver) >= 0
         stats = aiortc_private.receiver_statistics(receiver, 1234, 48000)
         assert isinstance(stats, StreamStatistics)
         assert aiortc_private.receiver_statistics(receiver, 1234, 48000) is stats
