@@ -27,6 +27,7 @@ from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtcrtpsender import RTCRtpSender
 
 from relay.config import EventsConfig, IceConfig, MediaConfig, SessionConfig
+from relay.media import aiortc_private
 from relay.media.events import UPSTREAM_LABEL, EventRelay, Side
 from relay.media.forwarding import DecodedRelay, DirectionStats, Forwarder, OpusPassthrough
 from relay.media.metrics import MediaMetrics
@@ -299,6 +300,8 @@ class Bridge:
             ]
         for forwarder in self._forwarders:
             forwarder.start()
+        for pc in (self.browser_pc, self.upstream_pc):
+            aiortc_private.disable_retransmission_history(_audio_sender(pc))
         for stats in (up, down):
             self._metrics.forwarding_modes.inc(direction=stats.direction, mode=stats.mode)
         log.info(

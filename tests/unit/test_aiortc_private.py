@@ -60,6 +60,15 @@ def test_receiver_internals_exist() -> None:
 
 
 def test_sender_internals_exist() -> None:
+    init = inspect.getsource(RTCRtpSender.__init__)
+    assert "self.__rtp_history: dict[int, RtpPacket] = {}" in init
+    run = inspect.getsource(RTCRtpSender._run_rtp)
+    assert "self.__rtp_history[packet.sequence_number % RTP_HISTORY_SIZE] = (" in run
+    assert "self.__rtp_history.get(" in inspect.getsource(RTCRtpSender._retransmit)
+    # The history only serves NACKs, which aiortc negotiates for no audio codec.
+    from aiortc.codecs import CODECS
+
+    assert all(not codec.rtcpFeedback for codec in CODECS["audio"])
     source = inspect.getsource(RTCRtpSender._next_encoded_frame)
     # Packets (not Frames) are packed as they are: the passthrough's sender side.
     assert "self.__encoder.pack(data)" in source
@@ -99,6 +108,16 @@ async def test_private_accessors_work_on_a_live_receiver() -> None:
         await browser.close()
         await upstream.close()
         await pc.close()
+
+
+async def test_retransmission_history_can_be_disabled() -> None:
+    pc = RTCPeerConnection()
+    sender = pc.addTransceiver("audio").sender
+    aiortc_private.disable_retransmission_history(sender)
+    history = vars(sender)["_RTCRtpSender__rtp_history"]
+    history[5] = object()
+    assert history.get(5) is None and len(history) == 0
+    await pc.close()
 
 
 async def test_rtp_hook_shadows_and_restores_the_method() -> None:

@@ -134,11 +134,14 @@ async def test_opus_passthrough_forwards_packets_unchanged_both_ways(rig: Rig) -
         assert d["dropped"]["queue_full"] == 0
         assert d["last_media_age_s"] is not None and d["last_media_age_s"] < 1.0
     assert stats["time_to_first_upstream_audio_ms"] > 0
-    # The relay's receivers hold an idle decoder thread each (started by aiortc).
+    # The relay's receivers hold an idle decoder thread each (started by aiortc), and its
+    # senders keep no retransmission history (audio has no NACK).
     for pc in (bridge.browser_pc, bridge.upstream_pc):
         assert pc is not None
         receiver = pc.getTransceivers()[0].receiver
         assert aiortc_private.decoder_thread(receiver) is not None
+        sender = pc.getTransceivers()[0].sender
+        assert len(vars(sender)["_RTCRtpSender__rtp_history"]) == 0
 
     await bridge.close("hangup")
     assert rig.hooks.finished[0][:2] == ("ended", "hangup")
