@@ -167,7 +167,13 @@ class RelayServer:
     async def stats(self, request: web.Request) -> web.Response:
         times = os.times()
         lag = sorted(self.lag.samples) or [0.0]
-        drops = {"queue_full": 0, "other_codec": 0, "duplicate": 0, "decoder_backlog": 0}
+        drops = {
+            "queue_full": 0,
+            "other_codec": 0,
+            "duplicate": 0,
+            "decoder_backlog": 0,
+            "before_connect": 0,
+        }
         modes: dict[str, int] = {}
         for bridge in self.bridges:
             snapshot = bridge.stats()

@@ -353,7 +353,10 @@ async def run_point(
                     relay_threads=s1["threads"],
                     relay_active=s1["active"],
                     relay_modes=s1["modes"],
-                    relay_drops=s1["drops"],
+                    # During the window; "before_connect" is audio that arrived before
+                    # the other leg was up (set-up only), so it is not a loss.
+                    relay_drops={k: v - s0["drops"][k] for k, v in s1["drops"].items()},
+                    relay_drops_total=s1["drops"],
                     relay_lag_p99_ms=round(s1["lag_p99_ms"], 2),
                     relay_lag_max_ms=round(s1["lag_max_ms"], 2),
                     relay_gc=s1["gc"],
@@ -419,6 +422,10 @@ def _added(row: dict[str, Any], base: dict[str, Any], key: str, base_key: str) -
     return None if value is None or reference is None else round(value - reference, 2)
 
 
+def _losses(drops: dict[str, int]) -> int:
+    return sum(v for k, v in drops.items() if k != "before_connect")
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """Markdown: one line per point, then the decode/passthrough ratios per N."""
     direct = {r["sessions"]: r for r in rows if r["mode"] == "direct" and "error" not in r}
@@ -446,7 +453,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {r['mode']} | {r['sessions']} | {r.get('relay_cpu', '-')} |"
             f" {r.get('relay_cpu_ms_per_session_s', '-')} | {r.get('endpoint_cpu')} |"
             f" {r['received_ratio_min']} | {r['frames_missing'] + r['seq_missing']} | {added} |"
-            f" {onset} | {'-' if drops is None else sum(drops.values())} |"
+            f" {onset} | {'-' if drops is None else _losses(drops)} |"
             f" {r.get('relay_lag_p99_ms', '-')} |"
         )
     by_point = {(r["mode"], r["sessions"]): r for r in rows if "error" not in r}

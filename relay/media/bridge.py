@@ -476,8 +476,11 @@ class Bridge:
         return max(0.0, end - self.connected_at)
 
     def _publish_metrics(self) -> None:
-        self._metrics.publish(self.browser_to_upstream, self.to_upstream.dropped)
-        self._metrics.publish(self.upstream_to_browser, self.to_browser.dropped)
+        for stats, queue in (
+            (self.browser_to_upstream, self.to_upstream),
+            (self.upstream_to_browser, self.to_browser),
+        ):
+            self._metrics.publish(stats, queue.dropped, queue.dropped_before_start)
 
     @staticmethod
     def _direction_stats(
@@ -499,6 +502,7 @@ class Bridge:
                 "other_codec": stats.dropped_other_codec,
                 "duplicate": stats.dropped_duplicate,
                 "decoder_backlog": stats.dropped_decoder_backlog,
+                "before_connect": queue.dropped_before_start,
             },
             "queue_depth": queue.depth,
             "queue_max_depth": queue.max_depth,

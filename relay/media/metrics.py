@@ -81,7 +81,7 @@ class MediaMetrics:
         )
         self._published: dict[int, _Published] = {}
 
-    def publish(self, stats: DirectionStats, queue_drops: int) -> None:
+    def publish(self, stats: DirectionStats, queue_drops: int, before_start: int = 0) -> None:
         """Add what changed since the last call for this ``stats`` object."""
         seen = self._published.setdefault(id(stats), _Published())
         direction = stats.direction
@@ -98,6 +98,7 @@ class MediaMetrics:
             ("other_codec", stats.dropped_other_codec),
             ("duplicate", stats.dropped_duplicate),
             ("decoder_backlog", stats.dropped_decoder_backlog),
+            ("before_connect", before_start),
         ):
             delta = value - seen.dropped.get(reason, 0)
             if delta:

@@ -17,6 +17,10 @@ class BoundedQueueTrack(MediaStreamTrack):
     ``av.AudioFrame`` (encoded by the sender). At most ``max_items`` wait; when full,
     the oldest is dropped and counted, so a stalled sender costs bounded memory and
     bounded latency instead of growing without limit (aiortc's own queues do not).
+
+    Nothing is kept until the consumer first calls ``recv()``: aiortc's sender starts
+    reading once its leg is connected, and audio from before that moment is stale (it
+    would reach the listener as a one-second burst). Such items are counted apart.
     """
 
     kind = "audio"
@@ -29,7 +33,9 @@ class BoundedQueueTrack(MediaStreamTrack):
         self._max = max_items
         self._waiter: asyncio.Future[None] | None = None
         self._stopped = False
+        self._consuming = False
         self.dropped = 0
+        self.dropped_before_start = 0
         self.max_depth = 0
 
     @property
@@ -39,6 +45,9 @@ class BoundedQueueTrack(MediaStreamTrack):
     def put(self, item: Any) -> None:
         """Queue ``item`` without blocking; drop the oldest if full (no-op once stopped)."""
         if self._stopped:
+            return
+        if not self._consuming:
+            self.dropped_before_start += 1
             return
         items = self._items
         if len(items) >= self._max:
@@ -52,6 +61,7 @@ class BoundedQueueTrack(MediaStreamTrack):
             waiter.set_result(None)
 
     async def recv(self) -> Any:
+        self._consuming = True
         while not self._items:
             if self.readyState != "live":
                 raise MediaStreamError

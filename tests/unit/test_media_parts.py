@@ -169,12 +169,26 @@ def test_audio_negotiation_reads_the_codec_order() -> None:
 # ---------------------------------------------------------------------- queue track
 
 
+async def test_queue_track_keeps_nothing_until_its_consumer_starts() -> None:
+    track = BoundedQueueTrack(3)
+    track.put("stale")
+    assert track.depth == 0 and track.dropped_before_start == 1 and track.dropped == 0
+    first = asyncio.create_task(track.recv())
+    await asyncio.sleep(0)
+    track.put("fresh")
+    assert await asyncio.wait_for(first, 1) == "fresh"
+
+
 async def test_queue_track_drops_the_oldest_and_counts() -> None:
     track = BoundedQueueTrack(3)
-    for i in range(5):
+    first = asyncio.create_task(track.recv())
+    await asyncio.sleep(0)
+    track.put(0)
+    assert await asyncio.wait_for(first, 1) == 0
+    for i in range(1, 6):
         track.put(i)
     assert track.depth == 3 and track.dropped == 2 and track.max_depth == 3
-    assert [await track.recv() for _ in range(3)] == [2, 3, 4]
+    assert [await track.recv() for _ in range(3)] == [3, 4, 5]
 
 
 async def test_queue_track_recv_waits_for_put_and_ends_on_stop() -> None:
