@@ -21,6 +21,7 @@ import logging
 import secrets
 import socket
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import backoff
@@ -51,6 +52,8 @@ STATIC_FILES = (
 )
 SIMULATOR_API_KEY = "sk-sim-local"
 HOUSEKEEPING_INTERVAL_S = 5.0
+# Slack added to the longest possible session before a live row counts as abandoned.
+STALE_GRACE_S = 600
 
 OPERATOR_TOKEN = web.AppKey("operator_token_generated", str)
 
@@ -116,8 +119,9 @@ async def _start(
     await store.open()
     stack.push_async_callback(store.close)
     instance = instance_id or f"{socket.gethostname()}:{settings.server.port}"
-    extras: dict[str, object] = {"schema_ready": False}
-    bootstrap = asyncio.create_task(_bootstrap_database(store, instance, extras))
+    bootstrap = asyncio.create_task(
+        _bootstrap_database(store, instance, settings, started_at=datetime.now(UTC))
+    )
     stack.push_async_callback(_cancel, bootstrap)
     # Give the database a moment so a healthy start is fully ready when serving begins.
     await asyncio.wait({bootstrap}, timeout=settings.database.connect_timeout_s)
@@ -129,6 +133,7 @@ async def _start(
     # 3. upstream
     api_key = settings.upstream.api_key
     base_url = settings.upstream.base_url
+    simulator = None
     if not api_key:
         from relay.upstream.simulator.options import SimulatorOptions
         from relay.upstream.simulator.server import start_simulator
@@ -139,7 +144,6 @@ async def _start(
             host="127.0.0.1", port=0, options=SimulatorOptions(ice=settings.ice)
         )
         stack.push_async_callback(simulator.close)
-        extras["simulator"] = simulator
         api_key, base_url = SIMULATOR_API_KEY, simulator.base_url
         log.info("no OPENAI_API_KEY: using the built-in simulator at %s", base_url)
     upstream = build_upstream_client(settings, metrics, base_url=base_url, api_key=api_key)
@@ -147,8 +151,6 @@ async def _start(
 
     # 4. admission, sessions, media
     token = settings.server.operator_token or secrets.token_urlsafe(24)
-    if not settings.server.operator_token:
-        extras["generated_operator_token"] = token
     services_ref: list[Services] = []
     admission = Admission(settings, store, cache, metrics)
     registry = SessionRegistry(settings.limits, metrics)
@@ -173,7 +175,8 @@ async def _start(
         upstream=upstream,
         sessions=sessions,
         operator_token_hash=hashlib.sha256(token.encode()).hexdigest(),
-        extras=extras,
+        simulator=simulator,
+        generated_operator_token=None if settings.server.operator_token else token,
     )
     services_ref.append(services)
     # Runs after the bridges have closed (the stack unwinds in reverse): whatever is still
@@ -189,15 +192,20 @@ async def _start(
     return services
 
 
-async def _bootstrap_database(store: Store, instance: str, extras: dict[str, object]) -> None:
+async def _bootstrap_database(
+    store: Store, instance: str, settings: Settings, *, started_at: datetime
+) -> None:
     """Migrate, warm and recover; retried until the database answers."""
+    # No session can be live for longer than this; older live rows belong to dead relays.
+    stale_after_s = settings.session.max_duration_s + settings.session.pending_ttl_s + STALE_GRACE_S
 
     @backoff.on_exception(backoff.expo, RETRYABLE_ERRORS, max_value=10, logger=None)
     async def attempt() -> None:
         await store.migrate()
-        extras["schema_ready"] = True
         warmed = await store.warm()
-        recovered = await store.recover_abandoned_sessions(instance)
+        recovered = await store.recover_abandoned_sessions(
+            instance, started_before=started_at, stale_after_s=stale_after_s
+        )
         log.info("database ready: %d warm connections", warmed)
         if recovered:
             log.warning("closed %d sessions left live by a previous run", recovered)
@@ -210,6 +218,7 @@ async def _housekeeping(sessions: SessionService) -> None:
         await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
         try:
             await sessions.expire_pending()
+            await sessions.retry_unwritten()
         except Exception:  # housekeeping must never die; the next round retries
             log.exception("housekeeping failed")
 

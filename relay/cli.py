@@ -18,6 +18,7 @@ from relay.admission.tokens import hash_token, new_token
 from relay.config import ConfigError, Settings, load_settings
 from relay.observability.logging import configure_logging
 from relay.observability.metrics import MetricsRegistry
+from relay.services import SERVICES, Services
 
 log = logging.getLogger("relay.cli")
 
@@ -99,44 +100,57 @@ def main(argv: Sequence[str] | None = None) -> int:
 # ---------------------------------------------------------------------- serve
 async def _serve(settings: Settings) -> int:
     from relay.app import create_app
-    from relay.services import SERVICES
 
     app = create_app(settings)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.server.host, settings.server.port)
-    await site.start()
-    services = app[SERVICES]
-    host, port = runner.addresses[0][:2]
-    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
+    try:
+        try:
+            site = web.TCPSite(runner, settings.server.host, settings.server.port)
+            await site.start()
+        except OSError as exc:
+            print(
+                f"cannot listen on {settings.server.host}:{settings.server.port}: {exc.strerror}",
+                file=sys.stderr,
+            )
+            return 1
+        services = app[SERVICES]
+        await _announce(services, runner)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        services.draining = True
+        log.info(
+            "draining: no new sessions; waiting up to %.0fs for live ones",
+            settings.server.drain_timeout_s,
+        )
+        if services.bridges is not None:
+            await services.bridges.drain(settings.server.drain_timeout_s)
+        return 0
+    finally:
+        await runner.cleanup()
 
-    print(f"Interview relay listening on {url}", flush=True)
-    generated = services.extras.get("generated_operator_token")
-    if generated:
-        print(f"Operator token (generated for this run): {generated}")
-    if settings.server.create_demo_user:
+
+async def _announce(services: Services, runner: web.AppRunner) -> None:
+    """Print the page URL, the operator token if generated, and a fresh demo token."""
+    host, port = runner.addresses[0][:2]
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    print(f"Interview relay listening on http://{shown}:{port}/", flush=True)
+    if services.generated_operator_token:
+        print(f"Operator token (generated for this run): {services.generated_operator_token}")
+    if services.settings.server.create_demo_user:
         token = new_token()
         try:
-            await services.store.set_user_token(DEMO_EMAIL, hash_token(token), DEFAULT_USER_SECONDS)
-            print(f"Demo candidate {DEMO_EMAIL}; token (new for this run):")
-            print(token, flush=True)
+            await services.store.create_user(
+                DEMO_EMAIL, hash_token(token), DEFAULT_USER_SECONDS, replace=True
+            )
         except DatabaseUnavailable as exc:
             log.error("could not create the demo user: %s", exc)
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    services.draining = True
-    log.info(
-        "draining: no new sessions; waiting up to %.0fs for live ones",
-        settings.server.drain_timeout_s,
-    )
-    if services.bridges is not None:
-        await services.bridges.drain(settings.server.drain_timeout_s)
-    await runner.cleanup()
-    return 0
+            return
+        print(f"Demo candidate {DEMO_EMAIL}; token (new for this run):")
+        print(token, flush=True)
 
 
 # ---------------------------------------------------------------------- users, db

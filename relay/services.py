@@ -6,7 +6,7 @@ Handlers reach them through the single typed app key ``SERVICES``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -21,6 +21,7 @@ from relay.upstream.base import UpstreamClient
 
 if TYPE_CHECKING:
     from relay.media.manager import BridgeManager
+    from relay.upstream.simulator.server import RunningSimulator
 
 
 @dataclass
@@ -40,8 +41,10 @@ class Services:
     draining: bool = False
     # The media bridges of this instance (relay.media.manager), set during start-up.
     bridges: BridgeManager | None = None
-    # Extra parts added by later layers (media bridges manager, simulator handle, …).
-    extras: dict[str, Any] = field(default_factory=dict)
+    # The built-in simulator when it is the upstream (no OpenAI key configured).
+    simulator: RunningSimulator | None = None
+    # Set when no operator token was configured: printed once by `relay serve`.
+    generated_operator_token: str | None = field(default=None, repr=False)
 
 
 SERVICES = web.AppKey("services", Services)

@@ -16,7 +16,7 @@ import asyncpg
 log = logging.getLogger("relay.db")
 
 # An arbitrary constant shared by every relay process: "the migration lock".
-_LOCK_ID = 0x7E1A_0001
+MIGRATION_LOCK_ID = 0x7E1A_0001
 _NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 
 
@@ -40,7 +40,7 @@ async def migrate(conn: asyncpg.Connection) -> list[Migration]:
     """Apply pending migrations; return the ones applied now."""
     applied_now: list[Migration] = []
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_ID)
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)
         await conn.execute(
             """CREATE TABLE IF NOT EXISTS schema_migrations (
                    version    INTEGER PRIMARY KEY,

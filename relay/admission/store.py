@@ -39,8 +39,7 @@ T = TypeVar("T")
 RETRYABLE_ERRORS: tuple[type[Exception], ...] = (
     OSError,  # connection refused / reset (ConnectionError is a subclass)
     asyncio.TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,  # connection closed underneath us
+    asyncpg.PostgresConnectionError,  # incl. ConnectionDoesNotExistError (closed underneath)
     asyncpg.CannotConnectNowError,  # server starting up or shutting down
     asyncpg.TooManyConnectionsError,
     asyncpg.AdminShutdownError,
@@ -126,6 +125,9 @@ class Store:
         self._dsn = dsn
         self._config = config
         self._pool: asyncpg.Pool | None = None
+        # Statements need the schema: until migrations ran, they fail fast as unavailable
+        # (503 + Retry-After) instead of as SQL errors.
+        self._schema_ready = asyncio.Event()
         self._keepalive: asyncio.Task[None] | None = None
         self._attempts = metrics.counter(
             "relay_db_attempts_total",
@@ -187,6 +189,14 @@ class Store:
         pool = self._require_pool()
         async with pool.acquire(timeout=self._config.connect_timeout_s) as conn:
             await migrate(conn)
+        self._schema_ready.set()
+
+    @property
+    def schema_ready(self) -> bool:
+        return self._schema_ready.is_set()
+
+    async def wait_schema_ready(self) -> None:
+        await self._schema_ready.wait()
 
     async def ping(self, timeout_s: float = 1.0) -> None:
         """One SELECT 1 without retries (readiness); raises on failure."""
@@ -213,6 +223,10 @@ class Store:
         pool = self._require_pool()
         config = self._config
         self._queries.inc(query=query)
+        if not self.schema_ready:
+            raise DatabaseUnavailable(
+                "database_unavailable", 0, RuntimeError("schema migrations have not run yet")
+            )
         attempts = 0
 
         def _on_backoff(details: Any) -> None:
@@ -271,11 +285,23 @@ class Store:
         row = await self._run("user_by_token", op)
         return _user(row) if row else None
 
-    async def create_user(self, email: str, token_hash: str, seconds: int) -> UserRecord:
+    async def create_user(
+        self, email: str, token_hash: str, seconds: int, *, replace: bool = False
+    ) -> UserRecord:
+        """Insert a user. With ``replace``, an existing user of that email gets this token,
+        these seconds and is re-activated instead (the demo user on every start)."""
+        conflict = (
+            """ON CONFLICT (email) DO UPDATE SET token_hash = EXCLUDED.token_hash,
+                   remaining_seconds = EXCLUDED.remaining_seconds, active = TRUE,
+                   revoked_at = NULL"""
+            if replace
+            else ""
+        )
+
         async def op(conn: asyncpg.Connection) -> asyncpg.Record:
             return await conn.fetchrow(
-                """INSERT INTO users (email, token_hash, remaining_seconds) VALUES ($1, $2, $3)
-                   RETURNING id, email, active, remaining_seconds""",
+                f"""INSERT INTO users (email, token_hash, remaining_seconds) VALUES ($1, $2, $3)
+                    {conflict} RETURNING id, email, active, remaining_seconds""",
                 email,
                 token_hash,
                 seconds,
@@ -295,21 +321,6 @@ class Store:
             return token_hash
 
         return await self._run("revoke_user", op)
-
-    async def set_user_token(self, email: str, token_hash: str, seconds: int) -> UserRecord:
-        """Create the user, or give an existing one a new token (the old one stops working)."""
-
-        async def op(conn: asyncpg.Connection) -> asyncpg.Record:
-            return await conn.fetchrow(
-                """INSERT INTO users (email, token_hash, remaining_seconds) VALUES ($1, $2, $3)
-                   ON CONFLICT (email) DO UPDATE SET token_hash = EXCLUDED.token_hash
-                   RETURNING id, email, active, remaining_seconds""",
-                email,
-                token_hash,
-                seconds,
-            )
-
-        return _user(await self._run("set_user_token", op))
 
     async def find_user_by_email(self, email: str) -> UserRecord | None:
         async def op(conn: asyncpg.Connection) -> asyncpg.Record | None:
@@ -431,10 +442,15 @@ class Store:
             return None
         return SessionRecord(**dict(row))
 
-    async def recover_abandoned_sessions(self, relay_instance: str) -> int:
-        """Close rows this instance left live when it last stopped without draining.
+    async def recover_abandoned_sessions(
+        self, relay_instance: str, *, started_before: datetime, stale_after_s: float
+    ) -> int:
+        """Close rows left live by a relay that stopped without draining.
 
-        Their true duration is unknown, so nothing is debited; the reason says why.
+        Two kinds: this instance's rows created before this process started (a crash and
+        restart under the same instance id), and anyone's rows live for longer than any
+        session can last (an instance that never came back, e.g. a container whose
+        hostname changed). Their true duration is unknown, so nothing is debited.
         """
 
         async def op(conn: asyncpg.Connection) -> str:
@@ -442,8 +458,12 @@ class Store:
                 """UPDATE interview_sessions
                    SET state = 'failed', end_reason = 'relay_restarted', ended_at = now(),
                        debited_seconds = 0
-                   WHERE relay_instance = $1 AND state IN ('pending', 'connecting', 'active')""",
+                   WHERE state IN ('pending', 'connecting', 'active')
+                     AND ((relay_instance = $1 AND created_at < $2)
+                          OR created_at < now() - make_interval(secs => $3))""",
                 relay_instance,
+                started_before,
+                stale_after_s,
             )
             return status
 

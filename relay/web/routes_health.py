@@ -22,13 +22,13 @@ async def readyz(request: web.Request) -> web.Response:
         checks["database"] = {"ok": True}
     except Exception as exc:  # any failure means "not reachable"; say which kind
         checks["database"] = {"ok": False, "error": type(exc).__name__}
-    if not services.extras.get("schema_ready", True):
+    if not services.store.schema_ready:
         checks["database"] = {"ok": False, "error": "migrations_pending"}
     checks["upstream"] = {
         "ok": True,
         "dialect": services.upstream.dialect,
         "model": services.upstream.model,
-        "simulated": bool(services.extras.get("simulator")),
+        "simulated": services.simulator is not None,
     }
     # Redis is optional: when down the local cache serves, so readiness is kept and the
     # state reported.
