@@ -47,6 +47,10 @@ class CircuitBreaker:
             return True
         return False
 
+    def abandon_trial(self) -> None:
+        """A call was cancelled before it could tell anything: let another one try."""
+        self._trial_in_flight = False
+
     def record_success(self) -> None:
         self._failures = 0
         self._opened_at = None

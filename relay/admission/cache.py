@@ -96,7 +96,9 @@ class UserCache:
                 user = _decode(raw)
                 self._lookups.inc(result="hit" if user else "negative_hit", source="redis")
                 return CachedUser(user, "redis")
-            found, value = self._local.lookup(token_hash)
+            # The local cache stands in only when Redis did not answer: when it did, its
+            # "miss" is authoritative (another instance or the CLI may have evicted it).
+            found, value = (False, None) if ok else self._local.lookup(token_hash)
             if found:
                 self._lookups.inc(result="hit" if value else "negative_hit", source="local")
                 return CachedUser(value, "local")
@@ -115,13 +117,6 @@ class UserCache:
         self._local.delete(token_hash)
         await self._redis_call("delete", lambda r: r.delete(self._key(token_hash)))
 
-    async def ping(self) -> bool:
-        """Readiness: is Redis answering (True when disabled: nothing to be down)."""
-        if self._redis is None:
-            return True
-        ok, _ = await self._redis_call("ping", lambda r: r.ping())
-        return ok
-
     async def _redis_call(
         self, op: str, call: Callable[[aioredis.Redis], Awaitable[Any]]
     ) -> tuple[bool, Any]:
@@ -136,6 +131,10 @@ class UserCache:
             return False, None
         try:
             result = await asyncio.wait_for(call(self._redis), self._config.redis_timeout_s)
+        except asyncio.CancelledError:
+            # Our caller went away; free a half-open trial so the breaker cannot stick open.
+            self._breaker.abandon_trial()
+            raise
         except (RedisError, OSError, TimeoutError) as exc:
             self._redis_errors.inc(op=op)
             was_closed = self._breaker.state == "closed"

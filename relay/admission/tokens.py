@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import hmac
 import re
 import secrets
 
@@ -23,13 +22,6 @@ def hash_token(token: str) -> str:
 def plausible_token(token: str) -> bool:
     """Cheap shape check before any lookup (rejects junk without touching a store)."""
     return bool(_TOKEN_RE.match(token))
-
-
-def tokens_equal(presented: str, expected: str) -> bool:
-    """Constant-time comparison (for the operator token)."""
-    return hmac.compare_digest(
-        hashlib.sha256(presented.encode()).digest(), hashlib.sha256(expected.encode()).digest()
-    )
 
 
 def bearer_token(header: str | None) -> str | None:
