@@ -346,7 +346,8 @@ def validate(s: Settings) -> None:
     if not 10 <= s.upstream.secret_ttl_s <= 7200:
         raise ConfigError("upstream.secret_ttl_s: must be within 10..7200 (OpenAI's bounds)")
     if s.upstream.base_url and not s.upstream.base_url.startswith(("http://", "https://")):
-        raise ConfigError(f"upstream.base_url: not an http(s) URL: {s.upstream.base_url!r}")
+        # The value itself is not echoed: a URL may carry credentials.
+        raise ConfigError("upstream.base_url: not an http(s) URL")
     if "session.update" in s.events.browser_allowed:
         raise ConfigError("events.browser_allowed: session.update can never be allowed")
     for i, server in enumerate(s.ice.servers):

@@ -30,9 +30,12 @@ class SessionEntry:
     # SHA-256 of the user's token: the cache key to invalidate when credit changes.
     token_hash: str = field(repr=False)
     request_id: str
-    # The longest this interview may last: min(config cap, the user's remaining seconds).
+    # The longest this interview may last: min(config cap, the user's remaining seconds
+    # not promised to their other running sessions); fixed when the session is claimed.
     max_duration_s: float
     expires_at: datetime
+    # The user's remaining seconds when admitted.
+    credit_s: float = 0.0
     state: str = "pending"
     minted: MintedSession | None = None
     # The media bridge attached at exchange time (relay.media); typed loosely here to
@@ -93,6 +96,19 @@ class SessionRegistry:
                 retry_after_s=self._limits.retry_after_s,
             )
 
+    def reserved_seconds(self, user_id: int, *, exclude: str | None = None) -> float:
+        """Interview seconds promised to this user's claimed (connecting/active) sessions.
+
+        Pending sessions promise nothing yet: a page reload must not lock credit away.
+        """
+        return sum(
+            e.max_duration_s
+            for e in self._sessions.values()
+            if e.user_id == user_id
+            and e.session_id != exclude
+            and e.state in ("connecting", "active")
+        )
+
     def reserve(
         self,
         *,
@@ -100,6 +116,7 @@ class SessionRegistry:
         token_hash: str,
         request_id: str,
         max_duration_s: float,
+        credit_s: float,
         pending_ttl_s: float,
     ) -> SessionEntry:
         self.check_capacity(user_id)
@@ -109,6 +126,7 @@ class SessionRegistry:
             token_hash=token_hash,
             request_id=request_id,
             max_duration_s=max_duration_s,
+            credit_s=credit_s,
             expires_at=datetime.now(UTC) + timedelta(seconds=pending_ttl_s),
         )
         self._sessions[entry.session_id] = entry
@@ -128,6 +146,11 @@ class SessionRegistry:
             raise ApiError(409, "session_already_exchanged", "This session was already used.")
         if entry.expired:
             raise ApiError(404, "session_expired", "This session expired; create a new one.")
+        # Two sessions admitted side by side must not both spend the same credit.
+        available = entry.credit_s - self.reserved_seconds(user_id, exclude=session_id)
+        if available < self._limits.min_remaining_seconds:
+            raise ApiError(403, "no_credit", "No interview time left beyond your running sessions.")
+        entry.max_duration_s = min(entry.max_duration_s, available)
         entry.state = "connecting"
         self._update_gauge()
         return entry

@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Literal
 
 from relay.admission.service import Admission, Caller, database_error
 from relay.admission.store import DatabaseUnavailable, Store
@@ -35,13 +37,24 @@ def upstream_api_error(exc: UpstreamTimeout | UpstreamError) -> ApiError:
             details={"stage": exc.stage},
         )
     retryable = exc.status is None or exc.status == 429 or exc.status >= 500
+    # The upstream's own message stays in our logs: it can describe the operator's
+    # account (quota, organisation, model access), which is not the candidate's business.
     return ApiError(
         502,
         "upstream_error",
-        f"The realtime service refused the request ({exc.stage}): {exc.message}",
+        f"The realtime service refused the request ({exc.stage}).",
         retryable=retryable,
         details={"stage": exc.stage, "upstream_status": exc.status, "upstream_code": exc.code},
     )
+
+
+@dataclass(frozen=True)
+class _Finish:
+    session_id: str
+    state: Literal["ended", "failed"]
+    reason: str
+    duration_s: float
+    token_hash: str = field(repr=False)
 
 
 class SessionService:
@@ -71,8 +84,11 @@ class SessionService:
         )
         self._finish_failures = metrics.counter(
             "relay_sessions_finish_write_failures_total",
-            "Session rows that could not be closed (database unavailable)",
+            "Session rows that could not be closed at once (database unavailable)",
         )
+        # Finishes the database refused; housekeeping retries them until they land, so
+        # credit is always debited eventually.
+        self._unwritten: dict[str, _Finish] = {}
 
     @property
     def upstream(self) -> UpstreamClient:
@@ -92,11 +108,16 @@ class SessionService:
         self.refuse_if_draining()
         self._admission.check_policy(caller)
         settings = self._settings
+        # Seconds promised to this user's other live sessions are not available again.
+        available = caller.user.remaining_seconds - self._registry.reserved_seconds(caller.user.id)
+        if available < settings.limits.min_remaining_seconds:
+            raise ApiError(403, "no_credit", "No interview time left beyond your running sessions.")
         entry = self._registry.reserve(
             user_id=caller.user.id,
             token_hash=caller.token_hash,
             request_id=current_request_id(),
-            max_duration_s=min(settings.session.max_duration_s, caller.user.remaining_seconds),
+            max_duration_s=min(settings.session.max_duration_s, available),
+            credit_s=caller.user.remaining_seconds,
             pending_ttl_s=settings.session.pending_ttl_s,
         )
         try:
@@ -147,19 +168,40 @@ class SessionService:
         entry.state = state
         self._ended.inc(state=state, reason=reason)
         log.info("session %s %s (%s) after %.1fs", entry.session_id, state, reason, duration_s)
+        finish = _Finish(
+            session_id=entry.session_id,
+            state="ended" if state == "ended" else "failed",
+            reason=reason,
+            duration_s=duration_s,
+            token_hash=entry.token_hash,
+        )
+        return await self._write(finish)
+
+    async def _write(self, finish: _Finish) -> int | None:
         try:
             remaining = await self._store.finish_session(
-                entry.session_id,
-                state="ended" if state == "ended" else "failed",
-                end_reason=reason,
-                duration_seconds=duration_s,
+                finish.session_id,
+                state=finish.state,
+                end_reason=finish.reason,
+                duration_seconds=finish.duration_s,
             )
         except DatabaseUnavailable:
             self._finish_failures.inc()
-            log.error("could not close session %s: database unavailable", entry.session_id)
-            remaining = None
-        await self._admission.forget(entry.token_hash)
+            log.error(
+                "could not close session %s yet: database unavailable; will retry",
+                finish.session_id,
+            )
+            self._unwritten[finish.session_id] = finish
+            return None
+        self._unwritten.pop(finish.session_id, None)
+        await self._admission.forget(finish.token_hash)
         return remaining
+
+    async def retry_unwritten(self) -> int:
+        """Write finishes the database refused earlier; return how many are still due."""
+        for finish in list(self._unwritten.values()):
+            await self._write(finish)
+        return len(self._unwritten)
 
     async def finish_all(self, reason: str) -> int:
         """Close every session still registered (shut-down, after the bridges closed)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from typing import Any
@@ -9,7 +10,9 @@ from typing import Any
 import asyncpg
 import pytest
 
+from relay.admission.migrate import MIGRATION_LOCK_ID
 from relay.admission.tokens import hash_token
+from relay.errors import ApiError
 from tests.integration.conftest import MakeRelay
 
 REQUEST_ID = re.compile(r"^req_[0-9a-f]{32}$")
@@ -143,15 +146,52 @@ async def test_redis_stopped_falls_back_and_breaker_skips_it(
 async def test_hung_redis_is_bounded_by_its_timeout_then_skipped(
     make_relay: MakeRelay, redis_server: Any
 ) -> None:
-    relay = await make_relay(redis_url=redis_server.url)
+    relay = await make_relay(
+        redis_url=redis_server.url,
+        overrides={"limits": {"per_user_concurrent_sessions": 10}},
+    )
     token = await relay.add_user()
     redis_server.pause()  # accepts connections, never answers
     try:
-        status, body, _ = await relay.create_session(token)
-        assert status == 201, body
-        assert relay.counter("relay_cache_redis_errors_total") >= 1
+        # Each Redis call gives up after cache.redis_timeout_s; the breaker opens after
+        # breaker_failure_threshold of them (a GET and a SET per cache miss).
+        threshold = relay.services.settings.cache.breaker_failure_threshold
+        while relay.services.cache.redis_state == "up":
+            status, body, _ = await relay.create_session(token)
+            assert status == 201, body
+        assert relay.counter("relay_cache_redis_errors_total") == threshold
+        # From now on Redis is not even tried: no new errors, only skips.
+        for _ in range(3):
+            status, body, _ = await relay.create_session(token)
+            assert status == 201, body
+        assert relay.counter("relay_cache_redis_errors_total") == threshold
+        assert relay.counter("relay_cache_redis_skipped_total") >= 3
+        assert relay.counter("relay_db_queries_total", query="user_by_token") == 1
     finally:
         redis_server.resume()
+
+
+async def test_concurrent_sessions_cannot_spend_the_same_credit_twice(
+    make_relay: MakeRelay,
+) -> None:
+    relay = await make_relay(overrides={"limits": {"per_user_concurrent_sessions": 3}})
+    token = await relay.add_user(seconds=100)
+    user_id = (await relay.sql("SELECT id FROM users"))[0]["id"]
+    ids = []
+    for _ in range(2):  # pending sessions promise nothing yet (a page reload is fine)
+        status, body, _ = await relay.create_session(token)
+        assert status == 201 and body["max_duration_seconds"] == 100
+        ids.append(body["session_id"])
+    registry = relay.services.registry
+    first = registry.claim_for_exchange(ids[0], user_id)
+    assert first.max_duration_s == 100
+    # The first interview holds all 100 s: the second cannot start, nor can a new one.
+    with pytest.raises(ApiError) as refused:
+        registry.claim_for_exchange(ids[1], user_id)
+    assert (refused.value.status, refused.value.code) == (403, "no_credit")
+    status, body, headers = await relay.create_session(token)
+    assert status == 403
+    assert_error(body, headers, "no_credit")
 
 
 async def test_postgres_stopped_gives_503_after_three_attempts_then_recovers(
@@ -347,8 +387,58 @@ async def test_restart_recovers_rows_left_live_by_a_crash(make_relay: MakeRelay)
         body["session_id"],
     )
     again = await make_relay()  # same instance id, same database
-    assert again.services.extras["schema_ready"] is True
+    assert again.services.store.schema_ready
     rows = await again.sql(
         "SELECT state, end_reason FROM interview_sessions WHERE id = $1", body["session_id"]
     )
     assert [tuple(r) for r in rows] == [("failed", "relay_restarted")]
+
+
+async def test_unmigrated_database_answers_503_until_migrations_ran(
+    make_relay: MakeRelay, database_url: str
+) -> None:
+    # Another process holds the migration lock, so this relay starts without its schema.
+    blocker = await asyncpg.connect(database_url)
+    try:
+        await blocker.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
+        relay = await make_relay()
+        assert not relay.services.store.schema_ready
+        status, body, headers = await relay.create_session("rt_" + "a" * 40)
+        assert status == 503
+        assert_error(body, headers, "database_unavailable")
+        assert "Retry-After" in headers
+        async with relay.client.get("/readyz") as resp:
+            ready = await resp.json()
+            assert resp.status == 503
+            assert ready["checks"]["database"] == {"ok": False, "error": "migrations_pending"}
+        await blocker.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
+        async with asyncio.timeout(10):
+            await relay.services.store.wait_schema_ready()
+    finally:
+        await blocker.close()
+    token = await relay.add_user()
+    status, body, _ = await relay.create_session(token)
+    assert status == 201, body
+
+
+async def test_finishes_the_database_refused_are_written_later(
+    make_relay: MakeRelay, private_postgres: Any
+) -> None:
+    relay = await make_relay(dsn=private_postgres.dsn())
+    token = await relay.add_user(seconds=100)
+    status, body, _ = await relay.create_session(token)
+    assert status == 201
+    entry = relay.services.registry.get(body["session_id"])
+    assert entry is not None
+    await private_postgres.astop()
+    sessions = relay.services.sessions
+    await sessions.finish(entry, state="ended", reason="hangup", duration_s=12.3)
+    assert await sessions.retry_unwritten() == 1  # still down
+    await private_postgres.astart()
+    assert await sessions.retry_unwritten() == 0
+    rows = await relay.sql(
+        "SELECT s.state, s.end_reason, s.debited_seconds, u.remaining_seconds"
+        " FROM interview_sessions s JOIN users u ON u.id = s.user_id WHERE s.id = $1",
+        body["session_id"],
+    )
+    assert [tuple(r) for r in rows] == [("ended", "hangup", 13, 87)]
