@@ -62,6 +62,22 @@ class _Reply:
         return 200 <= self.status <= 299
 
 
+# An SDP answer is a few KB and an error body less; anything far larger is not OpenAI.
+MAX_UPSTREAM_BODY_BYTES = 1 << 20
+
+
+async def _read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(65536):
+        size += len(chunk)
+        if size > limit:
+            # A protocol error (upstream_protocol_error), not something to buffer.
+            raise aiohttp.ClientPayloadError(f"upstream body larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _public_url(url: str) -> str:
     """The URL without any user:password part (safe for logs and reprs)."""
     parts = urlsplit(url)
@@ -362,7 +378,7 @@ class OpenAIRealtimeClient:
             # A redirect would carry a credential to a place nobody configured.
             allow_redirects=False,
         ) as resp:
-            payload = await resp.read()
+            payload = await _read_limited(resp, MAX_UPSTREAM_BODY_BYTES)
             return _Reply(resp.status, resp.headers.copy(), payload)
 
     def _secrets(self, secret: str | None = None) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ from urllib.parse import quote, urlsplit
 
 from relay.config import UpstreamConfig
 from relay.upstream.base import MintedSession, SdpAnswer
+from relay.upstream.retry import header
 
 Credential = Literal["api_key", "secret"]
 
@@ -145,14 +146,6 @@ def call_id_from_location(location: str | None) -> str | None:
     return segment or None
 
 
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    wanted = name.lower()
-    for key, value in headers.items():
-        if key.lower() == wanted:
-            return value
-    return None
-
-
 def looks_like_sdp(text: str) -> bool:
     return text.lstrip().startswith("v=0")
 
@@ -190,7 +183,7 @@ class GaDialect:
 
     def parse_sdp(self, headers: Mapping[str, str], body: str) -> SdpAnswer:
         return SdpAnswer(
-            sdp=_check_answer(body), call_id=call_id_from_location(_header(headers, "Location"))
+            sdp=_check_answer(body), call_id=call_id_from_location(header(headers, "Location"))
         )
 
     def hangup_request(self, call_id: str) -> HttpRequest | None:

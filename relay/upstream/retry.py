@@ -28,7 +28,8 @@ def is_retryable_status(status: int, code: str | None = None) -> bool:
     return status == 429 or 500 <= status <= 599
 
 
-def _header(headers: Mapping[str, str], name: str) -> str | None:
+def header(headers: Mapping[str, str], name: str) -> str | None:
+    """A header by case-insensitive name, from any mapping (plain dicts in tests)."""
     wanted = name.lower()
     for key, value in headers.items():
         if key.lower() == wanted:
@@ -48,7 +49,7 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -
     ``retry-after-ms`` (OpenAI's, milliseconds) wins over ``retry-after`` (seconds or an
     HTTP date, RFC 9110). A date in the past means "now" (0). Garbage is ignored.
     """
-    raw_ms = _header(headers, "retry-after-ms")
+    raw_ms = header(headers, "retry-after-ms")
     if raw_ms is not None:
         try:
             value = _finite_non_negative(float(raw_ms.strip()) / 1000.0)
@@ -56,7 +57,7 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -
             value = None
         if value is not None:
             return value
-    raw = _header(headers, "retry-after")
+    raw = header(headers, "retry-after")
     if raw is None or not raw.strip():
         return None
     raw = raw.strip()
