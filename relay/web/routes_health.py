@@ -24,12 +24,8 @@ async def readyz(request: web.Request) -> web.Response:
         checks["database"] = {"ok": False, "error": type(exc).__name__}
     if not services.store.schema_ready:
         checks["database"] = {"ok": False, "error": "migrations_pending"}
-    checks["upstream"] = {
-        "ok": True,
-        "dialect": services.upstream.dialect,
-        "model": services.upstream.model,
-        "simulated": services.simulator is not None,
-    }
+    # Which model, dialect or simulator is in use is operator information (/api/stats).
+    checks["upstream"] = {"ok": True}
     # Redis is optional: when down the local cache serves, so readiness is kept and the
     # state reported.
     checks["cache"] = {"ok": True, "redis": services.cache.redis_state}

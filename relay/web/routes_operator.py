@@ -30,7 +30,11 @@ async def stats(request: web.Request) -> web.Response:
         "instance": services.instance_id,
         "draining": services.draining,
         "redis": services.cache.redis_state,
-        "upstream": {"dialect": services.upstream.dialect, "model": services.upstream.model},
+        "upstream": {
+            "dialect": services.upstream.dialect,
+            "model": services.upstream.model,
+            "simulated": services.simulator is not None,
+        },
         "sessions": sessions,
         "metrics": services.metrics.snapshot(),
         "request_id": current_request_id(),

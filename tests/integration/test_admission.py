@@ -294,7 +294,10 @@ async def test_rate_and_concurrency_limits(make_relay: MakeRelay) -> None:
     assert status == 429
     assert_error(body, headers, "too_many_sessions")
     assert int(headers["Retry-After"]) > 0
-    await relay.create_session(token)
+    # Refused requests count against the rate too: the limit is on attempts.
+    status, body, headers = await relay.create_session(token)
+    assert status == 429
+    assert_error(body, headers, "too_many_sessions")
     status, body, headers = await relay.create_session(token)
     assert status == 429
     assert_error(body, headers, "rate_limited")

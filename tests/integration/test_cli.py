@@ -15,6 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+OPERATOR = "cli-test-operator-token"
 URL_LINE = re.compile(r"listening on (http://127\.0\.0\.1:\d+/)")
 
 
@@ -26,6 +27,7 @@ def _env(data_dir: Path) -> dict[str, str]:
     }
     env["RELAY__SERVER__DATA_DIR"] = str(data_dir)
     env["RELAY__SERVER__DRAIN_TIMEOUT_S"] = "2"
+    env["RELAY_OPERATOR_TOKEN"] = OPERATOR
     return env
 
 
@@ -113,7 +115,13 @@ async def test_serve_prints_url_and_token_that_opens_a_session(
         async with http.get(url + "readyz") as resp:
             ready = await resp.json()
             assert resp.status == 200, ready
-            assert ready["checks"]["upstream"]["simulated"] is True
+        operator = {"Authorization": f"Bearer {OPERATOR}"}
+        async with http.get(url + "api/stats", headers=operator) as resp:
+            stats = await resp.json()
+            assert resp.status == 200, stats
+            assert stats["upstream"]["simulated"] is True
+        async with http.get(url + "api/stats") as resp:
+            assert resp.status == 401
         async with http.get(url) as resp:
             assert resp.status == 200
             assert "Voice interview" in await resp.text()
@@ -195,10 +203,10 @@ async def test_serve_against_a_separately_run_simulator_in_the_beta_dialect(
                 body = await resp.json()
                 assert resp.status == 201, body
                 assert body["model"] == "gpt-4o-realtime-preview-2024-12-17"
-            async with http.get(url + "readyz") as resp:
-                ready = await resp.json()
-                assert ready["checks"]["upstream"] == {
-                    "ok": True,
+            operator = {"Authorization": f"Bearer {OPERATOR}"}
+            async with http.get(url + "api/stats", headers=operator) as resp:
+                stats = await resp.json()
+                assert stats["upstream"] == {
                     "dialect": "beta",
                     "model": "gpt-4o-realtime-preview-2024-12-17",
                     "simulated": False,
