@@ -35,6 +35,7 @@ from relay.media.peers import IceGatherTimeout, close_peer, new_peer, set_local_
 from relay.media.sdp import InvalidOffer, audio_negotiation
 from relay.media.tracks import BoundedQueueTrack
 from relay.observability.logging import stage
+from relay.observability.request_context import record_stage
 from relay.upstream.base import MintedSession, UpstreamClient, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger("relay.media")
@@ -142,6 +143,8 @@ class Bridge:
         self._wake = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
         self._teardown_task: asyncio.Task[None] | None = None
+        # Whether teardown asked upstream to hang up (it may run before the call exists).
+        self._hangup_sent = False
         self._closed = asyncio.Event()
         self._quality: dict[str, dict[str, Any]] = {}
         self._quality_at = 0.0
@@ -168,6 +171,7 @@ class Bridge:
         except BaseException as exc:
             if self._teardown_task is not None:
                 await asyncio.shield(self._teardown_task)
+                await self._hang_up_late_call()
                 raise BridgeClosed(self.end_reason or "closed") from exc
             reason = failure_reason(exc)
             log.warning("session %s: exchange failed (%s)", self.session_id, reason)
@@ -175,11 +179,23 @@ class Bridge:
             raise
         if self._teardown_task is not None:
             await asyncio.shield(self._teardown_task)
+            await self._hang_up_late_call()
             raise BridgeClosed(self.end_reason or "closed")
         self.state = "connecting"
         self.answer = answer
         self._supervisor = asyncio.create_task(self._supervise(), name=f"bridge-{self.session_id}")
         return answer
+
+    def _raise_if_closing(self) -> None:
+        """Stop negotiating once teardown began: nothing created after it would be closed."""
+        if self._is_closing():
+            raise BridgeClosed(self.end_reason or "closed")
+
+    async def _hang_up_late_call(self) -> None:
+        """The upstream call came into being after teardown had passed its hang-up."""
+        if self.upstream_call_id and not self._hangup_sent:
+            self._hangup_sent = True
+            await self._upstream.hangup(self.upstream_call_id)
 
     def begin_close(self, reason: str, *, state: EndState = "ended") -> asyncio.Task[None]:
         """Start tearing down (once); the first reason wins."""
@@ -239,6 +255,7 @@ class Bridge:
         browser.addTrack(self.to_browser)
         answer = await set_local_description(browser, await browser.createAnswer(), gather_timeout)
         stage(log, "BROWSER_ANSWER_COMPLETE", (time.perf_counter() - started) * 1000)
+        self._raise_if_closing()
 
         started = time.perf_counter()
         upstream = self.upstream_pc = new_peer(self._settings.ice)
@@ -247,18 +264,23 @@ class Bridge:
         self.events.attach_upstream(upstream.createDataChannel(UPSTREAM_LABEL))
         offer = await set_local_description(upstream, await upstream.createOffer(), gather_timeout)
         stage(log, "UPSTREAM_OFFER_COMPLETE", (time.perf_counter() - started) * 1000)
+        self._raise_if_closing()
 
         started = time.perf_counter()
         reply = await self._upstream.exchange_sdp(
             self._minted, offer.sdp, request_id=self.request_id
         )
         self.upstream_call_id = reply.call_id
-        stage(log, "UPSTREAM_SDP_COMPLETE", (time.perf_counter() - started) * 1000)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        record_stage("upstream", elapsed_ms)
+        stage(log, "UPSTREAM_SDP_COMPLETE", elapsed_ms)
+        self._raise_if_closing()  # start() hangs the new call up
         try:
             await upstream.setRemoteDescription(RTCSessionDescription(sdp=reply.sdp, type="answer"))
             downstream_codecs = audio_negotiation(reply.sdp)
         except Exception as exc:
             raise UpstreamAnswerInvalid(f"{type(exc).__name__}: {exc}") from None
+        self._raise_if_closing()
         self._wire_audio(
             browser_codecs=audio_negotiation(answer.sdp),
             upstream_codecs=downstream_codecs,
@@ -449,6 +471,7 @@ class Bridge:
             if self.upstream_pc is not None:
                 closing.append(close_peer(self.upstream_pc))
             if self.upstream_call_id:
+                self._hangup_sent = True
                 closing.append(self._upstream.hangup(self.upstream_call_id))
             results = await asyncio.gather(*closing, return_exceptions=True)
             for result in results:
