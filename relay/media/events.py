@@ -147,7 +147,9 @@ class EventRelay:
             return "event_too_large", f"Events are limited to {self._max_bytes} bytes.", None
         try:
             event: Any = json.loads(message)
-        except ValueError:
+        except (ValueError, RecursionError):
+            # RecursionError: a deeply nested payload ("[[[[…") within the size cap. It
+            # must not escape into aiortc's SCTP receive path, which it would kill.
             return "invalid_event", "The event is not valid JSON.", None
         if not isinstance(event, dict):
             return "invalid_event", "The event must be a JSON object.", None

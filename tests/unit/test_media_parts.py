@@ -364,6 +364,16 @@ def test_browser_events_are_checked_against_the_allow_list() -> None:
     }
 
 
+def test_deeply_nested_json_is_refused_not_raised() -> None:
+    relay, _, _ = _relay(browser_allowed=("response.cancel",), max_message_bytes=16384)
+    upstream, browser = FakeChannel(), FakeChannel()
+    relay.attach_upstream(upstream)  # type: ignore[arg-type]
+    relay.attach_browser(browser)  # type: ignore[arg-type]
+    browser.emit("message", "[" * 16000)  # recursion, within the size cap
+    assert upstream.sent == []
+    assert json.loads(browser.sent[0])["error"]["code"] == "invalid_event"
+
+
 def test_session_update_is_refused_even_if_configured() -> None:
     # Settings validation refuses it too; the relay does not rely on that alone.
     registry = MetricsRegistry()
