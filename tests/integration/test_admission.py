@@ -445,3 +445,26 @@ async def test_finishes_the_database_refused_are_written_later(
         body["session_id"],
     )
     assert [tuple(r) for r in rows] == [("ended", "hangup", 13, 87)]
+
+
+async def test_draining_refuses_new_sessions_and_says_so(make_relay: MakeRelay) -> None:
+    relay = await make_relay()
+    token = await relay.add_user()
+    status, created, _ = await relay.create_session(token)
+    assert status == 201
+    relay.services.draining = True
+    status, body, headers = await relay.create_session(token)
+    assert status == 503
+    assert_error(body, headers, "draining")
+    assert int(headers["Retry-After"]) == relay.services.settings.server.drain_retry_after_s
+    exchange = {"session_id": created["session_id"], "type": "offer", "sdp": "v=0\r\n"}
+    async with relay.client.post(
+        "/api/webrtc-exchange", json=exchange, headers={"Authorization": f"Bearer {token}"}
+    ) as resp:
+        body = await resp.json()
+        assert resp.status == 503 and body["error"]["code"] == "draining"
+        assert "Retry-After" in resp.headers
+    async with relay.client.get("/readyz") as resp:
+        ready = await resp.json()
+        assert resp.status == 503 and ready["checks"]["draining"] == {"ok": False}
+        assert "draining" in ready["error"]["message"]
