@@ -24,7 +24,7 @@ from relay.media.bridge import (
 )
 from relay.media.metrics import MediaMetrics
 from relay.media.peers import IceGatherTimeout
-from relay.media.sdp import InvalidOffer
+from relay.media.sdp import InvalidOffer, invalid_offer_error
 from relay.sessions.registry import SessionEntry
 from relay.sessions.service import upstream_api_error
 from relay.upstream.base import UpstreamError, UpstreamTimeout
@@ -129,7 +129,7 @@ class BridgeManager:
         try:
             await bridge.start(offer_sdp)
         except InvalidOffer as exc:
-            raise ApiError(400, "invalid_offer", f"Invalid SDP offer: {exc.reason}") from None
+            raise invalid_offer_error(exc) from None
         except (UpstreamTimeout, UpstreamError) as exc:
             raise upstream_api_error(exc) from None
         except UpstreamAnswerInvalid as exc:

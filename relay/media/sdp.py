@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 from aiortc.sdp import SessionDescription
 
+from relay.errors import ApiError
+
 MAX_LINE_CHARS = 1024
 MAX_LINES = 400
 MAX_CANDIDATES_PER_SECTION = 32
@@ -35,6 +37,11 @@ class InvalidOffer(ValueError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def invalid_offer_error(exc: InvalidOffer) -> ApiError:
+    """The 400 a browser gets for an offer the relay will not answer."""
+    return ApiError(400, "invalid_offer", f"Invalid SDP offer: {exc.reason}")
 
 
 @dataclass

@@ -7,10 +7,12 @@ context, so it is on every line logged while a request is being served.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from typing import Literal
 
 from relay.observability.request_context import current, current_request_id
@@ -50,6 +52,36 @@ def configure_logging(level: str = "INFO", fmt: Literal["text", "json"] = "text"
     # aiortc/aioice are chatty at INFO (every ICE check); keep them at WARNING.
     for noisy in ("aioice", "aiortc"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class RequestBanner:
+    """The START/END lines around one request of a main route; ``status`` set by the route."""
+
+    def __init__(self, log: logging.Logger, title: str) -> None:
+        self.log = log
+        self.title = title
+        self.status = 500
+
+
+@contextlib.contextmanager
+def request_banner(log: logging.Logger, title: str) -> Iterator[RequestBanner]:
+    """``=== TITLE REQUEST START [req_…] ===`` … ``RESPONSE 201`` … ``END … Total: Nms``.
+
+    The status is the route's ``banner.status`` on success, else the error's status.
+    """
+    request_id = current_request_id()
+    log.info("=== %s REQUEST START [%s] ===", title, request_id)
+    banner = RequestBanner(log, title)
+    try:
+        yield banner
+    except Exception as exc:
+        banner.status = getattr(exc, "status", 500)
+        raise
+    finally:
+        ctx = current()
+        total = ctx.elapsed_ms() if ctx else 0.0
+        stage(log, f"RESPONSE {banner.status}", total)
+        log.info("=== %s REQUEST END [%s] - Total: %.0fms ===", title, request_id, total)
 
 
 def stage(log: logging.Logger, name: str, ms: float | None = None) -> None:

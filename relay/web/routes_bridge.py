@@ -17,8 +17,8 @@ from relay.admission.service import database_error
 from relay.admission.store import DatabaseUnavailable
 from relay.errors import ApiError
 from relay.media.manager import BridgeManager
-from relay.media.sdp import InvalidOffer, validate_offer
-from relay.observability.logging import stage
+from relay.media.sdp import InvalidOffer, invalid_offer_error, validate_offer
+from relay.observability.logging import request_banner, stage
 from relay.observability.request_context import current, current_request_id
 from relay.services import SERVICES, Services
 from relay.web.auth import is_operator
@@ -49,11 +49,8 @@ def _exchange_fields(body: dict[str, Any]) -> tuple[str, str]:
 
 async def webrtc_exchange(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    request_id = current_request_id()
-    log.info("=== WEBRTC EXCHANGE REQUEST START [%s] ===", request_id)
-    stage(log, "WEBRTC_EXCHANGE_START")
-    status = 500
-    try:
+    with request_banner(log, "WEBRTC EXCHANGE") as banner:
+        stage(log, "WEBRTC_EXCHANGE_START")
         caller = await services.admission.authenticate(request.headers.get("Authorization"))
         body = await read_json_object(request, services.settings.server.max_body_bytes)
         session_id, sdp = _exchange_fields(body)
@@ -61,31 +58,23 @@ async def webrtc_exchange(request: web.Request) -> web.Response:
         try:
             validate_offer(sdp, max_bytes=services.settings.session.max_sdp_bytes)
         except InvalidOffer as exc:
-            raise ApiError(400, "invalid_offer", f"Invalid SDP offer: {exc.reason}") from None
+            raise invalid_offer_error(exc) from None
         manager = _bridges(services)
         entry = services.registry.claim_for_exchange(session_id, caller.user.id)
-        bridge = await manager.open(entry, sdp, request_id)
+        bridge = await manager.open(entry, sdp, current_request_id())
         ctx = current()
-        status = 201
+        banner.status = 201
         stage(log, "WEBRTC_EXCHANGE_COMPLETE")
         return web.json_response(
             {
                 "type": "answer",
                 "sdp": bridge.answer,
                 "session_id": session_id,
-                "request_id": request_id,
+                "request_id": current_request_id(),
                 "processing_time_ms": round(ctx.elapsed_ms(), 1) if ctx else 0.0,
             },
             status=201,
         )
-    except Exception as exc:
-        status = getattr(exc, "status", 500)
-        raise
-    finally:
-        ctx = current()
-        total = ctx.elapsed_ms() if ctx else 0.0
-        stage(log, f"RESPONSE {status}", total)
-        log.info("=== WEBRTC EXCHANGE REQUEST END [%s] - Total: %.0fms ===", request_id, total)
 
 
 async def get_session(request: web.Request) -> web.Response:

@@ -7,7 +7,7 @@ import logging
 from aiohttp import web
 
 from relay.media.ice import browser_ice_servers
-from relay.observability.logging import stage
+from relay.observability.logging import request_banner
 from relay.observability.request_context import current, current_request_id
 from relay.services import SERVICES
 from relay.web.body import read_json_object
@@ -17,10 +17,7 @@ log = logging.getLogger("relay.http")
 
 async def create_realtime_session(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    request_id = current_request_id()
-    log.info("=== REALTIME SESSION REQUEST START [%s] ===", request_id)
-    status = 500
-    try:
+    with request_banner(log, "REALTIME SESSION") as banner:
         # The body is optional today; when present it must be a JSON object.
         await read_json_object(request, services.settings.server.max_body_bytes, allow_empty=True)
         services.sessions.refuse_if_draining()
@@ -33,19 +30,11 @@ async def create_realtime_session(request: web.Request) -> web.Response:
             "model": entry.minted.model if entry.minted else services.upstream.model,
             "ice_servers": browser_ice_servers(services.settings.ice),
             "max_duration_seconds": int(entry.max_duration_s),
-            "request_id": request_id,
+            "request_id": current_request_id(),
             "processing_time_ms": round(ctx.elapsed_ms(), 1) if ctx else 0.0,
         }
-        status = 201
+        banner.status = 201
         return web.json_response(body, status=201)
-    except Exception as exc:
-        status = getattr(exc, "status", 500)
-        raise
-    finally:
-        ctx = current()
-        total = ctx.elapsed_ms() if ctx else 0.0
-        stage(log, f"RESPONSE {status}", total)
-        log.info("=== REALTIME SESSION REQUEST END [%s] - Total: %.0fms ===", request_id, total)
 
 
 def register(app: web.Application) -> None:
