@@ -62,8 +62,12 @@ class _SessionHooks:
 
     async def _write_state(self, state: SessionState, upstream_call_id: str | None = None) -> None:
         try:
+            minted = self._entry.minted
             await self._manager.services.store.set_session_state(
-                self._entry.session_id, state, upstream_call_id=upstream_call_id
+                self._entry.session_id,
+                state,
+                upstream_call_id=upstream_call_id,
+                upstream_session_id=minted.upstream_session_id if minted else None,
             )
         except DatabaseUnavailable as exc:
             # The row catches up at the end (finish); the interview goes on.

@@ -57,8 +57,8 @@ class Interview:
 
     async def row(self) -> dict[str, Any]:
         rows = await self.relay.sql(
-            "SELECT state, end_reason, duration_seconds, debited_seconds, upstream_call_id"
-            " FROM interview_sessions WHERE id = $1",
+            "SELECT state, end_reason, duration_seconds, debited_seconds, upstream_call_id,"
+            " upstream_session_id FROM interview_sessions WHERE id = $1",
             self.session_id,
         )
         return dict(rows[0])
@@ -153,6 +153,7 @@ async def test_speech_round_trip_through_the_relay(
     assert body["media"]["time_to_first_upstream_audio_ms"] > 0
     row = await interview.row()
     assert row["state"] == "active" and row["upstream_call_id"] == call.call_id
+    assert row["upstream_session_id"].startswith("sess_")
 
     async with interview.relay.client.delete(
         f"/api/sessions/{interview.session_id}", headers=interview.auth
