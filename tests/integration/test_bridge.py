@@ -247,7 +247,8 @@ async def test_upstream_ice_never_connecting_fails_within_connect_timeout(
     bridge = interview.bridge
     await wait_until(lambda: bridge.closed, 4, "connect timeout")
     assert bridge.end_reason == "connect_timeout"
-    assert bridge.ended_at is not None and bridge.ended_at - bridge.started_at < 1.5
+    # Within the connect timeout, plus scheduling slack for a loaded 2-core machine.
+    assert bridge.ended_at is not None and bridge.ended_at - bridge.started_at < 2.5
     row = await interview.row()
     assert row["state"] == "failed" and row["end_reason"] == "connect_timeout"
 

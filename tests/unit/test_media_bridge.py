@@ -259,7 +259,7 @@ async def test_max_duration_ends_the_session(rig: Rig) -> None:
     await asyncio.wait_for(rig.hooks.done.wait(), 5)
     state, reason, duration = rig.hooks.finished[0]
     assert (state, reason) == ("ended", "max_duration")
-    assert 0.8 <= duration < 1.5
+    assert 0.8 <= duration < 2.0  # the cap, plus slack for a loaded machine
 
 
 @pytest.mark.parametrize("who", ["browser", "upstream"])
