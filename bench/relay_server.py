@@ -109,16 +109,20 @@ class GcPauses:
 
 
 class LoopLag:
-    """Event-loop lag: how late a 10 ms timer fires."""
+    """Event-loop lag: how late a 10 ms timer fires; stalls over 10 ms with their time."""
 
     def __init__(self) -> None:
         self.samples: list[float] = []
+        self.stalls: list[tuple[float, float]] = []
 
     async def run(self) -> None:
         while True:
             started = time.perf_counter()
             await asyncio.sleep(0.01)
-            self.samples.append(time.perf_counter() - started - 0.01)
+            lag = time.perf_counter() - started - 0.01
+            self.samples.append(lag)
+            if lag > 0.01:
+                self.stalls.append((round(time.time(), 3), round(lag * 1000, 1)))
 
 
 def proc_status(field: str) -> int:
@@ -135,8 +139,9 @@ def rss_mb() -> float:
 
 
 class RelayServer:
-    def __init__(self, mode: str, upstream_url: str) -> None:
+    def __init__(self, mode: str, upstream_url: str, *, keep_rtp_history: bool = False) -> None:
         self.mode = mode
+        self.keep_rtp_history = keep_rtp_history
         self.upstream = EndpointUpstream(upstream_url)
         self.metrics = MediaMetrics(MetricsRegistry())
         self.bridges: list[Bridge] = []
@@ -159,6 +164,11 @@ class RelayServer:
         )
         self.bridges.append(bridge)
         answer = await bridge.start(body["sdp"])
+        if self.keep_rtp_history:
+            # Undo the bridge's "no retransmission history" (to measure what it saves).
+            for pc in (bridge.browser_pc, bridge.upstream_pc):
+                for sender in pc.getSenders() if pc else []:
+                    setattr(sender, "_RTCRtpSender__rtp_history", {})  # noqa: B010
         if self.mode == "decode":
             # The decode path installs the numpy audio level; the baseline is aiortc as shipped.
             setattr(aiortc.rtp, "compute_audio_level_dbov", aiortc_private.AIORTC_AUDIO_LEVEL)  # noqa: B010
@@ -200,11 +210,14 @@ class RelayServer:
                 "lag_p99_ms": lag[min(len(lag) - 1, int(len(lag) * 0.99))] * 1000,
                 "lag_max_ms": lag[-1] * 1000,
                 "gc": self.gc.summary(),
+                "stalls": self.lag.stalls[-50:],
+                "stall_count": len(self.lag.stalls),
             }
         )
 
     async def reset(self, request: web.Request) -> web.Response:
         self.lag.samples = []
+        self.lag.stalls = []
         self.gc.pauses = []
         return web.json_response({})
 
@@ -214,8 +227,8 @@ class RelayServer:
         return web.json_response({"rss_mb": rss_mb(), "threads": threading.active_count()})
 
 
-async def serve(mode: str, port: int, upstream_url: str) -> None:
-    server = RelayServer(mode, upstream_url)
+async def serve(mode: str, port: int, upstream_url: str, keep_rtp_history: bool) -> None:
+    server = RelayServer(mode, upstream_url, keep_rtp_history=keep_rtp_history)
     lag_task = asyncio.create_task(server.lag.run())
     app = web.Application()
     app.router.add_post("/session", server.session)
@@ -239,8 +252,9 @@ def main() -> None:
     parser.add_argument("--mode", choices=["passthrough", "decode"], required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True)
+    parser.add_argument("--keep-rtp-history", action="store_true")
     args = parser.parse_args()
-    asyncio.run(serve(args.mode, args.port, args.upstream))
+    asyncio.run(serve(args.mode, args.port, args.upstream, args.keep_rtp_history))
 
 
 if __name__ == "__main__":
