@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from relay.config import EventsConfig, IceConfig, MediaConfig, SessionConfig
+from relay.config import EventsConfig, IceConfig, IceServerConfig, MediaConfig, SessionConfig
 from relay.media import aiortc_private
 from relay.media.bridge import Bridge, BridgeSettings, EndState
 from relay.media.metrics import MediaMetrics
-from relay.media.peers import open_peer_count
+from relay.media.peers import IceGatherTimeout, open_peer_count
 from relay.observability.metrics import MetricsRegistry
 from relay.upstream.base import MintedSession, UpstreamError
 from tests.integration.media_helpers import (
@@ -226,6 +226,42 @@ async def test_upstream_sdp_failure_closes_browser_leg(rig: Rig) -> None:
     assert bridge.state == "closed"
 
 
+async def test_ice_gathering_is_bounded(rig: Rig) -> None:
+    # A STUN server that never answers: aioice would keep retrying for seconds.
+    loop = asyncio.get_running_loop()
+    blackhole, _ = await loop.create_datagram_endpoint(
+        asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
+    )
+    port = blackhole.get_extra_info("sockname")[1]
+    try:
+        ice = IceConfig(servers=(IceServerConfig(urls=(f"stun:127.0.0.1:{port}",)),))
+        bridge = Bridge(
+            session_id="is_gather",
+            request_id="req_gather",
+            settings=BridgeSettings(
+                session=SessionConfig(ice_gather_timeout_s=0.3),
+                media=MediaConfig(),
+                events=EventsConfig(),
+                ice=ice,
+            ),
+            upstream=rig.upstream,
+            minted=MintedSession(secret="ek_test", expires_at=0, model="m"),
+            max_duration_s=60,
+            metrics=MediaMetrics(rig.metrics),
+            hooks=rig.hooks,
+        )
+        browser = rig.browser(payloads=SPEECH)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(IceGatherTimeout):
+            await bridge.start(await browser.offer())
+        assert asyncio.get_running_loop().time() - started < 2.0
+        assert rig.hooks.finished == [("failed", "ice_gather_timeout", 0.0)]
+        assert bridge.browser_pc.connectionState == "closed"
+        assert rig.upstream.calls == []  # never got as far as the upstream
+    finally:
+        blackhole.close()
+
+
 async def test_connect_timeout_fails_the_session(rig: Rig) -> None:
     bridge = rig.bridge(session=SessionConfig(connect_timeout_s=0.5, idle_media_timeout_s=10))
     browser = rig.browser(payloads=SPEECH)
@@ -262,20 +298,30 @@ async def test_max_duration_ends_the_session(rig: Rig) -> None:
     assert 0.8 <= duration < 2.0  # the cap, plus slack for a loaded machine
 
 
-@pytest.mark.parametrize("who", ["browser", "upstream"])
-async def test_either_peer_closing_tears_down_both(rig: Rig, who: str) -> None:
+@pytest.mark.parametrize(
+    ("who", "reasons"),
+    [
+        ("browser", {"browser_disconnected", "browser_channel_closed"}),
+        ("browser_channel", {"browser_channel_closed"}),
+        ("upstream", {"upstream_disconnected", "upstream_channel_closed"}),
+    ],
+)
+async def test_either_side_closing_tears_down_both(rig: Rig, who: str, reasons: set[str]) -> None:
     bridge = rig.bridge()
     browser = rig.browser(payloads=SPEECH)
     await rig.connect(bridge, browser)
+    await browser.wait_type("session.created")  # the browser's channel is open
     call = rig.upstream.calls[0]
     if who == "browser":
         await browser.pc.close()
+    elif who == "browser_channel":
+        browser.channel.close()  # the peer stays up; the events channel is gone
     else:
         await call.pc.close()
     await asyncio.wait_for(rig.hooks.done.wait(), 5)
     state, reason, _ = rig.hooks.finished[0]
     assert state == "ended"
-    assert reason.startswith(who + "_")
+    assert reason in reasons
     assert bridge.browser_pc.connectionState == "closed"
     assert bridge.upstream_pc is not None and bridge.upstream_pc.connectionState == "closed"
     assert rig.upstream.hangups == [call.call_id]
