@@ -6,9 +6,9 @@ Run inside a private network namespace (loopback only), from the repository root
 
 This process holds the endpoints (every "browser" and every "upstream" peer) pinned to
 CPU 1; for each point it starts ``bench.relay_server`` pinned to CPU 0 with ``taskset``.
-Endpoints send pre-encoded Opus (a 100 ms tone burst every second over silence, like the
-spike that chose the design) through aiortc's ``av.Packet`` path, and receive through the
-raw RTP hook, so they neither encode nor decode. Per point: set up N sessions, 3 s of
+Endpoints send pre-encoded Opus (a 100 ms tone burst every second over silence) through
+aiortc's ``av.Packet`` path, and receive through the raw RTP hook, so they neither encode
+nor decode. Per point: set up N sessions, 3 s of
 warm-up, a measured window, then tear down.
 
 Measured per point:
