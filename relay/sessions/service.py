@@ -90,10 +90,6 @@ class SessionService:
         # credit is always debited eventually.
         self._unwritten: dict[str, _Finish] = {}
 
-    @property
-    def upstream(self) -> UpstreamClient:
-        return self._upstream
-
     def refuse_if_draining(self) -> None:
         if self._is_draining():
             raise ApiError(
