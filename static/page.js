@@ -167,8 +167,11 @@ async function start() {
 async function stop() {
   const { pc, sessionId } = state;
   state.pc = null; state.channel = null; state.sessionId = null;
-  if (pc) { pc.getSenders().forEach((s) => s.track && s.track.stop()); pc.close(); }
+  if (pc) pc.getSenders().forEach((s) => s.track && s.track.stop());
+  // Hang up through the API before closing the connection: otherwise the relay sees the
+  // connection drop first and records a lost browser instead of the candidate's hang-up.
   if (sessionId) { try { await api("DELETE", `/api/sessions/${sessionId}`); } catch (_) { /* already gone */ } }
+  if (pc) pc.close();
   $("stop").disabled = true;
   $("start").disabled = false;
   setStatus("Interview ended.");

@@ -3,7 +3,8 @@
 #
 # From a clean clone it creates .venv (Python >= 3.11) and installs the project with its
 # test extra (again whenever pyproject.toml changes), then runs ruff check, ruff format
-# --check, mypy and pytest. PostgreSQL and Redis come from wheels; nothing else is needed.
+# --check, mypy and pytest. PostgreSQL and Redis come from wheels; the browser tests
+# (tests/e2e) need Debian's chromium, installed with apt-get as root when missing.
 # As root, pytest runs in a private network namespace that has only loopback (unshare -n),
 # installing util-linux/iproute2 with apt-get if unshare/ip are missing.
 #
@@ -63,7 +64,20 @@ ensure_netns_tools() {
     fi
 }
 
+# tests/e2e drives Debian's Chromium through Playwright (never a browser Playwright downloads).
+ensure_chromium() {
+    if [ ! -x /usr/bin/chromium ]; then
+        if is_root && command -v apt-get >/dev/null; then
+            apt_install chromium
+        else
+            echo "warning: /usr/bin/chromium is missing; tests/e2e will fail" \
+                "(on Debian: apt-get install chromium)" >&2
+        fi
+    fi
+}
+
 ensure_venv
+ensure_chromium
 
 failed_checks=()
 step "ruff check"

@@ -1,0 +1,83 @@
+"""Fixtures for browser tests: headless Chromium (Debian's ``chromium``, driven by
+Playwright) with a fake microphone that plays a generated WAV, and the integration
+fixtures (``make_relay``, ``simulator``) for a whole relay on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import wave
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from playwright.async_api import Browser, Page, async_playwright
+
+from tests.integration.conftest import make_relay, simulator
+from tests.integration.media_helpers import SAMPLE_RATE, silence, speech_like
+
+__all__ = ["browser", "fake_mic_wav", "make_relay", "page", "simulator"]
+
+# Never a browser downloaded by Playwright: the system's Chromium.
+CHROMIUM = "/usr/bin/chromium"
+
+
+def _write_wav(path: Path, pcm: np.ndarray) -> None:
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(SAMPLE_RATE)
+        out.writeframes(pcm.astype("<i2").tobytes())
+
+
+@pytest.fixture
+async def fake_mic_wav(tmp_path: Path) -> Path:
+    """About 2 s of speech-like audio then 2 s of silence (48 kHz mono s16): one spoken
+    turn that the simulator's VAD closes. Chromium loops the file."""
+    path = tmp_path / "fake-mic.wav"
+    pcm = np.concatenate([speech_like(2.0), silence(2.0)])
+    await asyncio.to_thread(_write_wav, path, pcm)
+    return path
+
+
+def chromium_args(wav: Path) -> list[str]:
+    return [
+        "--no-sandbox",  # the tests may run as root
+        "--disable-gpu",
+        # getUserMedia is granted without a prompt and served by a fake device playing the WAV.
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={wav}",
+        "--autoplay-policy=no-user-gesture-required",
+        # Without it Chromium gathers no ICE candidates when loopback is the only interface.
+        "--allow-loopback-in-peer-connection",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-default-apps",
+    ]
+
+
+@pytest.fixture
+async def browser(fake_mic_wav: Path) -> AsyncIterator[Browser]:
+    # TMPDIR points into pytest's temporary directory (tests/conftest.py), where Chromium
+    # leaves its profile and singleton files.
+    async with async_playwright() as pw:
+        chromium = await pw.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=chromium_args(fake_mic_wav)
+        )
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+@pytest.fixture
+async def page(browser: Browser) -> AsyncIterator[Page]:
+    context = await browser.new_context()
+    try:
+        yield await context.new_page()
+    finally:
+        await context.close()
