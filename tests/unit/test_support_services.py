@@ -236,9 +236,9 @@ async def test_blocking_relay_code_on_the_loop_fails() -> None:
         unreachable_dirs(Path.cwd(), _NOBODY)  # os.stat of every parent directory
 
 
-async def test_blocking_server_methods_on_the_loop_fail(redis_server: RedisServer) -> None:
-    with pytest.raises(BlockingError):
-        redis_server.stop()
+async def test_blocking_server_methods_on_the_loop_fail(postgres_server: PostgresServer) -> None:
+    with pytest.raises(BlockingError):  # psql runs in a subprocess: always a blocking wait
+        postgres_server.drop_database("test_never_created")
 
 
 async def test_blocking_calls_in_a_worker_thread_are_fine() -> None:
