@@ -13,6 +13,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from relay.admission.embedded_pg import EmbeddedPostgresError
 from relay.admission.store import DatabaseUnavailable, Store
 from relay.admission.tokens import hash_token, new_token
 from relay.config import ConfigError, Settings, load_settings
@@ -93,6 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except DatabaseUnavailable as exc:
         print(f"database unavailable: {exc}", file=sys.stderr)
+        return 3
+    except EmbeddedPostgresError as exc:
+        print(f"embedded PostgreSQL: {exc}", file=sys.stderr)
         return 3
     return 1
 

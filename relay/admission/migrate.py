@@ -6,6 +6,7 @@ lock serialises concurrent starts (two instances, or ``relay db migrate`` beside
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ def available_migrations() -> list[Migration]:
 async def migrate(conn: asyncpg.Connection) -> list[Migration]:
     """Apply pending migrations; return the ones applied now."""
     applied_now: list[Migration] = []
+    # Reading the package's SQL files is file I/O: keep it off the event loop.
+    migrations = await asyncio.to_thread(available_migrations)
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)
         await conn.execute(
@@ -48,7 +51,7 @@ async def migrate(conn: asyncpg.Connection) -> list[Migration]:
                    applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"""
         )
         done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
-        for migration in available_migrations():
+        for migration in migrations:
             if migration.version in done:
                 continue
             await conn.execute(migration.sql)

@@ -214,3 +214,13 @@ async def test_serve_against_a_separately_run_simulator_in_the_beta_dialect(
     finally:
         sim.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(sim.wait(), timeout=30) == 0
+
+
+async def test_unreachable_embedded_database_folder_exits_with_a_message(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        return  # only root runs PostgreSQL as another user, who cannot enter tmp_path
+    code, _, err = await _run(
+        "users", "add", "--email", "x@example.test", env=_env(tmp_path / "state"), cwd=tmp_path
+    )
+    assert code == 3
+    assert err.startswith("embedded PostgreSQL:") and "Traceback" not in err

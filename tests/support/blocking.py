@@ -27,8 +27,6 @@ _ALLOWED: list[tuple[str, set[str]]] = [
     # redis-py 8 looks its own version up with importlib.metadata (stats of sys.path
     # entries) each time a connection object is made; bounded and library-internal.
     ("redis/utils.py", {"get_lib_version"}),
-    # The relay reads its packaged SQL migrations (a few KB) once per start-up.
-    ("relay/admission/migrate.py", {"available_migrations"}),
 ]
 
 _buster: BlockBuster | None = None
