@@ -25,6 +25,7 @@ import aiohttp
 import aiortc.rtp
 from aiohttp import web
 
+from bench.loop_lag import LoopLag
 from relay.config import EventsConfig, IceConfig, MediaConfig, SessionConfig
 from relay.media import aiortc_private
 from relay.media.bridge import Bridge, BridgeSettings, EndState
@@ -106,23 +107,6 @@ class GcPauses:
                 "total_ms": round(sum(pauses) * 1000, 2),
             }
         return out
-
-
-class LoopLag:
-    """Event-loop lag: how late a 10 ms timer fires; stalls over 10 ms with their time."""
-
-    def __init__(self) -> None:
-        self.samples: list[float] = []
-        self.stalls: list[tuple[float, float]] = []
-
-    async def run(self) -> None:
-        while True:
-            started = time.perf_counter()
-            await asyncio.sleep(0.01)
-            lag = time.perf_counter() - started - 0.01
-            self.samples.append(lag)
-            if lag > 0.01:
-                self.stalls.append((round(time.time(), 3), round(lag * 1000, 1)))
 
 
 def proc_status(field: str) -> int:

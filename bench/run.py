@@ -45,6 +45,7 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.rtp import RtpPacket
 
 from bench.audio import FRAME, PERIOD_FRAMES, TIME_BASE, onset_times, preencode_bursts
+from bench.loop_lag import LoopLag
 from relay.config import IceConfig
 from relay.media import aiortc_private
 from relay.media.ice import rtc_configuration
@@ -271,22 +272,6 @@ def ms(value: float | None) -> float | None:
 # ---------------------------------------------------------------------- a point
 
 
-class StallWatch:
-    """This process's event-loop stalls over 10 ms (wall time, ms), to set against the
-    relay's: a stall seen by both processes at once is the machine, not the relay."""
-
-    def __init__(self) -> None:
-        self.stalls: list[tuple[float, float]] = []
-
-    async def run(self) -> None:
-        while True:
-            started = time.perf_counter()
-            await asyncio.sleep(0.01)
-            lag = time.perf_counter() - started - 0.01
-            if lag > 0.01:
-                self.stalls.append((round(time.time(), 3), round(lag * 1000, 1)))
-
-
 async def relay_stats(http: aiohttp.ClientSession) -> dict[str, Any]:
     async with http.get(f"http://127.0.0.1:{RELAY_PORT}/stats") as resp:
         stats: dict[str, Any] = await resp.json()
@@ -371,7 +356,7 @@ async def run_point(
             ours = {os.getpid()} | ({relay.pid} if relay else set())
             others0 = others_cpu_seconds(ours)
             mine0 = sum(os.times()[:2])
-            stalls = StallWatch()
+            stalls = LoopLag()
             watch = asyncio.create_task(stalls.run())
             t0 = time.time()
             await asyncio.sleep(args.duration)
