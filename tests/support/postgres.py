@@ -32,7 +32,7 @@ from relay.admission.embedded_pg import (
     postgres_os_user,
     run_pg_tool,
 )
-from tests.support.processes import free_port, spawn, terminate
+from tests.support.processes import launch_on_free_port, spawn, terminate
 
 StopMode = Literal["fast", "immediate"]
 
@@ -123,14 +123,15 @@ class PostgresServer:
         if self.port:  # a restart keeps its port, so DSNs handed out stay valid
             self._launch()
             return
-        for attempt in range(3):  # the free port may be taken before postgres binds it
-            self.port = free_port()
-            try:
-                self._launch()
-                return
-            except PostgresError:
-                if attempt == 2 or "could not bind" not in self._log_tail():
-                    raise
+
+        def launch(port: int) -> None:
+            self.port = port
+            self._launch()
+
+        launch_on_free_port(
+            launch,
+            lambda exc: isinstance(exc, PostgresError) and "could not bind" in self._log_tail(),
+        )
 
     def stop(self, mode: StopMode = "fast") -> None:
         """Stop the server: ``fast`` (clean) or ``immediate`` (like a crash). No-op if stopped."""

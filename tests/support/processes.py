@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,22 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def launch_on_free_port(
+    launch: Callable[[int], None], lost_the_port: Callable[[Exception], bool], tries: int = 3
+) -> int:
+    """Pick a free port and ``launch(port)``; retry when another process took the port
+    between our pick and the server's bind (``lost_the_port(error)``). Returns the port."""
+    for attempt in range(tries):
+        port = free_port()
+        try:
+            launch(port)
+            return port
+        except Exception as exc:
+            if attempt == tries - 1 or not lost_the_port(exc):
+                raise
+    raise AssertionError("unreachable")
 
 
 def exited(pid: int) -> bool:

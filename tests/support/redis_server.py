@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.support.processes import free_port, spawn, terminate
+from tests.support.processes import launch_on_free_port, spawn, terminate
 
 _TIMEOUT_S = 10.0
 _POLL_S = 0.005
@@ -78,14 +78,12 @@ class RedisServer:
         if self.port:
             self._launch()
             return
-        for attempt in range(3):  # the free port may be taken before redis binds it
-            self.port = free_port()
-            try:
-                self._launch()
-                return
-            except RedisError:
-                if attempt == 2:
-                    raise
+
+        def launch(port: int) -> None:
+            self.port = port
+            self._launch()
+
+        launch_on_free_port(launch, lambda exc: isinstance(exc, RedisError))
 
     def stop(self) -> None:
         """Kill the server (SIGKILL: no goodbye to clients). No-op if stopped."""
