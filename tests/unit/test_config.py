@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ValidationError
 
+from relay.cli import main
 from relay.config import ConfigError, Settings, load_settings, model_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -188,3 +189,14 @@ def test_errors_never_echo_values() -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(environ={"OPENAI_BASE_URL": "ftp://user:hunter2@x"})
     assert "hunter2" not in str(info.value)
+
+
+def test_the_cli_reports_an_out_of_range_key_and_exits_2(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no config.toml here: defaults and the environment
+    monkeypatch.setenv("RELAY__DATABASE__KEEPALIVE_INTERVAL_S", "0")
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert "configuration error: database.keepalive_interval_s" in err
+    assert "Traceback" not in err
