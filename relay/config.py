@@ -36,6 +36,9 @@ from pydantic_settings import (
     SettingsError,
     TomlConfigSettingsSource,
 )
+
+# pydantic-settings' own environment parser (pinned version): used to parse the mapping
+# load_settings is given exactly as its EnvSettingsSource parses os.environ.
 from pydantic_settings.sources.utils import parse_env_vars
 
 Dialect = Literal["ga", "beta"]
