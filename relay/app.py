@@ -33,9 +33,10 @@ from relay.admission.store import RETRYABLE_ERRORS, Store
 from relay.config import Settings
 from relay.media.manager import BridgeManager
 from relay.observability.metrics import MetricsRegistry
-from relay.services import SERVICES, Services
+from relay.services import SERVICES, Services, StartupStatus
 from relay.sessions.registry import SessionRegistry
 from relay.sessions.service import SessionService
+from relay.tasks import cancel_and_wait, spawn
 from relay.upstream.factory import build_upstream_client
 from relay.web import routes_bridge, routes_health, routes_operator, routes_session
 from relay.web.middleware import make_middleware
@@ -119,10 +120,20 @@ async def _start(
     await store.open()
     stack.push_async_callback(store.close)
     instance = instance_id or f"{socket.gethostname()}:{settings.server.port}"
-    bootstrap = asyncio.create_task(
-        _bootstrap_database(store, instance, settings, started_at=datetime.now(UTC))
+    startup = StartupStatus()
+
+    def bootstrap_failed(exc: BaseException) -> None:
+        # Not retryable (a migration error, missing permissions): logged by spawn, and
+        # /readyz stays red with the reason until an operator fixes it and restarts.
+        startup.failure = f"database_bootstrap: {type(exc).__name__}"
+
+    bootstrap = spawn(
+        _bootstrap_database(store, instance, settings, started_at=datetime.now(UTC)),
+        name="database-bootstrap",
+        log=log,
+        on_failure=bootstrap_failed,
     )
-    stack.push_async_callback(_cancel, bootstrap)
+    stack.push_async_callback(cancel_and_wait, bootstrap)
     # Give the database a moment so a healthy start is fully ready when serving begins.
     await asyncio.wait({bootstrap}, timeout=settings.database.connect_timeout_s)
 
@@ -177,6 +188,7 @@ async def _start(
         operator_token_hash=hashlib.sha256(token.encode()).hexdigest(),
         simulator=simulator,
         generated_operator_token=None if settings.server.operator_token else token,
+        startup=startup,
     )
     services_ref.append(services)
     # Runs after the bridges have closed (the stack unwinds in reverse): whatever is still
@@ -187,8 +199,8 @@ async def _start(
     stack.push_async_callback(bridges.close_all)
 
     # 5. housekeeping
-    housekeeping = asyncio.create_task(_housekeeping(sessions))
-    stack.push_async_callback(_cancel, housekeeping)
+    housekeeping = spawn(_housekeeping(sessions), name="housekeeping", log=log)
+    stack.push_async_callback(cancel_and_wait, housekeeping)
     return services
 
 
@@ -221,8 +233,3 @@ async def _housekeeping(sessions: SessionService) -> None:
             await sessions.retry_unwritten()
         except Exception:  # housekeeping must never die; the next round retries
             log.exception("housekeeping failed")
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)

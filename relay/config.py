@@ -1,109 +1,138 @@
-"""Typed settings: built-in defaults, then ``config.toml``, then the environment.
+"""Typed, bounded settings: built-in defaults, then ``config.toml``, then the environment.
 
-Every key has a default here and is documented in the repository's ``config.toml``.
-Environment overrides use ``RELAY__SECTION__KEY`` (values parsed as TOML scalars or
-arrays when they parse, else taken as strings), plus the conventional names
+Every key has a default here and is documented in the repository's ``config.toml``
+(a unit test checks they match). Validation is pydantic's, once, at start-up: each
+numeric key carries its bounds (``Field(ge=..., le=...)``) and a failure raises
+``ConfigError`` whose message names the key (``limits.per_user_requests_per_minute``).
+
+Environment overrides (read by pydantic-settings): ``RELAY__SECTION__KEY``, e.g.
+``RELAY__SERVER__PORT=9090``; list values are JSON
+(``RELAY__ICE__HOST_ADDRESSES='["127.0.0.1"]'``). The conventional names
 ``DATABASE_URL``, ``REDIS_URL``, ``OPENAI_API_KEY``, ``OPENAI_BASE_URL`` and
-``RELAY_OPERATOR_TOKEN``.
+``RELAY_OPERATOR_TOKEN`` are read too; ``RELAY__...`` wins over them.
 
-Validation happens once, at start-up, and fails with a message that names the key.
+Every section is a frozen model; add a key as one line, ``name: type = default``, with
+``Annotated[int, Field(ge=1)]`` (or ``le``/``gt``) for its bounds.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import os
+import re
 import tomllib
-import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    TomlConfigSettingsSource,
+)
+
+# pydantic-settings' own environment parser (pinned version): used to parse the mapping
+# load_settings is given exactly as its EnvSettingsSource parses os.environ.
+from pydantic_settings.sources.utils import parse_env_vars
 
 Dialect = Literal["ga", "beta"]
+
+ENV_PREFIX = "RELAY__"
 
 
 class ConfigError(ValueError):
     """A setting is missing, malformed or out of range. The message names the key."""
 
 
-@dataclass(frozen=True)
-class ServerConfig:
+class _Section(BaseModel):
+    # Frozen (settings never change after start) and strict about unknown keys (typos).
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ServerConfig(_Section):
     host: str = "127.0.0.1"
-    port: int = 8080
+    # 0: any free port (tests).
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
     # Where the relay keeps its embedded database and other local state.
     data_dir: str = ".relay"
     # Request bodies above this many bytes are refused with 413.
-    max_body_bytes: int = 65536
+    max_body_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 65536
     log_level: str = "INFO"
     # "text" (human readable stage lines) or "json" (one object per line, for production).
     log_format: Literal["text", "json"] = "text"
     # Bearer token for operator endpoints; empty means "generate one at start and print it".
-    operator_token: str = field(default="", repr=False)
+    operator_token: str = Field(default="", repr=False)
     # SIGTERM: refuse new sessions, wait this long for live ones, then hang them up.
-    drain_timeout_s: float = 30.0
+    drain_timeout_s: Annotated[float, Field(ge=0, le=86400)] = 30.0
     # Seconds advertised in Retry-After while draining.
-    drain_retry_after_s: int = 30
+    drain_retry_after_s: Annotated[int, Field(ge=1, le=3600)] = 30
     # Create a demo user on first start and print its token (local runs).
     create_demo_user: bool = True
 
 
-@dataclass(frozen=True)
-class DatabaseConfig:
+class DatabaseConfig(_Section):
     # Empty: start an embedded PostgreSQL under server.data_dir.
-    url: str = field(default="", repr=False)
-    pool_min_size: int = 2
-    pool_max_size: int = 10
+    url: str = Field(default="", repr=False)
+    pool_min_size: Annotated[int, Field(ge=0, le=1000)] = 2
+    pool_max_size: Annotated[int, Field(ge=1, le=1000)] = 10
     # Per-query timeout (the incident's 2 s was too tight for a cold pool).
-    query_timeout_s: float = 8.0
-    connect_timeout_s: float = 5.0
+    query_timeout_s: Annotated[float, Field(gt=0, le=600)] = 8.0
+    connect_timeout_s: Annotated[float, Field(gt=0, le=600)] = 5.0
     # Retries after the first attempt, on connection errors and timeouts only.
-    retries: int = 2
-    backoff_base_s: float = 0.25
-    backoff_max_s: float = 2.0
-    # Keep-warm ping interval for idle pooled connections.
-    keepalive_interval_s: float = 30.0
+    retries: Annotated[int, Field(ge=0, le=10)] = 2
+    backoff_base_s: Annotated[float, Field(ge=0, le=60)] = 0.25
+    backoff_max_s: Annotated[float, Field(ge=0, le=600)] = 2.0
+    # Keep-warm ping interval for idle pooled connections (below 1 s it would spin).
+    keepalive_interval_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
     # Retry-After (seconds) on a 503 caused by the database.
-    retry_after_s: int = 5
+    retry_after_s: Annotated[int, Field(ge=1, le=3600)] = 5
+
+    @model_validator(mode="after")
+    def _pool_sizes(self) -> DatabaseConfig:
+        if self.pool_min_size > self.pool_max_size:
+            raise ValueError("pool_min_size: larger than database.pool_max_size")
+        return self
 
 
-@dataclass(frozen=True)
-class CacheConfig:
+class CacheConfig(_Section):
     # Empty: the in-process cache only.
-    redis_url: str = field(default="", repr=False)
+    redis_url: str = Field(default="", repr=False)
     key_prefix: str = "relay:"
     # TTL of a cached known user.
-    hit_ttl_s: int = 300
+    hit_ttl_s: Annotated[int, Field(ge=1, le=86400)] = 300
     # Short TTL of a cached unknown token, so a brute force does not reach PostgreSQL.
-    miss_ttl_s: int = 30
+    miss_ttl_s: Annotated[int, Field(ge=1, le=86400)] = 30
     # The in-process fallback cache: bounded, TTL'd.
-    local_max_entries: int = 10000
-    local_ttl_s: int = 60
+    local_max_entries: Annotated[int, Field(ge=1, le=10_000_000)] = 10000
+    local_ttl_s: Annotated[int, Field(ge=1, le=86400)] = 60
     # Any Redis call slower than this counts as a failure.
-    redis_timeout_s: float = 0.25
+    redis_timeout_s: Annotated[float, Field(gt=0, le=60)] = 0.25
     # Consecutive Redis failures that open the breaker, and how long it stays open.
-    breaker_failure_threshold: int = 3
-    breaker_open_s: float = 15.0
+    breaker_failure_threshold: Annotated[int, Field(ge=1, le=1000)] = 3
+    breaker_open_s: Annotated[float, Field(gt=0, le=3600)] = 15.0
 
 
-@dataclass(frozen=True)
-class LimitsConfig:
-    per_user_concurrent_sessions: int = 2
+class LimitsConfig(_Section):
+    per_user_concurrent_sessions: Annotated[int, Field(ge=1, le=1000)] = 2
     # Session requests per user per minute (sliding window).
-    per_user_requests_per_minute: int = 10
+    per_user_requests_per_minute: Annotated[int, Field(ge=1, le=100_000)] = 10
     # Sessions (pending, connecting, active) this instance accepts at once.
-    global_max_sessions: int = 200
-    retry_after_s: int = 10
+    global_max_sessions: Annotated[int, Field(ge=1, le=100_000)] = 200
+    retry_after_s: Annotated[int, Field(ge=1, le=3600)] = 10
     # Interview seconds a user must still have to start a session.
-    min_remaining_seconds: int = 1
+    min_remaining_seconds: Annotated[int, Field(ge=1, le=86400)] = 1
 
 
-@dataclass(frozen=True)
-class UpstreamConfig:
+class UpstreamConfig(_Section):
     dialect: Dialect = "ga"
     # Empty: use the built-in simulator as the upstream.
-    api_key: str = field(default="", repr=False)
+    api_key: str = Field(default="", repr=False)
     base_url: str = "https://api.openai.com/v1"
     # Empty: the dialect's default (ga: gpt-realtime, beta: gpt-4o-realtime-preview-2024-12-17).
     model: str = ""
@@ -112,46 +141,59 @@ class UpstreamConfig:
         "You are a friendly, professional interviewer. Ask one question at a time, "
         "listen to the answer, and follow up briefly."
     )
-    vad_threshold: float = 0.5
-    vad_prefix_padding_ms: int = 300
-    vad_silence_duration_ms: int = 500
+    vad_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    vad_prefix_padding_ms: Annotated[int, Field(ge=0, le=10_000)] = 300
+    vad_silence_duration_ms: Annotated[int, Field(ge=0, le=10_000)] = 500
     transcription_model: str = "gpt-4o-mini-transcribe"
-    # Lifetime of the minted ephemeral secret.
-    secret_ttl_s: int = 600
-    mint_timeout_s: float = 20.0
-    sdp_timeout_s: float = 20.0
-    hangup_timeout_s: float = 5.0
+    # Lifetime of the minted ephemeral secret (OpenAI's bounds).
+    secret_ttl_s: Annotated[int, Field(ge=10, le=7200)] = 600
+    mint_timeout_s: Annotated[float, Field(gt=0, le=300)] = 20.0
+    sdp_timeout_s: Annotated[float, Field(gt=0, le=300)] = 20.0
+    hangup_timeout_s: Annotated[float, Field(gt=0, le=300)] = 5.0
     # Retries of a mint answered 429/5xx (Retry-After honoured, capped by retry_after_max_s).
-    mint_retries: int = 2
-    backoff_base_s: float = 0.5
-    retry_after_max_s: float = 5.0
+    mint_retries: Annotated[int, Field(ge=0, le=10)] = 2
+    backoff_base_s: Annotated[float, Field(ge=0, le=60)] = 0.5
+    retry_after_max_s: Annotated[float, Field(ge=0, le=600)] = 5.0
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            # The value itself is not echoed: a URL may carry credentials.
+            raise ValueError("not an http(s) URL")
+        return value
 
 
-@dataclass(frozen=True)
-class SessionConfig:
+class SessionConfig(_Section):
     # A minted session must be exchanged within this many seconds, once.
-    pending_ttl_s: int = 60
+    pending_ttl_s: Annotated[int, Field(ge=1, le=3600)] = 60
     # Both legs connected within this many seconds of the exchange, or the session fails.
-    connect_timeout_s: float = 15.0
-    # No media on either leg for this long ends the session.
-    idle_media_timeout_s: float = 30.0
+    connect_timeout_s: Annotated[float, Field(gt=0, le=600)] = 15.0
+    # No media on either leg for this long ends the session (0: never).
+    idle_media_timeout_s: Annotated[float, Field(ge=0, le=86400)] = 30.0
     # Hard cap per interview; the user's remaining seconds may cut it shorter.
-    max_duration_s: int = 3600
+    max_duration_s: Annotated[int, Field(ge=1, le=86400)] = 3600
     # Bound on waiting for ICE gathering while answering or offering.
-    ice_gather_timeout_s: float = 5.0
+    ice_gather_timeout_s: Annotated[float, Field(gt=0, le=120)] = 5.0
     # Max bytes of an SDP offer.
-    max_sdp_bytes: int = 20000
+    max_sdp_bytes: Annotated[int, Field(ge=1, le=1_000_000)] = 20000
 
 
-@dataclass(frozen=True)
-class IceServerConfig:
+class IceServerConfig(_Section):
     urls: tuple[str, ...] = ()
     username: str = ""
-    credential: str = field(default="", repr=False)
+    credential: str = Field(default="", repr=False)
+
+    @field_validator("urls")
+    @classmethod
+    def _stun_or_turn(cls, urls: tuple[str, ...]) -> tuple[str, ...]:
+        for url in urls:
+            if not url.startswith(("stun:", "turn:", "turns:")):
+                raise ValueError(f"{url!r} is not a stun:/turn: URL")
+        return urls
 
 
-@dataclass(frozen=True)
-class IceConfig:
+class IceConfig(_Section):
     # STUN/TURN servers used by the relay's peers and offered to the browser.
     # Empty: host candidates only (never aiortc's implicit public STUN server).
     servers: tuple[IceServerConfig, ...] = ()
@@ -159,47 +201,96 @@ class IceConfig:
     host_addresses: tuple[str, ...] = ("127.0.0.1",)
 
 
-@dataclass(frozen=True)
-class EventsConfig:
+class EventsConfig(_Section):
     # Browser data-channel event types forwarded upstream; anything else is refused.
     # session.update is always refused, whatever this says.
     browser_allowed: tuple[str, ...] = ("response.cancel", "output_audio_buffer.clear")
     # Max size of one browser data-channel message.
-    max_message_bytes: int = 16384
+    max_message_bytes: Annotated[int, Field(ge=1, le=1_048_576)] = 16384
+
+    @field_validator("browser_allowed")
+    @classmethod
+    def _never_session_update(cls, allowed: tuple[str, ...]) -> tuple[str, ...]:
+        if "session.update" in allowed:
+            raise ValueError("session.update can never be allowed")
+        return allowed
 
 
-@dataclass(frozen=True)
-class MediaConfig:
+class MediaConfig(_Section):
     # Frames held by each forwarding queue; beyond this the oldest is dropped and counted.
-    queue_max_frames: int = 50
+    queue_max_frames: Annotated[int, Field(ge=1, le=10_000)] = 50
 
 
-@dataclass(frozen=True)
-class Settings:
-    server: ServerConfig = field(default_factory=ServerConfig)
-    database: DatabaseConfig = field(default_factory=DatabaseConfig)
-    cache: CacheConfig = field(default_factory=CacheConfig)
-    limits: LimitsConfig = field(default_factory=LimitsConfig)
-    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
-    session: SessionConfig = field(default_factory=SessionConfig)
-    ice: IceConfig = field(default_factory=IceConfig)
-    events: EventsConfig = field(default_factory=EventsConfig)
-    media: MediaConfig = field(default_factory=MediaConfig)
+class _Sources:
+    """Where ``load_settings`` reads from (``Settings()`` alone is the built-in defaults)."""
+
+    def __init__(self, toml_file: Path | None, environ: Mapping[str, str]) -> None:
+        self.toml_file = toml_file
+        self.environ = environ
+
+
+# Set by load_settings only while it builds a Settings: pydantic-settings asks the class
+# for its sources, and the file and environment are per call, not per class.
+_loading: ContextVar[_Sources | None] = ContextVar("relay_config_loading", default=None)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="forbid",
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        case_sensitive=False,
+    )
+
+    server: ServerConfig = ServerConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    cache: CacheConfig = CacheConfig()
+    limits: LimitsConfig = LimitsConfig()
+    upstream: UpstreamConfig = UpstreamConfig()
+    session: SessionConfig = SessionConfig()
+    ice: IceConfig = IceConfig()
+    events: EventsConfig = EventsConfig()
+    media: MediaConfig = MediaConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources = _loading.get()
+        if sources is None:
+            return (init_settings,)  # Settings(...) in code: defaults and arguments only
+        env = EnvSettingsSource(settings_cls)
+        # The environment is the one given to load_settings (tests pass their own), parsed
+        # the way pydantic-settings parses os.environ.
+        env.env_vars = parse_env_vars(sources.environ, False, False, None)
+        chain: list[PydanticBaseSettingsSource] = [
+            init_settings,
+            env,
+            _ConventionalEnv(settings_cls, sources.environ),
+        ]
+        if sources.toml_file is not None:
+            chain.append(TomlConfigSettingsSource(settings_cls, toml_file=sources.toml_file))
+        return tuple(chain)
 
     @property
     def data_path(self) -> Path:
         return Path(self.server.data_dir)
 
     def replace(self, section: str, **changes: Any) -> Settings:
-        """A copy with some keys of one section changed (tests and the CLI use this)."""
-        current = getattr(self, section)
-        return dataclasses.replace(self, **{section: dataclasses.replace(current, **changes)})
+        """A copy with some keys of one section changed, validated (tests and the CLI)."""
+        current: BaseModel = getattr(self, section)
+        try:
+            updated = type(current).model_validate({**current.model_dump(), **changes})
+        except ValidationError as exc:
+            raise _config_error(exc, prefix=f"{section}.") from None
+        return self.model_copy(update={section: updated})
 
-
-DEFAULT_MODELS: dict[str, str] = {
-    "ga": "gpt-realtime",
-    "beta": "gpt-4o-realtime-preview-2024-12-17",
-}
 
 _CONVENTIONAL_ENV: dict[str, tuple[str, str]] = {
     "DATABASE_URL": ("database", "url"),
@@ -210,150 +301,107 @@ _CONVENTIONAL_ENV: dict[str, tuple[str, str]] = {
 }
 
 
+class _ConventionalEnv(PydanticBaseSettingsSource):
+    """The well-known variable names (DATABASE_URL, ...), below ``RELAY__...``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        self._environ = environ
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ builds the whole mapping
+
+    def __call__(self) -> dict[str, Any]:
+        out: dict[str, dict[str, str]] = {}
+        for name, (section, key) in _CONVENTIONAL_ENV.items():
+            value = self._environ.get(name)
+            if value:
+                out.setdefault(section, {})[key] = value
+        return out
+
+
+DEFAULT_MODELS: dict[str, str] = {
+    "ga": "gpt-realtime",
+    "beta": "gpt-4o-realtime-preview-2024-12-17",
+}
+
+
 def load_settings(
     path: str | Path | None = None, environ: Mapping[str, str] | None = None
 ) -> Settings:
     """Defaults, then the TOML file (if any), then the environment; validated."""
-    env = os.environ if environ is None else environ
-    raw: dict[str, dict[str, Any]] = {}
+    env = dict(os.environ if environ is None else environ)
+    file: Path | None = None
     if path is not None:
         file = Path(path)
         if not file.is_file():
             raise ConfigError(f"config file not found: {file}")
         try:
-            data = tomllib.loads(file.read_text(encoding="utf-8"))
+            tomllib.loads(file.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{file}: {exc}") from exc
-        for section, values in data.items():
-            if not isinstance(values, dict):
-                raise ConfigError(f"{file}: [{section}] must be a table")
-            raw.setdefault(section, {}).update(values)
-    for name, (section, key) in _CONVENTIONAL_ENV.items():
-        if env.get(name):
-            raw.setdefault(section, {})[key] = env[name]
-    for name, value in env.items():
-        if not name.startswith("RELAY__"):
+    _check_env_names(env)
+    token = _loading.set(_Sources(file, env))
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise _config_error(exc) from None
+    except SettingsError as exc:  # a source could not parse a value
+        raise ConfigError(str(exc)) from None
+    finally:
+        _loading.reset(token)
+
+
+def _check_env_names(env: Mapping[str, str]) -> None:
+    """``RELAY__`` names must be SECTION__KEY of a known key (a typo must not go unnoticed)."""
+    for name in env:
+        if not name.upper().startswith(ENV_PREFIX):
             continue
-        parts = name[len("RELAY__") :].lower().split("__")
+        parts = name[len(ENV_PREFIX) :].lower().split("__")
         if len(parts) != 2 or not all(parts):
             raise ConfigError(f"{name}: expected RELAY__SECTION__KEY")
-        raw.setdefault(parts[0], {})[parts[1]] = _parse_env_value(value)
-    settings: Settings = _build(Settings, raw, "")
-    validate(settings)
-    return settings
+        section, key = parts
+        model = Settings.model_fields.get(section)
+        if model is None:
+            raise ConfigError(f"unknown setting {section}")
+        annotation = model.annotation
+        assert isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        field = annotation.model_fields.get(key)
+        if field is None:
+            raise ConfigError(f"unknown setting {section}.{key}")
+        if typing.get_origin(field.annotation) is tuple:
+            try:
+                json.loads(env[name])
+            except ValueError:
+                raise ConfigError(f"{section}.{key}: expected a JSON list") from None
 
 
-def _parse_env_value(value: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {value}")["v"]
-    except tomllib.TOMLDecodeError:
-        return value
+def _config_error(exc: ValidationError, *, prefix: str = "") -> ConfigError:
+    """One line per problem, each naming its key; input values are never echoed
+    (a URL or token may be among them)."""
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False):
+        key = prefix + _dotted(error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        # A check across keys of one section names its key first: "pool_min_size: ...".
+        named = re.fullmatch(r"(\w+): (.*)", message)
+        if error["type"] == "value_error" and named:
+            key, message = f"{key}.{named[1]}", named[2]
+        if error["type"] == "extra_forbidden":
+            lines.append(f"unknown setting {key}")
+        else:
+            lines.append(f"{key}: {message}")
+    return ConfigError("; ".join(lines))
 
 
-def _build(cls: type[Any], raw: Mapping[str, Any], where: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(raw) - known
-    if unknown:
-        name = sorted(unknown)[0]
-        raise ConfigError(f"unknown setting {where}{name}")
-    kwargs: dict[str, Any] = {}
-    for name, value in raw.items():
-        kwargs[name] = _coerce(hints[name], value, f"{where}{name}")
-    return cls(**kwargs)
-
-
-def _coerce(hint: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a table")
-        return _build(hint, value, f"{key}.")  # type: ignore[arg-type]
-    if origin is Literal:
-        allowed = typing.get_args(hint)
-        if value not in allowed:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, allowed))}")
-        return value
-    if origin is tuple:
-        (item,) = typing.get_args(hint)[:1]
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: expected a list")
-        return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
-    if origin in (typing.Union, types.UnionType):
-        raise ConfigError(f"{key}: unsupported type")
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int | str):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        try:
-            return int(value)
-        except ValueError as exc:
-            raise ConfigError(f"{key}: expected an integer, got {value!r}") from exc
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        try:
-            return float(value)
-        except ValueError as exc:
-            raise ConfigError(f"{key}: expected a number, got {value!r}") from exc
-    if hint is str:
-        if not isinstance(value, str | int | float) or isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return str(value)
-    raise ConfigError(f"{key}: unsupported type {hint!r}")
-
-
-def _positive(key: str, value: float) -> None:
-    if value <= 0:
-        raise ConfigError(f"{key}: must be > 0, got {value}")
-
-
-def validate(s: Settings) -> None:
-    """Range and consistency checks; raises ConfigError naming the key."""
-    if not 0 <= s.server.port <= 65535:
-        raise ConfigError(f"server.port: {s.server.port} is not a TCP port")
-    for key, value in (
-        ("server.max_body_bytes", s.server.max_body_bytes),
-        ("database.query_timeout_s", s.database.query_timeout_s),
-        ("database.connect_timeout_s", s.database.connect_timeout_s),
-        ("database.pool_max_size", s.database.pool_max_size),
-        ("cache.hit_ttl_s", s.cache.hit_ttl_s),
-        ("cache.miss_ttl_s", s.cache.miss_ttl_s),
-        ("cache.local_max_entries", s.cache.local_max_entries),
-        ("cache.redis_timeout_s", s.cache.redis_timeout_s),
-        ("upstream.mint_timeout_s", s.upstream.mint_timeout_s),
-        ("upstream.sdp_timeout_s", s.upstream.sdp_timeout_s),
-        ("session.connect_timeout_s", s.session.connect_timeout_s),
-        ("session.max_duration_s", s.session.max_duration_s),
-        ("media.queue_max_frames", s.media.queue_max_frames),
-    ):
-        _positive(key, value)
-    if s.database.retries < 0:
-        raise ConfigError("database.retries: must be >= 0")
-    if s.database.pool_min_size > s.database.pool_max_size:
-        raise ConfigError("database.pool_min_size: larger than database.pool_max_size")
-    if not 0.0 < s.upstream.vad_threshold < 1.0:
-        raise ConfigError(
-            f"upstream.vad_threshold: must be in (0, 1), got {s.upstream.vad_threshold}"
-        )
-    if not 10 <= s.upstream.secret_ttl_s <= 7200:
-        raise ConfigError("upstream.secret_ttl_s: must be within 10..7200 (OpenAI's bounds)")
-    if s.upstream.base_url and not s.upstream.base_url.startswith(("http://", "https://")):
-        # The value itself is not echoed: a URL may carry credentials.
-        raise ConfigError("upstream.base_url: not an http(s) URL")
-    if "session.update" in s.events.browser_allowed:
-        raise ConfigError("events.browser_allowed: session.update can never be allowed")
-    for i, server in enumerate(s.ice.servers):
-        for url in server.urls:
-            if not url.startswith(("stun:", "turn:", "turns:")):
-                raise ConfigError(f"ice.servers[{i}].urls: {url!r} is not a stun:/turn: URL")
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out
 
 
 def model_for(upstream: UpstreamConfig) -> str:

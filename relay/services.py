@@ -25,6 +25,15 @@ if TYPE_CHECKING:
 
 
 @dataclass
+class StartupStatus:
+    """What start-up could not do and will not retry; /readyz reports it."""
+
+    # The failed step and the error's kind, e.g. "database_bootstrap: InsufficientPrivilegeError".
+    # (The full message goes to the log only: /readyz is public.)
+    failure: str | None = None
+
+
+@dataclass
 class Services:
     settings: Settings
     metrics: MetricsRegistry
@@ -45,6 +54,8 @@ class Services:
     simulator: RunningSimulator | None = None
     # Set when no operator token was configured: printed once by `relay serve`.
     generated_operator_token: str | None = field(default=None, repr=False)
+    # Non-retryable start-up failures (shared with the start-up tasks that report them).
+    startup: StartupStatus = field(default_factory=StartupStatus)
 
 
 SERVICES = web.AppKey("services", Services)

@@ -30,6 +30,7 @@ from relay.admission.migrate import migrate
 from relay.config import DatabaseConfig
 from relay.observability.metrics import MetricsRegistry
 from relay.observability.request_context import record_stage
+from relay.tasks import cancel_and_wait, spawn
 
 log = logging.getLogger("relay.db")
 
@@ -155,13 +156,11 @@ class Store:
             # Warm connections stay warm: the keep-warm task, not idleness, retires them.
             max_inactive_connection_lifetime=0,
         )
-        self._keepalive = asyncio.create_task(self._keep_warm(), name="db-keep-warm")
+        self._keepalive = spawn(self._keep_warm(), name="db-keep-warm", log=log)
 
     async def close(self) -> None:
-        if self._keepalive is not None:
-            self._keepalive.cancel()
-            await asyncio.gather(self._keepalive, return_exceptions=True)
-            self._keepalive = None
+        keepalive, self._keepalive = self._keepalive, None
+        await cancel_and_wait(keepalive)
         if self._pool is not None:
             try:
                 await asyncio.wait_for(self._pool.close(), timeout=5)

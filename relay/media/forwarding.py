@@ -19,11 +19,10 @@ metrics registry about once a second).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fractions
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import av
 from aiortc.mediastreams import MediaStreamError
@@ -32,6 +31,7 @@ from aiortc.rtp import RtpPacket
 
 from relay.media import aiortc_private
 from relay.media.tracks import BoundedQueueTrack
+from relay.tasks import cancel_and_wait, spawn
 
 Direction = Literal["browser_to_upstream", "upstream_to_browser"]
 Mode = Literal["pending", "passthrough", "decode"]
@@ -166,7 +166,7 @@ class OpusPassthrough:
         self._stats.mode = "passthrough"
         aiortc_private.install_rtp_hook(self._receiver, self._on_rtp)
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         aiortc_private.remove_rtp_hook(self._receiver)
 
     async def _on_rtp(self, packet: RtpPacket, arrival_time_ms: int) -> None:
@@ -234,15 +234,12 @@ class DecodedRelay:
         # pure-Python version costs about half of this path's CPU.
         aiortc_private.install_fast_audio_level()
         aiortc_private.install_rtp_hook(self._receiver, self._count_then_handle)
-        self._pump = asyncio.create_task(self._run(), name=f"decode-{self._stats.direction}")
+        self._pump = spawn(self._run(), name=f"decode-{self._stats.direction}")
 
     async def stop(self) -> None:
         aiortc_private.remove_rtp_hook(self._receiver)
-        if self._pump is not None:
-            self._pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pump
-            self._pump = None
+        pump, self._pump = self._pump, None
+        await cancel_and_wait(pump)
 
     async def _count_then_handle(self, packet: RtpPacket, arrival_time_ms: int) -> None:
         stats = self._stats
@@ -271,4 +268,11 @@ class DecodedRelay:
             return  # the receiving leg ended
 
 
-Forwarder = OpusPassthrough | DecodedRelay
+class Forwarder(Protocol):
+    """One direction's audio path: every packet of that direction passes through it."""
+
+    def start(self) -> None:
+        """Begin taking packets (or frames) from the receiver into the sink."""
+
+    async def stop(self) -> None:
+        """Stop taking them; idempotent."""

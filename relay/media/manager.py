@@ -27,6 +27,7 @@ from relay.media.peers import IceGatherTimeout
 from relay.media.sdp import InvalidOffer, invalid_offer_error
 from relay.sessions.registry import SessionEntry
 from relay.sessions.service import upstream_api_error
+from relay.tasks import cancel_and_wait, spawn
 from relay.upstream.base import UpstreamError, UpstreamTimeout
 
 if TYPE_CHECKING:
@@ -158,11 +159,12 @@ class BridgeManager:
         live = self.bridges()
         if live:
             log.info("draining: waiting up to %.0fs for %d bridges", deadline_s, len(live))
-            waits = [asyncio.create_task(b.wait_closed()) for b in live]
-            _, pending = await asyncio.wait(waits, timeout=max(0.0, deadline_s))
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            waits = [spawn(b.wait_closed(), name=f"drain-{b.session_id}") for b in live]
+            try:
+                await asyncio.wait(waits, timeout=max(0.0, deadline_s))
+            finally:
+                for task in waits:
+                    await cancel_and_wait(task)
         await self.close_all()
 
     async def close_all(self, reason: str = SHUTDOWN_REASON) -> None:

@@ -13,12 +13,16 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING
 
 from relay.config import LimitsConfig
 from relay.errors import ApiError
 from relay.observability.metrics import MetricsRegistry
 from relay.upstream.base import MintedSession
+
+if TYPE_CHECKING:
+    # Only for the annotation: the session layer does not import the media layer.
+    from relay.media.bridge import Bridge
 
 LIVE_STATES = ("pending", "connecting", "active")
 
@@ -38,9 +42,8 @@ class SessionEntry:
     credit_s: float = 0.0
     state: str = "pending"
     minted: MintedSession | None = None
-    # The media bridge attached at exchange time (relay.media); typed loosely here to
-    # keep this module below the media layer.
-    bridge: Any = None
+    # The media bridge attached at exchange time (relay.media.manager).
+    bridge: Bridge | None = None
     created_monotonic: float = field(default_factory=time.monotonic)
 
     def elapsed_s(self) -> float:

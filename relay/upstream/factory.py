@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from relay.config import Settings
 from relay.observability.metrics import MetricsRegistry
 from relay.upstream.client import OpenAIRealtimeClient
@@ -18,9 +16,10 @@ def build_upstream_client(
 ) -> OpenAIRealtimeClient:
     """The configured client; ``base_url``/``api_key`` override the settings (the app
     passes the embedded simulator's URL and key when no OpenAI key is configured)."""
-    config = dataclasses.replace(
-        settings.upstream,
-        base_url=settings.upstream.base_url if base_url is None else base_url,
-        api_key=settings.upstream.api_key if api_key is None else api_key,
+    config = settings.upstream.model_copy(
+        update={
+            "base_url": settings.upstream.base_url if base_url is None else base_url,
+            "api_key": settings.upstream.api_key if api_key is None else api_key,
+        }
     )
     return OpenAIRealtimeClient(config, metrics=metrics)

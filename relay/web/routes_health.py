@@ -24,6 +24,9 @@ async def readyz(request: web.Request) -> web.Response:
         checks["database"] = {"ok": False, "error": type(exc).__name__}
     if not services.store.schema_ready:
         checks["database"] = {"ok": False, "error": "migrations_pending"}
+    if services.startup.failure is not None:
+        # Will not fix itself: start-up gave up on a step (details in the log).
+        checks["startup"] = {"ok": False, "error": services.startup.failure}
     # Which model, dialect or simulator is in use is operator information (/api/stats).
     checks["upstream"] = {"ok": True}
     # Redis is optional: when down the local cache serves, so readiness is kept and the
@@ -41,7 +44,8 @@ async def readyz(request: web.Request) -> web.Response:
     body["error"] = {
         "code": "not_ready",
         "message": "Not ready: " + ", ".join(failing),
-        "retryable": True,
+        # A start-up failure needs an operator, not a retry.
+        "retryable": services.startup.failure is None,
     }
     return web.json_response(body, status=503, headers={"Retry-After": "5"})
 

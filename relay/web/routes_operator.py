@@ -22,9 +22,8 @@ async def stats(request: web.Request) -> web.Response:
             "state": entry.state,
             "age_s": round(time.monotonic() - entry.created_monotonic, 1),
         }
-        bridge_stats = getattr(entry.bridge, "stats", None)
-        if callable(bridge_stats):
-            row["media"] = bridge_stats()
+        if entry.bridge is not None:
+            row["media"] = entry.bridge.stats()
         sessions.append(row)
     body = {
         "instance": services.instance_id,

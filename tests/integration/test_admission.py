@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import uuid
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -468,3 +470,51 @@ async def test_draining_refuses_new_sessions_and_says_so(make_relay: MakeRelay) 
         ready = await resp.json()
         assert resp.status == 503 and ready["checks"]["draining"] == {"ok": False}
         assert "draining" in ready["error"]["message"]
+
+
+async def test_a_non_retryable_start_up_failure_is_logged_and_turns_readyz_red(
+    make_relay: MakeRelay, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A role that may connect but not create anything: migrations fail with a
+    # permission error, which no retry can fix.
+    role = "limited_" + uuid.uuid4().hex[:8]
+    admin = await asyncpg.connect(database_url)
+    try:
+        await admin.execute(f"CREATE ROLE {role} LOGIN")
+        await admin.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    finally:
+        await admin.close()
+    url = urlsplit(database_url)
+    limited = urlunsplit(url._replace(netloc=f"{role}@{url.hostname}:{url.port}"))
+    try:
+        relay = await make_relay(dsn=limited)
+
+        async def readiness() -> dict[str, Any]:
+            async with relay.client.get("/readyz") as resp:
+                assert resp.status == 503
+                body: dict[str, Any] = await resp.json()
+                return body
+
+        deadline = asyncio.get_running_loop().time() + 10
+        ready = await readiness()
+        while "startup" not in ready["checks"]:
+            assert asyncio.get_running_loop().time() < deadline, ready
+            await asyncio.sleep(0.05)  # polling for a condition, with a deadline
+            ready = await readiness()
+        assert ready["checks"]["startup"] == {
+            "ok": False,
+            "error": "database_bootstrap: InsufficientPrivilegeError",
+        }
+        assert ready["error"]["retryable"] is False
+        assert any(
+            r.levelno == logging.ERROR
+            and "database-bootstrap" in r.getMessage()
+            and r.exc_info is not None
+            for r in caplog.records
+        )
+    finally:
+        admin = await asyncpg.connect(database_url)
+        try:
+            await admin.execute(f"DROP OWNED BY {role}")
+        finally:
+            await admin.close()

@@ -364,3 +364,38 @@ async def test_drain_hangs_up_live_bridges_at_the_deadline(
     await simulator.state.wait_for(lambda: call.hung_up, 5)
     row = await interview.row()
     assert row["state"] == "ended" and row["end_reason"] == "relay_shutdown"
+
+
+class _ExplodingSummary:
+    """A supervisor step that fails: the bridge's connect-time metric raises."""
+
+    def observe(self, value: float) -> None:
+        raise RuntimeError("injected supervisor failure")
+
+
+async def test_supervisor_failure_still_releases_slot_row_and_both_peers(
+    start: Start, simulator: RunningSimulator
+) -> None:
+    interview: Interview = await start(seconds=600, connect=False)
+    relay = interview.relay
+    manager = relay.services.bridges
+    assert manager is not None
+    manager.metrics.connect_ms = _ExplodingSummary()  # type: ignore[assignment]
+    status, answer = await interview.exchange()
+    assert status == 201, answer
+    bridge = interview.bridge  # still connecting: the browser has not applied the answer
+    await interview.browser.accept(answer["sdp"])
+    # Nobody hangs up: the supervisor's own failure must end the session.
+    await wait_until(
+        lambda: relay.services.registry.get(interview.session_id) is None,
+        10,
+        "registry slot released",
+    )
+    row = await interview.row()
+    assert row["state"] == "failed" and row["end_reason"] == "internal_error"
+    call = upstream_call(simulator)
+    await simulator.state.wait_for(lambda: call.hung_up, 5)
+    assert len(manager) == 0
+    assert bridge.closed and bridge.end_reason == "internal_error"
+    assert bridge.browser_pc.connectionState == "closed"
+    assert bridge.upstream_pc is not None and bridge.upstream_pc.connectionState == "closed"

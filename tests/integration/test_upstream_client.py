@@ -7,7 +7,6 @@ Run inside a private network namespace (the WebRTC tests gather loopback candida
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import socket
@@ -151,7 +150,7 @@ async def make_client(metrics: MetricsRegistry) -> AsyncIterator[MakeClient]:
             backoff_base_s=0.01,
             retry_after_max_s=2.0,
         )
-        client = OpenAIRealtimeClient(dataclasses.replace(config, **changes), metrics=metrics)
+        client = OpenAIRealtimeClient(config.model_copy(update=changes), metrics=metrics)
         clients.append(client)
         return client
 
@@ -510,7 +509,8 @@ async def test_hangup_is_best_effort(
     ],
 )
 def test_invalid_configuration_is_refused(changes: dict[str, Any], key: str) -> None:
-    config = dataclasses.replace(UpstreamConfig(api_key="sk-config-test"), **changes)
+    # Unvalidated on purpose: the client checks its configuration on its own too.
+    config = UpstreamConfig(api_key="sk-config-test").model_copy(update=changes)
     with pytest.raises(ConfigError, match=key):
         OpenAIRealtimeClient(config, metrics=MetricsRegistry())
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import tomllib
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel, ValidationError
 
+from relay.cli import main
 from relay.config import ConfigError, Settings, load_settings, model_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -16,10 +17,11 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_config_toml_lists_every_key_with_its_default() -> None:
     data = tomllib.loads((ROOT / "config.toml").read_text())
     defaults = Settings()
-    for section in dataclasses.fields(Settings):
-        documented = set(data[section.name])
-        expected = {f.name for f in dataclasses.fields(getattr(defaults, section.name))}
-        assert documented == expected, section.name
+    assert set(data) == set(Settings.model_fields)
+    for name in Settings.model_fields:
+        documented = set(data[name])
+        expected = set(type(getattr(defaults, name)).model_fields)
+        assert documented == expected, name
     assert load_settings(ROOT / "config.toml", environ={}) == defaults
 
 
@@ -58,7 +60,7 @@ def test_secrets_are_not_in_repr() -> None:
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"RELAY__SERVER__PORT": "http"}, "server.port: expected an integer"),
+        ({"RELAY__SERVER__PORT": "http"}, "server.port: Input should be a valid integer"),
         ({"RELAY__SERVER__PORT": "70000"}, "server.port"),
         ({"RELAY__UPSTREAM__DIALECT": "v2"}, "upstream.dialect"),
         ({"RELAY__UPSTREAM__VAD_THRESHOLD": "1.5"}, "upstream.vad_threshold"),
@@ -96,3 +98,105 @@ def test_model_defaults_per_dialect() -> None:
         model_for(Settings().replace("upstream", model="gpt-realtime-2").upstream)
         == "gpt-realtime-2"
     )
+
+
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        # 0 made every session request a 500 (a zero-length rate window).
+        (
+            {"RELAY__LIMITS__PER_USER_REQUESTS_PER_MINUTE": "0"},
+            "limits.per_user_requests_per_minute",
+        ),
+        # 0 made the keep-warm task spin on the event loop.
+        ({"RELAY__DATABASE__KEEPALIVE_INTERVAL_S": "0"}, "database.keepalive_interval_s"),
+        ({"RELAY__LIMITS__GLOBAL_MAX_SESSIONS": "-1"}, "limits.global_max_sessions"),
+        ({"RELAY__CACHE__BREAKER_OPEN_S": "0"}, "cache.breaker_open_s"),
+        ({"RELAY__SESSION__PENDING_TTL_S": "0"}, "session.pending_ttl_s"),
+        ({"RELAY__UPSTREAM__MINT_RETRIES": "1000"}, "upstream.mint_retries"),
+        ({"RELAY__MEDIA__QUEUE_MAX_FRAMES": "0"}, "media.queue_max_frames"),
+        ({"RELAY__DATABASE__POOL_MIN_SIZE": "20"}, "database.pool_min_size"),
+    ],
+)
+def test_out_of_range_numbers_are_refused_at_start_naming_the_key(
+    env: dict[str, str], key: str
+) -> None:
+    with pytest.raises(ConfigError, match="^" + key.replace(".", r"\.") + ":"):
+        load_settings(environ=env)
+
+
+def test_out_of_range_in_the_file_names_the_key(tmp_path: Path) -> None:
+    file = tmp_path / "c.toml"
+    file.write_text("[limits]\nper_user_requests_per_minute = 0\n")
+    with pytest.raises(ConfigError, match=r"limits\.per_user_requests_per_minute"):
+        load_settings(file, environ={})
+
+
+def test_every_numeric_key_has_both_bounds() -> None:
+    """A key added without bounds fails here (Annotated[int, Field(ge=..., le=...)])."""
+    missing = []
+    for section_name, section in Settings.model_fields.items():
+        model = section.annotation
+        assert isinstance(model, type) and issubclass(model, BaseModel)
+        for name, field in model.model_fields.items():
+            if field.annotation not in (int, float):
+                continue
+            kinds = {type(m).__name__ for m in field.metadata}
+            if not ({"Ge", "Gt"} & kinds and {"Le", "Lt"} & kinds):
+                missing.append(f"{section_name}.{name}")
+    assert missing == []
+
+
+def test_list_values_in_the_environment_are_json() -> None:
+    s = load_settings(
+        environ={
+            "RELAY__ICE__SERVERS": '[{"urls": ["stun:stun.example:3478"]}]',
+            "RELAY__ICE__HOST_ADDRESSES": '["127.0.0.1", "::1"]',
+        }
+    )
+    assert s.ice.servers[0].urls == ("stun:stun.example:3478",)
+    assert s.ice.host_addresses == ("127.0.0.1", "::1")
+    with pytest.raises(ConfigError, match=r"ice\.host_addresses"):
+        load_settings(environ={"RELAY__ICE__HOST_ADDRESSES": "not json"})
+
+
+def test_relay_names_win_over_conventional_ones_and_bad_names_are_refused() -> None:
+    s = load_settings(
+        environ={"DATABASE_URL": "postgresql://a", "RELAY__DATABASE__URL": "postgresql://b"}
+    )
+    assert s.database.url == "postgresql://b"
+    with pytest.raises(ConfigError, match="RELAY__SECTION__KEY"):
+        load_settings(environ={"RELAY__SERVER": "{}"})
+
+
+def test_settings_are_frozen_and_replace_validates() -> None:
+    s = Settings()
+    with pytest.raises(ValidationError):
+        s.server.port = 1
+    assert s.replace("server", port=9000).server.port == 9000
+    assert s.server.port == 8080
+    with pytest.raises(ConfigError, match=r"limits\.per_user_requests_per_minute"):
+        s.replace("limits", per_user_requests_per_minute=0)
+
+
+def test_settings_in_code_ignore_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELAY__SERVER__PORT", "9999")
+    assert Settings().server.port == 8080
+    assert load_settings().server.port == 9999
+
+
+def test_errors_never_echo_values() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"OPENAI_BASE_URL": "ftp://user:hunter2@x"})
+    assert "hunter2" not in str(info.value)
+
+
+def test_the_cli_reports_an_out_of_range_key_and_exits_2(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no config.toml here: defaults and the environment
+    monkeypatch.setenv("RELAY__DATABASE__KEEPALIVE_INTERVAL_S", "0")
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert "configuration error: database.keepalive_interval_s" in err
+    assert "Traceback" not in err

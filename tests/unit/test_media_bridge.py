@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from relay import tasks as relay_tasks
 from relay.config import EventsConfig, IceConfig, IceServerConfig, MediaConfig, SessionConfig
 from relay.media import aiortc_private
 from relay.media.bridge import Bridge, BridgeSettings, EndState
@@ -336,3 +337,44 @@ async def test_close_is_idempotent_and_first_reason_wins(rig: Rig) -> None:
     await bridge.close("again")
     assert [f[1] for f in rig.hooks.finished] == ["hangup"]
     assert open_peer_count() == before - 2
+
+
+class _ExplodingSummary:
+    def observe(self, value: float) -> None:
+        raise RuntimeError("injected supervisor failure")
+
+
+async def test_a_failing_supervisor_ends_the_session_and_releases_both_legs(rig: Rig) -> None:
+    bridge = rig.bridge()
+    bridge.metrics.connect_ms = _ExplodingSummary()  # type: ignore[assignment]
+    browser = rig.browser(payloads=SPEECH)
+    before = open_peer_count()
+    answer = await bridge.start(await browser.offer())
+    await browser.accept(answer)
+    # Nobody hangs up: the supervisor's own failure must end the session.
+    await asyncio.wait_for(rig.hooks.done.wait(), 10)
+    assert [f[:2] for f in rig.hooks.finished] == [("failed", "internal_error")]
+    assert bridge.closed and bridge.state == "closed"
+    assert bridge.browser_pc.connectionState == "closed"
+    assert bridge.upstream_pc is not None and bridge.upstream_pc.connectionState == "closed"
+    assert rig.upstream.hangups == [c.call_id for c in rig.upstream.calls] != []
+    assert open_peer_count() == before - 1  # the bridge's upstream leg came and went too
+
+
+async def test_teardown_releases_even_if_the_supervisor_already_died(rig: Rig) -> None:
+    """The old bug: teardown re-raised the supervisor's exception before ``on_finished``."""
+    bridge = rig.bridge()
+    browser = rig.browser(payloads=SPEECH)
+    await rig.connect(bridge, browser)
+
+    async def dies() -> None:
+        raise RuntimeError("supervisor died")
+
+    # A supervisor that ended with an exception nobody retrieved, then a hang-up.
+    assert bridge.supervisor is not None
+    await relay_tasks.cancel_and_wait(bridge.supervisor)
+    bridge.supervisor = asyncio.ensure_future(dies())
+    await asyncio.wait({bridge.supervisor})
+    await bridge.close("hangup")
+    assert rig.hooks.finished and rig.hooks.finished[0][:2] == ("ended", "hangup")
+    assert bridge.browser_pc.connectionState == "closed"

@@ -30,6 +30,7 @@ from aiortc.mediastreams import MediaStreamError
 from relay.config import IceConfig
 from relay.media.ice import rtc_configuration
 from relay.media.peers import close_peer
+from relay.tasks import cancel_and_wait, spawn
 from relay.upstream.simulator.conversation import Conversation, Event, Step
 from relay.upstream.simulator.errors import invalid_offer
 from relay.upstream.simulator.faults import AnswerCodec
@@ -320,8 +321,7 @@ class SimCall:
             current = asyncio.current_task()
             others = [t for t in self._tasks if t is not current]
             for task in others:
-                task.cancel()
-            await asyncio.gather(*others, return_exceptions=True)
+                await cancel_and_wait(task)
             self._set_state("closed")
             self.closed.set()
             if self._on_closed is not None:
@@ -345,6 +345,7 @@ class SimCall:
         self._state.notify()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
+        # Owned by this call: a failure is logged, and close() stops whatever still runs.
+        task = spawn(coro, name=f"sim-call-{self.call_id}", log=log)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -1,0 +1,115 @@
+"""Audio wiring: one ``Forwarder`` per direction, chosen from the negotiated codecs.
+
+This is the seam for anything that touches audio packets: every packet of a direction
+passes through the forwarder ``choose_forwarder`` returns for it (browser → upstream
+and upstream → browser), and nowhere else. A new way of forwarding (or a tap on the
+packets) is a new ``Forwarder`` picked here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from aiortc import RTCPeerConnection
+from aiortc.rtcrtpreceiver import RTCRtpReceiver
+from aiortc.rtcrtpsender import RTCRtpSender
+
+from relay.media import aiortc_private
+from relay.media.forwarding import DecodedRelay, DirectionStats, Forwarder, OpusPassthrough
+from relay.media.sdp import AudioNegotiation
+from relay.media.tracks import BoundedQueueTrack
+
+if TYPE_CHECKING:
+    from relay.media.bridge.core import Bridge
+
+log = logging.getLogger("relay.media")
+
+
+@dataclass(frozen=True)
+class NegotiatedCodecs:
+    """What both legs agreed on, as the relay will send and receive it."""
+
+    # The browser leg, from our answer to the browser.
+    browser: AudioNegotiation
+    # The upstream leg, from the upstream's answer.
+    upstream: AudioNegotiation
+    # The Opus payload types of our own offer to the upstream (it may send with them).
+    our_upstream_opus: frozenset[int]
+
+    @property
+    def passthrough(self) -> bool:
+        return self.browser.is_opus and self.upstream.is_opus
+
+
+@dataclass(frozen=True)
+class DirectionPlan:
+    """One direction's ends: where packets come from, where they go, what counts them."""
+
+    receiver: RTCRtpReceiver
+    sink: BoundedQueueTrack
+    stats: DirectionStats
+    # Payload types accepted as Opus from ``receiver`` (passthrough only).
+    opus_payload_types: frozenset[int]
+
+
+def choose_forwarder(plan: DirectionPlan, *, passthrough: bool, max_backlog: int) -> Forwarder:
+    """The forwarder every packet of one direction passes through."""
+    if passthrough:
+        return OpusPassthrough(plan.receiver, plan.sink, plan.stats, plan.opus_payload_types)
+    return DecodedRelay(plan.receiver, plan.sink, plan.stats, max_backlog=max_backlog)
+
+
+def wire_audio(bridge: Bridge, codecs: NegotiatedCodecs) -> None:
+    """Pick and start both directions' forwarders (stored in ``bridge.forwarders``)."""
+    assert bridge.upstream_pc is not None
+    up, down = bridge.browser_to_upstream, bridge.upstream_to_browser
+    up.codec_in, up.codec_out = codecs.browser.primary, codecs.upstream.primary
+    down.codec_in, down.codec_out = codecs.upstream.primary, codecs.browser.primary
+    plans = [
+        DirectionPlan(
+            audio_receiver(bridge.browser_pc),
+            bridge.to_upstream,
+            up,
+            codecs.browser.opus_payload_types,
+        ),
+        DirectionPlan(
+            audio_receiver(bridge.upstream_pc),
+            bridge.to_browser,
+            down,
+            codecs.upstream.opus_payload_types | codecs.our_upstream_opus,
+        ),
+    ]
+    passthrough = codecs.passthrough and not bridge.force_decode
+    backlog = bridge.settings.media.queue_max_frames
+    bridge.forwarders = [
+        choose_forwarder(plan, passthrough=passthrough, max_backlog=backlog) for plan in plans
+    ]
+    for forwarder in bridge.forwarders:
+        forwarder.start()
+    for pc in (bridge.browser_pc, bridge.upstream_pc):
+        aiortc_private.disable_retransmission_history(audio_sender(pc))
+    for stats in (up, down):
+        bridge.metrics.forwarding_modes.inc(direction=stats.direction, mode=stats.mode)
+    log.info(
+        "session %s: audio %s (browser %s, upstream %s)",
+        bridge.session_id,
+        up.mode,
+        codecs.browser.primary,
+        codecs.upstream.primary,
+    )
+
+
+def audio_receiver(pc: RTCPeerConnection) -> RTCRtpReceiver:
+    for transceiver in pc.getTransceivers():
+        if transceiver.kind == "audio":
+            return transceiver.receiver
+    raise RuntimeError("the peer has no audio transceiver")
+
+
+def audio_sender(pc: RTCPeerConnection) -> RTCRtpSender:
+    for transceiver in pc.getTransceivers():
+        if transceiver.kind == "audio":
+            return transceiver.sender
+    raise RuntimeError("the peer has no audio transceiver")

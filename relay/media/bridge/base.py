@@ -1,0 +1,62 @@
+"""The bridge's contract: its settings, the session layer's hooks, end states, errors."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from relay.config import EventsConfig, IceConfig, MediaConfig, SessionConfig
+from relay.media.peers import IceGatherTimeout
+from relay.media.sdp import InvalidOffer
+from relay.upstream.base import UpstreamError, UpstreamTimeout
+
+EndState = Literal["ended", "failed"]
+BridgeState = Literal["new", "negotiating", "connecting", "active", "closing", "closed"]
+
+
+@dataclass(frozen=True)
+class BridgeSettings:
+    session: SessionConfig
+    media: MediaConfig
+    events: EventsConfig
+    ice: IceConfig
+
+
+class BridgeHooks(Protocol):
+    """What the session layer does at the bridge's milestones."""
+
+    async def on_connecting(self) -> None: ...
+
+    async def on_active(self, upstream_call_id: str | None) -> None: ...
+
+    async def on_finished(self, state: EndState, reason: str, duration_s: float) -> None: ...
+
+
+class UpstreamAnswerInvalid(Exception):
+    """The upstream answered with SDP aiortc could not apply."""
+
+
+class BridgeClosed(Exception):
+    """The bridge was ended (hang-up, shutdown) while it was still negotiating."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The end reason recorded when ``start`` fails with ``exc``."""
+    if isinstance(exc, InvalidOffer):
+        return "invalid_offer"
+    if isinstance(exc, UpstreamTimeout):
+        return "upstream_timeout"
+    if isinstance(exc, UpstreamError):
+        return "upstream_error"
+    if isinstance(exc, UpstreamAnswerInvalid):
+        return "upstream_answer_invalid"
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    if isinstance(exc, IceGatherTimeout):
+        return "ice_gather_timeout"
+    return "internal_error"
