@@ -30,7 +30,8 @@ from aiohttp import web
 from relay.admission.cache import UserCache
 from relay.admission.service import Admission
 from relay.admission.store import RETRYABLE_ERRORS, Store
-from relay.config import Settings
+from relay.config import ConfigError, Settings
+from relay.media.event_schema import unknown_types
 from relay.media.manager import BridgeManager
 from relay.observability.metrics import MetricsRegistry
 from relay.services import SERVICES, Services
@@ -59,6 +60,10 @@ OPERATOR_TOKEN = web.AppKey("operator_token_generated", str)
 
 
 def create_app(settings: Settings, *, instance_id: str | None = None) -> web.Application:
+    unchecked = unknown_types(settings.events.browser_allowed)
+    if unchecked:
+        # Forwarding is only as safe as the check: a type without a schema is never allowed.
+        raise ConfigError(f"events.browser_allowed: no schema for {', '.join(unchecked)}")
     metrics = MetricsRegistry()
     app = web.Application(
         middlewares=[make_middleware(metrics)],

@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+# Plain tuples of names (the filter's defaults live next to the filter that uses them).
+from relay.media.event_filter import DEFAULT_SERVER_EVENTS, DEFAULT_SESSION_FIELDS
+
 Dialect = Literal["ga", "beta"]
 
 
@@ -166,6 +169,17 @@ class EventsConfig:
     browser_allowed: tuple[str, ...] = ("response.cancel", "output_audio_buffer.clear")
     # Max size of one browser data-channel message.
     max_message_bytes: int = 16384
+    # Upstream server event types passed to the browser; anything else is dropped.
+    browser_server_events: tuple[str, ...] = DEFAULT_SERVER_EVENTS
+    # Session fields (dotted paths) the browser sees in session.created / session.updated;
+    # everything else (instructions, tools, prompt, tracing, ...) is removed.
+    browser_session_fields: tuple[str, ...] = DEFAULT_SESSION_FIELDS
+    # More than this many refused browser events within refused_window_s is a flood:
+    # the browser's data channel is closed with an error event.
+    max_refused_events: int = 20
+    refused_window_s: float = 10.0
+    # After a flood: "close_channel" (the interview goes on, audio only) or "end_interview".
+    on_refused_flood: Literal["close_channel", "end_interview"] = "close_channel"
 
 
 @dataclass(frozen=True)
@@ -348,6 +362,10 @@ def validate(s: Settings) -> None:
     if s.upstream.base_url and not s.upstream.base_url.startswith(("http://", "https://")):
         # The value itself is not echoed: a URL may carry credentials.
         raise ConfigError("upstream.base_url: not an http(s) URL")
+    if s.events.max_refused_events < 1 or not 0 < s.events.refused_window_s <= 3600:
+        raise ConfigError(
+            "events.max_refused_events: must be >= 1; events.refused_window_s: in (0, 3600]"
+        )
     if "session.update" in s.events.browser_allowed:
         raise ConfigError("events.browser_allowed: session.update can never be allowed")
     for i, server in enumerate(s.ice.servers):

@@ -134,7 +134,11 @@ class Bridge:
         self.browser_to_upstream = DirectionStats("browser_to_upstream")
         self.upstream_to_browser = DirectionStats("upstream_to_browser")
         self.events = EventRelay(
-            settings.events, metrics, on_closed=self._on_channel_closed, session_id=session_id
+            settings.events,
+            metrics,
+            on_closed=self._on_channel_closed,
+            session_id=session_id,
+            on_flood=lambda: self.begin_close("event_flood"),
         )
         self.browser_pc: RTCPeerConnection = new_peer(settings.ice)
         self.upstream_pc: RTCPeerConnection | None = None
