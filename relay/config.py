@@ -83,6 +83,8 @@ class CacheConfig:
     # The in-process fallback cache: bounded, TTL'd.
     local_max_entries: int = 10000
     local_ttl_s: int = 60
+    # Unknown tokens are kept apart (bounded separately) so they never evict known users.
+    local_negative_max_entries: int = 2000
     # Any Redis call slower than this counts as a failure.
     redis_timeout_s: float = 0.25
     # Consecutive Redis failures that open the breaker, and how long it stays open.
@@ -341,6 +343,7 @@ def validate(s: Settings) -> None:
         ("cache.hit_ttl_s", s.cache.hit_ttl_s),
         ("cache.miss_ttl_s", s.cache.miss_ttl_s),
         ("cache.local_max_entries", s.cache.local_max_entries),
+        ("cache.local_negative_max_entries", s.cache.local_negative_max_entries),
         ("cache.redis_timeout_s", s.cache.redis_timeout_s),
         ("upstream.mint_timeout_s", s.upstream.mint_timeout_s),
         ("upstream.sdp_timeout_s", s.upstream.sdp_timeout_s),
