@@ -38,7 +38,14 @@ from relay.services import SERVICES, Services
 from relay.sessions.registry import SessionRegistry
 from relay.sessions.service import SessionService
 from relay.upstream.factory import build_upstream_client
-from relay.web import routes_bridge, routes_health, routes_operator, routes_session
+from relay.web import (
+    low_level,
+    routes_bridge,
+    routes_health,
+    routes_operator,
+    routes_session,
+    security_headers,
+)
 from relay.web.middleware import make_middleware
 
 log = logging.getLogger("relay.app")
@@ -69,7 +76,10 @@ def create_app(settings: Settings, *, instance_id: str | None = None) -> web.App
         middlewares=[make_middleware(metrics)],
         # Our own readers enforce server.max_body_bytes with a JSON 413; this is a backstop.
         client_max_size=settings.server.max_body_bytes,
+        handler_args=low_level.handler_args(metrics),
     )
+    low_level.install(app)
+    security_headers.install(app)
     app.cleanup_ctx.append(_lifecycle(settings, metrics, instance_id))
     routes_session.register(app)
     routes_bridge.register(app)

@@ -4,9 +4,10 @@ Keys are the token's SHA-256 (never the token). A known user is cached for
 ``hit_ttl_s``; an unknown token for the short ``miss_ttl_s`` so repeated bad tokens do
 not reach PostgreSQL. Every write also goes to the bounded local cache, so when Redis
 dies the process still serves what it has seen. Unknown tokens live in a separate, smaller
-local cache: a stream of made-up tokens can fill that one, never evict known users. Each Redis call is bounded by
-``redis_timeout_s``; consecutive failures open the breaker and Redis is skipped
-entirely until it is retried, so a dead or hung Redis adds no latency.
+local cache: a stream of made-up tokens can fill that one, never evict known users.
+Each Redis call is bounded by ``redis_timeout_s``; consecutive failures open the breaker
+and Redis is skipped entirely until it is retried, so a dead or hung Redis adds no
+latency.
 """
 
 from __future__ import annotations

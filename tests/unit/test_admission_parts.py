@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from relay.admission.breaker import BreakerState, CircuitBreaker
 from relay.admission.cache import UserCache
 from relay.admission.local_cache import LocalTTLCache
@@ -114,8 +116,10 @@ def test_tokens() -> None:
 
 
 def test_request_ids() -> None:
-    assert request_id_for("client-req.1_A") == "client-req.1_A"
-    for bad in (None, "", "x" * 65, "has space", "inject\nheader", "é"):
+    first, second = request_id_for("client-req.1_A"), request_id_for("client-req.1_A")
+    assert first != second
+    assert re.fullmatch(r"req_[0-9a-f]{32}\.client-req\.1_A", first)
+    for bad in (None, "", "x" * 65, "has space", "inject\nheader", "ok\n", "é"):
         rid = request_id_for(bad)
         assert rid.startswith("req_") and len(rid) == 36
 
