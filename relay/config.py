@@ -107,8 +107,11 @@ class LimitsConfig:
 @dataclass(frozen=True)
 class UpstreamConfig:
     dialect: Dialect = "ga"
-    # Empty: use the built-in simulator as the upstream.
+    # Empty: use the built-in simulator as the upstream (on a loopback server.host only,
+    # unless simulate is true).
     api_key: str = field(default="", repr=False)
+    # Use the built-in simulator even with a key; required to run it on a non-loopback host.
+    simulate: bool = False
     base_url: str = "https://api.openai.com/v1"
     # Empty: the dialect's default (ga: gpt-realtime, beta: gpt-4o-realtime-preview-2024-12-17).
     model: str = ""
