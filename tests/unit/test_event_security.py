@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from relay.config import EventsConfig
+from relay.app import create_app
+from relay.config import ConfigError, EventsConfig, Settings
 from relay.media.event_filter import ServerEventFilter, redact_session
 from relay.media.event_schema import Refusal, check_event, loads_strict, unknown_types
 from relay.media.events import EventRelay, Side
@@ -308,3 +309,9 @@ def test_a_flood_can_end_the_interview() -> None:
     assert "the interview ends" in json.loads(browser.sent[-1])["error"]["message"]
     floods_metric = registry.snapshot()["relay_media_event_floods_total"]
     assert floods_metric == [{"action": "end_interview", "value": 1}]
+
+
+def test_the_relay_refuses_to_start_with_an_allowed_type_it_cannot_check() -> None:
+    settings = Settings().replace("events", browser_allowed=("response.cancel", "x.unknown"))
+    with pytest.raises(ConfigError, match=r"events\.browser_allowed: no schema for x\.unknown"):
+        create_app(settings)
