@@ -5,7 +5,8 @@ Start-up (each step needs the ones before it):
      the pool is created without connecting, then migrations, warm-up and crash
      recovery run (in the background if the database is not reachable yet);
   2. the user cache (Redis if configured, always the local fallback);
-  3. the upstream client (the built-in simulator when no API key is set);
+  3. the upstream client (the built-in simulator when asked for, or without an API key
+     on a loopback host: relay.upstream.simulation);
   4. admission, the session registry and service, the media bridges;
   5. housekeeping (expiring unused sessions).
 Shut-down is the reverse; live bridges are hung up and their sessions finished before
@@ -30,7 +31,8 @@ from aiohttp import web
 from relay.admission.cache import UserCache
 from relay.admission.service import Admission
 from relay.admission.store import RETRYABLE_ERRORS, Store
-from relay.config import Settings
+from relay.config import ConfigError, Settings
+from relay.media.event_schema import unknown_types
 from relay.media.manager import BridgeManager
 from relay.observability.metrics import MetricsRegistry
 from relay.services import SERVICES, Services, StartupStatus
@@ -38,7 +40,15 @@ from relay.sessions.registry import SessionRegistry
 from relay.sessions.service import SessionService
 from relay.tasks import cancel_and_wait, spawn
 from relay.upstream.factory import build_upstream_client
-from relay.web import routes_bridge, routes_health, routes_operator, routes_session
+from relay.upstream.simulation import uses_simulator
+from relay.web import (
+    low_level,
+    routes_bridge,
+    routes_health,
+    routes_operator,
+    routes_session,
+    security_headers,
+)
 from relay.web.middleware import make_middleware
 
 log = logging.getLogger("relay.app")
@@ -60,13 +70,21 @@ OPERATOR_TOKEN = web.AppKey("operator_token_generated", str)
 
 
 def create_app(settings: Settings, *, instance_id: str | None = None) -> web.Application:
+    unchecked = unknown_types(settings.events.browser_allowed)
+    if unchecked:
+        # Forwarding is only as safe as the check: a type without a schema is never allowed.
+        raise ConfigError(f"events.browser_allowed: no schema for {', '.join(unchecked)}")
+    simulate = uses_simulator(settings)
     metrics = MetricsRegistry()
     app = web.Application(
         middlewares=[make_middleware(metrics)],
         # Our own readers enforce server.max_body_bytes with a JSON 413; this is a backstop.
         client_max_size=settings.server.max_body_bytes,
+        handler_args=low_level.handler_args(metrics),
     )
-    app.cleanup_ctx.append(_lifecycle(settings, metrics, instance_id))
+    low_level.install(app)
+    security_headers.install(app)
+    app.cleanup_ctx.append(_lifecycle(settings, metrics, instance_id, simulate))
     routes_session.register(app)
     routes_bridge.register(app)
     routes_health.register(app)
@@ -89,11 +107,11 @@ async def _static_file(request: web.Request) -> web.FileResponse:
 
 
 def _lifecycle(
-    settings: Settings, metrics: MetricsRegistry, instance_id: str | None
+    settings: Settings, metrics: MetricsRegistry, instance_id: str | None, simulate: bool
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
-            services = await _start(settings, metrics, instance_id, stack)
+            services = await _start(settings, metrics, instance_id, stack, simulate=simulate)
             app[SERVICES] = services
             yield
             log.info("shutting down")
@@ -106,6 +124,8 @@ async def _start(
     metrics: MetricsRegistry,
     instance_id: str | None,
     stack: contextlib.AsyncExitStack,
+    *,
+    simulate: bool,
 ) -> Services:
     # 1. database
     dsn = settings.database.url
@@ -145,7 +165,7 @@ async def _start(
     api_key = settings.upstream.api_key
     base_url = settings.upstream.base_url
     simulator = None
-    if not api_key:
+    if simulate:
         from relay.upstream.simulator.options import SimulatorOptions
         from relay.upstream.simulator.server import start_simulator
 
@@ -156,7 +176,11 @@ async def _start(
         )
         stack.push_async_callback(simulator.close)
         api_key, base_url = SIMULATOR_API_KEY, simulator.base_url
-        log.info("no OPENAI_API_KEY: using the built-in simulator at %s", base_url)
+        log.warning(
+            "SIMULATED upstream (%s): interviews use the built-in simulator at %s, not OpenAI",
+            "upstream.simulate" if settings.upstream.simulate else "no OPENAI_API_KEY",
+            base_url,
+        )
     upstream = build_upstream_client(settings, metrics, base_url=base_url, api_key=api_key)
     stack.push_async_callback(upstream.close)
 

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -38,11 +39,23 @@ def _parser() -> argparse.ArgumentParser:
     serve = with_config(sub.add_parser("serve", help="run the relay"))
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument(
+        "--simulate",
+        action="store_true",
+        help="use the built-in simulator as the upstream (required without an OpenAI key "
+        "on a non-loopback address; same as upstream.simulate = true)",
+    )
 
     simulate = sub.add_parser("simulate", help="run the OpenAI Realtime simulator alone")
     simulate.add_argument("--host", default="127.0.0.1")
     simulate.add_argument("--port", type=int, default=9000)
     simulate.add_argument("--dialect", choices=["ga", "beta"], default="ga")
+    simulate.add_argument(
+        "--control-token",
+        default=os.environ.get("RELAY_SIM_CONTROL_TOKEN", ""),
+        help="bearer token for /_sim/* (default: $RELAY_SIM_CONTROL_TOKEN, else a random "
+        "one, printed at start)",
+    )
 
     users = sub.add_parser("users", help="manage candidate accounts")
     users_sub = users.add_subparsers(dest="users_command", required=True)
@@ -69,6 +82,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         settings = settings.replace("server", host=args.host)
     if getattr(args, "port", None) is not None:
         settings = settings.replace("server", port=args.port)
+    if getattr(args, "simulate", False):
+        settings = settings.replace("upstream", simulate=True)
     return settings
 
 
@@ -79,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             configure_logging("INFO")
             from relay.upstream.simulator.server import run_simulator
 
-            run_simulator(args.host, args.port, args.dialect)
+            run_simulator(args.host, args.port, args.dialect, args.control_token)
             return 0
         settings = _settings(args)
         configure_logging(settings.server.log_level, settings.server.log_format)
@@ -142,6 +157,11 @@ async def _announce(services: Services, runner: web.AppRunner) -> None:
     host, port = runner.addresses[0][:2]
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     print(f"Interview relay listening on http://{shown}:{port}/", flush=True)
+    if services.simulator is not None:
+        print(
+            "SIMULATED upstream: candidates talk to the built-in simulator, not OpenAI.",
+            flush=True,
+        )
     if services.generated_operator_token:
         print(f"Operator token (generated for this run): {services.generated_operator_token}")
     if services.settings.server.create_demo_user:

@@ -41,6 +41,9 @@ from pydantic_settings import (
 # load_settings is given exactly as its EnvSettingsSource parses os.environ.
 from pydantic_settings.sources.utils import parse_env_vars
 
+# Plain tuples of names (the filter's defaults live next to the filter that uses them).
+from relay.media.event_filter import DEFAULT_SERVER_EVENTS, DEFAULT_SESSION_FIELDS
+
 Dialect = Literal["ga", "beta"]
 
 ENV_PREFIX = "RELAY__"
@@ -111,6 +114,8 @@ class CacheConfig(_Section):
     # The in-process fallback cache: bounded, TTL'd.
     local_max_entries: Annotated[int, Field(ge=1, le=10_000_000)] = 10000
     local_ttl_s: Annotated[int, Field(ge=1, le=86400)] = 60
+    # Unknown tokens are kept apart (bounded separately) so they never evict known users.
+    local_negative_max_entries: Annotated[int, Field(ge=1, le=10_000_000)] = 2000
     # Any Redis call slower than this counts as a failure.
     redis_timeout_s: Annotated[float, Field(gt=0, le=60)] = 0.25
     # Consecutive Redis failures that open the breaker, and how long it stays open.
@@ -131,8 +136,11 @@ class LimitsConfig(_Section):
 
 class UpstreamConfig(_Section):
     dialect: Dialect = "ga"
-    # Empty: use the built-in simulator as the upstream.
+    # Empty: use the built-in simulator as the upstream (on a loopback server.host only,
+    # unless simulate is true).
     api_key: str = Field(default="", repr=False)
+    # Use the built-in simulator even with a key; required to run it on a non-loopback host.
+    simulate: bool = False
     base_url: str = "https://api.openai.com/v1"
     # Empty: the dialect's default (ga: gpt-realtime, beta: gpt-4o-realtime-preview-2024-12-17).
     model: str = ""
@@ -207,6 +215,17 @@ class EventsConfig(_Section):
     browser_allowed: tuple[str, ...] = ("response.cancel", "output_audio_buffer.clear")
     # Max size of one browser data-channel message.
     max_message_bytes: Annotated[int, Field(ge=1, le=1_048_576)] = 16384
+    # Upstream server event types passed to the browser; anything else is dropped.
+    browser_server_events: tuple[str, ...] = DEFAULT_SERVER_EVENTS
+    # Session fields (dotted paths) the browser sees in session.created / session.updated;
+    # everything else (instructions, tools, prompt, tracing, ...) is removed.
+    browser_session_fields: tuple[str, ...] = DEFAULT_SESSION_FIELDS
+    # More than this many refused browser events within refused_window_s is a flood:
+    # the browser's data channel is closed with an error event.
+    max_refused_events: Annotated[int, Field(ge=1, le=100_000)] = 20
+    refused_window_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    # After a flood: "close_channel" (the interview goes on, audio only) or "end_interview".
+    on_refused_flood: Literal["close_channel", "end_interview"] = "close_channel"
 
     @field_validator("browser_allowed")
     @classmethod

@@ -123,12 +123,15 @@ async function start() {
   showError("");
   state.token = $("token").value.trim();
   if (!state.token) { showError(MESSAGES.missing_token); return; }
-  localStorage.setItem("interviewToken", state.token);
+  // Kept for this tab only (a reload), never in localStorage: a shared computer must not
+  // hand the next person this candidate's token.
+  sessionStorage.setItem("interviewToken", state.token);
   $("start").disabled = true;
   try {
     setStatus("Checking your access…");
     const session = await withRetries("the session", () => api("POST", "/api/realtime-session", {}));
     state.sessionId = session.session_id;
+    $("simulated").hidden = !session.simulated;
 
     setStatus("Asking for your microphone…");
     const mic = await navigator.mediaDevices.getUserMedia({ audio: true });
@@ -177,6 +180,24 @@ async function stop() {
   setStatus("Interview ended.");
 }
 
-$("token").value = new URLSearchParams(location.search).get("token") || localStorage.getItem("interviewToken") || "";
+// The token arrives in the link's fragment (#token=…), which browsers never send to a
+// server; ?token=… still works for old links. Either way it is read once and removed from
+// the address bar (and so from the history and from anything copied off the screen).
+function tokenFromAddress() {
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  const query = new URLSearchParams(location.search);
+  const token = fragment.get("token") || query.get("token");
+  if (fragment.has("token") || query.has("token")) {
+    fragment.delete("token");
+    query.delete("token");
+    const search = query.toString() ? `?${query}` : "";
+    const hash = fragment.toString() ? `#${fragment}` : "";
+    history.replaceState(null, "", `${location.pathname}${search}${hash}`);
+  }
+  return token;
+}
+
+localStorage.removeItem("interviewToken"); // written by earlier versions of this page
+$("token").value = tokenFromAddress() || sessionStorage.getItem("interviewToken") || "";
 $("start").addEventListener("click", start);
 $("stop").addEventListener("click", stop);

@@ -3,9 +3,11 @@
 Keys are the token's SHA-256 (never the token). A known user is cached for
 ``hit_ttl_s``; an unknown token for the short ``miss_ttl_s`` so repeated bad tokens do
 not reach PostgreSQL. Every write also goes to the bounded local cache, so when Redis
-dies the process still serves what it has seen. Each Redis call is bounded by
-``redis_timeout_s``; consecutive failures open the breaker and Redis is skipped
-entirely until it is retried, so a dead or hung Redis adds no latency.
+dies the process still serves what it has seen. Unknown tokens live in a separate, smaller
+local cache: a stream of made-up tokens can fill that one, never evict known users.
+Each Redis call is bounded by ``redis_timeout_s``; consecutive failures open the breaker
+and Redis is skipped entirely until it is retried, so a dead or hung Redis adds no
+latency.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ class CachedUser:
 class UserCache:
     def __init__(self, config: CacheConfig, metrics: MetricsRegistry) -> None:
         self._config = config
-        self._local: LocalTTLCache[UserRecord | None] = LocalTTLCache(config.local_max_entries)
+        self._local: LocalTTLCache[UserRecord] = LocalTTLCache(config.local_max_entries)
+        self._local_unknown: LocalTTLCache[None] = LocalTTLCache(config.local_negative_max_entries)
         self._breaker = CircuitBreaker(config.breaker_failure_threshold, config.breaker_open_s)
         self._redis: aioredis.Redis | None = None
         if config.redis_url:
@@ -98,7 +101,7 @@ class UserCache:
                 return CachedUser(user, "redis")
             # The local cache stands in only when Redis did not answer: when it did, its
             # "miss" is authoritative (another instance or the CLI may have evicted it).
-            found, value = (False, None) if ok else self._local.lookup(token_hash)
+            found, value = (False, None) if ok else self._lookup_local(token_hash)
             if found:
                 self._lookups.inc(result="hit" if value else "negative_hit", source="local")
                 return CachedUser(value, "local")
@@ -107,14 +110,27 @@ class UserCache:
         finally:
             record_stage("cache", (time.perf_counter() - started) * 1000)
 
+    def _lookup_local(self, token_hash: str) -> tuple[bool, UserRecord | None]:
+        found, user = self._local.lookup(token_hash)
+        if found:
+            return True, user
+        return self._local_unknown.lookup(token_hash)
+
     async def put(self, token_hash: str, user: UserRecord | None) -> None:
         ttl = self._config.hit_ttl_s if user else self._config.miss_ttl_s
-        self._local.set(token_hash, user, min(ttl, self._config.local_ttl_s))
+        local_ttl = min(ttl, self._config.local_ttl_s)
+        if user is None:
+            self._local.delete(token_hash)
+            self._local_unknown.set(token_hash, None, local_ttl)
+        else:
+            self._local_unknown.delete(token_hash)
+            self._local.set(token_hash, user, local_ttl)
         payload = json.dumps(user.to_cache() if user else None)
         await self._redis_call("set", lambda r: r.set(self._key(token_hash), payload, ex=ttl))
 
     async def invalidate(self, token_hash: str) -> None:
         self._local.delete(token_hash)
+        self._local_unknown.delete(token_hash)
         await self._redis_call("delete", lambda r: r.delete(self._key(token_hash)))
 
     async def _redis_call(

@@ -1,10 +1,17 @@
 """The data-channel event relay between the browser and the upstream ``oai-events``.
 
-Upstream server events go to the browser as they are. Browser events go upstream
-only when they are JSON objects whose ``type`` is on ``events.browser_allowed``
-(``session.update`` never is: the relay owns the session configuration) and within
-``events.max_message_bytes``; anything else is answered with an ``error`` event in
-the Realtime API's own shape, so a client library handles it like a server error.
+Browser events go upstream only when they are strict JSON objects whose ``type`` is on
+``events.browser_allowed`` (``session.update`` never is: the relay owns the session
+configuration), whose fields match that type's schema (relay.media.event_schema), and
+within ``events.max_message_bytes``; what goes upstream is the re-serialised checked
+object, never the browser's bytes. Anything else is answered with an ``error`` event in
+the Realtime API's own shape, so a client library handles it like a server error. More
+than ``events.max_refused_events`` refusals within ``events.refused_window_s`` is a flood:
+the browser's channel is closed after a ``too_many_refused_events`` error, and the
+interview goes on without events or ends (``events.on_refused_flood``).
+
+Upstream server events reach the browser through relay.media.event_filter: default-deny
+by type, and the session configuration (instructions, tools, ...) redacted.
 
 Messages that arrive before the other side's channel is open wait in a small bounded
 buffer (the upstream usually sends ``session.created`` before the browser's channel
@@ -16,21 +23,23 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Literal
 
 from aiortc import RTCDataChannel
 from aiortc.exceptions import InvalidStateError
 
 from relay.config import EventsConfig
+from relay.media.event_filter import ServerEventFilter
+from relay.media.event_schema import ALWAYS_REFUSED, Refusal, check_event, serialise
 from relay.media.metrics import MediaMetrics
 
 log = logging.getLogger("relay.media.events")
 
 Side = Literal["browser", "upstream"]
 UPSTREAM_LABEL = "oai-events"
-ALWAYS_REFUSED = frozenset({"session.update"})
 PENDING_MAX = 256
 
 Message = str | bytes
@@ -44,9 +53,22 @@ class EventRelay:
         *,
         on_closed: Callable[[Side], None],
         session_id: str = "",
+        on_flood: Callable[[], object] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._allowed = frozenset(config.browser_allowed) - ALWAYS_REFUSED
         self._max_bytes = config.max_message_bytes
+        self._filter = ServerEventFilter(
+            config.browser_server_events, config.browser_session_fields
+        )
+        self._max_refused = config.max_refused_events
+        self._refused_window_s = config.refused_window_s
+        self._end_on_flood = config.on_refused_flood == "end_interview"
+        self._on_flood = on_flood
+        self._clock = clock
+        self._refused_at: deque[float] = deque()
+        # Set once the browser's channel was closed for a flood: its close is not a loss.
+        self.flooded = False
         self._metrics = metrics
         self._on_closed = on_closed
         self._session_id = session_id
@@ -59,6 +81,7 @@ class EventRelay:
             "browser_to_upstream": 0,
             "refused": 0,
             "dropped": 0,
+            "filtered": 0,
         }
 
     # ------------------------------------------------------------------ wiring
@@ -81,7 +104,7 @@ class EventRelay:
             )
         self.browser = channel
         channel.on("message", self._from_browser)
-        channel.on("close", lambda: self._on_closed("browser"))
+        channel.on("close", self._browser_closed)
         channel.on("open", lambda: self._flush(channel, self._to_browser, "upstream_to_browser"))
         if channel.readyState == "open":
             self._flush(channel, self._to_browser, "upstream_to_browser")
@@ -89,17 +112,62 @@ class EventRelay:
 
     # ------------------------------------------------------------------ directions
     def _from_upstream(self, message: Message) -> None:
-        self._deliver(self.browser, self._to_browser, message, "upstream_to_browser")
+        filtered = self._filter.apply(message)
+        if filtered is None:
+            self.counts["filtered"] += 1
+            self._metrics.events_filtered.inc()
+            return
+        self._deliver(self.browser, self._to_browser, filtered, "upstream_to_browser")
 
     def _from_browser(self, message: Message) -> None:
-        refusal = self._check(message)
-        if refusal is not None:
-            reason, text, event_id = refusal
-            self.counts["refused"] += 1
-            self._metrics.events_refused.inc(reason=reason)
-            self._reply_error(reason, text, event_id)
+        if self.flooded:
             return
-        self._deliver(self.upstream, self._to_upstream, message, "browser_to_upstream")
+        checked = self._check(message)
+        if isinstance(checked, Refusal):
+            self.counts["refused"] += 1
+            self._metrics.events_refused.inc(reason=checked.code)
+            self._reply_error(checked.code, checked.message, checked.event_id)
+            self._count_refusal()
+            return
+        self._deliver(self.upstream, self._to_upstream, checked, "browser_to_upstream")
+
+    def _browser_closed(self) -> None:
+        # Closed by us for a flood with the interview going on: not a lost browser.
+        if self.flooded and not self._end_on_flood:
+            return
+        self._on_closed("browser")
+
+    def _count_refusal(self) -> None:
+        now = self._clock()
+        window = self._refused_at
+        window.append(now)
+        while window and window[0] <= now - self._refused_window_s:
+            window.popleft()
+        if len(window) <= self._max_refused:
+            return
+        self.flooded = True
+        self._metrics.event_floods.inc(
+            action="end_interview" if self._end_on_flood else "close_channel"
+        )
+        log.warning(
+            "session %s: %d refused browser events within %.0fs; closing the event channel",
+            self._session_id,
+            len(window),
+            self._refused_window_s,
+        )
+        self._reply_error(
+            "too_many_refused_events",
+            f"More than {self._max_refused} refused events within "
+            f"{self._refused_window_s:g} s; the event channel is closed"
+            + (" and the interview ends." if self._end_on_flood else "; the interview goes on."),
+            None,
+        )
+        # The end reason first, so that the channel's close cannot be taken for a loss.
+        if self._end_on_flood and self._on_flood is not None:
+            self._on_flood()
+        channel = self.browser
+        if channel is not None:
+            channel.close()
 
     def _deliver(
         self,
@@ -139,34 +207,20 @@ class EventRelay:
         return True
 
     # ------------------------------------------------------------------ policy
-    def _check(self, message: Message) -> tuple[str, str, str | None] | None:
-        """None if ``message`` may go upstream, else (reason code, message, event_id)."""
+    def _check(self, message: Message) -> str | Refusal:
+        """The re-serialised checked event to send upstream, or why it is refused."""
         if not isinstance(message, str):
-            return "invalid_event", "Binary messages are not accepted; send JSON text.", None
-        if len(message) > self._max_bytes or len(message.encode("utf-8")) > self._max_bytes:
-            return "event_too_large", f"Events are limited to {self._max_bytes} bytes.", None
-        try:
-            event: Any = json.loads(message)
-        except (ValueError, RecursionError):
-            # RecursionError: a deeply nested payload ("[[[[…") within the size cap. It
-            # must not escape into aiortc's SCTP receive path, which it would kill.
-            return "invalid_event", "The event is not valid JSON.", None
-        if not isinstance(event, dict):
-            return "invalid_event", "The event must be a JSON object.", None
-        raw_id = event.get("event_id")
-        event_id = raw_id[:128] if isinstance(raw_id, str) else None
-        kind = event.get("type")
-        if not isinstance(kind, str) or not kind:
-            return "invalid_event", "The 'type' field is missing.", event_id
-        if kind in ALWAYS_REFUSED:
-            return (
-                "event_not_allowed",
-                f"'{kind[:64]}' is not allowed: the interview is configured by the server.",
-                event_id,
+            return Refusal(
+                "invalid_event", "Binary messages are not accepted; send JSON text.", None
             )
-        if kind not in self._allowed:
-            return "event_not_allowed", f"'{kind[:64]}' events are not accepted.", event_id
-        return None
+        if len(message) > self._max_bytes or len(message.encode("utf-8")) > self._max_bytes:
+            return Refusal(
+                "event_too_large", f"Events are limited to {self._max_bytes} bytes.", None
+            )
+        checked = check_event(message, self._allowed)
+        if isinstance(checked, Refusal):
+            return checked
+        return serialise(checked)
 
     def _reply_error(self, code: str, message: str, event_id: str | None) -> None:
         error = {

@@ -65,6 +65,15 @@ class MediaMetrics:
             "Data-channel events dropped because the other side was not open in time",
             labels,
         )
+        self.events_filtered = registry.counter(
+            "relay_media_events_filtered_total",
+            "Upstream server events withheld from the browser by the event filter",
+        )
+        self.event_floods = registry.counter(
+            "relay_media_event_floods_total",
+            "Browser event channels closed for too many refused events, by action",
+            ["action"],
+        )
         self.bridges_live = registry.gauge("relay_media_bridges_live", "Live media bridges")
         self.bridges_ended = registry.counter(
             "relay_media_bridges_ended_total", "Bridges ended, by reason", ["reason"]

@@ -9,6 +9,7 @@ requests can never both take the last slot.
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -56,6 +57,14 @@ class SessionEntry:
 
 def new_session_id() -> str:
     return "is_" + secrets.token_hex(16)
+
+
+_SESSION_ID = re.compile(r"is_[0-9a-f]{32}")
+
+
+def is_session_id(value: str) -> bool:
+    """Whether ``value`` has the form of ``new_session_id()`` (checked before any lookup)."""
+    return _SESSION_ID.fullmatch(value) is not None
 
 
 class SessionRegistry:

@@ -1,8 +1,14 @@
 """HTTP middleware: request ids, timing, access metrics and JSON errors.
 
-Every response carries ``X-Request-ID`` (a valid incoming id is kept, otherwise a new
-``req_<32 hex>``) and ``Server-Timing`` (cache, db, upstream, total). Every error is
-JSON with the request id; nothing below ever turns into a bare 500 with a traceback.
+Every response carries ``X-Request-ID`` and ``Server-Timing`` (cache, db, upstream,
+total). Every error is JSON with the request id; nothing below ever turns into a bare 500
+with a traceback.
+
+Request ids are always the relay's own: ``req_<32 hex>``, unique by construction. A
+client's ``X-Request-ID`` is never trusted to be unique (two clients, or one replaying,
+could send the same value and mix their log lines and session rows); when it is well
+formed (``^[A-Za-z0-9._-]{1,64}$``) it is kept as a suffix for correlation,
+``req_<32 hex>.<client id>``, and otherwise ignored.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from relay.observability.metrics import MetricsRegistry
 
 log = logging.getLogger("relay.http")
 
-_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 _HTTP_ERROR_CODES = {
     400: "bad_request",
@@ -38,9 +44,11 @@ def new_request_id() -> str:
 
 
 def request_id_for(incoming: str | None) -> str:
-    if incoming and _VALID_REQUEST_ID.match(incoming):
-        return incoming
-    return new_request_id()
+    own = new_request_id()
+    # fullmatch: "$" would also accept a trailing newline.
+    if incoming and _VALID_REQUEST_ID.fullmatch(incoming):
+        return f"{own}.{incoming}"
+    return own
 
 
 def _route_name(request: web.Request) -> str:

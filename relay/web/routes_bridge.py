@@ -21,12 +21,11 @@ from relay.media.sdp import InvalidOffer, invalid_offer_error, validate_offer
 from relay.observability.logging import request_banner, stage
 from relay.observability.request_context import current, current_request_id
 from relay.services import SERVICES, Services
+from relay.sessions.registry import is_session_id
 from relay.web.auth import is_operator
 from relay.web.body import read_json_object
 
 log = logging.getLogger("relay.http")
-
-MAX_SESSION_ID_CHARS = 128
 
 
 def _bridges(services: Services) -> BridgeManager:
@@ -37,8 +36,8 @@ def _bridges(services: Services) -> BridgeManager:
 
 def _exchange_fields(body: dict[str, Any]) -> tuple[str, str]:
     session_id = body.get("session_id")
-    if not isinstance(session_id, str) or not 0 < len(session_id) <= MAX_SESSION_ID_CHARS:
-        raise ApiError(400, "invalid_request", "session_id must be a non-empty string.")
+    if not isinstance(session_id, str) or not is_session_id(session_id):
+        raise ApiError(400, "invalid_request", "session_id must be a session id (is_<32 hex>).")
     if body.get("type") != "offer":
         raise ApiError(400, "invalid_request", 'type must be "offer".')
     sdp = body.get("sdp")
@@ -80,7 +79,7 @@ async def webrtc_exchange(request: web.Request) -> web.Response:
 async def get_session(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     caller = await services.admission.authenticate(request.headers.get("Authorization"))
-    session_id = request.match_info["session_id"]
+    session_id = _path_session_id(request)
     entry = services.registry.get(session_id)
     body: dict[str, Any]
     if entry is not None and entry.user_id == caller.user.id:
@@ -112,7 +111,7 @@ async def delete_session(request: web.Request) -> web.Response:
     if not operator:
         caller = await services.admission.authenticate(request.headers.get("Authorization"))
         user_id = caller.user.id
-    session_id = request.match_info["session_id"]
+    session_id = _path_session_id(request)
     entry = services.registry.get(session_id)
     if entry is not None and (operator or entry.user_id == user_id):
         reason = "operator_hangup" if operator else "hangup"
@@ -129,9 +128,19 @@ async def delete_session(request: web.Request) -> web.Response:
     return web.Response(status=204)  # already over: deleting it again changes nothing
 
 
+def _path_session_id(request: web.Request) -> str:
+    """The path's session id, refused by its form before any lookup.
+
+    A malformed id names no session, so it gets the same 404 as an unknown one (and a
+    NUL byte or a 10 kB path never reaches PostgreSQL).
+    """
+    session_id = request.match_info["session_id"]
+    if not is_session_id(session_id):
+        raise ApiError(404, "session_not_found", "No such session for this user.")
+    return session_id
+
+
 async def _session_row(services: Services, session_id: str) -> Any:
-    if len(session_id) > MAX_SESSION_ID_CHARS:
-        return None
     try:
         return await services.store.get_session(session_id)
     except DatabaseUnavailable as exc:

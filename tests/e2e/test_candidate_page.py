@@ -33,8 +33,16 @@ async def test_candidate_talks_with_the_interviewer_and_hangs_up(
 ) -> None:
     relay = await make_relay()
     token = await relay.add_user(seconds=600)
-    await page.goto(str(relay.client.make_url(f"/?token={token}")))
+    console: list[str] = []
+    page.on("console", lambda message: console.append(message.text))
+    # The link carries the token in its fragment, which the browser never sends to a server.
+    async with page.expect_response("**/") as loaded:
+        await page.goto(str(relay.client.make_url("/")) + f"#token={token}")
+    csp = (await loaded.value).headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
     await expect(page.locator("#token")).to_have_value(token)
+    # Read once, then gone from the address bar (replaced in place, not a new history entry).
+    assert token not in page.url and "token" not in page.url, page.url
 
     async with page.expect_response("**/api/realtime-session") as created:
         await page.click("#start")
@@ -43,6 +51,15 @@ async def test_candidate_talks_with_the_interviewer_and_hangs_up(
 
     # Connected: the page enabled #stop after the answer, both legs are up.
     await expect(page.locator("#stop")).to_be_enabled(timeout=CONNECT_S * 1000)
+    # A real upstream (as far as the relay knows): no practice-mode banner.
+    assert session["simulated"] is False
+    await expect(page.locator("#simulated")).to_be_hidden()
+    # The token is in no persistent storage; this tab's sessionStorage at most.
+    assert await page.evaluate("localStorage.length") == 0
+    stored = await page.evaluate("JSON.stringify(Object.assign({}, localStorage))")
+    assert token not in stored
+    assert await page.evaluate("Object.keys(sessionStorage)") in ([], ["interviewToken"])
+    assert token not in page.url
     assert relay.services.bridges is not None
     bridges = relay.services.bridges
     await wait_until(
@@ -80,6 +97,8 @@ async def test_candidate_talks_with_the_interviewer_and_hangs_up(
     row = await interview_row(relay, session_id)
     assert row["state"] == "ended", row
     assert row["end_reason"] == "hangup", row
+    # The page ran under its Content-Security-Policy without a single violation.
+    assert not [m for m in console if "Content Security Policy" in m], console
 
 
 async def test_a_wrong_token_shows_the_invalid_token_message(
@@ -97,3 +116,22 @@ async def test_a_wrong_token_shows_the_invalid_token_message(
     await expect(page.locator("#start")).to_be_enabled()
     assert len(relay.services.registry) == 0
     assert simulator.state.last_call is None
+
+
+async def test_a_simulated_interview_says_so_to_the_candidate(
+    make_relay: MakeRelay, page: Page
+) -> None:
+    relay = await make_relay(overrides={"upstream": {"simulate": True}})
+    assert relay.services.simulator is not None
+    token = await relay.add_user(seconds=600)
+    await page.goto(str(relay.client.make_url("/")) + f"#token={token}")
+    await expect(page.locator("#simulated")).to_be_hidden()
+    async with page.expect_response("**/api/realtime-session") as created:
+        await page.click("#start")
+    assert (await (await created.value).json())["simulated"] is True
+    banner = page.locator("#simulated")
+    await expect(banner).to_be_visible()
+    await expect(banner).to_contain_text("simulated interviewer")
+    await expect(page.locator("#stop")).to_be_enabled(timeout=CONNECT_S * 1000)
+    await page.click("#stop")
+    await expect(page.locator("#status")).to_have_text("Interview ended.")

@@ -265,12 +265,24 @@ async def test_malformed_and_oversized_bodies(make_relay: MakeRelay) -> None:
     assert relay.counter("relay_admission_total") == 0
 
 
-async def test_request_id_kept_when_valid_replaced_when_not(make_relay: MakeRelay) -> None:
+async def test_request_id_is_the_relays_own_with_a_valid_client_id_as_suffix(
+    make_relay: MakeRelay,
+) -> None:
     relay = await make_relay()
     token = await relay.add_user()
-    status, body, headers = await relay.create_session(token, headers={"X-Request-ID": "lb-42.a_b"})
-    assert status == 201
-    assert headers["X-Request-ID"] == "lb-42.a_b" == body["request_id"]
+    ids = []
+    for _ in range(2):
+        status, body, headers = await relay.create_session(
+            token, headers={"X-Request-ID": "lb-42.a_b"}
+        )
+        assert status == 201
+        assert re.fullmatch(r"req_[0-9a-f]{32}\.lb-42\.a_b", headers["X-Request-ID"])
+        assert headers["X-Request-ID"] == body["request_id"]
+        ids.append(body["request_id"])
+    # The same client id twice: never the same request id, in the response or the rows.
+    assert ids[0] != ids[1]
+    rows = await relay.sql("SELECT request_id FROM interview_sessions ORDER BY created_at")
+    assert [r["request_id"] for r in rows] == ids
     status, body, headers = await relay.create_session(
         None, headers={"X-Request-ID": "bad id with spaces"}
     )

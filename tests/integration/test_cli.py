@@ -49,9 +49,14 @@ async def _run(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str, st
 
 @contextlib.asynccontextmanager
 async def _serving(
-    tmp_path: Path, extra_env: dict[str, str]
+    tmp_path: Path,
+    extra_env: dict[str, str],
+    *args: str,
+    banner: list[str] | None = None,
 ) -> AsyncIterator[tuple[str, str, Path]]:
-    """`relay serve --port 0` in a folder: (url, demo token, data dir); SIGTERM → exit 0."""
+    """`relay serve --port 0` in a folder: (url, demo token, data dir); SIGTERM → exit 0.
+
+    ``banner`` (if given) receives the lines printed at start."""
     data_dir = tmp_path / "state"
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -60,13 +65,14 @@ async def _serving(
         "serve",
         "--port",
         "0",
+        *args,
         env={**_env(data_dir), **extra_env},
         cwd=tmp_path,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
     )
     assert proc.stdout is not None
-    lines: list[str] = []
+    lines: list[str] = [] if banner is None else banner
 
     async def read_banner() -> tuple[str, str]:
         url = ""
@@ -112,6 +118,8 @@ async def test_serve_prints_url_and_token_that_opens_a_session(
             assert resp.status == 201, body
             assert body["request_id"].startswith("req_")
             assert body["processing_time_ms"] > 0
+            # Loopback without a key: the simulator, and the candidate is told.
+            assert body["simulated"] is True
         async with http.get(url + "readyz") as resp:
             ready = await resp.json()
             assert resp.status == 200, ready
@@ -125,6 +133,37 @@ async def test_serve_prints_url_and_token_that_opens_a_session(
         async with http.get(url) as resp:
             assert resp.status == 200
             assert "Voice interview" in await resp.text()
+
+
+async def test_serve_without_a_key_off_loopback_refuses_to_start(tmp_path: Path) -> None:
+    code, out, err = await _run(
+        "serve", "--host", "0.0.0.0", "--port", "0", env=_env(tmp_path / "state"), cwd=tmp_path
+    )
+    assert code == 2, (out, err)
+    assert "upstream.api_key" in err and "--simulate" in err and "Traceback" not in err
+    assert "listening" not in out
+
+
+async def test_explicit_simulation_off_loopback_is_announced_to_operator_and_candidate(
+    traversable_tmp_path: Path,
+) -> None:
+    banner: list[str] = []
+    async with (
+        _serving(traversable_tmp_path, {}, "--host", "0.0.0.0", "--simulate", banner=banner) as (
+            url,
+            token,
+            _,
+        ),
+        aiohttp.ClientSession() as http,
+    ):
+        assert any(line.startswith("SIMULATED upstream") for line in banner), banner
+        headers = {"Authorization": f"Bearer {token}"}
+        async with http.post(url + "api/realtime-session", headers=headers) as resp:
+            body = await resp.json()
+            assert resp.status == 201 and body["simulated"] is True, body
+        operator = {"Authorization": f"Bearer {OPERATOR}"}
+        async with http.get(url + "api/stats", headers=operator) as resp:
+            assert (await resp.json())["upstream"]["simulated"] is True
 
 
 async def test_users_add_and_revoke_share_the_served_database(
@@ -189,6 +228,18 @@ async def test_serve_against_a_separately_run_simulator_in_the_beta_dialect(
         first = (await asyncio.wait_for(sim.stdout.readline(), timeout=30)).decode()
         match = re.search(r"listening on (http://127\.0\.0\.1:\d+/v1)", first)
         assert match, first
+        control = ""
+        while not control:
+            line = (await asyncio.wait_for(sim.stdout.readline(), timeout=30)).decode()
+            assert line, "no control token printed"
+            if found := re.match(r"control API /_sim/\*: Bearer (\S+)$", line.strip()):
+                control = found[1]
+        async with aiohttp.ClientSession() as http:
+            faults = match[1].removesuffix("/v1") + "/_sim/faults"
+            async with http.get(faults) as resp:
+                assert resp.status == 401
+            async with http.get(faults, headers={"Authorization": f"Bearer {control}"}) as resp:
+                assert resp.status == 200
         env = {
             "OPENAI_BASE_URL": match[1],
             "OPENAI_API_KEY": "sk-operator-key",

@@ -40,6 +40,8 @@ ROOT = Path(__file__).resolve().parents[2]
 KEY = "sk-sim-local"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 SDP = {"Content-Type": "application/sdp"}
+CONTROL_TOKEN = "sim-control-test-token"
+CONTROL = {"Authorization": f"Bearer {CONTROL_TOKEN}"}
 GA_SESSION: dict[str, Any] = {
     "type": "realtime",
     "model": "gpt-realtime",
@@ -60,6 +62,7 @@ async def make_client(
     aiohttp_client: Callable[[web.Application], Awaitable[Client]],
 ) -> MakeClient:
     async def make(**options: Any) -> Client:
+        options.setdefault("control_token", CONTROL_TOKEN)
         return await aiohttp_client(create_simulator_app(SimulatorOptions(**options)))
 
     return make
@@ -371,7 +374,7 @@ async def test_beta_mint_and_exchange(client: Client, offerer: RTCPeerConnection
 
 
 async def test_beta_disabled_over_http(client: Client, offerer: RTCPeerConnection) -> None:
-    response = await client.post("/_sim/faults", json={"beta_disabled": True})
+    response = await client.post("/_sim/faults", json={"beta_disabled": True}, headers=CONTROL)
     assert response.status == 200 and (await response.json())["beta_disabled"] is True
     response = await client.post("/v1/realtime/sessions", json={}, headers=AUTH)
     error = await _error(response, 400, "beta_api_shape_disabled")
@@ -401,7 +404,9 @@ async def test_forced_503_twice_then_normal_service(client: Client) -> None:
 
 async def test_forced_429_carries_retry_headers(client: Client) -> None:
     response = await client.post(
-        "/_sim/faults", json={"calls": {"status": 429, "code": "rate_limit_exceeded"}}
+        "/_sim/faults",
+        json={"calls": {"status": 429, "code": "rate_limit_exceeded"}},
+        headers=CONTROL,
     )
     assert response.status == 200
     response = await client.post("/v1/realtime/calls", data="v=0", headers={**SDP, **AUTH})
@@ -477,15 +482,52 @@ async def test_ice_never_completes(client: Client, offerer: RTCPeerConnection) -
 
 
 async def test_fault_settings_over_http(client: Client) -> None:
-    response = await client.post("/_sim/faults", json={"mint": {"status": 200}})
+    response = await client.post("/_sim/faults", json={"mint": {"status": 200}}, headers=CONTROL)
     await _error(response, 400, "invalid_faults")
-    response = await client.post("/_sim/faults", json={"calls": {"latency_s": 1.0}})
+    response = await client.post(
+        "/_sim/faults", json={"calls": {"latency_s": 1.0}}, headers=CONTROL
+    )
     assert (await response.json())["calls"]["latency_s"] == 1.0
-    response = await client.get("/_sim/faults")
+    response = await client.get("/_sim/faults", headers=CONTROL)
     assert (await response.json())["calls"]["latency_s"] == 1.0
-    response = await client.delete("/_sim/faults")
+    response = await client.delete("/_sim/faults", headers=CONTROL)
     assert (await response.json())["calls"]["latency_s"] == 0.0
     assert _state(client).faults.calls.latency_s == 0.0
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/_sim/calls"),
+        ("GET", "/_sim/calls/rtc_x"),
+        ("GET", "/_sim/faults"),
+        ("POST", "/_sim/faults"),
+        ("DELETE", "/_sim/faults"),
+    ],
+)
+@pytest.mark.parametrize("auth", [None, "Bearer wrong", f"Bearer {KEY}"])
+async def test_the_control_api_needs_the_control_token(
+    client: Client, method: str, path: str, auth: str | None
+) -> None:
+    headers = {"Authorization": auth} if auth else {}
+    response = await client.request(method, path, json={"beta_disabled": True}, headers=headers)
+    await _error(response, 401, "invalid_token")
+    assert not _state(client).faults.beta_disabled
+
+
+async def test_a_simulator_without_a_given_token_makes_one_up() -> None:
+    sim = await start_simulator()
+    try:
+        assert len(sim.control_token) >= 32
+        async with aiohttp.ClientSession() as http:
+            url = f"{sim.root_url}/_sim/faults"
+            async with http.get(url) as response:
+                assert response.status == 401
+            bearer = {"Authorization": f"Bearer {sim.control_token}"}
+            async with http.get(url, headers=bearer) as response:
+                assert response.status == 200
+    finally:
+        await sim.close()
 
 
 async def test_options_seed_the_faults_and_are_not_mutated(make_client: MakeClient) -> None:
@@ -514,13 +556,15 @@ async def test_sim_calls_lists_calls_and_request_counts(
         headers={**SDP, "Authorization": f"Bearer {secret}"},
     )
     call_id = response.headers["Location"].rsplit("/", 1)[-1]
-    body = await (await client.get("/_sim/calls")).json()
+    body = await (await client.get("/_sim/calls", headers=CONTROL)).json()
     assert body["requests"] == {"mint": 1, "calls": 1}
     call = body["calls"][call_id]
     assert call["dialect"] == "ga" and call["state"] == "connecting" and not call["hung_up"]
-    one = await (await client.get(f"/_sim/calls/{call_id}")).json()
+    one = await (await client.get(f"/_sim/calls/{call_id}", headers=CONTROL)).json()
     assert one["call_id"] == call_id
-    await _error(await client.get("/_sim/calls/rtc_nope"), 404, "call_id_not_found")
+    await _error(
+        await client.get("/_sim/calls/rtc_nope", headers=CONTROL), 404, "call_id_not_found"
+    )
 
 
 async def test_run_simulator_serves_both_dialects_until_sigterm() -> None:

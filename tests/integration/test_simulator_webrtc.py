@@ -499,7 +499,11 @@ async def test_beta_call_is_ended_when_the_beta_shape_is_switched_off(
     ga_caller = callers(None)
     await _connect(http, sim, ga_caller, "ga")
     beta_record, ga_record = list(sim.state.calls.values())
-    async with http.post(f"{sim.root_url}/_sim/faults", json={"beta_disabled": True}) as response:
+    async with http.post(
+        f"{sim.root_url}/_sim/faults",
+        json={"beta_disabled": True},
+        headers={"Authorization": f"Bearer {sim.control_token}"},
+    ) as response:
         assert response.status == 200
     error = await caller.wait_event("error")
     assert error["error"]["code"] == "beta_api_shape_disabled"

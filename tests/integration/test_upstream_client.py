@@ -63,7 +63,11 @@ async def set_faults(sim: RunningSimulator, changes: dict[str, Any]) -> None:
     """Runtime faults over the simulator's own HTTP control surface."""
     async with (
         aiohttp.ClientSession() as http,
-        http.post(f"{sim.root_url}/_sim/faults", json=changes) as resp,
+        http.post(
+            f"{sim.root_url}/_sim/faults",
+            json=changes,
+            headers={"Authorization": f"Bearer {sim.control_token}"},
+        ) as resp,
     ):
         assert resp.status == 200, await resp.text()
 

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import re
+
 from relay.admission.breaker import BreakerState, CircuitBreaker
+from relay.admission.cache import UserCache
 from relay.admission.local_cache import LocalTTLCache
 from relay.admission.rate_limit import SlidingWindowLimiter
+from relay.admission.store import UserRecord
 from relay.admission.tokens import (
     bearer_token,
     hash_token,
     new_token,
     plausible_token,
 )
+from relay.config import CacheConfig
+from relay.observability.metrics import MetricsRegistry
 from relay.web.middleware import request_id_for
 
 
@@ -110,7 +116,30 @@ def test_tokens() -> None:
 
 
 def test_request_ids() -> None:
-    assert request_id_for("client-req.1_A") == "client-req.1_A"
-    for bad in (None, "", "x" * 65, "has space", "inject\nheader", "é"):
+    first, second = request_id_for("client-req.1_A"), request_id_for("client-req.1_A")
+    assert first != second
+    assert re.fullmatch(r"req_[0-9a-f]{32}\.client-req\.1_A", first)
+    for bad in (None, "", "x" * 65, "has space", "inject\nheader", "ok\n", "é"):
         rid = request_id_for(bad)
         assert rid.startswith("req_") and len(rid) == 36
+
+
+async def test_unknown_tokens_cannot_evict_known_users_from_the_local_cache() -> None:
+    config = CacheConfig(local_max_entries=10, local_negative_max_entries=5)
+    cache = UserCache(config, MetricsRegistry())
+    known = UserRecord(id=1, email="a@example.test", active=True, remaining_seconds=60)
+    await cache.put("known", known)
+    # A brute force of made-up tokens, far more than either bound.
+    for i in range(100):
+        await cache.put(f"unknown-{i}", None)
+    hit = await cache.get("known")
+    assert hit is not None and hit.user == known and hit.source == "local"
+    # The negative cache is bounded on its own: only the latest few misses are kept.
+    assert await cache.get("unknown-0") is None
+    latest = await cache.get("unknown-99")
+    assert latest is not None and latest.user is None
+    # A token that becomes known leaves the negative cache (and the other way round).
+    await cache.put("unknown-99", known)
+    again = await cache.get("unknown-99")
+    assert again is not None and again.user == known
+    await cache.close()

@@ -302,7 +302,7 @@ def test_events_wait_for_the_other_side_and_flow_in_order() -> None:
     upstream, browser = FakeChannel(), FakeChannel(state="connecting")
     relay.attach_upstream(upstream)  # type: ignore[arg-type]
     upstream.emit("message", '{"type":"session.created"}')
-    upstream.emit("message", '{"type":"rate_limits.updated"}')
+    upstream.emit("message", '{"type":"output_audio_buffer.started"}')
     assert relay.attach_browser(browser)  # type: ignore[arg-type]
     assert browser.sent == []
     browser.readyState = "open"
@@ -310,7 +310,7 @@ def test_events_wait_for_the_other_side_and_flow_in_order() -> None:
     upstream.emit("message", '{"type":"response.done"}')
     assert [json.loads(m)["type"] for m in browser.sent] == [
         "session.created",
-        "rate_limits.updated",
+        "output_audio_buffer.started",
         "response.done",
     ]
     assert not relay.attach_browser(FakeChannel())  # type: ignore[arg-type]
@@ -393,7 +393,7 @@ def test_pending_events_are_bounded() -> None:
     upstream = FakeChannel()
     relay.attach_upstream(upstream)  # type: ignore[arg-type]
     for i in range(300):
-        upstream.emit("message", json.dumps({"type": "x", "i": i}))
+        upstream.emit("message", json.dumps({"type": "response.output_text.delta", "i": i}))
     browser = FakeChannel()
     relay.attach_browser(browser)  # type: ignore[arg-type]
     assert len(browser.sent) == 256

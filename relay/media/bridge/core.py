@@ -80,6 +80,7 @@ class Bridge:
             metrics,
             on_closed=lambda side: peer_events.on_channel_closed(self, side),
             session_id=session_id,
+            on_flood=lambda: self.begin_close("event_flood"),
         )
         self.browser_pc: RTCPeerConnection = new_peer(settings.ice)
         self.upstream_pc: RTCPeerConnection | None = None

@@ -3,7 +3,8 @@
 ``create_simulator_app`` builds the aiohttp app; ``start_simulator`` serves one in-process;
 ``run_simulator`` serves one until a signal (``relay simulate``). Tests observe it through
 ``app[SIM_STATE_KEY]`` / ``RunningSimulator.state`` or ``GET /_sim/calls``, and inject faults
-through ``state.update_faults`` or ``POST /_sim/faults``.
+through ``state.update_faults`` or ``POST /_sim/faults`` (``/_sim/*`` needs
+``Authorization: Bearer <RunningSimulator.control_token>``).
 """
 
 from relay.upstream.simulator.app import SIM_STATE_KEY, SIMULATOR_KEY, create_simulator_app

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -58,6 +60,7 @@ class Simulator:
         self.state = SimulatorState(
             options.faults.copy(), max_closed_calls=options.max_closed_calls
         )
+        self.control_token = options.control_token or secrets.token_urlsafe(24)
         self.keys = KeyStore(
             options.api_keys, accept_any_standard=options.accept_any_api_key, clock=options.clock
         )
@@ -268,6 +271,23 @@ async def hangup(request: web.Request) -> web.Response:
 
 
 # ---------------------------------------------------------------------- test surface
+
+
+def _control(handler: Handler) -> Handler:
+    """``/_sim/*`` needs ``Authorization: Bearer <control token>`` (faults can break calls)."""
+
+    async def checked(request: web.Request) -> web.StreamResponse:
+        presented = bearer_token(request.headers.get("Authorization")) or ""
+        expected = _sim(request).control_token
+        if not hmac.compare_digest(presented.encode(), expected.encode()):
+            raise SimHttpError(
+                401, "The simulator's control API needs its control token.", code="invalid_token"
+            )
+        return await handler(request)
+
+    return checked
+
+
 async def sim_calls(request: web.Request) -> web.Response:
     sim = _sim(request)
     await sim.calls.refresh_stats()
@@ -317,11 +337,11 @@ def create_simulator_app(options: SimulatorOptions | None = None) -> web.Applica
     app.router.add_post("/v1/realtime/calls", ga_calls)
     app.router.add_post("/v1/realtime/calls/{call_id}/hangup", hangup)
     app.router.add_post("/v1/realtime", beta_calls)
-    app.router.add_get("/_sim/calls", sim_calls)
-    app.router.add_get("/_sim/calls/{call_id}", sim_call)
-    app.router.add_get("/_sim/faults", sim_faults_get)
-    app.router.add_post("/_sim/faults", sim_faults_post)
-    app.router.add_delete("/_sim/faults", sim_faults_delete)
+    app.router.add_get("/_sim/calls", _control(sim_calls))
+    app.router.add_get("/_sim/calls/{call_id}", _control(sim_call))
+    app.router.add_get("/_sim/faults", _control(sim_faults_get))
+    app.router.add_post("/_sim/faults", _control(sim_faults_post))
+    app.router.add_delete("/_sim/faults", _control(sim_faults_delete))
 
     async def _prepare(_: web.Application) -> None:
         # Synthesise and encode the reply voice once, off the event loop.

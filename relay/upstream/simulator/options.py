@@ -44,3 +44,6 @@ class SimulatorOptions:
     clock: Callable[[], float] = time.time
     # Closed calls kept for inspection (oldest forgotten first).
     max_closed_calls: int = 200
+    # Bearer token for the /_sim/* control API (faults, call records). Empty: a random one
+    # per simulator (``RunningSimulator.control_token``), so it is never open by default.
+    control_token: str = field(default="", repr=False)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from relay.upstream.simulator.app import SIM_STATE_KEY, create_simulator_app
+from relay.upstream.simulator.app import SIM_STATE_KEY, SIMULATOR_KEY, create_simulator_app
 from relay.upstream.simulator.options import SimulatorOptions
 from relay.upstream.simulator.state import SimulatorState
 
@@ -39,6 +39,11 @@ class RunningSimulator:
     def state(self) -> SimulatorState:
         return self.app[SIM_STATE_KEY]
 
+    @property
+    def control_token(self) -> str:
+        """The bearer token of the ``/_sim/*`` control API."""
+        return self.app[SIMULATOR_KEY].control_token
+
     async def close(self) -> None:
         """Hang up every call, release hanging requests and stop the server."""
         await self.runner.cleanup()
@@ -63,15 +68,18 @@ async def start_simulator(
     return RunningSimulator(app=app, runner=runner, host=str(bound_host), port=int(bound_port))
 
 
-def run_simulator(host: str = "127.0.0.1", port: int = 9000, dialect: str = "ga") -> None:
+def run_simulator(
+    host: str = "127.0.0.1", port: int = 9000, dialect: str = "ga", control_token: str = ""
+) -> None:
     """Serve the simulator until SIGINT/SIGTERM (``relay simulate``).
 
     Both dialects are always served (GA: ``/v1/realtime/client_secrets`` + ``/calls``;
     beta: ``/v1/realtime/sessions`` + ``/v1/realtime?model=``); ``dialect`` only picks which
     one the start-up lines describe (``beta`` also states beta_disabled=False explicitly).
-    Any ``sk-…`` bearer key is accepted as a standard key.
+    Any ``sk-…`` bearer key is accepted as a standard key. ``/_sim/*`` needs
+    ``control_token`` (empty: a random one, printed at start).
     """
-    options = SimulatorOptions(accept_any_api_key=True)
+    options = SimulatorOptions(accept_any_api_key=True, control_token=control_token)
     if dialect == "beta":
         options = dataclasses.replace(
             options, faults=dataclasses.replace(options.faults, beta_disabled=False)
@@ -100,6 +108,10 @@ async def _serve(host: str, port: int, dialect: str, options: SimulatorOptions) 
                 flush=True,
             )
         print("standard key: any Bearer sk-… (e.g. sk-sim-local)", flush=True)
+        if options.control_token:
+            print("control API /_sim/*: Bearer <the given control token>", flush=True)
+        else:
+            print(f"control API /_sim/*: Bearer {sim.control_token}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,0 +1,174 @@
+"""What of the upstream's server events the candidate's page may see.
+
+The upstream describes the interviewer in its events: ``session.created`` /
+``session.updated`` carry the instructions, tools, prompt and tracing settings, and tool
+calls carry their names and arguments (which may be the model's notes about the candidate).
+None of that is the page's business, so events to the browser pass through this filter:
+
+* **default-deny by type**: only types on ``events.browser_server_events`` go through;
+  anything else (tool-call argument streams, MCP events, rate limits, types the relay does
+  not know yet) is dropped and counted;
+* **session objects are rebuilt**, not trimmed: only the dotted paths on
+  ``events.browser_session_fields`` (voice, audio formats, turn detection, …) are copied;
+* **items** (in ``conversation.item.*``, ``response.output_item.*`` and ``response.output``)
+  go through only when they are user or assistant messages; an event about any other item
+  (a function call, its output, a system message) is dropped, and ``response`` objects keep
+  only their message items and a fixed set of fields.
+
+Pure logic: no I/O, no aiortc.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+# Server event types a page may see (GA names, plus beta names for the legacy dialect).
+DEFAULT_SERVER_EVENTS: tuple[str, ...] = (
+    "error",
+    "session.created",
+    "session.updated",
+    "conversation.created",
+    "conversation.item.created",
+    "conversation.item.added",
+    "conversation.item.done",
+    "conversation.item.retrieved",
+    "conversation.item.truncated",
+    "conversation.item.deleted",
+    "conversation.item.input_audio_transcription.delta",
+    "conversation.item.input_audio_transcription.completed",
+    "conversation.item.input_audio_transcription.failed",
+    "conversation.item.input_audio_transcription.segment",
+    "input_audio_buffer.speech_started",
+    "input_audio_buffer.speech_stopped",
+    "input_audio_buffer.committed",
+    "input_audio_buffer.cleared",
+    "input_audio_buffer.timeout_triggered",
+    "output_audio_buffer.started",
+    "output_audio_buffer.stopped",
+    "output_audio_buffer.cleared",
+    "response.created",
+    "response.done",
+    "response.output_item.added",
+    "response.output_item.done",
+    "response.content_part.added",
+    "response.content_part.done",
+    "response.output_audio_transcript.delta",
+    "response.output_audio_transcript.done",
+    "response.output_text.delta",
+    "response.output_text.done",
+    "response.audio_transcript.delta",
+    "response.audio_transcript.done",
+    "response.text.delta",
+    "response.text.done",
+)
+
+# Session fields a page may see (dotted paths; GA shape first, then the beta names).
+DEFAULT_SESSION_FIELDS: tuple[str, ...] = (
+    "type",
+    "object",
+    "id",
+    "model",
+    "expires_at",
+    "output_modalities",
+    "audio.input.format",
+    "audio.input.turn_detection",
+    "audio.input.noise_reduction",
+    "audio.input.transcription.model",
+    "audio.input.transcription.language",
+    "audio.output.format",
+    "audio.output.voice",
+    "audio.output.speed",
+    "modalities",
+    "voice",
+    "input_audio_format",
+    "output_audio_format",
+    "turn_detection",
+    "input_audio_noise_reduction",
+    "input_audio_transcription.model",
+    "input_audio_transcription.language",
+    "speed",
+)
+
+SESSION_EVENTS = frozenset({"session.created", "session.updated"})
+# Fields of a response object (response.created / response.done) a page may see.
+RESPONSE_FIELDS = frozenset(
+    {
+        "object",
+        "id",
+        "status",
+        "status_details",
+        "output",
+        "conversation_id",
+        "output_modalities",
+        "modalities",
+        "audio",
+        "voice",
+        "output_audio_format",
+        "usage",
+    }
+)
+MESSAGE_ROLES = frozenset({"user", "assistant"})
+
+
+def _copy_path(source: Mapping[str, Any], target: dict[str, Any], path: list[str]) -> None:
+    head, rest = path[0], path[1:]
+    if head not in source:
+        return
+    value = source[head]
+    if not rest:
+        target[head] = value
+        return
+    if isinstance(value, Mapping):
+        child = target.setdefault(head, {})
+        if isinstance(child, dict):
+            _copy_path(value, child, rest)
+
+
+def redact_session(session: Any, fields: Iterable[str]) -> dict[str, Any]:
+    """A new session object holding only the allowed dotted paths of ``session``."""
+    result: dict[str, Any] = {}
+    if isinstance(session, Mapping):
+        for path in fields:
+            _copy_path(session, result, path.split("."))
+    return result
+
+
+def _is_message(item: Any) -> bool:
+    return (
+        isinstance(item, Mapping)
+        and item.get("type") == "message"
+        and item.get("role") in MESSAGE_ROLES
+    )
+
+
+class ServerEventFilter:
+    def __init__(self, event_types: Iterable[str], session_fields: Iterable[str]) -> None:
+        self._types = frozenset(event_types)
+        self._session_fields = tuple(session_fields)
+
+    def apply(self, message: str | bytes) -> str | None:
+        """The text to send the browser for this upstream message, or None to drop it."""
+        if not isinstance(message, str):
+            return None
+        try:
+            event: Any = json.loads(message)
+        except (ValueError, RecursionError):
+            return None
+        if not isinstance(event, dict):
+            return None
+        kind = event.get("type")
+        if not isinstance(kind, str) or kind not in self._types:
+            return None
+        if kind in SESSION_EVENTS:
+            event["session"] = redact_session(event.get("session"), self._session_fields)
+        if "item" in event and not _is_message(event["item"]):
+            return None
+        response = event.get("response")
+        if isinstance(response, Mapping):
+            kept = {k: v for k, v in response.items() if k in RESPONSE_FIELDS}
+            if isinstance(kept.get("output"), list):
+                kept["output"] = [item for item in kept["output"] if _is_message(item)]
+            event["response"] = kept
+        return json.dumps(event, ensure_ascii=False)

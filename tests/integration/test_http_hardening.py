@@ -1,0 +1,137 @@
+"""HTTP inputs and headers on a whole relay (real PostgreSQL, the simulator over HTTP):
+session ids checked by form, malformed HTTP answered in JSON without tracebacks in the
+log, and the security headers on every kind of response."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+
+import pytest
+
+from tests.integration.conftest import MakeRelay
+from tests.integration.relay_harness import OPERATOR_TOKEN
+
+REQUEST_ID = re.compile(r"req_[0-9a-f]{32}")
+
+
+@pytest.mark.parametrize("path_id", ["%00", "is_" + "0" * 31 + "%00", "x" * 3000, "is_ZZ", "'--"])
+async def test_malformed_session_ids_are_404_before_any_query(
+    make_relay: MakeRelay, path_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    relay = await make_relay()
+    token = await relay.add_user()
+    queries_before = relay.counter("relay_db_queries_total")
+    for method, auth in (("GET", token), ("DELETE", token), ("DELETE", OPERATOR_TOKEN)):
+        async with relay.client.request(
+            method, f"/api/sessions/{path_id}", headers={"Authorization": f"Bearer {auth}"}
+        ) as resp:
+            body = await resp.json()
+            assert resp.status == 404, body
+            assert body["error"]["code"] == "session_not_found"
+            assert body["request_id"] == resp.headers["X-Request-ID"]
+    # No session lookup reached PostgreSQL (the user's token is served from the cache).
+    assert relay.counter("relay_db_queries_total", query="get_session") == 0
+    assert relay.counter("relay_db_queries_total") - queries_before <= 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_an_exchange_with_a_malformed_session_id_is_400(make_relay: MakeRelay) -> None:
+    relay = await make_relay()
+    token = await relay.add_user()
+    async with relay.client.post(
+        "/api/webrtc-exchange",
+        json={"session_id": "is_\u0000", "type": "offer", "sdp": "v=0"},
+        headers={"Authorization": f"Bearer {token}"},
+    ) as resp:
+        body = await resp.json()
+        assert resp.status == 400 and body["error"]["code"] == "invalid_request", body
+
+
+async def _raw_request(port: int, data: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        async with asyncio.timeout(10):
+            return await reader.read()  # the relay closes the connection after a 400
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40 + b"\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header Line\r\n\r\n",
+        b"GET /\x00 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"HELLO\r\n\r\n",
+    ],
+)
+async def test_malformed_http_gets_a_json_400_and_no_traceback(
+    make_relay: MakeRelay, garbage: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    relay = await make_relay()
+    port = relay.client.port
+    assert port is not None
+    caplog.set_level(logging.DEBUG)
+    raw = await _raw_request(port, garbage)
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    assert re.fullmatch(r"HTTP/1\.[01] 400 Bad Request", lines[0]), lines
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    assert headers["content-type"].startswith("application/json")
+    assert int(headers["content-length"]) == len(payload)
+    body = json.loads(payload)
+    assert body["error"]["code"] == "bad_request"
+    assert (
+        REQUEST_ID.fullmatch(body["request_id"]) and headers["x-request-id"] == body["request_id"]
+    )
+    assert headers["x-content-type-options"] == "nosniff"
+    assert "aiohttp" not in headers.get("server", "")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info], [
+        (r.levelname, r.getMessage()) for r in caplog.records
+    ]
+    assert "malformed HTTP request (400" in caplog.text
+    assert relay.counter("relay_http_malformed_requests_total") == 1
+    # The relay still serves ordinary requests.
+    async with relay.client.get("/healthz") as resp:
+        assert resp.status == 200
+
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/", 200),
+        ("GET", "/static/page.js", 200),
+        ("GET", "/static/page.css", 200),
+        ("GET", "/healthz", 200),
+        ("GET", "/api/stats", 401),
+        ("GET", "/no/such/route", 404),
+        ("POST", "/api/realtime-session", 401),
+    ],
+)
+async def test_every_response_carries_the_security_headers(
+    make_relay: MakeRelay, method: str, path: str, status: int
+) -> None:
+    relay = await make_relay()
+    async with relay.client.request(method, path) as resp:
+        assert resp.status == status
+        for name, value in SECURITY_HEADERS.items():
+            assert resp.headers[name] == value, name
+        csp = resp.headers["Content-Security-Policy"]
+        directives = dict(d.strip().split(" ", 1) for d in csp.split(";"))
+        assert directives["frame-ancestors"] == "'none'"
+        assert directives["script-src"] == "'self'" and directives["style-src"] == "'self'"
+        assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
+        assert resp.headers["Server"] == "interview-relay"
+        assert not re.search(r"\d", resp.headers["Server"])
