@@ -12,6 +12,7 @@ Validation happens once, at start-up, and fails with a message that names the ke
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 import types
@@ -157,6 +158,23 @@ class IceConfig:
     servers: tuple[IceServerConfig, ...] = ()
     # Addresses gathered as host candidates. Empty: every address of the machine.
     host_addresses: tuple[str, ...] = ("127.0.0.1",)
+    # UDP ports for every media socket of the relay (both legs, TURN client sockets).
+    # 0 and 0: any port. When all are in use, an exchange gets 503 no_media_ports.
+    udp_port_min: int = 0
+    udp_port_max: int = 0
+    # Retry-After (seconds) on 503 no_media_ports.
+    no_media_ports_retry_after_s: int = 5
+    # NAT 1:1 (a cloud VM's public IP): announced instead of the host candidates' address
+    # in the answers to browsers. Empty: the gathered addresses as they are.
+    public_address: str = ""
+    # TURN servers with expiring credentials (TURN REST, coturn's use-auth-secret): each
+    # session gets username "<expiry>:<session id>", credential HMAC-SHA1(secret, username).
+    turn_urls: tuple[str, ...] = ()
+    # The shared secret (also RELAY_TURN_SECRET); never logged nor sent anywhere.
+    turn_secret: str = field(default="", repr=False)
+    turn_ttl_s: int = 3600
+    # Which of the relay's own legs also gather a relayed candidate through turn_urls.
+    relay_turn: Literal["none", "upstream", "both"] = "none"
 
 
 @dataclass(frozen=True)
@@ -207,6 +225,7 @@ _CONVENTIONAL_ENV: dict[str, tuple[str, str]] = {
     "OPENAI_API_KEY": ("upstream", "api_key"),
     "OPENAI_BASE_URL": ("upstream", "base_url"),
     "RELAY_OPERATOR_TOKEN": ("server", "operator_token"),
+    "RELAY_TURN_SECRET": ("ice", "turn_secret"),
 }
 
 
@@ -354,6 +373,34 @@ def validate(s: Settings) -> None:
         for url in server.urls:
             if not url.startswith(("stun:", "turn:", "turns:")):
                 raise ConfigError(f"ice.servers[{i}].urls: {url!r} is not a stun:/turn: URL")
+    _validate_ice(s.ice)
+
+
+def _validate_ice(ice: IceConfig) -> None:
+    low, high = ice.udp_port_min, ice.udp_port_max
+    if (low, high) != (0, 0) and not 1024 <= low <= high <= 65535:
+        raise ConfigError(
+            "ice.udp_port_min/udp_port_max: both 0 (any port), or 1024 <= min <= max <= 65535;"
+            f" got {low}..{high}"
+        )
+    if ice.no_media_ports_retry_after_s < 0:
+        raise ConfigError("ice.no_media_ports_retry_after_s: must be >= 0")
+    if ice.public_address:
+        try:
+            ipaddress.ip_address(ice.public_address)
+        except ValueError:
+            raise ConfigError(
+                f"ice.public_address: {ice.public_address!r} is not an IP address"
+            ) from None
+    for i, url in enumerate(ice.turn_urls):
+        if not url.startswith(("turn:", "turns:")):
+            raise ConfigError(f"ice.turn_urls[{i}]: {url!r} is not a turn:/turns: URL")
+    if ice.turn_urls and not ice.turn_secret:
+        raise ConfigError("ice.turn_secret: required with ice.turn_urls (or RELAY_TURN_SECRET)")
+    if not 60 <= ice.turn_ttl_s <= 86400:
+        raise ConfigError(f"ice.turn_ttl_s: must be within 60..86400, got {ice.turn_ttl_s}")
+    if ice.relay_turn != "none" and not ice.turn_urls:
+        raise ConfigError("ice.relay_turn: needs ice.turn_urls")
 
 
 def model_for(upstream: UpstreamConfig) -> str:

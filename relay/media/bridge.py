@@ -32,6 +32,7 @@ from relay.media.events import UPSTREAM_LABEL, EventRelay, Side
 from relay.media.forwarding import DecodedRelay, DirectionStats, Forwarder, OpusPassthrough
 from relay.media.metrics import MediaMetrics
 from relay.media.peers import IceGatherTimeout, close_peer, new_peer, set_local_description
+from relay.media.port_range import NoMediaPorts
 from relay.media.sdp import InvalidOffer, audio_negotiation
 from relay.media.tracks import BoundedQueueTrack
 from relay.observability.logging import stage
@@ -91,6 +92,8 @@ def failure_reason(exc: BaseException) -> str:
         return "cancelled"
     if isinstance(exc, IceGatherTimeout):
         return "ice_gather_timeout"
+    if isinstance(exc, NoMediaPorts):
+        return "no_media_ports"
     return "internal_error"
 
 
@@ -136,7 +139,9 @@ class Bridge:
         self.events = EventRelay(
             settings.events, metrics, on_closed=self._on_channel_closed, session_id=session_id
         )
-        self.browser_pc: RTCPeerConnection = new_peer(settings.ice)
+        self.browser_pc: RTCPeerConnection = new_peer(
+            settings.ice, leg="browser", session_id=session_id
+        )
         self.upstream_pc: RTCPeerConnection | None = None
         self._forwarders: list[Forwarder] = []
         self._both_connected = asyncio.Event()
@@ -258,7 +263,9 @@ class Bridge:
         self._raise_if_closing()
 
         started = time.perf_counter()
-        upstream = self.upstream_pc = new_peer(self._settings.ice)
+        upstream = self.upstream_pc = new_peer(
+            self._settings.ice, leg="upstream", session_id=self.session_id
+        )
         upstream.on("connectionstatechange", lambda: self._on_peer_state("upstream", upstream))
         upstream.addTransceiver(self.to_upstream, direction="sendrecv")
         self.events.attach_upstream(upstream.createDataChannel(UPSTREAM_LABEL))
