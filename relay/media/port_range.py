@@ -92,20 +92,24 @@ class PortRange:
             return result
         raise NoMediaPorts(f"all {self.size} UDP ports {self.low}-{self.high} are in use")
 
-    def has_free_port(self, host: str) -> bool:
-        """Whether some port of the range can be bound on ``host`` right now (no await:
-        a non-blocking bind and close per port tried)."""
+    def has_free_ports(self, host: str, count: int) -> bool:
+        """Whether ``count`` ports of the range can be bound on ``host`` right now (no
+        await: non-blocking binds, held until the count is reached, then closed)."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        for port in self._ports():
-            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        with contextlib.ExitStack() as held:
+            free = 0
+            for port in self._ports():
+                if free >= count:
+                    break
+                probe = held.enter_context(socket.socket(family, socket.SOCK_DGRAM))
                 try:
                     probe.bind((host, port))
                 except OSError as exc:
                     if exc.errno == errno.EADDRINUSE:
                         continue
                     raise
-                return True
-        return False
+                free += 1
+            return free >= count
 
 
 def _wildcard_for(host: str) -> str:
