@@ -179,10 +179,9 @@ async def test_sessions_fill_the_range_then_get_503_and_ports_are_reused(
         for pc in (bridge.browser_pc, bridge.upstream_pc):
             assert sdp_ports(pc.localDescription.sdp) <= in_range
     # The candidates' audio is flowing through both.
-    for bridge in bridges:
-        await wait_until(
-            lambda b=bridge: b.browser_to_upstream.forwarded > 5, 10, "audio forwarded"
-        )
+    await wait_until(
+        lambda: all(b.browser_to_upstream.forwarded > 5 for b in bridges), 10, "audio forwarded"
+    )
 
     # Full (two ports left, an exchange needs three): the next exchange is refused at
     # once, before the session is claimed.
