@@ -16,6 +16,9 @@ from relay.media.port_range import PortRange, binding_in, port_range
 log = logging.getLogger("relay.media")
 
 DECODER_JOIN_TIMEOUT_S = 5.0
+# aioice closes a TURN client only after deleting its allocation, retrying for ~40 s when
+# the TURN server does not answer; a session's end must not wait for that.
+PEER_CLOSE_WAIT_S = 5.0
 
 # Every peer this process created and has not garbage-collected (leak checks, stats).
 _peers: weakref.WeakSet[RTCPeerConnection] = weakref.WeakSet()
@@ -67,17 +70,32 @@ async def close_peer(pc: RTCPeerConnection) -> None:
     """Close ``pc`` and make sure its receivers' decoder threads have exited.
 
     aiortc would join each decoder thread on the event loop; we stop them first and
-    join in a worker thread (see ``aiortc_private.detach_decoder_thread``).
+    join in a worker thread (see ``aiortc_private.detach_decoder_thread``). Waits at most
+    ``PEER_CLOSE_WAIT_S`` for aiortc's close itself (see there).
     """
     threads = []
     for transceiver in pc.getTransceivers():
         thread = aiortc_private.detach_decoder_thread(transceiver.receiver)
         if thread is not None:
             threads.append(thread)
+    closing = asyncio.ensure_future(pc.close())
     try:
-        await pc.close()
+        done, _ = await asyncio.wait([closing], timeout=PEER_CLOSE_WAIT_S)
+        if done:
+            closing.result()
+        else:
+            # It goes on in the background (the sockets close when aioice gives up).
+            log.warning(
+                "peer close still running after %.0fs (TURN unreachable?)", PEER_CLOSE_WAIT_S
+            )
+            closing.add_done_callback(_log_close_error)
     finally:
         for thread in threads:
             await asyncio.to_thread(thread.join, DECODER_JOIN_TIMEOUT_S)
             if thread.is_alive():
                 log.error("decoder thread %s did not exit", thread.name)
+
+
+def _log_close_error(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("closing a peer failed: %r", task.exception())
