@@ -105,10 +105,11 @@ _TRANSPORT = re.compile(r"[?&]transport=(\w+)", re.IGNORECASE)
 
 
 def _turn_preference(url: str) -> int:
-    """Lower is better: TURN over UDP, then TCP, then TLS (aioice needs UDP or TCP)."""
-    if url.startswith("turns:"):
-        return 2
+    """Lower is better: TURN over UDP, then TCP, then TLS; 9: unusable by aiortc (which
+    takes turn: over UDP or TCP, turns: over TCP only)."""
     match = _TRANSPORT.search(url)
+    if url.startswith("turns:"):
+        return 2 if match is None or match.group(1).lower() == "tcp" else 9
     transport = match.group(1).lower() if match else "udp"
     return {"udp": 0, "tcp": 1}.get(transport, 9)
 

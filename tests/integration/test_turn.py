@@ -24,6 +24,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCIceTransportPolicy
 
 from relay.media.bridge import Bridge
 from relay.media.ice import turn_rest_credentials
+from relay.media.peers import PEER_CLOSE_WAIT_S
 from relay.upstream.simulator.server import RunningSimulator
 from tests.conftest import TURN_RELAY_PORTS, TURN_SECRET
 from tests.integration.conftest import MakeRelay
@@ -193,3 +194,41 @@ async def test_relay_upstream_leg_over_turn_stays_in_the_port_range(
     await browser.wait_connected(20)
     await wait_until(lambda: bridge.state == "active", 15, "bridge active")
     await assert_audio_both_ways(bridge, browser, simulator)
+
+
+async def test_an_interview_ends_promptly_when_the_turn_server_is_gone(
+    coturn: CoturnServer,
+    make_relay: MakeRelay,
+    simulator: RunningSimulator,
+    browsers: list[BrowserPeer],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """aioice deletes a TURN allocation before closing, retrying for ~40 s when the server
+    does not answer; the relay waits at most PEER_CLOSE_WAIT_S for that."""
+    relay = await make_relay(overrides=turn_settings(coturn, relay_turn="upstream"))
+    token, session_id, _ = await new_session(relay)
+    browser = BrowserPeer(payloads=SPEECH)
+    browsers.append(browser)
+    answer = await exchange(relay, token, session_id, await browser.offer())
+    await browser.accept(answer)
+    await browser.wait_connected(20)
+    assert relay.services.bridges is not None
+    bridge = relay.services.bridges.get(session_id)
+    assert bridge is not None and bridge.upstream_pc is not None
+    assert "relay" in candidate_types(bridge.upstream_pc.localDescription.sdp)
+    await wait_until(lambda: bridge.state == "active", 15, "bridge active")
+
+    await asyncio.to_thread(coturn.stop)
+    started = time.monotonic()
+    async with relay.client.delete(
+        f"/api/sessions/{session_id}", headers={"Authorization": f"Bearer {token}"}
+    ) as resp:
+        assert resp.status == 204
+    assert bridge.closed
+    assert time.monotonic() - started < PEER_CLOSE_WAIT_S + 3.0
+    rows = await relay.sql(
+        "SELECT state, end_reason FROM interview_sessions WHERE id = $1", session_id
+    )
+    assert (rows[0]["state"], rows[0]["end_reason"]) == ("ended", "hangup")
+    # The bound was what ended the wait (aioice was still retrying the deallocation).
+    assert "peer close still running" in caplog.text

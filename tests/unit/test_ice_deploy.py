@@ -84,6 +84,7 @@ def test_for_aiortc_keeps_one_stun_and_the_best_turn() -> None:
     only_tls = for_aiortc([servers[0]])
     assert [s.urls for s in only_tls] == [["turns:a.example:5349"]]
     assert for_aiortc([RTCIceServer(urls=["turn:x.example?transport=sctp"])]) == []
+    assert for_aiortc([RTCIceServer(urls=["turns:x.example?transport=udp"])]) == []
 
 
 def test_relay_legs_use_turn_only_as_configured() -> None:
