@@ -1,28 +1,70 @@
-# The relay as a container. Media terminates in this process, so each replica needs its
-# UDP reachable by candidates (host networking, or a TURN service: see docs/deploy.md).
-FROM python:3.11-slim-bookworm
+# syntax=docker/dockerfile:1
+# The relay as a container (docs/deploy.md). Media terminates in this process, so each
+# replica's UDP port range must be reachable by candidates: published 1:1 with
+# ice.public_address, host networking, or a TURN service in front.
+#
+#   docker build -t interview-relay .
+#   docker run -p 8080:8080 -p 40000-40199:40000-40199/udp \
+#       -e DATABASE_URL=... -e RELAY_OPERATOR_TOKEN=... -e RELAY__ICE__PUBLIC_ADDRESS=... \
+#       -v relay-data:/data interview-relay
 
+# One pinned base for both stages (a patch-level tag; pin a digest in your registry mirror).
+ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
+
+# ---------------------------------------------------------------- build: dependencies
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+# A compiler only for dependencies without a wheel for this platform; never in the runtime.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends build-essential \
+    && rm -rf /var/lib/apt/lists/*
+RUN python -m venv /opt/venv
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY relay ./relay
+# The pinned dependencies go into the venv; the project itself runs from /app (below),
+# where relay/ sits next to static/ as the app expects.
+RUN /opt/venv/bin/pip install . \
+    && /opt/venv/bin/pip uninstall -y interview-relay
+
+# ---------------------------------------------------------------- runtime
+FROM ${PYTHON_IMAGE} AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1
-
-RUN useradd --create-home --uid 10001 relay
+    PATH=/opt/venv/bin:$PATH \
+    PYTHONPATH=/app
+RUN useradd --create-home --uid 10001 --user-group relay \
+    && mkdir -p /data/relay /data/recordings \
+    && chown -R relay:relay /data
+COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
-COPY pyproject.toml README.md config.toml ./
+COPY config.toml ./
 COPY relay ./relay
 COPY static ./static
-RUN pip install .
 
-USER relay
-# In containers: listen on all interfaces, gather every interface address for ICE,
-# log JSON. DATABASE_URL, REDIS_URL, OPENAI_API_KEY and RELAY_OPERATOR_TOKEN come from
-# the environment (never bake secrets into the image).
+# Configuration comes from the environment (config.toml here holds the defaults):
+# DATABASE_URL, REDIS_URL, OPENAI_API_KEY, RELAY_OPERATOR_TOKEN, RELAY_TURN_SECRET and any
+# RELAY__SECTION__KEY (lists as JSON). Never bake secrets into the image.
+# In containers: listen on all interfaces, gather every interface address for ICE, bind
+# media in the published UDP range, log JSON, keep state and recordings on the volume.
 ENV RELAY__SERVER__HOST=0.0.0.0 \
+    RELAY__SERVER__PORT=8080 \
     RELAY__SERVER__LOG_FORMAT=json \
     RELAY__SERVER__CREATE_DEMO_USER=false \
-    RELAY__ICE__HOST_ADDRESSES=[]
-EXPOSE 8080
-HEALTHCHECK --interval=10s --timeout=3s CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz').status==200 else 1)"
-# SIGTERM drains: no new sessions, live interviews get server.drain_timeout_s to finish.
+    RELAY__SERVER__DATA_DIR=/data/relay \
+    RELAY__ICE__HOST_ADDRESSES=[] \
+    RELAY__ICE__UDP_PORT_MIN=40000 \
+    RELAY__ICE__UDP_PORT_MAX=40199
+
+USER relay
+# State and recordings (the local recording directory is /data/recordings).
+VOLUME ["/data"]
+EXPOSE 8080/tcp
+EXPOSE 40000-40199/udp
+HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status == 200 else 1)"]
+# SIGTERM drains: no new sessions, live interviews get server.drain_timeout_s to finish
+# (give the container a stop timeout above it).
 STOPSIGNAL SIGTERM
-CMD ["relay", "serve"]
+CMD ["python", "-m", "relay", "serve"]

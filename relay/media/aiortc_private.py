@@ -21,14 +21,28 @@ Private names used (aiortc 1.16.0):
   kept for NACK retransmission (which aiortc only negotiates for video).
 * ``aiortc.rtp.compute_audio_level_dbov``: a module-level function the sender calls per
   decoded frame (public module, but replacing it is a monkeypatch).
+
+aioice (pinned 0.13.0), for the UDP port range (relay/media/port_range.py):
+
+* ``aioice.ice.asyncio`` and ``aioice.turn.asyncio``: the ``asyncio`` module as those two
+  modules see it. ``Connection.get_component_candidates`` (host candidates) and
+  ``turn.create_turn_endpoint`` (the TURN client's UDP socket) open every UDP socket with
+  ``asyncio.get_running_loop().create_datagram_endpoint(...)``, looked up at call time, with
+  port 0. aioice has no port-range option, so each module gets its own copy of ``asyncio``
+  whose ``get_running_loop`` can hand back a loop wrapper that binds inside the range.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import types
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aioice
+import aioice.ice
+import aioice.turn
 import aiortc
 import aiortc.rtp
 from aiortc.rtcrtpreceiver import RTCRtpReceiver, StreamStatistics
@@ -39,6 +53,7 @@ from relay.media.audio_level import compute_audio_level_dbov
 
 # The exact version these internals were read from. The guard test checks it.
 PINNED_AIORTC_VERSION = "1.16.0"
+PINNED_AIOICE_VERSION = "0.13.0"
 
 RtpHook = Callable[[RtpPacket, int], Awaitable[None]]
 OriginalHandler = Callable[..., Awaitable[None]]
@@ -161,3 +176,39 @@ def install_fast_audio_level() -> None:
 
 def fast_audio_level_installed() -> bool:
     return aiortc.rtp.compute_audio_level_dbov is compute_audio_level_dbov
+
+
+# The aioice modules that open UDP sockets through ``asyncio.get_running_loop()``.
+AIOICE_SOCKET_MODULES: tuple[types.ModuleType, ...] = (aioice.ice, aioice.turn)
+_SHIM_PREFIX = "relay_asyncio_for_"
+
+
+def aioice_version() -> str:
+    return str(aioice.__version__)
+
+
+def route_aioice_running_loop(get_loop: Callable[[], asyncio.AbstractEventLoop]) -> None:
+    """Make ``asyncio.get_running_loop()`` inside aioice's ice and turn modules call ``get_loop``.
+
+    Each module's global ``asyncio`` is replaced by a copy of the real module whose only
+    difference is ``get_running_loop`` (no per-call cost for anything else aioice uses).
+    ``get_loop`` must return the running loop, or an object that behaves like it: the
+    port range returns a wrapper only while a relay peer gathers candidates. Process-wide
+    and idempotent.
+    """
+    for module in AIOICE_SOCKET_MODULES:
+        current: types.ModuleType = getattr(module, "asyncio")  # noqa: B009
+        if not current.__name__.startswith(_SHIM_PREFIX):
+            shim = types.ModuleType(_SHIM_PREFIX + module.__name__)
+            shim.__dict__.update(asyncio.__dict__)
+            shim.__name__ = _SHIM_PREFIX + module.__name__  # the copy brought "asyncio"
+            current = shim
+        setattr(current, "get_running_loop", get_loop)  # noqa: B010
+        setattr(module, "asyncio", current)  # noqa: B010
+
+
+def aioice_running_loop_routed() -> bool:
+    return all(
+        getattr(m, "asyncio").__name__.startswith(_SHIM_PREFIX)  # noqa: B009
+        for m in AIOICE_SOCKET_MODULES
+    )

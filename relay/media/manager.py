@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING
 
 from relay.admission.store import DatabaseUnavailable, SessionState
+from relay.config import IceConfig
 from relay.errors import ApiError
 from relay.media.bridge import (
     Bridge,
@@ -22,8 +23,10 @@ from relay.media.bridge import (
     EndState,
     UpstreamAnswerInvalid,
 )
+from relay.media.ice import announce_public_address
 from relay.media.metrics import MediaMetrics
 from relay.media.peers import IceGatherTimeout
+from relay.media.port_range import NoMediaPorts, port_range
 from relay.media.sdp import InvalidOffer, invalid_offer_error
 from relay.sessions.registry import SessionEntry
 from relay.sessions.service import upstream_api_error
@@ -75,6 +78,18 @@ class _SessionHooks:
             log.warning(
                 "session %s: could not record state %s (%s)", self._entry.session_id, state, exc
             )
+
+
+def ports_per_exchange(ice: IceConfig) -> int:
+    """UDP sockets one exchange binds at its peak, per docs/deploy.md: the browser leg one
+    per host address; the upstream leg two per host address while it offers (aiortc
+    gathers the audio and data-channel transports separately until the upstream's answer
+    bundles them, then closes one); one TURN client socket per transport of a leg that
+    uses TURN. With ``host_addresses`` empty (every address) one address is assumed."""
+    addresses = max(1, len(ice.host_addresses))
+    browser_turn = ice.relay_turn == "both"
+    upstream_turn = ice.relay_turn in ("both", "upstream")
+    return addresses * 3 + int(browser_turn) + 2 * int(upstream_turn)
 
 
 class BridgeManager:
@@ -147,12 +162,39 @@ class BridgeManager:
             ) from exc
         except IceGatherTimeout as exc:
             raise ApiError(504, "ice_gather_timeout", str(exc), retryable=True) from None
+        except NoMediaPorts:
+            raise self._no_media_ports() from None
         except BridgeClosed as exc:
             raise ApiError(
                 409, "session_closed", f"The session ended during the exchange ({exc.reason})."
             ) from None
         self.metrics.exchange_ms.observe((time.perf_counter() - started) * 1000)
+        if bridge.answer is not None and self.settings.ice.public_address:
+            bridge.answer = announce_public_address(bridge.answer, self.settings.ice.public_address)
         return bridge
+
+    def refuse_if_no_media_ports(self) -> None:
+        """503 ``no_media_ports`` before a session is claimed when the UDP port range has
+        fewer free ports than one exchange binds (the session stays usable for a retry).
+        A range that runs out half-way through an exchange (ports taken meanwhile) fails
+        that exchange the same way, in ``open``."""
+        ice = self.settings.ice
+        ports = port_range(ice.udp_port_min, ice.udp_port_max)
+        if ports is None:
+            return
+        host = ice.host_addresses[0] if ice.host_addresses else "0.0.0.0"
+        if not ports.has_free_ports(host, ports_per_exchange(ice)):
+            raise self._no_media_ports()
+
+    def _no_media_ports(self) -> ApiError:
+        ice = self.settings.ice
+        return ApiError(
+            503,
+            "no_media_ports",
+            f"All UDP media ports ({ice.udp_port_min}-{ice.udp_port_max}) are in use; retry later.",
+            retryable=True,
+            retry_after_s=ice.no_media_ports_retry_after_s,
+        )
 
     async def drain(self, deadline_s: float) -> None:
         """Wait up to ``deadline_s`` for live bridges to end, then hang up the rest."""

@@ -10,24 +10,36 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from relay.config import IceConfig
 from relay.media import aiortc_private
-from relay.media.ice import rtc_configuration
+from relay.media.ice import Leg, rtc_configuration
+from relay.media.port_range import PortRange, binding_in, port_range
 
 log = logging.getLogger("relay.media")
 
 DECODER_JOIN_TIMEOUT_S = 5.0
+# aioice closes a TURN client only after deleting its allocation, retrying for ~40 s when
+# the TURN server does not answer; a session's end must not wait for that.
+PEER_CLOSE_WAIT_S = 5.0
 
 # Every peer this process created and has not garbage-collected (leak checks, stats).
 _peers: weakref.WeakSet[RTCPeerConnection] = weakref.WeakSet()
+# The UDP port range each relay peer binds its sockets in (None: any port).
+_port_ranges: weakref.WeakKeyDictionary[RTCPeerConnection, PortRange | None] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 class IceGatherTimeout(Exception):
     """Gathering local ICE candidates took longer than ``session.ice_gather_timeout_s``."""
 
 
-def new_peer(ice: IceConfig) -> RTCPeerConnection:
-    """A peer with the configured ICE servers (never aiortc's implicit public STUN)."""
-    pc = RTCPeerConnection(rtc_configuration(ice))
+def new_peer(
+    ice: IceConfig, *, leg: Leg = "browser", session_id: str = "relay"
+) -> RTCPeerConnection:
+    """A peer with the configured ICE servers (never aiortc's implicit public STUN) whose
+    sockets bind inside ``ice.udp_port_min..udp_port_max`` (``set_local_description``)."""
+    pc = RTCPeerConnection(rtc_configuration(ice, leg=leg, session_id=session_id))
     _peers.add(pc)
+    _port_ranges[pc] = port_range(ice.udp_port_min, ice.udp_port_max)
     return pc
 
 
@@ -39,10 +51,15 @@ def open_peer_count() -> int:
 async def set_local_description(
     pc: RTCPeerConnection, description: RTCSessionDescription, timeout_s: float
 ) -> RTCSessionDescription:
-    """``setLocalDescription`` (which gathers every candidate) within ``timeout_s``."""
+    """``setLocalDescription`` (which gathers every candidate) within ``timeout_s``.
+
+    Raises ``NoMediaPorts`` when the peer's port range is full.
+    """
     try:
         async with asyncio.timeout(timeout_s):
-            await pc.setLocalDescription(description)
+            # Gathering (every socket the peer will use) happens inside this call.
+            with binding_in(_port_ranges.get(pc)):
+                await pc.setLocalDescription(description)
     except TimeoutError:
         raise IceGatherTimeout(f"ICE gathering took longer than {timeout_s:g}s") from None
     local: RTCSessionDescription = pc.localDescription
@@ -53,17 +70,32 @@ async def close_peer(pc: RTCPeerConnection) -> None:
     """Close ``pc`` and make sure its receivers' decoder threads have exited.
 
     aiortc would join each decoder thread on the event loop; we stop them first and
-    join in a worker thread (see ``aiortc_private.detach_decoder_thread``).
+    join in a worker thread (see ``aiortc_private.detach_decoder_thread``). Waits at most
+    ``PEER_CLOSE_WAIT_S`` for aiortc's close itself (see there).
     """
     threads = []
     for transceiver in pc.getTransceivers():
         thread = aiortc_private.detach_decoder_thread(transceiver.receiver)
         if thread is not None:
             threads.append(thread)
+    closing = asyncio.ensure_future(pc.close())
     try:
-        await pc.close()
+        done, _ = await asyncio.wait([closing], timeout=PEER_CLOSE_WAIT_S)
+        if done:
+            closing.result()
+        else:
+            # It goes on in the background (the sockets close when aioice gives up).
+            log.warning(
+                "peer close still running after %.0fs (TURN unreachable?)", PEER_CLOSE_WAIT_S
+            )
+            closing.add_done_callback(_log_close_error)
     finally:
         for thread in threads:
             await asyncio.to_thread(thread.join, DECODER_JOIN_TIMEOUT_S)
             if thread.is_alive():
                 log.error("decoder thread %s did not exit", thread.name)
+
+
+def _log_close_error(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("closing a peer failed: %r", task.exception())

@@ -59,6 +59,7 @@ async def webrtc_exchange(request: web.Request) -> web.Response:
         except InvalidOffer as exc:
             raise invalid_offer_error(exc) from None
         manager = _bridges(services)
+        manager.refuse_if_no_media_ports()
         entry = services.registry.claim_for_exchange(session_id, caller.user.id)
         bridge = await manager.open(entry, sdp, current_request_id())
         ctx = current()

@@ -28,7 +28,7 @@ async def create_realtime_session(request: web.Request) -> web.Response:
             "session_id": entry.session_id,
             "expires_at": services.sessions.expires_at(entry).isoformat(),
             "model": entry.minted.model if entry.minted else services.upstream.model,
-            "ice_servers": browser_ice_servers(services.settings.ice),
+            "ice_servers": browser_ice_servers(services.settings.ice, entry.session_id),
             "max_duration_seconds": int(entry.max_duration_s),
             # The candidate is told when the interviewer is the built-in simulator.
             "simulated": services.simulator is not None,

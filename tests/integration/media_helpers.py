@@ -22,6 +22,7 @@ import av
 import numpy as np
 from aiortc import (
     MediaStreamTrack,
+    RTCConfiguration,
     RTCPeerConnection,
     RTCRtpSender,
     RTCSessionDescription,
@@ -239,8 +240,9 @@ class BrowserPeer:
         codecs: Sequence[str] | None = None,
         label: str = "oai-events",
         ice: IceConfig | None = None,
+        configuration: RTCConfiguration | None = None,
     ) -> None:
-        self.pc = RTCPeerConnection(rtc_configuration(ice or IceConfig()))
+        self.pc = RTCPeerConnection(configuration or rtc_configuration(ice or IceConfig()))
         self.mic = OpusPacketTrack(payloads) if codecs is None or codecs[0] == "opus" else None
         self._pcm_mic = None
         if self.mic is None:

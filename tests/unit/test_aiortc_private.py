@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import queue
+import socket
 import threading
 from collections.abc import Callable, Iterator
 
@@ -158,3 +159,67 @@ def test_fast_audio_level_patch_replaces_the_module_function() -> None:
 def test_queue_track_is_a_media_stream_track() -> None:
     track = BoundedQueueTrack(2)
     assert isinstance(track, aiortc.MediaStreamTrack) and track.kind == "audio"
+
+
+# ---------------------------------------------------------------------- aioice (port range)
+
+
+def test_aioice_is_the_pinned_version() -> None:
+    assert aiortc_private.aioice_version() == aiortc_private.PINNED_AIOICE_VERSION == "0.13.0"
+
+
+def test_aioice_opens_its_udp_sockets_through_its_asyncio_global() -> None:
+    """The port range relies on exactly these call sites (relay/media/port_range.py)."""
+    import aioice.ice
+    import aioice.turn
+
+    host = inspect.getsource(aioice.ice.Connection.get_component_candidates)
+    assert "loop = asyncio.get_running_loop()" in host
+    assert "loop.create_datagram_endpoint(" in host
+    assert "local_addr=(address, 0)" in host
+    turn = inspect.getsource(aioice.turn.create_turn_endpoint)
+    assert "loop = asyncio.get_running_loop()" in turn
+    assert "loop.create_datagram_endpoint(" in turn and "remote_addr=server_addr" in turn
+    # Any other UDP socket aioice opens would escape the range: there is none but mDNS,
+    # which passes a ready socket (sock=...), left alone by the wrapper.
+    for module in (aioice.ice, aioice.turn):
+        assert inspect.getsource(module).count("create_datagram_endpoint(") == 1, module
+        assert getattr(module, "asyncio").__name__ in (  # noqa: B009
+            "asyncio",
+            "relay_asyncio_for_" + module.__name__,
+        )
+    from aioice import mdns
+
+    assert "sock=sock" in inspect.getsource(mdns.create_mdns_protocol)
+
+
+async def test_routed_loop_binds_aioice_host_candidates_inside_the_range() -> None:
+    import aioice
+
+    from relay.media.port_range import NoMediaPorts, PortRange, binding_in
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        held = probe.getsockname()[1]
+        # A one-port range whose port is taken: gathering fails with NoMediaPorts, not
+        # a peer without candidates.
+        full = aioice.Connection(ice_controlling=True)
+        with binding_in(PortRange(held, held)), pytest.raises(NoMediaPorts):
+            await full.get_component_candidates(1, ["127.0.0.1"])
+        await full.close()
+    assert aiortc_private.aioice_running_loop_routed()
+    free = PortRange(held, held)  # the probe has closed: the port is free again
+    conn = aioice.Connection(ice_controlling=True)
+    try:
+        with binding_in(free):
+            candidates = await conn.get_component_candidates(1, ["127.0.0.1"])
+        assert [c.port for c in candidates] == [held]
+    finally:
+        await conn.close()
+    # Outside the block nothing changes: any port.
+    other = aioice.Connection(ice_controlling=True)
+    try:
+        candidates = await other.get_component_candidates(1, ["127.0.0.1"])
+        assert len(candidates) == 1 and candidates[0].port != 0
+    finally:
+        await other.close()

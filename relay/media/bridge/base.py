@@ -8,6 +8,7 @@ from typing import Literal, Protocol
 
 from relay.config import EventsConfig, IceConfig, MediaConfig, SessionConfig
 from relay.media.peers import IceGatherTimeout
+from relay.media.port_range import NoMediaPorts
 from relay.media.sdp import InvalidOffer
 from relay.upstream.base import UpstreamError, UpstreamTimeout
 
@@ -59,4 +60,6 @@ def failure_reason(exc: BaseException) -> str:
         return "cancelled"
     if isinstance(exc, IceGatherTimeout):
         return "ice_gather_timeout"
+    if isinstance(exc, NoMediaPorts):
+        return "no_media_ports"
     return "internal_error"

@@ -82,7 +82,9 @@ class Bridge:
             session_id=session_id,
             on_flood=lambda: self.begin_close("event_flood"),
         )
-        self.browser_pc: RTCPeerConnection = new_peer(settings.ice)
+        self.browser_pc: RTCPeerConnection = new_peer(
+            settings.ice, leg="browser", session_id=session_id
+        )
         self.upstream_pc: RTCPeerConnection | None = None
         # One per direction once negotiated (audio_wiring); stopped by teardown.
         self.forwarders: list[Forwarder] = []

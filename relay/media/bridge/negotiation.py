@@ -43,7 +43,9 @@ async def negotiate(bridge: Bridge, offer_sdp: str) -> str:
     bridge.raise_if_closing()
 
     started = time.perf_counter()
-    upstream = bridge.upstream_pc = new_peer(bridge.settings.ice)
+    upstream = bridge.upstream_pc = new_peer(
+        bridge.settings.ice, leg="upstream", session_id=bridge.session_id
+    )
     peer_events.watch_upstream(bridge, upstream)
     upstream.addTransceiver(bridge.to_upstream, direction="sendrecv")
     bridge.events.attach_upstream(upstream.createDataChannel(UPSTREAM_LABEL))

@@ -1,0 +1,356 @@
+"""Static checks of Dockerfile, .dockerignore and compose.yaml (hadolint-style rules written
+as tests, plus what the relay needs from them), and ``docker compose config`` when the
+compose plugin is installed; without it, the same interpolation compose does is checked
+here (every variable resolved, a missing required one refused by name)."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from relay.config import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "Dockerfile"
+COMPOSE = ROOT / "compose.yaml"
+
+# What an operator sets (compose.yaml's header): test values only.
+COMPOSE_ENV = {
+    "POSTGRES_PASSWORD": "pg-test-password",
+    "RELAY_OPERATOR_TOKEN": "op-test-token",
+    "TURN_SECRET": "turn-test-secret",
+    "S3_ACCESS_KEY": "s3-access",
+    "S3_SECRET_KEY": "s3-secret",
+    "PUBLIC_IP": "203.0.113.10",
+}
+
+
+# ---------------------------------------------------------------------- Dockerfile
+
+
+def instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    out: list[tuple[str, str]] = []
+    current = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not current and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            current += line[:-1] + " "
+            continue
+        current += line
+        keyword, _, rest = current.partition(" ")
+        out.append((keyword.upper(), rest.strip()))
+        current = ""
+    return out
+
+
+def stages(text: str) -> list[list[tuple[str, str]]]:
+    result: list[list[tuple[str, str]]] = []
+    for item in instructions(text):
+        if item[0] == "FROM":
+            result.append([])
+        if result:
+            result[-1].append(item)
+    return result
+
+
+def global_args(text: str) -> dict[str, str]:
+    args = {}
+    for keyword, rest in instructions(text):
+        if keyword == "FROM":
+            break
+        if keyword == "ARG" and "=" in rest:
+            name, value = rest.split("=", 1)
+            args[name] = value
+    return args
+
+
+def env_of(stage: list[tuple[str, str]]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for keyword, rest in stage:
+        if keyword == "ENV":
+            for name, value in re.findall(r"(\w+)=(\S+)", rest):
+                env[name] = value
+    return env
+
+
+def pinned(image: str) -> bool:
+    """A tag with a version number (not latest), or a digest."""
+    if "@sha256:" in image:
+        return True
+    name, _, tag = image.rpartition(":")
+    return bool(name) and "/" not in tag and tag != "latest" and bool(re.search(r"\d", tag))
+
+
+def test_dockerfile_is_multi_stage_from_pinned_images() -> None:
+    text = DOCKERFILE.read_text()
+    args = global_args(text)
+    froms = [rest for keyword, rest in instructions(text) if keyword == "FROM"]
+    assert len(froms) >= 2, "multi-stage: a build stage and a runtime stage"
+    for line in froms:
+        image = line.split()[0]
+        image = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], image)
+        assert pinned(image), image
+        assert "slim" in image or "alpine" in image or "distroless" in image, image
+    final = stages(text)[-1]
+    assert any(k == "COPY" and "--from=" in rest for k, rest in final), "runtime copies"
+    # The compiler stays in the build stage.
+    assert not any("build-essential" in rest for k, rest in final if k == "RUN")
+
+
+def test_dockerfile_runtime_runs_as_a_non_root_user_with_a_healthcheck() -> None:
+    final = stages(DOCKERFILE.read_text())[-1]
+    users = [rest for k, rest in final if k == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    keywords = [k for k, _ in final]
+    assert keywords.index("USER") < keywords.index("CMD")
+    (health,) = [rest for k, rest in final if k == "HEALTHCHECK"]
+    assert "/healthz" in health and "--interval=" in health and "--timeout=" in health
+    cmd = [rest for k, rest in final if k == "CMD"][-1]
+    assert isinstance(json.loads(cmd), list), "CMD in exec form (signals reach the relay)"
+    assert [rest for k, rest in final if k == "STOPSIGNAL"] == ["SIGTERM"]
+
+
+def test_dockerfile_has_no_remote_add_and_cleans_apt_lists() -> None:
+    for keyword, rest in instructions(DOCKERFILE.read_text()):
+        if keyword == "ADD":
+            assert not re.search(r"https?://", rest), f"ADD of a URL: {rest}"
+        if keyword == "RUN" and "apt-get install" in rest:
+            assert "apt-get update" in rest, "update and install in one layer"
+            assert "--no-install-recommends" in rest
+            assert "rm -rf /var/lib/apt/lists/*" in rest, "apt lists cleaned in the same RUN"
+            assert " -y " in rest or "--yes" in rest
+        if keyword == "RUN" and "pip install" in rest:
+            env = env_of([(k, r) for k, r in instructions(DOCKERFILE.read_text())])
+            assert "--no-cache-dir" in rest or env.get("PIP_NO_CACHE_DIR") == "1"
+
+
+def test_dockerfile_environment_is_valid_configuration_and_exposes_the_udp_range() -> None:
+    final = stages(DOCKERFILE.read_text())[-1]
+    env = {k: v for k, v in env_of(final).items() if k.startswith("RELAY")}
+    settings = load_settings(environ=env)  # raises ConfigError naming a bad key
+    assert settings.server.host == "0.0.0.0" and settings.server.port == 8080
+    low, high = settings.ice.udp_port_min, settings.ice.udp_port_max
+    assert 1024 <= low < high
+    exposed = " ".join(rest for k, rest in final if k == "EXPOSE").split()
+    assert f"{low}-{high}/udp" in exposed
+    assert f"{settings.server.port}/tcp" in exposed or str(settings.server.port) in exposed
+    volumes = [rest for k, rest in final if k == "VOLUME"]
+    assert volumes and settings.server.data_dir.startswith(json.loads(volumes[0])[0])
+    # Secrets never baked in.
+    for name in env_of(final):
+        assert not re.search(r"SECRET|TOKEN|PASSWORD|API_KEY", name), name
+
+
+def dockerignored(path: str, patterns: list[str]) -> bool:
+    """Docker's rule: the last matching pattern wins ('!' re-includes)."""
+    ignored = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        body = pattern[1:] if negate else pattern
+        body = body.rstrip("/")
+        parts = path.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        if any(fnmatch.fnmatch(p, body) for p in prefixes) or (
+            body.startswith("**/") and any(fnmatch.fnmatch(x, body[3:]) for x in parts)
+        ):
+            ignored = not negate
+    return ignored
+
+
+def test_dockerignore_keeps_the_context_to_what_the_image_copies() -> None:
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for excluded in (".git/HEAD", ".venv/bin/python", "tests/conftest.py", "bench/run.py"):
+        assert dockerignored(excluded, patterns), excluded
+    assert dockerignored("relay/__pycache__/app.cpython-311.pyc", patterns)
+    for keyword, rest in instructions(DOCKERFILE.read_text()):
+        if keyword == "COPY" and "--from=" not in rest:
+            for source in rest.split()[:-1]:
+                assert (ROOT / source).exists(), source
+                probe = source if (ROOT / source).is_file() else f"{source.rstrip('/')}/x.py"
+                assert not dockerignored(probe.removeprefix("./"), patterns), source
+
+
+# ---------------------------------------------------------------------- compose.yaml
+
+_VARIABLE = re.compile(r"\$\{(\w+)(?:(:?[-?])((?:[^{}]|\{[^{}]*\})*))?\}")
+
+
+class MissingVariable(ValueError):
+    pass
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's ``${VAR}``, ``${VAR:-default}``, ``${VAR:?message}`` (nested defaults
+    allowed) and ``$$`` for a literal dollar."""
+
+    def one(match: re.Match[str]) -> str:
+        name, op, arg = match.group(1), match.group(2), match.group(3) or ""
+        value = env.get(name)
+        if op in (":-", "-"):
+            if value is None or (op == ":-" and value == ""):
+                return interpolate(arg, env)
+            return value
+        if op in (":?", "?"):
+            if value is None or (op == ":?" and value == ""):
+                raise MissingVariable(f"required variable {name} is missing a value: {arg}")
+            return value
+        return value or ""
+
+    parts = text.split("$$")
+    return "$".join(_VARIABLE.sub(one, part) for part in parts)
+
+
+def compose(env: dict[str, str] | None = None) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(interpolate(COMPOSE.read_text(), env or COMPOSE_ENV))
+    return data
+
+
+def relay_services(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {n: s for n, s in data["services"].items() if "build" in s}
+
+
+def test_compose_parses_and_every_service_is_checked_before_it_is_used() -> None:
+    data = compose()
+    services: dict[str, dict[str, Any]] = data["services"]
+    assert {"postgres", "redis", "coturn", "seaweedfs", "proxy"} <= set(services)
+    for name, service in services.items():
+        depends = service.get("depends_on", {})
+        assert isinstance(depends, dict), f"{name}: depends_on with conditions"
+        assert "healthcheck" in service or depends, f"{name}: no healthcheck, no condition"
+        for target, rule in depends.items():
+            condition = rule["condition"]
+            assert target in services, f"{name} depends on unknown {target}"
+            if condition == "service_healthy":
+                assert "healthcheck" in services[target], f"{target} has no healthcheck"
+            else:
+                assert condition == "service_completed_successfully"
+                assert services[target].get("restart") == "no", target
+        if "image" in service and "build" not in service:
+            assert pinned(service["image"]), f"{name}: {service['image']}"
+    declared = set(data.get("volumes", {}))
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if not source.startswith((".", "/")):
+                assert source in declared, f"{name}: volume {source} not declared"
+        for config in service.get("configs", []):
+            assert config["source"] in data["configs"], config
+
+
+def udp_range(ports: list[str]) -> tuple[int, int]:
+    (mapping,) = [p for p in ports if p.endswith("/udp")]
+    published, target = mapping.removesuffix("/udp").split(":")
+    assert published == target, "published 1:1, so the announced ports are right"
+    low, high = target.split("-")
+    return int(low), int(high)
+
+
+def test_compose_runs_two_relays_on_separate_udp_ranges_with_valid_settings() -> None:
+    data = compose()
+    relays = relay_services(data)
+    assert len(relays) >= 2
+    ranges = []
+    known_sections = set(Settings.model_fields)
+    for name, service in relays.items():
+        env = {k: str(v) for k, v in service["environment"].items()}
+        # Keys of sections this relay has are loaded for real (a typo or a bad value
+        # fails here); the [recording] keys follow design.md §7.
+        known = {
+            k: v
+            for k, v in env.items()
+            if not k.startswith("RELAY__") or k.split("__")[1].lower() in known_sections
+        }
+        unknown = {k.split("__")[1].lower() for k in set(env) - set(known)}
+        assert unknown <= {"recording"}, unknown
+        settings = load_settings(environ=known)
+        ice = settings.ice
+        assert (ice.udp_port_min, ice.udp_port_max) == udp_range(service["ports"]), name
+        assert ice.public_address == COMPOSE_ENV["PUBLIC_IP"]
+        assert ice.turn_secret == COMPOSE_ENV["TURN_SECRET"] and ice.turn_urls
+        assert settings.database.url.startswith("postgresql://") and settings.cache.redis_url
+        grace = int(service["stop_grace_period"].removesuffix("s"))
+        assert grace > settings.server.drain_timeout_s, "drain finishes before SIGKILL"
+        mounts = [v.split(":") for v in service["volumes"]]
+        assert any(target == "/data" for _, target in mounts), name
+        ranges.append(udp_range(service["ports"]))
+    ranges.sort()
+    for (_, high), (low, _) in zip(ranges, ranges[1:], strict=False):
+        assert high < low, f"UDP ranges overlap: {ranges}"
+    sources = [v.split(":")[0] for s in relays.values() for v in s["volumes"]]
+    assert len(set(sources)) == len(sources), "each relay has its own data volume"
+
+
+def test_compose_shares_the_turn_secret_and_proxies_to_every_relay() -> None:
+    data = compose()
+    turn = data["configs"]["turnserver"]["content"]
+    assert f"static-auth-secret={COMPOSE_ENV['TURN_SECRET']}" in turn
+    assert "use-auth-secret" in turn and "no-cli" in turn
+    caddy = data["configs"]["caddyfile"]["content"]
+    for name in relay_services(data):
+        assert f"{name}:8080" in caddy
+    assert "health_uri /readyz" in caddy
+    assert "{$SITE_ADDRESS}" in caddy  # $$ kept Caddy's own placeholder
+    s3 = json.loads(data["configs"]["seaweedfs-s3"]["content"])
+    creds = s3["identities"][0]["credentials"][0]
+    assert creds == {"accessKey": "s3-access", "secretKey": "s3-secret"}
+
+
+def compose_plugin() -> bool:
+    docker = shutil.which("docker")
+    if docker is None:
+        return False
+    probe = subprocess.run(
+        [docker, "compose", "version"], capture_output=True, text=True, timeout=30
+    )
+    return probe.returncode == 0
+
+
+def test_compose_config() -> None:
+    """``docker compose config`` when the plugin exists; otherwise the same interpolation
+    rules checked here. Either way: all variables resolve, a missing one is refused."""
+    missing = {k: v for k, v in COMPOSE_ENV.items() if k != "POSTGRES_PASSWORD"}
+    if compose_plugin():
+        run = ["docker", "compose", "-f", str(COMPOSE), "config", "--quiet"]
+        ok = subprocess.run(run, env=COMPOSE_ENV, capture_output=True, text=True, timeout=60)
+        assert ok.returncode == 0, ok.stderr
+        bad = subprocess.run(run, env=missing, capture_output=True, text=True, timeout=60)
+        assert bad.returncode != 0 and "POSTGRES_PASSWORD" in bad.stderr
+        return
+    text = interpolate(COMPOSE.read_text(), COMPOSE_ENV)
+    assert "${" not in text.replace("{$SITE_ADDRESS}", "")
+    assert yaml.safe_load(text)["name"] == "interview-relay"
+    with pytest.raises(MissingVariable, match="POSTGRES_PASSWORD"):
+        interpolate(COMPOSE.read_text(), missing)
+    # The nested default: TURN_HOST falls back to PUBLIC_IP.
+    urls = json.loads(compose()["services"]["relay-1"]["environment"]["RELAY__ICE__TURN_URLS"])
+    assert urls[0] == "turn:203.0.113.10:3478?transport=udp"
+    turn_host = {**COMPOSE_ENV, "TURN_HOST": "turn.example.com"}
+    urls = json.loads(
+        compose(turn_host)["services"]["relay-1"]["environment"]["RELAY__ICE__TURN_URLS"]
+    )
+    assert urls[0] == "turn:turn.example.com:3478?transport=udp"
+
+
+def test_interpolation_helper() -> None:
+    env = {"A": "1", "E": ""}
+    assert interpolate("${A}-${B:-x}-${E:-y}-${E-z}-$${A}", env) == "1-x-y--${A}"
+    assert interpolate("${B:-${A}}", env) == "1"
+    with pytest.raises(MissingVariable, match="E"):
+        interpolate("${E:?set E}", env)

@@ -1,0 +1,177 @@
+"""ICE settings for real networks: port range, announced address, TURN REST credentials,
+and the reduction of the server list to what aiortc uses (pure logic)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import time
+
+import pytest
+from aiortc import RTCIceServer
+
+from relay.config import ConfigError, IceConfig, IceServerConfig, Settings, load_settings
+from relay.media.ice import (
+    announce_public_address,
+    browser_ice_servers,
+    for_aiortc,
+    rtc_configuration,
+    turn_rest_credentials,
+)
+from relay.media.port_range import PortRange, port_range
+
+SECRET = "unit-secret"
+
+ANSWER = (
+    "v=0\r\n"
+    "o=- 1 1 IN IP4 0.0.0.0\r\n"
+    "m=audio 40002 UDP/TLS/RTP/SAVPF 111\r\n"
+    "c=IN IP4 10.0.0.5\r\n"
+    "a=candidate:abc 1 udp 2130706431 10.0.0.5 40002 typ host\r\n"
+    "a=candidate:def 1 udp 1694498815 198.51.100.9 40002 typ srflx raddr 10.0.0.5 rport 40002\r\n"
+    "a=candidate:ghi 1 udp 16777215 192.0.2.50 61000 typ relay raddr 10.0.0.5 rport 40003\r\n"
+    "a=end-of-candidates\r\n"
+)
+
+
+def test_turn_rest_credentials_are_coturns_scheme() -> None:
+    now = 1_700_000_000
+    creds = turn_rest_credentials(SECRET, "sess_abc", 3600, now=now)
+    assert creds.username == "1700003600:sess_abc"
+    expected = hmac.new(b"unit-secret", b"1700003600:sess_abc", hashlib.sha1).digest()
+    assert base64.b64decode(creds.credential) == expected
+    assert len(base64.b64decode(creds.credential)) == 20
+    other = turn_rest_credentials("another", "sess_abc", 3600, now=now)
+    assert other.credential != creds.credential
+    assert creds.credential not in repr(creds)
+
+
+def test_browser_ice_servers_hold_static_servers_and_per_session_turn() -> None:
+    ice = IceConfig(
+        servers=(IceServerConfig(urls=("stun:stun.example:3478",)),),
+        turn_urls=("turn:turn.example:3478?transport=udp", "turns:turn.example:5349"),
+        turn_secret=SECRET,
+        turn_ttl_s=600,
+    )
+    before = int(time.time())
+    servers = browser_ice_servers(ice, "sess_1")
+    assert servers[0] == {"urls": ["stun:stun.example:3478"]}
+    turn = servers[1]
+    assert turn["urls"] == list(ice.turn_urls)
+    expiry, session = str(turn["username"]).split(":")
+    assert session == "sess_1" and before + 600 <= int(expiry) <= int(time.time()) + 600
+    assert SECRET not in str(servers)
+    # Without turn_urls there is no TURN entry, and no secret is needed.
+    assert browser_ice_servers(IceConfig(), "sess_1") == []
+
+
+def test_for_aiortc_keeps_one_stun_and_the_best_turn() -> None:
+    servers = [
+        RTCIceServer(urls=["turns:a.example:5349"], username="u", credential="c"),
+        RTCIceServer(urls=["stun:s1.example", "stun:s2.example"]),
+        RTCIceServer(
+            urls=["turn:b.example:3478?transport=tcp", "turn:b.example:3478?transport=udp"],
+            username="u2",
+            credential="c2",
+        ),
+        RTCIceServer(urls=["turn:c.example:3478"], username="u3", credential="c3"),
+    ]
+    chosen = for_aiortc(servers)
+    assert [s.urls for s in chosen] == [["stun:s1.example"], ["turn:b.example:3478?transport=udp"]]
+    assert (chosen[1].username, chosen[1].credential) == ("u2", "c2")
+    only_tls = for_aiortc([servers[0]])
+    assert [s.urls for s in only_tls] == [["turns:a.example:5349"]]
+    assert for_aiortc([RTCIceServer(urls=["turn:x.example?transport=sctp"])]) == []
+    assert for_aiortc([RTCIceServer(urls=["turns:x.example?transport=udp"])]) == []
+
+
+def test_relay_legs_use_turn_only_as_configured() -> None:
+    ice = IceConfig(turn_urls=("turn:t.example:3478",), turn_secret=SECRET, relay_turn="upstream")
+    up = rtc_configuration(ice, leg="upstream", session_id="sess_9").iceServers
+    browser = rtc_configuration(ice, leg="browser", session_id="sess_9").iceServers
+    assert up is not None and browser is not None
+    assert [s.urls for s in up] == [["turn:t.example:3478"]]
+    assert str(up[0].username).endswith(":sess_9")
+    assert browser == []
+
+
+def test_announce_public_address_rewrites_host_candidates_only() -> None:
+    out = announce_public_address(ANSWER, "203.0.113.7")
+    assert "a=candidate:abc 1 udp 2130706431 203.0.113.7 40002 typ host\r\n" in out
+    assert "c=IN IP4 203.0.113.7\r\n" in out
+    assert "198.51.100.9 40002 typ srflx raddr 10.0.0.5" in out  # untouched
+    assert "192.0.2.50 61000 typ relay" in out
+    assert "10.0.0.5 40002 typ host" not in out
+    assert announce_public_address(ANSWER, "") == ANSWER
+    assert "c=IN IP6 2001:db8::7\r\n" in announce_public_address(ANSWER, "2001:db8::7")
+
+
+def test_port_range_object() -> None:
+    assert port_range(0, 0) is None
+    ports = port_range(40000, 40005)
+    assert ports is not None and ports.size == 6
+    assert port_range(40000, 40005) is ports  # one per range: a shared cursor
+    assert 40000 in ports and 40005 in ports and 40006 not in ports
+    with pytest.raises(ValueError):
+        PortRange(5, 4)
+
+
+def test_ice_settings_from_the_environment_with_json_lists() -> None:
+    s = load_settings(
+        environ={
+            "RELAY__ICE__UDP_PORT_MIN": "40000",
+            "RELAY__ICE__UDP_PORT_MAX": "40099",
+            "RELAY__ICE__PUBLIC_ADDRESS": "203.0.113.7",
+            "RELAY__ICE__TURN_URLS": '["turn:turn.example:3478", "turns:turn.example:5349"]',
+            "RELAY_TURN_SECRET": "from-env-secret",
+            "RELAY__ICE__TURN_TTL_S": "900",
+            "RELAY__ICE__RELAY_TURN": "upstream",
+        }
+    )
+    ice = s.ice
+    assert (ice.udp_port_min, ice.udp_port_max, ice.public_address) == (
+        40000,
+        40099,
+        "203.0.113.7",
+    )
+    assert ice.turn_urls == ("turn:turn.example:3478", "turns:turn.example:5349")
+    assert ice.turn_secret == "from-env-secret" and ice.turn_ttl_s == 900
+    assert "from-env-secret" not in repr(s)
+    assert Settings().ice.relay_turn == "none"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"RELAY__ICE__UDP_PORT_MIN": "40000"}, "ice.udp_port_min"),
+        (
+            {"RELAY__ICE__UDP_PORT_MIN": "500", "RELAY__ICE__UDP_PORT_MAX": "600"},
+            "ice.udp_port_min",
+        ),
+        (
+            {"RELAY__ICE__UDP_PORT_MIN": "40010", "RELAY__ICE__UDP_PORT_MAX": "40000"},
+            "ice.udp_port_min",
+        ),
+        ({"RELAY__ICE__PUBLIC_ADDRESS": "relay.example.com"}, "ice.public_address"),
+        ({"RELAY__ICE__TURN_URLS": '["stun:x.example"]'}, "ice.turn_urls: 'stun:x"),
+        ({"RELAY__ICE__TURN_URLS": '["turn:x.example"]'}, "ice.turn_secret"),
+        ({"RELAY__ICE__TURN_TTL_S": "10"}, "ice.turn_ttl_s"),
+        ({"RELAY__ICE__RELAY_TURN": "upstream"}, "ice.relay_turn"),
+        ({"RELAY__ICE__RELAY_TURN": "sometimes"}, "ice.relay_turn"),
+    ],
+)
+def test_invalid_ice_settings_name_the_key(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("[", r"\[")):
+        load_settings(environ=env)
+
+
+def test_the_turn_secret_is_not_in_error_messages_or_logs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"RELAY_TURN_SECRET": "s3cr3t-value", "RELAY__ICE__TURN_TTL_S": "5"})
+    assert "s3cr3t-value" not in str(info.value)
+    assert "s3cr3t-value" not in caplog.text
