@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import platform
 import secrets
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -27,11 +28,13 @@ from pathlib import Path
 import backoff
 from aiohttp import web
 
+from relay import __version__
 from relay.admission.cache import UserCache
 from relay.admission.service import Admission
 from relay.admission.store import RETRYABLE_ERRORS, Store
 from relay.config import Settings
 from relay.media.manager import BridgeManager
+from relay.observability.loop_monitor import LoopMonitor
 from relay.observability.metrics import MetricsRegistry
 from relay.services import SERVICES, Services
 from relay.sessions.registry import SessionRegistry
@@ -60,6 +63,11 @@ OPERATOR_TOKEN = web.AppKey("operator_token_generated", str)
 
 def create_app(settings: Settings, *, instance_id: str | None = None) -> web.Application:
     metrics = MetricsRegistry()
+    metrics.build_info(
+        version=__version__,
+        python=platform.python_version(),
+        dialect=settings.upstream.dialect,
+    )
     app = web.Application(
         middlewares=[make_middleware(metrics)],
         # Our own readers enforce server.max_body_bytes with a JSON 413; this is a backstop.
@@ -186,9 +194,12 @@ async def _start(
     services.bridges = bridges
     stack.push_async_callback(bridges.close_all)
 
-    # 5. housekeeping
+    # 5. housekeeping, and the event-loop/CPU monitor the dashboard charts
     housekeeping = asyncio.create_task(_housekeeping(sessions))
     stack.push_async_callback(_cancel, housekeeping)
+    services.loop_monitor = LoopMonitor(metrics)
+    monitor = asyncio.create_task(services.loop_monitor.run())
+    stack.push_async_callback(_cancel, monitor)
     return services
 
 

@@ -21,6 +21,7 @@ from relay.upstream.base import UpstreamClient
 
 if TYPE_CHECKING:
     from relay.media.manager import BridgeManager
+    from relay.observability.loop_monitor import LoopMonitor
     from relay.upstream.simulator.server import RunningSimulator
 
 
@@ -43,6 +44,8 @@ class Services:
     bridges: BridgeManager | None = None
     # The built-in simulator when it is the upstream (no OpenAI key configured).
     simulator: RunningSimulator | None = None
+    # Event-loop lag and CPU of this process (relay.observability.loop_monitor).
+    loop_monitor: LoopMonitor | None = None
     # Set when no operator token was configured: printed once by `relay serve`.
     generated_operator_token: str | None = field(default=None, repr=False)
 

@@ -387,7 +387,7 @@ class Bridge:
         now = time.monotonic()
         self.connected_at = now
         self.state = "active"
-        self._metrics.connect_ms.observe((now - self.started_at) * 1000)
+        self._metrics.connect_s.observe(now - self.started_at)
         log.info("session %s: active after %.0fms", self.session_id, (now - self.started_at) * 1000)
         await self._call_hook("on_active", self.upstream_call_id)
         await self._monitor()
@@ -415,8 +415,8 @@ class Bridge:
                 return
             if not reported_first_audio and self.upstream_to_browser.first_packet_at is not None:
                 reported_first_audio = True
-                self._metrics.first_upstream_audio_ms.observe(
-                    (self.upstream_to_browser.first_packet_at - self.started_at) * 1000
+                self._metrics.first_upstream_audio_s.observe(
+                    self.upstream_to_browser.first_packet_at - self.started_at
                 )
             self._publish_metrics()
             if now - self._quality_at >= QUALITY_REFRESH_S:

@@ -150,7 +150,7 @@ class BridgeManager:
             raise ApiError(
                 409, "session_closed", f"The session ended during the exchange ({exc.reason})."
             ) from None
-        self.metrics.exchange_ms.observe((time.perf_counter() - started) * 1000)
+        self.metrics.exchange_s.observe(time.perf_counter() - started)
         return bridge
 
     async def drain(self, deadline_s: float) -> None:

@@ -42,6 +42,8 @@ class SessionEntry:
     # keep this module below the media layer.
     bridge: Any = None
     created_monotonic: float = field(default_factory=time.monotonic)
+    # The user's e-mail, for the operator dashboard (shown masked).
+    email: str = field(default="", repr=False)
 
     def elapsed_s(self) -> float:
         return time.monotonic() - self.created_monotonic
@@ -118,6 +120,7 @@ class SessionRegistry:
         max_duration_s: float,
         credit_s: float,
         pending_ttl_s: float,
+        email: str = "",
     ) -> SessionEntry:
         self.check_capacity(user_id)
         entry = SessionEntry(
@@ -128,6 +131,7 @@ class SessionRegistry:
             max_duration_s=max_duration_s,
             credit_s=credit_s,
             expires_at=datetime.now(UTC) + timedelta(seconds=pending_ttl_s),
+            email=email,
         )
         self._sessions[entry.session_id] = entry
         self._update_gauge()
