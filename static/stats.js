@@ -252,9 +252,15 @@ function ensureChart(chart) {
   return fig;
 }
 
+// The x axis spans the history kept (at least a minute), up to 15 minutes: a freshly
+// opened dashboard fills its charts instead of drawing a sliver at the right edge.
+const MIN_SPAN_MS = 60 * 1000;
+
 function renderCharts() {
   const now = Date.now();
-  const t0 = now - HISTORY_MS;
+  const first = state.history.length ? state.history[0].t : now;
+  const span = Math.min(HISTORY_MS, Math.max(MIN_SPAN_MS, now - first));
+  const t0 = now - span;
   for (const chart of CHARTS) {
     const fig = ensureChart(chart);
     const plot = fig.querySelector("svg");
@@ -272,17 +278,23 @@ function renderCharts() {
       for (const s of state.history) {
         const v = get(s);
         if (v === null || v === undefined) continue;
-        const x = ((s.t - t0) / HISTORY_MS) * CHART_W;
+        const x = ((s.t - t0) / span) * CHART_W;
         const y = CHART_H - (top ? (v / top) * (CHART_H - 4) : 0) - 1;
-        points.push(`${x.toFixed(1)},${y.toFixed(1)}`);
+        points.push([x, y]);
       }
-      children.push(svg("polyline", { points: points.join(" "), class: `line s${i}`, "data-series": name }));
+      const text = points.map(([x, y]) => `${x.toFixed(1)},${y.toFixed(1)}`).join(" ");
+      children.push(svg("polyline", { points: text, class: `line s${i}`, "data-series": name }));
+      if (points.length) {
+        const [x, y] = points[points.length - 1];
+        children.push(svg("circle", { cx: x.toFixed(1), cy: y.toFixed(1), r: 2.5, class: `dot s${i}` }));
+      }
       const last = state.history.length ? get(state.history[state.history.length - 1]) : null;
       legend.push(el("li", { className: `s${i}` }, [el("span", { className: "swatch" }), `${name}: ${fmtNumber(last, 1)}${chart.unit ? ` ${chart.unit}` : ""}`]));
     });
     plot.replaceChildren(...children);
     plot.setAttribute("data-samples", String(state.history.length));
-    fig.querySelector(".now").textContent = `scale 0–${fmtNumber(top, 1)}${chart.unit ? ` ${chart.unit}` : ""}`;
+    const minutes = Math.max(1, Math.round(span / 60000));
+    fig.querySelector(".now").textContent = `last ${minutes} min · 0–${fmtNumber(top, 1)}${chart.unit ? ` ${chart.unit}` : ""}`;
     fig.querySelector(".legend").replaceChildren(...legend);
   }
 }
