@@ -104,7 +104,6 @@ def init_error_tracking(environ: Mapping[str, str], *, release: str) -> bool:
         integrations=[AioHttpIntegration()],
         before_send=scrub_event,
         before_breadcrumb=scrub_breadcrumb,
-        send_default_pii=False,
         # Errors only; performance tracing stays off unless asked for.
         traces_sample_rate=float(environ.get("SENTRY_TRACES_SAMPLE_RATE", "0") or 0),
     )
@@ -132,3 +131,16 @@ def from_environment() -> bool:
     from relay import __version__
 
     return init_error_tracking(os.environ, release=__version__)
+
+
+def shutdown(timeout_s: float = 2.0) -> None:
+    """Flush and detach the Sentry client (blocking: call it off the event loop)."""
+    global _enabled
+    if not _enabled:
+        return
+    import sentry_sdk
+
+    client = sentry_sdk.get_client()
+    client.close(timeout=timeout_s)
+    sentry_sdk.get_global_scope().set_client(None)
+    _enabled = False
