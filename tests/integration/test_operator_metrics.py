@@ -5,6 +5,7 @@ missing or wrong operator token."""
 
 from __future__ import annotations
 
+import re
 import secrets
 from typing import Any
 
@@ -169,3 +170,22 @@ async def test_label_sets_stay_bounded_as_sessions_pass(make_relay: MakeRelay) -
     values = {v for _, labels in after_100 for _, v in labels}
     assert not any(v.startswith(("is_", "req_", "/no/")) for v in values)
     assert relay.counter("relay_sessions_ended_total") == 100
+
+
+async def test_dashboard_page_has_a_strict_csp_and_no_inline_code(make_relay: MakeRelay) -> None:
+    relay = await make_relay()
+    async with relay.client.get("/stats") as resp:
+        assert resp.status == 200
+        csp = resp.headers["Content-Security-Policy"]
+        html = await resp.text()
+    directives = dict(d.strip().split(" ", 1) for d in csp.split(";"))
+    assert directives["script-src"] == "'self'" and directives["style-src"] == "'self'"
+    assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
+    # Every script is a file; no style element or attribute, no inline handler.
+    assert re.findall(r"<script(?![^>]*\bsrc=)[^>]*>", html) == []
+    assert "<style" not in html and " style=" not in html
+    assert not re.search(r"\son[a-z]+=", html)
+    for asset in ("/static/stats.js", "/static/stats.css", "/static/favicon.svg"):
+        async with relay.client.get(asset) as resp:
+            assert resp.status == 200, asset
