@@ -5,8 +5,11 @@ missing or wrong operator token."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import secrets
+from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -189,3 +192,29 @@ async def test_dashboard_page_has_a_strict_csp_and_no_inline_code(make_relay: Ma
     for asset in ("/static/stats.js", "/static/stats.css", "/static/favicon.svg"):
         async with relay.client.get(asset) as resp:
             assert resp.status == 200, asset
+
+
+GRAFANA = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "relay-dashboard.json"
+_SUFFIXES = ("_bucket", "_sum", "_count", "_total")
+
+
+def _base(name: str) -> str:
+    for suffix in _SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+async def test_the_grafana_dashboard_uses_only_exported_metric_names(
+    make_relay: MakeRelay,
+) -> None:
+    dashboard = json.loads(await asyncio.to_thread(GRAFANA.read_text))
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {_base(m) for e in exprs for m in re.findall(r"\b((?:relay|process)_[a-z_]+)\b", e)}
+    assert len(used) >= 15
+    relay = await make_relay()
+    async with live_session(relay):
+        exported = {_base(name) for name in await scrape(relay)}
+    assert used <= exported, used - exported
+    # Latency panels read histograms: quantiles over _bucket series.
+    assert all("_bucket" in e for e in exprs if "histogram_quantile" in e)
