@@ -145,6 +145,7 @@ async def _announce(services: Services, runner: web.AppRunner) -> None:
     host, port = runner.addresses[0][:2]
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     print(f"Interview relay listening on http://{shown}:{port}/", flush=True)
+    print(f"Operator dashboard: http://{shown}:{port}/stats", flush=True)
     if services.generated_operator_token:
         print(f"Operator token (generated for this run): {services.generated_operator_token}")
     if services.settings.server.create_demo_user:
