@@ -169,7 +169,6 @@ async def build_stats(services: Services, request_id: str) -> dict[str, Any]:
     }
     # Recordings (design §7) appear here once the relay records: the dashboard renders
     # this list when present (id, session_id, status, duration_s, bytes, created_at).
-    recordings = getattr(services, "recordings_summary", None)
-    if callable(recordings):
-        body["recordings"] = await recordings()
+    if services.recordings_summary is not None:
+        body["recordings"] = await services.recordings_summary()
     return body

@@ -139,3 +139,43 @@ async def test_a_wrong_token_shows_a_clear_message_and_no_data(
     await expect(error).to_be_hidden()
     # 401 responses are logged by Chromium as failed resources; nothing else may fail.
     assert [e for e in errors if "401" not in e] == []
+
+
+async def test_recordings_render_only_when_the_stats_carry_them(
+    make_relay: MakeRelay, simulator: RunningSimulator, page: Page
+) -> None:
+    """The hook the recorder plugs into: ``Services.recordings_summary``. Its audio and
+    transcript routes belong to the recorder; here only the list and its controls."""
+    relay = await make_relay()
+    errors = collect_page_errors(page)
+    await page.goto(str(relay.client.make_url(f"/stats#token={OPERATOR_TOKEN}")))
+    await expect(page.locator('[data-dep="PostgreSQL"] strong')).to_have_text("up")
+    await expect(page.locator("#recordings-section")).to_be_hidden()
+
+    async def recordings() -> list[dict[str, object]]:
+        return [
+            {
+                "id": "rec_1",
+                "session_id": "is_abc",
+                "status": "ready",
+                "duration_s": 61.5,
+                "bytes": 480_000,
+                "created_at": "2026-01-01T00:00:00Z",
+            }
+        ]
+
+    relay.services.recordings_summary = recordings
+    item = page.locator('#recordings li[data-recording="rec_1"]')
+    await expect(item).to_be_visible(timeout=SHOWS_WITHIN_MS)
+    await expect(item).to_contain_text("is_abc · ready · 1 min 2 s · 480 kB")
+    await expect(item.locator("audio")).to_have_count(1)
+    for name in ("Load audio", "Transcript", "Delete"):
+        await expect(item.get_by_role("button", name=name)).to_be_enabled()
+
+    async def none() -> list[dict[str, object]]:
+        return []
+
+    relay.services.recordings_summary = none
+    await expect(item).to_have_count(0, timeout=SHOWS_WITHIN_MS)
+    await expect(page.locator("#recordings")).to_contain_text("No recordings.")
+    assert errors == []
