@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import platform
 import secrets
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -28,12 +29,14 @@ from pathlib import Path
 import backoff
 from aiohttp import web
 
+from relay import __version__
 from relay.admission.cache import UserCache
 from relay.admission.service import Admission
 from relay.admission.store import RETRYABLE_ERRORS, Store
 from relay.config import ConfigError, Settings
 from relay.media.event_schema import unknown_types
 from relay.media.manager import BridgeManager
+from relay.observability.loop_monitor import LoopMonitor
 from relay.observability.metrics import MetricsRegistry
 from relay.services import SERVICES, Services, StartupStatus
 from relay.sessions.registry import SessionRegistry
@@ -76,6 +79,11 @@ def create_app(settings: Settings, *, instance_id: str | None = None) -> web.App
         raise ConfigError(f"events.browser_allowed: no schema for {', '.join(unchecked)}")
     simulate = uses_simulator(settings)
     metrics = MetricsRegistry()
+    metrics.build_info(
+        version=__version__,
+        python=platform.python_version(),
+        dialect=settings.upstream.dialect,
+    )
     app = web.Application(
         middlewares=[make_middleware(metrics)],
         # Our own readers enforce server.max_body_bytes with a JSON 413; this is a backstop.
@@ -222,9 +230,12 @@ async def _start(
     services.bridges = bridges
     stack.push_async_callback(bridges.close_all)
 
-    # 5. housekeeping
+    # 5. housekeeping, and the event-loop/CPU monitor the dashboard charts
     housekeeping = spawn(_housekeeping(sessions), name="housekeeping", log=log)
     stack.push_async_callback(cancel_and_wait, housekeeping)
+    services.loop_monitor = LoopMonitor(metrics)
+    monitor = spawn(services.loop_monitor.run(), name="loop-monitor", log=log)
+    stack.push_async_callback(cancel_and_wait, monitor)
     return services
 
 

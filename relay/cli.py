@@ -18,6 +18,7 @@ from relay.admission.embedded_pg import EmbeddedPostgresError
 from relay.admission.store import DatabaseUnavailable, Store
 from relay.admission.tokens import hash_token, new_token
 from relay.config import ConfigError, Settings, load_settings
+from relay.observability import error_tracking
 from relay.observability.logging import configure_logging
 from relay.observability.metrics import MetricsRegistry
 from relay.services import SERVICES, Services
@@ -99,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = _settings(args)
         configure_logging(settings.server.log_level, settings.server.log_format)
         if args.command == "serve":
+            # Sentry only when SENTRY_DSN is set (relay.observability.error_tracking).
+            error_tracking.from_environment()
             return asyncio.run(_serve(settings))
         if args.command == "users":
             return asyncio.run(_users(settings, args))
@@ -162,6 +165,7 @@ async def _announce(services: Services, runner: web.AppRunner) -> None:
             "SIMULATED upstream: candidates talk to the built-in simulator, not OpenAI.",
             flush=True,
         )
+    print(f"Operator dashboard: http://{shown}:{port}/stats", flush=True)
     if services.generated_operator_token:
         print(f"Operator token (generated for this run): {services.generated_operator_token}")
     if services.settings.server.create_demo_user:

@@ -5,8 +5,9 @@ Handlers reach them through the single typed app key ``SERVICES``.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -21,6 +22,7 @@ from relay.upstream.base import UpstreamClient
 
 if TYPE_CHECKING:
     from relay.media.manager import BridgeManager
+    from relay.observability.loop_monitor import LoopMonitor
     from relay.upstream.simulator.server import RunningSimulator
 
 
@@ -52,6 +54,11 @@ class Services:
     bridges: BridgeManager | None = None
     # The built-in simulator when it is the upstream (no OpenAI key configured).
     simulator: RunningSimulator | None = None
+    # Event-loop lag and CPU of this process (relay.observability.loop_monitor).
+    loop_monitor: LoopMonitor | None = None
+    # The recordings list for /api/stats and the dashboard, once the relay records (design
+    # §7): returns items with id, session_id, status, duration_s, bytes, created_at.
+    recordings_summary: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None
     # Set when no operator token was configured: printed once by `relay serve`.
     generated_operator_token: str | None = field(default=None, repr=False)
     # Non-retryable start-up failures (shared with the start-up tasks that report them).

@@ -160,8 +160,8 @@ async function start() {
   } catch (err) {
     const ref = err.requestId ? ` (reference ${err.requestId})` : "";
     showError(`${err.message}${ref}`);
-    setStatus("Not connected.");
     await stop();
+    setStatus("Not connected.");  // after stop(): nothing was running, so nothing "ended"
   } finally {
     if (!state.pc) $("start").disabled = false;
   }

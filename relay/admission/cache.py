@@ -29,7 +29,7 @@ from relay.admission.breaker import CircuitBreaker
 from relay.admission.local_cache import LocalTTLCache
 from relay.admission.store import UserRecord
 from relay.config import CacheConfig
-from relay.observability.metrics import MetricsRegistry
+from relay.observability.metrics import FAST_BUCKETS, MetricsRegistry
 from relay.observability.request_context import record_stage
 
 log = logging.getLogger("relay.cache")
@@ -76,6 +76,11 @@ class UserCache:
             "relay_cache_redis_up", "1 when Redis is in use, 0 when down or disabled"
         )
         self._redis_up.set(1 if self._redis else 0)
+        self._latency = metrics.histogram(
+            "relay_cache_lookup_duration_seconds",
+            "User cache lookup latency (Redis, or the local fallback)",
+            buckets=FAST_BUCKETS,
+        )
 
     @property
     def redis_state(self) -> RedisState:
@@ -108,7 +113,9 @@ class UserCache:
             self._lookups.inc(result="miss", source="redis" if ok else "local")
             return None
         finally:
-            record_stage("cache", (time.perf_counter() - started) * 1000)
+            elapsed = time.perf_counter() - started
+            self._latency.observe(elapsed)
+            record_stage("cache", elapsed * 1000)
 
     def _lookup_local(self, token_hash: str) -> tuple[bool, UserRecord | None]:
         found, user = self._local.lookup(token_hash)

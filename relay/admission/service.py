@@ -14,7 +14,7 @@ from relay.admission.tokens import bearer_token, hash_token, plausible_token
 from relay.config import Settings
 from relay.errors import ApiError
 from relay.observability.logging import stage
-from relay.observability.metrics import MetricsRegistry
+from relay.observability.metrics import FAST_BUCKETS, MetricsRegistry
 from relay.observability.request_context import current_request_id
 
 log = logging.getLogger("relay.admission")
@@ -47,8 +47,20 @@ class Admission:
         self._outcomes = metrics.counter(
             "relay_admission_total", "Admission decisions", ["outcome"]
         )
+        self._latency = metrics.histogram(
+            "relay_admission_duration_seconds",
+            "Credential check latency (cache, then the database on a miss), any outcome",
+            buckets=FAST_BUCKETS,
+        )
 
     async def authenticate(self, authorization: str | None) -> Caller:
+        started = time.perf_counter()
+        try:
+            return await self._authenticate(authorization)
+        finally:
+            self._latency.observe(time.perf_counter() - started)
+
+    async def _authenticate(self, authorization: str | None) -> Caller:
         token = bearer_token(authorization)
         if token is None:
             self._outcomes.inc(outcome="missing_token")

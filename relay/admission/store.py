@@ -28,7 +28,7 @@ import backoff
 
 from relay.admission.migrate import migrate
 from relay.config import DatabaseConfig
-from relay.observability.metrics import MetricsRegistry
+from relay.observability.metrics import FAST_BUCKETS, MetricsRegistry
 from relay.observability.request_context import record_stage
 from relay.tasks import cancel_and_wait, spawn
 
@@ -139,8 +139,11 @@ class Store:
             "relay_db_queries_total", "Database statements started (before retries)", ["query"]
         )
         self._retries = metrics.counter("relay_db_retries_total", "Database retries", ["query"])
-        self._latency = metrics.summary(
-            "relay_db_latency_ms", "Database statement latency incl. retries", ["query"]
+        self._latency = metrics.histogram(
+            "relay_db_query_duration_seconds",
+            "Database statement latency incl. retries, by query name",
+            ["query"],
+            buckets=FAST_BUCKETS,
         )
         self._pool_warm = metrics.gauge("relay_db_pool_warm_connections", "Idle warm connections")
 
@@ -270,7 +273,7 @@ class Store:
             raise DatabaseUnavailable(code, attempts, exc) from exc
         finally:
             elapsed_ms = (time.perf_counter() - started) * 1000
-            self._latency.observe(elapsed_ms, query=query)
+            self._latency.observe(elapsed_ms / 1000, query=query)
             record_stage("db", elapsed_ms)
 
     # ------------------------------------------------------------------ users

@@ -168,7 +168,7 @@ class BridgeManager:
             raise ApiError(
                 409, "session_closed", f"The session ended during the exchange ({exc.reason})."
             ) from None
-        self.metrics.exchange_ms.observe((time.perf_counter() - started) * 1000)
+        self.metrics.exchange_s.observe(time.perf_counter() - started)
         if bridge.answer is not None and self.settings.ice.public_address:
             bridge.answer = announce_public_address(bridge.answer, self.settings.ice.public_address)
         return bridge

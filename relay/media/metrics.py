@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from relay.media.forwarding import DirectionStats
-from relay.observability.metrics import MetricsRegistry
+from relay.observability.metrics import SLOW_BUCKETS, MetricsRegistry
 
 # DirectionStats fields published as counters, with their metric names.
 _COUNTED = {
@@ -78,15 +78,20 @@ class MediaMetrics:
         self.bridges_ended = registry.counter(
             "relay_media_bridges_ended_total", "Bridges ended, by reason", ["reason"]
         )
-        self.exchange_ms = registry.summary(
-            "relay_media_exchange_ms", "Time to answer a browser offer (both legs negotiated)"
+        self.exchange_s = registry.histogram(
+            "relay_media_exchange_duration_seconds",
+            "Time to answer a browser offer (both legs negotiated)",
+            buckets=SLOW_BUCKETS,
         )
-        self.connect_ms = registry.summary(
-            "relay_media_connect_ms", "From the offer until both legs were connected"
+        self.connect_s = registry.histogram(
+            "relay_media_connect_duration_seconds",
+            "From the offer until both legs were connected",
+            buckets=SLOW_BUCKETS,
         )
-        self.first_upstream_audio_ms = registry.summary(
-            "relay_media_first_upstream_audio_ms",
+        self.first_upstream_audio_s = registry.histogram(
+            "relay_media_first_upstream_audio_seconds",
             "From the offer until the first upstream audio packet arrived",
+            buckets=SLOW_BUCKETS,
         )
         self._published: dict[int, _Published] = {}
 

@@ -1,8 +1,9 @@
 """Logging set-up: human-readable stage lines by default, JSON lines as a switch.
 
 Stage lines follow the operators' grep habits, e.g.
-``[req_…] DATABASE_QUERY_START - 150ms``. The request id comes from the request
-context, so it is on every line logged while a request is being served.
+``[req_…] DATABASE_QUERY_START - 150ms``. The request id (and, once a route
+knows it, the session id) come from the request context, so they are on every line logged
+while a request is served, and on the lines of the tasks it starts (the media bridge).
 """
 
 from __future__ import annotations
@@ -15,13 +16,30 @@ import time
 from collections.abc import Iterator
 from typing import Literal
 
-from relay.observability.request_context import current, current_request_id
+from relay.observability.request_context import current, current_request_id, current_session_id
 
 
-class _RequestIdFilter(logging.Filter):
+class RequestContextFilter(logging.Filter):
+    """Puts the request id and session id (``-`` when unknown) on every record, and a
+    ``context`` suffix for the text format naming whichever of them the message lacks
+    (the stage lines already start with ``[req_…]``; they stay as operators grep them)."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = current_request_id()
+        request_id = current_request_id()
+        session_id = current_session_id()
+        record.request_id = request_id
+        record.session_id = session_id or "-"
+        message = record.getMessage()
+        parts = []
+        if request_id != "-" and request_id not in message:
+            parts.append(f"request_id={request_id}")
+        if session_id and session_id not in message:
+            parts.append(f"session_id={session_id}")
+        record.context = f" [{' '.join(parts)}]" if parts else ""
         return True
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s%(context)s"
 
 
 class JsonFormatter(logging.Formatter):
@@ -32,6 +50,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "request_id": getattr(record, "request_id", "-"),
+            "session_id": getattr(record, "session_id", "-"),
             "message": record.getMessage(),
         }
         if record.exc_info:
@@ -41,11 +60,11 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(level: str = "INFO", fmt: Literal["text", "json"] = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(_RequestIdFilter())
+    handler.addFilter(RequestContextFilter())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

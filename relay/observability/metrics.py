@@ -1,201 +1,347 @@
-"""A small in-process metrics registry: counters, gauges and latency summaries.
+"""Metrics on prometheus-client: one ``CollectorRegistry`` per app, two views of it.
 
-It renders the Prometheus text format (``/metrics``) and a JSON snapshot with
-percentiles (``/api/stats``). Components get-or-create their metrics by name, so
-there is no central list to edit; names follow Prometheus conventions
-(``relay_<area>_<what>_<unit>``).
+Components get-or-create their metrics by name (``registry.counter(...)``,
+``.gauge(...)``, ``.histogram(...)``), so there is no central list to edit; names follow
+Prometheus conventions (``relay_<area>_<what>_<unit>``, latencies in seconds).
 
-Why not prometheus_client: we also need percentiles for the JSON stats and
-per-instance registries in tests; a summary over a bounded window of recent
-samples gives both in ~150 lines.
+One ``observe`` call feeds both views of a latency:
+- ``/metrics``: a Prometheus histogram with buckets chosen for that latency (``FAST_BUCKETS``
+  for in-process and database work, ``SLOW_BUCKETS`` for the upstream and media set-up),
+  aggregatable across instances;
+- ``/api/stats``: percentiles for people, from a small bounded reservoir of the most recent
+  observations (exact for what it holds, and windowed in time so a chart shows the present).
+
+Label values must come from bounded sets: route templates, status codes, error codes from a
+known list (``bounded`` maps anything else to ``other``). Each metric also caps its number of
+label sets (``MAX_SERIES``) as a backstop: a new set beyond the cap is folded into ``other``.
 """
 
 from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client import (
+    Counter as PromCounter,
+)
+from prometheus_client import (
+    Gauge as PromGauge,
+)
+from prometheus_client import (
+    Histogram as PromHistogram,
+)
+from prometheus_client import (
+    Info as PromInfo,
+)
+
+# No "<name>_created" series next to every counter and histogram: Prometheus does not need
+# them (it tracks resets itself) and they would double the series count. (Process-wide.)
+disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
+
+# Milliseconds to seconds: admission, HTTP handlers, database statements, cache lookups.
+FAST_BUCKETS: tuple[float, ...] = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+# Tens of milliseconds to a minute: upstream mint/SDP exchange, media connect, first audio.
+SLOW_BUCKETS: tuple[float, ...] = (
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.0,
+    3.0,
+    5.0,
+    8.0,
+    13.0,
+    20.0,
+    30.0,
+    60.0,
+)
+
+# Label sets per metric before new ones are folded into "other".
+MAX_SERIES = 200
+OTHER = "other"
+# Reservoir: the most recent observations per label set, and the window the JSON
+# percentiles cover (a dashboard polling every 2 s charts the last minute's p50/p99).
+RESERVOIR_SIZE = 512
+WINDOW_S = 60.0
+_QUANTILES = (0.5, 0.9, 0.99)
 
 LabelValues = tuple[str, ...]
 
-_QUANTILES = (0.5, 0.9, 0.99)
 
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+def bounded(value: str | None, known: Collection[str]) -> str:
+    """``value`` when it is one of ``known``, else ``other``: keeps label sets bounded."""
+    return value if value is not None and value in known else OTHER
 
 
 class _Metric:
-    kind = "untyped"
-
-    def __init__(self, name: str, help_text: str, labelnames: Iterable[str]) -> None:
+    def __init__(self, name: str, labelnames: Sequence[str]) -> None:
         self.name = name
-        self.help = help_text
         self.labelnames: tuple[str, ...] = tuple(labelnames)
-        # Metrics can be touched from aiortc's threads; keep updates atomic.
+        # Metrics are touched from aiortc's threads too; keep bookkeeping atomic.
         self._lock = threading.Lock()
+        self._series: set[LabelValues] = set()
 
     def _key(self, labels: dict[str, Any]) -> LabelValues:
         if set(labels) != set(self.labelnames):
             raise ValueError(f"{self.name}: labels {sorted(labels)} != {list(self.labelnames)}")
-        return tuple(str(labels[n]) for n in self.labelnames)
-
-    def _label_text(self, key: LabelValues, extra: str = "") -> str:
-        parts = [f'{n}="{_escape(v)}"' for n, v in zip(self.labelnames, key, strict=True)]
-        if extra:
-            parts.append(extra)
-        return "{" + ",".join(parts) + "}" if parts else ""
-
-    def render(self) -> list[str]:
-        raise NotImplementedError
+        key = tuple(str(labels[n]) for n in self.labelnames)
+        with self._lock:
+            if key in self._series:
+                return key
+            if len(self._series) >= MAX_SERIES:
+                key = (OTHER,) * len(key)
+            self._series.add(key)
+        return key
 
     def snapshot(self) -> Any:
         raise NotImplementedError
 
 
 class Counter(_Metric):
-    kind = "counter"
-
-    def __init__(self, name: str, help_text: str, labelnames: Iterable[str]) -> None:
-        super().__init__(name, help_text, labelnames)
+    def __init__(
+        self, registry: CollectorRegistry, name: str, help_text: str, labelnames: Sequence[str]
+    ) -> None:
+        super().__init__(name, labelnames)
+        self._prom = PromCounter(name, help_text, self.labelnames, registry=registry)
         self._values: dict[LabelValues, float] = {}
+
+    def _child(self, key: LabelValues) -> Any:
+        return self._prom.labels(*key) if key else self._prom
 
     def inc(self, amount: float = 1.0, **labels: Any) -> None:
         key = self._key(labels)
+        self._child(key).inc(amount)
         with self._lock:
             self._values[key] = self._values.get(key, 0.0) + amount
 
     def value(self, **labels: Any) -> float:
-        return self._values.get(self._key(labels), 0.0)
+        return self._values.get(tuple(str(labels[n]) for n in self.labelnames), 0.0)
 
     def total(self) -> float:
         return sum(self._values.values())
 
-    def render(self) -> list[str]:
-        return [f"{self.name}{self._label_text(k)} {v:g}" for k, v in sorted(self._values.items())]
-
     def snapshot(self) -> Any:
+        with self._lock:
+            items = sorted(self._values.items())
         if not self.labelnames:
-            return self._values.get((), 0.0)
-        return [
-            dict(zip(self.labelnames, k, strict=True), value=v)
-            for k, v in sorted(self._values.items())
-        ]
+            return dict(items).get((), 0.0)
+        return [dict(zip(self.labelnames, k, strict=True), value=v) for k, v in items]
 
 
-class Gauge(Counter):
-    kind = "gauge"
+class Gauge(_Metric):
+    def __init__(
+        self, registry: CollectorRegistry, name: str, help_text: str, labelnames: Sequence[str]
+    ) -> None:
+        super().__init__(name, labelnames)
+        self._prom = PromGauge(name, help_text, self.labelnames, registry=registry)
+        self._values: dict[LabelValues, float] = {}
 
     def set(self, value: float, **labels: Any) -> None:
         key = self._key(labels)
+        (self._prom.labels(*key) if key else self._prom).set(value)
         with self._lock:
             self._values[key] = value
+
+    def inc(self, amount: float = 1.0, **labels: Any) -> None:
+        key = self._key(labels)
+        (self._prom.labels(*key) if key else self._prom).inc(amount)
+        with self._lock:
+            self._values[key] = self._values.get(key, 0.0) + amount
 
     def dec(self, amount: float = 1.0, **labels: Any) -> None:
         self.inc(-amount, **labels)
 
+    def value(self, **labels: Any) -> float:
+        return self._values.get(tuple(str(labels[n]) for n in self.labelnames), 0.0)
 
-class Summary(_Metric):
-    """Count, sum and quantiles over the most recent ``window`` observations per label set."""
+    def snapshot(self) -> Any:
+        with self._lock:
+            items = sorted(self._values.items())
+        if not self.labelnames:
+            return dict(items).get((), 0.0)
+        return [dict(zip(self.labelnames, k, strict=True), value=v) for k, v in items]
 
-    kind = "summary"
+
+class _Reservoir:
+    __slots__ = ("count", "samples", "sum")
+
+    def __init__(self) -> None:
+        self.samples: deque[tuple[float, float]] = deque(maxlen=RESERVOIR_SIZE)
+        self.count = 0
+        self.sum = 0.0
+
+
+class Histogram(_Metric):
+    """A latency in seconds: a Prometheus histogram plus a reservoir for JSON percentiles."""
 
     def __init__(
-        self, name: str, help_text: str, labelnames: Iterable[str], window: int = 2048
+        self,
+        registry: CollectorRegistry,
+        name: str,
+        help_text: str,
+        labelnames: Sequence[str],
+        buckets: Sequence[float],
     ) -> None:
-        super().__init__(name, help_text, labelnames)
-        self._window = window
-        self._samples: dict[LabelValues, deque[float]] = {}
-        self._count: dict[LabelValues, int] = {}
-        self._sum: dict[LabelValues, float] = {}
+        super().__init__(name, labelnames)
+        self.buckets = tuple(buckets)
+        self._prom = PromHistogram(
+            name, help_text, self.labelnames, registry=registry, buckets=self.buckets
+        )
+        self._reservoirs: dict[LabelValues, _Reservoir] = {}
 
-    def observe(self, value: float, **labels: Any) -> None:
+    def observe(self, seconds: float, **labels: Any) -> None:
         key = self._key(labels)
+        (self._prom.labels(*key) if key else self._prom).observe(seconds)
+        now = time.monotonic()
         with self._lock:
-            samples = self._samples.get(key)
-            if samples is None:
-                samples = self._samples[key] = deque(maxlen=self._window)
-            samples.append(value)
-            self._count[key] = self._count.get(key, 0) + 1
-            self._sum[key] = self._sum.get(key, 0.0) + value
+            res = self._reservoirs.get(key)
+            if res is None:
+                res = self._reservoirs[key] = _Reservoir()
+            res.samples.append((now, seconds))
+            res.count += 1
+            res.sum += seconds
 
     def count(self, **labels: Any) -> int:
-        return self._count.get(self._key(labels), 0)
+        res = self._reservoirs.get(tuple(str(labels[n]) for n in self.labelnames))
+        return res.count if res else 0
 
-    def quantiles(self, **labels: Any) -> dict[str, float]:
-        return _quantiles(list(self._samples.get(self._key(labels), ())))
+    def quantiles_ms(self, window_s: float | None = WINDOW_S, **labels: Any) -> dict[str, float]:
+        """p50/p90/p99 in ms over the observations of the last ``window_s`` (all retained
+        ones when None), across every label set matching ``labels``."""
+        values = self._recent(window_s, labels)
+        return _quantiles_ms(values)
 
-    def render(self) -> list[str]:
-        lines: list[str] = []
-        for key in sorted(self._samples):
-            for q, v in zip(_QUANTILES, _quantiles(list(self._samples[key])).values(), strict=True):
-                quantile = 'quantile="' + str(q) + '"'
-                lines.append(f"{self.name}{self._label_text(key, quantile)} {v:g}")
-            lines.append(f"{self.name}_count{self._label_text(key)} {self._count[key]}")
-            lines.append(f"{self.name}_sum{self._label_text(key)} {self._sum[key]:g}")
-        return lines
+    def _recent(self, window_s: float | None, labels: dict[str, Any]) -> list[float]:
+        since = time.monotonic() - window_s if window_s is not None else -math.inf
+        wanted = {self.labelnames.index(k): str(v) for k, v in labels.items()}
+        with self._lock:
+            return [
+                v
+                for key, res in self._reservoirs.items()
+                if all(key[i] == v for i, v in wanted.items())
+                for t, v in res.samples
+                if t >= since
+            ]
 
     def snapshot(self) -> Any:
         rows = []
-        for key in sorted(self._samples):
+        now = time.monotonic()
+        with self._lock:
+            items = sorted(self._reservoirs.items())
+            copies = [(k, r.count, r.sum, list(r.samples)) for k, r in items]
+        for key, count, total, samples in copies:
             row: dict[str, Any] = dict(zip(self.labelnames, key, strict=True))
-            row.update(count=self._count[key], sum=round(self._sum[key], 3))
-            row.update(_quantiles(list(self._samples[key])))
+            row.update(count=count, sum_s=round(total, 6))
+            # Percentiles in milliseconds: over the last minute (the dashboard's view) and
+            # over every retained observation.
+            row.update(_quantiles_ms([v for t, v in samples if t >= now - WINDOW_S]))
+            row["retained"] = _quantiles_ms([v for _, v in samples])
             rows.append(row)
         if not self.labelnames:
             return rows[0] if rows else {"count": 0}
         return rows
 
 
-def _quantiles(samples: list[float]) -> dict[str, float]:
+def _quantiles_ms(samples: list[float]) -> dict[str, Any]:
     if not samples:
-        return {f"p{int(q * 100)}": math.nan for q in _QUANTILES}
+        return {f"p{int(q * 100)}_ms": None for q in _QUANTILES}
     samples.sort()
-    out = {}
+    out: dict[str, Any] = {}
     for q in _QUANTILES:
         idx = min(len(samples) - 1, max(0, math.ceil(q * len(samples)) - 1))
-        out[f"p{int(q * 100)}"] = round(samples[idx], 3)
+        out[f"p{int(q * 100)}_ms"] = round(samples[idx] * 1000, 3)
     return out
 
 
 class MetricsRegistry:
-    """Get-or-create metrics by name; one registry per app instance."""
+    """Get-or-create metrics by name over one ``CollectorRegistry`` (one per app instance,
+    so tests stay isolated); process metrics are collected on the same registry."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, process_metrics: bool = True) -> None:
+        # auto_describe off: registering the process collector would otherwise collect it
+        # at once, reading /proc on the event loop (our own metrics describe themselves).
+        self.registry = CollectorRegistry(auto_describe=False)
+        if process_metrics:
+            ProcessCollector(registry=self.registry)
         self._metrics: dict[str, _Metric] = {}
         self._lock = threading.Lock()
 
-    def _get(self, cls: type[_Metric], name: str, help_text: str, labelnames: Iterable[str]) -> Any:
+    def _get(self, cls: type[_Metric], name: str, labelnames: Iterable[str], make: Any) -> Any:
+        labels = tuple(labelnames)
         with self._lock:
             metric = self._metrics.get(name)
             if metric is None:
-                metric = self._metrics[name] = cls(name, help_text, labelnames)
-            elif type(metric) is not cls or metric.labelnames != tuple(labelnames):
+                metric = self._metrics[name] = make(labels)
+            elif type(metric) is not cls or metric.labelnames != labels:
                 raise ValueError(f"metric {name} re-registered with another type or labels")
             return metric
 
     def counter(self, name: str, help_text: str, labelnames: Iterable[str] = ()) -> Counter:
-        result: Counter = self._get(Counter, name, help_text, labelnames)
+        result: Counter = self._get(
+            Counter, name, labelnames, lambda ls: Counter(self.registry, name, help_text, ls)
+        )
         return result
 
     def gauge(self, name: str, help_text: str, labelnames: Iterable[str] = ()) -> Gauge:
-        result: Gauge = self._get(Gauge, name, help_text, labelnames)
+        result: Gauge = self._get(
+            Gauge, name, labelnames, lambda ls: Gauge(self.registry, name, help_text, ls)
+        )
         return result
 
-    def summary(self, name: str, help_text: str, labelnames: Iterable[str] = ()) -> Summary:
-        result: Summary = self._get(Summary, name, help_text, labelnames)
+    def histogram(
+        self,
+        name: str,
+        help_text: str,
+        labelnames: Iterable[str] = (),
+        *,
+        buckets: Sequence[float] = FAST_BUCKETS,
+    ) -> Histogram:
+        result: Histogram = self._get(
+            Histogram,
+            name,
+            labelnames,
+            lambda ls: Histogram(self.registry, name, help_text, ls, buckets),
+        )
+        if result.buckets != tuple(buckets):
+            raise ValueError(f"metric {name} re-registered with other buckets")
         return result
 
-    def render_prometheus(self) -> str:
-        lines: list[str] = []
-        for name in sorted(self._metrics):
-            metric = self._metrics[name]
-            lines.append(f"# HELP {name} {metric.help}")
-            lines.append(f"# TYPE {name} {metric.kind}")
-            lines.extend(metric.render())
-        return "\n".join(lines) + "\n"
+    def build_info(self, **labels: str) -> None:
+        """``relay_build_info{version=…,…} 1``: which build an instance runs."""
+        PromInfo("relay_build", "Relay build", registry=self.registry).info(labels)
+
+    def get(self, name: str) -> _Metric | None:
+        return self._metrics.get(name)
+
+    def render_prometheus(self) -> bytes:
+        return generate_latest(self.registry)
 
     def snapshot(self) -> dict[str, Any]:
-        return {name: self._metrics[name].snapshot() for name in sorted(self._metrics)}
+        with self._lock:
+            metrics = dict(self._metrics)
+        return {name: metrics[name].snapshot() for name in sorted(metrics)}

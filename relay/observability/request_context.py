@@ -1,6 +1,7 @@
 """Per-request context carried through await chains: the request id and stage timings.
 
-The HTTP middleware opens a context for each request; anything below it (cache,
+The HTTP middleware opens a context for each request (``bind_session`` adds the session id
+once a route knows it); anything below it (cache,
 database, upstream client) records how long its stage took with ``record_stage`` and
 logs through the request-aware logger, without threading a parameter everywhere.
 Outside a request these calls are harmless no-ops.
@@ -19,6 +20,9 @@ class RequestContext:
     started: float = field(default_factory=time.perf_counter)
     # Stage name → accumulated milliseconds (e.g. cache, db, upstream).
     stages: dict[str, float] = field(default_factory=dict)
+    # The interview session this request is about, once known (set by bind_session). Tasks
+    # started by the request (the media bridge) share this object, so their lines carry it.
+    session_id: str | None = None
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
@@ -58,3 +62,15 @@ def record_stage(stage: str, ms: float) -> None:
     ctx = _current.get()
     if ctx is not None:
         ctx.record(stage, ms)
+
+
+def current_session_id() -> str | None:
+    ctx = _current.get()
+    return ctx.session_id if ctx else None
+
+
+def bind_session(session_id: str) -> None:
+    """Tag every later log line of this request (and of tasks it starts) with the session."""
+    ctx = _current.get()
+    if ctx is not None:
+        ctx.session_id = session_id

@@ -46,6 +46,8 @@ class SessionEntry:
     # The media bridge attached at exchange time (relay.media.manager).
     bridge: Bridge | None = None
     created_monotonic: float = field(default_factory=time.monotonic)
+    # The user's e-mail, for the operator dashboard (shown masked).
+    email: str = field(default="", repr=False)
 
     def elapsed_s(self) -> float:
         return time.monotonic() - self.created_monotonic
@@ -130,6 +132,7 @@ class SessionRegistry:
         max_duration_s: float,
         credit_s: float,
         pending_ttl_s: float,
+        email: str = "",
     ) -> SessionEntry:
         self.check_capacity(user_id)
         entry = SessionEntry(
@@ -140,6 +143,7 @@ class SessionRegistry:
             max_duration_s=max_duration_s,
             credit_s=credit_s,
             expires_at=datetime.now(UTC) + timedelta(seconds=pending_ttl_s),
+            email=email,
         )
         self._sessions[entry.session_id] = entry
         self._update_gauge()

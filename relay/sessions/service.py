@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,7 +21,7 @@ from relay.admission.store import DatabaseUnavailable, Store
 from relay.config import Settings, model_for
 from relay.errors import ApiError
 from relay.observability.metrics import MetricsRegistry
-from relay.observability.request_context import current_request_id, record_stage
+from relay.observability.request_context import bind_session, current_request_id, record_stage
 from relay.sessions.registry import SessionEntry, SessionRegistry
 from relay.upstream.base import UpstreamClient, UpstreamError, UpstreamTimeout
 
@@ -46,6 +47,19 @@ def upstream_api_error(exc: UpstreamTimeout | UpstreamError) -> ApiError:
         retryable=retryable,
         details={"stage": exc.stage, "upstream_status": exc.status, "upstream_code": exc.code},
     )
+
+
+RECENTLY_ENDED_MAX = 50
+
+
+@dataclass(frozen=True)
+class EndedSession:
+    session_id: str
+    email: str = field(repr=False)
+    state: str
+    reason: str
+    duration_s: float
+    ended_at: float  # unix seconds
 
 
 @dataclass(frozen=True)
@@ -86,6 +100,8 @@ class SessionService:
             "relay_sessions_finish_write_failures_total",
             "Session rows that could not be closed at once (database unavailable)",
         )
+        # The most recent ends, newest last, for the operator dashboard (bounded).
+        self.recently_ended: deque[EndedSession] = deque(maxlen=RECENTLY_ENDED_MAX)
         # Finishes the database refused; housekeeping retries them until they land, so
         # credit is always debited eventually.
         self._unwritten: dict[str, _Finish] = {}
@@ -115,7 +131,9 @@ class SessionService:
             max_duration_s=min(settings.session.max_duration_s, available),
             credit_s=caller.user.remaining_seconds,
             pending_ttl_s=settings.session.pending_ttl_s,
+            email=caller.user.email,
         )
+        bind_session(entry.session_id)
         try:
             await self._store.create_session(
                 session_id=entry.session_id,
@@ -163,6 +181,16 @@ class SessionService:
             return None  # already finished by someone else
         entry.state = state
         self._ended.inc(state=state, reason=reason)
+        self.recently_ended.append(
+            EndedSession(
+                session_id=entry.session_id,
+                email=entry.email,
+                state=state,
+                reason=reason,
+                duration_s=round(duration_s, 1),
+                ended_at=time.time(),
+            )
+        )
         log.info("session %s %s (%s) after %.1fs", entry.session_id, state, reason, duration_s)
         finish = _Finish(
             session_id=entry.session_id,

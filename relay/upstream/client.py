@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 
 from relay.config import ConfigError, UpstreamConfig, model_for
-from relay.observability.metrics import MetricsRegistry
+from relay.observability.metrics import SLOW_BUCKETS, MetricsRegistry, bounded
 from relay.observability.request_context import current_request_id
 from relay.upstream.base import (
     MintedSession,
@@ -44,6 +45,7 @@ log = logging.getLogger("relay.upstream")
 
 UNREACHABLE = "upstream_unreachable"
 _LABEL_UNSAFE = re.compile(r"[^a-z0-9_]+")
+_HTTP_FALLBACK = re.compile(r"http_[1-5][0-9][0-9]")
 _STAGE_NAMES: Mapping[Stage, str] = {
     "mint": "OPENAI_SESSION",
     "sdp": "OPENAI_SDP_EXCHANGE",
@@ -118,9 +120,37 @@ def validate_upstream_config(config: UpstreamConfig) -> None:
             )
 
 
+# Outcome labels: the upstream's error codes are its own strings, so only known ones become
+# label values (anything else counts as "other"), keeping the label set bounded.
+KNOWN_OUTCOMES = frozenset(
+    {
+        "error",
+        "server_error",
+        "rate_limit_exceeded",
+        "insufficient_quota",
+        "invalid_api_key",
+        "invalid_request_error",
+        "invalid_value",
+        "invalid_offer",
+        "unknown_parameter",
+        "missing_required_parameter",
+        "model_not_found",
+        "beta_api_shape_disabled",
+        "call_id_not_found",
+        "session_expired",
+        "upstream_protocol_error",
+        "invalid_response",
+        "invalid_answer",
+        UNREACHABLE,
+    }
+)
+
+
 def _outcome(code: str | None) -> str:
     label = _LABEL_UNSAFE.sub("_", (code or "error").lower()).strip("_")
-    return label[:48] or "error"
+    if _HTTP_FALLBACK.fullmatch(label):
+        return label  # http_<status>: bounded by the status space
+    return bounded(label, KNOWN_OUTCOMES)
 
 
 class OpenAIRealtimeClient:
@@ -146,14 +176,21 @@ class OpenAIRealtimeClient:
             "Upstream HTTP requests (each attempt), by stage and outcome (ok, timeout, code)",
             ["stage", "outcome"],
         )
-        self._latency = metrics.summary(
-            "relay_upstream_latency_ms",
-            "Upstream stage latency in ms, retries included, whatever the outcome",
+        self._latency = metrics.histogram(
+            "relay_upstream_duration_seconds",
+            "Upstream stage latency (mint, sdp, hangup), retries included, whatever the outcome",
             ["stage"],
+            buckets=SLOW_BUCKETS,
         )
         self._retries = metrics.counter(
             "relay_upstream_retries_total", "Upstream attempts repeated after a failure", ["stage"]
         )
+        # (stage, outcome, unix time) of the latest request: the dashboard's upstream state.
+        self.last_outcome: tuple[str, str, float] | None = None
+
+    def _count(self, stage: Stage, outcome: str) -> None:
+        self._requests.inc(stage=stage, outcome=outcome)
+        self.last_outcome = (stage, outcome, time.time())
 
     def __repr__(self) -> str:
         return (
@@ -187,7 +224,7 @@ class OpenAIRealtimeClient:
                     async with asyncio.timeout_at(deadline):
                         reply = await self._send(request)
                 except TimeoutError:
-                    self._requests.inc(stage="mint", outcome="timeout")
+                    self._count("mint", "timeout")
                     raise self._timeout("mint", cfg.mint_timeout_s) from None
                 except aiohttp.ClientError as exc:
                     error = self._transport_error("mint", exc)
@@ -196,9 +233,9 @@ class OpenAIRealtimeClient:
                         try:
                             minted = self._parse_mint(reply)
                         except UpstreamError as exc:
-                            self._requests.inc(stage="mint", outcome=_outcome(exc.code))
+                            self._count("mint", _outcome(exc.code))
                             raise
-                        self._requests.inc(stage="mint", outcome="ok")
+                        self._count("mint", "ok")
                         log.info(
                             "[%s] OPENAI_SESSION_COMPLETE - %.0fms",
                             request_id,
@@ -207,7 +244,7 @@ class OpenAIRealtimeClient:
                         return minted
                     error = self._http_error("mint", reply)
                     retry_after = parse_retry_after(reply.headers)
-                self._requests.inc(stage="mint", outcome=_outcome(error.code))
+                self._count("mint", _outcome(error.code))
                 if retries >= cfg.mint_retries or not self._retryable(error):
                     raise error
                 delay = retry_delay(
@@ -241,7 +278,7 @@ class OpenAIRealtimeClient:
             self._log_failure("mint", request_id, exc, (loop.time() - started) * 1000)
             raise
         finally:
-            self._latency.observe((loop.time() - started) * 1000, stage="mint")
+            self._latency.observe(loop.time() - started, stage="mint")
 
     async def exchange_sdp(
         self, minted: MintedSession, offer_sdp: str, *, request_id: str
@@ -273,15 +310,12 @@ class OpenAIRealtimeClient:
                 ) from None
         except UpstreamFailure as exc:
             code = exc.code if isinstance(exc, UpstreamError) else None
-            self._requests.inc(
-                stage="sdp",
-                outcome="timeout" if isinstance(exc, UpstreamTimeout) else _outcome(code),
-            )
+            self._count("sdp", "timeout" if isinstance(exc, UpstreamTimeout) else _outcome(code))
             self._log_failure("sdp", request_id, exc, (loop.time() - started) * 1000)
             raise
         finally:
-            self._latency.observe((loop.time() - started) * 1000, stage="sdp")
-        self._requests.inc(stage="sdp", outcome="ok")
+            self._latency.observe(loop.time() - started, stage="sdp")
+        self._count("sdp", "ok")
         if answer.call_id is None and self.dialect == "ga":
             log.warning("[%s] upstream answer carried no Location: no call id", request_id)
         log.info(
@@ -341,8 +375,8 @@ class OpenAIRealtimeClient:
                     message,
                 )
         ms = (loop.time() - started) * 1000
-        self._requests.inc(stage="hangup", outcome=outcome)
-        self._latency.observe(ms, stage="hangup")
+        self._count("hangup", outcome)
+        self._latency.observe(ms / 1000, stage="hangup")
         if outcome == "ok":
             log.info("[%s] OPENAI_HANGUP_COMPLETE - %.0fms (call %s)", request_id, ms, call_id)
 

@@ -21,12 +21,14 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from relay.errors import ApiError
-from relay.observability import request_context
-from relay.observability.metrics import MetricsRegistry
+from relay.observability import error_tracking, request_context
+from relay.observability.metrics import FAST_BUCKETS, MetricsRegistry, bounded
 
 log = logging.getLogger("relay.http")
 
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 _HTTP_ERROR_CODES = {
     400: "bad_request",
@@ -64,24 +66,38 @@ def make_middleware(metrics: MetricsRegistry) -> Middleware:
         "HTTP requests by route, method and status",
         ["route", "method", "status"],
     )
-    latency = metrics.summary("relay_http_latency_ms", "HTTP handler latency", ["route"])
+    latency = metrics.histogram(
+        "relay_http_request_duration_seconds",
+        "HTTP handler latency by route template and method",
+        ["route", "method"],
+        buckets=FAST_BUCKETS,
+    )
+    errors = metrics.counter(
+        "relay_http_errors_total",
+        "JSON error responses by status and error code (codes are the relay's own)",
+        ["status", "code"],
+    )
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         request_id = request_id_for(request.headers.get("X-Request-ID"))
         token = request_context.begin(request_id)
+        error_tracking.tag_request(request_id)
         ctx = request_context.current()
         assert ctx is not None
+        error_code: str | None = None
         try:
             try:
                 response = await handler(request)
             except ApiError as exc:
+                error_code = exc.code
                 response = _error_response(exc, request_id)
             except web.HTTPException as exc:
                 if exc.status < 400:
                     raise
                 code = _HTTP_ERROR_CODES.get(exc.status, f"http_{exc.status}")
                 api = ApiError(exc.status, code, exc.reason or code)
+                error_code = code
                 response = _error_response(api, request_id)
                 for name in ("Allow", "Retry-After"):
                     if name in exc.headers:
@@ -93,12 +109,16 @@ def make_middleware(metrics: MetricsRegistry) -> Middleware:
                 api = ApiError(
                     500, "internal_error", "Unexpected error; it has been logged.", retryable=True
                 )
+                error_code = api.code
                 response = _error_response(api, request_id)
             response.headers["X-Request-ID"] = request_id
             response.headers["Server-Timing"] = ctx.server_timing()
             route = _route_name(request)
-            requests_total.inc(route=route, method=request.method, status=response.status)
-            latency.observe(ctx.elapsed_ms(), route=route)
+            method = bounded(request.method, _METHODS)
+            requests_total.inc(route=route, method=method, status=response.status)
+            latency.observe(ctx.elapsed_ms() / 1000, route=route, method=method)
+            if error_code is not None:
+                errors.inc(status=response.status, code=error_code)
             return response
         finally:
             request_context.end(token)

@@ -19,7 +19,7 @@ from relay.errors import ApiError
 from relay.media.manager import BridgeManager
 from relay.media.sdp import InvalidOffer, invalid_offer_error, validate_offer
 from relay.observability.logging import request_banner, stage
-from relay.observability.request_context import current, current_request_id
+from relay.observability.request_context import bind_session, current, current_request_id
 from relay.services import SERVICES, Services
 from relay.sessions.registry import is_session_id
 from relay.web.auth import is_operator
@@ -61,6 +61,7 @@ async def webrtc_exchange(request: web.Request) -> web.Response:
         manager = _bridges(services)
         manager.refuse_if_no_media_ports()
         entry = services.registry.claim_for_exchange(session_id, caller.user.id)
+        bind_session(entry.session_id)
         bridge = await manager.open(entry, sdp, current_request_id())
         ctx = current()
         banner.status = 201
@@ -115,6 +116,7 @@ async def delete_session(request: web.Request) -> web.Response:
     session_id = _path_session_id(request)
     entry = services.registry.get(session_id)
     if entry is not None and (operator or entry.user_id == user_id):
+        bind_session(entry.session_id)
         reason = "operator_hangup" if operator else "hangup"
         log.info("[%s] SESSION_HANGUP %s (%s)", current_request_id(), session_id, reason)
         if entry.bridge is not None:

@@ -1,57 +1,64 @@
-"""Operator endpoints: GET /api/stats (JSON) and GET /metrics (Prometheus text)."""
+"""Operator endpoints: GET /api/stats (JSON), GET /metrics (Prometheus text) and
+GET /stats (the dashboard page; its data comes from /api/stats with the operator token)."""
 
 from __future__ import annotations
 
-import time
-from typing import Any
+import asyncio
+from pathlib import Path
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from relay.observability.request_context import current_request_id
 from relay.services import SERVICES
 from relay.web.auth import require_operator
+from relay.web.stats_view import build_stats
+
+DASHBOARD = Path(__file__).resolve().parent.parent.parent / "static" / "stats.html"
+# The dashboard's scripts and styles are files of our own: no inline code, no other origin.
+# (A relay-wide security-headers middleware may set its own policy; this one is the
+# dashboard's minimum.) Recording audio plays from blob: URLs fetched with the token.
+DASHBOARD_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self'; media-src 'self' blob:; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
 
 
 async def stats(request: web.Request) -> web.Response:
     require_operator(request)
-    services = request.app[SERVICES]
-    sessions: list[dict[str, Any]] = []
-    for entry in services.registry.live():
-        row: dict[str, Any] = {
-            "session_id": entry.session_id,
-            "state": entry.state,
-            "age_s": round(time.monotonic() - entry.created_monotonic, 1),
-        }
-        if entry.bridge is not None:
-            row["media"] = entry.bridge.stats()
-        sessions.append(row)
-    body = {
-        "instance": services.instance_id,
-        "draining": services.draining,
-        "redis": services.cache.redis_state,
-        "upstream": {
-            "dialect": services.upstream.dialect,
-            "model": services.upstream.model,
-            "simulated": services.simulator is not None,
-        },
-        "sessions": sessions,
-        "metrics": services.metrics.snapshot(),
-        "request_id": current_request_id(),
-    }
-    return web.json_response(body)
+    body = await build_stats(request.app[SERVICES], current_request_id())
+    return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 
 async def metrics(request: web.Request) -> web.Response:
     require_operator(request)
-    text = request.app[SERVICES].metrics.render_prometheus()
+    # Rendering runs the process collector, which reads /proc: off the event loop.
+    text = await asyncio.to_thread(request.app[SERVICES].metrics.render_prometheus)
     return web.Response(
-        text=text,
-        content_type="text/plain",
-        charset="utf-8",
-        headers={"X-Content-Type-Options": "nosniff"},
+        body=text,
+        headers={
+            "Content-Type": CONTENT_TYPE_LATEST,
+            "X-Content-Type-Options": "nosniff",
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+async def dashboard(request: web.Request) -> web.FileResponse:
+    # The page holds no data: it asks /api/stats with the token the operator types in.
+    return web.FileResponse(
+        DASHBOARD,
+        headers={
+            "Cache-Control": "no-store",
+            "Content-Security-Policy": DASHBOARD_CSP,
+            "Referrer-Policy": "no-referrer",
+            "X-Content-Type-Options": "nosniff",
+        },
     )
 
 
 def register(app: web.Application) -> None:
     app.router.add_get("/api/stats", stats)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/stats", dashboard)

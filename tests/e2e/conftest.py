@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import wave
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +17,14 @@ from playwright.async_api import Browser, Page, async_playwright
 from tests.integration.conftest import make_relay, simulator
 from tests.integration.media_helpers import SAMPLE_RATE, silence, speech_like
 
-__all__ = ["browser", "fake_mic_wav", "make_relay", "page", "simulator"]
+__all__ = [
+    "artifact_path",
+    "browser",
+    "fake_mic_wav",
+    "make_relay",
+    "page",
+    "simulator",
+]
 
 # Never a browser downloaded by Playwright: the system's Chromium.
 CHROMIUM = "/usr/bin/chromium"
@@ -81,3 +89,38 @@ async def page(browser: Browser) -> AsyncIterator[Page]:
         yield await context.new_page()
     finally:
         await context.close()
+
+
+# ---------------------------------------------------------------------- artifacts
+ARTIFACTS_DIR = Path(__file__).resolve().parent.parent / "artifacts"
+_saved: list[Path] = []
+
+
+@pytest.fixture
+def artifact_path() -> Callable[[str], Path]:
+    """``artifact_path("name.png")``: a file under tests/artifacts/ (git-ignored), listed
+    at the end of the test run."""
+
+    def make(name: str) -> Path:
+        ARTIFACTS_DIR.mkdir(exist_ok=True)
+        path = ARTIFACTS_DIR / name
+        _saved.append(path)
+        return path
+
+    return make
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    saved = [p for p in _saved if p.exists()]
+    if saved:
+        terminalreporter.section("browser test artifacts")
+        for path in saved:
+            terminalreporter.write_line(f"saved: {path}")
+
+
+def collect_page_errors(page: Page) -> list[str]:
+    """Console errors and uncaught exceptions of ``page`` (CSP violations included)."""
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+    return errors

@@ -4,10 +4,13 @@ HTTP and WebRTC."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import re
+import time
 from typing import Any
 
-from playwright.async_api import Page, expect
+from playwright.async_api import Page, Response, expect
 
 from relay.upstream.simulator.server import RunningSimulator
 from tests.integration.conftest import MakeRelay
@@ -135,3 +138,73 @@ async def test_a_simulated_interview_says_so_to_the_candidate(
     await expect(page.locator("#stop")).to_be_enabled(timeout=CONNECT_S * 1000)
     await page.click("#stop")
     await expect(page.locator("#status")).to_have_text("Interview ended.")
+
+
+# Long enough that the page's own fallback (2 s, then 4 s) cannot pass for honouring it.
+RETRY_AFTER_S = 3
+
+
+async def test_the_page_waits_out_a_stopped_database_then_connects(
+    make_relay: MakeRelay, simulator: RunningSimulator, page: Page, private_postgres: Any
+) -> None:
+    relay = await make_relay(
+        dsn=private_postgres.dsn(), overrides={"database": {"retry_after_s": RETRY_AFTER_S}}
+    )
+    token = await relay.add_user(seconds=600)
+    await private_postgres.astop()  # a real fault: the relay answers 503 + Retry-After
+
+    answers: list[tuple[float, int, str | None]] = []
+    restarted = asyncio.Event()
+
+    async def on_response(response: Response) -> None:
+        if not response.url.endswith("/api/realtime-session"):
+            return
+        answers.append((time.monotonic(), response.status, response.headers.get("retry-after")))
+        if len([a for a in answers if a[1] == 503]) == 2 and not restarted.is_set():
+            restarted.set()
+            await private_postgres.astart()
+
+    page.on("response", on_response)
+    await page.goto(str(relay.client.make_url(f"/?token={token}")))
+    await page.click("#start")
+
+    # The waiting message, with the countdown taken from Retry-After.
+    status = page.locator("#status")
+    await expect(status).to_contain_text("Our service is briefly unavailable.", timeout=10_000)
+    await expect(status).to_contain_text(re.compile(r"Retrying the session in \d s"))
+    await expect(page.locator("#error")).to_be_hidden()
+
+    # Then it connects once the database is back.
+    await expect(page.locator("#stop")).to_be_enabled(timeout=(4 * RETRY_AFTER_S + 20) * 1000)
+    statuses = [s for _, s, _ in answers]
+    assert statuses[:2] == [503, 503] and statuses[-1] == 201, statuses
+    assert len(statuses) <= 4, statuses
+    assert answers[0][2] == str(RETRY_AFTER_S)
+    # Retry-After honoured: each retry came no sooner than the relay asked.
+    for (t_prev, _, after), (t_next, _, _) in itertools.pairwise(answers):
+        assert after is not None
+        assert t_next - t_prev >= int(after) - 0.25, (t_next - t_prev, after)
+    await expect(page.locator("#error")).to_be_hidden()
+
+    await page.click("#stop")
+    await expect(page.locator("#status")).to_have_text("Interview ended.")
+    await wait_until(lambda: len(relay.services.registry) == 0, CONNECT_S, "registry empty")
+
+
+async def test_a_401_is_not_retried(
+    make_relay: MakeRelay, simulator: RunningSimulator, page: Page
+) -> None:
+    relay = await make_relay()
+    requests: list[str] = []
+    page.on(
+        "request",
+        lambda r: requests.append(r.url) if r.url.endswith("/api/realtime-session") else None,
+    )
+    await page.goto(str(relay.client.make_url("/?token=rt_revoked-or-mistyped-token-000")))
+    await page.click("#start")
+    await expect(page.locator("#error")).to_contain_text(INVALID_TOKEN_MESSAGE)
+    # The start button comes back only when the page has given up: one request, no retry.
+    await expect(page.locator("#start")).to_be_enabled()
+    await expect(page.locator("#status")).to_have_text("Not connected.")
+    assert len(requests) == 1
+    assert "Retrying" not in await page.locator("#status").inner_text()

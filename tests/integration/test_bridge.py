@@ -380,7 +380,7 @@ async def test_supervisor_failure_still_releases_slot_row_and_both_peers(
     relay = interview.relay
     manager = relay.services.bridges
     assert manager is not None
-    manager.metrics.connect_ms = _ExplodingSummary()  # type: ignore[assignment]
+    manager.metrics.connect_s = _ExplodingSummary()  # type: ignore[assignment]
     status, answer = await interview.exchange()
     assert status == 201, answer
     bridge = interview.bridge  # still connecting: the browser has not applied the answer

@@ -257,11 +257,14 @@ async def test_serve_against_a_separately_run_simulator_in_the_beta_dialect(
             operator = {"Authorization": f"Bearer {OPERATOR}"}
             async with http.get(url + "api/stats", headers=operator) as resp:
                 stats = await resp.json()
-                assert stats["upstream"] == {
+                upstream = stats["upstream"]
+                assert {k: upstream[k] for k in ("dialect", "model", "simulated", "state")} == {
                     "dialect": "beta",
                     "model": "gpt-4o-realtime-preview-2024-12-17",
                     "simulated": False,
+                    "state": "up",
                 }
+                assert upstream["last_outcome"]["stage"] == "mint"
     finally:
         sim.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(sim.wait(), timeout=30) == 0

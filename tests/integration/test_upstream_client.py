@@ -21,7 +21,7 @@ from aiortc.mediastreams import AudioStreamTrack
 
 from relay.config import ConfigError, IceConfig, Settings, UpstreamConfig
 from relay.media.ice import rtc_configuration
-from relay.observability.metrics import MetricsRegistry
+from relay.observability.metrics import SLOW_BUCKETS, MetricsRegistry
 from relay.upstream.base import MintedSession, UpstreamError, UpstreamTimeout
 from relay.upstream.client import OpenAIRealtimeClient
 from relay.upstream.factory import build_upstream_client
@@ -44,7 +44,10 @@ def retries_total(metrics: MetricsRegistry, stage: str) -> float:
 
 
 def latency_count(metrics: MetricsRegistry, stage: str) -> int:
-    return metrics.summary("relay_upstream_latency_ms", "", ["stage"]).count(stage=stage)
+    histogram = metrics.histogram(
+        "relay_upstream_duration_seconds", "", ["stage"], buckets=SLOW_BUCKETS
+    )
+    return histogram.count(stage=stage)
 
 
 def assert_no_secrets(caplog: pytest.LogCaptureFixture, *secrets: str) -> None:

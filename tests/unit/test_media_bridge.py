@@ -346,7 +346,7 @@ class _ExplodingSummary:
 
 async def test_a_failing_supervisor_ends_the_session_and_releases_both_legs(rig: Rig) -> None:
     bridge = rig.bridge()
-    bridge.metrics.connect_ms = _ExplodingSummary()  # type: ignore[assignment]
+    bridge.metrics.connect_s = _ExplodingSummary()  # type: ignore[assignment]
     browser = rig.browser(payloads=SPEECH)
     before = open_peer_count()
     answer = await bridge.start(await browser.offer())

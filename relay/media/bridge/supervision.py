@@ -43,7 +43,7 @@ async def supervise(bridge: Bridge) -> None:
     now = time.monotonic()
     bridge.connected_at = now
     bridge.state = "active"
-    bridge.metrics.connect_ms.observe((now - bridge.started_at) * 1000)
+    bridge.metrics.connect_s.observe(now - bridge.started_at)
     log.info("session %s: active after %.0fms", bridge.session_id, (now - bridge.started_at) * 1000)
     await bridge.call_hook("on_active", bridge.hooks.on_active(bridge.upstream_call_id))
     await monitor(bridge)
@@ -74,7 +74,7 @@ async def monitor(bridge: Bridge) -> None:
         first = bridge.upstream_to_browser.first_packet_at
         if not reported_first_audio and first is not None:
             reported_first_audio = True
-            bridge.metrics.first_upstream_audio_ms.observe((first - bridge.started_at) * 1000)
+            bridge.metrics.first_upstream_audio_s.observe(first - bridge.started_at)
         bridge.quality.publish_metrics()
         if now - quality_at >= QUALITY_REFRESH_S:
             quality_at = now

@@ -1,0 +1,173 @@
+"""The JSON body of GET /api/stats: what the operator dashboard (/stats) draws.
+
+Everything comes from the live objects and the same metrics registry that /metrics renders
+(latency percentiles from each histogram's reservoir, counters as totals), so the two views
+never disagree about what happened. E-mail addresses are masked here: the dashboard never
+receives a full address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from relay import __version__
+from relay.observability.metrics import Counter, Histogram
+from relay.services import Services
+
+DB_PING_TIMEOUT_S = 0.5
+
+
+def mask_email(email: str) -> str:
+    """``jane.doe@example.com`` → ``j***e@example.com``; short local parts keep 1 char."""
+    if not email:
+        return ""
+    local, at, domain = email.rpartition("@")
+    if not at:
+        local, domain = email, ""
+    masked = local[:1] + "***" if len(local) <= 2 else f"{local[0]}***{local[-1]}"
+    return f"{masked}@{domain}" if domain else masked
+
+
+def _quantiles(services: Services, name: str, **labels: Any) -> dict[str, Any]:
+    metric = services.metrics.get(name)
+    if not isinstance(metric, Histogram):
+        return {"p50_ms": None, "p90_ms": None, "p99_ms": None, "count": 0}
+    out: dict[str, Any] = metric.quantiles_ms(**labels)
+    out["count"] = metric.count(**labels) if set(labels) == set(metric.labelnames) else None
+    return out
+
+
+def _counter_rows(services: Services, name: str) -> list[dict[str, Any]]:
+    metric = services.metrics.get(name)
+    if not isinstance(metric, Counter):
+        return []
+    rows: list[dict[str, Any]] = metric.snapshot()
+    return rows
+
+
+def _cache(services: Services) -> dict[str, Any]:
+    hits = misses = 0.0
+    for row in _counter_rows(services, "relay_cache_lookups_total"):
+        if row["result"] == "miss":
+            misses += row["value"]
+        else:
+            hits += row["value"]
+    total = hits + misses
+    return {
+        "redis": services.cache.redis_state,
+        "hits": hits,
+        "misses": misses,
+        "hit_rate": round(hits / total, 4) if total else None,
+    }
+
+
+def _errors_by_code(services: Services) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for row in _counter_rows(services, "relay_http_errors_total"):
+        out[row["code"]] = out.get(row["code"], 0.0) + row["value"]
+    return out
+
+
+async def _database(services: Services) -> dict[str, Any]:
+    state = "up"
+    error = None
+    if not services.store.schema_ready:
+        state, error = "down", "migrations_pending"
+    else:
+        try:
+            await services.store.ping(timeout_s=DB_PING_TIMEOUT_S)
+        except (Exception, asyncio.TimeoutError) as exc:  # any failure means unreachable
+            state, error = "down", type(exc).__name__
+    return {
+        "state": state,
+        "error": error,
+        "query": _quantiles(services, "relay_db_query_duration_seconds"),
+    }
+
+
+def _upstream(services: Services) -> dict[str, Any]:
+    upstream = services.upstream
+    last = getattr(upstream, "last_outcome", None)
+    state = "unknown"
+    if last is not None:
+        state = "up" if last[1] in ("ok", "call_id_not_found") else "failing"
+    body: dict[str, Any] = {
+        "dialect": upstream.dialect,
+        "model": upstream.model,
+        "simulated": services.simulator is not None,
+        "state": state,
+        "last_outcome": None
+        if last is None
+        else {"stage": last[0], "outcome": last[1], "at": round(last[2], 3)},
+        "mint": _quantiles(services, "relay_upstream_duration_seconds", stage="mint"),
+        "sdp": _quantiles(services, "relay_upstream_duration_seconds", stage="sdp"),
+    }
+    # The model-deprecation warning, where the relay computes one (design §5).
+    warning = getattr(services, "model_warning", None)
+    if warning:
+        body["model_warning"] = warning
+    return body
+
+
+def _live_sessions(services: Services, now: float) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for entry in services.registry.live():
+        row: dict[str, Any] = {
+            "session_id": entry.session_id,
+            "user": mask_email(entry.email),
+            "state": entry.state,
+            "age_s": round(now - entry.created_monotonic, 1),
+        }
+        if entry.bridge is not None:
+            row["media"] = entry.bridge.stats()
+        rows.append(row)
+    return rows
+
+
+def _recently_ended(services: Services) -> list[dict[str, Any]]:
+    return [
+        {
+            "session_id": e.session_id,
+            "user": mask_email(e.email),
+            "state": e.state,
+            "reason": e.reason,
+            "duration_s": e.duration_s,
+            "ended_at": round(e.ended_at, 3),
+        }
+        for e in reversed(services.sessions.recently_ended)
+    ]
+
+
+async def build_stats(services: Services, request_id: str) -> dict[str, Any]:
+    now = time.monotonic()
+    sessions = _live_sessions(services, now)
+    by_state: dict[str, int] = {}
+    for row in sessions:
+        by_state[row["state"]] = by_state.get(row["state"], 0) + 1
+    monitor = services.loop_monitor
+    body: dict[str, Any] = {
+        "instance": services.instance_id,
+        "version": __version__,
+        "time": round(time.time(), 3),
+        "draining": services.draining,
+        "redis": services.cache.redis_state,
+        "database": await _database(services),
+        "cache": _cache(services),
+        "upstream": _upstream(services),
+        "admission": _quantiles(services, "relay_admission_duration_seconds"),
+        "media_connect": _quantiles(services, "relay_media_connect_duration_seconds"),
+        "errors_by_code": _errors_by_code(services),
+        "process": monitor.snapshot() if monitor is not None else {},
+        "sessions_by_state": by_state,
+        "sessions": sessions,
+        "recently_ended": _recently_ended(services),
+        "metrics": services.metrics.snapshot(),
+        "request_id": request_id,
+    }
+    # Recordings (design §7) appear here once the relay records: the dashboard renders
+    # this list when present (id, session_id, status, duration_s, bytes, created_at).
+    if services.recordings_summary is not None:
+        body["recordings"] = await services.recordings_summary()
+    return body

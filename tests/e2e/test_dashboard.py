@@ -1,0 +1,181 @@
+"""The operator dashboard (/stats) in headless Chromium against a whole relay with one
+live bridged interview (a real aiortc "browser" through the relay to the simulator)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from playwright.async_api import Page, expect
+
+from relay.upstream.simulator.server import RunningSimulator
+from tests.e2e.conftest import collect_page_errors
+from tests.integration.conftest import MakeRelay
+from tests.integration.live_session import live_session
+from tests.integration.media_helpers import wait_until
+from tests.integration.relay_harness import OPERATOR_TOKEN
+
+CHARTS = ("sessions", "admission", "upstream", "cache", "errors", "cpu", "lag")
+TOKEN_KEY = "relayOperatorToken"
+SHOWS_WITHIN_MS = 5000
+# Two polls two seconds apart, with room for a loaded machine.
+CHART_WITHIN_MS = 12000
+
+
+async def test_dashboard_shows_the_live_session_draws_charts_and_ends_it(
+    make_relay: MakeRelay,
+    simulator: RunningSimulator,
+    page: Page,
+    artifact_path: Callable[[str], Path],
+) -> None:
+    relay = await make_relay()
+    errors = collect_page_errors(page)
+    async with live_session(relay, email="jane.doe@example.com") as live:
+        sid = live.session_id
+        await page.set_viewport_size({"width": 1280, "height": 900})
+        await page.goto(str(relay.client.make_url(f"/stats#token={OPERATOR_TOKEN}")))
+
+        # The token left the address bar and lives in sessionStorage only.
+        await expect(page).to_have_url(re.compile(r"/stats$"))
+        assert await page.evaluate(f"sessionStorage.getItem('{TOKEN_KEY}')") == OPERATOR_TOKEN
+        assert await page.evaluate("localStorage.length") == 0
+
+        # The live session appears within 5 s, user masked, both legs shown.
+        row = page.locator(f'#live tr.session[data-session="{sid}"]')
+        await expect(row).to_be_visible(timeout=SHOWS_WITHIN_MS)
+        await expect(row).to_contain_text("j***e@example.com")
+        await expect(row).to_contain_text("active")
+        await expect(row).to_contain_text("browser → relay")
+        await expect(page.locator(f'#live tr.leg2[data-session="{sid}"]')).to_contain_text(
+            "upstream → relay"
+        )
+        assert "jane.doe" not in await page.content()
+
+        # Dependencies.
+        await expect(page.locator('[data-dep="PostgreSQL"] strong')).to_have_text("up")
+        await expect(page.locator('[data-dep="Redis"] strong')).to_have_text("disabled")
+        await expect(page.locator('[data-dep="Upstream"] strong')).to_have_text("up")
+        await expect(page.locator('[data-dep="Draining"] strong')).to_have_text("no")
+
+        # Every chart has a history and draws it; the live-sessions line is at 1.
+        for chart in CHARTS:
+            await expect(page.locator(f"#chart-{chart} svg")).to_have_attribute(
+                "data-samples", re.compile(r"^([2-9]|[1-9][0-9]+)$"), timeout=CHART_WITHIN_MS
+            )
+        sessions_line = page.locator("#chart-sessions polyline")
+        await expect(sessions_line).to_have_attribute("points", re.compile(r"\S+,\S+ \S+,\S+"))
+        await expect(page.locator("#chart-sessions .legend")).to_contain_text("live: 1")
+        await expect(page.locator("#chart-admission polyline").first).to_have_attribute(
+            "points", re.compile(r"\d")
+        )
+        # Recordings are not part of this build's stats: the section stays hidden.
+        await expect(page.locator("#recordings-section")).to_be_hidden()
+
+        desktop = artifact_path("dashboard-1280.png")
+        await page.screenshot(path=str(desktop), full_page=True)
+        print(f"dashboard screenshot: {desktop}")
+
+        # A phone: the page itself does not scroll sideways (tables scroll in their box).
+        await page.set_viewport_size({"width": 390, "height": 844})
+        await expect(row).to_be_visible()
+        overflow = await page.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        assert overflow <= 1, overflow
+        phone = artifact_path("dashboard-phone.png")
+        await page.screenshot(path=str(phone), full_page=True)
+        print(f"dashboard screenshot (phone): {phone}")
+        await page.set_viewport_size({"width": 1280, "height": 900})
+
+        # End, with the keyboard: the server ends the session.
+        end = page.get_by_role("button", name=f"End session {sid}")
+        await end.focus()
+        await page.keyboard.press("Enter")
+        await wait_until(lambda: relay.services.registry.get(sid) is None, 10, "session ended")
+        ended = page.locator(f'#ended tr[data-session="{sid}"]')
+        await expect(ended).to_contain_text("operator_hangup", timeout=SHOWS_WITHIN_MS)
+        await expect(row).to_have_count(0)
+        rows = await relay.sql(
+            "SELECT state, end_reason FROM interview_sessions WHERE id = $1", sid
+        )
+        assert [tuple(r) for r in rows] == [("ended", "operator_hangup")]
+
+    assert errors == []
+
+
+async def test_a_wrong_token_shows_a_clear_message_and_no_data(
+    make_relay: MakeRelay, simulator: RunningSimulator, page: Page
+) -> None:
+    relay = await make_relay()
+    errors = collect_page_errors(page)
+    # A session exists, so there would be data to show.
+    token = await relay.add_user(email="someone@example.com")
+    status, body, _ = await relay.create_session(token)
+    assert status == 201, body
+    sid = body["session_id"]
+
+    await page.goto(str(relay.client.make_url("/stats#token=not-the-operator-token")))
+    error = page.locator("#error")
+    await expect(error).to_contain_text("The operator token was refused.")
+    await expect(page.locator("#dashboard")).to_be_hidden()
+    await expect(page).to_have_url(re.compile(r"/stats$"))
+    assert await page.evaluate(f"sessionStorage.getItem('{TOKEN_KEY}')") is None
+
+    # Typed in: the same refusal, and still no data anywhere on the page.
+    await page.fill("#op-token", "also-wrong")
+    await page.press("#op-token", "Enter")
+    await expect(error).to_contain_text("The operator token was refused.")
+    await expect(page.locator("#live tbody tr")).to_have_count(0)
+    assert sid not in await page.content()
+    assert "s***e@example.com" not in await page.content()
+
+    # The right token then shows the session.
+    await page.fill("#op-token", OPERATOR_TOKEN)
+    await page.press("#op-token", "Enter")
+    await expect(page.locator(f'#live tr.session[data-session="{sid}"]')).to_be_visible(
+        timeout=SHOWS_WITHIN_MS
+    )
+    await expect(error).to_be_hidden()
+    # 401 responses are logged by Chromium as failed resources; nothing else may fail.
+    assert [e for e in errors if "401" not in e] == []
+
+
+async def test_recordings_render_only_when_the_stats_carry_them(
+    make_relay: MakeRelay, simulator: RunningSimulator, page: Page
+) -> None:
+    """The hook the recorder plugs into: ``Services.recordings_summary``. Its audio and
+    transcript routes belong to the recorder; here only the list and its controls."""
+    relay = await make_relay()
+    errors = collect_page_errors(page)
+    await page.goto(str(relay.client.make_url(f"/stats#token={OPERATOR_TOKEN}")))
+    await expect(page.locator('[data-dep="PostgreSQL"] strong')).to_have_text("up")
+    await expect(page.locator("#recordings-section")).to_be_hidden()
+
+    async def recordings() -> list[dict[str, object]]:
+        return [
+            {
+                "id": "rec_1",
+                "session_id": "is_abc",
+                "status": "ready",
+                "duration_s": 61.5,
+                "bytes": 480_000,
+                "created_at": "2026-01-01T00:00:00Z",
+            }
+        ]
+
+    relay.services.recordings_summary = recordings
+    item = page.locator('#recordings li[data-recording="rec_1"]')
+    await expect(item).to_be_visible(timeout=SHOWS_WITHIN_MS)
+    await expect(item).to_contain_text("is_abc · ready · 1 min 2 s · 480 kB")
+    await expect(item.locator("audio")).to_have_count(1)
+    for name in ("Load audio", "Transcript", "Delete"):
+        await expect(item.get_by_role("button", name=name)).to_be_enabled()
+
+    async def none() -> list[dict[str, object]]:
+        return []
+
+    relay.services.recordings_summary = none
+    await expect(item).to_have_count(0, timeout=SHOWS_WITHIN_MS)
+    await expect(page.locator("#recordings")).to_contain_text("No recordings.")
+    assert errors == []

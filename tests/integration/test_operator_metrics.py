@@ -1,0 +1,220 @@
+"""/metrics and /api/stats on a whole relay: prometheus-client's own parser reads the
+text, latencies are histograms (no summaries), label sets stay bounded however many
+sessions pass, the JSON percentiles come from the same observations, and both refuse a
+missing or wrong operator token."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import secrets
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+from tests.integration.conftest import MakeRelay
+from tests.integration.live_session import live_session
+from tests.integration.media_helpers import wait_until
+from tests.integration.relay_harness import OPERATOR_TOKEN, RelayHarness
+
+OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+HISTOGRAMS = {
+    "relay_http_request_duration_seconds": "HTTP",
+    "relay_db_query_duration_seconds": "database",
+    "relay_upstream_duration_seconds": "upstream",
+    "relay_media_connect_duration_seconds": "media connect",
+    "relay_admission_duration_seconds": "admission",
+    "relay_cache_lookup_duration_seconds": "cache",
+}
+
+
+async def scrape(relay: RelayHarness) -> dict[str, Any]:
+    async with relay.client.get("/metrics", headers=OPERATOR) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/plain; version=")
+        text = await resp.text()
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+async def stats(relay: RelayHarness) -> dict[str, Any]:
+    async with relay.client.get("/api/stats", headers=OPERATOR) as resp:
+        assert resp.status == 200
+        body: dict[str, Any] = await resp.json()
+        return body
+
+
+def series(families: dict[str, Any]) -> set[tuple[str, tuple[tuple[str, str], ...]]]:
+    """Every (sample name, labels) pair but histogram buckets' ``le``."""
+    out = set()
+    for family in families.values():
+        sample: Sample
+        for sample in family.samples:
+            labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k != "le"))
+            out.add((sample.name, labels))
+    return out
+
+
+async def test_operator_data_refuses_a_missing_or_wrong_token(make_relay: MakeRelay) -> None:
+    relay = await make_relay()
+    for path in ("/metrics", "/api/stats"):
+        for headers, code in (
+            ({}, "missing_token"),
+            ({"Authorization": "Bearer not-the-operator-token"}, "invalid_token"),
+            ({"Authorization": f"Bearer {OPERATOR_TOKEN}x"}, "invalid_token"),
+        ):
+            async with relay.client.get(path, headers=headers) as resp:
+                assert resp.status == 401, path
+                body = await resp.json()
+                assert body["error"]["code"] == code
+                assert body["request_id"] == resp.headers["X-Request-ID"]
+                assert "relay_" not in await resp.text()
+    # The page itself holds no data: it asks /api/stats with the token typed in.
+    async with relay.client.get("/stats") as resp:
+        assert resp.status == 200
+        html = await resp.text()
+        assert "/static/stats.js" in html and "relay_" not in html
+
+
+async def test_metrics_are_histograms_and_feed_the_json_stats(make_relay: MakeRelay) -> None:
+    relay = await make_relay()
+    async with live_session(relay) as live:
+        families = await scrape(relay)
+        for name, what in HISTOGRAMS.items():
+            assert name in families, what
+            assert families[name].type == "histogram", what
+            counts = [s.value for s in families[name].samples if s.name == name + "_count"]
+            assert counts and sum(counts) >= 1, what
+        assert all(f.type != "summary" for f in families.values())
+        (build,) = families["relay_build_info"].samples
+        assert build.value == 1 and build.labels["version"]
+        assert "process_cpu_seconds" in families and "process_resident_memory_bytes" in families
+        routes = {
+            s.labels["route"]
+            for s in families["relay_http_request_duration_seconds"].samples
+            if s.name.endswith("_count")
+        }
+        assert "/api/realtime-session" in routes and "/api/webrtc-exchange" in routes
+
+        body = await stats(relay)
+        # Same observations, two views: the JSON count is the histogram's count.
+        mint_count = next(
+            s.value
+            for s in families["relay_upstream_duration_seconds"].samples
+            if s.name.endswith("_count") and s.labels["stage"] == "mint"
+        )
+        assert body["upstream"]["mint"]["count"] == mint_count == 1
+        assert body["upstream"]["mint"]["p50_ms"] > 0
+        assert body["admission"]["count"] >= 2 and body["admission"]["p99_ms"] > 0
+        assert body["upstream"]["state"] == "up" and body["database"]["state"] == "up"
+        (row,) = body["sessions"]
+        assert row["session_id"] == live.session_id and row["user"] == "j***e@example.com"
+        assert "jane.doe" not in str(body)
+        media = row["media"]
+        for leg in ("browser_to_upstream", "upstream_to_browser"):
+            assert {"packets_in", "bytes_in", "queue_depth", "dropped", "last_media_age_s"} <= set(
+                media[leg]
+            )
+        await wait_until(
+            lambda: (
+                relay.services.loop_monitor is not None
+                and relay.services.loop_monitor.cpu_percent is not None
+            ),
+            10,
+            "cpu sampled",
+        )
+        body = await stats(relay)
+        assert body["process"]["cpu_percent"] >= 0
+        assert body["process"]["loop_lag_p99_ms"] is not None
+
+        async with relay.client.delete(f"/api/sessions/{live.session_id}", headers=OPERATOR) as r:
+            assert r.status == 204
+        body = await stats(relay)
+        assert body["sessions"] == []
+        ended = body["recently_ended"][0]
+        assert ended["session_id"] == live.session_id and ended["reason"] == "operator_hangup"
+        assert "recordings" not in body  # no recorder in this build: the dashboard hides it
+
+
+async def test_label_sets_stay_bounded_as_sessions_pass(make_relay: MakeRelay) -> None:
+    relay = await make_relay(overrides={"limits": {"per_user_requests_per_minute": 1000}})
+    token = await relay.add_user(seconds=100_000)
+
+    async def one_round() -> None:
+        status, body, _ = await relay.create_session(token)
+        assert status == 201, body
+        sid = body["session_id"]
+        async with relay.client.get(
+            f"/api/sessions/{sid}", headers={"Authorization": f"Bearer {token}"}
+        ) as resp:
+            assert resp.status == 200
+        async with relay.client.delete(f"/api/sessions/{sid}", headers=OPERATOR) as resp:
+            assert resp.status == 204
+        # Unknown ids and paths, as scanners send them.
+        async with relay.client.get(
+            f"/api/sessions/is_{secrets.token_hex(8)}",
+            headers={"Authorization": f"Bearer {token}"},
+        ) as resp:
+            assert resp.status == 404
+        async with relay.client.get(f"/no/such/{secrets.token_hex(8)}") as resp:
+            assert resp.status == 404
+
+    await scrape(relay)  # the scrape's own series exist from here on
+    for _ in range(10):
+        await one_round()
+    after_10 = series(await scrape(relay))
+    for _ in range(90):
+        await one_round()
+    after_100 = series(await scrape(relay))
+    assert after_100 == after_10
+    assert len(after_100) < 1000
+    values = {v for _, labels in after_100 for _, v in labels}
+    assert not any(v.startswith(("is_", "req_", "/no/")) for v in values)
+    assert relay.counter("relay_sessions_ended_total") == 100
+
+
+async def test_dashboard_page_has_a_strict_csp_and_no_inline_code(make_relay: MakeRelay) -> None:
+    relay = await make_relay()
+    async with relay.client.get("/stats") as resp:
+        assert resp.status == 200
+        csp = resp.headers["Content-Security-Policy"]
+        html = await resp.text()
+    directives = dict(d.strip().split(" ", 1) for d in csp.split(";"))
+    assert directives["script-src"] == "'self'" and directives["style-src"] == "'self'"
+    assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
+    # Every script is a file; no style element or attribute, no inline handler.
+    assert re.findall(r"<script(?![^>]*\bsrc=)[^>]*>", html) == []
+    assert "<style" not in html and " style=" not in html
+    assert not re.search(r"\son[a-z]+=", html)
+    for asset in ("/static/stats.js", "/static/stats.css", "/static/favicon.svg"):
+        async with relay.client.get(asset) as resp:
+            assert resp.status == 200, asset
+
+
+GRAFANA = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "relay-dashboard.json"
+_SUFFIXES = ("_bucket", "_sum", "_count", "_total")
+
+
+def _base(name: str) -> str:
+    for suffix in _SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+async def test_the_grafana_dashboard_uses_only_exported_metric_names(
+    make_relay: MakeRelay,
+) -> None:
+    dashboard = json.loads(await asyncio.to_thread(GRAFANA.read_text))
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {_base(m) for e in exprs for m in re.findall(r"\b((?:relay|process)_[a-z_]+)\b", e)}
+    assert len(used) >= 15
+    relay = await make_relay()
+    async with live_session(relay):
+        exported = {_base(name) for name in await scrape(relay)}
+    assert used <= exported, used - exported
+    # Latency panels read histograms: quantiles over _bucket series.
+    assert all("_bucket" in e for e in exprs if "histogram_quantile" in e)

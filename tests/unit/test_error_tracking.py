@@ -1,0 +1,76 @@
+"""Error tracking: the scrubber as pure logic, and nothing initialised without SENTRY_DSN."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import sentry_sdk
+
+from relay.observability import error_tracking, request_context
+from relay.observability.error_tracking import FILTERED, scrub_event, scrub_text
+
+OFFER = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\na=ice-pwd:secretpassword1234\r\n"
+
+
+def test_scrub_text_removes_tokens_keys_and_sdp() -> None:
+    text = (
+        "Authorization: Bearer rt_abcdefghijklmnop failed with ek_1234567890abcd and "
+        "sk-proj-ABCDEFGH123456 for /stats#token=op-secret&x=1 then " + OFFER
+    )
+    out = scrub_text(text)
+    for secret in ("rt_abcdefghijklmnop", "ek_1234567890abcd", "sk-proj-ABCDEFGH123456"):
+        assert secret not in out
+    assert "op-secret" not in out and "secretpassword" not in out and "a=ice-pwd" not in out
+    assert "Bearer [Filtered]" in out and "#token=[Filtered]&x=1" in out
+    assert out.endswith("then [SDP]")
+
+
+def test_scrub_event_walks_the_whole_event() -> None:
+    event: dict[str, Any] = {
+        "message": "exchange failed",
+        "request": {
+            "url": "http://127.0.0.1/api/webrtc-exchange",
+            "headers": {"Authorization": "Bearer rt_abcdefghijklmnop", "X-Request-ID": "req_1"},
+            "data": {"session_id": "is_1", "type": "offer", "sdp": OFFER},
+            "query_string": [["token", "rt_abcdefghijklmnop"], ["page", "2"]],
+        },
+        "extra": {"api_key": "sk-live-123456789", "operator_token": "x", "count": 3},
+        "exception": {
+            "values": [
+                {
+                    "value": "upstream refused Bearer ek_abcdefghijkl",
+                    "stacktrace": {"frames": [{"vars": {"secret": "ek_abcdefghijkl", "n": 1}}]},
+                }
+            ]
+        },
+    }
+    out: dict[str, Any] = dict(scrub_event(event))  # type: ignore[arg-type]
+    dumped = json.dumps(out)
+    for secret in ("rt_abcdefghijklmnop", "ek_abcdefghijkl", "sk-live-123456789", "ice-pwd"):
+        assert secret not in dumped, secret
+    request = out["request"]
+    assert request["headers"]["Authorization"] == FILTERED
+    assert request["headers"]["X-Request-ID"] == "req_1"
+    assert request["data"]["sdp"] == FILTERED
+    assert request["query_string"] == [["token", FILTERED], ["page", "2"]]
+    assert out["extra"]["count"] == 3 and out["extra"]["api_key"] == FILTERED
+
+
+def test_events_carry_the_request_and_session_ids() -> None:
+    token = request_context.begin("req_abc")
+    try:
+        request_context.bind_session("is_xyz")
+        out = scrub_event({"message": "boom"})
+    finally:
+        request_context.end(token)
+    assert out["tags"] == {"request_id": "req_abc", "session_id": "is_xyz"}
+
+
+def test_nothing_initialises_without_sentry_dsn() -> None:
+    assert error_tracking.init_error_tracking({}, release="1") is False
+    assert error_tracking.init_error_tracking({"SENTRY_DSN": "  "}, release="1") is False
+    assert not error_tracking.enabled()
+    assert not sentry_sdk.get_client().is_active()
+    error_tracking.tag_request("req_1")  # a no-op, not an error
+    assert not sentry_sdk.get_client().is_active()
