@@ -38,7 +38,7 @@ from relay.upstream.dialects import (
     parse_error,
     redact,
 )
-from relay.upstream.retry import is_retryable_status, parse_retry_after, retry_delay
+from relay.upstream.retry import header, is_retryable_status, parse_retry_after, retry_delay
 
 log = logging.getLogger("relay.upstream")
 
@@ -183,6 +183,7 @@ class OpenAIRealtimeClient:
         try:
             while True:
                 retry_after: float | None = None
+                should_retry: str | None = None
                 try:
                     async with asyncio.timeout_at(deadline):
                         reply = await self._send(request)
@@ -207,8 +208,9 @@ class OpenAIRealtimeClient:
                         return minted
                     error = self._http_error("mint", reply)
                     retry_after = parse_retry_after(reply.headers)
+                    should_retry = header(reply.headers, "x-should-retry")
                 self._requests.inc(stage="mint", outcome=_outcome(error.code))
-                if retries >= cfg.mint_retries or not self._retryable(error):
+                if retries >= cfg.mint_retries or not self._retryable(error, should_retry):
                     raise error
                 delay = retry_delay(
                     retries,
@@ -418,10 +420,10 @@ class OpenAIRealtimeClient:
         return UpstreamTimeout(stage, f"no answer from the upstream within {seconds:g}s")
 
     @staticmethod
-    def _retryable(error: UpstreamError) -> bool:
+    def _retryable(error: UpstreamError, should_retry: str | None = None) -> bool:
         if error.status is None:
             return error.code == UNREACHABLE
-        return is_retryable_status(error.status, error.code)
+        return is_retryable_status(error.status, error.code, should_retry=should_retry)
 
     def _log_failure(self, stage: Stage, request_id: str, exc: UpstreamFailure, ms: float) -> None:
         name = _STAGE_NAMES[stage]
