@@ -140,8 +140,12 @@ async def _start(
 
         # The simulator's peers share this process's ICE settings (aioice's host-address
         # choice is process-wide), so it must use the relay's, not its defaults.
+        from relay.upstream.simulator.faults import Faults
+
+        # Like the real service, the simulator refuses the beta shape unless asked for it.
+        faults = Faults(beta_disabled=settings.upstream.dialect != "beta")
         simulator = await start_simulator(
-            host="127.0.0.1", port=0, options=SimulatorOptions(ice=settings.ice)
+            host="127.0.0.1", port=0, options=SimulatorOptions(ice=settings.ice, faults=faults)
         )
         stack.push_async_callback(simulator.close)
         api_key, base_url = SIMULATOR_API_KEY, simulator.base_url
