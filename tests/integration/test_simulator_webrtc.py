@@ -32,6 +32,7 @@ from relay.upstream.simulator import (
     SimulatorOptions,
     start_simulator,
 )
+from relay.upstream.simulator.faults import Faults
 from relay.upstream.simulator.vad import frame_rms
 from relay.upstream.simulator.voice import encode_opus, synthesize
 
@@ -192,7 +193,10 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture
 async def sim() -> AsyncIterator[RunningSimulator]:
-    simulator = await start_simulator(options=SimulatorOptions(reply_lines=SHORT_LINES))
+    # Started for both dialects (the beta shape is off unless asked for, as on the service).
+    simulator = await start_simulator(
+        options=SimulatorOptions(reply_lines=SHORT_LINES, faults=Faults(beta_disabled=False))
+    )
     try:
         yield simulator
     finally:
@@ -272,7 +276,14 @@ async def _connect(
     return location.rsplit("/", 1)[-1] if location else None
 
 
+TRANSCRIPTION = (
+    "conversation.item.input_audio_transcription.delta",
+    "conversation.item.input_audio_transcription.completed",
+)
+
+
 def _expected_turn(dialect: str, line: str) -> list[str]:
+    """The reply's sequence, input transcription left out (it is asynchronous)."""
     ga = dialect == "ga"
     transcript = "response.output_audio_transcript" if ga else "response.audio_transcript"
     return [
@@ -280,11 +291,9 @@ def _expected_turn(dialect: str, line: str) -> list[str]:
         "input_audio_buffer.speech_started",
         "input_audio_buffer.speech_stopped",
         "input_audio_buffer.committed",
-        "conversation.item.created",
         *(["conversation.item.added", "conversation.item.done"] if ga else []),
-        "conversation.item.input_audio_transcription.completed",
+        *([] if ga else ["conversation.item.created"]),
         "response.created",
-        "rate_limits.updated",
         "response.output_item.added",
         "conversation.item.added" if ga else "conversation.item.created",
         "response.content_part.added",
@@ -293,9 +302,10 @@ def _expected_turn(dialect: str, line: str) -> list[str]:
         "response.output_audio.done" if ga else "response.audio.done",
         f"{transcript}.done",
         "response.content_part.done",
-        "response.output_item.done",
         *(["conversation.item.done"] if ga else []),
+        "response.output_item.done",
         "response.done",
+        "rate_limits.updated",
         "output_audio_buffer.stopped",
     ]
 
@@ -319,7 +329,16 @@ async def test_spoken_turn_gets_the_documented_events_and_reply_audio(
     caller.track.say(utterance.payloads)
 
     await caller.wait_event("output_audio_buffer.stopped")
-    assert caller.types == _expected_turn(dialect, SHORT_LINES[0])
+    await caller.wait_event(TRANSCRIPTION[1])
+    assert [t for t in caller.types if t not in TRANSCRIPTION] == _expected_turn(
+        dialect, SHORT_LINES[0]
+    )
+    # Transcription arrives on its own: deltas, then completed, after the commit.
+    transcription = [t for t in caller.types if t in TRANSCRIPTION]
+    assert transcription[-1] == TRANSCRIPTION[1] and set(transcription[:-1]) == {TRANSCRIPTION[0]}
+    assert caller.types.index(TRANSCRIPTION[0]) > caller.types.index("input_audio_buffer.committed")
+    # response.done ends generation; playback ends later with output_audio_buffer.stopped.
+    assert caller.arrival("output_audio_buffer.stopped") - caller.arrival("response.done") > 0.5
     event_ids = [e["event_id"] for e in caller.events]
     assert all(i.startswith("event_") for i in event_ids) and len(set(event_ids)) == len(event_ids)
 
@@ -357,7 +376,7 @@ async def test_spoken_turn_gets_the_documented_events_and_reply_audio(
     assert record.state == "connected" and record.codec == "opus"
     assert len(record.vad_segments) == 1
     assert record.rms_max > 0.1 and record.frames_received > 100
-    assert record.events_sent == caller.types
+    assert record.events_sent == caller.types[: len(record.events_sent)]
     assert record.reply_frames_sent > 50 and record.responses_started == 1
 
     # Ending: GA hangs up over HTTP; beta (no hang-up endpoint) closes its own peer.
@@ -382,7 +401,10 @@ async def test_barge_in_cancels_the_reply_and_stops_its_audio(
     http: aiohttp.ClientSession,
     callers: Callable[[Utterance | None], Caller],
 ) -> None:
-    simulator = await start_simulator(options=SimulatorOptions(reply_lines=(LONG_LINE, "Go on.")))
+    # Generation at real time: the reply is still being generated when the caller speaks.
+    simulator = await start_simulator(
+        options=SimulatorOptions(reply_lines=(LONG_LINE, "Go on."), generation_speed=1.0)
+    )
     try:
         caller = callers(_utterance(1.2))
         await _connect(http, simulator, caller, "ga")
@@ -427,6 +449,20 @@ async def test_barge_in_cancels_the_reply_and_stops_its_audio(
 
 async def test_client_events_over_the_data_channel(
     http: aiohttp.ClientSession,
+    callers: Callable[[Utterance | None], Caller],
+) -> None:
+    # Slow generation, so a cancel sent at the reply's start finds it still generating.
+    sim = await start_simulator(
+        options=SimulatorOptions(reply_lines=SHORT_LINES, generation_speed=1.0)
+    )
+    try:
+        await _client_events(http, sim, callers)
+    finally:
+        await sim.close()
+
+
+async def _client_events(
+    http: aiohttp.ClientSession,
     sim: RunningSimulator,
     callers: Callable[[Utterance | None], Caller],
 ) -> None:
@@ -450,13 +486,15 @@ async def test_client_events_over_the_data_channel(
     assert error["error"]["param"] == "session.type"
     caller.send({"type": "response.juggle", "event_id": "evt_unknown"})
     error = await caller.wait_event("error", 2)
-    assert (error["error"]["code"], error["error"]["event_id"]) == ("invalid_event", "evt_unknown")
+    assert (error["error"]["code"], error["error"]["event_id"]) == ("invalid_value", "evt_unknown")
+    assert error["error"]["param"] == "type"
 
     caller.send({"type": "response.create", "event_id": "evt_create"})
     await caller.wait_event("output_audio_buffer.started")
     caller.send({"type": "response.cancel", "event_id": "evt_cancel"})
     done = await caller.wait_event("response.done")
     assert done["response"]["status_details"]["reason"] == "client_cancelled"
+    # What was generated before the cancel still plays, then the buffer stops.
     await caller.wait_event("output_audio_buffer.stopped")
 
     caller.send({"type": "response.create"})

@@ -66,10 +66,10 @@ async def start_simulator(
 def run_simulator(host: str = "127.0.0.1", port: int = 9000, dialect: str = "ga") -> None:
     """Serve the simulator until SIGINT/SIGTERM (``relay simulate``).
 
-    Both dialects are always served (GA: ``/v1/realtime/client_secrets`` + ``/calls``;
-    beta: ``/v1/realtime/sessions`` + ``/v1/realtime?model=``); ``dialect`` only picks which
-    one the start-up lines describe (``beta`` also states beta_disabled=False explicitly).
-    Any ``sk-…`` bearer key is accepted as a standard key.
+    GA (``/v1/realtime/client_secrets`` + ``/calls``) is always served; the beta shape
+    (``/v1/realtime/sessions`` + ``/v1/realtime?model=``) only with ``dialect="beta"``:
+    otherwise it answers ``400 beta_api_shape_disabled``, as the real service does.
+    Any key-shaped ``sk-…`` bearer token is accepted as a standard key.
     """
     options = SimulatorOptions(accept_any_api_key=True)
     if dialect == "beta":
