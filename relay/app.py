@@ -135,12 +135,11 @@ async def _start(
     base_url = settings.upstream.base_url
     simulator = None
     if not api_key:
-        from relay.upstream.simulator.options import SimulatorOptions
-        from relay.upstream.simulator.server import start_simulator
-
         # The simulator's peers share this process's ICE settings (aioice's host-address
         # choice is process-wide), so it must use the relay's, not its defaults.
         from relay.upstream.simulator.faults import Faults
+        from relay.upstream.simulator.options import SimulatorOptions
+        from relay.upstream.simulator.server import start_simulator
 
         # Like the real service, the simulator refuses the beta shape unless asked for it.
         faults = Faults(beta_disabled=settings.upstream.dialect != "beta")

@@ -25,7 +25,6 @@ from openai.types.realtime.client_secret_create_params import ClientSecretCreate
 SDK_VERSION = "3.57.0"
 
 
-
 def _by_type(union: Any) -> dict[str, pydantic.TypeAdapter[Any]]:
     """One adapter per event ``type`` literal of an SDK event union (precise messages)."""
     members = typing.get_args(union)

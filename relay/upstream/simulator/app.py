@@ -33,8 +33,8 @@ from relay.upstream.simulator.ids import random_id
 from relay.upstream.simulator.keys import EphemeralKey, KeyStore, bearer_token
 from relay.upstream.simulator.options import SimulatorOptions
 from relay.upstream.simulator.session_config import (
-    Dialect,
     SESSION_MAX_S,
+    Dialect,
     beta_session,
     ga_session,
     in_dialect,

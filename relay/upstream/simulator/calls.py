@@ -54,7 +54,9 @@ class CallManager:
             raise RuntimeError("the simulator is closed")
         faults = self._state.faults
         voice = await prepare_voice(self._options.reply_lines)
-        record = CallRecord(call_id=random_id("rtc"), dialect=dialect, model=str(session.get("model", "")))
+        record = CallRecord(
+            call_id=random_id("rtc"), dialect=dialect, model=str(session.get("model", ""))
+        )
         conversation = Conversation(
             dialect, session, ids=random_id, reply_lines=self._options.reply_lines
         )
