@@ -105,9 +105,15 @@ class UpstreamConfig:
     # Empty: use the built-in simulator as the upstream.
     api_key: str = field(default="", repr=False)
     base_url: str = "https://api.openai.com/v1"
-    # Empty: the dialect's default (ga: gpt-realtime, beta: gpt-4o-realtime-preview-2024-12-17).
+    # "ga" is the current API; "beta" (OpenAI answers it 400 beta_api_shape_disabled) only
+    # for upstreams that still serve it, and only when set explicitly.
+    # Empty: the dialect's default (ga: gpt-realtime-2.1, beta: gpt-4o-realtime-preview-2024-12-17).
     model: str = ""
-    voice: str = "marin"
+    # Empty: the dialect's default (ga: marin, beta: verse; marin and cedar are GA-only).
+    voice: str = ""
+    # reasoning.effort for reasoning models (gpt-realtime-2*); empty: the model's default.
+    # Never sent for other models.
+    reasoning_effort: Literal["", "minimal", "low", "medium", "high", "xhigh"] = ""
     instructions: str = (
         "You are a friendly, professional interviewer. Ask one question at a time, "
         "listen to the answer, and follow up briefly."
@@ -115,7 +121,9 @@ class UpstreamConfig:
     vad_threshold: float = 0.5
     vad_prefix_padding_ms: int = 300
     vad_silence_duration_ms: int = 500
-    transcription_model: str = "gpt-4o-mini-transcribe"
+    # Not deprecated and streams deltas (the SDK's audio_transcription.py); empty: no input
+    # transcription.
+    transcription_model: str = "gpt-realtime-whisper"
     # Lifetime of the minted ephemeral secret.
     secret_ttl_s: int = 600
     mint_timeout_s: float = 20.0
@@ -197,9 +205,12 @@ class Settings:
 
 
 DEFAULT_MODELS: dict[str, str] = {
-    "ga": "gpt-realtime",
+    "ga": "gpt-realtime-2.1",
     "beta": "gpt-4o-realtime-preview-2024-12-17",
 }
+DEFAULT_VOICES: dict[str, str] = {"ga": "marin", "beta": "verse"}
+# Voices of the beta-era models; marin and cedar came with GA.
+BETA_VOICES = frozenset({"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse"})
 
 _CONVENTIONAL_ENV: dict[str, tuple[str, str]] = {
     "DATABASE_URL": ("database", "url"),
@@ -348,6 +359,11 @@ def validate(s: Settings) -> None:
     if s.upstream.base_url and not s.upstream.base_url.startswith(("http://", "https://")):
         # The value itself is not echoed: a URL may carry credentials.
         raise ConfigError("upstream.base_url: not an http(s) URL")
+    if s.upstream.dialect == "beta" and voice_for(s.upstream) not in BETA_VOICES:
+        raise ConfigError(
+            f"upstream.voice: {voice_for(s.upstream)!r} is not a voice of the beta dialect "
+            f"(one of {', '.join(sorted(BETA_VOICES))})"
+        )
     if "session.update" in s.events.browser_allowed:
         raise ConfigError("events.browser_allowed: session.update can never be allowed")
     for i, server in enumerate(s.ice.servers):
@@ -359,3 +375,8 @@ def validate(s: Settings) -> None:
 def model_for(upstream: UpstreamConfig) -> str:
     """The configured model, or the dialect's default."""
     return upstream.model or DEFAULT_MODELS[upstream.dialect]
+
+
+def voice_for(upstream: UpstreamConfig) -> str:
+    """The configured voice, or the dialect's default (one its models have)."""
+    return upstream.voice or DEFAULT_VOICES[upstream.dialect]

@@ -111,11 +111,11 @@ def validate_upstream_config(config: UpstreamConfig) -> None:
     if config.dialect == "beta":
         if not model.startswith("gpt-4o"):
             log.warning("upstream.model %r is not a beta-era model; dialect is beta", model)
-        if parts.hostname == "api.openai.com":
-            log.warning(
-                "upstream.dialect beta: OpenAI switched the beta Realtime interface off "
-                "around May 2026; prefer ga"
-            )
+        log.warning(
+            "upstream.dialect beta: OpenAI's service refuses the beta Realtime shape "
+            "(400 beta_api_shape_disabled); it works only with an upstream that still serves "
+            "it (such as `relay simulate --dialect beta`). Use ga."
+        )
 
 
 def _outcome(code: str | None) -> str:
