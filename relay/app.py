@@ -37,6 +37,7 @@ from relay.services import SERVICES, Services
 from relay.sessions.registry import SessionRegistry
 from relay.sessions.service import SessionService
 from relay.upstream.factory import build_upstream_client
+from relay.upstream.model_currency import check_models
 from relay.web import routes_bridge, routes_health, routes_operator, routes_session
 from relay.web.middleware import make_middleware
 
@@ -151,6 +152,7 @@ async def _start(
         log.info("no OPENAI_API_KEY: using the built-in simulator at %s", base_url)
     upstream = build_upstream_client(settings, metrics, base_url=base_url, api_key=api_key)
     stack.push_async_callback(upstream.close)
+    _log_model_currency(upstream.model, settings.upstream.transcription_model)
 
     # 4. admission, sessions, media
     token = settings.server.operator_token or secrets.token_urlsafe(24)
@@ -224,6 +226,14 @@ async def _housekeeping(sessions: SessionService) -> None:
             await sessions.retry_unwritten()
         except Exception:  # housekeeping must never die; the next round retries
             log.exception("housekeeping failed")
+
+
+def _log_model_currency(model: str, transcription_model: str) -> None:
+    """Say at start when a configured model has an announced shutdown (relay.upstream.
+    model_currency); the relay still starts: the table may be older than the service."""
+    for currency in check_models(model, transcription_model):
+        level = logging.ERROR if currency.level == "error" else logging.WARNING
+        log.log(level, "model currency (%s): %s", currency.level, currency.message)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from relay.observability.request_context import current_request_id
 from relay.services import SERVICES
+from relay.upstream.model_currency import check_models
 from relay.web.auth import require_operator
 
 
@@ -34,6 +35,13 @@ async def stats(request: web.Request) -> web.Response:
             "dialect": services.upstream.dialect,
             "model": services.upstream.model,
             "simulated": services.simulator is not None,
+            # Configured models with an announced shutdown (relay/upstream/model_currency.py).
+            "model_currency": [
+                c.to_json()
+                for c in check_models(
+                    services.upstream.model, services.settings.upstream.transcription_model
+                )
+            ],
         },
         "sessions": sessions,
         "metrics": services.metrics.snapshot(),

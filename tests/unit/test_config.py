@@ -102,7 +102,10 @@ def test_defaults_are_current_per_the_sdk() -> None:
     """Neither default model is on the official SDK's deprecated lists."""
     upstream = Settings().upstream
     assert model_currency.status(model_for(upstream), today=datetime.date(2026, 11, 1)) is None
-    assert model_currency.status(upstream.transcription_model, today=datetime.date(2026, 11, 1)) is None
+    assert (
+        model_currency.status(upstream.transcription_model, today=datetime.date(2026, 11, 1))
+        is None
+    )
 
 
 def test_a_ga_only_voice_is_refused_for_the_beta_dialect(tmp_path: Path) -> None:
