@@ -78,7 +78,7 @@ async def _read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _public_url(url: str) -> str:
+def public_url(url: str) -> str:
     """The URL without any user:password part (safe for logs and reprs)."""
     parts = urlsplit(url)
     host = parts.hostname or ""
@@ -94,9 +94,7 @@ def validate_upstream_config(config: UpstreamConfig) -> None:
         )
     parts = urlsplit(config.base_url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(
-            f"upstream.base_url: not an http(s) URL: {_public_url(config.base_url)!r}"
-        )
+        raise ConfigError(f"upstream.base_url: not an http(s) URL: {public_url(config.base_url)!r}")
     if config.dialect not in DIALECTS:
         raise ConfigError(f"upstream.dialect: {config.dialect!r} is not one of ga, beta")
     for key in ("mint_timeout_s", "sdp_timeout_s", "hangup_timeout_s"):
@@ -158,7 +156,7 @@ class OpenAIRealtimeClient:
     def __repr__(self) -> str:
         return (
             f"OpenAIRealtimeClient(dialect={self.dialect!r}, model={self._model!r}, "
-            f"base_url={_public_url(self._base_url)!r})"
+            f"base_url={public_url(self._base_url)!r})"
         )
 
     @property

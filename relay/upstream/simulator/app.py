@@ -314,6 +314,19 @@ async def hangup(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
+async def list_models(request: web.Request) -> web.Response:
+    """``GET /v1/models`` (standard key): the models the account may use."""
+    sim = _sim(request)
+    await sim.gate("models")
+    sim.require_standard(request)
+    data = [_model_object(m) for m in sorted(sim.state.faults.accepted_models)]
+    return web.json_response({"object": "list", "data": data})
+
+
+def _model_object(model: str) -> dict[str, Any]:
+    return {"id": model, "object": "model", "created": 1756339200, "owned_by": "system"}
+
+
 async def retrieve_model(request: web.Request) -> web.Response:
     """``GET /v1/models/{model}`` (standard key): the model, or 404 model_not_found."""
     sim = _sim(request)
@@ -322,9 +335,7 @@ async def retrieve_model(request: web.Request) -> web.Response:
     model = request.match_info["model"]
     if model not in sim.state.faults.accepted_models:
         raise model_not_found(model)
-    return web.json_response(
-        {"id": model, "object": "model", "created": 1756339200, "owned_by": "system"}
-    )
+    return web.json_response(_model_object(model))
 
 
 # ---------------------------------------------------------------------- test surface
@@ -377,6 +388,7 @@ def create_simulator_app(options: SimulatorOptions | None = None) -> web.Applica
     app.router.add_post("/v1/realtime/calls", ga_calls)
     app.router.add_post("/v1/realtime/calls/{call_id}/hangup", hangup)
     app.router.add_post("/v1/realtime", beta_calls)
+    app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model}", retrieve_model)
     app.router.add_get("/_sim/calls", sim_calls)
     app.router.add_get("/_sim/calls/{call_id}", sim_call)
