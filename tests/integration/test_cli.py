@@ -191,7 +191,7 @@ async def test_serve_against_a_separately_run_simulator_in_the_beta_dialect(
         assert match, first
         env = {
             "OPENAI_BASE_URL": match[1],
-            "OPENAI_API_KEY": "sk-operator-key",
+            "OPENAI_API_KEY": "sk-operator-key-0123456789abcdef",
             "RELAY__UPSTREAM__DIALECT": "beta",
         }
         async with (
@@ -210,6 +210,7 @@ async def test_serve_against_a_separately_run_simulator_in_the_beta_dialect(
                     "dialect": "beta",
                     "model": "gpt-4o-realtime-preview-2024-12-17",
                     "simulated": False,
+                    "model_currency": [],
                 }
     finally:
         sim.send_signal(signal.SIGTERM)

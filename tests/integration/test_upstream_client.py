@@ -235,7 +235,7 @@ async def test_factory_overrides_base_url_and_key(sim: RunningSimulator) -> None
     )
     try:
         minted = await client.mint(request_id="req_factory")
-        assert minted.model == "gpt-realtime" and sim.state.requests["mint"] == 1
+        assert minted.model == "gpt-realtime-2.1" and sim.state.requests["mint"] == 1
     finally:
         await client.close()
     with pytest.raises(ConfigError, match="upstream.api_key"):
@@ -559,3 +559,14 @@ def test_mismatched_model_is_a_warning_and_repr_hides_credentials(
     assert client.model == "gpt-4o-realtime-preview-2024-12-17" and client.dialect == "ga"
     assert "beta-era preview model" in caplog.text
     assert "hunter2" not in repr(client) and "sk-config-test" not in repr(client)
+
+
+def test_the_beta_dialect_warns_that_the_service_refuses_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = UpstreamConfig(api_key="sk-config-test", dialect="beta")
+    OpenAIRealtimeClient(config, metrics=MetricsRegistry())
+    assert "refuses the beta Realtime shape (400 beta_api_shape_disabled)" in caplog.text
+    caplog.clear()
+    OpenAIRealtimeClient(UpstreamConfig(api_key="sk-config-test"), metrics=MetricsRegistry())
+    assert "beta" not in caplog.text
