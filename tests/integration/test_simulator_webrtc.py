@@ -24,6 +24,7 @@ from relay.upstream.simulator import (
 )
 from relay.upstream.simulator.faults import Faults
 from tests.integration.sim_caller import Caller, Utterance, make_utterance
+from tests.support.openai_oracle import validate_server_event
 
 AUTH = {"Authorization": "Bearer sk-sim-local"}
 SHORT_LINES = ("Thank you, tell me more.", "Why was that?")
@@ -194,6 +195,8 @@ async def test_spoken_turn_gets_the_documented_events_and_reply_audio(
     assert caller.types.index(TRANSCRIPTION[0]) > caller.types.index("input_audio_buffer.committed")
     # response.done ends generation; playback ends later with output_audio_buffer.stopped.
     assert caller.arrival("output_audio_buffer.stopped") - caller.arrival("response.done") > 0.5
+    for event in caller.events:  # the official SDK's models of the dialect accept each one
+        validate_server_event(event, dialect)
     event_ids = [e["event_id"] for e in caller.events]
     assert all(i.startswith("event_") for i in event_ids) and len(set(event_ids)) == len(event_ids)
 

@@ -14,6 +14,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import pydantic
+from openai.types.beta.realtime import RealtimeServerEvent as BetaRealtimeServerEvent
+from openai.types.beta.realtime.session_create_params import (
+    SessionCreateParams as BetaSessionCreateParams,
+)
 from openai.types.realtime import (
     RealtimeClientEvent,
     RealtimeServerEvent,
@@ -39,6 +43,9 @@ def _by_type(union: Any) -> dict[str, pydantic.TypeAdapter[Any]]:
 
 _SERVER_EVENTS = _by_type(RealtimeServerEvent)
 _CLIENT_EVENTS = _by_type(RealtimeClientEvent)
+# The beta dialect (still modelled by the SDK under openai.types.beta.realtime).
+_BETA_SERVER_EVENTS = _by_type(BetaRealtimeServerEvent)
+_BETA_SESSION_PARAMS: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(BetaSessionCreateParams)
 _SECRET_PARAMS: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(ClientSecretCreateParams)
 
 # Fields the real GA service sends on the session object of session.created/updated and of
@@ -51,6 +58,9 @@ UNDECLARED_BY_SDK: frozenset[tuple[str, str]] = frozenset(
         ("RealtimeTranscriptionSessionCreateRequest", "id"),
         ("RealtimeTranscriptionSessionCreateRequest", "object"),
         ("RealtimeTranscriptionSessionCreateRequest", "expires_at"),
+        # The beta dialect's session object (openai.types.beta.realtime.Session).
+        ("Session", "object"),
+        ("Session", "expires_at"),
     }
 )
 
@@ -94,9 +104,21 @@ def _validate_event(table: dict[str, pydantic.TypeAdapter[Any]], event: Any, wha
     return _validate(adapter, dict(event), f"{what} {type_!r}")
 
 
-def validate_server_event(event: Mapping[str, Any]) -> Any:
+def validate_server_event(event: Mapping[str, Any], dialect: str = "ga") -> Any:
     """The SDK model of one server event (raises ``OracleMismatch``)."""
-    return _validate_event(_SERVER_EVENTS, event, "server event")
+    table = _BETA_SERVER_EVENTS if dialect == "beta" else _SERVER_EVENTS
+    return _validate_event(table, event, f"{dialect} server event")
+
+
+def validate_beta_session_body(body: Mapping[str, Any]) -> None:
+    """``POST /v1/realtime/sessions`` (beta): the SDK's beta ``SessionCreateParams``."""
+    unknown = sorted(set(body) - set(BetaSessionCreateParams.__annotations__))
+    if unknown:
+        raise OracleMismatch(f"beta sessions body: parameters unknown to the SDK: {unknown}")
+    try:
+        _BETA_SESSION_PARAMS.validate_python(dict(body))
+    except pydantic.ValidationError as exc:
+        raise OracleMismatch(f"beta sessions body fails the SDK's params: {exc}") from None
 
 
 def validate_client_event(event: Mapping[str, Any]) -> Any:

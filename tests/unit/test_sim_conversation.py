@@ -86,10 +86,10 @@ def _playing(c: Conversation) -> str | None:
     return c.playing
 
 
-def _checked(step: Step) -> Step:
+def _checked(step: Step, dialect: str = "ga") -> Step:
     """Every event of ``step`` validates against the official SDK's models."""
     for event in step.events:
-        validate_server_event(event)
+        validate_server_event(event, dialect)
     return step
 
 
@@ -190,8 +190,9 @@ def test_every_event_has_a_unique_event_id() -> None:
 
 def test_beta_uses_beta_names() -> None:
     c = _conversation("beta")
-    c.speech_started(0)
-    stopped = c.speech_stopped(1000, 1000)
+    _checked(c.opened(), "beta")
+    _checked(c.speech_started(0), "beta")
+    stopped = _checked(c.speech_stopped(1000, 1000), "beta")
     assert _types(stopped) == [
         "input_audio_buffer.speech_stopped",
         "input_audio_buffer.committed",
@@ -203,9 +204,9 @@ def test_beta_uses_beta_names() -> None:
         "output_audio_buffer.started",
     ]
     assert stopped.transcribe is not None
-    completed = c.transcription(stopped.transcribe).events[-1]
-    assert "usage" not in completed
-    end = c.generation_finished()
+    completed = _checked(c.transcription(stopped.transcribe), "beta").events[-1]
+    assert completed["type"] == "conversation.item.input_audio_transcription.completed"
+    end = _checked(c.generation_finished(), "beta")
     names = _types(end)
     assert "response.audio_transcript.done" in names
     assert "response.audio.done" in names

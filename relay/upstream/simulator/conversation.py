@@ -288,22 +288,21 @@ class Conversation:
                 for piece in pieces
             ]
         )
-        spoken_ms = plan.spoken_ms
+        audio_tokens = max(1, plan.spoken_ms // 100)
+        text_tokens = len(words)
         fields: dict[str, Any] = {
             "item_id": plan.item_id,
             "content_index": 0,
             "transcript": transcript,
-        }
-        if self.dialect == "ga":
-            audio_tokens = max(1, spoken_ms // 100)
-            text_tokens = len(transcript.split())
-            fields["usage"] = {
+            # Required by the SDK's models of both dialects.
+            "usage": {
                 "type": "tokens",
                 "total_tokens": audio_tokens + text_tokens,
                 "input_tokens": audio_tokens,
                 "input_token_details": {"text_tokens": 0, "audio_tokens": audio_tokens},
                 "output_tokens": text_tokens,
-            }
+            },
+        }
         step.events.append(
             self._event("conversation.item.input_audio_transcription.completed", **fields)
         )
@@ -503,7 +502,7 @@ class Conversation:
             obj["output_audio_format"] = self.session.get("output_audio_format", "pcm16")
             obj["temperature"] = self.session.get("temperature", 0.8)
             obj["max_output_tokens"] = self.session.get("max_response_output_tokens", "inf")
-        obj["usage"] = _usage(response) if finished else None
+        obj["usage"] = _usage(response, self.dialect) if finished else None
         obj["metadata"] = None
         return obj
 
@@ -671,9 +670,17 @@ _RATE_LIMITS = [
 ]
 
 
-def _usage(response: _Response) -> dict[str, Any]:
+def _usage(response: _Response, dialect: Dialect) -> dict[str, Any]:
     text_tokens = response.words_sent
     audio_tokens = text_tokens * 4
+    if dialect == "beta":  # beta's usage had no image or cached-detail counts
+        return {
+            "total_tokens": text_tokens + audio_tokens + 20,
+            "input_tokens": 20,
+            "output_tokens": text_tokens + audio_tokens,
+            "input_token_details": {"text_tokens": 20, "audio_tokens": 0, "cached_tokens": 0},
+            "output_token_details": {"text_tokens": text_tokens, "audio_tokens": audio_tokens},
+        }
     return {
         "total_tokens": text_tokens + audio_tokens + 20,
         "input_tokens": 20,
