@@ -43,6 +43,7 @@ from relay.sessions.registry import SessionRegistry
 from relay.sessions.service import SessionService
 from relay.tasks import cancel_and_wait, spawn
 from relay.upstream.factory import build_upstream_client
+from relay.upstream.model_currency import check_models
 from relay.upstream.simulation import uses_simulator
 from relay.web import (
     low_level,
@@ -174,13 +175,16 @@ async def _start(
     base_url = settings.upstream.base_url
     simulator = None
     if simulate:
+        # The simulator's peers share this process's ICE settings (aioice's host-address
+        # choice is process-wide), so it must use the relay's, not its defaults.
+        from relay.upstream.simulator.faults import Faults
         from relay.upstream.simulator.options import SimulatorOptions
         from relay.upstream.simulator.server import start_simulator
 
-        # The simulator's peers share this process's ICE settings (aioice's host-address
-        # choice is process-wide), so it must use the relay's, not its defaults.
+        # Like the real service, the simulator refuses the beta shape unless asked for it.
+        faults = Faults(beta_disabled=settings.upstream.dialect != "beta")
         simulator = await start_simulator(
-            host="127.0.0.1", port=0, options=SimulatorOptions(ice=settings.ice)
+            host="127.0.0.1", port=0, options=SimulatorOptions(ice=settings.ice, faults=faults)
         )
         stack.push_async_callback(simulator.close)
         api_key, base_url = SIMULATOR_API_KEY, simulator.base_url
@@ -191,6 +195,7 @@ async def _start(
         )
     upstream = build_upstream_client(settings, metrics, base_url=base_url, api_key=api_key)
     stack.push_async_callback(upstream.close)
+    _log_model_currency(upstream.model, settings.upstream.transcription_model)
 
     # 4. admission, sessions, media
     token = settings.server.operator_token or secrets.token_urlsafe(24)
@@ -268,3 +273,11 @@ async def _housekeeping(sessions: SessionService) -> None:
             await sessions.retry_unwritten()
         except Exception:  # housekeeping must never die; the next round retries
             log.exception("housekeeping failed")
+
+
+def _log_model_currency(model: str, transcription_model: str) -> None:
+    """Say at start when a configured model has an announced shutdown (relay.upstream.
+    model_currency); the relay still starts: the table may be older than the service."""
+    for currency in check_models(model, transcription_model):
+        level = logging.ERROR if currency.level == "error" else logging.WARNING
+        log.log(level, "model currency (%s): %s", currency.level, currency.message)

@@ -1,4 +1,4 @@
-"""Command line: ``relay serve | simulate | users add/revoke | db migrate``."""
+"""Command line: ``relay serve | simulate | doctor | users add/revoke | db migrate``."""
 
 from __future__ import annotations
 
@@ -58,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
         "one, printed at start)",
     )
 
+    with_config(
+        sub.add_parser(
+            "doctor", help="check the configured upstream: key, model, minting (one line each)"
+        )
+    )
+
     users = sub.add_parser("users", help="manage candidate accounts")
     users_sub = users.add_subparsers(dest="users_command", required=True)
     add = with_config(users_sub.add_parser("add", help="create a user and print its token"))
@@ -103,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Sentry only when SENTRY_DSN is set (relay.observability.error_tracking).
             error_tracking.from_environment()
             return asyncio.run(_serve(settings))
+        if args.command == "doctor":
+            return asyncio.run(_doctor(settings))
         if args.command == "users":
             return asyncio.run(_users(settings, args))
         if args.command == "db":
@@ -179,6 +187,30 @@ async def _announce(services: Services, runner: web.AppRunner) -> None:
             return
         print(f"Demo candidate {DEMO_EMAIL}; token (new for this run):")
         print(token, flush=True)
+
+
+# ---------------------------------------------------------------------- doctor
+async def _doctor(settings: Settings) -> int:
+    """``relay doctor``: the configured upstream, or (no key) the built-in simulator the
+    relay would use, checked end to end."""
+    from relay.upstream.doctor import doctor_main
+
+    upstream = settings.upstream
+    if upstream.api_key:
+        return await doctor_main(upstream)
+    from relay.upstream.simulator.faults import Faults
+    from relay.upstream.simulator.options import DEFAULT_API_KEY, SimulatorOptions
+    from relay.upstream.simulator.server import start_simulator
+
+    faults = Faults(beta_disabled=upstream.dialect != "beta")
+    simulator = await start_simulator(options=SimulatorOptions(ice=settings.ice, faults=faults))
+    try:
+        config = upstream.model_copy(
+            update={"api_key": DEFAULT_API_KEY, "base_url": simulator.base_url}
+        )
+        return await doctor_main(config, simulated=True)
+    finally:
+        await simulator.close()
 
 
 # ---------------------------------------------------------------------- users, db

@@ -143,9 +143,15 @@ class UpstreamConfig(_Section):
     # Use the built-in simulator even with a key; required to run it on a non-loopback host.
     simulate: bool = False
     base_url: str = "https://api.openai.com/v1"
-    # Empty: the dialect's default (ga: gpt-realtime, beta: gpt-4o-realtime-preview-2024-12-17).
+    # "ga" is the current API; "beta" (OpenAI answers it 400 beta_api_shape_disabled) only
+    # for upstreams that still serve it, and only when set explicitly.
+    # Empty: the dialect's default (ga: gpt-realtime-2.1, beta: gpt-4o-realtime-preview-2024-12-17).
     model: str = ""
-    voice: str = "marin"
+    # Empty: the dialect's default (ga: marin, beta: verse; marin and cedar are GA-only).
+    voice: str = ""
+    # reasoning.effort for reasoning models (gpt-realtime-2*); empty: the model's default.
+    # Never sent for other models.
+    reasoning_effort: Literal["", "minimal", "low", "medium", "high", "xhigh"] = ""
     instructions: str = (
         "You are a friendly, professional interviewer. Ask one question at a time, "
         "listen to the answer, and follow up briefly."
@@ -153,7 +159,9 @@ class UpstreamConfig(_Section):
     vad_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
     vad_prefix_padding_ms: Annotated[int, Field(ge=0, le=10_000)] = 300
     vad_silence_duration_ms: Annotated[int, Field(ge=0, le=10_000)] = 500
-    transcription_model: str = "gpt-4o-mini-transcribe"
+    # Not deprecated and streams deltas (the SDK's audio_transcription.py); empty: no input
+    # transcription.
+    transcription_model: str = "gpt-realtime-whisper"
     # Lifetime of the minted ephemeral secret (OpenAI's bounds).
     secret_ttl_s: Annotated[int, Field(ge=10, le=7200)] = 600
     mint_timeout_s: Annotated[float, Field(gt=0, le=300)] = 20.0
@@ -171,6 +179,15 @@ class UpstreamConfig(_Section):
             # The value itself is not echoed: a URL may carry credentials.
             raise ValueError("not an http(s) URL")
         return value
+
+    @model_validator(mode="after")
+    def _voice_of_the_dialect(self) -> UpstreamConfig:
+        if self.dialect == "beta" and voice_for(self) not in BETA_VOICES:
+            raise ValueError(
+                f"voice: {voice_for(self)!r} is not a voice of the beta dialect "
+                f"(one of {', '.join(sorted(BETA_VOICES))})"
+            )
+        return self
 
 
 class SessionConfig(_Section):
@@ -360,6 +377,14 @@ class Settings(BaseSettings):
         return self.model_copy(update={section: updated})
 
 
+DEFAULT_MODELS: dict[str, str] = {
+    "ga": "gpt-realtime-2.1",
+    "beta": "gpt-4o-realtime-preview-2024-12-17",
+}
+DEFAULT_VOICES: dict[str, str] = {"ga": "marin", "beta": "verse"}
+# Voices of the beta-era models; marin and cedar came with GA.
+BETA_VOICES = frozenset({"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse"})
+
 _CONVENTIONAL_ENV: dict[str, tuple[str, str]] = {
     "DATABASE_URL": ("database", "url"),
     "REDIS_URL": ("cache", "redis_url"),
@@ -387,12 +412,6 @@ class _ConventionalEnv(PydanticBaseSettingsSource):
             if value:
                 out.setdefault(section, {})[key] = value
         return out
-
-
-DEFAULT_MODELS: dict[str, str] = {
-    "ga": "gpt-realtime",
-    "beta": "gpt-4o-realtime-preview-2024-12-17",
-}
 
 
 def load_settings(
@@ -476,3 +495,8 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
 def model_for(upstream: UpstreamConfig) -> str:
     """The configured model, or the dialect's default."""
     return upstream.model or DEFAULT_MODELS[upstream.dialect]
+
+
+def voice_for(upstream: UpstreamConfig) -> str:
+    """The configured voice, or the dialect's default (one its models have)."""
+    return upstream.voice or DEFAULT_VOICES[upstream.dialect]

@@ -9,7 +9,14 @@ const MAX_ATTEMPTS = 4;
 const ICE_GATHER_TIMEOUT_MS = 3000;
 
 const $ = (id) => document.getElementById(id);
-const state = { pc: null, channel: null, sessionId: null, token: null, assistantLine: null };
+const state = { pc: null, channel: null, sessionId: null, token: null };
+// What the upstream is doing: generating a response (response.created .. response.done) and
+// playing audio (output_audio_buffer.started .. stopped/cleared). On the real service a
+// response is done long before its audio stops, so the two differ.
+const reply = { responding: false, playing: false, bargeTimer: null };
+// After speech_started, give the service this long to cancel/clear on its own (server VAD
+// with interrupt_response does) before the page does it.
+const BARGE_IN_GRACE_MS = 300;
 
 const MESSAGES = {
   missing_token: "Please enter your interview token.",
@@ -84,36 +91,99 @@ function waitForIceGathering(pc) {
   });
 }
 
-function addLine(who, text) {
-  const li = document.createElement("li");
+// Transcript lines, one per conversation item, placed by the item order the service gives
+// (previous_item_id), not by arrival: a candidate's transcription often lands after the
+// interviewer's reply started.
+const lines = new Map();
+
+function lineFor(itemId, who, previousId) {
+  let li = lines.get(itemId);
+  if (li) return li;
+  li = document.createElement("li");
   li.className = who;
-  li.textContent = `${who === "you" ? "You" : "Interviewer"}: ${text}`;
-  $("transcript").appendChild(li);
+  li.hidden = true; // until it has text
+  li.dataset.text = "";
+  const after = previousId ? lines.get(previousId) : null;
+  if (after) after.after(li); else $("transcript").appendChild(li);
+  lines.set(itemId, li);
   return li;
+}
+
+function setLineText(li, text) {
+  li.dataset.text = text;
+  li.textContent = `${li.className === "you" ? "You" : "Interviewer"}: ${text}`;
+  li.hidden = !text;
+}
+
+function onItemAdded(event) {
+  const item = event.item || {};
+  if (!item.id || item.type !== "message") return;
+  if (item.role === "user") lineFor(item.id, "you", event.previous_item_id);
+  else if (item.role === "assistant") lineFor(item.id, "interviewer", event.previous_item_id);
+}
+
+function send(event) {
+  const channel = state.channel;
+  if (channel && channel.readyState === "open") channel.send(JSON.stringify(event));
+}
+
+// Stop the interviewer: cancel a response still being generated, then clear the audio still
+// playing. Each only when it applies: response.cancel after response.done is an error on the
+// real service, and clearing cancels nothing.
+function interrupt() {
+  clearTimeout(reply.bargeTimer);
+  if (reply.responding) { send({ type: "response.cancel" }); reply.responding = false; }
+  if (reply.playing) { send({ type: "output_audio_buffer.clear" }); reply.playing = false; }
 }
 
 function onServerEvent(event) {
   switch (event.type) {
+    case "conversation.item.added":
+    case "conversation.item.created":
+      onItemAdded(event);
+      break;
+    case "conversation.item.input_audio_transcription.delta": {
+      const li = lineFor(event.item_id, "you");
+      setLineText(li, li.dataset.text + (event.delta || ""));
+      break;
+    }
     case "conversation.item.input_audio_transcription.completed":
-      addLine("you", event.transcript || "");
+      setLineText(lineFor(event.item_id, "you"), event.transcript || "");
       break;
     case "response.output_audio_transcript.delta":
-    case "response.audio_transcript.delta":
-      if (!state.assistantLine) state.assistantLine = addLine("interviewer", "");
-      state.assistantLine.textContent += event.delta || "";
+    case "response.audio_transcript.delta": {
+      const li = lineFor(event.item_id, "interviewer");
+      setLineText(li, li.dataset.text + (event.delta || ""));
+      break;
+    }
+    case "response.created":
+      reply.responding = true;
       break;
     case "response.done":
-      state.assistantLine = null;
+      reply.responding = false;
       break;
     case "input_audio_buffer.speech_started":
       setStatus("Listening…");
+      // Barge-in: if the service has not stopped the interviewer by itself, the page does.
+      clearTimeout(reply.bargeTimer);
+      if (reply.responding || reply.playing) reply.bargeTimer = setTimeout(interrupt, BARGE_IN_GRACE_MS);
       break;
     case "output_audio_buffer.started":
+      reply.playing = true;
       setStatus("The interviewer is speaking…");
       break;
-    case "error":
-      if (event.error && event.error.code !== "event_not_allowed") showError(event.error.message || "Error.");
+    case "output_audio_buffer.stopped":
+    case "output_audio_buffer.cleared":
+      reply.playing = false;
       break;
+    case "error": {
+      const code = event.error && event.error.code;
+      // Not the candidate's concern: a refused browser event, or a cancel that raced the end.
+      if (code !== "event_not_allowed" && code !== "response_cancel_not_active") {
+        showError((event.error && event.error.message) || "Error.");
+      }
+      break;
+    }
     default:
       break;
   }
@@ -168,6 +238,7 @@ async function start() {
 }
 
 async function stop() {
+  interrupt(); // End while the interviewer speaks: stop it before hanging up
   const { pc, sessionId } = state;
   state.pc = null; state.channel = null; state.sessionId = null;
   if (pc) pc.getSenders().forEach((s) => s.track && s.track.stop());

@@ -39,7 +39,7 @@ from relay.upstream.dialects import (
     parse_error,
     redact,
 )
-from relay.upstream.retry import is_retryable_status, parse_retry_after, retry_delay
+from relay.upstream.retry import header, is_retryable_status, parse_retry_after, retry_delay
 
 log = logging.getLogger("relay.upstream")
 
@@ -80,7 +80,7 @@ async def _read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _public_url(url: str) -> str:
+def public_url(url: str) -> str:
     """The URL without any user:password part (safe for logs and reprs)."""
     parts = urlsplit(url)
     host = parts.hostname or ""
@@ -96,9 +96,7 @@ def validate_upstream_config(config: UpstreamConfig) -> None:
         )
     parts = urlsplit(config.base_url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(
-            f"upstream.base_url: not an http(s) URL: {_public_url(config.base_url)!r}"
-        )
+        raise ConfigError(f"upstream.base_url: not an http(s) URL: {public_url(config.base_url)!r}")
     if config.dialect not in DIALECTS:
         raise ConfigError(f"upstream.dialect: {config.dialect!r} is not one of ga, beta")
     for key in ("mint_timeout_s", "sdp_timeout_s", "hangup_timeout_s"):
@@ -113,11 +111,11 @@ def validate_upstream_config(config: UpstreamConfig) -> None:
     if config.dialect == "beta":
         if not model.startswith("gpt-4o"):
             log.warning("upstream.model %r is not a beta-era model; dialect is beta", model)
-        if parts.hostname == "api.openai.com":
-            log.warning(
-                "upstream.dialect beta: OpenAI switched the beta Realtime interface off "
-                "around May 2026; prefer ga"
-            )
+        log.warning(
+            "upstream.dialect beta: OpenAI's service refuses the beta Realtime shape "
+            "(400 beta_api_shape_disabled); it works only with an upstream that still serves "
+            "it (such as `relay simulate --dialect beta`). Use ga."
+        )
 
 
 # Outcome labels: the upstream's error codes are its own strings, so only known ones become
@@ -195,7 +193,7 @@ class OpenAIRealtimeClient:
     def __repr__(self) -> str:
         return (
             f"OpenAIRealtimeClient(dialect={self.dialect!r}, model={self._model!r}, "
-            f"base_url={_public_url(self._base_url)!r})"
+            f"base_url={public_url(self._base_url)!r})"
         )
 
     @property
@@ -220,6 +218,7 @@ class OpenAIRealtimeClient:
         try:
             while True:
                 retry_after: float | None = None
+                should_retry: str | None = None
                 try:
                     async with asyncio.timeout_at(deadline):
                         reply = await self._send(request)
@@ -244,8 +243,9 @@ class OpenAIRealtimeClient:
                         return minted
                     error = self._http_error("mint", reply)
                     retry_after = parse_retry_after(reply.headers)
+                    should_retry = header(reply.headers, "x-should-retry")
                 self._count("mint", _outcome(error.code))
-                if retries >= cfg.mint_retries or not self._retryable(error):
+                if retries >= cfg.mint_retries or not self._retryable(error, should_retry):
                     raise error
                 delay = retry_delay(
                     retries,
@@ -452,10 +452,10 @@ class OpenAIRealtimeClient:
         return UpstreamTimeout(stage, f"no answer from the upstream within {seconds:g}s")
 
     @staticmethod
-    def _retryable(error: UpstreamError) -> bool:
+    def _retryable(error: UpstreamError, should_retry: str | None = None) -> bool:
         if error.status is None:
             return error.code == UNREACHABLE
-        return is_retryable_status(error.status, error.code)
+        return is_retryable_status(error.status, error.code, should_retry=should_retry)
 
     def _log_failure(self, stage: Stage, request_id: str, exc: UpstreamFailure, ms: float) -> None:
         name = _STAGE_NAMES[stage]

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 from urllib.parse import quote, urlsplit
 
-from relay.config import UpstreamConfig
+from relay.config import UpstreamConfig, voice_for
 from relay.upstream.base import MintedSession, SdpAnswer
 from relay.upstream.retry import header
 
@@ -69,36 +69,47 @@ def _turn_detection(config: UpstreamConfig) -> dict[str, Any]:
     }
 
 
+# Reasoning Realtime models (gpt-realtime-2, -2.1, -2.1-mini and their dated snapshots) take
+# ``reasoning.effort``; the others refuse it.
+_REASONING_MODEL = re.compile(r"gpt-realtime-2(\.\d+)?(-mini)?(-\d{4}-\d{2}-\d{2})?")
+
+
+def is_reasoning_model(model: str) -> bool:
+    return _REASONING_MODEL.fullmatch(model) is not None
+
+
 def ga_mint_body(config: UpstreamConfig, model: str) -> dict[str, Any]:
     """The client_secrets body: only ``expires_after`` and ``session`` at the top level
     (OpenAI answers 400 ``unknown_parameter`` for a top-level ``type`` or ``model``)."""
+    audio_input: dict[str, Any] = {"turn_detection": _turn_detection(config)}
+    if config.transcription_model:
+        audio_input = {"transcription": {"model": config.transcription_model}, **audio_input}
+    session: dict[str, Any] = {
+        "type": "realtime",
+        "model": model,
+        "instructions": config.instructions,
+        "audio": {"input": audio_input, "output": {"voice": voice_for(config)}},
+    }
+    if config.reasoning_effort and is_reasoning_model(model):
+        session["reasoning"] = {"effort": config.reasoning_effort}
     return {
         "expires_after": {"anchor": "created_at", "seconds": config.secret_ttl_s},
-        "session": {
-            "type": "realtime",
-            "model": model,
-            "instructions": config.instructions,
-            "audio": {
-                "input": {
-                    "transcription": {"model": config.transcription_model},
-                    "turn_detection": _turn_detection(config),
-                },
-                "output": {"voice": config.voice},
-            },
-        },
+        "session": session,
     }
 
 
 def beta_mint_body(config: UpstreamConfig, model: str) -> dict[str, Any]:
     """The flat beta /realtime/sessions body."""
-    return {
+    body: dict[str, Any] = {
         "model": model,
         "modalities": ["audio", "text"],
         "instructions": config.instructions,
-        "voice": config.voice,
-        "input_audio_transcription": {"model": config.transcription_model},
+        "voice": voice_for(config),
         "turn_detection": _turn_detection(config),
     }
+    if config.transcription_model:
+        body["input_audio_transcription"] = {"model": config.transcription_model}
+    return body
 
 
 class MalformedResponse(ValueError):

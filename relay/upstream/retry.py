@@ -21,11 +21,19 @@ from email.utils import parsedate_to_datetime
 _NOT_TRANSIENT_CODES = frozenset({"insufficient_quota"})
 
 
-def is_retryable_status(status: int, code: str | None = None) -> bool:
-    """429 and 5xx are worth another attempt; 4xx never (an auth or request problem)."""
+def is_retryable_status(
+    status: int, code: str | None = None, *, should_retry: str | None = None
+) -> bool:
+    """What OpenAI's SDKs retry: the ``x-should-retry`` header decides when present
+    (``true``/``false``); otherwise 408, 409, 429 and 5xx (an out-of-credit 429 never)."""
+    hint = (should_retry or "").strip().lower()
+    if hint == "true":
+        return True
+    if hint == "false":
+        return False
     if code in _NOT_TRANSIENT_CODES:
         return False
-    return status == 429 or 500 <= status <= 599
+    return status in (408, 409, 429) or 500 <= status <= 599
 
 
 def header(headers: Mapping[str, str], name: str) -> str | None:

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from relay.observability.request_context import current_request_id
 from relay.services import SERVICES
+from relay.upstream.model_currency import check_models, worst_level
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -27,8 +28,22 @@ async def readyz(request: web.Request) -> web.Response:
     if services.startup.failure is not None:
         # Will not fix itself: start-up gave up on a step (details in the log).
         checks["startup"] = {"ok": False, "error": services.startup.failure}
-    # Which model, dialect or simulator is in use is operator information (/api/stats).
+    # Which model, dialect or simulator is in use is operator information (/api/stats); a
+    # deprecated model is flagged here by level and date only. Readiness is kept even after
+    # the announced shutdown date: the table may be older than the service (shutdowns get
+    # postponed) and a date alone must not take down a deployment that still works; the
+    # upstream's own refusal shows in the sessions and in `relay doctor`.
     checks["upstream"] = {"ok": True}
+    currencies = check_models(
+        services.upstream.model, services.settings.upstream.transcription_model
+    )
+    level = worst_level(currencies)
+    if level is not None:
+        checks["upstream"]["warning"] = {
+            "code": "model_deprecated" if level != "error" else "model_shut_down",
+            "level": level,
+            "shutdown": min(c.shutdown for c in currencies).isoformat(),
+        }
     # Redis is optional: when down the local cache serves, so readiness is kept and the
     # state reported.
     checks["cache"] = {"ok": True, "redis": services.cache.redis_state}

@@ -15,6 +15,7 @@ from typing import Any
 from relay import __version__
 from relay.observability.metrics import Counter, Histogram
 from relay.services import Services
+from relay.upstream.model_currency import check_models, worst_level
 
 DB_PING_TIMEOUT_S = 0.5
 
@@ -104,10 +105,13 @@ def _upstream(services: Services) -> dict[str, Any]:
         "mint": _quantiles(services, "relay_upstream_duration_seconds", stage="mint"),
         "sdp": _quantiles(services, "relay_upstream_duration_seconds", stage="sdp"),
     }
-    # The model-deprecation warning, where the relay computes one (design §5).
-    warning = getattr(services, "model_warning", None)
-    if warning:
-        body["model_warning"] = warning
+    # Configured models with an announced shutdown (relay/upstream/model_currency.py); the
+    # dashboard shows the worst one's message.
+    currencies = check_models(upstream.model, services.settings.upstream.transcription_model)
+    body["model_currency"] = [c.to_json() for c in currencies]
+    if currencies:
+        worst = worst_level(currencies)
+        body["model_warning"] = next(c.message for c in currencies if c.level == worst)
     return body
 
 

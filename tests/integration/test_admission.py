@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import uuid
@@ -16,6 +17,7 @@ from relay.admission.migrate import MIGRATION_LOCK_ID
 from relay.admission.tokens import hash_token
 from relay.errors import ApiError
 from tests.integration.conftest import MakeRelay
+from tests.integration.relay_harness import OPERATOR_TOKEN
 
 REQUEST_ID = re.compile(r"^req_[0-9a-f]{32}$")
 
@@ -42,7 +44,7 @@ async def test_happy_path_creates_session_and_row(make_relay: MakeRelay) -> None
         "processing_time_ms",
     }
     assert REQUEST_ID.match(body["request_id"]) and body["request_id"] == headers["X-Request-ID"]
-    assert body["model"] == "gpt-realtime"
+    assert body["model"] == "gpt-realtime-2.1"
     assert body["max_duration_seconds"] == 600
     assert isinstance(body["processing_time_ms"], float) and body["processing_time_ms"] > 0
     assert "db;dur=" in headers["Server-Timing"] and "upstream;dur=" in headers["Server-Timing"]
@@ -56,7 +58,7 @@ async def test_happy_path_creates_session_and_row(make_relay: MakeRelay) -> None
         {
             "state": "pending",
             "request_id": body["request_id"],
-            "model": "gpt-realtime",
+            "model": "gpt-realtime-2.1",
             "dialect": "ga",
             "relay_instance": "test-instance",
         }
@@ -530,3 +532,39 @@ async def test_a_non_retryable_start_up_failure_is_logged_and_turns_readyz_red(
             await admin.execute(f"DROP OWNED BY {role}")
         finally:
             await admin.close()
+
+
+async def test_a_deprecated_model_is_flagged_in_readyz_and_stats(make_relay: MakeRelay) -> None:
+    relay = await make_relay(
+        overrides={"upstream": {"model": "gpt-realtime", "transcription_model": "whisper-1"}}
+    )
+    async with relay.client.get("/readyz") as resp:
+        ready = await resp.json()
+        # Still ready: a date from a table never takes a working deployment down.
+        assert resp.status == 200
+    warning = ready["checks"]["upstream"]["warning"]
+    assert warning["shutdown"] == "2027-01-20"
+    assert warning["level"] in ("notice", "warning", "error")
+    assert warning["code"] == (
+        "model_shut_down" if warning["level"] == "error" else "model_deprecated"
+    )
+    assert "gpt-realtime" not in json.dumps(ready)  # the public probe names no model
+    operator = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+    async with relay.client.get("/api/stats", headers=operator) as resp:
+        stats = await resp.json()
+    currency = stats["upstream"]["model_currency"]
+    assert [(c["setting"], c["model"], c["shutdown"]) for c in currency] == [
+        ("upstream.model", "gpt-realtime", "2027-01-20"),
+        ("upstream.transcription_model", "whisper-1", "2027-02-26"),
+    ]
+    assert currency[0]["replacement"] == "gpt-realtime-2.1"
+
+
+async def test_current_models_raise_no_warning(make_relay: MakeRelay) -> None:
+    relay = await make_relay()
+    async with relay.client.get("/readyz") as resp:
+        ready = await resp.json()
+    assert resp.status == 200 and "warning" not in ready["checks"]["upstream"]
+    operator = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+    async with relay.client.get("/api/stats", headers=operator) as resp:
+        assert (await resp.json())["upstream"]["model_currency"] == []

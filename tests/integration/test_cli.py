@@ -242,7 +242,7 @@ async def test_serve_against_a_separately_run_simulator_in_the_beta_dialect(
                 assert resp.status == 200
         env = {
             "OPENAI_BASE_URL": match[1],
-            "OPENAI_API_KEY": "sk-operator-key",
+            "OPENAI_API_KEY": "sk-operator-key-0123456789abcdef",
             "RELAY__UPSTREAM__DIALECT": "beta",
         }
         async with (
@@ -258,11 +258,15 @@ async def test_serve_against_a_separately_run_simulator_in_the_beta_dialect(
             async with http.get(url + "api/stats", headers=operator) as resp:
                 stats = await resp.json()
                 upstream = stats["upstream"]
-                assert {k: upstream[k] for k in ("dialect", "model", "simulated", "state")} == {
+                assert {
+                    k: upstream[k]
+                    for k in ("dialect", "model", "simulated", "state", "model_currency")
+                } == {
                     "dialect": "beta",
                     "model": "gpt-4o-realtime-preview-2024-12-17",
                     "simulated": False,
                     "state": "up",
+                    "model_currency": [],
                 }
                 assert upstream["last_outcome"]["stage"] == "mint"
     finally:

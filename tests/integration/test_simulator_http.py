@@ -33,6 +33,8 @@ from relay.upstream.simulator import (
     create_simulator_app,
     start_simulator,
 )
+from relay.upstream.simulator.faults import Faults
+from tests.support.openai_oracle import validate_session_config
 
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[..., Awaitable[Client]]
@@ -199,9 +201,16 @@ async def test_accept_any_api_key(make_client: MakeClient) -> None:
     response = await client.post(
         "/v1/realtime/client_secrets",
         json={"session": GA_SESSION},
-        headers={"Authorization": "Bearer sk-anything"},
+        headers={"Authorization": "Bearer sk-anything-0123456789abcdef"},
     )
     assert response.status == 200
+    # Clearly not a key: refused even so.
+    response = await client.post(
+        "/v1/realtime/client_secrets",
+        json={"session": GA_SESSION},
+        headers={"Authorization": "Bearer sk-x"},
+    )
+    await _error(response, 401, "invalid_api_key")
 
 
 # ---------------------------------------------------------------------- GA SDP exchange
@@ -282,19 +291,74 @@ async def test_calls_needs_a_valid_unexpired_key(
     assert _state(client).calls == {}
 
 
-async def test_model_not_accepted_mints_but_fails_at_calls(
+async def test_models_the_account_cannot_use_are_refused_with_the_real_codes(
     make_client: MakeClient, offerer: RTCPeerConnection
 ) -> None:
     client = await make_client()
-    await _state(client).update_faults({"accepted_models": ["gpt-realtime"]})
     secret = await _mint(client, {"type": "realtime", "model": "gpt-realtime-2"})
+    response = await client.get("/v1/models/gpt-realtime-2", headers=AUTH)
+    assert response.status == 200
+    assert (await response.json())["id"] == "gpt-realtime-2"
+    await _state(client).update_faults({"accepted_models": ["gpt-realtime-2.1"]})
+    # Retrieving the model: 404 model_not_found.
+    response = await client.get("/v1/models/gpt-realtime-2", headers=AUTH)
+    error = await _error(response, 404, "model_not_found")
+    assert "gpt-realtime-2" in error["message"]
+    # Minting with it: 400 invalid_value on session.model.
+    response = await client.post(
+        "/v1/realtime/client_secrets",
+        json={"session": {"type": "realtime", "model": "gpt-realtime-2"}},
+        headers=AUTH,
+    )
+    error = await _error(response, 400, "invalid_value")
+    assert error["param"] == "session.model"
+    # A key minted before: the call is refused the same way.
     response = await client.post(
         "/v1/realtime/calls",
         data=_offer(offerer),
         headers={**SDP, "Authorization": f"Bearer {secret}"},
     )
-    error = await _error(response, 403, "model_not_found")
-    assert "gpt-realtime-2" in error["message"]
+    assert (await _error(response, 400, "invalid_value"))["param"] == "model"
+    # Retrieving a model needs a standard key.
+    response = await client.get("/v1/models/gpt-realtime-2.1")
+    await _error(response, 401, "invalid_api_key")
+
+
+async def test_revoked_keys_fault_refuses_standard_keys(client: Client) -> None:
+    await _state(client).update_faults({"reject_api_keys": True})
+    for method, path in (
+        ("POST", "/v1/realtime/client_secrets"),
+        ("GET", "/v1/models/gpt-realtime-2.1"),
+    ):
+        response = await client.request(method, path, json={}, headers=AUTH)
+        await _error(response, 401, "invalid_api_key")
+
+
+async def test_sdk_allowed_requests_are_served(client: Client) -> None:
+    for body in (
+        {},
+        {"session": {"type": "transcription"}},
+        {
+            "session": {
+                "type": "realtime",
+                "model": "gpt-audio-1.5",
+                "audio": {
+                    "input": {
+                        "noise_reduction": {"type": "near_field"},
+                        "transcription": {"model": "gpt-realtime-whisper", "delay": "low"},
+                    }
+                },
+            }
+        },
+    ):
+        response = await client.post("/v1/realtime/client_secrets", json=body, headers=AUTH)
+        assert response.status == 200, await response.text()
+        reply = await response.json()
+        assert reply["value"].startswith("ek_")
+        assert reply["session"]["expires_at"] > time.time() + 600
+        validate_session_config(
+            {k: v for k, v in reply["session"].items() if k not in ("id", "object", "expires_at")}
+        )
 
 
 @pytest.mark.parametrize(
@@ -346,7 +410,8 @@ async def test_pcmu_answer_codec(client: Client, offerer: RTCPeerConnection) -> 
 
 
 # ---------------------------------------------------------------------- beta
-async def test_beta_mint_and_exchange(client: Client, offerer: RTCPeerConnection) -> None:
+async def test_beta_mint_and_exchange(make_client: MakeClient, offerer: RTCPeerConnection) -> None:
+    client = await make_client(faults=Faults(beta_disabled=False))
     beta = {"OpenAI-Beta": "realtime=v1"}
     response = await client.post(
         "/v1/realtime/sessions",
@@ -374,7 +439,8 @@ async def test_beta_mint_and_exchange(client: Client, offerer: RTCPeerConnection
 
 
 async def test_beta_disabled_over_http(client: Client, offerer: RTCPeerConnection) -> None:
-    response = await client.post("/_sim/faults", json={"beta_disabled": True}, headers=CONTROL)
+    # As on the real service, the beta shape is off unless the simulator is started for it.
+    response = await client.get("/_sim/faults", headers=CONTROL)
     assert response.status == 200 and (await response.json())["beta_disabled"] is True
     response = await client.post("/v1/realtime/sessions", json={}, headers=AUTH)
     error = await _error(response, 400, "beta_api_shape_disabled")
@@ -510,9 +576,9 @@ async def test_the_control_api_needs_the_control_token(
     client: Client, method: str, path: str, auth: str | None
 ) -> None:
     headers = {"Authorization": auth} if auth else {}
-    response = await client.request(method, path, json={"beta_disabled": True}, headers=headers)
+    response = await client.request(method, path, json={"beta_disabled": False}, headers=headers)
     await _error(response, 401, "invalid_token")
-    assert not _state(client).faults.beta_disabled
+    assert _state(client).faults.beta_disabled  # unchanged: the default stays
 
 
 async def test_a_simulator_without_a_given_token_makes_one_up() -> None:
@@ -532,15 +598,15 @@ async def test_a_simulator_without_a_given_token_makes_one_up() -> None:
 
 async def test_options_seed_the_faults_and_are_not_mutated(make_client: MakeClient) -> None:
     options = SimulatorOptions()
-    faults = dataclasses.replace(options.faults, beta_disabled=True)
+    faults = dataclasses.replace(options.faults, beta_disabled=False)
     client = await make_client(faults=faults)
-    assert _state(client).faults.beta_disabled
+    assert not _state(client).faults.beta_disabled
     await _state(client).update_faults({"mint": {"status": 500}})
     assert faults.mint.status is None
 
 
 async def test_unknown_routes_answer_in_openai_shape(client: Client) -> None:
-    response = await client.get("/v1/models")
+    response = await client.get("/v1/files")
     await _error(response, 404, "not_found")
     response = await client.get("/v1/realtime/client_secrets")
     await _error(response, 405, "method_not_allowed")
@@ -587,7 +653,7 @@ async def test_run_simulator_serves_both_dialects_until_sigterm() -> None:
         base_url = match.group(1)
         async with aiohttp.ClientSession() as http:
             # Any sk-… key is a standard key here.
-            headers = {"Authorization": "Bearer sk-my-own-key"}
+            headers = {"Authorization": "Bearer sk-my-own-key-0123456789abcdef"}
             async with http.post(f"{base_url}/realtime/sessions", json={}, headers=headers) as r:
                 assert r.status == 200
                 assert (await r.json())["client_secret"]["value"].startswith("ek_")

@@ -7,24 +7,14 @@ events are answered, hang-up closes the peer. Run inside ``unshare -n``.
 from __future__ import annotations
 
 import asyncio
-import fractions
-import json
 import re
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import av
-import numpy as np
 import pytest
-from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError
 
-from relay.config import IceConfig
-from relay.media.ice import rtc_configuration
 from relay.media.peers import close_peer
 from relay.upstream.simulator import (
     SIMULATOR_KEY,
@@ -32,8 +22,9 @@ from relay.upstream.simulator import (
     SimulatorOptions,
     start_simulator,
 )
-from relay.upstream.simulator.vad import frame_rms
-from relay.upstream.simulator.voice import encode_opus, synthesize
+from relay.upstream.simulator.faults import Faults
+from tests.integration.sim_caller import Caller, Utterance, make_utterance
+from tests.support.openai_oracle import validate_server_event
 
 AUTH = {"Authorization": "Bearer sk-sim-local"}
 SHORT_LINES = ("Thank you, tell me more.", "Why was that?")
@@ -41,141 +32,7 @@ LONG_LINE = "Thank you. Could you tell me a little more about that project and y
 SILENT_RMS = 0.01
 
 
-# ---------------------------------------------------------------------- the test caller
-@dataclass(frozen=True)
-class Utterance:
-    payloads: tuple[bytes, ...]
-    silence: bytes
-
-
-def _utterance(seconds: float) -> Utterance:
-    """Candidate-like speech (a higher voice than the interviewer), Opus, ``seconds`` long."""
-    speech = synthesize(
-        "I built the billing service and then led the migration to the new queue system",
-        f0_hz=210.0,
-    )
-    frames = int(seconds * 50)
-    payloads = encode_opus(speech.samples[: frames * 960])
-    return Utterance(tuple(payloads), encode_opus(np.zeros(960 * 10))[-1])
-
-
-class CallerTrack(MediaStreamTrack):
-    """Paced 20 ms Opus packets: queued speech, else silence."""
-
-    kind = "audio"
-
-    def __init__(self, silence: bytes) -> None:
-        super().__init__()
-        self._silence = silence
-        self._queue: deque[bytes] = deque()
-        self._sent = 0
-        self._start: float | None = None
-
-    def say(self, payloads: tuple[bytes, ...]) -> None:
-        self._queue.extend(payloads)
-
-    async def recv(self) -> av.Packet[Any]:
-        if self.readyState != "live":
-            raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        delay = self._start + self._sent * 0.02 - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        packet = av.Packet(self._queue.popleft() if self._queue else self._silence)
-        packet.pts = self._sent * 960
-        packet.time_base = fractions.Fraction(1, 48000)
-        self._sent += 1
-        return packet
-
-
-class Caller:
-    """The offering side, as OpenAI's clients build it: audio + data channel ``oai-events``."""
-
-    def __init__(self, utterance: Utterance | None) -> None:
-        self.pc = RTCPeerConnection(rtc_configuration(IceConfig()))
-        self.track: CallerTrack | None = None
-        if utterance is not None:
-            self.track = CallerTrack(utterance.silence)
-            self.pc.addTrack(self.track)
-        else:
-            self.pc.addTransceiver("audio", direction="recvonly")
-        self.channel: RTCDataChannel = self.pc.createDataChannel("oai-events")
-        self.events: list[dict[str, Any]] = []
-        self.arrivals: list[float] = []
-        # (arrival time, RMS) of every received audio frame, and its sample rate.
-        self.frames: list[tuple[float, float]] = []
-        self.sample_rates: set[int] = set()
-        self._changed = asyncio.Condition()
-        self._tasks: list[asyncio.Task[None]] = []
-        self.channel.on("message", self._on_message)
-        self.channel.on("close", self._poke)
-        self.pc.on("track", self._on_track)
-        self.pc.on("connectionstatechange", self._poke)
-
-    def _on_message(self, message: str | bytes) -> None:
-        self.events.append(json.loads(message))
-        self.arrivals.append(time.monotonic())
-        self._poke()
-
-    def _poke(self) -> None:
-        async def notify() -> None:
-            async with self._changed:
-                self._changed.notify_all()
-
-        self._tasks.append(asyncio.ensure_future(notify()))
-
-    def _on_track(self, track: MediaStreamTrack) -> None:
-        async def receive() -> None:
-            while True:
-                try:
-                    frame = await track.recv()
-                except MediaStreamError:
-                    return
-                assert isinstance(frame, av.AudioFrame)
-                self.sample_rates.add(frame.sample_rate)
-                self.frames.append((time.monotonic(), frame_rms(frame.to_ndarray())))
-
-        self._tasks.append(asyncio.ensure_future(receive()))
-
-    async def until(self, predicate: Callable[[], bool], seconds: float = 15.0) -> None:
-        async with asyncio.timeout(seconds), self._changed:
-            await self._changed.wait_for(predicate)
-
-    def count(self, type_: str) -> int:
-        return sum(1 for e in self.events if e["type"] == type_)
-
-    async def wait_event(self, type_: str, n: int = 1, seconds: float = 15.0) -> dict[str, Any]:
-        await self.until(lambda: self.count(type_) >= n, seconds)
-        return [e for e in self.events if e["type"] == type_][n - 1]
-
-    def arrival(self, type_: str, n: int = 1) -> float:
-        indexes = [i for i, e in enumerate(self.events) if e["type"] == type_]
-        return self.arrivals[indexes[n - 1]]
-
-    @property
-    def types(self) -> list[str]:
-        return [e["type"] for e in self.events]
-
-    def send(self, event: dict[str, Any]) -> None:
-        self.channel.send(json.dumps(event))
-
-    def max_rms(self, start: float, end: float) -> float:
-        return max((rms for t, rms in self.frames if start <= t <= end), default=0.0)
-
-    async def offer(self) -> str:
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        sdp: str = self.pc.localDescription.sdp
-        return sdp
-
-    async def accept(self, answer: str) -> None:
-        await self.pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
-
-    async def close(self) -> None:
-        await close_peer(self.pc)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+_utterance = make_utterance
 
 
 # ---------------------------------------------------------------------- fixtures
@@ -192,7 +49,10 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture
 async def sim() -> AsyncIterator[RunningSimulator]:
-    simulator = await start_simulator(options=SimulatorOptions(reply_lines=SHORT_LINES))
+    # Started for both dialects (the beta shape is off unless asked for, as on the service).
+    simulator = await start_simulator(
+        options=SimulatorOptions(reply_lines=SHORT_LINES, faults=Faults(beta_disabled=False))
+    )
     try:
         yield simulator
     finally:
@@ -272,7 +132,14 @@ async def _connect(
     return location.rsplit("/", 1)[-1] if location else None
 
 
+TRANSCRIPTION = (
+    "conversation.item.input_audio_transcription.delta",
+    "conversation.item.input_audio_transcription.completed",
+)
+
+
 def _expected_turn(dialect: str, line: str) -> list[str]:
+    """The reply's sequence, input transcription left out (it is asynchronous)."""
     ga = dialect == "ga"
     transcript = "response.output_audio_transcript" if ga else "response.audio_transcript"
     return [
@@ -280,11 +147,9 @@ def _expected_turn(dialect: str, line: str) -> list[str]:
         "input_audio_buffer.speech_started",
         "input_audio_buffer.speech_stopped",
         "input_audio_buffer.committed",
-        "conversation.item.created",
         *(["conversation.item.added", "conversation.item.done"] if ga else []),
-        "conversation.item.input_audio_transcription.completed",
+        *([] if ga else ["conversation.item.created"]),
         "response.created",
-        "rate_limits.updated",
         "response.output_item.added",
         "conversation.item.added" if ga else "conversation.item.created",
         "response.content_part.added",
@@ -293,9 +158,10 @@ def _expected_turn(dialect: str, line: str) -> list[str]:
         "response.output_audio.done" if ga else "response.audio.done",
         f"{transcript}.done",
         "response.content_part.done",
-        "response.output_item.done",
         *(["conversation.item.done"] if ga else []),
+        "response.output_item.done",
         "response.done",
+        "rate_limits.updated",
         "output_audio_buffer.stopped",
     ]
 
@@ -319,7 +185,18 @@ async def test_spoken_turn_gets_the_documented_events_and_reply_audio(
     caller.track.say(utterance.payloads)
 
     await caller.wait_event("output_audio_buffer.stopped")
-    assert caller.types == _expected_turn(dialect, SHORT_LINES[0])
+    await caller.wait_event(TRANSCRIPTION[1])
+    assert [t for t in caller.types if t not in TRANSCRIPTION] == _expected_turn(
+        dialect, SHORT_LINES[0]
+    )
+    # Transcription arrives on its own: deltas, then completed, after the commit.
+    transcription = [t for t in caller.types if t in TRANSCRIPTION]
+    assert transcription[-1] == TRANSCRIPTION[1] and set(transcription[:-1]) == {TRANSCRIPTION[0]}
+    assert caller.types.index(TRANSCRIPTION[0]) > caller.types.index("input_audio_buffer.committed")
+    # response.done ends generation; playback ends later with output_audio_buffer.stopped.
+    assert caller.arrival("output_audio_buffer.stopped") - caller.arrival("response.done") > 0.5
+    for event in caller.events:  # the official SDK's models of the dialect accept each one
+        validate_server_event(event, dialect)
     event_ids = [e["event_id"] for e in caller.events]
     assert all(i.startswith("event_") for i in event_ids) and len(set(event_ids)) == len(event_ids)
 
@@ -357,7 +234,7 @@ async def test_spoken_turn_gets_the_documented_events_and_reply_audio(
     assert record.state == "connected" and record.codec == "opus"
     assert len(record.vad_segments) == 1
     assert record.rms_max > 0.1 and record.frames_received > 100
-    assert record.events_sent == caller.types
+    assert record.events_sent == caller.types[: len(record.events_sent)]
     assert record.reply_frames_sent > 50 and record.responses_started == 1
 
     # Ending: GA hangs up over HTTP; beta (no hang-up endpoint) closes its own peer.
@@ -382,7 +259,10 @@ async def test_barge_in_cancels_the_reply_and_stops_its_audio(
     http: aiohttp.ClientSession,
     callers: Callable[[Utterance | None], Caller],
 ) -> None:
-    simulator = await start_simulator(options=SimulatorOptions(reply_lines=(LONG_LINE, "Go on.")))
+    # Generation at real time: the reply is still being generated when the caller speaks.
+    simulator = await start_simulator(
+        options=SimulatorOptions(reply_lines=(LONG_LINE, "Go on."), generation_speed=1.0)
+    )
     try:
         caller = callers(_utterance(1.2))
         await _connect(http, simulator, caller, "ga")
@@ -427,6 +307,20 @@ async def test_barge_in_cancels_the_reply_and_stops_its_audio(
 
 async def test_client_events_over_the_data_channel(
     http: aiohttp.ClientSession,
+    callers: Callable[[Utterance | None], Caller],
+) -> None:
+    # Slow generation, so a cancel sent at the reply's start finds it still generating.
+    sim = await start_simulator(
+        options=SimulatorOptions(reply_lines=SHORT_LINES, generation_speed=1.0)
+    )
+    try:
+        await _client_events(http, sim, callers)
+    finally:
+        await sim.close()
+
+
+async def _client_events(
+    http: aiohttp.ClientSession,
     sim: RunningSimulator,
     callers: Callable[[Utterance | None], Caller],
 ) -> None:
@@ -450,13 +344,15 @@ async def test_client_events_over_the_data_channel(
     assert error["error"]["param"] == "session.type"
     caller.send({"type": "response.juggle", "event_id": "evt_unknown"})
     error = await caller.wait_event("error", 2)
-    assert (error["error"]["code"], error["error"]["event_id"]) == ("invalid_event", "evt_unknown")
+    assert (error["error"]["code"], error["error"]["event_id"]) == ("invalid_value", "evt_unknown")
+    assert error["error"]["param"] == "type"
 
     caller.send({"type": "response.create", "event_id": "evt_create"})
     await caller.wait_event("output_audio_buffer.started")
     caller.send({"type": "response.cancel", "event_id": "evt_cancel"})
     done = await caller.wait_event("response.done")
     assert done["response"]["status_details"]["reason"] == "client_cancelled"
+    # What was generated before the cancel still plays, then the buffer stops.
     await caller.wait_event("output_audio_buffer.stopped")
 
     caller.send({"type": "response.create"})

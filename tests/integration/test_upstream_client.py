@@ -188,6 +188,8 @@ async def test_mint_exchange_connect_and_hang_up(
     peer: OfferingPeer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    if dialect == "beta":
+        await set_faults(sim, {"beta_disabled": False})  # a simulator started for beta
     client = make_client(sim.base_url, dialect=dialect)
     assert client.dialect == dialect
 
@@ -239,7 +241,7 @@ async def test_factory_overrides_base_url_and_key(sim: RunningSimulator) -> None
     )
     try:
         minted = await client.mint(request_id="req_factory")
-        assert minted.model == "gpt-realtime" and sim.state.requests["mint"] == 1
+        assert minted.model == "gpt-realtime-2.1" and sim.state.requests["mint"] == 1
     finally:
         await client.close()
     with pytest.raises(ConfigError, match="upstream.api_key"):
@@ -305,6 +307,36 @@ async def test_one_503_then_success(
     assert requests_total(metrics, "mint", "ok") == 1
 
 
+@pytest.mark.parametrize(("status", "code"), [(408, "request_timeout"), (409, "conflict")])
+async def test_408_and_409_are_retried_as_the_sdk_does(
+    status: int, code: str, sim: RunningSimulator, make_client: MakeClient, metrics: MetricsRegistry
+) -> None:
+    await set_faults(sim, {"mint": {"status": status, "code": code, "times": 1}})
+    client = make_client(sim.base_url)
+    minted = await client.mint(request_id="req_408")
+    assert minted.secret.startswith("ek_")
+    assert sim.state.requests["mint"] == 2 and retries_total(metrics, "mint") == 1
+
+
+async def test_x_should_retry_header_overrides_the_status(
+    sim: RunningSimulator, make_client: MakeClient, metrics: MetricsRegistry
+) -> None:
+    # "true" makes a 400 worth another attempt…
+    await set_faults(sim, {"mint": {"status": 400, "times": 1, "should_retry": True}})
+    client = make_client(sim.base_url)
+    assert (await client.mint(request_id="req_hint")).secret.startswith("ek_")
+    assert sim.state.requests["mint"] == 2
+    # …and "false" stops a 503 from being retried.
+    await set_faults(
+        sim, {"mint": {"status": 503, "times": None, "should_retry": False, "retry_after_s": 0}}
+    )
+    with pytest.raises(UpstreamError) as info:
+        await client.mint(request_id="req_hint_2")
+    assert info.value.status == 503
+    assert sim.state.requests["mint"] == 3
+    assert retries_total(metrics, "mint") == 1
+
+
 @pytest.mark.parametrize(("status", "code"), [(400, "unknown_parameter"), (403, "model_not_found")])
 async def test_client_errors_are_not_retried(
     status: int,
@@ -343,7 +375,7 @@ async def test_wrong_api_key_gives_401_once_and_never_shows_the_key(
 async def test_beta_disabled_upstream_is_reported_with_its_code(
     sim: RunningSimulator, make_client: MakeClient
 ) -> None:
-    await set_faults(sim, {"beta_disabled": True})
+    # Like the real service, the simulator refuses the beta shape unless started for it.
     client = make_client(sim.base_url, dialect="beta")
     with pytest.raises(UpstreamError) as info:
         await client.mint(request_id="req_beta_off")
@@ -476,11 +508,11 @@ async def test_sdp_error_body_is_read_before_any_sdp(
     with pytest.raises(UpstreamError) as info:
         await client.exchange_sdp(minted, "not an offer", request_id="req_offer")
     assert (info.value.status, info.value.code) == (400, "invalid_offer")
-    # A model the project cannot use: mint succeeds, the call is refused with 403.
+    # A model the project can no longer use: minted before, the call is refused.
     await set_faults(sim, {"accepted_models": ["gpt-realtime-mini"]})
     with pytest.raises(UpstreamError) as refused:
         await client.exchange_sdp(minted, await peer.offer(), request_id="req_offer")
-    assert (refused.value.status, refused.value.code) == (403, "model_not_found")
+    assert (refused.value.status, refused.value.code) == (400, "invalid_value")
     assert sim.state.requests["calls"] == 2
 
 
@@ -534,3 +566,14 @@ def test_mismatched_model_is_a_warning_and_repr_hides_credentials(
     assert client.model == "gpt-4o-realtime-preview-2024-12-17" and client.dialect == "ga"
     assert "beta-era preview model" in caplog.text
     assert "hunter2" not in repr(client) and "sk-config-test" not in repr(client)
+
+
+def test_the_beta_dialect_warns_that_the_service_refuses_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = UpstreamConfig(api_key="sk-config-test", dialect="beta")
+    OpenAIRealtimeClient(config, metrics=MetricsRegistry())
+    assert "refuses the beta Realtime shape (400 beta_api_shape_disabled)" in caplog.text
+    caplog.clear()
+    OpenAIRealtimeClient(UpstreamConfig(api_key="sk-config-test"), metrics=MetricsRegistry())
+    assert "beta" not in caplog.text

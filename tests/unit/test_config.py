@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import tomllib
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from relay.cli import main
-from relay.config import ConfigError, Settings, load_settings, model_for
+from relay.config import ConfigError, Settings, load_settings, model_for, voice_for
+from relay.upstream import model_currency
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -91,9 +93,31 @@ def test_ice_servers_from_toml(tmp_path: Path) -> None:
 
 
 def test_model_defaults_per_dialect() -> None:
-    assert model_for(Settings().upstream) == "gpt-realtime"
+    assert model_for(Settings().upstream) == "gpt-realtime-2.1"
     beta = Settings().replace("upstream", dialect="beta").upstream
     assert model_for(beta) == "gpt-4o-realtime-preview-2024-12-17"
+    # The voice default is one the dialect's models have (marin is GA-only).
+    assert voice_for(Settings().upstream) == "marin" and voice_for(beta) == "verse"
+
+
+def test_defaults_are_current_per_the_sdk() -> None:
+    """Neither default model is on the official SDK's deprecated lists."""
+    upstream = Settings().upstream
+    assert model_currency.status(model_for(upstream), today=datetime.date(2026, 11, 1)) is None
+    assert (
+        model_currency.status(upstream.transcription_model, today=datetime.date(2026, 11, 1))
+        is None
+    )
+
+
+def test_a_ga_only_voice_is_refused_for_the_beta_dialect(tmp_path: Path) -> None:
+    path = tmp_path / "beta.toml"
+    path.write_text('[upstream]\ndialect = "beta"\nvoice = "marin"\n')
+    with pytest.raises(ConfigError, match=r"upstream\.voice"):
+        load_settings(path, environ={})
+    path.write_text('[upstream]\nreasoning_effort = "extreme"\n')
+    with pytest.raises(ConfigError, match=r"upstream\.reasoning_effort"):
+        load_settings(path, environ={})
     assert (
         model_for(Settings().replace("upstream", model="gpt-realtime-2").upstream)
         == "gpt-realtime-2"

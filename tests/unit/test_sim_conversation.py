@@ -9,7 +9,13 @@ import pytest
 
 from relay.upstream.simulator.conversation import Conversation, Step
 from relay.upstream.simulator.ids import CountingIds
-from relay.upstream.simulator.session_config import Dialect, beta_session, ga_session
+from relay.upstream.simulator.session_config import (
+    Dialect,
+    beta_session,
+    ga_session,
+    transcription_session,
+)
+from tests.support.openai_oracle import validate_server_event
 
 LINES = ("Thank you, tell me more.", "Why was that?")
 
@@ -46,73 +52,126 @@ def _client(conversation: Conversation, event: dict[str, Any]) -> Step:
 GA_TURN = [
     "input_audio_buffer.speech_stopped",
     "input_audio_buffer.committed",
-    "conversation.item.created",
     "conversation.item.added",
     "conversation.item.done",
-    "conversation.item.input_audio_transcription.completed",
     "response.created",
-    "rate_limits.updated",
     "response.output_item.added",
     "conversation.item.added",
     "response.content_part.added",
     "output_audio_buffer.started",
 ]
-GA_END = [
+GA_GENERATION_END = [
     "response.output_audio_transcript.delta",
     "response.output_audio_transcript.delta",
     "response.output_audio.done",
     "response.output_audio_transcript.done",
     "response.content_part.done",
-    "response.output_item.done",
     "conversation.item.done",
+    "response.output_item.done",
     "response.done",
-    "output_audio_buffer.stopped",
+    "rate_limits.updated",
 ]
+GA_CANCEL = [
+    "response.output_audio_transcript.done",
+    "response.content_part.done",
+    "conversation.item.done",
+    "response.output_item.done",
+    "response.done",
+    "rate_limits.updated",
+]
+
+
+def _playing(c: Conversation) -> str | None:
+    # A call, so mypy does not keep an earlier narrowing of the property.
+    return c.playing
+
+
+def _checked(step: Step, dialect: str = "ga") -> Step:
+    """Every event of ``step`` validates against the official SDK's models."""
+    for event in step.events:
+        validate_server_event(event, dialect)
+    return step
 
 
 def test_session_created_comes_first_with_the_session() -> None:
     conversation = _conversation()
-    step = conversation.opened()
+    step = _checked(conversation.opened())
     assert _types(step) == ["session.created"]
     assert step.events[0]["session"]["id"] == "sess_1"
+    assert step.events[0]["session"]["expires_at"] > 1_700_000_000  # a real timestamp
 
 
 def test_ga_turn_sequence() -> None:
     c = _conversation("ga")
-    started = c.speech_started(audio_start_ms=700)
+    started = _checked(c.speech_started(audio_start_ms=700))
     assert _types(started) == ["input_audio_buffer.speech_started"]
     item_id = started.events[0]["item_id"]
     assert started.events[0]["audio_start_ms"] == 700
-    assert started.start_reply is None and not started.stop_reply
+    assert started.start_reply is None and not started.clear_audio
 
-    stopped = c.speech_stopped(audio_end_ms=3000, spoken_ms=2300)
-    assert _types(stopped) == GA_TURN
+    stopped = _checked(c.speech_stopped(audio_end_ms=3000, spoken_ms=2300))
+    assert _types(stopped) == GA_TURN  # no conversation.item.created in GA
     by_type = {e["type"]: e for e in stopped.events}
     assert by_type["input_audio_buffer.committed"]["item_id"] == item_id
     assert by_type["input_audio_buffer.committed"]["previous_item_id"] is None
     assert by_type["input_audio_buffer.speech_stopped"]["audio_end_ms"] == 3000
-    transcription = by_type["conversation.item.input_audio_transcription.completed"]
-    assert transcription["transcript"] == "(candidate spoke for 2.3 s)"
-    assert transcription["usage"]["type"] == "tokens"
     assert by_type["response.created"]["response"]["status"] == "in_progress"
+    assert by_type["response.content_part.added"]["part"]["type"] == "audio"
     assert stopped.start_reply is not None
     assert stopped.start_reply.text == LINES[0]
-    assert c.responding
+    assert c.responding and c.playing == c.response_id
+
+    # Transcription is asynchronous: the peer delivers it later, as deltas then completed.
+    assert stopped.transcribe is not None and stopped.transcribe.item_id == item_id
+    transcription = _checked(c.transcription(stopped.transcribe))
+    assert _types(transcription) == [
+        "conversation.item.input_audio_transcription.delta",
+        "conversation.item.input_audio_transcription.completed",
+    ]  # whisper-1: the whole transcript in one delta
+    completed = transcription.events[-1]
+    assert completed["transcript"] == "(candidate spoke for 2.3 s)"
+    assert transcription.events[0]["delta"] == completed["transcript"]
+    assert completed["usage"]["type"] == "tokens"
 
     words = LINES[0].split()
-    progress = c.reply_progress(3)
+    progress = _checked(c.generation_progress(3))
     assert [e["delta"] for e in progress.events] == words[:1] + [f" {w}" for w in words[1:3]]
-    assert c.reply_progress(3).events == []  # nothing new
+    assert c.generation_progress(3).events == []  # nothing new
 
-    end = c.reply_finished()
-    assert _types(end) == GA_END
+    end = _checked(c.generation_finished())
+    assert _types(end) == GA_GENERATION_END
     deltas = [e["delta"] for e in progress.events + end.events if "delta" in e]
     assert "".join(deltas) == LINES[0]
     done = {e["type"]: e for e in end.events}
     assert done["response.output_audio_transcript.done"]["transcript"] == LINES[0]
     assert done["response.done"]["response"]["status"] == "completed"
     assert done["response.done"]["response"]["output"][0]["role"] == "assistant"
-    assert not c.responding
+    assert done["response.done"]["response"]["output"][0]["content"][0]["type"] == "output_audio"
+    assert c.response_id is None
+    # Generation is over; the audio still plays until the peer says it ended.
+    assert c.playing is not None
+    stopped_audio = _checked(c.playback_finished())
+    assert _types(stopped_audio) == ["output_audio_buffer.stopped"]
+    assert stopped_audio.events[0]["response_id"] == done["response.done"]["response"]["id"]
+    assert _playing(c) is None and c.playback_finished().events == []
+
+
+def test_word_by_word_transcription_for_streaming_models() -> None:
+    session = ga_session(
+        {
+            "type": "realtime",
+            "audio": {"input": {"transcription": {"model": "gpt-realtime-whisper"}}},
+        },
+        session_id="sess_1",
+        default_model="gpt-realtime-2.1",
+    )
+    c = Conversation("ga", session, ids=CountingIds(), reply_lines=LINES)
+    c.speech_started(0)
+    plan = c.speech_stopped(1000, 1500).transcribe
+    assert plan is not None
+    step = _checked(c.transcription(plan))
+    deltas = [e["delta"] for e in step.events[:-1]]
+    assert len(deltas) == 5 and "".join(deltas) == step.events[-1]["transcript"]
 
 
 def test_every_event_has_a_unique_event_id() -> None:
@@ -121,7 +180,8 @@ def test_every_event_has_a_unique_event_id() -> None:
         c.opened().events
         + c.speech_started(0).events
         + c.speech_stopped(1000, 1000).events
-        + c.reply_finished().events
+        + c.generation_finished().events
+        + c.playback_finished().events
     )
     ids = [e["event_id"] for e in events]
     assert all(isinstance(i, str) and i.startswith("event_") for i in ids)
@@ -130,22 +190,23 @@ def test_every_event_has_a_unique_event_id() -> None:
 
 def test_beta_uses_beta_names() -> None:
     c = _conversation("beta")
-    c.speech_started(0)
-    stopped = c.speech_stopped(1000, 1000)
+    _checked(c.opened(), "beta")
+    _checked(c.speech_started(0), "beta")
+    stopped = _checked(c.speech_stopped(1000, 1000), "beta")
     assert _types(stopped) == [
         "input_audio_buffer.speech_stopped",
         "input_audio_buffer.committed",
         "conversation.item.created",
-        "conversation.item.input_audio_transcription.completed",
         "response.created",
-        "rate_limits.updated",
         "response.output_item.added",
         "conversation.item.created",
         "response.content_part.added",
         "output_audio_buffer.started",
     ]
-    assert "usage" not in stopped.events[3]
-    end = c.reply_finished()
+    assert stopped.transcribe is not None
+    completed = _checked(c.transcription(stopped.transcribe), "beta").events[-1]
+    assert completed["type"] == "conversation.item.input_audio_transcription.completed"
+    end = _checked(c.generation_finished(), "beta")
     names = _types(end)
     assert "response.audio_transcript.done" in names
     assert "response.audio.done" in names
@@ -156,12 +217,10 @@ def test_beta_uses_beta_names() -> None:
     assert response["output"][0]["content"][0]["type"] == "audio"
 
 
-def test_no_transcription_event_without_transcription_config() -> None:
+def test_no_transcription_without_transcription_config() -> None:
     c = _conversation(transcription=False)
     c.speech_started(0)
-    assert "conversation.item.input_audio_transcription.completed" not in _types(
-        c.speech_stopped(1000, 1000)
-    )
+    assert c.speech_stopped(1000, 1000).transcribe is None
 
 
 def test_create_response_false_commits_without_responding() -> None:
@@ -172,28 +231,42 @@ def test_create_response_false_commits_without_responding() -> None:
     assert step.start_reply is None and not c.responding
 
 
-def test_barge_in_cancels_the_response_and_clears_audio() -> None:
+def test_barge_in_while_generating_cancels_and_clears_audio() -> None:
     c = _conversation()
     c.speech_started(0)
     c.speech_stopped(1000, 1000)
     response_id = c.response_id
-    c.reply_progress(2)
-    step = c.speech_started(2500)
+    c.generation_progress(2)
+    step = _checked(c.speech_started(2500))
     assert _types(step) == [
         "input_audio_buffer.speech_started",
-        "response.output_item.done",
-        "conversation.item.done",
-        "response.done",
+        *GA_CANCEL,
         "output_audio_buffer.cleared",
     ]
-    assert step.stop_reply
-    response = step.events[3]["response"]
+    assert step.stop_generation and step.clear_audio
+    by_type = {e["type"]: e for e in step.events}
+    response = by_type["response.done"]["response"]
     assert response["id"] == response_id
     assert response["status"] == "cancelled"
     assert response["status_details"] == {"type": "cancelled", "reason": "turn_detected"}
-    assert step.events[4]["response_id"] == response_id
-    assert not c.responding
-    assert c.reply_finished().events == []  # late audio end is ignored
+    assert by_type["response.output_item.done"]["item"]["status"] == "incomplete"
+    assert by_type["response.output_audio_transcript.done"]["transcript"] == " ".join(
+        LINES[0].split()[:2]
+    )
+    assert by_type["output_audio_buffer.cleared"]["response_id"] == response_id
+    assert not c.responding and c.playing is None
+    assert c.generation_finished().events == []  # late generation end is ignored
+    assert c.playback_finished().events == []
+
+
+def test_barge_in_after_generation_only_clears_the_audio() -> None:
+    c = _conversation()
+    c.speech_started(0)
+    c.speech_stopped(1000, 1000)
+    c.generation_finished()
+    step = _checked(c.speech_started(2500))
+    assert _types(step) == ["input_audio_buffer.speech_started", "output_audio_buffer.cleared"]
+    assert step.clear_audio and not step.stop_generation
 
 
 def test_interrupt_response_false_lets_the_reply_finish() -> None:
@@ -202,14 +275,15 @@ def test_interrupt_response_false_lets_the_reply_finish() -> None:
     c.speech_stopped(1000, 1000)
     step = c.speech_started(2500)
     assert _types(step) == ["input_audio_buffer.speech_started"]
-    assert not step.stop_reply and c.responding
+    assert not step.clear_audio and c.responding
 
 
 def test_next_turn_uses_the_next_line_and_links_items() -> None:
     c = _conversation()
     c.speech_started(0)
     first = c.speech_stopped(1000, 1000)
-    c.reply_finished()
+    c.generation_finished()
+    c.playback_finished()
     c.speech_started(5000)
     second = c.speech_stopped(6000, 1000)
     assert second.start_reply is not None and second.start_reply.text == LINES[1]
@@ -280,14 +354,17 @@ def test_beta_session_update_is_flat() -> None:
         ("not json", "invalid_json"),
         ('["session.update"]', "invalid_event"),
         ('{"event_id": "evt_3"}', "invalid_event"),
-        ('{"type": "response.dance", "event_id": "evt_3"}', "invalid_event"),
+        ('{"type": "response.dance", "event_id": "evt_3"}', "invalid_value"),
         ('{"type": "conversation.item.truncate", "event_id": "evt_3"}', "unsupported_event"),
     ],
 )
 def test_malformed_or_unknown_client_events(raw: str, code: str) -> None:
-    step = _conversation().client_event(raw)
+    step = _checked(_conversation().client_event(raw))
     assert _types(step) == ["error"]
     assert step.events[0]["error"]["code"] == code
+    if code == "invalid_value":
+        assert step.events[0]["error"]["param"] == "type"
+        assert "'response.cancel'" in step.events[0]["error"]["message"]
     assert step.events[0]["event_id"].startswith("event_")
     if "evt_3" in raw:
         assert step.events[0]["error"]["event_id"] == "evt_3"
@@ -301,34 +378,64 @@ def test_response_create_and_client_cancel() -> None:
     assert busy.events[0]["error"]["code"] == "conversation_already_has_active_response"
     wrong = _client(c, {"type": "response.cancel", "response_id": "resp_other"})
     assert wrong.events[0]["error"]["code"] == "response_cancel_not_active"
-    cancelled = _client(c, {"type": "response.cancel"})
-    assert cancelled.stop_reply
+    cancelled = _checked(_client(c, {"type": "response.cancel"}))
+    assert _types(cancelled) == GA_CANCEL
+    # Generation stops; the audio generated so far plays out (it is not cleared).
+    assert cancelled.stop_generation and not cancelled.clear_audio
     done = next(e for e in cancelled.events if e["type"] == "response.done")
     assert done["response"]["status_details"]["reason"] == "client_cancelled"
-    assert _types(cancelled)[-1] == "output_audio_buffer.stopped"
+    assert c.playing == done["response"]["id"]
     again = _client(c, {"type": "response.cancel", "event_id": "evt_4"})
     assert again.events[0]["error"]["code"] == "response_cancel_not_active"
+    assert _types(c.playback_finished()) == ["output_audio_buffer.stopped"]
 
 
-def test_output_audio_buffer_clear_cancels_a_playing_reply() -> None:
+def test_cancel_after_generation_ended_is_not_active() -> None:
     c = _conversation()
     _client(c, {"type": "response.create"})
-    step = _client(c, {"type": "output_audio_buffer.clear"})
-    assert step.stop_reply
-    assert _types(step)[-2:] == ["response.done", "output_audio_buffer.cleared"]
+    c.generation_finished()
+    late = _checked(_client(c, {"type": "response.cancel", "event_id": "evt_late"}))
+    error = late.events[0]["error"]
+    assert (error["code"], error["event_id"]) == ("response_cancel_not_active", "evt_late")
+    assert not late.stop_generation and not late.clear_audio and c.playing is not None
+
+
+def test_output_audio_buffer_clear_clears_audio_only() -> None:
+    c = _conversation()
+    _client(c, {"type": "response.create"})
+    step = _checked(_client(c, {"type": "output_audio_buffer.clear"}))
+    assert _types(step) == ["output_audio_buffer.cleared"]
+    assert step.clear_audio and not step.stop_generation
+    # The response was not cancelled: generation still ends with a completed response.done.
+    assert c.responding
+    end = c.generation_finished()
+    done = next(e for e in end.events if e["type"] == "response.done")
+    assert done["response"]["status"] == "completed"
+    assert c.playback_finished().events == []  # cleared audio does not "stop" again
     idle = _client(c, {"type": "output_audio_buffer.clear"})
-    assert _types(idle) == ["output_audio_buffer.cleared"] and not idle.stop_reply
+    assert _types(idle) == ["output_audio_buffer.cleared"] and not idle.clear_audio
+
+
+def test_transcription_session_transcribes_without_responding() -> None:
+    session = transcription_session(
+        {
+            "type": "transcription",
+            "audio": {"input": {"transcription": {"model": "gpt-transcribe"}}},
+        },
+        session_id="sess_t",
+    )
+    c = Conversation("ga", session, ids=CountingIds(), reply_lines=LINES)
+    _checked(c.opened())
+    c.speech_started(0)
+    step = c.speech_stopped(1000, 1000)
+    assert "response.created" not in _types(step) and step.transcribe is not None
 
 
 def test_conversation_item_create() -> None:
     c = _conversation()
     item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi"}]}
-    step = _client(c, {"type": "conversation.item.create", "item": item})
-    assert _types(step) == [
-        "conversation.item.created",
-        "conversation.item.added",
-        "conversation.item.done",
-    ]
+    step = _checked(_client(c, {"type": "conversation.item.create", "item": item}))
+    assert _types(step) == ["conversation.item.added", "conversation.item.done"]
     stored = step.events[0]["item"]
     assert stored["id"].startswith("item_") and stored["content"] == item["content"]
     bad = _client(c, {"type": "conversation.item.create", "item": {"type": "poem"}})

@@ -51,6 +51,17 @@ def test_standard_keys() -> None:
         anyone.require_standard("ek_not_standard")
 
 
+@pytest.mark.parametrize(
+    "token", ["sk-", "sk-x", "sk-short", "sk-has spaces in it!!", "sk-0123456789abcdef\u00e9x"]
+)
+def test_clearly_not_keys_are_refused_even_when_any_key_is_accepted(token: str) -> None:
+    anyone = _store(Clock(), accept_any=True)
+    with pytest.raises(SimHttpError) as info:
+        anyone.require_standard(token)
+    assert info.value.code == "invalid_api_key"
+    anyone.require_standard("sk-proj-0123456789abcdefABCDEF")
+
+
 def test_missing_key_is_401() -> None:
     with pytest.raises(SimHttpError) as info:
         _store(Clock()).require_call_credential(None)

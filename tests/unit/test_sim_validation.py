@@ -13,6 +13,7 @@ from relay.upstream.simulator.validation import (
     validate_ga_session,
     validate_offer,
 )
+from tests.support.openai_oracle import validate_client_secret_body
 
 OFFER = "\r\n".join(
     [
@@ -135,9 +136,23 @@ def test_expires_after_needs_an_anchor() -> None:
 @pytest.mark.parametrize(
     ("body", "code", "param"),
     [
-        ({}, "missing_required_parameter", "session"),
         ({"session": {}}, "missing_required_parameter", "session.type"),
-        ({"session": {"type": "transcription"}}, "invalid_value", "session.type"),
+        ({"session": {"type": "translation"}}, "invalid_value", "session.type"),
+        (
+            {"session": {"type": "transcription", "model": "gpt-transcribe"}},
+            "unknown_parameter",
+            "session.model",
+        ),
+        (
+            {
+                "session": {
+                    "type": "realtime",
+                    "audio": {"input": {"transcription": {"delay": "soon"}}},
+                }
+            },
+            "invalid_value",
+            "session.audio.input.transcription.delay",
+        ),
         (
             {"session": {"type": "realtime", "modalities": ["audio"]}},
             "unknown_parameter",
@@ -199,6 +214,43 @@ def test_expires_after_needs_an_anchor() -> None:
 def test_invalid_client_secret_bodies(body: Any, code: str, param: str) -> None:
     error = _error(validate_client_secret_request, body)
     assert (error.status, error.code, error.param) == (400, code, param)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},  # no session: a default realtime session, as the SDK allows
+        {"session": {"type": "transcription"}},
+        {
+            "session": {
+                "type": "transcription",
+                "audio": {
+                    "input": {
+                        "transcription": {"model": "gpt-realtime-whisper", "delay": "low"},
+                        "noise_reduction": {"type": "near_field"},
+                    }
+                },
+            }
+        },
+        {
+            "session": {
+                "type": "realtime",
+                "model": "gpt-audio-1.5",
+                "reasoning": {"effort": "low"},
+                "audio": {
+                    "input": {
+                        "noise_reduction": {"type": "far_field"},
+                        "transcription": {"model": "gpt-transcribe", "keywords": ["Kafka"]},
+                    }
+                },
+            }
+        },
+    ],
+)
+def test_requests_the_sdk_allows_are_accepted(body: dict[str, Any]) -> None:
+    validate_client_secret_body(body)  # the SDK's own params accept it…
+    request = validate_client_secret_request(body)  # …and so does the simulator
+    assert request.session["type"] == body.get("session", {"type": "realtime"})["type"]
 
 
 def test_body_must_be_an_object() -> None:

@@ -18,6 +18,7 @@ from relay.upstream.dialects import (
     parse_error,
     redact,
 )
+from tests.support.openai_oracle import validate_beta_session_body, validate_client_secret_body
 
 CONFIG = UpstreamConfig(
     api_key="sk-test-abcdef0123456789",
@@ -314,3 +315,43 @@ def test_parse_error_redacts_exact_secrets_and_truncates() -> None:
 )
 def test_redact(text: str, expected: str) -> None:
     assert redact(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("model", "sent"),
+    [
+        ("gpt-realtime-2.1", True),
+        ("gpt-realtime-2", True),
+        ("gpt-realtime-2.1-mini", True),
+        ("gpt-realtime-2025-08-28", False),  # a dated gpt-realtime, not a reasoning model
+        ("gpt-realtime-1.5", False),
+        ("gpt-realtime", False),
+    ],
+)
+def test_reasoning_effort_is_sent_to_reasoning_models_only(model: str, sent: bool) -> None:
+    config = CONFIG.model_copy(update={"reasoning_effort": "low"})
+    body = GaDialect().mint_request(config, model).json
+    assert body is not None
+    session = body["session"]
+    assert ("reasoning" in session) is sent
+    if sent:
+        assert session["reasoning"] == {"effort": "low"}
+    validate_client_secret_body(body)  # the official SDK accepts the body as sent
+    # No effort configured: never sent.
+    plain = GaDialect().mint_request(CONFIG, model).json
+    assert plain is not None and "reasoning" not in plain["session"]
+
+
+def test_default_voice_and_no_transcription() -> None:
+    config = CONFIG.model_copy(update={"voice": "", "transcription_model": ""})
+    session = GaDialect().mint_request(config, "gpt-realtime-2.1").json["session"]  # type: ignore[index]
+    assert session["audio"]["output"]["voice"] == "marin"
+    assert "transcription" not in session["audio"]["input"]
+    beta_model = "gpt-4o-realtime-preview-2024-12-17"
+    beta = (
+        BetaDialect().mint_request(config.model_copy(update={"dialect": "beta"}), beta_model).json
+    )
+    assert beta is not None and beta["voice"] == "verse"
+    assert "input_audio_transcription" not in beta
+    validate_beta_session_body(beta)  # the SDK's beta params accept it
+    validate_beta_session_body(BetaDialect().mint_request(CONFIG, beta_model).json or {})

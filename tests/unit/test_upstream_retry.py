@@ -54,15 +54,31 @@ def test_parse_retry_after(headers: dict[str, str], expected: float | None) -> N
         assert value == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("status", [429, 500, 502, 503, 504, 599])
+@pytest.mark.parametrize("status", [408, 409, 429, 500, 502, 503, 504, 599])
 def test_transient_statuses_are_retryable(status: int) -> None:
+    # As the official SDK: 408 (timeout) and 409 (lock conflict) too.
     assert is_retryable_status(status)
     assert is_retryable_status(status, "server_error")
 
 
-@pytest.mark.parametrize("status", [200, 201, 301, 400, 401, 403, 404, 409, 422, 600])
+@pytest.mark.parametrize("status", [200, 201, 301, 400, 401, 403, 404, 422, 600])
 def test_other_statuses_are_not_retryable(status: int) -> None:
     assert not is_retryable_status(status)
+
+
+@pytest.mark.parametrize(
+    ("status", "hint", "expected"),
+    [
+        (400, "true", True),
+        (503, "false", False),
+        (429, "FALSE", False),
+        (401, " true ", True),
+        (500, "maybe", True),  # not a hint: the status decides
+        (400, "", False),
+    ],
+)
+def test_x_should_retry_header_decides_first(status: int, hint: str, expected: bool) -> None:
+    assert is_retryable_status(status, should_retry=hint) is expected
 
 
 def test_exhausted_quota_is_not_retried() -> None:

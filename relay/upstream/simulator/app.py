@@ -24,19 +24,24 @@ from relay.upstream.simulator.errors import (
     beta_disabled,
     call_not_found,
     forced_error,
+    invalid_api_key,
     invalid_request,
     missing_parameter,
     model_not_found,
+    unsupported_model,
 )
 from relay.upstream.simulator.faults import Endpoint, FaultError
 from relay.upstream.simulator.ids import random_id
-from relay.upstream.simulator.keys import KeyStore, bearer_token
+from relay.upstream.simulator.keys import EphemeralKey, KeyStore, bearer_token
 from relay.upstream.simulator.options import SimulatorOptions
 from relay.upstream.simulator.session_config import (
+    SESSION_MAX_S,
     Dialect,
     beta_session,
     ga_session,
     in_dialect,
+    is_transcription,
+    transcription_session,
 )
 from relay.upstream.simulator.state import SimulatorState
 from relay.upstream.simulator.validation import (
@@ -85,11 +90,32 @@ class Simulator:
         forced = fault.take_forced()
         if forced is not None:
             status, code = forced
-            raise forced_error(status, code, fault.retry_after_s)
+            raise forced_error(status, code, fault.retry_after_s, fault.should_retry)
 
     async def close(self) -> None:
         self.closing.set()
         await self.calls.close_all()
+
+    def require_standard(self, request: web.Request) -> None:
+        """401 unless the request carries a standard key (and keys are not revoked)."""
+        token = bearer_token(request.headers.get("Authorization"))
+        self.keys.require_standard(token)
+        if self.state.faults.reject_api_keys:
+            raise invalid_api_key("Incorrect API key provided (sk-…). The key was revoked.")
+
+    def call_credential(self, request: web.Request) -> EphemeralKey | None:
+        """A minted ek_ key (returned) or a standard key (None); else 401."""
+        key = self.keys.require_call_credential(bearer_token(request.headers.get("Authorization")))
+        if key is None and self.state.faults.reject_api_keys:
+            raise invalid_api_key("Incorrect API key provided (sk-…). The key was revoked.")
+        return key
+
+    def require_model(self, model: str, param: str) -> None:
+        if model not in self.state.faults.accepted_models:
+            raise unsupported_model(model, param)
+
+    def session_expiry(self) -> int:
+        return int(self.options.clock()) + SESSION_MAX_S
 
 
 SIMULATOR_KEY = web.AppKey("simulator", Simulator)
@@ -137,16 +163,27 @@ def _sim(request: web.Request) -> Simulator:
 
 # ---------------------------------------------------------------------- minting
 async def client_secrets(request: web.Request) -> web.Response:
-    """GA: ``POST /v1/realtime/client_secrets``."""
+    """GA: ``POST /v1/realtime/client_secrets`` (a realtime or a transcription session)."""
     sim = _sim(request)
     await sim.gate("mint")
-    sim.keys.require_standard(bearer_token(request.headers.get("Authorization")))
+    sim.require_standard(request)
     secret_request = validate_client_secret_request(await _json_body(request))
-    session = ga_session(
-        secret_request.session,
-        session_id=random_id("sess"),
-        default_model=sim.options.default_ga_model,
-    )
+    config = secret_request.session
+    if is_transcription(config):
+        model = (config.get("audio", {}).get("input", {}).get("transcription") or {}).get("model")
+        if model is not None:
+            sim.require_model(str(model), "session.audio.input.transcription.model")
+        session = transcription_session(
+            config, session_id=random_id("sess"), expires_at=sim.session_expiry()
+        )
+    else:
+        session = ga_session(
+            config,
+            session_id=random_id("sess"),
+            default_model=sim.options.default_ga_model,
+            expires_at=sim.session_expiry(),
+        )
+        sim.require_model(str(session["model"]), "session.model")
     key = sim.keys.mint("ga", session, secret_request.ttl_s)
     return web.json_response({"value": key.value, "expires_at": key.expires_at, "session": session})
 
@@ -157,7 +194,7 @@ async def beta_sessions(request: web.Request) -> web.Response:
     await sim.gate("mint")
     if sim.state.faults.beta_disabled:
         raise beta_disabled()
-    sim.keys.require_standard(bearer_token(request.headers.get("Authorization")))
+    sim.require_standard(request)
     secret_request = validate_beta_session_request(
         await _json_body(request), sim.options.beta_secret_ttl_s
     )
@@ -165,7 +202,9 @@ async def beta_sessions(request: web.Request) -> web.Response:
         secret_request.session,
         session_id=random_id("sess"),
         default_model=sim.options.default_beta_model,
+        expires_at=sim.session_expiry(),
     )
+    sim.require_model(str(session["model"]), "model")
     key = sim.keys.mint("beta", session, secret_request.ttl_s)
     return web.json_response(
         {**session, "client_secret": {"value": key.value, "expires_at": key.expires_at}}
@@ -207,9 +246,8 @@ async def _read_offer(request: web.Request) -> tuple[str, Any | None]:
 async def _answer(
     sim: Simulator, dialect: Dialect, session: dict[str, Any], offer: str
 ) -> web.Response:
-    model = str(session["model"])
-    if model not in sim.state.faults.accepted_models:
-        raise model_not_found(model)
+    if not is_transcription(session):
+        sim.require_model(str(session.get("model")), "model")
     validate_offer(offer, sim.options.max_offer_bytes)
     call_id, answer = await sim.calls.open_call(dialect=dialect, session=session, offer_sdp=offer)
     headers = {"Location": f"/v1/realtime/calls/{call_id}"} if dialect == "ga" else {}
@@ -220,13 +258,14 @@ async def ga_calls(request: web.Request) -> web.Response:
     """GA: ``POST /v1/realtime/calls`` (raw SDP with ek_/sk-, or multipart sdp + session)."""
     sim = _sim(request)
     await sim.gate("calls")
-    key = sim.keys.require_call_credential(bearer_token(request.headers.get("Authorization")))
+    key = sim.call_credential(request)
     offer, session_config = await _read_offer(request)
     if session_config is not None:
         session = ga_session(
             validate_ga_session(session_config, "session"),
             session_id=random_id("sess"),
             default_model=sim.options.default_ga_model,
+            expires_at=sim.session_expiry(),
         )
     elif key is not None:
         session = in_dialect(key.session, key.dialect, "ga")
@@ -236,6 +275,7 @@ async def ga_calls(request: web.Request) -> web.Response:
             {"type": "realtime", "model": model},
             session_id=random_id("sess"),
             default_model=model,
+            expires_at=sim.session_expiry(),
         )
     return await _answer(sim, "ga", session, offer)
 
@@ -246,14 +286,21 @@ async def beta_calls(request: web.Request) -> web.Response:
     await sim.gate("calls")
     if sim.state.faults.beta_disabled:
         raise beta_disabled()
-    key = sim.keys.require_call_credential(bearer_token(request.headers.get("Authorization")))
+    key = sim.call_credential(request)
     offer, _ = await _read_offer(request)
     model = request.query.get("model")
     if key is not None:
+        if is_transcription(key.session):
+            raise invalid_request(
+                "A transcription session cannot open a beta call.", code="invalid_value"
+            )
         session = in_dialect(key.session, key.dialect, "beta")
     else:
         session = beta_session(
-            {}, session_id=random_id("sess"), default_model=sim.options.default_beta_model
+            {},
+            session_id=random_id("sess"),
+            default_model=sim.options.default_beta_model,
+            expires_at=sim.session_expiry(),
         )
     if model:
         session["model"] = model
@@ -264,10 +311,34 @@ async def hangup(request: web.Request) -> web.Response:
     """GA: ``POST /v1/realtime/calls/{call_id}/hangup`` (standard key)."""
     sim = _sim(request)
     await sim.gate("hangup")
-    sim.keys.require_standard(bearer_token(request.headers.get("Authorization")))
+    sim.require_standard(request)
     if not await sim.calls.hangup(request.match_info["call_id"]):
         raise call_not_found()
     return web.Response(status=200)
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """``GET /v1/models`` (standard key): the models the account may use."""
+    sim = _sim(request)
+    await sim.gate("models")
+    sim.require_standard(request)
+    data = [_model_object(m) for m in sorted(sim.state.faults.accepted_models)]
+    return web.json_response({"object": "list", "data": data})
+
+
+def _model_object(model: str) -> dict[str, Any]:
+    return {"id": model, "object": "model", "created": 1756339200, "owned_by": "system"}
+
+
+async def retrieve_model(request: web.Request) -> web.Response:
+    """``GET /v1/models/{model}`` (standard key): the model, or 404 model_not_found."""
+    sim = _sim(request)
+    await sim.gate("models")
+    sim.require_standard(request)
+    model = request.match_info["model"]
+    if model not in sim.state.faults.accepted_models:
+        raise model_not_found(model)
+    return web.json_response(_model_object(model))
 
 
 # ---------------------------------------------------------------------- test surface
@@ -337,6 +408,8 @@ def create_simulator_app(options: SimulatorOptions | None = None) -> web.Applica
     app.router.add_post("/v1/realtime/calls", ga_calls)
     app.router.add_post("/v1/realtime/calls/{call_id}/hangup", hangup)
     app.router.add_post("/v1/realtime", beta_calls)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model}", retrieve_model)
     app.router.add_get("/_sim/calls", _control(sim_calls))
     app.router.add_get("/_sim/calls/{call_id}", _control(sim_call))
     app.router.add_get("/_sim/faults", _control(sim_faults_get))

@@ -54,7 +54,9 @@ class CallManager:
             raise RuntimeError("the simulator is closed")
         faults = self._state.faults
         voice = await prepare_voice(self._options.reply_lines)
-        record = CallRecord(call_id=random_id("rtc"), dialect=dialect, model=str(session["model"]))
+        record = CallRecord(
+            call_id=random_id("rtc"), dialect=dialect, model=str(session.get("model", ""))
+        )
         conversation = Conversation(
             dialect, session, ids=random_id, reply_lines=self._options.reply_lines
         )
@@ -64,6 +66,8 @@ class CallManager:
             conversation=conversation,
             voice=voice,
             ice=self._options.ice,
+            generation_speed=self._options.generation_speed,
+            transcription_delay_s=self._options.transcription_delay_s,
             on_closed=self._forget,
         )
         if faults.ice_never_completes:

@@ -1,9 +1,17 @@
 """The Realtime event sequence of one call (pure logic, no I/O, no clocks).
 
 The peer feeds it what happens (the data channel opened, the VAD found speech start/stop,
-reply audio progressed or ended, a client event arrived) and sends the events it returns,
-in order. Names follow the call's dialect: GA (``response.output_audio_transcript.*``,
-``conversation.item.added/done``) or beta (``response.audio_transcript.*``).
+generation of the reply progressed or ended, playback of the reply audio ended, a client
+event arrived) and sends the events it returns, in order. Names follow the call's dialect:
+GA (``response.output_audio_transcript.*``, ``conversation.item.added/done``) or beta
+(``response.audio_transcript.*``, ``conversation.item.created``).
+
+As on the real service, a reply has two clocks. *Generation* (faster than real time) drives
+the transcript deltas and ends with ``response.done``; *playback* of the generated audio
+over WebRTC ends later with ``output_audio_buffer.stopped``. ``response.cancel`` stops
+generation only (audio already generated still plays out; after ``response.done`` it is
+answered ``response_cancel_not_active``); ``output_audio_buffer.clear`` stops playback only.
+A barge-in does both.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from relay.upstream.simulator.errors import BETA_DISABLED_MESSAGE, SimHttpError
 from relay.upstream.simulator.ids import IdFactory
 from relay.upstream.simulator.session_config import (
     Dialect,
+    is_transcription,
     merge_beta,
     merge_ga,
     transcription_of,
@@ -32,13 +41,11 @@ _NAMES: dict[Dialect, dict[str, str]] = {
         "audio_done": "response.output_audio.done",
         "transcript_delta": "response.output_audio_transcript.delta",
         "transcript_done": "response.output_audio_transcript.done",
-        "output_part": "output_audio",
     },
     "beta": {
         "audio_done": "response.audio.done",
         "transcript_delta": "response.audio_transcript.delta",
         "transcript_done": "response.audio_transcript.done",
-        "output_part": "audio",
     },
 }
 
@@ -54,6 +61,22 @@ _NOT_SIMULATED = frozenset(
     }
 )
 _ITEM_TYPES = frozenset({"message", "function_call", "function_call_output"})
+# Every client event type of the GA API (the "Supported values" of an invalid ``type``).
+CLIENT_EVENT_TYPES: tuple[str, ...] = (
+    "conversation.item.create",
+    "conversation.item.delete",
+    "conversation.item.retrieve",
+    "conversation.item.truncate",
+    "input_audio_buffer.append",
+    "input_audio_buffer.clear",
+    "input_audio_buffer.commit",
+    "output_audio_buffer.clear",
+    "response.cancel",
+    "response.create",
+    "session.update",
+)
+# Transcription models that send the whole transcript as one delta (not word by word).
+_ONE_DELTA_TRANSCRIBERS = frozenset({"whisper-1"})
 
 
 @dataclass(frozen=True)
@@ -64,13 +87,27 @@ class ReplyPlan:
     text: str
 
 
+@dataclass(frozen=True)
+class TranscriptionPlan:
+    """Transcribe the committed user item ``item_id`` a little later (asynchronously)."""
+
+    item_id: str
+    spoken_ms: int
+
+
 @dataclass
 class Step:
     """Events to send, in order, and what the peer must do with the reply audio."""
 
     events: list[Event] = field(default_factory=list)
+    # Start generating and playing a reply.
     start_reply: ReplyPlan | None = None
-    stop_reply: bool = False
+    # Generation stopped (cancelled): what was generated still plays out.
+    stop_generation: bool = False
+    # Playback stops now (the output audio buffer is cleared).
+    clear_audio: bool = False
+    # Deliver ``Conversation.transcription(plan)`` later.
+    transcribe: TranscriptionPlan | None = None
     session_changed: bool = False
     # End the call after sending the events, for this reason.
     close_reason: str | None = None
@@ -78,7 +115,9 @@ class Step:
     def extend(self, other: Step) -> Step:
         self.events.extend(other.events)
         self.start_reply = other.start_reply or self.start_reply
-        self.stop_reply = self.stop_reply or other.stop_reply
+        self.stop_generation = self.stop_generation or other.stop_generation
+        self.clear_audio = self.clear_audio or other.clear_audio
+        self.transcribe = other.transcribe or self.transcribe
         self.session_changed = self.session_changed or other.session_changed
         self.close_reason = self.close_reason or other.close_reason
         return self
@@ -90,6 +129,7 @@ class _Response:
     item_id: str
     text: str
     words: list[str]
+    previous_item_id: str | None = None
     words_sent: int = 0
 
     @property
@@ -117,7 +157,10 @@ class Conversation:
         self.conversation_id = ids("conv")
         self._last_item_id: str | None = None
         self._speech_item_id: str | None = None
+        # The response being generated, and the one whose audio is playing (often the same;
+        # after response.done the audio still plays).
         self._response: _Response | None = None
+        self._playing: str | None = None
         self._last_response_id: str | None = None
 
     # -- state -------------------------------------------------------------------------
@@ -134,6 +177,11 @@ class Conversation:
     def response_id(self) -> str | None:
         return self._response.id if self._response else None
 
+    @property
+    def playing(self) -> str | None:
+        """The response whose audio is in the output buffer, if any."""
+        return self._playing
+
     def _event(self, type_: str, **fields: Any) -> Event:
         return {"type": type_, "event_id": self._ids("event"), **fields}
 
@@ -148,7 +196,12 @@ class Conversation:
         error = self._error_event(
             "beta_api_shape_disabled", BETA_DISABLED_MESSAGE, param=None, event_id=None
         )
-        return Step([error], stop_reply=True, close_reason="beta_api_shape_disabled")
+        return Step(
+            [error],
+            stop_generation=True,
+            clear_audio=True,
+            close_reason="beta_api_shape_disabled",
+        )
 
     # -- input audio -------------------------------------------------------------------
 
@@ -164,8 +217,11 @@ class Conversation:
             ]
         )
         turn = self.turn_detection or {}
-        if self._response is not None and turn.get("interrupt_response", True):
-            step.extend(self._cancel("turn_detected", cleared=True))
+        if turn.get("interrupt_response", True):
+            if self._response is not None:
+                step.extend(self._cancel("turn_detected"))
+            if self._playing is not None:
+                step.extend(self._clear_audio())
         return step
 
     def speech_stopped(self, audio_end_ms: int, spoken_ms: int) -> Step:
@@ -193,52 +249,78 @@ class Conversation:
         step.events.extend(self._item_created(item, previous))
         self._last_item_id = item_id
         if transcription_of(self.session, self.dialect) is not None:
-            step.events.append(self._transcription(item_id, spoken_ms))
+            step.transcribe = TranscriptionPlan(item_id, spoken_ms)
         turn = self.turn_detection or {}
-        if turn.get("create_response", True) and self._response is None:
+        wants_reply = turn.get("create_response", True) and not is_transcription(self.session)
+        if wants_reply and self._response is None:
             step.extend(self.start_response())
         return step
 
     def _item_created(self, item: Mapping[str, Any], previous: str | None) -> list[Event]:
-        events = [
-            self._event("conversation.item.created", previous_item_id=previous, item=dict(item))
+        """GA: ``conversation.item.added`` then ``.done`` (no ``.created``); beta: ``.created``."""
+        if self.dialect == "beta":
+            return [
+                self._event("conversation.item.created", previous_item_id=previous, item=dict(item))
+            ]
+        return [
+            self._event("conversation.item.added", previous_item_id=previous, item=dict(item)),
+            self._event("conversation.item.done", previous_item_id=previous, item=dict(item)),
         ]
-        if self.dialect == "ga":
-            events.append(
-                self._event("conversation.item.added", previous_item_id=previous, item=dict(item))
-            )
-            events.append(
-                self._event("conversation.item.done", previous_item_id=previous, item=dict(item))
-            )
-        return events
 
-    def _transcription(self, item_id: str, spoken_ms: int) -> Event:
-        transcript = f"(candidate spoke for {spoken_ms / 1000:.1f} s)"
+    def transcription(self, plan: TranscriptionPlan) -> Step:
+        """The input transcription of a committed user item: deltas, then ``.completed``."""
+        transcript = f"(candidate spoke for {plan.spoken_ms / 1000:.1f} s)"
+        model = (transcription_of(self.session, self.dialect) or {}).get("model")
+        words = transcript.split()
+        pieces = (
+            [transcript]
+            if model in _ONE_DELTA_TRANSCRIBERS
+            else [w if i == 0 else f" {w}" for i, w in enumerate(words)]
+        )
+        step = Step(
+            [
+                self._event(
+                    "conversation.item.input_audio_transcription.delta",
+                    item_id=plan.item_id,
+                    content_index=0,
+                    delta=piece,
+                )
+                for piece in pieces
+            ]
+        )
+        audio_tokens = max(1, plan.spoken_ms // 100)
+        text_tokens = len(words)
         fields: dict[str, Any] = {
-            "item_id": item_id,
+            "item_id": plan.item_id,
             "content_index": 0,
             "transcript": transcript,
-        }
-        if self.dialect == "ga":
-            audio_tokens = max(1, spoken_ms // 100)
-            text_tokens = len(transcript.split())
-            fields["usage"] = {
+            # Required by the SDK's models of both dialects.
+            "usage": {
                 "type": "tokens",
                 "total_tokens": audio_tokens + text_tokens,
                 "input_tokens": audio_tokens,
                 "input_token_details": {"text_tokens": 0, "audio_tokens": audio_tokens},
                 "output_tokens": text_tokens,
-            }
-        return self._event("conversation.item.input_audio_transcription.completed", **fields)
+            },
+        }
+        step.events.append(
+            self._event("conversation.item.input_audio_transcription.completed", **fields)
+        )
+        return step
 
     # -- responses ---------------------------------------------------------------------
 
     def start_response(self) -> Step:
         """``response.created`` … ``output_audio_buffer.started``; the peer starts the audio."""
+        # Audio of an earlier response still playing ends here (the new reply replaces it).
+        step = self.playback_finished()
         text = self._lines[self._next_line % len(self._lines)]
         self._next_line += 1
-        response = _Response(self._ids("resp"), self._ids("item"), text, text.split())
+        response = _Response(
+            self._ids("resp"), self._ids("item"), text, text.split(), self._last_item_id
+        )
         self._response = response
+        self._playing = response.id
         self._last_response_id = response.id
         item = self._assistant_item(response, "in_progress", content=[])
         previous = self._last_item_id
@@ -250,7 +332,6 @@ class Conversation:
             self._event(
                 "response.created", response=self._response_object(response, "in_progress")
             ),
-            self._event("rate_limits.updated", rate_limits=_RATE_LIMITS),
             self._event(
                 "response.output_item.added", response_id=response.id, output_index=0, item=item
             ),
@@ -261,19 +342,21 @@ class Conversation:
                 item_id=response.item_id,
                 output_index=0,
                 content_index=0,
-                part={"type": self._names["output_part"], "transcript": ""},
+                part={"type": "audio", "transcript": ""},
             ),
             self._event("output_audio_buffer.started", response_id=response.id),
         ]
-        return Step(events, start_reply=ReplyPlan(response.id, text))
+        step.events.extend(events)
+        step.start_reply = ReplyPlan(response.id, text)
+        return step
 
-    def reply_progress(self, words_spoken: int) -> Step:
-        """The reply audio reached word ``words_spoken``: transcript deltas up to it."""
+    def generation_progress(self, words_generated: int) -> Step:
+        """Generation reached word ``words_generated``: transcript deltas up to it."""
         response = self._response
         step = Step()
         if response is None:
             return step
-        while response.words_sent < min(words_spoken, len(response.words)):
+        while response.words_sent < min(words_generated, len(response.words)):
             word = response.words[response.words_sent]
             step.events.append(
                 self._event(
@@ -288,71 +371,94 @@ class Conversation:
             response.words_sent += 1
         return step
 
-    def reply_finished(self) -> Step:
-        """The reply audio was sent in full: the rest of the transcript, then the ``done``s."""
+    def generation_finished(self) -> Step:
+        """Generation ended: the rest of the transcript, the ``done``s, ``response.done``.
+
+        The audio keeps playing; ``playback_finished`` ends it."""
         response = self._response
         if response is None:
             return Step()
-        step = self.reply_progress(len(response.words))
-        ids = {"response_id": response.id, "item_id": response.item_id}
-        where = {**ids, "output_index": 0, "content_index": 0}
-        part = {"type": self._names["output_part"], "transcript": response.text}
-        item = self._assistant_item(response, "completed", content=[part])
-        step.events.extend(
-            [
-                self._event(self._names["audio_done"], **where),
-                self._event(self._names["transcript_done"], **where, transcript=response.text),
-                self._event("response.content_part.done", **where, part=part),
-                self._event(
-                    "response.output_item.done", response_id=response.id, output_index=0, item=item
-                ),
-            ]
-        )
-        if self.dialect == "ga":
-            step.events.append(self._event("conversation.item.done", item=item))
-        self._response = None
-        step.events.extend(
-            [
-                self._event(
-                    "response.done",
-                    response=self._response_object(response, "completed", output=[item]),
-                ),
-                self._event("output_audio_buffer.stopped", response_id=response.id),
-            ]
-        )
-        return step
+        step = self.generation_progress(len(response.words))
+        where = {
+            "response_id": response.id,
+            "item_id": response.item_id,
+            "output_index": 0,
+            "content_index": 0,
+        }
+        step.events.append(self._event(self._names["audio_done"], **where))
+        return step.extend(self._finish(response, "completed", response.text))
 
-    def _cancel(self, reason: str, *, cleared: bool) -> Step:
-        """End the active response as cancelled; the audio stops now."""
-        response = self._response
-        assert response is not None
-        part = {"type": self._names["output_part"], "transcript": response.transcript_so_far}
-        item = self._assistant_item(response, "incomplete", content=[part])
-        self._response = None
-        step = Step(
-            [
-                self._event(
-                    "response.output_item.done", response_id=response.id, output_index=0, item=item
-                ),
-            ],
-            stop_reply=True,
-        )
+    def playback_finished(self) -> Step:
+        """The reply audio finished playing: ``output_audio_buffer.stopped``."""
+        playing = self._playing
+        if playing is None:
+            return Step()
+        self._playing = None
+        return Step([self._event("output_audio_buffer.stopped", response_id=playing)])
+
+    def _finish(self, response: _Response, status: str, transcript: str, **details: Any) -> Step:
+        """transcript.done, content_part.done, (GA) conversation.item.done, output_item.done,
+        response.done, rate_limits.updated: for a completed or a cancelled response."""
+        where = {
+            "response_id": response.id,
+            "item_id": response.item_id,
+            "output_index": 0,
+            "content_index": 0,
+        }
+        # The content *part* of response.content_part.* is "audio"; the same content inside
+        # a GA item is "output_audio" (beta: "audio" in both places).
+        part = {"type": "audio", "transcript": transcript}
+        content = {**part, "type": "output_audio" if self.dialect == "ga" else "audio"}
+        item_status = "completed" if status == "completed" else "incomplete"
+        item = self._assistant_item(response, item_status, content=[content])
+        events = [
+            self._event(self._names["transcript_done"], **where, transcript=transcript),
+            self._event("response.content_part.done", **where, part=part),
+        ]
         if self.dialect == "ga":
-            step.events.append(self._event("conversation.item.done", item=item))
-        step.events.append(
+            events.append(
+                self._event(
+                    "conversation.item.done", previous_item_id=response.previous_item_id, item=item
+                )
+            )
+        events.append(
+            self._event(
+                "response.output_item.done", response_id=response.id, output_index=0, item=item
+            )
+        )
+        events.append(
             self._event(
                 "response.done",
                 response=self._response_object(
-                    response,
-                    "cancelled",
-                    output=[item],
-                    details={"type": "cancelled", "reason": reason},
+                    response, status, output=[item], details=details or None
                 ),
             )
         )
-        buffer_event = "output_audio_buffer.cleared" if cleared else "output_audio_buffer.stopped"
-        step.events.append(self._event(buffer_event, response_id=response.id))
+        events.append(self._event("rate_limits.updated", rate_limits=_RATE_LIMITS))
+        self._response = None
+        return Step(events)
+
+    def _cancel(self, reason: str) -> Step:
+        """End the active response as cancelled: generation stops now."""
+        response = self._response
+        assert response is not None
+        step = self._finish(
+            response,
+            "cancelled",
+            response.transcript_so_far,
+            type="cancelled",
+            reason=reason,
+        )
+        step.stop_generation = True
         return step
+
+    def _clear_audio(self) -> Step:
+        """Playback stops now: ``output_audio_buffer.cleared``."""
+        playing = self._playing
+        self._playing = None
+        return Step(
+            [self._event("output_audio_buffer.cleared", response_id=playing)], clear_audio=True
+        )
 
     def _assistant_item(
         self, response: _Response, status: str, *, content: list[dict[str, Any]]
@@ -396,7 +502,7 @@ class Conversation:
             obj["output_audio_format"] = self.session.get("output_audio_format", "pcm16")
             obj["temperature"] = self.session.get("temperature", 0.8)
             obj["max_output_tokens"] = self.session.get("max_response_output_tokens", "inf")
-        obj["usage"] = _usage(response) if finished else None
+        obj["usage"] = _usage(response, self.dialect) if finished else None
         obj["metadata"] = None
         return obj
 
@@ -432,8 +538,10 @@ class Conversation:
                 event_id,
             )
         return self._error(
-            "invalid_event",
-            f"Invalid value: '{type_}' is not a client event type.",
+            "invalid_value",
+            f"Invalid value: '{type_}'. Supported values are: "
+            + ", ".join(f"'{t}'" for t in CLIENT_EVENT_TYPES)
+            + ".",
             "type",
             event_id,
         )
@@ -489,15 +597,16 @@ class Conversation:
                 None,
                 event_id,
             )
-        # Generation stops, so the (real-time paced) output buffer drains at once.
-        return self._cancel("client_cancelled", cleared=False)
+        # Generation stops; audio generated so far still plays (clear it to stop it).
+        return self._cancel("client_cancelled")
 
     def _output_audio_buffer_clear(self, data: Mapping[str, Any], event_id: str | None) -> Step:
-        if self._response is not None:
-            return self._cancel("client_cancelled", cleared=True)
-        return Step(
-            [self._event("output_audio_buffer.cleared", response_id=self._last_response_id)]
-        )
+        if self._playing is None:
+            return Step(
+                [self._event("output_audio_buffer.cleared", response_id=self._last_response_id)]
+            )
+        # Audio only: a response still generating goes on (and ends with response.done).
+        return self._clear_audio()
 
     def _input_audio_buffer_clear(self, data: Mapping[str, Any], event_id: str | None) -> Step:
         return Step([self._event("input_audio_buffer.cleared")])
@@ -561,9 +670,17 @@ _RATE_LIMITS = [
 ]
 
 
-def _usage(response: _Response) -> dict[str, Any]:
+def _usage(response: _Response, dialect: Dialect) -> dict[str, Any]:
     text_tokens = response.words_sent
     audio_tokens = text_tokens * 4
+    if dialect == "beta":  # beta's usage had no image or cached-detail counts
+        return {
+            "total_tokens": text_tokens + audio_tokens + 20,
+            "input_tokens": 20,
+            "output_tokens": text_tokens + audio_tokens,
+            "input_token_details": {"text_tokens": 20, "audio_tokens": 0, "cached_tokens": 0},
+            "output_token_details": {"text_tokens": text_tokens, "audio_tokens": audio_tokens},
+        }
     return {
         "total_tokens": text_tokens + audio_tokens + 20,
         "input_tokens": 20,

@@ -71,9 +71,13 @@ def retry_headers(retry_after_s: float) -> dict[str, str]:
     }
 
 
-def forced_error(status: int, code: str | None, retry_after_s: float) -> SimHttpError:
+def forced_error(
+    status: int, code: str | None, retry_after_s: float, should_retry: bool | None = None
+) -> SimHttpError:
     """The reply of a forced-status fault, shaped like OpenAI's for that status."""
     headers = retry_headers(retry_after_s) if status == 429 or status >= 500 else {}
+    if should_retry is not None:
+        headers["x-should-retry"] = "true" if should_retry else "false"
     if status == 429:
         message = "Rate limit reached for requests. Please try again later."
         code = code or "rate_limit_exceeded"
@@ -117,10 +121,21 @@ def invalid_api_key(message: str) -> SimHttpError:
 
 
 def model_not_found(model: str) -> SimHttpError:
+    """``GET /v1/models/{model}`` for a model the key cannot use."""
     return SimHttpError(
-        403,
-        f"The model `{model}` does not exist or you do not have access to it.",
+        404,
+        f"The model '{model}' does not exist or you do not have access to it.",
         code="model_not_found",
+    )
+
+
+def unsupported_model(model: str, param: str) -> SimHttpError:
+    """A realtime request naming a model the service does not serve (to this key)."""
+    return invalid_request(
+        f"Invalid value: '{model}'. The model does not exist, is not a Realtime model, or "
+        "you do not have access to it.",
+        code="invalid_value",
+        param=param,
     )
 
 

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Endpoint = Literal["mint", "calls", "hangup"]
-ENDPOINTS: tuple[Endpoint, ...] = ("mint", "calls", "hangup")
+Endpoint = Literal["mint", "calls", "hangup", "models"]
+ENDPOINTS: tuple[Endpoint, ...] = ("mint", "calls", "hangup", "models")
 AnswerCodec = Literal["opus", "pcmu"]
 
 GA_MODELS: frozenset[str] = frozenset(
@@ -27,6 +27,10 @@ GA_MODELS: frozenset[str] = frozenset(
         "gpt-realtime-mini",
         "gpt-realtime-mini-2025-10-06",
         "gpt-realtime-mini-2025-12-15",
+        "gpt-audio-1.5",
+        "gpt-audio-mini",
+        "gpt-audio-mini-2025-10-06",
+        "gpt-audio-mini-2025-12-15",
     }
 )
 BETA_MODELS: frozenset[str] = frozenset(
@@ -39,7 +43,22 @@ BETA_MODELS: frozenset[str] = frozenset(
         "gpt-4o-mini-realtime-preview-2024-12-17",
     }
 )
-DEFAULT_ACCEPTED_MODELS: frozenset[str] = GA_MODELS | BETA_MODELS
+# Transcription models (a transcription session and ``audio.input.transcription``).
+TRANSCRIPTION_MODELS: frozenset[str] = frozenset(
+    {
+        "whisper-1",
+        "gpt-transcribe",
+        "gpt-live-transcribe",
+        "gpt-4o-mini-transcribe",
+        "gpt-4o-mini-transcribe-2025-12-15",
+        "gpt-4o-transcribe",
+        "gpt-4o-transcribe-diarize",
+        "gpt-realtime-whisper",
+    }
+)
+# The model lists of the official SDK (openai 3.57.0, realtime_session_create_request.py
+# and audio_transcription.py).
+DEFAULT_ACCEPTED_MODELS: frozenset[str] = GA_MODELS | BETA_MODELS | TRANSCRIPTION_MODELS
 
 
 class FaultError(ValueError):
@@ -62,6 +81,8 @@ class EndpointFault:
     hang: bool = False
     # Advertised in retry-after / retry-after-ms on forced 429 and 5xx replies.
     retry_after_s: float = 1.0
+    # Sent as ``x-should-retry: true|false`` on forced replies (None: no such header).
+    should_retry: bool | None = None
 
     def take_forced(self) -> tuple[int, str | None] | None:
         """The forced ``(status, code)`` for this request, counted against ``times``."""
@@ -89,14 +110,19 @@ class Faults:
     mint: EndpointFault = field(default_factory=EndpointFault)
     calls: EndpointFault = field(default_factory=EndpointFault)
     hangup: EndpointFault = field(default_factory=EndpointFault)
+    models: EndpointFault = field(default_factory=EndpointFault)
     # Answer with a host candidate nobody answers on, so ICE never connects.
     ice_never_completes: bool = False
-    # The beta shape is switched off: beta REST endpoints answer 400
-    # beta_api_shape_disabled; open beta calls get an error event and are closed.
-    beta_disabled: bool = False
+    # The beta shape is switched off, as on the real service since 2026: beta REST
+    # endpoints answer 400 beta_api_shape_disabled; open beta calls get an error event and
+    # are closed. On unless the simulator is started for the beta dialect.
+    beta_disabled: bool = True
     answer_codec: AnswerCodec = "opus"
-    # Models /calls (and the beta SDP endpoint) accept; others get 403 model_not_found.
+    # Models the account may use: others are refused (400 invalid_value when minting or
+    # calling, 404 model_not_found from GET /v1/models/{model}).
     accepted_models: frozenset[str] = DEFAULT_ACCEPTED_MODELS
+    # Every standard key is refused with 401 invalid_api_key (a revoked key).
+    reject_api_keys: bool = False
 
     def endpoint(self, name: Endpoint) -> EndpointFault:
         fault: EndpointFault = getattr(self, name)
@@ -108,6 +134,7 @@ class Faults:
             mint=dataclasses.replace(self.mint),
             calls=dataclasses.replace(self.calls),
             hangup=dataclasses.replace(self.hangup),
+            models=dataclasses.replace(self.models),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -117,6 +144,7 @@ class Faults:
             "beta_disabled": self.beta_disabled,
             "answer_codec": self.answer_codec,
             "accepted_models": sorted(self.accepted_models),
+            "reject_api_keys": self.reject_api_keys,
         }
 
     def update(self, changes: Mapping[str, Any]) -> None:
@@ -127,7 +155,7 @@ class Faults:
         for key, value in changes.items():
             if key in ENDPOINTS:
                 _update_endpoint(staged.endpoint(key), value, key)
-            elif key in ("ice_never_completes", "beta_disabled"):
+            elif key in ("ice_never_completes", "beta_disabled", "reject_api_keys"):
                 if not isinstance(value, bool):
                     raise FaultError(f"{key}: expected true or false")
                 setattr(staged, key, value)
@@ -143,11 +171,17 @@ class Faults:
                 staged.accepted_models = frozenset(value)
             else:
                 raise FaultError(f"unknown fault setting {key!r}")
-        for name in ("mint", "calls", "hangup", *_TOP_LEVEL):
+        for name in (*ENDPOINTS, *_TOP_LEVEL):
             setattr(self, name, getattr(staged, name))
 
 
-_TOP_LEVEL = ("ice_never_completes", "beta_disabled", "answer_codec", "accepted_models")
+_TOP_LEVEL = (
+    "ice_never_completes",
+    "beta_disabled",
+    "answer_codec",
+    "accepted_models",
+    "reject_api_keys",
+)
 
 
 def _number(value: Any, key: str, *, minimum: float) -> float:
@@ -179,6 +213,10 @@ def _update_endpoint(fault: EndpointFault, changes: Any, where: str) -> None:
             ):
                 raise FaultError(f"{name}: expected a count >= 0 or null")
             fault.times = value
+        elif key == "should_retry":
+            if value is not None and not isinstance(value, bool):
+                raise FaultError(f"{name}: expected true, false or null")
+            fault.should_retry = value
         elif key == "hang":
             if not isinstance(value, bool):
                 raise FaultError(f"{name}: expected true or false")

@@ -5,6 +5,7 @@ Key values never appear in a repr, a log line or an error message.
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
@@ -14,6 +15,9 @@ from typing import Any
 from relay.upstream.simulator.errors import invalid_api_key
 from relay.upstream.simulator.session_config import Dialect
 
+# What a standard key looks like (sk-…, sk-proj-…, sk-svcacct-…): anything shorter or with
+# other characters is clearly not a key, even when any key is accepted.
+_KEY_SHAPE = re.compile(r"sk-[A-Za-z0-9_\-]{16,}")
 # Expired keys are remembered this long (for a precise "expired" message), then forgotten.
 _FORGET_AFTER_S = 3600.0
 
@@ -28,7 +32,7 @@ class EphemeralKey:
 
     @property
     def model(self) -> str:
-        return str(self.session["model"])
+        return str(self.session.get("model", ""))
 
 
 def kind_of(token: str) -> str:
@@ -58,7 +62,7 @@ class KeyStore:
     def is_standard(self, token: str) -> bool:
         if token in self._standard:
             return True
-        return self._accept_any and token.startswith("sk-") and len(token) > 3
+        return self._accept_any and _KEY_SHAPE.fullmatch(token) is not None
 
     def mint(self, dialect: Dialect, session: Mapping[str, Any], ttl_s: int) -> EphemeralKey:
         now = self._clock()

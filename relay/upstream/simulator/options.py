@@ -40,6 +40,12 @@ class SimulatorOptions:
     # Offers larger than this are refused with 400 invalid_offer.
     max_offer_bytes: int = 32768
     reply_lines: tuple[str, ...] = DEFAULT_REPLY_LINES
+    # Reply generation speed, in multiples of real time (>= 1): response.done arrives when
+    # generation ends, output_audio_buffer.stopped when playback ends, as on the service.
+    generation_speed: float = 4.0
+    # Input transcription arrives this long after the commit (asynchronously, as on the
+    # service, so it may land after the reply started).
+    transcription_delay_s: float = 0.3
     # Unix-seconds clock for key expiry (tests pass a controllable one).
     clock: Callable[[], float] = time.time
     # Closed calls kept for inspection (oldest forgotten first).
@@ -47,3 +53,9 @@ class SimulatorOptions:
     # Bearer token for the /_sim/* control API (faults, call records). Empty: a random one
     # per simulator (``RunningSimulator.control_token``), so it is never open by default.
     control_token: str = field(default="", repr=False)
+
+    def __post_init__(self) -> None:
+        if self.generation_speed < 1:
+            raise ValueError("generation_speed must be >= 1 (generation runs ahead of playback)")
+        if self.transcription_delay_s < 0:
+            raise ValueError("transcription_delay_s must be >= 0")

@@ -8,6 +8,7 @@ frame costs one numpy RMS and a few comparisons. Reply audio is pre-encoded (``v
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import json
 import logging
@@ -31,7 +32,12 @@ from relay.config import IceConfig
 from relay.media.ice import rtc_configuration
 from relay.media.peers import close_peer
 from relay.tasks import cancel_and_wait, spawn
-from relay.upstream.simulator.conversation import Conversation, Event, Step
+from relay.upstream.simulator.conversation import (
+    Conversation,
+    Event,
+    Step,
+    TranscriptionPlan,
+)
 from relay.upstream.simulator.errors import invalid_offer
 from relay.upstream.simulator.faults import AnswerCodec
 from relay.upstream.simulator.state import MAX_EVENTS_KEPT, CallRecord, SimulatorState
@@ -43,7 +49,7 @@ from relay.upstream.simulator.vad import (
     VadParams,
     frame_rms,
 )
-from relay.upstream.simulator.voice import VoiceBank
+from relay.upstream.simulator.voice import EncodedLine, VoiceBank
 
 log = logging.getLogger("relay.simulator")
 
@@ -66,6 +72,8 @@ class SimCall:
         conversation: Conversation,
         voice: VoiceBank,
         ice: IceConfig,
+        generation_speed: float = 4.0,
+        transcription_delay_s: float = 0.3,
         on_closed: Callable[[SimCall], None] | None = None,
     ) -> None:
         self.record = record
@@ -73,6 +81,12 @@ class SimCall:
         self._state = state
         self._conversation = conversation
         self._voice = voice
+        self._generation_speed = generation_speed
+        self._transcription_delay_s = transcription_delay_s
+        # The reply being generated and how many of its frames exist so far.
+        self._generating: EncodedLine | None = None
+        self._generated = 0.0
+        self._timers: set[asyncio.TimerHandle] = set()
         self._pc = RTCPeerConnection(rtc_configuration(ice))
         self._track = ReplyTrack(voice.for_codec("opus"), self)
         self._channel: RTCDataChannel | None = None
@@ -240,17 +254,31 @@ class SimCall:
 
     # -- reply audio (ReplyListener) ---------------------------------------------------
 
+    def on_tick(self) -> None:
+        """Generation runs ``generation_speed`` frames per 20 ms, ahead of playback."""
+        line = self._generating
+        if line is None or self._closing:
+            return
+        self._generated += self._generation_speed
+        words = bisect.bisect_left(line.word_frames, self._generated)
+        self._apply(self._conversation.generation_progress(words))
+        if self._generated >= len(line.payloads) and self._generating is line:
+            self._generating = None
+            self._apply(self._conversation.generation_finished())
+
     def on_reply_frame(self, frames_sent: int, words_started: int) -> None:
         self.record.reply_frames_sent += 1
-        self._apply(self._conversation.reply_progress(words_started))
 
     def on_reply_end(self) -> None:
-        self._apply(self._conversation.reply_finished())
+        self._apply(self._conversation.playback_finished())
 
     # -- applying steps ----------------------------------------------------------------
 
     def _apply(self, step: Step) -> None:
-        if step.stop_reply:
+        if step.stop_generation:
+            self._generating = None
+            self._track.limit(int(self._generated))
+        if step.clear_audio:
             self._track.stop_reply()
         self._send(step.events)
         if step.session_changed:
@@ -258,9 +286,24 @@ class SimCall:
         if step.start_reply is not None:
             line = self._voice.for_codec(self.record.codec or "opus").lines[step.start_reply.text]
             self.record.responses_started += 1
+            self._generating, self._generated = line, 0.0
             self._track.play(line)
+        if step.transcribe is not None and not self._closing:
+            self._schedule_transcription(step.transcribe)
         if step.close_reason is not None:
             self._spawn(self.close(step.close_reason))
+
+    def _schedule_transcription(self, plan: TranscriptionPlan) -> None:
+        """Transcription is asynchronous: it may land after the reply started."""
+        loop = asyncio.get_running_loop()
+
+        def deliver() -> None:
+            self._timers.discard(handle)
+            if not self._closing:
+                self._apply(self._conversation.transcription(plan))
+
+        handle = loop.call_later(self._transcription_delay_s, deliver)
+        self._timers.add(handle)
 
     def _send(self, events: list[Event]) -> None:
         channel = self._channel
@@ -308,6 +351,10 @@ class SimCall:
         self._closing = True
         self.record.hung_up = self.record.hung_up or hung_up
         self.record.closed_reason = reason
+        self._generating = None
+        for handle in self._timers:
+            handle.cancel()
+        self._timers.clear()
         self._track.stop_reply()
         try:
             with contextlib.suppress(Exception):

@@ -73,11 +73,11 @@ def run_simulator(
 ) -> None:
     """Serve the simulator until SIGINT/SIGTERM (``relay simulate``).
 
-    Both dialects are always served (GA: ``/v1/realtime/client_secrets`` + ``/calls``;
-    beta: ``/v1/realtime/sessions`` + ``/v1/realtime?model=``); ``dialect`` only picks which
-    one the start-up lines describe (``beta`` also states beta_disabled=False explicitly).
-    Any ``sk-…`` bearer key is accepted as a standard key. ``/_sim/*`` needs
-    ``control_token`` (empty: a random one, printed at start).
+    GA (``/v1/realtime/client_secrets`` + ``/calls``) is always served; the beta shape
+    (``/v1/realtime/sessions`` + ``/v1/realtime?model=``) only with ``dialect="beta"``:
+    otherwise it answers ``400 beta_api_shape_disabled``, as the real service does.
+    Any key-shaped ``sk-…`` bearer token is accepted as a standard key.
+    ``/_sim/*`` needs ``control_token`` (empty: a random one, printed at start).
     """
     options = SimulatorOptions(accept_any_api_key=True, control_token=control_token)
     if dialect == "beta":

@@ -7,6 +7,7 @@ beta sessions are flat (``turn_detection``, ``voice``). Inputs are already valid
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -30,6 +31,12 @@ SEMANTIC_VAD_DEFAULTS: Mapping[str, Any] = {
     "interrupt_response": True,
 }
 PCM_24K: Mapping[str, Any] = {"type": "audio/pcm", "rate": 24000}
+# A realtime session lasts at most this long (OpenAI: 60 minutes); expires_at says when.
+SESSION_MAX_S = 3600
+
+
+def _expiry(expires_at: int | None) -> int:
+    return int(time.time()) + SESSION_MAX_S if expires_at is None else expires_at
 
 
 def effective_turn_detection(value: Any, dialect: Dialect = "ga") -> dict[str, Any] | None:
@@ -51,8 +58,15 @@ def _nested(config: Mapping[str, Any], *keys: str) -> Mapping[str, Any]:
 
 
 # ---------------------------------------------------------------------- GA
-def ga_session(config: Mapping[str, Any], *, session_id: str, default_model: str) -> dict[str, Any]:
-    """The effective GA session for a validated ``session`` config."""
+def ga_session(
+    config: Mapping[str, Any],
+    *,
+    session_id: str,
+    default_model: str,
+    expires_at: int | None = None,
+) -> dict[str, Any]:
+    """The effective GA session for a validated ``session`` config (``expires_at``: Unix
+    seconds; default: an hour from now)."""
     audio_in = _nested(config, "audio", "input")
     audio_out = _nested(config, "audio", "output")
     turn = audio_in.get("turn_detection", SERVER_VAD_DEFAULTS)
@@ -69,7 +83,7 @@ def ga_session(config: Mapping[str, Any], *, session_id: str, default_model: str
         "tracing": copy.deepcopy(config.get("tracing")),
         "truncation": copy.deepcopy(config.get("truncation", "auto")),
         "prompt": copy.deepcopy(config.get("prompt")),
-        "expires_at": 0,
+        "expires_at": _expiry(expires_at),
         "audio": {
             "input": {
                 "format": dict(audio_in.get("format", PCM_24K)),
@@ -85,6 +99,34 @@ def ga_session(config: Mapping[str, Any], *, session_id: str, default_model: str
         },
         "include": copy.deepcopy(config.get("include")),
     }
+
+
+def transcription_session(
+    config: Mapping[str, Any], *, session_id: str, expires_at: int | None = None
+) -> dict[str, Any]:
+    """The effective GA transcription session (``type: transcription``): input audio only,
+    no responses."""
+    audio_in = _nested(config, "audio", "input")
+    turn = audio_in.get("turn_detection", SERVER_VAD_DEFAULTS)
+    return {
+        "type": "transcription",
+        "object": "realtime.transcription_session",
+        "id": session_id,
+        "expires_at": _expiry(expires_at),
+        "audio": {
+            "input": {
+                "format": dict(audio_in.get("format", PCM_24K)),
+                "transcription": copy.deepcopy(audio_in.get("transcription")),
+                "noise_reduction": copy.deepcopy(audio_in.get("noise_reduction")),
+                "turn_detection": effective_turn_detection(turn),
+            }
+        },
+        "include": copy.deepcopy(config.get("include")),
+    }
+
+
+def is_transcription(session: Mapping[str, Any]) -> bool:
+    return session.get("type") == "transcription"
 
 
 def merge_ga(current: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -107,7 +149,11 @@ def merge_ga(current: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str,
 
 # ---------------------------------------------------------------------- beta
 def beta_session(
-    config: Mapping[str, Any], *, session_id: str, default_model: str
+    config: Mapping[str, Any],
+    *,
+    session_id: str,
+    default_model: str,
+    expires_at: int | None = None,
 ) -> dict[str, Any]:
     """The effective beta session for a validated flat config."""
     turn = config.get("turn_detection", SERVER_VAD_DEFAULTS)
@@ -115,7 +161,7 @@ def beta_session(
         "id": session_id,
         "object": "realtime.session",
         "model": config.get("model", default_model),
-        "expires_at": 0,
+        "expires_at": _expiry(expires_at),
         "modalities": list(config.get("modalities", ["audio", "text"])),
         "instructions": config.get("instructions", DEFAULT_INSTRUCTIONS),
         "voice": config.get("voice", DEFAULT_VOICE),
@@ -165,6 +211,7 @@ def beta_from_ga(ga: Mapping[str, Any]) -> dict[str, Any]:
         },
         session_id=ga["id"],
         default_model=ga["model"],
+        expires_at=ga["expires_at"],
     )
 
 
@@ -189,6 +236,7 @@ def ga_from_beta(beta: Mapping[str, Any]) -> dict[str, Any]:
         },
         session_id=beta["id"],
         default_model=beta["model"],
+        expires_at=beta["expires_at"],
     )
 
 

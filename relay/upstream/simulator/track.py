@@ -23,6 +23,9 @@ log = logging.getLogger("relay.simulator")
 
 
 class ReplyListener(Protocol):
+    def on_tick(self) -> None:
+        """Every 20 ms frame, playing or not (the clock that drives generation)."""
+
     def on_reply_frame(self, frames_sent: int, words_started: int) -> None: ...
 
     def on_reply_end(self) -> None: ...
@@ -37,6 +40,8 @@ class ReplyTrack(MediaStreamTrack):
         self._listener = listener
         self._line: EncodedLine | None = None
         self._position = 0
+        # Playback ends at this frame (the reply was cancelled after this much was generated).
+        self._end = 0
         self._sent = 0
         self._pts = 0
         self._start: float | None = None
@@ -50,10 +55,14 @@ class ReplyTrack(MediaStreamTrack):
         return self._line is not None
 
     def play(self, line: EncodedLine) -> None:
-        self._line, self._position = line, 0
+        self._line, self._position, self._end = line, 0, len(line.payloads)
+
+    def limit(self, frames: int) -> None:
+        """Play only the first ``frames`` frames (generation was cancelled there)."""
+        self._end = min(self._end, max(frames, 0))
 
     def stop_reply(self) -> None:
-        """Silence from the next frame on (barge-in, cancel, hang-up)."""
+        """Silence from the next frame on (cleared buffer, barge-in, hang-up); no end event."""
         self._line = None
 
     async def recv(self) -> av.Packet[Any]:
@@ -69,8 +78,12 @@ class ReplyTrack(MediaStreamTrack):
             elif delay < -0.2:
                 # After a stall, restart the clock instead of bursting to catch up.
                 self._start, self._sent = now, 0
+        self._tick()
         payload = self._voice.silence
         line = self._line
+        if line is not None and self._position >= self._end:
+            self._finish(line)
+            line = self._line
         if line is not None:
             payload = line.payloads[self._position]
             self._position += 1
@@ -82,13 +95,26 @@ class ReplyTrack(MediaStreamTrack):
         self._sent += 1
         return packet
 
-    def _notify(self, line: EncodedLine) -> None:
+    def _tick(self) -> None:
         # Called from aiortc's sender task: never let a listener error stop the media.
+        try:
+            self._listener.on_tick()
+        except Exception:
+            log.exception("simulator: reply listener failed")
+
+    def _notify(self, line: EncodedLine) -> None:
         try:
             words = bisect.bisect_right(line.word_frames, self._position - 1)
             self._listener.on_reply_frame(self._position, words)
-            if self._line is line and self._position >= len(line.payloads):
-                self._line = None
-                self._listener.on_reply_end()
+            if self._position >= self._end:
+                self._finish(line)
         except Exception:
             log.exception("simulator: reply listener failed")
+
+    def _finish(self, line: EncodedLine) -> None:
+        if self._line is line:
+            self._line = None
+            try:
+                self._listener.on_reply_end()
+            except Exception:
+                log.exception("simulator: reply listener failed")

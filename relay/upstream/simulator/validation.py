@@ -186,12 +186,39 @@ def _turn_detection(value: Any, param: str) -> None:
 
 def _transcription(value: Any, param: str) -> None:
     if value is not None:
-        _fields(value, param, {"model": _string, "language": _string, "prompt": _string})
+        _fields(
+            value,
+            param,
+            {
+                "model": _optional(_string),
+                "language": _optional(_string),
+                "languages": _optional(_list_of_strings),
+                "keywords": _optional(_list_of_strings),
+                "prompt": _optional(_string),
+                "delay": _optional(_one_of("minimal", "low", "medium", "high", "xhigh")),
+            },
+        )
 
 
 def _noise_reduction(value: Any, param: str) -> None:
     if value is not None:
-        _fields(value, param, {"type": _one_of("near_field", "far_field")})
+        _fields(
+            value,
+            param,
+            {
+                "type": _optional(_one_of("near_field", "far_field")),
+                "strength": _optional(_number(0.0, 1.0)),
+            },
+        )
+
+
+def _reasoning(value: Any, param: str) -> None:
+    if value is not None:
+        _fields(
+            value,
+            param,
+            {"effort": _optional(_one_of("minimal", "low", "medium", "high", "xhigh"))},
+        )
 
 
 # ---------------------------------------------------------------------- GA session
@@ -250,26 +277,55 @@ _GA_SESSION: dict[str, Check] = {
     "tools": _list_of_objects,
     "tool_choice": _string_or_object,
     "parallel_tool_calls": _boolean,
-    "reasoning": _optional(_object),
+    "reasoning": _reasoning,
     "max_output_tokens": _token_limit,
     "truncation": _string_or_object,
     "prompt": _optional(_object),
 }
 
 
+_TRANSCRIPTION_AUDIO = _checker(
+    {
+        "input": _checker(
+            {
+                "format": _ga_audio_format,
+                "transcription": _transcription,
+                "noise_reduction": _noise_reduction,
+                "turn_detection": _turn_detection,
+            }
+        )
+    }
+)
+_TRANSCRIPTION_SESSION: dict[str, Check] = {
+    "type": _string,
+    "audio": _TRANSCRIPTION_AUDIO,
+    "include": _list_of_strings,
+}
+
+
 def validate_ga_session(value: Any, where: str = "session") -> dict[str, Any]:
-    """A GA realtime session config (``client_secrets.session``, the multipart ``session``
-    part, ``session.update``): ``type`` must be ``realtime``."""
+    """A GA realtime session config (the multipart ``session`` part, ``session.update``):
+    ``type`` must be ``realtime``."""
     obj = require_object(value, where)
     if "type" not in obj:
         raise missing_parameter(_join(where, "type"))
     if obj["type"] != "realtime":
-        raise invalid_value(
-            _join(where, "type"),
-            "expected 'realtime' (the simulator serves realtime sessions only).",
-        )
+        raise invalid_value(_join(where, "type"), "expected 'realtime'.")
     _fields(obj, where, _GA_SESSION)
     return dict(obj)
+
+
+def validate_any_session(value: Any, where: str = "session") -> dict[str, Any]:
+    """A client_secrets ``session``: a realtime or a transcription session config."""
+    obj = require_object(value, where)
+    if "type" not in obj:
+        raise missing_parameter(_join(where, "type"))
+    if obj["type"] == "transcription":
+        _fields(obj, where, _TRANSCRIPTION_SESSION)
+        return dict(obj)
+    if obj["type"] != "realtime":
+        raise invalid_value(_join(where, "type"), "expected 'realtime' or 'transcription'.")
+    return validate_ga_session(obj, where)
 
 
 # ---------------------------------------------------------------------- beta session
@@ -331,7 +387,8 @@ class SecretRequest:
 
 
 def validate_client_secret_request(body: Any) -> SecretRequest:
-    """``POST /v1/realtime/client_secrets``: ``{expires_after?, session}``."""
+    """``POST /v1/realtime/client_secrets``: ``{expires_after?, session?}`` (both optional,
+    as in the SDK; no session means a default realtime session)."""
     obj = require_object(body, "")
     for key in obj:
         if key not in ("expires_after", "session"):
@@ -339,9 +396,8 @@ def validate_client_secret_request(body: Any) -> SecretRequest:
     ttl = DEFAULT_GA_SECRET_TTL_S
     if "expires_after" in obj:
         ttl = _expires_after(obj["expires_after"], "expires_after", DEFAULT_GA_SECRET_TTL_S)
-    if "session" not in obj:
-        raise missing_parameter("session")
-    return SecretRequest(ttl, validate_ga_session(obj["session"], "session"))
+    session = obj.get("session", {"type": "realtime"})
+    return SecretRequest(ttl, validate_any_session(session, "session"))
 
 
 def validate_beta_session_request(body: Any, default_ttl_s: int) -> SecretRequest:

@@ -1,0 +1,121 @@
+"""`relay doctor` as an operator runs it, against the simulator over real HTTP: every check
+passes on a healthy upstream; a refused key or an unavailable model fails with a clear line
+and a non-zero exit."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay.upstream.simulator import RunningSimulator, SimulatorOptions, start_simulator
+
+KEY = "sk-sim-local"
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[RunningSimulator]:
+    simulator = await start_simulator(options=SimulatorOptions())
+    try:
+        yield simulator
+    finally:
+        await simulator.close()
+
+
+async def _doctor(tmp_path: Path, base_url: str, **env: str) -> tuple[int, list[str], str]:
+    clean = {
+        k: v for k, v in os.environ.items() if not k.startswith(("RELAY", "OPENAI", "DATABASE"))
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "relay",
+        "doctor",
+        env={**clean, "OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": base_url, **env},
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=90)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode().splitlines(), err.decode()
+
+
+def _outcomes(lines: list[str]) -> dict[str, str]:
+    return {line[6:].split(":", 1)[0]: line[:4].strip() for line in lines if ":" in line}
+
+
+async def test_every_check_passes_against_a_healthy_upstream(
+    sim: RunningSimulator, tmp_path: Path
+) -> None:
+    code, lines, err = await _doctor(tmp_path, sim.base_url)
+    assert code == 0, (lines, err)
+    assert _outcomes(lines) == {
+        "config": "OK",
+        "key": "OK",
+        "model": "OK",
+        "transcription model": "OK",
+        "mint": "OK",
+    }
+    assert lines[-1] == "all checks passed"
+    assert "gpt-realtime-2.1" in lines[0]
+    assert KEY not in "\n".join(lines) + err
+    assert sim.state.requests["models"] == 3 and sim.state.requests["mint"] == 1
+
+
+async def test_a_refused_key_fails_with_what_to_do(sim: RunningSimulator, tmp_path: Path) -> None:
+    await sim.state.update_faults({"reject_api_keys": True})
+    code, lines, err = await _doctor(tmp_path, sim.base_url)
+    assert code == 1
+    outcomes = _outcomes(lines)
+    assert (outcomes["key"], outcomes["model"], outcomes["mint"]) == ("FAIL", "SKIP", "SKIP")
+    key_line = next(line for line in lines if line.startswith("FAIL  key:"))
+    assert "401 invalid_api_key" in key_line and "-> set OPENAI_API_KEY" in key_line
+    assert lines[-1] == "1 check(s) failed"
+    assert KEY not in "\n".join(lines) + err
+    assert sim.state.requests["mint"] == 0
+
+
+async def test_an_unavailable_model_fails_with_what_to_do(
+    sim: RunningSimulator, tmp_path: Path
+) -> None:
+    await sim.state.update_faults({"accepted_models": ["gpt-realtime-2", "gpt-realtime-whisper"]})
+    code, lines, _ = await _doctor(tmp_path, sim.base_url)
+    assert code == 1
+    outcomes = _outcomes(lines)
+    assert (outcomes["key"], outcomes["model"], outcomes["mint"]) == ("OK", "FAIL", "SKIP")
+    model_line = next(line for line in lines if line.startswith("FAIL  model:"))
+    assert "gpt-realtime-2.1: HTTP 404 model_not_found" in model_line
+    assert "-> set upstream.model" in model_line
+
+
+async def test_a_deprecated_model_warns_and_an_unreachable_upstream_fails(
+    sim: RunningSimulator, tmp_path: Path
+) -> None:
+    code, lines, _ = await _doctor(tmp_path, sim.base_url, RELAY__UPSTREAM__MODEL="gpt-realtime")
+    assert code == 0  # deprecated but not shut down: a warning, the checks still pass
+    currency = next(line for line in lines if "currency:" in line)
+    assert currency.startswith(("WARN", "FAIL")) and "2027-01-20" in currency
+    assert "-> set upstream.model = 'gpt-realtime-2.1'" in currency
+
+    with socket.socket() as sock:  # a loopback port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env: dict[str, Any] = {"RELAY__UPSTREAM__MINT_TIMEOUT_S": "3"}
+    code, lines, _ = await _doctor(tmp_path, f"http://127.0.0.1:{port}/v1", **env)
+    assert code == 1
+    key_line = next(line for line in lines if line.startswith("FAIL  key:"))
+    assert "unreachable" in key_line and "OPENAI_BASE_URL" in key_line
+
+
+async def test_without_a_key_the_built_in_simulator_is_checked(tmp_path: Path) -> None:
+    code, lines, err = await _doctor(tmp_path, "https://api.openai.com/v1", OPENAI_API_KEY="")
+    assert code == 0, (lines, err)
+    assert "the built-in simulator" in lines[0]
+    assert lines[-1] == "all checks passed"
