@@ -103,13 +103,10 @@ class Bridge:
     def closed(self) -> bool:
         return self.closed_event.is_set()
 
-    @property
-    def closing(self) -> bool:
-        """True once teardown has begun (it may still be in progress)."""
-        return self.teardown_task is not None
-
     def is_closing(self) -> bool:
-        # A call, not the property: mypy would keep the property narrowed across awaits.
+        """True once teardown has begun (it may still be in progress).
+
+        A call, not a property: mypy would keep a property narrowed across awaits."""
         return self.teardown_task is not None
 
     async def start(self, offer_sdp: str) -> str:
