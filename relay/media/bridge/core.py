@@ -118,6 +118,10 @@ class Bridge:
             if self.teardown_task is not None:
                 await asyncio.shield(self.teardown_task)
                 await self._hang_up_late_call()
+                if isinstance(exc, asyncio.CancelledError):
+                    # The caller's own cancellation is never swallowed (relay.tasks): it
+                    # is not "the session was closed" (BridgeClosed would answer 409).
+                    raise
                 raise BridgeClosed(self.end_reason or "closed") from exc
             reason = failure_reason(exc)
             log.warning("session %s: exchange failed (%s)", self.session_id, reason)
