@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import logging
 import time
+from pathlib import Path
 
 import pytest
 from aiortc import RTCIceServer
@@ -21,6 +22,8 @@ from relay.media.ice import (
     turn_rest_credentials,
 )
 from relay.media.port_range import PortRange, port_range
+
+ROOT = Path(__file__).resolve().parents[2]
 
 SECRET = "unit-secret"
 
@@ -127,6 +130,7 @@ def test_ice_settings_from_the_environment_with_json_lists() -> None:
             "RELAY__ICE__TURN_URLS": '["turn:turn.example:3478", "turns:turn.example:5349"]',
             "RELAY_TURN_SECRET": "from-env-secret",
             "RELAY__ICE__TURN_TTL_S": "900",
+            "RELAY__SESSION__MAX_DURATION_S": "840",  # 60 + 840 <= 900
             "RELAY__ICE__RELAY_TURN": "upstream",
         }
     )
@@ -140,6 +144,25 @@ def test_ice_settings_from_the_environment_with_json_lists() -> None:
     assert ice.turn_secret == "from-env-secret" and ice.turn_ttl_s == 900
     assert "from-env-secret" not in repr(s)
     assert Settings().ice.relay_turn == "none"
+
+
+def test_the_turn_ttl_must_cover_a_whole_interview() -> None:
+    turn = {"RELAY__ICE__TURN_URLS": '["turn:t.example:3478"]', "RELAY_TURN_SECRET": "s"}
+    # The shipped defaults satisfy the rule (60 + 3600 <= 3960).
+    defaults = load_settings(ROOT / "config.toml", environ=turn)
+    ttl, session = defaults.ice.turn_ttl_s, defaults.session
+    assert ttl >= session.pending_ttl_s + session.max_duration_s
+    assert Settings().ice.turn_ttl_s == ttl
+    with pytest.raises(ConfigError, match=r"^ice\.turn_ttl_s: .*\(3660\)"):
+        load_settings(environ={**turn, "RELAY__ICE__TURN_TTL_S": "3600"})
+    with pytest.raises(ConfigError, match=r"^ice\.turn_ttl_s: .*\(7260\)"):
+        load_settings(environ={**turn, "RELAY__SESSION__MAX_DURATION_S": "7200"})
+    exact = load_settings(
+        environ={**turn, "RELAY__ICE__TURN_TTL_S": "7260", "RELAY__SESSION__MAX_DURATION_S": "7200"}
+    )
+    assert exact.ice.turn_ttl_s == 7260
+    # Without TURN the TTL is unused and not checked.
+    assert load_settings(environ={"RELAY__ICE__TURN_TTL_S": "60"}).ice.turn_ttl_s == 60
 
 
 @pytest.mark.parametrize(
