@@ -341,8 +341,7 @@ def test_coturn_relays_to_no_private_loopback_or_link_local_peer() -> None:
     def is_denied(address: str) -> bool:
         ip = ipaddress.ip_address(address)
         return ip not in allowed and any(
-            low.version == ip.version and low <= ip <= high  # type: ignore[operator]
-            for low, high in denied
+            low.version == ip.version and low <= ip <= high for low, high in denied
         )
 
     for address in (
