@@ -343,7 +343,8 @@ class Settings(BaseSettings):
             return (init_settings,)  # Settings(...) in code: defaults and arguments only
         env = EnvSettingsSource(settings_cls)
         # The environment is the one given to load_settings (tests pass their own), parsed
-        # the way pydantic-settings parses os.environ.
+        # the way pydantic-settings parses os.environ. ``env_vars`` is the source's private
+        # state: tests/unit/test_config.py guards it (…private_names_still_work…).
         env.env_vars = parse_env_vars(sources.environ, False, False, None)
         chain: list[PydanticBaseSettingsSource] = [
             init_settings,

@@ -7,9 +7,10 @@ Two aiortc/aioice defaults are wrong for a server and for loopback tests:
   empty when nothing is configured.
 * ``aioice.ice.get_host_addresses`` gathers every interface address but deliberately
   skips 127.0.0.1 and ::1. aioice has no per-connection option for this, so the
-  module-level function is replaced (aioice looks it up at gather time). The
-  replacement returns the configured ``ice.host_addresses`` when set, else defers
-  to the original. aioice 0.13 has no UDP port-range option: relay/media/port_range.py.
+  module-level function is replaced (``aiortc_private.route_aioice_host_addresses``;
+  aioice looks it up at gather time). The replacement returns the configured
+  ``ice.host_addresses`` when set, else defers to the original. aioice 0.13 has no UDP
+  port-range option: relay/media/port_range.py.
 
 TURN REST (``ice.turn_urls`` + ``ice.turn_secret``, what coturn's ``use-auth-secret``
 checks): the credentials are derived per session and expire after ``ice.turn_ttl_s``,
@@ -28,24 +29,23 @@ import hashlib
 import hmac
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-import aioice.ice
 from aiortc import RTCConfiguration, RTCIceServer
 
 from relay.config import IceConfig
+from relay.media import aiortc_private
 
 Leg = Literal["browser", "upstream"]
 
-_original_get_host_addresses: Callable[[bool, bool], list[str]] = aioice.ice.get_host_addresses
 _host_addresses: tuple[str, ...] = ()
 
 
 def _configured_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
     if not _host_addresses:
-        return _original_get_host_addresses(use_ipv4, use_ipv6)
+        return aiortc_private.machine_host_addresses(use_ipv4, use_ipv6)
     return [a for a in _host_addresses if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
 
 
@@ -56,7 +56,7 @@ def install_host_addresses(addresses: Sequence[str]) -> None:
     """
     global _host_addresses
     _host_addresses = tuple(addresses)
-    aioice.ice.get_host_addresses = _configured_host_addresses
+    aiortc_private.route_aioice_host_addresses(_configured_host_addresses)
 
 
 @dataclass(frozen=True)
