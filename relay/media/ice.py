@@ -142,18 +142,38 @@ def for_aiortc(servers: Sequence[RTCIceServer]) -> list[RTCIceServer]:
     return chosen
 
 
+def leg_servers(ice: IceConfig, leg: Leg, session_id: str = "relay") -> list[RTCIceServer]:
+    """The servers a relay leg's peer uses: ``ice.servers`` (on both legs), plus
+    ``turn_urls`` on the legs named by ``ice.relay_turn`` (with credentials for
+    ``session_id``), reduced to what aiortc uses (``for_aiortc``)."""
+    turn = ice.relay_turn == "both" or ice.relay_turn == leg
+    return for_aiortc(_configured_servers(ice, session_id, turn=turn))
+
+
 def rtc_configuration(
     ice: IceConfig, *, leg: Leg = "browser", session_id: str = "relay"
 ) -> RTCConfiguration:
-    """An explicit RTCConfiguration: the configured servers, never an implicit STUN server.
-
-    ``turn_urls`` join the list for the legs named by ``ice.relay_turn`` (with credentials
-    for ``session_id``); the list is then reduced to what aiortc uses (``for_aiortc``).
-    """
+    """An explicit RTCConfiguration: the configured servers, never an implicit STUN server."""
     install_host_addresses(ice.host_addresses)
-    turn = ice.relay_turn == "both" or ice.relay_turn == leg
-    servers = for_aiortc(_configured_servers(ice, session_id, turn=turn))
-    return RTCConfiguration(iceServers=servers)
+    return RTCConfiguration(iceServers=leg_servers(ice, leg, session_id))
+
+
+def uses_udp_turn(ice: IceConfig, leg: Leg) -> bool:
+    """Whether a relay leg's peer runs a TURN client over UDP: one more UDP socket per ICE
+    transport, in the port range (a TURN client over TCP/TLS has a TCP socket instead)."""
+    for server in leg_servers(ice, leg):
+        urls = server.urls if isinstance(server.urls, list) else [server.urls]
+        if any(url.startswith("turn:") and _turn_preference(url) == 0 for url in urls):
+            return True
+    return False
+
+
+def gathered_address_count(ice: IceConfig) -> int:
+    """Host addresses each ICE transport of a relay peer binds a socket on: the configured
+    ``ice.host_addresses``, or (empty) what aioice finds on the machine (at least one)."""
+    if ice.host_addresses:
+        return len(ice.host_addresses)
+    return max(1, len(aiortc_private.machine_host_addresses()))
 
 
 def browser_ice_servers(

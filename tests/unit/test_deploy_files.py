@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from relay.config import ConfigError, Settings, load_settings
+from relay.media.manager import check_port_range_size, ports_per_exchange
 from relay.upstream.simulation import uses_simulator
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -139,6 +140,12 @@ def test_dockerfile_has_no_remote_add_and_cleans_apt_lists() -> None:
             assert "--no-cache-dir" in rest or env.get("PIP_NO_CACHE_DIR") == "1"
 
 
+def dockerfile_env() -> dict[str, str]:
+    """The RELAY settings the image's runtime stage sets."""
+    final = stages(DOCKERFILE.read_text())[-1]
+    return {k: v for k, v in env_of(final).items() if k.startswith("RELAY")}
+
+
 def test_dockerfile_environment_is_valid_configuration_and_exposes_the_udp_range() -> None:
     final = stages(DOCKERFILE.read_text())[-1]
     env = {k: v for k, v in env_of(final).items() if k.startswith("RELAY")}
@@ -148,6 +155,17 @@ def test_dockerfile_environment_is_valid_configuration_and_exposes_the_udp_range
     assert 1024 <= low < high
     exposed = " ".join(rest for k, rest in final if k == "EXPOSE").split()
     assert f"{low}-{high}/udp" in exposed
+    # The sizing rule (docs/deploy.md): every admitted session at its peak fits the range
+    # (a container has one address: host_addresses [] gathers it).
+    per = ports_per_exchange(settings.ice, addresses=1)
+    assert high - low + 1 >= settings.limits.global_max_sessions * per
+    assert (
+        check_port_range_size(
+            settings.ice.model_copy(update={"host_addresses": ("10.0.0.2",)}),
+            settings.limits.global_max_sessions,
+        )
+        is None
+    )
     assert f"{settings.server.port}/tcp" in exposed or str(settings.server.port) in exposed
     volumes = [rest for k, rest in final if k == "VOLUME"]
     assert volumes and settings.server.data_dir.startswith(json.loads(volumes[0])[0])
@@ -284,6 +302,11 @@ def test_compose_runs_two_relays_on_separate_udp_ranges_with_valid_settings() ->
         settings = load_settings(environ=known)
         ice = settings.ice
         assert (ice.udp_port_min, ice.udp_port_max) == udp_range(service["ports"]), name
+        # The sizing rule with the image's environment under it (one container address).
+        with_image = load_settings(environ={**dockerfile_env(), **known})
+        size = with_image.ice.udp_port_max - with_image.ice.udp_port_min + 1
+        per = ports_per_exchange(with_image.ice, addresses=1)
+        assert size >= with_image.limits.global_max_sessions * per, name
         assert ice.public_address == COMPOSE_ENV["PUBLIC_IP"]
         assert ice.turn_secret == COMPOSE_ENV["TURN_SECRET"] and ice.turn_urls
         assert settings.database.url.startswith("postgresql://") and settings.cache.redis_url
@@ -368,9 +391,7 @@ def test_coturn_relays_to_no_private_loopback_or_link_local_peer() -> None:
 def test_compose_never_falls_back_to_the_simulator_unasked() -> None:
     """The relays listen on 0.0.0.0 (the image's environment), so without a key they start
     only when RELAY_SIMULATE=true says so; otherwise they refuse, naming upstream.api_key."""
-    image_env = {
-        k: v for k, v in env_of(stages(DOCKERFILE.read_text())[-1]).items() if k.startswith("RELAY")
-    }
+    image_env = dockerfile_env()
 
     def relay_env(extra: dict[str, str]) -> dict[str, str]:
         service = compose({**COMPOSE_ENV, **extra})["services"]["relay-1"]

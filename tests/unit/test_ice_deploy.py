@@ -14,6 +14,7 @@ import pytest
 from aiortc import RTCIceServer
 
 from relay.config import ConfigError, IceConfig, IceServerConfig, Settings, load_settings
+from relay.media import aiortc_private
 from relay.media.ice import (
     announce_public_address,
     browser_ice_servers,
@@ -21,6 +22,7 @@ from relay.media.ice import (
     rtc_configuration,
     turn_rest_credentials,
 )
+from relay.media.manager import check_port_range_size, ports_per_exchange
 from relay.media.port_range import PortRange, port_range
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -198,3 +200,37 @@ def test_the_turn_secret_is_not_in_error_messages_or_logs(
         load_settings(environ={"RELAY_TURN_SECRET": "s3cr3t-value", "RELAY__ICE__TURN_TTL_S": "5"})
     assert "s3cr3t-value" not in str(info.value)
     assert "s3cr3t-value" not in caplog.text
+
+
+def test_ports_per_exchange_counts_addresses_and_udp_turn_on_each_leg() -> None:
+    udp = IceServerConfig(urls=("turn:t.example:3478",), username="u", credential="c")
+    tcp = IceServerConfig(urls=("turn:t.example:3478?transport=tcp",), username="u", credential="c")
+    turn = IceConfig(turn_urls=("turn:t.example:3478",), turn_secret=SECRET)
+    two = ("127.0.0.1", "127.0.0.2")
+    # (A + Tb) + 2 x (A + Tu)
+    assert ports_per_exchange(IceConfig()) == 3
+    assert ports_per_exchange(IceConfig(host_addresses=two)) == 6
+    # ice.servers goes to both legs: a UDP TURN client on every transport.
+    assert ports_per_exchange(IceConfig(servers=(udp,))) == 2 + 2 * 2
+    assert ports_per_exchange(IceConfig(servers=(udp,), host_addresses=two)) == 3 + 2 * 3
+    # TURN over TCP has a TCP socket, outside the UDP range; STUN uses the host sockets.
+    assert ports_per_exchange(IceConfig(servers=(tcp,))) == 3
+    stun = IceServerConfig(urls=("stun:s.example:3478",))
+    assert ports_per_exchange(IceConfig(servers=(stun,))) == 3
+    # turn_urls only on the legs ice.relay_turn names.
+    assert ports_per_exchange(turn) == 3
+    upstream = turn.model_copy(update={"relay_turn": "upstream"})
+    assert ports_per_exchange(upstream) == 1 + 2 * 2
+    assert ports_per_exchange(turn.model_copy(update={"relay_turn": "both"})) == 2 + 2 * 2
+    # Empty host_addresses: the machine's addresses as aioice finds them (at least one).
+    machine = max(1, len(aiortc_private.machine_host_addresses()))
+    assert ports_per_exchange(IceConfig(host_addresses=())) == 3 * machine
+    assert ports_per_exchange(IceConfig(host_addresses=()), addresses=2) == 6
+
+
+def test_a_range_too_small_for_the_session_cap_is_reported() -> None:
+    ice = IceConfig(udp_port_min=40000, udp_port_max=40299)
+    assert check_port_range_size(ice, 100) is None
+    message = check_port_range_size(ice, 101)
+    assert message is not None and "303" in message and "global_max_sessions" in message
+    assert check_port_range_size(IceConfig(), 100_000) is None  # any port: nothing to size
