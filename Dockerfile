@@ -4,7 +4,7 @@
 # ice.public_address, host networking, or a TURN service in front.
 #
 #   docker build -t interview-relay .
-#   docker run -p 8080:8080 -p 40000-40199:40000-40199/udp \
+#   docker run -p 8080:8080 -p 40000-40299:40000-40299/udp \
 #       -e DATABASE_URL=... -e RELAY_OPERATOR_TOKEN=... -e RELAY__ICE__PUBLIC_ADDRESS=... \
 #       -v relay-data:/data interview-relay
 
@@ -48,20 +48,23 @@ COPY static ./static
 # RELAY__SECTION__KEY (lists as JSON). Never bake secrets into the image.
 # In containers: listen on all interfaces, gather every interface address for ICE, bind
 # media in the published UDP range, log JSON, keep state and recordings on the volume.
+# The range holds global_max_sessions x 3 ports (docs/deploy.md: one container address,
+# no TURN on the relay's own legs, every exchange at its peak): 100 x 3 = 300.
 ENV RELAY__SERVER__HOST=0.0.0.0 \
     RELAY__SERVER__PORT=8080 \
     RELAY__SERVER__LOG_FORMAT=json \
     RELAY__SERVER__CREATE_DEMO_USER=false \
     RELAY__SERVER__DATA_DIR=/data/relay \
     RELAY__ICE__HOST_ADDRESSES=[] \
+    RELAY__LIMITS__GLOBAL_MAX_SESSIONS=100 \
     RELAY__ICE__UDP_PORT_MIN=40000 \
-    RELAY__ICE__UDP_PORT_MAX=40199
+    RELAY__ICE__UDP_PORT_MAX=40299
 
 USER relay
 # State and recordings (the local recording directory is /data/recordings).
 VOLUME ["/data"]
 EXPOSE 8080/tcp
-EXPOSE 40000-40199/udp
+EXPOSE 40000-40299/udp
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status == 200 else 1)"]
 # SIGTERM drains: no new sessions, live interviews get server.drain_timeout_s to finish

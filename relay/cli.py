@@ -26,6 +26,8 @@ from relay.services import SERVICES, Services
 log = logging.getLogger("relay.cli")
 
 DEMO_EMAIL = "demo@localhost"
+# The simulator's control token (relay simulate); there is deliberately no option for it.
+SIM_CONTROL_TOKEN_ENV = "RELAY_SIM_CONTROL_TOKEN"
 DEFAULT_USER_SECONDS = 1800
 
 
@@ -47,16 +49,16 @@ def _parser() -> argparse.ArgumentParser:
         "on a non-loopback address; same as upstream.simulate = true)",
     )
 
-    simulate = sub.add_parser("simulate", help="run the OpenAI Realtime simulator alone")
+    simulate = sub.add_parser(
+        "simulate",
+        help="run the OpenAI Realtime simulator alone (control token: "
+        f"${SIM_CONTROL_TOKEN_ENV}, else a random one, printed at start)",
+    )
     simulate.add_argument("--host", default="127.0.0.1")
     simulate.add_argument("--port", type=int, default=9000)
     simulate.add_argument("--dialect", choices=["ga", "beta"], default="ga")
-    simulate.add_argument(
-        "--control-token",
-        default=os.environ.get("RELAY_SIM_CONTROL_TOKEN", ""),
-        help="bearer token for /_sim/* (default: $RELAY_SIM_CONTROL_TOKEN, else a random "
-        "one, printed at start)",
-    )
+    # The /_sim/* control token comes from $RELAY_SIM_CONTROL_TOKEN (else a random one,
+    # printed at start), never from an option: argv is visible to every local user (ps).
 
     with_config(
         sub.add_parser(
@@ -101,7 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             configure_logging("INFO")
             from relay.upstream.simulator.server import run_simulator
 
-            run_simulator(args.host, args.port, args.dialect, args.control_token)
+            control_token = os.environ.get(SIM_CONTROL_TOKEN_ENV, "")
+            run_simulator(args.host, args.port, args.dialect, control_token)
             return 0
         settings = _settings(args)
         configure_logging(settings.server.log_level, settings.server.log_format)

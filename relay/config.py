@@ -239,7 +239,10 @@ class IceConfig(_Section):
     turn_urls: tuple[str, ...] = ()
     # The shared secret (also RELAY_TURN_SECRET); never logged nor sent anywhere.
     turn_secret: str = Field(default="", repr=False)
-    turn_ttl_s: Annotated[int, Field(ge=60, le=86400)] = 3600
+    # Credential lifetime: with turn_urls, at least session.pending_ttl_s +
+    # session.max_duration_s (checked at load), as allocations are refreshed with the same
+    # credentials for the whole interview; the default adds 5 minutes for clock skew.
+    turn_ttl_s: Annotated[int, Field(ge=60, le=90000)] = 3960
     # Which of the relay's own legs also gather a relayed candidate through turn_urls.
     relay_turn: Literal["none", "upstream", "both"] = "none"
 
@@ -338,6 +341,11 @@ class Settings(BaseSettings):
     events: EventsConfig = EventsConfig()
     media: MediaConfig = MediaConfig()
 
+    @model_validator(mode="after")
+    def _across_sections(self) -> Settings:
+        _check_across_sections(self)
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -352,7 +360,8 @@ class Settings(BaseSettings):
             return (init_settings,)  # Settings(...) in code: defaults and arguments only
         env = EnvSettingsSource(settings_cls)
         # The environment is the one given to load_settings (tests pass their own), parsed
-        # the way pydantic-settings parses os.environ.
+        # the way pydantic-settings parses os.environ. ``env_vars`` is the source's private
+        # state: tests/unit/test_config.py guards it (…private_names_still_work…).
         env.env_vars = parse_env_vars(sources.environ, False, False, None)
         chain: list[PydanticBaseSettingsSource] = [
             init_settings,
@@ -374,7 +383,20 @@ class Settings(BaseSettings):
             updated = type(current).model_validate({**current.model_dump(), **changes})
         except ValidationError as exc:
             raise _config_error(exc, prefix=f"{section}.") from None
+        # Not _check_across_sections: callers change one section at a time.
         return self.model_copy(update={section: updated})
+
+
+def _check_across_sections(settings: Settings) -> None:
+    """Rules between keys of different sections (each message names its key)."""
+    ice, session = settings.ice, settings.session
+    needed = session.pending_ttl_s + session.max_duration_s
+    if ice.turn_urls and ice.turn_ttl_s < needed:
+        # A credential that expires mid-interview stops the TURN allocation's refreshes.
+        raise ValueError(
+            f"ice.turn_ttl_s: must be at least session.pending_ttl_s + "
+            f"session.max_duration_s ({needed}) with ice.turn_urls"
+        )
 
 
 DEFAULT_MODELS: dict[str, str] = {
@@ -472,9 +494,10 @@ def _config_error(exc: ValidationError, *, prefix: str = "") -> ConfigError:
         key = prefix + _dotted(error["loc"])
         message = error["msg"].removeprefix("Value error, ")
         # A check across keys of one section names its key first: "pool_min_size: ...".
-        named = re.fullmatch(r"(\w+): (.*)", message)
+        named = re.fullmatch(r"([\w.]+): (.*)", message)
         if error["type"] == "value_error" and named:
-            key, message = f"{key}.{named[1]}", named[2]
+            # A check across sections (on Settings itself) names its full dotted key.
+            key, message = f"{key}.{named[1]}" if key else named[1], named[2]
         if error["type"] == "extra_forbidden":
             lines.append(f"unknown setting {key}")
         else:

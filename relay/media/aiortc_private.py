@@ -30,6 +30,13 @@ aioice (pinned 0.13.0), for the UDP port range (relay/media/port_range.py):
   ``asyncio.get_running_loop().create_datagram_endpoint(...)``, looked up at call time, with
   port 0. aioice has no port-range option, so each module gets its own copy of ``asyncio``
   whose ``get_running_loop`` can hand back a loop wrapper that binds inside the range.
+
+aioice, for the host addresses (relay/media/ice.py, ``ice.host_addresses``):
+
+* ``aioice.ice.get_host_addresses(use_ipv4, use_ipv6)``: the module-level function
+  ``Connection.gather_candidates`` looks up at gather time to list the machine's addresses
+  (it skips 127.0.0.1 and ::1, and aioice has no per-connection option). Replacing the
+  module attribute changes what every connection of the process gathers.
 """
 
 from __future__ import annotations
@@ -212,3 +219,23 @@ def aioice_running_loop_routed() -> bool:
         getattr(m, "asyncio").__name__.startswith(_SHIM_PREFIX)  # noqa: B009
         for m in AIOICE_SOCKET_MODULES
     )
+
+
+# aioice's own address lister, kept before any replacement (see the module docstring).
+_original_get_host_addresses: Callable[[bool, bool], list[str]] = aioice.ice.get_host_addresses
+
+
+def machine_host_addresses(use_ipv4: bool = True, use_ipv6: bool = True) -> list[str]:
+    """What aioice gathers unless told otherwise: every interface address but 127.0.0.1,
+    ::1 and scoped (link-local) IPv6 ones (aiortc's connections ask for both families)."""
+    return _original_get_host_addresses(use_ipv4, use_ipv6)
+
+
+def route_aioice_host_addresses(get_addresses: Callable[[bool, bool], list[str]]) -> None:
+    """Make aioice gather the addresses ``get_addresses(use_ipv4, use_ipv6)`` returns
+    instead of its own list. Process-wide and idempotent."""
+    setattr(aioice.ice, "get_host_addresses", get_addresses)  # noqa: B010
+
+
+def aioice_host_addresses_routed_to(get_addresses: Callable[[bool, bool], list[str]]) -> bool:
+    return aioice.ice.get_host_addresses is get_addresses

@@ -171,4 +171,7 @@ class ServerEventFilter:
             if isinstance(kept.get("output"), list):
                 kept["output"] = [item for item in kept["output"] if _is_message(item)]
             event["response"] = kept
-        return json.dumps(event, ensure_ascii=False)
+        # ASCII-only: an unpaired \uD800-\uDFFF escape from upstream decodes to a lone
+        # surrogate, which stays a (valid JSON) escape here; written raw, it could not be
+        # encoded as UTF-8 and aiortc's send would fail inside the browser's transport.
+        return json.dumps(event, ensure_ascii=True)

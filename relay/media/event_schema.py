@@ -11,7 +11,10 @@ The relay forwards only what it has checked, and only in the form it checked it:
    Where a client event could carry configuration (``response.create``'s ``response``,
    a ``system`` message in ``conversation.item.create``) the schema leaves it out: the
    interview's configuration belongs to the server.
-3. **Re-serialised.** The caller sends ``serialise(event)`` of the parsed, checked object,
+3. **Valid Unicode.** A ``\\uD800``-``\\uDFFF`` escape without its pair decodes to a lone
+   surrogate, which is not a character: it cannot be encoded as UTF-8 (aiortc's send
+   would raise inside the DTLS transport and close the leg), so such an event is refused.
+4. **Re-serialised.** The caller sends ``serialise(event)`` of the parsed, checked object,
    never the bytes the browser sent.
 
 Pure logic: no I/O, no aiortc.
@@ -148,8 +151,30 @@ def loads_strict(text: str) -> Any:
 
 
 def serialise(event: Mapping[str, Any]) -> str:
-    """The form sent upstream: compact, standard JSON (``allow_nan`` off as a backstop)."""
-    return json.dumps(event, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    """The form sent upstream: compact, standard, ASCII-only JSON.
+
+    ``ensure_ascii`` is a backstop for ``check_event``'s surrogate check: escaped, a lone
+    surrogate can still be sent (as UTF-8 it cannot); ``allow_nan`` off likewise.
+    """
+    return json.dumps(event, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether a string (key or value) of the checked event holds a lone surrogate.
+
+    Called on events that passed their schema, so the nesting is shallow and bounded.
+    """
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(item) for item in value)
+    return False
 
 
 # ---------------------------------------------------------------------- checking
@@ -195,4 +220,11 @@ def check_event(text: str, allowed: frozenset[str]) -> dict[str, Any] | Refusal:
             continue
         if not spec.check(event[name]):
             return Refusal("invalid_value", f"'{name}' has an invalid value.", event_id)
+    if _has_lone_surrogate(event):
+        return Refusal(
+            "invalid_event",
+            "The event contains an unpaired UTF-16 surrogate escape (\\uD800-\\uDFFF); "
+            "it is not valid Unicode.",
+            event_id,
+        )
     return event

@@ -198,11 +198,17 @@ class EventRelay:
         self.counts["dropped"] += 1
         self._metrics.events_dropped.inc(direction=direction)
 
-    @staticmethod
-    def _send(channel: RTCDataChannel, message: Message) -> bool:
+    def _send(self, channel: RTCDataChannel, message: Message) -> bool:
         try:
             channel.send(message)
         except (InvalidStateError, ConnectionError):
+            return False
+        except UnicodeEncodeError:
+            # aiortc encodes text as UTF-8 inside send; a message that cannot be encoded
+            # (a lone surrogate, which the checks and ASCII-only JSON should already rule
+            # out) is dropped here, never raised into the data channel's callbacks, where
+            # it would close the DTLS transport and with it the whole leg.
+            log.error("session %s: dropped an event that is not valid UTF-8", self._session_id)
             return False
         return True
 

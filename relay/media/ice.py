@@ -7,9 +7,10 @@ Two aiortc/aioice defaults are wrong for a server and for loopback tests:
   empty when nothing is configured.
 * ``aioice.ice.get_host_addresses`` gathers every interface address but deliberately
   skips 127.0.0.1 and ::1. aioice has no per-connection option for this, so the
-  module-level function is replaced (aioice looks it up at gather time). The
-  replacement returns the configured ``ice.host_addresses`` when set, else defers
-  to the original. aioice 0.13 has no UDP port-range option: relay/media/port_range.py.
+  module-level function is replaced (``aiortc_private.route_aioice_host_addresses``;
+  aioice looks it up at gather time). The replacement returns the configured
+  ``ice.host_addresses`` when set, else defers to the original. aioice 0.13 has no UDP
+  port-range option: relay/media/port_range.py.
 
 TURN REST (``ice.turn_urls`` + ``ice.turn_secret``, what coturn's ``use-auth-secret``
 checks): the credentials are derived per session and expire after ``ice.turn_ttl_s``,
@@ -28,24 +29,23 @@ import hashlib
 import hmac
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-import aioice.ice
 from aiortc import RTCConfiguration, RTCIceServer
 
 from relay.config import IceConfig
+from relay.media import aiortc_private
 
 Leg = Literal["browser", "upstream"]
 
-_original_get_host_addresses: Callable[[bool, bool], list[str]] = aioice.ice.get_host_addresses
 _host_addresses: tuple[str, ...] = ()
 
 
 def _configured_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
     if not _host_addresses:
-        return _original_get_host_addresses(use_ipv4, use_ipv6)
+        return aiortc_private.machine_host_addresses(use_ipv4, use_ipv6)
     return [a for a in _host_addresses if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
 
 
@@ -56,7 +56,7 @@ def install_host_addresses(addresses: Sequence[str]) -> None:
     """
     global _host_addresses
     _host_addresses = tuple(addresses)
-    aioice.ice.get_host_addresses = _configured_host_addresses
+    aiortc_private.route_aioice_host_addresses(_configured_host_addresses)
 
 
 @dataclass(frozen=True)
@@ -142,18 +142,38 @@ def for_aiortc(servers: Sequence[RTCIceServer]) -> list[RTCIceServer]:
     return chosen
 
 
+def leg_servers(ice: IceConfig, leg: Leg, session_id: str = "relay") -> list[RTCIceServer]:
+    """The servers a relay leg's peer uses: ``ice.servers`` (on both legs), plus
+    ``turn_urls`` on the legs named by ``ice.relay_turn`` (with credentials for
+    ``session_id``), reduced to what aiortc uses (``for_aiortc``)."""
+    turn = ice.relay_turn == "both" or ice.relay_turn == leg
+    return for_aiortc(_configured_servers(ice, session_id, turn=turn))
+
+
 def rtc_configuration(
     ice: IceConfig, *, leg: Leg = "browser", session_id: str = "relay"
 ) -> RTCConfiguration:
-    """An explicit RTCConfiguration: the configured servers, never an implicit STUN server.
-
-    ``turn_urls`` join the list for the legs named by ``ice.relay_turn`` (with credentials
-    for ``session_id``); the list is then reduced to what aiortc uses (``for_aiortc``).
-    """
+    """An explicit RTCConfiguration: the configured servers, never an implicit STUN server."""
     install_host_addresses(ice.host_addresses)
-    turn = ice.relay_turn == "both" or ice.relay_turn == leg
-    servers = for_aiortc(_configured_servers(ice, session_id, turn=turn))
-    return RTCConfiguration(iceServers=servers)
+    return RTCConfiguration(iceServers=leg_servers(ice, leg, session_id))
+
+
+def uses_udp_turn(ice: IceConfig, leg: Leg) -> bool:
+    """Whether a relay leg's peer runs a TURN client over UDP: one more UDP socket per ICE
+    transport, in the port range (a TURN client over TCP/TLS has a TCP socket instead)."""
+    for server in leg_servers(ice, leg):
+        urls = server.urls if isinstance(server.urls, list) else [server.urls]
+        if any(url.startswith("turn:") and _turn_preference(url) == 0 for url in urls):
+            return True
+    return False
+
+
+def gathered_address_count(ice: IceConfig) -> int:
+    """Host addresses each ICE transport of a relay peer binds a socket on: the configured
+    ``ice.host_addresses``, or (empty) what aioice finds on the machine (at least one)."""
+    if ice.host_addresses:
+        return len(ice.host_addresses)
+    return max(1, len(aiortc_private.machine_host_addresses()))
 
 
 def browser_ice_servers(

@@ -23,7 +23,7 @@ from relay.media.bridge import (
     EndState,
     UpstreamAnswerInvalid,
 )
-from relay.media.ice import announce_public_address
+from relay.media.ice import announce_public_address, gathered_address_count, uses_udp_turn
 from relay.media.metrics import MediaMetrics
 from relay.media.peers import IceGatherTimeout
 from relay.media.port_range import NoMediaPorts, port_range
@@ -80,16 +80,37 @@ class _SessionHooks:
             )
 
 
-def ports_per_exchange(ice: IceConfig) -> int:
-    """UDP sockets one exchange binds at its peak, per docs/deploy.md: the browser leg one
-    per host address; the upstream leg two per host address while it offers (aiortc
-    gathers the audio and data-channel transports separately until the upstream's answer
-    bundles them, then closes one); one TURN client socket per transport of a leg that
-    uses TURN. With ``host_addresses`` empty (every address) one address is assumed."""
-    addresses = max(1, len(ice.host_addresses))
-    browser_turn = ice.relay_turn == "both"
-    upstream_turn = ice.relay_turn in ("both", "upstream")
-    return addresses * 3 + int(browser_turn) + 2 * int(upstream_turn)
+def ports_per_exchange(ice: IceConfig, *, addresses: int | None = None) -> int:
+    """UDP sockets of the port range one exchange binds at its peak (docs/deploy.md):
+
+        (A + Tb) + 2 × (A + Tu)
+
+    A: host addresses gathered (``ice.host_addresses``, or with it empty the machine's
+    addresses as aioice finds them; ``addresses`` overrides, for sizing elsewhere).
+    Tb, Tu: 1 when the browser / upstream leg's peer runs a TURN client over UDP, from
+    ``ice.servers`` (handed to both legs) or ``turn_urls`` with ``ice.relay_turn``.
+    The browser leg has one ICE transport (the browser's offer is bundled); the upstream
+    leg gathers two (audio and data channel) until the upstream's answer bundles them.
+    Live, one of the upstream's two is closed: (A + Tb) + (A + Tu)."""
+    count = gathered_address_count(ice) if addresses is None else addresses
+    browser = count + int(uses_udp_turn(ice, "browser"))
+    upstream = count + int(uses_udp_turn(ice, "upstream"))
+    return browser + 2 * upstream
+
+
+def check_port_range_size(ice: IceConfig, max_sessions: int) -> str | None:
+    """Why the range is too small for ``max_sessions`` exchanges at their peak, or None."""
+    ports = port_range(ice.udp_port_min, ice.udp_port_max)
+    if ports is None:
+        return None
+    needed = max_sessions * ports_per_exchange(ice)
+    if ports.size >= needed:
+        return None
+    return (
+        f"ice.udp_port_min..udp_port_max has {ports.size} ports; limits.global_max_sessions "
+        f"({max_sessions}) × {ports_per_exchange(ice)} ports per exchange needs {needed} "
+        "(docs/deploy.md): exchanges beyond that get 503 no_media_ports"
+    )
 
 
 class BridgeManager:
@@ -105,6 +126,9 @@ class BridgeManager:
             ice=settings.ice,
         )
         self.metrics = MediaMetrics(services.metrics)
+        too_small = check_port_range_size(settings.ice, settings.limits.global_max_sessions)
+        if too_small is not None:
+            log.warning("%s", too_small)
         self._force_decode = force_decode
         self._bridges: dict[str, Bridge] = {}
 

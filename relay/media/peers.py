@@ -12,6 +12,7 @@ from relay.config import IceConfig
 from relay.media import aiortc_private
 from relay.media.ice import Leg, rtc_configuration
 from relay.media.port_range import PortRange, binding_in, port_range
+from relay.tasks import spawn
 
 log = logging.getLogger("relay.media")
 
@@ -78,7 +79,9 @@ async def close_peer(pc: RTCPeerConnection) -> None:
         thread = aiortc_private.detach_decoder_thread(transceiver.receiver)
         if thread is not None:
             threads.append(thread)
-    closing = asyncio.ensure_future(pc.close())
+    # Owned (relay.tasks.spawn): it may outlive this call, and its failure is logged
+    # whenever it ends.
+    closing = spawn(pc.close(), name="peer-close", log=log)
     try:
         done, _ = await asyncio.wait([closing], timeout=PEER_CLOSE_WAIT_S)
         if done:
@@ -88,14 +91,8 @@ async def close_peer(pc: RTCPeerConnection) -> None:
             log.warning(
                 "peer close still running after %.0fs (TURN unreachable?)", PEER_CLOSE_WAIT_S
             )
-            closing.add_done_callback(_log_close_error)
     finally:
         for thread in threads:
             await asyncio.to_thread(thread.join, DECODER_JOIN_TIMEOUT_S)
             if thread.is_alive():
                 log.error("decoder thread %s did not exit", thread.name)
-
-
-def _log_close_error(task: asyncio.Future[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("closing a peer failed: %r", task.exception())

@@ -120,8 +120,37 @@ def _wildcard_for(host: str) -> str:
     return "0.0.0.0"
 
 
+class _Gather:
+    """One peer's gathering (``binding_in``): its range and every socket bound in it.
+
+    aioice keeps the host sockets of a component in a local list until all of them are
+    bound (``Connection.get_component_candidates``), so when the range runs out on a
+    later address, the sockets already bound are in no place its ``close`` reaches; and
+    ``asyncio.gather`` lets the other transports' gathering go on after the first error.
+    So the scope holds every transport it created: when the gather fails they are closed,
+    and anything bound afterwards for it is closed at once and refused.
+    """
+
+    def __init__(self, ports: PortRange) -> None:
+        self.ports = ports
+        self.transports: list[asyncio.BaseTransport] = []
+        self.failed = False
+
+    def created(self, transport: asyncio.BaseTransport) -> None:
+        if self.failed:
+            transport.close()
+            raise NoMediaPorts("the gathering this socket was bound for has failed")
+        self.transports.append(transport)
+
+    def fail(self) -> None:
+        self.failed = True
+        for transport in self.transports:
+            transport.close()  # idempotent for the ones aioice also closes
+        self.transports.clear()
+
+
 _ranges: dict[tuple[int, int], PortRange] = {}
-_active: ContextVar[PortRange | None] = ContextVar("relay_media_port_range", default=None)
+_active: ContextVar[_Gather | None] = ContextVar("relay_media_port_range", default=None)
 
 
 def port_range(low: int, high: int) -> PortRange | None:
@@ -139,9 +168,9 @@ class _RangedLoop:
     """The running loop as aioice sees it while a relay peer gathers: only
     ``create_datagram_endpoint`` differs (port 0 becomes a port of the range)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, ports: PortRange) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, gather: _Gather) -> None:
         self._loop = loop
-        self._ports = ports
+        self._gather = gather
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._loop, name)
@@ -154,28 +183,39 @@ class _RangedLoop:
         **kwargs: Any,
     ) -> tuple[asyncio.DatagramTransport, asyncio.DatagramProtocol]:
         if kwargs.get("sock") is not None or (local_addr is not None and local_addr[1] != 0):
-            return await self._loop.create_datagram_endpoint(
+            result = await self._loop.create_datagram_endpoint(
                 protocol_factory, local_addr=local_addr, remote_addr=remote_addr, **kwargs
             )
-        return await self._ports.create_datagram_endpoint(
-            self._loop, protocol_factory, local_addr, remote_addr, **kwargs
-        )
+        else:
+            result = await self._gather.ports.create_datagram_endpoint(
+                self._loop, protocol_factory, local_addr, remote_addr, **kwargs
+            )
+        self._gather.created(result[0])
+        return result
 
 
 def _loop_for_aioice() -> asyncio.AbstractEventLoop:
     loop = asyncio.get_running_loop()
-    ports = _active.get()
-    if ports is None:
+    gather = _active.get()
+    if gather is None:
         return loop
-    return cast(asyncio.AbstractEventLoop, _RangedLoop(loop, ports))
+    return cast(asyncio.AbstractEventLoop, _RangedLoop(loop, gather))
 
 
 @contextlib.contextmanager
 def binding_in(ports: PortRange | None) -> Iterator[None]:
-    """Within this block (and the tasks it starts), aioice binds inside ``ports``."""
+    """Within this block (and the tasks it starts), aioice binds inside ``ports``.
+
+    If the block fails (no free port, a timeout, a cancellation), every socket bound
+    within it is closed, and any bound later by gathering it started is refused."""
     aiortc_private.route_aioice_running_loop(_loop_for_aioice)
-    token = _active.set(ports)
+    gather = _Gather(ports) if ports is not None else None
+    token = _active.set(gather)
     try:
         yield
+    except BaseException:
+        if gather is not None:
+            gather.fail()
+        raise
     finally:
         _active.reset(token)

@@ -15,6 +15,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from relay.cli import _parser
+
 OPERATOR = "cli-test-operator-token"
 URL_LINE = re.compile(r"listening on (http://127\.0\.0\.1:\d+/)")
 
@@ -282,3 +284,50 @@ async def test_unreachable_embedded_database_folder_exits_with_a_message(tmp_pat
     )
     assert code == 3
     assert err.startswith("embedded PostgreSQL:") and "Traceback" not in err
+
+
+SIM_CONTROL = "sim-control-from-env-0123456789abcdef"
+
+
+def test_the_simulator_control_token_has_no_command_line_option() -> None:
+    # A process's argv is readable by every local user (ps); its environment is not.
+    with pytest.raises(SystemExit) as refused:
+        _parser().parse_args(["simulate", "--control-token", SIM_CONTROL])
+    assert refused.value.code == 2
+    assert "RELAY_SIM_CONTROL_TOKEN" in _parser().format_help()
+
+
+async def test_the_simulator_control_token_comes_from_the_environment(tmp_path: Path) -> None:
+    secret = SIM_CONTROL
+    sim = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "relay",
+        "simulate",
+        "--port",
+        "0",
+        env={**_env(tmp_path), "RELAY_SIM_CONTROL_TOKEN": secret},
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        assert sim.stdout is not None
+        printed: list[str] = []
+        while not any(line.startswith("control API") for line in printed):
+            line = (await asyncio.wait_for(sim.stdout.readline(), timeout=30)).decode()
+            assert line, f"no control line printed: {printed}"
+            printed.append(line.strip())
+        match = re.search(r"listening on (http://127\.0\.0\.1:\d+)/v1", printed[0])
+        assert match, printed
+        assert printed[-1] == "control API /_sim/*: Bearer <the given control token>"
+        assert secret not in "\n".join(printed)
+        faults = match[1] + "/_sim/faults"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(faults, headers={"Authorization": "Bearer other"}) as resp:
+                assert resp.status == 401
+            async with http.get(faults, headers={"Authorization": f"Bearer {secret}"}) as resp:
+                assert resp.status == 200
+    finally:
+        sim.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(sim.wait(), timeout=30) == 0

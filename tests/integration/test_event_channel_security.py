@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from relay.media.bridge import Bridge
+from relay.upstream.simulator.app import SIMULATOR_KEY
 from relay.upstream.simulator.server import RunningSimulator
 from relay.upstream.simulator.state import CallRecord
 from tests.integration.conftest import MakeRelay
@@ -144,3 +145,38 @@ async def test_a_flood_ends_the_interview_when_configured(connect: Connect) -> N
     rows = await relay.sql("SELECT end_reason FROM interview_sessions WHERE id = $1", session_id)
     assert rows[0]["end_reason"] == "event_flood"
     assert relay.counter("relay_media_event_floods_total", action="end_interview") == 1
+
+
+async def test_an_unpaired_surrogate_from_the_browser_is_refused_and_both_legs_stay_up(
+    connect: Connect, simulator: RunningSimulator
+) -> None:
+    relay, browser, bridge, _ = await connect()
+    await browser.wait_type("session.created")
+    call = _call(simulator)
+    # Valid JSON whose string is not valid Unicode: UTF-8 cannot encode it.
+    browser.channel.send('{"type":"response.cancel","event_id":"\\ud800"}')
+    error = await browser.wait_event(lambda e: e.get("type") == "error")
+    assert error["error"]["code"] == "invalid_event"
+    assert error["error"]["event_id"] == "\ud800"
+    # Both legs are still up: a checked event still reaches the upstream.
+    browser.send_event({"type": "response.cancel", "event_id": "after"})
+    await simulator.state.wait_for(lambda: len(call.client_events) >= 1, 5)
+    assert list(call.client_events) == [{"type": "response.cancel", "event_id": "after"}]
+    assert bridge.state == "active" and browser.channel.readyState == "open"
+    assert relay.counter("relay_media_events_refused_total") == 1
+
+
+async def test_an_unpaired_surrogate_from_upstream_reaches_the_browser_escaped(
+    connect: Connect, simulator: RunningSimulator
+) -> None:
+    _, browser, bridge, _ = await connect()
+    await browser.wait_type("session.created")
+    live = simulator.app[SIMULATOR_KEY].calls.live[_call(simulator).call_id]
+    # The simulator's json.dumps writes the lone surrogate as the escape "\ud800".
+    live._send([{"type": "response.output_text.delta", "delta": "x\ud800", "event_id": "s1"}])
+    live._send([{"type": "response.output_text.delta", "delta": "y", "event_id": "s2"}])
+    second = await browser.wait_event(lambda e: e.get("event_id") == "s2")
+    assert second["delta"] == "y"
+    first = [e for e in browser.events if e.get("event_id") == "s1"]
+    assert [e["delta"] for e in first] == ["x\ud800"]
+    assert bridge.state == "active" and browser.channel.readyState == "open"

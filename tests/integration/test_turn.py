@@ -22,8 +22,10 @@ from typing import Any
 import pytest
 from aiortc import RTCConfiguration, RTCIceServer, RTCIceTransportPolicy
 
+from relay.config import IceConfig, IceServerConfig
 from relay.media.bridge import Bridge
 from relay.media.ice import turn_rest_credentials
+from relay.media.manager import ports_per_exchange
 from relay.media.peers import PEER_CLOSE_WAIT_S
 from relay.upstream.simulator.server import RunningSimulator
 from tests.conftest import TURN_RELAY_PORTS, TURN_SECRET
@@ -232,3 +234,35 @@ async def test_an_interview_ends_promptly_when_the_turn_server_is_gone(
     assert (rows[0]["state"], rows[0]["end_reason"]) == ("ended", "hangup")
     # The bound was what ended the wait (aioice was still retrying the deallocation).
     assert "peer close still running" in caplog.text
+
+
+async def test_a_static_turn_server_counts_in_the_ports_an_exchange_needs(
+    coturn: CoturnServer,
+    make_relay: MakeRelay,
+    simulator: RunningSimulator,
+    browsers: list[BrowserPeer],
+) -> None:
+    """A TURN URL in ``ice.servers`` goes to both legs: one more UDP socket per transport
+    (three while negotiating). A range of exactly ``ports_per_exchange`` is enough."""
+    creds = turn_rest_credentials(TURN_SECRET, "static", 3600)
+    server = {"urls": (coturn.url,), "username": creds.username, "credential": creds.credential}
+    per = ports_per_exchange(IceConfig(servers=(IceServerConfig.model_validate(server),)))
+    assert per == (1 + 1) + 2 * (1 + 1)
+    low, high = free_udp_block(per)
+    relay = await make_relay(
+        overrides={"ice": {"servers": (server,), "udp_port_min": low, "udp_port_max": high}}
+    )
+    assert ports_per_exchange(relay.services.settings.ice) == per == high - low + 1
+    token, session_id, _ = await new_session(relay)
+    browser = BrowserPeer(payloads=SPEECH)
+    browsers.append(browser)
+    answer = await exchange(relay, token, session_id, await browser.offer())
+    assert relay.services.bridges is not None
+    bridge = relay.services.bridges.get(session_id)
+    assert bridge is not None and bridge.upstream_pc is not None
+    # Both legs really did gather through the TURN server, inside the range.
+    assert "relay" in candidate_types(answer)
+    assert "relay" in candidate_types(bridge.upstream_pc.localDescription.sdp)
+    await browser.accept(answer)
+    await browser.wait_connected(20)
+    await wait_until(lambda: bridge.state == "active", 15, "bridge active")

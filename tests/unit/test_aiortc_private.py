@@ -223,3 +223,37 @@ async def test_routed_loop_binds_aioice_host_candidates_inside_the_range() -> No
         assert len(candidates) == 1 and candidates[0].port != 0
     finally:
         await other.close()
+
+
+# ---------------------------------------------------------------------- aioice (host addresses)
+
+
+def test_aioice_looks_its_host_addresses_up_at_gather_time() -> None:
+    """``ice.host_addresses`` relies on this call site (relay/media/ice.py)."""
+    import aioice.ice
+
+    gather = inspect.getsource(aioice.ice.Connection.gather_candidates)
+    assert "addresses = get_host_addresses(" in gather
+    assert "use_ipv4=self._use_ipv4, use_ipv6=self._use_ipv6" in gather
+    original = aiortc_private._original_get_host_addresses
+    assert original.__module__ == "aioice.ice" and original.__name__ == "get_host_addresses"
+    assert list(inspect.signature(original).parameters) == ["use_ipv4", "use_ipv6"]
+    # aioice skips loopback itself, which is why the relay routes the lookup.
+    assert "127.0.0.1" not in aiortc_private.machine_host_addresses()
+
+
+async def test_routed_host_addresses_are_what_a_connection_gathers() -> None:
+    import aioice
+
+    from relay.config import IceConfig
+    from relay.media.ice import _configured_host_addresses, install_host_addresses
+
+    install_host_addresses(["127.0.0.1"])
+    assert aiortc_private.aioice_host_addresses_routed_to(_configured_host_addresses)
+    conn = aioice.Connection(ice_controlling=True)
+    try:
+        await conn.gather_candidates()
+        assert [c.host for c in conn.local_candidates] == ["127.0.0.1"]
+    finally:
+        await conn.close()
+        install_host_addresses(IceConfig().host_addresses)

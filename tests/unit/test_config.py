@@ -224,3 +224,49 @@ def test_the_cli_reports_an_out_of_range_key_and_exits_2(
     err = capsys.readouterr().err
     assert "configuration error: database.keepalive_interval_s" in err
     assert "Traceback" not in err
+
+
+# ---------------------------------------------------------------------- pydantic-settings guard
+
+
+def test_pydantic_settings_private_names_still_work_as_relied_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Guard: relay/config.py parses the environment given to load_settings with
+    ``pydantic_settings.sources.utils.parse_env_vars`` and puts it in place of
+    ``EnvSettingsSource.env_vars`` (what the library read from os.environ). If an upgrade
+    renames either or stops reading ``env_vars``, this fails: do not just bump the pin."""
+    import inspect
+
+    import pydantic_settings
+    from pydantic_settings import EnvSettingsSource
+    from pydantic_settings.sources import utils
+
+    assert pydantic_settings.__version__ == "2.15.0"  # pinned in pyproject.toml
+    assert list(inspect.signature(utils.parse_env_vars).parameters) == [
+        "env_vars",
+        "case_sensitive",
+        "ignore_empty",
+        "parse_none_str",
+    ]
+    source = inspect.getsource(EnvSettingsSource)
+    assert "self.env_vars = self._load_env_vars()" in source
+    assert "self.env_vars.get(env_name)" in source  # plain keys
+    assert "self.explode_env_vars(field_name, field, self.env_vars)" in source  # A__B keys
+    # Behaviour: the mapping given is what is read (plain, nested and JSON-list keys), and
+    # os.environ is not, whatever it holds.
+    monkeypatch.setenv("RELAY__SERVER__PORT", "1111")
+    monkeypatch.setenv("RELAY__ICE__HOST_ADDRESSES", '["10.9.9.9"]')
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-os-environ")
+    given = load_settings(
+        environ={
+            "relay__server__port": "2222",  # case-insensitive, as configured
+            "RELAY__ICE__HOST_ADDRESSES": '["127.0.0.2"]',
+        }
+    )
+    assert given.server.port == 2222
+    assert given.ice.host_addresses == ("127.0.0.2",)
+    assert given.upstream.api_key == ""
+    empty = load_settings(environ={})
+    assert empty.server.port == Settings().server.port != 1111
+    assert empty.ice.host_addresses == Settings().ice.host_addresses

@@ -6,6 +6,7 @@ here (every variable resolved, a missing required one refused by name)."""
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import json
 import re
 import shutil
@@ -16,7 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from relay.config import Settings, load_settings
+from relay.config import ConfigError, Settings, load_settings
+from relay.media.manager import check_port_range_size, ports_per_exchange
+from relay.upstream.simulation import uses_simulator
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -137,6 +140,12 @@ def test_dockerfile_has_no_remote_add_and_cleans_apt_lists() -> None:
             assert "--no-cache-dir" in rest or env.get("PIP_NO_CACHE_DIR") == "1"
 
 
+def dockerfile_env() -> dict[str, str]:
+    """The RELAY settings the image's runtime stage sets."""
+    final = stages(DOCKERFILE.read_text())[-1]
+    return {k: v for k, v in env_of(final).items() if k.startswith("RELAY")}
+
+
 def test_dockerfile_environment_is_valid_configuration_and_exposes_the_udp_range() -> None:
     final = stages(DOCKERFILE.read_text())[-1]
     env = {k: v for k, v in env_of(final).items() if k.startswith("RELAY")}
@@ -146,6 +155,17 @@ def test_dockerfile_environment_is_valid_configuration_and_exposes_the_udp_range
     assert 1024 <= low < high
     exposed = " ".join(rest for k, rest in final if k == "EXPOSE").split()
     assert f"{low}-{high}/udp" in exposed
+    # The sizing rule (docs/deploy.md): every admitted session at its peak fits the range
+    # (a container has one address: host_addresses [] gathers it).
+    per = ports_per_exchange(settings.ice, addresses=1)
+    assert high - low + 1 >= settings.limits.global_max_sessions * per
+    assert (
+        check_port_range_size(
+            settings.ice.model_copy(update={"host_addresses": ("10.0.0.2",)}),
+            settings.limits.global_max_sessions,
+        )
+        is None
+    )
     assert f"{settings.server.port}/tcp" in exposed or str(settings.server.port) in exposed
     volumes = [rest for k, rest in final if k == "VOLUME"]
     assert volumes and settings.server.data_dir.startswith(json.loads(volumes[0])[0])
@@ -282,6 +302,11 @@ def test_compose_runs_two_relays_on_separate_udp_ranges_with_valid_settings() ->
         settings = load_settings(environ=known)
         ice = settings.ice
         assert (ice.udp_port_min, ice.udp_port_max) == udp_range(service["ports"]), name
+        # The sizing rule with the image's environment under it (one container address).
+        with_image = load_settings(environ={**dockerfile_env(), **known})
+        size = with_image.ice.udp_port_max - with_image.ice.udp_port_min + 1
+        per = ports_per_exchange(with_image.ice, addresses=1)
+        assert size >= with_image.limits.global_max_sessions * per, name
         assert ice.public_address == COMPOSE_ENV["PUBLIC_IP"]
         assert ice.turn_secret == COMPOSE_ENV["TURN_SECRET"] and ice.turn_urls
         assert settings.database.url.startswith("postgresql://") and settings.cache.redis_url
@@ -310,6 +335,78 @@ def test_compose_shares_the_turn_secret_and_proxies_to_every_relay() -> None:
     s3 = json.loads(data["configs"]["seaweedfs-s3"]["content"])
     creds = s3["identities"][0]["credentials"][0]
     assert creds == {"accessKey": "s3-access", "secretKey": "s3-secret"}
+
+
+def peer_rules(turnserver_conf: str) -> tuple[list[str], list[tuple[Any, Any]], list[Any]]:
+    """(option lines, denied ranges, allowed addresses) of a coturn configuration."""
+    lines = [ln.strip() for ln in turnserver_conf.splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.startswith("#")]
+    denied, allowed = [], []
+    for line in lines:
+        name, _, value = line.partition("=")
+        if name == "denied-peer-ip":
+            low, _, high = value.partition("-")
+            denied.append((ipaddress.ip_address(low), ipaddress.ip_address(high or low)))
+        elif name == "allowed-peer-ip":
+            assert "-" not in value, "only the relays' own address is allowed"
+            allowed.append(ipaddress.ip_address(value))
+    return lines, denied, allowed
+
+
+def test_coturn_relays_to_no_private_loopback_or_link_local_peer() -> None:
+    turn = compose()["configs"]["turnserver"]["content"]
+    lines, denied, allowed = peer_rules(turn)
+    assert "no-tcp-relay" in lines and "no-multicast-peers" in lines
+    assert not any(ln.startswith(("allow-loopback-peers", "cli-password")) for ln in lines)
+    # The only exception: the relays' own address (their UDP ranges are published on it).
+    assert allowed == [ipaddress.ip_address(COMPOSE_ENV["PUBLIC_IP"])]
+
+    def is_denied(address: str) -> bool:
+        ip = ipaddress.ip_address(address)
+        return ip not in allowed and any(
+            low.version == ip.version and low <= ip <= high for low, high in denied
+        )
+
+    for address in (
+        "169.254.169.254",  # cloud metadata
+        "100.64.0.1",  # carrier-grade NAT
+        "10.1.2.3",
+        "172.16.5.4",
+        "172.31.255.255",
+        "192.168.1.1",
+        "127.0.0.1",
+        "127.1.2.3",
+        "0.0.0.0",
+        "::1",
+        "fd00::1",  # IPv6 unique local
+        "fc12:3456::1",
+        "fe80::1",  # IPv6 link-local
+        "::ffff:10.0.0.1",  # IPv4-mapped
+    ):
+        assert is_denied(address), address
+    for address in ("8.8.8.8", "1.1.1.1", "2606:4700::1111", COMPOSE_ENV["PUBLIC_IP"]):
+        assert not is_denied(address), address
+
+
+def test_compose_never_falls_back_to_the_simulator_unasked() -> None:
+    """The relays listen on 0.0.0.0 (the image's environment), so without a key they start
+    only when RELAY_SIMULATE=true says so; otherwise they refuse, naming upstream.api_key."""
+    image_env = dockerfile_env()
+
+    def relay_env(extra: dict[str, str]) -> dict[str, str]:
+        service = compose({**COMPOSE_ENV, **extra})["services"]["relay-1"]
+        env = {k: str(v) for k, v in service["environment"].items()}
+        known = {k: v for k, v in env.items() if not k.startswith("RELAY__RECORDING__")}
+        return {**image_env, **known}
+
+    without_key = load_settings(environ=relay_env({}))
+    assert without_key.server.host == "0.0.0.0" and not without_key.upstream.simulate
+    with pytest.raises(ConfigError, match=r"upstream\.api_key"):
+        uses_simulator(without_key)
+    asked = load_settings(environ=relay_env({"RELAY_SIMULATE": "true"}))
+    assert uses_simulator(asked)
+    real = load_settings(environ=relay_env({"OPENAI_API_KEY": "sk-test"}))
+    assert not uses_simulator(real) and real.upstream.api_key == "sk-test"
 
 
 def compose_plugin() -> bool:

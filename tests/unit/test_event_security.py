@@ -315,3 +315,65 @@ def test_the_relay_refuses_to_start_with_an_allowed_type_it_cannot_check() -> No
     settings = Settings().replace("events", browser_allowed=("response.cancel", "x.unknown"))
     with pytest.raises(ConfigError, match=r"events\.browser_allowed: no schema for x\.unknown"):
         create_app(settings)
+
+
+# ---------------------------------------------------------------------- lone surrogates
+class EncodingChannel(FakeChannel):
+    """Encodes text as UTF-8 in ``send``, as aiortc's data channel does."""
+
+    def send(self, message: str | bytes) -> None:
+        if isinstance(message, str):
+            message.encode("utf8")
+        super().send(message)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"type":"response.cancel","event_id":"\\ud800"}',
+        '{"type":"response.cancel","response_id":"r\\udfff"}',
+        '{"type":"conversation.item.create","item":{"type":"message","role":"user",'
+        '"content":[{"type":"input_text","text":"a\\ud83d"}]}}',
+    ],
+)
+def test_an_unpaired_surrogate_escape_is_refused_with_a_clear_error(text: str) -> None:
+    checked = check_event(text, ALLOWED)
+    assert isinstance(checked, Refusal)
+    assert checked.code == "invalid_event" and "surrogate" in checked.message
+    _, upstream, browser, *_ = _wired(browser_allowed=tuple(ALLOWED))
+    browser.emit("message", text)
+    assert upstream.sent == []
+    error = json.loads(browser.sent[0])["error"]
+    assert error["code"] == "invalid_event" and "surrogate" in error["message"]
+
+
+def test_a_paired_surrogate_escape_is_a_character_and_passes() -> None:
+    _, upstream, browser, *_ = _wired()
+    browser.emit("message", '{"type":"response.cancel","event_id":"e\\ud83d\\ude00\u00e9"}')
+    assert len(upstream.sent) == 1
+    sent = upstream.sent[0]
+    assert isinstance(sent, str) and sent.isascii()
+    assert json.loads(sent) == {"type": "response.cancel", "event_id": "e\U0001f600\u00e9"}
+
+
+def test_a_lone_surrogate_from_upstream_reaches_the_browser_as_an_escape() -> None:
+    relay, upstream, _, closed, *_ = _wired()
+    browser = EncodingChannel()
+    relay.browser = None
+    relay.attach_browser(browser)  # type: ignore[arg-type]
+    upstream.emit("message", '{"type":"response.output_text.delta","delta":"x\\ud800"}')
+    assert len(browser.sent) == 1
+    sent = browser.sent[0]
+    assert isinstance(sent, str) and "\\ud800" in sent
+    assert json.loads(sent)["delta"] == "x\ud800"
+    assert closed == []
+
+
+def test_a_message_aiortc_cannot_encode_is_dropped_not_raised() -> None:
+    relay, _, _, closed, *_ = _wired()
+    browser = EncodingChannel()
+    relay.browser = None
+    relay.attach_browser(browser)  # type: ignore[arg-type]
+    assert relay._send(browser, "lone \ud800") is False  # type: ignore[arg-type]
+    assert browser.sent == [] and closed == []
+    assert relay._send(browser, "fine") is True  # type: ignore[arg-type]

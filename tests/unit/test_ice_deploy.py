@@ -8,11 +8,13 @@ import hashlib
 import hmac
 import logging
 import time
+from pathlib import Path
 
 import pytest
 from aiortc import RTCIceServer
 
 from relay.config import ConfigError, IceConfig, IceServerConfig, Settings, load_settings
+from relay.media import aiortc_private
 from relay.media.ice import (
     announce_public_address,
     browser_ice_servers,
@@ -20,7 +22,10 @@ from relay.media.ice import (
     rtc_configuration,
     turn_rest_credentials,
 )
+from relay.media.manager import check_port_range_size, ports_per_exchange
 from relay.media.port_range import PortRange, port_range
+
+ROOT = Path(__file__).resolve().parents[2]
 
 SECRET = "unit-secret"
 
@@ -127,6 +132,7 @@ def test_ice_settings_from_the_environment_with_json_lists() -> None:
             "RELAY__ICE__TURN_URLS": '["turn:turn.example:3478", "turns:turn.example:5349"]',
             "RELAY_TURN_SECRET": "from-env-secret",
             "RELAY__ICE__TURN_TTL_S": "900",
+            "RELAY__SESSION__MAX_DURATION_S": "840",  # 60 + 840 <= 900
             "RELAY__ICE__RELAY_TURN": "upstream",
         }
     )
@@ -140,6 +146,25 @@ def test_ice_settings_from_the_environment_with_json_lists() -> None:
     assert ice.turn_secret == "from-env-secret" and ice.turn_ttl_s == 900
     assert "from-env-secret" not in repr(s)
     assert Settings().ice.relay_turn == "none"
+
+
+def test_the_turn_ttl_must_cover_a_whole_interview() -> None:
+    turn = {"RELAY__ICE__TURN_URLS": '["turn:t.example:3478"]', "RELAY_TURN_SECRET": "s"}
+    # The shipped defaults satisfy the rule (60 + 3600 <= 3960).
+    defaults = load_settings(ROOT / "config.toml", environ=turn)
+    ttl, session = defaults.ice.turn_ttl_s, defaults.session
+    assert ttl >= session.pending_ttl_s + session.max_duration_s
+    assert Settings().ice.turn_ttl_s == ttl
+    with pytest.raises(ConfigError, match=r"^ice\.turn_ttl_s: .*\(3660\)"):
+        load_settings(environ={**turn, "RELAY__ICE__TURN_TTL_S": "3600"})
+    with pytest.raises(ConfigError, match=r"^ice\.turn_ttl_s: .*\(7260\)"):
+        load_settings(environ={**turn, "RELAY__SESSION__MAX_DURATION_S": "7200"})
+    exact = load_settings(
+        environ={**turn, "RELAY__ICE__TURN_TTL_S": "7260", "RELAY__SESSION__MAX_DURATION_S": "7200"}
+    )
+    assert exact.ice.turn_ttl_s == 7260
+    # Without TURN the TTL is unused and not checked.
+    assert load_settings(environ={"RELAY__ICE__TURN_TTL_S": "60"}).ice.turn_ttl_s == 60
 
 
 @pytest.mark.parametrize(
@@ -175,3 +200,37 @@ def test_the_turn_secret_is_not_in_error_messages_or_logs(
         load_settings(environ={"RELAY_TURN_SECRET": "s3cr3t-value", "RELAY__ICE__TURN_TTL_S": "5"})
     assert "s3cr3t-value" not in str(info.value)
     assert "s3cr3t-value" not in caplog.text
+
+
+def test_ports_per_exchange_counts_addresses_and_udp_turn_on_each_leg() -> None:
+    udp = IceServerConfig(urls=("turn:t.example:3478",), username="u", credential="c")
+    tcp = IceServerConfig(urls=("turn:t.example:3478?transport=tcp",), username="u", credential="c")
+    turn = IceConfig(turn_urls=("turn:t.example:3478",), turn_secret=SECRET)
+    two = ("127.0.0.1", "127.0.0.2")
+    # (A + Tb) + 2 x (A + Tu)
+    assert ports_per_exchange(IceConfig()) == 3
+    assert ports_per_exchange(IceConfig(host_addresses=two)) == 6
+    # ice.servers goes to both legs: a UDP TURN client on every transport.
+    assert ports_per_exchange(IceConfig(servers=(udp,))) == 2 + 2 * 2
+    assert ports_per_exchange(IceConfig(servers=(udp,), host_addresses=two)) == 3 + 2 * 3
+    # TURN over TCP has a TCP socket, outside the UDP range; STUN uses the host sockets.
+    assert ports_per_exchange(IceConfig(servers=(tcp,))) == 3
+    stun = IceServerConfig(urls=("stun:s.example:3478",))
+    assert ports_per_exchange(IceConfig(servers=(stun,))) == 3
+    # turn_urls only on the legs ice.relay_turn names.
+    assert ports_per_exchange(turn) == 3
+    upstream = turn.model_copy(update={"relay_turn": "upstream"})
+    assert ports_per_exchange(upstream) == 1 + 2 * 2
+    assert ports_per_exchange(turn.model_copy(update={"relay_turn": "both"})) == 2 + 2 * 2
+    # Empty host_addresses: the machine's addresses as aioice finds them (at least one).
+    machine = max(1, len(aiortc_private.machine_host_addresses()))
+    assert ports_per_exchange(IceConfig(host_addresses=())) == 3 * machine
+    assert ports_per_exchange(IceConfig(host_addresses=()), addresses=2) == 6
+
+
+def test_a_range_too_small_for_the_session_cap_is_reported() -> None:
+    ice = IceConfig(udp_port_min=40000, udp_port_max=40299)
+    assert check_port_range_size(ice, 100) is None
+    message = check_port_range_size(ice, 101)
+    assert message is not None and "303" in message and "global_max_sessions" in message
+    assert check_port_range_size(IceConfig(), 100_000) is None  # any port: nothing to size

@@ -70,3 +70,22 @@ async def test_hang_up_at_any_point_of_negotiation_leaves_nothing_open(
     for pc in (bridge.browser_pc, bridge.upstream_pc):
         assert pc is None or pc.connectionState == "closed"
     assert open_peer_count() == relay_peers - 1
+
+
+async def test_the_callers_cancellation_is_not_turned_into_bridge_closed(rig: Rig) -> None:  # noqa: F811
+    held = HeldUpstream()
+    rig.upstream = held
+    bridge = rig.bridge()
+    browser = rig.browser()
+    start = asyncio.create_task(bridge.start(await browser.offer()))
+    async with asyncio.timeout(10):
+        await held.entered.wait()
+    # Teardown has begun (a hang-up) when the caller itself is cancelled.
+    closing = bridge.begin_close("hangup")
+    start.cancel()
+    result = (await asyncio.gather(start, return_exceptions=True))[0]
+    assert isinstance(result, asyncio.CancelledError), result
+    assert start.cancelled()
+    await closing
+    assert bridge.closed and rig.hooks.finished == [("ended", "hangup", 0.0)]
+    await held.close()

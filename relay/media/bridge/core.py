@@ -103,13 +103,10 @@ class Bridge:
     def closed(self) -> bool:
         return self.closed_event.is_set()
 
-    @property
-    def closing(self) -> bool:
-        """True once teardown has begun (it may still be in progress)."""
-        return self.teardown_task is not None
-
     def is_closing(self) -> bool:
-        # A call, not the property: mypy would keep the property narrowed across awaits.
+        """True once teardown has begun (it may still be in progress).
+
+        A call, not a property: mypy would keep a property narrowed across awaits."""
         return self.teardown_task is not None
 
     async def start(self, offer_sdp: str) -> str:
@@ -121,6 +118,10 @@ class Bridge:
             if self.teardown_task is not None:
                 await asyncio.shield(self.teardown_task)
                 await self._hang_up_late_call()
+                if isinstance(exc, asyncio.CancelledError):
+                    # The caller's own cancellation is never swallowed (relay.tasks): it
+                    # is not "the session was closed" (BridgeClosed would answer 409).
+                    raise
                 raise BridgeClosed(self.end_reason or "closed") from exc
             reason = failure_reason(exc)
             log.warning("session %s: exchange failed (%s)", self.session_id, reason)
