@@ -12,7 +12,6 @@ no cost).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import quote
@@ -171,7 +170,7 @@ async def _model(
 async def _mint(config: UpstreamConfig, http: aiohttp.ClientSession) -> Check:
     # One attempt, no retries: the doctor reports what happens, it does not hide it.
     client = OpenAIRealtimeClient(
-        dataclasses.replace(config, mint_retries=0), metrics=MetricsRegistry(), session=http
+        config.model_copy(update={"mint_retries": 0}), metrics=MetricsRegistry(), session=http
     )
     try:
         minted = await client.mint(request_id="doctor")

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from relay.config import voice_for
 from relay.media.bridge import Bridge
 from relay.upstream.simulator.app import SIMULATOR_KEY
 from relay.upstream.simulator.server import RunningSimulator
@@ -75,7 +76,7 @@ async def test_the_browser_never_sees_the_interviewer_instructions(
     assert "7f3a" not in raw
     session = created["session"]
     assert "instructions" not in session and "tools" not in session
-    assert session["audio"]["output"]["voice"] == relay.services.settings.upstream.voice
+    assert session["audio"]["output"]["voice"] == voice_for(relay.services.settings.upstream)
     assert session["audio"]["input"]["turn_detection"]["type"] == "server_vad"
 
 
