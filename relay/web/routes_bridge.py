@@ -60,7 +60,7 @@ async def webrtc_exchange(request: web.Request) -> web.Response:
         except InvalidOffer as exc:
             raise invalid_offer_error(exc) from None
         manager = _bridges(services)
-        entry = services.registry.claim_for_exchange(session_id, caller.user.id)
+        entry = await services.sessions.claim(session_id, caller.user.id)
         bridge = await manager.open(entry, sdp, current_request_id())
         ctx = current()
         banner.status = 201
