@@ -38,6 +38,7 @@ from relay.sessions.registry import SessionRegistry
 from relay.sessions.service import SessionService
 from relay.tasks import cancel_and_wait, spawn
 from relay.upstream.factory import build_upstream_client
+from relay.upstream.health import MonitoredUpstream, UpstreamHealth
 from relay.web import routes_bridge, routes_health, routes_operator, routes_session
 from relay.web.middleware import make_middleware
 
@@ -157,7 +158,11 @@ async def _start(
         stack.push_async_callback(simulator.close)
         api_key, base_url = SIMULATOR_API_KEY, simulator.base_url
         log.info("no OPENAI_API_KEY: using the built-in simulator at %s", base_url)
-    upstream = build_upstream_client(settings, metrics, base_url=base_url, api_key=api_key)
+    upstream_health = UpstreamHealth(settings.upstream, metrics)
+    upstream = MonitoredUpstream(
+        build_upstream_client(settings, metrics, base_url=base_url, api_key=api_key),
+        upstream_health,
+    )
     stack.push_async_callback(upstream.close)
 
     # 4. admission, sessions, media
@@ -189,6 +194,7 @@ async def _start(
         simulator=simulator,
         generated_operator_token=None if settings.server.operator_token else token,
         startup=startup,
+        upstream_health=upstream_health,
     )
     services_ref.append(services)
     # Runs after the bridges have closed (the stack unwinds in reverse): whatever is still

@@ -9,6 +9,9 @@ from aiohttp import web
 from relay.observability.request_context import current_request_id
 from relay.services import SERVICES
 
+# For a failing check without its own configured Retry-After (start-up).
+DEFAULT_RETRY_AFTER_S = 5
+
 
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "request_id": current_request_id()})
@@ -27,8 +30,10 @@ async def readyz(request: web.Request) -> web.Response:
     if services.startup.failure is not None:
         # Will not fix itself: start-up gave up on a step (details in the log).
         checks["startup"] = {"ok": False, "error": services.startup.failure}
-    # Which model, dialect or simulator is in use is operator information (/api/stats).
-    checks["upstream"] = {"ok": True}
+    # Which model, dialect or simulator is in use is operator information (/api/stats);
+    # what the relay has seen of the upstream is not (relay/upstream/health.py).
+    health = services.upstream_health
+    checks["upstream"] = health.report() if health is not None else {"ok": True}
     # Redis is optional: when down the local cache serves, so readiness is kept and the
     # state reported.
     checks["cache"] = {"ok": True, "redis": services.cache.redis_state}
@@ -47,7 +52,14 @@ async def readyz(request: web.Request) -> web.Response:
         # A start-up failure needs an operator, not a retry.
         "retryable": services.startup.failure is None,
     }
-    return web.json_response(body, status=503, headers={"Retry-After": "5"})
+    settings = services.settings
+    retry_after = {
+        "database": settings.database.retry_after_s,
+        "upstream": health.retry_after_s if health is not None else DEFAULT_RETRY_AFTER_S,
+        "draining": settings.server.drain_retry_after_s,
+    }
+    seconds = max(retry_after.get(name, DEFAULT_RETRY_AFTER_S) for name in failing)
+    return web.json_response(body, status=503, headers={"Retry-After": str(seconds)})
 
 
 def register(app: web.Application) -> None:
