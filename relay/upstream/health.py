@@ -42,6 +42,8 @@ Outcome = Literal["ok", "timeout", "error"]
 class _Last:
     stage: Stage
     outcome: Outcome
+    # The upstream's error code (operator information: /api/stats only).
+    code: str | None
     at: datetime
     monotonic: float
 
@@ -74,7 +76,8 @@ class UpstreamHealth:
             if isinstance(failure, UpstreamTimeout)
             else "error"
         )
-        self._last = _Last(stage, outcome, now, self._clock())
+        code = getattr(failure, "code", None) if failure is not None else None
+        self._last = _Last(stage, outcome, code, now, self._clock())
         if failure is None:
             self._streak = 0
             self._streak_since = None
@@ -94,8 +97,9 @@ class UpstreamHealth:
         recent = self._clock() - last.monotonic < self._window_s
         return "down" if self._streak >= self._threshold and recent else "degraded"
 
-    def report(self) -> dict[str, Any]:
-        """The /readyz check: ``ok`` is False only in state ``down``."""
+    def report(self, *, operator: bool = False) -> dict[str, Any]:
+        """The /readyz check: ``ok`` is False only in state ``down``. ``operator`` adds
+        the upstream's last error code (for /api/stats)."""
         state = self.state
         body: dict[str, Any] = {"ok": state != "down", "state": state}
         last = self._last
@@ -105,6 +109,8 @@ class UpstreamHealth:
                 "outcome": last.outcome,
                 "at": last.at.isoformat(),
             }
+            if operator:
+                body["last"]["code"] = last.code
         body["consecutive_failures"] = self._streak
         if self._streak_since is not None:
             body["failing_since"] = self._streak_since.isoformat()

@@ -10,7 +10,7 @@ from typing import Any
 
 from relay.upstream.simulator.server import RunningSimulator
 from tests.integration.conftest import MakeRelay
-from tests.integration.relay_harness import RelayHarness
+from tests.integration.relay_harness import OPERATOR_TOKEN, RelayHarness
 
 MINT_FAILS = {"mint": {"status": 500, "code": "server_error", "retry_after_s": 0.01}}
 MINT_SERVES = {"mint": {"status": None, "code": None}}
@@ -54,7 +54,12 @@ async def test_mint_failures_turn_readyz_red_then_a_success_green(
     assert upstream["consecutive_failures"] == 2 and "failing_since" in upstream
     assert headers["Retry-After"] == "7"
     assert body["error"]["code"] == "not_ready" and body["error"]["retryable"] is True
-    assert "server_error" not in str(body)  # the upstream's own code stays in the logs
+    assert "server_error" not in str(body)  # the upstream's own code is for the operator
+    async with relay.client.get(
+        "/api/stats", headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+    ) as resp:
+        stats = await resp.json()
+    assert stats["upstream"]["health"]["last"]["code"] == "server_error", stats["upstream"]
 
     await simulator.state.update_faults(MINT_SERVES)
     assert (await relay.create_session(token))[0] == 201
