@@ -33,12 +33,12 @@ async def stats(request: web.Request) -> web.Response:
             "dialect": services.upstream.dialect,
             "model": services.upstream.model,
             "simulated": services.simulator is not None,
-            "health": (
-                services.upstream_health.report(operator=True)
-                if services.upstream_health is not None
-                else None
-            ),
         },
+        "upstream_health": (
+            services.upstream_health.report(operator=True)
+            if services.upstream_health is not None
+            else None
+        ),
         "sessions": sessions,
         "metrics": services.metrics.snapshot(),
         "request_id": current_request_id(),

@@ -59,7 +59,7 @@ async def test_mint_failures_turn_readyz_red_then_a_success_green(
         "/api/stats", headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"}
     ) as resp:
         stats = await resp.json()
-    assert stats["upstream"]["health"]["last"]["code"] == "server_error", stats["upstream"]
+    assert stats["upstream_health"]["last"]["code"] == "server_error", stats
 
     await simulator.state.update_faults(MINT_SERVES)
     assert (await relay.create_session(token))[0] == 201
