@@ -153,7 +153,16 @@ async def _start(
         # The simulator's peers share this process's ICE settings (aioice's host-address
         # choice is process-wide), so it must use the relay's, not its defaults.
         simulator = await start_simulator(
-            host="127.0.0.1", port=0, options=SimulatorOptions(ice=settings.ice)
+            host="127.0.0.1",
+            port=0,
+            options=SimulatorOptions(
+                ice=settings.ice,
+                # Inside the relay's own process its history is memory per interview:
+                # keep little (docs/operations.md, "Memory per session"). A key is needed
+                # until its session is exchanged, so one per admissible session is enough.
+                max_closed_calls=20,
+                max_ephemeral_keys=2 * settings.limits.global_max_sessions,
+            ),
         )
         stack.push_async_callback(simulator.close)
         api_key, base_url = SIMULATOR_API_KEY, simulator.base_url

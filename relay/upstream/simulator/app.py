@@ -59,7 +59,10 @@ class Simulator:
             options.faults.copy(), max_closed_calls=options.max_closed_calls
         )
         self.keys = KeyStore(
-            options.api_keys, accept_any_standard=options.accept_any_api_key, clock=options.clock
+            options.api_keys,
+            accept_any_standard=options.accept_any_api_key,
+            clock=options.clock,
+            max_keys=options.max_ephemeral_keys,
         )
         self.calls = CallManager(self.state, options)
         self.closing = asyncio.Event()

@@ -44,3 +44,6 @@ class SimulatorOptions:
     clock: Callable[[], float] = time.time
     # Closed calls kept for inspection (oldest forgotten first).
     max_closed_calls: int = 200
+    # Minted ephemeral keys remembered (oldest forgotten first; expired ones a minute after
+    # expiry anyway).
+    max_ephemeral_keys: int = 1000
