@@ -130,18 +130,24 @@ class SessionService:
             raise ApiError(403, "no_credit", "No interview time left beyond your running sessions.")
         # A reloaded page: its earlier, never-exchanged session gives way to this one.
         superseded = self._registry.supersede_pending(caller.user.id)
-        entry = self._registry.reserve(
-            user_id=caller.user.id,
-            token_hash=caller.token_hash,
-            request_id=current_request_id(),
-            max_duration_s=min(settings.session.max_duration_s, available),
-            credit_s=caller.user.remaining_seconds,
-            pending_ttl_s=settings.session.pending_ttl_s,
-        )
-        for old in superseded:
-            log.info("session %s superseded by %s", old.session_id, entry.session_id)
-            await self._close(old, state="ended", reason="superseded", duration_s=0.0)
         try:
+            entry = self._registry.reserve(
+                user_id=caller.user.id,
+                token_hash=caller.token_hash,
+                request_id=current_request_id(),
+                max_duration_s=min(settings.session.max_duration_s, available),
+                credit_s=caller.user.remaining_seconds,
+                pending_ttl_s=settings.session.pending_ttl_s,
+            )
+        except ApiError:
+            # Cannot happen when superseding made room; if it does, still close them.
+            for old in superseded:
+                await self._close(old, state="ended", reason="superseded", duration_s=0.0)
+            raise
+        try:
+            for old in superseded:
+                log.info("session %s superseded by %s", old.session_id, entry.session_id)
+                await self._close(old, state="ended", reason="superseded", duration_s=0.0)
             await self._store.create_session(
                 session_id=entry.session_id,
                 user_id=caller.user.id,
