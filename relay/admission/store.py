@@ -431,9 +431,10 @@ class Store:
         """Close the row and debit the user's credit by the whole seconds used, atomically.
 
         Idempotent: a row already closed is left alone (nothing debited again) and None is
-        returned, except when it was closed exactly so by an earlier attempt of this very
-        call whose reply was lost (a retry after the COMMIT went through): then the user's
-        remaining seconds are returned as if that attempt had answered.
+        returned, except when it was closed exactly so (same state, reason, duration and
+        debit: in practice an earlier attempt of this very call whose reply was lost after
+        its COMMIT went through): then the user's remaining seconds are returned, as that
+        attempt would have answered.
         Otherwise returns the user's remaining seconds after the debit.
         """
         debit = max(0, int(-(-duration_seconds // 1)))  # ceil without float surprises
