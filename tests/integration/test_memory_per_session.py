@@ -31,9 +31,10 @@ from tests.integration.relay_harness import RelayHarness
 KEPT = 10  # the simulator's closed calls and keys remembered
 WARM_UP = 30
 CYCLES = 150
-# A per-interview leak adds at least one object per cycle; noise (timers, pooled
-# connections, frames of the running code) is a handful whatever the count.
-MAX_GROWTH_PER_TYPE = CYCLES // 5
+# A per-interview leak adds at least one object per cycle (CYCLES in all). What is still
+# in flight when counting is not: timers of the last interviews' transports (with their
+# contexts) were seen up to ~50 on a loaded machine, pooled connections a handful.
+MAX_GROWTH_PER_TYPE = CYCLES // 2
 
 
 @pytest.fixture
