@@ -43,6 +43,7 @@ from relay.sessions.registry import SessionRegistry
 from relay.sessions.service import SessionService
 from relay.tasks import cancel_and_wait, spawn
 from relay.upstream.factory import build_upstream_client
+from relay.upstream.health import MonitoredUpstream, UpstreamHealth
 from relay.upstream.model_currency import check_models
 from relay.upstream.simulation import uses_simulator
 from relay.web import (
@@ -184,7 +185,17 @@ async def _start(
         # Like the real service, the simulator refuses the beta shape unless asked for it.
         faults = Faults(beta_disabled=settings.upstream.dialect != "beta")
         simulator = await start_simulator(
-            host="127.0.0.1", port=0, options=SimulatorOptions(ice=settings.ice, faults=faults)
+            host="127.0.0.1",
+            port=0,
+            options=SimulatorOptions(
+                ice=settings.ice,
+                faults=faults,
+                # Inside the relay's own process its history is memory per interview:
+                # keep little (docs/operations.md, "Memory per session"). A key is needed
+                # until its session is exchanged, so one per admissible session is enough.
+                max_closed_calls=20,
+                max_ephemeral_keys=2 * settings.limits.global_max_sessions,
+            ),
         )
         stack.push_async_callback(simulator.close)
         api_key, base_url = SIMULATOR_API_KEY, simulator.base_url
@@ -193,7 +204,11 @@ async def _start(
             "upstream.simulate" if settings.upstream.simulate else "no OPENAI_API_KEY",
             base_url,
         )
-    upstream = build_upstream_client(settings, metrics, base_url=base_url, api_key=api_key)
+    upstream_health = UpstreamHealth(settings.upstream, metrics)
+    upstream = MonitoredUpstream(
+        build_upstream_client(settings, metrics, base_url=base_url, api_key=api_key),
+        upstream_health,
+    )
     stack.push_async_callback(upstream.close)
     _log_model_currency(upstream.model, settings.upstream.transcription_model)
 
@@ -226,6 +241,7 @@ async def _start(
         simulator=simulator,
         generated_operator_token=None if settings.server.operator_token else token,
         startup=startup,
+        upstream_health=upstream_health,
     )
     services_ref.append(services)
     # Runs after the bridges have closed (the stack unwinds in reverse): whatever is still

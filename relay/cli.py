@@ -15,7 +15,7 @@ from pathlib import Path
 from aiohttp import web
 
 from relay.admission.embedded_pg import EmbeddedPostgresError
-from relay.admission.store import DatabaseUnavailable, Store
+from relay.admission.store import DatabaseUnavailable, Store, UserExists
 from relay.admission.tokens import hash_token, new_token
 from relay.config import ConfigError, Settings, load_settings
 from relay.observability import error_tracking
@@ -251,7 +251,11 @@ async def _users(settings: Settings, args: argparse.Namespace) -> int:
                 print(f"a user with email {args.email} already exists", file=sys.stderr)
                 return 1
             token = new_token()
-            user = await store.create_user(args.email, hash_token(token), args.seconds)
+            try:
+                user = await store.create_user(args.email, hash_token(token), args.seconds)
+            except UserExists:  # added by someone else since the check above
+                print(f"a user with email {args.email} already exists", file=sys.stderr)
+                return 1
             print(f"created user {user.id} <{user.email}> with {user.remaining_seconds} seconds")
             print(token)
             return 0

@@ -171,6 +171,11 @@ class UpstreamConfig(_Section):
     mint_retries: Annotated[int, Field(ge=0, le=10)] = 2
     backoff_base_s: Annotated[float, Field(ge=0, le=60)] = 0.5
     retry_after_max_s: Annotated[float, Field(ge=0, le=600)] = 5.0
+    # /readyz turns red after this many failed mints/SDP exchanges in a row, while the
+    # latest is younger than the window; Retry-After on that 503 (relay/upstream/health.py).
+    ready_failure_threshold: Annotated[int, Field(ge=1, le=1000)] = 3
+    ready_failure_window_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    ready_retry_after_s: Annotated[int, Field(ge=1, le=3600)] = 15
 
     @field_validator("base_url")
     @classmethod

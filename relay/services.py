@@ -19,6 +19,7 @@ from relay.observability.metrics import MetricsRegistry
 from relay.sessions.registry import SessionRegistry
 from relay.sessions.service import SessionService
 from relay.upstream.base import UpstreamClient
+from relay.upstream.health import UpstreamHealth
 
 if TYPE_CHECKING:
     from relay.media.manager import BridgeManager
@@ -63,6 +64,8 @@ class Services:
     generated_operator_token: str | None = field(default=None, repr=False)
     # Non-retryable start-up failures (shared with the start-up tasks that report them).
     startup: StartupStatus = field(default_factory=StartupStatus)
+    # What the relay has seen of the upstream (mint/exchange outcomes), for /readyz.
+    upstream_health: UpstreamHealth | None = None
 
 
 SERVICES = web.AppKey("services", Services)

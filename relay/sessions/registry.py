@@ -123,6 +123,35 @@ class SessionRegistry:
             and e.state in ("connecting", "active")
         )
 
+    def supersede_pending(self, user_id: int) -> list[SessionEntry]:
+        """Remove this user's oldest never-exchanged sessions so that one more fits.
+
+        A reloaded page asks for a new session while its old one is still pending (it
+        would count against the limits until ``pending_ttl_s``); the new request wins.
+        Only as many as the per-user and global caps need, and only when that is enough
+        to make room: otherwise nothing is touched and ``reserve`` refuses as before.
+        Synchronous, like ``reserve``, so the two happen without another request between.
+        The caller closes the returned sessions (reason ``superseded``).
+        """
+        mine = [e for e in self._sessions.values() if e.user_id == user_id]
+        need = max(
+            0,
+            len(mine) - self._limits.per_user_concurrent_sessions + 1,
+            len(self._sessions) - self._limits.global_max_sessions + 1,
+        )
+        pending = sorted(
+            (e for e in mine if e.state == "pending" and e.bridge is None),
+            key=lambda e: e.created_monotonic,
+        )
+        if need == 0 or need > len(pending):
+            return []
+        victims = pending[:need]
+        for entry in victims:
+            del self._sessions[entry.session_id]
+            entry.state = "superseded"
+        self._update_gauge()
+        return victims
+
     def reserve(
         self,
         *,

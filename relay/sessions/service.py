@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Literal, NoReturn
 
 from relay.admission.service import Admission, Caller, database_error
 from relay.admission.store import DatabaseUnavailable, Store
@@ -62,13 +62,33 @@ class EndedSession:
     ended_at: float  # unix seconds
 
 
+def superseded_error() -> ApiError:
+    return ApiError(
+        410,
+        "session_superseded",
+        "A newer session was requested (e.g. the page was reloaded); use that one.",
+    )
+
+
 @dataclass(frozen=True)
 class _Finish:
     session_id: str
     state: Literal["ended", "failed"]
     reason: str
     duration_s: float
+    user_id: int
     token_hash: str = field(repr=False)
+
+
+def _finish_record(entry: SessionEntry, state: str, reason: str, duration_s: float) -> _Finish:
+    return _Finish(
+        session_id=entry.session_id,
+        state="ended" if state == "ended" else "failed",
+        reason=reason,
+        duration_s=duration_s,
+        user_id=entry.user_id,
+        token_hash=entry.token_hash,
+    )
 
 
 class SessionService:
@@ -124,17 +144,28 @@ class SessionService:
         available = caller.user.remaining_seconds - self._registry.reserved_seconds(caller.user.id)
         if available < settings.limits.min_remaining_seconds:
             raise ApiError(403, "no_credit", "No interview time left beyond your running sessions.")
-        entry = self._registry.reserve(
-            user_id=caller.user.id,
-            token_hash=caller.token_hash,
-            request_id=current_request_id(),
-            max_duration_s=min(settings.session.max_duration_s, available),
-            credit_s=caller.user.remaining_seconds,
-            pending_ttl_s=settings.session.pending_ttl_s,
-            email=caller.user.email,
-        )
+        # A reloaded page: its earlier, never-exchanged session gives way to this one.
+        superseded = self._registry.supersede_pending(caller.user.id)
+        try:
+            entry = self._registry.reserve(
+                user_id=caller.user.id,
+                token_hash=caller.token_hash,
+                request_id=current_request_id(),
+                max_duration_s=min(settings.session.max_duration_s, available),
+                credit_s=caller.user.remaining_seconds,
+                pending_ttl_s=settings.session.pending_ttl_s,
+                email=caller.user.email,
+            )
+        except ApiError:
+            # Cannot happen when superseding made room; if it does, still close them.
+            for old in superseded:
+                await self._close(old, state="ended", reason="superseded", duration_s=0.0)
+            raise
         bind_session(entry.session_id)
         try:
+            for old in superseded:
+                log.info("session %s superseded by %s", old.session_id, entry.session_id)
+                await self._close(old, state="ended", reason="superseded", duration_s=0.0)
             await self._store.create_session(
                 session_id=entry.session_id,
                 user_id=caller.user.id,
@@ -151,6 +182,8 @@ class SessionService:
             self._registry.release(entry.session_id)
             raise
 
+        if self._registry.get(entry.session_id) is not entry:
+            await self._abandon_superseded(entry)  # while its row was written: do not mint
         # The upstream client logs the OPENAI_SESSION_* stage lines itself.
         started = time.perf_counter()
         try:
@@ -164,7 +197,39 @@ class SessionService:
             raise
         finally:
             record_stage("upstream", (time.perf_counter() - started) * 1000)
+        if self._registry.get(entry.session_id) is not entry:
+            # Superseded while its secret was being minted: nobody will use that secret
+            # (it expires unused upstream); the page that asked is gone or has a newer one.
+            entry.minted = None
+            await self._abandon_superseded(entry)
         return entry
+
+    async def _abandon_superseded(self, entry: SessionEntry) -> NoReturn:
+        # Its row may have been inserted after the supersede closed it (the UPDATE found
+        # nothing then): close it again; finish_session leaves a closed row alone.
+        await self._write(_finish_record(entry, "ended", "superseded", 0.0))
+        raise superseded_error()
+
+    async def claim(self, session_id: str, user_id: int) -> SessionEntry:
+        """The exchange's claim (pending → connecting); a superseded session says so."""
+        try:
+            return self._registry.claim_for_exchange(session_id, user_id)
+        except ApiError as exc:
+            if exc.code == "session_not_found" and await self._was_superseded(session_id, user_id):
+                raise superseded_error() from None
+            raise
+
+    async def _was_superseded(self, session_id: str, user_id: int) -> bool:
+        unwritten = self._unwritten.get(session_id)
+        if unwritten is not None:
+            return unwritten.user_id == user_id and unwritten.reason == "superseded"
+        try:
+            record = await self._store.get_session(session_id)
+        except DatabaseUnavailable:
+            return False  # cannot tell; "not found" is still true for this instance
+        return (
+            record is not None and record.user_id == user_id and record.end_reason == "superseded"
+        )
 
     def expires_at(self, entry: SessionEntry) -> datetime:
         """When the session must have been exchanged: the earlier of ours and the secret's."""
@@ -179,6 +244,12 @@ class SessionService:
         """Release the slot, close the row and debit credit; idempotent per session."""
         if self._registry.release(entry.session_id) is None:
             return None  # already finished by someone else
+        return await self._close(entry, state=state, reason=reason, duration_s=duration_s)
+
+    async def _close(
+        self, entry: SessionEntry, *, state: str, reason: str, duration_s: float
+    ) -> int | None:
+        """Close a session already taken out of the registry (exactly once per session)."""
         entry.state = state
         self._ended.inc(state=state, reason=reason)
         self.recently_ended.append(
@@ -192,14 +263,7 @@ class SessionService:
             )
         )
         log.info("session %s %s (%s) after %.1fs", entry.session_id, state, reason, duration_s)
-        finish = _Finish(
-            session_id=entry.session_id,
-            state="ended" if state == "ended" else "failed",
-            reason=reason,
-            duration_s=duration_s,
-            token_hash=entry.token_hash,
-        )
-        return await self._write(finish)
+        return await self._write(_finish_record(entry, state, reason, duration_s))
 
     async def _write(self, finish: _Finish) -> int | None:
         try:

@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 import re
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -183,12 +182,9 @@ class OpenAIRealtimeClient:
         self._retries = metrics.counter(
             "relay_upstream_retries_total", "Upstream attempts repeated after a failure", ["stage"]
         )
-        # (stage, outcome, unix time) of the latest request: the dashboard's upstream state.
-        self.last_outcome: tuple[str, str, float] | None = None
 
     def _count(self, stage: Stage, outcome: str) -> None:
         self._requests.inc(stage=stage, outcome=outcome)
-        self.last_outcome = (stage, outcome, time.time())
 
     def __repr__(self) -> str:
         return (

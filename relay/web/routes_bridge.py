@@ -60,7 +60,7 @@ async def webrtc_exchange(request: web.Request) -> web.Response:
             raise invalid_offer_error(exc) from None
         manager = _bridges(services)
         manager.refuse_if_no_media_ports()
-        entry = services.registry.claim_for_exchange(session_id, caller.user.id)
+        entry = await services.sessions.claim(session_id, caller.user.id)
         bind_session(entry.session_id)
         bridge = await manager.open(entry, sdp, current_request_id())
         ctx = current()

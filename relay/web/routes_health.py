@@ -10,6 +10,9 @@ from relay.observability.request_context import current_request_id
 from relay.services import SERVICES
 from relay.upstream.model_currency import check_models, worst_level
 
+# For a failing check without its own configured Retry-After (start-up).
+DEFAULT_RETRY_AFTER_S = 5
+
 
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "request_id": current_request_id()})
@@ -28,22 +31,25 @@ async def readyz(request: web.Request) -> web.Response:
     if services.startup.failure is not None:
         # Will not fix itself: start-up gave up on a step (details in the log).
         checks["startup"] = {"ok": False, "error": services.startup.failure}
-    # Which model, dialect or simulator is in use is operator information (/api/stats); a
+    # Which model, dialect or simulator is in use is operator information (/api/stats);
+    # what the relay has seen of the upstream is not (relay/upstream/health.py). A
     # deprecated model is flagged here by level and date only. Readiness is kept even after
     # the announced shutdown date: the table may be older than the service (shutdowns get
     # postponed) and a date alone must not take down a deployment that still works; the
     # upstream's own refusal shows in the sessions and in `relay doctor`.
-    checks["upstream"] = {"ok": True}
+    health = services.upstream_health
+    upstream_check: dict[str, Any] = dict(health.report()) if health is not None else {"ok": True}
     currencies = check_models(
         services.upstream.model, services.settings.upstream.transcription_model
     )
     level = worst_level(currencies)
     if level is not None:
-        checks["upstream"]["warning"] = {
+        upstream_check["warning"] = {
             "code": "model_deprecated" if level != "error" else "model_shut_down",
             "level": level,
             "shutdown": min(c.shutdown for c in currencies).isoformat(),
         }
+    checks["upstream"] = upstream_check
     # Redis is optional: when down the local cache serves, so readiness is kept and the
     # state reported.
     checks["cache"] = {"ok": True, "redis": services.cache.redis_state}
@@ -62,7 +68,14 @@ async def readyz(request: web.Request) -> web.Response:
         # A start-up failure needs an operator, not a retry.
         "retryable": services.startup.failure is None,
     }
-    return web.json_response(body, status=503, headers={"Retry-After": "5"})
+    settings = services.settings
+    retry_after = {
+        "database": settings.database.retry_after_s,
+        "upstream": health.retry_after_s if health is not None else DEFAULT_RETRY_AFTER_S,
+        "draining": settings.server.drain_retry_after_s,
+    }
+    seconds = max(retry_after.get(name, DEFAULT_RETRY_AFTER_S) for name in failing)
+    return web.json_response(body, status=503, headers={"Retry-After": str(seconds)})
 
 
 def register(app: web.Application) -> None:

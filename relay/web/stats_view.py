@@ -90,10 +90,13 @@ async def _database(services: Services) -> dict[str, Any]:
 
 def _upstream(services: Services) -> dict[str, Any]:
     upstream = services.upstream
-    last = getattr(upstream, "last_outcome", None)
-    state = "unknown"
-    if last is not None:
-        state = "up" if last[1] in ("ok", "call_id_not_found") else "failing"
+    # What the relay has seen of the upstream (relay/upstream/health.py), in the
+    # dashboard's words: up, failing (degraded or down), unknown (nothing tried yet).
+    health = services.upstream_health.report() if services.upstream_health is not None else {}
+    state = {"ok": "up", "degraded": "failing", "down": "failing"}.get(
+        health.get("state", "unknown"), "unknown"
+    )
+    last = health.get("last")
     body: dict[str, Any] = {
         "dialect": upstream.dialect,
         "model": upstream.model,
@@ -101,7 +104,7 @@ def _upstream(services: Services) -> dict[str, Any]:
         "state": state,
         "last_outcome": None
         if last is None
-        else {"stage": last[0], "outcome": last[1], "at": round(last[2], 3)},
+        else {"stage": last["stage"], "outcome": last["outcome"], "at": last["at"]},
         "mint": _quantiles(services, "relay_upstream_duration_seconds", stage="mint"),
         "sdp": _quantiles(services, "relay_upstream_duration_seconds", stage="sdp"),
     }
@@ -160,6 +163,11 @@ async def build_stats(services: Services, request_id: str) -> dict[str, Any]:
         "database": await _database(services),
         "cache": _cache(services),
         "upstream": _upstream(services),
+        "upstream_health": (
+            services.upstream_health.report(operator=True)
+            if services.upstream_health is not None
+            else None
+        ),
         "admission": _quantiles(services, "relay_admission_duration_seconds"),
         "media_connect": _quantiles(services, "relay_media_connect_duration_seconds"),
         "errors_by_code": _errors_by_code(services),

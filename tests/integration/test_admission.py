@@ -304,8 +304,13 @@ async def test_rate_and_concurrency_limits(make_relay: MakeRelay) -> None:
     relay = await make_relay(
         overrides={"limits": {"per_user_concurrent_sessions": 1, "per_user_requests_per_minute": 3}}
     )
-    token = await relay.add_user()
-    assert (await relay.create_session(token))[0] == 201
+    token = await relay.add_user(seconds=36000)
+    status, first, _ = await relay.create_session(token)
+    assert status == 201
+    # Claimed (a pending one would be superseded by the next request: test_supersede.py).
+    relay.services.registry.claim_for_exchange(
+        first["session_id"], relay.services.registry.live()[0].user_id
+    )
     status, body, headers = await relay.create_session(token)
     assert status == 429
     assert_error(body, headers, "too_many_sessions")

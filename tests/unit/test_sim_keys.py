@@ -62,6 +62,21 @@ def test_clearly_not_keys_are_refused_even_when_any_key_is_accepted(token: str) 
     anyone.require_standard("sk-proj-0123456789abcdefABCDEF")
 
 
+def test_ephemeral_keys_are_forgotten_a_minute_after_expiry_and_bounded_in_number() -> None:
+    clock = Clock()
+    store = KeyStore({"sk-sim-local"}, accept_any_standard=False, clock=clock, max_keys=3)
+    session = {"model": "gpt-realtime"}
+    keys = [store.mint("ga", session, ttl_s=600) for _ in range(5)]
+    assert len(store) == 3  # the two oldest were forgotten to make room
+    with pytest.raises(SimHttpError) as info:
+        store.require_call_credential(keys[0].value)
+    assert "expired" not in info.value.message  # unknown now, not "expired"
+    assert store.require_call_credential(keys[-1].value) is keys[-1]
+    clock.now += 600 + 61
+    store.mint("ga", session, ttl_s=600)
+    assert len(store) == 1  # every expired key forgotten (it held a whole session config)
+
+
 def test_missing_key_is_401() -> None:
     with pytest.raises(SimHttpError) as info:
         _store(Clock()).require_call_credential(None)

@@ -67,7 +67,10 @@ class Simulator:
         )
         self.control_token = options.control_token or secrets.token_urlsafe(24)
         self.keys = KeyStore(
-            options.api_keys, accept_any_standard=options.accept_any_api_key, clock=options.clock
+            options.api_keys,
+            accept_any_standard=options.accept_any_api_key,
+            clock=options.clock,
+            max_keys=options.max_ephemeral_keys,
         )
         self.calls = CallManager(self.state, options)
         self.closing = asyncio.Event()

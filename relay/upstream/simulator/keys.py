@@ -19,7 +19,12 @@ from relay.upstream.simulator.session_config import Dialect
 # other characters is clearly not a key, even when any key is accepted.
 _KEY_SHAPE = re.compile(r"sk-[A-Za-z0-9_\-]{16,}")
 # Expired keys are remembered this long (for a precise "expired" message), then forgotten.
-_FORGET_AFTER_S = 3600.0
+# Each key holds its whole effective session (instructions, tools, audio settings: a few
+# kB), so an hour of remembering made a long run of short interviews grow by that much per
+# interview (docs/operations.md, "Memory per session").
+_FORGET_AFTER_S = 60.0
+# At most this many keys are remembered; past it the oldest are forgotten first.
+DEFAULT_MAX_KEYS = 1000
 
 
 @dataclass(frozen=True)
@@ -50,10 +55,13 @@ class KeyStore:
         *,
         accept_any_standard: bool,
         clock: Callable[[], float],
+        max_keys: int = DEFAULT_MAX_KEYS,
     ) -> None:
         self._standard = frozenset(standard_keys)
         self._accept_any = accept_any_standard
         self._clock = clock
+        self._max_keys = max(1, max_keys)
+        # Insertion order is minting order: the first entries are the oldest.
         self._ephemeral: dict[str, EphemeralKey] = {}
 
     def __repr__(self) -> str:
@@ -99,10 +107,16 @@ class KeyStore:
             raise invalid_api_key("The ephemeral key provided (ek_…) has expired.")
         return key
 
+    def __len__(self) -> int:
+        return len(self._ephemeral)
+
     def _forget_old(self, now: float) -> None:
         old = [v for v, k in self._ephemeral.items() if now - k.expires_at > _FORGET_AFTER_S]
         for value in old:
             del self._ephemeral[value]
+        # Room for the key about to be minted.
+        while len(self._ephemeral) >= self._max_keys:
+            del self._ephemeral[next(iter(self._ephemeral))]
 
 
 def _missing() -> Exception:

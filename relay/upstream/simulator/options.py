@@ -53,6 +53,9 @@ class SimulatorOptions:
     # Bearer token for the /_sim/* control API (faults, call records). Empty: a random one
     # per simulator (``RunningSimulator.control_token``), so it is never open by default.
     control_token: str = field(default="", repr=False)
+    # Minted ephemeral keys remembered (oldest forgotten first; expired ones a minute after
+    # expiry anyway).
+    max_ephemeral_keys: int = 1000
 
     def __post_init__(self) -> None:
         if self.generation_speed < 1:

@@ -1,0 +1,107 @@
+"""A retried write whose first attempt committed (its reply lost on the way back) must
+succeed once: no 500, no orphan row, no second debit.
+
+Real parts: the relay's pool talks to PostgreSQL through a loopback proxy that forwards
+the statement, lets the server commit it, then swallows the reply and cuts the
+connection (tests/support/reply_cutter.py); the store's retry then runs the write again.
+The cutter is set up before ``make_relay`` so that it outlives the relay's shut-down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import pytest
+
+from relay.admission.store import UserExists
+from relay.admission.tokens import hash_token, new_token
+from tests.integration.conftest import MakeRelay
+from tests.integration.relay_harness import RelayHarness
+from tests.support.reply_cutter import ReplyCutter
+
+
+@pytest.fixture
+async def cutter(database_url: str) -> AsyncIterator[ReplyCutter]:
+    parts = urlsplit(database_url)
+    assert parts.hostname is not None and parts.port is not None
+    proxy = ReplyCutter(parts.hostname, parts.port)
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.close()
+
+
+async def relay_behind(
+    make_relay: MakeRelay, cutter: ReplyCutter, database_url: str
+) -> RelayHarness:
+    relay = await make_relay(dsn=cutter.dsn(database_url))
+    async with asyncio.timeout(10):
+        await relay.services.store.wait_schema_ready()
+    return relay
+
+
+async def test_session_insert_committed_but_unanswered_is_not_a_500(
+    cutter: ReplyCutter, make_relay: MakeRelay, database_url: str
+) -> None:
+    relay = await relay_behind(make_relay, cutter, database_url)
+    token = await relay.add_user()
+
+    cutter.arm(b"INSERT INTO interview_sessions")
+    status, body, _ = await relay.create_session(token)
+    assert cutter.cuts == 1  # the first attempt's reply really was lost
+    assert relay.counter("relay_db_retries_total", query="create_session") == 1
+    assert status == 201, body
+
+    rows = await relay.sql("SELECT id, state FROM interview_sessions")
+    assert [(r["id"], r["state"]) for r in rows] == [(body["session_id"], "pending")]
+    assert [e.session_id for e in relay.services.registry.live()] == [body["session_id"]]
+
+
+async def test_finish_committed_but_unanswered_debits_once(
+    cutter: ReplyCutter, make_relay: MakeRelay, database_url: str
+) -> None:
+    relay = await relay_behind(make_relay, cutter, database_url)
+    token = await relay.add_user(seconds=100)
+    status, body, _ = await relay.create_session(token)
+    assert status == 201, body
+    entry = relay.services.registry.get(body["session_id"])
+    assert entry is not None
+
+    cutter.arm(b"COMMIT")
+    remaining = await relay.services.sessions.finish(
+        entry, state="ended", reason="hangup", duration_s=12.3
+    )
+    assert cutter.cuts == 1
+    assert relay.counter("relay_db_retries_total", query="finish_session") == 1
+    # The retry reports the outcome of the attempt that committed, not "already closed".
+    assert remaining == 100 - 13
+
+    rows = await relay.sql(
+        "SELECT s.state, s.end_reason, s.debited_seconds, u.remaining_seconds"
+        " FROM interview_sessions s JOIN users u ON u.id = s.user_id"
+    )
+    assert [tuple(r) for r in rows] == [("ended", "hangup", 13, 100 - 13)]  # debited once
+    assert await relay.services.sessions.retry_unwritten() == 0
+
+
+async def test_user_insert_committed_but_unanswered_returns_the_user(
+    cutter: ReplyCutter, make_relay: MakeRelay, database_url: str
+) -> None:
+    relay = await relay_behind(make_relay, cutter, database_url)
+    store = relay.services.store
+    token_hash = hash_token(new_token())
+
+    cutter.arm(b"INSERT INTO users")
+    user = await store.create_user("retry@example.test", token_hash, 600)
+    assert cutter.cuts == 1
+    assert relay.counter("relay_db_retries_total", query="create_user") == 1
+    assert (user.email, user.remaining_seconds, user.active) == ("retry@example.test", 600, True)
+    rows = await relay.sql("SELECT id FROM users WHERE email = 'retry@example.test'")
+    assert [r["id"] for r in rows] == [user.id]
+
+    # A different token for a taken email is still refused (no silent adoption).
+    with pytest.raises(UserExists):
+        await store.create_user("retry@example.test", hash_token(new_token()), 600)
