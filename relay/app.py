@@ -33,11 +33,19 @@ from relay.admission.store import RETRYABLE_ERRORS, Store
 from relay.config import Settings
 from relay.media.manager import BridgeManager
 from relay.observability.metrics import MetricsRegistry
+from relay.recording import consent
+from relay.recording.service import RecordingService
 from relay.services import SERVICES, Services
 from relay.sessions.registry import SessionRegistry
 from relay.sessions.service import SessionService
 from relay.upstream.factory import build_upstream_client
-from relay.web import routes_bridge, routes_health, routes_operator, routes_session
+from relay.web import (
+    routes_bridge,
+    routes_health,
+    routes_operator,
+    routes_recordings,
+    routes_session,
+)
 from relay.web.middleware import make_middleware
 
 log = logging.getLogger("relay.app")
@@ -70,6 +78,8 @@ def create_app(settings: Settings, *, instance_id: str | None = None) -> web.App
     routes_bridge.register(app)
     routes_health.register(app)
     routes_operator.register(app)
+    routes_recordings.register(app)
+    consent.register(app)
     if "index.html" in STATIC_FILES:
         app.router.add_get("/", _index)
         app.router.add_get("/static/{name}", _static_file)
@@ -182,6 +192,11 @@ async def _start(
     # Runs after the bridges have closed (the stack unwinds in reverse): whatever is still
     # registered (e.g. sessions minted but never exchanged) is closed in the database.
     stack.push_async_callback(sessions.finish_all, "relay_shutdown")
+    # Closed after the bridges (the stack unwinds in reverse), so their recordings finalise.
+    recordings = RecordingService(settings, store, instance)
+    services.recordings = recordings
+    recordings.start()
+    stack.push_async_callback(recordings.close)
     bridges = BridgeManager(services)
     services.bridges = bridges
     stack.push_async_callback(bridges.close_all)

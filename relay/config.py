@@ -175,6 +175,30 @@ class MediaConfig:
 
 
 @dataclass(frozen=True)
+class RecordingConfig:
+    # Record every interview (both voices, transcript, manifest).
+    enabled: bool = True
+    # "ogg" (Ogg/Opus, stereo) or "wav" (16-bit PCM, stereo).
+    format: Literal["ogg", "wav"] = "ogg"
+    # Recordings older than this are deleted (files and objects) and their rows marked.
+    retention_days: int = 30
+    # "local" (files under directory) or "s3" (uploaded after finalisation).
+    storage: Literal["local", "s3"] = "local"
+    # Where recordings are written (and kept, with local storage). Empty: data_dir/recordings.
+    directory: str = ""
+    s3_endpoint_url: str = ""
+    s3_bucket: str = ""
+    s3_prefix: str = "recordings/"
+    s3_region: str = "us-east-1"
+    # Shown on the candidate page before Start.
+    notice_text: str = (
+        "This interview is recorded (audio and transcript) and shared with the hiring team."
+    )
+    # Worker processes that finalise recordings.
+    render_workers: int = 1
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerConfig = field(default_factory=ServerConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
@@ -185,10 +209,15 @@ class Settings:
     ice: IceConfig = field(default_factory=IceConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
+    recording: RecordingConfig = field(default_factory=RecordingConfig)
 
     @property
     def data_path(self) -> Path:
         return Path(self.server.data_dir)
+
+    @property
+    def recording_path(self) -> Path:
+        return Path(self.recording.directory or self.data_path / "recordings")
 
     def replace(self, section: str, **changes: Any) -> Settings:
         """A copy with some keys of one section changed (tests and the CLI use this)."""
@@ -350,6 +379,16 @@ def validate(s: Settings) -> None:
         raise ConfigError("upstream.base_url: not an http(s) URL")
     if "session.update" in s.events.browser_allowed:
         raise ConfigError("events.browser_allowed: session.update can never be allowed")
+    if not 1 <= s.recording.retention_days <= 36500:
+        raise ConfigError("recording.retention_days: must be within 1..36500")
+    if not 1 <= s.recording.render_workers <= 16:
+        raise ConfigError("recording.render_workers: must be within 1..16")
+    if s.recording.storage == "s3" and not s.recording.s3_bucket:
+        raise ConfigError("recording.s3_bucket: required when recording.storage is s3")
+    if s.recording.s3_endpoint_url and not s.recording.s3_endpoint_url.startswith(
+        ("http://", "https://")
+    ):
+        raise ConfigError("recording.s3_endpoint_url: not an http(s) URL")
     for i, server in enumerate(s.ice.servers):
         for url in server.urls:
             if not url.startswith(("stun:", "turn:", "turns:")):

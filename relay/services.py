@@ -21,6 +21,7 @@ from relay.upstream.base import UpstreamClient
 
 if TYPE_CHECKING:
     from relay.media.manager import BridgeManager
+    from relay.recording.service import RecordingService
     from relay.upstream.simulator.server import RunningSimulator
 
 
@@ -43,6 +44,8 @@ class Services:
     bridges: BridgeManager | None = None
     # The built-in simulator when it is the upstream (no OpenAI key configured).
     simulator: RunningSimulator | None = None
+    # Interview recordings (relay.recording), set during start-up.
+    recordings: RecordingService | None = None
     # Set when no operator token was configured: printed once by `relay serve`.
     generated_operator_token: str | None = field(default=None, repr=False)
 

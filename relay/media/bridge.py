@@ -20,7 +20,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
@@ -37,6 +37,9 @@ from relay.media.tracks import BoundedQueueTrack
 from relay.observability.logging import stage
 from relay.observability.request_context import record_stage
 from relay.upstream.base import MintedSession, UpstreamClient, UpstreamError, UpstreamTimeout
+
+if TYPE_CHECKING:
+    from relay.recording.recorder import SessionRecorder
 
 log = logging.getLogger("relay.media")
 
@@ -107,8 +110,10 @@ class Bridge:
         metrics: MediaMetrics,
         hooks: BridgeHooks,
         force_decode: bool = False,
+        recorder: SessionRecorder | None = None,
     ) -> None:
         self.session_id = session_id
+        self.recorder = recorder
         self.request_id = request_id
         self._settings = settings
         self._upstream = upstream
@@ -136,6 +141,8 @@ class Bridge:
         self.events = EventRelay(
             settings.events, metrics, on_closed=self._on_channel_closed, session_id=session_id
         )
+        if recorder is not None:
+            self.events.observer = recorder.on_upstream_event
         self.browser_pc: RTCPeerConnection = new_peer(settings.ice)
         self.upstream_pc: RTCPeerConnection | None = None
         self._forwarders: list[Forwarder] = []
@@ -300,25 +307,43 @@ class Bridge:
         upstream_rx = _audio_receiver(self.upstream_pc)
         passthrough = browser_codecs.is_opus and upstream_codecs.is_opus and not self._force_decode
         up, down = self.browser_to_upstream, self.upstream_to_browser
+        rec = self.recorder
+        tap_up = rec.tap("candidate") if rec else None
+        tap_down = rec.tap("interviewer") if rec else None
         up.codec_in, up.codec_out = browser_codecs.primary, upstream_codecs.primary
         down.codec_in, down.codec_out = upstream_codecs.primary, browser_codecs.primary
         if passthrough:
             self._forwarders = [
                 OpusPassthrough(
-                    browser_rx, self.to_upstream, up, browser_codecs.opus_payload_types
+                    browser_rx, self.to_upstream, up, browser_codecs.opus_payload_types, tap=tap_up
                 ),
                 OpusPassthrough(
                     upstream_rx,
                     self.to_browser,
                     down,
                     upstream_codecs.opus_payload_types | our_upstream_opus,
+                    tap=tap_down,
                 ),
             ]
         else:
             backlog = self._settings.media.queue_max_frames
             self._forwarders = [
-                DecodedRelay(browser_rx, self.to_upstream, up, max_backlog=backlog),
-                DecodedRelay(upstream_rx, self.to_browser, down, max_backlog=backlog),
+                DecodedRelay(
+                    browser_rx,
+                    self.to_upstream,
+                    up,
+                    max_backlog=backlog,
+                    tap=tap_up,
+                    codec=browser_codecs.primary or "opus",
+                ),
+                DecodedRelay(
+                    upstream_rx,
+                    self.to_browser,
+                    down,
+                    max_backlog=backlog,
+                    tap=tap_down,
+                    codec=upstream_codecs.primary or "opus",
+                ),
             ]
         for forwarder in self._forwarders:
             forwarder.start()
@@ -488,6 +513,8 @@ class Bridge:
             self._metrics.bridges_ended.inc(reason=reason)
         finally:
             self.state = "closed"
+            if self.recorder is not None:
+                self.recorder.stop(self.connected_at, self.ended_at)
             await self._call_hook("on_finished", state, reason, duration)
             self._closed.set()
 

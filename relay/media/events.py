@@ -52,6 +52,8 @@ class EventRelay:
         self._session_id = session_id
         self.browser: RTCDataChannel | None = None
         self.upstream: RTCDataChannel | None = None
+        # Sees every upstream server event (the recorder's transcript source); O(1) per call.
+        self.observer: Callable[[Message], None] | None = None
         self._to_browser: deque[Message] = deque(maxlen=PENDING_MAX)
         self._to_upstream: deque[Message] = deque(maxlen=PENDING_MAX)
         self.counts: dict[str, int] = {
@@ -89,6 +91,8 @@ class EventRelay:
 
     # ------------------------------------------------------------------ directions
     def _from_upstream(self, message: Message) -> None:
+        if self.observer is not None:
+            self.observer(message)
         self._deliver(self.browser, self._to_browser, message, "upstream_to_browser")
 
     def _from_browser(self, message: Message) -> None:

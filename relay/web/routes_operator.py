@@ -37,6 +37,9 @@ async def stats(request: web.Request) -> web.Response:
         },
         "sessions": sessions,
         "metrics": services.metrics.snapshot(),
+        "recordings": (
+            await services.recordings.summary() if services.recordings is not None else None
+        ),
         "request_id": current_request_id(),
     }
     return web.json_response(body)
