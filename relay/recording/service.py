@@ -22,7 +22,7 @@ import logging
 import multiprocessing
 import secrets
 import shutil
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -198,6 +198,10 @@ class RecordingService:
         )
 
     # ------------------------------------------------------------------ finalisation
+    def _submit(self, fn: Any, *args: Any) -> Future[Any]:
+        """Runs in a worker thread (see ``_finalise``)."""
+        return self._executor().submit(fn, *args)
+
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
             # spawn, not fork: this process runs threads (aiortc, the writer) and a loop.
@@ -218,9 +222,10 @@ class RecordingService:
             await self._status(recording_id, "rendering", recovered=recovered or None)
             location = self._location(session_id, recording_id)
             try:
-                # Submitting starts worker processes (pipes, fork/exec): off the loop.
+                # Creating the pool and submitting start worker processes (semaphores,
+                # pipes, fork/exec): off the loop.
                 future = await asyncio.to_thread(
-                    self._executor().submit,
+                    self._submit,
                     render.render,
                     str(directory),
                     self.config.format,
