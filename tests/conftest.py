@@ -30,6 +30,7 @@ from relay.admission.embedded_pg import postgres_os_user
 from tests.support.blocking import blocking_call_guard
 from tests.support.postgres import PostgresServer, initdb
 from tests.support.redis_server import RedisServer
+from tests.support.seaweedfs import SeaweedServer
 from tests.support.workspace import make_workspace, remove_workspace
 
 
@@ -122,6 +123,17 @@ def redis_server(services_root: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.destroy()
+
+
+# ---------------------------------------------------------------------- S3 (SeaweedFS)
+@pytest.fixture
+def seaweedfs(services_root: Path) -> Iterator[SeaweedServer]:
+    server = SeaweedServer(services_root)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
 
 
 # ---------------------------------------------------------------------- guard

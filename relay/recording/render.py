@@ -64,9 +64,7 @@ def _mono(frame: av.AudioFrame) -> np.ndarray:
         mono /= 32768.0
     if frame.sample_rate != RATE:
         n = int(round(len(mono) * RATE / frame.sample_rate))
-        mono = np.interp(
-            np.linspace(0, len(mono), n, endpoint=False), np.arange(len(mono)), mono
-        )
+        mono = np.interp(np.linspace(0, len(mono), n, endpoint=False), np.arange(len(mono)), mono)
     return np.asarray(mono, dtype=np.float32)
 
 

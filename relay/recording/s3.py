@@ -59,6 +59,9 @@ class S3Storage:
             # Path-style keeps SeaweedFS/MinIO and virtual-host-less endpoints working.
             s3={"addressing_style": "path"},
         )
+        self._shared: Any = None
+        self._client_context: Any = None
+        self._client_lock = asyncio.Lock()
 
     def key(self, session_id: str, recording_id: str, name: str) -> str:
         return f"{self.prefix}{session_id}/{recording_id}/{name}"
@@ -66,12 +69,48 @@ class S3Storage:
     def location(self, session_id: str, recording_id: str) -> str:
         return f"s3://{self.bucket}/{self.key(session_id, recording_id, '')}"
 
+    async def _get_client(self) -> Any:
+        """One client for the life of the service. botocore reads its data files (service
+        models, endpoints) from disk the first time; a throwaway client made in a worker
+        thread fills the session's caches, so the loop never waits on that I/O."""
+        if self._shared is None:
+            async with self._client_lock:
+                if self._shared is None:
+                    await asyncio.to_thread(self._warm_up)
+                    context = self._new_client()
+                    self._shared = await context.__aenter__()
+                    self._client_context = context
+        return self._shared
+
+    def _new_client(self) -> Any:
+        return self._session.create_client(
+            "s3", endpoint_url=self._endpoint, region_name=self._region, config=self._config
+        )
+
+    def _warm_up(self) -> None:
+        # The files botocore reads while making an S3 client, read here (a worker thread,
+        # no event loop) into the session's and its loader's caches.
+        session = self._session
+        session.get_scoped_config()
+        loader = session.get_component("data_loader")
+        # No "extras" overlays: botocore looks for optional files that do not exist on
+        # every client creation (a miss is not cached), which would stat on the loop.
+        loader.extras_types.clear()
+        for name in ("endpoints", "partitions", "_retry", "sdk-default-configuration"):
+            with contextlib.suppress(Exception):
+                loader.load_data(name)
+        for kind in ("service-2", "endpoint-rule-set-1", "paginators-1", "waiters-2"):
+            with contextlib.suppress(Exception):
+                loader.load_service_model("s3", kind)
+
+    async def close(self) -> None:
+        if self._client_context is not None:
+            context, self._client_context, self._shared = self._client_context, None, None
+            await context.__aexit__(None, None, None)
+
     @contextlib.asynccontextmanager
     async def _client(self) -> AsyncIterator[Any]:
-        async with self._session.create_client(
-            "s3", endpoint_url=self._endpoint, region_name=self._region, config=self._config
-        ) as client:
-            yield client
+        yield await self._get_client()
 
     async def upload(self, path: Path, key: str, content_type: str) -> None:
         try:

@@ -106,6 +106,8 @@ class RecordingService:
             await asyncio.to_thread(self._writer.close)
         if self._pool is not None:
             await asyncio.to_thread(self._pool.shutdown, True, cancel_futures=True)
+        if self.s3 is not None:
+            await self.s3.close()
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)

@@ -107,7 +107,7 @@ def last_loud(pcm: np.ndarray) -> int | None:
 
 def decode_stereo(data: bytes) -> np.ndarray:
     """(samples, 2) float of an Ogg/Opus or WAV file."""
-    container = av.open(io.BytesIO(data))
+    container = av.open(io.BytesIO(data), mode="r")
     chunks = []
     for frame in container.decode(audio=0):
         assert frame.layout.nb_channels == 2 and frame.sample_rate == RATE

@@ -195,7 +195,7 @@ async def test_recordings_api_lists_serves_ranges_deletes_and_expires(
         mic = browser.peer.mic
         assert mic is not None
         mic.play(TONE)
-        await wait_until(lambda b=browser: len(b.sent) > 40, 5, "tone sent")
+        await wait_until(lambda: len(browser.sent) > 40, 5, "tone sent")  # noqa: B023
         await hang_up(relay, session_id)
         ids.append((await wait_recording(relay, session_id, "ready"))["id"])
 
@@ -223,13 +223,13 @@ async def test_recordings_api_lists_serves_ranges_deletes_and_expires(
 
     # DELETE removes the files and marks the row.
     directory = Path(relay.services.settings.recording_path)
-    session_dirs = {p.name for p in directory.iterdir()}
+    session_dirs = await asyncio.to_thread(lambda: {p.name for p in directory.iterdir()})
     assert len(session_dirs) == 2
     async with relay.client.delete(f"/api/recordings/{ids[0]}", headers=OPERATOR) as resp:
         deleted = await resp.json()
         assert resp.status == 200, deleted
     assert deleted["status"] == "deleted" and deleted["deleted_at"]
-    assert len(list(directory.iterdir())) == 1
+    assert len(await asyncio.to_thread(lambda: list(directory.iterdir()))) == 1
     status, _, _ = await fetch(relay, f"/api/recordings/{ids[0]}/audio")
     assert status == 409
 
@@ -243,7 +243,7 @@ async def test_recordings_api_lists_serves_ranges_deletes_and_expires(
         datetime.now(UTC) - timedelta(days=31),
     )
     assert await service.apply_retention() == 1
-    assert list(directory.iterdir()) == []
+    assert await asyncio.to_thread(lambda: list(directory.iterdir())) == []
     rows = await relay.sql("SELECT status, status_reason FROM recordings WHERE id = $1", ids[1])
     assert rows[0]["status"] == "deleted" and rows[0]["status_reason"] == "retention"
 

@@ -45,6 +45,7 @@ class SeaweedServer:
         self.workdir = Path(tempfile.mkdtemp(prefix="weed-", dir=parent))
         self.port = 0
         self._process: subprocess.Popen[bytes] | None = None
+        self._ports: dict[str, int] = {}
 
     @property
     def endpoint_url(self) -> str:
@@ -67,7 +68,8 @@ class SeaweedServer:
         )
         data = self.workdir / "data"
         data.mkdir(exist_ok=True)
-        ports = {
+        # A restart after stop() keeps the ports, so clients configured earlier reconnect.
+        ports = self._ports or {
             name: free_port()
             for name in (
                 "master.port",
@@ -80,6 +82,7 @@ class SeaweedServer:
                 "s3.port.grpc",
             )
         }
+        self._ports = ports
         self.port = ports["s3.port"]
         args = [
             weed_executable(),
