@@ -22,7 +22,8 @@ TURN_S = 15
 
 async def interview_row(relay: RelayHarness, session_id: str) -> dict[str, Any]:
     rows = await relay.sql(
-        "SELECT state, end_reason FROM interview_sessions WHERE id = $1", session_id
+        "SELECT state, end_reason, recording_notice_shown FROM interview_sessions WHERE id = $1",
+        session_id,
     )
     assert len(rows) == 1
     return dict(rows[0])
@@ -35,6 +36,8 @@ async def test_candidate_talks_with_the_interviewer_and_hangs_up(
     token = await relay.add_user(seconds=600)
     await page.goto(str(relay.client.make_url(f"/?token={token}")))
     await expect(page.locator("#token")).to_have_value(token)
+    notice = relay.services.settings.recording.notice_text
+    await expect(page.locator("#recording-notice")).to_have_text(notice)
 
     async with page.expect_response("**/api/realtime-session") as created:
         await page.click("#start")
@@ -80,6 +83,7 @@ async def test_candidate_talks_with_the_interviewer_and_hangs_up(
     row = await interview_row(relay, session_id)
     assert row["state"] == "ended", row
     assert row["end_reason"] == "hangup", row
+    assert row["recording_notice_shown"] is True, row
 
 
 async def test_a_wrong_token_shows_the_invalid_token_message(
