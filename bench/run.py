@@ -533,6 +533,23 @@ def table(rows: list[dict[str, Any]]) -> str:
         fast_onset = _added(fast, base, "onset_p50_ms", "onset_p50_ms")
         slow_onset = _added(slow, base, "onset_p50_ms", "onset_p50_ms")
         ratios.append(f"| {n} | {cpu_text} | {slow_onset} ms / {fast_onset} ms |")
+    recording = [
+        "",
+        "| N | relay ms CPU/s per session, recording / passthrough | extra per recorded"
+        " session-second (ms CPU) | ratio |",
+        "|---|---|---|---|",
+    ]
+    for n in sorted({r["sessions"] for r in rows}):
+        off, on = by_point.get(("passthrough", n)), by_point.get(("recording", n))
+        if not off or not on:
+            continue
+        cost_off = off.get("relay_cpu_ms_per_session_s", 0)
+        cost_on = on.get("relay_cpu_ms_per_session_s", 0)
+        extra = 1000 * (on.get("relay_cpu", 0) - off.get("relay_cpu", 0)) / n
+        ratio = cost_on / max(1e-9, cost_off)
+        recording.append(f"| {n} | {cost_on} / {cost_off} | {extra:.2f} | {ratio:.2f}x |")
+    if len(recording) > 4:
+        ratios += recording
     return "\n".join(lines + ratios)
 
 
@@ -549,8 +566,9 @@ async def main_async(args: argparse.Namespace) -> None:
     rows = []
     try:
         for sessions in args.sessions:
-            for mode in args.modes:
-                for run in range(args.repeat):
+            # Modes alternate within each repeat, so a machine-wide disturbance is shared.
+            for run in range(args.repeat):
+                for mode in args.modes:
                     started = time.monotonic()
                     row = await run_point(mode, sessions, args, endpoints)
                     row["run"] = run + 1
@@ -570,7 +588,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="relay media benchmark (see module docstring)")
     parser.add_argument("--table", metavar="RESULTS", help="only print the table of a results file")
     parser.add_argument("--sessions", default="10,50,100", help="comma-separated session counts")
-    parser.add_argument("--modes", default="direct,passthrough,decode")
+    parser.add_argument(
+        "--modes",
+        default="direct,passthrough,decode",
+        help="also: recording (passthrough + recorder)",
+    )
     parser.add_argument("--duration", type=float, default=10.0, help="measured window, s")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--probes", type=int, default=4, help="sessions analysed per packet")
@@ -589,8 +611,8 @@ def main() -> None:
         return
     args.sessions = [int(x) for x in args.sessions.split(",")]
     args.modes = [m.strip() for m in args.modes.split(",")]
-    if not set(args.modes) <= {"direct", "passthrough", "decode"}:
-        parser.error("modes are direct, passthrough and decode")
+    if not set(args.modes) <= {"direct", "passthrough", "recording", "decode"}:
+        parser.error("modes are direct, passthrough, recording and decode")
     if not 1 <= args.duration <= 60 or max(args.sessions) > 150 or not 1 <= args.repeat <= 5:
         parser.error("keep it bounded: duration 1..60 s, at most 150 sessions, 1..5 repeats")
     asyncio.run(main_async(args))
