@@ -37,7 +37,7 @@ from relay.recording import packetlog, transcript
 
 log = logging.getLogger("relay.recording")
 
-FLUSH_INTERVAL_S = 0.25
+FLUSH_INTERVAL_S = 0.5
 FSYNC_INTERVAL_S = 1.0
 # Packets held per leg between writer passes (10 s at 50 packets/s); beyond, drops count.
 QUEUE_MAX_PACKETS = 500
@@ -113,6 +113,9 @@ class SessionRecorder:
         self._opened = False
         self._dropped_written = dict.fromkeys(LEGS, 0)
         self._fsync_at = 0.0
+        # Files written since the last flush / since the last fdatasync.
+        self._dirty: set[str] = set()
+        self._unsynced: set[str] = set()
 
     # ------------------------------------------------------------------ event loop side
     def tap(self, leg: str) -> LegTap:
@@ -216,6 +219,8 @@ class SessionRecorder:
                 )
             self._files[leg].write(b"".join(chunks))
             self.packets_written[leg] += len(chunks)
+            self._dirty.add(leg)
+            self._unsynced.add(leg)
         lines: list[bytes] = []
         while self.events:
             lines.append(json.dumps(self.events.popleft()).encode() + b"\n")
@@ -225,12 +230,17 @@ class SessionRecorder:
             lines.append(json.dumps({"kind": "dropped", "dropped": dropped}).encode() + b"\n")
         if lines:
             self._files["events"].write(b"".join(lines))
-        for f in self._files.values():
-            f.flush()
+            self._dirty.add("events")
+            self._unsynced.add("events")
+        for name in self._dirty:
+            self._files[name].flush()  # in the kernel: a crash of this process loses no more
+        self._dirty.clear()
         if force_sync or now - self._fsync_at >= FSYNC_INTERVAL_S:
+            # On the device too (a machine crash); fdatasync, and only files that changed.
             self._fsync_at = now
-            for f in self._files.values():
-                os.fsync(f.fileno())
+            for name in self._unsynced:
+                os.fdatasync(self._files[name].fileno())
+            self._unsynced.clear()
 
     def _fail(self, reason: str) -> None:
         self.failure = reason

@@ -147,6 +147,22 @@ class RecordingRows:
 
         await self._store._run("recording_status", op)
 
+    async def discard(self, recording_id: str) -> None:
+        """Forget a recording that holds no audio at all (the session never carried any)."""
+
+        async def op(conn: asyncpg.Connection) -> None:
+            async with conn.transaction():
+                session_id = await conn.fetchval(
+                    "DELETE FROM recordings WHERE id = $1 RETURNING session_id", recording_id
+                )
+                if session_id is not None:
+                    await conn.execute(
+                        "UPDATE interview_sessions SET recording_status = 'no audio' WHERE id = $1",
+                        session_id,
+                    )
+
+        await self._store._run("recording_discard", op)
+
     async def get(self, recording_id: str) -> asyncpg.Record | None:
         async def op(conn: asyncpg.Connection) -> asyncpg.Record | None:
             return await conn.fetchrow(

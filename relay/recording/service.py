@@ -189,6 +189,11 @@ class RecordingService:
         self.live.pop(recorder.recording_id, None)
         if recorder.failure is not None:
             return  # already marked failed; nothing to finalise
+        if not any(recorder.packets_written.values()):
+            # The session never carried audio (a refused offer, a leg that never
+            # connected): nothing to keep, no row to show.
+            self._spawn(self._discard(recorder), "recording-discard")
+            return
         self._spawn(
             self._finalise(
                 recorder.recording_id,
@@ -198,6 +203,14 @@ class RecordingService:
             ),
             f"recording-finalise-{recorder.recording_id}",
         )
+
+    async def _discard(self, recorder: SessionRecorder) -> None:
+        await self._row_ready(recorder.recording_id)
+        await asyncio.to_thread(shutil.rmtree, recorder.directory, True)
+        try:
+            await self.rows.discard(recorder.recording_id)
+        except (DatabaseUnavailable, asyncpg.PostgresError) as exc:
+            log.warning("recording %s: row not removed (%s)", recorder.recording_id, exc)
 
     # ------------------------------------------------------------------ finalisation
     def _submit(self, fn: Any, *args: Any) -> Future[Any]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from relay.upstream.simulator.server import RunningSimulator
 from tests.integration.conftest import MakeRelay
 from tests.integration.media_helpers import encode_opus, speech_like, wait_until
 from tests.integration.recording_helpers import (
@@ -288,3 +289,37 @@ async def test_recording_notice_is_public_and_the_flag_is_checked(make_relay: Ma
         "SELECT recording_notice_shown FROM interview_sessions WHERE id = $1", body["session_id"]
     )
     assert rows[0]["recording_notice_shown"] is False
+
+
+async def test_a_session_that_never_carried_audio_leaves_no_recording(
+    make_relay: MakeRelay, simulator: RunningSimulator, browsers: list[TimedBrowser]
+) -> None:
+    await simulator.state.update_faults({"calls": {"status": 500, "code": "server_error"}})
+    relay = await make_relay()
+    browser = new_browser(browsers)
+    token = await relay.add_user()
+    status, body, _ = await relay.create_session(token)
+    assert status == 201
+    session_id = body["session_id"]
+    async with relay.client.post(
+        "/api/webrtc-exchange",
+        json={"session_id": session_id, "type": "offer", "sdp": await browser.peer.offer()},
+        headers={"Authorization": f"Bearer {token}"},
+    ) as resp:
+        assert resp.status == 502
+    service = relay.services.recordings
+    assert service is not None
+
+    async def status_of_session() -> str | None:
+        rows = await relay.sql(
+            "SELECT recording_status FROM interview_sessions WHERE id = $1", session_id
+        )
+        return rows[0]["recording_status"]  # type: ignore[no-any-return]
+
+    deadline = time.monotonic() + 10
+    while await status_of_session() != "no audio":
+        assert time.monotonic() < deadline, await status_of_session()
+        await asyncio.sleep(0.05)
+    assert await relay.sql("SELECT id FROM recordings WHERE session_id = $1", session_id) == []
+    directory = relay.services.settings.recording_path / session_id
+    assert not await asyncio.to_thread(directory.exists)
