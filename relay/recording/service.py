@@ -83,6 +83,8 @@ class RecordingService:
         self.live: dict[str, SessionRecorder] = {}
         self._background: asyncio.Task[None] | None = None
         self._finalising: set[str] = set()
+        # Set once close() stops taking work: late callbacks start nothing new.
+        self._closing = False
 
     @property
     def enabled(self) -> bool:
@@ -92,11 +94,24 @@ class RecordingService:
     def start(self) -> None:
         self._background = asyncio.create_task(self._run_background(), name="recordings")
 
+    @property
+    def idle(self) -> bool:
+        """No recorder open and nothing being finalised, stored or deleted."""
+        return not self.live and not self._tasks
+
     async def close(self) -> None:
-        """Let running finalisations finish (bounded), then stop the writer and the pool."""
+        """Let stopped recorders close and finalisations finish (bounded), then stop the
+        writer and the pool. Whatever is left unfinished is recovered at the next start."""
         if self._background is not None:
             self._background.cancel()
             await asyncio.gather(self._background, return_exceptions=True)
+        # The bridges have stopped their recorders; the writer closes them within a pass.
+        deadline = asyncio.get_running_loop().time() + CLOSE_TIMEOUT_S
+        while any(r.stopping for r in self.live.values()):
+            if asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        self._closing = True
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=CLOSE_TIMEOUT_S)
         for task in list(self._tasks):
@@ -187,6 +202,8 @@ class RecordingService:
 
     def _on_closed(self, recorder: SessionRecorder) -> None:
         self.live.pop(recorder.recording_id, None)
+        if self._closing:
+            return  # shutting down: the next start finalises it from the directory
         if recorder.failure is not None:
             return  # already marked failed; nothing to finalise
         if not any(recorder.packets_written.values()):
@@ -215,6 +232,8 @@ class RecordingService:
     # ------------------------------------------------------------------ finalisation
     def _submit(self, fn: Any, *args: Any) -> Future[Any]:
         """Runs in a worker thread (see ``_finalise``)."""
+        if self._closing and self._pool is None:
+            raise RuntimeError("the relay is shutting down")
         return self._executor().submit(fn, *args)
 
     def _executor(self) -> ProcessPoolExecutor:

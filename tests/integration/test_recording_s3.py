@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ from typing import Any
 import pytest
 from aiobotocore.session import get_session
 
+from relay.config import RecordingConfig
+from relay.recording.s3 import MULTIPART_THRESHOLD, PART_SIZE, S3Storage
 from tests.integration.conftest import MakeRelay
 from tests.integration.media_helpers import encode_opus, wait_until
 from tests.integration.recording_helpers import (
@@ -174,3 +177,32 @@ async def test_s3_down_fails_the_recording_keeps_local_files_and_retries(
     item = await wait_recording(relay, session_id, "ready")
     assert any(session_id in key for key in await keys(endpoint))
     assert not local.exists()
+
+
+async def test_large_files_go_up_in_parts(
+    seaweedfs: SeaweedServer, s3_credentials: None, tmp_path: Path
+) -> None:
+    endpoint = seaweedfs.endpoint_url
+    await make_bucket(endpoint)
+    config = RecordingConfig(
+        storage="s3", s3_endpoint_url=endpoint, s3_bucket=BUCKET, s3_prefix=PREFIX
+    )
+    storage = S3Storage(config)
+    big = tmp_path / "recording.wav"
+    data = os.urandom(MULTIPART_THRESHOLD + PART_SIZE + 1234)
+    big.write_bytes(data)
+    key = storage.key("is_big", "rec_0123456789abcdef", "recording.wav")
+    try:
+        await storage.upload(big, key, "audio/wav")
+        head = await s3_call(endpoint, "head_object", Bucket=BUCKET, Key=key)
+        assert head["ContentLength"] == len(data)
+        # S3's convention for a multipart object's ETag: "<md5 of part md5s>-<parts>".
+        parts = -(-len(data) // PART_SIZE)
+        assert head["ETag"].strip('"').endswith(f"-{parts}"), head["ETag"]
+        assert hashlib.sha256(await read_object(endpoint, key)).digest() == (
+            hashlib.sha256(data).digest()
+        )
+        assert await storage.delete_prefix(f"{PREFIX}is_big/") == 1
+        assert await keys(endpoint) == []
+    finally:
+        await storage.close()
