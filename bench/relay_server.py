@@ -194,10 +194,12 @@ class RelayServer:
             "before_connect": 0,
         }
         modes: dict[str, int] = {}
+        packets_in = 0
         for bridge in self.bridges:
             snapshot = bridge.stats()
             for direction in ("browser_to_upstream", "upstream_to_browser"):
                 d: dict[str, Any] = snapshot[direction]
+                packets_in += d["packets_in"]
                 modes[d["mode"]] = modes.get(d["mode"], 0) + 1
                 for key in drops:
                     drops[key] += d["dropped"][key]
@@ -214,6 +216,7 @@ class RelayServer:
                 "bridges": len(self.bridges),
                 "active": sum(1 for b in self.bridges if b.state == "active"),
                 "modes": modes,
+                "packets_in": packets_in,
                 "drops": drops,
                 "lag_p50_ms": lag[len(lag) // 2] * 1000,
                 "lag_p99_ms": lag[min(len(lag) - 1, int(len(lag) * 0.99))] * 1000,

@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -372,6 +373,14 @@ async def run_point(
                 result.update(
                     relay_cpu=round(cpu, 3),
                     relay_cpu_ms_per_session_s=round(1000 * cpu / sessions, 2),
+                    # Per packet received by the relay: comparable across modes even when
+                    # a loaded machine delivers fewer packets than were sent.
+                    relay_cpu_us_per_packet=round(
+                        1e6
+                        * (s1["cpu"] - s0["cpu"])
+                        / max(1, s1.get("packets_in", 0) - s0.get("packets_in", 0)),
+                        2,
+                    ),
                     relay_sys_share=round(
                         (s1["sys"] - s0["sys"]) / max(1e-9, s1["cpu"] - s0["cpu"]), 3
                     ),
@@ -533,24 +542,35 @@ def table(rows: list[dict[str, Any]]) -> str:
         fast_onset = _added(fast, base, "onset_p50_ms", "onset_p50_ms")
         slow_onset = _added(slow, base, "onset_p50_ms", "onset_p50_ms")
         ratios.append(f"| {n} | {cpu_text} | {slow_onset} ms / {fast_onset} ms |")
-    recording = [
+    ratios += _recording_table(rows)
+    return "\n".join(lines + ratios)
+
+
+def _recording_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Recording vs passthrough, per N: relay CPU per received packet, median over repeats
+    (each run alternates the modes), and the extra CPU per recorded session-second
+    (a bridged session receives 100 packets a second: 50 each way)."""
+    out = [
         "",
-        "| N | relay ms CPU/s per session, recording / passthrough | extra per recorded"
-        " session-second (ms CPU) | ratio |",
-        "|---|---|---|---|",
+        "| N | runs | relay µs CPU per packet, passthrough / recording (median) |"
+        " extra ms CPU per recorded session-second | recording / passthrough |",
+        "|---|---|---|---|---|",
     ]
     for n in sorted({r["sessions"] for r in rows}):
-        off, on = by_point.get(("passthrough", n)), by_point.get(("recording", n))
-        if not off or not on:
+        cost: dict[str, list[float]] = {"passthrough": [], "recording": []}
+        for r in rows:
+            if r["sessions"] == n and r["mode"] in cost and "relay_cpu_us_per_packet" in r:
+                cost[r["mode"]].append(r["relay_cpu_us_per_packet"])
+        if not cost["passthrough"] or not cost["recording"]:
             continue
-        cost_off = off.get("relay_cpu_ms_per_session_s", 0)
-        cost_on = on.get("relay_cpu_ms_per_session_s", 0)
-        extra = 1000 * (on.get("relay_cpu", 0) - off.get("relay_cpu", 0)) / n
-        ratio = cost_on / max(1e-9, cost_off)
-        recording.append(f"| {n} | {cost_on} / {cost_off} | {extra:.2f} | {ratio:.2f}x |")
-    if len(recording) > 4:
-        ratios += recording
-    return "\n".join(lines + ratios)
+        off = statistics.median(cost["passthrough"])
+        on = statistics.median(cost["recording"])
+        extra_ms = (on - off) * 100 / 1000
+        out.append(
+            f"| {n} | {len(cost['recording'])} | {off:.1f} / {on:.1f} |"
+            f" {extra_ms:.2f} | {on / max(1e-9, off):.2f}x |"
+        )
+    return out if len(out) > 3 else []
 
 
 async def main_async(args: argparse.Namespace) -> None:

@@ -10,6 +10,7 @@ DELETE /api/recordings/{id}          files/objects removed, row marked deleted
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from typing import Any
 
@@ -134,6 +135,8 @@ async def _serve_s3(
             raise ApiError(416, "invalid_range", "The range is outside the file.") from None
         raise ApiError(502, "storage_error", "The object store did not answer.") from exc
     async with stack:
+        # Released even when the client goes away mid-stream (the pooled connection).
+        stack.callback(_close_quietly, obj.body)
         response = web.StreamResponse(status=206 if obj.content_range else 200)
         response.content_type = content_type
         response.content_length = obj.content_length
@@ -146,6 +149,11 @@ async def _serve_s3(
             await response.write(chunk)
         await response.write_eof()
         return response
+
+
+def _close_quietly(body: Any) -> None:
+    with contextlib.suppress(Exception):
+        body.close()
 
 
 async def get_audio(request: web.Request) -> web.StreamResponse:
