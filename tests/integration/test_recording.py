@@ -323,3 +323,35 @@ async def test_a_session_that_never_carried_audio_leaves_no_recording(
     assert await relay.sql("SELECT id FROM recordings WHERE session_id = $1", session_id) == []
     directory = relay.services.settings.recording_path / session_id
     assert not await asyncio.to_thread(directory.exists)
+
+
+async def test_a_full_disk_fails_the_recording_not_the_interview(
+    make_relay: MakeRelay, browsers: list[TimedBrowser]
+) -> None:
+    relay = await make_relay()
+    browser = new_browser(browsers)
+    token = await relay.add_user()
+    status, body, _ = await relay.create_session(token)
+    assert status == 201
+    session_id = body["session_id"]
+    # The candidate's packet log lands on /dev/full: every write fails with ENOSPC, as on a
+    # full disk (a real kernel error, no mock).
+    directory = relay.services.settings.recording_path / session_id
+    await asyncio.to_thread(directory.mkdir, parents=True)
+    await asyncio.to_thread((directory / "candidate.rlog").symlink_to, "/dev/full")
+    async with relay.client.post(
+        "/api/webrtc-exchange",
+        json={"session_id": session_id, "type": "offer", "sdp": await browser.peer.offer()},
+        headers={"Authorization": f"Bearer {token}"},
+    ) as resp:
+        answer = await resp.json()
+        assert resp.status == 201, answer
+    await browser.peer.accept(answer["sdp"])
+    await browser.peer.wait_connected()
+    await speak_and_hear_reply(browser)
+    assert browser.peer.speaker.loud_frames() > 25
+    await hang_up(relay, session_id)
+    item = await wait_recording(relay, session_id, "failed")
+    assert "No space left on device" in item["status_reason"], item
+    rows = await relay.sql("SELECT state FROM interview_sessions WHERE id = $1", session_id)
+    assert rows[0]["state"] == "ended"
