@@ -197,7 +197,6 @@ class RecordingService:
 
     async def _mark_failed(self, recording_id: str, reason: str) -> None:
         await self._row_ready(recording_id)
-        # Recreate the wait for later status writes (finalisation) in the same order.
         await self._status(recording_id, "failed", reason=reason)
 
     def _on_closed(self, recorder: SessionRecorder) -> None:
@@ -363,6 +362,9 @@ class RecordingService:
             recording_id, session_id = str(meta["recording_id"]), str(meta["session_id"])
             if recording_id in live or meta.get("instance_id") not in (None, self.instance_id):
                 continue
+            row = await self.rows.get(recording_id)
+            if row is not None and row["status"] not in ("recording", "rendering"):
+                continue  # failed (its reason stays), deleted, or already finished
             log.warning("recording %s: unfinished (relay stopped); finalising", recording_id)
             await self._create_row(
                 recording_id, session_id, self._location(session_id, recording_id), recovered=True
