@@ -3,6 +3,7 @@ received, on the relay's own monotonic clock: same process), decoding and onsets
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 from dataclasses import dataclass, field
@@ -180,10 +181,4 @@ async def wait_recording(
             return item
         if time.monotonic() > deadline:
             raise AssertionError(f"recording not {status} within {within}s: {item}")
-        await _pause()
-
-
-async def _pause() -> None:
-    import asyncio
-
-    await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)
