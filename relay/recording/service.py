@@ -237,10 +237,13 @@ class RecordingService:
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            # spawn, not fork: this process runs threads (aiortc, the writer) and a loop.
+            # Not fork: this process runs threads (aiortc, the writer) and a loop. The fork
+            # server is a clean process started once, with the renderer (PyAV, numpy)
+            # imported, so each worker is a cheap fork of it instead of a new interpreter.
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["relay.recording.render"])
             self._pool = ProcessPoolExecutor(
-                max_workers=self.config.render_workers,
-                mp_context=multiprocessing.get_context("spawn"),
+                max_workers=self.config.render_workers, mp_context=context
             )
         return self._pool
 
