@@ -6,9 +6,11 @@ upstream leg offers to the benchmark's endpoint process (``--upstream`` URL), ex
 would offer to OpenAI. ``GET /stats`` reports this process's CPU, RSS, threads and event
 loop lag and the bridges' drop counters.
 
-Modes: ``passthrough`` (the relay's normal Opus path) and ``decode`` (the bridge forced onto
-its decode/re-encode fallback with aiortc's own audio-level function, i.e. aiortc's
-default relay cost).
+Modes: ``passthrough`` (the relay's normal Opus path), ``recording`` (the same with a
+``SessionRecorder`` per bridge: taps, the writer thread and its packet logs in a temporary
+directory; finalisation runs after the session, in other processes, and is not part of
+this process's cost) and ``decode`` (the bridge forced onto its decode/re-encode fallback
+with aiortc's own audio-level function, i.e. aiortc's default relay cost).
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ import argparse
 import asyncio
 import gc
 import os
+import shutil
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -31,6 +36,7 @@ from relay.media import aiortc_private
 from relay.media.bridge import Bridge, BridgeSettings, EndState
 from relay.media.metrics import MediaMetrics
 from relay.observability.metrics import MetricsRegistry
+from relay.recording.recorder import RecordingWriter, SessionRecorder
 from relay.upstream.base import MintedSession, SdpAnswer
 
 SETTINGS = BridgeSettings(
@@ -131,6 +137,24 @@ class RelayServer:
         self.bridges: list[Bridge] = []
         self.lag = LoopLag()
         self.gc = GcPauses()
+        self.recordings = tempfile.mkdtemp(prefix="bench-rec-") if mode == "recording" else None
+        self.writer = RecordingWriter() if mode == "recording" else None
+
+    def recorder(self, session_id: str) -> SessionRecorder | None:
+        if self.writer is None or self.recordings is None:
+            return None
+        recorder = SessionRecorder(
+            recording_id=f"rec_{session_id}",
+            session_id=session_id,
+            directory=Path(self.recordings) / session_id,
+            instance_id="bench",
+            audio_format="ogg",
+            on_failed=lambda r: print(f"recording failed: {r.failure}", flush=True),
+            on_closed=lambda r: None,
+            loop=asyncio.get_running_loop(),
+        )
+        self.writer.add(recorder)
+        return recorder
 
     async def session(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -145,6 +169,7 @@ class RelayServer:
             metrics=self.metrics,
             hooks=NoHooks(),
             force_decode=self.mode == "decode",
+            recorder=self.recorder(f"bench{body['id']}"),
         )
         self.bridges.append(bridge)
         answer = await bridge.start(body["sdp"])
@@ -169,10 +194,12 @@ class RelayServer:
             "before_connect": 0,
         }
         modes: dict[str, int] = {}
+        packets_in = 0
         for bridge in self.bridges:
             snapshot = bridge.stats()
             for direction in ("browser_to_upstream", "upstream_to_browser"):
                 d: dict[str, Any] = snapshot[direction]
+                packets_in += d["packets_in"]
                 modes[d["mode"]] = modes.get(d["mode"], 0) + 1
                 for key in drops:
                     drops[key] += d["dropped"][key]
@@ -189,6 +216,7 @@ class RelayServer:
                 "bridges": len(self.bridges),
                 "active": sum(1 for b in self.bridges if b.state == "active"),
                 "modes": modes,
+                "packets_in": packets_in,
                 "drops": drops,
                 "lag_p50_ms": lag[len(lag) // 2] * 1000,
                 "lag_p99_ms": lag[min(len(lag) - 1, int(len(lag) * 0.99))] * 1000,
@@ -228,12 +256,15 @@ async def serve(mode: str, port: int, upstream_url: str, keep_rtp_history: bool)
     finally:
         lag_task.cancel()
         await server.upstream.close()
+        if server.writer is not None and server.recordings is not None:
+            await asyncio.to_thread(server.writer.close)
+            shutil.rmtree(server.recordings, ignore_errors=True)
         await runner.cleanup()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--mode", choices=["passthrough", "decode"], required=True)
+    parser.add_argument("--mode", choices=["passthrough", "recording", "decode"], required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True)
     parser.add_argument("--keep-rtp-history", action="store_true")

@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -372,6 +373,14 @@ async def run_point(
                 result.update(
                     relay_cpu=round(cpu, 3),
                     relay_cpu_ms_per_session_s=round(1000 * cpu / sessions, 2),
+                    # Per packet received by the relay: comparable across modes even when
+                    # a loaded machine delivers fewer packets than were sent.
+                    relay_cpu_us_per_packet=round(
+                        1e6
+                        * (s1["cpu"] - s0["cpu"])
+                        / max(1, s1.get("packets_in", 0) - s0.get("packets_in", 0)),
+                        2,
+                    ),
                     relay_sys_share=round(
                         (s1["sys"] - s0["sys"]) / max(1e-9, s1["cpu"] - s0["cpu"]), 3
                     ),
@@ -533,7 +542,35 @@ def table(rows: list[dict[str, Any]]) -> str:
         fast_onset = _added(fast, base, "onset_p50_ms", "onset_p50_ms")
         slow_onset = _added(slow, base, "onset_p50_ms", "onset_p50_ms")
         ratios.append(f"| {n} | {cpu_text} | {slow_onset} ms / {fast_onset} ms |")
+    ratios += _recording_table(rows)
     return "\n".join(lines + ratios)
+
+
+def _recording_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Recording vs passthrough, per N: relay CPU per received packet, median over repeats
+    (each run alternates the modes), and the extra CPU per recorded session-second
+    (a bridged session receives 100 packets a second: 50 each way)."""
+    out = [
+        "",
+        "| N | runs | relay µs CPU per packet, passthrough / recording (median) |"
+        " extra ms CPU per recorded session-second | recording / passthrough |",
+        "|---|---|---|---|---|",
+    ]
+    for n in sorted({r["sessions"] for r in rows}):
+        cost: dict[str, list[float]] = {"passthrough": [], "recording": []}
+        for r in rows:
+            if r["sessions"] == n and r["mode"] in cost and "relay_cpu_us_per_packet" in r:
+                cost[r["mode"]].append(r["relay_cpu_us_per_packet"])
+        if not cost["passthrough"] or not cost["recording"]:
+            continue
+        off = statistics.median(cost["passthrough"])
+        on = statistics.median(cost["recording"])
+        extra_ms = (on - off) * 100 / 1000
+        out.append(
+            f"| {n} | {len(cost['recording'])} | {off:.1f} / {on:.1f} |"
+            f" {extra_ms:.2f} | {on / max(1e-9, off):.2f}x |"
+        )
+    return out if len(out) > 3 else []
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -549,8 +586,9 @@ async def main_async(args: argparse.Namespace) -> None:
     rows = []
     try:
         for sessions in args.sessions:
-            for mode in args.modes:
-                for run in range(args.repeat):
+            # Modes alternate within each repeat, so a machine-wide disturbance is shared.
+            for run in range(args.repeat):
+                for mode in args.modes:
                     started = time.monotonic()
                     row = await run_point(mode, sessions, args, endpoints)
                     row["run"] = run + 1
@@ -570,7 +608,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="relay media benchmark (see module docstring)")
     parser.add_argument("--table", metavar="RESULTS", help="only print the table of a results file")
     parser.add_argument("--sessions", default="10,50,100", help="comma-separated session counts")
-    parser.add_argument("--modes", default="direct,passthrough,decode")
+    parser.add_argument(
+        "--modes",
+        default="direct,passthrough,decode",
+        help="also: recording (passthrough + recorder)",
+    )
     parser.add_argument("--duration", type=float, default=10.0, help="measured window, s")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--probes", type=int, default=4, help="sessions analysed per packet")
@@ -589,8 +631,8 @@ def main() -> None:
         return
     args.sessions = [int(x) for x in args.sessions.split(",")]
     args.modes = [m.strip() for m in args.modes.split(",")]
-    if not set(args.modes) <= {"direct", "passthrough", "decode"}:
-        parser.error("modes are direct, passthrough and decode")
+    if not set(args.modes) <= {"direct", "passthrough", "recording", "decode"}:
+        parser.error("modes are direct, passthrough, recording and decode")
     if not 1 <= args.duration <= 60 or max(args.sessions) > 150 or not 1 <= args.repeat <= 5:
         parser.error("keep it bounded: duration 1..60 s, at most 150 sessions, 1..5 repeats")
     asyncio.run(main_async(args))

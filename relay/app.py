@@ -38,6 +38,8 @@ from relay.media.event_schema import unknown_types
 from relay.media.manager import BridgeManager
 from relay.observability.loop_monitor import LoopMonitor
 from relay.observability.metrics import MetricsRegistry
+from relay.recording import consent
+from relay.recording.service import RecordingService
 from relay.services import SERVICES, Services, StartupStatus
 from relay.sessions.registry import SessionRegistry
 from relay.sessions.service import SessionService
@@ -51,6 +53,7 @@ from relay.web import (
     routes_bridge,
     routes_health,
     routes_operator,
+    routes_recordings,
     routes_session,
     security_headers,
 )
@@ -99,6 +102,8 @@ def create_app(settings: Settings, *, instance_id: str | None = None) -> web.App
     routes_bridge.register(app)
     routes_health.register(app)
     routes_operator.register(app)
+    routes_recordings.register(app)
+    consent.register(app)
     if "index.html" in STATIC_FILES:
         app.router.add_get("/", _index)
         app.router.add_get("/static/{name}", _static_file)
@@ -247,6 +252,12 @@ async def _start(
     # Runs after the bridges have closed (the stack unwinds in reverse): whatever is still
     # registered (e.g. sessions minted but never exchanged) is closed in the database.
     stack.push_async_callback(sessions.finish_all, "relay_shutdown")
+    # Closed after the bridges (the stack unwinds in reverse), so their recordings finalise.
+    recordings = RecordingService(settings, store, instance)
+    services.recordings = recordings
+    services.recordings_summary = recordings.summary
+    recordings.start()
+    stack.push_async_callback(recordings.close)
     bridges = BridgeManager(services)
     services.bridges = bridges
     stack.push_async_callback(bridges.close_all)

@@ -314,6 +314,43 @@ class MediaConfig(_Section):
     queue_max_frames: Annotated[int, Field(ge=1, le=10_000)] = 50
 
 
+class RecordingConfig(_Section):
+    # Record every interview (both voices, transcript, manifest).
+    enabled: bool = True
+    # "ogg" (Ogg/Opus, stereo) or "wav" (16-bit PCM, stereo).
+    format: Literal["ogg", "wav"] = "ogg"
+    # Recordings older than this are deleted (files and objects) and their rows marked.
+    retention_days: Annotated[int, Field(ge=1, le=36500)] = 30
+    # "local" (files under directory) or "s3" (uploaded after finalisation).
+    storage: Literal["local", "s3"] = "local"
+    # Where recordings are written (and kept, with local storage). Empty: data_dir/recordings.
+    directory: str = ""
+    s3_endpoint_url: str = ""
+    s3_bucket: str = ""
+    s3_prefix: str = "recordings/"
+    s3_region: str = "us-east-1"
+    # Shown on the candidate page before Start.
+    notice_text: str = (
+        "This interview is recorded (audio and transcript) and shared with the hiring team."
+    )
+    # Worker processes that finalise recordings.
+    render_workers: Annotated[int, Field(ge=1, le=16)] = 1
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _http_endpoint(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            # The value itself is not echoed: a URL may carry credentials.
+            raise ValueError("not an http(s) URL")
+        return value
+
+    @model_validator(mode="after")
+    def _bucket_for_s3(self) -> RecordingConfig:
+        if self.storage == "s3" and not self.s3_bucket:
+            raise ValueError("s3_bucket: required when recording.storage is s3")
+        return self
+
+
 class _Sources:
     """Where ``load_settings`` reads from (``Settings()`` alone is the built-in defaults)."""
 
@@ -345,6 +382,7 @@ class Settings(BaseSettings):
     ice: IceConfig = IceConfig()
     events: EventsConfig = EventsConfig()
     media: MediaConfig = MediaConfig()
+    recording: RecordingConfig = RecordingConfig()
 
     @model_validator(mode="after")
     def _across_sections(self) -> Settings:
@@ -380,6 +418,10 @@ class Settings(BaseSettings):
     @property
     def data_path(self) -> Path:
         return Path(self.server.data_dir)
+
+    @property
+    def recording_path(self) -> Path:
+        return Path(self.recording.directory or self.data_path / "recordings")
 
     def replace(self, section: str, **changes: Any) -> Settings:
         """A copy with some keys of one section changed, validated (tests and the CLI)."""

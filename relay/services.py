@@ -24,6 +24,7 @@ from relay.upstream.health import UpstreamHealth
 if TYPE_CHECKING:
     from relay.media.manager import BridgeManager
     from relay.observability.loop_monitor import LoopMonitor
+    from relay.recording.service import RecordingService
     from relay.upstream.simulator.server import RunningSimulator
 
 
@@ -57,9 +58,11 @@ class Services:
     simulator: RunningSimulator | None = None
     # Event-loop lag and CPU of this process (relay.observability.loop_monitor).
     loop_monitor: LoopMonitor | None = None
-    # The recordings list for /api/stats and the dashboard, once the relay records (design
-    # §7): returns items with id, session_id, status, duration_s, bytes, created_at.
-    recordings_summary: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None
+    # The ``recordings`` block of /api/stats and the dashboard (counts by status, failures,
+    # and ``latest``: items with id, session_id, status, duration_s, bytes, created_at).
+    recordings_summary: Callable[[], Awaitable[dict[str, Any]]] | None = None
+    # Interview recordings (relay.recording), set during start-up.
+    recordings: RecordingService | None = None
     # Set when no operator token was configured: printed once by `relay serve`.
     generated_operator_token: str | None = field(default=None, repr=False)
     # Non-retryable start-up failures (shared with the start-up tasks that report them).

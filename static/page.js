@@ -9,7 +9,7 @@ const MAX_ATTEMPTS = 4;
 const ICE_GATHER_TIMEOUT_MS = 3000;
 
 const $ = (id) => document.getElementById(id);
-const state = { pc: null, channel: null, sessionId: null, token: null };
+const state = { pc: null, channel: null, sessionId: null, token: null, noticeShown: false };
 // What the upstream is doing: generating a response (response.created .. response.done) and
 // playing audio (output_audio_buffer.started .. stopped/cleared). On the real service a
 // response is done long before its audio stops, so the two differ.
@@ -199,7 +199,9 @@ async function start() {
   $("start").disabled = true;
   try {
     setStatus("Checking your access…");
-    const session = await withRetries("the session", () => api("POST", "/api/realtime-session", {}));
+    // Tells the relay whether the recording notice was on screen before Start.
+    const body = { recording_notice_shown: state.noticeShown === true };
+    const session = await withRetries("the session", () => api("POST", "/api/realtime-session", body));
     state.sessionId = session.session_id;
     $("simulated").hidden = !session.simulated;
 
@@ -271,4 +273,11 @@ function tokenFromAddress() {
 localStorage.removeItem("interviewToken"); // written by earlier versions of this page
 $("token").value = tokenFromAddress() || sessionStorage.getItem("interviewToken") || "";
 $("start").addEventListener("click", start);
+// The recording notice (text from the relay's config), shown before Start.
+fetch("/api/recording-notice").then((r) => (r.ok ? r.json() : null)).then((n) => {
+  if (!n || !n.recording || !n.notice) return;
+  $("recording-notice").textContent = n.notice;
+  $("recording-notice").hidden = false;
+  state.noticeShown = true;
+}).catch(() => { /* no notice: the session says so */ });
 $("stop").addEventListener("click", stop);

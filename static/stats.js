@@ -170,7 +170,7 @@ function render(stats) {
   renderCharts();
   renderLive(stats.sessions || []);
   renderEnded(stats.recently_ended || []);
-  renderRecordings(stats.recordings);
+  renderRecordings(stats.recordings && stats.recordings.latest);
 }
 
 function addSample(stats, now) {
@@ -380,7 +380,7 @@ function renderEnded(ended) {
   $("ended-empty").hidden = ended.length > 0;
 }
 
-// Recordings: drawn only when /api/stats carries a "recordings" list (id, session_id,
+// Recordings: drawn only when /api/stats carries a "recordings.latest" list (id, session_id,
 // status, duration_s, bytes, created_at). Audio and transcript need the token, so they are
 // fetched on demand and handed to the player as a blob URL.
 function renderRecordings(recordings) {

@@ -31,6 +31,7 @@ from tests.support.blocking import blocking_call_guard
 from tests.support.coturn import CoturnServer
 from tests.support.postgres import PostgresServer, initdb
 from tests.support.redis_server import RedisServer
+from tests.support.seaweedfs import SeaweedServer
 from tests.support.workspace import make_workspace, remove_workspace
 
 
@@ -135,6 +136,17 @@ TURN_RELAY_PORTS = (61000, 61199)
 def coturn(services_root: Path) -> Iterator[CoturnServer]:
     """A real coturn on 127.0.0.1 checking TURN REST credentials made with TURN_SECRET."""
     server = CoturnServer(services_root, TURN_SECRET, relay_ports=TURN_RELAY_PORTS)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
+# ---------------------------------------------------------------------- S3 (SeaweedFS)
+@pytest.fixture
+def seaweedfs(services_root: Path) -> Iterator[SeaweedServer]:
+    server = SeaweedServer(services_root)
     try:
         server.start()
         yield server

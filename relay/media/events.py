@@ -74,6 +74,8 @@ class EventRelay:
         self._session_id = session_id
         self.browser: RTCDataChannel | None = None
         self.upstream: RTCDataChannel | None = None
+        # Sees every upstream server event (the recorder's transcript source); O(1) per call.
+        self.observer: Callable[[Message], None] | None = None
         self._to_browser: deque[Message] = deque(maxlen=PENDING_MAX)
         self._to_upstream: deque[Message] = deque(maxlen=PENDING_MAX)
         self.counts: dict[str, int] = {
@@ -112,6 +114,8 @@ class EventRelay:
 
     # ------------------------------------------------------------------ directions
     def _from_upstream(self, message: Message) -> None:
+        if self.observer is not None:
+            self.observer(message)  # the recorder's transcript: what upstream said, unfiltered
         filtered = self._filter.apply(message)
         if filtered is None:
             self.counts["filtered"] += 1

@@ -30,6 +30,7 @@ from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtp import RtpPacket
 
 from relay.media import aiortc_private
+from relay.media.tap import PacketTap, TappedPacket
 from relay.media.tracks import BoundedQueueTrack
 from relay.tasks import cancel_and_wait, spawn
 
@@ -41,6 +42,8 @@ OPUS_TIME_BASE = fractions.Fraction(1, OPUS_CLOCK_RATE)
 # Where a new SSRC's timeline continues after the previous one: one 20 ms frame later.
 _SSRC_SWITCH_GAP = 960
 _DUPLICATE_WINDOW = 64
+# RTP clock rates of the codecs the decode path may see (G.722's RTP clock is 8 kHz).
+CLOCK_RATES = {"opus": OPUS_CLOCK_RATE, "pcmu": 8000, "pcma": 8000, "g722": 8000}
 
 
 @dataclass
@@ -150,8 +153,10 @@ class OpusPassthrough:
         opus_payload_types: frozenset[int],
         *,
         keep_receiver_reports: bool = True,
+        tap: PacketTap | None = None,
     ) -> None:
         self._receiver = receiver
+        self._tap = tap
         self._sink = sink
         self._stats = stats
         self._opus = opus_payload_types
@@ -190,6 +195,19 @@ class OpusPassthrough:
         if self._duplicates.seen(packet.sequence_number):
             stats.dropped_duplicate += 1
             return
+        if self._tap is not None:
+            self._tap.on_packet(
+                TappedPacket(
+                    "opus",
+                    OPUS_CLOCK_RATE,
+                    payload,
+                    packet.sequence_number,
+                    packet.timestamp,
+                    packet.ssrc,
+                    bool(packet.marker),
+                    now,
+                )
+            )
         out = av.Packet(payload)
         out.pts = self._timeline.map(packet.timestamp)
         out.time_base = OPUS_TIME_BASE
@@ -219,8 +237,12 @@ class DecodedRelay:
         stats: DirectionStats,
         *,
         max_backlog: int,
+        tap: PacketTap | None = None,
+        codec: str = "opus",
     ) -> None:
         self._receiver = receiver
+        self._tap = tap
+        self._codec = codec
         self._sink = sink
         self._stats = stats
         self._max_backlog = max_backlog
@@ -249,6 +271,19 @@ class DecodedRelay:
         if stats.first_packet_at is None:
             stats.first_packet_at = now
         stats.last_packet_at = now
+        if self._tap is not None and packet.payload:
+            self._tap.on_packet(
+                TappedPacket(
+                    self._codec,
+                    CLOCK_RATES.get(self._codec, OPUS_CLOCK_RATE),
+                    packet.payload,
+                    packet.sequence_number,
+                    packet.timestamp,
+                    packet.ssrc,
+                    bool(packet.marker),
+                    now,
+                )
+            )
         if aiortc_private.decoder_backlog(self._receiver) >= self._max_backlog:
             # The decoder thread is behind (CPU overload): shed load instead of queueing.
             stats.dropped_decoder_backlog += 1

@@ -156,7 +156,9 @@ class BridgeManager:
             )
             raise ApiError(409, "session_not_ready", "This session is not ready for media.")
         started = time.perf_counter()
+        recordings = self.services.recordings
         bridge = Bridge(
+            recorder=recordings.begin(entry.session_id) if recordings else None,
             session_id=entry.session_id,
             request_id=request_id,
             settings=self.settings,

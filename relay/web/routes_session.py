@@ -9,6 +9,7 @@ from aiohttp import web
 from relay.media.ice import browser_ice_servers
 from relay.observability.logging import request_banner
 from relay.observability.request_context import current, current_request_id
+from relay.recording.consent import recording_notice_shown
 from relay.services import SERVICES
 from relay.web.body import read_json_object
 
@@ -18,11 +19,16 @@ log = logging.getLogger("relay.http")
 async def create_realtime_session(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     with request_banner(log, "REALTIME SESSION") as banner:
-        # The body is optional today; when present it must be a JSON object.
-        await read_json_object(request, services.settings.server.max_body_bytes, allow_empty=True)
+        # The body is optional; when present it must be a JSON object.
+        fields = await read_json_object(
+            request, services.settings.server.max_body_bytes, allow_empty=True
+        )
+        notice_shown = recording_notice_shown(fields)
         services.sessions.refuse_if_draining()
         caller = await services.admission.authenticate(request.headers.get("Authorization"))
         entry = await services.sessions.create(caller)
+        if notice_shown and services.recordings is not None:
+            await services.recordings.note_consent(entry.session_id)
         ctx = current()
         body = {
             "session_id": entry.session_id,

@@ -25,7 +25,8 @@ TURN_S = 15
 
 async def interview_row(relay: RelayHarness, session_id: str) -> dict[str, Any]:
     rows = await relay.sql(
-        "SELECT state, end_reason FROM interview_sessions WHERE id = $1", session_id
+        "SELECT state, end_reason, recording_notice_shown FROM interview_sessions WHERE id = $1",
+        session_id,
     )
     assert len(rows) == 1
     return dict(rows[0])
@@ -46,6 +47,8 @@ async def test_candidate_talks_with_the_interviewer_and_hangs_up(
     await expect(page.locator("#token")).to_have_value(token)
     # Read once, then gone from the address bar (replaced in place, not a new history entry).
     assert token not in page.url and "token" not in page.url, page.url
+    notice = relay.services.settings.recording.notice_text
+    await expect(page.locator("#recording-notice")).to_have_text(notice)
 
     async with page.expect_response("**/api/realtime-session") as created:
         await page.click("#start")
@@ -102,6 +105,7 @@ async def test_candidate_talks_with_the_interviewer_and_hangs_up(
     assert row["end_reason"] == "hangup", row
     # The page ran under its Content-Security-Policy without a single violation.
     assert not [m for m in console if "Content Security Policy" in m], console
+    assert row["recording_notice_shown"] is True, row
 
 
 async def test_a_wrong_token_shows_the_invalid_token_message(

@@ -69,8 +69,8 @@ async def test_dashboard_shows_the_live_session_draws_charts_and_ends_it(
         await expect(page.locator("#chart-admission polyline").first).to_have_attribute(
             "points", re.compile(r"\d")
         )
-        # Recordings are not part of this build's stats: the section stays hidden.
-        await expect(page.locator("#recordings-section")).to_be_hidden()
+        # The relay records by default: the recordings section is drawn.
+        await expect(page.locator("#recordings-section")).to_be_visible()
 
         desktop = artifact_path("dashboard-1280.png")
         await page.screenshot(path=str(desktop), full_page=True)
@@ -150,19 +150,22 @@ async def test_recordings_render_only_when_the_stats_carry_them(
     errors = collect_page_errors(page)
     await page.goto(str(relay.client.make_url(f"/stats#token={OPERATOR_TOKEN}")))
     await expect(page.locator('[data-dep="PostgreSQL"] strong')).to_have_text("up")
-    await expect(page.locator("#recordings-section")).to_be_hidden()
+    # The relay records (on by default) but has no recordings yet.
+    await expect(page.locator("#recordings")).to_contain_text("No recordings.")
 
-    async def recordings() -> list[dict[str, object]]:
-        return [
-            {
-                "id": "rec_1",
-                "session_id": "is_abc",
-                "status": "ready",
-                "duration_s": 61.5,
-                "bytes": 480_000,
-                "created_at": "2026-01-01T00:00:00Z",
-            }
-        ]
+    async def recordings() -> dict[str, object]:
+        return {
+            "latest": [
+                {
+                    "id": "rec_1",
+                    "session_id": "is_abc",
+                    "status": "ready",
+                    "duration_s": 61.5,
+                    "bytes": 480_000,
+                    "created_at": "2026-01-01T00:00:00Z",
+                }
+            ]
+        }
 
     relay.services.recordings_summary = recordings
     item = page.locator('#recordings li[data-recording="rec_1"]')
@@ -172,8 +175,8 @@ async def test_recordings_render_only_when_the_stats_carry_them(
     for name in ("Load audio", "Transcript", "Delete"):
         await expect(item.get_by_role("button", name=name)).to_be_enabled()
 
-    async def none() -> list[dict[str, object]]:
-        return []
+    async def none() -> dict[str, object]:
+        return {"latest": []}
 
     relay.services.recordings_summary = none
     await expect(item).to_have_count(0, timeout=SHOWS_WITHIN_MS)

@@ -4,6 +4,7 @@ Redis, the simulator over real HTTP as the upstream."""
 from __future__ import annotations
 
 import secrets
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,8 @@ def relay_settings(
     )
     s = s.replace("cache", redis_url=redis_url, redis_timeout_s=0.2, breaker_open_s=60.0)
     s = s.replace("upstream", api_key=SIMULATOR_KEY, base_url=upstream_base_url)
+    # Recordings of each relay in a directory of their own (the default is under data_dir).
+    s = s.replace("recording", directory=tempfile.mkdtemp(prefix="recordings-"))
     for section, changes in (overrides or {}).items():
         s = s.replace(section, **changes)
     return s

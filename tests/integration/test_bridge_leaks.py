@@ -154,12 +154,18 @@ async def test_fifty_sessions_leave_nothing_behind(
     # worker threads and the codecs' one-time state exist from here on.
     await batch(0)
     await wait_until(lambda: footprint(simulator).simulator_calls == 0, 10, "warm-up calls closed")
+    # Each session's recording closes its files and is finalised after the session ends
+    # (the render pool's threads and pipes exist from the first one on).
+    recordings = relay.services.recordings
+    assert recordings is not None
+    await wait_until(lambda: recordings.idle, 60, "warm-up recordings finalised")
     baseline = footprint(simulator)
     assert baseline.relay_peers == 0 and baseline.decoder_threads == 0
 
     for start in range(CONCURRENCY, SESSIONS + CONCURRENCY, CONCURRENCY):
         await batch(start)
 
+    await wait_until(lambda: recordings.idle, 120, "recordings finalised")
     try:
         await wait_until(lambda: footprint(simulator) == baseline, 10, f"back to {baseline}")
     except AssertionError:

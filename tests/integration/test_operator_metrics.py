@@ -135,7 +135,10 @@ async def test_metrics_are_histograms_and_feed_the_json_stats(make_relay: MakeRe
         assert body["sessions"] == []
         ended = body["recently_ended"][0]
         assert ended["session_id"] == live.session_id and ended["reason"] == "operator_hangup"
-        assert "recordings" not in body  # no recorder in this build: the dashboard hides it
+        # The recorder (on by default) reports itself; the dashboard lists ``latest``.
+        assert body["recordings"]["enabled"] is True and isinstance(
+            body["recordings"]["latest"], list
+        )
 
 
 async def test_label_sets_stay_bounded_as_sessions_pass(make_relay: MakeRelay) -> None:

@@ -71,6 +71,10 @@ def test_secrets_are_not_in_repr() -> None:
         ({"RELAY__EVENTS__BROWSER_ALLOWED": '["session.update"]'}, "session.update"),
         ({"OPENAI_BASE_URL": "ftp://x"}, "upstream.base_url"),
         ({"RELAY__DATABASE__QUERY_TIMEOUT_S": "0"}, "database.query_timeout_s"),
+        ({"RELAY__RECORDING__FORMAT": "mp3"}, "recording.format"),
+        ({"RELAY__RECORDING__RETENTION_DAYS": "0"}, "recording.retention_days"),
+        ({"RELAY__RECORDING__STORAGE": "s3"}, "recording.s3_bucket"),
+        ({"RELAY__RECORDING__S3_ENDPOINT_URL": "minio:9000"}, "recording.s3_endpoint_url"),
     ],
 )
 def test_invalid_settings_name_the_key(env: dict[str, str], message: str) -> None:
@@ -270,3 +274,10 @@ def test_pydantic_settings_private_names_still_work_as_relied_on(
     empty = load_settings(environ={})
     assert empty.server.port == Settings().server.port != 1111
     assert empty.ice.host_addresses == Settings().ice.host_addresses
+
+
+def test_recordings_directory_defaults_under_data_dir() -> None:
+    s = load_settings(environ={"RELAY__SERVER__DATA_DIR": "/srv/relay"})
+    assert str(s.recording_path) == "/srv/relay/recordings"
+    s = load_settings(environ={"RELAY__RECORDING__DIRECTORY": "/mnt/rec"})
+    assert str(s.recording_path) == "/mnt/rec"

@@ -19,6 +19,7 @@ from aiortc.rtcrtpsender import RTCRtpSender
 from relay.media import aiortc_private
 from relay.media.forwarding import DecodedRelay, DirectionStats, Forwarder, OpusPassthrough
 from relay.media.sdp import AudioNegotiation
+from relay.media.tap import PacketTap
 from relay.media.tracks import BoundedQueueTrack
 
 if TYPE_CHECKING:
@@ -52,13 +53,26 @@ class DirectionPlan:
     stats: DirectionStats
     # Payload types accepted as Opus from ``receiver`` (passthrough only).
     opus_payload_types: frozenset[int]
+    # The negotiated codec of ``receiver`` (what the tap is told it records).
+    codec: str
+    # Sees every received packet of this direction (the recorder), if any.
+    tap: PacketTap | None = None
 
 
 def choose_forwarder(plan: DirectionPlan, *, passthrough: bool, max_backlog: int) -> Forwarder:
     """The forwarder every packet of one direction passes through."""
     if passthrough:
-        return OpusPassthrough(plan.receiver, plan.sink, plan.stats, plan.opus_payload_types)
-    return DecodedRelay(plan.receiver, plan.sink, plan.stats, max_backlog=max_backlog)
+        return OpusPassthrough(
+            plan.receiver, plan.sink, plan.stats, plan.opus_payload_types, tap=plan.tap
+        )
+    return DecodedRelay(
+        plan.receiver,
+        plan.sink,
+        plan.stats,
+        max_backlog=max_backlog,
+        tap=plan.tap,
+        codec=plan.codec,
+    )
 
 
 def wire_audio(bridge: Bridge, codecs: NegotiatedCodecs) -> None:
@@ -67,18 +81,23 @@ def wire_audio(bridge: Bridge, codecs: NegotiatedCodecs) -> None:
     up, down = bridge.browser_to_upstream, bridge.upstream_to_browser
     up.codec_in, up.codec_out = codecs.browser.primary, codecs.upstream.primary
     down.codec_in, down.codec_out = codecs.upstream.primary, codecs.browser.primary
+    recorder = bridge.recorder
     plans = [
         DirectionPlan(
             audio_receiver(bridge.browser_pc),
             bridge.to_upstream,
             up,
             codecs.browser.opus_payload_types,
+            codec=codecs.browser.primary or "opus",
+            tap=recorder.tap("candidate") if recorder else None,
         ),
         DirectionPlan(
             audio_receiver(bridge.upstream_pc),
             bridge.to_browser,
             down,
             codecs.upstream.opus_payload_types | codecs.our_upstream_opus,
+            codec=codecs.upstream.primary or "opus",
+            tap=recorder.tap("interviewer") if recorder else None,
         ),
     ]
     passthrough = codecs.passthrough and not bridge.force_decode

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCPeerConnection
 
@@ -33,6 +33,9 @@ from relay.media.tracks import BoundedQueueTrack
 from relay.tasks import spawn
 from relay.upstream.base import MintedSession, UpstreamClient
 
+if TYPE_CHECKING:
+    from relay.recording.recorder import SessionRecorder
+
 log = logging.getLogger("relay.media")
 
 
@@ -49,8 +52,11 @@ class Bridge:
         metrics: MediaMetrics,
         hooks: BridgeHooks,
         force_decode: bool = False,
+        recorder: SessionRecorder | None = None,
     ) -> None:
         self.session_id = session_id
+        # Both voices and the transcript (relay.recording), fed by the forwarders' taps.
+        self.recorder = recorder
         self.request_id = request_id
         self.settings = settings
         self.upstream = upstream
@@ -82,6 +88,8 @@ class Bridge:
             session_id=session_id,
             on_flood=lambda: self.begin_close("event_flood"),
         )
+        if recorder is not None:
+            self.events.observer = recorder.on_upstream_event
         self.browser_pc: RTCPeerConnection = new_peer(
             settings.ice, leg="browser", session_id=session_id
         )

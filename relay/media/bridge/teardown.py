@@ -55,6 +55,8 @@ async def teardown(bridge: Bridge, state: EndState, reason: str) -> None:
         bridge.metrics.bridges_ended.inc(reason=reason)
     finally:
         bridge.state = "closed"
+        if bridge.recorder is not None:
+            bridge.recorder.stop(bridge.connected_at, bridge.ended_at)
         await bridge.call_hook("on_finished", bridge.hooks.on_finished(state, reason, duration))
         bridge.closed_event.set()
 

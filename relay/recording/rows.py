@@ -1,0 +1,247 @@
+"""The ``recordings`` table (migration 003) and the recording columns of a session row.
+
+Statements go through ``Store._run`` (pooled connection, per-query timeout, retries on
+connection errors) like every other query of the relay.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from relay.admission.store import Store
+
+STATUSES = ("recording", "rendering", "ready", "failed", "deleted")
+_COLUMNS = """r.id, r.session_id, r.status, r.status_reason, r.format, r.storage, r.location,
+    r.relay_instance, r.files, r.duration_seconds, r.bytes, r.sha256, r.manifest, r.recovered,
+    r.created_at, r.updated_at, r.finished_at, r.deleted_at"""
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def to_json(row: asyncpg.Record) -> dict[str, Any]:
+    """The API's view of a row."""
+    manifest = _json(row["manifest"]) or {}
+    return {
+        "id": row["id"],
+        "session_id": row["session_id"],
+        "status": row["status"],
+        "status_reason": row["status_reason"],
+        "format": row["format"],
+        "storage": row["storage"],
+        "duration_s": row["duration_seconds"],
+        "durations_s": manifest.get("durations_s"),
+        "bytes": row["bytes"],
+        "sha256": row["sha256"],
+        "files": _json(row["files"]),
+        "recovered_after_crash": row["recovered"],
+        "packets_recorded": manifest.get("packets_recorded"),
+        "packets_dropped": manifest.get("packets_dropped"),
+        "gaps_filled": manifest.get("gaps_filled"),
+        "created_at": _iso(row["created_at"]),
+        "finished_at": _iso(row["finished_at"]),
+        "deleted_at": _iso(row["deleted_at"]),
+    }
+
+
+class RecordingRows:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def create(
+        self,
+        *,
+        recording_id: str,
+        session_id: str,
+        audio_format: str,
+        storage: str,
+        location: str,
+        relay_instance: str,
+        recovered: bool = False,
+    ) -> None:
+        async def op(conn: asyncpg.Connection) -> None:
+            async with conn.transaction():
+                await conn.execute(
+                    """INSERT INTO recordings
+                           (id, session_id, status, format, storage, location, relay_instance,
+                            recovered)
+                       VALUES ($1, $2, 'recording', $3, $4, $5, $6, $7)
+                       ON CONFLICT (id) DO NOTHING""",
+                    recording_id,
+                    session_id,
+                    audio_format,
+                    storage,
+                    location,
+                    relay_instance,
+                    recovered,
+                )
+                await conn.execute(
+                    "UPDATE interview_sessions SET recording_status = 'recording' WHERE id = $1",
+                    session_id,
+                )
+
+        await self._store._run("recording_create", op)
+
+    async def set_status(
+        self,
+        recording_id: str,
+        status: str,
+        *,
+        reason: str | None = None,
+        manifest: dict[str, Any] | None = None,
+        files: list[dict[str, Any]] | None = None,
+        location: str | None = None,
+        recovered: bool | None = None,
+        session_note: str | None = None,
+    ) -> None:
+        """Move a row to ``status``; the session row's ``recording_status`` follows
+        (``session_note`` when given, e.g. "ready (recovered after a relay crash)")."""
+        audio = (files or [{}])[0]
+        duration = manifest.get("duration_s") if manifest else None
+
+        async def op(conn: asyncpg.Connection) -> None:
+            async with conn.transaction():
+                session_id = await conn.fetchval(
+                    """UPDATE recordings SET
+                           status = $2, status_reason = $3,
+                           manifest = COALESCE($4::jsonb, manifest),
+                           files = COALESCE($5::jsonb, files),
+                           duration_seconds = COALESCE($6, duration_seconds),
+                           bytes = COALESCE($7, bytes),
+                           sha256 = COALESCE($8, sha256),
+                           location = COALESCE($9, location),
+                           recovered = COALESCE($10, recovered),
+                           updated_at = now(),
+                           finished_at = CASE WHEN $2 IN ('ready', 'failed')
+                                              THEN now() ELSE finished_at END,
+                           deleted_at = CASE WHEN $2 = 'deleted' THEN now() ELSE deleted_at END
+                       WHERE id = $1
+                       RETURNING session_id""",
+                    recording_id,
+                    status,
+                    reason,
+                    None if manifest is None else json.dumps(manifest),
+                    None if files is None else json.dumps(files),
+                    duration,
+                    audio.get("bytes"),
+                    audio.get("sha256"),
+                    location,
+                    recovered,
+                )
+                if session_id is not None:
+                    note = session_note or (f"{status}: {reason}" if reason else status)
+                    await conn.execute(
+                        "UPDATE interview_sessions SET recording_status = $2 WHERE id = $1",
+                        session_id,
+                        note[:500],
+                    )
+
+        await self._store._run("recording_status", op)
+
+    async def discard(self, recording_id: str) -> None:
+        """Forget a recording that holds no audio at all (the session never carried any)."""
+
+        async def op(conn: asyncpg.Connection) -> None:
+            async with conn.transaction():
+                session_id = await conn.fetchval(
+                    "DELETE FROM recordings WHERE id = $1 RETURNING session_id", recording_id
+                )
+                if session_id is not None:
+                    await conn.execute(
+                        "UPDATE interview_sessions SET recording_status = 'no audio' WHERE id = $1",
+                        session_id,
+                    )
+
+        await self._store._run("recording_discard", op)
+
+    async def get(self, recording_id: str) -> asyncpg.Record | None:
+        async def op(conn: asyncpg.Connection) -> asyncpg.Record | None:
+            return await conn.fetchrow(
+                f"SELECT {_COLUMNS} FROM recordings r WHERE r.id = $1", recording_id
+            )
+
+        return await self._store._run("recording_get", op)
+
+    async def page(self, *, limit: int, offset: int) -> tuple[list[asyncpg.Record], int]:
+        async def op(conn: asyncpg.Connection) -> tuple[list[asyncpg.Record], int]:
+            rows = await conn.fetch(
+                f"""SELECT {_COLUMNS} FROM recordings r
+                    ORDER BY r.created_at DESC, r.id DESC LIMIT $1 OFFSET $2""",
+                limit,
+                offset,
+            )
+            total = await conn.fetchval("SELECT count(*) FROM recordings")
+            return list(rows), int(total)
+
+        return await self._store._run("recording_page", op)
+
+    async def expired(self, older_than: datetime, limit: int = 100) -> list[asyncpg.Record]:
+        async def op(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+            return list(
+                await conn.fetch(
+                    f"""SELECT {_COLUMNS} FROM recordings r
+                        WHERE r.status <> 'deleted' AND r.created_at < $1
+                        ORDER BY r.created_at LIMIT $2""",
+                    older_than,
+                    limit,
+                )
+            )
+
+        return await self._store._run("recording_expired", op)
+
+    async def upload_pending(self, relay_instance: str) -> list[asyncpg.Record]:
+        """Failed S3 uploads of this instance whose local files were kept for a retry."""
+
+        async def op(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+            return list(
+                await conn.fetch(
+                    f"""SELECT {_COLUMNS} FROM recordings r
+                        WHERE r.status = 'failed' AND r.storage = 's3'
+                          AND r.relay_instance = $1 AND r.status_reason LIKE 'upload%'
+                        ORDER BY r.created_at LIMIT 20""",
+                    relay_instance,
+                )
+            )
+
+        return await self._store._run("recording_upload_pending", op)
+
+    async def summary(self) -> dict[str, Any]:
+        async def op(conn: asyncpg.Connection) -> dict[str, Any]:
+            counts = await conn.fetch("SELECT status, count(*) AS n FROM recordings GROUP BY 1")
+            failures = await conn.fetch(
+                """SELECT id, session_id, status_reason, updated_at FROM recordings
+                   WHERE status = 'failed' ORDER BY updated_at DESC LIMIT 10"""
+            )
+            return {
+                "by_status": {s: 0 for s in STATUSES} | {r["status"]: r["n"] for r in counts},
+                "recent_failures": [
+                    {
+                        "id": r["id"],
+                        "session_id": r["session_id"],
+                        "reason": r["status_reason"],
+                        "at": _iso(r["updated_at"]),
+                    }
+                    for r in failures
+                ],
+            }
+
+        return await self._store._run("recording_summary", op)
+
+    async def note_consent(self, session_id: str, shown: bool) -> None:
+        async def op(conn: asyncpg.Connection) -> None:
+            await conn.execute(
+                "UPDATE interview_sessions SET recording_notice_shown = $2 WHERE id = $1",
+                session_id,
+                shown,
+            )
+
+        await self._store._run("recording_consent", op)

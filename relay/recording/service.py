@@ -1,0 +1,448 @@
+"""Recordings of this relay instance: start, finalise, store, serve, delete, recover.
+
+* ``begin(session_id)`` gives the bridge a ``SessionRecorder`` (nothing blocks: the
+  directory is made by the writer thread, the row is inserted by a task).
+* When the recorder's files are closed, finalisation runs in a process pool
+  (``relay.recording.render``), then (``storage = "s3"``) the files are uploaded and the
+  local copy removed; the row goes recording → rendering → ready, or failed with a reason.
+  A failed upload keeps the local files; a periodic task retries it.
+* At start, directories without a ``manifest.json`` (a relay killed mid-interview, or
+  during rendering) are finalised from what was written, and marked recovered.
+* A periodic task deletes recordings older than ``retention_days``.
+
+Nothing here can fail an interview: every error ends up in the row's ``status_reason``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import multiprocessing
+import secrets
+import shutil
+from concurrent.futures import Future, ProcessPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from relay.admission.store import DatabaseUnavailable, Store
+from relay.config import Settings
+from relay.recording import render, rows
+from relay.recording.recorder import META, RecordingWriter, SessionRecorder
+from relay.recording.rows import RecordingRows
+from relay.recording.s3 import S3Storage, StorageError
+
+log = logging.getLogger("relay.recording")
+
+RETENTION_INTERVAL_S = 3600.0
+UPLOAD_RETRY_INTERVAL_S = 60.0
+CLOSE_TIMEOUT_S = 60.0
+# Recordings listed in /api/stats (the dashboard's list; the API pages through all).
+LATEST_IN_STATS = 10
+CONTENT_TYPES = {
+    "recording.ogg": "audio/ogg",
+    "recording.wav": "audio/wav",
+    "transcript.jsonl": "application/x-ndjson",
+    "manifest.json": "application/json",
+}
+
+
+def _list_unfinished(root: Path) -> list[tuple[Path, dict[str, Any]]]:
+    out: list[tuple[Path, dict[str, Any]]] = []
+    if not root.is_dir():
+        return out
+    for child in sorted(root.iterdir()):
+        meta_path = child / META
+        if not child.is_dir() or not meta_path.is_file():
+            continue
+        if (child / render.MANIFEST).is_file():
+            continue
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(meta, dict) and "recording_id" in meta and "session_id" in meta:
+            out.append((child, meta))
+    return out
+
+
+class RecordingService:
+    def __init__(self, settings: Settings, store: Store, instance_id: str) -> None:
+        self.config = settings.recording
+        self.root = settings.recording_path
+        self.instance_id = instance_id
+        self.rows = RecordingRows(store)
+        self._store = store
+        self.s3 = S3Storage(self.config) if self.config.storage == "s3" else None
+        self._writer: RecordingWriter | None = None
+        self._pool: ProcessPoolExecutor | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._created: dict[str, asyncio.Task[bool]] = {}
+        self.live: dict[str, SessionRecorder] = {}
+        self._background: asyncio.Task[None] | None = None
+        self._finalising: set[str] = set()
+        # Set once close() stops taking work: late callbacks start nothing new.
+        self._closing = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.config.enabled
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self._background = asyncio.create_task(self._run_background(), name="recordings")
+
+    @property
+    def idle(self) -> bool:
+        """No recorder open and nothing being finalised, stored or deleted."""
+        return not self.live and not self._tasks
+
+    async def close(self) -> None:
+        """Let stopped recorders close and finalisations finish (bounded), then stop the
+        writer and the pool. Whatever is left unfinished is recovered at the next start."""
+        if self._background is not None:
+            self._background.cancel()
+            await asyncio.gather(self._background, return_exceptions=True)
+        # The bridges have stopped their recorders; the writer closes them within a pass.
+        deadline = asyncio.get_running_loop().time() + CLOSE_TIMEOUT_S
+        while any(r.stopping for r in self.live.values()):
+            if asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        self._closing = True
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=CLOSE_TIMEOUT_S)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._writer is not None:
+            await asyncio.to_thread(self._writer.close)
+        if self._pool is not None:
+            await asyncio.to_thread(self._pool.shutdown, True, cancel_futures=True)
+        if self.s3 is not None:
+            await self.s3.close()
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ------------------------------------------------------------------ recording
+    def begin(self, session_id: str) -> SessionRecorder | None:
+        """A recorder for a session about to be bridged (None when recording is off)."""
+        if not self.config.enabled:
+            return None
+        if self._writer is None:
+            self._writer = RecordingWriter()
+        recording_id = "rec_" + secrets.token_hex(8)
+        directory = self.root / session_id
+        recorder = SessionRecorder(
+            recording_id=recording_id,
+            session_id=session_id,
+            directory=directory,
+            instance_id=self.instance_id,
+            audio_format=self.config.format,
+            on_failed=self._on_failed,
+            on_closed=self._on_closed,
+            loop=asyncio.get_running_loop(),
+        )
+        self.live[recording_id] = recorder
+        self._writer.add(recorder)
+        self._created[recording_id] = self._spawn(
+            self._create_row(recording_id, session_id, self._location(session_id, recording_id)),
+            f"recording-row-{recording_id}",
+        )
+        return recorder
+
+    def _location(self, session_id: str, recording_id: str) -> str:
+        if self.s3 is not None:
+            return self.s3.location(session_id, recording_id)
+        return str(self.root / session_id)
+
+    async def _create_row(
+        self, recording_id: str, session_id: str, location: str, *, recovered: bool = False
+    ) -> bool:
+        try:
+            await self.rows.create(
+                recording_id=recording_id,
+                session_id=session_id,
+                audio_format=self.config.format,
+                storage=self.config.storage,
+                location=location,
+                relay_instance=self.instance_id,
+                recovered=recovered,
+            )
+            return True
+        except (DatabaseUnavailable, asyncpg.PostgresError) as exc:
+            log.warning("recording %s: row not written (%s)", recording_id, exc)
+            return False
+
+    async def _row_ready(self, recording_id: str) -> None:
+        task = self._created.pop(recording_id, None)
+        if task is not None:
+            await asyncio.shield(task)
+
+    async def _status(self, recording_id: str, status: str, **kwargs: Any) -> None:
+        try:
+            await self.rows.set_status(recording_id, status, **kwargs)
+        except (DatabaseUnavailable, asyncpg.PostgresError) as exc:
+            log.warning("recording %s: status %s not written (%s)", recording_id, status, exc)
+
+    def _on_failed(self, recorder: SessionRecorder) -> None:
+        reason = f"write failed: {recorder.failure}"
+        self._spawn(self._mark_failed(recorder.recording_id, reason), "recording-failed")
+
+    async def _mark_failed(self, recording_id: str, reason: str) -> None:
+        await self._row_ready(recording_id)
+        await self._status(recording_id, "failed", reason=reason)
+
+    def _on_closed(self, recorder: SessionRecorder) -> None:
+        self.live.pop(recorder.recording_id, None)
+        if self._closing:
+            return  # shutting down: the next start finalises it from the directory
+        if recorder.failure is not None:
+            return  # already marked failed; nothing to finalise
+        if not any(recorder.packets_written.values()):
+            # The session never carried audio (a refused offer, a leg that never
+            # connected): nothing to keep, no row to show.
+            self._spawn(self._discard(recorder), "recording-discard")
+            return
+        self._spawn(
+            self._finalise(
+                recorder.recording_id,
+                recorder.session_id,
+                recorder.directory,
+                recovered=False,
+            ),
+            f"recording-finalise-{recorder.recording_id}",
+        )
+
+    async def _discard(self, recorder: SessionRecorder) -> None:
+        await self._row_ready(recorder.recording_id)
+        await asyncio.to_thread(shutil.rmtree, recorder.directory, True)
+        try:
+            await self.rows.discard(recorder.recording_id)
+        except (DatabaseUnavailable, asyncpg.PostgresError) as exc:
+            log.warning("recording %s: row not removed (%s)", recorder.recording_id, exc)
+
+    # ------------------------------------------------------------------ finalisation
+    def _submit(self, fn: Any, *args: Any) -> Future[Any]:
+        """Runs in a worker thread (see ``_finalise``)."""
+        if self._closing and self._pool is None:
+            raise RuntimeError("the relay is shutting down")
+        return self._executor().submit(fn, *args)
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            # Not fork: this process runs threads (aiortc, the writer) and a loop. The fork
+            # server is a clean process started once, with the renderer (PyAV, numpy)
+            # imported, so each worker is a cheap fork of it instead of a new interpreter.
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["relay.recording.render"])
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.config.render_workers, mp_context=context
+            )
+        return self._pool
+
+    async def _finalise(
+        self, recording_id: str, session_id: str, directory: Path, *, recovered: bool
+    ) -> None:
+        if recording_id in self._finalising:
+            return
+        self._finalising.add(recording_id)
+        try:
+            await self._row_ready(recording_id)
+            await self._status(recording_id, "rendering", recovered=recovered or None)
+            location = self._location(session_id, recording_id)
+            try:
+                # Creating the pool and submitting start worker processes (semaphores,
+                # pipes, fork/exec): off the loop.
+                future = await asyncio.to_thread(
+                    self._submit,
+                    render.render,
+                    str(directory),
+                    self.config.format,
+                    location,
+                    recovered,
+                )
+                manifest: dict[str, Any] = await asyncio.wrap_future(future)
+            except Exception as exc:
+                log.exception("recording %s: finalisation failed", recording_id)
+                await self._status(
+                    recording_id, "failed", reason=f"render failed: {type(exc).__name__}: {exc}"
+                )
+                return
+            await self._store_files(recording_id, session_id, directory, manifest, recovered)
+        finally:
+            self._finalising.discard(recording_id)
+
+    async def _store_files(
+        self,
+        recording_id: str,
+        session_id: str,
+        directory: Path,
+        manifest: dict[str, Any],
+        recovered: bool,
+    ) -> None:
+        names = [f["name"] for f in manifest["files"]] + [render.MANIFEST]
+        manifest_bytes = await asyncio.to_thread((directory / render.MANIFEST).read_bytes)
+        files = list(manifest["files"]) + [
+            {
+                "name": render.MANIFEST,
+                "bytes": len(manifest_bytes),
+                "sha256": hashlib.sha256(manifest_bytes).hexdigest(),
+            }
+        ]
+        if self.s3 is not None:
+            try:
+                for name in names:
+                    await self.s3.upload(
+                        directory / name,
+                        self.s3.key(session_id, recording_id, name),
+                        CONTENT_TYPES.get(name, "application/octet-stream"),
+                    )
+            except StorageError as exc:
+                log.warning("recording %s: %s (local files kept)", recording_id, exc)
+                await self._status(
+                    recording_id,
+                    "failed",
+                    reason=f"upload failed (local files kept for a retry): {exc}",
+                    manifest=manifest,
+                    files=files,
+                    location=str(directory),
+                )
+                return
+            for f in files:
+                f["key"] = self.s3.key(session_id, recording_id, f["name"])
+            await asyncio.to_thread(shutil.rmtree, directory, True)
+        note = "ready (recovered after a relay crash)" if recovered else "ready"
+        await self._status(
+            recording_id,
+            "ready",
+            manifest=manifest,
+            files=files,
+            location=self._location(session_id, recording_id),
+            session_note=note,
+        )
+        log.info(
+            "recording %s ready: %.1fs, %s",
+            recording_id,
+            manifest["duration_s"],
+            manifest["storage"],
+        )
+
+    # ------------------------------------------------------------------ background
+    async def _run_background(self) -> None:
+        await self._store.wait_schema_ready()
+        try:
+            await self.recover()
+        except Exception:
+            log.exception("recovering unfinished recordings failed")
+        retention_at = upload_at = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            now = loop.time()
+            try:
+                if now >= retention_at:
+                    retention_at = now + RETENTION_INTERVAL_S
+                    await self.apply_retention()
+                if self.s3 is not None and now >= upload_at:
+                    upload_at = now + UPLOAD_RETRY_INTERVAL_S
+                    await self.retry_uploads()
+            except Exception:  # the next round retries
+                log.exception("recording housekeeping failed")
+            await asyncio.sleep(min(RETENTION_INTERVAL_S, UPLOAD_RETRY_INTERVAL_S))
+
+    async def recover(self) -> int:
+        """Finalise the recordings a previous run of this instance left unfinished."""
+        unfinished = await asyncio.to_thread(_list_unfinished, self.root)
+        live = {r.recording_id for r in self.live.values()}
+        count = 0
+        for directory, meta in unfinished:
+            recording_id, session_id = str(meta["recording_id"]), str(meta["session_id"])
+            if recording_id in live or meta.get("instance_id") not in (None, self.instance_id):
+                continue
+            row = await self.rows.get(recording_id)
+            if row is not None and row["status"] not in ("recording", "rendering"):
+                continue  # failed (its reason stays), deleted, or already finished
+            log.warning("recording %s: unfinished (relay stopped); finalising", recording_id)
+            await self._create_row(
+                recording_id, session_id, self._location(session_id, recording_id), recovered=True
+            )
+            await self._finalise(recording_id, session_id, directory, recovered=True)
+            count += 1
+        return count
+
+    async def retry_uploads(self) -> int:
+        if self.s3 is None:
+            return 0
+        count = 0
+        for row in await self.rows.upload_pending(self.instance_id):
+            directory = Path(row["location"] or "")
+            manifest_path = directory / render.MANIFEST
+            if not await asyncio.to_thread(manifest_path.is_file):
+                continue
+            manifest = json.loads(await asyncio.to_thread(manifest_path.read_text))
+            await self._store_files(
+                row["id"], row["session_id"], directory, manifest, bool(row["recovered"])
+            )
+            count += 1
+        return count
+
+    async def apply_retention(self, now: datetime | None = None) -> int:
+        cutoff = (now or datetime.now(UTC)) - timedelta(days=self.config.retention_days)
+        count = 0
+        for row in await self.rows.expired(cutoff):
+            await self.delete(row, reason="retention")
+            count += 1
+        return count
+
+    # ------------------------------------------------------------------ operator API
+    async def delete(self, row: asyncpg.Record, *, reason: str) -> None:
+        """Remove a recording's files/objects and mark its row deleted."""
+        session_id, recording_id = row["session_id"], row["id"]
+        if row["storage"] == "s3" and self.s3 is not None:
+            await self.s3.delete_prefix(self.s3.key(session_id, recording_id, ""))
+        directory = self.root / session_id
+        local = row["location"] if row["storage"] == "local" else None
+        for path in {directory, *([Path(local)] if local else [])}:
+            await asyncio.to_thread(shutil.rmtree, path, True)
+        await self.rows.set_status(recording_id, "deleted", reason=reason)
+
+    def local_file(self, row: asyncpg.Record, name: str) -> Path:
+        return Path(row["location"] or self.root / row["session_id"]) / name
+
+    async def note_consent(self, session_id: str) -> None:
+        """The candidate page showed the recording notice before this session started."""
+        try:
+            await self.rows.note_consent(session_id, True)
+        except DatabaseUnavailable as exc:
+            log.warning("session %s: recording notice not noted (%s)", session_id, exc)
+
+    async def summary(self) -> dict[str, Any]:
+        """The ``recordings`` block of /api/stats."""
+        out: dict[str, Any] = {
+            "enabled": self.config.enabled,
+            "storage": self.config.storage,
+            "format": self.config.format,
+            "live": len(self.live),
+            "finalising": len(self._finalising),
+            "live_failures": [
+                {"id": r.recording_id, "session_id": r.session_id, "reason": r.failure}
+                for r in self.live.values()
+                if r.failure is not None
+            ],
+        }
+        try:
+            out.update(await self.rows.summary())
+            # The newest few, for the dashboard's list (player, transcript, delete).
+            latest, _ = await self.rows.page(limit=LATEST_IN_STATS, offset=0)
+            out["latest"] = [rows.to_json(r) for r in latest]
+        except (DatabaseUnavailable, asyncpg.PostgresError) as exc:
+            out["database"] = f"unavailable: {type(exc).__name__}"
+        return out
