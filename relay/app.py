@@ -30,6 +30,7 @@ from aiohttp import web
 from relay.admission.cache import UserCache
 from relay.admission.service import Admission
 from relay.admission.store import RETRYABLE_ERRORS, Store
+from relay.cluster.setup import start_cluster
 from relay.config import Settings
 from relay.media.manager import BridgeManager
 from relay.observability.metrics import MetricsRegistry
@@ -37,7 +38,13 @@ from relay.services import SERVICES, Services
 from relay.sessions.registry import SessionRegistry
 from relay.sessions.service import SessionService
 from relay.upstream.factory import build_upstream_client
-from relay.web import routes_bridge, routes_health, routes_operator, routes_session
+from relay.web import (
+    routes_bridge,
+    routes_cluster,
+    routes_health,
+    routes_operator,
+    routes_session,
+)
 from relay.web.middleware import make_middleware
 
 log = logging.getLogger("relay.app")
@@ -70,6 +77,7 @@ def create_app(settings: Settings, *, instance_id: str | None = None) -> web.App
     routes_bridge.register(app)
     routes_health.register(app)
     routes_operator.register(app)
+    routes_cluster.register(app)
     if "index.html" in STATIC_FILES:
         app.router.add_get("/", _index)
         app.router.add_get("/static/{name}", _static_file)
@@ -179,6 +187,8 @@ async def _start(
         generated_operator_token=None if settings.server.operator_token else token,
     )
     services_ref.append(services)
+    # Shared pending sessions, shared limits, heartbeat and commands (relay.cluster).
+    await start_cluster(services, stack)
     # Runs after the bridges have closed (the stack unwinds in reverse): whatever is still
     # registered (e.g. sessions minted but never exchanged) is closed in the database.
     stack.push_async_callback(sessions.finish_all, "relay_shutdown")

@@ -97,6 +97,27 @@ class LimitsConfig:
     retry_after_s: int = 10
     # Interview seconds a user must still have to start a session.
     min_remaining_seconds: int = 1
+    # Failed authentications per client address per minute before 429 (sliding window).
+    failed_auth_per_minute: int = 20
+    # Sessions the whole cluster accepts at once (needs Redis); 0: no cluster-wide cap.
+    cluster_max_sessions: int = 0
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    # How often each member (instance or worker) refreshes its heartbeat; a member
+    # silent for 3 intervals is dead: it leaves the cluster view and its sessions'
+    # rows are closed.
+    heartbeat_interval_s: float = 2.0
+    # Key sealing the upstream secret of pending sessions in the database (base64 of
+    # 32 bytes). Empty: generated once into server.data_dir (fine for workers on one
+    # machine; several machines must share one). Prefer RELAY__CLUSTER__STATE_KEY.
+    state_key: str = field(default="", repr=False)
+    # This member's address in the cluster view. Empty: http://<host>:<port>.
+    advertise_address: str = ""
+    # A member silent for 3 heartbeats plus this long is removed and its connecting or
+    # active sessions' rows are closed (relay_lost); the grace spares a short DB outage.
+    recover_after_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -185,6 +206,7 @@ class Settings:
     ice: IceConfig = field(default_factory=IceConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     @property
     def data_path(self) -> Path:
@@ -333,8 +355,13 @@ def validate(s: Settings) -> None:
         ("session.connect_timeout_s", s.session.connect_timeout_s),
         ("session.max_duration_s", s.session.max_duration_s),
         ("media.queue_max_frames", s.media.queue_max_frames),
+        ("limits.failed_auth_per_minute", s.limits.failed_auth_per_minute),
+        ("cluster.heartbeat_interval_s", s.cluster.heartbeat_interval_s),
+        ("cluster.recover_after_s", s.cluster.recover_after_s),
     ):
         _positive(key, value)
+    if s.limits.cluster_max_sessions < 0:
+        raise ConfigError("limits.cluster_max_sessions: must be >= 0")
     if s.database.retries < 0:
         raise ConfigError("database.retries: must be >= 0")
     if s.database.pool_min_size > s.database.pool_max_size:

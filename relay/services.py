@@ -20,6 +20,7 @@ from relay.sessions.service import SessionService
 from relay.upstream.base import UpstreamClient
 
 if TYPE_CHECKING:
+    from relay.cluster.runtime import ClusterRuntime
     from relay.media.manager import BridgeManager
     from relay.upstream.simulator.server import RunningSimulator
 
@@ -45,6 +46,8 @@ class Services:
     simulator: RunningSimulator | None = None
     # Set when no operator token was configured: printed once by `relay serve`.
     generated_operator_token: str | None = field(default=None, repr=False)
+    # This member's part in the cluster (heartbeat, commands, shared limits).
+    cluster: ClusterRuntime | None = None
 
 
 SERVICES = web.AppKey("services", Services)

@@ -274,6 +274,17 @@ class Store:
             self._latency.observe(elapsed_ms, query=query)
             record_stage("db", elapsed_ms)
 
+    async def run(self, query: str, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """Run ``op`` on a pooled connection with this store's timeouts and retries.
+
+        For modules that own their SQL (relay.cluster, relay.sessions.shared_state).
+        """
+        return await self._run(query, op)
+
+    @property
+    def dsn(self) -> str:
+        return self._dsn
+
     # ------------------------------------------------------------------ users
     async def find_user_by_token_hash(self, token_hash: str) -> UserRecord | None:
         async def op(conn: asyncpg.Connection) -> asyncpg.Record | None:

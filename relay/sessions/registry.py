@@ -133,6 +133,16 @@ class SessionRegistry:
         self._update_gauge()
         return entry
 
+    def adopt(self, entry: SessionEntry) -> SessionEntry:
+        """Register a session created on another member and claimed here.
+
+        No capacity check: the cluster's limits admitted it where it was created, and
+        its media must terminate where the exchange landed.
+        """
+        self._sessions[entry.session_id] = entry
+        self._update_gauge()
+        return entry
+
     def get(self, session_id: str) -> SessionEntry | None:
         return self._sessions.get(session_id)
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from relay.admission.service import Admission, Caller, database_error
 from relay.admission.store import DatabaseUnavailable, Store
@@ -23,6 +23,10 @@ from relay.observability.metrics import MetricsRegistry
 from relay.observability.request_context import current_request_id, record_stage
 from relay.sessions.registry import SessionEntry, SessionRegistry
 from relay.upstream.base import UpstreamClient, UpstreamError, UpstreamTimeout
+
+if TYPE_CHECKING:
+    from relay.cluster.limits import SharedLimits
+    from relay.sessions.shared_state import SharedSessions
 
 log = logging.getLogger("relay.sessions")
 
@@ -55,6 +59,8 @@ class _Finish:
     reason: str
     duration_s: float
     token_hash: str = field(repr=False)
+    # Never claimed here: close the row only if nobody claimed it elsewhere meanwhile.
+    only_if_pending: bool = False
 
 
 class SessionService:
@@ -89,6 +95,9 @@ class SessionService:
         # Finishes the database refused; housekeeping retries them until they land, so
         # credit is always debited eventually.
         self._unwritten: dict[str, _Finish] = {}
+        # Set by relay.app: pending sessions shared with other members, cluster limits.
+        self.shared: SharedSessions | None = None
+        self.limits: SharedLimits | None = None
 
     def refuse_if_draining(self) -> None:
         if self._is_draining():
@@ -117,6 +126,11 @@ class SessionService:
             pending_ttl_s=settings.session.pending_ttl_s,
         )
         try:
+            await self._check_shared_limits(entry)
+        except BaseException:
+            self._registry.release(entry.session_id)
+            raise
+        try:
             await self._store.create_session(
                 session_id=entry.session_id,
                 user_id=caller.user.id,
@@ -127,10 +141,10 @@ class SessionService:
                 expires_at=entry.expires_at,
             )
         except DatabaseUnavailable as exc:
-            self._registry.release(entry.session_id)
+            await self._release(entry)
             raise database_error(exc, settings.database.retry_after_s) from exc
         except BaseException:
-            self._registry.release(entry.session_id)
+            await self._release(entry)
             raise
 
         # The upstream client logs the OPENAI_SESSION_* stage lines itself.
@@ -146,7 +160,56 @@ class SessionService:
             raise
         finally:
             record_stage("upstream", (time.perf_counter() - started) * 1000)
+        if self.shared is not None:
+            try:
+                await self.shared.publish(entry)
+            except DatabaseUnavailable as exc:
+                await self.finish(entry, state="failed", reason=exc.code, duration_s=0.0)
+                raise database_error(exc, settings.database.retry_after_s) from exc
         return entry
+
+    async def _check_shared_limits(self, entry: SessionEntry) -> None:
+        """The cluster-wide request rate, per-user cap and cluster cap (Redis).
+
+        Undecided (no Redis, or Redis failing) means the in-process limits, already
+        passed, are the answer: see relay.cluster.limits for why this fails open.
+        """
+        if self.limits is None or not self.limits.enabled:
+            return
+        from relay.cluster.limits import CLUSTER_CAP, USER_CAP, wait_seconds
+
+        limits = self._settings.limits
+        wait = await self.limits.request_rate(entry.user_id)
+        if wait:
+            raise ApiError(
+                429,
+                "rate_limited",
+                "Too many session requests; slow down.",
+                retryable=True,
+                retry_after_s=wait_seconds(wait),
+            )
+        outcome = await self.limits.acquire_session(entry.session_id, entry.user_id)
+        if outcome == USER_CAP:
+            raise ApiError(
+                429,
+                "too_many_sessions",
+                f"At most {limits.per_user_concurrent_sessions} concurrent sessions per user.",
+                retryable=True,
+                retry_after_s=limits.retry_after_s,
+            )
+        if outcome == CLUSTER_CAP:
+            raise ApiError(
+                503,
+                "over_capacity",
+                "The service is at capacity; try again shortly.",
+                retryable=True,
+                retry_after_s=limits.retry_after_s,
+            )
+
+    async def _release(self, entry: SessionEntry) -> None:
+        self._registry.release(entry.session_id)
+        if self.limits is not None:
+            await self.limits.release_session(entry.session_id, entry.user_id)
 
     def expires_at(self, entry: SessionEntry) -> datetime:
         """When the session must have been exchanged: the earlier of ours and the secret's."""
@@ -161,6 +224,7 @@ class SessionService:
         """Release the slot, close the row and debit credit; idempotent per session."""
         if self._registry.release(entry.session_id) is None:
             return None  # already finished by someone else
+        never_claimed = entry.state == "pending" and self.shared is not None
         entry.state = state
         self._ended.inc(state=state, reason=reason)
         log.info("session %s %s (%s) after %.1fs", entry.session_id, state, reason, duration_s)
@@ -170,10 +234,33 @@ class SessionService:
             reason=reason,
             duration_s=duration_s,
             token_hash=entry.token_hash,
+            only_if_pending=never_claimed,
         )
+        if never_claimed:
+            if await self._write_pending(finish) and self.limits is not None:
+                await self.limits.release_session(entry.session_id, entry.user_id)
+            return None
+        if self.limits is not None:
+            await self.limits.release_session(entry.session_id, entry.user_id)
         return await self._write(finish)
 
+    async def _write_pending(self, finish: _Finish) -> bool:
+        """Close a never-claimed row if still pending; True if it was (not claimed)."""
+        from relay.sessions.shared_state import close_if_pending
+
+        try:
+            closed = await close_if_pending(self._store, finish.session_id, finish.reason)
+        except DatabaseUnavailable:
+            self._finish_failures.inc()
+            self._unwritten[finish.session_id] = finish
+            return False
+        self._unwritten.pop(finish.session_id, None)
+        return closed
+
     async def _write(self, finish: _Finish) -> int | None:
+        if finish.only_if_pending:
+            await self._write_pending(finish)
+            return None
         try:
             remaining = await self._store.finish_session(
                 finish.session_id,

@@ -10,10 +10,13 @@ from aiohttp import web
 from relay.observability.request_context import current_request_id
 from relay.services import SERVICES
 from relay.web.auth import require_operator
+from relay.web.routes_cluster import cluster_stats
 
 
 async def stats(request: web.Request) -> web.Response:
     require_operator(request)
+    if request.query.get("scope") == "cluster":
+        return await cluster_stats(request)
     services = request.app[SERVICES]
     sessions: list[dict[str, Any]] = []
     for entry in services.registry.live():

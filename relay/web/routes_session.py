@@ -11,6 +11,7 @@ from relay.observability.logging import request_banner
 from relay.observability.request_context import current, current_request_id
 from relay.services import SERVICES
 from relay.web.body import read_json_object
+from relay.web.caller import authenticate
 
 log = logging.getLogger("relay.http")
 
@@ -21,7 +22,7 @@ async def create_realtime_session(request: web.Request) -> web.Response:
         # The body is optional today; when present it must be a JSON object.
         await read_json_object(request, services.settings.server.max_body_bytes, allow_empty=True)
         services.sessions.refuse_if_draining()
-        caller = await services.admission.authenticate(request.headers.get("Authorization"))
+        caller = await authenticate(request)
         entry = await services.sessions.create(caller)
         ctx = current()
         body = {

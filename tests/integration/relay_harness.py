@@ -16,6 +16,9 @@ from relay.config import Settings
 from relay.services import Services
 
 OPERATOR_TOKEN = "op-test-token-0123456789"
+# Seals pending sessions' upstream secrets (base64 of 32 bytes); fixed so that relays of
+# one test can open each other's.
+STATE_KEY = "dGVzdC1zdGF0ZS1rZXktMzItYnl0ZXMtbG9uZy4uLi4="
 SIMULATOR_KEY = "sk-sim-local"
 
 
@@ -40,6 +43,7 @@ def relay_settings(
     )
     s = s.replace("cache", redis_url=redis_url, redis_timeout_s=0.2, breaker_open_s=60.0)
     s = s.replace("upstream", api_key=SIMULATOR_KEY, base_url=upstream_base_url)
+    s = s.replace("cluster", state_key=STATE_KEY, heartbeat_interval_s=0.5)
     for section, changes in (overrides or {}).items():
         s = s.replace(section, **changes)
     return s
