@@ -404,11 +404,13 @@ class Store:
         state: Literal["ended", "failed"],
         end_reason: str,
         duration_seconds: float,
+        only_if_pending: bool = False,
     ) -> int | None:
         """Close the row and debit the user's credit by the whole seconds used, atomically.
 
         Idempotent: a row already closed is left alone and None is returned. Otherwise
-        returns the user's remaining seconds after the debit.
+        returns the user's remaining seconds after the debit. ``only_if_pending``: close
+        it only if no member has claimed it (relay.sessions.shared_state).
         """
         debit = max(0, int(-(-duration_seconds // 1)))  # ceil without float surprises
 
@@ -418,13 +420,15 @@ class Store:
                     """UPDATE interview_sessions
                        SET state = $2, end_reason = $3, ended_at = now(),
                            duration_seconds = $4, debited_seconds = $5
-                       WHERE id = $1 AND state NOT IN ('ended', 'failed')
+                       WHERE id = $1 AND (state = 'pending'
+                             OR (NOT $6 AND state IN ('connecting', 'active')))
                        RETURNING user_id""",
                     session_id,
                     state,
                     end_reason,
                     duration_seconds,
                     debit,
+                    only_if_pending,
                 )
                 if user_id is None:
                     return None

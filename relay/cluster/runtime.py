@@ -40,11 +40,15 @@ _DB_ERRORS: tuple[type[BaseException], ...] = (DatabaseUnavailable, *RETRYABLE_E
 ALL_MEMBERS = "*"
 
 
-def relay_version() -> str:
+def _relay_version() -> str:
     try:
         return version("interview-relay")
     except PackageNotFoundError:
         return "unknown"
+
+
+# Read once at import: it reads package metadata from disk.
+RELAY_VERSION = _relay_version()
 
 
 class ClusterRuntime:
@@ -59,7 +63,7 @@ class ClusterRuntime:
         self.member = MemberState(
             id=services.instance_id,
             address=address,
-            version=relay_version(),
+            version=RELAY_VERSION,
             pid=os.getpid(),
             started_at=datetime.now(UTC),
         )

@@ -236,37 +236,21 @@ class SessionService:
             token_hash=entry.token_hash,
             only_if_pending=never_claimed,
         )
-        if never_claimed:
-            if await self._write_pending(finish) and self.limits is not None:
-                await self.limits.release_session(entry.session_id, entry.user_id)
-            return None
-        if self.limits is not None:
+        remaining = await self._write(finish)
+        if self.limits is not None and (remaining is not None or not never_claimed):
+            # A never-claimed session that was not closed here was claimed elsewhere: its
+            # shared lease belongs to the claimer now.
             await self.limits.release_session(entry.session_id, entry.user_id)
-        return await self._write(finish)
-
-    async def _write_pending(self, finish: _Finish) -> bool:
-        """Close a never-claimed row if still pending; True if it was (not claimed)."""
-        from relay.sessions.shared_state import close_if_pending
-
-        try:
-            closed = await close_if_pending(self._store, finish.session_id, finish.reason)
-        except DatabaseUnavailable:
-            self._finish_failures.inc()
-            self._unwritten[finish.session_id] = finish
-            return False
-        self._unwritten.pop(finish.session_id, None)
-        return closed
+        return remaining
 
     async def _write(self, finish: _Finish) -> int | None:
-        if finish.only_if_pending:
-            await self._write_pending(finish)
-            return None
         try:
             remaining = await self._store.finish_session(
                 finish.session_id,
                 state=finish.state,
                 end_reason=finish.reason,
                 duration_seconds=finish.duration_s,
+                only_if_pending=finish.only_if_pending,
             )
         except DatabaseUnavailable:
             self._finish_failures.inc()

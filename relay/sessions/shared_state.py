@@ -71,23 +71,6 @@ async def save_pending(
     await store.run("save_pending", op)
 
 
-async def close_if_pending(store: Store, session_id: str, reason: str) -> bool:
-    """Fail a session only if nobody claimed it; True if this call closed it."""
-
-    async def op(conn: asyncpg.Connection) -> bool:
-        status: str = await conn.execute(
-            """UPDATE interview_sessions
-               SET state = 'failed', end_reason = $2, ended_at = now(),
-                   duration_seconds = 0, debited_seconds = 0
-               WHERE id = $1 AND state = 'pending'""",
-            session_id,
-            reason,
-        )
-        return status.endswith(" 1")
-
-    return await store.run("close_if_pending", op)
-
-
 async def _claim_row(
     store: Store, session_id: str, user_id: int, instance: str, min_remaining_s: int
 ) -> _Claimed:
