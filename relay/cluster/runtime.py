@@ -16,6 +16,7 @@ while the listening connection was down still takes effect one heartbeat later.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from datetime import UTC, datetime
@@ -155,6 +156,9 @@ class ClusterRuntime:
             if not self.services.draining:
                 log.warning("drain requested through the cluster: no new sessions here")
             self.services.draining = True
+            # The cluster view says so now rather than at the next heartbeat.
+            with contextlib.suppress(*_DB_ERRORS):
+                await members.beat(self.services.store, self.snapshot())
         elif op == "claimed" and message.get("by") != self.member.id:
             entry = self.services.registry.get(str(message.get("session_id")))
             if entry is not None and entry.state == "pending":
