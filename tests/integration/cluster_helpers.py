@@ -100,12 +100,12 @@ class RelayProcess:
     def pid(self) -> int:
         return self.proc.pid
 
-    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+    async def stop(self, sig: int = signal.SIGTERM, within: float = 60) -> int:
         if self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(sig)
             try:
-                await asyncio.wait_for(self.proc.wait(), timeout)
+                await asyncio.wait_for(self.proc.wait(), within)
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, signal.SIGKILL)

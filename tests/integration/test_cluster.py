@@ -185,7 +185,7 @@ async def test_created_on_a_exchanged_on_b_revoked_and_b_killed(
         pair.browsers.append(browser2)
 
         async def active() -> bool:
-            return (await a.session(token2, sid2))["state"] == "active"
+            return bool((await a.session(token2, sid2))["state"] == "active")
 
         await poll(active, 10, "the second session to be active")
         os.kill(pair.b.pid, signal.SIGKILL)
