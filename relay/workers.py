@@ -2,6 +2,8 @@
 
 The supervisor (this module) prepares what the workers share, then starts them:
 
+- the upstream: with no OpenAI key, one built-in simulator run here for all workers
+  (a session minted through one worker is exchanged through another);
 - the database: the configured one, or the embedded PostgreSQL started here once and
   handed to every worker as its DATABASE_URL (the workers never start their own);
 - the state key that seals pending sessions (generated into data_dir once, before any
@@ -107,6 +109,25 @@ class Supervisor:
             await asyncio.to_thread(
                 load_or_create_key, settings.cluster.state_key, settings.data_path
             )
+            upstream_env: dict[str, str] = {}
+            if not settings.upstream.api_key:
+                # One simulator for every worker: a session minted through one worker's
+                # upstream must be exchangeable through any other's.
+                from relay.app import SIMULATOR_API_KEY
+                from relay.upstream.simulator.options import SimulatorOptions
+                from relay.upstream.simulator.server import start_simulator
+
+                simulator = await start_simulator(
+                    host="127.0.0.1", port=0, options=SimulatorOptions(ice=settings.ice)
+                )
+                stack.push_async_callback(simulator.close)
+                upstream_env = {
+                    "OPENAI_API_KEY": SIMULATOR_API_KEY,
+                    "OPENAI_BASE_URL": simulator.base_url,
+                }
+                log.info(
+                    "no OPENAI_API_KEY: the workers share a simulator at %s", simulator.base_url
+                )
             token = settings.server.operator_token or secrets.token_urlsafe(24)
             try:
                 anchor = bind_listener(settings.server.host, settings.server.port, reuse_port=True)
@@ -125,6 +146,7 @@ class Supervisor:
                 "RELAY_OPERATOR_TOKEN": token,
                 "RELAY__SERVER__PORT": str(port),
                 "RELAY__SERVER__CREATE_DEMO_USER": "false",
+                **upstream_env,
             }
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
@@ -134,7 +156,9 @@ class Supervisor:
                 self._spawn_watch(index, env)
             ready = asyncio.create_task(self._all_ready())
             waiter = asyncio.create_task(stop.wait())
-            done, _ = await asyncio.wait({ready, waiter}, timeout=180)
+            done, _ = await asyncio.wait(
+                {ready, waiter}, timeout=180, return_when=asyncio.FIRST_COMPLETED
+            )
             ready.cancel()
             status = 0
             if ready in done:
