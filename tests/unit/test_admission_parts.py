@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from relay.admission.breaker import BreakerState, CircuitBreaker
 from relay.admission.local_cache import LocalTTLCache
 from relay.admission.rate_limit import SlidingWindowLimiter
@@ -114,3 +116,19 @@ def test_request_ids() -> None:
     for bad in (None, "", "x" * 65, "has space", "inject\nheader", "é"):
         rid = request_id_for(bad)
         assert rid.startswith("req_") and len(rid) == 36
+
+
+def test_sliding_window_peek_and_record_for_failed_authentications() -> None:
+    now = [0.0]
+    limiter = SlidingWindowLimiter(2, clock=lambda: now[0])
+    assert limiter.peek("10.0.0.1") is None
+    limiter.record("10.0.0.1")
+    assert limiter.peek("10.0.0.1") is None  # peeking counts nothing
+    limiter.record("10.0.0.1")
+    wait = limiter.peek("10.0.0.1")
+    assert wait == pytest.approx(60.0)
+    assert limiter.peek("10.0.0.2") is None
+    now[0] = 30.0
+    assert limiter.peek("10.0.0.1") == pytest.approx(30.0)
+    now[0] = 60.5
+    assert limiter.peek("10.0.0.1") is None
