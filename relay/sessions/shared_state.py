@@ -72,7 +72,12 @@ async def save_pending(
 
 
 async def _claim_row(
-    store: Store, session_id: str, user_id: int, instance: str, min_remaining_s: int
+    store: Store,
+    session_id: str,
+    user_id: int,
+    instance: str,
+    min_remaining_s: int,
+    retry_after_s: int,
 ) -> _Claimed:
     async def op(conn: asyncpg.Connection) -> _Claimed | ApiError:
         async with conn.transaction():
@@ -135,7 +140,7 @@ async def _claim_row(
     try:
         result = await store.run("claim_session", op)
     except DatabaseUnavailable as exc:
-        raise database_error(exc, 5) from exc
+        raise database_error(exc, retry_after_s) from exc
     if isinstance(result, ApiError):
         raise result
     return result
@@ -181,6 +186,7 @@ class SharedSessions:
             user_id,
             self._instance_id,
             self._settings.limits.min_remaining_seconds,
+            self._settings.database.retry_after_s,
         )
         if local is not None and local.user_id == user_id and local.state == "pending":
             local.max_duration_s = claimed.max_duration_s
