@@ -42,6 +42,9 @@ def relay_env(data_dir: Path, extra: dict[str, str]) -> dict[str, str]:
             "RELAY__CLUSTER__STATE_KEY": STATE_KEY,
             "RELAY__CLUSTER__HEARTBEAT_INTERVAL_S": str(HEARTBEAT_S),
             "RELAY__CLUSTER__RECOVER_AFTER_S": "1",
+            # Generous for a loaded test machine: a slower Redis answer would fail the
+            # shared limits open (by design) and make cap assertions depend on load.
+            "RELAY__CACHE__REDIS_TIMEOUT_S": "2",
         }
     )
     env.update(extra)
@@ -132,6 +135,18 @@ async def add_user(dsn: str, *, seconds: int = 1800) -> tuple[str, str]:
     finally:
         await conn.close()
     return email, token
+
+
+async def revocation_lag(dsn: str, session_id: str) -> float:
+    """Seconds from the user's revocation (committed) to the session's end, both by the
+    database's clock: the command's own latency, not the CLI's start-up."""
+    rows = await sql(
+        dsn,
+        "SELECT EXTRACT(EPOCH FROM s.ended_at - u.revoked_at)::float AS lag"
+        " FROM interview_sessions s JOIN users u ON u.id = s.user_id WHERE s.id = $1",
+        session_id,
+    )
+    return float(rows[0]["lag"])
 
 
 async def sql(dsn: str, query: str, *args: Any) -> list[asyncpg.Record]:

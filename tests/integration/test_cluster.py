@@ -25,6 +25,7 @@ from tests.integration.cluster_helpers import (
     fresh_connections,
     poll,
     relay_env,
+    revocation_lag,
     simulator_env,
     sql,
 )
@@ -144,7 +145,6 @@ async def test_created_on_a_exchanged_on_b_revoked_and_b_killed(
         assert status == 201, pending
 
         # `relay users revoke` (PostgreSQL alone: no Redis for the CLI) ends it on B.
-        started = time.monotonic()
         code, out, err = await relay_cli(
             "users", "revoke", "--email", email, dsn=pair.dsn, cwd=traversable_tmp_path
         )
@@ -156,8 +156,9 @@ async def test_created_on_a_exchanged_on_b_revoked_and_b_killed(
             )
             return rows[0]["end_reason"] == "revoked" and rows[0]["state"] in ("ended", "failed")
 
-        await poll(ended, 5, "the revoked user's interview to end on B")
-        assert time.monotonic() - started < 5
+        # Generous for the CLI's own start-up on a loaded machine; the bound is below.
+        await poll(ended, 20, "the revoked user's interview to end on B")
+        assert 0 <= await revocation_lag(pair.dsn, sid) < 5
         await poll(
             lambda: asyncio.sleep(0, browser.pc.connectionState in ("closed", "failed")),
             5,

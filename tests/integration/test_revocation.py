@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 from pathlib import Path
 
-from tests.integration.cluster_helpers import poll, relay_env
+from tests.integration.cluster_helpers import poll, relay_env, revocation_lag
 from tests.integration.conftest import MakeRelay
 from tests.integration.media_helpers import BrowserPeer, encode_opus, speech_like
 
@@ -59,7 +58,6 @@ async def test_revoking_ends_the_live_interview_and_refuses_the_pending_one(
         assert entry is not None
         await poll(lambda: asyncio.sleep(0, entry.state == "active"), 10, "active")
 
-        started = time.monotonic()
         await revoke(email, relay.database_url, traversable_tmp_path)
 
         async def ended() -> bool:
@@ -69,8 +67,9 @@ async def test_revoking_ends_the_live_interview_and_refuses_the_pending_one(
             )
             return bool(rows[0]["end_reason"] == "revoked")
 
-        await poll(ended, 5, "the live interview to end as revoked")
-        assert time.monotonic() - started < 5
+        # Generous for the CLI's own start-up on a loaded machine; the bound is below.
+        await poll(ended, 20, "the live interview to end as revoked")
+        assert 0 <= await revocation_lag(relay.database_url, live["session_id"]) < 5
         await poll(
             lambda: asyncio.sleep(0, browser.pc.connectionState in ("closed", "failed")),
             5,
