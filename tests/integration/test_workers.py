@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,23 @@ async def test_two_workers_share_one_port_and_one_embedded_database(
 
         async with fresh_connections() as http:
             client = Client(http, relay.url)
+
+            # A worker that dies is started again, under the same member id.
+            async def two_workers() -> dict[str, int] | None:
+                view = await client.cluster()
+                pids = {m["id"]: m["pid"] for m in view["instances"]}
+                return pids if len(pids) == 2 else None
+
+            before = await poll(two_workers, 15, "two workers in the cluster view")
+            victim = sorted(before)[1]
+            os.kill(before[victim], signal.SIGKILL)
+
+            async def restarted() -> bool:
+                now = await two_workers()
+                return bool(now and now[victim] != before[victim])
+
+            await poll(restarted, 60, f"{victim} to be started again")
+
             live_on: dict[str, str] = {}  # member -> a session live there
             for _ in range(MAX_TRIES):
                 status, created, _ = await client.create(token)
