@@ -3,7 +3,7 @@
 - per-user concurrent sessions and the cluster-wide session cap: one sorted set per
   user and one for the cluster, members are session ids scored by a lease deadline.
   A member's heartbeat renews the leases of the sessions it holds, so the sessions of a
-  member that died stop counting within one lease (3 heartbeats);
+  member that died stop counting within one lease (3 heartbeats, at least 15 s);
 - per-user request rate and failed authentications per client address: sliding logs
   (sorted sets of timestamps) over one minute.
 
@@ -41,8 +41,11 @@ from relay.observability.metrics import MetricsRegistry
 log = logging.getLogger("relay.limits")
 
 WINDOW_MS = 60_000
-# Heartbeats a lease survives without renewal.
+# A lease survives 3 heartbeats without renewal, and never less than the floor: under
+# load a heartbeat can be late, and a lease that lapses while its session lives would
+# free a slot that is not free.
 LEASE_HEARTBEATS = 3
+LEASE_FLOOR_S = 15.0
 
 _ACQUIRE_SESSION = """
 local now, lease, member = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
@@ -90,7 +93,8 @@ class SharedLimits:
         self._limits = settings.limits
         self._config = settings.cache
         self._prefix = settings.cache.key_prefix + "limits:"
-        self._lease_ms = int(settings.cluster.heartbeat_interval_s * LEASE_HEARTBEATS * 1000)
+        lease_s = max(settings.cluster.heartbeat_interval_s * LEASE_HEARTBEATS, LEASE_FLOOR_S)
+        self._lease_ms = int(lease_s * 1000)
         self._breaker = CircuitBreaker(
             settings.cache.breaker_failure_threshold, settings.cache.breaker_open_s
         )

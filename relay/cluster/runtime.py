@@ -121,8 +121,9 @@ class ClusterRuntime:
         store = self.services.store
         if not store.schema_ready:
             return
-        await members.beat(store, self.snapshot())
+        # Redis first: a slow database must not let the leases of live sessions lapse.
         await self.limits.renew((e.session_id, e.user_id) for e in self.services.registry.live())
+        await members.beat(store, self.snapshot())
         await self._reconcile()
         recovered = await members.recover_dead(
             store, dead_after_s=self.interval_s * DEAD_AFTER_HEARTBEATS + self._recover_after_s

@@ -287,6 +287,11 @@ async def test_fifty_parallel_requests_for_one_user_admit_exactly_the_cap(
         async with fresh_connections() as http:
             clients = [Client(http, a.url), Client(http, b.url)]
             results = await asyncio.gather(*(clients[i % 2].create(token) for i in range(50)))
+            # Every decision was Redis's: none failed open to the per-process limits.
+            for client in clients:
+                status, stats, _ = await client.call("GET", "api/stats", headers=OPERATOR)
+                assert status == 200
+                assert stats["metrics"].get("relay_limits_redis_fallback_total", []) == []
         statuses = sorted(status for status, _, _ in results)
         assert statuses == [201] * cap + [429] * (50 - cap), statuses
         rows = await sql(
