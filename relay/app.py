@@ -33,6 +33,7 @@ from relay import __version__
 from relay.admission.cache import UserCache
 from relay.admission.service import Admission
 from relay.admission.store import RETRYABLE_ERRORS, Store
+from relay.cluster.setup import start_cluster
 from relay.config import ConfigError, Settings
 from relay.media.event_schema import unknown_types
 from relay.media.manager import BridgeManager
@@ -51,6 +52,7 @@ from relay.upstream.simulation import uses_simulator
 from relay.web import (
     low_level,
     routes_bridge,
+    routes_cluster,
     routes_health,
     routes_operator,
     routes_recordings,
@@ -104,6 +106,7 @@ def create_app(settings: Settings, *, instance_id: str | None = None) -> web.App
     routes_operator.register(app)
     routes_recordings.register(app)
     consent.register(app)
+    routes_cluster.register(app)
     if "index.html" in STATIC_FILES:
         app.router.add_get("/", _index)
         app.router.add_get("/static/{name}", _static_file)
@@ -249,6 +252,8 @@ async def _start(
         upstream_health=upstream_health,
     )
     services_ref.append(services)
+    # Shared pending sessions, shared limits, heartbeat and commands (relay.cluster).
+    await start_cluster(services, stack)
     # Runs after the bridges have closed (the stack unwinds in reverse): whatever is still
     # registered (e.g. sessions minted but never exchanged) is closed in the database.
     stack.push_async_callback(sessions.finish_all, "relay_shutdown")

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -47,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="use the built-in simulator as the upstream (required without an OpenAI key "
         "on a non-loopback address; same as upstream.simulate = true)",
+    )
+    serve.add_argument(
+        "--workers",
+        default="1",
+        help="worker processes on one port: a number or 'auto' (one per CPU); default 1",
     )
 
     simulate = sub.add_parser(
@@ -109,6 +115,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = _settings(args)
         configure_logging(settings.server.log_level, settings.server.log_format)
         if args.command == "serve":
+            from relay.workers import worker_count, worker_index
+
+            try:
+                workers = worker_count(args.workers)
+            except ValueError:
+                print("--workers must be a number within 1..256 or auto", file=sys.stderr)
+                return 2
+            if workers > 1 and worker_index() is None:
+                return asyncio.run(_supervise(settings, workers, _worker_argv(args)))
             # Sentry only when SENTRY_DSN is set (relay.observability.error_tracking).
             error_tracking.from_environment()
             return asyncio.run(_serve(settings))
@@ -131,24 +146,53 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # ---------------------------------------------------------------------- serve
+def _worker_argv(args: argparse.Namespace) -> list[str]:
+    argv = []
+    if args.config:
+        argv += ["--config", args.config]
+    if args.host:
+        argv += ["--host", args.host]
+    if args.simulate:
+        argv += ["--simulate"]
+    return argv
+
+
 async def _serve(settings: Settings) -> int:
     from relay.app import create_app
+    from relay.workers import READY_PREFIX, bind_listener, worker_index
 
-    app = create_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
+    worker = worker_index()
     try:
-        try:
-            site = web.TCPSite(runner, settings.server.host, settings.server.port)
-            await site.start()
-        except OSError as exc:
-            print(
-                f"cannot listen on {settings.server.host}:{settings.server.port}: {exc.strerror}",
-                file=sys.stderr,
-            )
-            return 1
+        # Bound before the app starts: the member id and address need the real port.
+        sock = bind_listener(
+            settings.server.host, settings.server.port, reuse_port=worker is not None
+        )
+    except OSError as exc:
+        print(
+            f"cannot listen on {settings.server.host}:{settings.server.port}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        return 1
+    port = int(sock.getsockname()[1])
+    settings = settings.replace("server", port=port)
+    instance_id = f"{socket.gethostname()}:{port}"
+    if worker is not None:
+        instance_id += f"/w{worker}"
+    app = create_app(settings, instance_id=instance_id)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    try:
+        await runner.setup()
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        site = web.SockSite(runner, sock)
+        await site.start()
         services = app[SERVICES]
-        await _announce(services, runner)
+        if worker is None:
+            await _announce(services, runner)
+        else:
+            print(f"{READY_PREFIX} {instance_id}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -216,6 +260,36 @@ async def _doctor(settings: Settings) -> int:
         await simulator.close()
 
 
+async def _supervise(settings: Settings, workers: int, argv: list[str]) -> int:
+    from relay.workers import Supervisor
+
+    async def announce(
+        settings: Settings, dsn: str, port: int, operator_token: str | None, count: int
+    ) -> None:
+        shown = "127.0.0.1" if settings.server.host in ("0.0.0.0", "::") else settings.server.host
+        print(f"Interview relay listening on http://{shown}:{port}/ ({count} workers)", flush=True)
+        if operator_token:
+            print(f"Operator token (generated for this run): {operator_token}")
+        if settings.server.create_demo_user:
+            await _demo_user(settings.replace("database", url=dsn))
+
+    return await Supervisor(settings, workers, argv).run(announce)
+
+
+async def _demo_user(settings: Settings) -> None:
+    token = new_token()
+    try:
+        async with _store(settings) as store:
+            await store.create_user(
+                DEMO_EMAIL, hash_token(token), DEFAULT_USER_SECONDS, replace=True
+            )
+    except DatabaseUnavailable as exc:
+        log.error("could not create the demo user: %s", exc)
+        return
+    print(f"Demo candidate {DEMO_EMAIL}; token (new for this run):")
+    print(token, flush=True)
+
+
 # ---------------------------------------------------------------------- users, db
 @contextlib.asynccontextmanager
 async def _store(settings: Settings) -> AsyncIterator[Store]:
@@ -259,7 +333,9 @@ async def _users(settings: Settings, args: argparse.Namespace) -> int:
             print(f"created user {user.id} <{user.email}> with {user.remaining_seconds} seconds")
             print(token)
             return 0
-        token_hash = await store.revoke_user(args.email)
+        from relay.cluster.revoke import revoke_user
+
+        token_hash = await revoke_user(store, args.email)
         if token_hash is None:
             print(f"no user with email {args.email}", file=sys.stderr)
             return 1

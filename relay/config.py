@@ -133,6 +133,26 @@ class LimitsConfig(_Section):
     retry_after_s: Annotated[int, Field(ge=1, le=3600)] = 10
     # Interview seconds a user must still have to start a session.
     min_remaining_seconds: Annotated[int, Field(ge=1, le=86400)] = 1
+    # Failed authentications per client address per minute before 429 (sliding window).
+    failed_auth_per_minute: Annotated[int, Field(ge=1, le=100_000)] = 20
+    # Sessions the whole cluster accepts at once (needs Redis); 0: no cluster-wide cap.
+    cluster_max_sessions: Annotated[int, Field(ge=0, le=10_000_000)] = 0
+
+
+class ClusterConfig(_Section):
+    # How often each member (instance or worker) refreshes its heartbeat; a member
+    # silent for 3 intervals is dead: it leaves the cluster view and its sessions'
+    # rows are closed.
+    heartbeat_interval_s: Annotated[float, Field(gt=0, le=60)] = 2.0
+    # Key sealing the upstream secret of pending sessions in the database (base64 of
+    # 32 bytes). Empty: generated once into server.data_dir (fine for workers on one
+    # machine; several machines must share one). Prefer RELAY__CLUSTER__STATE_KEY.
+    state_key: str = Field(default="", repr=False)
+    # This member's address in the cluster view. Empty: http://<host>:<port>.
+    advertise_address: str = ""
+    # A member silent for 3 heartbeats plus this long is removed and its connecting or
+    # active sessions' rows are closed (relay_lost); the grace spares a short DB outage.
+    recover_after_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
 
 
 class UpstreamConfig(_Section):
@@ -383,6 +403,7 @@ class Settings(BaseSettings):
     events: EventsConfig = EventsConfig()
     media: MediaConfig = MediaConfig()
     recording: RecordingConfig = RecordingConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
     @model_validator(mode="after")
     def _across_sections(self) -> Settings:

@@ -22,6 +22,7 @@ from relay.upstream.base import UpstreamClient
 from relay.upstream.health import UpstreamHealth
 
 if TYPE_CHECKING:
+    from relay.cluster.runtime import ClusterRuntime
     from relay.media.manager import BridgeManager
     from relay.observability.loop_monitor import LoopMonitor
     from relay.recording.service import RecordingService
@@ -69,6 +70,8 @@ class Services:
     startup: StartupStatus = field(default_factory=StartupStatus)
     # What the relay has seen of the upstream (mint/exchange outcomes), for /readyz.
     upstream_health: UpstreamHealth | None = None
+    # This member's part in the cluster (heartbeat, commands, shared limits).
+    cluster: ClusterRuntime | None = None
 
 
 SERVICES = web.AppKey("services", Services)

@@ -280,6 +280,17 @@ class Store:
             self._latency.observe(elapsed_ms / 1000, query=query)
             record_stage("db", elapsed_ms)
 
+    async def run(self, query: str, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """Run ``op`` on a pooled connection with this store's timeouts and retries.
+
+        For modules that own their SQL (relay.cluster, relay.sessions.shared_state).
+        """
+        return await self._run(query, op)
+
+    @property
+    def dsn(self) -> str:
+        return self._dsn
+
     # ------------------------------------------------------------------ users
     async def find_user_by_token_hash(self, token_hash: str) -> UserRecord | None:
         async def op(conn: asyncpg.Connection) -> asyncpg.Record | None:
@@ -430,6 +441,7 @@ class Store:
         state: Literal["ended", "failed"],
         end_reason: str,
         duration_seconds: float,
+        only_if_pending: bool = False,
     ) -> int | None:
         """Close the row and debit the user's credit by the whole seconds used, atomically.
 
@@ -439,6 +451,8 @@ class Store:
         its COMMIT went through): then the user's remaining seconds are returned, as that
         attempt would have answered.
         Otherwise returns the user's remaining seconds after the debit.
+        ``only_if_pending``: close it only if no member has claimed it
+        (relay.sessions.shared_state).
         """
         debit = max(0, int(-(-duration_seconds // 1)))  # ceil without float surprises
 
@@ -448,13 +462,15 @@ class Store:
                     """UPDATE interview_sessions
                        SET state = $2, end_reason = $3, ended_at = now(),
                            duration_seconds = $4, debited_seconds = $5
-                       WHERE id = $1 AND state NOT IN ('ended', 'failed')
+                       WHERE id = $1 AND (state = 'pending'
+                             OR (NOT $6 AND state IN ('connecting', 'active')))
                        RETURNING user_id""",
                     session_id,
                     state,
                     end_reason,
                     duration_seconds,
                     debit,
+                    only_if_pending,
                 )
                 if user_id is None:
                     # Already closed. By this finish (state, reason and duration match)?

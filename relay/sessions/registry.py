@@ -131,6 +131,7 @@ class SessionRegistry:
         Only as many as the per-user and global caps need, and only when that is enough
         to make room: otherwise nothing is touched and ``reserve`` refuses as before.
         Synchronous, like ``reserve``, so the two happen without another request between.
+        Sessions still being created (not minted yet) are never superseded.
         The caller closes the returned sessions (reason ``superseded``).
         """
         mine = [e for e in self._sessions.values() if e.user_id == user_id]
@@ -139,8 +140,10 @@ class SessionRegistry:
             len(mine) - self._limits.per_user_concurrent_sessions + 1,
             len(self._sessions) - self._limits.global_max_sessions + 1,
         )
+        # Only sessions already handed to their page (minted): requests still being created
+        # are not cancelled by each other, so a burst meets the cap (429) instead.
         pending = sorted(
-            (e for e in mine if e.state == "pending" and e.bridge is None),
+            (e for e in mine if e.state == "pending" and e.bridge is None and e.minted is not None),
             key=lambda e: e.created_monotonic,
         )
         if need == 0 or need > len(pending):
@@ -174,6 +177,16 @@ class SessionRegistry:
             expires_at=datetime.now(UTC) + timedelta(seconds=pending_ttl_s),
             email=email,
         )
+        self._sessions[entry.session_id] = entry
+        self._update_gauge()
+        return entry
+
+    def adopt(self, entry: SessionEntry) -> SessionEntry:
+        """Register a session created on another member and claimed here.
+
+        No capacity check: the cluster's limits admitted it where it was created, and
+        its media must terminate where the exchange landed.
+        """
         self._sessions[entry.session_id] = entry
         self._update_gauge()
         return entry
@@ -219,3 +232,11 @@ class SessionRegistry:
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+
+def superseded_error() -> ApiError:
+    return ApiError(
+        410,
+        "session_superseded",
+        "A newer session was requested (e.g. the page was reloaded); use that one.",
+    )

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal, NoReturn
+from typing import TYPE_CHECKING, Literal, NoReturn
 
 from relay.admission.service import Admission, Caller, database_error
 from relay.admission.store import DatabaseUnavailable, Store
@@ -22,8 +22,12 @@ from relay.config import Settings, model_for
 from relay.errors import ApiError
 from relay.observability.metrics import MetricsRegistry
 from relay.observability.request_context import bind_session, current_request_id, record_stage
-from relay.sessions.registry import SessionEntry, SessionRegistry
+from relay.sessions.registry import SessionEntry, SessionRegistry, superseded_error
 from relay.upstream.base import UpstreamClient, UpstreamError, UpstreamTimeout
+
+if TYPE_CHECKING:
+    from relay.cluster.limits import SharedLimits
+    from relay.sessions.shared_state import SharedSessions
 
 log = logging.getLogger("relay.sessions")
 
@@ -62,14 +66,6 @@ class EndedSession:
     ended_at: float  # unix seconds
 
 
-def superseded_error() -> ApiError:
-    return ApiError(
-        410,
-        "session_superseded",
-        "A newer session was requested (e.g. the page was reloaded); use that one.",
-    )
-
-
 @dataclass(frozen=True)
 class _Finish:
     session_id: str
@@ -78,9 +74,18 @@ class _Finish:
     duration_s: float
     user_id: int
     token_hash: str = field(repr=False)
+    # Never claimed here: close the row only if nobody claimed it elsewhere meanwhile.
+    only_if_pending: bool = False
 
 
-def _finish_record(entry: SessionEntry, state: str, reason: str, duration_s: float) -> _Finish:
+def _finish_record(
+    entry: SessionEntry,
+    state: str,
+    reason: str,
+    duration_s: float,
+    *,
+    only_if_pending: bool = False,
+) -> _Finish:
     return _Finish(
         session_id=entry.session_id,
         state="ended" if state == "ended" else "failed",
@@ -88,6 +93,7 @@ def _finish_record(entry: SessionEntry, state: str, reason: str, duration_s: flo
         duration_s=duration_s,
         user_id=entry.user_id,
         token_hash=entry.token_hash,
+        only_if_pending=only_if_pending,
     )
 
 
@@ -125,6 +131,9 @@ class SessionService:
         # Finishes the database refused; housekeeping retries them until they land, so
         # credit is always debited eventually.
         self._unwritten: dict[str, _Finish] = {}
+        # Set by relay.app: pending sessions shared with other members, cluster limits.
+        self.shared: SharedSessions | None = None
+        self.limits: SharedLimits | None = None
 
     def refuse_if_draining(self) -> None:
         if self._is_draining():
@@ -163,9 +172,16 @@ class SessionService:
             raise
         bind_session(entry.session_id)
         try:
+            # The superseded sessions go first (rows and shared leases), so the shared
+            # per-user cap counts this session instead of them.
             for old in superseded:
                 log.info("session %s superseded by %s", old.session_id, entry.session_id)
                 await self._close(old, state="ended", reason="superseded", duration_s=0.0)
+            await self._check_shared_limits(entry)
+        except BaseException:
+            self._registry.release(entry.session_id)
+            raise
+        try:
             await self._store.create_session(
                 session_id=entry.session_id,
                 user_id=caller.user.id,
@@ -176,10 +192,10 @@ class SessionService:
                 expires_at=entry.expires_at,
             )
         except DatabaseUnavailable as exc:
-            self._registry.release(entry.session_id)
+            await self._release(entry)
             raise database_error(exc, settings.database.retry_after_s) from exc
         except BaseException:
-            self._registry.release(entry.session_id)
+            await self._release(entry)
             raise
 
         if self._registry.get(entry.session_id) is not entry:
@@ -202,34 +218,72 @@ class SessionService:
             # (it expires unused upstream); the page that asked is gone or has a newer one.
             entry.minted = None
             await self._abandon_superseded(entry)
+        if self.shared is not None:
+            try:
+                await self.shared.publish(entry)
+            except DatabaseUnavailable as exc:
+                await self.finish(entry, state="failed", reason=exc.code, duration_s=0.0)
+                raise database_error(exc, settings.database.retry_after_s) from exc
         return entry
 
     async def _abandon_superseded(self, entry: SessionEntry) -> NoReturn:
         # Its row may have been inserted after the supersede closed it (the UPDATE found
         # nothing then): close it again; finish_session leaves a closed row alone.
         await self._write(_finish_record(entry, "ended", "superseded", 0.0))
+        if self.limits is not None:
+            await self.limits.release_session(entry.session_id, entry.user_id)
         raise superseded_error()
 
-    async def claim(self, session_id: str, user_id: int) -> SessionEntry:
-        """The exchange's claim (pending → connecting); a superseded session says so."""
-        try:
-            return self._registry.claim_for_exchange(session_id, user_id)
-        except ApiError as exc:
-            if exc.code == "session_not_found" and await self._was_superseded(session_id, user_id):
-                raise superseded_error() from None
-            raise
+    async def claim(self, session_id: str, caller: Caller) -> tuple[SessionEntry, bool]:
+        """The exchange's claim (pending → connecting), once across the cluster: the local
+        entry and whether it was created on another member (adopted here). A superseded
+        session answers 410 (relay.sessions.shared_state reads why its row ended)."""
+        if self.shared is None:  # a service without the cluster parts: this process only
+            return self._registry.claim_for_exchange(session_id, caller.user.id), False
+        return await self.shared.claim(session_id, caller)
 
-    async def _was_superseded(self, session_id: str, user_id: int) -> bool:
-        unwritten = self._unwritten.get(session_id)
-        if unwritten is not None:
-            return unwritten.user_id == user_id and unwritten.reason == "superseded"
-        try:
-            record = await self._store.get_session(session_id)
-        except DatabaseUnavailable:
-            return False  # cannot tell; "not found" is still true for this instance
-        return (
-            record is not None and record.user_id == user_id and record.end_reason == "superseded"
-        )
+    async def _check_shared_limits(self, entry: SessionEntry) -> None:
+        """The cluster-wide request rate, per-user cap and cluster cap (Redis).
+
+        Undecided (no Redis, or Redis failing) means the in-process limits, already
+        passed, are the answer: see relay.cluster.limits for why this fails open.
+        """
+        if self.limits is None or not self.limits.enabled:
+            return
+        from relay.cluster.limits import CLUSTER_CAP, USER_CAP, wait_seconds
+
+        limits = self._settings.limits
+        wait = await self.limits.request_rate(entry.user_id)
+        if wait:
+            raise ApiError(
+                429,
+                "rate_limited",
+                "Too many session requests; slow down.",
+                retryable=True,
+                retry_after_s=wait_seconds(wait),
+            )
+        outcome = await self.limits.acquire_session(entry.session_id, entry.user_id)
+        if outcome == USER_CAP:
+            raise ApiError(
+                429,
+                "too_many_sessions",
+                f"At most {limits.per_user_concurrent_sessions} concurrent sessions per user.",
+                retryable=True,
+                retry_after_s=limits.retry_after_s,
+            )
+        if outcome == CLUSTER_CAP:
+            raise ApiError(
+                503,
+                "over_capacity",
+                "The service is at capacity; try again shortly.",
+                retryable=True,
+                retry_after_s=limits.retry_after_s,
+            )
+
+    async def _release(self, entry: SessionEntry) -> None:
+        self._registry.release(entry.session_id)
+        if self.limits is not None:
+            await self.limits.release_session(entry.session_id, entry.user_id)
 
     def expires_at(self, entry: SessionEntry) -> datetime:
         """When the session must have been exchanged: the earlier of ours and the secret's."""
@@ -250,6 +304,7 @@ class SessionService:
         self, entry: SessionEntry, *, state: str, reason: str, duration_s: float
     ) -> int | None:
         """Close a session already taken out of the registry (exactly once per session)."""
+        never_claimed = entry.state == "pending" and self.shared is not None
         entry.state = state
         self._ended.inc(state=state, reason=reason)
         self.recently_ended.append(
@@ -263,7 +318,13 @@ class SessionService:
             )
         )
         log.info("session %s %s (%s) after %.1fs", entry.session_id, state, reason, duration_s)
-        return await self._write(_finish_record(entry, state, reason, duration_s))
+        finish = _finish_record(entry, state, reason, duration_s, only_if_pending=never_claimed)
+        remaining = await self._write(finish)
+        if self.limits is not None and (remaining is not None or not never_claimed):
+            # A never-claimed session that was not closed here was claimed elsewhere: its
+            # shared lease belongs to the claimer now.
+            await self.limits.release_session(entry.session_id, entry.user_id)
+        return remaining
 
     async def _write(self, finish: _Finish) -> int | None:
         try:
@@ -272,6 +333,7 @@ class SessionService:
                 state=finish.state,
                 end_reason=finish.reason,
                 duration_seconds=finish.duration_s,
+                only_if_pending=finish.only_if_pending,
             )
         except DatabaseUnavailable:
             self._finish_failures.inc()

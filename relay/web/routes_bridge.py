@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from relay.admission.service import database_error
+from relay.admission.service import Caller, database_error
 from relay.admission.store import DatabaseUnavailable
 from relay.errors import ApiError
 from relay.media.manager import BridgeManager
@@ -21,9 +21,10 @@ from relay.media.sdp import InvalidOffer, invalid_offer_error, validate_offer
 from relay.observability.logging import request_banner, stage
 from relay.observability.request_context import bind_session, current, current_request_id
 from relay.services import SERVICES, Services
-from relay.sessions.registry import is_session_id
+from relay.sessions.registry import SessionEntry, is_session_id
 from relay.web.auth import is_operator
 from relay.web.body import read_json_object
+from relay.web.caller import authenticate
 
 log = logging.getLogger("relay.http")
 
@@ -50,7 +51,7 @@ async def webrtc_exchange(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     with request_banner(log, "WEBRTC EXCHANGE") as banner:
         stage(log, "WEBRTC_EXCHANGE_START")
-        caller = await services.admission.authenticate(request.headers.get("Authorization"))
+        caller = await authenticate(request)
         body = await read_json_object(request, services.settings.server.max_body_bytes)
         session_id, sdp = _exchange_fields(body)
         services.sessions.refuse_if_draining()
@@ -60,7 +61,7 @@ async def webrtc_exchange(request: web.Request) -> web.Response:
             raise invalid_offer_error(exc) from None
         manager = _bridges(services)
         manager.refuse_if_no_media_ports()
-        entry = await services.sessions.claim(session_id, caller.user.id)
+        entry = await _claim(services, session_id, caller)
         bind_session(entry.session_id)
         bridge = await manager.open(entry, sdp, current_request_id())
         ctx = current()
@@ -78,9 +79,23 @@ async def webrtc_exchange(request: web.Request) -> web.Response:
         )
 
 
+async def _claim(services: Services, session_id: str, caller: Caller) -> SessionEntry:
+    """Claim the session for this member (any member's session, once cluster-wide)."""
+    entry, adopted = await services.sessions.claim(session_id, caller)
+    if adopted and services.cluster is not None:
+        # The creator forgets its pending entry now rather than at its next heartbeat.
+        try:
+            await services.cluster.publish(
+                {"op": "claimed", "session_id": session_id, "by": services.instance_id}
+            )
+        except DatabaseUnavailable:
+            log.warning("session %s: could not tell its creator it was claimed", session_id)
+    return entry
+
+
 async def get_session(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    caller = await services.admission.authenticate(request.headers.get("Authorization"))
+    caller = await authenticate(request)
     session_id = _path_session_id(request)
     entry = services.registry.get(session_id)
     body: dict[str, Any]
@@ -111,7 +126,7 @@ async def delete_session(request: web.Request) -> web.Response:
     operator = is_operator(request)
     user_id: int | None = None
     if not operator:
-        caller = await services.admission.authenticate(request.headers.get("Authorization"))
+        caller = await authenticate(request)
         user_id = caller.user.id
     session_id = _path_session_id(request)
     entry = services.registry.get(session_id)
@@ -122,13 +137,31 @@ async def delete_session(request: web.Request) -> web.Response:
         if entry.bridge is not None:
             await entry.bridge.close(reason)
         else:
-            # Minted but never exchanged: nothing to hang up, nothing used.
+            # Minted but never exchanged here: nothing to hang up, nothing used.
             await services.sessions.finish(entry, state="ended", reason=reason, duration_s=0.0)
+            if services.cluster is not None:
+                # It may have been exchanged on another member a moment ago.
+                await _end_elsewhere(services, session_id, reason)
         return web.Response(status=204)
     record = await _session_row(services, session_id)
     if record is None or not (operator or record.user_id == user_id):
         raise ApiError(404, "session_not_found", "No such session for this user.")
-    return web.Response(status=204)  # already over: deleting it again changes nothing
+    if record.state in ("pending", "connecting", "active") and services.cluster is not None:
+        # Held by another member: it hangs up when the command reaches it.
+        reason = "operator_hangup" if operator else "hangup"
+        log.info("[%s] SESSION_HANGUP %s (%s, elsewhere)", current_request_id(), session_id, reason)
+        await _end_elsewhere(services, session_id, reason)
+    return web.Response(status=204)  # over, or ending where it is held
+
+
+async def _end_elsewhere(services: Services, session_id: str, reason: str) -> None:
+    assert services.cluster is not None
+    try:
+        await services.cluster.publish(
+            {"op": "end_session", "session_id": session_id, "reason": reason}
+        )
+    except DatabaseUnavailable as exc:
+        raise database_error(exc, services.settings.database.retry_after_s) from exc
 
 
 def _path_session_id(request: web.Request) -> str:

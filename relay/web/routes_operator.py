@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from relay.observability.request_context import current_request_id
 from relay.services import SERVICES
 from relay.web.auth import require_operator
+from relay.web.routes_cluster import cluster_stats
 from relay.web.stats_view import build_stats
 
 DASHBOARD = Path(__file__).resolve().parent.parent.parent / "static" / "stats.html"
@@ -27,6 +28,8 @@ DASHBOARD_CSP = (
 
 async def stats(request: web.Request) -> web.Response:
     require_operator(request)
+    if request.query.get("scope") == "cluster":
+        return await cluster_stats(request)
     body = await build_stats(request.app[SERVICES], current_request_id())
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 

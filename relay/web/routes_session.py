@@ -12,6 +12,7 @@ from relay.observability.request_context import current, current_request_id
 from relay.recording.consent import recording_notice_shown
 from relay.services import SERVICES
 from relay.web.body import read_json_object
+from relay.web.caller import authenticate
 
 log = logging.getLogger("relay.http")
 
@@ -25,7 +26,7 @@ async def create_realtime_session(request: web.Request) -> web.Response:
         )
         notice_shown = recording_notice_shown(fields)
         services.sessions.refuse_if_draining()
-        caller = await services.admission.authenticate(request.headers.get("Authorization"))
+        caller = await authenticate(request)
         entry = await services.sessions.create(caller)
         if notice_shown and services.recordings is not None:
             await services.recordings.note_consent(entry.session_id)

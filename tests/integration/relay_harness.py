@@ -17,6 +17,9 @@ from relay.config import Settings
 from relay.services import Services
 
 OPERATOR_TOKEN = "op-test-token-0123456789"
+# Seals pending sessions' upstream secrets (base64 of 32 bytes); fixed so that relays of
+# one test can open each other's.
+STATE_KEY = "dGVzdC1zdGF0ZS1rZXktMzItYnl0ZXMtbG9uZy4uLi4="
 SIMULATOR_KEY = "sk-sim-local"
 
 
@@ -43,6 +46,7 @@ def relay_settings(
     s = s.replace("upstream", api_key=SIMULATOR_KEY, base_url=upstream_base_url)
     # Recordings of each relay in a directory of their own (the default is under data_dir).
     s = s.replace("recording", directory=tempfile.mkdtemp(prefix="recordings-"))
+    s = s.replace("cluster", state_key=STATE_KEY, heartbeat_interval_s=0.5)
     for section, changes in (overrides or {}).items():
         s = s.replace(section, **changes)
     return s

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from relay.admission.breaker import BreakerState, CircuitBreaker
 from relay.admission.cache import UserCache
 from relay.admission.local_cache import LocalTTLCache
@@ -143,3 +145,19 @@ async def test_unknown_tokens_cannot_evict_known_users_from_the_local_cache() ->
     again = await cache.get("unknown-99")
     assert again is not None and again.user == known
     await cache.close()
+
+
+def test_sliding_window_peek_and_record_for_failed_authentications() -> None:
+    now = [0.0]
+    limiter = SlidingWindowLimiter(2, clock=lambda: now[0])
+    assert limiter.peek("10.0.0.1") is None
+    limiter.record("10.0.0.1")
+    assert limiter.peek("10.0.0.1") is None  # peeking counts nothing
+    limiter.record("10.0.0.1")
+    wait = limiter.peek("10.0.0.1")
+    assert wait == pytest.approx(60.0)
+    assert limiter.peek("10.0.0.2") is None
+    now[0] = 30.0
+    assert limiter.peek("10.0.0.1") == pytest.approx(30.0)
+    now[0] = 60.5
+    assert limiter.peek("10.0.0.1") is None

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from relay.config import ConfigError, Settings, load_settings
+from relay.config import ConfigError, load_settings
 from relay.media.manager import check_port_range_size, ports_per_exchange
 from relay.upstream.simulation import uses_simulator
 
@@ -32,6 +32,7 @@ COMPOSE_ENV = {
     "TURN_SECRET": "turn-test-secret",
     "S3_ACCESS_KEY": "s3-access",
     "S3_SECRET_KEY": "s3-secret",
+    "RELAY_STATE_KEY": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
     "PUBLIC_IP": "203.0.113.10",
 }
 
@@ -287,23 +288,14 @@ def test_compose_runs_two_relays_on_separate_udp_ranges_with_valid_settings() ->
     relays = relay_services(data)
     assert len(relays) >= 2
     ranges = []
-    known_sections = set(Settings.model_fields)
     for name, service in relays.items():
         env = {k: str(v) for k, v in service["environment"].items()}
-        # Keys of sections this relay has are loaded for real (a typo or a bad value
-        # fails here); the [recording] keys follow design.md §7.
-        known = {
-            k: v
-            for k, v in env.items()
-            if not k.startswith("RELAY__") or k.split("__")[1].lower() in known_sections
-        }
-        unknown = {k.split("__")[1].lower() for k in set(env) - set(known)}
-        assert unknown <= {"recording"}, unknown
-        settings = load_settings(environ=known)
+        # Every key is loaded for real: a typo or a bad value fails here.
+        settings = load_settings(environ=env)
         ice = settings.ice
         assert (ice.udp_port_min, ice.udp_port_max) == udp_range(service["ports"]), name
         # The sizing rule with the image's environment under it (one container address).
-        with_image = load_settings(environ={**dockerfile_env(), **known})
+        with_image = load_settings(environ={**dockerfile_env(), **env})
         size = with_image.ice.udp_port_max - with_image.ice.udp_port_min + 1
         per = ports_per_exchange(with_image.ice, addresses=1)
         assert size >= with_image.limits.global_max_sessions * per, name
@@ -396,8 +388,7 @@ def test_compose_never_falls_back_to_the_simulator_unasked() -> None:
     def relay_env(extra: dict[str, str]) -> dict[str, str]:
         service = compose({**COMPOSE_ENV, **extra})["services"]["relay-1"]
         env = {k: str(v) for k, v in service["environment"].items()}
-        known = {k: v for k, v in env.items() if not k.startswith("RELAY__RECORDING__")}
-        return {**image_env, **known}
+        return {**image_env, **env}
 
     without_key = load_settings(environ=relay_env({}))
     assert without_key.server.host == "0.0.0.0" and not without_key.upstream.simulate

@@ -1,0 +1,239 @@
+"""Limits shared by every member, enforced atomically in Redis by Lua scripts.
+
+- per-user concurrent sessions and the cluster-wide session cap: one sorted set per
+  user and one for the cluster, members are session ids scored by a lease deadline.
+  A member's heartbeat renews the leases of the sessions it holds, so the sessions of a
+  member that died stop counting within one lease (3 heartbeats, at least 15 s);
+- per-user request rate and failed authentications per client address: sliding logs
+  (sorted sets of timestamps) over one minute.
+
+Each check is one script, so two members can never both take the last slot.
+
+The in-process limits (relay.sessions.registry, relay.admission.rate_limit) always run
+as well: with no Redis they are the limits (one instance), and with Redis they can
+only be stricter. When Redis fails mid-flight (error, timeout, breaker open) every
+shared limit fails OPEN to the in-process one and ``relay_limits_redis_fallback_total``
+counts it: an interview service that refuses every candidate because its cache blinked
+is worse than, for the outage, each member enforcing the caps on its own (at most
+members x the per-user cap). Leases and logs expire by themselves, so nothing has to be
+repaired when Redis returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from relay.admission.breaker import CircuitBreaker
+from relay.config import Settings
+from relay.observability.metrics import MetricsRegistry
+
+log = logging.getLogger("relay.limits")
+
+WINDOW_MS = 60_000
+# A lease survives 3 heartbeats without renewal, and never less than the floor: under
+# load a heartbeat can be late, and a lease that lapses while its session lives would
+# free a slot that is not free.
+LEASE_HEARTBEATS = 3
+LEASE_FLOOR_S = 15.0
+
+_ACQUIRE_SESSION = """
+local now, lease, member = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local user_cap, cluster_cap, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+if not redis.call('ZSCORE', KEYS[1], member) then
+  if cluster_cap > 0 and redis.call('ZCARD', KEYS[2]) >= cluster_cap then return 2 end
+  if redis.call('ZCARD', KEYS[1]) >= user_cap then return 1 end
+end
+redis.call('ZADD', KEYS[1], lease, member)
+redis.call('ZADD', KEYS[2], lease, member)
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('PEXPIRE', KEYS[2], ttl)
+return 0
+"""
+
+# mode "acquire": count this event if under the limit; "peek": only look; "add": count.
+# Returns -1 when under the limit, else milliseconds until the oldest event leaves.
+_SLIDING_LOG = """
+local now, window, limit, mode = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if mode ~= 'add' and redis.call('ZCARD', KEYS[1]) >= limit then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return math.max(1, math.ceil(tonumber(oldest[2]) + window - now))
+end
+if mode ~= 'peek' then
+  redis.call('ZADD', KEYS[1], now, ARGV[5])
+  redis.call('PEXPIRE', KEYS[1], window)
+end
+return -1
+"""
+
+ACQUIRED, USER_CAP, CLUSTER_CAP = 0, 1, 2
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class SharedLimits:
+    """Redis-backed limits; every method answers None when Redis could not decide."""
+
+    def __init__(self, settings: Settings, metrics: MetricsRegistry) -> None:
+        self._limits = settings.limits
+        self._config = settings.cache
+        self._prefix = settings.cache.key_prefix + "limits:"
+        lease_s = max(settings.cluster.heartbeat_interval_s * LEASE_HEARTBEATS, LEASE_FLOOR_S)
+        self._lease_ms = int(lease_s * 1000)
+        self._breaker = CircuitBreaker(
+            settings.cache.breaker_failure_threshold, settings.cache.breaker_open_s
+        )
+        self._redis: aioredis.Redis | None = None
+        if settings.cache.redis_url:
+            self._redis = aioredis.from_url(
+                settings.cache.redis_url,
+                socket_timeout=settings.cache.redis_timeout_s,
+                socket_connect_timeout=settings.cache.redis_timeout_s,
+                retry=Retry(NoBackoff(), 0),
+                health_check_interval=0,
+            )
+        self._fallback = metrics.counter(
+            "relay_limits_redis_fallback_total",
+            "Shared-limit checks decided in-process because Redis failed (fail open)",
+            ["limit"],
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self._redis is not None
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    # ------------------------------------------------------------------ sessions
+    def _user_key(self, user_id: int) -> str:
+        return f"{self._prefix}user:{user_id}:sessions"
+
+    @property
+    def _cluster_key(self) -> str:
+        return f"{self._prefix}sessions"
+
+    async def acquire_session(self, session_id: str, user_id: int) -> int | None:
+        """ACQUIRED, USER_CAP or CLUSTER_CAP; None when Redis could not decide."""
+        now = _now_ms()
+        result = await self._call(
+            "sessions",
+            lambda r: r.eval(
+                _ACQUIRE_SESSION,
+                2,
+                self._user_key(user_id),
+                self._cluster_key,
+                now,
+                now + self._lease_ms,
+                session_id,
+                self._limits.per_user_concurrent_sessions,
+                self._limits.cluster_max_sessions,
+                self._lease_ms * 2,
+            ),
+        )
+        return None if result is None else int(result)
+
+    async def release_session(self, session_id: str, user_id: int) -> None:
+        async def call(r: aioredis.Redis) -> Any:
+            async with r.pipeline(transaction=True) as pipe:
+                pipe.zrem(self._user_key(user_id), session_id)
+                pipe.zrem(self._cluster_key, session_id)
+                return await pipe.execute()
+
+        await self._call("sessions", call)
+
+    async def renew(self, held: Iterable[tuple[str, int]]) -> None:
+        """Renew the leases of the sessions this member holds (its heartbeat)."""
+        items = list(held)
+        if not items or self._redis is None:
+            return
+        lease = _now_ms() + self._lease_ms
+
+        async def call(r: aioredis.Redis) -> Any:
+            async with r.pipeline(transaction=False) as pipe:
+                for session_id, user_id in items:
+                    pipe.zadd(self._user_key(user_id), {session_id: lease})
+                    pipe.pexpire(self._user_key(user_id), self._lease_ms * 2)
+                    pipe.zadd(self._cluster_key, {session_id: lease})
+                pipe.pexpire(self._cluster_key, self._lease_ms * 2)
+                return await pipe.execute()
+
+        await self._call("sessions", call)
+
+    # ------------------------------------------------------------------ sliding logs
+    async def _sliding(self, limit_name: str, key: str, limit: int, mode: str) -> float | None:
+        """Seconds to wait (> 0) when over the limit, 0.0 when under, None if undecided."""
+        member = f"{_now_ms()}-{secrets.token_hex(4)}"
+        result = await self._call(
+            limit_name,
+            lambda r: r.eval(
+                _SLIDING_LOG, 1, self._prefix + key, _now_ms(), WINDOW_MS, limit, mode, member
+            ),
+        )
+        if result is None:
+            return None
+        wait_ms = int(result)
+        return 0.0 if wait_ms < 0 else wait_ms / 1000
+
+    async def request_rate(self, user_id: int) -> float | None:
+        return await self._sliding(
+            "request_rate",
+            f"rate:user:{user_id}",
+            self._limits.per_user_requests_per_minute,
+            "acquire",
+        )
+
+    async def auth_blocked(self, address: str) -> float | None:
+        return await self._sliding(
+            "failed_auth", f"authfail:{address}", self._limits.failed_auth_per_minute, "peek"
+        )
+
+    async def auth_failed(self, address: str) -> None:
+        await self._sliding(
+            "failed_auth", f"authfail:{address}", self._limits.failed_auth_per_minute, "add"
+        )
+
+    # ------------------------------------------------------------------ plumbing
+    async def _call(self, limit: str, call: Callable[[aioredis.Redis], Awaitable[Any]]) -> Any:
+        if self._redis is None:
+            return None
+        if not self._breaker.allow():
+            self._fallback.inc(limit=limit)
+            return None
+        try:
+            result = await asyncio.wait_for(call(self._redis), self._config.redis_timeout_s)
+        except asyncio.CancelledError:
+            self._breaker.abandon_trial()
+            raise
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._fallback.inc(limit=limit)
+            if self._breaker.state == "closed":
+                log.warning(
+                    "Redis failed for the %s limit (%s): in-process limits only",
+                    limit,
+                    type(exc).__name__,
+                )
+            self._breaker.record_failure()
+            return None
+        self._breaker.record_success()
+        return result
+
+
+def wait_seconds(wait: float) -> int:
+    return max(1, math.ceil(wait))

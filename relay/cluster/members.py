@@ -1,0 +1,189 @@
+"""Membership: every instance and worker registers itself and beats a heartbeat.
+
+Each member upserts its row in ``relay_members`` every ``cluster.heartbeat_interval_s``
+with what the cluster view shows (address, version, live sessions and their states,
+load). The view lists the members heard from within 3 heartbeats, so a dead member
+drops out within 3 heartbeats.
+
+Recovery: a member silent for ``3 heartbeats + cluster.recover_after_s`` is removed by
+whichever member notices first, and the rows of its connecting/active sessions are
+closed as ``failed`` / ``relay_lost``, debiting the seconds it was known alive (from
+connection to its last heartbeat). Its pending sessions stay claimable by any member
+until they expire (their sealed secret is in the row); expired pending rows of members
+that are gone are failed as ``expired``. The grace keeps a member that lost the
+database for a few seconds from having its live interviews closed under it.
+
+Why PostgreSQL rather than Redis: every member always has it (Redis is optional), the
+recovery must update the session rows in the same transaction, and a heartbeat every
+couple of seconds per member is negligible load for it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from relay.admission.store import Store
+
+log = logging.getLogger("relay.cluster")
+
+DEAD_AFTER_HEARTBEATS = 3
+
+
+@dataclass
+class MemberState:
+    id: str
+    address: str
+    version: str
+    pid: int
+    started_at: datetime
+    draining: bool = False
+    live: int = 0
+    load: float = 0.0
+    sessions: list[dict[str, Any]] = field(default_factory=list)
+
+
+async def beat(store: Store, member: MemberState) -> None:
+    async def op(conn: asyncpg.Connection) -> None:
+        await conn.execute(
+            """INSERT INTO relay_members
+                 (id, address, version, pid, started_at, heartbeat_at, draining, live, load,
+                  sessions)
+               VALUES ($1, $2, $3, $4, $5, now(), $6, $7, $8, $9::jsonb)
+               ON CONFLICT (id) DO UPDATE SET
+                 address = EXCLUDED.address, version = EXCLUDED.version, pid = EXCLUDED.pid,
+                 started_at = EXCLUDED.started_at, heartbeat_at = now(),
+                 draining = EXCLUDED.draining, live = EXCLUDED.live, load = EXCLUDED.load,
+                 sessions = EXCLUDED.sessions""",
+            member.id,
+            member.address,
+            member.version,
+            member.pid,
+            member.started_at,
+            member.draining,
+            member.live,
+            member.load,
+            json.dumps(member.sessions),
+        )
+
+    await store.run("member_heartbeat", op)
+
+
+async def leave(store: Store, member_id: str) -> None:
+    async def op(conn: asyncpg.Connection) -> None:
+        await conn.execute("DELETE FROM relay_members WHERE id = $1", member_id)
+
+    await store.run("member_leave", op)
+
+
+async def view(store: Store, interval_s: float) -> list[dict[str, Any]]:
+    """The members heard from within 3 heartbeats, oldest first."""
+
+    async def op(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+        rows: list[asyncpg.Record] = await conn.fetch(
+            """SELECT id, address, version, pid, started_at, heartbeat_at, draining, live,
+                      load, sessions
+               FROM relay_members
+               WHERE heartbeat_at >= now() - make_interval(secs => $1)
+               ORDER BY started_at, id""",
+            interval_s * DEAD_AFTER_HEARTBEATS,
+        )
+        return rows
+
+    out = []
+    for row in await store.run("member_view", op):
+        out.append(
+            {
+                "id": row["id"],
+                "address": row["address"],
+                "version": row["version"],
+                "pid": row["pid"],
+                "started_at": row["started_at"].isoformat(),
+                "heartbeat_at": row["heartbeat_at"].isoformat(),
+                "draining": row["draining"],
+                "live_sessions": row["live"],
+                "load": row["load"],
+                "sessions": json.loads(row["sessions"]),
+            }
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class Recovered:
+    members: list[str]
+    sessions: int
+    expired_pending: int
+
+
+async def recover_dead(store: Store, *, dead_after_s: float) -> Recovered:
+    """Remove members silent for ``dead_after_s`` and close their live sessions' rows."""
+
+    async def op(conn: asyncpg.Connection) -> Recovered:
+        async with conn.transaction():
+            dead = await conn.fetch(
+                """DELETE FROM relay_members
+                   WHERE heartbeat_at < now() - make_interval(secs => $1)
+                   RETURNING id, heartbeat_at""",
+                dead_after_s,
+            )
+            closed = 0
+            if dead:
+                rows = await conn.fetch(
+                    """UPDATE interview_sessions s
+                       SET state = 'failed', end_reason = 'relay_lost', ended_at = now(),
+                           duration_seconds = CASE WHEN s.connected_at IS NULL THEN 0 ELSE
+                               GREATEST(0, EXTRACT(EPOCH FROM d.heartbeat_at - s.connected_at))
+                               END,
+                           debited_seconds = CASE WHEN s.connected_at IS NULL THEN 0 ELSE
+                               CEIL(GREATEST(0, EXTRACT(EPOCH FROM
+                                    d.heartbeat_at - s.connected_at)))::int END
+                       FROM unnest($1::text[], $2::timestamptz[]) AS d(id, heartbeat_at)
+                       WHERE s.relay_instance = d.id
+                         AND s.state IN ('connecting', 'active')
+                       RETURNING s.user_id, s.debited_seconds""",
+                    [r["id"] for r in dead],
+                    [r["heartbeat_at"] for r in dead],
+                )
+                closed = len(rows)
+                debits: dict[int, int] = {}
+                for r in rows:
+                    debits[r["user_id"]] = debits.get(r["user_id"], 0) + int(r["debited_seconds"])
+                for user_id, debit in debits.items():
+                    await conn.execute(
+                        """UPDATE users SET remaining_seconds = GREATEST(0, remaining_seconds - $2)
+                           WHERE id = $1""",
+                        user_id,
+                        debit,
+                    )
+            status: str = await conn.execute(
+                """UPDATE interview_sessions
+                   SET state = 'failed', end_reason = 'expired', ended_at = now(),
+                       duration_seconds = 0, debited_seconds = 0
+                   WHERE state = 'pending' AND expires_at < now() - make_interval(secs => $1)
+                     AND relay_instance NOT IN (SELECT id FROM relay_members)""",
+                dead_after_s,
+            )
+            return Recovered([r["id"] for r in dead], closed, int(status.split()[-1]))
+
+    return await store.run("recover_dead_members", op)
+
+
+async def session_rows(store: Store, session_ids: list[str]) -> list[asyncpg.Record]:
+    """State, holder and user status of these sessions (reconciliation)."""
+
+    async def op(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+        rows: list[asyncpg.Record] = await conn.fetch(
+            """SELECT s.id, s.state, s.end_reason, s.relay_instance, u.active
+               FROM interview_sessions s JOIN users u ON u.id = s.user_id
+               WHERE s.id = ANY($1::text[])""",
+            session_ids,
+        )
+        return rows
+
+    return await store.run("reconcile_sessions", op)

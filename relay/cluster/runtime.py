@@ -1,0 +1,212 @@
+"""This member's part in the cluster: heartbeat, commands, reconciliation.
+
+Commands (``op`` field of a NOTIFY payload, relay.cluster.bus):
+
+- ``revoke_user`` {user_id, token_hash}: end the user's live interviews here (reason
+  ``revoked``), fail their pending sessions, drop the user from the caches;
+- ``end_session`` {session_id, reason}: the member holding the session hangs it up;
+- ``drain`` {member}: that member (or every one, ``"*"``) stops admitting sessions;
+- ``claimed`` {session_id, by}: a session created here was exchanged elsewhere, so its
+  local pending entry goes (its row and shared lease now belong to the claimer).
+
+Every heartbeat also reconciles the local sessions with their rows, so a command lost
+while the listening connection was down still takes effect one heartbeat later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+from relay.admission.rate_limit import SlidingWindowLimiter
+from relay.admission.store import RETRYABLE_ERRORS, DatabaseUnavailable
+from relay.cluster import members
+from relay.cluster.bus import CommandListener, publish
+from relay.cluster.limits import SharedLimits
+from relay.cluster.members import DEAD_AFTER_HEARTBEATS, MemberState
+from relay.sessions.registry import SessionEntry
+
+if TYPE_CHECKING:
+    from relay.services import Services
+
+log = logging.getLogger("relay.cluster")
+
+_DB_ERRORS: tuple[type[BaseException], ...] = (DatabaseUnavailable, *RETRYABLE_ERRORS)
+
+ALL_MEMBERS = "*"
+
+
+def _relay_version() -> str:
+    try:
+        return version("interview-relay")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+# Read once at import: it reads package metadata from disk.
+RELAY_VERSION = _relay_version()
+
+
+class ClusterRuntime:
+    def __init__(self, services: Services, limits: SharedLimits, *, address: str) -> None:
+        self.services = services
+        self.limits = limits
+        # Failed authentications per client address in this process (relay.web.caller).
+        self.failed_auth = SlidingWindowLimiter(services.settings.limits.failed_auth_per_minute)
+        settings = services.settings.cluster
+        self.interval_s = settings.heartbeat_interval_s
+        self._recover_after_s = settings.recover_after_s
+        self.member = MemberState(
+            id=services.instance_id,
+            address=address,
+            version=RELAY_VERSION,
+            pid=os.getpid(),
+            started_at=datetime.now(UTC),
+        )
+        self.listener = CommandListener(
+            services.store.dsn, self.handle, check_interval_s=self.interval_s
+        )
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._beats = services.metrics.counter(
+            "relay_cluster_heartbeats_total", "Heartbeats written by this member", ["outcome"]
+        )
+        self._commands = services.metrics.counter(
+            "relay_cluster_commands_total", "Cluster commands received", ["op"]
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self.listener.start()
+        self._heartbeat = asyncio.create_task(self._beat_forever(), name="cluster-heartbeat")
+
+    async def close(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+        await self.listener.close()
+        try:
+            await members.leave(self.services.store, self.member.id)
+        except _DB_ERRORS:
+            log.warning("could not leave the cluster view; it drops out by itself")
+
+    async def _beat_forever(self) -> None:
+        while True:
+            try:
+                await self.beat_once()
+                self._beats.inc(outcome="ok")
+            except _DB_ERRORS as exc:
+                self._beats.inc(outcome="failed")
+                log.warning("heartbeat failed (%s)", type(exc).__name__)
+            except Exception:  # the heartbeat must never die; the next one retries
+                self._beats.inc(outcome="failed")
+                log.exception("heartbeat failed")
+            await asyncio.sleep(self.interval_s)
+
+    def snapshot(self) -> MemberState:
+        services = self.services
+        live = services.registry.live()
+        member = self.member
+        member.draining = services.draining
+        member.live = len(live)
+        member.load = round(len(live) / services.settings.limits.global_max_sessions, 4)
+        member.sessions = [session_summary(services, e) for e in live]
+        return member
+
+    async def beat_once(self) -> None:
+        store = self.services.store
+        if not store.schema_ready:
+            return
+        # Redis first: a slow database must not let the leases of live sessions lapse.
+        await self.limits.renew((e.session_id, e.user_id) for e in self.services.registry.live())
+        await members.beat(store, self.snapshot())
+        await self._reconcile()
+        recovered = await members.recover_dead(
+            store, dead_after_s=self.interval_s * DEAD_AFTER_HEARTBEATS + self._recover_after_s
+        )
+        if recovered.members:
+            log.warning(
+                "members %s stopped beating: closed %d of their sessions (relay_lost)",
+                ", ".join(recovered.members),
+                recovered.sessions,
+            )
+
+    async def cluster_view(self) -> list[dict[str, Any]]:
+        # This member's entry is fresh, not as of its last heartbeat.
+        await members.beat(self.services.store, self.snapshot())
+        return await members.view(self.services.store, self.interval_s)
+
+    # ------------------------------------------------------------------ commands
+    async def handle(self, message: dict[str, Any]) -> None:
+        op = str(message.get("op"))
+        self._commands.inc(op=op if op in _OPS else "unknown")
+        if op == "revoke_user" and isinstance(message.get("user_id"), int):
+            token_hash = message.get("token_hash")
+            if isinstance(token_hash, str):
+                await self.services.admission.forget(token_hash)
+            await self.end_user_sessions(message["user_id"], "revoked")
+        elif op == "end_session" and isinstance(message.get("session_id"), str):
+            entry = self.services.registry.get(message["session_id"])
+            if entry is not None:
+                await self.end_local(entry, str(message.get("reason") or "operator_hangup"))
+        elif op == "drain" and message.get("member") in (ALL_MEMBERS, self.member.id):
+            if not self.services.draining:
+                log.warning("drain requested through the cluster: no new sessions here")
+            self.services.draining = True
+            # The cluster view says so now rather than at the next heartbeat.
+            with contextlib.suppress(*_DB_ERRORS):
+                await members.beat(self.services.store, self.snapshot())
+        elif op == "claimed" and message.get("by") != self.member.id:
+            entry = self.services.registry.get(str(message.get("session_id")))
+            if entry is not None and entry.state == "pending":
+                # Its row and its shared lease now belong to the claimer: only forget it.
+                self.services.registry.release(entry.session_id)
+
+    async def end_user_sessions(self, user_id: int, reason: str) -> int:
+        entries = [e for e in self.services.registry.live() if e.user_id == user_id]
+        await asyncio.gather(*(self.end_local(e, reason) for e in entries))
+        return len(entries)
+
+    async def end_local(self, entry: SessionEntry, reason: str) -> None:
+        log.info("session %s: ending (%s)", entry.session_id, reason)
+        if entry.bridge is not None:
+            await entry.bridge.close(reason)
+        else:
+            state = "ended" if reason.endswith("hangup") else "failed"
+            await self.services.sessions.finish(entry, state=state, reason=reason, duration_s=0.0)
+
+    async def publish(self, message: dict[str, Any]) -> None:
+        await publish(self.services.store, message)
+
+    async def _reconcile(self) -> None:
+        local = {e.session_id: e for e in self.services.registry.live()}
+        if not local:
+            return
+        for row in await members.session_rows(self.services.store, list(local)):
+            entry = local.get(row["id"])
+            if entry is None or self.services.registry.get(entry.session_id) is not entry:
+                continue
+            if not row["active"]:
+                await self.end_local(entry, "revoked")
+            elif entry.state == "pending" and row["state"] != "pending":
+                if row["relay_instance"] != self.member.id:
+                    self.services.registry.release(entry.session_id)  # claimed elsewhere
+            elif row["state"] in ("ended", "failed") and entry.bridge is not None:
+                # Closed by the cluster (e.g. this member was taken for dead).
+                await self.end_local(entry, str(row["end_reason"] or "relay_lost"))
+
+
+_OPS = ("revoke_user", "end_session", "drain", "claimed")
+
+
+def session_summary(services: Services, entry: SessionEntry) -> dict[str, Any]:
+    return {
+        "session_id": entry.session_id,
+        "member": services.instance_id,
+        "state": entry.state,
+        "age_s": round(entry.elapsed_s(), 1),
+    }

@@ -1,0 +1,233 @@
+"""``relay serve --workers N``: N full relays (worker processes) on one port.
+
+The supervisor (this module) prepares what the workers share, then starts them:
+
+- the upstream: with no OpenAI key, one built-in simulator run here for all workers
+  (a session minted through one worker is exchanged through another);
+- the database: the configured one, or the embedded PostgreSQL started here once and
+  handed to every worker as its DATABASE_URL (the workers never start their own);
+- the state key that seals pending sessions (generated into data_dir once, before any
+  worker could race to create it) and the operator token (generated once if none);
+- the port: bound here with SO_REUSEPORT (learning it when 0 was asked for) and kept
+  bound, not listening, while every worker binds the same port with SO_REUSEPORT; the
+  kernel spreads incoming connections over the workers' listening sockets.
+
+Each worker is a whole relay (``relay serve`` with RELAY_WORKER_INDEX set): its own
+event loop, media sockets, simulator when no OpenAI key is set, and its own member id
+(``<host>:<port>/w<i>``) in the cluster view. They share pending sessions, limits and
+commands through PostgreSQL (and Redis when configured), so any worker answers any
+request. SIGTERM (or SIGINT) to the supervisor is passed to every worker, which drains
+as a single relay does; the supervisor then stops the embedded database. A worker that
+exits on its own is started again (at most once per second).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+
+from relay.cluster.sealing import load_or_create_key
+from relay.config import Settings
+
+log = logging.getLogger("relay.workers")
+
+# Prints the banner once every worker is ready: (settings, dsn, port, generated operator
+# token or None, worker count).
+Announce = Callable[[Settings, str, int, str | None, int], Awaitable[None]]
+
+WORKER_ENV = "RELAY_WORKER_INDEX"
+READY_PREFIX = "worker ready:"
+_PR_SET_PDEATHSIG = 1
+
+
+def worker_count(value: str) -> int:
+    if value == "auto":
+        return max(1, os.cpu_count() or 1)
+    count = int(value)
+    if not 1 <= count <= 256:
+        raise ValueError("--workers must be within 1..256 or auto")
+    return count
+
+
+def worker_index() -> int | None:
+    raw = os.environ.get(WORKER_ENV)
+    return int(raw) if raw and raw.isdigit() else None
+
+
+def bind_listener(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    """A TCP socket bound to (host, port); listening is left to the caller."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+def _die_with_parent() -> None:
+    # Runs in the forked worker before exec: a SIGKILLed supervisor leaves no worker.
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, count: int, argv: Sequence[str]) -> None:
+        self.settings = settings
+        self.count = count
+        # The worker's command line: this `relay serve`'s own options (config, host).
+        self._argv = list(argv)
+        self._procs: dict[int, asyncio.subprocess.Process] = {}
+        self._stopping = False
+        self._ready: dict[int, asyncio.Event] = {i: asyncio.Event() for i in range(count)}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self, announce: Announce) -> int:
+        settings = self.settings
+        async with contextlib.AsyncExitStack() as stack:
+            dsn = settings.database.url
+            if not dsn:
+                from relay.admission.embedded_pg import start_embedded_postgres
+
+                embedded = await asyncio.to_thread(start_embedded_postgres, settings.data_path)
+                stack.push_async_callback(asyncio.to_thread, embedded.stop)
+                dsn = embedded.dsn
+            await asyncio.to_thread(
+                load_or_create_key, settings.cluster.state_key, settings.data_path
+            )
+            upstream_env: dict[str, str] = {}
+            if not settings.upstream.api_key:
+                # One simulator for every worker: a session minted through one worker's
+                # upstream must be exchangeable through any other's.
+                from relay.app import SIMULATOR_API_KEY
+                from relay.upstream.simulator.options import SimulatorOptions
+                from relay.upstream.simulator.server import start_simulator
+
+                simulator = await start_simulator(
+                    host="127.0.0.1", port=0, options=SimulatorOptions(ice=settings.ice)
+                )
+                stack.push_async_callback(simulator.close)
+                upstream_env = {
+                    "OPENAI_API_KEY": SIMULATOR_API_KEY,
+                    "OPENAI_BASE_URL": simulator.base_url,
+                }
+                log.info(
+                    "no OPENAI_API_KEY: the workers share a simulator at %s", simulator.base_url
+                )
+            token = settings.server.operator_token or secrets.token_urlsafe(24)
+            try:
+                anchor = bind_listener(settings.server.host, settings.server.port, reuse_port=True)
+            except OSError as exc:
+                print(
+                    f"cannot listen on {settings.server.host}:{settings.server.port}:"
+                    f" {exc.strerror}",
+                    file=sys.stderr,
+                )
+                return 1
+            stack.callback(anchor.close)
+            port = int(anchor.getsockname()[1])
+            env = {
+                **os.environ,
+                "DATABASE_URL": dsn,
+                "RELAY_OPERATOR_TOKEN": token,
+                "RELAY__SERVER__PORT": str(port),
+                "RELAY__SERVER__CREATE_DEMO_USER": "false",
+                **upstream_env,
+            }
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            for index in range(self.count):
+                self._spawn_watch(index, env)
+            ready = asyncio.create_task(self._all_ready())
+            waiter = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait(
+                {ready, waiter}, timeout=180, return_when=asyncio.FIRST_COMPLETED
+            )
+            ready.cancel()
+            status = 0
+            if ready in done:
+                generated = None if settings.server.operator_token else token
+                await announce(settings, dsn, port, generated, self.count)
+                await stop.wait()
+            elif waiter not in done:
+                log.error("workers not ready after 180s; stopping")
+                status = 1
+            waiter.cancel()
+            await self._stop_all()
+        return status
+
+    def stopping(self) -> bool:
+        return self._stopping
+
+    async def _all_ready(self) -> None:
+        for event in self._ready.values():
+            await event.wait()
+
+    def _spawn_watch(self, index: int, env: dict[str, str]) -> None:
+        task = asyncio.create_task(self._keep_running(index, env), name=f"worker-{index}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _keep_running(self, index: int, env: dict[str, str]) -> None:
+        while not self._stopping:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "relay",
+                "serve",
+                *self._argv,
+                env={**env, WORKER_ENV: str(index)},
+                stdout=asyncio.subprocess.PIPE,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            )
+            self._procs[index] = proc
+            assert proc.stdout is not None
+            async for raw in proc.stdout:
+                line = raw.decode(errors="replace").rstrip()
+                if line.startswith(READY_PREFIX):
+                    self._ready[index].set()
+                    log.info("worker %d (pid %d) %s", index, proc.pid, line)
+                else:
+                    print(line, flush=True)
+            code = await proc.wait()
+            if self.stopping():
+                return
+            log.error("worker %d exited with %s; starting it again", index, code)
+            await asyncio.sleep(1.0)
+
+    async def _stop_all(self) -> None:
+        self._stopping = True
+        procs = [p for p in self._procs.values() if p.returncode is None]
+        log.info("stopping %d workers (each drains its sessions)", len(procs))
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        deadline = self.settings.server.drain_timeout_s + 30
+        waits = [asyncio.create_task(p.wait()) for p in procs]
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=deadline)
+            for proc in procs:
+                if proc.returncode is None:
+                    log.error("worker pid %d did not stop in time; killing it", proc.pid)
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+            await asyncio.gather(*waits, return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

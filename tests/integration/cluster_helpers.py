@@ -1,0 +1,229 @@
+"""Real `relay serve` processes for cluster tests, and what the tests ask of them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import secrets
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from relay.admission.tokens import hash_token, new_token
+from tests.integration.media_helpers import BrowserPeer, encode_opus, speech_like
+from tests.integration.relay_harness import OPERATOR_TOKEN, SIMULATOR_KEY, STATE_KEY
+
+URL_LINE = re.compile(r"listening on (http://127\.0\.0\.1:\d+/)")
+OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+SPEECH = encode_opus(speech_like(1.6))
+HEARTBEAT_S = 0.5
+
+
+def relay_env(data_dir: Path, extra: dict[str, str]) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RELAY", "OPENAI", "DATABASE", "REDIS"))
+    }
+    env.update(
+        {
+            "RELAY__SERVER__DATA_DIR": str(data_dir),
+            "RELAY__SERVER__DRAIN_TIMEOUT_S": "2",
+            "RELAY__SERVER__CREATE_DEMO_USER": "false",
+            "RELAY_OPERATOR_TOKEN": OPERATOR_TOKEN,
+            "RELAY__CLUSTER__STATE_KEY": STATE_KEY,
+            "RELAY__CLUSTER__HEARTBEAT_INTERVAL_S": str(HEARTBEAT_S),
+            "RELAY__CLUSTER__RECOVER_AFTER_S": "1",
+            # Generous for a loaded test machine: a slower Redis answer would fail the
+            # shared limits open (by design) and make cap assertions depend on load.
+            "RELAY__CACHE__REDIS_TIMEOUT_S": "2",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+class RelayProcess:
+    """One `relay serve` (or supervisor of workers) started with ``--port 0``."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, lines: list[str]) -> None:
+        self.proc = proc
+        self.lines = lines
+        self.url = ""
+        self._reader: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def start(
+        cls, cwd: Path, env: dict[str, str], *args: str, banner: str = "listening on"
+    ) -> RelayProcess:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "relay",
+            "serve",
+            "--port",
+            "0",
+            *args,
+            env=env,
+            cwd=cwd,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        relay = cls(proc, [])
+        await asyncio.wait_for(relay._read_banner(), timeout=120)
+        relay._reader = asyncio.create_task(relay._drain_stdout())
+        return relay
+
+    async def _read_banner(self) -> None:
+        assert self.proc.stdout is not None
+        while True:
+            raw = await self.proc.stdout.readline()
+            assert raw, f"relay exited early: {self.lines}"
+            line = raw.decode().strip()
+            self.lines.append(line)
+            if match := URL_LINE.search(line):
+                self.url = match[1]
+                return
+
+    async def _drain_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        async for raw in self.proc.stdout:
+            self.lines.append(raw.decode().strip())
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    async def stop(self, sig: int = signal.SIGTERM, within: float = 60) -> int:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
+            try:
+                await asyncio.wait_for(self.proc.wait(), within)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                await self.proc.wait()
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        assert self.proc.returncode is not None
+        return self.proc.returncode
+
+
+async def add_user(dsn: str, *, seconds: int = 1800) -> tuple[str, str]:
+    """Insert a user straight into PostgreSQL; return (email, token)."""
+    token = new_token()
+    email = f"u{secrets.token_hex(4)}@example.test"
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "INSERT INTO users (email, token_hash, remaining_seconds) VALUES ($1, $2, $3)",
+            email,
+            hash_token(token),
+            seconds,
+        )
+    finally:
+        await conn.close()
+    return email, token
+
+
+async def revocation_lag(dsn: str, session_id: str) -> float:
+    """Seconds from the user's revocation (committed) to the session's end, both by the
+    database's clock: the command's own latency, not the CLI's start-up."""
+    rows = await sql(
+        dsn,
+        "SELECT EXTRACT(EPOCH FROM s.ended_at - u.revoked_at)::float AS lag"
+        " FROM interview_sessions s JOIN users u ON u.id = s.user_id WHERE s.id = $1",
+        session_id,
+    )
+    return float(rows[0]["lag"])
+
+
+async def sql(dsn: str, query: str, *args: Any) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows: list[asyncpg.Record] = await conn.fetch(query, *args)
+        return rows
+    finally:
+        await conn.close()
+
+
+async def poll(
+    check: Callable[[], Awaitable[Any]], within: float, what: str, interval: float = 0.05
+) -> Any:
+    """Call ``check`` until it returns a truthy value; fail naming ``what`` after ``within``."""
+    deadline = time.monotonic() + within
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+class Client:
+    """HTTP to one relay; each request on a fresh connection (so SO_REUSEPORT spreads)."""
+
+    def __init__(self, http: aiohttp.ClientSession, base: str) -> None:
+        self.http = http
+        self.base = base
+
+    async def call(
+        self, method: str, path: str, *, token: str | None = None, **kwargs: Any
+    ) -> tuple[int, Any, dict[str, str]]:
+        headers = dict(kwargs.pop("headers", {}))
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        async with self.http.request(method, self.base + path, headers=headers, **kwargs) as r:
+            body = await r.json() if r.content_type == "application/json" else await r.text()
+            return r.status, body, dict(r.headers)
+
+    async def create(self, token: str) -> tuple[int, Any, dict[str, str]]:
+        return await self.call("POST", "api/realtime-session", token=token)
+
+    async def cluster(self) -> dict[str, Any]:
+        status, body, _ = await self.call("GET", "api/stats?scope=cluster", headers=OPERATOR)
+        assert status == 200, body
+        assert isinstance(body, dict)
+        return body
+
+    async def session(self, token: str, session_id: str) -> dict[str, Any]:
+        status, body, _ = await self.call("GET", f"api/sessions/{session_id}", token=token)
+        assert status == 200, body
+        assert isinstance(body, dict)
+        return body
+
+    async def go_live(self, token: str, session_id: str) -> tuple[BrowserPeer, dict[str, Any]]:
+        """Exchange the session here with a real aiortc browser; wait until connected."""
+        browser = BrowserPeer(payloads=SPEECH)
+        try:
+            body = {"session_id": session_id, "type": "offer", "sdp": await browser.offer()}
+            status, answer, _ = await self.call(
+                "POST", "api/webrtc-exchange", token=token, json=body
+            )
+            assert status == 201, answer
+            await browser.accept(answer["sdp"])
+            await browser.wait_connected(within=15)
+        except BaseException:
+            await browser.close()
+            raise
+        return browser, answer
+
+
+def fresh_connections() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+
+
+def simulator_env(base_url: str) -> dict[str, str]:
+    return {"OPENAI_API_KEY": SIMULATOR_KEY, "OPENAI_BASE_URL": base_url}
