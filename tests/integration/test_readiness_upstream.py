@@ -27,6 +27,15 @@ async def readyz(relay: RelayHarness) -> tuple[int, dict[str, Any], dict[str, st
         return resp.status, await resp.json(), dict(resp.headers)
 
 
+async def operator_stats(relay: RelayHarness) -> dict[str, Any]:
+    async with relay.client.get(
+        "/api/stats", headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+    ) as resp:
+        assert resp.status == 200
+        stats: dict[str, Any] = await resp.json()
+        return stats
+
+
 async def test_mint_failures_turn_readyz_red_then_a_success_green(
     make_relay: MakeRelay, simulator: RunningSimulator
 ) -> None:
@@ -44,6 +53,7 @@ async def test_mint_failures_turn_readyz_red_then_a_success_green(
     assert status == 200 and upstream["ok"] is True and upstream["state"] == "degraded", body
     assert upstream["consecutive_failures"] == 1
     assert upstream["last"]["stage"] == "mint" and upstream["last"]["outcome"] == "error"
+    assert (await operator_stats(relay))["upstream"]["state"] == "degraded"
 
     assert (await relay.create_session(token))[0] == 502
     status, body, headers = await readyz(relay)
@@ -59,6 +69,7 @@ async def test_mint_failures_turn_readyz_red_then_a_success_green(
     ) as resp:
         stats = await resp.json()
     assert stats["upstream_health"]["last"]["code"] == "server_error", stats
+    assert stats["upstream"]["state"] == "down", stats  # the dashboard's own word
 
     await simulator.state.update_faults(MINT_SERVES)
     assert (await relay.create_session(token))[0] == 201
@@ -67,6 +78,7 @@ async def test_mint_failures_turn_readyz_red_then_a_success_green(
     assert status == 200, body
     assert upstream["state"] == "ok" and upstream["consecutive_failures"] == 0
     assert upstream["last"]["outcome"] == "ok" and "failing_since" not in upstream
+    assert (await operator_stats(relay))["upstream"]["state"] == "up"
 
 
 class Clock:
