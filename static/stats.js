@@ -214,7 +214,8 @@ function renderHealth(stats) {
       db.error ? db.error : `p99 ${fmtMs(db.query && db.query.p99_ms)}`),
     healthItem("Redis", stats.redis, stats.redis === "up" ? "ok" : stats.redis === "disabled" ? "info" : "warn",
       stats.redis === "down" ? "local cache serving" : stats.redis === "disabled" ? "local cache only" : ""),
-    healthItem("Upstream", up.state || "unknown", up.state === "failing" ? "bad" : "ok",
+    healthItem("Upstream", up.state || "unknown",
+      up.state === "down" ? "bad" : up.state === "degraded" ? "warn" : "ok",
       `${up.model} (${up.dialect}${up.simulated ? ", simulator" : ""})` +
       (up.last_outcome ? ` · last ${up.last_outcome.stage}: ${up.last_outcome.outcome}` : "")),
     healthItem("Draining", stats.draining ? "yes" : "no", stats.draining ? "warn" : "ok", ""),

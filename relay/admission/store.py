@@ -401,7 +401,14 @@ class Store:
                 relay_instance,
                 expires_at,
             )
-            if owner != user_id:
+            if owner is None:
+                # The conflicting row was committed by an earlier attempt still in flight:
+                # ON CONFLICT waited for it, but this statement's snapshot predates it, so
+                # the SELECT above cannot see it. A new statement has a new snapshot.
+                owner = await conn.fetchval(
+                    "SELECT user_id FROM interview_sessions WHERE id = $1", session_id
+                )
+            if owner is not None and owner != user_id:
                 # 128 random bits make this a bug, not a collision: never adopt the row.
                 raise RuntimeError(f"session id {session_id} belongs to another user")
 

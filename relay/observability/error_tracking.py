@@ -29,8 +29,13 @@ _SENSITIVE_KEY = re.compile(
     re.IGNORECASE,
 )
 _PATTERNS = (
-    # An SDP body: from its "v=0" line to the end of the text.
-    (re.compile(r"v=0\r?\n(?:.|\n)*", re.MULTILINE), "[SDP]"),
+    # An SDP body: from its "v=0" line to the end of the text, also in its escaped form
+    # (``'v=0\\r\\n…'``) as it appears in a repr() of a string or an object holding one.
+    (re.compile(r"v=0(?:\r?\n|\\r\\n|\\n)(?:.|\n)*", re.MULTILINE), "[SDP]"),
+    # The ``sdp=`` field of a repr (RTCSessionDescription(sdp='…')), whatever it holds.
+    (re.compile(r"(\bsdp=)(['\"]).*?(?:(?<!\\)\2|$)", re.IGNORECASE | re.DOTALL), r"\1[SDP]"),
+    # ICE credentials on their own (an SDP fragment without its "v=0" line).
+    (re.compile(r"(a=ice-(?:pwd|ufrag):)[^\s\\'\"]+", re.IGNORECASE), r"\1" + FILTERED),
     (re.compile(r"(Bearer)\s+[^\s,;\"']+", re.IGNORECASE), r"\1 " + FILTERED),
     (re.compile(r"\b(rt_|ek_|sk-)[A-Za-z0-9_\-]{6,}"), r"\1" + FILTERED),
     # Secrets in URLs: ?token=…, #token=…, &key=…
@@ -104,6 +109,9 @@ def init_error_tracking(environ: Mapping[str, str], *, release: str) -> bool:
         integrations=[AioHttpIntegration()],
         before_send=scrub_event,
         before_breadcrumb=scrub_breadcrumb,
+        # Stack-frame locals arrive as repr() strings (an SDP's line breaks escaped, objects
+        # such as RTCSessionDescription under names no key filter knows): never send them.
+        include_local_variables=False,
         # Errors only; performance tracing stays off unless asked for.
         traces_sample_rate=float(environ.get("SENTRY_TRACES_SAMPLE_RATE", "0") or 0),
     )

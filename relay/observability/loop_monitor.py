@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from typing import Any
 
 from relay.observability.metrics import FAST_BUCKETS, MetricsRegistry
 
 TICK_S = 0.25
 CPU_PERIOD_S = 2.0
+# The dashboard's "max lag" is the worst tick of this recent window: one stall (at start,
+# say) shows for this long and then leaves the chart, instead of pinning it for ever.
+MAX_LAG_WINDOW_S = 10.0
 
 
 class LoopMonitor:
@@ -29,7 +33,16 @@ class LoopMonitor:
             f"Process CPU over the last {CPU_PERIOD_S:.0f} s (100 = one core)",
         )
         self.cpu_percent: float | None = None
-        self.max_lag_s = 0.0
+        self._recent_lags: deque[float] = deque(maxlen=round(MAX_LAG_WINDOW_S / TICK_S))
+
+    @property
+    def max_lag_s(self) -> float:
+        """The largest lag of the last ``MAX_LAG_WINDOW_S`` seconds of ticks."""
+        return max(self._recent_lags, default=0.0)
+
+    def observe_lag(self, lag_s: float) -> None:
+        self.lag.observe(lag_s)
+        self._recent_lags.append(lag_s)
 
     async def run(self) -> None:
         cpu_wall, cpu_used = time.perf_counter(), time.process_time()
@@ -38,8 +51,7 @@ class LoopMonitor:
             await asyncio.sleep(TICK_S)
             now = time.perf_counter()
             lag = max(0.0, now - started - TICK_S)
-            self.lag.observe(lag)
-            self.max_lag_s = max(self.max_lag_s, lag)
+            self.observe_lag(lag)
             if now - cpu_wall >= CPU_PERIOD_S:
                 used = time.process_time()
                 self.cpu_percent = round((used - cpu_used) / (now - cpu_wall) * 100, 1)

@@ -48,6 +48,9 @@ class SessionEntry:
     created_monotonic: float = field(default_factory=time.monotonic)
     # The user's e-mail, for the operator dashboard (shown masked).
     email: str = field(default="", repr=False)
+    # Why it left the registry ("superseded", "operator_hangup", "expired", ...): a
+    # request still creating it reports that reason rather than guessing.
+    end_reason: str | None = None
 
     def elapsed_s(self) -> float:
         return time.monotonic() - self.created_monotonic
@@ -132,7 +135,8 @@ class SessionRegistry:
         to make room: otherwise nothing is touched and ``reserve`` refuses as before.
         Synchronous, like ``reserve``, so the two happen without another request between.
         Sessions still being created (not minted yet) are never superseded.
-        The caller closes the returned sessions (reason ``superseded``).
+        The caller closes the returned sessions (reason ``superseded``) without waiting
+        for their rows (see ``SessionService.create``).
         """
         mine = [e for e in self._sessions.values() if e.user_id == user_id]
         need = max(
@@ -152,6 +156,7 @@ class SessionRegistry:
         for entry in victims:
             del self._sessions[entry.session_id]
             entry.state = "superseded"
+            entry.end_reason = "superseded"
         self._update_gauge()
         return victims
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,6 +23,7 @@ from relay.errors import ApiError
 from relay.observability.metrics import MetricsRegistry
 from relay.observability.request_context import bind_session, current_request_id, record_stage
 from relay.sessions.registry import SessionEntry, SessionRegistry, superseded_error
+from relay.tasks import spawn
 from relay.upstream.base import UpstreamClient, UpstreamError, UpstreamTimeout
 
 if TYPE_CHECKING:
@@ -54,6 +55,9 @@ def upstream_api_error(exc: UpstreamTimeout | UpstreamError) -> ApiError:
 
 
 RECENTLY_ENDED_MAX = 50
+# Superseded session ids remembered (for pending_ttl_s) so that a late exchange of one
+# gets 410 without a database read; bounded, oldest forgotten first.
+SUPERSEDED_REMEMBERED_MAX = 1024
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,24 @@ class EndedSession:
     reason: str
     duration_s: float
     ended_at: float  # unix seconds
+
+
+def ended_while_creating_error(reason: str, drain_retry_after_s: int) -> ApiError:
+    """What a create reports when its session was ended before the create returned."""
+    if reason == "superseded":
+        return superseded_error()
+    if reason == "expired":
+        return ApiError(404, "session_expired", "This session expired; create a new one.")
+    if reason in ("hangup", "operator_hangup"):
+        return ApiError(409, "session_closed", "This session was ended before it started.")
+    # Shut-down (finish_all) and anything else the relay itself ended it for.
+    return ApiError(
+        503,
+        "draining",
+        "This relay is shutting down; try again.",
+        retryable=True,
+        retry_after_s=drain_retry_after_s,
+    )
 
 
 @dataclass(frozen=True)
@@ -134,6 +156,8 @@ class SessionService:
         # Set by relay.app: pending sessions shared with other members, cluster limits.
         self.shared: SharedSessions | None = None
         self.limits: SharedLimits | None = None
+        # session id → (user id, monotonic time to forget it): see SUPERSEDED_REMEMBERED_MAX.
+        self._superseded: OrderedDict[str, tuple[int, float]] = OrderedDict()
 
     def refuse_if_draining(self) -> None:
         if self._is_draining():
@@ -154,7 +178,15 @@ class SessionService:
         if available < settings.limits.min_remaining_seconds:
             raise ApiError(403, "no_credit", "No interview time left beyond your running sessions.")
         # A reloaded page: its earlier, never-exchanged session gives way to this one.
+        # Their rows are closed off this request's path: queued as unwritten finishes
+        # before any await (so housekeeping lands them even if this request is cancelled
+        # or the write fails), written at once by an owned task.
         superseded = self._registry.supersede_pending(caller.user.id)
+        for old in superseded:
+            self._close_soon(old, state="ended", reason="superseded", duration_s=0.0)
+        if superseded:
+            ids = [old.session_id for old in superseded]
+            spawn(self._write_queued(ids), name="close-superseded", log=log)
         try:
             entry = self._registry.reserve(
                 user_id=caller.user.id,
@@ -166,17 +198,15 @@ class SessionService:
                 email=caller.user.email,
             )
         except ApiError:
-            # Cannot happen when superseding made room; if it does, still close them.
-            for old in superseded:
-                await self._close(old, state="ended", reason="superseded", duration_s=0.0)
-            raise
+            raise  # cannot happen when superseding made room; their closes are queued
         bind_session(entry.session_id)
         try:
-            # The superseded sessions go first (rows and shared leases), so the shared
-            # per-user cap counts this session instead of them.
             for old in superseded:
                 log.info("session %s superseded by %s", old.session_id, entry.session_id)
-                await self._close(old, state="ended", reason="superseded", duration_s=0.0)
+                # Their shared leases go first, so the cluster's per-user cap counts this
+                # session instead of them (a lease left by a cancel expires on its own).
+                if self.limits is not None:
+                    await self.limits.release_session(old.session_id, old.user_id)
             await self._check_shared_limits(entry)
         except BaseException:
             self._registry.release(entry.session_id)
@@ -199,7 +229,7 @@ class SessionService:
             raise
 
         if self._registry.get(entry.session_id) is not entry:
-            await self._abandon_superseded(entry)  # while its row was written: do not mint
+            await self._abandon_ended(entry)  # while its row was written: do not mint
         # The upstream client logs the OPENAI_SESSION_* stage lines itself.
         started = time.perf_counter()
         try:
@@ -214,10 +244,10 @@ class SessionService:
         finally:
             record_stage("upstream", (time.perf_counter() - started) * 1000)
         if self._registry.get(entry.session_id) is not entry:
-            # Superseded while its secret was being minted: nobody will use that secret
-            # (it expires unused upstream); the page that asked is gone or has a newer one.
+            # Ended while its secret was being minted (hung up by the operator, expired,
+            # shut down): nobody will use that secret (it expires unused upstream).
             entry.minted = None
-            await self._abandon_superseded(entry)
+            await self._abandon_ended(entry)
         if self.shared is not None:
             try:
                 await self.shared.publish(entry)
@@ -226,21 +256,53 @@ class SessionService:
                 raise database_error(exc, settings.database.retry_after_s) from exc
         return entry
 
-    async def _abandon_superseded(self, entry: SessionEntry) -> NoReturn:
-        # Its row may have been inserted after the supersede closed it (the UPDATE found
-        # nothing then): close it again; finish_session leaves a closed row alone.
-        await self._write(_finish_record(entry, "ended", "superseded", 0.0))
+    async def _abandon_ended(self, entry: SessionEntry) -> NoReturn:
+        """Report a session that was ended while this request was still creating it."""
+        reason = entry.end_reason or "superseded"
+        state = "failed" if entry.state == "failed" else "ended"
+        # Its row may have been inserted after the end closed it (the UPDATE found
+        # nothing then): close it again, with the same reason; finish_session leaves a
+        # closed row alone.
+        await self._write(_finish_record(entry, state, reason, 0.0))
         if self.limits is not None:
             await self.limits.release_session(entry.session_id, entry.user_id)
-        raise superseded_error()
+        raise ended_while_creating_error(reason, self._settings.server.drain_retry_after_s)
 
     async def claim(self, session_id: str, caller: Caller) -> tuple[SessionEntry, bool]:
         """The exchange's claim (pending → connecting), once across the cluster: the local
-        entry and whether it was created on another member (adopted here). A superseded
-        session answers 410 (relay.sessions.shared_state reads why its row ended)."""
+        entry and whether it was created on another member (adopted here).
+
+        A session this instance superseded answers 410 from memory first: its row is
+        closed off the request's path, so the database may still say pending.
+        """
+        if self._was_superseded(session_id, caller.user.id):
+            raise superseded_error()
         if self.shared is None:  # a service without the cluster parts: this process only
             return self._registry.claim_for_exchange(session_id, caller.user.id), False
         return await self.shared.claim(session_id, caller)
+
+    def _was_superseded(self, session_id: str, user_id: int) -> bool:
+        """From memory only: an unknown id costs no database read (and no retries in an
+        outage). Sessions are superseded by the instance that holds them, so its memory
+        knows them all for as long as they could have been exchanged (pending_ttl_s)."""
+        remembered = self._superseded.get(session_id)
+        if remembered is None:
+            return False
+        owner, forget_at = remembered
+        if time.monotonic() >= forget_at:
+            del self._superseded[session_id]
+            return False
+        return owner == user_id
+
+    def _remember_superseded(self, entry: SessionEntry) -> None:
+        now = time.monotonic()
+        while self._superseded:
+            oldest_id, (_, forget_at) = next(iter(self._superseded.items()))
+            if forget_at > now and len(self._superseded) < SUPERSEDED_REMEMBERED_MAX:
+                break
+            del self._superseded[oldest_id]
+        ttl = self._settings.session.pending_ttl_s
+        self._superseded[entry.session_id] = (entry.user_id, now + ttl)
 
     async def _check_shared_limits(self, entry: SessionEntry) -> None:
         """The cluster-wide request rate, per-user cap and cluster cap (Redis).
@@ -304,8 +366,39 @@ class SessionService:
         self, entry: SessionEntry, *, state: str, reason: str, duration_s: float
     ) -> int | None:
         """Close a session already taken out of the registry (exactly once per session)."""
-        never_claimed = entry.state == "pending" and self.shared is not None
+        finish = self._record_end(entry, state, reason, duration_s)
+        remaining = await self._write(finish)
+        if self.limits is not None and (remaining is not None or not finish.only_if_pending):
+            # A never-claimed session that was not closed here was claimed elsewhere: its
+            # shared lease belongs to the claimer now.
+            await self.limits.release_session(entry.session_id, entry.user_id)
+        return remaining
+
+    def _close_soon(
+        self, entry: SessionEntry, *, state: str, reason: str, duration_s: float
+    ) -> None:
+        """Like ``_close`` without waiting: the row's write is queued as unwritten (for
+        ``_write_queued`` or, failing that, housekeeping's ``retry_unwritten``)."""
+        finish = self._record_end(entry, state, reason, duration_s)
+        self._unwritten[finish.session_id] = finish
+        if reason == "superseded":
+            self._remember_superseded(entry)
+
+    async def _write_queued(self, session_ids: list[str]) -> None:
+        for session_id in session_ids:
+            finish = self._unwritten.get(session_id)
+            if finish is not None:
+                await self._write(finish)
+
+    def _record_end(
+        self, entry: SessionEntry, state: str, reason: str, duration_s: float
+    ) -> _Finish:
+        """Everything of an end but the row's write (synchronous)."""
+        # Never claimed here: another member may claim it meanwhile; close the row only if
+        # it is still pending (relay.sessions.shared_state).
+        never_claimed = entry.state in ("pending", "superseded") and self.shared is not None
         entry.state = state
+        entry.end_reason = reason
         self._ended.inc(state=state, reason=reason)
         self.recently_ended.append(
             EndedSession(
@@ -318,13 +411,7 @@ class SessionService:
             )
         )
         log.info("session %s %s (%s) after %.1fs", entry.session_id, state, reason, duration_s)
-        finish = _finish_record(entry, state, reason, duration_s, only_if_pending=never_claimed)
-        remaining = await self._write(finish)
-        if self.limits is not None and (remaining is not None or not never_claimed):
-            # A never-claimed session that was not closed here was claimed elsewhere: its
-            # shared lease belongs to the claimer now.
-            await self.limits.release_session(entry.session_id, entry.user_id)
-        return remaining
+        return _finish_record(entry, state, reason, duration_s, only_if_pending=never_claimed)
 
     async def _write(self, finish: _Finish) -> int | None:
         try:

@@ -58,7 +58,8 @@ class UpstreamHealth:
         self._threshold = config.ready_failure_threshold
         self._window_s = config.ready_failure_window_s
         self.retry_after_s = config.ready_retry_after_s
-        self._clock = clock
+        # Public so that a test can drive the window without waiting for it.
+        self.clock = clock
         self._last: _Last | None = None
         self._streak = 0
         self._streak_since: datetime | None = None
@@ -77,7 +78,7 @@ class UpstreamHealth:
             else "error"
         )
         code = getattr(failure, "code", None) if failure is not None else None
-        self._last = _Last(stage, outcome, code, now, self._clock())
+        self._last = _Last(stage, outcome, code, now, self.clock())
         if failure is None:
             self._streak = 0
             self._streak_since = None
@@ -94,7 +95,7 @@ class UpstreamHealth:
             return "unknown"
         if self._streak == 0:
             return "ok"
-        recent = self._clock() - last.monotonic < self._window_s
+        recent = self.clock() - last.monotonic < self._window_s
         return "down" if self._streak >= self._threshold and recent else "degraded"
 
     def report(self, *, operator: bool = False) -> dict[str, Any]:

@@ -91,9 +91,10 @@ async def _database(services: Services) -> dict[str, Any]:
 def _upstream(services: Services) -> dict[str, Any]:
     upstream = services.upstream
     # What the relay has seen of the upstream (relay/upstream/health.py), in the
-    # dashboard's words: up, failing (degraded or down), unknown (nothing tried yet).
+    # dashboard's words: up; degraded (failures, still in rotation); down (readiness red);
+    # unknown (nothing tried yet).
     health = services.upstream_health.report() if services.upstream_health is not None else {}
-    state = {"ok": "up", "degraded": "failing", "down": "failing"}.get(
+    state = {"ok": "up", "degraded": "degraded", "down": "down"}.get(
         health.get("state", "unknown"), "unknown"
     )
     last = health.get("last")

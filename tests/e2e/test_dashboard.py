@@ -182,3 +182,32 @@ async def test_recordings_render_only_when_the_stats_carry_them(
     await expect(item).to_have_count(0, timeout=SHOWS_WITHIN_MS)
     await expect(page.locator("#recordings")).to_contain_text("No recordings.")
     assert errors == []
+
+
+async def test_upstream_shows_degraded_then_down(
+    make_relay: MakeRelay, simulator: RunningSimulator, page: Page
+) -> None:
+    """The dashboard names the upstream's real state (relay/upstream/health.py): one
+    failure is a warning (degraded), a red readiness is down."""
+    relay = await make_relay(
+        overrides={
+            "upstream": {"mint_retries": 0, "ready_failure_threshold": 2},
+            "limits": {"per_user_requests_per_minute": 100},
+        }
+    )
+    token = await relay.add_user()
+    errors = collect_page_errors(page)
+    await page.goto(str(relay.client.make_url(f"/stats#token={OPERATOR_TOKEN}")))
+    upstream = page.locator('[data-dep="Upstream"]')
+    await expect(upstream.locator("strong")).to_have_text("unknown", timeout=SHOWS_WITHIN_MS)
+
+    await simulator.state.update_faults(
+        {"mint": {"status": 500, "code": "server_error", "retry_after_s": 0.01}}
+    )
+    assert (await relay.create_session(token))[0] == 502
+    await expect(upstream.locator("strong")).to_have_text("degraded", timeout=SHOWS_WITHIN_MS)
+    await expect(upstream).to_have_class(re.compile(r"\bwarn\b"))
+    assert (await relay.create_session(token))[0] == 502
+    await expect(upstream.locator("strong")).to_have_text("down", timeout=SHOWS_WITHIN_MS)
+    await expect(upstream).to_have_class(re.compile(r"\bbad\b"))
+    assert errors == []

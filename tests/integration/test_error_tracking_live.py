@@ -59,12 +59,52 @@ async def failing(request: web.Request) -> web.Response:
     raise RuntimeError(f"exchange failed for Bearer {token} with {SECRET_KEY}: {OFFER}")
 
 
+def negotiate(sdp: str) -> None:
+    offer = sdp  # an SDP held in a local, as the media bridge's negotiation holds one
+    answer = {"type": "answer", "sdp": offer}
+    raise RuntimeError(f"negotiation failed ({len(offer)} bytes, {len(answer)} fields)")
+
+
+async def failing_with_sdp_in_locals(request: web.Request) -> web.Response:
+    negotiate(await request.text())
+    return web.json_response({})
+
+
+async def test_no_sdp_arrives_through_stack_frame_locals(
+    ingest: tuple[Ingest, str],
+    aiohttp_client: Any,
+) -> None:
+    sink, dsn = ingest
+    # Off the loop: the SDK's first init imports its default integrations (file reads),
+    # as the relay's start does before its loop runs.
+    assert await asyncio.to_thread(
+        error_tracking.init_error_tracking, {"SENTRY_DSN": dsn}, release="test"
+    )
+    app = web.Application(middlewares=[make_middleware(MetricsRegistry(process_metrics=False))])
+    app.router.add_post("/api/negotiate", failing_with_sdp_in_locals)
+    client = await aiohttp_client(app)
+
+    async with client.post("/api/negotiate", data=OFFER) as resp:
+        assert resp.status == 500
+
+    async with asyncio.timeout(10):
+        await sink.arrived.wait()
+    dumped = json.dumps(sink.events)
+    assert "negotiation failed" in dumped and "negotiate" in dumped  # the frame is there
+    for fragment in ("v=0", "ice-pwd", "icepassword", "IN IP4"):
+        assert fragment not in dumped, fragment
+
+
 async def test_an_unhandled_error_arrives_scrubbed_and_tagged(
     ingest: tuple[Ingest, str],
     aiohttp_client: Any,
 ) -> None:
     sink, dsn = ingest
-    assert error_tracking.init_error_tracking({"SENTRY_DSN": dsn}, release="test")
+    # Off the loop: the SDK's first init imports its default integrations (file reads),
+    # as the relay's start does before its loop runs.
+    assert await asyncio.to_thread(
+        error_tracking.init_error_tracking, {"SENTRY_DSN": dsn}, release="test"
+    )
     app = web.Application(middlewares=[make_middleware(MetricsRegistry(process_metrics=False))])
     app.router.add_post("/api/boom", failing)
     client = await aiohttp_client(app)

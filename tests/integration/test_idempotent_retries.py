@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
+import asyncpg
 import pytest
 
 from relay.admission.store import UserExists
 from relay.admission.tokens import hash_token, new_token
+from relay.sessions.registry import new_session_id
 from tests.integration.conftest import MakeRelay
 from tests.integration.relay_harness import RelayHarness
 from tests.support.reply_cutter import ReplyCutter
@@ -105,3 +108,56 @@ async def test_user_insert_committed_but_unanswered_returns_the_user(
     # A different token for a taken email is still refused (no silent adoption).
     with pytest.raises(UserExists):
         await store.create_user("retry@example.test", hash_token(new_token()), 600)
+
+
+async def test_session_insert_racing_an_attempt_still_in_flight_adopts_its_row(
+    make_relay: MakeRelay, database_url: str
+) -> None:
+    """A retry whose first attempt is still in flight: the retry's INSERT waits for it and
+    finds the conflict only once it has committed, after the retry's snapshot was taken."""
+    # A query timeout far beyond the wait: the retry must not be retried in turn (a later
+    # attempt would see the committed row and hide the race).
+    relay = await make_relay(overrides={"database": {"query_timeout_s": 30.0}})
+    await relay.add_user(email="inflight@example.test")
+    [user] = await relay.sql("SELECT id FROM users WHERE email = 'inflight@example.test'")
+    session_id = new_session_id()
+    expires_at = datetime.now(UTC) + timedelta(minutes=5)
+
+    first_attempt = await asyncpg.connect(database_url)
+    try:
+        transaction = first_attempt.transaction()
+        await transaction.start()
+        await first_attempt.execute(
+            "INSERT INTO interview_sessions (id, user_id, request_id, state, model, dialect,"
+            " relay_instance, expires_at) VALUES ($1, $2, 'r1', 'pending', 'm', 'ga', 'i', $3)",
+            session_id,
+            user["id"],
+            expires_at,
+        )
+        retry = asyncio.create_task(
+            relay.services.store.create_session(
+                session_id=session_id,
+                user_id=user["id"],
+                request_id="r1",
+                model="m",
+                dialect="ga",
+                relay_instance="i",
+                expires_at=expires_at,
+            )
+        )
+        # Until the retry's INSERT is waiting on the first attempt's row lock.
+        async with asyncio.timeout(10):
+            while not await relay.sql(
+                "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND query LIKE '%INSERT INTO interview_sessions%'"
+            ):
+                assert not retry.done(), retry
+                await asyncio.sleep(0.02)
+        await transaction.commit()
+    finally:
+        await first_attempt.close()
+
+    async with asyncio.timeout(10):
+        await retry  # no RuntimeError: the row is this user's own
+    rows = await relay.sql("SELECT id, user_id FROM interview_sessions")
+    assert [(r["id"], r["user_id"]) for r in rows] == [(session_id, user["id"])]

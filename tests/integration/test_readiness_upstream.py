@@ -4,7 +4,6 @@ lets traffic back in (relay/upstream/health.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -28,6 +27,15 @@ async def readyz(relay: RelayHarness) -> tuple[int, dict[str, Any], dict[str, st
         return resp.status, await resp.json(), dict(resp.headers)
 
 
+async def operator_stats(relay: RelayHarness) -> dict[str, Any]:
+    async with relay.client.get(
+        "/api/stats", headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+    ) as resp:
+        assert resp.status == 200
+        stats: dict[str, Any] = await resp.json()
+        return stats
+
+
 async def test_mint_failures_turn_readyz_red_then_a_success_green(
     make_relay: MakeRelay, simulator: RunningSimulator
 ) -> None:
@@ -45,6 +53,7 @@ async def test_mint_failures_turn_readyz_red_then_a_success_green(
     assert status == 200 and upstream["ok"] is True and upstream["state"] == "degraded", body
     assert upstream["consecutive_failures"] == 1
     assert upstream["last"]["stage"] == "mint" and upstream["last"]["outcome"] == "error"
+    assert (await operator_stats(relay))["upstream"]["state"] == "degraded"
 
     assert (await relay.create_session(token))[0] == 502
     status, body, headers = await readyz(relay)
@@ -60,6 +69,7 @@ async def test_mint_failures_turn_readyz_red_then_a_success_green(
     ) as resp:
         stats = await resp.json()
     assert stats["upstream_health"]["last"]["code"] == "server_error", stats
+    assert stats["upstream"]["state"] == "down", stats  # the dashboard's own word
 
     await simulator.state.update_faults(MINT_SERVES)
     assert (await relay.create_session(token))[0] == 201
@@ -68,27 +78,40 @@ async def test_mint_failures_turn_readyz_red_then_a_success_green(
     assert status == 200, body
     assert upstream["state"] == "ok" and upstream["consecutive_failures"] == 0
     assert upstream["last"]["outcome"] == "ok" and "failing_since" not in upstream
+    assert (await operator_stats(relay))["upstream"]["state"] == "up"
+
+
+class Clock:
+    """A monotonic clock the test moves (the health window without waiting for it)."""
+
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+
+    def __call__(self) -> float:
+        return self.now
 
 
 async def test_a_stale_failure_streak_lets_traffic_back_in(
     make_relay: MakeRelay, simulator: RunningSimulator
 ) -> None:
-    relay = await make_relay(overrides=overrides(ready_failure_window_s=0.5))
+    relay = await make_relay(overrides=overrides(ready_failure_window_s=60))
+    clock = Clock()
+    health = relay.services.upstream_health
+    assert health is not None
+    health.clock = clock
     token = await relay.add_user()
     await simulator.state.update_faults(MINT_FAILS)
     for _ in range(2):
         assert (await relay.create_session(token))[0] == 502
     assert (await readyz(relay))[0] == 503
+    clock.now += 59  # still within the window: still red
+    assert (await readyz(relay))[0] == 503
 
     # No traffic reaches an instance out of rotation: once the streak is older than the
     # window, readiness is a warning again so that a request can try.
-    deadline = time.monotonic() + 10
-    while True:
-        status, body, _ = await readyz(relay)
-        if status == 200:
-            break
-        assert time.monotonic() < deadline, body
-        await asyncio.sleep(0.05)
+    clock.now += 2
+    status, body, _ = await readyz(relay)
+    assert status == 200, body
     upstream = body["checks"]["upstream"]
     assert upstream["state"] == "degraded" and upstream["consecutive_failures"] == 2
     # The trial request fails again: red at once.

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
+
+import asyncpg
 
 from relay.upstream.simulator.server import RunningSimulator
 from tests.integration.conftest import MakeRelay
 from tests.integration.media_helpers import BrowserPeer, wait_until
-from tests.integration.relay_harness import RelayHarness
+from tests.integration.relay_harness import OPERATOR_TOKEN, RelayHarness
 
 CAP_ONE = {"limits": {"per_user_concurrent_sessions": 1, "per_user_requests_per_minute": 100}}
 
@@ -27,6 +30,32 @@ async def exchange(relay: RelayHarness, token: str, session_id: str) -> tuple[in
         await browser.close()
 
 
+async def wait_for_row(
+    relay: RelayHarness, session_id: str, state: str, within: float = 15
+) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        rows = await relay.sql("SELECT state FROM interview_sessions WHERE id = $1", session_id)
+        if rows and rows[0]["state"] == state:
+            return
+        assert asyncio.get_running_loop().time() < deadline, f"{session_id} never {state}"
+        await asyncio.sleep(0.05)
+
+
+async def wait_for_lock_waiter(relay: RelayHarness, statement: str, within: float = 10) -> None:
+    """Until a ``statement`` waits on a row lock (pg_stat_activity)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        rows = await relay.sql(
+            "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE $1",
+            f"%{statement}%",
+        )
+        if rows:
+            return
+        assert asyncio.get_running_loop().time() < deadline, f"no {statement} ever waited"
+        await asyncio.sleep(0.02)
+
+
 async def test_reload_supersedes_the_pending_session(make_relay: MakeRelay) -> None:
     relay = await make_relay(overrides=CAP_ONE)
     token = await relay.add_user()
@@ -39,6 +68,8 @@ async def test_reload_supersedes_the_pending_session(make_relay: MakeRelay) -> N
     status, body = await exchange(relay, token, first["session_id"])
     assert status == 410, body
     assert body["error"]["code"] == "session_superseded"
+    # The old row is closed off the new request's path: wait for it.
+    await wait_for_row(relay, first["session_id"], "ended")
     rows = await relay.sql(
         "SELECT id, state, end_reason, debited_seconds FROM interview_sessions ORDER BY created_at"
     )
@@ -94,3 +125,84 @@ async def test_a_session_still_being_created_is_not_superseded(
     assert states[third["session_id"]] == ("pending", None)
     live = relay.services.registry.live()
     assert [e.session_id for e in live] == [third["session_id"]]
+
+
+async def test_superseded_row_lands_even_if_the_new_request_is_cancelled(
+    make_relay: MakeRelay, database_url: str
+) -> None:
+    """The old row's close does not ride on the new request: cancelling that request
+    while the close is held up still leaves the old row ended/superseded (no restart)."""
+    relay = await make_relay(overrides=CAP_ONE)
+    token = await relay.add_user()
+    status, first, _ = await relay.create_session(token)
+    assert status == 201, first
+
+    holder = await asyncpg.connect(database_url)
+    try:
+        transaction = holder.transaction()
+        await transaction.start()
+        # Hold the old row's lock: its close (an UPDATE) waits until we let go.
+        await holder.execute(
+            "SELECT 1 FROM interview_sessions WHERE id = $1 FOR UPDATE", first["session_id"]
+        )
+        caller = await relay.services.admission.authenticate(f"Bearer {token}")
+        create = asyncio.create_task(relay.services.sessions.create(caller))
+        await wait_for_lock_waiter(relay, "UPDATE interview_sessions")
+        create.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await create
+        await transaction.rollback()
+    finally:
+        await holder.close()
+
+    await wait_for_row(relay, first["session_id"], "ended")
+    rows = await relay.sql(
+        "SELECT end_reason FROM interview_sessions WHERE id = $1", first["session_id"]
+    )
+    assert rows[0]["end_reason"] == "superseded"
+    assert await relay.services.sessions.retry_unwritten() == 0
+
+
+async def test_operator_end_while_minting_is_not_reported_as_superseded(
+    make_relay: MakeRelay, simulator: RunningSimulator
+) -> None:
+    relay = await make_relay()
+    token = await relay.add_user()
+    await simulator.state.update_faults({"mint": {"latency_s": 2.0}})
+    slow = asyncio.create_task(relay.create_session(token))
+    await wait_until(lambda: simulator.state.requests["mint"] == 1, 5, "mint started")
+    [entry] = relay.services.registry.live()
+    async with relay.client.delete(
+        f"/api/sessions/{entry.session_id}",
+        headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"},
+    ) as resp:
+        assert resp.status == 204, await resp.text()
+
+    status, body, _ = await slow
+    assert status == 409 and body["error"]["code"] == "session_closed", body
+    rows = await relay.sql("SELECT state, end_reason FROM interview_sessions")
+    assert [(r["state"], r["end_reason"]) for r in rows] == [("ended", "operator_hangup")]
+    assert relay.services.registry.live() == []
+    assert relay.counter("relay_sessions_ended_total", reason="superseded") == 0
+
+
+async def test_exchange_of_superseded_or_unknown_ids(make_relay: MakeRelay) -> None:
+    """410 for a superseded session comes from memory first (its row is closed off the
+    request's path, so the exchange must not race that write); an unknown id and another
+    user's id are a plain 404, and no get_session lookup is made for either."""
+    relay = await make_relay(overrides=CAP_ONE)
+    token = await relay.add_user()
+    status, first, _ = await relay.create_session(token)
+    assert status == 201, first
+    status, second, _ = await relay.create_session(token)
+    assert status == 201, second
+    await wait_for_row(relay, first["session_id"], "ended")
+
+    status, body = await exchange(relay, token, first["session_id"])
+    assert status == 410 and body["error"]["code"] == "session_superseded", body
+    status, body = await exchange(relay, token, "is_" + "0" * 32)
+    assert status == 404 and body["error"]["code"] == "session_not_found", body
+    other = await relay.add_user()
+    status, body = await exchange(relay, other, first["session_id"])
+    assert status == 404 and body["error"]["code"] == "session_not_found", body
+    assert relay.counter("relay_db_attempts_total", query="get_session") == 0

@@ -26,6 +26,22 @@ def test_scrub_text_removes_tokens_keys_and_sdp() -> None:
     assert out.endswith("then [SDP]")
 
 
+def test_scrub_text_removes_escaped_sdp_and_ice_credentials() -> None:
+    """Stack-frame locals and reprs carry an SDP with its line breaks escaped."""
+    from aiortc import RTCSessionDescription
+
+    escaped = repr(OFFER)
+    assert "v=0\\r\\n" in escaped
+    assert scrub_text(f"offer = {escaped}") == "offer = '[SDP]"
+    described = repr(RTCSessionDescription(sdp="o=- 1 1 IN IP4 127.0.0.1\r\n", type="offer"))
+    out = scrub_text(described)
+    assert "IN IP4" not in out and "sdp=[SDP]" in out and "type='offer'" in out
+    fragment = "candidate failed: a=ice-ufrag:abcd\r\na=ice-pwd:secretpassword1234\r\n"
+    out = scrub_text(repr(fragment))
+    assert "abcd" not in out and "secretpassword" not in out
+    assert "a=ice-pwd:[Filtered]" in out
+
+
 def test_scrub_event_walks_the_whole_event() -> None:
     event: dict[str, Any] = {
         "message": "exchange failed",

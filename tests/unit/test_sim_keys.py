@@ -77,6 +77,47 @@ def test_ephemeral_keys_are_forgotten_a_minute_after_expiry_and_bounded_in_numbe
     assert len(store) == 1  # every expired key forgotten (it held a whole session config)
 
 
+def test_eviction_takes_expired_keys_before_valid_ones() -> None:
+    clock = Clock()
+    store = KeyStore({"sk-sim-local"}, accept_any_standard=False, clock=clock, max_keys=3)
+    session = {"model": "gpt-realtime"}
+    oldest = store.mint("ga", session, ttl_s=600)
+    short = store.mint("ga", session, ttl_s=10)
+    store.mint("ga", session, ttl_s=600)
+    clock.now += 11  # `short` expired, but is not yet forgotten by age
+    store.mint("ga", session, ttl_s=600)
+    assert len(store) == 3
+    assert store.require_call_credential(oldest.value) is oldest  # still valid: kept
+    with pytest.raises(SimHttpError) as info:
+        store.require_call_credential(short.value)
+    assert "expired" not in info.value.message  # forgotten, not merely expired
+
+
+def test_eviction_takes_keys_used_for_a_call_before_unused_ones() -> None:
+    clock = Clock()
+    store = KeyStore({"sk-sim-local"}, accept_any_standard=False, clock=clock, max_keys=3)
+    session = {"model": "gpt-realtime"}
+    oldest, used, third = (store.mint("ga", session, ttl_s=600) for _ in range(3))
+    assert store.require_call_credential(used.value) is used  # its call has started
+    fourth = store.mint("ga", session, ttl_s=600)
+    for key in (oldest, third, fourth):
+        assert store.require_call_credential(key.value) is key
+    with pytest.raises(SimHttpError):
+        store.require_call_credential(used.value)
+
+
+def test_eviction_takes_the_oldest_valid_key_only_as_a_last_resort() -> None:
+    clock = Clock()
+    store = KeyStore({"sk-sim-local"}, accept_any_standard=False, clock=clock, max_keys=2)
+    session = {"model": "gpt-realtime"}
+    first, second = (store.mint("ga", session, ttl_s=600) for _ in range(2))
+    third = store.mint("ga", session, ttl_s=600)
+    with pytest.raises(SimHttpError):
+        store.require_call_credential(first.value)
+    assert store.require_call_credential(second.value) is second
+    assert store.require_call_credential(third.value) is third
+
+
 def test_missing_key_is_401() -> None:
     with pytest.raises(SimHttpError) as info:
         _store(Clock()).require_call_credential(None)

@@ -23,7 +23,10 @@ _KEY_SHAPE = re.compile(r"sk-[A-Za-z0-9_\-]{16,}")
 # kB), so an hour of remembering made a long run of short interviews grow by that much per
 # interview (docs/operations.md, "Memory per session").
 _FORGET_AFTER_S = 60.0
-# At most this many keys are remembered; past it the oldest are forgotten first.
+# At most this many keys are remembered. Past it, to make room, the store forgets
+# (1) expired keys, oldest first; then (2) still-valid keys already used for a call
+# (a call needs its key only to start), oldest first; and only then (3) the oldest
+# still-valid, unused key: that one's holder gets 401 invalid_api_key if it calls later.
 DEFAULT_MAX_KEYS = 1000
 
 
@@ -63,6 +66,8 @@ class KeyStore:
         self._max_keys = max(1, max_keys)
         # Insertion order is minting order: the first entries are the oldest.
         self._ephemeral: dict[str, EphemeralKey] = {}
+        # Values of the keys that have started a call (evicted before unused ones).
+        self._used: set[str] = set()
 
     def __repr__(self) -> str:
         return f"KeyStore(standard={len(self._standard)}, ephemeral={len(self._ephemeral)})"
@@ -105,6 +110,7 @@ class KeyStore:
             raise invalid_api_key(f"Incorrect API key provided ({kind_of(token)}).")
         if self._clock() >= key.expires_at:
             raise invalid_api_key("The ephemeral key provided (ek_…) has expired.")
+        self._used.add(token)
         return key
 
     def __len__(self) -> int:
@@ -113,10 +119,20 @@ class KeyStore:
     def _forget_old(self, now: float) -> None:
         old = [v for v, k in self._ephemeral.items() if now - k.expires_at > _FORGET_AFTER_S]
         for value in old:
-            del self._ephemeral[value]
-        # Room for the key about to be minted.
-        while len(self._ephemeral) >= self._max_keys:
-            del self._ephemeral[next(iter(self._ephemeral))]
+            self._forget(value)
+        excess = len(self._ephemeral) - self._max_keys + 1  # room for the key being minted
+        if excess <= 0:
+            return
+        expired = [v for v, k in self._ephemeral.items() if now >= k.expires_at]
+        valid = [v for v, k in self._ephemeral.items() if now < k.expires_at]
+        used = [v for v in valid if v in self._used]
+        rest = [v for v in valid if v not in self._used]
+        for value in (expired + used + rest)[:excess]:
+            self._forget(value)
+
+    def _forget(self, value: str) -> None:
+        del self._ephemeral[value]
+        self._used.discard(value)
 
 
 def _missing() -> Exception:
