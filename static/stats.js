@@ -419,7 +419,7 @@ function renderInstances(instances, self) {
       id,
       el("td", { text: m.address || "–" }),
       el("td", { text: m.version || "–" }),
-      el("td", { className: "num", text: fmtNumber(m.pid) }),
+      el("td", { className: "num", text: m.pid === null || m.pid === undefined ? "–" : String(m.pid) }),
       el("td", { className: "num", text: fmtNumber(m.live_sessions) }),
       el("td", { className: "num", text: m.load === null || m.load === undefined ? "–" : `${fmtNumber(m.load * 100, 1)} %` }),
       el("td", { text: m.draining ? "yes" : "no" }),
