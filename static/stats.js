@@ -3,17 +3,26 @@
 // sessions, recordings when the relay has them, and the state of its dependencies.
 // The token comes from the form or from a "#token=" fragment (then removed from the
 // address bar) and is kept in sessionStorage only.
+// Cluster mode polls /api/stats?scope=cluster instead and draws the live members and the
+// cluster's live sessions; the per-instance panels are hidden meanwhile. The choice is
+// kept in sessionStorage too.
 "use strict";
 
 const POLL_MS = 2000;
 const HISTORY_MS = 15 * 60 * 1000;
 const TOKEN_KEY = "relayOperatorToken";
+const SCOPE_KEY = "relayDashboardScope";
 const SVG_NS = "http://www.w3.org/2000/svg";
 const CHART_W = 300;
 const CHART_H = 110;
 
 const $ = (id) => document.getElementById(id);
-const state = { token: null, timer: null, history: [], lastErrors: null, inFlight: false };
+// "generation" changes whenever polling restarts (sign-in, scope switch, refusal): an
+// answer to an older request is dropped instead of drawing the other scope's data.
+const state = {
+  token: null, timer: null, history: [], lastErrors: null,
+  scope: "instance", generation: 0, inFlight: null,
+};
 
 // Each chart: a title, a unit and the series it draws from one history sample.
 const CHARTS = [
@@ -51,6 +60,16 @@ function setToken(token) {
   if (token) sessionStorage.setItem(TOKEN_KEY, token);
   else sessionStorage.removeItem(TOKEN_KEY);
   $("forget").hidden = !token;
+  $("scope").hidden = !token;
+}
+
+// ------------------------------------------------------------------ scope
+function setScope(scope, { remember = true } = {}) {
+  state.scope = scope === "cluster" ? "cluster" : "instance";
+  if (remember) sessionStorage.setItem(SCOPE_KEY, state.scope);
+  $(`scope-${state.scope}`).checked = true;
+  $("instance-view").hidden = state.scope !== "instance";
+  $("cluster-view").hidden = state.scope !== "cluster";
 }
 
 // ------------------------------------------------------------------ messages
@@ -117,6 +136,7 @@ async function api(method, path, { raw = false } = {}) {
 function stop() {
   if (state.timer) clearInterval(state.timer);
   state.timer = null;
+  state.generation += 1;
 }
 
 function start() {
@@ -143,20 +163,24 @@ function refuse(err) {
 }
 
 async function poll() {
-  if (state.inFlight || !state.token) return;
-  state.inFlight = true;
+  const gen = state.generation;
+  if (state.inFlight === gen || !state.token) return;
+  state.inFlight = gen;
+  const cluster = state.scope === "cluster";
   try {
-    const stats = await api("GET", "/api/stats");
+    const stats = await api("GET", cluster ? "/api/stats?scope=cluster" : "/api/stats");
+    if (gen !== state.generation) return;
     showError("");
-    render(stats);
+    if (cluster) renderCluster(stats);
+    else render(stats);
   } catch (err) {
     if (err instanceof ApiFailure && err.status === 401) refuse(err);
-    else {
-      showError(`Could not load stats: ${err.message} Retrying every ${POLL_MS / 1000} s.`);
+    else if (gen === state.generation) {
+      showError(`Could not load ${cluster ? "cluster " : ""}stats: ${err.message} Retrying every ${POLL_MS / 1000} s.`);
       setStatus("Stale: the last refresh failed.");
     }
   } finally {
-    state.inFlight = false;
+    if (state.inFlight === gen) state.inFlight = null;
   }
 }
 
@@ -313,6 +337,8 @@ function clearTables() {
   $("ended").tBodies[0].replaceChildren();
   $("recordings").replaceChildren();
   $("recordings-section").hidden = true;
+  $("instances").tBodies[0].replaceChildren();
+  $("cluster-sessions").tBodies[0].replaceChildren();
 }
 
 function legCells(leg, dir, quality) {
@@ -360,13 +386,68 @@ async function endSession(id, button) {
   button.disabled = true;
   try {
     await api("DELETE", `/api/sessions/${encodeURIComponent(id)}`);
-    setStatus(`Session ${id} ended.`);
+    // In cluster mode the member holding the media hangs up when the command reaches it.
+    setStatus(state.scope === "cluster" ? `Session ${id}: ending on its instance.` : `Session ${id} ended.`);
     poll();
   } catch (err) {
     if (err instanceof ApiFailure && err.status === 401) { refuse(err); return; }
     showError(`Could not end ${id}: ${err.message}`);
     button.disabled = false;
   }
+}
+
+// ------------------------------------------------------------------ cluster
+// From the members' heartbeats (relay/cluster/members.py): each instance's id, address,
+// version, pid, start, draining flag, live session count, load (live / global cap) and
+// heartbeat age by the database's clock; each session's id, member, masked user, state
+// and age as of its member's last heartbeat.
+function renderCluster(body) {
+  $("dashboard").hidden = false;
+  const instances = body.instances || [];
+  const sessions = body.sessions || [];
+  const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+  setStatus(`Cluster · ${plural(instances.length, "instance")} · ${plural(sessions.length, "live session")} · ` +
+    `via ${body.member} · updated ${new Date().toLocaleTimeString("en-GB")}`);
+  renderInstances(instances, body.member);
+  renderClusterSessions(sessions);
+}
+
+function renderInstances(instances, self) {
+  $("instances").tBodies[0].replaceChildren(...instances.map((m) => {
+    const id = el("td", { className: "id", text: m.id });
+    if (m.id === self) id.append(" ", el("span", { className: "tag", text: "this page" }));
+    return el("tr", { "data-member": m.id, className: m.draining ? "draining" : "" }, [
+      id,
+      el("td", { text: m.address || "–" }),
+      el("td", { text: m.version || "–" }),
+      el("td", { className: "num", text: m.pid === null || m.pid === undefined ? "–" : String(m.pid) }),
+      el("td", { className: "num", text: fmtNumber(m.live_sessions) }),
+      el("td", { className: "num", text: m.load === null || m.load === undefined ? "–" : `${fmtNumber(m.load * 100, 1)} %` }),
+      el("td", { text: m.draining ? "yes" : "no" }),
+      el("td", { className: "num", text: m.heartbeat_age_s === undefined ? "–" : `${fmtSeconds(m.heartbeat_age_s)} ago` }),
+      el("td", { text: m.started_at ? new Date(m.started_at).toLocaleString("en-GB") : "–" }),
+    ]);
+  }));
+  $("instances-empty").hidden = instances.length > 0;
+  $("instances-count").textContent = `(${instances.length})`;
+}
+
+function renderClusterSessions(sessions) {
+  $("cluster-sessions").tBodies[0].replaceChildren(...sessions.map((s) => {
+    // The DELETE reaches whichever member holds the media (a cluster command).
+    const end = el("button", { type: "button", className: "end", text: "End", "aria-label": `End session ${s.session_id}` });
+    end.addEventListener("click", () => endSession(s.session_id, end));
+    return el("tr", { "data-session": s.session_id, "data-member": s.member }, [
+      el("td", { className: "id", text: s.session_id }),
+      el("td", { className: "id", text: s.member }),
+      el("td", { text: s.user || "–" }),
+      el("td", { text: s.state }),
+      el("td", { className: "num", text: fmtSeconds(s.age_s) }),
+      el("td", {}, [end]),
+    ]);
+  }));
+  $("cluster-sessions-empty").hidden = sessions.length > 0;
+  $("cluster-sessions-count").textContent = `(${sessions.length})`;
 }
 
 function renderEnded(ended) {
@@ -439,12 +520,21 @@ $("token-form").addEventListener("submit", (event) => {
   setToken(token);
   start();
 });
+for (const radio of document.querySelectorAll('input[name="scope"]')) {
+  // Arrow keys move through the radio group and fire "change": keyboard-usable as is.
+  radio.addEventListener("change", () => {
+    if (!radio.checked || radio.value === state.scope) return;
+    setScope(radio.value);
+    if (state.token) start();
+  });
+}
 $("forget").addEventListener("click", () => {
   stop(); setToken(null); $("dashboard").hidden = true; clearTables();
   setStatus("Token forgotten. Enter the operator token to see the relay.");
 });
 
 {
+  setScope(sessionStorage.getItem(SCOPE_KEY), { remember: false });
   const token = tokenFromFragment() || sessionStorage.getItem(TOKEN_KEY);
   if (token) { setToken(token); start(); }
 }

@@ -87,7 +87,9 @@ async def view(store: Store, interval_s: float) -> list[dict[str, Any]]:
     async def op(conn: asyncpg.Connection) -> list[asyncpg.Record]:
         rows: list[asyncpg.Record] = await conn.fetch(
             """SELECT id, address, version, pid, started_at, heartbeat_at, draining, live,
-                      load, sessions
+                      load, sessions,
+                      -- by the database's clock: the members' and viewers' clocks may differ
+                      EXTRACT(EPOCH FROM now() - heartbeat_at)::float8 AS heartbeat_age
                FROM relay_members
                WHERE heartbeat_at >= now() - make_interval(secs => $1)
                ORDER BY started_at, id""",
@@ -105,6 +107,7 @@ async def view(store: Store, interval_s: float) -> list[dict[str, Any]]:
                 "pid": row["pid"],
                 "started_at": row["started_at"].isoformat(),
                 "heartbeat_at": row["heartbeat_at"].isoformat(),
+                "heartbeat_age_s": round(max(0.0, row["heartbeat_age"]), 2),
                 "draining": row["draining"],
                 "live_sessions": row["live"],
                 "load": row["load"],

@@ -29,6 +29,7 @@ from relay.cluster import members
 from relay.cluster.bus import CommandListener, publish
 from relay.cluster.limits import SharedLimits
 from relay.cluster.members import DEAD_AFTER_HEARTBEATS, MemberState
+from relay.observability.masking import mask_email
 from relay.sessions.registry import SessionEntry
 
 if TYPE_CHECKING:
@@ -207,6 +208,8 @@ def session_summary(services: Services, entry: SessionEntry) -> dict[str, Any]:
     return {
         "session_id": entry.session_id,
         "member": services.instance_id,
+        # Masked like the dashboard's: the row in relay_members never holds an address.
+        "user": mask_email(entry.email),
         "state": entry.state,
         "age_s": round(entry.elapsed_s(), 1),
     }

@@ -13,22 +13,12 @@ import time
 from typing import Any
 
 from relay import __version__
+from relay.observability.masking import mask_email
 from relay.observability.metrics import Counter, Histogram
 from relay.services import Services
 from relay.upstream.model_currency import check_models, worst_level
 
 DB_PING_TIMEOUT_S = 0.5
-
-
-def mask_email(email: str) -> str:
-    """``jane.doe@example.com`` → ``j***e@example.com``; short local parts keep 1 char."""
-    if not email:
-        return ""
-    local, at, domain = email.rpartition("@")
-    if not at:
-        local, domain = email, ""
-    masked = local[:1] + "***" if len(local) <= 2 else f"{local[0]}***{local[-1]}"
-    return f"{masked}@{domain}" if domain else masked
 
 
 def _quantiles(services: Services, name: str, **labels: Any) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from playwright.async_api import Page, expect
 
+from relay.cluster.runtime import RELAY_VERSION
 from relay.upstream.simulator.server import RunningSimulator
 from tests.e2e.conftest import collect_page_errors
 from tests.integration.conftest import MakeRelay
@@ -21,6 +22,8 @@ TOKEN_KEY = "relayOperatorToken"
 SHOWS_WITHIN_MS = 5000
 # Two polls two seconds apart, with room for a loaded machine.
 CHART_WITHIN_MS = 12000
+# Column of the instances table with the member's live session count.
+LIVE_SESSIONS_COLUMN = 4
 
 
 async def test_dashboard_shows_the_live_session_draws_charts_and_ends_it(
@@ -210,4 +213,123 @@ async def test_upstream_shows_degraded_then_down(
     assert (await relay.create_session(token))[0] == 502
     await expect(upstream.locator("strong")).to_have_text("down", timeout=SHOWS_WITHIN_MS)
     await expect(upstream).to_have_class(re.compile(r"\bbad\b"))
+
+
+async def test_cluster_mode_lists_this_instance_and_ends_its_session(
+    make_relay: MakeRelay,
+    simulator: RunningSimulator,
+    page: Page,
+    artifact_path: Callable[[str], Path],
+) -> None:
+    """One relay is a one-member cluster: the cluster mode (chosen with the keyboard,
+    remembered across a reload) lists it and its live session, and ends the session."""
+    relay = await make_relay()
+    member = relay.services.instance_id
+    errors = collect_page_errors(page)
+    async with live_session(relay, email="jane.doe@example.com") as live:
+        sid = live.session_id
+        await page.set_viewport_size({"width": 1280, "height": 900})
+        await page.goto(str(relay.client.make_url(f"/stats#token={OPERATOR_TOKEN}")))
+        # The instance mode is the default and unchanged.
+        await expect(page.locator("#scope-instance")).to_be_checked()
+        await expect(page.locator(f'#live tr.session[data-session="{sid}"]')).to_be_visible(
+            timeout=SHOWS_WITHIN_MS
+        )
+
+        # Arrow keys in the radio group switch to the whole cluster.
+        await page.focus("#scope-instance")
+        await page.keyboard.press("ArrowRight")
+        await expect(page.locator("#scope-cluster")).to_be_checked()
+        instance_row = page.locator(f'#instances tr[data-member="{member}"]')
+        await expect(instance_row).to_be_visible(timeout=SHOWS_WITHIN_MS)
+        await expect(instance_row).to_contain_text(RELAY_VERSION)
+        await expect(instance_row).to_contain_text("this page")
+        await expect(instance_row.locator("td").nth(LIVE_SESSIONS_COLUMN)).to_have_text("1")
+        await expect(instance_row).to_contain_text(re.compile(r"\d+(\.\d+)? s ago"))
+        row = page.locator(f'#cluster-sessions tr[data-session="{sid}"]')
+        await expect(row).to_be_visible(timeout=SHOWS_WITHIN_MS)
+        await expect(row).to_contain_text(member)
+        await expect(row).to_contain_text("active")
+        await expect(row).to_contain_text("j***e@example.com")
+        assert "jane.doe" not in await page.content()
+        # The per-instance panels are hidden in cluster mode.
+        for panel in ("#charts", "#health", "#live", "#ended"):
+            await expect(page.locator(panel)).to_be_hidden()
+        await expect(page.locator("#status")).to_contain_text("Cluster · 1 instance")
+
+        # Remembered in sessionStorage only, and across a reload.
+        assert await page.evaluate("sessionStorage.getItem('relayDashboardScope')") == "cluster"
+        assert await page.evaluate("localStorage.length") == 0
+        await page.reload()
+        await expect(page.locator("#scope-cluster")).to_be_checked()
+        await expect(row).to_be_visible(timeout=SHOWS_WITHIN_MS)
+        shot = artifact_path("dashboard-cluster-1280.png")
+        await page.screenshot(path=str(shot), full_page=True)
+        print(f"dashboard screenshot (cluster): {shot}")
+
+        # End from the cluster table, with the keyboard: the server ends the session.
+        end = page.locator("#cluster-sessions").get_by_role("button", name=f"End session {sid}")
+        await end.focus()
+        await page.keyboard.press("Enter")
+        await wait_until(lambda: relay.services.registry.get(sid) is None, 10, "session ended")
+        await expect(row).to_have_count(0, timeout=SHOWS_WITHIN_MS)
+        await expect(instance_row.locator("td").nth(LIVE_SESSIONS_COLUMN)).to_have_text("0")
+        rows = await relay.sql(
+            "SELECT state, end_reason FROM interview_sessions WHERE id = $1", sid
+        )
+        assert [tuple(r) for r in rows] == [("ended", "operator_hangup")]
+
+        # Back to this instance: its panels return, the end is in "Recently ended".
+        await page.focus("#scope-cluster")
+        await page.keyboard.press("ArrowLeft")
+        await expect(page.locator("#scope-instance")).to_be_checked()
+        await expect(page.locator("#cluster-view")).to_be_hidden()
+        await expect(page.locator(f'#ended tr[data-session="{sid}"]')).to_contain_text(
+            "operator_hangup", timeout=SHOWS_WITHIN_MS
+        )
+        await expect(page.locator("#chart-sessions")).to_be_visible()
+        assert await page.evaluate("sessionStorage.getItem('relayDashboardScope')") == "instance"
+
+    assert errors == []
+
+
+async def test_cluster_mode_on_one_member_ends_a_session_held_by_another(
+    make_relay: MakeRelay, simulator: RunningSimulator, page: Page
+) -> None:
+    """Two relays on one PostgreSQL: A's dashboard lists both, shows B's live interview,
+    and its End reaches B, which holds the media."""
+    a = await make_relay(instance_id="member-a")
+    b = await make_relay(instance_id="member-b")
+    errors = collect_page_errors(page)
+    async with live_session(b, email="jane.doe@example.com") as live:
+        sid = live.session_id
+        await page.goto(str(a.client.make_url(f"/stats#token={OPERATOR_TOKEN}")))
+        await page.get_by_label("Whole cluster").check()
+
+        for member, live_count in (("member-a", "0"), ("member-b", "1")):
+            member_row = page.locator(f'#instances tr[data-member="{member}"]')
+            await expect(member_row).to_be_visible(timeout=SHOWS_WITHIN_MS)
+            await expect(member_row.locator("td").nth(LIVE_SESSIONS_COLUMN)).to_have_text(
+                live_count, timeout=SHOWS_WITHIN_MS
+            )
+        await expect(page.locator('#instances tr[data-member="member-a"]')).to_contain_text(
+            "this page"
+        )
+        await expect(page.locator('#instances tr[data-member="member-b"]')).not_to_contain_text(
+            "this page"
+        )
+        row = page.locator(f'#cluster-sessions tr[data-session="{sid}"]')
+        await expect(row).to_be_visible(timeout=SHOWS_WITHIN_MS)
+        await expect(row).to_have_attribute("data-member", "member-b")
+        await expect(row).to_contain_text("j***e@example.com")
+        await expect(page.locator("#status")).to_contain_text(
+            "Cluster · 2 instances · 1 live session · via member-a"
+        )
+
+        await row.get_by_role("button", name=f"End session {sid}").click()
+        await wait_until(lambda: b.services.registry.get(sid) is None, 10, "ended on B")
+        await expect(row).to_have_count(0, timeout=SHOWS_WITHIN_MS)
+        rows = await a.sql("SELECT state, end_reason FROM interview_sessions WHERE id = $1", sid)
+        assert [tuple(r) for r in rows] == [("ended", "operator_hangup")]
+
     assert errors == []

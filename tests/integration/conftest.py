@@ -39,10 +39,11 @@ async def make_relay(
         dsn: str | None = None,
         redis_url: str = "",
         overrides: dict[str, dict[str, Any]] | None = None,
+        instance_id: str = "test-instance",
     ) -> RelayHarness:
         url = dsn or database_url
         settings = relay_settings(url, simulator.base_url, redis_url=redis_url, overrides=overrides)
-        app = create_app(settings, instance_id="test-instance")
+        app = create_app(settings, instance_id=instance_id)
         client = await aiohttp_client(app)
         return RelayHarness(client=client, services=app[SERVICES], database_url=url)
 

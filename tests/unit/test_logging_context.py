@@ -18,7 +18,7 @@ from relay.observability.logging import (
     RequestContextFilter,
     stage,
 )
-from relay.web.stats_view import mask_email
+from relay.observability.masking import mask_email
 
 
 @pytest.fixture
