@@ -21,6 +21,7 @@ from typing import Any
 import asyncpg
 
 from relay.admission.store import Store
+from relay.tasks import cancel_and_wait, spawn
 
 log = logging.getLogger("relay.cluster")
 
@@ -52,12 +53,10 @@ class CommandListener:
         self.connected = asyncio.Event()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="cluster-commands")
+        self._task = spawn(self._run(), name="cluster-commands", log=log)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait(self._task)
         for task in list(self._handling):
             task.cancel()
         await asyncio.gather(*self._handling, return_exceptions=True)

@@ -31,6 +31,7 @@ from relay.cluster.limits import SharedLimits
 from relay.cluster.members import DEAD_AFTER_HEARTBEATS, MemberState
 from relay.observability.masking import mask_email
 from relay.sessions.registry import SessionEntry
+from relay.tasks import cancel_and_wait, spawn
 
 if TYPE_CHECKING:
     from relay.services import Services
@@ -83,12 +84,10 @@ class ClusterRuntime:
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         self.listener.start()
-        self._heartbeat = asyncio.create_task(self._beat_forever(), name="cluster-heartbeat")
+        self._heartbeat = spawn(self._beat_forever(), name="cluster-heartbeat", log=log)
 
     async def close(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            await asyncio.gather(self._heartbeat, return_exceptions=True)
+        await cancel_and_wait(self._heartbeat)
         await self.listener.close()
         try:
             await members.leave(self.services.store, self.member.id)

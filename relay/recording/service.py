@@ -35,6 +35,7 @@ from relay.recording import render, rows
 from relay.recording.recorder import META, RecordingWriter, SessionRecorder
 from relay.recording.rows import RecordingRows
 from relay.recording.s3 import S3Storage, StorageError
+from relay.tasks import cancel_and_wait, spawn
 
 log = logging.getLogger("relay.recording")
 
@@ -94,7 +95,7 @@ class RecordingService:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        self._background = asyncio.create_task(self._run_background(), name="recordings")
+        self._background = spawn(self._run_background(), name="recordings", log=log)
 
     @property
     def idle(self) -> bool:
@@ -104,9 +105,7 @@ class RecordingService:
     async def close(self) -> None:
         """Let stopped recorders close and finalisations finish (bounded), then stop the
         writer and the pool. Whatever is left unfinished is recovered at the next start."""
-        if self._background is not None:
-            self._background.cancel()
-            await asyncio.gather(self._background, return_exceptions=True)
+        await cancel_and_wait(self._background)
         # The bridges have stopped their recorders; the writer closes them within a pass.
         deadline = asyncio.get_running_loop().time() + CLOSE_TIMEOUT_S
         while any(r.stopping for r in self.live.values()):

@@ -213,6 +213,7 @@ async def test_upstream_shows_degraded_then_down(
     assert (await relay.create_session(token))[0] == 502
     await expect(upstream.locator("strong")).to_have_text("down", timeout=SHOWS_WITHIN_MS)
     await expect(upstream).to_have_class(re.compile(r"\bbad\b"))
+    assert errors == []
 
 
 async def test_cluster_mode_lists_this_instance_and_ends_its_session(
