@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -15,6 +17,8 @@ from relay.upstream.simulator.server import RunningSimulator, start_simulator
 from tests.integration.relay_harness import RelayHarness, relay_settings
 
 MakeRelay = Callable[..., Awaitable[RelayHarness]]
+# Longer than any bounded wait of the relay's own shut-down on a loaded machine.
+SHUTDOWN_BOUND_S = 45.0
 
 
 @pytest.fixture
@@ -33,7 +37,7 @@ async def make_relay(
     # Last, so that the app shuts down (and finishes its sessions) before the database
     # and the simulator go away: pytest tears fixtures down in reverse order.
     aiohttp_client: Callable[[Application], Awaitable[TestClient[Request, Application]]],
-) -> MakeRelay:
+) -> AsyncIterator[MakeRelay]:
     async def factory(
         *,
         dsn: str | None = None,
@@ -45,6 +49,22 @@ async def make_relay(
         settings = relay_settings(url, simulator.base_url, redis_url=redis_url, overrides=overrides)
         app = create_app(settings, instance_id=instance_id)
         client = await aiohttp_client(app)
+        clients.append(client)
         return RelayHarness(client=client, services=app[SERVICES], database_url=url)
 
-    return factory
+    clients: list[TestClient[Request, Application]] = []
+    yield factory
+    # Shut the relays down here, bounded, before aiohttp_client's own (unbounded) close:
+    # a shut-down that hangs fails this test with every pending task's stack instead of
+    # stalling the whole run until pytest-timeout ends it.
+    for client in reversed(clients):
+        try:
+            await asyncio.wait_for(client.close(), SHUTDOWN_BOUND_S)
+        except TimeoutError:
+            pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            stacks = io.StringIO()
+            for task in pending:
+                task.print_stack(limit=8, file=stacks)
+            pytest.fail(
+                f"relay shut-down took over {SHUTDOWN_BOUND_S} s; tasks:\n{stacks.getvalue()}"
+            )
