@@ -172,6 +172,9 @@ class EventsConfig:
 class MediaConfig:
     # Frames held by each forwarding queue; beyond this the oldest is dropped and counted.
     queue_max_frames: int = 50
+    # Opus passthrough forwards packets socket to socket (relay.media.fastpath) instead
+    # of through aiortc's receiver and sender; false: aiortc's path.
+    fast_path: bool = True
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,27 @@ Private names used (aiortc 1.16.0):
   kept for NACK retransmission (which aiortc only negotiates for video).
 * ``aiortc.rtp.compute_audio_level_dbov``: a module-level function the sender calls per
   decoded frame (public module, but replacing it is a monkeypatch).
+
+For the forwarding fast path (``relay.media.fastpath``), which receives datagrams below
+aiortc's DTLS task and sends them below aiortc's sender:
+
+* ``RTCIceTransport._connection``: the aioice ``Connection`` of a leg.
+* aioice ``Connection.data_received(data, component)``: where every non-STUN datagram
+  of a leg arrives (called by the aioice protocol through an attribute lookup, so an
+  instance attribute shadows it); it queues the datagram for the DTLS transport's task.
+* ``RTCDtlsTransport._handle_rtp_data(data, arrival_time_ms)``: called by its receive
+  task (attribute lookup) with each decrypted, unparsed RTP packet.
+* aioice ``Connection._nominated``: component → the selected ``CandidatePair`` (its
+  ``protocol.transport`` is the asyncio datagram transport, ``remote_addr`` the peer).
+* ``RTCDtlsTransport._rx_srtp`` / ``_tx_srtp``: the leg's pylibsrtp sessions (set when
+  the DTLS handshake completes).
+* ``RTCDtlsTransport._rtp_router.ssrc_table``: remote SSRC → receiver; RTCP sender
+  reports are routed to the receiver through it (aiortc fills it while routing RTP).
+* ``RTCDtlsTransport._send_rtp(data)``: protect and send one packet (tests only).
+* ``RTCRtpSender._RTCRtpSender__rtp_started``: set when the sender's RTP task runs.
+* ``RTCRtpSender._ssrc`` and ``_RTCRtpSender__ntp_timestamp`` / ``__rtp_timestamp`` /
+  ``__packet_count`` / ``__octet_count``: the sender's SSRC and the state its RTCP task
+  reads for every sender report.
 """
 
 from __future__ import annotations
@@ -31,6 +52,7 @@ from typing import Any
 
 import aiortc
 import aiortc.rtp
+from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpreceiver import RTCRtpReceiver, StreamStatistics
 from aiortc.rtcrtpsender import RTCRtpSender
 from aiortc.rtp import RtpPacket
@@ -141,6 +163,138 @@ def decoder_thread(receiver: RTCRtpReceiver) -> threading.Thread | None:
     """The receiver's decoder thread, if it has one (tests and stats)."""
     thread: threading.Thread | None = getattr(receiver, _DECODER_THREAD, None)
     return thread
+
+
+# ----------------------------------------------------------------------- fast path
+
+DatagramHook = Callable[[bytes, int], None]
+
+_SENDER_NTP = "_RTCRtpSender__ntp_timestamp"
+_SENDER_RTP_STARTED = "_RTCRtpSender__rtp_started"
+_SENDER_RTP_TS = "_RTCRtpSender__rtp_timestamp"
+_SENDER_PACKETS = "_RTCRtpSender__packet_count"
+_SENDER_OCTETS = "_RTCRtpSender__octet_count"
+
+
+def ice_connection(dtls: RTCDtlsTransport) -> Any:
+    """The aioice ``Connection`` under a leg's DTLS transport."""
+    return dtls.transport._connection
+
+
+def install_datagram_hook(dtls: RTCDtlsTransport, hook: DatagramHook) -> DatagramHook:
+    """Route every non-STUN datagram of the leg to ``hook(data, component)``.
+
+    Returns aioice's own ``data_received`` (bound): the hook hands it whatever it does
+    not handle itself (DTLS, SRTCP), which then takes aiortc's normal path. Handling a
+    datagram here, synchronously, saves the queue hop and the task wake-up of aiortc's
+    DTLS receive loop.
+    """
+    connection = ice_connection(dtls)
+    original: DatagramHook = type(connection).data_received.__get__(connection)
+    # setattr: an instance attribute deliberately shadowing the method.
+    setattr(connection, "data_received", hook)  # noqa: B010
+    return original
+
+
+def remove_datagram_hook(dtls: RTCDtlsTransport) -> None:
+    ice_connection(dtls).__dict__.pop("data_received", None)
+
+
+DecryptedRtpHook = Callable[[bytes, int], Awaitable[None]]
+
+
+def install_decrypted_rtp_hook(dtls: RTCDtlsTransport, hook: DecryptedRtpHook) -> None:
+    """Route the RTP that does take aiortc's DTLS path to ``hook(data, arrival_time_ms)``.
+
+    ``data`` is SRTP-decrypted and not yet parsed. Datagrams that arrived before the
+    leg's SRTP keys existed wait in aioice's queue and are decrypted by aiortc's task
+    afterwards; this is where the fast path picks those up.
+    """
+    # setattr: an instance attribute deliberately shadowing the method.
+    setattr(dtls, "_handle_rtp_data", hook)  # noqa: B010
+
+
+def remove_decrypted_rtp_hook(dtls: RTCDtlsTransport) -> None:
+    dtls.__dict__.pop("_handle_rtp_data", None)
+
+
+def nominated_pairs(dtls: RTCDtlsTransport) -> dict[int, Any]:
+    """The live component → selected ``CandidatePair`` dict of a leg (not a copy)."""
+    pairs: dict[int, Any] = ice_connection(dtls)._nominated
+    return pairs
+
+
+def pair_endpoint(pair: Any) -> tuple[Any, tuple[str, int]]:
+    """A selected pair's asyncio datagram transport and remote address."""
+    return pair.protocol.transport, pair.remote_addr
+
+
+def srtp_sessions(dtls: RTCDtlsTransport) -> tuple[Any, Any]:
+    """The leg's (receive, transmit) pylibsrtp sessions; ``None`` before the handshake."""
+    return dtls._rx_srtp, dtls._tx_srtp
+
+
+def bind_remote_ssrc(receiver: RTCRtpReceiver, ssrc: int) -> None:
+    """Route RTCP from remote ``ssrc`` (sender reports, BYE) to ``receiver``.
+
+    aiortc learns this mapping while routing RTP; a fast path that takes RTP before
+    aiortc's router must teach it, or the receiver never sees the sender reports it
+    needs for the LSR/DLSR fields of its receiver reports (the far end's RTT).
+    """
+    router = receiver.transport._rtp_router
+    router.ssrc_table[ssrc] = receiver
+
+
+async def send_rtp_datagram(dtls: RTCDtlsTransport, data: bytes) -> None:
+    """SRTP-protect and send one serialised RTP packet on a leg (tests and the bench
+    use it to play a far end that changes SSRC, pads, duplicates)."""
+    await dtls._send_rtp(data)
+
+
+def sender_started(sender: RTCRtpSender) -> bool:
+    """Whether aiortc has started the sender (its RTP task is running).
+
+    aiortc starts it once the leg's DTLS handshake is done and both ends of the leg
+    are being set up; sending before that reaches a far end that may not have set up
+    its receiver yet, which drops the packets.
+    """
+    started: Any = getattr(sender, _SENDER_RTP_STARTED)
+    return bool(started.is_set())
+
+
+def sender_ssrc(sender: RTCRtpSender) -> int:
+    ssrc: int = sender._ssrc
+    return ssrc
+
+
+class SenderReportState:
+    """Writes what a sender's RTCP task reports (counts, NTP/RTP time) for packets sent
+    past the sender. Its task reads these four attributes for every sender report."""
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, sender: RTCRtpSender) -> None:
+        fields: dict[str, Any] = vars(sender)
+        for name in (_SENDER_NTP, _SENDER_RTP_TS, _SENDER_PACKETS, _SENDER_OCTETS):
+            if name not in fields:
+                raise AttributeError(name)
+        self._fields = fields
+
+    def record(self, ntp_timestamp: int, rtp_timestamp: int, packets: int, octets: int) -> None:
+        fields = self._fields
+        fields[_SENDER_NTP] = ntp_timestamp
+        fields[_SENDER_RTP_TS] = rtp_timestamp
+        fields[_SENDER_PACKETS] = packets
+        fields[_SENDER_OCTETS] = octets
+
+    def read(self) -> tuple[int, int, int, int]:
+        fields = self._fields
+        return (
+            fields[_SENDER_NTP],
+            fields[_SENDER_RTP_TS],
+            fields[_SENDER_PACKETS],
+            fields[_SENDER_OCTETS],
+        )
 
 
 # aiortc's own version, kept for tests and comparisons.

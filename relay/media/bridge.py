@@ -29,10 +29,11 @@ from aiortc.rtcrtpsender import RTCRtpSender
 from relay.config import EventsConfig, IceConfig, MediaConfig, SessionConfig
 from relay.media import aiortc_private
 from relay.media.events import UPSTREAM_LABEL, EventRelay, Side
+from relay.media.fastpath import FastOpusForwarder
 from relay.media.forwarding import DecodedRelay, DirectionStats, Forwarder, OpusPassthrough
 from relay.media.metrics import MediaMetrics
 from relay.media.peers import IceGatherTimeout, close_peer, new_peer, set_local_description
-from relay.media.sdp import InvalidOffer, audio_negotiation
+from relay.media.sdp import InvalidOffer, audio_negotiation, rtp_leg
 from relay.media.tracks import BoundedQueueTrack
 from relay.observability.logging import stage
 from relay.observability.request_context import record_stage
@@ -138,7 +139,7 @@ class Bridge:
         )
         self.browser_pc: RTCPeerConnection = new_peer(settings.ice)
         self.upstream_pc: RTCPeerConnection | None = None
-        self._forwarders: list[Forwarder] = []
+        self._forwarders: list[Forwarder | FastOpusForwarder] = []
         self._both_connected = asyncio.Event()
         self._wake = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
@@ -285,6 +286,8 @@ class Bridge:
             browser_codecs=audio_negotiation(answer.sdp),
             upstream_codecs=downstream_codecs,
             our_upstream_opus=audio_negotiation(offer.sdp).opus_payload_types,
+            browser_sdp=answer.sdp,
+            upstream_sdp=reply.sdp,
         )
         return str(answer.sdp)
 
@@ -294,6 +297,8 @@ class Bridge:
         browser_codecs: Any,
         upstream_codecs: Any,
         our_upstream_opus: frozenset[int],
+        browser_sdp: str,
+        upstream_sdp: str,
     ) -> None:
         assert self.upstream_pc is not None
         browser_rx = _audio_receiver(self.browser_pc)
@@ -302,7 +307,29 @@ class Bridge:
         up, down = self.browser_to_upstream, self.upstream_to_browser
         up.codec_in, up.codec_out = browser_codecs.primary, upstream_codecs.primary
         down.codec_in, down.codec_out = upstream_codecs.primary, browser_codecs.primary
-        if passthrough:
+        if passthrough and self._settings.media.fast_path:
+            browser_leg, upstream_leg = rtp_leg(browser_sdp), rtp_leg(upstream_sdp)
+            upstream_tx = _audio_sender(self.upstream_pc)
+            browser_tx = _audio_sender(self.browser_pc)
+            self._forwarders = [
+                FastOpusForwarder(
+                    browser_rx,
+                    upstream_tx,
+                    up,
+                    browser_codecs.opus_payload_types,
+                    incoming=browser_leg,
+                    outgoing=upstream_leg,
+                ),
+                FastOpusForwarder(
+                    upstream_rx,
+                    browser_tx,
+                    down,
+                    upstream_codecs.opus_payload_types | our_upstream_opus,
+                    incoming=upstream_leg,
+                    outgoing=browser_leg,
+                ),
+            ]
+        elif passthrough:
             self._forwarders = [
                 OpusPassthrough(
                     browser_rx, self.to_upstream, up, browser_codecs.opus_payload_types
@@ -513,6 +540,7 @@ class Bridge:
         return {
             "mode": stats.mode,
             "decoder_used": stats.mode == "decode",
+            "fast_path": stats.fast_path,
             "codec_in": stats.codec_in,
             "codec_out": stats.codec_out,
             "packets_in": stats.packets_in,
@@ -525,7 +553,8 @@ class Bridge:
                 "other_codec": stats.dropped_other_codec,
                 "duplicate": stats.dropped_duplicate,
                 "decoder_backlog": stats.dropped_decoder_backlog,
-                "before_connect": queue.dropped_before_start,
+                "before_connect": queue.dropped_before_start + stats.dropped_not_connected,
+                "invalid": stats.dropped_invalid,
             },
             "queue_depth": queue.depth,
             "queue_max_depth": queue.max_depth,

@@ -31,6 +31,7 @@ from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtp import RtpPacket
 
 from relay.media import aiortc_private
+from relay.media.tap import PacketTap, TappedPacket
 from relay.media.tracks import BoundedQueueTrack
 
 Direction = Literal["browser_to_upstream", "upstream_to_browser"]
@@ -38,6 +39,8 @@ Mode = Literal["pending", "passthrough", "decode"]
 
 OPUS_CLOCK_RATE = 48000
 OPUS_TIME_BASE = fractions.Fraction(1, OPUS_CLOCK_RATE)
+# RTP clock rates of the codecs the relay negotiates (G.722's is 8 kHz by RFC 3551).
+CLOCK_RATES = {"opus": 48000, "pcmu": 8000, "pcma": 8000, "g722": 8000}
 # Where a new SSRC's timeline continues after the previous one: one 20 ms frame later.
 _SSRC_SWITCH_GAP = 960
 _DUPLICATE_WINDOW = 64
@@ -61,7 +64,13 @@ class DirectionStats:
     dropped_duplicate: int = 0
     # Decode path: packets dropped because aiortc's decoder fell this far behind.
     dropped_decoder_backlog: int = 0
+    # Fast path: packets that failed SRTP or RTP checks, and packets that arrived while
+    # the other leg had no SRTP session or selected pair yet (or any more).
+    dropped_invalid: int = 0
+    dropped_not_connected: int = 0
     ssrc_changes: int = 0
+    # True when the direction runs on ``relay.media.fastpath`` rather than aiortc's sender.
+    fast_path: bool = False
     first_packet_at: float | None = None
     last_packet_at: float | None = None
 
@@ -150,7 +159,10 @@ class OpusPassthrough:
         opus_payload_types: frozenset[int],
         *,
         keep_receiver_reports: bool = True,
+        tap: PacketTap | None = None,
     ) -> None:
+        # Observes every packet forwarded (duplicates excluded); may be set at any time.
+        self.tap = tap
         self._receiver = receiver
         self._sink = sink
         self._stats = stats
@@ -190,6 +202,20 @@ class OpusPassthrough:
         if self._duplicates.seen(packet.sequence_number):
             stats.dropped_duplicate += 1
             return
+        tap = self.tap
+        if tap is not None:
+            tap.on_packet(
+                TappedPacket(
+                    "opus",
+                    OPUS_CLOCK_RATE,
+                    payload,
+                    packet.sequence_number,
+                    packet.timestamp,
+                    packet.ssrc,
+                    bool(packet.marker),
+                    now,
+                )
+            )
         out = av.Packet(payload)
         out.pts = self._timeline.map(packet.timestamp)
         out.time_base = OPUS_TIME_BASE
@@ -219,7 +245,10 @@ class DecodedRelay:
         stats: DirectionStats,
         *,
         max_backlog: int,
+        tap: PacketTap | None = None,
     ) -> None:
+        # Observes every received packet (still encoded); may be set at any time.
+        self.tap = tap
         self._receiver = receiver
         self._sink = sink
         self._stats = stats
@@ -252,6 +281,21 @@ class DecodedRelay:
         if stats.first_packet_at is None:
             stats.first_packet_at = now
         stats.last_packet_at = now
+        tap = self.tap
+        if tap is not None and packet.payload:
+            codec = stats.codec_in or "opus"
+            tap.on_packet(
+                TappedPacket(
+                    codec,
+                    CLOCK_RATES.get(codec, OPUS_CLOCK_RATE),
+                    packet.payload,
+                    packet.sequence_number,
+                    packet.timestamp,
+                    packet.ssrc,
+                    bool(packet.marker),
+                    now,
+                )
+            )
         if aiortc_private.decoder_backlog(self._receiver) >= self._max_backlog:
             # The decoder thread is behind (CPU overload): shed load instead of queueing.
             stats.dropped_decoder_backlog += 1
@@ -271,4 +315,4 @@ class DecodedRelay:
             return  # the receiving leg ended
 
 
-Forwarder = OpusPassthrough | DecodedRelay
+Forwarder = OpusPassthrough | DecodedRelay  # the fast path: relay.media.fastpath
