@@ -31,6 +31,7 @@ aiortc's DTLS task and sends them below aiortc's sender:
   instance attribute shadows it); it queues the datagram for the DTLS transport's task.
 * ``RTCDtlsTransport._handle_rtp_data(data, arrival_time_ms)``: called by its receive
   task (attribute lookup) with each decrypted, unparsed RTP packet.
+* aioice ``Connection._queue``: the datagrams waiting for the DTLS task.
 * aioice ``Connection._nominated``: component → the selected ``CandidatePair`` (its
   ``protocol.transport`` is the asyncio datagram transport, ``remote_addr`` the peer).
 * ``RTCDtlsTransport._rx_srtp`` / ``_tx_srtp``: the leg's pylibsrtp sessions (set when
@@ -216,6 +217,16 @@ def install_decrypted_rtp_hook(dtls: RTCDtlsTransport, hook: DecryptedRtpHook) -
 
 def remove_decrypted_rtp_hook(dtls: RTCDtlsTransport) -> None:
     dtls.__dict__.pop("_handle_rtp_data", None)
+
+
+def queued_datagrams(dtls: RTCDtlsTransport) -> int:
+    """Datagrams waiting in aioice's queue for aiortc's DTLS task.
+
+    Packets that arrived before the leg's SRTP keys wait there; the fast path leaves
+    RTP to aiortc's path until they are drained, so packets are not reordered.
+    """
+    waiting: int = ice_connection(dtls)._queue.qsize()
+    return waiting
 
 
 def nominated_pairs(dtls: RTCDtlsTransport) -> dict[int, Any]:

@@ -187,10 +187,14 @@ class FastOpusForwarder:
             return
         rx = self._rx
         if rx is None:
-            rx = self._rx = aiortc_private.srtp_sessions(self._in_dtls)[0]
-            if rx is None:  # handshake not finished: aiortc drops it as it always did
+            # Until the handshake is done, and until aiortc's task has worked through
+            # what arrived before it (``_on_decrypted`` forwards those), RTP keeps
+            # aiortc's path: taking over earlier would overtake queued packets.
+            rx = aiortc_private.srtp_sessions(self._in_dtls)[0]
+            if rx is None or aiortc_private.queued_datagrams(self._in_dtls):
                 original(data, component)
                 return
+            self._rx = rx
         try:
             plain = rx.unprotect(data)
         except pylibsrtp.Error:

@@ -176,6 +176,10 @@ def test_fast_path_internals_exist() -> None:
         "component",
     ]
     assert "self._nominated: dict[int, CandidatePair] = {}" in inspect.getsource(Connection)
+    assert "self._queue.put_nowait((data, component))" in inspect.getsource(
+        Connection.data_received
+    )
+    assert "result = await self._queue.get()" in inspect.getsource(Connection.recvfrom)
     assert "self.transport.sendto(data, addr)" in inspect.getsource(StunProtocol.send_data)
     assert isinstance(inspect.getattr_static(CandidatePair, "remote_addr"), property)
     assert "self._connection = " in inspect.getsource(RTCIceTransport)
@@ -227,6 +231,7 @@ async def test_fast_path_accessors_work_on_a_live_pair() -> None:
         dtls = transceiver.sender.transport
         rx, tx = aiortc_private.srtp_sessions(dtls)
         assert rx is not None and tx is not None
+        assert aiortc_private.queued_datagrams(dtls) >= 0
         pairs = aiortc_private.nominated_pairs(dtls)
         sock, addr = aiortc_private.pair_endpoint(pairs[1])
         assert addr[0] == "127.0.0.1" and not sock.is_closing()
