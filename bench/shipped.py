@@ -188,10 +188,10 @@ class RelayProcess:
         )
         self.pid = self.process.pid
 
-    async def ready(self, timeout: float = 90) -> None:
+    async def ready(self, within_s: float = 90) -> None:
         assert self.process.stdout is not None
         stdout = self.process.stdout
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within_s
         while time.monotonic() < deadline:
             line = await asyncio.to_thread(stdout.readline)
             if not line:
