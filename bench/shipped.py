@@ -77,6 +77,23 @@ class GaUpstream(Endpoints):
         self.calls: dict[str, int] = {}
         self.hangups = 0
         self.events_in = 0
+        # Per session: seconds the upstream spent answering, and when its leg connected.
+        self.answer_s: dict[int, float] = {}
+        self.connected_at: dict[int, float] = {}
+
+    async def answer_timed(self, index: int, offer: str) -> str:
+        started = time.time()
+        answer = await self.answer_as_upstream(index, offer)
+        self.answer_s[index] = time.time() - started
+        pc = self.pairs[index].upstream
+        assert pc is not None
+
+        @pc.on("connectionstatechange")
+        def on_state() -> None:
+            if pc.connectionState == "connected":
+                self.connected_at.setdefault(index, time.time())
+
+        return answer
 
     async def client_secrets(self, request: web.Request) -> web.Response:
         await request.read()
@@ -94,7 +111,7 @@ class GaUpstream(Endpoints):
         index = self.current
         if index is None:
             return web.json_response({"error": {"message": "unexpected call"}}, status=400)
-        answer = await self.answer_as_upstream(index, offer)
+        answer = await self.answer_timed(index, offer)
         pc = self.pairs[index].upstream
         assert pc is not None
 
@@ -239,6 +256,7 @@ async def open_session(
     token: str,
     lock: asyncio.Lock,
     events: dict[int, int],
+    first_audio: dict[int, dict[str, float]],
 ) -> None:
     """Admission, exchange, both legs connected (``http`` None: direct, no relay)."""
     upstream.pairs[pair.index] = pair
@@ -256,8 +274,9 @@ async def open_session(
     offer = str(pc.localDescription.sdp)
     async with lock:
         upstream.current = pair.index
+        exchange_at = time.time()
         if http is None:
-            answer = await upstream.answer_as_upstream(pair.index, offer)
+            answer = await upstream.answer_timed(pair.index, offer)
         else:
             auth = {"Authorization": f"Bearer {token}"}
             base = f"http://127.0.0.1:{RELAY_PORT}"
@@ -282,6 +301,39 @@ async def open_session(
         if time.monotonic() > deadline:
             raise TimeoutError(f"session {pair.index} did not connect")
         await asyncio.sleep(0.05)
+    while not pair.at_browser.t:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"session {pair.index}: no upstream audio at the browser")
+        await asyncio.sleep(0.005)
+    first_audio[pair.index] = first_audio_split(
+        exchange_at,
+        pair.at_browser.t[0],
+        upstream.answer_s.get(pair.index, 0.0),
+        upstream.connected_at.get(pair.index),
+        pair.upstream_tx.sent.get(0),
+    )
+
+
+def first_audio_split(
+    exchange_at: float,
+    heard_at: float,
+    upstream_answer_s: float,
+    upstream_connected_at: float | None,
+    upstream_first_sent_at: float | None,
+) -> dict[str, float]:
+    """Exchange request → first upstream audio heard at the browser, in ms, split into
+    the upstream's own share (answering the SDP; from its leg connecting to its first
+    packet) and the rest: the relay's share (both legs, forwarding) plus the browser
+    leg's ICE/DTLS, which the direct control measures alone."""
+    total = heard_at - exchange_at
+    own = upstream_answer_s
+    if upstream_connected_at is not None and upstream_first_sent_at is not None:
+        own += max(0.0, upstream_first_sent_at - upstream_connected_at)
+    return {
+        "total_ms": round(total * 1000, 2),
+        "upstream_ms": round(own * 1000, 2),
+        "rest_ms": round((total - own) * 1000, 2),
+    }
 
 
 async def run_point(
@@ -303,7 +355,9 @@ async def run_point(
         relay = RelayProcess(data_dir, mode == "fast", args.relay_cpu)
     pairs = [Pair(i, probe=i < args.probes) for i in range(sessions)]
     upstream.pairs = {}
+    upstream.answer_s, upstream.connected_at = {}, {}
     events: dict[int, int] = {}
+    first_audio: dict[int, dict[str, float]] = {}
     lock = asyncio.Lock()
     async with aiohttp.ClientSession() as http:
         try:
@@ -314,11 +368,17 @@ async def run_point(
             started = time.monotonic()
             await asyncio.gather(
                 *(
-                    open_session(p, upstream, http if relay else None, token, lock, events)
+                    open_session(
+                        p, upstream, http if relay else None, token, lock, events, first_audio
+                    )
                     for p in pairs
                 )
             )
             result["setup_s"] = round(time.monotonic() - started, 2)
+            for key in ("total_ms", "upstream_ms", "rest_ms"):
+                values = sorted(v[key] for v in first_audio.values())
+                result[f"first_audio_{key}_p50"] = values[len(values) // 2]
+                result[f"first_audio_{key}_max"] = values[-1]
             if relay is not None:
                 result["relay_setup_cpu_ms_per_session"] = round(
                     1000 * (sum(relay.cpu_seconds()) - cpu_before) / sessions, 2
@@ -399,6 +459,78 @@ def media_totals(sessions: list[dict[str, Any]]) -> dict[str, Any]:
     return totals
 
 
+async def process_snapshot(relay: RelayProcess, http: aiohttp.ClientSession) -> dict[str, Any]:
+    status = relay.status()
+    snapshot: dict[str, Any] = {
+        "rss_mb": round(status["VmRSS"] / 1024, 1),
+        "threads": status["Threads"],
+        "fds": status["fds"],
+    }
+    async with http.get(
+        f"http://127.0.0.1:{RELAY_PORT}/api/stats",
+        headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"},
+    ) as resp:
+        body = await resp.json()
+    snapshot["tasks"] = (body.get("process") or {}).get("tasks")
+    snapshot["live_sessions"] = len(body.get("sessions") or [])
+    return snapshot
+
+
+async def run_cycles(
+    cycles: int, args: argparse.Namespace, upstream: GaUpstream, data_dir: Path, token: str
+) -> dict[str, Any]:
+    """Open and close ``cycles`` sessions (10 at a time, each carrying audio for a moment)
+    against one relay; the relay's RSS, tasks, threads and descriptors after the first
+    batch vs after the last, once every session has ended."""
+    result: dict[str, Any] = {"harness": "shipped", "mode": "cycles", "cycles": cycles}
+    relay = RelayProcess(data_dir, True, args.relay_cpu)
+    batch_size = 10
+    async with aiohttp.ClientSession() as http:
+        try:
+            await relay.ready()
+            result["start"] = await process_snapshot(relay, http)
+            done = 0
+            started = time.monotonic()
+            while done < cycles:
+                size = min(batch_size, cycles - done)
+                pairs = [Pair(done + i, probe=False) for i in range(size)]
+                upstream.pairs = {}
+                lock = asyncio.Lock()
+                events: dict[int, int] = {}
+                first: dict[int, dict[str, float]] = {}
+                await asyncio.gather(
+                    *(open_session(p, upstream, http, token, lock, events, first) for p in pairs)
+                )
+                for pair in pairs:
+                    await pair.close()
+                done += size
+                await wait_idle(relay, http)
+                if done == size:
+                    result["after_first_batch"] = await process_snapshot(relay, http)
+            result["cycles_s"] = round(time.monotonic() - started, 1)
+            result["end"] = await process_snapshot(relay, http)
+            first_batch, end = result["after_first_batch"], result["end"]
+            result["growth_after_first_batch"] = {
+                key: round(end[key] - first_batch[key], 1)
+                for key in ("rss_mb", "threads", "fds", "tasks")
+                if end.get(key) is not None and first_batch.get(key) is not None
+            }
+        except Exception as exc:
+            result["error"] = f"{type(exc).__name__}: {exc}"
+        finally:
+            await relay.stop()
+    return result
+
+
+async def wait_idle(relay: RelayProcess, http: aiohttp.ClientSession) -> None:
+    """Until the relay has no live session (each browser hang-up ends its bridge)."""
+    deadline = time.monotonic() + 60
+    while (await process_snapshot(relay, http))["live_sessions"]:
+        if time.monotonic() > deadline:
+            raise TimeoutError("sessions still live 60 s after their browsers left")
+        await asyncio.sleep(0.2)
+
+
 # ---------------------------------------------------------------------- the table
 
 
@@ -439,6 +571,10 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             ]
             base = sorted(d["latency_p50_ms"] for d in directs if d.get("latency_p50_ms"))
             median_direct = base[len(base) // 2] if base else None
+            rests = sorted(
+                d["first_audio_rest_ms_p50"] for d in directs if "first_audio_rest_ms_p50" in d
+            )
+            direct_rest = rests[len(rests) // 2] if rests else None
             added_p99 = [
                 round(r["latency_p99_ms"] - median_direct, 2)
                 for r in runs
@@ -458,8 +594,17 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         round(1000 * d["endpoint_cpu"] / n, 2) for d in directs
                     ],
                     "added_p99_ms": added_p99,
+                    # Exchange → first upstream audio at the browser, minus the upstream's
+                    # own share, minus the same for the direct control (the browser leg).
+                    "first_audio_relay_share_ms": [
+                        round(r["first_audio_rest_ms_p50"] - direct_rest, 2)
+                        for r in runs
+                        if r.get("first_audio_rest_ms_p50") is not None and direct_rest is not None
+                    ],
                     "lost": [r["frames_missing"] + r["seq_missing"] for r in runs],
                     "not_identical": [r["packets_not_identical"] for r in runs],
+                    # Below 0.99, some endpoint fell behind: the point did less work.
+                    "received_min": min(r.get("received_ratio_min", 0) for r in runs + directs),
                     "generator_saturated": any(
                         r.get("endpoint_cpu", 0) > GENERATOR_SATURATED for r in runs + directs
                     ),
@@ -473,8 +618,9 @@ def table(rows: list[dict[str, Any]]) -> str:
         "| N | mode | relay CPU / direct pair CPU (per run) |"
         " relay CPU / generator CPU, same window (per run) | relay ms CPU/s per session |"
         " direct pair ms CPU/s per session | added latency p99 per hop (ms) |"
-        " lost packets | payloads not identical | generator saturated |",
-        "|" + "---|" * 10,
+        " lost packets | payloads not identical | first audio, relay's share p50 (ms) |"
+        " received, min ratio | generator saturated |",
+        "|" + "---|" * 12,
     ]
     for s in summary(rows):
         lines.append(
@@ -482,14 +628,15 @@ def table(rows: list[dict[str, Any]]) -> str:
             f" {s['cpu_ratio_vs_generator']} |"
             f" {s['relay_ms_per_session']} | {s['direct_ms_per_session']} |"
             f" {s['added_p99_ms']} | {s['lost']} | {s['not_identical']} |"
+            f" {s['first_audio_relay_share_ms']} | {s['received_min']} |"
             f" {'YES' if s['generator_saturated'] else 'no'} |"
         )
     lines += [
         "",
         "| mode | N | run | relay core | generator core | other processes (cores) |"
         " received (min ratio) | latency p50 / p99 (ms, end to end) | events |"
-        " relay RSS per session (MB) | error |",
-        "|" + "---|" * 11,
+        " first audio p50: total / upstream / rest (ms) | relay RSS per session (MB) | error |",
+        "|" + "---|" * 12,
     ]
     for r in rows:
         lines.append(
@@ -498,6 +645,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             f" {r.get('received_ratio_min')} |"
             f" {r.get('latency_p50_ms')} / {r.get('latency_p99_ms')} |"
             f" {r.get('sessions_with_events', '-')} |"
+            f" {r.get('first_audio_total_ms_p50')} / {r.get('first_audio_upstream_ms_p50')} /"
+            f" {r.get('first_audio_rest_ms_p50')} |"
             f" {r.get('relay_rss_per_session_mb', '-')} | {r.get('error', '')} |"
         )
     return "\n".join(lines)
@@ -518,6 +667,12 @@ async def main_async(args: argparse.Namespace) -> None:
     rows: list[dict[str, Any]] = []
     try:
         token = await asyncio.to_thread(add_user, data_dir)
+        if args.cycles:
+            row = await run_cycles(args.cycles, args, upstream, data_dir, token)
+            print(json.dumps(row))
+            with out.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            return
         for run in range(args.repeat):
             for sessions in args.sessions:
                 for mode in args.modes:
@@ -548,6 +703,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--probes", type=int, default=4, help="sessions analysed per packet")
     parser.add_argument("--repeat", type=int, default=2, help="runs of the whole sweep")
+    parser.add_argument(
+        "--cycles", type=int, default=0, help="instead: open and close this many sessions"
+    )
     parser.add_argument("--relay-cpu", type=int, default=0)
     parser.add_argument("--endpoint-cpu", type=int, default=1)
     args = parser.parse_args(argv)
@@ -557,6 +715,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.modes = [m.strip() for m in str(args.modes).split(",")]
     if not set(args.modes) <= set(MODES):
         parser.error(f"modes are {', '.join(MODES)}")
+    if not 0 <= args.cycles <= 2000:
+        parser.error("keep it bounded: at most 2000 cycles")
     if not 1 <= args.duration <= 60 or max(args.sessions) > 150 or not 1 <= args.repeat <= 5:
         parser.error("keep it bounded: duration 1..60 s, at most 150 sessions, 1..5 repeats")
     return args

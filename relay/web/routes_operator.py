@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from typing import Any
 
@@ -36,6 +38,8 @@ async def stats(request: web.Request) -> web.Response:
             "simulated": services.simulator is not None,
         },
         "sessions": sessions,
+        # For leak checks (bench/shipped.py --cycles): live asyncio tasks and threads.
+        "process": {"tasks": len(asyncio.all_tasks()), "threads": threading.active_count()},
         "metrics": services.metrics.snapshot(),
         "request_id": current_request_id(),
     }
