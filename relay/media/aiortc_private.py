@@ -31,6 +31,9 @@ aiortc's DTLS task and sends them below aiortc's sender:
   instance attribute shadows it); it queues the datagram for the DTLS transport's task.
 * ``RTCDtlsTransport._handle_rtp_data(data, arrival_time_ms)``: called by its receive
   task (attribute lookup) with each decrypted, unparsed RTP packet.
+* aioice ``Connection._protocols`` and ``StunProtocol.datagram_received`` (instance
+  override; asyncio calls it through an attribute lookup), ``.local_candidate``: the
+  sockets' protocols, to skip the STUN parse attempt for RTP/RTCP.
 * aioice ``Connection._queue``: the datagrams waiting for the DTLS task.
 * aioice ``Connection._nominated``: component → the selected ``CandidatePair`` (its
   ``protocol.transport`` is the asyncio datagram transport, ``remote_addr`` the peer).
@@ -194,11 +197,30 @@ def install_datagram_hook(dtls: RTCDtlsTransport, hook: DatagramHook) -> Datagra
     original: DatagramHook = type(connection).data_received.__get__(connection)
     # setattr: an instance attribute deliberately shadowing the method.
     setattr(connection, "data_received", hook)  # noqa: B010
+    # Below that, each socket's protocol first tries to parse every datagram as STUN
+    # (a failed parse raises and catches ValueError per packet). A first byte of
+    # 128..191 is RTP or RTCP, never STUN (RFC 7983): those skip the attempt.
+    for protocol in connection._protocols:
+        stun_path = type(protocol).datagram_received.__get__(protocol)
+        component: int = protocol.local_candidate.component
+
+        def datagram_received(
+            data: bytes, addr: Any, stun_path: Any = stun_path, component: int = component
+        ) -> None:
+            if data and 127 < data[0] < 192:
+                hook(data, component)
+            else:
+                stun_path(data, addr)
+
+        setattr(protocol, "datagram_received", datagram_received)  # noqa: B010
     return original
 
 
 def remove_datagram_hook(dtls: RTCDtlsTransport) -> None:
-    ice_connection(dtls).__dict__.pop("data_received", None)
+    connection = ice_connection(dtls)
+    connection.__dict__.pop("data_received", None)
+    for protocol in connection._protocols:
+        protocol.__dict__.pop("datagram_received", None)
 
 
 DecryptedRtpHook = Callable[[bytes, int], Awaitable[None]]

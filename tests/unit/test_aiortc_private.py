@@ -176,6 +176,8 @@ def test_fast_path_internals_exist() -> None:
         "component",
     ]
     assert "self._nominated: dict[int, CandidatePair] = {}" in inspect.getsource(Connection)
+    assert "self._protocols: list[StunProtocol] = []" in inspect.getsource(Connection)
+    assert "message = stun.parse_message(data)" in inspect.getsource(StunProtocol.datagram_received)
     assert "self._queue.put_nowait((data, component))" in inspect.getsource(
         Connection.data_received
     )
@@ -241,8 +243,12 @@ async def test_fast_path_accessors_work_on_a_live_pair() -> None:
         original = aiortc_private.install_datagram_hook(dtls, lambda d, c: seen.append((d, c)))
         connection = aiortc_private.ice_connection(dtls)
         assert connection.data_received is not original
+        protocol = connection._protocols[0]
+        protocol.datagram_received(b"\x80\x6f" + b"\x00" * 10, ("127.0.0.1", 9))
+        assert seen == [(b"\x80\x6f" + b"\x00" * 10, 1)]  # RTP: straight to the hook
         aiortc_private.remove_datagram_hook(dtls)
         assert "data_received" not in vars(connection)
+        assert "datagram_received" not in vars(protocol)
 
         async def decrypted(data: bytes, arrival_time_ms: int) -> None:
             return None
