@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import os
 import threading
@@ -38,6 +39,11 @@ SETTINGS = BridgeSettings(
     media=MediaConfig(queue_max_frames=50),
     events=EventsConfig(),
     ice=IceConfig(),
+)
+
+# Passthrough through aiortc's receiver hook and sender (``media.fast_path = false``).
+AIORTC_SETTINGS = dataclasses.replace(
+    SETTINGS, media=dataclasses.replace(SETTINGS.media, fast_path=False)
 )
 
 
@@ -138,7 +144,7 @@ class RelayServer:
         bridge = Bridge(
             session_id=f"bench{body['id']}",
             request_id=str(body["id"]),
-            settings=SETTINGS,
+            settings=SETTINGS if self.mode != "aiortc" else AIORTC_SETTINGS,
             upstream=self.upstream,
             minted=MintedSession(secret="ek_bench", expires_at=0, model="bench"),
             max_duration_s=3600,
@@ -233,7 +239,7 @@ async def serve(mode: str, port: int, upstream_url: str, keep_rtp_history: bool)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--mode", choices=["passthrough", "decode"], required=True)
+    parser.add_argument("--mode", choices=["passthrough", "aiortc", "decode"], required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True)
     parser.add_argument("--keep-rtp-history", action="store_true")
