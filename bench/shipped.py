@@ -194,9 +194,13 @@ def add_user(data_dir: Path) -> str:
 class RelayProcess:
     """``relay serve`` pinned to one CPU, in the benchmark's data directory."""
 
-    def __init__(self, data_dir: Path, fast_path: bool, cpu: int) -> None:
+    def __init__(
+        self, data_dir: Path, fast_path: bool, cpu: int, profile: str | None = None
+    ) -> None:
+        # --profile: the relay runs under cProfile, which writes its stats at exit.
+        profiler = ["-m", "cProfile", "-o", profile] if profile else []
         self.process = subprocess.Popen(
-            ["taskset", "-c", str(cpu), sys.executable, "-m", "relay", "serve"]
+            ["taskset", "-c", str(cpu), sys.executable, *profiler, "-m", "relay", "serve"]
             + ["--port", str(RELAY_PORT)],
             env=relay_env(data_dir, fast_path),
             stdout=subprocess.PIPE,
@@ -352,7 +356,8 @@ async def run_point(
     }
     relay = None
     if mode != "direct":
-        relay = RelayProcess(data_dir, mode == "fast", args.relay_cpu)
+        profile = f"{args.profile}.{mode}.{sessions}" if args.profile else None
+        relay = RelayProcess(data_dir, mode == "fast", args.relay_cpu, profile)
     pairs = [Pair(i, probe=i < args.probes) for i in range(sessions)]
     upstream.pairs = {}
     upstream.answer_s, upstream.connected_at = {}, {}
@@ -705,6 +710,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=2, help="runs of the whole sweep")
     parser.add_argument(
         "--cycles", type=int, default=0, help="instead: open and close this many sessions"
+    )
+    parser.add_argument(
+        "--profile", help="write cProfile stats of each relay to PROFILE.<mode>.<N>"
     )
     parser.add_argument("--relay-cpu", type=int, default=0)
     parser.add_argument("--endpoint-cpu", type=int, default=1)

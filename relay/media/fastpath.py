@@ -45,7 +45,7 @@ from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtcrtpsender import RTCRtpSender
 
 from relay.media import aiortc_private
-from relay.media.forwarding import OPUS_CLOCK_RATE, DirectionStats, DuplicateFilter
+from relay.media.forwarding import OPUS_CLOCK_RATE, DirectionStats
 from relay.media.sdp import AUDIO_LEVEL_EXTENSION, MID_EXTENSION, RtpLeg
 from relay.media.tap import PacketTap, TappedPacket
 
@@ -135,7 +135,8 @@ class FastOpusForwarder:
         self._rx: Any = None
         self._tx: Any = None
         self._original: aiortc_private.DatagramHook | None = None
-        self._duplicates = DuplicateFilter()
+        # NTP timestamp (64-bit fixed point) = base + monotonic seconds * 2^32.
+        self._ntp_base = int((time.time() + _NTP_UNIX_OFFSET - time.monotonic()) * _NTP_ONE_SECOND)
         self._seen = _SeqTs()
         self._rtcp_stats: Any = None
         self._ssrc: int | None = None
@@ -255,9 +256,8 @@ class FastOpusForwarder:
             return
         if offset == end:
             return  # padding only
-        if self._duplicates.seen(seq):
-            stats.dropped_duplicate += 1
-            return
+        # No duplicate check here: SRTP's replay protection has already refused any
+        # packet index seen before (counted as ``invalid``).
         tap = self.tap
         if tap is not None:
             tap.on_packet(
@@ -293,9 +293,13 @@ class FastOpusForwarder:
         self.octets_sent += size
         stats.forwarded += 1
         stats.forwarded_bytes += size
-        ntp = int((time.time() + _NTP_UNIX_OFFSET) * _NTP_ONE_SECOND)
+        # NTP time of this packet from the monotonic reading already taken (a wall-clock
+        # read and a float-to-int of a 64-bit NTP value per packet cost more).
         self._report.record(
-            ntp, out_ts, self.packets_sent & 0xFFFFFFFF, self.octets_sent & 0xFFFFFFFF
+            self._ntp_base + int(now * _NTP_ONE_SECOND),
+            out_ts,
+            self.packets_sent & 0xFFFFFFFF,
+            self.octets_sent & 0xFFFFFFFF,
         )
 
     def _switch_source(self, ssrc: int, seq: int, ts: int, now: float) -> None:
@@ -310,6 +314,5 @@ class FastOpusForwarder:
         self._seq_off = (self._hi_seq + 1 - seq) & 0xFFFF
         self._ts_off = (self._hi_ts + gap - ts) & 0xFFFFFFFF
         self._ssrc = ssrc
-        self._duplicates.reset()
         self._rtcp_stats = aiortc_private.receiver_statistics(self._receiver, ssrc, OPUS_CLOCK_RATE)
         aiortc_private.bind_remote_ssrc(self._receiver, ssrc)
