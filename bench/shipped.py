@@ -425,6 +425,16 @@ async def run_point(
                 result["relay_stats"] = await operator_stats(http)
             result["sessions_with_events"] = sum(1 for n in events.values() if n > 0)
             analyse(result, pairs, wall)
+            # Per packet carried: robust when a starved process did less work.
+            packets = sum(len(p.at_upstream.t) + len(p.at_browser.t) for p in pairs)
+            result["packets_in_window"] = packets
+            result["endpoint_us_per_packet"] = round(
+                1e6 * result["endpoint_cpu"] * wall / max(1, packets), 2
+            )
+            if relay is not None:
+                result["relay_us_per_packet"] = round(
+                    1e6 * result["relay_cpu"] * wall / max(1, packets), 2
+                )
         except Exception as exc:  # a point that cannot run is recorded, not fatal
             result["error"] = f"{type(exc).__name__}: {exc}"
         finally:
@@ -590,6 +600,12 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "sessions": n,
                     "mode": mode,
                     "cpu_ratio_vs_direct": ratios,
+                    # Per packet carried: relay µs over the direct pair's µs.
+                    "per_packet_ratio_vs_direct": [
+                        round(r["relay_us_per_packet"] / d["endpoint_us_per_packet"], 3)
+                        for r, d in zip(runs, directs, strict=False)
+                        if r.get("relay_us_per_packet") and d.get("endpoint_us_per_packet")
+                    ],
                     # The same endpoints, measured in the same window as the relay.
                     "cpu_ratio_vs_generator": [
                         round(r["relay_cpu"] / r["endpoint_cpu"], 3) for r in runs
@@ -621,16 +637,17 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| N | mode | relay CPU / direct pair CPU (per run) |"
+        " per packet (per run) |"
         " relay CPU / generator CPU, same window (per run) | relay ms CPU/s per session |"
         " direct pair ms CPU/s per session | added latency p99 per hop (ms) |"
         " lost packets | payloads not identical | first audio, relay's share p50 (ms) |"
         " received, min ratio | generator saturated |",
-        "|" + "---|" * 12,
+        "|" + "---|" * 13,
     ]
     for s in summary(rows):
         lines.append(
             f"| {s['sessions']} | {s['mode']} | {s['cpu_ratio_vs_direct']} |"
-            f" {s['cpu_ratio_vs_generator']} |"
+            f" {s['per_packet_ratio_vs_direct']} | {s['cpu_ratio_vs_generator']} |"
             f" {s['relay_ms_per_session']} | {s['direct_ms_per_session']} |"
             f" {s['added_p99_ms']} | {s['lost']} | {s['not_identical']} |"
             f" {s['first_audio_relay_share_ms']} | {s['received_min']} |"
