@@ -42,6 +42,8 @@ aiortc's DTLS task and sends them below aiortc's sender:
 * ``RTCDtlsTransport._rtp_router.ssrc_table``: remote SSRC → receiver; RTCP sender
   reports are routed to the receiver through it (aiortc fills it while routing RTP).
 * ``RTCDtlsTransport._send_rtp(data)``: protect and send one packet (tests only).
+* pylibsrtp ``Session._srtp`` and its ``_binding`` module (``SrtpCodec``): libsrtp
+  calls without the wrapper's per-call allocations.
 * ``RTCRtpSender._RTCRtpSender__rtp_started``: set when the sender's RTP task runs.
 * ``RTCRtpSender._ssrc`` and ``_RTCRtpSender__ntp_timestamp`` / ``__rtp_timestamp`` /
   ``__packet_count`` / ``__octet_count``: the sender's SSRC and the state its RTCP task
@@ -60,6 +62,7 @@ from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpreceiver import RTCRtpReceiver, StreamStatistics
 from aiortc.rtcrtpsender import RTCRtpSender
 from aiortc.rtp import RtpPacket
+from pylibsrtp import _binding as _srtp_binding
 
 from relay.media.audio_level import compute_audio_level_dbov
 
@@ -174,6 +177,8 @@ def decoder_thread(receiver: RTCRtpReceiver) -> threading.Thread | None:
 DatagramHook = Callable[[bytes, int], None]
 
 _SENDER_NTP = "_RTCRtpSender__ntp_timestamp"
+_SRTP_BUFFER = 1500
+_SRTP_MAX_TRAILER = 16 + 128  # pylibsrtp's SRTP_MAX_TRAILER_LEN
 _SENDER_RTP_STARTED = "_RTCRtpSender__rtp_started"
 _SENDER_RTP_TS = "_RTCRtpSender__rtp_timestamp"
 _SENDER_PACKETS = "_RTCRtpSender__packet_count"
@@ -328,6 +333,52 @@ class SenderReportState:
             fields[_SENDER_PACKETS],
             fields[_SENDER_OCTETS],
         )
+
+
+class SrtpCodec:
+    """SRTP protect/unprotect on a pylibsrtp ``Session``'s own libsrtp context.
+
+    pylibsrtp's ``Session.protect``/``unprotect`` allocate a C int and check types on
+    every call, which costs about as much again as the cipher itself; the fast path does
+    two per packet. This calls the same libsrtp functions on the same context (so replay
+    windows and rollover counters are shared with aiortc's own use of the session) with
+    buffers allocated once. pylibsrtp is pinned exactly for this (private names:
+    ``Session._srtp``, the ``pylibsrtp._binding`` module). ``None`` means refused.
+    """
+
+    __slots__ = ("_session", "_context", "_cdata", "_buffer", "_length", "_protect", "_unprotect")
+
+    def __init__(self, session: Any) -> None:
+        ffi = _srtp_binding.ffi
+        self._session = session  # keeps the context alive: pylibsrtp frees it with the session
+        self._context = session._srtp[0]
+        self._cdata = ffi.new("char[]", _SRTP_BUFFER)
+        self._buffer = ffi.buffer(self._cdata)
+        self._length = ffi.new("int *")
+        self._protect = _srtp_binding.lib.srtp_protect
+        self._unprotect = _srtp_binding.lib.srtp_unprotect
+
+    def protect(self, packet: bytes) -> bytes | None:
+        n = len(packet)
+        if n > _SRTP_BUFFER - _SRTP_MAX_TRAILER:
+            return None
+        self._buffer[0:n] = packet
+        self._length[0] = n
+        if self._protect(self._context, self._cdata, self._length):
+            return None
+        out: bytes = self._buffer[0 : self._length[0]]
+        return out
+
+    def unprotect(self, packet: bytes) -> bytes | None:
+        n = len(packet)
+        if n > _SRTP_BUFFER:
+            return None
+        self._buffer[0:n] = packet
+        self._length[0] = n
+        if self._unprotect(self._context, self._cdata, self._length):
+            return None
+        out: bytes = self._buffer[0 : self._length[0]]
+        return out
 
 
 # aiortc's own version, kept for tests and comparisons.

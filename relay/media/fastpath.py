@@ -40,7 +40,6 @@ import struct
 import time
 from typing import Any
 
-import pylibsrtp
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtcrtpsender import RTCRtpSender
 
@@ -191,14 +190,13 @@ class FastOpusForwarder:
             # Until the handshake is done, and until aiortc's task has worked through
             # what arrived before it (``_on_decrypted`` forwards those), RTP keeps
             # aiortc's path: taking over earlier would overtake queued packets.
-            rx = aiortc_private.srtp_sessions(self._in_dtls)[0]
-            if rx is None or aiortc_private.queued_datagrams(self._in_dtls):
+            session = aiortc_private.srtp_sessions(self._in_dtls)[0]
+            if session is None or aiortc_private.queued_datagrams(self._in_dtls):
                 original(data, component)
                 return
-            self._rx = rx
-        try:
-            plain = rx.unprotect(data)
-        except pylibsrtp.Error:
+            rx = self._rx = aiortc_private.SrtpCodec(session)
+        plain = rx.unprotect(data)
+        if plain is None:  # authentication or replay check failed
             self._stats.dropped_invalid += 1
             return
         try:
@@ -266,7 +264,9 @@ class FastOpusForwarder:
 
         tx = self._tx
         if tx is None and aiortc_private.sender_started(self._sender):
-            tx = self._tx = aiortc_private.srtp_sessions(self._out_dtls)[1]
+            session = aiortc_private.srtp_sessions(self._out_dtls)[1]
+            if session is not None:
+                tx = self._tx = aiortc_private.SrtpCodec(session)
         pair = self._pairs.get(1)
         if tx is None or pair is None:
             stats.dropped_not_connected += 1  # the other leg is not (or no longer) up
@@ -282,7 +282,11 @@ class FastOpusForwarder:
         header = _HEADER.pack(
             0x90 if ext else 0x80, (b1 & 0x80) | self._out_pt, out_seq, out_ts, self._out_ssrc
         )
-        self._sock.sendto(tx.protect(header + ext + payload), self._addr)
+        protected = tx.protect(header + ext + payload)
+        if protected is None:
+            stats.dropped_invalid += 1
+            return
+        self._sock.sendto(protected, self._addr)
 
         if ((out_seq - self._hi_seq) & 0xFFFF) < 0x8000:
             self._hi_seq = out_seq

@@ -278,3 +278,33 @@ def aiortc_private_ice() -> Any:
     from relay.config import IceConfig
 
     return IceConfig()
+
+
+def test_srtp_codec_matches_pylibsrtp() -> None:
+    import os
+    import struct
+
+    import pylibsrtp
+
+    assert pylibsrtp.__version__ == "1.0.0"
+    key = os.urandom(30)
+    profile = pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80
+
+    def session(kind: int) -> pylibsrtp.Session:
+        return pylibsrtp.Session(pylibsrtp.Policy(key=key, srtp_profile=profile, ssrc_type=kind))
+
+    sender = aiortc_private.SrtpCodec(session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
+    receiver_session = session(pylibsrtp.Policy.SSRC_ANY_INBOUND)
+    receiver = aiortc_private.SrtpCodec(receiver_session)
+    reference = session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+    for seq in range(1, 4):
+        packet = struct.pack("!BBHII", 0x80, 111, seq, 960 * seq, 42) + b"opus" * 20
+        protected = sender.protect(packet)
+        assert protected is not None and protected == reference.protect(packet)
+        assert receiver.unprotect(protected) == packet
+        # The same libsrtp context: a replay is refused, here and through pylibsrtp.
+        assert receiver.unprotect(protected) is None
+        with pytest.raises(pylibsrtp.Error):
+            receiver_session.unprotect(protected)
+    assert receiver.unprotect(b"\x80" * 40) is None  # fails authentication
+    assert sender.protect(b"\x80" * 1400) is None  # no room for the trailer
