@@ -423,6 +423,9 @@ async def run_point(
                     relay_fds=status["fds"],
                 )
                 result["relay_stats"] = await operator_stats(http)
+                # A session the relay ended early (e.g. its legs did not connect within
+                # session.connect_timeout_s on a starved machine) carries no audio.
+                result["sessions_live_at_end"] = result["relay_stats"].get("sessions")
             result["sessions_with_events"] = sum(1 for n in events.values() if n > 0)
             analyse(result, pairs, wall)
             # Per packet carried: robust when a starved process did less work.
@@ -520,8 +523,10 @@ async def run_cycles(
                     await pair.close()
                 done += size
                 await wait_idle(relay, http)
+                snapshot = await process_snapshot(relay, http)
+                result.setdefault("rss_mb_by_batch", []).append(snapshot["rss_mb"])
                 if done == size:
-                    result["after_first_batch"] = await process_snapshot(relay, http)
+                    result["after_first_batch"] = snapshot
             result["cycles_s"] = round(time.monotonic() - started, 1)
             result["end"] = await process_snapshot(relay, http)
             first_batch, end = result["after_first_batch"], result["end"]
@@ -626,6 +631,7 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "not_identical": [r["packets_not_identical"] for r in runs],
                     # Below 0.99, some endpoint fell behind: the point did less work.
                     "received_min": min(r.get("received_ratio_min", 0) for r in runs + directs),
+                    "sessions_live_at_end": [r.get("sessions_live_at_end") for r in runs],
                     "generator_saturated": any(
                         r.get("endpoint_cpu", 0) > GENERATOR_SATURATED for r in runs + directs
                     ),
@@ -641,8 +647,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         " relay CPU / generator CPU, same window (per run) | relay ms CPU/s per session |"
         " direct pair ms CPU/s per session | added latency p99 per hop (ms) |"
         " lost packets | payloads not identical | first audio, relay's share p50 (ms) |"
-        " received, min ratio | generator saturated |",
-        "|" + "---|" * 13,
+        " received, min ratio | relay sessions live at the end | generator saturated |",
+        "|" + "---|" * 14,
     ]
     for s in summary(rows):
         lines.append(
@@ -651,6 +657,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f" {s['relay_ms_per_session']} | {s['direct_ms_per_session']} |"
             f" {s['added_p99_ms']} | {s['lost']} | {s['not_identical']} |"
             f" {s['first_audio_relay_share_ms']} | {s['received_min']} |"
+            f" {s['sessions_live_at_end']} |"
             f" {'YES' if s['generator_saturated'] else 'no'} |"
         )
     lines += [
