@@ -51,7 +51,6 @@ from bench.run import (
     analyse,
     hook_receiver,
     new_peer,
-    others_cpu_seconds,
 )
 
 RELAY_PORT = 18091
@@ -148,6 +147,28 @@ class GaUpstream(Endpoints):
         app.router.add_post("/v1/realtime/calls", self.calls_post)
         app.router.add_post("/v1/realtime/calls/{call_id}/hangup", self.hangup)
         return app
+
+
+def cpu_by_process(exclude: set[int]) -> dict[int, float]:
+    """CPU seconds so far of every other process (kernel threads included)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in exclude:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        out[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def others_cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU used between two readings by the processes alive at the second (a process
+    that exited in between is not counted, rather than counted negative)."""
+    return sum(max(0.0, used - before.get(pid, 0.0)) for pid, used in after.items())
 
 
 # ---------------------------------------------------------------------- the relay
@@ -393,7 +414,7 @@ async def run_point(
                 pair.at_upstream.reset()
                 pair.at_browser.reset()
             ours = {os.getpid()} | ({relay.pid} if relay else set())
-            others0 = others_cpu_seconds(ours)
+            others0 = cpu_by_process(ours)
             mine0 = sum(os.times()[:2])
             relay0 = relay.cpu_seconds() if relay else (0.0, 0.0)
             stalls = LoopLag()
@@ -405,7 +426,7 @@ async def run_point(
             mine1 = sum(os.times()[:2])
             result["endpoint_cpu"] = round((mine1 - mine0) / wall, 3)
             result["generator_saturated"] = result["endpoint_cpu"] > GENERATOR_SATURATED
-            result["others_cpu"] = round((others_cpu_seconds(ours) - others0) / wall, 3)
+            result["others_cpu"] = round(others_cpu_delta(others0, cpu_by_process(ours)) / wall, 3)
             result["endpoint_stalls"] = stalls.stalls
             if relay is not None:
                 user, system = relay.cpu_seconds()

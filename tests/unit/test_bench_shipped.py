@@ -70,3 +70,11 @@ def test_arguments_are_bounded() -> None:
     for bad in (["--sessions", "500"], ["--duration", "600"], ["--modes", "decode"]):
         with pytest.raises(SystemExit):
             parse_args(bad)
+
+
+def test_other_processes_cpu_ignores_exits_and_counts_newcomers() -> None:
+    from bench.shipped import others_cpu_delta
+
+    before = {1: 10.0, 2: 5.0, 3: 7.0}
+    after = {1: 10.5, 2: 5.25, 4: 0.5}  # 3 exited, 4 started
+    assert others_cpu_delta(before, after) == 1.25
