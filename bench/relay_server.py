@@ -6,17 +6,20 @@ upstream leg offers to the benchmark's endpoint process (``--upstream`` URL), ex
 would offer to OpenAI. ``GET /stats`` reports this process's CPU, RSS, threads and event
 loop lag and the bridges' drop counters.
 
-Modes: ``passthrough`` (the relay's normal Opus path), ``recording`` (the same with a
-``SessionRecorder`` per bridge: taps, the writer thread and its packet logs in a temporary
-directory; finalisation runs after the session, in other processes, and is not part of
-this process's cost) and ``decode`` (the bridge forced onto its decode/re-encode fallback
-with aiortc's own audio-level function, i.e. aiortc's default relay cost).
+Modes: ``passthrough`` (the relay's normal Opus path: the fast path), ``aiortc`` (Opus
+passthrough through aiortc's receiver and sender, ``media.fast_path = false``),
+``recording`` (the same as ``passthrough`` with a ``SessionRecorder`` per bridge: taps, the
+writer thread and its packet logs in a temporary directory; finalisation runs after the
+session, in other processes, and is not part of this process's cost) and ``decode`` (the
+bridge forced onto its decode/re-encode fallback with aiortc's own audio-level function,
+i.e. aiortc's default relay cost).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import os
 import shutil
@@ -44,6 +47,11 @@ SETTINGS = BridgeSettings(
     media=MediaConfig(queue_max_frames=50),
     events=EventsConfig(),
     ice=IceConfig(),
+)
+
+# Passthrough through aiortc's receiver hook and sender (``media.fast_path = false``).
+AIORTC_SETTINGS = dataclasses.replace(
+    SETTINGS, media=SETTINGS.media.model_copy(update={"fast_path": False})
 )
 
 
@@ -162,7 +170,7 @@ class RelayServer:
         bridge = Bridge(
             session_id=f"bench{body['id']}",
             request_id=str(body["id"]),
-            settings=SETTINGS,
+            settings=SETTINGS if self.mode != "aiortc" else AIORTC_SETTINGS,
             upstream=self.upstream,
             minted=MintedSession(secret="ek_bench", expires_at=0, model="bench"),
             max_duration_s=3600,
@@ -264,7 +272,9 @@ async def serve(mode: str, port: int, upstream_url: str, keep_rtp_history: bool)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--mode", choices=["passthrough", "recording", "decode"], required=True)
+    parser.add_argument(
+        "--mode", choices=["passthrough", "aiortc", "recording", "decode"], required=True
+    )
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True)
     parser.add_argument("--keep-rtp-history", action="store_true")

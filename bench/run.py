@@ -631,8 +631,8 @@ def main() -> None:
         return
     args.sessions = [int(x) for x in args.sessions.split(",")]
     args.modes = [m.strip() for m in args.modes.split(",")]
-    if not set(args.modes) <= {"direct", "passthrough", "recording", "decode"}:
-        parser.error("modes are direct, passthrough, recording and decode")
+    if not set(args.modes) <= {"direct", "passthrough", "aiortc", "recording", "decode"}:
+        parser.error("modes are direct, passthrough (the fast path), aiortc, recording and decode")
     if not 1 <= args.duration <= 60 or max(args.sessions) > 150 or not 1 <= args.repeat <= 5:
         parser.error("keep it bounded: duration 1..60 s, at most 150 sessions, 1..5 repeats")
     asyncio.run(main_async(args))

@@ -332,6 +332,9 @@ class EventsConfig(_Section):
 class MediaConfig(_Section):
     # Frames held by each forwarding queue; beyond this the oldest is dropped and counted.
     queue_max_frames: Annotated[int, Field(ge=1, le=10_000)] = 50
+    # Opus passthrough forwards packets socket to socket (relay.media.fastpath) instead
+    # of through aiortc's receiver and sender; false: aiortc's path.
+    fast_path: bool = True
 
 
 class RecordingConfig(_Section):

@@ -153,7 +153,9 @@ class UserCache:
             self._redis_skipped.inc()
             return False, None
         try:
-            result = await asyncio.wait_for(call(self._redis), self._config.redis_timeout_s)
+            # asyncio.timeout, not wait_for: 3.11's wait_for can drop a cancellation.
+            async with asyncio.timeout(self._config.redis_timeout_s):
+                result = await call(self._redis)
         except asyncio.CancelledError:
             # Our caller went away; free a half-open trial so the breaker cannot stick open.
             self._breaker.abandon_trial()

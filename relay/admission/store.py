@@ -261,7 +261,11 @@ class Store:
             attempts += 1
             try:
                 async with pool.acquire(timeout=config.connect_timeout_s) as conn:
-                    result = await asyncio.wait_for(op(conn), timeout=config.query_timeout_s)
+                    # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a
+                    # cancellation that arrives as the query completes, and the caller's
+                    # task (a heartbeat, a background loop) would not stop when cancelled.
+                    async with asyncio.timeout(config.query_timeout_s):
+                        result = await op(conn)
             except RETRYABLE_ERRORS as exc:
                 outcome = "timeout" if isinstance(exc, TimeoutError) else "connection_error"
                 self._attempts.inc(query=query, outcome=outcome)

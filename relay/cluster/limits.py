@@ -217,7 +217,9 @@ class SharedLimits:
             self._fallback.inc(limit=limit)
             return None
         try:
-            result = await asyncio.wait_for(call(self._redis), self._config.redis_timeout_s)
+            # asyncio.timeout, not wait_for: 3.11's wait_for can drop a cancellation.
+            async with asyncio.timeout(self._config.redis_timeout_s):
+                result = await call(self._redis)
         except asyncio.CancelledError:
             self._breaker.abandon_trial()
             raise

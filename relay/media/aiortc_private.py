@@ -37,6 +37,33 @@ aioice, for the host addresses (relay/media/ice.py, ``ice.host_addresses``):
   ``Connection.gather_candidates`` looks up at gather time to list the machine's addresses
   (it skips 127.0.0.1 and ::1, and aioice has no per-connection option). Replacing the
   module attribute changes what every connection of the process gathers.
+
+For the forwarding fast path (``relay.media.fastpath``), which receives datagrams below
+aiortc's DTLS task and sends them below aiortc's sender:
+
+* ``RTCIceTransport._connection``: the aioice ``Connection`` of a leg.
+* aioice ``Connection.data_received(data, component)``: where every non-STUN datagram
+  of a leg arrives (called by the aioice protocol through an attribute lookup, so an
+  instance attribute shadows it); it queues the datagram for the DTLS transport's task.
+* ``RTCDtlsTransport._handle_rtp_data(data, arrival_time_ms)``: called by its receive
+  task (attribute lookup) with each decrypted, unparsed RTP packet.
+* aioice ``Connection._protocols`` and ``StunProtocol.datagram_received`` (instance
+  override; asyncio calls it through an attribute lookup), ``.local_candidate``: the
+  sockets' protocols, to skip the STUN parse attempt for RTP/RTCP.
+* aioice ``Connection._queue``: the datagrams waiting for the DTLS task.
+* aioice ``Connection._nominated``: component → the selected ``CandidatePair`` (its
+  ``protocol.transport`` is the asyncio datagram transport, ``remote_addr`` the peer).
+* ``RTCDtlsTransport._rx_srtp`` / ``_tx_srtp``: the leg's pylibsrtp sessions (set when
+  the DTLS handshake completes).
+* ``RTCDtlsTransport._rtp_router.ssrc_table``: remote SSRC → receiver; RTCP sender
+  reports are routed to the receiver through it (aiortc fills it while routing RTP).
+* ``RTCDtlsTransport._send_rtp(data)``: protect and send one packet (tests only).
+* pylibsrtp ``Session._srtp`` and its ``_binding`` module (``SrtpCodec``): libsrtp
+  calls without the wrapper's per-call allocations.
+* ``RTCRtpSender._RTCRtpSender__rtp_started``: set when the sender's RTP task runs.
+* ``RTCRtpSender._ssrc`` and ``_RTCRtpSender__ntp_timestamp`` / ``__rtp_timestamp`` /
+  ``__packet_count`` / ``__octet_count``: the sender's SSRC and the state its RTCP task
+  reads for every sender report.
 """
 
 from __future__ import annotations
@@ -52,9 +79,11 @@ import aioice.ice
 import aioice.turn
 import aiortc
 import aiortc.rtp
+from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpreceiver import RTCRtpReceiver, StreamStatistics
 from aiortc.rtcrtpsender import RTCRtpSender
 from aiortc.rtp import RtpPacket
+from pylibsrtp import _binding as _srtp_binding
 
 from relay.media.audio_level import compute_audio_level_dbov
 
@@ -163,6 +192,215 @@ def decoder_thread(receiver: RTCRtpReceiver) -> threading.Thread | None:
     """The receiver's decoder thread, if it has one (tests and stats)."""
     thread: threading.Thread | None = getattr(receiver, _DECODER_THREAD, None)
     return thread
+
+
+# ----------------------------------------------------------------------- fast path
+
+DatagramHook = Callable[[bytes, int], None]
+
+_SENDER_NTP = "_RTCRtpSender__ntp_timestamp"
+_SRTP_BUFFER = 1500
+_SRTP_MAX_TRAILER = 16 + 128  # pylibsrtp's SRTP_MAX_TRAILER_LEN
+_SENDER_RTP_STARTED = "_RTCRtpSender__rtp_started"
+_SENDER_RTP_TS = "_RTCRtpSender__rtp_timestamp"
+_SENDER_PACKETS = "_RTCRtpSender__packet_count"
+_SENDER_OCTETS = "_RTCRtpSender__octet_count"
+
+
+def ice_connection(dtls: RTCDtlsTransport) -> Any:
+    """The aioice ``Connection`` under a leg's DTLS transport."""
+    return dtls.transport._connection
+
+
+def install_datagram_hook(dtls: RTCDtlsTransport, hook: DatagramHook) -> DatagramHook:
+    """Route every non-STUN datagram of the leg to ``hook(data, component)``.
+
+    Returns aioice's own ``data_received`` (bound): the hook hands it whatever it does
+    not handle itself (DTLS, SRTCP), which then takes aiortc's normal path. Handling a
+    datagram here, synchronously, saves the queue hop and the task wake-up of aiortc's
+    DTLS receive loop.
+    """
+    connection = ice_connection(dtls)
+    original: DatagramHook = type(connection).data_received.__get__(connection)
+    # setattr: an instance attribute deliberately shadowing the method.
+    setattr(connection, "data_received", hook)  # noqa: B010
+    # Below that, each socket's protocol first tries to parse every datagram as STUN
+    # (a failed parse raises and catches ValueError per packet). A first byte of
+    # 128..191 is RTP or RTCP, never STUN (RFC 7983): those skip the attempt.
+    for protocol in connection._protocols:
+        stun_path = type(protocol).datagram_received.__get__(protocol)
+        component: int = protocol.local_candidate.component
+
+        def datagram_received(
+            data: bytes, addr: Any, stun_path: Any = stun_path, component: int = component
+        ) -> None:
+            if data and 127 < data[0] < 192:
+                hook(data, component)
+            else:
+                stun_path(data, addr)
+
+        setattr(protocol, "datagram_received", datagram_received)  # noqa: B010
+    return original
+
+
+def remove_datagram_hook(dtls: RTCDtlsTransport) -> None:
+    connection = ice_connection(dtls)
+    connection.__dict__.pop("data_received", None)
+    for protocol in connection._protocols:
+        protocol.__dict__.pop("datagram_received", None)
+
+
+DecryptedRtpHook = Callable[[bytes, int], Awaitable[None]]
+
+
+def install_decrypted_rtp_hook(dtls: RTCDtlsTransport, hook: DecryptedRtpHook) -> None:
+    """Route the RTP that does take aiortc's DTLS path to ``hook(data, arrival_time_ms)``.
+
+    ``data`` is SRTP-decrypted and not yet parsed. Datagrams that arrived before the
+    leg's SRTP keys existed wait in aioice's queue and are decrypted by aiortc's task
+    afterwards; this is where the fast path picks those up.
+    """
+    # setattr: an instance attribute deliberately shadowing the method.
+    setattr(dtls, "_handle_rtp_data", hook)  # noqa: B010
+
+
+def remove_decrypted_rtp_hook(dtls: RTCDtlsTransport) -> None:
+    dtls.__dict__.pop("_handle_rtp_data", None)
+
+
+def queued_datagrams(dtls: RTCDtlsTransport) -> int:
+    """Datagrams waiting in aioice's queue for aiortc's DTLS task.
+
+    Packets that arrived before the leg's SRTP keys wait there; the fast path leaves
+    RTP to aiortc's path until they are drained, so packets are not reordered.
+    """
+    waiting: int = ice_connection(dtls)._queue.qsize()
+    return waiting
+
+
+def nominated_pairs(dtls: RTCDtlsTransport) -> dict[int, Any]:
+    """The live component → selected ``CandidatePair`` dict of a leg (not a copy)."""
+    pairs: dict[int, Any] = ice_connection(dtls)._nominated
+    return pairs
+
+
+def pair_endpoint(pair: Any) -> tuple[Any, tuple[str, int]]:
+    """A selected pair's asyncio datagram transport and remote address."""
+    return pair.protocol.transport, pair.remote_addr
+
+
+def srtp_sessions(dtls: RTCDtlsTransport) -> tuple[Any, Any]:
+    """The leg's (receive, transmit) pylibsrtp sessions; ``None`` before the handshake."""
+    return dtls._rx_srtp, dtls._tx_srtp
+
+
+def bind_remote_ssrc(receiver: RTCRtpReceiver, ssrc: int) -> None:
+    """Route RTCP from remote ``ssrc`` (sender reports, BYE) to ``receiver``.
+
+    aiortc learns this mapping while routing RTP; a fast path that takes RTP before
+    aiortc's router must teach it, or the receiver never sees the sender reports it
+    needs for the LSR/DLSR fields of its receiver reports (the far end's RTT).
+    """
+    router = receiver.transport._rtp_router
+    router.ssrc_table[ssrc] = receiver
+
+
+async def send_rtp_datagram(dtls: RTCDtlsTransport, data: bytes) -> None:
+    """SRTP-protect and send one serialised RTP packet on a leg (tests and the bench
+    use it to play a far end that changes SSRC, pads, duplicates)."""
+    await dtls._send_rtp(data)
+
+
+def sender_started(sender: RTCRtpSender) -> bool:
+    """Whether aiortc has started the sender (its RTP task is running).
+
+    aiortc starts it once the leg's DTLS handshake is done and both ends of the leg
+    are being set up; sending before that reaches a far end that may not have set up
+    its receiver yet, which drops the packets.
+    """
+    started: Any = getattr(sender, _SENDER_RTP_STARTED)
+    return bool(started.is_set())
+
+
+def sender_ssrc(sender: RTCRtpSender) -> int:
+    ssrc: int = sender._ssrc
+    return ssrc
+
+
+class SenderReportState:
+    """Writes what a sender's RTCP task reports (counts, NTP/RTP time) for packets sent
+    past the sender. Its task reads these four attributes for every sender report."""
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, sender: RTCRtpSender) -> None:
+        fields: dict[str, Any] = vars(sender)
+        for name in (_SENDER_NTP, _SENDER_RTP_TS, _SENDER_PACKETS, _SENDER_OCTETS):
+            if name not in fields:
+                raise AttributeError(name)
+        self._fields = fields
+
+    def record(self, ntp_timestamp: int, rtp_timestamp: int, packets: int, octets: int) -> None:
+        fields = self._fields
+        fields[_SENDER_NTP] = ntp_timestamp
+        fields[_SENDER_RTP_TS] = rtp_timestamp
+        fields[_SENDER_PACKETS] = packets
+        fields[_SENDER_OCTETS] = octets
+
+    def read(self) -> tuple[int, int, int, int]:
+        fields = self._fields
+        return (
+            fields[_SENDER_NTP],
+            fields[_SENDER_RTP_TS],
+            fields[_SENDER_PACKETS],
+            fields[_SENDER_OCTETS],
+        )
+
+
+class SrtpCodec:
+    """SRTP protect/unprotect on a pylibsrtp ``Session``'s own libsrtp context.
+
+    pylibsrtp's ``Session.protect``/``unprotect`` allocate a C int and check types on
+    every call, which costs about as much again as the cipher itself; the fast path does
+    two per packet. This calls the same libsrtp functions on the same context (so replay
+    windows and rollover counters are shared with aiortc's own use of the session) with
+    buffers allocated once. pylibsrtp is pinned exactly for this (private names:
+    ``Session._srtp``, the ``pylibsrtp._binding`` module). ``None`` means refused.
+    """
+
+    __slots__ = ("_session", "_context", "_cdata", "_buffer", "_length", "_protect", "_unprotect")
+
+    def __init__(self, session: Any) -> None:
+        ffi = _srtp_binding.ffi
+        self._session = session  # keeps the context alive: pylibsrtp frees it with the session
+        self._context = session._srtp[0]
+        self._cdata = ffi.new("char[]", _SRTP_BUFFER)
+        self._buffer = ffi.buffer(self._cdata)
+        self._length = ffi.new("int *")
+        self._protect = _srtp_binding.lib.srtp_protect
+        self._unprotect = _srtp_binding.lib.srtp_unprotect
+
+    def protect(self, packet: bytes) -> bytes | None:
+        n = len(packet)
+        if n > _SRTP_BUFFER - _SRTP_MAX_TRAILER:
+            return None
+        self._buffer[0:n] = packet
+        self._length[0] = n
+        if self._protect(self._context, self._cdata, self._length):
+            return None
+        out: bytes = self._buffer[0 : self._length[0]]
+        return out
+
+    def unprotect(self, packet: bytes) -> bytes | None:
+        n = len(packet)
+        if n > _SRTP_BUFFER:
+            return None
+        self._buffer[0:n] = packet
+        self._length[0] = n
+        if self._unprotect(self._context, self._cdata, self._length):
+            return None
+        out: bytes = self._buffer[0 : self._length[0]]
+        return out
 
 
 # aiortc's own version, kept for tests and comparisons.

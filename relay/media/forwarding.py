@@ -64,7 +64,13 @@ class DirectionStats:
     dropped_duplicate: int = 0
     # Decode path: packets dropped because aiortc's decoder fell this far behind.
     dropped_decoder_backlog: int = 0
+    # Fast path: packets that failed SRTP or RTP checks, and packets that arrived while
+    # the other leg had no SRTP session or selected pair yet (or any more).
+    dropped_invalid: int = 0
+    dropped_not_connected: int = 0
     ssrc_changes: int = 0
+    # True when the direction runs on ``relay.media.fastpath`` rather than aiortc's sender.
+    fast_path: bool = False
     first_packet_at: float | None = None
     last_packet_at: float | None = None
 

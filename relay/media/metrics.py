@@ -112,7 +112,8 @@ class MediaMetrics:
             ("other_codec", stats.dropped_other_codec),
             ("duplicate", stats.dropped_duplicate),
             ("decoder_backlog", stats.dropped_decoder_backlog),
-            ("before_connect", before_start),
+            ("before_connect", before_start + stats.dropped_not_connected),
+            ("invalid", stats.dropped_invalid),  # the fast path: SRTP/RTP checks failed
         ):
             delta = value - seen.dropped.get(reason, 0)
             if delta:

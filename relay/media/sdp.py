@@ -271,3 +271,36 @@ def audio_negotiation(sdp: str) -> AudioNegotiation:
                 opus.add(codec.payloadType)
         return AudioNegotiation(codecs=tuple(codecs), opus_payload_types=frozenset(opus))
     return AudioNegotiation(codecs=(), opus_payload_types=frozenset())
+
+
+MID_EXTENSION = "urn:ietf:params:rtp-hdrext:sdes:mid"
+AUDIO_LEVEL_EXTENSION = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
+
+
+@dataclass(frozen=True)
+class RtpLeg:
+    """What one leg negotiated for audio RTP, as the fast path needs it.
+
+    Read from the leg's *answer*: both directions of a BUNDLE audio section use the
+    answer's payload types and header-extension ids.
+    """
+
+    # The payload type the relay sends with (the answer's first audio codec).
+    payload_type: int | None
+    mid: str | None
+    # Header-extension URI → one-byte id, for the extensions both sides agreed on.
+    extensions: dict[str, int] = field(default_factory=dict)
+
+
+def rtp_leg(sdp: str) -> RtpLeg:
+    """The first audio section's payload type, mid and header-extension ids."""
+    description = SessionDescription.parse(sdp)
+    for media in description.media:
+        if media.kind != "audio":
+            continue
+        payload_type = next(
+            (c.payloadType for c in media.rtp.codecs if c.payloadType is not None), None
+        )
+        extensions = {ext.uri: ext.id for ext in media.rtp.headerExtensions if 1 <= ext.id <= 14}
+        return RtpLeg(payload_type=payload_type, mid=media.rtp.muxId, extensions=extensions)
+    return RtpLeg(payload_type=None, mid=None)

@@ -9,6 +9,7 @@ receives a full address.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Any
 
@@ -162,7 +163,12 @@ async def build_stats(services: Services, request_id: str) -> dict[str, Any]:
         "admission": _quantiles(services, "relay_admission_duration_seconds"),
         "media_connect": _quantiles(services, "relay_media_connect_duration_seconds"),
         "errors_by_code": _errors_by_code(services),
-        "process": monitor.snapshot() if monitor is not None else {},
+        "process": {
+            **(monitor.snapshot() if monitor is not None else {}),
+            # For leak checks (bench/shipped.py --cycles): live asyncio tasks and threads.
+            "tasks": len(asyncio.all_tasks()),
+            "threads": threading.active_count(),
+        },
         "sessions_by_state": by_state,
         "sessions": sessions,
         "recently_ended": _recently_ended(services),

@@ -317,6 +317,9 @@ class UpstreamCall:
     pc: RTCPeerConnection
     speaker: AudioSink
     payloads: list[bytes] = field(default_factory=list)
+    # Every RTP packet received, as aiortc parsed it (header fields, extensions).
+    packets: list[RtpPacket] = field(default_factory=list)
+    mouth: OpusPacketTrack | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -338,9 +341,12 @@ class LoopbackUpstream:
         *,
         answer_codec: str = "opus",
         reply_pcm: np.ndarray | None = None,
+        reply_opus: Sequence[bytes] | None = None,
         fail_with: Exception | None = None,
     ) -> None:
         self.answer_codec = answer_codec
+        # Pre-encoded Opus to speak instead of ``reply_pcm`` (sent byte for byte).
+        self.reply_opus = reply_opus
         self.reply_pcm = speech_like(3.0, f0=210.0) if reply_pcm is None else reply_pcm
         self.fail_with = fail_with
         self.calls: list[UpstreamCall] = []
@@ -357,7 +363,11 @@ class LoopbackUpstream:
         pc = RTCPeerConnection(rtc_configuration(IceConfig()))
         call = UpstreamCall(call_id="rtc_" + secrets.token_hex(8), pc=pc, speaker=AudioSink())
         self.calls.append(call)
-        pc.addTransceiver(PcmTrack(self.reply_pcm), direction="sendrecv")
+        if self.reply_opus is not None:
+            call.mouth = OpusPacketTrack(self.reply_opus)
+            pc.addTransceiver(call.mouth, direction="sendrecv")
+        else:
+            pc.addTransceiver(PcmTrack(self.reply_pcm), direction="sendrecv")
         if self.answer_codec != "opus":
             _prefer(pc, [self.answer_codec])
 
@@ -375,6 +385,7 @@ class LoopbackUpstream:
         original = aiortc_private.original_rtp_handler(receiver)
 
         async def capture(packet: RtpPacket, arrival_time_ms: int) -> None:
+            call.packets.append(packet)
             if packet.payload:
                 call.payloads.append(bytes(packet.payload))
             await original(packet, arrival_time_ms)

@@ -182,6 +182,8 @@ async def test_sessions_fill_the_range_then_get_503_and_ports_are_reused(
     await wait_until(
         lambda: all(b.browser_to_upstream.forwarded > 5 for b in bridges), 10, "audio forwarded"
     )
+    # ... by the fast path, which sends on the range's own sockets (the selected pairs').
+    assert all(b.browser_to_upstream.fast_path for b in bridges)
 
     # Full (two ports left, an exchange needs three): the next exchange is refused at
     # once, before the session is claimed.

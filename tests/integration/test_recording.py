@@ -77,6 +77,10 @@ async def test_stereo_recording_has_both_voices_aligned_with_a_transcript(
     assert bridge is not None and bridge.recorder is not None
     started_speaking = time.monotonic()
     await speak_and_hear_reply(browser)
+    # Both directions on the fast path (the default): its taps feed the recorder.
+    media = bridge.stats()
+    assert media["browser_to_upstream"]["fast_path"] is True
+    assert media["upstream_to_browser"]["fast_path"] is True
     await hang_up(relay, session_id)
     item = await wait_recording(relay, session_id, "ready")
     assert bridge.connected_at is not None

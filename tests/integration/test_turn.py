@@ -133,6 +133,10 @@ async def assert_audio_both_ways(
     stats = bridge.stats()
     assert stats["browser_to_upstream"]["forwarded"] > 50
     assert stats["upstream_to_browser"]["forwarded"] > 25
+    # Forwarded by the fast path (the default), which sends on the selected pair itself:
+    # through the TURN allocation when that pair is relayed.
+    assert stats["browser_to_upstream"]["fast_path"] is True
+    assert stats["upstream_to_browser"]["fast_path"] is True
 
 
 async def test_relay_only_browser_goes_live_through_coturn(

@@ -13,6 +13,7 @@ import queue
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import aiortc
 import aiortc.rtp
@@ -257,3 +258,152 @@ async def test_routed_host_addresses_are_what_a_connection_gathers() -> None:
     finally:
         await conn.close()
         install_host_addresses(IceConfig().host_addresses)
+
+
+def test_fast_path_internals_exist() -> None:
+    from aioice.ice import CandidatePair, Connection, StunProtocol
+    from aiortc import rtcdtlstransport
+    from aiortc.rtcicetransport import RTCIceTransport
+
+    # aioice hands every non-STUN datagram to the connection through an attribute lookup.
+    assert "self.receiver.data_received(data, self.local_candidate.component)" in (
+        inspect.getsource(StunProtocol.datagram_received)
+    )
+    assert list(inspect.signature(Connection.data_received).parameters) == [
+        "self",
+        "data",
+        "component",
+    ]
+    assert "self._nominated: dict[int, CandidatePair] = {}" in inspect.getsource(Connection)
+    assert "self._protocols: list[StunProtocol] = []" in inspect.getsource(Connection)
+    assert "message = stun.parse_message(data)" in inspect.getsource(StunProtocol.datagram_received)
+    assert "self._queue.put_nowait((data, component))" in inspect.getsource(
+        Connection.data_received
+    )
+    assert "result = await self._queue.get()" in inspect.getsource(Connection.recvfrom)
+    assert "self.transport.sendto(data, addr)" in inspect.getsource(StunProtocol.send_data)
+    assert isinstance(inspect.getattr_static(CandidatePair, "remote_addr"), property)
+    assert "self._connection = " in inspect.getsource(RTCIceTransport)
+    dtls = inspect.getsource(rtcdtlstransport.RTCDtlsTransport)
+    for text in ("self._rx_srtp = Session(rx_policy)", "self._tx_srtp = Session(tx_policy)"):
+        assert text in dtls, text
+    assert "self._rtp_router = RtpRouter()" in dtls
+    # Decrypted, unparsed RTP goes through an attribute lookup an instance hook shadows.
+    recv_next = inspect.getsource(rtcdtlstransport.RTCDtlsTransport._recv_next)
+    assert "await self._handle_rtp_data(data, arrival_time_ms=arrival_time_ms)" in recv_next
+    assert "data = self._rx_srtp.unprotect(data)" in recv_next
+    assert "self.__rtp_started.set()" in inspect.getsource(RTCRtpSender._run_rtp)
+    assert "self.ssrc_table[ssrc] = receiver" in inspect.getsource(rtcdtlstransport.RtpRouter)
+    assert "add_recipient(self.ssrc_table.get(packet.ssrc))" in inspect.getsource(
+        rtcdtlstransport.RtpRouter.route_rtcp
+    )
+    # The sender's RTCP task reports exactly the four attributes the fast path writes.
+    rtcp = inspect.getsource(RTCRtpSender._run_rtcp)
+    for name in ("__ntp_timestamp", "__rtp_timestamp", "__packet_count", "__octet_count"):
+        assert f"self.{name}" in rtcp, name
+    assert "self._ssrc = random32()" in inspect.getsource(RTCRtpSender.__init__)
+    assert "StreamStatistics" in inspect.getsource(RTCRtpReceiver._handle_rtp_packet)
+    add = inspect.getsource(StreamStatistics.add)
+    # StreamStatistics.add reads only these two fields of the packet it is given.
+    assert {"packet.sequence_number", "packet.timestamp"} == {
+        w.rstrip(",):") for w in add.split() if w.startswith("packet.")
+    }
+
+
+async def test_fast_path_accessors_work_on_a_live_pair() -> None:
+    from aiortc import RTCSessionDescription
+
+    from relay.media.ice import rtc_configuration
+
+    config = rtc_configuration(aiortc_private_ice())
+    a, b = RTCPeerConnection(config), RTCPeerConnection(config)
+    try:
+        a.addTransceiver("audio", direction="sendrecv")
+        await a.setLocalDescription(await a.createOffer())
+        await b.setRemoteDescription(a.localDescription)
+        await b.setLocalDescription(await b.createAnswer())
+        await a.setRemoteDescription(
+            RTCSessionDescription(sdp=b.localDescription.sdp, type="answer")
+        )
+        await wait_until(
+            lambda: a.connectionState == b.connectionState == "connected", 10, "connected"
+        )
+        transceiver = a.getTransceivers()[0]
+        dtls = transceiver.sender.transport
+        rx, tx = aiortc_private.srtp_sessions(dtls)
+        assert rx is not None and tx is not None
+        assert aiortc_private.queued_datagrams(dtls) >= 0
+        pairs = aiortc_private.nominated_pairs(dtls)
+        sock, addr = aiortc_private.pair_endpoint(pairs[1])
+        assert addr[0] == "127.0.0.1" and not sock.is_closing()
+        assert isinstance(aiortc_private.sender_ssrc(transceiver.sender), int)
+
+        seen: list[tuple[bytes, int]] = []
+        original = aiortc_private.install_datagram_hook(dtls, lambda d, c: seen.append((d, c)))
+        connection = aiortc_private.ice_connection(dtls)
+        assert connection.data_received is not original
+        protocol = connection._protocols[0]
+        protocol.datagram_received(b"\x80\x6f" + b"\x00" * 10, ("127.0.0.1", 9))
+        assert seen == [(b"\x80\x6f" + b"\x00" * 10, 1)]  # RTP: straight to the hook
+        aiortc_private.remove_datagram_hook(dtls)
+        assert "data_received" not in vars(connection)
+        assert "datagram_received" not in vars(protocol)
+
+        async def decrypted(data: bytes, arrival_time_ms: int) -> None:
+            return None
+
+        aiortc_private.install_decrypted_rtp_hook(dtls, decrypted)
+        assert dtls._handle_rtp_data is decrypted
+        aiortc_private.remove_decrypted_rtp_hook(dtls)
+        assert "_handle_rtp_data" not in vars(dtls)
+        assert aiortc_private.sender_started(transceiver.sender)
+
+        report = aiortc_private.SenderReportState(transceiver.sender)
+        report.record(1 << 40, 1234, 7, 700)
+        assert report.read() == (1 << 40, 1234, 7, 700)
+        stats = await transceiver.sender.getStats()
+        outbound = next(s for s in stats.values() if s.type == "outbound-rtp")
+        assert (outbound.packetsSent, outbound.bytesSent) == (7, 700)
+
+        receiver = b.getTransceivers()[0].receiver
+        aiortc_private.bind_remote_ssrc(receiver, 0xABCDEF)
+        assert receiver.transport._rtp_router.ssrc_table[0xABCDEF] is receiver
+    finally:
+        await a.close()
+        await b.close()
+
+
+def aiortc_private_ice() -> Any:
+    from relay.config import IceConfig
+
+    return IceConfig()
+
+
+def test_srtp_codec_matches_pylibsrtp() -> None:
+    import os
+    import struct
+
+    import pylibsrtp
+
+    assert pylibsrtp.__version__ == "1.0.0"
+    key = os.urandom(30)
+    profile = pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80
+
+    def session(kind: int) -> pylibsrtp.Session:
+        return pylibsrtp.Session(pylibsrtp.Policy(key=key, srtp_profile=profile, ssrc_type=kind))
+
+    sender = aiortc_private.SrtpCodec(session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
+    receiver_session = session(pylibsrtp.Policy.SSRC_ANY_INBOUND)
+    receiver = aiortc_private.SrtpCodec(receiver_session)
+    reference = session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+    for seq in range(1, 4):
+        packet = struct.pack("!BBHII", 0x80, 111, seq, 960 * seq, 42) + b"opus" * 20
+        protected = sender.protect(packet)
+        assert protected is not None and protected == reference.protect(packet)
+        assert receiver.unprotect(protected) == packet
+        # The same libsrtp context: a replay is refused, here and through pylibsrtp.
+        assert receiver.unprotect(protected) is None
+        with pytest.raises(pylibsrtp.Error):
+            receiver_session.unprotect(protected)
+    assert receiver.unprotect(b"\x80" * 40) is None  # fails authentication
+    assert sender.protect(b"\x80" * 1400) is None  # no room for the trailer

@@ -17,8 +17,9 @@ from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtcrtpsender import RTCRtpSender
 
 from relay.media import aiortc_private
+from relay.media.fastpath import FastOpusForwarder
 from relay.media.forwarding import DecodedRelay, DirectionStats, Forwarder, OpusPassthrough
-from relay.media.sdp import AudioNegotiation
+from relay.media.sdp import AudioNegotiation, RtpLeg
 from relay.media.tap import PacketTap
 from relay.media.tracks import BoundedQueueTrack
 
@@ -38,6 +39,10 @@ class NegotiatedCodecs:
     upstream: AudioNegotiation
     # The Opus payload types of our own offer to the upstream (it may send with them).
     our_upstream_opus: frozenset[int]
+    # Payload type, mid and header-extension ids of each leg's answer (the fast path
+    # writes packets with the sending leg's and reads them with the receiving leg's).
+    browser_rtp: RtpLeg
+    upstream_rtp: RtpLeg
 
     @property
     def passthrough(self) -> bool:
@@ -50,6 +55,10 @@ class DirectionPlan:
 
     receiver: RTCRtpReceiver
     sink: BoundedQueueTrack
+    # The other leg's audio sender and both legs' RTP parameters (the fast path's ends).
+    sender: RTCRtpSender
+    incoming: RtpLeg
+    outgoing: RtpLeg
     stats: DirectionStats
     # Payload types accepted as Opus from ``receiver`` (passthrough only).
     opus_payload_types: frozenset[int]
@@ -59,8 +68,21 @@ class DirectionPlan:
     tap: PacketTap | None = None
 
 
-def choose_forwarder(plan: DirectionPlan, *, passthrough: bool, max_backlog: int) -> Forwarder:
+def choose_forwarder(
+    plan: DirectionPlan, *, passthrough: bool, fast_path: bool, max_backlog: int
+) -> Forwarder:
     """The forwarder every packet of one direction passes through."""
+    if passthrough and fast_path:
+        # Socket to socket (relay.media.fastpath); ``sink`` stays idle on this path.
+        return FastOpusForwarder(
+            plan.receiver,
+            plan.sender,
+            plan.stats,
+            plan.opus_payload_types,
+            incoming=plan.incoming,
+            outgoing=plan.outgoing,
+            tap=plan.tap,
+        )
     if passthrough:
         return OpusPassthrough(
             plan.receiver, plan.sink, plan.stats, plan.opus_payload_types, tap=plan.tap
@@ -86,6 +108,9 @@ def wire_audio(bridge: Bridge, codecs: NegotiatedCodecs) -> None:
         DirectionPlan(
             audio_receiver(bridge.browser_pc),
             bridge.to_upstream,
+            audio_sender(bridge.upstream_pc),
+            codecs.browser_rtp,
+            codecs.upstream_rtp,
             up,
             codecs.browser.opus_payload_types,
             codec=codecs.browser.primary or "opus",
@@ -94,6 +119,9 @@ def wire_audio(bridge: Bridge, codecs: NegotiatedCodecs) -> None:
         DirectionPlan(
             audio_receiver(bridge.upstream_pc),
             bridge.to_browser,
+            audio_sender(bridge.browser_pc),
+            codecs.upstream_rtp,
+            codecs.browser_rtp,
             down,
             codecs.upstream.opus_payload_types | codecs.our_upstream_opus,
             codec=codecs.upstream.primary or "opus",
@@ -101,9 +129,15 @@ def wire_audio(bridge: Bridge, codecs: NegotiatedCodecs) -> None:
         ),
     ]
     passthrough = codecs.passthrough and not bridge.force_decode
-    backlog = bridge.settings.media.queue_max_frames
+    media = bridge.settings.media
     bridge.forwarders = [
-        choose_forwarder(plan, passthrough=passthrough, max_backlog=backlog) for plan in plans
+        choose_forwarder(
+            plan,
+            passthrough=passthrough,
+            fast_path=media.fast_path,
+            max_backlog=media.queue_max_frames,
+        )
+        for plan in plans
     ]
     for forwarder in bridge.forwarders:
         forwarder.start()

@@ -17,7 +17,7 @@ from relay.media.bridge.audio_wiring import NegotiatedCodecs
 from relay.media.bridge.base import UpstreamAnswerInvalid
 from relay.media.events import UPSTREAM_LABEL
 from relay.media.peers import new_peer, set_local_description
-from relay.media.sdp import InvalidOffer, audio_negotiation
+from relay.media.sdp import InvalidOffer, audio_negotiation, rtp_leg
 from relay.observability.logging import stage
 from relay.observability.request_context import record_stage
 
@@ -65,6 +65,7 @@ async def negotiate(bridge: Bridge, offer_sdp: str) -> str:
     try:
         await upstream.setRemoteDescription(RTCSessionDescription(sdp=reply.sdp, type="answer"))
         upstream_codecs = audio_negotiation(reply.sdp)
+        upstream_rtp = rtp_leg(reply.sdp)
     except Exception as exc:
         raise UpstreamAnswerInvalid(f"{type(exc).__name__}: {exc}") from None
     bridge.raise_if_closing()
@@ -74,6 +75,8 @@ async def negotiate(bridge: Bridge, offer_sdp: str) -> str:
             browser=audio_negotiation(answer.sdp),
             upstream=upstream_codecs,
             our_upstream_opus=audio_negotiation(offer.sdp).opus_payload_types,
+            browser_rtp=rtp_leg(answer.sdp),
+            upstream_rtp=upstream_rtp,
         ),
     )
     return str(answer.sdp)

@@ -96,6 +96,7 @@ def direction_stats(stats: DirectionStats, queue: BoundedQueueTrack, now: float)
     return {
         "mode": stats.mode,
         "decoder_used": stats.mode == "decode",
+        "fast_path": stats.fast_path,
         "codec_in": stats.codec_in,
         "codec_out": stats.codec_out,
         "packets_in": stats.packets_in,
@@ -108,7 +109,8 @@ def direction_stats(stats: DirectionStats, queue: BoundedQueueTrack, now: float)
             "other_codec": stats.dropped_other_codec,
             "duplicate": stats.dropped_duplicate,
             "decoder_backlog": stats.dropped_decoder_backlog,
-            "before_connect": queue.dropped_before_start,
+            "before_connect": queue.dropped_before_start + stats.dropped_not_connected,
+            "invalid": stats.dropped_invalid,
         },
         "queue_depth": queue.depth,
         "queue_max_depth": queue.max_depth,

@@ -1,0 +1,323 @@
+"""The forwarding fast path: Opus RTP from one leg's socket to the other leg's socket.
+
+aiortc's own path for a relayed packet is: aioice queues the datagram, the DTLS task
+wakes, unprotects and parses it into an ``RtpPacket``, the receiver hook puts an
+``av.Packet`` into a queue track, the other leg's sender task wakes, builds a new
+``RtpPacket`` with header extensions, serialises, protects and sends it through two
+more coroutines. A bridged session therefore cost as much CPU as two aiortc endpoints.
+
+``FastOpusForwarder`` does, synchronously inside the receiving leg's datagram callback:
+
+    datagram in → SRTP unprotect → header rewrite → SRTP protect → datagram out
+
+rewriting only what must change between the legs:
+
+* SSRC: the sending leg's sender SSRC (what that leg announced, and what its RTCP
+  sender reports describe);
+* sequence number and timestamp: the incoming ones plus per-source offsets, so gaps
+  (loss) stay visible to the far end, and a new incoming SSRC continues both
+  timelines (one sequence number and at least one frame later);
+* payload type: the sending leg's negotiated Opus payload type;
+* header extensions: hop-by-hop ones (transport-wide sequence numbers, send times)
+  are dropped, ``sdes:mid`` is the sending leg's own, and the audio level is carried
+  over only when both legs negotiated it (with the sending leg's id). CSRCs and
+  padding are dropped.
+
+The Opus payload is copied byte for byte. RTCP keeps working through aiortc: the
+receiving leg's ``StreamStatistics`` is fed per packet (its receiver reports, loss
+and jitter), the incoming SSRC is bound in aiortc's RTCP router (so sender reports
+reach the receiver and its receiver reports carry LSR/DLSR for the far end's RTT),
+and the sending leg's sender gets the packet/octet counts and the RTP/NTP time pair
+its RTCP task puts in every sender report. Every private name used lives in
+``relay.media.aiortc_private``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import struct
+import time
+from typing import Any
+
+from aiortc.rtcrtpreceiver import RTCRtpReceiver
+from aiortc.rtcrtpsender import RTCRtpSender
+
+from relay.media import aiortc_private
+from relay.media.forwarding import OPUS_CLOCK_RATE, DirectionStats
+from relay.media.sdp import AUDIO_LEVEL_EXTENSION, MID_EXTENSION, RtpLeg
+from relay.media.tap import PacketTap, TappedPacket
+
+log = logging.getLogger("relay.media")
+
+_SEQ_TS_SSRC = struct.Struct("!HII")
+_EXT_HEAD = struct.Struct("!HH")
+_HEADER = struct.Struct("!BBHII")
+_ONE_BYTE_PROFILE = 0xBEDE
+_FRAME = 960  # 20 ms at 48 kHz
+# Seconds between the NTP epoch (1900) and the Unix epoch (1970).
+_NTP_UNIX_OFFSET = 2208988800
+_NTP_ONE_SECOND = 1 << 32
+
+
+def is_rtp(datagram: bytes) -> bool:
+    """An SRTP (not SRTCP, not DTLS/STUN) datagram, by RFC 7983 / RFC 5761 demultiplexing."""
+    return len(datagram) >= 12 and 127 < datagram[0] < 192 and not 191 < datagram[1] < 209
+
+
+def extension_block(elements: list[tuple[int, bytes]]) -> bytes:
+    """A one-byte-header RTP extension block (RFC 8285) holding ``elements``."""
+    if not elements:
+        return b""
+    body = b"".join(bytes(((eid << 4) | (len(value) - 1),)) + value for eid, value in elements)
+    body += b"\x00" * (-len(body) % 4)
+    return _EXT_HEAD.pack(_ONE_BYTE_PROFILE, len(body) // 4) + body
+
+
+def find_one_byte_extension(data: bytes, start: int, end: int, wanted: int) -> int | None:
+    """The first byte of extension ``wanted`` in a one-byte-header block, if present."""
+    i = start
+    while i < end:
+        b = data[i]
+        if b == 0:  # padding between elements
+            i += 1
+            continue
+        eid = b >> 4
+        if eid == 15:  # reserved: stop parsing (RFC 8285 4.2)
+            return None
+        if eid == wanted:
+            return data[i + 1] if i + 1 < end else None
+        i += 2 + (b & 0x0F)
+    return None
+
+
+class _SeqTs:
+    """The two fields aiortc's ``StreamStatistics.add`` reads, reused per packet."""
+
+    __slots__ = ("sequence_number", "timestamp")
+
+    def __init__(self) -> None:
+        self.sequence_number = 0
+        self.timestamp = 0
+
+
+class FastOpusForwarder:
+    """Forwards one direction's Opus packets from ``receiver``'s leg to ``sender``'s leg."""
+
+    def __init__(
+        self,
+        receiver: RTCRtpReceiver,
+        sender: RTCRtpSender,
+        stats: DirectionStats,
+        opus_payload_types: frozenset[int],
+        *,
+        incoming: RtpLeg,
+        outgoing: RtpLeg,
+        tap: PacketTap | None = None,
+    ) -> None:
+        if outgoing.payload_type is None:
+            raise ValueError("the sending leg negotiated no audio payload type")
+        self._tap = tap
+        self._receiver = receiver
+        self._sender = sender
+        self._stats = stats
+        self._opus = opus_payload_types
+        self._in_dtls = receiver.transport
+        self._out_dtls = sender.transport
+        self._out_pt = outgoing.payload_type
+        self._out_ssrc = aiortc_private.sender_ssrc(sender)
+        self._report = aiortc_private.SenderReportState(sender)
+        self._pairs = aiortc_private.nominated_pairs(self._out_dtls)
+        self._pair: Any = None
+        self._sock: Any = None
+        self._addr: tuple[str, int] | None = None
+        self._rx: Any = None
+        self._tx: Any = None
+        self._original: aiortc_private.DatagramHook | None = None
+        # NTP timestamp (64-bit fixed point) = base + monotonic seconds * 2^32.
+        self._ntp_base = int((time.time() + _NTP_UNIX_OFFSET - time.monotonic()) * _NTP_ONE_SECOND)
+        self._seen = _SeqTs()
+        self._rtcp_stats: Any = None
+        self._ssrc: int | None = None
+        # Output timelines start at random points, as aiortc's sender does (sequence
+        # numbers in the lower half, away from a wrap-around early in the call).
+        self._hi_seq = (random.getrandbits(16) % 32768 - 1) & 0xFFFF
+        self._hi_ts = random.getrandbits(32)
+        self._seq_off = 0
+        self._ts_off = 0
+        self._last_forward_at: float | None = None
+        self.packets_sent = 0
+        self.octets_sent = 0
+        self.errors = 0
+
+        # Header extensions: computed once per direction; per packet only a lookup.
+        mid_id = outgoing.extensions.get(MID_EXTENSION)
+        mid_value = (outgoing.mid or "").encode()
+        base: list[tuple[int, bytes]] = []
+        if mid_id is not None and 0 < len(mid_value) <= 16:
+            base.append((mid_id, mid_value))
+        self._ext_plain = extension_block(base)
+        self._level_in = incoming.extensions.get(AUDIO_LEVEL_EXTENSION)
+        level_out = outgoing.extensions.get(AUDIO_LEVEL_EXTENSION)
+        self._ext_by_level: list[bytes] | None = None
+        if self._level_in is not None and level_out is not None:
+            self._ext_by_level = [
+                extension_block([*base, (level_out, bytes((level,)))]) for level in range(256)
+            ]
+        else:
+            self._level_in = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self._stats.mode = "passthrough"
+        self._stats.fast_path = True
+        self._original = aiortc_private.install_datagram_hook(self._in_dtls, self._on_datagram)
+        aiortc_private.install_decrypted_rtp_hook(self._in_dtls, self._on_decrypted)
+
+    async def stop(self) -> None:
+        # Idempotent: removing hooks that are gone is a no-op (``Forwarder`` protocol).
+        aiortc_private.remove_datagram_hook(self._in_dtls)
+        aiortc_private.remove_decrypted_rtp_hook(self._in_dtls)
+
+    # ------------------------------------------------------------------ per packet
+    def _on_datagram(self, data: bytes, component: int) -> None:
+        original = self._original
+        assert original is not None
+        if not (len(data) >= 12 and 127 < data[0] < 192 and not 191 < data[1] < 209):
+            original(data, component)  # DTLS (data channel), SRTCP: aiortc's path
+            return
+        rx = self._rx
+        if rx is None:
+            # Until the handshake is done, and until aiortc's task has worked through
+            # what arrived before it (``_on_decrypted`` forwards those), RTP keeps
+            # aiortc's path: taking over earlier would overtake queued packets.
+            session = aiortc_private.srtp_sessions(self._in_dtls)[0]
+            if session is None or aiortc_private.queued_datagrams(self._in_dtls):
+                original(data, component)
+                return
+            rx = self._rx = aiortc_private.SrtpCodec(session)
+        plain = rx.unprotect(data)
+        if plain is None:  # authentication or replay check failed
+            self._stats.dropped_invalid += 1
+            return
+        try:
+            self._forward(plain)
+        except Exception:  # never let one odd packet raise into the socket callback
+            self.errors += 1
+            if self.errors == 1:
+                log.exception("fast path: packet forwarding failed")
+
+    async def _on_decrypted(self, plain: bytes, arrival_time_ms: int) -> None:
+        """RTP that arrived before this leg's SRTP keys, decrypted later by aiortc's task."""
+        try:
+            self._forward(plain)
+        except Exception:
+            self.errors += 1
+            if self.errors == 1:
+                log.exception("fast path: packet forwarding failed")
+
+    def _forward(self, plain: bytes) -> None:
+        stats = self._stats
+        n = len(plain)
+        b0 = plain[0]
+        seq, ts, ssrc = _SEQ_TS_SSRC.unpack_from(plain, 2)
+        offset = 12 + ((b0 & 0x0F) << 2)
+        level: int | None = None
+        if b0 & 0x10:
+            if n < offset + 4:
+                stats.dropped_invalid += 1
+                return
+            profile, words = _EXT_HEAD.unpack_from(plain, offset)
+            start = offset + 4
+            offset = start + (words << 2)
+            if self._level_in is not None and profile == _ONE_BYTE_PROFILE and offset <= n:
+                level = find_one_byte_extension(plain, start, offset, self._level_in)
+        end = n - plain[-1] if b0 & 0x20 else n
+        if end < offset:
+            stats.dropped_invalid += 1
+            return
+        payload = plain[offset:end]
+        stats.packets_in += 1
+        stats.bytes_in += end - offset
+        now = time.monotonic()
+        if stats.first_packet_at is None:
+            stats.first_packet_at = now
+        stats.last_packet_at = now
+        if ssrc != self._ssrc:
+            self._switch_source(ssrc, seq, ts, now)
+        seen = self._seen
+        seen.sequence_number = seq
+        seen.timestamp = ts
+        self._rtcp_stats.add(seen)
+        b1 = plain[1]
+        if (b1 & 0x7F) not in self._opus:
+            stats.dropped_other_codec += 1
+            return
+        if offset == end:
+            return  # padding only
+        # No duplicate check here: SRTP's replay protection has already refused any
+        # packet index seen before (counted as ``invalid``).
+        tap = self._tap
+        if tap is not None:
+            tap.on_packet(
+                TappedPacket("opus", OPUS_CLOCK_RATE, payload, seq, ts, ssrc, b1 > 127, now)
+            )
+
+        tx = self._tx
+        if tx is None and aiortc_private.sender_started(self._sender):
+            session = aiortc_private.srtp_sessions(self._out_dtls)[1]
+            if session is not None:
+                tx = self._tx = aiortc_private.SrtpCodec(session)
+        pair = self._pairs.get(1)
+        if tx is None or pair is None:
+            stats.dropped_not_connected += 1  # the other leg is not (or no longer) up
+            return
+        if pair is not self._pair:
+            self._pair = pair
+            self._sock, self._addr = aiortc_private.pair_endpoint(pair)
+
+        out_seq = (seq + self._seq_off) & 0xFFFF
+        out_ts = (ts + self._ts_off) & 0xFFFFFFFF
+        by_level = self._ext_by_level
+        ext = self._ext_plain if by_level is None or level is None else by_level[level]
+        header = _HEADER.pack(
+            0x90 if ext else 0x80, (b1 & 0x80) | self._out_pt, out_seq, out_ts, self._out_ssrc
+        )
+        protected = tx.protect(header + ext + payload)
+        if protected is None:
+            stats.dropped_invalid += 1
+            return
+        self._sock.sendto(protected, self._addr)
+
+        if ((out_seq - self._hi_seq) & 0xFFFF) < 0x8000:
+            self._hi_seq = out_seq
+            self._hi_ts = out_ts
+        self._last_forward_at = now
+        size = end - offset
+        self.packets_sent += 1
+        self.octets_sent += size
+        stats.forwarded += 1
+        stats.forwarded_bytes += size
+        # NTP time of this packet from the monotonic reading already taken (a wall-clock
+        # read and a float-to-int of a 64-bit NTP value per packet cost more).
+        self._report.record(
+            self._ntp_base + int(now * _NTP_ONE_SECOND),
+            out_ts,
+            self.packets_sent & 0xFFFFFFFF,
+            self.octets_sent & 0xFFFFFFFF,
+        )
+
+    def _switch_source(self, ssrc: int, seq: int, ts: int, now: float) -> None:
+        """A new incoming SSRC: continue the outgoing sequence and timestamp timelines."""
+        if self._ssrc is not None:
+            self._stats.ssrc_changes += 1
+        # The next frame after the last one sent, or as much later as time has passed.
+        gap = _FRAME
+        if self._last_forward_at is not None:
+            frames = round((now - self._last_forward_at) * OPUS_CLOCK_RATE / _FRAME)
+            gap = max(1, frames) * _FRAME
+        self._seq_off = (self._hi_seq + 1 - seq) & 0xFFFF
+        self._ts_off = (self._hi_ts + gap - ts) & 0xFFFFFFFF
+        self._ssrc = ssrc
+        self._rtcp_stats = aiortc_private.receiver_statistics(self._receiver, ssrc, OPUS_CLOCK_RATE)
+        aiortc_private.bind_remote_ssrc(self._receiver, ssrc)

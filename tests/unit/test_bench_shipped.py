@@ -1,0 +1,80 @@
+"""Pure logic of the shipped-relay benchmark: ratios, summaries, bounds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bench.shipped import cpu_ratio, media_totals, parse_args, summary, table
+
+
+def _row(mode: str, n: int, **values: Any) -> dict[str, Any]:
+    base = {
+        "mode": mode,
+        "sessions": n,
+        "frames_missing": 0,
+        "seq_missing": 0,
+        "packets_not_identical": 0,
+        "latency_p50_ms": 0.5,
+        "latency_p99_ms": 2.0,
+        "endpoint_cpu": 0.4,
+    }
+    base.update(values)
+    return base
+
+
+def test_cpu_ratio_is_relay_over_the_direct_pair() -> None:
+    assert cpu_ratio({"relay_cpu": 0.2}, {"endpoint_cpu": 0.5}) == 0.4
+    assert cpu_ratio({"relay_cpu": 0.2}, {}) is None
+    assert cpu_ratio({}, {"endpoint_cpu": 0.5}) is None
+
+
+def test_summary_pairs_runs_and_flags_a_saturated_generator() -> None:
+    rows = [
+        _row("direct", 40, endpoint_cpu=0.5, latency_p50_ms=0.4),
+        _row("fast", 40, relay_cpu=0.2, relay_cpu_ms_per_session_s=5.0, latency_p99_ms=1.4),
+        _row("aiortc", 40, relay_cpu=0.5, relay_cpu_ms_per_session_s=12.5, frames_missing=3),
+        _row("direct", 40, endpoint_cpu=0.6, latency_p50_ms=0.6),
+        _row("fast", 40, relay_cpu=0.3, relay_cpu_ms_per_session_s=7.5, endpoint_cpu=0.9),
+        _row("fast", 80, error="boom"),
+    ]
+    out = {s["mode"]: s for s in summary(rows)}
+    fast, slow = out["fast"], out["aiortc"]
+    assert fast["cpu_ratio_vs_direct"] == [0.4, 0.5]
+    assert fast["cpu_ratio_vs_generator"] == [0.5, 0.333]
+    assert fast["added_p99_ms"] == [0.8, 1.4]  # p99 minus the direct runs' median p50 (0.6)
+    assert fast["generator_saturated"] is True  # one run's generator was above 0.85
+    assert slow["cpu_ratio_vs_direct"] == [1.0] and slow["lost"] == [3]
+    assert slow["generator_saturated"] is False
+    assert all(s["sessions"] == 40 for s in summary(rows))  # the failed point is left out
+    text = table(rows)
+    assert "| 40 | fast | [0.4, 0.5] |" in text and "boom" in text
+
+
+def test_media_totals_sum_the_relays_counters() -> None:
+    direction = {"fast_path": True, "forwarded": 10, "dropped": {"queue_full": 1}}
+    sessions = [{"media": {"browser_to_upstream": direction, "upstream_to_browser": direction}}]
+    totals = media_totals(sessions * 2)
+    assert totals == {
+        "sessions": 2,
+        "fast_path_directions": 4,
+        "forwarded": 40,
+        "dropped_queue_full": 4,
+    }
+
+
+def test_arguments_are_bounded() -> None:
+    args = parse_args(["--sessions", "10,40", "--duration", "20"])
+    assert args.sessions == [10, 40] and args.modes == ["direct", "fast", "aiortc"]
+    for bad in (["--sessions", "500"], ["--duration", "600"], ["--modes", "decode"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
+
+
+def test_other_processes_cpu_ignores_exits_and_counts_newcomers() -> None:
+    from bench.shipped import others_cpu_delta
+
+    before = {1: 10.0, 2: 5.0, 3: 7.0}
+    after = {1: 10.5, 2: 5.25, 4: 0.5}  # 3 exited, 4 started
+    assert others_cpu_delta(before, after) == 1.25
