@@ -16,9 +16,9 @@ import aiohttp
 import pytest
 
 from relay.cli import _parser
+from tests.support.relay_cli import read_banner, run_relay, start_serving, stop_serving
 
 OPERATOR = "cli-test-operator-token"
-URL_LINE = re.compile(r"listening on (http://127\.0\.0\.1:\d+/)")
 
 
 def _env(data_dir: Path) -> dict[str, str]:
@@ -33,22 +33,6 @@ def _env(data_dir: Path) -> dict[str, str]:
     return env
 
 
-async def _run(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "relay",
-        *args,
-        env=env,
-        cwd=cwd,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=90)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
 @contextlib.asynccontextmanager
 async def _serving(
     tmp_path: Path,
@@ -60,45 +44,15 @@ async def _serving(
 
     ``banner`` (if given) receives the lines printed at start."""
     data_dir = tmp_path / "state"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "relay",
-        "serve",
-        "--port",
-        "0",
-        *args,
-        env={**_env(data_dir), **extra_env},
-        cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
+    proc = await start_serving(
+        "--port", "0", *args, env={**_env(data_dir), **extra_env}, cwd=tmp_path
     )
-    assert proc.stdout is not None
     lines: list[str] = [] if banner is None else banner
-
-    async def read_banner() -> tuple[str, str]:
-        url = ""
-        while True:
-            raw = await proc.stdout.readline()  # type: ignore[union-attr]
-            assert raw, f"relay exited early: {lines}"
-            line = raw.decode().strip()
-            lines.append(line)
-            if match := URL_LINE.search(line):
-                url = match[1]
-            if line.startswith("rt_") and url:
-                return url, line
-
     try:
-        url, token = await asyncio.wait_for(read_banner(), timeout=90)
+        url, token = await read_banner(proc, lines)
         yield url, token, data_dir
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), timeout=30)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_serving(proc)
     assert proc.returncode == 0, lines
 
 
@@ -138,7 +92,7 @@ async def test_serve_prints_url_and_token_that_opens_a_session(
 
 
 async def test_serve_without_a_key_off_loopback_refuses_to_start(tmp_path: Path) -> None:
-    code, out, err = await _run(
+    code, out, err = await run_relay(
         "serve", "--host", "0.0.0.0", "--port", "0", env=_env(tmp_path / "state"), cwd=tmp_path
     )
     assert code == 2, (out, err)
@@ -174,13 +128,15 @@ async def test_users_add_and_revoke_share_the_served_database(
     tmp_path = traversable_tmp_path
     url, _, data_dir = served
     env = _env(data_dir)
-    code, out, err = await _run(
+    code, out, err = await run_relay(
         "users", "add", "--email", "c@example.test", "--seconds", "90", env=env, cwd=tmp_path
     )
     assert code == 0, err
     token = out.strip().splitlines()[-1]
     assert token.startswith("rt_") and out.count(token) == 1
-    code, _, err = await _run("users", "add", "--email", "c@example.test", env=env, cwd=tmp_path)
+    code, _, err = await run_relay(
+        "users", "add", "--email", "c@example.test", env=env, cwd=tmp_path
+    )
     assert code == 1 and "already exists" in err
 
     async with aiohttp.ClientSession() as http:
@@ -190,22 +146,22 @@ async def test_users_add_and_revoke_share_the_served_database(
             assert resp.status == 201, body
             assert body["max_duration_seconds"] == 90
 
-    code, out, err = await _run(
+    code, out, err = await run_relay(
         "users", "revoke", "--email", "c@example.test", env=env, cwd=tmp_path
     )
     assert code == 0 and "revoked" in out, err
-    code, _, err = await _run(
+    code, _, err = await run_relay(
         "users", "revoke", "--email", "nobody@example.test", env=env, cwd=tmp_path
     )
     assert code == 1 and "no user" in err
-    code, out, err = await _run("db", "migrate", env=env, cwd=tmp_path)
+    code, out, err = await run_relay("db", "migrate", env=env, cwd=tmp_path)
     assert code == 0 and "up to date" in out, err
 
 
 async def test_bad_configuration_exits_with_a_clear_message(tmp_path: Path) -> None:
     env = _env(tmp_path / "state")
     env["RELAY__SERVER__PORT"] = "not-a-port"
-    code, _, err = await _run("serve", env=env, cwd=tmp_path)
+    code, _, err = await run_relay("serve", env=env, cwd=tmp_path)
     assert code == 2
     assert "server.port" in err and "Traceback" not in err
 
@@ -279,7 +235,7 @@ async def test_serve_against_a_separately_run_simulator_in_the_beta_dialect(
 async def test_unreachable_embedded_database_folder_exits_with_a_message(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         return  # only root runs PostgreSQL as another user, who cannot enter tmp_path
-    code, _, err = await _run(
+    code, _, err = await run_relay(
         "users", "add", "--email", "x@example.test", env=_env(tmp_path / "state"), cwd=tmp_path
     )
     assert code == 3

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -31,6 +30,7 @@ from tests.integration.cluster_helpers import (
 )
 from tests.integration.media_helpers import BrowserPeer
 from tests.support.redis_server import RedisServer
+from tests.support.relay_cli import run_relay
 
 pytestmark = pytest.mark.slow
 
@@ -75,19 +75,7 @@ def member_id(relay: RelayProcess) -> str:
 
 async def relay_cli(*args: str, dsn: str, cwd: Path) -> tuple[int, str, str]:
     env = relay_env(cwd / "cli-state", {"DATABASE_URL": dsn})
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "relay",
-        *args,
-        env=env,
-        cwd=cwd,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run_relay(*args, env=env, cwd=cwd, timeout_s=60)
 
 
 async def test_created_on_a_exchanged_on_b_revoked_and_b_killed(

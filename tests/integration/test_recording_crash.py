@@ -7,9 +7,6 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import re
-import signal
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,9 +17,9 @@ import asyncpg
 from tests.integration.media_helpers import BrowserPeer, encode_opus, speech_like, wait_until
 from tests.integration.recording_helpers import RATE, decode_stereo, first_loud, rms
 from tests.support.processes import free_port
+from tests.support.relay_cli import read_banner, start_serving, stop_serving
 
 OPERATOR = "crash-test-operator-token"
-URL_LINE = re.compile(r"listening on (http://127\.0\.0\.1:\d+/)")
 SPEECH = encode_opus(speech_like(3.0))
 
 
@@ -31,44 +28,12 @@ async def serving(
     cwd: Path, env: dict[str, str], port: int
 ) -> AsyncIterator[tuple[str, str, asyncio.subprocess.Process]]:
     """`relay serve` on ``port``: (url, demo token, process)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "relay",
-        "serve",
-        "--port",
-        str(port),
-        env=env,
-        cwd=cwd,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    assert proc.stdout is not None
-    lines: list[str] = []
-
-    async def banner() -> tuple[str, str]:
-        url = ""
-        while True:
-            raw = await proc.stdout.readline()  # type: ignore[union-attr]
-            assert raw, f"relay exited early: {lines}"
-            line = raw.decode().strip()
-            lines.append(line)
-            if match := URL_LINE.search(line):
-                url = match[1]
-            if line.startswith("rt_") and url:
-                return url, line
-
+    proc = await start_serving("--port", str(port), env=env, cwd=cwd)
     try:
-        url, token = await asyncio.wait_for(banner(), timeout=90)
+        url, token = await read_banner(proc, [])
         yield url, token, proc
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), timeout=30)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_serving(proc)
 
 
 async def test_kill_9_mid_interview_then_restart_finalises_a_playable_recording(

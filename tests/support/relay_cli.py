@@ -1,0 +1,81 @@
+"""Running the relay's command line as a real process (`python -m relay ...`) in tests."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import sys
+from pathlib import Path
+
+# The line `relay serve` prints once it listens.
+URL_LINE = re.compile(r"listening on (http://127\.0\.0\.1:\d+/)")
+
+
+async def run_relay(
+    *args: str, env: dict[str, str], cwd: Path, timeout_s: float = 90
+) -> tuple[int, str, str]:
+    """Run one command to its end: (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "relay",
+        *args,
+        env=env,
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=timeout_s)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def start_serving(*args: str, env: dict[str, str], cwd: Path) -> asyncio.subprocess.Process:
+    """`relay serve ARGS` with stdout piped (read it with ``read_banner``)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "relay",
+        "serve",
+        *args,
+        env=env,
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+
+
+async def read_banner(
+    proc: asyncio.subprocess.Process, lines: list[str], timeout_s: float = 90
+) -> tuple[str, str]:
+    """The start-up lines up to the demo token: (page URL, demo token); every line read is
+    appended to ``lines``."""
+    assert proc.stdout is not None
+    stdout = proc.stdout
+
+    async def banner() -> tuple[str, str]:
+        url = ""
+        while True:
+            raw = await stdout.readline()
+            assert raw, f"relay exited early: {lines}"
+            line = raw.decode().strip()
+            lines.append(line)
+            if match := URL_LINE.search(line):
+                url = match[1]
+            if line.startswith("rt_") and url:
+                return url, line
+
+    return await asyncio.wait_for(banner(), timeout=timeout_s)
+
+
+async def stop_serving(proc: asyncio.subprocess.Process, timeout_s: float = 30) -> None:
+    """SIGTERM (the relay drains), then SIGKILL if it does not exit in time."""
+    if proc.returncode is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), timeout=timeout_s)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
