@@ -37,6 +37,7 @@ from relay.cluster.setup import start_cluster
 from relay.config import ConfigError, Settings
 from relay.media.event_schema import unknown_types
 from relay.media.manager import BridgeManager
+from relay.memory import GcPauseMeter, MemoryKeeper, freeze_startup_objects
 from relay.observability.loop_monitor import LoopMonitor
 from relay.observability.metrics import MetricsRegistry
 from relay.recording import consent
@@ -131,6 +132,9 @@ def _lifecycle(
         async with contextlib.AsyncExitStack() as stack:
             services = await _start(settings, metrics, instance_id, stack, simulate=simulate)
             app[SERVICES] = services
+            if settings.server.gc_freeze:
+                frozen = freeze_startup_objects()
+                log.debug("%d start-up objects frozen out of garbage collection", frozen)
             yield
             log.info("shutting down")
 
@@ -270,7 +274,12 @@ async def _start(
     # 5. housekeeping, and the event-loop/CPU monitor the dashboard charts
     housekeeping = spawn(_housekeeping(sessions), name="housekeeping", log=log)
     stack.push_async_callback(cancel_and_wait, housekeeping)
-    services.loop_monitor = LoopMonitor(metrics)
+    gc_pauses = GcPauseMeter(metrics)
+    gc_pauses.install()
+    stack.callback(gc_pauses.remove)
+    services.memory = MemoryKeeper(settings.server.memory_release_delay_s)
+    stack.push_async_callback(services.memory.close)
+    services.loop_monitor = LoopMonitor(metrics, gc_pauses)
     monitor = spawn(services.loop_monitor.run(), name="loop-monitor", log=log)
     stack.push_async_callback(cancel_and_wait, monitor)
     return services

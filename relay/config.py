@@ -78,6 +78,12 @@ class ServerConfig(_Section):
     drain_retry_after_s: Annotated[int, Field(ge=1, le=3600)] = 30
     # Create a demo user on first start and print its token (local runs).
     create_demo_user: bool = True
+    # Once started, move every object alive to the garbage collector's permanent
+    # generation (relay.memory): collections then scan live interviews only.
+    gc_freeze: bool = True
+    # After an interview ends, free it (a full collection, freed heap handed back to the
+    # system) within this many seconds, at most once per interval; 0: Python decides.
+    memory_release_delay_s: Annotated[float, Field(ge=0, le=3600)] = 10.0
 
 
 class DatabaseConfig(_Section):

@@ -24,6 +24,7 @@ from relay.upstream.health import UpstreamHealth
 if TYPE_CHECKING:
     from relay.cluster.runtime import ClusterRuntime
     from relay.media.manager import BridgeManager
+    from relay.memory import MemoryKeeper
     from relay.observability.loop_monitor import LoopMonitor
     from relay.recording.service import RecordingService
     from relay.upstream.simulator.server import RunningSimulator
@@ -59,6 +60,8 @@ class Services:
     simulator: RunningSimulator | None = None
     # Event-loop lag and CPU of this process (relay.observability.loop_monitor).
     loop_monitor: LoopMonitor | None = None
+    # Frees ended interviews promptly (relay.memory).
+    memory: MemoryKeeper | None = None
     # The ``recordings`` block of /api/stats and the dashboard (counts by status, failures,
     # and ``latest``: items with id, session_id, status, duration_s, bytes, created_at).
     recordings_summary: Callable[[], Awaitable[dict[str, Any]]] | None = None

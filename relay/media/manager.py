@@ -144,6 +144,8 @@ class BridgeManager:
     def forget(self, session_id: str) -> None:
         if self._bridges.pop(session_id, None) is not None:
             self.metrics.bridges_live.set(len(self._bridges))
+            if self.services.memory is not None:
+                self.services.memory.session_ended()
 
     async def open(self, entry: SessionEntry, offer_sdp: str, request_id: str) -> Bridge:
         """Bridge a claimed session; return the started bridge (``bridge.answer`` is the SDP).

@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from relay.observability.metrics import FAST_BUCKETS, MetricsRegistry
+
+if TYPE_CHECKING:
+    from relay.memory import GcPauseMeter
 
 TICK_S = 0.25
 CPU_PERIOD_S = 2.0
@@ -22,7 +25,8 @@ MAX_LAG_WINDOW_S = 10.0
 
 
 class LoopMonitor:
-    def __init__(self, metrics: MetricsRegistry) -> None:
+    def __init__(self, metrics: MetricsRegistry, gc_pauses: GcPauseMeter | None = None) -> None:
+        self._gc_pauses = gc_pauses
         self.lag = metrics.histogram(
             "relay_event_loop_lag_seconds",
             f"How late a {TICK_S * 1000:.0f} ms timer fired on the event loop",
@@ -52,6 +56,8 @@ class LoopMonitor:
             now = time.perf_counter()
             lag = max(0.0, now - started - TICK_S)
             self.observe_lag(lag)
+            if self._gc_pauses is not None:
+                self._gc_pauses.flush()
             if now - cpu_wall >= CPU_PERIOD_S:
                 used = time.process_time()
                 self.cpu_percent = round((used - cpu_used) / (now - cpu_wall) * 100, 1)

@@ -206,9 +206,13 @@ class Histogram(_Metric):
         help_text: str,
         labelnames: Sequence[str],
         buckets: Sequence[float],
+        keep_samples: bool = True,
     ) -> None:
         super().__init__(name, labelnames)
         self.buckets = tuple(buckets)
+        # False: Prometheus buckets only, no JSON percentiles (a metric observed by time,
+        # not by request, whose reservoir would only ever fill).
+        self.keep_samples = keep_samples
         self._prom = PromHistogram(
             name, help_text, self.labelnames, registry=registry, buckets=self.buckets
         )
@@ -217,6 +221,8 @@ class Histogram(_Metric):
     def observe(self, seconds: float, **labels: Any) -> None:
         key = self._key(labels)
         (self._prom.labels(*key) if key else self._prom).observe(seconds)
+        if not self.keep_samples:
+            return
         now = time.monotonic()
         with self._lock:
             res = self._reservoirs.get(key)
@@ -225,6 +231,13 @@ class Histogram(_Metric):
             res.samples.append((now, seconds))
             res.count += 1
             res.sum += seconds
+
+    def declare(self, **labels: Any) -> None:
+        """Expose this label set, at zero, before its first observation: the set of
+        series is then the same from the start, not growing as values first occur."""
+        key = self._key(labels)
+        if key:
+            self._prom.labels(*key)
 
     def count(self, **labels: Any) -> int:
         res = self._reservoirs.get(tuple(str(labels[n]) for n in self.labelnames))
@@ -320,12 +333,13 @@ class MetricsRegistry:
         labelnames: Iterable[str] = (),
         *,
         buckets: Sequence[float] = FAST_BUCKETS,
+        keep_samples: bool = True,
     ) -> Histogram:
         result: Histogram = self._get(
             Histogram,
             name,
             labelnames,
-            lambda ls: Histogram(self.registry, name, help_text, ls, buckets),
+            lambda ls: Histogram(self.registry, name, help_text, ls, buckets, keep_samples),
         )
         if result.buckets != tuple(buckets):
             raise ValueError(f"metric {name} re-registered with other buckets")

@@ -1,6 +1,12 @@
 """Memory per session: open, connect, hang up and close a few hundred interviews one at a
 time; nothing may be left behind per interview (docs/operations.md, "Memory per session").
 
+What was found: nothing of an ended interview's peers is freed by reference counting
+(aiortc's peer connections are reference cycles), so every peer, transport and SRTP
+session waits for Python's cyclic collector, whose full collections are rare; the relay's
+memory keeper (relay.memory) frees them within ``server.memory_release_delay_s``. The
+first tests below show both halves with the automatic collector off.
+
 Counted: every garbage-collected object by type, after a warm-up that fills the bounded
 histories (the simulator's closed calls and minted keys) and with the standard library's
 and yarl's URL caches emptied before each count (bounded caches of recent URLs, each
@@ -13,13 +19,15 @@ from __future__ import annotations
 import collections
 import gc
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, cast
 
 import aiohttp
 import pytest
 import yarl
 import yarl._url
+from aiortc import RTCPeerConnection
+from pylibsrtp import Session as SrtpSession
 
 from relay.upstream.simulator.app import SIMULATOR_KEY
 from relay.upstream.simulator.options import SimulatorOptions
@@ -115,6 +123,72 @@ async def idle(relay: RelayHarness, simulator: RunningSimulator) -> None:
         30,
         "every interview closed on both sides",
     )
+
+
+def live(kind: type) -> int:
+    """Objects of ``kind`` the collector tracks, without collecting anything."""
+    return sum(1 for obj in gc.get_objects() if isinstance(obj, kind))
+
+
+@pytest.fixture
+def automatic_gc_off() -> Iterator[None]:
+    """Only the relay may collect: Python's automatic collections would free ended
+    interviews at random moments and hide both what leaks and what frees it."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+INTERVIEWS = 12
+
+
+async def test_ended_interviews_wait_for_the_cyclic_collector(
+    make_relay: MakeRelay, simulator: RunningSimulator, automatic_gc_off: None
+) -> None:
+    """The finding: with no collection, every ended interview's peers stay in memory."""
+    relay = await make_relay(
+        overrides={
+            "server": {"memory_release_delay_s": 0},
+            "limits": {"per_user_requests_per_minute": 10 * INTERVIEWS},
+        }
+    )
+    token = await relay.add_user(seconds=3600)
+    async with aiohttp.ClientSession(base_url=relay.client.make_url("/")) as http:
+        for _ in range(INTERVIEWS):
+            await one_interview(http, relay, token)
+        await idle(relay, simulator)
+    # Two relay peers per interview (plus the test's browser and simulator peers).
+    assert live(RTCPeerConnection) >= 2 * INTERVIEWS
+    assert live(SrtpSession) >= 2 * INTERVIEWS
+    assert relay.services.memory is not None and relay.services.memory.collections == 0
+
+
+async def test_the_relay_frees_ended_interviews_within_the_release_delay(
+    make_relay: MakeRelay, simulator: RunningSimulator, automatic_gc_off: None
+) -> None:
+    relay = await make_relay(
+        overrides={
+            "server": {"memory_release_delay_s": 0.2},
+            "limits": {"per_user_requests_per_minute": 10 * INTERVIEWS},
+        }
+    )
+    token = await relay.add_user(seconds=3600)
+    async with aiohttp.ClientSession(base_url=relay.client.make_url("/")) as http:
+        for _ in range(INTERVIEWS):
+            await one_interview(http, relay, token)
+        await idle(relay, simulator)
+    await wait_until(
+        lambda: live(RTCPeerConnection) == 0 and live(SrtpSession) == 0,
+        10,
+        "every ended interview's peers and SRTP sessions freed",
+    )
+    memory = relay.services.memory
+    assert memory is not None and memory.collections >= 1
+    # One collection per delay, not one per interview.
+    assert memory.collections < INTERVIEWS
 
 
 @pytest.mark.slow
