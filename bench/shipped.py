@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,10 @@ RELAY_PORT = 18091
 UPSTREAM_PORT = 18092
 OPERATOR_TOKEN = "op_bench_" + "x" * 24
 GENERATOR_SATURATED = 0.85
-MODES = ("direct", "fast", "aiortc")
+MODES = ("direct", "fast", "aiortc", "rec")
+# Relay modes: (media.fast_path, recording.enabled). "fast" and "aiortc" record nothing, so
+# they compare forwarding alone; "rec" is the fast path with recording on (as shipped).
+RELAY_MODES = {"fast": (True, False), "aiortc": (False, False), "rec": (True, True)}
 
 
 # ---------------------------------------------------------------------- the upstream
@@ -174,7 +178,37 @@ def others_cpu_delta(before: dict[int, float], after: dict[int, float]) -> float
 # ---------------------------------------------------------------------- the relay
 
 
-def relay_env(data_dir: Path, fast_path: bool) -> dict[str, str]:
+def proc_cpu(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of one process, all threads."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def descendants(root: int) -> list[int]:
+    """Every live process below ``root`` (children, grandchildren, ...)."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        with contextlib.suppress(OSError), open(f"/proc/{name}/stat") as f:
+            ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+# ``--relay-env KEY=VALUE``: extra settings for every relay of the run (an A/B of one key).
+EXTRA_RELAY_ENV: dict[str, str] = {}
+
+
+def relay_env(data_dir: Path, mode: str) -> dict[str, str]:
+    fast_path, recording = RELAY_MODES[mode]
     env = {
         k: v
         for k, v in os.environ.items()
@@ -188,10 +222,12 @@ def relay_env(data_dir: Path, fast_path: bool) -> dict[str, str]:
         RELAY__LIMITS__PER_USER_REQUESTS_PER_MINUTE="100000",
         RELAY__LIMITS__GLOBAL_MAX_SESSIONS="200",
         RELAY__MEDIA__FAST_PATH="true" if fast_path else "false",
+        RELAY__RECORDING__ENABLED="true" if recording else "false",
         RELAY_OPERATOR_TOKEN=OPERATOR_TOKEN,
         OPENAI_API_KEY="sk-bench-not-a-real-key",
         OPENAI_BASE_URL=f"http://127.0.0.1:{UPSTREAM_PORT}/v1",
     )
+    env.update(EXTRA_RELAY_ENV)
     return env
 
 
@@ -200,7 +236,7 @@ def add_user(data_dir: Path) -> str:
     out = subprocess.run(
         [sys.executable, "-m", "relay", "users", "add", "--email", "bench@localhost"]
         + ["--seconds", "100000000"],
-        env=relay_env(data_dir, True),
+        env=relay_env(data_dir, "fast"),
         capture_output=True,
         text=True,
         timeout=120,
@@ -215,15 +251,13 @@ def add_user(data_dir: Path) -> str:
 class RelayProcess:
     """``relay serve`` pinned to one CPU, in the benchmark's data directory."""
 
-    def __init__(
-        self, data_dir: Path, fast_path: bool, cpu: int, profile: str | None = None
-    ) -> None:
+    def __init__(self, data_dir: Path, mode: str, cpu: int, profile: str | None = None) -> None:
         # --profile: the relay runs under cProfile, which writes its stats at exit.
         profiler = ["-m", "cProfile", "-o", profile] if profile else []
         self.process = subprocess.Popen(
             ["taskset", "-c", str(cpu), sys.executable, *profiler, "-m", "relay", "serve"]
             + ["--port", str(RELAY_PORT)],
-            env=relay_env(data_dir, fast_path),
+            env=relay_env(data_dir, mode),
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -245,11 +279,16 @@ class RelayProcess:
         raise TimeoutError("relay serve did not start")
 
     def cpu_seconds(self) -> tuple[float, float]:
-        """(user, system) CPU seconds of the relay process, all threads."""
-        with open(f"/proc/{self.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        tick = os.sysconf("SC_CLK_TCK")
-        return int(fields[11]) / tick, int(fields[12]) / tick
+        """(user, system) CPU seconds of the relay process (all threads) and of the
+        processes it started and still runs (the recordings' render pool), so recording
+        work done off the relay's own process is counted. The embedded PostgreSQL runs
+        detached (its parent is init) and is not counted."""
+        user = system = 0.0
+        for pid in (self.pid, *descendants(self.pid)):
+            with contextlib.suppress(OSError):
+                times = proc_cpu(pid)
+                user, system = user + times[0], system + times[1]
+        return user, system
 
     def status(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -378,7 +417,7 @@ async def run_point(
     relay = None
     if mode != "direct":
         profile = f"{args.profile}.{mode}.{sessions}" if args.profile else None
-        relay = RelayProcess(data_dir, mode == "fast", args.relay_cpu, profile)
+        relay = RelayProcess(data_dir, mode, args.relay_cpu, profile)
     pairs = [Pair(i, probe=i < args.probes) for i in range(sessions)]
     upstream.pairs = {}
     upstream.answer_s, upstream.connected_at = {}, {}
@@ -521,8 +560,14 @@ async def run_cycles(
     """Open and close ``cycles`` sessions (10 at a time, each carrying audio for a moment)
     against one relay; the relay's RSS, tasks, threads and descriptors after the first
     batch vs after the last, once every session has ended."""
-    result: dict[str, Any] = {"harness": "shipped", "mode": "cycles", "cycles": cycles}
-    relay = RelayProcess(data_dir, True, args.relay_cpu)
+    result: dict[str, Any] = {
+        "harness": "shipped",
+        "mode": "cycles",
+        "relay_mode": args.cycle_mode,
+        "relay_env": dict(EXTRA_RELAY_ENV),
+        "cycles": cycles,
+    }
+    relay = RelayProcess(data_dir, args.cycle_mode, args.relay_cpu)
     batch_size = 10
     async with aiohttp.ClientSession() as http:
         try:
@@ -602,7 +647,7 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for n in sorted({r["sessions"] for r in rows}):
         directs = points.get(("direct", n), [])
-        for mode in ("fast", "aiortc"):
+        for mode in ("fast", "aiortc", "rec"):
             runs = points.get((mode, n), [])
             if not runs or not directs:
                 continue
@@ -705,24 +750,26 @@ def table(rows: list[dict[str, Any]]) -> str:
 # ---------------------------------------------------------------------- main
 
 
-async def main_async(args: argparse.Namespace) -> None:
+async def run_shipped(
+    args: argparse.Namespace, sink: Callable[[dict[str, Any]], None]
+) -> list[dict[str, Any]]:
+    """The open-close cycles (``--cycles``) or the sweep; each row goes to ``sink`` as it
+    is measured. The caller's CPU affinity is restored at the end."""
+    affinity = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {args.endpoint_cpu})
     upstream = GaUpstream()
     runner = web.AppRunner(upstream.app(), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", UPSTREAM_PORT).start()
-    RESULTS_DIR.mkdir(exist_ok=True)
-    out = RESULTS_DIR / time.strftime("shipped-%Y%m%d-%H%M%S.jsonl")
     data_dir = Path(tempfile.mkdtemp(prefix="relay-bench-"))
     rows: list[dict[str, Any]] = []
     try:
         token = await asyncio.to_thread(add_user, data_dir)
         if args.cycles:
             row = await run_cycles(args.cycles, args, upstream, data_dir, token)
-            print(json.dumps(row))
-            with out.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            return
+            rows.append(row)
+            sink(row)
+            return rows
         for run in range(args.repeat):
             for sessions in args.sessions:
                 for mode in args.modes:
@@ -731,14 +778,27 @@ async def main_async(args: argparse.Namespace) -> None:
                     row["run"] = run + 1
                     row["point_s"] = round(time.monotonic() - started, 1)
                     rows.append(row)
-                    print(json.dumps({k: v for k, v in row.items() if "stalls" not in k}))
-                    with out.open("a") as f:
-                        f.write(json.dumps(row) + "\n")
+                    sink(row)
     finally:
         await runner.cleanup()
         shutil.rmtree(data_dir, ignore_errors=True)
-    print()
-    print(table(rows))
+        os.sched_setaffinity(0, affinity)
+    return rows
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    RESULTS_DIR.mkdir(exist_ok=True)
+    out = RESULTS_DIR / time.strftime("shipped-%Y%m%d-%H%M%S.jsonl")
+
+    def sink(row: dict[str, Any]) -> None:
+        print(json.dumps({k: v for k, v in row.items() if "stalls" not in k}), flush=True)
+        with out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    rows = await run_shipped(args, sink)
+    if not args.cycles:
+        print()
+        print(table(rows))
     print(f"\nraw results: {out}")
 
 
@@ -757,13 +817,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--cycles", type=int, default=0, help="instead: open and close this many sessions"
     )
     parser.add_argument(
+        "--cycle-mode", default="rec", choices=sorted(RELAY_MODES), help="the relay in --cycles"
+    )
+    parser.add_argument(
         "--profile", help="write cProfile stats of each relay to PROFILE.<mode>.<N>"
+    )
+    parser.add_argument(
+        "--relay-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting for every relay of the run, e.g. RELAY__SERVER__GC_FREEZE=false",
     )
     parser.add_argument("--relay-cpu", type=int, default=0)
     parser.add_argument("--endpoint-cpu", type=int, default=1)
     args = parser.parse_args(argv)
     if args.table:
         return args
+    for item in args.relay_env:
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith("RELAY__"):
+            parser.error(f"--relay-env takes RELAY__SECTION__KEY=VALUE, not {item!r}")
+        EXTRA_RELAY_ENV[key] = value
     args.sessions = [int(x) for x in str(args.sessions).split(",")]
     args.modes = [m.strip() for m in str(args.modes).split(",")]
     if not set(args.modes) <= set(MODES):

@@ -33,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -165,9 +166,10 @@ async def _point(url: str, token: str, sessions: int, concurrency: int) -> dict[
     }
 
 
-async def main(args: argparse.Namespace) -> int:
-    RESULTS_DIR.mkdir(exist_ok=True)
-    out = RESULTS_DIR / f"workers-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+async def run_workers(
+    args: argparse.Namespace, sink: Callable[[dict[str, Any]], None]
+) -> list[dict[str, Any]]:
+    """The points in ABBA order; each row goes to ``sink`` as it is measured."""
     base_env = {
         k: v
         for k, v in os.environ.items()
@@ -204,34 +206,49 @@ async def main(args: argparse.Namespace) -> int:
                     row = await _point(url, token, args.sessions, args.concurrency)
                 finally:
                     await _stop(proc)
-                row.update(workers=workers, cpus=os.cpu_count())
+                row.update(harness="workers", workers=workers, cpus=os.cpu_count())
                 rows.append(row)
-                print(json.dumps(row), flush=True)
-                with out.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+                sink(row)
         finally:
             await _stop(sim)
-    print_table(rows)
+    return rows
+
+
+async def main(args: argparse.Namespace) -> int:
+    RESULTS_DIR.mkdir(exist_ok=True)
+    out = RESULTS_DIR / f"workers-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+
+    def sink(row: dict[str, Any]) -> None:
+        print(json.dumps(row), flush=True)
+        with out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    rows = await run_workers(args, sink)
+    print(table(rows))
     print(f"results: {out}")
     return 0
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
-    print(f"{'workers':>7} {'setups/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'errors':>6}")
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| workers | set-ups/s | set-up p50 (ms) | set-up p95 (ms) | completed | errors |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in rows:
-        print(
-            f"{row['workers']:>7} {row['setups_per_s']:>9} {row['setup_ms_p50']:>8}"
-            f" {row['setup_ms_p95']:>8} {row['errors']:>6}"
+        lines.append(
+            f"| {row['workers']} | {row['setups_per_s']} | {row['setup_ms_p50']} |"
+            f" {row['setup_ms_p95']} | {row['completed']} | {row['errors']} |"
         )
     by: dict[int, list[float]] = {}
     for row in rows:
         by.setdefault(row["workers"], []).append(row["setups_per_s"])
     if 1 in by and 2 in by and statistics.fmean(by[1]) > 0:
         ratio = statistics.fmean(by[2]) / statistics.fmean(by[1])
-        print(f"ratio workers 2 / workers 1 (mean setups/s): {ratio:.2f}")
+        lines += ["", f"Workers 2 / workers 1 (mean set-ups per second): **{ratio:.2f}**"]
+    return "\n".join(lines)
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=60)
     parser.add_argument("--concurrency", type=int, default=8)
@@ -246,9 +263,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    ns = _parser().parse_args()
+    ns = parser().parse_args()
     if ns.table:
-        print_table([json.loads(line) for line in Path(ns.table).read_text().splitlines()])
+        print(table([json.loads(line) for line in Path(ns.table).read_text().splitlines()]))
         sys.exit(0)
     if not (1 <= ns.sessions <= 200 and 1 <= ns.concurrency <= 32 and 1 <= ns.repeat <= 5):
         sys.exit("bounds: --sessions 1..200, --concurrency 1..32, --repeat 1..5")

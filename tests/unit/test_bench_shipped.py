@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -66,10 +67,54 @@ def test_media_totals_sum_the_relays_counters() -> None:
 
 def test_arguments_are_bounded() -> None:
     args = parse_args(["--sessions", "10,40", "--duration", "20"])
-    assert args.sessions == [10, 40] and args.modes == ["direct", "fast", "aiortc"]
-    for bad in (["--sessions", "500"], ["--duration", "600"], ["--modes", "decode"]):
+    assert args.sessions == [10, 40] and args.modes == ["direct", "fast", "aiortc", "rec"]
+    for bad in (
+        ["--sessions", "500"],
+        ["--duration", "600"],
+        ["--modes", "decode"],
+        ["--relay-env", "PATH=/tmp"],
+        ["--relay-env", "RELAY__SERVER__GC_FREEZE"],
+    ):
         with pytest.raises(SystemExit):
             parse_args(bad)
+
+
+def test_relay_env_sets_the_mode_and_the_extra_settings(tmp_path: Any) -> None:
+    from bench import shipped
+
+    parse_args(["--relay-env", "RELAY__SERVER__GC_FREEZE=false"])
+    try:
+        env = shipped.relay_env(tmp_path, "rec")
+        assert env["RELAY__MEDIA__FAST_PATH"] == "true"
+        assert env["RELAY__RECORDING__ENABLED"] == "true"
+        assert env["RELAY__SERVER__GC_FREEZE"] == "false"
+        env = shipped.relay_env(tmp_path, "aiortc")
+        assert env["RELAY__MEDIA__FAST_PATH"] == "false"
+        assert env["RELAY__RECORDING__ENABLED"] == "false"
+    finally:
+        shipped.EXTRA_RELAY_ENV.clear()
+
+
+def test_descendants_finds_grandchildren() -> None:
+    import subprocess
+    import sys
+
+    from bench.shipped import descendants
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, sys; subprocess.run(['sleep', '30'])"]
+    )
+    try:
+        import time
+
+        deadline = time.monotonic() + 10
+        while len(descendants(child.pid)) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(descendants(child.pid)) == 1
+        assert child.pid in descendants(os.getpid())
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_other_processes_cpu_ignores_exits_and_counts_newcomers() -> None:
