@@ -559,7 +559,8 @@ async def run_cycles(
 ) -> dict[str, Any]:
     """Open and close ``cycles`` sessions (10 at a time, each carrying audio for a moment)
     against one relay; the relay's RSS, tasks, threads and descriptors after the first
-    batch vs after the last, once every session has ended."""
+    batch vs after the last, once every session has ended and ``SETTLE_S`` has passed
+    (``rss_mb_by_batch``: right after each batch, without settling)."""
     result: dict[str, Any] = {
         "harness": "shipped",
         "mode": "cycles",
@@ -592,9 +593,9 @@ async def run_cycles(
                 snapshot = await process_snapshot(relay, http)
                 result.setdefault("rss_mb_by_batch", []).append(snapshot["rss_mb"])
                 if done == size:
-                    result["after_first_batch"] = snapshot
+                    result["after_first_batch"] = await settled_snapshot(relay, http)
             result["cycles_s"] = round(time.monotonic() - started, 1)
-            result["end"] = await process_snapshot(relay, http)
+            result["end"] = await settled_snapshot(relay, http)
             first_batch, end = result["after_first_batch"], result["end"]
             result["growth_after_first_batch"] = {
                 key: round(end[key] - first_batch[key], 1)
@@ -606,6 +607,17 @@ async def run_cycles(
         finally:
             await relay.stop()
     return result
+
+
+# The relay frees ended interviews within server.memory_release_delay_s (10 s by default).
+SETTLE_S = 12.0
+
+
+async def settled_snapshot(relay: RelayProcess, http: aiohttp.ClientSession) -> dict[str, Any]:
+    """A snapshot once the relay has had time to free what the last sessions left: the
+    state a quiet relay stays in, rather than the moment the last session ended."""
+    await asyncio.sleep(SETTLE_S)
+    return await process_snapshot(relay, http)
 
 
 async def wait_idle(relay: RelayProcess, http: aiohttp.ClientSession) -> None:

@@ -1,0 +1,242 @@
+"""Every benchmark section in one run, into one results file, with one report.
+
+Run inside a private network namespace (loopback only), from the repository root, on a
+machine with at least two cores:
+
+    unshare -n sh -c 'ip link set lo up && .venv/bin/python -m bench.suite'
+
+Sections, in this order (``--sections`` picks some):
+
+* ``media``: the shipped relay end to end (``bench/shipped.py``): the direct aiortc peer
+  pair (the control), the relay on its fast path, on aiortc's path, and on the fast path
+  with recording on; CPU, added latency, loss, time to first reply audio, RSS per live
+  session.
+* ``memory``: open-close cycles against one ``relay serve`` (recording on, as shipped):
+  RSS, tasks, threads and descriptors after the first batch vs after the last.
+* ``workers``: interview set-ups per second with ``relay serve --workers 1`` vs ``2``
+  (``bench/workers.py``).
+
+Every row goes to ``bench/results/suite-<time>.jsonl`` tagged with its section, after a
+first row describing the machine and the command; ``--report FILE`` prints the markdown
+tables of such a file (what docs/benchmarks.md shows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench import shipped, workers
+from bench.run import RESULTS_DIR
+
+Row = dict[str, Any]
+Sink = Callable[[Row], None]
+
+
+def media_args(quick: bool) -> argparse.Namespace:
+    if quick:
+        argv = ["--sessions", "10", "--duration", "8", "--repeat", "1"]
+    else:
+        argv = ["--sessions", "10,30", "--duration", "15", "--repeat", "2"]
+    return shipped.parse_args(argv + ["--modes", "direct,fast,aiortc,rec"])
+
+
+def memory_args(quick: bool) -> argparse.Namespace:
+    return shipped.parse_args(["--cycles", "100" if quick else "1000", "--cycle-mode", "rec"])
+
+
+# The control: Python's own collection (no freezing, no release after interviews).
+KEEPER_OFF = ["RELAY__SERVER__GC_FREEZE=false", "RELAY__SERVER__MEMORY_RELEASE_DELAY_S=0"]
+
+
+def memory_control_args(quick: bool) -> argparse.Namespace:
+    argv = ["--cycles", "100" if quick else "400", "--cycle-mode", "rec"]
+    for item in KEEPER_OFF:
+        argv += ["--relay-env", item]
+    return shipped.parse_args(argv)
+
+
+def workers_args(quick: bool) -> argparse.Namespace:
+    argv = ["--sessions", "20", "--repeat", "1"] if quick else ["--sessions", "60", "--repeat", "2"]
+    return workers.parser().parse_args(argv)
+
+
+async def run_media(quick: bool, sink: Sink) -> list[Row]:
+    return await shipped.run_shipped(media_args(quick), sink)
+
+
+async def run_memory(quick: bool, sink: Sink) -> list[Row]:
+    rows = await shipped.run_shipped(memory_args(quick), sink)
+    try:
+        return rows + await shipped.run_shipped(memory_control_args(quick), sink)
+    finally:
+        shipped.EXTRA_RELAY_ENV.clear()
+
+
+async def run_workers(quick: bool, sink: Sink) -> list[Row]:
+    return await workers.run_workers(workers_args(quick), sink)
+
+
+SECTIONS: dict[str, Callable[[bool, Sink], Awaitable[list[Row]]]] = {
+    "media": run_media,
+    "memory": run_memory,
+    "workers": run_workers,
+}
+
+
+def machine() -> Row:
+    versions: dict[str, str | None] = {}
+    for package in ("aiortc", "aioice", "pylibsrtp", "aiohttp", "av"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "cpu_model": cpu_model(),
+        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+        **versions,
+    }
+
+
+def cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+async def main_async(args: argparse.Namespace, argv: list[str]) -> None:
+    RESULTS_DIR.mkdir(exist_ok=True)
+    out = RESULTS_DIR / time.strftime("suite-%Y%m%d-%H%M%S.jsonl")
+
+    def write(row: Row) -> None:
+        with out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    write(
+        {
+            "harness": "suite",
+            "section": "run",
+            "command": "python -m bench.suite " + shlex.join(argv),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine": machine(),
+            "sections": args.sections,
+        }
+    )
+    for name in args.sections:
+
+        def sink(row: Row, section: str = name) -> None:
+            row["section"] = section
+            print(json.dumps({k: v for k, v in row.items() if "stalls" not in k}), flush=True)
+            write(row)
+
+        started = time.monotonic()
+        print(f"== {name}", flush=True)
+        await SECTIONS[name](args.quick, sink)
+        write({"harness": "suite", "section": name, "section_s": time.monotonic() - started})
+    write(
+        {"harness": "suite", "section": "end", "ended": time.strftime("%H:%M:%SZ", time.gmtime())}
+    )
+    print(report([json.loads(line) for line in out.read_text().splitlines()]))
+    print(f"\nraw results: {out}")
+
+
+def report(rows: list[Row]) -> str:
+    """The markdown of every section found in one suite results file."""
+    parts: list[str] = []
+    head = next((r for r in rows if r.get("section") == "run"), None)
+    if head:
+        parts.append(f"Command: `{head['command']}`, started {head['started']}.")
+        parts.append(f"Machine: `{json.dumps(head['machine'])}`.")
+    media = [r for r in rows if r.get("section") == "media" and r.get("harness") == "shipped"]
+    if media:
+        parts += ["### Media", shipped.table(media)]
+    memory = [r for r in rows if r.get("section") == "memory" and r.get("mode") == "cycles"]
+    if memory:
+        parts += ["### Memory: open-close cycles", cycles_table(memory)]
+    rows_workers = [r for r in rows if r.get("section") == "workers" and "workers" in r]
+    if rows_workers:
+        parts += ["### Workers", workers.table(rows_workers)]
+    timings = [r for r in rows if "section_s" in r]
+    if timings:
+        parts.append(
+            "Section durations: "
+            + ", ".join(f"{r['section']} {r['section_s']:.0f} s" for r in timings)
+            + "."
+        )
+    return "\n\n".join(parts)
+
+
+def cycles_table(rows: list[Row]) -> str:
+    lines = [
+        "| cycles | relay | | at start | after the first batch | at the end | growth |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['cycles']} | {relay_label(r)} | error: {r['error']} |||||")
+            continue
+        for key, label in (
+            ("rss_mb", "RSS (MB)"),
+            ("tasks", "asyncio tasks"),
+            ("threads", "threads"),
+            ("fds", "open descriptors"),
+        ):
+            lines.append(
+                f"| {r['cycles']} | {relay_label(r)} | {label} | {r['start'].get(key)} |"
+                f" {r['after_first_batch'].get(key)} | {r['end'].get(key)} |"
+                f" {r['growth_after_first_batch'].get(key)} |"
+            )
+    for r in rows:
+        if r.get("rss_mb_by_batch"):
+            lines += [
+                "",
+                f"{relay_label(r)}, RSS after each batch of 10 (MB): {r['rss_mb_by_batch']}",
+            ]
+    return "\n".join(lines)
+
+
+def relay_label(row: Row) -> str:
+    keeper = "keeper off" if row.get("relay_env") else "as shipped"
+    return f"{row.get('relay_mode')}, {keeper}"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.suite", description=__doc__)
+    parser.add_argument("--sections", default=",".join(SECTIONS))
+    parser.add_argument("--quick", action="store_true", help="small sizes, to try the harness")
+    parser.add_argument("--report", metavar="RESULTS", help="only print a results file's report")
+    args = parser.parse_args(argv)
+    args.sections = [s.strip() for s in str(args.sections).split(",") if s.strip()]
+    unknown = set(args.sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}; sections are {', '.join(SECTIONS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.report:
+        print(report([json.loads(line) for line in Path(args.report).read_text().splitlines()]))
+        return
+    asyncio.run(main_async(args, argv))
+
+
+if __name__ == "__main__":
+    main()
