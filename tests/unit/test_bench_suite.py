@@ -1,0 +1,86 @@
+"""Pure logic of the benchmark suite: section choice and the one report of a run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bench import suite, workers
+
+
+def test_sections_are_checked() -> None:
+    assert suite.parse_args([]).sections == list(suite.SECTIONS)
+    assert suite.parse_args(["--sections", "memory, workers"]).sections == ["memory", "workers"]
+    with pytest.raises(SystemExit):
+        suite.parse_args(["--sections", "media,nonsense"])
+
+
+def _cycles(env: dict[str, str], end_rss: float) -> dict[str, Any]:
+    snapshot = {"rss_mb": 120.0, "tasks": 9, "threads": 2, "fds": 11}
+    return {
+        "section": "memory",
+        "harness": "shipped",
+        "mode": "cycles",
+        "relay_mode": "rec",
+        "relay_env": env,
+        "cycles": 1000,
+        "start": snapshot,
+        "after_first_batch": {**snapshot, "rss_mb": 127.0},
+        "end": {**snapshot, "rss_mb": end_rss},
+        "growth_after_first_batch": {"rss_mb": round(end_rss - 127.0, 1), "tasks": 0},
+        "rss_mb_by_batch": [127.0, end_rss],
+    }
+
+
+def test_report_has_every_section_of_the_run() -> None:
+    rows: list[dict[str, Any]] = [
+        {
+            "section": "run",
+            "command": "python -m bench.suite",
+            "started": "2026-11-28T22:00:00Z",
+            "machine": {"cpus": 2},
+        },
+        _cycles({}, 128.5),
+        _cycles({"RELAY__SERVER__GC_FREEZE": "false"}, 150.0),
+        {
+            "section": "workers",
+            "harness": "workers",
+            "workers": 1,
+            "setups_per_s": 4.0,
+            "setup_ms_p50": 500.0,
+            "setup_ms_p95": 900.0,
+            "completed": 60,
+            "errors": 0,
+        },
+        {
+            "section": "workers",
+            "harness": "workers",
+            "workers": 2,
+            "setups_per_s": 6.0,
+            "setup_ms_p50": 400.0,
+            "setup_ms_p95": 800.0,
+            "completed": 60,
+            "errors": 0,
+        },
+        {"section": "memory", "section_s": 300.0},
+    ]
+    text = suite.report(rows)
+    assert "Command: `python -m bench.suite`" in text
+    assert "| 1000 | rec, as shipped | RSS (MB) | 120.0 | 127.0 | 128.5 | 1.5 |" in text
+    assert "| 1000 | rec, keeper off | RSS (MB) | 120.0 | 127.0 | 150.0 | 23.0 |" in text
+    assert "Workers 2 / workers 1 (mean set-ups per second): **1.50**" in text
+    assert "memory 300 s" in text
+    assert "### Media" not in text  # no media rows in this run
+
+
+def test_workers_table_without_both_sides_has_no_ratio() -> None:
+    one = {
+        "workers": 1,
+        "setups_per_s": 4.0,
+        "setup_ms_p50": 1.0,
+        "setup_ms_p95": 2.0,
+        "completed": 1,
+        "errors": 0,
+    }
+    assert "Workers 2 / workers 1" not in workers.table([one])
