@@ -498,6 +498,16 @@ async def run_point(
                 result["relay_us_per_packet"] = round(
                     1e6 * result["relay_cpu"] * wall / max(1, packets), 2
                 )
+                # The sessions' whole life, hang-up and (when recording) finalisation
+                # included: most of what recording costs comes after the window.
+                for pair in pairs:
+                    await pair.close()
+                life_s = time.monotonic() - started
+                await wait_settled(http)
+                result["session_life_s"] = round(life_s, 1)
+                result["relay_cpu_ms_per_session_s_life"] = round(
+                    1000 * (sum(relay.cpu_seconds()) - cpu_before) / (sessions * life_s), 2
+                )
         except Exception as exc:  # a point that cannot run is recorded, not fatal
             result["error"] = f"{type(exc).__name__}: {exc}"
         finally:
@@ -618,6 +628,27 @@ async def settled_snapshot(relay: RelayProcess, http: aiohttp.ClientSession) -> 
     state a quiet relay stays in, rather than the moment the last session ended."""
     await asyncio.sleep(SETTLE_S)
     return await process_snapshot(relay, http)
+
+
+async def wait_settled(http: aiohttp.ClientSession) -> None:
+    """Until the relay has no live session and no recording live or being finalised."""
+    deadline = time.monotonic() + 90
+    while True:
+        async with http.get(
+            f"http://127.0.0.1:{RELAY_PORT}/api/stats",
+            headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"},
+        ) as resp:
+            body = await resp.json()
+        recordings = body.get("recordings") or {}
+        if (
+            not body.get("sessions")
+            and not recordings.get("live")
+            and not recordings.get("finalising")
+        ):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError("sessions or recordings still live 90 s after the browsers left")
+        await asyncio.sleep(0.2)
 
 
 async def wait_idle(relay: RelayProcess, http: aiohttp.ClientSession) -> None:

@@ -166,6 +166,8 @@ def report(rows: list[Row]) -> str:
     media = [r for r in rows if r.get("section") == "media" and r.get("harness") == "shipped"]
     if media:
         parts += ["### Media", shipped.table(media)]
+        if any(r.get("mode") == "rec" for r in media):
+            parts += ["### Recording on vs off", recording_table(media)]
     memory = [r for r in rows if r.get("section") == "memory" and r.get("mode") == "cycles"]
     if memory:
         parts += ["### Memory: open-close cycles", cycles_table(memory)]
@@ -180,6 +182,40 @@ def report(rows: list[Row]) -> str:
             + "."
         )
     return "\n\n".join(parts)
+
+
+def recording_table(rows: list[Row]) -> str:
+    """Relay CPU per session-second, recording on (``rec``) vs off (``fast``), both on the
+    fast path: in the measured window, and over the sessions' whole life (set-up to
+    hang-up, plus finalising the recordings, which happens after the window)."""
+    lines = [
+        "| N | off: window (ms CPU/s per session, per run) | on: window |"
+        " off: whole life | on: whole life | extra per recorded session-second (ms CPU) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for n in sorted({r["sessions"] for r in rows}):
+        off = [r for r in rows if r["sessions"] == n and r["mode"] == "fast" and "error" not in r]
+        on = [r for r in rows if r["sessions"] == n and r["mode"] == "rec" and "error" not in r]
+        if not off or not on:
+            continue
+        window_off = [r.get("relay_cpu_ms_per_session_s") for r in off]
+        window_on = [r.get("relay_cpu_ms_per_session_s") for r in on]
+        life_off = [r.get("relay_cpu_ms_per_session_s_life") for r in off]
+        life_on = [r.get("relay_cpu_ms_per_session_s_life") for r in on]
+        extra = mean_difference(life_on, life_off)
+        lines.append(
+            f"| {n} | {window_off} | {window_on} | {life_off} | {life_on} |"
+            f" {'-' if extra is None else round(extra, 2)} |"
+        )
+    return "\n".join(lines)
+
+
+def mean_difference(a: list[Any], b: list[Any]) -> float | None:
+    a_values = [float(x) for x in a if x is not None]
+    b_values = [float(x) for x in b if x is not None]
+    if not a_values or not b_values:
+        return None
+    return sum(a_values) / len(a_values) - sum(b_values) / len(b_values)
 
 
 def cycles_table(rows: list[Row]) -> str:

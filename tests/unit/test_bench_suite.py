@@ -74,6 +74,27 @@ def test_report_has_every_section_of_the_run() -> None:
     assert "### Media" not in text  # no media rows in this run
 
 
+def test_recording_table_is_on_minus_off_over_the_whole_life() -> None:
+    def point(mode: str, window: float, life: float) -> dict[str, Any]:
+        return {
+            "sessions": 10,
+            "mode": mode,
+            "relay_cpu_ms_per_session_s": window,
+            "relay_cpu_ms_per_session_s_life": life,
+        }
+
+    rows = [
+        point("fast", 10.0, 12.0),
+        point("rec", 11.0, 14.0),
+        point("fast", 10.0, 12.5),
+        point("rec", 11.0, 15.5),
+        {"sessions": 10, "mode": "rec", "error": "boom"},
+    ]
+    table = suite.recording_table(rows)
+    assert "| 10 | [10.0, 10.0] | [11.0, 11.0] | [12.0, 12.5] | [14.0, 15.5] | 2.5 |" in table
+    assert suite.mean_difference([None], [1.0]) is None
+
+
 def test_workers_table_without_both_sides_has_no_ratio() -> None:
     one = {
         "workers": 1,
