@@ -124,6 +124,18 @@ def ideal_hit_rate(sequence: Sequence[int], window_start: int) -> float | None:
     return hits / total if total else None
 
 
+def ttl_steady_hit_rate(n_users: int, s: float, rate: float, ttl_s: float) -> float:
+    """Long-run hit rate of a cache whose entries live ``ttl_s`` from the miss that stored
+    them (a hit does not extend them: the relay's Redis ``SET ... EX``), for Poisson
+    requests at ``rate`` per second drawn from Zipf(s) over ``n_users``, with no other
+    invalidation. User k, asked λ_k = rate·p_k times a second, misses once per cycle and
+    hits λ_k·ttl times in it on average: its hit rate is λ_k·ttl / (1 + λ_k·ttl)."""
+    weights = np.arange(1, n_users + 1, dtype=np.float64) ** -s
+    p = weights / weights.sum()
+    per_ttl = rate * p * ttl_s
+    return float(np.sum(p * per_ttl / (1 + per_ttl)))
+
+
 def prometheus_samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
     """Samples of one metric from Prometheus text: sorted label pairs → value."""
     out: dict[tuple[tuple[str, str], ...], float] = {}
@@ -175,9 +187,7 @@ async def request_once(
     started = loop.time()
     timing: dict[str, float] = {}
     try:
-        async with http.post(
-            url, json={}, headers={"Authorization": f"Bearer {token}"}
-        ) as resp:
+        async with http.post(url, json={}, headers={"Authorization": f"Bearer {token}"}) as resp:
             await resp.read()
             status = str(resp.status)
             timing = parse_server_timing(resp.headers.get("Server-Timing", ""))
@@ -397,9 +407,7 @@ async def run_admission(args: argparse.Namespace) -> list[dict[str, Any]]:
             print(json.dumps(rows[-1]), flush=True)
 
             await asyncio.to_thread(services.redis.stop)
-            await phase(
-                "redis_down", [zipf_tokens[i] for i in sequence[warmup_n + window_n :]]
-            )
+            await phase("redis_down", [zipf_tokens[i] for i in sequence[warmup_n + window_n :]])
     finally:
         if relay is not None:
             await relay.stop()

@@ -512,7 +512,7 @@ class Store:
         ``only_if_pending``: close it only if no member has claimed it
         (relay.sessions.shared_state).
         """
-        debit = max(0, int(-(-duration_seconds // 1)))  # ceil without float surprises
+        debit = debit_seconds(duration_seconds)
 
         async def op(conn: asyncpg.Connection) -> int | None:
             async with conn.transaction():
@@ -596,6 +596,11 @@ class Store:
 
         status = await self._run("recover_sessions", op)
         return int(status.split()[-1])
+
+
+def debit_seconds(duration_seconds: float) -> int:
+    """Whole seconds debited for a session of this length (started seconds count)."""
+    return max(0, int(-(-duration_seconds // 1)))  # ceil without float surprises
 
 
 def _user(row: asyncpg.Record) -> UserRecord:

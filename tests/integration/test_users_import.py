@@ -8,10 +8,9 @@ import os
 import stat
 from pathlib import Path
 
-from relay.admission.store import Store
+import asyncpg
+
 from relay.admission.tokens import hash_token
-from relay.config import DatabaseConfig
-from relay.observability.metrics import MetricsRegistry
 from tests.support.relay_cli import run_relay
 
 
@@ -32,19 +31,12 @@ def _tokens(path: Path) -> dict[str, str]:
 
 async def _users(database_url: str) -> dict[str, tuple[str, int]]:
     """email → (token hash, remaining seconds), straight from the table."""
-    store = Store(database_url, DatabaseConfig(), MetricsRegistry())
-    await store.open()
+    conn = await asyncpg.connect(database_url)
     try:
-
-        async def op(conn: object) -> list[tuple[str, str, int]]:
-            rows = await conn.fetch(  # type: ignore[attr-defined]
-                "SELECT email, token_hash, remaining_seconds FROM users"
-            )
-            return [(r["email"], r["token_hash"], r["remaining_seconds"]) for r in rows]
-
-        return {e: (h, s) for e, h, s in await store.run("test_users", op)}
+        rows = await conn.fetch("SELECT email, token_hash, remaining_seconds FROM users")
     finally:
-        await store.close()
+        await conn.close()
+    return {r["email"]: (r["token_hash"], r["remaining_seconds"]) for r in rows}
 
 
 async def test_import_creates_every_user_with_a_working_token(
@@ -90,6 +82,8 @@ async def test_import_creates_every_user_with_a_working_token(
 
 
 async def test_a_bad_line_imports_nobody(database_url: str, tmp_path: Path) -> None:
+    code, _, err = await run_relay("db", "migrate", env=_env(database_url), cwd=tmp_path)
+    assert code == 0, err
     source = tmp_path / "users.csv"
     source.write_text("email,seconds\nok@example.test,10\nnot-an-email,10\nok@example.test,3\n")
     out = tmp_path / "tokens.csv"
