@@ -62,6 +62,7 @@ from aiohttp import web
 
 from bench.run import RESULTS_DIR
 from bench.shipped import OPERATOR_TOKEN, RELAY_PORT, UPSTREAM_PORT, GaUpstream, RelayProcess
+from relay.config import CacheConfig
 
 ZIPF_USERS = 10_000
 # Late by more than this, a request counts as sent behind schedule.
@@ -310,13 +311,31 @@ def import_users(count: int, data_dir: Path, env: dict[str, str]) -> list[str]:
     return [by_email[f"bench{i}@localhost"] for i in range(count)]
 
 
-async def cache_lookups(http: aiohttp.ClientSession) -> dict[tuple[tuple[str, str], ...], float]:
+async def relay_metrics(http: aiohttp.ClientSession) -> str:
     async with http.get(
         f"http://127.0.0.1:{RELAY_PORT}/metrics",
         headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"},
     ) as resp:
         resp.raise_for_status()
-        return prometheus_samples(await resp.text(), "relay_cache_lookups_total")
+        return await resp.text()
+
+
+def db_statements(before: str, after: str, requests: int) -> dict[str, dict[str, float]]:
+    """Per query name between two ``/metrics`` readings: statements per request and their
+    mean latency (ms, retries included)."""
+    counts = [prometheus_samples(t, "relay_db_queries_total") for t in (before, after)]
+    sums = [prometheus_samples(t, "relay_db_query_duration_seconds_sum") for t in (before, after)]
+    out: dict[str, dict[str, float]] = {}
+    for labels, value in counts[1].items():
+        n = value - counts[0].get(labels, 0.0)
+        if n <= 0:
+            continue
+        seconds = sums[1].get(labels, 0.0) - sums[0].get(labels, 0.0)
+        out[dict(labels).get("query", "?")] = {
+            "per_request": round(n / requests, 2),
+            "mean_ms": round(1000 * seconds / n, 2),
+        }
+    return dict(sorted(out.items()))
 
 
 # ---------------------------------------------------------------------- phases
@@ -350,11 +369,15 @@ async def run_admission(args: argparse.Namespace) -> list[dict[str, Any]]:
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
 
             async def phase(name: str, sequence: Sequence[str]) -> dict[str, Any]:
-                before = await cache_lookups(http)
+                before = await relay_metrics(http)
                 cpu0 = sum(relay.cpu_seconds()) if relay else 0.0
                 samples, elapsed = await drive(http, sequence, args.rate)
                 cpu1 = sum(relay.cpu_seconds()) if relay else 0.0
-                lookups = lookup_delta(before, await cache_lookups(http))
+                after = await relay_metrics(http)
+                lookups = lookup_delta(
+                    prometheus_samples(before, "relay_cache_lookups_total"),
+                    prometheus_samples(after, "relay_cache_lookups_total"),
+                )
                 row = {
                     **base,
                     "section": "latency",
@@ -364,6 +387,7 @@ async def run_admission(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "cache_lookups": lookups,
                     "cache_hit_rate": hit_rate(lookups),
                     "relay_cpu_ms_per_request": round(1000 * (cpu1 - cpu0) / len(sequence), 2),
+                    "db_statements": db_statements(before, after, len(sequence)),
                 }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
@@ -377,6 +401,7 @@ async def run_admission(args: argparse.Namespace) -> list[dict[str, Any]]:
 
             # Zipf: from an empty Redis (the local layer answers only when Redis does not).
             await flush_redis(services)
+            hit_ttl = CacheConfig().hit_ttl_s  # the shipped default, which the relay runs
             warmup_n = int(args.rate * args.zipf_warmup_s)
             window_n = int(args.rate * args.zipf_window_s)
             down_n = int(args.rate * args.phase_s)
@@ -398,6 +423,12 @@ async def run_admission(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "hit_rate": window["cache_hit_rate"],
                     "ideal_hit_rate": round(
                         ideal_hit_rate(sequence[: warmup_n + window_n], warmup_n) or 0.0, 4
+                    ),
+                    # The long run: a cache whose entries live hit_ttl_s from their miss,
+                    # at this rate, with no other invalidation (ttl_steady_hit_rate).
+                    "hit_ttl_s": hit_ttl,
+                    "steady_hit_rate_at_hit_ttl": round(
+                        ttl_steady_hit_rate(ZIPF_USERS, args.zipf_s, args.rate, hit_ttl), 4
                     ),
                     "cache_lookups": window["cache_lookups"],
                     "statuses": window["statuses"],
@@ -471,15 +502,41 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
         lines += [
             "",
             "| users | Zipf s | warm-up requests | window requests | distinct users seen |"
-            " hit rate (relay's counters) | hit rate of a cache that never forgets |",
-            "|" + "---|" * 7,
+            " hit rate (relay's counters) | hit rate of a cache that never forgets |"
+            " long-run hit rate at this rate, hit_ttl_s (model) |",
+            "|" + "---|" * 8,
         ]
         for h in hits:
             lines.append(
                 f"| {h['users']} | {h['zipf_s']} | {h['warmup_requests']} |"
                 f" {h['window_requests']} | {h['distinct_users_so_far']} | {h['hit_rate']} |"
                 f" {h['ideal_hit_rate']} |"
+                f" {h.get('steady_hit_rate_at_hit_ttl')} ({h.get('hit_ttl_s')} s) |"
             )
+        rate = hits[0]["rate"]
+        ttls = sorted({int(hits[0].get("hit_ttl_s") or 300), 3600})
+        lines += [
+            "",
+            f"Long-run hit rate at {rate} requests/s by Zipf s and hit TTL (model, no run):",
+            "",
+            "| Zipf s | " + " | ".join(f"hit_ttl_s = {t}" for t in ttls) + " |",
+            "|" + "---|" * (len(ttls) + 1),
+        ]
+        for zs in (1.0, 1.1, 1.2):
+            cells = " | ".join(f"{ttl_steady_hit_rate(ZIPF_USERS, zs, rate, t):.3f}" for t in ttls)
+            lines.append(f"| {zs} | {cells} |")
+    if latency:
+        lines += [
+            "",
+            "| phase | database statements per request (mean ms) |",
+            "|---|---|",
+        ]
+        for r in latency:
+            db = ", ".join(
+                f"{q} {v['per_request']} ({v['mean_ms']})"
+                for q, v in r.get("db_statements", {}).items()
+            )
+            lines.append(f"| {r['phase']} | {db} |")
     return "\n".join(lines)
 
 
@@ -488,12 +545,12 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("admission")
-    group.add_argument("--rate", type=float, default=40.0, help="requests per second")
+    group.add_argument("--rate", type=float, default=25.0, help="requests per second")
     group.add_argument("--phase-s", type=float, default=20.0, help="cold, warm, redis_down")
     group.add_argument("--cold-users", type=int, default=0, help="default: rate x phase-s")
     group.add_argument("--zipf-s", type=float, default=1.1)
-    group.add_argument("--zipf-warmup-s", type=float, default=40.0)
-    group.add_argument("--zipf-window-s", type=float, default=40.0)
+    group.add_argument("--zipf-warmup-s", type=float, default=60.0)
+    group.add_argument("--zipf-window-s", type=float, default=60.0)
     group.add_argument("--seed", type=int, default=13)
     group.add_argument("--request-timeout", type=float, default=10.0)
     group.add_argument("--relay-cpu", type=int, default=0)

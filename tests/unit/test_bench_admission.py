@@ -77,3 +77,50 @@ def test_cache_lookups_from_prometheus_text() -> None:
     assert hit_rate(delta) == 1.0
     assert hit_rate({"hit/redis": 3, "miss/redis": 1}) == 0.75
     assert hit_rate({}) is None
+
+
+def test_table_shows_every_phase_status_and_the_hit_rate() -> None:
+    from bench.admission import table
+
+    ms = {"p50": 1.0, "p99": 2.0}
+    latency = {
+        "harness": "admission",
+        "section": "latency",
+        "rate": 25.0,
+        "requests": 10,
+        "statuses": {"201": 9, "503": 1},
+        "server_total_ms": ms,
+        "server_relay_ms": ms,
+        "cache_ms": ms,
+        "db_ms": {"p50": None, "p99": None},
+        "client_ms": ms,
+        "cache_lookups": {"hit/redis": 10},
+        "cache_hit_rate": 1.0,
+        "relay_cpu_ms_per_request": 5.0,
+        "generator_late_count": 0,
+        "generator_late_ms": ms,
+        "db_statements": {"create_session": {"per_request": 1.0, "mean_ms": 1.5}},
+    }
+    rows = [
+        {**latency, "phase": "warm"},
+        {**latency, "phase": "redis_down"},
+        {
+            "harness": "admission",
+            "section": "hit_rate",
+            "rate": 25.0,
+            "users": 10_000,
+            "zipf_s": 1.1,
+            "warmup_requests": 5,
+            "window_requests": 5,
+            "distinct_users_so_far": 3,
+            "hit_rate": 0.9,
+            "ideal_hit_rate": 0.95,
+            "hit_ttl_s": 300,
+            "steady_hit_rate_at_hit_ttl": 0.85,
+        },
+    ]
+    text = table(rows)
+    assert "| warm |" in text and "| redis_down |" in text
+    assert "503: 1" in text
+    assert "| 0.9 | 0.95 | 0.85 (300 s) |" in text
+    assert "create_session 1.0 (1.5)" in text
