@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import csv
 import json
 import math
 import os
@@ -52,7 +53,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -304,10 +305,8 @@ def import_users(count: int, data_dir: Path, env: dict[str, str]) -> list[str]:
         timeout=300,
         check=True,
     )
-    by_email: dict[str, str] = {}
-    for line in tokens_file.read_text().splitlines()[1:]:
-        email, token = line.split(",")
-        by_email[email] = token
+    with tokens_file.open(newline="") as f:
+        by_email = {row["email"]: row["token"] for row in csv.DictReader(f)}
     return [by_email[f"bench{i}@localhost"] for i in range(count)]
 
 
@@ -342,7 +341,10 @@ def db_statements(before: str, after: str, requests: int) -> dict[str, dict[str,
 
 
 async def run_admission(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Every phase against one relay; one row per phase plus the hit-rate row."""
+    """Every phase against one relay; one row per phase plus the hit-rate row.
+
+    Raises ValueError for options out of bounds (``Options``)."""
+    opts = Options.from_args(args)
     upstream = GaUpstream()
     runner = web.AppRunner(upstream.app(), access_log=None)
     await runner.setup()
@@ -351,10 +353,10 @@ async def run_admission(args: argparse.Namespace) -> list[dict[str, Any]]:
     services = await asyncio.to_thread(start_services)
     relay: RelayProcess | None = None
     rows: list[dict[str, Any]] = []
-    base: dict[str, Any] = {"harness": "admission", "rate": args.rate}
+    base: dict[str, Any] = {"harness": "admission", "rate": opts.rate}
     try:
         env = service_env(services)
-        cold_users = args.cold_users or int(args.rate * args.phase_s)
+        cold_users = opts.cold_users or int(opts.rate * opts.phase_s)
         users = ZIPF_USERS + cold_users
         started = time.monotonic()
         tokens = await asyncio.to_thread(
@@ -362,16 +364,16 @@ async def run_admission(args: argparse.Namespace) -> list[dict[str, Any]]:
         )
         import_s = round(time.monotonic() - started, 1)
         zipf_tokens, cold_tokens = tokens[:ZIPF_USERS], tokens[ZIPF_USERS:]
-        relay = RelayProcess(data_dir, True, args.relay_cpu, extra_env=env)
+        relay = RelayProcess(data_dir, True, opts.relay_cpu, extra_env=env)
         await relay.ready()
         connector = aiohttp.TCPConnector(limit=512)
-        timeout = aiohttp.ClientTimeout(total=args.request_timeout)
+        timeout = aiohttp.ClientTimeout(total=opts.request_timeout_s)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
 
             async def phase(name: str, sequence: Sequence[str]) -> dict[str, Any]:
                 before = await relay_metrics(http)
                 cpu0 = sum(relay.cpu_seconds()) if relay else 0.0
-                samples, elapsed = await drive(http, sequence, args.rate)
+                samples, elapsed = await drive(http, sequence, opts.rate)
                 cpu1 = sum(relay.cpu_seconds()) if relay else 0.0
                 after = await relay_metrics(http)
                 lookups = lookup_delta(
@@ -394,18 +396,18 @@ async def run_admission(args: argparse.Namespace) -> list[dict[str, Any]]:
                 return row
 
             await phase("cold", cold_tokens)
-            rng = np.random.default_rng(args.seed)
-            warm_count = int(args.rate * args.phase_s)
+            rng = np.random.default_rng(opts.seed)
+            warm_count = int(opts.rate * opts.phase_s)
             warm = [cold_tokens[int(i)] for i in rng.integers(0, len(cold_tokens), warm_count)]
             await phase("warm", warm)
 
             # Zipf: from an empty Redis (the local layer answers only when Redis does not).
             await flush_redis(services)
             hit_ttl = CacheConfig().hit_ttl_s  # the shipped default, which the relay runs
-            warmup_n = int(args.rate * args.zipf_warmup_s)
-            window_n = int(args.rate * args.zipf_window_s)
-            down_n = int(args.rate * args.phase_s)
-            sequence = zipf_users(ZIPF_USERS, args.zipf_s, warmup_n + window_n + down_n, args.seed)
+            warmup_n = int(opts.rate * opts.zipf_warmup_s)
+            window_n = int(opts.rate * opts.zipf_window_s)
+            down_n = int(opts.rate * opts.phase_s)
+            sequence = zipf_users(ZIPF_USERS, opts.zipf_s, warmup_n + window_n + down_n, opts.seed)
             await phase("zipf_warmup", [zipf_tokens[i] for i in sequence[:warmup_n]])
             window = await phase(
                 "zipf", [zipf_tokens[i] for i in sequence[warmup_n : warmup_n + window_n]]
@@ -415,8 +417,8 @@ async def run_admission(args: argparse.Namespace) -> list[dict[str, Any]]:
                     **base,
                     "section": "hit_rate",
                     "users": ZIPF_USERS,
-                    "zipf_s": args.zipf_s,
-                    "seed": args.seed,
+                    "zipf_s": opts.zipf_s,
+                    "seed": opts.seed,
                     "warmup_requests": warmup_n,
                     "window_requests": window_n,
                     "distinct_users_so_far": len(set(sequence[: warmup_n + window_n])),
@@ -428,7 +430,7 @@ async def run_admission(args: argparse.Namespace) -> list[dict[str, Any]]:
                     # at this rate, with no other invalidation (ttl_steady_hit_rate).
                     "hit_ttl_s": hit_ttl,
                     "steady_hit_rate_at_hit_ttl": round(
-                        ttl_steady_hit_rate(ZIPF_USERS, args.zipf_s, args.rate, hit_ttl), 4
+                        ttl_steady_hit_rate(ZIPF_USERS, opts.zipf_s, opts.rate, hit_ttl), 4
                     ),
                     "cache_lookups": window["cache_lookups"],
                     "statuses": window["statuses"],
@@ -543,33 +545,68 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
 # ---------------------------------------------------------------------- main
 
 
+@dataclass(frozen=True)
+class Options:
+    """The harness's settings; on the command line ``--admission-<name>`` (prefixed, so a
+    suite runner can put every harness's options on one parser)."""
+
+    rate: float = 25.0  # requests per second, every phase
+    phase_s: float = 20.0  # cold, warm and redis_down
+    cold_users: int = 0  # 0: rate x phase_s
+    zipf_s: float = 1.1
+    zipf_warmup_s: float = 60.0
+    zipf_window_s: float = 60.0
+    seed: int = 13
+    request_timeout_s: float = 10.0
+    relay_cpu: int = 0
+    generator_cpu: int = 1
+
+    def __post_init__(self) -> None:
+        """Keep it bounded."""
+        if not 1 <= self.rate <= 500:
+            raise ValueError("rate: 1..500 requests per second")
+        for name in ("phase_s", "zipf_warmup_s", "zipf_window_s"):
+            if not 1 <= getattr(self, name) <= 300:
+                raise ValueError(f"{name}: 1..300 s")
+        if not 0.5 <= self.zipf_s <= 3:
+            raise ValueError("zipf_s: 0.5..3")
+        if not 0 <= self.cold_users <= 50_000:
+            raise ValueError("cold_users: 0..50000")
+        if not 0.1 <= self.request_timeout_s <= 60:
+            raise ValueError("request_timeout_s: 0.1..60")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Options:
+        names = [f.name for f in fields(cls)]
+        return cls(**{n: getattr(args, f"admission_{n}") for n in names})
+
+
+OPTION_HELP = {
+    "rate": "requests per second, every phase",
+    "phase_s": "seconds of the cold, warm and redis_down phases",
+    "cold_users": "users of the cold phase (0: rate x phase-s)",
+    "zipf_s": "the Zipf exponent",
+    "zipf_warmup_s": "seconds of Zipf requests before the measured window",
+    "zipf_window_s": "seconds of the measured Zipf window",
+    "seed": "of the Zipf sequence and the warm phase's draws",
+    "request_timeout_s": "per request",
+    "relay_cpu": "the CPU relay serve is pinned to",
+    "generator_cpu": "the CPU this process is pinned to (standalone runs)",
+}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("admission")
-    group.add_argument("--rate", type=float, default=25.0, help="requests per second")
-    group.add_argument("--phase-s", type=float, default=20.0, help="cold, warm, redis_down")
-    group.add_argument("--cold-users", type=int, default=0, help="default: rate x phase-s")
-    group.add_argument("--zipf-s", type=float, default=1.1)
-    group.add_argument("--zipf-warmup-s", type=float, default=60.0)
-    group.add_argument("--zipf-window-s", type=float, default=60.0)
-    group.add_argument("--seed", type=int, default=13)
-    group.add_argument("--request-timeout", type=float, default=10.0)
-    group.add_argument("--relay-cpu", type=int, default=0)
-    group.add_argument("--generator-cpu", type=int, default=1)
-
-
-def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Keep it bounded (and fill the derived default)."""
-    if not 1 <= args.rate <= 500:
-        parser.error("--rate: 1..500 requests per second")
-    for name in ("phase_s", "zipf_warmup_s", "zipf_window_s"):
-        if not 1 <= getattr(args, name) <= 300:
-            parser.error(f"--{name.replace('_', '-')}: 1..300 s")
-    if not 0.5 <= args.zipf_s <= 3:
-        parser.error("--zipf-s: 0.5..3")
-    if not args.cold_users:
-        args.cold_users = int(args.rate * args.phase_s)
-    if not 1 <= args.cold_users <= 50_000:
-        parser.error("--cold-users: 1..50000")
+    group = parser.add_argument_group("admission (bench/admission.py)")
+    for f in fields(Options):
+        default = f.default
+        assert isinstance(default, int | float)
+        group.add_argument(
+            f"--admission-{f.name.replace('_', '-')}",
+            dest=f"admission_{f.name}",
+            type=type(default),
+            default=default,
+            help=f"{OPTION_HELP[f.name]} (default {default})",
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -583,8 +620,11 @@ def main(argv: list[str] | None = None) -> None:
         with open(args.table) as f:
             print(table([json.loads(line) for line in f if line.strip()]))
         return
-    check_arguments(parser, args)
-    os.sched_setaffinity(0, {args.generator_cpu})
+    try:
+        options = Options.from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    os.sched_setaffinity(0, {options.generator_cpu})
     rows = asyncio.run(run_admission(args))
     RESULTS_DIR.mkdir(exist_ok=True)
     out = RESULTS_DIR / time.strftime("admission-%Y%m%d-%H%M%S.jsonl")

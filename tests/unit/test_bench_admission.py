@@ -124,3 +124,19 @@ def test_table_shows_every_phase_status_and_the_hit_rate() -> None:
     assert "503: 1" in text
     assert "| 0.9 | 0.95 | 0.85 (300 s) |" in text
     assert "create_session 1.0 (1.5)" in text
+
+
+def test_options_are_prefixed_and_bounded() -> None:
+    import argparse
+
+    from bench.admission import Options, add_arguments
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rate")  # another harness's option: no clash
+    add_arguments(parser)
+    options = Options.from_args(parser.parse_args(["--admission-rate", "50"]))
+    assert options.rate == 50.0 and options.zipf_s == 1.1
+    with pytest.raises(ValueError, match="rate"):
+        Options.from_args(parser.parse_args(["--admission-rate", "5000"]))
+    with pytest.raises(ValueError, match="zipf_window_s"):
+        Options(zipf_window_s=1000)
