@@ -278,17 +278,47 @@ def stop_services(services: Services) -> None:
     remove_workspace(services.workspace)
 
 
-def service_env(services: Services) -> dict[str, str]:
-    return {
-        "DATABASE_URL": services.postgres.dsn(),
-        "REDIS_URL": services.redis.url,
-        # Never exchanged, a session is pending until this expires (module docstring).
-        "RELAY__SESSION__PENDING_TTL_S": "5",
-        "RELAY__LIMITS__GLOBAL_MAX_SESSIONS": "100000",
-        "RELAY__LIMITS__PER_USER_CONCURRENT_SESSIONS": "1000",
-        "RELAY__LIMITS__PER_USER_REQUESTS_PER_MINUTE": "100000",
-        "RELAY__LIMITS__FAILED_AUTH_PER_MINUTE": "100000",
+def relay_env(data_dir: Path, services: Services) -> dict[str, str]:
+    """The environment of ``relay serve`` (and ``relay users import``) in this harness."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RELAY", "OPENAI", "DATABASE", "REDIS"))
     }
+    env.update(
+        RELAY__SERVER__DATA_DIR=str(data_dir),
+        RELAY__SERVER__LOG_LEVEL="WARNING",
+        RELAY__SERVER__DRAIN_TIMEOUT_S="2",
+        RELAY_OPERATOR_TOKEN=OPERATOR_TOKEN,
+        OPENAI_API_KEY="sk-bench-not-a-real-key",
+        OPENAI_BASE_URL=f"http://127.0.0.1:{UPSTREAM_PORT}/v1",
+        DATABASE_URL=services.postgres.dsn(),
+        REDIS_URL=services.redis.url,
+        # Never exchanged, a session is pending until this expires (module docstring).
+        RELAY__SESSION__PENDING_TTL_S="5",
+        RELAY__LIMITS__GLOBAL_MAX_SESSIONS="100000",
+        RELAY__LIMITS__PER_USER_CONCURRENT_SESSIONS="1000",
+        RELAY__LIMITS__PER_USER_REQUESTS_PER_MINUTE="100000",
+        RELAY__LIMITS__FAILED_AUTH_PER_MINUTE="100000",
+    )
+    return env
+
+
+class AdmissionRelay(RelayProcess):
+    """``relay serve`` pinned to one CPU, with this harness's environment (the media
+    harness's ``RelayProcess`` for the rest: ready, cpu_seconds, stop)."""
+
+    def __init__(self, env: dict[str, str], cpu: int) -> None:
+        # Not RelayProcess.__init__: its environment is the media harness's.
+        self.process = subprocess.Popen(
+            ["taskset", "-c", str(cpu), sys.executable, "-m", "relay", "serve"]
+            + ["--port", str(RELAY_PORT)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        self.pid = self.process.pid
 
 
 def import_users(count: int, data_dir: Path, env: dict[str, str]) -> list[str]:
@@ -351,20 +381,18 @@ async def run_admission(args: argparse.Namespace) -> list[dict[str, Any]]:
     await web.TCPSite(runner, "127.0.0.1", UPSTREAM_PORT).start()
     data_dir = Path(tempfile.mkdtemp(prefix="relay-bench-admission-"))
     services = await asyncio.to_thread(start_services)
-    relay: RelayProcess | None = None
+    relay: AdmissionRelay | None = None
     rows: list[dict[str, Any]] = []
     base: dict[str, Any] = {"harness": "admission", "rate": opts.rate}
     try:
-        env = service_env(services)
+        env = relay_env(data_dir, services)
         cold_users = opts.cold_users or int(opts.rate * opts.phase_s)
         users = ZIPF_USERS + cold_users
         started = time.monotonic()
-        tokens = await asyncio.to_thread(
-            import_users, users, data_dir, {**relay_env_for(data_dir), **env}
-        )
+        tokens = await asyncio.to_thread(import_users, users, data_dir, env)
         import_s = round(time.monotonic() - started, 1)
         zipf_tokens, cold_tokens = tokens[:ZIPF_USERS], tokens[ZIPF_USERS:]
-        relay = RelayProcess(data_dir, True, opts.relay_cpu, extra_env=env)
+        relay = AdmissionRelay(env, opts.relay_cpu)
         await relay.ready()
         connector = aiohttp.TCPConnector(limit=512)
         timeout = aiohttp.ClientTimeout(total=opts.request_timeout_s)
@@ -448,12 +476,6 @@ async def run_admission(args: argparse.Namespace) -> list[dict[str, Any]]:
         await asyncio.to_thread(stop_services, services)
         shutil.rmtree(data_dir, ignore_errors=True)
     return rows
-
-
-def relay_env_for(data_dir: Path) -> dict[str, str]:
-    from bench.shipped import relay_env
-
-    return relay_env(data_dir, True)
 
 
 async def flush_redis(services: Services) -> None:

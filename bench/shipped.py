@@ -216,19 +216,14 @@ class RelayProcess:
     """``relay serve`` pinned to one CPU, in the benchmark's data directory."""
 
     def __init__(
-        self,
-        data_dir: Path,
-        fast_path: bool,
-        cpu: int,
-        profile: str | None = None,
-        extra_env: dict[str, str] | None = None,
+        self, data_dir: Path, fast_path: bool, cpu: int, profile: str | None = None
     ) -> None:
         # --profile: the relay runs under cProfile, which writes its stats at exit.
         profiler = ["-m", "cProfile", "-o", profile] if profile else []
         self.process = subprocess.Popen(
             ["taskset", "-c", str(cpu), sys.executable, *profiler, "-m", "relay", "serve"]
             + ["--port", str(RELAY_PORT)],
-            env={**relay_env(data_dir, fast_path), **(extra_env or {})},
+            env=relay_env(data_dir, fast_path),
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
