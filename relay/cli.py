@@ -1,4 +1,4 @@
-"""Command line: ``relay serve | simulate | doctor | users add/revoke | db migrate``."""
+"""Command line: ``relay serve | simulate | doctor | users add/import/revoke | db migrate``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 from aiohttp import web
 
 from relay.admission.embedded_pg import EmbeddedPostgresError
-from relay.admission.store import DatabaseUnavailable, Store, UserExists
+from relay.admission.store import DatabaseUnavailable, Store, UserExists, UsersExist
 from relay.admission.tokens import hash_token, new_token
 from relay.config import ConfigError, Settings, load_settings
 from relay.observability import error_tracking
@@ -78,6 +78,18 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--email", required=True)
     add.add_argument(
         "--seconds", type=int, default=DEFAULT_USER_SECONDS, help="interview seconds granted"
+    )
+    bulk = with_config(
+        users_sub.add_parser(
+            "import", help="create users from a CSV (email[,seconds]); tokens to a new file"
+        )
+    )
+    bulk.add_argument("--file", required=True, type=Path, help="CSV with an 'email' header")
+    bulk.add_argument(
+        "--tokens-out", required=True, type=Path, help="new file for email,token (mode 0600)"
+    )
+    bulk.add_argument(
+        "--seconds", type=int, default=DEFAULT_USER_SECONDS, help="for rows without seconds"
     )
     revoke = with_config(users_sub.add_parser("revoke", help="deactivate a user"))
     revoke.add_argument("--email", required=True)
@@ -315,7 +327,45 @@ async def _migrate(settings: Settings) -> int:
     return 0
 
 
+async def _import_users(settings: Settings, args: argparse.Namespace) -> int:
+    """All or nothing: a bad line or a taken email adds nobody and leaves no tokens file."""
+    from relay.admission.bulk_users import ImportFileError, parse_users_csv, write_tokens
+
+    if not 0 <= args.seconds <= 2**31 - 1:
+        print("--seconds must be within 0..2147483647", file=sys.stderr)
+        return 2
+    try:
+        text = await asyncio.to_thread(args.file.read_text, encoding="utf-8")
+        users = parse_users_csv(text, args.seconds)
+    except (OSError, UnicodeDecodeError, ImportFileError) as exc:
+        print(f"{args.file}: {exc}", file=sys.stderr)
+        return 2
+    tokens = [new_token() for _ in users]
+    rows = [(u.email, t) for u, t in zip(users, tokens, strict=True)]
+    try:
+        await asyncio.to_thread(write_tokens, args.tokens_out, rows)
+    except OSError as exc:  # exists already, or not writable: nothing added yet
+        print(f"{args.tokens_out}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    try:
+        async with _store(settings) as store:
+            count = await store.create_users(
+                [(u.email, hash_token(t), u.seconds) for u, t in zip(users, tokens, strict=True)]
+            )
+    except BaseException as exc:
+        args.tokens_out.unlink(missing_ok=True)  # those tokens open nothing
+        if isinstance(exc, UsersExist):
+            shown = ", ".join(exc.emails[:10]) + (" ..." if len(exc.emails) > 10 else "")
+            print(f"nothing imported: {len(exc.emails)} already exist: {shown}", file=sys.stderr)
+            return 1
+        raise
+    print(f"created {count} users; their tokens are in {args.tokens_out}")
+    return 0
+
+
 async def _users(settings: Settings, args: argparse.Namespace) -> int:
+    if args.users_command == "import":
+        return await _import_users(settings, args)
     async with _store(settings) as store:
         if args.users_command == "add":
             if args.seconds < 0:

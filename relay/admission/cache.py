@@ -2,9 +2,10 @@
 
 Keys are the token's SHA-256 (never the token). A known user is cached for
 ``hit_ttl_s``; an unknown token for the short ``miss_ttl_s`` so repeated bad tokens do
-not reach PostgreSQL. Every write also goes to the bounded local cache, so when Redis
-dies the process still serves what it has seen. Unknown tokens live in a separate, smaller
-local cache: a stream of made-up tokens can fill that one, never evict known users.
+not reach PostgreSQL. Every write and every Redis hit also goes to the bounded local
+cache, so when Redis dies the process still serves the users it has seen lately.
+Unknown tokens live in a separate, smaller local cache: a stream of made-up tokens can
+fill that one, never evict known users.
 Each Redis call is bounded by ``redis_timeout_s``; consecutive failures open the breaker
 and Redis is skipped entirely until it is retried, so a dead or hung Redis adds no
 latency.
@@ -103,6 +104,10 @@ class UserCache:
             if ok and raw is not None:
                 user = _decode(raw)
                 self._lookups.inc(result="hit" if user else "negative_hit", source="redis")
+                # Kept in the local fallback too, so that if Redis dies the users active
+                # now (not only the last minute's misses) are still served without the
+                # database; as stale as a copy made on a miss, at most local_ttl_s.
+                self._remember_locally(token_hash, user)
                 return CachedUser(user, "redis")
             # The local cache stands in only when Redis did not answer: when it did, its
             # "miss" is authoritative (another instance or the CLI may have evicted it).
@@ -123,7 +128,7 @@ class UserCache:
             return True, user
         return self._local_unknown.lookup(token_hash)
 
-    async def put(self, token_hash: str, user: UserRecord | None) -> None:
+    def _remember_locally(self, token_hash: str, user: UserRecord | None) -> None:
         ttl = self._config.hit_ttl_s if user else self._config.miss_ttl_s
         local_ttl = min(ttl, self._config.local_ttl_s)
         if user is None:
@@ -132,6 +137,10 @@ class UserCache:
         else:
             self._local_unknown.delete(token_hash)
             self._local.set(token_hash, user, local_ttl)
+
+    async def put(self, token_hash: str, user: UserRecord | None) -> None:
+        ttl = self._config.hit_ttl_s if user else self._config.miss_ttl_s
+        self._remember_locally(token_hash, user)
         payload = json.dumps(user.to_cache() if user else None)
         await self._redis_call("set", lambda r: r.set(self._key(token_hash), payload, ex=ttl))
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
@@ -62,6 +62,14 @@ class DatabaseUnavailable(Exception):
 
 class UserExists(Exception):
     """``create_user`` without ``replace``: that email (or token) is already taken."""
+
+
+class UsersExist(Exception):
+    """``create_users``: these emails (or their tokens) are already taken; nothing was added."""
+
+    def __init__(self, emails: list[str]) -> None:
+        super().__init__(f"{len(emails)} email(s) already taken")
+        self.emails = emails
 
 
 @dataclass(frozen=True)
@@ -343,6 +351,45 @@ class Store:
 
         return _user(await self._run("create_user", op))
 
+    async def create_users(self, users: Sequence[tuple[str, str, int]]) -> int:
+        """Insert many users ``(email, token_hash, seconds)`` in one transaction: all or
+        none. Returns how many rows are in place; raises ``UsersExist`` (nothing added)
+        when any email or token hash is taken by another user."""
+        if not users:
+            return 0
+        emails = [u[0] for u in users]
+        hashes = [u[1] for u in users]
+        seconds = [u[2] for u in users]
+
+        async def op(conn: asyncpg.Connection) -> int:
+            async with conn.transaction():
+                inserted = await conn.fetch(
+                    """INSERT INTO users (email, token_hash, remaining_seconds)
+                       SELECT * FROM unnest($1::text[], $2::text[], $3::int[])
+                       ON CONFLICT DO NOTHING RETURNING email""",
+                    emails,
+                    hashes,
+                    seconds,
+                )
+                if len(inserted) == len(users):
+                    return len(inserted)
+                # A retry whose first attempt committed finds its own rows (same email
+                # and token hash): those are success, anything else is taken.
+                own = await conn.fetch(
+                    """SELECT u.email FROM users u
+                       JOIN unnest($1::text[], $2::text[]) AS t(email, token_hash)
+                         ON u.email = t.email AND u.token_hash = t.token_hash""",
+                    emails,
+                    hashes,
+                )
+                present = {r["email"] for r in inserted} | {r["email"] for r in own}
+                taken = [e for e in emails if e not in present]
+                if taken:
+                    raise UsersExist(taken)  # leaving the block rolls the inserts back
+                return len(users)
+
+        return await self._run("create_users", op)
+
     async def revoke_user(self, email: str) -> str | None:
         """Deactivate a user; return its token hash (to evict caches) or None if unknown."""
 
@@ -465,7 +512,7 @@ class Store:
         ``only_if_pending``: close it only if no member has claimed it
         (relay.sessions.shared_state).
         """
-        debit = max(0, int(-(-duration_seconds // 1)))  # ceil without float surprises
+        debit = debit_seconds(duration_seconds)
 
         async def op(conn: asyncpg.Connection) -> int | None:
             async with conn.transaction():
@@ -549,6 +596,11 @@ class Store:
 
         status = await self._run("recover_sessions", op)
         return int(status.split()[-1])
+
+
+def debit_seconds(duration_seconds: float) -> int:
+    """Whole seconds debited for a session of this length (started seconds count)."""
+    return max(0, int(-(-duration_seconds // 1)))  # ceil without float surprises
 
 
 def _user(row: asyncpg.Record) -> UserRecord:

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Literal, NoReturn
 
 from relay.admission.service import Admission, Caller, database_error
-from relay.admission.store import DatabaseUnavailable, Store
+from relay.admission.store import DatabaseUnavailable, Store, debit_seconds
 from relay.config import Settings, model_for
 from relay.errors import ApiError
 from relay.observability.metrics import MetricsRegistry
@@ -431,7 +431,11 @@ class SessionService:
             self._unwritten[finish.session_id] = finish
             return None
         self._unwritten.pop(finish.session_id, None)
-        await self._admission.forget(finish.token_hash)
+        # The user's record changes only by a debit: a session that ended without using
+        # any time (expired, superseded, failed before it started) leaves the cached
+        # record true, and dropping it would send the user's next request to PostgreSQL.
+        if debit_seconds(finish.duration_s) > 0:
+            await self._admission.forget(finish.token_hash)
         return remaining
 
     async def retry_unwritten(self) -> int:

@@ -115,6 +115,45 @@ async def test_cached_user_is_admitted_without_postgres(
     assert relay.counter("relay_cache_lookups_total", result="hit", source=source) == 2
 
 
+async def test_a_session_ended_unused_keeps_the_user_cached_a_debit_drops_it(
+    make_relay: MakeRelay, redis_server: Any
+) -> None:
+    relay = await make_relay(
+        redis_url=redis_server.url,
+        overrides={"limits": {"per_user_concurrent_sessions": 1}},
+    )
+    token = await relay.add_user(seconds=600)
+    status, first, _ = await relay.create_session(token)
+    assert status == 201, first
+    # The second supersedes the first (never exchanged): its row is closed, no debit.
+    status, second, _ = await relay.create_session(token)
+    assert status == 201, second
+    deadline = asyncio.get_running_loop().time() + 10
+    while [tuple(r) for r in await relay.sql(
+        "SELECT state, end_reason, debited_seconds FROM interview_sessions WHERE id = $1",
+        first["session_id"],
+    )] != [("ended", "superseded", 0)]:  # fmt: skip
+        assert asyncio.get_running_loop().time() < deadline, "superseded row never closed"
+        await asyncio.sleep(0.02)
+    status, third, _ = await relay.create_session(token)
+    assert status == 201, third
+    assert relay.counter("relay_db_queries_total", query="user_by_token") == 1
+    assert relay.counter("relay_cache_lookups_total", result="hit", source="redis") == 2
+
+    # A session that used time debits it: the cached record is stale and dropped, and the
+    # next request sees the new credit.
+    entry = relay.services.registry.get(third["session_id"])
+    assert entry is not None
+    remaining = await relay.services.sessions.finish(
+        entry, state="ended", reason="hangup", duration_s=2.5
+    )
+    assert remaining == 597
+    status, fourth, _ = await relay.create_session(token)
+    assert status == 201, fourth
+    assert fourth["max_duration_seconds"] == 597
+    assert relay.counter("relay_db_queries_total", query="user_by_token") == 2
+
+
 async def test_redis_stopped_falls_back_and_breaker_skips_it(
     make_relay: MakeRelay, redis_server: Any
 ) -> None:
@@ -145,6 +184,25 @@ async def test_redis_stopped_falls_back_and_breaker_skips_it(
         assert (await relay.create_session(seen))[0] == 201
     assert relay.counter("relay_cache_redis_errors_total") == errors_before
     assert relay.counter("relay_cache_redis_skipped_total") > skipped_before
+
+
+async def test_a_user_found_in_redis_is_kept_for_the_fallback_too(
+    make_relay: MakeRelay, redis_server: Any
+) -> None:
+    # One relay looks the user up (a miss: PostgreSQL, then Redis); the other finds it in
+    # Redis. When Redis dies, the second still serves it without PostgreSQL.
+    first = await make_relay(redis_url=redis_server.url, instance_id="first")
+    second = await make_relay(redis_url=redis_server.url, instance_id="second")
+    token = await first.add_user()
+    assert (await first.create_session(token))[0] == 201
+    assert (await second.create_session(token))[0] == 201
+    assert second.counter("relay_cache_lookups_total", result="hit", source="redis") == 1
+    assert second.counter("relay_db_queries_total", query="user_by_token") == 0
+    await redis_server.astop()
+    status, body, _ = await second.create_session(token)
+    assert status == 201, body
+    assert second.counter("relay_cache_lookups_total", result="hit", source="local") == 1
+    assert second.counter("relay_db_queries_total", query="user_by_token") == 0
 
 
 async def test_hung_redis_is_bounded_by_its_timeout_then_skipped(
