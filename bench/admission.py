@@ -61,8 +61,16 @@ import aiohttp
 import numpy as np
 from aiohttp import web
 
+from bench.prometheus import prometheus_samples
 from bench.run import RESULTS_DIR
-from bench.shipped import OPERATOR_TOKEN, RELAY_PORT, UPSTREAM_PORT, GaUpstream, RelayProcess
+from bench.shipped import (
+    OPERATOR_TOKEN,
+    RELAY_PORT,
+    UPSTREAM_PORT,
+    GaUpstream,
+    RelayProcess,
+    relay_metrics,
+)
 from relay.config import CacheConfig
 
 ZIPF_USERS = 10_000
@@ -70,8 +78,6 @@ ZIPF_USERS = 10_000
 LATE_MS = 5.0
 _TIMING_PART = re.compile(r"^\s*([A-Za-z0-9_.-]+)\s*(?:;(.*))?$")
 _DUR = re.compile(r"(?:^|;)\s*dur=([0-9.]+)")
-_METRIC_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$")
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 
 # ---------------------------------------------------------------------- pure helpers
@@ -136,18 +142,6 @@ def ttl_steady_hit_rate(n_users: int, s: float, rate: float, ttl_s: float) -> fl
     p = weights / weights.sum()
     per_ttl = rate * p * ttl_s
     return float(np.sum(p * per_ttl / (1 + per_ttl)))
-
-
-def prometheus_samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
-    """Samples of one metric from Prometheus text: sorted label pairs → value."""
-    out: dict[tuple[tuple[str, str], ...], float] = {}
-    for line in text.splitlines():
-        match = _METRIC_LINE.match(line)
-        if not match or match[1] != name:
-            continue
-        labels = tuple(sorted(_LABEL.findall(match[2] or "")))
-        out[labels] = float(match[3])
-    return out
 
 
 def lookup_delta(
@@ -338,15 +332,6 @@ def import_users(count: int, data_dir: Path, env: dict[str, str]) -> list[str]:
     with tokens_file.open(newline="") as f:
         by_email = {row["email"]: row["token"] for row in csv.DictReader(f)}
     return [by_email[f"bench{i}@localhost"] for i in range(count)]
-
-
-async def relay_metrics(http: aiohttp.ClientSession) -> str:
-    async with http.get(
-        f"http://127.0.0.1:{RELAY_PORT}/metrics",
-        headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"},
-    ) as resp:
-        resp.raise_for_status()
-        return await resp.text()
 
 
 def db_statements(before: str, after: str, requests: int) -> dict[str, dict[str, float]]:

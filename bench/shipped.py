@@ -45,6 +45,7 @@ from aiohttp import web
 from aiortc import RTCDataChannel, RTCSessionDescription
 
 from bench.loop_lag import LoopLag
+from bench.prometheus import gc_pauses
 from bench.run import (
     RESULTS_DIR,
     Endpoints,
@@ -456,6 +457,7 @@ async def run_point(
             others0 = cpu_by_process(ours)
             mine0 = sum(os.times()[:2])
             relay0 = relay.cpu_seconds() if relay else (0.0, 0.0)
+            metrics0 = await relay_metrics(http) if relay is not None else ""
             stalls = LoopLag()
             watch = asyncio.create_task(stalls.run())
             t0 = time.time()
@@ -482,6 +484,7 @@ async def run_point(
                     relay_threads=status["Threads"],
                     relay_fds=status["fds"],
                 )
+                result["relay_gc"] = gc_pauses(metrics0, await relay_metrics(http))
                 result["relay_stats"] = await operator_stats(http)
                 # A session the relay ended early (e.g. its legs did not connect within
                 # session.connect_timeout_s on a starved machine) carries no audio.
@@ -517,6 +520,15 @@ async def run_point(
             if relay is not None:
                 await relay.stop()
     return result
+
+
+async def relay_metrics(http: aiohttp.ClientSession) -> str:
+    async with http.get(
+        f"http://127.0.0.1:{RELAY_PORT}/metrics",
+        headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"},
+    ) as resp:
+        resp.raise_for_status()
+        return await resp.text()
 
 
 async def operator_stats(http: aiohttp.ClientSession) -> dict[str, Any]:

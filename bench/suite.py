@@ -15,6 +15,8 @@ Sections, in this order (``--sections`` picks some):
   RSS, tasks, threads and descriptors after the first batch vs after the last.
 * ``workers``: interview set-ups per second with ``relay serve --workers 1`` vs ``2``
   (``bench/workers.py``).
+* ``admission``: ``POST /api/realtime-session`` at a fixed rate, cold, warm, Zipf over
+  10,000 users (the cache hit rate) and Redis down (``bench/admission.py``).
 
 Every row goes to ``bench/results/suite-<time>.jsonl`` tagged with its section, after a
 first row describing the machine and the command; ``--report FILE`` prints the markdown
@@ -36,7 +38,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import shipped, workers
+from bench import admission, shipped, workers
 from bench.run import RESULTS_DIR
 
 Row = dict[str, Any]
@@ -87,10 +89,31 @@ async def run_workers(quick: bool, sink: Sink) -> list[Row]:
     return await workers.run_workers(workers_args(quick), sink)
 
 
+def admission_args(quick: bool) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    admission.add_arguments(parser)
+    argv = ["--admission-phase-s", "5", "--admission-zipf-window-s", "10"] if quick else []
+    return parser.parse_args(argv)
+
+
+async def run_admission(quick: bool, sink: Sink) -> list[Row]:
+    args = admission_args(quick)
+    affinity = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {args.admission_generator_cpu})
+    try:
+        rows = await admission.run_admission(args)
+    finally:
+        os.sched_setaffinity(0, affinity)
+    for row in rows:
+        sink(row)
+    return rows
+
+
 SECTIONS: dict[str, Callable[[bool, Sink], Awaitable[list[Row]]]] = {
     "media": run_media,
     "memory": run_memory,
     "workers": run_workers,
+    "admission": run_admission,
 }
 
 
@@ -174,6 +197,9 @@ def report(rows: list[Row]) -> str:
     rows_workers = [r for r in rows if r.get("section") == "workers" and "workers" in r]
     if rows_workers:
         parts += ["### Workers", workers.table(rows_workers)]
+    rows_admission = [r for r in rows if r.get("section") == "admission" and "section_s" not in r]
+    if rows_admission:
+        parts += ["### Admission", admission.table(rows_admission)]
     timings = [r for r in rows if "section_s" in r]
     if timings:
         parts.append(

@@ -8,10 +8,10 @@ from bench.admission import (
     lookup_delta,
     parse_server_timing,
     percentile,
-    prometheus_samples,
     ttl_steady_hit_rate,
     zipf_users,
 )
+from bench.prometheus import prometheus_samples
 
 
 def test_server_timing_segments_and_total() -> None:

@@ -105,3 +105,23 @@ def test_workers_table_without_both_sides_has_no_ratio() -> None:
         "errors": 0,
     }
     assert "Workers 2 / workers 1" not in workers.table([one])
+
+
+def test_gc_pauses_between_two_scrapes() -> None:
+    from bench.prometheus import gc_pauses
+
+    def scrape(count2: int, sum2: float, le5: int) -> str:
+        return "\n".join(
+            [
+                f'relay_gc_pause_seconds_count{{generation="2"}} {count2}',
+                f'relay_gc_pause_seconds_sum{{generation="2"}} {sum2}',
+                f'relay_gc_pause_seconds_bucket{{generation="2",le="0.005"}} {le5}',
+                'relay_gc_pause_seconds_count{generation="0"} 100',
+                'relay_gc_pause_seconds_bucket{generation="0",le="0.005"} 100',
+            ]
+        )
+
+    out = gc_pauses(scrape(3, 0.010, 3), scrape(7, 0.130, 5))
+    assert out["gen2_count"] == 4 and out["gen2_total_ms"] == 120.0
+    assert out["gen0_count"] == 0
+    assert out["over_5ms"] == 2  # four new full collections, two of them at most 5 ms
