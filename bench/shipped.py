@@ -761,6 +761,13 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def gc_cell(row: dict[str, Any]) -> str:
+    gc = row.get("relay_gc")
+    if not gc:
+        return "-"
+    return f"{gc.get('gen2_count', 0):.0f} / {gc.get('over_5ms', 0):.0f}"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| N | mode | relay CPU / direct pair CPU (per run) |"
@@ -785,8 +792,9 @@ def table(rows: list[dict[str, Any]]) -> str:
         "",
         "| mode | N | run | relay core | generator core | other processes (cores) |"
         " received (min ratio) | latency p50 / p99 (ms, end to end) | events |"
-        " first audio p50: total / upstream / rest (ms) | relay RSS per session (MB) | error |",
-        "|" + "---|" * 12,
+        " first audio p50: total / upstream / rest (ms) | relay RSS per session (MB) |"
+        " relay full GCs / of them > 5 ms | error |",
+        "|" + "---|" * 13,
     ]
     for r in rows:
         lines.append(
@@ -797,7 +805,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f" {r.get('sessions_with_events', '-')} |"
             f" {r.get('first_audio_total_ms_p50')} / {r.get('first_audio_upstream_ms_p50')} /"
             f" {r.get('first_audio_rest_ms_p50')} |"
-            f" {r.get('relay_rss_per_session_mb', '-')} | {r.get('error', '')} |"
+            f" {r.get('relay_rss_per_session_mb', '-')} | {gc_cell(r)} | {r.get('error', '')} |"
         )
     return "\n".join(lines)
 
