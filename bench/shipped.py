@@ -793,7 +793,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         "| mode | N | run | relay core | generator core | other processes (cores) |"
         " received (min ratio) | latency p50 / p99 (ms, end to end) | events |"
         " first audio p50: total / upstream / rest (ms) | relay RSS per session (MB) |"
-        " relay full GCs / of them > 5 ms | error |",
+        " relay collections: full / any over 5 ms | error |",
         "|" + "---|" * 13,
     ]
     for r in rows:
