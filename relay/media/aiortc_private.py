@@ -155,7 +155,7 @@ def disable_retransmission_history(sender: RTCRtpSender) -> None:
     never used. They are, however, long-lived young objects (3 GC-tracked objects per
     packet, 128 per sender): with 100 sessions about 80,000 of them sit in the youngest
     GC generation, and each collection of it stalled the event loop for ~30 ms (measured:
-    p99 latency 12-18 ms at 100 sessions; see docs/benchmarks.md). Without the history a
+    p99 latency 12-18 ms at 100 sessions; see docs/benchmarks-earlier.md). Without the history a
     sent packet is freed at once. A NACK for audio, should one arrive, is ignored.
     """
     setattr(sender, _RTP_HISTORY, _NoHistory())
