@@ -64,11 +64,11 @@ from aiohttp import web
 from bench.prometheus import prometheus_samples
 from bench.run import RESULTS_DIR
 from bench.shipped import (
-    OPERATOR_TOKEN,
     RELAY_PORT,
     UPSTREAM_PORT,
     GaUpstream,
     RelayProcess,
+    base_relay_env,
     relay_metrics,
 )
 from relay.config import CacheConfig
@@ -274,18 +274,8 @@ def stop_services(services: Services) -> None:
 
 def relay_env(data_dir: Path, services: Services) -> dict[str, str]:
     """The environment of ``relay serve`` (and ``relay users import``) in this harness."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("RELAY", "OPENAI", "DATABASE", "REDIS"))
-    }
+    env = base_relay_env(data_dir)
     env.update(
-        RELAY__SERVER__DATA_DIR=str(data_dir),
-        RELAY__SERVER__LOG_LEVEL="WARNING",
-        RELAY__SERVER__DRAIN_TIMEOUT_S="2",
-        RELAY_OPERATOR_TOKEN=OPERATOR_TOKEN,
-        OPENAI_API_KEY="sk-bench-not-a-real-key",
-        OPENAI_BASE_URL=f"http://127.0.0.1:{UPSTREAM_PORT}/v1",
         DATABASE_URL=services.postgres.dsn(),
         REDIS_URL=services.redis.url,
         # Never exchanged, a session is pending until this expires (module docstring).

@@ -208,8 +208,10 @@ def descendants(root: int) -> list[int]:
 EXTRA_RELAY_ENV: dict[str, str] = {}
 
 
-def relay_env(data_dir: Path, mode: str) -> dict[str, str]:
-    fast_path, recording = RELAY_MODES[mode]
+def base_relay_env(data_dir: Path) -> dict[str, str]:
+    """What every benchmark's ``relay serve`` gets: this environment without any relay,
+    OpenAI, database or Redis setting of the caller's, the data directory, quiet logs, a
+    short drain, the operator token and the benchmark's upstream."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -219,14 +221,22 @@ def relay_env(data_dir: Path, mode: str) -> dict[str, str]:
         RELAY__SERVER__DATA_DIR=str(data_dir),
         RELAY__SERVER__LOG_LEVEL="WARNING",
         RELAY__SERVER__DRAIN_TIMEOUT_S="2",
+        RELAY_OPERATOR_TOKEN=OPERATOR_TOKEN,
+        OPENAI_API_KEY="sk-bench-not-a-real-key",
+        OPENAI_BASE_URL=f"http://127.0.0.1:{UPSTREAM_PORT}/v1",
+    )
+    return env
+
+
+def relay_env(data_dir: Path, mode: str) -> dict[str, str]:
+    fast_path, recording = RELAY_MODES[mode]
+    env = base_relay_env(data_dir)
+    env.update(
         RELAY__LIMITS__PER_USER_CONCURRENT_SESSIONS="200",
         RELAY__LIMITS__PER_USER_REQUESTS_PER_MINUTE="100000",
         RELAY__LIMITS__GLOBAL_MAX_SESSIONS="200",
         RELAY__MEDIA__FAST_PATH="true" if fast_path else "false",
         RELAY__RECORDING__ENABLED="true" if recording else "false",
-        RELAY_OPERATOR_TOKEN=OPERATOR_TOKEN,
-        OPENAI_API_KEY="sk-bench-not-a-real-key",
-        OPENAI_BASE_URL=f"http://127.0.0.1:{UPSTREAM_PORT}/v1",
     )
     env.update(EXTRA_RELAY_ENV)
     return env
