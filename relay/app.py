@@ -60,6 +60,7 @@ from relay.web import (
     routes_session,
     security_headers,
 )
+from relay.web.forwarded import parse_networks
 from relay.web.middleware import make_middleware
 
 log = logging.getLogger("relay.app")
@@ -254,6 +255,7 @@ async def _start(
         generated_operator_token=None if settings.server.operator_token else token,
         startup=startup,
         upstream_health=upstream_health,
+        trusted_proxies=parse_networks(settings.server.trusted_proxies),
     )
     services_ref.append(services)
     # Shared pending sessions, shared limits, heartbeat and commands (relay.cluster).

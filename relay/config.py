@@ -44,6 +44,7 @@ from pydantic_settings.sources.utils import parse_env_vars
 
 # Plain tuples of names (the filter's defaults live next to the filter that uses them).
 from relay.media.event_filter import DEFAULT_SERVER_EVENTS, DEFAULT_SESSION_FIELDS
+from relay.web.forwarded import parse_networks
 
 Dialect = Literal["ga", "beta"]
 
@@ -84,6 +85,18 @@ class ServerConfig(_Section):
     # After an interview ends, free it (a full collection, freed heap handed back to the
     # system) within this many seconds, at most once per interval; 0: Python decides.
     memory_release_delay_s: Annotated[float, Field(ge=0, le=3600)] = 10.0
+    # Networks (CIDR, or single addresses) of the reverse proxies in front of the relay:
+    # from them, the client is the X-Forwarded-For hop they saw (relay.web.forwarded).
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        try:
+            parse_networks(value)
+        except ValueError as exc:
+            raise ValueError(f"not a network or address: {exc}") from None
+        return value
 
 
 class DatabaseConfig(_Section):

@@ -20,6 +20,7 @@ from relay.sessions.registry import SessionRegistry
 from relay.sessions.service import SessionService
 from relay.upstream.base import UpstreamClient
 from relay.upstream.health import UpstreamHealth
+from relay.web.forwarded import Network
 
 if TYPE_CHECKING:
     from relay.cluster.runtime import ClusterRuntime
@@ -60,6 +61,8 @@ class Services:
     simulator: RunningSimulator | None = None
     # Event-loop lag and CPU of this process (relay.observability.loop_monitor).
     loop_monitor: LoopMonitor | None = None
+    # server.trusted_proxies, parsed (relay.web.forwarded).
+    trusted_proxies: tuple[Network, ...] = ()
     # Frees ended interviews promptly (relay.memory).
     memory: MemoryKeeper | None = None
     # The ``recordings`` block of /api/stats and the dashboard (counts by status, failures,

@@ -4,9 +4,9 @@ Each failed authentication (an unknown or malformed token) counts against the cl
 address over a sliding minute, in this process and, with Redis, across the cluster;
 at ``limits.failed_auth_per_minute`` further attempts from that address get 429 with
 Retry-After before any token is looked at, so guessing tokens costs the guesser time and
-costs the database nothing. The address is the TCP peer: behind a load balancer that is
-the balancer, so deployments there must keep the client address (PROXY protocol or a
-balancer-side limit); see docs/deploy.md.
+costs the database nothing. The address is the TCP peer, or behind a proxy listed in
+``server.trusted_proxies`` the client it forwarded for (relay.web.forwarded); see
+docs/deploy.md.
 """
 
 from __future__ import annotations
@@ -18,12 +18,16 @@ from aiohttp import web
 from relay.admission.service import Caller
 from relay.errors import ApiError
 from relay.services import SERVICES
+from relay.web import forwarded
 
 _FAILED = ("invalid_token",)
 
 
 def client_address(request: web.Request) -> str:
-    return request.remote or "unknown"
+    proxies = request.app[SERVICES].trusted_proxies
+    return forwarded.client_address(
+        request.remote, request.headers.getall("X-Forwarded-For", []), proxies
+    )
 
 
 async def authenticate(request: web.Request) -> Caller:

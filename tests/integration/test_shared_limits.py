@@ -70,3 +70,50 @@ async def test_redis_failing_mid_flight_fails_open_to_in_process_limits(
         assert status == 429 and body["error"]["code"] == "too_many_sessions"
     finally:
         redis_server.resume()
+
+
+async def post_from(relay: RelayHarness, forwarded_for: str, token: str) -> tuple[int, str]:
+    headers = {"Authorization": f"Bearer {token}", "X-Forwarded-For": forwarded_for}
+    async with relay.client.post("/api/realtime-session", headers=headers) as resp:
+        body = await resp.json()
+        return resp.status, body["error"]["code"] if resp.status >= 400 else ""
+
+
+async def test_behind_a_trusted_proxy_one_guesser_does_not_lock_out_the_others(
+    make_relay: MakeRelay,
+) -> None:
+    # The test client connects from 127.0.0.1, as a reverse proxy on this host would.
+    relay = await make_relay(
+        overrides={
+            "limits": {"failed_auth_per_minute": 2},
+            "server": {"trusted_proxies": ["127.0.0.0/8"]},
+        }
+    )
+    good = await relay.add_user()
+    for _ in range(2):
+        assert await post_from(relay, "203.0.113.9", UNKNOWN) == (401, "invalid_token")
+    assert await post_from(relay, "203.0.113.9", UNKNOWN) == (
+        429,
+        "too_many_failed_authentications",
+    )
+    # Another candidate behind the same proxy is not the guesser.
+    assert (await post_from(relay, "203.0.113.10", good))[0] == 201
+    # A guesser cannot step around the limit by writing its own hop in front.
+    assert await post_from(relay, "198.51.100.1, 203.0.113.9", UNKNOWN) == (
+        429,
+        "too_many_failed_authentications",
+    )
+
+
+async def test_without_trusted_proxies_the_forwarded_header_is_not_believed(
+    make_relay: MakeRelay,
+) -> None:
+    relay = await make_relay(overrides={"limits": {"failed_auth_per_minute": 2}})
+    good = await relay.add_user()
+    for hop in ("203.0.113.1", "203.0.113.2"):
+        assert await post_from(relay, hop, UNKNOWN) == (401, "invalid_token")
+    # Every request came from 127.0.0.1 whatever the header said: the address is blocked.
+    assert await post_from(relay, "203.0.113.3", good) == (
+        429,
+        "too_many_failed_authentications",
+    )

@@ -302,6 +302,9 @@ def test_compose_runs_two_relays_on_separate_udp_ranges_with_valid_settings() ->
         assert ice.public_address == COMPOSE_ENV["PUBLIC_IP"]
         assert ice.turn_secret == COMPOSE_ENV["TURN_SECRET"] and ice.turn_urls
         assert settings.database.url.startswith("postgresql://") and settings.cache.redis_url
+        # The proxy's network is trusted for X-Forwarded-For, and only it.
+        subnets = [c["subnet"] for c in data["networks"]["default"]["ipam"]["config"]]
+        assert settings.server.trusted_proxies == subnets
         grace = int(service["stop_grace_period"].removesuffix("s"))
         assert grace > settings.server.drain_timeout_s, "drain finishes before SIGKILL"
         mounts = [v.split(":") for v in service["volumes"]]
