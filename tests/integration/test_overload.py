@@ -112,6 +112,43 @@ async def test_beyond_the_bound_requests_get_a_fast_503_and_the_relay_recovers(
     assert relay.counter("relay_admission_shed_total", reason="overloaded") == EXTRA
 
 
+async def test_a_slow_database_sheds_the_excess_and_serves_the_admitted_once_it_answers(
+    make_relay: MakeRelay,
+) -> None:
+    # The incident's shape: the credential reads wait on the database for seconds.
+    relay = await make_relay(
+        overrides={**overload_limits(), "database": {"query_timeout_s": 20.0, "retries": 0}}
+    )
+    tokens = [await relay.add_user() for _ in range(BOUND + EXTRA)]  # never cached: misses
+    locker = await asyncpg.connect(relay.database_url)
+    try:
+        lock = locker.transaction()
+        await lock.start()
+        await locker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        admitted = [asyncio.create_task(relay.create_session(t)) for t in tokens[:BOUND]]
+        await wait_until(
+            lambda: gauge(relay.services, "relay_admission_inflight") == BOUND,
+            10.0,
+            "the bound's worth of creations waiting on the database",
+        )
+        shed = await asyncio.gather(*(relay.create_session(t) for t in tokens[BOUND:]))
+        assert not any(task.done() for task in admitted)
+        assert [(status, body["error"]["code"]) for status, body, _ in shed] == [
+            (503, "overloaded")
+        ] * EXTRA
+        assert all(headers["Retry-After"] == "3" for _, _, headers in shed)
+        async with relay.client.get("/readyz") as resp:
+            assert resp.status == 200, await resp.text()
+        await lock.rollback()
+    finally:
+        await locker.close()
+    results = await asyncio.gather(*admitted)
+    assert [status for status, _, _ in results] == [201] * BOUND, results
+    assert relay.counter("relay_admission_shed_total", reason="overloaded") == EXTRA
+    # Only the admitted ones read the database; the shed ones never reached it.
+    assert relay.counter("relay_db_queries_total", query="user_by_token") == BOUND
+
+
 async def test_a_request_waiting_for_a_slot_gets_it_when_one_frees(
     make_relay: MakeRelay, simulator: RunningSimulator
 ) -> None:
