@@ -10,6 +10,7 @@ import re
 import time
 from typing import Any
 
+import asyncpg
 from playwright.async_api import Page, Response, expect
 
 from relay.upstream.simulator.server import RunningSimulator
@@ -198,28 +199,19 @@ async def test_the_page_waits_out_a_stopped_database_then_connects(
 async def test_the_page_waits_out_an_overloaded_relay_then_connects(
     make_relay: MakeRelay, simulator: RunningSimulator, page: Page
 ) -> None:
-    # One admission at a time, no wait for a slot: while another candidate's session is
-    # being minted, this page's request is shed with 503 overloaded + Retry-After.
+    # One admission at a time and no wait for a slot: while another candidate's request
+    # holds the slot, this page's request is shed with 503 overloaded + Retry-After.
     relay = await make_relay(
         overrides={
             "limits": {
                 "max_inflight_admissions": 1,
                 "admission_queue_timeout_s": 0.0,
                 "retry_after_s": RETRY_AFTER_S,
-            }
+            },
+            "database": {"query_timeout_s": 30.0, "retries": 0},
         }
     )
     other, token = await relay.add_user(), await relay.add_user(seconds=600)
-    await simulator.state.update_faults({"mint": {"latency_s": RETRY_AFTER_S + 1.0}})
-    holder = asyncio.create_task(relay.create_session(other))
-    await wait_until(
-        lambda: relay.services.metrics.snapshot()["relay_admission_inflight"] == 1,
-        CONNECT_S,
-        "the other candidate's admission in flight",
-    )
-    # Only that mint is slow (its delay has started); the page's own mints are not.
-    await simulator.state.update_faults({"mint": {"latency_s": 0.0}})
-
     answers: list[tuple[int, str | None, str | None]] = []
 
     async def on_response(response: Response) -> None:
@@ -229,12 +221,29 @@ async def test_the_page_waits_out_an_overloaded_relay_then_connects(
 
     page.on("response", on_response)
     await page.goto(str(relay.client.make_url(f"/?token={token}")))
-    await page.click("#start")
+    await expect(page.locator("#start")).to_be_enabled()
 
-    status = page.locator("#status")
-    await expect(status).to_contain_text("The service is very busy right now.", timeout=10_000)
-    await expect(status).to_contain_text(re.compile(r"Retrying the session in \d s"))
-    await expect(page.locator("#error")).to_be_hidden()
+    # The other candidate's credential read waits on a locked users table, holding the slot
+    # until the lock goes.
+    locker = await asyncpg.connect(relay.database_url)
+    try:
+        lock = locker.transaction()
+        await lock.start()
+        await locker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        holder = asyncio.create_task(relay.create_session(other))
+        await wait_until(
+            lambda: relay.services.metrics.snapshot()["relay_admission_inflight"] == 1,
+            CONNECT_S,
+            "the other candidate's admission in flight",
+        )
+        await page.click("#start")
+        status = page.locator("#status")
+        await expect(status).to_contain_text("The service is very busy right now.")
+        await expect(status).to_contain_text(re.compile(r"Retrying the session in \d s"))
+        await expect(page.locator("#error")).to_be_hidden()
+        await lock.rollback()
+    finally:
+        await locker.close()
 
     # The slot frees when the other candidate's session is made; the page's retry gets it.
     assert (await holder)[0] == 201
