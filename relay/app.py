@@ -102,7 +102,7 @@ def create_app(settings: Settings, *, instance_id: str | None = None) -> web.App
     low_level.install(app)
     security_headers.install(app)
     app.cleanup_ctx.append(_lifecycle(settings, metrics, instance_id, simulate))
-    routes_session.register(app)
+    routes_session.register(app, settings.limits, metrics)
     routes_bridge.register(app)
     routes_health.register(app)
     routes_operator.register(app)

@@ -156,6 +156,12 @@ class LimitsConfig(_Section):
     failed_auth_per_minute: Annotated[int, Field(ge=1, le=100_000)] = 20
     # Sessions the whole cluster accepts at once (needs Redis); 0: no cluster-wide cap.
     cluster_max_sessions: Annotated[int, Field(ge=0, le=10_000_000)] = 0
+    # Session creations running at once in this process (relay.admission.gate); twice the
+    # default database pool: each holds a connection for only part of its life (the rest is
+    # the upstream mint), so the pool stays busy without a queue growing behind it.
+    max_inflight_admissions: Annotated[int, Field(ge=1, le=10_000)] = 20
+    # How long a session request waits for one of them to finish before 503 overloaded.
+    admission_queue_timeout_s: Annotated[float, Field(ge=0, le=30)] = 1.0
 
 
 class ClusterConfig(_Section):

@@ -28,6 +28,7 @@ const MESSAGES = {
   database_unavailable: "Our service is briefly unavailable.",
   database_timeout: "Our service is briefly slow.",
   over_capacity: "All interview rooms are busy.",
+  overloaded: "The service is very busy right now.",
   draining: "The service is restarting.",
   upstream_timeout: "The interviewer is taking too long to answer.",
   upstream_error: "The interviewer service had a problem.",

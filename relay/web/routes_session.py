@@ -1,4 +1,9 @@
-"""POST /api/realtime-session: admission, then the upstream mint; 201 with the session."""
+"""POST /api/realtime-session: admission, then the upstream mint; 201 with the session.
+
+Creations pass the admission gate (relay.admission.gate): at most
+``limits.max_inflight_admissions`` run at once, the rest wait briefly for a slot or get 503
+``overloaded`` with Retry-After before they cost the database anything.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,12 @@ import logging
 
 from aiohttp import web
 
+from relay.admission.gate import AdmissionGate
+from relay.config import LimitsConfig
+from relay.errors import ApiError
 from relay.media.ice import browser_ice_servers
 from relay.observability.logging import request_banner
+from relay.observability.metrics import MetricsRegistry
 from relay.observability.request_context import current, current_request_id
 from relay.recording.consent import recording_notice_shown
 from relay.services import SERVICES
@@ -16,9 +25,18 @@ from relay.web.caller import authenticate
 
 log = logging.getLogger("relay.http")
 
+ADMISSION_GATE = web.AppKey("admission_gate", AdmissionGate)
+
+
+def client_gone(request: web.Request) -> bool:
+    """The client closed its connection (aiohttp drops the transport when it does)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
 
 async def create_realtime_session(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
+    gate = request.app[ADMISSION_GATE]
     with request_banner(log, "REALTIME SESSION") as banner:
         # The body is optional; when present it must be a JSON object.
         fields = await read_json_object(
@@ -26,10 +44,17 @@ async def create_realtime_session(request: web.Request) -> web.Response:
         )
         notice_shown = recording_notice_shown(fields)
         services.sessions.refuse_if_draining()
-        caller = await authenticate(request)
-        entry = await services.sessions.create(caller)
-        if notice_shown and services.recordings is not None:
-            await services.recordings.note_consent(entry.session_id)
+        async with gate.slot():
+            if client_gone(request):
+                # It waited for a slot longer than its client did: nobody reads the answer,
+                # so the slot goes to the next request before this one costs anything.
+                gate.shed_client_gone()
+                log.info("[%s] client gone before admission", current_request_id())
+                raise ApiError(499, "client_closed_request", "The client closed the request.")
+            caller = await authenticate(request)
+            entry = await services.sessions.create(caller)
+            if notice_shown and services.recordings is not None:
+                await services.recordings.note_consent(entry.session_id)
         ctx = current()
         body = {
             "session_id": entry.session_id,
@@ -46,5 +71,11 @@ async def create_realtime_session(request: web.Request) -> web.Response:
         return web.json_response(body, status=201)
 
 
-def register(app: web.Application) -> None:
+def register(app: web.Application, limits: LimitsConfig, metrics: MetricsRegistry) -> None:
+    app[ADMISSION_GATE] = AdmissionGate(
+        max_inflight=limits.max_inflight_admissions,
+        queue_timeout_s=limits.admission_queue_timeout_s,
+        retry_after_s=limits.retry_after_s,
+        metrics=metrics,
+    )
     app.router.add_post("/api/realtime-session", create_realtime_session)

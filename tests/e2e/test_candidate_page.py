@@ -10,6 +10,7 @@ import re
 import time
 from typing import Any
 
+import asyncpg
 from playwright.async_api import Page, Response, expect
 
 from relay.upstream.simulator.server import RunningSimulator
@@ -193,6 +194,68 @@ async def test_the_page_waits_out_a_stopped_database_then_connects(
     await page.click("#stop")
     await expect(page.locator("#status")).to_have_text("Interview ended.")
     await wait_until(lambda: len(relay.services.registry) == 0, CONNECT_S, "registry empty")
+
+
+async def test_the_page_waits_out_an_overloaded_relay_then_connects(
+    make_relay: MakeRelay, simulator: RunningSimulator, page: Page
+) -> None:
+    # One admission at a time and no wait for a slot: while another candidate's request
+    # holds the slot, this page's request is shed with 503 overloaded + Retry-After.
+    relay = await make_relay(
+        overrides={
+            "limits": {
+                "max_inflight_admissions": 1,
+                "admission_queue_timeout_s": 0.0,
+                "retry_after_s": RETRY_AFTER_S,
+            },
+            "database": {"query_timeout_s": 30.0, "retries": 0},
+        }
+    )
+    other, token = await relay.add_user(), await relay.add_user(seconds=600)
+    answers: list[tuple[int, str | None, str | None]] = []
+
+    async def on_response(response: Response) -> None:
+        if response.url.endswith("/api/realtime-session"):
+            code = (await response.json()).get("error", {}).get("code")
+            answers.append((response.status, code, response.headers.get("retry-after")))
+
+    page.on("response", on_response)
+    await page.goto(str(relay.client.make_url(f"/?token={token}")))
+    await expect(page.locator("#start")).to_be_enabled()
+
+    # The other candidate's credential read waits on a locked users table, holding the slot
+    # until the lock goes.
+    locker = await asyncpg.connect(relay.database_url)
+    try:
+        lock = locker.transaction()
+        await lock.start()
+        await locker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        holder = asyncio.create_task(relay.create_session(other))
+        await wait_until(
+            lambda: relay.services.metrics.snapshot()["relay_admission_inflight"] == 1,
+            CONNECT_S,
+            "the other candidate's admission in flight",
+        )
+        await page.click("#start")
+        status = page.locator("#status")
+        await expect(status).to_contain_text("The service is very busy right now.")
+        await expect(status).to_contain_text(re.compile(r"Retrying the session in \d s"))
+        await expect(page.locator("#error")).to_be_hidden()
+        await lock.rollback()
+    finally:
+        await locker.close()
+
+    # The slot frees when the other candidate's session is made; the page's retry gets it.
+    assert (await holder)[0] == 201
+    await expect(page.locator("#stop")).to_be_enabled(timeout=(4 * RETRY_AFTER_S + 20) * 1000)
+    assert answers[0] == (503, "overloaded", str(RETRY_AFTER_S)), answers
+    assert answers[-1][0] == 201 and len(answers) <= 4, answers
+    shed = sum(1 for answer in answers if answer[0] == 503)
+    assert relay.counter("relay_admission_shed_total", reason="overloaded") == shed
+
+    await page.click("#stop")
+    await expect(page.locator("#status")).to_have_text("Interview ended.")
+    await wait_until(lambda: len(relay.services.registry) == 1, CONNECT_S, "only the other left")
 
 
 async def test_a_401_is_not_retried(

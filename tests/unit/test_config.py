@@ -144,6 +144,9 @@ def test_a_ga_only_voice_is_refused_for_the_beta_dialect(tmp_path: Path) -> None
         ({"RELAY__UPSTREAM__MINT_RETRIES": "1000"}, "upstream.mint_retries"),
         ({"RELAY__MEDIA__QUEUE_MAX_FRAMES": "0"}, "media.queue_max_frames"),
         ({"RELAY__DATABASE__POOL_MIN_SIZE": "20"}, "database.pool_min_size"),
+        # 0 would refuse every session request as overloaded.
+        ({"RELAY__LIMITS__MAX_INFLIGHT_ADMISSIONS": "0"}, "limits.max_inflight_admissions"),
+        ({"RELAY__LIMITS__ADMISSION_QUEUE_TIMEOUT_S": "-1"}, "limits.admission_queue_timeout_s"),
     ],
 )
 def test_out_of_range_numbers_are_refused_at_start_naming_the_key(
