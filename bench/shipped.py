@@ -41,7 +41,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from aiortc import RTCDataChannel, RTCSessionDescription
+from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 
 from bench.loop_lag import LoopLag
 from bench.run import (
@@ -78,12 +78,14 @@ class GaUpstream(Endpoints):
         self.events_in = 0
         # Per session: seconds the upstream spent answering, and when its leg connected.
         self.answer_s: dict[int, float] = {}
+        self.answered_at: dict[int, float] = {}
         self.connected_at: dict[int, float] = {}
 
     async def answer_timed(self, index: int, offer: str) -> str:
         started = time.time()
         answer = await self.answer_as_upstream(index, offer)
-        self.answer_s[index] = time.time() - started
+        self.answered_at[index] = time.time()
+        self.answer_s[index] = self.answered_at[index] - started
         pc = self.pairs[index].upstream
         assert pc is not None
 
@@ -297,10 +299,12 @@ async def open_session(
     hook_receiver(pc, pair.at_browser)
     await pc.setLocalDescription(await pc.createOffer())
     offer = str(pc.localDescription.sdp)
+    browser_at = watch_browser_leg(pc)
+    server_timing = ""
     async with lock:
         upstream.current = pair.index
-        exchange_at = time.time()
         if http is None:
+            exchange_at = time.time()
             answer = await upstream.answer_timed(pair.index, offer)
         else:
             auth = {"Authorization": f"Bearer {token}"}
@@ -310,12 +314,16 @@ async def open_session(
                 if r.status != 201:
                     raise RuntimeError(f"admission {r.status}: {body}")
             exchange = {"session_id": body["session_id"], "type": "offer", "sdp": offer}
+            # From the exchange request on (admission is a request of its own).
+            exchange_at = time.time()
             async with http.post(f"{base}/api/webrtc-exchange", json=exchange, headers=auth) as r:
                 reply = await r.json()
                 if r.status != 201:
                     raise RuntimeError(f"exchange {r.status}: {reply}")
+                server_timing = r.headers.get("Server-Timing", "")
             answer = reply["sdp"]
         upstream.current = None
+    browser_at["answer"] = time.time()
     await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
     deadline = time.monotonic() + 60
     while not (
@@ -336,7 +344,47 @@ async def open_session(
         upstream.answer_s.get(pair.index, 0.0),
         upstream.connected_at.get(pair.index),
         pair.upstream_tx.sent.get(0),
+    ) | first_audio_timeline(
+        exchange_at,
+        browser_at
+        | {
+            "upstream_answered": upstream.answered_at.get(pair.index),
+            "upstream_connected": upstream.connected_at.get(pair.index),
+            "upstream_first_sent": pair.upstream_tx.sent.get(0),
+            "heard": pair.at_browser.t[0],
+        },
+        server_timing,
     )
+
+
+def watch_browser_leg(pc: RTCPeerConnection) -> dict[str, float | None]:
+    """When the browser's leg completed ICE and connected (DTLS), wall clock."""
+    at: dict[str, float | None] = {}
+
+    @pc.on("iceconnectionstatechange")
+    def on_ice() -> None:
+        if pc.iceConnectionState in ("connected", "completed"):
+            at.setdefault("browser_ice", time.time())
+
+    @pc.on("connectionstatechange")
+    def on_state() -> None:
+        if pc.connectionState == "connected":
+            at.setdefault("browser_connected", time.time())
+
+    return at
+
+
+def first_audio_timeline(
+    exchange_at: float, at: dict[str, float | None], server_timing: str
+) -> dict[str, float]:
+    """Each step of one session's set-up in ms since the exchange request (``at_*``), and
+    the relay's own ``Server-Timing`` segments of the exchange (``st_*``, ms)."""
+    out = {f"at_{k}_ms": round((t - exchange_at) * 1000, 2) for k, t in at.items() if t}
+    for part in server_timing.split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        with contextlib.suppress(ValueError):
+            out[f"st_{name}_ms"] = float(dur)
+    return out
 
 
 def first_audio_split(
@@ -381,7 +429,7 @@ async def run_point(
         relay = RelayProcess(data_dir, mode == "fast", args.relay_cpu, profile)
     pairs = [Pair(i, probe=i < args.probes) for i in range(sessions)]
     upstream.pairs = {}
-    upstream.answer_s, upstream.connected_at = {}, {}
+    upstream.answer_s, upstream.answered_at, upstream.connected_at = {}, {}, {}
     events: dict[int, int] = {}
     first_audio: dict[int, dict[str, float]] = {}
     lock = asyncio.Lock()
@@ -468,6 +516,68 @@ async def run_point(
             if relay is not None:
                 await relay.stop()
     return result
+
+
+async def run_first_audio(
+    mode: str,
+    samples: int,
+    args: argparse.Namespace,
+    upstream: GaUpstream,
+    data_dir: Path,
+    token: str,
+) -> dict[str, Any]:
+    """Time to first reply audio without queueing: ``samples`` sessions one after
+    another against one relay (N = 1 each), every one closed before the next opens."""
+    result: dict[str, Any] = {"harness": "shipped", "mode": mode, "first_audio_samples": samples}
+    relay = RelayProcess(data_dir, mode == "fast", args.relay_cpu) if mode != "direct" else None
+    samples_out: list[dict[str, float]] = []
+    async with aiohttp.ClientSession() as http:
+        try:
+            if relay is not None:
+                await relay.ready()
+            for i in range(samples):
+                pair = Pair(i, probe=False)
+                upstream.pairs = {}
+                upstream.answer_s, upstream.answered_at, upstream.connected_at = {}, {}, {}
+                first: dict[int, dict[str, float]] = {}
+                try:
+                    await open_session(
+                        pair, upstream, http if relay else None, token, asyncio.Lock(), {}, first
+                    )
+                finally:
+                    await pair.close()
+                samples_out.append(first[i])
+                if relay is not None:
+                    await wait_idle(relay, http)
+        except Exception as exc:  # a point that cannot run is recorded, not fatal
+            result["error"] = f"{type(exc).__name__}: {exc}"
+        finally:
+            if relay is not None:
+                await relay.stop()
+    # The first session of a process pays one-time costs (imports, first certificate):
+    # reported apart, left out of the percentiles.
+    if samples_out:
+        result["first_session"] = samples_out[0]
+    steady = samples_out[1:]
+    for key in sorted({k for sample in steady for k in sample}):
+        values = sorted(sample[key] for sample in steady if key in sample)
+        result[f"{key}_p50"] = values[len(values) // 2]
+        result[f"{key}_p90"] = values[min(len(values) - 1, round(0.9 * (len(values) - 1)))]
+    result["samples"] = samples_out
+    return result
+
+
+def first_audio_table(rows: list[dict[str, Any]]) -> str:
+    """Per mode and run: p50 / p90 of each step, ms since the exchange request."""
+    keys = sorted({k[:-4] for r in rows for k in r if k.endswith("_p50")})
+    lines = [
+        "| mode | run | " + " | ".join(keys) + " |",
+        "|" + "---|" * (len(keys) + 2),
+    ]
+    for r in rows:
+        cells = [f"{r.get(k + '_p50', '-')} / {r.get(k + '_p90', '-')}" for k in keys]
+        lines.append(f"| {r['mode']} | {r.get('run')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 async def operator_stats(http: aiohttp.ClientSession) -> dict[str, Any]:
@@ -723,6 +833,19 @@ async def main_async(args: argparse.Namespace) -> None:
             with out.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             return
+        if args.first_audio_samples:
+            for run in range(args.repeat):
+                for mode in args.modes:
+                    row = await run_first_audio(
+                        mode, args.first_audio_samples, args, upstream, data_dir, token
+                    )
+                    row["run"] = run + 1
+                    rows.append(row)
+                    print(json.dumps({k: v for k, v in row.items() if k != "samples"}))
+                    with out.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
+            print(first_audio_table(rows))
+            return
         for run in range(args.repeat):
             for sessions in args.sessions:
                 for mode in args.modes:
@@ -757,6 +880,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--cycles", type=int, default=0, help="instead: open and close this many sessions"
     )
     parser.add_argument(
+        "--first-audio-samples",
+        type=int,
+        default=0,
+        help="instead: this many sequential sessions per mode, time to first reply audio",
+    )
+    parser.add_argument(
         "--profile", help="write cProfile stats of each relay to PROFILE.<mode>.<N>"
     )
     parser.add_argument("--relay-cpu", type=int, default=0)
@@ -768,6 +897,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.modes = [m.strip() for m in str(args.modes).split(",")]
     if not set(args.modes) <= set(MODES):
         parser.error(f"modes are {', '.join(MODES)}")
+    if not 0 <= args.first_audio_samples <= 200:
+        parser.error("keep it bounded: at most 200 first-audio samples")
     if not 0 <= args.cycles <= 2000:
         parser.error("keep it bounded: at most 2000 cycles")
     if not 1 <= args.duration <= 60 or max(args.sessions) > 150 or not 1 <= args.repeat <= 5:
