@@ -338,23 +338,51 @@ async def open_session(
         if time.monotonic() > deadline:
             raise TimeoutError(f"session {pair.index}: no upstream audio at the browser")
         await asyncio.sleep(0.005)
-    first_audio[pair.index] = first_audio_split(
-        exchange_at,
-        pair.at_browser.t[0],
-        upstream.answer_s.get(pair.index, 0.0),
-        upstream.connected_at.get(pair.index),
-        pair.upstream_tx.sent.get(0),
-    ) | first_audio_timeline(
-        exchange_at,
-        browser_at
-        | {
-            "upstream_answered": upstream.answered_at.get(pair.index),
-            "upstream_connected": upstream.connected_at.get(pair.index),
-            "upstream_first_sent": pair.upstream_tx.sent.get(0),
-            "heard": pair.at_browser.t[0],
-        },
-        server_timing,
+    relay_side: dict[str, float] = {}
+    if http is not None:
+        relay_side = await relay_first_audio(http, token, body["session_id"])
+    first_audio[pair.index] = (
+        relay_side
+        | first_audio_split(
+            exchange_at,
+            pair.at_browser.t[0],
+            upstream.answer_s.get(pair.index, 0.0),
+            upstream.connected_at.get(pair.index),
+            pair.upstream_tx.sent.get(0),
+        )
+        | first_audio_timeline(
+            exchange_at,
+            browser_at
+            | {
+                "upstream_answered": upstream.answered_at.get(pair.index),
+                "upstream_connected": upstream.connected_at.get(pair.index),
+                "upstream_first_sent": pair.upstream_tx.sent.get(0),
+                "heard": pair.at_browser.t[0],
+            },
+            server_timing,
+        )
     )
+
+
+async def relay_first_audio(
+    http: aiohttp.ClientSession, token: str, session_id: str
+) -> dict[str, float]:
+    """What the relay saw of the reply audio so far: upstream packets it had to drop
+    because the browser leg was not up yet (20 ms each), and when the first arrived."""
+    async with http.get(
+        f"http://127.0.0.1:{RELAY_PORT}/api/sessions/{session_id}",
+        headers={"Authorization": f"Bearer {token}"},
+    ) as r:
+        media = (await r.json()).get("media") or {}
+    out: dict[str, float] = {}
+    direction = media.get("upstream_to_browser") or {}
+    dropped = (direction.get("dropped") or {}).get("before_connect")
+    if dropped is not None:
+        out["relay_dropped_before_browser_leg"] = dropped
+    first = media.get("time_to_first_upstream_audio_ms")
+    if first is not None:
+        out["relay_first_upstream_packet_ms"] = first
+    return out
 
 
 def watch_browser_leg(pc: RTCPeerConnection) -> dict[str, float | None]:

@@ -320,6 +320,12 @@ async def send_rtp_datagram(dtls: RTCDtlsTransport, data: bytes) -> None:
     await dtls._send_rtp(data)
 
 
+async def wait_sender_started(sender: RTCRtpSender) -> None:
+    """Until ``sender_started`` (the flag is an ``asyncio.Event``)."""
+    started: asyncio.Event = getattr(sender, _SENDER_RTP_STARTED)
+    await started.wait()
+
+
 def sender_started(sender: RTCRtpSender) -> bool:
     """Whether aiortc has started the sender (its RTP task is running).
 

@@ -44,14 +44,16 @@ def stretched_pacing(monkeypatch: pytest.MonkeyPatch) -> None:
 
     shim.sleep = sleep  # type: ignore[attr-defined]
     monkeypatch.setattr(aioice.ice, "asyncio", shim)
-    # Whatever the test installs is undone afterwards.
-    connection = aioice.ice.Connection
-    monkeypatch.setattr(connection, "_check_periodic", connection._check_periodic)
+    # aioice's own step until a relay peer installs the change (undone afterwards).
+    monkeypatch.setattr(
+        aioice.ice.Connection, "_check_periodic", aiortc_private._original_check_periodic
+    )
 
 
 async def test_relay_peer_completes_ice_without_waiting_for_the_pacing_tick(
     stretched_pacing: None,
 ) -> None:
+    assert not aiortc_private.prompt_ice_completion_installed()
     relay_pc = new_peer(IceConfig(), leg="upstream")  # installs the prompt completion
     assert aiortc_private.prompt_ice_completion_installed()
     far = RTCPeerConnection(rtc_configuration(IceConfig()))
