@@ -81,6 +81,17 @@ def extension_block(elements: list[tuple[int, bytes]]) -> bytes:
     return _EXT_HEAD.pack(_ONE_BYTE_PROFILE, len(body) // 4) + body
 
 
+def extension_blocks_by_level(base: list[tuple[int, bytes]], level_id: int) -> list[bytes]:
+    """``extension_block([*base, (level_id, bytes((level,)))])`` for each level 0..255.
+
+    Built by splicing each level byte into one block (the forwarder builds these while
+    the exchange waits for its answer: 256 full builds cost about a millisecond)."""
+    block = extension_block([*base, (level_id, b"\x00")])
+    at = _EXT_HEAD.size + sum(1 + len(value) for _, value in base) + 1
+    head, tail = block[:at], block[at + 1 :]
+    return [head + bytes((level,)) + tail for level in range(256)]
+
+
 def find_one_byte_extension(data: bytes, start: int, end: int, wanted: int) -> int | None:
     """The first byte of extension ``wanted`` in a one-byte-header block, if present."""
     i = start
@@ -172,9 +183,7 @@ class FastOpusForwarder:
         level_out = outgoing.extensions.get(AUDIO_LEVEL_EXTENSION)
         self._ext_by_level: list[bytes] | None = None
         if self._level_in is not None and level_out is not None:
-            self._ext_by_level = [
-                extension_block([*base, (level_out, bytes((level,)))]) for level in range(256)
-            ]
+            self._ext_by_level = extension_blocks_by_level(base, level_out)
         else:
             self._level_in = None
 
