@@ -8,7 +8,6 @@ and aiortc's own parser only ever reads an offer of the expected shape.
 
 from __future__ import annotations
 
-import functools
 import re
 from dataclasses import dataclass, field
 
@@ -251,20 +250,13 @@ class AudioNegotiation:
 SUPPORTED_AUDIO = frozenset({"opus", "pcmu", "pcma", "g722"})
 
 
-@functools.lru_cache(maxsize=8)
-def _parsed(sdp: str) -> SessionDescription:
-    """aiortc's parse of a description, read only: the exchange reads each of its three
-    descriptions (offer, both answers) up to twice, ~0.5 ms a parse, while it waits."""
-    return SessionDescription.parse(sdp)
-
-
 def audio_negotiation(sdp: str) -> AudioNegotiation:
     """Codecs of the first audio section of a (trusted or validated) description.
 
     Only codecs aiortc can handle are listed, so the first is what aiortc will send
     with; for an answer it is also what the far end is expected to send.
     """
-    description = _parsed(sdp)
+    description = SessionDescription.parse(sdp)
     for media in description.media:
         if media.kind != "audio":
             continue
@@ -302,7 +294,7 @@ class RtpLeg:
 
 def rtp_leg(sdp: str) -> RtpLeg:
     """The first audio section's payload type, mid and header-extension ids."""
-    description = _parsed(sdp)
+    description = SessionDescription.parse(sdp)
     for media in description.media:
         if media.kind != "audio":
             continue
