@@ -42,7 +42,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from aiortc import RTCDataChannel, RTCSessionDescription
+from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 
 from bench.loop_lag import LoopLag
 from bench.prometheus import gc_pauses
@@ -83,12 +83,14 @@ class GaUpstream(Endpoints):
         self.events_in = 0
         # Per session: seconds the upstream spent answering, and when its leg connected.
         self.answer_s: dict[int, float] = {}
+        self.answered_at: dict[int, float] = {}
         self.connected_at: dict[int, float] = {}
 
     async def answer_timed(self, index: int, offer: str) -> str:
         started = time.time()
         answer = await self.answer_as_upstream(index, offer)
-        self.answer_s[index] = time.time() - started
+        self.answered_at[index] = time.time()
+        self.answer_s[index] = self.answered_at[index] - started
         pc = self.pairs[index].upstream
         assert pc is not None
 
@@ -347,10 +349,12 @@ async def open_session(
     hook_receiver(pc, pair.at_browser)
     await pc.setLocalDescription(await pc.createOffer())
     offer = str(pc.localDescription.sdp)
+    browser_at = watch_browser_leg(pc)
+    server_timing = ""
     async with lock:
         upstream.current = pair.index
-        exchange_at = time.time()
         if http is None:
+            exchange_at = time.time()
             answer = await upstream.answer_timed(pair.index, offer)
         else:
             auth = {"Authorization": f"Bearer {token}"}
@@ -360,12 +364,16 @@ async def open_session(
                 if r.status != 201:
                     raise RuntimeError(f"admission {r.status}: {body}")
             exchange = {"session_id": body["session_id"], "type": "offer", "sdp": offer}
+            # From the exchange request on (admission is a request of its own).
+            exchange_at = time.time()
             async with http.post(f"{base}/api/webrtc-exchange", json=exchange, headers=auth) as r:
                 reply = await r.json()
                 if r.status != 201:
                     raise RuntimeError(f"exchange {r.status}: {reply}")
+                server_timing = r.headers.get("Server-Timing", "")
             answer = reply["sdp"]
         upstream.current = None
+    browser_at["answer"] = time.time()
     await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
     deadline = time.monotonic() + 60
     while not (
@@ -380,13 +388,81 @@ async def open_session(
         if time.monotonic() > deadline:
             raise TimeoutError(f"session {pair.index}: no upstream audio at the browser")
         await asyncio.sleep(0.005)
-    first_audio[pair.index] = first_audio_split(
-        exchange_at,
-        pair.at_browser.t[0],
-        upstream.answer_s.get(pair.index, 0.0),
-        upstream.connected_at.get(pair.index),
-        pair.upstream_tx.sent.get(0),
+    relay_side: dict[str, float] = {}
+    if http is not None:
+        relay_side = await relay_first_audio(http, token, body["session_id"])
+    first_audio[pair.index] = (
+        relay_side
+        | first_audio_split(
+            exchange_at,
+            pair.at_browser.t[0],
+            upstream.answer_s.get(pair.index, 0.0),
+            upstream.connected_at.get(pair.index),
+            pair.upstream_tx.sent.get(0),
+        )
+        | first_audio_timeline(
+            exchange_at,
+            browser_at
+            | {
+                "upstream_answered": upstream.answered_at.get(pair.index),
+                "upstream_connected": upstream.connected_at.get(pair.index),
+                "upstream_first_sent": pair.upstream_tx.sent.get(0),
+                "heard": pair.at_browser.t[0],
+            },
+            server_timing,
+        )
     )
+
+
+async def relay_first_audio(
+    http: aiohttp.ClientSession, token: str, session_id: str
+) -> dict[str, float]:
+    """What the relay saw of the reply audio so far: upstream packets it had to drop
+    because the browser leg was not up yet (20 ms each), and when the first arrived."""
+    async with http.get(
+        f"http://127.0.0.1:{RELAY_PORT}/api/sessions/{session_id}",
+        headers={"Authorization": f"Bearer {token}"},
+    ) as r:
+        media = (await r.json()).get("media") or {}
+    out: dict[str, float] = {}
+    direction = media.get("upstream_to_browser") or {}
+    dropped = (direction.get("dropped") or {}).get("before_connect")
+    if dropped is not None:
+        out["relay_dropped_before_browser_leg"] = dropped
+    first = media.get("time_to_first_upstream_audio_ms")
+    if first is not None:
+        out["relay_first_upstream_packet_ms"] = first
+    return out
+
+
+def watch_browser_leg(pc: RTCPeerConnection) -> dict[str, float | None]:
+    """When the browser's leg completed ICE and connected (DTLS), wall clock."""
+    at: dict[str, float | None] = {}
+
+    @pc.on("iceconnectionstatechange")
+    def on_ice() -> None:
+        if pc.iceConnectionState in ("connected", "completed"):
+            at.setdefault("browser_ice", time.time())
+
+    @pc.on("connectionstatechange")
+    def on_state() -> None:
+        if pc.connectionState == "connected":
+            at.setdefault("browser_connected", time.time())
+
+    return at
+
+
+def first_audio_timeline(
+    exchange_at: float, at: dict[str, float | None], server_timing: str
+) -> dict[str, float]:
+    """Each step of one session's set-up in ms since the exchange request (``at_*``), and
+    the relay's own ``Server-Timing`` segments of the exchange (``st_*``, ms)."""
+    out = {f"at_{k}_ms": round((t - exchange_at) * 1000, 2) for k, t in at.items() if t}
+    for part in server_timing.split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        with contextlib.suppress(ValueError):
+            out[f"st_{name}_ms"] = float(dur)
+    return out
 
 
 def first_audio_split(
@@ -431,7 +507,7 @@ async def run_point(
         relay = RelayProcess(data_dir, mode, args.relay_cpu, profile)
     pairs = [Pair(i, probe=i < args.probes) for i in range(sessions)]
     upstream.pairs = {}
-    upstream.answer_s, upstream.connected_at = {}, {}
+    upstream.answer_s, upstream.answered_at, upstream.connected_at = {}, {}, {}
     events: dict[int, int] = {}
     first_audio: dict[int, dict[str, float]] = {}
     lock = asyncio.Lock()
@@ -539,6 +615,68 @@ async def relay_metrics(http: aiohttp.ClientSession) -> str:
     ) as resp:
         resp.raise_for_status()
         return await resp.text()
+
+
+async def run_first_audio(
+    mode: str,
+    samples: int,
+    args: argparse.Namespace,
+    upstream: GaUpstream,
+    data_dir: Path,
+    token: str,
+) -> dict[str, Any]:
+    """Time to first reply audio without queueing: ``samples`` sessions one after
+    another against one relay (N = 1 each), every one closed before the next opens."""
+    result: dict[str, Any] = {"harness": "shipped", "mode": mode, "first_audio_samples": samples}
+    relay = RelayProcess(data_dir, mode, args.relay_cpu) if mode != "direct" else None
+    samples_out: list[dict[str, float]] = []
+    async with aiohttp.ClientSession() as http:
+        try:
+            if relay is not None:
+                await relay.ready()
+            for i in range(samples):
+                pair = Pair(i, probe=False)
+                upstream.pairs = {}
+                upstream.answer_s, upstream.answered_at, upstream.connected_at = {}, {}, {}
+                first: dict[int, dict[str, float]] = {}
+                try:
+                    await open_session(
+                        pair, upstream, http if relay else None, token, asyncio.Lock(), {}, first
+                    )
+                finally:
+                    await pair.close()
+                samples_out.append(first[i])
+                if relay is not None:
+                    await wait_idle(relay, http)
+        except Exception as exc:  # a point that cannot run is recorded, not fatal
+            result["error"] = f"{type(exc).__name__}: {exc}"
+        finally:
+            if relay is not None:
+                await relay.stop()
+    # The first session of a process pays one-time costs (imports, first certificate):
+    # reported apart, left out of the percentiles.
+    if samples_out:
+        result["first_session"] = samples_out[0]
+    steady = samples_out[1:]
+    for key in sorted({k for sample in steady for k in sample}):
+        values = sorted(sample[key] for sample in steady if key in sample)
+        result[f"{key}_p50"] = values[len(values) // 2]
+        result[f"{key}_p90"] = values[min(len(values) - 1, round(0.9 * (len(values) - 1)))]
+    result["samples"] = samples_out
+    return result
+
+
+def first_audio_table(rows: list[dict[str, Any]]) -> str:
+    """Per mode and run: p50 / p90 of each step, ms since the exchange request."""
+    keys = sorted({k[:-4] for r in rows for k in r if k.endswith("_p50")})
+    lines = [
+        "| mode | run | " + " | ".join(keys) + " |",
+        "|" + "---|" * (len(keys) + 2),
+    ]
+    for r in rows:
+        cells = [f"{r.get(k + '_p50', '-')} / {r.get(k + '_p90', '-')}" for k in keys]
+        lines.append(f"| {r['mode']} | {r.get('run')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 async def operator_stats(http: aiohttp.ClientSession) -> dict[str, Any]:
@@ -855,6 +993,16 @@ async def run_shipped(
             rows.append(row)
             sink(row)
             return rows
+        if args.first_audio_samples:
+            for run in range(args.repeat):
+                for mode in args.modes:
+                    row = await run_first_audio(
+                        mode, args.first_audio_samples, args, upstream, data_dir, token
+                    )
+                    row["run"] = run + 1
+                    rows.append(row)
+                    sink(row)
+            return rows
         for run in range(args.repeat):
             for sessions in args.sessions:
                 for mode in args.modes:
@@ -876,12 +1024,16 @@ async def main_async(args: argparse.Namespace) -> None:
     out = RESULTS_DIR / time.strftime("shipped-%Y%m%d-%H%M%S.jsonl")
 
     def sink(row: dict[str, Any]) -> None:
-        print(json.dumps({k: v for k, v in row.items() if "stalls" not in k}), flush=True)
+        shown = {k: v for k, v in row.items() if "stalls" not in k and k != "samples"}
+        print(json.dumps(shown), flush=True)
         with out.open("a") as f:
             f.write(json.dumps(row) + "\n")
 
     rows = await run_shipped(args, sink)
-    if not args.cycles:
+    if args.first_audio_samples:
+        print()
+        print(first_audio_table(rows))
+    elif not args.cycles:
         print()
         print(table(rows))
     print(f"\nraw results: {out}")
@@ -903,6 +1055,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--cycle-mode", default="rec", choices=sorted(RELAY_MODES), help="the relay in --cycles"
+    )
+    parser.add_argument(
+        "--first-audio-samples",
+        type=int,
+        default=0,
+        help="instead: this many sequential sessions per mode, time to first reply audio",
     )
     parser.add_argument(
         "--profile", help="write cProfile stats of each relay to PROFILE.<mode>.<N>"
@@ -928,6 +1086,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.modes = [m.strip() for m in str(args.modes).split(",")]
     if not set(args.modes) <= set(MODES):
         parser.error(f"modes are {', '.join(MODES)}")
+    if not 0 <= args.first_audio_samples <= 200:
+        parser.error("keep it bounded: at most 200 first-audio samples")
     if not 0 <= args.cycles <= 2000:
         parser.error("keep it bounded: at most 2000 cycles")
     if not 1 <= args.duration <= 60 or max(args.sessions) > 150 or not 1 <= args.repeat <= 5:

@@ -11,6 +11,8 @@ Sections, in this order (``--sections`` picks some):
   pair (the control), the relay on its fast path, on aiortc's path, and on the fast path
   with recording on; CPU, added latency, loss, time to first reply audio, RSS per live
   session.
+* ``first_audio``: time to first reply audio one session at a time (N = 1, no queueing
+  behind other sessions' set-up), the relay vs the direct control, step by step.
 * ``memory``: open-close cycles against one ``relay serve`` (recording on, as shipped):
   RSS, tasks, threads and descriptors after the first batch vs after the last.
 * ``workers``: interview set-ups per second with ``relay serve --workers 1`` vs ``2``
@@ -53,6 +55,12 @@ def media_args(quick: bool) -> argparse.Namespace:
     return shipped.parse_args(argv + ["--modes", "direct,fast,aiortc,rec"])
 
 
+def first_audio_args(quick: bool) -> argparse.Namespace:
+    samples = "5" if quick else "15"
+    argv = ["--first-audio-samples", samples, "--modes", "direct,fast", "--repeat", "2"]
+    return shipped.parse_args(argv)
+
+
 def memory_args(quick: bool) -> argparse.Namespace:
     return shipped.parse_args(["--cycles", "100" if quick else "1000", "--cycle-mode", "rec"])
 
@@ -75,6 +83,10 @@ def workers_args(quick: bool) -> argparse.Namespace:
 
 async def run_media(quick: bool, sink: Sink) -> list[Row]:
     return await shipped.run_shipped(media_args(quick), sink)
+
+
+async def run_first_audio(quick: bool, sink: Sink) -> list[Row]:
+    return await shipped.run_shipped(first_audio_args(quick), sink)
 
 
 async def run_memory(quick: bool, sink: Sink) -> list[Row]:
@@ -111,6 +123,7 @@ async def run_admission(quick: bool, sink: Sink) -> list[Row]:
 
 SECTIONS: dict[str, Callable[[bool, Sink], Awaitable[list[Row]]]] = {
     "media": run_media,
+    "first_audio": run_first_audio,
     "memory": run_memory,
     "workers": run_workers,
     "admission": run_admission,
@@ -191,6 +204,9 @@ def report(rows: list[Row]) -> str:
         parts += ["### Media", shipped.table(media)]
         if any(r.get("mode") == "rec" for r in media):
             parts += ["### Recording on vs off", recording_table(media)]
+    first = [r for r in rows if r.get("section") == "first_audio" and "first_audio_samples" in r]
+    if first:
+        parts += ["### Time to first reply audio, one session at a time", first_audio_report(first)]
     memory = [r for r in rows if r.get("section") == "memory" and r.get("mode") == "cycles"]
     if memory:
         parts += ["### Memory: open-close cycles", cycles_table(memory)]
@@ -208,6 +224,25 @@ def report(rows: list[Row]) -> str:
             + "."
         )
     return "\n\n".join(parts)
+
+
+def first_audio_report(rows: list[Row]) -> str:
+    """The steps' table, then the relay's share: the fast path's "rest" (exchange request
+    to first audio heard, minus the upstream's own answering and first-packet delay) minus
+    the direct control's, per run, at p50 and p90."""
+    lines = [shipped.first_audio_table(rows), ""]
+    for run in sorted({r.get("run") for r in rows}, key=str):
+        by_mode = {r["mode"]: r for r in rows if r.get("run") == run}
+        direct, fast = by_mode.get("direct"), by_mode.get("fast")
+        if not direct or not fast:
+            continue
+        shares = []
+        for q in ("p50", "p90"):
+            key = f"rest_ms_{q}"
+            if key in direct and key in fast:
+                shares.append(f"{q} {round(fast[key] - direct[key], 1)} ms")
+        lines.append(f"Run {run}: the relay's share " + ", ".join(shares) + ".")
+    return "\n".join(lines)
 
 
 def recording_table(rows: list[Row]) -> str:

@@ -31,6 +31,15 @@ aioice (pinned 0.13.0), for the UDP port range (relay/media/port_range.py):
   port 0. aioice has no port-range option, so each module gets its own copy of ``asyncio``
   whose ``get_running_loop`` can hand back a loop wrapper that binds inside the range.
 
+aioice, for a prompt end of ICE (``install_prompt_ice_completion``, relay/media/peers.py):
+
+* ``aioice.ice.Connection._check_periodic()``: called by ``Connection.connect`` before
+  each 20 ms pacing sleep to start the next check; ``connect`` leaves its pacing loop
+  when it returns False. Read with ``Connection._check_list`` (the ``CandidatePair``
+  objects, ``.state`` a ``CandidatePair.State``, ``.task`` the check's task once
+  started) and
+  ``Connection._remote_candidates_expected()``.
+
 aioice, for the host addresses (relay/media/ice.py, ``ice.host_addresses``):
 
 * ``aioice.ice.get_host_addresses(use_ipv4, use_ipv6)``: the module-level function
@@ -311,6 +320,12 @@ async def send_rtp_datagram(dtls: RTCDtlsTransport, data: bytes) -> None:
     await dtls._send_rtp(data)
 
 
+async def wait_sender_started(sender: RTCRtpSender) -> None:
+    """Until ``sender_started`` (the flag is an ``asyncio.Event``)."""
+    started: asyncio.Event = getattr(sender, _SENDER_RTP_STARTED)
+    await started.wait()
+
+
 def sender_started(sender: RTCRtpSender) -> bool:
     """Whether aiortc has started the sender (its RTP task is running).
 
@@ -477,3 +492,38 @@ def route_aioice_host_addresses(get_addresses: Callable[[bool, bool], list[str]]
 
 def aioice_host_addresses_routed_to(get_addresses: Callable[[bool, bool], list[str]]) -> bool:
     return aioice.ice.get_host_addresses is get_addresses
+
+
+# aioice's own pacing step, kept before any replacement (see install_prompt_ice_completion).
+_original_check_periodic: Callable[[Any], bool] = aioice.ice.Connection._check_periodic
+_UNSTARTED = (aioice.ice.CandidatePair.State.WAITING, aioice.ice.CandidatePair.State.FROZEN)
+
+
+def _check_periodic_then_stop_pacing(connection: Any) -> bool:
+    """aioice's step, but the pacing loop ends as soon as there is nothing left to start.
+
+    ``Connection.connect`` starts one check, sleeps 20 ms (RFC 8445's Ta), and only then
+    notices that nothing is left to start and waits for the check list's result. With the
+    complete candidate lists SDP without trickle gives (one pair on a relay's legs) the
+    check succeeds in a round trip, yet ``connect`` returned no sooner than 20 ms after it
+    began: on the upstream leg, whose ICE starts once the upstream's answer is set, those
+    20 ms came before the relay's DTLS could even start. Checks are still paced 20 ms
+    apart while other pairs wait; later pairs (a triggered check, a peer-reflexive
+    candidate) are started by aioice where they appear, as after the loop's own exit.
+    """
+    if not _original_check_periodic(connection):
+        return False
+    # A pair just started is still Waiting until its check task runs: ``task`` tells.
+    return connection._remote_candidates_expected() or any(
+        pair.state in _UNSTARTED and pair.task is None for pair in connection._check_list
+    )
+
+
+def install_prompt_ice_completion() -> None:
+    """Replace ``aioice.ice.Connection._check_periodic`` (see above). Process-wide and
+    idempotent; ``connect`` looks the method up on each pass."""
+    setattr(aioice.ice.Connection, "_check_periodic", _check_periodic_then_stop_pacing)  # noqa: B010
+
+
+def prompt_ice_completion_installed() -> bool:
+    return bool(aioice.ice.Connection._check_periodic is _check_periodic_then_stop_pacing)

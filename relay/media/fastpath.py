@@ -34,6 +34,8 @@ its RTCP task puts in every sender report. Every private name used lives in
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import random
 import struct
@@ -47,6 +49,7 @@ from relay.media import aiortc_private
 from relay.media.forwarding import OPUS_CLOCK_RATE, DirectionStats
 from relay.media.sdp import AUDIO_LEVEL_EXTENSION, MID_EXTENSION, RtpLeg
 from relay.media.tap import PacketTap, TappedPacket
+from relay.tasks import spawn
 
 log = logging.getLogger("relay.media")
 
@@ -58,6 +61,10 @@ _FRAME = 960  # 20 ms at 48 kHz
 # Seconds between the NTP epoch (1900) and the Unix epoch (1970).
 _NTP_UNIX_OFFSET = 2208988800
 _NTP_ONE_SECOND = 1 << 32
+# The newest packet that arrived before the sending leg was up goes out the moment it is
+# (rather than waiting up to a frame for the next one) if it is still this fresh: the
+# current frame, with some jitter; anything older would be stale audio.
+HELD_PACKET_MAX_AGE_S = 0.03
 
 
 def is_rtp(datagram: bytes) -> bool:
@@ -72,6 +79,17 @@ def extension_block(elements: list[tuple[int, bytes]]) -> bytes:
     body = b"".join(bytes(((eid << 4) | (len(value) - 1),)) + value for eid, value in elements)
     body += b"\x00" * (-len(body) % 4)
     return _EXT_HEAD.pack(_ONE_BYTE_PROFILE, len(body) // 4) + body
+
+
+def extension_blocks_by_level(base: list[tuple[int, bytes]], level_id: int) -> list[bytes]:
+    """``extension_block([*base, (level_id, bytes((level,)))])`` for each level 0..255.
+
+    Built by splicing each level byte into one block (the forwarder builds these while
+    the exchange waits for its answer: 256 full builds cost about a millisecond)."""
+    block = extension_block([*base, (level_id, b"\x00")])
+    at = _EXT_HEAD.size + sum(1 + len(value) for _, value in base) + 1
+    head, tail = block[:at], block[at + 1 :]
+    return [head + bytes((level,)) + tail for level in range(256)]
 
 
 def find_one_byte_extension(data: bytes, start: int, end: int, wanted: int) -> int | None:
@@ -149,6 +167,10 @@ class FastOpusForwarder:
         self.packets_sent = 0
         self.octets_sent = 0
         self.errors = 0
+        # (marker+payload type byte, seq, ts, audio level, payload, arrival): the newest
+        # packet dropped because the sending leg was not up yet (``_send_held``).
+        self._held: tuple[int, int, int, int | None, bytes, float] | None = None
+        self._held_task: asyncio.Task[None] | None = None
 
         # Header extensions: computed once per direction; per packet only a lookup.
         mid_id = outgoing.extensions.get(MID_EXTENSION)
@@ -161,9 +183,7 @@ class FastOpusForwarder:
         level_out = outgoing.extensions.get(AUDIO_LEVEL_EXTENSION)
         self._ext_by_level: list[bytes] | None = None
         if self._level_in is not None and level_out is not None:
-            self._ext_by_level = [
-                extension_block([*base, (level_out, bytes((level,)))]) for level in range(256)
-            ]
+            self._ext_by_level = extension_blocks_by_level(base, level_out)
         else:
             self._level_in = None
 
@@ -173,11 +193,38 @@ class FastOpusForwarder:
         self._stats.fast_path = True
         self._original = aiortc_private.install_datagram_hook(self._in_dtls, self._on_datagram)
         aiortc_private.install_decrypted_rtp_hook(self._in_dtls, self._on_decrypted)
+        self._held_task = spawn(self._send_held(), name="fast-path-held", log=log)
 
     async def stop(self) -> None:
         # Idempotent: removing hooks that are gone is a no-op (``Forwarder`` protocol).
         aiortc_private.remove_datagram_hook(self._in_dtls)
         aiortc_private.remove_decrypted_rtp_hook(self._in_dtls)
+        task, self._held_task = self._held_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _send_held(self) -> None:
+        """Once the sending leg is up, send the packet it was not up for, if still fresh.
+
+        Packets arriving before then are dropped (``dropped_not_connected``): when the
+        other leg connected first (the upstream's leg usually does: its ICE starts while
+        the browser still waits for its answer), the first reply audio would otherwise
+        reach the browser only with the next frame, up to 20 ms after it could."""
+        await aiortc_private.wait_sender_started(self._sender)
+        held, self._held = self._held, None
+        if held is None or self.packets_sent:
+            return  # nothing held, or a newer packet went out first
+        b1, seq, ts, level, payload, arrived = held
+        if time.monotonic() - arrived > HELD_PACKET_MAX_AGE_S:
+            return
+        try:
+            if self._send(b1, seq, ts, level, payload, time.monotonic()):
+                self._stats.dropped_not_connected -= 1  # sent after all
+        except Exception:
+            self.errors += 1
+            log.exception("fast path: sending the held packet failed")
 
     # ------------------------------------------------------------------ per packet
     def _on_datagram(self, data: bytes, component: int) -> None:
@@ -263,6 +310,16 @@ class FastOpusForwarder:
                 TappedPacket("opus", OPUS_CLOCK_RATE, payload, seq, ts, ssrc, b1 > 127, now)
             )
 
+        if not self._send(b1, seq, ts, level, payload, now):
+            stats.dropped_not_connected += 1  # the other leg is not (or no longer) up
+            if not self.packets_sent:
+                self._held = (b1, seq, ts, level, payload, now)
+
+    def _send(
+        self, b1: int, seq: int, ts: int, level: int | None, payload: bytes, now: float
+    ) -> bool:
+        """Rewrite, protect and send one packet; False if the sending leg is not up."""
+        stats = self._stats
         tx = self._tx
         if tx is None and aiortc_private.sender_started(self._sender):
             session = aiortc_private.srtp_sessions(self._out_dtls)[1]
@@ -270,8 +327,7 @@ class FastOpusForwarder:
                 tx = self._tx = aiortc_private.SrtpCodec(session)
         pair = self._pairs.get(1)
         if tx is None or pair is None:
-            stats.dropped_not_connected += 1  # the other leg is not (or no longer) up
-            return
+            return False
         if pair is not self._pair:
             self._pair = pair
             self._sock, self._addr = aiortc_private.pair_endpoint(pair)
@@ -286,14 +342,14 @@ class FastOpusForwarder:
         protected = tx.protect(header + ext + payload)
         if protected is None:
             stats.dropped_invalid += 1
-            return
+            return True
         self._sock.sendto(protected, self._addr)
 
         if ((out_seq - self._hi_seq) & 0xFFFF) < 0x8000:
             self._hi_seq = out_seq
             self._hi_ts = out_ts
         self._last_forward_at = now
-        size = end - offset
+        size = len(payload)
         self.packets_sent += 1
         self.octets_sent += size
         stats.forwarded += 1
@@ -306,9 +362,11 @@ class FastOpusForwarder:
             self.packets_sent & 0xFFFFFFFF,
             self.octets_sent & 0xFFFFFFFF,
         )
+        return True
 
     def _switch_source(self, ssrc: int, seq: int, ts: int, now: float) -> None:
         """A new incoming SSRC: continue the outgoing sequence and timestamp timelines."""
+        self._held = None  # its offsets were the old source's
         if self._ssrc is not None:
             self._stats.ssrc_changes += 1
         # The next frame after the last one sent, or as much later as time has passed.

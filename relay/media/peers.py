@@ -38,6 +38,8 @@ def new_peer(
 ) -> RTCPeerConnection:
     """A peer with the configured ICE servers (never aiortc's implicit public STUN) whose
     sockets bind inside ``ice.udp_port_min..udp_port_max`` (``set_local_description``)."""
+    # ICE ends as soon as its checks are done, not at the next 20 ms pacing tick.
+    aiortc_private.install_prompt_ice_completion()
     pc = RTCPeerConnection(rtc_configuration(ice, leg=leg, session_id=session_id))
     _peers.add(pc)
     _port_ranges[pc] = port_range(ice.udp_port_min, ice.udp_port_max)

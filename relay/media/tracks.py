@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from typing import Any
 
@@ -18,14 +19,16 @@ class BoundedQueueTrack(MediaStreamTrack):
     the oldest is dropped and counted, so a stalled sender costs bounded memory and
     bounded latency instead of growing without limit (aiortc's own queues do not).
 
-    Nothing is kept until the consumer first calls ``recv()``: aiortc's sender starts
+    Nothing is queued until the consumer first calls ``recv()``: aiortc's sender starts
     reading once its leg is connected, and audio from before that moment is stale (it
-    would reach the listener as a one-second burst). Such items are counted apart.
+    would reach the listener as a one-second burst). Such items are counted apart,
+    except the newest one if it is still fresh (``held_max_age_s``, about one frame):
+    the first ``recv()`` returns it at once instead of waiting for the next frame.
     """
 
     kind = "audio"
 
-    def __init__(self, max_items: int) -> None:
+    def __init__(self, max_items: int, *, held_max_age_s: float = 0.03) -> None:
         super().__init__()
         if max_items < 1:
             raise ValueError("max_items must be >= 1")
@@ -34,6 +37,8 @@ class BoundedQueueTrack(MediaStreamTrack):
         self._waiter: asyncio.Future[None] | None = None
         self._stopped = False
         self._consuming = False
+        self._held: tuple[Any, float] | None = None
+        self.held_max_age_s = held_max_age_s
         self.dropped = 0
         self.dropped_before_start = 0
         self.max_depth = 0
@@ -48,6 +53,7 @@ class BoundedQueueTrack(MediaStreamTrack):
             return
         if not self._consuming:
             self.dropped_before_start += 1
+            self._held = (item, time.monotonic())
             return
         items = self._items
         if len(items) >= self._max:
@@ -61,7 +67,12 @@ class BoundedQueueTrack(MediaStreamTrack):
             waiter.set_result(None)
 
     async def recv(self) -> Any:
-        self._consuming = True
+        if not self._consuming:
+            self._consuming = True
+            held, self._held = self._held, None
+            if held is not None and time.monotonic() - held[1] <= self.held_max_age_s:
+                self.dropped_before_start -= 1  # sent after all
+                return held[0]
         while not self._items:
             if self.readyState != "live":
                 raise MediaStreamError
@@ -77,6 +88,7 @@ class BoundedQueueTrack(MediaStreamTrack):
         """End the track: a pending ``recv()`` raises ``MediaStreamError``."""
         self._stopped = True
         self._items.clear()
+        self._held = None
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

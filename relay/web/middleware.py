@@ -1,8 +1,8 @@
 """HTTP middleware: request ids, timing, access metrics and JSON errors.
 
 Every response carries ``X-Request-ID`` and ``Server-Timing`` (cache, db, upstream,
-total). Every error is JSON with the request id; nothing below ever turns into a bare 500
-with a traceback.
+total; the exchange also answer and offer). Every error is JSON with the request id;
+nothing below ever turns into a bare 500 with a traceback.
 
 Request ids are always the relay's own: ``req_<32 hex>``, unique by construction. A
 client's ``X-Request-ID`` is never trusted to be unique (two clients, or one replaying,

@@ -114,6 +114,8 @@ class OpusPacketTrack(MediaStreamTrack):
         self._running = asyncio.Event()
         self._running.set()
         self.sent: list[bytes] = []
+        # True while paused and waiting: nothing more is sent until ``resume()``.
+        self.blocked = False
 
     def pause(self) -> None:
         self._running.clear()
@@ -130,7 +132,10 @@ class OpusPacketTrack(MediaStreamTrack):
     async def recv(self) -> av.Packet[Any]:
         if self.readyState != "live":
             raise MediaStreamError
-        await self._running.wait()
+        if not self._running.is_set():
+            self.blocked = True
+            await self._running.wait()
+            self.blocked = False
         now = time.monotonic()
         if self._t0 is None:
             self._t0 = now - self._n * 0.02

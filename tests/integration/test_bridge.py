@@ -33,6 +33,7 @@ class Interview:
     browser: BrowserPeer
     answer: dict[str, Any] = field(default_factory=dict)
     status: int = 0
+    server_timing: str = ""
 
     @property
     def auth(self) -> dict[str, str]:
@@ -53,6 +54,7 @@ class Interview:
             "/api/webrtc-exchange", json=body, headers=self.auth
         ) as resp:
             self.status, self.answer = resp.status, await resp.json()
+            self.server_timing = resp.headers.get("Server-Timing", "")
             return self.status, self.answer
 
     async def row(self) -> dict[str, Any]:
@@ -125,6 +127,10 @@ async def test_speech_round_trip_through_the_relay(
     rid = answer["request_id"]
     for line in ("WEBRTC_EXCHANGE_START", "UPSTREAM_SDP_COMPLETE", "WEBRTC_EXCHANGE_COMPLETE"):
         assert any(f"[{rid}] {line}" in r.getMessage() for r in caplog.records), line
+    # The exchange's own stages: the browser's answer, our offer, the upstream's round trip.
+    timing = dict(part.strip().split(";dur=") for part in interview.server_timing.split(","))
+    assert {"db", "answer", "offer", "upstream", "total"} <= set(timing)
+    assert sum(float(timing[k]) for k in ("answer", "offer", "upstream")) <= float(timing["total"])
 
     call = upstream_call(simulator)
     state = simulator.state

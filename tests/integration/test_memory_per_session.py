@@ -202,6 +202,11 @@ async def test_interviews_one_at_a_time_leave_no_objects_behind(
             # Heartbeats are per second, not per interview: their metric samples (bounded
             # reservoirs) would fill during the run and read as growth.
             "cluster": {"heartbeat_interval_s": 60},
+            # One pooled connection, opened at start: asyncpg caches each statement per
+            # connection (bounded), so a second connection first used during the
+            # measured interviews would read as growth, depending only on how often two
+            # queries happened to overlap.
+            "database": {"pool_min_size": 1, "pool_max_size": 1},
         }
     )
     token = await relay.add_user(seconds=10 * 3600)

@@ -407,3 +407,36 @@ def test_srtp_codec_matches_pylibsrtp() -> None:
             receiver_session.unprotect(protected)
     assert receiver.unprotect(b"\x80" * 40) is None  # fails authentication
     assert sender.protect(b"\x80" * 1400) is None  # no room for the trailer
+
+
+# ---------------------------------------------------------------------- aioice (ICE pacing)
+
+
+def test_aioice_connect_paces_through_check_periodic() -> None:
+    """``connect`` asks ``_check_periodic`` (looked up on each pass) whether to go on
+    pacing, and leaves its loop to wait for the check list's result when it says no."""
+    import aioice.ice
+
+    connect = inspect.getsource(aioice.ice.Connection.connect)
+    assert "if not self._check_periodic():" in connect
+    assert "await asyncio.sleep(0.02)" in connect
+    assert "await self._check_list_state.get()" in connect
+    connection = aioice.ice.Connection(ice_controlling=True)
+    assert connection._check_list == []
+    assert connection._remote_candidates_expected() is True  # no end-of-candidates yet
+    states = aioice.ice.CandidatePair.State
+    assert {states.WAITING, states.FROZEN, states.IN_PROGRESS} <= set(states)
+    # A started pair keeps its state until its task runs; the task is set at once.
+    start_task = inspect.getsource(aioice.ice.Connection.check_start_task)
+    assert "pair.task = asyncio.create_task(self.check_start(pair))" in start_task
+    # The original pacing step, kept for the replacement to call.
+    assert "check_start_task" in inspect.getsource(aiortc_private._original_check_periodic)
+
+
+def test_prompt_ice_completion_installs_idempotently() -> None:
+    import aioice.ice
+
+    aiortc_private.install_prompt_ice_completion()
+    aiortc_private.install_prompt_ice_completion()
+    assert aiortc_private.prompt_ice_completion_installed()
+    assert aioice.ice.Connection._check_periodic is not aiortc_private._original_check_periodic

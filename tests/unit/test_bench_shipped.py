@@ -7,7 +7,15 @@ from typing import Any
 
 import pytest
 
-from bench.shipped import cpu_ratio, media_totals, parse_args, summary, table
+from bench.shipped import (
+    cpu_ratio,
+    first_audio_table,
+    first_audio_timeline,
+    media_totals,
+    parse_args,
+    summary,
+    table,
+)
 
 
 def _row(mode: str, n: int, **values: Any) -> dict[str, Any]:
@@ -125,3 +133,29 @@ def test_other_processes_cpu_ignores_exits_and_counts_newcomers() -> None:
     before = {1: 10.0, 2: 5.0, 3: 7.0}
     after = {1: 10.5, 2: 5.25, 4: 0.5}  # 3 exited, 4 started
     assert others_cpu_delta(before, after) == 1.25
+
+
+def test_first_audio_timeline_is_ms_since_the_exchange_with_server_timing() -> None:
+    out = first_audio_timeline(
+        100.0,
+        {"answer": 100.03, "browser_connected": 100.061, "upstream_connected": None},
+        "db;dur=12.5, answer;dur=4.0, offer;dur=3.5, upstream;dur=7.0, total;dur=30.2",
+    )
+    assert out == {
+        "at_answer_ms": 30.0,
+        "at_browser_connected_ms": 61.0,
+        "st_db_ms": 12.5,
+        "st_answer_ms": 4.0,
+        "st_offer_ms": 3.5,
+        "st_upstream_ms": 7.0,
+        "st_total_ms": 30.2,
+    }
+    assert first_audio_timeline(0.0, {}, "") == {}
+
+
+def test_first_audio_samples_are_bounded_and_tabled() -> None:
+    assert parse_args(["--first-audio-samples", "15"]).first_audio_samples == 15
+    with pytest.raises(SystemExit):
+        parse_args(["--first-audio-samples", "500"])
+    rows = [{"mode": "fast", "run": 1, "rest_ms_p50": 30.0, "rest_ms_p90": 50.0}]
+    assert "| fast | 1 | 30.0 / 50.0 |" in first_audio_table(rows)

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import struct
 
+import pytest
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 
-from relay.media.fastpath import extension_block, find_one_byte_extension, is_rtp
+from relay.media.fastpath import (
+    extension_block,
+    extension_blocks_by_level,
+    find_one_byte_extension,
+    is_rtp,
+)
 from relay.media.sdp import AUDIO_LEVEL_EXTENSION, MID_EXTENSION, rtp_leg
 
 
@@ -78,3 +84,9 @@ def test_rtp_leg_reads_payload_type_mid_and_extension_ids() -> None:
     assert leg.extensions[AUDIO_LEVEL_EXTENSION] == 9
     no_audio = rtp_leg("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n")
     assert no_audio.payload_type is None and no_audio.extensions == {}
+
+
+@pytest.mark.parametrize("base", [[], [(3, b"0")], [(3, b"audio"), (5, b"ab")]])
+def test_extension_blocks_by_level_match_full_builds(base: list[tuple[int, bytes]]) -> None:
+    blocks = extension_blocks_by_level(base, 7)
+    assert blocks == [extension_block([*base, (7, bytes((level,)))]) for level in range(256)]

@@ -16,7 +16,7 @@ from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtp import RtpPacket
 
 from relay.config import EventsConfig, IceConfig, MediaConfig, SessionConfig
-from relay.media import aiortc_private
+from relay.media import aiortc_private, fastpath
 from relay.media.bridge import Bridge, BridgeSettings
 from relay.media.fastpath import FastOpusForwarder
 from relay.media.forwarding import OpusPassthrough
@@ -310,3 +310,103 @@ async def test_rtcp_reports_flow_both_ways_on_both_legs(open_session: Any) -> No
         # The relay's sender report counts what it sent; the far end received about that.
         assert abs(remote_out.packetsSent - inbound.packetsReceived) < 100
         assert remote_out.bytesSent > 0
+
+
+async def _reply_before_the_browser_leg(
+    fast_path: bool, monkeypatch: pytest.MonkeyPatch, *, held_max_age_s: float
+) -> tuple[Session, list[bytes], bytes]:
+    """A session whose upstream speaks REPLY as soon as its own leg is up, while the
+    browser still waits for its answer; the upstream pauses once the relay has dropped a
+    few packets for want of a browser leg. Returns the session, the payloads the upstream
+    sent, and the newest of them (the one the relay holds)."""
+    monkeypatch.setattr(fastpath, "HELD_PACKET_MAX_AGE_S", held_max_age_s)
+    upstream = LoopbackUpstream(reply_opus=REPLY)
+    recorder = TapRecorder()
+    bridge = Bridge(
+        session_id="is_held",
+        request_id="req_held",
+        settings=BridgeSettings(
+            session=SessionConfig(connect_timeout_s=10.0, idle_media_timeout_s=10.0),
+            media=MediaConfig(queue_max_frames=50, fast_path=fast_path),
+            events=EventsConfig(),
+            ice=IceConfig(),
+        ),
+        upstream=upstream,
+        minted=MintedSession(secret="ek_test", expires_at=0, model="m"),
+        max_duration_s=60,
+        metrics=MediaMetrics(MetricsRegistry()),
+        hooks=RecordingHooks(),
+    )
+    bridge.recorder = cast("SessionRecorder | None", recorder)
+    bridge.to_browser.held_max_age_s = held_max_age_s
+    browser = BrowserPeer(payloads=())
+    s = Session(bridge, browser, upstream, Capture())
+    answer = await bridge.start(await browser.offer())
+    s.at_browser.install(_audio(browser.pc).receiver)
+
+    def dropped() -> int:
+        return int(bridge.stats()["upstream_to_browser"]["dropped"]["before_connect"])
+
+    await wait_until(lambda: dropped() >= 3, 10, "reply packets dropped before the browser leg")
+    mouth = s.call.mouth
+    assert mouth is not None
+    mouth.pause()
+    await wait_until(lambda: mouth.blocked, 10, "the upstream paused")
+    sent = list(mouth.sent)
+    tapped = recorder.taps["interviewer"].packets
+    await wait_until(lambda: bool(tapped) and tapped[-1].payload == sent[-1], 10, "last at relay")
+    assert s.at_browser.packets == []
+    await browser.accept(answer)
+    await browser.wait_connected()
+    await wait_until(lambda: bridge.state == "active", 10, "bridge active")
+    return s, sent, sent[-1]
+
+
+async def _close(s: Session) -> None:
+    await s.browser.close()
+    await s.bridge.close("test_over")
+    await s.upstream.close()
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast_path", "aiortc_path"])
+async def test_the_newest_reply_packet_waits_for_the_browser_leg(
+    fast_path: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first reply audio reaches the browser the moment its leg is up: the newest
+    packet dropped before then is sent at once, not lost (while still fresh)."""
+    s, sent, newest = await _reply_before_the_browser_leg(
+        fast_path, monkeypatch, held_max_age_s=60.0
+    )
+    try:
+        # The upstream is paused: only the held packet can arrive.
+        await wait_until(lambda: bool(s.at_browser.payloads), 10, "the held packet at the browser")
+        assert s.at_browser.payloads == [newest]
+        direction = s.bridge.stats()["upstream_to_browser"]
+        if fast_path:  # (aiortc's path counts what it queues, dropped or not)
+            assert direction["forwarded"] == 1
+        assert s.call.mouth is not None
+        s.call.mouth.resume()
+        await wait_until(lambda: len(s.at_browser.payloads) > 10, 10, "the reply goes on")
+        rest = REPLY[len(sent) :]
+        assert s.at_browser.payloads[: 1 + 10] == [newest, *rest[:10]]
+        assert set(_seq_steps(s.at_browser.packets)) == {1}
+    finally:
+        await _close(s)
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast_path", "aiortc_path"])
+async def test_a_stale_held_packet_is_dropped(
+    fast_path: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s, sent, newest = await _reply_before_the_browser_leg(
+        fast_path, monkeypatch, held_max_age_s=0.0
+    )
+    try:
+        assert s.call.mouth is not None
+        s.call.mouth.resume()
+        await wait_until(lambda: len(s.at_browser.payloads) > 3, 10, "the reply goes on")
+        # The first packet is the one after the pause: the held one was too old.
+        assert newest not in s.at_browser.payloads
+        assert s.at_browser.payloads[0] == REPLY[len(sent)]
+    finally:
+        await _close(s)

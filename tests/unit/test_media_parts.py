@@ -170,13 +170,27 @@ def test_audio_negotiation_reads_the_codec_order() -> None:
 
 
 async def test_queue_track_keeps_nothing_until_its_consumer_starts() -> None:
-    track = BoundedQueueTrack(3)
+    track = BoundedQueueTrack(3, held_max_age_s=0.01)
     track.put("stale")
     assert track.depth == 0 and track.dropped_before_start == 1 and track.dropped == 0
+    await asyncio.sleep(0.02)  # the held item ages past held_max_age_s
     first = asyncio.create_task(track.recv())
     await asyncio.sleep(0)
+    assert not first.done()
     track.put("fresh")
     assert await asyncio.wait_for(first, 1) == "fresh"
+    assert track.dropped_before_start == 1
+
+
+async def test_queue_track_starts_with_the_newest_item_if_still_fresh() -> None:
+    track = BoundedQueueTrack(3, held_max_age_s=60)
+    track.put("older")
+    track.put("newest")
+    assert track.depth == 0 and track.dropped_before_start == 2
+    assert await asyncio.wait_for(track.recv(), 1) == "newest"
+    assert track.dropped_before_start == 1  # only "older" was lost
+    track.put("next")
+    assert await asyncio.wait_for(track.recv(), 1) == "next"
 
 
 async def test_queue_track_drops_the_oldest_and_counts() -> None:

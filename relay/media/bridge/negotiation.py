@@ -39,7 +39,9 @@ async def negotiate(bridge: Bridge, offer_sdp: str) -> str:
         raise InvalidOffer(f"the offer was refused ({type(exc).__name__}: {exc})") from None
     browser.addTrack(bridge.to_browser)
     answer = await set_local_description(browser, await browser.createAnswer(), gather_timeout)
-    stage(log, "BROWSER_ANSWER_COMPLETE", (time.perf_counter() - started) * 1000)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    record_stage("answer", elapsed_ms)
+    stage(log, "BROWSER_ANSWER_COMPLETE", elapsed_ms)
     bridge.raise_if_closing()
 
     started = time.perf_counter()
@@ -50,7 +52,9 @@ async def negotiate(bridge: Bridge, offer_sdp: str) -> str:
     upstream.addTransceiver(bridge.to_upstream, direction="sendrecv")
     bridge.events.attach_upstream(upstream.createDataChannel(UPSTREAM_LABEL))
     offer = await set_local_description(upstream, await upstream.createOffer(), gather_timeout)
-    stage(log, "UPSTREAM_OFFER_COMPLETE", (time.perf_counter() - started) * 1000)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    record_stage("offer", elapsed_ms)
+    stage(log, "UPSTREAM_OFFER_COMPLETE", elapsed_ms)
     bridge.raise_if_closing()
 
     started = time.perf_counter()
