@@ -167,7 +167,7 @@ async def main_async(args: argparse.Namespace, argv: list[str]) -> None:
     write(
         {
             "harness": "suite",
-            "section": "run",
+            "suite_section": "run",
             "command": "python -m bench.suite " + shlex.join(argv),
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": machine(),
@@ -177,17 +177,18 @@ async def main_async(args: argparse.Namespace, argv: list[str]) -> None:
     for name in args.sections:
 
         def sink(row: Row, section: str = name) -> None:
-            row["section"] = section
+            # Its own key: a harness's rows may have a "section" of their own (admission).
+            row["suite_section"] = section
             print(json.dumps({k: v for k, v in row.items() if "stalls" not in k}), flush=True)
             write(row)
 
         started = time.monotonic()
         print(f"== {name}", flush=True)
         await SECTIONS[name](args.quick, sink)
-        write({"harness": "suite", "section": name, "section_s": time.monotonic() - started})
-    write(
-        {"harness": "suite", "section": "end", "ended": time.strftime("%H:%M:%SZ", time.gmtime())}
-    )
+        took = time.monotonic() - started
+        write({"harness": "suite", "suite_section": name, "section_s": took})
+    ended = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    write({"harness": "suite", "suite_section": "end", "ended": ended})
     print(report([json.loads(line) for line in out.read_text().splitlines()]))
     print(f"\nraw results: {out}")
 
@@ -195,35 +196,39 @@ async def main_async(args: argparse.Namespace, argv: list[str]) -> None:
 def report(rows: list[Row]) -> str:
     """The markdown of every section found in one suite results file."""
     parts: list[str] = []
-    head = next((r for r in rows if r.get("section") == "run"), None)
+    head = next((r for r in rows if r.get("suite_section") == "run"), None)
     if head:
         parts.append(f"Command: `{head['command']}`, started {head['started']}.")
         parts.append(f"Machine: `{json.dumps(head['machine'])}`.")
-    media = [r for r in rows if r.get("section") == "media" and r.get("harness") == "shipped"]
+    media = [r for r in rows if r.get("suite_section") == "media" and r.get("harness") == "shipped"]
     if media:
         parts += ["### Media", shipped.table(media)]
         if any(r.get("mode") == "rec" for r in media):
             parts += ["### Recording on vs off", recording_table(media)]
-    first = [r for r in rows if r.get("section") == "first_audio" and "first_audio_samples" in r]
+    first = [r for r in section(rows, "first_audio") if "first_audio_samples" in r]
     if first:
         parts += ["### Time to first reply audio, one session at a time", first_audio_report(first)]
-    memory = [r for r in rows if r.get("section") == "memory" and r.get("mode") == "cycles"]
+    memory = [r for r in rows if r.get("suite_section") == "memory" and r.get("mode") == "cycles"]
     if memory:
         parts += ["### Memory: open-close cycles", cycles_table(memory)]
-    rows_workers = [r for r in rows if r.get("section") == "workers" and "workers" in r]
+    rows_workers = [r for r in rows if r.get("suite_section") == "workers" and "workers" in r]
     if rows_workers:
         parts += ["### Workers", workers.table(rows_workers)]
-    rows_admission = [r for r in rows if r.get("section") == "admission" and "section_s" not in r]
+    rows_admission = [r for r in section(rows, "admission") if "section_s" not in r]
     if rows_admission:
         parts += ["### Admission", admission.table(rows_admission)]
     timings = [r for r in rows if "section_s" in r]
     if timings:
         parts.append(
             "Section durations: "
-            + ", ".join(f"{r['section']} {r['section_s']:.0f} s" for r in timings)
+            + ", ".join(f"{r['suite_section']} {r['section_s']:.0f} s" for r in timings)
             + "."
         )
     return "\n\n".join(parts)
+
+
+def section(rows: list[Row], name: str) -> list[Row]:
+    return [r for r in rows if r.get("suite_section") == name]
 
 
 def first_audio_report(rows: list[Row]) -> str:

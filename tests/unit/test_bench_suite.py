@@ -19,7 +19,7 @@ def test_sections_are_checked() -> None:
 def _cycles(env: dict[str, str], end_rss: float) -> dict[str, Any]:
     snapshot = {"rss_mb": 120.0, "tasks": 9, "threads": 2, "fds": 11}
     return {
-        "section": "memory",
+        "suite_section": "memory",
         "harness": "shipped",
         "mode": "cycles",
         "relay_mode": "rec",
@@ -36,7 +36,7 @@ def _cycles(env: dict[str, str], end_rss: float) -> dict[str, Any]:
 def test_report_has_every_section_of_the_run() -> None:
     rows: list[dict[str, Any]] = [
         {
-            "section": "run",
+            "suite_section": "run",
             "command": "python -m bench.suite",
             "started": "2026-11-28T22:00:00Z",
             "machine": {"cpus": 2},
@@ -44,7 +44,7 @@ def test_report_has_every_section_of_the_run() -> None:
         _cycles({}, 128.5),
         _cycles({"RELAY__SERVER__GC_FREEZE": "false"}, 150.0),
         {
-            "section": "workers",
+            "suite_section": "workers",
             "harness": "workers",
             "workers": 1,
             "setups_per_s": 4.0,
@@ -54,7 +54,7 @@ def test_report_has_every_section_of_the_run() -> None:
             "errors": 0,
         },
         {
-            "section": "workers",
+            "suite_section": "workers",
             "harness": "workers",
             "workers": 2,
             "setups_per_s": 6.0,
@@ -63,7 +63,7 @@ def test_report_has_every_section_of_the_run() -> None:
             "completed": 60,
             "errors": 0,
         },
-        {"section": "memory", "section_s": 300.0},
+        {"suite_section": "memory", "section_s": 300.0},
     ]
     text = suite.report(rows)
     assert "Command: `python -m bench.suite`" in text
@@ -125,3 +125,29 @@ def test_gc_pauses_between_two_scrapes() -> None:
     assert out["gen2_count"] == 4 and out["gen2_total_ms"] == 120.0
     assert out["gen0_count"] == 0
     assert out["over_5ms"] == 2  # four new full collections, two of them at most 5 ms
+
+
+def test_a_harness_keeps_its_own_section_key() -> None:
+    row = {
+        "harness": "admission",
+        "section": "latency",
+        "phase": "cold",
+        "rate": 25.0,
+        "requests": 10,
+        "statuses": {"201": 10},
+        "server_total_ms": {"p50": 1.0, "p99": 2.0},
+        "server_relay_ms": {"p50": 1.0, "p99": 2.0},
+        "cache_ms": {"p50": 0.1, "p99": 0.2},
+        "db_ms": {"p50": 0.5, "p99": 0.9},
+        "client_ms": {"p50": 1.5, "p99": 2.5},
+        "cache_hit_rate": 0.0,
+        "relay_cpu_ms_per_request": 9.0,
+        "generator_late_count": 0,
+        "generator_late_ms": {"p99": 0.1},
+    }
+    captured: list[dict[str, Any]] = []
+    # What main_async's sink does to every row of a section.
+    tagged = {**row, "suite_section": "admission"}
+    captured.append(tagged)
+    assert tagged["section"] == "latency"
+    assert "| cold | 25.0 | 10 | 201: 10 |" in suite.report(captured)
