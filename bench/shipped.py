@@ -516,6 +516,7 @@ async def run_point(
             if relay is not None:
                 await relay.ready()
                 result["relay_rss0_mb"] = round(relay.status()["VmRSS"] / 1024, 1)
+                result["relay_event_loop"] = await relay_event_loop(http)
                 cpu_before = sum(relay.cpu_seconds())
             started = time.monotonic()
             await asyncio.gather(
@@ -677,6 +678,17 @@ def first_audio_table(rows: list[dict[str, Any]]) -> str:
         cells = [f"{r.get(k + '_p50', '-')} / {r.get(k + '_p90', '-')}" for k in keys]
         lines.append(f"| {r['mode']} | {r.get('run')} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+async def relay_event_loop(http: aiohttp.ClientSession) -> str | None:
+    """Which event loop the relay runs ("uvloop" or "asyncio", server.event_loop)."""
+    async with http.get(
+        f"http://127.0.0.1:{RELAY_PORT}/api/stats",
+        headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"},
+    ) as resp:
+        body: dict[str, Any] = await resp.json()
+    loop: str | None = (body.get("process") or {}).get("event_loop")
+    return loop
 
 
 async def operator_stats(http: aiohttp.ClientSession) -> dict[str, Any]:

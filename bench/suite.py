@@ -202,6 +202,9 @@ def report(rows: list[Row]) -> str:
         parts.append(f"Machine: `{json.dumps(head['machine'])}`.")
     media = [r for r in rows if r.get("suite_section") == "media" and r.get("harness") == "shipped"]
     if media:
+        loops = sorted({str(r["relay_event_loop"]) for r in media if r.get("relay_event_loop")})
+        if loops:
+            parts.append(f"The relay's event loop: {', '.join(loops)}.")
         parts += ["### Media", shipped.table(media)]
         if any(r.get("mode") == "rec" for r in media):
             parts += ["### Recording on vs off", recording_table(media)]

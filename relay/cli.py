@@ -15,6 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from relay import event_loop
 from relay.admission.embedded_pg import EmbeddedPostgresError
 from relay.admission.store import DatabaseUnavailable, Store, UserExists, UsersExist
 from relay.admission.tokens import hash_token, new_token
@@ -134,6 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             except ValueError:
                 print("--workers must be a number within 1..256 or auto", file=sys.stderr)
                 return 2
+            event_loop.install(settings.server.event_loop)
             if workers > 1 and worker_index() is None:
                 return asyncio.run(_supervise(settings, workers, _worker_argv(args)))
             # Sentry only when SENTRY_DSN is set (relay.observability.error_tracking).

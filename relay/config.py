@@ -88,6 +88,8 @@ class ServerConfig(_Section):
     # Networks (CIDR, or single addresses) of the reverse proxies in front of the relay:
     # from them, the client is the X-Forwarded-For hop they saw (relay.web.forwarded).
     trusted_proxies: list[str] = Field(default_factory=list)
+    # The asyncio event loop of `relay serve` (relay.event_loop): "uvloop" or "asyncio".
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -19,14 +19,17 @@ Every async test runs under a guard against blocking calls on the event loop (se
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
 from relay.admission.embedded_pg import postgres_os_user
+from relay.config import ServerConfig
+from relay.event_loop import loop_policy
 from tests.support.blocking import blocking_call_guard
 from tests.support.coturn import CoturnServer
 from tests.support.postgres import PostgresServer, initdb
@@ -43,6 +46,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 # ---------------------------------------------------------------------- environment
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Every test runs on the event loop `relay serve` ships with (server.event_loop)."""
+    policy = loop_policy(ServerConfig().event_loop)
+    return {ServerConfig().event_loop: policy.new_event_loop}
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _session_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     base = tmp_path_factory.mktemp("env")

@@ -79,14 +79,26 @@ class PortRange:
             host = _wildcard_for(remote_addr[0])
         else:
             host = "0.0.0.0"
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
         for port in self._ports():
+            # Bound here, then handed over: uvloop's create_datagram_endpoint binds with
+            # SO_REUSEADDR, which on Linux lets a second socket take a port of the range
+            # that is in use (no EADDRINUSE), so two sessions would share it.
+            sock = socket.socket(family, socket.SOCK_DGRAM)
             try:
-                result = await loop.create_datagram_endpoint(
-                    protocol_factory, local_addr=(host, port), remote_addr=remote_addr, **kwargs
-                )
+                sock.bind((host, port))
             except OSError as exc:
+                sock.close()
                 if exc.errno == errno.EADDRINUSE:
                     continue
+                raise
+            sock.setblocking(False)
+            try:
+                if remote_addr is not None:
+                    await loop.sock_connect(sock, remote_addr)
+                result = await loop.create_datagram_endpoint(protocol_factory, sock=sock, **kwargs)
+            except BaseException:
+                sock.close()
                 raise
             self._advance(port)
             return result

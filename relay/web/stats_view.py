@@ -168,6 +168,8 @@ async def build_stats(services: Services, request_id: str) -> dict[str, Any]:
             # For leak checks (bench/shipped.py --cycles): live asyncio tasks and threads.
             "tasks": len(asyncio.all_tasks()),
             "threads": threading.active_count(),
+            # "uvloop" or "asyncio" (server.event_loop; relay.event_loop).
+            "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
         },
         "sessions_by_state": by_state,
         "sessions": sessions,

@@ -23,9 +23,10 @@ SPEECH = encode_opus(speech_like(0.3))
 
 
 # Pooled things that come and go with load, within bounds, are counted apart: the
-# default executor's workers ("asyncio_N", up to its max_workers) and HTTP keep-alive
-# connections (a TCP socket each side, an aiohttp handler task on the server side).
-EXECUTOR_THREAD_PREFIX = "asyncio_"
+# default executor's workers ("asyncio_N" on the standard library's loop, "uvloop_N" on
+# uvloop's, up to its max_workers) and HTTP keep-alive connections (a TCP socket each
+# side, an aiohttp handler task on the server side).
+EXECUTOR_THREAD_PREFIX = ("asyncio_", "uvloop_")
 HTTP_HANDLER = "RequestHandler.start"
 
 

@@ -84,11 +84,29 @@ async def test_serve_prints_url_and_token_that_opens_a_session(
             stats = await resp.json()
             assert resp.status == 200, stats
             assert stats["upstream"]["simulated"] is True
+            assert stats["process"]["event_loop"] == "uvloop"  # server.event_loop
         async with http.get(url + "api/stats") as resp:
             assert resp.status == 401
         async with http.get(url) as resp:
             assert resp.status == 200
             assert "Voice interview" in await resp.text()
+
+
+async def test_serve_on_the_standard_library_event_loop_when_configured(
+    traversable_tmp_path: Path,
+) -> None:
+    extra = {"RELAY__SERVER__EVENT_LOOP": "asyncio"}
+    async with (
+        _serving(traversable_tmp_path, extra) as (url, token, _),
+        aiohttp.ClientSession() as http,
+    ):
+        auth = {"Authorization": f"Bearer {token}"}
+        async with http.post(url + "api/realtime-session", headers=auth) as resp:
+            assert resp.status == 201, await resp.text()
+        operator = {"Authorization": f"Bearer {OPERATOR}"}
+        async with http.get(url + "api/stats", headers=operator) as resp:
+            stats = await resp.json()
+    assert stats["process"]["event_loop"] == "asyncio"
 
 
 async def test_serve_without_a_key_off_loopback_refuses_to_start(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import stat
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -206,8 +207,10 @@ async def test_a_stale_pid_file_naming_an_unrelated_process_is_replaced(
     assert await first.exit() == 0
     # As after a container restart: the old pid now belongs to another live process of
     # the server's user, so postgres itself would refuse to start.
-    unrelated = await asyncio.create_subprocess_exec(
-        "sleep", "60", **as_os_user(await asyncio.to_thread(postgres_os_user))
+    # subprocess.Popen, not asyncio's: uvloop's subprocesses take no user/group.
+    user = as_os_user(await asyncio.to_thread(postgres_os_user))
+    unrelated: subprocess.Popen[bytes] = await asyncio.to_thread(
+        lambda: subprocess.Popen(["sleep", "60"], **user)
     )
     try:
         lines[0] = str(unrelated.pid)
@@ -219,7 +222,7 @@ async def test_a_stale_pid_file_naming_an_unrelated_process_is_replaced(
         await _wait_gone(second.pid)
     finally:
         unrelated.kill()
-        await unrelated.wait()
+        await asyncio.to_thread(unrelated.wait)
 
 
 async def test_runtime_dir_is_set_privately_when_missing(
