@@ -22,6 +22,7 @@ from tests.support.processes import free_port, spawn, terminate
 ACCESS_KEY = "relay-test-access"
 SECRET_KEY = "relay-test-secret-0123456789"
 _TIMEOUT_S = 60.0
+_START_ATTEMPTS = 3
 
 
 class SeaweedError(RuntimeError):
@@ -52,6 +53,23 @@ class SeaweedServer:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> None:
+        """Start weed; a first start whose ports were taken in the meantime (free_port
+        only finds ports free a moment ago, and weed opens listeners of its own on
+        ephemeral ports) is retried on fresh ports, a bounded number of times."""
+        fresh = not self._ports
+        for attempt in range(_START_ATTEMPTS):
+            try:
+                self._start()
+                return
+            except SeaweedError as exc:
+                self.stop()
+                if not fresh or "address already in use" not in str(exc):
+                    raise
+                if attempt == _START_ATTEMPTS - 1:
+                    raise
+                self._ports = {}
+
+    def _start(self) -> None:
         config = self.workdir / "s3.json"
         config.write_text(
             json.dumps(
