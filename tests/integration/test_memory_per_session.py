@@ -145,13 +145,14 @@ def automatic_gc_off() -> Iterator[None]:
 INTERVIEWS = 12
 
 
-async def test_ended_interviews_wait_for_the_cyclic_collector(
-    make_relay: MakeRelay, simulator: RunningSimulator, automatic_gc_off: None
-) -> None:
-    """The finding: with no collection, every ended interview's peers stay in memory."""
+async def interviews_with_release_delay(
+    make_relay: MakeRelay, simulator: RunningSimulator, delay_s: float
+) -> RelayHarness:
+    """``INTERVIEWS`` interviews one at a time on a relay whose memory keeper waits
+    ``delay_s`` (0: off); returns once every one has ended on both sides."""
     relay = await make_relay(
         overrides={
-            "server": {"memory_release_delay_s": 0},
+            "server": {"memory_release_delay_s": delay_s},
             "limits": {"per_user_requests_per_minute": 10 * INTERVIEWS},
         }
     )
@@ -160,6 +161,14 @@ async def test_ended_interviews_wait_for_the_cyclic_collector(
         for _ in range(INTERVIEWS):
             await one_interview(http, relay, token)
         await idle(relay, simulator)
+    return relay
+
+
+async def test_ended_interviews_wait_for_the_cyclic_collector(
+    make_relay: MakeRelay, simulator: RunningSimulator, automatic_gc_off: None
+) -> None:
+    """The finding: with no collection, every ended interview's peers stay in memory."""
+    relay = await interviews_with_release_delay(make_relay, simulator, 0)
     # Two relay peers per interview (plus the test's browser and simulator peers).
     assert live(RTCPeerConnection) >= 2 * INTERVIEWS
     assert live(SrtpSession) >= 2 * INTERVIEWS
@@ -169,17 +178,7 @@ async def test_ended_interviews_wait_for_the_cyclic_collector(
 async def test_the_relay_frees_ended_interviews_within_the_release_delay(
     make_relay: MakeRelay, simulator: RunningSimulator, automatic_gc_off: None
 ) -> None:
-    relay = await make_relay(
-        overrides={
-            "server": {"memory_release_delay_s": 0.2},
-            "limits": {"per_user_requests_per_minute": 10 * INTERVIEWS},
-        }
-    )
-    token = await relay.add_user(seconds=3600)
-    async with aiohttp.ClientSession(base_url=relay.client.make_url("/")) as http:
-        for _ in range(INTERVIEWS):
-            await one_interview(http, relay, token)
-        await idle(relay, simulator)
+    relay = await interviews_with_release_delay(make_relay, simulator, 0.2)
     await wait_until(
         lambda: live(RTCPeerConnection) == 0 and live(SrtpSession) == 0,
         10,
