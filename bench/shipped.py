@@ -609,13 +609,24 @@ async def run_point(
     return result
 
 
-async def relay_metrics(http: aiohttp.ClientSession) -> str:
+async def operator_get(http: aiohttp.ClientSession, path: str) -> aiohttp.ClientResponse:
+    """An operator endpoint of the relay under test (read, then released)."""
     async with http.get(
-        f"http://127.0.0.1:{RELAY_PORT}/metrics",
+        f"http://127.0.0.1:{RELAY_PORT}/{path}",
         headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"},
     ) as resp:
         resp.raise_for_status()
-        return await resp.text()
+        await resp.read()
+        return resp
+
+
+async def relay_metrics(http: aiohttp.ClientSession) -> str:
+    return await (await operator_get(http, "metrics")).text()
+
+
+async def relay_stats(http: aiohttp.ClientSession) -> dict[str, Any]:
+    body: dict[str, Any] = await (await operator_get(http, "api/stats")).json()
+    return body
 
 
 async def run_first_audio(
@@ -682,23 +693,14 @@ def first_audio_table(rows: list[dict[str, Any]]) -> str:
 
 async def relay_event_loop(http: aiohttp.ClientSession) -> str | None:
     """Which event loop the relay runs ("uvloop" or "asyncio", server.event_loop)."""
-    async with http.get(
-        f"http://127.0.0.1:{RELAY_PORT}/api/stats",
-        headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"},
-    ) as resp:
-        body: dict[str, Any] = await resp.json()
-    loop: str | None = (body.get("process") or {}).get("event_loop")
+    loop: str | None = ((await relay_stats(http)).get("process") or {}).get("event_loop")
     return loop
 
 
 async def operator_stats(http: aiohttp.ClientSession) -> dict[str, Any]:
     """What the relay itself says (best effort; its shape belongs to the relay)."""
     try:
-        async with http.get(
-            f"http://127.0.0.1:{RELAY_PORT}/api/stats",
-            headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"},
-        ) as resp:
-            body: dict[str, Any] = await resp.json()
+        body = await relay_stats(http)
     except Exception as exc:
         return {"error": type(exc).__name__}
     return media_totals(body.get("sessions") or [])
@@ -726,11 +728,7 @@ async def process_snapshot(relay: RelayProcess, http: aiohttp.ClientSession) -> 
         "threads": status["Threads"],
         "fds": status["fds"],
     }
-    async with http.get(
-        f"http://127.0.0.1:{RELAY_PORT}/api/stats",
-        headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"},
-    ) as resp:
-        body = await resp.json()
+    body = await relay_stats(http)
     snapshot["tasks"] = (body.get("process") or {}).get("tasks")
     snapshot["live_sessions"] = len(body.get("sessions") or [])
     return snapshot
@@ -806,11 +804,7 @@ async def wait_settled(http: aiohttp.ClientSession) -> None:
     """Until the relay has no live session and no recording live or being finalised."""
     deadline = time.monotonic() + 90
     while True:
-        async with http.get(
-            f"http://127.0.0.1:{RELAY_PORT}/api/stats",
-            headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"},
-        ) as resp:
-            body = await resp.json()
+        body = await relay_stats(http)
         recordings = body.get("recordings") or {}
         if (
             not body.get("sessions")
