@@ -102,6 +102,7 @@ class Arrivals:
     seq: list[int] = field(default_factory=list)
     ts: list[int] = field(default_factory=list)
     payloads: list[bytes] = field(default_factory=list)
+    ssrc: int | None = None  # the sender's, as last seen
 
     def reset(self) -> None:
         self.t, self.seq, self.ts, self.payloads = [], [], [], []
@@ -110,6 +111,7 @@ class Arrivals:
         self.t.append(time.time())
         self.seq.append(packet.sequence_number)
         self.ts.append(packet.timestamp)
+        self.ssrc = packet.ssrc
         if self.keep_payloads:
             self.payloads.append(bytes(packet.payload))
 

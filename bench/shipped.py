@@ -54,6 +54,7 @@ from bench.run import (
     hook_receiver,
     new_peer,
 )
+from bench.wire import WireProbe
 
 RELAY_PORT = 18091
 UPSTREAM_PORT = 18092
@@ -259,6 +260,32 @@ def add_user(data_dir: Path) -> str:
     if token is None:
         raise RuntimeError(f"no token from `relay users add`: {out.stdout!r} {out.stderr!r}")
     return token
+
+
+async def sent_ssrc(pc: RTCPeerConnection) -> int:
+    """A peer's sending audio SSRC, from its statistics."""
+    for stats in (await pc.getStats()).values():
+        if stats.type == "outbound-rtp":
+            return int(stats.ssrc)
+    raise RuntimeError("a peer sends no audio")
+
+
+async def probe_hops(pairs: list[Pair]) -> list[tuple[int, int]]:
+    """(SSRC into the relay, SSRC out of it) for both directions of every pair."""
+    hops = []
+    for pair in pairs:
+        assert pair.browser is not None and pair.upstream is not None
+        if pair.at_upstream.ssrc is None or pair.at_browser.ssrc is None:
+            raise RuntimeError(f"session {pair.index} has not received audio both ways")
+        hops += [
+            (await sent_ssrc(pair.browser), pair.at_upstream.ssrc),
+            (await sent_ssrc(pair.upstream), pair.at_browser.ssrc),
+        ]
+    return hops
+
+
+def wire_pids(wire: WireProbe | None) -> set[int]:
+    return {wire.pid} if wire is not None else set()
 
 
 class RelayProcess:
@@ -540,7 +567,11 @@ async def run_point(
             for pair in pairs:
                 pair.at_upstream.reset()
                 pair.at_browser.reset()
-            ours = {os.getpid()} | ({relay.pid} if relay else set())
+            wire = None
+            if relay is not None:
+                hops = await probe_hops([p for p in pairs if p.probe])
+                wire = await WireProbe.start(hops, data_dir, args.endpoint_cpu)
+            ours = {os.getpid()} | ({relay.pid} if relay else set()) | wire_pids(wire)
             others0 = cpu_by_process(ours)
             mine0 = sum(os.times()[:2])
             relay0 = relay.cpu_seconds() if relay else (0.0, 0.0)
@@ -556,6 +587,8 @@ async def run_point(
             result["generator_saturated"] = result["endpoint_cpu"] > GENERATOR_SATURATED
             result["others_cpu"] = round(others_cpu_delta(others0, cpu_by_process(ours)) / wall, 3)
             result["endpoint_stalls"] = stalls.stalls
+            if wire is not None:
+                result.update(await wire.finish(t0, t0 + wall))
             if relay is not None:
                 user, system = relay.cpu_seconds()
                 cpu = (user + system - sum(relay0)) / wall
@@ -904,6 +937,15 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "direct_ms_per_session": [
                         round(1000 * d["endpoint_cpu"] / n, 2) for d in directs
                     ],
+                    # The relay's own hop, from kernel timestamps at the wire (bench/wire.py):
+                    # neither endpoint's scheduling is in it.
+                    "hop_ms": [
+                        (r["hop_p50_ms"], r["hop_p99_ms"], r["hop_max_ms"])
+                        for r in runs
+                        if r.get("hop_p99_ms") is not None
+                    ],
+                    "wire_drops": [r.get("wire_kernel_drops") for r in runs],
+                    # End to end (the generator's scheduling included) over the control.
                     "added_p99_ms": added_p99,
                     "added_p99_over_direct_p99_ms": added_p99_over_tail,
                     # Exchange → first upstream audio at the browser, minus the upstream's
@@ -933,13 +975,18 @@ def gc_cell(row: dict[str, Any]) -> str:
     return f"{gc.get('gen2_count', 0):.0f} / {gc.get('over_5ms', 0):.0f}"
 
 
+def hop_cell(hops: list[tuple[float, float, float]]) -> str:
+    return ", ".join(f"{p50} / {p99} / {top}" for p50, p99, top in hops) or "-"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| N | mode | relay CPU / direct pair CPU (per run) |"
         " per packet (per run) |"
         " relay CPU / generator CPU, same window (per run) | relay ms CPU/s per session |"
-        " direct pair ms CPU/s per session | added latency p99 per hop (ms) |"
-        " p99 over the quietest direct p99 (ms) |"
+        " direct pair ms CPU/s per session |"
+        " relay hop at the wire p50 / p99 / max (ms, per run) |"
+        " end to end p99 over the direct median (ms) |"
         " lost packets | payloads not identical | first audio, relay's share p50 (ms) |"
         " received, min ratio | relay sessions live at the end | generator saturated |",
         "|" + "---|" * 15,
@@ -949,7 +996,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {s['sessions']} | {s['mode']} | {s['cpu_ratio_vs_direct']} |"
             f" {s['per_packet_ratio_vs_direct']} | {s['cpu_ratio_vs_generator']} |"
             f" {s['relay_ms_per_session']} | {s['direct_ms_per_session']} |"
-            f" {s['added_p99_ms']} | {s['added_p99_over_direct_p99_ms']} |"
+            f" {hop_cell(s['hop_ms'])} | {s['added_p99_ms']} |"
             f" {s['lost']} | {s['not_identical']} |"
             f" {s['first_audio_relay_share_ms']} | {s['received_min']} |"
             f" {s['sessions_live_at_end']} |"
@@ -958,10 +1005,11 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines += [
         "",
         "| mode | N | run | relay core | generator core | other processes (cores) |"
-        " received (min ratio) | latency p50 / p99 (ms, end to end) | events |"
+        " received (min ratio) | latency p50 / p99 (ms, end to end) |"
+        " relay hop p50 / p99 / p99.9 / max (ms, wire) | events |"
         " first audio p50: total / upstream / rest (ms) | relay RSS per session (MB) |"
         " relay collections: full / any over 5 ms | error |",
-        "|" + "---|" * 13,
+        "|" + "---|" * 14,
     ]
     for r in rows:
         lines.append(
@@ -969,6 +1017,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             f" {r.get('endpoint_cpu')} | {r.get('others_cpu')} |"
             f" {r.get('received_ratio_min')} |"
             f" {r.get('latency_p50_ms')} / {r.get('latency_p99_ms')} |"
+            f" {r.get('hop_p50_ms', '-')} / {r.get('hop_p99_ms', '-')} /"
+            f" {r.get('hop_p999_ms', '-')} / {r.get('hop_max_ms', '-')} |"
             f" {r.get('sessions_with_events', '-')} |"
             f" {r.get('first_audio_total_ms_p50')} / {r.get('first_audio_upstream_ms_p50')} /"
             f" {r.get('first_audio_rest_ms_p50')} |"
