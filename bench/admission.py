@@ -52,7 +52,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -156,6 +156,14 @@ def lookup_delta(
             d = dict(labels)
             out[f"{d.get('result')}/{d.get('source')}"] = delta
     return dict(sorted(out.items()))
+
+
+def by_labels(snapshot: list[dict[str, Any]]) -> dict[tuple[tuple[str, str], ...], float]:
+    """A labelled counter's in-process ``snapshot()`` keyed as ``prometheus_samples`` keys."""
+    return {
+        tuple(sorted((k, str(v)) for k, v in row.items() if k != "value")): float(row["value"])
+        for row in snapshot
+    }
 
 
 def hit_rate(lookups: dict[str, int]) -> float | None:
@@ -442,6 +450,11 @@ async def run_admission(args: argparse.Namespace) -> list[dict[str, Any]]:
             )
             print(json.dumps(rows[-1]), flush=True)
 
+            if opts.long_requests:
+                await flush_redis(services)
+                rows.append({**base, **await cache_long_run(env, zipf_tokens, opts)})
+                print(json.dumps(rows[-1]), flush=True)
+
             await asyncio.to_thread(services.redis.stop)
             await phase("redis_down", [zipf_tokens[i] for i in sequence[warmup_n + window_n :]])
     finally:
@@ -451,6 +464,84 @@ async def run_admission(args: argparse.Namespace) -> list[dict[str, Any]]:
         await asyncio.to_thread(stop_services, services)
         shutil.rmtree(data_dir, ignore_errors=True)
     return rows
+
+
+async def lookup_all(admission: Any, tokens: list[str], users: Iterator[int]) -> None:
+    """One of the long run's concurrent lookers-up: takes users from a shared iterator."""
+    for user in users:
+        await admission.authenticate(f"Bearer {tokens[user]}")
+
+
+async def cache_long_run(env: dict[str, str], tokens: list[str], opts: Options) -> dict[str, Any]:
+    """The relay's own credential lookup over a long Zipf stream, hit rate per block.
+
+    ``Admission.authenticate`` (the cache, PostgreSQL on a miss, then the fill), built as
+    ``relay serve`` builds it from the same settings, against the same Redis and
+    PostgreSQL, driven from this process as fast as 16 concurrent lookups go: the HTTP
+    phases cannot reach the steady state (at 25 requests/s, a Zipf stream over 10,000
+    users needs about an hour of traffic before 95 % of its requests come from users
+    already seen). Compressing time changes nothing about which lookup hits as long as
+    no entry could have expired in the uncompressed run: the stream at ``rate`` would
+    last ``long_requests / rate`` seconds, which must be shorter than ``hit_ttl_s``
+    (checked; otherwise this would overstate the hit rate). Credit debits, which evict a
+    user after each interview, do not happen here (the HTTP phases never open one)."""
+    from relay.admission.cache import UserCache
+    from relay.admission.service import Admission
+    from relay.admission.store import Store
+    from relay.config import load_settings
+    from relay.observability.metrics import MetricsRegistry
+
+    settings = load_settings(environ=env)
+    equivalent_s = opts.long_requests / opts.rate
+    if equivalent_s > settings.cache.hit_ttl_s:
+        raise ValueError(
+            f"{opts.long_requests} requests at {opts.rate}/s last {equivalent_s:.0f} s, more"
+            f" than hit_ttl_s ({settings.cache.hit_ttl_s} s): compressing them would hide"
+            " expiries"
+        )
+    metrics = MetricsRegistry()
+    assert settings.database.url
+    store = Store(settings.database.url, settings.database, metrics)
+    await store.open()
+    await store.migrate()  # applied already by relay serve: marks the schema ready
+    cache = UserCache(settings.cache, metrics)
+    admission = Admission(settings, store, cache, metrics)
+    lookups = metrics.get("relay_cache_lookups_total")
+    assert lookups is not None
+    sequence = zipf_users(ZIPF_USERS, opts.zipf_s, opts.long_requests, opts.seed + 1)
+    blocks: list[dict[str, Any]] = []
+    started = time.monotonic()
+    try:
+        for at in range(0, len(sequence), opts.long_block):
+            block = sequence[at : at + opts.long_block]
+            before = lookups.snapshot()
+            queue = iter(block)
+            await asyncio.gather(*(lookup_all(admission, tokens, queue) for _ in range(16)))
+            counted = lookup_delta(by_labels(before), by_labels(lookups.snapshot()))
+            blocks.append(
+                {
+                    "from": at,
+                    "requests": len(block),
+                    "hit_rate": hit_rate(counted),
+                    "ideal_hit_rate": round(
+                        ideal_hit_rate(sequence[: at + len(block)], at) or 0.0, 4
+                    ),
+                }
+            )
+    finally:
+        await cache.close()
+        await store.close()
+    return {
+        "section": "hit_rate_long",
+        "users": ZIPF_USERS,
+        "zipf_s": opts.zipf_s,
+        "seed": opts.seed + 1,
+        "requests": len(sequence),
+        "equivalent_minutes_at_rate": round(equivalent_s / 60, 1),
+        "hit_ttl_s": settings.cache.hit_ttl_s,
+        "elapsed_s": round(time.monotonic() - started, 1),
+        "blocks": blocks,
+    }
 
 
 async def flush_redis(services: Services) -> None:
@@ -513,7 +604,7 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
                 f" {h.get('steady_hit_rate_at_hit_ttl')} ({h.get('hit_ttl_s')} s) |"
             )
         rate = hits[0]["rate"]
-        ttls = sorted({int(hits[0].get("hit_ttl_s") or 300), 3600})
+        ttls = sorted({int(hits[0].get("hit_ttl_s") or 300), 300, 3600})
         lines += [
             "",
             f"Long-run hit rate at {rate} requests/s by Zipf s and hit TTL (model, no run):",
@@ -524,6 +615,22 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
         for zs in (1.0, 1.1, 1.2):
             cells = " | ".join(f"{ttl_steady_hit_rate(ZIPF_USERS, zs, rate, t):.3f}" for t in ttls)
             lines.append(f"| {zs} | {cells} |")
+    for long in (r for r in rows if r.get("section") == "hit_rate_long"):
+        lines += [
+            "",
+            f"The cache-layer long run: {long['requests']} lookups of Zipf s = {long['zipf_s']}"
+            f" over {long['users']} users (about {long['equivalent_minutes_at_rate']} minutes"
+            f" at {long['rate']} requests/s, within hit_ttl_s = {long['hit_ttl_s']} s), run in"
+            f" {long['elapsed_s']} s:",
+            "",
+            "| lookups | hit rate (relay's counters) | hit rate of a cache that never forgets |",
+            "|---|---|---|",
+        ]
+        for b in long["blocks"]:
+            lines.append(
+                f"| {b['from']}–{b['from'] + b['requests']} | {b['hit_rate']} |"
+                f" {b['ideal_hit_rate']} |"
+            )
     if latency:
         lines += [
             "",
@@ -553,6 +660,8 @@ class Options:
     zipf_s: float = 1.1
     zipf_warmup_s: float = 60.0
     zipf_window_s: float = 60.0
+    long_requests: int = 100_000  # the cache-layer long run; 0: none
+    long_block: int = 10_000
     seed: int = 13
     request_timeout_s: float = 10.0
     relay_cpu: int = 0
@@ -567,6 +676,8 @@ class Options:
                 raise ValueError(f"{name}: 1..300 s")
         if not 0.5 <= self.zipf_s <= 3:
             raise ValueError("zipf_s: 0.5..3")
+        if not 0 <= self.long_requests <= 500_000 or not 1_000 <= self.long_block <= 100_000:
+            raise ValueError("long_requests: 0..500000, long_block: 1000..100000")
         if not 0 <= self.cold_users <= 50_000:
             raise ValueError("cold_users: 0..50000")
         if not 0.1 <= self.request_timeout_s <= 60:
@@ -585,6 +696,8 @@ OPTION_HELP = {
     "zipf_s": "the Zipf exponent",
     "zipf_warmup_s": "seconds of Zipf requests before the measured window",
     "zipf_window_s": "seconds of the measured Zipf window",
+    "long_requests": "lookups of the cache-layer long run (0: none; at most rate x hit_ttl_s)",
+    "long_block": "lookups per reported block of the long run",
     "seed": "of the Zipf sequence and the warm phase's draws",
     "request_timeout_s": "per request",
     "relay_cpu": "the CPU relay serve is pinned to",

@@ -51,7 +51,7 @@ def media_args(quick: bool) -> argparse.Namespace:
     if quick:
         argv = ["--sessions", "10", "--duration", "8", "--repeat", "1"]
     else:
-        argv = ["--sessions", "10,30", "--duration", "15", "--repeat", "2"]
+        argv = ["--sessions", "10,30", "--duration", "15", "--repeat", "3"]
     return shipped.parse_args(argv + ["--modes", "direct,fast,aiortc,rec"])
 
 
@@ -104,7 +104,12 @@ async def run_workers(quick: bool, sink: Sink) -> list[Row]:
 def admission_args(quick: bool) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     admission.add_arguments(parser)
-    argv = ["--admission-phase-s", "5", "--admission-zipf-window-s", "10"] if quick else []
+    argv = (
+        ["--admission-phase-s", "5", "--admission-zipf-window-s", "10"]
+        + ["--admission-long-requests", "5000", "--admission-long-block", "1000"]
+        if quick
+        else []
+    )
     return parser.parse_args(argv)
 
 

@@ -140,3 +140,43 @@ def test_options_are_prefixed_and_bounded() -> None:
         Options.from_args(parser.parse_args(["--admission-rate", "5000"]))
     with pytest.raises(ValueError, match="zipf_window_s"):
         Options(zipf_window_s=1000)
+    with pytest.raises(ValueError, match="long_requests"):
+        Options(long_requests=600_000)
+
+
+def test_in_process_counter_snapshot_matches_the_prometheus_keys() -> None:
+    from bench.admission import by_labels
+
+    snapshot = [
+        {"result": "hit", "source": "redis", "value": 7.0},
+        {"result": "miss", "source": "redis", "value": 3.0},
+    ]
+    text = (
+        'relay_cache_lookups_total{result="hit",source="redis"} 7.0\n'
+        'relay_cache_lookups_total{result="miss",source="redis"} 3.0\n'
+    )
+    assert by_labels(snapshot) == prometheus_samples(text, "relay_cache_lookups_total")
+    assert hit_rate(lookup_delta({}, by_labels(snapshot))) == 0.7
+
+
+def test_table_shows_the_long_run_per_block() -> None:
+    from bench.admission import table
+
+    long = {
+        "harness": "admission",
+        "section": "hit_rate_long",
+        "rate": 25.0,
+        "users": 10_000,
+        "zipf_s": 1.1,
+        "requests": 20_000,
+        "equivalent_minutes_at_rate": 13.3,
+        "hit_ttl_s": 21600,
+        "elapsed_s": 9.5,
+        "blocks": [
+            {"from": 0, "requests": 10_000, "hit_rate": 0.81, "ideal_hit_rate": 0.82},
+            {"from": 10_000, "requests": 10_000, "hit_rate": 0.9, "ideal_hit_rate": 0.9},
+        ],
+    }
+    text = table([long])
+    assert "20000 lookups" in text and "within hit_ttl_s = 21600 s" in text
+    assert "| 10000–20000 | 0.9 | 0.9 |" in text
