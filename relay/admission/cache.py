@@ -137,6 +137,10 @@ class UserCache:
             self._latency.observe(elapsed)
             record_stage("cache", elapsed * 1000)
 
+    def cached_locally(self, token_hash: str) -> bool:
+        """Whether this process's fallback holds the token, known or unknown (diagnostics)."""
+        return self._lookup_local(token_hash)[0]
+
     def _lookup_local(self, token_hash: str) -> tuple[bool, UserRecord | None]:
         found, user = self._local.lookup(token_hash)
         if found:
