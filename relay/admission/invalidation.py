@@ -47,6 +47,8 @@ from relay.tasks import cancel_and_wait, spawn
 log = logging.getLogger("relay.cache")
 
 CHANNEL = "relay_user_cache"
+# How the listening connection shows in pg_stat_activity.
+APPLICATION_NAME = "relay-cache-invalidation"
 # The payload for "every user" (TRUNCATE users; or NOTIFY by hand to force a flush).
 EVERYONE = "*"
 # Redis keys per UNLINK, for single tokens and for the flush's SCAN pages.
@@ -199,7 +201,11 @@ class CacheInvalidationListener:
         while True:
             conn: asyncpg.Connection | None = None
             try:
-                conn = await asyncpg.connect(self._dsn, timeout=self._connect_timeout_s)
+                conn = await asyncpg.connect(
+                    self._dsn,
+                    timeout=self._connect_timeout_s,
+                    server_settings={"application_name": APPLICATION_NAME},
+                )
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
                 await conn.add_listener(CHANNEL, self._on_notify)
@@ -310,7 +316,9 @@ class CacheInvalidationListener:
                 return False
             self._flush_reason = None
             self._flushes.inc(reason=reason)
-            log.warning(
+            # A start with nobody else listening is routine; a gap or an overflow is not.
+            log.log(
+                logging.INFO if reason in ("no_listener", "everyone") else logging.WARNING,
                 "cache invalidation: flushed %d user entries from the shared cache (%s)",
                 dropped,
                 reason,
