@@ -23,7 +23,7 @@ from relay.admission.tokens import hash_token, new_token
 from relay.config import CacheConfig
 from relay.observability.metrics import MetricsRegistry
 from tests.integration.conftest import MakeRelay
-from tests.integration.relay_harness import RelayHarness
+from tests.integration.relay_harness import OPERATOR_TOKEN, RelayHarness
 
 WITHIN_S = 10.0
 
@@ -89,6 +89,7 @@ async def test_an_operators_update_is_seen_long_before_the_ttl(
     ttl = await redis_client.ttl(user_key(token))
     assert ttl > relay.services.settings.cache.hit_ttl_without_listener_s, ttl
     assert relay.services.cache.cached_locally(hash_token(token))
+    assert (await cache_stats(relay))["invalidation"] == "up"
     status, body, _ = await relay.create_session(token)
     assert status == 201 and body["max_duration_seconds"] == 600
     assert relay.counter("relay_db_queries_total", query="user_by_token") == 1
@@ -116,6 +117,34 @@ async def test_an_operators_update_is_seen_long_before_the_ttl(
     assert status == 403 and body["error"]["code"] == "user_inactive", body
     assert relay.counter("relay_cache_invalidations_total", source="database") >= 3
     assert relay.counter("relay_db_queries_total", query="user_by_token") == 4
+
+
+async def cache_stats(relay: RelayHarness) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+    async with relay.client.get("/api/stats", headers=headers) as resp:
+        assert resp.status == 200
+        body: dict[str, Any] = (await resp.json())["cache"]
+        return body
+
+
+async def test_switched_off_nothing_listens_and_users_are_cached_briefly(
+    make_relay: MakeRelay, redis_server: Any, redis_client: aioredis.Redis
+) -> None:
+    relay = await make_relay(
+        redis_url=redis_server.url, overrides={"cache": {"invalidate_from_database": False}}
+    )
+    assert relay.services.cache_invalidation is None
+    token = await relay.add_user()
+    assert (await relay.create_session(token))[0] == 201
+    ttl = await redis_client.ttl(user_key(token))
+    assert 0 < ttl <= relay.services.settings.cache.hit_ttl_without_listener_s, ttl
+    assert (await cache_stats(relay))["invalidation"] == "disabled"
+    rows = await relay.sql(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE application_name = $1 AND datname = current_database()",
+        APPLICATION_NAME,
+    )
+    assert rows[0][0] == 0
 
 
 async def test_a_deleted_user_and_a_rotated_token_are_refused_at_once(
