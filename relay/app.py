@@ -4,7 +4,8 @@ Start-up (each step needs the ones before it):
   1. database: the configured DATABASE_URL, or an embedded PostgreSQL under data_dir;
      the pool is created without connecting, then migrations, warm-up and crash
      recovery run (in the background if the database is not reachable yet);
-  2. the user cache (Redis if configured, always the local fallback);
+  2. the user cache (Redis if configured, always the local fallback) and the listener
+     that evicts users changed in PostgreSQL from it (relay.admission.invalidation);
   3. the upstream client (the built-in simulator when asked for, or without an API key
      on a loopback host: relay.upstream.simulation);
   4. admission, the session registry and service, the media bridges;
@@ -31,6 +32,7 @@ from aiohttp import web
 
 from relay import __version__
 from relay.admission.cache import UserCache
+from relay.admission.invalidation import CacheInvalidationListener
 from relay.admission.service import Admission
 from relay.admission.store import RETRYABLE_ERRORS, Store
 from relay.cluster.setup import start_cluster
@@ -180,9 +182,22 @@ async def _start(
     # Give the database a moment so a healthy start is fully ready when serving begins.
     await asyncio.wait({bootstrap}, timeout=settings.database.connect_timeout_s)
 
-    # 2. cache
+    # 2. cache, and its invalidation by the database (closed before the cache)
     cache = UserCache(settings.cache, metrics)
     stack.push_async_callback(cache.close)
+    invalidation = None
+    if settings.cache.invalidate_from_database:
+        invalidation = CacheInvalidationListener(
+            dsn,
+            cache,
+            metrics,
+            member=instance,
+            check_interval_s=settings.cluster.heartbeat_interval_s,
+            connect_timeout_s=settings.database.connect_timeout_s,
+            schema_ready=store.wait_schema_ready,
+        )
+        invalidation.start()
+        stack.push_async_callback(invalidation.close)
 
     # 3. upstream
     api_key = settings.upstream.api_key
@@ -256,6 +271,7 @@ async def _start(
         startup=startup,
         upstream_health=upstream_health,
         trusted_proxies=parse_networks(settings.server.trusted_proxies),
+        cache_invalidation=invalidation,
     )
     services_ref.append(services)
     # Shared pending sessions, shared limits, heartbeat and commands (relay.cluster).

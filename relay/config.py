@@ -129,8 +129,15 @@ class CacheConfig(_Section):
     # Empty: the in-process cache only.
     redis_url: str = Field(default="", repr=False)
     key_prefix: str = "relay:"
-    # TTL of a cached known user.
-    hit_ttl_s: Annotated[int, Field(ge=1, le=86400)] = 300
+    # TTL of a cached known user. Long (6 h) because it no longer bounds staleness: a change
+    # to a user's row, by the relay or by hand, evicts it at once (invalidate_from_database).
+    hit_ttl_s: Annotated[int, Field(ge=1, le=86400)] = 21600
+    # PostgreSQL NOTIFies every change to a user's cached columns and each process drops the
+    # entry (relay.admission.invalidation). False: entries go only when they expire.
+    invalidate_from_database: bool = True
+    # TTL of a known user cached while this process does not hear those changes (the switch
+    # above off, or its listening connection down): then the TTL is what bounds staleness.
+    hit_ttl_without_listener_s: Annotated[int, Field(ge=1, le=86400)] = 300
     # Short TTL of a cached unknown token, so a brute force does not reach PostgreSQL.
     miss_ttl_s: Annotated[int, Field(ge=1, le=86400)] = 30
     # The in-process fallback cache: bounded, TTL'd.

@@ -23,6 +23,7 @@ from relay.upstream.health import UpstreamHealth
 from relay.web.forwarded import Network
 
 if TYPE_CHECKING:
+    from relay.admission.invalidation import CacheInvalidationListener
     from relay.cluster.runtime import ClusterRuntime
     from relay.media.manager import BridgeManager
     from relay.memory import MemoryKeeper
@@ -78,6 +79,9 @@ class Services:
     upstream_health: UpstreamHealth | None = None
     # This member's part in the cluster (heartbeat, commands, shared limits).
     cluster: ClusterRuntime | None = None
+    # Evicts users changed in PostgreSQL from the cache (None: cache.invalidate_from_database
+    # is off).
+    cache_invalidation: CacheInvalidationListener | None = None
 
 
 SERVICES = web.AppKey("services", Services)

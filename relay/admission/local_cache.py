@@ -37,5 +37,11 @@ class LocalTTLCache(Generic[V]):
     def delete(self, key: str) -> None:
         self._data.pop(key, None)
 
+    def clear(self) -> int:
+        """Drop every entry; return how many there were (expired ones included)."""
+        count = len(self._data)
+        self._data.clear()
+        return count
+
     def __len__(self) -> int:
         return len(self._data)

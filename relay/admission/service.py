@@ -83,6 +83,7 @@ class Admission:
         else:
             stage(log, "DATABASE_QUERY_START")
             db_started = time.perf_counter()
+            read_mark = self._cache.mark()
             try:
                 user = await self._store.find_user_by_token_hash(token_hash)
             except DatabaseUnavailable as exc:
@@ -90,7 +91,7 @@ class Admission:
                 log.error("[%s] DATABASE_QUERY_FAILED %s", current_request_id(), exc)
                 raise database_error(exc, self._settings.database.retry_after_s) from exc
             stage(log, "DATABASE_QUERY_COMPLETE", (time.perf_counter() - db_started) * 1000)
-            await self._cache.put(token_hash, user)
+            await self._cache.put(token_hash, user, read_mark=read_mark)
         if user is None:
             self._outcomes.inc(outcome="invalid_token")
             raise ApiError(401, "invalid_token", "The token is not valid.")

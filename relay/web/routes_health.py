@@ -52,7 +52,14 @@ async def readyz(request: web.Request) -> web.Response:
     checks["upstream"] = upstream_check
     # Redis is optional: when down the local cache serves, so readiness is kept and the
     # state reported.
-    checks["cache"] = {"ok": True, "redis": services.cache.redis_state}
+    # Likewise the listener evicting users changed in PostgreSQL: while down, cached users
+    # are kept only for cache.hit_ttl_without_listener_s.
+    listener = services.cache_invalidation
+    checks["cache"] = {
+        "ok": True,
+        "redis": services.cache.redis_state,
+        "invalidation": listener.state if listener is not None else "disabled",
+    }
     checks["draining"] = {"ok": not services.draining}
     failing = [name for name, check in checks.items() if not check["ok"]]
     body: dict[str, Any] = {

@@ -47,8 +47,11 @@ def _cache(services: Services) -> dict[str, Any]:
         else:
             hits += row["value"]
     total = hits + misses
+    listener = services.cache_invalidation
     return {
         "redis": services.cache.redis_state,
+        # Eviction of users changed in PostgreSQL: up, down, connecting, or disabled.
+        "invalidation": listener.state if listener is not None else "disabled",
         "hits": hits,
         "misses": misses,
         "hit_rate": round(hits / total, 4) if total else None,

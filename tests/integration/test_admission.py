@@ -221,12 +221,15 @@ async def test_hung_redis_is_bounded_by_its_timeout_then_skipped(
         while relay.services.cache.redis_state == "up":
             status, body, _ = await relay.create_session(token)
             assert status == 201, body
-        assert relay.counter("relay_cache_redis_errors_total") == threshold
+        # (The cache-invalidation listener's own Redis calls share the breaker: one of
+        # them may fail beside the requests' before it opens.)
+        errors = relay.counter("relay_cache_redis_errors_total")
+        assert threshold <= errors <= threshold + 1
         # From now on Redis is not even tried: no new errors, only skips.
         for _ in range(3):
             status, body, _ = await relay.create_session(token)
             assert status == 201, body
-        assert relay.counter("relay_cache_redis_errors_total") == threshold
+        assert relay.counter("relay_cache_redis_errors_total") == errors
         assert relay.counter("relay_cache_redis_skipped_total") >= 3
         assert relay.counter("relay_db_queries_total", query="user_by_token") == 1
     finally:
