@@ -476,16 +476,20 @@ async def cache_long_run(env: dict[str, str], tokens: list[str], opts: Options) 
     """The relay's own credential lookup over a long Zipf stream, hit rate per block.
 
     ``Admission.authenticate`` (the cache, PostgreSQL on a miss, then the fill), built as
-    ``relay serve`` builds it from the same settings, against the same Redis and
-    PostgreSQL, driven from this process as fast as 16 concurrent lookups go: the HTTP
-    phases cannot reach the steady state (at 25 requests/s, a Zipf stream over 10,000
-    users needs about an hour of traffic before 95 % of its requests come from users
-    already seen). Compressing time changes nothing about which lookup hits as long as
-    no entry could have expired in the uncompressed run: the stream at ``rate`` would
-    last ``long_requests / rate`` seconds, which must be shorter than ``hit_ttl_s``
-    (checked; otherwise this would overstate the hit rate). Credit debits, which evict a
-    user after each interview, do not happen here (the HTTP phases never open one)."""
+    ``relay serve`` builds it from the same settings, with its listener for changes made
+    in PostgreSQL (without which entries are kept only ``hit_ttl_without_listener_s``),
+    against the same Redis and PostgreSQL, driven from this process as fast as 16
+    concurrent lookups go. The HTTP phases cannot reach the steady state: at 25
+    requests/s, a Zipf stream over 10,000 users needs about an hour of traffic before
+    95 % of its requests come from users already seen.
+
+    Compressing time changes nothing about which lookup hits as long as no entry could
+    have expired in the uncompressed run: at ``rate`` the stream would last
+    ``long_requests / rate`` seconds, which must be shorter than ``hit_ttl_s`` (checked;
+    otherwise this would overstate the hit rate). Credit debits, which evict a user after
+    each interview, do not happen here (the HTTP phases never open one either)."""
     from relay.admission.cache import UserCache
+    from relay.admission.invalidation import CacheInvalidationListener
     from relay.admission.service import Admission
     from relay.admission.store import Store
     from relay.config import load_settings
@@ -505,6 +509,23 @@ async def cache_long_run(env: dict[str, str], tokens: list[str], opts: Options) 
     await store.open()
     await store.migrate()  # applied already by relay serve: marks the schema ready
     cache = UserCache(settings.cache, metrics)
+    # Listening to PostgreSQL's changes, as relay serve does: only then is a user kept for
+    # hit_ttl_s (otherwise for hit_ttl_without_listener_s).
+    listener = CacheInvalidationListener(
+        settings.database.url,
+        cache,
+        metrics,
+        member="bench-long-run",
+        check_interval_s=settings.cluster.heartbeat_interval_s,
+        connect_timeout_s=settings.database.connect_timeout_s,
+        schema_ready=store.wait_schema_ready,
+    )
+    listener.start()
+    deadline = time.monotonic() + 30
+    while listener.state != "up" or listener.flush_pending:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the cache invalidation listener is {listener.state}")
+        await asyncio.sleep(0.05)
     admission = Admission(settings, store, cache, metrics)
     lookups = metrics.get("relay_cache_lookups_total")
     assert lookups is not None
@@ -529,6 +550,7 @@ async def cache_long_run(env: dict[str, str], tokens: list[str], opts: Options) 
                 }
             )
     finally:
+        await listener.close()
         await cache.close()
         await store.close()
     return {
