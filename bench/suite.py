@@ -11,6 +11,8 @@ Sections, in this order (``--sections`` picks some):
   pair (the control), the relay on its fast path, on aiortc's path, and on the fast path
   with recording on; CPU, added latency, loss, time to first reply audio, RSS per live
   session.
+* ``forwarding_cost``: where a forwarded packet's CPU goes (``bench/forwarding_cost.py``):
+  the fast path's own work, SRTP, and a loopback datagram with and without a wake-up.
 * ``first_audio``: time to first reply audio one session at a time (N = 1, no queueing
   behind other sessions' set-up), the relay vs the direct control, step by step.
 * ``memory``: open-close cycles against one ``relay serve`` (recording on, as shipped):
@@ -40,7 +42,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import admission, shipped, workers
+from bench import admission, forwarding_cost, shipped, workers
 from bench.run import RESULTS_DIR
 
 Row = dict[str, Any]
@@ -126,8 +128,16 @@ async def run_admission(quick: bool, sink: Sink) -> list[Row]:
     return rows
 
 
+async def run_forwarding_cost(quick: bool, sink: Sink) -> list[Row]:
+    packets, rounds = (2_000, 1) if quick else (20_000, 3)
+    row = forwarding_cost.measure(packets, rounds)  # nothing else runs between sections
+    sink(row)
+    return [row]
+
+
 SECTIONS: dict[str, Callable[[bool, Sink], Awaitable[list[Row]]]] = {
     "media": run_media,
+    "forwarding_cost": run_forwarding_cost,
     "first_audio": run_first_audio,
     "memory": run_memory,
     "workers": run_workers,
@@ -213,6 +223,9 @@ def report(rows: list[Row]) -> str:
         parts += ["### Media", shipped.table(media)]
         if any(r.get("mode") == "rec" for r in media):
             parts += ["### Recording on vs off", recording_table(media)]
+    costs = section(rows, "forwarding_cost")
+    if costs:
+        parts += ["### Where a forwarded packet's CPU goes", forwarding_cost.table(costs)]
     first = [r for r in section(rows, "first_audio") if "first_audio_samples" in r]
     if first:
         parts += ["### Time to first reply audio, one session at a time", first_audio_report(first)]
