@@ -157,6 +157,22 @@ class GaUpstream(Endpoints):
         return app
 
 
+def steal_seconds(cpus: tuple[int, ...]) -> list[float]:
+    """CPU time the hypervisor took from each of ``cpus`` so far (``steal`` in /proc/stat).
+
+    A virtual machine's core can be taken away while a process is running on it: the
+    process sees a pause it did not cause (a latency spike at the relay, a gap in the
+    generator's sending). It is reported per window rather than hidden."""
+    tick = os.sysconf("SC_CLK_TCK")
+    wanted = {f"cpu{c}": i for i, c in enumerate(cpus)}
+    out = [0.0] * len(cpus)
+    for line in Path("/proc/stat").read_text().splitlines():
+        fields = line.split()
+        if fields and fields[0] in wanted:
+            out[wanted[fields[0]]] = int(fields[8]) / tick
+    return out
+
+
 def cpu_by_process(exclude: set[int]) -> dict[int, float]:
     """CPU seconds so far of every other process (kernel threads included)."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -573,6 +589,8 @@ async def run_point(
                 wire = await WireProbe.start(hops, data_dir, args.endpoint_cpu)
             ours = {os.getpid()} | ({relay.pid} if relay else set()) | wire_pids(wire)
             others0 = cpu_by_process(ours)
+            cores = (args.relay_cpu, args.endpoint_cpu)
+            steal0 = steal_seconds(cores)
             mine0 = sum(os.times()[:2])
             relay0 = relay.cpu_seconds() if relay else (0.0, 0.0)
             metrics0 = await relay_metrics(http) if relay is not None else ""
@@ -586,6 +604,12 @@ async def run_point(
             result["endpoint_cpu"] = round((mine1 - mine0) / wall, 3)
             result["generator_saturated"] = result["endpoint_cpu"] > GENERATOR_SATURATED
             result["others_cpu"] = round(others_cpu_delta(others0, cpu_by_process(ours)) / wall, 3)
+            # Milliseconds per second the hypervisor took from the relay's core and the
+            # generator's: a window with steal says less about the relay.
+            result["steal_ms_per_s"] = [
+                round(1000 * (after - before) / wall, 1)
+                for before, after in zip(steal0, steal_seconds(cores), strict=True)
+            ]
             result["endpoint_stalls"] = stalls.stalls
             if wire is not None:
                 result.update(await wire.finish(t0, t0 + wall))
@@ -945,6 +969,8 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         if r.get("hop_p99_ms") is not None
                     ],
                     "wire_drops": [r.get("wire_kernel_drops") for r in runs],
+                    # The most the hypervisor took from either core in the window (ms/s).
+                    "steal_ms_per_s": [max(r.get("steal_ms_per_s") or [0.0]) for r in runs],
                     # End to end (the generator's scheduling included) over the control.
                     "added_p99_ms": added_p99,
                     "added_p99_over_direct_p99_ms": added_p99_over_tail,
@@ -986,17 +1012,17 @@ def table(rows: list[dict[str, Any]]) -> str:
         " relay CPU / generator CPU, same window (per run) | relay ms CPU/s per session |"
         " direct pair ms CPU/s per session |"
         " relay hop at the wire p50 / p99 / max (ms, per run) |"
-        " end to end p99 over the direct median (ms) |"
+        " steal in the window (ms/s, per run) | end to end p99 over the direct median (ms) |"
         " lost packets | payloads not identical | first audio, relay's share p50 (ms) |"
         " received, min ratio | relay sessions live at the end | generator saturated |",
-        "|" + "---|" * 15,
+        "|" + "---|" * 16,
     ]
     for s in summary(rows):
         lines.append(
             f"| {s['sessions']} | {s['mode']} | {s['cpu_ratio_vs_direct']} |"
             f" {s['per_packet_ratio_vs_direct']} | {s['cpu_ratio_vs_generator']} |"
             f" {s['relay_ms_per_session']} | {s['direct_ms_per_session']} |"
-            f" {hop_cell(s['hop_ms'])} | {s['added_p99_ms']} |"
+            f" {hop_cell(s['hop_ms'])} | {s['steal_ms_per_s']} | {s['added_p99_ms']} |"
             f" {s['lost']} | {s['not_identical']} |"
             f" {s['first_audio_relay_share_ms']} | {s['received_min']} |"
             f" {s['sessions_live_at_end']} |"
@@ -1006,10 +1032,11 @@ def table(rows: list[dict[str, Any]]) -> str:
         "",
         "| mode | N | run | relay core | generator core | other processes (cores) |"
         " received (min ratio) | latency p50 / p99 (ms, end to end) |"
-        " relay hop p50 / p99 / p99.9 / max (ms, wire) | events |"
+        " relay hop p50 / p99 / p99.9 / max (ms, wire) |"
+        " steal, relay's / generator's core (ms/s) | events |"
         " first audio p50: total / upstream / rest (ms) | relay RSS per session (MB) |"
         " relay collections: full / any over 5 ms | error |",
-        "|" + "---|" * 14,
+        "|" + "---|" * 15,
     ]
     for r in rows:
         lines.append(
@@ -1019,6 +1046,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f" {r.get('latency_p50_ms')} / {r.get('latency_p99_ms')} |"
             f" {r.get('hop_p50_ms', '-')} / {r.get('hop_p99_ms', '-')} /"
             f" {r.get('hop_p999_ms', '-')} / {r.get('hop_max_ms', '-')} |"
+            f" {' / '.join(str(x) for x in r.get('steal_ms_per_s', [])) or '-'} |"
             f" {r.get('sessions_with_events', '-')} |"
             f" {r.get('first_audio_total_ms_p50')} / {r.get('first_audio_upstream_ms_p50')} /"
             f" {r.get('first_audio_rest_ms_p50')} |"
@@ -1063,6 +1091,10 @@ async def run_shipped(
         for run in range(args.repeat):
             for sessions in args.sessions:
                 for mode in args.modes:
+                    # Every point starts from an idle machine: a virtual machine's CPU
+                    # allowance spent by the point before can otherwise be taken back
+                    # (as steal) during this one's window.
+                    await asyncio.sleep(args.settle)
                     started = time.monotonic()
                     row = await run_point(mode, sessions, args, upstream, data_dir, token)
                     row["run"] = run + 1
@@ -1105,6 +1137,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--duration", type=float, default=20.0, help="measured window, s")
     parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--settle", type=float, default=5.0, help="idle seconds before each point")
     parser.add_argument("--probes", type=int, default=4, help="sessions analysed per packet")
     parser.add_argument("--repeat", type=int, default=2, help="runs of the whole sweep")
     parser.add_argument(
@@ -1147,6 +1180,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("keep it bounded: at most 200 first-audio samples")
     if not 0 <= args.cycles <= 2000:
         parser.error("keep it bounded: at most 2000 cycles")
+    if not 0 <= args.settle <= 60:
+        parser.error("keep it bounded: --settle 0..60 s")
     if not 1 <= args.duration <= 60 or max(args.sessions) > 150 or not 1 <= args.repeat <= 5:
         parser.error("keep it bounded: duration 1..60 s, at most 150 sessions, 1..5 repeats")
     return args

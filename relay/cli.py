@@ -399,7 +399,10 @@ async def _users(settings: Settings, args: argparse.Namespace) -> int:
 async def _evict_shared_cache(settings: Settings, token_hash: str) -> None:
     """Drop the user from Redis so every instance sees the revocation at once.
 
-    (Instances' local fallback caches expire within cache.local_ttl_s.)
+    The revocation's UPDATE also notifies every relay listening to the database (migration
+    004, relay.admission.invalidation), which drops the user from its local fallback too;
+    this direct eviction covers relays running with ``cache.invalidate_from_database`` off
+    (whose local copies then expire within ``cache.local_ttl_s``).
     """
     if not settings.cache.redis_url:
         return
