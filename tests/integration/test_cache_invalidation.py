@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -22,22 +21,11 @@ from relay.admission.migrate import migrate
 from relay.admission.tokens import hash_token, new_token
 from relay.config import CacheConfig
 from relay.observability.metrics import MetricsRegistry
+from tests.integration.cluster_helpers import poll
 from tests.integration.conftest import MakeRelay
 from tests.integration.relay_harness import OPERATOR_TOKEN, RelayHarness
 
 WITHIN_S = 10.0
-
-
-async def poll(check: Callable[[], Awaitable[Any]], what: str, within: float = WITHIN_S) -> Any:
-    """Call ``check`` until it returns a truthy value; fail naming ``what`` after ``within``."""
-    deadline = time.monotonic() + within
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -61,7 +49,7 @@ async def listening(relay: RelayHarness) -> None:
         assert listener is not None
         return listener.state == "up" and not listener.flush_pending
 
-    await poll(ready, "the invalidation listener to be up")
+    await poll(ready, WITHIN_S, "the invalidation listener to be up")
 
 
 async def evicted(relay: RelayHarness, redis_client: aioredis.Redis, token: str) -> None:
@@ -70,7 +58,7 @@ async def evicted(relay: RelayHarness, redis_client: aioredis.Redis, token: str)
             await redis_client.exists(user_key(token))
         )
 
-    await poll(gone, "the user's cache entries (Redis and local) to be dropped")
+    await poll(gone, WITHIN_S, "the user's cache entries (Redis and local) to be dropped")
 
 
 async def test_an_operators_update_is_seen_long_before_the_ttl(
@@ -268,7 +256,7 @@ async def test_a_listener_that_stops_cleanly_withdraws_its_announcement(
         async def announced() -> bool:
             return "solo" in (await cache.listeners_present() or [])
 
-        await poll(announced, "the listener's announcement")
+        await poll(announced, WITHIN_S, "the listener's announcement")
     finally:
         await listener.close()
     assert await cache.listeners_present() == []
@@ -295,7 +283,7 @@ async def test_postgres_restarted_the_listener_reconnects_and_flushes_after_the_
     async def down() -> bool:
         return relay.counter("relay_cache_invalidation_listener_up") == 0
 
-    await poll(down, "the listener to notice the database went away")
+    await poll(down, WITHIN_S, "the listener to notice the database went away")
     async with relay.client.get("/readyz") as resp:
         assert (await resp.json())["checks"]["cache"]["invalidation"] == "down"
 
@@ -343,7 +331,7 @@ async def test_a_change_made_while_the_listener_was_cut_off_is_not_served_stale(
         async def down() -> bool:
             return relay.counter("relay_cache_invalidation_listener_up") == 0
 
-        await poll(down, "the listener to notice its connection was cut")
+        await poll(down, WITHIN_S, "the listener to notice its connection was cut")
         # Nobody is listening: this change's notification is lost.
         await operator.execute(
             "UPDATE users SET active = FALSE WHERE token_hash = $1", hash_token(token)
