@@ -57,6 +57,22 @@ class Holders:
     def start(self, count: int) -> None:
         self.tasks += [asyncio.create_task(self._hold()) for _ in range(count)]
 
+    @classmethod
+    async def inside(cls, gate: AdmissionGate, count: int, what: str) -> Holders:
+        """``count`` new holders, once all of them hold a slot."""
+        holders = cls(gate)
+        holders.start(count)
+        await wait_for(lambda: holders.entered == count, what)
+        return holders
+
+    @classmethod
+    async def queued(cls, gate: AdmissionGate, what: str) -> Holders:
+        """One new holder, once it waits in the gate's queue (nothing else waiting)."""
+        holders = cls(gate)
+        holders.start(1)
+        await wait_for(lambda: gate.waiting == 1, what)
+        return holders
+
     async def finish(self) -> list[BaseException | None]:
         self.release.set()
         results = await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -65,9 +81,7 @@ class Holders:
 
 async def test_full_gate_refuses_at_once_with_503_overloaded_and_retry_after() -> None:
     gate, metrics = make_gate(max_inflight=2, queue_timeout_s=0.0)
-    holders = Holders(gate)
-    holders.start(2)
-    await wait_for(lambda: holders.entered == 2, "both holders inside")
+    holders = await Holders.inside(gate, 2, "both holders inside")
     assert gate.inflight == 2
     with pytest.raises(ApiError) as refused:
         async with gate.slot():
@@ -82,12 +96,8 @@ async def test_full_gate_refuses_at_once_with_503_overloaded_and_retry_after() -
 
 async def test_a_waiter_gets_the_slot_a_holder_frees_within_the_queue_timeout() -> None:
     gate, metrics = make_gate(max_inflight=1, queue_timeout_s=DEADLINE_S)
-    holders = Holders(gate)
-    holders.start(1)
-    await wait_for(lambda: holders.entered == 1, "the holder inside")
-    waiter = Holders(gate)
-    waiter.start(1)
-    await wait_for(lambda: gate.waiting == 1, "the waiter queued")
+    holders = await Holders.inside(gate, 1, "the holder inside")
+    waiter = await Holders.queued(gate, "the waiter queued")
     assert waiter.entered == 0
     assert await holders.finish() == [None]
     await wait_for(lambda: waiter.entered == 1, "the waiter inside")
@@ -98,9 +108,7 @@ async def test_a_waiter_gets_the_slot_a_holder_frees_within_the_queue_timeout() 
 
 async def test_a_waiter_is_refused_after_the_queue_timeout_and_capacity_is_intact() -> None:
     gate, metrics = make_gate(max_inflight=2, queue_timeout_s=0.05)
-    holders = Holders(gate)
-    holders.start(2)
-    await wait_for(lambda: holders.entered == 2, "both holders inside")
+    holders = await Holders.inside(gate, 2, "both holders inside")
     started = time.monotonic()
     with pytest.raises(ApiError) as refused:
         async with gate.slot():
@@ -112,9 +120,7 @@ async def test_a_waiter_is_refused_after_the_queue_timeout_and_capacity_is_intac
     assert shed(metrics, "overloaded") == 1
     assert await holders.finish() == [None, None]
     # Every slot came back: two enter again at once.
-    again = Holders(gate)
-    again.start(2)
-    await wait_for(lambda: again.entered == 2, "two new holders inside")
+    again = await Holders.inside(gate, 2, "two new holders inside")
     assert await again.finish() == [None, None]
 
 
@@ -124,32 +130,22 @@ async def test_an_error_inside_or_a_cancelled_waiter_leaks_no_slot() -> None:
         async with gate.slot():
             raise RuntimeError("admission failed")
     assert gate.inflight == 0
-    holders = Holders(gate)
-    holders.start(1)
-    await wait_for(lambda: holders.entered == 1, "the holder inside")
-    waiter = Holders(gate)
-    waiter.start(1)
-    await wait_for(lambda: gate.waiting == 1, "the waiter queued")
+    holders = await Holders.inside(gate, 1, "the holder inside")
+    waiter = await Holders.queued(gate, "the waiter queued")
     waiter.tasks[0].cancel()
     results = await waiter.finish()
     assert isinstance(results[0], asyncio.CancelledError) and waiter.entered == 0
     assert gate.waiting == 0
     assert await holders.finish() == [None]
     assert gate.inflight == 0
-    after = Holders(gate)
-    after.start(1)
-    await wait_for(lambda: after.entered == 1, "a new holder inside")
+    after = await Holders.inside(gate, 1, "a new holder inside")
     assert await after.finish() == [None]
 
 
 async def test_a_newcomer_does_not_overtake_a_waiter() -> None:
     gate, _ = make_gate(max_inflight=1, queue_timeout_s=DEADLINE_S)
-    holders = Holders(gate)
-    holders.start(1)
-    await wait_for(lambda: holders.entered == 1, "the holder inside")
-    first = Holders(gate)
-    first.start(1)
-    await wait_for(lambda: gate.waiting == 1, "the first waiter queued")
+    holders = await Holders.inside(gate, 1, "the holder inside")
+    first = await Holders.queued(gate, "the first waiter queued")
     holders.release.set()
     await asyncio.gather(*holders.tasks)
     # The freed slot is promised to the waiter: a newcomer now waits behind it.
