@@ -71,7 +71,12 @@ from bench.shipped import (
     base_relay_env,
     relay_metrics,
 )
-from relay.config import CacheConfig
+from relay.admission.cache import UserCache
+from relay.admission.invalidation import CacheInvalidationListener
+from relay.admission.service import Admission
+from relay.admission.store import Store
+from relay.config import CacheConfig, load_settings
+from relay.observability.metrics import MetricsRegistry
 
 ZIPF_USERS = 10_000
 # Late by more than this, a request counts as sent behind schedule.
@@ -466,7 +471,7 @@ async def run_admission(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-async def lookup_all(admission: Any, tokens: list[str], users: Iterator[int]) -> None:
+async def lookup_all(admission: Admission, tokens: list[str], users: Iterator[int]) -> None:
     """One of the long run's concurrent lookers-up: takes users from a shared iterator."""
     for user in users:
         await admission.authenticate(f"Bearer {tokens[user]}")
@@ -488,13 +493,6 @@ async def cache_long_run(env: dict[str, str], tokens: list[str], opts: Options) 
     ``long_requests / rate`` seconds, which must be shorter than ``hit_ttl_s`` (checked;
     otherwise this would overstate the hit rate). Credit debits, which evict a user after
     each interview, do not happen here (the HTTP phases never open one either)."""
-    from relay.admission.cache import UserCache
-    from relay.admission.invalidation import CacheInvalidationListener
-    from relay.admission.service import Admission
-    from relay.admission.store import Store
-    from relay.config import load_settings
-    from relay.observability.metrics import MetricsRegistry
-
     settings = load_settings(environ=env)
     equivalent_s = opts.long_requests / opts.rate
     if equivalent_s > settings.cache.hit_ttl_s:

@@ -90,7 +90,7 @@ def stand_in_forwarder(
     pair = SimpleNamespace(protocol=SimpleNamespace(transport=out), remote_addr=("127.0.0.1", 9))
 
     def dtls(nominated: dict[int, Any], rx: Session | None, tx: Session | None) -> Any:
-        connection = SimpleNamespace(_nominated=nominated, _queue=queue.Queue(), _protocols=[])
+        connection = SimpleNamespace(_nominated=nominated, _queue=queue.Queue())
         return SimpleNamespace(
             transport=SimpleNamespace(_connection=connection), _rx_srtp=rx, _tx_srtp=tx
         )
@@ -100,7 +100,6 @@ def stand_in_forwarder(
     receiver = SimpleNamespace(transport=in_dtls)
     setattr(receiver, aiortc_private._REMOTE_STREAMS, {})
     in_dtls._rtp_router = SimpleNamespace(ssrc_table={})
-    in_dtls.transport._connection.data_received = _ignore
     sender = SimpleNamespace(transport=out_dtls, _ssrc=OUT_SSRC)
     for name in (
         aiortc_private._SENDER_NTP,
@@ -120,9 +119,9 @@ def stand_in_forwarder(
         incoming=leg,
         outgoing=leg,
     )
-    # What ``start()`` installs: aiortc's own handler for whatever is not RTP (unused
-    # here), and ``_on_datagram`` is called as the socket's hook calls it.
-    forwarder._original = in_dtls.transport._connection.data_received
+    # What ``start()`` installs: aiortc's own handler for whatever is not RTP (none is
+    # sent here); ``_on_datagram`` is then called as the socket's hook calls it.
+    forwarder._original = _ignore
     return forwarder, out
 
 
