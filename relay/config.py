@@ -369,6 +369,10 @@ class MediaConfig(_Section):
     # Opus passthrough forwards packets socket to socket (relay.media.fastpath) instead
     # of through aiortc's receiver and sender; false: aiortc's path.
     fast_path: bool = True
+    # While datagrams arrive faster than one per this many ms, the media sockets are read
+    # together on a timer every this many ms instead of one wake-up per datagram
+    # (relay.media.udp); a datagram then waits up to about this long. 0: never batch.
+    receive_batch_ms: Annotated[float, Field(ge=0, le=10)] = 2.0
 
 
 class RecordingConfig(_Section):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from relay.admission.store import DatabaseUnavailable, SessionState
 from relay.config import IceConfig
 from relay.errors import ApiError
+from relay.media import udp
 from relay.media.bridge import (
     Bridge,
     BridgeClosed,
@@ -129,6 +130,8 @@ class BridgeManager:
         too_small = check_port_range_size(settings.ice, settings.limits.global_max_sessions)
         if too_small is not None:
             log.warning("%s", too_small)
+        # Process-wide, like the other aioice adaptations: every relay media socket.
+        udp.configure(settings.media.receive_batch_ms / 1000)
         self._force_decode = force_decode
         self._bridges: dict[str, Bridge] = {}
 

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any, cast
 
-from relay.media import aiortc_private
+from relay.media import aiortc_private, udp
 
 
 class NoMediaPorts(Exception):
@@ -64,26 +64,13 @@ class PortRange:
     def _advance(self, port: int) -> None:
         self._next = port + 1 if port < self.high else self.low
 
-    async def create_datagram_endpoint(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        protocol_factory: Callable[[], asyncio.DatagramProtocol],
-        local_addr: tuple[str, int] | None = None,
-        remote_addr: tuple[str, int] | None = None,
-        **kwargs: Any,
-    ) -> tuple[asyncio.DatagramTransport, asyncio.DatagramProtocol]:
-        """``loop.create_datagram_endpoint`` bound to a free port of the range."""
-        if local_addr is not None:
-            host = local_addr[0]
-        elif remote_addr is not None:
-            host = _wildcard_for(remote_addr[0])
-        else:
-            host = "0.0.0.0"
+    def bind(self, host: str) -> socket.socket:
+        """A UDP socket bound to a free port of the range on ``host``."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         for port in self._ports():
-            # Bound here, then handed over: uvloop's create_datagram_endpoint binds with
-            # SO_REUSEADDR, which on Linux lets a second socket take a port of the range
-            # that is in use (no EADDRINUSE), so two sessions would share it.
+            # Bound here rather than by the loop: uvloop's create_datagram_endpoint binds
+            # with SO_REUSEADDR, which on Linux lets a second socket take a port of the
+            # range that is in use (no EADDRINUSE), so two sessions would share it.
             sock = socket.socket(family, socket.SOCK_DGRAM)
             try:
                 sock.bind((host, port))
@@ -92,16 +79,8 @@ class PortRange:
                 if exc.errno == errno.EADDRINUSE:
                     continue
                 raise
-            sock.setblocking(False)
-            try:
-                if remote_addr is not None:
-                    await loop.sock_connect(sock, remote_addr)
-                result = await loop.create_datagram_endpoint(protocol_factory, sock=sock, **kwargs)
-            except BaseException:
-                sock.close()
-                raise
             self._advance(port)
-            return result
+            return sock
         raise NoMediaPorts(f"all {self.size} UDP ports {self.low}-{self.high} are in use")
 
     def has_free_ports(self, host: str, count: int) -> bool:
@@ -124,6 +103,21 @@ class PortRange:
             return free >= count
 
 
+def _bind(ports: PortRange | None, host: str) -> socket.socket:
+    """A non-blocking UDP socket on ``host``, inside ``ports`` if given, else any port."""
+    if ports is not None:
+        sock = ports.bind(host)
+    else:
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind((host, 0))
+        except BaseException:
+            sock.close()
+            raise
+    sock.setblocking(False)
+    return sock
+
+
 def _wildcard_for(host: str) -> str:
     """The any-address of the family of ``host`` (a TURN server; names count as IPv4)."""
     with contextlib.suppress(ValueError):
@@ -143,7 +137,7 @@ class _Gather:
     and anything bound afterwards for it is closed at once and refused.
     """
 
-    def __init__(self, ports: PortRange) -> None:
+    def __init__(self, ports: PortRange | None) -> None:
         self.ports = ports
         self.transports: list[asyncio.BaseTransport] = []
         self.failed = False
@@ -178,7 +172,9 @@ def port_range(low: int, high: int) -> PortRange | None:
 
 class _RangedLoop:
     """The running loop as aioice sees it while a relay peer gathers: only
-    ``create_datagram_endpoint`` differs (port 0 becomes a port of the range)."""
+    ``create_datagram_endpoint`` differs. The socket is bound inside the range (when one
+    is configured, else to any port) and handed to the relay's own media transport
+    (``relay.media.udp``), whose reading can be batched across sessions."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, gather: _Gather) -> None:
         self._loop = loop
@@ -194,16 +190,32 @@ class _RangedLoop:
         remote_addr: tuple[str, int] | None = None,
         **kwargs: Any,
     ) -> tuple[asyncio.DatagramTransport, asyncio.DatagramProtocol]:
-        if kwargs.get("sock") is not None or (local_addr is not None and local_addr[1] != 0):
+        if kwargs or (local_addr is not None and local_addr[1] != 0):
+            # Not how aioice asks (a given socket or port, socket options): the loop's own.
             result = await self._loop.create_datagram_endpoint(
                 protocol_factory, local_addr=local_addr, remote_addr=remote_addr, **kwargs
             )
+            self._gather.created(result[0])
+            return result
+        if local_addr is not None:
+            host = local_addr[0]
+        elif remote_addr is not None:
+            host = _wildcard_for(remote_addr[0])
         else:
-            result = await self._gather.ports.create_datagram_endpoint(
-                self._loop, protocol_factory, local_addr, remote_addr, **kwargs
+            host = "0.0.0.0"
+        sock = _bind(self._gather.ports, host)
+        try:
+            if remote_addr is not None:
+                # A TURN client's socket: connected, as the loop's own would be.
+                await self._loop.sock_connect(sock, remote_addr)
+            transport, protocol = udp.open_media_endpoint(
+                self._loop, protocol_factory, sock, peer=remote_addr
             )
-        self._gather.created(result[0])
-        return result
+        except BaseException:
+            sock.close()
+            raise
+        self._gather.created(transport)
+        return transport, protocol
 
 
 def _loop_for_aioice() -> asyncio.AbstractEventLoop:
@@ -221,13 +233,12 @@ def binding_in(ports: PortRange | None) -> Iterator[None]:
     If the block fails (no free port, a timeout, a cancellation), every socket bound
     within it is closed, and any bound later by gathering it started is refused."""
     aiortc_private.route_aioice_running_loop(_loop_for_aioice)
-    gather = _Gather(ports) if ports is not None else None
+    gather = _Gather(ports)
     token = _active.set(gather)
     try:
         yield
     except BaseException:
-        if gather is not None:
-            gather.fail()
+        gather.fail()
         raise
     finally:
         _active.reset(token)

@@ -1,0 +1,358 @@
+"""The relay's own UDP transport for its media sockets, and receive batching.
+
+Every datagram a leg receives used to wake the process: the event loop waits in
+``epoll_wait`` on each socket, and at tens of sessions (about 3,000 datagrams a second at
+30) the relay sleeps between nearly every two of them. On these machines waking a
+sleeping process costs several times what forwarding the packet does (docs/benchmarks.md,
+"Where a forwarded packet's CPU goes"), so the relay's CPU was mostly wake-ups.
+
+``MediaSockets`` puts every relay media socket of the process in one epoll set of its own
+and reads them together, the way a network card moderates its interrupts (Linux NAPI):
+
+* quiet: the loop watches the set; the first datagram wakes it and is handled at once;
+* busy: once two wake-ups come closer together than ``batch_s``, the loop stops watching
+  the set and polls it every ``batch_s`` instead, handling whatever arrived meanwhile
+  (every session's datagrams in one wake-up); a poll that finds nothing returns to
+  watching, so a quiet relay never polls.
+
+A datagram therefore waits at most about ``batch_s`` (plus the event loop's timer
+granularity, a millisecond) before it is handled, and only while the relay is busy.
+``batch_s = 0`` watches every socket always (one wake-up per datagram, as before).
+
+uvloop's UDP transport cannot stop reading a socket (it has no ``pause_reading``), so the
+relay's media sockets use ``MediaDatagramTransport``, a small ``asyncio.DatagramTransport``
+over a non-blocking socket, which both event loops can drive. aioice creates the sockets;
+``relay.media.port_range`` hands it these transports while a relay peer gathers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import select
+import socket
+import time
+import weakref
+from typing import Any
+
+log = logging.getLogger("relay.media")
+
+# The largest UDP payload: a datagram is never truncated.
+_MAX_DATAGRAM = 65535
+# Datagrams waiting for the socket to accept them (it rarely refuses: a full send
+# buffer); beyond this a datagram is dropped and counted, as the network would.
+SEND_QUEUE_MAX = 256
+# Rounds of "poll the set, read one datagram from each ready socket" per wake-up: bounds
+# how long one wake-up can hold the loop (about 2,000 datagrams at most).
+_MAX_ROUNDS = 8
+_MAX_EVENTS = 256
+
+
+class MediaDatagramTransport(asyncio.DatagramTransport):
+    """An ``asyncio.DatagramTransport`` over a non-blocking UDP socket, read by
+    ``MediaSockets`` (which decides when) rather than by the event loop directly."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        protocol: asyncio.DatagramProtocol,
+        sockets: MediaSockets,
+        peer: Any = None,
+    ) -> None:
+        super().__init__(extra={"socket": sock, "sockname": sock.getsockname(), "peername": peer})
+        sock.setblocking(False)
+        self._loop = loop
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._protocol = protocol
+        self._sockets = sockets
+        self._peer = peer
+        self._buffer = bytearray(_MAX_DATAGRAM)
+        self._view = memoryview(self._buffer)
+        self._queue: collections.deque[tuple[bytes, Any]] = collections.deque()
+        self._closing = False
+        self.dropped_sends = 0
+
+    @property
+    def fileno(self) -> int:
+        return self._fd
+
+    # ------------------------------------------------------------------ receiving
+    def read_one(self) -> None:
+        """Read one datagram, if there is one, and hand it to the protocol."""
+        try:
+            n, addr = self._sock.recvfrom_into(self._buffer)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            # An ICMP error reported on the socket; the socket itself is fine.
+            self._protocol.error_received(exc)
+            return
+        self._protocol.datagram_received(bytes(self._view[:n]), addr)
+
+    # ------------------------------------------------------------------ sending
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        """Send now if the socket takes it, else queue it (bounded) until it does.
+
+        ``addr`` None: the connected peer (a TURN client's socket)."""
+        if self._closing:
+            return
+        if not self._queue:
+            try:
+                if addr is None:
+                    self._sock.send(data)
+                else:
+                    self._sock.sendto(data, addr)
+                return
+            except (BlockingIOError, InterruptedError):
+                self._loop.add_writer(self._fd, self._write_ready)
+            except OSError as exc:
+                self._protocol.error_received(exc)
+                return
+        if len(self._queue) >= SEND_QUEUE_MAX:
+            self.dropped_sends += 1
+            return
+        self._queue.append((bytes(data), addr))
+
+    def _send(self, data: Any, addr: Any) -> None:
+        if addr is None:
+            self._sock.send(data)
+        else:
+            self._sock.sendto(data, addr)
+
+    def _write_ready(self) -> None:
+        queue = self._queue
+        while queue:
+            data, addr = queue[0]
+            try:
+                self._send(data, addr)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._protocol.error_received(exc)
+            queue.popleft()
+        self._loop.remove_writer(self._fd)
+        if self._closing:
+            self._finish_close()
+
+    def get_write_buffer_size(self) -> int:
+        return sum(len(data) for data, _ in self._queue)
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (0, SEND_QUEUE_MAX * 1500)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass  # a bounded queue of datagrams instead (SEND_QUEUE_MAX)
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    # ------------------------------------------------------------------ closing
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._sockets.remove(self)
+        if not self._queue:
+            self._finish_close()
+
+    def abort(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self._sockets.remove(self)
+        if self._queue:
+            self._queue.clear()
+            self._loop.remove_writer(self._fd)
+        self._finish_close()
+
+    def _finish_close(self) -> None:
+        if self._sock.fileno() == -1:
+            return
+        self._sock.close()
+        self._loop.call_soon(self._protocol.connection_lost, None)
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol  # type: ignore[assignment]
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._protocol
+
+    def __repr__(self) -> str:
+        state = "closing" if self._closing else "open"
+        return f"<MediaDatagramTransport fd={self._fd} {state}>"
+
+
+class MediaSockets:
+    """Every media socket of one event loop, read together (see the module docstring)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, batch_s: float) -> None:
+        if not 0 <= batch_s <= 0.01:
+            raise ValueError(f"batch_s must be 0..0.01, not {batch_s}")
+        self._loop = loop
+        self.batch_s = batch_s
+        self._epoll = select.epoll()
+        self._transports: dict[int, MediaDatagramTransport] = {}
+        self._watching = False
+        self._tick: asyncio.TimerHandle | None = None
+        self._last_wake = 0.0
+        # Counters for /api/stats and the benchmarks.
+        self.wakeups = 0
+        self.polls = 0
+        self.datagrams = 0
+
+    def __len__(self) -> int:
+        return len(self._transports)
+
+    @property
+    def batching(self) -> bool:
+        """Whether the loop is polling on a timer right now (busy) rather than watching."""
+        return self._tick is not None
+
+    def snapshot(self) -> dict[str, Any]:
+        """For /api/stats: the window, the state, and the counts since start."""
+        woken = self.wakeups + self.polls
+        return {
+            "batch_ms": round(self.batch_s * 1000, 3),
+            "sockets": len(self._transports),
+            "batching": self.batching,
+            "wakeups": self.wakeups,
+            "polls": self.polls,
+            "datagrams": self.datagrams,
+            "datagrams_per_wakeup": round(self.datagrams / woken, 2) if woken else None,
+        }
+
+    def add(self, transport: MediaDatagramTransport) -> None:
+        fd = transport.fileno
+        self._epoll.register(fd, select.EPOLLIN)
+        self._transports[fd] = transport
+        if not self._watching and self._tick is None:
+            self._watch()
+
+    def remove(self, transport: MediaDatagramTransport) -> None:
+        fd = transport.fileno
+        if self._transports.pop(fd, None) is None:
+            return
+        self._epoll.unregister(fd)
+        if not self._transports:
+            self._stop()
+
+    def close(self) -> None:
+        for transport in list(self._transports.values()):
+            transport.abort()
+        self._stop()
+        self._epoll.close()
+
+    def _watch(self) -> None:
+        self._loop.add_reader(self._epoll.fileno(), self._on_readable)
+        self._watching = True
+
+    def _stop(self) -> None:
+        if self._watching:
+            self._loop.remove_reader(self._epoll.fileno())
+            self._watching = False
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
+
+    def _on_readable(self) -> None:
+        self.wakeups += 1
+        self._read_ready()
+        batch_s = self.batch_s
+        if not batch_s:
+            return
+        now = time.monotonic()
+        busy = now - self._last_wake < batch_s
+        self._last_wake = now
+        if busy:
+            # Datagrams come faster than one per batch_s: poll on a timer until they stop.
+            self._loop.remove_reader(self._epoll.fileno())
+            self._watching = False
+            self._tick = self._loop.call_later(batch_s, self._on_tick)
+
+    def _on_tick(self) -> None:
+        self.polls += 1
+        if self._read_ready():
+            self._tick = self._loop.call_later(self.batch_s, self._on_tick)
+        else:
+            self._tick = None
+            self._last_wake = time.monotonic()
+            self._watch()
+
+    def _read_ready(self) -> int:
+        """Read one datagram from each ready socket, again until none is ready; the count."""
+        poll = self._epoll.poll
+        transports = self._transports
+        count = 0
+        for _ in range(_MAX_ROUNDS):
+            ready = poll(0, _MAX_EVENTS)
+            if not ready:
+                break
+            for fd, _events in ready:
+                transport = transports.get(fd)
+                if transport is None:
+                    continue  # closed by a protocol earlier in this round
+                try:
+                    transport.read_one()
+                except Exception as exc:  # one protocol's bug must not stop the others
+                    self._loop.call_exception_handler(
+                        {
+                            "message": "media socket protocol raised",
+                            "exception": exc,
+                            "transport": transport,
+                        }
+                    )
+            count += len(ready)
+        self.datagrams += count
+        return count
+
+
+# One ``MediaSockets`` per event loop (tests run many loops in one process).
+_by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, MediaSockets] = (
+    weakref.WeakKeyDictionary()
+)
+_batch_s = 0.0
+
+
+def configure(batch_s: float) -> None:
+    """The batching window of the process's media sockets (``media.receive_batch_ms``);
+    applies to every loop, including ones whose sockets are already open."""
+    global _batch_s
+    if not 0 <= batch_s <= 0.01:
+        raise ValueError(f"batch_s must be 0..0.01, not {batch_s}")
+    _batch_s = batch_s
+    for sockets in _by_loop.values():
+        sockets.batch_s = batch_s
+
+
+def configured_batch_s() -> float:
+    return _batch_s
+
+
+def media_sockets(loop: asyncio.AbstractEventLoop) -> MediaSockets:
+    found = _by_loop.get(loop)
+    if found is None:
+        found = _by_loop[loop] = MediaSockets(loop, _batch_s)
+    return found
+
+
+def open_media_endpoint(
+    loop: asyncio.AbstractEventLoop,
+    protocol_factory: Any,
+    sock: socket.socket,
+    peer: Any = None,
+) -> tuple[MediaDatagramTransport, asyncio.DatagramProtocol]:
+    """Wrap a bound, non-blocking UDP socket as ``loop.create_datagram_endpoint`` would.
+
+    ``connection_made`` runs before this returns: aioice reads ``protocol.transport``
+    right after ``create_datagram_endpoint``."""
+    protocol: asyncio.DatagramProtocol = protocol_factory()
+    sockets = media_sockets(loop)
+    transport = MediaDatagramTransport(loop, sock, protocol, sockets, peer)
+    protocol.connection_made(transport)
+    sockets.add(transport)
+    return transport, protocol

@@ -1,0 +1,279 @@
+"""The relay's media transport and its receive batching, on real loopback sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from relay.media import udp
+from tests.integration.media_helpers import wait_until
+
+
+class Recorder(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.datagrams: list[tuple[bytes, object]] = []
+        self.errors: list[Exception] = []
+        self.lost = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        self.datagrams.append((data, addr))
+
+    def error_received(self, exc: Exception) -> None:
+        self.errors.append(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost.set_result(exc)
+
+
+def bound_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@pytest.fixture
+def far_end() -> Iterator[socket.socket]:
+    sock = bound_socket()
+    sock.settimeout(5)
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+@pytest.fixture
+async def sockets() -> AsyncIterator[udp.MediaSockets]:
+    """A fresh set for the running loop (the process-wide one is per loop anyway)."""
+    found = udp.MediaSockets(asyncio.get_running_loop(), 0.0)
+    try:
+        yield found
+    finally:
+        found.close()
+
+
+def open_on(sockets: udp.MediaSockets) -> tuple[udp.MediaDatagramTransport, Recorder]:
+    loop = asyncio.get_running_loop()
+    protocol = Recorder()
+    transport = udp.MediaDatagramTransport(loop, bound_socket(), protocol, sockets)
+    protocol.connection_made(transport)
+    sockets.add(transport)
+    return transport, protocol
+
+
+async def test_datagrams_arrive_with_their_sender_and_go_out_to_the_address_given(
+    far_end: socket.socket, sockets: udp.MediaSockets
+) -> None:
+    transport, protocol = open_on(sockets)
+    here = transport.get_extra_info("sockname")
+    for i in range(5):
+        far_end.sendto(b"in %d" % i, here)
+    await wait_until(lambda: len(protocol.datagrams) == 5, 5, "five datagrams")
+    assert [d for d, _ in protocol.datagrams] == [b"in %d" % i for i in range(5)]
+    assert {a for _, a in protocol.datagrams} == {far_end.getsockname()}
+
+    transport.sendto(b"out" * 1000, far_end.getsockname())
+    data, addr = await asyncio.to_thread(far_end.recvfrom, 65535)
+    assert (data, addr) == (b"out" * 1000, here)
+
+
+async def test_a_datagram_of_the_largest_size_is_not_truncated(
+    far_end: socket.socket, sockets: udp.MediaSockets
+) -> None:
+    transport, protocol = open_on(sockets)
+    far_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    big = bytes(range(256)) * 255  # 65,280 bytes: over a loopback MTU, under the UDP limit
+    far_end.sendto(big, transport.get_extra_info("sockname"))
+    await wait_until(lambda: bool(protocol.datagrams), 5, "the datagram")
+    assert protocol.datagrams[0][0] == big
+
+
+async def test_close_stops_reading_closes_the_socket_and_reports_the_loss_once(
+    far_end: socket.socket, sockets: udp.MediaSockets
+) -> None:
+    transport, protocol = open_on(sockets)
+    sock = transport.get_extra_info("socket")
+    assert len(sockets) == 1
+    transport.close()
+    transport.close()  # idempotent
+    assert transport.is_closing() and len(sockets) == 0 and sock.fileno() == -1
+    assert await asyncio.wait_for(protocol.lost, 5) is None
+    transport.sendto(b"after close", far_end.getsockname())  # ignored, as asyncio's are
+    with pytest.raises(TimeoutError):
+        far_end.settimeout(0.05)
+        far_end.recvfrom(10)
+
+
+async def test_a_protocol_that_raises_does_not_stop_the_other_sockets(
+    far_end: socket.socket, sockets: udp.MediaSockets
+) -> None:
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    try:
+        bad, bad_protocol = open_on(sockets)
+        good, good_protocol = open_on(sockets)
+
+        def explode(data: bytes, addr: object) -> None:
+            raise RuntimeError("a protocol bug")
+
+        bad_protocol.datagram_received = explode  # type: ignore[method-assign]
+        far_end.sendto(b"to the bad one", bad.get_extra_info("sockname"))
+        far_end.sendto(b"to the good one", good.get_extra_info("sockname"))
+        await wait_until(lambda: bool(good_protocol.datagrams), 5, "the good socket's datagram")
+        await wait_until(lambda: bool(errors), 5, "the exception handler")
+    finally:
+        loop.set_exception_handler(None)
+    assert isinstance(errors[0]["exception"], RuntimeError)
+    assert errors[0]["transport"] is bad and not bad.is_closing()
+
+
+async def test_a_full_socket_queues_in_order_then_drops_beyond_the_bound(
+    sockets: udp.MediaSockets,
+) -> None:
+    # A Unix datagram pair: unlike UDP on loopback, its sender blocks (EAGAIN) while
+    # the receiver's queue is full, which is what the transport's queue is for.
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    loop = asyncio.get_running_loop()
+    protocol = Recorder()
+    transport = udp.MediaDatagramTransport(loop, mine, protocol, sockets)
+    protocol.connection_made(transport)
+    sockets.add(transport)
+    try:
+        sent = 0
+        while transport.get_write_buffer_size() == 0:
+            transport.sendto(b"%08d" % sent)
+            sent += 1
+            assert sent < 100_000, "the socket never refused a datagram"
+        for _ in range(udp.SEND_QUEUE_MAX - 1 + 10):  # one is queued already
+            transport.sendto(b"%08d" % sent)
+            sent += 1
+        assert transport.dropped_sends == 10
+        theirs.setblocking(False)
+        received: list[bytes] = []
+
+        def drain() -> bool:
+            while True:
+                try:
+                    received.append(theirs.recv(64))
+                except BlockingIOError:
+                    return len(received) == sent - 10
+
+        await wait_until(drain, 5, "every queued datagram")
+        assert received == [b"%08d" % i for i in range(sent - 10)]
+        assert transport.get_write_buffer_size() == 0
+    finally:
+        transport.close()
+        theirs.close()
+
+
+async def test_a_busy_relay_reads_every_socket_per_wakeup_and_a_quiet_one_per_datagram(
+    far_end: socket.socket,
+) -> None:
+    loop = asyncio.get_running_loop()
+    sockets = udp.MediaSockets(loop, 0.002)
+    try:
+        opened = [open_on(sockets) for _ in range(20)]
+        addresses = [t.get_extra_info("sockname") for t, _ in opened]
+
+        # Busy: a datagram to each of 20 sockets every 2 ms, sent from another thread.
+        def stream() -> None:
+            import time
+
+            for i in range(100):
+                for address in addresses:
+                    far_end.sendto(b"%d" % i, address)
+                time.sleep(0.002)
+
+        await asyncio.to_thread(stream)
+        await wait_until(
+            lambda: all(len(p.datagrams) == 100 for _, p in opened), 5, "every datagram"
+        )
+        for _, protocol in opened:  # in order on each socket
+            assert [d for d, _ in protocol.datagrams] == [b"%d" % i for i in range(100)]
+        handled = sockets.datagrams
+        assert handled == 2000
+        per_wakeup = handled / (sockets.wakeups + sockets.polls)
+        assert per_wakeup >= 10, (sockets.wakeups, sockets.polls)
+        assert sockets.polls > sockets.wakeups
+
+        # Quiet again: the first poll that finds nothing goes back to watching.
+        await wait_until(lambda: not sockets.batching, 5, "watching again")
+        wakeups, polls = sockets.wakeups, sockets.polls
+        target = addresses[0]
+        for i in range(3):
+            # Not synchronisation: this is the traffic pattern, datagrams further apart
+            # than the batching window.
+            await asyncio.sleep(0.02)
+            expected = b"quiet %d" % i
+            far_end.sendto(expected, target)
+            await wait_until(
+                lambda: opened[0][1].datagrams[-1][0] == expected,  # noqa: B023
+                5,
+                "quiet datagram",
+            )
+        assert sockets.wakeups - wakeups == 3 and sockets.polls == polls
+    finally:
+        sockets.close()
+
+
+async def test_without_batching_every_datagram_is_read_when_it_arrives(
+    far_end: socket.socket, sockets: udp.MediaSockets
+) -> None:
+    transport, protocol = open_on(sockets)
+    here = transport.get_extra_info("sockname")
+    for i in range(50):
+        far_end.sendto(b"%d" % i, here)
+    await wait_until(lambda: len(protocol.datagrams) == 50, 5, "fifty datagrams")
+    assert sockets.polls == 0 and not sockets.batching
+
+
+async def test_the_window_is_bounded_and_applies_to_open_sets() -> None:
+    with pytest.raises(ValueError):
+        udp.configure(0.05)
+    loop = asyncio.get_running_loop()
+    before = udp.configured_batch_s()
+    try:
+        udp.configure(0.003)
+        assert udp.media_sockets(loop).batch_s == 0.003
+        udp.configure(0.0)
+        assert udp.media_sockets(loop).batch_s == 0.0
+    finally:
+        udp.configure(before)
+
+
+def test_the_standard_event_loop_drives_it_too() -> None:
+    """``server.event_loop = "asyncio"``: the same transport and batching on asyncio's loop."""
+
+    async def scenario() -> tuple[int, int]:
+        sockets = udp.MediaSockets(asyncio.get_running_loop(), 0.002)
+        sender = bound_socket()
+        try:
+            transport, protocol = open_on(sockets)
+            here = transport.get_extra_info("sockname")
+            for i in range(200):
+                sender.sendto(b"%d" % i, here)
+            await wait_until(lambda: len(protocol.datagrams) == 200, 5, "every datagram")
+            transport.sendto(b"back", sender.getsockname())
+            sender.settimeout(5)
+            data, _ = await asyncio.to_thread(sender.recvfrom, 100)
+            assert data == b"back"
+            assert [d for d, _ in protocol.datagrams] == [b"%d" % i for i in range(200)]
+            return sockets.datagrams, sockets.wakeups + sockets.polls
+        finally:
+            sender.close()
+            sockets.close()
+
+    loop = asyncio.SelectorEventLoop()
+    try:
+        datagrams, woken = loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    assert datagrams == 200 and woken < 200
