@@ -594,6 +594,7 @@ async def run_point(
             mine0 = sum(os.times()[:2])
             relay0 = relay.cpu_seconds() if relay else (0.0, 0.0)
             metrics0 = await relay_metrics(http) if relay is not None else ""
+            receive0 = await receive_counters(http) if relay is not None else None
             stalls = LoopLag()
             watch = asyncio.create_task(stalls.run())
             t0 = time.time()
@@ -629,6 +630,7 @@ async def run_point(
                     relay_fds=status["fds"],
                 )
                 result["relay_gc"] = gc_pauses(metrics0, await relay_metrics(http))
+                result.update(wakeups_in_window(receive0, await receive_counters(http)))
                 result["relay_stats"] = await operator_stats(http)
                 # A session the relay ended early (e.g. its legs did not connect within
                 # session.connect_timeout_s on a starved machine) carries no audio.
@@ -684,6 +686,29 @@ async def relay_metrics(http: aiohttp.ClientSession) -> str:
 async def relay_stats(http: aiohttp.ClientSession) -> dict[str, Any]:
     body: dict[str, Any] = await (await operator_get(http, "api/stats")).json()
     return body
+
+
+async def receive_counters(http: aiohttp.ClientSession) -> dict[str, Any] | None:
+    """How the relay read its media sockets so far (``/api/stats`` ``media_receive``)."""
+    try:
+        receive: dict[str, Any] | None = (await relay_stats(http)).get("media_receive")
+    except Exception:
+        return None
+    return receive
+
+
+def wakeups_in_window(
+    before: dict[str, Any] | None, after: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Datagrams the relay read per wake-up in the window (and its batching window)."""
+    if not before or not after:
+        return {}
+    woken = (after["wakeups"] + after["polls"]) - (before["wakeups"] + before["polls"])
+    datagrams = after["datagrams"] - before["datagrams"]
+    return {
+        "relay_receive_batch_ms": after["batch_ms"],
+        "relay_datagrams_per_wakeup": round(datagrams / woken, 2) if woken else None,
+    }
 
 
 async def run_first_audio(
@@ -1035,8 +1060,9 @@ def table(rows: list[dict[str, Any]]) -> str:
         " relay hop p50 / p99 / p99.9 / max (ms, wire) |"
         " steal, relay's / generator's core (ms/s) | events |"
         " first audio p50: total / upstream / rest (ms) | relay RSS per session (MB) |"
-        " relay collections: full / any over 5 ms | error |",
-        "|" + "---|" * 15,
+        " relay collections: full / any over 5 ms |"
+        " relay datagrams per wake-up (batch window, ms) | error |",
+        "|" + "---|" * 16,
     ]
     for r in rows:
         lines.append(
@@ -1050,7 +1076,9 @@ def table(rows: list[dict[str, Any]]) -> str:
             f" {r.get('sessions_with_events', '-')} |"
             f" {r.get('first_audio_total_ms_p50')} / {r.get('first_audio_upstream_ms_p50')} /"
             f" {r.get('first_audio_rest_ms_p50')} |"
-            f" {r.get('relay_rss_per_session_mb', '-')} | {gc_cell(r)} | {r.get('error', '')} |"
+            f" {r.get('relay_rss_per_session_mb', '-')} | {gc_cell(r)} |"
+            f" {r.get('relay_datagrams_per_wakeup', '-')}"
+            f" ({r.get('relay_receive_batch_ms', '-')}) | {r.get('error', '')} |"
         )
     return "\n".join(lines)
 

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from relay import __version__
+from relay.media.udp import media_sockets
 from relay.observability.masking import mask_email
 from relay.observability.metrics import Counter, Histogram
 from relay.services import Services
@@ -165,6 +166,8 @@ async def build_stats(services: Services, request_id: str) -> dict[str, Any]:
         ),
         "admission": _quantiles(services, "relay_admission_duration_seconds"),
         "media_connect": _quantiles(services, "relay_media_connect_duration_seconds"),
+        # How the media sockets are read (relay.media.udp): datagrams per wake-up.
+        "media_receive": media_sockets(asyncio.get_running_loop()).snapshot(),
         "errors_by_code": _errors_by_code(services),
         "process": {
             **(monitor.snapshot() if monitor is not None else {}),

@@ -117,6 +117,10 @@ async def test_metrics_are_histograms_and_feed_the_json_stats(make_relay: MakeRe
             assert {"packets_in", "bytes_in", "queue_depth", "dropped", "last_media_age_s"} <= set(
                 media[leg]
             )
+        # The relay's media sockets (both legs of the session) and how they are read.
+        receive = body["media_receive"]
+        assert receive["batch_ms"] == 2.0 and receive["sockets"] >= 2
+        assert receive["datagrams"] > 0 and receive["datagrams_per_wakeup"] >= 1
         await wait_until(
             lambda: (
                 relay.services.loop_monitor is not None

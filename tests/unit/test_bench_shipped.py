@@ -15,6 +15,7 @@ from bench.shipped import (
     parse_args,
     summary,
     table,
+    wakeups_in_window,
 )
 
 
@@ -159,3 +160,15 @@ def test_first_audio_samples_are_bounded_and_tabled() -> None:
         parse_args(["--first-audio-samples", "500"])
     rows = [{"mode": "fast", "run": 1, "rest_ms_p50": 30.0, "rest_ms_p90": 50.0}]
     assert "| fast | 1 | 30.0 / 50.0 |" in first_audio_table(rows)
+
+
+def test_datagrams_per_wakeup_come_from_the_window_only() -> None:
+    before = {"batch_ms": 2.0, "wakeups": 100, "polls": 400, "datagrams": 900}
+    after = {"batch_ms": 2.0, "wakeups": 110, "polls": 900, "datagrams": 4900}
+    assert wakeups_in_window(before, after) == {
+        "relay_receive_batch_ms": 2.0,
+        "relay_datagrams_per_wakeup": round(4000 / 510, 2),
+    }
+    assert wakeups_in_window(None, after) == {}
+    idle = wakeups_in_window(after, after)
+    assert idle["relay_datagrams_per_wakeup"] is None
