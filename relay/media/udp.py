@@ -193,7 +193,9 @@ class MediaSockets:
     def __init__(self, loop: asyncio.AbstractEventLoop, batch_s: float) -> None:
         if not 0 <= batch_s <= 0.01:
             raise ValueError(f"batch_s must be 0..0.01, not {batch_s}")
-        self._loop = loop
+        # Weakly: the registry below maps each loop to its set, and a set holding its
+        # loop strongly would keep every loop (and its epoll descriptor) alive forever.
+        self._loop_ref = weakref.ref(loop)
         self.batch_s = batch_s
         self._epoll = select.epoll()
         self._transports: dict[int, MediaDatagramTransport] = {}
@@ -204,6 +206,13 @@ class MediaSockets:
         self.wakeups = 0
         self.polls = 0
         self.datagrams = 0
+
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop_ref()
+        if loop is None:
+            raise RuntimeError("the event loop of these media sockets is gone")
+        return loop
 
     def __len__(self) -> int:
         return len(self._transports)

@@ -277,3 +277,26 @@ def test_the_standard_event_loop_drives_it_too() -> None:
     finally:
         loop.close()
     assert datagrams == 200 and woken < 200
+
+
+def test_a_finished_loop_and_its_set_are_freed() -> None:
+    """The process keeps one set per loop (tests run many loops): a set must not keep
+    its loop, or its epoll descriptor, alive once the loop is gone."""
+    import gc
+    import weakref
+
+    async def scenario() -> weakref.ref[udp.MediaSockets]:
+        loop = asyncio.get_running_loop()
+        transport, _ = udp.open_media_endpoint(loop, Recorder, bound_socket())
+        transport.close()
+        return weakref.ref(udp.media_sockets(loop))
+
+    loop = asyncio.SelectorEventLoop()
+    try:
+        sockets = loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    loop_ref = weakref.ref(loop)
+    del loop
+    gc.collect()
+    assert loop_ref() is None and sockets() is None
