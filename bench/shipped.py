@@ -60,10 +60,17 @@ RELAY_PORT = 18091
 UPSTREAM_PORT = 18092
 OPERATOR_TOKEN = "op_bench_" + "x" * 24
 GENERATOR_SATURATED = 0.85
-MODES = ("direct", "fast", "aiortc", "rec")
-# Relay modes: (media.fast_path, recording.enabled). "fast" and "aiortc" record nothing, so
-# they compare forwarding alone; "rec" is the fast path with recording on (as shipped).
-RELAY_MODES = {"fast": (True, False), "aiortc": (False, False), "rec": (True, True)}
+MODES = ("direct", "fast", "watch", "aiortc", "rec")
+# Relay modes: (media.fast_path, recording.enabled, media.receive_batch_ms or None for the
+# shipped window). "fast", "watch" and "aiortc" record nothing, so they compare forwarding
+# alone; "watch" is the fast path woken for every datagram (no batching); "rec" is the
+# fast path with recording on (as shipped).
+RELAY_MODES: dict[str, tuple[bool, bool, str | None]] = {
+    "fast": (True, False, None),
+    "watch": (True, False, "0"),
+    "aiortc": (False, False, None),
+    "rec": (True, True, None),
+}
 
 
 # ---------------------------------------------------------------------- the upstream
@@ -248,8 +255,10 @@ def base_relay_env(data_dir: Path) -> dict[str, str]:
 
 
 def relay_env(data_dir: Path, mode: str) -> dict[str, str]:
-    fast_path, recording = RELAY_MODES[mode]
+    fast_path, recording, batch_ms = RELAY_MODES[mode]
     env = base_relay_env(data_dir)
+    if batch_ms is not None:
+        env["RELAY__MEDIA__RECEIVE_BATCH_MS"] = batch_ms
     env.update(
         RELAY__LIMITS__PER_USER_CONCURRENT_SESSIONS="200",
         RELAY__LIMITS__PER_USER_REQUESTS_PER_MINUTE="100000",
@@ -938,7 +947,7 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for n in sorted({r["sessions"] for r in rows}):
         directs = points.get(("direct", n), [])
-        for mode in ("fast", "aiortc", "rec"):
+        for mode in RELAY_MODES:
             runs = points.get((mode, n), [])
             if not runs or not directs:
                 continue

@@ -13,6 +13,9 @@ Sections, in this order (``--sections`` picks some):
   session.
 * ``forwarding_cost``: where a forwarded packet's CPU goes (``bench/forwarding_cost.py``):
   the fast path's own work, SRTP, and a loopback datagram with and without a wake-up.
+* ``receive_batching``: the event loop's receive path per datagram at 60 sockets and
+  3,000 datagrams/s: uvloop's transport vs the relay's media sockets, watching and
+  batching (``bench/receive_batching.py``).
 * ``first_audio``: time to first reply audio one session at a time (N = 1, no queueing
   behind other sessions' set-up), the relay vs the direct control, step by step.
 * ``memory``: open-close cycles against one ``relay serve`` (recording on, as shipped):
@@ -42,7 +45,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import admission, forwarding_cost, shipped, workers
+from bench import admission, forwarding_cost, receive_batching, shipped, workers
 from bench.run import RESULTS_DIR
 
 Row = dict[str, Any]
@@ -54,7 +57,7 @@ def media_args(quick: bool) -> argparse.Namespace:
         argv = ["--sessions", "10", "--duration", "8", "--repeat", "1"]
     else:
         argv = ["--sessions", "10,30", "--duration", "15", "--repeat", "3"]
-    return shipped.parse_args(argv + ["--modes", "direct,fast,aiortc,rec"])
+    return shipped.parse_args(argv + ["--modes", "direct,fast,watch,aiortc,rec"])
 
 
 def first_audio_args(quick: bool) -> argparse.Namespace:
@@ -135,9 +138,18 @@ async def run_forwarding_cost(quick: bool, sink: Sink) -> list[Row]:
     return [row]
 
 
+async def run_receive_batching(quick: bool, sink: Sink) -> list[Row]:
+    window, rounds = (2.0, 1) if quick else (5.0, 3)
+    # Its own uvloop, in a thread of its own (pinned to the relay's core there).
+    row = await asyncio.to_thread(receive_batching.measure, 60, 3000, window, rounds)
+    sink(row)
+    return [row]
+
+
 SECTIONS: dict[str, Callable[[bool, Sink], Awaitable[list[Row]]]] = {
     "media": run_media,
     "forwarding_cost": run_forwarding_cost,
+    "receive_batching": run_receive_batching,
     "first_audio": run_first_audio,
     "memory": run_memory,
     "workers": run_workers,
@@ -226,6 +238,12 @@ def report(rows: list[Row]) -> str:
     costs = section(rows, "forwarding_cost")
     if costs:
         parts += ["### Where a forwarded packet's CPU goes", forwarding_cost.table(costs)]
+    batching = section(rows, "receive_batching")
+    if batching:
+        parts += [
+            "### Reading the media sockets: batched wake-ups",
+            receive_batching.table(batching),
+        ]
     first = [r for r in section(rows, "first_audio") if "first_audio_samples" in r]
     if first:
         parts += ["### Time to first reply audio, one session at a time", first_audio_report(first)]

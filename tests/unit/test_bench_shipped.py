@@ -78,7 +78,8 @@ def test_media_totals_sum_the_relays_counters() -> None:
 
 def test_arguments_are_bounded() -> None:
     args = parse_args(["--sessions", "10,40", "--duration", "20"])
-    assert args.sessions == [10, 40] and args.modes == ["direct", "fast", "aiortc", "rec"]
+    assert args.sessions == [10, 40]
+    assert args.modes == ["direct", "fast", "watch", "aiortc", "rec"]
     for bad in (
         ["--sessions", "500"],
         ["--duration", "600"],
