@@ -69,8 +69,6 @@ class MediaDatagramTransport(asyncio.DatagramTransport):
         self._protocol = protocol
         self._sockets = sockets
         self._peer = peer
-        self._buffer = bytearray(_MAX_DATAGRAM)
-        self._view = memoryview(self._buffer)
         self._queue: collections.deque[tuple[bytes, Any]] = collections.deque()
         self._closing = False
         self.dropped_sends = 0
@@ -80,17 +78,18 @@ class MediaDatagramTransport(asyncio.DatagramTransport):
         return self._fd
 
     # ------------------------------------------------------------------ receiving
-    def read_one(self) -> None:
-        """Read one datagram, if there is one, and hand it to the protocol."""
+    def read_one(self, buffer: bytearray, view: memoryview) -> None:
+        """Read one datagram into ``buffer`` (``view`` over it), if there is one, and hand a
+        copy to the protocol."""
         try:
-            n, addr = self._sock.recvfrom_into(self._buffer)
+            n, addr = self._sock.recvfrom_into(buffer)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
             # An ICMP error reported on the socket; the socket itself is fine.
             self._protocol.error_received(exc)
             return
-        self._protocol.datagram_received(bytes(self._view[:n]), addr)
+        self._protocol.datagram_received(bytes(view[:n]), addr)
 
     # ------------------------------------------------------------------ sending
     def sendto(self, data: Any, addr: Any = None) -> None:
@@ -199,6 +198,10 @@ class MediaSockets:
         self.batch_s = batch_s
         self._epoll = select.epoll()
         self._transports: dict[int, MediaDatagramTransport] = {}
+        # One receive buffer for the whole set: reads happen one at a time on the loop,
+        # and each datagram is copied out before its protocol sees it.
+        self._buffer = bytearray(_MAX_DATAGRAM)
+        self._view = memoryview(self._buffer)
         self._watching = False
         self._tick: asyncio.TimerHandle | None = None
         self._last_wake = 0.0
@@ -296,6 +299,7 @@ class MediaSockets:
         """Read one datagram from each ready socket, again until none is ready; the count."""
         poll = self._epoll.poll
         transports = self._transports
+        buffer, view = self._buffer, self._view
         count = 0
         for _ in range(_MAX_ROUNDS):
             ready = poll(0, _MAX_EVENTS)
@@ -306,7 +310,7 @@ class MediaSockets:
                 if transport is None:
                     continue  # closed by a protocol earlier in this round
                 try:
-                    transport.read_one()
+                    transport.read_one(buffer, view)
                 except Exception as exc:  # one protocol's bug must not stop the others
                     self._loop.call_exception_handler(
                         {
