@@ -29,14 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import logging
 import select
 import socket
 import time
 import weakref
 from typing import Any
-
-log = logging.getLogger("relay.media")
 
 # The largest UDP payload: a datagram is never truncated.
 _MAX_DATAGRAM = 65535
