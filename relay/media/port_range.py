@@ -2,12 +2,14 @@
 
 aioice binds every socket to port 0 (any port) and has no option for a range. While a
 relay peer gathers its candidates (``peers.set_local_description``), a context variable
-holds the configured ``PortRange``; aioice's ``asyncio.get_running_loop()`` is routed
-(``aiortc_private.route_aioice_running_loop``) to a small wrapper around the real loop
-whose ``create_datagram_endpoint`` binds inside the range instead of port 0. That covers
-the host candidates of both legs and the UDP socket of a TURN client; nothing else in
-the process is affected (other peers, such as tests' clients or the built-in simulator,
-gather without the context variable and bind anywhere).
+holds the configured ``PortRange`` (or none); aioice's ``asyncio.get_running_loop()`` is
+routed (``aiortc_private.route_aioice_running_loop``) to a small wrapper around the real
+loop whose ``create_datagram_endpoint`` binds the socket itself, inside the range when one
+is configured, and hands aioice the relay's own media transport for it
+(``relay.media.udp``, whose sockets are read together). That covers the host candidates
+of both legs and the UDP socket of a TURN client; nothing else in the process is affected
+(other peers, such as tests' clients or the built-in simulator, gather without the
+context variable and get the loop's own transports on any port).
 
 Ports are found by trying to bind, from a cursor that moves round the range, so ports held
 by anything else on the machine are skipped and a port is free again as soon as its
@@ -170,7 +172,7 @@ def port_range(low: int, high: int) -> PortRange | None:
     return found
 
 
-class _RangedLoop:
+class _RelayPeerLoop:
     """The running loop as aioice sees it while a relay peer gathers: only
     ``create_datagram_endpoint`` differs. The socket is bound inside the range (when one
     is configured, else to any port) and handed to the relay's own media transport
@@ -223,7 +225,7 @@ def _loop_for_aioice() -> asyncio.AbstractEventLoop:
     gather = _active.get()
     if gather is None:
         return loop
-    return cast(asyncio.AbstractEventLoop, _RangedLoop(loop, gather))
+    return cast(asyncio.AbstractEventLoop, _RelayPeerLoop(loop, gather))
 
 
 @contextlib.contextmanager
