@@ -593,7 +593,7 @@ async def run_point(
                 pair.at_upstream.reset()
                 pair.at_browser.reset()
             wire = None
-            if relay is not None:
+            if relay is not None and args.probes > 0:  # --probes 0: no per-hop latency
                 hops = await probe_hops([p for p in pairs if p.probe])
                 wire = await WireProbe.start(hops, data_dir, args.endpoint_cpu)
             ours = {os.getpid()} | ({relay.pid} if relay else set()) | wire_pids(wire)
