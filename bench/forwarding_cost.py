@@ -32,20 +32,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import queue
 import socket
 import struct
-import sys
 import time
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 from pylibsrtp import Policy, Session
 
-from bench.run import RESULTS_DIR
+from bench.run import report_row
 from relay.media import aiortc_private
 from relay.media.fastpath import FastOpusForwarder
 from relay.media.forwarding import DirectionStats
@@ -277,11 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     if not 1000 <= args.packets <= 200_000 or not 1 <= args.rounds <= 10:
         parser.error("--packets 1000..200000, --rounds 1..10")
     row = measure(args.packets, args.rounds)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    out = RESULTS_DIR / f"forwarding-cost-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
-    Path(out).write_text(json.dumps(row) + "\n")
-    print(table([row]))
-    print(f"\nraw results: {out}", file=sys.stderr)
+    report_row("forwarding-cost", row, table([row]))
 
 
 if __name__ == "__main__":

@@ -33,12 +33,11 @@ import resource
 import socket
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import uvloop
 
-from bench.run import RESULTS_DIR
+from bench.run import report_row
 from relay.config import MediaConfig
 from relay.media import udp
 
@@ -235,11 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     ):
         parser.error("keep it bounded: --sockets 1..500, --rate 100..20000, --window 1..30 s")
     row = measure(args.sockets, args.rate, args.window, args.rounds)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    out = RESULTS_DIR / f"receive-batching-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
-    Path(out).write_text(json.dumps(row) + "\n")
-    print(table([row]))
-    print(f"\nraw results: {out}", file=sys.stderr)
+    report_row("receive-batching", row, table([row]))
 
 
 if __name__ == "__main__":

@@ -56,6 +56,18 @@ ENDPOINT_PORT = 18082
 SETUP_CONCURRENCY = 10
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
+
+def report_row(name: str, row: dict[str, Any], table: str) -> Path:
+    """A one-row harness's ending: its row to ``bench/results/<name>-<time>.jsonl``, its
+    table to stdout, the file's path to stderr."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    out = RESULTS_DIR / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+    out.write_text(json.dumps(row) + "\n")
+    print(table)
+    print(f"\nraw results: {out}", file=sys.stderr)
+    return out
+
+
 BROWSER_PAYLOADS = preencode_bursts(1000.0)
 UPSTREAM_PAYLOADS = preencode_bursts(600.0)
 
