@@ -52,6 +52,15 @@ async def listening(relay: RelayHarness) -> None:
     await poll(ready, WITHIN_S, "the invalidation listener to be up")
 
 
+async def listening_relay(make_relay: MakeRelay, redis_url: str) -> RelayHarness:
+    """A relay on ``redis_url`` whose users may hold many sessions, once it listens."""
+    relay = await make_relay(
+        redis_url=redis_url, overrides={"limits": {"per_user_concurrent_sessions": 20}}
+    )
+    await listening(relay)
+    return relay
+
+
 async def evicted(relay: RelayHarness, redis_client: aioredis.Redis, token: str) -> None:
     async def gone() -> bool:
         return not relay.services.cache.cached_locally(hash_token(token)) and not (
@@ -64,11 +73,7 @@ async def evicted(relay: RelayHarness, redis_client: aioredis.Redis, token: str)
 async def test_an_operators_update_is_seen_long_before_the_ttl(
     make_relay: MakeRelay, redis_server: Any, redis_client: aioredis.Redis
 ) -> None:
-    relay = await make_relay(
-        redis_url=redis_server.url,
-        overrides={"limits": {"per_user_concurrent_sessions": 20}},
-    )
-    await listening(relay)
+    relay = await listening_relay(make_relay, redis_server.url)
     token = await relay.add_user(seconds=600)
     status, body, _ = await relay.create_session(token)
     assert status == 201, body
@@ -138,11 +143,7 @@ async def test_switched_off_nothing_listens_and_users_are_cached_briefly(
 async def test_a_deleted_user_and_a_rotated_token_are_refused_at_once(
     make_relay: MakeRelay, redis_server: Any, redis_client: aioredis.Redis
 ) -> None:
-    relay = await make_relay(
-        redis_url=redis_server.url,
-        overrides={"limits": {"per_user_concurrent_sessions": 20}},
-    )
-    await listening(relay)
+    relay = await listening_relay(make_relay, redis_server.url)
     rotated = await relay.add_user()
     assert (await relay.create_session(rotated))[0] == 201
     # Refused for its credit, so it has no session rows to delete first, but cached.
