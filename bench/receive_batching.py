@@ -67,6 +67,10 @@ def send(targets: list[tuple[str, int]], sink: socket.socket, rate: int, seconds
     sink.setblocking(False)
     out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     interval = 1 / rate
+    # The receiver times its window from this line (the interpreter's start-up, about a
+    # second, must not fall inside it).
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
     due = time.monotonic()
     end = due + seconds
     i = 0
@@ -126,8 +130,12 @@ async def run_variant(
                 }
             ),
             pass_fds=(sink.fileno(),),
+            stdout=asyncio.subprocess.PIPE,
         )
         try:
+            assert sender.stdout is not None
+            if await asyncio.wait_for(sender.stdout.readline(), 60) != b"ready\n":
+                raise RuntimeError("the sender did not start")
             await asyncio.sleep(WARMUP_S)
             before = resource.getrusage(resource.RUSAGE_THREAD)
             count0 = counter[0]
