@@ -68,14 +68,27 @@ def open_on(sockets: udp.MediaSockets) -> tuple[udp.MediaDatagramTransport, Reco
     return transport, protocol
 
 
+async def deliver(
+    sender: socket.socket,
+    transport: asyncio.DatagramTransport,
+    protocol: Recorder,
+    payloads: list[bytes],
+) -> None:
+    """Send ``payloads`` to the transport's socket; wait until its protocol has them all."""
+    here = transport.get_extra_info("sockname")
+    for payload in payloads:
+        sender.sendto(payload, here)
+    await wait_until(
+        lambda: len(protocol.datagrams) == len(payloads), 5, f"{len(payloads)} datagrams"
+    )
+
+
 async def test_datagrams_arrive_with_their_sender_and_go_out_to_the_address_given(
     far_end: socket.socket, sockets: udp.MediaSockets
 ) -> None:
     transport, protocol = open_on(sockets)
     here = transport.get_extra_info("sockname")
-    for i in range(5):
-        far_end.sendto(b"in %d" % i, here)
-    await wait_until(lambda: len(protocol.datagrams) == 5, 5, "five datagrams")
+    await deliver(far_end, transport, protocol, [b"in %d" % i for i in range(5)])
     assert [d for d, _ in protocol.datagrams] == [b"in %d" % i for i in range(5)]
     assert {a for _, a in protocol.datagrams} == {far_end.getsockname()}
 
@@ -228,10 +241,7 @@ async def test_without_batching_every_datagram_is_read_when_it_arrives(
     far_end: socket.socket, sockets: udp.MediaSockets
 ) -> None:
     transport, protocol = open_on(sockets)
-    here = transport.get_extra_info("sockname")
-    for i in range(50):
-        far_end.sendto(b"%d" % i, here)
-    await wait_until(lambda: len(protocol.datagrams) == 50, 5, "fifty datagrams")
+    await deliver(far_end, transport, protocol, [b"%d" % i for i in range(50)])
     assert sockets.polls == 0 and not sockets.batching
 
 
@@ -257,10 +267,7 @@ def test_the_standard_event_loop_drives_it_too() -> None:
         sender = bound_socket()
         try:
             transport, protocol = open_on(sockets)
-            here = transport.get_extra_info("sockname")
-            for i in range(200):
-                sender.sendto(b"%d" % i, here)
-            await wait_until(lambda: len(protocol.datagrams) == 200, 5, "every datagram")
+            await deliver(sender, transport, protocol, [b"%d" % i for i in range(200)])
             transport.sendto(b"back", sender.getsockname())
             sender.settimeout(5)
             data, _ = await asyncio.to_thread(sender.recvfrom, 100)
