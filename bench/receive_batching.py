@@ -37,7 +37,6 @@ from typing import Any
 
 import uvloop
 
-from bench.run import report_row
 from relay.config import MediaConfig
 from relay.media import udp
 
@@ -241,6 +240,10 @@ def main(argv: list[str] | None = None) -> None:
         or not 1 <= args.rounds <= 10
     ):
         parser.error("keep it bounded: --sockets 1..500, --rate 100..20000, --window 1..30 s")
+    # Here, not at the top: the sender (above) imports this module too, and bench.run
+    # pre-encodes audio at import, a second of start-up the sender does not need.
+    from bench.run import report_row
+
     row = measure(args.sockets, args.rate, args.window, args.rounds)
     report_row("receive-batching", row, table([row]))
 
