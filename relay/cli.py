@@ -256,6 +256,7 @@ async def _doctor(settings: Settings) -> int:
     relay would use, checked end to end."""
     from relay.upstream.doctor import doctor_main
 
+    _doctor_media(settings)
     upstream = settings.upstream
     if upstream.api_key:
         return await doctor_main(upstream)
@@ -272,6 +273,16 @@ async def _doctor(settings: Settings) -> int:
         return await doctor_main(config, simulated=True)
     finally:
         await simulator.close()
+
+
+def _doctor_media(settings: Settings) -> None:
+    """The media forwarding line: which fast path this installation runs (never fails)."""
+    from relay.media import fastloop
+    from relay.upstream.doctor import Check
+
+    fastloop.configure(settings.media.compiled_fast_path)
+    outcome, detail, todo = fastloop.doctor_check()
+    print(Check(outcome, "media forwarding", detail, todo).line(), flush=True)
 
 
 async def _supervise(settings: Settings, workers: int, argv: list[str]) -> int:

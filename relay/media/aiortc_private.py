@@ -68,7 +68,14 @@ aiortc's DTLS task and sends them below aiortc's sender:
   reports are routed to the receiver through it (aiortc fills it while routing RTP).
 * ``RTCDtlsTransport._send_rtp(data)``: protect and send one packet (tests only).
 * pylibsrtp ``Session._srtp`` and its ``_binding`` module (``SrtpCodec``): libsrtp
-  calls without the wrapper's per-call allocations.
+  calls without the wrapper's per-call allocations; the compiled loop
+  (``relay.media.fastloop``) gets the addresses of ``srtp_protect``/``srtp_unprotect``
+  and of each session's ``srtp_t`` from them (``srtp_function_addresses``,
+  ``srtp_context_address``).
+* aiortc ``StreamStatistics._jitter_q4`` / ``_last_arrival`` / ``_last_timestamp`` (with
+  its public ``base_seq``, ``max_seq``, ``cycles``, ``packets_received``): the compiled
+  loop keeps the same statistics per packet and copies them in and out
+  (``statistics_state``, ``set_statistics_state``).
 * ``RTCRtpSender._RTCRtpSender__rtp_started``: set when the sender's RTP task runs.
 * ``RTCRtpSender._ssrc`` and ``_RTCRtpSender__ntp_timestamp`` / ``__rtp_timestamp`` /
   ``__packet_count`` / ``__octet_count``: the sender's SSRC and the state its RTCP task
@@ -78,6 +85,7 @@ aiortc's DTLS task and sends them below aiortc's sender:
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import threading
 import types
 from collections.abc import Awaitable, Callable
@@ -416,6 +424,65 @@ class SrtpCodec:
             return None
         out: bytes = self._buffer[0 : self._length[0]]
         return out
+
+
+StatisticsState = tuple[int | None, int | None, int, int, int, int | None, int | None]
+
+
+def statistics_state(stats: Any) -> StatisticsState:
+    """What ``StreamStatistics.add`` reads and writes: (base_seq, max_seq, cycles,
+    packets_received, jitter_q4, last_arrival, last_timestamp)."""
+    return (
+        stats.base_seq,
+        stats.max_seq,
+        stats.cycles,
+        stats.packets_received,
+        stats._jitter_q4,
+        stats._last_arrival,
+        stats._last_timestamp,
+    )
+
+
+def set_statistics_state(stats: Any, state: StatisticsState) -> None:
+    """Write back what ``statistics_state`` read, after packets were counted elsewhere."""
+    (
+        stats.base_seq,
+        stats.max_seq,
+        stats.cycles,
+        stats.packets_received,
+        stats._jitter_q4,
+        stats._last_arrival,
+        stats._last_timestamp,
+    ) = state
+
+
+def srtp_function_addresses() -> tuple[int, int]:
+    """The addresses of ``srtp_protect`` and ``srtp_unprotect`` in the libsrtp pylibsrtp
+    loaded (the one every session's context belongs to)."""
+    ffi, lib = _srtp_binding.ffi, _srtp_binding.lib
+    return (
+        int(ffi.cast("uintptr_t", ffi.addressof(lib, "srtp_protect"))),
+        int(ffi.cast("uintptr_t", ffi.addressof(lib, "srtp_unprotect"))),
+    )
+
+
+def srtp_context_address(session: Any) -> int:
+    """The address of a pylibsrtp ``Session``'s ``srtp_t`` (valid while the session lives)."""
+    address: int = int(_srtp_binding.ffi.cast("uintptr_t", session._srtp[0]))
+    return address
+
+
+def srtp_library_version() -> str:
+    """libsrtp's own version string, as pylibsrtp loaded it (e.g. "libsrtp2 2.7.0")."""
+    # pylibsrtp does not declare the function; its extension module exports it (libsrtp
+    # is linked in statically), and dlopen of an already loaded library is that library.
+    try:
+        library = ctypes.CDLL(_srtp_binding.__file__)
+        library.srtp_get_version_string.restype = ctypes.c_char_p
+        version: bytes = library.srtp_get_version_string()
+    except (OSError, AttributeError):
+        return "unknown"
+    return version.decode(errors="replace")
 
 
 # aiortc's own version, kept for tests and comparisons.

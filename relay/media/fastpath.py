@@ -30,6 +30,14 @@ reach the receiver and its receiver reports carry LSR/DLSR for the far end's RTT
 and the sending leg's sender gets the packet/octet counts and the RTP/NTP time pair
 its RTCP task puts in every sender report. Every private name used lives in
 ``relay.media.aiortc_private``.
+
+When the compiled loop is built and reads the legs' sockets (``relay.media.fastloop``),
+the forwarder hands it the direction once its first packet went out in Python: a route
+with the SRTP sessions, both sockets and everything the rewrite and the counters need.
+From then on the loop forwards the direction's packets in C, exactly as ``_forward`` and
+``_send`` would; the forwarder gets the route back (``compiled_plain``) for whatever
+needs Python (a new SSRC), copies the route's counters into the objects that publish them
+(``compiled_sync``), and takes the route away when the legs change or it stops.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import struct
 import time
@@ -45,7 +54,7 @@ from typing import Any
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtcrtpsender import RTCRtpSender
 
-from relay.media import aiortc_private
+from relay.media import aiortc_private, fastloop, udp
 from relay.media.forwarding import OPUS_CLOCK_RATE, DirectionStats
 from relay.media.sdp import AUDIO_LEVEL_EXTENSION, MID_EXTENSION, RtpLeg
 from relay.media.tap import PacketTap, TappedPacket
@@ -65,6 +74,7 @@ _NTP_ONE_SECOND = 1 << 32
 # (rather than waiting up to a frame for the next one) if it is still this fresh: the
 # current frame, with some jitter; anything older would be stale audio.
 HELD_PACKET_MAX_AGE_S = 0.03
+_MASK64 = (1 << 64) - 1
 
 
 def is_rtp(datagram: bytes) -> bool:
@@ -146,6 +156,13 @@ class FastOpusForwarder:
         self._out_ssrc = aiortc_private.sender_ssrc(sender)
         self._report = aiortc_private.SenderReportState(sender)
         self._pairs = aiortc_private.nominated_pairs(self._out_dtls)
+        self._in_pairs = aiortc_private.nominated_pairs(self._in_dtls)
+        # The compiled loop's route while it carries this direction, the selected pairs it
+        # was made for, and the pairs a route could not be made for (relay.media.fastloop).
+        self._route: Any = None
+        self._route_loop: Any = None
+        self._route_pairs: tuple[Any, Any] | None = None
+        self._route_refused: tuple[Any, Any] | None = None
         self._pair: Any = None
         self._sock: Any = None
         self._addr: tuple[str, int] | None = None
@@ -182,8 +199,13 @@ class FastOpusForwarder:
         self._level_in = incoming.extensions.get(AUDIO_LEVEL_EXTENSION)
         level_out = outgoing.extensions.get(AUDIO_LEVEL_EXTENSION)
         self._ext_by_level: list[bytes] | None = None
+        # For the compiled loop: one block, and where in it the level byte goes.
+        self._level_at = 0
         if self._level_in is not None and level_out is not None:
             self._ext_by_level = extension_blocks_by_level(base, level_out)
+            self._level_at = next(
+                i for i, (a, b) in enumerate(zip(*self._ext_by_level[:2], strict=True)) if a != b
+            )
         else:
             self._level_in = None
 
@@ -197,6 +219,7 @@ class FastOpusForwarder:
 
     async def stop(self) -> None:
         # Idempotent: removing hooks that are gone is a no-op (``Forwarder`` protocol).
+        self._release()
         aiortc_private.remove_datagram_hook(self._in_dtls)
         aiortc_private.remove_decrypted_rtp_hook(self._in_dtls)
         task, self._held_task = self._held_task, None
@@ -233,6 +256,10 @@ class FastOpusForwarder:
         if not (len(data) >= 12 and 127 < data[0] < 192 and not 191 < data[1] < 209):
             original(data, component)  # DTLS (data channel), SRTCP: aiortc's path
             return
+        if self._route is not None:
+            # RTP the compiled loop did not read (another socket of the leg): Python's
+            # turn, with the loop's counters; the next packet sent hands it back.
+            self._release()
         rx = self._rx
         if rx is None:
             # Until the handshake is done, and until aiortc's task has worked through
@@ -256,6 +283,7 @@ class FastOpusForwarder:
 
     async def _on_decrypted(self, plain: bytes, arrival_time_ms: int) -> None:
         """RTP that arrived before this leg's SRTP keys, decrypted later by aiortc's task."""
+        self._release()
         try:
             self._forward(plain)
         except Exception:
@@ -314,6 +342,8 @@ class FastOpusForwarder:
             stats.dropped_not_connected += 1  # the other leg is not (or no longer) up
             if not self.packets_sent:
                 self._held = (b1, seq, ts, level, payload, now)
+        elif self._route is None:
+            self._attach()
 
     def _send(
         self, b1: int, seq: int, ts: int, level: int | None, payload: bytes, now: float
@@ -364,6 +394,177 @@ class FastOpusForwarder:
         )
         return True
 
+    # ------------------------------------------------------------------ compiled loop
+    def _attach(self) -> None:
+        """Hand the direction to the compiled loop, if it reads both legs' sockets."""
+        pairs = (self._in_pairs.get(1), self._pair)
+        if pairs == self._route_refused:
+            return
+        self._route_refused = pairs  # until either selected pair changes
+        in_pair, out_pair = pairs
+        if in_pair is None or out_pair is None or self._ssrc is None or self._addr is None:
+            return
+        in_end = aiortc_private.pair_endpoint(in_pair)[0]
+        compiled = udp.compiled_loop_of(in_end, self._sock)
+        rx_session = aiortc_private.srtp_sessions(self._in_dtls)[0]
+        tx_session = aiortc_private.srtp_sessions(self._out_dtls)[1]
+        if compiled is None or rx_session is None or tx_session is None:
+            return  # a TURN leg, no compiled loop, or not this loop's sockets
+        try:
+            route = fastloop.new_route(
+                in_fd=in_end.fileno,
+                out_fd=self._sock.fileno,
+                out_addr=self._addr,
+                rx_session=rx_session,
+                tx_session=tx_session,
+                owner=self,
+            )
+        except ValueError:
+            return  # an address the loop cannot send to (a scoped IPv6 one)
+        by_level = self._ext_by_level
+        route.set_rewrite(
+            self._out_ssrc,
+            self._out_pt,
+            self._opus,
+            -1 if self._level_in is None else self._level_in,
+            self._ext_plain,
+            by_level[0] if by_level is not None else b"",
+            self._level_at,
+        )
+        self._store(route)
+        compiled.add_route(route)
+        self._route, self._route_loop, self._route_pairs = route, compiled, pairs
+        self._route_refused = None
+        self._stats.compiled = True
+
+    def _detach(self) -> None:
+        route, self._route = self._route, None
+        if route is not None:
+            self._route_loop.remove_route(route)
+            self._route_loop = None
+            self._stats.compiled = False
+
+    def _release(self) -> None:
+        """Take the direction back from the compiled loop, with its counters."""
+        route = self._route
+        if route is not None:
+            self._load(route)
+            self._detach()
+
+    def _store(self, route: Any) -> None:
+        """This forwarder's state into ``route`` (the loop goes on from it)."""
+        stats = self._stats
+        route.ssrc = self._ssrc
+        route.seq_off = self._seq_off
+        route.ts_off = self._ts_off
+        route.tap = self._tap is not None
+        route.packets_in = stats.packets_in
+        route.bytes_in = stats.bytes_in
+        route.forwarded = stats.forwarded
+        route.forwarded_bytes = stats.forwarded_bytes
+        route.dropped_invalid = stats.dropped_invalid
+        route.dropped_other_codec = stats.dropped_other_codec
+        route.first_packet_at = _or_nan(stats.first_packet_at)
+        route.last_packet_at = _or_nan(stats.last_packet_at)
+        route.hi_seq = self._hi_seq
+        route.hi_ts = self._hi_ts
+        route.last_forward_at = _or_nan(self._last_forward_at)
+        route.packets_sent = self.packets_sent
+        route.octets_sent = self.octets_sent
+        route.ntp_base = self._ntp_base & _MASK64
+        state = aiortc_private.statistics_state(self._rtcp_stats)
+        (
+            route.base_seq,
+            route.max_seq,
+            route.cycles,
+            route.received,
+            route.jitter_q4,
+            route.last_arrival,
+            route.last_timestamp,
+        ) = (-1 if value is None else value for value in state)
+
+    def _load(self, route: Any) -> None:
+        """``route``'s counters into the objects that publish them (and this forwarder)."""
+        stats = self._stats
+        stats.packets_in = route.packets_in
+        stats.bytes_in = route.bytes_in
+        stats.forwarded = route.forwarded
+        stats.forwarded_bytes = route.forwarded_bytes
+        stats.dropped_invalid = route.dropped_invalid
+        stats.dropped_other_codec = route.dropped_other_codec
+        stats.first_packet_at = _or_none(route.first_packet_at)
+        stats.last_packet_at = _or_none(route.last_packet_at)
+        self._hi_seq = route.hi_seq
+        self._hi_ts = route.hi_ts
+        self._last_forward_at = _or_none(route.last_forward_at)
+        sent = route.packets_sent
+        if sent != self.packets_sent:
+            self.packets_sent = sent
+            self.octets_sent = route.octets_sent
+            self._report.record(
+                route.sr_ntp, route.sr_rtp_ts, sent & 0xFFFFFFFF, self.octets_sent & 0xFFFFFFFF
+            )
+        base, top, cycles, received, jitter_q4, arrival, timestamp = (
+            route.base_seq,
+            route.max_seq,
+            route.cycles,
+            route.received,
+            route.jitter_q4,
+            route.last_arrival,
+            route.last_timestamp,
+        )
+        aiortc_private.set_statistics_state(
+            self._rtcp_stats,
+            (
+                None if base < 0 else base,
+                None if top < 0 else top,
+                cycles,
+                received,
+                jitter_q4,
+                None if arrival < 0 else arrival,
+                None if timestamp < 0 else timestamp,
+            ),
+        )
+
+    def refresh(self) -> None:
+        if self._route is not None:
+            self._load(self._route)
+
+    def compiled_sync(self, route: Any) -> None:
+        if route is not self._route:
+            return  # taken back meanwhile (its counters were loaded then)
+        self._load(route)
+        if (self._in_pairs.get(1), self._pairs.get(1)) != self._route_pairs:
+            self._detach()  # a leg selected another pair: Python's path picks it up
+
+    def compiled_plain(self, route: Any, plain: bytes) -> None:
+        current = route is self._route
+        if current:
+            self._load(route)
+        try:
+            self._forward(plain)
+        except Exception:
+            self.errors += 1
+            if self.errors == 1:
+                log.exception("fast path: packet forwarding failed")
+        if not current or self._route is not route:
+            return
+        pairs = (self._in_pairs.get(1), self._pairs.get(1))
+        if route.out_fd < 0 or pairs != self._route_pairs or self._ssrc is None:
+            self._detach()  # the sending socket closed, or a leg changed its pair
+            return
+        self._store(route)
+        route.paused = False
+
+    def compiled_tap(
+        self, payload: bytes, seq: int, ts: int, ssrc: int, marker: bool, arrival: float
+    ) -> None:
+        tap = self._tap
+        if tap is not None:
+            tap.on_packet(
+                TappedPacket("opus", OPUS_CLOCK_RATE, payload, seq, ts, ssrc, marker, arrival)
+            )
+
     def _switch_source(self, ssrc: int, seq: int, ts: int, now: float) -> None:
         """A new incoming SSRC: continue the outgoing sequence and timestamp timelines."""
         self._held = None  # its offsets were the old source's
@@ -379,3 +580,11 @@ class FastOpusForwarder:
         self._ssrc = ssrc
         self._rtcp_stats = aiortc_private.receiver_statistics(self._receiver, ssrc, OPUS_CLOCK_RATE)
         aiortc_private.bind_remote_ssrc(self._receiver, ssrc)
+
+
+def _or_nan(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def _or_none(value: float) -> float | None:
+    return None if math.isnan(value) else value

@@ -71,6 +71,8 @@ class DirectionStats:
     ssrc_changes: int = 0
     # True when the direction runs on ``relay.media.fastpath`` rather than aiortc's sender.
     fast_path: bool = False
+    # True while the compiled loop (``relay.media.fastloop``) carries its packets.
+    compiled: bool = False
     first_packet_at: float | None = None
     last_packet_at: float | None = None
 
@@ -180,6 +182,9 @@ class OpusPassthrough:
     async def stop(self) -> None:
         aiortc_private.remove_rtp_hook(self._receiver)
 
+    def refresh(self) -> None:
+        pass  # counted per packet
+
     async def _on_rtp(self, packet: RtpPacket, arrival_time_ms: int) -> None:
         stats = self._stats
         payload = packet.payload
@@ -269,6 +274,9 @@ class DecodedRelay:
         pump, self._pump = self._pump, None
         await cancel_and_wait(pump)
 
+    def refresh(self) -> None:
+        pass  # counted per packet
+
     async def _count_then_handle(self, packet: RtpPacket, arrival_time_ms: int) -> None:
         stats = self._stats
         stats.packets_in += 1
@@ -317,3 +325,7 @@ class Forwarder(Protocol):
 
     async def stop(self) -> None:
         """Stop taking them; idempotent."""
+
+    def refresh(self) -> None:
+        """Bring the direction's counters up to date before they are read (the compiled
+        loop copies them into ``DirectionStats`` in batches; other paths count as they go)."""

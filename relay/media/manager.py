@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from relay.admission.store import DatabaseUnavailable, SessionState
 from relay.config import IceConfig
 from relay.errors import ApiError
-from relay.media import udp
+from relay.media import fastloop, udp
 from relay.media.bridge import (
     Bridge,
     BridgeClosed,
@@ -132,6 +132,8 @@ class BridgeManager:
             log.warning("%s", too_small)
         # Process-wide, like the other aioice adaptations: every relay media socket.
         udp.configure(settings.media.receive_batch_ms / 1000)
+        fastloop.configure(settings.media.compiled_fast_path)
+        self.metrics.set_forwarding_path(fastloop.path())
         self._force_decode = force_decode
         self._bridges: dict[str, Bridge] = {}
 

@@ -75,6 +75,11 @@ class MediaMetrics:
             ["action"],
         )
         self.bridges_live = registry.gauge("relay_media_bridges_live", "Live media bridges")
+        self.forwarding_path = registry.gauge(
+            "relay_media_forwarding_path",
+            "1 for the path the fast path forwards with (compiled: relay.media._fastloop)",
+            ["path"],
+        )
         self.bridges_ended = registry.counter(
             "relay_media_bridges_ended_total", "Bridges ended, by reason", ["reason"]
         )
@@ -94,6 +99,10 @@ class MediaMetrics:
             buckets=SLOW_BUCKETS,
         )
         self._published: dict[int, _Published] = {}
+
+    def set_forwarding_path(self, path: str) -> None:
+        for name in ("compiled", "python"):
+            self.forwarding_path.set(1 if name == path else 0, path=name)
 
     def publish(self, stats: DirectionStats, queue_drops: int, before_start: int = 0) -> None:
         """Add what changed since the last call for this ``stats`` object."""

@@ -23,6 +23,10 @@ uvloop's UDP transport cannot stop reading a socket (it has no ``pause_reading``
 relay's media sockets use ``MediaDatagramTransport``, a small ``asyncio.DatagramTransport``
 over a non-blocking socket, which both event loops can drive. aioice creates the sockets;
 ``relay.media.port_range`` hands it these transports while a relay peer gathers.
+
+When the compiled loop is built and enabled (``relay.media.fastloop``), a set reads its
+sockets through it: the same rounds, with ``recvmmsg``, forwarding the fast path's RTP in C
+and handing everything else to the same protocols.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ import socket
 import time
 import weakref
 from typing import Any
+
+from relay.media import fastloop
 
 # The largest UDP payload: a datagram is never truncated.
 _MAX_DATAGRAM = 65535
@@ -88,6 +94,13 @@ class MediaDatagramTransport(asyncio.DatagramTransport):
             return
         self._protocol.datagram_received(bytes(view[:n]), addr)
 
+    def deliver(self, data: bytes, addr: Any) -> None:
+        """A datagram the compiled loop read from this socket and did not forward itself."""
+        self._protocol.datagram_received(data, addr)
+
+    def report_error(self, exc: OSError) -> None:
+        self._protocol.error_received(exc)
+
     # ------------------------------------------------------------------ sending
     def sendto(self, data: Any, addr: Any = None) -> None:
         """Send now if the socket takes it, else queue it (bounded) until it does.
@@ -104,6 +117,8 @@ class MediaDatagramTransport(asyncio.DatagramTransport):
                 return
             except (BlockingIOError, InterruptedError):
                 self._loop.add_writer(self._fd, self._write_ready)
+                # The compiled loop must not send past the queue: through it until drained.
+                self._sockets.hold(self._fd, True)
             except OSError as exc:
                 self._protocol.error_received(exc)
                 return
@@ -130,6 +145,7 @@ class MediaDatagramTransport(asyncio.DatagramTransport):
                 self._protocol.error_received(exc)
             queue.popleft()
         self._loop.remove_writer(self._fd)
+        self._sockets.hold(self._fd, False)
         if self._closing:
             self._finish_close()
 
@@ -186,7 +202,9 @@ class MediaDatagramTransport(asyncio.DatagramTransport):
 class MediaSockets:
     """Every media socket of one event loop, read together (see the module docstring)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, batch_s: float) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, batch_s: float, *, compiled: bool | None = None
+    ) -> None:
         if not 0 <= batch_s <= 0.01:
             raise ValueError(f"batch_s must be 0..0.01, not {batch_s}")
         # Weakly: the registry below maps each loop to its set, and a set holding its
@@ -202,6 +220,10 @@ class MediaSockets:
         self._watching = False
         self._tick: asyncio.TimerHandle | None = None
         self._last_wake = 0.0
+        # The compiled loop reading this set (``compiled`` None: as configured), if any.
+        use_compiled = fastloop.active() if compiled is None else compiled
+        self.compiled: Any = fastloop.new_loop() if use_compiled else None
+        self._sync: asyncio.TimerHandle | None = None
         # Counters for /api/stats and the benchmarks.
         self.wakeups = 0
         self.polls = 0
@@ -233,6 +255,12 @@ class MediaSockets:
             "polls": self.polls,
             "datagrams": self.datagrams,
             "datagrams_per_wakeup": round(self.datagrams / woken, 2) if woken else None,
+            # Which path reads and forwards (relay.media.fastloop).
+            "forwarding": fastloop.describe()
+            | {
+                "path": "compiled" if self.compiled is not None else "python",
+                "compiled_routes": self.compiled.route_count if self.compiled is not None else 0,
+            },
         }
 
     def add(self, transport: MediaDatagramTransport) -> None:
@@ -247,13 +275,22 @@ class MediaSockets:
         if self._transports.pop(fd, None) is None:
             return
         self._epoll.unregister(fd)
+        if self.compiled is not None:
+            self.compiled.forget_fd(fd)
         if not self._transports:
             self._stop()
+
+    def hold(self, fd: int, queued: bool) -> None:
+        """A transport started (or stopped) queueing what its socket refused."""
+        if self.compiled is not None:
+            self.compiled.hold(fd, queued)
 
     def close(self) -> None:
         for transport in list(self._transports.values()):
             transport.abort()
         self._stop()
+        if self.compiled is not None:
+            self.compiled.close()
         self._epoll.close()
 
     def _watch(self) -> None:
@@ -267,6 +304,9 @@ class MediaSockets:
         if self._tick is not None:
             self._tick.cancel()
             self._tick = None
+        if self._sync is not None:
+            self._sync.cancel()
+            self._sync = None
 
     def _on_readable(self) -> None:
         self.wakeups += 1
@@ -294,6 +334,8 @@ class MediaSockets:
 
     def _read_ready(self) -> int:
         """Read one datagram from each ready socket, again until none is ready; the count."""
+        if self.compiled is not None:
+            return self._read_ready_compiled()
         poll = self._epoll.poll
         transports = self._transports
         buffer, view = self._buffer, self._view
@@ -319,6 +361,40 @@ class MediaSockets:
             count += len(ready)
         self.datagrams += count
         return count
+
+    def _read_ready_compiled(self) -> int:
+        """The same rounds in C (``recvmmsg``; every ready socket read out, up to a batch),
+        the fast path's RTP forwarded there; the rest handed on here."""
+        loop = self._loop
+        count, punts = self.compiled.pump(self._epoll.fileno(), _MAX_ROUNDS)
+        if punts is not None:
+            fastloop.dispatch(punts, self._transports, loop)
+        if self.compiled.dirty and self._sync is None:
+            # Counters not yet due reach Python within the interval even if packets stop.
+            self._sync = loop.call_later(fastloop.SYNC_INTERVAL_S, self._on_sync)
+        self.datagrams += count
+        result: int = count
+        return result
+
+    def _on_sync(self) -> None:
+        self._sync = None
+        if self.compiled is not None:
+            fastloop.sync_all(self.compiled, self._loop)
+
+
+def compiled_loop_of(receiving: Any, sending: Any) -> Any:
+    """The compiled loop that reads ``receiving``'s socket and may send on ``sending``'s:
+    both open media transports of one set that has one (else None: a TURN leg's transport,
+    or the Python path)."""
+    if not (
+        isinstance(receiving, MediaDatagramTransport)
+        and isinstance(sending, MediaDatagramTransport)
+        and not receiving.is_closing()
+        and not sending.is_closing()
+        and receiving._sockets is sending._sockets
+    ):
+        return None
+    return receiving._sockets.compiled
 
 
 # One ``MediaSockets`` per event loop (tests run many loops in one process).

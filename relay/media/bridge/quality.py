@@ -29,6 +29,8 @@ class Quality:
     def snapshot(self) -> dict[str, Any]:
         """A JSON-ready snapshot of the bridge (cheap; no awaits)."""
         b = self._bridge
+        for forwarder in b.forwarders:
+            forwarder.refresh()
         now = time.monotonic()
         first = b.upstream_to_browser.first_packet_at
         return {
@@ -52,6 +54,8 @@ class Quality:
 
     def publish_metrics(self) -> None:
         b = self._bridge
+        for forwarder in b.forwarders:
+            forwarder.refresh()
         for stats, queue in (
             (b.browser_to_upstream, b.to_upstream),
             (b.upstream_to_browser, b.to_browser),
@@ -97,6 +101,7 @@ def direction_stats(stats: DirectionStats, queue: BoundedQueueTrack, now: float)
         "mode": stats.mode,
         "decoder_used": stats.mode == "decode",
         "fast_path": stats.fast_path,
+        "compiled": stats.compiled,
         "codec_in": stats.codec_in,
         "codec_out": stats.codec_out,
         "packets_in": stats.packets_in,

@@ -1,0 +1,1139 @@
+/* The forwarding fast path's per-datagram loop, compiled (relay.media._fastloop).
+ *
+ * relay/media/fastloop.py is the Python side and docs/media.md ("The compiled loop") the
+ * design. In short: ``Loop.pump(epoll_fd)`` reads every ready media socket of one event
+ * loop with recvmmsg, and for each datagram that arrives on a socket a ``Route`` is
+ * attached to (one forwarding direction: the receiving leg's socket) and is RTP, does
+ * what ``FastOpusForwarder`` does in Python:
+ *
+ *     SRTP unprotect -> header rewrite -> SRTP protect -> sendmmsg on the other leg
+ *
+ * with the same checks, the same counters and the same rewrite. Everything else is handed
+ * back to Python as a list of tuples ("punts"), in arrival order:
+ *
+ *     (PUNT_RAW, fd, data, addr)        a datagram for the socket's protocol (STUN, DTLS,
+ *                                       SRTCP, RTP of a socket without a route)
+ *     (PUNT_PLAIN, route, plain)        decrypted RTP the route's owner handles in Python
+ *                                       (a new SSRC; the route paused or unable to send)
+ *     (PUNT_SEND, fd, data, addr)       a protected packet the socket did not take now
+ *                                       (its transport queues it)
+ *     (PUNT_TAP, route, payload, seq, ts, ssrc, marker, arrival)
+ *                                       a forwarded packet for the recorder's tap
+ *     (PUNT_ERROR, fd, errno)           an error reported on the socket
+ *     (PUNT_SYNC, route)                the route's counters are due to be copied into the
+ *                                       Python objects that publish them
+ *
+ * The libsrtp used is the one pylibsrtp loaded: its srtp_protect/srtp_unprotect
+ * addresses are handed in once (set_srtp) and every route gets the srtp_t contexts of
+ * its legs' pylibsrtp sessions, holding a reference to the session objects so that the
+ * contexts outlive the route. Nothing here calls back into Python while a pump runs.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <time.h>
+
+/* The limits of relay.media.aiortc_private.SrtpCodec, so both paths refuse the same. */
+#define SRTP_BUFFER 1500
+#define SRTP_MAX_TRAILER (16 + 128)
+/* Datagrams read per recvmmsg and sent per sendmmsg. */
+#define VLEN 16
+/* Receive slots hold the largest UDP payload: no datagram is ever truncated. The odd
+ * stride keeps the slots' first bytes out of one cache set. */
+#define RECV_SLOT 65536
+#define RECV_STRIDE (RECV_SLOT + 256)
+#define SEND_STRIDE 2048
+#define MAX_EVENTS 256
+#define EXT_MAX 64
+#define MAX_FD (1 << 22)
+
+#define PUNT_RAW 0
+#define PUNT_PLAIN 1
+#define PUNT_SEND 2
+#define PUNT_TAP 3
+#define PUNT_ERROR 4
+#define PUNT_SYNC 5
+
+typedef int (*srtp_fn)(void *ctx, void *header, int *length);
+
+static srtp_fn srtp_protect_fn = NULL;
+static srtp_fn srtp_unprotect_fn = NULL;
+
+/* ------------------------------------------------------------------ clocks */
+
+static double monotonic_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static double realtime_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+/* ------------------------------------------------------------------ Route */
+
+typedef struct Route {
+    PyObject_HEAD
+    /* Wiring. */
+    int in_fd;
+    int out_fd; /* -1: cannot send (the socket closed): packets go to Python */
+    struct sockaddr_storage out_addr;
+    socklen_t out_addrlen;
+    void *rx_ctx;
+    void *tx_ctx;
+    PyObject *rx_session; /* keep the contexts alive */
+    PyObject *tx_session;
+    PyObject *owner;
+    Py_ssize_t index;       /* in the loop's route array; -1 when detached */
+    Py_ssize_t dirty_index; /* in the loop's dirty array; -1 when clean */
+    /* Rewrite. */
+    unsigned int ssrc; /* the incoming SSRC the offsets belong to */
+    unsigned int out_ssrc;
+    int out_pt;
+    unsigned int seq_off;
+    unsigned int ts_off;
+    uint8_t opus[16]; /* bitmap of the payload types accepted as Opus */
+    int level_in;     /* one-byte extension id of the incoming audio level; -1 none */
+    uint8_t ext_plain[EXT_MAX];
+    Py_ssize_t ext_plain_len;
+    uint8_t ext_level[EXT_MAX]; /* the same block with an audio-level element */
+    Py_ssize_t ext_level_len;   /* 0: the level is not carried over */
+    Py_ssize_t level_at;        /* where the level byte goes in ext_level */
+    int tap;
+    int paused; /* Python owns the route's packets until it clears this */
+    /* Counters (DirectionStats). */
+    unsigned long long packets_in;
+    unsigned long long bytes_in;
+    unsigned long long forwarded;
+    unsigned long long forwarded_bytes;
+    unsigned long long dropped_invalid;
+    unsigned long long dropped_other_codec;
+    double first_packet_at; /* NaN: none yet */
+    double last_packet_at;
+    /* Sending state (FastOpusForwarder). */
+    unsigned int hi_seq;
+    unsigned int hi_ts;
+    double last_forward_at; /* NaN: none yet */
+    unsigned long long packets_sent;
+    unsigned long long octets_sent;
+    /* Sender report state (what the sender's RTCP task reports). */
+    unsigned long long ntp_base;
+    unsigned long long sr_ntp;
+    unsigned int sr_rtp_ts;
+    /* Receiver statistics (aiortc's StreamStatistics), -1: None. */
+    long long base_seq;
+    long long max_seq;
+    long long cycles;
+    long long received;
+    long long jitter_q4;
+    long long last_arrival;
+    long long last_timestamp;
+    int clock_rate;
+    /* Syncing with Python. */
+    double last_sync;
+    int urgent;
+} Route;
+
+static PyTypeObject RouteType;
+
+static int route_traverse(Route *self, visitproc visit, void *arg) {
+    Py_VISIT(self->rx_session);
+    Py_VISIT(self->tx_session);
+    Py_VISIT(self->owner);
+    return 0;
+}
+
+static int route_clear(Route *self) {
+    Py_CLEAR(self->rx_session);
+    Py_CLEAR(self->tx_session);
+    Py_CLEAR(self->owner);
+    return 0;
+}
+
+static void route_dealloc(Route *self) {
+    PyObject_GC_UnTrack(self);
+    route_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int parse_address(int family, const char *host, int port, struct sockaddr_storage *out,
+                         socklen_t *len) {
+    memset(out, 0, sizeof(*out));
+    if (port < 0 || port > 65535) {
+        PyErr_SetString(PyExc_ValueError, "port out of range");
+        return -1;
+    }
+    if (family == AF_INET) {
+        struct sockaddr_in *sin = (struct sockaddr_in *)out;
+        sin->sin_family = AF_INET;
+        sin->sin_port = htons((uint16_t)port);
+        if (inet_pton(AF_INET, host, &sin->sin_addr) != 1) {
+            PyErr_Format(PyExc_ValueError, "not an IPv4 address: %s", host);
+            return -1;
+        }
+        *len = sizeof(*sin);
+        return 0;
+    }
+    if (family == AF_INET6) {
+        struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)out;
+        sin6->sin6_family = AF_INET6;
+        sin6->sin6_port = htons((uint16_t)port);
+        if (inet_pton(AF_INET6, host, &sin6->sin6_addr) != 1) {
+            PyErr_Format(PyExc_ValueError, "not an IPv6 address: %s", host);
+            return -1;
+        }
+        *len = sizeof(*sin6);
+        return 0;
+    }
+    PyErr_SetString(PyExc_ValueError, "family must be AF_INET or AF_INET6");
+    return -1;
+}
+
+static void *context_pointer(PyObject *value) {
+    void *ptr = PyLong_AsVoidPtr(value);
+    if (ptr == NULL && !PyErr_Occurred())
+        PyErr_SetString(PyExc_ValueError, "a null SRTP context");
+    return ptr;
+}
+
+static int route_init(Route *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"in_fd",      "out_fd", "family", "host", "port", "rx_session",
+                             "rx_context", "tx_session", "tx_context", "owner", NULL};
+    int in_fd, out_fd, family, port;
+    const char *host;
+    PyObject *rx_session, *rx_context, *tx_session, *tx_context, *owner;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiisiOOOOO", kwlist, &in_fd, &out_fd, &family,
+                                     &host, &port, &rx_session, &rx_context, &tx_session,
+                                     &tx_context, &owner))
+        return -1;
+    if (in_fd < 0 || in_fd >= MAX_FD || out_fd < 0 || out_fd >= MAX_FD) {
+        PyErr_SetString(PyExc_ValueError, "descriptor out of range");
+        return -1;
+    }
+    if (parse_address(family, host, port, &self->out_addr, &self->out_addrlen) < 0)
+        return -1;
+    void *rx = context_pointer(rx_context);
+    if (rx == NULL)
+        return -1;
+    void *tx = context_pointer(tx_context);
+    if (tx == NULL)
+        return -1;
+    self->in_fd = in_fd;
+    self->out_fd = out_fd;
+    self->rx_ctx = rx;
+    self->tx_ctx = tx;
+    Py_INCREF(rx_session);
+    Py_XSETREF(self->rx_session, rx_session);
+    Py_INCREF(tx_session);
+    Py_XSETREF(self->tx_session, tx_session);
+    Py_INCREF(owner);
+    Py_XSETREF(self->owner, owner);
+    self->index = -1;
+    self->dirty_index = -1;
+    self->out_pt = 0;
+    self->level_in = -1;
+    self->ext_plain_len = 0;
+    self->ext_level_len = 0;
+    self->level_at = 0;
+    self->first_packet_at = NAN;
+    self->last_packet_at = NAN;
+    self->last_forward_at = NAN;
+    self->base_seq = -1;
+    self->max_seq = -1;
+    self->last_arrival = -1;
+    self->last_timestamp = -1;
+    self->clock_rate = 48000;
+    self->last_sync = monotonic_s();
+    return 0;
+}
+
+static PyObject *route_set_rewrite(Route *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"out_ssrc", "out_pt", "opus", "level_in", "ext_plain", "ext_level",
+                             "level_at", NULL};
+    unsigned int out_ssrc;
+    int out_pt, level_in;
+    PyObject *opus;
+    Py_buffer plain, level;
+    Py_ssize_t level_at;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "IiOiy*y*n", kwlist, &out_ssrc, &out_pt, &opus,
+                                     &level_in, &plain, &level, &level_at))
+        return NULL;
+    PyObject *result = NULL;
+    uint8_t bitmap[16] = {0};
+    PyObject *iter = NULL, *item = NULL;
+    if (out_pt < 0 || out_pt > 127 || level_in < -1 || level_in > 14) {
+        PyErr_SetString(PyExc_ValueError, "payload type or extension id out of range");
+        goto done;
+    }
+    if (plain.len > EXT_MAX || level.len > EXT_MAX || plain.len % 4 || level.len % 4 ||
+        (level.len && (level_at < 0 || level_at >= level.len))) {
+        PyErr_SetString(PyExc_ValueError, "bad extension blocks");
+        goto done;
+    }
+    iter = PyObject_GetIter(opus);
+    if (iter == NULL)
+        goto done;
+    while ((item = PyIter_Next(iter)) != NULL) {
+        long pt = PyLong_AsLong(item);
+        Py_DECREF(item);
+        if (pt == -1 && PyErr_Occurred())
+            goto done;
+        if (pt < 0 || pt > 127) {
+            PyErr_SetString(PyExc_ValueError, "payload type out of range");
+            goto done;
+        }
+        bitmap[pt >> 3] |= (uint8_t)(1u << (pt & 7));
+    }
+    if (PyErr_Occurred())
+        goto done;
+    self->out_ssrc = out_ssrc;
+    self->out_pt = out_pt;
+    memcpy(self->opus, bitmap, sizeof(bitmap));
+    self->level_in = level_in;
+    memcpy(self->ext_plain, plain.buf, (size_t)plain.len);
+    self->ext_plain_len = plain.len;
+    memcpy(self->ext_level, level.buf, (size_t)level.len);
+    self->ext_level_len = level.len;
+    self->level_at = level.len ? level_at : 0;
+    result = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(iter);
+    PyBuffer_Release(&plain);
+    PyBuffer_Release(&level);
+    return result;
+}
+
+static PyMethodDef route_methods[] = {
+    {"set_rewrite", (PyCFunction)(void (*)(void))route_set_rewrite, METH_VARARGS | METH_KEYWORDS,
+     "set_rewrite(out_ssrc, out_pt, opus, level_in, ext_plain, ext_level, level_at)"},
+    {NULL}};
+
+#define RW(name, type) {#name, type, offsetof(Route, name), 0, NULL}
+#define RO(name, type) {#name, type, offsetof(Route, name), READONLY, NULL}
+
+static PyMemberDef route_members[] = {
+    RO(in_fd, T_INT),
+    RO(out_fd, T_INT),
+    RO(owner, T_OBJECT),
+    RW(ssrc, T_UINT),
+    RW(seq_off, T_UINT),
+    RW(ts_off, T_UINT),
+    RW(tap, T_BOOL),
+    RW(paused, T_BOOL),
+    RW(packets_in, T_ULONGLONG),
+    RW(bytes_in, T_ULONGLONG),
+    RW(forwarded, T_ULONGLONG),
+    RW(forwarded_bytes, T_ULONGLONG),
+    RW(dropped_invalid, T_ULONGLONG),
+    RW(dropped_other_codec, T_ULONGLONG),
+    RW(first_packet_at, T_DOUBLE),
+    RW(last_packet_at, T_DOUBLE),
+    RW(hi_seq, T_UINT),
+    RW(hi_ts, T_UINT),
+    RW(last_forward_at, T_DOUBLE),
+    RW(packets_sent, T_ULONGLONG),
+    RW(octets_sent, T_ULONGLONG),
+    RW(ntp_base, T_ULONGLONG),
+    RW(sr_ntp, T_ULONGLONG),
+    RW(sr_rtp_ts, T_UINT),
+    RW(base_seq, T_LONGLONG),
+    RW(max_seq, T_LONGLONG),
+    RW(cycles, T_LONGLONG),
+    RW(received, T_LONGLONG),
+    RW(jitter_q4, T_LONGLONG),
+    RW(last_arrival, T_LONGLONG),
+    RW(last_timestamp, T_LONGLONG),
+    RW(clock_rate, T_INT),
+    {NULL}};
+
+static PyTypeObject RouteType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "relay.media._fastloop.Route",
+    .tp_doc = "One forwarding direction: the receiving leg's socket to the sending leg's.",
+    .tp_basicsize = sizeof(Route),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)route_init,
+    .tp_dealloc = (destructor)route_dealloc,
+    .tp_traverse = (traverseproc)route_traverse,
+    .tp_clear = (inquiry)route_clear,
+    .tp_members = route_members,
+    .tp_methods = route_methods,
+};
+
+/* ------------------------------------------------------------------ Loop */
+
+typedef struct {
+    PyObject_HEAD
+    Route **by_fd; /* borrowed from routes[] */
+    uint8_t *held; /* by fd: the socket's transport queues in Python, do not send past it */
+    Py_ssize_t fd_cap;
+    Route **routes; /* owned references */
+    Py_ssize_t n_routes, routes_cap;
+    Route **dirty; /* borrowed */
+    Py_ssize_t n_dirty, dirty_cap;
+    double sync_interval;
+    char *rbuf;
+    char *sbuf;
+    struct mmsghdr rmsgs[VLEN];
+    struct iovec riov[VLEN];
+    struct sockaddr_storage raddr[VLEN];
+    struct mmsghdr smsgs[VLEN];
+    struct iovec siov[VLEN];
+    struct epoll_event events[MAX_EVENTS];
+    PyObject *punts; /* during a pump */
+    /* Totals since the loop was made. */
+    unsigned long long datagrams;
+    unsigned long long compiled_forwarded;
+    unsigned long long pumps;
+    unsigned long long sendmmsg_calls;
+    unsigned long long recvmmsg_calls;
+} Loop;
+
+static PyTypeObject LoopType;
+
+static int loop_traverse(Loop *self, visitproc visit, void *arg) {
+    for (Py_ssize_t i = 0; i < self->n_routes; i++)
+        Py_VISIT((PyObject *)self->routes[i]);
+    Py_VISIT(self->punts);
+    return 0;
+}
+
+static void loop_drop_routes(Loop *self) {
+    for (Py_ssize_t i = 0; i < self->fd_cap; i++)
+        self->by_fd[i] = NULL;
+    self->n_dirty = 0;
+    while (self->n_routes > 0) {
+        Route *r = self->routes[--self->n_routes];
+        r->index = -1;
+        r->dirty_index = -1;
+        Py_DECREF(r);
+    }
+}
+
+static int loop_clear(Loop *self) {
+    loop_drop_routes(self);
+    Py_CLEAR(self->punts);
+    return 0;
+}
+
+static void loop_dealloc(Loop *self) {
+    PyObject_GC_UnTrack(self);
+    loop_clear(self);
+    PyMem_Free(self->by_fd);
+    PyMem_Free(self->held);
+    PyMem_Free(self->routes);
+    PyMem_Free(self->dirty);
+    PyMem_Free(self->rbuf);
+    PyMem_Free(self->sbuf);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int loop_init(Loop *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"sync_interval", NULL};
+    double sync_interval = 0.2;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|d", kwlist, &sync_interval))
+        return -1;
+    if (!(sync_interval >= 0.0 && sync_interval <= 60.0)) {
+        PyErr_SetString(PyExc_ValueError, "sync_interval must be 0..60 s");
+        return -1;
+    }
+    if (self->rbuf != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Loop already initialised");
+        return -1;
+    }
+    self->sync_interval = sync_interval;
+    self->rbuf = PyMem_Malloc((size_t)VLEN * RECV_STRIDE);
+    self->sbuf = PyMem_Malloc((size_t)VLEN * SEND_STRIDE);
+    if (self->rbuf == NULL || self->sbuf == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (int i = 0; i < VLEN; i++) {
+        self->riov[i].iov_base = self->rbuf + (size_t)i * RECV_STRIDE;
+        self->riov[i].iov_len = RECV_SLOT;
+        self->siov[i].iov_base = self->sbuf + (size_t)i * SEND_STRIDE;
+    }
+    return 0;
+}
+
+static int ensure_fd(Loop *self, int fd) {
+    if (fd < 0 || fd >= MAX_FD) {
+        PyErr_SetString(PyExc_ValueError, "descriptor out of range");
+        return -1;
+    }
+    if (fd < self->fd_cap)
+        return 0;
+    Py_ssize_t cap = self->fd_cap ? self->fd_cap : 1024;
+    while (cap <= fd)
+        cap *= 2;
+    Route **by_fd = PyMem_Realloc(self->by_fd, (size_t)cap * sizeof(Route *));
+    if (by_fd == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->by_fd = by_fd;
+    uint8_t *held = PyMem_Realloc(self->held, (size_t)cap);
+    if (held == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->held = held;
+    for (Py_ssize_t i = self->fd_cap; i < cap; i++) {
+        self->by_fd[i] = NULL;
+        self->held[i] = 0;
+    }
+    self->fd_cap = cap;
+    return 0;
+}
+
+static void dirty_remove(Loop *self, Route *r) {
+    Py_ssize_t i = r->dirty_index;
+    if (i < 0)
+        return;
+    Route *last = self->dirty[--self->n_dirty];
+    self->dirty[i] = last;
+    last->dirty_index = i;
+    r->dirty_index = -1;
+}
+
+static int dirty_add(Loop *self, Route *r) {
+    if (r->dirty_index >= 0)
+        return 0;
+    if (self->n_dirty == self->dirty_cap) {
+        Py_ssize_t cap = self->dirty_cap ? self->dirty_cap * 2 : 64;
+        Route **dirty = PyMem_Realloc(self->dirty, (size_t)cap * sizeof(Route *));
+        if (dirty == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        self->dirty = dirty;
+        self->dirty_cap = cap;
+    }
+    r->dirty_index = self->n_dirty;
+    self->dirty[self->n_dirty++] = r;
+    return 0;
+}
+
+/* Detach ``r`` from the loop (its reference is dropped by the caller). */
+static void detach(Loop *self, Route *r) {
+    Py_ssize_t i = r->index;
+    if (i < 0)
+        return;
+    dirty_remove(self, r);
+    if (r->in_fd < self->fd_cap && self->by_fd[r->in_fd] == r)
+        self->by_fd[r->in_fd] = NULL;
+    Route *last = self->routes[--self->n_routes];
+    self->routes[i] = last;
+    last->index = i;
+    r->index = -1;
+}
+
+static PyObject *loop_add_route(Loop *self, PyObject *arg) {
+    if (!PyObject_TypeCheck(arg, &RouteType)) {
+        PyErr_SetString(PyExc_TypeError, "a Route");
+        return NULL;
+    }
+    Route *r = (Route *)arg;
+    if (r->index >= 0) {
+        PyErr_SetString(PyExc_ValueError, "the route is attached already");
+        return NULL;
+    }
+    if (r->rx_session == NULL) {
+        PyErr_SetString(PyExc_ValueError, "the route is not initialised");
+        return NULL;
+    }
+    if (ensure_fd(self, r->in_fd) < 0 || ensure_fd(self, r->out_fd) < 0)
+        return NULL;
+    if (self->n_routes == self->routes_cap) {
+        Py_ssize_t cap = self->routes_cap ? self->routes_cap * 2 : 64;
+        Route **routes = PyMem_Realloc(self->routes, (size_t)cap * sizeof(Route *));
+        if (routes == NULL)
+            return PyErr_NoMemory();
+        self->routes = routes;
+        self->routes_cap = cap;
+    }
+    Route *old = self->by_fd[r->in_fd];
+    if (old != NULL) {
+        detach(self, old);
+        Py_DECREF(old);
+    }
+    Py_INCREF(r);
+    r->index = self->n_routes;
+    self->routes[self->n_routes++] = r;
+    self->by_fd[r->in_fd] = r;
+    r->paused = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *loop_remove_route(Loop *self, PyObject *arg) {
+    if (!PyObject_TypeCheck(arg, &RouteType)) {
+        PyErr_SetString(PyExc_TypeError, "a Route");
+        return NULL;
+    }
+    Route *r = (Route *)arg;
+    if (r->index >= 0 && r->index < self->n_routes && self->routes[r->index] == r) {
+        detach(self, r);
+        Py_DECREF(r);
+        Py_RETURN_TRUE;
+    }
+    Py_RETURN_FALSE;
+}
+
+/* A socket is closing: routes reading it go, routes sending on it stop sending (their
+ * packets go to Python, which knows the transport is closing). The descriptor may be
+ * reused by a new socket as soon as it is closed, so nothing may keep it. */
+static PyObject *loop_forget_fd(Loop *self, PyObject *arg) {
+    int fd;
+    if (!PyArg_Parse(arg, "i", &fd))
+        return NULL;
+    if (fd < 0 || fd >= self->fd_cap)
+        Py_RETURN_NONE;
+    self->held[fd] = 0;
+    Route *r = self->by_fd[fd];
+    if (r != NULL) {
+        detach(self, r);
+        Py_DECREF(r);
+    }
+    for (Py_ssize_t i = 0; i < self->n_routes; i++) {
+        if (self->routes[i]->out_fd == fd)
+            self->routes[i]->out_fd = -1;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *loop_hold(Loop *self, PyObject *args) {
+    int fd, flag;
+    if (!PyArg_ParseTuple(args, "ip", &fd, &flag))
+        return NULL;
+    if (ensure_fd(self, fd) < 0)
+        return NULL;
+    self->held[fd] = (uint8_t)flag;
+    Py_RETURN_NONE;
+}
+
+/* Every dirty route, now clean (the caller copies their counters into Python). */
+static PyObject *loop_take_dirty(Loop *self, PyObject *unused) {
+    PyObject *out = PyList_New(self->n_dirty);
+    if (out == NULL)
+        return NULL;
+    double now = monotonic_s();
+    for (Py_ssize_t i = 0; i < self->n_dirty; i++) {
+        Route *r = self->dirty[i];
+        PyList_SET_ITEM(out, i, Py_NewRef((PyObject *)r));
+        r->dirty_index = -1;
+        r->urgent = 0;
+        r->last_sync = now;
+    }
+    self->n_dirty = 0;
+    return out;
+}
+
+/* ------------------------------------------------------------------ punts */
+
+static int punt(Loop *self, PyObject *item) {
+    if (item == NULL)
+        return -1;
+    if (self->punts == NULL) {
+        self->punts = PyList_New(0);
+        if (self->punts == NULL) {
+            Py_DECREF(item);
+            return -1;
+        }
+    }
+    int rc = PyList_Append(self->punts, item);
+    Py_DECREF(item);
+    return rc;
+}
+
+static PyObject *address_tuple(const struct sockaddr_storage *addr, socklen_t len) {
+    char text[INET6_ADDRSTRLEN];
+    if (addr->ss_family == AF_INET && len >= (socklen_t)sizeof(struct sockaddr_in)) {
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)addr;
+        if (inet_ntop(AF_INET, &sin->sin_addr, text, sizeof(text)) == NULL)
+            return PyErr_SetFromErrno(PyExc_OSError);
+        return Py_BuildValue("(si)", text, (int)ntohs(sin->sin_port));
+    }
+    if (addr->ss_family == AF_INET6 && len >= (socklen_t)sizeof(struct sockaddr_in6)) {
+        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)addr;
+        if (inet_ntop(AF_INET6, &sin6->sin6_addr, text, sizeof(text)) == NULL)
+            return PyErr_SetFromErrno(PyExc_OSError);
+        return Py_BuildValue("(siII)", text, (int)ntohs(sin6->sin6_port),
+                             (unsigned int)ntohl(sin6->sin6_flowinfo),
+                             (unsigned int)sin6->sin6_scope_id);
+    }
+    /* A connected socket may report no address; Python's recvfrom gives None then. */
+    Py_RETURN_NONE;
+}
+
+static int punt_datagram(Loop *self, int kind, int fd, const char *data, size_t len,
+                         const struct sockaddr_storage *addr, socklen_t addrlen) {
+    PyObject *payload = PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
+    if (payload == NULL)
+        return -1;
+    PyObject *where = address_tuple(addr, addrlen);
+    if (where == NULL) {
+        Py_DECREF(payload);
+        return -1;
+    }
+    return punt(self, Py_BuildValue("(iiNN)", kind, fd, payload, where));
+}
+
+static int punt_plain(Loop *self, Route *r, const uint8_t *plain, int len) {
+    return punt(self, Py_BuildValue("(iOy#)", PUNT_PLAIN, (PyObject *)r, (const char *)plain,
+                                    (Py_ssize_t)len));
+}
+
+static int mark(Loop *self, Route *r, int urgent) {
+    if (urgent)
+        r->urgent = 1;
+    return dirty_add(self, r);
+}
+
+/* ------------------------------------------------------------------ per packet */
+
+static inline unsigned int be16(const uint8_t *p) { return ((unsigned int)p[0] << 8) | p[1]; }
+
+static inline unsigned int be32(const uint8_t *p) {
+    return ((unsigned int)p[0] << 24) | ((unsigned int)p[1] << 16) | ((unsigned int)p[2] << 8) |
+           p[3];
+}
+
+static inline void put16(uint8_t *p, unsigned int v) {
+    p[0] = (uint8_t)(v >> 8);
+    p[1] = (uint8_t)v;
+}
+
+static inline void put32(uint8_t *p, unsigned int v) {
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+/* fastpath.is_rtp: RFC 7983 / RFC 5761 demultiplexing. */
+static inline int is_rtp(const uint8_t *d, size_t n) {
+    return n >= 12 && d[0] > 127 && d[0] < 192 && !(d[1] > 191 && d[1] < 209);
+}
+
+/* fastpath.find_one_byte_extension: the value byte of element ``wanted``, or -1. */
+static int find_level(const uint8_t *d, size_t start, size_t end, int wanted) {
+    size_t i = start;
+    while (i < end) {
+        uint8_t b = d[i];
+        if (b == 0) {
+            i += 1;
+            continue;
+        }
+        int eid = b >> 4;
+        if (eid == 15)
+            return -1;
+        if (eid == wanted)
+            return i + 1 < end ? d[i + 1] : -1;
+        i += 2 + (size_t)(b & 0x0F);
+    }
+    return -1;
+}
+
+/* aiortc's StreamStatistics.add, on the route's copy of its state. */
+static void statistics_add(Route *r, unsigned int seq, unsigned int ts, double wall) {
+    int in_order = r->max_seq < 0 || (seq != (unsigned int)r->max_seq &&
+                                      ((seq - (unsigned int)r->max_seq) & 0xFFFF) < 0x8000);
+    r->received += 1;
+    if (r->base_seq < 0)
+        r->base_seq = seq;
+    if (!in_order)
+        return;
+    long long arrival = (long long)(wall * r->clock_rate);
+    if (r->max_seq >= 0 && (long long)seq < r->max_seq)
+        r->cycles += 1 << 16;
+    r->max_seq = seq;
+    if ((long long)ts != r->last_timestamp && r->received > 1) {
+        long long diff = (arrival - r->last_arrival) - ((long long)ts - r->last_timestamp);
+        if (diff < 0)
+            diff = -diff;
+        r->jitter_q4 += diff - ((r->jitter_q4 + 8) >> 4);
+    }
+    r->last_arrival = arrival;
+    r->last_timestamp = ts;
+}
+
+/* FastOpusForwarder._forward then _send, for one decrypted packet. Returns the length of
+ * the protected packet written to ``out`` (0: nothing to send), or -1 on a Python error. */
+static int forward_plain(Loop *self, Route *r, uint8_t *p, int n, double now, double wall,
+                         uint8_t *out) {
+    unsigned int b0 = p[0];
+    unsigned int seq = be16(p + 2), ts = be32(p + 4), ssrc = be32(p + 8);
+    size_t offset = 12 + ((size_t)(b0 & 0x0F) << 2);
+    int level = -1;
+    if (b0 & 0x10) {
+        if ((size_t)n < offset + 4) {
+            r->dropped_invalid++;
+            return mark(self, r, 1) < 0 ? -1 : 0;
+        }
+        unsigned int profile = be16(p + offset), words = be16(p + offset + 2);
+        size_t start = offset + 4;
+        offset = start + ((size_t)words << 2);
+        if (r->level_in >= 0 && profile == 0xBEDE && offset <= (size_t)n)
+            level = find_level(p, start, offset, r->level_in);
+    }
+    long long end = (b0 & 0x20) ? (long long)n - p[n - 1] : (long long)n;
+    if (end < (long long)offset) {
+        r->dropped_invalid++;
+        return mark(self, r, 1) < 0 ? -1 : 0;
+    }
+    if (ssrc != r->ssrc) {
+        /* A new source: Python continues the timelines (FastOpusForwarder._switch_source)
+         * and hands the route back. Until then every packet of the route goes there too,
+         * so nothing overtakes this one. */
+        r->paused = 1;
+        return punt_plain(self, r, p, n) < 0 ? -1 : 0;
+    }
+    size_t plen = (size_t)end - offset;
+    int first = isnan(r->first_packet_at);
+    r->packets_in++;
+    r->bytes_in += plen;
+    if (first)
+        r->first_packet_at = now;
+    r->last_packet_at = now;
+    statistics_add(r, seq, ts, wall);
+    unsigned int b1 = p[1];
+    if (!(r->opus[(b1 & 0x7F) >> 3] & (1u << (b1 & 7)))) {
+        r->dropped_other_codec++;
+        return mark(self, r, 1) < 0 ? -1 : 0;
+    }
+    if (mark(self, r, first) < 0)
+        return -1;
+    if (plen == 0)
+        return 0; /* padding only */
+    const uint8_t *payload = p + offset;
+    if (r->tap) {
+        PyObject *item = Py_BuildValue("(iOy#IIIOd)", PUNT_TAP, (PyObject *)r,
+                                       (const char *)payload, (Py_ssize_t)plen, seq, ts, ssrc,
+                                       b1 > 127 ? Py_True : Py_False, now);
+        if (punt(self, item) < 0)
+            return -1;
+    }
+    /* _send: the rewrite. */
+    unsigned int out_seq = (seq + r->seq_off) & 0xFFFF;
+    unsigned int out_ts = (ts + r->ts_off) & 0xFFFFFFFFu;
+    const uint8_t *ext = r->ext_plain;
+    size_t ext_len = (size_t)r->ext_plain_len;
+    int with_level = r->ext_level_len > 0 && level >= 0;
+    if (with_level) {
+        ext = r->ext_level;
+        ext_len = (size_t)r->ext_level_len;
+    }
+    size_t total = 12 + ext_len + plen;
+    if (total > SRTP_BUFFER - SRTP_MAX_TRAILER) {
+        r->dropped_invalid++;
+        return mark(self, r, 1) < 0 ? -1 : 0;
+    }
+    out[0] = ext_len ? 0x90 : 0x80;
+    out[1] = (uint8_t)((b1 & 0x80) | (unsigned int)r->out_pt);
+    put16(out + 2, out_seq);
+    put32(out + 4, out_ts);
+    put32(out + 8, r->out_ssrc);
+    memcpy(out + 12, ext, ext_len);
+    if (with_level)
+        out[12 + r->level_at] = (uint8_t)level;
+    memcpy(out + 12 + ext_len, payload, plen);
+    int len = (int)total;
+    if (srtp_protect_fn(r->tx_ctx, out, &len) != 0) {
+        r->dropped_invalid++;
+        return mark(self, r, 1) < 0 ? -1 : 0;
+    }
+    if (((out_seq - r->hi_seq) & 0xFFFF) < 0x8000) {
+        r->hi_seq = out_seq;
+        r->hi_ts = out_ts;
+    }
+    r->last_forward_at = now;
+    r->packets_sent++;
+    r->octets_sent += plen;
+    r->forwarded++;
+    r->forwarded_bytes += plen;
+    /* NTP time of this packet: base + monotonic seconds * 2^32 (as the Python path). */
+    r->sr_ntp = r->ntp_base + (unsigned long long)(now * 4294967296.0);
+    r->sr_rtp_ts = out_ts;
+    self->compiled_forwarded++;
+    return len;
+}
+
+/* Send ``count`` prepared messages on ``fd``; whatever the socket does not take now goes
+ * to Python (its transport queues it, or reports the error). */
+static int send_batch(Loop *self, int fd, int count) {
+    int sent = 0;
+    if (fd < self->fd_cap && !self->held[fd]) {
+        while (sent < count) {
+            self->sendmmsg_calls++;
+            int rc = sendmmsg(fd, self->smsgs + sent, (unsigned int)(count - sent), MSG_DONTWAIT);
+            if (rc < 0) {
+                if (errno == EINTR)
+                    continue;
+                break; /* EAGAIN, or an error the transport reports */
+            }
+            if (rc == 0)
+                break;
+            sent += rc;
+        }
+    }
+    for (int i = sent; i < count; i++) {
+        struct msghdr *h = &self->smsgs[i].msg_hdr;
+        if (punt_datagram(self, PUNT_SEND, fd, h->msg_iov->iov_base, h->msg_iov->iov_len,
+                          (const struct sockaddr_storage *)h->msg_name, h->msg_namelen) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* Read what is waiting on ``fd`` (one recvmmsg) and handle it. Returns the datagrams read
+ * or -1 on a Python error. */
+static int read_socket(Loop *self, int fd) {
+    for (int i = 0; i < VLEN; i++) {
+        struct msghdr *h = &self->rmsgs[i].msg_hdr;
+        memset(h, 0, sizeof(*h));
+        h->msg_name = &self->raddr[i];
+        h->msg_namelen = sizeof(self->raddr[i]);
+        h->msg_iov = &self->riov[i];
+        h->msg_iovlen = 1;
+    }
+    self->recvmmsg_calls++;
+    int got = recvmmsg(fd, self->rmsgs, VLEN, MSG_DONTWAIT, NULL);
+    if (got < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            return 0;
+        /* An ICMP error reported on the socket: the socket itself is fine. */
+        return punt(self, Py_BuildValue("(iii)", PUNT_ERROR, fd, errno)) < 0 ? -1 : 0;
+    }
+    Route *r = fd < self->fd_cap ? self->by_fd[fd] : NULL;
+    double now = 0.0, wall = 0.0;
+    if (r != NULL) {
+        now = monotonic_s();
+        wall = realtime_s();
+    }
+    int nsend = 0;
+    for (int i = 0; i < got; i++) {
+        uint8_t *d = (uint8_t *)self->riov[i].iov_base;
+        size_t n = self->rmsgs[i].msg_len;
+        if (r == NULL || !is_rtp(d, n)) {
+            if (punt_datagram(self, PUNT_RAW, fd, (const char *)d, n, &self->raddr[i],
+                              self->rmsgs[i].msg_hdr.msg_namelen) < 0)
+                return -1;
+            continue;
+        }
+        int len = (int)n;
+        if (n > SRTP_BUFFER || srtp_unprotect_fn(r->rx_ctx, d, &len) != 0) {
+            /* Authentication or replay check failed (or larger than the Python path's
+             * buffer): counted and dropped, as there. */
+            r->dropped_invalid++;
+            if (mark(self, r, 1) < 0)
+                return -1;
+            continue;
+        }
+        if (r->paused || r->out_fd < 0) {
+            if (punt_plain(self, r, d, len) < 0)
+                return -1;
+            continue;
+        }
+        uint8_t *out = (uint8_t *)self->siov[nsend].iov_base;
+        int size = forward_plain(self, r, d, len, now, wall, out);
+        if (size < 0)
+            return -1;
+        if (size == 0)
+            continue;
+        struct msghdr *h = &self->smsgs[nsend].msg_hdr;
+        memset(h, 0, sizeof(*h));
+        h->msg_name = &r->out_addr;
+        h->msg_namelen = r->out_addrlen;
+        h->msg_iov = &self->siov[nsend];
+        h->msg_iovlen = 1;
+        self->siov[nsend].iov_len = (size_t)size;
+        nsend++;
+    }
+    /* Every packet of one socket goes to its route's one out socket. */
+    if (nsend > 0 && send_batch(self, r->out_fd, nsend) < 0)
+        return -1;
+    return got;
+}
+
+static PyObject *loop_pump(Loop *self, PyObject *args) {
+    int epfd, max_rounds;
+    if (!PyArg_ParseTuple(args, "ii", &epfd, &max_rounds))
+        return NULL;
+    if (srtp_protect_fn == NULL || srtp_unprotect_fn == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "set_srtp() was not called");
+        return NULL;
+    }
+    if (self->rbuf == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Loop not initialised");
+        return NULL;
+    }
+    if (self->punts != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "pump is not reentrant");
+        return NULL;
+    }
+    self->pumps++;
+    long long count = 0;
+    for (int round = 0; round < max_rounds; round++) {
+        int ready = epoll_wait(epfd, self->events, MAX_EVENTS, 0);
+        if (ready < 0) {
+            if (errno == EINTR)
+                continue;
+            PyErr_SetFromErrno(PyExc_OSError);
+            goto fail;
+        }
+        if (ready == 0)
+            break;
+        for (int i = 0; i < ready; i++) {
+            int got = read_socket(self, self->events[i].data.fd);
+            if (got < 0)
+                goto fail;
+            count += got;
+        }
+    }
+    self->datagrams += (unsigned long long)count;
+    /* Routes whose counters are due in Python: at once after something rare (a first
+     * packet, a drop), else every sync_interval while packets flow. */
+    if (self->n_dirty > 0) {
+        double now = monotonic_s();
+        for (Py_ssize_t i = 0; i < self->n_dirty;) {
+            Route *r = self->dirty[i];
+            if (r->urgent || now - r->last_sync >= self->sync_interval) {
+                r->urgent = 0;
+                r->last_sync = now;
+                dirty_remove(self, r); /* moves the last one to i */
+                if (punt(self, Py_BuildValue("(iO)", PUNT_SYNC, (PyObject *)r)) < 0)
+                    goto fail;
+            } else {
+                i++;
+            }
+        }
+    }
+    PyObject *punts = self->punts;
+    self->punts = NULL;
+    return Py_BuildValue("(LN)", count, punts != NULL ? punts : Py_NewRef(Py_None));
+fail:
+    Py_CLEAR(self->punts);
+    return NULL;
+}
+
+static PyObject *loop_stats(Loop *self, PyObject *unused) {
+    return Py_BuildValue("{sKsKsKsKsKsnsn}", "datagrams", self->datagrams, "forwarded",
+                         self->compiled_forwarded, "pumps", self->pumps, "recvmmsg",
+                         self->recvmmsg_calls, "sendmmsg", self->sendmmsg_calls, "routes",
+                         self->n_routes, "dirty", self->n_dirty);
+}
+
+static PyObject *loop_routes(Loop *self, PyObject *unused) {
+    PyObject *out = PyList_New(self->n_routes);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < self->n_routes; i++)
+        PyList_SET_ITEM(out, i, Py_NewRef((PyObject *)self->routes[i]));
+    return out;
+}
+
+static PyObject *loop_close(Loop *self, PyObject *unused) {
+    loop_drop_routes(self);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef loop_methods[] = {
+    {"pump", (PyCFunction)loop_pump, METH_VARARGS,
+     "pump(epoll_fd, max_rounds) -> (datagrams, punts or None)"},
+    {"add_route", (PyCFunction)loop_add_route, METH_O, "attach a Route (by its in_fd)"},
+    {"remove_route", (PyCFunction)loop_remove_route, METH_O, "detach a Route; whether it was"},
+    {"forget_fd", (PyCFunction)loop_forget_fd, METH_O, "a socket is closing"},
+    {"hold", (PyCFunction)loop_hold, METH_VARARGS,
+     "hold(fd, flag): the socket's transport has a queue; send through it"},
+    {"take_dirty", (PyCFunction)loop_take_dirty, METH_NOARGS,
+     "every route with counters not yet synced, marked synced"},
+    {"stats", (PyCFunction)loop_stats, METH_NOARGS, "totals since the loop was made"},
+    {"routes", (PyCFunction)loop_routes, METH_NOARGS, "the attached routes"},
+    {"close", (PyCFunction)loop_close, METH_NOARGS, "detach every route"},
+    {NULL}};
+
+static PyMemberDef loop_members[] = {
+    {"dirty", T_PYSSIZET, offsetof(Loop, n_dirty), READONLY,
+     "routes whose counters Python has not seen yet"},
+    {"route_count", T_PYSSIZET, offsetof(Loop, n_routes), READONLY, "attached routes"},
+    {NULL}};
+
+static PyTypeObject LoopType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "relay.media._fastloop.Loop",
+    .tp_doc = "The media sockets of one event loop, read and forwarded in batches.",
+    .tp_basicsize = sizeof(Loop),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)loop_init,
+    .tp_dealloc = (destructor)loop_dealloc,
+    .tp_traverse = (traverseproc)loop_traverse,
+    .tp_clear = (inquiry)loop_clear,
+    .tp_methods = loop_methods,
+    .tp_members = loop_members,
+};
+
+/* ------------------------------------------------------------------ module */
+
+static PyObject *set_srtp(PyObject *module, PyObject *args) {
+    PyObject *protect, *unprotect;
+    if (!PyArg_ParseTuple(args, "OO", &protect, &unprotect))
+        return NULL;
+    void *p = PyLong_AsVoidPtr(protect);
+    if (p == NULL && PyErr_Occurred())
+        return NULL;
+    void *u = PyLong_AsVoidPtr(unprotect);
+    if (u == NULL && PyErr_Occurred())
+        return NULL;
+    if (p == NULL || u == NULL) {
+        PyErr_SetString(PyExc_ValueError, "null function addresses");
+        return NULL;
+    }
+    srtp_protect_fn = (srtp_fn)p;
+    srtp_unprotect_fn = (srtp_fn)u;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"set_srtp", set_srtp, METH_VARARGS,
+     "set_srtp(protect_address, unprotect_address): libsrtp's srtp_protect and "
+     "srtp_unprotect, as loaded by pylibsrtp"},
+    {NULL}};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "relay.media._fastloop",
+    "The forwarding fast path's per-datagram loop (see relay/media/fastloop.py).", -1,
+    module_methods};
+
+PyMODINIT_FUNC PyInit__fastloop(void) {
+    if (PyType_Ready(&RouteType) < 0 || PyType_Ready(&LoopType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module_def);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "Route", (PyObject *)&RouteType) < 0 ||
+        PyModule_AddObjectRef(m, "Loop", (PyObject *)&LoopType) < 0 ||
+        PyModule_AddIntConstant(m, "PUNT_RAW", PUNT_RAW) < 0 ||
+        PyModule_AddIntConstant(m, "PUNT_PLAIN", PUNT_PLAIN) < 0 ||
+        PyModule_AddIntConstant(m, "PUNT_SEND", PUNT_SEND) < 0 ||
+        PyModule_AddIntConstant(m, "PUNT_TAP", PUNT_TAP) < 0 ||
+        PyModule_AddIntConstant(m, "PUNT_ERROR", PUNT_ERROR) < 0 ||
+        PyModule_AddIntConstant(m, "PUNT_SYNC", PUNT_SYNC) < 0 ||
+        PyModule_AddIntConstant(m, "VLEN", VLEN) < 0 ||
+        PyModule_AddIntConstant(m, "SRTP_BUFFER", SRTP_BUFFER) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

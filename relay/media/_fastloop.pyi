@@ -1,0 +1,84 @@
+# Types of the compiled forwarding loop (relay/media/_fastloop.c; relay/media/fastloop.py).
+from typing import Any
+
+PUNT_RAW: int
+PUNT_PLAIN: int
+PUNT_SEND: int
+PUNT_TAP: int
+PUNT_ERROR: int
+PUNT_SYNC: int
+VLEN: int
+SRTP_BUFFER: int
+
+def set_srtp(protect_address: int, unprotect_address: int) -> None: ...
+
+class Route:
+    in_fd: int
+    out_fd: int
+    owner: Any
+    ssrc: int
+    seq_off: int
+    ts_off: int
+    tap: bool
+    paused: bool
+    packets_in: int
+    bytes_in: int
+    forwarded: int
+    forwarded_bytes: int
+    dropped_invalid: int
+    dropped_other_codec: int
+    first_packet_at: float
+    last_packet_at: float
+    hi_seq: int
+    hi_ts: int
+    last_forward_at: float
+    packets_sent: int
+    octets_sent: int
+    ntp_base: int
+    sr_ntp: int
+    sr_rtp_ts: int
+    base_seq: int
+    max_seq: int
+    cycles: int
+    received: int
+    jitter_q4: int
+    last_arrival: int
+    last_timestamp: int
+    clock_rate: int
+    def __init__(
+        self,
+        in_fd: int,
+        out_fd: int,
+        family: int,
+        host: str,
+        port: int,
+        rx_session: Any,
+        rx_context: int,
+        tx_session: Any,
+        tx_context: int,
+        owner: Any,
+    ) -> None: ...
+    def set_rewrite(
+        self,
+        out_ssrc: int,
+        out_pt: int,
+        opus: Any,
+        level_in: int,
+        ext_plain: bytes,
+        ext_level: bytes,
+        level_at: int,
+    ) -> None: ...
+
+class Loop:
+    dirty: int
+    route_count: int
+    def __init__(self, sync_interval: float = ...) -> None: ...
+    def pump(self, epoll_fd: int, max_rounds: int) -> tuple[int, list[tuple[Any, ...]] | None]: ...
+    def add_route(self, route: Route) -> None: ...
+    def remove_route(self, route: Route) -> bool: ...
+    def forget_fd(self, fd: int) -> None: ...
+    def hold(self, fd: int, flag: bool) -> None: ...
+    def take_dirty(self) -> list[Route]: ...
+    def stats(self) -> dict[str, int]: ...
+    def routes(self) -> list[Route]: ...
+    def close(self) -> None: ...

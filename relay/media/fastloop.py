@@ -1,0 +1,225 @@
+"""The compiled forwarding loop (``relay.media._fastloop``), when it was built.
+
+The fast path's work per forwarded packet is small (SRTP unprotect, a header rewrite,
+SRTP protect, a send), yet done in Python it costs several times what the kernel and
+libsrtp do. ``relay/media/_fastloop.c`` does the same per-datagram work in C for every
+media socket of an event loop: ``MediaSockets`` (``relay.media.udp``) hands it the epoll
+set, it reads every ready socket with ``recvmmsg``, forwards the RTP of the sockets a
+``FastOpusForwarder`` attached a route to (``relay.media.fastpath``) with ``sendmmsg``,
+and gives everything else back (``dispatch`` below): STUN, DTLS, SRTCP and RTP of other
+sockets to the sockets' protocols as before; a packet from a new SSRC, and the forwarded
+packets' taps and counters, to the forwarder.
+
+It is optional: ``pip install -e .`` builds it when a C compiler and Python's headers are
+present (``setup.py``). Without it, or with ``media.compiled_fast_path = false``, the
+Python fast path forwards the same packets the same way (the media tests run on both).
+``describe()`` says which path forwards (``/api/stats``, ``relay doctor``, ``/metrics``).
+
+libsrtp: the loop calls the libsrtp pylibsrtp loaded (libsrtp 2.x with OpenSSL, linked
+into pylibsrtp's extension), on the very contexts aiortc's sessions use, by their
+addresses (``aiortc_private.srtp_function_addresses``). A second libsrtp (Debian's
+libsrtp2) would need its own contexts, so aiortc's replay windows and rollover counters
+would no longer be shared, and the keys would have to be taken from aiortc's DTLS
+handshake; docs/benchmarks.md has the two measured side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Mapping
+from types import ModuleType
+from typing import Any, Literal, Protocol
+
+from relay.media import aiortc_private
+
+log = logging.getLogger("relay.media")
+
+_compiled: ModuleType | None
+try:
+    from relay.media import _fastloop
+except ImportError as exc:  # not built: the Python fast path forwards
+    _compiled = None
+    _MISSING = f"relay.media._fastloop is not built ({exc})"
+else:
+    _compiled = _fastloop
+    _MISSING = ""
+    _fastloop.set_srtp(*aiortc_private.srtp_function_addresses())
+
+Path = Literal["compiled", "python"]
+
+# How often, at most, a route's counters are copied into the Python objects that publish
+# them (DirectionStats, aiortc's receiver statistics and sender report state) while its
+# packets flow; at once after anything rare (a first packet, a drop). Sender reports go
+# out about once a second, stats are read every few: this is well inside both.
+SYNC_INTERVAL_S = 0.2
+# Rounds of "poll the set, read every ready socket" per pump (as ``udp._MAX_ROUNDS``).
+MAX_ROUNDS = 8
+
+_enabled = True
+
+
+def configure(enabled: bool) -> None:
+    """``media.compiled_fast_path``: forward with the compiled loop when it is built.
+    Applies to media socket sets made afterwards (one per event loop)."""
+    global _enabled
+    _enabled = enabled
+
+
+def enabled() -> bool:
+    """``media.compiled_fast_path`` as configured (whether or not the module is built)."""
+    return _enabled
+
+
+def built() -> bool:
+    return _compiled is not None
+
+
+def active() -> bool:
+    """Whether new media socket sets forward with the compiled loop."""
+    return _compiled is not None and _enabled
+
+
+def path() -> Path:
+    return "compiled" if active() else "python"
+
+
+def describe() -> dict[str, Any]:
+    """Which path forwards, and why (``/api/stats`` ``media_receive.forwarding``)."""
+    if active():
+        reason = None
+    elif _compiled is None:
+        reason = _MISSING
+    else:
+        reason = "media.compiled_fast_path = false"
+    return {
+        "path": path(),
+        "compiled_built": _compiled is not None,
+        "compiled_enabled": _enabled,
+        "srtp": aiortc_private.srtp_library_version(),
+        "reason": reason,
+    }
+
+
+def doctor_check() -> tuple[Literal["OK", "WARN"], str, str]:
+    """``relay doctor``'s line: (outcome, detail, what to do)."""
+    srtp = aiortc_private.srtp_library_version()
+    if active():
+        return "OK", f"compiled loop (relay.media._fastloop, {srtp} from pylibsrtp)", ""
+    if _compiled is not None:
+        return "OK", "Python fast path (media.compiled_fast_path = false)", ""
+    return (
+        "WARN",
+        f"Python fast path: {_MISSING}",
+        "reinstall with a C compiler and Python's headers (pip install -e .) to forward "
+        "at a fraction of the CPU",
+    )
+
+
+def new_loop() -> _fastloop.Loop | None:
+    """A compiled loop for one media socket set, or None (the Python path reads)."""
+    if _compiled is None or not _enabled:
+        return None
+    return _fastloop.Loop(sync_interval=SYNC_INTERVAL_S)
+
+
+def new_route(
+    *,
+    in_fd: int,
+    out_fd: int,
+    out_addr: tuple[Any, ...],
+    rx_session: Any,
+    tx_session: Any,
+    owner: RouteOwner,
+) -> _fastloop.Route:
+    """A route for one forwarding direction (``ValueError``: an address it cannot send to,
+    such as a scoped IPv6 one; the Python path goes on)."""
+    host, port = str(out_addr[0]), int(out_addr[1])
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return _fastloop.Route(
+        in_fd,
+        out_fd,
+        family,
+        host,
+        port,
+        rx_session,
+        aiortc_private.srtp_context_address(rx_session),
+        tx_session,
+        aiortc_private.srtp_context_address(tx_session),
+        owner,
+    )
+
+
+class RouteOwner(Protocol):
+    """What a route hands back to the forwarder that attached it."""
+
+    def compiled_plain(self, route: Any, plain: bytes) -> None:
+        """A decrypted packet for the Python path (a new SSRC, or the route paused)."""
+
+    def compiled_tap(
+        self, payload: bytes, seq: int, ts: int, ssrc: int, marker: bool, arrival: float
+    ) -> None:
+        """A packet the loop forwarded, for the recorder's tap."""
+
+    def compiled_sync(self, route: Any) -> None:
+        """Copy the route's counters into the Python objects that publish them."""
+
+
+class DatagramEnd(Protocol):
+    """The part of a media socket's transport ``dispatch`` talks to."""
+
+    def deliver(self, data: bytes, addr: Any) -> None: ...
+
+    def report_error(self, exc: OSError) -> None: ...
+
+    def sendto(self, data: Any, addr: Any = None) -> None: ...
+
+
+def dispatch(
+    punts: list[tuple[Any, ...]],
+    transports: Mapping[int, DatagramEnd],
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """Hand everything a pump did not forward itself to where it goes, in arrival order.
+
+    One receiver's bug must not stop the others (as ``MediaSockets._read_ready``)."""
+    for item in punts:
+        kind = item[0]
+        transport: DatagramEnd | None = None
+        try:
+            if kind == 0:  # PUNT_RAW: the socket's protocol, as if read in Python
+                transport = transports.get(item[1])
+                if transport is not None:
+                    transport.deliver(item[2], item[3])
+            elif kind == 3:  # PUNT_TAP
+                item[1].owner.compiled_tap(*item[2:])
+            elif kind == 5:  # PUNT_SYNC
+                item[1].owner.compiled_sync(item[1])
+            elif kind == 1:  # PUNT_PLAIN
+                item[1].owner.compiled_plain(item[1], item[2])
+            elif kind == 2:  # PUNT_SEND: the socket did not take it; its transport queues
+                transport = transports.get(item[1])
+                if transport is not None:
+                    transport.sendto(item[2], item[3])
+            elif kind == 4:  # PUNT_ERROR
+                transport = transports.get(item[1])
+                if transport is not None:
+                    transport.report_error(OSError(item[2], os.strerror(item[2])))
+        except Exception as exc:
+            context: dict[str, Any] = {"message": "media socket protocol raised", "exception": exc}
+            if transport is not None:
+                context["transport"] = transport
+            loop.call_exception_handler(context)
+
+
+def sync_all(compiled_loop: Any, loop: asyncio.AbstractEventLoop) -> None:
+    """Copy every route's counters that changed since its last sync (the flush timer)."""
+    for route in compiled_loop.take_dirty():
+        try:
+            route.owner.compiled_sync(route)
+        except Exception as exc:
+            loop.call_exception_handler(
+                {"message": "syncing a compiled route raised", "exception": exc}
+            )
