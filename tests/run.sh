@@ -2,7 +2,10 @@
 # The test command: bash tests/run.sh [pytest arguments...]
 #
 # From a clean clone it creates .venv (Python >= 3.11) and installs the project with its
-# test extra (again whenever pyproject.toml changes), then runs ruff check, ruff format
+# test extra (again whenever pyproject.toml, setup.py or the compiled loop's C source
+# change; the install compiles it, which needs a C compiler and Python's headers: without
+# them it installs anyway and the media tests' compiled runs fail, see
+# --media-paths in tests/conftest.py), then runs ruff check, ruff format
 # --check, mypy and pytest. PostgreSQL and Redis come from wheels; the browser tests
 # (tests/e2e) need Debian's chromium, and the TURN tests Debian's coturn (turnserver,
 # turnutils_uclient), both installed with apt-get as root when missing.
@@ -48,7 +51,8 @@ ensure_venv() {
         fi
     fi
     local stamp="$VENV/.test-install-stamp" wanted
-    wanted=$(sha256sum pyproject.toml | cut -d' ' -f1)
+    # setup.py and the C source too: the install compiles relay/media/_fastloop.c.
+    wanted=$(cat pyproject.toml setup.py relay/media/_fastloop.c | sha256sum | cut -d' ' -f1)
     if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
         step "pip install -e '.[test]'"
         "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]'
@@ -77,6 +81,26 @@ ensure_chromium() {
     fi
 }
 
+# The install compiles the forwarding loop (relay/media/_fastloop.c): a C compiler and the
+# venv Python's headers. Without them the install still succeeds (the relay forwards in
+# Python), but the media tests' compiled runs fail, so they are installed when missing.
+ensure_c_toolchain() {
+    local include
+    include=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+    if command -v "${CC:-cc}" >/dev/null && [ -f "$include/Python.h" ]; then
+        return
+    fi
+    if is_root && command -v apt-get >/dev/null; then
+        local packages=(gcc libc6-dev)
+        [ -f "$include/Python.h" ] || packages+=(python3-dev)
+        apt_install "${packages[@]}"
+    else
+        echo "warning: no C compiler or no $include/Python.h; relay.media._fastloop will not" \
+            "be built and the compiled media tests will fail (on Debian: apt-get install gcc" \
+            "python3-dev)" >&2
+    fi
+}
+
 # The TURN tests start Debian's coturn (turnserver + turnutils_uclient) on loopback.
 ensure_coturn() {
     if [ ! -x /usr/bin/turnserver ] || [ ! -x /usr/bin/turnutils_uclient ]; then
@@ -89,6 +113,7 @@ ensure_coturn() {
     fi
 }
 
+ensure_c_toolchain
 ensure_venv
 ensure_chromium
 ensure_coturn

@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient
 
 from relay.admission.tokens import hash_token, new_token
 from relay.config import Settings
+from relay.media import fastloop
 from relay.services import Services
 
 OPERATOR_TOKEN = "op-test-token-0123456789"
@@ -47,6 +48,8 @@ def relay_settings(
     # Recordings of each relay in a directory of their own (the default is under data_dir).
     s = s.replace("recording", directory=tempfile.mkdtemp(prefix="recordings-"))
     s = s.replace("cluster", state_key=STATE_KEY, heartbeat_interval_s=0.5)
+    # The forwarding path of the test (the ``media_path`` fixture sets it process-wide).
+    s = s.replace("media", compiled_fast_path=fastloop.enabled())
     for section, changes in (overrides or {}).items():
         s = s.replace(section, **changes)
     return s

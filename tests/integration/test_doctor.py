@@ -51,12 +51,19 @@ def _outcomes(lines: list[str]) -> dict[str, str]:
     return {line[6:].split(":", 1)[0]: line[:4].strip() for line in lines if ":" in line}
 
 
+def _line(lines: list[str], check: str) -> str:
+    return next(line for line in lines if line[6:].startswith(f"{check}:"))
+
+
 async def test_every_check_passes_against_a_healthy_upstream(
     sim: RunningSimulator, tmp_path: Path
 ) -> None:
     code, lines, err = await _doctor(tmp_path, sim.base_url)
     assert code == 0, (lines, err)
     assert _outcomes(lines) == {
+        # Which fast path this installation forwards with (the compiled loop is built by
+        # the test command's install; relay/media/fastloop.py).
+        "media forwarding": "OK",
         "config": "OK",
         "key": "OK",
         "model": "OK",
@@ -64,7 +71,8 @@ async def test_every_check_passes_against_a_healthy_upstream(
         "mint": "OK",
     }
     assert lines[-1] == "all checks passed"
-    assert "gpt-realtime-2.1" in lines[0]
+    assert "gpt-realtime-2.1" in _line(lines, "config")
+    assert "compiled loop" in _line(lines, "media forwarding")
     assert KEY not in "\n".join(lines) + err
     assert sim.state.requests["models"] == 3 and sim.state.requests["mint"] == 1
 
@@ -114,8 +122,19 @@ async def test_a_deprecated_model_warns_and_an_unreachable_upstream_fails(
     assert "unreachable" in key_line and "OPENAI_BASE_URL" in key_line
 
 
+async def test_the_media_line_names_the_python_fast_path_when_configured(
+    sim: RunningSimulator, tmp_path: Path
+) -> None:
+    env = {"RELAY__MEDIA__COMPILED_FAST_PATH": "false"}
+    code, lines, err = await _doctor(tmp_path, sim.base_url, **env)
+    assert code == 0, (lines, err)
+    assert _line(lines, "media forwarding") == (
+        "OK    media forwarding: Python fast path (media.compiled_fast_path = false)"
+    )
+
+
 async def test_without_a_key_the_built_in_simulator_is_checked(tmp_path: Path) -> None:
     code, lines, err = await _doctor(tmp_path, "https://api.openai.com/v1", OPENAI_API_KEY="")
     assert code == 0, (lines, err)
-    assert "the built-in simulator" in lines[0]
+    assert "the built-in simulator" in _line(lines, "config")
     assert lines[-1] == "all checks passed"

@@ -161,7 +161,7 @@ def relay_ports(bridges: list[Bridge], candidates: list[Candidate], baseline: se
 
 
 async def test_sessions_fill_the_range_then_get_503_and_ports_are_reused(
-    ranged: tuple[Interviews, tuple[int, int]],
+    ranged: tuple[Interviews, tuple[int, int]], media_path: str
 ) -> None:
     interviews, (low, high) = ranged
     in_range = set(range(low, high + 1))
@@ -184,6 +184,12 @@ async def test_sessions_fill_the_range_then_get_503_and_ports_are_reused(
     )
     # ... by the fast path, which sends on the range's own sockets (the selected pairs').
     assert all(b.browser_to_upstream.fast_path for b in bridges)
+    # (in C when the compiled loop runs: it reads and sends on the same sockets)
+    compiled = media_path == "compiled"
+    assert all(
+        b.browser_to_upstream.compiled is compiled and b.upstream_to_browser.compiled is compiled
+        for b in bridges
+    )
 
     # Full (two ports left, an exchange needs three): the next exchange is refused at
     # once, before the session is claimed.

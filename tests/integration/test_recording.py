@@ -68,7 +68,7 @@ async def fetch(relay: RelayHarness, path: str, **headers: str) -> tuple[int, by
 
 
 async def test_stereo_recording_has_both_voices_aligned_with_a_transcript(
-    make_relay: MakeRelay, browsers: list[TimedBrowser]
+    make_relay: MakeRelay, browsers: list[TimedBrowser], media_path: str
 ) -> None:
     relay = await make_relay()
     browser = new_browser(browsers)
@@ -81,6 +81,9 @@ async def test_stereo_recording_has_both_voices_aligned_with_a_transcript(
     media = bridge.stats()
     assert media["browser_to_upstream"]["fast_path"] is True
     assert media["upstream_to_browser"]["fast_path"] is True
+    # On either forwarding path (the compiled loop hands its packets to the taps too).
+    for direction in ("browser_to_upstream", "upstream_to_browser"):
+        assert media[direction]["compiled"] is (media_path == "compiled")
     await hang_up(relay, session_id)
     item = await wait_recording(relay, session_id, "ready")
     assert bridge.connected_at is not None
@@ -146,6 +149,7 @@ async def test_stereo_recording_has_both_voices_aligned_with_a_transcript(
     assert names == {"recording.ogg", "transcript.jsonl", "manifest.json"}
 
 
+@pytest.mark.usefixtures("media_path")
 async def test_a_two_second_pause_on_one_leg_stays_two_seconds_of_silence(
     make_relay: MakeRelay, browsers: list[TimedBrowser]
 ) -> None:

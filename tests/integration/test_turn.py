@@ -20,9 +20,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiortc import RTCConfiguration, RTCIceServer, RTCIceTransportPolicy
+from aiortc import RTCConfiguration, RTCIceServer, RTCIceTransportPolicy, RTCPeerConnection
 
 from relay.config import IceConfig, IceServerConfig
+from relay.media import aiortc_private
 from relay.media.bridge import Bridge
 from relay.media.ice import turn_rest_credentials
 from relay.media.manager import ports_per_exchange
@@ -120,8 +121,16 @@ async def exchange(relay: RelayHarness, token: str, session_id: str, offer: str)
         return str(answer["sdp"])
 
 
+def on_a_turn_allocation(pc: RTCPeerConnection | None) -> bool:
+    """Whether the leg's selected pair sends through the relay's own TURN allocation."""
+    assert pc is not None
+    receiver = next(t.receiver for t in pc.getTransceivers() if t.kind == "audio")
+    pair = aiortc_private.nominated_pairs(receiver.transport)[1]
+    return bool(pair.local_candidate.type == "relay")
+
+
 async def assert_audio_both_ways(
-    bridge: Bridge, browser: BrowserPeer, simulator: RunningSimulator
+    bridge: Bridge, browser: BrowserPeer, simulator: RunningSimulator, media_path: str
 ) -> None:
     call = simulator.state.last_call
     assert call is not None
@@ -137,6 +146,15 @@ async def assert_audio_both_ways(
     # through the TURN allocation when that pair is relayed.
     assert stats["browser_to_upstream"]["fast_path"] is True
     assert stats["upstream_to_browser"]["fast_path"] is True
+    # The compiled loop carries a direction only between two of the relay's own sockets:
+    # a leg on the relay's TURN allocation stays with the Python fast path.
+    compiled = (
+        media_path == "compiled"
+        and not on_a_turn_allocation(bridge.browser_pc)
+        and not on_a_turn_allocation(bridge.upstream_pc)
+    )
+    assert stats["browser_to_upstream"]["compiled"] is compiled
+    assert stats["upstream_to_browser"]["compiled"] is compiled
 
 
 async def test_relay_only_browser_goes_live_through_coturn(
@@ -144,6 +162,7 @@ async def test_relay_only_browser_goes_live_through_coturn(
     make_relay: MakeRelay,
     simulator: RunningSimulator,
     browsers: list[BrowserPeer],
+    media_path: str,
 ) -> None:
     relay = await make_relay(overrides=turn_settings(coturn))
     token, session_id, body = await new_session(relay)
@@ -163,7 +182,7 @@ async def test_relay_only_browser_goes_live_through_coturn(
     bridge = relay.services.bridges.get(session_id)
     assert bridge is not None
     await wait_until(lambda: bridge.state == "active", 15, "bridge active")
-    await assert_audio_both_ways(bridge, browser, simulator)
+    await assert_audio_both_ways(bridge, browser, simulator, media_path)
 
 
 async def test_relay_upstream_leg_over_turn_stays_in_the_port_range(
@@ -171,6 +190,7 @@ async def test_relay_upstream_leg_over_turn_stays_in_the_port_range(
     make_relay: MakeRelay,
     simulator: RunningSimulator,
     browsers: list[BrowserPeer],
+    media_path: str,
 ) -> None:
     low, high = free_udp_block(12)
     relay = await make_relay(
@@ -199,7 +219,7 @@ async def test_relay_upstream_leg_over_turn_stays_in_the_port_range(
     await browser.accept(answer)
     await browser.wait_connected(20)
     await wait_until(lambda: bridge.state == "active", 15, "bridge active")
-    await assert_audio_both_ways(bridge, browser, simulator)
+    await assert_audio_both_ways(bridge, browser, simulator, media_path)
 
 
 async def test_an_interview_ends_promptly_when_the_turn_server_is_gone(

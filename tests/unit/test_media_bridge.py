@@ -108,6 +108,7 @@ async def rig() -> AsyncIterator[Rig]:
     await r.upstream.close()
 
 
+@pytest.mark.usefixtures("media_path")
 async def test_opus_passthrough_forwards_packets_unchanged_both_ways(rig: Rig) -> None:
     bridge = rig.bridge()
     browser = rig.browser(payloads=SPEECH)
@@ -273,6 +274,7 @@ async def test_connect_timeout_fails_the_session(rig: Rig) -> None:
     assert rig.upstream.hangups == [rig.upstream.calls[0].call_id]
 
 
+@pytest.mark.usefixtures("media_path")
 async def test_idle_media_ends_the_session(rig: Rig) -> None:
     rig.upstream.reply_pcm = speech_like(0.2)
     bridge = rig.bridge(session=SessionConfig(connect_timeout_s=5, idle_media_timeout_s=0.6))

@@ -1,5 +1,8 @@
 """The forwarding fast path with real aiortc peers on loopback: a browser peer, the bridge,
-and an in-process upstream peer (inside a private network namespace, see tests/run.sh)."""
+and an in-process upstream peer (inside a private network namespace, see tests/run.sh).
+
+Every test runs once per forwarding path (the ``media_path`` fixture): the compiled loop
+(relay.media._fastloop) and the Python fast path must behave the same."""
 
 from __future__ import annotations
 
@@ -36,6 +39,8 @@ from tests.unit.test_media_bridge import RecordingHooks
 
 if TYPE_CHECKING:
     from relay.recording.recorder import SessionRecorder
+
+pytestmark = pytest.mark.usefixtures("media_path")
 
 SPEECH = encode_opus(speech_like(1.2))
 REPLY = encode_opus(speech_like(1.2, f0=220.0))
@@ -161,7 +166,9 @@ def _seq_steps(packets: list[RtpPacket]) -> list[int]:
 
 
 @pytest.mark.parametrize("fast_path", [True, False], ids=["fast_path", "aiortc_path"])
-async def test_audio_both_ways_byte_identical(open_session: Any, fast_path: bool) -> None:
+async def test_audio_both_ways_byte_identical(
+    open_session: Any, fast_path: bool, media_path: str
+) -> None:
     recorder = TapRecorder()
     s: Session = await open_session(fast_path=fast_path, recorder=recorder)
     kind = FastOpusForwarder if fast_path else OpusPassthrough
@@ -181,6 +188,8 @@ async def test_audio_both_ways_byte_identical(open_session: Any, fast_path: bool
     for direction in ("browser_to_upstream", "upstream_to_browser"):
         assert stats[direction]["mode"] == "passthrough"
         assert stats[direction]["fast_path"] is fast_path
+        # The compiled loop carries the fast path's packets when it runs (not aiortc's).
+        assert stats[direction]["compiled"] is (fast_path and media_path == "compiled")
         assert stats[direction]["frames_decoded"] == 0
         assert stats[direction]["forwarded"] > 50
     # The far ends see one stream each: the relay senders' SSRCs and payload types.

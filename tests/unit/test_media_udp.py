@@ -1,4 +1,5 @@
-"""The relay's media transport and its receive batching, on real loopback sockets."""
+"""The relay's media transport and its receive batching, on real loopback sockets, read by
+the compiled loop and by Python (the ``media_path`` fixture)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pytest
 
 from relay.media import udp
 from tests.integration.media_helpers import wait_until
+
+pytestmark = pytest.mark.usefixtures("media_path")
 
 
 class Recorder(asyncio.DatagramProtocol):
