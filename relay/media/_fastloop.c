@@ -23,6 +23,11 @@
  *     (PUNT_SYNC, route)                the route's counters are due to be copied into the
  *                                       Python objects that publish them
  *
+ * The same loop also plays endpoints, for the benchmark's load generator and for tests: a
+ * sink route (``new_sink``) records every RTP packet its socket receives (arrival time, the
+ * kernel's when asked, header fields, optionally the payload) instead of forwarding it, and
+ * a ``Source`` sends paced, SRTP-protected RTP from a list of payloads (``Loop.tick``).
+ *
  * The libsrtp used is the one pylibsrtp loaded: its srtp_protect/srtp_unprotect
  * addresses are handed in once (set_srtp) and every route gets the srtp_t contexts of
  * its legs' pylibsrtp sessions, holding a reference to the session objects so that the
@@ -41,6 +46,13 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <time.h>
+
+#ifndef SO_TIMESTAMPNS
+#define SO_TIMESTAMPNS 35
+#endif
+#ifndef SCM_TIMESTAMPNS
+#define SCM_TIMESTAMPNS SO_TIMESTAMPNS
+#endif
 
 /* The limits of relay.media.aiortc_private.SrtpCodec, so both paths refuse the same. */
 #define SRTP_BUFFER 1500
@@ -62,6 +74,12 @@
 #define PUNT_TAP 3
 #define PUNT_ERROR 4
 #define PUNT_SYNC 5
+
+#define KIND_FORWARD 0
+#define KIND_SINK 1
+/* A sink's record: arrival (double, wall clock), timestamp, SSRC (uint32), sequence number,
+ * payload length (uint16), little-endian as the host: struct "=dIIHH". */
+#define RECORD_SIZE 20
 
 typedef int (*srtp_fn)(void *ctx, void *header, int *length);
 
@@ -86,6 +104,7 @@ static double realtime_s(void) {
 
 typedef struct Route {
     PyObject_HEAD
+    int kind;
     /* Wiring. */
     int in_fd;
     int out_fd; /* -1: cannot send (the socket closed): packets go to Python */
@@ -144,6 +163,12 @@ typedef struct Route {
     /* Syncing with Python. */
     double last_sync;
     int urgent;
+    /* Sinks: what arrived, until taken. */
+    int keep_payloads;
+    char *records;
+    Py_ssize_t records_len, records_cap;
+    char *payloads;
+    Py_ssize_t payloads_len, payloads_cap;
 } Route;
 
 static PyTypeObject RouteType;
@@ -165,6 +190,8 @@ static int route_clear(Route *self) {
 static void route_dealloc(Route *self) {
     PyObject_GC_UnTrack(self);
     route_clear(self);
+    PyMem_Free(self->records);
+    PyMem_Free(self->payloads);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -315,15 +342,31 @@ done:
     return result;
 }
 
+/* A sink's records and payloads so far, as bytes; the sink starts empty again. */
+static PyObject *route_take_records(Route *self, PyObject *unused) {
+    PyObject *out = Py_BuildValue("(y#y#)", self->records ? self->records : "",
+                                  self->records_len, self->payloads ? self->payloads : "",
+                                  self->payloads_len);
+    if (out != NULL) {
+        self->records_len = 0;
+        self->payloads_len = 0;
+    }
+    return out;
+}
+
 static PyMethodDef route_methods[] = {
     {"set_rewrite", (PyCFunction)(void (*)(void))route_set_rewrite, METH_VARARGS | METH_KEYWORDS,
      "set_rewrite(out_ssrc, out_pt, opus, level_in, ext_plain, ext_level, level_at)"},
+    {"take_records", (PyCFunction)route_take_records, METH_NOARGS,
+     "a sink's (records, payloads) so far; records are struct '=dIIHH' (arrival, "
+     "timestamp, ssrc, sequence number, payload length)"},
     {NULL}};
 
 #define RW(name, type) {#name, type, offsetof(Route, name), 0, NULL}
 #define RO(name, type) {#name, type, offsetof(Route, name), READONLY, NULL}
 
 static PyMemberDef route_members[] = {
+    RO(kind, T_INT),
     RO(in_fd, T_INT),
     RO(out_fd, T_INT),
     RO(owner, T_OBJECT),
@@ -372,6 +415,141 @@ static PyTypeObject RouteType = {
     .tp_methods = route_methods,
 };
 
+/* ------------------------------------------------------------------ Source */
+
+typedef struct {
+    PyObject_HEAD
+    int fd;
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    void *tx_ctx;
+    PyObject *tx_session;
+    PyObject *payloads; /* a tuple of bytes, sent in turn */
+    unsigned int ssrc;
+    int pt;
+    uint8_t ext[EXT_MAX];
+    Py_ssize_t ext_len;
+    double start; /* monotonic: frame n is due at start + n * period */
+    double period;
+    long long next;
+    unsigned int seq0, ts0, frame_ticks;
+    double *sent; /* wall clock when frame n went out */
+    Py_ssize_t sent_cap;
+    unsigned long long sent_packets, send_errors;
+} Source;
+
+static PyTypeObject SourceType;
+
+static int source_traverse(Source *self, visitproc visit, void *arg) {
+    Py_VISIT(self->tx_session);
+    Py_VISIT(self->payloads);
+    return 0;
+}
+
+static int source_clear(Source *self) {
+    Py_CLEAR(self->tx_session);
+    Py_CLEAR(self->payloads);
+    return 0;
+}
+
+static void source_dealloc(Source *self) {
+    PyObject_GC_UnTrack(self);
+    source_clear(self);
+    PyMem_Free(self->sent);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int source_init(Source *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"fd",  "family", "host",     "port",   "tx_session", "tx_context",
+                             "ssrc", "pt",    "ext",      "payloads", "start",    "period",
+                             "seq0", "ts0",   "frame_ticks", NULL};
+    int fd, family, port, pt;
+    const char *host;
+    PyObject *tx_session, *tx_context, *payloads;
+    unsigned int ssrc, seq0 = 0, ts0 = 0, frame_ticks = 960;
+    Py_buffer ext;
+    double start, period = 0.02;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iisiOOIiy*Od|dIII", kwlist, &fd, &family,
+                                     &host, &port, &tx_session, &tx_context, &ssrc, &pt, &ext,
+                                     &payloads, &start, &period, &seq0, &ts0, &frame_ticks))
+        return -1;
+    int rc = -1;
+    if (fd < 0 || pt < 0 || pt > 127 || ext.len > EXT_MAX || ext.len % 4 || !(period > 0.0)) {
+        PyErr_SetString(PyExc_ValueError, "bad source parameters");
+        goto done;
+    }
+    if (!PyTuple_Check(payloads) || PyTuple_GET_SIZE(payloads) == 0) {
+        PyErr_SetString(PyExc_ValueError, "payloads: a non-empty tuple of bytes");
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(payloads); i++) {
+        PyObject *item = PyTuple_GET_ITEM(payloads, i);
+        if (!PyBytes_Check(item) ||
+            12 + ext.len + PyBytes_GET_SIZE(item) > SRTP_BUFFER - SRTP_MAX_TRAILER) {
+            PyErr_SetString(PyExc_ValueError, "payloads: bytes that fit one packet");
+            goto done;
+        }
+    }
+    if (parse_address(family, host, port, &self->addr, &self->addrlen) < 0)
+        goto done;
+    void *tx = context_pointer(tx_context);
+    if (tx == NULL)
+        goto done;
+    self->fd = fd;
+    self->tx_ctx = tx;
+    Py_INCREF(tx_session);
+    Py_XSETREF(self->tx_session, tx_session);
+    Py_INCREF(payloads);
+    Py_XSETREF(self->payloads, payloads);
+    self->ssrc = ssrc;
+    self->pt = pt;
+    memcpy(self->ext, ext.buf, (size_t)ext.len);
+    self->ext_len = ext.len;
+    self->start = start;
+    self->period = period;
+    self->next = 0;
+    self->seq0 = seq0;
+    self->ts0 = ts0;
+    self->frame_ticks = frame_ticks;
+    rc = 0;
+done:
+    PyBuffer_Release(&ext);
+    return rc;
+}
+
+/* The wall-clock times frames 0..next-1 went out, as doubles (NaN: not sent). */
+static PyObject *source_sent_times(Source *self, PyObject *unused) {
+    return PyBytes_FromStringAndSize(self->sent ? (const char *)self->sent : "",
+                                     (Py_ssize_t)(self->next * (long long)sizeof(double)));
+}
+
+static PyMethodDef source_methods[] = {
+    {"sent_times", (PyCFunction)source_sent_times, METH_NOARGS,
+     "wall-clock send time of each frame so far (doubles; NaN: the socket refused it)"},
+    {NULL}};
+
+static PyMemberDef source_members[] = {
+    {"next", T_LONGLONG, offsetof(Source, next), READONLY, "frames sent (or refused) so far"},
+    {"sent_packets", T_ULONGLONG, offsetof(Source, sent_packets), READONLY, NULL},
+    {"send_errors", T_ULONGLONG, offsetof(Source, send_errors), READONLY, NULL},
+    {"ssrc", T_UINT, offsetof(Source, ssrc), READONLY, NULL},
+    {"start", T_DOUBLE, offsetof(Source, start), 0, "monotonic time of frame 0"},
+    {NULL}};
+
+static PyTypeObject SourceType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "relay.media._fastloop.Source",
+    .tp_doc = "Paced, SRTP-protected RTP from a list of payloads (Loop.tick sends it).",
+    .tp_basicsize = sizeof(Source),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)source_init,
+    .tp_dealloc = (destructor)source_dealloc,
+    .tp_traverse = (traverseproc)source_traverse,
+    .tp_clear = (inquiry)source_clear,
+    .tp_members = source_members,
+    .tp_methods = source_methods,
+};
+
 /* ------------------------------------------------------------------ Loop */
 
 typedef struct {
@@ -393,6 +571,12 @@ typedef struct {
     struct iovec siov[VLEN];
     struct epoll_event events[MAX_EVENTS];
     PyObject *punts; /* during a pump */
+    /* Sinks: the kernel's receive time of each datagram (SO_TIMESTAMPNS on their sockets). */
+    int timestamps;
+    char control[VLEN][CMSG_SPACE(sizeof(struct timespec))];
+    /* Sources sent by tick() (owned references). */
+    PyObject **sources;
+    Py_ssize_t n_sources, sources_cap;
     /* Totals since the loop was made. */
     unsigned long long datagrams;
     unsigned long long compiled_forwarded;
@@ -406,6 +590,8 @@ static PyTypeObject LoopType;
 static int loop_traverse(Loop *self, visitproc visit, void *arg) {
     for (Py_ssize_t i = 0; i < self->n_routes; i++)
         Py_VISIT((PyObject *)self->routes[i]);
+    for (Py_ssize_t i = 0; i < self->n_sources; i++)
+        Py_VISIT(self->sources[i]);
     Py_VISIT(self->punts);
     return 0;
 }
@@ -422,8 +608,16 @@ static void loop_drop_routes(Loop *self) {
     }
 }
 
+static void loop_drop_sources(Loop *self) {
+    while (self->n_sources > 0) {
+        PyObject *source = self->sources[--self->n_sources];
+        Py_DECREF(source);
+    }
+}
+
 static int loop_clear(Loop *self) {
     loop_drop_routes(self);
+    loop_drop_sources(self);
     Py_CLEAR(self->punts);
     return 0;
 }
@@ -435,15 +629,17 @@ static void loop_dealloc(Loop *self) {
     PyMem_Free(self->held);
     PyMem_Free(self->routes);
     PyMem_Free(self->dirty);
+    PyMem_Free(self->sources);
     PyMem_Free(self->rbuf);
     PyMem_Free(self->sbuf);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static int loop_init(Loop *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"sync_interval", NULL};
+    static char *kwlist[] = {"sync_interval", "timestamps", NULL};
     double sync_interval = 0.2;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|d", kwlist, &sync_interval))
+    int timestamps = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|dp", kwlist, &sync_interval, &timestamps))
         return -1;
     if (!(sync_interval >= 0.0 && sync_interval <= 60.0)) {
         PyErr_SetString(PyExc_ValueError, "sync_interval must be 0..60 s");
@@ -454,6 +650,7 @@ static int loop_init(Loop *self, PyObject *args, PyObject *kwds) {
         return -1;
     }
     self->sync_interval = sync_interval;
+    self->timestamps = timestamps;
     self->rbuf = PyMem_Malloc((size_t)VLEN * RECV_STRIDE);
     self->sbuf = PyMem_Malloc((size_t)VLEN * SEND_STRIDE);
     if (self->rbuf == NULL || self->sbuf == NULL) {
@@ -554,7 +751,7 @@ static PyObject *loop_add_route(Loop *self, PyObject *arg) {
         PyErr_SetString(PyExc_ValueError, "the route is not initialised");
         return NULL;
     }
-    if (ensure_fd(self, r->in_fd) < 0 || ensure_fd(self, r->out_fd) < 0)
+    if (ensure_fd(self, r->in_fd) < 0 || (r->out_fd >= 0 && ensure_fd(self, r->out_fd) < 0))
         return NULL;
     if (self->n_routes == self->routes_cap) {
         Py_ssize_t cap = self->routes_cap ? self->routes_cap * 2 : 64;
@@ -897,6 +1094,89 @@ static int send_batch(Loop *self, int fd, int count) {
     return 0;
 }
 
+static int grow(char **buffer, Py_ssize_t *cap, Py_ssize_t need) {
+    if (need <= *cap)
+        return 0;
+    Py_ssize_t cap2 = *cap ? *cap : 4096;
+    while (cap2 < need)
+        cap2 *= 2;
+    char *grown = PyMem_Realloc(*buffer, (size_t)cap2);
+    if (grown == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    *buffer = grown;
+    *cap = cap2;
+    return 0;
+}
+
+/* The kernel's receive time of message ``i`` (SO_TIMESTAMPNS), else ``fallback``. */
+static double arrival_time(Loop *self, int i, double fallback) {
+    if (!self->timestamps)
+        return fallback;
+    struct msghdr *h = &self->rmsgs[i].msg_hdr;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR(h, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS &&
+            c->cmsg_len >= CMSG_LEN(sizeof(struct timespec))) {
+            struct timespec t;
+            memcpy(&t, CMSG_DATA(c), sizeof(t));
+            return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+        }
+    }
+    return fallback;
+}
+
+/* A sink's batch: every authentic RTP packet recorded, the rest to Python as usual. */
+static int sink_batch(Loop *self, Route *r, int fd, int got) {
+    double wall = realtime_s();
+    for (int i = 0; i < got; i++) {
+        uint8_t *d = (uint8_t *)self->riov[i].iov_base;
+        size_t n = self->rmsgs[i].msg_len;
+        if (!is_rtp(d, n)) {
+            if (punt_datagram(self, PUNT_RAW, fd, (const char *)d, n, &self->raddr[i],
+                              self->rmsgs[i].msg_hdr.msg_namelen) < 0)
+                return -1;
+            continue;
+        }
+        int len = (int)n;
+        if (n > SRTP_BUFFER || srtp_unprotect_fn(r->rx_ctx, d, &len) != 0) {
+            r->dropped_invalid++;
+            continue;
+        }
+        size_t offset = 12 + ((size_t)(d[0] & 0x0F) << 2);
+        if ((d[0] & 0x10) && (size_t)len >= offset + 4)
+            offset += 4 + ((size_t)be16(d + offset + 2) << 2);
+        long long end = (d[0] & 0x20) ? (long long)len - d[len - 1] : (long long)len;
+        if (end < (long long)offset || end - (long long)offset > 0xFFFF) {
+            r->dropped_invalid++;
+            continue;
+        }
+        size_t plen = (size_t)end - offset;
+        if (grow(&r->records, &r->records_cap, r->records_len + RECORD_SIZE) < 0)
+            return -1;
+        char *rec = r->records + r->records_len;
+        double at = arrival_time(self, i, wall);
+        uint32_t ts = be32(d + 4), ssrc = be32(d + 8);
+        uint16_t seq = (uint16_t)be16(d + 2), size = (uint16_t)plen;
+        memcpy(rec, &at, 8);
+        memcpy(rec + 8, &ts, 4);
+        memcpy(rec + 12, &ssrc, 4);
+        memcpy(rec + 16, &seq, 2);
+        memcpy(rec + 18, &size, 2);
+        r->records_len += RECORD_SIZE;
+        if (r->keep_payloads) {
+            if (grow(&r->payloads, &r->payloads_cap, r->payloads_len + (Py_ssize_t)plen) < 0)
+                return -1;
+            memcpy(r->payloads + r->payloads_len, d + offset, plen);
+            r->payloads_len += (Py_ssize_t)plen;
+        }
+        r->packets_in++;
+        r->bytes_in += plen;
+        r->ssrc = ssrc;
+    }
+    return got;
+}
+
 /* Read what is waiting on ``fd`` (one recvmmsg) and handle it. Returns the datagrams read
  * or -1 on a Python error. */
 static int read_socket(Loop *self, int fd) {
@@ -907,6 +1187,10 @@ static int read_socket(Loop *self, int fd) {
         h->msg_namelen = sizeof(self->raddr[i]);
         h->msg_iov = &self->riov[i];
         h->msg_iovlen = 1;
+        if (self->timestamps) {
+            h->msg_control = self->control[i];
+            h->msg_controllen = sizeof(self->control[i]);
+        }
     }
     self->recvmmsg_calls++;
     int got = recvmmsg(fd, self->rmsgs, VLEN, MSG_DONTWAIT, NULL);
@@ -917,6 +1201,8 @@ static int read_socket(Loop *self, int fd) {
         return punt(self, Py_BuildValue("(iii)", PUNT_ERROR, fd, errno)) < 0 ? -1 : 0;
     }
     Route *r = fd < self->fd_cap ? self->by_fd[fd] : NULL;
+    if (r != NULL && r->kind == KIND_SINK)
+        return sink_batch(self, r, fd, got);
     double now = 0.0, wall = 0.0;
     if (r != NULL) {
         now = monotonic_s();
@@ -1028,6 +1314,103 @@ fail:
     return NULL;
 }
 
+static PyObject *loop_add_source(Loop *self, PyObject *arg) {
+    if (!PyObject_TypeCheck(arg, &SourceType)) {
+        PyErr_SetString(PyExc_TypeError, "a Source");
+        return NULL;
+    }
+    if (((Source *)arg)->payloads == NULL) {
+        PyErr_SetString(PyExc_ValueError, "the source is not initialised");
+        return NULL;
+    }
+    if (self->n_sources == self->sources_cap) {
+        Py_ssize_t cap = self->sources_cap ? self->sources_cap * 2 : 64;
+        PyObject **sources = PyMem_Realloc(self->sources, (size_t)cap * sizeof(PyObject *));
+        if (sources == NULL)
+            return PyErr_NoMemory();
+        self->sources = sources;
+        self->sources_cap = cap;
+    }
+    self->sources[self->n_sources++] = Py_NewRef(arg);
+    Py_RETURN_NONE;
+}
+
+static PyObject *loop_remove_source(Loop *self, PyObject *arg) {
+    for (Py_ssize_t i = 0; i < self->n_sources; i++) {
+        if (self->sources[i] == arg) {
+            self->sources[i] = self->sources[--self->n_sources];
+            Py_DECREF(arg);
+            Py_RETURN_TRUE;
+        }
+    }
+    Py_RETURN_FALSE;
+}
+
+/* Every frame of every source that is due by now (at most 8 per source per call). */
+static PyObject *loop_tick(Loop *self, PyObject *unused) {
+    if (srtp_protect_fn == NULL || self->sbuf == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "set_srtp() was not called, or no buffers");
+        return NULL;
+    }
+    double now = monotonic_s();
+    long long total = 0;
+    for (Py_ssize_t k = 0; k < self->n_sources; k++) {
+        Source *src = (Source *)self->sources[k];
+        int count = 0;
+        long long queued[8];
+        while (count < 8 && src->start + (double)src->next * src->period <= now) {
+            long long n = src->next;
+            PyObject *payload = PyTuple_GET_ITEM(src->payloads, n % PyTuple_GET_SIZE(src->payloads));
+            Py_ssize_t plen = PyBytes_GET_SIZE(payload);
+            uint8_t *out = (uint8_t *)self->siov[count].iov_base;
+            out[0] = src->ext_len ? 0x90 : 0x80;
+            out[1] = (uint8_t)(0x80 | (unsigned int)src->pt); /* marker on every packet, as aiortc */
+            put16(out + 2, (src->seq0 + (unsigned int)n) & 0xFFFF);
+            put32(out + 4, src->ts0 + (unsigned int)n * src->frame_ticks);
+            put32(out + 8, src->ssrc);
+            memcpy(out + 12, src->ext, (size_t)src->ext_len);
+            memcpy(out + 12 + src->ext_len, PyBytes_AS_STRING(payload), (size_t)plen);
+            int len = (int)(12 + src->ext_len + plen);
+            if ((n + 1) * (long long)sizeof(double) > (long long)src->sent_cap) {
+                Py_ssize_t cap = src->sent_cap ? src->sent_cap * 2 : 4096 * (Py_ssize_t)sizeof(double);
+                while ((n + 1) * (long long)sizeof(double) > (long long)cap)
+                    cap *= 2;
+                double *grown = PyMem_Realloc(src->sent, (size_t)cap);
+                if (grown == NULL)
+                    return PyErr_NoMemory();
+                src->sent = grown;
+                src->sent_cap = cap;
+            }
+            src->sent[n] = NAN;
+            src->next++;
+            if (srtp_protect_fn(src->tx_ctx, out, &len) != 0) {
+                src->send_errors++;
+                continue;
+            }
+            struct msghdr *h = &self->smsgs[count].msg_hdr;
+            memset(h, 0, sizeof(*h));
+            h->msg_name = &src->addr;
+            h->msg_namelen = src->addrlen;
+            h->msg_iov = &self->siov[count];
+            h->msg_iovlen = 1;
+            self->siov[count].iov_len = (size_t)len;
+            queued[count++] = n;
+        }
+        if (count == 0)
+            continue;
+        double wall = realtime_s();
+        int sent = sendmmsg(src->fd, self->smsgs, (unsigned int)count, MSG_DONTWAIT);
+        if (sent < 0)
+            sent = 0;
+        for (int i = 0; i < sent; i++)
+            src->sent[queued[i]] = wall;
+        src->sent_packets += (unsigned long long)sent;
+        src->send_errors += (unsigned long long)(count - sent);
+        total += sent;
+    }
+    return PyLong_FromLongLong(total);
+}
+
 static PyObject *loop_stats(Loop *self, PyObject *unused) {
     return Py_BuildValue("{sKsKsKsKsKsnsn}", "datagrams", self->datagrams, "forwarded",
                          self->compiled_forwarded, "pumps", self->pumps, "recvmmsg",
@@ -1046,6 +1429,7 @@ static PyObject *loop_routes(Loop *self, PyObject *unused) {
 
 static PyObject *loop_close(Loop *self, PyObject *unused) {
     loop_drop_routes(self);
+    loop_drop_sources(self);
     Py_RETURN_NONE;
 }
 
@@ -1061,7 +1445,10 @@ static PyMethodDef loop_methods[] = {
      "every route with counters not yet synced, marked synced"},
     {"stats", (PyCFunction)loop_stats, METH_NOARGS, "totals since the loop was made"},
     {"routes", (PyCFunction)loop_routes, METH_NOARGS, "the attached routes"},
-    {"close", (PyCFunction)loop_close, METH_NOARGS, "detach every route"},
+    {"close", (PyCFunction)loop_close, METH_NOARGS, "detach every route and source"},
+    {"add_source", (PyCFunction)loop_add_source, METH_O, "send a Source from now on (tick)"},
+    {"remove_source", (PyCFunction)loop_remove_source, METH_O, "stop sending a Source"},
+    {"tick", (PyCFunction)loop_tick, METH_NOARGS, "send every source's due frames; how many"},
     {NULL}};
 
 static PyMemberDef loop_members[] = {
@@ -1105,7 +1492,46 @@ static PyObject *set_srtp(PyObject *module, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *new_sink(PyObject *module, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"in_fd", "rx_session", "rx_context", "keep_payloads", NULL};
+    int in_fd, keep = 0;
+    PyObject *rx_session, *rx_context;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iOO|p", kwlist, &in_fd, &rx_session,
+                                     &rx_context, &keep))
+        return NULL;
+    if (in_fd < 0 || in_fd >= MAX_FD) {
+        PyErr_SetString(PyExc_ValueError, "descriptor out of range");
+        return NULL;
+    }
+    void *rx = context_pointer(rx_context);
+    if (rx == NULL)
+        return NULL;
+    Route *r = (Route *)RouteType.tp_alloc(&RouteType, 0);
+    if (r == NULL)
+        return NULL;
+    r->kind = KIND_SINK;
+    r->in_fd = in_fd;
+    r->out_fd = -1;
+    r->rx_ctx = rx;
+    r->tx_ctx = rx;
+    r->rx_session = Py_NewRef(rx_session);
+    r->tx_session = Py_NewRef(rx_session);
+    r->owner = Py_NewRef(Py_None);
+    r->index = -1;
+    r->dirty_index = -1;
+    r->level_in = -1;
+    r->keep_payloads = keep;
+    r->first_packet_at = NAN;
+    r->last_packet_at = NAN;
+    r->last_forward_at = NAN;
+    r->base_seq = r->max_seq = r->last_arrival = r->last_timestamp = -1;
+    return (PyObject *)r;
+}
+
 static PyMethodDef module_methods[] = {
+    {"new_sink", (PyCFunction)(void (*)(void))new_sink, METH_VARARGS | METH_KEYWORDS,
+     "new_sink(in_fd, rx_session, rx_context, keep_payloads=False): a route that records "
+     "the authentic RTP its socket receives (Route.take_records) instead of forwarding it"},
     {"set_srtp", set_srtp, METH_VARARGS,
      "set_srtp(protect_address, unprotect_address): libsrtp's srtp_protect and "
      "srtp_unprotect, as loaded by pylibsrtp"},
@@ -1117,13 +1543,17 @@ static struct PyModuleDef module_def = {
     module_methods};
 
 PyMODINIT_FUNC PyInit__fastloop(void) {
-    if (PyType_Ready(&RouteType) < 0 || PyType_Ready(&LoopType) < 0)
+    if (PyType_Ready(&RouteType) < 0 || PyType_Ready(&LoopType) < 0 ||
+        PyType_Ready(&SourceType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (m == NULL)
         return NULL;
     if (PyModule_AddObjectRef(m, "Route", (PyObject *)&RouteType) < 0 ||
         PyModule_AddObjectRef(m, "Loop", (PyObject *)&LoopType) < 0 ||
+        PyModule_AddObjectRef(m, "Source", (PyObject *)&SourceType) < 0 ||
+        PyModule_AddIntConstant(m, "RECORD_SIZE", RECORD_SIZE) < 0 ||
+        PyModule_AddIntConstant(m, "SO_TIMESTAMPNS", SO_TIMESTAMPNS) < 0 ||
         PyModule_AddIntConstant(m, "PUNT_RAW", PUNT_RAW) < 0 ||
         PyModule_AddIntConstant(m, "PUNT_PLAIN", PUNT_PLAIN) < 0 ||
         PyModule_AddIntConstant(m, "PUNT_SEND", PUNT_SEND) < 0 ||

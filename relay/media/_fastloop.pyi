@@ -9,10 +9,14 @@ PUNT_ERROR: int
 PUNT_SYNC: int
 VLEN: int
 SRTP_BUFFER: int
+RECORD_SIZE: int
+SO_TIMESTAMPNS: int
 
 def set_srtp(protect_address: int, unprotect_address: int) -> None: ...
+def new_sink(in_fd: int, rx_session: Any, rx_context: int, keep_payloads: bool = ...) -> Route: ...
 
 class Route:
+    kind: int
     in_fd: int
     out_fd: int
     owner: Any
@@ -68,11 +72,38 @@ class Route:
         ext_level: bytes,
         level_at: int,
     ) -> None: ...
+    def take_records(self) -> tuple[bytes, bytes]: ...
+
+class Source:
+    next: int
+    sent_packets: int
+    send_errors: int
+    ssrc: int
+    start: float
+    def __init__(
+        self,
+        fd: int,
+        family: int,
+        host: str,
+        port: int,
+        tx_session: Any,
+        tx_context: int,
+        ssrc: int,
+        pt: int,
+        ext: bytes,
+        payloads: tuple[bytes, ...],
+        start: float,
+        period: float = ...,
+        seq0: int = ...,
+        ts0: int = ...,
+        frame_ticks: int = ...,
+    ) -> None: ...
+    def sent_times(self) -> bytes: ...
 
 class Loop:
     dirty: int
     route_count: int
-    def __init__(self, sync_interval: float = ...) -> None: ...
+    def __init__(self, sync_interval: float = ..., timestamps: bool = ...) -> None: ...
     def pump(self, epoll_fd: int, max_rounds: int) -> tuple[int, list[tuple[Any, ...]] | None]: ...
     def add_route(self, route: Route) -> None: ...
     def remove_route(self, route: Route) -> bool: ...
@@ -82,3 +113,6 @@ class Loop:
     def stats(self) -> dict[str, int]: ...
     def routes(self) -> list[Route]: ...
     def close(self) -> None: ...
+    def add_source(self, source: Source) -> None: ...
+    def remove_source(self, source: Source) -> bool: ...
+    def tick(self) -> int: ...

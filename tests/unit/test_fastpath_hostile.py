@@ -228,9 +228,9 @@ def test_the_active_path_is_described() -> None:
     assert description["path"] == ("compiled" if fastloop.active() else "python")
     assert description["srtp"].startswith("libsrtp")
     outcome, detail, _ = fastloop.doctor_check()
-    assert outcome == "OK" and detail.startswith(
-        "compiled loop" if fastloop.active() else "Python fast path"
-    )
+    # A warning only when the module was not built (an install without a C compiler).
+    assert outcome == ("OK" if fastloop.built() else "WARN")
+    assert detail.startswith("compiled loop" if fastloop.active() else "Python fast path")
     loop = fastloop.new_loop()
     assert (loop is not None) is fastloop.active()
 
