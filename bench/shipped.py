@@ -16,11 +16,17 @@ user token), the exchange (``POST /api/webrtc-exchange``), both legs, events, ha
 
 Modes, interleaved per N in one run: ``direct`` (the browser peer talks straight to the
 upstream peer: the same peers and packets without a relay, the control), ``fast`` (the
-relay with ``media.fast_path = true``, as shipped) and ``aiortc`` (``media.fast_path =
-false``: aiortc's receiver and sender carry the packets). The relay's CPU is read from
-``/proc/<pid>/stat`` (all its threads; the embedded PostgreSQL is a separate process),
-the generator's own from ``os.times``; a generator above 0.85 of its core is flagged
-``generator_saturated`` and such a point says nothing about the relay.
+relay with ``media.fast_path = true``, as shipped: the compiled loop when it is built),
+``pyfast`` (the same fast path in Python, ``media.compiled_fast_path = false``) and
+``aiortc`` (``media.fast_path = false``: aiortc's receiver and sender carry the packets).
+``--generator compiled`` hands the endpoints' audio to compiled code once each session
+is up (``bench/compiled_endpoints.py``), so the generator carries hundreds of sessions;
+the direct control keeps aiortc's own media path whatever the generator.
+
+The relay's CPU is read from ``/proc/<pid>/stat`` (all its threads; the embedded
+PostgreSQL is a separate process), the generator's own from ``os.times``; a generator
+above 0.85 of its core is flagged ``generator_saturated`` and such a point says nothing
+about the relay.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ import aiohttp
 from aiohttp import web
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 
+from bench import compiled_endpoints
 from bench.loop_lag import LoopLag
 from bench.prometheus import gc_pauses
 from bench.run import (
@@ -60,13 +67,14 @@ RELAY_PORT = 18091
 UPSTREAM_PORT = 18092
 OPERATOR_TOKEN = "op_bench_" + "x" * 24
 GENERATOR_SATURATED = 0.85
-MODES = ("direct", "fast", "watch", "aiortc", "rec")
+MODES = ("direct", "fast", "pyfast", "watch", "aiortc", "rec")
 # Relay modes: (media.fast_path, recording.enabled, media.receive_batch_ms or None for the
 # shipped window). "fast", "watch" and "aiortc" record nothing, so they compare forwarding
 # alone; "watch" is the fast path woken for every datagram (no batching); "rec" is the
 # fast path with recording on (as shipped).
 RELAY_MODES: dict[str, tuple[bool, bool, str | None]] = {
     "fast": (True, False, None),
+    "pyfast": (True, False, None),
     "watch": (True, False, "0"),
     "aiortc": (False, False, None),
     "rec": (True, True, None),
@@ -260,9 +268,11 @@ def relay_env(data_dir: Path, mode: str) -> dict[str, str]:
     if batch_ms is not None:
         env["RELAY__MEDIA__RECEIVE_BATCH_MS"] = batch_ms
     env.update(
-        RELAY__LIMITS__PER_USER_CONCURRENT_SESSIONS="200",
+        RELAY__LIMITS__PER_USER_CONCURRENT_SESSIONS="1000",
         RELAY__LIMITS__PER_USER_REQUESTS_PER_MINUTE="100000",
-        RELAY__LIMITS__GLOBAL_MAX_SESSIONS="200",
+        RELAY__LIMITS__GLOBAL_MAX_SESSIONS="1000",
+        # "pyfast": the fast path in Python even where the compiled loop is built.
+        RELAY__MEDIA__COMPILED_FAST_PATH="false" if mode == "pyfast" else "true",
         RELAY__MEDIA__FAST_PATH="true" if fast_path else "false",
         RELAY__RECORDING__ENABLED="true" if recording else "false",
     )
@@ -386,8 +396,10 @@ async def open_session(
     lock: asyncio.Lock,
     events: dict[int, int],
     first_audio: dict[int, dict[str, float]],
+    after: Callable[[Pair], None] | None = None,
 ) -> None:
-    """Admission, exchange, both legs connected (``http`` None: direct, no relay)."""
+    """Admission, exchange, both legs connected (``http`` None: direct, no relay); then
+    ``after(pair)`` (the compiled generator takes the endpoints' audio over)."""
     upstream.pairs[pair.index] = pair
     pc = pair.browser = new_peer()
     pc.addTransceiver(pair.browser_tx, direction="sendrecv")
@@ -464,6 +476,8 @@ async def open_session(
             server_timing,
         )
     )
+    if after is not None:
+        after(pair)
 
 
 async def relay_first_audio(
@@ -557,12 +571,20 @@ async def run_point(
     if mode != "direct":
         profile = f"{args.profile}.{mode}.{sessions}" if args.profile else None
         relay = RelayProcess(data_dir, mode, args.relay_cpu, profile)
-    pairs = [Pair(i, probe=i < args.probes) for i in range(sessions)]
+    # The compiled generator for the relay's points; the control keeps aiortc's media.
+    compiled = args.generator == "compiled" and relay is not None
+    result["generator"] = "compiled" if compiled else "aiortc"
+    new_pair = compiled_endpoints.new_pair if compiled else Pair
+    pairs = [new_pair(i, i < args.probes) for i in range(sessions)]
     upstream.pairs = {}
     upstream.answer_s, upstream.answered_at, upstream.connected_at = {}, {}, {}
     events: dict[int, int] = {}
     first_audio: dict[int, dict[str, float]] = {}
     lock = asyncio.Lock()
+    media: compiled_endpoints.CompiledMedia | None = None
+    if args.generator == "compiled":
+        compiled_endpoints.enable(compiled)
+        media = compiled_endpoints.CompiledMedia() if compiled else None
     async with aiohttp.ClientSession() as http:
         try:
             if relay is not None:
@@ -571,10 +593,18 @@ async def run_point(
                 result["relay_event_loop"] = await relay_event_loop(http)
                 cpu_before = sum(relay.cpu_seconds())
             started = time.monotonic()
+            after = media.take_over if media is not None else None
             await asyncio.gather(
                 *(
                     open_session(
-                        p, upstream, http if relay else None, token, lock, events, first_audio
+                        p,
+                        upstream,
+                        http if relay else None,
+                        token,
+                        lock,
+                        events,
+                        first_audio,
+                        after,
                     )
                     for p in pairs
                 )
@@ -592,9 +622,12 @@ async def run_point(
             for pair in pairs:
                 pair.at_upstream.reset()
                 pair.at_browser.reset()
+            if media is not None:
+                media.reset()
             wire = None
             if relay is not None and args.probes > 0:  # --probes 0: no per-hop latency
-                hops = await probe_hops([p for p in pairs if p.probe])
+                probes = [p for p in pairs if p.probe]
+                hops = media.hops(probes) if media is not None else await probe_hops(probes)
                 wire = await WireProbe.start(hops, data_dir, args.endpoint_cpu)
             ours = {os.getpid()} | ({relay.pid} if relay else set()) | wire_pids(wire)
             others0 = cpu_by_process(ours)
@@ -611,6 +644,9 @@ async def run_point(
             wall = time.time() - t0
             watch.cancel()
             mine1 = sum(os.times()[:2])
+            if media is not None:
+                media.collect()
+                result["generator_counts"] = media.counts()
             result["endpoint_cpu"] = round((mine1 - mine0) / wall, 3)
             result["generator_saturated"] = result["endpoint_cpu"] > GENERATOR_SATURATED
             result["others_cpu"] = round(others_cpu_delta(others0, cpu_by_process(ours)) / wall, 3)
@@ -669,6 +705,8 @@ async def run_point(
         except Exception as exc:  # a point that cannot run is recorded, not fatal
             result["error"] = f"{type(exc).__name__}: {exc}"
         finally:
+            if media is not None:
+                await media.close()
             for pair in pairs:
                 with contextlib.suppress(Exception):
                     await pair.close()
@@ -717,6 +755,8 @@ def wakeups_in_window(
     return {
         "relay_receive_batch_ms": after["batch_ms"],
         "relay_datagrams_per_wakeup": round(datagrams / woken, 2) if woken else None,
+        # Which fast path forwarded (relay.media.fastloop): "compiled" or "python".
+        "relay_forwarding_path": (after.get("forwarding") or {}).get("path"),
     }
 
 
@@ -1199,6 +1239,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="a setting for every relay of the run, e.g. RELAY__SERVER__GC_FREEZE=false",
     )
+    parser.add_argument(
+        "--generator",
+        choices=("aiortc", "compiled"),
+        default="aiortc",
+        help="the relay points' endpoints: aiortc's media path, or compiled code once each"
+        " session is up (bench/compiled_endpoints.py; up to 600 sessions)",
+    )
     parser.add_argument("--relay-cpu", type=int, default=0)
     parser.add_argument("--endpoint-cpu", type=int, default=1)
     args = parser.parse_args(argv)
@@ -1219,8 +1266,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("keep it bounded: at most 2000 cycles")
     if not 0 <= args.settle <= 60:
         parser.error("keep it bounded: --settle 0..60 s")
-    if not 1 <= args.duration <= 60 or max(args.sessions) > 150 or not 1 <= args.repeat <= 5:
-        parser.error("keep it bounded: duration 1..60 s, at most 150 sessions, 1..5 repeats")
+    most = 600 if args.generator == "compiled" else 150
+    if not 1 <= args.duration <= 60 or max(args.sessions) > most or not 1 <= args.repeat <= 5:
+        parser.error(
+            f"keep it bounded: duration 1..60 s, at most {most} sessions"
+            " (600 with --generator compiled), 1..5 repeats"
+        )
     return args
 
 

@@ -807,6 +807,16 @@ static PyObject *loop_forget_fd(Loop *self, PyObject *arg) {
         if (self->routes[i]->out_fd == fd)
             self->routes[i]->out_fd = -1;
     }
+    /* A source sending on it stops too. */
+    for (Py_ssize_t i = 0; i < self->n_sources;) {
+        PyObject *source = self->sources[i];
+        if (((Source *)source)->fd == fd) {
+            self->sources[i] = self->sources[--self->n_sources];
+            Py_DECREF(source);
+        } else {
+            i++;
+        }
+    }
     Py_RETURN_NONE;
 }
 
@@ -1455,6 +1465,7 @@ static PyMemberDef loop_members[] = {
     {"dirty", T_PYSSIZET, offsetof(Loop, n_dirty), READONLY,
      "routes whose counters Python has not seen yet"},
     {"route_count", T_PYSSIZET, offsetof(Loop, n_routes), READONLY, "attached routes"},
+    {"source_count", T_PYSSIZET, offsetof(Loop, n_sources), READONLY, "sources sent by tick"},
     {NULL}};
 
 static PyTypeObject LoopType = {

@@ -54,7 +54,7 @@ Path = Literal["compiled", "python"]
 # them (DirectionStats, aiortc's receiver statistics and sender report state) while its
 # packets flow; at once after anything rare (a first packet, a drop). Sender reports go
 # out about once a second, stats are read every few: this is well inside both.
-SYNC_INTERVAL_S = 0.2
+SYNC_INTERVAL_S = 1.0
 # Rounds of "poll the set, read every ready socket" per pump (as ``udp._MAX_ROUNDS``).
 MAX_ROUNDS = 8
 

@@ -79,9 +79,14 @@ def test_media_totals_sum_the_relays_counters() -> None:
 def test_arguments_are_bounded() -> None:
     args = parse_args(["--sessions", "10,40", "--duration", "20"])
     assert args.sessions == [10, 40]
-    assert args.modes == ["direct", "fast", "watch", "aiortc", "rec"]
+    assert args.modes == ["direct", "fast", "pyfast", "watch", "aiortc", "rec"]
+    assert args.generator == "aiortc"
+    # The compiled generator carries more sessions (bench/compiled_endpoints.py).
+    assert parse_args(["--sessions", "600", "--generator", "compiled"]).sessions == [600]
     for bad in (
         ["--sessions", "500"],
+        ["--sessions", "601", "--generator", "compiled"],
+        ["--generator", "gstreamer"],
         ["--duration", "600"],
         ["--modes", "decode"],
         ["--relay-env", "PATH=/tmp"],
@@ -100,9 +105,13 @@ def test_relay_env_sets_the_mode_and_the_extra_settings(tmp_path: Any) -> None:
         assert env["RELAY__MEDIA__FAST_PATH"] == "true"
         assert env["RELAY__RECORDING__ENABLED"] == "true"
         assert env["RELAY__SERVER__GC_FREEZE"] == "false"
+        assert env["RELAY__MEDIA__COMPILED_FAST_PATH"] == "true"
         env = shipped.relay_env(tmp_path, "aiortc")
         assert env["RELAY__MEDIA__FAST_PATH"] == "false"
         assert env["RELAY__RECORDING__ENABLED"] == "false"
+        env = shipped.relay_env(tmp_path, "pyfast")
+        assert env["RELAY__MEDIA__FAST_PATH"] == "true"
+        assert env["RELAY__MEDIA__COMPILED_FAST_PATH"] == "false"
     finally:
         shipped.EXTRA_RELAY_ENV.clear()
 
@@ -165,10 +174,17 @@ def test_first_audio_samples_are_bounded_and_tabled() -> None:
 
 def test_datagrams_per_wakeup_come_from_the_window_only() -> None:
     before = {"batch_ms": 2.0, "wakeups": 100, "polls": 400, "datagrams": 900}
-    after = {"batch_ms": 2.0, "wakeups": 110, "polls": 900, "datagrams": 4900}
+    after = {
+        "batch_ms": 2.0,
+        "wakeups": 110,
+        "polls": 900,
+        "datagrams": 4900,
+        "forwarding": {"path": "compiled"},
+    }
     assert wakeups_in_window(before, after) == {
         "relay_receive_batch_ms": 2.0,
         "relay_datagrams_per_wakeup": round(4000 / 510, 2),
+        "relay_forwarding_path": "compiled",
     }
     assert wakeups_in_window(None, after) == {}
     idle = wakeups_in_window(after, after)
