@@ -1168,6 +1168,8 @@ async def run_shipped(
         for run in range(args.repeat):
             for sessions in args.sessions:
                 for mode in args.modes:
+                    if sessions > args.mode_max.get(mode, sessions):
+                        continue  # --mode-max: a mode that cannot carry this many
                     # Every point starts from an idle machine: a virtual machine's CPU
                     # allowance spent by the point before can otherwise be taken back
                     # (as steal) during this one's window.
@@ -1246,6 +1248,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the relay points' endpoints: aiortc's media path, or compiled code once each"
         " session is up (bench/compiled_endpoints.py; up to 600 sessions)",
     )
+    parser.add_argument(
+        "--mode-max",
+        action="append",
+        default=[],
+        metavar="MODE=N",
+        help="run MODE only up to N sessions (e.g. direct=60: the control's generator holds"
+        " no more on one core)",
+    )
     parser.add_argument("--relay-cpu", type=int, default=0)
     parser.add_argument("--endpoint-cpu", type=int, default=1)
     args = parser.parse_args(argv)
@@ -1257,6 +1267,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--relay-env takes RELAY__SECTION__KEY=VALUE, not {item!r}")
         EXTRA_RELAY_ENV[key] = value
     args.sessions = [int(x) for x in str(args.sessions).split(",")]
+    mode_max: dict[str, int] = {}
+    for item in args.mode_max:
+        mode, sep, most = item.partition("=")
+        if not sep or mode not in MODES or not most.isdigit():
+            parser.error(f"--mode-max takes MODE=N with a mode of {', '.join(MODES)}")
+        mode_max[mode] = int(most)
+    args.mode_max = mode_max
     args.modes = [m.strip() for m in str(args.modes).split(",")]
     if not set(args.modes) <= set(MODES):
         parser.error(f"modes are {', '.join(MODES)}")

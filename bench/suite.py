@@ -8,9 +8,15 @@ machine with at least two cores:
 Sections, in this order (``--sections`` picks some):
 
 * ``media``: the shipped relay end to end (``bench/shipped.py``): the direct aiortc peer
-  pair (the control), the relay on its fast path, on aiortc's path, and on the fast path
-  with recording on; CPU, added latency, loss, time to first reply audio, RSS per live
-  session.
+  pair (the control, up to 30 sessions, where its generator still holds), the relay on
+  its fast path compiled (``fast``), the same in Python (``pyfast``), aiortc's path, and
+  the compiled fast path with recording on, at 10, 30, 100 and 400 sessions; the
+  relay's endpoints in compiled code once up (``--generator compiled``); CPU, CPU per
+  forwarded packet, added latency, loss, time to first reply audio, RSS per live session.
+* ``compiled_cost``: relay CPU per forwarded packet, the compiled loop and the Python
+  fast path, kernel included and wake-ups not (``bench/compiled_cost.py``).
+* ``srtp_libraries``: SRTP per packet with pylibsrtp's libsrtp and Debian's libsrtp2
+  (``bench/srtp_libraries.py``; the second only where it is installed).
 * ``forwarding_cost``: where a forwarded packet's CPU goes (``bench/forwarding_cost.py``):
   the fast path's own work, SRTP, and a loopback datagram with and without a wake-up.
 * ``receive_batching``: the event loop's receive path per datagram at 60 sockets and
@@ -38,6 +44,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -45,19 +52,36 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import admission, forwarding_cost, receive_batching, shipped, workers
+from bench import (
+    admission,
+    compiled_cost,
+    forwarding_cost,
+    receive_batching,
+    shipped,
+    srtp_libraries,
+    workers,
+)
 from bench.run import RESULTS_DIR
 
 Row = dict[str, Any]
 Sink = Callable[[Row], None]
 
 
+# The largest media point: the compiled generator's endpoints hold it on one core.
+MEDIA_MAX_SESSIONS = 400
+
+
 def media_args(quick: bool) -> argparse.Namespace:
     if quick:
-        argv = ["--sessions", "10", "--duration", "8", "--repeat", "1"]
+        argv = ["--sessions", "10,100", "--duration", "8", "--repeat", "1"]
     else:
-        argv = ["--sessions", "10,30", "--duration", "15", "--repeat", "3"]
-    return shipped.parse_args(argv + ["--modes", "direct,fast,watch,aiortc,rec"])
+        argv = ["--sessions", f"10,30,100,{MEDIA_MAX_SESSIONS}", "--duration", "15"]
+        argv += ["--repeat", "2"]
+    argv += ["--modes", "direct,fast,pyfast,aiortc,rec", "--generator", "compiled"]
+    # The direct control's aiortc endpoints hold about 30 sessions on one core; recording
+    # is measured where it was before.
+    argv += ["--mode-max", "direct=30", "--mode-max", "rec=30"]
+    return shipped.parse_args(argv)
 
 
 def first_audio_args(quick: bool) -> argparse.Namespace:
@@ -138,6 +162,28 @@ async def run_forwarding_cost(quick: bool, sink: Sink) -> list[Row]:
     return [row]
 
 
+async def run_compiled_cost(quick: bool, sink: Sink) -> list[Row]:
+    packets, rounds = (3_000, 1) if quick else (30_000, 3)
+
+    def pinned() -> dict[str, Any]:
+        # In a thread of its own, pinned to the relay's core (as its harness's main does).
+        os.sched_setaffinity(0, {0})
+        return compiled_cost.measure([6, 60], packets, rounds)
+
+    row = await asyncio.to_thread(pinned)
+    sink(row)
+    return [row]
+
+
+async def run_srtp_libraries(quick: bool, sink: Sink) -> list[Row]:
+    packets, rounds = (20_000, 1) if quick else (200_000, 3)
+    # Instructions too (callgrind), unless quick or valgrind is missing.
+    callgrind = not quick and shutil.which("valgrind") is not None
+    row = await asyncio.to_thread(srtp_libraries.measure, packets, rounds, callgrind)
+    sink(row)
+    return [row]
+
+
 async def run_receive_batching(quick: bool, sink: Sink) -> list[Row]:
     window, rounds = (2.0, 1) if quick else (5.0, 3)
     # Its own uvloop, in a thread of its own (pinned to the relay's core there).
@@ -148,6 +194,8 @@ async def run_receive_batching(quick: bool, sink: Sink) -> list[Row]:
 
 SECTIONS: dict[str, Callable[[bool, Sink], Awaitable[list[Row]]]] = {
     "media": run_media,
+    "compiled_cost": run_compiled_cost,
+    "srtp_libraries": run_srtp_libraries,
     "forwarding_cost": run_forwarding_cost,
     "receive_batching": run_receive_batching,
     "first_audio": run_first_audio,
@@ -235,6 +283,15 @@ def report(rows: list[Row]) -> str:
         parts += ["### Media", shipped.table(media)]
         if any(r.get("mode") == "rec" for r in media):
             parts += ["### Recording on vs off", recording_table(media)]
+    compiled = section(rows, "compiled_cost")
+    if compiled:
+        parts += [
+            "### CPU per forwarded packet: the compiled loop and the Python fast path",
+            compiled_cost.table(compiled),
+        ]
+    libraries = section(rows, "srtp_libraries")
+    if libraries:
+        parts += ["### SRTP per packet: the two libsrtp", srtp_libraries.table(libraries)]
     costs = section(rows, "forwarding_cost")
     if costs:
         parts += ["### Where a forwarded packet's CPU goes", forwarding_cost.table(costs)]

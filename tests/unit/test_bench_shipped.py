@@ -83,10 +83,13 @@ def test_arguments_are_bounded() -> None:
     assert args.generator == "aiortc"
     # The compiled generator carries more sessions (bench/compiled_endpoints.py).
     assert parse_args(["--sessions", "600", "--generator", "compiled"]).sessions == [600]
+    assert parse_args(["--mode-max", "direct=30"]).mode_max == {"direct": 30}
     for bad in (
         ["--sessions", "500"],
         ["--sessions", "601", "--generator", "compiled"],
         ["--generator", "gstreamer"],
+        ["--mode-max", "decode=30"],
+        ["--mode-max", "direct"],
         ["--duration", "600"],
         ["--modes", "decode"],
         ["--relay-env", "PATH=/tmp"],
