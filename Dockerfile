@@ -15,18 +15,22 @@ ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-# A compiler only for dependencies without a wheel for this platform; never in the runtime.
+# A compiler for dependencies without a wheel for this platform and for the relay's own
+# compiled fast path (relay/media/_fastloop.c); never in the runtime.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends build-essential \
     && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/venv
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY relay ./relay
 # The pinned dependencies go into the venv; the project itself runs from /app (below),
-# where relay/ sits next to static/ as the app expects.
+# where relay/ sits next to static/ as the app expects, with its compiled module built in
+# place here (the runtime copies relay/ from this stage).
 RUN /opt/venv/bin/pip install . \
-    && /opt/venv/bin/pip uninstall -y interview-relay
+    && /opt/venv/bin/pip uninstall -y interview-relay \
+    && /opt/venv/bin/python setup.py build_ext --inplace \
+    && /opt/venv/bin/python -c "import relay.media._fastloop"
 
 # ---------------------------------------------------------------- runtime
 FROM ${PYTHON_IMAGE} AS runtime
@@ -40,7 +44,7 @@ RUN useradd --create-home --uid 10001 --user-group relay \
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 COPY config.toml ./
-COPY relay ./relay
+COPY --from=build /src/relay ./relay
 COPY static ./static
 
 # Configuration comes from the environment (config.toml here holds the defaults):

@@ -52,8 +52,9 @@ Path = Literal["compiled", "python"]
 
 # How often, at most, a route's counters are copied into the Python objects that publish
 # them (DirectionStats, aiortc's receiver statistics and sender report state) while its
-# packets flow; at once after anything rare (a first packet, a drop). Sender reports go
-# out about once a second, stats are read every few: this is well inside both.
+# packets flow; at once after anything rare (a first packet, a drop), and whenever they are
+# read (``FastOpusForwarder.refresh``: the bridge's monitor does every second, stats on
+# request). Sender reports go out about once a second from aiortc's RTCP tasks.
 SYNC_INTERVAL_S = 1.0
 # Rounds of "poll the set, read every ready socket" per pump (as ``udp._MAX_ROUNDS``).
 MAX_ROUNDS = 8

@@ -343,7 +343,10 @@ class FastOpusForwarder:
             if not self.packets_sent:
                 self._held = (b1, seq, ts, level, payload, now)
         elif self._route is None:
-            self._attach()
+            try:
+                self._attach()
+            except Exception:  # the packet went out; the direction stays in Python
+                log.exception("fast path: handing the direction to the compiled loop failed")
 
     def _send(
         self, b1: int, seq: int, ts: int, level: int | None, payload: bytes, now: float
@@ -400,7 +403,7 @@ class FastOpusForwarder:
         pairs = (self._in_pairs.get(1), self._pair)
         if pairs == self._route_refused:
             return
-        self._route_refused = pairs  # until either selected pair changes
+        self._route_refused = pairs  # until either selected pair changes (tried once)
         in_pair, out_pair = pairs
         if in_pair is None or out_pair is None or self._ssrc is None or self._addr is None:
             return

@@ -110,8 +110,14 @@ def test_dockerfile_is_multi_stage_from_pinned_images() -> None:
         assert "slim" in image or "alpine" in image or "distroless" in image, image
     final = stages(text)[-1]
     assert any(k == "COPY" and "--from=" in rest for k, rest in final), "runtime copies"
-    # The compiler stays in the build stage.
+    # The compiler stays in the build stage, which builds the compiled fast path in place
+    # (and fails if it did not build); the runtime takes relay/ from there.
     assert not any("build-essential" in rest for k, rest in final if k == "RUN")
+    build = stages(text)[0]
+    assert any(
+        "build_ext --inplace" in rest and "relay.media._fastloop" in rest for k, rest in build
+    )
+    assert ("COPY", "--from=build /src/relay ./relay") in final
 
 
 def test_dockerfile_runtime_runs_as_a_non_root_user_with_a_healthcheck() -> None:
