@@ -409,6 +409,53 @@ def test_srtp_codec_matches_pylibsrtp() -> None:
     assert sender.protect(b"\x80" * 1400) is None  # no room for the trailer
 
 
+def test_srtp_addresses_are_the_functions_pylibsrtp_calls() -> None:
+    """The compiled loop calls libsrtp by these addresses, on sessions' contexts."""
+    import ctypes
+    import os
+    import struct
+
+    import pylibsrtp
+
+    protect_at, unprotect_at = aiortc_private.srtp_function_addresses()
+    assert protect_at and unprotect_at and protect_at != unprotect_at
+    assert aiortc_private.srtp_library_version().startswith("libsrtp2 2.")
+    key = os.urandom(44)
+    profile = pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_256_GCM
+    tx = pylibsrtp.Session(
+        pylibsrtp.Policy(
+            key=key, srtp_profile=profile, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND
+        )
+    )
+    rx = pylibsrtp.Session(
+        pylibsrtp.Policy(key=key, srtp_profile=profile, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND)
+    )
+    process = ctypes.CFUNCTYPE(
+        ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int)
+    )
+    packet = struct.pack("!BBHII", 0x80, 111, 7, 960, 42) + b"opus" * 20
+    buffer = ctypes.create_string_buffer(packet, 1500)
+    length = ctypes.c_int(len(packet))
+    assert process(protect_at)(aiortc_private.srtp_context_address(tx), buffer, length) == 0
+    assert rx.unprotect(buffer.raw[: length.value]) == packet  # pylibsrtp's own call agrees
+
+
+def test_stream_statistics_state_round_trips() -> None:
+    """The fields StreamStatistics.add keeps (the compiled loop copies them in and out)."""
+    stats = StreamStatistics(48000)
+    for seq, ts in ((65534, 0), (65535, 960), (0, 1920), (1, 2880)):
+        stats.add(aiortc.rtp.RtpPacket(sequence_number=seq, timestamp=ts))
+    state = aiortc_private.statistics_state(stats)
+    assert state[:4] == (65534, 1, 1 << 16, 4)
+    copy = StreamStatistics(48000)
+    aiortc_private.set_statistics_state(copy, state)
+    assert copy.packets_lost == stats.packets_lost == 0
+    assert copy.jitter == stats.jitter and copy.packets_expected == 4
+    source = inspect.getsource(StreamStatistics)
+    for name in ("_jitter_q4", "_last_arrival", "_last_timestamp"):
+        assert f"self.{name}" in source, name
+
+
 # ---------------------------------------------------------------------- aioice (ICE pacing)
 
 

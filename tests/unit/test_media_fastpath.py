@@ -419,3 +419,41 @@ async def test_a_stale_held_packet_is_dropped(
         assert s.at_browser.payloads[0] == REPLY[len(sent)]
     finally:
         await _close(s)
+
+
+async def test_loss_before_the_relay_stays_visible_after_it_and_in_its_reports(
+    open_session: Any,
+) -> None:
+    """Packets lost between the browser and the relay show as gaps in the relay's own
+    sequence numbers (not renumbered away) and as loss in its receiver statistics, which
+    its receiver reports to the browser are made of."""
+    s: Session = await open_session()
+    up = s.bridge.browser_to_upstream
+    assert s.browser.mic is not None
+    await wait_until(lambda: up.forwarded > 10, 10, "microphone audio forwarded")
+    s.browser.mic.pause()
+    await wait_until(
+        lambda: up.last_packet_at is not None and time.monotonic() - up.last_packet_at > 0.1,
+        5,
+        "microphone quiet",
+    )
+    dtls = _audio(s.browser.pc).sender.transport
+    leg = rtp_leg(s.browser.pc.localDescription.sdp)
+    sent: list[bytes] = []
+    for i in range(24):
+        payload = CRAFTED[i]
+        if i % 5 == 4:
+            continue  # lost on the way to the relay
+        sent.append(payload)
+        packet = _craft(leg, 0x3333, 500 + i, 7000 + 960 * i, payload, level=3)
+        await aiortc_private.send_rtp_datagram(dtls, packet)
+        await asyncio.sleep(0.02)  # pacing, as a browser sends
+    await wait_until(lambda: _contiguous(s.call.payloads, [sent[-1]]), 10, "the last packet")
+    got = [p for p in s.call.packets if bytes(p.payload) in set(sent)]
+    assert [bytes(p.payload) for p in got] == sent
+    # Four gaps of one packet each, in the relay's own numbering.
+    assert sorted(_seq_steps(got)) == [1] * (len(got) - 1 - 4) + [2] * 4
+    s.bridge.stats()  # brings the counters up to date (the compiled loop batches them)
+    receiver = _audio(s.bridge.browser_pc).receiver
+    stats = aiortc_private.receiver_statistics(receiver, 0x3333, 48000)
+    assert stats.packets_received == len(sent) and stats.packets_lost == 4
