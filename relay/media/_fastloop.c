@@ -130,8 +130,8 @@ typedef struct Route {
     uint8_t ext_level[EXT_MAX]; /* the same block with an audio-level element */
     Py_ssize_t ext_level_len;   /* 0: the level is not carried over */
     Py_ssize_t level_at;        /* where the level byte goes in ext_level */
-    int tap;
-    int paused; /* Python owns the route's packets until it clears this */
+    char tap;    /* T_BOOL members are a char */
+    char paused; /* Python owns the route's packets until it clears this */
     /* Counters (DirectionStats). */
     unsigned long long packets_in;
     unsigned long long bytes_in;
@@ -980,6 +980,10 @@ static void statistics_add(Route *r, unsigned int seq, unsigned int ts, double w
  * the protected packet written to ``out`` (0: nothing to send), or -1 on a Python error. */
 static int forward_plain(Loop *self, Route *r, uint8_t *p, int n, double now, double wall,
                          uint8_t *out) {
+    if (n < 12) { /* libsrtp checks the header; this keeps the reads below in bounds */
+        r->dropped_invalid++;
+        return mark(self, r, 1) < 0 ? -1 : 0;
+    }
     unsigned int b0 = p[0];
     unsigned int seq = be16(p + 2), ts = be32(p + 4), ssrc = be32(p + 8);
     size_t offset = 12 + ((size_t)(b0 & 0x0F) << 2);
@@ -1149,7 +1153,7 @@ static int sink_batch(Loop *self, Route *r, int fd, int got) {
             continue;
         }
         int len = (int)n;
-        if (n > SRTP_BUFFER || srtp_unprotect_fn(r->rx_ctx, d, &len) != 0) {
+        if (n > SRTP_BUFFER || srtp_unprotect_fn(r->rx_ctx, d, &len) != 0 || len < 12) {
             r->dropped_invalid++;
             continue;
         }
