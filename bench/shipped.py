@@ -67,13 +67,15 @@ RELAY_PORT = 18091
 UPSTREAM_PORT = 18092
 OPERATOR_TOKEN = "op_bench_" + "x" * 24
 GENERATOR_SATURATED = 0.85
-MODES = ("direct", "fast", "pyfast", "watch", "aiortc", "rec")
+MODES = ("direct", "fast", "fast1", "pyfast", "watch", "aiortc", "rec")
 # Relay modes: (media.fast_path, recording.enabled, media.receive_batch_ms or None for the
 # shipped window). "fast", "watch" and "aiortc" record nothing, so they compare forwarding
 # alone; "watch" is the fast path woken for every datagram (no batching); "rec" is the
 # fast path with recording on (as shipped).
 RELAY_MODES: dict[str, tuple[bool, bool, str | None]] = {
     "fast": (True, False, None),
+    # The same with a 1 ms receive batching window (half the shipped one's wait per packet).
+    "fast1": (True, False, "1"),
     "pyfast": (True, False, None),
     "watch": (True, False, "0"),
     "aiortc": (False, False, None),
@@ -1174,8 +1176,14 @@ async def run_shipped(
                     # allowance spent by the point before can otherwise be taken back
                     # (as steal) during this one's window.
                     await asyncio.sleep(args.settle)
+                    quiet: dict[str, Any] = {}
+                    if args.quiet_wait:  # --quiet-wait: other work off the cores first
+                        from bench.quiet import wait_for_quiet
+
+                        quiet = await wait_for_quiet(set(), args.quiet_wait)
                     started = time.monotonic()
                     row = await run_point(mode, sessions, args, upstream, data_dir, token)
+                    row.update(quiet)
                     row["run"] = run + 1
                     row["point_s"] = round(time.monotonic() - started, 1)
                     rows.append(row)
@@ -1217,6 +1225,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=20.0, help="measured window, s")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--settle", type=float, default=5.0, help="idle seconds before each point")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=0.0,
+        help="then wait up to this many s for other processes to use < 5%% of a core (0..600)",
+    )
     parser.add_argument("--probes", type=int, default=4, help="sessions analysed per packet")
     parser.add_argument("--repeat", type=int, default=2, help="runs of the whole sweep")
     parser.add_argument(
@@ -1283,6 +1297,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("keep it bounded: at most 2000 cycles")
     if not 0 <= args.settle <= 60:
         parser.error("keep it bounded: --settle 0..60 s")
+    if not 0 <= args.quiet_wait <= 600:
+        parser.error("keep it bounded: --quiet-wait 0..600 s")
     most = 600 if args.generator == "compiled" else 150
     if not 1 <= args.duration <= 60 or max(args.sessions) > most or not 1 <= args.repeat <= 5:
         parser.error(
