@@ -283,6 +283,11 @@ class CompiledMedia:
         invalid = sum(e.sink.dropped_invalid for e in self.endpoints.values())
         return {"sent": sent, "send_refused": refused, "received_invalid": invalid}
 
+    def stop_sending(self) -> None:
+        """Every endpoint goes quiet (the peers and their sinks stay)."""
+        for endpoint in self.endpoints.values():
+            self._compiled.remove_source(endpoint.source)
+
     async def close(self) -> None:
         """Stop every source (closing the peers' sockets would too)."""
         for endpoint in self.endpoints.values():

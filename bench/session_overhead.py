@@ -1,0 +1,128 @@
+"""What a live interview costs the relay when no audio flows, next to when it does.
+
+Run inside a private network namespace (loopback only), from the repository root:
+
+    unshare -n sh -c 'ip link set lo up && .venv/bin/python -m bench.session_overhead'
+
+``relay serve`` (compiled fast path, recording off) pinned to CPU 0 carries ``--sessions``
+interviews from this process (the compiled generator of ``bench/compiled_endpoints.py``)
+on CPU 1. The relay's CPU is read over a window with both directions' audio flowing, then
+over a window after every endpoint stopped sending (each leg still has its aiortc peer:
+RTCP sender and receiver reports both ways, ICE consent checks, the data channel, the
+bridge's once-a-second supervision). The second figure is what each interview costs
+whatever the forwarding; the difference is the forwarding. ``--idle`` first measures the
+relay with no interview at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from bench import compiled_endpoints, shipped
+
+
+async def relay_cpu_over(relay: shipped.RelayProcess, window_s: float) -> float:
+    before = sum(relay.cpu_seconds())
+    started = time.monotonic()
+    await asyncio.sleep(window_s)
+    return (sum(relay.cpu_seconds()) - before) / (time.monotonic() - started)
+
+
+async def measure(sessions: int, window_s: float, idle: bool) -> dict[str, Any]:
+    affinity = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {1})
+    upstream = shipped.GaUpstream()
+    runner = web.AppRunner(upstream.app(), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", shipped.UPSTREAM_PORT).start()
+    data_dir = Path(tempfile.mkdtemp(prefix="relay-bench-"))
+    row: dict[str, Any] = {"harness": "session_overhead", "sessions": sessions}
+    relay = shipped.RelayProcess(data_dir, "fast", 0)
+    compiled_endpoints.enable(True)
+    media = compiled_endpoints.CompiledMedia()
+    pairs = [compiled_endpoints.new_pair(i, False) for i in range(sessions)]
+    try:
+        token = await asyncio.to_thread(shipped.add_user, data_dir)
+        async with aiohttp.ClientSession() as http:
+            await relay.ready()
+            if idle:
+                await asyncio.sleep(3)
+                row["relay_core_idle"] = round(await relay_cpu_over(relay, window_s), 4)
+            lock = asyncio.Lock()
+            await asyncio.gather(
+                *(
+                    shipped.open_session(p, upstream, http, token, lock, {}, {}, media.take_over)
+                    for p in pairs
+                )
+            )
+            await asyncio.sleep(8)  # the set-up's garbage collected before the window
+            with_audio = await relay_cpu_over(relay, window_s)
+            media.stop_sending()
+            await asyncio.sleep(3)
+            without = await relay_cpu_over(relay, window_s)
+            row.update(
+                relay_core_with_audio=round(with_audio, 4),
+                relay_core_without_audio=round(without, 4),
+                ms_per_session_s_with_audio=round(1000 * with_audio / sessions, 3),
+                ms_per_session_s_without_audio=round(1000 * without / sessions, 3),
+                # 100 packets a second per interview (50 each way) were forwarded.
+                us_per_packet_forwarding_only=round(
+                    1e6 * (with_audio - without) / (100 * sessions), 2
+                ),
+            )
+    finally:
+        await media.close()
+        for pair in pairs:
+            await pair.close()
+        await relay.stop()
+        await runner.cleanup()
+        compiled_endpoints.enable(False)
+        shutil.rmtree(data_dir, ignore_errors=True)
+        os.sched_setaffinity(0, affinity)
+    return row
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| interviews | relay core, no interview | with audio | without audio (RTCP, ICE,"
+        " supervision) | ms CPU/s per interview, with / without audio |"
+        " µs per forwarded packet, the forwarding alone |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r.get("harness") != "session_overhead":
+            continue
+        lines.append(
+            f"| {r['sessions']} | {r.get('relay_core_idle', '-')} | {r['relay_core_with_audio']} |"
+            f" {r['relay_core_without_audio']} | {r['ms_per_session_s_with_audio']} /"
+            f" {r['ms_per_session_s_without_audio']} | {r['us_per_packet_forwarding_only']} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.session_overhead", description=__doc__)
+    parser.add_argument("--sessions", type=int, default=100, help="1..500")
+    parser.add_argument("--window", type=float, default=10.0, help="s per window, 2..60")
+    parser.add_argument("--idle", action="store_true", help="first the relay with no interview")
+    args = parser.parse_args(argv)
+    if not 1 <= args.sessions <= 500 or not 2 <= args.window <= 60:
+        parser.error("keep it bounded: --sessions 1..500, --window 2..60 s")
+    from bench.run import report_row
+
+    row = asyncio.run(measure(args.sessions, args.window, args.idle))
+    report_row("session-overhead", row, table([row]))
+
+
+if __name__ == "__main__":
+    main()
