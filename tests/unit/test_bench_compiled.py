@@ -107,3 +107,19 @@ def test_srtp_libraries_measures_the_bundled_library() -> None:
     assert bundled["version"].startswith("libsrtp2")
     assert bundled["protect_ns"][0] > 0 and bundled["unprotect_ns"][0] > 0
     assert "pylibsrtp (bundled)" in srtp_libraries.table([row])
+
+
+def test_session_overhead_table_splits_forwarding_from_the_rest() -> None:
+    from bench.session_overhead import table
+
+    row = {
+        "harness": "session_overhead",
+        "sessions": 100,
+        "relay_core_idle": 0.002,
+        "relay_core_with_audio": 0.2,
+        "relay_core_without_audio": 0.13,
+        "ms_per_session_s_with_audio": 2.0,
+        "ms_per_session_s_without_audio": 1.3,
+        "us_per_packet_forwarding_only": 7.0,
+    }
+    assert "| 100 | 0.002 | 0.2 | 0.13 | 2.0 / 1.3 | 7.0 |" in table([row])
