@@ -80,11 +80,11 @@ def media_args(quick: bool) -> argparse.Namespace:
     # A longer warm-up: the relay's first full garbage collection after setting up
     # hundreds of sessions at once falls before the window, not in it.
     argv += ["--warmup", "8", "--generator", "compiled"]
-    argv += ["--modes", "direct,fast,fast1,pyfast,aiortc,rec"]
+    argv += ["--modes", "direct,fast,fast2,pyfast,aiortc,rec"]
     # The direct control's aiortc endpoints hold about 30 sessions on one core; the relay's
     # Python paths saturate its core before 300 (their 100-session points show where);
     # recording is measured where it was before.
-    for most in ("direct=30", "rec=30", "fast1=100", "pyfast=100", "aiortc=100"):
+    for most in ("direct=30", "rec=30", "fast2=100", "pyfast=100", "aiortc=100"):
         argv += ["--mode-max", most]
     return shipped.parse_args(argv)
 

@@ -372,7 +372,7 @@ class MediaConfig(_Section):
     # While datagrams arrive faster than one per this many ms, the media sockets are read
     # together on a timer every this many ms instead of one wake-up per datagram
     # (relay.media.udp); a datagram then waits up to about this long. 0: never batch.
-    receive_batch_ms: Annotated[float, Field(ge=0, le=10)] = 2.0
+    receive_batch_ms: Annotated[float, Field(ge=0, le=10)] = 1.0
     # The fast path's per-packet work in compiled code (relay.media._fastloop) when it was
     # built at install; false (or not built): the same fast path in Python.
     compiled_fast_path: bool = True

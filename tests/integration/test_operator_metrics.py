@@ -119,7 +119,7 @@ async def test_metrics_are_histograms_and_feed_the_json_stats(make_relay: MakeRe
             )
         # The relay's media sockets (both legs of the session) and how they are read.
         receive = body["media_receive"]
-        assert receive["batch_ms"] == 2.0 and receive["sockets"] >= 2
+        assert receive["batch_ms"] == 1.0 and receive["sockets"] >= 2
         assert receive["datagrams"] > 0 and receive["datagrams_per_wakeup"] >= 1
         await wait_until(
             lambda: (
@@ -143,6 +143,33 @@ async def test_metrics_are_histograms_and_feed_the_json_stats(make_relay: MakeRe
         assert body["recordings"]["enabled"] is True and isinstance(
             body["recordings"]["latest"], list
         )
+
+
+async def test_stats_metrics_and_sessions_say_which_forwarding_path_runs(
+    make_relay: MakeRelay, media_path: str
+) -> None:
+    relay = await make_relay()
+    compiled = media_path == "compiled"
+    async with live_session(relay) as live:
+        bridges = relay.services.bridges
+        assert bridges is not None
+        bridge = bridges.get(live.session_id)
+        assert bridge is not None
+        await wait_until(
+            lambda: bridge.browser_to_upstream.forwarded > 5, 10, "the candidate's audio forwarded"
+        )
+        body = await stats(relay)
+        forwarding = body["media_receive"]["forwarding"]
+        assert forwarding["path"] == media_path and forwarding["compiled_built"] is True
+        assert forwarding["reason"] == (None if compiled else "media.compiled_fast_path = false")
+        assert forwarding["srtp"].startswith("libsrtp2 ")
+        # At least the candidate's direction is on the compiled loop when it runs.
+        assert (forwarding["compiled_routes"] >= 1) is compiled
+        (row,) = body["sessions"]
+        assert row["media"]["browser_to_upstream"]["compiled"] is compiled
+        families = await scrape(relay)
+        gauge = {s.labels["path"]: s.value for s in families["relay_media_forwarding_path"].samples}
+        assert gauge == {"compiled": float(compiled), "python": float(not compiled)}
 
 
 async def test_label_sets_stay_bounded_as_sessions_pass(make_relay: MakeRelay) -> None:
