@@ -76,7 +76,7 @@ def media_args(quick: bool) -> argparse.Namespace:
         argv = ["--sessions", "10,100", "--duration", "8", "--repeat", "1"]
     else:
         argv = ["--sessions", f"10,30,100,300,{MEDIA_MAX_SESSIONS}", "--duration", "15"]
-        argv += ["--repeat", "2", "--quiet-wait", "60"]
+        argv += ["--repeat", "2", "--quiet-wait", "90"]
     # A longer warm-up: the relay's first full garbage collection after setting up
     # hundreds of sessions at once falls before the window, not in it.
     argv += ["--warmup", "8", "--generator", "compiled"]
