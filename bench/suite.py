@@ -54,6 +54,7 @@ from typing import Any
 
 from bench import (
     admission,
+    capacity,
     compiled_cost,
     forwarding_cost,
     receive_batching,
@@ -286,6 +287,7 @@ def report(rows: list[Row]) -> str:
         if loops:
             parts.append(f"The relay's event loop: {', '.join(loops)}.")
         parts += ["### Media", shipped.table(media)]
+        parts += ["### Every relay point by size", capacity.table(media)]
         if any(r.get("mode") == "rec" for r in media):
             parts += ["### Recording on vs off", recording_table(media)]
     compiled = section(rows, "compiled_cost")

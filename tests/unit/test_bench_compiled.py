@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -123,3 +124,22 @@ def test_session_overhead_table_splits_forwarding_from_the_rest() -> None:
         "us_per_packet_forwarding_only": 7.0,
     }
     assert "| 100 | 0.002 | 0.2 | 0.13 | 2.0 / 1.3 | 7.0 |" in table([row])
+
+
+def test_capacity_lists_every_relay_point_with_its_cost_per_packet_and_per_core() -> None:
+    from bench.capacity import table
+
+    def point(mode: str, n: int, **values: Any) -> dict[str, Any]:
+        row = {"harness": "shipped", "mode": mode, "sessions": n, "frames_missing": 0}
+        row |= {"seq_missing": 0, "packets_not_identical": 0}
+        return row | values
+
+    rows = [
+        point("direct", 30, endpoint_cpu=0.3),
+        point("fast", 500, relay_cpu=0.5, relay_cpu_ms_per_session_s=1.0, relay_us_per_packet=10.0),
+        point("fast", 600, error="set-up failed"),
+    ]
+    text = table(rows)
+    assert "relay / direct pair at 30, per session" in text
+    assert "| 500 | fast | [0.5] | [1.0] | [10.0] | [1000] | [0.1] |" in text
+    assert "| 600 |" not in text  # a point that did not run is not a result
