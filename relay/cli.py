@@ -117,6 +117,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "serve" and _orphaned_worker():
+        return 1
     try:
         if args.command == "simulate":
             configure_logging("INFO")
@@ -160,6 +162,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # ---------------------------------------------------------------------- serve
+def _orphaned_worker() -> bool:
+    """In a worker of ``--workers N``: arrange to die with the supervisor, before anything
+    else; True when the supervisor is already gone (the worker must not start)."""
+    from relay.workers import SupervisorGone, die_with_supervisor, worker_index
+
+    if worker_index() is None:
+        return False
+    try:
+        die_with_supervisor()
+    except SupervisorGone as exc:
+        print(f"worker not started: {exc}", file=sys.stderr)
+        return True
+    return False
+
+
 def _worker_argv(args: argparse.Namespace) -> list[str]:
     argv = []
     if args.config:

@@ -19,6 +19,12 @@ commands through PostgreSQL (and Redis when configured), so any worker answers a
 request. SIGTERM (or SIGINT) to the supervisor is passed to every worker, which drains
 as a single relay does; the supervisor then stops the embedded database. A worker that
 exits on its own is started again (at most once per second).
+
+Workers are started with a plain fork/exec: no Python runs in the child between the two.
+The supervisor has threads by then (``asyncio.to_thread``), and a fork copies only the
+forking thread, so a lock another thread held (the import lock, a logging handler's,
+malloc's) would stay locked forever in the child. What the child must arrange for itself
+(dying with its supervisor) it does first thing after exec: ``die_with_supervisor``.
 """
 
 from __future__ import annotations
@@ -26,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
 import logging
 import os
 import secrets
@@ -45,6 +50,8 @@ log = logging.getLogger("relay.workers")
 Announce = Callable[[Settings, str, int, str | None, int], Awaitable[None]]
 
 WORKER_ENV = "RELAY_WORKER_INDEX"
+# The supervisor's pid, so that a worker can tell it has been orphaned (below).
+SUPERVISOR_ENV = "RELAY_SUPERVISOR_PID"
 READY_PREFIX = "worker ready:"
 _PR_SET_PDEATHSIG = 1
 
@@ -79,10 +86,28 @@ def bind_listener(host: str, port: int, *, reuse_port: bool) -> socket.socket:
     return sock
 
 
-def _die_with_parent() -> None:
-    # Runs in the forked worker before exec: a SIGKILLed supervisor leaves no worker.
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+class SupervisorGone(Exception):
+    """The supervisor that started this worker has already exited."""
+
+
+def die_with_supervisor() -> None:
+    """In a worker, first thing: receive SIGTERM (and so drain and exit) when the
+    supervisor dies, even by SIGKILL, so that no worker outlives it.
+
+    The kernel sends the signal when the thread that forked this process exits; the
+    supervisor forks from its event loop's thread, which lives as long as it does. A
+    supervisor that died between the fork and this call is not covered by the signal: the
+    worker has been reparented by then, which the parent pid tells.
+    """
+    expected = os.environ.get(SUPERVISOR_ENV, "")
+    if sys.platform.startswith("linux"):
+        # dlopen(NULL): the C library already loaded into the process (find_library would
+        # search the disk by running ldconfig).
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+            log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+    if expected.isdigit() and os.getppid() != int(expected):
+        raise SupervisorGone(f"the supervisor (pid {expected}) is gone")
 
 
 class Supervisor:
@@ -192,9 +217,8 @@ class Supervisor:
                 "relay",
                 "serve",
                 *self._argv,
-                env={**env, WORKER_ENV: str(index)},
+                env={**env, WORKER_ENV: str(index), SUPERVISOR_ENV: str(os.getpid())},
                 stdout=asyncio.subprocess.PIPE,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
             )
             self._procs[index] = proc
             assert proc.stdout is not None
