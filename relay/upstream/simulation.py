@@ -16,6 +16,10 @@ import ipaddress
 from relay.config import ConfigError, Settings
 
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
+# Every answer of the built-in simulator carries this header (relay.upstream.simulator), so
+# that `relay doctor` pointed at one (`relay simulate`, a simulator service) says SIMULATED
+# instead of passing checks OpenAI never saw.
+SIMULATOR_HEADER = "X-Relay-Simulator"
 
 
 def is_loopback(host: str) -> bool:

@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
+from relay.upstream.simulation import SIMULATOR_HEADER
 from relay.upstream.simulator.calls import CallManager
 from relay.upstream.simulator.errors import (
     SimHttpError,
@@ -427,6 +428,11 @@ def create_simulator_app(options: SimulatorOptions | None = None) -> web.Applica
         # Release hanging requests and close every peer before the server waits for handlers.
         await sim.close()
 
+    async def _identify(_: web.Request, response: web.StreamResponse) -> None:
+        response.headers[SIMULATOR_HEADER] = "1"
+
     app.on_startup.append(_prepare)
     app.on_shutdown.append(_shutdown)
+    if sim.options.identify:
+        app.on_response_prepare.append(_identify)
     return app
