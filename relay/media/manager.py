@@ -24,6 +24,7 @@ from relay.media.bridge import (
     EndState,
     UpstreamAnswerInvalid,
 )
+from relay.media.capabilities import MediaCapabilities, log_capabilities, probe
 from relay.media.ice import announce_public_address, gathered_address_count, uses_udp_turn
 from relay.media.metrics import MediaMetrics
 from relay.media.peers import IceGatherTimeout
@@ -120,13 +121,26 @@ class BridgeManager:
     def __init__(self, services: Services, *, force_decode: bool = False) -> None:
         self.services = services
         settings = services.settings
+        # Once per start: which aiortc/aioice adaptations this installation allows; every
+        # bridge falls back to aiortc's own path for the others.
+        self.capabilities: MediaCapabilities = probe()
         self.settings = BridgeSettings(
             session=settings.session,
             media=settings.media,
             events=settings.events,
             ice=settings.ice,
+            capabilities=self.capabilities,
         )
         self.metrics = MediaMetrics(services.metrics)
+        log_capabilities(
+            self.capabilities,
+            port_range_configured=port_range(settings.ice.udp_port_min, settings.ice.udp_port_max)
+            is not None,
+        )
+        for state in self.capabilities.features:
+            self.metrics.capability_available.set(
+                1.0 if state.available else 0.0, feature=state.feature.name
+            )
         too_small = check_port_range_size(settings.ice, settings.limits.global_max_sessions)
         if too_small is not None:
             log.warning("%s", too_small)
@@ -211,8 +225,8 @@ class BridgeManager:
         that exchange the same way, in ``open``."""
         ice = self.settings.ice
         ports = port_range(ice.udp_port_min, ice.udp_port_max)
-        if ports is None:
-            return
+        if ports is None or not self.capabilities.available("port_range"):
+            return  # no range, or one aioice cannot be held to (relay.media.capabilities)
         host = ice.host_addresses[0] if ice.host_addresses else "0.0.0.0"
         if not ports.has_free_ports(host, ports_per_exchange(ice)):
             raise self._no_media_ports()

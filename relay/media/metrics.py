@@ -93,6 +93,13 @@ class MediaMetrics:
             "From the offer until the first upstream audio packet arrived",
             buckets=SLOW_BUCKETS,
         )
+        # 1 per feature of relay.media.capabilities that this aiortc/aioice allows, 0 for
+        # one fallen back to aiortc's own path (why: /api/stats media_capabilities).
+        self.capability_available = registry.gauge(
+            "relay_media_capability_available",
+            "1 when the aiortc/aioice adaptation is in use, 0 when fallen back",
+            ["feature"],
+        )
         self._published: dict[int, _Published] = {}
 
     def publish(self, stats: DirectionStats, queue_drops: int, before_start: int = 0) -> None:

@@ -168,6 +168,11 @@ async def build_stats(services: Services, request_id: str) -> dict[str, Any]:
         "media_connect": _quantiles(services, "relay_media_connect_duration_seconds"),
         # How the media sockets are read (relay.media.udp): datagrams per wake-up.
         "media_receive": media_sockets(asyncio.get_running_loop()).snapshot(),
+        # Which aiortc/aioice adaptations are in use, and for each one fallen back to
+        # aiortc's own path, the missing names (relay.media.capabilities).
+        "media_capabilities": (
+            services.bridges.capabilities.to_json() if services.bridges is not None else None
+        ),
         "errors_by_code": _errors_by_code(services),
         "process": {
             **(monitor.snapshot() if monitor is not None else {}),

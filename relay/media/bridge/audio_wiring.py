@@ -17,6 +17,7 @@ from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtcrtpsender import RTCRtpSender
 
 from relay.media import aiortc_private
+from relay.media.capabilities import MediaCapabilities, probe
 from relay.media.fastpath import FastOpusForwarder
 from relay.media.forwarding import DecodedRelay, DirectionStats, Forwarder, OpusPassthrough
 from relay.media.sdp import AudioNegotiation, RtpLeg
@@ -69,9 +70,20 @@ class DirectionPlan:
 
 
 def choose_forwarder(
-    plan: DirectionPlan, *, passthrough: bool, fast_path: bool, max_backlog: int
+    plan: DirectionPlan,
+    *,
+    passthrough: bool,
+    fast_path: bool,
+    max_backlog: int,
+    capabilities: MediaCapabilities | None = None,
 ) -> Forwarder:
-    """The forwarder every packet of one direction passes through."""
+    """The forwarder every packet of one direction passes through.
+
+    What ``capabilities`` (checked now when not given) lacks is not used: the fast path
+    falls back to aiortc's sender, passthrough to aiortc's decoder (docs/media.md)."""
+    caps = capabilities if capabilities is not None else probe()
+    passthrough = passthrough and caps.available("rtp_hook")
+    fast_path = fast_path and caps.available("fast_path")
     if passthrough and fast_path:
         # Socket to socket (relay.media.fastpath); ``sink`` stays idle on this path.
         return FastOpusForwarder(
@@ -85,7 +97,12 @@ def choose_forwarder(
         )
     if passthrough:
         return OpusPassthrough(
-            plan.receiver, plan.sink, plan.stats, plan.opus_payload_types, tap=plan.tap
+            plan.receiver,
+            plan.sink,
+            plan.stats,
+            plan.opus_payload_types,
+            keep_receiver_reports=caps.available("receiver_reports"),
+            tap=plan.tap,
         )
     return DecodedRelay(
         plan.receiver,
@@ -94,6 +111,9 @@ def choose_forwarder(
         max_backlog=max_backlog,
         tap=plan.tap,
         codec=plan.codec,
+        count_packets=caps.available("rtp_hook"),
+        bound_backlog=caps.available("decoder_thread"),
+        fast_audio_level=caps.available("audio_level"),
     )
 
 
@@ -130,19 +150,22 @@ def wire_audio(bridge: Bridge, codecs: NegotiatedCodecs) -> None:
     ]
     passthrough = codecs.passthrough and not bridge.force_decode
     media = bridge.settings.media
+    capabilities = bridge.settings.capabilities
     bridge.forwarders = [
         choose_forwarder(
             plan,
             passthrough=passthrough,
             fast_path=media.fast_path,
             max_backlog=media.queue_max_frames,
+            capabilities=capabilities,
         )
         for plan in plans
     ]
     for forwarder in bridge.forwarders:
         forwarder.start()
-    for pc in (bridge.browser_pc, bridge.upstream_pc):
-        aiortc_private.disable_retransmission_history(audio_sender(pc))
+    if capabilities.available("retransmission_history"):
+        for pc in (bridge.browser_pc, bridge.upstream_pc):
+            aiortc_private.disable_retransmission_history(audio_sender(pc))
     for stats in (up, down):
         bridge.metrics.forwarding_modes.inc(direction=stats.direction, mode=stats.mode)
     log.info(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from relay.config import EventsConfig, IceConfig, MediaConfig, SessionConfig
+from relay.media.capabilities import MediaCapabilities, probe
 from relay.media.peers import IceGatherTimeout
 from relay.media.port_range import NoMediaPorts
 from relay.media.sdp import InvalidOffer
@@ -22,6 +23,9 @@ class BridgeSettings:
     media: MediaConfig
     events: EventsConfig
     ice: IceConfig
+    # Which aiortc/aioice adaptations this installation allows (checked at start by the
+    # manager; checked now when not given).
+    capabilities: MediaCapabilities = field(default_factory=probe)
 
 
 class BridgeHooks(Protocol):

@@ -91,7 +91,10 @@ class Bridge:
         if recorder is not None:
             self.events.observer = recorder.on_upstream_event
         self.browser_pc: RTCPeerConnection = new_peer(
-            settings.ice, leg="browser", session_id=session_id
+            settings.ice,
+            leg="browser",
+            session_id=session_id,
+            capabilities=settings.capabilities,
         )
         self.upstream_pc: RTCPeerConnection | None = None
         # One per direction once negotiated (audio_wiring); stopped by teardown.

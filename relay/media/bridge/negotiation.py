@@ -46,7 +46,10 @@ async def negotiate(bridge: Bridge, offer_sdp: str) -> str:
 
     started = time.perf_counter()
     upstream = bridge.upstream_pc = new_peer(
-        bridge.settings.ice, leg="upstream", session_id=bridge.session_id
+        bridge.settings.ice,
+        leg="upstream",
+        session_id=bridge.session_id,
+        capabilities=bridge.settings.capabilities,
     )
     peer_events.watch_upstream(bridge, upstream)
     upstream.addTransceiver(bridge.to_upstream, direction="sendrecv")
