@@ -83,13 +83,17 @@ STALE_GRACE_S = 600
 OPERATOR_TOKEN = web.AppKey("operator_token_generated", str)
 
 
-def create_app(settings: Settings, *, instance_id: str | None = None) -> web.Application:
+def create_app(
+    settings: Settings, *, instance_id: str | None = None, worker: int | None = None
+) -> web.Application:
+    """The relay. ``worker``: its index when it is a worker of ``relay serve --workers N``
+    (its /metrics then covers every worker: relay.observability.worker_metrics)."""
     unchecked = unknown_types(settings.events.browser_allowed)
     if unchecked:
         # Forwarding is only as safe as the check: a type without a schema is never allowed.
         raise ConfigError(f"events.browser_allowed: no schema for {', '.join(unchecked)}")
     simulate = uses_simulator(settings)
-    metrics = MetricsRegistry()
+    metrics = MetricsRegistry(worker=worker)
     metrics.build_info(
         version=__version__,
         python=platform.python_version(),

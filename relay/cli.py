@@ -209,7 +209,7 @@ async def _serve(settings: Settings) -> int:
     instance_id = f"{socket.gethostname()}:{port}"
     if worker is not None:
         instance_id += f"/w{worker}"
-    app = create_app(settings, instance_id=instance_id)
+    app = create_app(settings, instance_id=instance_id, worker=worker)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     try:
         await runner.setup()

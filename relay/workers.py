@@ -39,9 +39,11 @@ import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
 from relay.cluster.sealing import load_or_create_key
 from relay.config import Settings
+from relay.observability import worker_metrics
 
 log = logging.getLogger("relay.workers")
 
@@ -120,6 +122,8 @@ class Supervisor:
         self._stopping = False
         self._ready: dict[int, asyncio.Event] = {i: asyncio.Event() for i in range(count)}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Where the workers' metric values live for this run (worker_metrics).
+        self._metrics_dir: Path | None = None
 
     async def run(self, announce: Announce) -> int:
         settings = self.settings
@@ -165,8 +169,12 @@ class Supervisor:
                 return 1
             stack.callback(anchor.close)
             port = int(anchor.getsockname()[1])
+            # One scrape of any worker covers them all (relay.observability.worker_metrics).
+            metrics_dir = self._metrics_dir = worker_metrics.create_directory()
+            stack.callback(worker_metrics.remove_directory, metrics_dir)
             env = {
                 **os.environ,
+                worker_metrics.MULTIPROC_ENV: str(metrics_dir),
                 "DATABASE_URL": dsn,
                 "RELAY_OPERATOR_TOKEN": token,
                 "RELAY__SERVER__PORT": str(port),
@@ -221,6 +229,10 @@ class Supervisor:
                 stdout=asyncio.subprocess.PIPE,
             )
             self._procs[index] = proc
+            if self._metrics_dir is not None:
+                await asyncio.to_thread(
+                    worker_metrics.worker_started, self._metrics_dir, index, proc.pid
+                )
             assert proc.stdout is not None
             async for raw in proc.stdout:
                 line = raw.decode(errors="replace").rstrip()
@@ -230,6 +242,8 @@ class Supervisor:
                 else:
                     print(line, flush=True)
             code = await proc.wait()
+            if self._metrics_dir is not None:
+                await asyncio.to_thread(worker_metrics.worker_exited, self._metrics_dir, proc.pid)
             if self.stopping():
                 return
             log.error("worker %d exited with %s; starting it again", index, code)

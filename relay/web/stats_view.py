@@ -9,6 +9,7 @@ receives a full address.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from typing import Any
@@ -152,6 +153,17 @@ async def build_stats(services: Services, request_id: str) -> dict[str, Any]:
     monitor = services.loop_monitor
     body: dict[str, Any] = {
         "instance": services.instance_id,
+        # Which worker of `relay serve --workers N` answered (None: a single process). The
+        # rest of this body is that worker's own view; /metrics covers every worker.
+        "worker": (
+            None
+            if services.metrics.worker is None
+            else {
+                "index": services.metrics.worker,
+                "pid": os.getpid(),
+                "metrics_cover_all_workers": services.metrics.covers_all_workers,
+            }
+        ),
         "version": __version__,
         "time": round(time.time(), 3),
         "draining": services.draining,
