@@ -10,7 +10,10 @@ The supervisor (this module) prepares what the workers share, then starts them:
   worker could race to create it) and the operator token (generated once if none);
 - the port: bound here with SO_REUSEPORT (learning it when 0 was asked for) and kept
   bound, not listening, while every worker binds the same port with SO_REUSEPORT; the
-  kernel spreads incoming connections over the workers' listening sockets.
+  kernel spreads incoming connections over the workers' listening sockets;
+- the metrics directory (PROMETHEUS_MULTIPROC_DIR, one per run): each worker writes its
+  metric values there, so any worker's /metrics covers all of them
+  (relay.observability.worker_metrics).
 
 Each worker is a whole relay (``relay serve`` with RELAY_WORKER_INDEX set): its own
 event loop, media sockets, simulator when no OpenAI key is set, and its own member id
