@@ -3,7 +3,8 @@
 Start-up (each step needs the ones before it):
   1. database: the configured DATABASE_URL, or an embedded PostgreSQL under data_dir;
      the pool is created without connecting, then migrations, warm-up and crash
-     recovery run (in the background if the database is not reachable yet);
+     recovery run (in the background, retried a bounded number of times:
+     relay.admission.bootstrap);
   2. the user cache (Redis if configured, always the local fallback) and the listener
      that evicts users changed in PostgreSQL from it (relay.admission.invalidation);
   3. the upstream client (the built-in simulator when asked for, or without an API key
@@ -27,14 +28,14 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-import backoff
 from aiohttp import web
 
 from relay import __version__
+from relay.admission.bootstrap import BootstrapFailed, bootstrap_database
 from relay.admission.cache import UserCache
 from relay.admission.invalidation import CacheInvalidationListener
 from relay.admission.service import Admission
-from relay.admission.store import RETRYABLE_ERRORS, Store
+from relay.admission.store import Store
 from relay.cluster.setup import start_cluster
 from relay.config import ConfigError, Settings
 from relay.media.event_schema import unknown_types
@@ -77,8 +78,6 @@ STATIC_FILES = (
 )
 SIMULATOR_API_KEY = "sk-sim-local"
 HOUSEKEEPING_INTERVAL_S = 5.0
-# Slack added to the longest possible session before a live row counts as abandoned.
-STALE_GRACE_S = 600
 
 OPERATOR_TOKEN = web.AppKey("operator_token_generated", str)
 
@@ -172,12 +171,14 @@ async def _start(
     startup = StartupStatus()
 
     def bootstrap_failed(exc: BaseException) -> None:
-        # Not retryable (a migration error, missing permissions): logged by spawn, and
-        # /readyz stays red with the reason until an operator fixes it and restarts.
-        startup.failure = f"database_bootstrap: {type(exc).__name__}"
+        # Not retryable (a migration error, missing permissions) or out of attempts: logged
+        # by spawn, and /readyz stays red with the reason until an operator fixes it and
+        # restarts.
+        reason = exc.reason if isinstance(exc, BootstrapFailed) else type(exc).__name__
+        startup.failure = reason
 
     bootstrap = spawn(
-        _bootstrap_database(store, instance, settings, started_at=datetime.now(UTC)),
+        bootstrap_database(store, instance, settings, startup, started_at=datetime.now(UTC)),
         name="database-bootstrap",
         log=log,
         on_failure=bootstrap_failed,
@@ -305,27 +306,6 @@ async def _start(
     monitor = spawn(services.loop_monitor.run(), name="loop-monitor", log=log)
     stack.push_async_callback(cancel_and_wait, monitor)
     return services
-
-
-async def _bootstrap_database(
-    store: Store, instance: str, settings: Settings, *, started_at: datetime
-) -> None:
-    """Migrate, warm and recover; retried until the database answers."""
-    # No session can be live for longer than this; older live rows belong to dead relays.
-    stale_after_s = settings.session.max_duration_s + settings.session.pending_ttl_s + STALE_GRACE_S
-
-    @backoff.on_exception(backoff.expo, RETRYABLE_ERRORS, max_value=10, logger=None)
-    async def attempt() -> None:
-        await store.migrate()
-        warmed = await store.warm()
-        recovered = await store.recover_abandoned_sessions(
-            instance, started_before=started_at, stale_after_s=stale_after_s
-        )
-        log.info("database ready: %d warm connections", warmed)
-        if recovered:
-            log.warning("closed %d sessions left live by a previous run", recovered)
-
-    await attempt()
 
 
 async def _housekeeping(sessions: SessionService) -> None:

@@ -117,6 +117,12 @@ class DatabaseConfig(_Section):
     keepalive_interval_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
     # Retry-After (seconds) on a 503 caused by the database.
     retry_after_s: Annotated[int, Field(ge=1, le=3600)] = 5
+    # The schema migrations' own time limit (lock wait included), not query_timeout_s: a
+    # migration may wait for another instance's, or rewrite a table.
+    migration_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    # Start-up's database steps (migrate, warm, recover) are tried this many times, with
+    # backoff, before /readyz reports them failed for good.
+    bootstrap_attempts: Annotated[int, Field(ge=1, le=1000)] = 20
 
     @model_validator(mode="after")
     def _pool_sizes(self) -> DatabaseConfig:

@@ -39,6 +39,11 @@ class StartupStatus:
     # The failed step and the error's kind, e.g. "database_bootstrap: InsufficientPrivilegeError".
     # (The full message goes to the log only: /readyz is public.)
     failure: str | None = None
+    # The database bootstrap (relay.admission.bootstrap) while it retries: attempts made,
+    # the most allowed, and the last one's failure as "<step>: <kind>" ("migrate: timeout").
+    database_attempts: int = 0
+    database_max_attempts: int = 0
+    database_last_error: str | None = None
 
 
 @dataclass

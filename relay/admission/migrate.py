@@ -37,29 +37,58 @@ def available_migrations() -> list[Migration]:
     return sorted(out, key=lambda m: m.version)
 
 
-async def migrate(conn: asyncpg.Connection) -> list[Migration]:
-    """Apply pending migrations; return the ones applied now."""
+class MigrationTimeout(TimeoutError):
+    """The migrations did not finish within ``database.migration_timeout_s`` (a lock held
+    elsewhere, or a slow statement); nothing of them was committed."""
+
+
+async def migrate(conn: asyncpg.Connection, *, timeout_s: float) -> list[Migration]:
+    """Apply pending migrations within ``timeout_s``; return the ones applied now.
+
+    Each statement gets the time left as its own timeout: asyncpg then cancels it on the
+    server and the transaction rolls back cleanly (the pool's ``command_timeout``, the
+    per-query limit, is meant for candidates' queries, not for a lock wait or a rewrite).
+    """
     applied_now: list[Migration] = []
     # Reading the package's SQL files is file I/O: keep it off the event loop.
     migrations = await asyncio.to_thread(available_migrations)
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)
-        await conn.execute(
-            """CREATE TABLE IF NOT EXISTS schema_migrations (
-                   version    INTEGER PRIMARY KEY,
-                   name       TEXT NOT NULL,
-                   applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"""
-        )
-        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
-        for migration in migrations:
-            if migration.version in done:
-                continue
-            await conn.execute(migration.sql)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+
+    def left() -> float:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise MigrationTimeout(f"migrations took over {timeout_s:g} s")
+        return remaining
+
+    try:
+        async with conn.transaction():
             await conn.execute(
-                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-                migration.version,
-                migration.name,
+                "SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID, timeout=left()
             )
-            log.info("applied migration %03d_%s", migration.version, migration.name)
-            applied_now.append(migration)
+            await conn.execute(
+                """CREATE TABLE IF NOT EXISTS schema_migrations (
+                       version    INTEGER PRIMARY KEY,
+                       name       TEXT NOT NULL,
+                       applied_at TIMESTAMPTZ NOT NULL DEFAULT now())""",
+                timeout=left(),
+            )
+            rows = await conn.fetch("SELECT version FROM schema_migrations", timeout=left())
+            done = {r["version"] for r in rows}
+            for migration in migrations:
+                if migration.version in done:
+                    continue
+                await conn.execute(migration.sql, timeout=left())
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                    migration.version,
+                    migration.name,
+                    timeout=left(),
+                )
+                log.info("applied migration %03d_%s", migration.version, migration.name)
+                applied_now.append(migration)
+    except MigrationTimeout:
+        raise
+    except TimeoutError as exc:
+        raise MigrationTimeout(f"migrations took over {timeout_s:g} s") from exc
     return applied_now

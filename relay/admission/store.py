@@ -202,7 +202,7 @@ class Store:
     async def migrate(self) -> None:
         pool = self._require_pool()
         async with pool.acquire(timeout=self._config.connect_timeout_s) as conn:
-            await migrate(conn)
+            await migrate(conn, timeout_s=self._config.migration_timeout_s)
         self._schema_ready.set()
 
     @property

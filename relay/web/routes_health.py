@@ -26,11 +26,19 @@ async def readyz(request: web.Request) -> web.Response:
         checks["database"] = {"ok": True}
     except Exception as exc:  # any failure means "not reachable"; say which kind
         checks["database"] = {"ok": False, "error": type(exc).__name__}
+    startup = services.startup
     if not services.store.schema_ready:
         checks["database"] = {"ok": False, "error": "migrations_pending"}
-    if services.startup.failure is not None:
+    if startup.database_last_error is not None:
+        # The bootstrap is retrying (or gave up): which step failed, how, how many tries.
+        checks["database"]["bootstrap"] = {
+            "attempts": startup.database_attempts,
+            "max_attempts": startup.database_max_attempts,
+            "last_error": startup.database_last_error,
+        }
+    if startup.failure is not None:
         # Will not fix itself: start-up gave up on a step (details in the log).
-        checks["startup"] = {"ok": False, "error": services.startup.failure}
+        checks["startup"] = {"ok": False, "error": startup.failure}
     # Which model, dialect or simulator is in use is operator information (/api/stats);
     # what the relay has seen of the upstream is not (relay/upstream/health.py). A
     # deprecated model is flagged here by level and date only. Readiness is kept even after
