@@ -285,7 +285,7 @@ async def _start(
     # registered (e.g. sessions minted but never exchanged) is closed in the database.
     stack.push_async_callback(sessions.finish_all, "relay_shutdown")
     # Closed after the bridges (the stack unwinds in reverse), so their recordings finalise.
-    recordings = RecordingService(settings, store, instance)
+    recordings = RecordingService(settings, store, instance, metrics)
     services.recordings = recordings
     services.recordings_summary = recordings.summary
     recordings.start()

@@ -12,9 +12,12 @@ A session directory holds ``meta.json`` (ids, clock origin), ``candidate.rlog`` 
 and ``end``, drop counts). Offsets are seconds on the session clock: ``time.monotonic()``
 minus the recorder's origin, taken when the bridge was created.
 
-Any ``OSError`` (disk full, an unwritable directory) fails that recorder only: its files
-are closed, later packets are ignored, and ``on_failed`` runs on the event loop with the
-reason. The interview never notices.
+Any exception while writing (an ``OSError``: disk full, an unwritable directory; or
+anything else: a packet no log can hold, a bug) fails that recorder only, at once and for
+good: its files are closed, its queues emptied, later packets are ignored, the writer
+thread lets go of it, and ``on_failed`` then ``on_closed`` run on the event loop with the
+reason. Nothing is retried (a write that failed for a reason other than the disk would
+fail the same way on every pass). The interview never notices.
 """
 
 from __future__ import annotations
@@ -49,6 +52,14 @@ EVENTS = "events.jsonl"
 
 def leg_file(leg: str) -> str:
     return f"{leg}.rlog"
+
+
+def error_name(exc: BaseException) -> str:
+    """``ValueError``, ``struct.error``: the module too unless it is a built-in."""
+    kind = type(exc)
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"
 
 
 class LegTap:
@@ -155,15 +166,16 @@ class SessionRecorder:
         if self.closed:
             return True
         stopping = self.stopping  # read first: whatever was queued before it is written
-        if self.failure is None:
-            try:
-                self._write(now, force_sync=stopping)
-            except OSError as exc:
-                self._fail(f"{type(exc).__name__}: {exc.strerror or exc}")
-        if self.failure is not None:
-            for tap in self.taps.values():
-                tap.queue.clear()
-            self.events.clear()
+        try:
+            self._write(now, force_sync=stopping)
+        except OSError as exc:
+            self.fail(f"{type(exc).__name__}: {exc.strerror or exc}")
+            return True
+        except Exception as exc:
+            # Not the disk: a bug, or a packet the log cannot hold. The traceback matters.
+            log.exception("recording %s: writing failed", self.recording_id)
+            self.fail(f"{error_name(exc)}: {exc}")
+            return True
         if stopping:
             self._close_files()
             self.closed = True
@@ -242,17 +254,29 @@ class SessionRecorder:
                 os.fdatasync(self._files[name].fileno())
             self._unsynced.clear()
 
-    def _fail(self, reason: str) -> None:
+    def fail(self, reason: str) -> None:
+        """Fail this recorder for good and let go of it (writer thread; see the module
+        docstring). Never raises: it is the last resort of the writer's own error path."""
+        if self.closed:
+            return
         self.failure = reason
         for tap in self.taps.values():
             tap.close()
+            tap.queue.clear()
+        self.events.clear()
         self._close_files()
+        self.closed = True
         log.warning("recording %s failed: %s", self.recording_id, reason)
-        self._loop.call_soon_threadsafe(self._on_failed, self)
+        try:
+            self._loop.call_soon_threadsafe(self._on_failed, self)
+            self._loop.call_soon_threadsafe(self._on_closed, self)
+        except RuntimeError:  # the loop is closed: nobody is left to tell
+            log.warning("recording %s: failure not reported (event loop closed)", self.recording_id)
 
     def _close_files(self) -> None:
         for f in self._files.values():
-            with contextlib.suppress(OSError):
+            # A file that cannot be closed (its last flush failed) is given up all the same.
+            with contextlib.suppress(Exception):
                 f.close()
         self._files.clear()
 
@@ -270,6 +294,11 @@ class RecordingWriter:
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="recording-writer", daemon=True)
         self._thread.start()
+
+    @property
+    def recorders(self) -> int:
+        """How many recorders the thread holds (added, not yet closed or failed)."""
+        return len(self._recorders) + len(self._incoming)
 
     def add(self, recorder: SessionRecorder) -> None:
         # No wake-up: Event.set takes a lock the writer may hold; it polls soon enough.
@@ -291,10 +320,14 @@ class RecordingWriter:
             done: list[SessionRecorder] = []
             for recorder in self._recorders:
                 try:
-                    if recorder.write_pending(time.monotonic()):
-                        done.append(recorder)
-                except Exception:  # one recorder's bug must not stop the others
+                    finished = recorder.write_pending(time.monotonic())
+                except Exception as exc:  # one recorder's bug must not stop the others
                     log.exception("recording %s: writer error", recorder.recording_id)
+                    # Failed and let go of, never retried on the next pass.
+                    recorder.fail(f"{error_name(exc)}: {exc}")
+                    finished = True
+                if finished:
+                    done.append(recorder)
             if done:
                 self._recorders = [r for r in self._recorders if r not in done]
             if stop:

@@ -31,6 +31,7 @@ import asyncpg
 
 from relay.admission.store import DatabaseUnavailable, Store
 from relay.config import Settings
+from relay.observability.metrics import MetricsRegistry
 from relay.recording import render, rows
 from relay.recording.recorder import META, RecordingWriter, SessionRecorder
 from relay.recording.rows import RecordingRows
@@ -72,7 +73,9 @@ def _list_unfinished(root: Path) -> list[tuple[Path, dict[str, Any]]]:
 
 
 class RecordingService:
-    def __init__(self, settings: Settings, store: Store, instance_id: str) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, instance_id: str, metrics: MetricsRegistry
+    ) -> None:
         self.config = settings.recording
         self.root = settings.recording_path
         self.instance_id = instance_id
@@ -88,6 +91,11 @@ class RecordingService:
         self._finalising: set[str] = set()
         # Set once close() stops taking work: late callbacks start nothing new.
         self._closing = False
+        self._failures = metrics.counter(
+            "relay_recordings_failed_total",
+            "Recordings failed, by stage: write (the packet logs), render, upload",
+            ["stage"],
+        )
 
     @property
     def enabled(self) -> bool:
@@ -96,6 +104,11 @@ class RecordingService:
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         self._background = spawn(self._run_background(), name="recordings", log=log)
+
+    @property
+    def writing(self) -> int:
+        """How many recorders the writer thread holds."""
+        return self._writer.recorders if self._writer is not None else 0
 
     @property
     def idle(self) -> bool:
@@ -193,6 +206,8 @@ class RecordingService:
             log.warning("recording %s: status %s not written (%s)", recording_id, status, exc)
 
     def _on_failed(self, recorder: SessionRecorder) -> None:
+        # The writer has already let go of the recorder and closed its files.
+        self._failures.inc(stage="write")
         reason = f"write failed: {recorder.failure}"
         self._spawn(self._mark_failed(recorder.recording_id, reason), "recording-failed")
 
@@ -272,6 +287,7 @@ class RecordingService:
                 manifest: dict[str, Any] = await asyncio.wrap_future(future)
             except Exception as exc:
                 log.exception("recording %s: finalisation failed", recording_id)
+                self._failures.inc(stage="render")
                 await self._status(
                     recording_id, "failed", reason=f"render failed: {type(exc).__name__}: {exc}"
                 )
@@ -307,6 +323,7 @@ class RecordingService:
                     )
             except StorageError as exc:
                 log.warning("recording %s: %s (local files kept)", recording_id, exc)
+                self._failures.inc(stage="upload")
                 await self._status(
                     recording_id,
                     "failed",
@@ -431,11 +448,6 @@ class RecordingService:
             "format": self.config.format,
             "live": len(self.live),
             "finalising": len(self._finalising),
-            "live_failures": [
-                {"id": r.recording_id, "session_id": r.session_id, "reason": r.failure}
-                for r in self.live.values()
-                if r.failure is not None
-            ],
         }
         try:
             out.update(await self.rows.summary())
