@@ -59,6 +59,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from relay.private_files import private_dir
+
 log = logging.getLogger("relay.db.embedded")
 
 POSTGRES_OS_USER = "pgserver"
@@ -224,7 +226,8 @@ class EmbeddedPostgres:
 def start_embedded_postgres(data_dir: Path) -> EmbeddedPostgres:
     """Start (or attach to) the embedded PostgreSQL under ``data_dir``. Blocking."""
     data_dir = data_dir.expanduser().resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    # The relay's local state: its owner's only (plus "may enter" for postgres, below).
+    private_dir(data_dir)
     _ensure_runtime_dir(data_dir / "run")
     bin_dir = postgres_bin_dir()
     user = postgres_os_user()

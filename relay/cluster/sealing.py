@@ -6,9 +6,10 @@ sealed with AES-256-GCM, the session id as associated data (a sealed value copie
 another row does not open), so a database dump or a replica exposes no usable secret.
 
 The key comes from ``cluster.state_key`` (base64 of 32 bytes); when empty it is
-generated once into ``<data_dir>/state.key`` (mode 0600), which every worker of one
-machine shares. Members on several machines must be given the same key; a member that
-cannot open a sealed value re-mints at exchange time instead (relay.sessions.shared_state).
+generated once into ``<data_dir>/state.key`` (mode 0600, narrowed to it if it was copied in
+wider; data_dir 0700), which every worker of one machine shares. Members on several machines
+must be given the same key; a member that cannot open a sealed value re-mints at exchange
+time instead (relay.sessions.shared_state).
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ import binascii
 import json
 import os
 import secrets
+import stat
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from relay.private_files import FILE_MODE, private_dir
 from relay.upstream.base import MintedSession
 
 KEY_BYTES = 32
@@ -56,12 +59,15 @@ def load_or_create_key(configured: str, data_dir: Path) -> bytes:
     if configured:
         return decode_key(configured)
     path = data_dir / KEY_FILE
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     try:
         # O_EXCL: when several workers start at once, exactly one writes the key.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        pass
+        # A key copied in by hand (cp, an editor) has the umask's mode: only the owner may
+        # read it, whoever made it.
+        if stat.S_IMODE(path.stat().st_mode) & 0o077:
+            path.chmod(FILE_MODE)
     else:
         with os.fdopen(fd, "w") as out:
             out.write(base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode() + "\n")

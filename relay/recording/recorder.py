@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from relay.media.tap import TappedPacket
+from relay.private_files import open_private, private_dir, write_private
 from relay.recording import packetlog, transcript
 
 log = logging.getLogger("relay.recording")
@@ -184,7 +185,10 @@ class SessionRecorder:
         return False
 
     def _open(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        # Readable by the relay's user only (relay.private_files): the recordings directory,
+        # this session's, and every file in them.
+        private_dir(self.directory.parent)
+        private_dir(self.directory)
         meta = {
             "recording_id": self.recording_id,
             "session_id": self.session_id,
@@ -193,15 +197,13 @@ class SessionRecorder:
             "created_at": datetime.fromtimestamp(self.origin_wall, UTC).isoformat(),
             "origin_wall": self.origin_wall,
         }
-        tmp = self.directory / (META + ".tmp")
-        tmp.write_text(json.dumps(meta), encoding="utf-8")
-        tmp.replace(self.directory / META)
+        write_private(self.directory / META, json.dumps(meta))
         for leg in LEGS:
-            f = open(self.directory / leg_file(leg), "ab")  # noqa: SIM115 (kept open)
+            f = open_private(self.directory / leg_file(leg), "ab")
             if f.tell() == 0:
                 f.write(packetlog.MAGIC)
             self._files[leg] = f
-        self._files["events"] = open(self.directory / EVENTS, "ab")  # noqa: SIM115
+        self._files["events"] = open_private(self.directory / EVENTS, "ab")
         self._opened = True
 
     def _write(self, now: float, *, force_sync: bool) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 import av
 import numpy as np
 
+from relay.private_files import create_private, open_private, write_private
 from relay.recording import packetlog, transcript
 from relay.recording.recorder import EVENTS, LEGS, META, leg_file
 
@@ -191,7 +192,7 @@ def _coverage(
 
 
 def _write_wav(path: Path, pcm: np.ndarray, total: int) -> None:
-    with wave.open(str(path), "wb") as w:
+    with wave.open(str(create_private(path)), "wb") as w:
         w.setnchannels(2)
         w.setsampwidth(2)
         w.setframerate(RATE)
@@ -201,7 +202,7 @@ def _write_wav(path: Path, pcm: np.ndarray, total: int) -> None:
 
 
 def _write_ogg(path: Path, pcm: np.ndarray, total: int) -> None:
-    out = av.open(str(path), "w", format="ogg")
+    out = av.open(str(create_private(path)), "w", format="ogg")
     try:
         stream = out.add_stream("libopus", rate=RATE, layout="stereo")
         stream.bit_rate = OPUS_BITRATE
@@ -251,7 +252,7 @@ def render(directory: str, audio_format: str, location: str, recovered: bool) ->
     total = max(0, int(round((end - start) * RATE)))
     # Disk-backed: an hour of stereo 16-bit is 690 MB, more than a worker should hold.
     scratch = root / SCRATCH
-    pcm = np.memmap(scratch, dtype=np.int16, mode="w+", shape=(max(total, 1), 2))
+    pcm = np.memmap(create_private(scratch), dtype=np.int16, mode="w+", shape=(max(total, 1), 2))
     legs: dict[str, LegAudio] = {}
     gaps: dict[str, dict[str, float]] = {}
     durations: dict[str, float] = {}
@@ -276,7 +277,7 @@ def render(directory: str, audio_format: str, location: str, recovered: bool) ->
         # Unlinking a mapped file is fine on POSIX; the mapping goes with the worker's GC.
         scratch.unlink(missing_ok=True)
     lines = transcript.build_lines([e for e in events if e.get("kind") == "transcript"], start, end)
-    with open(root / TRANSCRIPT, "w", encoding="utf-8") as f:
+    with open_private(root / TRANSCRIPT, "w") as f:
         for line in lines:
             f.write(json.dumps(line, ensure_ascii=False) + "\n")
     files = []
@@ -302,7 +303,5 @@ def render(directory: str, audio_format: str, location: str, recovered: bool) ->
         "storage": location,
         "recovered_after_crash": recovered,
     }
-    tmp = root / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    tmp.replace(root / MANIFEST)
+    write_private(root / MANIFEST, json.dumps(manifest, indent=2))
     return manifest

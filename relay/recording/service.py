@@ -32,6 +32,7 @@ import asyncpg
 from relay.admission.store import DatabaseUnavailable, Store
 from relay.config import Settings
 from relay.observability.metrics import MetricsRegistry
+from relay.private_files import private_dir
 from relay.recording import render, rows
 from relay.recording.recorder import META, RecordingWriter, SessionRecorder
 from relay.recording.rows import RecordingRows
@@ -354,6 +355,14 @@ class RecordingService:
 
     # ------------------------------------------------------------------ background
     async def _run_background(self) -> None:
+        try:
+            # Recordings are the relay user's only; an older version left the directory
+            # (and the files in it) readable by every local user: closing the directory
+            # closes them all (relay.private_files).
+            if self.config.enabled or await asyncio.to_thread(self.root.is_dir):
+                await asyncio.to_thread(private_dir, self.root)
+        except OSError as exc:  # the writer reports an unusable directory per recording
+            log.warning("recordings directory %s: %s", self.root, exc)
         await self._store.wait_schema_ready()
         try:
             await self.recover()
