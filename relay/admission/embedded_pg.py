@@ -369,9 +369,10 @@ def _ensure_runtime_dir(fallback: Path) -> None:
 
 def _check_reachable(data_dir: Path, bin_dir: Path, user: OsUser) -> None:
     if data_dir in unreachable_dirs(data_dir, user):
-        # data_dir is the relay's own directory: let others enter it (not list it).
+        # data_dir is the relay's own directory: let others enter it (not list it). Created
+        # 0700 (relay.private_files), it always needs this on a first start as root.
         data_dir.chmod(data_dir.stat().st_mode | stat.S_IXOTH)
-        log.info("made %s enterable by %s", data_dir, user.name)
+        log.debug("made %s enterable by %s", data_dir, user.name)
     blocked = unreachable_dirs(data_dir, user)
     if blocked:
         raise EmbeddedPostgresError(

@@ -3,8 +3,9 @@
 * ``begin(session_id)`` gives the bridge a ``SessionRecorder`` (nothing blocks: the
   directory is made by the writer thread, the row is inserted by a task).
 * When the recorder's files are closed, finalisation runs in a process pool
-  (``relay.recording.render``), then (``storage = "s3"``) the files are uploaded and the
-  local copy removed; the row goes recording → rendering → ready, or failed with a reason.
+  (``relay.recording.render`` in ``relay.recording.render_pool``'s workers), then
+  (``storage = "s3"``) the files are uploaded and the local copy removed; the row goes
+  recording → rendering → ready, or failed with a reason.
   A failed upload keeps the local files; a periodic task retries it.
 * At start, directories without a ``manifest.json`` (a relay killed mid-interview, or
   during rendering) are finalised from what was written, and marked recovered.
@@ -19,10 +20,9 @@ import asyncio
 import hashlib
 import json
 import logging
-import multiprocessing
 import secrets
 import shutil
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from relay.observability.metrics import MetricsRegistry
 from relay.private_files import private_dir
 from relay.recording import render, rows
 from relay.recording.recorder import META, RecordingWriter, SessionRecorder
+from relay.recording.render_pool import RenderPool
 from relay.recording.rows import RecordingRows
 from relay.recording.s3 import S3Storage, StorageError
 from relay.tasks import cancel_and_wait, spawn
@@ -84,7 +85,7 @@ class RecordingService:
         self._store = store
         self.s3 = S3Storage(self.config) if self.config.storage == "s3" else None
         self._writer: RecordingWriter | None = None
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool = RenderPool(self.config.render_workers)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._created: dict[str, asyncio.Task[bool]] = {}
         self.live: dict[str, SessionRecorder] = {}
@@ -134,8 +135,8 @@ class RecordingService:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._writer is not None:
             await asyncio.to_thread(self._writer.close)
-        if self._pool is not None:
-            await asyncio.to_thread(self._pool.shutdown, True, cancel_futures=True)
+        # Its workers, and multiprocessing's fork server and resource tracker with them.
+        await asyncio.to_thread(self._pool.close)
         if self.s3 is not None:
             await self.s3.close()
 
@@ -248,21 +249,7 @@ class RecordingService:
     # ------------------------------------------------------------------ finalisation
     def _submit(self, fn: Any, *args: Any) -> Future[Any]:
         """Runs in a worker thread (see ``_finalise``)."""
-        if self._closing and self._pool is None:
-            raise RuntimeError("the relay is shutting down")
-        return self._executor().submit(fn, *args)
-
-    def _executor(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            # Not fork: this process runs threads (aiortc, the writer) and a loop. The fork
-            # server is a clean process started once, with the renderer (PyAV, numpy)
-            # imported, so each worker is a cheap fork of it instead of a new interpreter.
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["relay.recording.render"])
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.config.render_workers, mp_context=context
-            )
-        return self._pool
+        return self._pool.submit(fn, *args)
 
     async def _finalise(
         self, recording_id: str, session_id: str, directory: Path, *, recovered: bool
