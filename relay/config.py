@@ -360,6 +360,13 @@ class EventsConfig(_Section):
     refused_window_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
     # After a flood: "close_channel" (the interview goes on, audio only) or "end_interview".
     on_refused_flood: Literal["close_channel", "end_interview"] = "close_channel"
+    # Each allowed browser event type: at most this many at once, then this many per
+    # second (a token bucket per type); beyond, the event is refused as rate_limited.
+    browser_burst: Annotated[int, Field(ge=1, le=10_000)] = 10
+    browser_rate_per_s: Annotated[float, Field(gt=0, le=1000)] = 5.0
+    # Bytes either data channel may hold unsent (its peer not reading, a stalled leg);
+    # events that would go beyond are dropped and counted, not queued.
+    max_buffered_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 262144
 
     @field_validator("browser_allowed")
     @classmethod

@@ -8,7 +8,9 @@ object, never the browser's bytes. Anything else is answered with an ``error`` e
 the Realtime API's own shape, so a client library handles it like a server error. More
 than ``events.max_refused_events`` refusals within ``events.refused_window_s`` is a flood:
 the browser's channel is closed after a ``too_many_refused_events`` error, and the
-interview goes on without events or ends (``events.on_refused_flood``).
+interview goes on without events or ends (``events.on_refused_flood``). Each allowed
+type is also rate-limited on its own (relay.media.event_rate): beyond ``browser_burst`` at
+once and ``browser_rate_per_s`` after, an event is refused as ``rate_limited``.
 
 Upstream server events reach the browser through relay.media.event_filter: default-deny
 by type, and the session configuration (instructions, tools, ...) redacted.
@@ -16,6 +18,14 @@ by type, and the session configuration (instructions, tools, ...) redacted.
 Messages that arrive before the other side's channel is open wait in a small bounded
 buffer (the upstream usually sends ``session.created`` before the browser's channel
 has finished opening).
+
+Neither direction queues without bound behind a stalled leg: aiortc's ``send`` never
+refuses, it holds what SCTP cannot send yet (``bufferedAmount``), so a peer that stops
+reading (a frozen tab, a stalled upstream) made the relay hold every later event. A
+message that would take a channel's ``bufferedAmount`` beyond ``events.max_buffered_bytes``
+is dropped and counted instead (decision, docs/media.md "Events": events are advisory next
+to the audio, which goes on; the channel resumes by itself once its peer reads again, and
+a peer that is really gone ends the leg through ICE/DTLS as before).
 """
 
 from __future__ import annotations
@@ -26,13 +36,14 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 from aiortc import RTCDataChannel
 from aiortc.exceptions import InvalidStateError
 
 from relay.config import EventsConfig
 from relay.media.event_filter import ServerEventFilter
+from relay.media.event_rate import TypeRateLimiter
 from relay.media.event_schema import ALWAYS_REFUSED, Refusal, check_event, serialise
 from relay.media.metrics import MediaMetrics
 
@@ -67,6 +78,12 @@ class EventRelay:
         self._on_flood = on_flood
         self._clock = clock
         self._refused_at: deque[float] = deque()
+        self._rate = TypeRateLimiter(config.browser_rate_per_s, config.browser_burst, clock)
+        self._burst = config.browser_burst
+        self._rate_per_s = config.browser_rate_per_s
+        self._max_buffered = config.max_buffered_bytes
+        # Directions whose receiving channel is over max_buffered_bytes (dropping).
+        self._stalled: set[str] = set()
         # Set once the browser's channel was closed for a flood: its close is not a loss.
         self.flooded = False
         self._metrics = metrics
@@ -83,6 +100,7 @@ class EventRelay:
             "browser_to_upstream": 0,
             "refused": 0,
             "dropped": 0,
+            "dropped_backlog": 0,
             "filtered": 0,
         }
 
@@ -127,13 +145,23 @@ class EventRelay:
         if self.flooded:
             return
         checked = self._check(message)
-        if isinstance(checked, Refusal):
-            self.counts["refused"] += 1
-            self._metrics.events_refused.inc(reason=checked.code)
-            self._reply_error(checked.code, checked.message, checked.event_id)
-            self._count_refusal()
-            return
-        self._deliver(self.upstream, self._to_upstream, checked, "browser_to_upstream")
+        if not isinstance(checked, Refusal):
+            event, text = checked
+            kind = str(event["type"])
+            if self._rate.allow(kind):
+                self._deliver(self.upstream, self._to_upstream, text, "browser_to_upstream")
+                return
+            raw_id = event.get("event_id")
+            checked = Refusal(
+                "rate_limited",
+                f"At most {self._burst} '{kind}' events at once, then "
+                f"{self._rate_per_s:g} per second; this one was not sent.",
+                raw_id if isinstance(raw_id, str) else None,
+            )
+        self.counts["refused"] += 1
+        self._metrics.events_refused.inc(reason=checked.code)
+        self._reply_error(checked.code, checked.message, checked.event_id)
+        self._count_refusal()
 
     def _browser_closed(self) -> None:
         # Closed by us for a flood with the interview going on: not a lost browser.
@@ -181,7 +209,7 @@ class EventRelay:
         direction: str,
     ) -> None:
         if channel is not None and channel.readyState == "open" and not pending:
-            if self._send(channel, message):
+            if self._send_bounded(channel, message, direction):
                 self.counts[direction] += 1
                 self._metrics.events_forwarded.inc(direction=direction)
             return
@@ -194,13 +222,38 @@ class EventRelay:
 
     def _flush(self, channel: RTCDataChannel, pending: deque[Message], direction: str) -> None:
         while pending and channel.readyState == "open":
-            if self._send(channel, pending.popleft()):
+            if self._send_bounded(channel, pending.popleft(), direction):
                 self.counts[direction] += 1
                 self._metrics.events_forwarded.inc(direction=direction)
 
     def _drop(self, direction: str) -> None:
         self.counts["dropped"] += 1
         self._metrics.events_dropped.inc(direction=direction)
+
+    def _send_bounded(self, channel: RTCDataChannel, message: Message, direction: str) -> bool:
+        """Send unless ``channel`` would then hold more than ``max_buffered_bytes`` unsent:
+        then drop ``message`` and count it (module docstring)."""
+        size = len(message) if isinstance(message, bytes) else len(message.encode(errors="replace"))
+        if channel.bufferedAmount + size > self._max_buffered:
+            self.counts["dropped_backlog"] += 1
+            self._metrics.events_backlog_dropped.inc(direction=direction)
+            if direction not in self._stalled:
+                self._stalled.add(direction)
+                self._metrics.event_channel_stalls.inc(direction=direction)
+                log.warning(
+                    "session %s: %s: the receiving data channel holds %d bytes unsent (its "
+                    "peer is not reading); dropping events until it drains",
+                    self._session_id,
+                    direction,
+                    channel.bufferedAmount,
+                )
+            return False
+        if not self._send(channel, message):
+            return False
+        if direction in self._stalled and channel.bufferedAmount <= self._max_buffered // 2:
+            self._stalled.discard(direction)
+            log.info("session %s: %s: the data channel drains again", self._session_id, direction)
+        return True
 
     def _send(self, channel: RTCDataChannel, message: Message) -> bool:
         try:
@@ -217,8 +270,9 @@ class EventRelay:
         return True
 
     # ------------------------------------------------------------------ policy
-    def _check(self, message: Message) -> str | Refusal:
-        """The re-serialised checked event to send upstream, or why it is refused."""
+    def _check(self, message: Message) -> tuple[dict[str, Any], str] | Refusal:
+        """The checked event and its re-serialised form to send upstream, or why it is
+        refused."""
         if not isinstance(message, str):
             return Refusal(
                 "invalid_event", "Binary messages are not accepted; send JSON text.", None
@@ -230,7 +284,7 @@ class EventRelay:
         checked = check_event(message, self._allowed)
         if isinstance(checked, Refusal):
             return checked
-        return serialise(checked)
+        return checked, serialise(checked)
 
     def _reply_error(self, code: str, message: str, event_id: str | None) -> None:
         error = {
@@ -246,4 +300,5 @@ class EventRelay:
         }
         channel = self.browser
         if channel is not None and channel.readyState == "open":
-            self._send(channel, json.dumps(error))
+            # Bounded like every event to the browser: replies to a stalled page are dropped.
+            self._send_bounded(channel, json.dumps(error), "upstream_to_browser")

@@ -65,6 +65,17 @@ class MediaMetrics:
             "Data-channel events dropped because the other side was not open in time",
             labels,
         )
+        self.events_backlog_dropped = registry.counter(
+            "relay_media_events_backlog_dropped_total",
+            "Data-channel events dropped because the receiving side's channel already held"
+            " events.max_buffered_bytes unsent (its peer not reading), by direction",
+            labels,
+        )
+        self.event_channel_stalls = registry.counter(
+            "relay_media_event_channel_stalls_total",
+            "Times a data channel reached events.max_buffered_bytes unsent, by direction",
+            labels,
+        )
         self.events_filtered = registry.counter(
             "relay_media_events_filtered_total",
             "Upstream server events withheld from the browser by the event filter",

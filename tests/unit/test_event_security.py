@@ -25,6 +25,9 @@ class FakeChannel:
     def __init__(self, state: str = "open") -> None:
         self.label = "oai-events"
         self.readyState = state
+        # What aiortc would hold unsent: always drained here (see the backlog tests for
+        # real peers that stop reading).
+        self.bufferedAmount = 0
         self.sent: list[str | bytes] = []
         self.handlers: dict[str, Callable[..., None]] = {}
         self.close_calls = 0
@@ -377,3 +380,21 @@ def test_a_message_aiortc_cannot_encode_is_dropped_not_raised() -> None:
     assert relay._send(browser, "lone \ud800") is False  # type: ignore[arg-type]
     assert browser.sent == [] and closed == []
     assert relay._send(browser, "fine") is True  # type: ignore[arg-type]
+
+
+def test_a_channel_over_its_backlog_drops_until_it_drains() -> None:
+    relay, upstream, browser, _, _, registry = _wired(max_buffered_bytes=1024)
+    delta = json.dumps({"type": "response.output_audio_transcript.delta", "delta": "x"})
+    browser.bufferedAmount = 1024  # its peer stopped reading
+    for _ in range(3):
+        upstream.emit("message", delta)
+    assert browser.sent == [] and relay.counts["dropped_backlog"] == 3
+    stalls = registry.snapshot()["relay_media_event_channel_stalls_total"]
+    assert [(r["direction"], r["value"]) for r in stalls] == [("upstream_to_browser", 1)]
+    browser.bufferedAmount = 0  # drained
+    upstream.emit("message", delta)
+    assert len(browser.sent) == 1
+    browser.bufferedAmount = 1024  # a second stall is counted as one more
+    upstream.emit("message", delta)
+    stalls = registry.snapshot()["relay_media_event_channel_stalls_total"]
+    assert [r["value"] for r in stalls] == [2]

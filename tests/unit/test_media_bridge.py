@@ -59,11 +59,17 @@ class Rig:
     bridges: list[Bridge] = field(default_factory=list)
     browsers: list[BrowserPeer] = field(default_factory=list)
 
-    def bridge(self, *, session: SessionConfig | None = None, max_duration_s: float = 60) -> Bridge:
+    def bridge(
+        self,
+        *,
+        session: SessionConfig | None = None,
+        max_duration_s: float = 60,
+        events: EventsConfig | None = None,
+    ) -> Bridge:
         settings = BridgeSettings(
             session=session or SessionConfig(connect_timeout_s=5.0, idle_media_timeout_s=10.0),
             media=MediaConfig(queue_max_frames=50),
-            events=EventsConfig(),
+            events=events or EventsConfig(),
             ice=IceConfig(),
         )
         bridge = Bridge(
