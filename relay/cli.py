@@ -17,6 +17,7 @@ from aiohttp import web
 
 from relay import event_loop
 from relay.admission.embedded_pg import EmbeddedPostgresError
+from relay.admission.migrate import MigrationTimeout
 from relay.admission.store import DatabaseUnavailable, Store, UserExists, UsersExist
 from relay.admission.tokens import hash_token, new_token
 from relay.config import ConfigError, Settings, load_settings
@@ -157,6 +158,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 3
     except EmbeddedPostgresError as exc:
         print(f"embedded PostgreSQL: {exc}", file=sys.stderr)
+        return 3
+    except MigrationTimeout as exc:
+        print(
+            f"database migrations: {exc} (database.migration_timeout_s); another instance "
+            "may be migrating, or a lock is held on the schema",
+            file=sys.stderr,
+        )
         return 3
     return 1
 

@@ -13,8 +13,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import pytest
 
+from relay.admission.migrate import MIGRATION_LOCK_ID
 from relay.cli import _parser
 from tests.support.relay_cli import read_banner, run_relay, start_serving, stop_serving
 
@@ -305,3 +307,21 @@ async def test_the_simulator_control_token_comes_from_the_environment(tmp_path: 
     finally:
         sim.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(sim.wait(), timeout=30) == 0
+
+
+async def test_db_migrate_behind_a_held_lock_gives_up_with_a_message(
+    tmp_path: Path, database_url: str
+) -> None:
+    env = {
+        **_env(tmp_path / "state"),
+        "DATABASE_URL": database_url,
+        "RELAY__DATABASE__MIGRATION_TIMEOUT_S": "0.5",
+    }
+    blocker = await asyncpg.connect(database_url)
+    try:
+        await blocker.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
+        code, _, err = await run_relay("db", "migrate", env=env, cwd=tmp_path)
+    finally:
+        await blocker.close()
+    assert code == 3, err
+    assert "database migrations: migrations took over 0.5 s" in err and "Traceback" not in err
