@@ -295,6 +295,8 @@ class FakeChannel:
     def __init__(self, label: str = "oai-events", state: str = "open") -> None:
         self.label = label
         self.readyState = state
+        # Nothing held unsent (the relay reads it before sending: a stalled peer's backlog).
+        self.bufferedAmount = 0
         self.sent: list[str | bytes] = []
         self.handlers: dict[str, Callable[..., None]] = {}
 
