@@ -174,8 +174,10 @@ async def _start(
         # Not retryable (a migration error, missing permissions) or out of attempts: logged
         # by spawn, and /readyz stays red with the reason until an operator fixes it and
         # restarts.
-        reason = exc.reason if isinstance(exc, BootstrapFailed) else type(exc).__name__
-        startup.failure = reason
+        if isinstance(exc, BootstrapFailed):
+            startup.failure = exc.reason
+        else:
+            startup.failure = f"database_bootstrap: {type(exc).__name__}"
 
     bootstrap = spawn(
         bootstrap_database(store, instance, settings, startup, started_at=datetime.now(UTC)),
