@@ -37,6 +37,10 @@ async def read_json_object(
         data = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from exc
+    except RecursionError:
+        # A few kilobytes of brackets nest deeper than the interpreter's recursion limit:
+        # the decoder gives up, the body is refused like any other malformed JSON.
+        raise ApiError(400, "invalid_json", "The request body nests too deeply.") from None
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_json", "The request body must be a JSON object.")
     return data

@@ -38,11 +38,6 @@ async def create_realtime_session(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     gate = request.app[ADMISSION_GATE]
     with request_banner(log, "REALTIME SESSION") as banner:
-        # The body is optional; when present it must be a JSON object.
-        fields = await read_json_object(
-            request, services.settings.server.max_body_bytes, allow_empty=True
-        )
-        notice_shown = recording_notice_shown(fields)
         services.sessions.refuse_if_draining()
         async with gate.slot():
             if client_gone(request):
@@ -52,6 +47,12 @@ async def create_realtime_session(request: web.Request) -> web.Response:
                 log.info("[%s] client gone before admission", current_request_id())
                 raise ApiError(499, "client_closed_request", "The client closed the request.")
             caller = await authenticate(request)
+            # Only a known caller's body is read. It is optional; when present it must be a
+            # JSON object.
+            fields = await read_json_object(
+                request, services.settings.server.max_body_bytes, allow_empty=True
+            )
+            notice_shown = recording_notice_shown(fields)
             entry = await services.sessions.create(caller)
             if notice_shown and services.recordings is not None:
                 await services.recordings.note_consent(entry.session_id)

@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import re
+from typing import Any
 
 import pytest
 
@@ -146,3 +147,64 @@ async def test_every_response_carries_the_security_headers(
         assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
         assert resp.headers["Server"] == "interview-relay"
         assert not re.search(r"\d", resp.headers["Server"])
+
+
+# -- JSON bodies: parsed only after authentication, and never a 500 -----------------------
+
+# About 2 KB each, nested 1,000 deep: past the interpreter's recursion limit.
+DEEP_ARRAY = b"[" * 1000 + b"]" * 1000
+DEEP_OBJECT = b'{"a":' * 1000 + b"1" + b"}" * 1000
+
+
+async def _post_raw(
+    relay: RelayHarness, path: str, body: bytes, token: str | None
+) -> tuple[int, dict[str, Any]]:
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    async with relay.client.post(path, data=body, headers=headers) as resp:
+        payload = await resp.json()
+        assert payload["request_id"] == resp.headers["X-Request-ID"]
+        return resp.status, payload
+
+
+@pytest.mark.parametrize("path", ["/api/realtime-session", "/api/webrtc-exchange"])
+async def test_deeply_nested_json_is_a_400_never_a_500(
+    make_relay: MakeRelay, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    relay = await make_relay()
+    token = await relay.add_user()
+    for body in (DEEP_ARRAY, DEEP_OBJECT):
+        status, payload = await _post_raw(relay, path, body, token)
+        assert (status, payload["error"]["code"]) == (400, "invalid_json"), payload
+    assert relay.counter("relay_http_errors_total", status=500) == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+async def test_a_deeply_nested_drain_body_is_a_400(make_relay: MakeRelay) -> None:
+    relay = await make_relay()
+    status, payload = await _post_raw(relay, "/api/cluster/drain", DEEP_ARRAY, OPERATOR_TOKEN)
+    assert (status, payload["error"]["code"]) == (400, "invalid_json"), payload
+
+
+@pytest.mark.parametrize(
+    ("path", "token"),
+    [
+        ("/api/realtime-session", None),
+        ("/api/realtime-session", "rt_" + "u" * 40),
+        ("/api/webrtc-exchange", None),
+        ("/api/cluster/drain", None),
+        ("/api/cluster/drain", "not-the-operator-token-" + "x" * 20),
+    ],
+)
+async def test_a_body_is_read_only_after_authentication(
+    make_relay: MakeRelay, path: str, token: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    relay = await make_relay()
+    # Neither malformed nor oversized bodies are looked at before the caller is known.
+    too_large = b"{" + b" " * (relay.services.settings.server.max_body_bytes + 1) + b"}"
+    for body in (DEEP_ARRAY, b"{not json", too_large):
+        status, payload = await _post_raw(relay, path, body, token)
+        expected = "missing_token" if token is None else "invalid_token"
+        assert (status, payload["error"]["code"]) == (401, expected), payload
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
