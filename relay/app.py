@@ -54,6 +54,7 @@ from relay.upstream.health import MonitoredUpstream, UpstreamHealth
 from relay.upstream.model_currency import check_models
 from relay.upstream.simulation import uses_simulator
 from relay.web import (
+    caller,
     low_level,
     routes_bridge,
     routes_cluster,
@@ -106,6 +107,7 @@ def create_app(
     )
     low_level.install(app)
     security_headers.install(app)
+    caller.install(app, settings.limits)
     app.cleanup_ctx.append(_lifecycle(settings, metrics, instance_id, simulate))
     routes_session.register(app, settings.limits, metrics)
     routes_bridge.register(app)

@@ -23,7 +23,6 @@ from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-from relay.admission.rate_limit import SlidingWindowLimiter
 from relay.admission.store import RETRYABLE_ERRORS, DatabaseUnavailable
 from relay.cluster import members
 from relay.cluster.bus import CommandListener, publish
@@ -58,8 +57,6 @@ class ClusterRuntime:
     def __init__(self, services: Services, limits: SharedLimits, *, address: str) -> None:
         self.services = services
         self.limits = limits
-        # Failed authentications per client address in this process (relay.web.caller).
-        self.failed_auth = SlidingWindowLimiter(services.settings.limits.failed_auth_per_minute)
         settings = services.settings.cluster
         self.interval_s = settings.heartbeat_interval_s
         self._recover_after_s = settings.recover_after_s

@@ -1,26 +1,48 @@
-"""Authenticating a candidate's request, with failed attempts limited per client address.
+"""Authenticating a request, candidate or operator, with failed attempts limited per client
+address.
 
-Each failed authentication (an unknown or malformed token) counts against the client's
-address over a sliding minute, in this process and, with Redis, across the cluster;
-at ``limits.failed_auth_per_minute`` further attempts from that address get 429 with
-Retry-After before any token is looked at, so guessing tokens costs the guesser time and
-costs the database nothing. The address is the TCP peer, or behind a proxy listed in
-``server.trusted_proxies`` the client it forwarded for (relay.web.forwarded); see
-docs/deploy.md.
+Each failed authentication (an unknown or malformed token, a wrong operator token) counts
+against the client's address over a sliding minute, in this process and, with Redis,
+across the cluster; at ``limits.failed_auth_per_minute`` further attempts from that
+address get 429 with Retry-After before any token is looked at, so guessing tokens costs
+the guesser time and costs the database nothing.
+
+The count cannot be outrun by sending guesses in parallel: each attempt reserves its place
+before its token is looked up and settles it afterwards (a failure stays, anything else is
+given back), and the reservation is one atomic step in this process
+(relay.admission.rate_limit.FailedAuthLimiter) and in Redis (relay.cluster.limits), so at
+most the limit's worth of an address's guesses is ever under lookup or failed within the
+minute. Requests carrying the same token share one reservation: a page's parallel
+requests are not guesses.
+
+The address is the TCP peer, or behind a proxy listed in ``server.trusted_proxies`` the
+client it forwarded for (relay.web.forwarded); see docs/deploy.md.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from aiohttp import web
 
+from relay.admission.rate_limit import FailedAuthLimiter
 from relay.admission.service import Caller
+from relay.admission.tokens import bearer_token, hash_token
+from relay.config import LimitsConfig
 from relay.errors import ApiError
 from relay.services import SERVICES
 from relay.web import forwarded
 
-_FAILED = ("invalid_token",)
+# This process's count of failed authentications per client address.
+FAILED_AUTH = web.AppKey("failed_auth", FailedAuthLimiter)
+
+
+def install(app: web.Application, limits: LimitsConfig) -> None:
+    app[FAILED_AUTH] = FailedAuthLimiter(limits.failed_auth_per_minute)
 
 
 def client_address(request: web.Request) -> str:
@@ -30,27 +52,75 @@ def client_address(request: web.Request) -> str:
     )
 
 
-async def authenticate(request: web.Request) -> Caller:
+def _too_many(wait: float) -> ApiError:
+    return ApiError(
+        429,
+        "too_many_failed_authentications",
+        "Too many failed authentications from this address; try again later.",
+        retryable=True,
+        retry_after_s=max(1, math.ceil(wait)),
+    )
+
+
+@asynccontextmanager
+async def _attempt(request: web.Request, token: str | None) -> AsyncIterator[None]:
+    """One authentication attempt with ``token`` from this request's client address: 429
+    when the address may not try now; a 401 ``invalid_token`` raised inside counts as a
+    failure."""
     services = request.app[SERVICES]
-    cluster = services.cluster
+    local = request.app[FAILED_AUTH]
+    shared = services.cluster.limits if services.cluster is not None else None
     address = client_address(request)
-    if cluster is not None:
-        wait = cluster.failed_auth.peek(address)
-        shared = await cluster.limits.auth_blocked(address)
-        if shared:
-            wait = max(wait or 0.0, shared)
-        if wait:
-            raise ApiError(
-                429,
-                "too_many_failed_authentications",
-                "Too many failed authentications from this address; try again later.",
-                retryable=True,
-                retry_after_s=max(1, math.ceil(wait)),
-            )
+    # The reservation's key: a token's hash, never the token (it may reach Redis).
+    key = hash_token(token)[:32] if token is not None else None
+    wait = local.reserve(address, key)
+    if wait is None and shared is not None:
+        shared_wait = await shared.auth_reserve(address, key or "")
+        if shared_wait:  # None (Redis undecided: this process decides) or 0.0 go ahead
+            local.settle(address, key, failed=False)
+            wait = shared_wait
+    if wait is not None:
+        raise _too_many(wait)
+    failed = False
     try:
-        return await services.admission.authenticate(request.headers.get("Authorization"))
+        yield
     except ApiError as exc:
-        if cluster is not None and exc.status == 401 and exc.code in _FAILED:
-            cluster.failed_auth.record(address)
-            await cluster.limits.auth_failed(address)
+        failed = exc.status == 401 and exc.code == "invalid_token"
         raise
+    finally:
+        local.settle(address, key, failed=failed)
+        if shared is not None and key is not None:
+            await shared.auth_settle(address, key, failed=failed)
+
+
+def _operator_token_matches(request: web.Request, token: str) -> bool:
+    # Compared as SHA-256 digests in constant time: the token itself is not kept.
+    presented = hashlib.sha256(token.encode("utf-8")).hexdigest()
+    return hmac.compare_digest(presented, request.app[SERVICES].operator_token_hash)
+
+
+async def authenticate(request: web.Request) -> Caller:
+    """The candidate the request's bearer token belongs to (401 otherwise)."""
+    header = request.headers.get("Authorization")
+    async with _attempt(request, bearer_token(header)):
+        return await request.app[SERVICES].admission.authenticate(header)
+
+
+async def require_operator(request: web.Request) -> None:
+    """The request carries the operator token (401 otherwise)."""
+    token = bearer_token(request.headers.get("Authorization"))
+    async with _attempt(request, token):
+        if token is None:
+            raise ApiError(401, "missing_token", "Send 'Authorization: Bearer <operator token>'.")
+        if not _operator_token_matches(request, token):
+            raise ApiError(401, "invalid_token", "The operator token is not valid.")
+
+
+async def owner_or_operator(request: web.Request) -> Caller | None:
+    """The candidate of the request's token, or None for the operator (401 otherwise)."""
+    header = request.headers.get("Authorization")
+    token = bearer_token(header)
+    async with _attempt(request, token):
+        if token is not None and _operator_token_matches(request, token):
+            return None
+        return await request.app[SERVICES].admission.authenticate(header)

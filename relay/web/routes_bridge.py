@@ -22,9 +22,8 @@ from relay.observability.logging import request_banner, stage
 from relay.observability.request_context import bind_session, current, current_request_id
 from relay.services import SERVICES, Services
 from relay.sessions.registry import SessionEntry, is_session_id
-from relay.web.auth import is_operator
 from relay.web.body import read_json_object
-from relay.web.caller import authenticate
+from relay.web.caller import authenticate, owner_or_operator
 
 log = logging.getLogger("relay.http")
 
@@ -123,11 +122,9 @@ async def get_session(request: web.Request) -> web.Response:
 
 async def delete_session(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    operator = is_operator(request)
-    user_id: int | None = None
-    if not operator:
-        caller = await authenticate(request)
-        user_id = caller.user.id
+    caller = await owner_or_operator(request)
+    operator = caller is None
+    user_id = caller.user.id if caller is not None else None
     session_id = _path_session_id(request)
     entry = services.registry.get(session_id)
     if entry is not None and (operator or entry.user_id == user_id):

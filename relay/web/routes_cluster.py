@@ -16,12 +16,12 @@ from relay.cluster.runtime import ALL_MEMBERS
 from relay.errors import ApiError
 from relay.observability.request_context import current_request_id
 from relay.services import SERVICES
-from relay.web.auth import require_operator
 from relay.web.body import read_json_object
+from relay.web.caller import require_operator
 
 
 async def cluster_stats(request: web.Request) -> web.Response:
-    require_operator(request)
+    await require_operator(request)
     services = request.app[SERVICES]
     if services.cluster is None:
         raise ApiError(503, "cluster_unavailable", "Cluster membership is not running.")
@@ -42,7 +42,7 @@ async def cluster_stats(request: web.Request) -> web.Response:
 
 
 async def drain(request: web.Request) -> web.Response:
-    require_operator(request)
+    await require_operator(request)
     services = request.app[SERVICES]
     if services.cluster is None:
         raise ApiError(503, "cluster_unavailable", "Cluster membership is not running.")

@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from relay.observability.request_context import current_request_id
 from relay.services import SERVICES
-from relay.web.auth import require_operator
+from relay.web.caller import require_operator
 from relay.web.routes_cluster import cluster_stats
 from relay.web.stats_view import build_stats
 
@@ -27,7 +27,7 @@ DASHBOARD_CSP = (
 
 
 async def stats(request: web.Request) -> web.Response:
-    require_operator(request)
+    await require_operator(request)
     if request.query.get("scope") == "cluster":
         return await cluster_stats(request)
     body = await build_stats(request.app[SERVICES], current_request_id())
@@ -35,7 +35,7 @@ async def stats(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    require_operator(request)
+    await require_operator(request)
     # Rendering runs the process collector, which reads /proc: off the event loop.
     text = await asyncio.to_thread(request.app[SERVICES].metrics.render_prometheus)
     return web.Response(

@@ -23,7 +23,7 @@ from relay.recording import render, rows
 from relay.recording.s3 import StorageError
 from relay.recording.service import CONTENT_TYPES, RecordingService
 from relay.services import SERVICES
-from relay.web.auth import require_operator
+from relay.web.caller import require_operator
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
@@ -32,8 +32,8 @@ _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 CHUNK = 64 * 1024
 
 
-def _service(request: web.Request) -> RecordingService:
-    require_operator(request)
+async def _service(request: web.Request) -> RecordingService:
+    await require_operator(request)
     service = request.app[SERVICES].recordings
     if service is None:
         raise ApiError(404, "recordings_disabled", "Recording is not configured on this relay.")
@@ -69,7 +69,7 @@ def _ready(row: asyncpg.Record) -> None:
 
 
 async def list_recordings(request: web.Request) -> web.Response:
-    service = _service(request)
+    service = await _service(request)
     limit = _int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
     offset = _int_param(request, "offset", 0, 0, 10_000_000)
     page, total = await service.rows.page(limit=limit, offset=offset)
@@ -86,7 +86,7 @@ async def list_recordings(request: web.Request) -> web.Response:
 
 
 async def get_recording(request: web.Request) -> web.Response:
-    service = _service(request)
+    service = await _service(request)
     row = await _row(request, service)
     return web.json_response(rows.to_json(row) | {"request_id": current_request_id()})
 
@@ -157,21 +157,21 @@ def _close_quietly(body: Any) -> None:
 
 
 async def get_audio(request: web.Request) -> web.StreamResponse:
-    service = _service(request)
+    service = await _service(request)
     row = await _row(request, service)
     _ready(row)
     return await _serve(request, service, row, _file_name(row))
 
 
 async def get_transcript(request: web.Request) -> web.StreamResponse:
-    service = _service(request)
+    service = await _service(request)
     row = await _row(request, service)
     _ready(row)
     return await _serve(request, service, row, render.TRANSCRIPT)
 
 
 async def delete_recording(request: web.Request) -> web.Response:
-    service = _service(request)
+    service = await _service(request)
     row = await _row(request, service)
     if row["status"] in ("recording", "rendering"):
         raise ApiError(409, "recording_busy", f"The recording is {row['status']}; retry later.")
