@@ -193,7 +193,7 @@ async def run_workers(
             "RELAY__SESSION__MAX_DURATION_S": "30",
             "OPENAI_API_KEY": "sk-sim-local",
             "OPENAI_BASE_URL": sim_url,
-            "RELAY_OPERATOR_TOKEN": "bench-operator-token",
+            "RELAY_OPERATOR_TOKEN": "bench-operator-token-0123456789ab",
         }
         try:
             for workers in order:

@@ -50,6 +50,9 @@ Dialect = Literal["ga", "beta"]
 
 ENV_PREFIX = "RELAY__"
 
+# The shortest operator token accepted (``secrets.token_urlsafe(24)`` and longer qualify).
+MIN_SECRET_CHARS = 32
+
 
 class ConfigError(ValueError):
     """A setting is missing, malformed or out of range. The message names the key."""
@@ -71,7 +74,8 @@ class ServerConfig(_Section):
     log_level: str = "INFO"
     # "text" (human readable stage lines) or "json" (one object per line, for production).
     log_format: Literal["text", "json"] = "text"
-    # Bearer token for operator endpoints; empty means "generate one at start and print it".
+    # Bearer token for operator endpoints, at least 32 characters; empty means "generate
+    # one at start and print it".
     operator_token: str = Field(default="", repr=False)
     # SIGTERM: refuse new sessions, wait this long for live ones, then hang them up.
     drain_timeout_s: Annotated[float, Field(ge=0, le=86400)] = 30.0
@@ -90,6 +94,18 @@ class ServerConfig(_Section):
     trusted_proxies: list[str] = Field(default_factory=list)
     # The asyncio event loop of `relay serve` (relay.event_loop): "uvloop" or "asyncio".
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+
+    @field_validator("operator_token")
+    @classmethod
+    def _long_enough(cls, value: str) -> str:
+        # A short token is guessed (one of a single character was, in 17 requests);
+        # the failed-authentication limit only slows guessing down.
+        if value and len(value) < MIN_SECRET_CHARS:
+            raise ValueError(
+                f"shorter than {MIN_SECRET_CHARS} characters; generate one with "
+                '`python3 -c "import secrets; print(secrets.token_urlsafe(32))"`'
+            )
+        return value
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -16,7 +16,7 @@ from relay.admission.tokens import hash_token, new_token
 from relay.config import Settings
 from relay.services import Services
 
-OPERATOR_TOKEN = "op-test-token-0123456789"
+OPERATOR_TOKEN = "op-test-token-0123456789abcdefghij"
 # Seals pending sessions' upstream secrets (base64 of 32 bytes); fixed so that relays of
 # one test can open each other's.
 STATE_KEY = "dGVzdC1zdGF0ZS1rZXktMzItYnl0ZXMtbG9uZy4uLi4="

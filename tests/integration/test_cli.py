@@ -20,7 +20,7 @@ from relay.admission.migrate import MIGRATION_LOCK_ID
 from relay.cli import _parser
 from tests.support.relay_cli import read_banner, run_relay, start_serving, stop_serving
 
-OPERATOR = "cli-test-operator-token"
+OPERATOR = "cli-test-operator-token-0123456789"
 
 
 def _env(data_dir: Path) -> dict[str, str]:
@@ -117,6 +117,16 @@ async def test_serve_without_a_key_off_loopback_refuses_to_start(tmp_path: Path)
     )
     assert code == 2, (out, err)
     assert "upstream.api_key" in err and "--simulate" in err and "Traceback" not in err
+    assert "listening" not in out
+
+
+async def test_serve_with_a_short_operator_token_refuses_to_start(tmp_path: Path) -> None:
+    # The token an outside probe guessed in 17 requests.
+    env = {**_env(tmp_path / "state"), "RELAY_OPERATOR_TOKEN": "q"}
+    code, out, err = await run_relay("serve", "--port", "0", env=env, cwd=tmp_path)
+    assert code == 2, (out, err)
+    assert "server.operator_token" in err and "32 characters" in err, err
+    assert "secrets.token_urlsafe" in err and "Traceback" not in err
     assert "listening" not in out
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from relay.config import Settings
 from tests.integration.conftest import MakeRelay
 from tests.integration.relay_harness import OPERATOR_TOKEN, RelayHarness
 
@@ -208,3 +209,15 @@ async def test_a_body_is_read_only_after_authentication(
         expected = "missing_token" if token is None else "invalid_token"
         assert (status, payload["error"]["code"]) == (401, expected), payload
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+async def test_a_generated_operator_token_meets_the_length_rule_and_works(
+    make_relay: MakeRelay,
+) -> None:
+    relay = await make_relay(overrides={"server": {"operator_token": ""}})
+    token = relay.services.generated_operator_token
+    assert token is not None
+    # The rule a configured token must meet (server.operator_token), met by the generated one.
+    assert Settings().replace("server", operator_token=token).server.operator_token == token
+    async with relay.client.get("/api/stats", headers={"Authorization": f"Bearer {token}"}) as r:
+        assert r.status == 200

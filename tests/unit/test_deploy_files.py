@@ -28,7 +28,7 @@ COMPOSE = ROOT / "compose.yaml"
 # What an operator sets (compose.yaml's header): test values only.
 COMPOSE_ENV = {
     "POSTGRES_PASSWORD": "pg-test-password",
-    "RELAY_OPERATOR_TOKEN": "op-test-token",
+    "RELAY_OPERATOR_TOKEN": "op-test-token-0123456789abcdefghij",
     "TURN_SECRET": "turn-test-secret",
     "S3_ACCESS_KEY": "s3-access",
     "S3_SECRET_KEY": "s3-secret",
