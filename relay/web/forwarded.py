@@ -65,3 +65,19 @@ def client_address(
         address = hop_address
     # Every hop was a trusted proxy (or none was usable): the nearest one we believe.
     return str(address)
+
+
+def forwarded_over_tls(
+    peer: str | None, forwarded_proto: Sequence[str], proxies: Sequence[Network]
+) -> bool:
+    """A trusted proxy says the client reached it over TLS: ``X-Forwarded-Proto`` (every
+    value of the header, in order) starts with ``https``. From any other peer the header is
+    ignored. The first value is the scheme the outermost proxy saw; a client that wrote its
+    own in front gains nothing (browsers ignore HSTS received over plain HTTP)."""
+    if peer is None or not proxies:
+        return False
+    address = _address(peer)
+    if address is None or not _trusted(address, proxies):
+        return False
+    values = [v.strip().lower() for value in forwarded_proto for v in value.split(",")]
+    return bool(values) and values[0] == "https"

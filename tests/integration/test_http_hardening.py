@@ -5,18 +5,33 @@ log, and the security headers on every kind of response."""
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
 import json
 import logging
 import re
+import ssl
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
+from relay.app import create_app
 from relay.config import Settings
+from relay.upstream.simulator.server import RunningSimulator
 from tests.integration.conftest import MakeRelay
-from tests.integration.relay_harness import OPERATOR_TOKEN, RelayHarness
+from tests.integration.media_helpers import BrowserPeer
+from tests.integration.relay_harness import OPERATOR_TOKEN, RelayHarness, relay_settings
 
 REQUEST_ID = re.compile(r"req_[0-9a-f]{32}")
+# The body of a session request whose client showed the recording notice.
+CONFIRMED = {"recording_notice_shown": True}
 
 
 # Queries the relay runs by itself, on a timer (the cluster heartbeat every 0.5 s in tests).
@@ -221,3 +236,114 @@ async def test_a_generated_operator_token_meets_the_length_rule_and_works(
     assert Settings().replace("server", operator_token=token).server.operator_token == token
     async with relay.client.get("/api/stats", headers={"Authorization": f"Bearer {token}"}) as r:
         assert r.status == 200
+
+
+# -- caching and transport security headers ----------------------------------------------
+
+
+async def test_authenticated_json_responses_are_never_stored(make_relay: MakeRelay) -> None:
+    relay = await make_relay()
+    token = await relay.add_user()
+    user = {"Authorization": f"Bearer {token}"}
+    operator = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+
+    async def call(method: str, path: str, headers: dict[str, str], **kwargs: Any) -> Any:
+        async with relay.client.request(method, path, headers=headers, **kwargs) as resp:
+            assert resp.status < 300, (path, await resp.text())
+            assert resp.headers.get("Cache-Control") == "no-store", (method, path)
+            return await resp.json()
+
+    # The session carries a TURN credential; the exchange the relay's SDP answer.
+    session = await call("POST", "/api/realtime-session", user, json=CONFIRMED)
+    browser = BrowserPeer()
+    try:
+        offer = {"session_id": session["session_id"], "type": "offer", "sdp": await browser.offer()}
+        await call("POST", "/api/webrtc-exchange", user, json=offer)
+        await call("GET", f"/api/sessions/{session['session_id']}", user)
+        await call("GET", "/api/recordings", operator)
+        await call("GET", "/api/stats", operator)
+        await call("GET", "/api/stats?scope=cluster", operator)
+        await call("POST", "/api/cluster/drain", operator, json={"member": "no-such-member"})
+    finally:
+        await browser.close()
+    # Errors too: a refusal says nothing a cache should keep either.
+    async with relay.client.post("/api/realtime-session") as resp:
+        assert resp.status == 401 and resp.headers.get("Cache-Control") == "no-store"
+
+
+HSTS = "max-age=31536000"
+
+
+@pytest.mark.parametrize(
+    ("trusted", "proto", "hsts"),
+    [
+        (True, "https", True),
+        (True, "https, http", True),  # the client-facing proxy's scheme comes first
+        (True, "http", False),
+        (True, None, False),
+        (False, "https", False),  # anyone else's word is not believed
+    ],
+)
+async def test_hsts_when_a_trusted_proxy_says_the_client_came_over_tls(
+    make_relay: MakeRelay, trusted: bool, proto: str | None, hsts: bool
+) -> None:
+    # The test client connects from 127.0.0.1, as a reverse proxy on this host would.
+    proxies = ["127.0.0.0/8"] if trusted else []
+    relay = await make_relay(overrides={"server": {"trusted_proxies": proxies}})
+    headers = {"X-Forwarded-Proto": proto} if proto else {}
+    for path in ("/", "/healthz", "/api/stats", "/no/such/route"):
+        async with relay.client.get(path, headers=headers) as resp:
+            assert resp.headers.get("Strict-Transport-Security") == (HSTS if hsts else None), path
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+async def test_hsts_over_a_direct_tls_connection(
+    database_url: str, simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    cert, key = _self_signed(tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    app = create_app(relay_settings(database_url, simulator.base_url), instance_id="tls-test")
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_tls).start()
+        port = runner.addresses[0][1]
+        client_tls = ssl.create_default_context(cafile=str(cert))
+        async with aiohttp.ClientSession() as http:
+            for path in ("/", "/healthz"):
+                async with http.get(f"https://127.0.0.1:{port}{path}", ssl=client_tls) as resp:
+                    assert resp.status == 200
+                    assert resp.headers.get("Strict-Transport-Security") == HSTS, path
+    finally:
+        await asyncio.wait_for(runner.cleanup(), 45.0)

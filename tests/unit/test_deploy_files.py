@@ -445,3 +445,9 @@ def test_interpolation_helper() -> None:
     assert interpolate("${B:-${A}}", env) == "1"
     with pytest.raises(MissingVariable, match="E"):
         interpolate("${E:?set E}", env)
+
+
+def test_the_proxy_sends_hsts_when_the_relay_did_not() -> None:
+    caddy = compose()["configs"]["caddyfile"]["content"]
+    site = caddy.splitlines()
+    assert '  header ?Strict-Transport-Security "max-age=31536000"' in site, caddy
