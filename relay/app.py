@@ -103,7 +103,7 @@ def create_app(
         middlewares=[make_middleware(metrics)],
         # Our own readers enforce server.max_body_bytes with a JSON 413; this is a backstop.
         client_max_size=settings.server.max_body_bytes,
-        handler_args=low_level.handler_args(metrics),
+        handler_args=low_level.handler_args(metrics, settings.server),
     )
     low_level.install(app)
     security_headers.install(app)

@@ -71,6 +71,13 @@ class ServerConfig(_Section):
     data_dir: str = ".relay"
     # Request bodies above this many bytes are refused with 413.
     max_body_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 65536
+    # A connection must deliver a request line and headers within this many seconds of
+    # opening or of its previous response (so an idle keep-alive connection closes after
+    # it too), or it is closed (relay.web.low_level).
+    header_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    # A request body must arrive within this many seconds of the relay starting to read it,
+    # or the request gets 408 body_timeout and the connection is closed (relay.web.body).
+    body_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
     log_level: str = "INFO"
     # "text" (human readable stage lines) or "json" (one object per line, for production).
     log_format: Literal["text", "json"] = "text"

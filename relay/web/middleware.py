@@ -86,12 +86,14 @@ def make_middleware(metrics: MetricsRegistry) -> Middleware:
         ctx = request_context.current()
         assert ctx is not None
         error_code: str | None = None
+        close_connection = False
         try:
             try:
                 response = await handler(request)
             except ApiError as exc:
                 error_code = exc.code
                 response = _error_response(exc, request_id)
+                close_connection = exc.close_connection
             except web.HTTPException as exc:
                 if exc.status < 400:
                     raise
@@ -119,6 +121,8 @@ def make_middleware(metrics: MetricsRegistry) -> Middleware:
             latency.observe(ctx.elapsed_ms() / 1000, route=route, method=method)
             if error_code is not None:
                 errors.inc(status=response.status, code=error_code)
+            if close_connection:
+                await _send_and_close(request, response)
             return response
         finally:
             request_context.end(token)
@@ -128,3 +132,20 @@ def make_middleware(metrics: MetricsRegistry) -> Middleware:
 
 def _error_response(exc: ApiError, request_id: str) -> web.Response:
     return web.json_response(exc.body(request_id), status=exc.status, headers=exc.headers())
+
+
+async def _send_and_close(request: web.Request, response: web.StreamResponse) -> None:
+    """Send the whole response now, then close the connection.
+
+    For an error after which the connection cannot carry another request (a body still
+    arriving). Marking the response ``Connection: close`` alone is not enough: aiohttp
+    then keeps reading and discarding the rest of the body for up to its lingering time,
+    which a client trickling bytes would fill. A response already sent is left as it is
+    by aiohttp (its prepare and write_eof do nothing the second time).
+    """
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    transport = request.transport
+    if transport is not None:
+        transport.close()

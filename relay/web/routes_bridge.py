@@ -51,7 +51,7 @@ async def webrtc_exchange(request: web.Request) -> web.Response:
     with request_banner(log, "WEBRTC EXCHANGE") as banner:
         stage(log, "WEBRTC_EXCHANGE_START")
         caller = await authenticate(request)
-        body = await read_json_object(request, services.settings.server.max_body_bytes)
+        body = await read_json_object(request)
         session_id, sdp = _exchange_fields(body)
         services.sessions.refuse_if_draining()
         try:

@@ -46,7 +46,7 @@ async def drain(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     if services.cluster is None:
         raise ApiError(503, "cluster_unavailable", "Cluster membership is not running.")
-    body = await read_json_object(request, services.settings.server.max_body_bytes)
+    body = await read_json_object(request)
     member = body.get("member")
     if not isinstance(member, str) or not 0 < len(member) <= 200:
         raise ApiError(400, "invalid_request", 'member must be a member id or "*".')

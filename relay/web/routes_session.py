@@ -49,9 +49,7 @@ async def create_realtime_session(request: web.Request) -> web.Response:
             caller = await authenticate(request)
             # Only a known caller's body is read. It is optional; when present it must be a
             # JSON object.
-            fields = await read_json_object(
-                request, services.settings.server.max_body_bytes, allow_empty=True
-            )
+            fields = await read_json_object(request, allow_empty=True)
             notice_shown = recording_notice_shown(fields)
             entry = await services.sessions.create(caller)
             if notice_shown and services.recordings is not None:

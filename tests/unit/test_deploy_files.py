@@ -451,3 +451,14 @@ def test_the_proxy_sends_hsts_when_the_relay_did_not() -> None:
     caddy = compose()["configs"]["caddyfile"]["content"]
     site = caddy.splitlines()
     assert '  header ?Strict-Transport-Security "max-age=31536000"' in site, caddy
+
+
+def test_the_proxy_closes_idle_connections_before_the_relays_do() -> None:
+    # A relay closes a keep-alive connection idle for server.header_timeout_s; a request
+    # the proxy sends on it at that moment would fail.
+    data = compose()
+    keepalive = re.search(r"^\s*keepalive (\d+)s$", data["configs"]["caddyfile"]["content"], re.M)
+    assert keepalive is not None
+    for name, service in relay_services(data).items():
+        env = {k: str(v) for k, v in service["environment"].items()}
+        assert int(keepalive[1]) < load_settings(environ=env).server.header_timeout_s, name
