@@ -196,7 +196,10 @@ async def request_once(
     started = loop.time()
     timing: dict[str, float] = {}
     try:
-        async with http.post(url, json={}, headers={"Authorization": f"Bearer {token}"}) as resp:
+        # As the page says it: the recording notice was shown (required while recording).
+        notice = {"recording_notice_shown": True}
+        headers = {"Authorization": f"Bearer {token}"}
+        async with http.post(url, json=notice, headers=headers) as resp:
             await resp.read()
             status = str(resp.status)
             timing = parse_server_timing(resp.headers.get("Server-Timing", ""))

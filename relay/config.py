@@ -430,6 +430,10 @@ class RecordingConfig(_Section):
     notice_text: str = (
         "This interview is recorded (audio and transcript) and shared with the hiring team."
     )
+    # While recording, refuse (409 recording_notice_required) a session whose client did
+    # not confirm it showed the notice; false: API-only deployments that inform candidates
+    # another way (what the client said is stored either way).
+    require_notice: bool = True
     # Worker processes that finalise recordings.
     render_workers: Annotated[int, Field(ge=1, le=16)] = 1
 

@@ -33,6 +33,7 @@ const MESSAGES = {
   upstream_timeout: "The interviewer is taking too long to answer.",
   upstream_error: "The interviewer service had a problem.",
   invalid_offer: "Your browser's audio setup was not accepted.",
+  recording_notice_required: "Please read the recording notice above, then press Start again.",
 };
 
 function setStatus(text) { $("status").textContent = text; }
@@ -197,6 +198,12 @@ async function start() {
   // Kept for this tab only (a reload), never in localStorage: a shared computer must not
   // hand the next person this candidate's token.
   sessionStorage.setItem("interviewToken", state.token);
+  // A recorded interview starts only once its notice was on screen before Start (the relay
+  // refuses it otherwise): if the notice is still loading, or appears only now, the
+  // candidate reads it and presses Start again.
+  const shownBefore = state.noticeShown;
+  await loadNotice();
+  if (state.noticeShown && !shownBefore) { showError(MESSAGES.recording_notice_required); return; }
   $("start").disabled = true;
   try {
     setStatus("Checking your access…");
@@ -274,11 +281,23 @@ function tokenFromAddress() {
 localStorage.removeItem("interviewToken"); // written by earlier versions of this page
 $("token").value = tokenFromAddress() || sessionStorage.getItem("interviewToken") || "";
 $("start").addEventListener("click", start);
-// The recording notice (text from the relay's config), shown before Start.
-fetch("/api/recording-notice").then((r) => (r.ok ? r.json() : null)).then((n) => {
-  if (!n || !n.recording || !n.notice) return;
-  $("recording-notice").textContent = n.notice;
-  $("recording-notice").hidden = false;
-  state.noticeShown = true;
-}).catch(() => { /* no notice: the session says so */ });
+// The recording notice (text from the relay's config), shown before Start. Fetched once
+// at load; if that failed, again at Start.
+let noticeLoading = null;
+function loadNotice() {
+  if (!noticeLoading) {
+    noticeLoading = fetch("/api/recording-notice").then((r) => {
+      if (!r.ok) throw new Error(`recording notice: ${r.status}`);
+      return r.json();
+    }).then((n) => {
+      if (!n.recording || !n.notice) return;
+      $("recording-notice").textContent = n.notice;
+      $("recording-notice").hidden = false;
+      state.noticeShown = true;
+    }).catch(() => { noticeLoading = null; /* not shown: the relay refuses a recorded start */ });
+  }
+  return noticeLoading;
+}
+// Start waits for the notice (index.html has it disabled), so it is on screen first.
+loadNotice().then(() => { $("start").disabled = false; });
 $("stop").addEventListener("click", stop);

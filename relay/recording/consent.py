@@ -1,5 +1,10 @@
 """The recording notice: its text for the candidate page, and the page's word that it was
-shown (``{"recording_notice_shown": true}`` in the session request body)."""
+shown (``{"recording_notice_shown": true}`` in the session request body).
+
+While recording is on, that word is required (``recording.require_notice``, default true):
+a session whose client did not give it is refused with 409 ``recording_notice_required``
+before anything is taken for it. The bundled page gives it once the notice is on screen
+(static/page.js); an API client shows the notice itself and says so."""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from relay.config import RecordingConfig
 from relay.errors import ApiError
 from relay.services import SERVICES
 
@@ -18,6 +24,17 @@ def recording_notice_shown(fields: dict[str, Any]) -> bool:
     if not isinstance(value, bool):
         raise ApiError(400, "invalid_field", f"'{FIELD}' must be true or false.")
     return value
+
+
+def require_notice_shown(config: RecordingConfig, shown: bool) -> None:
+    """409 when this session would be recorded without its client having shown the notice."""
+    if config.enabled and config.require_notice and not shown:
+        raise ApiError(
+            409,
+            "recording_notice_required",
+            "This interview is recorded: show the candidate the recording notice "
+            f'(GET /api/recording-notice) and send {{"{FIELD}": true}}.',
+        )
 
 
 async def notice(request: web.Request) -> web.Response:

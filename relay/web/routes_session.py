@@ -18,7 +18,7 @@ from relay.media.ice import browser_ice_servers
 from relay.observability.logging import request_banner
 from relay.observability.metrics import MetricsRegistry
 from relay.observability.request_context import current, current_request_id
-from relay.recording.consent import recording_notice_shown
+from relay.recording.consent import recording_notice_shown, require_notice_shown
 from relay.services import SERVICES
 from relay.web.body import read_json_object
 from relay.web.caller import authenticate
@@ -51,6 +51,7 @@ async def create_realtime_session(request: web.Request) -> web.Response:
             # JSON object.
             fields = await read_json_object(request, allow_empty=True)
             notice_shown = recording_notice_shown(fields)
+            require_notice_shown(services.settings.recording, notice_shown)
             entry = await services.sessions.create(caller)
             if notice_shown and services.recordings is not None:
                 await services.recordings.note_consent(entry.session_id)

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 import asyncpg
-from playwright.async_api import Page, Response, expect
+from playwright.async_api import Page, Response, Route, expect
 
 from relay.upstream.simulator.server import RunningSimulator
 from tests.integration.conftest import MakeRelay
@@ -141,6 +141,46 @@ async def test_a_simulated_interview_says_so_to_the_candidate(
     await expect(banner).to_be_visible()
     await expect(banner).to_contain_text("simulated interviewer")
     await expect(page.locator("#stop")).to_be_enabled(timeout=CONNECT_S * 1000)
+    await page.click("#stop")
+    await expect(page.locator("#status")).to_have_text("Interview ended.")
+
+
+async def test_the_page_starts_a_recorded_interview_only_after_showing_its_notice(
+    make_relay: MakeRelay, page: Page
+) -> None:
+    relay = await make_relay()
+    token = await relay.add_user(seconds=600)
+    notice_requests: list[str] = []
+
+    async def first_notice_fails(route: Route) -> None:
+        notice_requests.append(route.request.url)
+        if len(notice_requests) == 1:
+            await route.fulfill(status=503, content_type="application/json", body="{}")
+        else:
+            await route.continue_()
+
+    await page.route("**/api/recording-notice", first_notice_fails)
+    created: list[str] = []
+    page.on(
+        "request",
+        lambda r: created.append(r.url) if r.url.endswith("/api/realtime-session") else None,
+    )
+    await page.goto(str(relay.client.make_url("/")) + f"#token={token}")
+    # The notice could not be loaded: Start is usable, but shows the notice first.
+    await expect(page.locator("#start")).to_be_enabled()
+    await expect(page.locator("#recording-notice")).to_be_hidden()
+    await page.click("#start")
+    notice = relay.services.settings.recording.notice_text
+    await expect(page.locator("#recording-notice")).to_have_text(notice)
+    await expect(page.locator("#error")).to_contain_text("read the recording notice")
+    assert created == [] and len(notice_requests) == 2
+    # Read, then Start again: the page confirms it, the relay records that.
+    async with page.expect_response("**/api/realtime-session") as response:
+        await page.click("#start")
+    assert (await response.value).status == 201
+    session_id = (await (await response.value).json())["session_id"]
+    await expect(page.locator("#stop")).to_be_enabled(timeout=CONNECT_S * 1000)
+    assert (await interview_row(relay, session_id))["recording_notice_shown"] is True
     await page.click("#stop")
     await expect(page.locator("#status")).to_have_text("Interview ended.")
 

@@ -324,7 +324,8 @@ async def test_malformed_and_oversized_bodies(make_relay: MakeRelay) -> None:
     )
     assert status == 413
     assert_error(body, headers, "body_too_large")
-    # None of these touched the credential path.
+    # The token was checked first (bodies are read only after that); none was admitted.
+    assert relay.counter("relay_admission_total", outcome="admitted") == 0
     assert relay.counter("relay_admission_total") == 0
 
 

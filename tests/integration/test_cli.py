@@ -18,6 +18,7 @@ import pytest
 
 from relay.admission.migrate import MIGRATION_LOCK_ID
 from relay.cli import _parser
+from tests.integration.relay_harness import NOTICE_CONFIRMED
 from tests.support.relay_cli import read_banner, run_relay, start_serving, stop_serving
 
 OPERATOR = "cli-test-operator-token-0123456789"
@@ -70,7 +71,9 @@ async def test_serve_prints_url_and_token_that_opens_a_session(
     url, token, _ = served
     async with aiohttp.ClientSession() as http:
         async with http.post(
-            url + "api/realtime-session", headers={"Authorization": f"Bearer {token}"}
+            url + "api/realtime-session",
+            headers={"Authorization": f"Bearer {token}"},
+            json=NOTICE_CONFIRMED,
         ) as resp:
             body = await resp.json()
             assert resp.status == 201, body
@@ -103,7 +106,9 @@ async def test_serve_on_the_standard_library_event_loop_when_configured(
         aiohttp.ClientSession() as http,
     ):
         auth = {"Authorization": f"Bearer {token}"}
-        async with http.post(url + "api/realtime-session", headers=auth) as resp:
+        async with http.post(
+            url + "api/realtime-session", headers=auth, json=NOTICE_CONFIRMED
+        ) as resp:
             assert resp.status == 201, await resp.text()
         operator = {"Authorization": f"Bearer {OPERATOR}"}
         async with http.get(url + "api/stats", headers=operator) as resp:
@@ -144,7 +149,9 @@ async def test_explicit_simulation_off_loopback_is_announced_to_operator_and_can
     ):
         assert any(line.startswith("SIMULATED upstream") for line in banner), banner
         headers = {"Authorization": f"Bearer {token}"}
-        async with http.post(url + "api/realtime-session", headers=headers) as resp:
+        async with http.post(
+            url + "api/realtime-session", headers=headers, json=NOTICE_CONFIRMED
+        ) as resp:
             body = await resp.json()
             assert resp.status == 201 and body["simulated"] is True, body
         operator = {"Authorization": f"Bearer {OPERATOR}"}
@@ -171,7 +178,9 @@ async def test_users_add_and_revoke_share_the_served_database(
 
     async with aiohttp.ClientSession() as http:
         headers = {"Authorization": f"Bearer {token}"}
-        async with http.post(url + "api/realtime-session", headers=headers) as resp:
+        async with http.post(
+            url + "api/realtime-session", headers=headers, json=NOTICE_CONFIRMED
+        ) as resp:
             body = await resp.json()
             assert resp.status == 201, body
             assert body["max_duration_seconds"] == 90
@@ -238,7 +247,9 @@ async def test_serve_against_a_separately_run_simulator_in_the_beta_dialect(
             aiohttp.ClientSession() as http,
         ):
             headers = {"Authorization": f"Bearer {token}"}
-            async with http.post(url + "api/realtime-session", headers=headers) as resp:
+            async with http.post(
+                url + "api/realtime-session", headers=headers, json=NOTICE_CONFIRMED
+            ) as resp:
                 body = await resp.json()
                 assert resp.status == 201, body
                 assert body["model"] == "gpt-4o-realtime-preview-2024-12-17"

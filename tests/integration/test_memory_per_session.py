@@ -34,7 +34,7 @@ from relay.upstream.simulator.options import SimulatorOptions
 from relay.upstream.simulator.server import RunningSimulator, start_simulator
 from tests.integration.conftest import MakeRelay
 from tests.integration.media_helpers import BrowserPeer, wait_until
-from tests.integration.relay_harness import RelayHarness
+from tests.integration.relay_harness import NOTICE_CONFIRMED, RelayHarness
 
 KEPT = 10  # the simulator's closed calls and keys remembered
 WARM_UP = 30
@@ -82,7 +82,7 @@ def object_counts() -> collections.Counter[str]:
 
 async def one_interview(http: aiohttp.ClientSession, relay: RelayHarness, token: str) -> None:
     auth = {"Authorization": f"Bearer {token}"}
-    async with http.post("/api/realtime-session", headers=auth) as resp:
+    async with http.post("/api/realtime-session", headers=auth, json=NOTICE_CONFIRMED) as resp:
         body: dict[str, Any] = await resp.json()
         assert resp.status == 201, body
     session_id = body["session_id"]
