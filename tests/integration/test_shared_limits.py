@@ -14,7 +14,7 @@ import pytest
 
 from tests.integration.conftest import MakeRelay
 from tests.integration.media_helpers import wait_until
-from tests.integration.relay_harness import OPERATOR_TOKEN, RelayHarness
+from tests.integration.relay_harness import NOTICE_CONFIRMED, OPERATOR_TOKEN, RelayHarness
 from tests.support.redis_server import RedisServer
 
 UNKNOWN = "rt_" + "u" * 40
@@ -89,7 +89,9 @@ async def test_redis_failing_mid_flight_fails_open_to_in_process_limits(
 
 async def post_from(relay: RelayHarness, forwarded_for: str, token: str) -> tuple[int, str]:
     headers = {"Authorization": f"Bearer {token}", "X-Forwarded-For": forwarded_for}
-    async with relay.client.post("/api/realtime-session", headers=headers) as resp:
+    async with relay.client.post(
+        "/api/realtime-session", headers=headers, json=NOTICE_CONFIRMED
+    ) as resp:
         body = await resp.json()
         return resp.status, body["error"]["code"] if resp.status >= 400 else ""
 
