@@ -13,6 +13,7 @@ formed (``^[A-Za-z0-9._-]{1,64}$``) it is kept as a suffix for correlation,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import secrets
@@ -144,8 +145,9 @@ async def _send_and_close(request: web.Request, response: web.StreamResponse) ->
     by aiohttp (its prepare and write_eof do nothing the second time).
     """
     response.force_close()
-    await response.prepare(request)
-    await response.write_eof()
+    with contextlib.suppress(ConnectionError):  # the client is gone already: nothing to send
+        await response.prepare(request)
+        await response.write_eof()
     transport = request.transport
     if transport is not None:
         transport.close()
