@@ -500,6 +500,7 @@ class Store:
         end_reason: str,
         duration_seconds: float,
         only_if_pending: bool = False,
+        claim_token: str | None = None,
     ) -> int | None:
         """Close the row and debit the user's credit by the whole seconds used, atomically.
 
@@ -510,7 +511,8 @@ class Store:
         attempt would have answered.
         Otherwise returns the user's remaining seconds after the debit.
         ``only_if_pending``: close it only if no member has claimed it
-        (relay.sessions.shared_state).
+        (relay.sessions.shared_state). ``claim_token``: a claimed row is closed only while
+        it holds that claim (a row another claim took is not this finish's to close).
         """
         debit = debit_seconds(duration_seconds)
 
@@ -521,7 +523,8 @@ class Store:
                        SET state = $2, end_reason = $3, ended_at = now(),
                            duration_seconds = $4, debited_seconds = $5
                        WHERE id = $1 AND (state = 'pending'
-                             OR (NOT $6 AND state IN ('connecting', 'active')))
+                             OR (NOT $6 AND state IN ('connecting', 'active')
+                                 AND ($7::text IS NULL OR claim_token = $7)))
                        RETURNING user_id""",
                     session_id,
                     state,
@@ -529,6 +532,7 @@ class Store:
                     duration_seconds,
                     debit,
                     only_if_pending,
+                    claim_token,
                 )
                 if user_id is None:
                     # Already closed. By this finish (state, reason and duration match)?

@@ -3,7 +3,12 @@
 - per-user concurrent sessions and the cluster-wide session cap: one sorted set per
   user and one for the cluster, members are session ids scored by a lease deadline.
   A member's heartbeat renews the leases of the sessions it holds, so the sessions of a
-  member that died stop counting within one lease (3 heartbeats, at least 15 s);
+  member that died stop counting within one lease (3 heartbeats, at least 15 s). The
+  renewal only refreshes leases that exist (``ZADD XX``, one script): a session whose
+  acquire has not run yet, or whose lease was released while the renewal was on its
+  way, is never added by it. (The acquire script lets a session already in the set
+  through without counting it, so a lease added by anything but the acquire would let
+  that session past both caps.)
 - per-user request rate and failed authentications per client address: sliding logs
   (sorted sets of timestamps) over one minute. Failed authentications are reserved
   before the token is looked up and settled after (relay.web.caller): a second sorted
@@ -64,6 +69,20 @@ redis.call('ZADD', KEYS[1], lease, member)
 redis.call('ZADD', KEYS[2], lease, member)
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('PEXPIRE', KEYS[2], ttl)
+return 0
+"""
+
+# KEYS: the cluster set, then one user set per session; ARGV: lease deadline, key TTL,
+# then the session ids in the order of their user sets. XX: refresh, never add.
+_RENEW_SESSIONS = """
+local lease, ttl = ARGV[1], tonumber(ARGV[2])
+for i = 2, #KEYS do
+  local member = ARGV[i + 1]
+  redis.call('ZADD', KEYS[i], 'XX', lease, member)
+  redis.call('ZADD', KEYS[1], 'XX', lease, member)
+  redis.call('PEXPIRE', KEYS[i], ttl)
+end
+redis.call('PEXPIRE', KEYS[1], ttl)
 return 0
 """
 
@@ -197,22 +216,19 @@ class SharedLimits:
         await self._call("sessions", call)
 
     async def renew(self, held: Iterable[tuple[str, int]]) -> None:
-        """Renew the leases of the sessions this member holds (its heartbeat)."""
+        """Refresh the leases of the sessions this member holds (its heartbeat).
+
+        Only leases still in Redis are refreshed: ``held`` is a snapshot taken before
+        the call, and a session released since then (its ZREM landed first) stays
+        released.
+        """
         items = list(held)
         if not items or self._redis is None:
             return
         lease = _now_ms() + self._lease_ms
-
-        async def call(r: aioredis.Redis) -> Any:
-            async with r.pipeline(transaction=False) as pipe:
-                for session_id, user_id in items:
-                    pipe.zadd(self._user_key(user_id), {session_id: lease})
-                    pipe.pexpire(self._user_key(user_id), self._lease_ms * 2)
-                    pipe.zadd(self._cluster_key, {session_id: lease})
-                pipe.pexpire(self._cluster_key, self._lease_ms * 2)
-                return await pipe.execute()
-
-        await self._call("sessions", call)
+        keys = [self._cluster_key, *(self._user_key(user_id) for _, user_id in items)]
+        args: list[str | int] = [lease, self._lease_ms * 2, *(sid for sid, _ in items)]
+        await self._call("sessions", lambda r: r.eval(_RENEW_SESSIONS, len(keys), *keys, *args))
 
     # ------------------------------------------------------------------ sliding logs
     async def _sliding(self, limit_name: str, key: str, limit: int, mode: str) -> float | None:

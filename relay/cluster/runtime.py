@@ -119,7 +119,9 @@ class ClusterRuntime:
         if not store.schema_ready:
             return
         # Redis first: a slow database must not let the leases of live sessions lapse.
-        await self.limits.renew((e.session_id, e.user_id) for e in self.services.registry.live())
+        # Only sessions that took a lease (relay.sessions.service), and only leases that
+        # still exist: one reserved but not yet past the shared cap has none to renew.
+        await self.limits.renew(self.services.registry.leased())
         await members.beat(store, self.snapshot())
         await self._reconcile()
         recovered = await members.recover_dead(
@@ -189,6 +191,11 @@ class ClusterRuntime:
                 continue
             if not row["active"]:
                 await self.end_local(entry, "revoked")
+            elif entry.state == "pending" and row["state"] in ("ended", "failed"):
+                # Closed elsewhere (e.g. an exchange on another member that got no answer
+                # from its claim closes the row): nothing holds it, nor its lease.
+                if self.services.registry.release(entry.session_id) is entry:
+                    await self.limits.release_session(entry.session_id, entry.user_id)
             elif entry.state == "pending" and row["state"] != "pending":
                 if row["relay_instance"] != self.member.id:
                     self.services.registry.release(entry.session_id)  # claimed elsewhere

@@ -29,7 +29,6 @@ async def start_cluster(services: Services, stack: contextlib.AsyncExitStack) ->
     services.sessions.shared = SharedSessions(
         settings,
         store=services.store,
-        registry=services.registry,
         sealer=Sealer(key),
         upstream=services.upstream,
         instance_id=services.instance_id,

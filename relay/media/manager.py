@@ -33,7 +33,7 @@ from relay.media.sdp import InvalidOffer, invalid_offer_error
 from relay.sessions.registry import SessionEntry
 from relay.sessions.service import upstream_api_error
 from relay.tasks import cancel_and_wait, spawn
-from relay.upstream.base import UpstreamError, UpstreamTimeout
+from relay.upstream.base import MintedSession, UpstreamError, UpstreamTimeout
 
 if TYPE_CHECKING:
     from relay.services import Services
@@ -167,7 +167,9 @@ class BridgeManager:
     async def open(self, entry: SessionEntry, offer_sdp: str, request_id: str) -> Bridge:
         """Bridge a claimed session; return the started bridge (``bridge.answer`` is the SDP).
 
-        Raises ``ApiError``; the session is finished as failed on every error path.
+        Raises ``ApiError``; the session is finished as failed on every error path (its
+        slot, row, promised credit and shared lease released, its recorder stopped):
+        by the bridge's teardown once the bridge exists, here before that.
         """
         if entry.minted is None:
             await self.services.sessions.finish(
@@ -175,22 +177,7 @@ class BridgeManager:
             )
             raise ApiError(409, "session_not_ready", "This session is not ready for media.")
         started = time.perf_counter()
-        recordings = self.services.recordings
-        bridge = Bridge(
-            recorder=recordings.begin(entry.session_id) if recordings else None,
-            session_id=entry.session_id,
-            request_id=request_id,
-            settings=self.settings,
-            upstream=self.services.upstream,
-            minted=entry.minted,
-            max_duration_s=entry.max_duration_s,
-            metrics=self.metrics,
-            hooks=_SessionHooks(self, entry),
-            force_decode=self._force_decode,
-        )
-        entry.bridge = bridge
-        self._bridges[entry.session_id] = bridge
-        self.metrics.bridges_live.set(len(self._bridges))
+        bridge = await self._new_bridge(entry, entry.minted, request_id)
         try:
             await bridge.start(offer_sdp)
         except InvalidOffer as exc:
@@ -213,9 +200,50 @@ class BridgeManager:
             raise ApiError(
                 409, "session_closed", f"The session ended during the exchange ({exc.reason})."
             ) from None
-        self.metrics.exchange_s.observe(time.perf_counter() - started)
-        if bridge.answer is not None and self.settings.ice.public_address:
-            bridge.answer = announce_public_address(bridge.answer, self.settings.ice.public_address)
+        # (``start`` tore the bridge down on every failure above, and on any other.)
+        try:
+            self.metrics.exchange_s.observe(time.perf_counter() - started)
+            if bridge.answer is not None and self.settings.ice.public_address:
+                bridge.answer = announce_public_address(
+                    bridge.answer, self.settings.ice.public_address
+                )
+        except BaseException:
+            await bridge.close("internal_error", state="failed")
+            raise
+        return bridge
+
+    async def _new_bridge(
+        self, entry: SessionEntry, minted: MintedSession, request_id: str
+    ) -> Bridge:
+        """A registered, not yet started bridge for ``entry`` (its teardown owns the
+        session from here); if it cannot be built, the session is finished here."""
+        recordings = self.services.recordings
+        recorder = None
+        try:
+            recorder = recordings.begin(entry.session_id) if recordings else None
+            bridge = Bridge(
+                recorder=recorder,
+                session_id=entry.session_id,
+                request_id=request_id,
+                settings=self.settings,
+                upstream=self.services.upstream,
+                minted=minted,
+                max_duration_s=entry.max_duration_s,
+                metrics=self.metrics,
+                hooks=_SessionHooks(self, entry),
+                force_decode=self._force_decode,
+            )
+        except BaseException:
+            log.exception("session %s: could not set up its bridge", entry.session_id)
+            if recorder is not None:
+                recorder.stop(None, None)  # nothing recorded: discarded, row and all
+            await self.services.sessions.finish(
+                entry, state="failed", reason="internal_error", duration_s=0.0
+            )
+            raise
+        entry.bridge = bridge
+        self._bridges[entry.session_id] = bridge
+        self.metrics.bridges_live.set(len(self._bridges))
         return bridge
 
     def refuse_if_no_media_ports(self) -> None:

@@ -51,6 +51,17 @@ class SessionEntry:
     # Why it left the registry ("superseded", "operator_hangup", "expired", ...): a
     # request still creating it reports that reason rather than guessing.
     end_reason: str | None = None
+    # Whether it may hold a lease in the shared limits (relay.cluster.limits): set when
+    # its acquire is sent (an answer lost on the way may still have taken one), so every
+    # failure from then on, a refusal included, releases it. The heartbeat renews only
+    # these, and only leases that exist. A session claimed from another member holds the
+    # lease its creator took.
+    lease: bool = False
+    # Its create returned it to the page: from then on a reloaded page may supersede it.
+    handed_out: bool = False
+    # The claim that moved its row to ``connecting`` on this member (relay.sessions.
+    # shared_state): the row is closed only while it still holds this very claim.
+    claim_token: str | None = field(default=None, repr=False)
 
     def elapsed_s(self) -> float:
         return time.monotonic() - self.created_monotonic
@@ -76,6 +87,10 @@ class SessionRegistry:
     def __init__(self, limits: LimitsConfig, metrics: MetricsRegistry) -> None:
         self._limits = limits
         self._sessions: dict[str, SessionEntry] = {}
+        # Sessions whose exchange is claiming them in the database right now: neither
+        # superseded nor expired meanwhile (a claimed session is never superseded, and
+        # a claim in flight may already have landed), nor claimed a second time here.
+        self._claiming: set[str] = set()
         self._live_gauge = metrics.gauge(
             "relay_sessions_live", "Sessions of this instance by state", ["state"]
         )
@@ -134,9 +149,10 @@ class SessionRegistry:
         Only as many as the per-user and global caps need, and only when that is enough
         to make room: otherwise nothing is touched and ``reserve`` refuses as before.
         Synchronous, like ``reserve``, so the two happen without another request between.
-        Sessions still being created (not minted yet) are never superseded.
-        The caller closes the returned sessions (reason ``superseded``) without waiting
-        for their rows (see ``SessionService.create``).
+        Sessions still being created (not handed out yet) and sessions an exchange is
+        claiming are never superseded. Removing them here is tentative: the caller closes
+        their rows only if still pending (reason ``superseded``), and a row claimed on
+        another member meanwhile is that member's session (``SessionService.create``).
         """
         mine = [e for e in self._sessions.values() if e.user_id == user_id]
         need = max(
@@ -144,10 +160,17 @@ class SessionRegistry:
             len(mine) - self._limits.per_user_concurrent_sessions + 1,
             len(self._sessions) - self._limits.global_max_sessions + 1,
         )
-        # Only sessions already handed to their page (minted): requests still being created
-        # are not cancelled by each other, so a burst meets the cap (429) instead.
+        # Only sessions already handed to their page: requests still being created are not
+        # cancelled by each other, so a burst meets the cap (429) instead.
         pending = sorted(
-            (e for e in mine if e.state == "pending" and e.bridge is None and e.minted is not None),
+            (
+                e
+                for e in mine
+                if e.state == "pending"
+                and e.bridge is None
+                and e.handed_out
+                and e.session_id not in self._claiming
+            ),
             key=lambda e: e.created_monotonic,
         )
         if need == 0 or need > len(pending):
@@ -218,6 +241,16 @@ class SessionRegistry:
         self._update_gauge()
         return entry
 
+    def begin_claim(self, session_id: str) -> bool:
+        """Mark an exchange's claim of ``session_id`` in flight; False if one already is."""
+        if session_id in self._claiming:
+            return False
+        self._claiming.add(session_id)
+        return True
+
+    def end_claim(self, session_id: str) -> None:
+        self._claiming.discard(session_id)
+
     def set_state(self, session_id: str, state: str) -> None:
         entry = self._sessions.get(session_id)
         if entry is not None:
@@ -230,7 +263,13 @@ class SessionRegistry:
         return entry
 
     def expired_pending(self) -> list[SessionEntry]:
-        return [e for e in self._sessions.values() if e.expired]
+        return [
+            e for e in self._sessions.values() if e.expired and e.session_id not in self._claiming
+        ]
+
+    def leased(self) -> list[tuple[str, int]]:
+        """(session id, user id) of the sessions that may hold a shared lease."""
+        return [(e.session_id, e.user_id) for e in self._sessions.values() if e.lease]
 
     def live(self) -> list[SessionEntry]:
         return list(self._sessions.values())

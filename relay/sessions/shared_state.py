@@ -9,6 +9,16 @@ row must still be ``pending``, unexpired and the user's, the user must still be 
 the seconds promised to their other running sessions on every member. The member that
 claims becomes the row's ``relay_instance`` and terminates the media.
 
+Each claim writes a token of its own into the row (``claim_token``), generated before
+its first attempt: a retry of a claim whose commit landed but whose reply was lost
+finds its own token and carries on, instead of answering 409 for a session it now
+holds. The token also makes the claim's undoing conditional: a member closes a claimed
+row only while it holds that very claim (``Store.finish_session``). Superseding (a
+reloaded page, relay.sessions.service) is the other conditional update on the row: it
+closes the row only while it is still pending, so of a supersede and a claim racing on
+two members exactly one wins, in the row. The orchestration, with its re-checks of the
+local state after every await, is ``SessionService.claim``.
+
 Why PostgreSQL and not Redis for this: the row is written at creation anyway, the claim
 must be single-use and durable, and a conditional UPDATE is exactly that; a second copy
 in Redis would be a second source of truth to reconcile (and a Redis dump would carry
@@ -18,17 +28,19 @@ the sealed secret for nothing).
 from __future__ import annotations
 
 import logging
+import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
 
-from relay.admission.service import Caller, database_error
 from relay.admission.store import DatabaseUnavailable, Store
+from relay.cluster.bus import publish
 from relay.cluster.sealing import Sealer, SealError
 from relay.config import Settings
 from relay.errors import ApiError
-from relay.sessions.registry import SessionEntry, SessionRegistry, superseded_error
+from relay.sessions.registry import SessionEntry, superseded_error
+from relay.tasks import spawn
 from relay.upstream.base import MintedSession, UpstreamClient, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger("relay.sessions")
@@ -38,14 +50,22 @@ USER_LOCK_NAMESPACE = 0x7E1A_0002
 
 
 @dataclass(frozen=True)
-class _Claimed:
+class Claimed:
+    """What a landed claim read from the row."""
+
     max_duration_s: float
     credit_s: float
-    created_by: str
+    # The member that created the session (None when a retry found its own claim: the
+    # row names this member by then).
+    created_by: str | None
     request_id: str
     expires_at: datetime
     sealed: bytes | None
     token_hash: str
+
+
+def new_claim_token() -> str:
+    return secrets.token_hex(16)
 
 
 async def save_pending(
@@ -71,22 +91,30 @@ async def save_pending(
     await store.run("save_pending", op)
 
 
-async def _claim_row(
+async def claim_row(
     store: Store,
     session_id: str,
     user_id: int,
+    *,
     instance: str,
+    token: str,
     min_remaining_s: int,
-    retry_after_s: int,
-) -> _Claimed:
-    async def op(conn: asyncpg.Connection) -> _Claimed | ApiError:
+) -> Claimed:
+    """Claim the row for this member with ``token``: one transaction, retried by the store.
+
+    Raises ApiError 403/404/409/410 when the row refuses (the transaction changed
+    nothing), DatabaseUnavailable when no attempt answered (one may have landed).
+    """
+
+    async def op(conn: asyncpg.Connection) -> Claimed | ApiError:
         async with conn.transaction():
             await conn.execute(
                 "SELECT pg_advisory_xact_lock($1, $2)", USER_LOCK_NAMESPACE, user_id & 0x7FFFFFFF
             )
             row = await conn.fetchrow(
                 """SELECT s.state, s.end_reason, s.expires_at, s.max_duration_s, s.minted_sealed,
-                          s.relay_instance, s.request_id, s.expires_at < now() AS expired,
+                          s.relay_instance, s.request_id, s.claim_token,
+                          s.expires_at < now() AS expired,
                           u.active, u.remaining_seconds, u.token_hash
                    FROM interview_sessions s JOIN users u ON u.id = s.user_id
                    WHERE s.id = $1 AND s.user_id = $2
@@ -96,6 +124,18 @@ async def _claim_row(
             )
             if row is None:
                 return ApiError(404, "session_not_found", "No such session for this user.")
+            if row["state"] == "connecting" and row["claim_token"] == token:
+                # An earlier attempt of this very claim committed and its reply was lost.
+                # (A revocation since then reaches this member as for any claimed session.)
+                return Claimed(
+                    max_duration_s=float(row["max_duration_s"]),
+                    credit_s=float(row["remaining_seconds"]),
+                    created_by=None,
+                    request_id=row["request_id"],
+                    expires_at=row["expires_at"],
+                    sealed=row["minted_sealed"],
+                    token_hash=row["token_hash"],
+                )
             if not row["active"]:
                 return ApiError(403, "user_inactive", "This account is not active.")
             if row["state"] != "pending":
@@ -123,13 +163,15 @@ async def _claim_row(
             max_duration = min(float(row["max_duration_s"]), available)
             await conn.execute(
                 """UPDATE interview_sessions
-                   SET state = 'connecting', relay_instance = $2, max_duration_s = $3
-                   WHERE id = $1""",
+                   SET state = 'connecting', relay_instance = $2, max_duration_s = $3,
+                       claim_token = $4
+                   WHERE id = $1 AND state = 'pending'""",
                 session_id,
                 instance,
                 max_duration,
+                token,
             )
-            return _Claimed(
+            return Claimed(
                 max_duration_s=max_duration,
                 credit_s=float(row["remaining_seconds"]),
                 created_by=row["relay_instance"],
@@ -139,31 +181,26 @@ async def _claim_row(
                 token_hash=row["token_hash"],
             )
 
-    try:
-        result = await store.run("claim_session", op)
-    except DatabaseUnavailable as exc:
-        raise database_error(exc, retry_after_s) from exc
+    result = await store.run("claim_session", op)
     if isinstance(result, ApiError):
         raise result
     return result
 
 
 class SharedSessions:
-    """Publishing pending sessions and claiming them on any member."""
+    """Publishing pending sessions and the parts of claiming them on any member."""
 
     def __init__(
         self,
         settings: Settings,
         *,
         store: Store,
-        registry: SessionRegistry,
         sealer: Sealer,
         upstream: UpstreamClient,
         instance_id: str,
     ) -> None:
         self._settings = settings
         self._store = store
-        self._registry = registry
         self._sealer = sealer
         self._upstream = upstream
         self._instance_id = instance_id
@@ -172,46 +209,32 @@ class SharedSessions:
         assert entry.minted is not None
         await save_pending(self._store, self._sealer, entry, entry.minted)
 
-    async def claim(self, session_id: str, caller: Caller) -> tuple[SessionEntry, bool]:
-        """pending → connecting on this member, once across the cluster.
-
-        Returns the local entry and whether it was created elsewhere (adopted here).
-        Raises ApiError 403/404/409/503 (and 502/504 if a re-mint was needed and failed).
-        """
-        user_id = caller.user.id
-        local = self._registry.get(session_id)
-        if local is not None and local.user_id == user_id and local.state != "pending":
-            raise ApiError(409, "session_already_exchanged", "This session was already used.")
-        claimed = await _claim_row(
+    async def claim_row(self, session_id: str, user_id: int, token: str) -> Claimed:
+        return await claim_row(
             self._store,
             session_id,
             user_id,
-            self._instance_id,
-            self._settings.limits.min_remaining_seconds,
-            self._settings.database.retry_after_s,
+            instance=self._instance_id,
+            token=token,
+            min_remaining_s=self._settings.limits.min_remaining_seconds,
         )
-        if local is not None and local.user_id == user_id and local.state == "pending":
-            local.max_duration_s = claimed.max_duration_s
-            local.state = "connecting"
-            self._registry.set_state(session_id, "connecting")
-            return local, False
-        entry = self._registry.adopt(
-            SessionEntry(
-                session_id=session_id,
-                user_id=user_id,
-                token_hash=claimed.token_hash,
-                request_id=claimed.request_id,
-                max_duration_s=claimed.max_duration_s,
-                expires_at=claimed.expires_at,
-                credit_s=claimed.credit_s,
-                state="connecting",
-            )
-        )
-        entry.minted = await self._minted(session_id, claimed)
-        log.info("session %s created on %s, claimed here", session_id, claimed.created_by)
-        return entry, True
 
-    async def _minted(self, session_id: str, claimed: _Claimed) -> MintedSession | None:
+    def tell_creator(self, session_id: str) -> None:
+        """Tell the member that created an adopted session that it was claimed here, off
+        the exchange's path: its heartbeat's reconciliation catches a lost message."""
+
+        async def notify() -> None:
+            try:
+                message = {"op": "claimed", "session_id": session_id, "by": self._instance_id}
+                await publish(self._store, message)
+            except DatabaseUnavailable:
+                log.warning("session %s: could not tell its creator it was claimed", session_id)
+
+        spawn(notify(), name=f"claimed-{session_id}", log=log)
+
+    async def minted(self, session_id: str, claimed: Claimed) -> MintedSession | None:
+        """The claimed session's upstream secret: opened from the row, else minted again
+        (None when that failed: the exchange answers 409 session_not_ready)."""
         if claimed.sealed is not None:
             try:
                 return self._sealer.open(session_id, bytes(claimed.sealed))

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from relay.admission.service import Caller, database_error
+from relay.admission.service import database_error
 from relay.admission.store import DatabaseUnavailable
 from relay.errors import ApiError
 from relay.media.manager import BridgeManager
@@ -21,7 +21,7 @@ from relay.media.sdp import InvalidOffer, invalid_offer_error, validate_offer
 from relay.observability.logging import request_banner, stage
 from relay.observability.request_context import bind_session, current, current_request_id
 from relay.services import SERVICES, Services
-from relay.sessions.registry import SessionEntry, is_session_id
+from relay.sessions.registry import is_session_id
 from relay.web.body import read_json_object
 from relay.web.caller import authenticate, owner_or_operator
 
@@ -60,7 +60,10 @@ async def webrtc_exchange(request: web.Request) -> web.Response:
             raise invalid_offer_error(exc) from None
         manager = _bridges(services)
         manager.refuse_if_no_media_ports()
-        entry = await _claim(services, session_id, caller)
+        # Nothing awaits between the claim and the bridge: each of the two releases
+        # everything the session holds when it fails (relay.sessions.service,
+        # relay.media.manager), and a failure between them would have no owner.
+        entry = await services.sessions.claim(session_id, caller)
         bind_session(entry.session_id)
         bridge = await manager.open(entry, sdp, current_request_id())
         ctx = current()
@@ -76,20 +79,6 @@ async def webrtc_exchange(request: web.Request) -> web.Response:
             },
             status=201,
         )
-
-
-async def _claim(services: Services, session_id: str, caller: Caller) -> SessionEntry:
-    """Claim the session for this member (any member's session, once cluster-wide)."""
-    entry, adopted = await services.sessions.claim(session_id, caller)
-    if adopted and services.cluster is not None:
-        # The creator forgets its pending entry now rather than at its next heartbeat.
-        try:
-            await services.cluster.publish(
-                {"op": "claimed", "session_id": session_id, "by": services.instance_id}
-            )
-        except DatabaseUnavailable:
-            log.warning("session %s: could not tell its creator it was claimed", session_id)
-    return entry
 
 
 async def get_session(request: web.Request) -> web.Response:

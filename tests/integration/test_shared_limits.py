@@ -1,6 +1,7 @@
 """Failed authentications are limited per client address (429 + Retry-After), across
 instances with Redis; when Redis stops answering mid-flight, the shared limits fail open
-to the in-process ones and say so in a metric."""
+to the in-process ones and say so in a metric. A member's heartbeat renews only the
+session leases that exist, so it never lets a session past the shared cap."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from contextlib import asynccontextmanager
 import asyncpg
 import pytest
 
+from relay.cluster.limits import USER_CAP
 from tests.integration.conftest import MakeRelay
 from tests.integration.media_helpers import wait_until
 from tests.integration.relay_harness import NOTICE_CONFIRMED, OPERATOR_TOKEN, RelayHarness
@@ -281,3 +283,58 @@ async def test_operator_and_candidate_guesses_share_one_budget(
     for relay in (a, b):
         status, code, _ = await operator_call(relay, "GET", "/metrics", OPERATOR_TOKEN)
         assert (status, code) == (429, "too_many_failed_authentications")
+
+
+CAP_ONE = {"limits": {"per_user_concurrent_sessions": 1, "per_user_requests_per_minute": 100}}
+
+
+async def test_a_heartbeat_gives_no_lease_to_a_session_not_yet_past_the_cap(
+    make_relay: MakeRelay, redis_server: RedisServer
+) -> None:
+    a = await make_relay(redis_url=redis_server.url, overrides=CAP_ONE, instance_id="a")
+    b = await make_relay(redis_url=redis_server.url, overrides=CAP_ONE, instance_id="b")
+    token = await a.add_user()
+    status, body, _ = await a.create_session(token)
+    assert status == 201, body
+    [first] = a.services.registry.live()
+    async with asyncio.timeout(10):
+        await b.services.store.wait_schema_ready()
+
+    # A request on b has reserved its slot (in-process) and not asked the shared cap yet
+    # when b's heartbeat runs.
+    reserved = b.services.registry.reserve(
+        user_id=first.user_id,
+        token_hash=first.token_hash,
+        request_id="req_reserved",
+        max_duration_s=600,
+        credit_s=1800,
+        pending_ttl_s=60,
+    )
+    assert b.services.cluster is not None and b.services.sessions.limits is not None
+    await b.services.cluster.beat_once()
+    # Its turn at the cap: a's session holds the user's only slot.
+    outcome = await b.services.sessions.limits.acquire_session(
+        reserved.session_id, reserved.user_id
+    )
+    assert outcome == USER_CAP
+
+
+async def test_a_renewal_sent_before_a_release_does_not_bring_the_lease_back(
+    make_relay: MakeRelay, redis_server: RedisServer
+) -> None:
+    relay = await make_relay(redis_url=redis_server.url, overrides=CAP_ONE)
+    token = await relay.add_user()
+    status, first, _ = await relay.create_session(token)
+    assert status == 201, first
+    # The heartbeat's view of what this member holds, taken before the hang-up...
+    held = [(e.session_id, e.user_id) for e in relay.services.registry.live()]
+    async with relay.client.delete(
+        f"/api/sessions/{first['session_id']}", headers={"Authorization": f"Bearer {token}"}
+    ) as resp:
+        assert resp.status == 204
+    # ...and its renewal reaching Redis after the release.
+    assert relay.services.sessions.limits is not None
+    await relay.services.sessions.limits.renew(held)
+
+    status, second, _ = await relay.create_session(token)
+    assert status == 201, second  # no lease of the ended session counts against the cap
