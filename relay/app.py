@@ -212,7 +212,11 @@ async def _start(
     api_key = settings.upstream.api_key
     base_url = settings.upstream.base_url
     simulator = None
-    if simulate:
+    if simulate and settings.upstream.simulator_url:
+        # A simulator shared by every instance (`relay simulate`): the ek_ keys it mints
+        # for one relay are accepted when another relay exchanges the session.
+        api_key, base_url = SIMULATOR_API_KEY, settings.upstream.simulator_url
+    elif simulate:
         # The simulator's peers share this process's ICE settings (aioice's host-address
         # choice is process-wide), so it must use the relay's, not its defaults.
         from relay.upstream.simulator.faults import Faults
@@ -236,9 +240,11 @@ async def _start(
         )
         stack.push_async_callback(simulator.close)
         api_key, base_url = SIMULATOR_API_KEY, simulator.base_url
+    if simulate:
         log.warning(
-            "SIMULATED upstream (%s): interviews use the built-in simulator at %s, not OpenAI",
+            "SIMULATED upstream (%s): interviews use the %s at %s, not OpenAI",
             "upstream.simulate" if settings.upstream.simulate else "no OPENAI_API_KEY",
+            "built-in simulator" if simulator else "shared simulator (upstream.simulator_url)",
             base_url,
         )
     upstream_health = UpstreamHealth(settings.upstream, metrics)
@@ -276,6 +282,7 @@ async def _start(
         sessions=sessions,
         operator_token_hash=hashlib.sha256(token.encode()).hexdigest(),
         simulator=simulator,
+        simulated=simulate,
         generated_operator_token=None if settings.server.operator_token else token,
         startup=startup,
         upstream_health=upstream_health,

@@ -254,7 +254,7 @@ async def _announce(services: Services, runner: web.AppRunner) -> None:
     host, port = runner.addresses[0][:2]
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     print(f"Interview relay listening on http://{shown}:{port}/", flush=True)
-    if services.simulator is not None:
+    if services.simulated:
         print(
             "SIMULATED upstream: candidates talk to the built-in simulator, not OpenAI.",
             flush=True,

@@ -225,6 +225,10 @@ class UpstreamConfig(_Section):
     api_key: str = Field(default="", repr=False)
     # Use the built-in simulator even with a key; required to run it on a non-loopback host.
     simulate: bool = False
+    # When simulating: a `relay simulate` service shared by every instance (its /v1 URL, e.g.
+    # http://127.0.0.1:9000/v1), so that a session minted through one instance is exchanged
+    # through any other. Empty: each relay runs a simulator of its own.
+    simulator_url: str = ""
     base_url: str = "https://api.openai.com/v1"
     # "ga" is the current API; "beta" (OpenAI answers it 400 beta_api_shape_disabled) only
     # for upstreams that still serve it, and only when set explicitly.
@@ -260,7 +264,7 @@ class UpstreamConfig(_Section):
     ready_failure_window_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
     ready_retry_after_s: Annotated[int, Field(ge=1, le=3600)] = 15
 
-    @field_validator("base_url")
+    @field_validator("base_url", "simulator_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
         if value and not value.startswith(("http://", "https://")):

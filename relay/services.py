@@ -65,6 +65,9 @@ class Services:
     bridges: BridgeManager | None = None
     # The built-in simulator when it is the upstream (no OpenAI key configured).
     simulator: RunningSimulator | None = None
+    # The upstream is a simulator (this process's own or a shared `relay simulate`):
+    # candidates (the session response) and operators (/api/stats) are told.
+    simulated: bool = False
     # Event-loop lag and CPU of this process (relay.observability.loop_monitor).
     loop_monitor: LoopMonitor | None = None
     # server.trusted_proxies, parsed (relay.web.forwarded).

@@ -47,6 +47,7 @@ from pathlib import Path
 from relay.cluster.sealing import load_or_create_key
 from relay.config import Settings
 from relay.observability import worker_metrics
+from relay.upstream.simulation import uses_simulator
 
 log = logging.getLogger("relay.workers")
 
@@ -142,10 +143,10 @@ class Supervisor:
                 load_or_create_key, settings.cluster.state_key, settings.data_path
             )
             upstream_env: dict[str, str] = {}
-            if not settings.upstream.api_key:
+            if uses_simulator(settings) and not settings.upstream.simulator_url:
                 # One simulator for every worker: a session minted through one worker's
-                # upstream must be exchangeable through any other's.
-                from relay.app import SIMULATOR_API_KEY
+                # upstream must be exchangeable through any other's. The workers still
+                # simulate (upstream.simulate), so candidates and operators are told.
                 from relay.upstream.simulator.options import SimulatorOptions
                 from relay.upstream.simulator.server import start_simulator
 
@@ -154,12 +155,10 @@ class Supervisor:
                 )
                 stack.push_async_callback(simulator.close)
                 upstream_env = {
-                    "OPENAI_API_KEY": SIMULATOR_API_KEY,
-                    "OPENAI_BASE_URL": simulator.base_url,
+                    "RELAY__UPSTREAM__SIMULATE": "true",
+                    "RELAY__UPSTREAM__SIMULATOR_URL": simulator.base_url,
                 }
-                log.info(
-                    "no OPENAI_API_KEY: the workers share a simulator at %s", simulator.base_url
-                )
+                log.info("the workers share a simulator at %s", simulator.base_url)
             token = settings.server.operator_token or secrets.token_urlsafe(24)
             try:
                 anchor = bind_listener(settings.server.host, settings.server.port, reuse_port=True)

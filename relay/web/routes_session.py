@@ -62,8 +62,8 @@ async def create_realtime_session(request: web.Request) -> web.Response:
             "model": entry.minted.model if entry.minted else services.upstream.model,
             "ice_servers": browser_ice_servers(services.settings.ice, entry.session_id),
             "max_duration_seconds": int(entry.max_duration_s),
-            # The candidate is told when the interviewer is the built-in simulator.
-            "simulated": services.simulator is not None,
+            # The candidate is told when the interviewer is a simulator (built-in or shared).
+            "simulated": services.simulated,
             "request_id": current_request_id(),
             "processing_time_ms": round(ctx.elapsed_ms(), 1) if ctx else 0.0,
         }

@@ -97,7 +97,7 @@ def _upstream(services: Services) -> dict[str, Any]:
     body: dict[str, Any] = {
         "dialect": upstream.dialect,
         "model": upstream.model,
-        "simulated": services.simulator is not None,
+        "simulated": services.simulated,
         "state": state,
         "last_outcome": None
         if last is None

@@ -80,6 +80,8 @@ async def test_two_workers_share_one_port_and_one_embedded_database(
             for _ in range(MAX_TRIES):
                 status, created, _ = await client.create(token)
                 assert status == 201, created
+                # No OpenAI key: the workers' one shared simulator, and candidates are told.
+                assert created["simulated"] is True
                 sid = created["session_id"]
                 browser, _ = await client.go_live(token, sid)
                 browsers.append(browser)
