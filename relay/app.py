@@ -38,6 +38,7 @@ from relay.admission.service import Admission
 from relay.admission.store import Store
 from relay.cluster.setup import start_cluster
 from relay.config import ConfigError, Settings
+from relay.media.ephemeral_ports import ephemeral_overlap
 from relay.media.event_schema import unknown_types
 from relay.media.manager import BridgeManager
 from relay.memory import GcPauseMeter, MemoryKeeper, freeze_startup_objects
@@ -303,6 +304,11 @@ async def _start(
     stack.push_async_callback(recordings.close)
     bridges = BridgeManager(services)
     services.bridges = bridges
+    overlap = await asyncio.to_thread(
+        ephemeral_overlap, settings.ice.udp_port_min, settings.ice.udp_port_max
+    )
+    if overlap is not None:
+        log.warning("%s", overlap)
     stack.push_async_callback(bridges.close_all)
 
     # 5. housekeeping, and the event-loop/CPU monitor the dashboard charts

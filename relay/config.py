@@ -220,8 +220,8 @@ class ClusterConfig(_Section):
 
 class UpstreamConfig(_Section):
     dialect: Dialect = "ga"
-    # Empty: use the built-in simulator as the upstream (on a loopback server.host only,
-    # unless simulate is true).
+    # Empty: use the built-in simulator as the upstream (on a loopback server.host with no
+    # trusted_proxies only, unless simulate is true).
     api_key: str = Field(default="", repr=False)
     # Use the built-in simulator even with a key; required to run it on a non-loopback host.
     simulate: bool = False
