@@ -34,7 +34,24 @@ const MESSAGES = {
   upstream_error: "The interviewer service had a problem.",
   invalid_offer: "Your browser's audio setup was not accepted.",
   recording_notice_required: "Please read the recording notice above, then press Start again.",
+  insecure_origin:
+    "This page was opened over an insecure connection (plain http://), and browsers give " +
+    "the microphone only to secure pages. Open it with an https:// address: ask whoever " +
+    "sent you this link for one.",
+  no_microphone_api: "This browser cannot use a microphone here. Please use a recent Chrome, " +
+    "Edge, Firefox or Safari.",
 };
+
+// Browsers expose navigator.mediaDevices only in secure contexts (https://, or localhost on
+// this computer): elsewhere getUserMedia does not exist and would fail with a raw
+// TypeError, so say what is wrong, in plain words, before anything starts.
+function microphoneUnavailable() {
+  if (window.isSecureContext === false) return MESSAGES.insecure_origin;
+  if (!navigator.mediaDevices || typeof navigator.mediaDevices.getUserMedia !== "function") {
+    return MESSAGES.no_microphone_api;
+  }
+  return null;
+}
 
 function setStatus(text) { $("status").textContent = text; }
 function showError(text) { const el = $("error"); el.textContent = text; el.hidden = !text; }
@@ -192,6 +209,8 @@ function onServerEvent(event) {
 }
 
 async function start() {
+  const unavailable = microphoneUnavailable();
+  if (unavailable) { showError(unavailable); return; }
   showError("");
   state.token = $("token").value.trim();
   if (!state.token) { showError(MESSAGES.missing_token); return; }
@@ -299,5 +318,10 @@ function loadNotice() {
   return noticeLoading;
 }
 // Start waits for the notice (index.html has it disabled), so it is on screen first.
-loadNotice().then(() => { $("start").disabled = false; });
+loadNotice().then(() => { if (!microphoneUnavailable()) $("start").disabled = false; });
 $("stop").addEventListener("click", stop);
+if (microphoneUnavailable()) {
+  showError(microphoneUnavailable());
+  $("start").disabled = true;
+  setStatus("Not available on this address.");
+}
