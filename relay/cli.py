@@ -249,17 +249,34 @@ async def _serve(settings: Settings) -> int:
         await runner.cleanup()
 
 
+def http_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def listening_banner(host: str, port: int, suffix: str = "") -> tuple[str, str]:
+    """The start-up line naming the address actually bound, and the URL to open on this
+    machine (for a wildcard bind, its loopback address)."""
+    bound = http_url(host, port)
+    local = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host)
+    if local is None:
+        return f"Interview relay listening on {bound}{suffix}", bound
+    here = http_url(local, port)
+    every = "every IPv4 interface" if host == "0.0.0.0" else "every interface"
+    line = f"Interview relay listening on {bound}{suffix} ({every}; from this machine: {here})"
+    return line, here
+
+
 async def _announce(services: Services, runner: web.AppRunner) -> None:
     """Print the page URL, the operator token if generated, and a fresh demo token."""
     host, port = runner.addresses[0][:2]
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    print(f"Interview relay listening on http://{shown}:{port}/", flush=True)
+    line, url = listening_banner(str(host), int(port))
+    print(line, flush=True)
     if services.simulated:
         print(
             "SIMULATED upstream: candidates talk to the built-in simulator, not OpenAI.",
             flush=True,
         )
-    print(f"Operator dashboard: http://{shown}:{port}/stats", flush=True)
+    print(f"Operator dashboard: {url}stats", flush=True)
     if services.generated_operator_token:
         print(f"Operator token (generated for this run): {services.generated_operator_token}")
     if services.settings.server.create_demo_user:
@@ -305,8 +322,8 @@ async def _supervise(settings: Settings, workers: int, argv: list[str]) -> int:
     async def announce(
         settings: Settings, dsn: str, port: int, operator_token: str | None, count: int
     ) -> None:
-        shown = "127.0.0.1" if settings.server.host in ("0.0.0.0", "::") else settings.server.host
-        print(f"Interview relay listening on http://{shown}:{port}/ ({count} workers)", flush=True)
+        line, _ = listening_banner(settings.server.host, port, f" ({count} workers)")
+        print(line, flush=True)
         if operator_token:
             print(f"Operator token (generated for this run): {operator_token}")
         if settings.server.create_demo_user:

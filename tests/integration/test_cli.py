@@ -148,6 +148,11 @@ async def test_explicit_simulation_off_loopback_is_announced_to_operator_and_can
         aiohttp.ClientSession() as http,
     ):
         assert any(line.startswith("SIMULATED upstream") for line in banner), banner
+        # The banner names the address actually bound (all interfaces, the real port), then
+        # the URL that opens the page from this machine.
+        port = url.rstrip("/").rsplit(":", 1)[1]
+        assert f"listening on http://0.0.0.0:{port}/ (every IPv4 interface" in banner[0], banner
+        assert f"Operator dashboard: http://127.0.0.1:{port}/stats" in banner, banner
         headers = {"Authorization": f"Bearer {token}"}
         async with http.post(
             url + "api/realtime-session", headers=headers, json=NOTICE_CONFIRMED
