@@ -141,7 +141,13 @@ stop_dockerd() {
     fi
     DOCKERD_PID=""
     rm -f "$CACHE/dockerd.pid"
-    [ -z "$DOCKER_RUN" ] || rm -rf "$DOCKER_RUN"
+    if [ -n "$DOCKER_RUN" ]; then
+        # dockerd leaves its network namespace file bind-mounted in the exec root.
+        awk -v dir="$DOCKER_RUN/" 'index($2, dir) == 1 {print $2}' /proc/mounts | sort -r |
+            while read -r mount; do umount -l "$mount" || true; done
+        rm -rf "$DOCKER_RUN" || echo "warning: could not remove $DOCKER_RUN" >&2
+        DOCKER_RUN=""
+    fi
 }
 
 # A private daemon: its own socket, exec root and data root (the image cache), no iptables

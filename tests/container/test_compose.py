@@ -91,7 +91,7 @@ def stack(relay_image: BuiltImage, standin_images: list[str]) -> Iterator[Stack]
         say(compose("logs", "--no-color", "--tail", "60", env=env, check=False))
         raise
     finally:
-        compose("down", "-v", "--remove-orphans", "-t", "60", env=env, check=False)
+        compose("down", "-v", "--remove-orphans", "-t", "30", env=env, check=False)
 
 
 async def test_an_interview_through_caddy_ends_in_a_recording_in_seaweedfs(
