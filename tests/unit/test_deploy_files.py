@@ -270,10 +270,11 @@ def rendered(data: dict[str, Any], service: str, tmp_path: Path) -> str:
     spec = data["services"][service]
     assert spec["entrypoint"] == ["/bin/sh", "-c"], service
     (script,) = spec["command"]
-    for mount in spec.get("configs", []):
-        script = script.replace(mount["target"], str(config_file(data, mount["source"])))
+    # /tmp first: the repository itself may live under /tmp.
     tmp_path.mkdir(parents=True, exist_ok=True)
     script = script.replace("/tmp/", f"{tmp_path}/")
+    for mount in spec.get("configs", []):
+        script = script.replace(mount["target"], str(config_file(data, mount["source"])))
     script, _, program = script.rpartition("&& exec ")
     assert program, f"{service}: the entry point ends by exec-ing the server"
     env = {"PATH": "/usr/bin:/bin", **{k: str(v) for k, v in spec["environment"].items()}}
