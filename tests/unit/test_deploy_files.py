@@ -8,6 +8,7 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -249,7 +250,8 @@ def compose(env: dict[str, str] | None = None) -> dict[str, Any]:
 
 
 def relay_services(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {n: s for n, s in data["services"].items() if "build" in s}
+    """The services that run `relay serve` (the image's own command)."""
+    return {n: s for n, s in data["services"].items() if "build" in s and "command" not in s}
 
 
 def relay_settings(service: dict[str, Any]) -> Settings:
@@ -489,9 +491,15 @@ def test_compose_config() -> None:
     missing = {k: v for k, v in COMPOSE_ENV.items() if k != "POSTGRES_PASSWORD"}
     if compose_plugin():
         run = ["docker", "compose", "-f", str(COMPOSE), "config", "--quiet"]
-        ok = subprocess.run(run, env=COMPOSE_ENV, capture_output=True, text=True, timeout=60)
+        # Where the docker CLI finds its plugins, and nothing else of this environment.
+        where = {k: os.environ[k] for k in ("PATH", "HOME", "DOCKER_CONFIG") if k in os.environ}
+        ok = subprocess.run(
+            run, env={**where, **COMPOSE_ENV}, capture_output=True, text=True, timeout=60
+        )
         assert ok.returncode == 0, ok.stderr
-        bad = subprocess.run(run, env=missing, capture_output=True, text=True, timeout=60)
+        bad = subprocess.run(
+            run, env={**where, **missing}, capture_output=True, text=True, timeout=60
+        )
         assert bad.returncode != 0 and "POSTGRES_PASSWORD" in bad.stderr
         return
     text = interpolate(COMPOSE.read_text(), COMPOSE_ENV)
