@@ -274,6 +274,10 @@ if [ "$run_containers" = 1 ]; then
         )
         container_status=$?
         set -e
+        # Options alone (-k …) may select nothing there: fine when no container test was named.
+        if [ "$container_status" -eq 5 ] && [ "$container_paths" -eq 0 ]; then
+            container_status=0
+        fi
         [ "$status" -ne 0 ] || status=$container_status
     else
         echo "warning: the container tests ($CONTAINER_TESTS) need root to install and" \
