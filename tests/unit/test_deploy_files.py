@@ -525,8 +525,14 @@ def test_interpolation_helper() -> None:
         interpolate("${E:?set E}", env)
 
 
+def caddyfile() -> str:
+    """compose.yaml's Caddyfile (a file beside it: inline configs need a newer compose)."""
+    path = compose()["configs"]["caddyfile"]["file"]
+    return (ROOT / path).read_text()
+
+
 def test_the_proxy_sends_hsts_when_the_relay_did_not() -> None:
-    caddy = compose()["configs"]["caddyfile"]["content"]
+    caddy = caddyfile()
     site = caddy.splitlines()
     assert '  header ?Strict-Transport-Security "max-age=31536000"' in site, caddy
 
@@ -535,7 +541,7 @@ def test_the_proxy_closes_idle_connections_before_the_relays_do() -> None:
     # A relay closes a keep-alive connection idle for server.header_timeout_s; a request
     # the proxy sends on it at that moment would fail.
     data = compose()
-    keepalive = re.search(r"^\s*keepalive (\d+)s$", data["configs"]["caddyfile"]["content"], re.M)
+    keepalive = re.search(r"^\s*keepalive (\d+)s$", caddyfile(), re.M)
     assert keepalive is not None
     for name, service in relay_services(data).items():
         env = {k: str(v) for k, v in service["environment"].items()}
