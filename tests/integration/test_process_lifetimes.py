@@ -24,7 +24,7 @@ from tests.support.processes import exited
 from tests.support.relay_cli import read_banner, start_serving, stop_serving
 
 SPEECH = encode_opus(speech_like(1.6))
-OPERATOR = "lifetime-test-operator-token"
+OPERATOR = "lifetime-test-operator-token-of-32-chars"
 # How long the processes of a killed relay get to notice and exit.
 EXIT_WITHIN_S = 10.0
 

@@ -527,7 +527,7 @@ def test_interpolation_helper() -> None:
 
 def caddyfile() -> str:
     """compose.yaml's Caddyfile (a file beside it: inline configs need a newer compose)."""
-    path = compose()["configs"]["caddyfile"]["file"]
+    path = str(compose()["configs"]["caddyfile"]["file"])
     return (ROOT / path).read_text()
 
 
