@@ -66,6 +66,7 @@ class EventRelay:
         session_id: str = "",
         on_flood: Callable[[], object] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        observer: Callable[[Message], None] | None = None,
     ) -> None:
         self._allowed = frozenset(config.browser_allowed) - ALWAYS_REFUSED
         self._max_bytes = config.max_message_bytes
@@ -92,7 +93,7 @@ class EventRelay:
         self.browser: RTCDataChannel | None = None
         self.upstream: RTCDataChannel | None = None
         # Sees every upstream server event (the recorder's transcript source); O(1) per call.
-        self.observer: Callable[[Message], None] | None = None
+        self.observer = observer
         self._to_browser: deque[Message] = deque(maxlen=PENDING_MAX)
         self._to_upstream: deque[Message] = deque(maxlen=PENDING_MAX)
         self.counts: dict[str, int] = {

@@ -25,7 +25,7 @@ from relay.media.bridge import (
     UpstreamAnswerInvalid,
 )
 from relay.media.capabilities import MediaCapabilities, log_capabilities, probe
-from relay.media.ice import announce_public_address, gathered_address_count, uses_udp_turn
+from relay.media.ice import gathered_address_count, uses_udp_turn
 from relay.media.metrics import MediaMetrics
 from relay.media.peers import IceGatherTimeout
 from relay.media.port_range import NoMediaPorts, port_range
@@ -200,13 +200,10 @@ class BridgeManager:
             raise ApiError(
                 409, "session_closed", f"The session ended during the exchange ({exc.reason})."
             ) from None
-        # (``start`` tore the bridge down on every failure above, and on any other.)
+        # (``start`` tore the bridge down on every failure above, and on any other; its
+        # answer already announces ``ice.public_address``.)
         try:
             self.metrics.exchange_s.observe(time.perf_counter() - started)
-            if bridge.answer is not None and self.settings.ice.public_address:
-                bridge.answer = announce_public_address(
-                    bridge.answer, self.settings.ice.public_address
-                )
         except BaseException:
             await bridge.close("internal_error", state="failed")
             raise

@@ -376,11 +376,13 @@ async def test_teardown_releases_even_if_the_supervisor_already_died(rig: Rig) -
     async def dies() -> None:
         raise RuntimeError("supervisor died")
 
-    # A supervisor that ended with an exception nobody retrieved, then a hang-up.
-    assert bridge.supervisor is not None
-    await relay_tasks.cancel_and_wait(bridge.supervisor)
-    bridge.supervisor = asyncio.ensure_future(dies())
-    await asyncio.wait({bridge.supervisor})
+    # A supervisor that ended with an exception nobody retrieved, then a hang-up. (Its
+    # task is private to the bridge's ``Supervisor``: reached into here to plant the failure.)
+    supervisor = bridge._supervisor
+    assert supervisor._task is not None
+    await relay_tasks.cancel_and_wait(supervisor._task)
+    supervisor._task = asyncio.ensure_future(dies())
+    await asyncio.wait({supervisor._task})
     await bridge.close("hangup")
     assert rig.hooks.finished and rig.hooks.finished[0][:2] == ("ended", "hangup")
     assert bridge.browser_pc.connectionState == "closed"

@@ -4,28 +4,29 @@ This is the seam for anything that touches audio packets: every packet of a dire
 passes through the forwarder ``choose_forwarder`` returns for it (browser → upstream
 and upstream → browser), and nowhere else. A new way of forwarding (or a tap on the
 packets) is a new ``Forwarder`` picked here.
+
+The bridge calls ``wire_audio`` (both forwarders, chosen, not yet started), keeps what it
+returns (its teardown stops them), then ``start_audio``. This module holds no state.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from aiortc import RTCPeerConnection
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtcrtpsender import RTCRtpSender
 
+from relay.config import MediaConfig
 from relay.media import aiortc_private
 from relay.media.capabilities import MediaCapabilities, probe
 from relay.media.fastpath import FastOpusForwarder
 from relay.media.forwarding import DecodedRelay, DirectionStats, Forwarder, OpusPassthrough
+from relay.media.metrics import MediaMetrics
 from relay.media.sdp import AudioNegotiation, RtpLeg
 from relay.media.tap import PacketTap
 from relay.media.tracks import BoundedQueueTrack
-
-if TYPE_CHECKING:
-    from relay.media.bridge.core import Bridge
 
 log = logging.getLogger("relay.media")
 
@@ -117,41 +118,62 @@ def choose_forwarder(
     )
 
 
-def wire_audio(bridge: Bridge, codecs: NegotiatedCodecs) -> None:
-    """Pick and start both directions' forwarders (stored in ``bridge.forwarders``)."""
-    assert bridge.upstream_pc is not None
-    up, down = bridge.browser_to_upstream, bridge.upstream_to_browser
+@dataclass(frozen=True)
+class AudioEnds:
+    """What audio wiring connects: both peers, the queue each leg sends from, the
+    counters of each direction and the recorder's taps."""
+
+    browser_pc: RTCPeerConnection
+    upstream_pc: RTCPeerConnection
+    # What the upstream / browser leg sends (the decoded and aiortc-sender paths).
+    to_upstream: BoundedQueueTrack
+    to_browser: BoundedQueueTrack
+    browser_to_upstream: DirectionStats
+    upstream_to_browser: DirectionStats
+    candidate_tap: PacketTap | None = None
+    interviewer_tap: PacketTap | None = None
+
+
+def wire_audio(
+    ends: AudioEnds,
+    codecs: NegotiatedCodecs,
+    *,
+    media: MediaConfig,
+    capabilities: MediaCapabilities,
+    force_decode: bool = False,
+) -> list[Forwarder]:
+    """Both directions' forwarders (browser → upstream first), chosen but not started."""
+    up, down = ends.browser_to_upstream, ends.upstream_to_browser
+    # ``DirectionStats`` is the direction's counters record, written by its forwarder;
+    # the codecs are known only here.
     up.codec_in, up.codec_out = codecs.browser.primary, codecs.upstream.primary
     down.codec_in, down.codec_out = codecs.upstream.primary, codecs.browser.primary
-    recorder = bridge.recorder
     plans = [
         DirectionPlan(
-            audio_receiver(bridge.browser_pc),
-            bridge.to_upstream,
-            audio_sender(bridge.upstream_pc),
+            audio_receiver(ends.browser_pc),
+            ends.to_upstream,
+            audio_sender(ends.upstream_pc),
             codecs.browser_rtp,
             codecs.upstream_rtp,
             up,
             codecs.browser.opus_payload_types,
             codec=codecs.browser.primary or "opus",
-            tap=recorder.tap("candidate") if recorder else None,
+            tap=ends.candidate_tap,
         ),
         DirectionPlan(
-            audio_receiver(bridge.upstream_pc),
-            bridge.to_browser,
-            audio_sender(bridge.browser_pc),
+            audio_receiver(ends.upstream_pc),
+            ends.to_browser,
+            audio_sender(ends.browser_pc),
             codecs.upstream_rtp,
             codecs.browser_rtp,
             down,
             codecs.upstream.opus_payload_types | codecs.our_upstream_opus,
             codec=codecs.upstream.primary or "opus",
-            tap=recorder.tap("interviewer") if recorder else None,
+            tap=ends.interviewer_tap,
         ),
     ]
-    passthrough = codecs.passthrough and not bridge.force_decode
-    media = bridge.settings.media
-    capabilities = bridge.settings.capabilities
-    bridge.forwarders = [
+    passthrough = codecs.passthrough and not force_decode
+    return [
         choose_forwarder(
             plan,
             passthrough=passthrough,
@@ -161,16 +183,29 @@ def wire_audio(bridge: Bridge, codecs: NegotiatedCodecs) -> None:
         )
         for plan in plans
     ]
-    for forwarder in bridge.forwarders:
+
+
+def start_audio(
+    forwarders: list[Forwarder],
+    ends: AudioEnds,
+    codecs: NegotiatedCodecs,
+    *,
+    capabilities: MediaCapabilities,
+    metrics: MediaMetrics,
+    session_id: str,
+) -> None:
+    """Start the forwarders ``wire_audio`` chose; count and log each direction's mode."""
+    for forwarder in forwarders:
         forwarder.start()
     if capabilities.available("retransmission_history"):
-        for pc in (bridge.browser_pc, bridge.upstream_pc):
+        for pc in (ends.browser_pc, ends.upstream_pc):
             aiortc_private.disable_retransmission_history(audio_sender(pc))
+    up, down = ends.browser_to_upstream, ends.upstream_to_browser
     for stats in (up, down):
-        bridge.metrics.forwarding_modes.inc(direction=stats.direction, mode=stats.mode)
+        metrics.forwarding_modes.inc(direction=stats.direction, mode=stats.mode)
     log.info(
         "session %s: audio %s (browser %s, upstream %s)",
-        bridge.session_id,
+        session_id,
         up.mode,
         codecs.browser.primary,
         codecs.upstream.primary,

@@ -1,4 +1,7 @@
-"""The bridge's contract: its settings, the session layer's hooks, end states, errors."""
+"""The bridge's contract: its settings, the session layer's hooks, end states, errors.
+
+(Its states and their transitions are in ``state``.)
+"""
 
 from __future__ import annotations
 
@@ -14,7 +17,6 @@ from relay.media.sdp import InvalidOffer
 from relay.upstream.base import UpstreamError, UpstreamTimeout
 
 EndState = Literal["ended", "failed"]
-BridgeState = Literal["new", "negotiating", "connecting", "active", "closing", "closed"]
 
 
 @dataclass(frozen=True)
