@@ -14,7 +14,7 @@ transition, and every transition goes through ``_set_state``, which checks it ag
 The sibling modules do the work without seeing the bridge: ``Negotiation`` returns a
 ``Negotiated``, ``audio_wiring`` returns the forwarders, ``Supervisor`` and ``PeerWatch``
 report through callbacks, ``teardown.release`` is handed what to release and ``Quality``
-what to read. Only this class writes its own attributes.
+what to read: no other module writes the bridge's attributes.
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ log = logging.getLogger("relay.media")
 
 
 class Bridge:
+    """One interview's two legs, from the browser's offer to both legs closed."""
+
     def __init__(
         self,
         *,
@@ -244,6 +246,9 @@ class Bridge:
             answer = announce_public_address(
                 negotiated.answer_sdp, self._settings.ice.public_address
             )
+            # Refused if teardown had begun (the handler below then raises BridgeClosed);
+            # it cannot have: negotiation's last step checks, and nothing since awaited.
+            self._set_state("connecting")
         except BaseException as exc:
             if self._teardown_task is not None:
                 await asyncio.shield(self._teardown_task)
@@ -257,11 +262,6 @@ class Bridge:
             log.warning("session %s: exchange failed (%s)", self.session_id, reason)
             await asyncio.shield(self.begin_close(reason, state="failed"))
             raise
-        if self._teardown_task is not None:
-            await asyncio.shield(self._teardown_task)
-            await self._hang_up_late_call()
-            raise BridgeClosed(self._end_reason or "closed")
-        self._set_state("connecting")
         self._answer = answer
         self._supervisor.start()
         return answer
