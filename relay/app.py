@@ -8,7 +8,8 @@ Start-up (each step needs the ones before it):
   2. the user cache (Redis if configured, always the local fallback) and the listener
      that evicts users changed in PostgreSQL from it (relay.admission.invalidation);
   3. the upstream client (the built-in simulator when asked for, or without an API key
-     on a loopback host: relay.upstream.simulation);
+     on a loopback host: relay.upstream.simulation; it runs as a child process of the
+     relay, ready before the relay serves: relay.upstream.simulator_process);
   4. admission, the session registry and service, the media bridges;
   5. housekeeping (expiring unused sessions).
 Shut-down is the reverse; live bridges are hung up and their sessions finished before
@@ -54,6 +55,12 @@ from relay.upstream.factory import build_upstream_client
 from relay.upstream.health import MonitoredUpstream, UpstreamHealth
 from relay.upstream.model_currency import check_models
 from relay.upstream.simulation import uses_simulator
+from relay.upstream.simulator_process import (
+    SIMULATOR_API_KEY,
+    SimulatorProcess,
+    simulator_spec,
+    start_simulator_process,
+)
 from relay.web import (
     caller,
     low_level,
@@ -78,7 +85,6 @@ STATIC_FILES = (
     if STATIC_DIR.is_dir()
     else frozenset()
 )
-SIMULATOR_API_KEY = "sk-sim-local"
 HOUSEKEEPING_INTERVAL_S = 5.0
 
 OPERATOR_TOKEN = web.AppKey("operator_token_generated", str)
@@ -210,44 +216,7 @@ async def _start(
         stack.push_async_callback(invalidation.close)
 
     # 3. upstream
-    api_key = settings.upstream.api_key
-    base_url = settings.upstream.base_url
-    simulator = None
-    if simulate and settings.upstream.simulator_url:
-        # A simulator shared by every instance (`relay simulate`): the ek_ keys it mints
-        # for one relay are accepted when another relay exchanges the session.
-        api_key, base_url = SIMULATOR_API_KEY, settings.upstream.simulator_url
-    elif simulate:
-        # The simulator's peers share this process's ICE settings (aioice's host-address
-        # choice is process-wide), so it must use the relay's, not its defaults.
-        from relay.upstream.simulator.faults import Faults
-        from relay.upstream.simulator.options import SimulatorOptions
-        from relay.upstream.simulator.server import start_simulator
-
-        # Like the real service, the simulator refuses the beta shape unless asked for it.
-        faults = Faults(beta_disabled=settings.upstream.dialect != "beta")
-        simulator = await start_simulator(
-            host="127.0.0.1",
-            port=0,
-            options=SimulatorOptions(
-                ice=settings.ice,
-                faults=faults,
-                # Inside the relay's own process its history is memory per interview:
-                # keep little (docs/operations.md, "Memory per session"). A key is needed
-                # until its session is exchanged, so one per admissible session is enough.
-                max_closed_calls=20,
-                max_ephemeral_keys=2 * settings.limits.global_max_sessions,
-            ),
-        )
-        stack.push_async_callback(simulator.close)
-        api_key, base_url = SIMULATOR_API_KEY, simulator.base_url
-    if simulate:
-        log.warning(
-            "SIMULATED upstream (%s): interviews use the %s at %s, not OpenAI",
-            "upstream.simulate" if settings.upstream.simulate else "no OPENAI_API_KEY",
-            "built-in simulator" if simulator else "shared simulator (upstream.simulator_url)",
-            base_url,
-        )
+    api_key, base_url, simulator = await _upstream_endpoint(settings, stack, simulate=simulate)
     upstream_health = UpstreamHealth(settings.upstream, metrics)
     upstream = MonitoredUpstream(
         build_upstream_client(settings, metrics, base_url=base_url, api_key=api_key),
@@ -323,6 +292,32 @@ async def _start(
     monitor = spawn(services.loop_monitor.run(), name="loop-monitor", log=log)
     stack.push_async_callback(cancel_and_wait, monitor)
     return services
+
+
+async def _upstream_endpoint(
+    settings: Settings, stack: contextlib.AsyncExitStack, *, simulate: bool
+) -> tuple[str, str, SimulatorProcess | None]:
+    """The upstream's API key and base URL, and the simulator process this relay started
+    as its upstream (None: OpenAI, or a shared simulator); its end is on ``stack``."""
+    if not simulate:
+        return settings.upstream.api_key, settings.upstream.base_url, None
+    simulator = None
+    if settings.upstream.simulator_url:
+        # A simulator shared by every instance (`relay simulate`): the ek_ keys it mints
+        # for one relay are accepted when another relay exchanges the session.
+        base_url = settings.upstream.simulator_url
+    else:
+        # A child process, never this one (relay.upstream.simulator_process says why).
+        simulator = await start_simulator_process(simulator_spec(settings))
+        stack.push_async_callback(simulator.close)
+        base_url = simulator.base_url
+    log.warning(
+        "SIMULATED upstream (%s): interviews use the %s at %s, not OpenAI",
+        "upstream.simulate" if settings.upstream.simulate else "no OPENAI_API_KEY",
+        "built-in simulator" if simulator else "shared simulator (upstream.simulator_url)",
+        base_url,
+    )
+    return SIMULATOR_API_KEY, base_url, simulator
 
 
 async def _housekeeping(sessions: SessionService) -> None:

@@ -25,12 +25,19 @@ from relay.observability import error_tracking
 from relay.observability.logging import configure_logging
 from relay.observability.metrics import MetricsRegistry
 from relay.services import SERVICES, Services
+from relay.upstream.simulator_process import (
+    CONTROL_TOKEN_ENV,
+    SIMULATOR_API_KEY,
+    SimulatorStartError,
+    simulator_spec,
+    start_simulator_process,
+)
 
 log = logging.getLogger("relay.cli")
 
 DEMO_EMAIL = "demo@localhost"
 # The simulator's control token (relay simulate); there is deliberately no option for it.
-SIM_CONTROL_TOKEN_ENV = "RELAY_SIM_CONTROL_TOKEN"
+SIM_CONTROL_TOKEN_ENV = CONTROL_TOKEN_ENV
 DEFAULT_USER_SECONDS = 1800
 
 
@@ -158,6 +165,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 3
     except EmbeddedPostgresError as exc:
         print(f"embedded PostgreSQL: {exc}", file=sys.stderr)
+        return 3
+    except SimulatorStartError as exc:
+        print(f"built-in simulator: {exc}", file=sys.stderr)
         return 3
     except MigrationTimeout as exc:
         print(
@@ -301,15 +311,11 @@ async def _doctor(settings: Settings) -> int:
     upstream = settings.upstream
     if upstream.api_key:
         return await doctor_main(upstream)
-    from relay.upstream.simulator.faults import Faults
-    from relay.upstream.simulator.options import DEFAULT_API_KEY, SimulatorOptions
-    from relay.upstream.simulator.server import start_simulator
-
-    faults = Faults(beta_disabled=upstream.dialect != "beta")
-    simulator = await start_simulator(options=SimulatorOptions(ice=settings.ice, faults=faults))
+    # The same simulator the relay would start, in a process of its own as the relay runs it.
+    simulator = await start_simulator_process(simulator_spec(settings))
     try:
         config = upstream.model_copy(
-            update={"api_key": DEFAULT_API_KEY, "base_url": simulator.base_url}
+            update={"api_key": SIMULATOR_API_KEY, "base_url": simulator.base_url}
         )
         return await doctor_main(config, simulated=True)
     finally:

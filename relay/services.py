@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from relay.memory import MemoryKeeper
     from relay.observability.loop_monitor import LoopMonitor
     from relay.recording.service import RecordingService
-    from relay.upstream.simulator.server import RunningSimulator
+    from relay.upstream.simulator_process import SimulatorProcess
 
 
 @dataclass
@@ -63,8 +63,9 @@ class Services:
     draining: bool = False
     # The media bridges of this instance (relay.media.manager), set during start-up.
     bridges: BridgeManager | None = None
-    # The built-in simulator when it is the upstream (no OpenAI key configured).
-    simulator: RunningSimulator | None = None
+    # The built-in simulator's process when this relay started one as its upstream (no
+    # OpenAI key configured): its URLs and the token of its /_sim/* control API.
+    simulator: SimulatorProcess | None = None
     # The upstream is a simulator (this process's own or a shared `relay simulate`):
     # candidates (the session response) and operators (/api/stats) are told.
     simulated: bool = False

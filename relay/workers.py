@@ -2,8 +2,9 @@
 
 The supervisor (this module) prepares what the workers share, then starts them:
 
-- the upstream: with no OpenAI key, one built-in simulator run here for all workers
-  (a session minted through one worker is exchanged through another);
+- the upstream: with no OpenAI key, one built-in simulator started here (a child process
+  of the supervisor) for all workers (a session minted through one worker is exchanged
+  through another);
 - the database: the configured one, or the embedded PostgreSQL started here once and
   handed to every worker as its DATABASE_URL (the workers never start their own);
 - the state key that seals pending sessions (generated into data_dir once, before any
@@ -16,7 +17,7 @@ The supervisor (this module) prepares what the workers share, then starts them:
   (relay.observability.worker_metrics).
 
 Each worker is a whole relay (``relay serve`` with RELAY_WORKER_INDEX set): its own
-event loop, media sockets, simulator when no OpenAI key is set, and its own member id
+event loop, media sockets, and its own member id
 (``<host>:<port>/w<i>``) in the cluster view. They share pending sessions, limits and
 commands through PostgreSQL (and Redis when configured), so any worker answers any
 request. SIGTERM (or SIGINT) to the supervisor is passed to every worker, which drains
@@ -34,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import secrets
@@ -47,7 +47,9 @@ from pathlib import Path
 from relay.cluster.sealing import load_or_create_key
 from relay.config import Settings
 from relay.observability import worker_metrics
+from relay.process_lifetime import ParentGone, die_with_parent
 from relay.upstream.simulation import uses_simulator
+from relay.upstream.simulator_process import simulator_spec, start_simulator_process
 
 log = logging.getLogger("relay.workers")
 
@@ -59,7 +61,6 @@ WORKER_ENV = "RELAY_WORKER_INDEX"
 # The supervisor's pid, so that a worker can tell it has been orphaned (below).
 SUPERVISOR_ENV = "RELAY_SUPERVISOR_PID"
 READY_PREFIX = "worker ready:"
-_PR_SET_PDEATHSIG = 1
 
 
 def worker_count(value: str) -> int:
@@ -98,22 +99,14 @@ class SupervisorGone(Exception):
 
 def die_with_supervisor() -> None:
     """In a worker, first thing: receive SIGTERM (and so drain and exit) when the
-    supervisor dies, even by SIGKILL, so that no worker outlives it.
-
-    The kernel sends the signal when the thread that forked this process exits; the
-    supervisor forks from its event loop's thread, which lives as long as it does. A
-    supervisor that died between the fork and this call is not covered by the signal: the
-    worker has been reparented by then, which the parent pid tells.
-    """
+    supervisor dies, even by SIGKILL, so that no worker outlives it
+    (relay.process_lifetime; the supervisor forks from its event loop's thread, which
+    lives as long as it does)."""
     expected = os.environ.get(SUPERVISOR_ENV, "")
-    if sys.platform.startswith("linux"):
-        # dlopen(NULL): the C library already loaded into the process (find_library would
-        # search the disk by running ldconfig).
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
-            log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
-    if expected.isdigit() and os.getppid() != int(expected):
-        raise SupervisorGone(f"the supervisor (pid {expected}) is gone")
+    try:
+        die_with_parent(int(expected) if expected.isdigit() else None, signal.SIGTERM)
+    except ParentGone:
+        raise SupervisorGone(f"the supervisor (pid {expected}) is gone") from None
 
 
 class Supervisor:
@@ -146,13 +139,9 @@ class Supervisor:
             if uses_simulator(settings) and not settings.upstream.simulator_url:
                 # One simulator for every worker: a session minted through one worker's
                 # upstream must be exchangeable through any other's. The workers still
-                # simulate (upstream.simulate), so candidates and operators are told.
-                from relay.upstream.simulator.options import SimulatorOptions
-                from relay.upstream.simulator.server import start_simulator
-
-                simulator = await start_simulator(
-                    host="127.0.0.1", port=0, options=SimulatorOptions(ice=settings.ice)
-                )
+                # simulate (upstream.simulate), so candidates and operators are told. A
+                # child of the supervisor, ended with it (relay.upstream.simulator_process).
+                simulator = await start_simulator_process(simulator_spec(settings))
                 stack.push_async_callback(simulator.close)
                 upstream_env = {
                     "RELAY__UPSTREAM__SIMULATE": "true",
