@@ -158,6 +158,21 @@ async def test_serve_without_a_key_runs_the_simulator_as_a_child_and_never_impor
         await stop_serving(proc)
 
 
+async def test_a_relay_killed_with_sigkill_takes_its_simulator_with_it(
+    traversable_tmp_path: Path, database_url: str
+) -> None:
+    env = relay_env(traversable_tmp_path / "state", {"DATABASE_URL": database_url})
+    relay = await RelayProcess.start(traversable_tmp_path, env)
+    try:
+        simulators = await asyncio.to_thread(_simulators_under, relay.pid)
+        assert len(simulators) == 1, simulators
+        os.kill(relay.pid, signal.SIGKILL)  # no shut-down sequence at all
+        for pid in simulators:
+            await wait_exited(pid, 10)
+    finally:
+        await relay.stop()
+
+
 async def test_a_relay_in_a_process_reaches_its_simulator_only_over_http(
     make_relay: MakeRelay,
 ) -> None:
