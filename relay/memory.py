@@ -9,17 +9,17 @@ runs a full collection once the long-lived objects have grown by a quarter, and 
 objects, not bytes: the native memory behind them (OpenSSL's DTLS state, libsrtp's
 contexts) is invisible to it. So ended interviews piled up for dozens of sessions between
 full collections, glibc's heap grew to hold them and stayed fragmented afterwards: RSS
-grew by about 16 kB per interview over hundreds of open-close cycles while the memory
-Python itself traced stayed flat.
+grew with every interview over hundreds of open-close cycles while the memory Python
+itself traced stayed flat.
 
 Two measures:
 
-* ``freeze_startup_objects()``, once start-up is done: the ~130,000 objects alive then
-  (modules, classes, configuration) move to the permanent generation and are never
-  scanned again, so a full collection costs in proportion to the live interviews only
-  (measured: 109 ms for a full collection before, well under a millisecond with no
-  interview live after). Every automatic collection, which pauses the event loop and so
-  every packet being forwarded, gets as much cheaper.
+* ``freeze_startup_objects()``, once start-up is done: the objects alive then (modules,
+  classes, configuration: by far the most numerous) move to the permanent generation and
+  are never scanned again, so a full collection costs in proportion to the live
+  interviews only, not to the size of the program. Every automatic collection, which
+  pauses the event loop and so every packet being forwarded, gets as much cheaper (the
+  figures: docs/benchmarks.md, "Figures behind the code's choices").
 * ``MemoryKeeper.session_ended()``: a bridge has ended; within ``delay_s`` (and at most
   once per ``delay_s``, however many end) a full collection frees it, and glibc's
   ``malloc_trim`` hands the freed heap pages back to the system (in a worker thread: it

@@ -169,10 +169,12 @@ def disable_retransmission_history(sender: RTCRtpSender) -> None:
 
     aiortc keeps them for NACKs, which it negotiates for video only: for audio they are
     never used. They are, however, long-lived young objects (3 GC-tracked objects per
-    packet, 128 per sender): with 100 sessions about 80,000 of them sit in the youngest
-    GC generation, and each collection of it stalled the event loop for ~30 ms (measured:
-    p99 latency 12-18 ms at 100 sessions; see docs/benchmarks-earlier.md). Without the history a
-    sent packet is freed at once. A NACK for audio, should one arrive, is ignored.
+    packet, 128 per sender), so they pile up in the youngest GC generation in proportion
+    to the sessions, and every collection of that generation scans them all with the
+    event loop stopped: forwarding stalls, and latency's tail grows with the load (the
+    figures: docs/benchmarks.md, "Figures behind the code's choices"). Without the
+    history a sent packet is freed at once. A NACK for audio, should one arrive, is
+    ignored.
     """
     setattr(sender, _RTP_HISTORY, _NoHistory())
 
@@ -438,7 +440,8 @@ def install_fast_audio_level() -> bool:
 
     On the decode/re-encode path the sender calls ``aiortc.rtp.compute_audio_level_dbov``
     on the event loop for every frame; aiortc's version loops over every sample in
-    Python (~60-120 µs per frame, about half the CPU of that path). The sender looks it
+    Python, the largest single cost of that path (docs/benchmarks.md, "Figures behind
+    the code's choices"). The sender looks it
     up as a module attribute at call time, so replacing the attribute is enough.
     Process-wide and idempotent. False (nothing replaced) when aiortc has no such function.
     """

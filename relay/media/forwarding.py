@@ -6,7 +6,8 @@ Two ways, chosen per direction when both legs are negotiated:
   taken from the receiver as it arrives (the raw hook in ``aiortc_private``), and its
   Opus payload goes, still encoded, into the other leg's ``BoundedQueueTrack`` as an
   ``av.Packet``; aiortc's sender packs it into RTP without encoding. No decoder, no
-  jitter buffer, no thread hop: about 0.2 ms added latency.
+  jitter buffer, no thread hop: nothing holds a packet back, so the added latency is the
+  relay's own handling (docs/benchmarks.md).
 * ``DecodedRelay`` (a leg negotiated PCMU/PCMA/G.722): aiortc's normal path decodes
   into frames (its jitter buffer and decoder thread), the frames go into the other
   leg's queue track, and the sender encodes them for its codec.
@@ -269,8 +270,8 @@ class DecodedRelay:
     def start(self) -> None:
         self._stats.mode = "decode"
         if self._fast_audio_level:
-            # aiortc's sender measures each frame's audio level on the event loop; its
-            # pure-Python version costs about half of this path's CPU.
+            # aiortc's sender measures each frame's audio level on the event loop, in a
+            # pure-Python loop over every sample: this path's largest single cost.
             aiortc_private.install_fast_audio_level()
         if self._count_packets:
             aiortc_private.install_rtp_hook(self._receiver, self._count_then_handle)

@@ -39,8 +39,9 @@ OPUS_BITRATE = 64000
 # the default "audio" mode; an interview is two voices).
 OPUS_OPTIONS = {"application": "voip"}
 # Samples handed to the encoder at a time: PyAV cuts them into 20 ms Opus frames itself
-# (the same packets), one Python round trip per second instead of per 20 ms frame:
-# measured 22 % less CPU for the same file.
+# (the same packets), one Python round trip per second instead of per 20 ms frame, and
+# the round trips were a large part of the render's CPU (docs/benchmarks.md, "Figures
+# behind the code's choices").
 ENCODE_CHUNK = 50 * FRAME
 AUDIO_NAMES = {"ogg": "recording.ogg", "wav": "recording.wav"}
 TRANSCRIPT = "transcript.jsonl"

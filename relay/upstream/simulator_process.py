@@ -52,8 +52,9 @@ PARENT_PID_ENV = "RELAY_SIM_PARENT_PID"
 # SimulatorSpec as JSON.
 SPEC_ENV = "RELAY_SIM_SPEC"
 READY_PREFIX = "simulator listening on "
-# The child imports aiortc, PyAV and numpy and synthesises its voice before it listens: a
-# few seconds on a loaded machine; this bound only turns a hang into a clear error.
+# The child imports aiortc, PyAV and numpy and synthesises its voice before it listens,
+# slowly on a loaded machine; this bound is far above that and only turns a hang into a
+# clear error.
 START_TIMEOUT_S = 60.0
 # Closing hangs up every call (bounded by the simulator's own shut-down timeout) before
 # the child exits; past this, it is killed.

@@ -41,8 +41,9 @@ WARM_UP = 30
 CYCLES = 150
 # A per-interview leak adds at least one object per cycle (CYCLES in all). What is still
 # in flight when counting is not: timers of the last interviews' transports, recorders and
-# peers (with their contexts) were seen up to ~80 on a loaded machine, pooled connections
-# a handful. Two thirds of a cycle each still tells a one-per-interview leak from those.
+# peers (with their contexts), more of them the more loaded the machine, and pooled
+# connections a handful. Two thirds of a cycle each stays above those (docs/benchmarks.md,
+# "Figures behind the code's choices") and still tells a one-per-interview leak from them.
 MAX_GROWTH_PER_TYPE = CYCLES * 2 // 3
 
 
