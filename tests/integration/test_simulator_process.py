@@ -26,7 +26,7 @@ from relay.upstream.simulator_process import (
 )
 from tests.integration.cluster_helpers import RelayProcess, relay_env
 from tests.integration.conftest import MakeRelay
-from tests.integration.media_helpers import BrowserPeer
+from tests.integration.media_helpers import BrowserPeer, wait_until
 from tests.integration.relay_harness import NOTICE_CONFIRMED
 from tests.support import leftovers
 from tests.support.processes import wait_exited
@@ -102,6 +102,9 @@ async def test_serve_without_a_key_runs_the_simulator_as_a_child_and_never_impor
         assert len(simulators) == 1, simulators
         (child,) = simulators.values()
         assert child.ppid == proc.pid
+        # A session of its own: a Ctrl-C in the terminal reaches the relay, which drains
+        # its live interviews while the simulator still serves them.
+        assert os.getsid(child.pid) == child.pid
         child_env = await asyncio.to_thread(_environment, child.pid)
         control_token = child_env[CONTROL_TOKEN_ENV]
         assert len(control_token) >= 32
@@ -191,6 +194,26 @@ async def test_a_relay_in_a_process_reaches_its_simulator_only_over_http(
     token = await relay.add_user()
     status, body, _ = await relay.create_session(token)
     assert status == 201 and body["simulated"] is True, body
+
+
+async def test_a_simulator_that_dies_is_reported_and_the_relay_still_closes(
+    make_relay: MakeRelay, caplog: pytest.LogCaptureFixture
+) -> None:
+    relay = await make_relay(overrides={"upstream": {"simulate": True}})
+    simulator = relay.services.simulator
+    assert simulator is not None
+    os.kill(simulator.pid, signal.SIGKILL)
+    await wait_until(
+        lambda: any(
+            f"simulator (pid {simulator.pid}) exited with status -9" in r.getMessage()
+            and r.levelname == "ERROR"
+            for r in caplog.records
+        ),
+        10,
+        "the simulator's death in the log",
+    )
+    await relay.client.close()  # closing a relay whose simulator is gone is no error
+    assert simulator.returncode == -9
 
 
 async def test_the_relays_memory_bounds_reach_its_simulator(make_relay: MakeRelay) -> None:
