@@ -1,11 +1,12 @@
 """The built-in simulator as a child process of the relay (no OpenAI key, or
-``upstream.simulate`` without ``upstream.simulator_url``), and of ``relay serve --workers N``'s
-supervisor, which starts one for all its workers.
+``upstream.simulate`` without ``upstream.simulator_url``), of ``relay serve --workers N``'s
+supervisor, which starts one for all its workers, and of ``relay doctor`` without a key.
 
 Why a process of its own: the relay changes aiortc and aioice for its whole process
 (relay.media.aiortc_private, port_range, udp, the ICE host addresses). A simulator sharing
 that process would run on those changes too, so it could not catch what they break; as
-OpenAI's stand-in it must run aiortc as it ships. So the relay process never imports
+OpenAI's stand-in it runs aiortc as it ships, but for the choice of ICE host addresses
+that every peer of the project makes (relay.media.ice). So the relay process never imports
 ``relay.upstream.simulator``: it starts ``python -m relay.upstream.simulator.child`` and
 talks to it over HTTP and WebRTC only, as it talks to OpenAI.
 
