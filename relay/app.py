@@ -72,7 +72,6 @@ from relay.web import (
     routes_session,
     security_headers,
 )
-from relay.web.forwarded import parse_networks
 from relay.web.middleware import make_middleware
 
 log = logging.getLogger("relay.app")
@@ -256,7 +255,6 @@ async def _start(
         generated_operator_token=None if settings.server.operator_token else token,
         startup=startup,
         upstream_health=upstream_health,
-        trusted_proxies=parse_networks(settings.server.trusted_proxies),
         cache_invalidation=invalidation,
     )
     services_ref.append(services)

@@ -28,7 +28,15 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -42,16 +50,29 @@ from pydantic_settings import (
 # load_settings is given exactly as its EnvSettingsSource parses os.environ.
 from pydantic_settings.sources.utils import parse_env_vars
 
-# Plain tuples of names (the filter's defaults live next to the filter that uses them).
-from relay.media.event_filter import DEFAULT_SERVER_EVENTS, DEFAULT_SESSION_FIELDS
-from relay.web.forwarded import parse_networks
-
 Dialect = Literal["ga", "beta"]
 
 ENV_PREFIX = "RELAY__"
 
 # The shortest operator token accepted (``secrets.token_urlsafe(24)`` and longer qualify).
 MIN_SECRET_CHARS = 32
+
+
+# A network of server.trusted_proxies (relay.web.forwarded matches peers against them).
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _network(value: object) -> object:
+    """``10.0.0.0/8``, ``172.30.0.5`` (one address), ``fd00::/8``; host bits may be set."""
+    if isinstance(value, str):
+        try:
+            return ipaddress.ip_network(value.strip(), strict=False)
+        except ValueError as exc:
+            raise ValueError(f"not a network or address: {exc}") from None
+    return value
+
+
+ProxyNetwork = Annotated[Network, BeforeValidator(_network)]
 
 
 class ConfigError(ValueError):
@@ -98,7 +119,7 @@ class ServerConfig(_Section):
     memory_release_delay_s: Annotated[float, Field(ge=0, le=3600)] = 10.0
     # Networks (CIDR, or single addresses) of the reverse proxies in front of the relay:
     # from them, the client is the X-Forwarded-For hop they saw (relay.web.forwarded).
-    trusted_proxies: list[str] = Field(default_factory=list)
+    trusted_proxies: tuple[ProxyNetwork, ...] = ()
     # The asyncio event loop of `relay serve` (relay.event_loop): "uvloop" or "asyncio".
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
@@ -112,15 +133,6 @@ class ServerConfig(_Section):
                 f"shorter than {MIN_SECRET_CHARS} characters; generate one with "
                 '`python3 -c "import secrets; print(secrets.token_urlsafe(32))"`'
             )
-        return value
-
-    @field_validator("trusted_proxies")
-    @classmethod
-    def _networks(cls, value: list[str]) -> list[str]:
-        try:
-            parse_networks(value)
-        except ValueError as exc:
-            raise ValueError(f"not a network or address: {exc}") from None
         return value
 
 
@@ -368,6 +380,76 @@ class IceConfig(_Section):
         if self.relay_turn != "none" and not self.turn_urls:
             raise ValueError("relay_turn: needs ice.turn_urls")
         return self
+
+
+# events.browser_server_events' default: the server event types a page may see (GA names,
+# plus beta names for the legacy dialect).
+DEFAULT_SERVER_EVENTS: tuple[str, ...] = (
+    "error",
+    "session.created",
+    "session.updated",
+    "conversation.created",
+    "conversation.item.created",
+    "conversation.item.added",
+    "conversation.item.done",
+    "conversation.item.retrieved",
+    "conversation.item.truncated",
+    "conversation.item.deleted",
+    "conversation.item.input_audio_transcription.delta",
+    "conversation.item.input_audio_transcription.completed",
+    "conversation.item.input_audio_transcription.failed",
+    "conversation.item.input_audio_transcription.segment",
+    "input_audio_buffer.speech_started",
+    "input_audio_buffer.speech_stopped",
+    "input_audio_buffer.committed",
+    "input_audio_buffer.cleared",
+    "input_audio_buffer.timeout_triggered",
+    "output_audio_buffer.started",
+    "output_audio_buffer.stopped",
+    "output_audio_buffer.cleared",
+    "response.created",
+    "response.done",
+    "response.output_item.added",
+    "response.output_item.done",
+    "response.content_part.added",
+    "response.content_part.done",
+    "response.output_audio_transcript.delta",
+    "response.output_audio_transcript.done",
+    "response.output_text.delta",
+    "response.output_text.done",
+    "response.audio_transcript.delta",
+    "response.audio_transcript.done",
+    "response.text.delta",
+    "response.text.done",
+)
+
+# events.browser_session_fields' default: the session fields a page may see (dotted paths;
+# GA shape first, then the beta names).
+DEFAULT_SESSION_FIELDS: tuple[str, ...] = (
+    "type",
+    "object",
+    "id",
+    "model",
+    "expires_at",
+    "output_modalities",
+    "audio.input.format",
+    "audio.input.turn_detection",
+    "audio.input.noise_reduction",
+    "audio.input.transcription.model",
+    "audio.input.transcription.language",
+    "audio.output.format",
+    "audio.output.voice",
+    "audio.output.speed",
+    "modalities",
+    "voice",
+    "input_audio_format",
+    "output_audio_format",
+    "turn_detection",
+    "input_audio_noise_reduction",
+    "input_audio_transcription.model",
+    "input_audio_transcription.language",
+    "speed",
+)
 
 
 class EventsConfig(_Section):

@@ -20,7 +20,6 @@ from relay.sessions.registry import SessionRegistry
 from relay.sessions.service import SessionService
 from relay.upstream.base import UpstreamClient
 from relay.upstream.health import UpstreamHealth
-from relay.web.forwarded import Network
 
 if TYPE_CHECKING:
     from relay.admission.invalidation import CacheInvalidationListener
@@ -71,8 +70,6 @@ class Services:
     simulated: bool = False
     # Event-loop lag and CPU of this process (relay.observability.loop_monitor).
     loop_monitor: LoopMonitor | None = None
-    # server.trusted_proxies, parsed (relay.web.forwarded).
-    trusted_proxies: tuple[Network, ...] = ()
     # Frees ended interviews promptly (relay.memory).
     memory: MemoryKeeper | None = None
     # The ``recordings`` block of /api/stats and the dashboard (counts by status, failures,

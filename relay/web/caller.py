@@ -46,7 +46,7 @@ def install(app: web.Application, limits: LimitsConfig) -> None:
 
 
 def client_address(request: web.Request) -> str:
-    proxies = request.app[SERVICES].trusted_proxies
+    proxies = request.app[SERVICES].settings.server.trusted_proxies
     return forwarded.client_address(
         request.remote, request.headers.getall("X-Forwarded-For", []), proxies
     )

@@ -13,15 +13,12 @@ is ignored: a client cannot name its own address.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# The networks come parsed from the settings (server.trusted_proxies).
+from relay.config import Network
+
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
-    """``10.0.0.0/8``, ``172.30.0.5`` (one address), ``fd00::/8``; ValueError otherwise."""
-    return tuple(ipaddress.ip_network(v.strip(), strict=False) for v in values)
 
 
 def _address(text: str) -> Address | None:

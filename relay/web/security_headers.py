@@ -65,7 +65,7 @@ STRICT_TRANSPORT_SECURITY = "max-age=31536000"
 def _over_tls(request: web.Request) -> bool:
     if request.secure:  # TLS ends at the relay itself
         return True
-    proxies = request.app[SERVICES].trusted_proxies
+    proxies = request.app[SERVICES].settings.server.trusted_proxies
     return forwarded_over_tls(
         request.remote, request.headers.getall("X-Forwarded-Proto", []), proxies
     )

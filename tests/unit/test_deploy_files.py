@@ -338,7 +338,7 @@ def test_compose_runs_two_relays_on_host_networking_with_separate_ranges() -> No
         assert settings.database.url.startswith("postgresql://") and settings.cache.redis_url
         # Only the proxy on this host reaches them, and only it is trusted to forward.
         assert settings.server.host == "127.0.0.1"
-        assert settings.server.trusted_proxies == ["127.0.0.1"]
+        assert settings.server.trusted_proxies == (ipaddress.ip_network("127.0.0.1"),)
         ports.add(settings.server.port)
         grace = int(service["stop_grace_period"].removesuffix("s"))
         assert grace > settings.server.drain_timeout_s, "drain finishes before SIGKILL"

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from relay.web.forwarded import client_address, forwarded_over_tls, parse_networks
+from relay.config import Network, ServerConfig
+from relay.web.forwarded import client_address, forwarded_over_tls
+
+
+def parse_networks(values: list[str]) -> tuple[Network, ...]:
+    """server.trusted_proxies as the settings parse them."""
+    return ServerConfig.model_validate({"trusted_proxies": values}).trusted_proxies
+
 
 PROXIES = parse_networks(["172.30.0.0/24", "fd00::/8"])
 
