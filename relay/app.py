@@ -4,7 +4,7 @@ Start-up (each step needs the ones before it):
   1. database: the configured DATABASE_URL, or an embedded PostgreSQL under data_dir;
      the pool is created without connecting, then migrations, warm-up and crash
      recovery run (in the background, retried a bounded number of times:
-     relay.admission.bootstrap);
+     relay.db.bootstrap);
   2. the user cache (Redis if configured, always the local fallback) and the listener
      that evicts users changed in PostgreSQL from it (relay.admission.invalidation);
   3. the upstream client (the built-in simulator when asked for, or without an API key
@@ -32,13 +32,14 @@ from pathlib import Path
 from aiohttp import web
 
 from relay import __version__
-from relay.admission.bootstrap import BootstrapFailed, bootstrap_database
 from relay.admission.cache import UserCache
 from relay.admission.invalidation import CacheInvalidationListener
 from relay.admission.service import Admission
-from relay.admission.store import Store
+from relay.admission.users import UserRows
 from relay.cluster.setup import start_cluster
 from relay.config import ConfigError, Settings
+from relay.db import Store
+from relay.db.bootstrap import BootstrapFailed, StartupStatus, bootstrap_database
 from relay.media.ephemeral_ports import ephemeral_overlap
 from relay.media.event_schema import unknown_types
 from relay.media.manager import BridgeManager
@@ -47,8 +48,9 @@ from relay.observability.loop_monitor import LoopMonitor
 from relay.observability.metrics import MetricsRegistry
 from relay.recording import consent
 from relay.recording.service import RecordingService
-from relay.services import SERVICES, Services, StartupStatus
+from relay.services import SERVICES, Services
 from relay.sessions.registry import SessionRegistry
+from relay.sessions.rows import SessionRows, abandoned_after_s
 from relay.sessions.service import SessionService
 from relay.tasks import cancel_and_wait, spawn
 from relay.upstream.factory import build_upstream_client
@@ -166,7 +168,7 @@ async def _start(
     # 1. database
     dsn = settings.database.url
     if not dsn:
-        from relay.admission.embedded_pg import start_embedded_postgres
+        from relay.db.embedded_pg import start_embedded_postgres
 
         embedded = await asyncio.to_thread(start_embedded_postgres, settings.data_path)
         stack.push_async_callback(asyncio.to_thread, embedded.stop)
@@ -176,7 +178,19 @@ async def _start(
     await store.open()
     stack.push_async_callback(store.close)
     instance = instance_id or f"{socket.gethostname()}:{settings.server.port}"
+    users = UserRows(store)
+    session_rows = SessionRows(store)
     startup = StartupStatus()
+    started_at = datetime.now(UTC)
+
+    async def recover_sessions() -> None:
+        recovered = await session_rows.recover_abandoned_sessions(
+            instance,
+            started_before=started_at,
+            stale_after_s=abandoned_after_s(settings.session),
+        )
+        if recovered:
+            log.warning("closed %d sessions left live by a previous run", recovered)
 
     def bootstrap_failed(exc: BaseException) -> None:
         # Not retryable (a migration error, missing permissions) or out of attempts: logged
@@ -188,7 +202,7 @@ async def _start(
             startup.failure = f"database_bootstrap: {type(exc).__name__}"
 
     bootstrap = spawn(
-        bootstrap_database(store, instance, settings, startup, started_at=datetime.now(UTC)),
+        bootstrap_database(store, settings.database, startup, recover=recover_sessions),
         name="database-bootstrap",
         log=log,
         on_failure=bootstrap_failed,
@@ -227,12 +241,12 @@ async def _start(
     # 4. admission, sessions, media
     token = settings.server.operator_token or secrets.token_urlsafe(24)
     services_ref: list[Services] = []
-    admission = Admission(settings, store, cache, metrics)
+    admission = Admission(settings, users, cache, metrics)
     registry = SessionRegistry(settings.limits, metrics)
     sessions = SessionService(
         settings,
         admission=admission,
-        store=store,
+        rows=session_rows,
         registry=registry,
         upstream=upstream,
         metrics=metrics,
@@ -244,6 +258,8 @@ async def _start(
         metrics=metrics,
         instance_id=instance,
         store=store,
+        users=users,
+        session_rows=session_rows,
         cache=cache,
         admission=admission,
         registry=registry,

@@ -16,11 +16,12 @@ from pathlib import Path
 from aiohttp import web
 
 from relay import event_loop
-from relay.admission.embedded_pg import EmbeddedPostgresError
-from relay.admission.migrate import MigrationTimeout
-from relay.admission.store import DatabaseUnavailable, Store, UserExists, UsersExist
 from relay.admission.tokens import hash_token, new_token
+from relay.admission.users import UserExists, UserRows, UsersExist
 from relay.config import ConfigError, Settings, load_settings
+from relay.db import DatabaseUnavailable, Store
+from relay.db.embedded_pg import EmbeddedPostgresError
+from relay.db.migrate import MigrationTimeout
 from relay.observability import error_tracking
 from relay.observability.logging import configure_logging
 from relay.observability.metrics import MetricsRegistry
@@ -292,7 +293,7 @@ async def _announce(services: Services, runner: web.AppRunner) -> None:
     if services.settings.server.create_demo_user:
         token = new_token()
         try:
-            await services.store.create_user(
+            await services.users.create_user(
                 DEMO_EMAIL, hash_token(token), DEFAULT_USER_SECONDS, replace=True
             )
         except DatabaseUnavailable as exc:
@@ -342,7 +343,7 @@ async def _demo_user(settings: Settings) -> None:
     token = new_token()
     try:
         async with _store(settings) as store:
-            await store.create_user(
+            await UserRows(store).create_user(
                 DEMO_EMAIL, hash_token(token), DEFAULT_USER_SECONDS, replace=True
             )
     except DatabaseUnavailable as exc:
@@ -359,7 +360,7 @@ async def _store(settings: Settings) -> AsyncIterator[Store]:
     async with contextlib.AsyncExitStack() as stack:
         dsn = settings.database.url
         if not dsn:
-            from relay.admission.embedded_pg import start_embedded_postgres
+            from relay.db.embedded_pg import start_embedded_postgres
 
             embedded = await asyncio.to_thread(start_embedded_postgres, settings.data_path)
             stack.push_async_callback(asyncio.to_thread, embedded.stop)
@@ -399,7 +400,7 @@ async def _import_users(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     try:
         async with _store(settings) as store:
-            count = await store.create_users(
+            count = await UserRows(store).create_users(
                 [(u.email, hash_token(t), u.seconds) for u, t in zip(users, tokens, strict=True)]
             )
     except BaseException as exc:
@@ -417,16 +418,17 @@ async def _users(settings: Settings, args: argparse.Namespace) -> int:
     if args.users_command == "import":
         return await _import_users(settings, args)
     async with _store(settings) as store:
+        users = UserRows(store)
         if args.users_command == "add":
             if args.seconds < 0:
                 print("--seconds must be >= 0", file=sys.stderr)
                 return 2
-            if await store.find_user_by_email(args.email) is not None:
+            if await users.find_user_by_email(args.email) is not None:
                 print(f"a user with email {args.email} already exists", file=sys.stderr)
                 return 1
             token = new_token()
             try:
-                user = await store.create_user(args.email, hash_token(token), args.seconds)
+                user = await users.create_user(args.email, hash_token(token), args.seconds)
             except UserExists:  # added by someone else since the check above
                 print(f"a user with email {args.email} already exists", file=sys.stderr)
                 return 1

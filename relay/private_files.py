@@ -10,7 +10,7 @@ else's business on a shared machine, so the relay never leaves their mode to the
   unreachable too. One exception: an "others may enter" bit (never "list") is kept while
   a directory in it belongs to another user, who must enter to reach it: the embedded
   PostgreSQL's cluster in ``server.data_dir``, run as its own system user when the relay
-  runs as root (relay.admission.embedded_pg sets that bit).
+  runs as root (relay.db.embedded_pg sets that bit).
 * ``open_private(path, mode)``: opens a file for writing, created 0600; an existing file
   of a wider mode is narrowed first.
 * ``create_private(path)``: an empty 0600 file, for writers that open the path themselves

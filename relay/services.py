@@ -13,10 +13,13 @@ from aiohttp import web
 
 from relay.admission.cache import UserCache
 from relay.admission.service import Admission
-from relay.admission.store import Store
+from relay.admission.users import UserRows
 from relay.config import Settings
+from relay.db import Store
+from relay.db.bootstrap import StartupStatus
 from relay.observability.metrics import MetricsRegistry
 from relay.sessions.registry import SessionRegistry
+from relay.sessions.rows import SessionRows
 from relay.sessions.service import SessionService
 from relay.upstream.base import UpstreamClient
 from relay.upstream.health import UpstreamHealth
@@ -32,25 +35,13 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class StartupStatus:
-    """What start-up could not do and will not retry; /readyz reports it."""
-
-    # The failed step and the error's kind, e.g. "database_bootstrap: InsufficientPrivilegeError".
-    # (The full message goes to the log only: /readyz is public.)
-    failure: str | None = None
-    # The database bootstrap (relay.admission.bootstrap) while it retries: attempts made,
-    # the most allowed, and the last one's failure as "<step>: <kind>" ("migrate: timeout").
-    database_attempts: int = 0
-    database_max_attempts: int = 0
-    database_last_error: str | None = None
-
-
-@dataclass
 class Services:
     settings: Settings
     metrics: MetricsRegistry
     instance_id: str
     store: Store
+    users: UserRows
+    session_rows: SessionRows
     cache: UserCache
     admission: Admission
     registry: SessionRegistry

@@ -127,7 +127,7 @@ class Supervisor:
         async with contextlib.AsyncExitStack() as stack:
             dsn = settings.database.url
             if not dsn:
-                from relay.admission.embedded_pg import start_embedded_postgres
+                from relay.db.embedded_pg import start_embedded_postgres
 
                 embedded = await asyncio.to_thread(start_embedded_postgres, settings.data_path)
                 stack.push_async_callback(asyncio.to_thread, embedded.stop)

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.admission.embedded_pg import postgres_os_user
 from relay.config import ServerConfig
+from relay.db.embedded_pg import postgres_os_user
 from relay.event_loop import loop_policy
 from tests.support import leftovers
 from tests.support.blocking import blocking_call_guard

@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 
 from relay.admission.cache import UserCache
 from relay.admission.rate_limit import SlidingWindowLimiter
-from relay.admission.store import DatabaseUnavailable, Store, UserRecord
 from relay.admission.tokens import bearer_token, hash_token, plausible_token
+from relay.admission.users import UserRecord, UserRows
 from relay.config import Settings
+from relay.db import DatabaseUnavailable
 from relay.errors import ApiError
 from relay.observability.logging import stage
 from relay.observability.metrics import FAST_BUCKETS, MetricsRegistry
@@ -38,10 +39,10 @@ def database_error(exc: DatabaseUnavailable, retry_after_s: int) -> ApiError:
 
 class Admission:
     def __init__(
-        self, settings: Settings, store: Store, cache: UserCache, metrics: MetricsRegistry
+        self, settings: Settings, users: UserRows, cache: UserCache, metrics: MetricsRegistry
     ) -> None:
         self._settings = settings
-        self._store = store
+        self._users = users
         self._cache = cache
         self._limiter = SlidingWindowLimiter(settings.limits.per_user_requests_per_minute)
         self._outcomes = metrics.counter(
@@ -85,7 +86,7 @@ class Admission:
             db_started = time.perf_counter()
             read_mark = self._cache.mark()
             try:
-                user = await self._store.find_user_by_token_hash(token_hash)
+                user = await self._users.find_user_by_token_hash(token_hash)
             except DatabaseUnavailable as exc:
                 self._outcomes.inc(outcome=exc.code)
                 log.error("[%s] DATABASE_QUERY_FAILED %s", current_request_id(), exc)

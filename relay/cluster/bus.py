@@ -20,7 +20,7 @@ from typing import Any
 
 import asyncpg
 
-from relay.admission.store import Store
+from relay.db import Store
 from relay.tasks import cancel_and_wait, spawn
 
 log = logging.getLogger("relay.cluster")

@@ -28,7 +28,7 @@ from typing import Any
 
 import asyncpg
 
-from relay.admission.store import Store
+from relay.db import Store
 
 log = logging.getLogger("relay.cluster")
 

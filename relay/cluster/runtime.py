@@ -23,11 +23,11 @@ from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-from relay.admission.store import RETRYABLE_ERRORS, DatabaseUnavailable
 from relay.cluster import members
 from relay.cluster.bus import CommandListener, publish
 from relay.cluster.limits import SharedLimits
 from relay.cluster.members import DEAD_AFTER_HEARTBEATS, MemberState
+from relay.db import RETRYABLE_ERRORS, DatabaseUnavailable
 from relay.observability.masking import mask_email
 from relay.sessions.registry import SessionEntry
 from relay.tasks import cancel_and_wait, spawn

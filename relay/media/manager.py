@@ -13,8 +13,8 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from relay.admission.store import DatabaseUnavailable, SessionState
 from relay.config import IceConfig
+from relay.db import DatabaseUnavailable
 from relay.errors import ApiError
 from relay.media import udp
 from relay.media.bridge import (
@@ -31,6 +31,7 @@ from relay.media.peers import IceGatherTimeout
 from relay.media.port_range import NoMediaPorts, port_range
 from relay.media.sdp import InvalidOffer, invalid_offer_error
 from relay.sessions.registry import SessionEntry
+from relay.sessions.rows import SessionState
 from relay.sessions.service import upstream_api_error
 from relay.tasks import cancel_and_wait, spawn
 from relay.upstream.base import MintedSession, UpstreamError, UpstreamTimeout
@@ -69,7 +70,7 @@ class _SessionHooks:
     async def _write_state(self, state: SessionState, upstream_call_id: str | None = None) -> None:
         try:
             minted = self._entry.minted
-            await self._manager.services.store.set_session_state(
+            await self._manager.services.session_rows.set_session_state(
                 self._entry.session_id,
                 state,
                 upstream_call_id=upstream_call_id,

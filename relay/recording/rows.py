@@ -1,6 +1,6 @@
 """The ``recordings`` table (migration 003) and the recording columns of a session row.
 
-Statements go through ``Store._run`` (pooled connection, per-query timeout, retries on
+Statements go through ``Store.run`` (pooled connection, per-query timeout, retries on
 connection errors) like every other query of the relay.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from relay.admission.store import Store
+from relay.db import Store
 
 STATUSES = ("recording", "rendering", "ready", "failed", "deleted")
 _COLUMNS = """r.id, r.session_id, r.status, r.status_reason, r.format, r.storage, r.location,
@@ -89,7 +89,7 @@ class RecordingRows:
                     session_id,
                 )
 
-        await self._store._run("recording_create", op)
+        await self._store.run("recording_create", op)
 
     async def set_status(
         self,
@@ -145,7 +145,7 @@ class RecordingRows:
                         note[:500],
                     )
 
-        await self._store._run("recording_status", op)
+        await self._store.run("recording_status", op)
 
     async def discard(self, recording_id: str) -> None:
         """Forget a recording that holds no audio at all (the session never carried any)."""
@@ -161,7 +161,7 @@ class RecordingRows:
                         session_id,
                     )
 
-        await self._store._run("recording_discard", op)
+        await self._store.run("recording_discard", op)
 
     async def get(self, recording_id: str) -> asyncpg.Record | None:
         async def op(conn: asyncpg.Connection) -> asyncpg.Record | None:
@@ -169,7 +169,7 @@ class RecordingRows:
                 f"SELECT {_COLUMNS} FROM recordings r WHERE r.id = $1", recording_id
             )
 
-        return await self._store._run("recording_get", op)
+        return await self._store.run("recording_get", op)
 
     async def page(self, *, limit: int, offset: int) -> tuple[list[asyncpg.Record], int]:
         async def op(conn: asyncpg.Connection) -> tuple[list[asyncpg.Record], int]:
@@ -182,7 +182,7 @@ class RecordingRows:
             total = await conn.fetchval("SELECT count(*) FROM recordings")
             return list(rows), int(total)
 
-        return await self._store._run("recording_page", op)
+        return await self._store.run("recording_page", op)
 
     async def expired(self, older_than: datetime, limit: int = 100) -> list[asyncpg.Record]:
         async def op(conn: asyncpg.Connection) -> list[asyncpg.Record]:
@@ -196,7 +196,7 @@ class RecordingRows:
                 )
             )
 
-        return await self._store._run("recording_expired", op)
+        return await self._store.run("recording_expired", op)
 
     async def upload_pending(self, relay_instance: str) -> list[asyncpg.Record]:
         """Failed S3 uploads of this instance whose local files were kept for a retry."""
@@ -212,7 +212,7 @@ class RecordingRows:
                 )
             )
 
-        return await self._store._run("recording_upload_pending", op)
+        return await self._store.run("recording_upload_pending", op)
 
     async def summary(self) -> dict[str, Any]:
         async def op(conn: asyncpg.Connection) -> dict[str, Any]:
@@ -234,7 +234,7 @@ class RecordingRows:
                 ],
             }
 
-        return await self._store._run("recording_summary", op)
+        return await self._store.run("recording_summary", op)
 
     async def note_consent(self, session_id: str, shown: bool) -> None:
         async def op(conn: asyncpg.Connection) -> None:
@@ -244,4 +244,4 @@ class RecordingRows:
                 shown,
             )
 
-        await self._store._run("recording_consent", op)
+        await self._store.run("recording_consent", op)

@@ -29,8 +29,8 @@ from typing import Any
 
 import asyncpg
 
-from relay.admission.store import DatabaseUnavailable, Store
 from relay.config import Settings
+from relay.db import DatabaseUnavailable, Store
 from relay.observability.metrics import MetricsRegistry
 from relay.private_files import private_dir
 from relay.recording import render, rows

@@ -20,9 +20,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from relay.admission.store import DatabaseUnavailable, Store, debit_seconds
+from relay.db import DatabaseUnavailable
 from relay.observability.metrics import MetricsRegistry
 from relay.sessions.registry import SessionEntry
+from relay.sessions.rows import SessionRows, debit_seconds
 
 log = logging.getLogger("relay.sessions")
 
@@ -71,14 +72,14 @@ class FinishQueue:
 
     def __init__(
         self,
-        store: Store,
+        rows: SessionRows,
         metrics: MetricsRegistry,
         *,
         release_lease: Callable[[str, int], Awaitable[None]],
         forget_user: Callable[[str], Awaitable[None]],
         not_superseded: Callable[[str], None],
     ) -> None:
-        self._store = store
+        self._rows = rows
         self._release_lease = release_lease
         self._forget_user = forget_user
         self._not_superseded = not_superseded
@@ -106,7 +107,7 @@ class FinishQueue:
         written = False
         remaining: int | None = None
         try:
-            remaining = await self._store.finish_session(
+            remaining = await self._rows.finish_session(
                 finish.session_id,
                 state=finish.state,
                 end_reason=finish.reason,

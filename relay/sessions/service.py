@@ -22,13 +22,14 @@ from datetime import datetime
 from typing import TYPE_CHECKING, NoReturn
 
 from relay.admission.service import Admission, Caller, database_error
-from relay.admission.store import DatabaseUnavailable, Store
 from relay.config import Settings, model_for
+from relay.db import DatabaseUnavailable
 from relay.errors import ApiError
 from relay.observability.metrics import MetricsRegistry
 from relay.observability.request_context import bind_session, current_request_id, record_stage
 from relay.sessions.finishes import Finish, FinishQueue, finish_record
 from relay.sessions.registry import SessionEntry, SessionRegistry, superseded_error
+from relay.sessions.rows import SessionRows
 from relay.sessions.shared_state import Claimed, new_claim_token
 from relay.tasks import spawn
 from relay.upstream.base import UpstreamClient, UpstreamError, UpstreamTimeout
@@ -113,7 +114,7 @@ class SessionService:
         settings: Settings,
         *,
         admission: Admission,
-        store: Store,
+        rows: SessionRows,
         registry: SessionRegistry,
         upstream: UpstreamClient,
         metrics: MetricsRegistry,
@@ -122,7 +123,7 @@ class SessionService:
     ) -> None:
         self._settings = settings
         self._admission = admission
-        self._store = store
+        self._rows = rows
         self._registry = registry
         self._upstream = upstream
         self._instance_id = instance_id
@@ -136,7 +137,7 @@ class SessionService:
         self.recently_ended: deque[EndedSession] = deque(maxlen=RECENTLY_ENDED_MAX)
         # Finishes whose row is not written yet (relay.sessions.finishes).
         self._finishes = FinishQueue(
-            store,
+            rows,
             metrics,
             release_lease=self._release_lease,
             forget_user=admission.forget,
@@ -205,7 +206,7 @@ class SessionService:
             await self._release(entry)
             raise
         try:
-            await self._store.create_session(
+            await self._rows.create_session(
                 session_id=entry.session_id,
                 user_id=caller.user.id,
                 request_id=entry.request_id,

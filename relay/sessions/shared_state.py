@@ -13,7 +13,7 @@ Each claim writes a token of its own into the row (``claim_token``), generated b
 its first attempt: a retry of a claim whose commit landed but whose reply was lost
 finds its own token and carries on, instead of answering 409 for a session it now
 holds. The token also makes the claim's undoing conditional: a member closes a claimed
-row only while it holds that very claim (``Store.finish_session``). Superseding (a
+row only while it holds that very claim (``SessionRows.finish_session``). Superseding (a
 reloaded page, relay.sessions.service) is the other conditional update on the row: it
 closes the row only while it is still pending, so of a supersede and a claim racing on
 two members exactly one wins, in the row. The orchestration, with its re-checks of the
@@ -34,10 +34,10 @@ from datetime import datetime
 
 import asyncpg
 
-from relay.admission.store import DatabaseUnavailable, Store
 from relay.cluster.bus import publish
 from relay.cluster.sealing import Sealer, SealError
 from relay.config import Settings
+from relay.db import DatabaseUnavailable, Store
 from relay.errors import ApiError
 from relay.sessions.registry import SessionEntry, superseded_error
 from relay.tasks import spawn

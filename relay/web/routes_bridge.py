@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from relay.admission.service import database_error
-from relay.admission.store import DatabaseUnavailable
+from relay.db import DatabaseUnavailable
 from relay.errors import ApiError
 from relay.media.manager import BridgeManager
 from relay.media.sdp import InvalidOffer, invalid_offer_error, validate_offer
@@ -164,7 +164,7 @@ def _path_session_id(request: web.Request) -> str:
 
 async def _session_row(services: Services, session_id: str) -> Any:
     try:
-        return await services.store.get_session(session_id)
+        return await services.session_rows.get_session(session_id)
     except DatabaseUnavailable as exc:
         raise database_error(exc, services.settings.database.retry_after_s) from exc
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from relay.admission.service import database_error
-from relay.admission.store import DatabaseUnavailable
 from relay.cluster.runtime import ALL_MEMBERS
+from relay.db import DatabaseUnavailable
 from relay.errors import ApiError
 from relay.observability.request_context import current_request_id
 from relay.services import SERVICES

@@ -13,8 +13,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from relay.admission.migrate import MIGRATION_LOCK_ID
 from relay.admission.tokens import hash_token
+from relay.db.migrate import MIGRATION_LOCK_ID
 from relay.errors import ApiError
 from tests.integration.conftest import MakeRelay
 from tests.integration.relay_harness import OPERATOR_TOKEN

@@ -17,9 +17,9 @@ import redis.asyncio as aioredis
 
 from relay.admission.cache import UserCache
 from relay.admission.invalidation import APPLICATION_NAME, CHANNEL, CacheInvalidationListener
-from relay.admission.migrate import migrate
 from relay.admission.tokens import hash_token, new_token
 from relay.config import CacheConfig
+from relay.db.migrate import migrate
 from relay.observability.metrics import MetricsRegistry
 from tests.integration.cluster_helpers import poll
 from tests.integration.conftest import MakeRelay

@@ -16,8 +16,8 @@ import aiohttp
 import asyncpg
 import pytest
 
-from relay.admission.migrate import MIGRATION_LOCK_ID
 from relay.cli import _parser
+from relay.db.migrate import MIGRATION_LOCK_ID
 from tests.integration.relay_harness import NOTICE_CONFIRMED
 from tests.support.relay_cli import read_banner, run_relay, start_serving, stop_serving
 

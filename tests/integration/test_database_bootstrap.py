@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from relay.admission.migrate import MIGRATION_LOCK_ID
+from relay.db.migrate import MIGRATION_LOCK_ID
 from tests.integration.conftest import MakeRelay
 from tests.integration.relay_harness import RelayHarness
 from tests.support.postgres import PostgresServer

@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
-from relay.admission.store import UserExists
 from relay.admission.tokens import hash_token, new_token
+from relay.admission.users import UserExists
 from relay.sessions.registry import new_session_id
 from tests.integration.conftest import MakeRelay
 from tests.integration.media_helpers import BrowserPeer
@@ -98,11 +98,11 @@ async def test_user_insert_committed_but_unanswered_returns_the_user(
     cutter: ReplyCutter, make_relay: MakeRelay, database_url: str
 ) -> None:
     relay = await relay_behind(make_relay, cutter, database_url)
-    store = relay.services.store
+    users = relay.services.users
     token_hash = hash_token(new_token())
 
     cutter.arm(b"INSERT INTO users")
-    user = await store.create_user("retry@example.test", token_hash, 600)
+    user = await users.create_user("retry@example.test", token_hash, 600)
     assert cutter.cuts == 1
     assert relay.counter("relay_db_retries_total", query="create_user") == 1
     assert (user.email, user.remaining_seconds, user.active) == ("retry@example.test", 600, True)
@@ -111,7 +111,7 @@ async def test_user_insert_committed_but_unanswered_returns_the_user(
 
     # A different token for a taken email is still refused (no silent adoption).
     with pytest.raises(UserExists):
-        await store.create_user("retry@example.test", hash_token(new_token()), 600)
+        await users.create_user("retry@example.test", hash_token(new_token()), 600)
 
 
 async def test_session_insert_racing_an_attempt_still_in_flight_adopts_its_row(
@@ -139,7 +139,7 @@ async def test_session_insert_racing_an_attempt_still_in_flight_adopts_its_row(
             expires_at,
         )
         retry = asyncio.create_task(
-            relay.services.store.create_session(
+            relay.services.session_rows.create_session(
                 session_id=session_id,
                 user_id=user["id"],
                 request_id="r1",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.admission.embedded_pg import start_embedded_postgres
+from relay.db.embedded_pg import start_embedded_postgres
 from tests.integration.cluster_helpers import (
     Client,
     RelayProcess,

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from relay.admission.embedded_pg import (
+from relay.db.embedded_pg import (
     SUPERUSER,
     OsUser,
     as_os_user,

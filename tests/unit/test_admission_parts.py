@@ -10,13 +10,13 @@ from relay.admission.breaker import BreakerState, CircuitBreaker
 from relay.admission.cache import UserCache
 from relay.admission.local_cache import LocalTTLCache
 from relay.admission.rate_limit import PENDING_RETRY_S, FailedAuthLimiter, SlidingWindowLimiter
-from relay.admission.store import UserRecord
 from relay.admission.tokens import (
     bearer_token,
     hash_token,
     new_token,
     plausible_token,
 )
+from relay.admission.users import UserRecord
 from relay.config import CacheConfig
 from relay.observability.metrics import MetricsRegistry
 from relay.web.middleware import request_id_for

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -198,11 +199,7 @@ def dockerignored(path: str, patterns: list[str]) -> bool:
 
 
 def test_dockerignore_keeps_the_context_to_what_the_image_copies() -> None:
-    patterns = [
-        line.strip()
-        for line in (ROOT / ".dockerignore").read_text().splitlines()
-        if line.strip() and not line.startswith("#")
-    ]
+    patterns = _dockerignore_patterns()
     for excluded in (".git/HEAD", ".venv/bin/python", "tests/conftest.py", "bench/run.py"):
         assert dockerignored(excluded, patterns), excluded
     assert dockerignored("relay/__pycache__/app.cpython-311.pyc", patterns)
@@ -212,6 +209,29 @@ def test_dockerignore_keeps_the_context_to_what_the_image_copies() -> None:
                 assert (ROOT / source).exists(), source
                 probe = source if (ROOT / source).is_file() else f"{source.rstrip('/')}/x.py"
                 assert not dockerignored(probe.removeprefix("./"), patterns), source
+
+
+def test_the_schema_migrations_ship_with_the_package_and_the_image() -> None:
+    """relay.db.migrate reads its SQL files as package data: an installed relay (pip) has
+    them only if pyproject.toml lists them, the image only if it copies them."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    globs = setuptools["package-data"]["relay"]
+    migrations = sorted((ROOT / "relay/db/migrations").glob("*.sql"))
+    assert migrations
+    for path in migrations:
+        inside = path.relative_to(ROOT / "relay").as_posix()
+        assert any(fnmatch.fnmatch(inside, g) for g in globs), inside
+        assert not dockerignored(path.relative_to(ROOT).as_posix(), _dockerignore_patterns())
+    copied = [rest.split()[0] for k, rest in instructions(DOCKERFILE.read_text()) if k == "COPY"]
+    assert "relay" in copied
+
+
+def _dockerignore_patterns() -> list[str]:
+    return [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
 
 
 # ---------------------------------------------------------------------- compose.yaml

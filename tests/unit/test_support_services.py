@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 from blockbuster import BlockingError
 
-from relay.admission.embedded_pg import OsUser, unreachable_dirs
+from relay.db.embedded_pg import OsUser, unreachable_dirs
 from tests.support import leftovers
 from tests.support.postgres import PostgresError, PostgresServer
 from tests.support.processes import wait_exited

@@ -30,7 +30,7 @@ class Migration:
 
 def available_migrations() -> list[Migration]:
     out = []
-    for entry in resources.files("relay.admission").joinpath("migrations").iterdir():
+    for entry in resources.files("relay.db").joinpath("migrations").iterdir():
         match = _NAME.match(entry.name)
         if match:
             out.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))

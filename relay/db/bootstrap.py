@@ -1,4 +1,5 @@
-"""Start-up's database steps: migrate, warm the pool, recover rows a crash left live.
+"""Start-up's database steps: migrate, warm the pool, then the caller's recovery step
+(relay.app closes the session rows a crash left live: relay.sessions.rows).
 
 They run in the background (a database that is down must not stop the relay from
 starting) and are tried ``database.bootstrap_attempts`` times on errors a retry can fix
@@ -14,11 +15,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from datetime import datetime
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
-from relay.admission.store import RETRYABLE_ERRORS, Store
-from relay.config import Settings
-from relay.services import StartupStatus
+from relay.config import DatabaseConfig
+from relay.db.store import RETRYABLE_ERRORS, Store
 
 log = logging.getLogger("relay.db")
 
@@ -26,8 +27,20 @@ log = logging.getLogger("relay.db")
 # started together do not retry in step).
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 10.0
-# Slack added to the longest possible session before a live row counts as abandoned.
-STALE_GRACE_S = 600
+
+
+@dataclass
+class StartupStatus:
+    """What start-up could not do and will not retry; /readyz reports it."""
+
+    # The failed step and the error's kind, e.g. "database_bootstrap: InsufficientPrivilegeError".
+    # (The full message goes to the log only: /readyz is public.)
+    failure: str | None = None
+    # The database bootstrap while it retries: attempts made, the most allowed, and the
+    # last one's failure as "<step>: <kind>" ("migrate: timeout").
+    database_attempts: int = 0
+    database_max_attempts: int = 0
+    database_last_error: str | None = None
 
 
 class BootstrapFailed(Exception):
@@ -50,16 +63,15 @@ def backoff_delay(attempt: int) -> float:
 
 async def bootstrap_database(
     store: Store,
-    instance: str,
-    settings: Settings,
+    config: DatabaseConfig,
     status: StartupStatus,
     *,
-    started_at: datetime,
+    recover: Callable[[], Awaitable[None]],
 ) -> None:
-    """Migrate, warm and recover, retried a bounded number of times (module docstring)."""
-    config = settings.database
-    # No session can be live for longer than this; older live rows belong to dead relays.
-    stale_after_s = settings.session.max_duration_s + settings.session.pending_ttl_s + STALE_GRACE_S
+    """Migrate, warm and ``recover``, retried a bounded number of times (module docstring).
+
+    ``recover`` runs once the schema is in place: it must be safe to run again (a retry
+    of the whole bootstrap after it failed half-way)."""
     status.database_max_attempts = config.bootstrap_attempts
     for attempt in range(1, config.bootstrap_attempts + 1):
         status.database_attempts = attempt
@@ -69,9 +81,7 @@ async def bootstrap_database(
             step = "warm"
             warmed = await store.warm()
             step = "recover"
-            recovered = await store.recover_abandoned_sessions(
-                instance, started_before=started_at, stale_after_s=stale_after_s
-            )
+            await recover()
         except RETRYABLE_ERRORS as exc:
             status.database_last_error = f"{step}: {error_kind(exc)}"
             if attempt == config.bootstrap_attempts:
@@ -85,7 +95,7 @@ async def bootstrap_database(
                 attempt,
                 config.bootstrap_attempts,
                 step,
-                _describe(exc, step, settings),
+                _describe(exc, step, config),
                 delay,
             )
             await asyncio.sleep(delay)
@@ -96,16 +106,14 @@ async def bootstrap_database(
             raise BootstrapFailed(f"database_bootstrap: {error_kind(exc)}") from exc
         status.database_last_error = None
         log.info("database ready: %d warm connections", warmed)
-        if recovered:
-            log.warning("closed %d sessions left live by a previous run", recovered)
         return
 
 
-def _describe(exc: BaseException, step: str, settings: Settings) -> str:
+def _describe(exc: BaseException, step: str, config: DatabaseConfig) -> str:
     if step == "migrate" and isinstance(exc, TimeoutError):
         return (
             f"not done within database.migration_timeout_s = "
-            f"{settings.database.migration_timeout_s:g} s: another instance migrating, "
+            f"{config.migration_timeout_s:g} s: another instance migrating, "
             "or a lock held on the schema"
         )
     return f"{type(exc).__name__}: {exc}"

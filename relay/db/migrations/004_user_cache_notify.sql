@@ -1,5 +1,5 @@
 -- The user cache is invalidated by PostgreSQL itself: any change to what the relay caches
--- about a user (relay.admission.store.UserRecord: id, email, active, remaining_seconds,
+-- about a user (relay.admission.users.UserRecord: id, email, active, remaining_seconds,
 -- keyed by token_hash), made by the relay or by hand with psql, NOTIFies the channel
 -- relay_user_cache with the token hash; every relay drops that entry from Redis and from
 -- its local caches (relay.admission.invalidation). An INSERT notifies too: the new token
