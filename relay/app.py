@@ -10,10 +10,16 @@ Start-up (each step needs the ones before it):
   3. the upstream client (the built-in simulator when asked for, or without an API key
      on a loopback host: relay.upstream.simulation; it runs as a child process of the
      relay, ready before the relay serves: relay.upstream.simulator_process);
-  4. admission, the session registry and service, the media bridges;
-  5. housekeeping (expiring unused sessions).
-Shut-down is the reverse; live bridges are hung up and their sessions finished before
-the database goes away.
+  4. the cluster's shared parts: limits through Redis, pending sessions any member can
+     claim (relay.cluster, relay.sessions.shared_state);
+  5. admission, the session registry and the session service;
+  6. this member's heartbeat and commands (relay.cluster.runtime);
+  7. recordings;
+  8. the media bridges;
+  9. housekeeping (expiring unused sessions), memory release, the event-loop monitor.
+Each part is built complete, from the parts it uses, once; ``Services`` hands them to
+the handlers. Shut-down is the reverse; live bridges are hung up and their sessions
+finished before the database goes away.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import platform
 import secrets
 import socket
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -36,7 +43,10 @@ from relay.admission.cache import UserCache
 from relay.admission.invalidation import CacheInvalidationListener
 from relay.admission.service import Admission
 from relay.admission.users import UserRows
-from relay.cluster.setup import start_cluster
+from relay.cluster.limits import SharedLimits
+from relay.cluster.runtime import ClusterRuntime
+from relay.cluster.sealing import Sealer
+from relay.cluster.setup import advertise_address, state_key
 from relay.config import ConfigError, Settings
 from relay.db import Store
 from relay.db.bootstrap import BootstrapFailed, StartupStatus, bootstrap_database
@@ -46,12 +56,13 @@ from relay.media.manager import BridgeManager
 from relay.memory import GcPauseMeter, MemoryKeeper, freeze_startup_objects
 from relay.observability.loop_monitor import LoopMonitor
 from relay.observability.metrics import MetricsRegistry
-from relay.recording import consent
 from relay.recording.service import RecordingService
 from relay.services import SERVICES, Services
+from relay.sessions.drain import DrainState
 from relay.sessions.registry import SessionRegistry
 from relay.sessions.rows import SessionRows, abandoned_after_s
 from relay.sessions.service import SessionService
+from relay.sessions.shared_state import SharedSessions
 from relay.tasks import cancel_and_wait, spawn
 from relay.upstream.factory import build_upstream_client
 from relay.upstream.health import MonitoredUpstream, UpstreamHealth
@@ -122,7 +133,6 @@ def create_app(
     routes_health.register(app)
     routes_operator.register(app)
     routes_recordings.register(app)
-    consent.register(app)
     routes_cluster.register(app)
     if "index.html" in STATIC_FILES:
         app.router.add_get("/", _index)
@@ -157,6 +167,15 @@ def _lifecycle(
     return ctx
 
 
+@dataclass(frozen=True)
+class _Upstream:
+    """Step 3's result: the upstream client, what it has seen, and the simulator if any."""
+
+    client: MonitoredUpstream
+    health: UpstreamHealth
+    simulator: SimulatorProcess | None
+
+
 async def _start(
     settings: Settings,
     metrics: MetricsRegistry,
@@ -165,7 +184,10 @@ async def _start(
     *,
     simulate: bool,
 ) -> Services:
-    # 1. database
+    """Build every part in dependency order; each closes through ``stack`` (in reverse)."""
+    instance = instance_id or f"{socket.gethostname()}:{settings.server.port}"
+
+    # 1. database, and the tables' statements
     dsn = settings.database.url
     if not dsn:
         from relay.db.embedded_pg import start_embedded_postgres
@@ -177,9 +199,155 @@ async def _start(
     store = Store(dsn, settings.database, metrics)
     await store.open()
     stack.push_async_callback(store.close)
-    instance = instance_id or f"{socket.gethostname()}:{settings.server.port}"
     users = UserRows(store)
     session_rows = SessionRows(store)
+    startup = await _bootstrap_database(settings, store, session_rows, instance, stack)
+
+    # 2. cache, and its invalidation by the database (closed before the cache)
+    cache = UserCache(settings.cache, metrics)
+    stack.push_async_callback(cache.close)
+    invalidation = None
+    if settings.cache.invalidate_from_database:
+        invalidation = CacheInvalidationListener(
+            dsn,
+            cache,
+            metrics,
+            member=instance,
+            check_interval_s=settings.cluster.heartbeat_interval_s,
+            connect_timeout_s=settings.database.connect_timeout_s,
+            schema_ready=store.wait_schema_ready,
+        )
+        invalidation.start()
+        stack.push_async_callback(invalidation.close)
+
+    # 3. upstream
+    upstream = await _start_upstream(settings, metrics, stack, simulate=simulate)
+
+    # 4. the cluster's shared parts: limits through Redis (closed last of the cluster's
+    # parts: finishing sessions at shut-down releases leases) and pending sessions any
+    # member can claim
+    limits = SharedLimits(settings, metrics)
+    stack.push_async_callback(limits.close)
+    shared_sessions = SharedSessions(
+        settings,
+        store=store,
+        sealer=Sealer(await state_key(settings)),
+        upstream=upstream.client,
+        instance_id=instance,
+    )
+
+    # 5. admission and sessions
+    drain = DrainState()
+    admission = Admission(settings, users, cache, metrics)
+    registry = SessionRegistry(settings.limits, metrics)
+    sessions = SessionService(
+        settings,
+        admission=admission,
+        rows=session_rows,
+        registry=registry,
+        upstream=upstream.client,
+        metrics=metrics,
+        instance_id=instance,
+        drain=drain,
+        shared=shared_sessions,
+        limits=limits,
+    )
+
+    # 6. this member's heartbeat and commands (relay.cluster)
+    cluster = ClusterRuntime(
+        settings,
+        instance_id=instance,
+        address=advertise_address(settings),
+        store=store,
+        registry=registry,
+        sessions=sessions,
+        admission=admission,
+        limits=limits,
+        drain=drain,
+        metrics=metrics,
+    )
+    cluster.start()
+    stack.push_async_callback(cluster.close)
+    # Runs after the bridges have closed (the stack unwinds in reverse): whatever is still
+    # registered (e.g. sessions minted but never exchanged) is closed in the database.
+    stack.push_async_callback(sessions.finish_all, "relay_shutdown")
+
+    # 7. recordings, closed after the bridges (the stack unwinds in reverse), so their
+    # recordings finalise
+    recordings = RecordingService(settings, store, instance, metrics)
+    recordings.start()
+    stack.push_async_callback(recordings.close)
+
+    # 8. media bridges
+    memory = MemoryKeeper(settings.server.memory_release_delay_s)
+    bridges = BridgeManager(
+        settings,
+        sessions=sessions,
+        registry=registry,
+        session_rows=session_rows,
+        upstream=upstream.client,
+        recordings=recordings,
+        memory=memory,
+        metrics=metrics,
+    )
+    overlap = await asyncio.to_thread(
+        ephemeral_overlap, settings.ice.udp_port_min, settings.ice.udp_port_max
+    )
+    if overlap is not None:
+        log.warning("%s", overlap)
+    stack.push_async_callback(bridges.close_all)
+
+    # 9. housekeeping, memory, and the event-loop/CPU monitor the dashboard charts
+    housekeeping = spawn(_housekeeping(sessions), name="housekeeping", log=log)
+    stack.push_async_callback(cancel_and_wait, housekeeping)
+    gc_pauses = GcPauseMeter(metrics)
+    gc_pauses.install()
+    stack.callback(gc_pauses.remove)
+    # Closed before the bridges: ends they report at shut-down start no collection.
+    stack.push_async_callback(memory.close)
+    loop_monitor = LoopMonitor(metrics, gc_pauses)
+    monitor = spawn(loop_monitor.run(), name="loop-monitor", log=log)
+    stack.push_async_callback(cancel_and_wait, monitor)
+
+    token = settings.server.operator_token or secrets.token_urlsafe(24)
+    return Services(
+        settings=settings,
+        metrics=metrics,
+        instance_id=instance,
+        store=store,
+        users=users,
+        session_rows=session_rows,
+        cache=cache,
+        admission=admission,
+        registry=registry,
+        upstream=upstream.client,
+        upstream_health=upstream.health,
+        sessions=sessions,
+        drain=drain,
+        cluster=cluster,
+        recordings=recordings,
+        bridges=bridges,
+        memory=memory,
+        loop_monitor=loop_monitor,
+        startup=startup,
+        recordings_summary=recordings.summary,
+        operator_token_hash=hashlib.sha256(token.encode()).hexdigest(),
+        generated_operator_token=None if settings.server.operator_token else token,
+        simulator=upstream.simulator,
+        simulated=simulate,
+        cache_invalidation=invalidation,
+    )
+
+
+async def _bootstrap_database(
+    settings: Settings,
+    store: Store,
+    session_rows: SessionRows,
+    instance: str,
+    stack: contextlib.AsyncExitStack,
+) -> StartupStatus:
+    """Migrate, warm and close the rows a crash left live, in the background
+    (relay.db.bootstrap); the returned status tells /readyz how it goes."""
     startup = StartupStatus()
     started_at = datetime.now(UTC)
 
@@ -210,102 +378,26 @@ async def _start(
     stack.push_async_callback(cancel_and_wait, bootstrap)
     # Give the database a moment so a healthy start is fully ready when serving begins.
     await asyncio.wait({bootstrap}, timeout=settings.database.connect_timeout_s)
+    return startup
 
-    # 2. cache, and its invalidation by the database (closed before the cache)
-    cache = UserCache(settings.cache, metrics)
-    stack.push_async_callback(cache.close)
-    invalidation = None
-    if settings.cache.invalidate_from_database:
-        invalidation = CacheInvalidationListener(
-            dsn,
-            cache,
-            metrics,
-            member=instance,
-            check_interval_s=settings.cluster.heartbeat_interval_s,
-            connect_timeout_s=settings.database.connect_timeout_s,
-            schema_ready=store.wait_schema_ready,
-        )
-        invalidation.start()
-        stack.push_async_callback(invalidation.close)
 
-    # 3. upstream
+async def _start_upstream(
+    settings: Settings,
+    metrics: MetricsRegistry,
+    stack: contextlib.AsyncExitStack,
+    *,
+    simulate: bool,
+) -> _Upstream:
+    """The upstream client: OpenAI's, or a simulator's (this relay's own child process, or a
+    shared ``relay simulate``), watched by ``UpstreamHealth``."""
     api_key, base_url, simulator = await _upstream_endpoint(settings, stack, simulate=simulate)
-    upstream_health = UpstreamHealth(settings.upstream, metrics)
-    upstream = MonitoredUpstream(
-        build_upstream_client(settings, metrics, base_url=base_url, api_key=api_key),
-        upstream_health,
+    health = UpstreamHealth(settings.upstream, metrics)
+    client = MonitoredUpstream(
+        build_upstream_client(settings, metrics, base_url=base_url, api_key=api_key), health
     )
-    stack.push_async_callback(upstream.close)
-    _log_model_currency(upstream.model, settings.upstream.transcription_model)
-
-    # 4. admission, sessions, media
-    token = settings.server.operator_token or secrets.token_urlsafe(24)
-    services_ref: list[Services] = []
-    admission = Admission(settings, users, cache, metrics)
-    registry = SessionRegistry(settings.limits, metrics)
-    sessions = SessionService(
-        settings,
-        admission=admission,
-        rows=session_rows,
-        registry=registry,
-        upstream=upstream,
-        metrics=metrics,
-        instance_id=instance,
-        is_draining=lambda: bool(services_ref and services_ref[0].draining),
-    )
-    services = Services(
-        settings=settings,
-        metrics=metrics,
-        instance_id=instance,
-        store=store,
-        users=users,
-        session_rows=session_rows,
-        cache=cache,
-        admission=admission,
-        registry=registry,
-        upstream=upstream,
-        sessions=sessions,
-        operator_token_hash=hashlib.sha256(token.encode()).hexdigest(),
-        simulator=simulator,
-        simulated=simulate,
-        generated_operator_token=None if settings.server.operator_token else token,
-        startup=startup,
-        upstream_health=upstream_health,
-        cache_invalidation=invalidation,
-    )
-    services_ref.append(services)
-    # Shared pending sessions, shared limits, heartbeat and commands (relay.cluster).
-    await start_cluster(services, stack)
-    # Runs after the bridges have closed (the stack unwinds in reverse): whatever is still
-    # registered (e.g. sessions minted but never exchanged) is closed in the database.
-    stack.push_async_callback(sessions.finish_all, "relay_shutdown")
-    # Closed after the bridges (the stack unwinds in reverse), so their recordings finalise.
-    recordings = RecordingService(settings, store, instance, metrics)
-    services.recordings = recordings
-    services.recordings_summary = recordings.summary
-    recordings.start()
-    stack.push_async_callback(recordings.close)
-    bridges = BridgeManager(services)
-    services.bridges = bridges
-    overlap = await asyncio.to_thread(
-        ephemeral_overlap, settings.ice.udp_port_min, settings.ice.udp_port_max
-    )
-    if overlap is not None:
-        log.warning("%s", overlap)
-    stack.push_async_callback(bridges.close_all)
-
-    # 5. housekeeping, and the event-loop/CPU monitor the dashboard charts
-    housekeeping = spawn(_housekeeping(sessions), name="housekeeping", log=log)
-    stack.push_async_callback(cancel_and_wait, housekeeping)
-    gc_pauses = GcPauseMeter(metrics)
-    gc_pauses.install()
-    stack.callback(gc_pauses.remove)
-    services.memory = MemoryKeeper(settings.server.memory_release_delay_s)
-    stack.push_async_callback(services.memory.close)
-    services.loop_monitor = LoopMonitor(metrics, gc_pauses)
-    monitor = spawn(services.loop_monitor.run(), name="loop-monitor", log=log)
-    stack.push_async_callback(cancel_and_wait, monitor)
-    return services
+    stack.push_async_callback(client.close)
+    _log_model_currency(client.model, settings.upstream.transcription_model)
+    return _Upstream(client=client, health=health, simulator=simulator)
 
 
 async def _upstream_endpoint(

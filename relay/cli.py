@@ -248,13 +248,12 @@ async def _serve(settings: Settings) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        services.draining = True
+        services.drain.start()
         log.info(
             "draining: no new sessions; waiting up to %.0fs for live ones",
             settings.server.drain_timeout_s,
         )
-        if services.bridges is not None:
-            await services.bridges.drain(settings.server.drain_timeout_s)
+        await services.bridges.drain(settings.server.drain_timeout_s)
         return 0
     finally:
         await runner.cleanup()

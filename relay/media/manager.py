@@ -11,9 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
 
-from relay.config import IceConfig
+from relay.config import IceConfig, Settings
 from relay.db import DatabaseUnavailable
 from relay.errors import ApiError
 from relay.media import udp
@@ -30,14 +29,14 @@ from relay.media.metrics import MediaMetrics
 from relay.media.peers import IceGatherTimeout
 from relay.media.port_range import NoMediaPorts, port_range
 from relay.media.sdp import InvalidOffer, invalid_offer_error
-from relay.sessions.registry import SessionEntry
-from relay.sessions.rows import SessionState
-from relay.sessions.service import upstream_api_error
+from relay.memory import MemoryKeeper
+from relay.observability.metrics import MetricsRegistry
+from relay.recording.service import RecordingService
+from relay.sessions.registry import SessionEntry, SessionRegistry
+from relay.sessions.rows import SessionRows, SessionState
+from relay.sessions.service import SessionService, upstream_api_error
 from relay.tasks import cancel_and_wait, spawn
-from relay.upstream.base import MintedSession, UpstreamError, UpstreamTimeout
-
-if TYPE_CHECKING:
-    from relay.services import Services
+from relay.upstream.base import MintedSession, UpstreamClient, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger("relay.media")
 
@@ -55,13 +54,12 @@ class _SessionHooks:
         await self._write_state("connecting")
 
     async def on_active(self, upstream_call_id: str | None) -> None:
-        services = self._manager.services
-        services.registry.set_state(self._entry.session_id, "active")
+        self._manager.registry.set_state(self._entry.session_id, "active")
         await self._write_state("active", upstream_call_id)
 
     async def on_finished(self, state: EndState, reason: str, duration_s: float) -> None:
         try:
-            await self._manager.services.sessions.finish(
+            await self._manager.sessions.finish(
                 self._entry, state=state, reason=reason, duration_s=duration_s
             )
         finally:
@@ -70,7 +68,7 @@ class _SessionHooks:
     async def _write_state(self, state: SessionState, upstream_call_id: str | None = None) -> None:
         try:
             minted = self._entry.minted
-            await self._manager.services.session_rows.set_session_state(
+            await self._manager.session_rows.set_session_state(
                 self._entry.session_id,
                 state,
                 upstream_call_id=upstream_call_id,
@@ -119,9 +117,25 @@ def check_port_range_size(ice: IceConfig, max_sessions: int) -> str | None:
 class BridgeManager:
     """Tracks live bridges; ``drain`` and ``close_all`` end them at shut-down."""
 
-    def __init__(self, services: Services, *, force_decode: bool = False) -> None:
-        self.services = services
-        settings = services.settings
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        sessions: SessionService,
+        registry: SessionRegistry,
+        session_rows: SessionRows,
+        upstream: UpstreamClient,
+        recordings: RecordingService,
+        memory: MemoryKeeper,
+        metrics: MetricsRegistry,
+        force_decode: bool = False,
+    ) -> None:
+        self.sessions = sessions
+        self.registry = registry
+        self.session_rows = session_rows
+        self.upstream = upstream
+        self.recordings = recordings
+        self.memory = memory
         # Once per start: which aiortc/aioice adaptations this installation allows; every
         # bridge falls back to aiortc's own path for the others.
         self.capabilities: MediaCapabilities = probe()
@@ -132,7 +146,7 @@ class BridgeManager:
             ice=settings.ice,
             capabilities=self.capabilities,
         )
-        self.metrics = MediaMetrics(services.metrics)
+        self.metrics = MediaMetrics(metrics)
         log_capabilities(
             self.capabilities,
             port_range_configured=port_range(settings.ice.udp_port_min, settings.ice.udp_port_max)
@@ -162,8 +176,7 @@ class BridgeManager:
     def forget(self, session_id: str) -> None:
         if self._bridges.pop(session_id, None) is not None:
             self.metrics.bridges_live.set(len(self._bridges))
-            if self.services.memory is not None:
-                self.services.memory.session_ended()
+            self.memory.session_ended()
 
     async def open(self, entry: SessionEntry, offer_sdp: str, request_id: str) -> Bridge:
         """Bridge a claimed session; return the started bridge (``bridge.answer`` is the SDP).
@@ -173,9 +186,7 @@ class BridgeManager:
         by the bridge's teardown once the bridge exists, here before that.
         """
         if entry.minted is None:
-            await self.services.sessions.finish(
-                entry, state="failed", reason="not_minted", duration_s=0.0
-            )
+            await self.sessions.finish(entry, state="failed", reason="not_minted", duration_s=0.0)
             raise ApiError(409, "session_not_ready", "This session is not ready for media.")
         started = time.perf_counter()
         bridge = await self._new_bridge(entry, entry.minted, request_id)
@@ -215,16 +226,15 @@ class BridgeManager:
     ) -> Bridge:
         """A registered, not yet started bridge for ``entry`` (its teardown owns the
         session from here); if it cannot be built, the session is finished here."""
-        recordings = self.services.recordings
         recorder = None
         try:
-            recorder = recordings.begin(entry.session_id) if recordings else None
+            recorder = self.recordings.begin(entry.session_id)
             bridge = Bridge(
                 recorder=recorder,
                 session_id=entry.session_id,
                 request_id=request_id,
                 settings=self.settings,
-                upstream=self.services.upstream,
+                upstream=self.upstream,
                 minted=minted,
                 max_duration_s=entry.max_duration_s,
                 metrics=self.metrics,
@@ -235,7 +245,7 @@ class BridgeManager:
             log.exception("session %s: could not set up its bridge", entry.session_id)
             if recorder is not None:
                 recorder.stop(None, None)  # nothing recorded: discarded, row and all
-            await self.services.sessions.finish(
+            await self.sessions.finish(
                 entry, state="failed", reason="internal_error", duration_s=0.0
             )
             raise

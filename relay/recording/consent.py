@@ -4,17 +4,15 @@ shown (``{"recording_notice_shown": true}`` in the session request body).
 While recording is on, that word is required (``recording.require_notice``, default true):
 a session whose client did not give it is refused with 409 ``recording_notice_required``
 before anything is taken for it. The bundled page gives it once the notice is on screen
-(static/page.js); an API client shows the notice itself and says so."""
+(static/page.js); an API client shows the notice itself and says so. The notice itself is served by
+relay.web.routes_session (``GET /api/recording-notice``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from aiohttp import web
-
 from relay.config import RecordingConfig
 from relay.errors import ApiError
-from relay.services import SERVICES
 
 FIELD = "recording_notice_shown"
 
@@ -35,15 +33,3 @@ def require_notice_shown(config: RecordingConfig, shown: bool) -> None:
             "This interview is recorded: show the candidate the recording notice "
             f'(GET /api/recording-notice) and send {{"{FIELD}": true}}.',
         )
-
-
-async def notice(request: web.Request) -> web.Response:
-    """GET /api/recording-notice (public): what the page shows before Start."""
-    config = request.app[SERVICES].settings.recording
-    return web.json_response(
-        {"recording": config.enabled, "notice": config.notice_text if config.enabled else ""}
-    )
-
-
-def register(app: web.Application) -> None:
-    app.router.add_get("/api/recording-notice", notice)

@@ -16,7 +16,6 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, NoReturn
@@ -27,6 +26,7 @@ from relay.db import DatabaseUnavailable
 from relay.errors import ApiError
 from relay.observability.metrics import MetricsRegistry
 from relay.observability.request_context import bind_session, current_request_id, record_stage
+from relay.sessions.drain import DrainState
 from relay.sessions.finishes import Finish, FinishQueue, finish_record
 from relay.sessions.registry import SessionEntry, SessionRegistry, superseded_error
 from relay.sessions.rows import SessionRows
@@ -119,15 +119,19 @@ class SessionService:
         upstream: UpstreamClient,
         metrics: MetricsRegistry,
         instance_id: str,
-        is_draining: Callable[[], bool],
+        drain: DrainState,
+        shared: SharedSessions | None = None,
+        limits: SharedLimits | None = None,
     ) -> None:
+        """``shared``, ``limits``: the cluster's parts (pending sessions any member can
+        claim, limits shared through Redis); without them, this process only."""
         self._settings = settings
         self._admission = admission
         self._rows = rows
         self._registry = registry
         self._upstream = upstream
         self._instance_id = instance_id
-        self._is_draining = is_draining
+        self._drain = drain
         self._ended = metrics.counter(
             "relay_sessions_ended_total",
             "Sessions ended, by final state and reason",
@@ -143,14 +147,13 @@ class SessionService:
             forget_user=admission.forget,
             not_superseded=self._forget_superseded,
         )
-        # Set by relay.app: pending sessions shared with other members, cluster limits.
-        self.shared: SharedSessions | None = None
-        self.limits: SharedLimits | None = None
+        self.shared = shared
+        self.limits = limits
         # session id → (user id, monotonic time to forget it): see SUPERSEDED_REMEMBERED_MAX.
         self._superseded: OrderedDict[str, tuple[int, float]] = OrderedDict()
 
     def refuse_if_draining(self) -> None:
-        if self._is_draining():
+        if self._drain.draining:
             raise ApiError(
                 503,
                 "draining",

@@ -69,12 +69,12 @@ async def _attempt(request: web.Request, token: str | None) -> AsyncIterator[Non
     failure."""
     services = request.app[SERVICES]
     local = request.app[FAILED_AUTH]
-    shared = services.cluster.limits if services.cluster is not None else None
+    shared = services.cluster.limits
     address = client_address(request)
     # The reservation's key: a token's hash, never the token (it may reach Redis).
     key = hash_token(token)[:32] if token is not None else None
     wait = local.reserve(address, key)
-    if wait is None and shared is not None:
+    if wait is None:
         shared_wait = await shared.auth_reserve(address, key or "")
         if shared_wait:  # None (Redis undecided: this process decides) or 0.0 go ahead
             local.settle(address, key, failed=False)
@@ -89,7 +89,7 @@ async def _attempt(request: web.Request, token: str | None) -> AsyncIterator[Non
         raise
     finally:
         local.settle(address, key, failed=failed)
-        if shared is not None and key is not None:
+        if key is not None:
             await shared.auth_settle(address, key, failed=failed)
 
 

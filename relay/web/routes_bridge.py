@@ -16,7 +16,6 @@ from aiohttp import web
 from relay.admission.service import database_error
 from relay.db import DatabaseUnavailable
 from relay.errors import ApiError
-from relay.media.manager import BridgeManager
 from relay.media.sdp import InvalidOffer, invalid_offer_error, validate_offer
 from relay.observability.logging import request_banner, stage
 from relay.observability.request_context import bind_session, current, current_request_id
@@ -26,12 +25,6 @@ from relay.web.body import read_json_object
 from relay.web.caller import authenticate, owner_or_operator
 
 log = logging.getLogger("relay.http")
-
-
-def _bridges(services: Services) -> BridgeManager:
-    if services.bridges is None:
-        raise ApiError(503, "media_unavailable", "The media bridge is not running.", retryable=True)
-    return services.bridges
 
 
 def _exchange_fields(body: dict[str, Any]) -> tuple[str, str]:
@@ -58,7 +51,7 @@ async def webrtc_exchange(request: web.Request) -> web.Response:
             validate_offer(sdp, max_bytes=services.settings.session.max_sdp_bytes)
         except InvalidOffer as exc:
             raise invalid_offer_error(exc) from None
-        manager = _bridges(services)
+        manager = services.bridges
         manager.refuse_if_no_media_ports()
         # Nothing awaits between the claim and the bridge: each of the two releases
         # everything the session holds when it fails (relay.sessions.service,
@@ -125,14 +118,13 @@ async def delete_session(request: web.Request) -> web.Response:
         else:
             # Minted but never exchanged here: nothing to hang up, nothing used.
             await services.sessions.finish(entry, state="ended", reason=reason, duration_s=0.0)
-            if services.cluster is not None:
-                # It may have been exchanged on another member a moment ago.
-                await _end_elsewhere(services, session_id, reason)
+            # It may have been exchanged on another member a moment ago.
+            await _end_elsewhere(services, session_id, reason)
         return web.Response(status=204)
     record = await _session_row(services, session_id)
     if record is None or not (operator or record.user_id == user_id):
         raise ApiError(404, "session_not_found", "No such session for this user.")
-    if record.state in ("pending", "connecting", "active") and services.cluster is not None:
+    if record.state in ("pending", "connecting", "active"):
         # Held by another member: it hangs up when the command reaches it.
         reason = "operator_hangup" if operator else "hangup"
         log.info("[%s] SESSION_HANGUP %s (%s, elsewhere)", current_request_id(), session_id, reason)
@@ -141,7 +133,6 @@ async def delete_session(request: web.Request) -> web.Response:
 
 
 async def _end_elsewhere(services: Services, session_id: str, reason: str) -> None:
-    assert services.cluster is not None
     try:
         await services.cluster.publish(
             {"op": "end_session", "session_id": session_id, "reason": reason}

@@ -23,8 +23,6 @@ from relay.web.caller import require_operator
 async def cluster_stats(request: web.Request) -> web.Response:
     await require_operator(request)
     services = request.app[SERVICES]
-    if services.cluster is None:
-        raise ApiError(503, "cluster_unavailable", "Cluster membership is not running.")
     try:
         instances = await services.cluster.cluster_view()
     except DatabaseUnavailable as exc:
@@ -44,8 +42,6 @@ async def cluster_stats(request: web.Request) -> web.Response:
 async def drain(request: web.Request) -> web.Response:
     await require_operator(request)
     services = request.app[SERVICES]
-    if services.cluster is None:
-        raise ApiError(503, "cluster_unavailable", "Cluster membership is not running.")
     body = await read_json_object(request)
     member = body.get("member")
     if not isinstance(member, str) or not 0 < len(member) <= 200:

@@ -45,8 +45,7 @@ async def readyz(request: web.Request) -> web.Response:
     # the announced shutdown date: the table may be older than the service (shutdowns get
     # postponed) and a date alone must not take down a deployment that still works; the
     # upstream's own refusal shows in the sessions and in `relay doctor`.
-    health = services.upstream_health
-    upstream_check: dict[str, Any] = dict(health.report()) if health is not None else {"ok": True}
+    upstream_check: dict[str, Any] = dict(services.upstream_health.report())
     currencies = check_models(
         services.upstream.model, services.settings.upstream.transcription_model
     )
@@ -68,7 +67,7 @@ async def readyz(request: web.Request) -> web.Response:
         "redis": services.cache.redis_state,
         "invalidation": listener.state if listener is not None else "disabled",
     }
-    checks["draining"] = {"ok": not services.draining}
+    checks["draining"] = {"ok": not services.drain.draining}
     failing = [name for name, check in checks.items() if not check["ok"]]
     body: dict[str, Any] = {
         "status": "ready" if not failing else "unavailable",
@@ -86,7 +85,7 @@ async def readyz(request: web.Request) -> web.Response:
     settings = services.settings
     retry_after = {
         "database": settings.database.retry_after_s,
-        "upstream": health.retry_after_s if health is not None else DEFAULT_RETRY_AFTER_S,
+        "upstream": services.upstream_health.retry_after_s,
         "draining": settings.server.drain_retry_after_s,
     }
     seconds = max(retry_after.get(name, DEFAULT_RETRY_AFTER_S) for name in failing)

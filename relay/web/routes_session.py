@@ -1,4 +1,5 @@
 """POST /api/realtime-session: admission, then the upstream mint; 201 with the session.
+GET /api/recording-notice: what the page shows before Start (relay.recording.consent).
 
 Creations pass the admission gate (relay.admission.gate): at most
 ``limits.max_inflight_admissions`` run at once, the rest wait briefly for a slot or get 503
@@ -53,7 +54,7 @@ async def create_realtime_session(request: web.Request) -> web.Response:
             notice_shown = recording_notice_shown(fields)
             require_notice_shown(services.settings.recording, notice_shown)
             entry = await services.sessions.create(caller)
-            if notice_shown and services.recordings is not None:
+            if notice_shown:
                 await services.recordings.note_consent(entry.session_id)
         ctx = current()
         body = {
@@ -71,6 +72,14 @@ async def create_realtime_session(request: web.Request) -> web.Response:
         return web.json_response(body, status=201)
 
 
+async def recording_notice(request: web.Request) -> web.Response:
+    """GET /api/recording-notice (public): what the page shows before Start."""
+    config = request.app[SERVICES].settings.recording
+    return web.json_response(
+        {"recording": config.enabled, "notice": config.notice_text if config.enabled else ""}
+    )
+
+
 def register(app: web.Application, limits: LimitsConfig, metrics: MetricsRegistry) -> None:
     app[ADMISSION_GATE] = AdmissionGate(
         max_inflight=limits.max_inflight_admissions,
@@ -79,3 +88,4 @@ def register(app: web.Application, limits: LimitsConfig, metrics: MetricsRegistr
         metrics=metrics,
     )
     app.router.add_post("/api/realtime-session", create_realtime_session)
+    app.router.add_get("/api/recording-notice", recording_notice)

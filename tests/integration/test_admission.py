@@ -535,7 +535,7 @@ async def test_draining_refuses_new_sessions_and_says_so(make_relay: MakeRelay) 
     token = await relay.add_user()
     status, created, _ = await relay.create_session(token)
     assert status == 201
-    relay.services.draining = True
+    relay.services.drain.start()
     status, body, headers = await relay.create_session(token)
     assert status == 503
     assert_error(body, headers, "draining")

@@ -73,7 +73,7 @@ async def test_stereo_recording_has_both_voices_aligned_with_a_transcript(
     relay = await make_relay()
     browser = new_browser(browsers)
     session_id = await connect(relay, browser)
-    bridge = relay.services.bridges.get(session_id)  # type: ignore[union-attr]
+    bridge = relay.services.bridges.get(session_id)
     assert bridge is not None and bridge.recorder is not None
     started_speaking = time.monotonic()
     await speak_and_hear_reply(browser)
