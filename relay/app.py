@@ -63,7 +63,7 @@ from relay.sessions.registry import SessionRegistry
 from relay.sessions.rows import SessionRows, abandoned_after_s
 from relay.sessions.service import SessionService
 from relay.sessions.shared_state import SharedSessions
-from relay.tasks import cancel_and_wait, spawn
+from relay.tasks import TaskGroup, cancel_and_wait
 from relay.upstream.factory import build_upstream_client
 from relay.upstream.health import MonitoredUpstream, UpstreamHealth
 from relay.upstream.model_currency import check_models
@@ -186,6 +186,10 @@ async def _start(
 ) -> Services:
     """Build every part in dependency order; each closes through ``stack`` (in reverse)."""
     instance = instance_id or f"{socket.gethostname()}:{settings.server.port}"
+    # The start-up's own tasks (bootstrap, housekeeping, loop monitor): each is stopped at
+    # its place in the shut-down order below; closing the group last is the backstop.
+    tasks = TaskGroup("app", log=log, metrics=metrics)
+    stack.push_async_callback(tasks.close)
 
     # 1. database, and the tables' statements
     dsn = settings.database.url
@@ -201,7 +205,7 @@ async def _start(
     stack.push_async_callback(store.close)
     users = UserRows(store)
     session_rows = SessionRows(store)
-    startup = await _bootstrap_database(settings, store, session_rows, instance, stack)
+    startup = await _bootstrap_database(settings, store, session_rows, instance, stack, tasks)
 
     # 2. cache, and its invalidation by the database (closed before the cache)
     cache = UserCache(settings.cache, metrics)
@@ -234,7 +238,9 @@ async def _start(
         sealer=Sealer(await state_key(settings)),
         upstream=upstream.client,
         instance_id=instance,
+        metrics=metrics,
     )
+    stack.push_async_callback(shared_sessions.close)
 
     # 5. admission and sessions
     drain = DrainState()
@@ -268,6 +274,7 @@ async def _start(
     )
     cluster.start()
     stack.push_async_callback(cluster.close)
+    stack.push_async_callback(sessions.close)
     # Runs after the bridges have closed (the stack unwinds in reverse): whatever is still
     # registered (e.g. sessions minted but never exchanged) is closed in the database.
     stack.push_async_callback(sessions.finish_all, "relay_shutdown")
@@ -279,7 +286,7 @@ async def _start(
     stack.push_async_callback(recordings.close)
 
     # 8. media bridges
-    memory = MemoryKeeper(settings.server.memory_release_delay_s)
+    memory = MemoryKeeper(settings.server.memory_release_delay_s, metrics=metrics)
     bridges = BridgeManager(
         settings,
         sessions=sessions,
@@ -298,7 +305,7 @@ async def _start(
     stack.push_async_callback(bridges.close_all)
 
     # 9. housekeeping, memory, and the event-loop/CPU monitor the dashboard charts
-    housekeeping = spawn(_housekeeping(sessions), name="housekeeping", log=log)
+    housekeeping = tasks.spawn(_housekeeping(sessions), name="housekeeping")
     stack.push_async_callback(cancel_and_wait, housekeeping)
     gc_pauses = GcPauseMeter(metrics)
     gc_pauses.install()
@@ -306,7 +313,7 @@ async def _start(
     # Closed before the bridges: ends they report at shut-down start no collection.
     stack.push_async_callback(memory.close)
     loop_monitor = LoopMonitor(metrics, gc_pauses)
-    monitor = spawn(loop_monitor.run(), name="loop-monitor", log=log)
+    monitor = tasks.spawn(loop_monitor.run(), name="loop-monitor")
     stack.push_async_callback(cancel_and_wait, monitor)
 
     token = settings.server.operator_token or secrets.token_urlsafe(24)
@@ -345,6 +352,7 @@ async def _bootstrap_database(
     session_rows: SessionRows,
     instance: str,
     stack: contextlib.AsyncExitStack,
+    tasks: TaskGroup,
 ) -> StartupStatus:
     """Migrate, warm and close the rows a crash left live, in the background
     (relay.db.bootstrap); the returned status tells /readyz how it goes."""
@@ -362,17 +370,16 @@ async def _bootstrap_database(
 
     def bootstrap_failed(exc: BaseException) -> None:
         # Not retryable (a migration error, missing permissions) or out of attempts: logged
-        # by spawn, and /readyz stays red with the reason until an operator fixes it and
+        # by the task group, and /readyz stays red with the reason until an operator fixes it and
         # restarts.
         if isinstance(exc, BootstrapFailed):
             startup.failure = exc.reason
         else:
             startup.failure = f"database_bootstrap: {type(exc).__name__}"
 
-    bootstrap = spawn(
+    bootstrap = tasks.spawn(
         bootstrap_database(store, settings.database, startup, recover=recover_sessions),
         name="database-bootstrap",
-        log=log,
         on_failure=bootstrap_failed,
     )
     stack.push_async_callback(cancel_and_wait, bootstrap)

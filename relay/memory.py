@@ -42,7 +42,7 @@ from collections.abc import Callable
 from typing import Any
 
 from relay.observability.metrics import FAST_BUCKETS, Histogram, MetricsRegistry
-from relay.tasks import cancel_and_wait, spawn
+from relay.tasks import TaskGroup
 
 log = logging.getLogger("relay.memory")
 
@@ -124,8 +124,9 @@ class GcPauseMeter:
 class MemoryKeeper:
     """Frees ended interviews within ``delay_s`` (0: leave it to Python's collector)."""
 
-    def __init__(self, delay_s: float) -> None:
+    def __init__(self, delay_s: float, *, metrics: MetricsRegistry | None = None) -> None:
         self.delay_s = delay_s
+        self._tasks = TaskGroup("memory", log=log, metrics=metrics)
         self._pending: asyncio.Task[None] | None = None
         # An interview ended since the pending task's last collection began.
         self._ended = False
@@ -139,7 +140,7 @@ class MemoryKeeper:
             return
         self._ended = True
         if self._pending is None or self._pending.done():
-            self._pending = spawn(self._collect(), name="memory-keeper", log=log)
+            self._pending = self._tasks.spawn(self._collect(), name="memory-keeper")
         # else: the pending task collects again for this one (one collection per delay).
 
     async def _collect(self) -> None:
@@ -164,5 +165,4 @@ class MemoryKeeper:
 
     async def close(self) -> None:
         self._closed = True
-        if self._pending is not None:
-            await cancel_and_wait(self._pending)
+        await self._tasks.close()

@@ -48,6 +48,7 @@ from relay.cluster.sealing import load_or_create_key
 from relay.config import Settings
 from relay.observability import worker_metrics
 from relay.process_lifetime import ParentGone, die_with_parent
+from relay.tasks import TaskGroup
 from relay.upstream.simulation import uses_simulator
 from relay.upstream.simulator_process import simulator_spec, start_simulator_process
 
@@ -118,7 +119,8 @@ class Supervisor:
         self._procs: dict[int, asyncio.subprocess.Process] = {}
         self._stopping = False
         self._ready: dict[int, asyncio.Event] = {i: asyncio.Event() for i in range(count)}
-        self._tasks: set[asyncio.Task[None]] = set()
+        # One task per worker, keeping it running (started again if it exits).
+        self._watches = TaskGroup("workers", log=log)
         # Where the workers' metric values live for this run (worker_metrics).
         self._metrics_dir: Path | None = None
 
@@ -204,9 +206,7 @@ class Supervisor:
             await event.wait()
 
     def _spawn_watch(self, index: int, env: dict[str, str]) -> None:
-        task = asyncio.create_task(self._keep_running(index, env), name=f"worker-{index}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._watches.spawn(self._keep_running(index, env), name=f"worker-{index}")
 
     async def _keep_running(self, index: int, env: dict[str, str]) -> None:
         while not self._stopping:
@@ -257,6 +257,4 @@ class Supervisor:
                     with contextlib.suppress(ProcessLookupError):
                         proc.kill()
             await asyncio.gather(*waits, return_exceptions=True)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._watches.close()

@@ -35,7 +35,7 @@ from relay.observability.metrics import MetricsRegistry
 from relay.sessions.drain import DrainState
 from relay.sessions.registry import SessionEntry, SessionRegistry
 from relay.sessions.service import SessionService
-from relay.tasks import cancel_and_wait, spawn
+from relay.tasks import TaskGroup
 
 log = logging.getLogger("relay.cluster")
 
@@ -87,8 +87,10 @@ class ClusterRuntime:
             pid=os.getpid(),
             started_at=datetime.now(UTC),
         )
-        self.listener = CommandListener(store.dsn, self.handle, check_interval_s=self.interval_s)
-        self._heartbeat: asyncio.Task[None] | None = None
+        self.listener = CommandListener(
+            store.dsn, self.handle, check_interval_s=self.interval_s, metrics=metrics
+        )
+        self._tasks = TaskGroup("cluster", log=log, metrics=metrics)
         self._beats = metrics.counter(
             "relay_cluster_heartbeats_total", "Heartbeats written by this member", ["outcome"]
         )
@@ -99,10 +101,10 @@ class ClusterRuntime:
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         self.listener.start()
-        self._heartbeat = spawn(self._beat_forever(), name="cluster-heartbeat", log=log)
+        self._tasks.spawn(self._beat_forever(), name="cluster-heartbeat")
 
     async def close(self) -> None:
-        await cancel_and_wait(self._heartbeat)
+        await self._tasks.close()
         await self.listener.close()
         try:
             await members.leave(self.store, self.member.id)

@@ -33,7 +33,7 @@ from relay.config import DatabaseConfig
 from relay.db.migrate import migrate
 from relay.observability.metrics import FAST_BUCKETS, MetricsRegistry
 from relay.observability.request_context import record_stage
-from relay.tasks import cancel_and_wait, spawn
+from relay.tasks import TaskGroup
 
 log = logging.getLogger("relay.db")
 
@@ -69,7 +69,7 @@ class Store:
         # Statements need the schema: until migrations ran, they fail fast as unavailable
         # (503 + Retry-After) instead of as SQL errors.
         self._schema_ready = asyncio.Event()
-        self._keepalive: asyncio.Task[None] | None = None
+        self._tasks = TaskGroup("database", log=log, metrics=metrics)
         self._attempts = metrics.counter(
             "relay_db_attempts_total",
             "Database statement attempts by query and outcome",
@@ -99,11 +99,10 @@ class Store:
             # Warm connections stay warm: the keep-warm task, not idleness, retires them.
             max_inactive_connection_lifetime=0,
         )
-        self._keepalive = spawn(self._keep_warm(), name="db-keep-warm", log=log)
+        self._tasks.spawn(self._keep_warm(), name="db-keep-warm")
 
     async def close(self) -> None:
-        keepalive, self._keepalive = self._keepalive, None
-        await cancel_and_wait(keepalive)
+        await self._tasks.close()
         if self._pool is not None:
             try:
                 await asyncio.wait_for(self._pool.close(), timeout=5)

@@ -35,7 +35,7 @@ from relay.recording.service import RecordingService
 from relay.sessions.registry import SessionEntry, SessionRegistry
 from relay.sessions.rows import SessionRows, SessionState
 from relay.sessions.service import SessionService, upstream_api_error
-from relay.tasks import cancel_and_wait, spawn
+from relay.tasks import TaskGroup
 from relay.upstream.base import MintedSession, UpstreamClient, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger("relay.media")
@@ -282,12 +282,12 @@ class BridgeManager:
         live = self.bridges()
         if live:
             log.info("draining: waiting up to %.0fs for %d bridges", deadline_s, len(live))
-            waits = [spawn(b.wait_closed(), name=f"drain-{b.session_id}") for b in live]
+            waits = TaskGroup("bridge-drain", log=log)
+            ends = [waits.spawn(b.wait_closed(), name=f"drain-{b.session_id}") for b in live]
             try:
-                await asyncio.wait(waits, timeout=max(0.0, deadline_s))
+                await asyncio.wait(ends, timeout=max(0.0, deadline_s))
             finally:
-                for task in waits:
-                    await cancel_and_wait(task)
+                await waits.close()
         await self.close_all()
 
     async def close_all(self, reason: str = SHUTDOWN_REASON) -> None:

@@ -38,7 +38,7 @@ from relay.recording.recorder import META, RecordingWriter, SessionRecorder
 from relay.recording.render_pool import RenderPool
 from relay.recording.rows import RecordingRows
 from relay.recording.s3 import S3Storage, StorageError
-from relay.tasks import cancel_and_wait, spawn
+from relay.tasks import TaskGroup
 
 log = logging.getLogger("relay.recording")
 
@@ -86,10 +86,12 @@ class RecordingService:
         self.s3 = S3Storage(self.config) if self.config.storage == "s3" else None
         self._writer: RecordingWriter | None = None
         self._pool = RenderPool(self.config.render_workers)
-        self._tasks: set[asyncio.Task[Any]] = set()
+        # Two groups, closed at different moments: the periodic housekeeping stops at
+        # once, the work on recordings (rows, finalisation, upload) gets time to finish.
+        self._housekeeping = TaskGroup("recordings-housekeeping", log=log, metrics=metrics)
+        self._tasks = TaskGroup("recordings", log=log, metrics=metrics)
         self._created: dict[str, asyncio.Task[bool]] = {}
         self.live: dict[str, SessionRecorder] = {}
-        self._background: asyncio.Task[None] | None = None
         self._finalising: set[str] = set()
         # Set once close() stops taking work: late callbacks start nothing new.
         self._closing = False
@@ -105,7 +107,7 @@ class RecordingService:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        self._background = spawn(self._run_background(), name="recordings", log=log)
+        self._housekeeping.spawn(self._run_background(), name="recordings")
 
     @property
     def writing(self) -> int:
@@ -115,12 +117,12 @@ class RecordingService:
     @property
     def idle(self) -> bool:
         """No recorder open and nothing being finalised, stored or deleted."""
-        return not self.live and not self._tasks
+        return not self.live and not len(self._tasks)
 
     async def close(self) -> None:
         """Let stopped recorders close and finalisations finish (bounded), then stop the
         writer and the pool. Whatever is left unfinished is recovered at the next start."""
-        await cancel_and_wait(self._background)
+        await self._housekeeping.close()
         # The bridges have stopped their recorders; the writer closes them within a pass.
         deadline = asyncio.get_running_loop().time() + CLOSE_TIMEOUT_S
         while any(r.stopping for r in self.live.values()):
@@ -128,23 +130,13 @@ class RecordingService:
                 break
             await asyncio.sleep(0.05)
         self._closing = True
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=CLOSE_TIMEOUT_S)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.close(grace_s=CLOSE_TIMEOUT_S)
         if self._writer is not None:
             await asyncio.to_thread(self._writer.close)
         # Its workers, and multiprocessing's fork server and resource tracker with them.
         await asyncio.to_thread(self._pool.close)
         if self.s3 is not None:
             await self.s3.close()
-
-    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
 
     # ------------------------------------------------------------------ recording
     def begin(self, session_id: str) -> SessionRecorder | None:
@@ -167,9 +159,9 @@ class RecordingService:
         )
         self.live[recording_id] = recorder
         self._writer.add(recorder)
-        self._created[recording_id] = self._spawn(
+        self._created[recording_id] = self._tasks.spawn(
             self._create_row(recording_id, session_id, self._location(session_id, recording_id)),
-            f"recording-row-{recording_id}",
+            name=f"recording-row-{recording_id}",
         )
         return recorder
 
@@ -211,7 +203,7 @@ class RecordingService:
         # The writer has already let go of the recorder and closed its files.
         self._failures.inc(stage="write")
         reason = f"write failed: {recorder.failure}"
-        self._spawn(self._mark_failed(recorder.recording_id, reason), "recording-failed")
+        self._tasks.spawn(self._mark_failed(recorder.recording_id, reason), name="recording-failed")
 
     async def _mark_failed(self, recording_id: str, reason: str) -> None:
         await self._row_ready(recording_id)
@@ -226,16 +218,16 @@ class RecordingService:
         if not any(recorder.packets_written.values()):
             # The session never carried audio (a refused offer, a leg that never
             # connected): nothing to keep, no row to show.
-            self._spawn(self._discard(recorder), "recording-discard")
+            self._tasks.spawn(self._discard(recorder), name="recording-discard")
             return
-        self._spawn(
+        self._tasks.spawn(
             self._finalise(
                 recorder.recording_id,
                 recorder.session_id,
                 recorder.directory,
                 recovered=False,
             ),
-            f"recording-finalise-{recorder.recording_id}",
+            name=f"recording-finalise-{recorder.recording_id}",
         )
 
     async def _discard(self, recorder: SessionRecorder) -> None:

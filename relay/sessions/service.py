@@ -31,7 +31,7 @@ from relay.sessions.finishes import Finish, FinishQueue, finish_record
 from relay.sessions.registry import SessionEntry, SessionRegistry, superseded_error
 from relay.sessions.rows import SessionRows
 from relay.sessions.shared_state import Claimed, new_claim_token
-from relay.tasks import spawn
+from relay.tasks import TaskGroup
 from relay.upstream.base import UpstreamClient, UpstreamError, UpstreamTimeout
 
 if TYPE_CHECKING:
@@ -39,6 +39,10 @@ if TYPE_CHECKING:
     from relay.sessions.shared_state import SharedSessions
 
 log = logging.getLogger("relay.sessions")
+
+# At shut-down, how long closes of superseded sessions already on their way get to land
+# before they are cancelled (their finishes stay queued; relay.sessions.finishes).
+CLOSE_GRACE_S = 10.0
 
 
 def upstream_api_error(exc: UpstreamTimeout | UpstreamError) -> ApiError:
@@ -149,6 +153,7 @@ class SessionService:
         )
         self.shared = shared
         self.limits = limits
+        self._tasks = TaskGroup("sessions", log=log, metrics=metrics)
         # session id → (user id, monotonic time to forget it): see SUPERSEDED_REMEMBERED_MAX.
         self._superseded: OrderedDict[str, tuple[int, float]] = OrderedDict()
 
@@ -181,7 +186,7 @@ class SessionService:
         closing = None
         if superseded:
             ids = [old.session_id for old in superseded]
-            closing = spawn(self._finishes.write_queued(ids), name="close-superseded", log=log)
+            closing = self._tasks.spawn(self._finishes.write_queued(ids), name="close-superseded")
         try:
             entry = self._registry.reserve(
                 user_id=caller.user.id,
@@ -552,6 +557,11 @@ class SessionService:
     async def _release_lease(self, session_id: str, user_id: int) -> None:
         if self.limits is not None:
             await self.limits.release_session(session_id, user_id)
+
+    async def close(self) -> None:
+        """Let the closes of superseded sessions on their way land (``CLOSE_GRACE_S``), then
+        cancel them."""
+        await self._tasks.close(grace_s=CLOSE_GRACE_S)
 
     async def finish_all(self, reason: str) -> int:
         """Close every session still registered (shut-down, after the bridges closed)."""

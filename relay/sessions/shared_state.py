@@ -39,8 +39,9 @@ from relay.cluster.sealing import Sealer, SealError
 from relay.config import Settings
 from relay.db import DatabaseUnavailable, Store
 from relay.errors import ApiError
+from relay.observability.metrics import MetricsRegistry
 from relay.sessions.registry import SessionEntry, superseded_error
-from relay.tasks import spawn
+from relay.tasks import TaskGroup
 from relay.upstream.base import MintedSession, UpstreamClient, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger("relay.sessions")
@@ -198,12 +199,19 @@ class SharedSessions:
         sealer: Sealer,
         upstream: UpstreamClient,
         instance_id: str,
+        metrics: MetricsRegistry | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
         self._sealer = sealer
         self._upstream = upstream
         self._instance_id = instance_id
+        self._tasks = TaskGroup("shared-sessions", log=log, metrics=metrics)
+
+    async def close(self) -> None:
+        """Stop telling creators of claims still on their way (their heartbeats' reconciliation
+        catches what they miss)."""
+        await self._tasks.close()
 
     async def publish(self, entry: SessionEntry) -> None:
         assert entry.minted is not None
@@ -230,7 +238,7 @@ class SharedSessions:
             except DatabaseUnavailable:
                 log.warning("session %s: could not tell its creator it was claimed", session_id)
 
-        spawn(notify(), name=f"claimed-{session_id}", log=log)
+        self._tasks.spawn(notify(), name=f"claimed-{session_id}")
 
     async def minted(self, session_id: str, claimed: Claimed) -> MintedSession | None:
         """The claimed session's upstream secret: opened from the row, else minted again
