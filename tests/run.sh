@@ -3,7 +3,8 @@
 #
 # From a clean clone it creates .venv (Python >= 3.11) and installs the project with its
 # test extra (again whenever pyproject.toml changes), then runs ruff check, ruff format
-# --check, mypy and pytest. PostgreSQL and Redis come from wheels; the browser tests
+# --check, mypy, lint-imports (the layering contracts of pyproject.toml) and pytest.
+# PostgreSQL and Redis come from wheels; the browser tests
 # (tests/e2e) need Debian's chromium, and the TURN tests Debian's coturn (turnserver,
 # turnutils_uclient), both installed with apt-get as root when missing.
 # As root, pytest runs in a private network namespace that has only loopback (unshare -n),
@@ -248,6 +249,8 @@ step "ruff format --check"
 "$VENV/bin/ruff" format --check . || failed_checks+=("ruff format")
 step "mypy"
 "$VENV/bin/mypy" || failed_checks+=("mypy")
+step "lint-imports (the layering: pyproject.toml's [tool.importlinter])"
+"$VENV/bin/lint-imports" --no-cache --no-logo || failed_checks+=("lint-imports")
 
 pytest_cmd=("$VENV/bin/python" -m pytest -q --durations=10 --ignore="$CONTAINER_TESTS")
 pytest_cmd+=(${main_args[@]+"${main_args[@]}"})
