@@ -122,6 +122,16 @@ class ServerConfig(_Section):
     trusted_proxies: tuple[ProxyNetwork, ...] = ()
     # The asyncio event loop of `relay serve` (relay.event_loop): "uvloop" or "asyncio".
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    # The relay's address as candidates reach it (https://interviews.example.com): the base
+    # of interviews' candidate links. Empty: the origin of the request that created them.
+    public_url: str = ""
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        if value and (not re.match(r"^https?://[^/?#\s]+/?$", value)):
+            raise ValueError("an http(s) origin such as https://interviews.example.com")
+        return value.rstrip("/")
 
     @field_validator("operator_token")
     @classmethod
@@ -538,6 +548,18 @@ class RecordingConfig(_Section):
         return self
 
 
+class InterviewsConfig(_Section):
+    # An interview's budget when its creator gives none (seconds of conversation over all
+    # its sessions).
+    default_max_duration_s: Annotated[int, Field(ge=1, le=86400)] = 1800
+    # How long a candidate link stays valid when its creator gives no expires_at.
+    default_expires_s: Annotated[int, Field(ge=60, le=31_536_000)] = 604800
+    # After a session of an interview in progress fails (a dropped network, a relay
+    # restart), the candidate may start again with the same link for this long; then the
+    # interview is failed (interview.failed).
+    rejoin_window_s: Annotated[int, Field(ge=0, le=86400)] = 600
+
+
 class _Sources:
     """Where ``load_settings`` reads from (``Settings()`` alone is the built-in defaults)."""
 
@@ -571,6 +593,7 @@ class Settings(BaseSettings):
     media: MediaConfig = MediaConfig()
     recording: RecordingConfig = RecordingConfig()
     cluster: ClusterConfig = ClusterConfig()
+    interviews: InterviewsConfig = InterviewsConfig()
 
     @model_validator(mode="after")
     def _across_sections(self) -> Settings:

@@ -149,13 +149,15 @@ async def recover_dead(store: Store, *, dead_after_s: float) -> Recovered:
                        FROM unnest($1::text[], $2::timestamptz[]) AS d(id, heartbeat_at)
                        WHERE s.relay_instance = d.id
                          AND s.state IN ('connecting', 'active')
-                       RETURNING s.user_id, s.debited_seconds""",
+                       RETURNING s.user_id, s.debited_seconds, s.interview_id""",
                     [r["id"] for r in dead],
                     [r["heartbeat_at"] for r in dead],
                 )
                 closed = len(rows)
                 debits: dict[int, int] = {}
                 for r in rows:
+                    if r["interview_id"] is not None:
+                        continue  # an interview's session spends the interview's budget
                     debits[r["user_id"]] = debits.get(r["user_id"], 0) + int(r["debited_seconds"])
                 for user_id, debit in debits.items():
                     await conn.execute(
@@ -178,12 +180,15 @@ async def recover_dead(store: Store, *, dead_after_s: float) -> Recovered:
 
 
 async def session_rows(store: Store, session_ids: list[str]) -> list[asyncpg.Record]:
-    """State, holder and user status of these sessions (reconciliation)."""
+    """State, holder, user status and interview status of these sessions
+    (reconciliation)."""
 
     async def op(conn: asyncpg.Connection) -> list[asyncpg.Record]:
         rows: list[asyncpg.Record] = await conn.fetch(
-            """SELECT s.id, s.state, s.end_reason, s.relay_instance, u.active
+            """SELECT s.id, s.state, s.end_reason, s.relay_instance, u.active,
+                      i.status AS interview_status
                FROM interview_sessions s JOIN users u ON u.id = s.user_id
+                    LEFT JOIN interviews i ON i.id = s.interview_id
                WHERE s.id = ANY($1::text[])""",
             session_ids,
         )

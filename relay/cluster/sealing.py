@@ -94,6 +94,19 @@ class Sealer:
         nonce = secrets.token_bytes(NONCE_BYTES)
         return nonce + self._aead.encrypt(nonce, payload, session_id.encode())
 
+    def seal_bytes(self, context: str, payload: bytes) -> bytes:
+        """Any payload, bound to ``context`` (associated data: it opens under that one only)."""
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        return nonce + self._aead.encrypt(nonce, payload, context.encode())
+
+    def open_bytes(self, context: str, sealed: bytes) -> bytes:
+        if len(sealed) <= NONCE_BYTES:
+            raise SealError("sealed value too short")
+        try:
+            return self._aead.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], context.encode())
+        except InvalidTag as exc:
+            raise SealError("sealed value does not open with this key") from exc
+
     def open(self, session_id: str, sealed: bytes) -> MintedSession:
         if len(sealed) <= NONCE_BYTES:
             raise SealError("sealed value too short")

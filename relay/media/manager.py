@@ -228,7 +228,8 @@ class BridgeManager:
         session from here); if it cannot be built, the session is finished here."""
         recorder = None
         try:
-            recorder = self.recordings.begin(entry.session_id)
+            # An interview created with recording off records none of its sessions.
+            recorder = self.recordings.begin(entry.session_id) if entry.recording else None
             bridge = Bridge(
                 recorder=recorder,
                 session_id=entry.session_id,
