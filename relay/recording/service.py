@@ -31,6 +31,7 @@ import asyncpg
 
 from relay.config import Settings
 from relay.db import DatabaseUnavailable, Store
+from relay.observability.masking import mask_email
 from relay.observability.metrics import MetricsRegistry
 from relay.private_files import private_dir
 from relay.recording import render, rows
@@ -72,6 +73,13 @@ def _list_unfinished(root: Path) -> list[tuple[Path, dict[str, Any]]]:
         if isinstance(meta, dict) and "recording_id" in meta and "session_id" in meta:
             out.append((child, meta))
     return out
+
+
+def _masked(item: dict[str, Any]) -> dict[str, Any]:
+    """A recording for /api/stats, which never carries a full e-mail address (the
+    recordings API gives it to API keys)."""
+    email = item.get("candidate_email")
+    return item | {"candidate_email": mask_email(email) if email else email}
 
 
 class RecordingService:
@@ -441,7 +449,7 @@ class RecordingService:
             out.update(await self.rows.summary())
             # The newest few, for the dashboard's list (player, transcript, delete).
             latest, _ = await self.rows.page(limit=LATEST_IN_STATS, offset=0)
-            out["latest"] = [rows.to_json(r) for r in latest]
+            out["latest"] = [_masked(rows.to_json(r)) for r in latest]
         except (DatabaseUnavailable, asyncpg.PostgresError) as exc:
             out["database"] = f"unavailable: {type(exc).__name__}"
         return out

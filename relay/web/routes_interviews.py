@@ -9,6 +9,7 @@ POST /api/interviews/{interview_id}/cancel admin its live sessions end (reason c
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Annotated
 
 from aiohttp import web
@@ -19,7 +20,7 @@ from relay.db import DatabaseUnavailable
 from relay.errors import ApiError
 from relay.fields import Email, UtcDatetime
 from relay.interviews.models import INTERVIEW_ID_PATTERN, Interview, InterviewCreate, Status
-from relay.interviews.rows import CandidateInactive
+from relay.interviews.rows import CandidateInactive, InterviewRecord
 from relay.interviews.service import view
 from relay.services import SERVICES, Services
 from relay.web.api import Api, Call, Operation, PathParam, Reply, Response
@@ -100,8 +101,13 @@ async def list_interviews(call: Call) -> Reply:
         )
     except DatabaseUnavailable as exc:
         raise _unavailable(call.services, exc) from exc
-    items, cursor = page_of(rows, query.limit, lambda r: (r.created_at, r.id))  # type: ignore[arg-type,return-value]
+    items, cursor = page_of(rows, query.limit, _position)
     return Reply(200, InterviewList(items=[view(r) for r in items], next_cursor=cursor))
+
+
+def _position(record: InterviewRecord) -> tuple[datetime, str]:
+    assert record.created_at is not None
+    return record.created_at, record.id
 
 
 async def get_interview(call: Call) -> Reply:
