@@ -13,6 +13,7 @@ import logging
 from aiohttp import web
 
 from relay.admission.gate import AdmissionGate
+from relay.admission.tokens import INVITE_PREFIX, bearer_token
 from relay.config import LimitsConfig
 from relay.errors import ApiError
 from relay.media.ice import browser_ice_servers
@@ -90,10 +91,18 @@ async def create_realtime_session(request: web.Request) -> web.Response:
 
 
 async def recording_notice(request: web.Request) -> web.Response:
-    """GET /api/recording-notice (public): what the page shows before Start."""
+    """GET /api/recording-notice (public): what the page shows before Start. With an
+    interview's invite, that interview's answer (one created with ``recording: false``
+    records nothing)."""
     config = request.app[SERVICES].settings.recording
+    recorded = config.enabled
+    token = bearer_token(request.headers.get("Authorization"))
+    if token is not None and token.startswith(INVITE_PREFIX):
+        caller = await authenticate(request)
+        if caller.interview is not None:
+            recorded = recorded and caller.interview.recording
     return web.json_response(
-        {"recording": config.enabled, "notice": config.notice_text if config.enabled else ""}
+        {"recording": recorded, "notice": config.notice_text if recorded else ""}
     )
 
 
@@ -151,6 +160,9 @@ def register(
             auth="anyone",
             tag="candidate",
             raw=recording_notice,
+            description="Public; with an interview's invite (optional), the answer for that "
+            "interview.",
+            errors=CANDIDATE_ERRORS,
             responses=(
                 Response(200, "Whether interviews are recorded, and the notice.", RecordingNotice),
             ),

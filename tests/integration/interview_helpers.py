@@ -30,7 +30,9 @@ async def call(
     **kwargs: Any,
 ) -> tuple[int, Any, dict[str, str]]:
     """One request: (status, JSON body or None, headers)."""
-    async with relay.client.request(method, path, headers=headers or OPERATOR, **kwargs) as resp:
+    async with relay.client.request(
+        method, path, headers=OPERATOR if headers is None else headers, **kwargs
+    ) as resp:
         raw = await resp.read()
         body = json.loads(raw) if raw and resp.content_type == "application/json" else None
         return resp.status, body, dict(resp.headers)

@@ -201,6 +201,11 @@ async def test_an_interview_without_recording_records_nothing_and_asks_no_notice
     relay = await make_relay()
     interview = await create_interview(relay, recording=False)
     invite = invite_of(interview)
+    # The page asks what to show: nothing, for this interview.
+    status, notice, _ = await call(relay, "GET", "/api/recording-notice", bearer(invite))
+    assert status == 200 and notice == {"recording": False, "notice": ""}
+    status, notice, _ = await call(relay, "GET", "/api/recording-notice", {})
+    assert status == 200 and notice["recording"] is True and notice["notice"]
     # No notice to show: nothing of this interview is recorded.
     status, body, _ = await call(relay, "POST", "/api/realtime-session", bearer(invite))
     assert status == 201, body
@@ -320,3 +325,20 @@ async def test_lists_filter_and_page_with_cursors(make_relay: MakeRelay) -> None
     assert page["items"][0]["candidate_email"] == "ana@example.test"
     status, page, _ = await call(relay, "GET", f"/api/sessions?interview_id={ids[0]}")
     assert page["items"] == []
+
+
+async def test_cancel_on_one_member_ends_the_session_another_member_holds(
+    make_relay: MakeRelay,
+) -> None:
+    holder = await make_relay(instance_id="member-a")
+    other = await make_relay(instance_id="member-b")
+    interview = await create_interview(other)
+    async with join(holder, invite_of(interview)) as joined:
+        await _until_status(other, interview["id"], "in_progress")
+        bridge = holder.services.bridges.get(joined.session_id)
+        assert bridge is not None
+        status, body, _ = await call(other, "POST", f"/api/interviews/{interview['id']}/cancel")
+        assert status == 200 and body["status"] == "cancelled", body
+        # The command travels by PostgreSQL NOTIFY, sent when the cancel commits.
+        await asyncio.wait_for(bridge.wait_closed(), 5)
+        assert bridge.end_reason == "cancelled"
