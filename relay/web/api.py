@@ -166,7 +166,10 @@ class Api:
         """Add every operation's route to ``app``."""
         for op in self.operations:
             handler = op.raw if op.raw is not None else _typed(op)
-            app.router.add_route(op.method, op.path, handler)
+            if op.method == "GET":
+                app.router.add_get(op.path, handler)  # and HEAD, as every GET route had
+            else:
+                app.router.add_route(op.method, op.path, handler)
 
 
 # ---------------------------------------------------------------------- typed handlers
