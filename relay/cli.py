@@ -1,4 +1,5 @@
-"""Command line: ``relay serve | simulate | doctor | users add/import/revoke | db migrate``."""
+"""Command line: ``relay serve | simulate | doctor | users add/import/revoke | db migrate |
+webhooks add/list/test/enable/disable/remove``."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from relay.upstream.simulator_process import (
     simulator_spec,
     start_simulator_process,
 )
+from relay.webhooks import commands as webhook_commands
 
 log = logging.getLogger("relay.cli")
 
@@ -107,6 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     with_config(db_sub.add_parser("migrate", help="apply schema migrations"))
+
+    webhook_commands.add_parser(sub, with_config)
     return parser
 
 
@@ -158,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_users(settings, args))
         if args.command == "db":
             return asyncio.run(_migrate(settings))
+        if args.command == "webhooks":
+            return asyncio.run(_webhooks(settings, args))
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
@@ -443,6 +449,11 @@ async def _users(settings: Settings, args: argparse.Namespace) -> int:
         await _evict_shared_cache(settings, token_hash)
         print(f"revoked {args.email}")
         return 0
+
+
+async def _webhooks(settings: Settings, args: argparse.Namespace) -> int:
+    async with _store(settings) as store:
+        return await webhook_commands.run(settings, store, args)
 
 
 async def _evict_shared_cache(settings: Settings, token_hash: str) -> None:
