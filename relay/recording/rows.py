@@ -2,6 +2,11 @@
 
 Statements go through ``Store.run`` (pooled connection, per-query timeout, retries on
 connection errors) like every other query of the relay.
+
+A recording that becomes ``ready`` or ``failed`` writes its webhook event
+(``recording.ready`` / ``recording.failed``, relay.webhooks.outbox) in the transaction that
+sets the status, once per change of status (a retried statement, or a status set again,
+writes none).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from typing import Any
 import asyncpg
 
 from relay.db import Store
+from relay.webhooks.outbox import enqueue
 
 STATUSES = ("recording", "rendering", "ready", "failed", "deleted")
 _COLUMNS = """r.id, r.session_id, r.status, r.status_reason, r.format, r.storage, r.location,
@@ -51,6 +57,42 @@ def to_json(row: asyncpg.Record) -> dict[str, Any]:
         "finished_at": _iso(row["finished_at"]),
         "deleted_at": _iso(row["deleted_at"]),
     }
+
+
+async def _enqueue_outcome(
+    conn: asyncpg.Connection,
+    recording_id: str,
+    session_id: str,
+    status: str,
+    *,
+    reason: str | None,
+    duration_s: float | None,
+) -> None:
+    """The webhook event of a recording that became ready or failed (inside the
+    transaction of that change)."""
+    # The session's interview, read through to_jsonb so that this runs on a schema with
+    # or without interview_sessions.interview_id (the interviews' migration adds it): a
+    # plain column reference would fail on a schema without it.
+    interview_id = await conn.fetchval(
+        "SELECT to_jsonb(s) ->> 'interview_id' FROM interview_sessions s WHERE s.id = $1",
+        session_id,
+    )
+    data: dict[str, Any] = {
+        "interview_id": interview_id,
+        "session_id": session_id,
+        "recording_id": recording_id,
+    }
+    if status == "ready":
+        data |= {
+            "duration_s": duration_s,
+            "audio_url": f"/api/recordings/{recording_id}/audio",
+            "transcript_url": f"/api/recordings/{recording_id}/transcript",
+        }
+        await enqueue(conn, "recording.ready", interview_id=interview_id, data=data)
+    else:
+        await enqueue(
+            conn, "recording.failed", interview_id=interview_id, data=data | {"reason": reason}
+        )
 
 
 class RecordingRows:
@@ -110,8 +152,11 @@ class RecordingRows:
 
         async def op(conn: asyncpg.Connection) -> None:
             async with conn.transaction():
-                session_id = await conn.fetchval(
-                    """UPDATE recordings SET
+                changed = await conn.fetchrow(
+                    """WITH before AS (
+                           SELECT id, status FROM recordings WHERE id = $1 FOR UPDATE
+                       )
+                       UPDATE recordings SET
                            status = $2, status_reason = $3,
                            manifest = COALESCE($4::jsonb, manifest),
                            files = COALESCE($5::jsonb, files),
@@ -124,8 +169,10 @@ class RecordingRows:
                            finished_at = CASE WHEN $2 IN ('ready', 'failed')
                                               THEN now() ELSE finished_at END,
                            deleted_at = CASE WHEN $2 = 'deleted' THEN now() ELSE deleted_at END
-                       WHERE id = $1
-                       RETURNING session_id""",
+                       FROM before
+                       WHERE recordings.id = before.id
+                       RETURNING recordings.session_id, before.status AS previous,
+                                 recordings.duration_seconds""",
                     recording_id,
                     status,
                     reason,
@@ -137,12 +184,23 @@ class RecordingRows:
                     location,
                     recovered,
                 )
-                if session_id is not None:
-                    note = session_note or (f"{status}: {reason}" if reason else status)
-                    await conn.execute(
-                        "UPDATE interview_sessions SET recording_status = $2 WHERE id = $1",
+                if changed is None:
+                    return
+                session_id = changed["session_id"]
+                note = session_note or (f"{status}: {reason}" if reason else status)
+                await conn.execute(
+                    "UPDATE interview_sessions SET recording_status = $2 WHERE id = $1",
+                    session_id,
+                    note[:500],
+                )
+                if status in ("ready", "failed") and changed["previous"] != status:
+                    await _enqueue_outcome(
+                        conn,
+                        recording_id,
                         session_id,
-                        note[:500],
+                        status,
+                        reason=reason,
+                        duration_s=changed["duration_seconds"],
                     )
 
         await self._store.run("recording_status", op)
