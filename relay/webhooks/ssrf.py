@@ -114,15 +114,16 @@ def parse_url(url: str) -> Target:
 
 
 def _hostname(host: str) -> bool:
-    # Dotted-decimal look-alikes ("127.1", "2130706433") are addresses to the C resolver:
-    # refused rather than guessed at. A name has a letter in its last label.
+    # Numeric look-alikes ("127.1", "2130706433", "0x7f000001") are addresses to the C
+    # resolver: refused rather than guessed at. A name's last label (a top-level domain, or
+    # a single-label name) starts with a letter.
     labels = host.rstrip(".").split(".")
     if not labels or not all(0 < len(label) <= 63 for label in labels):
         return False
     allowed = set("abcdefghijklmnopqrstuvwxyz0123456789-_")
     if not all(set(label) <= allowed for label in labels):
         return False
-    return not labels[-1].isdigit()
+    return labels[-1][0].isalpha()
 
 
 def check_literal(target: Target, policy: AddressPolicy) -> None:
