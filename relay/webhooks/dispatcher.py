@@ -116,6 +116,8 @@ class Dispatcher:
     async def close(self) -> None:
         await self._loop_tasks.close()
         await self._attempts.close(grace_s=CLOSE_GRACE_S)
+        if not self._store.schema_ready:
+            return  # the database never came up: nothing was claimed
         # What was cancelled mid-attempt is due again at once, for any instance.
         try:
             await self._rows.release(self._instance)
