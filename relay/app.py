@@ -14,7 +14,7 @@ Start-up (each step needs the ones before it):
      claim (relay.cluster, relay.sessions.shared_state);
   5. admission, the session registry and the session service;
   6. this member's heartbeat and commands (relay.cluster.runtime);
-  7. recordings;
+  7. recordings, and the webhooks' dispatcher (relay.webhooks);
   8. the media bridges;
   9. housekeeping (expiring unused sessions), memory release, the event-loop monitor.
 Each part is built complete, from the parts it uses, once; ``Services`` hands them to
@@ -93,10 +93,12 @@ from relay.web import (
     routes_session,
     routes_sessions,
     routes_users,
+    routes_webhooks,
     security_headers,
 )
 from relay.web.api import Api
 from relay.web.middleware import make_middleware
+from relay.webhooks.service import Webhooks
 
 log = logging.getLogger("relay.app")
 
@@ -153,6 +155,7 @@ def create_app(
     routes_users.register(api)
     routes_sessions.register(api)
     routes_keys.register(api)
+    routes_webhooks.register(api)
     openapi.register(api)
     api.install(app)
     routes_health.register(app)
@@ -254,7 +257,10 @@ async def _start(
     # member can claim
     limits = SharedLimits(settings, metrics)
     stack.push_async_callback(limits.close)
-    sealer = Sealer(await state_key(settings))
+    # Seals the secrets kept in the database: pending sessions', webhook endpoints',
+    # idempotent answers.
+    key = await state_key(settings)
+    sealer = Sealer(key)
     shared_sessions = SharedSessions(
         settings,
         store=store,
@@ -308,6 +314,11 @@ async def _start(
     recordings = RecordingService(settings, store, instance, metrics)
     recordings.start()
     stack.push_async_callback(recordings.close)
+    # Webhooks: the endpoints, and the dispatcher that delivers the outbox's events (it
+    # waits for the schema; what it has not delivered at shut-down stays in the database).
+    webhooks = Webhooks(settings.webhooks, store, key, metrics, instance)
+    webhooks.start()
+    stack.push_async_callback(webhooks.close)
 
     # 8. media bridges
     memory = MemoryKeeper(settings.server.memory_release_delay_s, metrics=metrics)
@@ -357,6 +368,7 @@ async def _start(
         drain=drain,
         cluster=cluster,
         recordings=recordings,
+        webhooks=webhooks,
         bridges=bridges,
         memory=memory,
         loop_monitor=loop_monitor,

@@ -1,5 +1,5 @@
-"""Command line: ``relay serve | simulate | doctor | users | keys | interviews | db migrate``
-(the management commands: relay.manage)."""
+"""Command line: ``relay serve | simulate | doctor | users | keys | interviews | db migrate |
+webhooks`` (the management commands: relay.manage, relay.webhooks.commands)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ from relay.upstream.simulator_process import (
     simulator_spec,
     start_simulator_process,
 )
+from relay.webhooks import commands as webhook_commands
 
 log = logging.getLogger("relay.cli")
 
@@ -131,6 +132,8 @@ def _parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     add_database_options(with_config(db_sub.add_parser("migrate", help="apply schema migrations")))
+
+    webhook_commands.add_parser(sub, lambda p: add_database_options(with_config(p)))
     return parser
 
 
@@ -186,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(interviews_command(settings, args))
         if args.command == "db":
             return asyncio.run(_migrate(settings, create=args.create))
+        if args.command == "webhooks":
+            return asyncio.run(_webhooks(settings, args))
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
@@ -486,3 +491,8 @@ async def _reactivate_with_token(
     print(f"reactivated user {user.id} <{user.email}> with {user.remaining_seconds} seconds")
     print(token)
     return 0
+
+
+async def _webhooks(settings: Settings, args: argparse.Namespace) -> int:
+    async with open_store(settings, create=args.create) as store:
+        return await webhook_commands.run(settings, store, args)

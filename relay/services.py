@@ -35,6 +35,7 @@ from relay.sessions.rows import SessionList, SessionRows
 from relay.sessions.service import SessionService
 from relay.upstream.base import UpstreamClient
 from relay.upstream.health import UpstreamHealth
+from relay.webhooks.service import Webhooks
 
 if TYPE_CHECKING:
     from relay.upstream.simulator_process import SimulatorProcess
@@ -62,6 +63,8 @@ class Services:
     cluster: ClusterRuntime
     # Interview recordings (relay.recording).
     recordings: RecordingService
+    # Webhook endpoints and the delivery of their events (relay.webhooks).
+    webhooks: Webhooks
     # The media bridges of this instance (relay.media.manager).
     bridges: BridgeManager
     # Frees ended interviews promptly (relay.memory).

@@ -2,6 +2,11 @@
 
 Statements go through ``Store.run`` (pooled connection, per-query timeout, retries on
 connection errors) like every other query of the relay.
+
+A recording that becomes ``ready`` or ``failed`` writes its webhook event
+(``recording.ready`` / ``recording.failed``, relay.webhooks.outbox) in the transaction that
+sets the status, once per change of status (a retried statement, or a status set again,
+writes none).
 """
 
 from __future__ import annotations
@@ -163,7 +168,7 @@ class RecordingRows:
                 before = await conn.fetchval(
                     "SELECT status FROM recordings WHERE id = $1 FOR UPDATE", recording_id
                 )
-                session_id = await conn.fetchval(
+                changed = await conn.fetchrow(
                     """UPDATE recordings SET
                            status = $2, status_reason = $3,
                            manifest = COALESCE($4::jsonb, manifest),
@@ -178,7 +183,7 @@ class RecordingRows:
                                               THEN now() ELSE finished_at END,
                            deleted_at = CASE WHEN $2 = 'deleted' THEN now() ELSE deleted_at END
                        WHERE id = $1
-                       RETURNING session_id""",
+                       RETURNING session_id, duration_seconds""",
                     recording_id,
                     status,
                     reason,
@@ -190,18 +195,28 @@ class RecordingRows:
                     location,
                     recovered,
                 )
-                if session_id is not None:
-                    note = session_note or (f"{status}: {reason}" if reason else status)
-                    interview_id = await conn.fetchval(
-                        """UPDATE interview_sessions SET recording_status = $2 WHERE id = $1
-                           RETURNING interview_id""",
+                if changed is None:
+                    return
+                session_id = changed["session_id"]
+                note = session_note or (f"{status}: {reason}" if reason else status)
+                interview_id = await conn.fetchval(
+                    """UPDATE interview_sessions SET recording_status = $2 WHERE id = $1
+                       RETURNING interview_id""",
+                    session_id,
+                    note[:500],
+                )
+                # Only a real change of outcome: a retried statement (its first attempt
+                # committed) writes no second event.
+                if status != before and status in ("ready", "failed"):
+                    await _enqueue_outcome(
+                        conn,
+                        recording_id,
                         session_id,
-                        note[:500],
+                        interview_id,
+                        status,
+                        reason,
+                        changed["duration_seconds"],
                     )
-                    if status != before and status in ("ready", "failed"):
-                        await _enqueue_outcome(
-                            conn, recording_id, session_id, interview_id, status, reason, duration
-                        )
 
         await self._store.run("recording_status", op)
 

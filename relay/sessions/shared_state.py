@@ -36,11 +36,12 @@ import asyncpg
 
 from relay.admission.invites import OPEN_STATUSES, USED_SECONDS_SQL
 from relay.cluster.bus import publish
-from relay.cluster.sealing import Sealer, SealError
+from relay.cluster.sealing import Sealer
 from relay.config import Settings
 from relay.db import DatabaseUnavailable, Store
 from relay.errors import ApiError
 from relay.observability.metrics import MetricsRegistry
+from relay.sealing import SealError
 from relay.sessions.registry import SessionEntry, superseded_error
 from relay.tasks import TaskGroup
 from relay.upstream.base import (

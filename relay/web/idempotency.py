@@ -13,7 +13,7 @@ keys. Within ``RETENTION`` of the first use:
   on one relay or on two, never both run.
 
 Only a successful (2xx) answer is stored, sealed with the cluster's state key
-(relay.cluster.sealing): an answer can carry a credential shown once (an interview's
+(relay.sealing): an answer can carry a credential shown once (an interview's
 candidate link, a new API key), which must not sit readable in the database. After an
 error the claim is given back, so the client may retry with the same key once it has
 fixed what was wrong. A claim left by a
@@ -35,9 +35,10 @@ import asyncpg
 from aiohttp import web
 
 from relay.admission.service import database_error
-from relay.cluster.sealing import Sealer, SealError
+from relay.cluster.sealing import Sealer
 from relay.db import DatabaseUnavailable, Store
 from relay.errors import ApiError
+from relay.sealing import SealError
 from relay.services import SERVICES
 
 log = logging.getLogger("relay.http")
