@@ -119,13 +119,21 @@ async def require_operator(request: web.Request) -> None:
 
 
 async def owner_or_operator(request: web.Request) -> Caller | None:
-    """The candidate of the request's token, or None for the operator (401 otherwise)."""
+    """The candidate of the request's token, or None for the operator: the operator token
+    or an admin API key (the console signed in with one ends sessions as the operator
+    does). 401 otherwise, 403 ``insufficient_scope`` for a read key."""
     header = request.headers.get("Authorization")
     token = bearer_token(header)
     async with _attempt(request, token):
         if token is not None and _operator_token_matches(request, token):
             return None
-        return await request.app[SERVICES].admission.authenticate(header)
+        if token is not None and token.startswith(API_KEY_PREFIX):
+            principal = await _principal(request, token)
+        else:
+            return await request.app[SERVICES].admission.authenticate(header)
+    if not principal.allows("admin"):
+        raise ApiError(403, "insufficient_scope", "Ending a session needs an admin key.")
+    return None
 
 
 async def require_scope(request: web.Request, needed: Scope) -> Principal:

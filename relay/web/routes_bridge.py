@@ -229,13 +229,18 @@ def register(api: Api) -> None:
             "DELETE",
             "/api/sessions/{session_id}",
             "endSession",
-            "Hang up a session (both legs); its candidate or the operator",
+            "Hang up a session (both legs); its candidate, the operator or an admin key",
             auth="candidate",
             tag="candidate",
             raw=delete_session,
             path_params=(_SESSION_ID,),
-            description="The operator token may end any session.",
+            description="The operator token or an admin API key may end any session (end "
+            "reason operator_hangup); a read key may not (403 insufficient_scope).",
             responses=(Response(204, "Both legs hung up (or ending where the session is held)."),),
-            errors={**CANDIDATE_ERRORS, 404: ("session_not_found",)},
+            errors={
+                **CANDIDATE_ERRORS,
+                403: ("insufficient_scope",),
+                404: ("session_not_found",),
+            },
         ),
     )

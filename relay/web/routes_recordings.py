@@ -6,6 +6,7 @@ GET /api/recordings?limit=&cursor=|offset=&interview_id=&user_id=&email=&since=&
 GET /api/recordings/{id}
 GET /api/recordings/{id}/audio       the stereo file; HTTP Range → 206 (for <audio> seeking)
 GET /api/recordings/{id}/transcript  transcript.jsonl
+                                     both as attachments named after the candidate and date
 DELETE /api/recordings/{id}          files/objects removed, row marked deleted
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import asyncpg
@@ -34,6 +35,9 @@ from relay.web.pagination import PageQuery, decode_cursor, encode_cursor
 from relay.web.schemas import RecordingList, RecordingOne
 
 _ID = re.compile(r"^rec_[0-9a-f]{16}$")
+# What a download's name keeps of the candidate's e-mail; the rest becomes "-".
+_NAME_UNSAFE = re.compile(r"[^a-z0-9._-]+")
+_NAME_MAX = 64
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 CHUNK = 64 * 1024
 
@@ -110,6 +114,23 @@ def _file_name(row: asyncpg.Record) -> str:
     return render.AUDIO_NAMES.get(row["format"], "recording.ogg")
 
 
+def download_name(email: str | None, created_at: datetime, suffix: str) -> str:
+    """``interview-<candidate>-<YYYY-MM-DD-HHMM>.<suffix>``: the candidate's e-mail reduced to
+    ``[a-z0-9._-]`` (anything else, "@" included, becomes "-"), the recording's start in UTC
+    (two recordings of one candidate on one day keep apart). Plain ASCII, so the header needs
+    no RFC 5987 ``filename*`` and no quoting beyond the quotes."""
+    candidate = _NAME_UNSAFE.sub("-", (email or "").lower())[:_NAME_MAX].strip("-._")
+    when = created_at.astimezone(UTC).strftime("%Y-%m-%d-%H%M")
+    return f"interview-{candidate or 'candidate'}-{when}.{suffix}"
+
+
+def _disposition(row: asyncpg.Record, name: str) -> str:
+    suffix = name.rsplit(".", 1)[-1]
+    return (
+        f'attachment; filename="{download_name(row["candidate_email"], row["created_at"], suffix)}"'
+    )
+
+
 async def _serve(
     request: web.Request, service: RecordingService, row: asyncpg.Record, name: str
 ) -> web.StreamResponse:
@@ -124,6 +145,7 @@ async def _serve(
     # FileResponse answers Range requests (206, Content-Range) and If-Range itself.
     response = web.FileResponse(path, headers={"Content-Type": content_type})
     response.headers["Cache-Control"] = "no-store"
+    response.headers["Content-Disposition"] = _disposition(row, name)
     return response
 
 
@@ -157,6 +179,7 @@ async def _serve_s3(
         response.content_length = obj.content_length
         response.headers["Accept-Ranges"] = "bytes"
         response.headers["Cache-Control"] = "no-store"
+        response.headers["Content-Disposition"] = _disposition(row, name)
         if obj.content_range:
             response.headers["Content-Range"] = obj.content_range
         await response.prepare(request)
@@ -200,6 +223,13 @@ async def delete_recording(request: web.Request) -> web.Response:
     return web.json_response(body | {"request_id": current_request_id()})
 
 
+_DOWNLOAD = (
+    "Sent as an attachment named after the candidate and the recording's start in UTC, "
+    "`Content-Disposition: attachment; "
+    'filename="interview-<candidate>-<YYYY-MM-DD-HHMM>.{suffix}"`: the candidate\'s e-mail '
+    "reduced to `[a-z0-9._-]` (anything else, `@` included, becomes `-`), e.g. "
+    "`interview-ana-example.com-2026-07-01-0930.{suffix}`."
+)
 _REC_ID = PathParam("id", "The recording's id.", r"^rec_[0-9a-f]{16}$")
 _READ_ERRORS: dict[int, tuple[str, ...]] = {
     401: ("missing_token", "invalid_token"),
@@ -252,6 +282,7 @@ def register(api: Api) -> None:
             tag="recordings",
             raw=get_audio,
             path_params=(_REC_ID,),
+            description=_DOWNLOAD.format(suffix="ogg") + " (`.wav` for a WAV recording.)",
             responses=(
                 Response(200, "The whole file.", content_type="audio/ogg", also=("audio/wav",)),
                 Response(
@@ -269,6 +300,7 @@ def register(api: Api) -> None:
             tag="recordings",
             raw=get_transcript,
             path_params=(_REC_ID,),
+            description=_DOWNLOAD.format(suffix="jsonl"),
             responses=(
                 Response(200, "The transcript.", content_type="application/x-ndjson"),
                 Response(206, "The requested range.", content_type="application/x-ndjson"),
