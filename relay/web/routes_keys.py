@@ -1,7 +1,9 @@
-"""API keys: create (the key shown once), list, revoke. Admin only.
+"""API keys: create (the key shown once), list, revoke. Admin only; but any credential of
+the management API may ask what it is.
 
 POST   /api/keys            {name, scope}  201 with the key (rk_…)
 GET    /api/keys            newest first (revoked ones with ?include_revoked=true)
+GET    /api/keys/current    the calling credential: the operator or a key, and its scope
 DELETE /api/keys/{key_id}   revoked at once: the key opens nothing from then on
 """
 
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -50,6 +52,13 @@ class ApiKeyCreated(ApiKey):
 
 class ApiKeyList(Page):
     items: list[ApiKey]
+
+
+class CurrentCredential(BaseModel):
+    kind: Literal["operator", "api_key"] = Field(description="The operator token, or a key.")
+    id: str = Field(description='The key\'s id ("operator" for the operator token).')
+    name: str
+    scope: Scope = Field(description="What it may do (the operator token is admin).")
 
 
 class KeyQuery(PageQuery):
@@ -99,6 +108,18 @@ async def list_keys(call: Call) -> Reply:
     return Reply(200, ApiKeyList(items=[key_view(r) for r in items], next_cursor=cursor))
 
 
+async def current_key(call: Call) -> Reply:
+    # A client (the console) learns what its credential may do without trying an
+    # operation that would be refused.
+    principal = call.require_principal()
+    return Reply(
+        200,
+        CurrentCredential(
+            kind=principal.kind, id=principal.id, name=principal.name, scope=principal.scope
+        ),
+    )
+
+
 async def revoke_key(call: Call) -> Reply:
     key_id = call.path("key_id")
     if not _ID.fullmatch(key_id):
@@ -139,6 +160,16 @@ def register(api: Api) -> None:
             query=KeyQuery,
             responses=(Response(200, "A page of keys.", ApiKeyList),),
             errors={**admin_errors, 400: ("invalid_cursor",)},
+        ),
+        Operation(
+            "GET",
+            "/api/keys/current",
+            "getCurrentCredential",
+            "The calling credential: the operator token or an API key, and its scope",
+            auth="read",
+            tag="keys",
+            run=current_key,
+            responses=(Response(200, "Who is asking.", CurrentCredential),),
         ),
         Operation(
             "DELETE",
