@@ -12,7 +12,7 @@
 
 import { credential, api, newIdempotencyKey } from "./console-api.js";
 import { confirmAction } from "./console-confirm.js";
-import { $, el, fmtDateTime, fmtSeconds, setStatus, timeEl } from "./console-core.js";
+import { $, el, fmtDateTime, fmtSeconds, setStatus, showError, timeEl } from "./console-core.js";
 import { PagedList } from "./console-list.js";
 
 const LINKS_KEY = "relayConsoleLinks";
@@ -225,6 +225,7 @@ async function createInterview(event) {
   try {
     const iv = await api("POST", "/api/interviews", { body: formBody(), idempotencyKey: createKey });
     createKey = null;
+    showError("");
     keepLink(iv.id, iv.candidate_url);
     $("create-form").reset();
     $("create").open = false;
