@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from aiobotocore.session import get_session
 
 from relay.config import RecordingConfig
 from relay.recording.s3 import MULTIPART_THRESHOLD, PART_SIZE, S3Storage
+from relay.web.routes_recordings import download_name
 from tests.integration.conftest import MakeRelay
 from tests.integration.media_helpers import encode_opus, wait_until
 from tests.integration.recording_helpers import (
@@ -136,6 +138,10 @@ async def test_s3_storage_uploads_under_the_session_id_and_serves_ranges(
             assert resp.status == 206
             assert resp.headers["Content-Range"] == f"bytes 0-99/{len(audio)}"
             assert await resp.read() == audio[:100]
+            # Named as the local files are (the name itself: tests/unit).
+            created = datetime.fromisoformat(item["created_at"])
+            name = download_name(item["candidate_email"], created, "ogg")
+            assert resp.headers["Content-Disposition"] == f'attachment; filename="{name}"'
     manifest = json.loads(await read_object(endpoint, stored[0]))
     assert manifest["session_id"] == session_id
     assert manifest["storage"] == f"s3://{BUCKET}/{PREFIX}{session_id}/{rid}/"
