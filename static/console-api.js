@@ -54,12 +54,13 @@ export function newIdempotencyKey() {
 
 // JSON in, JSON out; `raw` hands back the Response of a success (files). A failure throws
 // ApiFailure with the relay's error code and request id.
-export async function api(method, path, { body, idempotencyKey, raw = false, headers = {} } = {}) {
-  const sent = { Authorization: `Bearer ${credential.token}`, ...headers };
+// `signal` aborts the request (and the reading of its body).
+export async function api(method, path, { body, idempotencyKey, raw = false, signal } = {}) {
+  const sent = { Authorization: `Bearer ${credential.token}` };
   if (body !== undefined) sent["Content-Type"] = "application/json";
   if (idempotencyKey) sent["Idempotency-Key"] = idempotencyKey;
   const resp = await fetch(path, {
-    method, headers: sent, cache: "no-store",
+    method, headers: sent, cache: "no-store", signal,
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   if (resp.ok && raw) return resp;

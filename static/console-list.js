@@ -2,7 +2,7 @@
 // first, a page at a time through the API's cursors ("Show more" follows next_cursor),
 // refreshed every few seconds while its view is shown.
 //
-// A refresh asks for as many items as are on screen (up to the API's 200), so the pages
+// A refresh asks for the items on screen again (and those that arrived since), so the pages
 // already shown stay; rows whose item did not change are kept as they are (a focused
 // button keeps its focus), the others are rebuilt.
 
@@ -11,6 +11,8 @@ import { api, listPath } from "./console-api.js";
 export const PAGE = 50;
 const MAX_LIMIT = 200;
 const REFRESH_MS = 5000;
+// Items a refresh asks for beyond those on screen: what may arrive between two refreshes.
+const SLACK = 20;
 
 export class PagedList {
   // path: "/api/interviews"; filters(): the query's filters; row(item): its <tr>;
@@ -55,14 +57,23 @@ export class PagedList {
     this.more.hidden = true;
   }
 
-  // The first page again, as long as what is on screen.
+  // The head of the list again, down to the last row on screen (and a few more, for the
+  // items that arrived meanwhile). The cursor of "Show more" is a position after that
+  // row, which new items do not move, so it stays; only when more arrived than the slack
+  // covers does the list start again from this answer.
   async refresh() {
     if (this.busy) return;
-    const limit = Math.min(MAX_LIMIT, Math.max(PAGE, this.items.length));
-    const page = await this.fetch({ limit });
+    const shown = this.items.length;
+    const last = shown ? this.key(this.items[shown - 1]) : null;
+    const page = await this.fetch({ limit: shown ? Math.min(MAX_LIMIT, shown + SLACK) : PAGE });
     if (!page) return;
-    this.items = page.items;
-    this.cursor = page.next_cursor;
+    const at = last === null ? -1 : page.items.findIndex((item) => this.key(item) === last);
+    if (at >= 0) {
+      this.items = page.items.slice(0, at + 1);
+    } else {
+      this.items = page.items;
+      this.cursor = page.next_cursor;
+    }
     this.render();
   }
 

@@ -12,8 +12,13 @@ import { $, el, fmtBytes, fmtClock, fmtDateTime, fmtSeconds, setStatus } from ".
 
 const SPEAKERS = { candidate: "Candidate", interviewer: "Interviewer" };
 
-// What the page shows now; `generation` drops the answers of a page already left.
-const page = { id: null, generation: 0, audio: null, audioName: null, objectUrl: null, lines: [] };
+// What the page shows now; `generation` drops the answers of a page already left, and
+// `aborter` stops its downloads.
+const EMPTY = {
+  id: null, audio: null, audioName: null, objectUrl: null, lines: [],
+  transcriptText: null, transcriptName: null, aborter: null,
+};
+const page = { generation: 0, ...EMPTY };
 let onError = () => {};
 
 function stale(gen) { return gen !== page.generation; }
@@ -84,7 +89,9 @@ function setPlayerState(text) { $("player-state").textContent = text; }
 
 async function loadAudio(r, gen) {
   setPlayerState("Loading the audio…");
-  const resp = await api("GET", `/api/recordings/${encodeURIComponent(r.id)}/audio`, { raw: true });
+  const resp = await api("GET", `/api/recordings/${encodeURIComponent(r.id)}/audio`, {
+    raw: true, signal: page.aborter.signal,
+  });
   const blob = await readWithProgress(resp, (got, total) => {
     if (!stale(gen)) setPlayerState(total ? `Loading the audio… ${Math.floor((got / total) * 100)} %` : `Loading the audio… ${fmtBytes(got)}`);
   });
@@ -137,7 +144,9 @@ function transcriptLine(line, index) {
 }
 
 async function loadTranscript(r, gen) {
-  const resp = await api("GET", `/api/recordings/${encodeURIComponent(r.id)}/transcript`, { raw: true });
+  const resp = await api("GET", `/api/recordings/${encodeURIComponent(r.id)}/transcript`, {
+    raw: true, signal: page.aborter.signal,
+  });
   const text = await resp.text();
   if (stale(gen)) return;
   page.transcriptName = attachmentName(resp, `${r.id}.jsonl`);
@@ -164,8 +173,9 @@ function markCurrent() {
 // ------------------------------------------------------------------ the page
 function reset() {
   page.generation += 1;
+  if (page.aborter) page.aborter.abort();
   if (page.objectUrl) URL.revokeObjectURL(page.objectUrl);
-  Object.assign(page, { id: null, audio: null, audioName: null, objectUrl: null, lines: [], transcriptText: null });
+  Object.assign(page, { ...EMPTY, lines: [] });
   const player = $("player");
   player.pause();
   player.removeAttribute("src");
@@ -185,6 +195,7 @@ function reset() {
 export async function showRecording(id) {
   reset();
   page.id = id;
+  page.aborter = new AbortController();
   const gen = page.generation;
   try {
     const r = await api("GET", `/api/recordings/${encodeURIComponent(id)}`);

@@ -39,6 +39,8 @@ from tests.integration.relay_harness import OPERATOR_TOKEN, RelayHarness
 
 # The lists refresh every 5 s; a change shows within two refreshes on a loaded machine.
 LISTED_WITHIN_MS = 15000
+# The console's page size (static/console-list.js).
+PAGE = 50
 
 
 async def speak_and_hear_a_reply(joined: Joined) -> None:
@@ -402,6 +404,19 @@ async def test_api_keys_sign_in_as_the_operator_token_does(
         row.get_by_role("button", name="Cancel the interview with ana@example.test")
     ).to_be_visible()
     await expect(page.get_by_text("New interview")).to_be_visible()
+    # Cancel asks; "Keep it" keeps it; confirmed, the interview is cancelled.
+    cancel = row.get_by_role("button", name="Cancel the interview with ana@example.test")
+    await cancel.click()
+    dialog = page.get_by_role("dialog", name="Cancel this interview?")
+    await expect(dialog).to_contain_text("its link stops working")
+    await dialog.get_by_role("button", name="Keep it").click()
+    assert [r["status"] for r in await relay.sql("SELECT status FROM interviews")] == ["scheduled"]
+    await cancel.click()
+    await dialog.get_by_role("button", name="Cancel interview").click()
+    await expect(row).to_contain_text("cancelled", timeout=LISTED_WITHIN_MS)
+    await expect(row.get_by_role("button")).to_have_count(0)
+    assert [r["status"] for r in await relay.sql("SELECT status FROM interviews")] == ["cancelled"]
+    await create_interview(relay, candidate={"email": "ana@example.test"})
     # Asked for Live by address: the key has none, Interviews instead.
     await page.goto(str(relay.client.make_url("/stats#/live")))
     await expect(page.locator("#view-interviews")).to_be_visible()
@@ -412,6 +427,7 @@ async def test_api_keys_sign_in_as_the_operator_token_does(
     await page.goto(str(relay.client.make_url(f"/stats#token={read}")))
     await expect(page.locator("#role")).to_have_text("Signed in with a read key")
     await expect(row).to_contain_text("ana@example.test", timeout=LISTED_WITHIN_MS)
+    await expect(row).to_contain_text("scheduled")
     await expect(page.locator("#read-only-note")).to_be_visible()
     await expect(page.get_by_text("New interview")).to_be_hidden()
     await expect(row.get_by_role("button")).to_have_count(0)
@@ -445,3 +461,30 @@ async def test_a_refused_key_signs_out_and_shows_nothing(
     assert await page.evaluate("sessionStorage.length") == 0
     # 401 answers are logged by Chromium as failed resources; nothing else may fail.
     assert [e for e in errors if "401" not in e] == []
+
+
+async def test_lists_page_with_the_apis_cursors_and_keep_what_is_shown(
+    make_relay: MakeRelay, simulator: RunningSimulator, page: Page
+) -> None:
+    relay = await make_relay()
+    for n in range(PAGE + 5):
+        await create_interview(relay, candidate={"email": f"c{n:02d}@example.test"})
+    errors = collect_page_errors(page)
+    await page.goto(str(relay.client.make_url(f"/stats#token={OPERATOR_TOKEN}")))
+    await page.get_by_role("link", name="Interviews").click()
+    rows = page.locator("#interviews tbody tr")
+    await expect(rows).to_have_count(PAGE)
+    # Newest first: the last one created heads the list.
+    await expect(rows.first).to_contain_text(f"c{PAGE + 4:02d}@example.test")
+    more = page.get_by_role("button", name="Show more")
+    await more.click()
+    await expect(rows).to_have_count(PAGE + 5)
+    await expect(more).to_be_hidden()
+    await expect(rows.last).to_contain_text("c00@example.test")
+    shown = await rows.evaluate_all("rs => rs.map((r) => r.dataset.interview)")
+    assert len(set(shown)) == PAGE + 5
+    # A new one arrives: the next refresh puts it on top and keeps every row already shown.
+    await create_interview(relay, candidate={"email": "late@example.test"})
+    await expect(rows.first).to_contain_text("late@example.test", timeout=LISTED_WITHIN_MS)
+    await expect(rows).to_have_count(PAGE + 6)
+    assert errors == []

@@ -37,6 +37,8 @@ async def test_dashboard_shows_the_live_session_draws_charts_and_ends_it(
     relay = await make_relay()
     errors = collect_page_errors(page)
     failed = collect_failed_responses(page)
+    icons: list[int] = []
+    page.on("response", lambda r: icons.append(r.status) if "favicon" in r.url else None)
     async with live_session(relay, email="jane.doe@example.com") as live:
         sid = live.session_id
         await page.set_viewport_size(DESKTOP)
@@ -122,8 +124,9 @@ async def test_dashboard_shows_the_live_session_draws_charts_and_ends_it(
         assert [tuple(r) for r in rows] == [("ended", "operator_hangup")]
 
     assert errors == []
-    # Not even a favicon missing.
+    # Not even a favicon missing: the page names its own, and it is there.
     assert failed == []
+    assert icons == [200]
 
 
 async def test_a_wrong_token_shows_a_clear_message_and_no_data(
