@@ -8,7 +8,7 @@
 
 import { api, listPath } from "./console-api.js";
 
-export const PAGE = 50;
+const PAGE = 50;
 const MAX_LIMIT = 200;
 const REFRESH_MS = 5000;
 // Items a refresh asks for beyond those on screen: what may arrive between two refreshes.
