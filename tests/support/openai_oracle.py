@@ -43,6 +43,8 @@ def _by_type(union: Any) -> dict[str, pydantic.TypeAdapter[Any]]:
 
 _SERVER_EVENTS = _by_type(RealtimeServerEvent)
 _CLIENT_EVENTS = _by_type(RealtimeClientEvent)
+# Every GA client event type the SDK models (a simulator must answer each as the service does).
+CLIENT_EVENT_TYPES: frozenset[str] = frozenset(_CLIENT_EVENTS)
 # The beta dialect (still modelled by the SDK under openai.types.beta.realtime).
 _BETA_SERVER_EVENTS = _by_type(BetaRealtimeServerEvent)
 _BETA_SESSION_PARAMS: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(BetaSessionCreateParams)
