@@ -74,6 +74,9 @@ def _network(value: object) -> object:
 
 ProxyNetwork = Annotated[Network, BeforeValidator(_network)]
 
+# A web origin: http(s), a host name or an IP literal (IPv6 in brackets), an optional port.
+_ORIGIN = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?")
+
 
 class ConfigError(ValueError):
     """A setting is missing, malformed or out of range. The message names the key."""
@@ -125,6 +128,10 @@ class ServerConfig(_Section):
     # The relay's address as candidates reach it (https://interviews.example.com): the base
     # of interviews' candidate links. Empty: the origin of the request that created them.
     public_url: str = ""
+    # Web origins (exact: scheme://host[:port]) whose pages may call the candidate API and
+    # the OpenAI-compatible /v1/realtime routes from the browser (CORS, relay.web.cors).
+    # Empty: none; nothing else is ever cross-origin.
+    cors_origins: Annotated[tuple[str, ...], Field(max_length=100)] = ()
 
     @field_validator("public_url")
     @classmethod
@@ -132,6 +139,19 @@ class ServerConfig(_Section):
         if value and (not re.match(r"^https?://[^/?#\s]+/?$", value)):
             raise ValueError("an http(s) origin such as https://interviews.example.com")
         return value.rstrip("/")
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in origins:
+            # An origin as a browser sends it: no path, no trailing slash, no wildcard (a
+            # "*" would open the candidate API to every site).
+            if not _ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"{origin!r} is not an exact origin such as https://app.example.com "
+                    "(scheme, host and optional port; no path, no wildcard)"
+                )
+        return tuple(dict.fromkeys(o.lower() for o in origins))
 
     @field_validator("operator_token")
     @classmethod
@@ -465,7 +485,13 @@ DEFAULT_SESSION_FIELDS: tuple[str, ...] = (
 class EventsConfig(_Section):
     # Browser data-channel event types forwarded upstream; anything else is refused.
     # session.update is always refused, whatever this says.
-    browser_allowed: tuple[str, ...] = ("response.cancel", "output_audio_buffer.clear")
+    # conversation.item.retrieve reads an item back (OpenAI's Agents SDK asks for each user
+    # item once transcribed); what comes back passes the server-event filter like any event.
+    browser_allowed: tuple[str, ...] = (
+        "response.cancel",
+        "output_audio_buffer.clear",
+        "conversation.item.retrieve",
+    )
     # Max size of one browser data-channel message.
     max_message_bytes: Annotated[int, Field(ge=1, le=1_048_576)] = 16384
     # Upstream server event types passed to the browser; anything else is dropped.

@@ -2,10 +2,13 @@
 
 Browser events go upstream only when they are strict JSON objects whose ``type`` is on
 ``events.browser_allowed`` (``session.update`` never is: the relay owns the session
-configuration), whose fields match that type's schema (relay.media.event_schema), and
-within ``events.max_message_bytes``; what goes upstream is the re-serialised checked
-object, never the browser's bytes. Anything else is answered with an ``error`` event in
-the Realtime API's own shape, so a client library handles it like a server error. More
+configuration, and answers a page's ``session.update`` itself with ``session.updated``
+carrying the effective session, redacted as below: OpenAI's clients wait for that answer
+before they call themselves connected), whose fields match that type's schema
+(relay.media.event_schema), and within ``events.max_message_bytes``; what goes upstream
+is the re-serialised checked object, never the browser's bytes. Anything else is answered
+with an ``error`` event in the Realtime API's own shape, so a client library handles it
+like a server error. More
 than ``events.max_refused_events`` refusals within ``events.refused_window_s`` is a flood:
 the browser's channel is closed after a ``too_many_refused_events`` error, and the
 interview goes on without events or ends (``events.on_refused_flood``). Each allowed
@@ -44,7 +47,14 @@ from aiortc.exceptions import InvalidStateError
 from relay.config import EventsConfig
 from relay.media.event_filter import ServerEventFilter
 from relay.media.event_rate import TypeRateLimiter
-from relay.media.event_schema import ALWAYS_REFUSED, Refusal, check_event, serialise
+from relay.media.event_schema import (
+    ALWAYS_REFUSED,
+    SESSION_UPDATE,
+    Refusal,
+    SessionUpdate,
+    check_event,
+    serialise,
+)
 from relay.media.metrics import MediaMetrics
 
 log = logging.getLogger("relay.media.events")
@@ -96,6 +106,8 @@ class EventRelay:
         self.observer = observer
         self._to_browser: deque[Message] = deque(maxlen=PENDING_MAX)
         self._to_upstream: deque[Message] = deque(maxlen=PENDING_MAX)
+        # session.update answers owed until the upstream's session.created arrives.
+        self._session_updates_owed = 0
         self.counts: dict[str, int] = {
             "upstream_to_browser": 0,
             "browser_to_upstream": 0,
@@ -103,6 +115,8 @@ class EventRelay:
             "dropped": 0,
             "dropped_backlog": 0,
             "filtered": 0,
+            # The page's session.update events answered by the relay (never forwarded).
+            "session_updates_answered": 0,
         }
 
     # ------------------------------------------------------------------ wiring
@@ -141,28 +155,56 @@ class EventRelay:
             self._metrics.events_filtered.inc()
             return
         self._deliver(self.browser, self._to_browser, filtered, "upstream_to_browser")
+        while self._session_updates_owed and self._filter.session is not None:
+            self._session_updates_owed -= 1
+            self._answer_session_update()
 
     def _from_browser(self, message: Message) -> None:
         if self.flooded:
             return
         checked = self._check(message)
         if not isinstance(checked, Refusal):
-            event, text = checked
-            kind = str(event["type"])
+            kind, event_id = _kind_and_id(checked)
             if self._rate.allow(kind):
-                self._deliver(self.upstream, self._to_upstream, text, "browser_to_upstream")
+                if isinstance(checked, SessionUpdate):
+                    self._answer_session_update()
+                else:
+                    self._deliver(
+                        self.upstream, self._to_upstream, checked[1], "browser_to_upstream"
+                    )
                 return
-            raw_id = event.get("event_id")
             checked = Refusal(
                 "rate_limited",
                 f"At most {self._burst} '{kind}' events at once, then "
                 f"{self._rate_per_s:g} per second; this one was not sent.",
-                raw_id if isinstance(raw_id, str) else None,
+                event_id,
             )
         self.counts["refused"] += 1
         self._metrics.events_refused.inc(reason=checked.code)
         self._reply_error(checked.code, checked.message, checked.event_id)
         self._count_refusal()
+
+    def _answer_session_update(self) -> None:
+        """``session.updated`` with the effective session, as the page may see it: what it
+        asked for changes nothing. Before the upstream's ``session.created`` has arrived the
+        answer is owed, and sent right after it."""
+        session = self._filter.session
+        if session is None:
+            self._session_updates_owed = min(self._session_updates_owed + 1, PENDING_MAX)
+            return
+        self.counts["session_updates_answered"] += 1
+        event = {
+            "type": "session.updated",
+            "event_id": "event_relay_" + secrets.token_hex(8),
+            "session": session,
+        }
+        # Behind what already waits for the page (the session.created it answers after).
+        self._deliver(
+            self.browser,
+            self._to_browser,
+            json.dumps(event, ensure_ascii=True),
+            "upstream_to_browser",
+        )
 
     def _browser_closed(self) -> None:
         # Closed by us for a flood with the interview going on: not a lost browser.
@@ -271,9 +313,9 @@ class EventRelay:
         return True
 
     # ------------------------------------------------------------------ policy
-    def _check(self, message: Message) -> tuple[dict[str, Any], str] | Refusal:
-        """The checked event and its re-serialised form to send upstream, or why it is
-        refused."""
+    def _check(self, message: Message) -> tuple[dict[str, Any], str] | Refusal | SessionUpdate:
+        """The checked event and its re-serialised form to send upstream, a session.update
+        to answer, or why it is refused."""
         if not isinstance(message, str):
             return Refusal(
                 "invalid_event", "Binary messages are not accepted; send JSON text.", None
@@ -283,7 +325,7 @@ class EventRelay:
                 "event_too_large", f"Events are limited to {self._max_bytes} bytes.", None
             )
         checked = check_event(message, self._allowed)
-        if isinstance(checked, Refusal):
+        if isinstance(checked, Refusal | SessionUpdate):
             return checked
         return checked, serialise(checked)
 
@@ -303,3 +345,11 @@ class EventRelay:
         if channel is not None and channel.readyState == "open":
             # Bounded like every event to the browser: replies to a stalled page are dropped.
             self._send_bounded(channel, json.dumps(error), "upstream_to_browser")
+
+
+def _kind_and_id(checked: tuple[dict[str, Any], str] | SessionUpdate) -> tuple[str, str | None]:
+    """The type and the client's event id of a checked browser event."""
+    if isinstance(checked, SessionUpdate):
+        return SESSION_UPDATE, checked.event_id
+    raw_id = checked[0].get("event_id")
+    return str(checked[0]["type"]), raw_id if isinstance(raw_id, str) else None

@@ -284,11 +284,11 @@ def test_a_flood_of_refused_events_closes_the_channel_and_the_interview_goes_on(
     )
     # Spread over more than the window: no flood.
     for _ in range(10):
-        browser.emit("message", '{"type":"session.update"}')
+        browser.emit("message", '{"type":"conversation.item.delete"}')
         clock.now += 3.0
     assert (browser.close_calls, relay.flooded) == (0, False)
     for _ in range(6):
-        browser.emit("message", '{"type":"session.update"}')
+        browser.emit("message", '{"type":"conversation.item.delete"}')
     assert (browser.close_calls, relay.flooded) == (1, True)
     last = json.loads(browser.sent[-1])["error"]
     assert last["code"] == "too_many_refused_events"

@@ -201,7 +201,13 @@ async def test_events_relay_and_allow_list(rig: Rig) -> None:
     created = await browser.wait_type("session.created")
     assert created["event_id"] == "event_1"
 
-    browser.send_event({"type": "session.update", "event_id": "evt_hack", "session": {}})
+    # session.update is answered by the relay (the effective session), never forwarded.
+    browser.send_event(
+        {"type": "session.update", "event_id": "evt_hack", "session": {"instructions": "x"}}
+    )
+    updated = await browser.wait_type("session.updated")
+    assert updated["session"] == created["session"]
+    browser.send_event({"type": "conversation.item.delete", "event_id": "evt_hack", "item_id": "i"})
     error = await browser.wait_type("error")
     assert error["error"]["code"] == "event_not_allowed"
     assert error["error"]["type"] == "invalid_request_error"
