@@ -39,6 +39,7 @@ from pathlib import Path
 from aiohttp import web
 
 from relay import __version__
+from relay.admission import client_secrets
 from relay.admission.api_keys import ApiKeyRows
 from relay.admission.cache import UserCache
 from relay.admission.invalidation import CacheInvalidationListener
@@ -80,6 +81,7 @@ from relay.upstream.simulator_process import (
 )
 from relay.web import (
     caller,
+    cors,
     idempotency,
     low_level,
     openapi,
@@ -88,6 +90,7 @@ from relay.web import (
     routes_health,
     routes_interviews,
     routes_keys,
+    routes_openai,
     routes_operator,
     routes_recordings,
     routes_session,
@@ -111,7 +114,8 @@ STATIC_FILES = (
     else frozenset()
 )
 HOUSEKEEPING_INTERVAL_S = 5.0
-# Expired Idempotency-Keys are purged every this many rounds.
+# Expired Idempotency-Keys (and client secrets of ended sessions) are purged every this many
+# rounds.
 IDEMPOTENCY_PURGE_ROUNDS = 60
 
 OPERATOR_TOKEN = web.AppKey("operator_token_generated", str)
@@ -156,8 +160,12 @@ def create_app(
     routes_sessions.register(api)
     routes_keys.register(api)
     routes_webhooks.register(api)
+    # OpenAI's own clients against the relay: /v1/realtime (docs/openai-compatible.md).
+    routes_openai.register(api)
     openapi.register(api)
     api.install(app)
+    # Pages on server.cors_origins may call the candidate and OpenAI-compatible operations.
+    cors.install(app, api, settings.server.cors_origins)
     routes_health.register(app)
     if "index.html" in STATIC_FILES:
         app.router.add_get("/", _index)
@@ -490,6 +498,7 @@ async def _housekeeping(
                 await interviews.close_due()
                 if rounds % IDEMPOTENCY_PURGE_ROUNDS == 0:
                     await idempotency.purge(store)
+                    await client_secrets.purge(store)
         except Exception:  # housekeeping must never die; the next round retries
             log.exception("housekeeping failed")
 
