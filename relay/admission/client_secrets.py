@@ -3,7 +3,7 @@
 ``POST /v1/realtime/client_secrets`` (a candidate's user token or invite) admits the
 candidate and creates a pending session, as ``POST /api/realtime-session`` does; the
 answer's ``value`` is a new ``ek_`` key (32 random bytes) for that one session, never the
-upstream's secret. The ``realtime_client_secrets`` table (migration 009) keeps its SHA-256
+upstream's secret. The ``realtime_client_secrets`` table (migration 010) keeps its SHA-256
 with the session and the SHA-256 of the candidate's credential: ``POST /v1/realtime/calls``
 with the key authenticates that credential again (a user revoked since, an interview
 closed since, cannot start the call) and exchanges the session's offer once, on any
