@@ -73,10 +73,16 @@ async def create_realtime_session(request: web.Request) -> web.Response:
 
 
 async def recording_notice(request: web.Request) -> web.Response:
-    """GET /api/recording-notice (public): what the page shows before Start."""
-    config = request.app[SERVICES].settings.recording
+    """GET /api/recording-notice (public): what the page shows before Start (the notice,
+    and the practice banner when the interviewer is a simulator)."""
+    services = request.app[SERVICES]
+    config = services.settings.recording
     return web.json_response(
-        {"recording": config.enabled, "notice": config.notice_text if config.enabled else ""}
+        {
+            "recording": config.enabled,
+            "notice": config.notice_text if config.enabled else "",
+            "simulated": services.simulated,
+        }
     )
 
 
