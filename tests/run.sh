@@ -6,7 +6,9 @@
 # --check, mypy, lint-imports (the layering contracts of pyproject.toml) and pytest.
 # PostgreSQL and Redis come from wheels; the browser tests
 # (tests/e2e) need Debian's chromium, and the TURN tests Debian's coturn (turnserver,
-# turnutils_uclient), both installed with apt-get as root when missing.
+# turnutils_uclient), both installed with apt-get as root when missing; the browser tests
+# also inject axe-core, which `npm ci` installs into tests/e2e/node_modules (npm itself
+# from apt-get when missing).
 # As root, pytest runs in a private network namespace that has only loopback (unshare -n),
 # installing util-linux/iproute2 with apt-get if unshare/ip are missing.
 #
@@ -88,6 +90,26 @@ ensure_chromium() {
                 "(on Debian: apt-get install chromium)" >&2
         fi
     fi
+}
+
+# tests/e2e's accessibility checks inject axe-core, pinned in tests/e2e/package.json and
+# package-lock.json (npm ci: exactly the locked version), installed again when they change.
+ensure_axe_core() {
+    local dir=tests/e2e stamp=tests/e2e/node_modules/.install-stamp wanted
+    wanted=$(cat "$dir/package.json" "$dir/package-lock.json" | sha256sum | cut -d' ' -f1)
+    [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ] || return 0
+    if ! command -v npm >/dev/null; then
+        if is_root && command -v apt-get >/dev/null; then
+            apt_install npm
+        else
+            echo "warning: npm is missing; the accessibility tests of tests/e2e will fail" \
+                "(on Debian: apt-get install npm)" >&2
+            return 0
+        fi
+    fi
+    step "npm ci (tests/e2e: axe-core)"
+    npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error
+    echo "$wanted" >"$stamp"
 }
 
 # The TURN tests start Debian's coturn (turnserver + turnutils_uclient) on loopback.
@@ -240,6 +262,7 @@ fi
 
 ensure_venv
 ensure_chromium
+ensure_axe_core
 ensure_coturn
 
 failed_checks=()
