@@ -67,7 +67,16 @@ class Clock {
   }
 }
 
-// The end reason when a resume is refused for good.
+// A resume refused for good: the session ended (410), is unknown (404), the token is not
+// the current one (409 resume_token_invalid), the credential was refused (401/403)… Not
+// for good: no answer, a busy or failing relay (429, 5xx, or retryable), or another
+// attempt still under way on the relay (409 resume_in_progress: an earlier attempt this
+// page gave up on).
+function refusedForGood(err) {
+  return err instanceof ApiFailure && !err.retryable && err.status !== 429 && err.status < 500 &&
+    err.code !== "resume_in_progress";
+}
+
 function refusedResumeReason(err) {
   if (err.status === 410) return "browser_gone";
   return "resume_refused";
@@ -266,11 +275,11 @@ export class Interview {
         return;
       } catch (err) {
         if (this.phase !== "reconnecting") return;
-        if (err instanceof ApiFailure && !err.retryable && err.status !== 429 && err.status < 500) {
+        if (refusedForGood(err)) {
           this.finish(refusedResumeReason(err));
           return;
         }
-        // No answer, a busy or failing relay, or a connection that did not come up: again.
+        // Anything else, or a connection that did not come up: again.
       }
     }
   }
