@@ -21,10 +21,16 @@ import * as view from "./page-view.js";
 const CONNECT_TIMEOUT_MS = 15000;
 // How long a resume request may go unanswered.
 const RESUME_REQUEST_TIMEOUT_MS = 15000;
-// The relay keeps a dropped interview this long (session.reconnect_grace_s, default 30 s);
-// the page's countdown uses the default, and the relay's 410 ends it sooner if it is set
-// shorter.
+// The relay keeps a dropped interview this long (session.reconnect_grace_s, default 30 s).
+// An answer that says its own (reconnect_grace_s) is believed; otherwise the page counts
+// down from the default, and the relay's 410 ends it sooner if it is set shorter.
 const RECONNECT_GRACE_S = 30;
+
+function graceFrom(answer, previous) {
+  const said = answer && answer.reconnect_grace_s;
+  if (typeof said === "number" && Number.isFinite(said) && said >= 0) return said;
+  return typeof previous === "number" ? previous : RECONNECT_GRACE_S;
+}
 // Waits between resume attempts: 1, 2, 4, 8, 8… s (the first attempt is immediate).
 const BACKOFF_MAX_S = 8;
 // After speech_started, give the service this long to cancel/clear on its own (server VAD
@@ -92,7 +98,7 @@ export class Interview {
     this.onRemoteStream = onRemoteStream;
     this.onEnded = onEnded;
     this.phase = "idle";
-    this.session = null; // {session_id, resume_token, ice_servers, time_left}
+    this.session = null; // {session_id, resume_token, grace_s, ice_servers, time_left}
     this.call = null;
     this.clock = new Clock();
     // What the upstream is doing: generating a response (response.created .. done) and
@@ -140,6 +146,7 @@ export class Interview {
         session_id: sessionId, type: "offer", sdp,
       });
       this.session.resume_token = answer.resume_token || null;
+      this.session.grace_s = graceFrom(answer, null);
       this.save();
       await call.answer(answer.sdp);
       this.awaitConnection(call);
@@ -243,7 +250,7 @@ export class Interview {
       return;
     }
     console.info(`connection lost (${why}): resuming`);
-    this.reconnect(Date.now() + RECONNECT_GRACE_S * 1000);
+    this.reconnect(Date.now() + graceFrom(null, this.session.grace_s) * 1000);
   }
 
   // After a reload: the interview of this tab, if it was still going.
@@ -251,18 +258,19 @@ export class Interview {
     this.session = saved;
     if (typeof saved.time_left === "number") this.clock.set(saved.time_left);
     view.showScreen("call");
-    this.reconnect(Date.now() + RECONNECT_GRACE_S * 1000);
+    this.reconnect(Date.now() + graceFrom(null, this.session.grace_s) * 1000,
+      "Rejoining your interview…");
   }
 
   // Resume attempts until one connects, the relay refuses for good, or the grace is over.
-  async reconnect(deadline) {
+  async reconnect(deadline, status = "The connection was lost. Reconnecting…") {
     this.phase = "reconnecting";
     this.clock.pause();
     this.save();
     this.resetReply();
     if (this.call) { this.call.close(); this.call = null; }
     view.setConnection("reconnecting");
-    view.setStatus("The connection was lost. Reconnecting…");
+    view.setStatus(status);
     for (let attempt = 0; this.phase === "reconnecting"; attempt++) {
       if (attempt > 0) {
         await this.countdown(Math.min(BACKOFF_MAX_S, 2 ** (attempt - 1)), deadline);
@@ -299,6 +307,7 @@ export class Interview {
     }
     // The token just used is spent: the answer's is the one for the next attempt.
     this.session.resume_token = answer.resume_token || null;
+    this.session.grace_s = graceFrom(answer, this.session.grace_s);
     this.save();
     await call.answer(answer.sdp);
     await call.waitConnected(CONNECT_TIMEOUT_MS);

@@ -40,7 +40,7 @@ export const store = {
   token: () => sessionStorage.getItem(TOKEN_KEY),
   setToken: (token) => sessionStorage.setItem(TOKEN_KEY, token),
 
-  // The interview in progress: {session_id, resume_token, ice_servers, time_left}.
+  // The interview in progress: {session_id, resume_token, grace_s, ice_servers, time_left}.
   session: () => {
     const s = readJson(SESSION_KEY);
     return s && typeof s.session_id === "string" && typeof s.resume_token === "string" ? s : null;

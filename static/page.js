@@ -87,7 +87,8 @@ function checkMicrophone(deviceId) {
 async function openMicrophone(deviceId) {
   const unavailable = microphoneUnavailable();
   if (unavailable) { view.showMicProblem(microphoneProblem(unavailable)); return false; }
-  view.setStatus("Checking your microphone…");
+  const idle = interview.phase === "idle"; // in an interview the status tells about the call
+  if (idle) view.setStatus("Checking your microphone…");
   let track;
   try {
     track = await mic.open(deviceId || store.microphone() || undefined);
@@ -95,7 +96,7 @@ async function openMicrophone(deviceId) {
     meter.detach();
     const problem = microphoneProblem(err);
     view.showMicProblem(problem);
-    view.setStatus("The microphone is not ready.");
+    if (idle) view.setStatus("The microphone is not ready.");
     // Without the permission the browser lists devices without names: no choice to offer.
     if (problem.code === "denied") view.showDevices([], null, "Microphone blocked");
     else await showDevices();
