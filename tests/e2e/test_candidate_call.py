@@ -99,6 +99,16 @@ async def test_live_state_time_left_and_mute(
     await simulator.state.wait_for(lambda: len(call.vad_segments) > segments, TURN_S)
     await expect(page.locator("#heard")).to_have_text("We can hear you.")
 
+    # Another microphone, chosen during the interview: the call sends it instead.
+    mic = page.locator("#mic")
+    other = await mic.locator("option", has_text="Fake Audio Input 1").get_attribute("value")
+    assert other
+    await mic.select_option(other)
+    await expect(page.locator("#heard")).to_have_text("We can hear you.")
+    switched = len(call.vad_segments)
+    await simulator.state.wait_for(lambda: len(call.vad_segments) > switched, TURN_S)
+    assert await page.evaluate("sessionStorage.getItem('interviewMicrophone')") == other
+
     await page.click("#stop")
     await expect(page.locator("#ended")).to_be_visible()
     await page.screenshot(path=str(artifact_path("page-ended.png")), full_page=True)
