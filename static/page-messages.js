@@ -7,6 +7,10 @@ export const API_MESSAGES = {
   invalid_token: "This token is not valid. Check the link or token you were given.",
   user_inactive: "This account is not active. Please contact the recruiter.",
   no_credit: "No interview time is left on this account.",
+  interview_closed:
+    "This interview is no longer open (it is finished, expired or cancelled). If that seems " +
+    "wrong, contact whoever sent you the link.",
+  too_many_failed_authentications: "Too many attempts with a wrong token. Wait a minute, then retry.",
   too_many_sessions: "An interview is already running for you. Close other tabs and retry.",
   rate_limited: "Too many attempts in a short time.",
   database_unavailable: "Our service is briefly unavailable.",

@@ -157,10 +157,15 @@ function playInterviewer(stream) {
 
 // The recording notice (text from the relay's config) and whether the interviewer is the
 // simulator, both shown before Start. Fetched once at load; if that failed, again at Start.
+// With an interview's invite the relay answers for that interview (one may be unrecorded),
+// so the invite goes along; a user token is not needed there.
+const INVITE_PREFIX = "ri_";
 let noticeLoading = null;
 function loadNotice() {
   if (!noticeLoading) {
-    noticeLoading = fetch("/api/recording-notice").then((r) => {
+    const invite = page.token && page.token.startsWith(INVITE_PREFIX) ? page.token : null;
+    const headers = invite ? { Authorization: `Bearer ${invite}` } : {};
+    noticeLoading = fetch("/api/recording-notice", { headers }).then((r) => {
       if (!r.ok) throw new Error(`recording notice: ${r.status}`);
       return r.json();
     }).then((n) => {

@@ -171,6 +171,8 @@ async def test_a_link_with_a_credential_shows_no_token_field(
     # relay refuses it, and the page says so without offering a field either.
     credential = await relay.add_user(seconds=600) if name == "token" else "ri_" + "A" * 43
     created = session_requests(page)
+    notices: list[Request] = []
+    page.on("request", lambda r: notices.append(r) if "/api/recording-notice" in r.url else None)
     await page.goto(str(relay.client.make_url("/")) + f"#{name}={credential}")
     await expect(page.locator("#start")).to_be_enabled()
     await expect(page.locator("#token")).to_be_hidden()
@@ -191,6 +193,10 @@ async def test_a_link_with_a_credential_shows_no_token_field(
         await expect(page.locator("#token")).to_be_hidden()
     # The credential went, as the Bearer credential, to the candidate endpoint.
     assert [r.headers["authorization"] for r in created] == [f"Bearer {credential}"], kind
+    # The recording notice is asked for with the invite (the relay answers for that
+    # interview), and without a user token (it needs none).
+    sent = {r.headers.get("authorization") for r in notices}
+    assert sent == ({f"Bearer {credential}"} if name == "invite" else {None}), sent
 
 
 async def test_a_link_opened_over_the_page_takes_its_credential(
