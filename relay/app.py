@@ -44,6 +44,7 @@ from relay.admission.invalidation import CacheInvalidationListener
 from relay.admission.service import Admission
 from relay.admission.users import UserRows
 from relay.cluster.limits import SharedLimits
+from relay.cluster.resume import ResumeService
 from relay.cluster.runtime import ClusterRuntime
 from relay.cluster.sealing import Sealer
 from relay.cluster.setup import advertise_address, state_key
@@ -58,6 +59,7 @@ from relay.observability.loop_monitor import LoopMonitor
 from relay.observability.metrics import MetricsRegistry
 from relay.recording.service import RecordingService
 from relay.services import SERVICES, Services
+from relay.sessions.continuity import ContinuityKeeper
 from relay.sessions.drain import DrainState
 from relay.sessions.registry import SessionRegistry
 from relay.sessions.rows import SessionRows, abandoned_after_s
@@ -82,6 +84,7 @@ from relay.web import (
     routes_health,
     routes_operator,
     routes_recordings,
+    routes_resume,
     routes_session,
     security_headers,
 )
@@ -134,6 +137,7 @@ def create_app(
     routes_operator.register(app)
     routes_recordings.register(app)
     routes_cluster.register(app)
+    routes_resume.register(app)
     if "index.html" in STATIC_FILES:
         app.router.add_get("/", _index)
         app.router.add_get("/static/{name}", _static_file)
@@ -285,7 +289,10 @@ async def _start(
     recordings.start()
     stack.push_async_callback(recordings.close)
 
-    # 8. media bridges
+    # 8. media bridges, and resuming them (closed after the bridges: their last progress
+    # and transcript writes land)
+    continuity = ContinuityKeeper(store, metrics)
+    stack.push_async_callback(continuity.close)
     memory = MemoryKeeper(settings.server.memory_release_delay_s, metrics=metrics)
     bridges = BridgeManager(
         settings,
@@ -296,7 +303,18 @@ async def _start(
         recordings=recordings,
         memory=memory,
         metrics=metrics,
+        continuity=continuity,
     )
+    resume = ResumeService(
+        settings,
+        instance_id=instance,
+        registry=registry,
+        sessions=sessions,
+        bridges=bridges,
+        continuity=continuity,
+        upstream=upstream.client,
+    )
+    stack.push_async_callback(resume.close)
     overlap = await asyncio.to_thread(
         ephemeral_overlap, settings.ice.udp_port_min, settings.ice.udp_port_max
     )
@@ -334,6 +352,7 @@ async def _start(
         cluster=cluster,
         recordings=recordings,
         bridges=bridges,
+        resume=resume,
         memory=memory,
         loop_monitor=loop_monitor,
         startup=startup,

@@ -134,8 +134,13 @@ class SessionRows:
         *,
         upstream_session_id: str | None = None,
         upstream_call_id: str | None = None,
+        resume_token_hash: str | None = None,
+        claim_token: str | None = None,
     ) -> None:
-        """Move a live session to pending/connecting/active (``active`` stamps connected_at)."""
+        """Move a live session to pending/connecting/active (``active`` stamps connected_at).
+
+        ``resume_token_hash``: the exchange's resume token (relay.sessions.continuity),
+        written only while ``claim_token`` (when given) still holds the row."""
 
         async def op(conn: asyncpg.Connection) -> None:
             await conn.execute(
@@ -143,13 +148,17 @@ class SessionRows:
                    SET state = $2,
                        upstream_session_id = COALESCE($3, upstream_session_id),
                        upstream_call_id = COALESCE($4, upstream_call_id),
+                       resume_token_hash = COALESCE($5, resume_token_hash),
                        connected_at = CASE WHEN $2 = 'active' THEN COALESCE(connected_at, now())
                                            ELSE connected_at END
-                   WHERE id = $1 AND state NOT IN ('ended', 'failed')""",
+                   WHERE id = $1 AND state NOT IN ('ended', 'failed')
+                     AND ($6::text IS NULL OR claim_token IS NULL OR claim_token = $6)""",
                 session_id,
                 state,
                 upstream_session_id,
                 upstream_call_id,
+                resume_token_hash,
+                claim_token,
             )
 
         await self._store.run("set_session_state", op)

@@ -58,20 +58,23 @@ async def webrtc_exchange(request: web.Request) -> web.Response:
         # relay.media.manager), and a failure between them would have no owner.
         entry = await services.sessions.claim(session_id, caller)
         bind_session(entry.session_id)
+        # Synchronous (its hash is kept on the entry and written with the next state):
+        # what the page resumes this session with (POST /api/sessions/{id}/resume).
+        resume_token = manager.issue_resume_token(entry)
         bridge = await manager.open(entry, sdp, current_request_id())
         ctx = current()
         banner.status = 201
         stage(log, "WEBRTC_EXCHANGE_COMPLETE")
-        return web.json_response(
-            {
-                "type": "answer",
-                "sdp": bridge.answer,
-                "session_id": session_id,
-                "request_id": current_request_id(),
-                "processing_time_ms": round(ctx.elapsed_ms(), 1) if ctx else 0.0,
-            },
-            status=201,
-        )
+        answer: dict[str, Any] = {
+            "type": "answer",
+            "sdp": bridge.answer,
+            "session_id": session_id,
+            "request_id": current_request_id(),
+            "processing_time_ms": round(ctx.elapsed_ms(), 1) if ctx else 0.0,
+        }
+        if resume_token is not None:
+            answer["resume_token"] = resume_token
+        return web.json_response(answer, status=201)
 
 
 async def get_session(request: web.Request) -> web.Response:

@@ -56,6 +56,11 @@ class Quality:
         """The upstream leg's peer, once negotiation created it."""
         self._peers["upstream"] = pc
 
+    def attach_browser(self, pc: RTCPeerConnection) -> None:
+        """A resumed browser leg's peer (its counters and queues stay the session's)."""
+        self._peers["browser"] = pc
+        self._legs.pop("browser", None)
+
     def snapshot(self, now: float | None = None) -> dict[str, Any]:
         """The media half of the bridge's snapshot (cheap; no awaits)."""
         now = time.monotonic() if now is None else now

@@ -49,6 +49,10 @@ class CallRecord:
     )
     client_events: deque[Any] = field(default_factory=lambda: deque(maxlen=MAX_EVENTS_KEPT))
     responses_started: int = 0
+    # Items in the call's conversation (user turns, replies, created items), and how many
+    # of them came from conversation.item.create (a seeded conversation).
+    conversation_items: int = 0
+    items_created: int = 0
     reply_frames_sent: int = 0
     hung_up: bool = False
     closed_reason: str | None = None
@@ -87,6 +91,8 @@ class CallRecord:
             "events_sent": self.events_sent,
             "client_events": list(self.client_events),
             "responses_started": self.responses_started,
+            "conversation_items": self.conversation_items,
+            "items_created": self.items_created,
             "reply_frames_sent": self.reply_frames_sent,
             "hung_up": self.hung_up,
             "closed_reason": self.closed_reason,
