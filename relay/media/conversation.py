@@ -30,7 +30,7 @@ from typing import Any, Literal
 Role = Literal["user", "assistant"]
 
 MAX_TEXT_CHARS = 20000
-_MARKERS = ("response.", "output_audio_buffer.", "transcription.completed", "conversation.item.")
+_MARKERS = ("response.", "audio_buffer.", "transcription.completed", "conversation.item.")
 _USER_DONE = "conversation.item.input_audio_transcription.completed"
 _ASSISTANT_DONE = frozenset(
     {"response.output_audio_transcript.done", "response.audio_transcript.done"}

@@ -187,8 +187,9 @@ class EventRelay:
     # ------------------------------------------------------------------ the relay's own
     def send_to_browser(self, event: dict[str, Any]) -> None:
         """A ``relay.*`` event to the browser (bounded like every event to it; it waits
-        for the channel to open; dropped when there is no browser channel)."""
-        if self.browser is None:
+        for the channel to open or, at the start, to arrive; dropped while the browser's
+        leg is lost and no resumed leg's channel has arrived)."""
+        if self.browser is None and self._browser_paused:
             return
         self._deliver(self.browser, self._to_browser, json.dumps(event), "relay_to_browser")
 

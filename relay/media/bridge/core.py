@@ -599,7 +599,11 @@ class Bridge:
             )
             self.browser_pc = pc
             self._watch.watch_browser(pc)
-            self._quality.attach_browser(pc)
+            # aiortc stopped the lost leg's queue track with its sender: a new one.
+            to_browser = BoundedQueueTrack(settings.media.queue_max_frames)
+            to_browser.count_on_from(self.to_browser)
+            self.to_browser = to_browser
+            self._quality.attach_browser(pc, to_browser)
             answer = await answer_browser(
                 pc, self.to_browser, offer_sdp, settings.session.ice_gather_timeout_s
             )
@@ -670,6 +674,7 @@ class Bridge:
 
     def _release_browser_leg_soon(self) -> None:
         pc, forwarders = self.browser_pc, self._forwarders
+        self._watch.forget_browser(pc)
         parking = self._parking
         self._forwarders = [f for f in forwarders if f is parking]
         sending = [f for f in forwarders if f is not parking]

@@ -41,6 +41,11 @@ class PeerWatch:
         pc.on("datachannel", self._on_browser_channel)
         pc.on("connectionstatechange", lambda: self._on_peer_state("browser", pc))
 
+    def forget_browser(self, pc: RTCPeerConnection) -> None:
+        """``pc`` is a lost leg's: its events (it is being closed) are nobody's concern."""
+        if self._peers.get("browser") is pc:
+            del self._peers["browser"]
+
     def watch_upstream(self, pc: RTCPeerConnection) -> None:
         self._peers["upstream"] = pc
         pc.on("connectionstatechange", lambda: self._on_peer_state("upstream", pc))
