@@ -291,9 +291,9 @@ async def test_resume_refusals_and_a_failed_attempt_leave_it_resumable(rig: Rig)
     codes = sorted(r.code if isinstance(r, ResumeRefused) else "answer" for r in results)
     assert codes == ["answer", "resume_in_progress"]
     winner = pages[0] if isinstance(results[0], str) else pages[1]
-    answer = results[0] if isinstance(results[0], str) else results[1]
-    assert isinstance(answer, str)
-    await winner.accept(answer)
+    won = results[0] if isinstance(results[0], str) else results[1]
+    assert isinstance(won, str)
+    await winner.accept(won)
     await wait_until(lambda: bridge.state == "active", 10, "active again")
     assert rig.hooks.finished == []
 
