@@ -308,6 +308,7 @@ async def _start(
     resume = ResumeService(
         settings,
         instance_id=instance,
+        address=advertise_address(settings),
         registry=registry,
         sessions=sessions,
         bridges=bridges,

@@ -9,7 +9,8 @@
 2. **Forwarded**: another member holds it and is alive (in the cluster view). The request
    goes, as it came (the candidate's credential, the body), to that member's address
    (``cluster.advertise_address``), and its answer comes back as it is. A forwarded
-   request (``X-Relay-Forwarded-By``) is never forwarded again.
+   request (``X-Relay-Forwarded-By``) is forwarded again only between workers that share
+   the holder's address (``MAX_FORWARD_HOPS``), and never taken over.
 3. **Taken over**: the holder is gone (out of the cluster view, or its address refuses
    connections: a process killed outright). This member moves the row to itself in one
    conditional UPDATE (``ContinuityRows.take_over``: the token must match, and only one
@@ -54,8 +55,13 @@ from relay.upstream.base import UpstreamClient, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger("relay.cluster")
 
-# Set on a resume forwarded by a member to the holder (never forwarded a second time).
+# Set on a resume forwarded by a member to the holder, with how many times it was.
 FORWARDED_BY_HEADER = "X-Relay-Forwarded-By"
+FORWARD_HOPS_HEADER = "X-Relay-Forward-Hops"
+# Workers of one `relay serve --workers N` share one address (the port is shared): a resume
+# forwarded there lands on any of them, and one that is not the holder sends it on, at most
+# this many times in all (each hop reaches the holder with a chance of 1 in N).
+MAX_FORWARD_HOPS = 8
 # Connecting to the holder: a process that is gone refuses at once; a host that is gone
 # does not answer at all.
 FORWARD_CONNECT_TIMEOUT_S = 2.0
@@ -89,6 +95,7 @@ class ResumeService:
         settings: Settings,
         *,
         instance_id: str,
+        address: str,
         registry: SessionRegistry,
         sessions: SessionService,
         bridges: BridgeManager,
@@ -97,6 +104,8 @@ class ResumeService:
     ) -> None:
         self._settings = settings
         self._instance_id = instance_id
+        # This member's address in the cluster view (workers of one port share it).
+        self._address = address
         self._registry = registry
         self._sessions = sessions
         self._bridges = bridges
@@ -119,8 +128,10 @@ class ResumeService:
         request_id: str,
         authorization: str,
         forwarded_by: str | None,
+        hops: int = 0,
     ) -> Resumed | Forwarded:
-        """Serve one resume (see the module docstring)."""
+        """Serve one resume (see the module docstring). ``forwarded_by``, ``hops``: the
+        member that forwarded it here, and how many times it has been forwarded."""
         entry = self._registry.get(session_id)
         if entry is not None and entry.user_id == caller.user.id:
             if entry.bridge is not None:
@@ -135,16 +146,15 @@ class ResumeService:
             raise not_resumable("This session cannot be resumed.")
         if not token_matches(resume_token, target.resume_token_hash):
             raise token_invalid()
-        if target.holder == self._instance_id or forwarded_by is not None:
+        shared_address = target.holder_address == self._address
+        if (
+            target.holder == self._instance_id
+            or (forwarded_by is not None and not shared_address)
+            or hops >= MAX_FORWARD_HOPS
+        ):
             # Held here by the row and not by this process (it is ending), or forwarded
             # here by a member that took this one for the holder: ask again shortly.
-            raise ApiError(
-                503,
-                "resume_unavailable",
-                "The session is moving between servers; try again.",
-                retryable=True,
-                retry_after_s=1,
-            )
+            raise unavailable("The session is moving between servers; try again.")
         if self._holder_alive(target):
             assert target.holder_address is not None
             try:
@@ -155,6 +165,7 @@ class ResumeService:
                     offer_sdp,
                     request_id=request_id,
                     authorization=authorization,
+                    hops=hops + 1,
                 )
             except _HolderUnreachable as exc:
                 log.warning(
@@ -163,6 +174,9 @@ class ResumeService:
                     target.holder,
                     exc,
                 )
+        if forwarded_by is not None:
+            # A worker beside the holder: the holder's copy is not this one's to take over.
+            raise unavailable("The session is moving between servers; try again.")
         return await self._take_over(
             session_id, caller, resume_token, offer_sdp, target, request_id=request_id
         )
@@ -205,17 +219,22 @@ class ResumeService:
         *,
         request_id: str,
         authorization: str,
+        hops: int,
     ) -> Forwarded:
         if self._http is None:
             self._http = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(
                     total=FORWARD_TIMEOUT_S, sock_connect=FORWARD_CONNECT_TIMEOUT_S
-                )
+                ),
+                # A connection of its own each time: workers sharing a port are reached
+                # through new connections (a kept-alive one would go back to the same).
+                connector=aiohttp.TCPConnector(force_close=True),
             )
         url = f"{address.rstrip('/')}/api/sessions/{session_id}/resume"
         headers = {
             "Authorization": authorization,
             FORWARDED_BY_HEADER: self._instance_id,
+            FORWARD_HOPS_HEADER: str(hops),
             # The holder's own request id ends with ours: one resume, two members' logs.
             "X-Request-ID": request_id,
         }
@@ -241,13 +260,7 @@ class ResumeService:
             # It was reached and then failed: it may have served the resume; not taken
             # over from a member that may be alive. The page tries again.
             log.warning("session %s: forwarded resume failed (%s)", session_id, exc)
-            raise ApiError(
-                503,
-                "resume_unavailable",
-                "The server holding this session did not answer; try again.",
-                retryable=True,
-                retry_after_s=1,
-            ) from None
+            raise unavailable("The server holding it did not answer; try again.") from None
 
     # ------------------------------------------------------------------ taken over
     async def _take_over(
@@ -329,6 +342,10 @@ class ResumeService:
         bridge = await self._bridges.open(entry, offer_sdp, request_id, seed=seed)
         assert bridge.answer is not None
         return Resumed(bridge.answer, token)
+
+
+def unavailable(message: str) -> ApiError:
+    return ApiError(503, "resume_unavailable", message, retryable=True, retry_after_s=1)
 
 
 def not_resumable(message: str) -> ApiError:

@@ -57,6 +57,8 @@ PENDING_MAX = 256
 DRAIN_POLL_S = 0.01
 
 Message = str | bytes
+# A message waiting for its channel, and the direction it counts in.
+Pending = tuple[Message, str]
 
 
 class EventRelay:
@@ -106,8 +108,9 @@ class EventRelay:
         self._browser_paused = False
         # The upstream's channel is open (a new upstream session is seeded after that).
         self.upstream_open = asyncio.Event()
-        self._to_browser: deque[Message] = deque(maxlen=PENDING_MAX)
-        self._to_upstream: deque[Message] = deque(maxlen=PENDING_MAX)
+        # What waits for a channel to open, each with the direction it is counted in.
+        self._to_browser: deque[Pending] = deque(maxlen=PENDING_MAX)
+        self._to_upstream: deque[Pending] = deque(maxlen=PENDING_MAX)
         self.counts: dict[str, int] = {
             "upstream_to_browser": 0,
             "browser_to_upstream": 0,
@@ -131,7 +134,7 @@ class EventRelay:
         channel.on("close", lambda: self._on_closed("upstream"))
 
     def _upstream_opened(self, channel: RTCDataChannel) -> None:
-        self._flush(channel, self._to_upstream, "browser_to_upstream")
+        self._flush(channel, self._to_upstream)
         self.upstream_open.set()
 
     def attach_browser(self, channel: RTCDataChannel) -> bool:
@@ -165,7 +168,7 @@ class EventRelay:
             self._to_browser.clear()
             self._on_browser_open()
             self._to_browser.extend(waiting)
-        self._flush(channel, self._to_browser, "upstream_to_browser")
+        self._flush(channel, self._to_browser)
 
     def detach_browser(self) -> None:
         """The browser's leg is lost: forward nothing to it from now on (what was waiting
@@ -324,7 +327,7 @@ class EventRelay:
     def _deliver(
         self,
         channel: RTCDataChannel | None,
-        pending: deque[Message],
+        pending: deque[Pending],
         message: Message,
         direction: str,
     ) -> None:
@@ -337,12 +340,13 @@ class EventRelay:
             self._drop(direction)
             return
         if len(pending) == pending.maxlen:
-            self._drop(direction)
-        pending.append(message)
+            self._drop(pending[0][1])
+        pending.append((message, direction))
 
-    def _flush(self, channel: RTCDataChannel, pending: deque[Message], direction: str) -> None:
+    def _flush(self, channel: RTCDataChannel, pending: deque[Pending]) -> None:
         while pending and channel.readyState == "open":
-            if self._send_bounded(channel, pending.popleft(), direction):
+            message, direction = pending.popleft()
+            if self._send_bounded(channel, message, direction):
                 self.counts[direction] += 1
                 self._metrics.events_forwarded.inc(direction=direction)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from relay.cluster.resume import FORWARDED_BY_HEADER, Forwarded
+from relay.cluster.resume import FORWARD_HOPS_HEADER, FORWARDED_BY_HEADER, Forwarded
 from relay.errors import ApiError
 from relay.media.sdp import InvalidOffer, invalid_offer_error, validate_offer
 from relay.observability.logging import request_banner, stage
@@ -38,6 +38,13 @@ def _path_session_id(request: web.Request) -> str:
     if not is_session_id(session_id):
         raise ApiError(404, "session_not_found", "No such session for this user.")
     return session_id
+
+
+def _hops(request: web.Request) -> int:
+    """How many times a member forwarded this resume (a client's own value only makes it
+    give up sooner)."""
+    value = request.headers.get(FORWARD_HOPS_HEADER, "0")
+    return int(value) if value.isdigit() and len(value) <= 3 else 0
 
 
 def _resume_fields(body: dict[str, Any]) -> tuple[str, str]:
@@ -74,6 +81,7 @@ async def resume_session(request: web.Request) -> web.Response:
             request_id=current_request_id(),
             authorization=request.headers.get("Authorization", ""),
             forwarded_by=request.headers.get(FORWARDED_BY_HEADER),
+            hops=_hops(request),
         )
         if isinstance(result, Forwarded):
             banner.status = result.status
