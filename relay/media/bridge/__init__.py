@@ -28,7 +28,9 @@ or report through callbacks. Read them one at a time, in this order:
 * ``negotiation``: both legs' offer/answer; returns a ``Negotiated``;
 * ``audio_wiring``: one ``Forwarder`` per direction (the only place audio passes);
 * ``peer_events``: ``PeerWatch``, peer and data-channel events, reported by callback;
-* ``supervision``: ``Supervisor``, connect timeout then idle/max-duration, by callback;
+* ``supervision``: ``Supervisor``, connect timeout then idle/max-duration, the time
+  announcements, the wrap-up, the overrun and a lost leg's grace, by callback;
+* ``talk``: what the relay itself says to the page (``relay.*``) and to the upstream;
 * ``teardown``: releasing everything the bridge holds;
 * ``quality``: the stats snapshot and metric publishing.
 """

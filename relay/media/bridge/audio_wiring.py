@@ -25,7 +25,7 @@ from relay.media.capabilities import MediaCapabilities, probe
 from relay.media.fastpath import FastOpusForwarder
 from relay.media.forwarding import DecodedRelay, DirectionStats, Forwarder, OpusPassthrough
 from relay.media.metrics import MediaMetrics
-from relay.media.sdp import AudioNegotiation, RtpLeg
+from relay.media.sdp import AudioNegotiation, InvalidOffer, RtpLeg, audio_negotiation, rtp_leg
 from relay.media.tap import PacketTap
 from relay.media.tracks import BoundedQueueTrack
 
@@ -192,6 +192,25 @@ def wire_audio(
     if previous:
         carry_over(previous[0], forwarders[0])
     return forwarders
+
+
+def resumed_codecs(first: NegotiatedCodecs, answer_sdp: str) -> NegotiatedCodecs:
+    """The codecs once a resumed browser leg answered ``answer_sdp``: its own, with the
+    upstream leg's as they were. It must allow the forwarding of the first (the upstream
+    leg's outgoing stream continues: ``carry_over``), else ``InvalidOffer``."""
+    codecs = NegotiatedCodecs(
+        browser=audio_negotiation(answer_sdp),
+        upstream=first.upstream,
+        our_upstream_opus=first.our_upstream_opus,
+        browser_rtp=rtp_leg(answer_sdp),
+        upstream_rtp=first.upstream_rtp,
+    )
+    if codecs.passthrough != first.passthrough:
+        raise InvalidOffer(
+            f"a resumed connection must offer the audio codec of the first "
+            f"({first.browser.primary})"
+        )
+    return codecs
 
 
 def carry_over(previous: Forwarder, new: Forwarder) -> None:

@@ -32,11 +32,11 @@ from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCPeerConnection
 
-from relay.media import relay_events
 from relay.media.bridge.audio_wiring import (
     AudioEnds,
     NegotiatedCodecs,
     park_upstream_audio,
+    resumed_codecs,
     start_audio,
     wire_audio,
 )
@@ -56,14 +56,14 @@ from relay.media.bridge.peer_events import PeerWatch
 from relay.media.bridge.quality import Quality
 from relay.media.bridge.state import BridgeState, check_transition
 from relay.media.bridge.supervision import Limits, Supervisor
+from relay.media.bridge.talk import Talk
 from relay.media.bridge.teardown import release, settle
-from relay.media.conversation import ConversationLog, TranscriptItem, seed_events, system_message
+from relay.media.conversation import ConversationLog, TranscriptItem
 from relay.media.events import EventRelay, Message, Side
 from relay.media.forwarding import DirectionStats, Forwarder
 from relay.media.ice import announce_public_address
 from relay.media.metrics import MediaMetrics
 from relay.media.peers import close_peer, new_peer
-from relay.media.sdp import InvalidOffer, audio_negotiation, rtp_leg
 from relay.media.tracks import BoundedQueueTrack
 from relay.tasks import spawn
 from relay.upstream.base import MintedSession, UpstreamClient
@@ -72,22 +72,6 @@ if TYPE_CHECKING:
     from relay.recording.recorder import SessionRecorder
 
 log = logging.getLogger("relay.media")
-
-# How long teardown waits for relay.session.ending to leave the channel before closing it.
-ENDING_FLUSH_S = 0.3
-# At most this many of the latest transcript items seed a taken-over upstream session.
-SEED_MAX_ITEMS = 200
-# How long a taken-over session's seeding may wait for the upstream's channel and room in it.
-SEED_TIMEOUT_S = 10.0
-CONTINUE_NOTE = (
-    "The interview was interrupted by a technical problem and continues now with the same "
-    "candidate. Do not greet the candidate again or start over: continue from where the "
-    "conversation above left off."
-)
-WRAP_UP_NOTE = (
-    "About {seconds} seconds of interview time remain. Bring the interview to a close now: "
-    "ask nothing new, thank the candidate and say goodbye briefly."
-)
 
 
 class Bridge:
@@ -160,7 +144,6 @@ class Bridge:
         # open and the leg is up; upstream events wait until then.
         self._greet_pending = seed is not None
         self._gap_s = seed.gap_s if seed is not None else 0.0
-        self._wrap_up_waiting = False
         self._seeding: asyncio.Task[None] | None = None
 
         # The parts: both legs' peers, what each leg sends, each direction's counters.
@@ -180,6 +163,12 @@ class Bridge:
         )
         if seed is not None:
             self.events.detach_browser()  # nothing before the greeting (_try_greet)
+        self._talk = Talk(
+            session_id=session_id,
+            events=self.events,
+            conversation=self.conversation,
+            dialect=upstream.dialect,
+        )
         self.browser_pc: RTCPeerConnection = new_peer(
             settings.ice,
             leg="browser",
@@ -216,8 +205,8 @@ class Bridge:
             limits=Limits(
                 clock=self._clock,
                 replying=lambda: self.conversation.replying,
-                on_time_left=self._announce_time_left,
-                on_wrap_up=self._wrap_up,
+                on_time_left=self._talk.time_left,
+                on_wrap_up=self._talk.wrap_up,
                 lost_deadline=self._lost_deadline,
                 on_progress=continuity.on_progress if continuity is not None else None,
             ),
@@ -347,7 +336,7 @@ class Bridge:
         self._supervisor.start()
         if self._seed is not None:
             self._seeding = spawn(
-                self._seed_upstream(self._seed), name=f"bridge-seed-{self.session_id}", log=log
+                self._talk.seed(self._seed.items), name=f"bridge-seed-{self.session_id}", log=log
             )
         return answer
 
@@ -402,7 +391,7 @@ class Bridge:
             duration,
         )
         try:
-            await self._announce_ending(reason)
+            await self._talk.ending(reason)
             for task in (self._seeding, self._browser_release):
                 if task is not None:
                     # Its own failure was logged where it happened (relay.tasks.spawn).
@@ -608,7 +597,8 @@ class Bridge:
                 pc, self.to_browser, offer_sdp, settings.session.ice_gather_timeout_s
             )
             self._raise_unless_resuming(pc)
-            codecs = self._resumed_codecs(str(answer.sdp))
+            assert self._codecs is not None  # a lost leg was wired
+            codecs = resumed_codecs(self._codecs, str(answer.sdp))
             await self._stop_parking()
             self._raise_unless_resuming(pc)
             self._wire_audio(codecs, previous=self._sent_upstream)
@@ -648,7 +638,7 @@ class Bridge:
         self._greet_pending = False
         self._clock.pause(now)
         self.events.detach_browser()
-        self._cancel_reply()
+        self._talk.cancel_reply()
         if self.recorder is not None:
             self.recorder.mark("browser_lost", now)
         self.metrics.browser_lost.inc(cause=what if what in _LOSS_CAUSES else "other")
@@ -723,25 +713,6 @@ class Bridge:
         if self._state_now() != "resuming" or (pc is not None and self.browser_pc is not pc):
             raise ResumeRefused("resume_failed", "The resumed connection failed; try again.")
 
-    def _resumed_codecs(self, answer_sdp: str) -> NegotiatedCodecs:
-        """The codecs with the resumed browser leg's; it must allow the same forwarding as
-        the first (the upstream leg's outgoing stream continues: ``carry_over``)."""
-        first = self._codecs
-        assert first is not None  # a lost leg was wired
-        codecs = NegotiatedCodecs(
-            browser=audio_negotiation(answer_sdp),
-            upstream=first.upstream,
-            our_upstream_opus=first.our_upstream_opus,
-            browser_rtp=rtp_leg(answer_sdp),
-            upstream_rtp=first.upstream_rtp,
-        )
-        if codecs.passthrough != first.passthrough:
-            raise InvalidOffer(
-                f"a resumed connection must offer the audio codec of the first "
-                f"({first.browser.primary})"
-            )
-        return codecs
-
     def _resumed(self) -> None:
         """resuming → active: the resumed leg is connected; the clock runs again."""
         now = time.monotonic()
@@ -770,25 +741,12 @@ class Bridge:
         return deadline
 
     def _try_greet(self) -> None:
-        """A resumed (or taken-over) leg, up and with its channel open, is told first that
-        it is back, the conversation so far and the time left; then upstream events flow."""
+        """A resumed (or taken-over) leg, up and with its channel open, is greeted first;
+        upstream events wait until then."""
         if not self._greet_pending or self._state != "active" or not self.events.browser_open:
             return
         self._greet_pending = False
-        events = self.events
-        events.send_to_browser(relay_events.reconnected(self._gap_s))
-        events.send_to_browser(relay_events.transcript(self.conversation.items))
-        events.send_to_browser(relay_events.time_left(self.time_left()))
-        events.resume_browser_delivery()
-
-    def _cancel_reply(self) -> None:
-        """Nobody hears the reply in progress: stop its generation (once) and its audio."""
-        conversation = self.conversation
-        if conversation.generating is not None:
-            self.events.send_upstream({"type": "response.cancel"})
-        if conversation.playing is not None:
-            self.events.send_upstream({"type": "output_audio_buffer.clear"})
-        self._wrap_up_waiting = False
+        self._talk.greet(self._gap_s, self.time_left())
 
     def _observe_upstream(self, message: Message) -> None:
         """Every upstream server event: the recorder's transcript and the conversation."""
@@ -800,49 +758,9 @@ class Bridge:
         if self._continuity is not None:
             self._continuity.on_transcript_item(item)
 
-    async def _seed_upstream(self, seed: Seed) -> None:
-        """A taken-over session's new upstream session gets the conversation so far."""
-        items = list(seed.items)[-SEED_MAX_ITEMS:]
-        events = seed_events(items, self._upstream.dialect, note=CONTINUE_NOTE)
-        sent = await self.events.send_upstream_paced(events, SEED_TIMEOUT_S)
-        log.info(
-            "session %s: seeded the new upstream session with %d of %d items",
-            self.session_id,
-            sent,
-            len(events),
-        )
-
-    # ------------------------------------------------------------------ the limits
-    def _announce_time_left(self, seconds: float) -> None:
-        self.events.send_to_browser(relay_events.time_left(seconds))
-
-    def _wrap_up(self, seconds: float) -> None:
-        """Ask the interviewer to close: a system message, then a response once the reply
-        in progress (if any) is over."""
-        log.info(
-            "session %s: %.0fs left: the interviewer is asked to wrap up", self.session_id, seconds
-        )
-        self.events.send_to_browser(relay_events.wrap_up(seconds))
-        note = WRAP_UP_NOTE.format(seconds=relay_events.whole_seconds(seconds))
-        self.events.send_upstream(system_message(note))
-        if self.conversation.replying:
-            self._wrap_up_waiting = True
-        else:
-            self.events.send_upstream({"type": "response.create"})
-
     def _on_reply_over(self) -> None:
-        if self._wrap_up_waiting and self._state == "active":
-            self._wrap_up_waiting = False
-            self.events.send_upstream({"type": "response.create"})
-
-    async def _announce_ending(self, reason: str) -> None:
-        """``relay.session.ending`` before the hang-up, when the relay decided it and the
-        page can hear it; then up to ``ENDING_FLUSH_S`` for it to leave."""
-        page_reason = relay_events.page_reason(reason)
-        if page_reason is None or not self.events.browser_open:
-            return
-        self.events.send_to_browser(relay_events.ending(page_reason))
-        await self.events.drain_browser(ENDING_FLUSH_S)
+        if self._state == "active":  # a wrap-up's response is for a page that hears it
+            self._talk.reply_over()
 
 
 # The causes of a lost browser leg counted apart (the rest count as ``other``).
