@@ -51,6 +51,8 @@ class SessionRecord:
     end_reason: str | None
     duration_seconds: float | None
     debited_seconds: int | None
+    # 2, 3, ... once members took the interview over (its recording is in as many parts).
+    parts: int = 1
 
     def to_json(self) -> dict[str, Any]:
         def iso(value: datetime | None) -> str | None:
@@ -68,6 +70,7 @@ class SessionRecord:
             "end_reason": self.end_reason,
             "duration_seconds": self.duration_seconds,
             "debited_seconds": self.debited_seconds,
+            "parts": self.parts,
         }
 
 
@@ -234,7 +237,7 @@ class SessionRows:
             return await conn.fetchrow(
                 """SELECT id, user_id, request_id, state, model, dialect, upstream_call_id,
                           created_at, expires_at, connected_at, ended_at, end_reason,
-                          duration_seconds, debited_seconds
+                          duration_seconds, debited_seconds, parts
                    FROM interview_sessions WHERE id = $1""",
                 session_id,
             )

@@ -90,6 +90,7 @@ async def get_session(request: web.Request) -> web.Response:
             "end_reason": None,
             "expires_at": services.sessions.expires_at(entry).isoformat(),
             "max_duration_seconds": int(entry.max_duration_s),
+            "parts": entry.part,
         }
         bridge = entry.bridge
         if bridge is not None:

@@ -182,6 +182,7 @@ async def test_the_holder_killed_the_interview_continues_on_the_survivor(
         assert status == 204
         final = await poll(lambda: _row_if_ended(pair.dsn, sid), 10, "the interview to end on A")
         assert final["end_reason"] == "hangup"
+        assert (await a.session(token, sid))["parts"] == 2
         # Debited for both parts: B's seconds carried over.
         assert final["debited_seconds"] >= charged_before
 
