@@ -19,8 +19,6 @@ from relay.upstream.simulator.session_config import Dialect
 
 # Per-call history bounds: plenty for a test, bounded for a long local run.
 MAX_EVENTS_KEPT = 5000
-# Mint requests remembered (what each asked for), newest last.
-MAX_MINTS_KEPT = 200
 
 FaultListener = Callable[[Faults], Awaitable[None]]
 
@@ -104,8 +102,9 @@ class SimulatorState:
         self.calls: OrderedDict[str, CallRecord] = OrderedDict()
         # What each mint asked for: {"dialect", "session" (the request's session config,
         # instructions included), "session_id"}; tests check an interview's interviewer
-        # reached the upstream.
-        self.mints: deque[dict[str, Any]] = deque(maxlen=MAX_MINTS_KEPT)
+        # reached the upstream. As many as closed calls are kept (a mint precedes each
+        # call): a long-running simulator's history stays bounded the same way.
+        self.mints: deque[dict[str, Any]] = deque(maxlen=max_closed_calls)
         self._max_closed = max_closed_calls
         self._changed = asyncio.Event()
         self._fault_listeners: list[FaultListener] = []
