@@ -170,7 +170,7 @@ async def recover_dead(
                        WHERE s.relay_instance = d.id
                          AND s.state IN ('connecting', 'active')
                          AND s.holder_lost_at IS NULL
-                       RETURNING s.user_id, s.debited_seconds""",
+                       RETURNING s.user_id, s.debited_seconds, s.interview_id""",
                     [r["id"] for r in dead],
                     [r["heartbeat_at"] for r in dead],
                 )
@@ -184,7 +184,7 @@ async def recover_dead(
                        debited_seconds = CEIL(COALESCE(used_seconds, 0))::int
                    WHERE holder_lost_at IS NOT NULL AND state IN ('connecting', 'active')
                      AND holder_lost_at < now() - make_interval(secs => $1)
-                   RETURNING user_id, debited_seconds""",
+                   RETURNING user_id, debited_seconds, interview_id""",
                 resume_grace_s,
             )
             closed += len(rows)
@@ -203,9 +203,12 @@ async def recover_dead(
 
 
 async def _debit(conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> None:
-    """Debit each user the seconds of their closed rows (one statement per user)."""
+    """Debit each user the seconds of their closed rows (one statement per user); an
+    interview's session spends the interview's budget instead (derived from its rows)."""
     debits: dict[int, int] = {}
     for r in rows:
+        if r["interview_id"] is not None:
+            continue
         debits[r["user_id"]] = debits.get(r["user_id"], 0) + int(r["debited_seconds"])
     for user_id, debit in debits.items():
         await conn.execute(
@@ -217,12 +220,15 @@ async def _debit(conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> None:
 
 
 async def session_rows(store: Store, session_ids: list[str]) -> list[asyncpg.Record]:
-    """State, holder and user status of these sessions (reconciliation)."""
+    """State, holder, user status and interview status of these sessions
+    (reconciliation)."""
 
     async def op(conn: asyncpg.Connection) -> list[asyncpg.Record]:
         rows: list[asyncpg.Record] = await conn.fetch(
-            """SELECT s.id, s.state, s.end_reason, s.relay_instance, u.active
+            """SELECT s.id, s.state, s.end_reason, s.relay_instance, u.active,
+                      i.status AS interview_status
                FROM interview_sessions s JOIN users u ON u.id = s.user_id
+                    LEFT JOIN interviews i ON i.id = s.interview_id
                WHERE s.id = ANY($1::text[])""",
             session_ids,
         )

@@ -212,6 +212,9 @@ class ClusterRuntime:
                 continue
             if not row["active"]:
                 await self.end_local(entry, "revoked")
+            elif row["interview_status"] == "cancelled" and entry.state != "pending":
+                # The interview was cancelled and its command did not arrive here.
+                await self.end_local(entry, "cancelled")
             elif entry.state == "pending" and row["state"] in ("ended", "failed"):
                 # Closed elsewhere (e.g. an exchange on another member that got no answer
                 # from its claim closes the row): nothing holds it, nor its lease.

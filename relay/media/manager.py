@@ -259,7 +259,12 @@ class BridgeManager:
         if self.continuity is not None and self.settings.session.reconnect_grace_s > 0:
             continuity = self.continuity.session(entry.session_id, entry.claim_token)
         try:
-            recorder = self.recordings.begin(entry.session_id, part=entry.part)
+            # An interview created with recording off records none of its sessions.
+            recorder = (
+                self.recordings.begin(entry.session_id, part=entry.part)
+                if entry.recording
+                else None
+            )
             bridge = Bridge(
                 continuity=continuity,
                 seed=seed,

@@ -3,12 +3,16 @@
 * ``begin(session_id)`` gives the bridge a ``SessionRecorder`` (nothing blocks: the
   directory is made by the writer thread, the row is inserted by a task).
 * When the recorder's files are closed, finalisation runs in a process pool
-  (``relay.recording.render`` in ``relay.recording.render_pool``'s workers), then
-  (``storage = "s3"``) the files are uploaded and the local copy removed; the row goes
-  recording → rendering → ready, or failed with a reason.
+  (``relay.recording.render`` in ``relay.recording.render_pool``'s workers); the rendered
+  files are checked against the manifest and what they were rendered from (the packet
+  logs, the event log) removed (``relay.recording.sources``); then (``storage = "s3"``)
+  the files are uploaded and the local copy removed; the row goes recording → rendering →
+  ready, or failed with a reason.
   A failed upload keeps the local files; a periodic task retries it.
 * At start, directories without a ``manifest.json`` (a relay killed mid-interview, or
-  during rendering) are finalised from what was written, and marked recovered.
+  during rendering) are finalised from what was written, and marked recovered; those
+  rendered but not yet marked ready are checked and stored; ready ones that still hold
+  their sources (finalised by an older version) are checked and lose them.
 * A periodic task deletes recordings older than ``retention_days``.
 
 Nothing here can fail an interview: every error ends up in the row's ``status_reason``.
@@ -31,9 +35,10 @@ import asyncpg
 
 from relay.config import Settings
 from relay.db import DatabaseUnavailable, Store
+from relay.observability.masking import mask_email
 from relay.observability.metrics import MetricsRegistry
 from relay.private_files import private_dir
-from relay.recording import render, rows
+from relay.recording import render, rows, sources
 from relay.recording.recorder import META, RecordingWriter, SessionRecorder
 from relay.recording.render_pool import RenderPool
 from relay.recording.rows import RecordingRows
@@ -53,6 +58,24 @@ CONTENT_TYPES = {
     "transcript.jsonl": "application/x-ndjson",
     "manifest.json": "application/json",
 }
+
+
+def _list_rendered(root: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """Directories holding a manifest, with it."""
+    out: list[tuple[Path, dict[str, Any]]] = []
+    if not root.is_dir():
+        return out
+    for child in sorted(root.iterdir()):
+        path = child / render.MANIFEST
+        if not child.is_dir() or not path.is_file():
+            continue
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(manifest, dict) and "recording_id" in manifest and "session_id" in manifest:
+            out.append((child, manifest))
+    return out
 
 
 def _list_unfinished(root: Path) -> list[tuple[Path, dict[str, Any]]]:
@@ -80,6 +103,13 @@ def part_directory(session_id: str, part: int) -> str:
     return session_id if part <= 1 else f"{session_id}.part{part}"
 
 
+def _masked(item: dict[str, Any]) -> dict[str, Any]:
+    """A recording for /api/stats, which never carries a full e-mail address (the
+    recordings API gives it to API keys)."""
+    email = item.get("candidate_email")
+    return item | {"candidate_email": mask_email(email) if email else email}
+
+
 class RecordingService:
     def __init__(
         self, settings: Settings, store: Store, instance_id: str, metrics: MetricsRegistry
@@ -103,7 +133,8 @@ class RecordingService:
         self._closing = False
         self._failures = metrics.counter(
             "relay_recordings_failed_total",
-            "Recordings failed, by stage: write (the packet logs), render, upload",
+            "Recordings failed, by stage: write (the packet logs), render, verify (the "
+            "rendered files against the manifest), upload",
             ["stage"],
         )
 
@@ -294,9 +325,37 @@ class RecordingService:
                     recording_id, "failed", reason=f"render failed: {type(exc).__name__}: {exc}"
                 )
                 return
-            await self._store_files(recording_id, session_id, directory, manifest, recovered)
+            await self._complete(recording_id, session_id, directory, manifest, recovered)
         finally:
             self._finalising.discard(recording_id)
+
+    async def _complete(
+        self,
+        recording_id: str,
+        session_id: str,
+        directory: Path,
+        manifest: dict[str, Any],
+        recovered: bool,
+    ) -> None:
+        """A rendered recording: check its files against the manifest, drop what they
+        were rendered from, store them."""
+        problems = await asyncio.to_thread(sources.mismatches, directory, manifest)
+        if problems:
+            log.error(
+                "recording %s: rendered files do not match the manifest: %s", recording_id, problems
+            )
+            self._failures.inc(stage="verify")
+            await self._status(
+                recording_id,
+                "failed",
+                reason=f"verify failed (packet logs kept): {'; '.join(problems)}",
+            )
+            return
+        try:
+            await asyncio.to_thread(sources.remove_sources, directory)
+        except OSError as exc:  # the recording is fine; the next start tries again
+            log.warning("recording %s: packet logs not removed (%s)", recording_id, exc)
+        await self._store_files(recording_id, session_id, directory, manifest, recovered)
 
     async def _store_files(
         self,
@@ -386,9 +445,9 @@ class RecordingService:
 
     async def recover(self) -> int:
         """Finalise the recordings a previous run of this instance left unfinished."""
+        count = await self._recover_rendered()
         unfinished = await asyncio.to_thread(_list_unfinished, self.root)
         live = {r.recording_id for r in self.live.values()}
-        count = 0
         for directory, meta in unfinished:
             recording_id, session_id = str(meta["recording_id"]), str(meta["session_id"])
             if recording_id in live or meta.get("instance_id") not in (None, self.instance_id):
@@ -406,6 +465,37 @@ class RecordingService:
             )
             await self._finalise(recording_id, session_id, directory, recovered=True)
             count += 1
+        return count
+
+    async def _recover_rendered(self) -> int:
+        """Rendered recordings of this instance not marked ready yet (the relay stopped
+        between rendering and storing) are checked and stored; ready ones still holding
+        their sources lose them once checked. How many were stored."""
+        count = 0
+        for directory, manifest in await asyncio.to_thread(_list_rendered, self.root):
+            recording_id, session_id = str(manifest["recording_id"]), str(manifest["session_id"])
+            if recording_id in self._finalising:
+                continue
+            row = await self.rows.get(recording_id)
+            if row is None or row["relay_instance"] != self.instance_id:
+                continue
+            if row["status"] in ("recording", "rendering"):
+                log.warning(
+                    "recording %s: rendered but not stored (relay stopped); storing", recording_id
+                )
+                recovered = bool(manifest.get("recovered_after_crash"))
+                await self._complete(recording_id, session_id, directory, manifest, recovered)
+                count += 1
+            elif row["status"] == "ready" and await asyncio.to_thread(
+                sources.has_sources, directory
+            ):
+                problems = await asyncio.to_thread(sources.mismatches, directory, manifest)
+                if problems:
+                    log.warning(
+                        "recording %s: sources kept, the files differ: %s", recording_id, problems
+                    )
+                else:
+                    await asyncio.to_thread(sources.remove_sources, directory)
         return count
 
     async def retry_uploads(self) -> int:
@@ -467,7 +557,7 @@ class RecordingService:
             out.update(await self.rows.summary())
             # The newest few, for the dashboard's list (player, transcript, delete).
             latest, _ = await self.rows.page(limit=LATEST_IN_STATS, offset=0)
-            out["latest"] = [rows.to_json(r) for r in latest]
+            out["latest"] = [_masked(rows.to_json(r)) for r in latest]
         except (DatabaseUnavailable, asyncpg.PostgresError) as exc:
             out["database"] = f"unavailable: {type(exc).__name__}"
         return out

@@ -26,8 +26,12 @@ from relay.observability.request_context import bind_session, current, current_r
 from relay.services import SERVICES
 from relay.sessions.continuity import is_resume_token
 from relay.sessions.registry import is_session_id
-from relay.web.body import read_json_object
+from relay.web import idempotency
+from relay.web.api import Api, Operation, PathParam, Response
+from relay.web.body import parse_json_object, read_body
 from relay.web.caller import authenticate
+from relay.web.routes_session import CANDIDATE_ERRORS
+from relay.web.schemas import ResumeAnswer, ResumeRequest
 
 log = logging.getLogger("relay.http")
 
@@ -60,48 +64,97 @@ def _resume_fields(body: dict[str, Any]) -> tuple[str, str]:
     return token, sdp
 
 
-async def resume_session(request: web.Request) -> web.Response:
+async def resume_session(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     with request_banner(log, "SESSION RESUME") as banner:
         stage(log, "SESSION_RESUME_START")
         caller = await authenticate(request)
         session_id = _path_session_id(request)
-        body = await read_json_object(request)
-        token, sdp = _resume_fields(body)
-        try:
-            validate_offer(sdp, max_bytes=services.settings.session.max_sdp_bytes)
-        except InvalidOffer as exc:
-            raise invalid_offer_error(exc) from None
-        bind_session(session_id)
-        result = await services.resume.resume(
-            session_id,
-            caller,
-            token,
-            sdp,
-            request_id=current_request_id(),
-            authorization=request.headers.get("Authorization", ""),
-            forwarded_by=request.headers.get(FORWARDED_BY_HEADER),
-            hops=_hops(request),
-        )
-        if isinstance(result, Forwarded):
-            banner.status = result.status
-            stage(log, "SESSION_RESUME_FORWARDED")
-            return web.json_response(result.body, status=result.status)
-        ctx = current()
-        banner.status = 201
-        stage(log, "SESSION_RESUME_COMPLETE")
-        return web.json_response(
-            {
+        raw = await read_body(request)
+        token, sdp = _resume_fields(parse_json_object(raw))
+
+        async def resume() -> tuple[int, dict[str, Any], dict[str, str]]:
+            try:
+                validate_offer(sdp, max_bytes=services.settings.session.max_sdp_bytes)
+            except InvalidOffer as exc:
+                raise invalid_offer_error(exc) from None
+            bind_session(session_id)
+            result = await services.resume.resume(
+                session_id,
+                caller,
+                token,
+                sdp,
+                request_id=current_request_id(),
+                authorization=request.headers.get("Authorization", ""),
+                forwarded_by=request.headers.get(FORWARDED_BY_HEADER),
+                hops=_hops(request),
+            )
+            if isinstance(result, Forwarded):
+                stage(log, "SESSION_RESUME_FORWARDED")
+                return result.status, result.body, {}
+            ctx = current()
+            stage(log, "SESSION_RESUME_COMPLETE")
+            answer = {
                 "type": "answer",
                 "sdp": result.answer_sdp,
                 "session_id": session_id,
                 "resume_token": result.resume_token,
                 "request_id": current_request_id(),
                 "processing_time_ms": round(ctx.elapsed_ms(), 1) if ctx else 0.0,
-            },
-            status=201,
+            }
+            return 201, answer, {}
+
+        # A retried resume with the same Idempotency-Key gets the same answer (its token
+        # was spent by the first: without the key, the retry gets 409).
+        response = await idempotency.run(
+            request, "candidate:" + caller.token_hash[:40], raw, resume
         )
+        banner.status = response.status
+        return response
 
 
-def register(app: web.Application) -> None:
-    app.router.add_post("/api/sessions/{session_id}/resume", resume_session)
+def register(api: Api) -> None:
+    api.add(
+        Operation(
+            "POST",
+            "/api/sessions/{session_id}/resume",
+            "resumeSession",
+            "Take a dropped or reloaded page's interview back (same session and recording)",
+            auth="candidate",
+            tag="candidate",
+            raw=resume_session,
+            body=ResumeRequest,
+            idempotent=True,
+            path_params=(PathParam("session_id", "The session's id.", r"^is_[0-9a-f]{32}$"),),
+            description=(
+                "Needs both the candidate's credential and the session's current resume "
+                "token (from the exchange's or the last resume's answer). The answer's "
+                "resume_token replaces the one sent. A resume that reaches another member "
+                "is served by the member holding the interview; if that member is gone, "
+                "this one takes the interview over (docs/operations.md, 'Continuity')."
+            ),
+            responses=(
+                Response(201, "The relay's SDP answer, on the same session.", ResumeAnswer),
+            ),
+            errors={
+                **CANDIDATE_ERRORS,
+                400: (
+                    "invalid_json",
+                    "invalid_request",
+                    "invalid_offer",
+                    "invalid_idempotency_key",
+                ),
+                404: ("session_not_found",),
+                409: (
+                    "resume_token_invalid",
+                    "session_not_resumable",
+                    "resume_in_progress",
+                    "idempotency_key_in_use",
+                ),
+                410: ("session_ended",),
+                413: ("body_too_large",),
+                422: ("idempotency_key_reused",),
+                503: ("resume_unavailable", "resume_failed", "database_unavailable", "draining"),
+            },
+        )
+    )

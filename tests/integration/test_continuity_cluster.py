@@ -5,6 +5,7 @@ upstream session seeded with the conversation so far, recording it as part 2."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -51,9 +52,16 @@ async def resume_at(
     page = Page(payloads=SPEECH)
     pair.browsers.append(page)
     body = {"resume_token": resume_token, "type": "offer", "sdp": await page.offer()}
-    status, answer, _ = await client.call(
-        "POST", f"api/sessions/{session_id}/resume", token=token, json=body
-    )
+    # As the page does: a retryable refusal (the holder was killed while its socket still
+    # took the connection: nobody knows whether it served the resume) is tried again
+    # after a short backoff; anything else ends the attempt.
+    for backoff_s in (0.5, 1.0, 2.0, 0.0):
+        status, answer, _ = await client.call(
+            "POST", f"api/sessions/{session_id}/resume", token=token, json=body
+        )
+        if status != 503 or not answer["error"]["retryable"] or not backoff_s:
+            break
+        await asyncio.sleep(backoff_s)
     assert status == 201, answer
     await page.accept(answer["sdp"])
     await page.wait_connected(within=15)

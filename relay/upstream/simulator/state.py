@@ -106,6 +106,11 @@ class SimulatorState:
         # Datagrams (ICE checks) that reached the silent port of ``ice_never_completes``.
         self.ice_checks_ignored = 0
         self.calls: OrderedDict[str, CallRecord] = OrderedDict()
+        # What each mint asked for: {"dialect", "session" (the request's session config,
+        # instructions included), "session_id"}; tests check an interview's interviewer
+        # reached the upstream. As many as closed calls are kept (a mint precedes each
+        # call): a long-running simulator's history stays bounded the same way.
+        self.mints: deque[dict[str, Any]] = deque(maxlen=max_closed_calls)
         self._max_closed = max_closed_calls
         self._changed = asyncio.Event()
         self._fault_listeners: list[FaultListener] = []
@@ -123,6 +128,10 @@ class SimulatorState:
             del self.calls[old.call_id]
         self.notify()
 
+    def add_mint(self, dialect: Dialect, session: Mapping[str, Any], session_id: str) -> None:
+        self.mints.append({"dialect": dialect, "session": dict(session), "session_id": session_id})
+        self.notify()
+
     def call(self, call_id: str) -> CallRecord:
         return self.calls[call_id]
 
@@ -135,6 +144,7 @@ class SimulatorState:
             "requests": dict(self.requests),
             "ice_checks_ignored": self.ice_checks_ignored,
             "calls": {call_id: c.to_json() for call_id, c in self.calls.items()},
+            "mints": list(self.mints),
         }
 
     # -- faults ------------------------------------------------------------------------
