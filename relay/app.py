@@ -14,7 +14,7 @@ Start-up (each step needs the ones before it):
      claim (relay.cluster, relay.sessions.shared_state);
   5. admission, the session registry and the session service;
   6. this member's heartbeat and commands (relay.cluster.runtime);
-  7. recordings;
+  7. recordings, and the webhooks' dispatcher (relay.webhooks);
   8. the media bridges;
   9. housekeeping (expiring unused sessions), memory release, the event-loop monitor.
 Each part is built complete, from the parts it uses, once; ``Services`` hands them to
@@ -39,17 +39,22 @@ from pathlib import Path
 from aiohttp import web
 
 from relay import __version__
+from relay.admission.api_keys import ApiKeyRows
 from relay.admission.cache import UserCache
 from relay.admission.invalidation import CacheInvalidationListener
+from relay.admission.invites import InviteRows
 from relay.admission.service import Admission
-from relay.admission.users import UserRows
+from relay.admission.users import UserAdmin, UserRows
+from relay.cluster.bus import notify
 from relay.cluster.limits import SharedLimits
+from relay.cluster.resume import ResumeService
 from relay.cluster.runtime import ClusterRuntime
 from relay.cluster.sealing import Sealer
 from relay.cluster.setup import advertise_address, state_key
 from relay.config import ConfigError, Settings
 from relay.db import Store
 from relay.db.bootstrap import BootstrapFailed, StartupStatus, bootstrap_database
+from relay.interviews.service import InterviewService
 from relay.media.ephemeral_ports import ephemeral_overlap
 from relay.media.event_schema import unknown_types
 from relay.media.manager import BridgeManager
@@ -58,9 +63,10 @@ from relay.observability.loop_monitor import LoopMonitor
 from relay.observability.metrics import MetricsRegistry
 from relay.recording.service import RecordingService
 from relay.services import SERVICES, Services
+from relay.sessions.continuity import ContinuityKeeper
 from relay.sessions.drain import DrainState
 from relay.sessions.registry import SessionRegistry
-from relay.sessions.rows import SessionRows, abandoned_after_s
+from relay.sessions.rows import SessionList, SessionRows, abandoned_after_s
 from relay.sessions.service import SessionService
 from relay.sessions.shared_state import SharedSessions
 from relay.tasks import TaskGroup, cancel_and_wait
@@ -76,16 +82,26 @@ from relay.upstream.simulator_process import (
 )
 from relay.web import (
     caller,
+    idempotency,
     low_level,
+    openapi,
     routes_bridge,
     routes_cluster,
     routes_health,
+    routes_interviews,
+    routes_keys,
     routes_operator,
     routes_recordings,
+    routes_resume,
     routes_session,
+    routes_sessions,
+    routes_users,
+    routes_webhooks,
     security_headers,
 )
+from relay.web.api import Api
 from relay.web.middleware import make_middleware
+from relay.webhooks.service import Webhooks
 
 log = logging.getLogger("relay.app")
 
@@ -98,6 +114,8 @@ STATIC_FILES = (
     else frozenset()
 )
 HOUSEKEEPING_INTERVAL_S = 5.0
+# Expired Idempotency-Keys are purged every this many rounds.
+IDEMPOTENCY_PURGE_ROUNDS = 60
 
 OPERATOR_TOKEN = web.AppKey("operator_token_generated", str)
 
@@ -128,12 +146,23 @@ def create_app(
     security_headers.install(app)
     caller.install(app, settings.limits)
     app.cleanup_ctx.append(_lifecycle(settings, metrics, instance_id, simulate))
-    routes_session.register(app, settings.limits, metrics)
-    routes_bridge.register(app)
+    # Every /api/ route is an operation of the registry (relay.web.api), which also
+    # generates the OpenAPI document from them.
+    api = Api()
+    routes_session.register(api, app, settings.limits, metrics)
+    routes_bridge.register(api)
+    routes_operator.register(api, app)
+    routes_recordings.register(api)
+    routes_cluster.register(api)
+    routes_interviews.register(api)
+    routes_users.register(api)
+    routes_sessions.register(api)
+    routes_keys.register(api)
+    routes_webhooks.register(api)
+    routes_resume.register(api)
+    openapi.register(api)
+    api.install(app)
     routes_health.register(app)
-    routes_operator.register(app)
-    routes_recordings.register(app)
-    routes_cluster.register(app)
     if "index.html" in STATIC_FILES:
         app.router.add_get("/", _index)
         app.router.add_get("/static/{name}", _static_file)
@@ -204,7 +233,7 @@ async def _start(
     await store.open()
     stack.push_async_callback(store.close)
     users = UserRows(store)
-    session_rows = SessionRows(store)
+    session_rows = SessionRows(store, min_remaining_s=settings.limits.min_remaining_seconds)
     startup = await _bootstrap_database(settings, store, session_rows, instance, stack, tasks)
 
     # 2. cache, and its invalidation by the database (closed before the cache)
@@ -232,10 +261,14 @@ async def _start(
     # member can claim
     limits = SharedLimits(settings, metrics)
     stack.push_async_callback(limits.close)
+    # Seals the secrets kept in the database: pending sessions', webhook endpoints',
+    # idempotent answers.
+    key = await state_key(settings)
+    sealer = Sealer(key)
     shared_sessions = SharedSessions(
         settings,
         store=store,
-        sealer=Sealer(await state_key(settings)),
+        sealer=sealer,
         upstream=upstream.client,
         instance_id=instance,
         metrics=metrics,
@@ -244,7 +277,8 @@ async def _start(
 
     # 5. admission and sessions
     drain = DrainState()
-    admission = Admission(settings, users, cache, metrics)
+    admission = Admission(settings, users, cache, metrics, invites=InviteRows(store))
+    interviews = InterviewService(settings.interviews, store, notify)
     registry = SessionRegistry(settings.limits, metrics)
     sessions = SessionService(
         settings,
@@ -284,8 +318,16 @@ async def _start(
     recordings = RecordingService(settings, store, instance, metrics)
     recordings.start()
     stack.push_async_callback(recordings.close)
+    # Webhooks: the endpoints, and the dispatcher that delivers the outbox's events (it
+    # waits for the schema; what it has not delivered at shut-down stays in the database).
+    webhooks = Webhooks(settings.webhooks, store, key, metrics, instance)
+    webhooks.start()
+    stack.push_async_callback(webhooks.close)
 
-    # 8. media bridges
+    # 8. media bridges, and resuming them (closed after the bridges: their last progress
+    # and transcript writes land)
+    continuity = ContinuityKeeper(store, metrics)
+    stack.push_async_callback(continuity.close)
     memory = MemoryKeeper(settings.server.memory_release_delay_s, metrics=metrics)
     bridges = BridgeManager(
         settings,
@@ -296,7 +338,19 @@ async def _start(
         recordings=recordings,
         memory=memory,
         metrics=metrics,
+        continuity=continuity,
     )
+    resume = ResumeService(
+        settings,
+        instance_id=instance,
+        address=advertise_address(settings),
+        registry=registry,
+        sessions=sessions,
+        bridges=bridges,
+        continuity=continuity,
+        upstream=upstream.client,
+    )
+    stack.push_async_callback(resume.close)
     overlap = await asyncio.to_thread(
         ephemeral_overlap, settings.ice.udp_port_min, settings.ice.udp_port_max
     )
@@ -305,7 +359,7 @@ async def _start(
     stack.push_async_callback(bridges.close_all)
 
     # 9. housekeeping, memory, and the event-loop/CPU monitor the dashboard charts
-    housekeeping = tasks.spawn(_housekeeping(sessions), name="housekeeping")
+    housekeeping = tasks.spawn(_housekeeping(sessions, interviews, store), name="housekeeping")
     stack.push_async_callback(cancel_and_wait, housekeeping)
     gc_pauses = GcPauseMeter(metrics)
     gc_pauses.install()
@@ -333,11 +387,18 @@ async def _start(
         drain=drain,
         cluster=cluster,
         recordings=recordings,
+        webhooks=webhooks,
         bridges=bridges,
+        resume=resume,
         memory=memory,
         loop_monitor=loop_monitor,
         startup=startup,
         recordings_summary=recordings.summary,
+        api_keys=ApiKeyRows(store),
+        interviews=interviews,
+        user_admin=UserAdmin(store),
+        session_list=SessionList(store),
+        sealer=sealer,
         operator_token_hash=hashlib.sha256(token.encode()).hexdigest(),
         generated_operator_token=None if settings.server.operator_token else token,
         simulator=upstream.simulator,
@@ -433,12 +494,22 @@ async def _upstream_endpoint(
     return SIMULATOR_API_KEY, base_url, simulator
 
 
-async def _housekeeping(sessions: SessionService) -> None:
+async def _housekeeping(
+    sessions: SessionService, interviews: InterviewService, store: Store
+) -> None:
+    rounds = 0
     while True:
         await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
+        rounds += 1
         try:
             await sessions.expire_pending()
             await sessions.retry_unwritten()
+            if store.schema_ready:
+                # Interviews past their expiry or their rejoin window (each closed once
+                # across the cluster), and Idempotency-Keys past their 24 hours.
+                await interviews.close_due()
+                if rounds % IDEMPOTENCY_PURGE_ROUNDS == 0:
+                    await idempotency.purge(store)
         except Exception:  # housekeeping must never die; the next round retries
             log.exception("housekeeping failed")
 

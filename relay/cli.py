@@ -1,30 +1,42 @@
-"""Command line: ``relay serve | simulate | doctor | users add/import/revoke | db migrate``."""
+"""Command line: ``relay serve | simulate | doctor | users | keys | interviews | db migrate |
+webhooks`` (the management commands: relay.manage, relay.webhooks.commands)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from aiohttp import web
 
 from relay import event_loop
 from relay.admission.tokens import hash_token, new_token
-from relay.admission.users import UserExists, UserRows, UsersExist
+from relay.admission.users import UserAdmin, UserExists, UserRows, UsersExist
+from relay.cluster.bus import notify
 from relay.config import ConfigError, Settings, load_settings
 from relay.db import DatabaseUnavailable, Store
 from relay.db.embedded_pg import EmbeddedPostgresError
 from relay.db.migrate import MigrationTimeout
+from relay.manage import (
+    NoDatabase,
+    add_database_options,
+    add_parsers,
+    add_user_parsers,
+    evict_shared_cache,
+    interviews_command,
+    keys_command,
+    open_store,
+    settings_for,
+    users_command,
+)
 from relay.observability import error_tracking
 from relay.observability.logging import configure_logging
-from relay.observability.metrics import MetricsRegistry
 from relay.services import SERVICES, Services
 from relay.upstream.simulator_process import (
     CONTROL_TOKEN_ENV,
@@ -33,6 +45,7 @@ from relay.upstream.simulator_process import (
     simulator_spec,
     start_simulator_process,
 )
+from relay.webhooks import commands as webhook_commands
 
 log = logging.getLogger("relay.cli")
 
@@ -84,14 +97,22 @@ def _parser() -> argparse.ArgumentParser:
 
     users = sub.add_parser("users", help="manage candidate accounts")
     users_sub = users.add_subparsers(dest="users_command", required=True)
-    add = with_config(users_sub.add_parser("add", help="create a user and print its token"))
+    add = add_database_options(
+        with_config(
+            users_sub.add_parser(
+                "add", help="create a user (or reactivate a revoked one) and print its token"
+            )
+        )
+    )
     add.add_argument("--email", required=True)
     add.add_argument(
         "--seconds", type=int, default=DEFAULT_USER_SECONDS, help="interview seconds granted"
     )
-    bulk = with_config(
-        users_sub.add_parser(
-            "import", help="create users from a CSV (email[,seconds]); tokens to a new file"
+    bulk = add_database_options(
+        with_config(
+            users_sub.add_parser(
+                "import", help="create users from a CSV (email[,seconds]); tokens to a new file"
+            )
         )
     )
     bulk.add_argument("--file", required=True, type=Path, help="CSV with an 'email' header")
@@ -101,12 +122,18 @@ def _parser() -> argparse.ArgumentParser:
     bulk.add_argument(
         "--seconds", type=int, default=DEFAULT_USER_SECONDS, help="for rows without seconds"
     )
-    revoke = with_config(users_sub.add_parser("revoke", help="deactivate a user"))
+    revoke = add_database_options(
+        with_config(users_sub.add_parser("revoke", help="deactivate a user"))
+    )
     revoke.add_argument("--email", required=True)
+    add_user_parsers(users_sub, with_config)
+    add_parsers(sub, with_config)
 
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True)
-    with_config(db_sub.add_parser("migrate", help="apply schema migrations"))
+    add_database_options(with_config(db_sub.add_parser("migrate", help="apply schema migrations")))
+
+    webhook_commands.add_parser(sub, lambda p: add_database_options(with_config(p)))
     return parser
 
 
@@ -121,7 +148,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         settings = settings.replace("server", port=args.port)
     if getattr(args, "simulate", False):
         settings = settings.replace("upstream", simulate=True)
-    return settings
+    return settings_for(settings, args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -156,10 +183,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_doctor(settings))
         if args.command == "users":
             return asyncio.run(_users(settings, args))
+        if args.command == "keys":
+            return asyncio.run(keys_command(settings, args))
+        if args.command == "interviews":
+            return asyncio.run(interviews_command(settings, args))
         if args.command == "db":
-            return asyncio.run(_migrate(settings))
+            return asyncio.run(_migrate(settings, create=args.create))
+        if args.command == "webhooks":
+            return asyncio.run(_webhooks(settings, args))
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except NoDatabase as exc:
+        print(str(exc), file=sys.stderr)
         return 2
     except DatabaseUnavailable as exc:
         print(f"database unavailable: {exc}", file=sys.stderr)
@@ -341,7 +377,7 @@ async def _supervise(settings: Settings, workers: int, argv: list[str]) -> int:
 async def _demo_user(settings: Settings) -> None:
     token = new_token()
     try:
-        async with _store(settings) as store:
+        async with open_store(settings, create=True) as store:
             await UserRows(store).create_user(
                 DEMO_EMAIL, hash_token(token), DEFAULT_USER_SECONDS, replace=True
             )
@@ -353,26 +389,8 @@ async def _demo_user(settings: Settings) -> None:
 
 
 # ---------------------------------------------------------------------- users, db
-@contextlib.asynccontextmanager
-async def _store(settings: Settings) -> AsyncIterator[Store]:
-    """A store on the configured (or the shared embedded) database, migrated."""
-    async with contextlib.AsyncExitStack() as stack:
-        dsn = settings.database.url
-        if not dsn:
-            from relay.db.embedded_pg import start_embedded_postgres
-
-            embedded = await asyncio.to_thread(start_embedded_postgres, settings.data_path)
-            stack.push_async_callback(asyncio.to_thread, embedded.stop)
-            dsn = embedded.dsn
-        store = Store(dsn, settings.database, MetricsRegistry())
-        await store.open()
-        stack.push_async_callback(store.close)
-        await store.migrate()
-        yield store
-
-
-async def _migrate(settings: Settings) -> int:
-    async with _store(settings):
+async def _migrate(settings: Settings, *, create: bool) -> int:
+    async with open_store(settings, create=create):
         print("database schema is up to date")
     return 0
 
@@ -398,7 +416,7 @@ async def _import_users(settings: Settings, args: argparse.Namespace) -> int:
         print(f"{args.tokens_out}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     try:
-        async with _store(settings) as store:
+        async with open_store(settings, create=args.create) as store:
             count = await UserRows(store).create_users(
                 [(u.email, hash_token(t), u.seconds) for u, t in zip(users, tokens, strict=True)]
             )
@@ -416,14 +434,23 @@ async def _import_users(settings: Settings, args: argparse.Namespace) -> int:
 async def _users(settings: Settings, args: argparse.Namespace) -> int:
     if args.users_command == "import":
         return await _import_users(settings, args)
-    async with _store(settings) as store:
+    if args.users_command not in ("add", "revoke"):
+        return await users_command(settings, args)
+    async with open_store(settings, create=args.create) as store:
         users = UserRows(store)
         if args.users_command == "add":
             if args.seconds < 0:
                 print("--seconds must be >= 0", file=sys.stderr)
                 return 2
-            if await users.find_user_by_email(args.email) is not None:
-                print(f"a user with email {args.email} already exists", file=sys.stderr)
+            existing = await users.find_user_by_email(args.email)
+            if existing is not None and not existing.active:
+                return await _reactivate_with_token(settings, store, existing.id, args)
+            if existing is not None:
+                print(
+                    f"a user with email {args.email} already exists; a lost token is "
+                    f"replaced with `relay users reissue --email {args.email}`",
+                    file=sys.stderr,
+                )
                 return 1
             token = new_token()
             try:
@@ -440,25 +467,32 @@ async def _users(settings: Settings, args: argparse.Namespace) -> int:
         if token_hash is None:
             print(f"no user with email {args.email}", file=sys.stderr)
             return 1
-        await _evict_shared_cache(settings, token_hash)
+        await evict_shared_cache(settings, token_hash)
         print(f"revoked {args.email}")
         return 0
 
 
-async def _evict_shared_cache(settings: Settings, token_hash: str) -> None:
-    """Drop the user from Redis so every instance sees the revocation at once.
+async def _reactivate_with_token(
+    settings: Settings, store: Store, user_id: int, args: argparse.Namespace
+) -> int:
+    """``users add`` for a revoked user: active again, with a new token and the given
+    seconds (the documented way back after `relay users revoke`)."""
+    token = new_token()
+    change = await UserAdmin(store).update(
+        user_id,
+        notify,
+        remaining_seconds=args.seconds,
+        active=True,
+        token_hash=hash_token(token),
+    )
+    assert change is not None
+    await evict_shared_cache(settings, change.old_token_hash)
+    user = change.user
+    print(f"reactivated user {user.id} <{user.email}> with {user.remaining_seconds} seconds")
+    print(token)
+    return 0
 
-    The revocation's UPDATE also notifies every relay listening to the database (migration
-    004, relay.admission.invalidation), which drops the user from its local fallback too;
-    this direct eviction covers relays running with ``cache.invalidate_from_database`` off
-    (whose local copies then expire within ``cache.local_ttl_s``).
-    """
-    if not settings.cache.redis_url:
-        return
-    from relay.admission.cache import UserCache
 
-    cache = UserCache(settings.cache, MetricsRegistry())
-    try:
-        await cache.invalidate(token_hash)
-    finally:
-        await cache.close()
+async def _webhooks(settings: Settings, args: argparse.Namespace) -> int:
+    async with open_store(settings, create=args.create) as store:
+        return await webhook_commands.run(settings, store, args)

@@ -122,6 +122,16 @@ class ServerConfig(_Section):
     trusted_proxies: tuple[ProxyNetwork, ...] = ()
     # The asyncio event loop of `relay serve` (relay.event_loop): "uvloop" or "asyncio".
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    # The relay's address as candidates reach it (https://interviews.example.com): the base
+    # of interviews' candidate links. Empty: the origin of the request that created them.
+    public_url: str = ""
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        if value and (not re.match(r"^https?://[^/?#\s]+/?$", value)):
+            raise ValueError("an http(s) origin such as https://interviews.example.com")
+        return value.rstrip("/")
 
     @field_validator("operator_token")
     @classmethod
@@ -307,6 +317,14 @@ class SessionConfig(_Section):
     ice_gather_timeout_s: Annotated[float, Field(gt=0, le=120)] = 5.0
     # Max bytes of an SDP offer.
     max_sdp_bytes: Annotated[int, Field(ge=1, le=1_000_000)] = 20000
+    # A dropped browser leg may resume (POST /api/sessions/{id}/resume) within this many
+    # seconds; the upstream leg is kept meanwhile and the time is not charged. 0: a drop
+    # ends the interview at once.
+    reconnect_grace_s: Annotated[float, Field(ge=0, le=600)] = 30.0
+    # This many seconds before the limit the interviewer is asked to close (0: never).
+    wrap_up_s: Annotated[float, Field(ge=0, le=3600)] = 60.0
+    # At the limit, a reply in progress may finish within this many seconds (0: cut it).
+    overrun_grace_s: Annotated[float, Field(ge=0, le=300)] = 15.0
 
 
 class IceServerConfig(_Section):
@@ -538,6 +556,52 @@ class RecordingConfig(_Section):
         return self
 
 
+class InterviewsConfig(_Section):
+    # An interview's budget when its creator gives none (seconds of conversation over all
+    # its sessions).
+    default_max_duration_s: Annotated[int, Field(ge=1, le=86400)] = 1800
+    # How long a candidate link stays valid when its creator gives no expires_at.
+    default_expires_s: Annotated[int, Field(ge=60, le=31_536_000)] = 604800
+    # After a session of an interview in progress fails (a dropped network, a relay
+    # restart), the candidate may start again with the same link for this long; then the
+    # interview is failed (interview.failed).
+    rejoin_window_s: Annotated[int, Field(ge=0, le=86400)] = 600
+
+
+class WebhooksConfig(_Section):
+    # Deliver webhooks from this process (the dispatcher, relay.webhooks.dispatcher);
+    # endpoints can be managed either way. Any number of instances may deliver: each
+    # delivery is claimed by one.
+    deliver: bool = True
+    # Plain http is refused except to loopback, and loopback only when this is true
+    # (local development and tests).
+    allow_insecure_loopback: bool = False
+    # Networks (CIDR, or single addresses) an endpoint may resolve to although they are not
+    # public (private, link-local, loopback, shared, reserved); every other such address is
+    # refused, at registration and again at each delivery (relay.webhooks.ssrf).
+    allowed_networks: tuple[ProxyNetwork, ...] = ()
+    # One attempt's time limit: connect, send, and the receiver's answer.
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 10.0
+    # Retries: exponential backoff from retry_base_s, doubling up to retry_max_interval_s,
+    # with jitter; a delivery is given up once retry_for_s have passed since its event.
+    retry_base_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    retry_max_interval_s: Annotated[float, Field(gt=0, le=86400)] = 3600.0
+    retry_for_s: Annotated[float, Field(gt=0, le=30 * 86400)] = 3 * 86400.0
+    # How often an idle dispatcher looks for new events and due retries.
+    poll_interval_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    # Deliveries one process attempts at once.
+    max_in_flight: Annotated[int, Field(ge=1, le=256)] = 8
+    # Events older than this, with nothing left to deliver, are deleted with their
+    # deliveries and the delivery log.
+    retention_days: Annotated[int, Field(ge=1, le=3650)] = 30
+
+    @model_validator(mode="after")
+    def _max_interval_above_base(self) -> WebhooksConfig:
+        if self.retry_max_interval_s < self.retry_base_s:
+            raise ValueError("retry_max_interval_s: must be at least retry_base_s")
+        return self
+
+
 class _Sources:
     """Where ``load_settings`` reads from (``Settings()`` alone is the built-in defaults)."""
 
@@ -571,6 +635,8 @@ class Settings(BaseSettings):
     media: MediaConfig = MediaConfig()
     recording: RecordingConfig = RecordingConfig()
     cluster: ClusterConfig = ClusterConfig()
+    interviews: InterviewsConfig = InterviewsConfig()
+    webhooks: WebhooksConfig = WebhooksConfig()
 
     @model_validator(mode="after")
     def _across_sections(self) -> Settings:

@@ -13,14 +13,18 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from relay.admission.api_keys import ApiKeyRows
 from relay.admission.cache import UserCache
 from relay.admission.invalidation import CacheInvalidationListener
 from relay.admission.service import Admission
-from relay.admission.users import UserRows
+from relay.admission.users import UserAdmin, UserRows
+from relay.cluster.resume import ResumeService
 from relay.cluster.runtime import ClusterRuntime
+from relay.cluster.sealing import Sealer
 from relay.config import Settings
 from relay.db import Store
 from relay.db.bootstrap import StartupStatus
+from relay.interviews.service import InterviewService
 from relay.media.manager import BridgeManager
 from relay.memory import MemoryKeeper
 from relay.observability.loop_monitor import LoopMonitor
@@ -28,10 +32,11 @@ from relay.observability.metrics import MetricsRegistry
 from relay.recording.service import RecordingService
 from relay.sessions.drain import DrainState
 from relay.sessions.registry import SessionRegistry
-from relay.sessions.rows import SessionRows
+from relay.sessions.rows import SessionList, SessionRows
 from relay.sessions.service import SessionService
 from relay.upstream.base import UpstreamClient
 from relay.upstream.health import UpstreamHealth
+from relay.webhooks.service import Webhooks
 
 if TYPE_CHECKING:
     from relay.upstream.simulator_process import SimulatorProcess
@@ -59,8 +64,13 @@ class Services:
     cluster: ClusterRuntime
     # Interview recordings (relay.recording).
     recordings: RecordingService
+    # Webhook endpoints and the delivery of their events (relay.webhooks).
+    webhooks: Webhooks
     # The media bridges of this instance (relay.media.manager).
     bridges: BridgeManager
+    # Resumes of dropped browser legs: here, at the member holding them, or taken over
+    # from a member that died (relay.cluster.resume).
+    resume: ResumeService
     # Frees ended interviews promptly (relay.memory).
     memory: MemoryKeeper
     # Event-loop lag and CPU of this process (relay.observability.loop_monitor).
@@ -70,6 +80,13 @@ class Services:
     # The ``recordings`` block of /api/stats and the dashboard (counts by status, failures,
     # and ``latest``: items with id, session_id, status, duration_s, bytes, created_at).
     recordings_summary: Callable[[], Awaitable[dict[str, Any]]]
+    # The management API's parts: API keys, interviews, the users and sessions resources.
+    api_keys: ApiKeyRows
+    interviews: InterviewService
+    user_admin: UserAdmin
+    session_list: SessionList
+    # Seals what must not sit readable in the database (relay.cluster.sealing).
+    sealer: Sealer = field(repr=False)
     # The operator token's SHA-256 (never the token itself).
     operator_token_hash: str = field(repr=False)
     # Set when no operator token was configured: printed once by `relay serve`.

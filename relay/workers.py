@@ -44,10 +44,10 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from relay.cluster.sealing import load_or_create_key
 from relay.config import Settings
 from relay.observability import worker_metrics
 from relay.process_lifetime import ParentGone, die_with_parent
+from relay.sealing import load_or_create_key
 from relay.tasks import TaskGroup
 from relay.upstream.simulation import uses_simulator
 from relay.upstream.simulator_process import simulator_spec, start_simulator_process

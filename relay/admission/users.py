@@ -8,13 +8,17 @@ every member in the same transaction).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from relay.db import Store
+
+# Sends a cluster command on a connection, inside its transaction (relay.cluster.bus.notify).
+Notify = Callable[[asyncpg.Connection, dict[str, Any]], Awaitable[None]]
 
 
 class UserExists(Exception):
@@ -161,3 +165,156 @@ def _user(row: asyncpg.Record) -> UserRecord:
         active=row["active"],
         remaining_seconds=row["remaining_seconds"],
     )
+
+
+@dataclass(frozen=True)
+class UserDetail:
+    """A user as the management API shows it (never its token)."""
+
+    id: int
+    email: str
+    active: bool
+    remaining_seconds: int
+    created_at: datetime
+    revoked_at: datetime | None
+    interviews: int
+    sessions: int
+
+
+_DETAIL = """u.id, u.email, u.active, u.remaining_seconds, u.created_at, u.revoked_at,
+    (SELECT count(*) FROM interviews i WHERE i.user_id = u.id) AS interviews,
+    (SELECT count(*) FROM interview_sessions s WHERE s.user_id = u.id) AS sessions"""
+
+
+def _detail(row: asyncpg.Record) -> UserDetail:
+    return UserDetail(
+        id=row["id"],
+        email=row["email"],
+        active=row["active"],
+        remaining_seconds=row["remaining_seconds"],
+        created_at=row["created_at"],
+        revoked_at=row["revoked_at"],
+        interviews=int(row["interviews"]),
+        sessions=int(row["sessions"]),
+    )
+
+
+@dataclass(frozen=True)
+class UserChange:
+    """The user after a change, and what the change needs to reach every member: the
+    token hash its caches know it by (before a reissue) and whether it was deactivated."""
+
+    user: UserDetail
+    old_token_hash: str = field(repr=False)
+    deactivated: bool
+
+
+class UserAdmin:
+    """The users resource: list, read, change credit and status, reissue a token.
+
+    A change that ends access (deactivation, a reissued token) runs in one transaction
+    with ``notify`` (a cluster command, sent at commit: relay.cluster.bus), so every
+    member ends the user's live interviews (deactivation) and forgets the old token.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def page(
+        self,
+        *,
+        limit: int,
+        after: tuple[datetime, str] | None = None,
+        email: str | None = None,
+        active: bool | None = None,
+    ) -> list[UserDetail]:
+        async def op(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+            return list(
+                await conn.fetch(
+                    f"""SELECT {_DETAIL} FROM users u
+                        WHERE ($2::text IS NULL OR u.email = $2)
+                          AND ($3::boolean IS NULL OR u.active = $3)
+                          AND ($4::timestamptz IS NULL OR (u.created_at, u.id) < ($4, $5))
+                        ORDER BY u.created_at DESC, u.id DESC LIMIT $1""",
+                    limit,
+                    email,
+                    active,
+                    after[0] if after else None,
+                    int(after[1]) if after else None,
+                )
+            )
+
+        return [_detail(r) for r in await self._store.run("user_page", op)]
+
+    async def get(self, user_id: int) -> UserDetail | None:
+        async def op(conn: asyncpg.Connection) -> asyncpg.Record | None:
+            return await conn.fetchrow(f"SELECT {_DETAIL} FROM users u WHERE u.id = $1", user_id)
+
+        row = await self._store.run("user_get", op)
+        return _detail(row) if row is not None else None
+
+    async def get_by_email(self, email: str) -> UserDetail | None:
+        async def op(conn: asyncpg.Connection) -> asyncpg.Record | None:
+            return await conn.fetchrow(f"SELECT {_DETAIL} FROM users u WHERE u.email = $1", email)
+
+        row = await self._store.run("user_get_by_email", op)
+        return _detail(row) if row is not None else None
+
+    async def update(
+        self,
+        user_id: int,
+        notify: Notify,
+        *,
+        remaining_seconds: int | None = None,
+        add_seconds: int | None = None,
+        active: bool | None = None,
+        token_hash: str | None = None,
+    ) -> UserChange | None:
+        """Change credit (set, or add to), status and/or the token; None: no such user."""
+
+        async def op(conn: asyncpg.Connection) -> UserChange | None:
+            async with conn.transaction():
+                before = await conn.fetchrow(
+                    "SELECT active, token_hash FROM users WHERE id = $1 FOR UPDATE", user_id
+                )
+                if before is None:
+                    return None
+                await conn.execute(
+                    """UPDATE users SET
+                           remaining_seconds = LEAST(2147483647, GREATEST(0,
+                               COALESCE($2, remaining_seconds) + COALESCE($3, 0))),
+                           active = COALESCE($4, active),
+                           revoked_at = CASE WHEN $4 IS NULL THEN revoked_at
+                                             WHEN $4 THEN NULL
+                                             ELSE COALESCE(revoked_at, now()) END,
+                           token_hash = COALESCE($5, token_hash)
+                       WHERE id = $1""",
+                    user_id,
+                    remaining_seconds,
+                    add_seconds,
+                    active,
+                    token_hash,
+                )
+                deactivated = bool(before["active"]) and active is False
+                if deactivated:
+                    # As `relay users revoke`: pending sessions can no longer be claimed.
+                    await conn.execute(
+                        """UPDATE interview_sessions
+                           SET state = 'failed', end_reason = 'revoked', ended_at = now(),
+                               duration_seconds = 0, debited_seconds = 0
+                           WHERE user_id = $1 AND state = 'pending'""",
+                        user_id,
+                    )
+                    await notify(
+                        conn,
+                        {
+                            "op": "revoke_user",
+                            "user_id": user_id,
+                            "token_hash": before["token_hash"],
+                        },
+                    )
+                row = await conn.fetchrow(f"SELECT {_DETAIL} FROM users u WHERE u.id = $1", user_id)
+                assert row is not None
+                return UserChange(_detail(row), before["token_hash"], deactivated)
+
+        return await self._store.run("user_update", op)

@@ -8,13 +8,13 @@ import asyncio
 
 import backoff
 
-from relay.cluster.sealing import StateKeyError, load_or_create_key
 from relay.config import Settings
+from relay.sealing import StateKeyError, load_or_create_key
 
 
 @backoff.on_exception(backoff.constant, StateKeyError, interval=0.05, max_tries=40, logger=None)
 async def state_key(settings: Settings) -> bytes:
-    """The key sealing pending sessions' upstream secrets (relay.cluster.sealing)."""
+    """The key sealing the secrets stored in the database (relay.sealing)."""
     # Retried: a worker starting beside another may find the key file not written yet.
     return await asyncio.to_thread(
         load_or_create_key, settings.cluster.state_key, settings.data_path

@@ -24,9 +24,11 @@ def recording_notice_shown(fields: dict[str, Any]) -> bool:
     return value
 
 
-def require_notice_shown(config: RecordingConfig, shown: bool) -> None:
-    """409 when this session would be recorded without its client having shown the notice."""
-    if config.enabled and config.require_notice and not shown:
+def require_notice_shown(config: RecordingConfig, shown: bool, *, recorded: bool = True) -> None:
+    """409 when this session would be recorded without its client having shown the notice.
+    ``recorded``: False for an interview created with ``recording: false`` (nothing to
+    give notice of)."""
+    if config.enabled and recorded and config.require_notice and not shown:
         raise ApiError(
             409,
             "recording_notice_required",

@@ -3,12 +3,16 @@
 * ``begin(session_id)`` gives the bridge a ``SessionRecorder`` (nothing blocks: the
   directory is made by the writer thread, the row is inserted by a task).
 * When the recorder's files are closed, finalisation runs in a process pool
-  (``relay.recording.render`` in ``relay.recording.render_pool``'s workers), then
-  (``storage = "s3"``) the files are uploaded and the local copy removed; the row goes
-  recording → rendering → ready, or failed with a reason.
+  (``relay.recording.render`` in ``relay.recording.render_pool``'s workers); the rendered
+  files are checked against the manifest and what they were rendered from (the packet
+  logs, the event log) removed (``relay.recording.sources``); then (``storage = "s3"``)
+  the files are uploaded and the local copy removed; the row goes recording → rendering →
+  ready, or failed with a reason.
   A failed upload keeps the local files; a periodic task retries it.
 * At start, directories without a ``manifest.json`` (a relay killed mid-interview, or
-  during rendering) are finalised from what was written, and marked recovered.
+  during rendering) are finalised from what was written, and marked recovered; those
+  rendered but not yet marked ready are checked and stored; ready ones that still hold
+  their sources (finalised by an older version) are checked and lose them.
 * A periodic task deletes recordings older than ``retention_days``.
 
 Nothing here can fail an interview: every error ends up in the row's ``status_reason``.
@@ -31,9 +35,10 @@ import asyncpg
 
 from relay.config import Settings
 from relay.db import DatabaseUnavailable, Store
+from relay.observability.masking import mask_email
 from relay.observability.metrics import MetricsRegistry
 from relay.private_files import private_dir
-from relay.recording import render, rows
+from relay.recording import render, rows, sources
 from relay.recording.recorder import META, RecordingWriter, SessionRecorder
 from relay.recording.render_pool import RenderPool
 from relay.recording.rows import RecordingRows
@@ -55,6 +60,24 @@ CONTENT_TYPES = {
 }
 
 
+def _list_rendered(root: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """Directories holding a manifest, with it."""
+    out: list[tuple[Path, dict[str, Any]]] = []
+    if not root.is_dir():
+        return out
+    for child in sorted(root.iterdir()):
+        path = child / render.MANIFEST
+        if not child.is_dir() or not path.is_file():
+            continue
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(manifest, dict) and "recording_id" in manifest and "session_id" in manifest:
+            out.append((child, manifest))
+    return out
+
+
 def _list_unfinished(root: Path) -> list[tuple[Path, dict[str, Any]]]:
     out: list[tuple[Path, dict[str, Any]]] = []
     if not root.is_dir():
@@ -72,6 +95,19 @@ def _list_unfinished(root: Path) -> list[tuple[Path, dict[str, Any]]]:
         if isinstance(meta, dict) and "recording_id" in meta and "session_id" in meta:
             out.append((child, meta))
     return out
+
+
+def part_directory(session_id: str, part: int) -> str:
+    """A recording part's directory under the recordings root: the session id for the
+    first, ``<session id>.part<N>`` after a take-over (members may share the directory)."""
+    return session_id if part <= 1 else f"{session_id}.part{part}"
+
+
+def _masked(item: dict[str, Any]) -> dict[str, Any]:
+    """A recording for /api/stats, which never carries a full e-mail address (the
+    recordings API gives it to API keys)."""
+    email = item.get("candidate_email")
+    return item | {"candidate_email": mask_email(email) if email else email}
 
 
 class RecordingService:
@@ -97,7 +133,8 @@ class RecordingService:
         self._closing = False
         self._failures = metrics.counter(
             "relay_recordings_failed_total",
-            "Recordings failed, by stage: write (the packet logs), render, upload",
+            "Recordings failed, by stage: write (the packet logs), render, verify (the "
+            "rendered files against the manifest), upload",
             ["stage"],
         )
 
@@ -139,15 +176,19 @@ class RecordingService:
             await self.s3.close()
 
     # ------------------------------------------------------------------ recording
-    def begin(self, session_id: str) -> SessionRecorder | None:
-        """A recorder for a session about to be bridged (None when recording is off)."""
+    def begin(self, session_id: str, *, part: int = 1) -> SessionRecorder | None:
+        """A recorder for a session about to be bridged (None when recording is off).
+
+        ``part`` > 1: the session was taken over from a member that died, and its
+        recording continues in a part of its own (its own row and directory)."""
         if not self.config.enabled:
             return None
         if self._writer is None:
             self._writer = RecordingWriter()
         recording_id = "rec_" + secrets.token_hex(8)
-        directory = self.root / session_id
+        directory = self.root / part_directory(session_id, part)
         recorder = SessionRecorder(
+            part=part,
             recording_id=recording_id,
             session_id=session_id,
             directory=directory,
@@ -160,18 +201,29 @@ class RecordingService:
         self.live[recording_id] = recorder
         self._writer.add(recorder)
         self._created[recording_id] = self._tasks.spawn(
-            self._create_row(recording_id, session_id, self._location(session_id, recording_id)),
+            self._create_row(
+                recording_id,
+                session_id,
+                self._location(session_id, recording_id, directory),
+                part=part,
+            ),
             name=f"recording-row-{recording_id}",
         )
         return recorder
 
-    def _location(self, session_id: str, recording_id: str) -> str:
+    def _location(self, session_id: str, recording_id: str, directory: Path) -> str:
         if self.s3 is not None:
             return self.s3.location(session_id, recording_id)
-        return str(self.root / session_id)
+        return str(directory)
 
     async def _create_row(
-        self, recording_id: str, session_id: str, location: str, *, recovered: bool = False
+        self,
+        recording_id: str,
+        session_id: str,
+        location: str,
+        *,
+        recovered: bool = False,
+        part: int = 1,
     ) -> bool:
         try:
             await self.rows.create(
@@ -182,6 +234,7 @@ class RecordingService:
                 location=location,
                 relay_instance=self.instance_id,
                 recovered=recovered,
+                part=part,
             )
             return True
         except (DatabaseUnavailable, asyncpg.PostgresError) as exc:
@@ -252,7 +305,7 @@ class RecordingService:
         try:
             await self._row_ready(recording_id)
             await self._status(recording_id, "rendering", recovered=recovered or None)
-            location = self._location(session_id, recording_id)
+            location = self._location(session_id, recording_id, directory)
             try:
                 # Creating the pool and submitting start worker processes (semaphores,
                 # pipes, fork/exec): off the loop.
@@ -272,9 +325,37 @@ class RecordingService:
                     recording_id, "failed", reason=f"render failed: {type(exc).__name__}: {exc}"
                 )
                 return
-            await self._store_files(recording_id, session_id, directory, manifest, recovered)
+            await self._complete(recording_id, session_id, directory, manifest, recovered)
         finally:
             self._finalising.discard(recording_id)
+
+    async def _complete(
+        self,
+        recording_id: str,
+        session_id: str,
+        directory: Path,
+        manifest: dict[str, Any],
+        recovered: bool,
+    ) -> None:
+        """A rendered recording: check its files against the manifest, drop what they
+        were rendered from, store them."""
+        problems = await asyncio.to_thread(sources.mismatches, directory, manifest)
+        if problems:
+            log.error(
+                "recording %s: rendered files do not match the manifest: %s", recording_id, problems
+            )
+            self._failures.inc(stage="verify")
+            await self._status(
+                recording_id,
+                "failed",
+                reason=f"verify failed (packet logs kept): {'; '.join(problems)}",
+            )
+            return
+        try:
+            await asyncio.to_thread(sources.remove_sources, directory)
+        except OSError as exc:  # the recording is fine; the next start tries again
+            log.warning("recording %s: packet logs not removed (%s)", recording_id, exc)
+        await self._store_files(recording_id, session_id, directory, manifest, recovered)
 
     async def _store_files(
         self,
@@ -322,7 +403,7 @@ class RecordingService:
             "ready",
             manifest=manifest,
             files=files,
-            location=self._location(session_id, recording_id),
+            location=self._location(session_id, recording_id, directory),
             session_note=note,
         )
         log.info(
@@ -364,9 +445,9 @@ class RecordingService:
 
     async def recover(self) -> int:
         """Finalise the recordings a previous run of this instance left unfinished."""
+        count = await self._recover_rendered()
         unfinished = await asyncio.to_thread(_list_unfinished, self.root)
         live = {r.recording_id for r in self.live.values()}
-        count = 0
         for directory, meta in unfinished:
             recording_id, session_id = str(meta["recording_id"]), str(meta["session_id"])
             if recording_id in live or meta.get("instance_id") not in (None, self.instance_id):
@@ -376,10 +457,45 @@ class RecordingService:
                 continue  # failed (its reason stays), deleted, or already finished
             log.warning("recording %s: unfinished (relay stopped); finalising", recording_id)
             await self._create_row(
-                recording_id, session_id, self._location(session_id, recording_id), recovered=True
+                recording_id,
+                session_id,
+                self._location(session_id, recording_id, directory),
+                recovered=True,
+                part=int(meta.get("part", 1)),
             )
             await self._finalise(recording_id, session_id, directory, recovered=True)
             count += 1
+        return count
+
+    async def _recover_rendered(self) -> int:
+        """Rendered recordings of this instance not marked ready yet (the relay stopped
+        between rendering and storing) are checked and stored; ready ones still holding
+        their sources lose them once checked. How many were stored."""
+        count = 0
+        for directory, manifest in await asyncio.to_thread(_list_rendered, self.root):
+            recording_id, session_id = str(manifest["recording_id"]), str(manifest["session_id"])
+            if recording_id in self._finalising:
+                continue
+            row = await self.rows.get(recording_id)
+            if row is None or row["relay_instance"] != self.instance_id:
+                continue
+            if row["status"] in ("recording", "rendering"):
+                log.warning(
+                    "recording %s: rendered but not stored (relay stopped); storing", recording_id
+                )
+                recovered = bool(manifest.get("recovered_after_crash"))
+                await self._complete(recording_id, session_id, directory, manifest, recovered)
+                count += 1
+            elif row["status"] == "ready" and await asyncio.to_thread(
+                sources.has_sources, directory
+            ):
+                problems = await asyncio.to_thread(sources.mismatches, directory, manifest)
+                if problems:
+                    log.warning(
+                        "recording %s: sources kept, the files differ: %s", recording_id, problems
+                    )
+                else:
+                    await asyncio.to_thread(sources.remove_sources, directory)
         return count
 
     async def retry_uploads(self) -> int:
@@ -441,7 +557,7 @@ class RecordingService:
             out.update(await self.rows.summary())
             # The newest few, for the dashboard's list (player, transcript, delete).
             latest, _ = await self.rows.page(limit=LATEST_IN_STATS, offset=0)
-            out["latest"] = [rows.to_json(r) for r in latest]
+            out["latest"] = [_masked(rows.to_json(r)) for r in latest]
         except (DatabaseUnavailable, asyncpg.PostgresError) as exc:
             out["database"] = f"unavailable: {type(exc).__name__}"
         return out

@@ -62,6 +62,15 @@ class SessionEntry:
     # The claim that moved its row to ``connecting`` on this member (relay.sessions.
     # shared_state): the row is closed only while it still holds this very claim.
     claim_token: str | None = field(default=None, repr=False)
+    # SHA-256 of its current resume token (relay.sessions.continuity), once exchanged.
+    resume_token_hash: str | None = field(default=None, repr=False)
+    # 1, or the part a member taking it over from a dead one continues it in.
+    part: int = 1
+    # The interview it belongs to (started with that interview's invite), whose budget it
+    # spends instead of the user's seconds; None: a plain user token's session.
+    interview_id: str | None = None
+    # Record it (false for an interview created with ``recording: false``).
+    recording: bool = True
 
     def elapsed_s(self) -> float:
         return time.monotonic() - self.created_monotonic
@@ -128,17 +137,21 @@ class SessionRegistry:
                 retry_after_s=self._limits.retry_after_s,
             )
 
-    def reserved_seconds(self, user_id: int, *, exclude: str | None = None) -> float:
-        """Interview seconds promised to this user's claimed (connecting/active) sessions.
+    def reserved_seconds(
+        self, user_id: int, *, exclude: str | None = None, interview_id: str | None = None
+    ) -> float:
+        """Seconds promised to the claimed (connecting/active) sessions spending the same
+        credit: this interview's (``interview_id``), or this user's own sessions.
 
         Pending sessions promise nothing yet: a page reload must not lock credit away.
         """
         return sum(
             e.max_duration_s
             for e in self._sessions.values()
-            if e.user_id == user_id
-            and e.session_id != exclude
+            if e.session_id != exclude
             and e.state in ("connecting", "active")
+            and e.interview_id == interview_id
+            and (interview_id is not None or e.user_id == user_id)
         )
 
     def supersede_pending(self, user_id: int) -> list[SessionEntry]:
@@ -193,6 +206,8 @@ class SessionRegistry:
         credit_s: float,
         pending_ttl_s: float,
         email: str = "",
+        interview_id: str | None = None,
+        recording: bool = True,
     ) -> SessionEntry:
         self.check_capacity(user_id)
         entry = SessionEntry(
@@ -204,6 +219,8 @@ class SessionRegistry:
             credit_s=credit_s,
             expires_at=datetime.now(UTC) + timedelta(seconds=pending_ttl_s),
             email=email,
+            interview_id=interview_id,
+            recording=recording,
         )
         self._sessions[entry.session_id] = entry
         self._update_gauge()
@@ -222,10 +239,12 @@ class SessionRegistry:
     def get(self, session_id: str) -> SessionEntry | None:
         return self._sessions.get(session_id)
 
-    def claim_for_exchange(self, session_id: str, user_id: int) -> SessionEntry:
+    def claim_for_exchange(
+        self, session_id: str, user_id: int, interview_id: str | None = None
+    ) -> SessionEntry:
         """pending → connecting, once. 404 for unknown, foreign or expired; 409 if used."""
         entry = self._sessions.get(session_id)
-        if entry is None or entry.user_id != user_id:
+        if entry is None or entry.user_id != user_id or entry.interview_id != interview_id:
             # Someone else's session is reported as unknown: no existence oracle.
             raise ApiError(404, "session_not_found", "No such session for this user.")
         if entry.state != "pending":
@@ -233,7 +252,9 @@ class SessionRegistry:
         if entry.expired:
             raise ApiError(404, "session_expired", "This session expired; create a new one.")
         # Two sessions admitted side by side must not both spend the same credit.
-        available = entry.credit_s - self.reserved_seconds(user_id, exclude=session_id)
+        available = entry.credit_s - self.reserved_seconds(
+            user_id, exclude=session_id, interview_id=entry.interview_id
+        )
         if available < self._limits.min_remaining_seconds:
             raise ApiError(403, "no_credit", "No interview time left beyond your running sessions.")
         entry.max_duration_s = min(entry.max_duration_s, available)

@@ -18,6 +18,7 @@ import asyncpg
 
 from relay.config import SessionConfig
 from relay.db import Store
+from relay.interviews import transitions
 
 SessionState = Literal["pending", "connecting", "active", "ended", "failed"]
 
@@ -51,6 +52,9 @@ class SessionRecord:
     end_reason: str | None
     duration_seconds: float | None
     debited_seconds: int | None
+    # 2, 3, ... once members took the interview over (its recording is in as many parts).
+    parts: int = 1
+    interview_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         def iso(value: datetime | None) -> str | None:
@@ -68,12 +72,17 @@ class SessionRecord:
             "end_reason": self.end_reason,
             "duration_seconds": self.duration_seconds,
             "debited_seconds": self.debited_seconds,
+            "parts": self.parts,
+            "interview_id": self.interview_id,
         }
 
 
 class SessionRows:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, min_remaining_s: int = 1) -> None:
         self._store = store
+        # Below this many seconds an interview's budget counts as spent (limits.
+        # min_remaining_seconds): its session's end completes it.
+        self._min_remaining_s = min_remaining_s
 
     async def create_session(
         self,
@@ -85,6 +94,7 @@ class SessionRows:
         dialect: str,
         relay_instance: str,
         expires_at: datetime,
+        interview_id: str | None = None,
     ) -> None:
         """Insert the session's row; idempotent for the same session id and user.
 
@@ -98,8 +108,8 @@ class SessionRows:
                 """WITH inserted AS (
                        INSERT INTO interview_sessions
                        (id, user_id, request_id, state, model, dialect, relay_instance,
-                        expires_at)
-                       VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7)
+                        expires_at, interview_id)
+                       VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8)
                        ON CONFLICT (id) DO NOTHING
                        RETURNING user_id)
                    SELECT user_id FROM inserted
@@ -113,6 +123,7 @@ class SessionRows:
                 dialect,
                 relay_instance,
                 expires_at,
+                interview_id,
             )
             if owner is None:
                 # The conflicting row was committed by an earlier attempt still in flight:
@@ -134,23 +145,38 @@ class SessionRows:
         *,
         upstream_session_id: str | None = None,
         upstream_call_id: str | None = None,
+        resume_token_hash: str | None = None,
+        claim_token: str | None = None,
     ) -> None:
-        """Move a live session to pending/connecting/active (``active`` stamps connected_at)."""
+        """Move a live session to pending/connecting/active (``active`` stamps connected_at;
+        an interview's first active session starts the interview, in the same transaction).
+
+        ``resume_token_hash``: the exchange's resume token (relay.sessions.continuity),
+        written only while ``claim_token`` (when given) still holds the row."""
 
         async def op(conn: asyncpg.Connection) -> None:
-            await conn.execute(
-                """UPDATE interview_sessions
-                   SET state = $2,
-                       upstream_session_id = COALESCE($3, upstream_session_id),
-                       upstream_call_id = COALESCE($4, upstream_call_id),
-                       connected_at = CASE WHEN $2 = 'active' THEN COALESCE(connected_at, now())
-                                           ELSE connected_at END
-                   WHERE id = $1 AND state NOT IN ('ended', 'failed')""",
-                session_id,
-                state,
-                upstream_session_id,
-                upstream_call_id,
-            )
+            async with conn.transaction():
+                interview_id = await conn.fetchval(
+                    """UPDATE interview_sessions
+                       SET state = $2,
+                           upstream_session_id = COALESCE($3, upstream_session_id),
+                           upstream_call_id = COALESCE($4, upstream_call_id),
+                           resume_token_hash = COALESCE($5, resume_token_hash),
+                           connected_at = CASE WHEN $2 = 'active'
+                                               THEN COALESCE(connected_at, now())
+                                               ELSE connected_at END
+                       WHERE id = $1 AND state NOT IN ('ended', 'failed')
+                         AND ($6::text IS NULL OR claim_token IS NULL OR claim_token = $6)
+                       RETURNING interview_id""",
+                    session_id,
+                    state,
+                    upstream_session_id,
+                    upstream_call_id,
+                    resume_token_hash,
+                    claim_token,
+                )
+                if interview_id is not None and state == "active":
+                    await transitions.session_started(conn, interview_id, session_id)
 
         await self._store.run("set_session_state", op)
 
@@ -171,7 +197,10 @@ class SessionRows:
         debit: in practice an earlier attempt of this very call whose reply was lost after
         its COMMIT went through): then the user's remaining seconds are returned, as that
         attempt would have answered.
-        Otherwise returns the user's remaining seconds after the debit.
+        Otherwise returns the user's remaining seconds after the debit. A session of an
+        interview debits the interview's budget instead (its debited seconds count there:
+        relay.admission.invites) and may end the interview, in the same transaction
+        (relay.interviews.transitions).
         ``only_if_pending``: close it only if no member has claimed it
         (relay.sessions.shared_state). ``claim_token``: a claimed row is closed only while
         it holds that claim (a row another claim took is not this finish's to close).
@@ -180,14 +209,14 @@ class SessionRows:
 
         async def op(conn: asyncpg.Connection) -> int | None:
             async with conn.transaction():
-                user_id = await conn.fetchval(
+                closed = await conn.fetchrow(
                     """UPDATE interview_sessions
                        SET state = $2, end_reason = $3, ended_at = now(),
                            duration_seconds = $4, debited_seconds = $5
                        WHERE id = $1 AND (state = 'pending'
                              OR (NOT $6 AND state IN ('connecting', 'active')
                                  AND ($7::text IS NULL OR claim_token = $7)))
-                       RETURNING user_id""",
+                       RETURNING user_id, interview_id, connected_at IS NOT NULL AS connected""",
                     session_id,
                     state,
                     end_reason,
@@ -196,7 +225,7 @@ class SessionRows:
                     only_if_pending,
                     claim_token,
                 )
-                if user_id is None:
+                if closed is None:
                     # Already closed. By this finish (state, reason and duration match)?
                     same: int | None = await conn.fetchval(
                         """SELECT u.remaining_seconds
@@ -210,10 +239,24 @@ class SessionRows:
                         debit,
                     )
                     return same
+                if closed["interview_id"] is not None:
+                    await transitions.session_finished(
+                        conn,
+                        closed["interview_id"],
+                        session_id=session_id,
+                        state=state,
+                        reason=end_reason,
+                        connected=closed["connected"],
+                        min_remaining_s=self._min_remaining_s,
+                    )
+                    unchanged: int = await conn.fetchval(
+                        "SELECT remaining_seconds FROM users WHERE id = $1", closed["user_id"]
+                    )
+                    return unchanged
                 remaining: int = await conn.fetchval(
                     """UPDATE users SET remaining_seconds = GREATEST(0, remaining_seconds - $2)
                        WHERE id = $1 RETURNING remaining_seconds""",
-                    user_id,
+                    closed["user_id"],
                     debit,
                 )
                 return remaining
@@ -225,7 +268,7 @@ class SessionRows:
             return await conn.fetchrow(
                 """SELECT id, user_id, request_id, state, model, dialect, upstream_call_id,
                           created_at, expires_at, connected_at, ended_at, end_reason,
-                          duration_seconds, debited_seconds
+                          duration_seconds, debited_seconds, parts, interview_id
                    FROM interview_sessions WHERE id = $1""",
                 session_id,
             )
@@ -262,3 +305,52 @@ class SessionRows:
 
         status = await self._store.run("recover_sessions", op)
         return int(status.split()[-1])
+
+
+class SessionList:
+    """The sessions resource: every session's row with its candidate, newest first."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def page(
+        self,
+        *,
+        limit: int,
+        after: tuple[datetime, str] | None = None,
+        user_id: int | None = None,
+        email: str | None = None,
+        interview_id: str | None = None,
+        state: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[asyncpg.Record]:
+        async def op(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+            return list(
+                await conn.fetch(
+                    """SELECT s.id, s.user_id, u.email, s.interview_id, s.state, s.model,
+                              s.dialect, s.relay_instance, s.created_at, s.connected_at,
+                              s.ended_at, s.end_reason, s.duration_seconds, s.debited_seconds,
+                              s.recording_status
+                       FROM interview_sessions s JOIN users u ON u.id = s.user_id
+                       WHERE ($2::bigint IS NULL OR s.user_id = $2)
+                         AND ($3::text IS NULL OR u.email = $3)
+                         AND ($4::text IS NULL OR s.interview_id = $4)
+                         AND ($5::text IS NULL OR s.state = $5)
+                         AND ($6::timestamptz IS NULL OR s.created_at >= $6)
+                         AND ($7::timestamptz IS NULL OR s.created_at < $7)
+                         AND ($8::timestamptz IS NULL OR (s.created_at, s.id) < ($8, $9))
+                       ORDER BY s.created_at DESC, s.id DESC LIMIT $1""",
+                    limit,
+                    user_id,
+                    email,
+                    interview_id,
+                    state,
+                    since,
+                    until,
+                    after[0] if after else None,
+                    after[1] if after else None,
+                )
+            )
+
+        return await self._store.run("session_page", op)

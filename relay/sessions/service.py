@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, NoReturn
 
-from relay.admission.service import Admission, Caller, database_error
+from relay.admission.invites import InterviewGrant
+from relay.admission.service import Admission, Caller, check_open, database_error
 from relay.config import Settings, model_for
 from relay.db import DatabaseUnavailable
 from relay.errors import ApiError
@@ -32,7 +33,12 @@ from relay.sessions.registry import SessionEntry, SessionRegistry, superseded_er
 from relay.sessions.rows import SessionRows
 from relay.sessions.shared_state import Claimed, new_claim_token
 from relay.tasks import TaskGroup
-from relay.upstream.base import UpstreamClient, UpstreamError, UpstreamTimeout
+from relay.upstream.base import (
+    SessionOverrides,
+    UpstreamClient,
+    UpstreamError,
+    UpstreamTimeout,
+)
 
 if TYPE_CHECKING:
     from relay.cluster.limits import SharedLimits
@@ -63,6 +69,15 @@ def upstream_api_error(exc: UpstreamTimeout | UpstreamError) -> ApiError:
         f"The realtime service refused the request ({exc.stage}).",
         retryable=retryable,
         details={"stage": exc.stage, "upstream_status": exc.status, "upstream_code": exc.code},
+    )
+
+
+def interview_overrides(grant: InterviewGrant | None) -> SessionOverrides | None:
+    """The interviewer an interview's session is minted with (None: the configured one)."""
+    if grant is None:
+        return None
+    return SessionOverrides(
+        instructions=grant.instructions, voice=grant.voice, language=grant.language
     )
 
 
@@ -171,8 +186,13 @@ class SessionService:
         self.refuse_if_draining()
         self._admission.check_policy(caller)
         settings = self._settings
-        # Seconds promised to this user's other live sessions are not available again.
-        available = caller.user.remaining_seconds - self._registry.reserved_seconds(caller.user.id)
+        grant = caller.interview
+        interview_id = grant.id if grant is not None else None
+        # Seconds promised to the other live sessions spending the same credit (this
+        # user's, or this interview's) are not available again.
+        available = caller.credit_s - self._registry.reserved_seconds(
+            caller.user.id, interview_id=interview_id
+        )
         if available < settings.limits.min_remaining_seconds:
             raise ApiError(403, "no_credit", "No interview time left beyond your running sessions.")
         # A reloaded page: its earlier, never-exchanged session gives way to this one.
@@ -193,9 +213,11 @@ class SessionService:
                 token_hash=caller.token_hash,
                 request_id=current_request_id(),
                 max_duration_s=min(settings.session.max_duration_s, available),
-                credit_s=caller.user.remaining_seconds,
+                credit_s=caller.credit_s,
                 pending_ttl_s=settings.session.pending_ttl_s,
                 email=caller.user.email,
+                interview_id=interview_id,
+                recording=grant.recording if grant is not None else True,
             )
         except ApiError:
             raise  # cannot happen when superseding made room; their closes are queued
@@ -222,6 +244,7 @@ class SessionService:
                 dialect=settings.upstream.dialect,
                 relay_instance=self._instance_id,
                 expires_at=entry.expires_at,
+                interview_id=interview_id,
             )
         except DatabaseUnavailable as exc:
             await self._release(entry)
@@ -235,7 +258,9 @@ class SessionService:
         # The upstream client logs the OPENAI_SESSION_* stage lines itself.
         started = time.perf_counter()
         try:
-            entry.minted = await self._upstream.mint(request_id=entry.request_id)
+            entry.minted = await self._upstream.mint(
+                request_id=entry.request_id, overrides=interview_overrides(grant)
+            )
         except (UpstreamTimeout, UpstreamError) as exc:
             reason = "upstream_timeout" if isinstance(exc, UpstreamTimeout) else "upstream_error"
             await self.finish(entry, state="failed", reason=reason, duration_s=0.0)
@@ -289,10 +314,13 @@ class SessionService:
         if self._was_superseded(session_id, user_id):
             raise superseded_error()
         shared = self.shared
+        interview_id = caller.interview.id if caller.interview is not None else None
+        if caller.interview is not None:
+            check_open(caller.interview)
         if shared is None:  # a service without the cluster parts: this process only
-            return self._registry.claim_for_exchange(session_id, user_id)
+            return self._registry.claim_for_exchange(session_id, user_id, interview_id)
         local = self._registry.get(session_id)
-        if local is not None and local.user_id != user_id:
+        if local is not None and (local.user_id != user_id or local.interview_id != interview_id):
             local = None  # someone else's: the row answers 404, as for an unknown id
         # Synchronous, before the first await: while the claim is in flight its session
         # is neither superseded nor expired here, nor claimed a second time here.
@@ -313,8 +341,9 @@ class SessionService:
         local: SessionEntry | None,
     ) -> SessionEntry:
         token = new_claim_token()
+        interview_id = caller.interview.id if caller.interview is not None else None
         try:
-            claimed = await shared.claim_row(session_id, caller.user.id, token)
+            claimed = await shared.claim_row(session_id, caller.user.id, token, interview_id)
         except ApiError:
             raise  # refused by the row: its transaction changed nothing
         except BaseException as exc:
@@ -366,6 +395,8 @@ class SessionService:
                 # The lease its creator took is this member's to renew and release now.
                 lease=True,
                 claim_token=token,
+                interview_id=claimed.interview_id,
+                recording=claimed.recording,
             )
         )
         shared.tell_creator(session_id)
@@ -547,7 +578,8 @@ class SessionService:
             duration_s,
             only_if_pending=never_claimed,
             claim_token=claim_token,
-            held=not never_claimed,
+            # A copy of a session another member took over: the lease is that member's.
+            held=not never_claimed and reason != "taken_over",
         )
 
     async def retry_unwritten(self) -> int:

@@ -34,15 +34,23 @@ from datetime import datetime
 
 import asyncpg
 
+from relay.admission.invites import OPEN_STATUSES, USED_SECONDS_SQL
 from relay.cluster.bus import publish
-from relay.cluster.sealing import Sealer, SealError
+from relay.cluster.sealing import Sealer
 from relay.config import Settings
 from relay.db import DatabaseUnavailable, Store
 from relay.errors import ApiError
 from relay.observability.metrics import MetricsRegistry
+from relay.sealing import SealError
 from relay.sessions.registry import SessionEntry, superseded_error
 from relay.tasks import TaskGroup
-from relay.upstream.base import MintedSession, UpstreamClient, UpstreamError, UpstreamTimeout
+from relay.upstream.base import (
+    MintedSession,
+    SessionOverrides,
+    UpstreamClient,
+    UpstreamError,
+    UpstreamTimeout,
+)
 
 log = logging.getLogger("relay.sessions")
 
@@ -63,6 +71,11 @@ class Claimed:
     expires_at: datetime
     sealed: bytes | None
     token_hash: str
+    # The interview it belongs to, whether it is recorded, and its interviewer (for a
+    # re-mint on a member that cannot open the sealed secret).
+    interview_id: str | None = None
+    recording: bool = True
+    overrides: SessionOverrides | None = None
 
 
 def new_claim_token() -> str:
@@ -100,11 +113,15 @@ async def claim_row(
     instance: str,
     token: str,
     min_remaining_s: int,
+    interview_id: str | None = None,
 ) -> Claimed:
     """Claim the row for this member with ``token``: one transaction, retried by the store.
 
     Raises ApiError 403/404/409/410 when the row refuses (the transaction changed
     nothing), DatabaseUnavailable when no attempt answered (one may have landed).
+    ``interview_id``: the claimer's interview (an invite's); a session is claimed only
+    with the credential kind it was created with. An interview's session needs the
+    interview still open, and spends its budget instead of the user's seconds.
     """
 
     async def op(conn: asyncpg.Connection) -> Claimed | ApiError:
@@ -113,32 +130,41 @@ async def claim_row(
                 "SELECT pg_advisory_xact_lock($1, $2)", USER_LOCK_NAMESPACE, user_id & 0x7FFFFFFF
             )
             row = await conn.fetchrow(
-                """SELECT s.state, s.end_reason, s.expires_at, s.max_duration_s, s.minted_sealed,
+                f"""SELECT s.state, s.end_reason, s.expires_at, s.max_duration_s, s.minted_sealed,
                           s.relay_instance, s.request_id, s.claim_token,
                           s.expires_at < now() AS expired,
-                          u.active, u.remaining_seconds, u.token_hash
+                          u.active, u.remaining_seconds, u.token_hash,
+                          s.interview_id, i.status AS interview_status,
+                          i.expires_at < now() AS interview_expired, i.recording,
+                          i.instructions, i.voice, i.language,
+                          i.max_duration_s - {USED_SECONDS_SQL} AS interview_left_s
                    FROM interview_sessions s JOIN users u ON u.id = s.user_id
+                        LEFT JOIN interviews i ON i.id = s.interview_id
                    WHERE s.id = $1 AND s.user_id = $2
+                     AND s.interview_id IS NOT DISTINCT FROM $3
                    FOR UPDATE OF s""",
                 session_id,
                 user_id,
+                interview_id,
             )
             if row is None:
                 return ApiError(404, "session_not_found", "No such session for this user.")
             if row["state"] == "connecting" and row["claim_token"] == token:
                 # An earlier attempt of this very claim committed and its reply was lost.
                 # (A revocation since then reaches this member as for any claimed session.)
-                return Claimed(
-                    max_duration_s=float(row["max_duration_s"]),
-                    credit_s=float(row["remaining_seconds"]),
-                    created_by=None,
-                    request_id=row["request_id"],
-                    expires_at=row["expires_at"],
-                    sealed=row["minted_sealed"],
-                    token_hash=row["token_hash"],
-                )
+                return _claimed(row, float(row["max_duration_s"]), created_by=None)
             if not row["active"]:
                 return ApiError(403, "user_inactive", "This account is not active.")
+            if row["interview_id"] is not None and (
+                row["interview_status"] not in OPEN_STATUSES or row["interview_expired"]
+            ):
+                status = "expired" if row["interview_expired"] else row["interview_status"]
+                return ApiError(
+                    403,
+                    "interview_closed",
+                    f"This interview is {status}; its link no longer starts a session.",
+                    details={"interview_status": status},
+                )
             if row["state"] != "pending":
                 if row["end_reason"] == "superseded":  # a reloaded page asked for a newer one
                     return superseded_error()
@@ -149,14 +175,27 @@ async def claim_row(
                 return ApiError(404, "session_expired", "This session expired; create a new one.")
             if row["max_duration_s"] is None:
                 return ApiError(409, "session_not_ready", "This session is not ready for media.")
-            # Seconds promised to this user's running sessions on every member.
-            promised = await conn.fetchval(
-                """SELECT COALESCE(SUM(max_duration_s), 0) FROM interview_sessions
-                   WHERE user_id = $1 AND id <> $2 AND state IN ('connecting', 'active')""",
-                user_id,
-                session_id,
-            )
-            available = float(row["remaining_seconds"]) - float(promised)
+            # Seconds promised to the running sessions spending the same credit on every
+            # member: this interview's, or this user's own.
+            if row["interview_id"] is not None:
+                promised = await conn.fetchval(
+                    """SELECT COALESCE(SUM(max_duration_s), 0) FROM interview_sessions
+                       WHERE interview_id = $1 AND id <> $2
+                         AND state IN ('connecting', 'active')""",
+                    row["interview_id"],
+                    session_id,
+                )
+                credit = float(row["interview_left_s"])
+            else:
+                promised = await conn.fetchval(
+                    """SELECT COALESCE(SUM(max_duration_s), 0) FROM interview_sessions
+                       WHERE user_id = $1 AND id <> $2 AND interview_id IS NULL
+                         AND state IN ('connecting', 'active')""",
+                    user_id,
+                    session_id,
+                )
+                credit = float(row["remaining_seconds"])
+            available = credit - float(promised)
             if available < min_remaining_s:
                 return ApiError(
                     403, "no_credit", "No interview time left beyond your running sessions."
@@ -172,20 +211,32 @@ async def claim_row(
                 max_duration,
                 token,
             )
-            return Claimed(
-                max_duration_s=max_duration,
-                credit_s=float(row["remaining_seconds"]),
-                created_by=row["relay_instance"],
-                request_id=row["request_id"],
-                expires_at=row["expires_at"],
-                sealed=row["minted_sealed"],
-                token_hash=row["token_hash"],
-            )
+            return _claimed(row, max_duration, created_by=row["relay_instance"])
 
     result = await store.run("claim_session", op)
     if isinstance(result, ApiError):
         raise result
     return result
+
+
+def _claimed(row: asyncpg.Record, max_duration_s: float, *, created_by: str | None) -> Claimed:
+    interview = row["interview_id"] is not None
+    return Claimed(
+        max_duration_s=max_duration_s,
+        credit_s=float(row["interview_left_s"] if interview else row["remaining_seconds"]),
+        created_by=created_by,
+        request_id=row["request_id"],
+        expires_at=row["expires_at"],
+        sealed=row["minted_sealed"],
+        token_hash=row["token_hash"],
+        interview_id=row["interview_id"],
+        recording=bool(row["recording"]) if interview else True,
+        overrides=SessionOverrides(
+            instructions=row["instructions"], voice=row["voice"], language=row["language"]
+        )
+        if interview
+        else None,
+    )
 
 
 class SharedSessions:
@@ -217,7 +268,9 @@ class SharedSessions:
         assert entry.minted is not None
         await save_pending(self._store, self._sealer, entry, entry.minted)
 
-    async def claim_row(self, session_id: str, user_id: int, token: str) -> Claimed:
+    async def claim_row(
+        self, session_id: str, user_id: int, token: str, interview_id: str | None = None
+    ) -> Claimed:
         return await claim_row(
             self._store,
             session_id,
@@ -225,6 +278,7 @@ class SharedSessions:
             instance=self._instance_id,
             token=token,
             min_remaining_s=self._settings.limits.min_remaining_seconds,
+            interview_id=interview_id,
         )
 
     def tell_creator(self, session_id: str) -> None:
@@ -253,7 +307,9 @@ class SharedSessions:
                     session_id,
                 )
         try:
-            return await self._upstream.mint(request_id=claimed.request_id)
+            return await self._upstream.mint(
+                request_id=claimed.request_id, overrides=claimed.overrides
+            )
         except (UpstreamTimeout, UpstreamError):
             log.warning("session %s: re-mint failed", session_id)
             return None

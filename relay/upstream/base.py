@@ -26,6 +26,18 @@ class MintedSession:
 
 
 @dataclass(frozen=True)
+class SessionOverrides:
+    """One interview's interviewer, in place of the configured one (upstream.*): its
+    instructions, voice and language. None keeps the configured value."""
+
+    instructions: str | None = field(default=None, repr=False)
+    voice: str | None = None
+    # ISO 639-1: the interviewer is told to hold the interview in it, and the input
+    # transcription expects it.
+    language: str | None = None
+
+
+@dataclass(frozen=True)
 class SdpAnswer:
     sdp: str
     # rtc_… from the Location header (GA); None when the dialect has no call id.
@@ -67,8 +79,11 @@ class UpstreamClient(Protocol):
     @property
     def model(self) -> str: ...
 
-    async def mint(self, *, request_id: str) -> MintedSession:
-        """Create the upstream session with the server-owned configuration."""
+    async def mint(
+        self, *, request_id: str, overrides: SessionOverrides | None = None
+    ) -> MintedSession:
+        """Create the upstream session with the server-owned configuration (an interview's
+        ``overrides`` in place of the configured interviewer)."""
 
     async def exchange_sdp(
         self, minted: MintedSession, offer_sdp: str, *, request_id: str

@@ -49,7 +49,11 @@ async def read_body(request: web.Request) -> bytes:
 
 async def read_json_object(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
     """A JSON object body; 400 ``invalid_json`` for anything else (408/413 from read_body)."""
-    raw = await read_body(request)
+    return parse_json_object(await read_body(request), allow_empty=allow_empty)
+
+
+def parse_json_object(raw: bytes, *, allow_empty: bool = False) -> dict[str, Any]:
+    """``raw`` as a JSON object; 400 ``invalid_json`` for anything else."""
     if not raw.strip():
         if allow_empty:
             return {}

@@ -1,5 +1,5 @@
-"""Authenticating a request, candidate or operator, with failed attempts limited per client
-address.
+"""Authenticating a request, candidate, API key or operator, with failed attempts limited
+per client address.
 
 Each failed authentication (an unknown or malformed token, a wrong operator token) counts
 against the client's address over a sliding minute, in this process and, with Redis,
@@ -29,10 +29,12 @@ from contextlib import asynccontextmanager
 
 from aiohttp import web
 
+from relay.admission.api_keys import Principal, Scope
 from relay.admission.rate_limit import FailedAuthLimiter
-from relay.admission.service import Caller
-from relay.admission.tokens import bearer_token, hash_token
+from relay.admission.service import Caller, database_error
+from relay.admission.tokens import API_KEY_PREFIX, bearer_token, hash_token, plausible_token
 from relay.config import LimitsConfig
+from relay.db import DatabaseUnavailable
 from relay.errors import ApiError
 from relay.services import SERVICES
 from relay.web import forwarded
@@ -124,3 +126,35 @@ async def owner_or_operator(request: web.Request) -> Caller | None:
         if token is not None and _operator_token_matches(request, token):
             return None
         return await request.app[SERVICES].admission.authenticate(header)
+
+
+async def require_scope(request: web.Request, needed: Scope) -> Principal:
+    """The management API's caller: an API key allowing ``needed`` (``read`` or ``admin``),
+    or the operator token (an admin key). 401 for a missing or unknown key, 403
+    ``insufficient_scope`` for a read key on an admin operation."""
+    token = bearer_token(request.headers.get("Authorization"))
+    async with _attempt(request, token):
+        if token is None:
+            raise ApiError(
+                401, "missing_token", "Send 'Authorization: Bearer <API key or operator token>'."
+            )
+        principal = await _principal(request, token)
+    if not principal.allows(needed):
+        raise ApiError(
+            403, "insufficient_scope", f"This operation needs an {needed} key; this key is read."
+        )
+    return principal
+
+
+async def _principal(request: web.Request, token: str) -> Principal:
+    services = request.app[SERVICES]
+    if token.startswith(API_KEY_PREFIX) and plausible_token(token):
+        try:
+            principal = await services.api_keys.authenticate(hash_token(token))
+        except DatabaseUnavailable as exc:
+            raise database_error(exc, services.settings.database.retry_after_s) from exc
+        if principal is not None:
+            return principal
+    elif _operator_token_matches(request, token):
+        return Principal.operator()
+    raise ApiError(401, "invalid_token", "The API key is not valid (or was revoked).")

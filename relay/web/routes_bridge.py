@@ -21,8 +21,12 @@ from relay.observability.logging import request_banner, stage
 from relay.observability.request_context import bind_session, current, current_request_id
 from relay.services import SERVICES, Services
 from relay.sessions.registry import is_session_id
-from relay.web.body import read_json_object
+from relay.web import idempotency
+from relay.web.api import Api, Operation, PathParam, Response
+from relay.web.body import parse_json_object, read_body
 from relay.web.caller import authenticate, owner_or_operator
+from relay.web.routes_session import CANDIDATE_ERRORS
+from relay.web.schemas import ExchangeAnswer, ExchangeRequest, SessionState
 
 log = logging.getLogger("relay.http")
 
@@ -44,34 +48,46 @@ async def webrtc_exchange(request: web.Request) -> web.Response:
     with request_banner(log, "WEBRTC EXCHANGE") as banner:
         stage(log, "WEBRTC_EXCHANGE_START")
         caller = await authenticate(request)
-        body = await read_json_object(request)
-        session_id, sdp = _exchange_fields(body)
-        services.sessions.refuse_if_draining()
-        try:
-            validate_offer(sdp, max_bytes=services.settings.session.max_sdp_bytes)
-        except InvalidOffer as exc:
-            raise invalid_offer_error(exc) from None
-        manager = services.bridges
-        manager.refuse_if_no_media_ports()
-        # Nothing awaits between the claim and the bridge: each of the two releases
-        # everything the session holds when it fails (relay.sessions.service,
-        # relay.media.manager), and a failure between them would have no owner.
-        entry = await services.sessions.claim(session_id, caller)
-        bind_session(entry.session_id)
-        bridge = await manager.open(entry, sdp, current_request_id())
-        ctx = current()
-        banner.status = 201
-        stage(log, "WEBRTC_EXCHANGE_COMPLETE")
-        return web.json_response(
-            {
+        raw = await read_body(request)
+        session_id, sdp = _exchange_fields(parse_json_object(raw))
+
+        async def exchange() -> tuple[int, dict[str, Any], dict[str, str]]:
+            services.sessions.refuse_if_draining()
+            try:
+                validate_offer(sdp, max_bytes=services.settings.session.max_sdp_bytes)
+            except InvalidOffer as exc:
+                raise invalid_offer_error(exc) from None
+            manager = services.bridges
+            manager.refuse_if_no_media_ports()
+            # Nothing awaits between the claim and the bridge: each of the two releases
+            # everything the session holds when it fails (relay.sessions.service,
+            # relay.media.manager), and a failure between them would have no owner.
+            entry = await services.sessions.claim(session_id, caller)
+            bind_session(entry.session_id)
+            # Synchronous (its hash is kept on the entry and written with the next state):
+            # what the page resumes this session with (POST /api/sessions/{id}/resume).
+            resume_token = manager.issue_resume_token(entry)
+            bridge = await manager.open(entry, sdp, current_request_id())
+            ctx = current()
+            stage(log, "WEBRTC_EXCHANGE_COMPLETE")
+            answer: dict[str, Any] = {
                 "type": "answer",
                 "sdp": bridge.answer,
                 "session_id": session_id,
                 "request_id": current_request_id(),
                 "processing_time_ms": round(ctx.elapsed_ms(), 1) if ctx else 0.0,
-            },
-            status=201,
+            }
+            if resume_token is not None:
+                answer["resume_token"] = resume_token
+            return 201, answer, {}
+
+        # A retried exchange with the same Idempotency-Key gets the same answer (a
+        # session id is usable once: without the key, the retry gets 409).
+        response = await idempotency.run(
+            request, "candidate:" + caller.token_hash[:40], raw, exchange
         )
+        banner.status = response.status
+        return response
 
 
 async def get_session(request: web.Request) -> web.Response:
@@ -80,13 +96,14 @@ async def get_session(request: web.Request) -> web.Response:
     session_id = _path_session_id(request)
     entry = services.registry.get(session_id)
     body: dict[str, Any]
-    if entry is not None and entry.user_id == caller.user.id:
+    if entry is not None and caller.owns(entry.user_id, entry.interview_id):
         body = {
             "session_id": entry.session_id,
             "state": entry.state,
             "end_reason": None,
             "expires_at": services.sessions.expires_at(entry).isoformat(),
             "max_duration_seconds": int(entry.max_duration_s),
+            "parts": entry.part,
         }
         bridge = entry.bridge
         if bridge is not None:
@@ -95,7 +112,7 @@ async def get_session(request: web.Request) -> web.Response:
             body["media"] = media
     else:
         record = await _session_row(services, session_id)
-        if record is None or record.user_id != caller.user.id:
+        if record is None or not caller.owns(record.user_id, record.interview_id):
             raise ApiError(404, "session_not_found", "No such session for this user.")
         body = record.to_json()
     body["request_id"] = current_request_id()
@@ -106,10 +123,9 @@ async def delete_session(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     caller = await owner_or_operator(request)
     operator = caller is None
-    user_id = caller.user.id if caller is not None else None
     session_id = _path_session_id(request)
     entry = services.registry.get(session_id)
-    if entry is not None and (operator or entry.user_id == user_id):
+    if entry is not None and (caller is None or caller.owns(entry.user_id, entry.interview_id)):
         bind_session(entry.session_id)
         reason = "operator_hangup" if operator else "hangup"
         log.info("[%s] SESSION_HANGUP %s (%s)", current_request_id(), session_id, reason)
@@ -122,7 +138,7 @@ async def delete_session(request: web.Request) -> web.Response:
             await _end_elsewhere(services, session_id, reason)
         return web.Response(status=204)
     record = await _session_row(services, session_id)
-    if record is None or not (operator or record.user_id == user_id):
+    if record is None or not (caller is None or caller.owns(record.user_id, record.interview_id)):
         raise ApiError(404, "session_not_found", "No such session for this user.")
     if record.state in ("pending", "connecting", "active"):
         # Held by another member: it hangs up when the command reaches it.
@@ -160,7 +176,69 @@ async def _session_row(services: Services, session_id: str) -> Any:
         raise database_error(exc, services.settings.database.retry_after_s) from exc
 
 
-def register(app: web.Application) -> None:
-    app.router.add_post("/api/webrtc-exchange", webrtc_exchange)
-    app.router.add_get("/api/sessions/{session_id}", get_session)
-    app.router.add_delete("/api/sessions/{session_id}", delete_session)
+_SESSION_ID = PathParam("session_id", "The session's id.", r"^is_[0-9a-f]{32}$")
+
+
+def register(api: Api) -> None:
+    api.add(
+        Operation(
+            "POST",
+            "/api/webrtc-exchange",
+            "exchangeOffer",
+            "Exchange the browser's SDP offer for the relay's answer (once per session)",
+            auth="candidate",
+            tag="candidate",
+            raw=webrtc_exchange,
+            body=ExchangeRequest,
+            idempotent=True,
+            responses=(Response(201, "The relay's SDP answer.", ExchangeAnswer),),
+            errors={
+                **CANDIDATE_ERRORS,
+                400: (
+                    "invalid_json",
+                    "invalid_request",
+                    "invalid_offer",
+                    "invalid_idempotency_key",
+                ),
+                403: ("user_inactive", "no_credit", "interview_closed"),
+                404: ("session_not_found", "session_expired"),
+                409: (
+                    "session_already_exchanged",
+                    "session_not_ready",
+                    "session_closed",
+                    "idempotency_key_in_use",
+                ),
+                410: ("session_superseded",),
+                413: ("body_too_large",),
+                422: ("idempotency_key_reused",),
+                502: ("upstream_error",),
+                503: ("database_unavailable", "draining", "no_media_ports"),
+                504: ("upstream_timeout", "ice_gather_timeout"),
+            },
+        ),
+        Operation(
+            "GET",
+            "/api/sessions/{session_id}",
+            "getOwnSession",
+            "A session's state, for its candidate",
+            auth="candidate",
+            tag="candidate",
+            raw=get_session,
+            path_params=(_SESSION_ID,),
+            responses=(Response(200, "The session's state and end reason.", SessionState),),
+            errors={**CANDIDATE_ERRORS, 404: ("session_not_found",)},
+        ),
+        Operation(
+            "DELETE",
+            "/api/sessions/{session_id}",
+            "endSession",
+            "Hang up a session (both legs); its candidate or the operator",
+            auth="candidate",
+            tag="candidate",
+            raw=delete_session,
+            path_params=(_SESSION_ID,),
+            description="The operator token may end any session.",
+            responses=(Response(204, "Both legs hung up (or ending where the session is held)."),),
+            errors={**CANDIDATE_ERRORS, 404: ("session_not_found",)},
+        ),
+    )

@@ -13,6 +13,7 @@ import logging
 from aiohttp import web
 
 from relay.admission.gate import AdmissionGate
+from relay.admission.tokens import INVITE_PREFIX, bearer_token
 from relay.config import LimitsConfig
 from relay.errors import ApiError
 from relay.media.ice import browser_ice_servers
@@ -21,8 +22,11 @@ from relay.observability.metrics import MetricsRegistry
 from relay.observability.request_context import current, current_request_id
 from relay.recording.consent import recording_notice_shown, require_notice_shown
 from relay.services import SERVICES
-from relay.web.body import read_json_object
+from relay.web import idempotency
+from relay.web.api import Api, Operation, Response
+from relay.web.body import parse_json_object, read_body
 from relay.web.caller import authenticate
+from relay.web.schemas import RealtimeSession, RealtimeSessionRequest, RecordingNotice
 
 log = logging.getLogger("relay.http")
 
@@ -50,48 +54,123 @@ async def create_realtime_session(request: web.Request) -> web.Response:
             caller = await authenticate(request)
             # Only a known caller's body is read. It is optional; when present it must be a
             # JSON object.
-            fields = await read_json_object(request, allow_empty=True)
+            raw = await read_body(request)
+            fields = parse_json_object(raw, allow_empty=True)
             notice_shown = recording_notice_shown(fields)
-            require_notice_shown(services.settings.recording, notice_shown)
-            entry = await services.sessions.create(caller)
-            if notice_shown:
-                await services.recordings.note_consent(entry.session_id)
-        ctx = current()
-        body = {
-            "session_id": entry.session_id,
-            "expires_at": services.sessions.expires_at(entry).isoformat(),
-            "model": entry.minted.model if entry.minted else services.upstream.model,
-            "ice_servers": browser_ice_servers(services.settings.ice, entry.session_id),
-            "max_duration_seconds": int(entry.max_duration_s),
-            # The candidate is told when the interviewer is a simulator (built-in or shared).
-            "simulated": services.simulated,
-            "request_id": current_request_id(),
-            "processing_time_ms": round(ctx.elapsed_ms(), 1) if ctx else 0.0,
-        }
-        banner.status = 201
-        return web.json_response(body, status=201)
+
+            async def create() -> tuple[int, dict[str, object], dict[str, str]]:
+                require_notice_shown(
+                    services.settings.recording,
+                    notice_shown,
+                    recorded=caller.interview.recording if caller.interview else True,
+                )
+                entry = await services.sessions.create(caller)
+                if notice_shown:
+                    await services.recordings.note_consent(entry.session_id)
+                ctx = current()
+                body: dict[str, object] = {
+                    "session_id": entry.session_id,
+                    "expires_at": services.sessions.expires_at(entry).isoformat(),
+                    "model": entry.minted.model if entry.minted else services.upstream.model,
+                    "ice_servers": browser_ice_servers(services.settings.ice, entry.session_id),
+                    "max_duration_seconds": int(entry.max_duration_s),
+                    # The candidate is told when the interviewer is a simulator (built-in or
+                    # shared).
+                    "simulated": services.simulated,
+                    "request_id": current_request_id(),
+                    "processing_time_ms": round(ctx.elapsed_ms(), 1) if ctx else 0.0,
+                }
+                return 201, body, {}
+
+            # A retried request with the same Idempotency-Key gets the same session.
+            response = await idempotency.run(
+                request, "candidate:" + caller.token_hash[:40], raw, create
+            )
+        banner.status = response.status
+        return response
 
 
 async def recording_notice(request: web.Request) -> web.Response:
     """GET /api/recording-notice (public): what the page shows before Start (the notice,
-    and the practice banner when the interviewer is a simulator)."""
+    and the practice banner when the interviewer is a simulator). With an interview's
+    invite, that interview's answer (one created with ``recording: false`` records
+    nothing)."""
     services = request.app[SERVICES]
     config = services.settings.recording
+    recorded = config.enabled
+    token = bearer_token(request.headers.get("Authorization"))
+    if token is not None and token.startswith(INVITE_PREFIX):
+        caller = await authenticate(request)
+        if caller.interview is not None:
+            recorded = recorded and caller.interview.recording
     return web.json_response(
         {
-            "recording": config.enabled,
-            "notice": config.notice_text if config.enabled else "",
+            "recording": recorded,
+            "notice": config.notice_text if recorded else "",
             "simulated": services.simulated,
         }
     )
 
 
-def register(app: web.Application, limits: LimitsConfig, metrics: MetricsRegistry) -> None:
+CANDIDATE_ERRORS: dict[int, tuple[str, ...]] = {
+    401: ("missing_token", "invalid_token"),
+    429: ("too_many_failed_authentications",),
+    503: ("database_unavailable", "database_timeout"),
+}
+
+
+def register(
+    api: Api, app: web.Application, limits: LimitsConfig, metrics: MetricsRegistry
+) -> None:
     app[ADMISSION_GATE] = AdmissionGate(
         max_inflight=limits.max_inflight_admissions,
         queue_timeout_s=limits.admission_queue_timeout_s,
         retry_after_s=limits.retry_after_s,
         metrics=metrics,
     )
-    app.router.add_post("/api/realtime-session", create_realtime_session)
-    app.router.add_get("/api/recording-notice", recording_notice)
+    api.add(
+        Operation(
+            "POST",
+            "/api/realtime-session",
+            "createRealtimeSession",
+            "Start an interview session: admission, then the upstream mint",
+            auth="candidate",
+            tag="candidate",
+            raw=create_realtime_session,
+            body=RealtimeSessionRequest,
+            body_optional=True,
+            idempotent=True,
+            description="With an invite (ri_…) the session is that interview's: its "
+            "interviewer, its budget. A plain user token gets the configured interviewer "
+            "and the user's seconds.",
+            responses=(Response(201, "The session; exchange its offer next.", RealtimeSession),),
+            errors={
+                **CANDIDATE_ERRORS,
+                400: ("invalid_json", "invalid_field", "invalid_idempotency_key"),
+                403: ("user_inactive", "no_credit", "interview_closed"),
+                409: ("recording_notice_required", "session_closed", "idempotency_key_in_use"),
+                410: ("session_superseded",),
+                413: ("body_too_large",),
+                422: ("idempotency_key_reused",),
+                429: ("too_many_failed_authentications", "rate_limited", "too_many_sessions"),
+                502: ("upstream_error",),
+                503: ("database_unavailable", "overloaded", "over_capacity", "draining"),
+                504: ("upstream_timeout",),
+            },
+        ),
+        Operation(
+            "GET",
+            "/api/recording-notice",
+            "getRecordingNotice",
+            "The recording notice the candidate page shows before Start",
+            auth="anyone",
+            tag="candidate",
+            raw=recording_notice,
+            description="Public; with an interview's invite (optional), the answer for that "
+            "interview.",
+            errors=CANDIDATE_ERRORS,
+            responses=(
+                Response(200, "Whether interviews are recorded, and the notice.", RecordingNotice),
+            ),
+        ),
+    )

@@ -23,6 +23,9 @@ EVENT_TYPES = (
     "recording.ready",
     "recording.failed",
 )
+# Sent to one endpoint on request (``POST /api/webhooks/{id}/test``, ``relay webhooks
+# test``); never subscribed to, never enqueued.
+TEST_EVENT = "webhook.test"
 
 
 def new_event_id() -> str:

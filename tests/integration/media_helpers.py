@@ -34,7 +34,13 @@ from aiortc.rtp import RtpPacket
 from relay.config import IceConfig
 from relay.media import aiortc_private
 from relay.media.ice import rtc_configuration
-from relay.upstream.base import MintedSession, SdpAnswer, UpstreamError, UpstreamTimeout
+from relay.upstream.base import (
+    MintedSession,
+    SdpAnswer,
+    SessionOverrides,
+    UpstreamError,
+    UpstreamTimeout,
+)
 
 SAMPLE_RATE = 48000
 FRAME = 960  # 20 ms
@@ -380,7 +386,9 @@ class LoopbackUpstream:
         self.calls: list[UpstreamCall] = []
         self.hangups: list[str] = []
 
-    async def mint(self, *, request_id: str) -> MintedSession:
+    async def mint(
+        self, *, request_id: str, overrides: SessionOverrides | None = None
+    ) -> MintedSession:
         return MintedSession(secret="ek_loopback", expires_at=int(time.time()) + 600, model="x")
 
     async def exchange_sdp(

@@ -282,7 +282,13 @@ async def test_unreachable_embedded_database_folder_exits_with_a_message(tmp_pat
     if os.geteuid() != 0:
         return  # only root runs PostgreSQL as another user, who cannot enter tmp_path
     code, _, err = await run_relay(
-        "users", "add", "--email", "x@example.test", env=_env(tmp_path / "state"), cwd=tmp_path
+        "users",
+        "add",
+        "--email",
+        "x@example.test",
+        "--create",
+        env=_env(tmp_path / "state"),
+        cwd=tmp_path,
     )
     assert code == 3
     assert err.startswith("embedded PostgreSQL:") and "Traceback" not in err

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.cluster.sealing import KEY_FILE, load_or_create_key
 from relay.db.embedded_pg import postgres_os_user, start_embedded_postgres
+from relay.sealing import KEY_FILE, load_or_create_key
 from tests.integration.conftest import MakeRelay
 from tests.integration.media_helpers import encode_opus, speech_like, wait_until
 from tests.integration.recording_helpers import TimedBrowser, connect, hang_up, wait_recording

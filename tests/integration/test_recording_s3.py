@@ -167,7 +167,10 @@ async def test_s3_down_fails_the_recording_keeps_local_files_and_retries(
     assert rows[0]["state"] == "ended"
     assert rows[0]["recording_status"].startswith("failed: upload failed")
     local = Path(relay.services.settings.recording_path) / session_id
-    assert (local / "recording.ogg").is_file() and (local / "manifest.json").is_file()
+    # What is kept for the retry is what gets uploaded: the packet logs went once checked.
+    kept = await asyncio.to_thread(lambda: {p.name for p in local.iterdir()})
+    assert kept == {"recording.ogg", "transcript.jsonl", "manifest.json"}
+    assert relay.counter("relay_recordings_failed_total", stage="upload") == 1
 
     # The store comes back; the periodic retry uploads the kept files.
     await asyncio.to_thread(seaweedfs.start)

@@ -188,6 +188,7 @@ async def client_secrets(request: web.Request) -> web.Response:
             expires_at=sim.session_expiry(),
         )
         sim.require_model(str(session["model"]), "session.model")
+    sim.state.add_mint("ga", config, str(session["id"]))
     key = sim.keys.mint("ga", session, secret_request.ttl_s)
     return web.json_response({"value": key.value, "expires_at": key.expires_at, "session": session})
 
@@ -209,6 +210,7 @@ async def beta_sessions(request: web.Request) -> web.Response:
         expires_at=sim.session_expiry(),
     )
     sim.require_model(str(session["model"]), "model")
+    sim.state.add_mint("beta", secret_request.session, str(session["id"]))
     key = sim.keys.mint("beta", session, secret_request.ttl_s)
     return web.json_response(
         {**session, "client_secret": {"value": key.value, "expires_at": key.expires_at}}

@@ -162,6 +162,11 @@ class Conversation:
         self._response: _Response | None = None
         self._playing: str | None = None
         self._last_response_id: str | None = None
+        # Every item of the conversation, in order (the control API reports how many, so a
+        # test tells a continued conversation from a new one), and how many of them came
+        # from ``conversation.item.create`` (e.g. a conversation seeded with its past).
+        self.item_ids: list[str] = []
+        self.items_created = 0
 
     # -- state -------------------------------------------------------------------------
 
@@ -248,6 +253,7 @@ class Conversation:
         )
         step.events.extend(self._item_created(item, previous))
         self._last_item_id = item_id
+        self.item_ids.append(item_id)
         if transcription_of(self.session, self.dialect) is not None:
             step.transcribe = TranscriptionPlan(item_id, spoken_ms)
         turn = self.turn_detection or {}
@@ -325,6 +331,7 @@ class Conversation:
         item = self._assistant_item(response, "in_progress", content=[])
         previous = self._last_item_id
         self._last_item_id = response.item_id
+        self.item_ids.append(response.item_id)
         added_type = (
             "conversation.item.added" if self.dialect == "ga" else "conversation.item.created"
         )
@@ -642,6 +649,12 @@ class Conversation:
             **{k: v for k, v in item.items() if k != "id"},
         }
         self._last_item_id = stored["id"]
+        self.item_ids.append(str(stored["id"]))
+        self.items_created += 1
+        if item.get("role") == "assistant":
+            # What the interviewer already said: it goes on with its next line (a
+            # conversation seeded with its past does not start over).
+            self._next_line += 1
         return Step(self._item_created(stored, previous))
 
     # -- errors ------------------------------------------------------------------------
