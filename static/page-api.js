@@ -27,9 +27,12 @@ export class NetworkFailure extends Error {
 }
 
 // options.timeoutMs: give up on a request left unanswered that long (a NetworkFailure).
+// options.idempotencyKey: sent as Idempotency-Key, so the same request sent again gets the
+// relay's first answer instead of being done twice (see once()).
 export async function api(token, method, path, body, options = {}) {
   const headers = { Authorization: `Bearer ${token}` };
   if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (options.idempotencyKey) headers["Idempotency-Key"] = options.idempotencyKey;
   let resp;
   try {
     resp = await fetch(path, {
@@ -52,6 +55,26 @@ export async function api(token, method, path, body, options = {}) {
 }
 
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+const ONCE_ATTEMPTS = 3;
+
+// A request that must take effect at most once (the exchange spends the session id, a
+// resume its resume token) but whose answer can be lost on the way back: sent with an
+// Idempotency-Key, and sent again, the same, when no answer came, so the relay hands back
+// the answer it gave the first time. A refusal is final here: the caller decides.
+export async function once(token, method, path, body, options = {}) {
+  const idempotencyKey = crypto.randomUUID();
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await api(token, method, path, body, { ...options, idempotencyKey });
+    } catch (err) {
+      const unanswered = err instanceof NetworkFailure ||
+        (err instanceof ApiFailure && err.code === "idempotency_key_in_use");
+      if (!unanswered || attempt >= ONCE_ATTEMPTS) throw err;
+      await sleep(500 * attempt);
+    }
+  }
+}
 
 // Retry retryable failures with Retry-After (or exponential backoff); `onWait(text)` tells
 // the candidate what is going on, once a second.

@@ -11,7 +11,7 @@
 // (single use, rotated by every answer), kept in this tab's sessionStorage so a reload can
 // resume too.
 
-import { api, ApiFailure, sleep, withRetries } from "./page-api.js";
+import { api, ApiFailure, once, sleep, withRetries } from "./page-api.js";
 import { Call } from "./page-call.js";
 import { endMessage } from "./page-messages.js";
 import { store } from "./page-storage.js";
@@ -112,6 +112,9 @@ export class Interview {
 
   api(method, path, body, options) { return api(this.token(), method, path, body, options); }
 
+  // The exchange and a resume: at most once, their answer recoverable (page-api.js once()).
+  once(method, path, body, options) { return once(this.token(), method, path, body, options); }
+
   // ------------------------------------------------------------------ start and end
 
   // Creates the session and connects. Throws (back in pre-flight, nothing left open) if it
@@ -141,8 +144,9 @@ export class Interview {
       view.setStatus("Connecting…");
       const call = this.newCall();
       const sdp = await call.offer();
-      // A session id is usable once, so the exchange itself is not retried.
-      const answer = await this.api("POST", "/api/webrtc-exchange", {
+      // A session id is usable once: the exchange is only sent again, with the same
+      // Idempotency-Key, when its answer was lost.
+      const answer = await this.once("POST", "/api/webrtc-exchange", {
         session_id: sessionId, type: "offer", sdp,
       });
       this.session.resume_token = answer.resume_token || null;
@@ -298,7 +302,7 @@ export class Interview {
     if (call !== this.call) throw new Error("superseded");
     let answer;
     try {
-      answer = await this.api("POST", `/api/sessions/${this.session.session_id}/resume`, {
+      answer = await this.once("POST", `/api/sessions/${this.session.session_id}/resume`, {
         resume_token: this.session.resume_token, type: "offer", sdp,
       }, { timeoutMs: RESUME_REQUEST_TIMEOUT_MS });
     } catch (err) {

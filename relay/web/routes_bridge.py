@@ -79,6 +79,8 @@ async def webrtc_exchange(request: web.Request) -> web.Response:
             }
             if resume_token is not None:
                 answer["resume_token"] = resume_token
+                # How long the relay keeps this interview after a drop (the page counts it down).
+                answer["reconnect_grace_s"] = services.settings.session.reconnect_grace_s
             return 201, answer, {}
 
         # A retried exchange with the same Idempotency-Key gets the same answer (a

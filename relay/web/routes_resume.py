@@ -99,6 +99,7 @@ async def resume_session(request: web.Request) -> web.StreamResponse:
                 "sdp": result.answer_sdp,
                 "session_id": session_id,
                 "resume_token": result.resume_token,
+                "reconnect_grace_s": services.settings.session.reconnect_grace_s,
                 "request_id": current_request_id(),
                 "processing_time_ms": round(ctx.elapsed_ms(), 1) if ctx else 0.0,
             }

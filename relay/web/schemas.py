@@ -79,6 +79,10 @@ class ExchangeAnswer(_Answer):
             "(session.reconnect_grace_s = 0)."
         ),
     )
+    reconnect_grace_s: float | None = Field(
+        default=None,
+        description="How long the relay keeps the interview after a drop (with resume_token).",
+    )
 
 
 class ResumeRequest(BaseModel):
@@ -92,6 +96,7 @@ class ResumeAnswer(_Answer):
     sdp: str
     session_id: str
     resume_token: str = Field(description="The next resume token; the one sent is spent.")
+    reconnect_grace_s: float = Field(description="How long the relay keeps it after a drop.")
     request_id: str
     processing_time_ms: float
 

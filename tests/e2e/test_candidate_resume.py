@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from playwright.async_api import Dialog, Page, expect
+from playwright.async_api import Dialog, Page, Route, expect
 
 from relay.upstream.simulator.server import RunningSimulator
 from tests.integration.conftest import MakeRelay
@@ -147,3 +147,37 @@ async def test_a_dropped_connection_is_resumed_by_itself(
     await simulator.state.wait_for(lambda: len(call.vad_segments) > segments, TURN_S)
     await page.click("#stop")
     await expect(page.locator("#ended")).to_be_visible()
+
+
+async def test_a_resume_whose_answer_was_lost_is_recovered_with_its_idempotency_key(
+    make_relay: MakeRelay, simulator: RunningSimulator, page: Page
+) -> None:
+    relay = await make_relay()
+    session_id = await start_interview(page, relay)
+    call = simulator.state.last_call
+    assert call is not None
+    bridge = relay.services.bridges.get(session_id)
+    assert bridge is not None
+    sent: list[tuple[str | None, int]] = []
+
+    async def lose_the_first_answer(route: Route) -> None:
+        # The request reaches the relay and is served; only its answer never arrives (a
+        # network cut on the way back), as the browser sees it.
+        key = await route.request.header_value("idempotency-key")
+        served = await route.fetch()
+        sent.append((key, served.status))
+        if len(sent) == 1:
+            await route.abort("connectionreset")
+        else:
+            await route.fulfill(response=served)
+
+    await page.route(f"**/api/sessions/{session_id}/resume", lose_the_first_answer)
+    await bridge.browser_pc.close()
+    await expect(page.locator("#connection")).to_have_text("Live", timeout=CONNECT_S * 1000)
+    # Sent again with the same key and body: the relay's first answer, not a second
+    # resume (whose spent token would have ended the interview).
+    assert [status for _, status in sent] == [201, 201]
+    assert sent[0][0] is not None and sent[0][0] == sent[1][0]
+    assert simulator.state.last_call is call and not call.hung_up
+    segments = len(call.vad_segments)
+    await simulator.state.wait_for(lambda: len(call.vad_segments) > segments, TURN_S)
