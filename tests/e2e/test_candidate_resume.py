@@ -16,6 +16,7 @@ from playwright.async_api import Dialog, Page, Route, expect
 from relay.upstream.simulator.server import RunningSimulator
 from tests.integration.conftest import MakeRelay
 from tests.integration.media_helpers import wait_until
+from tests.integration.recording_helpers import wait_recording
 from tests.integration.relay_harness import OPERATOR_TOKEN, RelayHarness
 
 CONNECT_S = 10
@@ -85,6 +86,11 @@ async def test_a_reload_rejoins_the_same_interview(
     assert [(r["id"], r["state"], r["end_reason"]) for r in rows] == [
         (session_id, "ended", "hangup")
     ]
+    # One recording covers both parts of the conversation, the reload's gap listed in it.
+    recording = await wait_recording(relay, session_id, "ready")
+    assert len(await relay.sql("SELECT id FROM recordings")) == 1
+    [gap] = recording["disconnections"]
+    assert gap["resumed"] is True and gap["duration_s"] > 0
 
 
 async def test_the_operators_end_is_on_screen_within_a_second(
