@@ -337,6 +337,14 @@ class SessionConfig(_Section):
     ice_gather_timeout_s: Annotated[float, Field(gt=0, le=120)] = 5.0
     # Max bytes of an SDP offer.
     max_sdp_bytes: Annotated[int, Field(ge=1, le=1_000_000)] = 20000
+    # A dropped browser leg may resume (POST /api/sessions/{id}/resume) within this many
+    # seconds; the upstream leg is kept meanwhile and the time is not charged. 0: a drop
+    # ends the interview at once.
+    reconnect_grace_s: Annotated[float, Field(ge=0, le=600)] = 30.0
+    # This many seconds before the limit the interviewer is asked to close (0: never).
+    wrap_up_s: Annotated[float, Field(ge=0, le=3600)] = 60.0
+    # At the limit, a reply in progress may finish within this many seconds (0: cut it).
+    overrun_grace_s: Annotated[float, Field(ge=0, le=300)] = 15.0
 
 
 class IceServerConfig(_Section):

@@ -44,10 +44,13 @@ def _exchange_fields(body: dict[str, Any]) -> tuple[str, str]:
     return session_id, sdp
 
 
-async def open_bridge(services: Services, session_id: str, caller: Caller, sdp: str) -> Bridge:
+async def open_bridge(
+    services: Services, session_id: str, caller: Caller, sdp: str, *, resumable: bool = True
+) -> tuple[Bridge, str | None]:
     """The exchange itself (here and the OpenAI-compatible call): the offer checked, the
     session claimed once across the cluster, both legs bridged; ``bridge.answer`` is the
-    browser's answer."""
+    browser's answer, with the resume token of the session (None: resuming is off, or not
+    ``resumable``: a client that cannot resume, whose dropped call then ends at once)."""
     services.sessions.refuse_if_draining()
     try:
         validate_offer(sdp, max_bytes=services.settings.session.max_sdp_bytes)
@@ -60,7 +63,10 @@ async def open_bridge(services: Services, session_id: str, caller: Caller, sdp: 
     # relay.media.manager), and a failure between them would have no owner.
     entry = await services.sessions.claim(session_id, caller)
     bind_session(entry.session_id)
-    return await manager.open(entry, sdp, current_request_id())
+    # Synchronous (its hash is kept on the entry and written with the next state):
+    # what the page resumes this session with (POST /api/sessions/{id}/resume).
+    resume_token = manager.issue_resume_token(entry) if resumable else None
+    return await manager.open(entry, sdp, current_request_id()), resume_token
 
 
 async def webrtc_exchange(request: web.Request) -> web.Response:
@@ -72,20 +78,21 @@ async def webrtc_exchange(request: web.Request) -> web.Response:
         session_id, sdp = _exchange_fields(parse_json_object(raw))
 
         async def exchange() -> tuple[int, dict[str, Any], dict[str, str]]:
-            bridge = await open_bridge(services, session_id, caller, sdp)
+            bridge, resume_token = await open_bridge(services, session_id, caller, sdp)
             ctx = current()
             stage(log, "WEBRTC_EXCHANGE_COMPLETE")
-            return (
-                201,
-                {
-                    "type": "answer",
-                    "sdp": bridge.answer,
-                    "session_id": session_id,
-                    "request_id": current_request_id(),
-                    "processing_time_ms": round(ctx.elapsed_ms(), 1) if ctx else 0.0,
-                },
-                {},
-            )
+            answer: dict[str, Any] = {
+                "type": "answer",
+                "sdp": bridge.answer,
+                "session_id": session_id,
+                "request_id": current_request_id(),
+                "processing_time_ms": round(ctx.elapsed_ms(), 1) if ctx else 0.0,
+            }
+            if resume_token is not None:
+                answer["resume_token"] = resume_token
+                # How long the relay keeps this interview after a drop (the page counts it down).
+                answer["reconnect_grace_s"] = services.settings.session.reconnect_grace_s
+            return 201, answer, {}
 
         # A retried exchange with the same Idempotency-Key gets the same answer (a
         # session id is usable once: without the key, the retry gets 409).
@@ -109,6 +116,7 @@ async def get_session(request: web.Request) -> web.Response:
             "end_reason": None,
             "expires_at": services.sessions.expires_at(entry).isoformat(),
             "max_duration_seconds": int(entry.max_duration_s),
+            "parts": entry.part,
         }
         bridge = entry.bridge
         if bridge is not None:

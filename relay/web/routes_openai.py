@@ -267,7 +267,11 @@ async def create_call(request: web.Request) -> web.Response:
         offer = read_offer(request.headers.get("Content-Type", ""), raw)
 
         async def exchange() -> tuple[int, dict[str, Any], dict[str, str]]:
-            bridge = await open_bridge(services, grant.session_id, caller, offer)
+            # An OpenAI-shaped client has no way to resume: a dropped call ends at once
+            # instead of waiting session.reconnect_grace_s for a page that never comes.
+            bridge, _ = await open_bridge(
+                services, grant.session_id, caller, offer, resumable=False
+            )
             stage(log, "WEBRTC_EXCHANGE_COMPLETE")
             return 201, {"sdp": bridge.answer, "call_id": call_id_of(grant.session_id)}, {}
 

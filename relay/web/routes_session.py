@@ -111,10 +111,12 @@ async def create_realtime_session(request: web.Request) -> web.Response:
 
 
 async def recording_notice(request: web.Request) -> web.Response:
-    """GET /api/recording-notice (public): what the page shows before Start. With an
-    interview's invite, that interview's answer (one created with ``recording: false``
-    records nothing)."""
-    config = request.app[SERVICES].settings.recording
+    """GET /api/recording-notice (public): what the page shows before Start (the notice,
+    and the practice banner when the interviewer is a simulator). With an interview's
+    invite, that interview's answer (one created with ``recording: false`` records
+    nothing)."""
+    services = request.app[SERVICES]
+    config = services.settings.recording
     recorded = config.enabled
     token = bearer_token(request.headers.get("Authorization"))
     if token is not None and token.startswith(INVITE_PREFIX):
@@ -122,7 +124,11 @@ async def recording_notice(request: web.Request) -> web.Response:
         if caller.interview is not None:
             recorded = recorded and caller.interview.recording
     return web.json_response(
-        {"recording": recorded, "notice": config.notice_text if recorded else ""}
+        {
+            "recording": recorded,
+            "notice": config.notice_text if recorded else "",
+            "simulated": services.simulated,
+        }
     )
 
 

@@ -259,22 +259,32 @@ async def test_upstream_ice_never_connecting_fails_within_connect_timeout(
     assert row["state"] == "failed" and row["end_reason"] == "connect_timeout"
 
 
+@pytest.mark.parametrize("grace", [0.0, 1.0], ids=["no_grace", "grace"])
 async def test_browser_vanishing_hangs_up_upstream_and_debits(
-    start: Start, simulator: RunningSimulator
+    start: Start, simulator: RunningSimulator, grace: float
 ) -> None:
-    interview: Interview = await start(seconds=600)
+    interview: Interview = await start(seconds=600, session={"reconnect_grace_s": grace})
+    bridge = interview.bridge
     call = upstream_call(simulator)
     await simulator.state.wait_for(lambda: call.frames_received > 25, 5)
     await interview.browser.close()
-    await simulator.state.wait_for(lambda: call.hung_up, 5)
+    # With a grace the upstream leg waits for a resume that never comes (browser_gone).
+    await simulator.state.wait_for(lambda: call.hung_up, 5 + grace)
     await wait_until(
         lambda: interview.relay.services.registry.get(interview.session_id) is None,
         5,
         "session finished",
     )
     row = await interview.row()
-    assert row["state"] == "ended" and row["end_reason"].startswith("browser_")
+    assert row["state"] == "ended"
+    if grace:
+        assert row["end_reason"] == "browser_gone"
+    else:
+        assert row["end_reason"].startswith("browser_")
     assert row["duration_seconds"] > 0.3
+    assert bridge.ended_at is not None and bridge.connected_at is not None
+    # Debited for the time with the browser: not the grace spent waiting for it.
+    assert row["duration_seconds"] < bridge.ended_at - bridge.connected_at - grace + 0.5
     assert await interview.remaining_seconds() == 600 - math.ceil(row["duration_seconds"])
 
 

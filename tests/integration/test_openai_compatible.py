@@ -342,3 +342,27 @@ async def test_an_idempotency_key_replays_the_call_answer_with_its_location(
         assert again_headers.get("Idempotent-Replayed") == "true"
     finally:
         await browser.close()
+
+
+async def test_a_dropped_call_ends_at_once_for_a_client_that_cannot_resume(
+    make_relay: MakeRelay, simulator: RunningSimulator
+) -> None:
+    # The grace is long: only a resumable session (the candidate page's) may wait it out.
+    relay = await make_relay(overrides={"session": {"reconnect_grace_s": 120}})
+    token = await relay.add_user(seconds=600)
+    secret = await openai_client(relay, token).realtime.client_secrets.create(
+        extra_body=NOTICE_CONFIRMED
+    )
+    browser = BrowserPeer(payloads=SPEECH)
+    try:
+        answered = await openai_client(relay, secret.value).realtime.calls.with_raw_response.create(
+            sdp=await browser.offer()
+        )
+        await browser.accept(answered.text)
+        await browser.wait_connected(WITHIN_S)
+    finally:
+        await browser.close()
+    await wait_until(lambda: len(relay.services.registry) == 0, WITHIN_S, "ended")
+    row = await _session_row(relay)
+    assert row["state"] == "ended" and row["end_reason"].startswith("browser_"), row
+    assert row["end_reason"] != "browser_gone"  # ended at the drop, not after a grace

@@ -320,7 +320,11 @@ async def test_max_duration_ends_the_session(rig: Rig) -> None:
     ],
 )
 async def test_either_side_closing_tears_down_both(rig: Rig, who: str, reasons: set[str]) -> None:
-    bridge = rig.bridge()
+    # Resuming switched off: a lost browser leg ends the interview at once (with a grace,
+    # tests/unit/test_bridge_resume.py).
+    bridge = rig.bridge(
+        session=SessionConfig(connect_timeout_s=5.0, idle_media_timeout_s=10.0, reconnect_grace_s=0)
+    )
     browser = rig.browser(payloads=SPEECH)
     await rig.connect(bridge, browser)
     await browser.wait_type("session.created")  # the browser's channel is open

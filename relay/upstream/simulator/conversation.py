@@ -171,6 +171,11 @@ class Conversation:
         self._response: _Response | None = None
         self._playing: str | None = None
         self._last_response_id: str | None = None
+        # Every item of the conversation, in order (the control API reports how many, so a
+        # test tells a continued conversation from a new one), and how many of them came
+        # from ``conversation.item.create`` (e.g. a conversation seeded with its past).
+        self.item_ids: list[str] = []
+        self.items_created = 0
         # The conversation's items by id, in order (what retrieve answers).
         self._items: OrderedDict[str, dict[str, Any]] = OrderedDict()
         # Audio appended with input_audio_buffer.append and not committed yet, in ms.
@@ -254,6 +259,7 @@ class Conversation:
         )
         step.events.extend(self._item_created(item, previous))
         self._last_item_id = item_id
+        self.item_ids.append(item_id)
         self._remember(item)
         if transcription_of(self.session, self.dialect) is not None:
             step.transcribe = TranscriptionPlan(item_id, spoken_ms)
@@ -335,6 +341,7 @@ class Conversation:
         item = self._assistant_item(response, "in_progress", content=[])
         previous = self._last_item_id
         self._last_item_id = response.item_id
+        self.item_ids.append(response.item_id)
         self._remember(item)
         added_type = (
             "conversation.item.added" if self.dialect == "ga" else "conversation.item.created"
@@ -787,6 +794,12 @@ class Conversation:
             **{k: v for k, v in item.items() if k != "id"},
         }
         self._last_item_id = stored["id"]
+        self.item_ids.append(str(stored["id"]))
+        self.items_created += 1
+        if item.get("role") == "assistant":
+            # What the interviewer already said: it goes on with its next line (a
+            # conversation seeded with its past does not start over).
+            self._next_line += 1
         self._remember(stored)
         return Step(self._item_created(stored, previous))
 
