@@ -39,6 +39,7 @@ from pathlib import Path
 from aiohttp import web
 
 from relay import __version__
+from relay.admission import client_secrets
 from relay.admission.api_keys import ApiKeyRows
 from relay.admission.cache import UserCache
 from relay.admission.invalidation import CacheInvalidationListener
@@ -47,6 +48,7 @@ from relay.admission.service import Admission
 from relay.admission.users import UserAdmin, UserRows
 from relay.cluster.bus import notify
 from relay.cluster.limits import SharedLimits
+from relay.cluster.resume import ResumeService
 from relay.cluster.runtime import ClusterRuntime
 from relay.cluster.sealing import Sealer
 from relay.cluster.setup import advertise_address, state_key
@@ -62,6 +64,7 @@ from relay.observability.loop_monitor import LoopMonitor
 from relay.observability.metrics import MetricsRegistry
 from relay.recording.service import RecordingService
 from relay.services import SERVICES, Services
+from relay.sessions.continuity import ContinuityKeeper
 from relay.sessions.drain import DrainState
 from relay.sessions.registry import SessionRegistry
 from relay.sessions.rows import SessionList, SessionRows, abandoned_after_s
@@ -80,6 +83,7 @@ from relay.upstream.simulator_process import (
 )
 from relay.web import (
     caller,
+    cors,
     idempotency,
     low_level,
     openapi,
@@ -88,8 +92,10 @@ from relay.web import (
     routes_health,
     routes_interviews,
     routes_keys,
+    routes_openai,
     routes_operator,
     routes_recordings,
+    routes_resume,
     routes_session,
     routes_sessions,
     routes_users,
@@ -111,7 +117,8 @@ STATIC_FILES = (
     else frozenset()
 )
 HOUSEKEEPING_INTERVAL_S = 5.0
-# Expired Idempotency-Keys are purged every this many rounds.
+# Expired Idempotency-Keys (and client secrets of ended sessions) are purged every this many
+# rounds.
 IDEMPOTENCY_PURGE_ROUNDS = 60
 
 OPERATOR_TOKEN = web.AppKey("operator_token_generated", str)
@@ -156,8 +163,13 @@ def create_app(
     routes_sessions.register(api)
     routes_keys.register(api)
     routes_webhooks.register(api)
+    routes_resume.register(api)
+    # OpenAI's own clients against the relay: /v1/realtime (docs/openai-compatible.md).
+    routes_openai.register(api)
     openapi.register(api)
     api.install(app)
+    # Pages on server.cors_origins may call the candidate and OpenAI-compatible operations.
+    cors.install(app, api, settings.server.cors_origins)
     routes_health.register(app)
     if "index.html" in STATIC_FILES:
         app.router.add_get("/", _index)
@@ -320,7 +332,10 @@ async def _start(
     webhooks.start()
     stack.push_async_callback(webhooks.close)
 
-    # 8. media bridges
+    # 8. media bridges, and resuming them (closed after the bridges: their last progress
+    # and transcript writes land)
+    continuity = ContinuityKeeper(store, metrics)
+    stack.push_async_callback(continuity.close)
     memory = MemoryKeeper(settings.server.memory_release_delay_s, metrics=metrics)
     bridges = BridgeManager(
         settings,
@@ -331,7 +346,19 @@ async def _start(
         recordings=recordings,
         memory=memory,
         metrics=metrics,
+        continuity=continuity,
     )
+    resume = ResumeService(
+        settings,
+        instance_id=instance,
+        address=advertise_address(settings),
+        registry=registry,
+        sessions=sessions,
+        bridges=bridges,
+        continuity=continuity,
+        upstream=upstream.client,
+    )
+    stack.push_async_callback(resume.close)
     overlap = await asyncio.to_thread(
         ephemeral_overlap, settings.ice.udp_port_min, settings.ice.udp_port_max
     )
@@ -370,6 +397,7 @@ async def _start(
         recordings=recordings,
         webhooks=webhooks,
         bridges=bridges,
+        resume=resume,
         memory=memory,
         loop_monitor=loop_monitor,
         startup=startup,
@@ -490,6 +518,7 @@ async def _housekeeping(
                 await interviews.close_due()
                 if rounds % IDEMPOTENCY_PURGE_ROUNDS == 0:
                     await idempotency.purge(store)
+                    await client_secrets.purge(store)
         except Exception:  # housekeeping must never die; the next round retries
             log.exception("housekeeping failed")
 

@@ -74,6 +74,9 @@ def _network(value: object) -> object:
 
 ProxyNetwork = Annotated[Network, BeforeValidator(_network)]
 
+# A web origin: http(s), a host name or an IP literal (IPv6 in brackets), an optional port.
+_ORIGIN = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?")
+
 
 class ConfigError(ValueError):
     """A setting is missing, malformed or out of range. The message names the key."""
@@ -125,6 +128,10 @@ class ServerConfig(_Section):
     # The relay's address as candidates reach it (https://interviews.example.com): the base
     # of interviews' candidate links. Empty: the origin of the request that created them.
     public_url: str = ""
+    # Web origins (exact: scheme://host[:port]) whose pages may call the candidate API and
+    # the OpenAI-compatible /v1/realtime routes from the browser (CORS, relay.web.cors).
+    # Empty: none; nothing else is ever cross-origin.
+    cors_origins: Annotated[tuple[str, ...], Field(max_length=100)] = ()
 
     @field_validator("public_url")
     @classmethod
@@ -132,6 +139,19 @@ class ServerConfig(_Section):
         if value and (not re.match(r"^https?://[^/?#\s]+/?$", value)):
             raise ValueError("an http(s) origin such as https://interviews.example.com")
         return value.rstrip("/")
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in origins:
+            # An origin as a browser sends it: no path, no trailing slash, no wildcard (a
+            # "*" would open the candidate API to every site).
+            if not _ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"{origin!r} is not an exact origin such as https://app.example.com "
+                    "(scheme, host and optional port; no path, no wildcard)"
+                )
+        return tuple(dict.fromkeys(o.lower() for o in origins))
 
     @field_validator("operator_token")
     @classmethod
@@ -317,6 +337,14 @@ class SessionConfig(_Section):
     ice_gather_timeout_s: Annotated[float, Field(gt=0, le=120)] = 5.0
     # Max bytes of an SDP offer.
     max_sdp_bytes: Annotated[int, Field(ge=1, le=1_000_000)] = 20000
+    # A dropped browser leg may resume (POST /api/sessions/{id}/resume) within this many
+    # seconds; the upstream leg is kept meanwhile and the time is not charged. 0: a drop
+    # ends the interview at once.
+    reconnect_grace_s: Annotated[float, Field(ge=0, le=600)] = 30.0
+    # This many seconds before the limit the interviewer is asked to close (0: never).
+    wrap_up_s: Annotated[float, Field(ge=0, le=3600)] = 60.0
+    # At the limit, a reply in progress may finish within this many seconds (0: cut it).
+    overrun_grace_s: Annotated[float, Field(ge=0, le=300)] = 15.0
 
 
 class IceServerConfig(_Section):
@@ -465,7 +493,13 @@ DEFAULT_SESSION_FIELDS: tuple[str, ...] = (
 class EventsConfig(_Section):
     # Browser data-channel event types forwarded upstream; anything else is refused.
     # session.update is always refused, whatever this says.
-    browser_allowed: tuple[str, ...] = ("response.cancel", "output_audio_buffer.clear")
+    # conversation.item.retrieve reads an item back (OpenAI's Agents SDK asks for each user
+    # item once transcribed); what comes back passes the server-event filter like any event.
+    browser_allowed: tuple[str, ...] = (
+        "response.cancel",
+        "output_audio_buffer.clear",
+        "conversation.item.retrieve",
+    )
     # Max size of one browser data-channel message.
     max_message_bytes: Annotated[int, Field(ge=1, le=1_048_576)] = 16384
     # Upstream server event types passed to the browser; anything else is dropped.

@@ -18,6 +18,7 @@ from relay.admission.cache import UserCache
 from relay.admission.invalidation import CacheInvalidationListener
 from relay.admission.service import Admission
 from relay.admission.users import UserAdmin, UserRows
+from relay.cluster.resume import ResumeService
 from relay.cluster.runtime import ClusterRuntime
 from relay.cluster.sealing import Sealer
 from relay.config import Settings
@@ -67,6 +68,9 @@ class Services:
     webhooks: Webhooks
     # The media bridges of this instance (relay.media.manager).
     bridges: BridgeManager
+    # Resumes of dropped browser legs: here, at the member holding them, or taken over
+    # from a member that died (relay.cluster.resume).
+    resume: ResumeService
     # Frees ended interviews promptly (relay.memory).
     memory: MemoryKeeper
     # Event-loop lag and CPU of this process (relay.observability.loop_monitor).

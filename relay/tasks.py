@@ -181,3 +181,17 @@ class TaskGroup:
 def owned_count() -> int:
     """How many owned tasks are still running (for leak tests)."""
     return len(_owned)
+
+
+def raise_if_cancelling() -> None:
+    """Raise ``CancelledError`` if this task was asked to stop and the request got lost.
+
+    A loop that reconnects forever (a LISTEN connection) must not outlive its owner's
+    cancel: if the cancel lands inside a library call that swallows it (closing a broken
+    connection under ``wait_for`` can, on Python 3.11), the task stays marked as cancelling
+    but runs on, and whoever awaits its end waits forever. Called before such a loop goes
+    round again, it turns the lost cancel back into the exception.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

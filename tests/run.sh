@@ -7,8 +7,9 @@
 # PostgreSQL and Redis come from wheels; the browser tests
 # (tests/e2e) need Debian's chromium, and the TURN tests Debian's coturn (turnserver,
 # turnutils_uclient), both installed with apt-get as root when missing; the browser tests
-# also inject axe-core, which `npm ci` installs into tests/e2e/node_modules (npm itself
-# from apt-get when missing).
+# also inject axe-core (`npm ci` into tests/e2e/node_modules) and bundle OpenAI's Agents SDK
+# with esbuild (`npm ci` into tests/e2e/openai_sdk/node_modules; npm itself from apt-get
+# when missing).
 # As root, pytest runs in a private network namespace that has only loopback (unshare -n),
 # installing util-linux/iproute2 with apt-get if unshare/ip are missing.
 #
@@ -92,22 +93,26 @@ ensure_chromium() {
     fi
 }
 
-# tests/e2e's accessibility checks inject axe-core, pinned in tests/e2e/package.json and
-# package-lock.json (npm ci: exactly the locked version), installed again when they change.
-ensure_axe_core() {
-    local dir=tests/e2e stamp=tests/e2e/node_modules/.install-stamp wanted
+# npm packages of the browser tests, pinned in DIR/package.json and package-lock.json (npm
+# ci: exactly the locked versions), installed again when they change:
+#   tests/e2e             axe-core, injected by the accessibility checks;
+#   tests/e2e/openai_sdk  OpenAI's Agents SDK (@openai/agents-realtime) and esbuild, bundled
+#                         for tests/e2e/test_openai_agents_sdk.py.
+ensure_npm_packages() {
+    local dir=$1 what=$2 stamp wanted
+    stamp=$dir/node_modules/.install-stamp
     wanted=$(cat "$dir/package.json" "$dir/package-lock.json" | sha256sum | cut -d' ' -f1)
     [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ] || return 0
     if ! command -v npm >/dev/null; then
         if is_root && command -v apt-get >/dev/null; then
             apt_install npm
         else
-            echo "warning: npm is missing; the accessibility tests of tests/e2e will fail" \
+            echo "warning: npm is missing; the browser tests that need $what will fail" \
                 "(on Debian: apt-get install npm)" >&2
             return 0
         fi
     fi
-    step "npm ci (tests/e2e: axe-core)"
+    step "npm ci ($dir: $what)"
     npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error
     echo "$wanted" >"$stamp"
 }
@@ -262,7 +267,8 @@ fi
 
 ensure_venv
 ensure_chromium
-ensure_axe_core
+ensure_npm_packages tests/e2e "axe-core"
+ensure_npm_packages tests/e2e/openai_sdk "OpenAI's Agents SDK, esbuild"
 ensure_coturn
 
 failed_checks=()

@@ -42,7 +42,7 @@ import asyncpg
 
 from relay.admission.cache import UserCache
 from relay.observability.metrics import MetricsRegistry
-from relay.tasks import TaskGroup
+from relay.tasks import TaskGroup, raise_if_cancelling
 
 log = logging.getLogger("relay.cache")
 
@@ -226,7 +226,9 @@ class CacheInvalidationListener:
             finally:
                 if conn is not None:
                     with contextlib.suppress(Exception):
-                        await asyncio.wait_for(conn.close(), 2)
+                        async with asyncio.timeout(2):
+                            await conn.close()
+            raise_if_cancelling()
             # Jittered so that the relays of a fleet do not reconnect in step.
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, RECONNECT_MAX_S)

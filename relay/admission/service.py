@@ -94,8 +94,20 @@ class Admission:
         if not plausible_token(token):
             self._outcomes.inc(outcome="invalid_token")
             raise ApiError(401, "invalid_token", "The token is not valid.")
-        token_hash = hash_token(token)
-        if token.startswith(INVITE_PREFIX) and self._invites is not None:
+        return await self._by_hash(hash_token(token), invite=token.startswith(INVITE_PREFIX))
+
+    async def authenticate_hash(self, token_hash: str, *, invite: bool) -> Caller:
+        """The candidate of a credential known by its SHA-256 only (the one a client secret
+        was asked for with: relay.admission.client_secrets), looked up as ``authenticate``
+        looks up the credential itself; 401 when it no longer opens anything."""
+        started = time.perf_counter()
+        try:
+            return await self._by_hash(token_hash, invite=invite)
+        finally:
+            self._latency.observe(time.perf_counter() - started)
+
+    async def _by_hash(self, token_hash: str, *, invite: bool) -> Caller:
+        if invite and self._invites is not None:
             return await self._invite(token_hash)
 
         started = time.perf_counter()

@@ -22,7 +22,7 @@ import asyncpg
 
 from relay.db import Store
 from relay.observability.metrics import MetricsRegistry
-from relay.tasks import TaskGroup
+from relay.tasks import TaskGroup, raise_if_cancelling
 
 log = logging.getLogger("relay.cluster")
 
@@ -111,6 +111,8 @@ class CommandListener:
             finally:
                 if conn is not None:
                     with contextlib.suppress(Exception):
-                        await asyncio.wait_for(conn.close(), 2)
+                        async with asyncio.timeout(2):
+                            await conn.close()
+            raise_if_cancelling()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)

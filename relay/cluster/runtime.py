@@ -79,6 +79,7 @@ class ClusterRuntime:
         self.instance_id = instance_id
         self.interval_s = settings.cluster.heartbeat_interval_s
         self._recover_after_s = settings.cluster.recover_after_s
+        self._resume_grace_s = settings.session.reconnect_grace_s
         self._max_sessions = settings.limits.global_max_sessions
         self.member = MemberState(
             id=instance_id,
@@ -144,7 +145,9 @@ class ClusterRuntime:
         await members.beat(store, self.snapshot())
         await self._reconcile()
         recovered = await members.recover_dead(
-            store, dead_after_s=self.interval_s * DEAD_AFTER_HEARTBEATS + self._recover_after_s
+            store,
+            dead_after_s=self.interval_s * DEAD_AFTER_HEARTBEATS + self._recover_after_s,
+            resume_grace_s=self._resume_grace_s,
         )
         if recovered.members:
             log.warning(
@@ -223,6 +226,10 @@ class ClusterRuntime:
             elif row["state"] in ("ended", "failed") and entry.bridge is not None:
                 # Closed by the cluster (e.g. this member was taken for dead).
                 await self.end_local(entry, str(row["end_reason"] or "relay_lost"))
+            elif entry.bridge is not None and row["relay_instance"] != self.member.id:
+                # Taken over by another member that took this one for dead (a resume
+                # found it unreachable): that member holds the interview now.
+                await self.end_local(entry, "taken_over")
 
 
 _OPS = ("revoke_user", "end_session", "drain", "claimed")

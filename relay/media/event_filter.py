@@ -9,7 +9,8 @@ None of that is the page's business, so events to the browser pass through this 
   anything else (tool-call argument streams, MCP events, rate limits, types the relay does
   not know yet) is dropped and counted;
 * **session objects are rebuilt**, not trimmed: only the dotted paths on
-  ``events.browser_session_fields`` (voice, audio formats, turn detection, …) are copied;
+  ``events.browser_session_fields`` (voice, audio formats, turn detection, …) are copied
+  (the last one rebuilt is kept: the relay answers a page's ``session.update`` with it);
 * **items** (in ``conversation.item.*``, ``response.output_item.*`` and ``response.output``)
   go through only when they are user or assistant messages; an event about any other item
   (a function call, its output, a system message) is dropped, and ``response`` objects keep
@@ -80,6 +81,9 @@ class ServerEventFilter:
     def __init__(self, event_types: Iterable[str], session_fields: Iterable[str]) -> None:
         self._types = frozenset(event_types)
         self._session_fields = tuple(session_fields)
+        # The effective session as the page may see it (redacted), from the upstream's
+        # latest session.created / session.updated; None until the first one.
+        self.session: dict[str, Any] | None = None
 
     def apply(self, message: str | bytes) -> str | None:
         """The text to send the browser for this upstream message, or None to drop it."""
@@ -96,6 +100,7 @@ class ServerEventFilter:
             return None
         if kind in SESSION_EVENTS:
             event["session"] = redact_session(event.get("session"), self._session_fields)
+            self.session = event["session"]
         if "item" in event and not _is_message(event["item"]):
             return None
         response = event.get("response")

@@ -174,6 +174,14 @@ class OpusPassthrough:
         self._rtcp_stats: Any = None
         self._clock = time.monotonic
 
+    def continue_from(self, previous: OpusPassthrough) -> None:
+        """Send on from where ``previous`` (this direction's forwarder before the browser's
+        leg was replaced by a resumed one) stopped: the same sender timeline, the first
+        packet of the new source continuing it (call before ``start``)."""
+        self._timeline = previous._timeline
+        # Taken for a source change, which continues the timeline one frame later.
+        self._ssrc = previous._ssrc
+
     def start(self) -> None:
         self._stats.mode = "passthrough"
         aiortc_private.install_rtp_hook(self._receiver, self._on_rtp)

@@ -21,6 +21,8 @@ from relay.media.bridge import (
     BridgeClosed,
     BridgeSettings,
     EndState,
+    ResumeRefused,
+    Seed,
     UpstreamAnswerInvalid,
 )
 from relay.media.capabilities import MediaCapabilities, log_capabilities, probe
@@ -32,6 +34,7 @@ from relay.media.sdp import InvalidOffer, invalid_offer_error
 from relay.memory import MemoryKeeper
 from relay.observability.metrics import MetricsRegistry
 from relay.recording.service import RecordingService
+from relay.sessions.continuity import ContinuityKeeper, new_resume_token, token_matches
 from relay.sessions.registry import SessionEntry, SessionRegistry
 from relay.sessions.rows import SessionRows, SessionState
 from relay.sessions.service import SessionService, upstream_api_error
@@ -67,12 +70,15 @@ class _SessionHooks:
 
     async def _write_state(self, state: SessionState, upstream_call_id: str | None = None) -> None:
         try:
-            minted = self._entry.minted
+            entry = self._entry
+            minted = entry.minted
             await self._manager.session_rows.set_session_state(
-                self._entry.session_id,
+                entry.session_id,
                 state,
                 upstream_call_id=upstream_call_id,
                 upstream_session_id=minted.upstream_session_id if minted else None,
+                resume_token_hash=entry.resume_token_hash,
+                claim_token=entry.claim_token,
             )
         except DatabaseUnavailable as exc:
             # The row catches up at the end (finish); the interview goes on.
@@ -129,8 +135,12 @@ class BridgeManager:
         memory: MemoryKeeper,
         metrics: MetricsRegistry,
         force_decode: bool = False,
+        continuity: ContinuityKeeper | None = None,
     ) -> None:
         self.sessions = sessions
+        # Writes each interview's progress and transcript (a resume on another member, a
+        # take-over from a dead one); None: not kept (resuming stays on this member).
+        self.continuity = continuity
         self.registry = registry
         self.session_rows = session_rows
         self.upstream = upstream
@@ -178,18 +188,36 @@ class BridgeManager:
             self.metrics.bridges_live.set(len(self._bridges))
             self.memory.session_ended()
 
-    async def open(self, entry: SessionEntry, offer_sdp: str, request_id: str) -> Bridge:
+    def issue_resume_token(self, entry: SessionEntry) -> str | None:
+        """A new resume token for ``entry`` (its hash kept on the entry, written to the row
+        with its next state); None when resuming is switched off."""
+        if self.settings.session.reconnect_grace_s <= 0:
+            return None
+        token, token_hash = new_resume_token()
+        entry.resume_token_hash = token_hash
+        return token
+
+    async def open(
+        self, entry: SessionEntry, offer_sdp: str, request_id: str, *, seed: Seed | None = None
+    ) -> Bridge:
         """Bridge a claimed session; return the started bridge (``bridge.answer`` is the SDP).
+
+        ``seed``: a session taken over from a member that died (relay.cluster.resume): its
+        new upstream session is given the conversation so far, its recording continues in
+        part ``entry.part``.
 
         Raises ``ApiError``; the session is finished as failed on every error path (its
         slot, row, promised credit and shared lease released, its recorder stopped):
         by the bridge's teardown once the bridge exists, here before that.
         """
+        charged = seed.charged_s if seed is not None else 0.0
         if entry.minted is None:
-            await self.sessions.finish(entry, state="failed", reason="not_minted", duration_s=0.0)
+            await self.sessions.finish(
+                entry, state="failed", reason="not_minted", duration_s=charged
+            )
             raise ApiError(409, "session_not_ready", "This session is not ready for media.")
         started = time.perf_counter()
-        bridge = await self._new_bridge(entry, entry.minted, request_id)
+        bridge = await self._new_bridge(entry, entry.minted, request_id, seed)
         try:
             await bridge.start(offer_sdp)
         except InvalidOffer as exc:
@@ -222,15 +250,31 @@ class BridgeManager:
         return bridge
 
     async def _new_bridge(
-        self, entry: SessionEntry, minted: MintedSession, request_id: str
+        self, entry: SessionEntry, minted: MintedSession, request_id: str, seed: Seed | None
     ) -> Bridge:
         """A registered, not yet started bridge for ``entry`` (its teardown owns the
         session from here); if it cannot be built, the session is finished here."""
         recorder = None
+        continuity = None
+        # Resumable only if its client was given a resume token (the candidate page is; an
+        # OpenAI-shaped client cannot resume, so its dropped call ends at once).
+        if (
+            self.continuity is not None
+            and self.settings.session.reconnect_grace_s > 0
+            and entry.resume_token_hash is not None
+        ):
+            continuity = self.continuity.session(entry.session_id, entry.claim_token)
         try:
             # An interview created with recording off records none of its sessions.
-            recorder = self.recordings.begin(entry.session_id) if entry.recording else None
+            recorder = (
+                self.recordings.begin(entry.session_id, part=entry.part)
+                if entry.recording
+                else None
+            )
             bridge = Bridge(
+                continuity=continuity,
+                resumable=entry.resume_token_hash is not None,
+                seed=seed,
                 recorder=recorder,
                 session_id=entry.session_id,
                 request_id=request_id,
@@ -247,13 +291,48 @@ class BridgeManager:
             if recorder is not None:
                 recorder.stop(None, None)  # nothing recorded: discarded, row and all
             await self.sessions.finish(
-                entry, state="failed", reason="internal_error", duration_s=0.0
+                entry,
+                state="failed",
+                reason="internal_error",
+                duration_s=seed.charged_s if seed is not None else 0.0,
             )
             raise
         entry.bridge = bridge
         self._bridges[entry.session_id] = bridge
         self.metrics.bridges_live.set(len(self._bridges))
         return bridge
+
+    async def resume(self, entry: SessionEntry, resume_token: str, offer_sdp: str) -> str:
+        """Resume ``entry``'s bridge on this member with a new browser leg; return the
+        answer SDP (the caller then rotates the token: ``issue_resume_token``).
+
+        Raises ``ApiError``: 409 ``resume_token_invalid`` (not the current token: wrong, or
+        spent by an earlier resume), 409 ``resume_in_progress`` / ``session_not_resumable``,
+        410 ``session_ended`` (it ended meanwhile), 400 ``invalid_offer``, 503
+        ``resume_failed`` (the new leg failed at once; the token is still valid)."""
+        bridge = entry.bridge
+        if bridge is None or bridge.is_closing():
+            raise session_ended_error(bridge.end_reason if bridge is not None else None)
+        if not token_matches(resume_token, entry.resume_token_hash):
+            raise ApiError(
+                409,
+                "resume_token_invalid",
+                "This resume token is not the session's current one (wrong, or already used).",
+            )
+        try:
+            answer = await bridge.resume(offer_sdp)
+        except ResumeRefused as exc:
+            status = 503 if exc.code == "resume_failed" else 409
+            raise ApiError(status, exc.code, exc.message, retryable=status == 503) from None
+        except InvalidOffer as exc:
+            raise invalid_offer_error(exc) from None
+        except IceGatherTimeout as exc:
+            raise ApiError(504, "ice_gather_timeout", str(exc), retryable=True) from None
+        except NoMediaPorts:
+            raise self._no_media_ports() from None
+        except BridgeClosed as exc:
+            raise session_ended_error(exc.reason) from None
+        return answer
 
     def refuse_if_no_media_ports(self) -> None:
         """503 ``no_media_ports`` before a session is claimed when the UDP port range has
@@ -301,3 +380,13 @@ class BridgeManager:
         for result in results:
             if isinstance(result, BaseException):
                 log.error("closing a bridge failed: %s: %s", type(result).__name__, result)
+
+
+def session_ended_error(reason: str | None) -> ApiError:
+    """410 ``session_ended``: there is nothing left to resume (its end reason in details)."""
+    return ApiError(
+        410,
+        "session_ended",
+        "This interview session has ended and cannot be resumed.",
+        details={"end_reason": reason},
+    )

@@ -85,6 +85,16 @@ class MediaMetrics:
             "Browser event channels closed for too many refused events, by action",
             ["action"],
         )
+        self.browser_lost = registry.counter(
+            "relay_media_browser_legs_lost_total",
+            "Browser legs lost with the interview kept for a resume, by cause",
+            ["cause"],
+        )
+        self.resumes = registry.counter(
+            "relay_media_resumes_total",
+            "Resumed browser legs: resumed (connected again) or failed (an attempt)",
+            ["outcome"],
+        )
         self.bridges_live = registry.gauge("relay_media_bridges_live", "Live media bridges")
         self.bridges_ended = registry.counter(
             "relay_media_bridges_ended_total", "Bridges ended, by reason", ["reason"]

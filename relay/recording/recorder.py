@@ -103,8 +103,12 @@ class SessionRecorder:
         on_failed: Callable[[SessionRecorder], None],
         on_closed: Callable[[SessionRecorder], None],
         loop: asyncio.AbstractEventLoop,
+        part: int = 1,
     ) -> None:
         self.recording_id = recording_id
+        # Which part of the session's recording (a session taken over by another member
+        # continues in part 2, ...).
+        self.part = part
         self.session_id = session_id
         self.directory = directory
         self.instance_id = instance_id
@@ -143,7 +147,8 @@ class SessionRecorder:
             self.events.append(record)
 
     def mark(self, event: str, at: float | None) -> None:
-        """A clock mark (``active``, ``end``) at monotonic time ``at``."""
+        """A clock mark (``active``, ``end``, ``browser_lost``, ``browser_resumed``) at
+        monotonic time ``at``."""
         if at is not None:
             self.events.append({"kind": "clock", "event": event, "offset": at - self.origin})
 
@@ -194,6 +199,7 @@ class SessionRecorder:
             "session_id": self.session_id,
             "instance_id": self.instance_id,
             "format": self.audio_format,
+            "part": self.part,
             "created_at": datetime.fromtimestamp(self.origin_wall, UTC).isoformat(),
             "origin_wall": self.origin_wall,
         }

@@ -233,11 +233,18 @@ def render(directory: str, audio_format: str, location: str, recovered: bool) ->
     events = _read_events(root)
     active = end = None
     dropped = dict.fromkeys(LEGS, 0)
+    # (lost, resumed) offsets of the browser leg's absences (resumed None: never came back)
+    away: list[list[float | None]] = []
     for item in events:
         if item.get("kind") == "clock" and item.get("event") == "active":
             active = float(item["offset"])
         elif item.get("kind") == "clock" and item.get("event") == "end":
             end = float(item["offset"])
+        elif item.get("kind") == "clock" and item.get("event") == "browser_lost":
+            away.append([float(item["offset"]), None])
+        elif item.get("kind") == "clock" and item.get("event") == "browser_resumed":
+            if away and away[-1][1] is None:
+                away[-1][1] = float(item["offset"])
         elif item.get("kind") == "dropped":
             dropped.update({k: int(v) for k, v in item["dropped"].items() if k in dropped})
     records = {}
@@ -289,6 +296,8 @@ def render(directory: str, audio_format: str, location: str, recovered: bool) ->
     manifest: dict[str, Any] = {
         "recording_id": meta["recording_id"],
         "session_id": meta["session_id"],
+        # A session taken over by another member is recorded in parts (1, 2, ...).
+        "part": int(meta.get("part", 1)),
         "created_at": meta.get("created_at"),
         "format": audio_format,
         "sample_rate": RATE,
@@ -299,6 +308,9 @@ def render(directory: str, audio_format: str, location: str, recovered: bool) ->
         "packets_recorded": {leg: legs[leg].packets for leg in LEGS},
         "ssrcs": {leg: legs[leg].ssrcs for leg in LEGS},
         "gaps_filled": gaps,
+        # The browser's leg away and resumed (docs/operations.md, "Continuity"): silence
+        # in the file, not charged to the candidate.
+        "disconnections": _disconnections(away, start, end),
         "packets_dropped": dropped,
         "transcript_lines": len(lines),
         "storage": location,
@@ -306,3 +318,26 @@ def render(directory: str, audio_format: str, location: str, recovered: bool) ->
     }
     write_private(root / MANIFEST, json.dumps(manifest, indent=2))
     return manifest
+
+
+def _disconnections(
+    away: list[list[float | None]], start: float, end: float
+) -> list[dict[str, Any]]:
+    """Each absence of the browser's leg: from its loss to its resume (or the end), in
+    seconds from the start of the file."""
+    span = max(0.0, end - start)
+    out: list[dict[str, Any]] = []
+    for lost, resumed in away:
+        assert lost is not None
+        back = end if resumed is None else resumed
+        begin_s = round(min(span, max(0.0, lost - start)), 3)
+        end_s = round(min(span, max(0.0, back - start)), 3)
+        out.append(
+            {
+                "start_s": begin_s,
+                "end_s": end_s,
+                "duration_s": round(end_s - begin_s, 3),
+                "resumed": resumed is not None,
+            }
+        )
+    return out

@@ -23,7 +23,7 @@ from relay.webhooks.outbox import enqueue
 STATUSES = ("recording", "rendering", "ready", "failed", "deleted")
 _COLUMNS = """r.id, r.session_id, r.status, r.status_reason, r.format, r.storage, r.location,
     r.relay_instance, r.files, r.duration_seconds, r.bytes, r.sha256, r.manifest, r.recovered,
-    r.created_at, r.updated_at, r.finished_at, r.deleted_at,
+    r.created_at, r.updated_at, r.finished_at, r.deleted_at, r.part,
     s.interview_id, s.user_id, u.email AS candidate_email"""
 # Every recording with its session and candidate (who, and for which interview).
 _FROM = """recordings r JOIN interview_sessions s ON s.id = r.session_id
@@ -60,6 +60,10 @@ def to_json(row: asyncpg.Record) -> dict[str, Any]:
         "packets_recorded": manifest.get("packets_recorded"),
         "packets_dropped": manifest.get("packets_dropped"),
         "gaps_filled": manifest.get("gaps_filled"),
+        # Continuity: which part of the session (a member took it over: 2, ...), and the
+        # browser's absences kept as silence.
+        "part": row["part"],
+        "disconnections": manifest.get("disconnections"),
         "created_at": _iso(row["created_at"]),
         "finished_at": _iso(row["finished_at"]),
         "deleted_at": _iso(row["deleted_at"]),
@@ -122,14 +126,15 @@ class RecordingRows:
         location: str,
         relay_instance: str,
         recovered: bool = False,
+        part: int = 1,
     ) -> None:
         async def op(conn: asyncpg.Connection) -> None:
             async with conn.transaction():
                 await conn.execute(
                     """INSERT INTO recordings
                            (id, session_id, status, format, storage, location, relay_instance,
-                            recovered)
-                       VALUES ($1, $2, 'recording', $3, $4, $5, $6, $7)
+                            recovered, part)
+                       VALUES ($1, $2, 'recording', $3, $4, $5, $6, $7, $8)
                        ON CONFLICT (id) DO NOTHING""",
                     recording_id,
                     session_id,
@@ -138,6 +143,7 @@ class RecordingRows:
                     location,
                     relay_instance,
                     recovered,
+                    part,
                 )
                 await conn.execute(
                     "UPDATE interview_sessions SET recording_status = 'recording' WHERE id = $1",

@@ -97,6 +97,12 @@ def _list_unfinished(root: Path) -> list[tuple[Path, dict[str, Any]]]:
     return out
 
 
+def part_directory(session_id: str, part: int) -> str:
+    """A recording part's directory under the recordings root: the session id for the
+    first, ``<session id>.part<N>`` after a take-over (members may share the directory)."""
+    return session_id if part <= 1 else f"{session_id}.part{part}"
+
+
 def _masked(item: dict[str, Any]) -> dict[str, Any]:
     """A recording for /api/stats, which never carries a full e-mail address (the
     recordings API gives it to API keys)."""
@@ -170,15 +176,19 @@ class RecordingService:
             await self.s3.close()
 
     # ------------------------------------------------------------------ recording
-    def begin(self, session_id: str) -> SessionRecorder | None:
-        """A recorder for a session about to be bridged (None when recording is off)."""
+    def begin(self, session_id: str, *, part: int = 1) -> SessionRecorder | None:
+        """A recorder for a session about to be bridged (None when recording is off).
+
+        ``part`` > 1: the session was taken over from a member that died, and its
+        recording continues in a part of its own (its own row and directory)."""
         if not self.config.enabled:
             return None
         if self._writer is None:
             self._writer = RecordingWriter()
         recording_id = "rec_" + secrets.token_hex(8)
-        directory = self.root / session_id
+        directory = self.root / part_directory(session_id, part)
         recorder = SessionRecorder(
+            part=part,
             recording_id=recording_id,
             session_id=session_id,
             directory=directory,
@@ -191,18 +201,29 @@ class RecordingService:
         self.live[recording_id] = recorder
         self._writer.add(recorder)
         self._created[recording_id] = self._tasks.spawn(
-            self._create_row(recording_id, session_id, self._location(session_id, recording_id)),
+            self._create_row(
+                recording_id,
+                session_id,
+                self._location(session_id, recording_id, directory),
+                part=part,
+            ),
             name=f"recording-row-{recording_id}",
         )
         return recorder
 
-    def _location(self, session_id: str, recording_id: str) -> str:
+    def _location(self, session_id: str, recording_id: str, directory: Path) -> str:
         if self.s3 is not None:
             return self.s3.location(session_id, recording_id)
-        return str(self.root / session_id)
+        return str(directory)
 
     async def _create_row(
-        self, recording_id: str, session_id: str, location: str, *, recovered: bool = False
+        self,
+        recording_id: str,
+        session_id: str,
+        location: str,
+        *,
+        recovered: bool = False,
+        part: int = 1,
     ) -> bool:
         try:
             await self.rows.create(
@@ -213,6 +234,7 @@ class RecordingService:
                 location=location,
                 relay_instance=self.instance_id,
                 recovered=recovered,
+                part=part,
             )
             return True
         except (DatabaseUnavailable, asyncpg.PostgresError) as exc:
@@ -283,7 +305,7 @@ class RecordingService:
         try:
             await self._row_ready(recording_id)
             await self._status(recording_id, "rendering", recovered=recovered or None)
-            location = self._location(session_id, recording_id)
+            location = self._location(session_id, recording_id, directory)
             try:
                 # Creating the pool and submitting start worker processes (semaphores,
                 # pipes, fork/exec): off the loop.
@@ -381,7 +403,7 @@ class RecordingService:
             "ready",
             manifest=manifest,
             files=files,
-            location=self._location(session_id, recording_id),
+            location=self._location(session_id, recording_id, directory),
             session_note=note,
         )
         log.info(
@@ -435,7 +457,11 @@ class RecordingService:
                 continue  # failed (its reason stays), deleted, or already finished
             log.warning("recording %s: unfinished (relay stopped); finalising", recording_id)
             await self._create_row(
-                recording_id, session_id, self._location(session_id, recording_id), recovered=True
+                recording_id,
+                session_id,
+                self._location(session_id, recording_id, directory),
+                recovered=True,
+                part=int(meta.get("part", 1)),
             )
             await self._finalise(recording_id, session_id, directory, recovered=True)
             count += 1

@@ -62,6 +62,10 @@ class SessionEntry:
     # The claim that moved its row to ``connecting`` on this member (relay.sessions.
     # shared_state): the row is closed only while it still holds this very claim.
     claim_token: str | None = field(default=None, repr=False)
+    # SHA-256 of its current resume token (relay.sessions.continuity), once exchanged.
+    resume_token_hash: str | None = field(default=None, repr=False)
+    # 1, or the part a member taking it over from a dead one continues it in.
+    part: int = 1
     # The interview it belongs to (started with that interview's invite), whose budget it
     # spends instead of the user's seconds; None: a plain user token's session.
     interview_id: str | None = None

@@ -52,6 +52,8 @@ class SessionRecord:
     end_reason: str | None
     duration_seconds: float | None
     debited_seconds: int | None
+    # 2, 3, ... once members took the interview over (its recording is in as many parts).
+    parts: int = 1
     interview_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -70,6 +72,7 @@ class SessionRecord:
             "end_reason": self.end_reason,
             "duration_seconds": self.duration_seconds,
             "debited_seconds": self.debited_seconds,
+            "parts": self.parts,
             "interview_id": self.interview_id,
         }
 
@@ -142,9 +145,14 @@ class SessionRows:
         *,
         upstream_session_id: str | None = None,
         upstream_call_id: str | None = None,
+        resume_token_hash: str | None = None,
+        claim_token: str | None = None,
     ) -> None:
         """Move a live session to pending/connecting/active (``active`` stamps connected_at;
-        an interview's first active session starts the interview, in the same transaction)."""
+        an interview's first active session starts the interview, in the same transaction).
+
+        ``resume_token_hash``: the exchange's resume token (relay.sessions.continuity),
+        written only while ``claim_token`` (when given) still holds the row."""
 
         async def op(conn: asyncpg.Connection) -> None:
             async with conn.transaction():
@@ -153,15 +161,19 @@ class SessionRows:
                        SET state = $2,
                            upstream_session_id = COALESCE($3, upstream_session_id),
                            upstream_call_id = COALESCE($4, upstream_call_id),
+                           resume_token_hash = COALESCE($5, resume_token_hash),
                            connected_at = CASE WHEN $2 = 'active'
                                                THEN COALESCE(connected_at, now())
                                                ELSE connected_at END
                        WHERE id = $1 AND state NOT IN ('ended', 'failed')
+                         AND ($6::text IS NULL OR claim_token IS NULL OR claim_token = $6)
                        RETURNING interview_id""",
                     session_id,
                     state,
                     upstream_session_id,
                     upstream_call_id,
+                    resume_token_hash,
+                    claim_token,
                 )
                 if interview_id is not None and state == "active":
                     await transitions.session_started(conn, interview_id, session_id)
@@ -256,7 +268,7 @@ class SessionRows:
             return await conn.fetchrow(
                 """SELECT id, user_id, request_id, state, model, dialect, upstream_call_id,
                           created_at, expires_at, connected_at, ended_at, end_reason,
-                          duration_seconds, debited_seconds, interview_id
+                          duration_seconds, debited_seconds, parts, interview_id
                    FROM interview_sessions WHERE id = $1""",
                 session_id,
             )

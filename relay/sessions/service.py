@@ -578,7 +578,8 @@ class SessionService:
             duration_s,
             only_if_pending=never_claimed,
             claim_token=claim_token,
-            held=not never_claimed,
+            # A copy of a session another member took over: the lease is that member's.
+            held=not never_claimed and reason != "taken_over",
         )
 
     async def retry_unwritten(self) -> int:

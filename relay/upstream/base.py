@@ -7,8 +7,9 @@ Secrets (API key, ek_ values) never appear in a message, repr or log line.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 Stage = Literal["mint", "sdp", "hangup"]
 
@@ -23,6 +24,10 @@ class MintedSession:
     model: str
     # The upstream's own session id (sess_…) when it returns one.
     upstream_session_id: str | None = None
+    # The effective session the upstream answered the mint with (GA; None in beta, or
+    # once sealed for another member): the interviewer's configuration included, so only
+    # ever shown redacted (the OpenAI-compatible client_secrets answer).
+    session: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)

@@ -217,6 +217,7 @@ class GaDialect:
             expires_at=_expires_at(body.get("expires_at"), "expires_at"),
             model=_optional_str(session.get("model")) or model,
             upstream_session_id=_optional_str(session.get("id")),
+            session=dict(session) if session else None,
         )
 
     def sdp_request(self, minted: MintedSession, offer_sdp: str) -> HttpRequest:

@@ -1,7 +1,9 @@
 """The HTTP API's one registry of operations.
 
-Every ``/api/`` route is an ``Operation``: method, path, who may call it (``Auth``), its
-pydantic request and response models and the errors it answers. The aiohttp routes and
+Every ``/api/`` route is an ``Operation``, and so are the OpenAI-compatible ``/v1/realtime``
+routes (tag ``openai``: OpenAI's shapes, errors included; relay.web.routes_openai):
+method, path, who may call it (``Auth``), its pydantic request and response models and
+the errors it answers. The aiohttp routes and
 the OpenAPI 3.1 document (``GET /api/openapi.json``, relay.web.openapi) are both
 generated from the registry, so a route cannot exist undocumented, nor be documented
 with shapes other than those its handler validates with.
@@ -43,8 +45,10 @@ from relay.web.caller import authenticate, require_operator, require_scope
 #   candidate  a user token (rt_…) or an interview's invite (ri_…);
 #   read       an API key of either scope (rk_…), or the operator token;
 #   admin      an admin API key, or the operator token;
-#   operator   the operator token only.
-Auth = Literal["anyone", "candidate", "read", "admin", "operator"]
+#   operator   the operator token only;
+#   client_secret  the relay's own ek_ client secret of one session (raw handlers only:
+#              relay.web.caller.authenticate_client_secret).
+Auth = Literal["anyone", "candidate", "read", "admin", "operator", "client_secret"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -60,6 +64,17 @@ class Response:
     content_type: str = "application/json"
     # Other media types the same answer may have (a recording is Ogg or WAV).
     also: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RequestBody:
+    """A request body in a content type other than the JSON of ``Operation.body`` (OpenAI's
+    calls take SDP, or a multipart form); documented, read by the raw handler itself."""
+
+    content_type: str
+    # The form's fields (multipart); None: the body is one string (e.g. SDP).
+    model: type[BaseModel] | None
+    description: str = ""
 
 
 @dataclass(frozen=True)
@@ -135,6 +150,10 @@ class Operation:
     body: type[BaseModel] | None = None
     # An empty body is accepted (the model's defaults apply).
     body_optional: bool = False
+    # Request bodies in other content types (raw handlers).
+    bodies: tuple[RequestBody, ...] = ()
+    # Other credentials the operation also takes (documented as alternatives).
+    also_auth: tuple[Auth, ...] = ()
     query: type[BaseModel] | None = None
     path_params: tuple[PathParam, ...] = ()
     description: str = ""
@@ -144,6 +163,8 @@ class Operation:
     def __post_init__(self) -> None:
         if (self.run is None) == (self.raw is None):
             raise ValueError(f"{self.operation_id}: exactly one of run and raw")
+        if self.run is not None and "client_secret" in (self.auth, *self.also_auth):
+            raise ValueError(f"{self.operation_id}: client secrets are for raw handlers")
         if self.method == "POST" and not self.idempotent:
             raise ValueError(f"{self.operation_id}: every POST takes an Idempotency-Key")
 

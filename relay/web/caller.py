@@ -30,6 +30,11 @@ from contextlib import asynccontextmanager
 from aiohttp import web
 
 from relay.admission.api_keys import Principal, Scope
+from relay.admission.client_secrets import (
+    CLIENT_SECRET_PREFIX,
+    ClientSecretGrant,
+    ClientSecretRows,
+)
 from relay.admission.rate_limit import FailedAuthLimiter
 from relay.admission.service import Caller, database_error
 from relay.admission.tokens import API_KEY_PREFIX, bearer_token, hash_token, plausible_token
@@ -106,6 +111,69 @@ async def authenticate(request: web.Request) -> Caller:
     header = request.headers.get("Authorization")
     async with _attempt(request, bearer_token(header)):
         return await request.app[SERVICES].admission.authenticate(header)
+
+
+def _client_secret_of(token: str | None) -> str:
+    """The request's ``ek_`` client secret (401 for anything else)."""
+    if token is None:
+        raise ApiError(
+            401,
+            "missing_token",
+            "Send 'Authorization: Bearer <ek_…>' (from POST /v1/realtime/client_secrets).",
+        )
+    if not token.startswith(CLIENT_SECRET_PREFIX) or not plausible_token(token):
+        raise ApiError(
+            401,
+            "invalid_token",
+            "This call needs the ek_ client secret from POST /v1/realtime/client_secrets.",
+        )
+    return token
+
+
+async def _client_secret_grant(request: web.Request, token: str) -> ClientSecretGrant:
+    services = request.app[SERVICES]
+    try:
+        grant = await ClientSecretRows(services.store).find(hash_token(token))
+    except DatabaseUnavailable as exc:
+        raise database_error(exc, services.settings.database.retry_after_s) from exc
+    if grant is None:
+        raise ApiError(401, "invalid_token", "The client secret is not valid.")
+    return grant
+
+
+async def authenticate_client_secret(request: web.Request) -> tuple[ClientSecretGrant, Caller]:
+    """The session a request's ``ek_`` client secret opens, and its candidate: the
+    credential the secret was asked for with, authenticated again (401 when the secret is
+    unknown or expired, or the credential no longer opens anything)."""
+    token = bearer_token(request.headers.get("Authorization"))
+    async with _attempt(request, token):
+        grant = await _client_secret_grant(request, _client_secret_of(token))
+        if grant.expired:
+            raise ApiError(
+                401,
+                "client_secret_expired",
+                "The client secret has expired; POST /v1/realtime/client_secrets for another.",
+            )
+        caller = await request.app[SERVICES].admission.authenticate_hash(
+            grant.credential_hash, invite=grant.invite
+        )
+    return grant, caller
+
+
+async def call_owner(request: web.Request) -> tuple[Caller | None, str | None]:
+    """Who may hang up a call: a client secret's candidate with the session it opens
+    (until the call ends, also past the secret's expiry: the call lasts longer than the
+    time to start it), a candidate credential (no session: any of theirs), or the operator
+    (None, None). 401 otherwise; whose the call is, is the caller's to check."""
+    token = bearer_token(request.headers.get("Authorization"))
+    if token is None or not token.startswith(CLIENT_SECRET_PREFIX):
+        return await owner_or_operator(request), None
+    async with _attempt(request, token):
+        grant = await _client_secret_grant(request, _client_secret_of(token))
+        caller = await request.app[SERVICES].admission.authenticate_hash(
+            grant.credential_hash, invite=grant.invite
+        )
+    return caller, grant.session_id
 
 
 async def require_operator(request: web.Request) -> None:

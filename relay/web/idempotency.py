@@ -51,6 +51,9 @@ STALE_CLAIM = timedelta(minutes=5)
 _KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
 Execute = Callable[[], Awaitable[tuple[int, dict[str, Any] | None, Mapping[str, str]]]]
+# How an answer (status, payload, headers) becomes the response: JSON unless the route
+# answers in another content type (the OpenAI-compatible call answers SDP).
+Render = Callable[[int, dict[str, Any] | None, Mapping[str, str]], web.Response]
 
 
 def request_hash(method: str, path: str, body: bytes) -> str:
@@ -81,17 +84,25 @@ def key_of(request: web.Request) -> str | None:
     return key
 
 
-async def run(request: web.Request, principal: str, body: bytes, execute: Execute) -> web.Response:
-    """Run ``execute`` at most once per (principal, key); without a key, just run it."""
+async def run(
+    request: web.Request,
+    principal: str,
+    body: bytes,
+    execute: Execute,
+    render: Render | None = None,
+) -> web.Response:
+    """Run ``execute`` at most once per (principal, key); without a key, just run it.
+    ``render``: how the answer (and a stored one) is written; JSON by default."""
+    render = render or _json
     key = key_of(request)
     if key is None:
-        return _json(*await execute())
+        return render(*await execute())
     services = request.app[SERVICES]
     store = services.store
     sealer = services.sealer
     fingerprint = request_hash(request.method, request.path, body)
     try:
-        stored = await _claim(store, sealer, principal, key, fingerprint)
+        stored = await _claim(store, sealer, principal, key, fingerprint, render)
     except DatabaseUnavailable as exc:
         raise database_error(exc, services.settings.database.retry_after_s) from exc
     if stored is not None:
@@ -110,7 +121,7 @@ async def run(request: web.Request, principal: str, body: bytes, execute: Execut
             log.warning("idempotency key: answer not stored (database unavailable)")
     else:
         await _release(store, principal, key)
-    return _json(status, payload, headers)
+    return render(status, payload, headers)
 
 
 def _json(status: int, payload: dict[str, Any] | None, headers: Mapping[str, str]) -> web.Response:
@@ -124,7 +135,7 @@ def _context(principal: str, key: str) -> str:
 
 
 async def _claim(
-    store: Store, sealer: Sealer, principal: str, key: str, fingerprint: str
+    store: Store, sealer: Sealer, principal: str, key: str, fingerprint: str, render: Render
 ) -> web.Response | None:
     """Claim the key for this request (None), or the answer a duplicate gets."""
 
@@ -198,7 +209,7 @@ async def _claim(
             "The stored answer for this key was sealed by a member with another state key "
             "(cluster.state_key); use a new key.",
         ) from None
-    response = _json(int(row["response_status"]), payload, {})
+    response = render(int(row["response_status"]), payload, {})
     response.headers[REPLAYED_HEADER] = "true"
     return response
 

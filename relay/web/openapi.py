@@ -3,7 +3,8 @@
 pydantic models the handlers validate with (JSON Schema 2020-12, as OpenAPI 3.1 takes
 it), errors from each operation's list plus those every operation of its kind answers
 (credentials, bodies, Idempotency-Key, the database). Served at ``GET /api/openapi.json``
-to anyone: it describes the API, it holds nothing of a deployment.
+to anyone: it describes the API, it holds nothing of a deployment. The OpenAI-compatible
+routes (tag ``openai``, under ``/v1``) are in it too, with their errors in OpenAI's shape.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from relay import __version__
-from relay.web.api import Api, Operation, Response
+from relay.web.api import Api, Auth, Operation, Response
 from relay.web.idempotency import HEADER as IDEMPOTENCY_HEADER
+from relay.web.models_openai import OpenAIErrorBody
+from relay.web.openai_shape import is_openai_path
 from relay.web.schemas import ErrorBody
 
 OPENAPI_PATH = "/api/openapi.json"
@@ -44,8 +47,20 @@ SECURITY_SCHEMES: dict[str, dict[str, str]] = {
         "scheme": "bearer",
         "description": "The operator token (RELAY_OPERATOR_TOKEN).",
     },
+    "clientSecret": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "The relay's own ek_ client secret of one session "
+        "(POST /v1/realtime/client_secrets).",
+    },
 }
-_SECURITY = {"candidate": "candidate", "read": "apiKey", "admin": "apiKey", "operator": "operator"}
+_SECURITY: dict[Auth, str] = {
+    "candidate": "candidate",
+    "read": "apiKey",
+    "admin": "apiKey",
+    "operator": "operator",
+    "client_secret": "clientSecret",
+}
 
 _AUTH_ERRORS: dict[int, tuple[str, ...]] = {
     401: ("missing_token", "invalid_token"),
@@ -105,10 +120,14 @@ def errors_of(op: Operation) -> dict[int, tuple[str, ...]]:
 
 
 def _models(api: Api) -> list[tuple[type[BaseModel], JsonSchemaMode]]:
-    seen: list[tuple[type[BaseModel], JsonSchemaMode]] = [(ErrorBody, "serialization")]
+    seen: list[tuple[type[BaseModel], JsonSchemaMode]] = [
+        (ErrorBody, "serialization"),
+        (OpenAIErrorBody, "serialization"),
+    ]
     for op in api.operations:
         if op.body is not None:
             seen.append((op.body, "validation"))
+        seen += [(b.model, "validation") for b in op.bodies if b.model is not None]
         seen += [(r.model, "serialization") for r in op.responses if r.model is not None]
     return list(dict.fromkeys(seen))
 
@@ -161,7 +180,9 @@ def _operation(op: Operation, refs: Refs) -> dict[str, Any]:
     doc: dict[str, Any] = {"operationId": op.operation_id, "summary": op.summary, "tags": [op.tag]}
     if op.description:
         doc["description"] = op.description
-    doc["security"] = [{_SECURITY[op.auth]: []}] if op.auth != "anyone" else []
+    doc["security"] = (
+        [{_SECURITY[auth]: []} for auth in (op.auth, *op.also_auth)] if op.auth != "anyone" else []
+    )
     params: list[dict[str, Any]] = []
     for p in op.path_params:
         schema: dict[str, Any] = {"type": "string"}
@@ -191,18 +212,22 @@ def _operation(op: Operation, refs: Refs) -> dict[str, Any]:
         )
     if params:
         doc["parameters"] = params
+    content: dict[str, Any] = {}
     if op.body is not None:
-        doc["requestBody"] = {
-            "required": not op.body_optional,
-            "content": {"application/json": {"schema": refs[(op.body, "validation")]}},
-        }
+        content["application/json"] = {"schema": refs[(op.body, "validation")]}
+    for body in op.bodies:
+        schema = refs[(body.model, "validation")] if body.model else {"type": "string"}
+        content[body.content_type] = {"schema": schema}
+    if content:
+        doc["requestBody"] = {"required": not op.body_optional, "content": content}
     responses: dict[str, Any] = {}
     for response in op.responses:
         entry: dict[str, Any] = {"description": response.description}
         if response.model is not None or response.content_type != "application/json":
             entry["content"] = _content(response, refs)
         responses[str(response.status)] = entry
-    error_ref = refs[(ErrorBody, "serialization")]
+    error_model = OpenAIErrorBody if is_openai_path(op.path) else ErrorBody
+    error_ref = refs[(error_model, "serialization")]
     for status, codes in errors_of(op).items():
         text = _STATUS_TEXT.get(status, "Error")
         responses[str(status)] = {
@@ -225,7 +250,9 @@ def document(api: Api) -> dict[str, Any]:
             "version": __version__,
             "description": "Interviews, candidates, sessions, recordings and keys of an "
             "interview relay, and the candidate endpoints a page uses. Errors are always "
-            '{"error": {"code", "message", "retryable", ...}, "request_id"}. '
+            '{"error": {"code", "message", "retryable", ...}, "request_id"}, except on the '
+            "OpenAI-compatible /v1/realtime routes (tag openai), whose errors take OpenAI's "
+            'shape {"error": {"message", "type", "code", "param"}, "request_id"}. '
             "Lists are newest first with cursor pagination (?limit=&cursor= → next_cursor). "
             "See docs/api.md.",
         },

@@ -13,9 +13,10 @@ from typing import Any
 
 from aiohttp import web
 
-from relay.admission.service import database_error
+from relay.admission.service import Caller, database_error
 from relay.db import DatabaseUnavailable
 from relay.errors import ApiError
+from relay.media.bridge import Bridge
 from relay.media.sdp import InvalidOffer, invalid_offer_error, validate_offer
 from relay.observability.logging import request_banner, stage
 from relay.observability.request_context import bind_session, current, current_request_id
@@ -43,6 +44,31 @@ def _exchange_fields(body: dict[str, Any]) -> tuple[str, str]:
     return session_id, sdp
 
 
+async def open_bridge(
+    services: Services, session_id: str, caller: Caller, sdp: str, *, resumable: bool = True
+) -> tuple[Bridge, str | None]:
+    """The exchange itself (here and the OpenAI-compatible call): the offer checked, the
+    session claimed once across the cluster, both legs bridged; ``bridge.answer`` is the
+    browser's answer, with the resume token of the session (None: resuming is off, or not
+    ``resumable``: a client that cannot resume, whose dropped call then ends at once)."""
+    services.sessions.refuse_if_draining()
+    try:
+        validate_offer(sdp, max_bytes=services.settings.session.max_sdp_bytes)
+    except InvalidOffer as exc:
+        raise invalid_offer_error(exc) from None
+    manager = services.bridges
+    manager.refuse_if_no_media_ports()
+    # Nothing awaits between the claim and the bridge: each of the two releases
+    # everything the session holds when it fails (relay.sessions.service,
+    # relay.media.manager), and a failure between them would have no owner.
+    entry = await services.sessions.claim(session_id, caller)
+    bind_session(entry.session_id)
+    # Synchronous (its hash is kept on the entry and written with the next state):
+    # what the page resumes this session with (POST /api/sessions/{id}/resume).
+    resume_token = manager.issue_resume_token(entry) if resumable else None
+    return await manager.open(entry, sdp, current_request_id()), resume_token
+
+
 async def webrtc_exchange(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     with request_banner(log, "WEBRTC EXCHANGE") as banner:
@@ -52,32 +78,21 @@ async def webrtc_exchange(request: web.Request) -> web.Response:
         session_id, sdp = _exchange_fields(parse_json_object(raw))
 
         async def exchange() -> tuple[int, dict[str, Any], dict[str, str]]:
-            services.sessions.refuse_if_draining()
-            try:
-                validate_offer(sdp, max_bytes=services.settings.session.max_sdp_bytes)
-            except InvalidOffer as exc:
-                raise invalid_offer_error(exc) from None
-            manager = services.bridges
-            manager.refuse_if_no_media_ports()
-            # Nothing awaits between the claim and the bridge: each of the two releases
-            # everything the session holds when it fails (relay.sessions.service,
-            # relay.media.manager), and a failure between them would have no owner.
-            entry = await services.sessions.claim(session_id, caller)
-            bind_session(entry.session_id)
-            bridge = await manager.open(entry, sdp, current_request_id())
+            bridge, resume_token = await open_bridge(services, session_id, caller, sdp)
             ctx = current()
             stage(log, "WEBRTC_EXCHANGE_COMPLETE")
-            return (
-                201,
-                {
-                    "type": "answer",
-                    "sdp": bridge.answer,
-                    "session_id": session_id,
-                    "request_id": current_request_id(),
-                    "processing_time_ms": round(ctx.elapsed_ms(), 1) if ctx else 0.0,
-                },
-                {},
-            )
+            answer: dict[str, Any] = {
+                "type": "answer",
+                "sdp": bridge.answer,
+                "session_id": session_id,
+                "request_id": current_request_id(),
+                "processing_time_ms": round(ctx.elapsed_ms(), 1) if ctx else 0.0,
+            }
+            if resume_token is not None:
+                answer["resume_token"] = resume_token
+                # How long the relay keeps this interview after a drop (the page counts it down).
+                answer["reconnect_grace_s"] = services.settings.session.reconnect_grace_s
+            return 201, answer, {}
 
         # A retried exchange with the same Idempotency-Key gets the same answer (a
         # session id is usable once: without the key, the retry gets 409).
@@ -101,6 +116,7 @@ async def get_session(request: web.Request) -> web.Response:
             "end_reason": None,
             "expires_at": services.sessions.expires_at(entry).isoformat(),
             "max_duration_seconds": int(entry.max_duration_s),
+            "parts": entry.part,
         }
         bridge = entry.bridge
         if bridge is not None:
@@ -119,8 +135,16 @@ async def get_session(request: web.Request) -> web.Response:
 async def delete_session(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     caller = await owner_or_operator(request)
-    operator = caller is None
     session_id = _path_session_id(request)
+    if not await end_session(services, session_id, caller):
+        raise ApiError(404, "session_not_found", "No such session for this user.")
+    return web.Response(status=204)  # over, or ending where it is held
+
+
+async def end_session(services: Services, session_id: str, caller: Caller | None) -> bool:
+    """Hang up ``session_id`` for its candidate (``caller``) or the operator (None): both
+    legs here, or where another member holds it. False: no such session of theirs."""
+    operator = caller is None
     entry = services.registry.get(session_id)
     if entry is not None and (caller is None or caller.owns(entry.user_id, entry.interview_id)):
         bind_session(entry.session_id)
@@ -133,16 +157,16 @@ async def delete_session(request: web.Request) -> web.Response:
             await services.sessions.finish(entry, state="ended", reason=reason, duration_s=0.0)
             # It may have been exchanged on another member a moment ago.
             await _end_elsewhere(services, session_id, reason)
-        return web.Response(status=204)
+        return True
     record = await _session_row(services, session_id)
     if record is None or not (caller is None or caller.owns(record.user_id, record.interview_id)):
-        raise ApiError(404, "session_not_found", "No such session for this user.")
+        return False
     if record.state in ("pending", "connecting", "active"):
         # Held by another member: it hangs up when the command reaches it.
         reason = "operator_hangup" if operator else "hangup"
         log.info("[%s] SESSION_HANGUP %s (%s, elsewhere)", current_request_id(), session_id, reason)
         await _end_elsewhere(services, session_id, reason)
-    return web.Response(status=204)  # over, or ending where it is held
+    return True
 
 
 async def _end_elsewhere(services: Services, session_id: str, reason: str) -> None:

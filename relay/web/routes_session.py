@@ -9,10 +9,13 @@ Creations pass the admission gate (relay.admission.gate): at most
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from aiohttp import web
 
 from relay.admission.gate import AdmissionGate
+from relay.admission.service import Caller
 from relay.admission.tokens import INVITE_PREFIX, bearer_token
 from relay.config import LimitsConfig
 from relay.errors import ApiError
@@ -21,7 +24,8 @@ from relay.observability.logging import request_banner
 from relay.observability.metrics import MetricsRegistry
 from relay.observability.request_context import current, current_request_id
 from relay.recording.consent import recording_notice_shown, require_notice_shown
-from relay.services import SERVICES
+from relay.services import SERVICES, Services
+from relay.sessions.registry import SessionEntry
 from relay.web import idempotency
 from relay.web.api import Api, Operation, Response
 from relay.web.body import parse_json_object, read_body
@@ -39,19 +43,42 @@ def client_gone(request: web.Request) -> bool:
     return transport is None or transport.is_closing()
 
 
-async def create_realtime_session(request: web.Request) -> web.Response:
+@asynccontextmanager
+async def admitting(request: web.Request) -> AsyncIterator[Caller]:
+    """The start of every session creation (here and the OpenAI-compatible client secret):
+    not while draining, within an admission slot, the caller authenticated (its body is
+    read only then)."""
     services = request.app[SERVICES]
     gate = request.app[ADMISSION_GATE]
+    services.sessions.refuse_if_draining()
+    async with gate.slot():
+        if client_gone(request):
+            # It waited for a slot longer than its client did: nobody reads the answer,
+            # so the slot goes to the next request before this one costs anything.
+            gate.shed_client_gone()
+            log.info("[%s] client gone before admission", current_request_id())
+            raise ApiError(499, "client_closed_request", "The client closed the request.")
+        yield await authenticate(request)
+
+
+async def start_session(services: Services, caller: Caller, notice_shown: bool) -> SessionEntry:
+    """A new pending session for ``caller``: the recording-notice rule, admission and the
+    upstream mint (relay.sessions.service), the candidate's consent noted."""
+    require_notice_shown(
+        services.settings.recording,
+        notice_shown,
+        recorded=caller.interview.recording if caller.interview else True,
+    )
+    entry = await services.sessions.create(caller)
+    if notice_shown:
+        await services.recordings.note_consent(entry.session_id)
+    return entry
+
+
+async def create_realtime_session(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
     with request_banner(log, "REALTIME SESSION") as banner:
-        services.sessions.refuse_if_draining()
-        async with gate.slot():
-            if client_gone(request):
-                # It waited for a slot longer than its client did: nobody reads the answer,
-                # so the slot goes to the next request before this one costs anything.
-                gate.shed_client_gone()
-                log.info("[%s] client gone before admission", current_request_id())
-                raise ApiError(499, "client_closed_request", "The client closed the request.")
-            caller = await authenticate(request)
+        async with admitting(request) as caller:
             # Only a known caller's body is read. It is optional; when present it must be a
             # JSON object.
             raw = await read_body(request)
@@ -59,14 +86,7 @@ async def create_realtime_session(request: web.Request) -> web.Response:
             notice_shown = recording_notice_shown(fields)
 
             async def create() -> tuple[int, dict[str, object], dict[str, str]]:
-                require_notice_shown(
-                    services.settings.recording,
-                    notice_shown,
-                    recorded=caller.interview.recording if caller.interview else True,
-                )
-                entry = await services.sessions.create(caller)
-                if notice_shown:
-                    await services.recordings.note_consent(entry.session_id)
+                entry = await start_session(services, caller, notice_shown)
                 ctx = current()
                 body: dict[str, object] = {
                     "session_id": entry.session_id,
@@ -91,10 +111,12 @@ async def create_realtime_session(request: web.Request) -> web.Response:
 
 
 async def recording_notice(request: web.Request) -> web.Response:
-    """GET /api/recording-notice (public): what the page shows before Start. With an
-    interview's invite, that interview's answer (one created with ``recording: false``
-    records nothing)."""
-    config = request.app[SERVICES].settings.recording
+    """GET /api/recording-notice (public): what the page shows before Start (the notice,
+    and the practice banner when the interviewer is a simulator). With an interview's
+    invite, that interview's answer (one created with ``recording: false`` records
+    nothing)."""
+    services = request.app[SERVICES]
+    config = services.settings.recording
     recorded = config.enabled
     token = bearer_token(request.headers.get("Authorization"))
     if token is not None and token.startswith(INVITE_PREFIX):
@@ -102,7 +124,11 @@ async def recording_notice(request: web.Request) -> web.Response:
         if caller.interview is not None:
             recorded = recorded and caller.interview.recording
     return web.json_response(
-        {"recording": recorded, "notice": config.notice_text if recorded else ""}
+        {
+            "recording": recorded,
+            "notice": config.notice_text if recorded else "",
+            "simulated": services.simulated,
+        }
     )
 
 

@@ -71,6 +71,34 @@ class ExchangeAnswer(_Answer):
     session_id: str
     request_id: str
     processing_time_ms: float
+    resume_token: str | None = Field(
+        default=None,
+        description=(
+            "rs_…: resumes this session after a dropped connection or a reload "
+            "(POST /api/sessions/{session_id}/resume); absent when resuming is off "
+            "(session.reconnect_grace_s = 0)."
+        ),
+    )
+    reconnect_grace_s: float | None = Field(
+        default=None,
+        description="How long the relay keeps the interview after a drop (with resume_token).",
+    )
+
+
+class ResumeRequest(BaseModel):
+    resume_token: str = Field(pattern=r"^rs_[A-Za-z0-9_-]{43}$")
+    type: Literal["offer"]
+    sdp: str = Field(description="The page's new SDP offer.")
+
+
+class ResumeAnswer(_Answer):
+    type: Literal["answer"]
+    sdp: str
+    session_id: str
+    resume_token: str = Field(description="The next resume token; the one sent is spent.")
+    reconnect_grace_s: float = Field(description="How long the relay keeps it after a drop.")
+    request_id: str
+    processing_time_ms: float
 
 
 class SessionState(_Answer):
@@ -86,6 +114,10 @@ class SessionState(_Answer):
     model: str | None = None
     dialect: str | None = None
     created_at: str | None = None
+    parts: int | None = Field(
+        default=None,
+        description="1, or 2 and more once a member took the interview over from a dead one.",
+    )
     connected_at: str | None = None
     ended_at: str | None = None
     duration_seconds: float | None = None
@@ -96,6 +128,9 @@ class SessionState(_Answer):
 class RecordingNotice(_Answer):
     recording: bool
     notice: str
+    simulated: bool = Field(
+        description="The interviewer is a simulator: the page shows a practice banner."
+    )
 
 
 # ---------------------------------------------------------------------- operator

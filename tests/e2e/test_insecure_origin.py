@@ -8,7 +8,7 @@ own resolver rules): an ordinary http:// origin, with no traffic leaving loopbac
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -40,7 +40,7 @@ async def open_page(browser: Browser, url: str) -> tuple[Page, list[str]]:
 
 
 async def test_an_insecure_origin_is_explained_and_nothing_starts(
-    make_relay: MakeRelay, named_host_browser: Browser
+    make_relay: MakeRelay, named_host_browser: Browser, artifact_path: Callable[[str], Path]
 ) -> None:
     relay = await make_relay()
     token = await relay.add_user(seconds=600)
@@ -51,14 +51,22 @@ async def test_an_insecure_origin_is_explained_and_nothing_starts(
     assert await page.evaluate("window.isSecureContext") is False
     assert await page.evaluate("navigator.mediaDevices === undefined") is True
 
-    error = page.locator("#error")
-    await expect(error).to_be_visible()
-    await expect(error).to_contain_text("insecure connection")
-    await expect(error).to_contain_text("https://")
+    problem = page.locator("#mic-problem")
+    await expect(problem).to_be_visible()
+    await expect(problem).to_have_attribute("data-code", "insecure")
+    await expect(problem).to_contain_text("This link must start with https://")
+    await expect(problem).to_contain_text("insecure connection")
     await expect(page.locator("#start")).to_be_disabled()
+    await expect(page.locator("#check")).to_be_disabled()
+    await expect(page.locator("#token")).to_be_hidden()
+    await page.set_viewport_size({"width": 1280, "height": 800})
+    await page.screenshot(path=str(artifact_path("page-preflight-insecure.png")), full_page=True)
     # Even if Start is clicked somehow, no session is created for nothing.
-    await page.evaluate("start()")
-    await expect(error).to_contain_text("https://")
+    await page.evaluate(
+        "const start = document.getElementById('start'); start.disabled = false; start.click()"
+    )
+    await expect(problem).to_contain_text("https://")
+    await expect(page.locator("#preflight")).to_be_visible()
     assert not any("/api/realtime-session" in url for url in requests), requests
     assert await relay.sql("SELECT id FROM interview_sessions") == []
 
@@ -71,5 +79,5 @@ async def test_the_same_page_on_loopback_is_a_secure_context(
     page, _ = await open_page(named_host_browser, str(relay.client.make_url("/")))
     assert await page.evaluate("window.isSecureContext") is True
     assert await page.evaluate("typeof navigator.mediaDevices.getUserMedia") == "function"
-    await expect(page.locator("#error")).to_be_hidden()
+    await expect(page.locator("#mic-problem")).to_be_hidden()
     await expect(page.locator("#start")).to_be_enabled()

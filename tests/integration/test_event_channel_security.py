@@ -114,7 +114,7 @@ async def test_a_flood_of_refused_events_closes_the_channel_and_the_interview_go
     relay, browser, bridge, _ = await connect(events={"max_refused_events": 5})
     await browser.wait_type("session.created")
     for i in range(8):
-        browser.send_event({"type": "session.update", "event_id": f"f{i}"})
+        browser.send_event({"type": "conversation.item.delete", "event_id": f"f{i}"})
     flood = await browser.wait_event(
         lambda e: e.get("type") == "error" and e["error"]["code"] == "too_many_refused_events"
     )

@@ -203,7 +203,7 @@ async def test_an_interview_without_recording_records_nothing_and_asks_no_notice
     invite = invite_of(interview)
     # The page asks what to show: nothing, for this interview.
     status, notice, _ = await call(relay, "GET", "/api/recording-notice", bearer(invite))
-    assert status == 200 and notice == {"recording": False, "notice": ""}
+    assert status == 200 and notice == {"recording": False, "notice": "", "simulated": False}
     status, notice, _ = await call(relay, "GET", "/api/recording-notice", {})
     assert status == 200 and notice["recording"] is True and notice["notice"]
     # No notice to show: nothing of this interview is recorded.

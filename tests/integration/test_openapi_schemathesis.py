@@ -4,8 +4,10 @@ valid and invalid, no 5xx, and every answer conforms to its documented status, c
 type and schema. The candidate operations get an interview's invite instead (an API key
 is no candidate credential), and path parameters are drawn now and then from real ids
 (an interview, its candidate, a finished recording, a pending session, a key), so the
-run reaches the handlers' work, not only their 404s. Bounded: a fixed number of
-examples per operation and a fixed seed (a failure reproduces with the same run)."""
+run reaches the handlers' work, not only their 404s. The OpenAI-compatible operations (tag
+openai) get the invite too: a client secret is asked for with a candidate's credential.
+Bounded: a fixed number of examples per operation and a fixed seed (a failure reproduces
+with the same run)."""
 
 from __future__ import annotations
 
@@ -131,11 +133,14 @@ async def _config(relay: RelayHarness, key: str) -> str:
         lines += [f"[dictionaries.{name}]", f"values = {json.dumps(values)}", ""]
     lines.append("[parameters]")
     lines += [f'"path.{name}" = {{ dictionary = "{name}", probability = 0.5 }}' for name in real]
-    lines += [
-        "",
-        "[[operations]]",
-        'include-tag = "candidate"',
-        f"headers = {{ Authorization = {json.dumps('Bearer ' + invite)} }}",
-        "",
-    ]
+    # The candidate's operations, and the OpenAI-compatible ones (a client secret is asked
+    # for with a candidate's credential), with the invite.
+    for tag in ("candidate", "openai"):
+        lines += [
+            "",
+            "[[operations]]",
+            f'include-tag = "{tag}"',
+            f"headers = {{ Authorization = {json.dumps('Bearer ' + invite)} }}",
+        ]
+    lines.append("")
     return "\n".join(lines)

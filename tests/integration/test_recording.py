@@ -283,7 +283,11 @@ async def test_recording_notice_is_public_and_the_flag_is_checked(make_relay: Ma
     relay = await make_relay(overrides={"recording": {"notice_text": "Recorded for hiring."}})
     async with relay.client.get("/api/recording-notice") as resp:
         assert resp.status == 200
-        assert await resp.json() == {"recording": True, "notice": "Recorded for hiring."}
+        assert await resp.json() == {
+            "recording": True,
+            "notice": "Recorded for hiring.",
+            "simulated": False,
+        }
     token = await relay.add_user()
     status, body, _ = await relay.create_session(token, json={"recording_notice_shown": "yes"})
     assert status == 400 and body["error"]["code"] == "invalid_field"

@@ -63,7 +63,7 @@ async def test_api_only_deployments_can_opt_out(make_relay: MakeRelay) -> None:
 async def test_without_recording_no_notice_is_asked_for(make_relay: MakeRelay) -> None:
     relay = await make_relay(overrides={"recording": {"enabled": False}})
     async with relay.client.get("/api/recording-notice") as resp:
-        assert await resp.json() == {"recording": False, "notice": ""}
+        assert await resp.json() == {"recording": False, "notice": "", "simulated": False}
     token = await relay.add_user()
     status, payload, _ = await relay.create_session(token, confirm_notice=False)
     assert status == 201, payload

@@ -143,9 +143,15 @@ async def test_test_events_the_delivery_log_and_redelivery(
         rec.answer = lambda _: 200
         [event_id] = await emit(database_url, [("recording.ready", "iv_l", {"recording_id": "r"})])
         await rec.wait_for(lambda got: got[-1].webhook_id == event_id, 10)
-        log = await deliveries(relay, endpoint["id"])
-        [delivery] = [d for d in log if d["event_id"] == event_id]
-        assert delivery["status"] == "delivered" and delivery["interview_id"] == "iv_l"
+
+        async def delivered() -> Any:
+            # The receiver has it; the relay records the outcome once the answer is back.
+            log = await deliveries(relay, endpoint["id"])
+            [delivery] = [d for d in log if d["event_id"] == event_id]
+            return delivery if delivery["status"] == "delivered" else None
+
+        delivery = await poll(delivered, 10, "the delivery recorded")
+        assert delivery["interview_id"] == "iv_l"
 
         status, again = await call(relay, "POST", f"{path}/deliveries/{delivery['id']}/redeliver")
         assert status == 202 and again["status"] in ("pending", "delivered")

@@ -32,6 +32,12 @@ ALLOWED: set[Move] = {
     ("connecting", "active"),
     ("connecting", "closing"),
     ("active", "closing"),
+    ("active", "browser_lost"),
+    ("browser_lost", "resuming"),
+    ("browser_lost", "closing"),
+    ("resuming", "active"),
+    ("resuming", "browser_lost"),
+    ("resuming", "closing"),
     ("closing", "closed"),
 }
 
@@ -41,8 +47,24 @@ PATHS: dict[BridgeState, list[Move]] = {
     "negotiating": [("new", "negotiating")],
     "connecting": [("new", "negotiating"), ("negotiating", "connecting")],
     "active": [("new", "negotiating"), ("negotiating", "connecting"), ("connecting", "active")],
+    "browser_lost": [
+        ("new", "negotiating"),
+        ("negotiating", "connecting"),
+        ("connecting", "active"),
+        ("active", "browser_lost"),
+    ],
+    "resuming": [
+        ("new", "negotiating"),
+        ("negotiating", "connecting"),
+        ("connecting", "active"),
+        ("active", "browser_lost"),
+        ("browser_lost", "resuming"),
+    ],
 }
 CLOSING: list[Move] = [("closing", "closed")]
+# Taken by the resume tests (tests/unit/test_bridge_resume.py): a resumed leg connected,
+# and one that failed.
+RESUMED: set[Move] = {("resuming", "active"), ("resuming", "browser_lost")}
 
 
 # ---------------------------------------------------------------------- the table
@@ -64,7 +86,7 @@ def test_the_table_allows_exactly_the_lifecycle_moves(
 
 def test_closing_is_reachable_from_every_state_before_it_and_closed_is_final() -> None:
     assert set(TRANSITIONS) == set(STATES)
-    for state in ("new", "negotiating", "connecting", "active"):
+    for state in ("new", "negotiating", "connecting", "active", "browser_lost", "resuming"):
         assert "closing" in TRANSITIONS[state]
     assert TRANSITIONS["closing"] == {"closed"}
     assert TRANSITIONS["closed"] == frozenset()
@@ -74,7 +96,7 @@ def test_the_bridges_below_take_every_allowed_transition() -> None:
     """``test_teardown_runs_exactly_once_from_every_state`` checks each of these paths,
     then closing and closed, on a real bridge: together they are the whole table."""
     taken = {move for state, path in PATHS.items() for move in [*path, (state, "closing")]}
-    assert taken | set(CLOSING) == ALLOWED
+    assert taken | set(CLOSING) | RESUMED == ALLOWED
 
 
 # ---------------------------------------------------------------------- real bridges
@@ -125,6 +147,13 @@ async def _bring_to(rig: Rig, state: BridgeState) -> tuple[Bridge, Callable[[], 
         await bridge.start(await browser.offer())  # the browser never applies the answer
     elif state == "active":
         await rig.connect(bridge, browser)
+    elif state in ("browser_lost", "resuming"):
+        await rig.connect(bridge, browser)
+        await browser.pc.close()  # the page went away; the interview waits for it
+        await wait_until(lambda: bridge.state == "browser_lost", 10, "browser leg lost")
+        if state == "resuming":
+            # A new page's offer, answered; it never applies the answer.
+            await bridge.resume(await rig.browser(payloads=SPEECH).offer())
     return bridge, nothing
 
 

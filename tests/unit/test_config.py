@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import tomllib
 from pathlib import Path
 
@@ -298,3 +299,23 @@ def test_an_operator_token_shorter_than_32_characters_is_refused(name: str) -> N
     assert load_settings(environ={name: "x" * 32}).server.operator_token == "x" * 32
     # Empty: one is generated at start (relay.app), long enough.
     assert load_settings(environ={}).server.operator_token == ""
+
+
+@pytest.mark.parametrize(
+    "origin",
+    ["*", "https://app.example.com/", "https://app.example.com/path", "app.example.com", "ftp://x"],
+)
+def test_cors_origins_must_be_exact_origins(origin: str) -> None:
+    with pytest.raises(ConfigError, match=r"server\.cors_origins"):
+        load_settings(environ={"RELAY__SERVER__CORS_ORIGINS": json.dumps([origin])})
+
+
+def test_cors_origins_are_kept_as_browsers_send_them() -> None:
+    origins = ["https://App.Example.com", "http://127.0.0.2:8123", "http://[::1]:9000"]
+    s = load_settings(environ={"RELAY__SERVER__CORS_ORIGINS": json.dumps(origins)})
+    assert s.server.cors_origins == (
+        "https://app.example.com",
+        "http://127.0.0.2:8123",
+        "http://[::1]:9000",
+    )
+    assert Settings().server.cors_origins == ()

@@ -201,7 +201,13 @@ async def test_events_relay_and_allow_list(rig: Rig) -> None:
     created = await browser.wait_type("session.created")
     assert created["event_id"] == "event_1"
 
-    browser.send_event({"type": "session.update", "event_id": "evt_hack", "session": {}})
+    # session.update is answered by the relay (the effective session), never forwarded.
+    browser.send_event(
+        {"type": "session.update", "event_id": "evt_hack", "session": {"instructions": "x"}}
+    )
+    updated = await browser.wait_type("session.updated")
+    assert updated["session"] == created["session"]
+    browser.send_event({"type": "conversation.item.delete", "event_id": "evt_hack", "item_id": "i"})
     error = await browser.wait_type("error")
     assert error["error"]["code"] == "event_not_allowed"
     assert error["error"]["type"] == "invalid_request_error"
@@ -314,7 +320,11 @@ async def test_max_duration_ends_the_session(rig: Rig) -> None:
     ],
 )
 async def test_either_side_closing_tears_down_both(rig: Rig, who: str, reasons: set[str]) -> None:
-    bridge = rig.bridge()
+    # Resuming switched off: a lost browser leg ends the interview at once (with a grace,
+    # tests/unit/test_bridge_resume.py).
+    bridge = rig.bridge(
+        session=SessionConfig(connect_timeout_s=5.0, idle_media_timeout_s=10.0, reconnect_grace_s=0)
+    )
     browser = rig.browser(payloads=SPEECH)
     await rig.connect(bridge, browser)
     await browser.wait_type("session.created")  # the browser's channel is open

@@ -4,13 +4,14 @@ caller's own cancellation."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 
 import pytest
 
 from relay.observability.metrics import Counter, MetricsRegistry
-from relay.tasks import TaskGroup, cancel_and_wait, owned_count, spawn
+from relay.tasks import TaskGroup, cancel_and_wait, owned_count, raise_if_cancelling, spawn
 
 
 async def test_cancel_and_wait_returns_the_tasks_exception_instead_of_raising() -> None:
@@ -202,3 +203,25 @@ async def test_a_task_may_close_its_own_group() -> None:
     closer = group.spawn(closes_its_group(), name="closer")
     assert await asyncio.wait_for(closer, 10) == "closed"
     assert other.cancelled()
+
+
+async def test_a_cancel_swallowed_by_a_library_is_raised_again_before_the_loop_goes_on() -> None:
+    rounds = 0
+
+    async def reconnect_forever() -> None:
+        nonlocal rounds
+        while True:
+            rounds += 1
+            # A library call that eats the cancel aimed at it (as closing a broken
+            # connection can): the task is still marked as cancelling.
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(3600)
+            raise_if_cancelling()
+
+    task = asyncio.create_task(reconnect_forever())
+    await asyncio.sleep(0)
+    task.cancel()
+    async with asyncio.timeout(5):
+        await asyncio.wait({task})
+    assert task.cancelled()
+    assert rounds == 1

@@ -14,7 +14,8 @@ Teardown closes both peers, hangs up the upstream call and reports the real
 duration to the session layer, exactly once, whatever went wrong before.
 
 The bridge is one state machine (``new → negotiating → connecting → active → closing →
-closed``, and ``closing`` from any state before it): ``Bridge`` alone writes its state, one
+closed``, ``active ⇄ browser_lost ⇄ resuming`` while a dropped browser leg may come back,
+and ``closing`` from any state before it): ``Bridge`` alone writes its state, one
 method per transition, each checked against ``state.TRANSITIONS`` (a move the table does
 not allow raises ``InvalidTransition``). The other modules do one job each, never see the
 ``Bridge`` and write none of its attributes: they take what they need and return a result
@@ -22,11 +23,14 @@ or report through callbacks. Read them one at a time, in this order:
 
 * ``base``: the contract (settings, hooks Protocol, end states, errors);
 * ``state``: the states and the allowed transitions;
+* ``clock``: the interview's clock (time away from the browser not charged);
 * ``core``: the ``Bridge`` (state, transitions, public API), which wires the others;
 * ``negotiation``: both legs' offer/answer; returns a ``Negotiated``;
 * ``audio_wiring``: one ``Forwarder`` per direction (the only place audio passes);
 * ``peer_events``: ``PeerWatch``, peer and data-channel events, reported by callback;
-* ``supervision``: ``Supervisor``, connect timeout then idle/max-duration, by callback;
+* ``supervision``: ``Supervisor``, connect timeout then idle/max-duration, the time
+  announcements, the wrap-up, the overrun and a lost leg's grace, by callback;
+* ``talk``: what the relay itself says to the page (``relay.*``) and to the upstream;
 * ``teardown``: releasing everything the bridge holds;
 * ``quality``: the stats snapshot and metric publishing.
 """
@@ -35,7 +39,10 @@ from relay.media.bridge.base import (
     BridgeClosed,
     BridgeHooks,
     BridgeSettings,
+    ContinuityHooks,
     EndState,
+    ResumeRefused,
+    Seed,
     UpstreamAnswerInvalid,
     failure_reason,
 )
@@ -48,8 +55,11 @@ __all__ = [
     "BridgeHooks",
     "BridgeSettings",
     "BridgeState",
+    "ContinuityHooks",
     "EndState",
     "InvalidTransition",
+    "ResumeRefused",
+    "Seed",
     "TRANSITIONS",
     "UpstreamAnswerInvalid",
     "failure_reason",

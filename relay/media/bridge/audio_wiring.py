@@ -12,6 +12,7 @@ returns (its teardown stops them), then ``start_audio``. This module holds no st
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aiortc import RTCPeerConnection
@@ -24,7 +25,7 @@ from relay.media.capabilities import MediaCapabilities, probe
 from relay.media.fastpath import FastOpusForwarder
 from relay.media.forwarding import DecodedRelay, DirectionStats, Forwarder, OpusPassthrough
 from relay.media.metrics import MediaMetrics
-from relay.media.sdp import AudioNegotiation, RtpLeg
+from relay.media.sdp import AudioNegotiation, InvalidOffer, RtpLeg, audio_negotiation, rtp_leg
 from relay.media.tap import PacketTap
 from relay.media.tracks import BoundedQueueTrack
 
@@ -141,8 +142,13 @@ def wire_audio(
     media: MediaConfig,
     capabilities: MediaCapabilities,
     force_decode: bool = False,
+    previous: Sequence[Forwarder] = (),
 ) -> list[Forwarder]:
-    """Both directions' forwarders (browser → upstream first), chosen but not started."""
+    """Both directions' forwarders (browser → upstream first), chosen but not started.
+
+    ``previous``: the forwarders of a browser leg that was lost, when ``ends`` holds the
+    resumed one: the browser → upstream direction sends on the same upstream leg, so it
+    continues the previous forwarder's outgoing stream (``carry_over``)."""
     up, down = ends.browser_to_upstream, ends.upstream_to_browser
     # ``DirectionStats`` is the direction's counters record, written by its forwarder;
     # the codecs are known only here.
@@ -173,7 +179,7 @@ def wire_audio(
         ),
     ]
     passthrough = codecs.passthrough and not force_decode
-    return [
+    forwarders = [
         choose_forwarder(
             plan,
             passthrough=passthrough,
@@ -183,6 +189,76 @@ def wire_audio(
         )
         for plan in plans
     ]
+    if previous:
+        carry_over(previous[0], forwarders[0])
+    return forwarders
+
+
+def resumed_codecs(first: NegotiatedCodecs, answer_sdp: str) -> NegotiatedCodecs:
+    """The codecs once a resumed browser leg answered ``answer_sdp``: its own, with the
+    upstream leg's as they were. It must allow the forwarding of the first (the upstream
+    leg's outgoing stream continues: ``carry_over``), else ``InvalidOffer``."""
+    codecs = NegotiatedCodecs(
+        browser=audio_negotiation(answer_sdp),
+        upstream=first.upstream,
+        our_upstream_opus=first.our_upstream_opus,
+        browser_rtp=rtp_leg(answer_sdp),
+        upstream_rtp=first.upstream_rtp,
+    )
+    if codecs.passthrough != first.passthrough:
+        raise InvalidOffer(
+            f"a resumed connection must offer the audio codec of the first "
+            f"({first.browser.primary})"
+        )
+    return codecs
+
+
+def carry_over(previous: Forwarder, new: Forwarder) -> None:
+    """``new`` sends on the leg ``previous`` sent on: continue its outgoing stream.
+
+    Only between forwarders of one kind (a resumed leg must negotiate the codecs of the
+    first, ``Bridge.resume`` checks): the decode path sends through aiortc's sender, which
+    keeps its own timeline."""
+    match previous, new:
+        case FastOpusForwarder(), FastOpusForwarder():
+            new.continue_from(previous)
+        case OpusPassthrough(), OpusPassthrough():
+            new.continue_from(previous)
+
+
+def park_upstream_audio(
+    upstream_pc: RTCPeerConnection,
+    codecs: NegotiatedCodecs,
+    *,
+    media: MediaConfig,
+    capabilities: MediaCapabilities,
+    force_decode: bool = False,
+) -> Forwarder:
+    """While the browser's leg is lost: a forwarder that takes the upstream's audio and
+    drops it (into a queue nobody reads, which holds one packet), so that nothing piles up
+    in aiortc's receive path. Not recorded: the gap is silence in the recording."""
+    stats = DirectionStats("upstream_to_browser")
+    receiver = audio_receiver(upstream_pc)
+    sink = BoundedQueueTrack(1)
+    caps = capabilities
+    if codecs.passthrough and not force_decode and caps.available("rtp_hook"):
+        return OpusPassthrough(
+            receiver,
+            sink,
+            stats,
+            codecs.upstream.opus_payload_types | codecs.our_upstream_opus,
+            keep_receiver_reports=caps.available("receiver_reports"),
+        )
+    return DecodedRelay(
+        receiver,
+        sink,
+        stats,
+        max_backlog=media.queue_max_frames,
+        codec=codecs.upstream.primary or "opus",
+        count_packets=caps.available("rtp_hook"),
+        bound_backlog=caps.available("decoder_thread"),
+        fast_audio_level=caps.available("audio_level"),
+    )
 
 
 def start_audio(
@@ -199,6 +275,7 @@ def start_audio(
         forwarder.start()
     if capabilities.available("retransmission_history"):
         for pc in (ends.browser_pc, ends.upstream_pc):
+            # Idempotent: a resumed leg's wiring passes the upstream's peer again.
             aiortc_private.disable_retransmission_history(audio_sender(pc))
     up, down = ends.browser_to_upstream, ends.upstream_to_browser
     for stats in (up, down):

@@ -7,8 +7,13 @@ transition, and every transition goes through ``_set_state``, which checks it ag
 
 * new → negotiating → connecting: ``start`` (the second step once both legs are negotiated);
 * connecting → active: ``_activate``, when the supervisor saw both legs connected;
-* new, negotiating, connecting or active → closing: ``begin_close`` (once; the first
-  reason wins);
+* active → browser_lost: ``_lose_browser``, when the browser's leg drops and it may come
+  back (``session.reconnect_grace_s``); the upstream leg stays;
+* browser_lost → resuming: ``resume``, which answers a resumed leg's offer on a new
+  browser peer; resuming → active: ``_resumed`` once it is connected; resuming →
+  browser_lost: ``_resume_leg_failed``;
+* any state before it → closing: ``begin_close`` (once; the first reason wins); the page
+  is told why first (``relay.session.ending``) when the relay decided it;
 * closing → closed: ``_teardown``, once everything is released.
 
 The sibling modules do the work without seeing the bridge: ``Negotiation`` returns a
@@ -27,25 +32,38 @@ from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCPeerConnection
 
-from relay.media.bridge.audio_wiring import AudioEnds, NegotiatedCodecs, start_audio, wire_audio
+from relay.media.bridge.audio_wiring import (
+    AudioEnds,
+    NegotiatedCodecs,
+    park_upstream_audio,
+    resumed_codecs,
+    start_audio,
+    wire_audio,
+)
 from relay.media.bridge.base import (
     BridgeClosed,
     BridgeHooks,
     BridgeSettings,
+    ContinuityHooks,
     EndState,
+    ResumeRefused,
+    Seed,
     failure_reason,
 )
-from relay.media.bridge.negotiation import Negotiation
+from relay.media.bridge.clock import InterviewClock
+from relay.media.bridge.negotiation import Negotiation, answer_browser
 from relay.media.bridge.peer_events import PeerWatch
 from relay.media.bridge.quality import Quality
 from relay.media.bridge.state import BridgeState, check_transition
-from relay.media.bridge.supervision import Supervisor
-from relay.media.bridge.teardown import release
-from relay.media.events import EventRelay, Side
+from relay.media.bridge.supervision import Limits, Supervisor
+from relay.media.bridge.talk import Talk
+from relay.media.bridge.teardown import release, settle
+from relay.media.conversation import ConversationLog, TranscriptItem
+from relay.media.events import EventRelay, Message, Side
 from relay.media.forwarding import DirectionStats, Forwarder
 from relay.media.ice import announce_public_address
 from relay.media.metrics import MediaMetrics
-from relay.media.peers import new_peer
+from relay.media.peers import close_peer, new_peer
 from relay.media.tracks import BoundedQueueTrack
 from relay.tasks import spawn
 from relay.upstream.base import MintedSession, UpstreamClient
@@ -72,6 +90,9 @@ class Bridge:
         hooks: BridgeHooks,
         force_decode: bool = False,
         recorder: SessionRecorder | None = None,
+        continuity: ContinuityHooks | None = None,
+        resumable: bool = True,
+        seed: Seed | None = None,
     ) -> None:
         self.session_id = session_id
         # Both voices and the transcript (relay.recording), fed by the forwarders' taps.
@@ -99,6 +120,36 @@ class Bridge:
         self._hangup_sent = False
         self._closed = asyncio.Event()
 
+        # Continuity: the interview's clock (time away not charged), the conversation, the
+        # lost browser leg's release and its stand-in for the upstream's audio.
+        self._continuity = continuity
+        # Whether its client can come back (it holds a resume token): only then does a lost
+        # browser leg wait for it (session.reconnect_grace_s).
+        self._resumable = resumable
+        self._seed = seed
+        # The recorder's transcript source, as given (tests swap ``recorder`` for taps only).
+        self._record_event = recorder.on_upstream_event if recorder is not None else None
+        self._clock = InterviewClock(seed.charged_s if seed is not None else 0.0)
+        self.conversation = ConversationLog(
+            clock=lambda: self._clock.used(time.monotonic()),
+            items=seed.items if seed is not None else (),
+            on_item=self._on_transcript_item,
+            on_reply_over=self._on_reply_over,
+        )
+        self._codecs: NegotiatedCodecs | None = None
+        self._lost_at: float | None = None
+        self._resume_started_at: float | None = None
+        self._browser_release: asyncio.Task[None] | None = None
+        self._parking: Forwarder | None = None
+        # The browser → upstream forwarder of the last leg that sent: a resumed leg's
+        # continues its stream.
+        self._sent_upstream: Forwarder | None = None
+        # Tell the (resumed) page reconnected + transcript + time left once its channel is
+        # open and the leg is up; upstream events wait until then.
+        self._greet_pending = seed is not None
+        self._gap_s = seed.gap_s if seed is not None else 0.0
+        self._seeding: asyncio.Task[None] | None = None
+
         # The parts: both legs' peers, what each leg sends, each direction's counters.
         queue_max = settings.media.queue_max_frames
         self.to_upstream = BoundedQueueTrack(queue_max)
@@ -111,7 +162,16 @@ class Bridge:
             on_closed=lambda side: self._leg_lost(side, "channel_closed"),
             session_id=session_id,
             on_flood=lambda: self.begin_close("event_flood"),
-            observer=recorder.on_upstream_event if recorder is not None else None,
+            observer=self._observe_upstream,
+            on_browser_open=self._try_greet,
+        )
+        if seed is not None:
+            self.events.detach_browser()  # nothing before the greeting (_try_greet)
+        self._talk = Talk(
+            session_id=session_id,
+            events=self.events,
+            conversation=self.conversation,
+            dialect=upstream.dialect,
         )
         self.browser_pc: RTCPeerConnection = new_peer(
             settings.ice,
@@ -146,11 +206,19 @@ class Bridge:
             on_connecting=lambda: self._call_hook("on_connecting", self._hooks.on_connecting()),
             on_connected=self._activate,
             on_end=lambda reason, state: self.begin_close(reason, state=state),
+            limits=Limits(
+                clock=self._clock,
+                replying=lambda: self.conversation.replying,
+                on_time_left=self._talk.time_left,
+                on_wrap_up=self._talk.wrap_up,
+                lost_deadline=self._lost_deadline,
+                on_progress=continuity.on_progress if continuity is not None else None,
+            ),
         )
         self._watch = PeerWatch(
             session_id=session_id,
             events=self.events,
-            on_both_connected=self._supervisor.legs_connected,
+            on_both_connected=self._both_connected,
             on_lost=self._leg_lost,
         )
         self._watch.watch_browser(self.browser_pc)
@@ -158,7 +226,8 @@ class Bridge:
     # ------------------------------------------------------------------ reading
     @property
     def state(self) -> BridgeState:
-        """``new``, ``negotiating``, ``connecting``, ``active``, ``closing`` or ``closed``."""
+        """``new``, ``negotiating``, ``connecting``, ``active``, ``browser_lost``,
+        ``resuming``, ``closing`` or ``closed``."""
         return self._state
 
     @property
@@ -209,10 +278,14 @@ class Bridge:
         return self._teardown_task is not None
 
     def active_seconds(self, now: float) -> float:
-        if self._connected_at is None:
-            return 0.0
+        """Seconds charged: connected time without the time the browser was away (and
+        with the seconds of earlier parts, for a session taken over)."""
         end = self._ended_at if self._ended_at is not None else now
-        return max(0.0, end - self._connected_at)
+        return self._clock.used(end)
+
+    def time_left(self, now: float | None = None) -> float:
+        """Seconds left before the interview's limit (the clock paused while away)."""
+        return self._max_duration_s - self._clock.used(time.monotonic() if now is None else now)
 
     def stats(self) -> dict[str, Any]:
         """A JSON-ready snapshot of this bridge (cheap; no awaits)."""
@@ -223,6 +296,7 @@ class Bridge:
             "end_reason": self._end_reason,
             "age_s": round(now - self.started_at, 3),
             "active_s": round(self.active_seconds(now), 3),
+            "time_left_s": round(self.time_left(now), 3),
             "upstream_call_id": self._upstream_call_id,
             **self._quality.snapshot(now),
         }
@@ -264,6 +338,10 @@ class Bridge:
             raise
         self._answer = answer
         self._supervisor.start()
+        if self._seed is not None:
+            self._seeding = spawn(
+                self._talk.seed(self._seed.items), name=f"bridge-seed-{self.session_id}", log=log
+            )
         return answer
 
     async def _activate(self, connected_at: float) -> None:
@@ -271,6 +349,8 @@ class Bridge:
         not closing: it checks)."""
         self._set_state("active")
         self._connected_at = connected_at
+        self._clock.start(connected_at)
+        self._try_greet()
         self.metrics.connect_s.observe(connected_at - self.started_at)
         log.info(
             "session %s: active after %.0fms",
@@ -300,9 +380,11 @@ class Bridge:
         await self._closed.wait()
 
     async def _teardown(self, end_state: EndState, reason: str) -> None:
-        """The work of ``closing``: release everything, → closed, report to the session
-        layer exactly once (whatever failed before)."""
+        """The work of ``closing``: tell the page why (when the relay decided it), release
+        everything, → closed, report to the session layer exactly once (whatever failed
+        before)."""
         self._ended_at = time.monotonic()
+        self._clock.stop(self._ended_at)
         self._end_state, self._end_reason = end_state, reason
         duration = self.active_seconds(self._ended_at)
         log.info(
@@ -313,6 +395,11 @@ class Bridge:
             duration,
         )
         try:
+            await self._talk.ending(reason)
+            for task in (self._seeding, self._browser_release):
+                if task is not None:
+                    # Its own failure was logged where it happened (relay.tasks.spawn).
+                    await asyncio.gather(asyncio.shield(task), return_exceptions=True)
             peers = [self.browser_pc]
             if self._upstream_pc is not None:
                 peers.append(self._upstream_pc)
@@ -385,8 +472,9 @@ class Bridge:
         if self.is_closing():
             raise BridgeClosed(self._end_reason or "closed")
 
-    def _wire_audio(self, codecs: NegotiatedCodecs) -> None:
+    def _wire_audio(self, codecs: NegotiatedCodecs, previous: Forwarder | None = None) -> None:
         assert self._upstream_pc is not None  # negotiation created it
+        self._codecs = codecs
         recorder = self.recorder
         ends = AudioEnds(
             browser_pc=self.browser_pc,
@@ -406,6 +494,7 @@ class Bridge:
             media=self._settings.media,
             capabilities=capabilities,
             force_decode=self._force_decode,
+            previous=(previous,) if previous is not None else (),
         )
         start_audio(
             self._forwarders,
@@ -417,13 +506,32 @@ class Bridge:
         )
 
     def _leg_lost(self, leg: Side, what: str) -> None:
-        """A peer failed or closed, or a data channel closed (``PeerWatch``, ``EventRelay``)."""
+        """A peer failed or closed, or a data channel closed (``PeerWatch``, ``EventRelay``).
+
+        The browser's leg may come back (a network blip, a reload): while a grace is
+        configured, an active interview keeps its upstream leg for it (``browser_lost``)."""
         if self.is_closing() or self._state == "negotiating":
             return  # already ending, or start() fails and tears down on its own
         if self._connected_at is None:
             self.begin_close(f"{leg}_connect_failed", state="failed")
-        else:
-            self.begin_close(f"{leg}_{what}")
+            return
+        if leg == "browser":
+            if self._state == "browser_lost":
+                return  # the lost leg's own peer and channel closing after it
+            if self._state == "resuming":
+                self._resume_leg_failed(what)
+                return
+            if self._state == "active" and self._may_resume():
+                self._lose_browser(what)
+                return
+        self.begin_close(f"{leg}_{what}")
+
+    def _both_connected(self) -> None:
+        """Both peers are connected: the exchange's legs, or a resumed browser leg."""
+        if self._state == "connecting":
+            self._supervisor.legs_connected()
+        elif self._state == "resuming":
+            self._resumed()
 
     def _leg_states(self) -> tuple[str, str]:
         upstream = self._upstream_pc
@@ -448,3 +556,216 @@ class Bridge:
             await call
         except Exception:
             log.exception("session %s: %s failed", self.session_id, name)
+
+    # ------------------------------------------------------------------ continuity
+    async def resume(self, offer_sdp: str) -> str:
+        """browser_lost → resuming: answer a resumed browser leg's offer on a new browser
+        peer, wired to the same upstream leg; return the answer SDP. The bridge becomes
+        active again once that peer is connected (``_resumed``).
+
+        An active bridge is first taken for lost (a page reloaded before the relay saw its
+        old leg go). Raises ``ResumeRefused`` (in progress, not resumable, the new leg
+        failed meanwhile), ``BridgeClosed`` (closing), ``InvalidOffer``; any other failure
+        leaves the bridge in ``browser_lost`` for another attempt within the grace."""
+        if self.is_closing():
+            raise BridgeClosed(self._end_reason or "closed")
+        if self._state == "resuming":
+            raise ResumeRefused("resume_in_progress", "A resume of this session is under way.")
+        if self._state == "active" and self._may_resume():
+            self._lose_browser("replaced")
+        if self._state != "browser_lost":
+            raise ResumeRefused("session_not_resumable", "This session cannot be resumed now.")
+        self._set_state("resuming")
+        self._resume_started_at = time.monotonic()
+        pc: RTCPeerConnection | None = None
+        try:
+            released = self._browser_release
+            if released is not None:
+                await asyncio.gather(asyncio.shield(released), return_exceptions=True)
+            self._raise_unless_resuming(None)
+            settings = self._settings
+            pc = new_peer(
+                settings.ice,
+                leg="browser",
+                session_id=self.session_id,
+                capabilities=settings.capabilities,
+            )
+            self.browser_pc = pc
+            self._watch.watch_browser(pc)
+            # aiortc stopped the lost leg's queue track with its sender: a new one.
+            to_browser = BoundedQueueTrack(settings.media.queue_max_frames)
+            to_browser.count_on_from(self.to_browser)
+            self.to_browser = to_browser
+            self._quality.attach_browser(pc, to_browser)
+            answer = await answer_browser(
+                pc, self.to_browser, offer_sdp, settings.session.ice_gather_timeout_s
+            )
+            self._raise_unless_resuming(pc)
+            assert self._codecs is not None  # a lost leg was wired
+            codecs = resumed_codecs(self._codecs, str(answer.sdp))
+            await self._stop_parking()
+            self._raise_unless_resuming(pc)
+            self._wire_audio(codecs, previous=self._sent_upstream)
+            answer_sdp = announce_public_address(str(answer.sdp), settings.ice.public_address)
+        except BaseException as exc:
+            teardown = self._teardown_task
+            if teardown is not None:
+                # Closed meanwhile: the teardown releases the new peer with everything else.
+                await asyncio.shield(teardown)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                raise BridgeClosed(self._end_reason or "closed") from exc
+            if self._state_now() == "resuming" and (pc is None or self.browser_pc is pc):
+                self._resume_leg_failed("refused")
+            self.metrics.resumes.inc(outcome="failed")
+            raise
+        self._greet_pending = True
+        log.info("session %s: resume answered; waiting for the new leg", self.session_id)
+        return answer_sdp
+
+    def _state_now(self) -> BridgeState:
+        """A call, not the attribute: mypy would keep ``_state`` narrowed across awaits."""
+        return self._state
+
+    def _may_resume(self) -> bool:
+        # Past the limit (a reply finishing) the interview ends rather than waits.
+        grace = self._settings.session.reconnect_grace_s
+        return self._resumable and grace > 0 and not self._supervisor.overrunning
+
+    def _lose_browser(self, what: str) -> None:
+        """active → browser_lost: keep the upstream leg, forward nothing, pause the clock,
+        cancel the reply in progress, release the lost leg (in a task of its own)."""
+        now = time.monotonic()
+        self._set_state("browser_lost")
+        self._lost_at = now
+        self._resume_started_at = None
+        self._greet_pending = False
+        self._clock.pause(now)
+        self.events.detach_browser()
+        self._talk.cancel_reply()
+        if self.recorder is not None:
+            self.recorder.mark("browser_lost", now)
+        self.metrics.browser_lost.inc(cause=what if what in _LOSS_CAUSES else "other")
+        log.info(
+            "session %s: browser leg lost (%s); resumable for %.0fs",
+            self.session_id,
+            what,
+            self._settings.session.reconnect_grace_s,
+        )
+        if self._continuity is not None:
+            self._continuity.on_progress(self._clock.used(now))
+        self._release_browser_leg_soon()
+
+    def _resume_leg_failed(self, what: str) -> None:
+        """resuming → browser_lost: the resumed leg failed; the grace of the first loss
+        goes on (another attempt may follow)."""
+        log.info("session %s: resumed leg failed (%s)", self.session_id, what)
+        self._set_state("browser_lost")
+        self._resume_started_at = None
+        self._greet_pending = False
+        self.events.detach_browser()
+        self._release_browser_leg_soon()
+
+    def _release_browser_leg_soon(self) -> None:
+        pc, forwarders = self.browser_pc, self._forwarders
+        self._watch.forget_browser(pc)
+        parking = self._parking
+        self._forwarders = [f for f in forwarders if f is parking]
+        sending = [f for f in forwarders if f is not parking]
+        if sending:
+            self._sent_upstream = sending[0]  # browser → upstream (wire_audio's order)
+        self._browser_release = spawn(
+            self._release_browser_leg(pc, sending),
+            name=f"bridge-release-browser-{self.session_id}",
+            log=log,
+        )
+
+    async def _release_browser_leg(
+        self, pc: RTCPeerConnection, forwarders: list[Forwarder]
+    ) -> None:
+        """Stop a lost leg's forwarders and close its peer; then, while the browser is
+        still away, take the upstream's audio into a queue nobody reads."""
+        await settle(self.session_id, [forwarder.stop() for forwarder in forwarders])
+        await settle(self.session_id, [close_peer(pc)])
+        if self._state == "browser_lost" and self._parking is None:
+            self._park_upstream_audio()
+
+    def _park_upstream_audio(self) -> None:
+        upstream_pc, codecs = self._upstream_pc, self._codecs
+        if upstream_pc is None or codecs is None:
+            return
+        parking = park_upstream_audio(
+            upstream_pc,
+            codecs,
+            media=self._settings.media,
+            capabilities=self._settings.capabilities,
+            force_decode=self._force_decode,
+        )
+        self._parking = parking
+        self._forwarders.append(parking)
+        parking.start()
+
+    async def _stop_parking(self) -> None:
+        parking, self._parking = self._parking, None
+        if parking is not None:
+            self._forwarders = [f for f in self._forwarders if f is not parking]
+            await parking.stop()
+
+    def _raise_unless_resuming(self, pc: RTCPeerConnection | None) -> None:
+        """Stop answering a resume once teardown began, or once its new leg failed."""
+        self._raise_if_closing()
+        if self._state_now() != "resuming" or (pc is not None and self.browser_pc is not pc):
+            raise ResumeRefused("resume_failed", "The resumed connection failed; try again.")
+
+    def _resumed(self) -> None:
+        """resuming → active: the resumed leg is connected; the clock runs again."""
+        now = time.monotonic()
+        self._set_state("active")
+        lost_at = self._lost_at
+        self._clock.resume(now)
+        self._gap_s = 0.0 if lost_at is None else now - lost_at
+        self._lost_at = self._resume_started_at = None
+        if self.recorder is not None:
+            self.recorder.mark("browser_resumed", now)
+        self.metrics.resumes.inc(outcome="resumed")
+        log.info("session %s: resumed after %.1fs away", self.session_id, self._gap_s)
+        self._try_greet()
+
+    def _lost_deadline(self) -> float | None:
+        """When a lost browser leg's grace runs out (None while the leg is up). A resume
+        under way gets at least ``connect_timeout_s`` to connect its new leg."""
+        lost_at = self._lost_at
+        if lost_at is None or self._state not in ("browser_lost", "resuming"):
+            return None
+        deadline = lost_at + self._settings.session.reconnect_grace_s
+        if self._resume_started_at is not None:
+            deadline = max(
+                deadline, self._resume_started_at + self._settings.session.connect_timeout_s
+            )
+        return deadline
+
+    def _try_greet(self) -> None:
+        """A resumed (or taken-over) leg, up and with its channel open, is greeted first;
+        upstream events wait until then."""
+        if not self._greet_pending or self._state != "active" or not self.events.browser_open:
+            return
+        self._greet_pending = False
+        self._talk.greet(self._gap_s, self.time_left())
+
+    def _observe_upstream(self, message: Message) -> None:
+        """Every upstream server event: the recorder's transcript and the conversation."""
+        if self._record_event is not None:
+            self._record_event(message)
+        self.conversation.on_upstream_event(message)
+
+    def _on_transcript_item(self, item: TranscriptItem) -> None:
+        if self._continuity is not None:
+            self._continuity.on_transcript_item(item)
+
+    def _on_reply_over(self) -> None:
+        if self._state == "active":  # a wrap-up's response is for a page that hears it
+            self._talk.reply_over()
+
+
+# The causes of a lost browser leg counted apart (the rest count as ``other``).
+_LOSS_CAUSES = frozenset({"disconnected", "failed", "channel_closed", "replaced"})

@@ -98,20 +98,9 @@ class Negotiation:
         )
 
     async def _answer_browser(self, offer_sdp: str) -> RTCSessionDescription:
-        browser = self._browser_pc
-        started = time.perf_counter()
-        try:
-            await browser.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
-        except Exception as exc:  # aiortc refuses what our own checks let through
-            raise InvalidOffer(f"the offer was refused ({type(exc).__name__}: {exc})") from None
-        browser.addTrack(self._to_browser)
-        answer = await set_local_description(
-            browser, await browser.createAnswer(), self._gather_timeout_s
+        return await answer_browser(
+            self._browser_pc, self._to_browser, offer_sdp, self._gather_timeout_s
         )
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        record_stage("answer", elapsed_ms)
-        stage(log, "BROWSER_ANSWER_COMPLETE", elapsed_ms)
-        return answer
 
     async def _offer_upstream(self) -> tuple[RTCPeerConnection, RTCSessionDescription]:
         started = time.perf_counter()
@@ -137,3 +126,24 @@ class Negotiation:
         record_stage("upstream", elapsed_ms)
         stage(log, "UPSTREAM_SDP_COMPLETE", elapsed_ms)
         return reply.sdp
+
+
+async def answer_browser(
+    browser: RTCPeerConnection,
+    to_browser: BoundedQueueTrack,
+    offer_sdp: str,
+    gather_timeout_s: float,
+) -> RTCSessionDescription:
+    """Answer a browser's offer on ``browser``, sending ``to_browser`` (the exchange's
+    leg, and a resumed one's)."""
+    started = time.perf_counter()
+    try:
+        await browser.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+    except Exception as exc:  # aiortc refuses what our own checks let through
+        raise InvalidOffer(f"the offer was refused ({type(exc).__name__}: {exc})") from None
+    browser.addTrack(to_browser)
+    answer = await set_local_description(browser, await browser.createAnswer(), gather_timeout_s)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    record_stage("answer", elapsed_ms)
+    stage(log, "BROWSER_ANSWER_COMPLETE", elapsed_ms)
+    return answer

@@ -3,6 +3,8 @@
 ``PeerWatch`` listens to both peers and turns their events into two callbacks to the
 bridge: ``on_both_connected()`` and ``on_lost(leg, what)``. Whether a loss ends the bridge,
 and how, depends on the bridge's state, so the bridge decides (``Bridge._leg_lost``).
+``watch_browser`` again (a resumed leg) replaces the browser's peer: the events of the one
+it replaced are ignored from then on.
 """
 
 from __future__ import annotations
@@ -39,6 +41,11 @@ class PeerWatch:
         pc.on("datachannel", self._on_browser_channel)
         pc.on("connectionstatechange", lambda: self._on_peer_state("browser", pc))
 
+    def forget_browser(self, pc: RTCPeerConnection) -> None:
+        """``pc`` is a lost leg's: its events (it is being closed) are nobody's concern."""
+        if self._peers.get("browser") is pc:
+            del self._peers["browser"]
+
     def watch_upstream(self, pc: RTCPeerConnection) -> None:
         self._peers["upstream"] = pc
         pc.on("connectionstatechange", lambda: self._on_peer_state("upstream", pc))
@@ -48,6 +55,8 @@ class PeerWatch:
             log.info("session %s: ignoring an extra browser data channel", self._session_id)
 
     def _on_peer_state(self, leg: Side, pc: RTCPeerConnection) -> None:
+        if self._peers.get(leg) is not pc:
+            return  # a browser leg that was lost and replaced by a resumed one
         state = pc.connectionState
         if state == "connected":
             peers = self._peers

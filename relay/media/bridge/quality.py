@@ -56,6 +56,14 @@ class Quality:
         """The upstream leg's peer, once negotiation created it."""
         self._peers["upstream"] = pc
 
+    def attach_browser(self, pc: RTCPeerConnection, to_browser: BoundedQueueTrack) -> None:
+        """A resumed browser leg's peer and the queue it sends from (which counts on from
+        the one it replaces)."""
+        self._peers["browser"] = pc
+        self._legs.pop("browser", None)
+        stats, _ = self._directions["upstream_to_browser"]
+        self._directions["upstream_to_browser"] = (stats, to_browser)
+
     def snapshot(self, now: float | None = None) -> dict[str, Any]:
         """The media half of the bridge's snapshot (cheap; no awaits)."""
         now = time.monotonic() if now is None else now

@@ -3,10 +3,16 @@
 ``Supervisor`` runs one owned task (``relay.tasks.spawn``) and acts on the bridge only
 through its callbacks: ``on_connecting`` (the session layer's milestone), ``on_connected``
 (both legs up: the bridge becomes active), ``on_end(reason, state)`` (the bridge begins its
-teardown). If the task itself fails, it calls ``on_end("internal_error", "failed")`` rather
-than leave the bridge running. The bridge calls ``legs_connected`` when both peers are
-connected, ``wake`` when its teardown begins (every wait ends at once) and ``stop`` from the
-teardown.
+teardown), and the interview's limits (``Limits``): the time left, the wrap-up, the
+progress written for a member that may take over, and the reply in progress that may
+finish past the limit. If the task itself fails, it calls
+``on_end("internal_error", "failed")`` rather than leave the bridge running. The bridge
+calls ``legs_connected`` when both peers are connected, ``wake`` when its teardown begins
+(every wait ends at once) and ``stop`` from the teardown.
+
+While the browser's leg is lost (``Limits.lost_deadline`` says until when it may come back)
+the interview's clock is paused: no limit, no idle-media check, no time announcements; at
+the deadline the session ends ``browser_gone``.
 """
 
 from __future__ import annotations
@@ -16,18 +22,41 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from relay.config import SessionConfig
 from relay.media.bridge.base import EndState
+from relay.media.bridge.clock import InterviewClock
 from relay.media.bridge.quality import Quality
 from relay.media.forwarding import DirectionStats
 from relay.media.metrics import MediaMetrics
+from relay.media.relay_events import TimeLeftSchedule
 from relay.tasks import cancel_and_wait, spawn
 
 log = logging.getLogger("relay.media")
 
 QUALITY_REFRESH_S = 2.0
 MAX_TICK_S = 1.0
+# How often, past the limit, the reply in progress is checked for its end.
+OVERRUN_TICK_S = 0.05
+# How often the seconds charged so far are handed to ``Limits.on_progress``.
+PROGRESS_INTERVAL_S = 10.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The interview's clock and what the supervisor does at its marks."""
+
+    clock: InterviewClock
+    # A reply of the interviewer is in progress (at the limit it may finish).
+    replying: Callable[[], bool]
+    # The time left was announced / the wrap-up is due (seconds left).
+    on_time_left: Callable[[float], None]
+    on_wrap_up: Callable[[float], None]
+    # When a lost browser leg's grace runs out (None: the browser's leg is up).
+    lost_deadline: Callable[[], float | None]
+    # The seconds charged so far, every ``PROGRESS_INTERVAL_S`` (None: not wanted).
+    on_progress: Callable[[float], None] | None = None
 
 
 class Supervisor:
@@ -48,6 +77,7 @@ class Supervisor:
         on_connecting: Callable[[], Awaitable[None]],
         on_connected: Callable[[float], Awaitable[None]],
         on_end: Callable[[str, EndState], object],
+        limits: Limits,
     ) -> None:
         self._session_id = session_id
         self._session = session
@@ -61,6 +91,9 @@ class Supervisor:
         self._on_connecting = on_connecting
         self._on_connected = on_connected
         self._on_end = on_end
+        self._limits = limits
+        # Set once the limit is reached while a reply goes on (it may finish).
+        self.overrunning = False
         self._both_connected = asyncio.Event()
         # Set when the bridge's teardown begins, so the waits below end at once.
         self._woken = asyncio.Event()
@@ -116,24 +149,64 @@ class Supervisor:
         await self._monitor(connected_at)
 
     async def _monitor(self, connected_at: float) -> None:
-        """Until teardown: end on maximum duration or idle media; publish stats."""
-        idle_timeout = self._session.idle_media_timeout_s
+        """Until teardown: the limit (with its overrun), the time announcements and the
+        wrap-up, idle media, a lost browser leg's grace; publish stats."""
+        session = self._session
+        limits = self._limits
+        clock = limits.clock
+        idle_timeout = session.idle_media_timeout_s
         tick = min(MAX_TICK_S, idle_timeout / 4) if idle_timeout > 0 else MAX_TICK_S
         reported_first_audio = False
         quality_at = 0.0
+        progress_at = connected_at
+        limit_at: float | None = None
+        remaining = self._max_duration_s - clock.used(connected_at)
+        schedule = TimeLeftSchedule(remaining)
+        limits.on_time_left(remaining)
+        # Only an interview longer than the wrap-up is asked to close before its end.
+        wrap_up_s = session.wrap_up_s
+        wrap_up_due = wrap_up_s > 0 and remaining > wrap_up_s
         while not self._stopping():
             now = time.monotonic()
-            remaining = self._max_duration_s - (now - connected_at)
-            if remaining <= 0:
-                self._on_end("max_duration", "ended")
-                return
+            lost_deadline = limits.lost_deadline()
+            if lost_deadline is not None:
+                if now >= lost_deadline:
+                    self._on_end("browser_gone", "ended")
+                    return
+                wait = min(tick, lost_deadline - now)
+            else:
+                remaining = self._max_duration_s - clock.used(now)
+                if schedule.due(remaining):
+                    limits.on_time_left(remaining)
+                if wrap_up_due and remaining <= wrap_up_s:
+                    wrap_up_due = False
+                    limits.on_wrap_up(remaining)
+                if remaining <= 0:
+                    if limit_at is None:
+                        limit_at = now
+                    if not self._may_overrun(now - limit_at):
+                        self._on_end("max_duration", "ended")
+                        return
+                    wait = min(OVERRUN_TICK_S, limit_at + session.overrun_grace_s - now)
+                else:
+                    wait = min(tick, remaining)
+                    mark = schedule.next_mark()
+                    if mark is not None and remaining > mark:
+                        wait = min(wait, remaining - mark)
+                    if wrap_up_due:
+                        wait = min(wait, remaining - wrap_up_s)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(tick, remaining)):
+                async with asyncio.timeout(max(0.0, wait)):
                     await self._woken.wait()
             if self._stopping():
                 return
             now = time.monotonic()
-            if idle_timeout > 0 and now - self._last_media_at(connected_at) >= idle_timeout:
+            if (
+                idle_timeout > 0
+                and limits.lost_deadline() is None
+                and not self.overrunning
+                and now - self._last_media_at(connected_at) >= idle_timeout
+            ):
                 self._on_end("idle_media", "ended")
                 return
             first = self._upstream_to_browser.first_packet_at
@@ -144,12 +217,31 @@ class Supervisor:
             if now - quality_at >= QUALITY_REFRESH_S:
                 quality_at = now
                 await self._quality.refresh()
+            if limits.on_progress is not None and now - progress_at >= PROGRESS_INTERVAL_S:
+                progress_at = now
+                limits.on_progress(clock.used(now))
+
+    def _may_overrun(self, past_limit_s: float) -> bool:
+        """At the limit: a reply in progress may finish within ``overrun_grace_s``."""
+        grace = self._session.overrun_grace_s
+        if grace <= 0 or past_limit_s >= grace or not self._limits.replying():
+            return False
+        if not self.overrunning:
+            self.overrunning = True
+            log.info(
+                "session %s: at the limit with a reply in progress; it may finish (%.0fs)",
+                self._session_id,
+                grace,
+            )
+        return True
 
     def _last_media_at(self, connected_at: float) -> float:
         times = [
             t
             for t in (
                 connected_at,
+                # A resumed leg starts its own wait for media.
+                self._limits.clock.resumed_at,
                 self._browser_to_upstream.last_packet_at,
                 self._upstream_to_browser.last_packet_at,
             )

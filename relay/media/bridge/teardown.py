@@ -41,17 +41,17 @@ async def release(
     # The supervisor's own failure was logged where it happened (relay.tasks.spawn);
     # here it must not stop the release of everything below.
     await supervisor.stop()
-    await _settle(session_id, [forwarder.stop() for forwarder in forwarders])
+    await settle(session_id, [forwarder.stop() for forwarder in forwarders])
     for track in tracks:
         track.stop()
     closing: list[Awaitable[Any]] = [close_peer(pc) for pc in peers]
     hangup = hang_up()
     if hangup is not None:
         closing.append(hangup)
-    await _settle(session_id, closing)
+    await settle(session_id, closing)
 
 
-async def _settle(session_id: str, steps: list[Awaitable[Any]]) -> None:
+async def settle(session_id: str, steps: list[Awaitable[Any]]) -> None:
     """Run ``steps`` side by side; log each failure and go on."""
     results = await asyncio.gather(*steps, return_exceptions=True)
     for result in results:

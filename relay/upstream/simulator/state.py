@@ -19,8 +19,6 @@ from relay.upstream.simulator.session_config import Dialect
 
 # Per-call history bounds: plenty for a test, bounded for a long local run.
 MAX_EVENTS_KEPT = 5000
-# Mint requests remembered (what each asked for), newest last.
-MAX_MINTS_KEPT = 200
 
 FaultListener = Callable[[Faults], Awaitable[None]]
 
@@ -51,6 +49,10 @@ class CallRecord:
     )
     client_events: deque[Any] = field(default_factory=lambda: deque(maxlen=MAX_EVENTS_KEPT))
     responses_started: int = 0
+    # Items in the call's conversation (user turns, replies, created items), and how many
+    # of them came from conversation.item.create (a seeded conversation).
+    conversation_items: int = 0
+    items_created: int = 0
     reply_frames_sent: int = 0
     hung_up: bool = False
     closed_reason: str | None = None
@@ -89,6 +91,8 @@ class CallRecord:
             "events_sent": self.events_sent,
             "client_events": list(self.client_events),
             "responses_started": self.responses_started,
+            "conversation_items": self.conversation_items,
+            "items_created": self.items_created,
             "reply_frames_sent": self.reply_frames_sent,
             "hung_up": self.hung_up,
             "closed_reason": self.closed_reason,
@@ -104,8 +108,9 @@ class SimulatorState:
         self.calls: OrderedDict[str, CallRecord] = OrderedDict()
         # What each mint asked for: {"dialect", "session" (the request's session config,
         # instructions included), "session_id"}; tests check an interview's interviewer
-        # reached the upstream.
-        self.mints: deque[dict[str, Any]] = deque(maxlen=MAX_MINTS_KEPT)
+        # reached the upstream. As many as closed calls are kept (a mint precedes each
+        # call): a long-running simulator's history stays bounded the same way.
+        self.mints: deque[dict[str, Any]] = deque(maxlen=max_closed_calls)
         self._max_closed = max_closed_calls
         self._changed = asyncio.Event()
         self._fault_listeners: list[FaultListener] = []
