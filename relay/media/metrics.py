@@ -28,6 +28,8 @@ class MediaMetrics:
     """Counters, gauges and summaries of the media bridges (one per registry)."""
 
     def __init__(self, registry: MetricsRegistry) -> None:
+        # For the bridges' task groups (their background tasks' failures are counted there).
+        self.registry = registry
         labels = ["direction"]
         self._counters = {
             key: registry.counter(

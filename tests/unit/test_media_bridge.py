@@ -375,6 +375,10 @@ async def test_a_failing_supervisor_ends_the_session_and_releases_both_legs(rig:
     assert bridge.upstream_pc is not None and bridge.upstream_pc.connectionState == "closed"
     assert rig.upstream.hangups == [c.call_id for c in rig.upstream.calls] != []
     assert open_peer_count() == before - 1  # the bridge's upstream leg came and went too
+    # Logged and counted as the bridge's (its task group), like any owner's failed task.
+    failures = rig.metrics.snapshot()["relay_background_task_failures_total"]
+    assert isinstance(failures, list)
+    assert [(f["owner"], f["value"]) for f in failures] == [("bridge", 1.0)]
 
 
 async def test_teardown_releases_even_if_the_supervisor_already_died(rig: Rig) -> None:

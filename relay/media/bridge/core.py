@@ -65,7 +65,7 @@ from relay.media.ice import announce_public_address
 from relay.media.metrics import MediaMetrics
 from relay.media.peers import close_peer, new_peer
 from relay.media.tracks import BoundedQueueTrack
-from relay.tasks import spawn
+from relay.tasks import TaskGroup
 from relay.upstream.base import MintedSession, UpstreamClient
 
 if TYPE_CHECKING:
@@ -116,6 +116,10 @@ class Bridge:
         self._connected_at: float | None = None
         self._ended_at: float | None = None
         self._teardown_task: asyncio.Task[None] | None = None
+        # Every background task of this bridge (supervision, teardown, a take-over's seeding,
+        # a lost leg's release): a failure is logged and counted with the owner "bridge", and
+        # teardown closes the group last, so nothing of an ended interview keeps running.
+        self._tasks = TaskGroup("bridge", log=log, metrics=metrics.registry)
         # Whether teardown asked upstream to hang up (it may run before the call exists).
         self._hangup_sent = False
         self._closed = asyncio.Event()
@@ -206,6 +210,7 @@ class Bridge:
             on_connecting=lambda: self._call_hook("on_connecting", self._hooks.on_connecting()),
             on_connected=self._activate,
             on_end=lambda reason, state: self.begin_close(reason, state=state),
+            tasks=self._tasks,
             limits=Limits(
                 clock=self._clock,
                 replying=lambda: self.conversation.replying,
@@ -339,8 +344,8 @@ class Bridge:
         self._answer = answer
         self._supervisor.start()
         if self._seed is not None:
-            self._seeding = spawn(
-                self._talk.seed(self._seed.items), name=f"bridge-seed-{self.session_id}", log=log
+            self._seeding = self._tasks.spawn(
+                self._talk.seed(self._seed.items), name=f"bridge-seed-{self.session_id}"
             )
         return answer
 
@@ -365,10 +370,8 @@ class Bridge:
         if self._teardown_task is None:
             self._set_state("closing")
             self._supervisor.wake()
-            self._teardown_task = spawn(
-                self._teardown(state, reason),
-                name=f"bridge-close-{self.session_id}",
-                log=log,
+            self._teardown_task = self._tasks.spawn(
+                self._teardown(state, reason), name=f"bridge-close-{self.session_id}"
             )
         return self._teardown_task
 
@@ -398,7 +401,7 @@ class Bridge:
             await self._talk.ending(reason)
             for task in (self._seeding, self._browser_release):
                 if task is not None:
-                    # Its own failure was logged where it happened (relay.tasks.spawn).
+                    # Its own failure was logged and counted by the task group.
                     await asyncio.gather(asyncio.shield(task), return_exceptions=True)
             peers = [self.browser_pc]
             if self._upstream_pc is not None:
@@ -426,6 +429,8 @@ class Bridge:
                 await self._call_hook(
                     "on_finished", self._hooks.on_finished(end_state, reason, duration)
                 )
+                # Whatever of its tasks still runs (released above, normally none) ends now.
+                await self._tasks.close()
                 self._closed.set()
 
     def _set_state(self, state: BridgeState) -> None:
@@ -674,10 +679,9 @@ class Bridge:
         sending = [f for f in forwarders if f is not parking]
         if sending:
             self._sent_upstream = sending[0]  # browser → upstream (wire_audio's order)
-        self._browser_release = spawn(
+        self._browser_release = self._tasks.spawn(
             self._release_browser_leg(pc, sending),
             name=f"bridge-release-browser-{self.session_id}",
-            log=log,
         )
 
     async def _release_browser_leg(

@@ -1,6 +1,6 @@
 """The supervisor: both legs connected in time, then watched until something ends it.
 
-``Supervisor`` runs one owned task (``relay.tasks.spawn``) and acts on the bridge only
+``Supervisor`` runs one task of the bridge's task group and acts on the bridge only
 through its callbacks: ``on_connecting`` (the session layer's milestone), ``on_connected``
 (both legs up: the bridge becomes active), ``on_end(reason, state)`` (the bridge begins its
 teardown), and the interview's limits (``Limits``): the time left, the wrap-up, the
@@ -31,7 +31,7 @@ from relay.media.bridge.quality import Quality
 from relay.media.forwarding import DirectionStats
 from relay.media.metrics import MediaMetrics
 from relay.media.relay_events import TimeLeftSchedule
-from relay.tasks import cancel_and_wait, spawn
+from relay.tasks import TaskGroup, cancel_and_wait
 
 log = logging.getLogger("relay.media")
 
@@ -78,8 +78,11 @@ class Supervisor:
         on_connected: Callable[[float], Awaitable[None]],
         on_end: Callable[[str, EndState], object],
         limits: Limits,
+        tasks: TaskGroup,
     ) -> None:
         self._session_id = session_id
+        # The bridge's task group: the supervising task is one of the bridge's tasks.
+        self._tasks = tasks
         self._session = session
         self._started_at = started_at
         self._max_duration_s = max_duration_s
@@ -101,10 +104,9 @@ class Supervisor:
 
     def start(self) -> None:
         """Start supervising (once the browser has its answer)."""
-        self._task = spawn(
+        self._task = self._tasks.spawn(
             self._run(),
             name=f"bridge-{self._session_id}",
-            log=log,
             on_failure=lambda exc: self._on_end("internal_error", "failed"),
         )
 
@@ -117,7 +119,8 @@ class Supervisor:
         self._woken.set()
 
     async def stop(self) -> None:
-        """Cancel the task and wait for it; never raises its own failure (logged by spawn)."""
+        """Cancel the task and wait for it; never raises its own failure (logged and counted
+        by the bridge's task group)."""
         await cancel_and_wait(self._task)
 
     def _stopping(self) -> bool:
