@@ -317,6 +317,8 @@ class ResumeService:
                 claim_token=claim_token,
                 resume_token_hash=token_hash,
                 part=taken.part,
+                interview_id=taken.interview_id,
+                recording=taken.recording,
             )
         )
         charged = taken.used_seconds

@@ -92,6 +92,9 @@ class TakenOver:
     max_duration_s: float
     used_seconds: float
     part: int
+    # The interview it belongs to (its budget, its status), and whether it is recorded.
+    interview_id: str | None = None
+    recording: bool = True
 
 
 class ContinuityRows:
@@ -219,7 +222,10 @@ class ContinuityRows:
                          AND s.state IN ('connecting', 'active')
                          AND s.resume_token_hash = $3 AND s.relay_instance = $7 AND u.active
                        RETURNING u.token_hash, u.active, u.remaining_seconds, s.request_id,
-                                 s.expires_at, s.max_duration_s, s.used_seconds, s.parts""",
+                                 s.expires_at, s.max_duration_s, s.used_seconds, s.parts,
+                                 s.interview_id,
+                                 (SELECT i.recording FROM interviews i
+                                  WHERE i.id = s.interview_id) AS recording""",
                     session_id,
                     user_id,
                     old_hash,
@@ -232,8 +238,10 @@ class ContinuityRows:
                     # A retry of this very take-over whose first attempt committed?
                     row = await conn.fetchrow(
                         """SELECT u.token_hash, u.active, u.remaining_seconds, s.request_id,
-                                  s.expires_at, s.max_duration_s, s.used_seconds, s.parts
+                                  s.expires_at, s.max_duration_s, s.used_seconds, s.parts,
+                                  s.interview_id, i.recording
                            FROM interview_sessions s JOIN users u ON u.id = s.user_id
+                                LEFT JOIN interviews i ON i.id = s.interview_id
                            WHERE s.id = $1 AND s.user_id = $2 AND s.claim_token = $3
                              AND s.relay_instance = $4""",
                         session_id,
@@ -256,6 +264,8 @@ class ContinuityRows:
             max_duration_s=float(row["max_duration_s"] or 0.0),
             used_seconds=float(row["used_seconds"] or 0.0),
             part=int(row["parts"]),
+            interview_id=row["interview_id"],
+            recording=row["recording"] is not False,
         )
 
 

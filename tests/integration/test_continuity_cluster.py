@@ -110,13 +110,34 @@ async def test_a_resume_sent_to_the_other_member_is_served_by_the_holder(
         assert (await a.session(token, sid))["media"]["state"] == "active"
 
 
+@pytest.mark.parametrize("credential", ["user_token", "invite"])
 async def test_the_holder_killed_the_interview_continues_on_the_survivor(
     pair: Pair,  # noqa: F811
     simulator: RunningSimulator,
+    credential: str,
 ) -> None:
     async with fresh_connections() as http:
         a, b = Client(http, pair.a.url), Client(http, pair.b.url)
-        _, token = await add_user(pair.dsn, seconds=600)
+        interview: dict[str, Any] | None = None
+        if credential == "user_token":
+            _, token = await add_user(pair.dsn, seconds=600)
+        else:
+            # An interview's session: what it spends is the interview's budget, and the
+            # member taking it over keeps it the interview's.
+            status, interview, _ = await a.call(
+                "POST",
+                "api/interviews",
+                headers=OPERATOR,
+                json={
+                    "candidate": {"email": "taken-over@example.test"},
+                    "instructions": "You interview for the backend role.",
+                    "max_duration_s": 600,
+                    # Not recorded: the member taking it over must not record part 2.
+                    "recording": False,
+                },
+            )
+            assert status == 201, interview
+            token = str(interview["candidate_url"]).split("#invite=", 1)[1]
         status, created, _ = await b.create(token)
         assert status == 201, created
         sid = created["session_id"]
@@ -193,6 +214,17 @@ async def test_the_holder_killed_the_interview_continues_on_the_survivor(
         assert (await a.session(token, sid))["parts"] == 2
         # Debited for both parts: B's seconds carried over.
         assert final["debited_seconds"] >= charged_before
+        if interview is not None:
+            # Still the interview's session, spending the interview's budget (not the
+            # user's seconds), and its end completes the interview.
+            assert final["interview_id"] == interview["id"]
+            status, done, _ = await a.call(
+                "GET", f"api/interviews/{interview['id']}", headers=OPERATOR
+            )
+            assert status == 200 and done["status"] == "completed", done
+            assert done["used_seconds"] >= int(charged_before)
+            assert await sql(pair.dsn, "SELECT id FROM recordings") == []
+            return  # nothing recorded: no parts to look for
 
         async def parts() -> list[dict[str, Any]] | None:
             status, body, _ = await a.call("GET", "api/recordings?limit=200", headers=OPERATOR)
@@ -207,6 +239,9 @@ async def test_the_holder_killed_the_interview_continues_on_the_survivor(
 
 async def _row_if_ended(dsn: str, sid: str) -> dict[str, Any] | None:
     rows = await sql(
-        dsn, "SELECT state, end_reason, debited_seconds FROM interview_sessions WHERE id=$1", sid
+        dsn,
+        "SELECT state, end_reason, debited_seconds, interview_id FROM interview_sessions"
+        " WHERE id=$1",
+        sid,
     )
     return dict(rows[0]) if rows[0]["state"] in ("ended", "failed") else None
