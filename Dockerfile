@@ -1,12 +1,14 @@
-# syntax=docker/dockerfile:1
 # The relay as a container (docs/deploy.md). Media terminates in this process, so each
-# replica's UDP port range must be reachable by candidates: published 1:1 with
-# ice.public_address, host networking, or a TURN service in front.
+# replica's UDP port range must be reachable by candidates: host networking (as compose.yaml
+# runs it), published 1:1 with ice.public_address, or a TURN service in front.
 #
 #   docker build -t interview-relay .
-#   docker run -p 8080:8080 -p 40000-40299:40000-40299/udp \
-#       -e DATABASE_URL=... -e RELAY_OPERATOR_TOKEN=... -e RELAY__ICE__PUBLIC_ADDRESS=... \
+#   docker run --network host -e OPENAI_API_KEY=sk-... -e DATABASE_URL=postgresql://... \
+#       -e RELAY_OPERATOR_TOKEN=... -e RELAY__ICE__PUBLIC_ADDRESS=203.0.113.10 \
 #       -v relay-data:/data interview-relay
+#
+# (No "# syntax=" line: it makes BuildKit fetch a frontend image, which fails where only a
+# registry mirror or no registry is reachable; nothing here needs a newer syntax.)
 
 # One pinned base for both stages (a patch-level tag; pin a digest in your registry mirror).
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
@@ -22,14 +24,19 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/venv
 WORKDIR /src
-COPY pyproject.toml setup.py README.md ./
-COPY relay ./relay
+COPY pyproject.toml README.md ./
 # The pinned dependencies go into the venv; the project itself runs from /app (below),
-# where relay/ sits next to static/ as the app expects, with its compiled module built in
-# place here (the runtime copies relay/ from this stage).
-RUN /opt/venv/bin/pip install . \
-    && /opt/venv/bin/pip uninstall -y interview-relay \
-    && /opt/venv/bin/python setup.py build_ext --inplace \
+# where relay/ sits next to static/ as the app expects. Installed from pyproject.toml with
+# an empty package in relay/'s place, so this layer is rebuilt only when the dependencies
+# change, not with every change of the code.
+RUN mkdir relay && touch relay/__init__.py \
+    && /opt/venv/bin/pip install . \
+    && /opt/venv/bin/pip uninstall -y interview-relay
+# The relay's compiled fast path (relay/media/_fastloop.c), built in place in the source
+# tree the runtime copies (below); the import fails the build if it did not compile.
+COPY setup.py ./
+COPY relay ./relay
+RUN /opt/venv/bin/python setup.py build_ext --inplace \
     && /opt/venv/bin/python -c "import relay.media._fastloop"
 
 # ---------------------------------------------------------------- runtime
@@ -52,8 +59,9 @@ COPY static ./static
 # RELAY__SECTION__KEY (lists as JSON). Never bake secrets into the image.
 # In containers: listen on all interfaces, gather every interface address for ICE, bind
 # media in the published UDP range, log JSON, keep state and recordings on the volume.
-# The range holds global_max_sessions x 3 ports (docs/deploy.md: one container address,
-# no TURN on the relay's own legs, every exchange at its peak): 100 x 3 = 300.
+# The range holds global_max_sessions x 3 ports (docs/deploy.md: one host address gathered,
+# no TURN on the relay's own legs, every exchange at its peak): 100 x 3 = 300, below the
+# kernel's ephemeral ports (32768-60999), which any process's sockets may take.
 ENV RELAY__SERVER__HOST=0.0.0.0 \
     RELAY__SERVER__PORT=8080 \
     RELAY__SERVER__LOG_FORMAT=json \
@@ -61,16 +69,17 @@ ENV RELAY__SERVER__HOST=0.0.0.0 \
     RELAY__SERVER__DATA_DIR=/data/relay \
     RELAY__ICE__HOST_ADDRESSES=[] \
     RELAY__LIMITS__GLOBAL_MAX_SESSIONS=100 \
-    RELAY__ICE__UDP_PORT_MIN=40000 \
-    RELAY__ICE__UDP_PORT_MAX=40299
+    RELAY__ICE__UDP_PORT_MIN=20000 \
+    RELAY__ICE__UDP_PORT_MAX=20299
 
 USER relay
 # State and recordings (the local recording directory is /data/recordings).
 VOLUME ["/data"]
 EXPOSE 8080/tcp
-EXPOSE 40000-40299/udp
+EXPOSE 20000-20299/udp
+# On the port the relay listens on (RELAY__SERVER__PORT may move it, as compose does).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status == 200 else 1)"]
+    CMD ["python", "-c", "import os, sys, urllib.request; port = os.environ.get('RELAY__SERVER__PORT', '8080'); sys.exit(0 if urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=2).status == 200 else 1)"]
 # SIGTERM drains: no new sessions, live interviews get server.drain_timeout_s to finish
 # (give the container a stop timeout above it).
 STOPSIGNAL SIGTERM

@@ -74,8 +74,9 @@ from bench.shipped import (
 from relay.admission.cache import UserCache
 from relay.admission.invalidation import CacheInvalidationListener
 from relay.admission.service import Admission
-from relay.admission.store import Store
+from relay.admission.users import UserRows
 from relay.config import CacheConfig, load_settings
+from relay.db import Store
 from relay.observability.metrics import MetricsRegistry
 
 ZIPF_USERS = 10_000
@@ -196,7 +197,10 @@ async def request_once(
     started = loop.time()
     timing: dict[str, float] = {}
     try:
-        async with http.post(url, json={}, headers={"Authorization": f"Bearer {token}"}) as resp:
+        # As the page says it: the recording notice was shown (required while recording).
+        notice = {"recording_notice_shown": True}
+        headers = {"Authorization": f"Bearer {token}"}
+        async with http.post(url, json=notice, headers=headers) as resp:
             await resp.read()
             status = str(resp.status)
             timing = parse_server_timing(resp.headers.get("Server-Timing", ""))
@@ -264,7 +268,7 @@ class Services:
 def start_services() -> Services:
     """A real PostgreSQL and Redis, as the tests start them (blocking; off the loop)."""
     # The tests' helpers: bench runs from the repository root with the test extras.
-    from relay.admission.embedded_pg import postgres_os_user
+    from relay.db.embedded_pg import postgres_os_user
     from tests.support.postgres import PostgresServer
     from tests.support.redis_server import RedisServer
     from tests.support.workspace import make_workspace
@@ -524,7 +528,7 @@ async def cache_long_run(env: dict[str, str], tokens: list[str], opts: Options) 
         if time.monotonic() > deadline:
             raise RuntimeError(f"the cache invalidation listener is {listener.state}")
         await asyncio.sleep(0.05)
-    admission = Admission(settings, store, cache, metrics)
+    admission = Admission(settings, UserRows(store), cache, metrics)
     lookups = metrics.get("relay_cache_lookups_total")
     assert lookups is not None
     sequence = zipf_users(ZIPF_USERS, opts.zipf_s, opts.long_requests, opts.seed + 1)

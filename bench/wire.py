@@ -1,9 +1,10 @@
 """The relay's own latency per hop, from kernel timestamps of its packets on loopback.
 
 End-to-end latency measured by the load generator (from the sending track handing a frame
-to aiortc to the receiving endpoint's hook) carries the generator's own scheduling: at
-30 sessions its core is 0.85 busy and its tail, not the relay's, sets the p99. This
-measures the hop itself. A capture process (``python -m bench.wire``) opens a packet
+to aiortc to the receiving endpoint's hook) carries the generator's own scheduling: when
+its core is busy, its tail, not the relay's, sets the p99 (it did in the runs before this
+probe: docs/benchmarks.md, "Figures behind the code's choices"). This measures the hop
+itself. A capture process (``python -m bench.wire``) opens a packet
 socket on ``lo`` with a classic BPF filter that keeps only outgoing IPv4/UDP RTP packets
 of the SSRCs given (the probe sessions: the browser's and the upstream's, and what the
 relay sends each of them), and asks the kernel for the time each one was handed to the

@@ -104,7 +104,9 @@ async def _one(http: aiohttp.ClientSession, url: str, token: str) -> float:
             if pc.connectionState == "connected":
                 connected.set()
 
-        async with http.post(url + "api/realtime-session", headers=auth) as resp:
+        # The page's body: the recording notice was shown (required while recording).
+        notice = {"recording_notice_shown": True}
+        async with http.post(url + "api/realtime-session", headers=auth, json=notice) as resp:
             created = await resp.json()
             if resp.status != 201:
                 raise RuntimeError(f"create: {resp.status} {created}")
@@ -193,7 +195,7 @@ async def run_workers(
             "RELAY__SESSION__MAX_DURATION_S": "30",
             "OPENAI_API_KEY": "sk-sim-local",
             "OPENAI_BASE_URL": sim_url,
-            "RELAY_OPERATOR_TOKEN": "bench-operator-token",
+            "RELAY_OPERATOR_TOKEN": "bench-operator-token-0123456789ab",
         }
         try:
             for workers in order:

@@ -3,15 +3,23 @@
 Start-up (each step needs the ones before it):
   1. database: the configured DATABASE_URL, or an embedded PostgreSQL under data_dir;
      the pool is created without connecting, then migrations, warm-up and crash
-     recovery run (in the background if the database is not reachable yet);
+     recovery run (in the background, retried a bounded number of times:
+     relay.db.bootstrap);
   2. the user cache (Redis if configured, always the local fallback) and the listener
      that evicts users changed in PostgreSQL from it (relay.admission.invalidation);
   3. the upstream client (the built-in simulator when asked for, or without an API key
-     on a loopback host: relay.upstream.simulation);
-  4. admission, the session registry and service, the media bridges;
-  5. housekeeping (expiring unused sessions).
-Shut-down is the reverse; live bridges are hung up and their sessions finished before
-the database goes away.
+     on a loopback host: relay.upstream.simulation; it runs as a child process of the
+     relay, ready before the relay serves: relay.upstream.simulator_process);
+  4. the cluster's shared parts: limits through Redis, pending sessions any member can
+     claim (relay.cluster, relay.sessions.shared_state);
+  5. admission, the session registry and the session service;
+  6. this member's heartbeat and commands (relay.cluster.runtime);
+  7. recordings, and the webhooks' dispatcher (relay.webhooks);
+  8. the media bridges;
+  9. housekeeping (expiring unused sessions), memory release, the event-loop monitor.
+Each part is built complete, from the parts it uses, once; ``Services`` hands them to
+the handlers. Shut-down is the reverse; live bridges are hung up and their sessions
+finished before the database goes away.
 """
 
 from __future__ import annotations
@@ -24,46 +32,79 @@ import platform
 import secrets
 import socket
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import backoff
 from aiohttp import web
 
 from relay import __version__
+from relay.admission import client_secrets
+from relay.admission.api_keys import ApiKeyRows
 from relay.admission.cache import UserCache
 from relay.admission.invalidation import CacheInvalidationListener
+from relay.admission.invites import InviteRows
 from relay.admission.service import Admission
-from relay.admission.store import RETRYABLE_ERRORS, Store
-from relay.cluster.setup import start_cluster
+from relay.admission.users import UserAdmin, UserRows
+from relay.cluster.bus import notify
+from relay.cluster.limits import SharedLimits
+from relay.cluster.resume import ResumeService
+from relay.cluster.runtime import ClusterRuntime
+from relay.cluster.sealing import Sealer
+from relay.cluster.setup import advertise_address, state_key
 from relay.config import ConfigError, Settings
+from relay.db import Store
+from relay.db.bootstrap import BootstrapFailed, StartupStatus, bootstrap_database
+from relay.interviews.service import InterviewService
+from relay.media.ephemeral_ports import ephemeral_overlap
 from relay.media.event_schema import unknown_types
 from relay.media.manager import BridgeManager
 from relay.memory import GcPauseMeter, MemoryKeeper, freeze_startup_objects
 from relay.observability.loop_monitor import LoopMonitor
 from relay.observability.metrics import MetricsRegistry
-from relay.recording import consent
 from relay.recording.service import RecordingService
-from relay.services import SERVICES, Services, StartupStatus
+from relay.services import SERVICES, Services
+from relay.sessions.continuity import ContinuityKeeper
+from relay.sessions.drain import DrainState
 from relay.sessions.registry import SessionRegistry
+from relay.sessions.rows import SessionList, SessionRows, abandoned_after_s
 from relay.sessions.service import SessionService
-from relay.tasks import cancel_and_wait, spawn
+from relay.sessions.shared_state import SharedSessions
+from relay.tasks import TaskGroup, cancel_and_wait
 from relay.upstream.factory import build_upstream_client
 from relay.upstream.health import MonitoredUpstream, UpstreamHealth
 from relay.upstream.model_currency import check_models
 from relay.upstream.simulation import uses_simulator
+from relay.upstream.simulator_process import (
+    SIMULATOR_API_KEY,
+    SimulatorProcess,
+    simulator_spec,
+    start_simulator_process,
+)
 from relay.web import (
+    caller,
+    cors,
+    idempotency,
     low_level,
+    openapi,
     routes_bridge,
     routes_cluster,
     routes_health,
+    routes_interviews,
+    routes_keys,
+    routes_openai,
     routes_operator,
     routes_recordings,
+    routes_resume,
     routes_session,
+    routes_sessions,
+    routes_users,
+    routes_webhooks,
     security_headers,
 )
-from relay.web.forwarded import parse_networks
+from relay.web.api import Api
 from relay.web.middleware import make_middleware
+from relay.webhooks.service import Webhooks
 
 log = logging.getLogger("relay.app")
 
@@ -75,21 +116,25 @@ STATIC_FILES = (
     if STATIC_DIR.is_dir()
     else frozenset()
 )
-SIMULATOR_API_KEY = "sk-sim-local"
 HOUSEKEEPING_INTERVAL_S = 5.0
-# Slack added to the longest possible session before a live row counts as abandoned.
-STALE_GRACE_S = 600
+# Expired Idempotency-Keys (and client secrets of ended sessions) are purged every this many
+# rounds.
+IDEMPOTENCY_PURGE_ROUNDS = 60
 
 OPERATOR_TOKEN = web.AppKey("operator_token_generated", str)
 
 
-def create_app(settings: Settings, *, instance_id: str | None = None) -> web.Application:
+def create_app(
+    settings: Settings, *, instance_id: str | None = None, worker: int | None = None
+) -> web.Application:
+    """The relay. ``worker``: its index when it is a worker of ``relay serve --workers N``
+    (its /metrics then covers every worker: relay.observability.worker_metrics)."""
     unchecked = unknown_types(settings.events.browser_allowed)
     if unchecked:
         # Forwarding is only as safe as the check: a type without a schema is never allowed.
         raise ConfigError(f"events.browser_allowed: no schema for {', '.join(unchecked)}")
     simulate = uses_simulator(settings)
-    metrics = MetricsRegistry()
+    metrics = MetricsRegistry(worker=worker)
     metrics.build_info(
         version=__version__,
         python=platform.python_version(),
@@ -99,18 +144,33 @@ def create_app(settings: Settings, *, instance_id: str | None = None) -> web.App
         middlewares=[make_middleware(metrics)],
         # Our own readers enforce server.max_body_bytes with a JSON 413; this is a backstop.
         client_max_size=settings.server.max_body_bytes,
-        handler_args=low_level.handler_args(metrics),
+        handler_args=low_level.handler_args(metrics, settings.server),
     )
     low_level.install(app)
     security_headers.install(app)
+    caller.install(app, settings.limits)
     app.cleanup_ctx.append(_lifecycle(settings, metrics, instance_id, simulate))
-    routes_session.register(app, settings.limits, metrics)
-    routes_bridge.register(app)
+    # Every /api/ route is an operation of the registry (relay.web.api), which also
+    # generates the OpenAPI document from them.
+    api = Api()
+    routes_session.register(api, app, settings.limits, metrics)
+    routes_bridge.register(api)
+    routes_operator.register(api, app)
+    routes_recordings.register(api)
+    routes_cluster.register(api)
+    routes_interviews.register(api)
+    routes_users.register(api)
+    routes_sessions.register(api)
+    routes_keys.register(api)
+    routes_webhooks.register(api)
+    routes_resume.register(api)
+    # OpenAI's own clients against the relay: /v1/realtime (docs/openai-compatible.md).
+    routes_openai.register(api)
+    openapi.register(api)
+    api.install(app)
+    # Pages on server.cors_origins may call the candidate and OpenAI-compatible operations.
+    cors.install(app, api, settings.server.cors_origins)
     routes_health.register(app)
-    routes_operator.register(app)
-    routes_recordings.register(app)
-    consent.register(app)
-    routes_cluster.register(app)
     if "index.html" in STATIC_FILES:
         app.router.add_get("/", _index)
         app.router.add_get("/static/{name}", _static_file)
@@ -144,6 +204,15 @@ def _lifecycle(
     return ctx
 
 
+@dataclass(frozen=True)
+class _Upstream:
+    """Step 3's result: the upstream client, what it has seen, and the simulator if any."""
+
+    client: MonitoredUpstream
+    health: UpstreamHealth
+    simulator: SimulatorProcess | None
+
+
 async def _start(
     settings: Settings,
     metrics: MetricsRegistry,
@@ -152,10 +221,17 @@ async def _start(
     *,
     simulate: bool,
 ) -> Services:
-    # 1. database
+    """Build every part in dependency order; each closes through ``stack`` (in reverse)."""
+    instance = instance_id or f"{socket.gethostname()}:{settings.server.port}"
+    # The start-up's own tasks (bootstrap, housekeeping, loop monitor): each is stopped at
+    # its place in the shut-down order below; closing the group last is the backstop.
+    tasks = TaskGroup("app", log=log, metrics=metrics)
+    stack.push_async_callback(tasks.close)
+
+    # 1. database, and the tables' statements
     dsn = settings.database.url
     if not dsn:
-        from relay.admission.embedded_pg import start_embedded_postgres
+        from relay.db.embedded_pg import start_embedded_postgres
 
         embedded = await asyncio.to_thread(start_embedded_postgres, settings.data_path)
         stack.push_async_callback(asyncio.to_thread, embedded.stop)
@@ -164,23 +240,9 @@ async def _start(
     store = Store(dsn, settings.database, metrics)
     await store.open()
     stack.push_async_callback(store.close)
-    instance = instance_id or f"{socket.gethostname()}:{settings.server.port}"
-    startup = StartupStatus()
-
-    def bootstrap_failed(exc: BaseException) -> None:
-        # Not retryable (a migration error, missing permissions): logged by spawn, and
-        # /readyz stays red with the reason until an operator fixes it and restarts.
-        startup.failure = f"database_bootstrap: {type(exc).__name__}"
-
-    bootstrap = spawn(
-        _bootstrap_database(store, instance, settings, started_at=datetime.now(UTC)),
-        name="database-bootstrap",
-        log=log,
-        on_failure=bootstrap_failed,
-    )
-    stack.push_async_callback(cancel_and_wait, bootstrap)
-    # Give the database a moment so a healthy start is fully ready when serving begins.
-    await asyncio.wait({bootstrap}, timeout=settings.database.connect_timeout_s)
+    users = UserRows(store)
+    session_rows = SessionRows(store, min_remaining_s=settings.limits.min_remaining_seconds)
+    startup = await _bootstrap_database(settings, store, session_rows, instance, stack, tasks)
 
     # 2. cache, and its invalidation by the database (closed before the cache)
     cache = UserCache(settings.cache, metrics)
@@ -200,136 +262,263 @@ async def _start(
         stack.push_async_callback(invalidation.close)
 
     # 3. upstream
-    api_key = settings.upstream.api_key
-    base_url = settings.upstream.base_url
-    simulator = None
-    if simulate:
-        # The simulator's peers share this process's ICE settings (aioice's host-address
-        # choice is process-wide), so it must use the relay's, not its defaults.
-        from relay.upstream.simulator.faults import Faults
-        from relay.upstream.simulator.options import SimulatorOptions
-        from relay.upstream.simulator.server import start_simulator
+    upstream = await _start_upstream(settings, metrics, stack, simulate=simulate)
 
-        # Like the real service, the simulator refuses the beta shape unless asked for it.
-        faults = Faults(beta_disabled=settings.upstream.dialect != "beta")
-        simulator = await start_simulator(
-            host="127.0.0.1",
-            port=0,
-            options=SimulatorOptions(
-                ice=settings.ice,
-                faults=faults,
-                # Inside the relay's own process its history is memory per interview:
-                # keep little (docs/operations.md, "Memory per session"). A key is needed
-                # until its session is exchanged, so one per admissible session is enough.
-                max_closed_calls=20,
-                max_ephemeral_keys=2 * settings.limits.global_max_sessions,
-            ),
-        )
-        stack.push_async_callback(simulator.close)
-        api_key, base_url = SIMULATOR_API_KEY, simulator.base_url
-        log.warning(
-            "SIMULATED upstream (%s): interviews use the built-in simulator at %s, not OpenAI",
-            "upstream.simulate" if settings.upstream.simulate else "no OPENAI_API_KEY",
-            base_url,
-        )
-    upstream_health = UpstreamHealth(settings.upstream, metrics)
-    upstream = MonitoredUpstream(
-        build_upstream_client(settings, metrics, base_url=base_url, api_key=api_key),
-        upstream_health,
+    # 4. the cluster's shared parts: limits through Redis (closed last of the cluster's
+    # parts: finishing sessions at shut-down releases leases) and pending sessions any
+    # member can claim
+    limits = SharedLimits(settings, metrics)
+    stack.push_async_callback(limits.close)
+    # Seals the secrets kept in the database: pending sessions', webhook endpoints',
+    # idempotent answers.
+    key = await state_key(settings)
+    sealer = Sealer(key)
+    shared_sessions = SharedSessions(
+        settings,
+        store=store,
+        sealer=sealer,
+        upstream=upstream.client,
+        instance_id=instance,
+        metrics=metrics,
     )
-    stack.push_async_callback(upstream.close)
-    _log_model_currency(upstream.model, settings.upstream.transcription_model)
+    stack.push_async_callback(shared_sessions.close)
 
-    # 4. admission, sessions, media
-    token = settings.server.operator_token or secrets.token_urlsafe(24)
-    services_ref: list[Services] = []
-    admission = Admission(settings, store, cache, metrics)
+    # 5. admission and sessions
+    drain = DrainState()
+    admission = Admission(settings, users, cache, metrics, invites=InviteRows(store))
+    interviews = InterviewService(settings.interviews, store, notify)
     registry = SessionRegistry(settings.limits, metrics)
     sessions = SessionService(
         settings,
         admission=admission,
-        store=store,
+        rows=session_rows,
         registry=registry,
-        upstream=upstream,
+        upstream=upstream.client,
         metrics=metrics,
         instance_id=instance,
-        is_draining=lambda: bool(services_ref and services_ref[0].draining),
+        drain=drain,
+        shared=shared_sessions,
+        limits=limits,
     )
-    services = Services(
-        settings=settings,
-        metrics=metrics,
+
+    # 6. this member's heartbeat and commands (relay.cluster)
+    cluster = ClusterRuntime(
+        settings,
         instance_id=instance,
+        address=advertise_address(settings),
         store=store,
-        cache=cache,
-        admission=admission,
         registry=registry,
-        upstream=upstream,
         sessions=sessions,
-        operator_token_hash=hashlib.sha256(token.encode()).hexdigest(),
-        simulator=simulator,
-        generated_operator_token=None if settings.server.operator_token else token,
-        startup=startup,
-        upstream_health=upstream_health,
-        trusted_proxies=parse_networks(settings.server.trusted_proxies),
-        cache_invalidation=invalidation,
+        admission=admission,
+        limits=limits,
+        drain=drain,
+        metrics=metrics,
     )
-    services_ref.append(services)
-    # Shared pending sessions, shared limits, heartbeat and commands (relay.cluster).
-    await start_cluster(services, stack)
+    cluster.start()
+    stack.push_async_callback(cluster.close)
+    stack.push_async_callback(sessions.close)
     # Runs after the bridges have closed (the stack unwinds in reverse): whatever is still
     # registered (e.g. sessions minted but never exchanged) is closed in the database.
     stack.push_async_callback(sessions.finish_all, "relay_shutdown")
-    # Closed after the bridges (the stack unwinds in reverse), so their recordings finalise.
-    recordings = RecordingService(settings, store, instance)
-    services.recordings = recordings
-    services.recordings_summary = recordings.summary
+
+    # 7. recordings, closed after the bridges (the stack unwinds in reverse), so their
+    # recordings finalise
+    recordings = RecordingService(settings, store, instance, metrics)
     recordings.start()
     stack.push_async_callback(recordings.close)
-    bridges = BridgeManager(services)
-    services.bridges = bridges
+    # Webhooks: the endpoints, and the dispatcher that delivers the outbox's events (it
+    # waits for the schema; what it has not delivered at shut-down stays in the database).
+    webhooks = Webhooks(settings.webhooks, store, key, metrics, instance)
+    webhooks.start()
+    stack.push_async_callback(webhooks.close)
+
+    # 8. media bridges, and resuming them (closed after the bridges: their last progress
+    # and transcript writes land)
+    continuity = ContinuityKeeper(store, metrics)
+    stack.push_async_callback(continuity.close)
+    memory = MemoryKeeper(settings.server.memory_release_delay_s, metrics=metrics)
+    bridges = BridgeManager(
+        settings,
+        sessions=sessions,
+        registry=registry,
+        session_rows=session_rows,
+        upstream=upstream.client,
+        recordings=recordings,
+        memory=memory,
+        metrics=metrics,
+        continuity=continuity,
+    )
+    resume = ResumeService(
+        settings,
+        instance_id=instance,
+        address=advertise_address(settings),
+        registry=registry,
+        sessions=sessions,
+        bridges=bridges,
+        continuity=continuity,
+        upstream=upstream.client,
+    )
+    stack.push_async_callback(resume.close)
+    overlap = await asyncio.to_thread(
+        ephemeral_overlap, settings.ice.udp_port_min, settings.ice.udp_port_max
+    )
+    if overlap is not None:
+        log.warning("%s", overlap)
     stack.push_async_callback(bridges.close_all)
 
-    # 5. housekeeping, and the event-loop/CPU monitor the dashboard charts
-    housekeeping = spawn(_housekeeping(sessions), name="housekeeping", log=log)
+    # 9. housekeeping, memory, and the event-loop/CPU monitor the dashboard charts
+    housekeeping = tasks.spawn(_housekeeping(sessions, interviews, store), name="housekeeping")
     stack.push_async_callback(cancel_and_wait, housekeeping)
     gc_pauses = GcPauseMeter(metrics)
     gc_pauses.install()
     stack.callback(gc_pauses.remove)
-    services.memory = MemoryKeeper(settings.server.memory_release_delay_s)
-    stack.push_async_callback(services.memory.close)
-    services.loop_monitor = LoopMonitor(metrics, gc_pauses)
-    monitor = spawn(services.loop_monitor.run(), name="loop-monitor", log=log)
+    # Closed before the bridges: ends they report at shut-down start no collection.
+    stack.push_async_callback(memory.close)
+    loop_monitor = LoopMonitor(metrics, gc_pauses)
+    monitor = tasks.spawn(loop_monitor.run(), name="loop-monitor")
     stack.push_async_callback(cancel_and_wait, monitor)
-    return services
+
+    token = settings.server.operator_token or secrets.token_urlsafe(24)
+    return Services(
+        settings=settings,
+        metrics=metrics,
+        instance_id=instance,
+        store=store,
+        users=users,
+        session_rows=session_rows,
+        cache=cache,
+        admission=admission,
+        registry=registry,
+        upstream=upstream.client,
+        upstream_health=upstream.health,
+        sessions=sessions,
+        drain=drain,
+        cluster=cluster,
+        recordings=recordings,
+        webhooks=webhooks,
+        bridges=bridges,
+        resume=resume,
+        memory=memory,
+        loop_monitor=loop_monitor,
+        startup=startup,
+        recordings_summary=recordings.summary,
+        api_keys=ApiKeyRows(store),
+        interviews=interviews,
+        user_admin=UserAdmin(store),
+        session_list=SessionList(store),
+        sealer=sealer,
+        operator_token_hash=hashlib.sha256(token.encode()).hexdigest(),
+        generated_operator_token=None if settings.server.operator_token else token,
+        simulator=upstream.simulator,
+        simulated=simulate,
+        cache_invalidation=invalidation,
+    )
 
 
 async def _bootstrap_database(
-    store: Store, instance: str, settings: Settings, *, started_at: datetime
-) -> None:
-    """Migrate, warm and recover; retried until the database answers."""
-    # No session can be live for longer than this; older live rows belong to dead relays.
-    stale_after_s = settings.session.max_duration_s + settings.session.pending_ttl_s + STALE_GRACE_S
+    settings: Settings,
+    store: Store,
+    session_rows: SessionRows,
+    instance: str,
+    stack: contextlib.AsyncExitStack,
+    tasks: TaskGroup,
+) -> StartupStatus:
+    """Migrate, warm and close the rows a crash left live, in the background
+    (relay.db.bootstrap); the returned status tells /readyz how it goes."""
+    startup = StartupStatus()
+    started_at = datetime.now(UTC)
 
-    @backoff.on_exception(backoff.expo, RETRYABLE_ERRORS, max_value=10, logger=None)
-    async def attempt() -> None:
-        await store.migrate()
-        warmed = await store.warm()
-        recovered = await store.recover_abandoned_sessions(
-            instance, started_before=started_at, stale_after_s=stale_after_s
+    async def recover_sessions() -> None:
+        recovered = await session_rows.recover_abandoned_sessions(
+            instance,
+            started_before=started_at,
+            stale_after_s=abandoned_after_s(settings.session),
         )
-        log.info("database ready: %d warm connections", warmed)
         if recovered:
             log.warning("closed %d sessions left live by a previous run", recovered)
 
-    await attempt()
+    def bootstrap_failed(exc: BaseException) -> None:
+        # Not retryable (a migration error, missing permissions) or out of attempts: logged
+        # by the task group, and /readyz stays red with the reason until an operator fixes it and
+        # restarts.
+        if isinstance(exc, BootstrapFailed):
+            startup.failure = exc.reason
+        else:
+            startup.failure = f"database_bootstrap: {type(exc).__name__}"
+
+    bootstrap = tasks.spawn(
+        bootstrap_database(store, settings.database, startup, recover=recover_sessions),
+        name="database-bootstrap",
+        on_failure=bootstrap_failed,
+    )
+    stack.push_async_callback(cancel_and_wait, bootstrap)
+    # Give the database a moment so a healthy start is fully ready when serving begins.
+    await asyncio.wait({bootstrap}, timeout=settings.database.connect_timeout_s)
+    return startup
 
 
-async def _housekeeping(sessions: SessionService) -> None:
+async def _start_upstream(
+    settings: Settings,
+    metrics: MetricsRegistry,
+    stack: contextlib.AsyncExitStack,
+    *,
+    simulate: bool,
+) -> _Upstream:
+    """The upstream client: OpenAI's, or a simulator's (this relay's own child process, or a
+    shared ``relay simulate``), watched by ``UpstreamHealth``."""
+    api_key, base_url, simulator = await _upstream_endpoint(settings, stack, simulate=simulate)
+    health = UpstreamHealth(settings.upstream, metrics)
+    client = MonitoredUpstream(
+        build_upstream_client(settings, metrics, base_url=base_url, api_key=api_key), health
+    )
+    stack.push_async_callback(client.close)
+    _log_model_currency(client.model, settings.upstream.transcription_model)
+    return _Upstream(client=client, health=health, simulator=simulator)
+
+
+async def _upstream_endpoint(
+    settings: Settings, stack: contextlib.AsyncExitStack, *, simulate: bool
+) -> tuple[str, str, SimulatorProcess | None]:
+    """The upstream's API key and base URL, and the simulator process this relay started
+    as its upstream (None: OpenAI, or a shared simulator); its end is on ``stack``."""
+    if not simulate:
+        return settings.upstream.api_key, settings.upstream.base_url, None
+    simulator = None
+    if settings.upstream.simulator_url:
+        # A simulator shared by every instance (`relay simulate`): the ek_ keys it mints
+        # for one relay are accepted when another relay exchanges the session.
+        base_url = settings.upstream.simulator_url
+    else:
+        # A child process, never this one (relay.upstream.simulator_process says why).
+        simulator = await start_simulator_process(simulator_spec(settings))
+        stack.push_async_callback(simulator.close)
+        base_url = simulator.base_url
+    log.warning(
+        "SIMULATED upstream (%s): interviews use the %s at %s, not OpenAI",
+        "upstream.simulate" if settings.upstream.simulate else "no OPENAI_API_KEY",
+        "built-in simulator" if simulator else "shared simulator (upstream.simulator_url)",
+        base_url,
+    )
+    return SIMULATOR_API_KEY, base_url, simulator
+
+
+async def _housekeeping(
+    sessions: SessionService, interviews: InterviewService, store: Store
+) -> None:
+    rounds = 0
     while True:
         await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
+        rounds += 1
         try:
             await sessions.expire_pending()
             await sessions.retry_unwritten()
+            if store.schema_ready:
+                # Interviews past their expiry or their rejoin window (each closed once
+                # across the cluster), and Idempotency-Keys past their 24 hours.
+                await interviews.close_due()
+                if rounds % IDEMPOTENCY_PURGE_ROUNDS == 0:
+                    await idempotency.purge(store)
+                    await client_secrets.purge(store)
         except Exception:  # housekeeping must never die; the next round retries
             log.exception("housekeeping failed")
 

@@ -1,35 +1,57 @@
-"""Command line: ``relay serve | simulate | doctor | users add/import/revoke | db migrate``."""
+"""Command line: ``relay serve | simulate | doctor | users | keys | interviews | db migrate |
+webhooks`` (the management commands: relay.manage, relay.webhooks.commands)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from aiohttp import web
 
 from relay import event_loop
-from relay.admission.embedded_pg import EmbeddedPostgresError
-from relay.admission.store import DatabaseUnavailable, Store, UserExists, UsersExist
 from relay.admission.tokens import hash_token, new_token
+from relay.admission.users import UserAdmin, UserExists, UserRows, UsersExist
+from relay.cluster.bus import notify
 from relay.config import ConfigError, Settings, load_settings
+from relay.db import DatabaseUnavailable, Store
+from relay.db.embedded_pg import EmbeddedPostgresError
+from relay.db.migrate import MigrationTimeout
+from relay.manage import (
+    NoDatabase,
+    add_database_options,
+    add_parsers,
+    add_user_parsers,
+    evict_shared_cache,
+    interviews_command,
+    keys_command,
+    open_store,
+    settings_for,
+    users_command,
+)
 from relay.observability import error_tracking
 from relay.observability.logging import configure_logging
-from relay.observability.metrics import MetricsRegistry
 from relay.services import SERVICES, Services
+from relay.upstream.simulator_process import (
+    CONTROL_TOKEN_ENV,
+    SIMULATOR_API_KEY,
+    SimulatorStartError,
+    simulator_spec,
+    start_simulator_process,
+)
+from relay.webhooks import commands as webhook_commands
 
 log = logging.getLogger("relay.cli")
 
 DEMO_EMAIL = "demo@localhost"
 # The simulator's control token (relay simulate); there is deliberately no option for it.
-SIM_CONTROL_TOKEN_ENV = "RELAY_SIM_CONTROL_TOKEN"
+SIM_CONTROL_TOKEN_ENV = CONTROL_TOKEN_ENV
 DEFAULT_USER_SECONDS = 1800
 
 
@@ -75,14 +97,22 @@ def _parser() -> argparse.ArgumentParser:
 
     users = sub.add_parser("users", help="manage candidate accounts")
     users_sub = users.add_subparsers(dest="users_command", required=True)
-    add = with_config(users_sub.add_parser("add", help="create a user and print its token"))
+    add = add_database_options(
+        with_config(
+            users_sub.add_parser(
+                "add", help="create a user (or reactivate a revoked one) and print its token"
+            )
+        )
+    )
     add.add_argument("--email", required=True)
     add.add_argument(
         "--seconds", type=int, default=DEFAULT_USER_SECONDS, help="interview seconds granted"
     )
-    bulk = with_config(
-        users_sub.add_parser(
-            "import", help="create users from a CSV (email[,seconds]); tokens to a new file"
+    bulk = add_database_options(
+        with_config(
+            users_sub.add_parser(
+                "import", help="create users from a CSV (email[,seconds]); tokens to a new file"
+            )
         )
     )
     bulk.add_argument("--file", required=True, type=Path, help="CSV with an 'email' header")
@@ -92,12 +122,18 @@ def _parser() -> argparse.ArgumentParser:
     bulk.add_argument(
         "--seconds", type=int, default=DEFAULT_USER_SECONDS, help="for rows without seconds"
     )
-    revoke = with_config(users_sub.add_parser("revoke", help="deactivate a user"))
+    revoke = add_database_options(
+        with_config(users_sub.add_parser("revoke", help="deactivate a user"))
+    )
     revoke.add_argument("--email", required=True)
+    add_user_parsers(users_sub, with_config)
+    add_parsers(sub, with_config)
 
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True)
-    with_config(db_sub.add_parser("migrate", help="apply schema migrations"))
+    add_database_options(with_config(db_sub.add_parser("migrate", help="apply schema migrations")))
+
+    webhook_commands.add_parser(sub, lambda p: add_database_options(with_config(p)))
     return parser
 
 
@@ -112,11 +148,13 @@ def _settings(args: argparse.Namespace) -> Settings:
         settings = settings.replace("server", port=args.port)
     if getattr(args, "simulate", False):
         settings = settings.replace("upstream", simulate=True)
-    return settings
+    return settings_for(settings, args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "serve" and _orphaned_worker():
+        return 1
     try:
         if args.command == "simulate":
             configure_logging("INFO")
@@ -145,10 +183,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_doctor(settings))
         if args.command == "users":
             return asyncio.run(_users(settings, args))
+        if args.command == "keys":
+            return asyncio.run(keys_command(settings, args))
+        if args.command == "interviews":
+            return asyncio.run(interviews_command(settings, args))
         if args.command == "db":
-            return asyncio.run(_migrate(settings))
+            return asyncio.run(_migrate(settings, create=args.create))
+        if args.command == "webhooks":
+            return asyncio.run(_webhooks(settings, args))
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except NoDatabase as exc:
+        print(str(exc), file=sys.stderr)
         return 2
     except DatabaseUnavailable as exc:
         print(f"database unavailable: {exc}", file=sys.stderr)
@@ -156,10 +203,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EmbeddedPostgresError as exc:
         print(f"embedded PostgreSQL: {exc}", file=sys.stderr)
         return 3
+    except SimulatorStartError as exc:
+        print(f"built-in simulator: {exc}", file=sys.stderr)
+        return 3
+    except MigrationTimeout as exc:
+        print(
+            f"database migrations: {exc} (database.migration_timeout_s); another instance "
+            "may be migrating, or a lock is held on the schema",
+            file=sys.stderr,
+        )
+        return 3
     return 1
 
 
 # ---------------------------------------------------------------------- serve
+def _orphaned_worker() -> bool:
+    """In a worker of ``--workers N``: arrange to die with the supervisor, before anything
+    else; True when the supervisor is already gone (the worker must not start)."""
+    from relay.workers import SupervisorGone, die_with_supervisor, worker_index
+
+    if worker_index() is None:
+        return False
+    try:
+        die_with_supervisor()
+    except SupervisorGone as exc:
+        print(f"worker not started: {exc}", file=sys.stderr)
+        return True
+    return False
+
+
 def _worker_argv(args: argparse.Namespace) -> list[str]:
     argv = []
     if args.config:
@@ -192,7 +264,7 @@ async def _serve(settings: Settings) -> int:
     instance_id = f"{socket.gethostname()}:{port}"
     if worker is not None:
         instance_id += f"/w{worker}"
-    app = create_app(settings, instance_id=instance_id)
+    app = create_app(settings, instance_id=instance_id, worker=worker)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     try:
         await runner.setup()
@@ -212,35 +284,51 @@ async def _serve(settings: Settings) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        services.draining = True
+        services.drain.start()
         log.info(
             "draining: no new sessions; waiting up to %.0fs for live ones",
             settings.server.drain_timeout_s,
         )
-        if services.bridges is not None:
-            await services.bridges.drain(settings.server.drain_timeout_s)
+        await services.bridges.drain(settings.server.drain_timeout_s)
         return 0
     finally:
         await runner.cleanup()
 
 
+def http_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def listening_banner(host: str, port: int, suffix: str = "") -> tuple[str, str]:
+    """The start-up line naming the address actually bound, and the URL to open on this
+    machine (for a wildcard bind, its loopback address)."""
+    bound = http_url(host, port)
+    local = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host)
+    if local is None:
+        return f"Interview relay listening on {bound}{suffix}", bound
+    here = http_url(local, port)
+    every = "every IPv4 interface" if host == "0.0.0.0" else "every interface"
+    line = f"Interview relay listening on {bound}{suffix} ({every}; from this machine: {here})"
+    return line, here
+
+
 async def _announce(services: Services, runner: web.AppRunner) -> None:
     """Print the page URL, the operator token if generated, and a fresh demo token."""
     host, port = runner.addresses[0][:2]
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    print(f"Interview relay listening on http://{shown}:{port}/", flush=True)
-    if services.simulator is not None:
+    line, url = listening_banner(str(host), int(port))
+    print(line, flush=True)
+    if services.simulated:
         print(
             "SIMULATED upstream: candidates talk to the built-in simulator, not OpenAI.",
             flush=True,
         )
-    print(f"Operator dashboard: http://{shown}:{port}/stats", flush=True)
+    print(f"Operator dashboard: {url}stats", flush=True)
     if services.generated_operator_token:
         print(f"Operator token (generated for this run): {services.generated_operator_token}")
     if services.settings.server.create_demo_user:
         token = new_token()
         try:
-            await services.store.create_user(
+            await services.users.create_user(
                 DEMO_EMAIL, hash_token(token), DEFAULT_USER_SECONDS, replace=True
             )
         except DatabaseUnavailable as exc:
@@ -260,15 +348,11 @@ async def _doctor(settings: Settings) -> int:
     upstream = settings.upstream
     if upstream.api_key:
         return await doctor_main(upstream)
-    from relay.upstream.simulator.faults import Faults
-    from relay.upstream.simulator.options import DEFAULT_API_KEY, SimulatorOptions
-    from relay.upstream.simulator.server import start_simulator
-
-    faults = Faults(beta_disabled=upstream.dialect != "beta")
-    simulator = await start_simulator(options=SimulatorOptions(ice=settings.ice, faults=faults))
+    # The same simulator the relay would start, in a process of its own as the relay runs it.
+    simulator = await start_simulator_process(simulator_spec(settings))
     try:
         config = upstream.model_copy(
-            update={"api_key": DEFAULT_API_KEY, "base_url": simulator.base_url}
+            update={"api_key": SIMULATOR_API_KEY, "base_url": simulator.base_url}
         )
         return await doctor_main(config, simulated=True)
     finally:
@@ -291,8 +375,8 @@ async def _supervise(settings: Settings, workers: int, argv: list[str]) -> int:
     async def announce(
         settings: Settings, dsn: str, port: int, operator_token: str | None, count: int
     ) -> None:
-        shown = "127.0.0.1" if settings.server.host in ("0.0.0.0", "::") else settings.server.host
-        print(f"Interview relay listening on http://{shown}:{port}/ ({count} workers)", flush=True)
+        line, _ = listening_banner(settings.server.host, port, f" ({count} workers)")
+        print(line, flush=True)
         if operator_token:
             print(f"Operator token (generated for this run): {operator_token}")
         if settings.server.create_demo_user:
@@ -304,8 +388,8 @@ async def _supervise(settings: Settings, workers: int, argv: list[str]) -> int:
 async def _demo_user(settings: Settings) -> None:
     token = new_token()
     try:
-        async with _store(settings) as store:
-            await store.create_user(
+        async with open_store(settings, create=True) as store:
+            await UserRows(store).create_user(
                 DEMO_EMAIL, hash_token(token), DEFAULT_USER_SECONDS, replace=True
             )
     except DatabaseUnavailable as exc:
@@ -316,26 +400,8 @@ async def _demo_user(settings: Settings) -> None:
 
 
 # ---------------------------------------------------------------------- users, db
-@contextlib.asynccontextmanager
-async def _store(settings: Settings) -> AsyncIterator[Store]:
-    """A store on the configured (or the shared embedded) database, migrated."""
-    async with contextlib.AsyncExitStack() as stack:
-        dsn = settings.database.url
-        if not dsn:
-            from relay.admission.embedded_pg import start_embedded_postgres
-
-            embedded = await asyncio.to_thread(start_embedded_postgres, settings.data_path)
-            stack.push_async_callback(asyncio.to_thread, embedded.stop)
-            dsn = embedded.dsn
-        store = Store(dsn, settings.database, MetricsRegistry())
-        await store.open()
-        stack.push_async_callback(store.close)
-        await store.migrate()
-        yield store
-
-
-async def _migrate(settings: Settings) -> int:
-    async with _store(settings):
+async def _migrate(settings: Settings, *, create: bool) -> int:
+    async with open_store(settings, create=create):
         print("database schema is up to date")
     return 0
 
@@ -361,8 +427,8 @@ async def _import_users(settings: Settings, args: argparse.Namespace) -> int:
         print(f"{args.tokens_out}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     try:
-        async with _store(settings) as store:
-            count = await store.create_users(
+        async with open_store(settings, create=args.create) as store:
+            count = await UserRows(store).create_users(
                 [(u.email, hash_token(t), u.seconds) for u, t in zip(users, tokens, strict=True)]
             )
     except BaseException as exc:
@@ -379,17 +445,27 @@ async def _import_users(settings: Settings, args: argparse.Namespace) -> int:
 async def _users(settings: Settings, args: argparse.Namespace) -> int:
     if args.users_command == "import":
         return await _import_users(settings, args)
-    async with _store(settings) as store:
+    if args.users_command not in ("add", "revoke"):
+        return await users_command(settings, args)
+    async with open_store(settings, create=args.create) as store:
+        users = UserRows(store)
         if args.users_command == "add":
             if args.seconds < 0:
                 print("--seconds must be >= 0", file=sys.stderr)
                 return 2
-            if await store.find_user_by_email(args.email) is not None:
-                print(f"a user with email {args.email} already exists", file=sys.stderr)
+            existing = await users.find_user_by_email(args.email)
+            if existing is not None and not existing.active:
+                return await _reactivate_with_token(settings, store, existing.id, args)
+            if existing is not None:
+                print(
+                    f"a user with email {args.email} already exists; a lost token is "
+                    f"replaced with `relay users reissue --email {args.email}`",
+                    file=sys.stderr,
+                )
                 return 1
             token = new_token()
             try:
-                user = await store.create_user(args.email, hash_token(token), args.seconds)
+                user = await users.create_user(args.email, hash_token(token), args.seconds)
             except UserExists:  # added by someone else since the check above
                 print(f"a user with email {args.email} already exists", file=sys.stderr)
                 return 1
@@ -402,25 +478,32 @@ async def _users(settings: Settings, args: argparse.Namespace) -> int:
         if token_hash is None:
             print(f"no user with email {args.email}", file=sys.stderr)
             return 1
-        await _evict_shared_cache(settings, token_hash)
+        await evict_shared_cache(settings, token_hash)
         print(f"revoked {args.email}")
         return 0
 
 
-async def _evict_shared_cache(settings: Settings, token_hash: str) -> None:
-    """Drop the user from Redis so every instance sees the revocation at once.
+async def _reactivate_with_token(
+    settings: Settings, store: Store, user_id: int, args: argparse.Namespace
+) -> int:
+    """``users add`` for a revoked user: active again, with a new token and the given
+    seconds (the documented way back after `relay users revoke`)."""
+    token = new_token()
+    change = await UserAdmin(store).update(
+        user_id,
+        notify,
+        remaining_seconds=args.seconds,
+        active=True,
+        token_hash=hash_token(token),
+    )
+    assert change is not None
+    await evict_shared_cache(settings, change.old_token_hash)
+    user = change.user
+    print(f"reactivated user {user.id} <{user.email}> with {user.remaining_seconds} seconds")
+    print(token)
+    return 0
 
-    The revocation's UPDATE also notifies every relay listening to the database (migration
-    004, relay.admission.invalidation), which drops the user from its local fallback too;
-    this direct eviction covers relays running with ``cache.invalidate_from_database`` off
-    (whose local copies then expire within ``cache.local_ttl_s``).
-    """
-    if not settings.cache.redis_url:
-        return
-    from relay.admission.cache import UserCache
 
-    cache = UserCache(settings.cache, MetricsRegistry())
-    try:
-        await cache.invalidate(token_hash)
-    finally:
-        await cache.close()
+async def _webhooks(settings: Settings, args: argparse.Namespace) -> int:
+    async with open_store(settings, create=args.create) as store:
+        return await webhook_commands.run(settings, store, args)

@@ -28,7 +28,15 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -42,13 +50,32 @@ from pydantic_settings import (
 # load_settings is given exactly as its EnvSettingsSource parses os.environ.
 from pydantic_settings.sources.utils import parse_env_vars
 
-# Plain tuples of names (the filter's defaults live next to the filter that uses them).
-from relay.media.event_filter import DEFAULT_SERVER_EVENTS, DEFAULT_SESSION_FIELDS
-from relay.web.forwarded import parse_networks
-
 Dialect = Literal["ga", "beta"]
 
 ENV_PREFIX = "RELAY__"
+
+# The shortest operator token accepted (``secrets.token_urlsafe(24)`` and longer qualify).
+MIN_SECRET_CHARS = 32
+
+
+# A network of server.trusted_proxies (relay.web.forwarded matches peers against them).
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _network(value: object) -> object:
+    """``10.0.0.0/8``, ``172.30.0.5`` (one address), ``fd00::/8``; host bits may be set."""
+    if isinstance(value, str):
+        try:
+            return ipaddress.ip_network(value.strip(), strict=False)
+        except ValueError as exc:
+            raise ValueError(f"not a network or address: {exc}") from None
+    return value
+
+
+ProxyNetwork = Annotated[Network, BeforeValidator(_network)]
+
+# A web origin: http(s), a host name or an IP literal (IPv6 in brackets), an optional port.
+_ORIGIN = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?")
 
 
 class ConfigError(ValueError):
@@ -68,10 +95,18 @@ class ServerConfig(_Section):
     data_dir: str = ".relay"
     # Request bodies above this many bytes are refused with 413.
     max_body_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 65536
+    # A connection must deliver a request line and headers within this many seconds of
+    # opening or of its previous response (so an idle keep-alive connection closes after
+    # it too), or it is closed (relay.web.low_level).
+    header_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    # A request body must arrive within this many seconds of the relay starting to read it,
+    # or the request gets 408 body_timeout and the connection is closed (relay.web.body).
+    body_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
     log_level: str = "INFO"
     # "text" (human readable stage lines) or "json" (one object per line, for production).
     log_format: Literal["text", "json"] = "text"
-    # Bearer token for operator endpoints; empty means "generate one at start and print it".
+    # Bearer token for operator endpoints, at least 32 characters; empty means "generate
+    # one at start and print it".
     operator_token: str = Field(default="", repr=False)
     # SIGTERM: refuse new sessions, wait this long for live ones, then hang them up.
     drain_timeout_s: Annotated[float, Field(ge=0, le=86400)] = 30.0
@@ -87,17 +122,47 @@ class ServerConfig(_Section):
     memory_release_delay_s: Annotated[float, Field(ge=0, le=3600)] = 10.0
     # Networks (CIDR, or single addresses) of the reverse proxies in front of the relay:
     # from them, the client is the X-Forwarded-For hop they saw (relay.web.forwarded).
-    trusted_proxies: list[str] = Field(default_factory=list)
+    trusted_proxies: tuple[ProxyNetwork, ...] = ()
     # The asyncio event loop of `relay serve` (relay.event_loop): "uvloop" or "asyncio".
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    # The relay's address as candidates reach it (https://interviews.example.com): the base
+    # of interviews' candidate links. Empty: the origin of the request that created them.
+    public_url: str = ""
+    # Web origins (exact: scheme://host[:port]) whose pages may call the candidate API and
+    # the OpenAI-compatible /v1/realtime routes from the browser (CORS, relay.web.cors).
+    # Empty: none; nothing else is ever cross-origin.
+    cors_origins: Annotated[tuple[str, ...], Field(max_length=100)] = ()
 
-    @field_validator("trusted_proxies")
+    @field_validator("public_url")
     @classmethod
-    def _networks(cls, value: list[str]) -> list[str]:
-        try:
-            parse_networks(value)
-        except ValueError as exc:
-            raise ValueError(f"not a network or address: {exc}") from None
+    def _public_url(cls, value: str) -> str:
+        if value and (not re.match(r"^https?://[^/?#\s]+/?$", value)):
+            raise ValueError("an http(s) origin such as https://interviews.example.com")
+        return value.rstrip("/")
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in origins:
+            # An origin as a browser sends it: no path, no trailing slash, no wildcard (a
+            # "*" would open the candidate API to every site).
+            if not _ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"{origin!r} is not an exact origin such as https://app.example.com "
+                    "(scheme, host and optional port; no path, no wildcard)"
+                )
+        return tuple(dict.fromkeys(o.lower() for o in origins))
+
+    @field_validator("operator_token")
+    @classmethod
+    def _long_enough(cls, value: str) -> str:
+        # A short token is guessed (one of a single character was, in 17 requests);
+        # the failed-authentication limit only slows guessing down.
+        if value and len(value) < MIN_SECRET_CHARS:
+            raise ValueError(
+                f"shorter than {MIN_SECRET_CHARS} characters; generate one with "
+                '`python3 -c "import secrets; print(secrets.token_urlsafe(32))"`'
+            )
         return value
 
 
@@ -117,6 +182,12 @@ class DatabaseConfig(_Section):
     keepalive_interval_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
     # Retry-After (seconds) on a 503 caused by the database.
     retry_after_s: Annotated[int, Field(ge=1, le=3600)] = 5
+    # The schema migrations' own time limit (lock wait included), not query_timeout_s: a
+    # migration may wait for another instance's, or rewrite a table.
+    migration_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    # Start-up's database steps (migrate, warm, recover) are tried this many times, with
+    # backoff, before /readyz reports them failed for good.
+    bootstrap_attempts: Annotated[int, Field(ge=1, le=1000)] = 20
 
     @model_validator(mode="after")
     def _pool_sizes(self) -> DatabaseConfig:
@@ -191,11 +262,15 @@ class ClusterConfig(_Section):
 
 class UpstreamConfig(_Section):
     dialect: Dialect = "ga"
-    # Empty: use the built-in simulator as the upstream (on a loopback server.host only,
-    # unless simulate is true).
+    # Empty: use the built-in simulator as the upstream (on a loopback server.host with no
+    # trusted_proxies only, unless simulate is true).
     api_key: str = Field(default="", repr=False)
     # Use the built-in simulator even with a key; required to run it on a non-loopback host.
     simulate: bool = False
+    # When simulating: a `relay simulate` service shared by every instance (its /v1 URL, e.g.
+    # http://127.0.0.1:9000/v1), so that a session minted through one instance is exchanged
+    # through any other. Empty: each relay runs a simulator of its own.
+    simulator_url: str = ""
     base_url: str = "https://api.openai.com/v1"
     # "ga" is the current API; "beta" (OpenAI answers it 400 beta_api_shape_disabled) only
     # for upstreams that still serve it, and only when set explicitly.
@@ -231,7 +306,7 @@ class UpstreamConfig(_Section):
     ready_failure_window_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
     ready_retry_after_s: Annotated[int, Field(ge=1, le=3600)] = 15
 
-    @field_validator("base_url")
+    @field_validator("base_url", "simulator_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
         if value and not value.startswith(("http://", "https://")):
@@ -262,6 +337,14 @@ class SessionConfig(_Section):
     ice_gather_timeout_s: Annotated[float, Field(gt=0, le=120)] = 5.0
     # Max bytes of an SDP offer.
     max_sdp_bytes: Annotated[int, Field(ge=1, le=1_000_000)] = 20000
+    # A dropped browser leg may resume (POST /api/sessions/{id}/resume) within this many
+    # seconds; the upstream leg is kept meanwhile and the time is not charged. 0: a drop
+    # ends the interview at once.
+    reconnect_grace_s: Annotated[float, Field(ge=0, le=600)] = 30.0
+    # This many seconds before the limit the interviewer is asked to close (0: never).
+    wrap_up_s: Annotated[float, Field(ge=0, le=3600)] = 60.0
+    # At the limit, a reply in progress may finish within this many seconds (0: cut it).
+    overrun_grace_s: Annotated[float, Field(ge=0, le=300)] = 15.0
 
 
 class IceServerConfig(_Section):
@@ -337,10 +420,86 @@ class IceConfig(_Section):
         return self
 
 
+# events.browser_server_events' default: the server event types a page may see (GA names,
+# plus beta names for the legacy dialect).
+DEFAULT_SERVER_EVENTS: tuple[str, ...] = (
+    "error",
+    "session.created",
+    "session.updated",
+    "conversation.created",
+    "conversation.item.created",
+    "conversation.item.added",
+    "conversation.item.done",
+    "conversation.item.retrieved",
+    "conversation.item.truncated",
+    "conversation.item.deleted",
+    "conversation.item.input_audio_transcription.delta",
+    "conversation.item.input_audio_transcription.completed",
+    "conversation.item.input_audio_transcription.failed",
+    "conversation.item.input_audio_transcription.segment",
+    "input_audio_buffer.speech_started",
+    "input_audio_buffer.speech_stopped",
+    "input_audio_buffer.committed",
+    "input_audio_buffer.cleared",
+    "input_audio_buffer.timeout_triggered",
+    "output_audio_buffer.started",
+    "output_audio_buffer.stopped",
+    "output_audio_buffer.cleared",
+    "response.created",
+    "response.done",
+    "response.output_item.added",
+    "response.output_item.done",
+    "response.content_part.added",
+    "response.content_part.done",
+    "response.output_audio_transcript.delta",
+    "response.output_audio_transcript.done",
+    "response.output_text.delta",
+    "response.output_text.done",
+    "response.audio_transcript.delta",
+    "response.audio_transcript.done",
+    "response.text.delta",
+    "response.text.done",
+)
+
+# events.browser_session_fields' default: the session fields a page may see (dotted paths;
+# GA shape first, then the beta names).
+DEFAULT_SESSION_FIELDS: tuple[str, ...] = (
+    "type",
+    "object",
+    "id",
+    "model",
+    "expires_at",
+    "output_modalities",
+    "audio.input.format",
+    "audio.input.turn_detection",
+    "audio.input.noise_reduction",
+    "audio.input.transcription.model",
+    "audio.input.transcription.language",
+    "audio.output.format",
+    "audio.output.voice",
+    "audio.output.speed",
+    "modalities",
+    "voice",
+    "input_audio_format",
+    "output_audio_format",
+    "turn_detection",
+    "input_audio_noise_reduction",
+    "input_audio_transcription.model",
+    "input_audio_transcription.language",
+    "speed",
+)
+
+
 class EventsConfig(_Section):
     # Browser data-channel event types forwarded upstream; anything else is refused.
     # session.update is always refused, whatever this says.
-    browser_allowed: tuple[str, ...] = ("response.cancel", "output_audio_buffer.clear")
+    # conversation.item.retrieve reads an item back (OpenAI's Agents SDK asks for each user
+    # item once transcribed); what comes back passes the server-event filter like any event.
+    browser_allowed: tuple[str, ...] = (
+        "response.cancel",
+        "output_audio_buffer.clear",
+        "conversation.item.retrieve",
+    )
     # Max size of one browser data-channel message.
     max_message_bytes: Annotated[int, Field(ge=1, le=1_048_576)] = 16384
     # Upstream server event types passed to the browser; anything else is dropped.
@@ -354,6 +513,13 @@ class EventsConfig(_Section):
     refused_window_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
     # After a flood: "close_channel" (the interview goes on, audio only) or "end_interview".
     on_refused_flood: Literal["close_channel", "end_interview"] = "close_channel"
+    # Each allowed browser event type: at most this many at once, then this many per
+    # second (a token bucket per type); beyond, the event is refused as rate_limited.
+    browser_burst: Annotated[int, Field(ge=1, le=10_000)] = 10
+    browser_rate_per_s: Annotated[float, Field(gt=0, le=1000)] = 5.0
+    # Bytes either data channel may hold unsent (its peer not reading, a stalled leg);
+    # events that would go beyond are dropped and counted, not queued.
+    max_buffered_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 262144
 
     @field_validator("browser_allowed")
     @classmethod
@@ -397,6 +563,10 @@ class RecordingConfig(_Section):
     notice_text: str = (
         "This interview is recorded (audio and transcript) and shared with the hiring team."
     )
+    # While recording, refuse (409 recording_notice_required) a session whose client did
+    # not confirm it showed the notice; false: API-only deployments that inform candidates
+    # another way (what the client said is stored either way).
+    require_notice: bool = True
     # Worker processes that finalise recordings.
     render_workers: Annotated[int, Field(ge=1, le=16)] = 1
 
@@ -412,6 +582,52 @@ class RecordingConfig(_Section):
     def _bucket_for_s3(self) -> RecordingConfig:
         if self.storage == "s3" and not self.s3_bucket:
             raise ValueError("s3_bucket: required when recording.storage is s3")
+        return self
+
+
+class InterviewsConfig(_Section):
+    # An interview's budget when its creator gives none (seconds of conversation over all
+    # its sessions).
+    default_max_duration_s: Annotated[int, Field(ge=1, le=86400)] = 1800
+    # How long a candidate link stays valid when its creator gives no expires_at.
+    default_expires_s: Annotated[int, Field(ge=60, le=31_536_000)] = 604800
+    # After a session of an interview in progress fails (a dropped network, a relay
+    # restart), the candidate may start again with the same link for this long; then the
+    # interview is failed (interview.failed).
+    rejoin_window_s: Annotated[int, Field(ge=0, le=86400)] = 600
+
+
+class WebhooksConfig(_Section):
+    # Deliver webhooks from this process (the dispatcher, relay.webhooks.dispatcher);
+    # endpoints can be managed either way. Any number of instances may deliver: each
+    # delivery is claimed by one.
+    deliver: bool = True
+    # Plain http is refused except to loopback, and loopback only when this is true
+    # (local development and tests).
+    allow_insecure_loopback: bool = False
+    # Networks (CIDR, or single addresses) an endpoint may resolve to although they are not
+    # public (private, link-local, loopback, shared, reserved); every other such address is
+    # refused, at registration and again at each delivery (relay.webhooks.ssrf).
+    allowed_networks: tuple[ProxyNetwork, ...] = ()
+    # One attempt's time limit: connect, send, and the receiver's answer.
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 10.0
+    # Retries: exponential backoff from retry_base_s, doubling up to retry_max_interval_s,
+    # with jitter; a delivery is given up once retry_for_s have passed since its event.
+    retry_base_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    retry_max_interval_s: Annotated[float, Field(gt=0, le=86400)] = 3600.0
+    retry_for_s: Annotated[float, Field(gt=0, le=30 * 86400)] = 3 * 86400.0
+    # How often an idle dispatcher looks for new events and due retries.
+    poll_interval_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    # Deliveries one process attempts at once.
+    max_in_flight: Annotated[int, Field(ge=1, le=256)] = 8
+    # Events older than this, with nothing left to deliver, are deleted with their
+    # deliveries and the delivery log.
+    retention_days: Annotated[int, Field(ge=1, le=3650)] = 30
+
+    @model_validator(mode="after")
+    def _max_interval_above_base(self) -> WebhooksConfig:
+        if self.retry_max_interval_s < self.retry_base_s:
+            raise ValueError("retry_max_interval_s: must be at least retry_base_s")
         return self
 
 
@@ -448,6 +664,8 @@ class Settings(BaseSettings):
     media: MediaConfig = MediaConfig()
     recording: RecordingConfig = RecordingConfig()
     cluster: ClusterConfig = ClusterConfig()
+    interviews: InterviewsConfig = InterviewsConfig()
+    webhooks: WebhooksConfig = WebhooksConfig()
 
     @model_validator(mode="after")
     def _across_sections(self) -> Settings:

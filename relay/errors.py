@@ -20,6 +20,7 @@ class ApiError(Exception):
         retryable: bool = False,
         retry_after_s: int | None = None,
         details: dict[str, Any] | None = None,
+        close_connection: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -29,6 +30,9 @@ class ApiError(Exception):
         self.retry_after_s = retry_after_s
         # Extra fields merged into the "error" object (e.g. upstream_status).
         self.details = details or {}
+        # The connection cannot carry another request (e.g. part of a body is still to
+        # come): the response says "Connection: close" and the connection is closed.
+        self.close_connection = close_connection
 
     def body(self, request_id: str) -> dict[str, Any]:
         error: dict[str, Any] = {

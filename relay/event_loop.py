@@ -2,8 +2,8 @@
 
 uvloop by default: the relay's media path is one asyncio callback per datagram (a
 readiness event, one ``recvfrom``, the forwarder, one ``sendto``), and per callback
-uvloop's loop costs less than the standard library's selector loop; measured on the
-shipped relay at 30 bridged interviews, about 12 % less relay CPU (docs/benchmarks.md).
+uvloop's loop, written in C, costs less than the standard library's selector loop (the
+saving on the shipped relay: docs/benchmarks.md, "Figures behind the code's choices").
 The test suite runs on the same loop (tests/conftest.py). ``asyncio`` keeps the standard
 library's loop, e.g. where uvloop is not available.
 """

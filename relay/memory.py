@@ -9,17 +9,17 @@ runs a full collection once the long-lived objects have grown by a quarter, and 
 objects, not bytes: the native memory behind them (OpenSSL's DTLS state, libsrtp's
 contexts) is invisible to it. So ended interviews piled up for dozens of sessions between
 full collections, glibc's heap grew to hold them and stayed fragmented afterwards: RSS
-grew by about 16 kB per interview over hundreds of open-close cycles while the memory
-Python itself traced stayed flat.
+grew with every interview over hundreds of open-close cycles while the memory Python
+itself traced stayed flat.
 
 Two measures:
 
-* ``freeze_startup_objects()``, once start-up is done: the ~130,000 objects alive then
-  (modules, classes, configuration) move to the permanent generation and are never
-  scanned again, so a full collection costs in proportion to the live interviews only
-  (measured: 109 ms for a full collection before, well under a millisecond with no
-  interview live after). Every automatic collection, which pauses the event loop and so
-  every packet being forwarded, gets as much cheaper.
+* ``freeze_startup_objects()``, once start-up is done: the objects alive then (modules,
+  classes, configuration: by far the most numerous) move to the permanent generation and
+  are never scanned again, so a full collection costs in proportion to the live
+  interviews only, not to the size of the program. Every automatic collection, which
+  pauses the event loop and so every packet being forwarded, gets as much cheaper (the
+  figures: docs/benchmarks.md, "Figures behind the code's choices").
 * ``MemoryKeeper.session_ended()``: a bridge has ended; within ``delay_s`` (and at most
   once per ``delay_s``, however many end) a full collection frees it, and glibc's
   ``malloc_trim`` hands the freed heap pages back to the system (in a worker thread: it
@@ -42,7 +42,7 @@ from collections.abc import Callable
 from typing import Any
 
 from relay.observability.metrics import FAST_BUCKETS, Histogram, MetricsRegistry
-from relay.tasks import cancel_and_wait, spawn
+from relay.tasks import TaskGroup
 
 log = logging.getLogger("relay.memory")
 
@@ -124,8 +124,9 @@ class GcPauseMeter:
 class MemoryKeeper:
     """Frees ended interviews within ``delay_s`` (0: leave it to Python's collector)."""
 
-    def __init__(self, delay_s: float) -> None:
+    def __init__(self, delay_s: float, *, metrics: MetricsRegistry | None = None) -> None:
         self.delay_s = delay_s
+        self._tasks = TaskGroup("memory", log=log, metrics=metrics)
         self._pending: asyncio.Task[None] | None = None
         # An interview ended since the pending task's last collection began.
         self._ended = False
@@ -139,7 +140,7 @@ class MemoryKeeper:
             return
         self._ended = True
         if self._pending is None or self._pending.done():
-            self._pending = spawn(self._collect(), name="memory-keeper", log=log)
+            self._pending = self._tasks.spawn(self._collect(), name="memory-keeper")
         # else: the pending task collects again for this one (one collection per delay).
 
     async def _collect(self) -> None:
@@ -164,5 +165,4 @@ class MemoryKeeper:
 
     async def close(self) -> None:
         self._closed = True
-        if self._pending is not None:
-            await cancel_and_wait(self._pending)
+        await self._tasks.close()

@@ -1,5 +1,11 @@
 """Every background task the relay starts has an owner; one way to stop a task.
 
+* ``TaskGroup(owner, log=..., metrics=...)`` is how a part of the relay owns its background
+  tasks (the recording service, the cluster runtime, its command listener, the store's
+  keep-warm, the workers supervisor, ...): ``spawn(coro, name=...)`` starts one, ``close()``
+  cancels every one still running and waits until each has ended. A task of a group that
+  fails is logged with its owner and counted in
+  ``relay_background_task_failures_total{owner}``.
 * ``spawn(coro, name=..., log=..., on_failure=...)`` starts an *owned* task: a strong
   reference is kept until it ends (asyncio itself keeps only a weak one), and if it
   ends with an exception the failure is logged with its traceback and ``on_failure``
@@ -17,7 +23,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from relay.observability.metrics import Counter, MetricsRegistry
 
 T = TypeVar("T")
 
@@ -34,6 +43,18 @@ def spawn(
     on_failure: Callable[[BaseException], object] | None = None,
 ) -> asyncio.Task[T]:
     """Start ``coro`` as an owned task (see the module docstring)."""
+    return _spawn(coro, name=name, log=log, on_failure=on_failure)
+
+
+def _spawn(
+    coro: Coroutine[Any, Any, T],
+    *,
+    name: str,
+    log: logging.Logger | None,
+    on_failure: Callable[[BaseException], object] | None,
+    owner: str | None = None,
+    failures: Counter | None = None,
+) -> asyncio.Task[T]:
     task = asyncio.create_task(coro, name=name)
     _owned.add(task)
     logger = log or _log
@@ -45,7 +66,12 @@ def spawn(
         exc = done.exception()  # also marks the exception as retrieved
         if exc is None:
             return
-        logger.error("task %s failed", done.get_name(), exc_info=exc)
+        if owner is None:
+            logger.error("task %s failed", done.get_name(), exc_info=exc)
+        else:
+            logger.error("task %s of %s failed", done.get_name(), owner, exc_info=exc)
+        if failures is not None:
+            failures.inc(owner=owner)
         if on_failure is not None:
             try:
                 on_failure(exc)
@@ -76,6 +102,96 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> BaseException | Non
     return task.exception()
 
 
+class TaskGroup:
+    """The background tasks of one owner, stopped together by ``close``.
+
+    Each task is an owned task (``spawn``); one that fails is logged with ``owner`` and
+    counted in ``relay_background_task_failures_total{owner}`` (with ``metrics``). Unlike
+    ``asyncio.TaskGroup``, one task's failure does not cancel the others: a background
+    task's failure is its owner's to handle (``on_failure``), not its siblings'.
+    """
+
+    def __init__(
+        self,
+        owner: str,
+        *,
+        log: logging.Logger | None = None,
+        metrics: MetricsRegistry | None = None,
+    ) -> None:
+        self.owner = owner
+        self._log = log or _log
+        self._failures = (
+            metrics.counter(
+                "relay_background_task_failures_total",
+                "Background tasks that ended with an error, by owner",
+                ["owner"],
+            )
+            if metrics is not None
+            else None
+        )
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+
+    def __len__(self) -> int:
+        """How many of this group's tasks are still running."""
+        return len(self._tasks)
+
+    def spawn(
+        self,
+        coro: Coroutine[Any, Any, T],
+        *,
+        name: str,
+        on_failure: Callable[[BaseException], object] | None = None,
+    ) -> asyncio.Task[T]:
+        """Start ``coro`` as a task of this group. After ``close`` nothing starts: the
+        coroutine is closed unstarted and RuntimeError raised."""
+        if self._closed:
+            coro.close()
+            raise RuntimeError(f"{self.owner}: closed, task {name} not started")
+        task = _spawn(
+            coro,
+            name=name,
+            log=self._log,
+            on_failure=on_failure,
+            owner=self.owner,
+            failures=self._failures,
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def close(self, *, grace_s: float = 0.0) -> None:
+        """Stop taking tasks; give those running ``grace_s`` seconds to end on their own,
+        then cancel the rest and wait until each has ended. Their errors were logged by
+        then and are not raised here; the caller's own cancellation is (as with
+        ``cancel_and_wait``)."""
+        self._closed = True
+        # A task of the group may close it (an owner closing itself from its own task):
+        # it goes on running, and is not waited for.
+        current = asyncio.current_task()
+        if grace_s > 0 and self._tasks - {current}:
+            await asyncio.wait(self._tasks - {current}, timeout=grace_s)
+        tasks = self._tasks - {current}
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
+
 def owned_count() -> int:
     """How many owned tasks are still running (for leak tests)."""
     return len(_owned)
+
+
+def raise_if_cancelling() -> None:
+    """Raise ``CancelledError`` if this task was asked to stop and the request got lost.
+
+    A loop that reconnects forever (a LISTEN connection) must not outlive its owner's
+    cancel: if the cancel lands inside a library call that swallows it (closing a broken
+    connection under ``wait_for`` can, on Python 3.11), the task stays marked as cancelling
+    but runs on, and whoever awaits its end waits forever. Called before such a loop goes
+    round again, it turns the lost cancel back into the exception.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

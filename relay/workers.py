@@ -2,31 +2,39 @@
 
 The supervisor (this module) prepares what the workers share, then starts them:
 
-- the upstream: with no OpenAI key, one built-in simulator run here for all workers
-  (a session minted through one worker is exchanged through another);
+- the upstream: with no OpenAI key, one built-in simulator started here (a child process
+  of the supervisor) for all workers (a session minted through one worker is exchanged
+  through another);
 - the database: the configured one, or the embedded PostgreSQL started here once and
   handed to every worker as its DATABASE_URL (the workers never start their own);
 - the state key that seals pending sessions (generated into data_dir once, before any
   worker could race to create it) and the operator token (generated once if none);
 - the port: bound here with SO_REUSEPORT (learning it when 0 was asked for) and kept
   bound, not listening, while every worker binds the same port with SO_REUSEPORT; the
-  kernel spreads incoming connections over the workers' listening sockets.
+  kernel spreads incoming connections over the workers' listening sockets;
+- the metrics directory (PROMETHEUS_MULTIPROC_DIR, one per run): each worker writes its
+  metric values there, so any worker's /metrics covers all of them
+  (relay.observability.worker_metrics).
 
 Each worker is a whole relay (``relay serve`` with RELAY_WORKER_INDEX set): its own
-event loop, media sockets, simulator when no OpenAI key is set, and its own member id
+event loop, media sockets, and its own member id
 (``<host>:<port>/w<i>``) in the cluster view. They share pending sessions, limits and
 commands through PostgreSQL (and Redis when configured), so any worker answers any
 request. SIGTERM (or SIGINT) to the supervisor is passed to every worker, which drains
 as a single relay does; the supervisor then stops the embedded database. A worker that
 exits on its own is started again (at most once per second).
+
+Workers are started with a plain fork/exec: no Python runs in the child between the two.
+The supervisor has threads by then (``asyncio.to_thread``), and a fork copies only the
+forking thread, so a lock another thread held (the import lock, a logging handler's,
+malloc's) would stay locked forever in the child. What the child must arrange for itself
+(dying with its supervisor) it does first thing after exec: ``die_with_supervisor``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import logging
 import os
 import secrets
@@ -34,9 +42,15 @@ import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
-from relay.cluster.sealing import load_or_create_key
 from relay.config import Settings
+from relay.observability import worker_metrics
+from relay.process_lifetime import ParentGone, die_with_parent
+from relay.sealing import load_or_create_key
+from relay.tasks import TaskGroup
+from relay.upstream.simulation import uses_simulator
+from relay.upstream.simulator_process import simulator_spec, start_simulator_process
 
 log = logging.getLogger("relay.workers")
 
@@ -45,8 +59,9 @@ log = logging.getLogger("relay.workers")
 Announce = Callable[[Settings, str, int, str | None, int], Awaitable[None]]
 
 WORKER_ENV = "RELAY_WORKER_INDEX"
+# The supervisor's pid, so that a worker can tell it has been orphaned (below).
+SUPERVISOR_ENV = "RELAY_SUPERVISOR_PID"
 READY_PREFIX = "worker ready:"
-_PR_SET_PDEATHSIG = 1
 
 
 def worker_count(value: str) -> int:
@@ -79,10 +94,20 @@ def bind_listener(host: str, port: int, *, reuse_port: bool) -> socket.socket:
     return sock
 
 
-def _die_with_parent() -> None:
-    # Runs in the forked worker before exec: a SIGKILLed supervisor leaves no worker.
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+class SupervisorGone(Exception):
+    """The supervisor that started this worker has already exited."""
+
+
+def die_with_supervisor() -> None:
+    """In a worker, first thing: receive SIGTERM (and so drain and exit) when the
+    supervisor dies, even by SIGKILL, so that no worker outlives it
+    (relay.process_lifetime; the supervisor forks from its event loop's thread, which
+    lives as long as it does)."""
+    expected = os.environ.get(SUPERVISOR_ENV, "")
+    try:
+        die_with_parent(int(expected) if expected.isdigit() else None, signal.SIGTERM)
+    except ParentGone:
+        raise SupervisorGone(f"the supervisor (pid {expected}) is gone") from None
 
 
 class Supervisor:
@@ -94,14 +119,17 @@ class Supervisor:
         self._procs: dict[int, asyncio.subprocess.Process] = {}
         self._stopping = False
         self._ready: dict[int, asyncio.Event] = {i: asyncio.Event() for i in range(count)}
-        self._tasks: set[asyncio.Task[None]] = set()
+        # One task per worker, keeping it running (started again if it exits).
+        self._watches = TaskGroup("workers", log=log)
+        # Where the workers' metric values live for this run (worker_metrics).
+        self._metrics_dir: Path | None = None
 
     async def run(self, announce: Announce) -> int:
         settings = self.settings
         async with contextlib.AsyncExitStack() as stack:
             dsn = settings.database.url
             if not dsn:
-                from relay.admission.embedded_pg import start_embedded_postgres
+                from relay.db.embedded_pg import start_embedded_postgres
 
                 embedded = await asyncio.to_thread(start_embedded_postgres, settings.data_path)
                 stack.push_async_callback(asyncio.to_thread, embedded.stop)
@@ -110,24 +138,18 @@ class Supervisor:
                 load_or_create_key, settings.cluster.state_key, settings.data_path
             )
             upstream_env: dict[str, str] = {}
-            if not settings.upstream.api_key:
+            if uses_simulator(settings) and not settings.upstream.simulator_url:
                 # One simulator for every worker: a session minted through one worker's
-                # upstream must be exchangeable through any other's.
-                from relay.app import SIMULATOR_API_KEY
-                from relay.upstream.simulator.options import SimulatorOptions
-                from relay.upstream.simulator.server import start_simulator
-
-                simulator = await start_simulator(
-                    host="127.0.0.1", port=0, options=SimulatorOptions(ice=settings.ice)
-                )
+                # upstream must be exchangeable through any other's. The workers still
+                # simulate (upstream.simulate), so candidates and operators are told. A
+                # child of the supervisor, ended with it (relay.upstream.simulator_process).
+                simulator = await start_simulator_process(simulator_spec(settings))
                 stack.push_async_callback(simulator.close)
                 upstream_env = {
-                    "OPENAI_API_KEY": SIMULATOR_API_KEY,
-                    "OPENAI_BASE_URL": simulator.base_url,
+                    "RELAY__UPSTREAM__SIMULATE": "true",
+                    "RELAY__UPSTREAM__SIMULATOR_URL": simulator.base_url,
                 }
-                log.info(
-                    "no OPENAI_API_KEY: the workers share a simulator at %s", simulator.base_url
-                )
+                log.info("the workers share a simulator at %s", simulator.base_url)
             token = settings.server.operator_token or secrets.token_urlsafe(24)
             try:
                 anchor = bind_listener(settings.server.host, settings.server.port, reuse_port=True)
@@ -140,8 +162,12 @@ class Supervisor:
                 return 1
             stack.callback(anchor.close)
             port = int(anchor.getsockname()[1])
+            # One scrape of any worker covers them all (relay.observability.worker_metrics).
+            metrics_dir = self._metrics_dir = worker_metrics.create_directory()
+            stack.callback(worker_metrics.remove_directory, metrics_dir)
             env = {
                 **os.environ,
+                worker_metrics.MULTIPROC_ENV: str(metrics_dir),
                 "DATABASE_URL": dsn,
                 "RELAY_OPERATOR_TOKEN": token,
                 "RELAY__SERVER__PORT": str(port),
@@ -180,9 +206,7 @@ class Supervisor:
             await event.wait()
 
     def _spawn_watch(self, index: int, env: dict[str, str]) -> None:
-        task = asyncio.create_task(self._keep_running(index, env), name=f"worker-{index}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._watches.spawn(self._keep_running(index, env), name=f"worker-{index}")
 
     async def _keep_running(self, index: int, env: dict[str, str]) -> None:
         while not self._stopping:
@@ -192,11 +216,14 @@ class Supervisor:
                 "relay",
                 "serve",
                 *self._argv,
-                env={**env, WORKER_ENV: str(index)},
+                env={**env, WORKER_ENV: str(index), SUPERVISOR_ENV: str(os.getpid())},
                 stdout=asyncio.subprocess.PIPE,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
             )
             self._procs[index] = proc
+            if self._metrics_dir is not None:
+                await asyncio.to_thread(
+                    worker_metrics.worker_started, self._metrics_dir, index, proc.pid
+                )
             assert proc.stdout is not None
             async for raw in proc.stdout:
                 line = raw.decode(errors="replace").rstrip()
@@ -206,6 +233,8 @@ class Supervisor:
                 else:
                     print(line, flush=True)
             code = await proc.wait()
+            if self._metrics_dir is not None:
+                await asyncio.to_thread(worker_metrics.worker_exited, self._metrics_dir, proc.pid)
             if self.stopping():
                 return
             log.error("worker %d exited with %s; starting it again", index, code)
@@ -228,6 +257,4 @@ class Supervisor:
                     with contextlib.suppress(ProcessLookupError):
                         proc.kill()
             await asyncio.gather(*waits, return_exceptions=True)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._watches.close()

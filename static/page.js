@@ -1,284 +1,320 @@
-// The candidate page: start an interview, talk, read the transcript.
-// Flow: POST /api/realtime-session -> microphone -> RTCPeerConnection (audio + data
-// channel "oai-events") -> POST /api/webrtc-exchange -> the relay's answer.
-// Retryable errors (429/502/503/504 with retryable=true) are retried automatically,
-// honouring Retry-After, a bounded number of times, with a clear message meanwhile.
-"use strict";
+// The candidate page: check the microphone, start the interview, talk, read the transcript.
+//
+// Flow: pre-flight (the recording notice, the practice banner, the credential from the link,
+// microphone permission, device and level) → POST /api/realtime-session → RTCPeerConnection
+// (audio + data channel "oai-events") → POST /api/webrtc-exchange → the relay's answer; a
+// lost connection (or a reload) resumes through POST /api/sessions/{id}/resume
+// (page-interview.js). Retryable errors (429/502/503/504 with retryable=true) are retried
+// automatically, honouring Retry-After, a bounded number of times, with a clear message
+// meanwhile.
 
-const MAX_ATTEMPTS = 4;
-const ICE_GATHER_TIMEOUT_MS = 3000;
+import { ApiFailure } from "./page-api.js";
+import { Interview } from "./page-interview.js";
+import {
+  API_MESSAGES, LINK_REFUSED, endMessage, microphoneProblem,
+} from "./page-messages.js";
+import {
+  LevelMeter, Microphone, microphonePermission, microphoneUnavailable,
+} from "./page-microphone.js";
+import { credentialFromAddress, forgetLegacyStorage, store } from "./page-storage.js";
+import { Transcript } from "./page-transcript.js";
+import * as view from "./page-view.js";
 
-const $ = (id) => document.getElementById(id);
-const state = { pc: null, channel: null, sessionId: null, token: null, noticeShown: false };
-// What the upstream is doing: generating a response (response.created .. response.done) and
-// playing audio (output_audio_buffer.started .. stopped/cleared). On the real service a
-// response is done long before its audio stops, so the two differ.
-const reply = { responding: false, playing: false, bargeTimer: null };
-// After speech_started, give the service this long to cancel/clear on its own (server VAD
-// with interrupt_response does) before the page does it.
-const BARGE_IN_GRACE_MS = 300;
+const { $ } = view;
 
-const MESSAGES = {
-  missing_token: "Please enter your interview token.",
-  invalid_token: "This token is not valid. Check the link or token you were given.",
-  user_inactive: "This account is not active. Please contact the recruiter.",
-  no_credit: "No interview time is left on this account.",
-  too_many_sessions: "An interview is already running for you. Close other tabs and retry.",
-  rate_limited: "Too many attempts in a short time.",
-  database_unavailable: "Our service is briefly unavailable.",
-  database_timeout: "Our service is briefly slow.",
-  over_capacity: "All interview rooms are busy.",
-  overloaded: "The service is very busy right now.",
-  draining: "The service is restarting.",
-  upstream_timeout: "The interviewer is taking too long to answer.",
-  upstream_error: "The interviewer service had a problem.",
-  invalid_offer: "Your browser's audio setup was not accepted.",
+// No sound this long after the check started: say what to try.
+const NOT_HEARD_HINT_MS = 6000;
+
+const page = {
+  token: null, // the credential: a user token or an invite token
+  fromLink: false, // it came with the link (no field to type it into)
+  noticeShown: false, // the recording notice was on screen before Start
+  heard: false,
+  notHeardTimer: null,
+  checking: null, // the microphone check in progress
 };
 
-function setStatus(text) { $("status").textContent = text; }
-function showError(text) { const el = $("error"); el.textContent = text; el.hidden = !text; }
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const mic = new Microphone();
+const meter = new LevelMeter($("level"), onHeard);
+const transcript = new Transcript($("transcript"));
+const interview = new Interview({
+  mic,
+  transcript,
+  token: () => page.token,
+  onRemoteStream: playInterviewer,
+  onEnded: () => { meter.detach(); $("stop").disabled = true; $("mute").disabled = true; },
+});
 
-class ApiFailure extends Error {
-  constructor(status, body, retryAfter) {
-    const err = (body && body.error) || {};
-    super(MESSAGES[err.code] || err.message || `Request failed (${status}).`);
-    this.status = status;
-    this.code = err.code;
-    this.retryable = Boolean(err.retryable);
-    this.retryAfter = retryAfter;
-    this.requestId = body && body.request_id;
+// ------------------------------------------------------------------ microphone check
+
+function onHeard() {
+  if (page.heard) return;
+  page.heard = true;
+  clearTimeout(page.notHeardTimer);
+  $("heard").textContent = "We can hear you.";
+  $("heard").dataset.heard = "true";
+}
+
+function listenForVoice() {
+  page.heard = false;
+  $("heard").dataset.heard = "false";
+  $("heard").textContent = "Say a few words: the bar moves when we can hear you.";
+  clearTimeout(page.notHeardTimer);
+  page.notHeardTimer = setTimeout(() => {
+    if (!page.heard && !mic.muted) {
+      $("heard").textContent = "We cannot hear you yet. Speak up, or choose another microphone.";
+    }
+  }, NOT_HEARD_HINT_MS);
+}
+
+async function showDevices() {
+  try {
+    view.showDevices(await mic.devices(), mic.deviceId);
+  } catch (_) {
+    view.showDevices([], null);
   }
 }
 
-async function api(method, path, body) {
-  const headers = { Authorization: `Bearer ${state.token}` };
-  if (body !== undefined) headers["Content-Type"] = "application/json";
-  const resp = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-  if (resp.status === 204) return null;
-  let data = null;
-  try { data = await resp.json(); } catch (_) { data = null; }
-  if (!resp.ok) {
-    const retryAfter = Number(resp.headers.get("Retry-After")) || 0;
-    throw new ApiFailure(resp.status, data, retryAfter);
+// Opens the microphone (the one chosen before, if any) and shows its level. True when it
+// is ready; otherwise the problem is on screen with what to do.
+function checkMicrophone(deviceId) {
+  if (!page.checking) {
+    page.checking = openMicrophone(deviceId).finally(() => { page.checking = null; });
   }
-  return data;
+  return page.checking;
 }
 
-// Retry retryable failures with Retry-After (or exponential backoff), telling the candidate.
-async function withRetries(label, fn) {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await fn();
-    } catch (err) {
-      if (!(err instanceof ApiFailure) || !err.retryable || attempt >= MAX_ATTEMPTS) throw err;
-      const waitS = err.retryAfter || Math.min(8, 2 ** attempt);
-      for (let left = waitS; left > 0; left--) {
-        setStatus(`${err.message} Retrying ${label} in ${left} s (attempt ${attempt + 1} of ${MAX_ATTEMPTS})…`);
-        await sleep(1000);
-      }
-    }
+async function openMicrophone(deviceId) {
+  const unavailable = microphoneUnavailable();
+  if (unavailable) { view.showMicProblem(microphoneProblem(unavailable)); return false; }
+  const idle = interview.phase === "idle"; // in an interview the status tells about the call
+  if (idle) view.setStatus("Checking your microphone…");
+  let track;
+  try {
+    track = await mic.open(deviceId || store.microphone() || undefined);
+  } catch (err) {
+    meter.detach();
+    const problem = microphoneProblem(err);
+    view.showMicProblem(problem);
+    if (idle) view.setStatus("The microphone is not ready.");
+    // Without the permission the browser lists devices without names: no choice to offer.
+    if (problem.code === "denied") view.showDevices([], null, "Microphone blocked");
+    else await showDevices();
+    return false;
+  }
+  track.onended = onMicrophoneLost;
+  view.showMicProblem(null);
+  meter.attach(mic.stream);
+  listenForVoice();
+  await showDevices();
+  if (interview.phase === "idle") view.setStatus("Microphone ready.");
+  return true;
+}
+
+function microphoneReady() {
+  return Boolean(mic.track && mic.track.readyState === "live");
+}
+
+// The device went away (unplugged, or the permission withdrawn).
+async function onMicrophoneLost() {
+  if (interview.phase === "ended") return;
+  meter.detach();
+  if (await checkMicrophone("")) await interview.replaceTrack(mic.track);
+}
+
+async function chooseMicrophone() {
+  const deviceId = $("mic").value;
+  if (!deviceId || deviceId === mic.deviceId) return;
+  store.setMicrophone(deviceId);
+  if (await checkMicrophone(deviceId)) await interview.replaceTrack(mic.track);
+}
+
+function toggleMute() {
+  const muted = !mic.muted;
+  mic.setMuted(muted);
+  view.setMuted(muted);
+  view.setStatus(muted ? "Microphone muted." : "Microphone on.");
+  if (muted) {
+    clearTimeout(page.notHeardTimer);
+    $("heard").dataset.heard = "false";
+    $("heard").textContent = "Muted: nothing you say is sent.";
+  } else {
+    listenForVoice();
   }
 }
 
-function waitForIceGathering(pc) {
-  if (pc.iceGatheringState === "complete") return Promise.resolve();
-  return new Promise((resolve) => {
-    const done = () => { pc.removeEventListener("icegatheringstatechange", check); resolve(); };
-    const check = () => { if (pc.iceGatheringState === "complete") done(); };
-    pc.addEventListener("icegatheringstatechange", check);
-    // The relay needs no trickle; a bounded wait keeps a slow STUN server from stalling us.
-    setTimeout(done, ICE_GATHER_TIMEOUT_MS);
-  });
+// ------------------------------------------------------------------ the interviewer's voice
+
+function playInterviewer(stream) {
+  const audio = $("remote");
+  audio.srcObject = stream;
+  // A browser that blocks sound until the candidate clicks (after a reload, say) gets a
+  // button to click.
+  audio.play().then(() => { $("play").hidden = true; }, () => { $("play").hidden = false; });
 }
 
-// Transcript lines, one per conversation item, placed by the item order the service gives
-// (previous_item_id), not by arrival: a candidate's transcription often lands after the
-// interviewer's reply started.
-const lines = new Map();
+// ------------------------------------------------------------------ start
 
-function lineFor(itemId, who, previousId) {
-  let li = lines.get(itemId);
-  if (li) return li;
-  li = document.createElement("li");
-  li.className = who;
-  li.hidden = true; // until it has text
-  li.dataset.text = "";
-  const after = previousId ? lines.get(previousId) : null;
-  if (after) after.after(li); else $("transcript").appendChild(li);
-  lines.set(itemId, li);
-  return li;
-}
-
-function setLineText(li, text) {
-  li.dataset.text = text;
-  li.textContent = `${li.className === "you" ? "You" : "Interviewer"}: ${text}`;
-  li.hidden = !text;
-}
-
-function onItemAdded(event) {
-  const item = event.item || {};
-  if (!item.id || item.type !== "message") return;
-  if (item.role === "user") lineFor(item.id, "you", event.previous_item_id);
-  else if (item.role === "assistant") lineFor(item.id, "interviewer", event.previous_item_id);
-}
-
-function send(event) {
-  const channel = state.channel;
-  if (channel && channel.readyState === "open") channel.send(JSON.stringify(event));
-}
-
-// Stop the interviewer: cancel a response still being generated, then clear the audio still
-// playing. Each only when it applies: response.cancel after response.done is an error on the
-// real service, and clearing cancels nothing.
-function interrupt() {
-  clearTimeout(reply.bargeTimer);
-  if (reply.responding) { send({ type: "response.cancel" }); reply.responding = false; }
-  if (reply.playing) { send({ type: "output_audio_buffer.clear" }); reply.playing = false; }
-}
-
-function onServerEvent(event) {
-  switch (event.type) {
-    case "conversation.item.added":
-    case "conversation.item.created":
-      onItemAdded(event);
-      break;
-    case "conversation.item.input_audio_transcription.delta": {
-      const li = lineFor(event.item_id, "you");
-      setLineText(li, li.dataset.text + (event.delta || ""));
-      break;
-    }
-    case "conversation.item.input_audio_transcription.completed":
-      setLineText(lineFor(event.item_id, "you"), event.transcript || "");
-      break;
-    case "response.output_audio_transcript.delta":
-    case "response.audio_transcript.delta": {
-      const li = lineFor(event.item_id, "interviewer");
-      setLineText(li, li.dataset.text + (event.delta || ""));
-      break;
-    }
-    case "response.created":
-      reply.responding = true;
-      break;
-    case "response.done":
-      reply.responding = false;
-      break;
-    case "input_audio_buffer.speech_started":
-      setStatus("Listening…");
-      // Barge-in: if the service has not stopped the interviewer by itself, the page does.
-      clearTimeout(reply.bargeTimer);
-      if (reply.responding || reply.playing) reply.bargeTimer = setTimeout(interrupt, BARGE_IN_GRACE_MS);
-      break;
-    case "output_audio_buffer.started":
-      reply.playing = true;
-      setStatus("The interviewer is speaking…");
-      break;
-    case "output_audio_buffer.stopped":
-    case "output_audio_buffer.cleared":
-      reply.playing = false;
-      break;
-    case "error": {
-      const code = event.error && event.error.code;
-      // Not the candidate's concern: a refused browser event, or a cancel that raced the end.
-      if (code !== "event_not_allowed" && code !== "response_cancel_not_active") {
-        showError((event.error && event.error.message) || "Error.");
-      }
-      break;
-    }
-    default:
-      break;
+// The recording notice (text from the relay's config) and whether the interviewer is the
+// simulator, both shown before Start. Fetched once at load; if that failed, again at Start.
+// With an interview's invite the relay answers for that interview (one may be unrecorded),
+// so the invite goes along; a user token is not needed there.
+const INVITE_PREFIX = "ri_";
+let noticeLoading = null;
+function loadNotice() {
+  if (!noticeLoading) {
+    const invite = page.token && page.token.startsWith(INVITE_PREFIX) ? page.token : null;
+    const headers = invite ? { Authorization: `Bearer ${invite}` } : {};
+    noticeLoading = fetch("/api/recording-notice", { headers }).then((r) => {
+      if (!r.ok) throw new Error(`recording notice: ${r.status}`);
+      return r.json();
+    }).then((n) => {
+      if (n.simulated) $("simulated").hidden = false;
+      if (!n.recording || !n.notice) return;
+      $("recording-notice").textContent = n.notice;
+      $("recording-notice").hidden = false;
+      page.noticeShown = true;
+    }).catch(() => { noticeLoading = null; /* not shown: the relay refuses a recorded start */ });
   }
+  return noticeLoading;
+}
+
+function setStartEnabled(enabled) {
+  $("start").disabled = !enabled;
+  $("check").disabled = !enabled;
 }
 
 async function start() {
-  showError("");
-  state.token = $("token").value.trim();
-  if (!state.token) { showError(MESSAGES.missing_token); return; }
-  // Kept for this tab only (a reload), never in localStorage: a shared computer must not
-  // hand the next person this candidate's token.
-  sessionStorage.setItem("interviewToken", state.token);
-  $("start").disabled = true;
+  const unavailable = microphoneUnavailable();
+  if (unavailable) { view.showMicProblem(microphoneProblem(unavailable)); return; }
+  if (interview.phase !== "idle") return;
+  view.showError("");
+  const typed = !page.token;
+  if (typed) {
+    page.token = $("token").value.trim();
+    if (!page.token) { page.token = null; view.showError(API_MESSAGES.missing_token); return; }
+  }
+  // A recorded interview starts only once its notice was on screen before Start (the relay
+  // refuses it otherwise): if the notice is still loading, or appears only now, the
+  // candidate reads it and presses Start again.
+  const shownBefore = page.noticeShown;
+  await loadNotice();
+  if (page.noticeShown && !shownBefore) {
+    if (typed) page.token = null;
+    view.showError(API_MESSAGES.recording_notice_required);
+    return;
+  }
+  setStartEnabled(false);
   try {
-    setStatus("Checking your access…");
-    // Tells the relay whether the recording notice was on screen before Start.
-    const body = { recording_notice_shown: state.noticeShown === true };
-    const session = await withRetries("the session", () => api("POST", "/api/realtime-session", body));
-    state.sessionId = session.session_id;
-    $("simulated").hidden = !session.simulated;
-
-    setStatus("Asking for your microphone…");
-    const mic = await navigator.mediaDevices.getUserMedia({ audio: true });
-
-    const pc = new RTCPeerConnection({ iceServers: session.ice_servers || [] });
-    state.pc = pc;
-    pc.addTrack(mic.getAudioTracks()[0], mic);
-    pc.ontrack = (e) => { $("remote").srcObject = e.streams[0] || new MediaStream([e.track]); };
-    pc.onconnectionstatechange = () => {
-      if (pc.connectionState === "connected") setStatus("Connected. Say hello when you are ready.");
-      if (pc.connectionState === "failed") { showError("The connection was lost."); stop(); }
-    };
-    const channel = pc.createDataChannel("oai-events");
-    state.channel = channel;
-    channel.onmessage = (msg) => { try { onServerEvent(JSON.parse(msg.data)); } catch (_) { /* ignore non-JSON */ } };
-
-    setStatus("Connecting…");
-    await pc.setLocalDescription(await pc.createOffer());
-    await waitForIceGathering(pc);
-    // A session id is usable once, so the exchange itself is not retried.
-    const answer = await api("POST", "/api/webrtc-exchange", {
-      session_id: state.sessionId, type: "offer", sdp: pc.localDescription.sdp,
+    if (!microphoneReady() && !(await checkMicrophone())) return;
+    await interview.start({
+      noticeShown: page.noticeShown === true,
+      onCreated: (session) => {
+        // Kept for this tab only (a reload), never in localStorage.
+        store.setToken(page.token);
+        store.clearEnded();
+        $("simulated").hidden = !session.simulated;
+        $("stop").disabled = false;
+        $("mute").disabled = false;
+      },
     });
-    await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
-    $("stop").disabled = false;
   } catch (err) {
+    const refusedLink = page.fromLink && err instanceof ApiFailure && err.status === 401;
     const ref = err.requestId ? ` (reference ${err.requestId})` : "";
-    showError(`${err.message}${ref}`);
-    await stop();
-    setStatus("Not connected.");  // after stop(): nothing was running, so nothing "ended"
+    view.showError(refusedLink ? `${LINK_REFUSED}${ref}` : `${err.message}${ref}`);
+    view.setStatus("Not connected.");
+    $("stop").disabled = true;
+    $("mute").disabled = true;
   } finally {
-    if (!state.pc) $("start").disabled = false;
+    if (interview.phase === "idle") {
+      if (typed) page.token = null; // read from the field again next time
+      setStartEnabled(true);
+    }
   }
 }
 
-async function stop() {
-  interrupt(); // End while the interviewer speaks: stop it before hanging up
-  const { pc, sessionId } = state;
-  state.pc = null; state.channel = null; state.sessionId = null;
-  if (pc) pc.getSenders().forEach((s) => s.track && s.track.stop());
-  // Hang up through the API before closing the connection: otherwise the relay sees the
-  // connection drop first and records a lost browser instead of the candidate's hang-up.
-  if (sessionId) { try { await api("DELETE", `/api/sessions/${sessionId}`); } catch (_) { /* already gone */ } }
-  if (pc) pc.close();
-  $("stop").disabled = true;
-  $("start").disabled = false;
-  setStatus("Interview ended.");
-}
+// ------------------------------------------------------------------ load
 
-// The token arrives in the link's fragment (#token=…), which browsers never send to a
-// server; ?token=… still works for old links. Either way it is read once and removed from
-// the address bar (and so from the history and from anything copied off the screen).
-function tokenFromAddress() {
-  const fragment = new URLSearchParams(location.hash.slice(1));
-  const query = new URLSearchParams(location.search);
-  const token = fragment.get("token") || query.get("token");
-  if (fragment.has("token") || query.has("token")) {
-    fragment.delete("token");
-    query.delete("token");
-    const search = query.toString() ? `?${query}` : "";
-    const hash = fragment.toString() ? `#${fragment}` : "";
-    history.replaceState(null, "", `${location.pathname}${search}${hash}`);
+function init() {
+  forgetLegacyStorage();
+  const linked = credentialFromAddress();
+  if (linked) {
+    store.startOver(linked);
+    page.token = linked;
+    page.fromLink = true;
+  } else {
+    page.token = store.token();
+    page.fromLink = Boolean(page.token);
   }
-  return token;
+  $("token-field").hidden = page.fromLink;
+
+  $("check").addEventListener("click", () => checkMicrophone());
+  $("start").addEventListener("click", start);
+  $("stop").addEventListener("click", () => interview.hangUp());
+  $("mute").addEventListener("click", toggleMute);
+  $("mic").addEventListener("change", chooseMicrophone);
+  $("play").addEventListener("click", () => {
+    $("remote").play().then(() => { $("play").hidden = true; }, () => {});
+  });
+  if (navigator.mediaDevices) navigator.mediaDevices.addEventListener("devicechange", showDevices);
+  window.addEventListener("beforeunload", (e) => {
+    if (!interview.holdsPage) return;
+    e.preventDefault();
+    e.returnValue = ""; // older browsers ask only when this is set
+  });
+  window.addEventListener("pagehide", () => interview.save());
+  // A link opened in this tab while the page is already there changes only the fragment
+  // (no new page load): take its credential and start afresh, unless an interview runs.
+  window.addEventListener("hashchange", () => {
+    if (interview.holdsPage) return;
+    const token = credentialFromAddress();
+    if (!token) return;
+    store.startOver(token);
+    location.reload();
+  });
+
+  const unavailable = microphoneUnavailable();
+  if (unavailable) {
+    view.showScreen("preflight");
+    view.showMicProblem(microphoneProblem(unavailable));
+    setStartEnabled(false);
+    view.setStatus("Not available on this address.");
+    loadNotice();
+    return;
+  }
+
+  const saved = !linked && page.token ? store.session() : null;
+  const ended = !linked ? store.ended() : null;
+  if (saved) {
+    // A reload during the interview: rejoin it.
+    loadNotice();
+    view.setStatus("Rejoining your interview…");
+    view.showScreen("call");
+    $("stop").disabled = false;
+    $("mute").disabled = false;
+    checkMicrophone().then((ready) => {
+      if (ready) { interview.resumeStored(saved); return; }
+      // The connection waits for a while: allowing the microphone and reloading rejoins it.
+      view.showScreen("preflight");
+      setStartEnabled(false);
+      view.showError("Your interview is waiting: allow the microphone, then reload this page to rejoin it.");
+    });
+    return;
+  }
+  if (ended) {
+    view.showEnded(endMessage(ended.reason, ended.message));
+    view.setStatus("Interview ended.");
+    return;
+  }
+
+  view.showScreen("preflight");
+  // Start waits for the notice (index.html has it disabled), so it is on screen first.
+  loadNotice().then(() => { if (interview.phase === "idle") setStartEnabled(true); });
+  // A microphone this site may already use is checked at once; otherwise the browser's
+  // question waits for the candidate's "Check microphone" (or Start).
+  microphonePermission().then((state) => {
+    if (state === "granted" && interview.phase === "idle" && !mic.stream) checkMicrophone();
+  });
 }
 
-localStorage.removeItem("interviewToken"); // written by earlier versions of this page
-$("token").value = tokenFromAddress() || sessionStorage.getItem("interviewToken") || "";
-$("start").addEventListener("click", start);
-// The recording notice (text from the relay's config), shown before Start.
-fetch("/api/recording-notice").then((r) => (r.ok ? r.json() : null)).then((n) => {
-  if (!n || !n.recording || !n.notice) return;
-  $("recording-notice").textContent = n.notice;
-  $("recording-notice").hidden = false;
-  state.noticeShown = true;
-}).catch(() => { /* no notice: the session says so */ });
-$("stop").addEventListener("click", stop);
+init();

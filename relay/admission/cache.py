@@ -35,7 +35,7 @@ from redis.exceptions import RedisError
 from relay.admission.breaker import CircuitBreaker
 from relay.admission.change_log import ChangeLog
 from relay.admission.local_cache import LocalTTLCache
-from relay.admission.store import UserRecord
+from relay.admission.users import UserRecord
 from relay.config import CacheConfig
 from relay.observability.metrics import FAST_BUCKETS, MetricsRegistry
 from relay.observability.request_context import record_stage

@@ -42,7 +42,7 @@ import asyncpg
 
 from relay.admission.cache import UserCache
 from relay.observability.metrics import MetricsRegistry
-from relay.tasks import cancel_and_wait, spawn
+from relay.tasks import TaskGroup, raise_if_cancelling
 
 log = logging.getLogger("relay.cache")
 
@@ -123,8 +123,7 @@ class CacheInvalidationListener:
         self._first_check = False
         self._announced = False
         self._wake = asyncio.Event()
-        self._runner: asyncio.Task[None] | None = None
-        self._drainer: asyncio.Task[None] | None = None
+        self._tasks = TaskGroup("cache-invalidation", log=log, metrics=metrics)
         self._up = metrics.gauge(
             "relay_cache_invalidation_listener_up",
             "1 while this process listens to the database's user changes",
@@ -156,12 +155,11 @@ class CacheInvalidationListener:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        self._runner = spawn(self._run(), name="cache-invalidation-listen", log=log)
-        self._drainer = spawn(self._drain(), name="cache-invalidation-evict", log=log)
+        self._tasks.spawn(self._run(), name="cache-invalidation-listen")
+        self._tasks.spawn(self._drain(), name="cache-invalidation-evict")
 
     async def close(self) -> None:
-        await cancel_and_wait(self._runner)
-        await cancel_and_wait(self._drainer)
+        await self._tasks.close()
         self._set_down()
         if self._announced:
             # Bounded by cache.redis_timeout_s; a crash instead leaves it to expire.
@@ -228,7 +226,9 @@ class CacheInvalidationListener:
             finally:
                 if conn is not None:
                     with contextlib.suppress(Exception):
-                        await asyncio.wait_for(conn.close(), 2)
+                        async with asyncio.timeout(2):
+                            await conn.close()
+            raise_if_cancelling()
             # Jittered so that the relays of a fleet do not reconnect in step.
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, RECONNECT_MAX_S)

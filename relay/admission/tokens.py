@@ -11,8 +11,29 @@ import secrets
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 
 
+# Prefixes say what a credential is: a user's token, an interview's invite (the candidate
+# link), an API key. Each has 32 random bytes after it.
+USER_TOKEN_PREFIX = "rt_"
+INVITE_PREFIX = "ri_"
+API_KEY_PREFIX = "rk_"
+
+
 def new_token() -> str:
-    return "rt_" + secrets.token_urlsafe(32)
+    return USER_TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def new_invite_token() -> str:
+    return INVITE_PREFIX + secrets.token_urlsafe(32)
+
+
+def new_api_key() -> str:
+    return API_KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def unusable_token_hash() -> str:
+    """The stored hash of a user created for an interview only: of a random value nobody
+    is given, so no user token opens it until an admin reissues one."""
+    return hash_token(secrets.token_urlsafe(32))
 
 
 def hash_token(token: str) -> str:

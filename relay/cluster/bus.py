@@ -20,8 +20,9 @@ from typing import Any
 
 import asyncpg
 
-from relay.admission.store import Store
-from relay.tasks import cancel_and_wait, spawn
+from relay.db import Store
+from relay.observability.metrics import MetricsRegistry
+from relay.tasks import TaskGroup, raise_if_cancelling
 
 log = logging.getLogger("relay.cluster")
 
@@ -42,24 +43,29 @@ async def publish(store: Store, message: dict[str, Any]) -> None:
 
 
 class CommandListener:
-    """One dedicated connection LISTENing on the channel; each message runs ``handler``."""
+    """One dedicated connection LISTENing on the channel; each message runs ``handler``
+    in a task of its own (a slow command does not hold up the next), and ``close`` stops
+    the listening and every command still running."""
 
-    def __init__(self, dsn: str, handler: Handler, *, check_interval_s: float) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        handler: Handler,
+        *,
+        check_interval_s: float,
+        metrics: MetricsRegistry | None = None,
+    ) -> None:
         self._dsn = dsn
         self._handler = handler
         self._check_interval_s = check_interval_s
-        self._task: asyncio.Task[None] | None = None
-        self._handling: set[asyncio.Task[None]] = set()
+        self._tasks = TaskGroup("cluster-commands", log=log, metrics=metrics)
         self.connected = asyncio.Event()
 
     def start(self) -> None:
-        self._task = spawn(self._run(), name="cluster-commands", log=log)
+        self._tasks.spawn(self._run(), name="cluster-commands")
 
     async def close(self) -> None:
-        await cancel_and_wait(self._task)
-        for task in list(self._handling):
-            task.cancel()
-        await asyncio.gather(*self._handling, return_exceptions=True)
+        await self._tasks.close()
 
     def _on_notify(self, conn: Any, pid: int, channel: str, payload: str) -> None:
         try:
@@ -69,9 +75,10 @@ class CommandListener:
             return
         if not isinstance(message, dict):
             return
-        task = asyncio.create_task(self._handle(message))
-        self._handling.add(task)
-        task.add_done_callback(self._handling.discard)
+        # asyncpg calls this after close() may have started: a late message is dropped
+        # (the heartbeat's reconciliation catches up with whatever it said).
+        with contextlib.suppress(RuntimeError):
+            self._tasks.spawn(self._handle(message), name="cluster-command")
 
     async def _handle(self, message: dict[str, Any]) -> None:
         try:
@@ -104,6 +111,8 @@ class CommandListener:
             finally:
                 if conn is not None:
                     with contextlib.suppress(Exception):
-                        await asyncio.wait_for(conn.close(), 2)
+                        async with asyncio.timeout(2):
+                            await conn.close()
+            raise_if_cancelling()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)

@@ -3,9 +3,17 @@
 - per-user concurrent sessions and the cluster-wide session cap: one sorted set per
   user and one for the cluster, members are session ids scored by a lease deadline.
   A member's heartbeat renews the leases of the sessions it holds, so the sessions of a
-  member that died stop counting within one lease (3 heartbeats, at least 15 s);
+  member that died stop counting within one lease (3 heartbeats, at least 15 s). The
+  renewal only refreshes leases that exist (``ZADD XX``, one script): a session whose
+  acquire has not run yet, or whose lease was released while the renewal was on its
+  way, is never added by it. (The acquire script lets a session already in the set
+  through without counting it, so a lease added by anything but the acquire would let
+  that session past both caps.)
 - per-user request rate and failed authentications per client address: sliding logs
-  (sorted sets of timestamps) over one minute.
+  (sorted sets of timestamps) over one minute. Failed authentications are reserved
+  before the token is looked up and settled after (relay.web.caller): a second sorted
+  set per address holds the tokens under lookup, and one script checks both and
+  reserves, so parallel guesses on any members never pass a check together.
 
 Each check is one script, so two members can never both take the last slot.
 
@@ -35,6 +43,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from relay.admission.breaker import CircuitBreaker
+from relay.admission.rate_limit import PENDING_RETRY_S
 from relay.config import Settings
 from relay.observability.metrics import MetricsRegistry
 
@@ -63,6 +72,20 @@ redis.call('PEXPIRE', KEYS[2], ttl)
 return 0
 """
 
+# KEYS: the cluster set, then one user set per session; ARGV: lease deadline, key TTL,
+# then the session ids in the order of their user sets. XX: refresh, never add.
+_RENEW_SESSIONS = """
+local lease, ttl = ARGV[1], tonumber(ARGV[2])
+for i = 2, #KEYS do
+  local member = ARGV[i + 1]
+  redis.call('ZADD', KEYS[i], 'XX', lease, member)
+  redis.call('ZADD', KEYS[1], 'XX', lease, member)
+  redis.call('PEXPIRE', KEYS[i], ttl)
+end
+redis.call('PEXPIRE', KEYS[1], ttl)
+return 0
+"""
+
 # mode "acquire": count this event if under the limit; "peek": only look; "add": count.
 # Returns -1 when under the limit, else milliseconds until the oldest event leaves.
 _SLIDING_LOG = """
@@ -77,6 +100,40 @@ if mode ~= 'peek' then
   redis.call('PEXPIRE', KEYS[1], window)
 end
 return -1
+"""
+
+# KEYS: the address's failures (a sliding log), the tokens of that address under lookup
+# (member: a key per token, scored by when it was reserved). ARGV: now, window, limit,
+# token key ('' for none). The failures so far, plus the tokens under lookup unless this
+# token is one of them, must stay under the limit; then the token is reserved.
+# Returns -1 when reserved (or nothing to reserve), else milliseconds to wait.
+_AUTH_RESERVE = """
+local now, window, limit, token = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
+local failed = redis.call('ZCARD', KEYS[1])
+if failed >= limit then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return math.max(1, math.ceil(tonumber(oldest[2]) + window - now))
+end
+if token == '' then return -1 end
+if not redis.call('ZSCORE', KEYS[2], token) then
+  if failed + redis.call('ZCARD', KEYS[2]) >= limit then return tonumber(ARGV[5]) end
+end
+redis.call('ZADD', KEYS[2], now, token)
+redis.call('PEXPIRE', KEYS[2], window)
+return -1
+"""
+
+# The lookup of a reserved token is over: the reservation goes; a failure is logged.
+# ARGV: now, window, token key, failed ('1' or '0'), a unique member for the failure.
+_AUTH_SETTLE = """
+redis.call('ZREM', KEYS[2], ARGV[3])
+if ARGV[4] == '1' then
+  redis.call('ZADD', KEYS[1], tonumber(ARGV[1]), ARGV[5])
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+end
+return 0
 """
 
 ACQUIRED, USER_CAP, CLUSTER_CAP = 0, 1, 2
@@ -159,22 +216,19 @@ class SharedLimits:
         await self._call("sessions", call)
 
     async def renew(self, held: Iterable[tuple[str, int]]) -> None:
-        """Renew the leases of the sessions this member holds (its heartbeat)."""
+        """Refresh the leases of the sessions this member holds (its heartbeat).
+
+        Only leases still in Redis are refreshed: ``held`` is a snapshot taken before
+        the call, and a session released since then (its ZREM landed first) stays
+        released.
+        """
         items = list(held)
         if not items or self._redis is None:
             return
         lease = _now_ms() + self._lease_ms
-
-        async def call(r: aioredis.Redis) -> Any:
-            async with r.pipeline(transaction=False) as pipe:
-                for session_id, user_id in items:
-                    pipe.zadd(self._user_key(user_id), {session_id: lease})
-                    pipe.pexpire(self._user_key(user_id), self._lease_ms * 2)
-                    pipe.zadd(self._cluster_key, {session_id: lease})
-                pipe.pexpire(self._cluster_key, self._lease_ms * 2)
-                return await pipe.execute()
-
-        await self._call("sessions", call)
+        keys = [self._cluster_key, *(self._user_key(user_id) for _, user_id in items)]
+        args: list[str | int] = [lease, self._lease_ms * 2, *(sid for sid, _ in items)]
+        await self._call("sessions", lambda r: r.eval(_RENEW_SESSIONS, len(keys), *keys, *args))
 
     # ------------------------------------------------------------------ sliding logs
     async def _sliding(self, limit_name: str, key: str, limit: int, mode: str) -> float | None:
@@ -199,14 +253,46 @@ class SharedLimits:
             "acquire",
         )
 
-    async def auth_blocked(self, address: str) -> float | None:
-        return await self._sliding(
-            "failed_auth", f"authfail:{address}", self._limits.failed_auth_per_minute, "peek"
-        )
+    # ------------------------------------------------------------------ failed authentications
+    def _auth_keys(self, address: str) -> tuple[str, str]:
+        return f"{self._prefix}authfail:{address}", f"{self._prefix}authpending:{address}"
 
-    async def auth_failed(self, address: str) -> None:
-        await self._sliding(
-            "failed_auth", f"authfail:{address}", self._limits.failed_auth_per_minute, "add"
+    async def auth_reserve(self, address: str, token_key: str) -> float | None:
+        """Before looking ``token_key`` up (``""``: no token, only check): seconds to wait
+        (> 0) when this address may not try now, 0.0 when reserved, None if undecided."""
+        result = await self._call(
+            "failed_auth",
+            lambda r: r.eval(
+                _AUTH_RESERVE,
+                2,
+                *self._auth_keys(address),
+                _now_ms(),
+                WINDOW_MS,
+                self._limits.failed_auth_per_minute,
+                token_key,
+                int(PENDING_RETRY_S * 1000),
+            ),
+        )
+        if result is None:
+            return None
+        wait_ms = int(result)
+        return 0.0 if wait_ms < 0 else wait_ms / 1000
+
+    async def auth_settle(self, address: str, token_key: str, *, failed: bool) -> None:
+        """After the lookup: give the reservation back, or log a failure in its place. (A
+        reservation never settled, its member gone, lapses with the window.)"""
+        await self._call(
+            "failed_auth",
+            lambda r: r.eval(
+                _AUTH_SETTLE,
+                2,
+                *self._auth_keys(address),
+                _now_ms(),
+                WINDOW_MS,
+                token_key,
+                "1" if failed else "0",
+                f"{_now_ms()}-{secrets.token_hex(4)}",
+            ),
         )
 
     # ------------------------------------------------------------------ plumbing

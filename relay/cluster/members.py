@@ -8,10 +8,12 @@ drops out within 3 heartbeats.
 Recovery: a member silent for ``3 heartbeats + cluster.recover_after_s`` is removed by
 whichever member notices first, and the rows of its connecting/active sessions are
 closed as ``failed`` / ``relay_lost``, debiting the seconds it was known alive (from
-connection to its last heartbeat). Its pending sessions stay claimable by any member
-until they expire (their sealed secret is in the row); expired pending rows of members
-that are gone are failed as ``expired``. The grace keeps a member that lost the
-database for a few seconds from having its live interviews closed under it.
+connection to its last heartbeat); sessions that can be resumed are closed so only once
+``session.reconnect_grace_s`` has passed without a member taking them over. Its pending
+sessions stay claimable by any member until they expire (their sealed secret is in the
+row); expired pending rows of members that are gone are failed as ``expired``. The grace
+keeps a member that lost the database for a few seconds from having its live interviews
+closed under it.
 
 Why PostgreSQL rather than Redis: every member always has it (Redis is optional), the
 recovery must update the session rows in the same transaction, and a heartbeat every
@@ -28,7 +30,7 @@ from typing import Any
 
 import asyncpg
 
-from relay.admission.store import Store
+from relay.db import Store
 
 log = logging.getLogger("relay.cluster")
 
@@ -124,8 +126,16 @@ class Recovered:
     expired_pending: int
 
 
-async def recover_dead(store: Store, *, dead_after_s: float) -> Recovered:
-    """Remove members silent for ``dead_after_s`` and close their live sessions' rows."""
+async def recover_dead(
+    store: Store, *, dead_after_s: float, resume_grace_s: float = 0.0
+) -> Recovered:
+    """Remove members silent for ``dead_after_s`` and close their live sessions' rows.
+
+    A session that can be resumed (it has a resume token, and ``resume_grace_s`` > 0) is
+    not closed at once: its row keeps its holder and is marked ``holder_lost_at`` (the
+    holder's last heartbeat), so that a resume reaching another member within the grace
+    takes it over (relay.cluster.resume); it is closed ``relay_lost`` once the grace has
+    passed without one, debited the seconds charged until then (``used_seconds``)."""
 
     async def op(conn: asyncpg.Connection) -> Recovered:
         async with conn.transaction():
@@ -136,6 +146,16 @@ async def recover_dead(store: Store, *, dead_after_s: float) -> Recovered:
                 dead_after_s,
             )
             closed = 0
+            if dead and resume_grace_s > 0:
+                await conn.execute(
+                    """UPDATE interview_sessions s SET holder_lost_at = d.heartbeat_at
+                       FROM unnest($1::text[], $2::timestamptz[]) AS d(id, heartbeat_at)
+                       WHERE s.relay_instance = d.id AND s.state IN ('connecting', 'active')
+                         AND s.resume_token_hash IS NOT NULL AND s.connected_at IS NOT NULL
+                         AND s.holder_lost_at IS NULL""",
+                    [r["id"] for r in dead],
+                    [r["heartbeat_at"] for r in dead],
+                )
             if dead:
                 rows = await conn.fetch(
                     """UPDATE interview_sessions s
@@ -149,21 +169,26 @@ async def recover_dead(store: Store, *, dead_after_s: float) -> Recovered:
                        FROM unnest($1::text[], $2::timestamptz[]) AS d(id, heartbeat_at)
                        WHERE s.relay_instance = d.id
                          AND s.state IN ('connecting', 'active')
-                       RETURNING s.user_id, s.debited_seconds""",
+                         AND s.holder_lost_at IS NULL
+                       RETURNING s.user_id, s.debited_seconds, s.interview_id""",
                     [r["id"] for r in dead],
                     [r["heartbeat_at"] for r in dead],
                 )
                 closed = len(rows)
-                debits: dict[int, int] = {}
-                for r in rows:
-                    debits[r["user_id"]] = debits.get(r["user_id"], 0) + int(r["debited_seconds"])
-                for user_id, debit in debits.items():
-                    await conn.execute(
-                        """UPDATE users SET remaining_seconds = GREATEST(0, remaining_seconds - $2)
-                           WHERE id = $1""",
-                        user_id,
-                        debit,
-                    )
+                await _debit(conn, rows)
+            # Resumable sessions of dead members that nobody resumed within the grace.
+            rows = await conn.fetch(
+                """UPDATE interview_sessions
+                   SET state = 'failed', end_reason = 'relay_lost', ended_at = now(),
+                       duration_seconds = COALESCE(used_seconds, 0),
+                       debited_seconds = CEIL(COALESCE(used_seconds, 0))::int
+                   WHERE holder_lost_at IS NOT NULL AND state IN ('connecting', 'active')
+                     AND holder_lost_at < now() - make_interval(secs => $1)
+                   RETURNING user_id, debited_seconds, interview_id""",
+                resume_grace_s,
+            )
+            closed += len(rows)
+            await _debit(conn, rows)
             status: str = await conn.execute(
                 """UPDATE interview_sessions
                    SET state = 'failed', end_reason = 'expired', ended_at = now(),
@@ -177,13 +202,33 @@ async def recover_dead(store: Store, *, dead_after_s: float) -> Recovered:
     return await store.run("recover_dead_members", op)
 
 
+async def _debit(conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> None:
+    """Debit each user the seconds of their closed rows (one statement per user); an
+    interview's session spends the interview's budget instead (derived from its rows)."""
+    debits: dict[int, int] = {}
+    for r in rows:
+        if r["interview_id"] is not None:
+            continue
+        debits[r["user_id"]] = debits.get(r["user_id"], 0) + int(r["debited_seconds"])
+    for user_id, debit in debits.items():
+        await conn.execute(
+            """UPDATE users SET remaining_seconds = GREATEST(0, remaining_seconds - $2)
+               WHERE id = $1""",
+            user_id,
+            debit,
+        )
+
+
 async def session_rows(store: Store, session_ids: list[str]) -> list[asyncpg.Record]:
-    """State, holder and user status of these sessions (reconciliation)."""
+    """State, holder, user status and interview status of these sessions
+    (reconciliation)."""
 
     async def op(conn: asyncpg.Connection) -> list[asyncpg.Record]:
         rows: list[asyncpg.Record] = await conn.fetch(
-            """SELECT s.id, s.state, s.end_reason, s.relay_instance, u.active
+            """SELECT s.id, s.state, s.end_reason, s.relay_instance, u.active,
+                      i.status AS interview_status
                FROM interview_sessions s JOIN users u ON u.id = s.user_id
+                    LEFT JOIN interviews i ON i.id = s.interview_id
                WHERE s.id = ANY($1::text[])""",
             session_ids,
         )

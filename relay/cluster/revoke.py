@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncpg
 
-from relay.admission.store import Store
 from relay.cluster.bus import notify
+from relay.db import Store
 
 
 async def revoke_user(store: Store, email: str) -> str | None:

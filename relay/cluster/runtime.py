@@ -21,20 +21,21 @@ import logging
 import os
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from relay.admission.rate_limit import SlidingWindowLimiter
-from relay.admission.store import RETRYABLE_ERRORS, DatabaseUnavailable
+from relay.admission.service import Admission
 from relay.cluster import members
 from relay.cluster.bus import CommandListener, publish
 from relay.cluster.limits import SharedLimits
 from relay.cluster.members import DEAD_AFTER_HEARTBEATS, MemberState
+from relay.config import Settings
+from relay.db import RETRYABLE_ERRORS, DatabaseUnavailable, Store
 from relay.observability.masking import mask_email
-from relay.sessions.registry import SessionEntry
-from relay.tasks import cancel_and_wait, spawn
-
-if TYPE_CHECKING:
-    from relay.services import Services
+from relay.observability.metrics import MetricsRegistry
+from relay.sessions.drain import DrainState
+from relay.sessions.registry import SessionEntry, SessionRegistry
+from relay.sessions.service import SessionService
+from relay.tasks import TaskGroup
 
 log = logging.getLogger("relay.cluster")
 
@@ -55,42 +56,59 @@ RELAY_VERSION = _relay_version()
 
 
 class ClusterRuntime:
-    def __init__(self, services: Services, limits: SharedLimits, *, address: str) -> None:
-        self.services = services
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        instance_id: str,
+        address: str,
+        store: Store,
+        registry: SessionRegistry,
+        sessions: SessionService,
+        admission: Admission,
+        limits: SharedLimits,
+        drain: DrainState,
+        metrics: MetricsRegistry,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.sessions = sessions
+        self.admission = admission
         self.limits = limits
-        # Failed authentications per client address in this process (relay.web.caller).
-        self.failed_auth = SlidingWindowLimiter(services.settings.limits.failed_auth_per_minute)
-        settings = services.settings.cluster
-        self.interval_s = settings.heartbeat_interval_s
-        self._recover_after_s = settings.recover_after_s
+        self.drain = drain
+        self.instance_id = instance_id
+        self.interval_s = settings.cluster.heartbeat_interval_s
+        self._recover_after_s = settings.cluster.recover_after_s
+        self._resume_grace_s = settings.session.reconnect_grace_s
+        self._max_sessions = settings.limits.global_max_sessions
         self.member = MemberState(
-            id=services.instance_id,
+            id=instance_id,
             address=address,
             version=RELAY_VERSION,
             pid=os.getpid(),
             started_at=datetime.now(UTC),
         )
         self.listener = CommandListener(
-            services.store.dsn, self.handle, check_interval_s=self.interval_s
+            store.dsn, self.handle, check_interval_s=self.interval_s, metrics=metrics
         )
-        self._heartbeat: asyncio.Task[None] | None = None
-        self._beats = services.metrics.counter(
+        self._tasks = TaskGroup("cluster", log=log, metrics=metrics)
+        self._beats = metrics.counter(
             "relay_cluster_heartbeats_total", "Heartbeats written by this member", ["outcome"]
         )
-        self._commands = services.metrics.counter(
+        self._commands = metrics.counter(
             "relay_cluster_commands_total", "Cluster commands received", ["op"]
         )
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         self.listener.start()
-        self._heartbeat = spawn(self._beat_forever(), name="cluster-heartbeat", log=log)
+        self._tasks.spawn(self._beat_forever(), name="cluster-heartbeat")
 
     async def close(self) -> None:
-        await cancel_and_wait(self._heartbeat)
+        await self._tasks.close()
         await self.listener.close()
         try:
-            await members.leave(self.services.store, self.member.id)
+            await members.leave(self.store, self.member.id)
         except _DB_ERRORS:
             log.warning("could not leave the cluster view; it drops out by itself")
 
@@ -108,25 +126,28 @@ class ClusterRuntime:
             await asyncio.sleep(self.interval_s)
 
     def snapshot(self) -> MemberState:
-        services = self.services
-        live = services.registry.live()
+        live = self.registry.live()
         member = self.member
-        member.draining = services.draining
+        member.draining = self.drain.draining
         member.live = len(live)
-        member.load = round(len(live) / services.settings.limits.global_max_sessions, 4)
-        member.sessions = [session_summary(services, e) for e in live]
+        member.load = round(len(live) / self._max_sessions, 4)
+        member.sessions = [session_summary(self.instance_id, e) for e in live]
         return member
 
     async def beat_once(self) -> None:
-        store = self.services.store
+        store = self.store
         if not store.schema_ready:
             return
         # Redis first: a slow database must not let the leases of live sessions lapse.
-        await self.limits.renew((e.session_id, e.user_id) for e in self.services.registry.live())
+        # Only sessions that took a lease (relay.sessions.service), and only leases that
+        # still exist: one reserved but not yet past the shared cap has none to renew.
+        await self.limits.renew(self.registry.leased())
         await members.beat(store, self.snapshot())
         await self._reconcile()
         recovered = await members.recover_dead(
-            store, dead_after_s=self.interval_s * DEAD_AFTER_HEARTBEATS + self._recover_after_s
+            store,
+            dead_after_s=self.interval_s * DEAD_AFTER_HEARTBEATS + self._recover_after_s,
+            resume_grace_s=self._resume_grace_s,
         )
         if recovered.members:
             log.warning(
@@ -137,8 +158,8 @@ class ClusterRuntime:
 
     async def cluster_view(self) -> list[dict[str, Any]]:
         # This member's entry is fresh, not as of its last heartbeat.
-        await members.beat(self.services.store, self.snapshot())
-        return await members.view(self.services.store, self.interval_s)
+        await members.beat(self.store, self.snapshot())
+        return await members.view(self.store, self.interval_s)
 
     # ------------------------------------------------------------------ commands
     async def handle(self, message: dict[str, Any]) -> None:
@@ -147,27 +168,26 @@ class ClusterRuntime:
         if op == "revoke_user" and isinstance(message.get("user_id"), int):
             token_hash = message.get("token_hash")
             if isinstance(token_hash, str):
-                await self.services.admission.forget(token_hash)
+                await self.admission.forget(token_hash)
             await self.end_user_sessions(message["user_id"], "revoked")
         elif op == "end_session" and isinstance(message.get("session_id"), str):
-            entry = self.services.registry.get(message["session_id"])
+            entry = self.registry.get(message["session_id"])
             if entry is not None:
                 await self.end_local(entry, str(message.get("reason") or "operator_hangup"))
         elif op == "drain" and message.get("member") in (ALL_MEMBERS, self.member.id):
-            if not self.services.draining:
+            if self.drain.start():
                 log.warning("drain requested through the cluster: no new sessions here")
-            self.services.draining = True
             # The cluster view says so now rather than at the next heartbeat.
             with contextlib.suppress(*_DB_ERRORS):
-                await members.beat(self.services.store, self.snapshot())
+                await members.beat(self.store, self.snapshot())
         elif op == "claimed" and message.get("by") != self.member.id:
-            entry = self.services.registry.get(str(message.get("session_id")))
+            entry = self.registry.get(str(message.get("session_id")))
             if entry is not None and entry.state == "pending":
                 # Its row and its shared lease now belong to the claimer: only forget it.
-                self.services.registry.release(entry.session_id)
+                self.registry.release(entry.session_id)
 
     async def end_user_sessions(self, user_id: int, reason: str) -> int:
-        entries = [e for e in self.services.registry.live() if e.user_id == user_id]
+        entries = [e for e in self.registry.live() if e.user_id == user_id]
         await asyncio.gather(*(self.end_local(e, reason) for e in entries))
         return len(entries)
 
@@ -177,36 +197,48 @@ class ClusterRuntime:
             await entry.bridge.close(reason)
         else:
             state = "ended" if reason.endswith("hangup") else "failed"
-            await self.services.sessions.finish(entry, state=state, reason=reason, duration_s=0.0)
+            await self.sessions.finish(entry, state=state, reason=reason, duration_s=0.0)
 
     async def publish(self, message: dict[str, Any]) -> None:
-        await publish(self.services.store, message)
+        await publish(self.store, message)
 
     async def _reconcile(self) -> None:
-        local = {e.session_id: e for e in self.services.registry.live()}
+        local = {e.session_id: e for e in self.registry.live()}
         if not local:
             return
-        for row in await members.session_rows(self.services.store, list(local)):
+        for row in await members.session_rows(self.store, list(local)):
             entry = local.get(row["id"])
-            if entry is None or self.services.registry.get(entry.session_id) is not entry:
+            if entry is None or self.registry.get(entry.session_id) is not entry:
                 continue
             if not row["active"]:
                 await self.end_local(entry, "revoked")
+            elif row["interview_status"] == "cancelled" and entry.state != "pending":
+                # The interview was cancelled and its command did not arrive here.
+                await self.end_local(entry, "cancelled")
+            elif entry.state == "pending" and row["state"] in ("ended", "failed"):
+                # Closed elsewhere (e.g. an exchange on another member that got no answer
+                # from its claim closes the row): nothing holds it, nor its lease.
+                if self.registry.release(entry.session_id) is entry:
+                    await self.limits.release_session(entry.session_id, entry.user_id)
             elif entry.state == "pending" and row["state"] != "pending":
                 if row["relay_instance"] != self.member.id:
-                    self.services.registry.release(entry.session_id)  # claimed elsewhere
+                    self.registry.release(entry.session_id)  # claimed elsewhere
             elif row["state"] in ("ended", "failed") and entry.bridge is not None:
                 # Closed by the cluster (e.g. this member was taken for dead).
                 await self.end_local(entry, str(row["end_reason"] or "relay_lost"))
+            elif entry.bridge is not None and row["relay_instance"] != self.member.id:
+                # Taken over by another member that took this one for dead (a resume
+                # found it unreachable): that member holds the interview now.
+                await self.end_local(entry, "taken_over")
 
 
 _OPS = ("revoke_user", "end_session", "drain", "claimed")
 
 
-def session_summary(services: Services, entry: SessionEntry) -> dict[str, Any]:
+def session_summary(instance_id: str, entry: SessionEntry) -> dict[str, Any]:
     return {
         "session_id": entry.session_id,
-        "member": services.instance_id,
+        "member": instance_id,
         # Masked like the dashboard's: the row in relay_members never holds an address.
         "user": mask_email(entry.email),
         "state": entry.state,

@@ -1,80 +1,23 @@
 """Sealing the upstream secret of a pending session before it is stored.
 
 A pending session must be exchangeable on any member, so what the exchange needs from
-the upstream mint (the ephemeral ``ek_`` secret) is stored with the session's row. It is
-sealed with AES-256-GCM, the session id as associated data (a sealed value copied onto
-another row does not open), so a database dump or a replica exposes no usable secret.
-
-The key comes from ``cluster.state_key`` (base64 of 32 bytes); when empty it is
-generated once into ``<data_dir>/state.key`` (mode 0600), which every worker of one
-machine shares. Members on several machines must be given the same key; a member that
-cannot open a sealed value re-mints at exchange time instead (relay.sessions.shared_state).
+the upstream mint (the ephemeral ``ek_`` secret) is stored with the session's row, sealed
+under the state key (relay.sealing: AES-256-GCM) with the session id as associated data.
+A member that cannot open a sealed value (it was given another key) re-mints at exchange
+time instead (relay.sessions.shared_state).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
-import os
-import secrets
-from pathlib import Path
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
+from relay.sealing import SecretBox
 from relay.upstream.base import MintedSession
-
-KEY_BYTES = 32
-NONCE_BYTES = 12
-KEY_FILE = "state.key"
-
-
-class SealError(ValueError):
-    """A sealed value cannot be opened (other key, tampered, or not ours)."""
-
-
-class StateKeyError(ValueError):
-    """The configured state key is malformed."""
-
-
-def decode_key(text: str) -> bytes:
-    try:
-        key = base64.b64decode(text.strip(), validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise StateKeyError("cluster.state_key: not base64") from exc
-    if len(key) != KEY_BYTES:
-        raise StateKeyError(f"cluster.state_key: must decode to {KEY_BYTES} bytes, got {len(key)}")
-    return key
-
-
-def load_or_create_key(configured: str, data_dir: Path) -> bytes:
-    """The configured key, else the one in ``data_dir`` (created atomically if absent).
-
-    Blocking (file I/O): call it from a thread or before the event loop starts.
-    """
-    if configured:
-        return decode_key(configured)
-    path = data_dir / KEY_FILE
-    data_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        # O_EXCL: when several workers start at once, exactly one writes the key.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        with os.fdopen(fd, "w") as out:
-            out.write(base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode() + "\n")
-    text = path.read_text().strip()
-    if not text:
-        # Another worker created the file a moment ago and has not written it yet.
-        raise StateKeyError(f"{path}: empty; retry")
-    return decode_key(text)
 
 
 class Sealer:
     def __init__(self, key: bytes) -> None:
-        self._aead = AESGCM(key)
+        self._box = SecretBox(key)
 
     def seal(self, session_id: str, minted: MintedSession) -> bytes:
         payload = json.dumps(
@@ -85,19 +28,19 @@ class Sealer:
                 "upstream_session_id": minted.upstream_session_id,
             }
         ).encode()
-        nonce = secrets.token_bytes(NONCE_BYTES)
-        return nonce + self._aead.encrypt(nonce, payload, session_id.encode())
+        return self._box.seal(session_id, payload)
+
+    def seal_bytes(self, context: str, payload: bytes) -> bytes:
+        """Any payload, bound to ``context`` (associated data: it opens under that one only)."""
+        return self._box.seal(context, payload)
+
+    def open_bytes(self, context: str, sealed: bytes) -> bytes:
+        """``relay.sealing.SealError`` when it does not open (another key, another context)."""
+        return self._box.open(context, sealed)
 
     def open(self, session_id: str, sealed: bytes) -> MintedSession:
-        if len(sealed) <= NONCE_BYTES:
-            raise SealError("sealed value too short")
-        try:
-            payload = self._aead.decrypt(
-                sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], session_id.encode()
-            )
-        except InvalidTag as exc:
-            raise SealError("sealed value does not open with this key") from exc
-        data = json.loads(payload)
+        """The minted session; ``relay.sealing.SealError`` when it does not open."""
+        data = json.loads(self._box.open(session_id, sealed))
         return MintedSession(
             secret=str(data["secret"]),
             expires_at=int(data["expires_at"]),

@@ -7,6 +7,11 @@ aiortc internals that have changed between minor releases, so aiortc is pinned
 exactly (pyproject.toml) and ``tests/unit/test_aiortc_private.py`` fails loudly when an
 upgrade renames or removes any of them. Read docs/media.md before changing anything.
 
+Importing this module reads none of them, so a release without one still imports: the
+relay checks every name at start (``relay.media.capabilities``) and falls back to aiortc's
+own path for each feature whose names are missing; the process-wide replacements below
+report whether they could be installed instead of raising.
+
 Private names used (aiortc 1.16.0):
 
 * ``RTCRtpReceiver._handle_rtp_packet(packet, arrival_time_ms)``: the per-packet entry
@@ -95,12 +100,13 @@ import aioice
 import aioice.ice
 import aioice.turn
 import aiortc
+import aiortc.rtcrtpreceiver
 import aiortc.rtp
+import pylibsrtp
 from aiortc.rtcdtlstransport import RTCDtlsTransport
-from aiortc.rtcrtpreceiver import RTCRtpReceiver, StreamStatistics
+from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtcrtpsender import RTCRtpSender
 from aiortc.rtp import RtpPacket
-from pylibsrtp import _binding as _srtp_binding
 
 from relay.media.audio_level import compute_audio_level_dbov
 
@@ -154,7 +160,8 @@ def receiver_statistics(receiver: RTCRtpReceiver, ssrc: int, clock_rate: int) ->
     streams: dict[int, Any] = getattr(receiver, _REMOTE_STREAMS)
     stats = streams.get(ssrc)
     if stats is None:
-        stats = streams[ssrc] = StreamStatistics(clock_rate)
+        stream_statistics = aiortc.rtcrtpreceiver.StreamStatistics
+        stats = streams[ssrc] = stream_statistics(clock_rate)
     return stats
 
 
@@ -170,10 +177,12 @@ def disable_retransmission_history(sender: RTCRtpSender) -> None:
 
     aiortc keeps them for NACKs, which it negotiates for video only: for audio they are
     never used. They are, however, long-lived young objects (3 GC-tracked objects per
-    packet, 128 per sender): with 100 sessions about 80,000 of them sit in the youngest
-    GC generation, and each collection of it stalled the event loop for ~30 ms (measured:
-    p99 latency 12-18 ms at 100 sessions; see docs/benchmarks-earlier.md). Without the history a
-    sent packet is freed at once. A NACK for audio, should one arrive, is ignored.
+    packet, 128 per sender), so they pile up in the youngest GC generation in proportion
+    to the sessions, and every collection of that generation scans them all with the
+    event loop stopped: forwarding stalls, and latency's tail grows with the load (the
+    figures: docs/benchmarks.md, "Figures behind the code's choices"). Without the
+    history a sent packet is freed at once. A NACK for audio, should one arrive, is
+    ignored.
     """
     setattr(sender, _RTP_HISTORY, _NoHistory())
 
@@ -188,9 +197,10 @@ def detach_decoder_thread(receiver: RTCRtpReceiver) -> threading.Thread | None:
     for it); the caller joins the returned thread in a worker thread instead.
     """
     thread: threading.Thread | None = getattr(receiver, _DECODER_THREAD, None)
-    if thread is None:
-        return None
-    getattr(receiver, _DECODER_QUEUE).put(None)
+    decoder_queue = getattr(receiver, _DECODER_QUEUE, None)
+    if thread is None or decoder_queue is None:
+        return None  # none started, or an aiortc without these names: it joins its own
+    decoder_queue.put(None)
     setattr(receiver, _DECODER_THREAD, None)
     return thread
 
@@ -380,6 +390,11 @@ class SenderReportState:
         )
 
 
+def _srtp_binding() -> Any:
+    """pylibsrtp's cffi module, looked up when used (never at import)."""
+    return getattr(pylibsrtp, "_binding")  # noqa: B009
+
+
 class SrtpCodec:
     """SRTP protect/unprotect on a pylibsrtp ``Session``'s own libsrtp context.
 
@@ -394,14 +409,15 @@ class SrtpCodec:
     __slots__ = ("_session", "_context", "_cdata", "_buffer", "_length", "_protect", "_unprotect")
 
     def __init__(self, session: Any) -> None:
-        ffi = _srtp_binding.ffi
+        binding = _srtp_binding()
+        ffi = binding.ffi
         self._session = session  # keeps the context alive: pylibsrtp frees it with the session
         self._context = session._srtp[0]
         self._cdata = ffi.new("char[]", _SRTP_BUFFER)
         self._buffer = ffi.buffer(self._cdata)
         self._length = ffi.new("int *")
-        self._protect = _srtp_binding.lib.srtp_protect
-        self._unprotect = _srtp_binding.lib.srtp_unprotect
+        self._protect = binding.lib.srtp_protect
+        self._unprotect = binding.lib.srtp_unprotect
 
     def protect(self, packet: bytes) -> bytes | None:
         n = len(packet)
@@ -459,7 +475,8 @@ def set_statistics_state(stats: Any, state: StatisticsState) -> None:
 def srtp_function_addresses() -> tuple[int, int]:
     """The addresses of ``srtp_protect`` and ``srtp_unprotect`` in the libsrtp pylibsrtp
     loaded (the one every session's context belongs to)."""
-    ffi, lib = _srtp_binding.ffi, _srtp_binding.lib
+    binding = _srtp_binding()
+    ffi, lib = binding.ffi, binding.lib
     return (
         int(ffi.cast("uintptr_t", ffi.addressof(lib, "srtp_protect"))),
         int(ffi.cast("uintptr_t", ffi.addressof(lib, "srtp_unprotect"))),
@@ -468,7 +485,7 @@ def srtp_function_addresses() -> tuple[int, int]:
 
 def srtp_context_address(session: Any) -> int:
     """The address of a pylibsrtp ``Session``'s ``srtp_t`` (valid while the session lives)."""
-    address: int = int(_srtp_binding.ffi.cast("uintptr_t", session._srtp[0]))
+    address: int = int(_srtp_binding().ffi.cast("uintptr_t", session._srtp[0]))
     return address
 
 
@@ -477,7 +494,7 @@ def srtp_library_version() -> str:
     # pylibsrtp does not declare the function; its extension module exports it (libsrtp
     # is linked in statically), and dlopen of an already loaded library is that library.
     try:
-        library = ctypes.CDLL(_srtp_binding.__file__)
+        library = ctypes.CDLL(_srtp_binding().__file__)
         library.srtp_get_version_string.restype = ctypes.c_char_p
         version: bytes = library.srtp_get_version_string()
     except (OSError, AttributeError):
@@ -485,24 +502,30 @@ def srtp_library_version() -> str:
     return version.decode(errors="replace")
 
 
-# aiortc's own version, kept for tests and comparisons.
-AIORTC_AUDIO_LEVEL: Callable[[Any], int] = aiortc.rtp.compute_audio_level_dbov
+# aiortc's own version, kept for tests and comparisons (None: this aiortc has none).
+AIORTC_AUDIO_LEVEL: Callable[[Any], int] | None = getattr(
+    aiortc.rtp, "compute_audio_level_dbov", None
+)
 
 
-def install_fast_audio_level() -> None:
+def install_fast_audio_level() -> bool:
     """Replace aiortc's per-frame audio-level function with a numpy version.
 
     On the decode/re-encode path the sender calls ``aiortc.rtp.compute_audio_level_dbov``
     on the event loop for every frame; aiortc's version loops over every sample in
-    Python (~60-120 µs per frame, about half the CPU of that path). The sender looks it
+    Python, the largest single cost of that path (docs/benchmarks.md, "Figures behind
+    the code's choices"). The sender looks it
     up as a module attribute at call time, so replacing the attribute is enough.
-    Process-wide and idempotent.
+    Process-wide and idempotent. False (nothing replaced) when aiortc has no such function.
     """
+    if not hasattr(aiortc.rtp, "compute_audio_level_dbov"):
+        return False
     aiortc.rtp.compute_audio_level_dbov = compute_audio_level_dbov
+    return True
 
 
 def fast_audio_level_installed() -> bool:
-    return aiortc.rtp.compute_audio_level_dbov is compute_audio_level_dbov
+    return getattr(aiortc.rtp, "compute_audio_level_dbov", None) is compute_audio_level_dbov
 
 
 # The aioice modules that open UDP sockets through ``asyncio.get_running_loop()``.
@@ -514,15 +537,18 @@ def aioice_version() -> str:
     return str(aioice.__version__)
 
 
-def route_aioice_running_loop(get_loop: Callable[[], asyncio.AbstractEventLoop]) -> None:
+def route_aioice_running_loop(get_loop: Callable[[], asyncio.AbstractEventLoop]) -> bool:
     """Make ``asyncio.get_running_loop()`` inside aioice's ice and turn modules call ``get_loop``.
 
     Each module's global ``asyncio`` is replaced by a copy of the real module whose only
     difference is ``get_running_loop`` (no per-call cost for anything else aioice uses).
     ``get_loop`` must return the running loop, or an object that behaves like it: the
     port range returns a wrapper only while a relay peer gathers candidates. Process-wide
-    and idempotent.
+    and idempotent. False (nothing routed) unless every module has its ``asyncio`` global:
+    routing only some of the sockets would leave the others outside the range.
     """
+    if not all(hasattr(module, "asyncio") for module in AIOICE_SOCKET_MODULES):
+        return False
     for module in AIOICE_SOCKET_MODULES:
         current: types.ModuleType = getattr(module, "asyncio")  # noqa: B009
         if not current.__name__.startswith(_SHIM_PREFIX):
@@ -532,38 +558,49 @@ def route_aioice_running_loop(get_loop: Callable[[], asyncio.AbstractEventLoop])
             current = shim
         setattr(current, "get_running_loop", get_loop)  # noqa: B010
         setattr(module, "asyncio", current)  # noqa: B010
+    return True
 
 
 def aioice_running_loop_routed() -> bool:
     return all(
-        getattr(m, "asyncio").__name__.startswith(_SHIM_PREFIX)  # noqa: B009
+        getattr(m, "asyncio", asyncio).__name__.startswith(_SHIM_PREFIX)
         for m in AIOICE_SOCKET_MODULES
     )
 
 
 # aioice's own address lister, kept before any replacement (see the module docstring).
-_original_get_host_addresses: Callable[[bool, bool], list[str]] = aioice.ice.get_host_addresses
+_original_get_host_addresses: Callable[[bool, bool], list[str]] | None = getattr(
+    aioice.ice, "get_host_addresses", None
+)
 
 
 def machine_host_addresses(use_ipv4: bool = True, use_ipv6: bool = True) -> list[str]:
     """What aioice gathers unless told otherwise: every interface address but 127.0.0.1,
-    ::1 and scoped (link-local) IPv6 ones (aiortc's connections ask for both families)."""
+    ::1 and scoped (link-local) IPv6 ones (aiortc's connections ask for both families).
+    Empty when this aioice has no such function."""
+    if _original_get_host_addresses is None:
+        return []
     return _original_get_host_addresses(use_ipv4, use_ipv6)
 
 
-def route_aioice_host_addresses(get_addresses: Callable[[bool, bool], list[str]]) -> None:
+def route_aioice_host_addresses(get_addresses: Callable[[bool, bool], list[str]]) -> bool:
     """Make aioice gather the addresses ``get_addresses(use_ipv4, use_ipv6)`` returns
-    instead of its own list. Process-wide and idempotent."""
+    instead of its own list. Process-wide and idempotent. False (nothing replaced) when
+    aioice has no module-level ``get_host_addresses`` to replace."""
+    if not hasattr(aioice.ice, "get_host_addresses"):
+        return False
     setattr(aioice.ice, "get_host_addresses", get_addresses)  # noqa: B010
+    return True
 
 
 def aioice_host_addresses_routed_to(get_addresses: Callable[[bool, bool], list[str]]) -> bool:
-    return aioice.ice.get_host_addresses is get_addresses
+    return getattr(aioice.ice, "get_host_addresses", None) is get_addresses
 
 
 # aioice's own pacing step, kept before any replacement (see install_prompt_ice_completion).
-_original_check_periodic: Callable[[Any], bool] = aioice.ice.Connection._check_periodic
-_UNSTARTED = (aioice.ice.CandidatePair.State.WAITING, aioice.ice.CandidatePair.State.FROZEN)
+_original_check_periodic: Callable[[Any], bool] | None = getattr(
+    aioice.ice.Connection, "_check_periodic", None
+)
 
 
 def _check_periodic_then_stop_pacing(connection: Any) -> bool:
@@ -578,19 +615,33 @@ def _check_periodic_then_stop_pacing(connection: Any) -> bool:
     apart while other pairs wait; later pairs (a triggered check, a peer-reflexive
     candidate) are started by aioice where they appear, as after the loop's own exit.
     """
+    assert _original_check_periodic is not None  # installed only when it exists
     if not _original_check_periodic(connection):
         return False
+    state = aioice.ice.CandidatePair.State
+    unstarted = (state.WAITING, state.FROZEN)
     # A pair just started is still Waiting until its check task runs: ``task`` tells.
     return connection._remote_candidates_expected() or any(
-        pair.state in _UNSTARTED and pair.task is None for pair in connection._check_list
+        pair.state in unstarted and pair.task is None for pair in connection._check_list
     )
 
 
-def install_prompt_ice_completion() -> None:
+def install_prompt_ice_completion() -> bool:
     """Replace ``aioice.ice.Connection._check_periodic`` (see above). Process-wide and
-    idempotent; ``connect`` looks the method up on each pass."""
-    setattr(aioice.ice.Connection, "_check_periodic", _check_periodic_then_stop_pacing)  # noqa: B010
+    idempotent; ``connect`` looks the method up on each pass. False (aioice's own pacing
+    kept) when aioice lacks a name the replacement uses."""
+    connection = aioice.ice.Connection
+    if (
+        _original_check_periodic is None
+        or not hasattr(connection, "_check_periodic")
+        or not hasattr(connection, "_remote_candidates_expected")
+        or not hasattr(aioice.ice.CandidatePair, "State")
+    ):
+        return False
+    setattr(connection, "_check_periodic", _check_periodic_then_stop_pacing)  # noqa: B010
+    return True
 
 
 def prompt_ice_completion_installed() -> bool:
-    return bool(aioice.ice.Connection._check_periodic is _check_periodic_then_stop_pacing)
+    current = getattr(aioice.ice.Connection, "_check_periodic", None)
+    return current is _check_periodic_then_stop_pacing

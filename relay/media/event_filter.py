@@ -9,7 +9,8 @@ None of that is the page's business, so events to the browser pass through this 
   anything else (tool-call argument streams, MCP events, rate limits, types the relay does
   not know yet) is dropped and counted;
 * **session objects are rebuilt**, not trimmed: only the dotted paths on
-  ``events.browser_session_fields`` (voice, audio formats, turn detection, …) are copied;
+  ``events.browser_session_fields`` (voice, audio formats, turn detection, …) are copied
+  (the last one rebuilt is kept: the relay answers a page's ``session.update`` with it);
 * **items** (in ``conversation.item.*``, ``response.output_item.*`` and ``response.output``)
   go through only when they are user or assistant messages; an event about any other item
   (a function call, its output, a system message) is dropped, and ``response`` objects keep
@@ -23,73 +24,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
-
-# Server event types a page may see (GA names, plus beta names for the legacy dialect).
-DEFAULT_SERVER_EVENTS: tuple[str, ...] = (
-    "error",
-    "session.created",
-    "session.updated",
-    "conversation.created",
-    "conversation.item.created",
-    "conversation.item.added",
-    "conversation.item.done",
-    "conversation.item.retrieved",
-    "conversation.item.truncated",
-    "conversation.item.deleted",
-    "conversation.item.input_audio_transcription.delta",
-    "conversation.item.input_audio_transcription.completed",
-    "conversation.item.input_audio_transcription.failed",
-    "conversation.item.input_audio_transcription.segment",
-    "input_audio_buffer.speech_started",
-    "input_audio_buffer.speech_stopped",
-    "input_audio_buffer.committed",
-    "input_audio_buffer.cleared",
-    "input_audio_buffer.timeout_triggered",
-    "output_audio_buffer.started",
-    "output_audio_buffer.stopped",
-    "output_audio_buffer.cleared",
-    "response.created",
-    "response.done",
-    "response.output_item.added",
-    "response.output_item.done",
-    "response.content_part.added",
-    "response.content_part.done",
-    "response.output_audio_transcript.delta",
-    "response.output_audio_transcript.done",
-    "response.output_text.delta",
-    "response.output_text.done",
-    "response.audio_transcript.delta",
-    "response.audio_transcript.done",
-    "response.text.delta",
-    "response.text.done",
-)
-
-# Session fields a page may see (dotted paths; GA shape first, then the beta names).
-DEFAULT_SESSION_FIELDS: tuple[str, ...] = (
-    "type",
-    "object",
-    "id",
-    "model",
-    "expires_at",
-    "output_modalities",
-    "audio.input.format",
-    "audio.input.turn_detection",
-    "audio.input.noise_reduction",
-    "audio.input.transcription.model",
-    "audio.input.transcription.language",
-    "audio.output.format",
-    "audio.output.voice",
-    "audio.output.speed",
-    "modalities",
-    "voice",
-    "input_audio_format",
-    "output_audio_format",
-    "turn_detection",
-    "input_audio_noise_reduction",
-    "input_audio_transcription.model",
-    "input_audio_transcription.language",
-    "speed",
-)
 
 SESSION_EVENTS = frozenset({"session.created", "session.updated"})
 # Fields of a response object (response.created / response.done) a page may see.
@@ -147,6 +81,9 @@ class ServerEventFilter:
     def __init__(self, event_types: Iterable[str], session_fields: Iterable[str]) -> None:
         self._types = frozenset(event_types)
         self._session_fields = tuple(session_fields)
+        # The effective session as the page may see it (redacted), from the upstream's
+        # latest session.created / session.updated; None until the first one.
+        self.session: dict[str, Any] | None = None
 
     def apply(self, message: str | bytes) -> str | None:
         """The text to send the browser for this upstream message, or None to drop it."""
@@ -163,6 +100,7 @@ class ServerEventFilter:
             return None
         if kind in SESSION_EVENTS:
             event["session"] = redact_session(event.get("session"), self._session_fields)
+            self.session = event["session"]
         if "item" in event and not _is_message(event["item"]):
             return None
         response = event.get("response")

@@ -17,6 +17,11 @@ The relay forwards only what it has checked, and only in the form it checked it:
 4. **Re-serialised.** The caller sends ``serialise(event)`` of the parsed, checked object,
    never the bytes the browser sent.
 
+``session.update`` is never forwarded, whatever the configuration says: the interview
+defines the session. A well-formed one (strict JSON, only ``type``, ``event_id`` and a
+``session`` object) is recognised as ``SessionUpdate``: the relay answers it itself with
+the effective session (relay.media.events), as OpenAI's clients wait for that answer.
+
 Pure logic: no I/O, no aiortc.
 """
 
@@ -34,8 +39,10 @@ Check = Callable[[Any], bool]
 MAX_ID_CHARS = 128
 MAX_TEXT_CHARS = 4096
 MAX_CONTENT_PARTS = 16
-# session.update is refused whatever the configuration says: the relay owns the session.
-ALWAYS_REFUSED = frozenset({"session.update"})
+# session.update is never forwarded whatever the configuration says: the relay owns the
+# session (it answers the event itself: SessionUpdate).
+SESSION_UPDATE = "session.update"
+ALWAYS_REFUSED = frozenset({SESSION_UPDATE})
 
 
 class StrictJsonError(ValueError):
@@ -46,6 +53,14 @@ class StrictJsonError(ValueError):
 class Refusal:
     code: str
     message: str
+    event_id: str | None
+
+
+@dataclass(frozen=True)
+class SessionUpdate:
+    """A well-formed ``session.update``: its content is ignored, it is answered by the relay
+    with the effective session and never forwarded."""
+
     event_id: str | None
 
 
@@ -178,8 +193,9 @@ def _has_lone_surrogate(value: Any) -> bool:
 
 
 # ---------------------------------------------------------------------- checking
-def check_event(text: str, allowed: frozenset[str]) -> dict[str, Any] | Refusal:
-    """The checked event (to re-serialise and send), or why it is refused.
+def check_event(text: str, allowed: frozenset[str]) -> dict[str, Any] | Refusal | SessionUpdate:
+    """The checked event (to re-serialise and send), a ``session.update`` to answer, or why
+    it is refused.
 
     ``text`` is already within the size cap.
     """
@@ -198,12 +214,8 @@ def check_event(text: str, allowed: frozenset[str]) -> dict[str, Any] | Refusal:
     kind = event.get("type")
     if not isinstance(kind, str) or not kind:
         return Refusal("invalid_event", "The 'type' field is missing.", event_id)
-    if kind in ALWAYS_REFUSED:
-        return Refusal(
-            "event_not_allowed",
-            f"'{kind[:64]}' is not allowed: the interview is configured by the server.",
-            event_id,
-        )
+    if kind == SESSION_UPDATE:
+        return _session_update(event, event_id)
     schema = SCHEMAS.get(kind)
     if kind not in allowed or schema is None:
         return Refusal("event_not_allowed", f"'{kind[:64]}' events are not accepted.", event_id)
@@ -228,3 +240,15 @@ def check_event(text: str, allowed: frozenset[str]) -> dict[str, Any] | Refusal:
             event_id,
         )
     return event
+
+
+def _session_update(event: dict[str, Any], event_id: str | None) -> SessionUpdate | Refusal:
+    """Only the envelope is checked: the session it asks for is not applied (nor read)."""
+    for name in event:
+        if name not in ("type", "event_id", "session"):
+            return Refusal(
+                "unknown_parameter", f"'{SESSION_UPDATE}' has no field '{name[:64]}'.", event_id
+            )
+    if "session" in event and not isinstance(event["session"], dict):
+        return Refusal("invalid_value", "'session' must be an object.", event_id)
+    return SessionUpdate(event_id)

@@ -210,6 +210,16 @@ class FastOpusForwarder:
             self._level_in = None
 
     # ------------------------------------------------------------------ lifecycle
+    def continue_from(self, previous: FastOpusForwarder) -> None:
+        """Send on from where ``previous`` stopped: it sent on the same leg (this one
+        replaces it when the browser's leg is resumed), so the outgoing sequence numbers
+        and timestamps continue from its last packet, as after a change of source, and
+        the sender report's counts go on. Call before ``start``. The far end sees one
+        stream with a pause (its SRTP replay window refuses a sequence that goes back)."""
+        self._hi_seq, self._hi_ts = previous._hi_seq, previous._hi_ts
+        self._last_forward_at = previous._last_forward_at
+        self.packets_sent, self.octets_sent = previous.packets_sent, previous.octets_sent
+
     def start(self) -> None:
         self._stats.mode = "passthrough"
         self._stats.fast_path = True

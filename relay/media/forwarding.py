@@ -6,7 +6,8 @@ Two ways, chosen per direction when both legs are negotiated:
   taken from the receiver as it arrives (the raw hook in ``aiortc_private``), and its
   Opus payload goes, still encoded, into the other leg's ``BoundedQueueTrack`` as an
   ``av.Packet``; aiortc's sender packs it into RTP without encoding. No decoder, no
-  jitter buffer, no thread hop: about 0.2 ms added latency.
+  jitter buffer, no thread hop: nothing holds a packet back, so the added latency is the
+  relay's own handling (docs/benchmarks.md).
 * ``DecodedRelay`` (a leg negotiated PCMU/PCMA/G.722): aiortc's normal path decodes
   into frames (its jitter buffer and decoder thread), the frames go into the other
   leg's queue track, and the sender encodes them for its codec.
@@ -175,6 +176,14 @@ class OpusPassthrough:
         self._rtcp_stats: Any = None
         self._clock = time.monotonic
 
+    def continue_from(self, previous: OpusPassthrough) -> None:
+        """Send on from where ``previous`` (this direction's forwarder before the browser's
+        leg was replaced by a resumed one) stopped: the same sender timeline, the first
+        packet of the new source continuing it (call before ``start``)."""
+        self._timeline = previous._timeline
+        # Taken for a source change, which continues the timeline one frame later.
+        self._ssrc = previous._ssrc
+
     def start(self) -> None:
         self._stats.mode = "passthrough"
         aiortc_private.install_rtp_hook(self._receiver, self._on_rtp)
@@ -239,7 +248,11 @@ class OpusPassthrough:
 
 
 class DecodedRelay:
-    """Fallback: aiortc decodes ``receiver``'s audio; frames go into ``sink`` for encoding."""
+    """Fallback: aiortc decodes ``receiver``'s audio; frames go into ``sink`` for encoding.
+
+    With ``count_packets`` False (an aiortc without the receiver hook, relay.media.
+    capabilities) nothing is installed on the receiver: packets take aiortc's path
+    untouched, the counters count decoded frames, and the tap sees nothing."""
 
     def __init__(
         self,
@@ -250,6 +263,9 @@ class DecodedRelay:
         max_backlog: int,
         tap: PacketTap | None = None,
         codec: str = "opus",
+        count_packets: bool = True,
+        bound_backlog: bool = True,
+        fast_audio_level: bool = True,
     ) -> None:
         self._receiver = receiver
         self._tap = tap
@@ -257,20 +273,26 @@ class DecodedRelay:
         self._sink = sink
         self._stats = stats
         self._max_backlog = max_backlog
-        self._original = aiortc_private.original_rtp_handler(receiver)
+        self._count_packets = count_packets
+        self._bound_backlog = bound_backlog
+        self._fast_audio_level = fast_audio_level
+        self._original = aiortc_private.original_rtp_handler(receiver) if count_packets else None
         self._pump: asyncio.Task[None] | None = None
         self._clock = time.monotonic
 
     def start(self) -> None:
         self._stats.mode = "decode"
-        # aiortc's sender measures each frame's audio level on the event loop; its
-        # pure-Python version costs about half of this path's CPU.
-        aiortc_private.install_fast_audio_level()
-        aiortc_private.install_rtp_hook(self._receiver, self._count_then_handle)
+        if self._fast_audio_level:
+            # aiortc's sender measures each frame's audio level on the event loop, in a
+            # pure-Python loop over every sample: this path's largest single cost.
+            aiortc_private.install_fast_audio_level()
+        if self._count_packets:
+            aiortc_private.install_rtp_hook(self._receiver, self._count_then_handle)
         self._pump = spawn(self._run(), name=f"decode-{self._stats.direction}")
 
     async def stop(self) -> None:
-        aiortc_private.remove_rtp_hook(self._receiver)
+        if self._count_packets:
+            aiortc_private.remove_rtp_hook(self._receiver)
         pump, self._pump = self._pump, None
         await cancel_and_wait(pump)
 
@@ -298,10 +320,14 @@ class DecodedRelay:
                     now,
                 )
             )
-        if aiortc_private.decoder_backlog(self._receiver) >= self._max_backlog:
+        if (
+            self._bound_backlog
+            and aiortc_private.decoder_backlog(self._receiver) >= self._max_backlog
+        ):
             # The decoder thread is behind (CPU overload): shed load instead of queueing.
             stats.dropped_decoder_backlog += 1
             return
+        assert self._original is not None
         await self._original(packet, arrival_time_ms)
 
     async def _run(self) -> None:
@@ -311,6 +337,14 @@ class DecodedRelay:
             while True:
                 frame = await track.recv()
                 stats.frames_decoded += 1
+                if not self._count_packets:
+                    # No hook counts packets: a decoded frame stands for one (the idle-media
+                    # timeout reads the last-media clock).
+                    now = self._clock()
+                    stats.packets_in += 1
+                    if stats.first_packet_at is None:
+                        stats.first_packet_at = now
+                    stats.last_packet_at = now
                 self._sink.put(frame)
                 stats.forwarded += 1
         except MediaStreamError:

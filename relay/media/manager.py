@@ -11,10 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
 
-from relay.admission.store import DatabaseUnavailable, SessionState
-from relay.config import IceConfig
+from relay.config import IceConfig, Settings
+from relay.db import DatabaseUnavailable
 from relay.errors import ApiError
 from relay.media import fastloop, udp
 from relay.media.bridge import (
@@ -22,20 +21,25 @@ from relay.media.bridge import (
     BridgeClosed,
     BridgeSettings,
     EndState,
+    ResumeRefused,
+    Seed,
     UpstreamAnswerInvalid,
 )
-from relay.media.ice import announce_public_address, gathered_address_count, uses_udp_turn
+from relay.media.capabilities import MediaCapabilities, log_capabilities, probe
+from relay.media.ice import gathered_address_count, uses_udp_turn
 from relay.media.metrics import MediaMetrics
 from relay.media.peers import IceGatherTimeout
 from relay.media.port_range import NoMediaPorts, port_range
 from relay.media.sdp import InvalidOffer, invalid_offer_error
-from relay.sessions.registry import SessionEntry
-from relay.sessions.service import upstream_api_error
-from relay.tasks import cancel_and_wait, spawn
-from relay.upstream.base import UpstreamError, UpstreamTimeout
-
-if TYPE_CHECKING:
-    from relay.services import Services
+from relay.memory import MemoryKeeper
+from relay.observability.metrics import MetricsRegistry
+from relay.recording.service import RecordingService
+from relay.sessions.continuity import ContinuityKeeper, new_resume_token, token_matches
+from relay.sessions.registry import SessionEntry, SessionRegistry
+from relay.sessions.rows import SessionRows, SessionState
+from relay.sessions.service import SessionService, upstream_api_error
+from relay.tasks import TaskGroup
+from relay.upstream.base import MintedSession, UpstreamClient, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger("relay.media")
 
@@ -53,13 +57,12 @@ class _SessionHooks:
         await self._write_state("connecting")
 
     async def on_active(self, upstream_call_id: str | None) -> None:
-        services = self._manager.services
-        services.registry.set_state(self._entry.session_id, "active")
+        self._manager.registry.set_state(self._entry.session_id, "active")
         await self._write_state("active", upstream_call_id)
 
     async def on_finished(self, state: EndState, reason: str, duration_s: float) -> None:
         try:
-            await self._manager.services.sessions.finish(
+            await self._manager.sessions.finish(
                 self._entry, state=state, reason=reason, duration_s=duration_s
             )
         finally:
@@ -67,12 +70,15 @@ class _SessionHooks:
 
     async def _write_state(self, state: SessionState, upstream_call_id: str | None = None) -> None:
         try:
-            minted = self._entry.minted
-            await self._manager.services.store.set_session_state(
-                self._entry.session_id,
+            entry = self._entry
+            minted = entry.minted
+            await self._manager.session_rows.set_session_state(
+                entry.session_id,
                 state,
                 upstream_call_id=upstream_call_id,
                 upstream_session_id=minted.upstream_session_id if minted else None,
+                resume_token_hash=entry.resume_token_hash,
+                claim_token=entry.claim_token,
             )
         except DatabaseUnavailable as exc:
             # The row catches up at the end (finish); the interview goes on.
@@ -117,16 +123,49 @@ def check_port_range_size(ice: IceConfig, max_sessions: int) -> str | None:
 class BridgeManager:
     """Tracks live bridges; ``drain`` and ``close_all`` end them at shut-down."""
 
-    def __init__(self, services: Services, *, force_decode: bool = False) -> None:
-        self.services = services
-        settings = services.settings
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        sessions: SessionService,
+        registry: SessionRegistry,
+        session_rows: SessionRows,
+        upstream: UpstreamClient,
+        recordings: RecordingService,
+        memory: MemoryKeeper,
+        metrics: MetricsRegistry,
+        force_decode: bool = False,
+        continuity: ContinuityKeeper | None = None,
+    ) -> None:
+        self.sessions = sessions
+        # Writes each interview's progress and transcript (a resume on another member, a
+        # take-over from a dead one); None: not kept (resuming stays on this member).
+        self.continuity = continuity
+        self.registry = registry
+        self.session_rows = session_rows
+        self.upstream = upstream
+        self.recordings = recordings
+        self.memory = memory
+        # Once per start: which aiortc/aioice adaptations this installation allows; every
+        # bridge falls back to aiortc's own path for the others.
+        self.capabilities: MediaCapabilities = probe()
         self.settings = BridgeSettings(
             session=settings.session,
             media=settings.media,
             events=settings.events,
             ice=settings.ice,
+            capabilities=self.capabilities,
         )
-        self.metrics = MediaMetrics(services.metrics)
+        self.metrics = MediaMetrics(metrics)
+        log_capabilities(
+            self.capabilities,
+            port_range_configured=port_range(settings.ice.udp_port_min, settings.ice.udp_port_max)
+            is not None,
+        )
+        for state in self.capabilities.features:
+            self.metrics.capability_available.set(
+                1.0 if state.available else 0.0, feature=state.feature.name
+            )
         too_small = check_port_range_size(settings.ice, settings.limits.global_max_sessions)
         if too_small is not None:
             log.warning("%s", too_small)
@@ -149,36 +188,38 @@ class BridgeManager:
     def forget(self, session_id: str) -> None:
         if self._bridges.pop(session_id, None) is not None:
             self.metrics.bridges_live.set(len(self._bridges))
-            if self.services.memory is not None:
-                self.services.memory.session_ended()
+            self.memory.session_ended()
 
-    async def open(self, entry: SessionEntry, offer_sdp: str, request_id: str) -> Bridge:
+    def issue_resume_token(self, entry: SessionEntry) -> str | None:
+        """A new resume token for ``entry`` (its hash kept on the entry, written to the row
+        with its next state); None when resuming is switched off."""
+        if self.settings.session.reconnect_grace_s <= 0:
+            return None
+        token, token_hash = new_resume_token()
+        entry.resume_token_hash = token_hash
+        return token
+
+    async def open(
+        self, entry: SessionEntry, offer_sdp: str, request_id: str, *, seed: Seed | None = None
+    ) -> Bridge:
         """Bridge a claimed session; return the started bridge (``bridge.answer`` is the SDP).
 
-        Raises ``ApiError``; the session is finished as failed on every error path.
+        ``seed``: a session taken over from a member that died (relay.cluster.resume): its
+        new upstream session is given the conversation so far, its recording continues in
+        part ``entry.part``.
+
+        Raises ``ApiError``; the session is finished as failed on every error path (its
+        slot, row, promised credit and shared lease released, its recorder stopped):
+        by the bridge's teardown once the bridge exists, here before that.
         """
+        charged = seed.charged_s if seed is not None else 0.0
         if entry.minted is None:
-            await self.services.sessions.finish(
-                entry, state="failed", reason="not_minted", duration_s=0.0
+            await self.sessions.finish(
+                entry, state="failed", reason="not_minted", duration_s=charged
             )
             raise ApiError(409, "session_not_ready", "This session is not ready for media.")
         started = time.perf_counter()
-        recordings = self.services.recordings
-        bridge = Bridge(
-            recorder=recordings.begin(entry.session_id) if recordings else None,
-            session_id=entry.session_id,
-            request_id=request_id,
-            settings=self.settings,
-            upstream=self.services.upstream,
-            minted=entry.minted,
-            max_duration_s=entry.max_duration_s,
-            metrics=self.metrics,
-            hooks=_SessionHooks(self, entry),
-            force_decode=self._force_decode,
-        )
-        entry.bridge = bridge
-        self._bridges[entry.session_id] = bridge
-        self.metrics.bridges_live.set(len(self._bridges))
+        bridge = await self._new_bridge(entry, entry.minted, request_id, seed)
         try:
             await bridge.start(offer_sdp)
         except InvalidOffer as exc:
@@ -201,10 +242,99 @@ class BridgeManager:
             raise ApiError(
                 409, "session_closed", f"The session ended during the exchange ({exc.reason})."
             ) from None
-        self.metrics.exchange_s.observe(time.perf_counter() - started)
-        if bridge.answer is not None and self.settings.ice.public_address:
-            bridge.answer = announce_public_address(bridge.answer, self.settings.ice.public_address)
+        # (``start`` tore the bridge down on every failure above, and on any other; its
+        # answer already announces ``ice.public_address``.)
+        try:
+            self.metrics.exchange_s.observe(time.perf_counter() - started)
+        except BaseException:
+            await bridge.close("internal_error", state="failed")
+            raise
         return bridge
+
+    async def _new_bridge(
+        self, entry: SessionEntry, minted: MintedSession, request_id: str, seed: Seed | None
+    ) -> Bridge:
+        """A registered, not yet started bridge for ``entry`` (its teardown owns the
+        session from here); if it cannot be built, the session is finished here."""
+        recorder = None
+        continuity = None
+        # Resumable only if its client was given a resume token (the candidate page is; an
+        # OpenAI-shaped client cannot resume, so its dropped call ends at once).
+        if (
+            self.continuity is not None
+            and self.settings.session.reconnect_grace_s > 0
+            and entry.resume_token_hash is not None
+        ):
+            continuity = self.continuity.session(entry.session_id, entry.claim_token)
+        try:
+            # An interview created with recording off records none of its sessions.
+            recorder = (
+                self.recordings.begin(entry.session_id, part=entry.part)
+                if entry.recording
+                else None
+            )
+            bridge = Bridge(
+                continuity=continuity,
+                resumable=entry.resume_token_hash is not None,
+                seed=seed,
+                recorder=recorder,
+                session_id=entry.session_id,
+                request_id=request_id,
+                settings=self.settings,
+                upstream=self.upstream,
+                minted=minted,
+                max_duration_s=entry.max_duration_s,
+                metrics=self.metrics,
+                hooks=_SessionHooks(self, entry),
+                force_decode=self._force_decode,
+            )
+        except BaseException:
+            log.exception("session %s: could not set up its bridge", entry.session_id)
+            if recorder is not None:
+                recorder.stop(None, None)  # nothing recorded: discarded, row and all
+            await self.sessions.finish(
+                entry,
+                state="failed",
+                reason="internal_error",
+                duration_s=seed.charged_s if seed is not None else 0.0,
+            )
+            raise
+        entry.bridge = bridge
+        self._bridges[entry.session_id] = bridge
+        self.metrics.bridges_live.set(len(self._bridges))
+        return bridge
+
+    async def resume(self, entry: SessionEntry, resume_token: str, offer_sdp: str) -> str:
+        """Resume ``entry``'s bridge on this member with a new browser leg; return the
+        answer SDP (the caller then rotates the token: ``issue_resume_token``).
+
+        Raises ``ApiError``: 409 ``resume_token_invalid`` (not the current token: wrong, or
+        spent by an earlier resume), 409 ``resume_in_progress`` / ``session_not_resumable``,
+        410 ``session_ended`` (it ended meanwhile), 400 ``invalid_offer``, 503
+        ``resume_failed`` (the new leg failed at once; the token is still valid)."""
+        bridge = entry.bridge
+        if bridge is None or bridge.is_closing():
+            raise session_ended_error(bridge.end_reason if bridge is not None else None)
+        if not token_matches(resume_token, entry.resume_token_hash):
+            raise ApiError(
+                409,
+                "resume_token_invalid",
+                "This resume token is not the session's current one (wrong, or already used).",
+            )
+        try:
+            answer = await bridge.resume(offer_sdp)
+        except ResumeRefused as exc:
+            status = 503 if exc.code == "resume_failed" else 409
+            raise ApiError(status, exc.code, exc.message, retryable=status == 503) from None
+        except InvalidOffer as exc:
+            raise invalid_offer_error(exc) from None
+        except IceGatherTimeout as exc:
+            raise ApiError(504, "ice_gather_timeout", str(exc), retryable=True) from None
+        except NoMediaPorts:
+            raise self._no_media_ports() from None
+        except BridgeClosed as exc:
+            raise session_ended_error(exc.reason) from None
+        return answer
 
     def refuse_if_no_media_ports(self) -> None:
         """503 ``no_media_ports`` before a session is claimed when the UDP port range has
@@ -213,8 +343,8 @@ class BridgeManager:
         that exchange the same way, in ``open``."""
         ice = self.settings.ice
         ports = port_range(ice.udp_port_min, ice.udp_port_max)
-        if ports is None:
-            return
+        if ports is None or not self.capabilities.available("port_range"):
+            return  # no range, or one aioice cannot be held to (relay.media.capabilities)
         host = ice.host_addresses[0] if ice.host_addresses else "0.0.0.0"
         if not ports.has_free_ports(host, ports_per_exchange(ice)):
             raise self._no_media_ports()
@@ -234,12 +364,12 @@ class BridgeManager:
         live = self.bridges()
         if live:
             log.info("draining: waiting up to %.0fs for %d bridges", deadline_s, len(live))
-            waits = [spawn(b.wait_closed(), name=f"drain-{b.session_id}") for b in live]
+            waits = TaskGroup("bridge-drain", log=log)
+            ends = [waits.spawn(b.wait_closed(), name=f"drain-{b.session_id}") for b in live]
             try:
-                await asyncio.wait(waits, timeout=max(0.0, deadline_s))
+                await asyncio.wait(ends, timeout=max(0.0, deadline_s))
             finally:
-                for task in waits:
-                    await cancel_and_wait(task)
+                await waits.close()
         await self.close_all()
 
     async def close_all(self, reason: str = SHUTDOWN_REASON) -> None:
@@ -252,3 +382,13 @@ class BridgeManager:
         for result in results:
             if isinstance(result, BaseException):
                 log.error("closing a bridge failed: %s: %s", type(result).__name__, result)
+
+
+def session_ended_error(reason: str | None) -> ApiError:
+    """410 ``session_ended``: there is nothing left to resume (its end reason in details)."""
+    return ApiError(
+        410,
+        "session_ended",
+        "This interview session has ended and cannot be resumed.",
+        details={"end_reason": reason},
+    )

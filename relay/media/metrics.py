@@ -28,6 +28,8 @@ class MediaMetrics:
     """Counters, gauges and summaries of the media bridges (one per registry)."""
 
     def __init__(self, registry: MetricsRegistry) -> None:
+        # For the bridges' task groups (their background tasks' failures are counted there).
+        self.registry = registry
         labels = ["direction"]
         self._counters = {
             key: registry.counter(
@@ -65,6 +67,17 @@ class MediaMetrics:
             "Data-channel events dropped because the other side was not open in time",
             labels,
         )
+        self.events_backlog_dropped = registry.counter(
+            "relay_media_events_backlog_dropped_total",
+            "Data-channel events dropped because the receiving side's channel already held"
+            " events.max_buffered_bytes unsent (its peer not reading), by direction",
+            labels,
+        )
+        self.event_channel_stalls = registry.counter(
+            "relay_media_event_channel_stalls_total",
+            "Times a data channel reached events.max_buffered_bytes unsent, by direction",
+            labels,
+        )
         self.events_filtered = registry.counter(
             "relay_media_events_filtered_total",
             "Upstream server events withheld from the browser by the event filter",
@@ -73,6 +86,16 @@ class MediaMetrics:
             "relay_media_event_floods_total",
             "Browser event channels closed for too many refused events, by action",
             ["action"],
+        )
+        self.browser_lost = registry.counter(
+            "relay_media_browser_legs_lost_total",
+            "Browser legs lost with the interview kept for a resume, by cause",
+            ["cause"],
+        )
+        self.resumes = registry.counter(
+            "relay_media_resumes_total",
+            "Resumed browser legs: resumed (connected again) or failed (an attempt)",
+            ["outcome"],
         )
         self.bridges_live = registry.gauge("relay_media_bridges_live", "Live media bridges")
         self.forwarding_path = registry.gauge(
@@ -97,6 +120,13 @@ class MediaMetrics:
             "relay_media_first_upstream_audio_seconds",
             "From the offer until the first upstream audio packet arrived",
             buckets=SLOW_BUCKETS,
+        )
+        # 1 per feature of relay.media.capabilities that this aiortc/aioice allows, 0 for
+        # one fallen back to aiortc's own path (why: /api/stats media_capabilities).
+        self.capability_available = registry.gauge(
+            "relay_media_capability_available",
+            "1 when the aiortc/aioice adaptation is in use, 0 when fallen back",
+            ["feature"],
         )
         self._published: dict[int, _Published] = {}
 

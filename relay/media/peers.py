@@ -10,6 +10,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from relay.config import IceConfig
 from relay.media import aiortc_private
+from relay.media.capabilities import MediaCapabilities, probe
 from relay.media.ice import Leg, rtc_configuration
 from relay.media.port_range import PortRange, binding_in, port_range
 from relay.tasks import spawn
@@ -23,7 +24,8 @@ PEER_CLOSE_WAIT_S = 5.0
 
 # Every peer this process created and has not garbage-collected (leak checks, stats).
 _peers: weakref.WeakSet[RTCPeerConnection] = weakref.WeakSet()
-# The UDP port range each relay peer binds its sockets in (None: any port).
+# How each relay peer binds its sockets: in its UDP port range (None: any port) and on the
+# relay's own batched transports; absent when aioice cannot be routed (its own binding).
 _port_ranges: weakref.WeakKeyDictionary[RTCPeerConnection, PortRange | None] = (
     weakref.WeakKeyDictionary()
 )
@@ -34,15 +36,25 @@ class IceGatherTimeout(Exception):
 
 
 def new_peer(
-    ice: IceConfig, *, leg: Leg = "browser", session_id: str = "relay"
+    ice: IceConfig,
+    *,
+    leg: Leg = "browser",
+    session_id: str = "relay",
+    capabilities: MediaCapabilities | None = None,
 ) -> RTCPeerConnection:
     """A peer with the configured ICE servers (never aiortc's implicit public STUN) whose
-    sockets bind inside ``ice.udp_port_min..udp_port_max`` (``set_local_description``)."""
-    # ICE ends as soon as its checks are done, not at the next 20 ms pacing tick.
-    aiortc_private.install_prompt_ice_completion()
+    sockets bind inside ``ice.udp_port_min..udp_port_max`` (``set_local_description``).
+
+    ``capabilities`` (checked now when not given) says which of the aioice adaptations
+    this aioice allows; without one, the peer keeps aioice's own behaviour."""
+    caps = capabilities if capabilities is not None else probe()
+    if caps.available("prompt_ice_completion"):
+        # ICE ends as soon as its checks are done, not at the next 20 ms pacing tick.
+        aiortc_private.install_prompt_ice_completion()
     pc = RTCPeerConnection(rtc_configuration(ice, leg=leg, session_id=session_id))
     _peers.add(pc)
-    _port_ranges[pc] = port_range(ice.udp_port_min, ice.udp_port_max)
+    if caps.available("port_range") and caps.available("receive_batching"):
+        _port_ranges[pc] = port_range(ice.udp_port_min, ice.udp_port_max)
     return pc
 
 
@@ -61,7 +73,10 @@ async def set_local_description(
     try:
         async with asyncio.timeout(timeout_s):
             # Gathering (every socket the peer will use) happens inside this call.
-            with binding_in(_port_ranges.get(pc)):
+            if pc in _port_ranges:
+                with binding_in(_port_ranges[pc]):
+                    await pc.setLocalDescription(description)
+            else:  # aioice binds its own sockets (relay.media.capabilities)
                 await pc.setLocalDescription(description)
     except TimeoutError:
         raise IceGatherTimeout(f"ICE gathering took longer than {timeout_s:g}s") from None

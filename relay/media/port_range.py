@@ -234,7 +234,9 @@ def binding_in(ports: PortRange | None) -> Iterator[None]:
 
     If the block fails (no free port, a timeout, a cancellation), every socket bound
     within it is closed, and any bound later by gathering it started is refused."""
-    aiortc_private.route_aioice_running_loop(_loop_for_aioice)
+    if not aiortc_private.route_aioice_running_loop(_loop_for_aioice):
+        # Callers check relay.media.capabilities first; binding anywhere would be silent.
+        raise RuntimeError("aioice's sockets cannot be routed: no port range on this aioice")
     gather = _Gather(ports)
     token = _active.set(gather)
     try:

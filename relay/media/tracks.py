@@ -43,6 +43,14 @@ class BoundedQueueTrack(MediaStreamTrack):
         self.dropped_before_start = 0
         self.max_depth = 0
 
+    def count_on_from(self, previous: BoundedQueueTrack) -> None:
+        """Keep counting where ``previous`` stopped: this queue replaces it for a resumed
+        browser leg (aiortc stops a sender's track when its peer closes), and its counters
+        are published as the direction's running totals."""
+        self.dropped = previous.dropped
+        self.dropped_before_start = previous.dropped_before_start
+        self.max_depth = previous.max_depth
+
     @property
     def depth(self) -> int:
         return len(self._items)

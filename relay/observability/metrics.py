@@ -14,6 +14,10 @@ One ``observe`` call feeds both views of a latency:
 Label values must come from bounded sets: route templates, status codes, error codes from a
 known list (``bounded`` maps anything else to ``other``). Each metric also caps its number of
 label sets (``MAX_SERIES``) as a backstop: a new set beyond the cap is folded into ``other``.
+
+In a worker of ``relay serve --workers N`` (``MetricsRegistry(worker=i)``), ``/metrics``
+covers every worker (``relay.observability.worker_metrics``); the JSON view stays this
+worker's own.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ from prometheus_client import (
 from prometheus_client import (
     Info as PromInfo,
 )
+
+from relay.observability import worker_metrics
 
 # No "<name>_created" series next to every counter and histogram: Prometheus does not need
 # them (it tracks resets itself) and they would double the series count. (Process-wide.)
@@ -154,22 +160,44 @@ class Counter(_Metric):
 
 
 class Gauge(_Metric):
+    """A value now. ``worker``: in a worker of ``--workers N``, exported with a ``worker``
+    label (one series per live worker; the JSON view has no such label)."""
+
     def __init__(
-        self, registry: CollectorRegistry, name: str, help_text: str, labelnames: Sequence[str]
+        self,
+        registry: CollectorRegistry,
+        name: str,
+        help_text: str,
+        labelnames: Sequence[str],
+        worker: str | None = None,
     ) -> None:
         super().__init__(name, labelnames)
-        self._prom = PromGauge(name, help_text, self.labelnames, registry=registry)
+        self._worker = worker
+        extra = (worker_metrics.WORKER_LABEL,) if worker is not None else ()
+        self._prom = PromGauge(
+            name,
+            help_text,
+            self.labelnames + extra,
+            registry=registry,
+            # Used in multiprocess mode only: each live worker's own series.
+            multiprocess_mode=worker_metrics.GAUGE_MODE,
+        )
         self._values: dict[LabelValues, float] = {}
+
+    def _child(self, key: LabelValues) -> Any:
+        if self._worker is not None:
+            return self._prom.labels(*key, self._worker)
+        return self._prom.labels(*key) if key else self._prom
 
     def set(self, value: float, **labels: Any) -> None:
         key = self._key(labels)
-        (self._prom.labels(*key) if key else self._prom).set(value)
+        self._child(key).set(value)
         with self._lock:
             self._values[key] = value
 
     def inc(self, amount: float = 1.0, **labels: Any) -> None:
         key = self._key(labels)
-        (self._prom.labels(*key) if key else self._prom).inc(amount)
+        self._child(key).inc(amount)
         with self._lock:
             self._values[key] = self._values.get(key, 0.0) + amount
 
@@ -293,16 +321,32 @@ def _quantiles_ms(samples: list[float]) -> dict[str, Any]:
 
 class MetricsRegistry:
     """Get-or-create metrics by name over one ``CollectorRegistry`` (one per app instance,
-    so tests stay isolated); process metrics are collected on the same registry."""
+    so tests stay isolated); process metrics are collected on the same registry.
 
-    def __init__(self, *, process_metrics: bool = True) -> None:
+    ``worker``: this process is worker ``worker`` of ``relay serve --workers N``; with the
+    supervisor's ``PROMETHEUS_MULTIPROC_DIR`` set, ``render_prometheus`` covers every worker
+    (``relay.observability.worker_metrics``)."""
+
+    def __init__(self, *, process_metrics: bool = True, worker: int | None = None) -> None:
         # auto_describe off: registering the process collector would otherwise collect it
         # at once, reading /proc on the event loop (our own metrics describe themselves).
         self.registry = CollectorRegistry(auto_describe=False)
-        if process_metrics:
+        self.worker = worker
+        self._multiprocess_dir = (
+            worker_metrics.multiprocess_directory() if worker is not None else None
+        )
+        # The process metrics of every worker come from the scrape registry instead.
+        if process_metrics and self._multiprocess_dir is None:
             ProcessCollector(registry=self.registry)
+        self._build_labels: dict[str, str] = {}
+        self._scrape: CollectorRegistry | None = None
         self._metrics: dict[str, _Metric] = {}
         self._lock = threading.Lock()
+
+    @property
+    def covers_all_workers(self) -> bool:
+        """Whether ``render_prometheus`` reports every worker of the instance."""
+        return self._multiprocess_dir is not None
 
     def _get(self, cls: type[_Metric], name: str, labelnames: Iterable[str], make: Any) -> Any:
         labels = tuple(labelnames)
@@ -321,8 +365,9 @@ class MetricsRegistry:
         return result
 
     def gauge(self, name: str, help_text: str, labelnames: Iterable[str] = ()) -> Gauge:
+        worker = str(self.worker) if self.covers_all_workers else None
         result: Gauge = self._get(
-            Gauge, name, labelnames, lambda ls: Gauge(self.registry, name, help_text, ls)
+            Gauge, name, labelnames, lambda ls: Gauge(self.registry, name, help_text, ls, worker)
         )
         return result
 
@@ -348,12 +393,20 @@ class MetricsRegistry:
     def build_info(self, **labels: str) -> None:
         """``relay_build_info{version=…,…} 1``: which build an instance runs."""
         PromInfo("relay_build", "Relay build", registry=self.registry).info(labels)
+        self._build_labels = dict(labels)
 
     def get(self, name: str) -> _Metric | None:
         return self._metrics.get(name)
 
     def render_prometheus(self) -> bytes:
-        return generate_latest(self.registry)
+        """The text format; blocking (reads /proc, and every worker's files): off the loop."""
+        if self._multiprocess_dir is None:
+            return generate_latest(self.registry)
+        if self._scrape is None:
+            self._scrape = worker_metrics.scrape_registry(
+                self._multiprocess_dir, self._build_labels
+            )
+        return generate_latest(self._scrape)
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:

@@ -12,9 +12,12 @@ A session directory holds ``meta.json`` (ids, clock origin), ``candidate.rlog`` 
 and ``end``, drop counts). Offsets are seconds on the session clock: ``time.monotonic()``
 minus the recorder's origin, taken when the bridge was created.
 
-Any ``OSError`` (disk full, an unwritable directory) fails that recorder only: its files
-are closed, later packets are ignored, and ``on_failed`` runs on the event loop with the
-reason. The interview never notices.
+Any exception while writing (an ``OSError``: disk full, an unwritable directory; or
+anything else: a packet no log can hold, a bug) fails that recorder only, at once and for
+good: its files are closed, its queues emptied, later packets are ignored, the writer
+thread lets go of it, and ``on_failed`` then ``on_closed`` run on the event loop with the
+reason. Nothing is retried (a write that failed for a reason other than the disk would
+fail the same way on every pass). The interview never notices.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from relay.media.tap import TappedPacket
+from relay.private_files import open_private, private_dir, write_private
 from relay.recording import packetlog, transcript
 
 log = logging.getLogger("relay.recording")
@@ -49,6 +53,14 @@ EVENTS = "events.jsonl"
 
 def leg_file(leg: str) -> str:
     return f"{leg}.rlog"
+
+
+def error_name(exc: BaseException) -> str:
+    """``ValueError``, ``struct.error``: the module too unless it is a built-in."""
+    kind = type(exc)
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"
 
 
 class LegTap:
@@ -91,8 +103,12 @@ class SessionRecorder:
         on_failed: Callable[[SessionRecorder], None],
         on_closed: Callable[[SessionRecorder], None],
         loop: asyncio.AbstractEventLoop,
+        part: int = 1,
     ) -> None:
         self.recording_id = recording_id
+        # Which part of the session's recording (a session taken over by another member
+        # continues in part 2, ...).
+        self.part = part
         self.session_id = session_id
         self.directory = directory
         self.instance_id = instance_id
@@ -131,7 +147,8 @@ class SessionRecorder:
             self.events.append(record)
 
     def mark(self, event: str, at: float | None) -> None:
-        """A clock mark (``active``, ``end``) at monotonic time ``at``."""
+        """A clock mark (``active``, ``end``, ``browser_lost``, ``browser_resumed``) at
+        monotonic time ``at``."""
         if at is not None:
             self.events.append({"kind": "clock", "event": event, "offset": at - self.origin})
 
@@ -155,15 +172,16 @@ class SessionRecorder:
         if self.closed:
             return True
         stopping = self.stopping  # read first: whatever was queued before it is written
-        if self.failure is None:
-            try:
-                self._write(now, force_sync=stopping)
-            except OSError as exc:
-                self._fail(f"{type(exc).__name__}: {exc.strerror or exc}")
-        if self.failure is not None:
-            for tap in self.taps.values():
-                tap.queue.clear()
-            self.events.clear()
+        try:
+            self._write(now, force_sync=stopping)
+        except OSError as exc:
+            self.fail(f"{type(exc).__name__}: {exc.strerror or exc}")
+            return True
+        except Exception as exc:
+            # Not the disk: a bug, or a packet the log cannot hold. The traceback matters.
+            log.exception("recording %s: writing failed", self.recording_id)
+            self.fail(f"{error_name(exc)}: {exc}")
+            return True
         if stopping:
             self._close_files()
             self.closed = True
@@ -172,24 +190,26 @@ class SessionRecorder:
         return False
 
     def _open(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        # Readable by the relay's user only (relay.private_files): the recordings directory,
+        # this session's, and every file in them.
+        private_dir(self.directory.parent)
+        private_dir(self.directory)
         meta = {
             "recording_id": self.recording_id,
             "session_id": self.session_id,
             "instance_id": self.instance_id,
             "format": self.audio_format,
+            "part": self.part,
             "created_at": datetime.fromtimestamp(self.origin_wall, UTC).isoformat(),
             "origin_wall": self.origin_wall,
         }
-        tmp = self.directory / (META + ".tmp")
-        tmp.write_text(json.dumps(meta), encoding="utf-8")
-        tmp.replace(self.directory / META)
+        write_private(self.directory / META, json.dumps(meta))
         for leg in LEGS:
-            f = open(self.directory / leg_file(leg), "ab")  # noqa: SIM115 (kept open)
+            f = open_private(self.directory / leg_file(leg), "ab")
             if f.tell() == 0:
                 f.write(packetlog.MAGIC)
             self._files[leg] = f
-        self._files["events"] = open(self.directory / EVENTS, "ab")  # noqa: SIM115
+        self._files["events"] = open_private(self.directory / EVENTS, "ab")
         self._opened = True
 
     def _write(self, now: float, *, force_sync: bool) -> None:
@@ -242,17 +262,29 @@ class SessionRecorder:
                 os.fdatasync(self._files[name].fileno())
             self._unsynced.clear()
 
-    def _fail(self, reason: str) -> None:
+    def fail(self, reason: str) -> None:
+        """Fail this recorder for good and let go of it (writer thread; see the module
+        docstring). Never raises: it is the last resort of the writer's own error path."""
+        if self.closed:
+            return
         self.failure = reason
         for tap in self.taps.values():
             tap.close()
+            tap.queue.clear()
+        self.events.clear()
         self._close_files()
+        self.closed = True
         log.warning("recording %s failed: %s", self.recording_id, reason)
-        self._loop.call_soon_threadsafe(self._on_failed, self)
+        try:
+            self._loop.call_soon_threadsafe(self._on_failed, self)
+            self._loop.call_soon_threadsafe(self._on_closed, self)
+        except RuntimeError:  # the loop is closed: nobody is left to tell
+            log.warning("recording %s: failure not reported (event loop closed)", self.recording_id)
 
     def _close_files(self) -> None:
         for f in self._files.values():
-            with contextlib.suppress(OSError):
+            # A file that cannot be closed (its last flush failed) is given up all the same.
+            with contextlib.suppress(Exception):
                 f.close()
         self._files.clear()
 
@@ -270,6 +302,11 @@ class RecordingWriter:
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="recording-writer", daemon=True)
         self._thread.start()
+
+    @property
+    def recorders(self) -> int:
+        """How many recorders the thread holds (added, not yet closed or failed)."""
+        return len(self._recorders) + len(self._incoming)
 
     def add(self, recorder: SessionRecorder) -> None:
         # No wake-up: Event.set takes a lock the writer may hold; it polls soon enough.
@@ -291,10 +328,14 @@ class RecordingWriter:
             done: list[SessionRecorder] = []
             for recorder in self._recorders:
                 try:
-                    if recorder.write_pending(time.monotonic()):
-                        done.append(recorder)
-                except Exception:  # one recorder's bug must not stop the others
+                    finished = recorder.write_pending(time.monotonic())
+                except Exception as exc:  # one recorder's bug must not stop the others
                     log.exception("recording %s: writer error", recorder.recording_id)
+                    # Failed and let go of, never retried on the next pass.
+                    recorder.fail(f"{error_name(exc)}: {exc}")
+                    finished = True
+                if finished:
+                    done.append(recorder)
             if done:
                 self._recorders = [r for r in self._recorders if r not in done]
             if stop:

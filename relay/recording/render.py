@@ -24,6 +24,7 @@ from typing import Any
 import av
 import numpy as np
 
+from relay.private_files import create_private, open_private, write_private
 from relay.recording import packetlog, transcript
 from relay.recording.recorder import EVENTS, LEGS, META, leg_file
 
@@ -38,8 +39,9 @@ OPUS_BITRATE = 64000
 # the default "audio" mode; an interview is two voices).
 OPUS_OPTIONS = {"application": "voip"}
 # Samples handed to the encoder at a time: PyAV cuts them into 20 ms Opus frames itself
-# (the same packets), one Python round trip per second instead of per 20 ms frame:
-# measured 22 % less CPU for the same file.
+# (the same packets), one Python round trip per second instead of per 20 ms frame, and
+# the round trips were a large part of the render's CPU (docs/benchmarks.md, "Figures
+# behind the code's choices").
 ENCODE_CHUNK = 50 * FRAME
 AUDIO_NAMES = {"ogg": "recording.ogg", "wav": "recording.wav"}
 TRANSCRIPT = "transcript.jsonl"
@@ -191,7 +193,7 @@ def _coverage(
 
 
 def _write_wav(path: Path, pcm: np.ndarray, total: int) -> None:
-    with wave.open(str(path), "wb") as w:
+    with wave.open(str(create_private(path)), "wb") as w:
         w.setnchannels(2)
         w.setsampwidth(2)
         w.setframerate(RATE)
@@ -201,7 +203,7 @@ def _write_wav(path: Path, pcm: np.ndarray, total: int) -> None:
 
 
 def _write_ogg(path: Path, pcm: np.ndarray, total: int) -> None:
-    out = av.open(str(path), "w", format="ogg")
+    out = av.open(str(create_private(path)), "w", format="ogg")
     try:
         stream = out.add_stream("libopus", rate=RATE, layout="stereo")
         stream.bit_rate = OPUS_BITRATE
@@ -231,11 +233,18 @@ def render(directory: str, audio_format: str, location: str, recovered: bool) ->
     events = _read_events(root)
     active = end = None
     dropped = dict.fromkeys(LEGS, 0)
+    # (lost, resumed) offsets of the browser leg's absences (resumed None: never came back)
+    away: list[list[float | None]] = []
     for item in events:
         if item.get("kind") == "clock" and item.get("event") == "active":
             active = float(item["offset"])
         elif item.get("kind") == "clock" and item.get("event") == "end":
             end = float(item["offset"])
+        elif item.get("kind") == "clock" and item.get("event") == "browser_lost":
+            away.append([float(item["offset"]), None])
+        elif item.get("kind") == "clock" and item.get("event") == "browser_resumed":
+            if away and away[-1][1] is None:
+                away[-1][1] = float(item["offset"])
         elif item.get("kind") == "dropped":
             dropped.update({k: int(v) for k, v in item["dropped"].items() if k in dropped})
     records = {}
@@ -251,7 +260,7 @@ def render(directory: str, audio_format: str, location: str, recovered: bool) ->
     total = max(0, int(round((end - start) * RATE)))
     # Disk-backed: an hour of stereo 16-bit is 690 MB, more than a worker should hold.
     scratch = root / SCRATCH
-    pcm = np.memmap(scratch, dtype=np.int16, mode="w+", shape=(max(total, 1), 2))
+    pcm = np.memmap(create_private(scratch), dtype=np.int16, mode="w+", shape=(max(total, 1), 2))
     legs: dict[str, LegAudio] = {}
     gaps: dict[str, dict[str, float]] = {}
     durations: dict[str, float] = {}
@@ -276,7 +285,7 @@ def render(directory: str, audio_format: str, location: str, recovered: bool) ->
         # Unlinking a mapped file is fine on POSIX; the mapping goes with the worker's GC.
         scratch.unlink(missing_ok=True)
     lines = transcript.build_lines([e for e in events if e.get("kind") == "transcript"], start, end)
-    with open(root / TRANSCRIPT, "w", encoding="utf-8") as f:
+    with open_private(root / TRANSCRIPT, "w") as f:
         for line in lines:
             f.write(json.dumps(line, ensure_ascii=False) + "\n")
     files = []
@@ -287,6 +296,8 @@ def render(directory: str, audio_format: str, location: str, recovered: bool) ->
     manifest: dict[str, Any] = {
         "recording_id": meta["recording_id"],
         "session_id": meta["session_id"],
+        # A session taken over by another member is recorded in parts (1, 2, ...).
+        "part": int(meta.get("part", 1)),
         "created_at": meta.get("created_at"),
         "format": audio_format,
         "sample_rate": RATE,
@@ -297,12 +308,36 @@ def render(directory: str, audio_format: str, location: str, recovered: bool) ->
         "packets_recorded": {leg: legs[leg].packets for leg in LEGS},
         "ssrcs": {leg: legs[leg].ssrcs for leg in LEGS},
         "gaps_filled": gaps,
+        # The browser's leg away and resumed (docs/operations.md, "Continuity"): silence
+        # in the file, not charged to the candidate.
+        "disconnections": _disconnections(away, start, end),
         "packets_dropped": dropped,
         "transcript_lines": len(lines),
         "storage": location,
         "recovered_after_crash": recovered,
     }
-    tmp = root / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    tmp.replace(root / MANIFEST)
+    write_private(root / MANIFEST, json.dumps(manifest, indent=2))
     return manifest
+
+
+def _disconnections(
+    away: list[list[float | None]], start: float, end: float
+) -> list[dict[str, Any]]:
+    """Each absence of the browser's leg: from its loss to its resume (or the end), in
+    seconds from the start of the file."""
+    span = max(0.0, end - start)
+    out: list[dict[str, Any]] = []
+    for lost, resumed in away:
+        assert lost is not None
+        back = end if resumed is None else resumed
+        begin_s = round(min(span, max(0.0, lost - start)), 3)
+        end_s = round(min(span, max(0.0, back - start)), 3)
+        out.append(
+            {
+                "start_s": begin_s,
+                "end_s": end_s,
+                "duration_s": round(end_s - begin_s, 3),
+                "resumed": resumed is not None,
+            }
+        )
+    return out

@@ -1,7 +1,12 @@
 """The ``recordings`` table (migration 003) and the recording columns of a session row.
 
-Statements go through ``Store._run`` (pooled connection, per-query timeout, retries on
+Statements go through ``Store.run`` (pooled connection, per-query timeout, retries on
 connection errors) like every other query of the relay.
+
+A recording that becomes ``ready`` or ``failed`` writes its webhook event
+(``recording.ready`` / ``recording.failed``, relay.webhooks.outbox) in the transaction that
+sets the status, once per change of status (a retried statement, or a status set again,
+writes none).
 """
 
 from __future__ import annotations
@@ -12,12 +17,17 @@ from typing import Any
 
 import asyncpg
 
-from relay.admission.store import Store
+from relay.db import Store
+from relay.webhooks.outbox import enqueue
 
 STATUSES = ("recording", "rendering", "ready", "failed", "deleted")
 _COLUMNS = """r.id, r.session_id, r.status, r.status_reason, r.format, r.storage, r.location,
     r.relay_instance, r.files, r.duration_seconds, r.bytes, r.sha256, r.manifest, r.recovered,
-    r.created_at, r.updated_at, r.finished_at, r.deleted_at"""
+    r.created_at, r.updated_at, r.finished_at, r.deleted_at, r.part,
+    s.interview_id, s.user_id, u.email AS candidate_email"""
+# Every recording with its session and candidate (who, and for which interview).
+_FROM = """recordings r JOIN interview_sessions s ON s.id = r.session_id
+    JOIN users u ON u.id = s.user_id"""
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -34,6 +44,9 @@ def to_json(row: asyncpg.Record) -> dict[str, Any]:
     return {
         "id": row["id"],
         "session_id": row["session_id"],
+        "interview_id": row["interview_id"],
+        "user_id": row["user_id"],
+        "candidate_email": row["candidate_email"],
         "status": row["status"],
         "status_reason": row["status_reason"],
         "format": row["format"],
@@ -47,10 +60,56 @@ def to_json(row: asyncpg.Record) -> dict[str, Any]:
         "packets_recorded": manifest.get("packets_recorded"),
         "packets_dropped": manifest.get("packets_dropped"),
         "gaps_filled": manifest.get("gaps_filled"),
+        # Continuity: which part of the session (a member took it over: 2, ...), and the
+        # browser's absences kept as silence.
+        "part": row["part"],
+        "disconnections": manifest.get("disconnections"),
         "created_at": _iso(row["created_at"]),
         "finished_at": _iso(row["finished_at"]),
         "deleted_at": _iso(row["deleted_at"]),
     }
+
+
+async def _enqueue_outcome(
+    conn: asyncpg.Connection,
+    recording_id: str,
+    session_id: str,
+    interview_id: str | None,
+    status: str,
+    reason: str | None,
+    duration_s: float | None,
+) -> None:
+    """``recording.ready`` / ``recording.failed``, in the transaction of the status change
+    (relay.webhooks.outbox): the event exists if and only if the change committed."""
+    if status == "ready":
+        data: dict[str, Any] = {
+            "interview_id": interview_id,
+            "session_id": session_id,
+            "recording_id": recording_id,
+            "duration_s": duration_s,
+            "audio_url": f"/api/recordings/{recording_id}/audio",
+            "transcript_url": f"/api/recordings/{recording_id}/transcript",
+        }
+        await enqueue(conn, "recording.ready", interview_id=interview_id, data=data)
+    else:
+        data = {
+            "interview_id": interview_id,
+            "session_id": session_id,
+            "recording_id": recording_id,
+            "reason": reason,
+        }
+        await enqueue(conn, "recording.failed", interview_id=interview_id, data=data)
+
+
+def _filters(first: int) -> str:
+    """The list's filters as SQL, their parameters numbered from ``$first``: interview id,
+    user id, candidate e-mail, created since, created until."""
+    n = [f"${first + i}" for i in range(5)]
+    return f"""({n[0]}::text IS NULL OR s.interview_id = {n[0]})
+        AND ({n[1]}::bigint IS NULL OR s.user_id = {n[1]})
+        AND ({n[2]}::text IS NULL OR u.email = {n[2]})
+        AND ({n[3]}::timestamptz IS NULL OR r.created_at >= {n[3]})
+        AND ({n[4]}::timestamptz IS NULL OR r.created_at < {n[4]})"""
 
 
 class RecordingRows:
@@ -67,14 +126,15 @@ class RecordingRows:
         location: str,
         relay_instance: str,
         recovered: bool = False,
+        part: int = 1,
     ) -> None:
         async def op(conn: asyncpg.Connection) -> None:
             async with conn.transaction():
                 await conn.execute(
                     """INSERT INTO recordings
                            (id, session_id, status, format, storage, location, relay_instance,
-                            recovered)
-                       VALUES ($1, $2, 'recording', $3, $4, $5, $6, $7)
+                            recovered, part)
+                       VALUES ($1, $2, 'recording', $3, $4, $5, $6, $7, $8)
                        ON CONFLICT (id) DO NOTHING""",
                     recording_id,
                     session_id,
@@ -83,13 +143,14 @@ class RecordingRows:
                     location,
                     relay_instance,
                     recovered,
+                    part,
                 )
                 await conn.execute(
                     "UPDATE interview_sessions SET recording_status = 'recording' WHERE id = $1",
                     session_id,
                 )
 
-        await self._store._run("recording_create", op)
+        await self._store.run("recording_create", op)
 
     async def set_status(
         self,
@@ -110,7 +171,10 @@ class RecordingRows:
 
         async def op(conn: asyncpg.Connection) -> None:
             async with conn.transaction():
-                session_id = await conn.fetchval(
+                before = await conn.fetchval(
+                    "SELECT status FROM recordings WHERE id = $1 FOR UPDATE", recording_id
+                )
+                changed = await conn.fetchrow(
                     """UPDATE recordings SET
                            status = $2, status_reason = $3,
                            manifest = COALESCE($4::jsonb, manifest),
@@ -125,7 +189,7 @@ class RecordingRows:
                                               THEN now() ELSE finished_at END,
                            deleted_at = CASE WHEN $2 = 'deleted' THEN now() ELSE deleted_at END
                        WHERE id = $1
-                       RETURNING session_id""",
+                       RETURNING session_id, duration_seconds""",
                     recording_id,
                     status,
                     reason,
@@ -137,15 +201,30 @@ class RecordingRows:
                     location,
                     recovered,
                 )
-                if session_id is not None:
-                    note = session_note or (f"{status}: {reason}" if reason else status)
-                    await conn.execute(
-                        "UPDATE interview_sessions SET recording_status = $2 WHERE id = $1",
+                if changed is None:
+                    return
+                session_id = changed["session_id"]
+                note = session_note or (f"{status}: {reason}" if reason else status)
+                interview_id = await conn.fetchval(
+                    """UPDATE interview_sessions SET recording_status = $2 WHERE id = $1
+                       RETURNING interview_id""",
+                    session_id,
+                    note[:500],
+                )
+                # Only a real change of outcome: a retried statement (its first attempt
+                # committed) writes no second event.
+                if status != before and status in ("ready", "failed"):
+                    await _enqueue_outcome(
+                        conn,
+                        recording_id,
                         session_id,
-                        note[:500],
+                        interview_id,
+                        status,
+                        reason,
+                        changed["duration_seconds"],
                     )
 
-        await self._store._run("recording_status", op)
+        await self._store.run("recording_status", op)
 
     async def discard(self, recording_id: str) -> None:
         """Forget a recording that holds no audio at all (the session never carried any)."""
@@ -161,34 +240,54 @@ class RecordingRows:
                         session_id,
                     )
 
-        await self._store._run("recording_discard", op)
+        await self._store.run("recording_discard", op)
 
     async def get(self, recording_id: str) -> asyncpg.Record | None:
         async def op(conn: asyncpg.Connection) -> asyncpg.Record | None:
             return await conn.fetchrow(
-                f"SELECT {_COLUMNS} FROM recordings r WHERE r.id = $1", recording_id
+                f"SELECT {_COLUMNS} FROM {_FROM} WHERE r.id = $1", recording_id
             )
 
-        return await self._store._run("recording_get", op)
+        return await self._store.run("recording_get", op)
 
-    async def page(self, *, limit: int, offset: int) -> tuple[list[asyncpg.Record], int]:
+    async def page(
+        self,
+        *,
+        limit: int,
+        offset: int = 0,
+        after: tuple[datetime, str] | None = None,
+        interview_id: str | None = None,
+        user_id: int | None = None,
+        email: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> tuple[list[asyncpg.Record], int]:
+        """Newest first, filtered; ``after`` (a cursor's position) or ``offset`` pages.
+        Returns the rows and how many match the filters."""
+        args = (interview_id, user_id, email, since, until)
+
         async def op(conn: asyncpg.Connection) -> tuple[list[asyncpg.Record], int]:
             rows = await conn.fetch(
-                f"""SELECT {_COLUMNS} FROM recordings r
+                f"""SELECT {_COLUMNS} FROM {_FROM}
+                    WHERE {_filters(3)}
+                      AND ($8::timestamptz IS NULL OR (r.created_at, r.id) < ($8, $9))
                     ORDER BY r.created_at DESC, r.id DESC LIMIT $1 OFFSET $2""",
                 limit,
                 offset,
+                *args,
+                after[0] if after else None,
+                after[1] if after else None,
             )
-            total = await conn.fetchval("SELECT count(*) FROM recordings")
+            total = await conn.fetchval(f"SELECT count(*) FROM {_FROM} WHERE {_filters(1)}", *args)
             return list(rows), int(total)
 
-        return await self._store._run("recording_page", op)
+        return await self._store.run("recording_page", op)
 
     async def expired(self, older_than: datetime, limit: int = 100) -> list[asyncpg.Record]:
         async def op(conn: asyncpg.Connection) -> list[asyncpg.Record]:
             return list(
                 await conn.fetch(
-                    f"""SELECT {_COLUMNS} FROM recordings r
+                    f"""SELECT {_COLUMNS} FROM {_FROM}
                         WHERE r.status <> 'deleted' AND r.created_at < $1
                         ORDER BY r.created_at LIMIT $2""",
                     older_than,
@@ -196,7 +295,7 @@ class RecordingRows:
                 )
             )
 
-        return await self._store._run("recording_expired", op)
+        return await self._store.run("recording_expired", op)
 
     async def upload_pending(self, relay_instance: str) -> list[asyncpg.Record]:
         """Failed S3 uploads of this instance whose local files were kept for a retry."""
@@ -204,7 +303,7 @@ class RecordingRows:
         async def op(conn: asyncpg.Connection) -> list[asyncpg.Record]:
             return list(
                 await conn.fetch(
-                    f"""SELECT {_COLUMNS} FROM recordings r
+                    f"""SELECT {_COLUMNS} FROM {_FROM}
                         WHERE r.status = 'failed' AND r.storage = 's3'
                           AND r.relay_instance = $1 AND r.status_reason LIKE 'upload%'
                         ORDER BY r.created_at LIMIT 20""",
@@ -212,7 +311,7 @@ class RecordingRows:
                 )
             )
 
-        return await self._store._run("recording_upload_pending", op)
+        return await self._store.run("recording_upload_pending", op)
 
     async def summary(self) -> dict[str, Any]:
         async def op(conn: asyncpg.Connection) -> dict[str, Any]:
@@ -234,7 +333,7 @@ class RecordingRows:
                 ],
             }
 
-        return await self._store._run("recording_summary", op)
+        return await self._store.run("recording_summary", op)
 
     async def note_consent(self, session_id: str, shown: bool) -> None:
         async def op(conn: asyncpg.Connection) -> None:
@@ -244,4 +343,4 @@ class RecordingRows:
                 shown,
             )
 
-        await self._store._run("recording_consent", op)
+        await self._store.run("recording_consent", op)

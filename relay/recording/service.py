@@ -3,11 +3,16 @@
 * ``begin(session_id)`` gives the bridge a ``SessionRecorder`` (nothing blocks: the
   directory is made by the writer thread, the row is inserted by a task).
 * When the recorder's files are closed, finalisation runs in a process pool
-  (``relay.recording.render``), then (``storage = "s3"``) the files are uploaded and the
-  local copy removed; the row goes recording → rendering → ready, or failed with a reason.
+  (``relay.recording.render`` in ``relay.recording.render_pool``'s workers); the rendered
+  files are checked against the manifest and what they were rendered from (the packet
+  logs, the event log) removed (``relay.recording.sources``); then (``storage = "s3"``)
+  the files are uploaded and the local copy removed; the row goes recording → rendering →
+  ready, or failed with a reason.
   A failed upload keeps the local files; a periodic task retries it.
 * At start, directories without a ``manifest.json`` (a relay killed mid-interview, or
-  during rendering) are finalised from what was written, and marked recovered.
+  during rendering) are finalised from what was written, and marked recovered; those
+  rendered but not yet marked ready are checked and stored; ready ones that still hold
+  their sources (finalised by an older version) are checked and lose them.
 * A periodic task deletes recordings older than ``retention_days``.
 
 Nothing here can fail an interview: every error ends up in the row's ``status_reason``.
@@ -19,23 +24,26 @@ import asyncio
 import hashlib
 import json
 import logging
-import multiprocessing
 import secrets
 import shutil
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
-from relay.admission.store import DatabaseUnavailable, Store
 from relay.config import Settings
-from relay.recording import render, rows
+from relay.db import DatabaseUnavailable, Store
+from relay.observability.masking import mask_email
+from relay.observability.metrics import MetricsRegistry
+from relay.private_files import private_dir
+from relay.recording import render, rows, sources
 from relay.recording.recorder import META, RecordingWriter, SessionRecorder
+from relay.recording.render_pool import RenderPool
 from relay.recording.rows import RecordingRows
 from relay.recording.s3 import S3Storage, StorageError
-from relay.tasks import cancel_and_wait, spawn
+from relay.tasks import TaskGroup
 
 log = logging.getLogger("relay.recording")
 
@@ -50,6 +58,24 @@ CONTENT_TYPES = {
     "transcript.jsonl": "application/x-ndjson",
     "manifest.json": "application/json",
 }
+
+
+def _list_rendered(root: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """Directories holding a manifest, with it."""
+    out: list[tuple[Path, dict[str, Any]]] = []
+    if not root.is_dir():
+        return out
+    for child in sorted(root.iterdir()):
+        path = child / render.MANIFEST
+        if not child.is_dir() or not path.is_file():
+            continue
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(manifest, dict) and "recording_id" in manifest and "session_id" in manifest:
+            out.append((child, manifest))
+    return out
 
 
 def _list_unfinished(root: Path) -> list[tuple[Path, dict[str, Any]]]:
@@ -71,8 +97,23 @@ def _list_unfinished(root: Path) -> list[tuple[Path, dict[str, Any]]]:
     return out
 
 
+def part_directory(session_id: str, part: int) -> str:
+    """A recording part's directory under the recordings root: the session id for the
+    first, ``<session id>.part<N>`` after a take-over (members may share the directory)."""
+    return session_id if part <= 1 else f"{session_id}.part{part}"
+
+
+def _masked(item: dict[str, Any]) -> dict[str, Any]:
+    """A recording for /api/stats, which never carries a full e-mail address (the
+    recordings API gives it to API keys)."""
+    email = item.get("candidate_email")
+    return item | {"candidate_email": mask_email(email) if email else email}
+
+
 class RecordingService:
-    def __init__(self, settings: Settings, store: Store, instance_id: str) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, instance_id: str, metrics: MetricsRegistry
+    ) -> None:
         self.config = settings.recording
         self.root = settings.recording_path
         self.instance_id = instance_id
@@ -80,14 +121,22 @@ class RecordingService:
         self._store = store
         self.s3 = S3Storage(self.config) if self.config.storage == "s3" else None
         self._writer: RecordingWriter | None = None
-        self._pool: ProcessPoolExecutor | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._pool = RenderPool(self.config.render_workers)
+        # Two groups, closed at different moments: the periodic housekeeping stops at
+        # once, the work on recordings (rows, finalisation, upload) gets time to finish.
+        self._housekeeping = TaskGroup("recordings-housekeeping", log=log, metrics=metrics)
+        self._tasks = TaskGroup("recordings", log=log, metrics=metrics)
         self._created: dict[str, asyncio.Task[bool]] = {}
         self.live: dict[str, SessionRecorder] = {}
-        self._background: asyncio.Task[None] | None = None
         self._finalising: set[str] = set()
         # Set once close() stops taking work: late callbacks start nothing new.
         self._closing = False
+        self._failures = metrics.counter(
+            "relay_recordings_failed_total",
+            "Recordings failed, by stage: write (the packet logs), render, verify (the "
+            "rendered files against the manifest), upload",
+            ["stage"],
+        )
 
     @property
     def enabled(self) -> bool:
@@ -95,17 +144,22 @@ class RecordingService:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        self._background = spawn(self._run_background(), name="recordings", log=log)
+        self._housekeeping.spawn(self._run_background(), name="recordings")
+
+    @property
+    def writing(self) -> int:
+        """How many recorders the writer thread holds."""
+        return self._writer.recorders if self._writer is not None else 0
 
     @property
     def idle(self) -> bool:
         """No recorder open and nothing being finalised, stored or deleted."""
-        return not self.live and not self._tasks
+        return not self.live and not len(self._tasks)
 
     async def close(self) -> None:
         """Let stopped recorders close and finalisations finish (bounded), then stop the
         writer and the pool. Whatever is left unfinished is recovered at the next start."""
-        await cancel_and_wait(self._background)
+        await self._housekeeping.close()
         # The bridges have stopped their recorders; the writer closes them within a pass.
         deadline = asyncio.get_running_loop().time() + CLOSE_TIMEOUT_S
         while any(r.stopping for r in self.live.values()):
@@ -113,34 +167,28 @@ class RecordingService:
                 break
             await asyncio.sleep(0.05)
         self._closing = True
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=CLOSE_TIMEOUT_S)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.close(grace_s=CLOSE_TIMEOUT_S)
         if self._writer is not None:
             await asyncio.to_thread(self._writer.close)
-        if self._pool is not None:
-            await asyncio.to_thread(self._pool.shutdown, True, cancel_futures=True)
+        # Its workers, and multiprocessing's fork server and resource tracker with them.
+        await asyncio.to_thread(self._pool.close)
         if self.s3 is not None:
             await self.s3.close()
 
-    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
     # ------------------------------------------------------------------ recording
-    def begin(self, session_id: str) -> SessionRecorder | None:
-        """A recorder for a session about to be bridged (None when recording is off)."""
+    def begin(self, session_id: str, *, part: int = 1) -> SessionRecorder | None:
+        """A recorder for a session about to be bridged (None when recording is off).
+
+        ``part`` > 1: the session was taken over from a member that died, and its
+        recording continues in a part of its own (its own row and directory)."""
         if not self.config.enabled:
             return None
         if self._writer is None:
             self._writer = RecordingWriter()
         recording_id = "rec_" + secrets.token_hex(8)
-        directory = self.root / session_id
+        directory = self.root / part_directory(session_id, part)
         recorder = SessionRecorder(
+            part=part,
             recording_id=recording_id,
             session_id=session_id,
             directory=directory,
@@ -152,19 +200,30 @@ class RecordingService:
         )
         self.live[recording_id] = recorder
         self._writer.add(recorder)
-        self._created[recording_id] = self._spawn(
-            self._create_row(recording_id, session_id, self._location(session_id, recording_id)),
-            f"recording-row-{recording_id}",
+        self._created[recording_id] = self._tasks.spawn(
+            self._create_row(
+                recording_id,
+                session_id,
+                self._location(session_id, recording_id, directory),
+                part=part,
+            ),
+            name=f"recording-row-{recording_id}",
         )
         return recorder
 
-    def _location(self, session_id: str, recording_id: str) -> str:
+    def _location(self, session_id: str, recording_id: str, directory: Path) -> str:
         if self.s3 is not None:
             return self.s3.location(session_id, recording_id)
-        return str(self.root / session_id)
+        return str(directory)
 
     async def _create_row(
-        self, recording_id: str, session_id: str, location: str, *, recovered: bool = False
+        self,
+        recording_id: str,
+        session_id: str,
+        location: str,
+        *,
+        recovered: bool = False,
+        part: int = 1,
     ) -> bool:
         try:
             await self.rows.create(
@@ -175,6 +234,7 @@ class RecordingService:
                 location=location,
                 relay_instance=self.instance_id,
                 recovered=recovered,
+                part=part,
             )
             return True
         except (DatabaseUnavailable, asyncpg.PostgresError) as exc:
@@ -193,8 +253,10 @@ class RecordingService:
             log.warning("recording %s: status %s not written (%s)", recording_id, status, exc)
 
     def _on_failed(self, recorder: SessionRecorder) -> None:
+        # The writer has already let go of the recorder and closed its files.
+        self._failures.inc(stage="write")
         reason = f"write failed: {recorder.failure}"
-        self._spawn(self._mark_failed(recorder.recording_id, reason), "recording-failed")
+        self._tasks.spawn(self._mark_failed(recorder.recording_id, reason), name="recording-failed")
 
     async def _mark_failed(self, recording_id: str, reason: str) -> None:
         await self._row_ready(recording_id)
@@ -209,16 +271,16 @@ class RecordingService:
         if not any(recorder.packets_written.values()):
             # The session never carried audio (a refused offer, a leg that never
             # connected): nothing to keep, no row to show.
-            self._spawn(self._discard(recorder), "recording-discard")
+            self._tasks.spawn(self._discard(recorder), name="recording-discard")
             return
-        self._spawn(
+        self._tasks.spawn(
             self._finalise(
                 recorder.recording_id,
                 recorder.session_id,
                 recorder.directory,
                 recovered=False,
             ),
-            f"recording-finalise-{recorder.recording_id}",
+            name=f"recording-finalise-{recorder.recording_id}",
         )
 
     async def _discard(self, recorder: SessionRecorder) -> None:
@@ -232,21 +294,7 @@ class RecordingService:
     # ------------------------------------------------------------------ finalisation
     def _submit(self, fn: Any, *args: Any) -> Future[Any]:
         """Runs in a worker thread (see ``_finalise``)."""
-        if self._closing and self._pool is None:
-            raise RuntimeError("the relay is shutting down")
-        return self._executor().submit(fn, *args)
-
-    def _executor(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            # Not fork: this process runs threads (aiortc, the writer) and a loop. The fork
-            # server is a clean process started once, with the renderer (PyAV, numpy)
-            # imported, so each worker is a cheap fork of it instead of a new interpreter.
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["relay.recording.render"])
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.config.render_workers, mp_context=context
-            )
-        return self._pool
+        return self._pool.submit(fn, *args)
 
     async def _finalise(
         self, recording_id: str, session_id: str, directory: Path, *, recovered: bool
@@ -257,7 +305,7 @@ class RecordingService:
         try:
             await self._row_ready(recording_id)
             await self._status(recording_id, "rendering", recovered=recovered or None)
-            location = self._location(session_id, recording_id)
+            location = self._location(session_id, recording_id, directory)
             try:
                 # Creating the pool and submitting start worker processes (semaphores,
                 # pipes, fork/exec): off the loop.
@@ -272,13 +320,42 @@ class RecordingService:
                 manifest: dict[str, Any] = await asyncio.wrap_future(future)
             except Exception as exc:
                 log.exception("recording %s: finalisation failed", recording_id)
+                self._failures.inc(stage="render")
                 await self._status(
                     recording_id, "failed", reason=f"render failed: {type(exc).__name__}: {exc}"
                 )
                 return
-            await self._store_files(recording_id, session_id, directory, manifest, recovered)
+            await self._complete(recording_id, session_id, directory, manifest, recovered)
         finally:
             self._finalising.discard(recording_id)
+
+    async def _complete(
+        self,
+        recording_id: str,
+        session_id: str,
+        directory: Path,
+        manifest: dict[str, Any],
+        recovered: bool,
+    ) -> None:
+        """A rendered recording: check its files against the manifest, drop what they
+        were rendered from, store them."""
+        problems = await asyncio.to_thread(sources.mismatches, directory, manifest)
+        if problems:
+            log.error(
+                "recording %s: rendered files do not match the manifest: %s", recording_id, problems
+            )
+            self._failures.inc(stage="verify")
+            await self._status(
+                recording_id,
+                "failed",
+                reason=f"verify failed (packet logs kept): {'; '.join(problems)}",
+            )
+            return
+        try:
+            await asyncio.to_thread(sources.remove_sources, directory)
+        except OSError as exc:  # the recording is fine; the next start tries again
+            log.warning("recording %s: packet logs not removed (%s)", recording_id, exc)
+        await self._store_files(recording_id, session_id, directory, manifest, recovered)
 
     async def _store_files(
         self,
@@ -307,6 +384,7 @@ class RecordingService:
                     )
             except StorageError as exc:
                 log.warning("recording %s: %s (local files kept)", recording_id, exc)
+                self._failures.inc(stage="upload")
                 await self._status(
                     recording_id,
                     "failed",
@@ -325,7 +403,7 @@ class RecordingService:
             "ready",
             manifest=manifest,
             files=files,
-            location=self._location(session_id, recording_id),
+            location=self._location(session_id, recording_id, directory),
             session_note=note,
         )
         log.info(
@@ -337,6 +415,14 @@ class RecordingService:
 
     # ------------------------------------------------------------------ background
     async def _run_background(self) -> None:
+        try:
+            # Recordings are the relay user's only; an older version left the directory
+            # (and the files in it) readable by every local user: closing the directory
+            # closes them all (relay.private_files).
+            if self.config.enabled or await asyncio.to_thread(self.root.is_dir):
+                await asyncio.to_thread(private_dir, self.root)
+        except OSError as exc:  # the writer reports an unusable directory per recording
+            log.warning("recordings directory %s: %s", self.root, exc)
         await self._store.wait_schema_ready()
         try:
             await self.recover()
@@ -359,9 +445,9 @@ class RecordingService:
 
     async def recover(self) -> int:
         """Finalise the recordings a previous run of this instance left unfinished."""
+        count = await self._recover_rendered()
         unfinished = await asyncio.to_thread(_list_unfinished, self.root)
         live = {r.recording_id for r in self.live.values()}
-        count = 0
         for directory, meta in unfinished:
             recording_id, session_id = str(meta["recording_id"]), str(meta["session_id"])
             if recording_id in live or meta.get("instance_id") not in (None, self.instance_id):
@@ -371,10 +457,45 @@ class RecordingService:
                 continue  # failed (its reason stays), deleted, or already finished
             log.warning("recording %s: unfinished (relay stopped); finalising", recording_id)
             await self._create_row(
-                recording_id, session_id, self._location(session_id, recording_id), recovered=True
+                recording_id,
+                session_id,
+                self._location(session_id, recording_id, directory),
+                recovered=True,
+                part=int(meta.get("part", 1)),
             )
             await self._finalise(recording_id, session_id, directory, recovered=True)
             count += 1
+        return count
+
+    async def _recover_rendered(self) -> int:
+        """Rendered recordings of this instance not marked ready yet (the relay stopped
+        between rendering and storing) are checked and stored; ready ones still holding
+        their sources lose them once checked. How many were stored."""
+        count = 0
+        for directory, manifest in await asyncio.to_thread(_list_rendered, self.root):
+            recording_id, session_id = str(manifest["recording_id"]), str(manifest["session_id"])
+            if recording_id in self._finalising:
+                continue
+            row = await self.rows.get(recording_id)
+            if row is None or row["relay_instance"] != self.instance_id:
+                continue
+            if row["status"] in ("recording", "rendering"):
+                log.warning(
+                    "recording %s: rendered but not stored (relay stopped); storing", recording_id
+                )
+                recovered = bool(manifest.get("recovered_after_crash"))
+                await self._complete(recording_id, session_id, directory, manifest, recovered)
+                count += 1
+            elif row["status"] == "ready" and await asyncio.to_thread(
+                sources.has_sources, directory
+            ):
+                problems = await asyncio.to_thread(sources.mismatches, directory, manifest)
+                if problems:
+                    log.warning(
+                        "recording %s: sources kept, the files differ: %s", recording_id, problems
+                    )
+                else:
+                    await asyncio.to_thread(sources.remove_sources, directory)
         return count
 
     async def retry_uploads(self) -> int:
@@ -431,17 +552,12 @@ class RecordingService:
             "format": self.config.format,
             "live": len(self.live),
             "finalising": len(self._finalising),
-            "live_failures": [
-                {"id": r.recording_id, "session_id": r.session_id, "reason": r.failure}
-                for r in self.live.values()
-                if r.failure is not None
-            ],
         }
         try:
             out.update(await self.rows.summary())
             # The newest few, for the dashboard's list (player, transcript, delete).
             latest, _ = await self.rows.page(limit=LATEST_IN_STATS, offset=0)
-            out["latest"] = [rows.to_json(r) for r in latest]
+            out["latest"] = [_masked(rows.to_json(r)) for r in latest]
         except (DatabaseUnavailable, asyncpg.PostgresError) as exc:
             out["database"] = f"unavailable: {type(exc).__name__}"
         return out

@@ -51,6 +51,26 @@ class SessionEntry:
     # Why it left the registry ("superseded", "operator_hangup", "expired", ...): a
     # request still creating it reports that reason rather than guessing.
     end_reason: str | None = None
+    # Whether it may hold a lease in the shared limits (relay.cluster.limits): set when
+    # its acquire is sent (an answer lost on the way may still have taken one), so every
+    # failure from then on, a refusal included, releases it. The heartbeat renews only
+    # these, and only leases that exist. A session claimed from another member holds the
+    # lease its creator took.
+    lease: bool = False
+    # Its create returned it to the page: from then on a reloaded page may supersede it.
+    handed_out: bool = False
+    # The claim that moved its row to ``connecting`` on this member (relay.sessions.
+    # shared_state): the row is closed only while it still holds this very claim.
+    claim_token: str | None = field(default=None, repr=False)
+    # SHA-256 of its current resume token (relay.sessions.continuity), once exchanged.
+    resume_token_hash: str | None = field(default=None, repr=False)
+    # 1, or the part a member taking it over from a dead one continues it in.
+    part: int = 1
+    # The interview it belongs to (started with that interview's invite), whose budget it
+    # spends instead of the user's seconds; None: a plain user token's session.
+    interview_id: str | None = None
+    # Record it (false for an interview created with ``recording: false``).
+    recording: bool = True
 
     def elapsed_s(self) -> float:
         return time.monotonic() - self.created_monotonic
@@ -76,6 +96,10 @@ class SessionRegistry:
     def __init__(self, limits: LimitsConfig, metrics: MetricsRegistry) -> None:
         self._limits = limits
         self._sessions: dict[str, SessionEntry] = {}
+        # Sessions whose exchange is claiming them in the database right now: neither
+        # superseded nor expired meanwhile (a claimed session is never superseded, and
+        # a claim in flight may already have landed), nor claimed a second time here.
+        self._claiming: set[str] = set()
         self._live_gauge = metrics.gauge(
             "relay_sessions_live", "Sessions of this instance by state", ["state"]
         )
@@ -113,17 +137,21 @@ class SessionRegistry:
                 retry_after_s=self._limits.retry_after_s,
             )
 
-    def reserved_seconds(self, user_id: int, *, exclude: str | None = None) -> float:
-        """Interview seconds promised to this user's claimed (connecting/active) sessions.
+    def reserved_seconds(
+        self, user_id: int, *, exclude: str | None = None, interview_id: str | None = None
+    ) -> float:
+        """Seconds promised to the claimed (connecting/active) sessions spending the same
+        credit: this interview's (``interview_id``), or this user's own sessions.
 
         Pending sessions promise nothing yet: a page reload must not lock credit away.
         """
         return sum(
             e.max_duration_s
             for e in self._sessions.values()
-            if e.user_id == user_id
-            and e.session_id != exclude
+            if e.session_id != exclude
             and e.state in ("connecting", "active")
+            and e.interview_id == interview_id
+            and (interview_id is not None or e.user_id == user_id)
         )
 
     def supersede_pending(self, user_id: int) -> list[SessionEntry]:
@@ -134,9 +162,10 @@ class SessionRegistry:
         Only as many as the per-user and global caps need, and only when that is enough
         to make room: otherwise nothing is touched and ``reserve`` refuses as before.
         Synchronous, like ``reserve``, so the two happen without another request between.
-        Sessions still being created (not minted yet) are never superseded.
-        The caller closes the returned sessions (reason ``superseded``) without waiting
-        for their rows (see ``SessionService.create``).
+        Sessions still being created (not handed out yet) and sessions an exchange is
+        claiming are never superseded. Removing them here is tentative: the caller closes
+        their rows only if still pending (reason ``superseded``), and a row claimed on
+        another member meanwhile is that member's session (``SessionService.create``).
         """
         mine = [e for e in self._sessions.values() if e.user_id == user_id]
         need = max(
@@ -144,10 +173,17 @@ class SessionRegistry:
             len(mine) - self._limits.per_user_concurrent_sessions + 1,
             len(self._sessions) - self._limits.global_max_sessions + 1,
         )
-        # Only sessions already handed to their page (minted): requests still being created
-        # are not cancelled by each other, so a burst meets the cap (429) instead.
+        # Only sessions already handed to their page: requests still being created are not
+        # cancelled by each other, so a burst meets the cap (429) instead.
         pending = sorted(
-            (e for e in mine if e.state == "pending" and e.bridge is None and e.minted is not None),
+            (
+                e
+                for e in mine
+                if e.state == "pending"
+                and e.bridge is None
+                and e.handed_out
+                and e.session_id not in self._claiming
+            ),
             key=lambda e: e.created_monotonic,
         )
         if need == 0 or need > len(pending):
@@ -170,6 +206,8 @@ class SessionRegistry:
         credit_s: float,
         pending_ttl_s: float,
         email: str = "",
+        interview_id: str | None = None,
+        recording: bool = True,
     ) -> SessionEntry:
         self.check_capacity(user_id)
         entry = SessionEntry(
@@ -181,6 +219,8 @@ class SessionRegistry:
             credit_s=credit_s,
             expires_at=datetime.now(UTC) + timedelta(seconds=pending_ttl_s),
             email=email,
+            interview_id=interview_id,
+            recording=recording,
         )
         self._sessions[entry.session_id] = entry
         self._update_gauge()
@@ -199,10 +239,12 @@ class SessionRegistry:
     def get(self, session_id: str) -> SessionEntry | None:
         return self._sessions.get(session_id)
 
-    def claim_for_exchange(self, session_id: str, user_id: int) -> SessionEntry:
+    def claim_for_exchange(
+        self, session_id: str, user_id: int, interview_id: str | None = None
+    ) -> SessionEntry:
         """pending → connecting, once. 404 for unknown, foreign or expired; 409 if used."""
         entry = self._sessions.get(session_id)
-        if entry is None or entry.user_id != user_id:
+        if entry is None or entry.user_id != user_id or entry.interview_id != interview_id:
             # Someone else's session is reported as unknown: no existence oracle.
             raise ApiError(404, "session_not_found", "No such session for this user.")
         if entry.state != "pending":
@@ -210,13 +252,25 @@ class SessionRegistry:
         if entry.expired:
             raise ApiError(404, "session_expired", "This session expired; create a new one.")
         # Two sessions admitted side by side must not both spend the same credit.
-        available = entry.credit_s - self.reserved_seconds(user_id, exclude=session_id)
+        available = entry.credit_s - self.reserved_seconds(
+            user_id, exclude=session_id, interview_id=entry.interview_id
+        )
         if available < self._limits.min_remaining_seconds:
             raise ApiError(403, "no_credit", "No interview time left beyond your running sessions.")
         entry.max_duration_s = min(entry.max_duration_s, available)
         entry.state = "connecting"
         self._update_gauge()
         return entry
+
+    def begin_claim(self, session_id: str) -> bool:
+        """Mark an exchange's claim of ``session_id`` in flight; False if one already is."""
+        if session_id in self._claiming:
+            return False
+        self._claiming.add(session_id)
+        return True
+
+    def end_claim(self, session_id: str) -> None:
+        self._claiming.discard(session_id)
 
     def set_state(self, session_id: str, state: str) -> None:
         entry = self._sessions.get(session_id)
@@ -230,7 +284,13 @@ class SessionRegistry:
         return entry
 
     def expired_pending(self) -> list[SessionEntry]:
-        return [e for e in self._sessions.values() if e.expired]
+        return [
+            e for e in self._sessions.values() if e.expired and e.session_id not in self._claiming
+        ]
+
+    def leased(self) -> list[tuple[str, int]]:
+        """(session id, user id) of the sessions that may hold a shared lease."""
+        return [(e.session_id, e.user_id) for e in self._sessions.values() if e.lease]
 
     def live(self) -> list[SessionEntry]:
         return list(self._sessions.values())

@@ -3,34 +3,52 @@
 ``create`` runs the policy, reserves a slot, writes the ``interview_sessions`` row and
 mints the upstream session; every failure on the way leaves nothing half-open (the
 slot is released and the row, if written, is closed as failed with the reason).
-``finish`` is the single exit for every session, whoever ends it.
+``claim`` is the exchange's claim, all or nothing: it returns a session this member
+holds, or raises having released whatever the claim took.
+``finish`` is the single exit for every session, whoever ends it. A finish is queued
+before its row is written, so a write that fails in any way (or is cancelled) is
+retried by housekeeping until it lands: credit is always debited eventually.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
-from relay.admission.service import Admission, Caller, database_error
-from relay.admission.store import DatabaseUnavailable, Store, debit_seconds
+from relay.admission.invites import InterviewGrant
+from relay.admission.service import Admission, Caller, check_open, database_error
 from relay.config import Settings, model_for
+from relay.db import DatabaseUnavailable
 from relay.errors import ApiError
 from relay.observability.metrics import MetricsRegistry
 from relay.observability.request_context import bind_session, current_request_id, record_stage
+from relay.sessions.drain import DrainState
+from relay.sessions.finishes import Finish, FinishQueue, finish_record
 from relay.sessions.registry import SessionEntry, SessionRegistry, superseded_error
-from relay.tasks import spawn
-from relay.upstream.base import UpstreamClient, UpstreamError, UpstreamTimeout
+from relay.sessions.rows import SessionRows
+from relay.sessions.shared_state import Claimed, new_claim_token
+from relay.tasks import TaskGroup
+from relay.upstream.base import (
+    SessionOverrides,
+    UpstreamClient,
+    UpstreamError,
+    UpstreamTimeout,
+)
 
 if TYPE_CHECKING:
     from relay.cluster.limits import SharedLimits
     from relay.sessions.shared_state import SharedSessions
 
 log = logging.getLogger("relay.sessions")
+
+# At shut-down, how long closes of superseded sessions already on their way get to land
+# before they are cancelled (their finishes stay queued; relay.sessions.finishes).
+CLOSE_GRACE_S = 10.0
 
 
 def upstream_api_error(exc: UpstreamTimeout | UpstreamError) -> ApiError:
@@ -54,6 +72,15 @@ def upstream_api_error(exc: UpstreamTimeout | UpstreamError) -> ApiError:
     )
 
 
+def interview_overrides(grant: InterviewGrant | None) -> SessionOverrides | None:
+    """The interviewer an interview's session is minted with (None: the configured one)."""
+    if grant is None:
+        return None
+    return SessionOverrides(
+        instructions=grant.instructions, voice=grant.voice, language=grant.language
+    )
+
+
 RECENTLY_ENDED_MAX = 50
 # Superseded session ids remembered (for pending_ttl_s) so that a late exchange of one
 # gets 410 without a database read; bounded, oldest forgotten first.
@@ -71,13 +98,16 @@ class EndedSession:
 
 
 def ended_while_creating_error(reason: str, drain_retry_after_s: int) -> ApiError:
-    """What a create reports when its session was ended before the create returned."""
+    """What a create (or an exchange's claim) reports when its session was ended before
+    it returned."""
     if reason == "superseded":
         return superseded_error()
     if reason == "expired":
         return ApiError(404, "session_expired", "This session expired; create a new one.")
     if reason in ("hangup", "operator_hangup"):
         return ApiError(409, "session_closed", "This session was ended before it started.")
+    if reason == "revoked":
+        return ApiError(403, "user_inactive", "This account is not active.")
     # Shut-down (finish_all) and anything else the relay itself ended it for.
     return ApiError(
         503,
@@ -88,35 +118,13 @@ def ended_while_creating_error(reason: str, drain_retry_after_s: int) -> ApiErro
     )
 
 
-@dataclass(frozen=True)
-class _Finish:
-    session_id: str
-    state: Literal["ended", "failed"]
-    reason: str
-    duration_s: float
-    user_id: int
-    token_hash: str = field(repr=False)
-    # Never claimed here: close the row only if nobody claimed it elsewhere meanwhile.
-    only_if_pending: bool = False
-
-
-def _finish_record(
-    entry: SessionEntry,
-    state: str,
-    reason: str,
-    duration_s: float,
-    *,
-    only_if_pending: bool = False,
-) -> _Finish:
-    return _Finish(
-        session_id=entry.session_id,
-        state="ended" if state == "ended" else "failed",
-        reason=reason,
-        duration_s=duration_s,
-        user_id=entry.user_id,
-        token_hash=entry.token_hash,
-        only_if_pending=only_if_pending,
-    )
+def _interrupted_reason(exc: BaseException) -> str:
+    """The end reason of a session whose exchange failed with ``exc`` before its bridge."""
+    if isinstance(exc, DatabaseUnavailable):
+        return exc.code
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    return "internal_error"
 
 
 class SessionService:
@@ -125,42 +133,47 @@ class SessionService:
         settings: Settings,
         *,
         admission: Admission,
-        store: Store,
+        rows: SessionRows,
         registry: SessionRegistry,
         upstream: UpstreamClient,
         metrics: MetricsRegistry,
         instance_id: str,
-        is_draining: Callable[[], bool],
+        drain: DrainState,
+        shared: SharedSessions | None = None,
+        limits: SharedLimits | None = None,
     ) -> None:
+        """``shared``, ``limits``: the cluster's parts (pending sessions any member can
+        claim, limits shared through Redis); without them, this process only."""
         self._settings = settings
         self._admission = admission
-        self._store = store
+        self._rows = rows
         self._registry = registry
         self._upstream = upstream
         self._instance_id = instance_id
-        self._is_draining = is_draining
+        self._drain = drain
         self._ended = metrics.counter(
             "relay_sessions_ended_total",
             "Sessions ended, by final state and reason",
             ["state", "reason"],
         )
-        self._finish_failures = metrics.counter(
-            "relay_sessions_finish_write_failures_total",
-            "Session rows that could not be closed at once (database unavailable)",
-        )
         # The most recent ends, newest last, for the operator dashboard (bounded).
         self.recently_ended: deque[EndedSession] = deque(maxlen=RECENTLY_ENDED_MAX)
-        # Finishes the database refused; housekeeping retries them until they land, so
-        # credit is always debited eventually.
-        self._unwritten: dict[str, _Finish] = {}
-        # Set by relay.app: pending sessions shared with other members, cluster limits.
-        self.shared: SharedSessions | None = None
-        self.limits: SharedLimits | None = None
+        # Finishes whose row is not written yet (relay.sessions.finishes).
+        self._finishes = FinishQueue(
+            rows,
+            metrics,
+            release_lease=self._release_lease,
+            forget_user=admission.forget,
+            not_superseded=self._forget_superseded,
+        )
+        self.shared = shared
+        self.limits = limits
+        self._tasks = TaskGroup("sessions", log=log, metrics=metrics)
         # session id → (user id, monotonic time to forget it): see SUPERSEDED_REMEMBERED_MAX.
         self._superseded: OrderedDict[str, tuple[int, float]] = OrderedDict()
 
     def refuse_if_draining(self) -> None:
-        if self._is_draining():
+        if self._drain.draining:
             raise ApiError(
                 503,
                 "draining",
@@ -173,46 +186,57 @@ class SessionService:
         self.refuse_if_draining()
         self._admission.check_policy(caller)
         settings = self._settings
-        # Seconds promised to this user's other live sessions are not available again.
-        available = caller.user.remaining_seconds - self._registry.reserved_seconds(caller.user.id)
+        grant = caller.interview
+        interview_id = grant.id if grant is not None else None
+        # Seconds promised to the other live sessions spending the same credit (this
+        # user's, or this interview's) are not available again.
+        available = caller.credit_s - self._registry.reserved_seconds(
+            caller.user.id, interview_id=interview_id
+        )
         if available < settings.limits.min_remaining_seconds:
             raise ApiError(403, "no_credit", "No interview time left beyond your running sessions.")
         # A reloaded page: its earlier, never-exchanged session gives way to this one.
-        # Their rows are closed off this request's path: queued as unwritten finishes
-        # before any await (so housekeeping lands them even if this request is cancelled
-        # or the write fails), written at once by an owned task.
+        # Their rows are closed by an owned task, queued as unwritten finishes before any
+        # await (so housekeeping lands them even if this request is cancelled or the
+        # write fails). Each close is conditional on the row still being pending: one
+        # claimed on another member meanwhile is that member's session, not superseded.
         superseded = self._registry.supersede_pending(caller.user.id)
         for old in superseded:
             self._close_soon(old, state="ended", reason="superseded", duration_s=0.0)
+        closing = None
         if superseded:
             ids = [old.session_id for old in superseded]
-            spawn(self._write_queued(ids), name="close-superseded", log=log)
+            closing = self._tasks.spawn(self._finishes.write_queued(ids), name="close-superseded")
         try:
             entry = self._registry.reserve(
                 user_id=caller.user.id,
                 token_hash=caller.token_hash,
                 request_id=current_request_id(),
                 max_duration_s=min(settings.session.max_duration_s, available),
-                credit_s=caller.user.remaining_seconds,
+                credit_s=caller.credit_s,
                 pending_ttl_s=settings.session.pending_ttl_s,
                 email=caller.user.email,
+                interview_id=interview_id,
+                recording=grant.recording if grant is not None else True,
             )
         except ApiError:
             raise  # cannot happen when superseding made room; their closes are queued
         bind_session(entry.session_id)
         try:
-            for old in superseded:
-                log.info("session %s superseded by %s", old.session_id, entry.session_id)
-                # Their shared leases go first, so the cluster's per-user cap counts this
-                # session instead of them (a lease left by a cancel expires on its own).
-                if self.limits is not None:
-                    await self.limits.release_session(old.session_id, old.user_id)
+            if closing is not None:
+                for old in superseded:
+                    log.info("session %s superseded by %s", old.session_id, entry.session_id)
+                # Their rows first: each closed row gives its shared lease back, so the
+                # cluster's per-user cap counts this session instead of them; a row a
+                # claim took meanwhile keeps its lease, and the cap refuses this one.
+                # Shielded: the closes land even if this request is cancelled.
+                await asyncio.shield(closing)
             await self._check_shared_limits(entry)
         except BaseException:
-            self._registry.release(entry.session_id)
+            await self._release(entry)
             raise
         try:
-            await self._store.create_session(
+            await self._rows.create_session(
                 session_id=entry.session_id,
                 user_id=caller.user.id,
                 request_id=entry.request_id,
@@ -220,6 +244,7 @@ class SessionService:
                 dialect=settings.upstream.dialect,
                 relay_instance=self._instance_id,
                 expires_at=entry.expires_at,
+                interview_id=interview_id,
             )
         except DatabaseUnavailable as exc:
             await self._release(entry)
@@ -233,7 +258,9 @@ class SessionService:
         # The upstream client logs the OPENAI_SESSION_* stage lines itself.
         started = time.perf_counter()
         try:
-            entry.minted = await self._upstream.mint(request_id=entry.request_id)
+            entry.minted = await self._upstream.mint(
+                request_id=entry.request_id, overrides=interview_overrides(grant)
+            )
         except (UpstreamTimeout, UpstreamError) as exc:
             reason = "upstream_timeout" if isinstance(exc, UpstreamTimeout) else "upstream_error"
             await self.finish(entry, state="failed", reason=reason, duration_s=0.0)
@@ -251,9 +278,17 @@ class SessionService:
         if self.shared is not None:
             try:
                 await self.shared.publish(entry)
-            except DatabaseUnavailable as exc:
-                await self.finish(entry, state="failed", reason=exc.code, duration_s=0.0)
-                raise database_error(exc, settings.database.retry_after_s) from exc
+            except BaseException as exc:
+                reason = _interrupted_reason(exc)
+                await self.finish(entry, state="failed", reason=reason, duration_s=0.0)
+                if isinstance(exc, DatabaseUnavailable):
+                    raise database_error(exc, settings.database.retry_after_s) from exc
+                raise
+            if self._registry.get(entry.session_id) is not entry:
+                await self._abandon_ended(entry)  # while its secret was being saved
+        # From here on a reloaded page may supersede it (not before: a burst of requests
+        # meets the cap instead of cancelling each other's sessions).
+        entry.handed_out = True
         return entry
 
     async def _abandon_ended(self, entry: SessionEntry) -> NoReturn:
@@ -262,24 +297,156 @@ class SessionService:
         state = "failed" if entry.state == "failed" else "ended"
         # Its row may have been inserted after the end closed it (the UPDATE found
         # nothing then): close it again, with the same reason; finish_session leaves a
-        # closed row alone.
-        await self._write(_finish_record(entry, state, reason, 0.0))
-        if self.limits is not None:
-            await self.limits.release_session(entry.session_id, entry.user_id)
+        # closed row alone. Nobody else can have claimed it: its id was never handed out.
+        await self._finishes.land(finish_record(entry, state, reason, 0.0))
         raise ended_while_creating_error(reason, self._settings.server.drain_retry_after_s)
 
-    async def claim(self, session_id: str, caller: Caller) -> tuple[SessionEntry, bool]:
-        """The exchange's claim (pending → connecting), once across the cluster: the local
-        entry and whether it was created on another member (adopted here).
+    async def claim(self, session_id: str, caller: Caller) -> SessionEntry:
+        """The exchange's claim (pending → connecting), once across the cluster.
 
-        A session this instance superseded answers 410 from memory first: its row is
-        closed off the request's path, so the database may still say pending.
+        All or nothing: it returns the session held by this member (its registry entry
+        ``connecting``, its row naming this claim, its shared lease renewed here), or
+        raises having released what the claim took. A session this instance superseded
+        answers 410 from memory first: its row is closed off the request's path, so the
+        database may still say pending.
         """
-        if self._was_superseded(session_id, caller.user.id):
+        user_id = caller.user.id
+        if self._was_superseded(session_id, user_id):
             raise superseded_error()
-        if self.shared is None:  # a service without the cluster parts: this process only
-            return self._registry.claim_for_exchange(session_id, caller.user.id), False
-        return await self.shared.claim(session_id, caller)
+        shared = self.shared
+        interview_id = caller.interview.id if caller.interview is not None else None
+        if caller.interview is not None:
+            check_open(caller.interview)
+        if shared is None:  # a service without the cluster parts: this process only
+            return self._registry.claim_for_exchange(session_id, user_id, interview_id)
+        local = self._registry.get(session_id)
+        if local is not None and (local.user_id != user_id or local.interview_id != interview_id):
+            local = None  # someone else's: the row answers 404, as for an unknown id
+        # Synchronous, before the first await: while the claim is in flight its session
+        # is neither superseded nor expired here, nor claimed a second time here.
+        if (local is not None and local.state != "pending") or not self._registry.begin_claim(
+            session_id
+        ):
+            raise ApiError(409, "session_already_exchanged", "This session was already used.")
+        try:
+            return await self._claim(shared, session_id, caller, local)
+        finally:
+            self._registry.end_claim(session_id)
+
+    async def _claim(
+        self,
+        shared: SharedSessions,
+        session_id: str,
+        caller: Caller,
+        local: SessionEntry | None,
+    ) -> SessionEntry:
+        token = new_claim_token()
+        interview_id = caller.interview.id if caller.interview is not None else None
+        try:
+            claimed = await shared.claim_row(session_id, caller.user.id, token, interview_id)
+        except ApiError:
+            raise  # refused by the row: its transaction changed nothing
+        except BaseException as exc:
+            # No answer (retries exhausted, cancelled, ...): the claim may have landed.
+            await self._abandon_claim(session_id, caller, token, local, _interrupted_reason(exc))
+            if isinstance(exc, DatabaseUnavailable):
+                raise database_error(exc, self._settings.database.retry_after_s) from exc
+            raise
+        if local is not None:
+            return await self._take_local(local, token, claimed)
+        return await self._adopt(shared, session_id, caller, token, claimed)
+
+    async def _take_local(self, local: SessionEntry, token: str, claimed: Claimed) -> SessionEntry:
+        """A session created here, claimed here: re-checked, as the claim awaited."""
+        if self._registry.get(local.session_id) is not local:
+            # Ended here while the claim was in flight (hung up, revoked, shut down). That
+            # end's close was conditional on the row being pending and found it claimed:
+            # the claim is undone here, with that end's reason.
+            reason = local.end_reason or "internal_error"
+            state = "failed" if local.state == "failed" else "ended"
+            await self._finishes.land(finish_record(local, state, reason, 0.0, claim_token=token))
+            raise ended_while_creating_error(reason, self._settings.server.drain_retry_after_s)
+        local.max_duration_s = claimed.max_duration_s
+        local.claim_token = token
+        self._registry.set_state(local.session_id, "connecting")
+        return local
+
+    async def _adopt(
+        self,
+        shared: SharedSessions,
+        session_id: str,
+        caller: Caller,
+        token: str,
+        claimed: Claimed,
+    ) -> SessionEntry:
+        """A session created on another member, claimed here: registered, its secret
+        opened (or minted again), re-checked after that await."""
+        entry = self._registry.adopt(
+            SessionEntry(
+                session_id=session_id,
+                user_id=caller.user.id,
+                token_hash=claimed.token_hash,
+                request_id=claimed.request_id,
+                max_duration_s=claimed.max_duration_s,
+                expires_at=claimed.expires_at,
+                credit_s=claimed.credit_s,
+                state="connecting",
+                email=caller.user.email,
+                # The lease its creator took is this member's to renew and release now.
+                lease=True,
+                claim_token=token,
+                interview_id=claimed.interview_id,
+                recording=claimed.recording,
+            )
+        )
+        shared.tell_creator(session_id)
+        try:
+            entry.minted = await shared.minted(session_id, claimed)
+        except BaseException as exc:
+            reason = _interrupted_reason(exc)
+            await self.finish(entry, state="failed", reason=reason, duration_s=0.0)
+            raise
+        if self._registry.get(session_id) is not entry:
+            # Ended while its secret was minted again (revoked, hung up, shut down); that
+            # end closed it (it was this member's claim by then).
+            reason = entry.end_reason or "internal_error"
+            raise ended_while_creating_error(reason, self._settings.server.drain_retry_after_s)
+        log.info("session %s created on %s, claimed here", session_id, claimed.created_by or "?")
+        return entry
+
+    async def _abandon_claim(
+        self,
+        session_id: str,
+        caller: Caller,
+        token: str,
+        local: SessionEntry | None,
+        reason: str,
+    ) -> None:
+        """A claim with no answer: end the session, whether the claim landed or not.
+
+        Its row is closed if still pending or held by this very claim (never if another
+        claim took it); a local entry goes at once; the lease goes if the row was closed
+        here. The page gives up on a failed exchange anyway (it hangs up)."""
+        state = "failed"
+        if local is not None:
+            if self._registry.release(session_id) is local:
+                self._record_end(local, state, reason, 0.0)
+            elif local.end_reason is not None:
+                # Ended here while the claim was in flight: that end's reason.
+                reason = local.end_reason
+                state = "failed" if local.state == "failed" else "ended"
+        log.warning("session %s: the claim got no answer (%s); ending it", session_id, reason)
+        finish = Finish(
+            session_id=session_id,
+            state="ended" if state == "ended" else "failed",
+            reason=reason,
+            duration_s=0.0,
+            user_id=caller.user.id,
+            token_hash=caller.token_hash,
+            claim_token=token,
+            held=False,
+        )
+        await self._finishes.land(finish)
 
     def _was_superseded(self, session_id: str, user_id: int) -> bool:
         """From memory only: an unknown id costs no database read (and no retries in an
@@ -293,6 +460,10 @@ class SessionService:
             del self._superseded[session_id]
             return False
         return owner == user_id
+
+    def _forget_superseded(self, session_id: str) -> None:
+        """A supersede whose close found the row claimed elsewhere: it did not happen."""
+        self._superseded.pop(session_id, None)
 
     def _remember_superseded(self, entry: SessionEntry) -> None:
         now = time.monotonic()
@@ -324,6 +495,10 @@ class SessionService:
                 retryable=True,
                 retry_after_s=wait_seconds(wait),
             )
+        # From here on the session may hold a lease, even if the answer never arrives, so
+        # every failure releases it (a refusal too: nothing is left to chance in Redis),
+        # and the heartbeat renews it (only if it exists).
+        entry.lease = True
         outcome = await self.limits.acquire_session(entry.session_id, entry.user_id)
         if outcome == USER_CAP:
             raise ApiError(
@@ -343,8 +518,9 @@ class SessionService:
             )
 
     async def _release(self, entry: SessionEntry) -> None:
+        """Give back a reservation that never became a session (no row to close)."""
         self._registry.release(entry.session_id)
-        if self.limits is not None:
+        if self.limits is not None and entry.lease:
             await self.limits.release_session(entry.session_id, entry.user_id)
 
     def expires_at(self, entry: SessionEntry) -> datetime:
@@ -360,43 +536,27 @@ class SessionService:
         """Release the slot, close the row and debit credit; idempotent per session."""
         if self._registry.release(entry.session_id) is None:
             return None  # already finished by someone else
-        return await self._close(entry, state=state, reason=reason, duration_s=duration_s)
-
-    async def _close(
-        self, entry: SessionEntry, *, state: str, reason: str, duration_s: float
-    ) -> int | None:
-        """Close a session already taken out of the registry (exactly once per session)."""
-        finish = self._record_end(entry, state, reason, duration_s)
-        remaining = await self._write(finish)
-        if self.limits is not None and (remaining is not None or not finish.only_if_pending):
-            # A never-claimed session that was not closed here was claimed elsewhere: its
-            # shared lease belongs to the claimer now.
-            await self.limits.release_session(entry.session_id, entry.user_id)
-        return remaining
+        # Queued before the write: a write that fails, or is cancelled, still lands later.
+        return await self._finishes.land(self._record_end(entry, state, reason, duration_s))
 
     def _close_soon(
         self, entry: SessionEntry, *, state: str, reason: str, duration_s: float
     ) -> None:
-        """Like ``_close`` without waiting: the row's write is queued as unwritten (for
-        ``_write_queued`` or, failing that, housekeeping's ``retry_unwritten``)."""
-        finish = self._record_end(entry, state, reason, duration_s)
-        self._unwritten[finish.session_id] = finish
+        """Like ``finish`` for an entry already out of the registry, without waiting: the
+        row's write is queued (written by ``FinishQueue.write_queued`` or, failing that,
+        housekeeping's ``retry_unwritten``)."""
+        self._finishes.queue(self._record_end(entry, state, reason, duration_s))
         if reason == "superseded":
             self._remember_superseded(entry)
 
-    async def _write_queued(self, session_ids: list[str]) -> None:
-        for session_id in session_ids:
-            finish = self._unwritten.get(session_id)
-            if finish is not None:
-                await self._write(finish)
-
     def _record_end(
         self, entry: SessionEntry, state: str, reason: str, duration_s: float
-    ) -> _Finish:
+    ) -> Finish:
         """Everything of an end but the row's write (synchronous)."""
         # Never claimed here: another member may claim it meanwhile; close the row only if
         # it is still pending (relay.sessions.shared_state).
         never_claimed = entry.state in ("pending", "superseded") and self.shared is not None
+        claim_token = entry.claim_token
         entry.state = state
         entry.end_reason = reason
         self._ended.inc(state=state, reason=reason)
@@ -411,38 +571,29 @@ class SessionService:
             )
         )
         log.info("session %s %s (%s) after %.1fs", entry.session_id, state, reason, duration_s)
-        return _finish_record(entry, state, reason, duration_s, only_if_pending=never_claimed)
-
-    async def _write(self, finish: _Finish) -> int | None:
-        try:
-            remaining = await self._store.finish_session(
-                finish.session_id,
-                state=finish.state,
-                end_reason=finish.reason,
-                duration_seconds=finish.duration_s,
-                only_if_pending=finish.only_if_pending,
-            )
-        except DatabaseUnavailable:
-            self._finish_failures.inc()
-            log.error(
-                "could not close session %s yet: database unavailable; will retry",
-                finish.session_id,
-            )
-            self._unwritten[finish.session_id] = finish
-            return None
-        self._unwritten.pop(finish.session_id, None)
-        # The user's record changes only by a debit: a session that ended without using
-        # any time (expired, superseded, failed before it started) leaves the cached
-        # record true, and dropping it would send the user's next request to PostgreSQL.
-        if debit_seconds(finish.duration_s) > 0:
-            await self._admission.forget(finish.token_hash)
-        return remaining
+        return finish_record(
+            entry,
+            state,
+            reason,
+            duration_s,
+            only_if_pending=never_claimed,
+            claim_token=claim_token,
+            # A copy of a session another member took over: the lease is that member's.
+            held=not never_claimed and reason != "taken_over",
+        )
 
     async def retry_unwritten(self) -> int:
-        """Write finishes the database refused earlier; return how many are still due."""
-        for finish in list(self._unwritten.values()):
-            await self._write(finish)
-        return len(self._unwritten)
+        """Write the finishes still queued; return how many are still due."""
+        return await self._finishes.retry()
+
+    async def _release_lease(self, session_id: str, user_id: int) -> None:
+        if self.limits is not None:
+            await self.limits.release_session(session_id, user_id)
+
+    async def close(self) -> None:
+        """Let the closes of superseded sessions on their way land (``CLOSE_GRACE_S``), then
+        cancel them."""
+        await self._tasks.close(grace_s=CLOSE_GRACE_S)
 
     async def finish_all(self, reason: str) -> int:
         """Close every session still registered (shut-down, after the bridges closed)."""

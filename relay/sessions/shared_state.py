@@ -9,6 +9,16 @@ row must still be ``pending``, unexpired and the user's, the user must still be 
 the seconds promised to their other running sessions on every member. The member that
 claims becomes the row's ``relay_instance`` and terminates the media.
 
+Each claim writes a token of its own into the row (``claim_token``), generated before
+its first attempt: a retry of a claim whose commit landed but whose reply was lost
+finds its own token and carries on, instead of answering 409 for a session it now
+holds. The token also makes the claim's undoing conditional: a member closes a claimed
+row only while it holds that very claim (``SessionRows.finish_session``). Superseding (a
+reloaded page, relay.sessions.service) is the other conditional update on the row: it
+closes the row only while it is still pending, so of a supersede and a claim racing on
+two members exactly one wins, in the row. The orchestration, with its re-checks of the
+local state after every await, is ``SessionService.claim``.
+
 Why PostgreSQL and not Redis for this: the row is written at creation anyway, the claim
 must be single-use and durable, and a conditional UPDATE is exactly that; a second copy
 in Redis would be a second source of truth to reconcile (and a Redis dump would carry
@@ -18,18 +28,29 @@ the sealed secret for nothing).
 from __future__ import annotations
 
 import logging
+import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
 
-from relay.admission.service import Caller, database_error
-from relay.admission.store import DatabaseUnavailable, Store
-from relay.cluster.sealing import Sealer, SealError
+from relay.admission.invites import OPEN_STATUSES, USED_SECONDS_SQL
+from relay.cluster.bus import publish
+from relay.cluster.sealing import Sealer
 from relay.config import Settings
+from relay.db import DatabaseUnavailable, Store
 from relay.errors import ApiError
-from relay.sessions.registry import SessionEntry, SessionRegistry, superseded_error
-from relay.upstream.base import MintedSession, UpstreamClient, UpstreamError, UpstreamTimeout
+from relay.observability.metrics import MetricsRegistry
+from relay.sealing import SealError
+from relay.sessions.registry import SessionEntry, superseded_error
+from relay.tasks import TaskGroup
+from relay.upstream.base import (
+    MintedSession,
+    SessionOverrides,
+    UpstreamClient,
+    UpstreamError,
+    UpstreamTimeout,
+)
 
 log = logging.getLogger("relay.sessions")
 
@@ -38,14 +59,27 @@ USER_LOCK_NAMESPACE = 0x7E1A_0002
 
 
 @dataclass(frozen=True)
-class _Claimed:
+class Claimed:
+    """What a landed claim read from the row."""
+
     max_duration_s: float
     credit_s: float
-    created_by: str
+    # The member that created the session (None when a retry found its own claim: the
+    # row names this member by then).
+    created_by: str | None
     request_id: str
     expires_at: datetime
     sealed: bytes | None
     token_hash: str
+    # The interview it belongs to, whether it is recorded, and its interviewer (for a
+    # re-mint on a member that cannot open the sealed secret).
+    interview_id: str | None = None
+    recording: bool = True
+    overrides: SessionOverrides | None = None
+
+
+def new_claim_token() -> str:
+    return secrets.token_hex(16)
 
 
 async def save_pending(
@@ -71,33 +105,66 @@ async def save_pending(
     await store.run("save_pending", op)
 
 
-async def _claim_row(
+async def claim_row(
     store: Store,
     session_id: str,
     user_id: int,
+    *,
     instance: str,
+    token: str,
     min_remaining_s: int,
-    retry_after_s: int,
-) -> _Claimed:
-    async def op(conn: asyncpg.Connection) -> _Claimed | ApiError:
+    interview_id: str | None = None,
+) -> Claimed:
+    """Claim the row for this member with ``token``: one transaction, retried by the store.
+
+    Raises ApiError 403/404/409/410 when the row refuses (the transaction changed
+    nothing), DatabaseUnavailable when no attempt answered (one may have landed).
+    ``interview_id``: the claimer's interview (an invite's); a session is claimed only
+    with the credential kind it was created with. An interview's session needs the
+    interview still open, and spends its budget instead of the user's seconds.
+    """
+
+    async def op(conn: asyncpg.Connection) -> Claimed | ApiError:
         async with conn.transaction():
             await conn.execute(
                 "SELECT pg_advisory_xact_lock($1, $2)", USER_LOCK_NAMESPACE, user_id & 0x7FFFFFFF
             )
             row = await conn.fetchrow(
-                """SELECT s.state, s.end_reason, s.expires_at, s.max_duration_s, s.minted_sealed,
-                          s.relay_instance, s.request_id, s.expires_at < now() AS expired,
-                          u.active, u.remaining_seconds, u.token_hash
+                f"""SELECT s.state, s.end_reason, s.expires_at, s.max_duration_s, s.minted_sealed,
+                          s.relay_instance, s.request_id, s.claim_token,
+                          s.expires_at < now() AS expired,
+                          u.active, u.remaining_seconds, u.token_hash,
+                          s.interview_id, i.status AS interview_status,
+                          i.expires_at < now() AS interview_expired, i.recording,
+                          i.instructions, i.voice, i.language,
+                          i.max_duration_s - {USED_SECONDS_SQL} AS interview_left_s
                    FROM interview_sessions s JOIN users u ON u.id = s.user_id
+                        LEFT JOIN interviews i ON i.id = s.interview_id
                    WHERE s.id = $1 AND s.user_id = $2
+                     AND s.interview_id IS NOT DISTINCT FROM $3
                    FOR UPDATE OF s""",
                 session_id,
                 user_id,
+                interview_id,
             )
             if row is None:
                 return ApiError(404, "session_not_found", "No such session for this user.")
+            if row["state"] == "connecting" and row["claim_token"] == token:
+                # An earlier attempt of this very claim committed and its reply was lost.
+                # (A revocation since then reaches this member as for any claimed session.)
+                return _claimed(row, float(row["max_duration_s"]), created_by=None)
             if not row["active"]:
                 return ApiError(403, "user_inactive", "This account is not active.")
+            if row["interview_id"] is not None and (
+                row["interview_status"] not in OPEN_STATUSES or row["interview_expired"]
+            ):
+                status = "expired" if row["interview_expired"] else row["interview_status"]
+                return ApiError(
+                    403,
+                    "interview_closed",
+                    f"This interview is {status}; its link no longer starts a session.",
+                    details={"interview_status": status},
+                )
             if row["state"] != "pending":
                 if row["end_reason"] == "superseded":  # a reloaded page asked for a newer one
                     return superseded_error()
@@ -108,14 +175,27 @@ async def _claim_row(
                 return ApiError(404, "session_expired", "This session expired; create a new one.")
             if row["max_duration_s"] is None:
                 return ApiError(409, "session_not_ready", "This session is not ready for media.")
-            # Seconds promised to this user's running sessions on every member.
-            promised = await conn.fetchval(
-                """SELECT COALESCE(SUM(max_duration_s), 0) FROM interview_sessions
-                   WHERE user_id = $1 AND id <> $2 AND state IN ('connecting', 'active')""",
-                user_id,
-                session_id,
-            )
-            available = float(row["remaining_seconds"]) - float(promised)
+            # Seconds promised to the running sessions spending the same credit on every
+            # member: this interview's, or this user's own.
+            if row["interview_id"] is not None:
+                promised = await conn.fetchval(
+                    """SELECT COALESCE(SUM(max_duration_s), 0) FROM interview_sessions
+                       WHERE interview_id = $1 AND id <> $2
+                         AND state IN ('connecting', 'active')""",
+                    row["interview_id"],
+                    session_id,
+                )
+                credit = float(row["interview_left_s"])
+            else:
+                promised = await conn.fetchval(
+                    """SELECT COALESCE(SUM(max_duration_s), 0) FROM interview_sessions
+                       WHERE user_id = $1 AND id <> $2 AND interview_id IS NULL
+                         AND state IN ('connecting', 'active')""",
+                    user_id,
+                    session_id,
+                )
+                credit = float(row["remaining_seconds"])
+            available = credit - float(promised)
             if available < min_remaining_s:
                 return ApiError(
                     403, "no_credit", "No interview time left beyond your running sessions."
@@ -123,95 +203,100 @@ async def _claim_row(
             max_duration = min(float(row["max_duration_s"]), available)
             await conn.execute(
                 """UPDATE interview_sessions
-                   SET state = 'connecting', relay_instance = $2, max_duration_s = $3
-                   WHERE id = $1""",
+                   SET state = 'connecting', relay_instance = $2, max_duration_s = $3,
+                       claim_token = $4
+                   WHERE id = $1 AND state = 'pending'""",
                 session_id,
                 instance,
                 max_duration,
+                token,
             )
-            return _Claimed(
-                max_duration_s=max_duration,
-                credit_s=float(row["remaining_seconds"]),
-                created_by=row["relay_instance"],
-                request_id=row["request_id"],
-                expires_at=row["expires_at"],
-                sealed=row["minted_sealed"],
-                token_hash=row["token_hash"],
-            )
+            return _claimed(row, max_duration, created_by=row["relay_instance"])
 
-    try:
-        result = await store.run("claim_session", op)
-    except DatabaseUnavailable as exc:
-        raise database_error(exc, retry_after_s) from exc
+    result = await store.run("claim_session", op)
     if isinstance(result, ApiError):
         raise result
     return result
 
 
+def _claimed(row: asyncpg.Record, max_duration_s: float, *, created_by: str | None) -> Claimed:
+    interview = row["interview_id"] is not None
+    return Claimed(
+        max_duration_s=max_duration_s,
+        credit_s=float(row["interview_left_s"] if interview else row["remaining_seconds"]),
+        created_by=created_by,
+        request_id=row["request_id"],
+        expires_at=row["expires_at"],
+        sealed=row["minted_sealed"],
+        token_hash=row["token_hash"],
+        interview_id=row["interview_id"],
+        recording=bool(row["recording"]) if interview else True,
+        overrides=SessionOverrides(
+            instructions=row["instructions"], voice=row["voice"], language=row["language"]
+        )
+        if interview
+        else None,
+    )
+
+
 class SharedSessions:
-    """Publishing pending sessions and claiming them on any member."""
+    """Publishing pending sessions and the parts of claiming them on any member."""
 
     def __init__(
         self,
         settings: Settings,
         *,
         store: Store,
-        registry: SessionRegistry,
         sealer: Sealer,
         upstream: UpstreamClient,
         instance_id: str,
+        metrics: MetricsRegistry | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
-        self._registry = registry
         self._sealer = sealer
         self._upstream = upstream
         self._instance_id = instance_id
+        self._tasks = TaskGroup("shared-sessions", log=log, metrics=metrics)
+
+    async def close(self) -> None:
+        """Stop telling creators of claims still on their way (their heartbeats' reconciliation
+        catches what they miss)."""
+        await self._tasks.close()
 
     async def publish(self, entry: SessionEntry) -> None:
         assert entry.minted is not None
         await save_pending(self._store, self._sealer, entry, entry.minted)
 
-    async def claim(self, session_id: str, caller: Caller) -> tuple[SessionEntry, bool]:
-        """pending → connecting on this member, once across the cluster.
-
-        Returns the local entry and whether it was created elsewhere (adopted here).
-        Raises ApiError 403/404/409/503 (and 502/504 if a re-mint was needed and failed).
-        """
-        user_id = caller.user.id
-        local = self._registry.get(session_id)
-        if local is not None and local.user_id == user_id and local.state != "pending":
-            raise ApiError(409, "session_already_exchanged", "This session was already used.")
-        claimed = await _claim_row(
+    async def claim_row(
+        self, session_id: str, user_id: int, token: str, interview_id: str | None = None
+    ) -> Claimed:
+        return await claim_row(
             self._store,
             session_id,
             user_id,
-            self._instance_id,
-            self._settings.limits.min_remaining_seconds,
-            self._settings.database.retry_after_s,
+            instance=self._instance_id,
+            token=token,
+            min_remaining_s=self._settings.limits.min_remaining_seconds,
+            interview_id=interview_id,
         )
-        if local is not None and local.user_id == user_id and local.state == "pending":
-            local.max_duration_s = claimed.max_duration_s
-            local.state = "connecting"
-            self._registry.set_state(session_id, "connecting")
-            return local, False
-        entry = self._registry.adopt(
-            SessionEntry(
-                session_id=session_id,
-                user_id=user_id,
-                token_hash=claimed.token_hash,
-                request_id=claimed.request_id,
-                max_duration_s=claimed.max_duration_s,
-                expires_at=claimed.expires_at,
-                credit_s=claimed.credit_s,
-                state="connecting",
-            )
-        )
-        entry.minted = await self._minted(session_id, claimed)
-        log.info("session %s created on %s, claimed here", session_id, claimed.created_by)
-        return entry, True
 
-    async def _minted(self, session_id: str, claimed: _Claimed) -> MintedSession | None:
+    def tell_creator(self, session_id: str) -> None:
+        """Tell the member that created an adopted session that it was claimed here, off
+        the exchange's path: its heartbeat's reconciliation catches a lost message."""
+
+        async def notify() -> None:
+            try:
+                message = {"op": "claimed", "session_id": session_id, "by": self._instance_id}
+                await publish(self._store, message)
+            except DatabaseUnavailable:
+                log.warning("session %s: could not tell its creator it was claimed", session_id)
+
+        self._tasks.spawn(notify(), name=f"claimed-{session_id}")
+
+    async def minted(self, session_id: str, claimed: Claimed) -> MintedSession | None:
+        """The claimed session's upstream secret: opened from the row, else minted again
+        (None when that failed: the exchange answers 409 session_not_ready)."""
         if claimed.sealed is not None:
             try:
                 return self._sealer.open(session_id, bytes(claimed.sealed))
@@ -222,7 +307,9 @@ class SharedSessions:
                     session_id,
                 )
         try:
-            return await self._upstream.mint(request_id=claimed.request_id)
+            return await self._upstream.mint(
+                request_id=claimed.request_id, overrides=claimed.overrides
+            )
         except (UpstreamTimeout, UpstreamError):
             log.warning("session %s: re-mint failed", session_id)
             return None

@@ -7,8 +7,9 @@ Secrets (API key, ek_ values) never appear in a message, repr or log line.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 Stage = Literal["mint", "sdp", "hangup"]
 
@@ -23,6 +24,22 @@ class MintedSession:
     model: str
     # The upstream's own session id (sess_…) when it returns one.
     upstream_session_id: str | None = None
+    # The effective session the upstream answered the mint with (GA; None in beta, or
+    # once sealed for another member): the interviewer's configuration included, so only
+    # ever shown redacted (the OpenAI-compatible client_secrets answer).
+    session: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class SessionOverrides:
+    """One interview's interviewer, in place of the configured one (upstream.*): its
+    instructions, voice and language. None keeps the configured value."""
+
+    instructions: str | None = field(default=None, repr=False)
+    voice: str | None = None
+    # ISO 639-1: the interviewer is told to hold the interview in it, and the input
+    # transcription expects it.
+    language: str | None = None
 
 
 @dataclass(frozen=True)
@@ -67,8 +84,11 @@ class UpstreamClient(Protocol):
     @property
     def model(self) -> str: ...
 
-    async def mint(self, *, request_id: str) -> MintedSession:
-        """Create the upstream session with the server-owned configuration."""
+    async def mint(
+        self, *, request_id: str, overrides: SessionOverrides | None = None
+    ) -> MintedSession:
+        """Create the upstream session with the server-owned configuration (an interview's
+        ``overrides`` in place of the configured interviewer)."""
 
     async def exchange_sdp(
         self, minted: MintedSession, offer_sdp: str, *, request_id: str

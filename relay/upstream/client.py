@@ -25,6 +25,7 @@ from relay.observability.request_context import current_request_id
 from relay.upstream.base import (
     MintedSession,
     SdpAnswer,
+    SessionOverrides,
     Stage,
     UpstreamError,
     UpstreamFailure,
@@ -202,13 +203,15 @@ class OpenAIRealtimeClient:
 
     # -- stages ------------------------------------------------------------------------
 
-    async def mint(self, *, request_id: str) -> MintedSession:
+    async def mint(
+        self, *, request_id: str, overrides: SessionOverrides | None = None
+    ) -> MintedSession:
         """Mint an ephemeral secret; 429/5xx/connection errors retried within one deadline."""
         cfg = self._config
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + cfg.mint_timeout_s
-        request = self._dialect.mint_request(cfg, self._model)
+        request = self._dialect.mint_request(cfg, self._model, overrides)
         log.info("[%s] OPENAI_SESSION_START", request_id)
         retries = 0
         try:

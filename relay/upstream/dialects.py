@@ -21,7 +21,7 @@ from typing import Any, Literal, Protocol
 from urllib.parse import quote, urlsplit
 
 from relay.config import UpstreamConfig, voice_for
-from relay.upstream.base import MintedSession, SdpAnswer
+from relay.upstream.base import MintedSession, SdpAnswer, SessionOverrides
 from relay.upstream.retry import header
 
 Credential = Literal["api_key", "secret"]
@@ -47,7 +47,9 @@ class HttpRequest:
 class Dialect(Protocol):
     name: str
 
-    def mint_request(self, config: UpstreamConfig, model: str) -> HttpRequest: ...
+    def mint_request(
+        self, config: UpstreamConfig, model: str, overrides: SessionOverrides | None = None
+    ) -> HttpRequest: ...
 
     def parse_mint(self, data: Any, model: str) -> MintedSession: ...
 
@@ -78,17 +80,43 @@ def is_reasoning_model(model: str) -> bool:
     return _REASONING_MODEL.fullmatch(model) is not None
 
 
-def ga_mint_body(config: UpstreamConfig, model: str) -> dict[str, Any]:
+def interviewer(
+    config: UpstreamConfig, overrides: SessionOverrides | None
+) -> tuple[str, str, str | None]:
+    """The instructions, voice and language of this session: an interview's, else the
+    configured ones. A language is said in the instructions too: the transcription's
+    ``language`` only tells the speech-to-text what to expect, not the model what to speak."""
+    o = overrides or SessionOverrides()
+    instructions = o.instructions if o.instructions is not None else config.instructions
+    if o.language:
+        instructions += (
+            f"\n\nConduct the whole interview in the language whose ISO 639-1 code is "
+            f"'{o.language}'."
+        )
+    return instructions, o.voice or voice_for(config), o.language
+
+
+def _transcription(config: UpstreamConfig, language: str | None) -> dict[str, Any]:
+    transcription: dict[str, Any] = {"model": config.transcription_model}
+    if language:
+        transcription["language"] = language
+    return transcription
+
+
+def ga_mint_body(
+    config: UpstreamConfig, model: str, overrides: SessionOverrides | None = None
+) -> dict[str, Any]:
     """The client_secrets body: only ``expires_after`` and ``session`` at the top level
     (OpenAI answers 400 ``unknown_parameter`` for a top-level ``type`` or ``model``)."""
+    instructions, voice, language = interviewer(config, overrides)
     audio_input: dict[str, Any] = {"turn_detection": _turn_detection(config)}
     if config.transcription_model:
-        audio_input = {"transcription": {"model": config.transcription_model}, **audio_input}
+        audio_input = {"transcription": _transcription(config, language), **audio_input}
     session: dict[str, Any] = {
         "type": "realtime",
         "model": model,
-        "instructions": config.instructions,
-        "audio": {"input": audio_input, "output": {"voice": voice_for(config)}},
+        "instructions": instructions,
+        "audio": {"input": audio_input, "output": {"voice": voice}},
     }
     if config.reasoning_effort and is_reasoning_model(model):
         session["reasoning"] = {"effort": config.reasoning_effort}
@@ -98,17 +126,20 @@ def ga_mint_body(config: UpstreamConfig, model: str) -> dict[str, Any]:
     }
 
 
-def beta_mint_body(config: UpstreamConfig, model: str) -> dict[str, Any]:
+def beta_mint_body(
+    config: UpstreamConfig, model: str, overrides: SessionOverrides | None = None
+) -> dict[str, Any]:
     """The flat beta /realtime/sessions body."""
+    instructions, voice, language = interviewer(config, overrides)
     body: dict[str, Any] = {
         "model": model,
         "modalities": ["audio", "text"],
-        "instructions": config.instructions,
-        "voice": voice_for(config),
+        "instructions": instructions,
+        "voice": voice,
         "turn_detection": _turn_detection(config),
     }
     if config.transcription_model:
-        body["input_audio_transcription"] = {"model": config.transcription_model}
+        body["input_audio_transcription"] = _transcription(config, language)
     return body
 
 
@@ -170,8 +201,12 @@ def _check_answer(body: str) -> str:
 class GaDialect:
     name = "ga"
 
-    def mint_request(self, config: UpstreamConfig, model: str) -> HttpRequest:
-        return HttpRequest("/realtime/client_secrets", "api_key", json=ga_mint_body(config, model))
+    def mint_request(
+        self, config: UpstreamConfig, model: str, overrides: SessionOverrides | None = None
+    ) -> HttpRequest:
+        return HttpRequest(
+            "/realtime/client_secrets", "api_key", json=ga_mint_body(config, model, overrides)
+        )
 
     def parse_mint(self, data: Any, model: str) -> MintedSession:
         body = _mapping(data, "body")
@@ -182,6 +217,7 @@ class GaDialect:
             expires_at=_expires_at(body.get("expires_at"), "expires_at"),
             model=_optional_str(session.get("model")) or model,
             upstream_session_id=_optional_str(session.get("id")),
+            session=dict(session) if session else None,
         )
 
     def sdp_request(self, minted: MintedSession, offer_sdp: str) -> HttpRequest:
@@ -205,12 +241,14 @@ class GaDialect:
 class BetaDialect:
     name = "beta"
 
-    def mint_request(self, config: UpstreamConfig, model: str) -> HttpRequest:
+    def mint_request(
+        self, config: UpstreamConfig, model: str, overrides: SessionOverrides | None = None
+    ) -> HttpRequest:
         return HttpRequest(
             "/realtime/sessions",
             "api_key",
             headers=dict(BETA_HEADERS),
-            json=beta_mint_body(config, model),
+            json=beta_mint_body(config, model, overrides),
         )
 
     def parse_mint(self, data: Any, model: str) -> MintedSession:

@@ -4,9 +4,13 @@ Checks, in order: the configuration (dialect, model currency), the API key
 (``GET /v1/models``), the realtime model and the transcription model
 (``GET /v1/models/{model}``), and minting a client secret exactly as an interview would (the
 relay's own upstream client). A check that cannot run because an earlier one failed is
-skipped. Every line says what to do when it is not OK; the exit status is 1 when any check
-failed. Minting creates an upstream session that is never used (it expires unused; no audio,
-no cost).
+skipped. Every line says what to do when it is not OK. Minting creates an upstream session
+that is never used (it expires unused; no audio, no cost).
+
+Checks answered by the built-in simulator (no OpenAI key, or an upstream that names itself
+the simulator: ``SIMULATOR_HEADER``) prove nothing about OpenAI: the doctor then says
+SIMULATED and does not pass. Exit status: 0 every check passed against a real upstream,
+1 a check failed, 4 the simulator answered (``EXIT_SIMULATED``).
 """
 
 from __future__ import annotations
@@ -24,8 +28,13 @@ from relay.upstream.base import UpstreamError, UpstreamTimeout
 from relay.upstream.client import OpenAIRealtimeClient, public_url
 from relay.upstream.dialects import parse_error
 from relay.upstream.model_currency import status
+from relay.upstream.simulation import SIMULATOR_HEADER
 
 Outcome = Literal["OK", "WARN", "FAIL", "SKIP"]
+EXIT_FAILED = 1
+# Distinct from a failure, so that a script can tell "the key is wrong" from "no real
+# upstream was checked" (2 and 3 are the command line's configuration and database errors).
+EXIT_SIMULATED = 4
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,8 @@ class Check:
 @dataclass(frozen=True)
 class Report:
     checks: tuple[Check, ...]
+    # The built-in simulator answered: nothing was checked against OpenAI.
+    simulated: bool = False
 
     @property
     def ok(self) -> bool:
@@ -59,8 +70,11 @@ async def run_doctor(config: UpstreamConfig, *, simulated: bool = False) -> Repo
     checks: list[Check] = [_configuration(config, simulated), *_currency(config)]
     timeout = aiohttp.ClientTimeout(total=config.mint_timeout_s)
     async with aiohttp.ClientSession(timeout=timeout) as http:
-        key = await _key(http, config)
+        key, answered_by_simulator = await _key(http, config)
         checks.append(key)
+        if simulated or answered_by_simulator:
+            checks.append(_simulated(config, built_in=simulated))
+            simulated = True
         if key.outcome == "OK":
             checks.append(await _model(http, config, model_for(config), "model"))
             if config.transcription_model:
@@ -73,7 +87,7 @@ async def run_doctor(config: UpstreamConfig, *, simulated: bool = False) -> Repo
             checks.append(await _mint(config, http))
         else:
             checks.append(Check("SKIP", "mint", "needs a working key and model"))
-    return Report(tuple(checks))
+    return Report(tuple(checks), simulated=simulated)
 
 
 def _configuration(config: UpstreamConfig, simulated: bool) -> Check:
@@ -90,6 +104,22 @@ def _configuration(config: UpstreamConfig, simulated: bool) -> Check:
             '"ga" unless this upstream still serves beta',
         )
     return Check("OK", "config", detail)
+
+
+def _simulated(config: UpstreamConfig, *, built_in: bool) -> Check:
+    if built_in:
+        return Check(
+            "WARN",
+            "upstream",
+            "SIMULATED: these checks ran against the built-in simulator, not OpenAI",
+            "set OPENAI_API_KEY to check the real upstream",
+        )
+    return Check(
+        "WARN",
+        "upstream",
+        f"SIMULATED: {public_url(config.base_url)} is the relay's built-in simulator, not OpenAI",
+        "point OPENAI_BASE_URL at the real service (or unset it) and set a real OPENAI_API_KEY",
+    )
 
 
 def _currency(config: UpstreamConfig) -> list[Check]:
@@ -113,13 +143,16 @@ def _currency(config: UpstreamConfig) -> list[Check]:
     return checks
 
 
-async def _get(http: aiohttp.ClientSession, config: UpstreamConfig, path: str) -> tuple[int, bytes]:
+async def _get(
+    http: aiohttp.ClientSession, config: UpstreamConfig, path: str
+) -> tuple[int, bytes, bool]:
+    """Status, body, and whether the built-in simulator answered."""
     async with http.get(
         config.base_url.rstrip("/") + path,
         headers={"Authorization": f"Bearer {config.api_key}"},
         allow_redirects=False,
     ) as resp:
-        return resp.status, await resp.read()
+        return resp.status, await resp.read(), SIMULATOR_HEADER in resp.headers
 
 
 def _unreachable(name: str, exc: BaseException) -> Check:
@@ -132,20 +165,21 @@ def _unreachable(name: str, exc: BaseException) -> Check:
     )
 
 
-async def _key(http: aiohttp.ClientSession, config: UpstreamConfig) -> Check:
+async def _key(http: aiohttp.ClientSession, config: UpstreamConfig) -> tuple[Check, bool]:
+    """The key check, and whether the built-in simulator answered it."""
     try:
-        status_, body = await _get(http, config, "/models")
+        status_, body, simulator = await _get(http, config, "/models")
     except (aiohttp.ClientError, TimeoutError) as exc:
-        return _unreachable("key", exc)
+        return _unreachable("key", exc), False
     if status_ == 200:
-        return Check("OK", "key", "accepted")
+        return Check("OK", "key", "accepted"), simulator
     code, message = parse_error(status_, body, (config.api_key,))
     todo = (
         "set OPENAI_API_KEY to a valid key of a project with Realtime access"
         if status_ in (401, 403)
         else "retry later; if it persists, check the upstream's status page"
     )
-    return Check("FAIL", "key", f"refused: HTTP {status_} {code}: {message}", todo)
+    return Check("FAIL", "key", f"refused: HTTP {status_} {code}: {message}", todo), simulator
 
 
 async def _model(
@@ -153,7 +187,7 @@ async def _model(
 ) -> Check:
     setting = "upstream.model" if name == "model" else "upstream.transcription_model"
     try:
-        status_, body = await _get(http, config, f"/models/{quote(model, safe='')}")
+        status_, body, _ = await _get(http, config, f"/models/{quote(model, safe='')}")
     except (aiohttp.ClientError, TimeoutError) as exc:
         return _unreachable(name, exc)
     if status_ == 200:
@@ -198,16 +232,26 @@ async def _mint(config: UpstreamConfig, http: aiohttp.ClientSession) -> Check:
 
 
 async def doctor_main(config: UpstreamConfig, *, simulated: bool = False) -> int:
-    """Print one line per check and a summary; 0 when nothing failed, else 1."""
+    """Print one line per check and a verdict (the last line): ``all checks passed`` (0),
+    ``N check(s) failed`` (1), or ``SIMULATED: …`` when the built-in simulator answered
+    (``EXIT_SIMULATED``; a failure takes precedence)."""
     try:
         # Each check has its own timeout; this bounds the whole run as well.
         async with asyncio.timeout(config.mint_timeout_s * 5 + 5):
             report = await run_doctor(config, simulated=simulated)
     except TimeoutError:
         print("FAIL  doctor: the checks did not finish in time -> check the network", flush=True)
-        return 1
+        return EXIT_FAILED
     for line in report.lines():
         print(line, flush=True)
-    failed = sum(1 for c in report.checks if c.outcome == "FAIL")
-    print("all checks passed" if report.ok else f"{failed} check(s) failed", flush=True)
-    return 0 if report.ok else 1
+    if not report.ok:
+        failed = sum(1 for c in report.checks if c.outcome == "FAIL")
+        print(f"{failed} check(s) failed", flush=True)
+        return EXIT_FAILED
+    if report.simulated:
+        print(
+            "SIMULATED: no real upstream was checked (the built-in simulator answered)", flush=True
+        )
+        return EXIT_SIMULATED
+    print("all checks passed", flush=True)
+    return 0

@@ -28,6 +28,7 @@ from relay.observability.metrics import MetricsRegistry
 from relay.upstream.base import (
     MintedSession,
     SdpAnswer,
+    SessionOverrides,
     Stage,
     UpstreamClient,
     UpstreamFailure,
@@ -136,9 +137,11 @@ class MonitoredUpstream:
     def model(self) -> str:
         return self._inner.model
 
-    async def mint(self, *, request_id: str) -> MintedSession:
+    async def mint(
+        self, *, request_id: str, overrides: SessionOverrides | None = None
+    ) -> MintedSession:
         try:
-            minted = await self._inner.mint(request_id=request_id)
+            minted = await self._inner.mint(request_id=request_id, overrides=overrides)
         except UpstreamFailure as exc:
             self.health.record("mint", exc)
             raise

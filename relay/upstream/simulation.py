@@ -3,7 +3,9 @@
 Without an OpenAI key the relay falls back to its simulator, which is right for a local
 try-out and wrong for a public deployment whose key went missing: candidates would hold
 interviews with a canned interviewer. So the fallback is automatic only on a loopback
-``server.host``; anywhere else simulation must be asked for (``upstream.simulate`` or
+``server.host`` that no proxy forwards to (``server.trusted_proxies`` empty: a relay behind
+a reverse proxy serves candidates even when it listens on loopback, as in compose.yaml);
+anywhere else simulation must be asked for (``upstream.simulate`` or
 ``relay serve --simulate``), and a simulated relay says so to candidates (the session
 response's ``simulated``, shown as a banner by the page) and operators (``/api/stats``,
 the start-up log).
@@ -16,6 +18,10 @@ import ipaddress
 from relay.config import ConfigError, Settings
 
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
+# Every answer of the built-in simulator carries this header (relay.upstream.simulator), so
+# that `relay doctor` pointed at one (`relay simulate`, a simulator service) says SIMULATED
+# instead of passing checks OpenAI never saw.
+SIMULATOR_HEADER = "X-Relay-Simulator"
 
 
 def is_loopback(host: str) -> bool:
@@ -35,9 +41,12 @@ def uses_simulator(settings: Settings) -> bool:
     if upstream.api_key:
         return False
     if not is_loopback(settings.server.host):
-        raise ConfigError(
-            f"upstream.api_key: no OpenAI key, and server.host {settings.server.host!r} is not "
-            "a loopback address; set OPENAI_API_KEY, or ask for the built-in simulator "
-            "explicitly (relay serve --simulate, or upstream.simulate = true)"
-        )
-    return True
+        why = f"server.host {settings.server.host!r} is not a loopback address"
+    elif settings.server.trusted_proxies:
+        why = "server.trusted_proxies is set (candidates reach this relay through a proxy)"
+    else:
+        return True
+    raise ConfigError(
+        f"upstream.api_key: no OpenAI key, and {why}; set OPENAI_API_KEY, or ask for the "
+        "built-in simulator explicitly (relay serve --simulate, or upstream.simulate = true)"
+    )

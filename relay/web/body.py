@@ -1,34 +1,59 @@
-"""Reading request bodies safely: size-capped, JSON objects only, clear 400/413."""
+"""Reading request bodies safely: size-capped, time-capped, JSON objects only, clear
+400/408/413.
+
+Limits come from ``server.*``: ``max_body_bytes`` (413, refused from Content-Length
+before anything is read) and ``body_timeout_s``, counted from when the relay starts to read:
+a client that sends its body with its headers is never near it, one that stalls or
+trickles gets 408 ``body_timeout`` and the connection is closed (the rest of its body
+would otherwise be read as the next request). Routes read the body only once the
+caller is authenticated (relay.web.caller).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 from aiohttp import web
 
 from relay.errors import ApiError
+from relay.services import SERVICES
 
 
-async def read_body(request: web.Request, max_bytes: int) -> bytes:
-    """The raw body, refusing more than ``max_bytes`` (413) without reading it all."""
+async def read_body(request: web.Request) -> bytes:
+    """The raw body, refusing more than ``server.max_body_bytes`` (413) without reading it
+    all, and a body that takes longer than ``server.body_timeout_s`` to arrive (408)."""
+    server = request.app[SERVICES].settings.server
+    max_bytes = server.max_body_bytes
     if request.content_length is not None and request.content_length > max_bytes:
         raise _too_large(max_bytes)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_chunked(16384):
-        size += len(chunk)
-        if size > max_bytes:
-            raise _too_large(max_bytes)
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(server.body_timeout_s):
+            async for chunk in request.content.iter_chunked(16384):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise _too_large(max_bytes)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(
+            408,
+            "body_timeout",
+            f"The request body did not arrive within {server.body_timeout_s:g} s.",
+            close_connection=True,
+        ) from None
     return b"".join(chunks)
 
 
-async def read_json_object(
-    request: web.Request, max_bytes: int, *, allow_empty: bool = False
-) -> dict[str, Any]:
-    """A JSON object body; 400 ``invalid_json`` for anything else (413 when too large)."""
-    raw = await read_body(request, max_bytes)
+async def read_json_object(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
+    """A JSON object body; 400 ``invalid_json`` for anything else (408/413 from read_body)."""
+    return parse_json_object(await read_body(request), allow_empty=allow_empty)
+
+
+def parse_json_object(raw: bytes, *, allow_empty: bool = False) -> dict[str, Any]:
+    """``raw`` as a JSON object; 400 ``invalid_json`` for anything else."""
     if not raw.strip():
         if allow_empty:
             return {}
@@ -37,6 +62,10 @@ async def read_json_object(
         data = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from exc
+    except RecursionError:
+        # A few kilobytes of brackets nest deeper than the interpreter's recursion limit:
+        # the decoder gives up, the body is refused like any other malformed JSON.
+        raise ApiError(400, "invalid_json", "The request body nests too deeply.") from None
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_json", "The request body must be a JSON object.")
     return data

@@ -1,56 +1,236 @@
-"""Authenticating a candidate's request, with failed attempts limited per client address.
+"""Authenticating a request, candidate, API key or operator, with failed attempts limited
+per client address.
 
-Each failed authentication (an unknown or malformed token) counts against the client's
-address over a sliding minute, in this process and, with Redis, across the cluster;
-at ``limits.failed_auth_per_minute`` further attempts from that address get 429 with
-Retry-After before any token is looked at, so guessing tokens costs the guesser time and
-costs the database nothing. The address is the TCP peer, or behind a proxy listed in
-``server.trusted_proxies`` the client it forwarded for (relay.web.forwarded); see
-docs/deploy.md.
+Each failed authentication (an unknown or malformed token, a wrong operator token) counts
+against the client's address over a sliding minute, in this process and, with Redis,
+across the cluster; at ``limits.failed_auth_per_minute`` further attempts from that
+address get 429 with Retry-After before any token is looked at, so guessing tokens costs
+the guesser time and costs the database nothing.
+
+The count cannot be outrun by sending guesses in parallel: each attempt reserves its place
+before its token is looked up and settles it afterwards (a failure stays, anything else is
+given back), and the reservation is one atomic step in this process
+(relay.admission.rate_limit.FailedAuthLimiter) and in Redis (relay.cluster.limits), so at
+most the limit's worth of an address's guesses is ever under lookup or failed within the
+minute. Requests carrying the same token share one reservation: a page's parallel
+requests are not guesses.
+
+The address is the TCP peer, or behind a proxy listed in ``server.trusted_proxies`` the
+client it forwarded for (relay.web.forwarded); see docs/deploy.md.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from aiohttp import web
 
-from relay.admission.service import Caller
+from relay.admission.api_keys import Principal, Scope
+from relay.admission.client_secrets import (
+    CLIENT_SECRET_PREFIX,
+    ClientSecretGrant,
+    ClientSecretRows,
+)
+from relay.admission.rate_limit import FailedAuthLimiter
+from relay.admission.service import Caller, database_error
+from relay.admission.tokens import API_KEY_PREFIX, bearer_token, hash_token, plausible_token
+from relay.config import LimitsConfig
+from relay.db import DatabaseUnavailable
 from relay.errors import ApiError
 from relay.services import SERVICES
 from relay.web import forwarded
 
-_FAILED = ("invalid_token",)
+# This process's count of failed authentications per client address.
+FAILED_AUTH = web.AppKey("failed_auth", FailedAuthLimiter)
+
+
+def install(app: web.Application, limits: LimitsConfig) -> None:
+    app[FAILED_AUTH] = FailedAuthLimiter(limits.failed_auth_per_minute)
 
 
 def client_address(request: web.Request) -> str:
-    proxies = request.app[SERVICES].trusted_proxies
+    proxies = request.app[SERVICES].settings.server.trusted_proxies
     return forwarded.client_address(
         request.remote, request.headers.getall("X-Forwarded-For", []), proxies
     )
 
 
-async def authenticate(request: web.Request) -> Caller:
+def _too_many(wait: float) -> ApiError:
+    return ApiError(
+        429,
+        "too_many_failed_authentications",
+        "Too many failed authentications from this address; try again later.",
+        retryable=True,
+        retry_after_s=max(1, math.ceil(wait)),
+    )
+
+
+@asynccontextmanager
+async def _attempt(request: web.Request, token: str | None) -> AsyncIterator[None]:
+    """One authentication attempt with ``token`` from this request's client address: 429
+    when the address may not try now; a 401 ``invalid_token`` raised inside counts as a
+    failure."""
     services = request.app[SERVICES]
-    cluster = services.cluster
+    local = request.app[FAILED_AUTH]
+    shared = services.cluster.limits
     address = client_address(request)
-    if cluster is not None:
-        wait = cluster.failed_auth.peek(address)
-        shared = await cluster.limits.auth_blocked(address)
-        if shared:
-            wait = max(wait or 0.0, shared)
-        if wait:
-            raise ApiError(
-                429,
-                "too_many_failed_authentications",
-                "Too many failed authentications from this address; try again later.",
-                retryable=True,
-                retry_after_s=max(1, math.ceil(wait)),
-            )
+    # The reservation's key: a token's hash, never the token (it may reach Redis).
+    key = hash_token(token)[:32] if token is not None else None
+    wait = local.reserve(address, key)
+    if wait is None:
+        shared_wait = await shared.auth_reserve(address, key or "")
+        if shared_wait:  # None (Redis undecided: this process decides) or 0.0 go ahead
+            local.settle(address, key, failed=False)
+            wait = shared_wait
+    if wait is not None:
+        raise _too_many(wait)
+    failed = False
     try:
-        return await services.admission.authenticate(request.headers.get("Authorization"))
+        yield
     except ApiError as exc:
-        if cluster is not None and exc.status == 401 and exc.code in _FAILED:
-            cluster.failed_auth.record(address)
-            await cluster.limits.auth_failed(address)
+        failed = exc.status == 401 and exc.code == "invalid_token"
         raise
+    finally:
+        local.settle(address, key, failed=failed)
+        if key is not None:
+            await shared.auth_settle(address, key, failed=failed)
+
+
+def _operator_token_matches(request: web.Request, token: str) -> bool:
+    # Compared as SHA-256 digests in constant time: the token itself is not kept.
+    presented = hashlib.sha256(token.encode("utf-8")).hexdigest()
+    return hmac.compare_digest(presented, request.app[SERVICES].operator_token_hash)
+
+
+async def authenticate(request: web.Request) -> Caller:
+    """The candidate the request's bearer token belongs to (401 otherwise)."""
+    header = request.headers.get("Authorization")
+    async with _attempt(request, bearer_token(header)):
+        return await request.app[SERVICES].admission.authenticate(header)
+
+
+def _client_secret_of(token: str | None) -> str:
+    """The request's ``ek_`` client secret (401 for anything else)."""
+    if token is None:
+        raise ApiError(
+            401,
+            "missing_token",
+            "Send 'Authorization: Bearer <ek_…>' (from POST /v1/realtime/client_secrets).",
+        )
+    if not token.startswith(CLIENT_SECRET_PREFIX) or not plausible_token(token):
+        raise ApiError(
+            401,
+            "invalid_token",
+            "This call needs the ek_ client secret from POST /v1/realtime/client_secrets.",
+        )
+    return token
+
+
+async def _client_secret_grant(request: web.Request, token: str) -> ClientSecretGrant:
+    services = request.app[SERVICES]
+    try:
+        grant = await ClientSecretRows(services.store).find(hash_token(token))
+    except DatabaseUnavailable as exc:
+        raise database_error(exc, services.settings.database.retry_after_s) from exc
+    if grant is None:
+        raise ApiError(401, "invalid_token", "The client secret is not valid.")
+    return grant
+
+
+async def authenticate_client_secret(request: web.Request) -> tuple[ClientSecretGrant, Caller]:
+    """The session a request's ``ek_`` client secret opens, and its candidate: the
+    credential the secret was asked for with, authenticated again (401 when the secret is
+    unknown or expired, or the credential no longer opens anything)."""
+    token = bearer_token(request.headers.get("Authorization"))
+    async with _attempt(request, token):
+        grant = await _client_secret_grant(request, _client_secret_of(token))
+        if grant.expired:
+            raise ApiError(
+                401,
+                "client_secret_expired",
+                "The client secret has expired; POST /v1/realtime/client_secrets for another.",
+            )
+        caller = await request.app[SERVICES].admission.authenticate_hash(
+            grant.credential_hash, invite=grant.invite
+        )
+    return grant, caller
+
+
+async def call_owner(request: web.Request) -> tuple[Caller | None, str | None]:
+    """Who may hang up a call: a client secret's candidate with the session it opens
+    (until the call ends, also past the secret's expiry: the call lasts longer than the
+    time to start it), a candidate credential (no session: any of theirs), or the operator
+    (None, None). 401 otherwise; whose the call is, is the caller's to check."""
+    token = bearer_token(request.headers.get("Authorization"))
+    if token is None or not token.startswith(CLIENT_SECRET_PREFIX):
+        return await owner_or_operator(request), None
+    async with _attempt(request, token):
+        grant = await _client_secret_grant(request, _client_secret_of(token))
+        caller = await request.app[SERVICES].admission.authenticate_hash(
+            grant.credential_hash, invite=grant.invite
+        )
+    return caller, grant.session_id
+
+
+async def require_operator(request: web.Request) -> None:
+    """The request carries the operator token (401 otherwise)."""
+    token = bearer_token(request.headers.get("Authorization"))
+    async with _attempt(request, token):
+        if token is None:
+            raise ApiError(401, "missing_token", "Send 'Authorization: Bearer <operator token>'.")
+        if not _operator_token_matches(request, token):
+            raise ApiError(401, "invalid_token", "The operator token is not valid.")
+
+
+async def owner_or_operator(request: web.Request) -> Caller | None:
+    """The candidate of the request's token, or None for the operator: the operator token
+    or an admin API key (the console signed in with one ends sessions as the operator
+    does). 401 otherwise, 403 ``insufficient_scope`` for a read key."""
+    header = request.headers.get("Authorization")
+    token = bearer_token(header)
+    async with _attempt(request, token):
+        if token is not None and _operator_token_matches(request, token):
+            return None
+        if token is not None and token.startswith(API_KEY_PREFIX):
+            principal = await _principal(request, token)
+        else:
+            return await request.app[SERVICES].admission.authenticate(header)
+    if not principal.allows("admin"):
+        raise ApiError(403, "insufficient_scope", "Ending a session needs an admin key.")
+    return None
+
+
+async def require_scope(request: web.Request, needed: Scope) -> Principal:
+    """The management API's caller: an API key allowing ``needed`` (``read`` or ``admin``),
+    or the operator token (an admin key). 401 for a missing or unknown key, 403
+    ``insufficient_scope`` for a read key on an admin operation."""
+    token = bearer_token(request.headers.get("Authorization"))
+    async with _attempt(request, token):
+        if token is None:
+            raise ApiError(
+                401, "missing_token", "Send 'Authorization: Bearer <API key or operator token>'."
+            )
+        principal = await _principal(request, token)
+    if not principal.allows(needed):
+        raise ApiError(
+            403, "insufficient_scope", f"This operation needs an {needed} key; this key is read."
+        )
+    return principal
+
+
+async def _principal(request: web.Request, token: str) -> Principal:
+    services = request.app[SERVICES]
+    if token.startswith(API_KEY_PREFIX) and plausible_token(token):
+        try:
+            principal = await services.api_keys.authenticate(hash_token(token))
+        except DatabaseUnavailable as exc:
+            raise database_error(exc, services.settings.database.retry_after_s) from exc
+        if principal is not None:
+            return principal
+    elif _operator_token_matches(request, token):
+        return Principal.operator()
+    raise ApiError(401, "invalid_token", "The API key is not valid (or was revoked).")

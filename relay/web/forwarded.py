@@ -13,15 +13,12 @@ is ignored: a client cannot name its own address.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# The networks come parsed from the settings (server.trusted_proxies).
+from relay.config import Network
+
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
-    """``10.0.0.0/8``, ``172.30.0.5`` (one address), ``fd00::/8``; ValueError otherwise."""
-    return tuple(ipaddress.ip_network(v.strip(), strict=False) for v in values)
 
 
 def _address(text: str) -> Address | None:
@@ -65,3 +62,19 @@ def client_address(
         address = hop_address
     # Every hop was a trusted proxy (or none was usable): the nearest one we believe.
     return str(address)
+
+
+def forwarded_over_tls(
+    peer: str | None, forwarded_proto: Sequence[str], proxies: Sequence[Network]
+) -> bool:
+    """A trusted proxy says the client reached it over TLS: ``X-Forwarded-Proto`` (every
+    value of the header, in order) starts with ``https``. From any other peer the header is
+    ignored. The first value is the scheme the outermost proxy saw; a client that wrote its
+    own in front gains nothing (browsers ignore HSTS received over plain HTTP)."""
+    if peer is None or not proxies:
+        return False
+    address = _address(peer)
+    if address is None or not _trusted(address, proxies):
+        return False
+    values = [v.strip().lower() for value in forwarded_proto for v in value.split(",")]
+    return bool(values) and values[0] == "https"

@@ -15,7 +15,16 @@ lets anyone on the network fill the error log. Here:
   ``_cls``) and calls ``Request._prepare_hook`` right before writing the headers; a
   request that never got routed has ``_match_info`` None. These three private names are
   used here only, with aiohttp pinned exactly, and tests/unit/test_low_level_http.py
-  guards them.
+  guards them;
+* **slow clients**: a connection gets ``server.header_timeout_s`` to deliver a request
+  line and headers. aiohttp 3.14 has no read timeout for them, but its public
+  ``keepalive_timeout`` handler option is one: the timer starts when the connection opens
+  (and again after each response), is not pushed back by arriving bytes, and closes the
+  connection if the handler is still waiting for a complete request when it fires. So
+  it bounds a silent connection, a trickled request line or headers, and an idle
+  keep-alive connection alike. A body is the handler's to read, within its own deadline
+  (relay.web.body); one the handler never reads is drained by aiohttp for at most its
+  ``lingering_time`` (10 s) after the response, then the connection is closed.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from relay.config import ServerConfig
 from relay.errors import ApiError
 from relay.observability.metrics import Counter, MetricsRegistry
 from relay.web.middleware import new_request_id
@@ -82,12 +92,13 @@ def _as_json_error(response: web.Response) -> None:
     apply_security_headers(response.headers)
 
 
-def handler_args(metrics: MetricsRegistry) -> dict[str, Any]:
-    """For ``web.Application(handler_args=...)``: the connection handler's logger."""
+def handler_args(metrics: MetricsRegistry, server: ServerConfig) -> dict[str, Any]:
+    """For ``web.Application(handler_args=...)``: the connection handler's logger and the
+    header deadline."""
     counter = metrics.counter(
         "relay_http_malformed_requests_total", "Requests aiohttp could not parse (400)"
     )
-    return {"logger": _ProtocolLogger(counter)}
+    return {"logger": _ProtocolLogger(counter), "keepalive_timeout": server.header_timeout_s}
 
 
 def install(app: web.Application) -> None:

@@ -2,7 +2,9 @@
 
 Every response carries ``X-Request-ID`` and ``Server-Timing`` (cache, db, upstream,
 total; the exchange also answer and offer). Every error is JSON with the request id;
-nothing below ever turns into a bare 500 with a traceback.
+nothing below ever turns into a bare 500 with a traceback. Under ``/v1/`` (the
+OpenAI-compatible routes) errors take OpenAI's shape (relay.web.openai_shape), so that
+OpenAI's SDKs raise their usual exceptions.
 
 Request ids are always the relay's own: ``req_<32 hex>``, unique by construction. A
 client's ``X-Request-ID`` is never trusted to be unique (two clients, or one replaying,
@@ -13,6 +15,7 @@ formed (``^[A-Za-z0-9._-]{1,64}$``) it is kept as a suffix for correlation,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import secrets
@@ -23,6 +26,7 @@ from aiohttp.typedefs import Handler, Middleware
 from relay.errors import ApiError
 from relay.observability import error_tracking, request_context
 from relay.observability.metrics import FAST_BUCKETS, MetricsRegistry, bounded
+from relay.web.openai_shape import is_openai_path, openai_error_body, openai_error_headers
 
 log = logging.getLogger("relay.http")
 
@@ -86,19 +90,21 @@ def make_middleware(metrics: MetricsRegistry) -> Middleware:
         ctx = request_context.current()
         assert ctx is not None
         error_code: str | None = None
+        close_connection = False
         try:
             try:
                 response = await handler(request)
             except ApiError as exc:
                 error_code = exc.code
-                response = _error_response(exc, request_id)
+                response = _error_response(exc, request_id, request.path)
+                close_connection = exc.close_connection
             except web.HTTPException as exc:
                 if exc.status < 400:
                     raise
                 code = _HTTP_ERROR_CODES.get(exc.status, f"http_{exc.status}")
                 api = ApiError(exc.status, code, exc.reason or code)
                 error_code = code
-                response = _error_response(api, request_id)
+                response = _error_response(api, request_id, request.path)
                 for name in ("Allow", "Retry-After"):
                     if name in exc.headers:
                         response.headers[name] = exc.headers[name]
@@ -110,7 +116,7 @@ def make_middleware(metrics: MetricsRegistry) -> Middleware:
                     500, "internal_error", "Unexpected error; it has been logged.", retryable=True
                 )
                 error_code = api.code
-                response = _error_response(api, request_id)
+                response = _error_response(api, request_id, request.path)
             response.headers["X-Request-ID"] = request_id
             response.headers["Server-Timing"] = ctx.server_timing()
             route = _route_name(request)
@@ -119,6 +125,8 @@ def make_middleware(metrics: MetricsRegistry) -> Middleware:
             latency.observe(ctx.elapsed_ms() / 1000, route=route, method=method)
             if error_code is not None:
                 errors.inc(status=response.status, code=error_code)
+            if close_connection:
+                await _send_and_close(request, response)
             return response
         finally:
             request_context.end(token)
@@ -126,5 +134,27 @@ def make_middleware(metrics: MetricsRegistry) -> Middleware:
     return middleware
 
 
-def _error_response(exc: ApiError, request_id: str) -> web.Response:
+def _error_response(exc: ApiError, request_id: str, path: str) -> web.Response:
+    if is_openai_path(path):
+        return web.json_response(
+            openai_error_body(exc, request_id), status=exc.status, headers=openai_error_headers(exc)
+        )
     return web.json_response(exc.body(request_id), status=exc.status, headers=exc.headers())
+
+
+async def _send_and_close(request: web.Request, response: web.StreamResponse) -> None:
+    """Send the whole response now, then close the connection.
+
+    For an error after which the connection cannot carry another request (a body still
+    arriving). Marking the response ``Connection: close`` alone is not enough: aiohttp
+    then keeps reading and discarding the rest of the body for up to its lingering time,
+    which a client trickling bytes would fill. A response already sent is left as it is
+    by aiohttp (its prepare and write_eof do nothing the second time).
+    """
+    response.force_close()
+    with contextlib.suppress(ConnectionError):  # the client is gone already: nothing to send
+        await response.prepare(request)
+        await response.write_eof()
+    transport = request.transport
+    if transport is not None:
+        transport.close()

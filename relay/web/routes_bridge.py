@@ -14,25 +14,22 @@ from typing import Any
 from aiohttp import web
 
 from relay.admission.service import Caller, database_error
-from relay.admission.store import DatabaseUnavailable
+from relay.db import DatabaseUnavailable
 from relay.errors import ApiError
-from relay.media.manager import BridgeManager
+from relay.media.bridge import Bridge
 from relay.media.sdp import InvalidOffer, invalid_offer_error, validate_offer
 from relay.observability.logging import request_banner, stage
 from relay.observability.request_context import bind_session, current, current_request_id
 from relay.services import SERVICES, Services
-from relay.sessions.registry import SessionEntry, is_session_id
-from relay.web.auth import is_operator
-from relay.web.body import read_json_object
-from relay.web.caller import authenticate
+from relay.sessions.registry import is_session_id
+from relay.web import idempotency
+from relay.web.api import Api, Operation, PathParam, Response
+from relay.web.body import parse_json_object, read_body
+from relay.web.caller import authenticate, owner_or_operator
+from relay.web.routes_session import CANDIDATE_ERRORS
+from relay.web.schemas import ExchangeAnswer, ExchangeRequest, SessionState
 
 log = logging.getLogger("relay.http")
-
-
-def _bridges(services: Services) -> BridgeManager:
-    if services.bridges is None:
-        raise ApiError(503, "media_unavailable", "The media bridge is not running.", retryable=True)
-    return services.bridges
 
 
 def _exchange_fields(body: dict[str, Any]) -> tuple[str, str]:
@@ -47,50 +44,63 @@ def _exchange_fields(body: dict[str, Any]) -> tuple[str, str]:
     return session_id, sdp
 
 
+async def open_bridge(
+    services: Services, session_id: str, caller: Caller, sdp: str, *, resumable: bool = True
+) -> tuple[Bridge, str | None]:
+    """The exchange itself (here and the OpenAI-compatible call): the offer checked, the
+    session claimed once across the cluster, both legs bridged; ``bridge.answer`` is the
+    browser's answer, with the resume token of the session (None: resuming is off, or not
+    ``resumable``: a client that cannot resume, whose dropped call then ends at once)."""
+    services.sessions.refuse_if_draining()
+    try:
+        validate_offer(sdp, max_bytes=services.settings.session.max_sdp_bytes)
+    except InvalidOffer as exc:
+        raise invalid_offer_error(exc) from None
+    manager = services.bridges
+    manager.refuse_if_no_media_ports()
+    # Nothing awaits between the claim and the bridge: each of the two releases
+    # everything the session holds when it fails (relay.sessions.service,
+    # relay.media.manager), and a failure between them would have no owner.
+    entry = await services.sessions.claim(session_id, caller)
+    bind_session(entry.session_id)
+    # Synchronous (its hash is kept on the entry and written with the next state):
+    # what the page resumes this session with (POST /api/sessions/{id}/resume).
+    resume_token = manager.issue_resume_token(entry) if resumable else None
+    return await manager.open(entry, sdp, current_request_id()), resume_token
+
+
 async def webrtc_exchange(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     with request_banner(log, "WEBRTC EXCHANGE") as banner:
         stage(log, "WEBRTC_EXCHANGE_START")
         caller = await authenticate(request)
-        body = await read_json_object(request, services.settings.server.max_body_bytes)
-        session_id, sdp = _exchange_fields(body)
-        services.sessions.refuse_if_draining()
-        try:
-            validate_offer(sdp, max_bytes=services.settings.session.max_sdp_bytes)
-        except InvalidOffer as exc:
-            raise invalid_offer_error(exc) from None
-        manager = _bridges(services)
-        manager.refuse_if_no_media_ports()
-        entry = await _claim(services, session_id, caller)
-        bind_session(entry.session_id)
-        bridge = await manager.open(entry, sdp, current_request_id())
-        ctx = current()
-        banner.status = 201
-        stage(log, "WEBRTC_EXCHANGE_COMPLETE")
-        return web.json_response(
-            {
+        raw = await read_body(request)
+        session_id, sdp = _exchange_fields(parse_json_object(raw))
+
+        async def exchange() -> tuple[int, dict[str, Any], dict[str, str]]:
+            bridge, resume_token = await open_bridge(services, session_id, caller, sdp)
+            ctx = current()
+            stage(log, "WEBRTC_EXCHANGE_COMPLETE")
+            answer: dict[str, Any] = {
                 "type": "answer",
                 "sdp": bridge.answer,
                 "session_id": session_id,
                 "request_id": current_request_id(),
                 "processing_time_ms": round(ctx.elapsed_ms(), 1) if ctx else 0.0,
-            },
-            status=201,
+            }
+            if resume_token is not None:
+                answer["resume_token"] = resume_token
+                # How long the relay keeps this interview after a drop (the page counts it down).
+                answer["reconnect_grace_s"] = services.settings.session.reconnect_grace_s
+            return 201, answer, {}
+
+        # A retried exchange with the same Idempotency-Key gets the same answer (a
+        # session id is usable once: without the key, the retry gets 409).
+        response = await idempotency.run(
+            request, "candidate:" + caller.token_hash[:40], raw, exchange
         )
-
-
-async def _claim(services: Services, session_id: str, caller: Caller) -> SessionEntry:
-    """Claim the session for this member (any member's session, once cluster-wide)."""
-    entry, adopted = await services.sessions.claim(session_id, caller)
-    if adopted and services.cluster is not None:
-        # The creator forgets its pending entry now rather than at its next heartbeat.
-        try:
-            await services.cluster.publish(
-                {"op": "claimed", "session_id": session_id, "by": services.instance_id}
-            )
-        except DatabaseUnavailable:
-            log.warning("session %s: could not tell its creator it was claimed", session_id)
-    return entry
+        banner.status = response.status
+        return response
 
 
 async def get_session(request: web.Request) -> web.Response:
@@ -99,13 +109,14 @@ async def get_session(request: web.Request) -> web.Response:
     session_id = _path_session_id(request)
     entry = services.registry.get(session_id)
     body: dict[str, Any]
-    if entry is not None and entry.user_id == caller.user.id:
+    if entry is not None and caller.owns(entry.user_id, entry.interview_id):
         body = {
             "session_id": entry.session_id,
             "state": entry.state,
             "end_reason": None,
             "expires_at": services.sessions.expires_at(entry).isoformat(),
             "max_duration_seconds": int(entry.max_duration_s),
+            "parts": entry.part,
         }
         bridge = entry.bridge
         if bridge is not None:
@@ -114,7 +125,7 @@ async def get_session(request: web.Request) -> web.Response:
             body["media"] = media
     else:
         record = await _session_row(services, session_id)
-        if record is None or record.user_id != caller.user.id:
+        if record is None or not caller.owns(record.user_id, record.interview_id):
             raise ApiError(404, "session_not_found", "No such session for this user.")
         body = record.to_json()
     body["request_id"] = current_request_id()
@@ -123,14 +134,19 @@ async def get_session(request: web.Request) -> web.Response:
 
 async def delete_session(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    operator = is_operator(request)
-    user_id: int | None = None
-    if not operator:
-        caller = await authenticate(request)
-        user_id = caller.user.id
+    caller = await owner_or_operator(request)
     session_id = _path_session_id(request)
+    if not await end_session(services, session_id, caller):
+        raise ApiError(404, "session_not_found", "No such session for this user.")
+    return web.Response(status=204)  # over, or ending where it is held
+
+
+async def end_session(services: Services, session_id: str, caller: Caller | None) -> bool:
+    """Hang up ``session_id`` for its candidate (``caller``) or the operator (None): both
+    legs here, or where another member holds it. False: no such session of theirs."""
+    operator = caller is None
     entry = services.registry.get(session_id)
-    if entry is not None and (operator or entry.user_id == user_id):
+    if entry is not None and (caller is None or caller.owns(entry.user_id, entry.interview_id)):
         bind_session(entry.session_id)
         reason = "operator_hangup" if operator else "hangup"
         log.info("[%s] SESSION_HANGUP %s (%s)", current_request_id(), session_id, reason)
@@ -139,23 +155,21 @@ async def delete_session(request: web.Request) -> web.Response:
         else:
             # Minted but never exchanged here: nothing to hang up, nothing used.
             await services.sessions.finish(entry, state="ended", reason=reason, duration_s=0.0)
-            if services.cluster is not None:
-                # It may have been exchanged on another member a moment ago.
-                await _end_elsewhere(services, session_id, reason)
-        return web.Response(status=204)
+            # It may have been exchanged on another member a moment ago.
+            await _end_elsewhere(services, session_id, reason)
+        return True
     record = await _session_row(services, session_id)
-    if record is None or not (operator or record.user_id == user_id):
-        raise ApiError(404, "session_not_found", "No such session for this user.")
-    if record.state in ("pending", "connecting", "active") and services.cluster is not None:
+    if record is None or not (caller is None or caller.owns(record.user_id, record.interview_id)):
+        return False
+    if record.state in ("pending", "connecting", "active"):
         # Held by another member: it hangs up when the command reaches it.
         reason = "operator_hangup" if operator else "hangup"
         log.info("[%s] SESSION_HANGUP %s (%s, elsewhere)", current_request_id(), session_id, reason)
         await _end_elsewhere(services, session_id, reason)
-    return web.Response(status=204)  # over, or ending where it is held
+    return True
 
 
 async def _end_elsewhere(services: Services, session_id: str, reason: str) -> None:
-    assert services.cluster is not None
     try:
         await services.cluster.publish(
             {"op": "end_session", "session_id": session_id, "reason": reason}
@@ -178,12 +192,79 @@ def _path_session_id(request: web.Request) -> str:
 
 async def _session_row(services: Services, session_id: str) -> Any:
     try:
-        return await services.store.get_session(session_id)
+        return await services.session_rows.get_session(session_id)
     except DatabaseUnavailable as exc:
         raise database_error(exc, services.settings.database.retry_after_s) from exc
 
 
-def register(app: web.Application) -> None:
-    app.router.add_post("/api/webrtc-exchange", webrtc_exchange)
-    app.router.add_get("/api/sessions/{session_id}", get_session)
-    app.router.add_delete("/api/sessions/{session_id}", delete_session)
+_SESSION_ID = PathParam("session_id", "The session's id.", r"^is_[0-9a-f]{32}$")
+
+
+def register(api: Api) -> None:
+    api.add(
+        Operation(
+            "POST",
+            "/api/webrtc-exchange",
+            "exchangeOffer",
+            "Exchange the browser's SDP offer for the relay's answer (once per session)",
+            auth="candidate",
+            tag="candidate",
+            raw=webrtc_exchange,
+            body=ExchangeRequest,
+            idempotent=True,
+            responses=(Response(201, "The relay's SDP answer.", ExchangeAnswer),),
+            errors={
+                **CANDIDATE_ERRORS,
+                400: (
+                    "invalid_json",
+                    "invalid_request",
+                    "invalid_offer",
+                    "invalid_idempotency_key",
+                ),
+                403: ("user_inactive", "no_credit", "interview_closed"),
+                404: ("session_not_found", "session_expired"),
+                409: (
+                    "session_already_exchanged",
+                    "session_not_ready",
+                    "session_closed",
+                    "idempotency_key_in_use",
+                ),
+                410: ("session_superseded",),
+                413: ("body_too_large",),
+                422: ("idempotency_key_reused",),
+                502: ("upstream_error",),
+                503: ("database_unavailable", "draining", "no_media_ports"),
+                504: ("upstream_timeout", "ice_gather_timeout"),
+            },
+        ),
+        Operation(
+            "GET",
+            "/api/sessions/{session_id}",
+            "getOwnSession",
+            "A session's state, for its candidate",
+            auth="candidate",
+            tag="candidate",
+            raw=get_session,
+            path_params=(_SESSION_ID,),
+            responses=(Response(200, "The session's state and end reason.", SessionState),),
+            errors={**CANDIDATE_ERRORS, 404: ("session_not_found",)},
+        ),
+        Operation(
+            "DELETE",
+            "/api/sessions/{session_id}",
+            "endSession",
+            "Hang up a session (both legs); its candidate, the operator or an admin key",
+            auth="candidate",
+            tag="candidate",
+            raw=delete_session,
+            path_params=(_SESSION_ID,),
+            description="The operator token or an admin API key may end any session (end "
+            "reason operator_hangup); a read key may not (403 insufficient_scope).",
+            responses=(Response(204, "Both legs hung up (or ending where the session is held)."),),
+            errors={
+                **CANDIDATE_ERRORS,
+                403: ("insufficient_scope",),
+                404: ("session_not_found",),
+            },
+        ),
+    )

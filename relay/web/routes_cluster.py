@@ -11,20 +11,27 @@ from __future__ import annotations
 from aiohttp import web
 
 from relay.admission.service import database_error
-from relay.admission.store import DatabaseUnavailable
 from relay.cluster.runtime import ALL_MEMBERS
+from relay.db import DatabaseUnavailable
 from relay.errors import ApiError
 from relay.observability.request_context import current_request_id
 from relay.services import SERVICES
-from relay.web.auth import require_operator
-from relay.web.body import read_json_object
+from relay.web import idempotency
+from relay.web.api import Api, Operation, Response
+from relay.web.body import parse_json_object, read_body
+from relay.web.caller import require_operator
+from relay.web.schemas import DrainAccepted, DrainRequest
+
+OPERATOR_ERRORS: dict[int, tuple[str, ...]] = {
+    401: ("missing_token", "invalid_token"),
+    429: ("too_many_failed_authentications",),
+    503: ("database_unavailable", "database_timeout"),
+}
 
 
 async def cluster_stats(request: web.Request) -> web.Response:
-    require_operator(request)
+    await require_operator(request)
     services = request.app[SERVICES]
-    if services.cluster is None:
-        raise ApiError(503, "cluster_unavailable", "Cluster membership is not running.")
     try:
         instances = await services.cluster.cluster_view()
     except DatabaseUnavailable as exc:
@@ -42,23 +49,44 @@ async def cluster_stats(request: web.Request) -> web.Response:
 
 
 async def drain(request: web.Request) -> web.Response:
-    require_operator(request)
+    await require_operator(request)
     services = request.app[SERVICES]
-    if services.cluster is None:
-        raise ApiError(503, "cluster_unavailable", "Cluster membership is not running.")
-    body = await read_json_object(request, services.settings.server.max_body_bytes)
+    raw = await read_body(request)
+    body = parse_json_object(raw)
     member = body.get("member")
     if not isinstance(member, str) or not 0 < len(member) <= 200:
         raise ApiError(400, "invalid_request", 'member must be a member id or "*".')
-    try:
-        await services.cluster.publish({"op": "drain", "member": member})
-    except DatabaseUnavailable as exc:
-        raise database_error(exc, services.settings.database.retry_after_s) from exc
-    return web.json_response(
-        {"member": member, "all": member == ALL_MEMBERS, "request_id": current_request_id()},
-        status=202,
+
+    async def publish() -> tuple[int, dict[str, object], dict[str, str]]:
+        try:
+            await services.cluster.publish({"op": "drain", "member": member})
+        except DatabaseUnavailable as exc:
+            raise database_error(exc, services.settings.database.retry_after_s) from exc
+        body = {"member": member, "all": member == ALL_MEMBERS, "request_id": current_request_id()}
+        return 202, body, {}
+
+    return await idempotency.run(request, "operator", raw, publish)
+
+
+def register(api: Api) -> None:
+    api.add(
+        Operation(
+            "POST",
+            "/api/cluster/drain",
+            "drainMember",
+            "Stop admitting sessions on a member (or every member); live ones go on",
+            auth="operator",
+            tag="operator",
+            raw=drain,
+            body=DrainRequest,
+            idempotent=True,
+            responses=(Response(202, "The command is on its way (within 2 s).", DrainAccepted),),
+            errors={
+                **OPERATOR_ERRORS,
+                400: ("invalid_json", "invalid_request", "invalid_idempotency_key"),
+                409: ("idempotency_key_in_use",),
+                413: ("body_too_large",),
+                422: ("idempotency_key_reused",),
+            },
+        )
     )
-
-
-def register(app: web.Application) -> None:
-    app.router.add_post("/api/cluster/drain", drain)

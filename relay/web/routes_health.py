@@ -26,19 +26,26 @@ async def readyz(request: web.Request) -> web.Response:
         checks["database"] = {"ok": True}
     except Exception as exc:  # any failure means "not reachable"; say which kind
         checks["database"] = {"ok": False, "error": type(exc).__name__}
+    startup = services.startup
     if not services.store.schema_ready:
         checks["database"] = {"ok": False, "error": "migrations_pending"}
-    if services.startup.failure is not None:
+    if startup.database_last_error is not None:
+        # The bootstrap is retrying (or gave up): which step failed, how, how many tries.
+        checks["database"]["bootstrap"] = {
+            "attempts": startup.database_attempts,
+            "max_attempts": startup.database_max_attempts,
+            "last_error": startup.database_last_error,
+        }
+    if startup.failure is not None:
         # Will not fix itself: start-up gave up on a step (details in the log).
-        checks["startup"] = {"ok": False, "error": services.startup.failure}
+        checks["startup"] = {"ok": False, "error": startup.failure}
     # Which model, dialect or simulator is in use is operator information (/api/stats);
     # what the relay has seen of the upstream is not (relay/upstream/health.py). A
     # deprecated model is flagged here by level and date only. Readiness is kept even after
     # the announced shutdown date: the table may be older than the service (shutdowns get
     # postponed) and a date alone must not take down a deployment that still works; the
     # upstream's own refusal shows in the sessions and in `relay doctor`.
-    health = services.upstream_health
-    upstream_check: dict[str, Any] = dict(health.report()) if health is not None else {"ok": True}
+    upstream_check: dict[str, Any] = dict(services.upstream_health.report())
     currencies = check_models(
         services.upstream.model, services.settings.upstream.transcription_model
     )
@@ -60,7 +67,7 @@ async def readyz(request: web.Request) -> web.Response:
         "redis": services.cache.redis_state,
         "invalidation": listener.state if listener is not None else "disabled",
     }
-    checks["draining"] = {"ok": not services.draining}
+    checks["draining"] = {"ok": not services.drain.draining}
     failing = [name for name, check in checks.items() if not check["ok"]]
     body: dict[str, Any] = {
         "status": "ready" if not failing else "unavailable",
@@ -78,7 +85,7 @@ async def readyz(request: web.Request) -> web.Response:
     settings = services.settings
     retry_after = {
         "database": settings.database.retry_after_s,
-        "upstream": health.retry_after_s if health is not None else DEFAULT_RETRY_AFTER_S,
+        "upstream": services.upstream_health.retry_after_s,
         "draining": settings.server.drain_retry_after_s,
     }
     seconds = max(retry_after.get(name, DEFAULT_RETRY_AFTER_S) for name in failing)

@@ -11,8 +11,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from relay.observability.request_context import current_request_id
 from relay.services import SERVICES
-from relay.web.auth import require_operator
-from relay.web.routes_cluster import cluster_stats
+from relay.web.api import Api, Operation, Response
+from relay.web.caller import require_operator
+from relay.web.routes_cluster import OPERATOR_ERRORS, cluster_stats
+from relay.web.schemas import Stats, StatsQuery
 from relay.web.stats_view import build_stats
 
 DASHBOARD = Path(__file__).resolve().parent.parent.parent / "static" / "stats.html"
@@ -27,7 +29,7 @@ DASHBOARD_CSP = (
 
 
 async def stats(request: web.Request) -> web.Response:
-    require_operator(request)
+    await require_operator(request)
     if request.query.get("scope") == "cluster":
         return await cluster_stats(request)
     body = await build_stats(request.app[SERVICES], current_request_id())
@@ -35,7 +37,7 @@ async def stats(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    require_operator(request)
+    await require_operator(request)
     # Rendering runs the process collector, which reads /proc: off the event loop.
     text = await asyncio.to_thread(request.app[SERVICES].metrics.render_prometheus)
     return web.Response(
@@ -61,7 +63,21 @@ async def dashboard(request: web.Request) -> web.FileResponse:
     )
 
 
-def register(app: web.Application) -> None:
-    app.router.add_get("/api/stats", stats)
+def register(api: Api, app: web.Application) -> None:
+    api.add(
+        Operation(
+            "GET",
+            "/api/stats",
+            "getStats",
+            "This member's live view, or every member's (scope=cluster)",
+            auth="operator",
+            tag="operator",
+            raw=stats,
+            query=StatsQuery,
+            responses=(Response(200, "The dashboard's data.", Stats),),
+            errors=OPERATOR_ERRORS,
+        )
+    )
+    # Outside the JSON API: Prometheus text and the dashboard page.
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/stats", dashboard)

@@ -1,9 +1,12 @@
-"""The operator's recordings API (operator token on every route).
+"""The recordings API: reading needs a read key (or the operator token), deleting an admin
+key (or the operator token).
 
-GET /api/recordings?limit=&offset=   newest first
+GET /api/recordings?limit=&cursor=|offset=&interview_id=&user_id=&email=&since=&until=
+                                     newest first; each item names its candidate and interview
 GET /api/recordings/{id}
 GET /api/recordings/{id}/audio       the stereo file; HTTP Range → 206 (for <audio> seeking)
 GET /api/recordings/{id}/transcript  transcript.jsonl
+                                     both as attachments named after the candidate and date
 DELETE /api/recordings/{id}          files/objects removed, row marked deleted
 """
 
@@ -12,45 +15,47 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
 import asyncpg
 from aiohttp import web
+from pydantic import Field
 
+from relay.admission.api_keys import Scope
 from relay.errors import ApiError
 from relay.observability.request_context import current_request_id
 from relay.recording import render, rows
 from relay.recording.s3 import StorageError
 from relay.recording.service import CONTENT_TYPES, RecordingService
 from relay.services import SERVICES
-from relay.web.auth import require_operator
+from relay.web.api import Api, Call, Operation, PathParam, Reply, Response
+from relay.web.caller import require_scope
+from relay.web.pagination import PageQuery, decode_cursor, encode_cursor
+from relay.web.schemas import RecordingList, RecordingOne
 
-DEFAULT_LIMIT = 50
-MAX_LIMIT = 200
 _ID = re.compile(r"^rec_[0-9a-f]{16}$")
+# What a download's name keeps of the candidate's e-mail; the rest becomes "-".
+_NAME_UNSAFE = re.compile(r"[^a-z0-9._-]+")
+_NAME_MAX = 64
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 CHUNK = 64 * 1024
 
 
-def _service(request: web.Request) -> RecordingService:
-    require_operator(request)
-    service = request.app[SERVICES].recordings
-    if service is None:
-        raise ApiError(404, "recordings_disabled", "Recording is not configured on this relay.")
-    return service
+class RecordingsQuery(PageQuery):
+    offset: Annotated[
+        int, Field(ge=0, le=10_000_000, description="Skip this many (instead of a cursor).")
+    ] = 0
+    interview_id: Annotated[str | None, Field(max_length=64)] = None
+    user_id: Annotated[int | None, Field(ge=1, le=2**63 - 1)] = None
+    email: Annotated[str | None, Field(max_length=320, description="The candidate's.")] = None
+    since: datetime | None = Field(default=None, description="Created at or after (ISO 8601).")
+    until: datetime | None = Field(default=None, description="Created before (ISO 8601).")
 
 
-def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, "invalid_parameter", f"'{name}' must be an integer.") from None
-    if not low <= value <= high:
-        raise ApiError(400, "invalid_parameter", f"'{name}' must be within {low}..{high}.")
-    return value
+async def _service(request: web.Request, scope: Scope = "read") -> RecordingService:
+    await require_scope(request, scope)
+    return request.app[SERVICES].recordings
 
 
 async def _row(request: web.Request, service: RecordingService) -> asyncpg.Record:
@@ -68,31 +73,62 @@ def _ready(row: asyncpg.Record) -> None:
         raise ApiError(409, "recording_not_ready", f"The recording is {row['status']}, not ready.")
 
 
-async def list_recordings(request: web.Request) -> web.Response:
-    service = _service(request)
-    limit = _int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-    offset = _int_param(request, "offset", 0, 0, 10_000_000)
-    page, total = await service.rows.page(limit=limit, offset=offset)
-    next_offset = offset + len(page) if offset + len(page) < total else None
-    body = {
-        "items": [rows.to_json(r) for r in page],
-        "total": total,
-        "limit": limit,
-        "offset": offset,
-        "next_offset": next_offset,
-        "request_id": current_request_id(),
-    }
-    return web.json_response(body)
+async def list_recordings(call: Call) -> Reply:
+    query = call.query(RecordingsQuery)
+    after = decode_cursor(query.cursor)
+    page, total = await call.services.recordings.rows.page(
+        limit=query.limit + 1,
+        offset=0 if after is not None else query.offset,
+        after=after,
+        interview_id=query.interview_id,
+        user_id=query.user_id,
+        email=query.email,
+        since=query.since,
+        until=query.until,
+    )
+    items = page[: query.limit]
+    more = len(page) > query.limit
+    next_cursor = encode_cursor(items[-1]["created_at"], items[-1]["id"]) if more else None
+    next_offset = query.offset + len(items) if more and after is None else None
+    body = RecordingList.model_validate(
+        {
+            "items": [rows.to_json(r) for r in items],
+            "total": total,
+            "limit": query.limit,
+            "offset": query.offset if after is None else 0,
+            "next_offset": next_offset,
+            "next_cursor": next_cursor,
+            "request_id": current_request_id(),
+        }
+    )
+    return Reply(200, body)
 
 
 async def get_recording(request: web.Request) -> web.Response:
-    service = _service(request)
+    service = await _service(request)
     row = await _row(request, service)
     return web.json_response(rows.to_json(row) | {"request_id": current_request_id()})
 
 
 def _file_name(row: asyncpg.Record) -> str:
     return render.AUDIO_NAMES.get(row["format"], "recording.ogg")
+
+
+def download_name(email: str | None, created_at: datetime, suffix: str) -> str:
+    """``interview-<candidate>-<YYYY-MM-DD-HHMM>.<suffix>``: the candidate's e-mail reduced to
+    ``[a-z0-9._-]`` (anything else, "@" included, becomes "-"), the recording's start in UTC
+    (two recordings of one candidate on one day keep apart). Plain ASCII, so the header needs
+    no RFC 5987 ``filename*`` and no quoting beyond the quotes."""
+    candidate = _NAME_UNSAFE.sub("-", (email or "").lower())[:_NAME_MAX].strip("-._")
+    when = created_at.astimezone(UTC).strftime("%Y-%m-%d-%H%M")
+    return f"interview-{candidate or 'candidate'}-{when}.{suffix}"
+
+
+def _disposition(row: asyncpg.Record, name: str) -> str:
+    suffix = name.rsplit(".", 1)[-1]
+    return (
+        f'attachment; filename="{download_name(row["candidate_email"], row["created_at"], suffix)}"'
+    )
 
 
 async def _serve(
@@ -109,6 +145,7 @@ async def _serve(
     # FileResponse answers Range requests (206, Content-Range) and If-Range itself.
     response = web.FileResponse(path, headers={"Content-Type": content_type})
     response.headers["Cache-Control"] = "no-store"
+    response.headers["Content-Disposition"] = _disposition(row, name)
     return response
 
 
@@ -142,6 +179,7 @@ async def _serve_s3(
         response.content_length = obj.content_length
         response.headers["Accept-Ranges"] = "bytes"
         response.headers["Cache-Control"] = "no-store"
+        response.headers["Content-Disposition"] = _disposition(row, name)
         if obj.content_range:
             response.headers["Content-Range"] = obj.content_range
         await response.prepare(request)
@@ -157,21 +195,21 @@ def _close_quietly(body: Any) -> None:
 
 
 async def get_audio(request: web.Request) -> web.StreamResponse:
-    service = _service(request)
+    service = await _service(request)
     row = await _row(request, service)
     _ready(row)
     return await _serve(request, service, row, _file_name(row))
 
 
 async def get_transcript(request: web.Request) -> web.StreamResponse:
-    service = _service(request)
+    service = await _service(request)
     row = await _row(request, service)
     _ready(row)
     return await _serve(request, service, row, render.TRANSCRIPT)
 
 
 async def delete_recording(request: web.Request) -> web.Response:
-    service = _service(request)
+    service = await _service(request, "admin")
     row = await _row(request, service)
     if row["status"] in ("recording", "rendering"):
         raise ApiError(409, "recording_busy", f"The recording is {row['status']}; retry later.")
@@ -185,9 +223,100 @@ async def delete_recording(request: web.Request) -> web.Response:
     return web.json_response(body | {"request_id": current_request_id()})
 
 
-def register(app: web.Application) -> None:
-    app.router.add_get("/api/recordings", list_recordings)
-    app.router.add_get("/api/recordings/{id}", get_recording)
-    app.router.add_get("/api/recordings/{id}/audio", get_audio)
-    app.router.add_get("/api/recordings/{id}/transcript", get_transcript)
-    app.router.add_delete("/api/recordings/{id}", delete_recording)
+_DOWNLOAD = (
+    "Sent as an attachment named after the candidate and the recording's start in UTC, "
+    "`Content-Disposition: attachment; "
+    'filename="interview-<candidate>-<YYYY-MM-DD-HHMM>.{suffix}"`: the candidate\'s e-mail '
+    "reduced to `[a-z0-9._-]` (anything else, `@` included, becomes `-`), e.g. "
+    "`interview-ana-example.com-2026-07-01-0930.{suffix}`."
+)
+_REC_ID = PathParam("id", "The recording's id.", r"^rec_[0-9a-f]{16}$")
+_READ_ERRORS: dict[int, tuple[str, ...]] = {
+    401: ("missing_token", "invalid_token"),
+    403: ("insufficient_scope",),
+    404: ("recording_not_found",),
+    429: ("too_many_failed_authentications",),
+    503: ("database_unavailable", "database_timeout"),
+}
+_FILE_ERRORS: dict[int, tuple[str, ...]] = {
+    **_READ_ERRORS,
+    404: ("recording_not_found", "recording_file_missing"),
+    409: ("recording_not_ready",),
+    416: ("invalid_range",),
+    502: ("storage_error",),
+}
+
+
+def register(api: Api) -> None:
+    api.add(
+        Operation(
+            "GET",
+            "/api/recordings",
+            "listRecordings",
+            "Recordings, newest first, with their candidate and interview",
+            auth="read",
+            tag="recordings",
+            run=list_recordings,
+            query=RecordingsQuery,
+            responses=(Response(200, "A page of recordings.", RecordingList),),
+            errors={**_READ_ERRORS, 400: ("invalid_parameter", "invalid_cursor")},
+        ),
+        Operation(
+            "GET",
+            "/api/recordings/{id}",
+            "getRecording",
+            "One recording",
+            auth="read",
+            tag="recordings",
+            raw=get_recording,
+            path_params=(_REC_ID,),
+            responses=(Response(200, "The recording.", RecordingOne),),
+            errors=_READ_ERRORS,
+        ),
+        Operation(
+            "GET",
+            "/api/recordings/{id}/audio",
+            "getRecordingAudio",
+            "The stereo recording (candidate left, interviewer right); Range → 206",
+            auth="read",
+            tag="recordings",
+            raw=get_audio,
+            path_params=(_REC_ID,),
+            description=_DOWNLOAD.format(suffix="ogg") + " (`.wav` for a WAV recording.)",
+            responses=(
+                Response(200, "The whole file.", content_type="audio/ogg", also=("audio/wav",)),
+                Response(
+                    206, "The requested range.", content_type="audio/ogg", also=("audio/wav",)
+                ),
+            ),
+            errors=_FILE_ERRORS,
+        ),
+        Operation(
+            "GET",
+            "/api/recordings/{id}/transcript",
+            "getRecordingTranscript",
+            "The transcript: one JSON object per line (speaker, offsets, text)",
+            auth="read",
+            tag="recordings",
+            raw=get_transcript,
+            path_params=(_REC_ID,),
+            description=_DOWNLOAD.format(suffix="jsonl"),
+            responses=(
+                Response(200, "The transcript.", content_type="application/x-ndjson"),
+                Response(206, "The requested range.", content_type="application/x-ndjson"),
+            ),
+            errors=_FILE_ERRORS,
+        ),
+        Operation(
+            "DELETE",
+            "/api/recordings/{id}",
+            "deleteRecording",
+            "Delete a recording's files; its row stays, marked deleted",
+            auth="admin",
+            tag="recordings",
+            raw=delete_recording,
+            path_params=(_REC_ID,),
+            responses=(Response(200, "The recording, deleted.", RecordingOne),),
+            errors={**_READ_ERRORS, 409: ("recording_busy",), 502: ("storage_error",)},
+        ),
+    )

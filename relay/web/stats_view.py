@@ -9,6 +9,7 @@ receives a full address.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from typing import Any
@@ -88,7 +89,7 @@ def _upstream(services: Services) -> dict[str, Any]:
     # What the relay has seen of the upstream (relay/upstream/health.py), in the
     # dashboard's words: up; degraded (failures, still in rotation); down (readiness red);
     # unknown (nothing tried yet).
-    health = services.upstream_health.report() if services.upstream_health is not None else {}
+    health = services.upstream_health.report()
     state = {"ok": "up", "degraded": "degraded", "down": "down"}.get(
         health.get("state", "unknown"), "unknown"
     )
@@ -96,7 +97,7 @@ def _upstream(services: Services) -> dict[str, Any]:
     body: dict[str, Any] = {
         "dialect": upstream.dialect,
         "model": upstream.model,
-        "simulated": services.simulator is not None,
+        "simulated": services.simulated,
         "state": state,
         "last_outcome": None
         if last is None
@@ -149,28 +150,37 @@ async def build_stats(services: Services, request_id: str) -> dict[str, Any]:
     by_state: dict[str, int] = {}
     for row in sessions:
         by_state[row["state"]] = by_state.get(row["state"], 0) + 1
-    monitor = services.loop_monitor
     body: dict[str, Any] = {
         "instance": services.instance_id,
+        # Which worker of `relay serve --workers N` answered (None: a single process). The
+        # rest of this body is that worker's own view; /metrics covers every worker.
+        "worker": (
+            None
+            if services.metrics.worker is None
+            else {
+                "index": services.metrics.worker,
+                "pid": os.getpid(),
+                "metrics_cover_all_workers": services.metrics.covers_all_workers,
+            }
+        ),
         "version": __version__,
         "time": round(time.time(), 3),
-        "draining": services.draining,
+        "draining": services.drain.draining,
         "redis": services.cache.redis_state,
         "database": await _database(services),
         "cache": _cache(services),
         "upstream": _upstream(services),
-        "upstream_health": (
-            services.upstream_health.report(operator=True)
-            if services.upstream_health is not None
-            else None
-        ),
+        "upstream_health": services.upstream_health.report(operator=True),
         "admission": _quantiles(services, "relay_admission_duration_seconds"),
         "media_connect": _quantiles(services, "relay_media_connect_duration_seconds"),
         # How the media sockets are read (relay.media.udp): datagrams per wake-up.
         "media_receive": media_sockets(asyncio.get_running_loop()).snapshot(),
+        # Which aiortc/aioice adaptations are in use, and for each one fallen back to
+        # aiortc's own path, the missing names (relay.media.capabilities).
+        "media_capabilities": services.bridges.capabilities.to_json(),
         "errors_by_code": _errors_by_code(services),
         "process": {
-            **(monitor.snapshot() if monitor is not None else {}),
+            **services.loop_monitor.snapshot(),
             # For leak checks (bench/shipped.py --cycles): live asyncio tasks and threads.
             "tasks": len(asyncio.all_tasks()),
             "threads": threading.active_count(),
@@ -183,8 +193,7 @@ async def build_stats(services: Services, request_id: str) -> dict[str, Any]:
         "metrics": services.metrics.snapshot(),
         "request_id": request_id,
     }
-    # Recordings (design §7) appear here once the relay records: the dashboard renders
-    # this list when present (id, session_id, status, duration_s, bytes, created_at).
-    if services.recordings_summary is not None:
-        body["recordings"] = await services.recordings_summary()
+    # Recordings (design §7): the dashboard renders this list (id, session_id, status,
+    # duration_s, bytes, created_at).
+    body["recordings"] = await services.recordings_summary()
     return body

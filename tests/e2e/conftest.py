@@ -5,6 +5,8 @@ fixtures (``make_relay``, ``simulator``) for a whole relay on loopback."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import wave
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -25,6 +27,10 @@ __all__ = [
     "page",
     "simulator",
 ]
+
+# axe-core, the accessibility checker the tests inject into the pages (npm, pinned in
+# tests/e2e/package.json; tests/run.sh installs it).
+AXE_JS = Path(__file__).resolve().parent / "node_modules" / "axe-core" / "axe.min.js"
 
 # Never a browser downloaded by Playwright: the system's Chromium.
 CHROMIUM = "/usr/bin/chromium"
@@ -48,14 +54,19 @@ async def fake_mic_wav(tmp_path: Path) -> Path:
     return path
 
 
-def chromium_args(wav: Path) -> list[str]:
+def chromium_args(wav: Path, *, grant: bool = True, device: bool = True) -> list[str]:
+    """``grant``: getUserMedia is granted without a prompt (without it, headless Chromium
+    denies it: nobody answers the prompt). ``device``: a fake microphone playing ``wav``
+    (without it there is none: the machine has no sound card)."""
+    media = []
+    if grant:
+        media.append("--use-fake-ui-for-media-stream")
+    if device:
+        media += ["--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={wav}"]
     return [
         "--no-sandbox",  # the tests may run as root
         "--disable-gpu",
-        # getUserMedia is granted without a prompt and served by a fake device playing the WAV.
-        "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-audio-capture={wav}",
+        *media,
         "--autoplay-policy=no-user-gesture-required",
         # Without it Chromium gathers no ICE candidates when loopback is the only interface.
         "--allow-loopback-in-peer-connection",
@@ -68,18 +79,22 @@ def chromium_args(wav: Path) -> list[str]:
     ]
 
 
-@pytest.fixture
-async def browser(fake_mic_wav: Path) -> AsyncIterator[Browser]:
+@contextlib.asynccontextmanager
+async def launch_chromium(args: list[str]) -> AsyncIterator[Browser]:
     # TMPDIR points into pytest's temporary directory (tests/conftest.py), where Chromium
     # leaves its profile and singleton files.
     async with async_playwright() as pw:
-        chromium = await pw.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=chromium_args(fake_mic_wav)
-        )
+        chromium = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
         try:
             yield chromium
         finally:
             await chromium.close()
+
+
+@pytest.fixture
+async def browser(fake_mic_wav: Path) -> AsyncIterator[Browser]:
+    async with launch_chromium(chromium_args(fake_mic_wav)) as chromium:
+        yield chromium
 
 
 @pytest.fixture
@@ -124,3 +139,24 @@ def collect_page_errors(page: Page) -> list[str]:
     page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
     return errors
+
+
+async def axe_violations(page: Page) -> list[dict[str, Any]]:
+    """What axe-core (its default rules: WCAG 2 A/AA and best practices) finds wrong on the
+    page as it is now: ``[{id, impact, help, targets}]``. Injected through the DevTools
+    protocol, so the page's Content-Security-Policy (no inline script) stays on."""
+    if not await page.evaluate("typeof window.axe === 'object'"):
+        if not AXE_JS.exists():
+            pytest.fail(f"{AXE_JS} is missing: run `npm ci --prefix tests/e2e` (tests/run.sh does)")
+        await page.evaluate(await asyncio.to_thread(AXE_JS.read_text))
+    found: list[dict[str, Any]] = await page.evaluate(
+        """async () => (await axe.run(document)).violations.map((v) => ({
+            id: v.id, impact: v.impact, help: v.help,
+            targets: v.nodes.map((n) => n.target.join(" ")),
+        }))"""
+    )
+    return found
+
+
+def describe_violations(found: list[dict[str, Any]]) -> str:
+    return json.dumps(found, indent=1)

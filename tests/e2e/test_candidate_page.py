@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 import asyncpg
-from playwright.async_api import Page, Response, expect
+from playwright.async_api import Page, Response, Route, expect
 
 from relay.upstream.simulator.server import RunningSimulator
 from tests.integration.conftest import MakeRelay
@@ -19,6 +19,7 @@ from tests.integration.media_helpers import wait_until
 from tests.integration.relay_harness import RelayHarness
 
 INVALID_TOKEN_MESSAGE = "This token is not valid. Check the link or token you were given."
+LINK_REFUSED_MESSAGE = "This interview link is not valid (or no longer valid)."
 # Bounds for a loaded machine; a healthy run needs a fraction of each.
 CONNECT_S = 10
 TURN_S = 15
@@ -45,7 +46,8 @@ async def test_candidate_talks_with_the_interviewer_and_hangs_up(
         await page.goto(str(relay.client.make_url("/")) + f"#token={token}")
     csp = (await loaded.value).headers["content-security-policy"]
     assert "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
-    await expect(page.locator("#token")).to_have_value(token)
+    # The link carried the credential: no field to type one into.
+    await expect(page.locator("#token")).to_be_hidden()
     # Read once, then gone from the address bar (replaced in place, not a new history entry).
     assert token not in page.url and "token" not in page.url, page.url
     notice = relay.services.settings.recording.notice_text
@@ -65,7 +67,8 @@ async def test_candidate_talks_with_the_interviewer_and_hangs_up(
     assert await page.evaluate("localStorage.length") == 0
     stored = await page.evaluate("JSON.stringify(Object.assign({}, localStorage))")
     assert token not in stored
-    assert await page.evaluate("Object.keys(sessionStorage)") in ([], ["interviewToken"])
+    kept = set(await page.evaluate("Object.keys(sessionStorage)"))
+    assert kept <= {"interviewToken", "interviewSession", "interviewMicrophone"}, kept
     assert token not in page.url
     assert relay.services.bridges is not None
     bridges = relay.services.bridges
@@ -99,6 +102,12 @@ async def test_candidate_talks_with_the_interviewer_and_hangs_up(
     assert (await deleted.value).status == 204
     await expect(page.locator("#status")).to_have_text("Interview ended.")
     await expect(page.locator("#error")).to_be_hidden()
+    # The end screen: why, what next, and no way to start another interview by mistake.
+    await expect(page.locator("#ended")).to_be_visible()
+    await expect(page.locator("#end-reason")).to_have_text("You ended the interview. Thank you!")
+    await expect(page.locator("#end-next")).to_have_text("You can close this tab.")
+    await expect(page.get_by_role("button", name="Start interview")).to_have_count(0)
+    await expect(page.locator("#connection")).to_have_text("Ended")
     await wait_until(lambda: len(relay.services.registry) == 0, CONNECT_S, "registry empty")
     await simulator.state.wait_for(lambda: call.hung_up, CONNECT_S)
     row = await interview_row(relay, session_id)
@@ -133,7 +142,8 @@ async def test_a_simulated_interview_says_so_to_the_candidate(
     assert relay.services.simulator is not None
     token = await relay.add_user(seconds=600)
     await page.goto(str(relay.client.make_url("/")) + f"#token={token}")
-    await expect(page.locator("#simulated")).to_be_hidden()
+    # Before Start (tests/e2e/test_preflight.py), and still once it runs.
+    await expect(page.locator("#simulated")).to_be_visible()
     async with page.expect_response("**/api/realtime-session") as created:
         await page.click("#start")
     assert (await (await created.value).json())["simulated"] is True
@@ -141,6 +151,46 @@ async def test_a_simulated_interview_says_so_to_the_candidate(
     await expect(banner).to_be_visible()
     await expect(banner).to_contain_text("simulated interviewer")
     await expect(page.locator("#stop")).to_be_enabled(timeout=CONNECT_S * 1000)
+    await page.click("#stop")
+    await expect(page.locator("#status")).to_have_text("Interview ended.")
+
+
+async def test_the_page_starts_a_recorded_interview_only_after_showing_its_notice(
+    make_relay: MakeRelay, page: Page
+) -> None:
+    relay = await make_relay()
+    token = await relay.add_user(seconds=600)
+    notice_requests: list[str] = []
+
+    async def first_notice_fails(route: Route) -> None:
+        notice_requests.append(route.request.url)
+        if len(notice_requests) == 1:
+            await route.fulfill(status=503, content_type="application/json", body="{}")
+        else:
+            await route.continue_()
+
+    await page.route("**/api/recording-notice", first_notice_fails)
+    created: list[str] = []
+    page.on(
+        "request",
+        lambda r: created.append(r.url) if r.url.endswith("/api/realtime-session") else None,
+    )
+    await page.goto(str(relay.client.make_url("/")) + f"#token={token}")
+    # The notice could not be loaded: Start is usable, but shows the notice first.
+    await expect(page.locator("#start")).to_be_enabled()
+    await expect(page.locator("#recording-notice")).to_be_hidden()
+    await page.click("#start")
+    notice = relay.services.settings.recording.notice_text
+    await expect(page.locator("#recording-notice")).to_have_text(notice)
+    await expect(page.locator("#error")).to_contain_text("read the recording notice")
+    assert created == [] and len(notice_requests) == 2
+    # Read, then Start again: the page confirms it, the relay records that.
+    async with page.expect_response("**/api/realtime-session") as response:
+        await page.click("#start")
+    assert (await response.value).status == 201
+    session_id = (await (await response.value).json())["session_id"]
+    await expect(page.locator("#stop")).to_be_enabled(timeout=CONNECT_S * 1000)
+    assert (await interview_row(relay, session_id))["recording_notice_shown"] is True
     await page.click("#stop")
     await expect(page.locator("#status")).to_have_text("Interview ended.")
 
@@ -269,7 +319,9 @@ async def test_a_401_is_not_retried(
     )
     await page.goto(str(relay.client.make_url("/?token=rt_revoked-or-mistyped-token-000")))
     await page.click("#start")
-    await expect(page.locator("#error")).to_contain_text(INVALID_TOKEN_MESSAGE)
+    # The token came with the link: the page says where a good one comes from.
+    await expect(page.locator("#error")).to_contain_text(LINK_REFUSED_MESSAGE)
+    await expect(page.locator("#token")).to_be_hidden()
     # The start button comes back only when the page has given up: one request, no retry.
     await expect(page.locator("#start")).to_be_enabled()
     await expect(page.locator("#status")).to_have_text("Not connected.")

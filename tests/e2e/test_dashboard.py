@@ -1,5 +1,6 @@
-"""The operator dashboard (/stats) in headless Chromium against a whole relay with one
-live bridged interview (a real aiortc "browser" through the relay to the simulator)."""
+"""The console's Live view (/stats with the operator token) in headless Chromium against a
+whole relay with one live bridged interview (a real aiortc "browser" through the relay to
+the simulator)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from playwright.async_api import Page, expect
 from relay.cluster.runtime import RELAY_VERSION
 from relay.upstream.simulator.server import RunningSimulator
 from tests.e2e.conftest import collect_page_errors
+from tests.e2e.console_helpers import DESKTOP, assert_accessible, collect_failed_responses
 from tests.integration.conftest import MakeRelay
 from tests.integration.live_session import live_session
 from tests.integration.media_helpers import wait_until
@@ -34,9 +36,12 @@ async def test_dashboard_shows_the_live_session_draws_charts_and_ends_it(
 ) -> None:
     relay = await make_relay()
     errors = collect_page_errors(page)
+    failed = collect_failed_responses(page)
+    icons: list[int] = []
+    page.on("response", lambda r: icons.append(r.status) if "favicon" in r.url else None)
     async with live_session(relay, email="jane.doe@example.com") as live:
         sid = live.session_id
-        await page.set_viewport_size({"width": 1280, "height": 900})
+        await page.set_viewport_size(DESKTOP)
         await page.goto(str(relay.client.make_url(f"/stats#token={OPERATOR_TOKEN}")))
 
         # The token left the address bar and lives in sessionStorage only.
@@ -72,8 +77,7 @@ async def test_dashboard_shows_the_live_session_draws_charts_and_ends_it(
         await expect(page.locator("#chart-admission polyline").first).to_have_attribute(
             "points", re.compile(r"\d")
         )
-        # The relay records by default: the recordings section is drawn.
-        await expect(page.locator("#recordings-section")).to_be_visible()
+        await assert_accessible(page, "the live view")
 
         desktop = artifact_path("dashboard-1280.png")
         await page.screenshot(path=str(desktop), full_page=True)
@@ -89,12 +93,27 @@ async def test_dashboard_shows_the_live_session_draws_charts_and_ends_it(
         phone = artifact_path("dashboard-phone.png")
         await page.screenshot(path=str(phone), full_page=True)
         print(f"dashboard screenshot (phone): {phone}")
-        await page.set_viewport_size({"width": 1280, "height": 900})
+        await page.set_viewport_size(DESKTOP)
 
-        # End, with the keyboard: the server ends the session.
+        # End is on screen at 1280 px (the table's last column stays in view).
         end = page.get_by_role("button", name=f"End session {sid}")
+        await expect(end).to_be_in_viewport()
+        box = await end.bounding_box()
+        assert box is not None and box["x"] + box["width"] <= DESKTOP["width"], box
+
+        # End, with the keyboard, asks first; Escape keeps the session.
         await end.focus()
         await page.keyboard.press("Enter")
+        confirm = page.get_by_role("dialog", name="End this session?")
+        await expect(confirm).to_contain_text(sid)
+        await page.keyboard.press("Escape")
+        await expect(confirm).to_be_hidden()
+        assert relay.services.registry.get(sid) is not None
+        await expect(row).to_be_visible()
+        # Asked again and confirmed: the server ends the session.
+        await end.focus()
+        await page.keyboard.press("Enter")
+        await confirm.get_by_role("button", name="End session").press("Enter")
         await wait_until(lambda: relay.services.registry.get(sid) is None, 10, "session ended")
         ended = page.locator(f'#ended tr[data-session="{sid}"]')
         await expect(ended).to_contain_text("operator_hangup", timeout=SHOWS_WITHIN_MS)
@@ -105,6 +124,9 @@ async def test_dashboard_shows_the_live_session_draws_charts_and_ends_it(
         assert [tuple(r) for r in rows] == [("ended", "operator_hangup")]
 
     assert errors == []
+    # Not even a favicon missing: the page names its own, and it is there.
+    assert failed == []
+    assert icons == [200]
 
 
 async def test_a_wrong_token_shows_a_clear_message_and_no_data(
@@ -120,7 +142,7 @@ async def test_a_wrong_token_shows_a_clear_message_and_no_data(
 
     await page.goto(str(relay.client.make_url("/stats#token=not-the-operator-token")))
     error = page.locator("#error")
-    await expect(error).to_contain_text("The operator token was refused.")
+    await expect(error).to_contain_text("The token was refused.")
     await expect(page.locator("#dashboard")).to_be_hidden()
     await expect(page).to_have_url(re.compile(r"/stats$"))
     assert await page.evaluate(f"sessionStorage.getItem('{TOKEN_KEY}')") is None
@@ -128,8 +150,9 @@ async def test_a_wrong_token_shows_a_clear_message_and_no_data(
     # Typed in: the same refusal, and still no data anywhere on the page.
     await page.fill("#op-token", "also-wrong")
     await page.press("#op-token", "Enter")
-    await expect(error).to_contain_text("The operator token was refused.")
+    await expect(error).to_contain_text("The token was refused.")
     await expect(page.locator("#live tbody tr")).to_have_count(0)
+    await assert_accessible(page, "the refused sign-in")
     assert sid not in await page.content()
     assert "s***e@example.com" not in await page.content()
 
@@ -142,49 +165,6 @@ async def test_a_wrong_token_shows_a_clear_message_and_no_data(
     await expect(error).to_be_hidden()
     # 401 responses are logged by Chromium as failed resources; nothing else may fail.
     assert [e for e in errors if "401" not in e] == []
-
-
-async def test_recordings_render_only_when_the_stats_carry_them(
-    make_relay: MakeRelay, simulator: RunningSimulator, page: Page
-) -> None:
-    """The hook the recorder plugs into: ``Services.recordings_summary``. Its audio and
-    transcript routes belong to the recorder; here only the list and its controls."""
-    relay = await make_relay()
-    errors = collect_page_errors(page)
-    await page.goto(str(relay.client.make_url(f"/stats#token={OPERATOR_TOKEN}")))
-    await expect(page.locator('[data-dep="PostgreSQL"] strong')).to_have_text("up")
-    # The relay records (on by default) but has no recordings yet.
-    await expect(page.locator("#recordings")).to_contain_text("No recordings.")
-
-    async def recordings() -> dict[str, object]:
-        return {
-            "latest": [
-                {
-                    "id": "rec_1",
-                    "session_id": "is_abc",
-                    "status": "ready",
-                    "duration_s": 61.5,
-                    "bytes": 480_000,
-                    "created_at": "2026-01-01T00:00:00Z",
-                }
-            ]
-        }
-
-    relay.services.recordings_summary = recordings
-    item = page.locator('#recordings li[data-recording="rec_1"]')
-    await expect(item).to_be_visible(timeout=SHOWS_WITHIN_MS)
-    await expect(item).to_contain_text("is_abc · ready · 1 min 2 s · 480 kB")
-    await expect(item.locator("audio")).to_have_count(1)
-    for name in ("Load audio", "Transcript", "Delete"):
-        await expect(item.get_by_role("button", name=name)).to_be_enabled()
-
-    async def none() -> dict[str, object]:
-        return {"latest": []}
-
-    relay.services.recordings_summary = none
-    await expect(item).to_have_count(0, timeout=SHOWS_WITHIN_MS)
-    await expect(page.locator("#recordings")).to_contain_text("No recordings.")
-    assert errors == []
 
 
 async def test_upstream_shows_degraded_then_down(
@@ -229,7 +209,7 @@ async def test_cluster_mode_lists_this_instance_and_ends_its_session(
     errors = collect_page_errors(page)
     async with live_session(relay, email="jane.doe@example.com") as live:
         sid = live.session_id
-        await page.set_viewport_size({"width": 1280, "height": 900})
+        await page.set_viewport_size(DESKTOP)
         await page.goto(str(relay.client.make_url(f"/stats#token={OPERATOR_TOKEN}")))
         # The instance mode is the default and unchanged.
         await expect(page.locator("#scope-instance")).to_be_checked()
@@ -268,10 +248,12 @@ async def test_cluster_mode_lists_this_instance_and_ends_its_session(
         await page.screenshot(path=str(shot), full_page=True)
         print(f"dashboard screenshot (cluster): {shot}")
 
-        # End from the cluster table, with the keyboard: the server ends the session.
+        # End from the cluster table, with the keyboard, confirmed: the server ends it.
         end = page.locator("#cluster-sessions").get_by_role("button", name=f"End session {sid}")
+        await expect(end).to_be_in_viewport()
         await end.focus()
         await page.keyboard.press("Enter")
+        await page.get_by_role("dialog").get_by_role("button", name="End session").click()
         await wait_until(lambda: relay.services.registry.get(sid) is None, 10, "session ended")
         await expect(row).to_have_count(0, timeout=SHOWS_WITHIN_MS)
         await expect(instance_row.locator("td").nth(LIVE_SESSIONS_COLUMN)).to_have_text("0")
@@ -328,6 +310,7 @@ async def test_cluster_mode_on_one_member_ends_a_session_held_by_another(
         )
 
         await row.get_by_role("button", name=f"End session {sid}").click()
+        await page.get_by_role("dialog").get_by_role("button", name="End session").click()
         await wait_until(lambda: b.services.registry.get(sid) is None, 10, "ended on B")
         await expect(row).to_have_count(0, timeout=SHOWS_WITHIN_MS)
         rows = await a.sql("SELECT state, end_reason FROM interview_sessions WHERE id = $1", sid)

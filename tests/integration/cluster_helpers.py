@@ -19,7 +19,12 @@ import asyncpg
 
 from relay.admission.tokens import hash_token, new_token
 from tests.integration.media_helpers import BrowserPeer, encode_opus, speech_like
-from tests.integration.relay_harness import OPERATOR_TOKEN, SIMULATOR_KEY, STATE_KEY
+from tests.integration.relay_harness import (
+    NOTICE_CONFIRMED,
+    OPERATOR_TOKEN,
+    SIMULATOR_KEY,
+    STATE_KEY,
+)
 
 URL_LINE = re.compile(r"listening on (http://127\.0\.0\.1:\d+/)")
 OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
@@ -190,7 +195,7 @@ class Client:
             return r.status, body, dict(r.headers)
 
     async def create(self, token: str) -> tuple[int, Any, dict[str, str]]:
-        return await self.call("POST", "api/realtime-session", token=token)
+        return await self.call("POST", "api/realtime-session", token=token, json=NOTICE_CONFIRMED)
 
     async def cluster(self) -> dict[str, Any]:
         status, body, _ = await self.call("GET", "api/stats?scope=cluster", headers=OPERATOR)

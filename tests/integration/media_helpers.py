@@ -28,12 +28,19 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError
+from aiortc.rtcsctptransport import Chunk, DataChunk
 from aiortc.rtp import RtpPacket
 
 from relay.config import IceConfig
 from relay.media import aiortc_private
 from relay.media.ice import rtc_configuration
-from relay.upstream.base import MintedSession, SdpAnswer, UpstreamError, UpstreamTimeout
+from relay.upstream.base import (
+    MintedSession,
+    SdpAnswer,
+    SessionOverrides,
+    UpstreamError,
+    UpstreamTimeout,
+)
 
 SAMPLE_RATE = 48000
 FRAME = 960  # 20 ms
@@ -219,6 +226,26 @@ async def wait_until(predicate: Callable[[], bool], within: float, what: str) ->
         await asyncio.sleep(0.02)
 
 
+def stop_reading_events(pc: RTCPeerConnection) -> None:
+    """Make ``pc`` a peer that no longer reads its data channels (a frozen tab, a stalled
+    upstream): its SCTP association drops every DATA chunk it receives and acknowledges
+    none, so the sender's window fills and what it sends next stays in its
+    ``bufferedAmount``. The peer's audio and its own sending go on.
+
+    Test-only use of aiortc's private ``RTCSctpTransport._receive_chunk`` (the association
+    looks it up on the instance for every chunk); aiortc has no public way to stop reading.
+    """
+    sctp = pc.sctp
+    assert sctp is not None, "no data channel negotiated yet"
+    receive = sctp._receive_chunk
+
+    async def drop_data(chunk: Chunk) -> None:
+        if not isinstance(chunk, DataChunk):
+            await receive(chunk)
+
+    sctp._receive_chunk = drop_data  # type: ignore[method-assign]
+
+
 def _prefer(pc: RTCPeerConnection, codec_names: Sequence[str]) -> None:
     capabilities = RTCRtpSender.getCapabilities("audio").codecs
     wanted = [
@@ -326,6 +353,8 @@ class UpstreamCall:
     packets: list[RtpPacket] = field(default_factory=list)
     mouth: OpusPacketTrack | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
+    # The relay's "oai-events" channel, as this upstream received it.
+    channel: Any = None
 
 
 class LoopbackUpstream:
@@ -357,7 +386,9 @@ class LoopbackUpstream:
         self.calls: list[UpstreamCall] = []
         self.hangups: list[str] = []
 
-    async def mint(self, *, request_id: str) -> MintedSession:
+    async def mint(
+        self, *, request_id: str, overrides: SessionOverrides | None = None
+    ) -> MintedSession:
         return MintedSession(secret="ek_loopback", expires_at=int(time.time()) + 600, model="x")
 
     async def exchange_sdp(
@@ -382,6 +413,7 @@ class LoopbackUpstream:
 
         @pc.on("datachannel")
         def on_channel(channel: Any) -> None:
+            call.channel = channel
             channel.on("message", lambda m: call.events.append(json.loads(m)))
             channel.send(json.dumps({"type": "session.created", "event_id": "event_1"}))
 

@@ -125,12 +125,10 @@ def rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(x.astype(np.float64) ** 2))) if x.size else 0.0
 
 
-async def connect(relay: RelayHarness, browser: TimedBrowser, *, notice: bool = True) -> str:
+async def connect(relay: RelayHarness, browser: TimedBrowser) -> str:
     """Create a session (saying the notice was shown), exchange, wait until active."""
     token = await relay.add_user(seconds=1800)
-    status, body, _ = await relay.create_session(
-        token, json={"recording_notice_shown": True} if notice else None
-    )
+    status, body, _ = await relay.create_session(token)
     assert status == 201, body
     session_id = str(body["session_id"])
     offer = await browser.peer.offer()

@@ -17,11 +17,13 @@ from relay.config import Settings
 from relay.media import fastloop
 from relay.services import Services
 
-OPERATOR_TOKEN = "op-test-token-0123456789"
+OPERATOR_TOKEN = "op-test-token-0123456789abcdefghij"
 # Seals pending sessions' upstream secrets (base64 of 32 bytes); fixed so that relays of
 # one test can open each other's.
 STATE_KEY = "dGVzdC1zdGF0ZS1rZXktMzItYnl0ZXMtbG9uZy4uLi4="
 SIMULATOR_KEY = "sk-sim-local"
+# A session request's body saying the recording notice was shown (as the page sends it).
+NOTICE_CONFIRMED = {"recording_notice_shown": True}
 
 
 def relay_settings(
@@ -104,8 +106,18 @@ class RelayHarness:
         )
 
     async def create_session(
-        self, token: str | None, *, headers: dict[str, str] | None = None, **kwargs: Any
+        self,
+        token: str | None,
+        *,
+        headers: dict[str, str] | None = None,
+        confirm_notice: bool = True,
+        **kwargs: Any,
     ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """POST /api/realtime-session. Without a body of its own (``json``/``data``) the
+        request says the recording notice was shown, as the candidate page does
+        (``confirm_notice=False``: no body at all)."""
+        if confirm_notice and "json" not in kwargs and "data" not in kwargs:
+            kwargs["json"] = NOTICE_CONFIRMED
         hdrs = dict(headers or {})
         if token is not None:
             hdrs["Authorization"] = f"Bearer {token}"

@@ -13,8 +13,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from relay.admission.migrate import MIGRATION_LOCK_ID
 from relay.admission.tokens import hash_token
+from relay.db.migrate import MIGRATION_LOCK_ID
 from relay.errors import ApiError
 from tests.integration.conftest import MakeRelay
 from tests.integration.relay_harness import OPERATOR_TOKEN
@@ -324,7 +324,8 @@ async def test_malformed_and_oversized_bodies(make_relay: MakeRelay) -> None:
     )
     assert status == 413
     assert_error(body, headers, "body_too_large")
-    # None of these touched the credential path.
+    # The token was checked first (bodies are read only after that); none was admitted.
+    assert relay.counter("relay_admission_total", outcome="admitted") == 0
     assert relay.counter("relay_admission_total") == 0
 
 
@@ -534,7 +535,7 @@ async def test_draining_refuses_new_sessions_and_says_so(make_relay: MakeRelay) 
     token = await relay.add_user()
     status, created, _ = await relay.create_session(token)
     assert status == 201
-    relay.services.draining = True
+    relay.services.drain.start()
     status, body, headers = await relay.create_session(token)
     assert status == 503
     assert_error(body, headers, "draining")

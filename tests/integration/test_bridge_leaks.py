@@ -129,7 +129,12 @@ async def one_session(relay: RelayHarness, token: str, index: int) -> None:
         else:
             await browser.pc.close()
         await bridge.wait_closed()
-        assert bridge.end_reason in ("hangup", "browser_disconnected", "browser_channel_closed")
+        assert bridge.end_reason in (
+            "hangup",
+            "browser_disconnected",
+            "browser_channel_closed",
+            "browser_gone",
+        )
     finally:
         await browser.close()
 
@@ -143,7 +148,10 @@ async def test_fifty_sessions_leave_nothing_behind(
             "limits": {
                 "per_user_concurrent_sessions": CONCURRENCY,
                 "per_user_requests_per_minute": 10 * SESSIONS,
-            }
+            },
+            # The sessions whose page vanishes wait briefly for a resume (browser_lost:
+            # the lost leg released, the upstream's audio parked), then end browser_gone.
+            "session": {"reconnect_grace_s": 0.5},
         }
     )
     token = await relay.add_user(seconds=36000)

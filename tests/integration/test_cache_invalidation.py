@@ -17,9 +17,9 @@ import redis.asyncio as aioredis
 
 from relay.admission.cache import UserCache
 from relay.admission.invalidation import APPLICATION_NAME, CHANNEL, CacheInvalidationListener
-from relay.admission.migrate import migrate
 from relay.admission.tokens import hash_token, new_token
 from relay.config import CacheConfig
+from relay.db.migrate import migrate
 from relay.observability.metrics import MetricsRegistry
 from tests.integration.cluster_helpers import poll
 from tests.integration.conftest import MakeRelay
@@ -234,7 +234,7 @@ async def test_a_listener_that_stops_cleanly_withdraws_its_announcement(
 ) -> None:
     conn = await asyncpg.connect(database_url)
     try:
-        await migrate(conn)
+        await migrate(conn, timeout_s=60)
     finally:
         await conn.close()
     cache = UserCache(CacheConfig(redis_url=redis_server.url), MetricsRegistry())
@@ -357,7 +357,7 @@ async def test_the_trigger_notifies_only_changes_to_what_is_cached(database_url:
     listener = await asyncpg.connect(database_url)
     received: asyncio.Queue[str] = asyncio.Queue()
     try:
-        await migrate(conn)
+        await migrate(conn, timeout_s=60)
         await listener.add_listener(CHANNEL, lambda *args: received.put_nowait(args[-1]))
         old, new = "1" * 64, "2" * 64
 

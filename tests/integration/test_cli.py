@@ -13,12 +13,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import pytest
 
 from relay.cli import _parser
+from relay.db.migrate import MIGRATION_LOCK_ID
+from tests.integration.relay_harness import NOTICE_CONFIRMED
 from tests.support.relay_cli import read_banner, run_relay, start_serving, stop_serving
 
-OPERATOR = "cli-test-operator-token"
+OPERATOR = "cli-test-operator-token-0123456789"
 
 
 def _env(data_dir: Path) -> dict[str, str]:
@@ -68,7 +71,9 @@ async def test_serve_prints_url_and_token_that_opens_a_session(
     url, token, _ = served
     async with aiohttp.ClientSession() as http:
         async with http.post(
-            url + "api/realtime-session", headers={"Authorization": f"Bearer {token}"}
+            url + "api/realtime-session",
+            headers={"Authorization": f"Bearer {token}"},
+            json=NOTICE_CONFIRMED,
         ) as resp:
             body = await resp.json()
             assert resp.status == 201, body
@@ -101,7 +106,9 @@ async def test_serve_on_the_standard_library_event_loop_when_configured(
         aiohttp.ClientSession() as http,
     ):
         auth = {"Authorization": f"Bearer {token}"}
-        async with http.post(url + "api/realtime-session", headers=auth) as resp:
+        async with http.post(
+            url + "api/realtime-session", headers=auth, json=NOTICE_CONFIRMED
+        ) as resp:
             assert resp.status == 201, await resp.text()
         operator = {"Authorization": f"Bearer {OPERATOR}"}
         async with http.get(url + "api/stats", headers=operator) as resp:
@@ -118,6 +125,16 @@ async def test_serve_without_a_key_off_loopback_refuses_to_start(tmp_path: Path)
     assert "listening" not in out
 
 
+async def test_serve_with_a_short_operator_token_refuses_to_start(tmp_path: Path) -> None:
+    # The token an outside probe guessed in 17 requests.
+    env = {**_env(tmp_path / "state"), "RELAY_OPERATOR_TOKEN": "q"}
+    code, out, err = await run_relay("serve", "--port", "0", env=env, cwd=tmp_path)
+    assert code == 2, (out, err)
+    assert "server.operator_token" in err and "32 characters" in err, err
+    assert "secrets.token_urlsafe" in err and "Traceback" not in err
+    assert "listening" not in out
+
+
 async def test_explicit_simulation_off_loopback_is_announced_to_operator_and_candidate(
     traversable_tmp_path: Path,
 ) -> None:
@@ -131,8 +148,15 @@ async def test_explicit_simulation_off_loopback_is_announced_to_operator_and_can
         aiohttp.ClientSession() as http,
     ):
         assert any(line.startswith("SIMULATED upstream") for line in banner), banner
+        # The banner names the address actually bound (all interfaces, the real port), then
+        # the URL that opens the page from this machine.
+        port = url.rstrip("/").rsplit(":", 1)[1]
+        assert f"listening on http://0.0.0.0:{port}/ (every IPv4 interface" in banner[0], banner
+        assert f"Operator dashboard: http://127.0.0.1:{port}/stats" in banner, banner
         headers = {"Authorization": f"Bearer {token}"}
-        async with http.post(url + "api/realtime-session", headers=headers) as resp:
+        async with http.post(
+            url + "api/realtime-session", headers=headers, json=NOTICE_CONFIRMED
+        ) as resp:
             body = await resp.json()
             assert resp.status == 201 and body["simulated"] is True, body
         operator = {"Authorization": f"Bearer {OPERATOR}"}
@@ -159,7 +183,9 @@ async def test_users_add_and_revoke_share_the_served_database(
 
     async with aiohttp.ClientSession() as http:
         headers = {"Authorization": f"Bearer {token}"}
-        async with http.post(url + "api/realtime-session", headers=headers) as resp:
+        async with http.post(
+            url + "api/realtime-session", headers=headers, json=NOTICE_CONFIRMED
+        ) as resp:
             body = await resp.json()
             assert resp.status == 201, body
             assert body["max_duration_seconds"] == 90
@@ -226,7 +252,9 @@ async def test_serve_against_a_separately_run_simulator_in_the_beta_dialect(
             aiohttp.ClientSession() as http,
         ):
             headers = {"Authorization": f"Bearer {token}"}
-            async with http.post(url + "api/realtime-session", headers=headers) as resp:
+            async with http.post(
+                url + "api/realtime-session", headers=headers, json=NOTICE_CONFIRMED
+            ) as resp:
                 body = await resp.json()
                 assert resp.status == 201, body
                 assert body["model"] == "gpt-4o-realtime-preview-2024-12-17"
@@ -254,7 +282,13 @@ async def test_unreachable_embedded_database_folder_exits_with_a_message(tmp_pat
     if os.geteuid() != 0:
         return  # only root runs PostgreSQL as another user, who cannot enter tmp_path
     code, _, err = await run_relay(
-        "users", "add", "--email", "x@example.test", env=_env(tmp_path / "state"), cwd=tmp_path
+        "users",
+        "add",
+        "--email",
+        "x@example.test",
+        "--create",
+        env=_env(tmp_path / "state"),
+        cwd=tmp_path,
     )
     assert code == 3
     assert err.startswith("embedded PostgreSQL:") and "Traceback" not in err
@@ -305,3 +339,21 @@ async def test_the_simulator_control_token_comes_from_the_environment(tmp_path: 
     finally:
         sim.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(sim.wait(), timeout=30) == 0
+
+
+async def test_db_migrate_behind_a_held_lock_gives_up_with_a_message(
+    tmp_path: Path, database_url: str
+) -> None:
+    env = {
+        **_env(tmp_path / "state"),
+        "DATABASE_URL": database_url,
+        "RELAY__DATABASE__MIGRATION_TIMEOUT_S": "0.5",
+    }
+    blocker = await asyncpg.connect(database_url)
+    try:
+        await blocker.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
+        code, _, err = await run_relay("db", "migrate", env=env, cwd=tmp_path)
+    finally:
+        await blocker.close()
+    assert code == 3, err
+    assert "database migrations: migrations took over 0.5 s" in err and "Traceback" not in err

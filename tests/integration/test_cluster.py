@@ -34,6 +34,8 @@ from tests.support.relay_cli import run_relay
 
 pytestmark = pytest.mark.slow
 
+RECONNECT_GRACE_S = 5
+
 
 class Pair:
     def __init__(self, a: RelayProcess, b: RelayProcess, dsn: str) -> None:
@@ -54,6 +56,9 @@ async def pair(
             "DATABASE_URL": database_url,
             "REDIS_URL": redis_server.url,
             **simulator_env(simulator.base_url),
+            # A dead member's interviews stay resumable elsewhere this long (continuity),
+            # shorter than the default so that their recovery is seen within a test.
+            "RELAY__SESSION__RECONNECT_GRACE_S": str(RECONNECT_GRACE_S),
         },
     )
     a = await RelayProcess.start(traversable_tmp_path, env)
@@ -192,7 +197,8 @@ async def test_created_on_a_exchanged_on_b_revoked_and_b_killed(
             body = await a.session(token2, sid2)
             return body if body["state"] == "failed" else None
 
-        final = await poll(recovered, 15, "B's session row to be recovered")
+        # Kept for a resume on A for the reconnect grace (none comes), then closed.
+        final = await poll(recovered, 15 + RECONNECT_GRACE_S, "B's session row to be recovered")
         assert final["end_reason"] == "relay_lost"
         # Debited for the time B was known alive with it connected, not for nothing.
         assert final["debited_seconds"] is not None and final["debited_seconds"] >= 0

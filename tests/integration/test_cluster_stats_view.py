@@ -1,5 +1,5 @@
 """GET /api/stats?scope=cluster carries every field the dashboard's cluster mode reads
-(static/stats.js), with the right types, for two relays sharing one PostgreSQL: this
+(static/console-live.js), with the right types, for two relays sharing one PostgreSQL: this
 relay and another one holding a live bridged interview."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from tests.integration.live_session import live_session
 from tests.integration.relay_harness import OPERATOR_TOKEN, RelayHarness
 
 OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
-STATS_JS = Path(__file__).resolve().parents[2] / "static" / "stats.js"
+DASHBOARD_JS = Path(__file__).resolve().parents[2] / "static" / "console-live.js"
 
 # What each field the page reads must be (None allowed nowhere: the page shows "–" for a
 # missing value, but a live member always has all of them).
@@ -40,8 +40,8 @@ SESSION_TYPES: dict[str, type | tuple[type, ...]] = {
 
 
 def fields_read(function: str, var: str) -> set[str]:
-    """The ``var.field`` names read in ``function`` of stats.js."""
-    source = STATS_JS.read_text()
+    """The ``var.field`` names read in ``function`` of the dashboard's script."""
+    source = DASHBOARD_JS.read_text()
     start = source.index(f"function {function}(")
     end = source.index("\n}\n", start)
     return set(re.findall(rf"\b{var}\.(\w+)", source[start:end]))

@@ -1,6 +1,8 @@
 """`relay doctor` as an operator runs it, against the simulator over real HTTP: every check
-passes on a healthy upstream; a refused key or an unavailable model fails with a clear line
-and a non-zero exit."""
+passes on a healthy upstream (the simulator playing the real service: it does not name
+itself); a refused key or an unavailable model fails with a clear line and a non-zero exit;
+checks the built-in simulator answered (no key, or `relay simulate` at OPENAI_BASE_URL) say
+SIMULATED and do not pass."""
 
 from __future__ import annotations
 
@@ -21,6 +23,17 @@ KEY = "sk-sim-local"
 
 @pytest.fixture
 async def sim() -> AsyncIterator[RunningSimulator]:
+    """The simulator standing in for the real service (it does not name itself)."""
+    simulator = await start_simulator(options=SimulatorOptions(identify=False))
+    try:
+        yield simulator
+    finally:
+        await simulator.close()
+
+
+@pytest.fixture
+async def named_sim() -> AsyncIterator[RunningSimulator]:
+    """The simulator as `relay simulate` runs it."""
     simulator = await start_simulator(options=SimulatorOptions())
     try:
         yield simulator
@@ -133,8 +146,33 @@ async def test_the_media_line_names_the_python_fast_path_when_configured(
     )
 
 
-async def test_without_a_key_the_built_in_simulator_is_checked(tmp_path: Path) -> None:
+async def test_without_a_key_the_built_in_simulator_is_checked_and_says_simulated(
+    tmp_path: Path,
+) -> None:
     code, lines, err = await _doctor(tmp_path, "https://api.openai.com/v1", OPENAI_API_KEY="")
-    assert code == 0, (lines, err)
+    assert code == 4, (lines, err)
     assert "the built-in simulator" in _line(lines, "config")
-    assert lines[-1] == "all checks passed"
+    outcomes = _outcomes(lines)
+    # Every check still runs (the relay's own client against its own simulator)...
+    assert (outcomes["key"], outcomes["model"], outcomes["mint"]) == ("OK", "OK", "OK")
+    # ... and the verdict says what they are worth.
+    upstream = next(line for line in lines if line.startswith("WARN  upstream:"))
+    assert "SIMULATED" in upstream and "-> set OPENAI_API_KEY" in upstream
+    assert lines[-1].startswith("SIMULATED: no real upstream was checked")
+    assert "all checks passed" not in lines
+
+
+async def test_a_simulator_at_the_configured_url_says_simulated(
+    named_sim: RunningSimulator, tmp_path: Path
+) -> None:
+    code, lines, err = await _doctor(tmp_path, named_sim.base_url)
+    assert code == 4, (lines, err)
+    upstream = next(line for line in lines if line.startswith("WARN  upstream:"))
+    assert f"SIMULATED: {named_sim.base_url}" in upstream
+    assert "-> point OPENAI_BASE_URL at the real service" in upstream
+    assert lines[-1].startswith("SIMULATED:")
+    # A failure still wins over SIMULATED: the exit status says the key is wrong.
+    await named_sim.state.update_faults({"reject_api_keys": True})
+    code, lines, _ = await _doctor(tmp_path, named_sim.base_url)
+    assert code == 1 and lines[-1] == "1 check(s) failed"
+    assert any(line.startswith("WARN  upstream: SIMULATED") for line in lines)

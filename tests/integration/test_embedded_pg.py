@@ -21,7 +21,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from relay.admission.embedded_pg import (
+from relay.db.embedded_pg import (
     EmbeddedPostgresError,
     as_os_user,
     postgres_bin_dir,
@@ -37,7 +37,7 @@ _TIMEOUT_S = 60.0
 _RELAY_PROCESS = """
 import json, os, sys
 from pathlib import Path
-from relay.admission.embedded_pg import start_embedded_postgres
+from relay.db.embedded_pg import start_embedded_postgres
 pg = start_embedded_postgres(Path(sys.argv[1]))
 print(json.dumps({"pid": pg.pid, "dsn": pg.dsn, "xdg": os.environ["XDG_RUNTIME_DIR"]}), flush=True)
 for line in sys.stdin:

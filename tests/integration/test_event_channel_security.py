@@ -114,7 +114,7 @@ async def test_a_flood_of_refused_events_closes_the_channel_and_the_interview_go
     relay, browser, bridge, _ = await connect(events={"max_refused_events": 5})
     await browser.wait_type("session.created")
     for i in range(8):
-        browser.send_event({"type": "session.update", "event_id": f"f{i}"})
+        browser.send_event({"type": "conversation.item.delete", "event_id": f"f{i}"})
     flood = await browser.wait_event(
         lambda e: e.get("type") == "error" and e["error"]["code"] == "too_many_refused_events"
     )
@@ -181,3 +181,42 @@ async def test_an_unpaired_surrogate_from_upstream_reaches_the_browser_escaped(
     first = [e for e in browser.events if e.get("event_id") == "s1"]
     assert [e["delta"] for e in first] == ["x\ud800"]
     assert bridge.state == "active" and browser.channel.readyState == "open"
+
+
+async def test_allowed_events_are_rate_limited_per_type(
+    connect: Connect, simulator: RunningSimulator
+) -> None:
+    burst = 10
+    relay, browser, bridge, _ = await connect(
+        events={
+            "browser_burst": burst,
+            # No refill within the test: exactly the burst goes through.
+            "browser_rate_per_s": 0.001,
+            # Room for every refusal: rate limiting alone is under test here.
+            "max_refused_events": 1000,
+        }
+    )
+    await browser.wait_type("session.created")
+    call = _call(simulator)
+    for i in range(300):
+        browser.send_event({"type": "response.cancel", "event_id": f"c{i}"})
+
+    def rate_limited() -> list[dict[str, Any]]:
+        return [
+            e
+            for e in browser.events
+            if e.get("type") == "error" and e["error"]["code"] == "rate_limited"
+        ]
+
+    await wait_until(lambda: len(rate_limited()) == 300 - burst, 10, "the refusals")
+    assert rate_limited()[0]["error"]["event_id"] == f"c{burst}"
+    assert "'response.cancel'" in rate_limited()[0]["error"]["message"]
+    # Another type has a bucket of its own.
+    browser.send_event({"type": "output_audio_buffer.clear", "event_id": "other"})
+    await simulator.state.wait_for(lambda: len(call.client_events) >= burst + 1, 5)
+    assert [e["event_id"] for e in call.client_events] == [
+        *(f"c{i}" for i in range(burst)),
+        "other",
+    ]
+    assert relay.counter("relay_media_events_refused_total", reason="rate_limited") == 300 - burst
+    assert bridge.events.counts["browser_to_upstream"] == burst + 1

@@ -5,36 +5,55 @@ log, and the security headers on every kind of response."""
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
 import json
 import logging
 import re
+import ssl
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
+from relay.app import create_app
+from relay.config import Settings
+from relay.upstream.simulator.server import RunningSimulator
 from tests.integration.conftest import MakeRelay
-from tests.integration.relay_harness import OPERATOR_TOKEN, RelayHarness
+from tests.integration.media_helpers import BrowserPeer
+from tests.integration.relay_harness import OPERATOR_TOKEN, RelayHarness, relay_settings
 
 REQUEST_ID = re.compile(r"req_[0-9a-f]{32}")
+# The body of a session request whose client showed the recording notice.
+CONFIRMED = {"recording_notice_shown": True}
 
 
-# Queries the relay runs by itself, on a timer (the cluster heartbeat every 0.5 s in tests).
-_BACKGROUND_QUERIES = frozenset({"member_heartbeat", "recover_dead_members", "reconcile_sessions"})
-
-
-def _request_queries(relay: RelayHarness) -> float:
-    """Database queries so far, except the heartbeat's (they run whatever requests do)."""
-    rows = relay.services.metrics.snapshot().get("relay_db_queries_total") or []
-    assert isinstance(rows, list)
-    return float(sum(r["value"] for r in rows if r.get("query") not in _BACKGROUND_QUERIES))
+def _went_to_the_database(response_headers: Mapping[str, str]) -> bool:
+    """Whether handling this request ran a database statement: the request's own stages
+    (Server-Timing), not the relay's background work (heartbeat, housekeeping, webhook
+    delivery) that runs meanwhile."""
+    stages = [
+        part.split(";", 1)[0].strip() for part in response_headers["Server-Timing"].split(",")
+    ]
+    return "db" in stages
 
 
 @pytest.mark.parametrize("path_id", ["%00", "is_" + "0" * 31 + "%00", "x" * 3000, "is_ZZ", "'--"])
 async def test_malformed_session_ids_are_404_before_any_query(
     make_relay: MakeRelay, path_id: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    relay = await make_relay()
+    # The token is cached after its first lookup; without the database's change
+    # notifications, which could drop the new user's entry again while it is being read.
+    relay = await make_relay(overrides={"cache": {"invalidate_from_database": False}})
     token = await relay.add_user()
-    queries_before = _request_queries(relay)
+    reached_database = 0
     for method, auth in (("GET", token), ("DELETE", token), ("DELETE", OPERATOR_TOKEN)):
         async with relay.client.request(
             method, f"/api/sessions/{path_id}", headers={"Authorization": f"Bearer {auth}"}
@@ -43,9 +62,10 @@ async def test_malformed_session_ids_are_404_before_any_query(
             assert resp.status == 404, body
             assert body["error"]["code"] == "session_not_found"
             assert body["request_id"] == resp.headers["X-Request-ID"]
+            reached_database += _went_to_the_database(resp.headers)
     # No session lookup reached PostgreSQL (the user's token is served from the cache).
     assert relay.counter("relay_db_queries_total", query="get_session") == 0
-    assert _request_queries(relay) - queries_before <= 1
+    assert reached_database <= 1
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
@@ -146,3 +166,187 @@ async def test_every_response_carries_the_security_headers(
         assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
         assert resp.headers["Server"] == "interview-relay"
         assert not re.search(r"\d", resp.headers["Server"])
+
+
+# -- JSON bodies: parsed only after authentication, and never a 500 -----------------------
+
+# About 2 KB each, nested 1,000 deep: past the interpreter's recursion limit.
+DEEP_ARRAY = b"[" * 1000 + b"]" * 1000
+DEEP_OBJECT = b'{"a":' * 1000 + b"1" + b"}" * 1000
+
+
+async def _post_raw(
+    relay: RelayHarness, path: str, body: bytes, token: str | None
+) -> tuple[int, dict[str, Any]]:
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    async with relay.client.post(path, data=body, headers=headers) as resp:
+        payload = await resp.json()
+        assert payload["request_id"] == resp.headers["X-Request-ID"]
+        return resp.status, payload
+
+
+@pytest.mark.parametrize("path", ["/api/realtime-session", "/api/webrtc-exchange"])
+async def test_deeply_nested_json_is_a_400_never_a_500(
+    make_relay: MakeRelay, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    relay = await make_relay()
+    token = await relay.add_user()
+    for body in (DEEP_ARRAY, DEEP_OBJECT):
+        status, payload = await _post_raw(relay, path, body, token)
+        assert (status, payload["error"]["code"]) == (400, "invalid_json"), payload
+    assert relay.counter("relay_http_errors_total", status=500) == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+async def test_a_deeply_nested_drain_body_is_a_400(make_relay: MakeRelay) -> None:
+    relay = await make_relay()
+    status, payload = await _post_raw(relay, "/api/cluster/drain", DEEP_ARRAY, OPERATOR_TOKEN)
+    assert (status, payload["error"]["code"]) == (400, "invalid_json"), payload
+
+
+@pytest.mark.parametrize(
+    ("path", "token"),
+    [
+        ("/api/realtime-session", None),
+        ("/api/realtime-session", "rt_" + "u" * 40),
+        ("/api/webrtc-exchange", None),
+        ("/api/cluster/drain", None),
+        ("/api/cluster/drain", "not-the-operator-token-" + "x" * 20),
+    ],
+)
+async def test_a_body_is_read_only_after_authentication(
+    make_relay: MakeRelay, path: str, token: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    relay = await make_relay()
+    # Neither malformed nor oversized bodies are looked at before the caller is known.
+    too_large = b"{" + b" " * (relay.services.settings.server.max_body_bytes + 1) + b"}"
+    for body in (DEEP_ARRAY, b"{not json", too_large):
+        status, payload = await _post_raw(relay, path, body, token)
+        expected = "missing_token" if token is None else "invalid_token"
+        assert (status, payload["error"]["code"]) == (401, expected), payload
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+async def test_a_generated_operator_token_meets_the_length_rule_and_works(
+    make_relay: MakeRelay,
+) -> None:
+    relay = await make_relay(overrides={"server": {"operator_token": ""}})
+    token = relay.services.generated_operator_token
+    assert token is not None
+    # The rule a configured token must meet (server.operator_token), met by the generated one.
+    assert Settings().replace("server", operator_token=token).server.operator_token == token
+    async with relay.client.get("/api/stats", headers={"Authorization": f"Bearer {token}"}) as r:
+        assert r.status == 200
+
+
+# -- caching and transport security headers ----------------------------------------------
+
+
+async def test_authenticated_json_responses_are_never_stored(make_relay: MakeRelay) -> None:
+    relay = await make_relay()
+    token = await relay.add_user()
+    user = {"Authorization": f"Bearer {token}"}
+    operator = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+
+    async def call(method: str, path: str, headers: dict[str, str], **kwargs: Any) -> Any:
+        async with relay.client.request(method, path, headers=headers, **kwargs) as resp:
+            assert resp.status < 300, (path, await resp.text())
+            assert resp.headers.get("Cache-Control") == "no-store", (method, path)
+            return await resp.json()
+
+    # The session carries a TURN credential; the exchange the relay's SDP answer.
+    session = await call("POST", "/api/realtime-session", user, json=CONFIRMED)
+    browser = BrowserPeer()
+    try:
+        offer = {"session_id": session["session_id"], "type": "offer", "sdp": await browser.offer()}
+        await call("POST", "/api/webrtc-exchange", user, json=offer)
+        await call("GET", f"/api/sessions/{session['session_id']}", user)
+        await call("GET", "/api/recordings", operator)
+        await call("GET", "/api/stats", operator)
+        await call("GET", "/api/stats?scope=cluster", operator)
+        await call("POST", "/api/cluster/drain", operator, json={"member": "no-such-member"})
+    finally:
+        await browser.close()
+    # Errors too: a refusal says nothing a cache should keep either.
+    async with relay.client.post("/api/realtime-session") as resp:
+        assert resp.status == 401 and resp.headers.get("Cache-Control") == "no-store"
+
+
+HSTS = "max-age=31536000"
+
+
+@pytest.mark.parametrize(
+    ("trusted", "proto", "hsts"),
+    [
+        (True, "https", True),
+        (True, "https, http", True),  # the client-facing proxy's scheme comes first
+        (True, "http", False),
+        (True, None, False),
+        (False, "https", False),  # anyone else's word is not believed
+    ],
+)
+async def test_hsts_when_a_trusted_proxy_says_the_client_came_over_tls(
+    make_relay: MakeRelay, trusted: bool, proto: str | None, hsts: bool
+) -> None:
+    # The test client connects from 127.0.0.1, as a reverse proxy on this host would.
+    proxies = ["127.0.0.0/8"] if trusted else []
+    relay = await make_relay(overrides={"server": {"trusted_proxies": proxies}})
+    headers = {"X-Forwarded-Proto": proto} if proto else {}
+    for path in ("/", "/healthz", "/api/stats", "/no/such/route"):
+        async with relay.client.get(path, headers=headers) as resp:
+            assert resp.headers.get("Strict-Transport-Security") == (HSTS if hsts else None), path
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+async def test_hsts_over_a_direct_tls_connection(
+    database_url: str, simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    cert, key = _self_signed(tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    app = create_app(relay_settings(database_url, simulator.base_url), instance_id="tls-test")
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_tls).start()
+        port = runner.addresses[0][1]
+        client_tls = ssl.create_default_context(cafile=str(cert))
+        async with aiohttp.ClientSession() as http:
+            for path in ("/", "/healthz"):
+                async with http.get(f"https://127.0.0.1:{port}{path}", ssl=client_tls) as resp:
+                    assert resp.status == 200
+                    assert resp.headers.get("Strict-Transport-Security") == HSTS, path
+    finally:
+        await asyncio.wait_for(runner.cleanup(), 45.0)

@@ -17,12 +17,16 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
-from relay.admission.store import UserExists
 from relay.admission.tokens import hash_token, new_token
+from relay.admission.users import UserExists
 from relay.sessions.registry import new_session_id
 from tests.integration.conftest import MakeRelay
+from tests.integration.media_helpers import BrowserPeer
 from tests.integration.relay_harness import RelayHarness
 from tests.support.reply_cutter import ReplyCutter
+
+# The claim's UPDATE (relay.sessions.shared_state): its transaction's COMMIT is what lands.
+CLAIM_UPDATE = b"SET state = 'connecting', relay_instance"
 
 
 @pytest.fixture
@@ -94,11 +98,11 @@ async def test_user_insert_committed_but_unanswered_returns_the_user(
     cutter: ReplyCutter, make_relay: MakeRelay, database_url: str
 ) -> None:
     relay = await relay_behind(make_relay, cutter, database_url)
-    store = relay.services.store
+    users = relay.services.users
     token_hash = hash_token(new_token())
 
     cutter.arm(b"INSERT INTO users")
-    user = await store.create_user("retry@example.test", token_hash, 600)
+    user = await users.create_user("retry@example.test", token_hash, 600)
     assert cutter.cuts == 1
     assert relay.counter("relay_db_retries_total", query="create_user") == 1
     assert (user.email, user.remaining_seconds, user.active) == ("retry@example.test", 600, True)
@@ -107,7 +111,7 @@ async def test_user_insert_committed_but_unanswered_returns_the_user(
 
     # A different token for a taken email is still refused (no silent adoption).
     with pytest.raises(UserExists):
-        await store.create_user("retry@example.test", hash_token(new_token()), 600)
+        await users.create_user("retry@example.test", hash_token(new_token()), 600)
 
 
 async def test_session_insert_racing_an_attempt_still_in_flight_adopts_its_row(
@@ -135,7 +139,7 @@ async def test_session_insert_racing_an_attempt_still_in_flight_adopts_its_row(
             expires_at,
         )
         retry = asyncio.create_task(
-            relay.services.store.create_session(
+            relay.services.session_rows.create_session(
                 session_id=session_id,
                 user_id=user["id"],
                 request_id="r1",
@@ -161,3 +165,38 @@ async def test_session_insert_racing_an_attempt_still_in_flight_adopts_its_row(
         await retry  # no RuntimeError: the row is this user's own
     rows = await relay.sql("SELECT id, user_id FROM interview_sessions")
     assert [(r["id"], r["user_id"]) for r in rows] == [(session_id, user["id"])]
+
+
+async def test_claim_committed_but_unanswered_is_recognised_by_its_retry(
+    cutter: ReplyCutter, make_relay: MakeRelay, database_url: str
+) -> None:
+    """The claim's COMMIT landed and its reply was lost: the store's retry finds the row
+    claimed by this very claim and carries on (not 409 for a session it now holds)."""
+    relay = await relay_behind(make_relay, cutter, database_url)
+    token = await relay.add_user()
+    status, body, _ = await relay.create_session(token)
+    assert status == 201, body
+    session_id = body["session_id"]
+
+    cutter.arm(CLAIM_UPDATE, then=b"COMMIT")
+    browser = BrowserPeer()
+    try:
+        offer = {"session_id": session_id, "type": "offer", "sdp": await browser.offer()}
+        async with relay.client.post(
+            "/api/webrtc-exchange", json=offer, headers={"Authorization": f"Bearer {token}"}
+        ) as resp:
+            answer = await resp.json()
+        assert cutter.cuts == 1  # the first attempt's COMMIT went through unanswered
+        assert relay.counter("relay_db_retries_total", query="claim_session") == 1
+        assert resp.status == 201, answer
+        await browser.accept(answer["sdp"])
+        await browser.wait_connected(15)
+        # This member holds it: its bridge, and the row naming this member.
+        entry = relay.services.registry.get(session_id)
+        assert entry is not None and entry.bridge is not None
+        rows = await relay.sql(
+            "SELECT state, relay_instance FROM interview_sessions WHERE id = $1", session_id
+        )
+        assert tuple(rows[0]) in (("connecting", "test-instance"), ("active", "test-instance"))
+    finally:
+        await browser.close()

@@ -34,15 +34,16 @@ from relay.upstream.simulator.options import SimulatorOptions
 from relay.upstream.simulator.server import RunningSimulator, start_simulator
 from tests.integration.conftest import MakeRelay
 from tests.integration.media_helpers import BrowserPeer, wait_until
-from tests.integration.relay_harness import RelayHarness
+from tests.integration.relay_harness import NOTICE_CONFIRMED, RelayHarness
 
 KEPT = 10  # the simulator's closed calls and keys remembered
 WARM_UP = 30
 CYCLES = 150
 # A per-interview leak adds at least one object per cycle (CYCLES in all). What is still
 # in flight when counting is not: timers of the last interviews' transports, recorders and
-# peers (with their contexts) were seen up to ~80 on a loaded machine, pooled connections
-# a handful. Two thirds of a cycle each still tells a one-per-interview leak from those.
+# peers (with their contexts), more of them the more loaded the machine, and pooled
+# connections a handful. Two thirds of a cycle each stays above those (docs/benchmarks.md,
+# "Figures behind the code's choices") and still tells a one-per-interview leak from them.
 MAX_GROWTH_PER_TYPE = CYCLES * 2 // 3
 
 
@@ -82,7 +83,7 @@ def object_counts() -> collections.Counter[str]:
 
 async def one_interview(http: aiohttp.ClientSession, relay: RelayHarness, token: str) -> None:
     auth = {"Authorization": f"Bearer {token}"}
-    async with http.post("/api/realtime-session", headers=auth) as resp:
+    async with http.post("/api/realtime-session", headers=auth, json=NOTICE_CONFIRMED) as resp:
         body: dict[str, Any] = await resp.json()
         assert resp.status == 201, body
     session_id = body["session_id"]

@@ -29,7 +29,7 @@ from relay.services import SERVICES, Services
 from relay.upstream.simulator.server import RunningSimulator
 from tests.integration.conftest import MakeRelay
 from tests.integration.media_helpers import wait_until
-from tests.integration.relay_harness import OPERATOR_TOKEN, relay_settings
+from tests.integration.relay_harness import NOTICE_CONFIRMED, OPERATOR_TOKEN, relay_settings
 
 BOUND = 3
 EXTRA = 5
@@ -232,7 +232,8 @@ async def served_relay(
 
 
 async def post(http: aiohttp.ClientSession, url: str, token: str) -> int:
-    async with http.post(url, headers={"Authorization": f"Bearer {token}"}) as resp:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with http.post(url, headers=headers, json=NOTICE_CONFIRMED) as resp:
         await resp.read()
         return resp.status
 

@@ -19,7 +19,7 @@ from tests.integration.recording_helpers import RATE, decode_stereo, first_loud,
 from tests.support.processes import free_port
 from tests.support.relay_cli import read_banner, start_serving, stop_serving
 
-OPERATOR = "crash-test-operator-token"
+OPERATOR = "crash-test-operator-token-0123456789"
 SPEECH = encode_opus(speech_like(3.0))
 
 

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from aiobotocore.session import get_session
 
 from relay.config import RecordingConfig
 from relay.recording.s3 import MULTIPART_THRESHOLD, PART_SIZE, S3Storage
+from relay.web.routes_recordings import download_name
 from tests.integration.conftest import MakeRelay
 from tests.integration.media_helpers import encode_opus, wait_until
 from tests.integration.recording_helpers import (
@@ -136,6 +138,10 @@ async def test_s3_storage_uploads_under_the_session_id_and_serves_ranges(
             assert resp.status == 206
             assert resp.headers["Content-Range"] == f"bytes 0-99/{len(audio)}"
             assert await resp.read() == audio[:100]
+            # Named as the local files are (the name itself: tests/unit).
+            created = datetime.fromisoformat(item["created_at"])
+            name = download_name(item["candidate_email"], created, "ogg")
+            assert resp.headers["Content-Disposition"] == f'attachment; filename="{name}"'
     manifest = json.loads(await read_object(endpoint, stored[0]))
     assert manifest["session_id"] == session_id
     assert manifest["storage"] == f"s3://{BUCKET}/{PREFIX}{session_id}/{rid}/"
@@ -167,7 +173,10 @@ async def test_s3_down_fails_the_recording_keeps_local_files_and_retries(
     assert rows[0]["state"] == "ended"
     assert rows[0]["recording_status"].startswith("failed: upload failed")
     local = Path(relay.services.settings.recording_path) / session_id
-    assert (local / "recording.ogg").is_file() and (local / "manifest.json").is_file()
+    # What is kept for the retry is what gets uploaded: the packet logs went once checked.
+    kept = await asyncio.to_thread(lambda: {p.name for p in local.iterdir()})
+    assert kept == {"recording.ogg", "transcript.jsonl", "manifest.json"}
+    assert relay.counter("relay_recordings_failed_total", stage="upload") == 1
 
     # The store comes back; the periodic retry uploads the kept files.
     await asyncio.to_thread(seaweedfs.start)

@@ -259,6 +259,55 @@ async def test_unified_multipart_form_with_a_standard_key(
     assert _state(client).call(call_id).model == "gpt-realtime-mini"
 
 
+async def test_a_page_on_another_origin_may_post_its_offer_with_an_ephemeral_key(
+    client: Client, offerer: RTCPeerConnection
+) -> None:
+    """What a browser does before and while the Agents SDK posts its offer from a page: a
+    CORS preflight (any origin, the headers it names), then the call, whose answer a
+    page's script may read, Location included."""
+    page = "http://127.0.0.2:8123"
+    asked = "authorization,content-type,x-openai-agents-sdk"
+    preflight = await client.options(
+        "/v1/realtime/calls",
+        headers={
+            "Origin": page,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": asked,
+        },
+    )
+    assert preflight.status == 200, await preflight.text()
+    assert preflight.headers["Access-Control-Allow-Origin"] == "*"
+    assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+    assert preflight.headers["Access-Control-Allow-Headers"] == asked
+    secret = await _mint(client)
+    response = await client.post(
+        "/v1/realtime/calls",
+        data=_offer(offerer),
+        headers={**SDP, "Authorization": f"Bearer {secret}", "Origin": page},
+    )
+    assert response.status == 201, await response.text()
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    exposed = {
+        h.strip().lower() for h in response.headers["Access-Control-Expose-Headers"].split(",")
+    }
+    assert {"location", "retry-after", "x-should-retry"} <= exposed
+    # Errors are readable by the page too (the SDK reports their message).
+    refused = await client.post(
+        "/v1/realtime/calls",
+        data="v=0",
+        headers={**SDP, "Authorization": "Bearer ek_x", "Origin": page},
+    )
+    await _error(refused, 401, "invalid_api_key")
+    assert refused.headers["Access-Control-Allow-Origin"] == "*"
+    # Not the control API, and not a request without an Origin (no browser involved).
+    control = await client.get("/_sim/calls", headers={**CONTROL, "Origin": page})
+    assert "Access-Control-Allow-Origin" not in control.headers
+    plain = await client.post(
+        "/v1/realtime/client_secrets", json={"session": GA_SESSION}, headers=AUTH
+    )
+    assert "Access-Control-Allow-Origin" not in plain.headers
+
+
 async def test_calls_refuses_other_content_types(client: Client) -> None:
     secret = await _mint(client)
     response = await client.post(

@@ -435,3 +435,53 @@ def _simulator_tasks() -> list[asyncio.Task[Any]]:
         if code is not None and "relay/upstream/simulator" in code.co_filename:
             found.append(task)
     return found
+
+
+async def test_seeded_items_join_the_conversation_and_its_length_is_reported(
+    http: aiohttp.ClientSession,
+    sim: RunningSimulator,
+    callers: Callable[[Utterance | None], Caller],
+    utterance: Utterance,
+) -> None:
+    """A conversation seeded with its past (as the relay does when a member takes an
+    interview over) counts those items, and the interviewer goes on with its next line."""
+    caller = callers(utterance)
+    call_id = await _connect(http, sim, caller, "ga")
+    assert call_id is not None
+    seeds = [
+        ("user", "input_text", "I led the migration."),
+        ("assistant", "output_text", SHORT_LINES[0]),
+        ("system", "input_text", "Continue where the conversation left off."),
+    ]
+    for role, kind, text in seeds:
+        caller.send(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": role,
+                    "content": [{"type": kind, "text": text}],
+                },
+            }
+        )
+    await caller.wait_event("conversation.item.done", n=3)
+
+    async def reported() -> dict[str, Any]:
+        async with http.get(
+            f"{sim.root_url}/_sim/calls/{call_id}",
+            headers={"Authorization": f"Bearer {sim.control_token}"},
+        ) as response:
+            assert response.status == 200
+            body: dict[str, Any] = await response.json()
+            return body
+
+    record = await reported()
+    assert (record["conversation_items"], record["items_created"]) == (3, 3)
+    assert caller.track is not None
+    caller.track.say(utterance.payloads)
+    done = await caller.wait_event("response.output_audio_transcript.done")
+    assert done["transcript"] == SHORT_LINES[1]  # not the first question again
+    record = await reported()
+    assert (record["conversation_items"], record["items_created"]) == (5, 3)
+    for event in caller.events:
+        validate_server_event(event, "ga")

@@ -1,9 +1,14 @@
-"""A reloaded page's new session request supersedes its never-exchanged one (cap 1)."""
+"""A reloaded page's new session request supersedes its never-exchanged one (cap 1).
+
+Superseding and claiming are both conditional updates of the session's row: when a
+reload and an exchange of the old session race (on one member or on two), exactly one
+of them wins, and a session ended while its claim waited is not bridged."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -12,6 +17,7 @@ from relay.upstream.simulator.server import RunningSimulator
 from tests.integration.conftest import MakeRelay
 from tests.integration.media_helpers import BrowserPeer, wait_until
 from tests.integration.relay_harness import OPERATOR_TOKEN, RelayHarness
+from tests.support.redis_server import RedisServer
 
 CAP_ONE = {"limits": {"per_user_concurrent_sessions": 1, "per_user_requests_per_minute": 100}}
 
@@ -54,6 +60,28 @@ async def wait_for_lock_waiter(relay: RelayHarness, statement: str, within: floa
             return
         assert asyncio.get_running_loop().time() < deadline, f"no {statement} ever waited"
         await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def row_locked(relay: RelayHarness, session_id: str) -> AsyncIterator[None]:
+    """Hold the session row's lock: the claim and any close of the row queue behind it,
+    in the order they arrive, until the block ends."""
+    holder = await asyncpg.connect(relay.database_url)
+    try:
+        transaction = holder.transaction()
+        await transaction.start()
+        await holder.execute(
+            "SELECT 1 FROM interview_sessions WHERE id = $1 FOR UPDATE", session_id
+        )
+        try:
+            yield
+        finally:
+            await transaction.rollback()
+    finally:
+        await holder.close()
+
+
+CLAIM_WAITS = "FOR UPDATE OF s"  # the claim's read of the row (relay.sessions.shared_state)
 
 
 async def test_reload_supersedes_the_pending_session(make_relay: MakeRelay) -> None:
@@ -206,3 +234,86 @@ async def test_exchange_of_superseded_or_unknown_ids(make_relay: MakeRelay) -> N
     status, body = await exchange(relay, other, first["session_id"])
     assert status == 404 and body["error"]["code"] == "session_not_found", body
     assert relay.counter("relay_db_attempts_total", query="get_session") == 0
+
+
+async def test_a_session_being_claimed_is_not_superseded_by_a_reload(
+    make_relay: MakeRelay,
+) -> None:
+    relay = await make_relay(overrides=CAP_ONE)
+    token = await relay.add_user()
+    status, first, _ = await relay.create_session(token)
+    assert status == 201, first
+
+    async with row_locked(relay, first["session_id"]):
+        claim = asyncio.create_task(exchange(relay, token, first["session_id"]))
+        await wait_for_lock_waiter(relay, CLAIM_WAITS)
+        # The page is reloaded while its exchange waits for the row.
+        status, second, _ = await relay.create_session(token)
+    claimed, answer = await claim
+
+    assert claimed == 201, answer
+    assert status == 429 and second["error"]["code"] == "too_many_sessions", second
+    rows = await relay.sql("SELECT id, end_reason FROM interview_sessions")
+    assert [r["id"] for r in rows] == [first["session_id"]]  # no second session
+    assert rows[0]["end_reason"] != "superseded"
+
+
+async def test_a_reload_racing_a_claim_on_another_member_admits_one_of_them(
+    make_relay: MakeRelay, redis_server: RedisServer
+) -> None:
+    a = await make_relay(redis_url=redis_server.url, overrides=CAP_ONE, instance_id="a")
+    b = await make_relay(redis_url=redis_server.url, overrides=CAP_ONE, instance_id="b")
+    token = await a.add_user()
+    status, first, _ = await a.create_session(token)
+    assert status == 201, first
+    session_id = first["session_id"]
+
+    async with row_locked(a, session_id):
+        claim = asyncio.create_task(exchange(b, token, session_id))
+        await wait_for_lock_waiter(a, CLAIM_WAITS)
+        # The page is reloaded on a while b's exchange of the old session waits: a's
+        # supersede queues behind the claim for the row.
+        reload = asyncio.create_task(a.create_session(token))
+        await wait_for_lock_waiter(a, "UPDATE interview_sessions")
+    claimed, answer = await claim
+    status, second, _ = await reload
+
+    # The claim got the row first: the old session lives on b, the reload meets the cap.
+    assert claimed == 201, answer
+    assert status == 429 and second["error"]["code"] == "too_many_sessions", second
+    rows = await a.sql("SELECT id, end_reason, relay_instance FROM interview_sessions")
+    assert [(r["id"], r["relay_instance"]) for r in rows] == [(session_id, "b")]
+    assert rows[0]["end_reason"] != "superseded"
+    # a does not take it for superseded: a second exchange is refused as a used session.
+    again, body = await exchange(a, token, session_id)
+    assert again == 409 and body["error"]["code"] == "session_already_exchanged", body
+
+
+async def test_a_session_hung_up_while_its_claim_waits_is_not_bridged(
+    make_relay: MakeRelay,
+) -> None:
+    a = await make_relay(instance_id="a")
+    b = await make_relay(instance_id="b")
+    token = await a.add_user()
+    status, first, _ = await a.create_session(token)
+    assert status == 201, first
+    session_id = first["session_id"]
+
+    async with row_locked(a, session_id):
+        claim = asyncio.create_task(exchange(a, token, session_id))
+        await wait_for_lock_waiter(a, CLAIM_WAITS)
+        # The operator hangs up through b: the command reaches a, whose close of the
+        # row (only while pending) queues behind the claim.
+        async with b.client.delete(
+            f"/api/sessions/{session_id}", headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+        ) as resp:
+            assert resp.status == 204
+        await wait_for_lock_waiter(a, "UPDATE interview_sessions")
+    claimed, answer = await claim
+
+    # The claim took the row before the hang-up's close: the claim undoes itself.
+    assert claimed == 409 and answer["error"]["code"] == "session_closed", answer
+    rows = await a.sql("SELECT state, end_reason FROM interview_sessions")
+    assert [(r["state"], r["end_reason"]) for r in rows] == [("ended", "operator_hangup")]
+    assert a.services.registry.live() == []
+    assert a.services.bridges is not None and len(a.services.bridges) == 0

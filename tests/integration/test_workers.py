@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.admission.embedded_pg import start_embedded_postgres
+from relay.db.embedded_pg import start_embedded_postgres
 from tests.integration.cluster_helpers import (
     Client,
     RelayProcess,
@@ -80,6 +80,8 @@ async def test_two_workers_share_one_port_and_one_embedded_database(
             for _ in range(MAX_TRIES):
                 status, created, _ = await client.create(token)
                 assert status == 201, created
+                # No OpenAI key: the workers' one shared simulator, and candidates are told.
+                assert created["simulated"] is True
                 sid = created["session_id"]
                 browser, _ = await client.go_live(token, sid)
                 browsers.append(browser)

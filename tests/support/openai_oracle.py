@@ -25,6 +25,7 @@ from openai.types.realtime import (
     RealtimeTranscriptionSessionCreateRequest,
 )
 from openai.types.realtime.client_secret_create_params import ClientSecretCreateParams
+from openai.types.realtime.client_secret_create_response import ClientSecretCreateResponse
 
 SDK_VERSION = "3.57.0"
 
@@ -43,10 +44,13 @@ def _by_type(union: Any) -> dict[str, pydantic.TypeAdapter[Any]]:
 
 _SERVER_EVENTS = _by_type(RealtimeServerEvent)
 _CLIENT_EVENTS = _by_type(RealtimeClientEvent)
+# Every GA client event type the SDK models (a simulator must answer each as the service does).
+CLIENT_EVENT_TYPES: frozenset[str] = frozenset(_CLIENT_EVENTS)
 # The beta dialect (still modelled by the SDK under openai.types.beta.realtime).
 _BETA_SERVER_EVENTS = _by_type(BetaRealtimeServerEvent)
 _BETA_SESSION_PARAMS: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(BetaSessionCreateParams)
 _SECRET_PARAMS: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(ClientSecretCreateParams)
+_SECRET_RESPONSE: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(ClientSecretCreateResponse)
 
 # Fields the real GA service sends on the session object of session.created/updated and of
 # the client_secrets reply that the SDK's request-shaped models do not declare.
@@ -147,3 +151,9 @@ def validate_client_secret_body(body: Mapping[str, Any]) -> None:
         raise OracleMismatch(f"client_secrets body fails the SDK's params: {exc}") from None
     if "session" in body:
         validate_session_config(body["session"])
+
+
+def validate_client_secret_response(body: Mapping[str, Any]) -> Any:
+    """The answer of ``POST /v1/realtime/client_secrets``: the SDK's
+    ``ClientSecretCreateResponse``, with no field the SDK does not declare."""
+    return _validate(_SECRET_RESPONSE, dict(body), "client_secrets answer")

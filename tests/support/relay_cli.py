@@ -9,7 +9,10 @@ import sys
 from pathlib import Path
 
 # The line `relay serve` prints once it listens.
-URL_LINE = re.compile(r"listening on (http://127\.0\.0\.1:\d+/)")
+# A loopback bind prints its URL; a wildcard bind names itself, then the URL to open here.
+URL_LINE = re.compile(
+    r"listening on (?:http://0\.0\.0\.0:\d+/ \(.*from this machine: )?(http://127\.0\.0\.1:\d+/)"
+)
 
 
 async def run_relay(

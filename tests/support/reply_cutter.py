@@ -7,7 +7,12 @@ next CommandComplete is swallowed together with everything up to the ReadyForQue
 follows it (by then the statement's transaction is over: committed), and both sides of
 that connection are cut. The client sees its connection die without an answer, exactly
 as when the network fails between the server's commit and the client: it cannot know
-that its statement took effect.
+that its statement took effect. ``arm(marker, then=b"COMMIT")`` waits, on the connection
+that sent the marker, for the next statement carrying ``then`` and loses *its* reply
+instead (the COMMIT of the transaction the marked statement ran in). With
+``outage=True`` the cut is the start of an outage: every connection through the proxy is
+cut with it and new ones are refused until ``restore()``, so the client's retries find
+the database unreachable (a network partition right after the commit).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ class _Connection:
     def __init__(self) -> None:
         # The client sent the marker: watch the server's replies for the command's end.
         self.triggered = False
+        # The marker was seen and ``then`` is awaited on this connection.
+        self.awaiting: bytes | None = None
         self.swallowing = False
         self.pending = bytearray()  # a partial backend message carried between reads
 
@@ -33,6 +40,9 @@ class ReplyCutter:
         self._target = (target_host, target_port)
         self._server: asyncio.Server | None = None
         self._marker: bytes | None = None
+        self._then: bytes | None = None
+        self._outage = False
+        self._down = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.cuts = 0
         self.port = 0
@@ -46,9 +56,17 @@ class ReplyCutter:
         host, port = self._target
         return template.replace(f"{host}:{port}", f"127.0.0.1:{self.port}", 1)
 
-    def arm(self, marker: bytes) -> None:
-        """Lose the reply to the next statement sent with ``marker`` in it (once)."""
+    def arm(self, marker: bytes, *, then: bytes | None = None, outage: bool = False) -> None:
+        """Lose the reply to the next statement sent with ``marker`` in it (once), or with
+        ``then``, to the next statement carrying ``then`` on the same connection; with
+        ``outage``, cut every connection then and refuse new ones until ``restore``."""
         self._marker = marker
+        self._then = then
+        self._outage = outage
+
+    def restore(self) -> None:
+        """End the outage: new connections are forwarded again."""
+        self._down = False
 
     async def close(self) -> None:
         if self._server is not None:
@@ -61,6 +79,9 @@ class ReplyCutter:
             await self._server.wait_closed()
 
     async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        if self._down:
+            client_w.transport.abort()  # as if the server were unreachable
+            return
         # Owned by the proxy (not by asyncio's callback), so close() can stop it quietly.
         task = asyncio.create_task(self._serve(client_r, client_w))
         self._tasks.add(task)
@@ -89,9 +110,15 @@ class ReplyCutter:
     ) -> None:
         with contextlib.suppress(OSError):
             while data := await reader.read(65536):
-                if self._marker is not None and self._marker in data:
-                    self._marker = None
+                if conn.awaiting is not None and conn.awaiting in data:
+                    conn.awaiting = None
                     conn.triggered = True
+                elif self._marker is not None and self._marker in data:
+                    self._marker = None
+                    if self._then is None:
+                        conn.triggered = True
+                    else:
+                        conn.awaiting = self._then
                 writer.write(data)
                 await writer.drain()
         writer.transport.abort()
@@ -111,7 +138,16 @@ class ReplyCutter:
                     await writer.drain()
                 if done:
                     self.cuts += 1
+                    if self._outage:
+                        self._begin_outage()
                     return  # the caller aborts both connections
+
+    def _begin_outage(self) -> None:
+        self._down = True
+        current = asyncio.current_task()
+        for task in list(self._tasks):
+            if task is not current:
+                task.cancel()  # its _serve aborts both of its connections
 
     @staticmethod
     def _scan(conn: _Connection, data: bytes) -> tuple[bytes, bool]:

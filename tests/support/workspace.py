@@ -18,7 +18,7 @@ import signal
 import tempfile
 from pathlib import Path
 
-from relay.admission.embedded_pg import OsUser, unreachable_dirs
+from relay.db.embedded_pg import OsUser, unreachable_dirs
 
 PREFIX = "relay-tests-"
 _NAME = re.compile(rf"^{PREFIX}(\d+)-")

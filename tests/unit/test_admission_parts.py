@@ -9,14 +9,14 @@ import pytest
 from relay.admission.breaker import BreakerState, CircuitBreaker
 from relay.admission.cache import UserCache
 from relay.admission.local_cache import LocalTTLCache
-from relay.admission.rate_limit import SlidingWindowLimiter
-from relay.admission.store import UserRecord
+from relay.admission.rate_limit import PENDING_RETRY_S, FailedAuthLimiter, SlidingWindowLimiter
 from relay.admission.tokens import (
     bearer_token,
     hash_token,
     new_token,
     plausible_token,
 )
+from relay.admission.users import UserRecord
 from relay.config import CacheConfig
 from relay.observability.metrics import MetricsRegistry
 from relay.web.middleware import request_id_for
@@ -147,17 +147,41 @@ async def test_unknown_tokens_cannot_evict_known_users_from_the_local_cache() ->
     await cache.close()
 
 
-def test_sliding_window_peek_and_record_for_failed_authentications() -> None:
+def test_failed_auth_reservations_check_and_reserve_in_one_step() -> None:
     now = [0.0]
-    limiter = SlidingWindowLimiter(2, clock=lambda: now[0])
-    assert limiter.peek("10.0.0.1") is None
-    limiter.record("10.0.0.1")
-    assert limiter.peek("10.0.0.1") is None  # peeking counts nothing
-    limiter.record("10.0.0.1")
-    wait = limiter.peek("10.0.0.1")
-    assert wait == pytest.approx(60.0)
-    assert limiter.peek("10.0.0.2") is None
+    limiter = FailedAuthLimiter(2, clock=lambda: now[0])
+    # Two different tokens under lookup take the address's whole budget...
+    assert limiter.reserve("10.0.0.1", "a") is None
+    assert limiter.reserve("10.0.0.1", "b") is None
+    assert limiter.reserve("10.0.0.1", "c") == pytest.approx(PENDING_RETRY_S)
+    # ...but more requests with a token already under lookup share its place.
+    assert limiter.reserve("10.0.0.1", "a") is None
+    assert limiter.reserve("10.0.0.2", "c") is None  # other addresses are not affected
+    # A lookup that succeeds gives its place back (once every request with it is done).
+    limiter.settle("10.0.0.1", "a", failed=False)
+    assert limiter.reserve("10.0.0.1", "c") == pytest.approx(PENDING_RETRY_S)
+    limiter.settle("10.0.0.1", "a", failed=False)
+    assert limiter.reserve("10.0.0.1", "c") is None
+    # Failures stay for the window; without a token only they are checked.
+    limiter.settle("10.0.0.1", "b", failed=True)
+    limiter.settle("10.0.0.1", "c", failed=True)
+    assert limiter.reserve("10.0.0.1", None) == pytest.approx(60.0)
+    assert limiter.reserve("10.0.0.1", "d") == pytest.approx(60.0)
     now[0] = 30.0
-    assert limiter.peek("10.0.0.1") == pytest.approx(30.0)
+    assert limiter.reserve("10.0.0.1", "d") == pytest.approx(30.0)
     now[0] = 60.5
-    assert limiter.peek("10.0.0.1") is None
+    assert limiter.reserve("10.0.0.1", None) is None
+    assert limiter.reserve("10.0.0.1", "d") is None
+
+
+def test_failed_auth_limiter_forgets_quiet_addresses_and_stays_bounded() -> None:
+    limiter = FailedAuthLimiter(3, max_keys=10, clock=lambda: 0.0)
+    for i in range(100):
+        address = f"10.0.0.{i}"
+        assert limiter.reserve(address, "t") is None
+        limiter.settle(address, "t", failed=i % 2 == 0)
+    assert len(limiter) <= 10
+    limiter.reserve("10.1.0.1", None)
+    limiter.reserve("10.1.0.2", "t")
+    limiter.settle("10.1.0.2", "t", failed=False)
+    assert "10.1.0.1" not in limiter and "10.1.0.2" not in limiter

@@ -237,6 +237,7 @@ def test_aioice_looks_its_host_addresses_up_at_gather_time() -> None:
     assert "addresses = get_host_addresses(" in gather
     assert "use_ipv4=self._use_ipv4, use_ipv6=self._use_ipv6" in gather
     original = aiortc_private._original_get_host_addresses
+    assert original is not None
     assert original.__module__ == "aioice.ice" and original.__name__ == "get_host_addresses"
     assert list(inspect.signature(original).parameters) == ["use_ipv4", "use_ipv6"]
     # aioice skips loopback itself, which is why the relay routes the lookup.
@@ -477,7 +478,9 @@ def test_aioice_connect_paces_through_check_periodic() -> None:
     start_task = inspect.getsource(aioice.ice.Connection.check_start_task)
     assert "pair.task = asyncio.create_task(self.check_start(pair))" in start_task
     # The original pacing step, kept for the replacement to call.
-    assert "check_start_task" in inspect.getsource(aiortc_private._original_check_periodic)
+    original = aiortc_private._original_check_periodic
+    assert original is not None
+    assert "check_start_task" in inspect.getsource(original)
 
 
 def test_prompt_ice_completion_installs_idempotently() -> None:

@@ -7,7 +7,7 @@ from relay.admission.cache import UserCache, _glob_escape
 from relay.admission.change_log import ChangeLog
 from relay.admission.invalidation import first_connect_flush, parse_payload
 from relay.admission.local_cache import LocalTTLCache
-from relay.admission.store import UserRecord
+from relay.admission.users import UserRecord
 from relay.config import CacheConfig
 from relay.observability.metrics import MetricsRegistry
 

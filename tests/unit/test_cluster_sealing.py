@@ -7,14 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.cluster.sealing import (
-    KEY_FILE,
-    Sealer,
-    SealError,
-    StateKeyError,
-    decode_key,
-    load_or_create_key,
-)
+from relay.cluster.sealing import Sealer
+from relay.sealing import KEY_FILE, SealError, StateKeyError, decode_key, load_or_create_key
 from relay.upstream.base import MintedSession
 
 MINTED = MintedSession(

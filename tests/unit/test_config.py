@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import tomllib
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def test_environment_overrides_file_and_conventional_names(tmp_path: Path) -> No
         "DATABASE_URL": "postgresql://x@127.0.0.1/db",
         "OPENAI_API_KEY": "sk-test",
         "OPENAI_BASE_URL": "http://127.0.0.1:9000/v1",
-        "RELAY_OPERATOR_TOKEN": "op",
+        "RELAY_OPERATOR_TOKEN": "op-" + "o" * 30,
     }
     s = load_settings(file, environ=env)
     assert s.server.port == 9100
@@ -48,7 +49,7 @@ def test_environment_overrides_file_and_conventional_names(tmp_path: Path) -> No
     assert s.database.url == "postgresql://x@127.0.0.1/db"
     assert s.upstream.api_key == "sk-test"
     assert s.upstream.base_url == "http://127.0.0.1:9000/v1"
-    assert s.server.operator_token == "op"
+    assert s.server.operator_token == "op-" + "o" * 30
 
 
 def test_secrets_are_not_in_repr() -> None:
@@ -284,3 +285,37 @@ def test_recordings_directory_defaults_under_data_dir() -> None:
     assert str(s.recording_path) == "/srv/relay/recordings"
     s = load_settings(environ={"RELAY__RECORDING__DIRECTORY": "/mnt/rec"})
     assert str(s.recording_path) == "/mnt/rec"
+
+
+@pytest.mark.parametrize("name", ["RELAY_OPERATOR_TOKEN", "RELAY__SERVER__OPERATOR_TOKEN"])
+def test_an_operator_token_shorter_than_32_characters_is_refused(name: str) -> None:
+    for short in ("q", "short-secret-value", "x" * 31):
+        with pytest.raises(ConfigError) as caught:
+            load_settings(environ={name: short})
+        message = str(caught.value)
+        assert message.startswith("server.operator_token: "), message
+        assert "32 characters" in message and "secrets.token_urlsafe(32)" in message
+        assert short not in message  # a secret is never echoed
+    assert load_settings(environ={name: "x" * 32}).server.operator_token == "x" * 32
+    # Empty: one is generated at start (relay.app), long enough.
+    assert load_settings(environ={}).server.operator_token == ""
+
+
+@pytest.mark.parametrize(
+    "origin",
+    ["*", "https://app.example.com/", "https://app.example.com/path", "app.example.com", "ftp://x"],
+)
+def test_cors_origins_must_be_exact_origins(origin: str) -> None:
+    with pytest.raises(ConfigError, match=r"server\.cors_origins"):
+        load_settings(environ={"RELAY__SERVER__CORS_ORIGINS": json.dumps([origin])})
+
+
+def test_cors_origins_are_kept_as_browsers_send_them() -> None:
+    origins = ["https://App.Example.com", "http://127.0.0.2:8123", "http://[::1]:9000"]
+    s = load_settings(environ={"RELAY__SERVER__CORS_ORIGINS": json.dumps(origins)})
+    assert s.server.cors_origins == (
+        "https://app.example.com",
+        "http://127.0.0.2:8123",
+        "http://[::1]:9000",
+    )
+    assert Settings().server.cors_origins == ()

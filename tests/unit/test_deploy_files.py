@@ -8,27 +8,31 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import json
+import os
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from relay.config import ConfigError, load_settings
+from relay.config import ConfigError, Settings, load_settings
 from relay.media.manager import check_port_range_size, ports_per_exchange
 from relay.upstream.simulation import uses_simulator
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "compose.yaml"
+# Linux's default net.ipv4.ip_local_port_range starts here: media ranges stay below it.
+EPHEMERAL_START = 32768
 
 # What an operator sets (compose.yaml's header): test values only.
 COMPOSE_ENV = {
     "POSTGRES_PASSWORD": "pg-test-password",
-    "RELAY_OPERATOR_TOKEN": "op-test-token",
+    "RELAY_OPERATOR_TOKEN": "op-test-token-0123456789abcdefghij",
     "TURN_SECRET": "turn-test-secret",
     "S3_ACCESS_KEY": "s3-access",
     "S3_SECRET_KEY": "s3-secret",
@@ -134,6 +138,8 @@ def test_dockerfile_runtime_runs_as_a_non_root_user_with_a_healthcheck() -> None
 
 
 def test_dockerfile_has_no_remote_add_and_cleans_apt_lists() -> None:
+    # A syntax directive makes BuildKit fetch a frontend image from a registry.
+    assert not re.search(r"^#\s*syntax=", DOCKERFILE.read_text(), re.M | re.I)
     for keyword, rest in instructions(DOCKERFILE.read_text()):
         if keyword == "ADD":
             assert not re.search(r"https?://", rest), f"ADD of a URL: {rest}"
@@ -174,6 +180,7 @@ def test_dockerfile_environment_is_valid_configuration_and_exposes_the_udp_range
         is None
     )
     assert f"{settings.server.port}/tcp" in exposed or str(settings.server.port) in exposed
+    assert high < EPHEMERAL_START, "below the kernel's ephemeral ports"
     volumes = [rest for k, rest in final if k == "VOLUME"]
     assert volumes and settings.server.data_dir.startswith(json.loads(volumes[0])[0])
     # Secrets never baked in.
@@ -198,11 +205,7 @@ def dockerignored(path: str, patterns: list[str]) -> bool:
 
 
 def test_dockerignore_keeps_the_context_to_what_the_image_copies() -> None:
-    patterns = [
-        line.strip()
-        for line in (ROOT / ".dockerignore").read_text().splitlines()
-        if line.strip() and not line.startswith("#")
-    ]
+    patterns = _dockerignore_patterns()
     for excluded in (".git/HEAD", ".venv/bin/python", "tests/conftest.py", "bench/run.py"):
         assert dockerignored(excluded, patterns), excluded
     assert dockerignored("relay/__pycache__/app.cpython-311.pyc", patterns)
@@ -212,6 +215,29 @@ def test_dockerignore_keeps_the_context_to_what_the_image_copies() -> None:
                 assert (ROOT / source).exists(), source
                 probe = source if (ROOT / source).is_file() else f"{source.rstrip('/')}/x.py"
                 assert not dockerignored(probe.removeprefix("./"), patterns), source
+
+
+def test_the_schema_migrations_ship_with_the_package_and_the_image() -> None:
+    """relay.db.migrate reads its SQL files as package data: an installed relay (pip) has
+    them only if pyproject.toml lists them, the image only if it copies them."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    globs = setuptools["package-data"]["relay"]
+    migrations = sorted((ROOT / "relay/db/migrations").glob("*.sql"))
+    assert migrations
+    for path in migrations:
+        inside = path.relative_to(ROOT / "relay").as_posix()
+        assert any(fnmatch.fnmatch(inside, g) for g in globs), inside
+        assert not dockerignored(path.relative_to(ROOT).as_posix(), _dockerignore_patterns())
+    copied = [rest.split()[0] for k, rest in instructions(DOCKERFILE.read_text()) if k == "COPY"]
+    assert "relay" in copied
+
+
+def _dockerignore_patterns() -> list[str]:
+    return [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
 
 
 # ---------------------------------------------------------------------- compose.yaml
@@ -250,7 +276,40 @@ def compose(env: dict[str, str] | None = None) -> dict[str, Any]:
 
 
 def relay_services(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {n: s for n, s in data["services"].items() if "build" in s}
+    """The services that run `relay serve` (the image's own command)."""
+    return {n: s for n, s in data["services"].items() if "build" in s and "command" not in s}
+
+
+def relay_settings(service: dict[str, Any]) -> Settings:
+    """A relay service's settings: the image's environment under compose's."""
+    env = {k: str(v) for k, v in service["environment"].items()}
+    return load_settings(environ={**dockerfile_env(), **env})
+
+
+def config_file(data: dict[str, Any], name: str) -> Path:
+    path = ROOT / str(data["configs"][name]["file"])
+    assert path.is_file(), path
+    return path
+
+
+def rendered(data: dict[str, Any], service: str, tmp_path: Path) -> str:
+    """What a service's ``sh -c`` entry point writes into /tmp at start, run here with the
+    service's environment (its configs read from the repository, its exec left out)."""
+    spec = data["services"][service]
+    assert spec["entrypoint"] == ["/bin/sh", "-c"], service
+    (script,) = spec["command"]
+    # /tmp first: the repository itself may live under /tmp.
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    script = script.replace("/tmp/", f"{tmp_path}/")
+    for mount in spec.get("configs", []):
+        script = script.replace(mount["target"], str(config_file(data, mount["source"])))
+    script, _, program = script.rpartition("&& exec ")
+    assert program, f"{service}: the entry point ends by exec-ing the server"
+    env = {"PATH": "/usr/bin:/bin", **{k: str(v) for k, v in spec["environment"].items()}}
+    subprocess.run(["sh", "-c", script], env=env, check=True, timeout=30)
+    (written,) = [p for p in tmp_path.iterdir() if p.name in program]
+    assert written.stat().st_mode & 0o077 == 0, "written for the server's user alone"
+    return written.read_text()
 
 
 def test_compose_parses_and_every_service_is_checked_before_it_is_used() -> None:
@@ -269,7 +328,8 @@ def test_compose_parses_and_every_service_is_checked_before_it_is_used() -> None
             else:
                 assert condition == "service_completed_successfully"
                 assert services[target].get("restart") == "no", target
-        if "image" in service and "build" not in service:
+        own = {s["image"] for s in relay_services(data).values()}
+        if "image" in service and service["image"] not in own:
             assert pinned(service["image"]), f"{name}: {service['image']}"
     declared = set(data.get("volumes", {}))
     for name, service in services.items():
@@ -278,62 +338,93 @@ def test_compose_parses_and_every_service_is_checked_before_it_is_used() -> None
             if not source.startswith((".", "/")):
                 assert source in declared, f"{name}: volume {source} not declared"
         for config in service.get("configs", []):
-            assert config["source"] in data["configs"], config
+            config_file(data, config["source"])
 
 
-def udp_range(ports: list[str]) -> tuple[int, int]:
-    (mapping,) = [p for p in ports if p.endswith("/udp")]
-    published, target = mapping.removesuffix("/udp").split(":")
-    assert published == target, "published 1:1, so the announced ports are right"
-    low, high = target.split("-")
-    return int(low), int(high)
-
-
-def test_compose_runs_two_relays_on_separate_udp_ranges_with_valid_settings() -> None:
+def test_compose_runs_two_relays_on_host_networking_with_separate_ranges() -> None:
+    """Host networking: each relay binds its own UDP range on the host (publishing ranges
+    costs a docker-proxy process per port), below the kernel's ephemeral ports, on one
+    gathered address announced as PUBLIC_IP; HTTP on loopback behind the proxy."""
     data = compose()
     relays = relay_services(data)
     assert len(relays) >= 2
-    ranges = []
+    ranges, ports = [], set()
     for name, service in relays.items():
-        env = {k: str(v) for k, v in service["environment"].items()}
-        # Every key is loaded for real: a typo or a bad value fails here.
-        settings = load_settings(environ=env)
+        assert service["network_mode"] == "host" and "ports" not in service, name
+        settings = relay_settings(service)  # every key loaded for real: a typo fails here
         ice = settings.ice
-        assert (ice.udp_port_min, ice.udp_port_max) == udp_range(service["ports"]), name
-        # The sizing rule with the image's environment under it (one container address).
-        with_image = load_settings(environ={**dockerfile_env(), **env})
-        size = with_image.ice.udp_port_max - with_image.ice.udp_port_min + 1
-        per = ports_per_exchange(with_image.ice, addresses=1)
-        assert size >= with_image.limits.global_max_sessions * per, name
+        assert 1024 <= ice.udp_port_min < ice.udp_port_max < EPHEMERAL_START, name
+        # The sizing rule with the addresses it gathers.
+        assert ice.host_addresses == (COMPOSE_ENV["PUBLIC_IP"],)
+        size = ice.udp_port_max - ice.udp_port_min + 1
+        per = ports_per_exchange(ice, addresses=len(ice.host_addresses))
+        assert size >= settings.limits.global_max_sessions * per, name
         assert ice.public_address == COMPOSE_ENV["PUBLIC_IP"]
         assert ice.turn_secret == COMPOSE_ENV["TURN_SECRET"] and ice.turn_urls
         assert settings.database.url.startswith("postgresql://") and settings.cache.redis_url
-        # The proxy's network is trusted for X-Forwarded-For, and only it.
-        subnets = [c["subnet"] for c in data["networks"]["default"]["ipam"]["config"]]
-        assert settings.server.trusted_proxies == subnets
+        # Only the proxy on this host reaches them, and only it is trusted to forward.
+        assert settings.server.host == "127.0.0.1"
+        assert settings.server.trusted_proxies == (ipaddress.ip_network("127.0.0.1"),)
+        ports.add(settings.server.port)
         grace = int(service["stop_grace_period"].removesuffix("s"))
         assert grace > settings.server.drain_timeout_s, "drain finishes before SIGKILL"
         mounts = [v.split(":") for v in service["volumes"]]
         assert any(target == "/data" for _, target in mounts), name
-        ranges.append(udp_range(service["ports"]))
+        ranges.append((ice.udp_port_min, ice.udp_port_max))
+    assert len(ports) == len(relays), "each relay on its own HTTP port"
+    turn = compose_turn_ports(data)
     ranges.sort()
     for (_, high), (low, _) in zip(ranges, ranges[1:], strict=False):
         assert high < low, f"UDP ranges overlap: {ranges}"
+    assert all(high < turn[0] or low > turn[1] for low, high in ranges), (ranges, turn)
     sources = [v.split(":")[0] for s in relays.values() for v in s["volumes"]]
     assert len(set(sources)) == len(sources), "each relay has its own data volume"
+    # The stateful services stay off the host's network, published on loopback only.
+    for name in ("postgres", "redis", "seaweedfs"):
+        service = data["services"][name]
+        assert "network_mode" not in service, name
+        assert all(p.startswith("127.0.0.1:") for p in service["ports"]), name
 
 
-def test_compose_shares_the_turn_secret_and_proxies_to_every_relay() -> None:
+def compose_turn_ports(data: dict[str, Any]) -> tuple[int, int]:
+    conf = config_file(data, "turnserver").read_text()
+    low = int(re.search(r"^min-port=(\d+)$", conf, re.M)[1])  # type: ignore[index]
+    high = int(re.search(r"^max-port=(\d+)$", conf, re.M)[1])  # type: ignore[index]
+    assert high < EPHEMERAL_START, "coturn's relay ports below the ephemeral ports"
+    return low, high
+
+
+def test_compose_runs_one_simulator_for_both_relays_when_simulating() -> None:
+    """RELAY_SIMULATE=true with --profile simulate: both relays use the simulator service,
+    so a session created through one is exchanged through the other."""
+    data = compose({**COMPOSE_ENV, "RELAY_SIMULATE": "true"})
+    simulator = data["services"]["simulator"]
+    assert simulator["profiles"] == ["simulate"] and simulator["network_mode"] == "host"
+    command = simulator["command"]
+    assert command[:4] == ["python", "-m", "relay", "simulate"]
+    host, port = command[command.index("--host") + 1], command[command.index("--port") + 1]
+    for name, service in relay_services(data).items():
+        settings = relay_settings(service)
+        assert uses_simulator(settings), name
+        assert settings.upstream.simulator_url == f"http://{host}:{port}/v1", name
+
+
+def test_compose_shares_the_turn_secret_and_proxies_to_every_relay(tmp_path: Path) -> None:
     data = compose()
-    turn = data["configs"]["turnserver"]["content"]
-    assert f"static-auth-secret={COMPOSE_ENV['TURN_SECRET']}" in turn
+    turn = rendered(data, "coturn", tmp_path / "coturn")
+    assert f"static-auth-secret={COMPOSE_ENV['TURN_SECRET']}" in turn.splitlines()
+    assert f"external-ip={COMPOSE_ENV['PUBLIC_IP']}" in turn.splitlines()
     assert "use-auth-secret" in turn and "no-cli" in turn
-    caddy = data["configs"]["caddyfile"]["content"]
-    for name in relay_services(data):
-        assert f"{name}:8080" in caddy
+    assert COMPOSE_ENV["TURN_SECRET"] not in json.dumps(data["services"]["coturn"]["command"])
+    caddy = config_file(data, "caddyfile").read_text()
+    upstreams = re.search(r"reverse_proxy ([^{]+)\{", caddy)
+    assert upstreams is not None
+    expected = {f"127.0.0.1:{relay_settings(s).server.port}" for s in relay_services(data).values()}
+    assert set(upstreams[1].split()) == expected
     assert "health_uri /readyz" in caddy
-    assert "{$SITE_ADDRESS}" in caddy  # $$ kept Caddy's own placeholder
-    s3 = json.loads(data["configs"]["seaweedfs-s3"]["content"])
+    assert "{$SITE_ADDRESS}" in caddy  # Caddy's own placeholder, from its environment
+    assert data["services"]["proxy"]["network_mode"] == "host"
+    s3 = json.loads(rendered(data, "seaweedfs", tmp_path / "seaweedfs"))
     creds = s3["identities"][0]["credentials"][0]
     assert creds == {"accessKey": "s3-access", "secretKey": "s3-secret"}
 
@@ -354,8 +445,8 @@ def peer_rules(turnserver_conf: str) -> tuple[list[str], list[tuple[Any, Any]], 
     return lines, denied, allowed
 
 
-def test_coturn_relays_to_no_private_loopback_or_link_local_peer() -> None:
-    turn = compose()["configs"]["turnserver"]["content"]
+def test_coturn_relays_to_no_private_loopback_or_link_local_peer(tmp_path: Path) -> None:
+    turn = rendered(compose(), "coturn", tmp_path)
     lines, denied, allowed = peer_rules(turn)
     assert "no-tcp-relay" in lines and "no-multicast-peers" in lines
     assert not any(ln.startswith(("allow-loopback-peers", "cli-password")) for ln in lines)
@@ -390,8 +481,9 @@ def test_coturn_relays_to_no_private_loopback_or_link_local_peer() -> None:
 
 
 def test_compose_never_falls_back_to_the_simulator_unasked() -> None:
-    """The relays listen on 0.0.0.0 (the image's environment), so without a key they start
-    only when RELAY_SIMULATE=true says so; otherwise they refuse, naming upstream.api_key."""
+    """The relays serve candidates through the proxy (trusted_proxies), so without a key they
+    start only when RELAY_SIMULATE=true says so; otherwise they refuse, naming
+    upstream.api_key."""
     image_env = dockerfile_env()
 
     def relay_env(extra: dict[str, str]) -> dict[str, str]:
@@ -400,7 +492,7 @@ def test_compose_never_falls_back_to_the_simulator_unasked() -> None:
         return {**image_env, **env}
 
     without_key = load_settings(environ=relay_env({}))
-    assert without_key.server.host == "0.0.0.0" and not without_key.upstream.simulate
+    assert without_key.server.trusted_proxies and not without_key.upstream.simulate
     with pytest.raises(ConfigError, match=r"upstream\.api_key"):
         uses_simulator(without_key)
     asked = load_settings(environ=relay_env({"RELAY_SIMULATE": "true"}))
@@ -425,9 +517,15 @@ def test_compose_config() -> None:
     missing = {k: v for k, v in COMPOSE_ENV.items() if k != "POSTGRES_PASSWORD"}
     if compose_plugin():
         run = ["docker", "compose", "-f", str(COMPOSE), "config", "--quiet"]
-        ok = subprocess.run(run, env=COMPOSE_ENV, capture_output=True, text=True, timeout=60)
+        # Where the docker CLI finds its plugins, and nothing else of this environment.
+        where = {k: os.environ[k] for k in ("PATH", "HOME", "DOCKER_CONFIG") if k in os.environ}
+        ok = subprocess.run(
+            run, env={**where, **COMPOSE_ENV}, capture_output=True, text=True, timeout=60
+        )
         assert ok.returncode == 0, ok.stderr
-        bad = subprocess.run(run, env=missing, capture_output=True, text=True, timeout=60)
+        bad = subprocess.run(
+            run, env={**where, **missing}, capture_output=True, text=True, timeout=60
+        )
         assert bad.returncode != 0 and "POSTGRES_PASSWORD" in bad.stderr
         return
     text = interpolate(COMPOSE.read_text(), COMPOSE_ENV)
@@ -451,3 +549,26 @@ def test_interpolation_helper() -> None:
     assert interpolate("${B:-${A}}", env) == "1"
     with pytest.raises(MissingVariable, match="E"):
         interpolate("${E:?set E}", env)
+
+
+def caddyfile() -> str:
+    """compose.yaml's Caddyfile (a file beside it: inline configs need a newer compose)."""
+    path = str(compose()["configs"]["caddyfile"]["file"])
+    return (ROOT / path).read_text()
+
+
+def test_the_proxy_sends_hsts_when_the_relay_did_not() -> None:
+    caddy = caddyfile()
+    site = caddy.splitlines()
+    assert '  header ?Strict-Transport-Security "max-age=31536000"' in site, caddy
+
+
+def test_the_proxy_closes_idle_connections_before_the_relays_do() -> None:
+    # A relay closes a keep-alive connection idle for server.header_timeout_s; a request
+    # the proxy sends on it at that moment would fail.
+    data = compose()
+    keepalive = re.search(r"^\s*keepalive (\d+)s$", caddyfile(), re.M)
+    assert keepalive is not None
+    for name, service in relay_services(data).items():
+        env = {k: str(v) for k, v in service["environment"].items()}
+        assert int(keepalive[1]) < load_settings(environ=env).server.header_timeout_s, name

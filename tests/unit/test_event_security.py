@@ -25,6 +25,9 @@ class FakeChannel:
     def __init__(self, state: str = "open") -> None:
         self.label = "oai-events"
         self.readyState = state
+        # What aiortc would hold unsent: always drained here (see the backlog tests for
+        # real peers that stop reading).
+        self.bufferedAmount = 0
         self.sent: list[str | bytes] = []
         self.handlers: dict[str, Callable[..., None]] = {}
         self.close_calls = 0
@@ -281,11 +284,11 @@ def test_a_flood_of_refused_events_closes_the_channel_and_the_interview_goes_on(
     )
     # Spread over more than the window: no flood.
     for _ in range(10):
-        browser.emit("message", '{"type":"session.update"}')
+        browser.emit("message", '{"type":"conversation.item.delete"}')
         clock.now += 3.0
     assert (browser.close_calls, relay.flooded) == (0, False)
     for _ in range(6):
-        browser.emit("message", '{"type":"session.update"}')
+        browser.emit("message", '{"type":"conversation.item.delete"}')
     assert (browser.close_calls, relay.flooded) == (1, True)
     last = json.loads(browser.sent[-1])["error"]
     assert last["code"] == "too_many_refused_events"
@@ -300,13 +303,18 @@ def test_a_flood_of_refused_events_closes_the_channel_and_the_interview_goes_on(
 
 
 def test_a_flood_can_end_the_interview() -> None:
-    relay, _, browser, closed, floods, registry = _wired(
+    relay, upstream, browser, closed, floods, registry = _wired(
         max_refused_events=2, on_refused_flood="end_interview"
     )
     for _ in range(3):
         browser.emit("message", "nope")
-    assert floods == ["flood"] and closed == ["browser"]
+    assert floods == ["flood"]
+    # The channel is left to the bridge's teardown, which tells the page why first
+    # (relay.session.ending); its close is then no loss of the browser.
+    assert closed == [] and browser.close_calls == 0
     assert "the interview ends" in json.loads(browser.sent[-1])["error"]["message"]
+    browser.emit("message", '{"type":"response.cancel"}')  # ignored from now on
+    assert upstream.sent == []
     floods_metric = registry.snapshot()["relay_media_event_floods_total"]
     assert floods_metric == [{"action": "end_interview", "value": 1}]
 
@@ -377,3 +385,21 @@ def test_a_message_aiortc_cannot_encode_is_dropped_not_raised() -> None:
     assert relay._send(browser, "lone \ud800") is False  # type: ignore[arg-type]
     assert browser.sent == [] and closed == []
     assert relay._send(browser, "fine") is True  # type: ignore[arg-type]
+
+
+def test_a_channel_over_its_backlog_drops_until_it_drains() -> None:
+    relay, upstream, browser, _, _, registry = _wired(max_buffered_bytes=1024)
+    delta = json.dumps({"type": "response.output_audio_transcript.delta", "delta": "x"})
+    browser.bufferedAmount = 1024  # its peer stopped reading
+    for _ in range(3):
+        upstream.emit("message", delta)
+    assert browser.sent == [] and relay.counts["dropped_backlog"] == 3
+    stalls = registry.snapshot()["relay_media_event_channel_stalls_total"]
+    assert [(r["direction"], r["value"]) for r in stalls] == [("upstream_to_browser", 1)]
+    browser.bufferedAmount = 0  # drained
+    upstream.emit("message", delta)
+    assert len(browser.sent) == 1
+    browser.bufferedAmount = 1024  # a second stall is counted as one more
+    upstream.emit("message", delta)
+    stalls = registry.snapshot()["relay_media_event_channel_stalls_total"]
+    assert [r["value"] for r in stalls] == [2]

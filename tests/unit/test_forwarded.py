@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from relay.web.forwarded import client_address, parse_networks
+from relay.config import Network, ServerConfig
+from relay.web.forwarded import client_address, forwarded_over_tls
+
+
+def parse_networks(values: list[str]) -> tuple[Network, ...]:
+    """server.trusted_proxies as the settings parse them."""
+    return ServerConfig.model_validate({"trusted_proxies": values}).trusted_proxies
+
 
 PROXIES = parse_networks(["172.30.0.0/24", "fd00::/8"])
 
@@ -55,3 +62,14 @@ def test_networks_are_checked() -> None:
     ]
     with pytest.raises(ValueError):
         parse_networks(["10.0.0.0/33"])
+
+
+def test_tls_is_believed_from_a_trusted_proxy_only() -> None:
+    assert forwarded_over_tls("172.30.0.5", ["https"], PROXIES)
+    assert forwarded_over_tls("172.30.0.5", ["HTTPS, http"], PROXIES)
+    assert forwarded_over_tls("fd00::1", ["https"], PROXIES)
+    assert not forwarded_over_tls("172.30.0.5", ["http"], PROXIES)
+    assert not forwarded_over_tls("172.30.0.5", [], PROXIES)
+    assert not forwarded_over_tls("198.51.100.7", ["https"], PROXIES)
+    assert not forwarded_over_tls("172.30.0.5", ["https"], ())
+    assert not forwarded_over_tls(None, ["https"], PROXIES)

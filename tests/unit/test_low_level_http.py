@@ -8,6 +8,8 @@ import inspect
 
 from aiohttp import web
 
+from relay.config import ServerConfig
+from relay.observability.metrics import MetricsRegistry
 from relay.web import low_level
 
 
@@ -22,7 +24,12 @@ def test_request_prepare_hook_and_match_info_exist() -> None:
     assert issubclass(low_level._LowLevelAwareRequest, web.Request)
 
 
-def test_handler_args_accept_a_logger() -> None:
+def test_handler_args_are_request_handler_options() -> None:
+    # aiohttp drops every custom option, with a warning only, when one is not accepted:
+    # the header deadline (keepalive_timeout) would then silently go.
     from aiohttp.web_protocol import RequestHandler
 
-    assert "logger" in inspect.signature(RequestHandler.__init__).parameters
+    accepted = inspect.signature(RequestHandler.__init__).parameters
+    args = low_level.handler_args(MetricsRegistry(), ServerConfig(header_timeout_s=3.0))
+    assert set(args) <= set(accepted)
+    assert args["keepalive_timeout"] == 3.0

@@ -59,11 +59,17 @@ class Rig:
     bridges: list[Bridge] = field(default_factory=list)
     browsers: list[BrowserPeer] = field(default_factory=list)
 
-    def bridge(self, *, session: SessionConfig | None = None, max_duration_s: float = 60) -> Bridge:
+    def bridge(
+        self,
+        *,
+        session: SessionConfig | None = None,
+        max_duration_s: float = 60,
+        events: EventsConfig | None = None,
+    ) -> Bridge:
         settings = BridgeSettings(
             session=session or SessionConfig(connect_timeout_s=5.0, idle_media_timeout_s=10.0),
             media=MediaConfig(queue_max_frames=50),
-            events=EventsConfig(),
+            events=events or EventsConfig(),
             ice=IceConfig(),
         )
         bridge = Bridge(
@@ -196,7 +202,13 @@ async def test_events_relay_and_allow_list(rig: Rig) -> None:
     created = await browser.wait_type("session.created")
     assert created["event_id"] == "event_1"
 
-    browser.send_event({"type": "session.update", "event_id": "evt_hack", "session": {}})
+    # session.update is answered by the relay (the effective session), never forwarded.
+    browser.send_event(
+        {"type": "session.update", "event_id": "evt_hack", "session": {"instructions": "x"}}
+    )
+    updated = await browser.wait_type("session.updated")
+    assert updated["session"] == created["session"]
+    browser.send_event({"type": "conversation.item.delete", "event_id": "evt_hack", "item_id": "i"})
     error = await browser.wait_type("error")
     assert error["error"]["code"] == "event_not_allowed"
     assert error["error"]["type"] == "invalid_request_error"
@@ -310,7 +322,11 @@ async def test_max_duration_ends_the_session(rig: Rig) -> None:
     ],
 )
 async def test_either_side_closing_tears_down_both(rig: Rig, who: str, reasons: set[str]) -> None:
-    bridge = rig.bridge()
+    # Resuming switched off: a lost browser leg ends the interview at once (with a grace,
+    # tests/unit/test_bridge_resume.py).
+    bridge = rig.bridge(
+        session=SessionConfig(connect_timeout_s=5.0, idle_media_timeout_s=10.0, reconnect_grace_s=0)
+    )
     browser = rig.browser(payloads=SPEECH)
     await rig.connect(bridge, browser)
     await browser.wait_type("session.created")  # the browser's channel is open
@@ -361,6 +377,10 @@ async def test_a_failing_supervisor_ends_the_session_and_releases_both_legs(rig:
     assert bridge.upstream_pc is not None and bridge.upstream_pc.connectionState == "closed"
     assert rig.upstream.hangups == [c.call_id for c in rig.upstream.calls] != []
     assert open_peer_count() == before - 1  # the bridge's upstream leg came and went too
+    # Logged and counted as the bridge's (its task group), like any owner's failed task.
+    failures = rig.metrics.snapshot()["relay_background_task_failures_total"]
+    assert isinstance(failures, list)
+    assert [(f["owner"], f["value"]) for f in failures] == [("bridge", 1.0)]
 
 
 async def test_teardown_releases_even_if_the_supervisor_already_died(rig: Rig) -> None:
@@ -372,11 +392,13 @@ async def test_teardown_releases_even_if_the_supervisor_already_died(rig: Rig) -
     async def dies() -> None:
         raise RuntimeError("supervisor died")
 
-    # A supervisor that ended with an exception nobody retrieved, then a hang-up.
-    assert bridge.supervisor is not None
-    await relay_tasks.cancel_and_wait(bridge.supervisor)
-    bridge.supervisor = asyncio.ensure_future(dies())
-    await asyncio.wait({bridge.supervisor})
+    # A supervisor that ended with an exception nobody retrieved, then a hang-up. (Its
+    # task is private to the bridge's ``Supervisor``: reached into here to plant the failure.)
+    supervisor = bridge._supervisor
+    assert supervisor._task is not None
+    await relay_tasks.cancel_and_wait(supervisor._task)
+    supervisor._task = asyncio.ensure_future(dies())
+    await asyncio.wait({supervisor._task})
     await bridge.close("hangup")
     assert rig.hooks.finished and rig.hooks.finished[0][:2] == ("ended", "hangup")
     assert bridge.browser_pc.connectionState == "closed"

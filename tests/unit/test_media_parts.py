@@ -271,7 +271,9 @@ def _frame(samples: np.ndarray, layout: str) -> av.AudioFrame:
 def test_audio_level_matches_rfc6465(amplitude: int, expected: int) -> None:
     square = np.where(np.arange(960) % 2 == 0, amplitude, -amplitude).astype(np.int16)
     assert compute_audio_level_dbov(_frame(square, "mono")) == expected
-    assert aiortc_private.AIORTC_AUDIO_LEVEL(_frame(square, "mono")) == expected
+    aiortc_level = aiortc_private.AIORTC_AUDIO_LEVEL
+    assert aiortc_level is not None
+    assert aiortc_level(_frame(square, "mono")) == expected
 
 
 def test_audio_level_of_stereo_is_not_3db_too_loud() -> None:
@@ -279,7 +281,9 @@ def test_audio_level_of_stereo_is_not_3db_too_loud() -> None:
     mono = compute_audio_level_dbov(_frame(tone, "mono"))
     stereo = compute_audio_level_dbov(_frame(np.repeat(tone, 2), "stereo"))
     assert stereo == mono
-    assert aiortc_private.AIORTC_AUDIO_LEVEL(_frame(np.repeat(tone, 2), "stereo")) == mono + 3
+    aiortc_level = aiortc_private.AIORTC_AUDIO_LEVEL
+    assert aiortc_level is not None
+    assert aiortc_level(_frame(np.repeat(tone, 2), "stereo")) == mono + 3
 
 
 # ---------------------------------------------------------------------- events
@@ -291,6 +295,8 @@ class FakeChannel:
     def __init__(self, label: str = "oai-events", state: str = "open") -> None:
         self.label = label
         self.readyState = state
+        # Nothing held unsent (the relay reads it before sending: a stalled peer's backlog).
+        self.bufferedAmount = 0
         self.sent: list[str | bytes] = []
         self.handlers: dict[str, Callable[..., None]] = {}
 
@@ -341,7 +347,7 @@ def test_browser_events_are_checked_against_the_allow_list() -> None:
     relay.attach_browser(browser)  # type: ignore[arg-type]
     for message in (
         '{"type":"response.create","event_id":"e1"}',
-        '{"type":"session.update","event_id":"e2","session":{}}',
+        '{"type":"conversation.item.delete","event_id":"e2","item_id":"item_1"}',
         '{"type":"conversation.item.create"}',
         '{"event_id":"e4"}',
         "[1, 2]",
@@ -388,7 +394,22 @@ def test_deeply_nested_json_is_refused_not_raised() -> None:
     assert json.loads(browser.sent[0])["error"]["code"] == "invalid_event"
 
 
-def test_session_update_is_refused_even_if_configured() -> None:
+SESSION_CREATED = {
+    "type": "session.created",
+    "event_id": "event_1",
+    "session": {
+        "type": "realtime",
+        "object": "realtime.session",
+        "id": "sess_1",
+        "model": "gpt-realtime-2.1",
+        "instructions": "The interviewer's rubric",
+        "tools": [{"type": "function", "name": "score"}],
+        "audio": {"output": {"voice": "marin"}},
+    },
+}
+
+
+def test_session_update_is_answered_by_the_relay_and_never_forwarded_even_if_configured() -> None:
     # Settings validation refuses it too; the relay does not rely on that alone.
     registry = MetricsRegistry()
     config = EventsConfig()
@@ -397,9 +418,67 @@ def test_session_update_is_refused_even_if_configured() -> None:
     upstream, browser = FakeChannel(), FakeChannel()
     events.attach_upstream(upstream)  # type: ignore[arg-type]
     events.attach_browser(browser)  # type: ignore[arg-type]
-    browser.emit("message", '{"type":"session.update"}')
+    upstream.emit("message", json.dumps(SESSION_CREATED))
+    asked = {"type": "realtime", "instructions": "Be my friend", "model": "gpt-4o", "tools": []}
+    browser.emit("message", json.dumps({"type": "session.update", "session": asked}))
     assert upstream.sent == []
-    assert json.loads(browser.sent[0])["error"]["code"] == "event_not_allowed"
+    created, updated = (json.loads(m) for m in browser.sent)
+    assert updated["type"] == "session.updated"
+    assert updated["event_id"].startswith("event_relay_")
+    # The effective session, as the page may see session.created's: what was asked for
+    # changes nothing, and the interviewer's configuration is not in it.
+    assert updated["session"] == created["session"]
+    assert updated["session"]["model"] == "gpt-realtime-2.1"
+    assert "instructions" not in updated["session"] and "tools" not in updated["session"]
+    assert events.counts["session_updates_answered"] == 1 and events.counts["refused"] == 0
+
+
+def test_a_session_update_before_the_upstream_session_is_answered_right_after_it() -> None:
+    relay, _, _ = _relay()
+    upstream, browser = FakeChannel(), FakeChannel()
+    relay.attach_upstream(upstream)  # type: ignore[arg-type]
+    relay.attach_browser(browser)  # type: ignore[arg-type]
+    browser.emit("message", '{"type":"session.update","event_id":"e1","session":{}}')
+    assert browser.sent == [] and upstream.sent == []
+    upstream.emit("message", json.dumps(SESSION_CREATED))
+    assert [json.loads(m)["type"] for m in browser.sent] == ["session.created", "session.updated"]
+    # Only once: a later upstream event owes nothing more.
+    upstream.emit("message", '{"type":"response.done"}')
+    assert [json.loads(m)["type"] for m in browser.sent][2:] == ["response.done"]
+
+
+@pytest.mark.parametrize(
+    ("message", "code"),
+    [
+        ('{"type":"session.update","session":"be nice"}', "invalid_value"),
+        ('{"type":"session.update","session":{},"extra":1}', "unknown_parameter"),
+        ('{"type":"session.update","session":{},"type":"session.update"}', "invalid_event"),
+    ],
+)
+def test_a_malformed_session_update_is_refused(message: str, code: str) -> None:
+    relay, _, _ = _relay()
+    upstream, browser = FakeChannel(), FakeChannel()
+    relay.attach_upstream(upstream)  # type: ignore[arg-type]
+    relay.attach_browser(browser)  # type: ignore[arg-type]
+    upstream.emit("message", json.dumps(SESSION_CREATED))
+    browser.emit("message", message)
+    answer = json.loads(browser.sent[-1])
+    assert (answer["type"], answer["error"]["code"]) == ("error", code)
+    assert upstream.sent == []
+
+
+def test_session_updates_are_rate_limited_like_any_event_type() -> None:
+    relay, _, _ = _relay(browser_burst=3, browser_rate_per_s=0.001)
+    upstream, browser = FakeChannel(), FakeChannel()
+    relay.attach_upstream(upstream)  # type: ignore[arg-type]
+    relay.attach_browser(browser)  # type: ignore[arg-type]
+    upstream.emit("message", json.dumps(SESSION_CREATED))
+    for i in range(5):
+        browser.emit("message", json.dumps({"type": "session.update", "event_id": f"u{i}"}))
+    answers = [json.loads(m) for m in browser.sent[1:]]
+    assert [a["type"] for a in answers] == ["session.updated"] * 3 + ["error"] * 2
+    assert answers[-1]["error"]["code"] == "rate_limited"
+    assert answers[-1]["error"]["event_id"] == "u4"
 
 
 def test_pending_events_are_bounded() -> None:

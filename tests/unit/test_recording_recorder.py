@@ -4,10 +4,14 @@ disk within a flush interval, write failures that fail only the recording."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from relay.media.tap import TappedPacket
 from relay.recording import packetlog
@@ -113,3 +117,52 @@ async def test_an_unwritable_directory_fails_only_that_recorder(tmp_path: Path) 
         await wait_for(lambda: closed == [recorder], 2.0)
     finally:
         await asyncio.to_thread(writer.close)
+
+
+def _open_files_under(directory: Path) -> list[str]:
+    """Files under ``directory`` this process holds open (from /proc/self/fd)."""
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor is gone by now
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(str(directory)):
+                out.append(target)
+    return out
+
+
+async def test_any_write_error_fails_the_recorder_once_and_lets_go_of_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    failed: list[SessionRecorder] = []
+    closed: list[SessionRecorder] = []
+    writer = RecordingWriter(interval_s=0.05)
+    try:
+        recorder = SessionRecorder(
+            recording_id="rec_0123456789abcdef",
+            session_id="is_z",
+            directory=tmp_path / "is_z",
+            instance_id="test",
+            audio_format="ogg",
+            on_failed=failed.append,
+            on_closed=closed.append,
+            loop=asyncio.get_running_loop(),
+        )
+        writer.add(recorder)
+        tap = recorder.tap("candidate")
+        tap.on_packet(packet(1, time.monotonic()))
+        # A packet no log can hold (a sequence number beyond 16 bits): not an OSError.
+        tap.on_packet(packet(1 << 16, time.monotonic()))
+        # Failed and closed without waiting for the session to stop, exactly once.
+        await wait_for(lambda: failed == [recorder] and closed == [recorder], 2.0)
+        assert recorder.failure is not None
+        assert recorder.failure.startswith("struct.error: "), recorder.failure
+        await wait_for(lambda: writer.recorders == 0, 2.0)
+        assert await asyncio.to_thread(_open_files_under, tmp_path) == []
+        tap.on_packet(packet(3, time.monotonic()))
+        assert not tap.queue
+        recorder.stop(None, None)
+        assert (failed, closed) == ([recorder], [recorder])
+    finally:
+        await asyncio.to_thread(writer.close)
+    tracebacks = [r for r in caplog.records if r.exc_info is not None]
+    assert len(tracebacks) == 1, [r.getMessage() for r in tracebacks]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -15,7 +16,10 @@ from relay.upstream.simulator.session_config import (
     ga_session,
     transcription_session,
 )
-from tests.support.openai_oracle import validate_server_event
+from tests.support.openai_oracle import (
+    CLIENT_EVENT_TYPES as SDK_CLIENT_EVENT_TYPES,
+)
+from tests.support.openai_oracle import validate_client_event, validate_server_event
 
 LINES = ("Thank you, tell me more.", "Why was that?")
 
@@ -355,7 +359,7 @@ def test_beta_session_update_is_flat() -> None:
         ('["session.update"]', "invalid_event"),
         ('{"event_id": "evt_3"}', "invalid_event"),
         ('{"type": "response.dance", "event_id": "evt_3"}', "invalid_value"),
-        ('{"type": "conversation.item.truncate", "event_id": "evt_3"}', "unsupported_event"),
+        ('{"type": "transcription_session.update", "event_id": "evt_3"}', "unsupported_event"),
     ],
 )
 def test_malformed_or_unknown_client_events(raw: str, code: str) -> None:
@@ -448,3 +452,167 @@ def test_beta_disabled_sends_the_error_and_closes() -> None:
     step = _conversation("beta").beta_disabled()
     assert _types(step) == ["error"] and step.close_reason == "beta_api_shape_disabled"
     assert step.events[0]["error"]["code"] == "beta_api_shape_disabled"
+
+
+# ---------------------------------------------------------------------- every GA client event
+def _turn(c: Conversation) -> str:
+    """One spoken turn and its transcription; the user item's id."""
+    c.speech_started(0)
+    step = c.speech_stopped(2000, 2000)
+    assert step.transcribe is not None
+    c.transcription(step.transcribe)
+    return step.transcribe.item_id
+
+
+def test_every_client_event_of_the_sdk_is_answered_without_unsupported_event() -> None:
+    """One valid instance of each GA client event type the SDK models (checked by the
+    SDK's own model): none is answered ``unsupported_event`` or ``invalid_value`` on its
+    type, as the simulator did for retrieve, delete, truncate, append and commit."""
+    c = _conversation()
+    user_item = _turn(c)
+    reply = next(e for e in c.generation_finished().events if e["type"] == "response.done")
+    reply_item = reply["response"]["output"][0]["id"]
+    second_user = _turn(c)
+    c.generation_finished()
+    examples: dict[str, dict[str, Any]] = {
+        "session.update": {"session": {"type": "realtime", "instructions": "Be brief."}},
+        "input_audio_buffer.append": {"audio": base64.b64encode(bytes(4800)).decode()},
+        "input_audio_buffer.commit": {},
+        "input_audio_buffer.clear": {},
+        "output_audio_buffer.clear": {},
+        "conversation.item.create": {
+            "item": {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "Hi"}],
+            }
+        },
+        "conversation.item.retrieve": {"item_id": user_item},
+        "conversation.item.truncate": {
+            "item_id": reply_item,
+            "content_index": 0,
+            "audio_end_ms": 500,
+        },
+        "conversation.item.delete": {"item_id": second_user},
+        "response.create": {},
+        "response.cancel": {},
+    }
+    assert set(examples) == set(SDK_CLIENT_EVENT_TYPES)
+    for type_, fields in examples.items():
+        event = {"type": type_, "event_id": f"evt_{type_}", **fields}
+        validate_client_event(event)
+        step = _checked(_client(c, event))
+        errors = [e["error"] for e in step.events if e["type"] == "error"]
+        assert errors == [], (type_, errors)
+
+
+def test_retrieve_answers_the_item_with_its_transcript() -> None:
+    c = _conversation()
+    item_id = _turn(c)
+    step = _checked(_client(c, {"type": "conversation.item.retrieve", "item_id": item_id}))
+    assert _types(step) == ["conversation.item.retrieved"]
+    item = step.events[0]["item"]
+    assert (item["id"], item["role"], item["type"]) == (item_id, "user", "message")
+    assert item["content"][0]["transcript"] == "(candidate spoke for 2.0 s)"
+    # The reply too, complete once generated.
+    done = next(e for e in c.generation_finished().events if e["type"] == "response.done")
+    reply = done["response"]["output"][0]
+    answered = _checked(_client(c, {"type": "conversation.item.retrieve", "item_id": reply["id"]}))
+    assert answered.events[0]["item"] == reply
+
+
+def test_retrieve_delete_truncate_of_an_unknown_item_are_errors_naming_it() -> None:
+    c = _conversation()
+    for type_, extra, code in (
+        ("conversation.item.retrieve", {}, "item_not_found"),
+        ("conversation.item.delete", {}, "item_delete_invalid_item_id"),
+        (
+            "conversation.item.truncate",
+            {"content_index": 0, "audio_end_ms": 10},
+            "item_truncate_invalid_item_id",
+        ),
+    ):
+        event = {"type": type_, "event_id": "evt_9", "item_id": "item_nope", **extra}
+        step = _checked(_client(c, event))
+        error = step.events[0]["error"]
+        assert (error["code"], error["param"], error["event_id"]) == (code, "item_id", "evt_9")
+        assert error["message"] == "Item with item_id not found: item_nope"
+    missing = _client(c, {"type": "conversation.item.retrieve"})
+    assert missing.events[0]["error"]["code"] == "missing_required_parameter"
+
+
+def test_delete_removes_the_item_and_links_the_next_one_to_what_is_left() -> None:
+    c = _conversation()
+    first = _turn(c)
+    c.generation_finished()
+    c.playback_finished()
+    second = _turn(c)
+    step = _checked(_client(c, {"type": "conversation.item.delete", "item_id": second}))
+    assert step.events[0] == {
+        **step.events[0],
+        "type": "conversation.item.deleted",
+        "item_id": second,
+    }
+    gone = _client(c, {"type": "conversation.item.retrieve", "item_id": second})
+    assert gone.events[0]["error"]["code"] == "item_not_found"
+    kept = _client(c, {"type": "conversation.item.retrieve", "item_id": first})
+    assert _types(kept) == ["conversation.item.retrieved"]
+
+
+def test_truncate_cuts_a_reply_and_drops_its_transcript() -> None:
+    c = _conversation()
+    _turn(c)
+    done = next(e for e in c.generation_finished().events if e["type"] == "response.done")
+    reply = done["response"]["output"][0]["id"]
+    event = {
+        "type": "conversation.item.truncate",
+        "item_id": reply,
+        "content_index": 0,
+        "audio_end_ms": 1500,
+    }
+    step = _checked(_client(c, event))
+    assert _types(step) == ["conversation.item.truncated"]
+    assert (step.events[0]["item_id"], step.events[0]["audio_end_ms"]) == (reply, 1500)
+    item = _client(c, {"type": "conversation.item.retrieve", "item_id": reply}).events[0]["item"]
+    assert item["content"][0]["transcript"] is None
+    # A user item has no reply audio to cut.
+    user = _turn(c)
+    wrong = _client(c, {**event, "item_id": user})
+    assert wrong.events[0]["error"]["param"] == "content_index"
+
+
+def test_append_then_commit_makes_a_user_item_without_a_response() -> None:
+    c = _conversation()
+    # 200 ms of PCM16 at 24 kHz (the session's input format).
+    audio = base64.b64encode(bytes(48 * 200)).decode()
+    assert _client(c, {"type": "input_audio_buffer.append", "audio": audio}).events == []
+    step = _checked(_client(c, {"type": "input_audio_buffer.commit"}))
+    assert _types(step) == [
+        "input_audio_buffer.committed",
+        "conversation.item.added",
+        "conversation.item.done",
+    ]
+    assert step.transcribe is not None and step.transcribe.spoken_ms == 200
+    assert step.start_reply is None
+    # The buffer is empty again: a second commit is refused, as the service refuses it.
+    empty = _checked(_client(c, {"type": "input_audio_buffer.commit", "event_id": "evt_c"}))
+    error = empty.events[0]["error"]
+    assert (error["code"], error["event_id"]) == ("input_audio_buffer_commit_empty", "evt_c")
+    assert "Expected at least 100ms of audio, but buffer only has 0.00ms" in error["message"]
+
+
+def test_a_commit_of_less_than_100_ms_or_a_cleared_buffer_is_refused() -> None:
+    c = _conversation()
+    short = base64.b64encode(bytes(48 * 50)).decode()
+    _client(c, {"type": "input_audio_buffer.append", "audio": short})
+    refused = _client(c, {"type": "input_audio_buffer.commit"})
+    assert "only has 50.00ms" in refused.events[0]["error"]["message"]
+    _client(c, {"type": "input_audio_buffer.append", "audio": short * 3})
+    _client(c, {"type": "input_audio_buffer.clear"})
+    cleared = _client(c, {"type": "input_audio_buffer.commit"})
+    assert cleared.events[0]["error"]["code"] == "input_audio_buffer_commit_empty"
+    bad = _checked(_client(c, {"type": "input_audio_buffer.append", "audio": "not base64!"}))
+    assert (bad.events[0]["error"]["code"], bad.events[0]["error"]["param"]) == (
+        "invalid_value",
+        "audio",
+    )

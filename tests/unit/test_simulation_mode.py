@@ -33,6 +33,14 @@ def test_no_key_off_loopback_needs_simulation_asked_for() -> None:
     assert uses_simulator(_settings("0.0.0.0", simulate=True))
 
 
+def test_no_key_behind_a_proxy_needs_simulation_asked_for_even_on_loopback() -> None:
+    """compose.yaml's relays listen on 127.0.0.1 behind Caddy: they serve candidates."""
+    behind = _settings("127.0.0.1").replace("server", trusted_proxies=["127.0.0.1"])
+    with pytest.raises(ConfigError, match=r"upstream\.api_key.*trusted_proxies.*--simulate"):
+        uses_simulator(behind)
+    assert uses_simulator(behind.replace("upstream", simulate=True))
+
+
 def test_a_key_means_openai_unless_simulation_is_asked_for() -> None:
     assert not uses_simulator(_settings("0.0.0.0", key="sk-real"))
     assert uses_simulator(_settings("0.0.0.0", key="sk-real", simulate=True))

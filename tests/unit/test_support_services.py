@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -14,7 +16,8 @@ import pytest
 import redis.asyncio as aioredis
 from blockbuster import BlockingError
 
-from relay.admission.embedded_pg import OsUser, unreachable_dirs
+from relay.db.embedded_pg import OsUser, unreachable_dirs
+from tests.support import leftovers
 from tests.support.postgres import PostgresError, PostgresServer
 from tests.support.processes import wait_exited
 from tests.support.redis_server import RedisServer
@@ -248,3 +251,31 @@ async def test_blocking_calls_in_a_worker_thread_are_fine() -> None:
 @pytest.mark.allow_blocking
 async def test_allow_blocking_opts_out() -> None:
     assert unreachable_dirs(Path("/"), _NOBODY) == []
+
+
+# ---------------------------------------------------------------------- leftover processes
+def test_left_running_finds_children_and_marked_orphans_but_not_older_processes() -> None:
+    before = leftovers.snapshot()
+    mark = os.environ[leftovers.RUN_MARK_ENV]  # this run's, set by tests/conftest.py
+    child = subprocess.Popen(["sleep", "60"])
+    # An orphan: its parent (sh) exits at once, so its parent becomes PID 1 (or a
+    # subreaper); only the mark in its environment ties it to this run.
+    orphan_pid = int(
+        subprocess.run(
+            ["sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $!"],
+            capture_output=True,
+            check=True,
+            text=True,
+        ).stdout
+    )
+    try:
+        found = {info.pid for info in leftovers.left_running(before, mark)}
+        assert {child.pid, orphan_pid} <= found
+        # Another run's mark, and processes that were already there, are not this run's.
+        assert orphan_pid not in {i.pid for i in leftovers.left_running(before, "other-run")}
+        assert not found & set(before)
+    finally:
+        child.kill()
+        child.wait()
+        os.kill(orphan_pid, signal.SIGKILL)
+    assert child.pid not in {info.pid for info in leftovers.left_running(before, mark)}

@@ -4,11 +4,14 @@ caller's own cancellation."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import logging
 
 import pytest
 
-from relay.tasks import cancel_and_wait, owned_count, spawn
+from relay.observability.metrics import Counter, MetricsRegistry
+from relay.tasks import TaskGroup, cancel_and_wait, owned_count, raise_if_cancelling, spawn
 
 
 async def test_cancel_and_wait_returns_the_tasks_exception_instead_of_raising() -> None:
@@ -105,3 +108,120 @@ async def test_an_owned_task_cancelled_or_finishing_is_not_a_failure() -> None:
     assert await cancel_and_wait(task) is None
     await asyncio.sleep(0)
     assert failures == []
+
+
+# ---------------------------------------------------------------------- TaskGroup
+async def test_a_group_closes_every_task_it_holds_and_then_takes_no_more() -> None:
+    group = TaskGroup("test-owner")
+    before = owned_count()
+    started = asyncio.Event()
+
+    async def forever() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    tasks = [group.spawn(forever(), name=f"forever-{i}") for i in range(3)]
+    await started.wait()
+    assert len(group) == 3
+    assert owned_count() == before + 3  # owned tasks: leak checks count them
+    await group.close()
+    assert all(t.cancelled() for t in tasks)
+    assert len(group) == 0
+    await asyncio.sleep(0)  # done callbacks run on the next loop turn
+    assert owned_count() == before
+    late = forever()
+    with pytest.raises(RuntimeError, match="test-owner"):
+        group.spawn(late, name="late")
+    assert inspect.getcoroutinestate(late) == "CORO_CLOSED"  # not left un-awaited
+
+
+async def test_a_failing_task_is_logged_with_its_owner_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    metrics = MetricsRegistry(process_metrics=False)
+    group = TaskGroup("recordings", metrics=metrics)
+    failures: list[BaseException] = []
+
+    async def boom() -> None:
+        raise RuntimeError("boom")
+
+    async def forever() -> None:
+        await asyncio.Event().wait()
+
+    sibling = group.spawn(forever(), name="sibling")
+    task = group.spawn(boom(), name="test-boom", on_failure=failures.append)
+    await asyncio.wait({task})
+    await asyncio.sleep(0)
+    assert [str(f) for f in failures] == ["boom"]
+    assert any(
+        r.levelno == logging.ERROR
+        and "test-boom" in r.getMessage()
+        and "recordings" in r.getMessage()
+        and r.exc_info
+        for r in caplog.records
+    )
+    counter = metrics.get("relay_background_task_failures_total")
+    assert isinstance(counter, Counter) and counter.value(owner="recordings") == 1
+    assert not sibling.done()  # one task's failure is not its siblings'
+    await group.close()
+    assert sibling.cancelled()
+    assert counter.value(owner="recordings") == 1  # a cancellation is no failure
+
+
+async def test_close_gives_running_tasks_their_grace_then_cancels_the_rest() -> None:
+    group = TaskGroup("test-owner")
+    release = asyncio.Event()
+
+    async def finishes_when_released() -> str:
+        await release.wait()
+        return "done"
+
+    async def forever() -> None:
+        await asyncio.Event().wait()
+
+    quick = group.spawn(finishes_when_released(), name="quick")
+    stuck = group.spawn(forever(), name="stuck")
+    await asyncio.sleep(0)
+    asyncio.get_running_loop().call_soon(release.set)
+    await group.close(grace_s=1.0)  # quick ends within it; stuck never would
+    assert quick.result() == "done"
+    assert stuck.cancelled()
+
+
+async def test_a_task_may_close_its_own_group() -> None:
+    group = TaskGroup("test-owner")
+
+    async def forever() -> None:
+        await asyncio.Event().wait()
+
+    other = group.spawn(forever(), name="other")
+
+    async def closes_its_group() -> str:
+        await group.close()
+        return "closed"
+
+    closer = group.spawn(closes_its_group(), name="closer")
+    assert await asyncio.wait_for(closer, 10) == "closed"
+    assert other.cancelled()
+
+
+async def test_a_cancel_swallowed_by_a_library_is_raised_again_before_the_loop_goes_on() -> None:
+    rounds = 0
+
+    async def reconnect_forever() -> None:
+        nonlocal rounds
+        while True:
+            rounds += 1
+            # A library call that eats the cancel aimed at it (as closing a broken
+            # connection can): the task is still marked as cancelling.
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(3600)
+            raise_if_cancelling()
+
+    task = asyncio.create_task(reconnect_forever())
+    await asyncio.sleep(0)
+    task.cancel()
+    async with asyncio.timeout(5):
+        await asyncio.wait({task})
+    assert task.cancelled()
+    assert rounds == 1

@@ -6,7 +6,13 @@ import pytest
 
 from relay.config import Settings
 from relay.observability.metrics import MetricsRegistry
-from relay.upstream.base import MintedSession, SdpAnswer, UpstreamError, UpstreamTimeout
+from relay.upstream.base import (
+    MintedSession,
+    SdpAnswer,
+    SessionOverrides,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from relay.upstream.health import MonitoredUpstream, UpstreamHealth
 
 MINTED = MintedSession(secret="ek_test", expires_at=0, model="gpt-realtime")
@@ -29,7 +35,9 @@ class ScriptedUpstream:
     def __init__(self) -> None:
         self.next_failure: Exception | None = None
 
-    async def mint(self, *, request_id: str) -> MintedSession:
+    async def mint(
+        self, *, request_id: str, overrides: SessionOverrides | None = None
+    ) -> MintedSession:
         if self.next_failure is not None:
             raise self.next_failure
         return MINTED

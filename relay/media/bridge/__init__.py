@@ -13,15 +13,25 @@ either data channel closing, or the supervisor itself failing (``internal_error`
 Teardown closes both peers, hangs up the upstream call and reports the real
 duration to the session layer, exactly once, whatever went wrong before.
 
-Read the modules one at a time, in this order:
+The bridge is one state machine (``new → negotiating → connecting → active → closing →
+closed``, ``active ⇄ browser_lost ⇄ resuming`` while a dropped browser leg may come back,
+and ``closing`` from any state before it): ``Bridge`` alone writes its state, one
+method per transition, each checked against ``state.TRANSITIONS`` (a move the table does
+not allow raises ``InvalidTransition``). The other modules do one job each, never see the
+``Bridge`` and write none of its attributes: they take what they need and return a result
+or report through callbacks. Read them one at a time, in this order:
 
 * ``base``: the contract (settings, hooks Protocol, end states, errors);
-* ``core``: the ``Bridge`` facade (state, public API) that the others act on;
-* ``negotiation``: both legs' offer/answer, up to a wired bridge;
+* ``state``: the states and the allowed transitions;
+* ``clock``: the interview's clock (time away from the browser not charged);
+* ``core``: the ``Bridge`` (state, transitions, public API), which wires the others;
+* ``negotiation``: both legs' offer/answer; returns a ``Negotiated``;
 * ``audio_wiring``: one ``Forwarder`` per direction (the only place audio passes);
-* ``peer_events``: peer and data-channel events that end the bridge;
-* ``supervision``: connect timeout, then idle/max-duration monitoring;
-* ``teardown``: closing everything, exactly once;
+* ``peer_events``: ``PeerWatch``, peer and data-channel events, reported by callback;
+* ``supervision``: ``Supervisor``, connect timeout then idle/max-duration, the time
+  announcements, the wrap-up, the overrun and a lost leg's grace, by callback;
+* ``talk``: what the relay itself says to the page (``relay.*``) and to the upstream;
+* ``teardown``: releasing everything the bridge holds;
 * ``quality``: the stats snapshot and metric publishing.
 """
 
@@ -29,12 +39,15 @@ from relay.media.bridge.base import (
     BridgeClosed,
     BridgeHooks,
     BridgeSettings,
-    BridgeState,
+    ContinuityHooks,
     EndState,
+    ResumeRefused,
+    Seed,
     UpstreamAnswerInvalid,
     failure_reason,
 )
 from relay.media.bridge.core import Bridge
+from relay.media.bridge.state import TRANSITIONS, BridgeState, InvalidTransition
 
 __all__ = [
     "Bridge",
@@ -42,7 +55,12 @@ __all__ = [
     "BridgeHooks",
     "BridgeSettings",
     "BridgeState",
+    "ContinuityHooks",
     "EndState",
+    "InvalidTransition",
+    "ResumeRefused",
+    "Seed",
+    "TRANSITIONS",
     "UpstreamAnswerInvalid",
     "failure_reason",
 ]

@@ -1,19 +1,23 @@
-"""The bridge's contract: its settings, the session layer's hooks, end states, errors."""
+"""The bridge's contract: its settings, the session layer's hooks, end states, errors.
+
+(Its states and their transitions are in ``state``.)
+"""
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from relay.config import EventsConfig, IceConfig, MediaConfig, SessionConfig
+from relay.media.capabilities import MediaCapabilities, probe
+from relay.media.conversation import TranscriptItem
 from relay.media.peers import IceGatherTimeout
 from relay.media.port_range import NoMediaPorts
 from relay.media.sdp import InvalidOffer
 from relay.upstream.base import UpstreamError, UpstreamTimeout
 
 EndState = Literal["ended", "failed"]
-BridgeState = Literal["new", "negotiating", "connecting", "active", "closing", "closed"]
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,9 @@ class BridgeSettings:
     media: MediaConfig
     events: EventsConfig
     ice: IceConfig
+    # Which aiortc/aioice adaptations this installation allows (checked at start by the
+    # manager; checked now when not given).
+    capabilities: MediaCapabilities = field(default_factory=probe)
 
 
 class BridgeHooks(Protocol):
@@ -32,6 +39,39 @@ class BridgeHooks(Protocol):
     async def on_active(self, upstream_call_id: str | None) -> None: ...
 
     async def on_finished(self, state: EndState, reason: str, duration_s: float) -> None: ...
+
+
+class ContinuityHooks(Protocol):
+    """What the session layer keeps as the interview goes, for a resume on another member
+    (synchronous: each starts a write of its own and returns)."""
+
+    def on_transcript_item(self, item: TranscriptItem) -> None: ...
+
+    def on_progress(self, used_s: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class Seed:
+    """A session taken over from a member that died: what its new upstream session and
+    its page are given back."""
+
+    # The conversation so far, in order.
+    items: tuple[TranscriptItem, ...]
+    # Seconds charged on the members that held it before.
+    charged_s: float
+    # How long the candidate was without an interviewer (for relay.session.reconnected).
+    gap_s: float
+
+
+class ResumeRefused(Exception):
+    """A resume this bridge cannot serve: ``code`` is ``resume_in_progress``,
+    ``session_not_resumable`` (not live yet, or resuming is switched off) or
+    ``resume_failed`` (the new leg failed while its offer was being answered)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 class UpstreamAnswerInvalid(Exception):

@@ -1,8 +1,25 @@
-"""The ``Bridge`` facade: one interview's state and public API.
+"""The ``Bridge``: one interview's state machine and public API.
 
-The work is done by the sibling modules (negotiation, audio wiring, peer events,
-supervision, teardown, quality); this class owns the state they share and the
-lifecycle tasks, so each of them can be read on its own.
+The bridge alone owns its state, as aiortc's transports own theirs (``RTCDtlsTransport``,
+``RTCSctpTransport``): the state is private (``state`` reads it), one method makes each
+transition, and every transition goes through ``_set_state``, which checks it against
+``state.TRANSITIONS`` and raises ``InvalidTransition`` for a move the table does not allow.
+
+* new → negotiating → connecting: ``start`` (the second step once both legs are negotiated);
+* connecting → active: ``_activate``, when the supervisor saw both legs connected;
+* active → browser_lost: ``_lose_browser``, when the browser's leg drops and it may come
+  back (``session.reconnect_grace_s``); the upstream leg stays;
+* browser_lost → resuming: ``resume``, which answers a resumed leg's offer on a new
+  browser peer; resuming → active: ``_resumed`` once it is connected; resuming →
+  browser_lost: ``_resume_leg_failed``;
+* any state before it → closing: ``begin_close`` (once; the first reason wins); the page
+  is told why first (``relay.session.ending``) when the relay decided it;
+* closing → closed: ``_teardown``, once everything is released.
+
+The sibling modules do the work without seeing the bridge: ``Negotiation`` returns a
+``Negotiated``, ``audio_wiring`` returns the forwarders, ``Supervisor`` and ``PeerWatch``
+report through callbacks, ``teardown.release`` is handed what to release and ``Quality``
+what to read: no other module writes the bridge's attributes.
 """
 
 from __future__ import annotations
@@ -15,22 +32,40 @@ from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCPeerConnection
 
-from relay.media.bridge import negotiation, peer_events, supervision, teardown
+from relay.media.bridge.audio_wiring import (
+    AudioEnds,
+    NegotiatedCodecs,
+    park_upstream_audio,
+    resumed_codecs,
+    start_audio,
+    wire_audio,
+)
 from relay.media.bridge.base import (
     BridgeClosed,
     BridgeHooks,
     BridgeSettings,
-    BridgeState,
+    ContinuityHooks,
     EndState,
+    ResumeRefused,
+    Seed,
     failure_reason,
 )
+from relay.media.bridge.clock import InterviewClock
+from relay.media.bridge.negotiation import Negotiation, answer_browser
+from relay.media.bridge.peer_events import PeerWatch
 from relay.media.bridge.quality import Quality
-from relay.media.events import EventRelay
+from relay.media.bridge.state import BridgeState, check_transition
+from relay.media.bridge.supervision import Limits, Supervisor
+from relay.media.bridge.talk import Talk
+from relay.media.bridge.teardown import release, settle
+from relay.media.conversation import ConversationLog, TranscriptItem
+from relay.media.events import EventRelay, Message, Side
 from relay.media.forwarding import DirectionStats, Forwarder
+from relay.media.ice import announce_public_address
 from relay.media.metrics import MediaMetrics
-from relay.media.peers import new_peer
+from relay.media.peers import close_peer, new_peer
 from relay.media.tracks import BoundedQueueTrack
-from relay.tasks import spawn
+from relay.tasks import TaskGroup
 from relay.upstream.base import MintedSession, UpstreamClient
 
 if TYPE_CHECKING:
@@ -40,6 +75,8 @@ log = logging.getLogger("relay.media")
 
 
 class Bridge:
+    """One interview's two legs, from the browser's offer to both legs closed."""
+
     def __init__(
         self,
         *,
@@ -53,29 +90,71 @@ class Bridge:
         hooks: BridgeHooks,
         force_decode: bool = False,
         recorder: SessionRecorder | None = None,
+        continuity: ContinuityHooks | None = None,
+        resumable: bool = True,
+        seed: Seed | None = None,
     ) -> None:
         self.session_id = session_id
         # Both voices and the transcript (relay.recording), fed by the forwarders' taps.
         self.recorder = recorder
-        self.request_id = request_id
-        self.settings = settings
-        self.upstream = upstream
-        self.minted = minted
-        self.max_duration_s = max_duration_s
         self.metrics = metrics
-        self.hooks = hooks
-        self.force_decode = force_decode
-
-        self.state: BridgeState = "new"
-        self.end_state: EndState | None = None
-        self.end_reason: str | None = None
-        self.upstream_call_id: str | None = None
-        # The browser's answer SDP, once ``start`` succeeded.
-        self.answer: str | None = None
         self.started_at = time.monotonic()
-        self.connected_at: float | None = None
-        self.ended_at: float | None = None
+        self._request_id = request_id
+        self._settings = settings
+        self._upstream = upstream
+        self._minted = minted
+        self._max_duration_s = max_duration_s
+        self._hooks = hooks
+        self._force_decode = force_decode
 
+        # The lifecycle, written only by the transition methods below.
+        self._state: BridgeState = "new"
+        self._end_state: EndState | None = None
+        self._end_reason: str | None = None
+        self._upstream_call_id: str | None = None
+        self._answer: str | None = None
+        self._connected_at: float | None = None
+        self._ended_at: float | None = None
+        self._teardown_task: asyncio.Task[None] | None = None
+        # Every background task of this bridge (supervision, teardown, a take-over's seeding,
+        # a lost leg's release): a failure is logged and counted with the owner "bridge", and
+        # teardown closes the group last, so nothing of an ended interview keeps running.
+        self._tasks = TaskGroup("bridge", log=log, metrics=metrics.registry)
+        # Whether teardown asked upstream to hang up (it may run before the call exists).
+        self._hangup_sent = False
+        self._closed = asyncio.Event()
+
+        # Continuity: the interview's clock (time away not charged), the conversation, the
+        # lost browser leg's release and its stand-in for the upstream's audio.
+        self._continuity = continuity
+        # Whether its client can come back (it holds a resume token): only then does a lost
+        # browser leg wait for it (session.reconnect_grace_s).
+        self._resumable = resumable
+        self._seed = seed
+        # The recorder's transcript source, as given (tests swap ``recorder`` for taps only).
+        self._record_event = recorder.on_upstream_event if recorder is not None else None
+        self._clock = InterviewClock(seed.charged_s if seed is not None else 0.0)
+        self.conversation = ConversationLog(
+            clock=lambda: self._clock.used(time.monotonic()),
+            items=seed.items if seed is not None else (),
+            on_item=self._on_transcript_item,
+            on_reply_over=self._on_reply_over,
+        )
+        self._codecs: NegotiatedCodecs | None = None
+        self._lost_at: float | None = None
+        self._resume_started_at: float | None = None
+        self._browser_release: asyncio.Task[None] | None = None
+        self._parking: Forwarder | None = None
+        # The browser → upstream forwarder of the last leg that sent: a resumed leg's
+        # continues its stream.
+        self._sent_upstream: Forwarder | None = None
+        # Tell the (resumed) page reconnected + transcript + time left once its channel is
+        # open and the leg is up; upstream events wait until then.
+        self._greet_pending = seed is not None
+        self._gap_s = seed.gap_s if seed is not None else 0.0
+        self._seeding: asyncio.Task[None] | None = None
+
+        # The parts: both legs' peers, what each leg sends, each direction's counters.
         queue_max = settings.media.queue_max_frames
         self.to_upstream = BoundedQueueTrack(queue_max)
         self.to_browser = BoundedQueueTrack(queue_max)
@@ -84,116 +163,614 @@ class Bridge:
         self.events = EventRelay(
             settings.events,
             metrics,
-            on_closed=lambda side: peer_events.on_channel_closed(self, side),
+            on_closed=lambda side: self._leg_lost(side, "channel_closed"),
             session_id=session_id,
             on_flood=lambda: self.begin_close("event_flood"),
+            observer=self._observe_upstream,
+            on_browser_open=self._try_greet,
         )
-        if recorder is not None:
-            self.events.observer = recorder.on_upstream_event
+        if seed is not None:
+            self.events.detach_browser()  # nothing before the greeting (_try_greet)
+        self._talk = Talk(
+            session_id=session_id,
+            events=self.events,
+            conversation=self.conversation,
+            dialect=upstream.dialect,
+        )
         self.browser_pc: RTCPeerConnection = new_peer(
-            settings.ice, leg="browser", session_id=session_id
+            settings.ice,
+            leg="browser",
+            session_id=session_id,
+            capabilities=settings.capabilities,
         )
-        self.upstream_pc: RTCPeerConnection | None = None
+        self._upstream_pc: RTCPeerConnection | None = None
         # One per direction once negotiated (audio_wiring); stopped by teardown.
-        self.forwarders: list[Forwarder] = []
-        self.quality = Quality(self)
-        self.both_connected = asyncio.Event()
-        # Set when teardown begins, so the supervisor's waits end at once.
-        self.wake = asyncio.Event()
-        self.supervisor: asyncio.Task[None] | None = None
-        self.teardown_task: asyncio.Task[None] | None = None
-        # Whether teardown asked upstream to hang up (it may run before the call exists).
-        self.hangup_sent = False
-        self.closed_event = asyncio.Event()
+        self._forwarders: list[Forwarder] = []
+        self._quality = Quality(
+            session_id=session_id,
+            started_at=self.started_at,
+            browser_to_upstream=self.browser_to_upstream,
+            to_upstream=self.to_upstream,
+            upstream_to_browser=self.upstream_to_browser,
+            to_browser=self.to_browser,
+            events=self.events,
+            metrics=metrics,
+            browser_pc=self.browser_pc,
+            forwarders=lambda: self._forwarders,
+        )
+        self._supervisor = Supervisor(
+            session_id=session_id,
+            session=settings.session,
+            started_at=self.started_at,
+            max_duration_s=max_duration_s,
+            browser_to_upstream=self.browser_to_upstream,
+            upstream_to_browser=self.upstream_to_browser,
+            quality=self._quality,
+            metrics=metrics,
+            leg_states=self._leg_states,
+            on_connecting=lambda: self._call_hook("on_connecting", self._hooks.on_connecting()),
+            on_connected=self._activate,
+            on_end=lambda reason, state: self.begin_close(reason, state=state),
+            tasks=self._tasks,
+            limits=Limits(
+                clock=self._clock,
+                replying=lambda: self.conversation.replying,
+                on_time_left=self._talk.time_left,
+                on_wrap_up=self._talk.wrap_up,
+                lost_deadline=self._lost_deadline,
+                on_progress=continuity.on_progress if continuity is not None else None,
+            ),
+        )
+        self._watch = PeerWatch(
+            session_id=session_id,
+            events=self.events,
+            on_both_connected=self._both_connected,
+            on_lost=self._leg_lost,
+        )
+        self._watch.watch_browser(self.browser_pc)
 
-    # ------------------------------------------------------------------ public
+    # ------------------------------------------------------------------ reading
+    @property
+    def state(self) -> BridgeState:
+        """``new``, ``negotiating``, ``connecting``, ``active``, ``browser_lost``,
+        ``resuming``, ``closing`` or ``closed``."""
+        return self._state
+
+    @property
+    def end_state(self) -> EndState | None:
+        return self._end_state
+
+    @property
+    def end_reason(self) -> str | None:
+        return self._end_reason
+
+    @property
+    def answer(self) -> str | None:
+        """The browser's answer SDP, once ``start`` succeeded."""
+        return self._answer
+
+    @property
+    def upstream_call_id(self) -> str | None:
+        return self._upstream_call_id
+
+    @property
+    def upstream_pc(self) -> RTCPeerConnection | None:
+        """The upstream leg's peer, from when negotiation created it."""
+        return self._upstream_pc
+
+    @property
+    def forwarders(self) -> tuple[Forwarder, ...]:
+        """One per direction once negotiated (browser → upstream first)."""
+        return tuple(self._forwarders)
+
+    @property
+    def connected_at(self) -> float | None:
+        """When both legs were connected (``time.monotonic``)."""
+        return self._connected_at
+
+    @property
+    def ended_at(self) -> float | None:
+        """When teardown began (``time.monotonic``)."""
+        return self._ended_at
+
     @property
     def closed(self) -> bool:
-        return self.closed_event.is_set()
+        return self._closed.is_set()
 
     def is_closing(self) -> bool:
         """True once teardown has begun (it may still be in progress).
 
         A call, not a property: mypy would keep a property narrowed across awaits."""
-        return self.teardown_task is not None
+        return self._teardown_task is not None
 
+    def active_seconds(self, now: float) -> float:
+        """Seconds charged: connected time without the time the browser was away (and
+        with the seconds of earlier parts, for a session taken over)."""
+        end = self._ended_at if self._ended_at is not None else now
+        return self._clock.used(end)
+
+    def time_left(self, now: float | None = None) -> float:
+        """Seconds left before the interview's limit (the clock paused while away)."""
+        return self._max_duration_s - self._clock.used(time.monotonic() if now is None else now)
+
+    def stats(self) -> dict[str, Any]:
+        """A JSON-ready snapshot of this bridge (cheap; no awaits)."""
+        now = time.monotonic()
+        return {
+            "state": self._state,
+            "end_state": self._end_state,
+            "end_reason": self._end_reason,
+            "age_s": round(now - self.started_at, 3),
+            "active_s": round(self.active_seconds(now), 3),
+            "time_left_s": round(self.time_left(now), 3),
+            "upstream_call_id": self._upstream_call_id,
+            **self._quality.snapshot(now),
+        }
+
+    # ------------------------------------------------------------------ transitions
     async def start(self, offer_sdp: str) -> str:
-        """Negotiate both legs; return the browser's answer SDP."""
-        self.state = "negotiating"
+        """new → negotiating → connecting: negotiate both legs, wire audio, start the
+        supervisor; return the browser's answer SDP.
+
+        Any failure tears both legs down (the session finished as failed with a reason) and
+        is re-raised; a close that lands meanwhile raises ``BridgeClosed`` instead."""
+        closing = self._teardown_task
+        if closing is not None:
+            # Closed before it was started: nothing is negotiated on released peers.
+            await asyncio.shield(closing)
+            raise BridgeClosed(self._end_reason or "closed")
+        self._set_state("negotiating")
         try:
-            answer = await negotiation.negotiate(self, offer_sdp)
+            negotiated = await self._negotiation().run(offer_sdp)
+            self._wire_audio(negotiated.codecs)
+            answer = announce_public_address(
+                negotiated.answer_sdp, self._settings.ice.public_address
+            )
+            # Refused if teardown had begun (the handler below then raises BridgeClosed);
+            # it cannot have: negotiation's last step checks, and nothing since awaited.
+            self._set_state("connecting")
         except BaseException as exc:
-            if self.teardown_task is not None:
-                await asyncio.shield(self.teardown_task)
+            if self._teardown_task is not None:
+                await asyncio.shield(self._teardown_task)
                 await self._hang_up_late_call()
                 if isinstance(exc, asyncio.CancelledError):
                     # The caller's own cancellation is never swallowed (relay.tasks): it
                     # is not "the session was closed" (BridgeClosed would answer 409).
                     raise
-                raise BridgeClosed(self.end_reason or "closed") from exc
+                raise BridgeClosed(self._end_reason or "closed") from exc
             reason = failure_reason(exc)
             log.warning("session %s: exchange failed (%s)", self.session_id, reason)
             await asyncio.shield(self.begin_close(reason, state="failed"))
             raise
-        if self.teardown_task is not None:
-            await asyncio.shield(self.teardown_task)
-            await self._hang_up_late_call()
-            raise BridgeClosed(self.end_reason or "closed")
-        self.state = "connecting"
-        self.answer = answer
-        # Owned: if supervision itself fails, the session still ends (failed) and
-        # teardown releases everything.
-        self.supervisor = spawn(
-            supervision.supervise(self),
-            name=f"bridge-{self.session_id}",
-            log=log,
-            on_failure=lambda exc: self.begin_close("internal_error", state="failed"),
-        )
+        self._answer = answer
+        self._supervisor.start()
+        if self._seed is not None:
+            self._seeding = self._tasks.spawn(
+                self._talk.seed(self._seed.items), name=f"bridge-seed-{self.session_id}"
+            )
         return answer
 
-    def raise_if_closing(self) -> None:
-        """Stop negotiating once teardown began: nothing created after it would be closed."""
-        if self.is_closing():
-            raise BridgeClosed(self.end_reason or "closed")
-
-    async def _hang_up_late_call(self) -> None:
-        """The upstream call came into being after teardown had passed its hang-up."""
-        if self.upstream_call_id and not self.hangup_sent:
-            self.hangup_sent = True
-            await self.upstream.hangup(self.upstream_call_id)
+    async def _activate(self, connected_at: float) -> None:
+        """connecting → active: the supervisor saw both legs connected (and the bridge was
+        not closing: it checks)."""
+        self._set_state("active")
+        self._connected_at = connected_at
+        self._clock.start(connected_at)
+        self._try_greet()
+        self.metrics.connect_s.observe(connected_at - self.started_at)
+        log.info(
+            "session %s: active after %.0fms",
+            self.session_id,
+            (connected_at - self.started_at) * 1000,
+        )
+        await self._call_hook("on_active", self._hooks.on_active(self._upstream_call_id))
 
     def begin_close(self, reason: str, *, state: EndState = "ended") -> asyncio.Task[None]:
-        """Start tearing down (once); the first reason wins."""
-        if self.teardown_task is None:
-            self.state = "closing"
-            self.wake.set()
-            self.teardown_task = spawn(
-                teardown.teardown(self, state, reason),
-                name=f"bridge-close-{self.session_id}",
-                log=log,
+        """→ closing, from any state before it, once (the first reason wins); returns the
+        teardown, which ends in ``closed``. Later calls return the same task."""
+        if self._teardown_task is None:
+            self._set_state("closing")
+            self._supervisor.wake()
+            self._teardown_task = self._tasks.spawn(
+                self._teardown(state, reason), name=f"bridge-close-{self.session_id}"
             )
-        return self.teardown_task
+        return self._teardown_task
 
     async def close(self, reason: str, *, state: EndState = "ended") -> None:
         """End the session (both legs, upstream hang-up, session finished) and wait."""
         await asyncio.shield(self.begin_close(reason, state=state))
 
     async def wait_closed(self) -> None:
-        await self.closed_event.wait()
+        await self._closed.wait()
 
-    def stats(self) -> dict[str, Any]:
-        """A JSON-ready snapshot of this bridge (cheap; no awaits)."""
-        return self.quality.snapshot()
+    async def _teardown(self, end_state: EndState, reason: str) -> None:
+        """The work of ``closing``: tell the page why (when the relay decided it), release
+        everything, → closed, report to the session layer exactly once (whatever failed
+        before)."""
+        self._ended_at = time.monotonic()
+        self._clock.stop(self._ended_at)
+        self._end_state, self._end_reason = end_state, reason
+        duration = self.active_seconds(self._ended_at)
+        log.info(
+            "session %s: closing (%s, %s) after %.1fs active",
+            self.session_id,
+            end_state,
+            reason,
+            duration,
+        )
+        try:
+            await self._talk.ending(reason)
+            for task in (self._seeding, self._browser_release):
+                if task is not None:
+                    # Its own failure was logged and counted by the task group.
+                    await asyncio.gather(asyncio.shield(task), return_exceptions=True)
+            peers = [self.browser_pc]
+            if self._upstream_pc is not None:
+                peers.append(self._upstream_pc)
+            await release(
+                self.session_id,
+                supervisor=self._supervisor,
+                forwarders=self._forwarders,
+                tracks=(self.to_upstream, self.to_browser),
+                peers=peers,
+                hang_up=self._hang_up_call,
+            )
+            self._quality.publish_metrics()
+            self.metrics.forget(self.browser_to_upstream)
+            self.metrics.forget(self.upstream_to_browser)
+            self.metrics.bridges_ended.inc(reason=reason)
+        finally:
+            try:
+                self._set_state("closed")
+            finally:
+                # Even after a refused transition (a bug, raised to whoever awaits the
+                # teardown): the session layer's slot, row and credit are released.
+                if self.recorder is not None:
+                    self.recorder.stop(self._connected_at, self._ended_at)
+                await self._call_hook(
+                    "on_finished", self._hooks.on_finished(end_state, reason, duration)
+                )
+                # Whatever of its tasks still runs (released above, normally none) ends now.
+                await self._tasks.close()
+                self._closed.set()
 
-    def active_seconds(self, now: float) -> float:
-        if self.connected_at is None:
-            return 0.0
-        end = self.ended_at if self.ended_at is not None else now
-        return max(0.0, end - self.connected_at)
+    def _set_state(self, state: BridgeState) -> None:
+        """The only writer of ``_state``; a move ``TRANSITIONS`` does not allow raises."""
+        check_transition(self._state, state)
+        log.debug("session %s: bridge %s -> %s", self.session_id, self._state, state)
+        self._state = state
 
-    async def call_hook(self, name: str, call: Awaitable[None]) -> None:
-        """Await one of ``self.hooks``' calls; bookkeeping must not take the media down."""
+    # ------------------------------------------------------------------ the parts' callbacks
+    def _negotiation(self) -> Negotiation:
+        return Negotiation(
+            browser_pc=self.browser_pc,
+            to_browser=self.to_browser,
+            to_upstream=self.to_upstream,
+            events=self.events,
+            upstream=self._upstream,
+            minted=self._minted,
+            request_id=self._request_id,
+            gather_timeout_s=self._settings.session.ice_gather_timeout_s,
+            open_upstream_peer=self._open_upstream_peer,
+            on_upstream_call=self._on_upstream_call,
+            check_open=self._raise_if_closing,
+        )
+
+    def _open_upstream_peer(self) -> RTCPeerConnection:
+        """The upstream leg's peer: created here so teardown closes it whatever happens."""
+        settings = self._settings
+        pc = new_peer(
+            settings.ice,
+            leg="upstream",
+            session_id=self.session_id,
+            capabilities=settings.capabilities,
+        )
+        self._upstream_pc = pc
+        self._watch.watch_upstream(pc)
+        self._quality.attach_upstream(pc)
+        return pc
+
+    def _on_upstream_call(self, call_id: str | None) -> None:
+        self._upstream_call_id = call_id
+
+    def _raise_if_closing(self) -> None:
+        """Stop negotiating once teardown began: nothing created after it would be closed."""
+        if self.is_closing():
+            raise BridgeClosed(self._end_reason or "closed")
+
+    def _wire_audio(self, codecs: NegotiatedCodecs, previous: Forwarder | None = None) -> None:
+        assert self._upstream_pc is not None  # negotiation created it
+        self._codecs = codecs
+        recorder = self.recorder
+        ends = AudioEnds(
+            browser_pc=self.browser_pc,
+            upstream_pc=self._upstream_pc,
+            to_upstream=self.to_upstream,
+            to_browser=self.to_browser,
+            browser_to_upstream=self.browser_to_upstream,
+            upstream_to_browser=self.upstream_to_browser,
+            candidate_tap=recorder.tap("candidate") if recorder else None,
+            interviewer_tap=recorder.tap("interviewer") if recorder else None,
+        )
+        capabilities = self._settings.capabilities
+        # Kept before they start, so teardown stops whichever of them did.
+        self._forwarders = wire_audio(
+            ends,
+            codecs,
+            media=self._settings.media,
+            capabilities=capabilities,
+            force_decode=self._force_decode,
+            previous=(previous,) if previous is not None else (),
+        )
+        start_audio(
+            self._forwarders,
+            ends,
+            codecs,
+            capabilities=capabilities,
+            metrics=self.metrics,
+            session_id=self.session_id,
+        )
+
+    def _leg_lost(self, leg: Side, what: str) -> None:
+        """A peer failed or closed, or a data channel closed (``PeerWatch``, ``EventRelay``).
+
+        The browser's leg may come back (a network blip, a reload): while a grace is
+        configured, an active interview keeps its upstream leg for it (``browser_lost``)."""
+        if self.is_closing() or self._state == "negotiating":
+            return  # already ending, or start() fails and tears down on its own
+        if self._connected_at is None:
+            self.begin_close(f"{leg}_connect_failed", state="failed")
+            return
+        if leg == "browser":
+            if self._state == "browser_lost":
+                return  # the lost leg's own peer and channel closing after it
+            if self._state == "resuming":
+                self._resume_leg_failed(what)
+                return
+            if self._state == "active" and self._may_resume():
+                self._lose_browser(what)
+                return
+        self.begin_close(f"{leg}_{what}")
+
+    def _both_connected(self) -> None:
+        """Both peers are connected: the exchange's legs, or a resumed browser leg."""
+        if self._state == "connecting":
+            self._supervisor.legs_connected()
+        elif self._state == "resuming":
+            self._resumed()
+
+    def _leg_states(self) -> tuple[str, str]:
+        upstream = self._upstream_pc
+        return self.browser_pc.connectionState, upstream.connectionState if upstream else "-"
+
+    def _hang_up_call(self) -> Awaitable[None] | None:
+        """Teardown's hang-up of the upstream call, if there is one yet."""
+        if not self._upstream_call_id:
+            return None
+        self._hangup_sent = True
+        return self._upstream.hangup(self._upstream_call_id)
+
+    async def _hang_up_late_call(self) -> None:
+        """The upstream call came into being after teardown had passed its hang-up."""
+        if self._upstream_call_id and not self._hangup_sent:
+            self._hangup_sent = True
+            await self._upstream.hangup(self._upstream_call_id)
+
+    async def _call_hook(self, name: str, call: Awaitable[None]) -> None:
+        """Await one of the hooks' calls; bookkeeping must not take the media down."""
         try:
             await call
         except Exception:
             log.exception("session %s: %s failed", self.session_id, name)
+
+    # ------------------------------------------------------------------ continuity
+    async def resume(self, offer_sdp: str) -> str:
+        """browser_lost → resuming: answer a resumed browser leg's offer on a new browser
+        peer, wired to the same upstream leg; return the answer SDP. The bridge becomes
+        active again once that peer is connected (``_resumed``).
+
+        An active bridge is first taken for lost (a page reloaded before the relay saw its
+        old leg go). Raises ``ResumeRefused`` (in progress, not resumable, the new leg
+        failed meanwhile), ``BridgeClosed`` (closing), ``InvalidOffer``; any other failure
+        leaves the bridge in ``browser_lost`` for another attempt within the grace."""
+        if self.is_closing():
+            raise BridgeClosed(self._end_reason or "closed")
+        if self._state == "resuming":
+            raise ResumeRefused("resume_in_progress", "A resume of this session is under way.")
+        if self._state == "active" and self._may_resume():
+            self._lose_browser("replaced")
+        if self._state != "browser_lost":
+            raise ResumeRefused("session_not_resumable", "This session cannot be resumed now.")
+        self._set_state("resuming")
+        self._resume_started_at = time.monotonic()
+        pc: RTCPeerConnection | None = None
+        try:
+            released = self._browser_release
+            if released is not None:
+                await asyncio.gather(asyncio.shield(released), return_exceptions=True)
+            self._raise_unless_resuming(None)
+            settings = self._settings
+            pc = new_peer(
+                settings.ice,
+                leg="browser",
+                session_id=self.session_id,
+                capabilities=settings.capabilities,
+            )
+            self.browser_pc = pc
+            self._watch.watch_browser(pc)
+            # aiortc stopped the lost leg's queue track with its sender: a new one.
+            to_browser = BoundedQueueTrack(settings.media.queue_max_frames)
+            to_browser.count_on_from(self.to_browser)
+            self.to_browser = to_browser
+            self._quality.attach_browser(pc, to_browser)
+            answer = await answer_browser(
+                pc, self.to_browser, offer_sdp, settings.session.ice_gather_timeout_s
+            )
+            self._raise_unless_resuming(pc)
+            assert self._codecs is not None  # a lost leg was wired
+            codecs = resumed_codecs(self._codecs, str(answer.sdp))
+            await self._stop_parking()
+            self._raise_unless_resuming(pc)
+            self._wire_audio(codecs, previous=self._sent_upstream)
+            answer_sdp = announce_public_address(str(answer.sdp), settings.ice.public_address)
+        except BaseException as exc:
+            teardown = self._teardown_task
+            if teardown is not None:
+                # Closed meanwhile: the teardown releases the new peer with everything else.
+                await asyncio.shield(teardown)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                raise BridgeClosed(self._end_reason or "closed") from exc
+            if self._state_now() == "resuming" and (pc is None or self.browser_pc is pc):
+                self._resume_leg_failed("refused")
+            self.metrics.resumes.inc(outcome="failed")
+            raise
+        self._greet_pending = True
+        log.info("session %s: resume answered; waiting for the new leg", self.session_id)
+        return answer_sdp
+
+    def _state_now(self) -> BridgeState:
+        """A call, not the attribute: mypy would keep ``_state`` narrowed across awaits."""
+        return self._state
+
+    def _may_resume(self) -> bool:
+        # Past the limit (a reply finishing) the interview ends rather than waits.
+        grace = self._settings.session.reconnect_grace_s
+        return self._resumable and grace > 0 and not self._supervisor.overrunning
+
+    def _lose_browser(self, what: str) -> None:
+        """active → browser_lost: keep the upstream leg, forward nothing, pause the clock,
+        cancel the reply in progress, release the lost leg (in a task of its own)."""
+        now = time.monotonic()
+        self._set_state("browser_lost")
+        self._lost_at = now
+        self._resume_started_at = None
+        self._greet_pending = False
+        self._clock.pause(now)
+        self.events.detach_browser()
+        self._talk.cancel_reply()
+        if self.recorder is not None:
+            self.recorder.mark("browser_lost", now)
+        self.metrics.browser_lost.inc(cause=what if what in _LOSS_CAUSES else "other")
+        log.info(
+            "session %s: browser leg lost (%s); resumable for %.0fs",
+            self.session_id,
+            what,
+            self._settings.session.reconnect_grace_s,
+        )
+        if self._continuity is not None:
+            self._continuity.on_progress(self._clock.used(now))
+        self._release_browser_leg_soon()
+
+    def _resume_leg_failed(self, what: str) -> None:
+        """resuming → browser_lost: the resumed leg failed; the grace of the first loss
+        goes on (another attempt may follow)."""
+        log.info("session %s: resumed leg failed (%s)", self.session_id, what)
+        self._set_state("browser_lost")
+        self._resume_started_at = None
+        self._greet_pending = False
+        self.events.detach_browser()
+        self._release_browser_leg_soon()
+
+    def _release_browser_leg_soon(self) -> None:
+        pc, forwarders = self.browser_pc, self._forwarders
+        self._watch.forget_browser(pc)
+        parking = self._parking
+        self._forwarders = [f for f in forwarders if f is parking]
+        sending = [f for f in forwarders if f is not parking]
+        if sending:
+            self._sent_upstream = sending[0]  # browser → upstream (wire_audio's order)
+        self._browser_release = self._tasks.spawn(
+            self._release_browser_leg(pc, sending),
+            name=f"bridge-release-browser-{self.session_id}",
+        )
+
+    async def _release_browser_leg(
+        self, pc: RTCPeerConnection, forwarders: list[Forwarder]
+    ) -> None:
+        """Stop a lost leg's forwarders and close its peer; then, while the browser is
+        still away, take the upstream's audio into a queue nobody reads."""
+        await settle(self.session_id, [forwarder.stop() for forwarder in forwarders])
+        await settle(self.session_id, [close_peer(pc)])
+        if self._state == "browser_lost" and self._parking is None:
+            self._park_upstream_audio()
+
+    def _park_upstream_audio(self) -> None:
+        upstream_pc, codecs = self._upstream_pc, self._codecs
+        if upstream_pc is None or codecs is None:
+            return
+        parking = park_upstream_audio(
+            upstream_pc,
+            codecs,
+            media=self._settings.media,
+            capabilities=self._settings.capabilities,
+            force_decode=self._force_decode,
+        )
+        self._parking = parking
+        self._forwarders.append(parking)
+        parking.start()
+
+    async def _stop_parking(self) -> None:
+        parking, self._parking = self._parking, None
+        if parking is not None:
+            self._forwarders = [f for f in self._forwarders if f is not parking]
+            await parking.stop()
+
+    def _raise_unless_resuming(self, pc: RTCPeerConnection | None) -> None:
+        """Stop answering a resume once teardown began, or once its new leg failed."""
+        self._raise_if_closing()
+        if self._state_now() != "resuming" or (pc is not None and self.browser_pc is not pc):
+            raise ResumeRefused("resume_failed", "The resumed connection failed; try again.")
+
+    def _resumed(self) -> None:
+        """resuming → active: the resumed leg is connected; the clock runs again."""
+        now = time.monotonic()
+        self._set_state("active")
+        lost_at = self._lost_at
+        self._clock.resume(now)
+        self._gap_s = 0.0 if lost_at is None else now - lost_at
+        self._lost_at = self._resume_started_at = None
+        if self.recorder is not None:
+            self.recorder.mark("browser_resumed", now)
+        self.metrics.resumes.inc(outcome="resumed")
+        log.info("session %s: resumed after %.1fs away", self.session_id, self._gap_s)
+        self._try_greet()
+
+    def _lost_deadline(self) -> float | None:
+        """When a lost browser leg's grace runs out (None while the leg is up). A resume
+        under way gets at least ``connect_timeout_s`` to connect its new leg."""
+        lost_at = self._lost_at
+        if lost_at is None or self._state not in ("browser_lost", "resuming"):
+            return None
+        deadline = lost_at + self._settings.session.reconnect_grace_s
+        if self._resume_started_at is not None:
+            deadline = max(
+                deadline, self._resume_started_at + self._settings.session.connect_timeout_s
+            )
+        return deadline
+
+    def _try_greet(self) -> None:
+        """A resumed (or taken-over) leg, up and with its channel open, is greeted first;
+        upstream events wait until then."""
+        if not self._greet_pending or self._state != "active" or not self.events.browser_open:
+            return
+        self._greet_pending = False
+        self._talk.greet(self._gap_s, self.time_left())
+
+    def _observe_upstream(self, message: Message) -> None:
+        """Every upstream server event: the recorder's transcript and the conversation."""
+        if self._record_event is not None:
+            self._record_event(message)
+        self.conversation.on_upstream_event(message)
+
+    def _on_transcript_item(self, item: TranscriptItem) -> None:
+        if self._continuity is not None:
+            self._continuity.on_transcript_item(item)
+
+    def _on_reply_over(self) -> None:
+        if self._state == "active":  # a wrap-up's response is for a page that hears it
+            self._talk.reply_over()
+
+
+# The causes of a lost browser leg counted apart (the rest count as ``other``).
+_LOSS_CAUSES = frozenset({"disconnected", "failed", "channel_closed", "replaced"})

@@ -1,86 +1,149 @@
 """Negotiating both legs: browser offer → browser answer, our offer → upstream answer.
 
-Each step checks whether teardown began meanwhile (a hang-up during negotiation):
-nothing created after teardown would be closed by it. The last step wires audio.
+``Negotiation.run`` returns a ``Negotiated`` (the browser's answer and the codecs both legs
+agreed on); the bridge wires audio from it. What the bridge must release even when
+negotiation fails half-way is reported as it comes into being, through callbacks: the
+upstream peer (``open_upstream_peer``, which the bridge creates and keeps) and the upstream
+call (``on_upstream_call``). Before each step that creates something, ``check_open`` raises
+``BridgeClosed`` if teardown began meanwhile (a hang-up during negotiation): nothing created
+after teardown would be closed by it.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from aiortc import RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCSessionDescription
 
-from relay.media.bridge import audio_wiring, peer_events
 from relay.media.bridge.audio_wiring import NegotiatedCodecs
 from relay.media.bridge.base import UpstreamAnswerInvalid
-from relay.media.events import UPSTREAM_LABEL
-from relay.media.peers import new_peer, set_local_description
+from relay.media.events import UPSTREAM_LABEL, EventRelay
+from relay.media.peers import set_local_description
 from relay.media.sdp import InvalidOffer, audio_negotiation, rtp_leg
+from relay.media.tracks import BoundedQueueTrack
 from relay.observability.logging import stage
 from relay.observability.request_context import record_stage
-
-if TYPE_CHECKING:
-    from relay.media.bridge.core import Bridge
+from relay.upstream.base import MintedSession, UpstreamClient
 
 log = logging.getLogger("relay.media")
 
 
-async def negotiate(bridge: Bridge, offer_sdp: str) -> str:
-    """Negotiate both legs and wire audio; return the browser's answer SDP."""
-    gather_timeout = bridge.settings.session.ice_gather_timeout_s
-    browser = bridge.browser_pc
-    peer_events.watch_browser(bridge, browser)
+@dataclass(frozen=True)
+class Negotiated:
+    """Both legs negotiated: what the browser is answered, and what audio will carry."""
+
+    answer_sdp: str
+    codecs: NegotiatedCodecs
+
+
+class Negotiation:
+    """One bridge's offer/answer on both legs (run once)."""
+
+    def __init__(
+        self,
+        *,
+        browser_pc: RTCPeerConnection,
+        to_browser: BoundedQueueTrack,
+        to_upstream: BoundedQueueTrack,
+        events: EventRelay,
+        upstream: UpstreamClient,
+        minted: MintedSession,
+        request_id: str,
+        gather_timeout_s: float,
+        open_upstream_peer: Callable[[], RTCPeerConnection],
+        on_upstream_call: Callable[[str | None], None],
+        check_open: Callable[[], None],
+    ) -> None:
+        self._browser_pc = browser_pc
+        self._to_browser = to_browser
+        self._to_upstream = to_upstream
+        self._events = events
+        self._upstream = upstream
+        self._minted = minted
+        self._request_id = request_id
+        self._gather_timeout_s = gather_timeout_s
+        self._open_upstream_peer = open_upstream_peer
+        self._on_upstream_call = on_upstream_call
+        self._check_open = check_open
+
+    async def run(self, offer_sdp: str) -> Negotiated:
+        """Answer the browser, offer to the upstream, apply its answer."""
+        answer = await self._answer_browser(offer_sdp)
+        self._check_open()
+        upstream_pc, offer = await self._offer_upstream()
+        self._check_open()
+        reply_sdp = await self._exchange(offer.sdp)
+        self._check_open()  # the bridge hangs the new call up
+        try:
+            await upstream_pc.setRemoteDescription(
+                RTCSessionDescription(sdp=reply_sdp, type="answer")
+            )
+            upstream_codecs = audio_negotiation(reply_sdp)
+            upstream_rtp = rtp_leg(reply_sdp)
+        except Exception as exc:
+            raise UpstreamAnswerInvalid(f"{type(exc).__name__}: {exc}") from None
+        self._check_open()
+        return Negotiated(
+            answer_sdp=str(answer.sdp),
+            codecs=NegotiatedCodecs(
+                browser=audio_negotiation(answer.sdp),
+                upstream=upstream_codecs,
+                our_upstream_opus=audio_negotiation(offer.sdp).opus_payload_types,
+                browser_rtp=rtp_leg(answer.sdp),
+                upstream_rtp=upstream_rtp,
+            ),
+        )
+
+    async def _answer_browser(self, offer_sdp: str) -> RTCSessionDescription:
+        return await answer_browser(
+            self._browser_pc, self._to_browser, offer_sdp, self._gather_timeout_s
+        )
+
+    async def _offer_upstream(self) -> tuple[RTCPeerConnection, RTCSessionDescription]:
+        started = time.perf_counter()
+        upstream_pc = self._open_upstream_peer()
+        upstream_pc.addTransceiver(self._to_upstream, direction="sendrecv")
+        self._events.attach_upstream(upstream_pc.createDataChannel(UPSTREAM_LABEL))
+        offer = await set_local_description(
+            upstream_pc, await upstream_pc.createOffer(), self._gather_timeout_s
+        )
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        record_stage("offer", elapsed_ms)
+        stage(log, "UPSTREAM_OFFER_COMPLETE", elapsed_ms)
+        return upstream_pc, offer
+
+    async def _exchange(self, offer_sdp: str) -> str:
+        """Our offer to the upstream; its answer SDP (the call is reported first)."""
+        started = time.perf_counter()
+        reply = await self._upstream.exchange_sdp(
+            self._minted, offer_sdp, request_id=self._request_id
+        )
+        self._on_upstream_call(reply.call_id)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        record_stage("upstream", elapsed_ms)
+        stage(log, "UPSTREAM_SDP_COMPLETE", elapsed_ms)
+        return reply.sdp
+
+
+async def answer_browser(
+    browser: RTCPeerConnection,
+    to_browser: BoundedQueueTrack,
+    offer_sdp: str,
+    gather_timeout_s: float,
+) -> RTCSessionDescription:
+    """Answer a browser's offer on ``browser``, sending ``to_browser`` (the exchange's
+    leg, and a resumed one's)."""
     started = time.perf_counter()
     try:
         await browser.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
     except Exception as exc:  # aiortc refuses what our own checks let through
         raise InvalidOffer(f"the offer was refused ({type(exc).__name__}: {exc})") from None
-    browser.addTrack(bridge.to_browser)
-    answer = await set_local_description(browser, await browser.createAnswer(), gather_timeout)
+    browser.addTrack(to_browser)
+    answer = await set_local_description(browser, await browser.createAnswer(), gather_timeout_s)
     elapsed_ms = (time.perf_counter() - started) * 1000
     record_stage("answer", elapsed_ms)
     stage(log, "BROWSER_ANSWER_COMPLETE", elapsed_ms)
-    bridge.raise_if_closing()
-
-    started = time.perf_counter()
-    upstream = bridge.upstream_pc = new_peer(
-        bridge.settings.ice, leg="upstream", session_id=bridge.session_id
-    )
-    peer_events.watch_upstream(bridge, upstream)
-    upstream.addTransceiver(bridge.to_upstream, direction="sendrecv")
-    bridge.events.attach_upstream(upstream.createDataChannel(UPSTREAM_LABEL))
-    offer = await set_local_description(upstream, await upstream.createOffer(), gather_timeout)
-    elapsed_ms = (time.perf_counter() - started) * 1000
-    record_stage("offer", elapsed_ms)
-    stage(log, "UPSTREAM_OFFER_COMPLETE", elapsed_ms)
-    bridge.raise_if_closing()
-
-    started = time.perf_counter()
-    reply = await bridge.upstream.exchange_sdp(
-        bridge.minted, offer.sdp, request_id=bridge.request_id
-    )
-    bridge.upstream_call_id = reply.call_id
-    elapsed_ms = (time.perf_counter() - started) * 1000
-    record_stage("upstream", elapsed_ms)
-    stage(log, "UPSTREAM_SDP_COMPLETE", elapsed_ms)
-    bridge.raise_if_closing()  # start() hangs the new call up
-    try:
-        await upstream.setRemoteDescription(RTCSessionDescription(sdp=reply.sdp, type="answer"))
-        upstream_codecs = audio_negotiation(reply.sdp)
-        upstream_rtp = rtp_leg(reply.sdp)
-    except Exception as exc:
-        raise UpstreamAnswerInvalid(f"{type(exc).__name__}: {exc}") from None
-    bridge.raise_if_closing()
-    audio_wiring.wire_audio(
-        bridge,
-        NegotiatedCodecs(
-            browser=audio_negotiation(answer.sdp),
-            upstream=upstream_codecs,
-            our_upstream_opus=audio_negotiation(offer.sdp).opus_payload_types,
-            browser_rtp=rtp_leg(answer.sdp),
-            upstream_rtp=upstream_rtp,
-        ),
-    )
-    return str(answer.sdp)
+    return answer

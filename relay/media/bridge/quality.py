@@ -1,19 +1,24 @@
-"""Quality and statistics: the ``stats()`` snapshot, metric publishing, RTCP quality."""
+"""Quality and statistics: the media half of ``stats()``, metric publishing, RTCP quality.
+
+``Quality`` is given what it reads (both directions' counters and queues, the event relay,
+the peers, the forwarders of the moment); the bridge adds the lifecycle half of the
+snapshot (state, end, ages).
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from aiortc import RTCPeerConnection
 
 from relay.media.bridge.audio_wiring import audio_receiver, audio_sender
-from relay.media.forwarding import DirectionStats
+from relay.media.events import EventRelay, Side
+from relay.media.forwarding import DirectionStats, Forwarder
+from relay.media.metrics import MediaMetrics
 from relay.media.tracks import BoundedQueueTrack
-
-if TYPE_CHECKING:
-    from relay.media.bridge.core import Bridge
 
 log = logging.getLogger("relay.media")
 
@@ -21,46 +26,75 @@ log = logging.getLogger("relay.media")
 class Quality:
     """One bridge's statistics (its counters live in the bridge's ``DirectionStats``)."""
 
-    def __init__(self, bridge: Bridge) -> None:
-        self._bridge = bridge
+    def __init__(
+        self,
+        *,
+        session_id: str,
+        started_at: float,
+        browser_to_upstream: DirectionStats,
+        to_upstream: BoundedQueueTrack,
+        upstream_to_browser: DirectionStats,
+        to_browser: BoundedQueueTrack,
+        events: EventRelay,
+        metrics: MediaMetrics,
+        browser_pc: RTCPeerConnection,
+        forwarders: Callable[[], Iterable[Forwarder]],
+    ) -> None:
+        self._session_id = session_id
+        # The bridge's forwarders as they are now (a resumed leg brings new ones).
+        self._forwarders = forwarders
+        self._started_at = started_at
+        self._directions = {
+            "browser_to_upstream": (browser_to_upstream, to_upstream),
+            "upstream_to_browser": (upstream_to_browser, to_browser),
+        }
+        self._events = events
+        self._metrics = metrics
+        self._peers: dict[Side, RTCPeerConnection | None] = {
+            "browser": browser_pc,
+            "upstream": None,
+        }
         # Loss, jitter and RTT per leg, refreshed by the supervisor every few seconds.
         self._legs: dict[str, dict[str, Any]] = {}
 
-    def snapshot(self) -> dict[str, Any]:
-        """A JSON-ready snapshot of the bridge (cheap; no awaits)."""
-        b = self._bridge
-        for forwarder in b.forwarders:
-            forwarder.refresh()
-        now = time.monotonic()
-        first = b.upstream_to_browser.first_packet_at
-        return {
-            "state": b.state,
-            "end_state": b.end_state,
-            "end_reason": b.end_reason,
-            "age_s": round(now - b.started_at, 3),
-            "active_s": round(b.active_seconds(now), 3),
-            "upstream_call_id": b.upstream_call_id,
+    def attach_upstream(self, pc: RTCPeerConnection) -> None:
+        """The upstream leg's peer, once negotiation created it."""
+        self._peers["upstream"] = pc
+
+    def attach_browser(self, pc: RTCPeerConnection, to_browser: BoundedQueueTrack) -> None:
+        """A resumed browser leg's peer and the queue it sends from (which counts on from
+        the one it replaces)."""
+        self._peers["browser"] = pc
+        self._legs.pop("browser", None)
+        stats, _ = self._directions["upstream_to_browser"]
+        self._directions["upstream_to_browser"] = (stats, to_browser)
+
+    def snapshot(self, now: float | None = None) -> dict[str, Any]:
+        """The media half of the bridge's snapshot (cheap; no awaits)."""
+        now = time.monotonic() if now is None else now
+        self._count_up_to_date()
+        first = self._directions["upstream_to_browser"][0].first_packet_at
+        out: dict[str, Any] = {
             "time_to_first_upstream_audio_ms": (
-                None if first is None else round((first - b.started_at) * 1000, 1)
+                None if first is None else round((first - self._started_at) * 1000, 1)
             ),
-            "browser_to_upstream": direction_stats(b.browser_to_upstream, b.to_upstream, now),
-            "upstream_to_browser": direction_stats(b.upstream_to_browser, b.to_browser, now),
-            "events": dict(b.events.counts),
-            "legs": {
-                "browser": self._leg_stats("browser", b.browser_pc),
-                "upstream": self._leg_stats("upstream", b.upstream_pc),
-            },
         }
+        for name, (stats, queue) in self._directions.items():
+            out[name] = direction_stats(stats, queue, now)
+        out["events"] = dict(self._events.counts)
+        out["legs"] = {leg: self._leg_stats(leg, pc) for leg, pc in self._peers.items()}
+        return out
 
     def publish_metrics(self) -> None:
-        b = self._bridge
-        for forwarder in b.forwarders:
+        self._count_up_to_date()
+        for stats, queue in self._directions.values():
+            self._metrics.publish(stats, queue.dropped, queue.dropped_before_start)
+
+    def _count_up_to_date(self) -> None:
+        """The compiled loop copies its counters into ``DirectionStats`` in batches: bring
+        them up to date before they are read (other forwarders count as they go)."""
+        for forwarder in self._forwarders():
             forwarder.refresh()
-        for stats, queue in (
-            (b.browser_to_upstream, b.to_upstream),
-            (b.upstream_to_browser, b.to_browser),
-        ):
-            b.metrics.publish(stats, queue.dropped, queue.dropped_before_start)
 
     def _leg_stats(self, leg: str, pc: RTCPeerConnection | None) -> dict[str, Any]:
         out: dict[str, Any] = {"connection_state": pc.connectionState if pc else "new"}
@@ -69,14 +103,13 @@ class Quality:
 
     async def refresh(self) -> None:
         """Loss, jitter and RTT per leg from aiortc's RTCP-based stats."""
-        b = self._bridge
-        for leg, pc in (("browser", b.browser_pc), ("upstream", b.upstream_pc)):
+        for leg, pc in self._peers.items():
             if pc is None:
                 continue
             try:
                 self._legs[leg] = await _leg_quality(pc)
             except Exception:  # stats are best effort
-                log.debug("session %s: stats refresh failed", b.session_id, exc_info=True)
+                log.debug("session %s: stats refresh failed", self._session_id, exc_info=True)
 
 
 async def _leg_quality(pc: RTCPeerConnection) -> dict[str, Any]:

@@ -1,7 +1,18 @@
 """The supervisor: both legs connected in time, then watched until something ends it.
 
-Runs as the bridge's owned task (``relay.tasks.spawn``): if it fails, the bridge is
-closed as failed (``internal_error``) rather than left running.
+``Supervisor`` runs one task of the bridge's task group and acts on the bridge only
+through its callbacks: ``on_connecting`` (the session layer's milestone), ``on_connected``
+(both legs up: the bridge becomes active), ``on_end(reason, state)`` (the bridge begins its
+teardown), and the interview's limits (``Limits``): the time left, the wrap-up, the
+progress written for a member that may take over, and the reply in progress that may
+finish past the limit. If the task itself fails, it calls
+``on_end("internal_error", "failed")`` rather than leave the bridge running. The bridge
+calls ``legs_connected`` when both peers are connected, ``wake`` when its teardown begins
+(every wait ends at once) and ``stop`` from the teardown.
+
+While the browser's leg is lost (``Limits.lost_deadline`` says until when it may come back)
+the interview's clock is paused: no limit, no idle-media check, no time announcements; at
+the deadline the session ends ``browser_gone``.
 """
 
 from __future__ import annotations
@@ -10,86 +21,233 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
-if TYPE_CHECKING:
-    from relay.media.bridge.core import Bridge
+from relay.config import SessionConfig
+from relay.media.bridge.base import EndState
+from relay.media.bridge.clock import InterviewClock
+from relay.media.bridge.quality import Quality
+from relay.media.forwarding import DirectionStats
+from relay.media.metrics import MediaMetrics
+from relay.media.relay_events import TimeLeftSchedule
+from relay.tasks import TaskGroup, cancel_and_wait
 
 log = logging.getLogger("relay.media")
 
 QUALITY_REFRESH_S = 2.0
 MAX_TICK_S = 1.0
+# How often, past the limit, the reply in progress is checked for its end.
+OVERRUN_TICK_S = 0.05
+# How often the seconds charged so far are handed to ``Limits.on_progress``.
+PROGRESS_INTERVAL_S = 10.0
 
 
-async def supervise(bridge: Bridge) -> None:
-    session = bridge.settings.session
-    await bridge.call_hook("on_connecting", bridge.hooks.on_connecting())
-    remaining = session.connect_timeout_s - (time.monotonic() - bridge.started_at)
-    try:
-        async with asyncio.timeout(max(0.0, remaining)):
-            await bridge.both_connected.wait()
-    except TimeoutError:
-        log.warning(
-            "session %s: legs not connected within %.1fs (browser %s, upstream %s)",
-            bridge.session_id,
-            session.connect_timeout_s,
-            bridge.browser_pc.connectionState,
-            bridge.upstream_pc.connectionState if bridge.upstream_pc else "-",
+@dataclass(frozen=True)
+class Limits:
+    """The interview's clock and what the supervisor does at its marks."""
+
+    clock: InterviewClock
+    # A reply of the interviewer is in progress (at the limit it may finish).
+    replying: Callable[[], bool]
+    # The time left was announced / the wrap-up is due (seconds left).
+    on_time_left: Callable[[float], None]
+    on_wrap_up: Callable[[float], None]
+    # When a lost browser leg's grace runs out (None: the browser's leg is up).
+    lost_deadline: Callable[[], float | None]
+    # The seconds charged so far, every ``PROGRESS_INTERVAL_S`` (None: not wanted).
+    on_progress: Callable[[float], None] | None = None
+
+
+class Supervisor:
+    """One bridge's lifecycle timer: connect timeout, then idle media and maximum duration."""
+
+    def __init__(
+        self,
+        *,
+        session_id: str,
+        session: SessionConfig,
+        started_at: float,
+        max_duration_s: float,
+        browser_to_upstream: DirectionStats,
+        upstream_to_browser: DirectionStats,
+        quality: Quality,
+        metrics: MediaMetrics,
+        leg_states: Callable[[], tuple[str, str]],
+        on_connecting: Callable[[], Awaitable[None]],
+        on_connected: Callable[[float], Awaitable[None]],
+        on_end: Callable[[str, EndState], object],
+        limits: Limits,
+        tasks: TaskGroup,
+    ) -> None:
+        self._session_id = session_id
+        # The bridge's task group: the supervising task is one of the bridge's tasks.
+        self._tasks = tasks
+        self._session = session
+        self._started_at = started_at
+        self._max_duration_s = max_duration_s
+        self._browser_to_upstream = browser_to_upstream
+        self._upstream_to_browser = upstream_to_browser
+        self._quality = quality
+        self._metrics = metrics
+        self._leg_states = leg_states
+        self._on_connecting = on_connecting
+        self._on_connected = on_connected
+        self._on_end = on_end
+        self._limits = limits
+        # Set once the limit is reached while a reply goes on (it may finish).
+        self.overrunning = False
+        self._both_connected = asyncio.Event()
+        # Set when the bridge's teardown begins, so the waits below end at once.
+        self._woken = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start supervising (once the browser has its answer)."""
+        self._task = self._tasks.spawn(
+            self._run(),
+            name=f"bridge-{self._session_id}",
+            on_failure=lambda exc: self._on_end("internal_error", "failed"),
         )
-        bridge.begin_close("connect_timeout", state="failed")
-        return
-    if bridge.is_closing():
-        return
-    now = time.monotonic()
-    bridge.connected_at = now
-    bridge.state = "active"
-    bridge.metrics.connect_s.observe(now - bridge.started_at)
-    log.info("session %s: active after %.0fms", bridge.session_id, (now - bridge.started_at) * 1000)
-    await bridge.call_hook("on_active", bridge.hooks.on_active(bridge.upstream_call_id))
-    await monitor(bridge)
 
+    def legs_connected(self) -> None:
+        """Both peers report ``connected``."""
+        self._both_connected.set()
 
-async def monitor(bridge: Bridge) -> None:
-    """Until teardown: end on maximum duration or idle media; publish stats."""
-    idle_timeout = bridge.settings.session.idle_media_timeout_s
-    tick = min(MAX_TICK_S, idle_timeout / 4) if idle_timeout > 0 else MAX_TICK_S
-    reported_first_audio = False
-    quality_at = 0.0
-    while not bridge.is_closing():
-        assert bridge.connected_at is not None
-        now = time.monotonic()
-        remaining = bridge.max_duration_s - (now - bridge.connected_at)
-        if remaining <= 0:
-            bridge.begin_close("max_duration")
+    def wake(self) -> None:
+        """The bridge is closing: stop waiting and return."""
+        self._woken.set()
+
+    async def stop(self) -> None:
+        """Cancel the task and wait for it; never raises its own failure (logged and counted
+        by the bridge's task group)."""
+        await cancel_and_wait(self._task)
+
+    def _stopping(self) -> bool:
+        """A call, not a property: mypy would keep a property narrowed across awaits."""
+        return self._woken.is_set()
+
+    async def _run(self) -> None:
+        session = self._session
+        await self._on_connecting()
+        remaining = session.connect_timeout_s - (time.monotonic() - self._started_at)
+        try:
+            async with asyncio.timeout(max(0.0, remaining)):
+                await self._both_connected.wait()
+        except TimeoutError:
+            browser, upstream = self._leg_states()
+            log.warning(
+                "session %s: legs not connected within %.1fs (browser %s, upstream %s)",
+                self._session_id,
+                session.connect_timeout_s,
+                browser,
+                upstream,
+            )
+            self._on_end("connect_timeout", "failed")
             return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(min(tick, remaining)):
-                await bridge.wake.wait()
-        if bridge.is_closing():
+        if self._stopping():
             return
-        now = time.monotonic()
-        if idle_timeout > 0 and now - last_media_at(bridge) >= idle_timeout:
-            bridge.begin_close("idle_media")
-            return
-        first = bridge.upstream_to_browser.first_packet_at
-        if not reported_first_audio and first is not None:
-            reported_first_audio = True
-            bridge.metrics.first_upstream_audio_s.observe(first - bridge.started_at)
-        bridge.quality.publish_metrics()
-        if now - quality_at >= QUALITY_REFRESH_S:
-            quality_at = now
-            await bridge.quality.refresh()
+        connected_at = time.monotonic()
+        await self._on_connected(connected_at)
+        await self._monitor(connected_at)
 
+    async def _monitor(self, connected_at: float) -> None:
+        """Until teardown: the limit (with its overrun), the time announcements and the
+        wrap-up, idle media, a lost browser leg's grace; publish stats."""
+        session = self._session
+        limits = self._limits
+        clock = limits.clock
+        idle_timeout = session.idle_media_timeout_s
+        tick = min(MAX_TICK_S, idle_timeout / 4) if idle_timeout > 0 else MAX_TICK_S
+        reported_first_audio = False
+        quality_at = 0.0
+        progress_at = connected_at
+        limit_at: float | None = None
+        remaining = self._max_duration_s - clock.used(connected_at)
+        schedule = TimeLeftSchedule(remaining)
+        limits.on_time_left(remaining)
+        # Only an interview longer than the wrap-up is asked to close before its end.
+        wrap_up_s = session.wrap_up_s
+        wrap_up_due = wrap_up_s > 0 and remaining > wrap_up_s
+        while not self._stopping():
+            now = time.monotonic()
+            lost_deadline = limits.lost_deadline()
+            if lost_deadline is not None:
+                if now >= lost_deadline:
+                    self._on_end("browser_gone", "ended")
+                    return
+                wait = min(tick, lost_deadline - now)
+            else:
+                remaining = self._max_duration_s - clock.used(now)
+                if schedule.due(remaining):
+                    limits.on_time_left(remaining)
+                if wrap_up_due and remaining <= wrap_up_s:
+                    wrap_up_due = False
+                    limits.on_wrap_up(remaining)
+                if remaining <= 0:
+                    if limit_at is None:
+                        limit_at = now
+                    if not self._may_overrun(now - limit_at):
+                        self._on_end("max_duration", "ended")
+                        return
+                    wait = min(OVERRUN_TICK_S, limit_at + session.overrun_grace_s - now)
+                else:
+                    wait = min(tick, remaining)
+                    mark = schedule.next_mark()
+                    if mark is not None and remaining > mark:
+                        wait = min(wait, remaining - mark)
+                    if wrap_up_due:
+                        wait = min(wait, remaining - wrap_up_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, wait)):
+                    await self._woken.wait()
+            if self._stopping():
+                return
+            now = time.monotonic()
+            if (
+                idle_timeout > 0
+                and limits.lost_deadline() is None
+                and not self.overrunning
+                and now - self._last_media_at(connected_at) >= idle_timeout
+            ):
+                self._on_end("idle_media", "ended")
+                return
+            first = self._upstream_to_browser.first_packet_at
+            if not reported_first_audio and first is not None:
+                reported_first_audio = True
+                self._metrics.first_upstream_audio_s.observe(first - self._started_at)
+            self._quality.publish_metrics()
+            if now - quality_at >= QUALITY_REFRESH_S:
+                quality_at = now
+                await self._quality.refresh()
+            if limits.on_progress is not None and now - progress_at >= PROGRESS_INTERVAL_S:
+                progress_at = now
+                limits.on_progress(clock.used(now))
 
-def last_media_at(bridge: Bridge) -> float:
-    assert bridge.connected_at is not None
-    times = [
-        t
-        for t in (
-            bridge.connected_at,
-            bridge.browser_to_upstream.last_packet_at,
-            bridge.upstream_to_browser.last_packet_at,
-        )
-        if t is not None
-    ]
-    return max(times)
+    def _may_overrun(self, past_limit_s: float) -> bool:
+        """At the limit: a reply in progress may finish within ``overrun_grace_s``."""
+        grace = self._session.overrun_grace_s
+        if grace <= 0 or past_limit_s >= grace or not self._limits.replying():
+            return False
+        if not self.overrunning:
+            self.overrunning = True
+            log.info(
+                "session %s: at the limit with a reply in progress; it may finish (%.0fs)",
+                self._session_id,
+                grace,
+            )
+        return True
+
+    def _last_media_at(self, connected_at: float) -> float:
+        times = [
+            t
+            for t in (
+                connected_at,
+                # A resumed leg starts its own wait for media.
+                self._limits.clock.resumed_at,
+                self._browser_to_upstream.last_packet_at,
+                self._upstream_to_browser.last_packet_at,
+            )
+            if t is not None
+        ]
+        return max(times)

@@ -1,7 +1,9 @@
 """A local stand-in for the OpenAI Realtime API (GA and beta) over real HTTP and WebRTC.
 
 ``create_simulator_app`` builds the aiohttp app; ``start_simulator`` serves one in-process;
-``run_simulator`` serves one until a signal (``relay simulate``). Tests observe it through
+``run_simulator`` serves one until a signal (``relay simulate``); ``child`` is the relay's
+own simulator process (relay.upstream.simulator_process: the relay never imports this
+package). Tests observe it through
 ``app[SIM_STATE_KEY]`` / ``RunningSimulator.state`` or ``GET /_sim/calls``, and inject faults
 through ``state.update_faults`` or ``POST /_sim/faults`` (``/_sim/*`` needs
 ``Authorization: Bearer <RunningSimulator.control_token>``).

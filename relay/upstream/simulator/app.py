@@ -3,6 +3,11 @@ beta) plus ``/_sim/*`` for tests (calls and counters, fault knobs).
 
 Every reply to a ``/v1`` request passes the endpoint's fault gate first (count, latency,
 hang, forced status), then authentication, then validation.
+
+Browsers call ``/v1`` as they call OpenAI's API: a page holding an ``ek_`` key posts its offer
+to ``/v1/realtime/calls`` from its own origin (the Agents SDK's WebRTC transport does), so
+``/v1`` answers CORS preflights from any origin and every ``/v1`` answer allows any origin
+and exposes ``Location`` (the call id) and the retry hints. ``/_sim/*`` is not cross-origin.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
+from relay.upstream.simulation import SIMULATOR_HEADER
 from relay.upstream.simulator.calls import CallManager
 from relay.upstream.simulator.errors import (
     SimHttpError,
@@ -55,6 +61,11 @@ from relay.upstream.simulator.voice import prepare_voice
 log = logging.getLogger("relay.simulator")
 
 SDP_CONTENT_TYPE = "application/sdp"
+# What a page's script may read of a /v1 answer beyond the CORS-safelisted headers.
+CORS_EXPOSED_HEADERS = (
+    "Location, x-request-id, openai-processing-ms, retry-after, retry-after-ms, x-should-retry"
+)
+CORS_MAX_AGE_S = 86400
 
 
 class Simulator:
@@ -187,6 +198,7 @@ async def client_secrets(request: web.Request) -> web.Response:
             expires_at=sim.session_expiry(),
         )
         sim.require_model(str(session["model"]), "session.model")
+    sim.state.add_mint("ga", config, str(session["id"]))
     key = sim.keys.mint("ga", session, secret_request.ttl_s)
     return web.json_response({"value": key.value, "expires_at": key.expires_at, "session": session})
 
@@ -208,6 +220,7 @@ async def beta_sessions(request: web.Request) -> web.Response:
         expires_at=sim.session_expiry(),
     )
     sim.require_model(str(session["model"]), "model")
+    sim.state.add_mint("beta", secret_request.session, str(session["id"]))
     key = sim.keys.mint("beta", session, secret_request.ttl_s)
     return web.json_response(
         {**session, "client_secret": {"value": key.value, "expires_at": key.expires_at}}
@@ -344,6 +357,30 @@ async def retrieve_model(request: web.Request) -> web.Response:
     return web.json_response(_model_object(model))
 
 
+# ---------------------------------------------------------------------- CORS
+async def cors_preflight(request: web.Request) -> web.Response:
+    """``OPTIONS /v1/...`` from a browser: any origin, the method and headers it asks for
+    (no cookies are involved: the key travels in ``Authorization``)."""
+    asked = request.headers.get("Access-Control-Request-Headers", "")
+    headers = {
+        "Access-Control-Allow-Origin": "*",
+        "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
+        "Access-Control-Allow-Headers": asked or "authorization, content-type",
+        "Access-Control-Max-Age": str(CORS_MAX_AGE_S),
+    }
+    return web.Response(status=200, headers=headers)
+
+
+def _is_api(request: web.Request) -> bool:
+    return request.path.startswith("/v1/")
+
+
+async def _cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    if _is_api(request) and request.method != "OPTIONS" and "Origin" in request.headers:
+        response.headers["Access-Control-Allow-Origin"] = "*"
+        response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSED_HEADERS
+
+
 # ---------------------------------------------------------------------- test surface
 
 
@@ -413,6 +450,10 @@ def create_simulator_app(options: SimulatorOptions | None = None) -> web.Applica
     app.router.add_post("/v1/realtime", beta_calls)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model}", retrieve_model)
+    # A preflight on each /v1 path (not one catch-all: an unknown path stays a 404).
+    for path in sorted({r.resource.canonical for r in app.router.routes() if r.resource}):
+        if path.startswith("/v1/"):
+            app.router.add_route("OPTIONS", path, cors_preflight)
     app.router.add_get("/_sim/calls", _control(sim_calls))
     app.router.add_get("/_sim/calls/{call_id}", _control(sim_call))
     app.router.add_get("/_sim/faults", _control(sim_faults_get))
@@ -427,6 +468,12 @@ def create_simulator_app(options: SimulatorOptions | None = None) -> web.Applica
         # Release hanging requests and close every peer before the server waits for handlers.
         await sim.close()
 
+    async def _identify(_: web.Request, response: web.StreamResponse) -> None:
+        response.headers[SIMULATOR_HEADER] = "1"
+
     app.on_startup.append(_prepare)
     app.on_shutdown.append(_shutdown)
+    app.on_response_prepare.append(_cors_headers)
+    if sim.options.identify:
+        app.on_response_prepare.append(_identify)
     return app

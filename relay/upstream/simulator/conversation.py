@@ -12,11 +12,22 @@ over WebRTC ends later with ``output_audio_buffer.stopped``. ``response.cancel``
 generation only (audio already generated still plays out; after ``response.done`` it is
 answered ``response_cancel_not_active``); ``output_audio_buffer.clear`` stops playback only.
 A barge-in does both.
+
+It keeps the conversation's items (the user's turns with their transcripts once
+transcribed, the replies, items created by the client), so that every GA client event is
+answered as the service answers it: ``conversation.item.retrieve`` / ``.delete`` /
+``.truncate`` (the Agents SDK retrieves each user item once it is transcribed), and
+``input_audio_buffer.append`` / ``.commit`` (audio as events: a commit of less than 100 ms
+is refused as ``input_audio_buffer_commit_empty``).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import copy
 import json
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +36,7 @@ from relay.upstream.simulator.errors import BETA_DISABLED_MESSAGE, SimHttpError
 from relay.upstream.simulator.ids import IdFactory
 from relay.upstream.simulator.session_config import (
     Dialect,
+    input_bytes_per_ms,
     is_transcription,
     merge_beta,
     merge_ga,
@@ -49,17 +61,9 @@ _NAMES: dict[Dialect, dict[str, str]] = {
     },
 }
 
-# Client events that exist in the API but are not simulated (answered with an error).
-_NOT_SIMULATED = frozenset(
-    {
-        "input_audio_buffer.append",
-        "input_audio_buffer.commit",
-        "conversation.item.truncate",
-        "conversation.item.delete",
-        "conversation.item.retrieve",
-        "transcription_session.update",
-    }
-)
+# Client events that exist in an API shape but are not simulated (answered with an error):
+# the beta transcription sessions' update (GA updates every session with session.update).
+_NOT_SIMULATED = frozenset({"transcription_session.update"})
 _ITEM_TYPES = frozenset({"message", "function_call", "function_call_output"})
 # Every client event type of the GA API (the "Supported values" of an invalid ``type``).
 CLIENT_EVENT_TYPES: tuple[str, ...] = (
@@ -77,6 +81,11 @@ CLIENT_EVENT_TYPES: tuple[str, ...] = (
 )
 # Transcription models that send the whole transcript as one delta (not word by word).
 _ONE_DELTA_TRANSCRIBERS = frozenset({"whisper-1"})
+# Items of the conversation remembered for retrieve/delete/truncate, oldest forgotten first
+# (bounded: a long local run must not grow without end).
+MAX_ITEMS_KEPT = 512
+# The least appended audio a commit accepts (as the real service: "Expected at least 100ms").
+MIN_COMMIT_MS = 100.0
 
 
 @dataclass(frozen=True)
@@ -162,6 +171,15 @@ class Conversation:
         self._response: _Response | None = None
         self._playing: str | None = None
         self._last_response_id: str | None = None
+        # Every item of the conversation, in order (the control API reports how many, so a
+        # test tells a continued conversation from a new one), and how many of them came
+        # from ``conversation.item.create`` (e.g. a conversation seeded with its past).
+        self.item_ids: list[str] = []
+        self.items_created = 0
+        # The conversation's items by id, in order (what retrieve answers).
+        self._items: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        # Audio appended with input_audio_buffer.append and not committed yet, in ms.
+        self._appended_ms = 0.0
 
     # -- state -------------------------------------------------------------------------
 
@@ -228,14 +246,7 @@ class Conversation:
         item_id = self._speech_item_id or self._ids("item")
         self._speech_item_id = None
         previous = self._last_item_id
-        item = {
-            "id": item_id,
-            "object": "realtime.item",
-            "type": "message",
-            "status": "completed",
-            "role": "user",
-            "content": [{"type": "input_audio", "transcript": None}],
-        }
+        item = self._user_audio_item(item_id)
         step = Step(
             [
                 self._event(
@@ -248,6 +259,8 @@ class Conversation:
         )
         step.events.extend(self._item_created(item, previous))
         self._last_item_id = item_id
+        self.item_ids.append(item_id)
+        self._remember(item)
         if transcription_of(self.session, self.dialect) is not None:
             step.transcribe = TranscriptionPlan(item_id, spoken_ms)
         turn = self.turn_detection or {}
@@ -306,6 +319,9 @@ class Conversation:
         step.events.append(
             self._event("conversation.item.input_audio_transcription.completed", **fields)
         )
+        stored = self._items.get(plan.item_id)
+        if stored is not None and stored.get("content"):
+            stored["content"][0]["transcript"] = transcript
         return step
 
     # -- responses ---------------------------------------------------------------------
@@ -325,6 +341,8 @@ class Conversation:
         item = self._assistant_item(response, "in_progress", content=[])
         previous = self._last_item_id
         self._last_item_id = response.item_id
+        self.item_ids.append(response.item_id)
+        self._remember(item)
         added_type = (
             "conversation.item.added" if self.dialect == "ga" else "conversation.item.created"
         )
@@ -411,6 +429,8 @@ class Conversation:
         content = {**part, "type": "output_audio" if self.dialect == "ga" else "audio"}
         item_status = "completed" if status == "completed" else "incomplete"
         item = self._assistant_item(response, item_status, content=[content])
+        if response.item_id in self._items:  # not deleted meanwhile
+            self._remember(item)
         events = [
             self._event(self._names["transcript_done"], **where, transcript=transcript),
             self._event("response.content_part.done", **where, part=part),
@@ -526,6 +546,11 @@ class Conversation:
             "response.cancel": self._response_cancel,
             "output_audio_buffer.clear": self._output_audio_buffer_clear,
             "conversation.item.create": self._item_create,
+            "conversation.item.retrieve": self._item_retrieve,
+            "conversation.item.delete": self._item_delete,
+            "conversation.item.truncate": self._item_truncate,
+            "input_audio_buffer.append": self._input_audio_buffer_append,
+            "input_audio_buffer.commit": self._input_audio_buffer_commit,
             "input_audio_buffer.clear": self._input_audio_buffer_clear,
         }.get(type_)
         if handler is not None:
@@ -609,7 +634,134 @@ class Conversation:
         return self._clear_audio()
 
     def _input_audio_buffer_clear(self, data: Mapping[str, Any], event_id: str | None) -> Step:
+        self._appended_ms = 0.0
         return Step([self._event("input_audio_buffer.cleared")])
+
+    def _input_audio_buffer_append(self, data: Mapping[str, Any], event_id: str | None) -> Step:
+        """Audio sent as events (the WebSocket way; over WebRTC the track carries it): it
+        only fills the buffer a commit turns into an item. No event answers it."""
+        audio = data.get("audio")
+        if not isinstance(audio, str):
+            return self._missing("audio", event_id)
+        try:
+            size = len(base64.b64decode(audio, validate=True))
+        except (binascii.Error, ValueError):
+            return self._error(
+                "invalid_value",
+                "Invalid value for 'audio': expected base64-encoded audio bytes.",
+                "audio",
+                event_id,
+            )
+        self._appended_ms += size / input_bytes_per_ms(self.session, self.dialect)
+        return Step()
+
+    def _input_audio_buffer_commit(self, data: Mapping[str, Any], event_id: str | None) -> Step:
+        """The appended audio becomes a user item (and is transcribed); as on the real
+        service, a commit creates no response."""
+        if self._appended_ms < MIN_COMMIT_MS:
+            return self._error(
+                "input_audio_buffer_commit_empty",
+                "Error committing input audio buffer: buffer too small. Expected at least "
+                f"{MIN_COMMIT_MS:.0f}ms of audio, but buffer only has "
+                f"{self._appended_ms:.2f}ms of audio.",
+                None,
+                event_id,
+            )
+        spoken_ms = round(self._appended_ms)
+        self._appended_ms = 0.0
+        item_id = self._ids("item")
+        previous = self._last_item_id
+        item = self._user_audio_item(item_id)
+        step = Step(
+            [
+                self._event(
+                    "input_audio_buffer.committed", previous_item_id=previous, item_id=item_id
+                )
+            ]
+        )
+        step.events.extend(self._item_created(item, previous))
+        self._last_item_id = item_id
+        self._remember(item)
+        if transcription_of(self.session, self.dialect) is not None:
+            step.transcribe = TranscriptionPlan(item_id, spoken_ms)
+        return step
+
+    def _item_retrieve(self, data: Mapping[str, Any], event_id: str | None) -> Step:
+        item_id = data.get("item_id")
+        if not isinstance(item_id, str):
+            return self._missing("item_id", event_id)
+        item = self._items.get(item_id)
+        if item is None:
+            return self._item_not_found("item_not_found", item_id, event_id)
+        return Step([self._event("conversation.item.retrieved", item=copy.deepcopy(item))])
+
+    def _item_delete(self, data: Mapping[str, Any], event_id: str | None) -> Step:
+        item_id = data.get("item_id")
+        if not isinstance(item_id, str):
+            return self._missing("item_id", event_id)
+        if self._items.pop(item_id, None) is None:
+            return self._item_not_found("item_delete_invalid_item_id", item_id, event_id)
+        if self._last_item_id == item_id:
+            self._last_item_id = next(reversed(self._items), None)
+        return Step([self._event("conversation.item.deleted", item_id=item_id)])
+
+    def _item_truncate(self, data: Mapping[str, Any], event_id: str | None) -> Step:
+        """An assistant message's audio cut at ``audio_end_ms`` (what the user heard): its
+        transcript goes, so that no text the user did not hear stays in the context."""
+        item_id = data.get("item_id")
+        if not isinstance(item_id, str):
+            return self._missing("item_id", event_id)
+        for name in ("content_index", "audio_end_ms"):
+            value = data.get(name)
+            if value is None:
+                return self._missing(name, event_id)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                return self._error(
+                    "invalid_value",
+                    f"Invalid value for '{name}': expected a non-negative integer.",
+                    name,
+                    event_id,
+                )
+        item = self._items.get(item_id)
+        if item is None:
+            return self._item_not_found("item_truncate_invalid_item_id", item_id, event_id)
+        index = data["content_index"]
+        content = item.get("content") or []
+        if item.get("role") != "assistant" or index >= len(content):
+            return self._error(
+                "invalid_value",
+                "Only the audio content of an assistant message can be truncated.",
+                "content_index",
+                event_id,
+            )
+        content[index]["transcript"] = None
+        return Step(
+            [
+                self._event(
+                    "conversation.item.truncated",
+                    item_id=item_id,
+                    content_index=index,
+                    audio_end_ms=data["audio_end_ms"],
+                )
+            ]
+        )
+
+    def _remember(self, item: Mapping[str, Any]) -> None:
+        stored = copy.deepcopy(dict(item))
+        self._items[str(stored["id"])] = stored
+        self._items.move_to_end(str(stored["id"]))
+        while len(self._items) > MAX_ITEMS_KEPT:
+            self._items.popitem(last=False)
+
+    def _user_audio_item(self, item_id: str) -> dict[str, Any]:
+        return {
+            "id": item_id,
+            "object": "realtime.item",
+            "type": "message",
+            "status": "completed",
+            "role": "user",
+            "content": [{"type": "input_audio", "transcript": None}],
+        }
 
     def _item_create(self, data: Mapping[str, Any], event_id: str | None) -> Step:
         item = data.get("item")
@@ -642,6 +794,13 @@ class Conversation:
             **{k: v for k, v in item.items() if k != "id"},
         }
         self._last_item_id = stored["id"]
+        self.item_ids.append(str(stored["id"]))
+        self.items_created += 1
+        if item.get("role") == "assistant":
+            # What the interviewer already said: it goes on with its next line (a
+            # conversation seeded with its past does not start over).
+            self._next_line += 1
+        self._remember(stored)
         return Step(self._item_created(stored, previous))
 
     # -- errors ------------------------------------------------------------------------
@@ -662,6 +821,17 @@ class Conversation:
 
     def _error(self, code: str, message: str, param: str | None, event_id: str | None) -> Step:
         return Step([self._error_event(code, message, param=param, event_id=event_id)])
+
+    def _missing(self, param: str, event_id: str | None) -> Step:
+        return self._error(
+            "missing_required_parameter",
+            f"Missing required parameter: '{param}'.",
+            param,
+            event_id,
+        )
+
+    def _item_not_found(self, code: str, item_id: str, event_id: str | None) -> Step:
+        return self._error(code, f"Item with item_id not found: {item_id}", "item_id", event_id)
 
 
 _RATE_LIMITS = [

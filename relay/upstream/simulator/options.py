@@ -56,6 +56,10 @@ class SimulatorOptions:
     # Minted ephemeral keys remembered (oldest forgotten first; expired ones a minute after
     # expiry anyway).
     max_ephemeral_keys: int = 1000
+    # Name itself in every answer (``relay.upstream.simulation.SIMULATOR_HEADER``) so that
+    # `relay doctor` says SIMULATED. False only where a test has it play the real service
+    # to the doctor.
+    identify: bool = True
 
     def __post_init__(self) -> None:
         if self.generation_speed < 1:

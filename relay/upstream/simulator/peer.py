@@ -275,6 +275,9 @@ class SimCall:
     # -- applying steps ----------------------------------------------------------------
 
     def _apply(self, step: Step) -> None:
+        conversation = self._conversation
+        self.record.conversation_items = len(conversation.item_ids)
+        self.record.items_created = conversation.items_created
         if step.stop_generation:
             self._generating = None
             self._track.limit(int(self._generated))

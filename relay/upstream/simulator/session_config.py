@@ -274,3 +274,18 @@ def voice_of(session: Mapping[str, Any], dialect: Dialect) -> str:
     if isinstance(value, Mapping):
         return str(value.get("id", DEFAULT_VOICE))
     return value if isinstance(value, str) else DEFAULT_VOICE
+
+
+def input_bytes_per_ms(session: Mapping[str, Any], dialect: Dialect) -> float:
+    """Bytes of one millisecond of ``input_audio_buffer.append`` audio in the session's input
+    format: PCM16 at its rate (24 kHz by default), or 8 kHz G.711 (one byte a sample)."""
+    if dialect == "ga":
+        fmt = _nested(session, "audio", "input").get("format")
+        kind = fmt.get("type") if isinstance(fmt, Mapping) else "audio/pcm"
+        if kind in ("audio/pcmu", "audio/pcma"):
+            return 8.0
+        rate = fmt.get("rate", 24000) if isinstance(fmt, Mapping) else 24000
+        return 2 * float(rate) / 1000
+    if session.get("input_audio_format") in ("g711_ulaw", "g711_alaw"):
+        return 8.0
+    return 48.0

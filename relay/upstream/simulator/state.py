@@ -49,6 +49,10 @@ class CallRecord:
     )
     client_events: deque[Any] = field(default_factory=lambda: deque(maxlen=MAX_EVENTS_KEPT))
     responses_started: int = 0
+    # Items in the call's conversation (user turns, replies, created items), and how many
+    # of them came from conversation.item.create (a seeded conversation).
+    conversation_items: int = 0
+    items_created: int = 0
     reply_frames_sent: int = 0
     hung_up: bool = False
     closed_reason: str | None = None
@@ -87,6 +91,8 @@ class CallRecord:
             "events_sent": self.events_sent,
             "client_events": list(self.client_events),
             "responses_started": self.responses_started,
+            "conversation_items": self.conversation_items,
+            "items_created": self.items_created,
             "reply_frames_sent": self.reply_frames_sent,
             "hung_up": self.hung_up,
             "closed_reason": self.closed_reason,
@@ -100,6 +106,11 @@ class SimulatorState:
         # Datagrams (ICE checks) that reached the silent port of ``ice_never_completes``.
         self.ice_checks_ignored = 0
         self.calls: OrderedDict[str, CallRecord] = OrderedDict()
+        # What each mint asked for: {"dialect", "session" (the request's session config,
+        # instructions included), "session_id"}; tests check an interview's interviewer
+        # reached the upstream. As many as closed calls are kept (a mint precedes each
+        # call): a long-running simulator's history stays bounded the same way.
+        self.mints: deque[dict[str, Any]] = deque(maxlen=max_closed_calls)
         self._max_closed = max_closed_calls
         self._changed = asyncio.Event()
         self._fault_listeners: list[FaultListener] = []
@@ -117,6 +128,10 @@ class SimulatorState:
             del self.calls[old.call_id]
         self.notify()
 
+    def add_mint(self, dialect: Dialect, session: Mapping[str, Any], session_id: str) -> None:
+        self.mints.append({"dialect": dialect, "session": dict(session), "session_id": session_id})
+        self.notify()
+
     def call(self, call_id: str) -> CallRecord:
         return self.calls[call_id]
 
@@ -129,6 +144,7 @@ class SimulatorState:
             "requests": dict(self.requests),
             "ice_checks_ignored": self.ice_checks_ignored,
             "calls": {call_id: c.to_json() for call_id, c in self.calls.items()},
+            "mints": list(self.mints),
         }
 
     # -- faults ------------------------------------------------------------------------

@@ -1,0 +1,11 @@
+"""The database layer: the pool with its timeouts and retries (``Store``), the schema's
+migrations, start-up's database steps and the embedded PostgreSQL.
+
+It knows no domain: each domain keeps its statements beside it and runs them through
+``Store.run``. Import the store's names from here; ``relay.db.migrate``,
+``relay.db.bootstrap`` and ``relay.db.embedded_pg`` are imported by name where needed.
+"""
+
+from relay.db.store import RETRYABLE_ERRORS, DatabaseUnavailable, Store
+
+__all__ = ["RETRYABLE_ERRORS", "DatabaseUnavailable", "Store"]

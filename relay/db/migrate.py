@@ -1,0 +1,94 @@
+"""Versioned schema migrations: ``migrations/NNN_name.sql`` applied in order, once.
+
+Applied versions are recorded in ``schema_migrations``. A transaction-scoped advisory
+lock serialises concurrent starts (two instances, or ``relay db migrate`` beside ``serve``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+import asyncpg
+
+log = logging.getLogger("relay.db")
+
+# An arbitrary constant shared by every relay process: "the migration lock".
+MIGRATION_LOCK_ID = 0x7E1A_0001
+_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def available_migrations() -> list[Migration]:
+    out = []
+    for entry in resources.files("relay.db").joinpath("migrations").iterdir():
+        match = _NAME.match(entry.name)
+        if match:
+            out.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
+    return sorted(out, key=lambda m: m.version)
+
+
+class MigrationTimeout(TimeoutError):
+    """The migrations did not finish within ``database.migration_timeout_s`` (a lock held
+    elsewhere, or a slow statement); nothing of them was committed."""
+
+
+async def migrate(conn: asyncpg.Connection, *, timeout_s: float) -> list[Migration]:
+    """Apply pending migrations within ``timeout_s``; return the ones applied now.
+
+    Each statement gets the time left as its own timeout: asyncpg then cancels it on the
+    server and the transaction rolls back cleanly (the pool's ``command_timeout``, the
+    per-query limit, is meant for candidates' queries, not for a lock wait or a rewrite).
+    """
+    applied_now: list[Migration] = []
+    # Reading the package's SQL files is file I/O: keep it off the event loop.
+    migrations = await asyncio.to_thread(available_migrations)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+
+    def left() -> float:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise MigrationTimeout(f"migrations took over {timeout_s:g} s")
+        return remaining
+
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID, timeout=left()
+            )
+            await conn.execute(
+                """CREATE TABLE IF NOT EXISTS schema_migrations (
+                       version    INTEGER PRIMARY KEY,
+                       name       TEXT NOT NULL,
+                       applied_at TIMESTAMPTZ NOT NULL DEFAULT now())""",
+                timeout=left(),
+            )
+            rows = await conn.fetch("SELECT version FROM schema_migrations", timeout=left())
+            done = {r["version"] for r in rows}
+            for migration in migrations:
+                if migration.version in done:
+                    continue
+                await conn.execute(migration.sql, timeout=left())
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                    migration.version,
+                    migration.name,
+                    timeout=left(),
+                )
+                log.info("applied migration %03d_%s", migration.version, migration.name)
+                applied_now.append(migration)
+    except MigrationTimeout:
+        raise
+    except TimeoutError as exc:
+        raise MigrationTimeout(f"migrations took over {timeout_s:g} s") from exc
+    return applied_now

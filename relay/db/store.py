@@ -1,0 +1,230 @@
+"""PostgreSQL access: a warmed asyncpg pool, per-query timeouts, retries with backoff.
+
+Every statement goes through ``run(query, op)``: it acquires a pooled connection and runs
+``op`` on it within ``database.query_timeout_s``; on a connection error or a timeout it
+retries ``database.retries`` times with exponential backoff and full jitter (the
+``backoff`` package), then raises ``DatabaseUnavailable`` (the web layer answers 503
+with Retry-After). Errors that retrying cannot fix (constraint violations, SQL errors)
+propagate at once.
+
+The store knows no table: each domain keeps its own statements beside it and runs them
+through ``run`` (users in relay.admission.users, sessions in relay.sessions.rows and
+relay.sessions.shared_state, members in relay.cluster.members, recordings in
+relay.recording.rows).
+
+The pool is created empty and warmed in the background (``warm``), so a database that
+is down at start-up does not stop the relay from starting; ``/readyz`` says so and
+the pool connects as soon as the database is back. A keep-warm task pings idle
+connections so that a restarted database is noticed before a candidate's request is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import asyncpg
+import backoff
+
+from relay.config import DatabaseConfig
+from relay.db.migrate import migrate
+from relay.observability.metrics import FAST_BUCKETS, MetricsRegistry
+from relay.observability.request_context import record_stage
+from relay.tasks import TaskGroup
+
+log = logging.getLogger("relay.db")
+
+T = TypeVar("T")
+
+# Errors a retry can fix: the server is unreachable, restarting, overloaded or slow.
+RETRYABLE_ERRORS: tuple[type[Exception], ...] = (
+    OSError,  # connection refused / reset (ConnectionError is a subclass)
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,  # incl. ConnectionDoesNotExistError (closed underneath)
+    asyncpg.CannotConnectNowError,  # server starting up or shutting down
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.QueryCanceledError,  # statement_timeout on the server side
+)
+
+
+class DatabaseUnavailable(Exception):
+    """The database did not answer after all retries (``code``: database_timeout or
+    database_unavailable)."""
+
+    def __init__(self, code: str, attempts: int, cause: BaseException) -> None:
+        super().__init__(f"{code} after {attempts} attempts: {type(cause).__name__}")
+        self.code = code
+        self.attempts = attempts
+
+
+class Store:
+    def __init__(self, dsn: str, config: DatabaseConfig, metrics: MetricsRegistry) -> None:
+        self._dsn = dsn
+        self._config = config
+        self._pool: asyncpg.Pool | None = None
+        # Statements need the schema: until migrations ran, they fail fast as unavailable
+        # (503 + Retry-After) instead of as SQL errors.
+        self._schema_ready = asyncio.Event()
+        self._tasks = TaskGroup("database", log=log, metrics=metrics)
+        self._attempts = metrics.counter(
+            "relay_db_attempts_total",
+            "Database statement attempts by query and outcome",
+            ["query", "outcome"],
+        )
+        self._queries = metrics.counter(
+            "relay_db_queries_total", "Database statements started (before retries)", ["query"]
+        )
+        self._retries = metrics.counter("relay_db_retries_total", "Database retries", ["query"])
+        self._latency = metrics.histogram(
+            "relay_db_query_duration_seconds",
+            "Database statement latency incl. retries, by query name",
+            ["query"],
+            buckets=FAST_BUCKETS,
+        )
+        self._pool_warm = metrics.gauge("relay_db_pool_warm_connections", "Idle warm connections")
+
+    # ------------------------------------------------------------------ lifecycle
+    async def open(self) -> None:
+        """Create the pool without connecting (start-up never blocks on the database)."""
+        self._pool = await asyncpg.create_pool(
+            self._dsn,
+            min_size=0,
+            max_size=self._config.pool_max_size,
+            timeout=self._config.connect_timeout_s,
+            command_timeout=self._config.query_timeout_s,
+            # Warm connections stay warm: the keep-warm task, not idleness, retires them.
+            max_inactive_connection_lifetime=0,
+        )
+        self._tasks.spawn(self._keep_warm(), name="db-keep-warm")
+
+    async def close(self) -> None:
+        await self._tasks.close()
+        if self._pool is not None:
+            try:
+                await asyncio.wait_for(self._pool.close(), timeout=5)
+            except (TimeoutError, OSError, asyncpg.PostgresError):
+                self._pool.terminate()
+            self._pool = None
+
+    async def warm(self) -> int:
+        """Open ``pool_min_size`` connections and prove each with SELECT 1; return how many."""
+        pool = self._require_pool()
+        wanted = self._config.pool_min_size
+        conns: list[asyncpg.Connection] = []
+        try:
+            for _ in range(wanted):
+                conn = await pool.acquire(timeout=self._config.connect_timeout_s)
+                conns.append(conn)
+                await conn.fetchval("SELECT 1", timeout=self._config.query_timeout_s)
+        finally:
+            for conn in conns:
+                await pool.release(conn)
+        self._pool_warm.set(len(conns))
+        return len(conns)
+
+    async def migrate(self) -> None:
+        pool = self._require_pool()
+        async with pool.acquire(timeout=self._config.connect_timeout_s) as conn:
+            await migrate(conn, timeout_s=self._config.migration_timeout_s)
+        self._schema_ready.set()
+
+    @property
+    def schema_ready(self) -> bool:
+        return self._schema_ready.is_set()
+
+    async def wait_schema_ready(self) -> None:
+        await self._schema_ready.wait()
+
+    async def ping(self, timeout_s: float = 1.0) -> None:
+        """One SELECT 1 without retries (readiness); raises on failure."""
+        pool = self._require_pool()
+        async with pool.acquire(timeout=timeout_s) as conn:
+            await conn.fetchval("SELECT 1", timeout=timeout_s)
+
+    async def _keep_warm(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.keepalive_interval_s)
+            try:
+                await self.warm()
+            except RETRYABLE_ERRORS as exc:
+                self._pool_warm.set(0)
+                log.warning("keep-warm: database unreachable (%s)", type(exc).__name__)
+
+    def _require_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("Store.open() was not called")
+        return self._pool
+
+    # ------------------------------------------------------------------ statements
+    async def run(self, query: str, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """Run ``op`` on a pooled connection with this store's timeouts and retries.
+
+        ``query`` names the statement in the metrics (``relay_db_*{query=...}``). ``op``
+        may run more than once (a retry after a lost connection): it must be idempotent,
+        or written so that a retry finds what an earlier attempt committed.
+        """
+        pool = self._require_pool()
+        config = self._config
+        self._queries.inc(query=query)
+        if not self.schema_ready:
+            raise DatabaseUnavailable(
+                "database_unavailable", 0, RuntimeError("schema migrations have not run yet")
+            )
+        attempts = 0
+
+        def _on_backoff(details: Any) -> None:
+            self._retries.inc(query=query)
+            log.warning(
+                "DATABASE_RETRY %s attempt %d failed (%s); retrying in %.0fms",
+                query,
+                details["tries"],
+                type(details["exception"]).__name__,
+                details["wait"] * 1000,
+            )
+
+        @backoff.on_exception(
+            backoff.expo,
+            RETRYABLE_ERRORS,
+            max_tries=config.retries + 1,
+            base=2,
+            factor=config.backoff_base_s,
+            max_value=config.backoff_max_s,
+            jitter=backoff.full_jitter,
+            on_backoff=_on_backoff,
+            logger=None,
+        )
+        async def attempt() -> T:
+            nonlocal attempts
+            attempts += 1
+            try:
+                async with pool.acquire(timeout=config.connect_timeout_s) as conn:
+                    # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a
+                    # cancellation that arrives as the query completes, and the caller's
+                    # task (a heartbeat, a background loop) would not stop when cancelled.
+                    async with asyncio.timeout(config.query_timeout_s):
+                        result = await op(conn)
+            except RETRYABLE_ERRORS as exc:
+                outcome = "timeout" if isinstance(exc, TimeoutError) else "connection_error"
+                self._attempts.inc(query=query, outcome=outcome)
+                raise
+            self._attempts.inc(query=query, outcome="ok")
+            return result
+
+        started = time.perf_counter()
+        try:
+            return await attempt()
+        except RETRYABLE_ERRORS as exc:
+            code = "database_timeout" if isinstance(exc, TimeoutError) else "database_unavailable"
+            raise DatabaseUnavailable(code, attempts, exc) from exc
+        finally:
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            self._latency.observe(elapsed_ms / 1000, query=query)
+            record_stage("db", elapsed_ms)
+
+    @property
+    def dsn(self) -> str:
+        return self._dsn

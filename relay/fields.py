@@ -1,0 +1,52 @@
+"""Field types that the API and the command line validate with, so that what passes
+validation is something PostgreSQL stores: text without NUL characters and encodable as
+UTF-8 (no lone surrogates, which JSON can spell), JSON whose strings hold no ``\\u0000``
+(JSONB refuses it), times with a zone (a time without one is taken as UTC)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, Field
+
+
+def storable_text(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+def storable_json(value: Any) -> Any:
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        text.encode("utf-8")
+    except (ValueError, UnicodeEncodeError):
+        raise ValueError("must be JSON of valid Unicode, without NaN or Infinity") from None
+    if "\\u0000" in text:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+def utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("out of range") from None
+
+
+Text = Annotated[str, AfterValidator(storable_text)]
+UtcDatetime = Annotated[datetime, AfterValidator(utc)]
+# An e-mail address as the relay keys users by it: one @, no spaces, of a sane length.
+Email = Annotated[
+    str,
+    Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$"),
+    AfterValidator(storable_text),
+]

@@ -1,0 +1,114 @@
+"""An interview's status as its sessions live and end, written in the sessions' own
+transactions, with the webhook event of each change in the same transaction
+(relay.webhooks.outbox): an event exists if and only if its change committed.
+
+    scheduled ──(a session's media flows)──▶ in_progress
+    in_progress ──(a session ends normally, or the budget is spent)──▶ completed
+    in_progress ──(a session fails: the candidate may rejoin with the same link within
+                   interviews.rejoin_window_s; then housekeeping)──▶ failed
+    scheduled ──(expires_at passes; housekeeping)──▶ expired
+    scheduled | in_progress ──(cancel)──▶ cancelled
+
+A session that never carried media (refused, superseded, expired before its exchange)
+changes nothing: the link still works.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from relay.admission.invites import USED_SECONDS_SQL
+from relay.webhooks.outbox import enqueue
+
+LIVE_SESSION_STATES = ("pending", "connecting", "active")
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+async def session_started(conn: asyncpg.Connection, interview_id: str, session_id: str) -> None:
+    """A session of the interview became active: scheduled → in_progress (once)."""
+    started_at = await conn.fetchval(
+        """UPDATE interviews SET status = 'in_progress', started_at = now()
+           WHERE id = $1 AND status = 'scheduled' RETURNING started_at""",
+        interview_id,
+    )
+    if started_at is not None:
+        data = {
+            "interview_id": interview_id,
+            "session_id": session_id,
+            "started_at": _iso(started_at),
+        }
+        await enqueue(conn, "interview.started", interview_id=interview_id, data=data)
+
+
+async def session_finished(
+    conn: asyncpg.Connection,
+    interview_id: str,
+    *,
+    session_id: str,
+    state: str,
+    reason: str,
+    connected: bool,
+    min_remaining_s: int,
+) -> None:
+    """A session of the interview closed (its row already updated in this transaction)."""
+    if not connected:
+        return
+    row = await conn.fetchrow(
+        f"""SELECT i.status, i.max_duration_s - {USED_SECONDS_SQL} AS left_s,
+                   EXISTS (SELECT 1 FROM interview_sessions s
+                           WHERE s.interview_id = i.id AND s.id <> $2
+                             AND s.state IN ('connecting', 'active')) AS others_live
+            FROM interviews i WHERE i.id = $1 FOR UPDATE""",
+        interview_id,
+        session_id,
+    )
+    if row is None or row["status"] != "in_progress" or row["others_live"]:
+        return
+    if state == "ended" or float(row["left_s"]) < min_remaining_s:
+        await complete(conn, interview_id, reason)
+
+
+async def complete(conn: asyncpg.Connection, interview_id: str, reason: str) -> None:
+    row = await conn.fetchrow(
+        """UPDATE interviews SET status = 'completed', ended_at = now(), end_reason = $2
+           WHERE id = $1 AND status = 'in_progress'
+           RETURNING ended_at,
+                     (SELECT COALESCE(SUM(s.duration_seconds), 0) FROM interview_sessions s
+                      WHERE s.interview_id = $1) AS duration_s""",
+        interview_id,
+        reason,
+    )
+    if row is None:
+        return
+    data: dict[str, Any] = {
+        "interview_id": interview_id,
+        "duration_s": round(float(row["duration_s"]), 1),
+        "end_reason": reason,
+        "ended_at": _iso(row["ended_at"]),
+    }
+    await enqueue(conn, "interview.completed", interview_id=interview_id, data=data)
+
+
+async def close(
+    conn: asyncpg.Connection, interview_id: str, status: str, reason: str, *, extra: dict[str, Any]
+) -> datetime | None:
+    """An open interview → ``expired``, ``failed`` or ``cancelled``, with its event; the
+    time it ended (None: it was not open)."""
+    ended_at: datetime | None = await conn.fetchval(
+        """UPDATE interviews SET status = $2, ended_at = now(), end_reason = $3
+           WHERE id = $1 AND status IN ('scheduled', 'in_progress') RETURNING ended_at""",
+        interview_id,
+        status,
+        reason,
+    )
+    if ended_at is None:
+        return None
+    data = {"interview_id": interview_id, "end_reason": reason, "ended_at": _iso(ended_at)}
+    await enqueue(conn, f"interview.{status}", interview_id=interview_id, data=data | extra)
+    return ended_at

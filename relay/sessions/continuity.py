@@ -1,0 +1,324 @@
+"""What lets an interview outlive its browser leg, and the member holding it.
+
+* **Resume tokens.** The exchange's answer, and every resume's, carries a new
+  ``rs_<43 urlsafe>`` token; only its SHA-256 is kept (the registry entry and the
+  session row's ``resume_token_hash``). A resume needs the candidate's credential *and*
+  the current token: neither alone can take a live session over. A token is spent by the
+  resume that succeeds with it (the answer carries the next one); a failed attempt leaves
+  it valid for another.
+* **Progress.** The seconds charged so far (``used_seconds``) and the conversation so far
+  (``session_transcript``, text items) are written as the interview goes, so that a
+  member taking the session over from a dead one charges the time already used and seeds
+  its new upstream session with the conversation.
+* **Taking over.** One conditional UPDATE moves a live session from a dead member to this
+  one, if the token matches and nobody took it first; it rotates the token and writes a
+  new claim, so the old holder (were it alive after all) can no longer close or debit the
+  row, and its reconciliation ends its copy (``taken_over``).
+
+The orchestration (local resume, forwarding to the holder, take-over) is
+relay.cluster.resume; the bridge's side is relay.media.bridge (``browser_lost``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from relay.db import DatabaseUnavailable, Store
+from relay.media.conversation import TranscriptItem
+from relay.observability.metrics import MetricsRegistry
+from relay.tasks import TaskGroup
+
+log = logging.getLogger("relay.sessions")
+
+RESUME_TOKEN_PREFIX = "rs_"
+_RESUME_TOKEN = re.compile(r"rs_[A-Za-z0-9_-]{43}")
+
+
+def new_resume_token() -> tuple[str, str]:
+    """A new resume token and its hash."""
+    token = RESUME_TOKEN_PREFIX + secrets.token_urlsafe(32)
+    return token, hash_resume_token(token)
+
+
+def hash_resume_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def is_resume_token(value: object) -> bool:
+    """Whether ``value`` has the form of ``new_resume_token()``'s (checked before any use)."""
+    return isinstance(value, str) and _RESUME_TOKEN.fullmatch(value) is not None
+
+
+def token_matches(token: str, expected_hash: str | None) -> bool:
+    """``token`` is the one whose hash is ``expected_hash`` (compared in constant time)."""
+    if not expected_hash:
+        return False
+    return hmac.compare_digest(hash_resume_token(token), expected_hash)
+
+
+@dataclass(frozen=True)
+class ResumeTarget:
+    """What a member that does not hold a session reads of it to serve a resume."""
+
+    state: str
+    end_reason: str | None
+    holder: str
+    resume_token_hash: str | None
+    # The holder's address in the cluster view, and seconds since its last heartbeat
+    # (None: it left the view, e.g. removed as dead).
+    holder_address: str | None
+    holder_heartbeat_age_s: float | None
+
+
+@dataclass(frozen=True)
+class TakenOver:
+    """A live session this member took over from a dead one (the row now names it)."""
+
+    user_id: int
+    token_hash: str
+    active: bool
+    remaining_seconds: int
+    request_id: str
+    expires_at: datetime
+    max_duration_s: float
+    used_seconds: float
+    part: int
+    # The interview it belongs to (its budget, its status), and whether it is recorded.
+    interview_id: str | None = None
+    recording: bool = True
+
+
+class ContinuityRows:
+    """The statements of continuity (``interview_sessions`` columns of migration 008 and
+    ``session_transcript``)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def save_progress(self, session_id: str, used_s: float, claim_token: str | None) -> None:
+        async def op(conn: asyncpg.Connection) -> None:
+            await conn.execute(
+                """UPDATE interview_sessions SET used_seconds = $2
+                   WHERE id = $1 AND state IN ('connecting', 'active')
+                     AND ($3::text IS NULL OR claim_token = $3)""",
+                session_id,
+                used_s,
+                claim_token,
+            )
+
+        await self._store.run("save_progress", op)
+
+    async def add_transcript_item(self, session_id: str, item: TranscriptItem) -> None:
+        async def op(conn: asyncpg.Connection) -> None:
+            await conn.execute(
+                """INSERT INTO session_transcript (session_id, position, role, text, at_s)
+                   VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING""",
+                session_id,
+                item.position,
+                item.role,
+                item.text,
+                item.at_s,
+            )
+
+        await self._store.run("add_transcript_item", op)
+
+    async def transcript(self, session_id: str) -> list[TranscriptItem]:
+        async def op(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+            rows: list[asyncpg.Record] = await conn.fetch(
+                """SELECT position, role, text, at_s FROM session_transcript
+                   WHERE session_id = $1 ORDER BY position""",
+                session_id,
+            )
+            return rows
+
+        return [
+            TranscriptItem(r["role"], r["text"], float(r["at_s"]), int(r["position"]))
+            for r in await self._store.run("read_transcript", op)
+        ]
+
+    async def set_resume_token(
+        self, session_id: str, new_hash: str, *, old_hash: str | None, claim_token: str | None
+    ) -> bool:
+        """Rotate the row's token (from ``old_hash``; None: whatever it was) while this
+        member's claim holds the live row; False if it does not."""
+
+        async def op(conn: asyncpg.Connection) -> bool:
+            status: str = await conn.execute(
+                """UPDATE interview_sessions SET resume_token_hash = $2
+                   WHERE id = $1 AND state IN ('connecting', 'active')
+                     AND ($3::text IS NULL OR resume_token_hash = $3)
+                     AND ($4::text IS NULL OR claim_token = $4)""",
+                session_id,
+                new_hash,
+                old_hash,
+                claim_token,
+            )
+            return status.endswith(" 1")
+
+        result: bool = await self._store.run("rotate_resume_token", op)
+        return result
+
+    async def resume_target(self, session_id: str, user_id: int) -> ResumeTarget | None:
+        """The row of the user's session and its holder's place in the cluster view."""
+
+        async def op(conn: asyncpg.Connection) -> asyncpg.Record | None:
+            row: asyncpg.Record | None = await conn.fetchrow(
+                """SELECT s.state, s.end_reason, s.relay_instance, s.resume_token_hash,
+                          m.address,
+                          EXTRACT(EPOCH FROM now() - m.heartbeat_at)::float8 AS heartbeat_age
+                   FROM interview_sessions s
+                   LEFT JOIN relay_members m ON m.id = s.relay_instance
+                   WHERE s.id = $1 AND s.user_id = $2""",
+                session_id,
+                user_id,
+            )
+            return row
+
+        row = await self._store.run("resume_target", op)
+        if row is None:
+            return None
+        age = row["heartbeat_age"]
+        return ResumeTarget(
+            state=row["state"],
+            end_reason=row["end_reason"],
+            holder=row["relay_instance"],
+            resume_token_hash=row["resume_token_hash"],
+            holder_address=row["address"],
+            holder_heartbeat_age_s=None if age is None else max(0.0, float(age)),
+        )
+
+    async def take_over(
+        self,
+        session_id: str,
+        user_id: int,
+        *,
+        old_hash: str,
+        new_hash: str,
+        holder: str,
+        instance: str,
+        claim_token: str,
+    ) -> TakenOver | None:
+        """Move the live session from ``holder`` (dead) to ``instance``, if its token is
+        still ``old_hash`` and nobody moved it first: one conditional UPDATE, retried
+        safely (a retry whose first attempt landed finds its own claim)."""
+
+        async def op(conn: asyncpg.Connection) -> asyncpg.Record | None:
+            async with conn.transaction():
+                row: asyncpg.Record | None = await conn.fetchrow(
+                    """UPDATE interview_sessions s
+                       SET relay_instance = $5, claim_token = $6, resume_token_hash = $4,
+                           holder_lost_at = NULL, parts = s.parts + 1, state = 'connecting'
+                       FROM users u
+                       WHERE s.id = $1 AND s.user_id = $2 AND u.id = s.user_id
+                         AND s.state IN ('connecting', 'active')
+                         AND s.resume_token_hash = $3 AND s.relay_instance = $7 AND u.active
+                       RETURNING u.token_hash, u.active, u.remaining_seconds, s.request_id,
+                                 s.expires_at, s.max_duration_s, s.used_seconds, s.parts,
+                                 s.interview_id,
+                                 (SELECT i.recording FROM interviews i
+                                  WHERE i.id = s.interview_id) AS recording""",
+                    session_id,
+                    user_id,
+                    old_hash,
+                    new_hash,
+                    instance,
+                    claim_token,
+                    holder,
+                )
+                if row is None:
+                    # A retry of this very take-over whose first attempt committed?
+                    row = await conn.fetchrow(
+                        """SELECT u.token_hash, u.active, u.remaining_seconds, s.request_id,
+                                  s.expires_at, s.max_duration_s, s.used_seconds, s.parts,
+                                  s.interview_id, i.recording
+                           FROM interview_sessions s JOIN users u ON u.id = s.user_id
+                                LEFT JOIN interviews i ON i.id = s.interview_id
+                           WHERE s.id = $1 AND s.user_id = $2 AND s.claim_token = $3
+                             AND s.relay_instance = $4""",
+                        session_id,
+                        user_id,
+                        claim_token,
+                        instance,
+                    )
+                return row
+
+        row = await self._store.run("take_over_session", op)
+        if row is None:
+            return None
+        return TakenOver(
+            user_id=user_id,
+            token_hash=row["token_hash"],
+            active=bool(row["active"]),
+            remaining_seconds=int(row["remaining_seconds"]),
+            request_id=row["request_id"],
+            expires_at=row["expires_at"],
+            max_duration_s=float(row["max_duration_s"] or 0.0),
+            used_seconds=float(row["used_seconds"] or 0.0),
+            part=int(row["parts"]),
+            interview_id=row["interview_id"],
+            recording=row["recording"] is not False,
+        )
+
+
+class ContinuityKeeper:
+    """Writes one process's sessions' progress and transcript items as they come, off the
+    media's path (each write an owned task; a failure is logged and the interview goes
+    on: the holder keeps its own copy, only a take-over would miss it)."""
+
+    def __init__(self, store: Store, metrics: MetricsRegistry) -> None:
+        self.rows = ContinuityRows(store)
+        self._tasks = TaskGroup("continuity", log=log, metrics=metrics)
+        self._failures = metrics.counter(
+            "relay_continuity_writes_failed_total",
+            "Progress and transcript writes that did not reach the database, by kind",
+            ["kind"],
+        )
+
+    def session(self, session_id: str, claim_token: str | None) -> SessionContinuity:
+        return SessionContinuity(self, session_id, claim_token)
+
+    def write(self, kind: str, name: str, op: Awaitable[None]) -> None:
+        async def run() -> None:
+            try:
+                await op
+            except DatabaseUnavailable as exc:
+                self._failures.inc(kind=kind)
+                log.warning("%s not written (%s)", name, exc.code)
+
+        self._tasks.spawn(run(), name=name)
+
+    async def close(self) -> None:
+        """Let the writes on their way land (briefly), then stop."""
+        await self._tasks.close(grace_s=5.0)
+
+
+class SessionContinuity:
+    """One session's ``ContinuityHooks`` (relay.media.bridge): what its bridge reports."""
+
+    def __init__(self, keeper: ContinuityKeeper, session_id: str, claim_token: str | None) -> None:
+        self._keeper = keeper
+        self._session_id = session_id
+        self._claim_token = claim_token
+
+    def on_transcript_item(self, item: TranscriptItem) -> None:
+        self._keeper.write(
+            "transcript",
+            f"transcript-{self._session_id}",
+            self._keeper.rows.add_transcript_item(self._session_id, item),
+        )
+
+    def on_progress(self, used_s: float) -> None:
+        self._keeper.write(
+            "progress",
+            f"progress-{self._session_id}",
+            self._keeper.rows.save_progress(self._session_id, used_s, self._claim_token),
+        )

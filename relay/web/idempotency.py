@@ -1,0 +1,265 @@
+"""``Idempotency-Key`` on every POST (design.md §10), as Stripe's API does it.
+
+A client that may retry a POST (a timeout, a dropped connection) sends a key of its
+choosing, 1 to 255 printable ASCII characters. Keys belong to whoever sent them (an API
+key, the operator, a candidate's credential): the same key from two principals are two
+keys. Within ``RETENTION`` of the first use:
+
+* the same key with the same request (method, path and body, compared as canonical JSON)
+  answers the stored response, marked ``Idempotent-Replayed: true``; nothing runs again;
+* the same key with another request answers 422 ``idempotency_key_reused``;
+* while the first request still runs, a duplicate answers 409 ``idempotency_key_in_use``
+  (retryable): the claim is one INSERT on the key's primary key, so two duplicates racing,
+  on one relay or on two, never both run.
+
+Only a successful (2xx) answer is stored, sealed with the cluster's state key
+(relay.sealing): an answer can carry a credential shown once (an interview's
+candidate link, a new API key), which must not sit readable in the database. After an
+error the claim is given back, so the client may retry with the same key once it has
+fixed what was wrong. A claim left by a
+relay that died mid-request is taken over after ``STALE_CLAIM``. Housekeeping deletes keys
+older than ``RETENTION`` (``purge``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from relay.admission.service import database_error
+from relay.cluster.sealing import Sealer
+from relay.db import DatabaseUnavailable, Store
+from relay.errors import ApiError
+from relay.sealing import SealError
+from relay.services import SERVICES
+
+log = logging.getLogger("relay.http")
+
+HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+RETENTION = timedelta(hours=24)
+# Longer than any request can run (the upstream's timeouts, retries included).
+STALE_CLAIM = timedelta(minutes=5)
+_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+
+Execute = Callable[[], Awaitable[tuple[int, dict[str, Any] | None, Mapping[str, str]]]]
+# How an answer (status, payload, headers) becomes the response: JSON unless the route
+# answers in another content type (the OpenAI-compatible call answers SDP).
+Render = Callable[[int, dict[str, Any] | None, Mapping[str, str]], web.Response]
+
+
+def request_hash(method: str, path: str, body: bytes) -> str:
+    """What makes two requests "the same": method, path and the body's canonical JSON (or
+    its bytes when it is not JSON)."""
+    try:
+        canonical = json.dumps(
+            json.loads(body), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        ).encode("utf-8")
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        canonical = body
+    digest = hashlib.sha256(f"{method} {path}\n".encode())
+    digest.update(canonical)
+    return digest.hexdigest()
+
+
+def key_of(request: web.Request) -> str | None:
+    """The request's Idempotency-Key (400 ``invalid_idempotency_key`` when malformed)."""
+    key = request.headers.get(HEADER)
+    if key is None:
+        return None
+    if not _KEY.fullmatch(key):
+        raise ApiError(
+            400,
+            "invalid_idempotency_key",
+            f"{HEADER} must be 1 to 255 printable ASCII characters without spaces.",
+        )
+    return key
+
+
+async def run(
+    request: web.Request,
+    principal: str,
+    body: bytes,
+    execute: Execute,
+    render: Render | None = None,
+) -> web.Response:
+    """Run ``execute`` at most once per (principal, key); without a key, just run it.
+    ``render``: how the answer (and a stored one) is written; JSON by default."""
+    render = render or _json
+    key = key_of(request)
+    if key is None:
+        return render(*await execute())
+    services = request.app[SERVICES]
+    store = services.store
+    sealer = services.sealer
+    fingerprint = request_hash(request.method, request.path, body)
+    try:
+        stored = await _claim(store, sealer, principal, key, fingerprint, render)
+    except DatabaseUnavailable as exc:
+        raise database_error(exc, services.settings.database.retry_after_s) from exc
+    if stored is not None:
+        return stored
+    try:
+        status, payload, headers = await execute()
+    except BaseException:
+        await _release(store, principal, key)
+        raise
+    if 200 <= status < 300:
+        try:
+            await _complete(store, sealer, principal, key, status, payload)
+        except DatabaseUnavailable:
+            # The work is done and answered; a retry with this key waits for the claim to
+            # go stale, then runs again (at worst once more, never concurrently).
+            log.warning("idempotency key: answer not stored (database unavailable)")
+    else:
+        await _release(store, principal, key)
+    return render(status, payload, headers)
+
+
+def _json(status: int, payload: dict[str, Any] | None, headers: Mapping[str, str]) -> web.Response:
+    if payload is None:
+        return web.Response(status=status, headers=dict(headers))
+    return web.json_response(payload, status=status, headers=dict(headers))
+
+
+def _context(principal: str, key: str) -> str:
+    return f"idempotency\n{principal}\n{key}"
+
+
+async def _claim(
+    store: Store, sealer: Sealer, principal: str, key: str, fingerprint: str, render: Render
+) -> web.Response | None:
+    """Claim the key for this request (None), or the answer a duplicate gets."""
+
+    async def op(conn: asyncpg.Connection) -> asyncpg.Record | None:
+        async with conn.transaction():
+            claimed = await conn.fetchval(
+                """INSERT INTO idempotency_keys (principal, key, request_hash, status)
+                   VALUES ($1, $2, $3, 'in_progress') ON CONFLICT DO NOTHING RETURNING 1""",
+                principal,
+                key,
+                fingerprint,
+            )
+            if claimed:
+                return None
+            row: asyncpg.Record | None = await conn.fetchrow(
+                """SELECT request_hash, status, response_status, response_sealed,
+                          created_at < now() - $3::interval AS expired,
+                          status = 'in_progress' AND created_at < now() - $4::interval AS stale
+                   FROM idempotency_keys WHERE principal = $1 AND key = $2 FOR UPDATE""",
+                principal,
+                key,
+                RETENTION,
+                STALE_CLAIM,
+            )
+            if row is None:
+                # Released between the INSERT and the SELECT: this request claims it now.
+                await conn.execute(
+                    """INSERT INTO idempotency_keys (principal, key, request_hash, status)
+                       VALUES ($1, $2, $3, 'in_progress')""",
+                    principal,
+                    key,
+                    fingerprint,
+                )
+                return None
+            if row["expired"] or row["stale"]:
+                await conn.execute(
+                    """UPDATE idempotency_keys
+                       SET request_hash = $3, status = 'in_progress', response_status = NULL,
+                           response_sealed = NULL, created_at = now()
+                       WHERE principal = $1 AND key = $2""",
+                    principal,
+                    key,
+                    fingerprint,
+                )
+                return None
+            return row
+
+    row = await store.run("idempotency_claim", op)
+    if row is None:
+        return None
+    if row["request_hash"] != fingerprint:
+        raise ApiError(
+            422,
+            "idempotency_key_reused",
+            f"This {HEADER} was used for another request; use a new key for a new request.",
+        )
+    if row["status"] == "in_progress":
+        raise ApiError(
+            409,
+            "idempotency_key_in_use",
+            f"A request with this {HEADER} is still running; retry shortly.",
+            retryable=True,
+            retry_after_s=1,
+        )
+    try:
+        payload = json.loads(sealer.open_bytes(_context(principal, key), row["response_sealed"]))
+    except SealError:
+        raise ApiError(
+            409,
+            "idempotency_key_unreadable",
+            "The stored answer for this key was sealed by a member with another state key "
+            "(cluster.state_key); use a new key.",
+        ) from None
+    response = render(int(row["response_status"]), payload, {})
+    response.headers[REPLAYED_HEADER] = "true"
+    return response
+
+
+async def _complete(
+    store: Store,
+    sealer: Sealer,
+    principal: str,
+    key: str,
+    status: int,
+    payload: dict[str, Any] | None,
+) -> None:
+    sealed = sealer.seal_bytes(_context(principal, key), json.dumps(payload).encode())
+
+    async def op(conn: asyncpg.Connection) -> None:
+        await conn.execute(
+            """UPDATE idempotency_keys
+               SET status = 'done', response_status = $3, response_sealed = $4
+               WHERE principal = $1 AND key = $2""",
+            principal,
+            key,
+            status,
+            sealed,
+        )
+
+    await store.run("idempotency_complete", op)
+
+
+async def _release(store: Store, principal: str, key: str) -> None:
+    async def op(conn: asyncpg.Connection) -> None:
+        await conn.execute(
+            """DELETE FROM idempotency_keys
+               WHERE principal = $1 AND key = $2 AND status = 'in_progress'""",
+            principal,
+            key,
+        )
+
+    try:
+        await store.run("idempotency_release", op)
+    except DatabaseUnavailable:
+        log.warning("idempotency key: claim not released (database unavailable); it goes stale")
+
+
+async def purge(store: Store) -> int:
+    """Delete keys older than ``RETENTION``; how many."""
+
+    async def op(conn: asyncpg.Connection) -> str:
+        status: str = await conn.execute(
+            "DELETE FROM idempotency_keys WHERE created_at < now() - $1::interval", RETENTION
+        )
+        return status
+
+    return int((await store.run("idempotency_purge", op)).split()[-1])

@@ -1,0 +1,205 @@
+"""Interviews (design.md §10): create (with the candidate link), list, read, cancel.
+
+POST /api/interviews                     admin   201 Interview with candidate_url (once)
+GET  /api/interviews?status=&email=&…    read    newest first, cursor pagination
+GET  /api/interviews/{interview_id}      read    with its sessions and recordings
+POST /api/interviews/{interview_id}/cancel admin its live sessions end (reason cancelled)
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated
+
+from aiohttp import web
+from pydantic import Field
+
+from relay.admission.service import database_error
+from relay.db import DatabaseUnavailable
+from relay.errors import ApiError
+from relay.fields import Email, UtcDatetime
+from relay.interviews.models import INTERVIEW_ID_PATTERN, Interview, InterviewCreate, Status
+from relay.interviews.rows import CandidateInactive, InterviewRecord
+from relay.interviews.service import view
+from relay.services import SERVICES, Services
+from relay.web.api import Api, Call, Operation, PathParam, Reply, Response
+from relay.web.forwarded import forwarded_over_tls
+from relay.web.pagination import Page, PageQuery, decode_cursor, page_of
+
+_ID = re.compile(INTERVIEW_ID_PATTERN)
+_NOT_FOUND = ("interview_not_found",)
+
+
+class InterviewQuery(PageQuery):
+    status: Status | None = None
+    email: Email | None = Field(default=None, description="The candidate's e-mail.")
+    user_id: Annotated[int | None, Field(ge=1, le=2**63 - 1)] = None
+    since: UtcDatetime | None = Field(default=None, description="Created at or after.")
+    until: UtcDatetime | None = Field(default=None, description="Created before.")
+
+
+class InterviewList(Page):
+    items: list[Interview]
+
+
+def public_base(request: web.Request) -> str:
+    """Where candidates reach this relay: ``server.public_url``, else the origin of this
+    request (its scheme as a trusted proxy reports it)."""
+    services = request.app[SERVICES]
+    configured = services.settings.server.public_url
+    if configured:
+        return configured
+    proxies = services.settings.server.trusted_proxies
+    over_tls = request.secure or forwarded_over_tls(
+        request.remote, request.headers.getall("X-Forwarded-Proto", []), proxies
+    )
+    return f"{'https' if over_tls else 'http'}://{request.host}"
+
+
+def _interview_id(call: Call) -> str:
+    value = call.path("interview_id")
+    if not _ID.fullmatch(value):
+        raise ApiError(404, "interview_not_found", "No such interview.")
+    return value
+
+
+def _unavailable(services: Services, exc: DatabaseUnavailable) -> ApiError:
+    return database_error(exc, services.settings.database.retry_after_s)
+
+
+async def create_interview(call: Call) -> Reply:
+    spec = call.body(InterviewCreate)
+    principal = call.require_principal()
+    services = call.services
+    try:
+        record, url = await services.interviews.create(
+            spec, created_by=principal.id, base_url=public_base(call.request)
+        )
+    except CandidateInactive:
+        raise ApiError(
+            409,
+            "user_inactive",
+            "The candidate's user is deactivated; reactivate it (PATCH /api/users/{id}) first.",
+        ) from None
+    except DatabaseUnavailable as exc:
+        raise _unavailable(services, exc) from exc
+    return Reply(201, view(record, url=url, sessions=[], recordings=[]))
+
+
+async def list_interviews(call: Call) -> Reply:
+    query = call.query(InterviewQuery)
+    try:
+        rows = await call.services.interviews.rows.page(
+            limit=query.limit + 1,
+            after=decode_cursor(query.cursor),
+            status=query.status,
+            email=query.email,
+            user_id=query.user_id,
+            since=query.since,
+            until=query.until,
+        )
+    except DatabaseUnavailable as exc:
+        raise _unavailable(call.services, exc) from exc
+    items, cursor = page_of(rows, query.limit, _position)
+    return Reply(200, InterviewList(items=[view(r) for r in items], next_cursor=cursor))
+
+
+def _position(record: InterviewRecord) -> tuple[datetime, str]:
+    assert record.created_at is not None
+    return record.created_at, record.id
+
+
+async def get_interview(call: Call) -> Reply:
+    interview_id = _interview_id(call)
+    try:
+        found = await call.services.interviews.detail(interview_id)
+    except DatabaseUnavailable as exc:
+        raise _unavailable(call.services, exc) from exc
+    if found is None:
+        raise ApiError(404, "interview_not_found", "No such interview.")
+    return Reply(200, found)
+
+
+async def cancel_interview(call: Call) -> Reply:
+    interview_id = _interview_id(call)
+    try:
+        result = await call.services.interviews.cancel(interview_id)
+    except DatabaseUnavailable as exc:
+        raise _unavailable(call.services, exc) from exc
+    if result is None:
+        raise ApiError(404, "interview_not_found", "No such interview.")
+    record, _ = result
+    if record.status != "cancelled":
+        raise ApiError(
+            409,
+            "interview_not_cancellable",
+            f"This interview is {record.status}; only a scheduled or in-progress one cancels.",
+            details={"interview_status": record.status},
+        )
+    return Reply(200, view(record))
+
+
+_INTERVIEW_ID = PathParam("interview_id", "The interview's id.", INTERVIEW_ID_PATTERN)
+
+
+def register(api: Api) -> None:
+    api.add(
+        Operation(
+            "POST",
+            "/api/interviews",
+            "createInterview",
+            "Create an interview: its interviewer, budget and the candidate's link",
+            auth="admin",
+            tag="interviews",
+            run=create_interview,
+            body=InterviewCreate,
+            idempotent=True,
+            description="The candidate (by e-mail) is found or created. candidate_url carries "
+            "the invite, a bearer credential for this interview's candidate endpoints only, "
+            "shown in this answer only.",
+            responses=(Response(201, "The interview, with candidate_url.", Interview),),
+            errors={403: ("insufficient_scope",), 409: ("user_inactive",)},
+        ),
+        Operation(
+            "GET",
+            "/api/interviews",
+            "listInterviews",
+            "Interviews, newest first",
+            auth="read",
+            tag="interviews",
+            run=list_interviews,
+            query=InterviewQuery,
+            responses=(Response(200, "A page of interviews.", InterviewList),),
+            errors={400: ("invalid_cursor",)},
+        ),
+        Operation(
+            "GET",
+            "/api/interviews/{interview_id}",
+            "getInterview",
+            "One interview, with its sessions and recordings",
+            auth="read",
+            tag="interviews",
+            run=get_interview,
+            path_params=(_INTERVIEW_ID,),
+            responses=(Response(200, "The interview.", Interview),),
+            errors={404: _NOT_FOUND},
+        ),
+        Operation(
+            "POST",
+            "/api/interviews/{interview_id}/cancel",
+            "cancelInterview",
+            "Cancel an interview; its live sessions end (reason cancelled) wherever they are",
+            auth="admin",
+            tag="interviews",
+            run=cancel_interview,
+            path_params=(_INTERVIEW_ID,),
+            idempotent=True,
+            responses=(Response(200, "The interview, cancelled.", Interview),),
+            errors={
+                403: ("insufficient_scope",),
+                404: _NOT_FOUND,
+                409: ("interview_not_cancellable",),
+            },
+        ),
+    )

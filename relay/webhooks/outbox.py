@@ -1,0 +1,53 @@
+"""The outbox: ``enqueue`` writes an event inside the caller's transaction.
+
+Whoever changes an interview's or a recording's state awaits ``enqueue`` on the same
+connection, inside the same transaction, so the event is written if and only if the
+change commits (no event for a change rolled back, no change without its event). Delivery
+is someone else's job: it reads the rows and never blocks the change.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+
+import asyncpg
+
+EVENT_TYPES = (
+    "interview.started",
+    "interview.completed",
+    "interview.expired",
+    "interview.cancelled",
+    "interview.failed",
+    "recording.ready",
+    "recording.failed",
+)
+# Sent to one endpoint on request (``POST /api/webhooks/{id}/test``, ``relay webhooks
+# test``); never subscribed to, never enqueued.
+TEST_EVENT = "webhook.test"
+
+
+def new_event_id() -> str:
+    return "evt_" + secrets.token_hex(16)
+
+
+async def enqueue(
+    conn: asyncpg.Connection,
+    event_type: str,
+    *,
+    interview_id: str | None,
+    data: dict[str, Any],
+) -> str:
+    """Write one event on ``conn`` (call it inside the transaction of the change); its id."""
+    if event_type not in EVENT_TYPES:
+        raise ValueError(f"unknown webhook event type {event_type!r}")
+    event_id = new_event_id()
+    await conn.execute(
+        "INSERT INTO webhook_events (id, type, interview_id, data) VALUES ($1, $2, $3, $4)",
+        event_id,
+        event_type,
+        interview_id,
+        json.dumps(data),
+    )
+    return event_id

@@ -1,0 +1,178 @@
+"""Where webhooks may go: no request into the operator's own network (SSRF).
+
+An endpoint's URL is https, or plain http to loopback only when
+``webhooks.allow_insecure_loopback`` is set. Every address the host resolves to must be
+public (``ipaddress``'s ``is_global``: not private, loopback, link-local, shared, reserved
+or unspecified; never multicast) unless it lies in ``webhooks.allowed_networks``, or is
+loopback with ``allow_insecure_loopback``.
+
+The check runs at registration and again at every delivery, on the addresses the delivery
+actually connects to: ``GuardedResolver`` is the resolver of the delivery's connector, so
+aiohttp connects only to the addresses it returned after checking them. A name that
+resolved to a public address when it was registered and to a private one now (DNS
+rebinding) is refused at delivery; there is no second lookup between the check and the
+connection for an attacker's DNS to answer differently. An IP literal never reaches a
+resolver (aiohttp connects to it as is), so ``check_target`` checks it before the request.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+from relay.config import Network, WebhooksConfig
+
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+MAX_URL_CHARS = 2048
+
+
+class UrlRefused(ValueError):
+    """The URL may not be a webhook endpoint; the message says why (never the URL's
+    credentials: URLs carrying any are refused)."""
+
+
+class AddressRefused(OSError):
+    """A delivery's host resolved to an address it may not reach. An ``OSError`` so that
+    aiohttp's connector passes it on (as the cause of its ``ClientConnectorDNSError``)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class AddressPolicy:
+    allow_insecure_loopback: bool = False
+    allowed_networks: tuple[Network, ...] = ()
+
+    @classmethod
+    def from_config(cls, config: WebhooksConfig) -> AddressPolicy:
+        return cls(config.allow_insecure_loopback, config.allowed_networks)
+
+    def refusal(self, address: IpAddress, scheme: str) -> str | None:
+        """Why a request of ``scheme`` may not go to ``address`` (None: it may)."""
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            # ::ffff:10.0.0.1 reaches 10.0.0.1: judge the address it reaches.
+            address = address.ipv4_mapped
+        if address.is_multicast or address.is_unspecified:
+            return f"{address} is not a unicast address"
+        loopback = address.is_loopback
+        if scheme == "http" and not (loopback and self.allow_insecure_loopback):
+            return "plain http is allowed only to loopback, with webhooks.allow_insecure_loopback"
+        if loopback and self.allow_insecure_loopback:
+            return None
+        if any(address in network for network in self.allowed_networks):
+            return None
+        if loopback:
+            return f"{address} is loopback (webhooks.allow_insecure_loopback is off)"
+        if not address.is_global:
+            kind = "link-local" if address.is_link_local else "private or reserved"
+            return f"{address} is {kind} (not in webhooks.allowed_networks)"
+        return None
+
+
+@dataclass(frozen=True)
+class Target:
+    scheme: str
+    host: str
+    port: int
+    # The host as an address when the URL names one (no resolution then).
+    literal: IpAddress | None
+
+
+def parse_url(url: str) -> Target:
+    """The URL's parts, or ``UrlRefused`` for anything but a plain http(s) URL."""
+    if len(url) > MAX_URL_CHARS:
+        raise UrlRefused(f"longer than {MAX_URL_CHARS} characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise UrlRefused(f"not a valid URL ({exc})") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise UrlRefused("must be an https URL")
+    if parts.username is not None or parts.password is not None:
+        raise UrlRefused("must not carry credentials (user:password@)")
+    if parts.fragment:
+        raise UrlRefused("must not have a fragment")
+    host = parts.hostname
+    if not host:
+        raise UrlRefused("has no host")
+    literal: IpAddress | None
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        literal = None
+        if not _hostname(host):
+            raise UrlRefused("the host is neither a name nor an IP address") from None
+    return Target(scheme, host, port or (443 if scheme == "https" else 80), literal)
+
+
+def _hostname(host: str) -> bool:
+    # Numeric look-alikes ("127.1", "2130706433", "0x7f000001") are addresses to the C
+    # resolver: refused rather than guessed at. A name's last label (a top-level domain, or
+    # a single-label name) starts with a letter.
+    labels = host.rstrip(".").split(".")
+    if not labels or not all(0 < len(label) <= 63 for label in labels):
+        return False
+    allowed = set("abcdefghijklmnopqrstuvwxyz0123456789-_")
+    if not all(set(label) <= allowed for label in labels):
+        return False
+    return labels[-1][0].isalpha()
+
+
+def check_literal(target: Target, policy: AddressPolicy) -> None:
+    """Refuse a URL whose host is an address it may not reach (names are checked when
+    resolved, by ``GuardedResolver``); a plain-http name must be loopback to be
+    resolved at all."""
+    if target.literal is not None:
+        reason = policy.refusal(target.literal, target.scheme)
+        if reason is not None:
+            raise UrlRefused(reason)
+
+
+class GuardedResolver(AbstractResolver):
+    """Resolves with ``inner`` and returns the addresses only when every one of them may
+    be reached (one refused address refuses the host: a name that mixes a public and a
+    private address is how a rebinding attack gets its second chance)."""
+
+    def __init__(self, inner: AbstractResolver, policy: AddressPolicy, scheme: str) -> None:
+        self._inner = inner
+        self._policy = policy
+        self._scheme = scheme
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        if not results:
+            raise AddressRefused(f"{host} resolves to no address")
+        for result in results:
+            address = ipaddress.ip_address(result["host"].split("%", 1)[0])
+            reason = self._policy.refusal(address, self._scheme)
+            if reason is not None:
+                raise AddressRefused(f"{host} resolves to {reason}")
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+async def check_url(url: str, policy: AddressPolicy, resolver: AbstractResolver) -> Target:
+    """Registration's check: the URL's form, then each address its host resolves to now."""
+    target = parse_url(url)
+    check_literal(target, policy)
+    if target.literal is None:
+        guarded = GuardedResolver(resolver, policy, target.scheme)
+        try:
+            await guarded.resolve(target.host, target.port, socket.AF_UNSPEC)
+        except AddressRefused as exc:
+            raise UrlRefused(exc.reason) from None
+        except OSError as exc:
+            raise UrlRefused(f"{target.host} does not resolve ({exc.strerror or exc})") from None
+    return target

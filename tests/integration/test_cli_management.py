@@ -1,0 +1,179 @@
+"""The management commands as an operator runs them (`python -m relay …` as a real
+process) against a real PostgreSQL: keys, interviews, users (the lost-token recovery),
+and the refusal to create a new embedded database where none exists."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import asyncpg
+
+from relay.admission.tokens import hash_token
+from tests.support.relay_cli import run_relay
+
+
+def _env(database_url: str | None, data_dir: Path) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RELAY", "OPENAI", "DATABASE", "REDIS"))
+    }
+    env["RELAY__SERVER__DATA_DIR"] = str(data_dir)
+    if database_url:
+        env["DATABASE_URL"] = database_url
+    return env
+
+
+async def _relay(env: dict[str, str], cwd: Path, *args: str) -> tuple[int, str, str]:
+    return await run_relay(*args, env=env, cwd=cwd)
+
+
+async def test_a_command_in_a_folder_without_a_database_says_so_and_creates_none(
+    tmp_path: Path,
+) -> None:
+    env = _env(None, tmp_path / ".relay")
+    for args in (
+        ("users", "add", "--email", "x@example.test"),
+        ("users", "list"),
+        ("keys", "create", "--name", "ci"),
+        ("interviews", "list"),
+        ("db", "migrate"),
+    ):
+        code, out, err = await _relay(env, tmp_path, *args)
+        assert code == 2, (args, out, err)
+        assert "no relay database in" in err and "--data-dir" in err and "--create" in err, err
+        assert str((tmp_path / ".relay").resolve()) in err
+        assert "Traceback" not in err
+    assert not (tmp_path / ".relay").exists()
+
+
+async def test_keys_create_list_revoke(database_url: str, tmp_path: Path) -> None:
+    env = _env(database_url, tmp_path / "state")
+    code, out, err = await _relay(env, tmp_path, "keys", "create", "--name", "backend")
+    assert code == 0, err
+    key = out.strip().splitlines()[-1]
+    assert key.startswith("rk_") and out.count(key) == 1
+    code, out, err = await _relay(
+        env, tmp_path, "keys", "create", "--name", "reports", "--scope", "read"
+    )
+    assert code == 0, err
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch("SELECT id, scope, key_hash FROM api_keys ORDER BY created_at")
+    finally:
+        await conn.close()
+    assert [r["scope"] for r in rows] == ["admin", "read"]
+    assert rows[0]["key_hash"] == hash_token(key)
+    code, out, _ = await _relay(env, tmp_path, "keys", "list")
+    assert code == 0 and "backend" in out and "reports" in out and key not in out
+    code, out, err = await _relay(env, tmp_path, "keys", "revoke", "--id", rows[0]["id"])
+    assert code == 0 and "revoked" in out, err
+    code, out, _ = await _relay(env, tmp_path, "keys", "list")
+    assert "backend" not in out and "reports" in out
+    code, out, _ = await _relay(env, tmp_path, "keys", "list", "--all")
+    assert "backend" in out and "revoked" in out
+    code, _, err = await _relay(env, tmp_path, "keys", "revoke", "--id", "key_0000000000000000")
+    assert code == 1 and "no key" in err
+
+
+async def test_interviews_create_list_show_cancel(database_url: str, tmp_path: Path) -> None:
+    env = _env(database_url, tmp_path / "state")
+    instructions = tmp_path / "role.txt"
+    instructions.write_text("Ask about Rust lifetimes.\n")
+    code, out, err = await _relay(
+        env,
+        tmp_path,
+        "interviews",
+        "create",
+        "--email",
+        "kim@example.test",
+        "--instructions-file",
+        str(instructions),
+        "--language",
+        "de",
+        "--max-duration",
+        "900",
+        "--no-recording",
+        "--metadata",
+        '{"role": "rust"}',
+        "--public-url",
+        "https://interviews.example.test",
+    )
+    assert code == 0, err
+    url = out.strip().splitlines()[-1]
+    assert url.startswith("https://interviews.example.test/#invite=ri_"), out
+    interview_id = out.split("created interview ", 1)[1].split()[0]
+    code, out, err = await _relay(
+        env, tmp_path, "interviews", "list", "--email", "kim@example.test"
+    )
+    assert code == 0 and interview_id in out and "scheduled" in out, err
+    code, out, err = await _relay(env, tmp_path, "interviews", "show", "--id", interview_id)
+    assert code == 0, err
+    shown = json.loads(out)
+    assert shown["instructions"] == "Ask about Rust lifetimes.\n"
+    assert (shown["language"], shown["max_duration_s"], shown["recording"]) == ("de", 900, False)
+    assert shown["metadata"] == {"role": "rust"} and shown["created_by"] == "cli"
+    assert shown["candidate_url"] is None  # the invite is shown once
+    code, out, err = await _relay(env, tmp_path, "interviews", "cancel", "--id", interview_id)
+    assert code == 0 and f"cancelled {interview_id}" in out, err
+    code, _, err = await _relay(env, tmp_path, "interviews", "cancel", "--id", interview_id)
+    assert code == 0, err  # cancelling a cancelled interview changes nothing
+    # The same validation as the API, naming the field.
+    code, _, err = await _relay(
+        env,
+        tmp_path,
+        "interviews",
+        "create",
+        "--email",
+        "kim@example.test",
+        "--instructions",
+        "x",
+        "--language",
+        "german",
+    )
+    assert code == 2 and err.startswith("language:"), err
+
+
+async def test_the_lost_token_recovery_works(database_url: str, tmp_path: Path) -> None:
+    env = _env(database_url, tmp_path / "state")
+    email = "lost@example.test"
+    code, out, err = await _relay(env, tmp_path, "users", "add", "--email", email)
+    assert code == 0, err
+    first = out.strip().splitlines()[-1]
+    # Adding again refuses, and says how to replace a lost token.
+    code, _, err = await _relay(env, tmp_path, "users", "add", "--email", email)
+    assert code == 1 and f"relay users reissue --email {email}" in err
+    code, out, err = await _relay(env, tmp_path, "users", "reissue", "--email", email)
+    assert code == 0, err
+    second = out.strip().splitlines()[-1]
+    assert second.startswith("rt_") and second != first
+    # The documented way after a revocation: revoke, then add again.
+    code, _, err = await _relay(env, tmp_path, "users", "revoke", "--email", email)
+    assert code == 0, err
+    code, out, err = await _relay(
+        env, tmp_path, "users", "add", "--email", email, "--seconds", "120"
+    )
+    assert code == 0 and "reactivated" in out, err
+    third = out.strip().splitlines()[-1]
+    conn = await asyncpg.connect(database_url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT active, remaining_seconds, token_hash FROM users WHERE email = $1", email
+        )
+    finally:
+        await conn.close()
+    assert row is not None and row["active"] and row["remaining_seconds"] == 120
+    assert row["token_hash"] == hash_token(third)
+    code, out, err = await _relay(env, tmp_path, "users", "credit", "--email", email, "--add", "30")
+    assert code == 0 and "150s" in out, err
+    code, out, err = await _relay(env, tmp_path, "users", "show", "--email", email)
+    assert code == 0 and json.loads(out)["remaining_seconds"] == 150, err
+    code, _, _ = await _relay(env, tmp_path, "users", "revoke", "--email", email)
+    code, out, err = await _relay(env, tmp_path, "users", "list", "--inactive")
+    assert code == 0 and email in out and "revoked" in out, err
+    code, out, err = await _relay(env, tmp_path, "users", "reactivate", "--email", email)
+    assert code == 0 and "active" in out, err
+    code, _, err = await _relay(env, tmp_path, "users", "reissue", "--email", "no@example.test")
+    assert code == 1 and "no user" in err

@@ -1,0 +1,247 @@
+"""Continuity across two `relay serve` members (one PostgreSQL, one Redis, one simulator):
+a resume that lands on the member without the interview is served by the one holding it,
+and when the holder is killed outright the survivor takes the interview over with a new
+upstream session seeded with the conversation so far, recording it as part 2."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+
+from relay.upstream.simulator.options import DEFAULT_REPLY_LINES
+from relay.upstream.simulator.server import RunningSimulator
+from tests.integration.cluster_helpers import (
+    OPERATOR,
+    Client,
+    add_user,
+    fresh_connections,
+    poll,
+    sql,
+)
+from tests.integration.continuity_helpers import SPEECH, Page
+from tests.integration.media_helpers import BrowserPeer
+from tests.integration.test_cluster import Pair, member_id, pair  # noqa: F401  (the fixture)
+
+pytestmark = pytest.mark.slow
+
+
+async def go_live(client: Client, token: str, session_id: str, pair: Pair) -> tuple[Page, str]:  # noqa: F811
+    """Exchange on ``client``'s member with a page that speaks at once; (page, resume token)."""
+    page = Page(payloads=SPEECH)
+    pair.browsers.append(page)
+    body = {"session_id": session_id, "type": "offer", "sdp": await page.offer()}
+    status, answer, _ = await client.call("POST", "api/webrtc-exchange", token=token, json=body)
+    assert status == 201, answer
+    await page.accept(answer["sdp"])
+    await page.wait_connected(within=15)
+    return page, str(answer["resume_token"])
+
+
+async def resume_at(
+    client: Client,
+    token: str,
+    session_id: str,
+    resume_token: str,
+    pair: Pair,  # noqa: F811
+) -> tuple[Page, dict[str, Any]]:
+    page = Page(payloads=SPEECH)
+    pair.browsers.append(page)
+    body = {"resume_token": resume_token, "type": "offer", "sdp": await page.offer()}
+    # As the page does: a retryable refusal (the holder was killed while its socket still
+    # took the connection: nobody knows whether it served the resume) is tried again
+    # after a short backoff; anything else ends the attempt.
+    for backoff_s in (0.5, 1.0, 2.0, 0.0):
+        status, answer, _ = await client.call(
+            "POST", f"api/sessions/{session_id}/resume", token=token, json=body
+        )
+        if status != 503 or not answer["error"]["retryable"] or not backoff_s:
+            break
+        await asyncio.sleep(backoff_s)
+    assert status == 201, answer
+    await page.accept(answer["sdp"])
+    await page.wait_connected(within=15)
+    return page, answer
+
+
+async def a_full_turn(page: BrowserPeer) -> None:
+    await page.wait_type("conversation.item.input_audio_transcription.completed", 25)
+    await page.wait_type("response.output_audio_transcript.done", 25)
+
+
+async def test_a_resume_sent_to_the_other_member_is_served_by_the_holder(
+    pair: Pair,  # noqa: F811
+    simulator: RunningSimulator,
+) -> None:
+    async with fresh_connections() as http:
+        a, b = Client(http, pair.a.url), Client(http, pair.b.url)
+        _, token = await add_user(pair.dsn)
+        status, created, _ = await a.create(token)
+        assert status == 201, created
+        sid = created["session_id"]
+        page, resume_token = await go_live(a, token, sid, pair)
+        await a_full_turn(page)
+        [call] = simulator.state.calls.values()
+
+        await page.pc.close()
+
+        async def lost() -> bool:
+            return bool((await a.session(token, sid))["media"]["state"] == "browser_lost")
+
+        await poll(lost, 10, "A to see the browser leg lost")
+        # The resume reaches B (any load balancer may send it there); A serves it.
+        again, answer = await resume_at(b, token, sid, resume_token, pair)
+        assert answer["session_id"] == sid and answer["resume_token"] != resume_token
+        greeting = await again.wait_type("relay.session.reconnected", 10)
+        assert greeting["gap_ms"] > 0
+        transcript = await again.wait_type("relay.transcript", 10)
+        assert [i["role"] for i in transcript["items"]] == ["user", "assistant"]
+        rows = await sql(pair.dsn, "SELECT relay_instance FROM interview_sessions WHERE id=$1", sid)
+        assert rows[0]["relay_instance"] == member_id(pair.a)
+        # The same upstream call goes on: no second call, the conversation continues.
+        assert list(simulator.state.calls.values()) == [call] and not call.hung_up
+        items = call.conversation_items
+        await a_full_turn(again)
+        assert call.conversation_items >= items + 2
+        assert (await a.session(token, sid))["media"]["state"] == "active"
+
+
+@pytest.mark.parametrize("credential", ["user_token", "invite"])
+async def test_the_holder_killed_the_interview_continues_on_the_survivor(
+    pair: Pair,  # noqa: F811
+    simulator: RunningSimulator,
+    credential: str,
+) -> None:
+    async with fresh_connections() as http:
+        a, b = Client(http, pair.a.url), Client(http, pair.b.url)
+        interview: dict[str, Any] | None = None
+        if credential == "user_token":
+            _, token = await add_user(pair.dsn, seconds=600)
+        else:
+            # An interview's session: what it spends is the interview's budget, and the
+            # member taking it over keeps it the interview's.
+            status, interview, _ = await a.call(
+                "POST",
+                "api/interviews",
+                headers=OPERATOR,
+                json={
+                    "candidate": {"email": "taken-over@example.test"},
+                    "instructions": "You interview for the backend role.",
+                    "max_duration_s": 600,
+                    # Not recorded: the member taking it over must not record part 2.
+                    "recording": False,
+                },
+            )
+            assert status == 201, interview
+            token = str(interview["candidate_url"]).split("#invite=", 1)[1]
+        status, created, _ = await b.create(token)
+        assert status == 201, created
+        sid = created["session_id"]
+        page, resume_token = await go_live(b, token, sid, pair)
+        await a_full_turn(page)
+        [first_call] = simulator.state.calls.values()
+
+        async def kept() -> list[Any] | None:
+            # B writes the conversation and the time charged as the interview goes.
+            rows = await sql(
+                pair.dsn,
+                "SELECT position, role, text FROM session_transcript"
+                " WHERE session_id=$1 ORDER BY position",
+                sid,
+            )
+            used = await sql(
+                pair.dsn, "SELECT used_seconds FROM interview_sessions WHERE id=$1", sid
+            )
+            return rows if len(rows) >= 2 and used[0]["used_seconds"] else None
+
+        kept_rows = await poll(kept, 20, "B to keep the transcript and the time charged")
+        charged_before = float(
+            (await sql(pair.dsn, "SELECT used_seconds FROM interview_sessions WHERE id=$1", sid))[
+                0
+            ]["used_seconds"]
+        )
+
+        os.kill(pair.b.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        await page.pc.close()  # the page notices and reconnects, reaching A
+        again, answer = await resume_at(a, token, sid, resume_token, pair)
+        # Within 10 s of the kill (the candidate's page: a backoff of a second or two).
+        assert time.monotonic() - killed < 10
+        assert answer["session_id"] == sid
+
+        greeting = await again.wait_type("relay.session.reconnected", 10)
+        assert greeting["gap_ms"] > 0
+        transcript = await again.wait_type("relay.transcript", 10)
+        assert [(i["role"], i["text"]) for i in transcript["items"]] == [
+            (r["role"], r["text"]) for r in kept_rows
+        ]
+        time_left = await again.wait_type("relay.session.time_left", 10)
+        assert time_left["seconds"] <= 600 - int(charged_before)
+
+        # A new upstream session, seeded with the conversation so far (and a note).
+        second = next(c for c in simulator.state.calls.values() if c is not first_call)
+        await simulator.state.wait_for(lambda: second.items_created == len(kept_rows) + 1, 10)
+        assert second.conversation_items == len(kept_rows) + 1
+        created_items = [
+            e["item"] for e in second.client_events if e.get("type") == "conversation.item.create"
+        ]
+        assert [i["role"] for i in created_items] == [r["role"] for r in kept_rows] + ["system"]
+
+        rows = await sql(
+            pair.dsn,
+            "SELECT relay_instance, parts, state FROM interview_sessions WHERE id=$1",
+            sid,
+        )
+        assert dict(rows[0]) == {
+            "relay_instance": member_id(pair.a),
+            "parts": 2,
+            "state": "active",
+        }
+        # The interview goes on from there: the interviewer's next line, not its first.
+        await a_full_turn(again)
+        done = [e for e in again.events if e["type"] == "response.output_audio_transcript.done"]
+        said = sum(1 for r in kept_rows if r["role"] == "assistant")
+        assert done[-1]["transcript"] == DEFAULT_REPLY_LINES[said]
+
+        status, _, _ = await a.call("DELETE", f"api/sessions/{sid}", token=token)
+        assert status == 204
+        final = await poll(lambda: _row_if_ended(pair.dsn, sid), 10, "the interview to end on A")
+        assert final["end_reason"] == "hangup"
+        assert (await a.session(token, sid))["parts"] == 2
+        # Debited for both parts: B's seconds carried over.
+        assert final["debited_seconds"] >= charged_before
+        if interview is not None:
+            # Still the interview's session, spending the interview's budget (not the
+            # user's seconds), and its end completes the interview.
+            assert final["interview_id"] == interview["id"]
+            status, done, _ = await a.call(
+                "GET", f"api/interviews/{interview['id']}", headers=OPERATOR
+            )
+            assert status == 200 and done["status"] == "completed", done
+            assert done["used_seconds"] >= int(charged_before)
+            assert await sql(pair.dsn, "SELECT id FROM recordings") == []
+            return  # nothing recorded: no parts to look for
+
+        async def parts() -> list[dict[str, Any]] | None:
+            status, body, _ = await a.call("GET", "api/recordings?limit=200", headers=OPERATOR)
+            assert status == 200, body
+            mine = [i for i in body["items"] if i["session_id"] == sid]
+            ready = [i for i in mine if i["part"] == 2 and i["status"] == "ready"]
+            return mine if ready else None
+
+        recordings = await poll(parts, 30, "part 2 of the recording to be ready")
+        assert sorted(i["part"] for i in recordings) == [1, 2]
+
+
+async def _row_if_ended(dsn: str, sid: str) -> dict[str, Any] | None:
+    rows = await sql(
+        dsn,
+        "SELECT state, end_reason, debited_seconds, interview_id FROM interview_sessions"
+        " WHERE id=$1",
+        sid,
+    )
+    return dict(rows[0]) if rows[0]["state"] in ("ended", "failed") else None

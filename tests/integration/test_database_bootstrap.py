@@ -1,0 +1,150 @@
+"""Start-up's database steps against a real PostgreSQL: the migrations' own time limit, a
+bounded number of attempts, and the reason in /readyz and the log when they give up."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import pytest
+
+from relay.db.migrate import MIGRATION_LOCK_ID
+from tests.integration.conftest import MakeRelay
+from tests.integration.relay_harness import RelayHarness
+from tests.support.postgres import PostgresServer
+
+# Bounds the polling below; the bootstraps under test end within a few seconds.
+DEADLINE_S = 30.0
+
+
+async def _readiness(relay: RelayHarness) -> tuple[int, dict[str, Any]]:
+    async with relay.client.get("/readyz") as resp:
+        body: dict[str, Any] = await resp.json()
+        return resp.status, body
+
+
+async def _until_startup_failed(relay: RelayHarness) -> dict[str, Any]:
+    """Poll /readyz until it reports a start-up failure (with a deadline)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DEADLINE_S
+    while True:
+        status, body = await _readiness(relay)
+        assert status == 503, body
+        if "startup" in body["checks"]:
+            return body
+        assert loop.time() < deadline, body
+        await asyncio.sleep(0.05)  # polling for a condition, with a deadline
+
+
+async def _waiting_for_migration_lock(conn: asyncpg.Connection) -> datetime:
+    """When the backend waiting for the migration lock started its statement."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DEADLINE_S
+    while True:
+        started: datetime | None = await conn.fetchval(
+            """SELECT a.query_start FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+               WHERE l.locktype = 'advisory' AND NOT l.granted"""
+        )
+        if started is not None:
+            return started
+        assert loop.time() < deadline, "no backend ever waited for the migration lock"
+        await asyncio.sleep(0.02)  # polling for a condition, with a deadline
+
+
+async def test_a_migration_blocked_by_a_lock_times_out_and_readyz_says_why(
+    make_relay: MakeRelay, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Another connection holds the migration lock (another instance migrating, or stuck).
+    blocker = await asyncpg.connect(database_url)
+    try:
+        await blocker.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
+        relay = await make_relay(
+            overrides={"database": {"migration_timeout_s": 0.3, "bootstrap_attempts": 2}}
+        )
+        ready = await _until_startup_failed(relay)
+        assert ready["checks"]["startup"] == {
+            "ok": False,
+            "error": "database_bootstrap: migrate: timeout (gave up after 2 attempts)",
+        }
+        assert ready["checks"]["database"] == {
+            "ok": False,
+            "error": "migrations_pending",
+            "bootstrap": {"attempts": 2, "max_attempts": 2, "last_error": "migrate: timeout"},
+        }
+        assert ready["error"]["retryable"] is False
+        # The timed-out statements were cancelled on the server: nobody waits for the lock.
+        waiting = await blocker.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        )
+        assert waiting == 0
+    finally:
+        await blocker.close()
+    retries = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(
+        "attempt 1/2 failed at migrate" in m and "migration_timeout_s = 0.3" in m for m in retries
+    ), retries
+    assert any(
+        r.levelno == logging.ERROR
+        and "database-bootstrap" in r.getMessage()
+        and r.exc_info is not None
+        and "gave up after 2 attempts" in str(r.exc_info[1])
+        for r in caplog.records
+    )
+
+
+async def test_migrations_are_not_cut_by_the_query_timeout(
+    make_relay: MakeRelay, database_url: str
+) -> None:
+    query_timeout_s = 0.3
+    blocker = await asyncpg.connect(database_url)
+    try:
+        await blocker.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
+        relay = await make_relay(
+            overrides={
+                "database": {"query_timeout_s": query_timeout_s, "migration_timeout_s": 30.0}
+            }
+        )
+        first_wait = await _waiting_for_migration_lock(blocker)
+        # The fault under test: the lock is held for longer than a query may take.
+        await asyncio.sleep(3 * query_timeout_s)
+        # Still the same statement waiting: it was neither cancelled nor retried.
+        assert await _waiting_for_migration_lock(blocker) == first_wait
+        await blocker.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
+        async with asyncio.timeout(DEADLINE_S):
+            await relay.services.store.wait_schema_ready()
+    finally:
+        await blocker.close()
+    startup = relay.services.startup
+    assert (startup.database_attempts, startup.database_last_error) == (1, None)
+    status, body = await _readiness(relay)
+    assert status == 200, body
+
+
+async def test_a_database_that_stays_down_is_retried_a_bounded_number_of_times(
+    make_relay: MakeRelay, private_postgres: PostgresServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    await private_postgres.astop()
+    relay = await make_relay(
+        dsn=private_postgres.dsn(), overrides={"database": {"bootstrap_attempts": 3}}
+    )
+    ready = await _until_startup_failed(relay)
+    error = ready["checks"]["startup"]["error"]
+    assert error.startswith("database_bootstrap: migrate: ") and error.endswith(
+        "(gave up after 3 attempts)"
+    ), error
+    bootstrap = ready["checks"]["database"]["bootstrap"]
+    assert (bootstrap["attempts"], bootstrap["max_attempts"]) == (3, 3)
+    assert bootstrap["last_error"].startswith("migrate: ")
+    assert ready["error"]["retryable"] is False
+    retries = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "database bootstrap attempt" in r.getMessage()
+    ]
+    assert [m.split(" failed")[0] for m in retries] == [
+        "database bootstrap attempt 1/3",
+        "database bootstrap attempt 2/3",
+    ]
