@@ -132,7 +132,7 @@ def enable(enabled: bool) -> None:
             # receive time of every datagram, batched every millisecond.
             if len(sockets):
                 raise RuntimeError("media sockets already open without receive times")
-            sockets.compiled = _fastloop.Loop(timestamps=True)
+            sockets.compiled = fastloop.endpoint_loop()
             sockets.bench_timestamps = True  # type: ignore[attr-defined]
         udp.configure(TICK_S)
     _enabled = enabled

@@ -362,9 +362,10 @@ async def _doctor(settings: Settings) -> int:
 def _doctor_media(settings: Settings) -> None:
     """The media forwarding line: which fast path this installation runs (never fails)."""
     from relay.media import fastloop
+    from relay.media.capabilities import probe
     from relay.upstream.doctor import Check
 
-    fastloop.configure(settings.media.compiled_fast_path)
+    fastloop.configure(settings.media.compiled_fast_path, probe())
     outcome, detail, todo = fastloop.doctor_check()
     print(Check(outcome, "media forwarding", detail, todo).line(), flush=True)
 

@@ -56,6 +56,7 @@ _ROUTER = "aiortc.rtcdtlstransport.RtpRouter"
 _ICE_TRANSPORT = "aiortc.rtcicetransport.RTCIceTransport"
 _CONNECTION = "aioice.ice.Connection"
 _SRTP_SESSION = "pylibsrtp.Session"
+_STREAM_STATISTICS = "aiortc.rtcrtpreceiver.StreamStatistics"
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,25 @@ FEATURES: tuple[Feature, ...] = (
             "_RTCRtpSender__octet_count",
         ),
         requires=("rtp_hook", "receiver_reports"),
+    ),
+    Feature(
+        "compiled_loop",
+        "the fast path's per-packet work in compiled code (relay.media._fastloop), when it "
+        "was built: it keeps each receiver's statistics per packet and copies them in and out",
+        "the Python fast path forwards the same packets the same way (more CPU per packet)",
+        _i(
+            _STREAM_STATISTICS,
+            "base_seq",
+            "max_seq",
+            "cycles",
+            "packets_received",
+            "_jitter_q4",
+            "_last_arrival",
+            "_last_timestamp",
+        ),
+        # Every feature below it, not only the ones it calls directly: a feature is down
+        # when one it requires lacks its own names (``probe`` looks one level down).
+        requires=("rtp_hook", "receiver_reports", "fast_path", "receive_batching"),
     ),
     Feature(
         "decoder_thread",
@@ -230,6 +250,7 @@ _MAKERS: dict[str, Callable[[_Specimens], Any]] = {
     _ROUTER: lambda _: _resolve(_ROUTER)(),
     _CONNECTION: lambda _: _resolve(_CONNECTION)(ice_controlling=True),
     _SRTP_SESSION: _make_srtp_session,
+    _STREAM_STATISTICS: lambda _: _resolve(_STREAM_STATISTICS)(48000),
 }
 
 

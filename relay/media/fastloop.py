@@ -34,6 +34,7 @@ from types import ModuleType
 from typing import Any, Literal, Protocol
 
 from relay.media import aiortc_private
+from relay.media.capabilities import MediaCapabilities
 
 log = logging.getLogger("relay.media")
 
@@ -46,7 +47,6 @@ except ImportError as exc:  # not built: the Python fast path forwards
 else:
     _compiled = _fastloop
     _MISSING = ""
-    _fastloop.set_srtp(*aiortc_private.srtp_function_addresses())
 
 Path = Literal["compiled", "python"]
 
@@ -60,13 +60,28 @@ SYNC_INTERVAL_S = 1.0
 MAX_ROUNDS = 8
 
 _enabled = True
+# Why the loop cannot run in this process although built: the private names it needs are
+# missing (the start-up check, ``relay.media.capabilities``), or libsrtp's functions could
+# not be found. None: nothing stops it.
+_unavailable: str | None = None
+# Whether the module was given libsrtp's functions (once, before the first loop: looked up
+# then, not at import, so that an installation without the names still imports).
+_srtp_given = False
 
 
-def configure(enabled: bool) -> None:
-    """``media.compiled_fast_path``: forward with the compiled loop when it is built.
-    Applies to media socket sets made afterwards (one per event loop)."""
-    global _enabled
+def configure(enabled: bool, capabilities: MediaCapabilities | None = None) -> None:
+    """``media.compiled_fast_path``: forward with the compiled loop when it is built and
+    (when ``capabilities`` are given) the names it needs are there. Applies to media
+    socket sets made afterwards (one per event loop)."""
+    global _enabled, _unavailable
     _enabled = enabled
+    _unavailable = None
+    if capabilities is not None:
+        state = capabilities.state("compiled_loop")
+        if not state.available:
+            _unavailable = (
+                f"media capability compiled_loop unavailable (missing: {', '.join(state.missing)})"
+            )
 
 
 def enabled() -> bool:
@@ -80,7 +95,7 @@ def built() -> bool:
 
 def active() -> bool:
     """Whether new media socket sets forward with the compiled loop."""
-    return _compiled is not None and _enabled
+    return _compiled is not None and _enabled and _unavailable is None
 
 
 def path() -> Path:
@@ -93,8 +108,10 @@ def describe() -> dict[str, Any]:
         reason = None
     elif _compiled is None:
         reason = _MISSING
-    else:
+    elif not _enabled:
         reason = "media.compiled_fast_path = false"
+    else:
+        reason = _unavailable
     return {
         "path": path(),
         "compiled_built": _compiled is not None,
@@ -109,8 +126,14 @@ def doctor_check() -> tuple[Literal["OK", "WARN"], str, str]:
     srtp = aiortc_private.srtp_library_version()
     if active():
         return "OK", f"compiled loop (relay.media._fastloop, {srtp} from pylibsrtp)", ""
-    if _compiled is not None:
+    if _compiled is not None and not _enabled:
         return "OK", "Python fast path (media.compiled_fast_path = false)", ""
+    if _compiled is not None:
+        return (
+            "WARN",
+            f"Python fast path: {_unavailable}",
+            "install the pinned aiortc, aioice and pylibsrtp (docs/media.md)",
+        )
     return (
         "WARN",
         f"Python fast path: {_MISSING}",
@@ -121,9 +144,36 @@ def doctor_check() -> tuple[Literal["OK", "WARN"], str, str]:
 
 def new_loop() -> _fastloop.Loop | None:
     """A compiled loop for one media socket set, or None (the Python path reads)."""
-    if _compiled is None or not _enabled:
+    if not active() or not _give_srtp():
         return None
     return _fastloop.Loop(sync_interval=SYNC_INTERVAL_S)
+
+
+def endpoint_loop() -> _fastloop.Loop:
+    """A compiled loop that keeps the kernel's receive time of every datagram, for the
+    loop's endpoints (``Source``, ``new_sink``: the benchmark's generator plays its peers'
+    media with them), whatever ``media.compiled_fast_path`` says. RuntimeError when the
+    module is not built or libsrtp's functions are not found."""
+    if _compiled is None:
+        raise RuntimeError(_MISSING)
+    if not _give_srtp():
+        raise RuntimeError(str(_unavailable))
+    return _fastloop.Loop(timestamps=True)
+
+
+def _give_srtp() -> bool:
+    """Hand the module libsrtp's functions, once (False: pylibsrtp lacks them)."""
+    global _srtp_given, _unavailable
+    if not _srtp_given:
+        try:
+            addresses = aiortc_private.srtp_function_addresses()
+        except AttributeError as exc:  # pylibsrtp without the names (not checked at start)
+            _unavailable = f"libsrtp's functions not found in pylibsrtp ({exc})"
+            log.warning("compiled fast path unavailable: %s", _unavailable)
+            return False
+        _fastloop.set_srtp(*addresses)
+        _srtp_given = True
+    return True
 
 
 def new_route(

@@ -74,13 +74,23 @@ async def test_without_aioices_socket_hook_media_binds_anywhere_and_interviews_g
         body = await _stats(relay)
         assert body["media_receive"]["sockets"] == 0
         fell_back = _fell_back(body)
-        assert set(fell_back) == {"port_range", "receive_batching"}
-        assert body["media_capabilities"]["fallbacks"] == ["port_range", "receive_batching"]
+        assert set(fell_back) == {"port_range", "receive_batching", "compiled_loop"}
+        assert body["media_capabilities"]["fallbacks"] == [
+            "compiled_loop",
+            "port_range",
+            "receive_batching",
+        ]
         for feature in fell_back.values():
-            assert feature["missing"] == ["aioice.turn.asyncio"]
             assert feature["fallback"]
+        for name in ("port_range", "receive_batching"):
+            assert fell_back[name]["missing"] == ["aioice.turn.asyncio"]
+        # The compiled loop reads the relay's media sockets: without them, the Python path.
+        assert fell_back["compiled_loop"]["missing"] == ["needs receive_batching"]
+        forwarding = body["media_receive"]["forwarding"]
+        assert forwarding["path"] == "python"
+        assert "compiled_loop unavailable" in forwarding["reason"]
         gauge = await _capability_gauge(relay)
-        assert gauge["port_range"] == gauge["receive_batching"] == 0
+        assert gauge["port_range"] == gauge["receive_batching"] == gauge["compiled_loop"] == 0
         assert gauge["fast_path"] == gauge["rtp_hook"] == 1
         await interviews.hang_up(candidate)
     finally:
@@ -115,13 +125,15 @@ async def test_without_a_fast_path_name_opus_goes_through_aiortcs_sender(
             assert direction.frames_decoded == 0
         body = await _stats(relay)
         fell_back = _fell_back(body)
-        assert list(fell_back) == ["fast_path"]
+        assert list(fell_back) == ["fast_path", "compiled_loop"]
         assert fell_back["fast_path"]["missing"] == ["pylibsrtp._binding"]
+        assert fell_back["compiled_loop"]["missing"] == ["needs fast_path"]
+        assert body["media_receive"]["forwarding"]["path"] == "python"
         (session,) = body["sessions"]
         assert session["media"]["browser_to_upstream"]["mode"] == "passthrough"
         gauge = await _capability_gauge(relay)
-        assert gauge["fast_path"] == 0
-        assert {f for f, v in gauge.items() if v == 0} == {"fast_path"}
+        assert gauge["fast_path"] == gauge["compiled_loop"] == 0
+        assert {f for f, v in gauge.items() if v == 0} == {"fast_path", "compiled_loop"}
         await interviews.hang_up(candidate)
     finally:
         await interviews.close()

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 from pylibsrtp import Policy, Session
 
-from relay.media import _fastloop, aiortc_private
+from relay.media import _fastloop, aiortc_private, fastloop
 
 PAYLOADS = tuple(os.urandom(60 + i) for i in range(5))
 
@@ -46,7 +46,7 @@ def test_a_source_paces_protected_rtp_and_a_sink_records_it(
 ) -> None:
     sender, receiver = sockets
     tx, rx = srtp_pair()
-    loop = _fastloop.Loop(timestamps=True)
+    loop = fastloop.endpoint_loop()
     epoll = select.epoll()
     epoll.register(receiver.fileno(), select.EPOLLIN)
     host, port = receiver.getsockname()

@@ -124,8 +124,9 @@ async def test_a_changed_constructor_counts_its_instance_names_as_missing(
 
     monkeypatch.setattr(pylibsrtp.Session, "__init__", refuses)
     found = probe()
-    assert [s.feature.name for s in found.unavailable()] == ["fast_path"]
+    assert [s.feature.name for s in found.unavailable()] == ["fast_path", "compiled_loop"]
     assert found.state("fast_path").missing == ("pylibsrtp.Session._srtp",)
+    assert found.state("compiled_loop").missing == ("needs fast_path",)
 
 
 def test_the_relay_imports_and_checks_when_names_read_at_import_are_gone() -> None:
@@ -154,4 +155,5 @@ asyncio.run(main())
         "audio_level",
         "receiver_reports",
         "fast_path",
+        "compiled_loop",
     }
