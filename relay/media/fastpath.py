@@ -215,7 +215,13 @@ class FastOpusForwarder:
         replaces it when the browser's leg is resumed), so the outgoing sequence numbers
         and timestamps continue from its last packet, as after a change of source, and
         the sender report's counts go on. Call before ``start``. The far end sees one
-        stream with a pause (its SRTP replay window refuses a sequence that goes back)."""
+        stream with a pause (its SRTP replay window refuses a sequence that goes back).
+
+        Where the compiled loop carried ``previous``'s packets, its counters are the loop's
+        route: ``previous`` takes them back first (``stop`` did, if it ran), and this
+        forwarder hands its own route the continued timelines once its first packet went
+        out (``_attach``)."""
+        previous._release()
         self._hi_seq, self._hi_ts = previous._hi_seq, previous._hi_ts
         self._last_forward_at = previous._last_forward_at
         self.packets_sent, self.octets_sent = previous.packets_sent, previous.octets_sent

@@ -166,11 +166,21 @@ async def test_without_a_grace_a_lost_browser_ends_the_interview_at_once(rig: Ri
 
 
 # ---------------------------------------------------------------------- resumed
-@pytest.mark.parametrize("fast_path", [True, False], ids=["fast_path", "aiortc_path"])
 async def test_a_resumed_leg_carries_audio_both_ways_on_the_same_upstream_call(
-    rig: Rig, fast_path: bool
+    rig: Rig, media_path: str
 ) -> None:
-    bridge = rig.bridge(reconnect_grace_s=10.0, fast_path=fast_path)
+    """On the fast path, on both forwarding paths: on the compiled loop the resumed leg's
+    directions are handed to it as the first leg's were, their streams continuing."""
+    await _resumed_leg_carries_audio_both_ways(rig, media_path=media_path)
+
+
+async def test_a_resumed_leg_carries_audio_both_ways_on_aiortc_s_path(rig: Rig) -> None:
+    await _resumed_leg_carries_audio_both_ways(rig, media_path=None)
+
+
+async def _resumed_leg_carries_audio_both_ways(rig: Rig, *, media_path: str | None) -> None:
+    """``media_path``: the fast path's forwarding path; None: aiortc's path."""
+    bridge = rig.bridge(reconnect_grace_s=10.0, fast_path=media_path is not None)
     first = await rig.connect(bridge, payloads=SPEECH)
     call = rig.call
     await wait_until(lambda: _contiguous(call.payloads, SPEECH), 10, "first leg's speech up")
@@ -194,6 +204,9 @@ async def test_a_resumed_leg_carries_audio_both_ways_on_the_same_upstream_call(
     assert call.mouth is not None
     call.mouth.play(REPLY)
     await wait_until(lambda: again.speaker.loud_frames() > 20, 10, "reply at the resumed page")
+    if media_path is not None:
+        for direction in (bridge.browser_to_upstream, bridge.upstream_to_browser):
+            assert direction.fast_path and direction.compiled is (media_path == "compiled")
 
     # The page is told it is back, what was said, and the time left, before anything else.
     greeting = [e["type"] for e in again.events[:3]]
