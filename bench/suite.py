@@ -9,9 +9,10 @@ Sections, in this order (``--sections`` picks some):
 
 * ``media``: the shipped relay end to end (``bench/shipped.py``): the direct aiortc peer
   pair (the control, up to 30 sessions, where its generator still holds), the relay on
-  its fast path compiled (``fast``), the same in Python (``pyfast``), aiortc's path, and
-  the compiled fast path with recording on, at 10, 30, 100 and 400 sessions; the
-  relay's endpoints in compiled code once up (``--generator compiled``); CPU, CPU per
+  its fast path compiled (``fast``; ``fast2`` with a 2 ms batching window), the same in
+  Python (``pyfast``), aiortc's path, and the compiled fast path with recording on, at
+  10, 30, 100, 300 and 500 sessions (each mode up to its ``--mode-max``); the relay's
+  endpoints in compiled code once up (``--generator compiled``); CPU, CPU per
   forwarded packet, added latency, loss, time to first reply audio, RSS per live session.
 * ``compiled_cost``: relay CPU per forwarded packet, the compiled loop and the Python
   fast path, kernel included and wake-ups not (``bench/compiled_cost.py``).
