@@ -15,7 +15,7 @@ event loop running (so no wake-up is counted), the same way for both paths:
   sending on a real media socket to a sink socket;
 * per round a feeder sends one authentic SRTP packet to each of ``--ready`` of them
   (untimed), then the relay side reads every ready socket once and forwards what it read:
-  ``MediaSockets._read_ready``, the relay's own code, timed with the process's CPU clock
+  ``MediaSockets.read_ready``, the relay's own code, timed with the process's CPU clock
   (``recvmmsg``/``recvfrom``, unprotect, rewrite, protect, ``sendmmsg``/``sendto``
   including the kernel's loopback delivery to the sink);
 * ``compiled``: the media socket set reads through the compiled loop (each forwarder
@@ -41,6 +41,7 @@ from pylibsrtp import Session
 from bench.forwarding_cost import rtp_packets, srtp_pair, stand_in_forwarder
 from relay.media import udp
 from relay.media.fastpath import FastOpusForwarder
+from relay.media.forwarding import DirectionStats
 
 PATHS = ("compiled", "python")
 
@@ -52,7 +53,7 @@ class Hook(asyncio.DatagramProtocol):
         self.forwarder = forwarder
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.forwarder._on_datagram(data, 1)
+        self.forwarder.on_datagram(data, 1)
 
 
 class Rig:
@@ -77,22 +78,33 @@ class Rig:
         self.senders: list[Session] = []
         self.targets: list[tuple[str, int]] = []
         self.forwarders: list[FastOpusForwarder] = []
+        self.stats: list[DirectionStats] = []
         for _ in range(count):
             browser_tx, relay_rx = srtp_pair()
             relay_tx, _ = srtp_pair()
-            forwarder, _ = stand_in_forwarder(relay_rx, relay_tx)
+            # The selected pairs: this socket in (its transport is made below, once the
+            # forwarder its protocol hands datagrams to exists), the shared media socket
+            # out to the sink.
+            in_pairs: dict[int, Any] = {}
+            out_pairs = {
+                1: SimpleNamespace(
+                    protocol=SimpleNamespace(transport=self.out),
+                    remote_addr=self.sink.getsockname(),
+                )
+            }
+            stats = DirectionStats("browser_to_upstream")
+            forwarder, _ = stand_in_forwarder(
+                relay_rx, relay_tx, in_pairs=in_pairs, out_pairs=out_pairs, stats=stats
+            )
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             sock.bind(("127.0.0.1", 0))
             transport = udp.MediaDatagramTransport(loop, sock, Hook(forwarder), self.sockets)
             self.sockets.add(transport)
-            # The selected pairs: this socket in, the shared media socket out to the sink.
-            forwarder._in_pairs[1] = SimpleNamespace(
+            in_pairs[1] = SimpleNamespace(
                 protocol=SimpleNamespace(transport=transport), remote_addr=self.feeder_address
             )
-            forwarder._pairs[1] = SimpleNamespace(
-                protocol=SimpleNamespace(transport=self.out), remote_addr=self.sink.getsockname()
-            )
             self.forwarders.append(forwarder)
+            self.stats.append(stats)
             self.senders.append(browser_tx)
             self.targets.append(transport.get_extra_info("sockname"))
 
@@ -124,7 +136,7 @@ def run(path: str, ready: int, rounds: int) -> dict[str, float]:
             for i, target in enumerate(rig.targets):
                 rig.feeder.sendto(protected[i][r], target)
             started = time.process_time()
-            rig.sockets._read_ready()
+            rig.sockets.read_ready()
             spent = time.process_time() - started
             sent = rig.drain()
             if r == 0:
@@ -133,7 +145,7 @@ def run(path: str, ready: int, rounds: int) -> dict[str, float]:
             forwarded += sent
         if forwarded != rounds * ready:
             raise RuntimeError(f"{path}: forwarded {forwarded} of {rounds * ready}")
-        compiled = sum(f._stats.compiled for f in rig.forwarders)
+        compiled = sum(s.compiled for s in rig.stats)
         if compiled != (ready if path == "compiled" else 0):
             raise RuntimeError(f"{path}: {compiled} of {ready} directions compiled")
         return {"us_per_packet": round(1e6 * cpu / forwarded, 2)}

@@ -3,7 +3,7 @@
 Each session still starts as before (``bench/shipped.py``): an aiortc "browser" peer and an
 aiortc "upstream" peer, admission, the exchange, ICE, DTLS, the data channel, and the first
 reply audio heard through aiortc. Then both endpoints hand their audio over to the relay's
-own compiled loop (``relay.media._fastloop``) in this process: a ``Source`` sends the same
+own compiled loop (``relay.media.fastloop``) in this process: a ``Source`` sends the same
 pre-encoded Opus, every 20 ms, SRTP-protected with the endpoint's own session (under a new
 SSRC: the relay continues its outgoing stream across it, as for any far end that changes
 source), and a sink route records every packet the endpoint receives, with the kernel's
@@ -35,7 +35,7 @@ from aiortc import RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
 from bench.run import BROWSER_PAYLOADS, UPSTREAM_PAYLOADS, Arrivals, BurstSender, Pair
-from relay.media import _fastloop, aiortc_private, fastloop, udp
+from relay.media import aiortc_private, fastloop, udp
 from relay.media.fastpath import extension_block
 from relay.media.sdp import MID_EXTENSION, rtp_leg
 
@@ -102,7 +102,7 @@ class _MediaSocketLoop:
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             sock.bind((local_addr[0], 0))
-            sock.setsockopt(socket.SOL_SOCKET, _fastloop.SO_TIMESTAMPNS, 1)
+            fastloop.enable_receive_times(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
             return udp.open_media_endpoint(self._loop, protocol_factory, sock)
         except BaseException:
@@ -145,8 +145,8 @@ def enable(enabled: bool) -> None:
 class Endpoint:
     """One peer's compiled media: what it sends and what it receives."""
 
-    source: _fastloop.Source
-    sink: _fastloop.Route
+    source: fastloop.Source
+    sink: fastloop.Route
     arrivals: Arrivals
     sender: BurstSender
 
@@ -169,7 +169,7 @@ class CompiledMedia:
         compiled = udp.media_sockets(self._loop).compiled
         if compiled is None:
             raise RuntimeError("enable(True) first")
-        self._compiled: _fastloop.Loop = compiled
+        self._compiled: fastloop.Loop = compiled
         self.endpoints: dict[tuple[int, str], Endpoint] = {}
         self._ticker: asyncio.Task[None] | None = None
 
@@ -208,25 +208,19 @@ class CompiledMedia:
         assert leg.payload_type is not None
         mid_id = leg.extensions.get(MID_EXTENSION)
         ext = extension_block([(mid_id, (leg.mid or "0").encode())] if mid_id else [])
-        host, port = remote
-        source = _fastloop.Source(
-            transport.fileno,
-            socket.AF_INET6 if ":" in host else socket.AF_INET,
-            host,
-            port,
-            tx,
-            aiortc_private.srtp_context_address(tx),
-            random.getrandbits(32),
-            leg.payload_type,
-            ext,
-            tuple(payloads),
-            start,
+        source = fastloop.new_source(
+            fd=transport.fileno,
+            out_addr=remote,
+            tx_session=tx,
+            ssrc=random.getrandbits(32),
+            payload_type=leg.payload_type,
+            extensions=ext,
+            payloads=tuple(payloads),
+            start=start,
             seq0=random.getrandbits(16),
             ts0=random.getrandbits(32),
         )
-        sink = _fastloop.new_sink(
-            transport.fileno, rx, aiortc_private.srtp_context_address(rx), keep_payloads=probe
-        )
+        sink = fastloop.new_sink(fd=transport.fileno, rx_session=rx, keep_payloads=probe)
         self._compiled.add_route(sink)
         self._compiled.add_source(source)
         return Endpoint(source, sink, arrivals, sender)

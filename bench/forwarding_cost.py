@@ -81,9 +81,18 @@ def _started_event() -> asyncio.Event:
 
 
 def stand_in_forwarder(
-    rx_session: Session, tx_session: Session
+    rx_session: Session,
+    tx_session: Session,
+    *,
+    in_pairs: dict[int, Any] | None = None,
+    out_pairs: dict[int, Any] | None = None,
+    stats: DirectionStats | None = None,
 ) -> tuple[FastOpusForwarder, NullDatagramTransport]:
-    """A started forwarder between stand-in aiortc objects, sending to a null socket."""
+    """A started forwarder between stand-in aiortc objects, sending to a null socket.
+
+    ``in_pairs`` / ``out_pairs``: the receiving and the sending leg's selected pairs
+    (component → pair), when the caller has real sockets for them; ``stats``: the
+    direction's counters, when the caller reads them."""
     out = NullDatagramTransport()
     pair = SimpleNamespace(protocol=SimpleNamespace(transport=out), remote_addr=("127.0.0.1", 9))
 
@@ -93,33 +102,33 @@ def stand_in_forwarder(
             transport=SimpleNamespace(_connection=connection), _rx_srtp=rx, _tx_srtp=tx
         )
 
-    in_dtls = dtls({}, rx_session, None)
-    out_dtls = dtls({1: pair}, None, tx_session)
+    in_dtls = dtls({} if in_pairs is None else in_pairs, rx_session, None)
+    out_dtls = dtls({1: pair} if out_pairs is None else out_pairs, None, tx_session)
     receiver = SimpleNamespace(transport=in_dtls)
-    setattr(receiver, aiortc_private._REMOTE_STREAMS, {})
+    setattr(receiver, aiortc_private.REMOTE_STREAMS, {})
     in_dtls._rtp_router = SimpleNamespace(ssrc_table={})
     sender = SimpleNamespace(transport=out_dtls, _ssrc=OUT_SSRC)
     for name in (
-        aiortc_private._SENDER_NTP,
-        aiortc_private._SENDER_RTP_TS,
-        aiortc_private._SENDER_PACKETS,
-        aiortc_private._SENDER_OCTETS,
+        aiortc_private.SENDER_NTP,
+        aiortc_private.SENDER_RTP_TS,
+        aiortc_private.SENDER_PACKETS,
+        aiortc_private.SENDER_OCTETS,
     ):
         setattr(sender, name, 0)
-    setattr(sender, aiortc_private._SENDER_RTP_STARTED, _started_event())
+    setattr(sender, aiortc_private.SENDER_RTP_STARTED, _started_event())
     extensions = {MID_EXTENSION: 1, AUDIO_LEVEL_EXTENSION: 2}
     leg = RtpLeg(payload_type=111, mid="0", extensions=extensions)
     forwarder = FastOpusForwarder(
         receiver,  # type: ignore[arg-type]
         sender,  # type: ignore[arg-type]
-        DirectionStats("browser_to_upstream"),
+        DirectionStats("browser_to_upstream") if stats is None else stats,
         frozenset({111}),
         incoming=leg,
         outgoing=leg,
     )
-    # What ``start()`` installs: aiortc's own handler for whatever is not RTP (none is
-    # sent here); ``_on_datagram`` is then called as the socket's hook calls it.
-    forwarder._original = _ignore
+    # Not ``start()``, which hooks aiortc's leg: datagrams are handed to ``on_datagram``
+    # as the socket's hook hands them; whatever is not RTP (none is sent here) is dropped.
+    forwarder.feed_directly(_ignore)
     return forwarder, out
 
 
@@ -152,7 +161,7 @@ def measure(packets: int, rounds: int) -> dict[str, Any]:
 
         def forward(batch: list[bytes] = protected, f: FastOpusForwarder = forwarder) -> None:
             for datagram in batch:
-                f._on_datagram(datagram, 1)
+                f.on_datagram(datagram, 1)
 
         forwarder_us.append(per_item_us(forward, packets))
         if out.sent != packets or forwarder.errors:

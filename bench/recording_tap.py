@@ -75,7 +75,7 @@ async def run(sessions: int, seconds: float, record: bool, root: Path) -> dict[s
                 ssrc=1000 + index,
             )
             packet.payload = payload
-            await forwarder._on_rtp(packet, 0)
+            await forwarder.on_rtp(packet, 0)
         delay = start + (tick + 1) / PACKETS_PER_S - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)

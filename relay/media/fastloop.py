@@ -31,10 +31,15 @@ import os
 import socket
 from collections.abc import Mapping
 from types import ModuleType
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from relay.media import aiortc_private
 from relay.media.capabilities import MediaCapabilities
+
+if TYPE_CHECKING:  # the compiled types, by their public names here
+    from relay.media._fastloop import Loop as Loop
+    from relay.media._fastloop import Route as Route
+    from relay.media._fastloop import Source as Source
 
 log = logging.getLogger("relay.media")
 
@@ -161,6 +166,61 @@ def endpoint_loop() -> _fastloop.Loop:
     return _fastloop.Loop(timestamps=True)
 
 
+def enable_receive_times(sock: socket.socket) -> None:
+    """Have the kernel stamp every datagram ``sock`` receives (``SO_TIMESTAMPNS``): a loop
+    from ``endpoint_loop`` records those times in its sinks."""
+    if _compiled is None:
+        raise RuntimeError(_MISSING)
+    sock.setsockopt(socket.SOL_SOCKET, _fastloop.SO_TIMESTAMPNS, 1)
+
+
+def new_source(
+    *,
+    fd: int,
+    out_addr: tuple[str, int],
+    tx_session: Any,
+    ssrc: int,
+    payload_type: int,
+    extensions: bytes,
+    payloads: tuple[bytes, ...],
+    start: float,
+    seq0: int,
+    ts0: int,
+) -> _fastloop.Source:
+    """An endpoint that sends ``payloads`` in turn, one every 20 ms from ``start``
+    (``time.monotonic``), as RTP protected with ``tx_session`` (a pylibsrtp session) from
+    socket ``fd`` to ``out_addr``, for a loop from ``endpoint_loop`` (``add_source``)."""
+    if _compiled is None:
+        raise RuntimeError(_MISSING)
+    host, port = out_addr
+    return _fastloop.Source(
+        fd,
+        socket.AF_INET6 if ":" in host else socket.AF_INET,
+        host,
+        port,
+        tx_session,
+        aiortc_private.srtp_context_address(tx_session),
+        ssrc,
+        payload_type,
+        extensions,
+        payloads,
+        start,
+        seq0=seq0,
+        ts0=ts0,
+    )
+
+
+def new_sink(*, fd: int, rx_session: Any, keep_payloads: bool) -> _fastloop.Route:
+    """A route that unprotects and records every RTP datagram socket ``fd`` receives
+    (arrival time, timestamp, SSRC, sequence number, size; the payloads too when
+    ``keep_payloads``), for a loop from ``endpoint_loop`` (``add_route``)."""
+    if _compiled is None:
+        raise RuntimeError(_MISSING)
+    return _fastloop.new_sink(
+        fd, rx_session, aiortc_private.srtp_context_address(rx_session), keep_payloads
+    )
+
+
 def _give_srtp() -> bool:
     """Hand the module libsrtp's functions, once (False: pylibsrtp lacks them)."""
     global _srtp_given, _unavailable
@@ -235,7 +295,7 @@ def dispatch(
 ) -> None:
     """Hand everything a pump did not forward itself to where it goes, in arrival order.
 
-    One receiver's bug must not stop the others (as ``MediaSockets._read_ready``)."""
+    One receiver's bug must not stop the others (as ``MediaSockets.read_ready``)."""
     for item in punts:
         kind = item[0]
         transport: DatagramEnd | None = None

@@ -229,7 +229,7 @@ class FastOpusForwarder:
     def start(self) -> None:
         self._stats.mode = "passthrough"
         self._stats.fast_path = True
-        self._original = aiortc_private.install_datagram_hook(self._in_dtls, self._on_datagram)
+        self._original = aiortc_private.install_datagram_hook(self._in_dtls, self.on_datagram)
         aiortc_private.install_decrypted_rtp_hook(self._in_dtls, self._on_decrypted)
         self._held_task = spawn(self._send_held(), name="fast-path-held", log=log)
 
@@ -266,7 +266,16 @@ class FastOpusForwarder:
             log.exception("fast path: sending the held packet failed")
 
     # ------------------------------------------------------------------ per packet
-    def _on_datagram(self, data: bytes, component: int) -> None:
+    def feed_directly(self, not_rtp: aiortc_private.DatagramHook) -> None:
+        """Instead of ``start`` hooking aiortc's leg: the caller hands each datagram of the
+        receiving leg to ``on_datagram`` itself, and whatever is not RTP goes on to
+        ``not_rtp`` (the benchmarks drive the fast path so, around stand-ins of aiortc's
+        objects)."""
+        self._original = not_rtp
+
+    def on_datagram(self, data: bytes, component: int) -> None:
+        """One datagram of the receiving leg, as aioice's connection hands it over (the
+        hook ``start`` installs)."""
         original = self._original
         assert original is not None
         if not (len(data) >= 12 and 127 < data[0] < 192 and not 191 < data[1] < 209):

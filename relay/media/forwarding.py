@@ -186,7 +186,7 @@ class OpusPassthrough:
 
     def start(self) -> None:
         self._stats.mode = "passthrough"
-        aiortc_private.install_rtp_hook(self._receiver, self._on_rtp)
+        aiortc_private.install_rtp_hook(self._receiver, self.on_rtp)
 
     async def stop(self) -> None:
         aiortc_private.remove_rtp_hook(self._receiver)
@@ -194,7 +194,9 @@ class OpusPassthrough:
     def refresh(self) -> None:
         pass  # counted per packet
 
-    async def _on_rtp(self, packet: RtpPacket, arrival_time_ms: int) -> None:
+    async def on_rtp(self, packet: RtpPacket, arrival_time_ms: int) -> None:
+        """One encoded packet, as aiortc's receiver hands it over (the hook ``start``
+        installs; a benchmark may feed packets directly)."""
         stats = self._stats
         payload = packet.payload
         stats.packets_in += 1

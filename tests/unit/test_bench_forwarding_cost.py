@@ -34,7 +34,7 @@ def test_the_stand_in_forwarder_rewrites_and_protects_every_packet() -> None:
     forwarder._pair = forwarder._pairs[1]  # keep the capturing socket
     plain = rtp_packets(20)
     for packet in plain:
-        forwarder._on_datagram(browser_tx.protect(packet), 1)
+        forwarder.on_datagram(browser_tx.protect(packet), 1)
     assert len(capture.datagrams) == 20 and forwarder.errors == 0
     first = upstream_rx.unprotect(capture.datagrams[0])
     _, pt, _, _, ssrc = struct.unpack_from("!BBHII", first)

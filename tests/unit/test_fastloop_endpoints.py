@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 from pylibsrtp import Policy, Session
 
-from relay.media import _fastloop, aiortc_private, fastloop
+from relay.media import fastloop
 
 PAYLOADS = tuple(os.urandom(60 + i) for i in range(5))
 
@@ -33,7 +33,7 @@ def sockets() -> Iterator[tuple[socket.socket, socket.socket]]:
     for sock in (a, b):
         sock.bind(("127.0.0.1", 0))
         sock.setblocking(False)
-    b.setsockopt(socket.SOL_SOCKET, _fastloop.SO_TIMESTAMPNS, 1)
+    fastloop.enable_receive_times(b)
     try:
         yield a, b
     finally:
@@ -49,28 +49,21 @@ def test_a_source_paces_protected_rtp_and_a_sink_records_it(
     loop = fastloop.endpoint_loop()
     epoll = select.epoll()
     epoll.register(receiver.fileno(), select.EPOLLIN)
-    host, port = receiver.getsockname()
     ext = struct.pack("!HH", 0xBEDE, 1) + bytes((0x10, ord("0"), 0, 0))  # mid "0"
     started = time.monotonic()
-    source = _fastloop.Source(
-        sender.fileno(),
-        socket.AF_INET,
-        host,
-        port,
-        tx,
-        aiortc_private.srtp_context_address(tx),
-        0xABCD,
-        111,
-        ext,
-        PAYLOADS,
-        started,
-        0.02,
+    source = fastloop.new_source(
+        fd=sender.fileno(),
+        out_addr=receiver.getsockname(),
+        tx_session=tx,
+        ssrc=0xABCD,
+        payload_type=111,
+        extensions=ext,
+        payloads=PAYLOADS,
+        start=started,
         seq0=65530,
         ts0=1000,
     )
-    sink = _fastloop.new_sink(
-        receiver.fileno(), rx, aiortc_private.srtp_context_address(rx), keep_payloads=True
-    )
+    sink = fastloop.new_sink(fd=receiver.fileno(), rx_session=rx, keep_payloads=True)
     loop.add_source(source)
     loop.add_route(sink)
     receiver.sendto(b"\x00\x01 not rtp", receiver.getsockname())  # handed back as is
