@@ -61,16 +61,10 @@ import aiohttp
 import numpy as np
 from aiohttp import web
 
+from bench.ga_upstream import UPSTREAM_PORT, GaUpstream
 from bench.prometheus import prometheus_samples
+from bench.relay_process import RELAY_PORT, RelayProcess, base_relay_env, relay_metrics
 from bench.run import RESULTS_DIR
-from bench.shipped import (
-    RELAY_PORT,
-    UPSTREAM_PORT,
-    GaUpstream,
-    RelayProcess,
-    base_relay_env,
-    relay_metrics,
-)
 from relay.admission.cache import UserCache
 from relay.admission.invalidation import CacheInvalidationListener
 from relay.admission.service import Admission

@@ -15,7 +15,7 @@ import os
 import time
 from typing import Any
 
-from bench.shipped import cpu_by_process, others_cpu_delta
+from bench.cpu_accounting import cpu_by_process, others_cpu_delta
 
 
 async def wait_for_quiet(

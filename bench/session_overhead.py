@@ -28,10 +28,13 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from bench import compiled_endpoints, shipped
+from bench import compiled_endpoints
+from bench.ga_upstream import UPSTREAM_PORT, GaUpstream
+from bench.relay_process import RelayProcess, add_user
+from bench.session_setup import open_session
 
 
-async def relay_cpu_over(relay: shipped.RelayProcess, window_s: float) -> float:
+async def relay_cpu_over(relay: RelayProcess, window_s: float) -> float:
     before = sum(relay.cpu_seconds())
     started = time.monotonic()
     await asyncio.sleep(window_s)
@@ -41,18 +44,18 @@ async def relay_cpu_over(relay: shipped.RelayProcess, window_s: float) -> float:
 async def measure(sessions: int, window_s: float, idle: bool) -> dict[str, Any]:
     affinity = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {1})
-    upstream = shipped.GaUpstream()
+    upstream = GaUpstream()
     runner = web.AppRunner(upstream.app(), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", shipped.UPSTREAM_PORT).start()
+    await web.TCPSite(runner, "127.0.0.1", UPSTREAM_PORT).start()
     data_dir = Path(tempfile.mkdtemp(prefix="relay-bench-"))
     row: dict[str, Any] = {"harness": "session_overhead", "sessions": sessions}
-    relay = shipped.RelayProcess(data_dir, "fast", 0)
+    relay = RelayProcess(data_dir, "fast", 0)
     compiled_endpoints.enable(True)
     media = compiled_endpoints.CompiledMedia()
     pairs = [compiled_endpoints.new_pair(i, False) for i in range(sessions)]
     try:
-        token = await asyncio.to_thread(shipped.add_user, data_dir)
+        token = await asyncio.to_thread(add_user, data_dir)
         async with aiohttp.ClientSession() as http:
             await relay.ready()
             if idle:
@@ -61,7 +64,7 @@ async def measure(sessions: int, window_s: float, idle: bool) -> dict[str, Any]:
             lock = asyncio.Lock()
             await asyncio.gather(
                 *(
-                    shipped.open_session(p, upstream, http, token, lock, {}, {}, media.take_over)
+                    open_session(p, upstream, http, token, lock, {}, {}, media.take_over)
                     for p in pairs
                 )
             )

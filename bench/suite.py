@@ -59,7 +59,9 @@ from bench import (
     compiled_cost,
     forwarding_cost,
     receive_batching,
+    relay_process,
     shipped,
+    shipped_report,
     srtp_libraries,
     workers,
 )
@@ -130,7 +132,7 @@ async def run_memory(quick: bool, sink: Sink) -> list[Row]:
     try:
         return rows + await shipped.run_shipped(memory_control_args(quick), sink)
     finally:
-        shipped.EXTRA_RELAY_ENV.clear()
+        relay_process.EXTRA_RELAY_ENV.clear()
 
 
 async def run_workers(quick: bool, sink: Sink) -> list[Row]:
@@ -287,7 +289,7 @@ def report(rows: list[Row]) -> str:
         loops = sorted({str(r["relay_event_loop"]) for r in media if r.get("relay_event_loop")})
         if loops:
             parts.append(f"The relay's event loop: {', '.join(loops)}.")
-        parts += ["### Media", shipped.table(media)]
+        parts += ["### Media", shipped_report.table(media)]
         parts += ["### Every relay point by size", capacity.table(media)]
         if any(r.get("mode") == "rec" for r in media):
             parts += ["### Recording on vs off", recording_table(media)]
@@ -339,7 +341,7 @@ def first_audio_report(rows: list[Row]) -> str:
     """The steps' table, then the relay's share: the fast path's "rest" (exchange request
     to first audio heard, minus the upstream's own answering and first-packet delay) minus
     the direct control's, per run, at p50 and p90."""
-    lines = [shipped.first_audio_table(rows), ""]
+    lines = [shipped_report.first_audio_table(rows), ""]
     for run in sorted({r.get("run") for r in rows}, key=str):
         by_mode = {r["mode"]: r for r in rows if r.get("run") == run}
         direct, fast = by_mode.get("direct"), by_mode.get("fast")

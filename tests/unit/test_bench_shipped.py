@@ -7,16 +7,10 @@ from typing import Any
 
 import pytest
 
-from bench.shipped import (
-    cpu_ratio,
-    first_audio_table,
-    first_audio_timeline,
-    media_totals,
-    parse_args,
-    summary,
-    table,
-    wakeups_in_window,
-)
+from bench.relay_process import media_totals, wakeups_in_window
+from bench.session_setup import first_audio_timeline
+from bench.shipped import parse_args
+from bench.shipped_report import cpu_ratio, first_audio_table, summary, table
 
 
 def _row(mode: str, n: int, **values: Any) -> dict[str, Any]:
@@ -100,30 +94,30 @@ def test_arguments_are_bounded() -> None:
 
 
 def test_relay_env_sets_the_mode_and_the_extra_settings(tmp_path: Any) -> None:
-    from bench import shipped
+    from bench import relay_process
 
     parse_args(["--relay-env", "RELAY__SERVER__GC_FREEZE=false"])
     try:
-        env = shipped.relay_env(tmp_path, "rec")
+        env = relay_process.relay_env(tmp_path, "rec")
         assert env["RELAY__MEDIA__FAST_PATH"] == "true"
         assert env["RELAY__RECORDING__ENABLED"] == "true"
         assert env["RELAY__SERVER__GC_FREEZE"] == "false"
         assert env["RELAY__MEDIA__COMPILED_FAST_PATH"] == "true"
-        env = shipped.relay_env(tmp_path, "aiortc")
+        env = relay_process.relay_env(tmp_path, "aiortc")
         assert env["RELAY__MEDIA__FAST_PATH"] == "false"
         assert env["RELAY__RECORDING__ENABLED"] == "false"
-        env = shipped.relay_env(tmp_path, "pyfast")
+        env = relay_process.relay_env(tmp_path, "pyfast")
         assert env["RELAY__MEDIA__FAST_PATH"] == "true"
         assert env["RELAY__MEDIA__COMPILED_FAST_PATH"] == "false"
     finally:
-        shipped.EXTRA_RELAY_ENV.clear()
+        relay_process.EXTRA_RELAY_ENV.clear()
 
 
 def test_descendants_finds_grandchildren() -> None:
     import subprocess
     import sys
 
-    from bench.shipped import descendants
+    from bench.cpu_accounting import descendants
 
     child = subprocess.Popen(
         [sys.executable, "-c", "import subprocess, sys; subprocess.run(['sleep', '30'])"]
@@ -142,7 +136,7 @@ def test_descendants_finds_grandchildren() -> None:
 
 
 def test_other_processes_cpu_ignores_exits_and_counts_newcomers() -> None:
-    from bench.shipped import others_cpu_delta
+    from bench.cpu_accounting import others_cpu_delta
 
     before = {1: 10.0, 2: 5.0, 3: 7.0}
     after = {1: 10.5, 2: 5.25, 4: 0.5}  # 3 exited, 4 started
