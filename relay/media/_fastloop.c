@@ -573,7 +573,13 @@ typedef struct {
     PyObject *punts; /* during a pump */
     /* Sinks: the kernel's receive time of each datagram (SO_TIMESTAMPNS on their sockets). */
     int timestamps;
-    char control[VLEN][CMSG_SPACE(sizeof(struct timespec))];
+    /* Each message's control buffer, aligned for the cmsghdr the kernel writes at its
+     * start (a bare char array after an int is not: reading it is undefined behaviour,
+     * which UBSan reports). */
+    union {
+        char buf[CMSG_SPACE(sizeof(struct timespec))];
+        struct cmsghdr align;
+    } control[VLEN];
     /* Sources sent by tick() (owned references). */
     PyObject **sources;
     Py_ssize_t n_sources, sources_cap;
@@ -1202,8 +1208,8 @@ static int read_socket(Loop *self, int fd) {
         h->msg_iov = &self->riov[i];
         h->msg_iovlen = 1;
         if (self->timestamps) {
-            h->msg_control = self->control[i];
-            h->msg_controllen = sizeof(self->control[i]);
+            h->msg_control = self->control[i].buf;
+            h->msg_controllen = sizeof(self->control[i].buf);
         }
     }
     self->recvmmsg_calls++;
