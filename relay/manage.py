@@ -30,7 +30,7 @@ from relay.config import Settings
 from relay.db import Store
 from relay.interviews.models import InterviewCreate
 from relay.interviews.rows import CandidateInactive
-from relay.interviews.service import InterviewService, view
+from relay.interviews.service import InterviewService, effective_status, view
 from relay.observability.metrics import MetricsRegistry
 
 # Who a command acts as (an interview's created_by, a key's created_by).
@@ -89,6 +89,15 @@ def add_database_options(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     return parser
 
 
+def public_url_option(parser: argparse.ArgumentParser) -> None:
+    """Where the printed candidate link points (``_base_url``)."""
+    parser.add_argument(
+        "--public-url",
+        help="the relay's address for candidates (default: server.public_url, else "
+        "http://server.host:server.port)",
+    )
+
+
 def add_parsers(sub: Any, with_config: Any) -> None:
     """``relay keys …`` and ``relay interviews …``."""
 
@@ -124,11 +133,7 @@ def add_parsers(sub: Any, with_config: Any) -> None:
     make.add_argument("--no-recording", action="store_true", help="record none of its sessions")
     make.add_argument("--metadata", help="a JSON object of your own (≤ 8 KB)")
     make.add_argument("--expires-at", help="ISO 8601 time the link stops working")
-    make.add_argument(
-        "--public-url",
-        help="the relay's address for candidates (default: server.public_url, else "
-        "http://server.host:server.port)",
-    )
+    public_url_option(make)
     ls = command(iv_sub, "list", "list interviews, newest first")
     ls.add_argument("--status")
     ls.add_argument("--email")
@@ -137,6 +142,14 @@ def add_parsers(sub: Any, with_config: Any) -> None:
     show.add_argument("--id", required=True)
     cancel = command(iv_sub, "cancel", "cancel an interview; its live sessions end")
     cancel.add_argument("--id", required=True)
+    link = command(
+        iv_sub,
+        "new-link",
+        "a new candidate link for an open interview (the old one stops working); prints it "
+        "on the last line",
+    )
+    link.add_argument("--id", required=True)
+    public_url_option(link)
 
 
 def add_user_parsers(users_sub: Any, with_config: Any) -> None:
@@ -253,6 +266,21 @@ def _invalid(exc: ValidationError) -> int:
     return 2
 
 
+async def _new_link(service: InterviewService, interview_id: str, base_url: str) -> int:
+    result = await service.new_link(interview_id, base_url=base_url)
+    if result is None:
+        return _fail(f"no interview {interview_id}")
+    record, url = result
+    if url is None:
+        return _fail(
+            f"interview {interview_id} is {effective_status(record)}: only an open one "
+            "gets a new link"
+        )
+    print(f"interview {record.id} for {record.email} has a new link; the old one no longer works:")
+    print(url)
+    return 0
+
+
 async def interviews_command(settings: Settings, args: argparse.Namespace) -> int:
     if args.interviews_command == "create":
         try:
@@ -293,6 +321,8 @@ async def interviews_command(settings: Settings, args: argparse.Namespace) -> in
                 return _fail(f"no interview {args.id}")
             print(found.model_dump_json(indent=2))
             return 0
+        if args.interviews_command == "new-link":
+            return await _new_link(service, args.id, _base_url(settings, args))
         result = await service.cancel(args.id)
         if result is None:
             return _fail(f"no interview {args.id}")

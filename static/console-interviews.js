@@ -1,6 +1,7 @@
 // The Interviews view: GET /api/interviews (candidate, status, created, started, time
 // used, recording), the form that creates one (POST /api/interviews) and shows its
-// candidate link, Copy link, and Cancel (POST /api/interviews/{id}/cancel) after asking.
+// candidate link, Copy link, New link (POST /api/interviews/{id}/invite: the old link stops
+// working) and Cancel (POST /api/interviews/{id}/cancel), both after asking.
 //
 // The candidate link is in the create answer only (the relay keeps the invite hashed), so
 // the console keeps the links it created in this tab's sessionStorage, next to the token
@@ -102,6 +103,9 @@ function interviewRow(iv) {
     actions.append(copy);
   }
   if (credential.canChange && OPEN.has(iv.status)) {
+    const renew = el("button", { type: "button", className: "quiet", text: "New link", "aria-label": `New link for ${email}` });
+    renew.addEventListener("click", () => newLink(iv, renew));
+    actions.append(renew);
     const cancel = el("button", { type: "button", className: "danger", text: "Cancel", "aria-label": `Cancel the interview with ${email}` });
     cancel.addEventListener("click", () => cancelInterview(iv, cancel));
     actions.append(cancel);
@@ -160,6 +164,33 @@ async function cancelInterview(iv, button) {
   }
 }
 
+// A lost or leaked link: a new one, shown once like a created interview's.
+async function newLink(iv, button) {
+  const email = (iv.candidate && iv.candidate.email) || iv.id;
+  const live = iv.status === "in_progress" ? " A session under way keeps running." : "";
+  const yes = await confirmAction({
+    title: "Make a new candidate link?",
+    message: `The link of the interview with ${email} stops working at once: only the new one opens it.${live}`,
+    confirm: "Make new link",
+    dismiss: "Keep it",
+  });
+  if (!yes) return;
+  button.disabled = true;
+  try {
+    const renewed = await api("POST", `/api/interviews/${encodeURIComponent(iv.id)}/invite`, { idempotencyKey: newIdempotencyKey() });
+    showError("");
+    keepLink(renewed.id, renewed.candidate_url);
+    showCreated(renewed, renewed.candidate_url, "New candidate link");
+    $("created").focus();
+    setStatus(`New link made for ${email}; the old one no longer works.`);
+    list.refresh();
+  } catch (err) {
+    onError(err, `Could not make a new link for ${email}`);
+  } finally {
+    button.disabled = false;
+  }
+}
+
 // ------------------------------------------------------------------ create
 function fieldError(inputId, message) {
   const input = $(inputId);
@@ -206,8 +237,9 @@ function checkForm() {
   return !first;
 }
 
-function showCreated(iv, url) {
+function showCreated(iv, url, title = "Interview created") {
   if (iv) {
+    $("created-title").textContent = title;
     const c = iv.candidate || {};
     $("created-for").textContent = `For ${c.name ? `${c.name} <${c.email}>` : c.email}, until ${fmtDateTime(iv.expires_at)}.`;
   }

@@ -43,6 +43,7 @@ from relay.media import fastloop
 from tests.support import leftovers
 from tests.support.blocking import blocking_call_guard
 from tests.support.coturn import CoturnServer
+from tests.support.parallel import worker_slice
 from tests.support.postgres import PostgresServer, initdb
 from tests.support.redis_server import RedisServer
 from tests.support.seaweedfs import SeaweedServer
@@ -86,6 +87,23 @@ def media_path(request: pytest.FixtureRequest) -> Iterator[str]:
         yield path
     finally:
         fastloop.configure(before)
+
+
+# Screenshots and recordings the browser tests save (tests/e2e: ``artifact_path``).
+ARTIFACTS_DIR = Path(__file__).resolve().parent / "artifacts"
+# The end-of-run summary lists what this run wrote there. It lives here, not in
+# tests/e2e/conftest.py: with parallel workers (pytest-xdist) the controller prints the
+# summary, and it loads only this conftest; the files themselves are written by the workers.
+_RUN_STARTED = time.time()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    found = ARTIFACTS_DIR.glob("*") if ARTIFACTS_DIR.is_dir() else iter(())
+    saved = sorted(p for p in found if p.stat().st_mtime >= _RUN_STARTED)
+    if saved:
+        terminalreporter.section("browser test artifacts")
+        for path in saved:
+            terminalreporter.write_line(f"saved: {path}")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -214,8 +232,9 @@ def redis_server(services_root: Path) -> Iterator[RedisServer]:
 
 # ---------------------------------------------------------------------- coturn
 TURN_SECRET = "turn-test-secret-0123456789"
-# coturn's relayed ports: above Linux's default ephemeral range (32768-60999).
-TURN_RELAY_PORTS = (61000, 61199)
+# coturn's relayed ports: above Linux's default ephemeral range (32768-60999), 200 of them
+# per parallel test worker.
+TURN_RELAY_PORTS = worker_slice(61000, 65535, 200)
 
 
 @pytest.fixture

@@ -14,7 +14,9 @@
 # with esbuild (`npm ci` into tests/e2e/openai_sdk/node_modules; npm itself from apt-get
 # when missing).
 # As root, pytest runs in a private network namespace that has only loopback (unshare -n),
-# installing util-linux/iproute2 with apt-get if unshare/ip are missing.
+# installing util-linux/iproute2 with apt-get if unshare/ip are missing. It runs on two
+# parallel workers (pytest-xdist, whole test files per worker); RELAY_TEST_WORKERS=1 runs
+# it in one process, RELAY_TEST_WORKERS=N on N.
 #
 # The container tests (tests/container: the Dockerfile's image and compose.yaml built and
 # run for real) need root: they run as a second pytest, outside that namespace, because
@@ -307,6 +309,14 @@ step "lint-imports (the layering: pyproject.toml's [tool.importlinter])"
 "$VENV/bin/lint-imports" --no-cache --no-logo || failed_checks+=("lint-imports")
 
 pytest_cmd=("$VENV/bin/python" -m pytest -q --durations=10 --ignore="$CONTAINER_TESTS")
+# Parallel workers (pytest-xdist): the suite mostly waits on peers, servers and browsers,
+# so two workers on two cores take little more than half the time. Each test file runs
+# whole on one worker; each worker has its own PostgreSQL and temporary directories.
+# RELAY_TEST_WORKERS=1 runs everything in one process.
+workers=${RELAY_TEST_WORKERS:-2}
+if [ "$workers" -gt 1 ]; then
+    pytest_cmd+=(-n "$workers" --dist loadfile)
+fi
 pytest_cmd+=(${main_args[@]+"${main_args[@]}"})
 status=0
 if [ "$run_main" = 1 ]; then

@@ -119,7 +119,7 @@ class Interview(BaseModel):
     candidate_url: str | None = Field(
         default=None,
         description="The candidate's link (<public URL>/#invite=ri_…): only in the answer "
-        "that created the interview (the invite is stored hashed).",
+        "that created the interview or gave it a new link (the invite is stored hashed).",
     )
     sessions: list[InterviewSession] | None = Field(
         default=None, description="Its sessions, newest first (GET of one interview)."

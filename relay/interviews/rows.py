@@ -1,5 +1,6 @@
-"""The ``interviews`` table's statements (migration 007): create, read, list, cancel, and
-housekeeping's expiry. Status changes driven by sessions are relay.interviews.transitions.
+"""The ``interviews`` table's statements (migration 007): create, read, list, cancel, a
+new invite, and housekeeping's expiry. Status changes driven by sessions are
+relay.interviews.transitions.
 
 Every statement runs through ``Store.run`` (timeouts, retries); ids are chosen before the
 first attempt, so a retry whose first attempt committed finds its own row.
@@ -255,6 +256,37 @@ class InterviewRows:
                 return row, changed
 
         result = await self._store.run("interview_cancel", op)
+        if result is None:
+            return None
+        return _record(result[0]), result[1]
+
+    async def replace_invite(
+        self, interview_id: str, invite_hash: str
+    ) -> tuple[InterviewRecord, bool] | None:
+        """Give an open interview (scheduled or in progress, before ``expires_at``) a new
+        invite: one conditional UPDATE, so the old invite opens nothing from its commit on
+        (invites are read from PostgreSQL on every use). Returns the interview and whether
+        this call replaced it (False: it is not open); None: no such interview. A retry
+        whose first attempt committed writes the same hash again."""
+
+        async def op(conn: asyncpg.Connection) -> tuple[asyncpg.Record, bool] | None:
+            row = await conn.fetchrow(
+                f"""UPDATE interviews i SET invite_token_hash = $2
+                    FROM users u
+                    WHERE i.id = $1 AND u.id = i.user_id
+                      AND i.status IN ('scheduled', 'in_progress') AND i.expires_at > now()
+                    RETURNING {_COLUMNS}""",
+                interview_id,
+                invite_hash,
+            )
+            if row is not None:
+                return row, True
+            found = await conn.fetchrow(
+                f"SELECT {_COLUMNS} FROM {_FROM} WHERE i.id = $1", interview_id
+            )
+            return (found, False) if found is not None else None
+
+        result = await self._store.run("interview_replace_invite", op)
         if result is None:
             return None
         return _record(result[0]), result[1]

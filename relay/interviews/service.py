@@ -1,5 +1,5 @@
 """Interviews as the API and the command line use them: create (with the candidate link),
-read, list, cancel, and housekeeping's expiry."""
+read, list, cancel, a new candidate link, and housekeeping's expiry."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from relay.interviews.models import (
     InterviewRecording,
     InterviewSession,
 )
-from relay.interviews.rows import Closed, InterviewRecord, InterviewRows, NewInterview, Notify
+from relay.interviews.rows import OPEN, Closed, InterviewRecord, InterviewRows, NewInterview, Notify
 
 log = logging.getLogger("relay.interviews")
 
@@ -33,6 +33,15 @@ def candidate_url(base_url: str, invite: str) -> str:
     """The candidate's link: the page, with the invite in the fragment (never sent to a
     server, removed from the address bar by the page once read)."""
     return f"{base_url.rstrip('/')}/#invite={invite}"
+
+
+def effective_status(record: InterviewRecord, now: datetime | None = None) -> str:
+    """Its status, with an open interview past ``expires_at`` counted as expired
+    (housekeeping writes that a moment later), as its invite sees it."""
+    assert record.expires_at is not None
+    if record.status in OPEN and (now or datetime.now(UTC)) >= record.expires_at:
+        return "expired"
+    return record.status
 
 
 def view(
@@ -161,6 +170,22 @@ class InterviewService:
         if result is not None and result[1]:
             log.info("interview %s cancelled", interview_id)
         return result
+
+    async def new_link(
+        self, interview_id: str, *, base_url: str
+    ) -> tuple[InterviewRecord, str | None] | None:
+        """A new candidate link for an open interview; the old one stops opening anything
+        at once (sessions already live keep running). Returns the interview and its new
+        link (None: the interview is not open, nothing changed); None: no such interview."""
+        invite = new_invite_token()
+        result = await self.rows.replace_invite(interview_id, hash_token(invite))
+        if result is None:
+            return None
+        record, replaced = result
+        if not replaced:
+            return record, None
+        log.info("interview %s has a new candidate link", interview_id)
+        return record, candidate_url(base_url, invite)
 
     async def close_due(self) -> list[Closed]:
         closed = await self.rows.close_due(rejoin_window_s=self.config.rejoin_window_s)

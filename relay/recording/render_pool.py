@@ -34,6 +34,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import forkserver, resource_tracker
 from typing import Any, TypeVar
 
@@ -65,17 +66,31 @@ class RenderPool:
             if self._closed:
                 raise RuntimeError("the relay is shutting down")
             if self._executor is None:
-                context = multiprocessing.get_context("forkserver")
-                context.set_forkserver_preload([RENDER_MODULE])
-                self._executor = ProcessPoolExecutor(
-                    max_workers=self._workers,
-                    mp_context=context,
-                    initializer=exit_with,
-                    initargs=(os.getpid(),),
-                )
+                self._executor = self._new_executor()
                 _open_pools += 1
             executor = self._executor
-        return executor.submit(fn, *args)
+            try:
+                return executor.submit(fn, *args)
+            except BrokenProcessPool:
+                # A worker died (killed, or crashed in a codec): the executor failed the
+                # jobs it held and refuses every later one, for good. Replace it so that
+                # only those jobs are lost, not every recording until a restart.
+                log.warning("a render worker died; starting new render workers")
+                self._executor = self._new_executor()
+                replacement = self._executor
+        # The broken executor's workers are gone already; this reaps what is left of it.
+        executor.shutdown(wait=True, cancel_futures=True)
+        return replacement.submit(fn, *args)
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([RENDER_MODULE])
+        return ProcessPoolExecutor(
+            max_workers=self._workers,
+            mp_context=context,
+            initializer=exit_with,
+            initargs=(os.getpid(),),
+        )
 
     def close(self) -> None:
         """Cancel what has not started, wait for what has, end the workers; the last pool

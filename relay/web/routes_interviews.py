@@ -4,6 +4,7 @@ POST /api/interviews                     admin   201 Interview with candidate_ur
 GET  /api/interviews?status=&email=&…    read    newest first, cursor pagination
 GET  /api/interviews/{interview_id}      read    with its sessions and recordings
 POST /api/interviews/{interview_id}/cancel admin its live sessions end (reason cancelled)
+POST /api/interviews/{interview_id}/invite admin a new candidate link; the old one stops
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from relay.errors import ApiError
 from relay.fields import Email, UtcDatetime
 from relay.interviews.models import INTERVIEW_ID_PATTERN, Interview, InterviewCreate, Status
 from relay.interviews.rows import CandidateInactive, InterviewRecord
-from relay.interviews.service import view
+from relay.interviews.service import effective_status, view
 from relay.services import SERVICES, Services
 from relay.web.api import Api, Call, Operation, PathParam, Reply, Response
 from relay.web.forwarded import forwarded_over_tls
@@ -140,6 +141,29 @@ async def cancel_interview(call: Call) -> Reply:
     return Reply(200, view(record))
 
 
+async def new_invite(call: Call) -> Reply:
+    interview_id = _interview_id(call)
+    try:
+        result = await call.services.interviews.new_link(
+            interview_id, base_url=public_base(call.request)
+        )
+    except DatabaseUnavailable as exc:
+        raise _unavailable(call.services, exc) from exc
+    if result is None:
+        raise ApiError(404, "interview_not_found", "No such interview.")
+    record, url = result
+    if url is None:
+        status = effective_status(record)
+        raise ApiError(
+            409,
+            "interview_not_open",
+            f"This interview is {status}; only a scheduled or in-progress one before its "
+            "expires_at gets a new link.",
+            details={"interview_status": status},
+        )
+    return Reply(200, view(record, url=url))
+
+
 _INTERVIEW_ID = PathParam("interview_id", "The interview's id.", INTERVIEW_ID_PATTERN)
 
 
@@ -200,6 +224,29 @@ def register(api: Api) -> None:
                 403: ("insufficient_scope",),
                 404: _NOT_FOUND,
                 409: ("interview_not_cancellable",),
+            },
+        ),
+        Operation(
+            "POST",
+            "/api/interviews/{interview_id}/invite",
+            "replaceInterviewInvite",
+            "A new candidate link for an open interview; the old link stops working at once",
+            auth="admin",
+            tag="interviews",
+            run=new_invite,
+            path_params=(_INTERVIEW_ID,),
+            idempotent=True,
+            description="For a candidate who lost the link, or a link that leaked. The "
+            "interview must be scheduled or in progress and before its expires_at. From this "
+            "answer on, the old invite opens nothing (401 invalid_token, as any unknown "
+            "token), resuming a dropped session included; a session already live keeps "
+            "running. candidate_url carries the new invite, shown in this answer only "
+            "(again with the same Idempotency-Key).",
+            responses=(Response(200, "The interview, with its new candidate_url.", Interview),),
+            errors={
+                403: ("insufficient_scope",),
+                404: _NOT_FOUND,
+                409: ("interview_not_open",),
             },
         ),
     )

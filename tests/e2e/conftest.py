@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
+from tests.conftest import ARTIFACTS_DIR
 from tests.integration.conftest import make_relay, simulator
 from tests.integration.media_helpers import SAMPLE_RATE, silence, speech_like
 
@@ -107,30 +108,18 @@ async def page(browser: Browser) -> AsyncIterator[Page]:
 
 
 # ---------------------------------------------------------------------- artifacts
-ARTIFACTS_DIR = Path(__file__).resolve().parent.parent / "artifacts"
-_saved: list[Path] = []
 
 
 @pytest.fixture
 def artifact_path() -> Callable[[str], Path]:
     """``artifact_path("name.png")``: a file under tests/artifacts/ (git-ignored), listed
-    at the end of the test run."""
+    at the end of the test run (tests/conftest.py)."""
 
     def make(name: str) -> Path:
         ARTIFACTS_DIR.mkdir(exist_ok=True)
-        path = ARTIFACTS_DIR / name
-        _saved.append(path)
-        return path
+        return ARTIFACTS_DIR / name
 
     return make
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    saved = [p for p in _saved if p.exists()]
-    if saved:
-        terminalreporter.section("browser test artifacts")
-        for path in saved:
-            terminalreporter.write_line(f"saved: {path}")
 
 
 def collect_page_errors(page: Page) -> list[str]:

@@ -35,7 +35,7 @@ from tests.integration.interview_helpers import (
 )
 from tests.integration.media_helpers import wait_until
 from tests.integration.recording_helpers import wait_recording
-from tests.integration.relay_harness import OPERATOR_TOKEN, RelayHarness
+from tests.integration.relay_harness import NOTICE_CONFIRMED, OPERATOR_TOKEN, RelayHarness
 
 # The lists refresh every 5 s; a change shows within two refreshes on a loaded machine.
 LISTED_WITHIN_MS = 15000
@@ -488,3 +488,55 @@ async def test_lists_page_with_the_apis_cursors_and_keep_what_is_shown(
     await expect(rows.first).to_contain_text("late@example.test", timeout=LISTED_WITHIN_MS)
     await expect(rows).to_have_count(PAGE + 6)
     assert errors == []
+
+
+async def test_new_link_asks_first_shows_the_new_link_once_and_the_old_one_stops(
+    make_relay: MakeRelay, page: Page
+) -> None:
+    relay = await make_relay()
+    admin = await create_key(relay, "admin", name="team")
+    interview = await create_interview(relay, candidate={"email": "ana@example.test"})
+    old = invite_of(interview)
+    errors = collect_page_errors(page)
+    failed = collect_failed_responses(page)
+
+    await page.goto(str(relay.client.make_url(f"/stats#token={admin}")))
+    await expect(page.locator("#role")).to_have_text("Signed in with an admin key")
+    row = page.locator("#interviews tbody tr").first
+    await expect(row).to_contain_text("ana@example.test", timeout=LISTED_WITHIN_MS)
+    renew = row.get_by_role("button", name="New link for ana@example.test")
+    # It asks, and says what happens to the old link; "Keep it" changes nothing.
+    await renew.click()
+    dialog = page.get_by_role("dialog", name="Make a new candidate link?")
+    await expect(dialog).to_contain_text("stops working at once")
+    await dialog.get_by_role("button", name="Keep it").click()
+    await expect(renew).to_be_focused()
+    status, body, _ = await call(
+        relay, "POST", "/api/realtime-session", bearer(old), json=NOTICE_CONFIRMED
+    )
+    assert status == 201, body
+
+    await renew.click()
+    await dialog.get_by_role("button", name="Make new link").click()
+    shown = page.locator("#created")
+    await expect(shown).to_be_focused()
+    await expect(page.locator("#created-title")).to_have_text("New candidate link")
+    await expect(page.locator("#created-for")).to_contain_text("ana@example.test")
+    url = await page.locator("#created-link").input_value()
+    assert url.startswith(str(relay.client.make_url("/")) + "#invite=ri_"), url
+    new = url.split("#invite=", 1)[1]
+    assert new != old
+    # Copy link on its row carries the new link (kept in this tab, as a created one).
+    copy = row.get_by_role("button", name="Copy link for ana@example.test")
+    await expect(copy).to_have_attribute("data-link", url, timeout=LISTED_WITHIN_MS)
+    status, body, _ = await call(
+        relay, "POST", "/api/realtime-session", bearer(old), json=NOTICE_CONFIRMED
+    )
+    assert status == 401 and body["error"]["code"] == "invalid_token", body
+    status, body, _ = await call(
+        relay, "POST", "/api/realtime-session", bearer(new), json=NOTICE_CONFIRMED
+    )
+    assert status == 201, body
+    await assert_accessible(page, "the interviews view with a new link")
+    assert errors == []
+    assert failed == []

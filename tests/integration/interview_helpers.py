@@ -85,6 +85,8 @@ class Joined:
     session_id: str
     browser: BrowserPeer
     session: dict[str, Any]
+    # The exchange's answer's: what the page resumes the session with.
+    resume_token: str | None = None
 
 
 @asynccontextmanager
@@ -110,7 +112,7 @@ async def join(relay: RelayHarness, invite: str, *, within: float = 15.0) -> Asy
             within,
             "bridge active",
         )
-        yield Joined(session_id, browser, body)
+        yield Joined(session_id, browser, body, answer.get("resume_token"))
     finally:
         await browser.close()
 

@@ -23,15 +23,18 @@ from relay.media.manager import BridgeManager
 from tests.integration.conftest import MakeRelay
 from tests.integration.media_helpers import BrowserPeer, encode_opus, speech_like, wait_until
 from tests.integration.relay_harness import RelayHarness
+from tests.support.parallel import worker_slice
 
 SPEECH = encode_opus(speech_like(0.4))
 RANGE_SIZE = 6
 _CANDIDATE_PORT = re.compile(r"^a=candidate:\S+ \d+ udp \d+ \S+ (\d+) typ", re.MULTILINE)
 
 
-def free_udp_block(size: int, start: int = 20000, stop: int = 30000) -> tuple[int, int]:
-    """``size`` consecutive UDP ports, below the ephemeral range, free on every address."""
-    for low in range(start, stop, size):
+def free_udp_block(size: int) -> tuple[int, int]:
+    """``size`` consecutive UDP ports, below the ephemeral range, free on every address,
+    from this test worker's own slice of 20000-31999 (two workers never race for one)."""
+    start, stop = worker_slice(20000, 31999, 2000)
+    for low in range(start, stop - size + 2, size):
         held: list[socket.socket] = []
         try:
             for port in range(low, low + size):

@@ -483,5 +483,10 @@ async def test_seeded_items_join_the_conversation_and_its_length_is_reported(
     assert done["transcript"] == SHORT_LINES[1]  # not the first question again
     record = await reported()
     assert (record["conversation_items"], record["items_created"]) == (5, 3)
+    # A deleted item leaves the conversation, and its count.
+    caller.send({"type": "conversation.item.delete", "item_id": done["item_id"]})
+    await caller.wait_event("conversation.item.deleted")
+    record = await reported()
+    assert record["conversation_items"] == 4
     for event in caller.events:
         validate_server_event(event, "ga")

@@ -11,8 +11,11 @@ def test_each_variant_carries_the_stream_and_batching_wakes_less() -> None:
     assert row["harness"] == "receive_batching" and row["batch_ms"] > 0
     for variant in VARIANTS:
         (count,) = row[variant]["datagrams"]
-        # 1,000/s for 1 s, paced by a clock and timed from the sender's start.
-        assert 800 <= count <= 1200, (variant, count)
+        (elapsed,) = row[variant]["window_measured_s"]
+        # 1,000/s, paced by a clock, over the window as it really elapsed (a loaded machine
+        # wakes the receiver's loop late, so the window can be longer than asked).
+        assert elapsed >= 1.0
+        assert 800 <= count / elapsed <= 1200, (variant, count, elapsed)
         (us,) = row[variant]["us_per_datagram"]
         assert us > 0
     # 1 ms apart on average: watching wakes about once per datagram, batching (2 ms

@@ -301,6 +301,9 @@ async def test_idle_media_ends_the_session(rig: Rig) -> None:
     state, reason, duration = rig.hooks.finished[0]
     assert (state, reason) == ("ended", "idle_media")
     assert duration >= 0.6
+    # The candidate is told why, before its leg closes.
+    ending = await browser.wait_type("relay.session.ending", 2)
+    assert ending["reason"] == "idle" and ending["message"]
 
 
 async def test_max_duration_ends_the_session(rig: Rig) -> None:

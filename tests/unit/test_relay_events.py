@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -138,3 +140,13 @@ def test_a_seeded_conversation_continues_its_positions_and_seeds_text_items() ->
     assert kinds == ["input_text", "output_text", "input_text"]
     beta = seed_events(items, "beta", note=None)
     assert [e["item"]["content"][0]["type"] for e in beta] == ["input_text", "text"]
+
+
+def test_the_page_has_its_own_message_for_every_reason_the_relay_announces() -> None:
+    # Otherwise the page falls back to the relay's generic wording for that end.
+    source = (Path(__file__).resolve().parents[2] / "static" / "page-messages.js").read_text()
+    start = source.index("export const END_MESSAGES = {")
+    block = source[start : source.index("};", start)]
+    on_the_page = set(re.findall(r"^\s+(\w+):", block, re.MULTILINE))
+    assert set(relay_events.PAGE_REASONS.values()) <= on_the_page
+    assert set(relay_events.MESSAGES) <= on_the_page

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import forkserver, resource_tracker
 
 from relay.recording.render_pool import RenderPool
@@ -70,3 +71,22 @@ def test_a_worker_exits_when_the_process_it_watches_exits() -> None:
         for proc in (watched, watcher):
             proc.kill()
             proc.wait()
+
+
+def test_a_worker_killed_mid_render_breaks_that_job_only() -> None:
+    # ProcessPoolExecutor marks itself broken for good when a worker dies (the OOM killer,
+    # a crash in a codec): every later recording would fail until the relay restarted.
+    pool = RenderPool(1)
+    try:
+        worker = pool.submit(os.getpid).result(timeout=60)
+        dying = pool.submit(os.kill, worker, signal.SIGKILL)
+        try:
+            dying.result(timeout=60)
+        except BrokenProcessPool:
+            pass
+        else:
+            raise AssertionError("the killed worker's job reported success")
+        replacement = pool.submit(os.getpid).result(timeout=60)
+        assert replacement != worker
+    finally:
+        pool.close()

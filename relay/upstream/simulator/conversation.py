@@ -701,6 +701,8 @@ class Conversation:
             return self._missing("item_id", event_id)
         if self._items.pop(item_id, None) is None:
             return self._item_not_found("item_delete_invalid_item_id", item_id, event_id)
+        if item_id in self.item_ids:  # a deleted item no longer counts as conversation
+            self.item_ids.remove(item_id)
         if self._last_item_id == item_id:
             self._last_item_id = next(reversed(self._items), None)
         return Step([self._event("conversation.item.deleted", item_id=item_id)])
