@@ -322,7 +322,7 @@ def import_users(count: int, data_dir: Path, env: dict[str, str]) -> list[str]:
     lines = ["email,seconds"] + [f"bench{i}@localhost,100000000" for i in range(count)]
     source.write_text("\n".join(lines) + "\n")
     subprocess.run(
-        [sys.executable, "-m", "relay", "users", "import"]
+        [sys.executable, "-m", "relay", "users", "import", "--create"]
         + ["--file", str(source), "--tokens-out", str(tokens_file)],
         env=env,
         capture_output=True,

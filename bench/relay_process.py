@@ -80,8 +80,9 @@ def relay_env(data_dir: Path, mode: str) -> dict[str, str]:
 def add_user(data_dir: Path) -> str:
     """A candidate with plenty of interview seconds; returns its token."""
     out = subprocess.run(
+        # --create: the benchmark's data folder is new, its database made here on purpose.
         [sys.executable, "-m", "relay", "users", "add", "--email", "bench@localhost"]
-        + ["--seconds", "100000000"],
+        + ["--seconds", "100000000", "--create"],
         env=relay_env(data_dir, "fast"),
         capture_output=True,
         text=True,
