@@ -113,7 +113,13 @@ async def test_a_disabled_endpoint_queues_nothing_new_and_gets_its_backlog_when_
         up = True
         status, _ = await call(relay, "PATCH", f"/api/webhooks/{endpoint['id']}", {"enabled": True})
         await rec.wait_for(lambda got: any(r.status == 200 for r in got), 60)
-        log = await deliveries(relay, endpoint["id"])
+
+        async def recorded() -> Any:
+            # The receiver has it; the relay records the outcome once the answer is back.
+            log = await deliveries(relay, endpoint["id"])
+            return log if log and log[0]["last_status_code"] == 200 else None
+
+        log = await poll(recorded, 10, "the backlog's delivery recorded")
 
     assert [d["event_id"] for d in log] == [backlog]
     assert log[0]["status"] == "delivered"
