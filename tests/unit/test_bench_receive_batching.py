@@ -13,8 +13,9 @@ def test_each_variant_carries_the_stream_and_batching_wakes_less() -> None:
         (count,) = row[variant]["datagrams"]
         (elapsed,) = row[variant]["window_measured_s"]
         # 1,000/s, paced by a clock, over the window as it really elapsed (a loaded machine
-        # wakes the receiver's loop late, so the window can be longer than asked).
-        assert elapsed >= 1.0
+        # wakes the receiver's loop late, so the window can be longer than asked; uvloop's
+        # millisecond timers may also end it a little early).
+        assert elapsed >= 0.99
         assert 800 <= count / elapsed <= 1200, (variant, count, elapsed)
         (us,) = row[variant]["us_per_datagram"]
         assert us > 0
