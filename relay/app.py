@@ -141,7 +141,9 @@ def create_app(
         dialect=settings.upstream.dialect,
     )
     app = web.Application(
-        middlewares=[make_middleware(metrics)],
+        middlewares=[
+            make_middleware(metrics, database_retry_after_s=settings.database.retry_after_s)
+        ],
         # Our own readers enforce server.max_body_bytes with a JSON 413; this is a backstop.
         client_max_size=settings.server.max_body_bytes,
         handler_args=low_level.handler_args(metrics, settings.server),

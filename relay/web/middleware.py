@@ -23,6 +23,9 @@ import secrets
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from relay.admission.service import database_error
+from relay.config import DatabaseConfig
+from relay.db import DatabaseUnavailable
 from relay.errors import ApiError
 from relay.observability import error_tracking, request_context
 from relay.observability.metrics import FAST_BUCKETS, MetricsRegistry, bounded
@@ -64,7 +67,12 @@ def _route_name(request: web.Request) -> str:
     return resource.canonical
 
 
-def make_middleware(metrics: MetricsRegistry) -> Middleware:
+def make_middleware(
+    metrics: MetricsRegistry, *, database_retry_after_s: int = DatabaseConfig().retry_after_s
+) -> Middleware:
+    """Request ids, timing, metrics, and every error as JSON. A database that stayed
+    unavailable through the store's retries is the same answer on every route (503 with
+    Retry-After: ``database.retry_after_s``), so handlers let ``DatabaseUnavailable`` rise."""
     requests_total = metrics.counter(
         "relay_http_requests_total",
         "HTTP requests by route, method and status",
@@ -98,6 +106,10 @@ def make_middleware(metrics: MetricsRegistry) -> Middleware:
                 error_code = exc.code
                 response = _error_response(exc, request_id, request.path)
                 close_connection = exc.close_connection
+            except DatabaseUnavailable as exc:
+                api = database_error(exc, database_retry_after_s)
+                error_code = api.code
+                response = _error_response(api, request_id, request.path)
             except web.HTTPException as exc:
                 if exc.status < 400:
                     raise

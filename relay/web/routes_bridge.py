@@ -13,8 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from relay.admission.service import Caller, database_error
-from relay.db import DatabaseUnavailable
+from relay.admission.service import Caller
 from relay.errors import ApiError
 from relay.media.bridge import Bridge
 from relay.media.sdp import InvalidOffer, invalid_offer_error, validate_offer
@@ -124,7 +123,7 @@ async def get_session(request: web.Request) -> web.Response:
             body["active_seconds"] = media["active_s"]
             body["media"] = media
     else:
-        record = await _session_row(services, session_id)
+        record = await services.session_rows.get_session(session_id)
         if record is None or not caller.owns(record.user_id, record.interview_id):
             raise ApiError(404, "session_not_found", "No such session for this user.")
         body = record.to_json()
@@ -158,7 +157,7 @@ async def end_session(services: Services, session_id: str, caller: Caller | None
             # It may have been exchanged on another member a moment ago.
             await _end_elsewhere(services, session_id, reason)
         return True
-    record = await _session_row(services, session_id)
+    record = await services.session_rows.get_session(session_id)
     if record is None or not (caller is None or caller.owns(record.user_id, record.interview_id)):
         return False
     if record.state in ("pending", "connecting", "active"):
@@ -170,12 +169,9 @@ async def end_session(services: Services, session_id: str, caller: Caller | None
 
 
 async def _end_elsewhere(services: Services, session_id: str, reason: str) -> None:
-    try:
-        await services.cluster.publish(
-            {"op": "end_session", "session_id": session_id, "reason": reason}
-        )
-    except DatabaseUnavailable as exc:
-        raise database_error(exc, services.settings.database.retry_after_s) from exc
+    await services.cluster.publish(
+        {"op": "end_session", "session_id": session_id, "reason": reason}
+    )
 
 
 def _path_session_id(request: web.Request) -> str:
@@ -188,13 +184,6 @@ def _path_session_id(request: web.Request) -> str:
     if not is_session_id(session_id):
         raise ApiError(404, "session_not_found", "No such session for this user.")
     return session_id
-
-
-async def _session_row(services: Services, session_id: str) -> Any:
-    try:
-        return await services.session_rows.get_session(session_id)
-    except DatabaseUnavailable as exc:
-        raise database_error(exc, services.settings.database.retry_after_s) from exc
 
 
 _SESSION_ID = PathParam("session_id", "The session's id.", r"^is_[0-9a-f]{32}$")

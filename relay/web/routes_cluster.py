@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from relay.admission.service import database_error
 from relay.cluster.runtime import ALL_MEMBERS
-from relay.db import DatabaseUnavailable
 from relay.errors import ApiError
 from relay.observability.request_context import current_request_id
 from relay.services import SERVICES
@@ -32,10 +30,7 @@ OPERATOR_ERRORS: dict[int, tuple[str, ...]] = {
 async def cluster_stats(request: web.Request) -> web.Response:
     await require_operator(request)
     services = request.app[SERVICES]
-    try:
-        instances = await services.cluster.cluster_view()
-    except DatabaseUnavailable as exc:
-        raise database_error(exc, services.settings.database.retry_after_s) from exc
+    instances = await services.cluster.cluster_view()
     sessions = [s for member in instances for s in member.pop("sessions")]
     return web.json_response(
         {
@@ -58,10 +53,7 @@ async def drain(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_request", 'member must be a member id or "*".')
 
     async def publish() -> tuple[int, dict[str, object], dict[str, str]]:
-        try:
-            await services.cluster.publish({"op": "drain", "member": member})
-        except DatabaseUnavailable as exc:
-            raise database_error(exc, services.settings.database.retry_after_s) from exc
+        await services.cluster.publish({"op": "drain", "member": member})
         body = {"member": member, "all": member == ALL_MEMBERS, "request_id": current_request_id()}
         return 202, body, {}
 

@@ -16,14 +16,12 @@ from typing import Annotated
 from aiohttp import web
 from pydantic import Field
 
-from relay.admission.service import database_error
-from relay.db import DatabaseUnavailable
 from relay.errors import ApiError
 from relay.fields import Email, UtcDatetime
 from relay.interviews.models import INTERVIEW_ID_PATTERN, Interview, InterviewCreate, Status
 from relay.interviews.rows import CandidateInactive, InterviewRecord
 from relay.interviews.service import effective_status, view
-from relay.services import SERVICES, Services
+from relay.services import SERVICES
 from relay.web.api import Api, Call, Operation, PathParam, Reply, Response
 from relay.web.forwarded import forwarded_over_tls
 from relay.web.pagination import Page, PageQuery, decode_cursor, page_of
@@ -65,16 +63,11 @@ def _interview_id(call: Call) -> str:
     return value
 
 
-def _unavailable(services: Services, exc: DatabaseUnavailable) -> ApiError:
-    return database_error(exc, services.settings.database.retry_after_s)
-
-
 async def create_interview(call: Call) -> Reply:
     spec = call.body(InterviewCreate)
     principal = call.require_principal()
-    services = call.services
     try:
-        record, url = await services.interviews.create(
+        record, url = await call.services.interviews.create(
             spec, created_by=principal.id, base_url=public_base(call.request)
         )
     except CandidateInactive:
@@ -83,25 +76,20 @@ async def create_interview(call: Call) -> Reply:
             "user_inactive",
             "The candidate's user is deactivated; reactivate it (PATCH /api/users/{id}) first.",
         ) from None
-    except DatabaseUnavailable as exc:
-        raise _unavailable(services, exc) from exc
     return Reply(201, view(record, url=url, sessions=[], recordings=[]))
 
 
 async def list_interviews(call: Call) -> Reply:
     query = call.query(InterviewQuery)
-    try:
-        rows = await call.services.interviews.rows.page(
-            limit=query.limit + 1,
-            after=decode_cursor(query.cursor),
-            status=query.status,
-            email=query.email,
-            user_id=query.user_id,
-            since=query.since,
-            until=query.until,
-        )
-    except DatabaseUnavailable as exc:
-        raise _unavailable(call.services, exc) from exc
+    rows = await call.services.interviews.rows.page(
+        limit=query.limit + 1,
+        after=decode_cursor(query.cursor),
+        status=query.status,
+        email=query.email,
+        user_id=query.user_id,
+        since=query.since,
+        until=query.until,
+    )
     items, cursor = page_of(rows, query.limit, _position)
     return Reply(200, InterviewList(items=[view(r) for r in items], next_cursor=cursor))
 
@@ -113,10 +101,7 @@ def _position(record: InterviewRecord) -> tuple[datetime, str]:
 
 async def get_interview(call: Call) -> Reply:
     interview_id = _interview_id(call)
-    try:
-        found = await call.services.interviews.detail(interview_id)
-    except DatabaseUnavailable as exc:
-        raise _unavailable(call.services, exc) from exc
+    found = await call.services.interviews.detail(interview_id)
     if found is None:
         raise ApiError(404, "interview_not_found", "No such interview.")
     return Reply(200, found)
@@ -124,10 +109,7 @@ async def get_interview(call: Call) -> Reply:
 
 async def cancel_interview(call: Call) -> Reply:
     interview_id = _interview_id(call)
-    try:
-        result = await call.services.interviews.cancel(interview_id)
-    except DatabaseUnavailable as exc:
-        raise _unavailable(call.services, exc) from exc
+    result = await call.services.interviews.cancel(interview_id)
     if result is None:
         raise ApiError(404, "interview_not_found", "No such interview.")
     record, _ = result
@@ -143,12 +125,9 @@ async def cancel_interview(call: Call) -> Reply:
 
 async def new_invite(call: Call) -> Reply:
     interview_id = _interview_id(call)
-    try:
-        result = await call.services.interviews.new_link(
-            interview_id, base_url=public_base(call.request)
-        )
-    except DatabaseUnavailable as exc:
-        raise _unavailable(call.services, exc) from exc
+    result = await call.services.interviews.new_link(
+        interview_id, base_url=public_base(call.request)
+    )
     if result is None:
         raise ApiError(404, "interview_not_found", "No such interview.")
     record, url = result

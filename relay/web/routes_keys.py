@@ -16,9 +16,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from relay.admission.api_keys import ApiKeyRecord, Scope, new_key_id
-from relay.admission.service import database_error
 from relay.admission.tokens import hash_token, new_api_key
-from relay.db import DatabaseUnavailable
 from relay.errors import ApiError
 from relay.fields import Text
 from relay.web.api import Api, Call, Operation, PathParam, Reply, Response
@@ -80,30 +78,24 @@ def key_view(record: ApiKeyRecord) -> ApiKey:
 async def create_key(call: Call) -> Reply:
     spec = call.body(KeyCreate)
     key = new_api_key()
-    try:
-        record = await call.services.api_keys.create(
-            key_id=new_key_id(),
-            name=spec.name,
-            scope=spec.scope,
-            key_hash=hash_token(key),
-            created_by=call.require_principal().id,
-        )
-    except DatabaseUnavailable as exc:
-        raise database_error(exc, call.services.settings.database.retry_after_s) from exc
+    record = await call.services.api_keys.create(
+        key_id=new_key_id(),
+        name=spec.name,
+        scope=spec.scope,
+        key_hash=hash_token(key),
+        created_by=call.require_principal().id,
+    )
     shown = key_view(record).model_dump()
     return Reply(201, ApiKeyCreated(**shown, key=key))
 
 
 async def list_keys(call: Call) -> Reply:
     query = call.query(KeyQuery)
-    try:
-        rows = await call.services.api_keys.page(
-            limit=query.limit + 1,
-            after=decode_cursor(query.cursor),
-            include_revoked=query.include_revoked,
-        )
-    except DatabaseUnavailable as exc:
-        raise database_error(exc, call.services.settings.database.retry_after_s) from exc
+    rows = await call.services.api_keys.page(
+        limit=query.limit + 1,
+        after=decode_cursor(query.cursor),
+        include_revoked=query.include_revoked,
+    )
     items, cursor = page_of(rows, query.limit, lambda r: (r.created_at, r.id))
     return Reply(200, ApiKeyList(items=[key_view(r) for r in items], next_cursor=cursor))
 
@@ -124,10 +116,7 @@ async def revoke_key(call: Call) -> Reply:
     key_id = call.path("key_id")
     if not _ID.fullmatch(key_id):
         raise ApiError(404, "key_not_found", "No such API key.")
-    try:
-        record = await call.services.api_keys.revoke(key_id)
-    except DatabaseUnavailable as exc:
-        raise database_error(exc, call.services.settings.database.retry_after_s) from exc
+    record = await call.services.api_keys.revoke(key_id)
     if record is None:
         raise ApiError(404, "key_not_found", "No such API key.")
     return Reply(200, key_view(record))

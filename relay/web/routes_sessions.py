@@ -10,8 +10,6 @@ from typing import Annotated, Literal
 import asyncpg
 from pydantic import BaseModel, Field
 
-from relay.admission.service import database_error
-from relay.db import DatabaseUnavailable
 from relay.fields import Email, UtcDatetime
 from relay.web.api import Api, Call, Operation, Reply, Response
 from relay.web.pagination import Page, PageQuery, decode_cursor, page_of
@@ -72,19 +70,16 @@ def _item(row: asyncpg.Record) -> SessionItem:
 
 async def list_sessions(call: Call) -> Reply:
     query = call.query(SessionQuery)
-    try:
-        rows = await call.services.session_list.page(
-            limit=query.limit + 1,
-            after=decode_cursor(query.cursor),
-            user_id=query.user_id,
-            email=query.email,
-            interview_id=query.interview_id,
-            state=query.status,
-            since=query.since,
-            until=query.until,
-        )
-    except DatabaseUnavailable as exc:
-        raise database_error(exc, call.services.settings.database.retry_after_s) from exc
+    rows = await call.services.session_list.page(
+        limit=query.limit + 1,
+        after=decode_cursor(query.cursor),
+        user_id=query.user_id,
+        email=query.email,
+        interview_id=query.interview_id,
+        state=query.status,
+        since=query.since,
+        until=query.until,
+    )
     items, cursor = page_of(rows, query.limit, lambda r: (r["created_at"], r["id"]))
     return Reply(200, SessionList(items=[_item(r) for r in items], next_cursor=cursor))
 

@@ -17,14 +17,11 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from relay.admission.service import database_error
 from relay.admission.tokens import hash_token, new_token
 from relay.admission.users import UserChange, UserDetail
 from relay.cluster.bus import notify
-from relay.db import DatabaseUnavailable
 from relay.errors import ApiError
 from relay.fields import Email
-from relay.services import Services
 from relay.web.api import Api, Call, Operation, PathParam, Reply, Response
 from relay.web.pagination import Page, PageQuery, decode_cursor, encode_cursor
 
@@ -96,21 +93,14 @@ def _user_id(call: Call) -> int:
     return int(raw)
 
 
-def _unavailable(services: Services, exc: DatabaseUnavailable) -> ApiError:
-    return database_error(exc, services.settings.database.retry_after_s)
-
-
 async def list_users(call: Call) -> Reply:
     query = call.query(UserQuery)
     after = decode_cursor(query.cursor)
     if after is not None and not (after[1].isascii() and after[1].isdigit() and len(after[1]) < 19):
         raise ApiError(400, "invalid_cursor", "'cursor' is not a cursor this list returned.")
-    try:
-        rows = await call.services.user_admin.page(
-            limit=query.limit + 1, after=after, email=query.email, active=query.active
-        )
-    except DatabaseUnavailable as exc:
-        raise _unavailable(call.services, exc) from exc
+    rows = await call.services.user_admin.page(
+        limit=query.limit + 1, after=after, email=query.email, active=query.active
+    )
     items = rows[: query.limit]
     cursor = (
         encode_cursor(items[-1].created_at, str(items[-1].id)) if len(rows) > query.limit else None
@@ -119,10 +109,7 @@ async def list_users(call: Call) -> Reply:
 
 
 async def get_user(call: Call) -> Reply:
-    try:
-        user = await call.services.user_admin.get(_user_id(call))
-    except DatabaseUnavailable as exc:
-        raise _unavailable(call.services, exc) from exc
+    user = await call.services.user_admin.get(_user_id(call))
     if user is None:
         raise ApiError(404, "user_not_found", "No such user.")
     return Reply(200, user_view(user))
@@ -138,27 +125,21 @@ async def _apply(call: Call, change: UserChange | None) -> UserDetail:
 
 async def patch_user(call: Call) -> Reply:
     patch = call.body(UserPatch)
-    try:
-        change = await call.services.user_admin.update(
-            _user_id(call),
-            notify,
-            remaining_seconds=patch.remaining_seconds,
-            add_seconds=patch.add_seconds,
-            active=patch.active,
-        )
-    except DatabaseUnavailable as exc:
-        raise _unavailable(call.services, exc) from exc
+    change = await call.services.user_admin.update(
+        _user_id(call),
+        notify,
+        remaining_seconds=patch.remaining_seconds,
+        add_seconds=patch.add_seconds,
+        active=patch.active,
+    )
     return Reply(200, user_view(await _apply(call, change)))
 
 
 async def reissue_token(call: Call) -> Reply:
     token = new_token()
-    try:
-        change = await call.services.user_admin.update(
-            _user_id(call), notify, token_hash=hash_token(token)
-        )
-    except DatabaseUnavailable as exc:
-        raise _unavailable(call.services, exc) from exc
+    change = await call.services.user_admin.update(
+        _user_id(call), notify, token_hash=hash_token(token)
+    )
     user = await _apply(call, change)
     return Reply(201, UserToken(user=user_view(user), token=token))
 

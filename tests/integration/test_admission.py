@@ -288,6 +288,25 @@ async def test_postgres_stopped_gives_503_after_three_attempts_then_recovers(
         assert resp.status == 200
 
 
+@pytest.mark.parametrize(
+    "path",
+    ["/api/users", "/api/interviews", "/api/sessions", "/api/keys", "/api/stats?scope=cluster"],
+)
+async def test_postgres_stopped_gives_every_operator_route_the_same_503(
+    make_relay: MakeRelay, private_postgres: Any, path: str
+) -> None:
+    relay = await make_relay(dsn=private_postgres.dsn())
+    await private_postgres.astop()
+    async with relay.client.get(
+        path, headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+    ) as resp:
+        body, headers = await resp.json(), dict(resp.headers)
+        assert resp.status == 503, body
+    assert_error(body, headers, "database_unavailable")
+    assert body["error"]["retryable"] is True
+    assert int(headers["Retry-After"]) == relay.services.settings.database.retry_after_s
+
+
 async def test_slow_postgres_past_the_timeout_gives_503(make_relay: MakeRelay) -> None:
     relay = await make_relay(overrides={"database": {"query_timeout_s": 0.3}})
     token = await relay.add_user()
