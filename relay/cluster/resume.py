@@ -324,7 +324,9 @@ class ResumeService:
         charged = taken.used_seconds
         try:
             items = await rows.transcript(session_id)
-            entry.minted = await self._upstream.mint(request_id=request_id)
+            entry.minted = await self._upstream.mint(
+                request_id=request_id, overrides=taken.overrides
+            )
         except (UpstreamTimeout, UpstreamError) as exc:
             reason = "upstream_timeout" if isinstance(exc, UpstreamTimeout) else "upstream_error"
             await self._sessions.finish(entry, state="failed", reason=reason, duration_s=charged)

@@ -36,6 +36,7 @@ from relay.db import DatabaseUnavailable, Store
 from relay.media.conversation import TranscriptItem
 from relay.observability.metrics import MetricsRegistry
 from relay.tasks import TaskGroup
+from relay.upstream.base import SessionOverrides
 
 log = logging.getLogger("relay.sessions")
 
@@ -95,6 +96,7 @@ class TakenOver:
     # The interview it belongs to (its budget, its status), and whether it is recorded.
     interview_id: str | None = None
     recording: bool = True
+    overrides: SessionOverrides | None = None
 
 
 class ContinuityRows:
@@ -213,19 +215,14 @@ class ContinuityRows:
 
         async def op(conn: asyncpg.Connection) -> asyncpg.Record | None:
             async with conn.transaction():
-                row: asyncpg.Record | None = await conn.fetchrow(
+                await conn.execute(
                     """UPDATE interview_sessions s
                        SET relay_instance = $5, claim_token = $6, resume_token_hash = $4,
                            holder_lost_at = NULL, parts = s.parts + 1, state = 'connecting'
                        FROM users u
                        WHERE s.id = $1 AND s.user_id = $2 AND u.id = s.user_id
                          AND s.state IN ('connecting', 'active')
-                         AND s.resume_token_hash = $3 AND s.relay_instance = $7 AND u.active
-                       RETURNING u.token_hash, u.active, u.remaining_seconds, s.request_id,
-                                 s.expires_at, s.max_duration_s, s.used_seconds, s.parts,
-                                 s.interview_id,
-                                 (SELECT i.recording FROM interviews i
-                                  WHERE i.id = s.interview_id) AS recording""",
+                         AND s.resume_token_hash = $3 AND s.relay_instance = $7 AND u.active""",
                     session_id,
                     user_id,
                     old_hash,
@@ -234,21 +231,20 @@ class ContinuityRows:
                     claim_token,
                     holder,
                 )
-                if row is None:
-                    # A retry of this very take-over whose first attempt committed?
-                    row = await conn.fetchrow(
-                        """SELECT u.token_hash, u.active, u.remaining_seconds, s.request_id,
-                                  s.expires_at, s.max_duration_s, s.used_seconds, s.parts,
-                                  s.interview_id, i.recording
-                           FROM interview_sessions s JOIN users u ON u.id = s.user_id
-                                LEFT JOIN interviews i ON i.id = s.interview_id
-                           WHERE s.id = $1 AND s.user_id = $2 AND s.claim_token = $3
-                             AND s.relay_instance = $4""",
-                        session_id,
-                        user_id,
-                        claim_token,
-                        instance,
-                    )
+                # Ours if this attempt moved it, or a retried one whose first attempt did.
+                row: asyncpg.Record | None = await conn.fetchrow(
+                    """SELECT u.token_hash, u.active, u.remaining_seconds, s.request_id,
+                              s.expires_at, s.max_duration_s, s.used_seconds, s.parts,
+                              s.interview_id, i.recording, i.instructions, i.voice, i.language
+                       FROM interview_sessions s JOIN users u ON u.id = s.user_id
+                            LEFT JOIN interviews i ON i.id = s.interview_id
+                       WHERE s.id = $1 AND s.user_id = $2 AND s.claim_token = $3
+                         AND s.relay_instance = $4""",
+                    session_id,
+                    user_id,
+                    claim_token,
+                    instance,
+                )
                 return row
 
         row = await self._store.run("take_over_session", op)
@@ -266,6 +262,12 @@ class ContinuityRows:
             part=int(row["parts"]),
             interview_id=row["interview_id"],
             recording=row["recording"] is not False,
+            # The interview's own interviewer, minted again on this member as at the start.
+            overrides=SessionOverrides(
+                instructions=row["instructions"], voice=row["voice"], language=row["language"]
+            )
+            if row["interview_id"] is not None
+            else None,
         )
 
 

@@ -30,6 +30,9 @@ from tests.integration.test_cluster import Pair, member_id, pair  # noqa: F401  
 pytestmark = pytest.mark.slow
 
 
+INTERVIEWER = "You interview for the backend role."
+
+
 async def go_live(client: Client, token: str, session_id: str, pair: Pair) -> tuple[Page, str]:  # noqa: F811
     """Exchange on ``client``'s member with a page that speaks at once; (page, resume token)."""
     page = Page(payloads=SPEECH)
@@ -130,7 +133,7 @@ async def test_the_holder_killed_the_interview_continues_on_the_survivor(
                 headers=OPERATOR,
                 json={
                     "candidate": {"email": "taken-over@example.test"},
-                    "instructions": "You interview for the backend role.",
+                    "instructions": INTERVIEWER,
                     "max_duration_s": 600,
                     # Not recorded: the member taking it over must not record part 2.
                     "recording": False,
@@ -190,6 +193,10 @@ async def test_the_holder_killed_the_interview_continues_on_the_survivor(
             e["item"] for e in second.client_events if e.get("type") == "conversation.item.create"
         ]
         assert [i["role"] for i in created_items] == [r["role"] for r in kept_rows] + ["system"]
+        if interview is not None:
+            # The survivor mints the interview's own interviewer again, not the default one.
+            [survivor_created] = second.events_of("session.created")
+            assert survivor_created["session"]["instructions"].startswith(INTERVIEWER)
 
         rows = await sql(
             pair.dsn,
