@@ -234,7 +234,7 @@ def _principal_key(principal: Principal | None, caller: Caller | None) -> str:
     if principal is not None:
         return principal.key
     if caller is not None:
-        return "candidate:" + caller.token_hash[:40]
+        return idempotency.candidate_key(caller.token_hash)
     return "anyone"
 
 

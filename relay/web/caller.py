@@ -36,10 +36,9 @@ from relay.admission.client_secrets import (
     ClientSecretRows,
 )
 from relay.admission.rate_limit import FailedAuthLimiter
-from relay.admission.service import Caller, database_error
+from relay.admission.service import Caller
 from relay.admission.tokens import API_KEY_PREFIX, bearer_token, hash_token, plausible_token
 from relay.config import LimitsConfig
-from relay.db import DatabaseUnavailable
 from relay.errors import ApiError
 from relay.services import SERVICES
 from relay.web import forwarded
@@ -132,10 +131,7 @@ def _client_secret_of(token: str | None) -> str:
 
 async def _client_secret_grant(request: web.Request, token: str) -> ClientSecretGrant:
     services = request.app[SERVICES]
-    try:
-        grant = await ClientSecretRows(services.store).find(hash_token(token))
-    except DatabaseUnavailable as exc:
-        raise database_error(exc, services.settings.database.retry_after_s) from exc
+    grant = await ClientSecretRows(services.store).find(hash_token(token))
     if grant is None:
         raise ApiError(401, "invalid_token", "The client secret is not valid.")
     return grant
@@ -225,10 +221,7 @@ async def require_scope(request: web.Request, needed: Scope) -> Principal:
 async def _principal(request: web.Request, token: str) -> Principal:
     services = request.app[SERVICES]
     if token.startswith(API_KEY_PREFIX) and plausible_token(token):
-        try:
-            principal = await services.api_keys.authenticate(hash_token(token))
-        except DatabaseUnavailable as exc:
-            raise database_error(exc, services.settings.database.retry_after_s) from exc
+        principal = await services.api_keys.authenticate(hash_token(token))
         if principal is not None:
             return principal
     elif _operator_token_matches(request, token):

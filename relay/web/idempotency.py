@@ -34,7 +34,6 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from relay.admission.service import database_error
 from relay.cluster.sealing import Sealer
 from relay.db import DatabaseUnavailable, Store
 from relay.errors import ApiError
@@ -101,10 +100,7 @@ async def run(
     store = services.store
     sealer = services.sealer
     fingerprint = request_hash(request.method, request.path, body)
-    try:
-        stored = await _claim(store, sealer, principal, key, fingerprint, render)
-    except DatabaseUnavailable as exc:
-        raise database_error(exc, services.settings.database.retry_after_s) from exc
+    stored = await _claim(store, sealer, principal, key, fingerprint, render)
     if stored is not None:
         return stored
     try:
@@ -251,6 +247,11 @@ async def _release(store: Store, principal: str, key: str) -> None:
         await store.run("idempotency_release", op)
     except DatabaseUnavailable:
         log.warning("idempotency key: claim not released (database unavailable); it goes stale")
+
+
+def candidate_key(token_hash: str) -> str:
+    """The principal a candidate's idempotency keys belong to: its credential."""
+    return "candidate:" + token_hash[:40]
 
 
 async def purge(store: Store) -> int:

@@ -96,7 +96,7 @@ async def webrtc_exchange(request: web.Request) -> web.Response:
         # A retried exchange with the same Idempotency-Key gets the same answer (a
         # session id is usable once: without the key, the retry gets 409).
         response = await idempotency.run(
-            request, "candidate:" + caller.token_hash[:40], raw, exchange
+            request, idempotency.candidate_key(caller.token_hash), raw, exchange
         )
         banner.status = response.status
         return response

@@ -35,7 +35,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from relay.admission.client_secrets import ClientSecretRows, new_client_secret
-from relay.admission.service import Caller, database_error
+from relay.admission.service import Caller
 from relay.admission.tokens import hash_token
 from relay.db import DatabaseUnavailable
 from relay.errors import ApiError
@@ -130,8 +130,6 @@ async def _issue(
     except BaseException as exc:
         reason = exc.code if isinstance(exc, DatabaseUnavailable) else "internal_error"
         await services.sessions.finish(entry, state="failed", reason=reason, duration_s=0.0)
-        if isinstance(exc, DatabaseUnavailable):
-            raise database_error(exc, services.settings.database.retry_after_s) from exc
         raise
     return secret
 
@@ -166,7 +164,7 @@ async def create_client_secret(request: web.Request) -> web.Response:
 
             # A retried request with the same Idempotency-Key gets the same secret.
             response = await idempotency.run(
-                request, "candidate:" + caller.token_hash[:40], raw, create
+                request, idempotency.candidate_key(caller.token_hash), raw, create
             )
         banner.status = response.status
         return response
@@ -278,7 +276,7 @@ async def create_call(request: web.Request) -> web.Response:
         # A retried call with the same Idempotency-Key gets the same answer (the secret
         # opens one call: without the key, a retry gets 409).
         response = await idempotency.run(
-            request, "candidate:" + caller.token_hash[:40], raw, exchange, _sdp_answer
+            request, idempotency.candidate_key(caller.token_hash), raw, exchange, _sdp_answer
         )
         banner.status = response.status
         return response

@@ -108,7 +108,7 @@ async def resume_session(request: web.Request) -> web.StreamResponse:
         # A retried resume with the same Idempotency-Key gets the same answer (its token
         # was spent by the first: without the key, the retry gets 409).
         response = await idempotency.run(
-            request, "candidate:" + caller.token_hash[:40], raw, resume
+            request, idempotency.candidate_key(caller.token_hash), raw, resume
         )
         banner.status = response.status
         return response

@@ -104,7 +104,7 @@ async def create_realtime_session(request: web.Request) -> web.Response:
 
             # A retried request with the same Idempotency-Key gets the same session.
             response = await idempotency.run(
-                request, "candidate:" + caller.token_hash[:40], raw, create
+                request, idempotency.candidate_key(caller.token_hash), raw, create
             )
         banner.status = response.status
         return response
