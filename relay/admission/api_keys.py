@@ -20,7 +20,6 @@ import asyncpg
 from relay.db import Store
 
 Scope = Literal["admin", "read"]
-SCOPES: tuple[Scope, ...] = ("admin", "read")
 # last_used_at is written at most this often per key (a busy key costs no write per call).
 LAST_USED_RESOLUTION_S = 60
 
@@ -153,18 +152,6 @@ class ApiKeyRows:
 
         row = await self._store.run("api_key_get", op)
         return _record(row) if row is not None else None
-
-    async def find_by_name(self, name: str) -> list[ApiKeyRecord]:
-        async def op(conn: asyncpg.Connection) -> list[asyncpg.Record]:
-            return list(
-                await conn.fetch(
-                    f"""SELECT {_COLUMNS} FROM api_keys WHERE name = $1 AND revoked_at IS NULL
-                        ORDER BY created_at""",
-                    name,
-                )
-            )
-
-        return [_record(r) for r in await self._store.run("api_key_by_name", op)]
 
     async def revoke(self, key_id: str) -> ApiKeyRecord | None:
         """Revoke (a key revoked already keeps its first revocation time); None: no such key."""

@@ -40,7 +40,7 @@ from relay.config import Settings
 from relay.db import DatabaseUnavailable
 from relay.errors import ApiError
 from relay.media.bridge import Seed
-from relay.media.manager import BridgeManager, session_ended_error
+from relay.media.manager import BridgeManager, session_ended_error, token_invalid
 from relay.sessions.continuity import (
     ContinuityKeeper,
     ResumeTarget,
@@ -133,7 +133,7 @@ class ResumeService:
         """Serve one resume (see the module docstring). ``forwarded_by``, ``hops``: the
         member that forwarded it here, and how many times it has been forwarded."""
         entry = self._registry.get(session_id)
-        if entry is not None and entry.user_id == caller.user.id:
+        if entry is not None and caller.owns(entry.user_id, entry.interview_id):
             if entry.bridge is not None:
                 return await self._here(entry, resume_token, offer_sdp)
             raise not_resumable("This session was never connected; exchange it instead.")
@@ -354,11 +354,3 @@ def unavailable(message: str) -> ApiError:
 
 def not_resumable(message: str) -> ApiError:
     return ApiError(409, "session_not_resumable", message)
-
-
-def token_invalid() -> ApiError:
-    return ApiError(
-        409,
-        "resume_token_invalid",
-        "This resume token is not the session's current one (wrong, or already used).",
-    )

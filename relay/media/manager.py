@@ -316,11 +316,7 @@ class BridgeManager:
         if bridge is None or bridge.is_closing():
             raise session_ended_error(bridge.end_reason if bridge is not None else None)
         if not token_matches(resume_token, entry.resume_token_hash):
-            raise ApiError(
-                409,
-                "resume_token_invalid",
-                "This resume token is not the session's current one (wrong, or already used).",
-            )
+            raise token_invalid()
         try:
             answer = await bridge.resume(offer_sdp)
         except ResumeRefused as exc:
@@ -382,6 +378,14 @@ class BridgeManager:
         for result in results:
             if isinstance(result, BaseException):
                 log.error("closing a bridge failed: %s: %s", type(result).__name__, result)
+
+
+def token_invalid() -> ApiError:
+    return ApiError(
+        409,
+        "resume_token_invalid",
+        "This resume token is not the session's current one (wrong, or already used).",
+    )
 
 
 def session_ended_error(reason: str | None) -> ApiError:
