@@ -75,6 +75,7 @@ _COLUMNS = f"""i.id, i.user_id, u.email, i.candidate_name, i.instructions, i.voi
     i.max_duration_s, i.recording, i.metadata, i.expires_at, i.status, i.end_reason,
     i.created_at, i.started_at, i.ended_at, i.created_by, {USED_SECONDS_SQL} AS used_seconds"""
 _FROM = "interviews i JOIN users u ON u.id = i.user_id"
+_BY_ID = f"SELECT {_COLUMNS} FROM {_FROM} WHERE i.id = $1"
 
 
 def _record(row: asyncpg.Record) -> InterviewRecord:
@@ -119,9 +120,7 @@ class InterviewRows:
 
         async def op(conn: asyncpg.Connection) -> asyncpg.Record:
             async with conn.transaction():
-                existing = await conn.fetchrow(
-                    f"SELECT {_COLUMNS} FROM {_FROM} WHERE i.id = $1", new.interview_id
-                )
+                existing = await conn.fetchrow(_BY_ID, new.interview_id)
                 if existing is not None:  # an earlier attempt of this very call committed
                     return existing
                 await conn.execute(
@@ -155,9 +154,7 @@ class InterviewRows:
                     new.expires_at,
                     new.created_by,
                 )
-                row = await conn.fetchrow(
-                    f"SELECT {_COLUMNS} FROM {_FROM} WHERE i.id = $1", new.interview_id
-                )
+                row = await conn.fetchrow(_BY_ID, new.interview_id)
                 assert row is not None
                 return row
 
@@ -165,9 +162,7 @@ class InterviewRows:
 
     async def get(self, interview_id: str) -> InterviewRecord | None:
         async def op(conn: asyncpg.Connection) -> asyncpg.Record | None:
-            return await conn.fetchrow(
-                f"SELECT {_COLUMNS} FROM {_FROM} WHERE i.id = $1", interview_id
-            )
+            return await conn.fetchrow(_BY_ID, interview_id)
 
         row = await self._store.run("interview_get", op)
         return _record(row) if row is not None else None
@@ -249,9 +244,7 @@ class InterviewRows:
                             "reason": "cancelled",
                         }
                         await notify(conn, command)
-                row = await conn.fetchrow(
-                    f"SELECT {_COLUMNS} FROM {_FROM} WHERE i.id = $1", interview_id
-                )
+                row = await conn.fetchrow(_BY_ID, interview_id)
                 assert row is not None
                 return row, changed
 
@@ -281,9 +274,7 @@ class InterviewRows:
             )
             if row is not None:
                 return row, True
-            found = await conn.fetchrow(
-                f"SELECT {_COLUMNS} FROM {_FROM} WHERE i.id = $1", interview_id
-            )
+            found = await conn.fetchrow(_BY_ID, interview_id)
             return (found, False) if found is not None else None
 
         result = await self._store.run("interview_replace_invite", op)
