@@ -15,10 +15,10 @@ from relay.admission.tokens import hash_token, new_token
 from relay.db.migrate import migrate
 from relay.recording import packetlog, render
 from relay.recording.recorder import META
+from tests.integration.cluster_helpers import poll
 from tests.integration.conftest import MakeRelay
 from tests.integration.media_helpers import encode_opus
 from tests.integration.recording_helpers import RATE, tone
-from tests.integration.test_webhooks import poll
 
 INSTANCE = "test-instance"  # make_relay's
 SOURCES = {"candidate.rlog", "events.jsonl", "meta.json"}

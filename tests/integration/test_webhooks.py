@@ -9,8 +9,7 @@ import asyncio
 import json
 import re
 import socket
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -23,6 +22,7 @@ from relay.observability.metrics import MetricsRegistry
 from relay.sealing import decode_key
 from relay.webhooks.outbox import enqueue
 from relay.webhooks.service import Webhooks
+from tests.integration.cluster_helpers import poll
 from tests.integration.conftest import MakeRelay
 from tests.integration.media_helpers import wait_until
 from tests.integration.relay_harness import STATE_KEY, RelayHarness, relay_settings
@@ -49,19 +49,6 @@ async def emit(dsn: str, events: Sequence[tuple[str, str | None, dict[str, Any]]
     finally:
         await conn.close()
     return ids
-
-
-async def poll(check: Callable[[], Any], within: float, what: str) -> Any:
-    """Await ``check()`` (a coroutine function) every 50 ms until it returns something
-    truthy; that value."""
-    deadline = time.monotonic() + within
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def test_signed_retried_and_delivered_by_the_next_relay_after_a_restart(

@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
+from tests.integration.cluster_helpers import poll
 from tests.integration.conftest import MakeRelay
 from tests.integration.relay_harness import OPERATOR_TOKEN, STATE_KEY, RelayHarness
-from tests.integration.test_webhooks import LOOPBACK, emit, poll
+from tests.integration.test_webhooks import LOOPBACK, emit
 from tests.integration.webhook_receiver import OPERATOR, deliveries, receiver, register
 from tests.support.relay_cli import run_relay
 
