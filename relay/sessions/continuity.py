@@ -21,12 +21,13 @@ relay.cluster.resume; the bridge's side is relay.media.bridge (``browser_lost``)
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
 import re
 import secrets
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -39,6 +40,9 @@ from relay.tasks import TaskGroup
 from relay.upstream.base import SessionOverrides
 
 log = logging.getLogger("relay.sessions")
+
+# How long progress handed in waits for the progress of other sessions to share its write.
+PROGRESS_FLUSH_S = 2.0
 
 RESUME_TOKEN_PREFIX = "rs_"
 _RESUME_TOKEN = re.compile(r"rs_[A-Za-z0-9_-]{43}")
@@ -106,15 +110,21 @@ class ContinuityRows:
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    async def save_progress(self, session_id: str, used_s: float, claim_token: str | None) -> None:
+    async def save_progress(self, progress: Mapping[str, tuple[float, str | None]]) -> None:
+        """The seconds charged so far of each live session (id → seconds, its claim token),
+        in one statement: a row moves only while live and, with a token, still held."""
+        ids = list(progress)
+
         async def op(conn: asyncpg.Connection) -> None:
             await conn.execute(
-                """UPDATE interview_sessions SET used_seconds = $2
-                   WHERE id = $1 AND state IN ('connecting', 'active')
-                     AND ($3::text IS NULL OR claim_token = $3)""",
-                session_id,
-                used_s,
-                claim_token,
+                """UPDATE interview_sessions AS s SET used_seconds = p.used_s
+                   FROM unnest($1::text[], $2::float8[], $3::text[])
+                        AS p(id, used_s, claim_token)
+                   WHERE s.id = p.id AND s.state IN ('connecting', 'active')
+                     AND (p.claim_token IS NULL OR s.claim_token = p.claim_token)""",
+                ids,
+                [progress[i][0] for i in ids],
+                [progress[i][1] for i in ids],
             )
 
         await self._store.run("save_progress", op)
@@ -274,11 +284,22 @@ class ContinuityRows:
 class ContinuityKeeper:
     """Writes one process's sessions' progress and transcript items as they come, off the
     media's path (each write an owned task; a failure is logged and the interview goes
-    on: the holder keeps its own copy, only a take-over would miss it)."""
+    on: the holder keeps its own copy, only a take-over would miss it).
 
-    def __init__(self, store: Store, metrics: MetricsRegistry) -> None:
+    Progress is written for every session of the process together: each session hands in
+    its seconds every ``PROGRESS_INTERVAL_S`` (relay.media.bridge.supervision), and what
+    came in within ``PROGRESS_FLUSH_S`` goes out in one statement (at N interviews, one
+    statement instead of N per interval, on the database and on the relay's loop)."""
+
+    def __init__(
+        self, store: Store, metrics: MetricsRegistry, *, flush_s: float = PROGRESS_FLUSH_S
+    ) -> None:
         self.rows = ContinuityRows(store)
         self._tasks = TaskGroup("continuity", log=log, metrics=metrics)
+        self._flush_s = flush_s
+        # session id → (seconds charged, claim token): the newest of each, not yet written.
+        self._progress: dict[str, tuple[float, str | None]] = {}
+        self._flush_due = False
         self._failures = metrics.counter(
             "relay_continuity_writes_failed_total",
             "Progress and transcript writes that did not reach the database, by kind",
@@ -298,8 +319,34 @@ class ContinuityKeeper:
 
         self._tasks.spawn(run(), name=name)
 
+    def note_progress(self, session_id: str, used_s: float, claim_token: str | None) -> None:
+        self._progress[session_id] = (used_s, claim_token)
+        if not self._flush_due:
+            self._flush_due = True
+            self._tasks.spawn(self._flush_soon(), name="progress-flush")
+
+    async def _flush_soon(self) -> None:
+        # A coalescing delay, not a synchronisation: the progress of every session that
+        # reports meanwhile shares this write.
+        await asyncio.sleep(self._flush_s)
+        await self.flush_progress()
+
+    async def flush_progress(self) -> None:
+        """Write the progress handed in and not yet written (one statement)."""
+        self._flush_due = False
+        batch, self._progress = self._progress, {}
+        if not batch:
+            return
+        try:
+            await self.rows.save_progress(batch)
+        except DatabaseUnavailable as exc:
+            self._failures.inc(len(batch), kind="progress")
+            log.warning("progress of %d sessions not written (%s)", len(batch), exc.code)
+
     async def close(self) -> None:
-        """Let the writes on their way land (briefly), then stop."""
+        """Write the progress waiting for its flush, let the writes on their way land
+        (briefly), then stop."""
+        await self.flush_progress()
         await self._tasks.close(grace_s=5.0)
 
 
@@ -319,8 +366,4 @@ class SessionContinuity:
         )
 
     def on_progress(self, used_s: float) -> None:
-        self._keeper.write(
-            "progress",
-            f"progress-{self._session_id}",
-            self._keeper.rows.save_progress(self._session_id, used_s, self._claim_token),
-        )
+        self._keeper.note_progress(self._session_id, used_s, self._claim_token)

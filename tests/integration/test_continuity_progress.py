@@ -1,0 +1,133 @@
+"""The progress of every session of a process goes to PostgreSQL in one statement
+(relay.sessions.continuity.ContinuityKeeper), on a real database."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+import pytest
+
+from relay.admission.tokens import hash_token, new_token
+from relay.db import Store
+from relay.observability.metrics import MetricsRegistry
+from relay.sessions.continuity import ContinuityKeeper
+from tests.integration.cluster_helpers import poll
+from tests.integration.relay_harness import relay_settings
+
+
+@dataclass
+class Kept:
+    keeper: ContinuityKeeper
+    metrics: MetricsRegistry
+    dsn: str
+
+    def statements(self) -> float:
+        return self.metrics.counter("relay_db_queries_total", "", ["query"]).value(
+            query="save_progress"
+        )
+
+    async def used(self) -> dict[str, float | None]:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            rows = await conn.fetch("SELECT id, used_seconds FROM interview_sessions ORDER BY id")
+        finally:
+            await conn.close()
+        return {r["id"]: r["used_seconds"] for r in rows}
+
+
+async def _sessions(dsn: str, rows: list[tuple[str, str, str | None]]) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        user = await conn.fetchval(
+            "INSERT INTO users (email, token_hash, remaining_seconds)"
+            " VALUES ('p@example.test', $1, 0) RETURNING id",
+            hash_token(new_token()),
+        )
+        for session_id, state, claim in rows:
+            await conn.execute(
+                "INSERT INTO interview_sessions (id, user_id, request_id, state, model, dialect,"
+                " relay_instance, expires_at, claim_token) VALUES ($1, $2, 'req_p', $3, 'm',"
+                " 'ga', 'i1', now() + interval '1 hour', $4)",
+                session_id,
+                user,
+                state,
+                claim,
+            )
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def kept(database_url: str) -> AsyncIterator[Kept]:
+    metrics = MetricsRegistry(process_metrics=False)
+    store = Store(
+        database_url, relay_settings(database_url, "http://127.0.0.1:9/v1").database, metrics
+    )
+    await store.open()
+    await store.migrate()
+    keeper = ContinuityKeeper(store, metrics, flush_s=0.2)
+    try:
+        yield Kept(keeper, metrics, database_url)
+    finally:
+        await keeper.close()
+        await store.close()
+
+
+async def test_the_progress_of_many_sessions_is_one_statement(kept: Kept) -> None:
+    await _sessions(
+        kept.dsn,
+        [(f"s_{i}", "active", None) for i in range(5)]
+        + [("s_ended", "ended", None), ("s_held", "active", "claim-a")],
+    )
+    for i in range(5):
+        kept.keeper.session(f"s_{i}", None).on_progress(1.0 + i)
+    kept.keeper.session(f"s_{0}", None).on_progress(9.5)  # the newest of a session wins
+    kept.keeper.session("s_ended", None).on_progress(3.0)  # ended: not moved
+    kept.keeper.session("s_held", "claim-b").on_progress(4.0)  # another holder's: not moved
+
+    async def written() -> dict[str, float | None] | None:
+        used = await kept.used()
+        return used if used["s_4"] is not None else None
+
+    used = await poll(written, 10, "the progress written")
+    assert used == {
+        "s_0": 9.5,
+        "s_1": 2.0,
+        "s_2": 3.0,
+        "s_3": 4.0,
+        "s_4": 5.0,
+        "s_ended": None,
+        "s_held": None,
+    }
+    assert kept.statements() == 1
+
+    # The next round is another single statement; the rightful holder's row moves.
+    kept.keeper.session("s_held", "claim-a").on_progress(6.0)
+    kept.keeper.session("s_1", None).on_progress(12.0)
+
+    async def second() -> dict[str, float | None] | None:
+        used = await kept.used()
+        return used if used["s_held"] is not None else None
+
+    used = await poll(second, 10, "the second round written")
+    assert used["s_held"] == 6.0 and used["s_1"] == 12.0
+    assert kept.statements() == 2
+
+
+async def test_progress_waiting_for_its_flush_is_written_at_close(database_url: str) -> None:
+    metrics = MetricsRegistry(process_metrics=False)
+    settings = relay_settings(database_url, "http://127.0.0.1:9/v1")
+    store = Store(database_url, settings.database, metrics)
+    await store.open()
+    try:
+        await store.migrate()
+        await _sessions(database_url, [("s_late", "connecting", None)])
+        # A flush an hour away: only the close can have written it.
+        keeper = ContinuityKeeper(store, metrics, flush_s=3600)
+        keeper.session("s_late", None).on_progress(7.0)
+        await keeper.close()
+        assert (await Kept(keeper, metrics, database_url).used()) == {"s_late": 7.0}
+    finally:
+        await store.close()
