@@ -71,7 +71,8 @@ aiortc's DTLS task and sends them below aiortc's sender:
   the DTLS handshake completes).
 * ``RTCDtlsTransport._rtp_router.ssrc_table``: remote SSRC → receiver; RTCP sender
   reports are routed to the receiver through it (aiortc fills it while routing RTP).
-* ``RTCDtlsTransport._send_rtp(data)``: protect and send one packet (tests only).
+* ``RTCDtlsTransport._send_rtp(data)``: protect and send one RTP or RTCP packet (the
+  relay's RTCP reports; tests).
 * pylibsrtp ``Session._srtp`` and its ``_binding`` module (``SrtpCodec``): libsrtp
   calls without the wrapper's per-call allocations; the compiled loop
   (``relay.media.fastloop``) gets the addresses of ``srtp_protect``/``srtp_unprotect``
@@ -359,8 +360,9 @@ def bind_remote_ssrc(receiver: RTCRtpReceiver, ssrc: int) -> None:
 
 
 async def send_rtp_datagram(dtls: RTCDtlsTransport, data: bytes) -> None:
-    """SRTP-protect and send one serialised RTP packet on a leg (tests and the bench
-    use it to play a far end that changes SSRC, pads, duplicates)."""
+    """SRTP- or SRTCP-protect and send one serialised RTP or RTCP packet on a leg (the
+    relay's RTCP reports; tests and the bench use it to play a far end that changes SSRC,
+    pads, duplicates). Raises ``ConnectionError`` when the leg is not connected."""
     await dtls._send_rtp(data)
 
 
