@@ -71,7 +71,8 @@ aiortc's DTLS task and sends them below aiortc's sender:
   the DTLS handshake completes).
 * ``RTCDtlsTransport._rtp_router.ssrc_table``: remote SSRC → receiver; RTCP sender
   reports are routed to the receiver through it (aiortc fills it while routing RTP).
-* ``RTCDtlsTransport._send_rtp(data)``: protect and send one packet (tests only).
+* ``RTCDtlsTransport._send_rtp(data)``: protect and send one RTP or RTCP packet (the
+  relay's RTCP reports; tests).
 * pylibsrtp ``Session._srtp`` and its ``_binding`` module (``SrtpCodec``): libsrtp
   calls without the wrapper's per-call allocations; the compiled loop
   (``relay.media.fastloop``) gets the addresses of ``srtp_protect``/``srtp_unprotect``
@@ -85,6 +86,22 @@ aiortc's DTLS task and sends them below aiortc's sender:
 * ``RTCRtpSender._ssrc`` and ``_RTCRtpSender__ntp_timestamp`` / ``__rtp_timestamp`` /
   ``__packet_count`` / ``__octet_count``: the sender's SSRC and the state its RTCP task
   reads for every sender report.
+
+For the relay's own RTCP reports (``relay.media.rtcp_reports``), which replace the RTCP
+task aiortc starts for every sender and every receiver:
+
+* ``RTCRtpSender._run_rtcp`` / ``RTCRtpReceiver._run_rtcp``: ``send()`` and ``receive()``
+  start ``asyncio.ensure_future(self._run_rtcp())`` through an attribute lookup, so an
+  instance attribute set before they run shadows the method.
+* ``_RTCRtpSender__rtcp_started`` / ``__rtcp_exited`` and the receiver's two: the events
+  ``stop()`` waits for around cancelling that task.
+* ``_RTCRtpSender__cname``, ``__lsr``, ``__lsr_time``: the CNAME of the sender's SDES, and
+  the last sender report's middle NTP bits and time, from which the sender computes the
+  round-trip time when the far end's report blocks echo them.
+* ``_RTCRtpReceiver__lsr`` / ``__lsr_time`` / ``__rtcp_ssrc`` (with ``__remote_streams``):
+  what the receiver's own task puts in each report block, and the SSRC it reports as.
+* ``RTCRtpSender._send_rtcp(packets)``: serialise and send (the BYE a stopping sender
+  sends).
 """
 
 from __future__ import annotations
@@ -234,6 +251,14 @@ SENDER_RTP_STARTED = "_RTCRtpSender__rtp_started"
 SENDER_RTP_TS = "_RTCRtpSender__rtp_timestamp"
 SENDER_PACKETS = "_RTCRtpSender__packet_count"
 SENDER_OCTETS = "_RTCRtpSender__octet_count"
+_SENDER_RTCP_EVENTS = ("_RTCRtpSender__rtcp_started", "_RTCRtpSender__rtcp_exited")
+_RECEIVER_RTCP_EVENTS = ("_RTCRtpReceiver__rtcp_started", "_RTCRtpReceiver__rtcp_exited")
+_SENDER_CNAME = "_RTCRtpSender__cname"
+_SENDER_LSR = "_RTCRtpSender__lsr"
+_SENDER_LSR_TIME = "_RTCRtpSender__lsr_time"
+_RECEIVER_LSR = "_RTCRtpReceiver__lsr"
+_RECEIVER_LSR_TIME = "_RTCRtpReceiver__lsr_time"
+_RECEIVER_RTCP_SSRC = "_RTCRtpReceiver__rtcp_ssrc"
 
 
 def ice_connection(dtls: RTCDtlsTransport) -> Any:
@@ -335,8 +360,9 @@ def bind_remote_ssrc(receiver: RTCRtpReceiver, ssrc: int) -> None:
 
 
 async def send_rtp_datagram(dtls: RTCDtlsTransport, data: bytes) -> None:
-    """SRTP-protect and send one serialised RTP packet on a leg (tests and the bench
-    use it to play a far end that changes SSRC, pads, duplicates)."""
+    """SRTP- or SRTCP-protect and send one serialised RTP or RTCP packet on a leg (the
+    relay's RTCP reports; tests and the bench use it to play a far end that changes SSRC,
+    pads, duplicates). Raises ``ConnectionError`` when the leg is not connected."""
     await dtls._send_rtp(data)
 
 
@@ -390,6 +416,75 @@ class SenderReportState:
             fields[SENDER_PACKETS],
             fields[SENDER_OCTETS],
         )
+
+
+RtcpTask = Callable[[], Awaitable[None]]
+
+
+def replace_rtcp_task(party: RTCRtpSender | RTCRtpReceiver, run: RtcpTask) -> None:
+    """Have ``send()``/``receive()`` start ``run()`` instead of aiortc's RTCP task. Call it
+    before they run (before the peer connects); ``run`` must set ``rtcp_task_events``'
+    first event when it starts and the second when it ends, as ``stop()`` waits for both."""
+    # setattr: an instance attribute deliberately shadowing the method.
+    setattr(party, "_run_rtcp", run)  # noqa: B010
+
+
+def rtcp_task_events(party: RTCRtpSender | RTCRtpReceiver) -> tuple[asyncio.Event, asyncio.Event]:
+    """(started, exited): the RTCP task's two events ``stop()`` waits for."""
+    names = _SENDER_RTCP_EVENTS if isinstance(party, RTCRtpSender) else _RECEIVER_RTCP_EVENTS
+    return getattr(party, names[0]), getattr(party, names[1])
+
+
+def sender_report_source(sender: RTCRtpSender) -> tuple[int, str | None]:
+    """The sender's SSRC and the CNAME its reports carry (None until it was started)."""
+    cname: str | None = getattr(sender, _SENDER_CNAME)
+    return sender._ssrc, cname
+
+
+def note_sender_report(sender: RTCRtpSender, ntp_timestamp: int, sent_at: float) -> None:
+    """A sender report went out: what aiortc's task records for the round-trip time (the
+    far end's report blocks echo the middle 32 bits; ``sent_at`` is ``time.time()``)."""
+    setattr(sender, _SENDER_LSR, (ntp_timestamp >> 16) & 0xFFFFFFFF)
+    setattr(sender, _SENDER_LSR_TIME, sent_at)
+
+
+def receiver_report_blocks(receiver: RTCRtpReceiver, now: float) -> list[Any]:
+    """The receiver's report blocks (``aiortc.rtp.RtcpReceiverInfo``), one per remote
+    stream, built as aiortc's receiver task builds them (``now`` is ``time.time()``).
+    Reading ``fraction_lost`` starts the next reporting interval, as there."""
+    lsrs: dict[int, int] = getattr(receiver, _RECEIVER_LSR)
+    lsr_times: dict[int, float] = getattr(receiver, _RECEIVER_LSR_TIME)
+    blocks = []
+    for ssrc, stream in getattr(receiver, REMOTE_STREAMS).items():
+        lsr = dlsr = 0
+        if ssrc in lsrs:
+            lsr = lsrs[ssrc]
+            delay = now - lsr_times[ssrc]
+            if 0 < delay < 65536:
+                dlsr = int(delay * 65536)
+        blocks.append(
+            aiortc.rtp.RtcpReceiverInfo(
+                ssrc=ssrc,
+                fraction_lost=stream.fraction_lost,
+                packets_lost=stream.packets_lost,
+                highest_sequence=stream.max_seq,
+                jitter=stream.jitter,
+                lsr=lsr,
+                dlsr=dlsr,
+            )
+        )
+    return blocks
+
+
+def receiver_rtcp_ssrc(receiver: RTCRtpReceiver) -> int | None:
+    """The SSRC the receiver reports as (aiortc gives it its transceiver's sender's)."""
+    ssrc: int | None = getattr(receiver, _RECEIVER_RTCP_SSRC)
+    return ssrc
+
+
+async def send_bye(sender: RTCRtpSender) -> None:
+    """An RTCP BYE for the sender's stream, as aiortc's own task sends when it stops."""
+    await sender._send_rtcp([aiortc.rtp.RtcpByePacket(sources=[sender._ssrc])])
 
 
 def _srtp_binding() -> Any:

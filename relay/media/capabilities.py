@@ -159,6 +159,38 @@ FEATURES: tuple[Feature, ...] = (
         requires=("rtp_hook", "receiver_reports", "fast_path", "receive_batching"),
     ),
     Feature(
+        "rtcp_reports",
+        "every leg's RTCP from one task per event loop, one compound report per leg every "
+        "5 s as a browser sends for audio (relay.media.rtcp_reports)",
+        "aiortc's own RTCP tasks: one per sender and per receiver, each reporting every "
+        "0.5-1.5 s (more CPU per interview)",
+        _c(_SENDER, "_run_rtcp", "_send_rtcp")
+        + _c(_RECEIVER, "_run_rtcp")
+        + _c(_DTLS, "_send_rtp")
+        + _i(
+            _SENDER,
+            "_ssrc",
+            "_RTCRtpSender__rtcp_started",
+            "_RTCRtpSender__rtcp_exited",
+            "_RTCRtpSender__cname",
+            "_RTCRtpSender__lsr",
+            "_RTCRtpSender__lsr_time",
+            "_RTCRtpSender__ntp_timestamp",
+            "_RTCRtpSender__rtp_timestamp",
+            "_RTCRtpSender__packet_count",
+            "_RTCRtpSender__octet_count",
+        )
+        + _i(
+            _RECEIVER,
+            "_RTCRtpReceiver__rtcp_started",
+            "_RTCRtpReceiver__rtcp_exited",
+            "_RTCRtpReceiver__lsr",
+            "_RTCRtpReceiver__lsr_time",
+            "_RTCRtpReceiver__rtcp_ssrc",
+            "_RTCRtpReceiver__remote_streams",
+        ),
+    ),
+    Feature(
         "decoder_thread",
         "each receiver's idle decoder thread stopped and joined off the event loop; the "
         "decoder's backlog bounded on the decode path",

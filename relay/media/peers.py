@@ -13,6 +13,7 @@ from relay.media import aiortc_private
 from relay.media.capabilities import MediaCapabilities, probe
 from relay.media.ice import Leg, rtc_configuration
 from relay.media.port_range import PortRange, binding_in, port_range
+from relay.media.rtcp_reports import adopt as adopt_rtcp_reports
 from relay.tasks import spawn
 
 log = logging.getLogger("relay.media")
@@ -29,6 +30,9 @@ _peers: weakref.WeakSet[RTCPeerConnection] = weakref.WeakSet()
 _port_ranges: weakref.WeakKeyDictionary[RTCPeerConnection, PortRange | None] = (
     weakref.WeakKeyDictionary()
 )
+# Relay peers whose RTCP the event loop's shared reports send (relay.media.rtcp_reports),
+# adopted when their local description is set; absent when aiortc's names are missing.
+_shared_rtcp: weakref.WeakSet[RTCPeerConnection] = weakref.WeakSet()
 
 
 class IceGatherTimeout(Exception):
@@ -55,6 +59,8 @@ def new_peer(
     _peers.add(pc)
     if caps.available("port_range") and caps.available("receive_batching"):
         _port_ranges[pc] = port_range(ice.udp_port_min, ice.udp_port_max)
+    if caps.available("rtcp_reports"):
+        _shared_rtcp.add(pc)
     return pc
 
 
@@ -70,6 +76,9 @@ async def set_local_description(
 
     Raises ``NoMediaPorts`` when the peer's port range is full.
     """
+    if pc in _shared_rtcp:
+        # Every transceiver exists now, and aiortc starts none before this call gathered.
+        adopt_rtcp_reports(pc)
     try:
         async with asyncio.timeout(timeout_s):
             # Gathering (every socket the peer will use) happens inside this call.

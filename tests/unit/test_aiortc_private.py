@@ -311,6 +311,46 @@ def test_fast_path_internals_exist() -> None:
     }
 
 
+def test_rtcp_task_internals_exist() -> None:
+    """What relay.media.rtcp_reports relies on to stand in for aiortc's RTCP tasks."""
+    from aiortc import RTCPeerConnection
+
+    # send()/receive() start the task through an attribute lookup (an instance attribute
+    # set before they run shadows the method); stop() waits for its two events.
+    start = "self.__rtcp_task = asyncio.ensure_future(self._run_rtcp())"
+    assert start in inspect.getsource(RTCRtpSender.send)
+    assert start in inspect.getsource(RTCRtpReceiver.receive)
+    for cls in (RTCRtpSender, RTCRtpReceiver):
+        stop = inspect.getsource(cls.stop)
+        assert "self.__rtcp_started.wait()" in stop and "self.__rtcp_exited.wait()" in stop
+    # The receiver's report blocks: built from the state receiver_report_blocks reads.
+    rr = inspect.getsource(RTCRtpReceiver._run_rtcp)
+    for text in (
+        "self.__remote_streams.items()",
+        "lsr = self.__lsr[ssrc]",
+        "delay = time.time() - self.__lsr_time[ssrc]",
+        "fraction_lost=stream.fraction_lost",
+        "packets_lost=stream.packets_lost",
+        "highest_sequence=stream.max_seq",
+        "jitter=stream.jitter",
+        "RtcpRrPacket(ssrc=self.__rtcp_ssrc, reports=reports)",
+    ):
+        assert text in rr, text
+    # The sender's report: what note_sender_report records, the CNAME, the BYE at the end.
+    sr = inspect.getsource(RTCRtpSender._run_rtcp)
+    for text in (
+        "self.__lsr = ((self.__ntp_timestamp) >> 16) & 0xFFFFFFFF",
+        "self.__lsr_time = time.time()",
+        'items=[(1, self.__cname.encode("utf8"))]',
+        "RtcpByePacket(sources=[self._ssrc])",
+    ):
+        assert text in sr, text
+    # A receiver reports as its transceiver's sender (one SSRC per leg and direction).
+    assert "transceiver.receiver._set_rtcp_ssrc(transceiver.sender._ssrc)" in (
+        inspect.getsource(RTCPeerConnection)
+    )
+
+
 async def test_fast_path_accessors_work_on_a_live_pair() -> None:
     from aiortc import RTCSessionDescription
 
