@@ -35,7 +35,11 @@ from relay.tasks import TaskGroup, cancel_and_wait
 
 log = logging.getLogger("relay.media")
 
-QUALITY_REFRESH_S = 2.0
+# How often each leg's loss, jitter and round-trip time are read from aiortc's RTCP-based
+# stats: what they are computed from arrives about that often (browsers and the relay
+# itself report audio every 5 s, relay.media.rtcp_reports), and each read builds aiortc's
+# stats objects for both legs.
+QUALITY_REFRESH_S = 5.0
 MAX_TICK_S = 1.0
 # How often, past the limit, the reply in progress is checked for its end.
 OVERRUN_TICK_S = 0.05
