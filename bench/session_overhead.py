@@ -11,7 +11,8 @@ over a window after every endpoint stopped sending (each leg still has its aiort
 RTCP sender and receiver reports both ways, ICE consent checks, the data channel, the
 bridge's once-a-second supervision). The second figure is what each interview costs
 whatever the forwarding; the difference is the forwarding. ``--idle`` first measures the
-relay with no interview at all.
+relay with no interview at all. ``--syscalls`` also counts the relay's system calls and
+context switches over the window with audio (``bench/syscall_counts.py``, ``perf stat``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from bench import compiled_endpoints
+from bench import compiled_endpoints, syscall_counts
 from bench.ga_upstream import UPSTREAM_PORT, GaUpstream
 from bench.relay_process import RelayProcess, add_user
 from bench.session_setup import open_session
@@ -41,7 +42,9 @@ async def relay_cpu_over(relay: RelayProcess, window_s: float) -> float:
     return (sum(relay.cpu_seconds()) - before) / (time.monotonic() - started)
 
 
-async def measure(sessions: int, window_s: float, idle: bool) -> dict[str, Any]:
+async def measure(
+    sessions: int, window_s: float, idle: bool, syscalls: bool = False
+) -> dict[str, Any]:
     affinity = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {1})
     upstream = GaUpstream()
@@ -69,7 +72,18 @@ async def measure(sessions: int, window_s: float, idle: bool) -> dict[str, Any]:
                 )
             )
             await asyncio.sleep(8)  # the set-up's garbage collected before the window
-            with_audio = await relay_cpu_over(relay, window_s)
+            if syscalls:
+                with_audio, counts = await asyncio.gather(
+                    relay_cpu_over(relay, window_s),
+                    syscall_counts.count_over(relay.pid, window_s),
+                )
+                # 100 packets a second per interview are forwarded (50 each way).
+                packets = 100 * sessions * window_s
+                row["syscalls_with_audio"] = counts
+                row["syscalls_per_packet"] = round(counts.get("all", 0) / packets, 2)
+                row["wakeups_per_packet"] = round(counts.get("context_switches", 0) / packets, 3)
+            else:
+                with_audio = await relay_cpu_over(relay, window_s)
             media.stop_sending()
             await asyncio.sleep(3)
             without = await relay_cpu_over(relay, window_s)
@@ -102,14 +116,33 @@ def table(rows: list[dict[str, Any]]) -> str:
         " µs per forwarded packet, the forwarding alone |",
         "|---|---|---|---|---|---|",
     ]
+    counted = []
     for r in rows:
         if r.get("harness") != "session_overhead":
             continue
+        if "syscalls_with_audio" in r:
+            counted.append(r)
         lines.append(
             f"| {r['sessions']} | {r.get('relay_core_idle', '-')} | {r['relay_core_with_audio']} |"
             f" {r['relay_core_without_audio']} | {r['ms_per_session_s_with_audio']} /"
             f" {r['ms_per_session_s_without_audio']} | {r['us_per_packet_forwarding_only']} |"
         )
+    if counted:
+        names = [*syscall_counts.SYSCALLS, "all", "context_switches"]
+        lines += [
+            "",
+            "| interviews | per forwarded packet: system calls / context switches | "
+            + " | ".join(names)
+            + " |",
+            "|---|---|" + "---|" * len(names),
+        ]
+        for r in counted:
+            counts = r["syscalls_with_audio"]
+            lines.append(
+                f"| {r['sessions']} | {r['syscalls_per_packet']} / {r['wakeups_per_packet']} | "
+                + " | ".join(str(counts.get(n, "-")) for n in names)
+                + " |"
+            )
     return "\n".join(lines)
 
 
@@ -118,12 +151,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sessions", type=int, default=100, help="1..500")
     parser.add_argument("--window", type=float, default=10.0, help="s per window, 2..60")
     parser.add_argument("--idle", action="store_true", help="first the relay with no interview")
+    parser.add_argument(
+        "--syscalls",
+        action="store_true",
+        help="count the relay's system calls over the window with audio (perf stat)",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.sessions <= 500 or not 2 <= args.window <= 60:
         parser.error("keep it bounded: --sessions 1..500, --window 2..60 s")
+    if args.syscalls and not syscall_counts.available():
+        parser.error("--syscalls needs perf (Debian: apt install linux-perf)")
     from bench.run import report_row
 
-    row = asyncio.run(measure(args.sessions, args.window, args.idle))
+    row = asyncio.run(measure(args.sessions, args.window, args.idle, args.syscalls))
     report_row("session-overhead", row, table([row]))
 
 
