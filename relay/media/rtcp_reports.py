@@ -69,8 +69,15 @@ class _Leg:
 
     dtls: Any
     due: float
-    senders: list[RTCRtpSender] = field(default_factory=list)
-    receivers: list[RTCRtpReceiver] = field(default_factory=list)
+    parties: list[RTCRtpSender | RTCRtpReceiver] = field(default_factory=list)
+
+    @property
+    def senders(self) -> list[RTCRtpSender]:
+        return [p for p in self.parties if isinstance(p, RTCRtpSender)]
+
+    @property
+    def receivers(self) -> list[RTCRtpReceiver]:
+        return [p for p in self.parties if isinstance(p, RTCRtpReceiver)]
 
     def compound(self) -> bytes:
         """The leg's report now: SR (or RR) with every receiver's blocks, then SDES."""
@@ -118,7 +125,8 @@ class RtcpReports:
         self.interval_s = interval_s
         self.first_s = first_s
         self._jitter = jitter
-        self._legs: dict[int, _Leg] = {}
+        # By DTLS transport (held by its leg until the leg's last party stops).
+        self._legs: dict[Any, _Leg] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.reports_sent = 0
@@ -130,54 +138,49 @@ class RtcpReports:
     def _randomised(self, interval_s: float) -> float:
         return interval_s * (0.5 + self._jitter())
 
-    def _leg(self, dtls: Any) -> _Leg:
-        leg = self._legs.get(id(dtls))
+    def _join(self, party: RTCRtpSender | RTCRtpReceiver) -> None:
+        dtls = party.transport
+        leg = self._legs.get(dtls)
         if leg is None:
             loop = asyncio.get_running_loop()
-            leg = self._legs[id(dtls)] = _Leg(dtls, loop.time() + self._randomised(self.first_s))
+            leg = self._legs[dtls] = _Leg(dtls, loop.time() + self._randomised(self.first_s))
             self._wake.set()  # it may be due before the task's next wake-up
             if self._task is None or self._task.done():
                 self._task = spawn(self._run(), name="rtcp-reports", log=log)
-        return leg
+        leg.parties.append(party)
 
-    def _forget(self, dtls: Any, party: RTCRtpSender | RTCRtpReceiver) -> None:
-        leg = self._legs.get(id(dtls))
-        if leg is None:
+    def _leave(self, party: RTCRtpSender | RTCRtpReceiver) -> None:
+        leg = self._legs.get(party.transport)
+        if leg is None or party not in leg.parties:
             return
-        if isinstance(party, RTCRtpSender):
-            if party in leg.senders:
-                leg.senders.remove(party)
-        elif party in leg.receivers:
-            leg.receivers.remove(party)
-        if not leg.senders and not leg.receivers:
-            del self._legs[id(dtls)]
+        leg.parties.remove(party)
+        if not leg.parties:
+            del self._legs[party.transport]
             self._wake.set()
 
-    async def sender_task(self, sender: RTCRtpSender) -> None:
-        """Stands in for the sender's RTCP task (``adopt``): registered while it runs,
-        and the BYE aiortc's task sends when the sender stops."""
-        started, exited = aiortc_private.rtcp_task_events(sender)
+    async def _stand_in(self, party: RTCRtpSender | RTCRtpReceiver) -> asyncio.Event:
+        """What aiortc's RTCP task of ``party`` does around its reports: started, then
+        running until ``stop()`` cancels it. Registered meanwhile; returns the event to set
+        once it has finished (``stop()`` waits for it)."""
+        started, exited = aiortc_private.rtcp_task_events(party)
         started.set()
-        dtls = sender.transport
-        self._leg(dtls).senders.append(sender)
+        self._join(party)
         with contextlib.suppress(asyncio.CancelledError):
-            # As aiortc's task: ``stop()`` cancels it and waits for ``exited``.
             await asyncio.get_running_loop().create_future()
-        self._forget(dtls, sender)
+        self._leave(party)
+        return exited
+
+    async def sender_task(self, sender: RTCRtpSender) -> None:
+        """Stands in for the sender's RTCP task (``adopt``), with the BYE aiortc's task
+        sends when the sender stops."""
+        exited = await self._stand_in(sender)
         with contextlib.suppress(ConnectionError):
             await aiortc_private.send_bye(sender)
         exited.set()
 
     async def receiver_task(self, receiver: RTCRtpReceiver) -> None:
         """Stands in for the receiver's RTCP task (``adopt``)."""
-        started, exited = aiortc_private.rtcp_task_events(receiver)
-        started.set()
-        dtls = receiver.transport
-        self._leg(dtls).receivers.append(receiver)
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.get_running_loop().create_future()
-        self._forget(dtls, receiver)
-        exited.set()
+        (await self._stand_in(receiver)).set()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
