@@ -297,9 +297,9 @@ class ContinuityKeeper:
         self.rows = ContinuityRows(store)
         self._tasks = TaskGroup("continuity", log=log, metrics=metrics)
         self._flush_s = flush_s
-        # session id → (seconds charged, claim token): the newest of each, not yet written.
+        # session id → (seconds charged, claim token): the newest of each, not yet written
+        # (while not empty, a flush is on its way).
         self._progress: dict[str, tuple[float, str | None]] = {}
-        self._flush_due = False
         self._failures = metrics.counter(
             "relay_continuity_writes_failed_total",
             "Progress and transcript writes that did not reach the database, by kind",
@@ -320,20 +320,19 @@ class ContinuityKeeper:
         self._tasks.spawn(run(), name=name)
 
     def note_progress(self, session_id: str, used_s: float, claim_token: str | None) -> None:
+        first = not self._progress
         self._progress[session_id] = (used_s, claim_token)
-        if not self._flush_due:
-            self._flush_due = True
+        if first:
             self._tasks.spawn(self._flush_soon(), name="progress-flush")
 
     async def _flush_soon(self) -> None:
         # A coalescing delay, not a synchronisation: the progress of every session that
         # reports meanwhile shares this write.
         await asyncio.sleep(self._flush_s)
-        await self.flush_progress()
+        await self._flush_progress()
 
-    async def flush_progress(self) -> None:
+    async def _flush_progress(self) -> None:
         """Write the progress handed in and not yet written (one statement)."""
-        self._flush_due = False
         batch, self._progress = self._progress, {}
         if not batch:
             return
@@ -346,7 +345,7 @@ class ContinuityKeeper:
     async def close(self) -> None:
         """Write the progress waiting for its flush, let the writes on their way land
         (briefly), then stop."""
-        await self.flush_progress()
+        await self._flush_progress()
         await self._tasks.close(grace_s=5.0)
 
 
