@@ -435,10 +435,10 @@ def rtcp_task_events(party: RTCRtpSender | RTCRtpReceiver) -> tuple[asyncio.Even
     return getattr(party, names[0]), getattr(party, names[1])
 
 
-def sender_report_source(sender: RTCRtpSender) -> tuple[int, str | None]:
-    """The sender's SSRC and the CNAME its reports carry (None until it was started)."""
+def sender_cname(sender: RTCRtpSender) -> str | None:
+    """The CNAME the sender's reports carry (None until it was started)."""
     cname: str | None = getattr(sender, _SENDER_CNAME)
-    return sender._ssrc, cname
+    return cname
 
 
 def note_sender_report(sender: RTCRtpSender, ntp_timestamp: int, sent_at: float) -> None:
@@ -484,7 +484,7 @@ def receiver_rtcp_ssrc(receiver: RTCRtpReceiver) -> int | None:
 
 async def send_bye(sender: RTCRtpSender) -> None:
     """An RTCP BYE for the sender's stream, as aiortc's own task sends when it stops."""
-    await sender._send_rtcp([aiortc.rtp.RtcpByePacket(sources=[sender._ssrc])])
+    await sender._send_rtcp([aiortc.rtp.RtcpByePacket(sources=[sender_ssrc(sender)])])
 
 
 def _srtp_binding() -> Any:

@@ -88,7 +88,7 @@ class _Leg:
         chunks: list[RtcpSourceInfo] = []
         for sender in self.senders:
             ntp, rtp_ts, count, octets = aiortc_private.SenderReportState(sender).read()
-            ssrc, cname = aiortc_private.sender_report_source(sender)
+            ssrc, cname = aiortc_private.sender_ssrc(sender), aiortc_private.sender_cname(sender)
             info = RtcpSenderInfo(
                 ntp_timestamp=ntp,
                 rtp_timestamp=rtp_ts,
