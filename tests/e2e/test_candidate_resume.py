@@ -179,7 +179,11 @@ async def test_a_resume_whose_answer_was_lost_is_recovered_with_its_idempotency_
 
     await page.route(f"**/api/sessions/{session_id}/resume", lose_the_first_answer)
     await bridge.browser_pc.close()
+    # The page still reads "Live" until it notices the cut, so wait for the two attempts
+    # first: checking "Live" alone could pass before the page had resumed at all.
+    await wait_until(lambda: len(sent) == 2, CONNECT_S, "the resume and its retry")
     await expect(page.locator("#connection")).to_have_text("Live", timeout=CONNECT_S * 1000)
+    await expect(page.locator("#status")).to_have_text("Reconnected.")
     # Sent again with the same key and body: the relay's first answer, not a second
     # resume (whose spent token would have ended the interview).
     assert [status for _, status in sent] == [201, 201]
