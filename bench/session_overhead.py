@@ -9,7 +9,7 @@ interviews from this process (the compiled generator of ``bench/compiled_endpoin
 on CPU 1. The relay's CPU is read over a window with both directions' audio flowing, then
 over a window after every endpoint stopped sending (each leg still has its aiortc peer:
 RTCP sender and receiver reports both ways, ICE consent checks, the data channel, the
-bridge's once-a-second supervision). The second figure is what each interview costs
+bridge's supervision every few seconds). The second figure is what each interview costs
 whatever the forwarding; the difference is the forwarding. ``--idle`` first measures the
 relay with no interview at all. ``--syscalls`` also counts the relay's system calls and
 context switches over the window with audio (``bench/syscall_counts.py``, ``perf stat``).

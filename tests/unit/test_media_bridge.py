@@ -4,7 +4,9 @@ in-process upstream peer (run inside a private network namespace, see tests/run.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +16,7 @@ import pytest
 from relay import tasks as relay_tasks
 from relay.config import EventsConfig, IceConfig, IceServerConfig, MediaConfig, SessionConfig
 from relay.media import aiortc_private
-from relay.media.bridge import Bridge, BridgeSettings, EndState
+from relay.media.bridge import Bridge, BridgeSettings, EndState, supervision
 from relay.media.metrics import MediaMetrics
 from relay.media.peers import IceGatherTimeout, open_peer_count
 from relay.observability.metrics import MetricsRegistry
@@ -304,6 +306,37 @@ async def test_idle_media_ends_the_session(rig: Rig) -> None:
     # The candidate is told why, before its leg closes.
     ending = await browser.wait_type("relay.session.ending", 2)
     assert ending["reason"] == "idle" and ending["message"]
+
+
+async def test_the_monitor_wakes_when_work_is_due_not_every_second(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The quality figures every 0.4 s here, while the tick (the longest sleep) stays at
+    # its default; a monitor that slept a fixed tick (a second, as it once did) would
+    # refresh only on its tick, a second apart, and publish metrics on every one.
+    monkeypatch.setattr(supervision, "QUALITY_REFRESH_S", 0.4)
+    bridge = rig.bridge(session=SessionConfig(connect_timeout_s=5, idle_media_timeout_s=60))
+    refreshed: list[float] = []
+    published: list[float] = []
+    quality = vars(bridge)["_quality"]
+    refresh, publish = quality.refresh, quality.publish_metrics
+
+    async def counted_refresh() -> None:
+        refreshed.append(time.monotonic())
+        await refresh()
+
+    def counted_publish() -> None:
+        published.append(time.monotonic())
+        publish()
+
+    monkeypatch.setattr(quality, "refresh", counted_refresh)
+    monkeypatch.setattr(quality, "publish_metrics", counted_publish)
+    await rig.connect(bridge, rig.browser(payloads=SPEECH))
+    await wait_until(lambda: len(refreshed) >= 4, 10, "four quality refreshes")
+    gaps = [b - a for a, b in itertools.pairwise(refreshed)]
+    assert all(0.35 < gap < 0.9 for gap in gaps), gaps
+    # Woken for that work only: one metrics publication per refresh.
+    assert len(published) <= len(refreshed) + 1
 
 
 async def test_max_duration_ends_the_session(rig: Rig) -> None:

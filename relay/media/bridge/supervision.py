@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -40,11 +41,20 @@ log = logging.getLogger("relay.media")
 # itself report audio every 5 s, relay.media.rtcp_reports), and each read builds aiortc's
 # stats objects for both legs.
 QUALITY_REFRESH_S = 5.0
-MAX_TICK_S = 1.0
+# The longest the monitor sleeps when nothing is due sooner. Time announcements, the
+# wrap-up, the limit and a lost leg's grace are each waited for to the moment; what needs
+# the tick is idle media (noticed within a quarter of its timeout) and the periodic work
+# (quality figures, metrics, progress), none of which changes meaningfully faster. Every
+# wake-up costs each live interview CPU whether audio flows or not, so it is the quality
+# interval rather than a second (docs/benchmarks.md, "The supervision tick").
+MAX_TICK_S = QUALITY_REFRESH_S
 # How often, past the limit, the reply in progress is checked for its end.
 OVERRUN_TICK_S = 0.05
 # How often the seconds charged so far are handed to ``Limits.on_progress``.
 PROGRESS_INTERVAL_S = 10.0
+# How early a timer may fire by ``time.monotonic()`` (uvloop's clock has millisecond
+# steps): work due within this is done now rather than a whole tick later.
+TIMER_SLACK_S = 0.01
 
 
 @dataclass(frozen=True)
@@ -164,8 +174,10 @@ class Supervisor:
         idle_timeout = session.idle_media_timeout_s
         tick = min(MAX_TICK_S, idle_timeout / 4) if idle_timeout > 0 else MAX_TICK_S
         reported_first_audio = False
-        quality_at = 0.0
-        progress_at = connected_at
+        # The periodic work is due at these times; the tick is no shorter than it, so each
+        # is waited for to its time rather than left to the next tick after it.
+        quality_due = connected_at + QUALITY_REFRESH_S
+        progress_due = connected_at + PROGRESS_INTERVAL_S if limits.on_progress else math.inf
         limit_at: float | None = None
         remaining = self._max_duration_s - clock.used(connected_at)
         schedule = TimeLeftSchedule(remaining)
@@ -202,6 +214,7 @@ class Supervisor:
                         wait = min(wait, remaining - mark)
                     if wrap_up_due:
                         wait = min(wait, remaining - wrap_up_s)
+            wait = min(wait, quality_due - now, progress_due - now)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, wait)):
                     await self._woken.wait()
@@ -221,11 +234,11 @@ class Supervisor:
                 reported_first_audio = True
                 self._metrics.first_upstream_audio_s.observe(first - self._started_at)
             self._quality.publish_metrics()
-            if now - quality_at >= QUALITY_REFRESH_S:
-                quality_at = now
+            if now >= quality_due - TIMER_SLACK_S:
+                quality_due = now + QUALITY_REFRESH_S
                 await self._quality.refresh()
-            if limits.on_progress is not None and now - progress_at >= PROGRESS_INTERVAL_S:
-                progress_at = now
+            if limits.on_progress is not None and now >= progress_due - TIMER_SLACK_S:
+                progress_due = now + PROGRESS_INTERVAL_S
                 limits.on_progress(clock.used(now))
 
     def _may_overrun(self, past_limit_s: float) -> bool:
