@@ -141,7 +141,6 @@ class Bridge:
             on_reply_over=self._on_reply_over,
         )
         self._codecs: NegotiatedCodecs | None = None
-        self._lost_at: float | None = None
         self._resume_started_at: float | None = None
         self._browser_release: asyncio.Task[None] | None = None
         self._parking: Forwarder | None = None
@@ -643,9 +642,9 @@ class Bridge:
         cancel the reply in progress, release the lost leg (in a task of its own)."""
         now = time.monotonic()
         self._set_state("browser_lost")
-        self._lost_at = now
         self._resume_started_at = None
         self._greet_pending = False
+        # The clock's pause is when the leg was lost: its grace runs from there.
         self._clock.pause(now)
         self.events.detach_browser()
         self._talk.cancel_reply()
@@ -726,10 +725,8 @@ class Bridge:
         """resuming → active: the resumed leg is connected; the clock runs again."""
         now = time.monotonic()
         self._set_state("active")
-        lost_at = self._lost_at
-        self._clock.resume(now)
-        self._gap_s = 0.0 if lost_at is None else now - lost_at
-        self._lost_at = self._resume_started_at = None
+        self._gap_s = self._clock.resume(now)
+        self._resume_started_at = None
         if self.recorder is not None:
             self.recorder.mark("browser_resumed", now)
         self.metrics.resumes.inc(outcome="resumed")
@@ -739,7 +736,7 @@ class Bridge:
     def _lost_deadline(self) -> float | None:
         """When a lost browser leg's grace runs out (None while the leg is up). A resume
         under way gets at least ``connect_timeout_s`` to connect its new leg."""
-        lost_at = self._lost_at
+        lost_at = self._clock.paused_at
         if lost_at is None or self._state not in ("browser_lost", "resuming"):
             return None
         deadline = lost_at + self._settings.session.reconnect_grace_s
