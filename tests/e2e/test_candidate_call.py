@@ -121,13 +121,18 @@ async def test_leaving_a_live_interview_asks_first_and_an_ended_one_does_not(
     relay = await make_relay()
     session_id = await start_interview(page, relay)
     asked: list[str] = []
+    answered = asyncio.Event()
 
     async def stay(dialog: Dialog) -> None:
         asked.append(dialog.type)
         await dialog.dismiss()
+        answered.set()
 
     page.on("dialog", stay)
     await page.close(run_before_unload=True)
+    # close() returns without waiting for the prompt, and the page read "Live" before it:
+    # wait for the prompt to be answered, then check that the page stayed.
+    await asyncio.wait_for(answered.wait(), CONNECT_S)
     await expect(page.locator("#connection")).to_have_text("Live")
     assert asked == ["beforeunload"]
     assert not page.is_closed()
