@@ -103,7 +103,22 @@ async def test_live_state_time_left_and_mute(
     mic = page.locator("#mic")
     other = await mic.locator("option", has_text="Fake Audio Input 1").get_attribute("value")
     assert other
+    # "We can hear you." is on screen before the switch too. The page starts its check
+    # again once the new device is open (the old one stopped): wait for that, then for
+    # the new device to be heard, so the segment awaited below is the new device's.
+    await page.evaluate(
+        """() => {
+            const heard = document.getElementById("heard");
+            window.heardTexts = [];
+            new MutationObserver(() => window.heardTexts.push(heard.textContent))
+                .observe(heard, { childList: true, characterData: true, subtree: true });
+        }"""
+    )
     await mic.select_option(other)
+    await page.wait_for_function(
+        "() => window.heardTexts.some((t) => t.startsWith('Say a few words'))",
+        timeout=CONNECT_S * 1000,
+    )
     await expect(page.locator("#heard")).to_have_text("We can hear you.")
     switched = len(call.vad_segments)
     await simulator.state.wait_for(lambda: len(call.vad_segments) > switched, TURN_S)
@@ -121,13 +136,18 @@ async def test_leaving_a_live_interview_asks_first_and_an_ended_one_does_not(
     relay = await make_relay()
     session_id = await start_interview(page, relay)
     asked: list[str] = []
+    answered = asyncio.Event()
 
     async def stay(dialog: Dialog) -> None:
         asked.append(dialog.type)
         await dialog.dismiss()
+        answered.set()
 
     page.on("dialog", stay)
     await page.close(run_before_unload=True)
+    # close() returns without waiting for the prompt, and the page read "Live" before it:
+    # wait for the prompt to be answered, then check that the page stayed.
+    await asyncio.wait_for(answered.wait(), CONNECT_S)
     await expect(page.locator("#connection")).to_have_text("Live")
     assert asked == ["beforeunload"]
     assert not page.is_closed()

@@ -298,6 +298,11 @@ async def test_the_page_waits_out_an_overloaded_relay_then_connects(
     # The slot frees when the other candidate's session is made; the page's retry gets it.
     assert (await holder)[0] == 201
     await expect(page.locator("#stop")).to_be_enabled(timeout=(4 * RETRY_AFTER_S + 20) * 1000)
+    # on_response reads each body before noting its answer: the page may show the session
+    # before the 201 is noted, so wait for it before reading the list.
+    await wait_until(
+        lambda: any(status == 201 for status, _, _ in answers), CONNECT_S, "the 201 noted"
+    )
     assert answers[0] == (503, "overloaded", str(RETRY_AFTER_S)), answers
     assert answers[-1][0] == 201 and len(answers) <= 4, answers
     shed = sum(1 for answer in answers if answer[0] == 503)

@@ -118,6 +118,7 @@ async def test_dashboard_shows_the_live_session_draws_charts_and_ends_it(
         ended = page.locator(f'#ended tr[data-session="{sid}"]')
         await expect(ended).to_contain_text("operator_hangup", timeout=SHOWS_WITHIN_MS)
         await expect(row).to_have_count(0)
+        await relay.wait_session_closed(sid)
         rows = await relay.sql(
             "SELECT state, end_reason FROM interview_sessions WHERE id = $1", sid
         )
@@ -257,6 +258,7 @@ async def test_cluster_mode_lists_this_instance_and_ends_its_session(
         await wait_until(lambda: relay.services.registry.get(sid) is None, 10, "session ended")
         await expect(row).to_have_count(0, timeout=SHOWS_WITHIN_MS)
         await expect(instance_row.locator("td").nth(LIVE_SESSIONS_COLUMN)).to_have_text("0")
+        await relay.wait_session_closed(sid)
         rows = await relay.sql(
             "SELECT state, end_reason FROM interview_sessions WHERE id = $1", sid
         )
@@ -313,6 +315,7 @@ async def test_cluster_mode_on_one_member_ends_a_session_held_by_another(
         await page.get_by_role("dialog").get_by_role("button", name="End session").click()
         await wait_until(lambda: b.services.registry.get(sid) is None, 10, "ended on B")
         await expect(row).to_have_count(0, timeout=SHOWS_WITHIN_MS)
+        await a.wait_session_closed(sid)
         rows = await a.sql("SELECT state, end_reason FROM interview_sessions WHERE id = $1", sid)
         assert [tuple(r) for r in rows] == [("ended", "operator_hangup")]
 

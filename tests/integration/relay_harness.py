@@ -3,8 +3,10 @@ Redis, the simulator over real HTTP as the upstream."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,6 +91,18 @@ class RelayHarness:
             return rows
         finally:
             await conn.close()
+
+    async def wait_session_closed(self, session_id: str, within: float = 10.0) -> None:
+        """Until the session's row is closed (``ended`` or ``failed``). The registry lets a
+        session go before the row's closing write lands (relay.sessions.finishes), so a
+        test that saw it leave the registry waits here before reading the row."""
+        deadline = time.monotonic() + within
+        while True:
+            rows = await self.sql("SELECT state FROM interview_sessions WHERE id = $1", session_id)
+            if rows and rows[0]["state"] in ("ended", "failed"):
+                return
+            assert time.monotonic() < deadline, f"{session_id}'s row not closed within {within}s"
+            await asyncio.sleep(0.02)
 
     def counter(self, name: str, **labels: Any) -> float:
         """Current value of a counter (summed over unspecified labels)."""

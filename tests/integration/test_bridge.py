@@ -275,6 +275,7 @@ async def test_browser_vanishing_hangs_up_upstream_and_debits(
         5,
         "session finished",
     )
+    await interview.relay.wait_session_closed(interview.session_id)
     row = await interview.row()
     assert row["state"] == "ended"
     if grace:
@@ -407,6 +408,7 @@ async def test_supervisor_failure_still_releases_slot_row_and_both_peers(
         10,
         "registry slot released",
     )
+    await relay.wait_session_closed(interview.session_id)
     row = await interview.row()
     assert row["state"] == "failed" and row["end_reason"] == "internal_error"
     call = upstream_call(simulator)

@@ -363,6 +363,7 @@ async def test_a_dropped_call_ends_at_once_for_a_client_that_cannot_resume(
     finally:
         await browser.close()
     await wait_until(lambda: len(relay.services.registry) == 0, WITHIN_S, "ended")
+    await relay.wait_session_closed((await _session_row(relay))["id"])
     row = await _session_row(relay)
     assert row["state"] == "ended" and row["end_reason"].startswith("browser_"), row
     assert row["end_reason"] != "browser_gone"  # ended at the drop, not after a grace
