@@ -254,12 +254,13 @@ async def test_a_resume_reaching_either_worker_is_served_by_the_one_holding_it(
                 assert answer["session_id"] == sid
                 assert answer["resume_token"] != resume_token
                 resume_token = answer["resume_token"]
-                # The answer's request id is the holder's: the same as the one of the
-                # worker the request reached when that was the holder, another when the
-                # other worker forwarded it there.
+                # The answer's request id is the holder's: the one of the worker the
+                # request reached when that was the holder; when the other worker
+                # forwarded it there (once or more), the holder's own ending with it.
                 if answer["request_id"] == reached:
                     reached_the_holder += 1
                 else:
+                    assert answer["request_id"].endswith(f".{reached}"), (answer, reached)
                     forwarded += 1
                 await page.wait_type("relay.session.reconnected", 10)
                 # Audio both ways again, on the same upstream call and conversation.
