@@ -164,6 +164,7 @@ class ResumeService:
                     resume_token,
                     offer_sdp,
                     request_id=request_id,
+                    passed_on_id=request_id if forwarded_by is None else first_id(request_id),
                     authorization=authorization,
                     hops=hops + 1,
                 )
@@ -218,6 +219,7 @@ class ResumeService:
         offer_sdp: str,
         *,
         request_id: str,
+        passed_on_id: str,
         authorization: str,
         hops: int,
     ) -> Forwarded:
@@ -235,8 +237,9 @@ class ResumeService:
             "Authorization": authorization,
             FORWARDED_BY_HEADER: self._instance_id,
             FORWARD_HOPS_HEADER: str(hops),
-            # The holder's own request id ends with ours: one resume, two members' logs.
-            "X-Request-ID": request_id,
+            # The holder's own request id ends with the one of the member the client
+            # reached, however many workers it went through: one resume, one id to grep.
+            "X-Request-ID": passed_on_id,
         }
         body = {"resume_token": resume_token, "type": "offer", "sdp": offer_sdp}
         log.info("[%s] RESUME_FORWARDED to %s", request_id, address)
@@ -346,6 +349,14 @@ class ResumeService:
         bridge = await self._bridges.open(entry, offer_sdp, request_id, seed=seed)
         assert bridge.answer is not None
         return Resumed(bridge.answer, token)
+
+
+def first_id(request_id: str) -> str:
+    """The request id a forwarded request came with: this member's own id is prefixed to
+    it (``<own>.<incoming>``, relay.web.middleware; the own part has no dot). Passed on
+    as it came: prefixing again at each hop would soon exceed the length a member accepts,
+    and the next one would drop it."""
+    return request_id.partition(".")[2] or request_id
 
 
 def unavailable(message: str) -> ApiError:

@@ -1,26 +1,32 @@
 """`relay serve --workers 2` on the embedded defaults: one port, two full relays sharing
 one embedded PostgreSQL; sessions spread over both and go live on each; the cluster view
-lists both workers; SIGTERM drains both."""
+lists both workers; SIGTERM drains both; a resume reaching the worker that does not hold
+the interview is forwarded to the one that does."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
+import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from relay.db.embedded_pg import start_embedded_postgres
+from relay.upstream.simulator.server import RunningSimulator
 from tests.integration.cluster_helpers import (
     Client,
     RelayProcess,
     fresh_connections,
     poll,
     relay_env,
+    simulator_env,
     sql,
 )
-from tests.integration.media_helpers import BrowserPeer
+from tests.integration.continuity_helpers import SPEECH, Page
+from tests.integration.media_helpers import BrowserPeer, encode_opus, speech_like, wait_until
 from tests.support.processes import wait_exited
 
 pytestmark = pytest.mark.slow
@@ -131,3 +137,144 @@ async def test_two_workers_share_one_port_and_one_embedded_database(
             await browser.close()
         await relay.stop()
         await asyncio.to_thread(embedded.stop)
+
+
+# Resumes in a row until both ways were seen, each landing on either worker (p = 1/2): at
+# least this many, and at most this many (all on one side: a chance of 1 in 2**15).
+MIN_RESUMES = 4
+MAX_RESUMES = 16
+# The page's waits between resume attempts (static/page-interview.js: 1, 2, 4… s).
+PAGE_BACKOFF_S = (1.0, 2.0, 4.0)
+# What the candidate says after each resume: short, so that each turn is quick.
+SHORT_ANSWER = encode_opus(speech_like(0.5))
+
+
+async def go_live(
+    client: Client, token: str, session_id: str, pages: list[BrowserPeer]
+) -> tuple[Page, str]:
+    """Exchange with a page that speaks at once; (page, resume token)."""
+    page = Page(payloads=SPEECH)
+    pages.append(page)
+    body = {"session_id": session_id, "type": "offer", "sdp": await page.offer()}
+    status, answer, _ = await client.call("POST", "api/webrtc-exchange", token=token, json=body)
+    assert status == 201, answer
+    await page.accept(answer["sdp"])
+    await page.wait_connected(within=15)
+    return page, str(answer["resume_token"])
+
+
+async def a_turn(page: BrowserPeer) -> None:
+    """The upstream hears the candidate, and the candidate hears the interviewer."""
+    await page.wait_type("conversation.item.input_audio_transcription.completed", 25)
+    await wait_until(lambda: page.speaker.loud_frames() > 0, 10, "the interviewer heard")
+    await page.wait_type("response.output_audio_transcript.done", 25)
+
+
+async def resume_as_the_page(
+    client: Client, token: str, session_id: str, resume_token: str, pages: list[BrowserPeer]
+) -> tuple[Page, dict[str, Any], str]:
+    """Resume as static/page-interview.js does: a new call with a new offer, sent with an
+    Idempotency-Key; a retryable refusal (503 "moving between servers") is tried again
+    with a new call after the page's backoff. (page, answer, the X-Request-ID of the
+    worker the request reached)."""
+    for backoff_s in (*PAGE_BACKOFF_S, 0.0):
+        page = Page(payloads=SHORT_ANSWER)
+        pages.append(page)
+        body = {"resume_token": resume_token, "type": "offer", "sdp": await page.offer()}
+        status, answer, headers = await client.call(
+            "POST",
+            f"api/sessions/{session_id}/resume",
+            token=token,
+            json=body,
+            headers={"Idempotency-Key": str(uuid.uuid4())},
+        )
+        if status == 201:
+            await page.accept(answer["sdp"])
+            await page.wait_connected(within=15)
+            return page, answer, headers["X-Request-ID"]
+        await page.close()
+        assert status == 503 and answer["error"]["retryable"] and backoff_s, answer
+        await asyncio.sleep(backoff_s)  # the page's countdown before its next attempt
+    raise AssertionError("unreachable: the last attempt returns or fails")
+
+
+async def test_a_resume_reaching_either_worker_is_served_by_the_one_holding_it(
+    traversable_tmp_path: Path, simulator: RunningSimulator
+) -> None:
+    data_dir = traversable_tmp_path / "state"
+    env = relay_env(
+        data_dir,
+        {"RELAY__SERVER__CREATE_DEMO_USER": "true", **simulator_env(simulator.base_url)},
+    )
+    env.pop("RELAY__CLUSTER__STATE_KEY")  # the embedded default: generated into data_dir
+    relay = await RelayProcess.start(traversable_tmp_path, env, "--workers", "2")
+    pages: list[BrowserPeer] = []
+    try:
+
+        async def demo_token() -> str | None:
+            return next((line for line in relay.lines if line.startswith("rt_")), None)
+
+        token = await poll(demo_token, 30, "the demo token")
+        async with fresh_connections() as http:
+            client = Client(http, relay.url)
+
+            async def workers() -> list[str] | None:
+                ids = sorted(m["id"] for m in (await client.cluster())["instances"])
+                return ids if len(ids) == 2 else None
+
+            both = await poll(workers, 15, "two workers in the cluster view")
+            status, created, _ = await client.create(token)
+            assert status == 201, created
+            sid = created["session_id"]
+            page, resume_token = await go_live(client, token, sid, pages)
+            await a_turn(page)
+            [call] = simulator.state.calls.values()
+
+            async def holder() -> str | None:
+                view = await client.cluster()
+                return next(
+                    (
+                        s["member"]
+                        for s in view["sessions"]
+                        if s["session_id"] == sid and s["state"] == "active"
+                    ),
+                    None,
+                )
+
+            held_by = await poll(holder, 15, f"session {sid} to be active")
+            assert held_by in both
+
+            reached_the_holder = forwarded = 0
+            for resumes in range(1, MAX_RESUMES + 1):
+                await page.close()  # the connection drops; the page resumes at once
+                items = call.conversation_items
+                page, answer, reached = await resume_as_the_page(
+                    client, token, sid, resume_token, pages
+                )
+                assert answer["session_id"] == sid
+                assert answer["resume_token"] != resume_token
+                resume_token = answer["resume_token"]
+                # The answer's request id is the holder's: the one of the worker the
+                # request reached when that was the holder; when the other worker
+                # forwarded it there (once or more), the holder's own ending with it.
+                if answer["request_id"] == reached:
+                    reached_the_holder += 1
+                else:
+                    assert answer["request_id"].endswith(f".{reached}"), (answer, reached)
+                    forwarded += 1
+                await page.wait_type("relay.session.reconnected", 10)
+                # Audio both ways again, on the same upstream call and conversation.
+                await a_turn(page)
+                assert call.conversation_items >= items + 2
+                assert list(simulator.state.calls.values()) == [call] and not call.hung_up
+                assert await holder() == held_by  # served there, never taken over
+                if resumes >= MIN_RESUMES and reached_the_holder and forwarded:
+                    break
+            assert reached_the_holder and forwarded, (
+                f"{reached_the_holder} resumes reached the holder, {forwarded} were forwarded"
+            )
+            assert (await client.session(token, sid))["parts"] == 1
+    finally:
+        for browser in pages:
+            await browser.close()
+        await relay.stop()
