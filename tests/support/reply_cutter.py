@@ -3,8 +3,9 @@
 Between the relay and PostgreSQL it forwards bytes both ways untouched until armed with a
 marker (a piece of statement text such as ``b"INSERT INTO interview_sessions"`` or
 ``b"COMMIT"``). On the first connection whose client sends the marker, the server's
-next CommandComplete is swallowed together with everything up to the ReadyForQuery that
-follows it (by then the statement's transaction is over: committed), and both sides of
+next CommandComplete (or PortalSuspended: the end of a statement asked for one row, as
+asyncpg's ``fetchrow`` does) is swallowed together with everything up to the ReadyForQuery
+that follows it (by then the statement's transaction is over: committed), and both sides of
 that connection are cut. The client sees its connection die without an answer, exactly
 as when the network fails between the server's commit and the client: it cannot know
 that its statement took effect. ``arm(marker, then=b"COMMIT")`` waits, on the connection
@@ -22,6 +23,9 @@ import contextlib
 import struct
 
 _COMMAND_COMPLETE = ord("C")
+# What ends a statement run with a row limit instead (asyncpg's fetchrow and fetchval ask
+# for one row): the rows are sent, then this, then ReadyForQuery after the Sync.
+_PORTAL_SUSPENDED = ord("s")
 _READY_FOR_QUERY = ord("Z")
 
 
@@ -162,7 +166,7 @@ class ReplyCutter:
                 break
             message = bytes(conn.pending[: 1 + length])
             del conn.pending[: 1 + length]
-            if kind == _COMMAND_COMPLETE:
+            if kind in (_COMMAND_COMPLETE, _PORTAL_SUSPENDED):
                 conn.swallowing = True
             if conn.swallowing:
                 if kind == _READY_FOR_QUERY:
