@@ -46,7 +46,8 @@ QUALITY_REFRESH_S = 5.0
 # the tick is idle media (noticed within a quarter of its timeout) and the periodic work
 # (quality figures, metrics, progress), none of which changes meaningfully faster. Every
 # wake-up costs each live interview CPU whether audio flows or not, so it is the quality
-# interval rather than a second (docs/benchmarks.md, "The supervision tick").
+# interval rather than a second (docs/benchmarks.md, "The supervision tick and the
+# pool's reset").
 MAX_TICK_S = QUALITY_REFRESH_S
 # How often, past the limit, the reply in progress is checked for its end.
 OVERRUN_TICK_S = 0.05
