@@ -209,9 +209,24 @@ class Client:
         assert isinstance(body, dict)
         return body
 
-    async def go_live(self, token: str, session_id: str) -> tuple[BrowserPeer, dict[str, Any]]:
-        """Exchange the session here with a real aiortc browser; wait until connected."""
-        browser = BrowserPeer(payloads=SPEECH)
+    async def holder_of(self, session_id: str) -> str | None:
+        """The member the cluster view shows holding ``session_id`` live (None: not yet)."""
+        view = await self.cluster()
+        return next(
+            (
+                s["member"]
+                for s in view["sessions"]
+                if s["session_id"] == session_id and s["state"] == "active"
+            ),
+            None,
+        )
+
+    async def go_live(
+        self, token: str, session_id: str, browser: BrowserPeer | None = None
+    ) -> tuple[BrowserPeer, dict[str, Any]]:
+        """Exchange the session here with a real aiortc browser (``browser``, else one
+        that speaks ``SPEECH``); wait until connected."""
+        browser = BrowserPeer(payloads=SPEECH) if browser is None else browser
         try:
             body = {"session_id": session_id, "type": "offer", "sdp": await browser.offer()}
             status, answer, _ = await self.call(

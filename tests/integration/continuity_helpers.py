@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from tests.integration.cluster_helpers import Client
 from tests.integration.media_helpers import BrowserPeer, encode_opus, speech_like, wait_until
 from tests.integration.relay_harness import RelayHarness
 
@@ -90,3 +91,23 @@ async def resume(
     ) as resp:
         answer: dict[str, Any] = await resp.json()
         return resp.status, answer
+
+
+async def go_live_at(
+    client: Client, token: str, session_id: str, pages: list[BrowserPeer]
+) -> tuple[Page, str]:
+    """Exchange on ``client``'s relay with a page that speaks at once (added to ``pages``,
+    which the test closes); (page, resume token)."""
+    page = Page(payloads=SPEECH)
+    pages.append(page)
+    _, answer = await client.go_live(token, session_id, page)
+    return page, str(answer["resume_token"])
+
+
+async def a_full_turn(page: BrowserPeer, *, heard: bool = False) -> None:
+    """The upstream transcribes the candidate and replies (``heard``: and the candidate's
+    page hears the reply's audio before its transcript is done)."""
+    await page.wait_type("conversation.item.input_audio_transcription.completed", 25)
+    if heard:
+        await wait_until(lambda: page.speaker.loud_frames() > 0, 10, "the interviewer heard")
+    await page.wait_type("response.output_audio_transcript.done", 25)

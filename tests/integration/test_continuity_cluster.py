@@ -23,26 +23,13 @@ from tests.integration.cluster_helpers import (
     poll,
     sql,
 )
-from tests.integration.continuity_helpers import SPEECH, Page
-from tests.integration.media_helpers import BrowserPeer
+from tests.integration.continuity_helpers import SPEECH, Page, a_full_turn, go_live_at
 from tests.integration.test_cluster import Pair, member_id, pair  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.slow
 
 
 INTERVIEWER = "You interview for the backend role."
-
-
-async def go_live(client: Client, token: str, session_id: str, pair: Pair) -> tuple[Page, str]:  # noqa: F811
-    """Exchange on ``client``'s member with a page that speaks at once; (page, resume token)."""
-    page = Page(payloads=SPEECH)
-    pair.browsers.append(page)
-    body = {"session_id": session_id, "type": "offer", "sdp": await page.offer()}
-    status, answer, _ = await client.call("POST", "api/webrtc-exchange", token=token, json=body)
-    assert status == 201, answer
-    await page.accept(answer["sdp"])
-    await page.wait_connected(within=15)
-    return page, str(answer["resume_token"])
 
 
 async def resume_at(
@@ -71,11 +58,6 @@ async def resume_at(
     return page, answer
 
 
-async def a_full_turn(page: BrowserPeer) -> None:
-    await page.wait_type("conversation.item.input_audio_transcription.completed", 25)
-    await page.wait_type("response.output_audio_transcript.done", 25)
-
-
 async def test_a_resume_sent_to_the_other_member_is_served_by_the_holder(
     pair: Pair,  # noqa: F811
     simulator: RunningSimulator,
@@ -86,7 +68,7 @@ async def test_a_resume_sent_to_the_other_member_is_served_by_the_holder(
         status, created, _ = await a.create(token)
         assert status == 201, created
         sid = created["session_id"]
-        page, resume_token = await go_live(a, token, sid, pair)
+        page, resume_token = await go_live_at(a, token, sid, pair.browsers)
         await a_full_turn(page)
         [call] = simulator.state.calls.values()
 
@@ -144,7 +126,7 @@ async def test_the_holder_killed_the_interview_continues_on_the_survivor(
         status, created, _ = await b.create(token)
         assert status == 201, created
         sid = created["session_id"]
-        page, resume_token = await go_live(b, token, sid, pair)
+        page, resume_token = await go_live_at(b, token, sid, pair.browsers)
         await a_full_turn(page)
         [first_call] = simulator.state.calls.values()
 

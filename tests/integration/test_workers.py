@@ -9,6 +9,7 @@ import asyncio
 import os
 import signal
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,8 @@ from tests.integration.cluster_helpers import (
     simulator_env,
     sql,
 )
-from tests.integration.continuity_helpers import SPEECH, Page
-from tests.integration.media_helpers import BrowserPeer, encode_opus, speech_like, wait_until
+from tests.integration.continuity_helpers import Page, a_full_turn, go_live_at
+from tests.integration.media_helpers import BrowserPeer, encode_opus, speech_like
 from tests.support.processes import wait_exited
 
 pytestmark = pytest.mark.slow
@@ -91,19 +92,9 @@ async def test_two_workers_share_one_port_and_one_embedded_database(
                 sid = created["session_id"]
                 browser, _ = await client.go_live(token, sid)
                 browsers.append(browser)
-
-                async def holder(sid: str = sid) -> str | None:
-                    view = await client.cluster()
-                    return next(
-                        (
-                            s["member"]
-                            for s in view["sessions"]
-                            if s["session_id"] == sid and s["state"] == "active"
-                        ),
-                        None,
-                    )
-
-                member = await poll(holder, 15, f"session {sid} to be active")
+                member = await poll(
+                    partial(client.holder_of, sid), 15, f"session {sid} to be active"
+                )
                 live_on.setdefault(member, sid)
                 if len(live_on) == 2:
                     break
@@ -147,27 +138,6 @@ MAX_RESUMES = 16
 PAGE_BACKOFF_S = (1.0, 2.0, 4.0)
 # What the candidate says after each resume: short, so that each turn is quick.
 SHORT_ANSWER = encode_opus(speech_like(0.5))
-
-
-async def go_live(
-    client: Client, token: str, session_id: str, pages: list[BrowserPeer]
-) -> tuple[Page, str]:
-    """Exchange with a page that speaks at once; (page, resume token)."""
-    page = Page(payloads=SPEECH)
-    pages.append(page)
-    body = {"session_id": session_id, "type": "offer", "sdp": await page.offer()}
-    status, answer, _ = await client.call("POST", "api/webrtc-exchange", token=token, json=body)
-    assert status == 201, answer
-    await page.accept(answer["sdp"])
-    await page.wait_connected(within=15)
-    return page, str(answer["resume_token"])
-
-
-async def a_turn(page: BrowserPeer) -> None:
-    """The upstream hears the candidate, and the candidate hears the interviewer."""
-    await page.wait_type("conversation.item.input_audio_transcription.completed", 25)
-    await wait_until(lambda: page.speaker.loud_frames() > 0, 10, "the interviewer heard")
-    await page.wait_type("response.output_audio_transcript.done", 25)
 
 
 async def resume_as_the_page(
@@ -226,22 +196,10 @@ async def test_a_resume_reaching_either_worker_is_served_by_the_one_holding_it(
             status, created, _ = await client.create(token)
             assert status == 201, created
             sid = created["session_id"]
-            page, resume_token = await go_live(client, token, sid, pages)
-            await a_turn(page)
+            page, resume_token = await go_live_at(client, token, sid, pages)
+            await a_full_turn(page, heard=True)
             [call] = simulator.state.calls.values()
-
-            async def holder() -> str | None:
-                view = await client.cluster()
-                return next(
-                    (
-                        s["member"]
-                        for s in view["sessions"]
-                        if s["session_id"] == sid and s["state"] == "active"
-                    ),
-                    None,
-                )
-
-            held_by = await poll(holder, 15, f"session {sid} to be active")
+            held_by = await poll(lambda: client.holder_of(sid), 15, f"session {sid} to be active")
             assert held_by in both
 
             reached_the_holder = forwarded = 0
@@ -264,10 +222,10 @@ async def test_a_resume_reaching_either_worker_is_served_by_the_one_holding_it(
                     forwarded += 1
                 await page.wait_type("relay.session.reconnected", 10)
                 # Audio both ways again, on the same upstream call and conversation.
-                await a_turn(page)
+                await a_full_turn(page, heard=True)
                 assert call.conversation_items >= items + 2
                 assert list(simulator.state.calls.values()) == [call] and not call.hung_up
-                assert await holder() == held_by  # served there, never taken over
+                assert await client.holder_of(sid) == held_by  # served there, never taken over
                 if resumes >= MIN_RESUMES and reached_the_holder and forwarded:
                     break
             assert reached_the_holder and forwarded, (
