@@ -4,9 +4,11 @@ Redis, the simulator over real HTTP as the upstream."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +18,9 @@ from aiohttp.test_utils import TestClient
 
 from relay.admission.tokens import hash_token, new_token
 from relay.config import Settings
+from relay.db import Store
 from relay.media import fastloop
+from relay.observability.metrics import MetricsRegistry
 from relay.services import Services
 
 OPERATOR_TOKEN = "op-test-token-0123456789abcdefghij"
@@ -138,3 +142,19 @@ class RelayHarness:
         async with self.client.post("/api/realtime-session", headers=hdrs, **kwargs) as resp:
             body = await resp.json()
             return resp.status, body, dict(resp.headers)
+
+
+@contextlib.asynccontextmanager
+async def migrated_store(
+    database_url: str, metrics: MetricsRegistry, **database: Any
+) -> AsyncIterator[Store]:
+    """A ``Store`` on ``database_url`` (the tests' database settings, ``database`` overriding
+    them), opened and migrated; closed on the way out, whatever happened."""
+    config = relay_settings(database_url, "http://127.0.0.1:9/v1").database
+    store = Store(database_url, config.model_copy(update=database), metrics)
+    await store.open()
+    try:
+        await store.migrate()
+        yield store
+    finally:
+        await store.close()

@@ -10,11 +10,10 @@ import asyncpg
 import pytest
 
 from relay.admission.tokens import hash_token, new_token
-from relay.db import Store
 from relay.observability.metrics import MetricsRegistry
 from relay.sessions.continuity import ContinuityKeeper
 from tests.integration.cluster_helpers import poll
-from tests.integration.relay_harness import relay_settings
+from tests.integration.relay_harness import migrated_store
 
 
 @dataclass
@@ -62,17 +61,12 @@ async def _sessions(dsn: str, rows: list[tuple[str, str, str | None]]) -> None:
 @pytest.fixture
 async def kept(database_url: str) -> AsyncIterator[Kept]:
     metrics = MetricsRegistry(process_metrics=False)
-    store = Store(
-        database_url, relay_settings(database_url, "http://127.0.0.1:9/v1").database, metrics
-    )
-    await store.open()
-    await store.migrate()
-    keeper = ContinuityKeeper(store, metrics, flush_s=0.2)
-    try:
-        yield Kept(keeper, metrics, database_url)
-    finally:
-        await keeper.close()
-        await store.close()
+    async with migrated_store(database_url, metrics) as store:
+        keeper = ContinuityKeeper(store, metrics, flush_s=0.2)
+        try:
+            yield Kept(keeper, metrics, database_url)
+        finally:
+            await keeper.close()
 
 
 async def test_the_progress_of_many_sessions_is_one_statement(kept: Kept) -> None:
@@ -118,16 +112,10 @@ async def test_the_progress_of_many_sessions_is_one_statement(kept: Kept) -> Non
 
 async def test_progress_waiting_for_its_flush_is_written_at_close(database_url: str) -> None:
     metrics = MetricsRegistry(process_metrics=False)
-    settings = relay_settings(database_url, "http://127.0.0.1:9/v1")
-    store = Store(database_url, settings.database, metrics)
-    await store.open()
-    try:
-        await store.migrate()
+    async with migrated_store(database_url, metrics) as store:
         await _sessions(database_url, [("s_late", "connecting", None)])
         # A flush an hour away: only the close can have written it.
         keeper = ContinuityKeeper(store, metrics, flush_s=3600)
         keeper.session("s_late", None).on_progress(7.0)
         await keeper.close()
         assert (await Kept(keeper, metrics, database_url).used()) == {"s_late": 7.0}
-    finally:
-        await store.close()

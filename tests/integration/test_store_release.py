@@ -10,7 +10,8 @@ import pytest
 
 from relay.db import Store
 from relay.observability.metrics import MetricsRegistry
-from tests.integration.relay_harness import relay_settings
+from tests.integration.cluster_helpers import sql
+from tests.integration.relay_harness import migrated_store
 
 # asyncpg's default reset on release (Connection.get_reset_query) starts with this.
 DEFAULT_RESET = "SELECT pg_advisory_unlock_all()"
@@ -18,24 +19,15 @@ DEFAULT_RESET = "SELECT pg_advisory_unlock_all()"
 
 @pytest.fixture
 async def store(database_url: str) -> AsyncIterator[Store]:
-    settings = relay_settings(database_url, "http://127.0.0.1:9/v1")
     # One connection: the second statement below gets the connection the first released.
-    config = settings.database.model_copy(update={"pool_min_size": 1, "pool_max_size": 1})
-    opened = Store(database_url, config, MetricsRegistry(process_metrics=False))
-    await opened.open()
-    await opened.migrate()
-    try:
+    metrics = MetricsRegistry(process_metrics=False)
+    async with migrated_store(database_url, metrics, pool_min_size=1, pool_max_size=1) as opened:
         yield opened
-    finally:
-        await opened.close()
 
 
 async def _last_statement(dsn: str, pid: int) -> str:
-    conn = await asyncpg.connect(dsn)
-    try:
-        query: str = await conn.fetchval("SELECT query FROM pg_stat_activity WHERE pid = $1", pid)
-    finally:
-        await conn.close()
+    [row] = await sql(dsn, "SELECT query FROM pg_stat_activity WHERE pid = $1", pid)
+    query: str = row["query"]
     return query
 
 

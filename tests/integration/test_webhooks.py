@@ -17,7 +17,6 @@ import asyncpg
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from relay.db import Store
 from relay.observability.metrics import MetricsRegistry
 from relay.sealing import decode_key
 from relay.webhooks.outbox import enqueue
@@ -25,7 +24,7 @@ from relay.webhooks.service import Webhooks
 from tests.integration.cluster_helpers import poll
 from tests.integration.conftest import MakeRelay
 from tests.integration.media_helpers import wait_until
-from tests.integration.relay_harness import STATE_KEY, RelayHarness, relay_settings
+from tests.integration.relay_harness import STATE_KEY, RelayHarness, migrated_store, relay_settings
 from tests.integration.webhook_receiver import (
     OPERATOR,
     Received,
@@ -343,38 +342,28 @@ async def test_a_name_rebound_to_loopback_after_registration_is_refused_at_deliv
 ) -> None:
     settings = relay_settings(database_url, "http://127.0.0.1:9/v1")
     metrics = MetricsRegistry(process_metrics=False)
-    store = Store(database_url, settings.database, metrics)
-    await store.open()
-    await store.migrate()
     key = decode_key(STATE_KEY)
-    try:
-        async with tcp_listener() as (port, accepted):
-            dns = ScriptedDns(["93.184.216.34", "127.0.0.1"])
-            webhooks = Webhooks(
-                settings.webhooks, store, key, metrics, "strict", resolver=lambda: dns
-            )
-            endpoint, _ = await webhooks.register(
-                url=f"https://hooks.example.test:{port}/hook", events=["*"], created_by="test"
-            )
-            await emit(database_url, [("interview.started", "iv_r", {"interview_id": "iv_r"})])
-            assert await webhooks.dispatcher.pump() == 1
-            await wait_until(lambda: webhooks.dispatcher.in_flight == 0, 15, "the attempt")
-            await webhooks.close()
-            [row] = await webhooks.deliveries.page(endpoint_id=endpoint.id, limit=10)
-            assert accepted == []
-            assert dns.lookups == ["hooks.example.test", "hooks.example.test"]
+    async with migrated_store(database_url, metrics) as store, tcp_listener() as (port, accepted):
+        dns = ScriptedDns(["93.184.216.34", "127.0.0.1"])
+        webhooks = Webhooks(settings.webhooks, store, key, metrics, "strict", resolver=lambda: dns)
+        endpoint, _ = await webhooks.register(
+            url=f"https://hooks.example.test:{port}/hook", events=["*"], created_by="test"
+        )
+        await emit(database_url, [("interview.started", "iv_r", {"interview_id": "iv_r"})])
+        assert await webhooks.dispatcher.pump() == 1
+        await wait_until(lambda: webhooks.dispatcher.in_flight == 0, 15, "the attempt")
+        await webhooks.close()
+        [row] = await webhooks.deliveries.page(endpoint_id=endpoint.id, limit=10)
+        assert accepted == []
+        assert dns.lookups == ["hooks.example.test", "hooks.example.test"]
 
-            # Where loopback is allowed, the same answer is what the delivery connects to:
-            # the address checked is the address used.
-            allowing = settings.replace("webhooks", allowed_networks=["127.0.0.0/8"])
-            lenient = Webhooks(
-                allowing.webhooks, store, key, metrics, "lenient", resolver=lambda: dns
-            )
-            tried = await lenient.test(endpoint.id)
-            await lenient.close()
-            assert accepted == [1]
-    finally:
-        await store.close()
+        # Where loopback is allowed, the same answer is what the delivery connects to:
+        # the address checked is the address used.
+        allowing = settings.replace("webhooks", allowed_networks=["127.0.0.0/8"])
+        lenient = Webhooks(allowing.webhooks, store, key, metrics, "lenient", resolver=lambda: dns)
+        tried = await lenient.test(endpoint.id)
+        await lenient.close()
+        assert accepted == [1]
 
     attempt = json.loads(row["attempt_log"])[0]
     assert attempt["outcome"] == "refused"
