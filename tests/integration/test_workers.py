@@ -18,6 +18,7 @@ import pytest
 from relay.db.embedded_pg import start_embedded_postgres
 from relay.upstream.simulator.server import RunningSimulator
 from tests.integration.cluster_helpers import (
+    OPERATOR,
     Client,
     RelayProcess,
     fresh_connections,
@@ -236,3 +237,137 @@ async def test_a_resume_reaching_either_worker_is_served_by_the_one_holding_it(
         for browser in pages:
             await browser.close()
         await relay.stop()
+
+
+async def test_a_worker_killed_mid_interview_hands_it_over_as_part_2(
+    traversable_tmp_path: Path, simulator: RunningSimulator
+) -> None:
+    """kill -9 of the worker holding an interview: the supervisor starts it again under the
+    same member id, and the page's resume (whichever worker it reaches) goes on as part 2,
+    as it does when a separate instance dies: a new upstream session seeded with the
+    conversation so far, the seconds charged carried over, part 1's recording finalised."""
+    data_dir = traversable_tmp_path / "state"
+    env = relay_env(
+        data_dir,
+        {"RELAY__SERVER__CREATE_DEMO_USER": "true", **simulator_env(simulator.base_url)},
+    )
+    env.pop("RELAY__CLUSTER__STATE_KEY")  # the embedded default: generated into data_dir
+    relay = await RelayProcess.start(traversable_tmp_path, env, "--workers", "2")
+    pages: list[BrowserPeer] = []
+    # Attaching to the embedded server (it stays up while either side uses it) to read rows.
+    embedded = await asyncio.to_thread(start_embedded_postgres, data_dir)
+    try:
+
+        async def demo_token() -> str | None:
+            return next((line for line in relay.lines if line.startswith("rt_")), None)
+
+        token = await poll(demo_token, 30, "the demo token")
+        async with fresh_connections() as http:
+            client = Client(http, relay.url)
+
+            async def members() -> dict[str, int] | None:
+                pids = {m["id"]: m["pid"] for m in (await client.cluster())["instances"]}
+                return pids if len(pids) == 2 else None
+
+            before = await poll(members, 15, "two workers in the cluster view")
+            status, created, _ = await client.create(token)
+            assert status == 201, created
+            sid = created["session_id"]
+            page, resume_token = await go_live_at(client, token, sid, pages)
+            await a_full_turn(page)
+            [first_call] = simulator.state.calls.values()
+            held_by = await poll(lambda: client.holder_of(sid), 15, f"session {sid} to be active")
+
+            async def kept() -> tuple[list[Any], float] | None:
+                # The holder writes the conversation and the time charged as it goes.
+                rows = await sql(
+                    embedded.dsn,
+                    "SELECT role, text FROM session_transcript WHERE session_id=$1"
+                    " ORDER BY position",
+                    sid,
+                )
+                used = await sql(
+                    embedded.dsn, "SELECT used_seconds FROM interview_sessions WHERE id=$1", sid
+                )
+                charged = used[0]["used_seconds"]
+                return (rows, float(charged)) if len(rows) >= 2 and charged else None
+
+            kept_rows, charged_before = await poll(
+                kept, 25, "the holder to keep the transcript and the time charged"
+            )
+
+            os.kill(before[held_by], signal.SIGKILL)
+
+            async def restarted() -> bool:
+                now = await members()
+                return bool(now and now[held_by] != before[held_by])
+
+            # The page notices the loss only once ICE gives up: by then the supervisor has
+            # started the worker again, under the same member id.
+            await poll(restarted, 60, f"{held_by} to be started again")
+            await page.pc.close()
+            again, answer, _ = await resume_as_the_page(client, token, sid, resume_token, pages)
+            assert answer["session_id"] == sid and answer["resume_token"] != resume_token
+
+            greeting = await again.wait_type("relay.session.reconnected", 10)
+            assert greeting["gap_ms"] > 0
+            transcript = await again.wait_type("relay.transcript", 10)
+            assert [(i["role"], i["text"]) for i in transcript["items"]] == [
+                (r["role"], r["text"]) for r in kept_rows
+            ]
+            time_left = await again.wait_type("relay.session.time_left", 10)
+            # Part 1's page was told the whole limit when the interview became active.
+            limit = (await page.wait_type("relay.session.time_left", 1))["seconds"]
+            assert time_left["seconds"] <= limit - int(charged_before)
+            # A new upstream session, seeded with the conversation so far (and a note).
+            second = next(c for c in simulator.state.calls.values() if c is not first_call)
+            await simulator.state.wait_for(lambda: second.items_created == len(kept_rows) + 1, 10)
+            rows = await sql(
+                embedded.dsn,
+                "SELECT relay_instance, parts, state, end_reason FROM interview_sessions"
+                " WHERE id=$1",
+                sid,
+            )
+            assert rows[0]["relay_instance"] in before
+            assert (rows[0]["parts"], rows[0]["state"], rows[0]["end_reason"]) == (
+                2,
+                "active",
+                None,
+            )
+            await a_full_turn(again)
+
+            status, _, _ = await client.call("DELETE", f"api/sessions/{sid}", token=token)
+            assert status == 204
+
+            async def ended() -> dict[str, Any] | None:
+                rows = await sql(
+                    embedded.dsn,
+                    "SELECT state, end_reason, debited_seconds, parts FROM interview_sessions"
+                    " WHERE id=$1",
+                    sid,
+                )
+                return dict(rows[0]) if rows[0]["state"] in ("ended", "failed") else None
+
+            final = await poll(ended, 15, "the interview to end")
+            assert (final["end_reason"], final["parts"]) == ("hangup", 2)
+            # Debited for both parts: the killed worker's seconds carried over.
+            assert final["debited_seconds"] >= charged_before
+
+            async def parts() -> list[dict[str, Any]] | None:
+                status, body, _ = await client.call(
+                    "GET", "api/recordings?limit=200", headers=OPERATOR
+                )
+                assert status == 200, body
+                mine = [i for i in body["items"] if i["session_id"] == sid]
+                ready = sorted(i["part"] for i in mine if i["status"] == "ready")
+                return mine if ready == [1, 2] else None
+
+            # Part 1 finalised from what the killed worker left on disk, part 2 as usual.
+            recordings = await poll(parts, 60, "both parts of the recording to be ready")
+            [first] = [i for i in recordings if i["part"] == 1]
+            assert first["recovered_after_crash"] is True
+    finally:
+        for browser in pages:
+            await browser.close()
+        await relay.stop()
+        await asyncio.to_thread(embedded.stop)
