@@ -146,6 +146,15 @@ class ResumeService:
             raise not_resumable("This session cannot be resumed.")
         if not token_matches(resume_token, target.resume_token_hash):
             raise token_invalid()
+        if target.holder_lost_s is not None:
+            # The process that held it is gone, and nothing holds a copy: its member was
+            # removed as dead, or it was a worker started again after a crash (the same
+            # member id, alive, but holding nothing). Whichever member the resume reaches
+            # takes it over, forwarded or not: forwarding would only look for a holder that
+            # is not there, and the take-over's conditional UPDATE lets one member win.
+            return await self._take_over(
+                session_id, caller, resume_token, offer_sdp, target, request_id=request_id
+            )
         shared_address = target.holder_address == self._address
         if (
             target.holder == self._instance_id
@@ -344,7 +353,10 @@ class ResumeService:
         if self._registry.get(session_id) is not entry:
             # Ended while its new upstream session was minted (shut-down, revoked, ...).
             raise session_ended_error(entry.end_reason)
-        away = (target.holder_heartbeat_age_s or 0.0) + (time.monotonic() - started)
+        lost_s = target.holder_lost_s
+        if lost_s is None:
+            lost_s = target.holder_heartbeat_age_s or 0.0
+        away = lost_s + (time.monotonic() - started)
         seed = Seed(items=tuple(items), charged_s=charged, gap_s=away)
         bridge = await self._bridges.open(entry, offer_sdp, request_id, seed=seed)
         assert bridge.answer is not None

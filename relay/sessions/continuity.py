@@ -82,6 +82,9 @@ class ResumeTarget:
     # (None: it left the view, e.g. removed as dead).
     holder_address: str | None
     holder_heartbeat_age_s: float | None
+    # Seconds since the process holding it was found gone (``holder_lost_at``: removed as a
+    # dead member, or a worker started again after a crash); None: not lost.
+    holder_lost_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -186,7 +189,8 @@ class ContinuityRows:
             row: asyncpg.Record | None = await conn.fetchrow(
                 """SELECT s.state, s.end_reason, s.relay_instance, s.resume_token_hash,
                           m.address,
-                          EXTRACT(EPOCH FROM now() - m.heartbeat_at)::float8 AS heartbeat_age
+                          EXTRACT(EPOCH FROM now() - m.heartbeat_at)::float8 AS heartbeat_age,
+                          EXTRACT(EPOCH FROM now() - s.holder_lost_at)::float8 AS lost_age
                    FROM interview_sessions s
                    LEFT JOIN relay_members m ON m.id = s.relay_instance
                    WHERE s.id = $1 AND s.user_id = $2""",
@@ -198,7 +202,7 @@ class ContinuityRows:
         row = await self._store.run("resume_target", op)
         if row is None:
             return None
-        age = row["heartbeat_age"]
+        age, lost = row["heartbeat_age"], row["lost_age"]
         return ResumeTarget(
             state=row["state"],
             end_reason=row["end_reason"],
@@ -206,6 +210,7 @@ class ContinuityRows:
             resume_token_hash=row["resume_token_hash"],
             holder_address=row["address"],
             holder_heartbeat_age_s=None if age is None else max(0.0, float(age)),
+            holder_lost_s=None if lost is None else max(0.0, float(lost)),
         )
 
     async def take_over(

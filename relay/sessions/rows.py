@@ -279,32 +279,74 @@ class SessionRows:
         return SessionRecord(**dict(row))
 
     async def recover_abandoned_sessions(
-        self, relay_instance: str, *, started_before: datetime, stale_after_s: float
-    ) -> int:
+        self,
+        relay_instance: str,
+        *,
+        started_before: datetime,
+        stale_after_s: float,
+        hand_over: bool = False,
+    ) -> Abandoned:
         """Close rows left live by a relay that stopped without draining.
 
         Two kinds: this instance's rows created before this process started (a crash and
         restart under the same instance id), and anyone's rows live for longer than any
         session can last (an instance that never came back, e.g. a container whose
         hostname changed). Their true duration is unknown, so nothing is debited.
+
+        ``hand_over`` (a worker of ``relay serve --workers N`` started again by its
+        supervisor): this instance's resumable interviews (connected, with a resume token)
+        are not closed but handed over as a dead member's are (relay.cluster.members):
+        marked ``holder_lost_at`` (this start, unless a member already marked them), so
+        that the page's resume, on whichever worker it lands, takes the interview over as
+        its next part (relay.cluster.resume); one nobody resumes within
+        ``session.reconnect_grace_s`` is closed ``relay_lost`` by the members' recovery,
+        debited the seconds charged until the crash (``used_seconds``). Why not close
+        them: the worker comes back under the same member id within seconds, while the
+        page is still resuming; closing them would end, on a worker's crash, interviews
+        that a crashed instance of a cluster hands over.
         """
 
-        async def op(conn: asyncpg.Connection) -> str:
-            status: str = await conn.execute(
-                """UPDATE interview_sessions
-                   SET state = 'failed', end_reason = 'relay_restarted', ended_at = now(),
-                       debited_seconds = 0
-                   WHERE state IN ('pending', 'connecting', 'active')
-                     AND ((relay_instance = $1 AND created_at < $2)
-                          OR created_at < now() - make_interval(secs => $3))""",
-                relay_instance,
-                started_before,
-                stale_after_s,
-            )
-            return status
+        async def op(conn: asyncpg.Connection) -> Abandoned:
+            async with conn.transaction():
+                handed_over = "UPDATE 0"
+                if hand_over:
+                    handed_over = await conn.execute(
+                        """UPDATE interview_sessions
+                           SET holder_lost_at = COALESCE(holder_lost_at, $2)
+                           WHERE relay_instance = $1 AND created_at < $2
+                             AND created_at >= now() - make_interval(secs => $3)
+                             AND state IN ('connecting', 'active')
+                             AND resume_token_hash IS NOT NULL AND connected_at IS NOT NULL""",
+                        relay_instance,
+                        started_before,
+                        stale_after_s,
+                    )
+                closed: str = await conn.execute(
+                    """UPDATE interview_sessions
+                       SET state = 'failed', end_reason = 'relay_restarted', ended_at = now(),
+                           debited_seconds = 0
+                       WHERE state IN ('pending', 'connecting', 'active')
+                         AND ((relay_instance = $1 AND created_at < $2
+                               AND NOT ($4 AND holder_lost_at IS NOT NULL))
+                              OR created_at < now() - make_interval(secs => $3))""",
+                    relay_instance,
+                    started_before,
+                    stale_after_s,
+                    hand_over,
+                )
+                return Abandoned(int(closed.split()[-1]), int(handed_over.split()[-1]))
 
-        status = await self._store.run("recover_sessions", op)
-        return int(status.split()[-1])
+        result: Abandoned = await self._store.run("recover_sessions", op)
+        return result
+
+
+@dataclass(frozen=True)
+class Abandoned:
+    """What a start did with the rows a previous run left live: closed
+    (``relay_restarted``), and handed over (resumable by a take-over)."""
+
+    closed: int
+    handed_over: int
 
 
 class SessionList:
