@@ -1,14 +1,20 @@
 """`relay serve --workers 2` on the embedded defaults: one port, two full relays sharing
 one embedded PostgreSQL; sessions spread over both and go live on each; the cluster view
 lists both workers; SIGTERM drains both; a resume reaching the worker that does not hold
-the interview is forwarded to the one that does."""
+the interview is forwarded to the one that does; a worker killed mid-interview (started
+again by the supervisor under the same member id) hands the interview over as part 2 to
+the page's resume, or it is closed `relay_lost` once the grace has passed."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import os
 import signal
 import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -17,6 +23,7 @@ import pytest
 
 from relay.db.embedded_pg import start_embedded_postgres
 from relay.upstream.simulator.server import RunningSimulator
+from relay.upstream.simulator.state import CallRecord
 from tests.integration.cluster_helpers import (
     OPERATOR,
     Client,
@@ -239,21 +246,36 @@ async def test_a_resume_reaching_either_worker_is_served_by_the_one_holding_it(
         await relay.stop()
 
 
-async def test_a_worker_killed_mid_interview_hands_it_over_as_part_2(
-    traversable_tmp_path: Path, simulator: RunningSimulator
-) -> None:
-    """kill -9 of the worker holding an interview: the supervisor starts it again under the
-    same member id, and the page's resume (whichever worker it reaches) goes on as part 2,
-    as it does when a separate instance dies: a new upstream session seeded with the
-    conversation so far, the seconds charged carried over, part 1's recording finalised."""
-    data_dir = traversable_tmp_path / "state"
+@dataclass
+class Killed:
+    """An interview live on one of two workers whose process was then killed (kill -9)
+    and started again by the supervisor, the page not yet resuming."""
+
+    relay: RelayProcess
+    client: Client
+    dsn: str  # the embedded database's, to read the rows
+    token: str
+    session_id: str
+    page: Page
+    resume_token: str
+    first_call: CallRecord
+    held_by: str  # the killed worker's member id
+    workers: list[str]
+    kept: list[Any]  # the conversation the holder wrote, (role, text) rows
+    charged_s: float  # the seconds charged the holder wrote
+
+
+@contextlib.asynccontextmanager
+async def an_interview_whose_worker_was_killed(
+    tmp_path: Path, simulator: RunningSimulator, pages: list[BrowserPeer], extra: dict[str, str]
+) -> AsyncIterator[Killed]:
+    data_dir = tmp_path / "state"
     env = relay_env(
         data_dir,
-        {"RELAY__SERVER__CREATE_DEMO_USER": "true", **simulator_env(simulator.base_url)},
+        {"RELAY__SERVER__CREATE_DEMO_USER": "true", **simulator_env(simulator.base_url), **extra},
     )
     env.pop("RELAY__CLUSTER__STATE_KEY")  # the embedded default: generated into data_dir
-    relay = await RelayProcess.start(traversable_tmp_path, env, "--workers", "2")
-    pages: list[BrowserPeer] = []
+    relay = await RelayProcess.start(tmp_path, env, "--workers", "2")
     # Attaching to the embedded server (it stays up while either side uses it) to read rows.
     embedded = await asyncio.to_thread(start_embedded_postgres, data_dir)
     try:
@@ -292,7 +314,7 @@ async def test_a_worker_killed_mid_interview_hands_it_over_as_part_2(
                 charged = used[0]["used_seconds"]
                 return (rows, float(charged)) if len(rows) >= 2 and charged else None
 
-            kept_rows, charged_before = await poll(
+            kept_rows, charged_s = await poll(
                 kept, 25, "the holder to keep the transcript and the time charged"
             )
 
@@ -305,69 +327,123 @@ async def test_a_worker_killed_mid_interview_hands_it_over_as_part_2(
             # The page notices the loss only once ICE gives up: by then the supervisor has
             # started the worker again, under the same member id.
             await poll(restarted, 60, f"{held_by} to be started again")
-            await page.pc.close()
-            again, answer, _ = await resume_as_the_page(client, token, sid, resume_token, pages)
-            assert answer["session_id"] == sid and answer["resume_token"] != resume_token
-
-            greeting = await again.wait_type("relay.session.reconnected", 10)
-            assert greeting["gap_ms"] > 0
-            transcript = await again.wait_type("relay.transcript", 10)
-            assert [(i["role"], i["text"]) for i in transcript["items"]] == [
-                (r["role"], r["text"]) for r in kept_rows
-            ]
-            time_left = await again.wait_type("relay.session.time_left", 10)
-            # Part 1's page was told the whole limit when the interview became active.
-            limit = (await page.wait_type("relay.session.time_left", 1))["seconds"]
-            assert time_left["seconds"] <= limit - int(charged_before)
-            # A new upstream session, seeded with the conversation so far (and a note).
-            second = next(c for c in simulator.state.calls.values() if c is not first_call)
-            await simulator.state.wait_for(lambda: second.items_created == len(kept_rows) + 1, 10)
-            rows = await sql(
-                embedded.dsn,
-                "SELECT relay_instance, parts, state, end_reason FROM interview_sessions"
-                " WHERE id=$1",
-                sid,
+            yield Killed(
+                relay=relay,
+                client=client,
+                dsn=embedded.dsn,
+                token=token,
+                session_id=sid,
+                page=page,
+                resume_token=resume_token,
+                first_call=first_call,
+                held_by=held_by,
+                workers=sorted(before),
+                kept=kept_rows,
+                charged_s=charged_s,
             )
-            assert rows[0]["relay_instance"] in before
-            assert (rows[0]["parts"], rows[0]["state"], rows[0]["end_reason"]) == (
-                2,
-                "active",
-                None,
-            )
-            await a_full_turn(again)
-
-            status, _, _ = await client.call("DELETE", f"api/sessions/{sid}", token=token)
-            assert status == 204
-
-            async def ended() -> dict[str, Any] | None:
-                rows = await sql(
-                    embedded.dsn,
-                    "SELECT state, end_reason, debited_seconds, parts FROM interview_sessions"
-                    " WHERE id=$1",
-                    sid,
-                )
-                return dict(rows[0]) if rows[0]["state"] in ("ended", "failed") else None
-
-            final = await poll(ended, 15, "the interview to end")
-            assert (final["end_reason"], final["parts"]) == ("hangup", 2)
-            # Debited for both parts: the killed worker's seconds carried over.
-            assert final["debited_seconds"] >= charged_before
-
-            async def parts() -> list[dict[str, Any]] | None:
-                status, body, _ = await client.call(
-                    "GET", "api/recordings?limit=200", headers=OPERATOR
-                )
-                assert status == 200, body
-                mine = [i for i in body["items"] if i["session_id"] == sid]
-                ready = sorted(i["part"] for i in mine if i["status"] == "ready")
-                return mine if ready == [1, 2] else None
-
-            # Part 1 finalised from what the killed worker left on disk, part 2 as usual.
-            recordings = await poll(parts, 60, "both parts of the recording to be ready")
-            [first] = [i for i in recordings if i["part"] == 1]
-            assert first["recovered_after_crash"] is True
     finally:
         for browser in pages:
             await browser.close()
         await relay.stop()
         await asyncio.to_thread(embedded.stop)
+
+
+async def test_a_worker_killed_mid_interview_hands_it_over_as_part_2(
+    traversable_tmp_path: Path, simulator: RunningSimulator
+) -> None:
+    """kill -9 of the worker holding an interview: the supervisor starts it again under the
+    same member id, and the page's resume (whichever worker it reaches) goes on as part 2,
+    as it does when a separate instance dies: a new upstream session seeded with the
+    conversation so far, the seconds charged carried over, part 1's recording finalised."""
+    pages: list[BrowserPeer] = []
+    async with an_interview_whose_worker_was_killed(
+        traversable_tmp_path, simulator, pages, {}
+    ) as killed:
+        client, token, sid = killed.client, killed.token, killed.session_id
+        page, kept_rows, charged_before = killed.page, killed.kept, killed.charged_s
+        await page.pc.close()
+        again, answer, _ = await resume_as_the_page(client, token, sid, killed.resume_token, pages)
+        assert answer["session_id"] == sid and answer["resume_token"] != killed.resume_token
+
+        greeting = await again.wait_type("relay.session.reconnected", 10)
+        assert greeting["gap_ms"] > 0
+        transcript = await again.wait_type("relay.transcript", 10)
+        assert [(i["role"], i["text"]) for i in transcript["items"]] == [
+            (r["role"], r["text"]) for r in kept_rows
+        ]
+        time_left = await again.wait_type("relay.session.time_left", 10)
+        # Part 1's page was told the whole limit when the interview became active.
+        limit = (await page.wait_type("relay.session.time_left", 1))["seconds"]
+        assert time_left["seconds"] <= limit - int(charged_before)
+        # A new upstream session, seeded with the conversation so far (and a note).
+        second = next(c for c in simulator.state.calls.values() if c is not killed.first_call)
+        await simulator.state.wait_for(lambda: second.items_created == len(kept_rows) + 1, 10)
+        rows = await sql(
+            killed.dsn,
+            "SELECT relay_instance, parts, state, end_reason FROM interview_sessions WHERE id=$1",
+            sid,
+        )
+        # Taken over by whichever worker the resume reached: neither holds anything of it.
+        assert rows[0]["relay_instance"] in killed.workers
+        assert (rows[0]["parts"], rows[0]["state"], rows[0]["end_reason"]) == (
+            2,
+            "active",
+            None,
+        )
+        await a_full_turn(again)
+
+        status, _, _ = await client.call("DELETE", f"api/sessions/{sid}", token=token)
+        assert status == 204
+        final = await poll(lambda: _row_if_ended(killed.dsn, sid), 15, "the interview to end")
+        assert (final["end_reason"], final["parts"]) == ("hangup", 2)
+        # Debited for both parts: the killed worker's seconds carried over.
+        assert final["debited_seconds"] >= charged_before
+
+        async def parts() -> list[dict[str, Any]] | None:
+            status, body, _ = await client.call("GET", "api/recordings?limit=200", headers=OPERATOR)
+            assert status == 200, body
+            mine = [i for i in body["items"] if i["session_id"] == sid]
+            ready = sorted(i["part"] for i in mine if i["status"] == "ready")
+            return mine if ready == [1, 2] else None
+
+        # Part 1 finalised from what the killed worker left on disk, part 2 as usual.
+        recordings = await poll(parts, 60, "both parts of the recording to be ready")
+        [first] = [i for i in recordings if i["part"] == 1]
+        assert first["recovered_after_crash"] is True
+
+
+# The grace of the test below: short, so that it passes soon after the kill.
+SHORT_GRACE_S = 3
+
+
+async def test_a_worker_killed_mid_interview_nobody_resumes_is_closed_relay_lost(
+    traversable_tmp_path: Path, simulator: RunningSimulator
+) -> None:
+    """Not resumed within the grace: closed as a dead member's interview is (relay_lost,
+    debited the seconds charged until the crash), not at the worker's start."""
+    pages: list[BrowserPeer] = []
+    async with an_interview_whose_worker_was_killed(
+        traversable_tmp_path,
+        simulator,
+        pages,
+        {"RELAY__SESSION__RECONNECT_GRACE_S": str(SHORT_GRACE_S)},
+    ) as killed:
+        final = await poll(
+            lambda: _row_if_ended(killed.dsn, killed.session_id),
+            SHORT_GRACE_S + 15,
+            "the interview to be closed",
+        )
+        assert (final["state"], final["end_reason"], final["parts"]) == ("failed", "relay_lost", 1)
+        # The seconds the killed worker had charged (written as it went), nothing more.
+        assert final["used_seconds"] >= killed.charged_s
+        assert final["debited_seconds"] == math.ceil(final["used_seconds"])
+
+
+async def _row_if_ended(dsn: str, sid: str) -> dict[str, Any] | None:
+    rows = await sql(
+        dsn,
+        "SELECT state, end_reason, debited_seconds, used_seconds, parts"
+        " FROM interview_sessions WHERE id=$1",
+        sid,
+    )
+    return dict(rows[0]) if rows[0]["state"] in ("ended", "failed") else None
