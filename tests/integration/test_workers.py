@@ -272,7 +272,15 @@ async def an_interview_whose_worker_was_killed(
     data_dir = tmp_path / "state"
     env = relay_env(
         data_dir,
-        {"RELAY__SERVER__CREATE_DEMO_USER": "true", **simulator_env(simulator.base_url), **extra},
+        {
+            "RELAY__SERVER__CREATE_DEMO_USER": "true",
+            **simulator_env(simulator.base_url),
+            # As by default, longer than the supervisor takes to start a worker again: the
+            # other worker does not take the killed one for dead meanwhile, so what happens
+            # to the interview is the restarted worker's doing.
+            "RELAY__CLUSTER__RECOVER_AFTER_S": "30",
+            **extra,
+        },
     )
     env.pop("RELAY__CLUSTER__STATE_KEY")  # the embedded default: generated into data_dir
     relay = await RelayProcess.start(tmp_path, env, "--workers", "2")
