@@ -10,9 +10,12 @@
    goes, as it came (the candidate's credential, the body), to that member's address
    (``cluster.advertise_address``), and its answer comes back as it is. A forwarded
    request (``X-Relay-Forwarded-By``) is forwarded again only between workers that share
-   the holder's address (``MAX_FORWARD_HOPS``), and never taken over.
+   the holder's address (``MAX_FORWARD_HOPS``), and never taken over unless the row says
+   its holder is lost (3.).
 3. **Taken over**: the holder is gone (out of the cluster view, or its address refuses
-   connections: a process killed outright). This member moves the row to itself in one
+   connections: a process killed outright), or the row says the process that held it is
+   (``holder_lost_at``: its member was removed as dead, or a worker was started again after a
+   crash, relay.sessions.rows). This member moves the row to itself in one
    conditional UPDATE (``ContinuityRows.take_over``: the token must match, and only one
    member can win), mints a new upstream session, and bridges it seeded with the
    conversation so far (``Seed``: text items from ``session_transcript``); the recording
