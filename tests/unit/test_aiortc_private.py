@@ -458,8 +458,10 @@ def test_srtp_addresses_are_the_functions_pylibsrtp_calls() -> None:
 
     import pylibsrtp
 
-    protect_at, unprotect_at = aiortc_private.srtp_function_addresses()
-    assert protect_at and unprotect_at and protect_at != unprotect_at
+    protect_at, unprotect_at, unprotect_rtcp_at = aiortc_private.srtp_function_addresses()
+    assert len({protect_at, unprotect_at, unprotect_rtcp_at}) == 3 and all(
+        (protect_at, unprotect_at, unprotect_rtcp_at)
+    )
     assert aiortc_private.srtp_library_version().startswith("libsrtp2 2.")
     key = os.urandom(44)
     profile = pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_256_GCM
@@ -479,6 +481,17 @@ def test_srtp_addresses_are_the_functions_pylibsrtp_calls() -> None:
     length = ctypes.c_int(len(packet))
     assert process(protect_at)(aiortc_private.srtp_context_address(tx), buffer, length) == 0
     assert rx.unprotect(buffer.raw[: length.value]) == packet  # pylibsrtp's own call agrees
+    # SRTCP: pylibsrtp protects, the address unprotects in place on the same context.
+    report = struct.pack("!BBHI", 0x80, 201, 1, 42)
+    protected = tx.protect_rtcp(report)
+    buffer = ctypes.create_string_buffer(protected, 1500)
+    length = ctypes.c_int(len(protected))
+    rx_context = aiortc_private.srtp_context_address(rx)
+    assert process(unprotect_rtcp_at)(rx_context, buffer, length) == 0
+    assert buffer.raw[: length.value] == report
+    length = ctypes.c_int(len(protected))  # the same again: the replay window refuses it
+    buffer = ctypes.create_string_buffer(protected, 1500)
+    assert process(unprotect_rtcp_at)(rx_context, buffer, length) != 0
 
 
 def test_stream_statistics_state_round_trips() -> None:
