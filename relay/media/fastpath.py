@@ -37,7 +37,10 @@ with the SRTP sessions, both sockets and everything the rewrite and the counters
 From then on the loop forwards the direction's packets in C, exactly as ``_forward`` and
 ``_send`` would; the forwarder gets the route back (``compiled_plain``) for whatever
 needs Python (a new SSRC), copies the route's counters into the objects that publish them
-(``compiled_sync``), and takes the route away when the legs change or it stops.
+(``compiled_sync``), and takes the route away when the legs change or it stops. The loop
+reads the receiving leg's SRTCP too: the far end's reports reach aiortc's receivers and
+senders with the counters (``relay.media.rtcp_in.apply_reports``), other compounds come
+back decrypted (``compiled_rtcp``).
 """
 
 from __future__ import annotations
