@@ -26,8 +26,8 @@
  *                                       aiortc's handlers take (feedback, BYE; or more
  *                                       reports than the route keeps until its next sync)
  *
- * SRTCP on a route's socket (the far end's sender and receiver reports, about one compound
- * a second or every few seconds per leg) is unprotected here with the route's receive
+ * SRTCP on a route's socket (the far end's sender and receiver reports, a few compounds a
+ * second or one every few seconds per leg) is unprotected here with the route's receive
  * context, parsed as strictly as aiortc's parser, and what aiortc's handlers would keep
  * (the sender info of an SR, every report block, each with its arrival time) is queued on
  * the route until Python syncs it (Route.take_rtcp). See read_rtcp.
@@ -93,9 +93,10 @@
 #define RTCP_RTPFB 205
 #define RTCP_PSFB 206
 /* Report events a route keeps between two syncs: an SR's sender info counts one, each
- * report block one. A far end sends one compound a second at most in the common case;
- * the route is synced early once half are used, and a compound that does not fit goes to
- * Python whole (after the queued ones: nothing is lost or reordered). */
+ * report block one. A far end sends a few compounds a second at most (an aiortc peer two:
+ * its sender's SR and its receiver's RR; a browser one every few seconds); the route is
+ * synced early once half are used, and a compound that does not fit goes to Python whole
+ * (after the queued ones: nothing is lost or reordered). */
 #define RTCP_PENDING 16
 #define RTCP_EVENT_SR 0
 #define RTCP_EVENT_BLOCK 1
