@@ -639,12 +639,15 @@ def note_report_block(
     reporter: int,
     block: aiortc.rtp.RtcpReceiverInfo,
     arrival: float,
+    *,
+    statistics: bool = True,
 ) -> None:
     """What ``RTCRtpSender._handle_rtcp_packet`` does with one report block of an SR or RR
     from ``reporter`` that arrived at ``arrival`` (``time.time()``): a round-trip time
     when the block echoes the sender's last report (smoothed with aiortc's ``RTT_ALPHA``),
-    and the remote-inbound statistics of ``getStats()``. A block about another SSRC is
-    ignored, as there."""
+    and the remote-inbound statistics of ``getStats()`` (``statistics=False``: not those,
+    for a block a later one replaces before anything reads them). A block about another
+    SSRC is ignored, as there."""
     if block.ssrc != sender._ssrc:
         return
     if getattr(sender, _SENDER_LSR) == block.lsr and block.dlsr:
@@ -654,6 +657,8 @@ def note_report_block(
             alpha: float = aiortc.rtcrtpsender.RTT_ALPHA
             rtt = alpha * previous + (1 - alpha) * rtt
         setattr(sender, _SENDER_RTT, rtt)
+    if not statistics:
+        return
     getattr(sender, _SENDER_STATS).add(
         aiortc.RTCRemoteInboundRtpStreamStats(
             timestamp=_utc(arrival),

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from aiortc.rtcdtlstransport import RTCDtlsTransport
@@ -45,15 +45,24 @@ EVENT_SENDER_REPORT = 0
 EVENT_REPORT_BLOCK = 1
 
 
-def apply_reports(dtls: RTCDtlsTransport, events: Iterable[tuple[Any, ...]]) -> None:
+def apply_reports(dtls: RTCDtlsTransport, events: Sequence[tuple[Any, ...]]) -> None:
     """The far end's report events of leg ``dtls``, oldest first, into aiortc's receivers
-    and senders as their handlers would have taken them on arrival."""
+    and senders as their handlers would have taken them on arrival.
+
+    What a sender report sets (statistics, LSR) and a block's statistics are replaced by
+    the next one about the same SSRC: of several synced at once only the last is applied
+    (nothing reads them in between). Every block goes into the round-trip time, whose
+    smoothing depends on each estimate."""
     receivers, senders = aiortc_private.rtcp_routes(dtls)
-    for event in events:
+    last: dict[tuple[int, int], int] = {}
+    for i, event in enumerate(events):
+        kind = event[0]
+        last[kind, event[1] if kind == EVENT_SENDER_REPORT else event[3]] = i
+    for i, event in enumerate(events):
         if event[0] == EVENT_SENDER_REPORT:
             _, ssrc, arrival, ntp, _rtp_ts, packets, octets = event
             receiver = receivers.get(ssrc)
-            if receiver is not None:
+            if receiver is not None and last[EVENT_SENDER_REPORT, ssrc] == i:
                 aiortc_private.note_remote_sender_report(
                     receiver, ssrc, ntp, packets, octets, arrival
                 )
@@ -70,7 +79,13 @@ def apply_reports(dtls: RTCDtlsTransport, events: Iterable[tuple[Any, ...]]) -> 
                     lsr=lsr,
                     dlsr=dlsr,
                 )
-                aiortc_private.note_report_block(sender, reporter, block, arrival)
+                aiortc_private.note_report_block(
+                    sender,
+                    reporter,
+                    block,
+                    arrival,
+                    statistics=last[EVENT_REPORT_BLOCK, ssrc] == i,
+                )
 
 
 def run_to_completion(coroutine: Coroutine[Any, Any, None]) -> bool:

@@ -412,15 +412,35 @@ async def test_hostile_srtcp_is_refused_counted_and_forwarding_goes_on(
 
 
 async def test_more_reports_than_a_route_keeps_go_to_aiortc_in_order(
-    compiled_path: None, open_session: Any, attacker: socket.socket
+    compiled_path: None,
+    open_session: Any,
+    attacker: socket.socket,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A compound with more report blocks than the route has room for until its next sync
-    goes to aiortc's handlers whole, after the reports queued before it: the sender sees
-    every block once, in arrival order."""
+    goes to aiortc's handlers whole, after the reports queued before it: the sender takes
+    every block once, in arrival order (the queued ones applied for aiortc's handler, the
+    rest by it)."""
     s: Session = await open_session()
     await _forwarding_both_ways(s)
     sender = _audio(s.bridge.browser_pc).sender
-    added = _record_stats(sender, "_RTCRtpSender")
+    taken: list[int] = []  # packets_lost of each crafted block, as the sender takes it
+    note_report_block = aiortc_private.note_report_block
+
+    def noting(party: Any, reporter: int, block: Any, arrival: float, **kw: Any) -> None:
+        if party is sender and reporter == _REPORTER:
+            taken.append(block.packets_lost)
+        note_report_block(party, reporter, block, arrival, **kw)
+
+    monkeypatch.setattr(aiortc_private, "note_report_block", noting)
+    original = type(sender)._handle_rtcp_packet.__get__(sender)
+
+    async def handling(packet: Any) -> None:
+        if isinstance(packet, RtcpRrPacket) and packet.ssrc == _REPORTER:
+            taken.extend(r.packets_lost for r in packet.reports)
+        await original(packet)
+
+    setattr(sender, "_handle_rtcp_packet", handling)  # noqa: B010
     browser_tx, relay_ssrc = _browser_rtcp(s)
     target = relay_browser_socket(s)
     from relay.media import _fastloop
@@ -453,10 +473,69 @@ async def test_more_reports_than_a_route_keeps_go_to_aiortc_in_order(
 
     def seen() -> list[int]:
         s.bridge.stats()
-        return [e.packetsLost for e in added if e.ssrc == _REPORTER]
+        return taken
 
     await wait_until(lambda: len(seen()) >= len(wanted), 10, "every block at the sender")
-    assert seen() == wanted
+    assert taken == wanted
     after = _rtcp_counts()
     assert after["read"] - before["read"] >= 1
     assert after["to_aiortc"] - before["to_aiortc"] == 1
+
+
+async def test_reports_synced_together_end_as_one_by_one() -> None:
+    """Several report events synced at once (``rtcp_in.apply_reports``) leave aiortc's
+    receiver and sender as applying them one at a time would: the last sender report's
+    statistics and LSR, every block in the round-trip time, the last block's statistics."""
+    from aiortc.rtcdtlstransport import RTCCertificate
+    from aiortc.rtcicetransport import RTCIceGatherer, RTCIceTransport
+    from aiortc.rtcrtpreceiver import RTCRtpReceiver
+    from aiortc.rtcrtpsender import RTCRtpSender
+
+    from relay.media import rtcp_in
+
+    dtls = RTCDtlsTransport(
+        RTCIceTransport(RTCIceGatherer()), [RTCCertificate.generateCertificate()]
+    )
+    now = time.time()
+    ntp = (_ntp_seconds_now() << 32) | 0x5555
+    parties = []
+    for _ in range(2):
+        sender, receiver = RTCRtpSender("audio", dtls), RTCRtpReceiver("audio", dtls)
+        aiortc_private.note_sender_report(sender, ntp, now - 1.0)
+        parties.append((sender, receiver))
+    parties[1][0]._ssrc = parties[0][0]._ssrc
+    ssrc = parties[0][0]._ssrc
+    lsr = (ntp >> 16) & 0xFFFFFFFF
+    events = [
+        (rtcp_in.EVENT_SENDER_REPORT, 0xABC, now - 0.4, ntp + (1 << 32), 0, 10, 1000),
+        (rtcp_in.EVENT_REPORT_BLOCK, _REPORTER, now - 0.3, ssrc, 1, 2, 3, 4, lsr, 30000),
+        (rtcp_in.EVENT_SENDER_REPORT, 0xABC, now - 0.2, ntp + (2 << 32), 0, 20, 2000),
+        (rtcp_in.EVENT_REPORT_BLOCK, _REPORTER, now - 0.1, ssrc, 5, 6, 7, 8, lsr, 20000),
+    ]
+    routes = aiortc_private.rtcp_routes(dtls)
+    results = []
+    for (sender, receiver), batches in zip(parties, ([events], [[e] for e in events]), strict=True):
+        routes[0][0xABC], routes[1][ssrc] = receiver, sender
+        for batch in batches:
+            rtcp_in.apply_reports(dtls, batch)
+        inbound = next(
+            v for v in vars(sender)["_RTCRtpSender__stats"].values() if v.type.startswith("remote")
+        )
+        outbound = next(
+            v
+            for v in vars(receiver)["_RTCRtpReceiver__stats"].values()
+            if v.type.startswith("remote")
+        )
+        results.append(
+            (
+                vars(sender)["_RTCRtpSender__rtt"],
+                vars(receiver)["_RTCRtpReceiver__lsr"],
+                vars(receiver)["_RTCRtpReceiver__lsr_time"],
+                (inbound.timestamp, inbound.packetsLost, inbound.jitter, inbound.roundTripTime),
+                (outbound.timestamp, outbound.packetsSent, outbound.remoteTimestamp),
+            )
+        )
+    together, one_by_one = results
+    assert together == one_by_one
+    assert together[3][1:3] == (6, 8) and together[4][1] == 20
+    await dtls.stop()
