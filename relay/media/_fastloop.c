@@ -94,9 +94,10 @@
 #define RTCP_PSFB 206
 /* Report events a route keeps between two syncs: an SR's sender info counts one, each
  * report block one. A far end sends a few compounds a second at most (an aiortc peer two:
- * its sender's SR and its receiver's RR; a browser one every few seconds); the route is
- * synced early once half are used, and a compound that does not fit goes to Python whole
- * (after the queued ones: nothing is lost or reordered). */
+ * its sender's SR and its receiver's RR; a browser one every few seconds), and the relay's
+ * own report on the leg (every few seconds) syncs the route first; the route is synced
+ * once half are used, and a compound that does not fit goes to Python whole (after the
+ * queued ones: nothing is lost or reordered). */
 #define RTCP_PENDING 16
 #define RTCP_EVENT_SR 0
 #define RTCP_EVENT_BLOCK 1
@@ -1428,8 +1429,14 @@ static int handle_rtcp(Loop *self, Route *r, uint8_t *d, size_t n, double wall) 
     }
     r->rtcp_read++;
     self->rtcp_read++;
-    /* Synced with the route's counters; early when the queue fills up. */
-    return mark(self, r, r->rtcp_pending >= RTCP_PENDING / 2);
+    /* Not a reason to sync on its own: the reports go to Python with the route's counters
+     * (every second while packets flow), before the relay's own report on the leg and
+     * whenever the statistics are read (each with its arrival time, so the delay changes
+     * nothing); so a leg with no audio costs no Python per compound. Once half the queue
+     * is used, it is synced at the end of this pump. */
+    if (r->rtcp_pending >= RTCP_PENDING / 2)
+        return mark(self, r, 1);
+    return 0;
 }
 
 /* Read what is waiting on ``fd`` (one recvmmsg) and handle it. Returns the datagrams read
