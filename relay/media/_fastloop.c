@@ -22,6 +22,15 @@
  *     (PUNT_ERROR, fd, errno)           an error reported on the socket
  *     (PUNT_SYNC, route)                the route's counters are due to be copied into the
  *                                       Python objects that publish them
+ *     (PUNT_RTCP_PLAIN, route, plain)   a decrypted SRTCP compound of the route's socket that
+ *                                       aiortc's handlers take (feedback, BYE; or more
+ *                                       reports than the route keeps until its next sync)
+ *
+ * SRTCP on a route's socket (the far end's sender and receiver reports, a few compounds a
+ * second or one every few seconds per leg) is unprotected here with the route's receive
+ * context, parsed as strictly as aiortc's parser, and what aiortc's handlers would keep
+ * (the sender info of an SR, every report block, each with its arrival time) is queued on
+ * the route until Python syncs it (Route.take_rtcp). See read_rtcp.
  *
  * The same loop also plays endpoints, for the benchmark's load generator and for tests: a
  * sink route (``new_sink``) records every RTP packet its socket receives (arrival time, the
@@ -74,6 +83,24 @@
 #define PUNT_TAP 3
 #define PUNT_ERROR 4
 #define PUNT_SYNC 5
+#define PUNT_RTCP_PLAIN 6
+
+/* RTCP packet types (RFC 3550, RFC 4585). */
+#define RTCP_SR 200
+#define RTCP_RR 201
+#define RTCP_SDES 202
+#define RTCP_BYE 203
+#define RTCP_RTPFB 205
+#define RTCP_PSFB 206
+/* Report events a route keeps between two syncs: an SR's sender info counts one, each
+ * report block one. A far end sends a few compounds a second at most (an aiortc peer two:
+ * its sender's SR and its receiver's RR; a browser one every few seconds), and the relay's
+ * own report on the leg (every few seconds) syncs the route first; the route is synced
+ * once half are used, and a compound that does not fit goes to Python whole (after the
+ * queued ones: nothing is lost or reordered). */
+#define RTCP_PENDING 16
+#define RTCP_EVENT_SR 0
+#define RTCP_EVENT_BLOCK 1
 
 #define KIND_FORWARD 0
 #define KIND_SINK 1
@@ -85,6 +112,7 @@ typedef int (*srtp_fn)(void *ctx, void *header, int *length);
 
 static srtp_fn srtp_protect_fn = NULL;
 static srtp_fn srtp_unprotect_fn = NULL;
+static srtp_fn srtp_unprotect_rtcp_fn = NULL;
 
 /* ------------------------------------------------------------------ clocks */
 
@@ -101,6 +129,18 @@ static double realtime_s(void) {
 }
 
 /* ------------------------------------------------------------------ Route */
+
+/* What aiortc's handlers read of one SR's sender info or one report block. */
+typedef struct {
+    int kind;            /* RTCP_EVENT_SR or RTCP_EVENT_BLOCK */
+    unsigned int ssrc;   /* the packet's SSRC: the sender (SR) or the reporter */
+    double arrival;      /* wall clock */
+    unsigned long long ntp;
+    unsigned int rtp_ts, packets, octets;       /* SR */
+    unsigned int block_ssrc, fraction, highest; /* block */
+    int lost;                                   /* block: 24-bit signed */
+    unsigned int jitter, lsr, dlsr;             /* block */
+} RtcpEvent;
 
 typedef struct Route {
     PyObject_HEAD
@@ -160,6 +200,12 @@ typedef struct Route {
     long long last_arrival;
     long long last_timestamp;
     int clock_rate;
+    /* The far end's reports not yet synced, oldest first. */
+    RtcpEvent rtcp[RTCP_PENDING];
+    int rtcp_pending;
+    unsigned long long rtcp_read;      /* compounds read here */
+    unsigned long long rtcp_to_python; /* handed to aiortc's handlers (PUNT_RTCP_PLAIN) */
+    unsigned long long rtcp_dropped;   /* refused: SRTCP checks, or malformed */
     /* Syncing with Python. */
     double last_sync;
     int urgent;
@@ -354,7 +400,39 @@ static PyObject *route_take_records(Route *self, PyObject *unused) {
     return out;
 }
 
+/* The far end's reports queued since the last call, oldest first; the queue is empty after.
+ * (0, ssrc, arrival, ntp, rtp_ts, packets, octets) for an SR's sender info,
+ * (1, ssrc, arrival, block_ssrc, fraction_lost, packets_lost, highest, jitter, lsr, dlsr)
+ * for a report block (of an SR or an RR). */
+static PyObject *route_take_rtcp(Route *self, PyObject *unused) {
+    PyObject *out = PyTuple_New(self->rtcp_pending);
+    if (out == NULL)
+        return NULL;
+    for (int i = 0; i < self->rtcp_pending; i++) {
+        const RtcpEvent *e = &self->rtcp[i];
+        PyObject *item;
+        if (e->kind == RTCP_EVENT_SR)
+            item = Py_BuildValue("(iIdKIII)", e->kind, e->ssrc, e->arrival, e->ntp, e->rtp_ts,
+                                 e->packets, e->octets);
+        else
+            item = Py_BuildValue("(iIdIIiIIII)", e->kind, e->ssrc, e->arrival, e->block_ssrc,
+                                 e->fraction, e->lost, e->highest, e->jitter, e->lsr, e->dlsr);
+        if (item == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(out, i, item);
+    }
+    self->rtcp_pending = 0;
+    return out;
+}
+
 static PyMethodDef route_methods[] = {
+    {"take_rtcp", (PyCFunction)route_take_rtcp, METH_NOARGS,
+     "the far end's report events queued since the last call, oldest first: "
+     "(0, ssrc, arrival, ntp, rtp_ts, packets, octets) for an SR's sender info, "
+     "(1, ssrc, arrival, block_ssrc, fraction_lost, packets_lost, highest, jitter, lsr, "
+     "dlsr) for a report block"},
     {"set_rewrite", (PyCFunction)(void (*)(void))route_set_rewrite, METH_VARARGS | METH_KEYWORDS,
      "set_rewrite(out_ssrc, out_pt, opus, level_in, ext_plain, ext_level, level_at)"},
     {"take_records", (PyCFunction)route_take_records, METH_NOARGS,
@@ -399,6 +477,10 @@ static PyMemberDef route_members[] = {
     RW(last_arrival, T_LONGLONG),
     RW(last_timestamp, T_LONGLONG),
     RW(clock_rate, T_INT),
+    RO(rtcp_pending, T_INT),
+    RO(rtcp_read, T_ULONGLONG),
+    RO(rtcp_to_python, T_ULONGLONG),
+    RO(rtcp_dropped, T_ULONGLONG),
     {NULL}};
 
 static PyTypeObject RouteType = {
@@ -589,6 +671,9 @@ typedef struct {
     unsigned long long pumps;
     unsigned long long sendmmsg_calls;
     unsigned long long recvmmsg_calls;
+    unsigned long long rtcp_read;
+    unsigned long long rtcp_to_python;
+    unsigned long long rtcp_dropped;
 } Loop;
 
 static PyTypeObject LoopType;
@@ -1197,6 +1282,163 @@ static int sink_batch(Loop *self, Route *r, int fd, int got) {
     return got;
 }
 
+/* ------------------------------------------------------------------ incoming SRTCP */
+
+/* aiortc's rtp.is_rtcp, within RFC 7983's RTP/RTCP range (first byte 128..191). */
+static inline int is_rtcp(const uint8_t *d, size_t n) {
+    return n >= 2 && d[0] > 127 && d[0] < 192 && d[1] > 191 && d[1] < 209;
+}
+
+/* aiortc's RtcpSdesPacket.parse, for its verdict only (nothing of SDES is kept). */
+static int sdes_valid(const uint8_t *d, long len, int count) {
+    long pos = 0;
+    for (int c = 0; c < count; c++) {
+        if (len < pos + 4)
+            return 0;
+        pos += 4;
+        while (pos < len - 1) {
+            unsigned int type = d[pos], length = d[pos + 1];
+            pos += 2;
+            if (len < pos + (long)length)
+                return 0;
+            pos += length;
+            if (type == 0)
+                break;
+        }
+    }
+    return 1;
+}
+
+static void read_block(RtcpEvent *e, unsigned int reporter, double wall, const uint8_t *b) {
+    e->kind = RTCP_EVENT_BLOCK;
+    e->ssrc = reporter;
+    e->arrival = wall;
+    e->block_ssrc = be32(b);
+    e->fraction = b[4];
+    /* aiortc's unpack_packets_lost: 24 bits, two's complement. */
+    unsigned int lost = ((unsigned int)b[5] << 16) | ((unsigned int)b[6] << 8) | b[7];
+    e->lost = (lost & 0x800000u) ? (int)lost - 0x1000000 : (int)lost;
+    e->highest = be32(b + 8);
+    e->jitter = be32(b + 12);
+    e->lsr = be32(b + 16);
+    e->dlsr = be32(b + 20);
+}
+
+#define RTCP_MALFORMED -1
+#define RTCP_FOR_PYTHON 0
+#define RTCP_KEPT 1
+
+/* One decrypted compound of ``r``'s far end, checked as aiortc's RtcpPacket.parse checks
+ * it (aiortc drops the whole compound on any error, so does this). Only compounds made of
+ * SR, RR and SDES (and types aiortc's parser skips: APP, XR, unknown) are kept here: the
+ * SR's sender info and every report block go on the route's queue with ``wall``, the rest
+ * is nothing aiortc's handlers act on. Anything else (BYE, RTPFB, PSFB), or more report
+ * events than the queue has room for, is for Python. Every read stays within ``n``. */
+static int read_rtcp(Route *r, const uint8_t *d, long n, double wall) {
+    int events = 0, for_python = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        long pos = 0;
+        while (pos < n) {
+            if (n < pos + 4)
+                return RTCP_MALFORMED;
+            unsigned int first = d[pos], type = d[pos + 1];
+            long end = pos + 4 + 4 * (long)be16(d + pos + 2);
+            if ((first >> 6) != 2 || n < end)
+                return RTCP_MALFORMED;
+            const uint8_t *payload = d + pos + 4;
+            long len = end - pos - 4;
+            pos = end;
+            if (first & 0x20) {
+                if (len == 0 || payload[len - 1] == 0 || payload[len - 1] > len)
+                    return RTCP_MALFORMED;
+                len -= payload[len - 1];
+            }
+            int count = (int)(first & 0x1F);
+            if (type == RTCP_SR) {
+                if (len != 24 + 24 * (long)count)
+                    return RTCP_MALFORMED;
+                if (pass == 0) {
+                    events += 1 + count;
+                    continue;
+                }
+                unsigned int ssrc = be32(payload);
+                RtcpEvent *e = &r->rtcp[r->rtcp_pending++];
+                e->kind = RTCP_EVENT_SR;
+                e->ssrc = ssrc;
+                e->arrival = wall;
+                e->ntp = ((unsigned long long)be32(payload + 4) << 32) | be32(payload + 8);
+                e->rtp_ts = be32(payload + 12);
+                e->packets = be32(payload + 16);
+                e->octets = be32(payload + 20);
+                for (int i = 0; i < count; i++)
+                    read_block(&r->rtcp[r->rtcp_pending++], ssrc, wall, payload + 24 + 24 * i);
+            } else if (type == RTCP_RR) {
+                if (len != 4 + 24 * (long)count)
+                    return RTCP_MALFORMED;
+                if (pass == 0) {
+                    events += count;
+                    continue;
+                }
+                unsigned int ssrc = be32(payload);
+                for (int i = 0; i < count; i++)
+                    read_block(&r->rtcp[r->rtcp_pending++], ssrc, wall, payload + 4 + 24 * i);
+            } else if (type == RTCP_SDES) {
+                if (pass == 0 && !sdes_valid(payload, len, count))
+                    return RTCP_MALFORMED;
+            } else if (type == RTCP_BYE) {
+                if (len < 4 * (long)count)
+                    return RTCP_MALFORMED;
+                for_python = 1;
+            } else if (type == RTCP_RTPFB) {
+                if (len < 8 || len % 4)
+                    return RTCP_MALFORMED;
+                for_python = 1;
+            } else if (type == RTCP_PSFB) {
+                if (len < 8)
+                    return RTCP_MALFORMED;
+                for_python = 1;
+            }
+            /* Other types: aiortc's parser skips them, and so does this. */
+        }
+        if (pass == 0 && (for_python || events > RTCP_PENDING - r->rtcp_pending))
+            return RTCP_FOR_PYTHON;
+    }
+    return RTCP_KEPT;
+}
+
+/* One SRTCP datagram on ``r``'s socket (in the receive slot ``d``, ``n`` bytes). */
+static int handle_rtcp(Loop *self, Route *r, uint8_t *d, size_t n, double wall) {
+    int len = (int)n;
+    /* The size limit of pylibsrtp's buffer, which aiortc's path unprotects in. */
+    if (n > SRTP_BUFFER || srtp_unprotect_rtcp_fn(r->rx_ctx, d, &len) != 0) {
+        r->rtcp_dropped++;
+        self->rtcp_dropped++;
+        return 0;
+    }
+    int verdict = read_rtcp(r, d, len, wall);
+    if (verdict == RTCP_MALFORMED) {
+        r->rtcp_dropped++;
+        self->rtcp_dropped++;
+        return 0;
+    }
+    if (verdict == RTCP_FOR_PYTHON) {
+        r->rtcp_to_python++;
+        self->rtcp_to_python++;
+        return punt(self, Py_BuildValue("(iOy#)", PUNT_RTCP_PLAIN, (PyObject *)r,
+                                        (const char *)d, (Py_ssize_t)len));
+    }
+    r->rtcp_read++;
+    self->rtcp_read++;
+    /* Not a reason to sync on its own: the reports go to Python with the route's counters
+     * (every second while packets flow), before the relay's own report on the leg and
+     * whenever the statistics are read (each with its arrival time, so the delay changes
+     * nothing); so a leg with no audio costs no Python per compound. Once half the queue
+     * is used, it is synced at the end of this pump. */
+    if (r->rtcp_pending >= RTCP_PENDING / 2)
+        return mark(self, r, 1);
+    return 0;
+}
+
 /* Read what is waiting on ``fd`` (one recvmmsg) and handle it. Returns the datagrams read
  * or -1 on a Python error. */
 static int read_socket(Loop *self, int fd) {
@@ -1232,6 +1474,11 @@ static int read_socket(Loop *self, int fd) {
     for (int i = 0; i < got; i++) {
         uint8_t *d = (uint8_t *)self->riov[i].iov_base;
         size_t n = self->rmsgs[i].msg_len;
+        if (r != NULL && is_rtcp(d, n) && srtp_unprotect_rtcp_fn != NULL) {
+            if (handle_rtcp(self, r, d, n, wall) < 0)
+                return -1;
+            continue;
+        }
         if (r == NULL || !is_rtp(d, n)) {
             if (punt_datagram(self, PUNT_RAW, fd, (const char *)d, n, &self->raddr[i],
                               self->rmsgs[i].msg_hdr.msg_namelen) < 0)
@@ -1432,10 +1679,12 @@ static PyObject *loop_tick(Loop *self, PyObject *unused) {
 }
 
 static PyObject *loop_stats(Loop *self, PyObject *unused) {
-    return Py_BuildValue("{sKsKsKsKsKsnsn}", "datagrams", self->datagrams, "forwarded",
+    return Py_BuildValue("{sKsKsKsKsKsnsnsKsKsK}", "datagrams", self->datagrams, "forwarded",
                          self->compiled_forwarded, "pumps", self->pumps, "recvmmsg",
                          self->recvmmsg_calls, "sendmmsg", self->sendmmsg_calls, "routes",
-                         self->n_routes, "dirty", self->n_dirty);
+                         self->n_routes, "dirty", self->n_dirty, "rtcp_read", self->rtcp_read,
+                         "rtcp_to_python", self->rtcp_to_python, "rtcp_dropped",
+                         self->rtcp_dropped);
 }
 
 static PyObject *loop_routes(Loop *self, PyObject *unused) {
@@ -1495,8 +1744,8 @@ static PyTypeObject LoopType = {
 /* ------------------------------------------------------------------ module */
 
 static PyObject *set_srtp(PyObject *module, PyObject *args) {
-    PyObject *protect, *unprotect;
-    if (!PyArg_ParseTuple(args, "OO", &protect, &unprotect))
+    PyObject *protect, *unprotect, *unprotect_rtcp;
+    if (!PyArg_ParseTuple(args, "OOO", &protect, &unprotect, &unprotect_rtcp))
         return NULL;
     void *p = PyLong_AsVoidPtr(protect);
     if (p == NULL && PyErr_Occurred())
@@ -1504,12 +1753,16 @@ static PyObject *set_srtp(PyObject *module, PyObject *args) {
     void *u = PyLong_AsVoidPtr(unprotect);
     if (u == NULL && PyErr_Occurred())
         return NULL;
-    if (p == NULL || u == NULL) {
+    void *ur = PyLong_AsVoidPtr(unprotect_rtcp);
+    if (ur == NULL && PyErr_Occurred())
+        return NULL;
+    if (p == NULL || u == NULL || ur == NULL) {
         PyErr_SetString(PyExc_ValueError, "null function addresses");
         return NULL;
     }
     srtp_protect_fn = (srtp_fn)p;
     srtp_unprotect_fn = (srtp_fn)u;
+    srtp_unprotect_rtcp_fn = (srtp_fn)ur;
     Py_RETURN_NONE;
 }
 
@@ -1554,8 +1807,8 @@ static PyMethodDef module_methods[] = {
      "new_sink(in_fd, rx_session, rx_context, keep_payloads=False): a route that records "
      "the authentic RTP its socket receives (Route.take_records) instead of forwarding it"},
     {"set_srtp", set_srtp, METH_VARARGS,
-     "set_srtp(protect_address, unprotect_address): libsrtp's srtp_protect and "
-     "srtp_unprotect, as loaded by pylibsrtp"},
+     "set_srtp(protect_address, unprotect_address, unprotect_rtcp_address): libsrtp's "
+     "srtp_protect, srtp_unprotect and srtp_unprotect_rtcp, as loaded by pylibsrtp"},
     {NULL}};
 
 static struct PyModuleDef module_def = {
@@ -1581,6 +1834,8 @@ PyMODINIT_FUNC PyInit__fastloop(void) {
         PyModule_AddIntConstant(m, "PUNT_TAP", PUNT_TAP) < 0 ||
         PyModule_AddIntConstant(m, "PUNT_ERROR", PUNT_ERROR) < 0 ||
         PyModule_AddIntConstant(m, "PUNT_SYNC", PUNT_SYNC) < 0 ||
+        PyModule_AddIntConstant(m, "PUNT_RTCP_PLAIN", PUNT_RTCP_PLAIN) < 0 ||
+        PyModule_AddIntConstant(m, "RTCP_PENDING", RTCP_PENDING) < 0 ||
         PyModule_AddIntConstant(m, "VLEN", VLEN) < 0 ||
         PyModule_AddIntConstant(m, "SRTP_BUFFER", SRTP_BUFFER) < 0) {
         Py_DECREF(m);

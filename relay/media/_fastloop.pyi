@@ -7,12 +7,14 @@ PUNT_SEND: int
 PUNT_TAP: int
 PUNT_ERROR: int
 PUNT_SYNC: int
+PUNT_RTCP_PLAIN: int
+RTCP_PENDING: int
 VLEN: int
 SRTP_BUFFER: int
 RECORD_SIZE: int
 SO_TIMESTAMPNS: int
 
-def set_srtp(protect_address: int, unprotect_address: int) -> None: ...
+def set_srtp(protect_address: int, unprotect_address: int, unprotect_rtcp_address: int) -> None: ...
 def new_sink(in_fd: int, rx_session: Any, rx_context: int, keep_payloads: bool = ...) -> Route: ...
 
 class Route:
@@ -49,6 +51,10 @@ class Route:
     last_arrival: int
     last_timestamp: int
     clock_rate: int
+    rtcp_pending: int
+    rtcp_read: int
+    rtcp_to_python: int
+    rtcp_dropped: int
     def __init__(
         self,
         in_fd: int,
@@ -73,6 +79,7 @@ class Route:
         level_at: int,
     ) -> None: ...
     def take_records(self) -> tuple[bytes, bytes]: ...
+    def take_rtcp(self) -> tuple[tuple[Any, ...], ...]: ...
 
 class Source:
     next: int

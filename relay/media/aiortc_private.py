@@ -102,22 +102,46 @@ task aiortc starts for every sender and every receiver:
   what the receiver's own task puts in each report block, and the SSRC it reports as.
 * ``RTCRtpSender._send_rtcp(packets)``: serialise and send (the BYE a stopping sender
   sends).
+
+For the far ends' SRTCP read in the compiled loop (``relay.media.rtcp_in``): the loop
+unprotects and parses the far end's compounds itself and keeps what aiortc's handlers
+would act on; Python then does what those handlers do with it, at the arrival time the
+loop noted, and hands every other compound (feedback, BYE) to aiortc's own handlers:
+
+* pylibsrtp's ``lib.srtp_unprotect_rtcp``: its address, for the loop
+  (``srtp_function_addresses``), called on the same ``srtp_t`` aiortc's task uses (one
+  replay window for both).
+* ``RTCDtlsTransport._rtp_router.senders`` (with ``ssrc_table``): where aiortc's router
+  sends report blocks (by the SSRC reported on) and sender reports (by the sender's SSRC).
+* ``_RTCRtpReceiver__stats`` / ``__kind`` and ``_RTCRtpSender__stats`` / ``__kind`` /
+  ``__rtt`` (with ``__lsr``, ``__lsr_time``, ``__packet_count``), the DTLS transport's
+  ``_stats_id``, and ``aiortc.rtcrtpsender.RTT_ALPHA``: what the receiver's and the
+  sender's ``_handle_rtcp_packet`` set from a sender report and from a report block
+  (``note_remote_sender_report``, ``note_report_block``).
+* ``RTCDtlsTransport._rtp_router.route_rtcp(packet)``, ``RTCRtpReceiver.
+  _handle_rtcp_packet`` / ``RTCRtpSender._handle_rtcp_packet``, ``aiortc.rtp.RtcpPacket``
+  and the packet classes ``RtcpSrPacket``, ``RtcpRrPacket``, ``RtcpSdesPacket``,
+  ``RtcpByePacket``: aiortc's parser, router and handlers for the compounds the loop
+  hands over (``RtcpDelivery``), driven as ``RTCDtlsTransport._handle_rtcp_data`` does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import datetime
 import threading
 import types
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import aioice
 import aioice.ice
 import aioice.turn
 import aiortc
+import aiortc.clock
 import aiortc.rtcrtpreceiver
+import aiortc.rtcrtpsender
 import aiortc.rtp
 import pylibsrtp
 from aiortc.rtcdtlstransport import RTCDtlsTransport
@@ -259,6 +283,11 @@ _SENDER_LSR_TIME = "_RTCRtpSender__lsr_time"
 _RECEIVER_LSR = "_RTCRtpReceiver__lsr"
 _RECEIVER_LSR_TIME = "_RTCRtpReceiver__lsr_time"
 _RECEIVER_RTCP_SSRC = "_RTCRtpReceiver__rtcp_ssrc"
+_RECEIVER_STATS = "_RTCRtpReceiver__stats"
+_RECEIVER_KIND = "_RTCRtpReceiver__kind"
+_SENDER_STATS = "_RTCRtpSender__stats"
+_SENDER_KIND = "_RTCRtpSender__kind"
+_SENDER_RTT = "_RTCRtpSender__rtt"
 
 
 def ice_connection(dtls: RTCDtlsTransport) -> Any:
@@ -569,14 +598,138 @@ def set_statistics_state(stats: Any, state: StatisticsState) -> None:
     ) = state
 
 
-def srtp_function_addresses() -> tuple[int, int]:
-    """The addresses of ``srtp_protect`` and ``srtp_unprotect`` in the libsrtp pylibsrtp
-    loaded (the one every session's context belongs to)."""
+def rtcp_routes(dtls: RTCDtlsTransport) -> tuple[dict[int, Any], dict[int, Any]]:
+    """A leg's RTCP routing, as aiortc's router reads it: remote SSRC → receiver (sender
+    reports go there) and own SSRC → sender (report blocks about it go there). Both are
+    the router's live dicts."""
+    router = dtls._rtp_router
+    return router.ssrc_table, router.senders
+
+
+def _utc(wall: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(wall, datetime.UTC)
+
+
+def note_remote_sender_report(
+    receiver: RTCRtpReceiver, ssrc: int, ntp: int, packets: int, octets: int, arrival: float
+) -> None:
+    """What ``RTCRtpReceiver._handle_rtcp_packet`` does with the far end's sender report
+    (from ``ssrc``) that arrived at ``arrival`` (``time.time()``): the remote-outbound
+    statistics of ``getStats()``, and the LSR and its time for the receiver's report
+    blocks (their DLSR counts from the arrival, as there)."""
+    getattr(receiver, _RECEIVER_STATS).add(
+        aiortc.RTCRemoteOutboundRtpStreamStats(
+            timestamp=_utc(arrival),
+            type="remote-outbound-rtp",
+            id=f"remote-outbound-rtp_{id(receiver)}",
+            ssrc=ssrc,
+            kind=getattr(receiver, _RECEIVER_KIND),
+            transportId=receiver.transport._stats_id,
+            packetsSent=packets,
+            bytesSent=octets,
+            remoteTimestamp=aiortc.clock.datetime_from_ntp(ntp),
+        )
+    )
+    getattr(receiver, _RECEIVER_LSR)[ssrc] = (ntp >> 16) & 0xFFFFFFFF
+    getattr(receiver, _RECEIVER_LSR_TIME)[ssrc] = arrival
+
+
+def note_report_block(
+    sender: RTCRtpSender,
+    reporter: int,
+    block: aiortc.rtp.RtcpReceiverInfo,
+    arrival: float,
+    *,
+    statistics: bool = True,
+) -> None:
+    """What ``RTCRtpSender._handle_rtcp_packet`` does with one report block of an SR or RR
+    from ``reporter`` that arrived at ``arrival`` (``time.time()``): a round-trip time
+    when the block echoes the sender's last report (smoothed with aiortc's ``RTT_ALPHA``),
+    and the remote-inbound statistics of ``getStats()`` (``statistics=False``: not those,
+    for a block a later one replaces before anything reads them). A block about another
+    SSRC is ignored, as there."""
+    if block.ssrc != sender._ssrc:
+        return
+    if getattr(sender, _SENDER_LSR) == block.lsr and block.dlsr:
+        rtt = arrival - getattr(sender, _SENDER_LSR_TIME) - block.dlsr / 65536
+        previous: float | None = getattr(sender, _SENDER_RTT)
+        if previous is not None:
+            alpha: float = aiortc.rtcrtpsender.RTT_ALPHA
+            rtt = alpha * previous + (1 - alpha) * rtt
+        setattr(sender, _SENDER_RTT, rtt)
+    if not statistics:
+        return
+    getattr(sender, _SENDER_STATS).add(
+        aiortc.RTCRemoteInboundRtpStreamStats(
+            timestamp=_utc(arrival),
+            type="remote-inbound-rtp",
+            id="remote-inbound-rtp_" + str(id(sender)),
+            ssrc=reporter,  # the reporter's, as aiortc fills it
+            kind=getattr(sender, _SENDER_KIND),
+            transportId=sender.transport._stats_id,
+            packetsReceived=getattr(sender, SENDER_PACKETS) - block.packets_lost,
+            packetsLost=block.packets_lost,
+            jitter=block.jitter,
+            roundTripTime=getattr(sender, _SENDER_RTT),
+            fractionLost=block.fraction_lost,
+        )
+    )
+
+
+class RtcpDelivery:
+    """aiortc's handling of one leg's decrypted RTCP, in the steps its DTLS task takes:
+    ``parse``, then for each packet ``recipients`` and each recipient's ``handler``
+    coroutine (``RTCDtlsTransport._handle_rtcp_data``). The names are looked up here, when
+    the first compound needs them, never at import (a release without them still
+    imports; ``relay.media.capabilities`` keeps the compiled loop off then)."""
+
+    __slots__ = ("_bye", "_parse", "_router", "_synchronous")
+
+    def __init__(self, dtls: RTCDtlsTransport) -> None:
+        rtp = aiortc.rtp
+        self._parse: Callable[[bytes], list[Any]] = rtp.RtcpPacket.parse
+        self._router = dtls._rtp_router
+        self._bye = rtp.RtcpByePacket
+        # The packet types whose handlers never suspend (aiortc 1.16.0, read there):
+        # RTCRtpReceiver._handle_rtcp_packet awaits nothing at all (an SR adds stats and
+        # the LSR; a BYE stops the decoder thread); RTCRtpSender._handle_rtcp_packet
+        # awaits only in its NACK branch (an RTPFB packet, ``await self._retransmit``);
+        # SDES is routed to nobody. tests/unit/test_aiortc_private.py checks the handlers'
+        # source still says so.
+        self._synchronous = frozenset(
+            (rtp.RtcpSrPacket, rtp.RtcpRrPacket, rtp.RtcpSdesPacket, rtp.RtcpByePacket)
+        )
+
+    def parse(self, data: bytes) -> list[Any]:
+        """The packets of a decrypted compound; ValueError when aiortc refuses it."""
+        return self._parse(data)
+
+    def synchronous(self, packet: Any) -> bool:
+        """Whether every handler this packet reaches completes without suspending."""
+        return type(packet) in self._synchronous
+
+    def is_bye(self, packet: Any) -> bool:
+        return type(packet) is self._bye
+
+    def recipients(self, packet: Any) -> set[Any]:
+        recipients: set[Any] = self._router.route_rtcp(packet)
+        return recipients
+
+    @staticmethod
+    def handler(recipient: Any, packet: Any) -> Coroutine[Any, Any, None]:
+        handle: Coroutine[Any, Any, None] = recipient._handle_rtcp_packet(packet)
+        return handle
+
+
+def srtp_function_addresses() -> tuple[int, int, int]:
+    """The addresses of ``srtp_protect``, ``srtp_unprotect`` and ``srtp_unprotect_rtcp`` in
+    the libsrtp pylibsrtp loaded (the one every session's context belongs to)."""
     binding = _srtp_binding()
     ffi, lib = binding.ffi, binding.lib
     return (
         int(ffi.cast("uintptr_t", ffi.addressof(lib, "srtp_protect"))),
         int(ffi.cast("uintptr_t", ffi.addressof(lib, "srtp_unprotect"))),
+        int(ffi.cast("uintptr_t", ffi.addressof(lib, "srtp_unprotect_rtcp"))),
     )
 
 

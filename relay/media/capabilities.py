@@ -142,7 +142,8 @@ FEATURES: tuple[Feature, ...] = (
     Feature(
         "compiled_loop",
         "the fast path's per-packet work in compiled code (relay.media._fastloop), when it "
-        "was built: it keeps each receiver's statistics per packet and copies them in and out",
+        "was built: it keeps each receiver's statistics per packet and copies them in and "
+        "out, and reads the far ends' sender and receiver reports (relay.media.rtcp_in)",
         "the Python fast path forwards the same packets the same way (more CPU per packet)",
         _i(
             _STREAM_STATISTICS,
@@ -153,6 +154,36 @@ FEATURES: tuple[Feature, ...] = (
             "_jitter_q4",
             "_last_arrival",
             "_last_timestamp",
+        )
+        # The far ends' SRTCP read in the loop (relay.media.rtcp_in): unprotected there,
+        # its reports applied as aiortc's handlers apply them, the rest handed to those.
+        + _m("pylibsrtp._binding.lib", "srtp_unprotect_rtcp")
+        + _i(_ROUTER, "senders", "ssrc_table")
+        + _c(_ROUTER, "route_rtcp")
+        + _i(_DTLS, "_stats_id")
+        + _i(_RECEIVER, "_RTCRtpReceiver__stats", "_RTCRtpReceiver__kind")
+        + _i(_RECEIVER, "_RTCRtpReceiver__lsr", "_RTCRtpReceiver__lsr_time")
+        + _i(
+            _SENDER,
+            "_RTCRtpSender__stats",
+            "_RTCRtpSender__kind",
+            "_RTCRtpSender__rtt",
+            "_RTCRtpSender__lsr",
+            "_RTCRtpSender__lsr_time",
+            "_RTCRtpSender__packet_count",
+        )
+        + _c(_RECEIVER, "_handle_rtcp_packet")
+        + _c(_SENDER, "_handle_rtcp_packet")
+        + _m("aiortc.rtcrtpsender", "RTT_ALPHA")
+        + _m("aiortc.clock", "datetime_from_ntp")
+        + _m(
+            "aiortc.rtp",
+            "RtcpPacket",
+            "RtcpReceiverInfo",
+            "RtcpSrPacket",
+            "RtcpRrPacket",
+            "RtcpSdesPacket",
+            "RtcpByePacket",
         ),
         # Every feature below it, not only the ones it calls directly: a feature is down
         # when one it requires lacks its own names (``probe`` looks one level down).

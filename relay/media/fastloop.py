@@ -6,9 +6,11 @@ libsrtp do. ``relay/media/_fastloop.c`` does the same per-datagram work in C for
 media socket of an event loop: ``MediaSockets`` (``relay.media.udp``) hands it the epoll
 set, it reads every ready socket with ``recvmmsg``, forwards the RTP of the sockets a
 ``FastOpusForwarder`` attached a route to (``relay.media.fastpath``) with ``sendmmsg``,
-and gives everything else back (``dispatch`` below): STUN, DTLS, SRTCP and RTP of other
-sockets to the sockets' protocols as before; a packet from a new SSRC, and the forwarded
-packets' taps and counters, to the forwarder.
+and gives everything else back (``dispatch`` below): STUN, DTLS and RTP of other sockets
+to the sockets' protocols as before; a packet from a new SSRC, and the forwarded packets'
+taps and counters, to the forwarder. The far end's SRTCP on a route's socket is read there
+too: its sender and receiver reports are kept on the route and synced with its counters,
+other compounds (feedback, BYE) handed over decrypted (``relay.media.rtcp_in``).
 
 It is optional: ``pip install -e .`` builds it when a C compiler and Python's headers are
 present (``setup.py``). Without it, or with ``media.compiled_fast_path = false``, the
@@ -277,6 +279,9 @@ class RouteOwner(Protocol):
     def compiled_sync(self, route: Any) -> None:
         """Copy the route's counters into the Python objects that publish them."""
 
+    def compiled_rtcp(self, route: Any, plain: bytes) -> None:
+        """A decrypted SRTCP compound of the route's socket for aiortc's handlers."""
+
 
 class DatagramEnd(Protocol):
     """The part of a media socket's transport ``dispatch`` talks to."""
@@ -310,6 +315,8 @@ def dispatch(
                 item[1].owner.compiled_sync(item[1])
             elif kind == 1:  # PUNT_PLAIN
                 item[1].owner.compiled_plain(item[1], item[2])
+            elif kind == 6:  # PUNT_RTCP_PLAIN
+                item[1].owner.compiled_rtcp(item[1], item[2])
             elif kind == 2:  # PUNT_SEND: the socket did not take it; its transport queues
                 transport = transports.get(item[1])
                 if transport is not None:

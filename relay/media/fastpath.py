@@ -37,7 +37,10 @@ with the SRTP sessions, both sockets and everything the rewrite and the counters
 From then on the loop forwards the direction's packets in C, exactly as ``_forward`` and
 ``_send`` would; the forwarder gets the route back (``compiled_plain``) for whatever
 needs Python (a new SSRC), copies the route's counters into the objects that publish them
-(``compiled_sync``), and takes the route away when the legs change or it stops.
+(``compiled_sync``), and takes the route away when the legs change or it stops. The loop
+reads the receiving leg's SRTCP too: the far end's reports reach aiortc's receivers and
+senders with the counters (``relay.media.rtcp_in.apply_reports``), other compounds come
+back decrypted (``compiled_rtcp``).
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ from typing import Any
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtcrtpsender import RTCRtpSender
 
-from relay.media import aiortc_private, fastloop, udp
+from relay.media import aiortc_private, fastloop, rtcp_in, rtcp_reports, udp
 from relay.media.forwarding import OPUS_CLOCK_RATE, DirectionStats
 from relay.media.sdp import AUDIO_LEVEL_EXTENSION, MID_EXTENSION, RtpLeg
 from relay.media.tap import PacketTap, TappedPacket
@@ -168,6 +171,8 @@ class FastOpusForwarder:
         self._addr: tuple[str, int] | None = None
         self._rx: Any = None
         self._tx: Any = None
+        # The far end's compounds the compiled loop hands over (feedback, BYE).
+        self.handed_rtcp = rtcp_in.HandedRtcp(self._in_dtls)
         self._original: aiortc_private.DatagramHook | None = None
         # NTP timestamp (64-bit fixed point) = base + monotonic seconds * 2^32.
         self._ntp_base = int((time.time() + _NTP_UNIX_OFFSET - time.monotonic()) * _NTP_ONE_SECOND)
@@ -464,6 +469,9 @@ class FastOpusForwarder:
         self._route, self._route_loop, self._route_pairs = route, compiled, pairs
         self._route_refused = None
         self._stats.compiled = True
+        # The loop keeps the far end's reports until the next sync: the leg's own report
+        # reads what they set (LSR), and compares with what it changes (the sender's LSR).
+        rtcp_reports.before_report(self._in_dtls, self.refresh)
 
     def _detach(self) -> None:
         route, self._route = self._route, None
@@ -471,6 +479,7 @@ class FastOpusForwarder:
             self._route_loop.remove_route(route)
             self._route_loop = None
             self._stats.compiled = False
+            rtcp_reports.forget(self._in_dtls, self.refresh)
 
     def _release(self) -> None:
         """Take the direction back from the compiled loop, with its counters."""
@@ -553,6 +562,8 @@ class FastOpusForwarder:
                 None if timestamp < 0 else timestamp,
             ),
         )
+        if route.rtcp_pending:
+            rtcp_in.apply_reports(self._in_dtls, route.take_rtcp())
 
     def refresh(self) -> None:
         if self._route is not None:
@@ -583,6 +594,11 @@ class FastOpusForwarder:
             return
         self._store(route)
         route.paused = False
+
+    def compiled_rtcp(self, route: Any, plain: bytes) -> None:
+        if route is self._route:
+            self._load(route)  # the reports queued before this compound go first
+        self.handed_rtcp.handle(plain)
 
     def compiled_tap(
         self, payload: bytes, seq: int, ts: int, ssrc: int, marker: bool, arrival: float

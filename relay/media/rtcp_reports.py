@@ -20,7 +20,11 @@ What the packets say is what aiortc's tasks would have said, read from the same 
 (the sender's counts, which the fast path keeps; the receiver's statistics; the last
 sender report heard, for LSR/DLSR), and a stopping sender still sends its BYE. aiortc's
 handling of the far end's reports (round-trip time, remote loss and jitter in
-``getStats()``) is unchanged.
+``getStats()``) is unchanged. Where the compiled loop reads the far end's reports
+(``relay.media.rtcp_in``), the leg's callbacks registered with ``before_report`` bring
+them in first: the report then carries the LSR of the latest sender report heard, and a
+report block that arrived before this leg's new sender report is still compared with the
+one before it, as aiortc's handlers would have on arrival.
 """
 
 from __future__ import annotations
@@ -81,6 +85,8 @@ class _Leg:
 
     def compound(self) -> bytes:
         """The leg's report now: SR (or RR) with every receiver's blocks, then SDES."""
+        for callback in list(_before_report.get(self.dtls, ())):
+            callback()
         now = time.time()
         blocks = [b for r in self.receivers for b in aiortc_private.receiver_report_blocks(r, now)]
         blocks = blocks[:_MAX_BLOCKS]
@@ -109,6 +115,25 @@ class _Leg:
         if chunks:
             packets.append(RtcpSdesPacket(chunks=chunks))
         return b"".join(bytes(p) for p in packets)
+
+
+# By DTLS transport: what brings its incoming reports up to date (``before_report``).
+_before_report: weakref.WeakKeyDictionary[Any, list[Callable[[], None]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def before_report(dtls: Any, callback: Callable[[], None]) -> None:
+    """Call ``callback`` before each report of leg ``dtls`` is built, until ``forget``."""
+    _before_report.setdefault(dtls, []).append(callback)
+
+
+def forget(dtls: Any, callback: Callable[[], None]) -> None:
+    callbacks = _before_report.get(dtls)
+    if callbacks is not None and callback in callbacks:
+        callbacks.remove(callback)
+        if not callbacks:
+            del _before_report[dtls]
 
 
 class RtcpReports:

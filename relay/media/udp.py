@@ -260,7 +260,19 @@ class MediaSockets:
             | {
                 "path": "compiled" if self.compiled is not None else "python",
                 "compiled_routes": self.compiled.route_count if self.compiled is not None else 0,
+                # The far ends' SRTCP on the compiled routes' sockets: compounds read in the
+                # loop, handed to aiortc's handlers (feedback, BYE), refused (SRTCP checks,
+                # malformed).
+                "rtcp": self._rtcp_counts(),
             },
+        }
+
+    def _rtcp_counts(self) -> dict[str, int]:
+        totals = self.compiled.stats() if self.compiled is not None else {}
+        return {
+            "read": totals.get("rtcp_read", 0),
+            "to_aiortc": totals.get("rtcp_to_python", 0),
+            "dropped": totals.get("rtcp_dropped", 0),
         }
 
     def add(self, transport: MediaDatagramTransport) -> None:

@@ -458,8 +458,10 @@ def test_srtp_addresses_are_the_functions_pylibsrtp_calls() -> None:
 
     import pylibsrtp
 
-    protect_at, unprotect_at = aiortc_private.srtp_function_addresses()
-    assert protect_at and unprotect_at and protect_at != unprotect_at
+    protect_at, unprotect_at, unprotect_rtcp_at = aiortc_private.srtp_function_addresses()
+    assert len({protect_at, unprotect_at, unprotect_rtcp_at}) == 3 and all(
+        (protect_at, unprotect_at, unprotect_rtcp_at)
+    )
     assert aiortc_private.srtp_library_version().startswith("libsrtp2 2.")
     key = os.urandom(44)
     profile = pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_256_GCM
@@ -479,6 +481,17 @@ def test_srtp_addresses_are_the_functions_pylibsrtp_calls() -> None:
     length = ctypes.c_int(len(packet))
     assert process(protect_at)(aiortc_private.srtp_context_address(tx), buffer, length) == 0
     assert rx.unprotect(buffer.raw[: length.value]) == packet  # pylibsrtp's own call agrees
+    # SRTCP: pylibsrtp protects, the address unprotects in place on the same context.
+    report = struct.pack("!BBHI", 0x80, 201, 1, 42)
+    protected = tx.protect_rtcp(report)
+    buffer = ctypes.create_string_buffer(protected, 1500)
+    length = ctypes.c_int(len(protected))
+    rx_context = aiortc_private.srtp_context_address(rx)
+    assert process(unprotect_rtcp_at)(rx_context, buffer, length) == 0
+    assert buffer.raw[: length.value] == report
+    length = ctypes.c_int(len(protected))  # the same again: the replay window refuses it
+    buffer = ctypes.create_string_buffer(protected, 1500)
+    assert process(unprotect_rtcp_at)(rx_context, buffer, length) != 0
 
 
 def test_stream_statistics_state_round_trips() -> None:
@@ -530,3 +543,95 @@ def test_prompt_ice_completion_installs_idempotently() -> None:
     aiortc_private.install_prompt_ice_completion()
     assert aiortc_private.prompt_ice_completion_installed()
     assert aioice.ice.Connection._check_periodic is not aiortc_private._original_check_periodic
+
+
+# ---------------------------------------------------------------------- far-end reports
+async def test_report_notes_do_what_aiortcs_rtcp_handlers_do() -> None:
+    """The compiled loop's far-end reports are applied with ``note_remote_sender_report``
+    and ``note_report_block``: the same state and statistics as aiortc's own handlers
+    given the same packets at the same time (round-trip time and its smoothing too)."""
+    import time
+
+    from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport
+    from aiortc.rtcicetransport import RTCIceGatherer, RTCIceTransport
+    from aiortc.rtp import RtcpReceiverInfo, RtcpRrPacket, RtcpSenderInfo, RtcpSrPacket
+
+    dtls = RTCDtlsTransport(
+        RTCIceTransport(RTCIceGatherer()), [RTCCertificate.generateCertificate()]
+    )
+    theirs, ours = RTCRtpSender("audio", dtls), RTCRtpSender("audio", dtls)
+    ours._ssrc = theirs._ssrc
+    ntp = (3_900_000_000 << 32) | 0x12345678
+    for sender in (theirs, ours):
+        aiortc_private.note_sender_report(sender, ntp, time.time() - 0.5)
+        setattr(sender, aiortc_private.SENDER_PACKETS, 400)
+    lsr = (ntp >> 16) & 0xFFFFFFFF
+
+    def block(dlsr_s: float, lost: int) -> RtcpReceiverInfo:
+        return RtcpReceiverInfo(
+            ssrc=theirs._ssrc,
+            fraction_lost=9,
+            packets_lost=lost,
+            highest_sequence=777,
+            jitter=321,
+            lsr=lsr,
+            dlsr=int(dlsr_s * 65536),
+        )
+
+    def remote_inbound(sender: RTCRtpSender) -> Any:
+        report = vars(sender)["_RTCRtpSender__stats"]
+        return next(s for s in report.values() if s.type == "remote-inbound-rtp")
+
+    for dlsr_s, lost in ((0.3, 5), (0.1, 6)):  # the second one is smoothed
+        packet = RtcpRrPacket(ssrc=0x5151, reports=[block(dlsr_s, lost)])
+        await theirs._handle_rtcp_packet(packet)
+        aiortc_private.note_report_block(ours, 0x5151, block(dlsr_s, lost), time.time())
+        mine, aiortcs = remote_inbound(ours), remote_inbound(theirs)
+        for field in ("ssrc", "kind", "transportId", "packetsReceived", "packetsLost"):
+            assert getattr(mine, field) == getattr(aiortcs, field), field
+        assert (mine.jitter, mine.fractionLost) == (aiortcs.jitter, aiortcs.fractionLost)
+        assert abs(mine.roundTripTime - aiortcs.roundTripTime) < 0.005
+        assert mine.roundTripTime == vars(ours)["_RTCRtpSender__rtt"]
+        assert mine.id == f"remote-inbound-rtp_{id(ours)}"
+    # A block about another SSRC is ignored, as aiortc's router and handler ignore it.
+    other = RtcpReceiverInfo(
+        ssrc=theirs._ssrc ^ 1,
+        fraction_lost=0,
+        packets_lost=99,
+        highest_sequence=1,
+        jitter=1,
+        lsr=0,
+        dlsr=0,
+    )
+    aiortc_private.note_report_block(ours, 0x5151, other, time.time())
+    assert remote_inbound(ours).packetsLost == 6
+
+    theirs_rx, ours_rx = RTCRtpReceiver("audio", dtls), RTCRtpReceiver("audio", dtls)
+    info = RtcpSenderInfo(ntp_timestamp=ntp, rtp_timestamp=48000, packet_count=50, octet_count=5000)
+    await theirs_rx._handle_rtcp_packet(RtcpSrPacket(ssrc=0xABC, sender_info=info))
+    arrival = time.time()
+    aiortc_private.note_remote_sender_report(ours_rx, 0xABC, ntp, 50, 5000, arrival)
+    for name in ("_RTCRtpReceiver__lsr", "_RTCRtpReceiver__lsr_time"):
+        assert vars(ours_rx)[name].keys() == vars(theirs_rx)[name].keys() == {0xABC}
+    assert vars(ours_rx)["_RTCRtpReceiver__lsr"] == vars(theirs_rx)["_RTCRtpReceiver__lsr"]
+    assert vars(ours_rx)["_RTCRtpReceiver__lsr_time"][0xABC] == arrival
+
+    def remote_outbound(receiver: RTCRtpReceiver) -> Any:
+        report = vars(receiver)["_RTCRtpReceiver__stats"]
+        return next(s for s in report.values() if s.type == "remote-outbound-rtp")
+
+    mine, aiortcs = remote_outbound(ours_rx), remote_outbound(theirs_rx)
+    for field in ("ssrc", "kind", "transportId", "packetsSent", "bytesSent", "remoteTimestamp"):
+        assert getattr(mine, field) == getattr(aiortcs, field), field
+    assert abs((mine.timestamp - aiortcs.timestamp).total_seconds()) < 0.5
+    await dtls.stop()
+
+
+def test_the_rtcp_handlers_that_run_in_one_step_never_suspend() -> None:
+    """``RtcpDelivery`` runs the handlers of SR, RR, SDES and BYE to their end at once: the
+    receiver's awaits nothing, the sender's only in its NACK branch."""
+    receiver_source = inspect.getsource(RTCRtpReceiver._handle_rtcp_packet)
+    assert "await" not in "\n".join(receiver_source.splitlines()[1:])
+    sender_source = inspect.getsource(RTCRtpSender._handle_rtcp_packet)
+    awaits = [line.strip() for line in sender_source.splitlines() if "await" in line]
+    assert awaits == ["await self._retransmit(seq)"]

@@ -103,6 +103,7 @@ class Quality:
 
     async def refresh(self) -> None:
         """Loss, jitter and RTT per leg from aiortc's RTCP-based stats."""
+        self._count_up_to_date()  # the compiled loop's far-end reports too
         for leg, pc in self._peers.items():
             if pc is None:
                 continue
