@@ -104,6 +104,7 @@ from relay.web import (
 )
 from relay.web.api import Api
 from relay.web.middleware import make_middleware
+from relay.webhooks.outbox import DUE_OP
 from relay.webhooks.service import Webhooks
 
 log = logging.getLogger("relay.app")
@@ -331,6 +332,9 @@ async def _start(
     # Webhooks: the endpoints, and the dispatcher that delivers the outbox's events (it
     # waits for the schema; what it has not delivered at shut-down stays in the database).
     webhooks = Webhooks(settings.webhooks, store, key, metrics, instance)
+    if settings.webhooks.deliver:
+        # Woken by the outbox's notifications rather than polling it.
+        cluster.subscribe(DUE_OP, webhooks.dispatcher.wake)
     webhooks.start()
     stack.push_async_callback(webhooks.close)
 
