@@ -28,6 +28,8 @@ from relay.tasks import TaskGroup, raise_if_cancelling
 log = logging.getLogger("relay.cluster")
 
 CHANNEL = "relay_commands"
+# How the listening connection shows in pg_stat_activity.
+APPLICATION_NAME = "relay-cluster-commands"
 Handler = Callable[[dict[str, Any]], Awaitable[None]]
 
 
@@ -94,7 +96,9 @@ class CommandListener:
         while True:
             conn: asyncpg.Connection | None = None
             try:
-                conn = await asyncpg.connect(self._dsn, timeout=5)
+                conn = await asyncpg.connect(
+                    self._dsn, timeout=5, server_settings={"application_name": APPLICATION_NAME}
+                )
                 await conn.add_listener(CHANNEL, self._on_notify)
                 self.connected.set()
                 if self._on_connected is not None:

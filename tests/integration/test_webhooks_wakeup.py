@@ -2,7 +2,8 @@
 PostgreSQL, with ``webhooks.poll_interval_s`` far longer than any wait below, so every
 delivery here happens because the dispatcher was woken (an event written anywhere, a
 redelivery asked of another instance) or slept until the due time it read from the
-database (a retry's backoff, a crashed holder's lease), never because it polled."""
+database (a retry's backoff, a crashed holder's lease), or when its listening connection
+came back after a loss (a notification may have been missed), never because it polled."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ import asyncio
 import time
 from typing import Any
 
+import asyncpg
+
+from relay.cluster.bus import APPLICATION_NAME
+from relay.webhooks.outbox import enqueue
 from tests.integration.cluster_helpers import poll
 from tests.integration.conftest import MakeRelay
 from tests.integration.relay_harness import RelayHarness
@@ -216,3 +221,43 @@ async def test_an_idle_dispatcher_reads_nothing_between_its_polls(
     # sends nothing to the database.
     await asyncio.sleep(3.0)
     assert counts() == before
+
+
+async def test_an_event_written_while_the_notifications_were_cut_off_is_delivered_when_they_return(
+    make_relay: MakeRelay, private_postgres: Any
+) -> None:
+    dsn = await private_postgres.acreate_database("relaydb")
+    async with receiver() as rec:
+        relay = await make_relay(dsn=dsn, overrides={"webhooks": NO_POLL})
+        await register(relay, rec, ["interview.completed"])
+        await idle(relay)
+        listener = relay.services.cluster.listener
+        # The writer's session is open before the database stops accepting connections;
+        # then the relay's listening connection is cut and cannot come back meanwhile.
+        admin = await asyncpg.connect(private_postgres.dsn())
+        writer = await asyncpg.connect(dsn)
+        try:
+            await admin.execute("ALTER DATABASE relaydb ALLOW_CONNECTIONS false")
+            cut = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = 'relaydb' AND application_name = $1",
+                APPLICATION_NAME,
+            )
+            assert cut == 1
+
+            async def down() -> bool:
+                return not listener.connected.is_set()
+
+            await poll(down, PROMPTLY_S, "the listener to notice its connection was cut")
+            # Nobody listens: this event's notification is lost.
+            async with writer.transaction():
+                event_id = await enqueue(
+                    writer, "interview.completed", interview_id="iv_1", data=DATA
+                )
+            await admin.execute("ALTER DATABASE relaydb ALLOW_CONNECTIONS true")
+        finally:
+            await writer.close()
+            await admin.close()
+        await rec.wait_for(lambda got: len(got) == 1, PROMPTLY_S)
+
+    assert rec.delivered()[0].webhook_id == event_id
