@@ -8,7 +8,7 @@ Commands (``op`` field of a NOTIFY payload, relay.cluster.bus):
 - ``drain`` {member}: that member (or every one, ``"*"``) stops admitting sessions;
 - ``claimed`` {session_id, by}: a session created here was exchanged elsewhere, so its
   local pending entry goes (its row and shared lease now belong to the claimer);
-- an op another part of the process subscribed to (e.g. ``webhooks_due``, sent by
+- an op of another part of the process (``subscribers``, e.g. ``webhooks_due``, sent by
   the outbox's trigger: relay.webhooks.dispatcher): its callback runs, and runs too at
   every (re)connection of the listening connection, in case one was missed meanwhile.
 
@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -73,6 +73,7 @@ class ClusterRuntime:
         limits: SharedLimits,
         drain: DrainState,
         metrics: MetricsRegistry,
+        subscribers: Mapping[str, Callable[[], None]] | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -92,7 +93,10 @@ class ClusterRuntime:
             pid=os.getpid(),
             started_at=datetime.now(UTC),
         )
-        self._subscribers: dict[str, list[Callable[[], None]]] = {}
+        # Other parts' ops: each callback (cheap, not awaited) runs at every message with
+        # its op, and at every (re)connection of the listening connection: a message sent
+        # while it was down is lost, so each must then look for itself.
+        self._subscribers = dict(subscribers or {})
         self.listener = CommandListener(
             store.dsn,
             self.handle,
@@ -171,24 +175,16 @@ class ClusterRuntime:
         return await members.view(self.store, self.interval_s)
 
     # ------------------------------------------------------------------ commands
-    def subscribe(self, op: str, callback: Callable[[], None]) -> None:
-        """Run ``callback`` (cheap, not awaited) at every ``op`` message, and at every
-        (re)connection of the listening connection: a message sent while it was down is
-        lost, so whoever subscribes must look for itself then."""
-        self._subscribers.setdefault(op, []).append(callback)
-
     def _caught_up(self) -> None:
-        for callbacks in self._subscribers.values():
-            for callback in callbacks:
-                callback()
+        for callback in self._subscribers.values():
+            callback()
 
     async def handle(self, message: dict[str, Any]) -> None:
         op = str(message.get("op"))
-        subscribers = self._subscribers.get(op)
-        self._commands.inc(op=op if op in _OPS or subscribers else "unknown")
-        if subscribers:
-            for callback in subscribers:
-                callback()
+        subscriber = self._subscribers.get(op)
+        self._commands.inc(op=op if op in _OPS or subscriber else "unknown")
+        if subscriber is not None:
+            subscriber()
         elif op == "revoke_user" and isinstance(message.get("user_id"), int):
             token_hash = message.get("token_hash")
             if isinstance(token_hash, str):
