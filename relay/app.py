@@ -104,6 +104,7 @@ from relay.web import (
 )
 from relay.web.api import Api
 from relay.web.middleware import make_middleware
+from relay.webhooks.outbox import DUE_OP
 from relay.webhooks.service import Webhooks
 
 log = logging.getLogger("relay.app")
@@ -313,6 +314,12 @@ async def _start(
         limits=limits,
     )
 
+    # Webhooks: the endpoints, and the dispatcher (started and closed with the recordings,
+    # below), built here because the cluster's command channel wakes it: the outbox's
+    # notifications arrive there, rather than the dispatcher polling the outbox.
+    webhooks = Webhooks(settings.webhooks, store, key, metrics, instance)
+    wake_on = {DUE_OP: webhooks.dispatcher.wake} if settings.webhooks.deliver else {}
+
     # 6. this member's heartbeat and commands (relay.cluster)
     cluster = ClusterRuntime(
         settings,
@@ -325,6 +332,7 @@ async def _start(
         limits=limits,
         drain=drain,
         metrics=metrics,
+        subscribers=wake_on,
     )
     cluster.start()
     stack.push_async_callback(cluster.close)
@@ -340,7 +348,6 @@ async def _start(
     stack.push_async_callback(recordings.close)
     # Webhooks: the endpoints, and the dispatcher that delivers the outbox's events (it
     # waits for the schema; what it has not delivered at shut-down stays in the database).
-    webhooks = Webhooks(settings.webhooks, store, key, metrics, instance)
     webhooks.start()
     stack.push_async_callback(webhooks.close)
 

@@ -616,8 +616,10 @@ class WebhooksConfig(_Section):
     retry_base_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
     retry_max_interval_s: Annotated[float, Field(gt=0, le=86400)] = 3600.0
     retry_for_s: Annotated[float, Field(gt=0, le=30 * 86400)] = 3 * 86400.0
-    # How often an idle dispatcher looks for new events and due retries.
-    poll_interval_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    # The dispatcher is woken by new events (a trigger on the outbox) and at the due time
+    # of the next retry or lease expiry; this is how often an idle one reads the outbox's
+    # state regardless: the depth gauge, and work no notification announced.
+    poll_interval_s: Annotated[float, Field(gt=0, le=600)] = 10.0
     # Deliveries one process attempts at once.
     max_in_flight: Annotated[int, Field(ge=1, le=256)] = 8
     # Events older than this, with nothing left to deliver, are deleted with their

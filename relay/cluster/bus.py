@@ -6,7 +6,8 @@ transaction that deactivates the user, and a NOTIFY reaches every listening memb
 once (well within the 2 s budget). A member whose listening connection dropped
 reconnects with backoff; what it missed meanwhile is caught by the heartbeat's
 reconciliation against the rows (relay.cluster.runtime), so a lost notification delays
-a command by at most one heartbeat instead of losing it.
+a command by at most one heartbeat instead of losing it. Whoever must catch up in
+another way after such a gap passes ``on_connected``: it runs at every (re)connection.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from relay.tasks import TaskGroup, raise_if_cancelling
 log = logging.getLogger("relay.cluster")
 
 CHANNEL = "relay_commands"
+# How the listening connection shows in pg_stat_activity.
+APPLICATION_NAME = "relay-cluster-commands"
 Handler = Callable[[dict[str, Any]], Awaitable[None]]
 
 
@@ -54,9 +57,11 @@ class CommandListener:
         *,
         check_interval_s: float,
         metrics: MetricsRegistry | None = None,
+        on_connected: Callable[[], None] | None = None,
     ) -> None:
         self._dsn = dsn
         self._handler = handler
+        self._on_connected = on_connected
         self._check_interval_s = check_interval_s
         self._tasks = TaskGroup("cluster-commands", log=log, metrics=metrics)
         self.connected = asyncio.Event()
@@ -91,9 +96,14 @@ class CommandListener:
         while True:
             conn: asyncpg.Connection | None = None
             try:
-                conn = await asyncpg.connect(self._dsn, timeout=5)
+                conn = await asyncpg.connect(
+                    self._dsn, timeout=5, server_settings={"application_name": APPLICATION_NAME}
+                )
                 await conn.add_listener(CHANNEL, self._on_notify)
                 self.connected.set()
+                if self._on_connected is not None:
+                    # What was sent while nobody listened here is caught up with now.
+                    self._on_connected()
                 delay = 0.2
                 while True:
                     await asyncio.sleep(self._check_interval_s)

@@ -135,9 +135,29 @@ async def recover_dead(
     not closed at once: its row keeps its holder and is marked ``holder_lost_at`` (the
     holder's last heartbeat), so that a resume reaching another member within the grace
     takes it over (relay.cluster.resume); it is closed ``relay_lost`` once the grace has
-    passed without one, debited the seconds charged until then (``used_seconds``)."""
+    passed without one, debited the seconds charged until then (``used_seconds``).
+
+    Every member calls this every heartbeat, and there is almost never anything to do: one
+    statement looks first (the same conditions as the work's), and the transaction that
+    does the work runs only when it finds some."""
 
     async def op(conn: asyncpg.Connection) -> Recovered:
+        due: bool = await conn.fetchval(
+            """SELECT EXISTS (SELECT 1 FROM relay_members
+                              WHERE heartbeat_at < now() - make_interval(secs => $1))
+                   OR EXISTS (SELECT 1 FROM interview_sessions
+                              WHERE holder_lost_at IS NOT NULL
+                                AND state IN ('connecting', 'active')
+                                AND holder_lost_at < now() - make_interval(secs => $2))
+                   OR EXISTS (SELECT 1 FROM interview_sessions
+                              WHERE state = 'pending'
+                                AND expires_at < now() - make_interval(secs => $1)
+                                AND relay_instance NOT IN (SELECT id FROM relay_members))""",
+            dead_after_s,
+            resume_grace_s,
+        )
+        if not due:
+            return Recovered([], 0, 0)
         async with conn.transaction():
             dead = await conn.fetch(
                 """DELETE FROM relay_members

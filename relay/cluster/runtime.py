@@ -7,7 +7,10 @@ Commands (``op`` field of a NOTIFY payload, relay.cluster.bus):
 - ``end_session`` {session_id, reason}: the member holding the session hangs it up;
 - ``drain`` {member}: that member (or every one, ``"*"``) stops admitting sessions;
 - ``claimed`` {session_id, by}: a session created here was exchanged elsewhere, so its
-  local pending entry goes (its row and shared lease now belong to the claimer).
+  local pending entry goes (its row and shared lease now belong to the claimer);
+- an op of another part of the process (``subscribers``, e.g. ``webhooks_due``, sent by
+  the outbox's trigger: relay.webhooks.dispatcher): its callback runs, and runs too at
+  every (re)connection of the listening connection, in case one was missed meanwhile.
 
 Every heartbeat also reconciles the local sessions with their rows, so a command lost
 while the listening connection was down still takes effect one heartbeat later.
@@ -19,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -69,6 +73,7 @@ class ClusterRuntime:
         limits: SharedLimits,
         drain: DrainState,
         metrics: MetricsRegistry,
+        subscribers: Mapping[str, Callable[[], None]] | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -88,8 +93,16 @@ class ClusterRuntime:
             pid=os.getpid(),
             started_at=datetime.now(UTC),
         )
+        # Other parts' ops: each callback (cheap, not awaited) runs at every message with
+        # its op, and at every (re)connection of the listening connection: a message sent
+        # while it was down is lost, so each must then look for itself.
+        self._subscribers = dict(subscribers or {})
         self.listener = CommandListener(
-            store.dsn, self.handle, check_interval_s=self.interval_s, metrics=metrics
+            store.dsn,
+            self.handle,
+            check_interval_s=self.interval_s,
+            metrics=metrics,
+            on_connected=self._caught_up,
         )
         self._tasks = TaskGroup("cluster", log=log, metrics=metrics)
         self._beats = metrics.counter(
@@ -162,10 +175,17 @@ class ClusterRuntime:
         return await members.view(self.store, self.interval_s)
 
     # ------------------------------------------------------------------ commands
+    def _caught_up(self) -> None:
+        for callback in self._subscribers.values():
+            callback()
+
     async def handle(self, message: dict[str, Any]) -> None:
         op = str(message.get("op"))
-        self._commands.inc(op=op if op in _OPS else "unknown")
-        if op == "revoke_user" and isinstance(message.get("user_id"), int):
+        subscriber = self._subscribers.get(op)
+        self._commands.inc(op=op if op in _OPS or subscriber else "unknown")
+        if subscriber is not None:
+            subscriber()
+        elif op == "revoke_user" and isinstance(message.get("user_id"), int):
             token_hash = message.get("token_hash")
             if isinstance(token_hash, str):
                 await self.admission.forget(token_hash)

@@ -27,6 +27,20 @@ OPEN = ("scheduled", "in_progress")
 Notify = Callable[[asyncpg.Connection, dict[str, Any]], Awaitable[None]]
 
 
+# What housekeeping closes (``close_due``). Scheduled interviews past their expiry:
+_EXPIRED = "i.status = 'scheduled' AND i.expires_at <= now()"
+# Interviews in progress with no live session, past their expiry or idle since their last
+# session ended for the rejoin window ($1, in seconds):
+_ABANDONED = """i.status = 'in_progress'
+    AND NOT EXISTS (SELECT 1 FROM interview_sessions s
+                    WHERE s.interview_id = i.id
+                      AND s.state IN ('pending', 'connecting', 'active'))
+    AND (i.expires_at <= now()
+         OR COALESCE((SELECT max(s.ended_at) FROM interview_sessions s
+                      WHERE s.interview_id = i.id), i.started_at)
+            < now() - make_interval(secs => $1))"""
+
+
 class CandidateInactive(Exception):
     """The candidate's user is deactivated: reactivate it before inviting it again."""
 
@@ -286,15 +300,25 @@ class InterviewRows:
         """Housekeeping: scheduled interviews past ``expires_at`` → expired; interviews in
         progress with no live session, past ``expires_at`` or idle since their last
         session ended for ``rejoin_window_s`` → failed (that session's end reason). Each
-        interview is closed by one member (SKIP LOCKED), with its event."""
+        interview is closed by one member (SKIP LOCKED), with its event.
+
+        Every member calls this every few seconds and there is rarely anything to close:
+        one statement looks first (the same conditions), and the transaction that locks
+        and closes runs only when it finds some."""
 
         async def op(conn: asyncpg.Connection) -> list[Closed]:
             closed: list[Closed] = []
+            due: bool = await conn.fetchval(
+                f"""SELECT EXISTS (SELECT 1 FROM interviews i WHERE {_EXPIRED})
+                        OR EXISTS (SELECT 1 FROM interviews i WHERE {_ABANDONED})""",
+                rejoin_window_s,
+            )
+            if not due:
+                return closed
             async with conn.transaction():
                 expired = await conn.fetch(
-                    """SELECT id, expires_at FROM interviews
-                       WHERE status = 'scheduled' AND expires_at <= now()
-                       ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED""",
+                    f"""SELECT id, expires_at FROM interviews i WHERE {_EXPIRED}
+                        ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED""",
                     batch,
                 )
                 for row in expired:
@@ -302,22 +326,14 @@ class InterviewRows:
                     await transitions.close(conn, row["id"], "expired", "expired", extra=extra)
                     closed.append(Closed(row["id"], "expired"))
                 failed = await conn.fetch(
-                    """SELECT i.id,
-                              (SELECT s.end_reason FROM interview_sessions s
-                               WHERE s.interview_id = i.id AND s.state IN ('ended', 'failed')
-                               ORDER BY s.ended_at DESC NULLS LAST LIMIT 1) AS last_reason
-                       FROM interviews i
-                       WHERE i.status = 'in_progress'
-                         AND NOT EXISTS (SELECT 1 FROM interview_sessions s
-                                         WHERE s.interview_id = i.id
-                                           AND s.state IN ('pending', 'connecting', 'active'))
-                         AND (i.expires_at <= now()
-                              OR COALESCE((SELECT max(s.ended_at) FROM interview_sessions s
-                                           WHERE s.interview_id = i.id), i.started_at)
-                                 < now() - make_interval(secs => $2))
-                       ORDER BY i.expires_at LIMIT $1 FOR UPDATE OF i SKIP LOCKED""",
-                    batch,
+                    f"""SELECT i.id,
+                               (SELECT s.end_reason FROM interview_sessions s
+                                WHERE s.interview_id = i.id AND s.state IN ('ended', 'failed')
+                                ORDER BY s.ended_at DESC NULLS LAST LIMIT 1) AS last_reason
+                        FROM interviews i WHERE {_ABANDONED}
+                        ORDER BY i.expires_at LIMIT $2 FOR UPDATE OF i SKIP LOCKED""",
                     rejoin_window_s,
+                    batch,
                 )
                 for row in failed:
                     reason = row["last_reason"] or "abandoned"

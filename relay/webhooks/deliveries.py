@@ -26,7 +26,7 @@ from typing import Any
 import asyncpg
 
 from relay.db import Store
-from relay.webhooks.outbox import TEST_EVENT, new_event_id
+from relay.webhooks.outbox import TEST_EVENT, new_event_id, notify_due
 
 STATUSES = ("pending", "delivered", "failed")
 # Attempts listed with each delivery of the log (the newest; the count says how many).
@@ -51,6 +51,15 @@ class Claimed:
     url: str
     secret_sealed: bytes
     attempts: int
+
+
+@dataclass(frozen=True)
+class OutboxState:
+    # Events not yet fanned out; deliveries not yet delivered nor given up.
+    events: int
+    deliveries: int
+    # Seconds until the next delivery a claim could take (<= 0: now); None: none pending.
+    due_in_s: float | None
 
 
 @dataclass(frozen=True)
@@ -285,16 +294,20 @@ class DeliveryRows:
         delivery being attempted right now is left as it is (its status says so)."""
 
         async def op(conn: asyncpg.Connection) -> asyncpg.Record | None:
-            await conn.execute(
-                """UPDATE webhook_deliveries SET
-                       status = 'pending', next_attempt_at = now(),
-                       give_up_at = now() + make_interval(secs => $3)
-                   WHERE id = $1 AND endpoint_id = $2
-                     AND (claimed_until IS NULL OR claimed_until < now())""",
-                delivery_id,
-                endpoint_id,
-                retry_for_s,
-            )
+            async with conn.transaction():
+                status: str = await conn.execute(
+                    """UPDATE webhook_deliveries SET
+                           status = 'pending', next_attempt_at = now(),
+                           give_up_at = now() + make_interval(secs => $3)
+                       WHERE id = $1 AND endpoint_id = $2
+                         AND (claimed_until IS NULL OR claimed_until < now())""",
+                    delivery_id,
+                    endpoint_id,
+                    retry_for_s,
+                )
+                if status != "UPDATE 0":
+                    # Whichever instance delivers (this one may not: webhooks.deliver).
+                    await notify_due(conn)
             rows = await _deliveries(
                 conn, "d.id = $1 AND d.endpoint_id = $2", delivery_id, endpoint_id
             )
@@ -331,18 +344,33 @@ class DeliveryRows:
 
         return await self._store.run("webhook_delivery_page", op)
 
-    async def depth(self) -> tuple[int, int]:
-        """(events waiting to be fanned out, deliveries not yet delivered nor given up)."""
+    async def state(self) -> OutboxState:
+        """What waits in the outbox, and in how long the next delivery is due (by the
+        database's clock): one statement, read after each dispatch pass and between."""
 
-        async def op(conn: asyncpg.Connection) -> tuple[int, int]:
-            row = await conn.fetchrow(
+        async def op(conn: asyncpg.Connection) -> asyncpg.Record:
+            row: asyncpg.Record = await conn.fetchrow(
                 """SELECT
                        (SELECT count(*) FROM webhook_events WHERE dispatched_at IS NULL) AS e,
-                       (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending') AS d"""
+                       (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending') AS d,
+                       -- Only what a claim could take then: the head of its queue, to an
+                       -- enabled endpoint, once its retry time and any lease have passed.
+                       (SELECT EXTRACT(EPOCH FROM min(GREATEST(
+                                   d.next_attempt_at,
+                                   COALESCE(d.claimed_until, '-infinity'))) - now())::float8
+                        FROM webhook_deliveries d
+                        JOIN webhook_endpoints w ON w.id = d.endpoint_id AND w.enabled
+                        WHERE d.status = 'pending'
+                          AND NOT EXISTS (
+                              SELECT 1 FROM webhook_deliveries p
+                              WHERE p.endpoint_id = d.endpoint_id
+                                AND p.interview_id = d.interview_id
+                                AND p.status = 'pending' AND p.seq < d.seq)) AS due_in"""
             )
-            return int(row["e"]), int(row["d"])
+            return row
 
-        return await self._store.run("webhook_depth", op)
+        row = await self._store.run("webhook_outbox_state", op)
+        return OutboxState(int(row["e"]), int(row["d"]), row["due_in"])
 
     async def forget_older_than(self, cutoff: datetime) -> int:
         """Delete events older than ``cutoff`` with nothing left to deliver, their

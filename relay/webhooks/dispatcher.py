@@ -1,18 +1,32 @@
 """The background delivery of webhooks from one relay process.
 
-Each pass (every ``webhooks.poll_interval_s``, or at once when an attempt ends or a
-redelivery is asked for): fan the outbox's new events out into deliveries, claim as many
-due deliveries as there are free slots (``webhooks.max_in_flight``) and attempt each in a
-task of its own; its outcome is recorded, and a failure is retried after the backoff
+Each pass: fan the outbox's new events out into deliveries, claim as many due deliveries
+as there are free slots (``webhooks.max_in_flight``) and attempt each in a task of its
+own; its outcome is recorded, and a failure is retried after the backoff
 (relay.webhooks.retry) until the delivery's ``give_up_at``. Every step is a statement on
 PostgreSQL, so several instances dispatch together without delivering an event twice
 (relay.webhooks.deliveries), and nothing waits in memory: a restart, or a crash, leaves
 every delivery in its table (a crash's leases run out; a start lets go of its own).
 
+A pass runs when there is something to do, not on a timer:
+
+* woken (``wake``): an event was written anywhere (the outbox's trigger, migration 011,
+  notifies every process through the cluster's command channel, relay.cluster.bus, which
+  also wakes it whenever its listening connection comes back, in case one was missed), a
+  delivery was made due by a redelivery or an endpoint enabled again (notified likewise),
+  or one of this process's attempts ended (a slot is free);
+* at the time the next delivery is due: after each pass the dispatcher reads the outbox's
+  state (``DeliveryRows.state``), which says when the earliest delivery a claim could take
+  is due (a retry's backoff, or a lease of a crashed instance running out), whichever
+  instance wrote it;
+* otherwise every ``webhooks.poll_interval_s`` it reads that state alone, and passes if
+  anything waits that no notification announced (one lost while nobody listened).
+
 Metrics: ``relay_webhooks_attempts_total{outcome}``, the latency histogram
 ``relay_webhooks_attempt_duration_seconds{outcome}``, ``relay_webhooks_given_up_total``
 and the gauge ``relay_webhooks_outbox_depth{stage}`` (``event``: not yet fanned out;
-``delivery``: not yet delivered nor given up), read from the database about once a second.
+``delivery``: not yet delivered nor given up), from the same state: after each pass (so
+after this process's own fan-outs and attempts) and every ``webhooks.poll_interval_s``.
 """
 
 from __future__ import annotations
@@ -30,7 +44,7 @@ from relay.db import DatabaseUnavailable, Store
 from relay.observability.metrics import SLOW_BUCKETS, MetricsRegistry
 from relay.sealing import SealError
 from relay.tasks import TaskGroup
-from relay.webhooks.deliveries import AttemptRecord, Claimed, DeliveryRows
+from relay.webhooks.deliveries import AttemptRecord, Claimed, DeliveryRows, OutboxState
 from relay.webhooks.endpoints import EndpointRows
 from relay.webhooks.outbox import TEST_EVENT
 from relay.webhooks.retry import retry_delay_s
@@ -42,8 +56,15 @@ log = logging.getLogger("relay.webhooks")
 FAN_OUT_BATCH = 200
 # A lease outlasts an attempt (webhooks.timeout_s) by this much: the time to record it.
 LEASE_MARGIN_S = 30.0
-DEPTH_INTERVAL_S = 1.0
 RETENTION_INTERVAL_S = 3600.0
+# Work waits but a pass took none of it (another instance is fanning it out or claiming
+# it at this moment): look again after this long rather than at once.
+RECHECK_S = 1.0
+# Woken for a due time a little after it, so that it has passed by the database's clock.
+DUE_MARGIN_S = 0.02
+# After a failed pass (the database unreachable), the next one after this long, doubling
+# up to webhooks.poll_interval_s.
+ERROR_RETRY_S = 0.5
 # In-flight attempts get this long at shut-down to finish and record their outcome; the
 # rest are cancelled and attempted again by whichever instance claims them next.
 CLOSE_GRACE_S = 2.0
@@ -129,7 +150,10 @@ class Dispatcher:
         await self._store.wait_schema_ready()
         loop = asyncio.get_running_loop()
         released = False
-        depth_at = retention_at = 0.0
+        retention_at = 0.0
+        error_wait = ERROR_RETRY_S
+        # The first round passes: whatever waited while no instance ran is due.
+        passing = True
         while True:
             self._wake.clear()
             try:
@@ -137,28 +161,71 @@ class Dispatcher:
                     # A previous run of this instance that crashed held these.
                     await self._rows.release(self._instance)
                     released = True
-                await self.pump()
-                now = loop.time()
-                if now >= depth_at:
-                    depth_at = now + DEPTH_INTERVAL_S
-                    await self.update_depth()
-                if now >= retention_at:
-                    retention_at = now + RETENTION_INTERVAL_S
+                progress = await self._pass() if passing else None
+                state = await self.update_depth()
+                if loop.time() >= retention_at:
+                    retention_at = loop.time() + RETENTION_INTERVAL_S
                     await self._apply_retention()
+                wait, passing = self._plan(state, progress)
+                error_wait = ERROR_RETRY_S
             except (DatabaseUnavailable, asyncpg.PostgresError) as exc:
                 log.warning("webhooks: dispatch pass failed (%s); retrying", exc)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._config.poll_interval_s):
-                    await self._wake.wait()
+                wait, passing = error_wait, True
+                error_wait = min(error_wait * 2, self._config.poll_interval_s)
+            wait = min(wait, max(0.0, retention_at - loop.time()))
+            if await self._sleep(wait):
+                passing = True
+
+    def _plan(self, state: OutboxState, progress: int | None) -> tuple[float, bool]:
+        """How long to sleep (unless woken) after a round that read ``state``, having
+        fanned out and claimed ``progress`` (None: it did not pass); and whether the round
+        after it passes."""
+        free = self._config.max_in_flight - len(self._in_flight)
+        due_in = state.due_in_s
+        # With no free slot, an attempt's end wakes the loop: a due time is of no use.
+        claimable = free > 0 and due_in is not None
+        if state.events > 0 or (claimable and due_in is not None and due_in <= 0):
+            if progress != 0:
+                return 0.0, True
+            return RECHECK_S, True
+        if claimable and due_in is not None and due_in < self._config.poll_interval_s:
+            return due_in + DUE_MARGIN_S, True
+        return self._config.poll_interval_s, False
+
+    async def _sleep(self, wait_s: float) -> bool:
+        """Sleep up to ``wait_s``; True if woken before."""
+        if self._wake.is_set():
+            return True
+        if wait_s <= 0:
+            return False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait_s):
+                await self._wake.wait()
+                return True
+        return False
+
+    async def _pass(self) -> int:
+        """Fan out, claim for the free slots; events fanned out plus deliveries started."""
+        fanned = await self._fan_out()
+        return fanned + await self._claim()
 
     async def pump(self) -> int:
         """One pass: fan out the outbox, claim what is due for the free slots, start
         their attempts; how many were started."""
-        while (
-            await self._rows.fan_out(limit=FAN_OUT_BATCH, retry_for_s=self._config.retry_for_s)
-            == FAN_OUT_BATCH
-        ):
-            pass
+        await self._fan_out()
+        return await self._claim()
+
+    async def _fan_out(self) -> int:
+        total = 0
+        while True:
+            count = await self._rows.fan_out(
+                limit=FAN_OUT_BATCH, retry_for_s=self._config.retry_for_s
+            )
+            total += count
+            if count < FAN_OUT_BATCH:
+                return total
+
+    async def _claim(self) -> int:
         free = self._config.max_in_flight - len(self._in_flight)
         if free <= 0:
             return 0
@@ -168,10 +235,12 @@ class Dispatcher:
             self._attempts.spawn(self._attempt_claimed(delivery), name=f"webhook-{delivery.id}")
         return len(claimed)
 
-    async def update_depth(self) -> None:
-        events, deliveries = await self._rows.depth()
-        self._depth.set(events, stage="event")
-        self._depth.set(deliveries, stage="delivery")
+    async def update_depth(self) -> OutboxState:
+        """Read the outbox's state and show it in the depth gauge."""
+        state = await self._rows.state()
+        self._depth.set(state.events, stage="event")
+        self._depth.set(state.deliveries, stage="delivery")
+        return state
 
     async def _apply_retention(self) -> None:
         cutoff = datetime.now(UTC) - timedelta(days=self._config.retention_days)

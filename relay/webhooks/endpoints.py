@@ -16,7 +16,7 @@ import asyncpg
 
 from relay.db import Store
 from relay.sealing import SecretBox
-from relay.webhooks.outbox import EVENT_TYPES
+from relay.webhooks.outbox import EVENT_TYPES, notify_due
 from relay.webhooks.signing import new_secret
 
 # Subscribes an endpoint to every event type, those added in later versions too.
@@ -162,21 +162,26 @@ class EndpointRows:
         enabled: bool | None = None,
     ) -> Endpoint | None:
         async def op(conn: asyncpg.Connection) -> asyncpg.Record | None:
-            return await conn.fetchrow(
-                f"""UPDATE webhook_endpoints SET
-                        url = COALESCE($2, url),
-                        events = COALESCE($3, events),
-                        description = COALESCE($4, description),
-                        enabled = COALESCE($5, enabled),
-                        updated_at = now()
-                    WHERE id = $1
-                    RETURNING {_COLUMNS}""",
-                endpoint_id,
-                url,
-                None if events is None else list(events),
-                description,
-                enabled,
-            )
+            async with conn.transaction():
+                row: asyncpg.Record | None = await conn.fetchrow(
+                    f"""UPDATE webhook_endpoints SET
+                            url = COALESCE($2, url),
+                            events = COALESCE($3, events),
+                            description = COALESCE($4, description),
+                            enabled = COALESCE($5, enabled),
+                            updated_at = now()
+                        WHERE id = $1
+                        RETURNING {_COLUMNS}""",
+                    endpoint_id,
+                    url,
+                    None if events is None else list(events),
+                    description,
+                    enabled,
+                )
+                if row is not None and enabled:
+                    # Its backlog is due again, for whichever instance delivers.
+                    await notify_due(conn)
+                return row
 
         row = await self._store.run("webhook_endpoint_update", op)
         return None if row is None else Endpoint.from_row(row)

@@ -3,7 +3,9 @@
 Whoever changes an interview's or a recording's state awaits ``enqueue`` on the same
 connection, inside the same transaction, so the event is written if and only if the
 change commits (no event for a change rolled back, no change without its event). Delivery
-is someone else's job: it reads the rows and never blocks the change.
+is someone else's job: it reads the rows and never blocks the change. Every delivering
+process is woken when an event is written: a trigger (migration 011) sends ``DUE_OP`` on
+the cluster's command channel at commit.
 """
 
 from __future__ import annotations
@@ -26,6 +28,16 @@ EVENT_TYPES = (
 # Sent to one endpoint on request (``POST /api/webhooks/{id}/test``, ``relay webhooks
 # test``); never subscribed to, never enqueued.
 TEST_EVENT = "webhook.test"
+
+
+# The cluster command (relay.cluster.bus) that wakes the dispatchers (relay.webhooks.
+# dispatcher): sent by ``relay_webhooks_due()``, which the outbox's trigger calls.
+DUE_OP = "webhooks_due"
+
+
+async def notify_due(conn: asyncpg.Connection) -> None:
+    """Wake every delivering process (at commit, inside a transaction): something is due."""
+    await conn.execute("SELECT relay_webhooks_due()")
 
 
 def new_event_id() -> str:
