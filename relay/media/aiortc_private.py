@@ -130,6 +130,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import datetime
+import functools
 import threading
 import types
 from collections.abc import Awaitable, Callable, Coroutine
@@ -288,6 +289,52 @@ _RECEIVER_KIND = "_RTCRtpReceiver__kind"
 _SENDER_STATS = "_RTCRtpSender__stats"
 _SENDER_KIND = "_RTCRtpSender__kind"
 _SENDER_RTT = "_RTCRtpSender__rtt"
+
+
+class _OversizedSrtp:
+    """Datagrams ``refuse_oversized_srtp`` kept from aiortc, since the process started."""
+
+    refused = 0
+
+
+def refuse_oversized_srtp() -> bool:
+    """Drop, before aiortc's DTLS task sees them, SRTP and SRTCP datagrams larger than
+    pylibsrtp's buffer (1500 bytes).
+
+    pylibsrtp refuses such a packet with ``ValueError``, not ``pylibsrtp.Error``, and
+    aiortc's receive task (``RTCDtlsTransport._recv_next``) catches only the latter: the
+    task ends and the leg closes. aioice hands every non-STUN datagram to its connection
+    whatever its source, so one such datagram from anyone who can reach a leg's UDP port
+    would end that leg. ``aioice.Connection.data_received`` is where every leg's
+    datagrams enter aiortc's path (the fast path's hook passes what it does not handle to
+    the same method), so it is wrapped there, once, process-wide. Idempotent; False when
+    aioice has no such method (the start-up check reports it)."""
+    connection_type = aioice.Connection
+    original = getattr(connection_type, "data_received", None)
+    if original is None:
+        return False
+    if getattr(original, "_relay_refuses_oversized_srtp", False):
+        return True
+
+    # wraps: aioice's own method stays reachable (``__wrapped__``) for the guard tests
+    # that read its source and signature.
+    @functools.wraps(original)
+    def data_received(self: Any, data: bytes, component: int) -> None:
+        # 128..191: RTP or RTCP by RFC 7983, which aiortc hands to pylibsrtp.
+        if len(data) > _SRTP_BUFFER and 127 < data[0] < 192:
+            _OversizedSrtp.refused += 1
+            return
+        original(self, data, component)
+
+    data_received._relay_refuses_oversized_srtp = True  # type: ignore[attr-defined]
+    # setattr: replacing the class's method on purpose (mypy refuses an assignment).
+    setattr(connection_type, "data_received", data_received)  # noqa: B010
+    return True
+
+
+def oversized_srtp_refused() -> int:
+    """How many datagrams ``refuse_oversized_srtp`` dropped in this process."""
+    return _OversizedSrtp.refused
 
 
 def ice_connection(dtls: RTCDtlsTransport) -> Any:

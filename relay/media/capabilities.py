@@ -236,6 +236,13 @@ FEATURES: tuple[Feature, ...] = (
         _i(_SENDER, "_RTCRtpSender__rtp_history"),
     ),
     Feature(
+        "srtp_size_guard",
+        "SRTP and SRTCP datagrams larger than pylibsrtp's buffer dropped before aiortc's DTLS task",
+        "one datagram over 1500 bytes at a leg's UDP port, from anyone, ends that leg "
+        "(pylibsrtp raises an error aiortc's receive task does not catch)",
+        _c(_CONNECTION, "data_received"),
+    ),
+    Feature(
         "audio_level",
         "the numpy audio-level function on the decode path",
         "aiortc's pure-Python audio level per frame (about half the decode path's CPU)",

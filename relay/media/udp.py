@@ -39,7 +39,7 @@ import time
 import weakref
 from typing import Any
 
-from relay.media import fastloop
+from relay.media import aiortc_private, fastloop
 
 # The largest UDP payload: a datagram is never truncated.
 _MAX_DATAGRAM = 65535
@@ -265,6 +265,9 @@ class MediaSockets:
                 # malformed).
                 "rtcp": self._rtcp_counts(),
             },
+            # SRTP/SRTCP datagrams too large for pylibsrtp, kept from aiortc's DTLS task
+            # (aiortc_private.refuse_oversized_srtp); process-wide.
+            "refused_oversized": aiortc_private.oversized_srtp_refused(),
         }
 
     def _rtcp_counts(self) -> dict[str, int]:

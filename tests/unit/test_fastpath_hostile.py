@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from pylibsrtp import _binding as srtp_binding
 
-from relay.media import aiortc_private, fastloop
+from relay.media import aiortc_private, fastloop, udp
 from relay.media.sdp import AUDIO_LEVEL_EXTENSION, MID_EXTENSION, RtpLeg, rtp_leg
 from tests.integration.media_helpers import encode_opus, speech_like, wait_until
 from tests.unit.test_media_fastpath import Session, _audio, _contiguous, open_session
@@ -271,3 +271,39 @@ def test_the_compiled_types_refuse_bad_arguments(media_path: str) -> None:
     with pytest.raises(OSError):
         loop.pump(-1, 1)  # not an epoll descriptor
     assert loop.remove_route(made) is False
+
+
+def refused_anywhere(s: Session) -> int:
+    """Every count an oversized datagram at the browser leg can land in, whichever path
+    reads it: kept from aiortc (every leg), the fast path's invalid packets (RTP it
+    handles itself), the compiled loop's refused SRTCP (its routes' sockets)."""
+    snapshot = udp.media_sockets(asyncio.get_running_loop()).snapshot()
+    refused: int = snapshot["refused_oversized"] + snapshot["forwarding"]["rtcp"]["dropped"]
+    return refused + int(upward(s)["dropped"]["invalid"])
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "aiortc-path"])
+async def test_an_oversized_srtp_or_srtcp_datagram_does_not_end_the_leg(
+    open_session: Any, attacker: socket.socket, fast_path: bool
+) -> None:
+    """pylibsrtp refuses a datagram over its 1500-byte buffer with an error aiortc's DTLS
+    receive task does not catch: one such datagram, from anyone who can reach the leg's
+    port, would end that task and close the leg. Whatever reads it (the compiled loop, the
+    fast path in Python, aiortc's own path), it is refused and the leg goes on."""
+    s: Session = await open_session(fast_path=fast_path)
+    up, down = s.bridge.browser_to_upstream, s.bridge.upstream_to_browser
+    await wait_until(lambda: up.forwarded > 10 and down.forwarded > 10, 10, "audio both ways")
+    dtls = _audio(s.bridge.browser_pc).receiver.transport
+    target = relay_browser_socket(s)
+    refused = refused_anywhere(s)
+    for second_byte in (201, 200, 111):  # a receiver report, a sender report, RTP
+        attacker.sendto(bytes((0x80, second_byte)) + os.urandom(1600), target)
+    await wait_until(lambda: refused_anywhere(s) == refused + 3, 10, "all three refused")
+    up0, down0 = up.forwarded, down.forwarded
+    await wait_until(
+        lambda: up.forwarded > up0 + 10 and down.forwarded > down0 + 10,
+        10,
+        "audio both ways after them",
+    )
+    assert dtls.state == "connected"
+    assert s.bridge.browser_pc.connectionState == "connected"
