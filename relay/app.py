@@ -152,7 +152,7 @@ def create_app(
     low_level.install(app)
     security_headers.install(app)
     caller.install(app, settings.limits)
-    app.cleanup_ctx.append(_lifecycle(settings, metrics, instance_id, simulate, worker))
+    app.cleanup_ctx.append(_lifecycle(settings, metrics, instance_id, simulate))
     # Every /api/ route is an operation of the registry (relay.web.api), which also
     # generates the OpenAPI document from them.
     api = Api()
@@ -192,17 +192,11 @@ async def _static_file(request: web.Request) -> web.FileResponse:
 
 
 def _lifecycle(
-    settings: Settings,
-    metrics: MetricsRegistry,
-    instance_id: str | None,
-    simulate: bool,
-    worker: int | None,
+    settings: Settings, metrics: MetricsRegistry, instance_id: str | None, simulate: bool
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
-            services = await _start(
-                settings, metrics, instance_id, stack, simulate=simulate, worker=worker
-            )
+            services = await _start(settings, metrics, instance_id, stack, simulate=simulate)
             app[SERVICES] = services
             if settings.server.gc_freeze:
                 frozen = freeze_startup_objects()
@@ -229,10 +223,8 @@ async def _start(
     stack: contextlib.AsyncExitStack,
     *,
     simulate: bool,
-    worker: int | None = None,
 ) -> Services:
-    """Build every part in dependency order; each closes through ``stack`` (in reverse).
-    ``worker``: its index when it is a worker of ``relay serve --workers N``."""
+    """Build every part in dependency order; each closes through ``stack`` (in reverse)."""
     instance = instance_id or f"{socket.gethostname()}:{settings.server.port}"
     # The start-up's own tasks (bootstrap, housekeeping, loop monitor): each is stopped at
     # its place in the shut-down order below; closing the group last is the backstop.
@@ -253,9 +245,7 @@ async def _start(
     stack.push_async_callback(store.close)
     users = UserRows(store)
     session_rows = SessionRows(store, min_remaining_s=settings.limits.min_remaining_seconds)
-    startup = await _bootstrap_database(
-        settings, store, session_rows, instance, stack, tasks, worker=worker is not None
-    )
+    startup = await _bootstrap_database(settings, store, session_rows, instance, stack, tasks)
 
     # 2. cache, and its invalidation by the database (closed before the cache)
     cache = UserCache(settings.cache, metrics)
@@ -441,16 +431,15 @@ async def _bootstrap_database(
     instance: str,
     stack: contextlib.AsyncExitStack,
     tasks: TaskGroup,
-    *,
-    worker: bool,
 ) -> StartupStatus:
-    """Migrate, warm and close (or, in a worker, hand over) the rows a crash left live, in
-    the background (relay.db.bootstrap); the returned status tells /readyz how it goes."""
+    """Migrate, warm and hand over (or close) the rows a crash left live, in the
+    background (relay.db.bootstrap); the returned status tells /readyz how it goes."""
     startup = StartupStatus()
     started_at = datetime.now(UTC)
-    # A worker started again by its supervisor after a crash: the interviews the crashed
-    # process held are resumable as a dead member's are (relay.sessions.rows).
-    hand_over = worker and settings.session.reconnect_grace_s > 0
+    # Started again after a crash under the same instance id (a worker by its supervisor,
+    # an instance by systemd or docker): the interviews the crashed process held are
+    # resumable as a dead member's are (relay.sessions.rows); with no grace, none is.
+    hand_over = settings.session.reconnect_grace_s > 0
 
     async def recover_sessions() -> None:
         recovered = await session_rows.recover_abandoned_sessions(
@@ -463,7 +452,7 @@ async def _bootstrap_database(
             log.warning("closed %d sessions left live by a previous run", recovered.closed)
         if recovered.handed_over:
             log.warning(
-                "%d interviews left live by a previous run of this worker can be resumed"
+                "%d interviews left live by a previous run of this instance can be resumed"
                 " (taken over) for %.0fs",
                 recovered.handed_over,
                 settings.session.reconnect_grace_s,

@@ -293,17 +293,19 @@ class SessionRows:
         session can last (an instance that never came back, e.g. a container whose
         hostname changed). Their true duration is unknown, so nothing is debited.
 
-        ``hand_over`` (a worker of ``relay serve --workers N`` started again by its
-        supervisor): this instance's resumable interviews (connected, with a resume token)
+        ``hand_over`` (``session.reconnect_grace_s`` > 0; a worker of ``relay serve
+        --workers N`` started again by its supervisor, or an instance by systemd or
+        docker): this instance's resumable interviews (connected, with a resume token)
         are not closed but handed over as a dead member's are (relay.cluster.members):
         marked ``holder_lost_at`` (this start, unless a member already marked them), so
-        that the page's resume, on whichever worker it lands, takes the interview over as
+        that the page's resume, on whichever member it reaches, takes the interview over as
         its next part (relay.cluster.resume); one nobody resumes within
         ``session.reconnect_grace_s`` is closed ``relay_lost`` by the members' recovery,
         debited the seconds charged until the crash (``used_seconds``). Why not close
-        them: the worker comes back under the same member id within seconds, while the
-        page is still resuming; closing them would end, on a worker's crash, interviews
-        that a crashed instance of a cluster hands over.
+        them: the process comes back under the same member id within seconds, while the
+        page is still resuming; closing them would end, on a crash, interviews that the
+        page could carry on. What cannot be resumed (pending, never connected, no resume
+        token) is still closed ``relay_restarted``.
         """
 
         async def op(conn: asyncpg.Connection) -> Abandoned:

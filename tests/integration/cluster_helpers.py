@@ -57,7 +57,8 @@ def relay_env(data_dir: Path, extra: dict[str, str]) -> dict[str, str]:
 
 
 class RelayProcess:
-    """One `relay serve` (or supervisor of workers) started with ``--port 0``."""
+    """One `relay serve` (or supervisor of workers) started with ``--port 0`` (or
+    ``port``: the one of a relay started again under the same instance id)."""
 
     def __init__(self, proc: asyncio.subprocess.Process, lines: list[str]) -> None:
         self.proc = proc
@@ -67,7 +68,12 @@ class RelayProcess:
 
     @classmethod
     async def start(
-        cls, cwd: Path, env: dict[str, str], *args: str, banner: str = "listening on"
+        cls,
+        cwd: Path,
+        env: dict[str, str],
+        *args: str,
+        banner: str = "listening on",
+        port: int = 0,
     ) -> RelayProcess:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -75,7 +81,7 @@ class RelayProcess:
             "relay",
             "serve",
             "--port",
-            "0",
+            str(port),
             *args,
             env=env,
             cwd=cwd,
@@ -107,6 +113,10 @@ class RelayProcess:
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rstrip("/").rsplit(":", 1)[1])
 
     async def stop(self, sig: int = signal.SIGTERM, within: float = 60) -> int:
         if self.proc.returncode is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import re
@@ -476,27 +477,52 @@ async def test_shutdown_closes_sessions_never_exchanged(make_relay: MakeRelay) -
     assert [tuple(r) for r in rows] == [("failed", "relay_shutdown", 0)]
 
 
-async def test_restart_recovers_rows_left_live_by_a_crash(make_relay: MakeRelay) -> None:
-    relay = await make_relay()
-    token = await relay.add_user()
-    status, body, _ = await relay.create_session(token)
-    assert status == 201
-    # A crash: the row stays live because nothing ran the shut-down sequence.
-    await relay.sql(
-        "UPDATE interview_sessions SET state = 'active' WHERE id = $1", body["session_id"]
-    )
-    relay.services.registry.release(body["session_id"])
+@pytest.mark.parametrize("grace_s", [30.0, 0.0], ids=["grace", "no-grace"])
+async def test_restart_recovers_rows_left_live_by_a_crash(
+    make_relay: MakeRelay, grace_s: float
+) -> None:
+    """A crash, then a start under the same instance id: what cannot be resumed (pending,
+    never connected, no resume token, or any when there is no grace) is closed
+    relay_restarted; a connected interview with a resume token is handed over (marked
+    holder_lost_at) for the page's resume to take it over."""
+    overrides = {"session": {"reconnect_grace_s": grace_s}}
+    relay = await make_relay(overrides=overrides)
+    ids: dict[str, str] = {}
+    for kind in ("pending", "never_connected", "resumable"):
+        status, body, _ = await relay.create_session(await relay.add_user())
+        assert status == 201
+        ids[kind] = body["session_id"]
+        # A crash: nothing runs the shut-down sequence for them.
+        relay.services.registry.release(ids[kind])
     await relay.client.close()
     await relay.sql(
-        "UPDATE interview_sessions SET state = 'active', end_reason = NULL WHERE id = $1",
-        body["session_id"],
+        "UPDATE interview_sessions SET state = 'pending', end_reason = NULL, ended_at = NULL"
+        " WHERE id = $1",
+        ids["pending"],
     )
-    again = await make_relay()  # same instance id, same database
+    await relay.sql(
+        "UPDATE interview_sessions SET state = 'active', end_reason = NULL, ended_at = NULL"
+        " WHERE id = $1",
+        ids["never_connected"],
+    )
+    await relay.sql(
+        "UPDATE interview_sessions SET state = 'active', end_reason = NULL, ended_at = NULL,"
+        " connected_at = now(), resume_token_hash = $2 WHERE id = $1",
+        ids["resumable"],
+        hashlib.sha256(b"a resume token").hexdigest(),
+    )
+    again = await make_relay(overrides=overrides)  # same instance id, same database
     assert again.services.store.schema_ready
     rows = await again.sql(
-        "SELECT state, end_reason FROM interview_sessions WHERE id = $1", body["session_id"]
+        "SELECT id, state, end_reason, holder_lost_at IS NOT NULL AS handed_over"
+        " FROM interview_sessions WHERE id = ANY($1::text[])",
+        list(ids.values()),
     )
-    assert [tuple(r) for r in rows] == [("failed", "relay_restarted")]
+    found = {r["id"]: (r["state"], r["end_reason"], r["handed_over"]) for r in rows}
+    restarted = ("failed", "relay_restarted", False)
+    assert found[ids["pending"]] == restarted
+    assert found[ids["never_connected"]] == restarted
+    assert found[ids["resumable"]] == (("active", None, True) if grace_s else restarted)
 
 
 async def test_unmigrated_database_answers_503_until_migrations_ran(

@@ -2,8 +2,9 @@
 one embedded PostgreSQL; sessions spread over both and go live on each; the cluster view
 lists both workers; SIGTERM drains both; a resume reaching the worker that does not hold
 the interview is forwarded to the one that does; a worker killed mid-interview (started
-again by the supervisor under the same member id) hands the interview over as part 2 to
-the page's resume, or it is closed `relay_lost` once the grace has passed."""
+again by the supervisor under the same member id), or a single `relay serve` (started
+again under the same instance id, as systemd or docker do), hands the interview over as
+part 2 to the page's resume, or it is closed `relay_lost` once the grace has passed."""
 
 from __future__ import annotations
 
@@ -246,12 +247,18 @@ async def test_a_resume_reaching_either_worker_is_served_by_the_one_holding_it(
         await relay.stop()
 
 
+# Whose process is killed mid-interview: a worker of `relay serve --workers 2` (started
+# again by the supervisor), or a single `relay serve` (started again on the same port, so
+# under the same instance id, as systemd or docker do).
+KILLED = pytest.mark.parametrize("workers", [2, 1], ids=["worker", "instance"])
+
+
 @dataclass
 class Killed:
-    """An interview live on one of two workers whose process was then killed (kill -9)
-    and started again by the supervisor, the page not yet resuming."""
+    """An interview live on a relay process that was then killed (kill -9) and started
+    again under the same member id, the page not yet resuming."""
 
-    relay: RelayProcess
+    relay: RelayProcess  # the one running now
     client: Client
     dsn: str  # the embedded database's, to read the rows
     token: str
@@ -259,16 +266,23 @@ class Killed:
     page: Page
     resume_token: str
     first_call: CallRecord
-    held_by: str  # the killed worker's member id
-    workers: list[str]
+    held_by: str  # the killed process's member id
+    workers: list[str]  # every member id
     kept: list[Any]  # the conversation the holder wrote, (role, text) rows
     charged_s: float  # the seconds charged the holder wrote
 
 
 @contextlib.asynccontextmanager
-async def an_interview_whose_worker_was_killed(
-    tmp_path: Path, simulator: RunningSimulator, pages: list[BrowserPeer], extra: dict[str, str]
+async def an_interview_whose_process_was_killed(
+    tmp_path: Path,
+    simulator: RunningSimulator,
+    pages: list[BrowserPeer],
+    extra: dict[str, str],
+    *,
+    workers: int,
 ) -> AsyncIterator[Killed]:
+    """``workers``: 2, a worker of `relay serve --workers 2` holds the interview; 1, a
+    single `relay serve` does."""
     data_dir = tmp_path / "state"
     env = relay_env(
         data_dir,
@@ -283,7 +297,9 @@ async def an_interview_whose_worker_was_killed(
         },
     )
     env.pop("RELAY__CLUSTER__STATE_KEY")  # the embedded default: generated into data_dir
-    relay = await RelayProcess.start(tmp_path, env, "--workers", "2")
+    worker_args = ("--workers", str(workers)) if workers > 1 else ()
+    relay = await RelayProcess.start(tmp_path, env, *worker_args)
+    processes = [relay]
     # Attaching to the embedded server (it stays up while either side uses it) to read rows.
     embedded = await asyncio.to_thread(start_embedded_postgres, data_dir)
     try:
@@ -297,9 +313,9 @@ async def an_interview_whose_worker_was_killed(
 
             async def members() -> dict[str, int] | None:
                 pids = {m["id"]: m["pid"] for m in (await client.cluster())["instances"]}
-                return pids if len(pids) == 2 else None
+                return pids if len(pids) == workers else None
 
-            before = await poll(members, 15, "two workers in the cluster view")
+            before = await poll(members, 15, f"{workers} members in the cluster view")
             status, created, _ = await client.create(token)
             assert status == 201, created
             sid = created["session_id"]
@@ -327,13 +343,22 @@ async def an_interview_whose_worker_was_killed(
             )
 
             os.kill(before[held_by], signal.SIGKILL)
+            if workers == 1:
+                # What systemd or docker does: the same command again, on the same port
+                # (without the demo user, whose token each start replaces: the candidate's
+                # token stays valid, as a real user's does).
+                await relay.stop()  # reaps the killed process
+                again = env | {"RELAY__SERVER__CREATE_DEMO_USER": "false"}
+                relay = await RelayProcess.start(tmp_path, again, port=relay.port)
+                processes.append(relay)
+                assert client.base == relay.url
 
             async def restarted() -> bool:
                 now = await members()
                 return bool(now and now[held_by] != before[held_by])
 
-            # The page notices the loss only once ICE gives up: by then the supervisor has
-            # started the worker again, under the same member id.
+            # The page notices the loss only once ICE gives up: by then the supervisor (or
+            # systemd) has started the process again, under the same member id.
             await poll(restarted, 60, f"{held_by} to be started again")
             yield Killed(
                 relay=relay,
@@ -352,20 +377,23 @@ async def an_interview_whose_worker_was_killed(
     finally:
         for browser in pages:
             await browser.close()
-        await relay.stop()
+        for process in processes:
+            await process.stop()
         await asyncio.to_thread(embedded.stop)
 
 
-async def test_a_worker_killed_mid_interview_hands_it_over_as_part_2(
-    traversable_tmp_path: Path, simulator: RunningSimulator
+@KILLED
+async def test_a_process_killed_mid_interview_hands_it_over_as_part_2(
+    traversable_tmp_path: Path, simulator: RunningSimulator, workers: int
 ) -> None:
-    """kill -9 of the worker holding an interview: the supervisor starts it again under the
-    same member id, and the page's resume (whichever worker it reaches) goes on as part 2,
-    as it does when a separate instance dies: a new upstream session seeded with the
-    conversation so far, the seconds charged carried over, part 1's recording finalised."""
+    """kill -9 of the process holding an interview (a worker, or a single instance): it is
+    started again under the same member id, and the page's resume (whichever worker it
+    reaches) goes on as part 2, as it does when a separate instance dies: a new upstream
+    session seeded with the conversation so far, the seconds charged carried over, part
+    1's recording finalised."""
     pages: list[BrowserPeer] = []
-    async with an_interview_whose_worker_was_killed(
-        traversable_tmp_path, simulator, pages, {}
+    async with an_interview_whose_process_was_killed(
+        traversable_tmp_path, simulator, pages, {}, workers=workers
     ) as killed:
         client, token, sid = killed.client, killed.token, killed.session_id
         page, kept_rows, charged_before = killed.page, killed.kept, killed.charged_s
@@ -391,7 +419,7 @@ async def test_a_worker_killed_mid_interview_hands_it_over_as_part_2(
             "SELECT relay_instance, parts, state, end_reason FROM interview_sessions WHERE id=$1",
             sid,
         )
-        # Taken over by whichever worker the resume reached: neither holds anything of it.
+        # Taken over by whichever member the resume reached: none held anything of it.
         assert rows[0]["relay_instance"] in killed.workers
         assert (rows[0]["parts"], rows[0]["state"], rows[0]["end_reason"]) == (
             2,
@@ -404,7 +432,7 @@ async def test_a_worker_killed_mid_interview_hands_it_over_as_part_2(
         assert status == 204
         final = await poll(lambda: _row_if_ended(killed.dsn, sid), 15, "the interview to end")
         assert (final["end_reason"], final["parts"]) == ("hangup", 2)
-        # Debited for both parts: the killed worker's seconds carried over.
+        # Debited for both parts: the killed process's seconds carried over.
         assert final["debited_seconds"] >= charged_before
 
         async def parts() -> list[dict[str, Any]] | None:
@@ -414,7 +442,7 @@ async def test_a_worker_killed_mid_interview_hands_it_over_as_part_2(
             ready = sorted(i["part"] for i in mine if i["status"] == "ready")
             return mine if ready == [1, 2] else None
 
-        # Part 1 finalised from what the killed worker left on disk, part 2 as usual.
+        # Part 1 finalised from what the killed process left on disk, part 2 as usual.
         recordings = await poll(parts, 60, "both parts of the recording to be ready")
         [first] = [i for i in recordings if i["part"] == 1]
         assert first["recovered_after_crash"] is True
@@ -424,17 +452,20 @@ async def test_a_worker_killed_mid_interview_hands_it_over_as_part_2(
 SHORT_GRACE_S = 3
 
 
-async def test_a_worker_killed_mid_interview_nobody_resumes_is_closed_relay_lost(
-    traversable_tmp_path: Path, simulator: RunningSimulator
+@KILLED
+async def test_a_process_killed_mid_interview_nobody_resumes_is_closed_relay_lost(
+    traversable_tmp_path: Path, simulator: RunningSimulator, workers: int
 ) -> None:
     """Not resumed within the grace: closed as a dead member's interview is (relay_lost,
-    debited the seconds charged until the crash), not at the worker's start."""
+    debited the seconds charged until the crash, by the heartbeat's recovery, which a
+    single instance runs too), not at the process's start."""
     pages: list[BrowserPeer] = []
-    async with an_interview_whose_worker_was_killed(
+    async with an_interview_whose_process_was_killed(
         traversable_tmp_path,
         simulator,
         pages,
         {"RELAY__SESSION__RECONNECT_GRACE_S": str(SHORT_GRACE_S)},
+        workers=workers,
     ) as killed:
         final = await poll(
             lambda: _row_if_ended(killed.dsn, killed.session_id),
@@ -442,7 +473,7 @@ async def test_a_worker_killed_mid_interview_nobody_resumes_is_closed_relay_lost
             "the interview to be closed",
         )
         assert (final["state"], final["end_reason"], final["parts"]) == ("failed", "relay_lost", 1)
-        # The seconds the killed worker had charged (written as it went), nothing more.
+        # The seconds the killed process had charged (written as it went), nothing more.
         assert final["used_seconds"] >= killed.charged_s
         assert final["debited_seconds"] == math.ceil(final["used_seconds"])
 
