@@ -10,7 +10,7 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -257,3 +257,43 @@ def fresh_connections() -> aiohttp.ClientSession:
 
 def simulator_env(base_url: str) -> dict[str, str]:
     return {"OPENAI_API_KEY": SIMULATOR_KEY, "OPENAI_BASE_URL": base_url}
+
+
+@contextlib.asynccontextmanager
+async def listener_cut_off(
+    admin_dsn: str, dsn: str, application_name: str, database: str = "relaydb"
+) -> AsyncIterator[asyncpg.Connection]:
+    """A relay's LISTEN connection (``application_name``) cut off from ``database`` for the
+    block: a connection to ``dsn`` is opened first (yielded, to write while nobody
+    listens), then the database refuses new connections and the listening one is
+    terminated, so it cannot come back until the block ends and connections are allowed
+    again."""
+    admin = await asyncpg.connect(admin_dsn)
+    writer = await asyncpg.connect(dsn)
+    try:
+        await admin.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS false")
+        try:
+            cut = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = $1 AND application_name = $2",
+                database,
+                application_name,
+            )
+            assert cut == 1
+            yield writer
+        finally:
+            await admin.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS true")
+    finally:
+        await writer.close()
+        await admin.close()
+
+
+async def row_if_ended(dsn: str, sid: str) -> dict[str, Any] | None:
+    """The session's row once it has ended (for ``poll``), else None."""
+    rows = await sql(
+        dsn,
+        "SELECT state, end_reason, debited_seconds, used_seconds, parts, interview_id"
+        " FROM interview_sessions WHERE id=$1",
+        sid,
+    )
+    return dict(rows[0]) if rows[0]["state"] in ("ended", "failed") else None

@@ -21,7 +21,7 @@ from relay.admission.tokens import hash_token, new_token
 from relay.config import CacheConfig
 from relay.db.migrate import migrate
 from relay.observability.metrics import MetricsRegistry
-from tests.integration.cluster_helpers import poll
+from tests.integration.cluster_helpers import listener_cut_off, poll
 from tests.integration.conftest import MakeRelay
 from tests.integration.relay_harness import OPERATOR_TOKEN, RelayHarness
 
@@ -318,16 +318,7 @@ async def test_a_change_made_while_the_listener_was_cut_off_is_not_served_stale(
 
     # The operator's session is open before the database stops accepting connections; then
     # the listener's connection is cut, so it cannot come back until we allow it.
-    admin = await asyncpg.connect(private_postgres.dsn())
-    operator = await asyncpg.connect(dsn)
-    try:
-        await admin.execute("ALTER DATABASE relaydb ALLOW_CONNECTIONS false")
-        cut = await admin.fetchval(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE datname = 'relaydb' AND application_name = $1",
-            APPLICATION_NAME,
-        )
-        assert cut == 1
+    async with listener_cut_off(private_postgres.dsn(), dsn, APPLICATION_NAME) as operator:
 
         async def down() -> bool:
             return relay.counter("relay_cache_invalidation_listener_up") == 0
@@ -338,10 +329,6 @@ async def test_a_change_made_while_the_listener_was_cut_off_is_not_served_stale(
             "UPDATE users SET active = FALSE WHERE token_hash = $1", hash_token(token)
         )
         assert await redis_client.exists(user_key(token))  # still cached, and stale
-        await admin.execute("ALTER DATABASE relaydb ALLOW_CONNECTIONS true")
-    finally:
-        await operator.close()
-        await admin.close()
     await listening(relay)
     assert relay.counter("relay_cache_invalidation_flushes_total", reason="gap") == 1
     status, body, _ = await relay.create_session(token)

@@ -21,6 +21,7 @@ from tests.integration.cluster_helpers import (
     add_user,
     fresh_connections,
     poll,
+    row_if_ended,
     sql,
 )
 from tests.integration.continuity_helpers import SPEECH, Page, a_full_turn, go_live_at
@@ -198,7 +199,7 @@ async def test_the_holder_killed_the_interview_continues_on_the_survivor(
 
         status, _, _ = await a.call("DELETE", f"api/sessions/{sid}", token=token)
         assert status == 204
-        final = await poll(lambda: _row_if_ended(pair.dsn, sid), 10, "the interview to end on A")
+        final = await poll(lambda: row_if_ended(pair.dsn, sid), 10, "the interview to end on A")
         assert final["end_reason"] == "hangup"
         assert (await a.session(token, sid))["parts"] == 2
         # Debited for both parts: B's seconds carried over.
@@ -224,13 +225,3 @@ async def test_the_holder_killed_the_interview_continues_on_the_survivor(
 
         recordings = await poll(parts, 30, "part 2 of the recording to be ready")
         assert sorted(i["part"] for i in recordings) == [1, 2]
-
-
-async def _row_if_ended(dsn: str, sid: str) -> dict[str, Any] | None:
-    rows = await sql(
-        dsn,
-        "SELECT state, end_reason, debited_seconds, interview_id FROM interview_sessions"
-        " WHERE id=$1",
-        sid,
-    )
-    return dict(rows[0]) if rows[0]["state"] in ("ended", "failed") else None

@@ -11,11 +11,9 @@ import asyncio
 import time
 from typing import Any
 
-import asyncpg
-
 from relay.cluster.bus import APPLICATION_NAME
 from relay.webhooks.outbox import enqueue
-from tests.integration.cluster_helpers import poll
+from tests.integration.cluster_helpers import listener_cut_off, poll
 from tests.integration.conftest import MakeRelay
 from tests.integration.relay_harness import RelayHarness
 from tests.integration.test_webhooks import emit
@@ -234,16 +232,7 @@ async def test_an_event_written_while_the_notifications_were_cut_off_is_delivere
         listener = relay.services.cluster.listener
         # The writer's session is open before the database stops accepting connections;
         # then the relay's listening connection is cut and cannot come back meanwhile.
-        admin = await asyncpg.connect(private_postgres.dsn())
-        writer = await asyncpg.connect(dsn)
-        try:
-            await admin.execute("ALTER DATABASE relaydb ALLOW_CONNECTIONS false")
-            cut = await admin.fetchval(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                " WHERE datname = 'relaydb' AND application_name = $1",
-                APPLICATION_NAME,
-            )
-            assert cut == 1
+        async with listener_cut_off(private_postgres.dsn(), dsn, APPLICATION_NAME) as writer:
 
             async def down() -> bool:
                 return not listener.connected.is_set()
@@ -254,10 +243,6 @@ async def test_an_event_written_while_the_notifications_were_cut_off_is_delivere
                 event_id = await enqueue(
                     writer, "interview.completed", interview_id="iv_1", data=DATA
                 )
-            await admin.execute("ALTER DATABASE relaydb ALLOW_CONNECTIONS true")
-        finally:
-            await writer.close()
-            await admin.close()
         await rec.wait_for(lambda got: len(got) == 1, PROMPTLY_S)
 
     assert rec.delivered()[0].webhook_id == event_id

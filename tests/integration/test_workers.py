@@ -32,6 +32,7 @@ from tests.integration.cluster_helpers import (
     fresh_connections,
     poll,
     relay_env,
+    row_if_ended,
     simulator_env,
     sql,
 )
@@ -430,7 +431,7 @@ async def test_a_process_killed_mid_interview_hands_it_over_as_part_2(
 
         status, _, _ = await client.call("DELETE", f"api/sessions/{sid}", token=token)
         assert status == 204
-        final = await poll(lambda: _row_if_ended(killed.dsn, sid), 15, "the interview to end")
+        final = await poll(lambda: row_if_ended(killed.dsn, sid), 15, "the interview to end")
         assert (final["end_reason"], final["parts"]) == ("hangup", 2)
         # Debited for both parts: the killed process's seconds carried over.
         assert final["debited_seconds"] >= charged_before
@@ -468,7 +469,7 @@ async def test_a_process_killed_mid_interview_nobody_resumes_is_closed_relay_los
         workers=workers,
     ) as killed:
         final = await poll(
-            lambda: _row_if_ended(killed.dsn, killed.session_id),
+            lambda: row_if_ended(killed.dsn, killed.session_id),
             SHORT_GRACE_S + 15,
             "the interview to be closed",
         )
@@ -476,13 +477,3 @@ async def test_a_process_killed_mid_interview_nobody_resumes_is_closed_relay_los
         # The seconds the killed process had charged (written as it went), nothing more.
         assert final["used_seconds"] >= killed.charged_s
         assert final["debited_seconds"] == math.ceil(final["used_seconds"])
-
-
-async def _row_if_ended(dsn: str, sid: str) -> dict[str, Any] | None:
-    rows = await sql(
-        dsn,
-        "SELECT state, end_reason, debited_seconds, used_seconds, parts"
-        " FROM interview_sessions WHERE id=$1",
-        sid,
-    )
-    return dict(rows[0]) if rows[0]["state"] in ("ended", "failed") else None
