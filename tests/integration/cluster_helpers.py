@@ -297,3 +297,13 @@ async def row_if_ended(dsn: str, sid: str) -> dict[str, Any] | None:
         sid,
     )
     return dict(rows[0]) if rows[0]["state"] in ("ended", "failed") else None
+
+
+async def demo_token(relay: RelayProcess) -> str:
+    """The demo candidate's token a ``relay serve`` with the demo user prints at start."""
+
+    async def printed() -> str | None:
+        return next((line for line in relay.lines if line.startswith("rt_")), None)
+
+    token: str = await poll(printed, 30, "the demo token")
+    return token

@@ -111,3 +111,17 @@ async def a_full_turn(page: BrowserPeer, *, heard: bool = False) -> None:
     if heard:
         await wait_until(lambda: page.speaker.loud_frames() > 0, 10, "the interviewer heard")
     await page.wait_type("response.output_audio_transcript.done", 25)
+
+
+async def told_it_resumed(page: BrowserPeer, kept: list[Any]) -> dict[str, Any]:
+    """What a page that resumed an interview its holder lost is told, checked: reconnected
+    after a gap, then the transcript kept so far (``kept``: its rows, role and text);
+    returns the time-left event that follows."""
+    greeting = await page.wait_type("relay.session.reconnected", 10)
+    assert greeting["gap_ms"] > 0
+    transcript = await page.wait_type("relay.transcript", 10)
+    assert [(i["role"], i["text"]) for i in transcript["items"]] == [
+        (r["role"], r["text"]) for r in kept
+    ]
+    time_left: dict[str, Any] = await page.wait_type("relay.session.time_left", 10)
+    return time_left

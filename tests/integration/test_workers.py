@@ -29,6 +29,7 @@ from tests.integration.cluster_helpers import (
     OPERATOR,
     Client,
     RelayProcess,
+    demo_token,
     fresh_connections,
     poll,
     relay_env,
@@ -36,7 +37,7 @@ from tests.integration.cluster_helpers import (
     simulator_env,
     sql,
 )
-from tests.integration.continuity_helpers import Page, a_full_turn, go_live_at
+from tests.integration.continuity_helpers import Page, a_full_turn, go_live_at, told_it_resumed
 from tests.integration.media_helpers import BrowserPeer, encode_opus, speech_like
 from tests.support.processes import wait_exited
 
@@ -68,10 +69,7 @@ async def test_two_workers_share_one_port_and_one_embedded_database(
     try:
         assert any("(2 workers)" in line for line in relay.lines)
 
-        async def demo_token() -> str | None:
-            return next((line for line in relay.lines if line.startswith("rt_")), None)
-
-        token = await poll(demo_token, 30, "the demo token")
+        token = await demo_token(relay)
         assert (data_dir / "state.key").stat().st_mode & 0o777 == 0o600
 
         async with fresh_connections() as http:
@@ -190,11 +188,7 @@ async def test_a_resume_reaching_either_worker_is_served_by_the_one_holding_it(
     relay = await RelayProcess.start(traversable_tmp_path, env, "--workers", "2")
     pages: list[BrowserPeer] = []
     try:
-
-        async def demo_token() -> str | None:
-            return next((line for line in relay.lines if line.startswith("rt_")), None)
-
-        token = await poll(demo_token, 30, "the demo token")
+        token = await demo_token(relay)
         async with fresh_connections() as http:
             client = Client(http, relay.url)
 
@@ -304,11 +298,7 @@ async def an_interview_whose_process_was_killed(
     # Attaching to the embedded server (it stays up while either side uses it) to read rows.
     embedded = await asyncio.to_thread(start_embedded_postgres, data_dir)
     try:
-
-        async def demo_token() -> str | None:
-            return next((line for line in relay.lines if line.startswith("rt_")), None)
-
-        token = await poll(demo_token, 30, "the demo token")
+        token = await demo_token(relay)
         async with fresh_connections() as http:
             client = Client(http, relay.url)
 
@@ -402,13 +392,7 @@ async def test_a_process_killed_mid_interview_hands_it_over_as_part_2(
         again, answer, _ = await resume_as_the_page(client, token, sid, killed.resume_token, pages)
         assert answer["session_id"] == sid and answer["resume_token"] != killed.resume_token
 
-        greeting = await again.wait_type("relay.session.reconnected", 10)
-        assert greeting["gap_ms"] > 0
-        transcript = await again.wait_type("relay.transcript", 10)
-        assert [(i["role"], i["text"]) for i in transcript["items"]] == [
-            (r["role"], r["text"]) for r in kept_rows
-        ]
-        time_left = await again.wait_type("relay.session.time_left", 10)
+        time_left = await told_it_resumed(again, kept_rows)
         # Part 1's page was told the whole limit when the interview became active.
         limit = (await page.wait_type("relay.session.time_left", 1))["seconds"]
         assert time_left["seconds"] <= limit - int(charged_before)
