@@ -1,9 +1,13 @@
 """The ``webhook_deliveries`` and ``webhook_attempts`` tables (migration 008).
 
 * ``fan_out``: each outbox event not yet dispatched becomes one delivery per enabled
-  endpoint subscribed to its type, and is marked dispatched, in one statement; the events
-  are claimed with ``FOR UPDATE SKIP LOCKED`` and a delivery is unique per (endpoint,
-  event), so instances fanning out at once never make one twice.
+  endpoint subscribed to its type, and is marked dispatched, in one statement; a delivery
+  is unique per (endpoint, event), so an event is never fanned out twice. The oldest events
+  are locked ``FOR UPDATE`` and waited for, never skipped: an instance that skipped the
+  events another was fanning out could commit later events' deliveries first, and those
+  would be the heads of their interviews' queues (``claim``) before the earlier events'
+  deliveries existed. Waiting, it finds them dispatched when the other commits (and fans
+  out nothing this pass); the locks are taken in ``seq`` order, so two never deadlock.
 * ``claim``: due deliveries, each taken by one instance (``FOR UPDATE SKIP LOCKED``) under
   a lease (``claimed_until``): an instance that dies mid-attempt lets go when its lease
   ends, and another attempts the delivery again (at least once). Only the head of each
@@ -105,7 +109,7 @@ class DeliveryRows:
                        SELECT id, type, interview_id, seq, created_at FROM webhook_events
                        WHERE dispatched_at IS NULL
                        ORDER BY seq LIMIT $1
-                       FOR UPDATE SKIP LOCKED
+                       FOR UPDATE
                    ), made AS (
                        INSERT INTO webhook_deliveries
                            (id, endpoint_id, event_id, seq, interview_id, give_up_at)
