@@ -114,15 +114,20 @@ async def one_interview(http: aiohttp.ClientSession, relay: RelayHarness, token:
 
 
 async def idle(relay: RelayHarness, simulator: RunningSimulator) -> None:
+    recordings = relay.services.recordings
     await wait_until(
         lambda: (
             len(relay.services.registry) == 0
             and relay.services.bridges is not None
             and len(relay.services.bridges) == 0
             and all(c.state in ("closed", "failed") for c in simulator.state.calls.values())
+            # Each recording is finalised after its interview, in a task of the recording
+            # service: on a loaded machine dozens are still in flight when the last
+            # interview has closed, and each holds a closure (four cells) until it ends.
+            and recordings.idle
         ),
-        30,
-        "every interview closed on both sides",
+        60,
+        "every interview closed on both sides and its recording finalised",
     )
 
 
