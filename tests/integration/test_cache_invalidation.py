@@ -61,6 +61,27 @@ async def listening_relay(make_relay: MakeRelay, redis_url: str) -> RelayHarness
     return relay
 
 
+async def new_user(*relays: RelayHarness, seconds: int = 1800) -> str:
+    """A user inserted into PostgreSQL, once each of ``relays`` (listening) has handled the
+    insert's notification. It evicts the new token everywhere (it may be cached as
+    unknown); arriving after a first admission had cached the user, it would evict that
+    entry, which is harmless for the relay but not for a test that checks the cache."""
+    before = [r.counter("relay_cache_invalidations_total", source="database") for r in relays]
+    token = await relays[0].add_user(seconds=seconds)
+
+    async def handled() -> bool:
+        for relay, seen in zip(relays, before, strict=True):
+            listener = relay.services.cache_invalidation
+            assert listener is not None
+            counted = relay.counter("relay_cache_invalidations_total", source="database")
+            if counted <= seen or listener.pending:
+                return False
+        return True
+
+    await poll(handled, WITHIN_S, "the new user's notification to be handled")
+    return token
+
+
 async def evicted(relay: RelayHarness, redis_client: aioredis.Redis, token: str) -> None:
     async def gone() -> bool:
         return not relay.services.cache.cached_locally(hash_token(token)) and not (
@@ -74,7 +95,7 @@ async def test_an_operators_update_is_seen_long_before_the_ttl(
     make_relay: MakeRelay, redis_server: Any, redis_client: aioredis.Redis
 ) -> None:
     relay = await listening_relay(make_relay, redis_server.url)
-    token = await relay.add_user(seconds=600)
+    token = await new_user(relay, seconds=600)
     status, body, _ = await relay.create_session(token)
     assert status == 201, body
     # Cached in Redis for hours (nothing but the database's notifications bounds it) and in
@@ -144,10 +165,10 @@ async def test_a_deleted_user_and_a_rotated_token_are_refused_at_once(
     make_relay: MakeRelay, redis_server: Any, redis_client: aioredis.Redis
 ) -> None:
     relay = await listening_relay(make_relay, redis_server.url)
-    rotated = await relay.add_user()
+    rotated = await new_user(relay)
     assert (await relay.create_session(rotated))[0] == 201
     # Refused for its credit, so it has no session rows to delete first, but cached.
-    deleted = await relay.add_user(seconds=0)
+    deleted = await new_user(relay, seconds=0)
     assert (await relay.create_session(deleted))[0] == 403
     for token in (rotated, deleted):
         assert await redis_client.exists(user_key(token))
@@ -194,7 +215,7 @@ async def test_a_change_evicts_the_local_fallback_of_every_relay(
     second = await make_relay(redis_url=redis_server.url, instance_id="second")
     for relay in (first, second):
         await listening(relay)
-    token = await first.add_user()
+    token = await new_user(first, second)
     assert (await first.create_session(token))[0] == 201
     assert (await second.create_session(token))[0] == 201  # a Redis hit, kept locally too
     assert second.counter("relay_cache_lookups_total", result="hit", source="redis") == 1
@@ -273,7 +294,7 @@ async def test_postgres_restarted_the_listener_reconnects_and_flushes_after_the_
 ) -> None:
     relay = await make_relay(dsn=private_postgres.dsn(), redis_url=redis_server.url)
     await listening(relay)
-    token = await relay.add_user()
+    token = await new_user(relay)
     assert (await relay.create_session(token))[0] == 201
     other = "relay:user:" + "e" * 64  # another relay's entry, as stale as any after a gap
     await redis_client.set(other, "null", ex=3600)
@@ -312,7 +333,7 @@ async def test_a_change_made_while_the_listener_was_cut_off_is_not_served_stale(
     dsn = await private_postgres.acreate_database("relaydb")
     relay = await make_relay(dsn=dsn, redis_url=redis_server.url)
     await listening(relay)
-    token = await relay.add_user(seconds=600)
+    token = await new_user(relay, seconds=600)
     assert (await relay.create_session(token))[0] == 201
     assert await redis_client.exists(user_key(token))
 
