@@ -399,18 +399,22 @@ async def test_a_process_killed_mid_interview_hands_it_over_as_part_2(
         # A new upstream session, seeded with the conversation so far (and a note).
         second = next(c for c in simulator.state.calls.values() if c is not killed.first_call)
         await simulator.state.wait_for(lambda: second.items_created == len(kept_rows) + 1, 10)
-        rows = await sql(
-            killed.dsn,
-            "SELECT relay_instance, parts, state, end_reason FROM interview_sessions WHERE id=$1",
-            sid,
-        )
+
+        async def taken_over() -> dict[str, Any] | None:
+            rows = await sql(
+                killed.dsn,
+                "SELECT relay_instance, parts, state, end_reason FROM interview_sessions"
+                " WHERE id=$1",
+                sid,
+            )
+            # The row goes from connecting to active in its own write after the legs are
+            # up, which may land after the page was told it resumed.
+            return dict(rows[0]) if rows[0]["state"] != "connecting" else None
+
+        row = await poll(taken_over, 10, "the taken-over interview's row to leave connecting")
         # Taken over by whichever member the resume reached: none held anything of it.
-        assert rows[0]["relay_instance"] in killed.workers
-        assert (rows[0]["parts"], rows[0]["state"], rows[0]["end_reason"]) == (
-            2,
-            "active",
-            None,
-        )
+        assert row["relay_instance"] in killed.workers
+        assert (row["parts"], row["state"], row["end_reason"]) == (2, "active", None)
         await a_full_turn(again)
 
         status, _, _ = await client.call("DELETE", f"api/sessions/{sid}", token=token)
