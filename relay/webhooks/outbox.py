@@ -51,9 +51,20 @@ async def enqueue(
     interview_id: str | None,
     data: dict[str, Any],
 ) -> str:
-    """Write one event on ``conn`` (call it inside the transaction of the change); its id."""
+    """Write one event on ``conn`` (call it inside the transaction of the change); its id.
+
+    An interview's event is written holding its interview's row: the event's sequence
+    number is drawn at the insert, and two transactions writing events of one interview
+    (its status changed in one, a recording's in another) could otherwise commit in the
+    other order. The fan-out takes the events it sees in sequence order; seeing the later
+    one committed and not yet the earlier, it would send them out of order. With the row
+    held to commit, an interview's events commit in the order of their numbers. (A status
+    change already holds it; the recordings' transactions lock recording, session, then
+    interview, the order every other transaction takes them in.)"""
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown webhook event type {event_type!r}")
+    if interview_id is not None:
+        await conn.execute("SELECT 1 FROM interviews WHERE id = $1 FOR UPDATE", interview_id)
     event_id = new_event_id()
     await conn.execute(
         "INSERT INTO webhook_events (id, type, interview_id, data) VALUES ($1, $2, $3, $4)",
