@@ -24,6 +24,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from relay.admission.service import database_error
+from relay.cluster.resume import FORWARDED_BY_HEADER
 from relay.config import DatabaseConfig
 from relay.db import DatabaseUnavailable
 from relay.errors import ApiError
@@ -33,7 +34,12 @@ from relay.web.openai_shape import is_openai_path, openai_error_body, openai_err
 
 log = logging.getLogger("relay.http")
 
+# A client's own id, kept after ours (``<own>.<client's>``).
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# A resume forwarded by another member comes with that member's id (ours, a dot, the
+# client's up to 64): accepted at that length so that a client's long id still links the
+# holder's log lines to the member the client reached (relay.cluster.resume, first_id).
+_VALID_FORWARDED_ID = re.compile(r"[A-Za-z0-9._-]{1,101}")
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -52,10 +58,13 @@ def new_request_id() -> str:
     return "req_" + secrets.token_hex(16)
 
 
-def request_id_for(incoming: str | None) -> str:
+def request_id_for(incoming: str | None, *, forwarded: bool = False) -> str:
+    """Our id for a request, ending with the one it came with when that is well formed
+    (``forwarded``: by another member, ``X-Relay-Forwarded-By``)."""
     own = new_request_id()
+    valid = _VALID_FORWARDED_ID if forwarded else _VALID_REQUEST_ID
     # fullmatch: "$" would also accept a trailing newline.
-    if incoming and _VALID_REQUEST_ID.fullmatch(incoming):
+    if incoming and valid.fullmatch(incoming):
         return f"{own}.{incoming}"
     return own
 
@@ -92,7 +101,10 @@ def make_middleware(
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        request_id = request_id_for(request.headers.get("X-Request-ID"))
+        request_id = request_id_for(
+            request.headers.get("X-Request-ID"),
+            forwarded=FORWARDED_BY_HEADER in request.headers,
+        )
         token = request_context.begin(request_id)
         error_tracking.tag_request(request_id)
         ctx = request_context.current()
