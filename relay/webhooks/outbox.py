@@ -58,13 +58,19 @@ async def enqueue(
     (its status changed in one, a recording's in another) could otherwise commit in the
     other order. The fan-out takes the events it sees in sequence order; seeing the later
     one committed and not yet the earlier, it would send them out of order. With the row
-    held to commit, an interview's events commit in the order of their numbers. (A status
-    change already holds it; the recordings' transactions lock recording, session, then
-    interview, the order every other transaction takes them in.)"""
+    held to commit, an interview's events commit in the order of their numbers.
+
+    The lock is the one an UPDATE of the row takes (``FOR NO KEY UPDATE``): it orders the
+    event writers and status changes, and does not hold up a new session of the interview
+    (its insert only takes a key-share lock through the foreign key). A status change
+    already holds it. A recording's transaction takes recording, session, then interview,
+    as closing a session takes session then interview; cancelling takes the interview and
+    then its *pending* sessions, and a recorded session has left pending before its
+    recorder started, so no cycle."""
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown webhook event type {event_type!r}")
     if interview_id is not None:
-        await conn.execute("SELECT 1 FROM interviews WHERE id = $1 FOR UPDATE", interview_id)
+        await conn.execute("SELECT 1 FROM interviews WHERE id = $1 FOR NO KEY UPDATE", interview_id)
     event_id = new_event_id()
     await conn.execute(
         "INSERT INTO webhook_events (id, type, interview_id, data) VALUES ($1, $2, $3, $4)",
