@@ -34,12 +34,16 @@ from relay.web.openai_shape import is_openai_path, openai_error_body, openai_err
 
 log = logging.getLogger("relay.http")
 
+# Our own ids: "req_" and 32 hex digits.
+_OWN_ID_HEX_BYTES = 16
+_OWN_ID_LENGTH = len("req_") + 2 * _OWN_ID_HEX_BYTES
 # A client's own id, kept after ours (``<own>.<client's>``).
-_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-# A resume forwarded by another member comes with that member's id (ours, a dot, the
-# client's up to 64): accepted at that length so that a client's long id still links the
-# holder's log lines to the member the client reached (relay.cluster.resume, first_id).
-_VALID_FORWARDED_ID = re.compile(r"[A-Za-z0-9._-]{1,101}")
+_CLIENT_ID_MAX = 64
+_VALID_REQUEST_ID = re.compile(rf"[A-Za-z0-9._-]{{1,{_CLIENT_ID_MAX}}}")
+# A resume forwarded by another member comes with that member's id (its own, a dot, the
+# client's): accepted at that length so that a client's long id still links the holder's
+# log lines to the member the client reached (relay.cluster.resume, first_id).
+_VALID_FORWARDED_ID = re.compile(rf"[A-Za-z0-9._-]{{1,{_OWN_ID_LENGTH + 1 + _CLIENT_ID_MAX}}}")
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -55,7 +59,7 @@ _HTTP_ERROR_CODES = {
 
 
 def new_request_id() -> str:
-    return "req_" + secrets.token_hex(16)
+    return "req_" + secrets.token_hex(_OWN_ID_HEX_BYTES)
 
 
 def request_id_for(incoming: str | None, *, forwarded: bool = False) -> str:
