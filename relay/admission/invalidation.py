@@ -119,6 +119,9 @@ class CacheInvalidationListener:
         self.presence_ttl_s = max(MIN_PRESENCE_TTL_S, 3 * check_interval_s)
         self._state: ListenerState = "connecting"
         self._pending: set[str] = set()
+        # Of those, how many are being evicted right now (taken out of _pending first: a
+        # token notified again meanwhile must be evicted again, after this call).
+        self._evicting = 0
         self._flush_reason: FlushReason | None = None
         self._first_check = False
         self._announced = False
@@ -146,8 +149,9 @@ class CacheInvalidationListener:
 
     @property
     def pending(self) -> int:
-        """Tokens dropped locally whose Redis eviction has not been done yet."""
-        return len(self._pending)
+        """Tokens dropped locally whose Redis eviction has not been done yet (including
+        the ones whose eviction is on its way)."""
+        return len(self._pending) + self._evicting
 
     @property
     def flush_pending(self) -> bool:
@@ -325,7 +329,12 @@ class CacheInvalidationListener:
             )
         while self._pending:
             batch = [self._pending.pop() for _ in range(min(BATCH, len(self._pending)))]
-            if not await self._cache.evict_shared(batch):
+            self._evicting = len(batch)
+            try:
+                evicted = await self._cache.evict_shared(batch)
+            finally:
+                self._evicting = 0
+            if not evicted:
                 self._pending.update(batch)
                 return False
         return True
