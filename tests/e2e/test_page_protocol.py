@@ -71,7 +71,11 @@ async def test_transcript_order_and_end_while_the_interviewer_speaks(
     sent_before = len(call.client_events)
     await page.click("#stop")
     await expect(page.locator("#status")).to_have_text("Interview ended.")
-    await simulator.state.wait_for(lambda: call.hung_up, CONNECT_S)
+    # The stops travel on the event channel and the hang-up over HTTP: the call can hear
+    # the hang-up before it has read the stops, so wait for its answer to the clear too.
+    await simulator.state.wait_for(
+        lambda: call.hung_up and "output_audio_buffer.cleared" in call.events_sent, CONNECT_S
+    )
     sent = list(call.client_events)[sent_before:]
     stops = [e["type"] for e in sent]
     assert stops in (
