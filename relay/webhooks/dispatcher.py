@@ -181,14 +181,13 @@ class Dispatcher:
         fanned out and claimed ``progress`` (None: it did not pass); and whether the round
         after it passes."""
         free = self._config.max_in_flight - len(self._in_flight)
-        due_in = state.due_in_s
         # With no free slot, an attempt's end wakes the loop: a due time is of no use.
-        claimable = free > 0 and due_in is not None
-        if state.events > 0 or (claimable and due_in is not None and due_in <= 0):
+        due_in = state.due_in_s if free > 0 else None
+        if state.events > 0 or (due_in is not None and due_in <= 0):
             if progress != 0:
                 return 0.0, True
             return RECHECK_S, True
-        if claimable and due_in is not None and due_in < self._config.poll_interval_s:
+        if due_in is not None and due_in < self._config.poll_interval_s:
             return due_in + DUE_MARGIN_S, True
         return self._config.poll_interval_s, False
 
