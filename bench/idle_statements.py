@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -25,16 +24,17 @@ import aiohttp
 from aiohttp import web
 
 from bench.ga_upstream import UPSTREAM_PORT, GaUpstream
+from bench.prometheus import prometheus_samples
 from bench.relay_process import RelayProcess, add_user, relay_metrics
 
-_QUERIES = re.compile(r'^relay_db_queries_total\{query="([^"]+)"\} (\S+)$', re.MULTILINE)
 # Start-up work (migrations, warming, the first recovery) is over by then.
 SETTLE_S = 5.0
 
 
 def statement_counts(metrics_text: str) -> dict[str, float]:
     """``relay_db_queries_total`` by query name, from a /metrics page."""
-    return {name: float(value) for name, value in _QUERIES.findall(metrics_text)}
+    samples = prometheus_samples(metrics_text, "relay_db_queries_total")
+    return {dict(labels)["query"]: value for labels, value in samples.items()}
 
 
 async def measure(window_s: float) -> dict[str, float]:
