@@ -30,6 +30,14 @@ def depth(relay: RelayHarness, stage: str) -> float:
     return relay.counter("relay_webhooks_outbox_depth", stage=stage)
 
 
+async def non_delivering(make_relay: MakeRelay) -> RelayHarness:
+    """An instance that manages webhooks but delivers none (``webhooks.deliver = false``):
+    another one must be woken to deliver what it writes."""
+    return await make_relay(
+        overrides={"webhooks": NO_POLL | {"deliver": False}}, instance_id="manager"
+    )
+
+
 async def idle(relay: RelayHarness) -> None:
     """Until the dispatcher's first pass at start has claimed what was due."""
 
@@ -59,9 +67,7 @@ async def test_a_redelivery_asked_of_a_non_delivering_instance_is_delivered_by_a
     make_relay: MakeRelay, database_url: str
 ) -> None:
     async with receiver() as rec:
-        manager = await make_relay(
-            overrides={"webhooks": NO_POLL | {"deliver": False}}, instance_id="manager"
-        )
+        manager = await non_delivering(make_relay)
         deliverer = await make_relay(overrides={"webhooks": NO_POLL}, instance_id="deliverer")
         endpoint = await register(manager, rec, ["interview.completed"])
         await idle(deliverer)
@@ -94,9 +100,7 @@ async def test_a_failed_attempt_is_retried_at_its_due_time(
 ) -> None:
     async with receiver() as rec:
         rec.answer = lambda got: 503 if len(got) == 1 else 200
-        manager = await make_relay(
-            overrides={"webhooks": NO_POLL | {"deliver": False}}, instance_id="manager"
-        )
+        manager = await non_delivering(make_relay)
         await register(manager, rec, ["interview.completed"])
         [event_id] = await emit(database_url, [("interview.completed", "iv_1", DATA)])
         # Its first pass at start attempts the event; the retry (due 1 to 2 s after the
@@ -126,9 +130,7 @@ async def test_a_crashed_holders_lease_is_taken_over_when_it_runs_out(
     make_relay: MakeRelay, database_url: str
 ) -> None:
     async with receiver() as rec:
-        manager = await make_relay(
-            overrides={"webhooks": NO_POLL | {"deliver": False}}, instance_id="manager"
-        )
+        manager = await non_delivering(make_relay)
         endpoint = await register(manager, rec, ["interview.completed"])
         # What an instance that claimed a delivery and died leaves behind: its lease, 3 s
         # from now. The survivor's first pass at start finds nothing it may claim yet:
