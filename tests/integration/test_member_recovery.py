@@ -5,9 +5,12 @@ nothing to recover (what almost every heartbeat finds) changes nothing."""
 from __future__ import annotations
 
 import secrets
+from functools import partial
+from typing import Any
 
 from relay.cluster import members
 from relay.observability.metrics import MetricsRegistry
+from tests.integration import cluster_helpers
 from tests.integration.relay_harness import migrated_store
 
 DEAD_AFTER_S = 10.0
@@ -16,12 +19,14 @@ GRACE_S = 30.0
 
 async def test_recovery_closes_what_dead_members_left_and_nothing_else(database_url: str) -> None:
     async with migrated_store(database_url, MetricsRegistry()) as store:
+        sql = partial(cluster_helpers.sql, database_url)
 
-        async def sql(query: str, *args: object) -> list[dict[str, object]]:
-            async def op(conn: object) -> list[dict[str, object]]:
-                return [dict(r) for r in await conn.fetch(query, *args)]  # type: ignore[attr-defined]
-
-            return await store.run("test", op)
+        async def sessions() -> dict[str, dict[str, Any]]:
+            rows = await sql(
+                "SELECT id, state, end_reason, debited_seconds, holder_lost_at IS NOT NULL AS lost"
+                " FROM interview_sessions"
+            )
+            return {r["id"]: dict(r) for r in rows}
 
         [user] = await sql(
             "INSERT INTO users (email, token_hash, remaining_seconds) VALUES ($1, $2, 1800)"
@@ -69,21 +74,9 @@ async def test_recovery_closes_what_dead_members_left_and_nothing_else(database_
         recovered = await members.recover_dead(
             store, dead_after_s=DEAD_AFTER_S, resume_grace_s=GRACE_S
         )
-        rows = {
-            r["id"]: r
-            for r in await sql(
-                "SELECT id, state, end_reason, debited_seconds, holder_lost_at IS NOT NULL AS lost"
-                " FROM interview_sessions"
-            )
-        }
+        rows = await sessions()
         again = await members.recover_dead(store, dead_after_s=DEAD_AFTER_S, resume_grace_s=GRACE_S)
-        unchanged = {
-            r["id"]: r
-            for r in await sql(
-                "SELECT id, state, end_reason, debited_seconds, holder_lost_at IS NOT NULL AS lost"
-                " FROM interview_sessions"
-            )
-        }
+        unchanged = await sessions()
         [after] = await sql("SELECT remaining_seconds FROM users WHERE id = $1", user["id"])
         left = await sql("SELECT id FROM relay_members ORDER BY id")
 
