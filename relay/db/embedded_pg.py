@@ -368,11 +368,7 @@ def _ensure_runtime_dir(fallback: Path) -> None:
 
 
 def _check_reachable(data_dir: Path, bin_dir: Path, user: OsUser) -> None:
-    if data_dir in unreachable_dirs(data_dir, user):
-        # data_dir is the relay's own directory: let others enter it (not list it). Created
-        # 0700 (relay.private_files), it always needs this on a first start as root.
-        data_dir.chmod(data_dir.stat().st_mode | stat.S_IXOTH)
-        log.debug("made %s enterable by %s", data_dir, user.name)
+    _let_enter(data_dir, user)
     blocked = unreachable_dirs(data_dir, user)
     if blocked:
         raise EmbeddedPostgresError(
@@ -392,6 +388,14 @@ def _check_reachable(data_dir: Path, bin_dir: Path, user: OsUser) -> None:
         ) from None
 
 
+def _let_enter(data_dir: Path, user: OsUser) -> None:
+    if data_dir in unreachable_dirs(data_dir, user):
+        # data_dir is the relay's own directory: let others enter it (not list it). Created
+        # 0700 (relay.private_files), it always needs this on a first start as root.
+        data_dir.chmod(data_dir.stat().st_mode | stat.S_IXOTH)
+        log.debug("made %s enterable by %s", data_dir, user.name)
+
+
 def _init_pgdata(pgdata: Path, bin_dir: Path, user: OsUser | None) -> None:
     if (pgdata / "PG_VERSION").exists():
         return
@@ -404,6 +408,11 @@ def _init_pgdata(pgdata: Path, bin_dir: Path, user: OsUser | None) -> None:
     scratch.mkdir(mode=0o700)
     if user is not None:
         os.chown(scratch, user.uid, user.gid)
+        # Again, under the lock: until this directory of the postgres user's existed, another
+        # process's private_dir(data_dir) (its start-up, between our _check_reachable and the
+        # lock) took "may enter" away again, and initdb could not reach the scratch directory.
+        # From here on private_dir keeps the bit (relay.private_files).
+        _let_enter(pgdata.parent, user)
     log.info("initialising the embedded PostgreSQL cluster in %s", pgdata)
     run_pg_tool(
         bin_dir,

@@ -8,6 +8,7 @@ embedded server, reports the postmaster's pid and the DSN, then follows commands
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import signal
@@ -28,6 +29,7 @@ from relay.db.embedded_pg import (
     postgres_os_user,
     start_embedded_postgres,
 )
+from relay.private_files import private_dir
 from tests.support.processes import exited, wait_exited
 from tests.support.workspace import stop_postgres_under
 
@@ -162,6 +164,46 @@ async def test_simultaneous_first_starts_share_one_new_server(
     assert await _fetchval(processes[0].dsn, "SELECT 1") == 1
     assert [await p.exit() for p in processes] == [0, 0, 0]
     await _wait_gone(processes[0].pid)
+
+
+def _waits_for_flock(lock: Path) -> bool:
+    """Whether some process waits for an flock on ``lock`` (a "->" line of /proc/locks)."""
+    info = lock.stat()
+    device_inode = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    return any(
+        "->" in line and line.split()[-3] == device_inode
+        for line in Path("/proc/locks").read_text().splitlines()
+    )
+
+
+async def test_another_start_narrowing_data_dir_before_the_lock_does_not_break_initdb(
+    traversable_tmp_path: Path,
+) -> None:
+    """Process B's start-up (private_dir) runs between A's reachability check and A's lock.
+
+    As root the cluster is made by the postgres user, who must enter data_dir; B's
+    private_dir takes that away again while data_dir holds nothing of that user's yet.
+    """
+    data_dir = traversable_tmp_path / "state"
+    await asyncio.to_thread(private_dir, data_dir)
+    lock = data_dir / "postgres.lock"
+    held = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(held, fcntl.LOCK_EX)  # A stops at the lock, past its check
+    try:
+        starting = asyncio.create_task(asyncio.to_thread(start_embedded_postgres, data_dir))
+        while not await asyncio.to_thread(_waits_for_flock, lock):
+            assert not starting.done(), starting.result()
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(private_dir, data_dir)  # B's start-up
+        assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    finally:
+        os.close(held)  # lets A go on
+    pg = await asyncio.wait_for(starting, _TIMEOUT_S)
+    try:
+        assert await _fetchval(pg.dsn, "SELECT 1") == 1
+    finally:
+        await asyncio.to_thread(pg.stop)
+    await _wait_gone(pg.pid)
 
 
 async def test_a_killed_process_leaves_the_server_to_the_next_one(
