@@ -99,6 +99,13 @@
  * once half are used, and a compound that does not fit goes to Python whole (after the
  * queued ones: nothing is lost or reordered). */
 #define RTCP_PENDING 16
+/* Routes a pump syncs at most, urgent ones apart. Every route of a busy loop falls due once
+ * a sync_interval, and routes set up (or synced) together fall due together: 600 routes'
+ * syncs in Python (about 15 us each) in one pump held up the datagrams behind it by 10 ms
+ * once a second (the hop's p99 at 300 interviews: docs/benchmarks.md, "Route syncs spread
+ * over pumps"). Spread over pumps they stay spread: a route's next sync counts from its
+ * own. A busy loop pumps hundreds of times a second, so 16 a pump is far more than due. */
+#define SYNCS_PER_PUMP 16
 #define RTCP_EVENT_SR 0
 #define RTCP_EVENT_BLOCK 1
 
@@ -921,20 +928,33 @@ static PyObject *loop_hold(Loop *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* Every dirty route, now clean (the caller copies their counters into Python). */
-static PyObject *loop_take_dirty(Loop *self, PyObject *unused) {
-    PyObject *out = PyList_New(self->n_dirty);
+static int route_due(Loop *self, Route *r, double now) {
+    return r->urgent || now - r->last_sync >= self->sync_interval;
+}
+
+/* Every dirty route that is due (urgent, or not synced for sync_interval), now clean (the
+ * caller copies their counters into Python): the flush timer's, for routes whose packets
+ * stopped before a pump synced them. Routes still flowing are synced by the pumps, a few
+ * at a time; taking every dirty one here would line them all up again. */
+static PyObject *loop_take_due(Loop *self, PyObject *unused) {
+    PyObject *out = PyList_New(0);
     if (out == NULL)
         return NULL;
     double now = monotonic_s();
-    for (Py_ssize_t i = 0; i < self->n_dirty; i++) {
+    for (Py_ssize_t i = 0; i < self->n_dirty;) {
         Route *r = self->dirty[i];
-        PyList_SET_ITEM(out, i, Py_NewRef((PyObject *)r));
-        r->dirty_index = -1;
+        if (!route_due(self, r, now)) {
+            i++;
+            continue;
+        }
+        if (PyList_Append(out, (PyObject *)r) < 0) {
+            Py_DECREF(out);
+            return NULL;
+        }
         r->urgent = 0;
         r->last_sync = now;
+        dirty_remove(self, r); /* moves the last one to i */
     }
-    self->n_dirty = 0;
     return out;
 }
 
@@ -1557,12 +1577,14 @@ static PyObject *loop_pump(Loop *self, PyObject *args) {
     }
     self->datagrams += (unsigned long long)count;
     /* Routes whose counters are due in Python: at once after something rare (a first
-     * packet, a drop), else every sync_interval while packets flow. */
+     * packet, a drop), else every sync_interval while packets flow, SYNCS_PER_PUMP at most. */
     if (self->n_dirty > 0) {
         double now = monotonic_s();
+        int synced = 0;
         for (Py_ssize_t i = 0; i < self->n_dirty;) {
             Route *r = self->dirty[i];
-            if (r->urgent || now - r->last_sync >= self->sync_interval) {
+            if (r->urgent || (synced < SYNCS_PER_PUMP && route_due(self, r, now))) {
+                synced += !r->urgent;
                 r->urgent = 0;
                 r->last_sync = now;
                 dirty_remove(self, r); /* moves the last one to i */
@@ -1710,8 +1732,8 @@ static PyMethodDef loop_methods[] = {
     {"forget_fd", (PyCFunction)loop_forget_fd, METH_O, "a socket is closing"},
     {"hold", (PyCFunction)loop_hold, METH_VARARGS,
      "hold(fd, flag): the socket's transport has a queue; send through it"},
-    {"take_dirty", (PyCFunction)loop_take_dirty, METH_NOARGS,
-     "every route with counters not yet synced, marked synced"},
+    {"take_due", (PyCFunction)loop_take_due, METH_NOARGS,
+     "every route with counters not synced for sync_interval (or urgent), marked synced"},
     {"stats", (PyCFunction)loop_stats, METH_NOARGS, "totals since the loop was made"},
     {"routes", (PyCFunction)loop_routes, METH_NOARGS, "the attached routes"},
     {"close", (PyCFunction)loop_close, METH_NOARGS, "detach every route and source"},

@@ -61,8 +61,12 @@ Path = Literal["compiled", "python"]
 # them (DirectionStats, aiortc's receiver statistics and sender report state) while its
 # packets flow; at once after anything rare (a first packet, a drop), and whenever they are
 # read (``FastOpusForwarder.refresh``: the bridge's monitor does every second, stats on
-# request). Sender reports go out about once a second from aiortc's RTCP tasks.
+# request). Sender reports go out about once a second from aiortc's RTCP tasks. A pump
+# syncs a few due routes at a time (``SYNCS_PER_PUMP`` in the C file), so routes that fall
+# due together do not all hold up one pump; a route whose packets stopped is synced by the
+# flush timer, which looks every ``FLUSH_INTERVAL_S``: within 1.5 s.
 SYNC_INTERVAL_S = 1.0
+FLUSH_INTERVAL_S = SYNC_INTERVAL_S / 2
 # Rounds of "poll the set, read every ready socket" per pump (as ``udp._MAX_ROUNDS``).
 MAX_ROUNDS = 8
 
@@ -332,9 +336,10 @@ def dispatch(
             loop.call_exception_handler(context)
 
 
-def sync_all(compiled_loop: Any, loop: asyncio.AbstractEventLoop) -> None:
-    """Copy every route's counters that changed since its last sync (the flush timer)."""
-    for route in compiled_loop.take_dirty():
+def sync_due(compiled_loop: Any, loop: asyncio.AbstractEventLoop) -> None:
+    """Copy the counters of every route not synced for ``SYNC_INTERVAL_S`` (the flush timer:
+    routes whose packets stopped; the pumps sync the others, a few at a time)."""
+    for route in compiled_loop.take_due():
         try:
             route.owner.compiled_sync(route)
         except Exception as exc:

@@ -388,8 +388,8 @@ class MediaSockets:
         if punts is not None:
             fastloop.dispatch(punts, self._transports, loop)
         if self.compiled.dirty and self._sync is None:
-            # Counters not yet due reach Python within the interval even if packets stop.
-            self._sync = loop.call_later(fastloop.SYNC_INTERVAL_S, self._on_sync)
+            # Counters not yet due reach Python even if packets stop (fastloop.SYNC_INTERVAL_S).
+            self._sync = loop.call_later(fastloop.FLUSH_INTERVAL_S, self._on_sync)
         self.datagrams += count
         result: int = count
         return result
@@ -397,7 +397,9 @@ class MediaSockets:
     def _on_sync(self) -> None:
         self._sync = None
         if self.compiled is not None:
-            fastloop.sync_all(self.compiled, self._loop)
+            fastloop.sync_due(self.compiled, self._loop)
+            if self.compiled.dirty:  # not due yet: the pumps may sync them, else the next look
+                self._sync = self._loop.call_later(fastloop.FLUSH_INTERVAL_S, self._on_sync)
 
 
 def compiled_loop_of(receiving: Any, sending: Any) -> Any:

@@ -1,0 +1,109 @@
+"""Route syncs are spread over pumps: many routes falling due at once do not all hold up
+one pump, and the flush timer takes only routes that are due.
+
+Each route's counters reach Python (``FastOpusForwarder.compiled_sync``: DirectionStats,
+aiortc's statistics) once a sync interval while its packets flow. Routes set up or synced
+together fall due together; syncing every one of them in one pump delayed the datagrams
+behind it by milliseconds at a few hundred interviews. The rig is the per-packet harness's
+(``bench.compiled_cost.Rig``: real sockets, real SRTP, real forwarders).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from bench.compiled_cost import Rig
+from bench.forwarding_cost import rtp_packets
+from relay.media import fastloop
+
+ROUTES = 40
+PER_PUMP = 16  # SYNCS_PER_PUMP in relay/media/_fastloop.c
+
+
+def _rig(monkeypatch: pytest.MonkeyPatch, sync_interval_s: float) -> Iterator[Rig]:
+    if not fastloop.built():  # never skipped (as the media tests' compiled runs)
+        pytest.fail(f"{fastloop.describe()['reason']}: build it (pip install -e .)")
+    monkeypatch.setattr(fastloop, "SYNC_INTERVAL_S", sync_interval_s)
+    loop = asyncio.new_event_loop()
+    rig = Rig(loop, ROUTES, compiled=True)
+    try:
+        yield rig
+    finally:
+        rig.close()
+        loop.close()
+
+
+@pytest.fixture
+def always_due(monkeypatch: pytest.MonkeyPatch) -> Iterator[Rig]:
+    yield from _rig(monkeypatch, 0.0)
+
+
+@pytest.fixture
+def never_due(monkeypatch: pytest.MonkeyPatch) -> Iterator[Rig]:
+    yield from _rig(monkeypatch, 60.0)
+
+
+def _feed_round(rig: Rig, protected: list[list[bytes]], r: int) -> None:
+    """One packet to every route's socket (loopback: queued before this returns)."""
+    for i, target in enumerate(rig.targets):
+        rig.feeder.sendto(protected[i][r], target)
+
+
+def _forward_two_rounds(rig: Rig) -> None:
+    """Each direction's first packet (Python; it hands its route over), then one packet
+    each read and forwarded in a single pump of the compiled loop."""
+    plain = rtp_packets(2)
+    protected = [[tx.protect(p) for p in plain] for tx in rig.senders]
+    _feed_round(rig, protected, 0)
+    rig.sockets.read_ready()
+    assert rig.drain() == ROUTES
+    assert sum(s.compiled for s in rig.stats) == ROUTES
+    assert rig.sockets.compiled is not None
+    rig.sockets.compiled.take_due()  # start from every route synced
+    _feed_round(rig, protected, 1)
+    assert rig.sockets.read_ready() == ROUTES
+    assert rig.drain() == ROUTES
+
+
+def _synced(rig: Rig) -> int:
+    """Routes whose second packet Python has seen (their counters synced since)."""
+    return sum(s.forwarded == 2 for s in rig.stats)
+
+
+def test_a_pump_syncs_a_few_due_routes_and_the_next_pumps_the_rest(always_due: Rig) -> None:
+    rig = always_due
+    _forward_two_rounds(rig)
+    assert _synced(rig) == PER_PUMP
+    assert rig.sockets.read_ready() == 0  # nothing to read; the pump still syncs
+    assert _synced(rig) == 2 * PER_PUMP
+    rig.sockets.read_ready()
+    assert _synced(rig) == ROUTES
+    assert rig.sockets.compiled is not None and rig.sockets.compiled.dirty == 0
+
+
+def test_the_flush_timer_takes_due_routes_only(never_due: Rig) -> None:
+    rig = never_due
+    _forward_two_rounds(rig)
+    compiled = rig.sockets.compiled
+    assert compiled is not None
+    assert _synced(rig) == 0 and compiled.dirty == ROUTES
+    assert compiled.take_due() == []  # none is due: left to the pumps
+    assert compiled.dirty == ROUTES
+    assert _synced(rig) == 0
+
+
+def test_the_flush_timer_takes_every_due_route_at_once(always_due: Rig) -> None:
+    # Packets stopped: no pump is coming, so the timer does not spread them.
+    rig = always_due
+    _forward_two_rounds(rig)
+    compiled = rig.sockets.compiled
+    assert compiled is not None
+    loop = asyncio.new_event_loop()
+    try:
+        fastloop.sync_due(compiled, loop)
+    finally:
+        loop.close()
+    assert _synced(rig) == ROUTES and compiled.dirty == 0
