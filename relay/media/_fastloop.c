@@ -101,7 +101,7 @@
 #define RTCP_PENDING 16
 /* Routes a pump syncs at most, urgent ones apart. Every route of a busy loop falls due once
  * a sync_interval, and routes set up (or synced) together fall due together: 600 routes'
- * syncs in Python (about 15 us each) in one pump held up the datagrams behind it by 10 ms
+ * syncs in Python (some 20 us each) in one pump held up the datagrams behind it by 10 ms
  * once a second (the hop's p99 at 300 interviews: docs/benchmarks.md, "Route syncs spread
  * over pumps"). Spread over pumps they stay spread: a route's next sync counts from its
  * own. A busy loop pumps hundreds of times a second, so 16 a pump is far more than due. */
