@@ -65,7 +65,11 @@ def private_dir(path: Path) -> Path:
             # Not ours (a mount point, say): say so rather than refuse to start.
             log.warning("%s is mode %o and could not be made %o", path, mode, wanted)
         else:
-            if mode & 0o077 & ~wanted:
+            if mode & stat.S_IXOTH & ~wanted and _holds_others_directory(path, info.st_uid):
+                # That directory appeared meanwhile, and its owner may already have checked
+                # the bit (relay.db.embedded_pg: it chowns before it checks): put it back.
+                path.chmod(wanted | stat.S_IXOTH)
+            elif mode & 0o077 & ~wanted:
                 log.info("%s was mode %o; now %o", path, mode, wanted)
     return path
 

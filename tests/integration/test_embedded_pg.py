@@ -8,6 +8,7 @@ embedded server, reports the postmaster's pid and the DSN, then follows commands
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
 import os
@@ -15,6 +16,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,11 +169,12 @@ async def test_simultaneous_first_starts_share_one_new_server(
 
 
 def _waits_for_flock(lock: Path) -> bool:
-    """Whether some process waits for an flock on ``lock`` (a "->" line of /proc/locks)."""
-    info = lock.stat()
-    device_inode = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    """Whether some process waits for an flock on ``lock``: a "->" line of /proc/locks
+    naming its inode (by inode alone: the device there is the superblock's, which is not
+    ``st_dev`` on every file system)."""
+    inode = f":{lock.stat().st_ino}"
     return any(
-        "->" in line and line.split()[-3] == device_inode
+        "->" in line and line.split()[-3].endswith(inode)
         for line in Path("/proc/locks").read_text().splitlines()
     )
 
@@ -183,21 +186,31 @@ async def test_another_start_narrowing_data_dir_before_the_lock_does_not_break_i
 
     As root the cluster is made by the postgres user, who must enter data_dir; B's
     private_dir takes that away again while data_dir holds nothing of that user's yet.
+    (Not as root, postgres runs as us and the test only shows the start still works.)
     """
     data_dir = traversable_tmp_path / "state"
     await asyncio.to_thread(private_dir, data_dir)
     lock = data_dir / "postgres.lock"
     held = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(held, fcntl.LOCK_EX)  # A stops at the lock, past its check
+    starting = asyncio.create_task(asyncio.to_thread(start_embedded_postgres, data_dir))
+    interleaved = False
     try:
-        starting = asyncio.create_task(asyncio.to_thread(start_embedded_postgres, data_dir))
+        deadline = time.monotonic() + _TIMEOUT_S
         while not await asyncio.to_thread(_waits_for_flock, lock):
             assert not starting.done(), starting.result()
+            assert time.monotonic() < deadline, "the start never waited for the lock"
             await asyncio.sleep(0.01)
         await asyncio.to_thread(private_dir, data_dir)  # B's start-up
         assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+        interleaved = True
     finally:
         os.close(held)  # lets A go on
+        if not interleaved:  # failed above: A's server must not outlive the test
+            with contextlib.suppress(Exception):
+                started = await asyncio.wait_for(starting, _TIMEOUT_S)
+                await asyncio.to_thread(started.stop)
+            await asyncio.to_thread(stop_postgres_under, traversable_tmp_path)
     pg = await asyncio.wait_for(starting, _TIMEOUT_S)
     try:
         assert await _fetchval(pg.dsn, "SELECT 1") == 1

@@ -48,3 +48,19 @@ def test_files_are_0600_new_or_existing(tmp_path: Path) -> None:
     create_private(tmp_path / "d.ogg")
     modes = {p.name: _mode(p) for p in tmp_path.iterdir()}
     assert modes == {"a.log": 0o600, "b.log": 0o600, "c.json": 0o600, "d.ogg": 0o600}
+
+
+def test_the_enter_bit_is_put_back_if_anothers_directory_appeared_during_the_narrowing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another user's directory created (and its owner's check of the bit done) between
+    private_dir's look and its chmod: private_dir looks again after narrowing."""
+    import relay.private_files as private_files
+
+    shared = tmp_path / "state"
+    shared.mkdir()
+    shared.chmod(0o701)
+    looks = iter([False, True])  # not there at the first look; there after the chmod
+    monkeypatch.setattr(private_files, "_holds_others_directory", lambda *_: next(looks))
+    private_dir(shared)
+    assert _mode(shared) == 0o701
