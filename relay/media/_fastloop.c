@@ -104,7 +104,8 @@
  * syncs in Python (some 20 us each) in one pump held up the datagrams behind it by 10 ms
  * once a second (the hop's p99 at 300 interviews: docs/benchmarks.md, "Route syncs spread
  * over pumps"). Spread over pumps they stay spread: a route's next sync counts from its
- * own. A busy loop pumps hundreds of times a second, so 16 a pump is far more than due. */
+ * own (and the flush timer leaves flowing routes to the pumps: loop_take_due). A busy loop
+ * pumps hundreds of times a second, so 16 a pump is far more than due. */
 #define SYNCS_PER_PUMP 16
 #define RTCP_EVENT_SR 0
 #define RTCP_EVENT_BLOCK 1
@@ -932,25 +933,33 @@ static int route_due(Loop *self, Route *r, double now) {
     return r->urgent || now - r->last_sync >= self->sync_interval;
 }
 
-/* Every dirty route that is due (urgent, or not synced for sync_interval), now clean (the
- * caller copies their counters into Python): the flush timer's, for routes whose packets
- * stopped before a pump synced them. Routes still flowing are synced by the pumps, a few
- * at a time; taking every dirty one here would line them all up again. */
-static PyObject *loop_take_due(Loop *self, PyObject *unused) {
-    PyObject *out = PyList_New(0);
-    if (out == NULL)
+/* Every dirty route not synced for ``min_age`` seconds (or urgent), now clean (the caller
+ * copies their counters into Python): the flush timer's, for routes whose packets stopped
+ * before a pump synced them. The timer asks for routes overdue by its own period: a route
+ * still flowing is synced by a pump within milliseconds of falling due, and taking the due
+ * ones here would line up every route that happened to be due at that instant again. */
+static PyObject *loop_take_due(Loop *self, PyObject *arg) {
+    double min_age = PyFloat_AsDouble(arg);
+    if (min_age == -1.0 && PyErr_Occurred())
         return NULL;
     double now = monotonic_s();
-    for (Py_ssize_t i = 0; i < self->n_dirty;) {
+    Py_ssize_t n = 0;
+    for (Py_ssize_t i = 0; i < self->n_dirty; i++) {
         Route *r = self->dirty[i];
-        if (!route_due(self, r, now)) {
+        n += r->urgent || now - r->last_sync >= min_age;
+    }
+    /* Made before any route is marked: a failure leaves every route as it was. */
+    PyObject *out = PyList_New(n);
+    if (out == NULL)
+        return NULL;
+    Py_ssize_t k = 0;
+    for (Py_ssize_t i = 0; i < self->n_dirty && k < n;) {
+        Route *r = self->dirty[i];
+        if (!(r->urgent || now - r->last_sync >= min_age)) {
             i++;
             continue;
         }
-        if (PyList_Append(out, (PyObject *)r) < 0) {
-            Py_DECREF(out);
-            return NULL;
-        }
+        PyList_SET_ITEM(out, k++, Py_NewRef((PyObject *)r));
         r->urgent = 0;
         r->last_sync = now;
         dirty_remove(self, r); /* moves the last one to i */
@@ -1732,8 +1741,8 @@ static PyMethodDef loop_methods[] = {
     {"forget_fd", (PyCFunction)loop_forget_fd, METH_O, "a socket is closing"},
     {"hold", (PyCFunction)loop_hold, METH_VARARGS,
      "hold(fd, flag): the socket's transport has a queue; send through it"},
-    {"take_due", (PyCFunction)loop_take_due, METH_NOARGS,
-     "every route with counters not synced for sync_interval (or urgent), marked synced"},
+    {"take_due", (PyCFunction)loop_take_due, METH_O,
+     "take_due(min_age): every dirty route not synced for min_age s (or urgent), marked synced"},
     {"stats", (PyCFunction)loop_stats, METH_NOARGS, "totals since the loop was made"},
     {"routes", (PyCFunction)loop_routes, METH_NOARGS, "the attached routes"},
     {"close", (PyCFunction)loop_close, METH_NOARGS, "detach every route and source"},
@@ -1858,6 +1867,7 @@ PyMODINIT_FUNC PyInit__fastloop(void) {
         PyModule_AddIntConstant(m, "PUNT_SYNC", PUNT_SYNC) < 0 ||
         PyModule_AddIntConstant(m, "PUNT_RTCP_PLAIN", PUNT_RTCP_PLAIN) < 0 ||
         PyModule_AddIntConstant(m, "RTCP_PENDING", RTCP_PENDING) < 0 ||
+        PyModule_AddIntConstant(m, "SYNCS_PER_PUMP", SYNCS_PER_PUMP) < 0 ||
         PyModule_AddIntConstant(m, "VLEN", VLEN) < 0 ||
         PyModule_AddIntConstant(m, "SRTP_BUFFER", SRTP_BUFFER) < 0) {
         Py_DECREF(m);

@@ -64,7 +64,8 @@ Path = Literal["compiled", "python"]
 # request). Sender reports go out about once a second from aiortc's RTCP tasks. A pump
 # syncs a few due routes at a time (``SYNCS_PER_PUMP`` in the C file), so routes that fall
 # due together do not all hold up one pump; a route whose packets stopped is synced by the
-# flush timer, which looks every ``FLUSH_INTERVAL_S``: within 1.5 s.
+# flush timer, which looks every ``FLUSH_INTERVAL_S`` for routes overdue by that much (a
+# flowing one is a pump's): within 2 s.
 SYNC_INTERVAL_S = 1.0
 FLUSH_INTERVAL_S = SYNC_INTERVAL_S / 2
 # Rounds of "poll the set, read every ready socket" per pump (as ``udp._MAX_ROUNDS``).
@@ -337,9 +338,9 @@ def dispatch(
 
 
 def sync_due(compiled_loop: Any, loop: asyncio.AbstractEventLoop) -> None:
-    """Copy the counters of every route not synced for ``SYNC_INTERVAL_S`` (the flush timer:
+    """Copy the counters of every route overdue by ``FLUSH_INTERVAL_S`` (the flush timer:
     routes whose packets stopped; the pumps sync the others, a few at a time)."""
-    for route in compiled_loop.take_due():
+    for route in compiled_loop.take_due(SYNC_INTERVAL_S + FLUSH_INTERVAL_S):
         try:
             route.owner.compiled_sync(route)
         except Exception as exc:

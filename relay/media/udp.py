@@ -398,7 +398,7 @@ class MediaSockets:
         self._sync = None
         if self.compiled is not None:
             fastloop.sync_due(self.compiled, self._loop)
-            if self.compiled.dirty:  # not due yet: the pumps may sync them, else the next look
+            if self.compiled.dirty and self._sync is None:  # the pumps' or the next look's
                 self._sync = self._loop.call_later(fastloop.FLUSH_INTERVAL_S, self._on_sync)
 
 

@@ -1,5 +1,5 @@
 """Route syncs are spread over pumps: many routes falling due at once do not all hold up
-one pump, and the flush timer takes only routes that are due.
+one pump, and the flush timer takes only routes overdue by its period (stopped ones).
 
 Each route's counters reach Python (``FastOpusForwarder.compiled_sync``: DirectionStats,
 aiortc's statistics) once a sync interval while its packets flow. Routes set up or synced
@@ -20,13 +20,23 @@ from bench.forwarding_cost import rtp_packets
 from relay.media import fastloop
 
 ROUTES = 40
-PER_PUMP = 16  # SYNCS_PER_PUMP in relay/media/_fastloop.c
 
 
-def _rig(monkeypatch: pytest.MonkeyPatch, sync_interval_s: float) -> Iterator[Rig]:
+def _per_pump() -> int:
+    from relay.media import _fastloop
+
+    per_pump: int = _fastloop.SYNCS_PER_PUMP
+    assert 2 * per_pump < ROUTES < 3 * per_pump  # three pumps, the last one partial
+    return per_pump
+
+
+def _rig(monkeypatch: pytest.MonkeyPatch, sync_interval_s: float, flush_s: float) -> Iterator[Rig]:
+    """The rig with its routes due ``sync_interval_s`` after a sync; the flush timer takes
+    those overdue by ``flush_s`` more."""
     if not fastloop.built():  # never skipped (as the media tests' compiled runs)
         pytest.fail(f"{fastloop.describe()['reason']}: build it (pip install -e .)")
     monkeypatch.setattr(fastloop, "SYNC_INTERVAL_S", sync_interval_s)
+    monkeypatch.setattr(fastloop, "FLUSH_INTERVAL_S", flush_s)
     loop = asyncio.new_event_loop()
     rig = Rig(loop, ROUTES, compiled=True)
     try:
@@ -37,13 +47,15 @@ def _rig(monkeypatch: pytest.MonkeyPatch, sync_interval_s: float) -> Iterator[Ri
 
 
 @pytest.fixture
-def always_due(monkeypatch: pytest.MonkeyPatch) -> Iterator[Rig]:
-    yield from _rig(monkeypatch, 0.0)
+def always_overdue(monkeypatch: pytest.MonkeyPatch) -> Iterator[Rig]:
+    """Every route with unsynced counters is due, and overdue for the timer, at once."""
+    yield from _rig(monkeypatch, 0.0, 0.0)
 
 
 @pytest.fixture
-def never_due(monkeypatch: pytest.MonkeyPatch) -> Iterator[Rig]:
-    yield from _rig(monkeypatch, 60.0)
+def due_not_overdue(monkeypatch: pytest.MonkeyPatch) -> Iterator[Rig]:
+    """Due at once for a pump; overdue for the timer only a minute later."""
+    yield from _rig(monkeypatch, 0.0, 60.0)
 
 
 def _feed_round(rig: Rig, protected: list[list[bytes]], r: int) -> None:
@@ -62,7 +74,7 @@ def _forward_two_rounds(rig: Rig) -> None:
     assert rig.drain() == ROUTES
     assert sum(s.compiled for s in rig.stats) == ROUTES
     assert rig.sockets.compiled is not None
-    rig.sockets.compiled.take_due()  # start from every route synced
+    rig.sockets.compiled.take_due(0.0)  # start from every route synced
     _feed_round(rig, protected, 1)
     assert rig.sockets.read_ready() == ROUTES
     assert rig.drain() == ROUTES
@@ -73,34 +85,45 @@ def _synced(rig: Rig) -> int:
     return sum(s.forwarded == 2 for s in rig.stats)
 
 
-def test_a_pump_syncs_a_few_due_routes_and_the_next_pumps_the_rest(always_due: Rig) -> None:
-    rig = always_due
+def test_a_pump_syncs_a_few_due_routes_and_the_next_pumps_the_rest(
+    always_overdue: Rig,
+) -> None:
+    rig = always_overdue
+    per_pump = _per_pump()
     _forward_two_rounds(rig)
-    assert _synced(rig) == PER_PUMP
+    assert _synced(rig) == per_pump
     assert rig.sockets.read_ready() == 0  # nothing to read; the pump still syncs
-    assert _synced(rig) == 2 * PER_PUMP
+    assert _synced(rig) == 2 * per_pump
     rig.sockets.read_ready()
     assert _synced(rig) == ROUTES
     assert rig.sockets.compiled is not None and rig.sockets.compiled.dirty == 0
 
 
-def test_the_flush_timer_takes_due_routes_only(never_due: Rig) -> None:
-    rig = never_due
+def test_the_flush_timer_leaves_routes_not_overdue_to_the_pumps(due_not_overdue: Rig) -> None:
+    # Due, but a pump will take them: the timer taking them all would line them up again.
+    rig = due_not_overdue
+    per_pump = _per_pump()
     _forward_two_rounds(rig)
     compiled = rig.sockets.compiled
     assert compiled is not None
-    assert _synced(rig) == 0 and compiled.dirty == ROUTES
-    assert compiled.take_due() == []  # none is due: left to the pumps
-    assert compiled.dirty == ROUTES
-    assert _synced(rig) == 0
+    assert _synced(rig) == per_pump and compiled.dirty == ROUTES - per_pump
+    loop = asyncio.new_event_loop()
+    try:
+        fastloop.sync_due(compiled, loop)
+    finally:
+        loop.close()
+    assert _synced(rig) == per_pump and compiled.dirty == ROUTES - per_pump
+    rig.sockets.read_ready()  # the next pump takes the next few
+    assert _synced(rig) == 2 * per_pump
 
 
-def test_the_flush_timer_takes_every_due_route_at_once(always_due: Rig) -> None:
+def test_the_flush_timer_takes_every_overdue_route_at_once(always_overdue: Rig) -> None:
     # Packets stopped: no pump is coming, so the timer does not spread them.
-    rig = always_due
+    rig = always_overdue
     _forward_two_rounds(rig)
     compiled = rig.sockets.compiled
     assert compiled is not None
+    assert _synced(rig) < ROUTES
     loop = asyncio.new_event_loop()
     try:
         fastloop.sync_due(compiled, loop)
