@@ -929,8 +929,16 @@ static PyObject *loop_hold(Loop *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-static int route_due(Loop *self, Route *r, double now) {
-    return r->urgent || now - r->last_sync >= self->sync_interval;
+/* Whether ``r`` is to be synced now: urgent, or not synced for ``age`` seconds. */
+static int route_due(Route *r, double now, double age) {
+    return r->urgent || now - r->last_sync >= age;
+}
+
+/* ``r``'s counters are being handed to Python: clean from ``now`` on. */
+static void mark_synced(Loop *self, Route *r, double now) {
+    r->urgent = 0;
+    r->last_sync = now;
+    dirty_remove(self, r); /* moves the last dirty route into r's place */
 }
 
 /* Every dirty route not synced for ``min_age`` seconds (or urgent), now clean (the caller
@@ -946,7 +954,7 @@ static PyObject *loop_take_due(Loop *self, PyObject *arg) {
     Py_ssize_t n = 0;
     for (Py_ssize_t i = 0; i < self->n_dirty; i++) {
         Route *r = self->dirty[i];
-        n += r->urgent || now - r->last_sync >= min_age;
+        n += route_due(r, now, min_age);
     }
     /* Made before any route is marked: a failure leaves every route as it was. */
     PyObject *out = PyList_New(n);
@@ -955,14 +963,12 @@ static PyObject *loop_take_due(Loop *self, PyObject *arg) {
     Py_ssize_t k = 0;
     for (Py_ssize_t i = 0; i < self->n_dirty && k < n;) {
         Route *r = self->dirty[i];
-        if (!(r->urgent || now - r->last_sync >= min_age)) {
+        if (!route_due(r, now, min_age)) {
             i++;
             continue;
         }
         PyList_SET_ITEM(out, k++, Py_NewRef((PyObject *)r));
-        r->urgent = 0;
-        r->last_sync = now;
-        dirty_remove(self, r); /* moves the last one to i */
+        mark_synced(self, r, now); /* the next one is at i now */
     }
     return out;
 }
@@ -1592,11 +1598,9 @@ static PyObject *loop_pump(Loop *self, PyObject *args) {
         int synced = 0;
         for (Py_ssize_t i = 0; i < self->n_dirty;) {
             Route *r = self->dirty[i];
-            if (r->urgent || (synced < SYNCS_PER_PUMP && route_due(self, r, now))) {
+            if (r->urgent || (synced < SYNCS_PER_PUMP && route_due(r, now, self->sync_interval))) {
                 synced += !r->urgent;
-                r->urgent = 0;
-                r->last_sync = now;
-                dirty_remove(self, r); /* moves the last one to i */
+                mark_synced(self, r, now); /* the next one is at i now */
                 if (punt(self, Py_BuildValue("(iO)", PUNT_SYNC, (PyObject *)r)) < 0)
                     goto fail;
             } else {

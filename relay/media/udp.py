@@ -387,9 +387,7 @@ class MediaSockets:
         count, punts = self.compiled.pump(self._epoll.fileno(), _MAX_ROUNDS)
         if punts is not None:
             fastloop.dispatch(punts, self._transports, loop)
-        if self.compiled.dirty and self._sync is None:
-            # Counters not yet due reach Python even if packets stop (fastloop.SYNC_INTERVAL_S).
-            self._sync = loop.call_later(fastloop.FLUSH_INTERVAL_S, self._on_sync)
+        self._arm_flush()
         self.datagrams += count
         result: int = count
         return result
@@ -398,8 +396,12 @@ class MediaSockets:
         self._sync = None
         if self.compiled is not None:
             fastloop.sync_due(self.compiled, self._loop)
-            if self.compiled.dirty and self._sync is None:  # the pumps' or the next look's
-                self._sync = self._loop.call_later(fastloop.FLUSH_INTERVAL_S, self._on_sync)
+            self._arm_flush()  # the rest is the pumps' or the next look's
+
+    def _arm_flush(self) -> None:
+        """Counters not yet synced reach Python even if packets stop (fastloop.sync_due)."""
+        if self.compiled is not None and self.compiled.dirty and self._sync is None:
+            self._sync = self._loop.call_later(fastloop.FLUSH_INTERVAL_S, self._on_sync)
 
 
 def compiled_loop_of(receiving: Any, sending: Any) -> Any:
