@@ -25,6 +25,7 @@ import asyncpg
 import pytest
 
 from relay.db.embedded_pg import (
+    EmbeddedPostgres,
     EmbeddedPostgresError,
     as_os_user,
     postgres_bin_dir,
@@ -168,6 +169,15 @@ async def test_simultaneous_first_starts_share_one_new_server(
     await _wait_gone(processes[0].pid)
 
 
+async def _answers_then_stops(pg: EmbeddedPostgres) -> None:
+    """The server answers a query; stopping the only handle stops it."""
+    try:
+        assert await _fetchval(pg.dsn, "SELECT 1") == 1
+    finally:
+        await asyncio.to_thread(pg.stop)
+    await _wait_gone(pg.pid)
+
+
 def _waits_for_flock(lock: Path) -> bool:
     """Whether some process waits for an flock on ``lock``: a "->" line of /proc/locks
     naming its inode (by inode alone: the device there is the superblock's, which is not
@@ -211,12 +221,7 @@ async def test_another_start_narrowing_data_dir_before_the_lock_does_not_break_i
                 started = await asyncio.wait_for(starting, _TIMEOUT_S)
                 await asyncio.to_thread(started.stop)
             await asyncio.to_thread(stop_postgres_under, traversable_tmp_path)
-    pg = await asyncio.wait_for(starting, _TIMEOUT_S)
-    try:
-        assert await _fetchval(pg.dsn, "SELECT 1") == 1
-    finally:
-        await asyncio.to_thread(pg.stop)
-    await _wait_gone(pg.pid)
+    await _answers_then_stops(await asyncio.wait_for(starting, _TIMEOUT_S))
 
 
 async def test_a_killed_process_leaves_the_server_to_the_next_one(
@@ -302,12 +307,7 @@ async def test_no_directory_outside_data_dir_changes_mode(traversable_tmp_path: 
     data_dir = traversable_tmp_path / "state"
     watched = [traversable_tmp_path, await asyncio.to_thread(postgres_bin_dir)]
     before = await asyncio.to_thread(_modes, watched)
-    pg = await asyncio.to_thread(start_embedded_postgres, data_dir)
-    try:
-        assert await _fetchval(pg.dsn, "SELECT 1") == 1
-    finally:
-        await asyncio.to_thread(pg.stop)
-    await _wait_gone(pg.pid)
+    await _answers_then_stops(await asyncio.to_thread(start_embedded_postgres, data_dir))
     assert await asyncio.to_thread(_modes, watched) == before
 
 
