@@ -212,6 +212,16 @@ class MediaSockets:
         self._loop_ref = weakref.ref(loop)
         self.batch_s = batch_s
         self._epoll = select.epoll()
+        # What the event loop watches: an epoll set holding ``_epoll`` alone, for good.
+        # Watching and polling switch by changing ``_epoll``'s mask in it (EPOLL_CTL_MOD, a
+        # few hundred ns) instead of adding and removing a reader: adding an epoll set to
+        # another runs the kernel's loop and wake-up path checks over every socket inside
+        # (libuv even adds it twice, once to check the descriptor), about 100 µs at 600
+        # sockets, and a busy relay switches hundreds of times a second
+        # (docs/benchmarks.md, "Watching without adding and removing a reader").
+        self._gate = select.epoll()
+        self._gate.register(self._epoll.fileno(), 0)
+        self._gate_watched = False
         self._transports: dict[int, MediaDatagramTransport] = {}
         # One receive buffer for the whole set: reads happen one at a time on the loop,
         # and each datagram is copied out before its protocol sees it.
@@ -306,16 +316,27 @@ class MediaSockets:
         self._stop()
         if self.compiled is not None:
             self.compiled.close()
+        self._gate.close()
         self._epoll.close()
 
     def _watch(self) -> None:
-        self._loop.add_reader(self._epoll.fileno(), self._on_readable)
+        if not self._gate_watched:
+            self._loop.add_reader(self._gate.fileno(), self._on_readable)
+            self._gate_watched = True
+        self._gate.modify(self._epoll.fileno(), select.EPOLLIN)
         self._watching = True
+
+    def _unwatch(self) -> None:
+        """Stop waking for the sockets (the loop still watches the gate, now never ready)."""
+        self._gate.modify(self._epoll.fileno(), 0)
+        self._watching = False
 
     def _stop(self) -> None:
         if self._watching:
-            self._loop.remove_reader(self._epoll.fileno())
-            self._watching = False
+            self._unwatch()
+        if self._gate_watched:
+            self._loop.remove_reader(self._gate.fileno())
+            self._gate_watched = False
         if self._tick is not None:
             self._tick.cancel()
             self._tick = None
@@ -334,8 +355,7 @@ class MediaSockets:
         self._last_wake = now
         if busy:
             # Datagrams come faster than one per batch_s: poll on a timer until they stop.
-            self._loop.remove_reader(self._epoll.fileno())
-            self._watching = False
+            self._unwatch()
             self._tick = self._loop.call_later(batch_s, self._on_tick)
 
     def _on_tick(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator, Iterator
+from unittest import mock
 
 import pytest
 
@@ -287,6 +288,54 @@ def test_the_standard_event_loop_drives_it_too() -> None:
     finally:
         loop.close()
     assert datagrams == 200 and woken < 200
+
+
+def test_switching_between_watching_and_polling_keeps_one_reader_on_the_loop() -> None:
+    """Watching and polling switch inside the set (its gate's mask), not by adding and
+    removing a reader: adding an epoll set to the loop's costs the kernel a walk over every
+    socket inside, hundreds of times a second on a busy relay."""
+
+    async def scenario() -> tuple[int, int]:
+        sockets = udp.MediaSockets(asyncio.get_running_loop(), 0.002)
+        sender = bound_socket()
+        try:
+            transport, protocol = open_on(sockets)
+            here = transport.get_extra_info("sockname")
+
+            def stream() -> None:
+                import time
+
+                for i in range(50):  # a datagram a millisecond: busy for a 2 ms window
+                    sender.sendto(b"%d" % i, here)
+                    time.sleep(0.001)
+
+            switches = 0
+            for _ in range(3):
+                # A burst polls on a timer; the first empty poll watches again.
+                polls = sockets.polls
+                await asyncio.to_thread(stream)
+                await wait_until(lambda: len(protocol.datagrams) == 50, 5, "the burst")
+                protocol.datagrams.clear()
+                await wait_until(lambda: not sockets.batching, 5, "watching again")
+                switches += sockets.polls > polls
+            return switches, sockets.polls
+        finally:
+            sender.close()
+            sockets.close()
+
+    loop = asyncio.SelectorEventLoop()
+    try:
+        # Counted, and passed on to the loop's own methods.
+        with (
+            mock.patch.object(loop, "add_reader", wraps=loop.add_reader) as add,
+            mock.patch.object(loop, "remove_reader", wraps=loop.remove_reader) as remove,
+        ):
+            switches, polls = loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    assert switches == 3 and polls > 0
+    # Once when the first socket came, once at close.
+    assert (add.call_count, remove.call_count) == (1, 1)
 
 
 def test_a_finished_loop_and_its_set_are_freed() -> None:
