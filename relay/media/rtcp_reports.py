@@ -32,6 +32,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import heapq
+import itertools
 import logging
 import random
 import time
@@ -152,6 +154,11 @@ class RtcpReports:
         self._jitter = jitter
         # By DTLS transport (held by its leg until the leg's last party stops).
         self._legs: dict[Any, _Leg] = {}
+        # Every leg's next report, soonest first: (due, tie-break, leg). A leg that left
+        # keeps its entry until it comes up, then is skipped: a wake-up costs the legs due,
+        # not a scan of every leg (hundreds at a few hundred interviews).
+        self._schedule: list[tuple[float, int, _Leg]] = []
+        self._order = itertools.count()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.reports_sent = 0
@@ -169,6 +176,7 @@ class RtcpReports:
         if leg is None:
             loop = asyncio.get_running_loop()
             leg = self._legs[dtls] = _Leg(dtls, loop.time() + self._randomised(self.first_s))
+            self._enqueue(leg)
             self._wake.set()  # it may be due before the task's next wake-up
             if self._task is None or self._task.done():
                 self._task = spawn(self._run(), name="rtcp-reports", log=log)
@@ -207,16 +215,35 @@ class RtcpReports:
         """Stands in for the receiver's RTCP task (``adopt``)."""
         (await self._stand_in(receiver)).set()
 
+    def _enqueue(self, leg: _Leg) -> None:
+        heapq.heappush(self._schedule, (leg.due, next(self._order), leg))
+
+    def _current(self, entry: tuple[float, int, _Leg]) -> bool:
+        """Whether a schedule entry is its leg's next report (not one that left since)."""
+        due, _, leg = entry
+        return self._legs.get(leg.dtls) is leg and leg.due == due
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        schedule = self._schedule
         while self._legs:
             now = loop.time()
-            for leg in [leg for leg in self._legs.values() if leg.due <= now + COALESCE_S]:
+            due_now: list[_Leg] = []
+            while schedule and schedule[0][0] <= now + COALESCE_S:
+                entry = heapq.heappop(schedule)
+                if self._current(entry):
+                    due_now.append(entry[2])
+            for leg in due_now:
                 leg.due = now + self._randomised(self.interval_s)
-                await self._send(leg)
+                self._enqueue(leg)
+            for leg in due_now:
+                if self._legs.get(leg.dtls) is leg:  # it may have left during a send
+                    await self._send(leg)
+            while schedule and not self._current(schedule[0]):
+                heapq.heappop(schedule)
             if not self._legs:
                 break
-            next_due = min(leg.due for leg in self._legs.values())
+            next_due = schedule[0][0] if schedule else now + self.interval_s
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout_at(next_due):

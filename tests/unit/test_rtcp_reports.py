@@ -185,3 +185,55 @@ def test_the_default_pace_is_an_audio_streams() -> None:
     assert reports._randomised(reports.interval_s) == 2.5
     reports = RtcpReports(jitter=lambda: 0.999)
     assert 7.49 < reports._randomised(reports.interval_s) < 7.5
+
+
+async def test_many_legs_each_report_on_their_own_schedule_and_left_ones_stop() -> None:
+    """The schedule alone (each leg's send recorded instead of made): 200 legs, each
+    reporting once per interval from its own start; legs that leave send no more and their
+    entries do not pile up."""
+    reports = RtcpReports(interval_s=0.2, first_s=0.1, jitter=lambda: 0.5)
+    sent: list[tuple[int, float]] = []
+    loop = asyncio.get_running_loop()
+
+    async def record(leg: Any) -> None:
+        sent.append((leg.dtls.index, loop.time()))
+
+    reports._send = record  # type: ignore[method-assign]
+
+    @dataclass(eq=False)
+    class FakeDtls:
+        index: int
+
+    @dataclass(eq=False)
+    class FakeParty:
+        transport: FakeDtls
+
+    parties = [FakeParty(FakeDtls(i)) for i in range(200)]
+    started = loop.time()
+    for party in parties:
+        reports._join(party)  # type: ignore[arg-type]
+    await wait_until(lambda: len({i for i, _ in sent}) == 200, 5, "every leg's first report")
+    for party in parties[:100]:
+        reports._leave(party)  # type: ignore[arg-type]
+    left_at = loop.time()
+    await wait_until(
+        lambda: sum(1 for i, at in sent if i >= 100 and at > left_at + 0.25) >= 100,
+        5,
+        "the staying legs' next reports",
+    )
+    by_leg: dict[int, list[float]] = {}
+    for index, at in sent:
+        by_leg.setdefault(index, []).append(at)
+    # The left half sent nothing after leaving (a send already under way may finish).
+    assert all(at <= left_at for i, ats in by_leg.items() if i < 100 for at in ats)
+    for index in range(100, 200):
+        ats = by_leg[index]
+        # The first after first_s (less the coalescing: reports due that close go together).
+        assert ats[0] - started >= 0.1 - rtcp_reports.COALESCE_S - 0.01
+        gaps = [b - a for a, b in zip(ats, ats[1:], strict=False)]
+        assert gaps and all(0.2 - 0.06 <= g <= 0.2 + 0.1 for g in gaps), (index, gaps)
+    assert len(reports._schedule) <= 100  # only the staying legs' next reports
+    for party in parties[100:]:
+        reports._leave(party)  # type: ignore[arg-type]
+    assert reports._task is not None
+    await asyncio.wait_for(reports._task, 5)  # no leg left: the task ends
