@@ -26,6 +26,9 @@ Private names used (aiortc 1.16.0):
   kept for NACK retransmission (which aiortc only negotiates for video).
 * ``aiortc.rtp.compute_audio_level_dbov``: a module-level function the sender calls per
   decoded frame (public module, but replacing it is a monkeypatch).
+* ``aiortc.rtcdtlstransport.Policy``: pylibsrtp's ``Policy`` as that module sees it;
+  ``RTCDtlsTransport._setup_srtp`` looks it up at call time to build each leg's two SRTP
+  sessions, and sets ``window_size = 1024`` on both (``install_srtp_replay_window``).
 
 aioice (pinned 0.13.0), for the UDP port range (relay/media/port_range.py):
 
@@ -823,6 +826,51 @@ def install_fast_audio_level() -> bool:
 
 def fast_audio_level_installed() -> bool:
     return getattr(aiortc.rtp, "compute_audio_level_dbov", None) is compute_audio_level_dbov
+
+
+# Each leg's SRTP replay window, in packets: 2.56 s of 20 ms audio (RFC 3711: at least 64).
+SRTP_REPLAY_WINDOW = 128
+
+
+class ReplayWindowPolicy(pylibsrtp.Policy):
+    """pylibsrtp's ``Policy`` with the replay window capped at ``SRTP_REPLAY_WINDOW``."""
+
+    @property
+    def window_size(self) -> int:
+        size: int = pylibsrtp.Policy.window_size.fget(self)  # type: ignore[attr-defined]
+        return size
+
+    @window_size.setter
+    def window_size(self, value: int) -> None:
+        capped = min(value, SRTP_REPLAY_WINDOW)
+        pylibsrtp.Policy.window_size.fset(self, capped)  # type: ignore[attr-defined]
+
+
+def install_srtp_replay_window() -> bool:
+    """Have aiortc build each leg's SRTP sessions with a ``SRTP_REPLAY_WINDOW`` window.
+
+    aiortc asks libsrtp for a 1,024-packet replay window on both sessions (20 s of audio).
+    libsrtp shifts that bitmap word by word on every packet it protects or unprotects, and
+    the copy pylibsrtp ships is built without optimisation: on the compiled loop the shift
+    was about 4 % of the relay's CPU at 300 interviews, the largest single function of
+    libsrtp's (docs/benchmarks.md, "A 128-packet SRTP replay window"). 128 packets are
+    2.56 s of audio: a packet later than that is dropped as a replay, as it would have
+    been useless to any jitter buffer. ``RTCDtlsTransport._setup_srtp`` looks ``Policy``
+    up in its module at call time, so replacing that name is enough. Process-wide and
+    idempotent; False when the module has no such name."""
+    import aiortc.rtcdtlstransport as dtls_module
+
+    if not isinstance(getattr(dtls_module, "Policy", None), type):
+        return False
+    # setattr: replacing the module's name on purpose (mypy refuses an assignment).
+    setattr(dtls_module, "Policy", ReplayWindowPolicy)  # noqa: B010
+    return True
+
+
+def srtp_replay_window_installed() -> bool:
+    import aiortc.rtcdtlstransport as dtls_module
+
+    return getattr(dtls_module, "Policy", None) is ReplayWindowPolicy
 
 
 # The aioice modules that open UDP sockets through ``asyncio.get_running_loop()``.

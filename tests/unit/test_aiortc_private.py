@@ -157,6 +157,71 @@ def test_fast_audio_level_patch_replaces_the_module_function() -> None:
     assert aiortc_private.fast_audio_level_installed()
 
 
+def test_dtls_transport_builds_its_srtp_sessions_from_its_modules_policy() -> None:
+    """``install_srtp_replay_window`` replaces the module's ``Policy``: aiortc must still
+    look it up there at call time, for both sessions, with the window it sets."""
+    import aiortc.rtcdtlstransport as dtls_module
+
+    source = inspect.getsource(dtls_module.RTCDtlsTransport._setup_srtp)
+    assert source.count("= Policy(") == 2
+    assert source.count("window_size = 1024") == 2
+    assert "from pylibsrtp import Policy, Session" in inspect.getsource(dtls_module)
+
+
+def _rtp(seq: int) -> bytes:
+    return (
+        bytes([0x80, 111])
+        + seq.to_bytes(2, "big")
+        + (seq * 960).to_bytes(4, "big")
+        + (b"\x00\x00\x30\x39" + b"\x55" * 60)
+    )
+
+
+def test_the_sessions_aiortc_builds_keep_a_128_packet_replay_window() -> None:
+    """With the window installed, what aiortc's ``_setup_srtp`` does (``Policy`` from its
+    module, ``window_size = 1024``) gives a session that takes a packet 100 behind the
+    newest and refuses one 200 behind; with pylibsrtp's own ``Policy``, both pass."""
+    import aiortc.rtcdtlstransport as dtls_module
+    import pylibsrtp
+
+    original = getattr(dtls_module, "Policy")  # noqa: B009 (aiortc's import, not its export)
+    try:
+        assert aiortc_private.install_srtp_replay_window()
+        assert aiortc_private.srtp_replay_window_installed()
+        late_taken: dict[str, list[bool]] = {}
+        for name, policy_type in (
+            ("installed", getattr(dtls_module, "Policy")),  # noqa: B009
+            ("pylibsrtp", pylibsrtp.Policy),
+        ):
+            key = bytes(range(28))  # AES-128-GCM: key and salt
+            profile = pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM
+            policies = []
+            for ssrc_type in (
+                pylibsrtp.Policy.SSRC_ANY_OUTBOUND,
+                pylibsrtp.Policy.SSRC_ANY_INBOUND,
+            ):
+                policy = policy_type(key=key, ssrc_type=ssrc_type, srtp_profile=profile)
+                policy.allow_repeat_tx = True
+                policy.window_size = 1024  # as aiortc sets it
+                policies.append(policy)
+            assert policies[1].window_size == (128 if name == "installed" else 1024)
+            tx, rx = pylibsrtp.Session(policies[0]), pylibsrtp.Session(policies[1])
+            protected = {seq: tx.protect(_rtp(seq)) for seq in range(1, 301)}
+            for seq in (1, 2, *range(3, 301, 3)):  # a sparse early run, then the newest
+                rx.unprotect(protected[seq])
+            taken = []
+            for late in (300 - 100, 300 - 200):  # never received (not multiples of 3), late
+                try:
+                    rx.unprotect(protected[late])
+                    taken.append(True)
+                except pylibsrtp.Error:
+                    taken.append(False)
+            late_taken[name] = taken
+        assert late_taken == {"installed": [True, False], "pylibsrtp": [True, True]}
+    finally:
+        setattr(dtls_module, "Policy", original)  # noqa: B010
+
+
 def test_queue_track_is_a_media_stream_track() -> None:
     track = BoundedQueueTrack(2)
     assert isinstance(track, aiortc.MediaStreamTrack) and track.kind == "audio"
