@@ -12,7 +12,9 @@ RTCP sender and receiver reports both ways, ICE consent checks, the data channel
 bridge's supervision every few seconds). The second figure is what each interview costs
 whatever the forwarding; the difference is the forwarding. ``--idle`` first measures the
 relay with no interview at all. ``--syscalls`` also counts the relay's system calls and
-context switches over the window with audio (``bench/syscall_counts.py``, ``perf stat``).
+context switches over the window with audio (``bench/syscall_counts.py``, ``perf stat``);
+``--perf-record PREFIX`` samples the relay's CPU over each window into
+``PREFIX.with-audio.data`` and ``PREFIX.without-audio.data`` (``perf record``).
 """
 
 from __future__ import annotations
@@ -35,15 +37,30 @@ from bench.relay_process import RelayProcess, add_user
 from bench.session_setup import open_session
 
 
-async def relay_cpu_over(relay: RelayProcess, window_s: float) -> float:
+async def relay_cpu_over(
+    relay: RelayProcess, window_s: float, perf_out: Path | None = None
+) -> float:
+    """The relay's CPU (cores) over ``window_s``; sampled into ``perf_out`` meanwhile."""
+    recording = (
+        asyncio.ensure_future(syscall_counts.record_over(relay.pid, window_s, perf_out))
+        if perf_out is not None
+        else None
+    )
     before = sum(relay.cpu_seconds())
     started = time.monotonic()
     await asyncio.sleep(window_s)
-    return (sum(relay.cpu_seconds()) - before) / (time.monotonic() - started)
+    cores = (sum(relay.cpu_seconds()) - before) / (time.monotonic() - started)
+    if recording is not None:
+        await recording  # perf writes its file after the window: not counted in it
+    return cores
 
 
 async def measure(
-    sessions: int, window_s: float, idle: bool, syscalls: bool = False
+    sessions: int,
+    window_s: float,
+    idle: bool,
+    syscalls: bool = False,
+    perf_record: str | None = None,
 ) -> dict[str, Any]:
     affinity = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {1})
@@ -83,10 +100,10 @@ async def measure(
                 row["syscalls_per_packet"] = round(counts.get("all", 0) / packets, 2)
                 row["wakeups_per_packet"] = round(counts.get("context_switches", 0) / packets, 3)
             else:
-                with_audio = await relay_cpu_over(relay, window_s)
+                with_audio = await relay_cpu_over(relay, window_s, _perf_out(perf_record, "with"))
             media.stop_sending()
             await asyncio.sleep(3)
-            without = await relay_cpu_over(relay, window_s)
+            without = await relay_cpu_over(relay, window_s, _perf_out(perf_record, "without"))
             row.update(
                 relay_core_with_audio=round(with_audio, 4),
                 relay_core_without_audio=round(without, 4),
@@ -146,6 +163,10 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _perf_out(prefix: str | None, audio: str) -> Path | None:
+    return None if prefix is None else Path(f"{prefix}.{audio}-audio.data")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.session_overhead", description=__doc__)
     parser.add_argument("--sessions", type=int, default=100, help="1..500")
@@ -156,14 +177,24 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="count the relay's system calls over the window with audio (perf stat)",
     )
+    parser.add_argument(
+        "--perf-record",
+        metavar="PREFIX",
+        help="sample the relay's CPU over each window into PREFIX.with-audio.data and "
+        "PREFIX.without-audio.data (perf record; not with --syscalls)",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.sessions <= 500 or not 2 <= args.window <= 60:
         parser.error("keep it bounded: --sessions 1..500, --window 2..60 s")
-    if args.syscalls and not syscall_counts.available():
-        parser.error("--syscalls needs perf (Debian: apt install linux-perf)")
+    if (args.syscalls or args.perf_record) and not syscall_counts.available():
+        parser.error("--syscalls and --perf-record need perf (Debian: apt install linux-perf)")
+    if args.syscalls and args.perf_record:
+        parser.error("one perf at a time: --syscalls or --perf-record")
     from bench.run import report_row
 
-    row = asyncio.run(measure(args.sessions, args.window, args.idle, args.syscalls))
+    row = asyncio.run(
+        measure(args.sessions, args.window, args.idle, args.syscalls, args.perf_record)
+    )
     report_row("session-overhead", row, table([row]))
 
 

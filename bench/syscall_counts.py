@@ -1,4 +1,5 @@
-"""System calls and context switches of a process over a window, counted by ``perf stat``.
+"""System calls and context switches of a process over a window, counted by ``perf stat``;
+and where its CPU goes over a window, sampled by ``perf record`` (``record_over``).
 
 The relay's forwarding cost at small N is mostly system calls and wake-ups rather than its
 own per-packet work (docs/benchmarks.md, "Where the rest goes"); these counts say how many
@@ -63,3 +64,28 @@ async def count_over(pid: int, window_s: float) -> dict[str, int]:
         if proc.returncode != 0 or not out.exists():
             raise RuntimeError(f"perf stat failed (exit {proc.returncode})")
         return parse(out.read_text())
+
+
+# Samples a second for ``record_over``: enough for a ranking over a 10 s window.
+RECORD_HZ = 2000
+
+
+def record_command(pid: int, window_s: float, out: Path) -> list[str]:
+    """``perf record`` of ``pid`` (all its threads, with call graphs) for ``window_s``."""
+    return [
+        "perf", "record", "-F", str(RECORD_HZ), "-g", "-p", str(pid), "-o", str(out),
+        "--", "sleep", f"{window_s:g}",
+    ]  # fmt: skip
+
+
+async def record_over(pid: int, window_s: float, out: Path) -> None:
+    """Sample ``pid``'s CPU for ``window_s`` seconds into ``out`` (read it with
+    ``perf report -i out``: ``--sort dso`` for libraries, ``--children`` for calls)."""
+    proc = await asyncio.create_subprocess_exec(
+        *record_command(pid, window_s, out),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    await proc.wait()
+    if proc.returncode != 0 or not await asyncio.to_thread(out.exists):
+        raise RuntimeError(f"perf record failed (exit {proc.returncode})")

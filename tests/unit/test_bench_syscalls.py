@@ -1,6 +1,9 @@
-"""bench/syscall_counts.py: reading ``perf stat -x,`` output (pure parsing)."""
+"""bench/syscall_counts.py: reading ``perf stat -x,`` output (pure parsing), and the
+``perf record`` command it runs."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from bench import syscall_counts
 
@@ -34,3 +37,16 @@ def test_every_event_asked_for_is_a_tracepoint_or_a_counter_parse_knows() -> Non
     )
     parsed = syscall_counts.parse(lines)
     assert set(parsed) == {*syscall_counts.SYSCALLS, "all", "context_switches"}
+
+
+def test_a_recording_samples_every_thread_of_the_process_with_calls_into_the_file(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "relay.with-audio.data"
+    command = syscall_counts.record_command(4242, 10.0, out)
+    assert command[:2] == ["perf", "record"]
+    assert command[command.index("-p") + 1] == "4242"  # a process: all its threads
+    assert command[command.index("-o") + 1] == str(out)
+    assert "-g" in command  # call graphs: who called the kernel and libsrtp
+    assert command[command.index("-F") + 1] == str(syscall_counts.RECORD_HZ)
+    assert command[command.index("--") + 1 :] == ["sleep", "10"]
