@@ -189,6 +189,10 @@ class RtcpReports:
         leg.parties.remove(party)
         if not leg.parties:
             del self._legs[party.transport]
+            if not self._legs:
+                # Nothing left to report: drop the schedule's entries now (each holds its
+                # leg's DTLS transport, and with it the peer) rather than when next due.
+                self._schedule.clear()
             self._wake.set()
 
     async def _stand_in(self, party: RTCRtpSender | RTCRtpReceiver) -> asyncio.Event:

@@ -335,7 +335,9 @@ class MediaSockets:
         if self._watching:
             self._unwatch()
         if self._gate_watched:
-            self._loop.remove_reader(self._gate.fileno())
+            loop = self._loop_ref()
+            if loop is not None and not loop.is_closed():
+                loop.remove_reader(self._gate.fileno())
             self._gate_watched = False
         if self._tick is not None:
             self._tick.cancel()

@@ -296,7 +296,9 @@ def test_switching_between_watching_and_polling_keeps_one_reader_on_the_loop() -
     socket inside, hundreds of times a second on a busy relay."""
 
     async def scenario() -> tuple[int, int]:
-        sockets = udp.MediaSockets(asyncio.get_running_loop(), 0.002)
+        # The widest window: two wake-ups 10 ms apart count as busy, so each burst
+        # switches to polling even when a loaded machine stretches the sender's sleeps.
+        sockets = udp.MediaSockets(asyncio.get_running_loop(), 0.01)
         sender = bound_socket()
         try:
             transport, protocol = open_on(sockets)
@@ -305,7 +307,7 @@ def test_switching_between_watching_and_polling_keeps_one_reader_on_the_loop() -
             def stream() -> None:
                 import time
 
-                for i in range(50):  # a datagram a millisecond: busy for a 2 ms window
+                for i in range(50):  # a datagram a millisecond: busy for the window
                     sender.sendto(b"%d" % i, here)
                     time.sleep(0.001)
 
@@ -333,7 +335,7 @@ def test_switching_between_watching_and_polling_keeps_one_reader_on_the_loop() -
             switches, polls = loop.run_until_complete(scenario())
     finally:
         loop.close()
-    assert switches == 3 and polls > 0
+    assert switches >= 1 and polls > 0  # (the old code added a reader per switch)
     # Once when the first socket came, once at close.
     assert (add.call_count, remove.call_count) == (1, 1)
 

@@ -230,10 +230,58 @@ async def test_many_legs_each_report_on_their_own_schedule_and_left_ones_stop() 
         ats = by_leg[index]
         # The first after first_s (less the coalescing: reports due that close go together).
         assert ats[0] - started >= 0.1 - rtcp_reports.COALESCE_S - 0.01
-        gaps = [b - a for a, b in zip(ats, ats[1:], strict=False)]
-        assert gaps and all(0.2 - 0.06 <= g <= 0.2 + 0.1 for g in gaps), (index, gaps)
+        gaps = sorted(b - a for a, b in zip(ats, ats[1:], strict=False))
+        # Never early (less the coalescing), about the interval as a rule: a loaded
+        # machine may hold the loop now and then, so the median, not each gap, is bounded.
+        assert gaps and gaps[0] >= 0.2 - rtcp_reports.COALESCE_S - 0.01, (index, gaps)
+        assert gaps[len(gaps) // 2] <= 0.2 + 0.1, (index, gaps)
     assert len(reports._schedule) <= 100  # only the staying legs' next reports
     for party in parties[100:]:
         reports._leave(party)  # type: ignore[arg-type]
     assert reports._task is not None
     await asyncio.wait_for(reports._task, 5)  # no leg left: the task ends
+    assert not reports._schedule  # and keeps no left leg (nor its transport) alive
+
+
+async def test_a_leg_leaving_or_coming_back_during_a_send_is_scheduled_as_itself() -> None:
+    """Sends await (the datagram goes out through aiortc): a leg that leaves meanwhile gets
+    no report from the same wake-up, and one that comes back on the same transport is a
+    new leg on its own schedule, not the old one's."""
+    reports = RtcpReports(interval_s=0.2, first_s=0.1, jitter=lambda: 0.5)
+    sent: list[tuple[int, Any]] = []
+    release = asyncio.Event()
+
+    @dataclass(eq=False)
+    class FakeDtls:
+        index: int
+
+    @dataclass(eq=False)
+    class FakeParty:
+        transport: FakeDtls
+
+    first, second = FakeParty(FakeDtls(0)), FakeParty(FakeDtls(1))
+
+    async def record(leg: Any) -> None:
+        sent.append((leg.dtls.index, leg))
+        if leg.dtls.index == 0 and len(sent) == 1:
+            # While the first leg's report is on its way: the second leg leaves, and
+            # the first leaves and comes back (a new _Leg for the same transport).
+            reports._leave(second)  # type: ignore[arg-type]
+            reports._leave(first)  # type: ignore[arg-type]
+            reports._join(first)  # type: ignore[arg-type]
+            await release.wait()
+
+    reports._send = record  # type: ignore[method-assign]
+    reports._join(first)  # type: ignore[arg-type]
+    reports._join(second)  # type: ignore[arg-type]
+    await wait_until(lambda: len(sent) == 1, 5, "the first send under way")
+    release.set()
+    await wait_until(lambda: len(sent) >= 3, 5, "the re-joined leg's reports")
+    assert all(index == 0 for index, _ in sent)  # the second leg left before its turn
+    old_leg, new_leg = sent[0][1], sent[1][1]
+    assert new_leg is not old_leg and all(leg is new_leg for _, leg in sent[1:])
+    assert len(reports._schedule) == 1  # the new leg's next report only
+    reports._leave(first)  # type: ignore[arg-type]
+    assert reports._task is not None
+    await asyncio.wait_for(reports._task, 5)
+    assert not reports._schedule
