@@ -154,10 +154,12 @@ class RtcpReports:
         self._jitter = jitter
         # By DTLS transport (held by its leg until the leg's last party stops).
         self._legs: dict[Any, _Leg] = {}
-        # Every leg's next report, soonest first: (due, tie-break, leg). A leg that left
-        # keeps its entry until it comes up, then is skipped: a wake-up costs the legs due,
-        # not a scan of every leg (hundreds at a few hundred interviews).
-        self._schedule: list[tuple[float, int, _Leg]] = []
+        # Every leg's next report, soonest first: (due, tie-break, the leg weakly). A leg
+        # that left keeps its entry until it comes up, then is skipped: a wake-up costs the
+        # legs due, not a scan of every leg (hundreds at a few hundred interviews). Weakly:
+        # the entry must not keep a left leg, its DTLS transport and its peer, alive until
+        # then (up to 7.5 s).
+        self._schedule: list[tuple[float, int, weakref.ref[_Leg]]] = []
         self._order = itertools.count()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -220,30 +222,23 @@ class RtcpReports:
         (await self._stand_in(receiver)).set()
 
     def _enqueue(self, leg: _Leg) -> None:
-        heapq.heappush(self._schedule, (leg.due, next(self._order), leg))
+        heapq.heappush(self._schedule, (leg.due, next(self._order), weakref.ref(leg)))
 
-    def _current(self, entry: tuple[float, int, _Leg]) -> bool:
-        """Whether a schedule entry is its leg's next report (not one that left since)."""
-        due, _, leg = entry
-        return self._legs.get(leg.dtls) is leg and leg.due == due
+    def _current(self, entry: tuple[float, int, weakref.ref[_Leg]]) -> _Leg | None:
+        """The entry's leg if the entry is its next report (None: the leg left since)."""
+        due, _, ref = entry
+        leg = ref()
+        if leg is None or self._legs.get(leg.dtls) is not leg or leg.due != due:
+            return None
+        return leg
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         schedule = self._schedule
         while self._legs:
             now = loop.time()
-            due_now: list[_Leg] = []
-            while schedule and schedule[0][0] <= now + COALESCE_S:
-                entry = heapq.heappop(schedule)
-                if self._current(entry):
-                    due_now.append(entry[2])
-            for leg in due_now:
-                leg.due = now + self._randomised(self.interval_s)
-                self._enqueue(leg)
-            for leg in due_now:
-                if self._legs.get(leg.dtls) is leg:  # it may have left during a send
-                    await self._send(leg)
-            while schedule and not self._current(schedule[0]):
+            await self._send_due(now)
+            while schedule and self._current(schedule[0]) is None:
                 heapq.heappop(schedule)
             if not self._legs:
                 break
@@ -252,6 +247,22 @@ class RtcpReports:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout_at(next_due):
                     await self._wake.wait()
+
+    async def _send_due(self, now: float) -> None:
+        """Report on every leg due by ``now`` (within ``COALESCE_S``) and schedule its next.
+        Its own coroutine so that no leg stays referenced while the task waits."""
+        schedule = self._schedule
+        due_now: list[_Leg] = []
+        while schedule and schedule[0][0] <= now + COALESCE_S:
+            leg = self._current(heapq.heappop(schedule))
+            if leg is not None:
+                due_now.append(leg)
+        for leg in due_now:
+            leg.due = now + self._randomised(self.interval_s)
+            self._enqueue(leg)
+        for leg in due_now:
+            if self._legs.get(leg.dtls) is leg:  # it may have left during a send
+                await self._send(leg)
 
     async def _send(self, leg: _Leg) -> None:
         try:

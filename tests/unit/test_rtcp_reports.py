@@ -5,8 +5,10 @@ interval; the far end is plain aiortc and hears everything aiortc's own tasks wo
 from __future__ import annotations
 
 import asyncio
+import gc
 import statistics
 import time
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -213,9 +215,14 @@ async def test_many_legs_each_report_on_their_own_schedule_and_left_ones_stop() 
     for party in parties:
         reports._join(party)  # type: ignore[arg-type]
     await wait_until(lambda: len({i for i, _ in sent}) == 200, 5, "every leg's first report")
+    left = [weakref.ref(reports._legs[party.transport]) for party in parties[:100]]
     for party in parties[:100]:
         reports._leave(party)  # type: ignore[arg-type]
     left_at = loop.time()
+    gc.collect()
+    # Their entries wait in the schedule until due, but do not keep them (nor their
+    # transports, nor the peers) alive meanwhile.
+    assert all(ref() is None for ref in left)
     await wait_until(
         lambda: sum(1 for i, at in sent if i >= 100 and at > left_at + 0.25) >= 100,
         5,
