@@ -132,3 +132,47 @@ def test_the_flush_timer_takes_every_overdue_route_at_once(always_overdue: Rig) 
     assert _synced(rig) < ROUTES
     _flush_timer(compiled)
     assert _synced(rig) == ROUTES and compiled.dirty == 0
+
+
+@pytest.fixture
+def due_after_a_while(monkeypatch: pytest.MonkeyPatch) -> Iterator[Rig]:
+    """Routes due 0.2 s after a sync, overdue for the timer 0.05 s later; it looks every
+    0.05 s."""
+    yield from _rig(monkeypatch, 0.2, 0.05)
+
+
+def test_the_flush_timer_looks_again_while_counters_wait_and_stops_once_all_are_synced(
+    due_after_a_while: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The set's own timer (``MediaSockets._on_sync``, on the running loop): armed by the
+    pump that left counters unsynced, it finds none overdue at first and looks again until
+    it has synced every route, then is not armed any more."""
+    rig = due_after_a_while
+    sockets = rig.sockets
+    loop = sockets._loop
+    looks: list[float] = []
+    original = sockets._on_sync
+
+    def counted() -> None:
+        looks.append(loop.time())
+        original()
+
+    # The instance attribute shadows the method: the timer is armed with this one.
+    monkeypatch.setattr(sockets, "_on_sync", counted)
+    _forward_two_rounds(rig)
+    compiled = sockets.compiled
+    assert compiled is not None
+    assert _synced(rig) == 0 and compiled.dirty == ROUTES  # none due yet for a pump
+    assert sockets._sync is not None  # the pump armed the timer
+
+    async def until_synced() -> None:
+        deadline = loop.time() + 5
+        while _synced(rig) < ROUTES or sockets._sync is not None:
+            assert loop.time() < deadline, (_synced(rig), len(looks))
+            await asyncio.sleep(0.01)
+
+    loop.run_until_complete(until_synced())
+    assert compiled.dirty == 0
+    # It looked before any route was overdue (0.25 s after the sync), found none, and
+    # looked again: at least twice in all, the last look taking every route.
+    assert len(looks) >= 2, looks
