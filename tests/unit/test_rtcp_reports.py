@@ -189,6 +189,20 @@ def test_the_default_pace_is_an_audio_streams() -> None:
     assert 7.49 < reports._randomised(reports.interval_s) < 7.5
 
 
+@dataclass(eq=False)
+class FakeDtls:
+    """A leg's transport, for the schedule alone (no sends are made)."""
+
+    index: int
+
+
+@dataclass(eq=False)
+class FakeParty:
+    """A sender or receiver, for the schedule alone: its transport is its leg."""
+
+    transport: FakeDtls
+
+
 async def test_many_legs_each_report_on_their_own_schedule_and_left_ones_stop() -> None:
     """The schedule alone (each leg's send recorded instead of made): 200 legs, each
     reporting once per interval from its own start; legs that leave send no more and their
@@ -201,14 +215,6 @@ async def test_many_legs_each_report_on_their_own_schedule_and_left_ones_stop() 
         sent.append((leg.dtls.index, loop.time()))
 
     reports._send = record  # type: ignore[method-assign]
-
-    @dataclass(eq=False)
-    class FakeDtls:
-        index: int
-
-    @dataclass(eq=False)
-    class FakeParty:
-        transport: FakeDtls
 
     parties = [FakeParty(FakeDtls(i)) for i in range(200)]
     started = loop.time()
@@ -257,14 +263,6 @@ async def test_a_leg_leaving_or_coming_back_during_a_send_is_scheduled_as_itself
     reports = RtcpReports(interval_s=0.2, first_s=0.1, jitter=lambda: 0.5)
     sent: list[tuple[int, Any]] = []
     release = asyncio.Event()
-
-    @dataclass(eq=False)
-    class FakeDtls:
-        index: int
-
-    @dataclass(eq=False)
-    class FakeParty:
-        transport: FakeDtls
 
     first, second = FakeParty(FakeDtls(0)), FakeParty(FakeDtls(1))
 
