@@ -229,25 +229,32 @@ async def test_many_legs_each_report_on_their_own_schedule_and_left_ones_stop() 
     # Their entries wait in the schedule until due, but do not keep them (nor their
     # transports, nor the peers) alive meanwhile.
     assert all(ref() is None for ref in left)
+
+    def reports_since_leaving(index: int) -> int:
+        return sum(1 for i, at in sent if i == index and at > left_at)
+
     await wait_until(
-        lambda: sum(1 for i, at in sent if i >= 100 and at > left_at + 0.25) >= 100,
-        5,
-        "the staying legs' next reports",
+        lambda: all(reports_since_leaving(i) >= 4 for i in range(100, 200)),
+        10,
+        "four more reports from each staying leg",
     )
     by_leg: dict[int, list[float]] = {}
     for index, at in sent:
         by_leg.setdefault(index, []).append(at)
     # The left half sent nothing after leaving (a send already under way may finish).
     assert all(at <= left_at for i, ats in by_leg.items() if i < 100 for at in ats)
+    every_gap: list[float] = []
     for index in range(100, 200):
         ats = by_leg[index]
         # The first after first_s (less the coalescing: reports due that close go together).
         assert ats[0] - started >= 0.1 - rtcp_reports.COALESCE_S - 0.01
-        gaps = sorted(b - a for a, b in zip(ats, ats[1:], strict=False))
-        # Never early (less the coalescing), about the interval as a rule: a loaded
-        # machine may hold the loop now and then, so the median, not each gap, is bounded.
-        assert gaps and gaps[0] >= 0.2 - rtcp_reports.COALESCE_S - 0.01, (index, gaps)
-        assert gaps[len(gaps) // 2] <= 0.2 + 0.1, (index, gaps)
+        gaps = [b - a for a, b in zip(ats, ats[1:], strict=False)]
+        # Never early (less the coalescing).
+        assert min(gaps) >= 0.2 - rtcp_reports.COALESCE_S - 0.01, (index, gaps)
+        every_gap += gaps
+    # About the interval as a rule: a loaded machine may hold the loop now and then (a
+    # stall lengthens one gap of each leg), so the median of every gap is bounded, not each.
+    assert sorted(every_gap)[len(every_gap) // 2] <= 0.2 + 0.1, sorted(every_gap)
     assert len(reports._schedule) <= 100  # only the staying legs' next reports
     for party in parties[100:]:
         reports._leave(party)  # type: ignore[arg-type]
