@@ -191,6 +191,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_migrate(settings, create=args.create))
         if args.command == "webhooks":
             return asyncio.run(_webhooks(settings, args))
+    except KeyboardInterrupt:
+        # Ctrl-C before `serve` listens (afterwards it drains instead): asyncio.run has
+        # cancelled the start-up, which stopped what it had started (the embedded
+        # PostgreSQL too); say so, without a traceback, with the shell's status for SIGINT.
+        print("interrupted", file=sys.stderr)
+        return 130
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2

@@ -202,6 +202,47 @@ async def test_users_add_and_revoke_share_the_served_database(
     assert code == 0 and "up to date" in out, err
 
 
+async def test_ctrl_c_during_start_up_stops_what_started_and_exits_130_quietly(
+    traversable_tmp_path: Path,
+) -> None:
+    """SIGINT while `serve` is still starting (its database up, not yet listening): the
+    embedded PostgreSQL is stopped, one line says so, no traceback, exit status 130."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "relay", "serve", "--port", "0",
+        env=_env(traversable_tmp_path / "state"),
+        cwd=traversable_tmp_path,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        # As from a terminal: a test runner's worker may ignore SIGINT, and children
+        # inherit that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    assert proc.stderr is not None
+    stderr = proc.stderr
+    seen: list[str] = []
+
+    async def until_database_ready() -> None:
+        while True:
+            raw = await stderr.readline()
+            assert raw, f"relay exited early: {seen}"
+            seen.append(raw.decode())
+            if "database ready" in seen[-1]:
+                return
+
+    try:
+        await asyncio.wait_for(until_database_ready(), 90)
+        proc.send_signal(signal.SIGINT)
+        rest, _ = await asyncio.wait_for(asyncio.gather(stderr.read(), proc.wait()), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    text = "".join(seen) + rest.decode()
+    assert proc.returncode == 130, text
+    assert "Traceback" not in text and text.rstrip().endswith("interrupted"), text
+    assert "stopped the embedded PostgreSQL" in text, text
+
+
 async def test_bad_configuration_exits_with_a_clear_message(tmp_path: Path) -> None:
     env = _env(tmp_path / "state")
     env["RELAY__SERVER__PORT"] = "not-a-port"
