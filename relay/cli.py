@@ -192,9 +192,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "webhooks":
             return asyncio.run(_webhooks(settings, args))
     except KeyboardInterrupt:
-        # Ctrl-C before `serve` listens (afterwards it drains instead): asyncio.run has
-        # cancelled the start-up, which stopped what it had started (the embedded
-        # PostgreSQL too); say so, without a traceback, with the shell's status for SIGINT.
+        # Ctrl-C during a command, or before `serve` listens (afterwards it drains
+        # instead): asyncio.run has cancelled the main task, whose clean-up stopped what
+        # it had started (the embedded PostgreSQL too); say so, without a traceback, with
+        # the shell's status for SIGINT.
         print("interrupted", file=sys.stderr)
         return 130
     except ConfigError as exc:
