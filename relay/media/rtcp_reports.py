@@ -192,8 +192,8 @@ class RtcpReports:
         if not leg.parties:
             del self._legs[party.transport]
             if not self._legs:
-                # Nothing left to report: drop the schedule's entries now (each holds its
-                # leg's DTLS transport, and with it the peer) rather than when next due.
+                # Nothing left to report: every entry is stale, and the task, about to
+                # end, would not pop them.
                 self._schedule.clear()
             self._wake.set()
 
