@@ -207,15 +207,11 @@ async def test_ctrl_c_during_start_up_stops_what_started_and_exits_130_quietly(
 ) -> None:
     """SIGINT while `serve` is still starting (its database up, not yet listening): the
     embedded PostgreSQL is stopped, one line says so, no traceback, exit status 130."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "relay", "serve", "--port", "0",
+    proc = await start_serving(
+        "--port", "0",
         env=_env(traversable_tmp_path / "state"),
         cwd=traversable_tmp_path,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        # As from a terminal: a test runner's worker may ignore SIGINT, and children
-        # inherit that.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        log_piped=True,
     )  # fmt: skip
     assert proc.stderr is not None
     stderr = proc.stderr

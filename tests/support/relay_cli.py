@@ -34,19 +34,23 @@ async def run_relay(
     return proc.returncode, out.decode(), err.decode()
 
 
-async def start_serving(*args: str, env: dict[str, str], cwd: Path) -> asyncio.subprocess.Process:
-    """`relay serve ARGS` with stdout piped (read it with ``read_banner``)."""
+async def start_serving(
+    *args: str, env: dict[str, str], cwd: Path, log_piped: bool = False
+) -> asyncio.subprocess.Process:
+    """`relay serve ARGS` with stdout piped (read it with ``read_banner``); with
+    ``log_piped``, its log (stderr) piped instead, and SIGINT as a terminal leaves it (a
+    test runner's worker may ignore it, and children inherit that)."""
+    piped, dropped = asyncio.subprocess.PIPE, asyncio.subprocess.DEVNULL
     return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "relay",
-        "serve",
-        *args,
-        env=env,
-        cwd=cwd,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+        sys.executable, "-m", "relay", "serve", *args, env=env, cwd=cwd,
+        stdout=dropped if log_piped else piped,
+        stderr=piped if log_piped else dropped,
+        preexec_fn=_sigint_as_from_a_terminal if log_piped else None,
+    )  # fmt: skip
+
+
+def _sigint_as_from_a_terminal() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 async def read_banner(
