@@ -17,6 +17,7 @@ import socket
 import struct
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -207,8 +208,53 @@ async def test_far_end_reports_reach_the_relays_receivers_and_senders(
         assert counts == {"read": 0, "to_aiortc": 0, "dropped": 0}
 
 
+@dataclass(frozen=True)
+class _SenderAtBlock:
+    """The relay sender's round-trip state just before and after it took a block."""
+
+    lsr: int
+    lsr_time: float
+    rtt_before: float | None
+    rtt_after: float | None
+
+
+def _record_sender_at_blocks(sender: Any, monkeypatch: pytest.MonkeyPatch) -> list[_SenderAtBlock]:
+    """The sender's state around every block from ``_REPORTER`` it takes from now on: by
+    aiortc's handler (the Python fast path) or by the relay for it (the compiled loop's
+    reports, ``aiortc_private.note_report_block``)."""
+    taken: list[_SenderAtBlock] = []
+    state = vars(sender)
+
+    def before() -> tuple[int, float, float | None]:
+        return (
+            state["_RTCRtpSender__lsr"],
+            state["_RTCRtpSender__lsr_time"],
+            state["_RTCRtpSender__rtt"],
+        )
+
+    handler = type(sender)._handle_rtcp_packet.__get__(sender)
+
+    async def handling(packet: Any) -> None:
+        seen = before() if getattr(packet, "ssrc", None) == _REPORTER else None
+        await handler(packet)
+        if seen is not None:
+            taken.append(_SenderAtBlock(*seen, state["_RTCRtpSender__rtt"]))
+
+    setattr(sender, "_handle_rtcp_packet", handling)  # noqa: B010
+    note = aiortc_private.note_report_block
+
+    def noting(party: Any, reporter: int, *args: Any, **kwargs: Any) -> None:
+        seen = before() if party is sender and reporter == _REPORTER else None
+        note(party, reporter, *args, **kwargs)
+        if seen is not None:
+            taken.append(_SenderAtBlock(*seen, state["_RTCRtpSender__rtt"]))
+
+    monkeypatch.setattr(aiortc_private, "note_report_block", noting)
+    return taken
+
+
 async def test_a_far_ends_receiver_report_gives_the_sender_its_rtt_and_loss(
-    open_session: Any, attacker: socket.socket, media_path: str
+    open_session: Any, attacker: socket.socket, media_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A receiver report (as a browser sends one) echoing the relay's last sender report:
     the relay's sender gets the loss figures and a round-trip time computed and smoothed
@@ -218,42 +264,60 @@ async def test_a_far_ends_receiver_report_gives_the_sender_its_rtt_and_loss(
     sender = _audio(s.bridge.browser_pc).sender
     browser_tx, relay_ssrc = _browser_rtcp(s)
     added = _record_stats(sender, "_RTCRtpSender")
+    taken = _record_sender_at_blocks(sender, monkeypatch)
     aiortc_calls = _count_aiortc_rtcp(_audio(s.bridge.browser_pc).receiver.transport)
-    await wait_until(
-        lambda: vars(sender)["_RTCRtpSender__lsr"] is not None, 10, "a relay sender report"
-    )
-    lsr, lsr_time = vars(sender)["_RTCRtpSender__lsr"], vars(sender)["_RTCRtpSender__lsr_time"]
     dlsr = 0.25
-    report = RtcpReceiverInfo(
-        ssrc=relay_ssrc,
-        fraction_lost=12,
-        packets_lost=7,
-        highest_sequence=4321,
-        jitter=123,
-        lsr=lsr,
-        dlsr=int(dlsr * 65536),
-    )
-    rtt_before = vars(sender)["_RTCRtpSender__rtt"]
-    compound = bytes(RtcpRrPacket(ssrc=_REPORTER, reports=[report]))
-    sent_at = time.time()
-    attacker.sendto(browser_tx.protect_rtcp(compound), relay_browser_socket(s))
+    # The relay sends a new sender report about once a second, and the test's browser
+    # peer reports too: either may come between reading the LSR and the crafted report's
+    # arrival. The state the sender held when it took the block is recorded, and a block
+    # that no longer echoed the last report is sent again with the new one.
+    for _attempt in range(5):
+        await wait_until(
+            lambda: vars(sender)["_RTCRtpSender__lsr"] is not None, 10, "a relay sender report"
+        )
+        lsr = vars(sender)["_RTCRtpSender__lsr"]
+        report = RtcpReceiverInfo(
+            ssrc=relay_ssrc,
+            fraction_lost=12,
+            packets_lost=7,
+            highest_sequence=4321,
+            jitter=123,
+            lsr=lsr,
+            dlsr=int(dlsr * 65536),
+        )
+        compound = bytes(RtcpRrPacket(ssrc=_REPORTER, reports=[report]))
+        taken_before, added_before = len(taken), len(added)
+        sent_at = time.time()
+        attacker.sendto(browser_tx.protect_rtcp(compound), relay_browser_socket(s))
 
-    def ours() -> list[Any]:
-        s.bridge.stats()  # the compiled loop's reports come in with its counters
-        return [e for e in added if e.ssrc == _REPORTER]
+        def ours(since: int = added_before) -> list[Any]:
+            s.bridge.stats()  # the compiled loop's reports come in with its counters
+            return [e for e in added[since:] if e.ssrc == _REPORTER]
 
-    await wait_until(lambda: bool(ours()), 10, "the crafted report at the relay's sender")
-    seen_at = time.time()
+        def arrived(n: int = taken_before) -> bool:
+            s.bridge.stats()
+            return len(taken) > n
+
+        await wait_until(arrived, 10, "the crafted report at the relay's sender")
+        seen_at = time.time()
+        at_block = taken[-1]
+        # Of blocks synced together only the last about an SSRC adds statistics: a
+        # browser's report right after the crafted one leaves it without an entry.
+        if at_block.lsr == lsr and ours():
+            break
+    else:
+        pytest.fail("no crafted report met the sender's last report in five tries")
     [entry] = ours()
     assert isinstance(entry, RTCRemoteInboundRtpStreamStats)
     assert (entry.packetsLost, entry.fractionLost, entry.jitter) == (7, 12, 123)
     assert sent_at <= entry.timestamp.timestamp() <= seen_at
     # aiortc's estimate: arrival - LSR time - DLSR, smoothed with RTT_ALPHA (0.85).
-    earliest, latest = (t - lsr_time - dlsr for t in (sent_at, seen_at))
-    if rtt_before is not None:
-        earliest, latest = (0.85 * rtt_before + 0.15 * t for t in (earliest, latest))
-    assert earliest - 1e-6 <= entry.roundTripTime <= latest + 1e-6
-    assert vars(sender)["_RTCRtpSender__rtt"] == entry.roundTripTime
+    earliest, latest = (t - at_block.lsr_time - dlsr for t in (sent_at, seen_at))
+    if at_block.rtt_before is not None:
+        earliest, latest = (0.85 * at_block.rtt_before + 0.15 * t for t in (earliest, latest))
+    assert at_block.rtt_after is not None
+    assert earliest - 1e-6 <= at_block.rtt_after <= latest + 1e-6
+    assert entry.roundTripTime == at_block.rtt_after
     # Read in the compiled loop; aiortc's DTLS task on the Python fast path.
     assert (compound in aiortc_calls) is (media_path == "python")
 
