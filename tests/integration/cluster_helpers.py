@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import re
@@ -30,6 +31,7 @@ URL_LINE = re.compile(r"listening on (http://127\.0\.0\.1:\d+/)")
 OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 SPEECH = encode_opus(speech_like(1.6))
 HEARTBEAT_S = 0.5
+STDERR_TAIL_LINES = 200
 
 
 def relay_env(data_dir: Path, extra: dict[str, str]) -> dict[str, str]:
@@ -63,8 +65,12 @@ class RelayProcess:
     def __init__(self, proc: asyncio.subprocess.Process, lines: list[str]) -> None:
         self.proc = proc
         self.lines = lines
+        # The last lines of its log (stderr), for the messages of failing tests: read all
+        # the time, so that a chatty relay never blocks on a full pipe.
+        self.log_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
         self.url = ""
         self._reader: asyncio.Task[None] | None = None
+        self._log_reader = asyncio.create_task(self._drain_stderr())
 
     @classmethod
     async def start(
@@ -86,7 +92,7 @@ class RelayProcess:
             env=env,
             cwd=cwd,
             stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
         )
         relay = cls(proc, [])
@@ -98,7 +104,11 @@ class RelayProcess:
         assert self.proc.stdout is not None
         while True:
             raw = await self.proc.stdout.readline()
-            assert raw, f"relay exited early: {self.lines}"
+            if not raw:
+                with contextlib.suppress(TimeoutError):  # a child may hold the pipe open
+                    await asyncio.wait_for(asyncio.shield(self._log_reader), 10)
+                log = "\n".join(self.log_tail)
+                raise AssertionError(f"relay exited early: {self.lines}\nits log:\n{log}")
             line = raw.decode().strip()
             self.lines.append(line)
             if match := URL_LINE.search(line):
@@ -109,6 +119,11 @@ class RelayProcess:
         assert self.proc.stdout is not None
         async for raw in self.proc.stdout:
             self.lines.append(raw.decode().strip())
+
+    async def _drain_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        async for raw in self.proc.stderr:
+            self.log_tail.append(raw.decode(errors="replace").rstrip())
 
     @property
     def pid(self) -> int:
@@ -128,9 +143,10 @@ class RelayProcess:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 await self.proc.wait()
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
+        for reader in (self._reader, self._log_reader):
+            if reader is not None:
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
         assert self.proc.returncode is not None
         return self.proc.returncode
 
