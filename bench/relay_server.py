@@ -202,6 +202,7 @@ class RelayServer:
             "duplicate": 0,
             "decoder_backlog": 0,
             "before_connect": 0,
+            "late": 0,
         }
         modes: dict[str, int] = {}
         packets_in = 0

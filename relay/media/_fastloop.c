@@ -186,6 +186,8 @@ typedef struct Route {
     unsigned long long forwarded;
     unsigned long long forwarded_bytes;
     unsigned long long dropped_invalid;
+    unsigned long long dropped_duplicate; /* SRTP's replay check: a copy of one taken */
+    unsigned long long dropped_late;      /* SRTP's replay check: behind its window */
     unsigned long long dropped_other_codec;
     double first_packet_at; /* NaN: none yet */
     double last_packet_at;
@@ -466,6 +468,8 @@ static PyMemberDef route_members[] = {
     RW(forwarded, T_ULONGLONG),
     RW(forwarded_bytes, T_ULONGLONG),
     RW(dropped_invalid, T_ULONGLONG),
+    RW(dropped_duplicate, T_ULONGLONG),
+    RW(dropped_late, T_ULONGLONG),
     RW(dropped_other_codec, T_ULONGLONG),
     RW(first_packet_at, T_DOUBLE),
     RW(last_packet_at, T_DOUBLE),
@@ -1055,6 +1059,22 @@ static inline void put32(uint8_t *p, unsigned int v) {
     p[3] = (uint8_t)v;
 }
 
+/* libsrtp's statuses for what its replay check refused (srtp_err_status_t). */
+#define SRTP_REPLAY_FAIL 9
+#define SRTP_REPLAY_OLD 10
+
+/* A packet libsrtp refused, by why (as aiortc_private.SrtpCodec.refused on the Python
+ * path): a copy of one already taken, one too far behind the newest for the replay
+ * window, or anything else (authentication failed, malformed). */
+static void count_refused(Route *r, int status) {
+    if (status == SRTP_REPLAY_FAIL)
+        r->dropped_duplicate++;
+    else if (status == SRTP_REPLAY_OLD)
+        r->dropped_late++;
+    else
+        r->dropped_invalid++;
+}
+
 /* fastpath.is_rtp: RFC 7983 / RFC 5761 demultiplexing. */
 static inline int is_rtp(const uint8_t *d, size_t n) {
     return n >= 12 && d[0] > 127 && d[0] < 192 && !(d[1] > 191 && d[1] < 209);
@@ -1187,8 +1207,9 @@ static int forward_plain(Loop *self, Route *r, uint8_t *p, int n, double now, do
         out[12 + r->level_at] = (uint8_t)level;
     memcpy(out + 12 + ext_len, payload, plen);
     int len = (int)total;
-    if (srtp_protect_fn(r->tx_ctx, out, &len) != 0) {
-        r->dropped_invalid++;
+    int status = srtp_protect_fn(r->tx_ctx, out, &len);
+    if (status != 0) {
+        count_refused(r, status);
         return mark(self, r, 1) < 0 ? -1 : 0;
     }
     if (((out_seq - r->hi_seq) & 0xFFFF) < 0x8000) {
@@ -1521,10 +1542,10 @@ static int read_socket(Loop *self, int fd) {
             continue;
         }
         int len = (int)n;
-        if (n > SRTP_BUFFER || srtp_unprotect_fn(r->rx_ctx, d, &len) != 0) {
-            /* Authentication or replay check failed (or larger than the Python path's
-             * buffer): counted and dropped, as there. */
-            r->dropped_invalid++;
+        /* Larger than the Python path's buffer: refused, as there. */
+        int status = n > SRTP_BUFFER ? -1 : srtp_unprotect_fn(r->rx_ctx, d, &len);
+        if (status != 0) {
+            count_refused(r, status);
             if (mark(self, r, 1) < 0)
                 return -1;
             continue;

@@ -33,6 +33,8 @@ class Route:
     forwarded: int
     forwarded_bytes: int
     dropped_invalid: int
+    dropped_duplicate: int
+    dropped_late: int
     dropped_other_codec: int
     first_packet_at: float
     last_packet_at: float

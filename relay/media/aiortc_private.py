@@ -274,6 +274,12 @@ DatagramHook = Callable[[bytes, int], None]
 
 _SRTP_BUFFER = 1500
 _SRTP_MAX_TRAILER = 16 + 128  # pylibsrtp's SRTP_MAX_TRAILER_LEN
+# libsrtp's statuses for what its replay check refused (srtp_err_status_replay_fail and
+# _replay_old): a copy of a packet already taken, and one too far behind the newest.
+SRTP_REPLAY_FAIL = 9
+SRTP_REPLAY_OLD = 10
+# SrtpCodec.refused for a packet larger than its buffer (never a libsrtp status).
+SRTP_TOO_LARGE = -1
 SENDER_NTP = "_RTCRtpSender__ntp_timestamp"
 SENDER_RTP_STARTED = "_RTCRtpSender__rtp_started"
 SENDER_RTP_TS = "_RTCRtpSender__rtp_timestamp"
@@ -579,10 +585,21 @@ class SrtpCodec:
     two per packet. This calls the same libsrtp functions on the same context (so replay
     windows and rollover counters are shared with aiortc's own use of the session) with
     buffers allocated once. pylibsrtp is pinned exactly for this (private names:
-    ``Session._srtp``, the ``pylibsrtp._binding`` module). ``None`` means refused.
+    ``Session._srtp``, the ``pylibsrtp._binding`` module). ``None`` means refused, and
+    ``refused`` says why: libsrtp's status (``SRTP_REPLAY_FAIL``, ``SRTP_REPLAY_OLD``, or
+    another failure) or ``SRTP_TOO_LARGE``.
     """
 
-    __slots__ = ("_session", "_context", "_cdata", "_buffer", "_length", "_protect", "_unprotect")
+    __slots__ = (
+        "_session",
+        "_context",
+        "_cdata",
+        "_buffer",
+        "_length",
+        "_protect",
+        "_unprotect",
+        "refused",
+    )
 
     def __init__(self, session: Any) -> None:
         binding = _srtp_binding()
@@ -594,14 +611,18 @@ class SrtpCodec:
         self._length = ffi.new("int *")
         self._protect = binding.lib.srtp_protect
         self._unprotect = binding.lib.srtp_unprotect
+        self.refused = 0
 
     def protect(self, packet: bytes) -> bytes | None:
         n = len(packet)
         if n > _SRTP_BUFFER - _SRTP_MAX_TRAILER:
+            self.refused = SRTP_TOO_LARGE
             return None
         self._buffer[0:n] = packet
         self._length[0] = n
-        if self._protect(self._context, self._cdata, self._length):
+        status = self._protect(self._context, self._cdata, self._length)
+        if status:
+            self.refused = status
             return None
         out: bytes = self._buffer[0 : self._length[0]]
         return out
@@ -609,10 +630,13 @@ class SrtpCodec:
     def unprotect(self, packet: bytes) -> bytes | None:
         n = len(packet)
         if n > _SRTP_BUFFER:
+            self.refused = SRTP_TOO_LARGE
             return None
         self._buffer[0:n] = packet
         self._length[0] = n
-        if self._unprotect(self._context, self._cdata, self._length):
+        status = self._unprotect(self._context, self._cdata, self._length)
+        if status:
+            self.refused = status
             return None
         out: bytes = self._buffer[0 : self._length[0]]
         return out

@@ -302,7 +302,7 @@ class FastOpusForwarder:
             rx = self._rx = aiortc_private.SrtpCodec(session)
         plain = rx.unprotect(data)
         if plain is None:  # authentication or replay check failed
-            self._stats.dropped_invalid += 1
+            count_refused(self._stats, rx.refused)
             return
         try:
             self._forward(plain)
@@ -404,7 +404,7 @@ class FastOpusForwarder:
         )
         protected = tx.protect(header + ext + payload)
         if protected is None:
-            stats.dropped_invalid += 1
+            count_refused(stats, tx.refused)
             return True
         self._sock.sendto(protected, self._addr)
 
@@ -500,6 +500,8 @@ class FastOpusForwarder:
         route.forwarded = stats.forwarded
         route.forwarded_bytes = stats.forwarded_bytes
         route.dropped_invalid = stats.dropped_invalid
+        route.dropped_duplicate = stats.dropped_duplicate
+        route.dropped_late = stats.dropped_late
         route.dropped_other_codec = stats.dropped_other_codec
         route.first_packet_at = _or_nan(stats.first_packet_at)
         route.last_packet_at = _or_nan(stats.last_packet_at)
@@ -528,6 +530,8 @@ class FastOpusForwarder:
         stats.forwarded = route.forwarded
         stats.forwarded_bytes = route.forwarded_bytes
         stats.dropped_invalid = route.dropped_invalid
+        stats.dropped_duplicate = route.dropped_duplicate
+        stats.dropped_late = route.dropped_late
         stats.dropped_other_codec = route.dropped_other_codec
         stats.first_packet_at = _or_none(route.first_packet_at)
         stats.last_packet_at = _or_none(route.last_packet_at)
@@ -624,6 +628,16 @@ class FastOpusForwarder:
         self._ssrc = ssrc
         self._rtcp_stats = aiortc_private.receiver_statistics(self._receiver, ssrc, OPUS_CLOCK_RATE)
         aiortc_private.bind_remote_ssrc(self._receiver, ssrc)
+
+
+def count_refused(stats: DirectionStats, status: int) -> None:
+    """A packet libsrtp refused, by why (the compiled loop's ``count_refused``)."""
+    if status == aiortc_private.SRTP_REPLAY_FAIL:
+        stats.dropped_duplicate += 1
+    elif status == aiortc_private.SRTP_REPLAY_OLD:
+        stats.dropped_late += 1
+    else:
+        stats.dropped_invalid += 1
 
 
 def _or_nan(value: float | None) -> float:

@@ -65,9 +65,12 @@ class DirectionStats:
     dropped_duplicate: int = 0
     # Decode path: packets dropped because aiortc's decoder fell this far behind.
     dropped_decoder_backlog: int = 0
-    # Fast path: packets that failed SRTP or RTP checks, and packets that arrived while
-    # the other leg had no SRTP session or selected pair yet (or any more).
+    # Fast path: packets that failed SRTP authentication or RTP checks, and packets that
+    # arrived while the other leg had no SRTP session or selected pair yet (or any more).
+    # Refused by SRTP's replay check instead: a copy of a packet already taken counts as
+    # ``dropped_duplicate``, one too far behind the newest as ``dropped_late``.
     dropped_invalid: int = 0
+    dropped_late: int = 0
     dropped_not_connected: int = 0
     ssrc_changes: int = 0
     # True when the direction runs on ``relay.media.fastpath`` rather than aiortc's sender.

@@ -152,6 +152,7 @@ class MediaMetrics:
             ("duplicate", stats.dropped_duplicate),
             ("decoder_backlog", stats.dropped_decoder_backlog),
             ("before_connect", before_start + stats.dropped_not_connected),
+            ("late", stats.dropped_late),  # the fast path: behind SRTP's replay window
             ("invalid", stats.dropped_invalid),  # the fast path: SRTP/RTP checks failed
         ):
             delta = value - seen.dropped.get(reason, 0)

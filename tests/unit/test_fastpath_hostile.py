@@ -164,7 +164,14 @@ async def test_hostile_datagrams_are_refused_counted_and_forwarding_goes_on(
     seq += 1
     for _ in range(3):
         await send(replayed)
-    refused += 2
+    duplicates = 2
+    # Late: authentic and never sent, but 200 behind the newest when it arrives, beyond
+    # SRTP's 128-packet replay window (protected in its turn, held while the stream
+    # jumped ahead).
+    late = protect(browser_tx, rtp(leg, seq, PAYLOADS[-2]))
+    seq += 200
+    await send_good()
+    await send(late)
     # Malformed inside authentic SRTP: padding longer than the packet.
     await send(protect(browser_tx, rtp(leg, seq, b"\x01\x02", pad=4, pad_claim=200)))
     seq += 1
@@ -185,6 +192,9 @@ async def test_hostile_datagrams_are_refused_counted_and_forwarding_goes_on(
     assert crafted == good  # nothing else of ours reached the upstream, in order
     after = upward(s)
     assert after["dropped"]["invalid"] - before["dropped"]["invalid"] == refused
+    # Refused by the replay check: counted apart from forged and malformed packets.
+    assert after["dropped"]["duplicate"] - before["dropped"]["duplicate"] == duplicates
+    assert after["dropped"]["late"] - before["dropped"]["late"] == 1
     assert after["dropped"]["other_codec"] - before["dropped"]["other_codec"] == 1
     # Counted on arrival: the good ones, padding-only, the other codec, and the one
     # refused only when rewritten (too large to protect again).

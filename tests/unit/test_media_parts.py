@@ -506,6 +506,7 @@ def test_metrics_are_published_as_deltas() -> None:
     stats.dropped_duplicate = 1
     metrics.publish(stats, queue_drops=2)
     stats.packets_in, stats.forwarded = 15, 14
+    stats.dropped_late = 3
     metrics.publish(stats, queue_drops=2)
     snap = registry.snapshot()
     assert snap["relay_media_packets_received_total"] == [
@@ -514,7 +515,8 @@ def test_metrics_are_published_as_deltas() -> None:
     assert snap["relay_media_packets_forwarded_total"][0]["value"] == 14
     assert snap["relay_media_queue_drops_total"][0]["value"] == 2
     assert snap["relay_media_packets_dropped_total"] == [
-        {"direction": "browser_to_upstream", "reason": "duplicate", "value": 1}
+        {"direction": "browser_to_upstream", "reason": "duplicate", "value": 1},
+        {"direction": "browser_to_upstream", "reason": "late", "value": 3},
     ]
     received = registry.counter("relay_media_bytes_received_total", "", ["direction"])
     assert math.isclose(received.value(direction="browser_to_upstream"), 800)

@@ -149,6 +149,7 @@ def direction_stats(stats: DirectionStats, queue: BoundedQueueTrack, now: float)
             "duplicate": stats.dropped_duplicate,
             "decoder_backlog": stats.dropped_decoder_backlog,
             "before_connect": queue.dropped_before_start + stats.dropped_not_connected,
+            "late": stats.dropped_late,
             "invalid": stats.dropped_invalid,
         },
         "queue_depth": queue.depth,
