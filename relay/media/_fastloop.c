@@ -1300,8 +1300,9 @@ static int sink_batch(Loop *self, Route *r, int fd, int got) {
             continue;
         }
         int len = (int)n;
-        if (n > SRTP_BUFFER || srtp_unprotect_fn(r->rx_ctx, d, &len) != 0 || len < 12) {
-            r->dropped_invalid++;
+        int status = n > SRTP_BUFFER ? -1 : srtp_unprotect_fn(r->rx_ctx, d, &len);
+        if (status != 0 || len < 12) {
+            count_refused(r, status);
             continue;
         }
         size_t offset = 12 + ((size_t)(d[0] & 0x0F) << 2);

@@ -68,7 +68,9 @@ class DirectionStats:
     # Fast path: packets that failed SRTP authentication or RTP checks, and packets that
     # arrived while the other leg had no SRTP session or selected pair yet (or any more).
     # Refused by SRTP's replay check instead: a copy of a packet already taken counts as
-    # ``dropped_duplicate``, one too far behind the newest as ``dropped_late``.
+    # ``dropped_duplicate``, one too far behind the newest as ``dropped_late``. libsrtp
+    # checks the index before authenticating, so those include forged packets that name
+    # the stream's SSRC with an old index (docs/media.md, "Duplicates").
     dropped_invalid: int = 0
     dropped_late: int = 0
     dropped_not_connected: int = 0

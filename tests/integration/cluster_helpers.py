@@ -96,7 +96,11 @@ class RelayProcess:
             start_new_session=True,
         )
         relay = cls(proc, [])
-        await asyncio.wait_for(relay._read_banner(), timeout=120)
+        try:
+            await asyncio.wait_for(relay._read_banner(), timeout=120)
+        except BaseException:
+            await relay.stop(signal.SIGKILL, within=5)  # nothing left running or pending
+            raise
         relay._reader = asyncio.create_task(relay._drain_stdout())
         return relay
 
@@ -121,9 +125,16 @@ class RelayProcess:
             self.lines.append(raw.decode().strip())
 
     async def _drain_stderr(self) -> None:
+        """In chunks, not lines: a line longer than the stream's limit would end a
+        line-by-line read, and the relay would then block on the full pipe."""
         assert self.proc.stderr is not None
-        async for raw in self.proc.stderr:
-            self.log_tail.append(raw.decode(errors="replace").rstrip())
+        partial = b""
+        while chunk := await self.proc.stderr.read(65536):
+            *lines, partial = (partial + chunk).split(b"\n")
+            self.log_tail.extend(line.decode(errors="replace") for line in lines)
+            partial = partial[-65536:]
+        if partial:
+            self.log_tail.append(partial.decode(errors="replace"))
 
     @property
     def pid(self) -> int:
