@@ -345,6 +345,9 @@ class SessionConfig(_Section):
     wrap_up_s: Annotated[float, Field(ge=0, le=3600)] = 60.0
     # At the limit, a reply in progress may finish within this many seconds (0: cut it).
     overrun_grace_s: Annotated[float, Field(ge=0, le=300)] = 15.0
+    # How often an interview's holder saves the seconds used so far (one database write
+    # per interview each time): what a crash of its process can leave uncharged.
+    progress_interval_s: Annotated[float, Field(ge=1, le=300)] = 10.0
 
 
 class IceServerConfig(_Section):

@@ -292,7 +292,7 @@ class ContinuityKeeper:
     on: the holder keeps its own copy, only a take-over would miss it).
 
     Progress is written for every session of the process together: each session hands in
-    its seconds every ``PROGRESS_INTERVAL_S`` (relay.media.bridge.supervision), and what
+    its seconds every ``session.progress_interval_s`` (relay.media.bridge.supervision), and what
     came in within ``PROGRESS_FLUSH_S`` goes out in one statement (at N interviews, one
     statement instead of N per interval, on the database and on the relay's loop)."""
 

@@ -52,6 +52,9 @@ def relay_env(data_dir: Path, extra: dict[str, str]) -> dict[str, str]:
             # Generous for a loaded test machine: a slower Redis answer would fail the
             # shared limits open (by design) and make cap assertions depend on load.
             "RELAY__CACHE__REDIS_TIMEOUT_S": "2",
+            # The holder saves the seconds used every 2 s (10 by default): the tests
+            # that kill it wait for the first save before they do.
+            "RELAY__SESSION__PROGRESS_INTERVAL_S": "2",
         }
     )
     env.update(extra)

@@ -15,6 +15,7 @@ import pytest
 
 from relay.cluster.revoke import revoke_user
 from relay.media.bridge import Bridge
+from relay.sessions.continuity import PROGRESS_FLUSH_S
 from relay.upstream.simulator.options import DEFAULT_REPLY_LINES
 from relay.upstream.simulator.server import RunningSimulator
 from relay.upstream.simulator.state import CallRecord
@@ -385,3 +386,29 @@ async def test_the_reply_in_progress_at_the_limit_is_not_cut(
     assert stopped_at > limit  # it did run past the limit ...
     assert bridge.ended_at < limit + 10  # ... within the overrun
     assert bridge.ended_at - stopped_at < 1.0  # and the end came once it was over
+
+
+async def test_the_holder_saves_the_seconds_used_every_progress_interval(
+    make_relay: MakeRelay, pages: list[Page]
+) -> None:
+    """What a crash of the holder can leave uncharged is about ``session.progress_interval_s``
+    (10 s by default): the seconds used reach the interview's row that often, plus the
+    keeper's batching of every session's saves into one statement (``PROGRESS_FLUSH_S``)."""
+    relay = await make_relay(overrides={"session": {"progress_interval_s": 1.0}})
+    live = await go_live(relay)
+    pages.append(live.page)
+    saved: list[float] = []
+
+    async def saves(n: int) -> bool:
+        used = (await row(relay, live.session_id))["used_seconds"]
+        if used and (not saved or used > saved[-1]):
+            saved.append(float(used))
+        return len(saved) >= n
+
+    deadline = time.monotonic() + 8  # within one default interval
+    while not await saves(3):
+        assert time.monotonic() < deadline, f"saves within 8 s: {saved}"
+        await asyncio.sleep(0.1)
+    # As the interview's clock counts them: no further apart than the interval and a flush.
+    steps = [b - a for a, b in zip(saved, saved[1:], strict=False)]
+    assert all(0.5 < step <= 1.0 + PROGRESS_FLUSH_S + 0.5 for step in steps), saved

@@ -51,8 +51,6 @@ QUALITY_REFRESH_S = 5.0
 MAX_TICK_S = QUALITY_REFRESH_S
 # How often, past the limit, the reply in progress is checked for its end.
 OVERRUN_TICK_S = 0.05
-# How often the seconds charged so far are handed to ``Limits.on_progress``.
-PROGRESS_INTERVAL_S = 10.0
 # How early a timer may fire by ``time.monotonic()`` (uvloop's clock has millisecond
 # steps): work due within this is done now rather than a whole tick later.
 TIMER_SLACK_S = 0.01
@@ -70,7 +68,7 @@ class Limits:
     on_wrap_up: Callable[[float], None]
     # When a lost browser leg's grace runs out (None: the browser's leg is up).
     lost_deadline: Callable[[], float | None]
-    # The seconds charged so far, every ``PROGRESS_INTERVAL_S`` (None: not wanted).
+    # The seconds charged so far, every ``session.progress_interval_s`` (None: not wanted).
     on_progress: Callable[[float], None] | None = None
 
 
@@ -178,7 +176,8 @@ class Supervisor:
         # The periodic work is due at these times; the tick is no shorter than it, so each
         # is waited for to its time rather than left to the next tick after it.
         quality_due = connected_at + QUALITY_REFRESH_S
-        progress_due = connected_at + PROGRESS_INTERVAL_S if limits.on_progress else math.inf
+        progress_s = session.progress_interval_s
+        progress_due = connected_at + progress_s if limits.on_progress else math.inf
         limit_at: float | None = None
         remaining = self._max_duration_s - clock.used(connected_at)
         schedule = TimeLeftSchedule(remaining)
@@ -239,7 +238,7 @@ class Supervisor:
                 quality_due = now + QUALITY_REFRESH_S
                 await self._quality.refresh()
             if limits.on_progress is not None and now >= progress_due - TIMER_SLACK_S:
-                progress_due = now + PROGRESS_INTERVAL_S
+                progress_due = now + progress_s
                 limits.on_progress(clock.used(now))
 
     def _may_overrun(self, past_limit_s: float) -> bool:
