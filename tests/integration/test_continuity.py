@@ -405,10 +405,11 @@ async def test_the_holder_saves_the_seconds_used_every_progress_interval(
             saved.append(float(used))
         return len(saved) >= n
 
-    deadline = time.monotonic() + 8  # within one default interval
+    deadline = time.monotonic() + 15
     while not await saves(3):
-        assert time.monotonic() < deadline, f"saves within 8 s: {saved}"
+        assert time.monotonic() < deadline, f"saves within 15 s: {saved}"
         await asyncio.sleep(0.1)
-    # As the interview's clock counts them: no further apart than the interval and a flush.
+    # As the interview's clock counts them: about the interval and a flush apart (a loaded
+    # machine's late flush allowed for), where the default would be 10 s or more.
     steps = [b - a for a, b in zip(saved, saved[1:], strict=False)]
-    assert all(0.5 < step <= 1.0 + PROGRESS_FLUSH_S + 0.5 for step in steps), saved
+    assert all(0.5 < step < 1.0 + PROGRESS_FLUSH_S + 3 for step in steps), saved
