@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import os
 import re
@@ -31,7 +30,6 @@ URL_LINE = re.compile(r"listening on (http://127\.0\.0\.1:\d+/)")
 OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 SPEECH = encode_opus(speech_like(1.6))
 HEARTBEAT_S = 0.5
-STDERR_TAIL_LINES = 200
 
 
 def relay_env(data_dir: Path, extra: dict[str, str]) -> dict[str, str]:
@@ -65,15 +63,14 @@ class RelayProcess:
     """One `relay serve` (or supervisor of workers) started with ``--port 0`` (or
     ``port``: the one of a relay started again under the same instance id)."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, lines: list[str]) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, lines: list[str], log: Path) -> None:
         self.proc = proc
         self.lines = lines
-        # The last lines of its log (stderr), for the messages of failing tests: read all
-        # the time, so that a chatty relay never blocks on a full pipe.
-        self.log_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+        # Its log (stderr), for the messages of failing tests: a file, as the test
+        # services' logs (tests/support/postgres.py), so nothing has to read it meanwhile.
+        self.log = log
         self.url = ""
         self._reader: asyncio.Task[None] | None = None
-        self._log_reader = asyncio.create_task(self._drain_stderr())
 
     @classmethod
     async def start(
@@ -84,21 +81,26 @@ class RelayProcess:
         banner: str = "listening on",
         port: int = 0,
     ) -> RelayProcess:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "relay",
-            "serve",
-            "--port",
-            str(port),
-            *args,
-            env=env,
-            cwd=cwd,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )
-        relay = cls(proc, [])
+        log = cwd / f"relay-{secrets.token_hex(4)}.log"
+        log_file = await asyncio.to_thread(log.open, "wb")
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "relay",
+                "serve",
+                "--port",
+                str(port),
+                *args,
+                env=env,
+                cwd=cwd,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log_file,
+                start_new_session=True,
+            )
+        finally:
+            log_file.close()  # the child writes to its own copy
+        relay = cls(proc, [], log)
         try:
             await asyncio.wait_for(relay._read_banner(), timeout=120)
         except BaseException:
@@ -112,9 +114,7 @@ class RelayProcess:
         while True:
             raw = await self.proc.stdout.readline()
             if not raw:
-                with contextlib.suppress(TimeoutError):  # a child may hold the pipe open
-                    await asyncio.wait_for(asyncio.shield(self._log_reader), 10)
-                log = "\n".join(self.log_tail)
+                log = await asyncio.to_thread(self.log_tail)
                 raise AssertionError(f"relay exited early: {self.lines}\nits log:\n{log}")
             line = raw.decode().strip()
             self.lines.append(line)
@@ -127,17 +127,8 @@ class RelayProcess:
         async for raw in self.proc.stdout:
             self.lines.append(raw.decode().strip())
 
-    async def _drain_stderr(self) -> None:
-        """In chunks, not lines: a line longer than the stream's limit would end a
-        line-by-line read, and the relay would then block on the full pipe."""
-        assert self.proc.stderr is not None
-        partial = b""
-        while chunk := await self.proc.stderr.read(65536):
-            *lines, partial = (partial + chunk).split(b"\n")
-            self.log_tail.extend(line.decode(errors="replace") for line in lines)
-            partial = partial[-65536:]
-        if partial:
-            self.log_tail.append(partial.decode(errors="replace"))
+    def log_tail(self, lines: int = 200) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
     @property
     def pid(self) -> int:
@@ -157,10 +148,9 @@ class RelayProcess:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 await self.proc.wait()
-        for reader in (self._reader, self._log_reader):
-            if reader is not None:
-                reader.cancel()
-                await asyncio.gather(reader, return_exceptions=True)
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
         assert self.proc.returncode is not None
         return self.proc.returncode
 
