@@ -70,7 +70,7 @@ from relay.sessions.registry import SessionRegistry
 from relay.sessions.rows import SessionList, SessionRows, abandoned_after_s
 from relay.sessions.service import SessionService
 from relay.sessions.shared_state import SharedSessions
-from relay.tasks import TaskGroup, cancel_and_wait
+from relay.tasks import TaskGroup, cancel_and_wait, idle
 from relay.upstream.factory import build_upstream_client
 from relay.upstream.health import MonitoredUpstream, UpstreamHealth
 from relay.upstream.model_currency import check_models
@@ -528,7 +528,7 @@ async def _housekeeping(
 ) -> None:
     rounds = 0
     while True:
-        await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
+        await idle(HOUSEKEEPING_INTERVAL_S)
         rounds += 1
         try:
             await sessions.expire_pending()

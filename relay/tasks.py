@@ -16,11 +16,17 @@
   caller is usually cleaning up and must go on. The caller's *own* cancellation is
   never swallowed: if the caller is cancelled while waiting, ``CancelledError``
   propagates to it.
+* ``idle(seconds)`` is the sleep between the rounds of a loop that runs until it is
+  cancelled (a heartbeat, a listener, housekeeping): a cancel that a library call of the
+  round swallowed is raised there instead of the loop going on (``raise_if_cancelling``).
+* ``TaskGroup.close`` names, with its stack, a task still running ``STUCK_AFTER_CANCEL_S``
+  after its cancel: a shut-down that hangs says where.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -33,6 +39,9 @@ T = TypeVar("T")
 _log = logging.getLogger("relay.tasks")
 # Owned tasks still running (asyncio keeps only weak references to tasks).
 _owned: set[asyncio.Task[Any]] = set()
+# Long past any bounded cleanup of a background task: still running by then, a task most
+# likely lost its cancel inside a library call (see raise_if_cancelling).
+STUCK_AFTER_CANCEL_S = 10.0
 
 
 def spawn(
@@ -160,11 +169,15 @@ class TaskGroup:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def close(self, *, grace_s: float = 0.0) -> None:
+    async def close(
+        self, *, grace_s: float = 0.0, stuck_after_s: float = STUCK_AFTER_CANCEL_S
+    ) -> None:
         """Stop taking tasks; give those running ``grace_s`` seconds to end on their own,
         then cancel the rest and wait until each has ended. Their errors were logged by
         then and are not raised here; the caller's own cancellation is (as with
-        ``cancel_and_wait``)."""
+        ``cancel_and_wait``). A task still running ``stuck_after_s`` after its cancel is
+        logged with its stack, and still waited for: cancelling it again could cut short
+        a cleanup that is merely slow."""
         self._closed = True
         # A task of the group may close it (an owner closing itself from its own task):
         # it goes on running, and is not waited for.
@@ -174,8 +187,21 @@ class TaskGroup:
         tasks = self._tasks - {current}
         for task in tasks:
             task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=stuck_after_s)
+        for task in pending:
+            stack = io.StringIO()
+            task.print_stack(limit=8, file=stack)
+            self._log.warning(
+                "%s: task %s still running %.0f s after its cancel; waiting for it\n%s",
+                self.owner,
+                task.get_name(),
+                stuck_after_s,
+                stack.getvalue().rstrip(),
+            )
+        if pending:
+            await asyncio.wait(pending)
 
 
 def owned_count() -> int:
@@ -195,3 +221,12 @@ def raise_if_cancelling() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+async def idle(seconds: float) -> None:
+    """Sleep between two rounds of a loop that runs until its task is cancelled.
+
+    A round's library call may have swallowed the cancel (``raise_if_cancelling``): the
+    loop must end here rather than sleep and go round again, forever."""
+    raise_if_cancelling()
+    await asyncio.sleep(seconds)

@@ -42,7 +42,7 @@ import asyncpg
 
 from relay.admission.cache import UserCache
 from relay.observability.metrics import MetricsRegistry
-from relay.tasks import TaskGroup, raise_if_cancelling
+from relay.tasks import TaskGroup, idle, raise_if_cancelling
 
 log = logging.getLogger("relay.cache")
 
@@ -232,9 +232,8 @@ class CacheInvalidationListener:
                     with contextlib.suppress(Exception):
                         async with asyncio.timeout(2):
                             await conn.close()
-            raise_if_cancelling()
             # Jittered so that the relays of a fleet do not reconnect in step.
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            await idle(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, RECONNECT_MAX_S)
 
     def _connected(self, *, first: bool) -> None:
@@ -263,6 +262,7 @@ class CacheInvalidationListener:
 
     async def _watch(self, conn: asyncpg.Connection, lost: asyncio.Event) -> None:
         while True:
+            raise_if_cancelling()  # the last round's probe may have swallowed a cancel
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._check_interval_s):
                     await lost.wait()
@@ -279,6 +279,9 @@ class CacheInvalidationListener:
     # ------------------------------------------------------------------ Redis work
     async def _drain(self) -> None:
         while True:
+            # A Redis call of the last round may have swallowed a cancel (redis-py's
+            # wait_for on Python 3.11): end here, not wait for more work.
+            raise_if_cancelling()
             await self._wake.wait()
             self._wake.clear()
             try:
@@ -288,7 +291,7 @@ class CacheInvalidationListener:
                 done = False
             if not done:
                 # Redis did not answer: the breaker decides when it is tried again.
-                await asyncio.sleep(self._check_interval_s)
+                await idle(self._check_interval_s)
                 self._wake.set()
 
     async def _work(self) -> bool:

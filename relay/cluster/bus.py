@@ -23,7 +23,7 @@ import asyncpg
 
 from relay.db import Store
 from relay.observability.metrics import MetricsRegistry
-from relay.tasks import TaskGroup, raise_if_cancelling
+from relay.tasks import TaskGroup, idle
 
 log = logging.getLogger("relay.cluster")
 
@@ -106,7 +106,7 @@ class CommandListener:
                     self._on_connected()
                 delay = 0.2
                 while True:
-                    await asyncio.sleep(self._check_interval_s)
+                    await idle(self._check_interval_s)
                     # A half-dead connection delivers nothing and says nothing: probe it.
                     await conn.fetchval("SELECT 1", timeout=self._check_interval_s + 1)
             except asyncio.CancelledError:
@@ -123,6 +123,5 @@ class CommandListener:
                     with contextlib.suppress(Exception):
                         async with asyncio.timeout(2):
                             await conn.close()
-            raise_if_cancelling()
-            await asyncio.sleep(delay)
+            await idle(delay)
             delay = min(delay * 2, 5.0)

@@ -39,7 +39,7 @@ from relay.observability.metrics import MetricsRegistry
 from relay.sessions.drain import DrainState
 from relay.sessions.registry import SessionEntry, SessionRegistry
 from relay.sessions.service import SessionService
-from relay.tasks import TaskGroup
+from relay.tasks import TaskGroup, idle
 
 log = logging.getLogger("relay.cluster")
 
@@ -136,7 +136,7 @@ class ClusterRuntime:
             except Exception:  # the heartbeat must never die; the next one retries
                 self._beats.inc(outcome="failed")
                 log.exception("heartbeat failed")
-            await asyncio.sleep(self.interval_s)
+            await idle(self.interval_s)
 
     def snapshot(self) -> MemberState:
         live = self.registry.live()

@@ -33,7 +33,7 @@ from relay.config import DatabaseConfig
 from relay.db.migrate import migrate
 from relay.observability.metrics import FAST_BUCKETS, MetricsRegistry
 from relay.observability.request_context import record_stage
-from relay.tasks import TaskGroup
+from relay.tasks import TaskGroup, idle
 
 log = logging.getLogger("relay.db")
 
@@ -159,7 +159,7 @@ class Store:
 
     async def _keep_warm(self) -> None:
         while True:
-            await asyncio.sleep(self._config.keepalive_interval_s)
+            await idle(self._config.keepalive_interval_s)
             try:
                 await self.warm()
             except RETRYABLE_ERRORS as exc:

@@ -43,7 +43,7 @@ from relay.recording.recorder import META, RecordingWriter, SessionRecorder
 from relay.recording.render_pool import RenderPool
 from relay.recording.rows import RecordingRows
 from relay.recording.s3 import S3Storage, StorageError
-from relay.tasks import TaskGroup
+from relay.tasks import TaskGroup, idle
 
 log = logging.getLogger("relay.recording")
 
@@ -441,7 +441,7 @@ class RecordingService:
                     await self.retry_uploads()
             except Exception:  # the next round retries
                 log.exception("recording housekeeping failed")
-            await asyncio.sleep(min(RETENTION_INTERVAL_S, UPLOAD_RETRY_INTERVAL_S))
+            await idle(min(RETENTION_INTERVAL_S, UPLOAD_RETRY_INTERVAL_S))
 
     async def recover(self) -> int:
         """Finalise the recordings a previous run of this instance left unfinished."""

@@ -43,7 +43,7 @@ from relay.config import WebhooksConfig
 from relay.db import DatabaseUnavailable, Store
 from relay.observability.metrics import SLOW_BUCKETS, MetricsRegistry
 from relay.sealing import SealError
-from relay.tasks import TaskGroup
+from relay.tasks import TaskGroup, raise_if_cancelling
 from relay.webhooks.deliveries import AttemptRecord, Claimed, DeliveryRows, OutboxState
 from relay.webhooks.endpoints import EndpointRows
 from relay.webhooks.outbox import TEST_EVENT
@@ -173,6 +173,7 @@ class Dispatcher:
                 wait, passing = error_wait, True
                 error_wait = min(error_wait * 2, self._config.poll_interval_s)
             wait = min(wait, max(0.0, retention_at - loop.time()))
+            raise_if_cancelling()  # a library call of the round may have swallowed a cancel
             if await self._sleep(wait):
                 passing = True
 

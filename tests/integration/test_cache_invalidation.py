@@ -7,6 +7,7 @@ the relay must see them long before the cached entry's TTL (6 h).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,7 +17,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from relay.admission.cache import UserCache
-from relay.admission.invalidation import APPLICATION_NAME, CHANNEL, CacheInvalidationListener
+from relay.admission.invalidation import (
+    APPLICATION_NAME,
+    CHANNEL,
+    EVERYONE,
+    CacheInvalidationListener,
+)
 from relay.admission.tokens import hash_token, new_token
 from relay.config import CacheConfig
 from relay.db.migrate import migrate
@@ -283,6 +289,69 @@ async def test_a_listener_that_stops_cleanly_withdraws_its_announcement(
         await listener.close()
     assert await cache.listeners_present() == []
     await cache.close()
+
+
+async def test_a_listener_whose_redis_call_lost_its_cancel_still_stops(
+    redis_server: Any, database_url: str
+) -> None:
+    """redis-py can swallow a cancel on Python 3.11 (its ``wait_for``): the call returns
+    as if Redis had not answered, and the task, still marked as cancelling, went round
+    again: it slept, retried, and the relay's shut-down waited for it forever."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await migrate(conn, timeout_s=60)
+    finally:
+        await conn.close()
+    cache = UserCache(CacheConfig(redis_url=redis_server.url), MetricsRegistry())
+
+    async def schema_ready() -> None:
+        return None
+
+    listener = CacheInvalidationListener(
+        database_url,
+        cache,
+        MetricsRegistry(),
+        member="swallowed",
+        check_interval_s=0.2,
+        connect_timeout_s=2.0,
+        schema_ready=schema_ready,
+    )
+    listener.start()
+    flushing = asyncio.Event()
+    calls = 0
+
+    async def flush_that_loses_its_cancel(batch: int = 500) -> int | None:
+        # Stands in for the library's call: the first cancel aimed at it is lost, and
+        # it reports that Redis did not answer.
+        nonlocal calls
+        calls += 1
+        flushing.set()
+        if calls == 1:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(3600)
+        else:
+            await asyncio.sleep(3600)
+        return None
+
+    try:
+
+        async def ready() -> bool:
+            return listener.state == "up" and not listener.flush_pending
+
+        await poll(ready, WITHIN_S, "the listener to be up")
+        cache.flush_shared = flush_that_loses_its_cancel  # type: ignore[method-assign]
+        notify = await asyncpg.connect(database_url)
+        try:
+            await notify.execute("SELECT pg_notify($1, $2)", CHANNEL, EVERYONE)
+        finally:
+            await notify.close()
+        async with asyncio.timeout(WITHIN_S):
+            await flushing.wait()
+    finally:
+        async with asyncio.timeout(WITHIN_S):
+            await listener.close()
+        await cache.close()
+    assert calls == 1  # it stopped instead of retrying the flush
 
 
 async def test_postgres_restarted_the_listener_reconnects_and_flushes_after_the_gap(

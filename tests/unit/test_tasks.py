@@ -11,7 +11,14 @@ import logging
 import pytest
 
 from relay.observability.metrics import Counter, MetricsRegistry
-from relay.tasks import TaskGroup, cancel_and_wait, owned_count, raise_if_cancelling, spawn
+from relay.tasks import (
+    TaskGroup,
+    cancel_and_wait,
+    idle,
+    owned_count,
+    raise_if_cancelling,
+    spawn,
+)
 
 
 async def test_cancel_and_wait_returns_the_tasks_exception_instead_of_raising() -> None:
@@ -225,3 +232,62 @@ async def test_a_cancel_swallowed_by_a_library_is_raised_again_before_the_loop_g
         await asyncio.wait({task})
     assert task.cancelled()
     assert rounds == 1
+
+
+async def test_idle_ends_a_loop_whose_round_swallowed_the_cancel() -> None:
+    rounds = 0
+
+    async def heartbeat_forever() -> None:
+        nonlocal rounds
+        while True:
+            rounds += 1
+            with contextlib.suppress(asyncio.CancelledError):  # the round's library call
+                await asyncio.sleep(3600)
+            await idle(3600)
+
+    task = asyncio.create_task(heartbeat_forever())
+    await asyncio.sleep(0)
+    task.cancel()
+    async with asyncio.timeout(5):
+        await asyncio.wait({task})
+    assert task.cancelled()
+    assert rounds == 1
+
+
+async def test_a_task_still_running_after_its_cancel_is_named_with_its_stack_and_waited_for(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    named = asyncio.Event()
+
+    class Named(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "after its cancel" in record.getMessage():
+                named.set()
+
+    handler = Named()
+    logging.getLogger("relay.tasks").addHandler(handler)
+    release = asyncio.Event()
+
+    async def loses_its_cancel() -> str:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(3600)
+        await release.wait()  # a cancel is lost: only the test ends it
+        return "ended"
+
+    group = TaskGroup("owner-x")
+    stuck = group.spawn(loses_its_cancel(), name="stuck-one")
+    await asyncio.sleep(0)
+    try:
+        closing = asyncio.create_task(group.close(stuck_after_s=0.05))
+        async with asyncio.timeout(5):
+            await named.wait()
+        assert not closing.done()  # still waited for: not abandoned, not cancelled again
+        release.set()
+        async with asyncio.timeout(5):
+            await closing
+    finally:
+        logging.getLogger("relay.tasks").removeHandler(handler)
+    assert stuck.result() == "ended"
+    [message] = [r.getMessage() for r in caplog.records if "after its cancel" in r.getMessage()]
+    assert "owner-x: task stuck-one still running" in message
+    assert "loses_its_cancel" in message and "release.wait()" in message
