@@ -312,9 +312,12 @@ class DeliveryRows:
                 if status != "UPDATE 0":
                     # Whichever instance delivers (this one may not: webhooks.deliver).
                     await notify_due(conn)
-            rows = await _deliveries(
-                conn, "d.id = $1 AND d.endpoint_id = $2", delivery_id, endpoint_id
-            )
+                # Read before the commit: the row as this call left it (in flight only if
+                # an attempt was running, and so left be), not already claimed by the
+                # dispatcher that the notification wakes at the commit.
+                rows = await _deliveries(
+                    conn, "d.id = $1 AND d.endpoint_id = $2", delivery_id, endpoint_id
+                )
             return rows[0] if rows else None
 
         return await self._store.run("webhook_redeliver", op)

@@ -185,12 +185,23 @@ async def test_the_depth_gauge_follows_the_dispatchers_own_work(
 
         await poll(pending_shown, PROMPTLY_S, "the failed delivery in the gauge")
         assert depth(relay, "event") == 0
-        [row] = await relay.sql("SELECT id FROM webhook_deliveries")
+
+        async def failure_recorded() -> Any:
+            # The gauge counts a delivery in flight as pending too: a redelivery asked for
+            # before the failed attempt is recorded leaves that attempt be (its retry then
+            # comes 600 s later), so wait for the record.
+            rows = await relay.sql(
+                "SELECT id FROM webhook_deliveries WHERE attempts = 1 AND claimed_until IS NULL"
+            )
+            return rows[0] if rows else None
+
+        row = await poll(failure_recorded, PROMPTLY_S, "the failed attempt recorded")
         up = True
         async with relay.client.post(
             f"/api/webhooks/{endpoint['id']}/deliveries/{row['id']}/redeliver", headers=OPERATOR
         ) as resp:
             assert resp.status == 202, await resp.text()
+            assert (await resp.json())["in_flight"] is False
         await rec.wait_for(lambda got: len(got) == 2, PROMPTLY_S)
 
         async def emptied() -> bool:
