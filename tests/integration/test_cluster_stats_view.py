@@ -68,8 +68,10 @@ async def test_cluster_json_has_what_the_dashboard_reads(make_relay: MakeRelay) 
 
         async def b_reports_it() -> dict[str, Any] | None:
             body = await cluster_stats(a)
-            ids = {s["session_id"] for s in body["sessions"]}
-            return body if live.session_id in ids else None
+            # B's heartbeat may have summed the session up before its legs connected
+            # ("pending"): the next one says "active".
+            states = {s["session_id"]: s["state"] for s in body["sessions"]}
+            return body if states.get(live.session_id) == "active" else None
 
         body = await poll(b_reports_it, 10, "B's live session in A's cluster view")
 
