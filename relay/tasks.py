@@ -19,14 +19,14 @@
 * ``idle(seconds)`` is the sleep between the rounds of a loop that runs until it is
   cancelled (a heartbeat, a listener, housekeeping): a cancel that a library call of the
   round swallowed is raised there instead of the loop going on (``raise_if_cancelling``).
-* ``TaskGroup.close`` names, with its stack, a task still running ``STUCK_AFTER_CANCEL_S``
-  after its cancel: a shut-down that hangs says where.
+* ``TaskGroup.close`` and ``cancel_and_wait`` name a task still running
+  ``STUCK_AFTER_CANCEL_S`` after its cancel, with the chain of calls it waits in
+  (``awaiting``): a shut-down that hangs says where.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -105,7 +105,7 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> BaseException | Non
     task.cancel()
     # asyncio.wait never raises the task's outcome, but does raise the caller's own
     # cancellation (the task, already cancelled, then finishes on its own).
-    await asyncio.wait({task})
+    await _wait_after_cancel({task}, owner=None, log=_log, stuck_after_s=STUCK_AFTER_CANCEL_S)
     if task.cancelled():
         return None
     return task.exception()
@@ -187,21 +187,50 @@ class TaskGroup:
         tasks = self._tasks - {current}
         for task in tasks:
             task.cancel()
-        if not tasks:
-            return
-        _, pending = await asyncio.wait(tasks, timeout=stuck_after_s)
-        for task in pending:
-            stack = io.StringIO()
-            task.print_stack(limit=8, file=stack)
-            self._log.warning(
-                "%s: task %s still running %.0f s after its cancel; waiting for it\n%s",
-                self.owner,
-                task.get_name(),
-                stuck_after_s,
-                stack.getvalue().rstrip(),
+        if tasks:
+            await _wait_after_cancel(
+                tasks, owner=self.owner, log=self._log, stuck_after_s=stuck_after_s
             )
-        if pending:
-            await asyncio.wait(pending)
+
+
+async def _wait_after_cancel(
+    tasks: set[asyncio.Task[Any]],
+    *,
+    owner: str | None,
+    log: logging.Logger,
+    stuck_after_s: float,
+) -> None:
+    """Wait until each of ``tasks`` (cancelled) has ended; name, with where it waits, any
+    still running ``stuck_after_s`` later. Raises only the caller's own cancellation."""
+    _, pending = await asyncio.wait(tasks, timeout=stuck_after_s)
+    for task in pending:
+        log.warning(
+            "%stask %s still running %.0f s after its cancel; waiting for it\n%s",
+            f"{owner}: " if owner else "",
+            task.get_name(),
+            stuck_after_s,
+            awaiting(task),
+        )
+    if pending:
+        await asyncio.wait(pending)
+
+
+def awaiting(task: asyncio.Task[Any]) -> str:
+    """Where ``task`` waits, outermost call first, as a traceback prints it.
+
+    ``Task.print_stack`` shows only the task's own coroutine (a suspended coroutine's
+    frame has no ``f_back`` to what it awaits): the chain of awaited coroutines
+    (``cr_await``) reaches the call that actually waits."""
+    lines: list[str] = []
+    link: Any = task.get_coro()
+    while link is not None and len(lines) < 32:
+        frame = getattr(link, "cr_frame", None) or getattr(link, "gi_frame", None)
+        if frame is None:
+            break
+        code = frame.f_code
+        lines.append(f'  File "{code.co_filename}", line {frame.f_lineno}, in {code.co_name}')
+        link = getattr(link, "cr_await", None) or getattr(link, "gi_yieldfrom", None)
+    return "\n".join(lines)
 
 
 def owned_count() -> int:

@@ -12,7 +12,6 @@ fix, ``BootstrapFailed`` ends the task and ``/readyz`` turns red for good
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 
 from relay.config import DatabaseConfig
 from relay.db.store import RETRYABLE_ERRORS, Store
+from relay.tasks import idle
 
 log = logging.getLogger("relay.db")
 
@@ -98,7 +98,7 @@ async def bootstrap_database(
                 _describe(exc, step, config),
                 delay,
             )
-            await asyncio.sleep(delay)
+            await idle(delay)
             continue
         except Exception as exc:
             # A migration error, missing privileges: no retry fixes it.

@@ -234,6 +234,19 @@ async def test_a_cancel_swallowed_by_a_library_is_raised_again_before_the_loop_g
     assert rounds == 1
 
 
+class Heard(logging.Handler):
+    """Sets ``heard`` once a record containing ``text`` is logged."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+        self.heard = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.heard.set()
+
+
 async def test_idle_ends_a_loop_whose_round_swallowed_the_cancel() -> None:
     rounds = 0
 
@@ -257,21 +270,17 @@ async def test_idle_ends_a_loop_whose_round_swallowed_the_cancel() -> None:
 async def test_a_task_still_running_after_its_cancel_is_named_with_its_stack_and_waited_for(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    named = asyncio.Event()
-
-    class Named(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if "after its cancel" in record.getMessage():
-                named.set()
-
-    handler = Named()
+    handler = Heard("after its cancel")
     logging.getLogger("relay.tasks").addHandler(handler)
     release = asyncio.Event()
+
+    async def waits_deeper() -> None:
+        await release.wait()  # a cancel is lost: only the test ends it
 
     async def loses_its_cancel() -> str:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.sleep(3600)
-        await release.wait()  # a cancel is lost: only the test ends it
+        await waits_deeper()
         return "ended"
 
     group = TaskGroup("owner-x")
@@ -280,7 +289,7 @@ async def test_a_task_still_running_after_its_cancel_is_named_with_its_stack_and
     try:
         closing = asyncio.create_task(group.close(stuck_after_s=0.05))
         async with asyncio.timeout(5):
-            await named.wait()
+            await handler.heard.wait()
         assert not closing.done()  # still waited for: not abandoned, not cancelled again
         release.set()
         async with asyncio.timeout(5):
@@ -290,4 +299,34 @@ async def test_a_task_still_running_after_its_cancel_is_named_with_its_stack_and
     assert stuck.result() == "ended"
     [message] = [r.getMessage() for r in caplog.records if "after its cancel" in r.getMessage()]
     assert "owner-x: task stuck-one still running" in message
-    assert "loses_its_cancel" in message and "release.wait()" in message
+    # The whole chain it waits in, down to the call that holds it, not only its top.
+    assert message.index("in loses_its_cancel") < message.index("in waits_deeper")
+    assert message.rstrip().endswith("in wait")  # asyncio.Event.wait
+
+
+async def test_cancel_and_wait_names_a_task_that_lost_its_cancel(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("relay.tasks.STUCK_AFTER_CANCEL_S", 0.05)
+    release = asyncio.Event()
+
+    async def loses_its_cancel() -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(3600)
+        await release.wait()
+
+    handler = Heard("after its cancel")
+    logging.getLogger("relay.tasks").addHandler(handler)
+    task = asyncio.create_task(loses_its_cancel(), name="lost-cancel")
+    await asyncio.sleep(0)
+    try:
+        waiting = asyncio.create_task(cancel_and_wait(task))
+        async with asyncio.timeout(5):
+            await handler.heard.wait()
+        release.set()
+        async with asyncio.timeout(5):
+            assert await waiting is None
+    finally:
+        logging.getLogger("relay.tasks").removeHandler(handler)
+    [message] = [r.getMessage() for r in caplog.records if "after its cancel" in r.getMessage()]
+    assert message.startswith("task lost-cancel still running")
