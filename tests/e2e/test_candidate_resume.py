@@ -6,6 +6,7 @@ wrap-up come from the relay."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Callable
@@ -80,11 +81,23 @@ async def test_a_reload_rejoins_the_same_interview(
         await dialog.accept()
 
     page.on("dialog", leave)
-    async with page.expect_response(f"**/api/sessions/{session_id}/resume") as resumed:
+    # The resume is held until the reconnecting state has been seen and pictured: on a
+    # loaded machine the reloaded page could otherwise be live again before a check looks.
+    release = asyncio.Event()
+
+    async def hold_the_resume(route: Route) -> None:
+        await release.wait()
+        await route.continue_()
+
+    resume_url = f"**/api/sessions/{session_id}/resume"
+    await page.route(resume_url, hold_the_resume)
+    async with page.expect_response(resume_url) as resumed:
         await page.reload()
         await expect(page.locator("#connection")).to_contain_text("Reconnecting")
         await page.screenshot(path=str(artifact_path("page-reconnecting.png")), full_page=True)
+        release.set()
     answer = await resumed.value
+    await page.unroute(resume_url, hold_the_resume)
     assert answer.status == 201, await answer.text()
     await expect(page.locator("#connection")).to_have_text("Live", timeout=CONNECT_S * 1000)
     await status_shown(page, "Reconnected.")

@@ -30,6 +30,8 @@ STATE_KEY = "dGVzdC1zdGF0ZS1rZXktMzItYnl0ZXMtbG9uZy4uLi4="
 SIMULATOR_KEY = "sk-sim-local"
 # A session request's body saying the recording notice was shown (as the page sends it).
 NOTICE_CONFIRMED = {"recording_notice_shown": True}
+# Migrating a test's fresh database, with room for a loaded machine.
+SCHEMA_WITHIN_S = 30.0
 
 
 def relay_settings(
@@ -74,6 +76,13 @@ class RelayHarness:
     ) -> str:
         """Insert a user straight into PostgreSQL (not through the relay); return its token."""
         token = new_token()
+        # Each test's database starts empty and the relay migrates it in the background
+        # (relay.db.bootstrap): on a loaded machine a test can get here first. A relay whose
+        # database stays out of reach never gets ready; the insert then says why.
+        if not self.services.store.schema_ready:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SCHEMA_WITHIN_S):
+                    await self.services.store.wait_schema_ready()
         conn = await asyncpg.connect(self.database_url)
         try:
             await conn.execute(
