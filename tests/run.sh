@@ -15,7 +15,7 @@
 # when missing).
 # As root, pytest runs in a private network namespace that has only loopback (unshare -n),
 # installing util-linux/iproute2 with apt-get if unshare/ip are missing. It runs on
-# two parallel workers (pytest-xdist, whole test files per worker); RELAY_TEST_WORKERS=1
+# three parallel workers (pytest-xdist, whole test files per worker); RELAY_TEST_WORKERS=1
 # runs it in one process, RELAY_TEST_WORKERS=N on N.
 #
 # The container tests (tests/container: the Dockerfile's image and compose.yaml built and
@@ -310,13 +310,12 @@ step "lint-imports (the layering: pyproject.toml's [tool.importlinter])"
 
 pytest_cmd=("$VENV/bin/python" -m pytest -q --durations=10 --ignore="$CONTAINER_TESTS")
 # Parallel workers (pytest-xdist): the suite mostly waits on peers, servers and browsers,
-# so two workers on two cores take little more than half the time. Each test file runs
-# whole on one worker; each worker has its own PostgreSQL and temporary directories.
-# RELAY_TEST_WORKERS=1 runs everything in one process. Three took 484-554 s where two take
-# 685-719 s (the cores stay 40-60 % idle with two), but each of their first runs on the
-# loaded machine found a test race that two workers hit far more rarely: two stays the
-# default until runs on three come out clean.
-workers=${RELAY_TEST_WORKERS:-2}
+# so two workers left two cores 40-60 % idle; three take 475-554 s where two took
+# 685-719 s. Each test file runs whole on one worker; each worker has its own PostgreSQL
+# and temporary directories. RELAY_TEST_WORKERS=1 runs everything in one process. The
+# extra load finds a test's race sooner: three of the first four runs on three did, each
+# was fixed, and the runs since have come out clean.
+workers=${RELAY_TEST_WORKERS:-3}
 if [ "$workers" -gt 1 ]; then
     pytest_cmd+=(-n "$workers" --dist loadfile)
 fi
