@@ -256,15 +256,16 @@ async def test_a_relay_starting_beside_a_listening_one_keeps_the_shared_cache(
     assert await redis_client.exists(foreign)
 
 
-async def test_a_listener_that_stops_cleanly_withdraws_its_announcement(
-    redis_server: Any, database_url: str
-) -> None:
+async def standalone_listener(
+    database_url: str, redis_url: str, member: str
+) -> tuple[UserCache, CacheInvalidationListener]:
+    """A listener of its own on a migrated database, outside any relay (started)."""
     conn = await asyncpg.connect(database_url)
     try:
         await migrate(conn, timeout_s=60)
     finally:
         await conn.close()
-    cache = UserCache(CacheConfig(redis_url=redis_server.url), MetricsRegistry())
+    cache = UserCache(CacheConfig(redis_url=redis_url), MetricsRegistry())
 
     async def schema_ready() -> None:
         return None
@@ -273,12 +274,19 @@ async def test_a_listener_that_stops_cleanly_withdraws_its_announcement(
         database_url,
         cache,
         MetricsRegistry(),
-        member="solo",
+        member=member,
         check_interval_s=0.2,
         connect_timeout_s=2.0,
         schema_ready=schema_ready,
     )
     listener.start()
+    return cache, listener
+
+
+async def test_a_listener_that_stops_cleanly_withdraws_its_announcement(
+    redis_server: Any, database_url: str
+) -> None:
+    cache, listener = await standalone_listener(database_url, redis_server.url, "solo")
     try:
 
         async def announced() -> bool:
@@ -297,26 +305,7 @@ async def test_a_listener_whose_redis_call_lost_its_cancel_still_stops(
     """redis-py can swallow a cancel on Python 3.11 (its ``wait_for``): the call returns
     as if Redis had not answered, and the task, still marked as cancelling, went round
     again: it slept, retried, and the relay's shut-down waited for it forever."""
-    conn = await asyncpg.connect(database_url)
-    try:
-        await migrate(conn, timeout_s=60)
-    finally:
-        await conn.close()
-    cache = UserCache(CacheConfig(redis_url=redis_server.url), MetricsRegistry())
-
-    async def schema_ready() -> None:
-        return None
-
-    listener = CacheInvalidationListener(
-        database_url,
-        cache,
-        MetricsRegistry(),
-        member="swallowed",
-        check_interval_s=0.2,
-        connect_timeout_s=2.0,
-        schema_ready=schema_ready,
-    )
-    listener.start()
+    cache, listener = await standalone_listener(database_url, redis_server.url, "swallowed")
     flushing = asyncio.Event()
     calls = 0
 

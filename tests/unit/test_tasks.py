@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -212,7 +213,15 @@ async def test_a_task_may_close_its_own_group() -> None:
     assert other.cancelled()
 
 
-async def test_a_cancel_swallowed_by_a_library_is_raised_again_before_the_loop_goes_on() -> None:
+async def pause_with_a_check(seconds: float) -> None:
+    raise_if_cancelling()
+    await asyncio.sleep(seconds)
+
+
+@pytest.mark.parametrize("pause", [pause_with_a_check, idle], ids=["raise_if_cancelling", "idle"])
+async def test_a_cancel_swallowed_by_a_library_is_raised_again_before_the_loop_goes_on(
+    pause: Callable[[float], Awaitable[None]],
+) -> None:
     rounds = 0
 
     async def reconnect_forever() -> None:
@@ -223,7 +232,7 @@ async def test_a_cancel_swallowed_by_a_library_is_raised_again_before_the_loop_g
             # connection can): the task is still marked as cancelling.
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.sleep(3600)
-            raise_if_cancelling()
+            await pause(3600)
 
     task = asyncio.create_task(reconnect_forever())
     await asyncio.sleep(0)
@@ -245,26 +254,6 @@ class Heard(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if self.text in record.getMessage():
             self.heard.set()
-
-
-async def test_idle_ends_a_loop_whose_round_swallowed_the_cancel() -> None:
-    rounds = 0
-
-    async def heartbeat_forever() -> None:
-        nonlocal rounds
-        while True:
-            rounds += 1
-            with contextlib.suppress(asyncio.CancelledError):  # the round's library call
-                await asyncio.sleep(3600)
-            await idle(3600)
-
-    task = asyncio.create_task(heartbeat_forever())
-    await asyncio.sleep(0)
-    task.cancel()
-    async with asyncio.timeout(5):
-        await asyncio.wait({task})
-    assert task.cancelled()
-    assert rounds == 1
 
 
 async def test_a_task_still_running_after_its_cancel_is_named_with_its_stack_and_waited_for(
