@@ -105,7 +105,7 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> BaseException | Non
     task.cancel()
     # asyncio.wait never raises the task's outcome, but does raise the caller's own
     # cancellation (the task, already cancelled, then finishes on its own).
-    await _wait_after_cancel({task}, owner=None, log=_log, stuck_after_s=STUCK_AFTER_CANCEL_S)
+    await _wait_after_cancel({task}, owner=None, log=_log)
     if task.cancelled():
         return None
     return task.exception()
@@ -169,15 +169,13 @@ class TaskGroup:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def close(
-        self, *, grace_s: float = 0.0, stuck_after_s: float = STUCK_AFTER_CANCEL_S
-    ) -> None:
+    async def close(self, *, grace_s: float = 0.0) -> None:
         """Stop taking tasks; give those running ``grace_s`` seconds to end on their own,
         then cancel the rest and wait until each has ended. Their errors were logged by
         then and are not raised here; the caller's own cancellation is (as with
-        ``cancel_and_wait``). A task still running ``stuck_after_s`` after its cancel is
-        logged with its stack, and still waited for: cancelling it again could cut short
-        a cleanup that is merely slow."""
+        ``cancel_and_wait``). A task still running ``STUCK_AFTER_CANCEL_S`` after its cancel
+        is logged with the calls it waits in, and still waited for: cancelling it again
+        could cut short a cleanup that is merely slow."""
         self._closed = True
         # A task of the group may close it (an owner closing itself from its own task):
         # it goes on running, and is not waited for.
@@ -188,20 +186,16 @@ class TaskGroup:
         for task in tasks:
             task.cancel()
         if tasks:
-            await _wait_after_cancel(
-                tasks, owner=self.owner, log=self._log, stuck_after_s=stuck_after_s
-            )
+            await _wait_after_cancel(tasks, owner=self.owner, log=self._log)
 
 
 async def _wait_after_cancel(
-    tasks: set[asyncio.Task[Any]],
-    *,
-    owner: str | None,
-    log: logging.Logger,
-    stuck_after_s: float,
+    tasks: set[asyncio.Task[Any]], *, owner: str | None, log: logging.Logger
 ) -> None:
     """Wait until each of ``tasks`` (cancelled) has ended; name, with where it waits, any
-    still running ``stuck_after_s`` later. Raises only the caller's own cancellation."""
+    still running ``STUCK_AFTER_CANCEL_S`` later. Raises only the caller's own
+    cancellation."""
+    stuck_after_s = STUCK_AFTER_CANCEL_S
     _, pending = await asyncio.wait(tasks, timeout=stuck_after_s)
     for task in pending:
         log.warning(

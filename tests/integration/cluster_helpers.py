@@ -59,6 +59,11 @@ def relay_env(data_dir: Path, extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def serve_command(port: int, *args: str) -> list[str]:
+    """``relay serve`` in this interpreter, as a process of its own."""
+    return [sys.executable, "-m", "relay", "serve", "--port", str(port), *args]
+
+
 class RelayProcess:
     """One `relay serve` (or supervisor of workers) started with ``--port 0`` (or
     ``port``: the one of a relay started again under the same instance id)."""
@@ -85,13 +90,7 @@ class RelayProcess:
         log_file = await asyncio.to_thread(log.open, "wb")
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "relay",
-                "serve",
-                "--port",
-                str(port),
-                *args,
+                *serve_command(port, *args),
                 env=env,
                 cwd=cwd,
                 stdout=asyncio.subprocess.PIPE,

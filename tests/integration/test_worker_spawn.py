@@ -21,7 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.cluster_helpers import Client, RelayProcess, fresh_connections, poll
+from tests.integration.cluster_helpers import (
+    Client,
+    RelayProcess,
+    fresh_connections,
+    poll,
+    serve_command,
+)
 from tests.integration.cluster_helpers import relay_env as cluster_relay_env
 from tests.support.processes import wait_exited
 
@@ -114,12 +120,7 @@ async def test_a_worker_whose_supervisor_is_gone_exits_at_once(tmp_path: Path) -
     env = cluster_relay_env(tmp_path / "state", {})
     env.update({"RELAY_WORKER_INDEX": "0", "RELAY_SUPERVISOR_PID": "1"})
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "relay",
-        "serve",
-        "--port",
-        "0",
+        *serve_command(0),
         env=env,
         cwd=tmp_path,
         stdout=asyncio.subprocess.PIPE,

@@ -257,8 +257,9 @@ class Heard(logging.Handler):
 
 
 async def test_a_task_still_running_after_its_cancel_is_named_with_its_stack_and_waited_for(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr("relay.tasks.STUCK_AFTER_CANCEL_S", 0.05)
     handler = Heard("after its cancel")
     logging.getLogger("relay.tasks").addHandler(handler)
     release = asyncio.Event()
@@ -276,7 +277,7 @@ async def test_a_task_still_running_after_its_cancel_is_named_with_its_stack_and
     stuck = group.spawn(loses_its_cancel(), name="stuck-one")
     await asyncio.sleep(0)
     try:
-        closing = asyncio.create_task(group.close(stuck_after_s=0.05))
+        closing = asyncio.create_task(group.close())
         async with asyncio.timeout(5):
             await handler.heard.wait()
         assert not closing.done()  # still waited for: not abandoned, not cancelled again
