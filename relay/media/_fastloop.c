@@ -54,7 +54,9 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <time.h>
+#include <unistd.h>
 
 #ifndef SO_TIMESTAMPNS
 #define SO_TIMESTAMPNS 35
@@ -686,6 +688,13 @@ typedef struct {
     unsigned long long rtcp_read;
     unsigned long long rtcp_to_python;
     unsigned long long rtcp_dropped;
+    /* The timer a busy set's polls run on (arm_tick; relay.media.udp.MediaSockets): a
+     * timerfd, so a poll can be due a window after the previous one *started*, to the
+     * microsecond. The event loop's own timers count whole milliseconds from a clock read
+     * before the callbacks ran, so a window there starts after the pump and whatever ran
+     * beside it, and busy polls came 2-4 ms apart instead of 1 (docs/benchmarks.md, "Polls
+     * at a fixed pace"). -1 until the loop is initialised. */
+    int tick_fd;
 } Loop;
 
 static PyTypeObject LoopType;
@@ -735,6 +744,8 @@ static void loop_dealloc(Loop *self) {
     PyMem_Free(self->sources);
     PyMem_Free(self->rbuf);
     PyMem_Free(self->sbuf);
+    if (self->rbuf != NULL && self->tick_fd >= 0)
+        close(self->tick_fd);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -754,6 +765,7 @@ static int loop_init(Loop *self, PyObject *args, PyObject *kwds) {
     }
     self->sync_interval = sync_interval;
     self->timestamps = timestamps;
+    self->tick_fd = -1; /* from here on rbuf set means tick_fd is ours to close */
     self->rbuf = PyMem_Malloc((size_t)VLEN * RECV_STRIDE);
     self->sbuf = PyMem_Malloc((size_t)VLEN * SEND_STRIDE);
     if (self->rbuf == NULL || self->sbuf == NULL) {
@@ -764,6 +776,11 @@ static int loop_init(Loop *self, PyObject *args, PyObject *kwds) {
         self->riov[i].iov_base = self->rbuf + (size_t)i * RECV_STRIDE;
         self->riov[i].iov_len = RECV_SLOT;
         self->siov[i].iov_base = self->sbuf + (size_t)i * SEND_STRIDE;
+    }
+    self->tick_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (self->tick_fd < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
     }
     return 0;
 }
@@ -1735,6 +1752,70 @@ static PyObject *loop_tick(Loop *self, PyObject *unused) {
     return PyLong_FromLongLong(total);
 }
 
+/* ------------------------------------------------------------------ the poll timer */
+
+static int tick_ready(Loop *self) {
+    if (self->tick_fd < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "Loop not initialised");
+        return -1;
+    }
+    return 0;
+}
+
+/* Fire tick_fd at ``at`` (seconds on CLOCK_MONOTONIC, time.monotonic()'s clock); a time
+ * already past fires it at once. Replaces any earlier arming. */
+static PyObject *loop_arm_tick(Loop *self, PyObject *arg) {
+    double at = PyFloat_AsDouble(arg);
+    if (at == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (tick_ready(self) < 0)
+        return NULL;
+    if (!(at > 0.0 && at < 1e15)) {
+        PyErr_SetString(PyExc_ValueError, "arm_tick needs a time on the monotonic clock");
+        return NULL;
+    }
+    struct itimerspec spec;
+    memset(&spec, 0, sizeof(spec));
+    double whole = floor(at);
+    spec.it_value.tv_sec = (time_t)whole;
+    spec.it_value.tv_nsec = (long)((at - whole) * 1e9);
+    if (spec.it_value.tv_nsec >= 1000000000L)
+        spec.it_value.tv_nsec = 999999999L;
+    if (spec.it_value.tv_sec == 0 && spec.it_value.tv_nsec == 0)
+        spec.it_value.tv_nsec = 1; /* all zero would disarm it */
+    if (timerfd_settime(self->tick_fd, TFD_TIMER_ABSTIME, &spec, NULL) < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
+/* Stop tick_fd; an expiry not yet read is forgotten too (timerfd_settime resets it). */
+static PyObject *loop_disarm_tick(Loop *self, PyObject *unused) {
+    if (tick_ready(self) < 0)
+        return NULL;
+    struct itimerspec spec;
+    memset(&spec, 0, sizeof(spec));
+    if (timerfd_settime(self->tick_fd, 0, &spec, NULL) < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
+/* Read tick_fd's expiries (0 if none), so that it is no longer ready. */
+static PyObject *loop_clear_tick(Loop *self, PyObject *unused) {
+    if (tick_ready(self) < 0)
+        return NULL;
+    uint64_t expiries = 0;
+    for (;;) {
+        ssize_t got = read(self->tick_fd, &expiries, sizeof(expiries));
+        if (got == (ssize_t)sizeof(expiries))
+            return PyLong_FromUnsignedLongLong(expiries);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return PyLong_FromLong(0);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+}
+
 static PyObject *loop_stats(Loop *self, PyObject *unused) {
     return Py_BuildValue("{sKsKsKsKsKsnsnsKsKsK}", "datagrams", self->datagrams, "forwarded",
                          self->compiled_forwarded, "pumps", self->pumps, "recvmmsg",
@@ -1775,6 +1856,11 @@ static PyMethodDef loop_methods[] = {
     {"add_source", (PyCFunction)loop_add_source, METH_O, "send a Source from now on (tick)"},
     {"remove_source", (PyCFunction)loop_remove_source, METH_O, "stop sending a Source"},
     {"tick", (PyCFunction)loop_tick, METH_NOARGS, "send every source's due frames; how many"},
+    {"arm_tick", (PyCFunction)loop_arm_tick, METH_O,
+     "arm_tick(at): tick_fd is ready at ``at`` (time.monotonic() clock), or at once if past"},
+    {"disarm_tick", (PyCFunction)loop_disarm_tick, METH_NOARGS, "tick_fd never ready"},
+    {"clear_tick", (PyCFunction)loop_clear_tick, METH_NOARGS,
+     "read tick_fd's expiries (0 if none): no longer ready"},
     {NULL}};
 
 static PyMemberDef loop_members[] = {
@@ -1782,6 +1868,8 @@ static PyMemberDef loop_members[] = {
      "routes whose counters Python has not seen yet"},
     {"route_count", T_PYSSIZET, offsetof(Loop, n_routes), READONLY, "attached routes"},
     {"source_count", T_PYSSIZET, offsetof(Loop, n_sources), READONLY, "sources sent by tick"},
+    {"tick_fd", T_INT, offsetof(Loop, tick_fd), READONLY,
+     "a timerfd ready when arm_tick says (for an event loop's reader)"},
     {NULL}};
 
 static PyTypeObject LoopType = {

@@ -15,9 +15,18 @@ and reads them together, the way a network card moderates its interrupts (Linux 
   (every session's datagrams in one wake-up); a poll that finds nothing returns to
   watching, so a quiet relay never polls.
 
-A datagram therefore waits at most about ``batch_s`` (plus the event loop's timer
-granularity, a millisecond) before it is handled, and only while the relay is busy.
-``batch_s = 0`` watches every socket always (one wake-up per datagram, as before).
+With the compiled loop the polls run on a timer of its own (a ``timerfd`` in the same
+epoll set the event loop watches): each poll is due ``batch_s`` after the previous one
+*started*, to the microsecond, so a busy relay polls at a steady pace whatever the pump and
+the callbacks beside it took. The event loop's timers count whole milliseconds from a
+clock read before the callbacks ran, and a window on them starts only after all of that
+(busy polls came 2-4 ms apart at 500 interviews with a 1 ms window; docs/benchmarks.md,
+"Polls at a fixed pace"); the Python fast path still polls on them.
+
+A datagram therefore waits at most about ``batch_s`` (on the event loop's timers, plus
+their granularity, a millisecond, and the pump before) before it is handled, and only
+while the relay is busy. ``batch_s = 0`` watches every socket always (one wake-up per
+datagram, as before).
 
 uvloop's UDP transport cannot stop reading a socket (it has no ``pause_reading``), so the
 relay's media sockets use ``MediaDatagramTransport``, a small ``asyncio.DatagramTransport``
@@ -233,6 +242,12 @@ class MediaSockets:
         # The compiled loop reading this set (``compiled`` None: as configured), if any.
         use_compiled = fastloop.active() if compiled is None else compiled
         self.compiled: Any = fastloop.new_loop() if use_compiled else None
+        # Busy polls on the compiled loop's timer: it sits in the gate beside ``_epoll``,
+        # ready only while armed (``_timed``), and then ``_epoll`` is not watched, so the
+        # gate waking means the poll is due.
+        self._timed = False
+        if self.compiled is not None:
+            self._gate.register(self.compiled.tick_fd, select.EPOLLIN)
         self._sync: asyncio.TimerHandle | None = None
         # Counters for /api/stats and the benchmarks.
         self.wakeups = 0
@@ -252,7 +267,7 @@ class MediaSockets:
     @property
     def batching(self) -> bool:
         """Whether the loop is polling on a timer right now (busy) rather than watching."""
-        return self._tick is not None
+        return self._tick is not None or self._timed
 
     def snapshot(self) -> dict[str, Any]:
         """For /api/stats: the window, the state, and the counts since start."""
@@ -292,7 +307,7 @@ class MediaSockets:
         fd = transport.fileno
         self._epoll.register(fd, select.EPOLLIN)
         self._transports[fd] = transport
-        if not self._watching and self._tick is None:
+        if not self._watching and not self.batching:
             self._watch()
 
     def remove(self, transport: MediaDatagramTransport) -> None:
@@ -342,12 +357,21 @@ class MediaSockets:
         if self._tick is not None:
             self._tick.cancel()
             self._tick = None
+        if self._timed:
+            self.compiled.disarm_tick()
+            self._timed = False
         if self._sync is not None:
             self._sync.cancel()
             self._sync = None
 
     def _on_readable(self) -> None:
+        if self._timed:
+            # Busy: the gate holds only the poll timer's readiness (module docstring).
+            self.compiled.clear_tick()
+            self._on_tick()
+            return
         self.wakeups += 1
+        started = time.monotonic()
         self.read_ready()
         batch_s = self.batch_s
         if not batch_s:
@@ -358,16 +382,29 @@ class MediaSockets:
         if busy:
             # Datagrams come faster than one per batch_s: poll on a timer until they stop.
             self._unwatch()
-            self._tick = self._loop.call_later(batch_s, self._on_tick)
+            self._poll_after(started)
 
     def _on_tick(self) -> None:
+        # ``batching`` stays true while the poll reads: a transport added meanwhile must
+        # not start watching the set in the middle of a busy spell.
         self.polls += 1
+        started = time.monotonic()
         if self.read_ready():
-            self._tick = self._loop.call_later(self.batch_s, self._on_tick)
+            self._poll_after(started)
         else:
             self._tick = None
+            self._timed = False
             self._last_wake = time.monotonic()
             self._watch()
+
+    def _poll_after(self, started: float) -> None:
+        """The next poll: ``batch_s`` after this one started, on the compiled loop's timer;
+        on the event loop's, ``batch_s`` from now (its granularity is a millisecond)."""
+        if self.compiled is not None:
+            self.compiled.arm_tick(started + self.batch_s)
+            self._timed = True
+        else:
+            self._tick = self._loop.call_later(self.batch_s, self._on_tick)
 
     def read_ready(self) -> int:
         """Read one datagram from each ready socket, again until none is ready; the count.

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 from unittest import mock
 
 import pytest
@@ -239,6 +241,80 @@ async def test_a_busy_relay_reads_every_socket_per_wakeup_and_a_quiet_one_per_da
         assert sockets.wakeups - wakeups == 3 and sockets.polls == polls
     finally:
         sockets.close()
+
+
+class ArmingRecorded:
+    """The compiled loop, with the times its poll timer is armed for recorded."""
+
+    def __init__(self, loop: Any, armed: list[float]) -> None:
+        self._loop, self._armed = loop, armed
+
+    def arm_tick(self, at: float) -> None:
+        self._armed.append(at)
+        self._loop.arm_tick(at)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loop, name)
+
+
+async def test_a_busy_polls_next_window_counts_from_when_the_poll_started(
+    far_end: socket.socket, media_path: str
+) -> None:
+    """On the compiled loop's timer a slow poll does not push the next one back: it is due
+    a window after the previous one *started* (the event loop's timers can only count it
+    from now, so the Python path's next poll comes a window after the slow one ended)."""
+    window = 0.01
+    slow = 0.004  # a poll that takes a good part of the window
+    sockets = udp.MediaSockets(asyncio.get_running_loop(), window)
+    polls: list[tuple[float, float]] = []  # (started, ended) of each timed poll
+    armed: list[float] = []
+    try:
+        transport, protocol = open_on(sockets)
+        received = protocol.datagram_received
+
+        def slow_receive(data: bytes, addr: object) -> None:
+            # Work, as a busy poll does (spun: the loop's guard refuses a blocking sleep).
+            until = time.monotonic() + slow
+            while time.monotonic() < until:
+                pass
+            received(data, addr)
+
+        protocol.datagram_received = slow_receive  # type: ignore[method-assign]
+        tick = sockets._on_tick
+
+        def timed_tick() -> None:
+            started = time.monotonic()
+            tick()
+            polls.append((started, time.monotonic()))
+
+        sockets._on_tick = timed_tick  # type: ignore[method-assign]
+        if sockets.compiled is not None:
+            sockets.compiled = ArmingRecorded(sockets.compiled, armed)
+        here = transport.get_extra_info("sockname")
+
+        def stream() -> None:
+            for i in range(40):  # a datagram every 2 ms: busy for the window
+                far_end.sendto(b"%d" % i, here)
+                time.sleep(0.002)
+
+        await asyncio.to_thread(stream)
+        await wait_until(lambda: len(protocol.datagrams) == 40, 5, "every datagram")
+        await wait_until(lambda: not sockets.batching, 5, "watching again")
+    finally:
+        sockets.close()
+    busy = [(s, e) for s, e in polls if e - s >= slow]
+    assert busy, polls
+    if media_path == "compiled":
+        # Each arming after a poll that read something: the poll's start plus the window.
+        assert len(armed) >= len(busy)
+        for started, ended in busy:
+            due = min((at for at in armed if at > started), default=None)
+            assert due is not None, (started, armed)
+            # A window from the poll's start (read a few µs after ``started``), not from
+            # its end, which came at least ``slow`` later.
+            assert started + window <= due < started + window + (ended - started) / 2
+    else:
+        assert not armed
 
 
 async def test_without_batching_every_datagram_is_read_when_it_arrives(
