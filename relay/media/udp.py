@@ -239,20 +239,35 @@ class MediaSockets:
         self._watching = False
         self._tick: asyncio.TimerHandle | None = None
         self._last_wake = 0.0
+        self._timed = False
         # The compiled loop reading this set (``compiled`` None: as configured), if any.
         use_compiled = fastloop.active() if compiled is None else compiled
-        self.compiled: Any = fastloop.new_loop() if use_compiled else None
-        # Busy polls on the compiled loop's timer: it sits in the gate beside ``_epoll``,
-        # ready only while armed (``_timed``), and then ``_epoll`` is not watched, so the
-        # gate waking means the poll is due.
-        self._timed = False
-        if self.compiled is not None:
-            self._gate.register(self.compiled.tick_fd, select.EPOLLIN)
+        self._compiled: Any = None
+        self.compiled = fastloop.new_loop() if use_compiled else None
         self._sync: asyncio.TimerHandle | None = None
         # Counters for /api/stats and the benchmarks.
         self.wakeups = 0
         self.polls = 0
         self.datagrams = 0
+
+    @property
+    def compiled(self) -> Any:
+        """The compiled loop reading this set, or None (the Python path)."""
+        return self._compiled
+
+    @compiled.setter
+    def compiled(self, compiled: Any) -> None:
+        # Busy polls run on the compiled loop's timer: it sits in the gate beside
+        # ``_epoll``, ready only while armed (``_timed``), and then ``_epoll`` is not
+        # watched, so the gate waking means a poll is due. A loop put in later (the
+        # benchmark's endpoints read with one of their own) brings its own timer.
+        if self._timed:
+            raise RuntimeError("the compiled loop cannot change while polls run on its timer")
+        if self._compiled is not None:
+            self._gate.unregister(self._compiled.tick_fd)
+        self._compiled = compiled
+        if compiled is not None:
+            self._gate.register(compiled.tick_fd, select.EPOLLIN)
 
     @property
     def _loop(self) -> asyncio.AbstractEventLoop:
