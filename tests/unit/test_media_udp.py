@@ -193,16 +193,18 @@ async def test_a_full_socket_queues_in_order_then_drops_beyond_the_bound(
         theirs.close()
 
 
-@pytest.mark.parametrize("put_in_later", [False, True], ids=["own", "put-in-later"])
+@pytest.mark.parametrize("variant", ["own", "put-in-later", "event-loop-timers"])
 async def test_a_busy_relay_reads_every_socket_per_wakeup_and_a_quiet_one_per_datagram(
-    far_end: socket.socket, put_in_later: bool
+    far_end: socket.socket, variant: str
 ) -> None:
     loop = asyncio.get_running_loop()
     sockets = udp.MediaSockets(loop, 0.002)
-    if put_in_later:
+    if variant == "put-in-later":
         # As the benchmark's endpoints do: another loop of the same kind put in before any
         # socket opens; its polls must run on its own timer.
         sockets.compiled = fastloop.new_loop() if sockets.compiled is not None else None
+    elif variant == "event-loop-timers":
+        sockets.steady_polls = False  # as the benchmark's endpoints, too
     try:
         opened = [open_on(sockets) for _ in range(20)]
         addresses = [t.get_extra_info("sockname") for t, _ in opened]
