@@ -37,6 +37,10 @@
  * kernel's when asked, header fields, optionally the payload) instead of forwarding it, and
  * a ``Source`` sends paced, SRTP-protected RTP from a list of payloads (``Loop.tick``).
  *
+ * Each loop also owns the timer a busy socket set's polls run on (a timerfd: ``arm_tick``,
+ * ``clear_tick``; relay.media.udp.MediaSockets watches it beside the sockets' epoll set), so
+ * that a poll can be due a window after the previous one started, to the microsecond.
+ *
  * The libsrtp used is the one pylibsrtp loaded: its srtp_protect/srtp_unprotect
  * addresses are handed in once (set_srtp) and every route gets the srtp_t contexts of
  * its legs' pylibsrtp sessions, holding a reference to the session objects so that the
