@@ -398,7 +398,7 @@ class MediaSockets:
         now = time.monotonic()
         busy = now - self._last_wake < batch_s
         self._last_wake = now
-        if busy:
+        if busy and self._transports:  # (none left: the set stopped during the read)
             # Datagrams come faster than one per batch_s: poll on a timer until they stop.
             self._unwatch()
             self._poll_after(started)
@@ -408,13 +408,16 @@ class MediaSockets:
         # not start watching the set in the middle of a busy spell.
         self.polls += 1
         started = time.monotonic()
-        if self.read_ready():
-            self._poll_after(started)
-        else:
+        if not self.read_ready():
             self._tick = None
             self._timed = False
             self._last_wake = time.monotonic()
             self._watch()
+        elif self._transports:
+            self._poll_after(started)
+        # Else the poll closed the last socket and the set stopped (``_stop``): the gate is
+        # no longer the event loop's, so a poll timer armed now would never be seen, and the
+        # next socket added would find the set still "batching" and never watch it.
 
     def _poll_after(self, started: float) -> None:
         """The next poll: ``batch_s`` after this one started, on the compiled loop's timer;

@@ -280,8 +280,9 @@ async def test_a_busy_polls_next_window_counts_from_when_the_poll_started(
         received = protocol.datagram_received
 
         def slow_receive(data: bytes, addr: object) -> None:
-            # Work, as a busy poll does (spun: the loop's guard refuses a blocking sleep).
-            until = time.monotonic() + slow
+            # Work, as a busy poll does (spun: the loop's guard refuses a blocking sleep);
+            # only in polls, so that the wake-ups before them find the set busy.
+            until = time.monotonic() + (slow if sockets.batching else 0.0)
             while time.monotonic() < until:
                 pass
             received(data, addr)
@@ -322,6 +323,41 @@ async def test_a_busy_polls_next_window_counts_from_when_the_poll_started(
             assert started + window <= due < started + window + (ended - started) / 2
     else:
         assert not armed
+
+
+async def test_a_set_whose_last_socket_closed_in_a_busy_poll_reads_the_next_one(
+    far_end: socket.socket,
+) -> None:
+    """The last socket closing while the set polls stops the set; the next socket added
+    must be watched again, not left behind a poll timer nobody watches."""
+    sockets = udp.MediaSockets(asyncio.get_running_loop(), 0.002)
+    try:
+        first, first_protocol = open_on(sockets)
+        received = first_protocol.datagram_received
+
+        def close_on_bye(data: bytes, addr: object) -> None:
+            received(data, addr)
+            if data == b"bye":
+                first.close()
+
+        first_protocol.datagram_received = close_on_bye  # type: ignore[method-assign]
+        here = first.get_extra_info("sockname")
+
+        def stream() -> None:
+            for i in range(30):  # a datagram a millisecond: busy, polling
+                far_end.sendto(b"%d" % i, here)
+                time.sleep(0.001)
+            far_end.sendto(b"bye", here)
+
+        await asyncio.to_thread(stream)
+        await first_protocol.lost
+        assert first_protocol.datagrams[-1][0] == b"bye" and sockets.polls > 0
+
+        second, second_protocol = open_on(sockets)
+        await deliver(far_end, second, second_protocol, [b"%d" % i for i in range(5)])
+        assert [d for d, _ in second_protocol.datagrams] == [b"%d" % i for i in range(5)]
+    finally:
+        sockets.close()
 
 
 async def test_without_batching_every_datagram_is_read_when_it_arrives(
