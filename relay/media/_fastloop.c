@@ -697,7 +697,8 @@ typedef struct {
      * microsecond. The event loop's own timers count whole milliseconds from a clock read
      * before the callbacks ran, so a window there starts after the pump and whatever ran
      * beside it, and busy polls came 2-4 ms apart instead of 1 (docs/benchmarks.md, "Polls
-     * at a fixed pace"). -1 until the loop is initialised. */
+     * at a fixed pace"). Meaningful only once the loop is initialised (rbuf set): before,
+     * it is tp_new's zero, which is not ours. */
     int tick_fd;
 } Loop;
 
@@ -746,10 +747,10 @@ static void loop_dealloc(Loop *self) {
     PyMem_Free(self->routes);
     PyMem_Free(self->dirty);
     PyMem_Free(self->sources);
-    PyMem_Free(self->rbuf);
-    PyMem_Free(self->sbuf);
     if (self->rbuf != NULL && self->tick_fd >= 0)
         close(self->tick_fd);
+    PyMem_Free(self->rbuf);
+    PyMem_Free(self->sbuf);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -1759,7 +1760,7 @@ static PyObject *loop_tick(Loop *self, PyObject *unused) {
 /* ------------------------------------------------------------------ the poll timer */
 
 static int tick_ready(Loop *self) {
-    if (self->tick_fd < 0) {
+    if (self->rbuf == NULL || self->tick_fd < 0) {
         PyErr_SetString(PyExc_RuntimeError, "Loop not initialised");
         return -1;
     }

@@ -21,7 +21,8 @@ epoll set the event loop watches): each poll is due ``batch_s`` after the previo
 the callbacks beside it took. The event loop's timers count whole milliseconds from a
 clock read before the callbacks ran, and a window on them starts only after all of that
 (busy polls came 2-4 ms apart at 500 interviews with a 1 ms window; docs/benchmarks.md,
-"Polls at a fixed pace"); the Python fast path still polls on them.
+"Polls at a fixed pace"); the Python fast path still polls on them, and so do the
+benchmark's endpoints (``steady_polls = False``).
 
 A datagram therefore waits at most about ``batch_s`` (on the event loop's timers, plus
 their granularity, a millisecond, and the pump before) before it is handled, and only
@@ -398,7 +399,8 @@ class MediaSockets:
         now = time.monotonic()
         busy = now - self._last_wake < batch_s
         self._last_wake = now
-        if busy and self._transports:  # (none left: the set stopped during the read)
+        # (Not watching any more: the read closed the last socket and the set stopped.)
+        if busy and self._watching:
             # Datagrams come faster than one per batch_s: poll on a timer until they stop.
             self._unwatch()
             self._poll_after(started)
@@ -408,25 +410,42 @@ class MediaSockets:
         # not start watching the set in the middle of a busy spell.
         self.polls += 1
         started = time.monotonic()
-        if not self.read_ready():
-            self._tick = None
-            self._timed = False
-            self._last_wake = time.monotonic()
-            self._watch()
-        elif self._transports:
+        try:
+            read = self.read_ready()
+        except BaseException:
+            # Nothing would wake a set left polling: watch, so the next datagram does.
+            if self.batching:
+                self._end_polling()
+            raise
+        if not self.batching:
+            # The poll closed the last socket and the set stopped (``_stop``), perhaps to
+            # start watching again for a socket added since: no poll is due. (A timer armed
+            # now would sit in a gate nobody watches, or beside the watching.)
+            return
+        if read:
             self._poll_after(started)
-        # Else the poll closed the last socket and the set stopped (``_stop``): the gate is
-        # no longer the event loop's, so a poll timer armed now would never be seen, and the
-        # next socket added would find the set still "batching" and never watch it.
+        else:
+            self._end_polling()
 
     def _poll_after(self, started: float) -> None:
         """The next poll: ``batch_s`` after this one started, on the compiled loop's timer;
         on the event loop's, ``batch_s`` from now (its granularity is a millisecond)."""
         if self._compiled is not None and self.steady_polls:
+            self._tick = None
             self._compiled.arm_tick(started + self.batch_s)
             self._timed = True
         else:
+            self._timed = False
             self._tick = self._loop.call_later(self.batch_s, self._on_tick)
+
+    def _end_polling(self) -> None:
+        """Quiet again (or a poll failed): watch the set."""
+        if self._timed:
+            self.compiled.disarm_tick()  # (a poll that raised may leave it armed)
+        self._tick = None
+        self._timed = False
+        self._last_wake = time.monotonic()
+        self._watch()
 
     def read_ready(self) -> int:
         """Read one datagram from each ready socket, again until none is ready; the count.

@@ -193,6 +193,20 @@ async def test_a_full_socket_queues_in_order_then_drops_beyond_the_bound(
         theirs.close()
 
 
+class ArmingRecorded:
+    """The compiled loop, with the times its poll timer is armed for recorded."""
+
+    def __init__(self, loop: Any, armed: list[float]) -> None:
+        self._loop, self._armed = loop, armed
+
+    def arm_tick(self, at: float) -> None:
+        self._armed.append(at)
+        self._loop.arm_tick(at)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loop, name)
+
+
 @pytest.mark.parametrize("variant", ["own", "put-in-later", "event-loop-timers"])
 async def test_a_busy_relay_reads_every_socket_per_wakeup_and_a_quiet_one_per_datagram(
     far_end: socket.socket, variant: str
@@ -205,6 +219,9 @@ async def test_a_busy_relay_reads_every_socket_per_wakeup_and_a_quiet_one_per_da
         sockets.compiled = fastloop.new_loop() if sockets.compiled is not None else None
     elif variant == "event-loop-timers":
         sockets.steady_polls = False  # as the benchmark's endpoints, too
+    armed: list[float] = []
+    if sockets.compiled is not None:
+        sockets.compiled = ArmingRecorded(sockets.compiled, armed)
     try:
         opened = [open_on(sockets) for _ in range(20)]
         addresses = [t.get_extra_info("sockname") for t, _ in opened]
@@ -229,6 +246,8 @@ async def test_a_busy_relay_reads_every_socket_per_wakeup_and_a_quiet_one_per_da
         per_wakeup = handled / (sockets.wakeups + sockets.polls)
         assert per_wakeup >= 10, (sockets.wakeups, sockets.polls)
         assert sockets.polls > sockets.wakeups
+        if sockets.compiled is not None:  # the polls' timer: the loop's own, unless told
+            assert bool(armed) == (variant != "event-loop-timers"), len(armed)
 
         # Quiet again: the first poll that finds nothing goes back to watching.
         await wait_until(lambda: not sockets.batching, 5, "watching again")
@@ -250,26 +269,12 @@ async def test_a_busy_relay_reads_every_socket_per_wakeup_and_a_quiet_one_per_da
         sockets.close()
 
 
-class ArmingRecorded:
-    """The compiled loop, with the times its poll timer is armed for recorded."""
-
-    def __init__(self, loop: Any, armed: list[float]) -> None:
-        self._loop, self._armed = loop, armed
-
-    def arm_tick(self, at: float) -> None:
-        self._armed.append(at)
-        self._loop.arm_tick(at)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._loop, name)
-
-
 async def test_a_busy_polls_next_window_counts_from_when_the_poll_started(
     far_end: socket.socket, media_path: str
 ) -> None:
     """On the compiled loop's timer a slow poll does not push the next one back: it is due
-    a window after the previous one *started* (the event loop's timers can only count it
-    from now, so the Python path's next poll comes a window after the slow one ended)."""
+    a window after the previous one *started*. The event loop's timers can only count it
+    from now: on the Python path the next poll comes a window after the slow one ended."""
     window = 0.01
     slow = 0.004  # a poll that takes a good part of the window
     sockets = udp.MediaSockets(asyncio.get_running_loop(), window)
@@ -322,23 +327,37 @@ async def test_a_busy_polls_next_window_counts_from_when_the_poll_started(
             # its end, which came at least ``slow`` later.
             assert started + window <= due < started + window + (ended - started) / 2
     else:
+        # The event loop's timer counts from when the slow poll ended (less at most its
+        # granularity, a millisecond on uvloop): the slow poll pushed the next one back.
         assert not armed
+        for (started, ended), (following, _) in zip(polls, polls[1:], strict=False):
+            if ended - started >= slow:
+                assert following >= ended + window - 0.0011, (ended, following)
 
 
+@pytest.mark.parametrize("reopen", ["after", "in-the-poll"])
 async def test_a_set_whose_last_socket_closed_in_a_busy_poll_reads_the_next_one(
-    far_end: socket.socket,
+    far_end: socket.socket, reopen: str
 ) -> None:
-    """The last socket closing while the set polls stops the set; the next socket added
-    must be watched again, not left behind a poll timer nobody watches."""
-    sockets = udp.MediaSockets(asyncio.get_running_loop(), 0.002)
+    """The last socket closing while the set polls stops the set; the next socket added,
+    later or by the same callback, must be watched again: not left behind a poll timer
+    nobody watches, nor watched and polled at once."""
+    # The widest window: the sender's 1 ms pauses, even stretched on a loaded machine,
+    # keep the set busy until the last datagram.
+    sockets = udp.MediaSockets(asyncio.get_running_loop(), 0.01)
     try:
         first, first_protocol = open_on(sockets)
         received = first_protocol.datagram_received
+        opened: list[tuple[udp.MediaDatagramTransport, Recorder]] = []
+        batching_at_bye: list[bool] = []
 
         def close_on_bye(data: bytes, addr: object) -> None:
             received(data, addr)
             if data == b"bye":
+                batching_at_bye.append(sockets.batching)
                 first.close()
+                if reopen == "in-the-poll":
+                    opened.append(open_on(sockets))
 
         first_protocol.datagram_received = close_on_bye  # type: ignore[method-assign]
         here = first.get_extra_info("sockname")
@@ -350,13 +369,56 @@ async def test_a_set_whose_last_socket_closed_in_a_busy_poll_reads_the_next_one(
             far_end.sendto(b"bye", here)
 
         await asyncio.to_thread(stream)
-        await first_protocol.lost
-        assert first_protocol.datagrams[-1][0] == b"bye" and sockets.polls > 0
+        await first_protocol.lost  # (after the read that closed it returned)
+        assert first_protocol.datagrams[-1][0] == b"bye" and batching_at_bye == [True]
+        # Watching (for the socket opened in the poll) or stopped; never also polling.
+        assert not (sockets._watching and sockets.batching)
 
-        second, second_protocol = open_on(sockets)
+        if not opened:
+            opened.append(open_on(sockets))
+        second, second_protocol = opened[0]
         await deliver(far_end, second, second_protocol, [b"%d" % i for i in range(5)])
         assert [d for d, _ in second_protocol.datagrams] == [b"%d" % i for i in range(5)]
     finally:
+        sockets.close()
+
+
+async def test_a_poll_that_raised_leaves_the_set_watching(far_end: socket.socket) -> None:
+    """A poll that fails is reported, and the set watches again: nothing would wake a set
+    left polling, and every datagram after it must still be read."""
+    loop = asyncio.get_running_loop()
+    sockets = udp.MediaSockets(loop, 0.01)  # the widest window: busy while the stream lasts
+    reported: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    try:
+        transport, protocol = open_on(sockets)
+        read_ready = sockets.read_ready
+        failed: list[bool] = []
+
+        def failing_once() -> int:
+            if sockets.batching and not failed:  # the first poll
+                failed.append(True)
+                raise OSError("the poll failed")
+            return read_ready()
+
+        sockets.read_ready = failing_once  # type: ignore[method-assign]
+        here = transport.get_extra_info("sockname")
+
+        def stream() -> None:
+            for i in range(30):  # a datagram a millisecond: busy, polling
+                far_end.sendto(b"%d" % i, here)
+                time.sleep(0.001)
+
+        await asyncio.to_thread(stream)
+        await wait_until(lambda: len(protocol.datagrams) == 30, 5, "every datagram")
+        await wait_until(lambda: not sockets.batching, 5, "watching again")
+        far_end.sendto(b"after", here)
+        await wait_until(lambda: len(protocol.datagrams) == 31, 5, "the one after")
+        assert [d for d, _ in protocol.datagrams] == [b"%d" % i for i in range(30)] + [b"after"]
+        assert failed and [type(c.get("exception")) for c in reported] == [OSError]
+    finally:
+        loop.set_exception_handler(previous)
         sockets.close()
 
 
