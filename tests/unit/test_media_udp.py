@@ -89,6 +89,22 @@ async def deliver(
     )
 
 
+async def send_paced(
+    sender: socket.socket, address: Any, count: int, gap_s: float, last: bytes | None = None
+) -> None:
+    """From another thread: b"0", b"1", ... to ``address``, ``gap_s`` apart (the traffic
+    pattern, not synchronisation), then ``last`` if given."""
+
+    def stream() -> None:
+        for i in range(count):
+            sender.sendto(b"%d" % i, address)
+            time.sleep(gap_s)
+        if last is not None:
+            sender.sendto(last, address)
+
+    await asyncio.to_thread(stream)
+
+
 async def test_datagrams_arrive_with_their_sender_and_go_out_to_the_address_given(
     far_end: socket.socket, sockets: udp.MediaSockets
 ) -> None:
@@ -305,12 +321,7 @@ async def test_a_busy_polls_next_window_counts_from_when_the_poll_started(
             sockets.compiled = ArmingRecorded(sockets.compiled, armed)
         here = transport.get_extra_info("sockname")
 
-        def stream() -> None:
-            for i in range(40):  # a datagram every 2 ms: busy for the window
-                far_end.sendto(b"%d" % i, here)
-                time.sleep(0.002)
-
-        await asyncio.to_thread(stream)
+        await send_paced(far_end, here, 40, 0.002)  # busy for the window
         await wait_until(lambda: len(protocol.datagrams) == 40, 5, "every datagram")
         await wait_until(lambda: not sockets.batching, 5, "watching again")
     finally:
@@ -362,13 +373,7 @@ async def test_a_set_whose_last_socket_closed_in_a_busy_poll_reads_the_next_one(
         first_protocol.datagram_received = close_on_bye  # type: ignore[method-assign]
         here = first.get_extra_info("sockname")
 
-        def stream() -> None:
-            for i in range(30):  # a datagram a millisecond: busy, polling
-                far_end.sendto(b"%d" % i, here)
-                time.sleep(0.001)
-            far_end.sendto(b"bye", here)
-
-        await asyncio.to_thread(stream)
+        await send_paced(far_end, here, 30, 0.001, b"bye")  # busy, polling, then "bye"
         await first_protocol.lost  # (after the read that closed it returned)
         assert first_protocol.datagrams[-1][0] == b"bye" and batching_at_bye == [True]
         # Watching (for the socket opened in the poll) or stopped; never also polling.
@@ -405,12 +410,7 @@ async def test_a_poll_that_raised_leaves_the_set_watching(far_end: socket.socket
         sockets.read_ready = failing_once  # type: ignore[method-assign]
         here = transport.get_extra_info("sockname")
 
-        def stream() -> None:
-            for i in range(30):  # a datagram a millisecond: busy, polling
-                far_end.sendto(b"%d" % i, here)
-                time.sleep(0.001)
-
-        await asyncio.to_thread(stream)
+        await send_paced(far_end, here, 30, 0.001)  # busy, polling
         await wait_until(lambda: len(protocol.datagrams) == 30, 5, "every datagram")
         await wait_until(lambda: not sockets.batching, 5, "watching again")
         far_end.sendto(b"after", here)
@@ -485,18 +485,11 @@ def test_switching_between_watching_and_polling_keeps_one_reader_on_the_loop() -
             transport, protocol = open_on(sockets)
             here = transport.get_extra_info("sockname")
 
-            def stream() -> None:
-                import time
-
-                for i in range(50):  # a datagram a millisecond: busy for the window
-                    sender.sendto(b"%d" % i, here)
-                    time.sleep(0.001)
-
             switches = 0
             for _ in range(3):
                 # A burst polls on a timer; the first empty poll watches again.
                 polls = sockets.polls
-                await asyncio.to_thread(stream)
+                await send_paced(sender, here, 50, 0.001)  # busy for the window
                 await wait_until(lambda: len(protocol.datagrams) == 50, 5, "the burst")
                 protocol.datagrams.clear()
                 await wait_until(lambda: not sockets.batching, 5, "watching again")
