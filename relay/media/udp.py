@@ -374,12 +374,7 @@ class MediaSockets:
             if loop is not None and not loop.is_closed():
                 loop.remove_reader(self._gate.fileno())
             self._gate_watched = False
-        if self._tick is not None:
-            self._tick.cancel()
-            self._tick = None
-        if self._timed:
-            self.compiled.disarm_tick()
-            self._timed = False
+        self._cancel_polls()
         if self._sync is not None:
             self._sync.cancel()
             self._sync = None
@@ -440,12 +435,19 @@ class MediaSockets:
 
     def _end_polling(self) -> None:
         """Quiet again (or a poll failed): watch the set."""
-        if self._timed:
-            self.compiled.disarm_tick()  # (a poll that raised may leave it armed)
-        self._tick = None
-        self._timed = False
+        self._cancel_polls()
         self._last_wake = time.monotonic()
         self._watch()
+
+    def _cancel_polls(self) -> None:
+        """No poll is due any more, on either timer (a handle that already fired cancels
+        as a no-op; a timer a failed poll left armed is disarmed)."""
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
+        if self._timed:
+            self._compiled.disarm_tick()
+            self._timed = False
 
     def read_ready(self) -> int:
         """Read one datagram from each ready socket, again until none is ready; the count.
