@@ -184,14 +184,17 @@ async def measure_async(
     return row
 
 
-def measure(sockets: int, rate: int, window_s: float, rounds: int) -> dict[str, Any]:
-    """One run of every variant ``rounds`` times, on uvloop, pinned to core 0.
+def measure(
+    sockets: int, rate: int, window_s: float, rounds: int, batch_ms: float | None = None
+) -> dict[str, Any]:
+    """One run of every variant ``rounds`` times, on uvloop, pinned to core 0; the
+    batching variant's window ``batch_ms`` (None: the configured default).
 
     Runs its own loop: call it from a thread of its own when a loop is running."""
     here = os.sched_getaffinity(0)
     if (os.cpu_count() or 1) < 2:
         raise RuntimeError("needs two cores")
-    batch_s = MediaConfig().receive_batch_ms / 1000
+    batch_s = (MediaConfig().receive_batch_ms if batch_ms is None else batch_ms) / 1000
     os.sched_setaffinity(0, {0})
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
