@@ -280,6 +280,14 @@ class CompiledMedia:
         invalid = sum(e.sink.dropped_invalid for e in self.endpoints.values())
         return {"sent": sent, "send_refused": refused, "received_invalid": invalid}
 
+    def release(self, pair: Pair) -> None:
+        """``pair``'s endpoints leave the compiled loop (before its peers close)."""
+        for side in ("browser", "upstream"):
+            endpoint = self.endpoints.pop((pair.index, side), None)
+            if endpoint is not None:
+                self._compiled.remove_source(endpoint.source)
+                self._compiled.remove_route(endpoint.sink)
+
     def stop_sending(self) -> None:
         """Every endpoint goes quiet (the peers and their sinks stay)."""
         for endpoint in self.endpoints.values():

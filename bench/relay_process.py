@@ -98,13 +98,21 @@ def add_user(data_dir: Path) -> str:
 class RelayProcess:
     """``relay serve`` pinned to one CPU, in the benchmark's data directory."""
 
-    def __init__(self, data_dir: Path, mode: str, cpu: int, profile: str | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        mode: str,
+        cpu: int,
+        profile: str | None = None,
+        settings: dict[str, str] | None = None,
+    ) -> None:
         # --profile: the relay runs under cProfile, which writes its stats at exit.
         profiler = ["-m", "cProfile", "-o", profile] if profile else []
+        # ``settings``: more of the relay's environment (RELAY__SECTION__KEY: value).
         self.process = subprocess.Popen(
             ["taskset", "-c", str(cpu), sys.executable, *profiler, "-m", "relay", "serve"]
             + ["--port", str(RELAY_PORT)],
-            env=relay_env(data_dir, mode),
+            env=relay_env(data_dir, mode) | (settings or {}),
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,

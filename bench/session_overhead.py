@@ -15,6 +15,11 @@ relay with no interview at all. ``--syscalls`` also counts the relay's system ca
 context switches over the window with audio (``bench/syscall_counts.py``, ``perf stat``);
 ``--perf-record PREFIX`` samples the relay's CPU over each window into
 ``PREFIX.with-audio.data`` and ``PREFIX.without-audio.data`` (``perf record``).
+``--endings K`` then ends K interviews, one every ``--ending-gap`` seconds, while the rest
+stay live, and reads the relay's full collections over that time and the 15 s after: the
+memory keeper's, which free the ended interviews (``relay.memory``), how many ran and how
+long each paused the relay (``relay_gc_pause_seconds``, generation 2);
+``--pause-share`` sets the relay's ``server.memory_release_pause_share`` for the run.
 """
 
 from __future__ import annotations
@@ -33,7 +38,9 @@ from aiohttp import web
 
 from bench import compiled_endpoints, syscall_counts
 from bench.ga_upstream import UPSTREAM_PORT, GaUpstream
-from bench.relay_process import RelayProcess, add_user
+from bench.prometheus import gc_pauses
+from bench.relay_process import RelayProcess, add_user, relay_metrics
+from bench.run import Pair
 from bench.session_setup import open_session
 
 
@@ -55,12 +62,45 @@ async def relay_cpu_over(
     return cores
 
 
+# After the last ending, how long full collections are still counted: longer than the
+# memory keeper's delay (10 s), so that the collection for the last ones is in.
+ENDINGS_SETTLE_S = 15.0
+
+
+async def end_interviews(
+    http: aiohttp.ClientSession,
+    media: compiled_endpoints.CompiledMedia,
+    pairs: list[Pair],
+    gap_s: float,
+) -> dict[str, Any]:
+    """End ``pairs`` one every ``gap_s`` (their peers close, so the relay ends them), the
+    others live; the relay's full collections meanwhile and for ENDINGS_SETTLE_S after."""
+    before = await relay_metrics(http)
+    started = time.monotonic()
+    for pair in pairs:
+        media.release(pair)
+        await pair.close()
+        await asyncio.sleep(gap_s)
+    await asyncio.sleep(ENDINGS_SETTLE_S)
+    pauses = gc_pauses(before, await relay_metrics(http))
+    count = int(pauses["gen2_count"])
+    return {
+        "endings": len(pairs),
+        "endings_over_s": round(time.monotonic() - started, 1),
+        "full_collections": count,
+        "full_collection_ms_each": round(pauses["gen2_total_ms"] / count, 1) if count else None,
+    }
+
+
 async def measure(
     sessions: int,
     window_s: float,
     idle: bool,
     syscalls: bool = False,
     perf_record: str | None = None,
+    endings: int = 0,
+    ending_gap_s: float = 2.0,
+    pause_share: float | None = None,
 ) -> dict[str, Any]:
     affinity = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {1})
@@ -70,7 +110,11 @@ async def measure(
     await web.TCPSite(runner, "127.0.0.1", UPSTREAM_PORT).start()
     data_dir = Path(tempfile.mkdtemp(prefix="relay-bench-"))
     row: dict[str, Any] = {"harness": "session_overhead", "sessions": sessions}
-    relay = RelayProcess(data_dir, "fast", 0)
+    settings = {}
+    if pause_share is not None:
+        settings["RELAY__SERVER__MEMORY_RELEASE_PAUSE_SHARE"] = str(pause_share)
+        row["pause_share"] = pause_share
+    relay = RelayProcess(data_dir, "fast", 0, settings=settings)
     compiled_endpoints.enable(True)
     media = compiled_endpoints.CompiledMedia()
     pairs = [compiled_endpoints.new_pair(i, False) for i in range(sessions)]
@@ -114,6 +158,8 @@ async def measure(
                     1e6 * (with_audio - without) / (100 * sessions), 2
                 ),
             )
+            if endings:
+                row.update(await end_interviews(http, media, pairs[:endings], ending_gap_s))
     finally:
         await media.close()
         for pair in pairs:
@@ -144,6 +190,20 @@ def table(rows: list[dict[str, Any]]) -> str:
             f" {r['relay_core_without_audio']} | {r['ms_per_session_s_with_audio']} /"
             f" {r['ms_per_session_s_without_audio']} | {r['us_per_packet_forwarding_only']} |"
         )
+    ended = [r for r in rows if r.get("endings")]
+    if ended:
+        lines += [
+            "",
+            "| interviews | pause share | ended, over (s) | full collections |"
+            " pause of each (ms, mean) |",
+            "|---|---|---|---|---|",
+        ]
+        for r in ended:
+            lines.append(
+                f"| {r['sessions']} | {r.get('pause_share', 'default')} |"
+                f" {r['endings']}, {r['endings_over_s']} |"
+                f" {r['full_collections']} | {r['full_collection_ms_each']} |"
+            )
     if counted:
         names = [*syscall_counts.SYSCALLS, "all", "context_switches"]
         lines += [
@@ -183,9 +243,25 @@ def main(argv: list[str] | None = None) -> None:
         help="sample the relay's CPU over each window into PREFIX.with-audio.data and "
         "PREFIX.without-audio.data (perf record; not with --syscalls)",
     )
+    parser.add_argument(
+        "--endings",
+        type=int,
+        default=0,
+        help="then end this many interviews and time the full collections that free them",
+    )
+    parser.add_argument(
+        "--ending-gap", type=float, default=2.0, help="s between two endings, 0..10"
+    )
+    parser.add_argument(
+        "--pause-share",
+        type=float,
+        help="the relay's server.memory_release_pause_share (0: every release delay)",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.sessions <= 500 or not 2 <= args.window <= 60:
         parser.error("keep it bounded: --sessions 1..500, --window 2..60 s")
+    if not 0 <= args.endings <= min(args.sessions, 100) or not 0 <= args.ending_gap <= 10:
+        parser.error("keep it bounded: --endings 0..min(sessions, 100), --ending-gap 0..10 s")
     if (args.syscalls or args.perf_record) and not syscall_counts.available():
         parser.error("--syscalls and --perf-record need perf (Debian: apt install linux-perf)")
     if args.syscalls and args.perf_record:
@@ -193,7 +269,16 @@ def main(argv: list[str] | None = None) -> None:
     from bench.run import report_row
 
     row = asyncio.run(
-        measure(args.sessions, args.window, args.idle, args.syscalls, args.perf_record)
+        measure(
+            args.sessions,
+            args.window,
+            args.idle,
+            args.syscalls,
+            args.perf_record,
+            args.endings,
+            args.ending_gap,
+            args.pause_share,
+        )
     )
     report_row("session-overhead", row, table([row]))
 

@@ -345,7 +345,11 @@ async def _start(
     # and transcript writes land)
     continuity = ContinuityKeeper(store, metrics)
     stack.push_async_callback(continuity.close)
-    memory = MemoryKeeper(settings.server.memory_release_delay_s, metrics=metrics)
+    memory = MemoryKeeper(
+        settings.server.memory_release_delay_s,
+        pause_share=settings.server.memory_release_pause_share,
+        metrics=metrics,
+    )
     bridges = BridgeManager(
         settings,
         sessions=sessions,

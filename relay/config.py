@@ -120,6 +120,10 @@ class ServerConfig(_Section):
     # After an interview ends, free it (a full collection, freed heap handed back to the
     # system) within this many seconds, at most once per interval; 0: Python decides.
     memory_release_delay_s: Annotated[float, Field(ge=0, le=3600)] = 10.0
+    # Those full collections pause everything, the forwarding too, for about half a
+    # millisecond per live interview: at most this share of the time (the next one waits
+    # until the last one's pause is that share of the time since). 0: no bound.
+    memory_release_pause_share: Annotated[float, Field(ge=0, le=1)] = 0.002
     # Networks (CIDR, or single addresses) of the reverse proxies in front of the relay:
     # from them, the client is the X-Forwarded-For hop they saw (relay.web.forwarded).
     trusted_proxies: tuple[ProxyNetwork, ...] = ()

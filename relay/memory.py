@@ -26,6 +26,15 @@ Two measures:
   does not need the interpreter, ctypes releases the GIL). Collection itself stays on
   the event loop's thread: finalisers of asyncio objects must run there.
 
+  A full collection scans every live interview's objects (about a thousand each), and
+  while it runs nothing else does, the forwarding of every other interview's audio
+  included: measured, about half a millisecond per live interview, 280 ms with 500 live
+  (docs/benchmarks.md, "What a full collection costs with interviews live"). So the
+  keeper also keeps full collections within ``pause_share`` of the time: the next one
+  waits until the last one's pause is at most that share of the time since it ended.
+  With few interviews live the pause is short and ``delay_s`` decides; with hundreds,
+  ended interviews are freed together, less often, and hold their memory meanwhile.
+
 ``relay_gc_pause_seconds`` (every collection, automatic or ours, by generation) shows what
 the collector costs the event loop.
 """
@@ -122,18 +131,29 @@ class GcPauseMeter:
 
 
 class MemoryKeeper:
-    """Frees ended interviews within ``delay_s`` (0: leave it to Python's collector)."""
+    """Frees ended interviews within ``delay_s`` (0: leave it to Python's collector), with
+    full collections pausing the process at most ``pause_share`` of the time (0: no bound)."""
 
-    def __init__(self, delay_s: float, *, metrics: MetricsRegistry | None = None) -> None:
+    def __init__(
+        self,
+        delay_s: float,
+        *,
+        pause_share: float = 0.0,
+        metrics: MetricsRegistry | None = None,
+    ) -> None:
         self.delay_s = delay_s
+        self.pause_share = pause_share
         self._tasks = TaskGroup("memory", log=log, metrics=metrics)
         self._pending: asyncio.Task[None] | None = None
         # An interview ended since the pending task's last collection began.
         self._ended = False
         self._closed = False
-        # Full collections this keeper ran, and what the last one found (tests, stats).
+        # Full collections this keeper ran, and what the last one found and cost, on the
+        # monotonic clock (tests, stats).
         self.collections = 0
         self.last_unreachable = 0
+        self.last_started_at = 0.0
+        self.last_pause_s = 0.0
 
     def session_ended(self) -> None:
         if self.delay_s <= 0 or self._closed:
@@ -143,17 +163,28 @@ class MemoryKeeper:
             self._pending = self._tasks.spawn(self._collect(), name="memory-keeper")
         # else: the pending task collects again for this one (one collection per delay).
 
+    def next_wait_s(self) -> float:
+        """From now until the next full collection may run: ``delay_s``, or longer while
+        the last one's pause is more than ``pause_share`` of the time since it ended."""
+        wait = self.delay_s
+        if self.pause_share > 0 and self.collections:
+            ended_at = self.last_started_at + self.last_pause_s
+            due = ended_at + self.last_pause_s / self.pause_share
+            wait = max(wait, due - time.monotonic())
+        return wait
+
     async def _collect(self) -> None:
         while self._ended:
             self._ended = False
-            await asyncio.sleep(self.delay_s)
-            started = time.perf_counter()
+            await asyncio.sleep(self.next_wait_s())
+            self.last_started_at = time.monotonic()
             self.last_unreachable = gc.collect()
+            self.last_pause_s = time.monotonic() - self.last_started_at
             self.collections += 1
             log.debug(
                 "full collection: %d unreachable objects in %.1f ms",
                 self.last_unreachable,
-                (time.perf_counter() - started) * 1000,
+                self.last_pause_s * 1000,
             )
             if MALLOC_TRIM is not None:
                 await asyncio.to_thread(MALLOC_TRIM, 0)

@@ -171,8 +171,9 @@ async def test_sessions_leave_nothing_behind(
             # the lost leg released, the upstream's audio parked), then end browser_gone.
             "session": {"reconnect_grace_s": 0.5},
             # The memory keeper's collection is awaited before each footprint: a short
-            # delay keeps that wait short.
-            "server": {"memory_release_delay_s": 1.0},
+            # delay keeps that wait short (and no pause share: the test process's own
+            # objects would make its bound wait longer).
+            "server": {"memory_release_delay_s": 1.0, "memory_release_pause_share": 0},
         }
     )
     token = await relay.add_user(seconds=36000)

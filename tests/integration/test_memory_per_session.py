@@ -158,7 +158,9 @@ async def interviews_with_release_delay(
     ``delay_s`` (0: off); returns once every one has ended on both sides."""
     relay = await make_relay(
         overrides={
-            "server": {"memory_release_delay_s": delay_s},
+            # One collection per delay (with so few interviews live, the pause share's
+            # bound would wait longer only for the test process's own objects).
+            "server": {"memory_release_delay_s": delay_s, "memory_release_pause_share": 0},
             "limits": {"per_user_requests_per_minute": 10 * INTERVIEWS},
         }
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import platform
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -86,6 +87,41 @@ async def test_an_interview_ending_during_a_collection_gets_its_own() -> None:
             await keeper.settled()
         assert keeper.collections == 2
     finally:
+        await keeper.close()
+
+
+async def ended_and_collected(keeper: MemoryKeeper) -> None:
+    keeper.session_ended()
+    async with asyncio.timeout(30):
+        await keeper.settled()
+
+
+@pytest.mark.parametrize("pause_share", [0.05, 0.0])
+async def test_full_collections_keep_to_their_share_of_the_time(pause_share: float) -> None:
+    """With many objects live a full collection pauses for long: the next one waits until
+    that pause is at most ``pause_share`` of the time since (0: only the delay)."""
+    keeper = MemoryKeeper(delay_s=0.01, pause_share=pause_share)
+    # What live interviews are to the collector: many tracked objects, each scanned.
+    live: list[list[int]] = [[] for _ in range(300_000)]
+    try:
+        await ended_and_collected(keeper)
+        first_pause = keeper.last_pause_s
+        first_ended_at = keeper.last_started_at + first_pause
+        assert first_pause > 0.002  # the live objects made it measurable
+        # Asked right away, the keeper would wait out the share; without one, the delay.
+        bound = first_pause / pause_share if pause_share else 0.0
+        assert keeper.next_wait_s() == pytest.approx(
+            max(0.01, first_ended_at + bound - time.monotonic()), abs=0.05
+        )
+        await ended_and_collected(keeper)
+        gap = keeper.last_started_at - first_ended_at
+        assert keeper.collections == 2
+        if pause_share:
+            assert gap >= first_pause / pause_share
+        else:
+            assert gap < first_pause / 0.05  # what the share would have waited
+    finally:
+        del live
         await keeper.close()
 
 
