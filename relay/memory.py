@@ -28,12 +28,13 @@ Two measures:
 
   A full collection scans every live interview's objects (about a thousand each), and
   while it runs nothing else does, the forwarding of every other interview's audio
-  included: measured, about half a millisecond per live interview, 280 ms with 500 live
-  (docs/benchmarks.md, "What a full collection costs with interviews live"). So the
-  keeper also keeps full collections within ``pause_share`` of the time: the next one
-  waits until the last one's pause is at most that share of the time since it ended.
-  With few interviews live the pause is short and ``delay_s`` decides; with hundreds,
-  ended interviews are freed together, less often, and hold their memory meanwhile.
+  included: measured, about half a millisecond per live interview, a third of a second
+  with 500 live (docs/benchmarks.md, "What a full collection costs with interviews
+  live"). So the keeper also keeps full collections within ``pause_share`` of the time:
+  the next one waits until the last one's pause is at most that share of the time since
+  it ended. With few interviews live the pause is short and ``delay_s`` decides; with
+  hundreds, ended interviews are freed together, less often, and hold their memory
+  meanwhile.
 
 ``relay_gc_pause_seconds`` (every collection, automatic or ours, by generation) shows what
 the collector costs the event loop.
