@@ -98,13 +98,54 @@ async def browser(fake_mic_wav: Path) -> AsyncIterator[Browser]:
         yield chromium
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    # Each phase's report on the test, for the page fixture to see whether the test failed.
+    report = yield
+    setattr(item, f"report_{report.when}", report)  # noqa: B010
+    return report
+
+
 @pytest.fixture
-async def page(browser: Browser) -> AsyncIterator[Page]:
+async def page(browser: Browser, request: pytest.FixtureRequest) -> AsyncIterator[Page]:
     context = await browser.new_context()
+    # Everything the page logged, kept for a failure (below).
+    console: list[str] = []
     try:
-        yield await context.new_page()
+        page = await context.new_page()
+        page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+        page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+        yield page
+        report = getattr(request.node, "report_call", None)
+        if report is not None and report.failed:
+            await save_failed_page(page, request.node.name, console)
     finally:
         await context.close()
+
+
+async def save_failed_page(page: Page, test_name: str, console: list[str]) -> None:
+    """A failed browser test's page as it was: a screenshot and what the page logged, with
+    its status and error lines, under tests/artifacts/ (listed at the end of the run), and
+    the lines in the test's output. A test that failed on a timeout says little more than
+    what it waited for."""
+    ARTIFACTS_DIR.mkdir(exist_ok=True)
+    name = "failed-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in test_name)
+    with contextlib.suppress(Exception):  # the page may be gone: the log still helps
+        await page.screenshot(path=ARTIFACTS_DIR / f"{name}.png", full_page=True)
+    lines = [f"url: {page.url}"]
+    with contextlib.suppress(Exception):
+        shown = await page.evaluate(
+            """() => ["status", "error", "connection", "mic-problem"].map((id) => {
+                const el = document.getElementById(id);
+                return `#${id}: ${el ? JSON.stringify(el.textContent.trim()) : "(none)"}`;
+            })"""
+        )
+        lines += shown
+    lines += ["console:", *console]
+    await asyncio.to_thread((ARTIFACTS_DIR / f"{name}.log").write_text, "\n".join(lines) + "\n")
+    # In the run's output too (pytest shows a failed test's teardown output): a CI run
+    # keeps its log, not its files.
+    print("\n".join(["the page when the test failed:", *lines[:5], *lines[5:][-40:]]))
 
 
 # ---------------------------------------------------------------------- artifacts
