@@ -87,9 +87,16 @@ async def test_a_redelivery_asked_of_a_non_delivering_instance_is_delivered_by_a
         ) as resp:
             assert resp.status == 202, await resp.text()
         await rec.wait_for(lambda got: len(got) == 2, PROMPTLY_S)
-        attempts = await manager.sql(
-            "SELECT instance FROM webhook_attempts WHERE delivery_id = $1", row["id"]
-        )
+
+        async def both_attempts() -> list[Any]:
+            # The deliverer records an attempt once the receiver has answered it: the
+            # second one's row may come a moment after the receiver saw the request.
+            rows = await manager.sql(
+                "SELECT instance FROM webhook_attempts WHERE delivery_id = $1", row["id"]
+            )
+            return rows if len(rows) >= 2 else []
+
+        attempts = await poll(both_attempts, PROMPTLY_S, "both attempts recorded")
 
     assert [r.webhook_id for r in rec.delivered()] == [event_id, event_id]
     assert [a["instance"] for a in attempts] == ["deliverer", "deliverer"]
