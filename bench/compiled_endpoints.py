@@ -42,6 +42,8 @@ from relay.media.sdp import MID_EXTENSION, rtp_leg
 # How often sources are sent and the endpoints' sockets read (kernel receive times make
 # the read's timing irrelevant to the latencies measured).
 TICK_S = 0.001
+# A source's packets are due every 20 ms (the compiled Source's default period).
+FRAME_S = 0.02
 RECORD = struct.Struct("=dIIHH")
 
 _enabled = False
@@ -152,6 +154,8 @@ class Endpoint:
     sink: fastloop.Route
     arrivals: Arrivals
     sender: BurstSender
+    # The wall clock when the source's schedule began (packet n is due 20 n ms later).
+    start_wall: float
 
 
 def _selected_socket(pc: RTCPeerConnection) -> tuple[Any, tuple[str, int], Any]:
@@ -175,11 +179,14 @@ class CompiledMedia:
         self._compiled: fastloop.Loop = compiled
         self.endpoints: dict[tuple[int, str], Endpoint] = {}
         self._ticker: asyncio.Task[None] | None = None
+        # How late each source's packets left in the window, after its schedule (collect).
+        self.send_lateness: list[float] = []
+        self._window_from = 0.0
 
     def take_over(self, pair: Pair) -> None:
         """Both endpoints of ``pair`` leave aiortc's media path for the compiled loop."""
         assert pair.browser is not None and pair.upstream is not None
-        start = time.monotonic()
+        start, start_wall = time.monotonic(), time.time()
         for side, pc, payloads, sender, arrivals in (
             ("browser", pair.browser, BROWSER_PAYLOADS, pair.browser_tx, pair.at_browser),
             ("upstream", pair.upstream, UPSTREAM_PAYLOADS, pair.upstream_tx, pair.at_upstream),
@@ -187,7 +194,7 @@ class CompiledMedia:
             assert isinstance(sender, HandOverSender)
             sender.handed_over.set()
             self.endpoints[(pair.index, side)] = self._attach(
-                pc, payloads, sender, arrivals, pair.probe, start
+                pc, payloads, sender, arrivals, pair.probe, start, start_wall
             )
         if self._ticker is None or self._ticker.done():
             self._ticker = asyncio.create_task(self._tick())
@@ -200,6 +207,7 @@ class CompiledMedia:
         arrivals: Arrivals,
         probe: bool,
         start: float,
+        start_wall: float,
     ) -> Endpoint:
         transport, remote, dtls = _selected_socket(pc)
         rx, tx = aiortc_private.srtp_sessions(dtls)
@@ -226,7 +234,7 @@ class CompiledMedia:
         sink = fastloop.new_sink(fd=transport.fileno, rx_session=rx, keep_payloads=probe)
         self._compiled.add_route(sink)
         self._compiled.add_source(source)
-        return Endpoint(source, sink, arrivals, sender)
+        return Endpoint(source, sink, arrivals, sender, start_wall)
 
     async def _tick(self) -> None:
         compiled = self._compiled
@@ -251,6 +259,7 @@ class CompiledMedia:
 
     def reset(self) -> None:
         """The window starts: forget what arrived so far."""
+        self._window_from = time.time()
         for endpoint in self.endpoints.values():
             endpoint.sink.take_records()
             endpoint.arrivals.reset()
@@ -273,6 +282,26 @@ class CompiledMedia:
             source = endpoint.source
             times = struct.unpack(f"={source.next}d", source.sent_times())
             endpoint.sender.sent = {n: t for n, t in enumerate(times) if not math.isnan(t)}
+            # Sent in the window: how long after its due time (a tick sends what is due,
+            # so a late tick sends a burst).
+            self.send_lateness += [
+                t - (endpoint.start_wall + n * FRAME_S)
+                for n, t in endpoint.sender.sent.items()
+                if t >= self._window_from
+            ]
+
+    def lateness_summary(self) -> dict[str, float | None]:
+        """How late the window's packets left (ms): p50, p99, max. Each source sends
+        what is due when the ticker runs; a late ticker sends every source's packets
+        since in one burst, which the relay then reads as one."""
+        late = sorted(self.send_lateness)
+        if not late:
+            return {"generator_send_late_p50_ms": None, "generator_send_late_p99_ms": None}
+        return {
+            "generator_send_late_p50_ms": round(1000 * late[len(late) // 2], 2),
+            "generator_send_late_p99_ms": round(1000 * late[(len(late) * 99) // 100], 2),
+            "generator_send_late_max_ms": round(1000 * late[-1], 2),
+        }
 
     def counts(self) -> dict[str, int]:
         sent = sum(e.source.sent_packets for e in self.endpoints.values())

@@ -179,6 +179,7 @@ async def run_point(
             if media is not None:
                 media.collect()
                 result["generator_counts"] = media.counts()
+                result.update(media.lateness_summary())
             result["endpoint_cpu"] = round((mine1 - mine0) / wall, 3)
             result["generator_saturated"] = result["endpoint_cpu"] > GENERATOR_SATURATED
             result["others_cpu"] = round(others_cpu_delta(others0, cpu_by_process(ours)) / wall, 3)

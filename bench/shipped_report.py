@@ -168,19 +168,23 @@ def table(rows: list[dict[str, Any]]) -> str:
         )
     lines += [
         "",
-        "| mode | N | run | relay core | generator core | other processes (cores) |"
+        "| mode | N | run | relay core | generator core |"
+        " generator's packets late p50 / p99 (ms) | other processes (cores) |"
         " received (min ratio) | latency p50 / p99 (ms, end to end) |"
         " relay hop p50 / p99 / p99.9 / max (ms, wire) |"
         " steal, relay's / generator's core (ms/s) | events |"
         " first audio p50: total / upstream / rest (ms) | relay RSS per session (MB) |"
         " relay collections: full / any over 5 ms |"
         " relay datagrams per wake-up (batch window, ms) | error |",
-        "|" + "---|" * 16,
+        "|" + "---|" * 17,
     ]
     for r in rows:
         lines.append(
             f"| {r['mode']} | {r['sessions']} | {r.get('run')} | {r.get('relay_cpu', '-')} |"
-            f" {r.get('endpoint_cpu')} | {r.get('others_cpu')} |"
+            f" {r.get('endpoint_cpu')} |"
+            f" {r.get('generator_send_late_p50_ms', '-')} /"
+            f" {r.get('generator_send_late_p99_ms', '-')} |"
+            f" {r.get('others_cpu')} |"
             f" {r.get('received_ratio_min')} |"
             f" {r.get('latency_p50_ms')} / {r.get('latency_p99_ms')} |"
             f" {r.get('hop_p50_ms', '-')} / {r.get('hop_p99_ms', '-')} /"
