@@ -20,7 +20,6 @@ what the relay is compared with.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import random
 import socket
@@ -39,8 +38,8 @@ from relay.media import aiortc_private, fastloop, udp
 from relay.media.fastpath import extension_block
 from relay.media.sdp import MID_EXTENSION, rtp_leg
 
-# How often sources are sent and the endpoints' sockets read (kernel receive times make
-# the read's timing irrelevant to the latencies measured).
+# How often the sources' ticker sends what is due (kernel receive times make the sinks'
+# read timing irrelevant to the latencies measured).
 TICK_S = 0.001
 # A source's packets are due every 20 ms (the compiled Source's default period).
 FRAME_S = 0.02
@@ -177,8 +176,12 @@ class CompiledMedia:
         if compiled is None:
             raise RuntimeError("enable(True) first")
         self._compiled: fastloop.Loop = compiled
+        # The sources on a loop of their own, sent by its ticker thread: on this process's
+        # event loop, busy with two aiortc peers per session and the sinks, they left in
+        # bursts at 300 sessions and more (docs/benchmarks.md, "How late the generator
+        # sends"). The sinks stay on the media sockets' loop.
+        self._sources = fastloop.endpoint_loop()
         self.endpoints: dict[tuple[int, str], Endpoint] = {}
-        self._ticker: asyncio.Task[None] | None = None
         # How late each source's packets left in the window, after its schedule (collect).
         self.send_lateness: list[float] = []
         self._window_from = 0.0
@@ -196,8 +199,8 @@ class CompiledMedia:
             self.endpoints[(pair.index, side)] = self._attach(
                 pc, payloads, sender, arrivals, pair.probe, start, start_wall
             )
-        if self._ticker is None or self._ticker.done():
-            self._ticker = asyncio.create_task(self._tick())
+        if not self._sources.ticker_running:
+            self._sources.start_ticker(TICK_S)
 
     def _attach(
         self,
@@ -233,14 +236,8 @@ class CompiledMedia:
         )
         sink = fastloop.new_sink(fd=transport.fileno, rx_session=rx, keep_payloads=probe)
         self._compiled.add_route(sink)
-        self._compiled.add_source(source)
+        self._sources.add_source(source)
         return Endpoint(source, sink, arrivals, sender, start_wall)
-
-    async def _tick(self) -> None:
-        compiled = self._compiled
-        while compiled.source_count:
-            compiled.tick()
-            await asyncio.sleep(TICK_S)
 
     def hops(self, pairs: list[Pair]) -> list[tuple[int, int]]:
         """(SSRC into the relay, SSRC out of it) for both directions of each pair, for the
@@ -266,7 +263,9 @@ class CompiledMedia:
 
     def collect(self) -> None:
         """The window ended: what each endpoint received and sent, as ``bench.run``'s
-        analysis reads it (``Arrivals`` and each sender's send times)."""
+        analysis reads it (``Arrivals`` and each sender's send times). The sources stop
+        (their send times are read with the ticker stopped)."""
+        self._sources.stop_ticker()
         for endpoint in self.endpoints.values():
             records, payloads = endpoint.sink.take_records()
             arrivals = endpoint.arrivals
@@ -314,21 +313,17 @@ class CompiledMedia:
         for side in ("browser", "upstream"):
             endpoint = self.endpoints.pop((pair.index, side), None)
             if endpoint is not None:
-                self._compiled.remove_source(endpoint.source)
+                self._sources.remove_source(endpoint.source)
                 self._compiled.remove_route(endpoint.sink)
 
     def stop_sending(self) -> None:
         """Every endpoint goes quiet (the peers and their sinks stay)."""
         for endpoint in self.endpoints.values():
-            self._compiled.remove_source(endpoint.source)
+            self._sources.remove_source(endpoint.source)
 
     async def close(self) -> None:
         """Stop every source (closing the peers' sockets would too)."""
+        self._sources.close()  # its ticker first
         for endpoint in self.endpoints.values():
-            self._compiled.remove_source(endpoint.source)
             self._compiled.remove_route(endpoint.sink)
         self.endpoints.clear()
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker

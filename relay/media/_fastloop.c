@@ -35,7 +35,9 @@
  * The same loop also plays endpoints, for the benchmark's load generator and for tests: a
  * sink route (``new_sink``) records every RTP packet its socket receives (arrival time, the
  * kernel's when asked, header fields, optionally the payload) instead of forwarding it, and
- * a ``Source`` sends paced, SRTP-protected RTP from a list of payloads (``Loop.tick``).
+ * a ``Source`` sends paced, SRTP-protected RTP from a list of payloads (``Loop.tick``, or
+ * every period from a thread of the loop's own that never takes the interpreter:
+ * ``Loop.start_ticker``).
  *
  * Each loop also owns the timer a busy socket set's polls run on (a timerfd: ``arm_tick``,
  * ``clear_tick``; relay.media.udp.MediaSockets watches it beside the sockets' epoll set), so
@@ -52,6 +54,8 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <math.h>
 #include <netinet/in.h>
 #include <stdint.h>
@@ -555,7 +559,7 @@ static int source_clear(Source *self) {
 static void source_dealloc(Source *self) {
     PyObject_GC_UnTrack(self);
     source_clear(self);
-    PyMem_Free(self->sent);
+    PyMem_RawFree(self->sent); /* grown by the ticker thread too, without the interpreter */
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -617,7 +621,8 @@ done:
     return rc;
 }
 
-/* The wall-clock times frames 0..next-1 went out, as doubles (NaN: not sent). */
+/* The wall-clock times frames 0..next-1 went out, as doubles (NaN: not sent). Read with
+ * the source's loop ticker stopped (or never started): the ticker grows the array. */
 static PyObject *source_sent_times(Source *self, PyObject *unused) {
     return PyBytes_FromStringAndSize(self->sent ? (const char *)self->sent : "",
                                      (Py_ssize_t)(self->next * (long long)sizeof(double)));
@@ -700,6 +705,20 @@ typedef struct {
      * at a fixed pace"). Meaningful only once the loop is initialised (rbuf set): before,
      * it is tp_new's zero, which is not ours. */
     int tick_fd;
+    /* The sources' own thread (start_ticker): it sends their due frames every period
+     * without the interpreter, so that a busy event loop does not hold them back. On the
+     * event loop's timers the load generator's sources left in bursts when its process was
+     * busy, up to tens of milliseconds late (docs/benchmarks.md, "How late the generator
+     * sends"). sources_lock guards the sources against it; it sends from buffers of its
+     * own. */
+    pthread_mutex_t sources_lock;
+    pthread_t ticker;
+    int ticker_running;
+    int ticker_stop; /* __atomic */
+    double ticker_period;
+    char *tbuf;
+    struct mmsghdr tmsgs[VLEN];
+    struct iovec tiov[VLEN];
 } Loop;
 
 static PyTypeObject LoopType;
@@ -725,7 +744,11 @@ static void loop_drop_routes(Loop *self) {
     }
 }
 
+static void stop_ticker(Loop *self);
+static int send_due(Loop *self, Source *src, struct mmsghdr *msgs, struct iovec *iov);
+
 static void loop_drop_sources(Loop *self) {
+    stop_ticker(self);
     while (self->n_sources > 0) {
         PyObject *source = self->sources[--self->n_sources];
         Py_DECREF(source);
@@ -749,6 +772,8 @@ static void loop_dealloc(Loop *self) {
     PyMem_Free(self->sources);
     if (self->rbuf != NULL && self->tick_fd >= 0)
         close(self->tick_fd);
+    if (self->rbuf != NULL)
+        pthread_mutex_destroy(&self->sources_lock); /* the ticker was stopped (loop_clear) */
     PyMem_Free(self->rbuf);
     PyMem_Free(self->sbuf);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -771,6 +796,7 @@ static int loop_init(Loop *self, PyObject *args, PyObject *kwds) {
     self->sync_interval = sync_interval;
     self->timestamps = timestamps;
     self->tick_fd = -1; /* from here on rbuf set means tick_fd is ours to close */
+    pthread_mutex_init(&self->sources_lock, NULL);
     self->rbuf = PyMem_Malloc((size_t)VLEN * RECV_STRIDE);
     self->sbuf = PyMem_Malloc((size_t)VLEN * SEND_STRIDE);
     if (self->rbuf == NULL || self->sbuf == NULL) {
@@ -1669,27 +1695,125 @@ static PyObject *loop_add_source(Loop *self, PyObject *arg) {
         PyErr_SetString(PyExc_ValueError, "the source is not initialised");
         return NULL;
     }
+    if (self->rbuf == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Loop not initialised");
+        return NULL;
+    }
+    pthread_mutex_lock(&self->sources_lock);
     if (self->n_sources == self->sources_cap) {
         Py_ssize_t cap = self->sources_cap ? self->sources_cap * 2 : 64;
         PyObject **sources = PyMem_Realloc(self->sources, (size_t)cap * sizeof(PyObject *));
-        if (sources == NULL)
+        if (sources == NULL) {
+            pthread_mutex_unlock(&self->sources_lock);
             return PyErr_NoMemory();
+        }
         self->sources = sources;
         self->sources_cap = cap;
     }
-    self->sources[self->n_sources++] = Py_NewRef(arg);
+    Source *src = (Source *)Py_NewRef(arg);
+    self->sources[self->n_sources++] = (PyObject *)src;
+    /* With the ticker running, the source's first due frames go out here, on the
+     * interpreter's thread: libsrtp adds the new SSRC's stream to its session's list on
+     * the first protect, and the session's own RTCP (aiortc's, protected on this thread)
+     * walks that list. From then on the ticker only protects in a stream that exists. */
+    int failed = self->ticker_running && send_due(self, src, self->smsgs, self->siov) < 0;
+    pthread_mutex_unlock(&self->sources_lock);
+    if (failed)
+        return PyErr_NoMemory();
     Py_RETURN_NONE;
 }
 
 static PyObject *loop_remove_source(Loop *self, PyObject *arg) {
+    int found = 0;
+    if (self->rbuf != NULL)
+        pthread_mutex_lock(&self->sources_lock);
     for (Py_ssize_t i = 0; i < self->n_sources; i++) {
         if (self->sources[i] == arg) {
             self->sources[i] = self->sources[--self->n_sources];
-            Py_DECREF(arg);
-            Py_RETURN_TRUE;
+            found = 1;
+            break;
         }
     }
-    Py_RETURN_FALSE;
+    if (self->rbuf != NULL)
+        pthread_mutex_unlock(&self->sources_lock);
+    if (!found)
+        Py_RETURN_FALSE;
+    Py_DECREF(arg); /* out of the ticker's reach now */
+    Py_RETURN_TRUE;
+}
+
+/* Source ``src``'s frames that are due by now (at most 8 per call), protected and sent
+ * with ``msgs``/``iov`` (VLEN of each, SEND_STRIDE bytes behind each iov_base). Touches no
+ * Python object's reference count and allocates with the raw allocator: the ticker thread
+ * calls it without the interpreter (the payloads tuple and its bytes are immutable and
+ * kept alive by the source, which the loop holds). The sent count, or -1 if the send
+ * times could not grow. */
+static int send_due(Loop *self, Source *src, struct mmsghdr *msgs, struct iovec *iov) {
+    (void)self;
+    double now = monotonic_s();
+    int count = 0;
+    long long queued[8];
+    while (count < 8 && src->start + (double)src->next * src->period <= now) {
+        long long n = src->next;
+        PyObject *payload = PyTuple_GET_ITEM(src->payloads, n % PyTuple_GET_SIZE(src->payloads));
+        Py_ssize_t plen = PyBytes_GET_SIZE(payload);
+        uint8_t *out = (uint8_t *)iov[count].iov_base;
+        out[0] = src->ext_len ? 0x90 : 0x80;
+        out[1] = (uint8_t)(0x80 | (unsigned int)src->pt); /* marker on every packet, as aiortc */
+        put16(out + 2, (src->seq0 + (unsigned int)n) & 0xFFFF);
+        put32(out + 4, src->ts0 + (unsigned int)n * src->frame_ticks);
+        put32(out + 8, src->ssrc);
+        memcpy(out + 12, src->ext, (size_t)src->ext_len);
+        memcpy(out + 12 + src->ext_len, PyBytes_AS_STRING(payload), (size_t)plen);
+        int len = (int)(12 + src->ext_len + plen);
+        if ((n + 1) * (long long)sizeof(double) > (long long)src->sent_cap) {
+            Py_ssize_t cap = src->sent_cap ? src->sent_cap * 2 : 4096 * (Py_ssize_t)sizeof(double);
+            while ((n + 1) * (long long)sizeof(double) > (long long)cap)
+                cap *= 2;
+            double *grown = PyMem_RawRealloc(src->sent, (size_t)cap);
+            if (grown == NULL)
+                return -1;
+            src->sent = grown;
+            src->sent_cap = cap;
+        }
+        src->sent[n] = NAN;
+        src->next++;
+        if (srtp_protect_fn(src->tx_ctx, out, &len) != 0) {
+            src->send_errors++;
+            continue;
+        }
+        struct msghdr *h = &msgs[count].msg_hdr;
+        memset(h, 0, sizeof(*h));
+        h->msg_name = &src->addr;
+        h->msg_namelen = src->addrlen;
+        h->msg_iov = &iov[count];
+        h->msg_iovlen = 1;
+        iov[count].iov_len = (size_t)len;
+        queued[count++] = n;
+    }
+    if (count == 0)
+        return 0;
+    double wall = realtime_s();
+    int sent = sendmmsg(src->fd, msgs, (unsigned int)count, MSG_DONTWAIT);
+    if (sent < 0)
+        sent = 0;
+    for (int i = 0; i < sent; i++)
+        src->sent[queued[i]] = wall;
+    src->sent_packets += (unsigned long long)sent;
+    src->send_errors += (unsigned long long)(count - sent);
+    return sent;
+}
+
+/* Every source's due frames; -1 if send times could not grow. Under sources_lock. */
+static long long send_all_due(Loop *self, struct mmsghdr *msgs, struct iovec *iov) {
+    long long total = 0;
+    for (Py_ssize_t k = 0; k < self->n_sources; k++) {
+        int sent = send_due(self, (Source *)self->sources[k], msgs, iov);
+        if (sent < 0)
+            return -1;
+        total += sent;
+    }
+    return total;
 }
 
 /* Every frame of every source that is due by now (at most 8 per source per call). */
@@ -1698,63 +1822,96 @@ static PyObject *loop_tick(Loop *self, PyObject *unused) {
         PyErr_SetString(PyExc_RuntimeError, "set_srtp() was not called, or no buffers");
         return NULL;
     }
-    double now = monotonic_s();
-    long long total = 0;
-    for (Py_ssize_t k = 0; k < self->n_sources; k++) {
-        Source *src = (Source *)self->sources[k];
-        int count = 0;
-        long long queued[8];
-        while (count < 8 && src->start + (double)src->next * src->period <= now) {
-            long long n = src->next;
-            PyObject *payload = PyTuple_GET_ITEM(src->payloads, n % PyTuple_GET_SIZE(src->payloads));
-            Py_ssize_t plen = PyBytes_GET_SIZE(payload);
-            uint8_t *out = (uint8_t *)self->siov[count].iov_base;
-            out[0] = src->ext_len ? 0x90 : 0x80;
-            out[1] = (uint8_t)(0x80 | (unsigned int)src->pt); /* marker on every packet, as aiortc */
-            put16(out + 2, (src->seq0 + (unsigned int)n) & 0xFFFF);
-            put32(out + 4, src->ts0 + (unsigned int)n * src->frame_ticks);
-            put32(out + 8, src->ssrc);
-            memcpy(out + 12, src->ext, (size_t)src->ext_len);
-            memcpy(out + 12 + src->ext_len, PyBytes_AS_STRING(payload), (size_t)plen);
-            int len = (int)(12 + src->ext_len + plen);
-            if ((n + 1) * (long long)sizeof(double) > (long long)src->sent_cap) {
-                Py_ssize_t cap = src->sent_cap ? src->sent_cap * 2 : 4096 * (Py_ssize_t)sizeof(double);
-                while ((n + 1) * (long long)sizeof(double) > (long long)cap)
-                    cap *= 2;
-                double *grown = PyMem_Realloc(src->sent, (size_t)cap);
-                if (grown == NULL)
-                    return PyErr_NoMemory();
-                src->sent = grown;
-                src->sent_cap = cap;
-            }
-            src->sent[n] = NAN;
-            src->next++;
-            if (srtp_protect_fn(src->tx_ctx, out, &len) != 0) {
-                src->send_errors++;
-                continue;
-            }
-            struct msghdr *h = &self->smsgs[count].msg_hdr;
-            memset(h, 0, sizeof(*h));
-            h->msg_name = &src->addr;
-            h->msg_namelen = src->addrlen;
-            h->msg_iov = &self->siov[count];
-            h->msg_iovlen = 1;
-            self->siov[count].iov_len = (size_t)len;
-            queued[count++] = n;
-        }
-        if (count == 0)
-            continue;
-        double wall = realtime_s();
-        int sent = sendmmsg(src->fd, self->smsgs, (unsigned int)count, MSG_DONTWAIT);
-        if (sent < 0)
-            sent = 0;
-        for (int i = 0; i < sent; i++)
-            src->sent[queued[i]] = wall;
-        src->sent_packets += (unsigned long long)sent;
-        src->send_errors += (unsigned long long)(count - sent);
-        total += sent;
-    }
+    pthread_mutex_lock(&self->sources_lock);
+    long long total = send_all_due(self, self->smsgs, self->siov);
+    pthread_mutex_unlock(&self->sources_lock);
+    if (total < 0)
+        return PyErr_NoMemory();
     return PyLong_FromLongLong(total);
+}
+
+/* ------------------------------------------------------------------ the sources' ticker */
+
+static void *ticker_main(void *arg) {
+    Loop *self = (Loop *)arg;
+    long period_ns = (long)(self->ticker_period * 1e9);
+    struct timespec next;
+    clock_gettime(CLOCK_MONOTONIC, &next);
+    while (!__atomic_load_n(&self->ticker_stop, __ATOMIC_ACQUIRE)) {
+        next.tv_nsec += period_ns;
+        while (next.tv_nsec >= 1000000000L) {
+            next.tv_nsec -= 1000000000L;
+            next.tv_sec++;
+        }
+        clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL); /* EINTR: tick early */
+        pthread_mutex_lock(&self->sources_lock);
+        /* A failed growth counts as refused sends of the frames left for the next tick. */
+        send_all_due(self, self->tmsgs, self->tiov);
+        pthread_mutex_unlock(&self->sources_lock);
+        /* Behind (the machine was busy): the next tick a period from now, not a run of
+         * catch-up ticks (each tick sends everything due anyway). */
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (now.tv_sec > next.tv_sec || (now.tv_sec == next.tv_sec && now.tv_nsec > next.tv_nsec))
+            next = now;
+    }
+    return NULL;
+}
+
+static PyObject *loop_start_ticker(Loop *self, PyObject *arg) {
+    double period = PyFloat_AsDouble(arg);
+    if (period == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (!(period >= 0.0001 && period <= 1.0)) {
+        PyErr_SetString(PyExc_ValueError, "period must be 0.0001..1 s");
+        return NULL;
+    }
+    if (srtp_protect_fn == NULL || self->rbuf == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "set_srtp() was not called, or no buffers");
+        return NULL;
+    }
+    if (self->ticker_running) {
+        PyErr_SetString(PyExc_RuntimeError, "the ticker is running");
+        return NULL;
+    }
+    self->tbuf = PyMem_RawMalloc((size_t)VLEN * SEND_STRIDE);
+    if (self->tbuf == NULL)
+        return PyErr_NoMemory();
+    for (int i = 0; i < VLEN; i++)
+        self->tiov[i].iov_base = self->tbuf + (size_t)i * SEND_STRIDE;
+    self->ticker_period = period;
+    __atomic_store_n(&self->ticker_stop, 0, __ATOMIC_RELEASE);
+    /* Signals are the interpreter's thread's: the ticker starts with all of them blocked. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    int rc = pthread_create(&self->ticker, NULL, ticker_main, self);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        PyMem_RawFree(self->tbuf);
+        self->tbuf = NULL;
+        errno = rc;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    self->ticker_running = 1;
+    Py_RETURN_NONE;
+}
+
+/* Waits for the ticker's current tick at most (it never waits for the interpreter, so
+ * joining it with the interpreter held cannot deadlock). */
+static void stop_ticker(Loop *self) {
+    if (!self->ticker_running)
+        return;
+    __atomic_store_n(&self->ticker_stop, 1, __ATOMIC_RELEASE);
+    pthread_join(self->ticker, NULL);
+    self->ticker_running = 0;
+    PyMem_RawFree(self->tbuf);
+    self->tbuf = NULL;
+}
+
+static PyObject *loop_stop_ticker(Loop *self, PyObject *unused) {
+    stop_ticker(self);
+    Py_RETURN_NONE;
 }
 
 /* ------------------------------------------------------------------ the poll timer */
@@ -1861,6 +2018,10 @@ static PyMethodDef loop_methods[] = {
     {"add_source", (PyCFunction)loop_add_source, METH_O, "send a Source from now on (tick)"},
     {"remove_source", (PyCFunction)loop_remove_source, METH_O, "stop sending a Source"},
     {"tick", (PyCFunction)loop_tick, METH_NOARGS, "send every source's due frames; how many"},
+    {"start_ticker", (PyCFunction)loop_start_ticker, METH_O,
+     "start_ticker(period): a thread of its own sends the sources' due frames every period"},
+    {"stop_ticker", (PyCFunction)loop_stop_ticker, METH_NOARGS,
+     "stop that thread (after its current tick); nothing if it is not running"},
     {"arm_tick", (PyCFunction)loop_arm_tick, METH_O,
      "arm_tick(at): tick_fd is ready at ``at`` (time.monotonic() clock), or at once if past"},
     {"disarm_tick", (PyCFunction)loop_disarm_tick, METH_NOARGS, "tick_fd never ready"},
@@ -1875,6 +2036,8 @@ static PyMemberDef loop_members[] = {
     {"source_count", T_PYSSIZET, offsetof(Loop, n_sources), READONLY, "sources sent by tick"},
     {"tick_fd", T_INT, offsetof(Loop, tick_fd), READONLY,
      "a timerfd ready when arm_tick says (for an event loop's reader)"},
+    {"ticker_running", T_INT, offsetof(Loop, ticker_running), READONLY,
+     "whether start_ticker's thread sends the sources"},
     {NULL}};
 
 static PyTypeObject LoopType = {
