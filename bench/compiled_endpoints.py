@@ -200,7 +200,9 @@ class CompiledMedia:
                 pc, payloads, sender, arrivals, pair.probe, start, start_wall
             )
         if not self._sources.ticker_running:
-            self._sources.start_ticker(TICK_S)
+            # Raised: the process's event loop shares the core with it, and at a few hundred
+            # sessions it wants all of it (docs/benchmarks.md, "How late the generator sends").
+            self._sources.start_ticker(TICK_S, raised=True)
 
     def _attach(
         self,

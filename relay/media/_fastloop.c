@@ -55,12 +55,15 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <math.h>
 #include <netinet/in.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
 #include <time.h>
@@ -716,6 +719,7 @@ typedef struct {
     int ticker_running;
     int ticker_stop; /* __atomic */
     double ticker_period;
+    int ticker_raised;
     char *tbuf;
     struct mmsghdr tmsgs[VLEN];
     struct iovec tiov[VLEN];
@@ -1834,6 +1838,15 @@ static PyObject *loop_tick(Loop *self, PyObject *unused) {
 
 static void *ticker_main(void *arg) {
     Loop *self = (Loop *)arg;
+    if (self->ticker_raised) {
+        /* Ahead of the process's other threads when both want the core, as browsers run
+         * their audio threads: real-time (SCHED_FIFO, the lowest priority) where the
+         * process may, else a lower nice value, else as it is. Each tick sleeps until the
+         * next period, so it never holds the core for long. */
+        struct sched_param param = {.sched_priority = 1};
+        if (pthread_setschedparam(pthread_self(), SCHED_FIFO, &param) != 0)
+            (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), -10);
+    }
     long period_ns = (long)(self->ticker_period * 1e9);
     struct timespec next;
     clock_gettime(CLOCK_MONOTONIC, &next);
@@ -1858,9 +1871,11 @@ static void *ticker_main(void *arg) {
     return NULL;
 }
 
-static PyObject *loop_start_ticker(Loop *self, PyObject *arg) {
-    double period = PyFloat_AsDouble(arg);
-    if (period == -1.0 && PyErr_Occurred())
+static PyObject *loop_start_ticker(Loop *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"period", "raised", NULL};
+    double period;
+    int raised = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "d|p", kwlist, &period, &raised))
         return NULL;
     if (!(period >= 0.0001 && period <= 1.0)) {
         PyErr_SetString(PyExc_ValueError, "period must be 0.0001..1 s");
@@ -1880,6 +1895,7 @@ static PyObject *loop_start_ticker(Loop *self, PyObject *arg) {
     for (int i = 0; i < VLEN; i++)
         self->tiov[i].iov_base = self->tbuf + (size_t)i * SEND_STRIDE;
     self->ticker_period = period;
+    self->ticker_raised = raised;
     __atomic_store_n(&self->ticker_stop, 0, __ATOMIC_RELEASE);
     /* Signals are the interpreter's thread's: the ticker starts with all of them blocked. */
     sigset_t all, old;
@@ -2018,8 +2034,9 @@ static PyMethodDef loop_methods[] = {
     {"add_source", (PyCFunction)loop_add_source, METH_O, "send a Source from now on (tick)"},
     {"remove_source", (PyCFunction)loop_remove_source, METH_O, "stop sending a Source"},
     {"tick", (PyCFunction)loop_tick, METH_NOARGS, "send every source's due frames; how many"},
-    {"start_ticker", (PyCFunction)loop_start_ticker, METH_O,
-     "start_ticker(period): a thread of its own sends the sources' due frames every period"},
+    {"start_ticker", (PyCFunction)(void (*)(void))loop_start_ticker, METH_VARARGS | METH_KEYWORDS,
+     "start_ticker(period, raised=False): a thread of its own sends the sources' due frames "
+     "every period (raised: ahead of the process's other threads where permitted)"},
     {"stop_ticker", (PyCFunction)loop_stop_ticker, METH_NOARGS,
      "stop that thread (after its current tick); nothing if it is not running"},
     {"arm_tick", (PyCFunction)loop_arm_tick, METH_O,

@@ -114,8 +114,13 @@ def test_a_source_paces_protected_rtp_and_a_sink_records_it(
     assert sink.take_records() == (b"", b"")
 
 
+def threads() -> set[int]:
+    return {int(tid) for tid in os.listdir(f"/proc/{os.getpid()}/task")}
+
+
+@pytest.mark.parametrize("raised", [False, True])
 def test_a_tickers_sources_keep_their_pace_while_the_interpreter_is_busy(
-    sockets: tuple[socket.socket, socket.socket],
+    sockets: tuple[socket.socket, socket.socket], raised: bool
 ) -> None:
     """A loop's ticker thread sends its sources' due frames without the interpreter: a
     busy interpreter (here, spinning for 0.5 s) does not hold them back, and the frames
@@ -124,8 +129,17 @@ def test_a_tickers_sources_keep_their_pace_while_the_interpreter_is_busy(
     sender, receiver = sockets
     tx, rx = srtp_pair()
     loop, sink_loop = fastloop.endpoint_loop(), fastloop.endpoint_loop()
-    loop.start_ticker(0.001)
+    before = threads()
+    loop.start_ticker(0.001, raised=raised)
     assert loop.ticker_running
+    [ticker] = threads() - before
+    # Raised: real-time (its lowest priority) where the process may, as here as root;
+    # otherwise the scheduler's default, as the interpreter's thread.
+    policy = os.SCHED_FIFO if raised and os.geteuid() == 0 else os.SCHED_OTHER
+    deadline = time.monotonic() + 5
+    while os.sched_getscheduler(ticker) != policy and time.monotonic() < deadline:
+        time.sleep(0.001)  # the thread sets its own policy as it starts
+    assert os.sched_getscheduler(ticker) == policy
     started = time.monotonic()
     source = source_between(sockets, tx, 0x5150, started)
     start_wall = time.time() - (time.monotonic() - started)
