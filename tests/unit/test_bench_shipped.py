@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from typing import Any
 
 import pytest
@@ -131,6 +133,11 @@ def test_descendants_finds_grandchildren() -> None:
         assert len(descendants(child.pid)) == 1
         assert child.pid in descendants(os.getpid())
     finally:
+        # The grandchild too: killing its parent alone left it running its 30 s, an
+        # orphan the run's leftover check then found after a later test.
+        for pid in descendants(child.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         child.kill()
         child.wait()
 
