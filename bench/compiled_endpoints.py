@@ -33,7 +33,7 @@ import av
 from aiortc import RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
-from bench.run import BROWSER_PAYLOADS, UPSTREAM_PAYLOADS, Arrivals, BurstSender, Pair
+from bench.run import BROWSER_PAYLOADS, UPSTREAM_PAYLOADS, Arrivals, BurstSender, Pair, ms, pct
 from relay.media import aiortc_private, fastloop, udp
 from relay.media.fastpath import extension_block
 from relay.media.sdp import MID_EXTENSION, rtp_leg
@@ -182,8 +182,6 @@ class CompiledMedia:
         # sends"). The sinks stay on the media sockets' loop.
         self._sources = fastloop.endpoint_loop()
         self.endpoints: dict[tuple[int, str], Endpoint] = {}
-        # How late each source's packets left in the window, after its schedule (collect).
-        self.send_lateness: list[float] = []
         self._window_from = 0.0
 
     def take_over(self, pair: Pair) -> None:
@@ -283,25 +281,22 @@ class CompiledMedia:
             source = endpoint.source
             times = struct.unpack(f"={source.next}d", source.sent_times())
             endpoint.sender.sent = {n: t for n, t in enumerate(times) if not math.isnan(t)}
-            # Sent in the window: how long after its due time (a tick sends what is due,
-            # so a late tick sends a burst).
-            self.send_lateness += [
-                t - (endpoint.start_wall + n * FRAME_S)
-                for n, t in endpoint.sender.sent.items()
-                if t >= self._window_from
-            ]
 
     def lateness_summary(self) -> dict[str, float | None]:
-        """How late the window's packets left (ms): p50, p99, max. Each source sends
-        what is due when the ticker runs; a late ticker sends every source's packets
-        since in one burst, which the relay then reads as one."""
-        late = sorted(self.send_lateness)
-        if not late:
-            return {"generator_send_late_p50_ms": None, "generator_send_late_p99_ms": None}
+        """How late the window's packets left after their due time (ms, from the send
+        times ``collect`` read): p50, p99, max. Each source sends what is due when the
+        ticker runs; a late ticker sends every source's packets since in one burst, which
+        the relay then reads as one."""
+        late = [
+            t - (endpoint.start_wall + n * FRAME_S)
+            for endpoint in self.endpoints.values()
+            for n, t in endpoint.sender.sent.items()
+            if t >= self._window_from
+        ]
         return {
-            "generator_send_late_p50_ms": round(1000 * late[len(late) // 2], 2),
-            "generator_send_late_p99_ms": round(1000 * late[(len(late) * 99) // 100], 2),
-            "generator_send_late_max_ms": round(1000 * late[-1], 2),
+            "generator_send_late_p50_ms": ms(pct(late, 50)),
+            "generator_send_late_p99_ms": ms(pct(late, 99)),
+            "generator_send_late_max_ms": ms(max(late, default=None)),
         }
 
     def counts(self) -> dict[str, int]:

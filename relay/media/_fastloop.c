@@ -749,7 +749,7 @@ static void loop_drop_routes(Loop *self) {
 }
 
 static void stop_ticker(Loop *self);
-static int send_due(Loop *self, Source *src, struct mmsghdr *msgs, struct iovec *iov);
+static int send_due(Source *src, struct mmsghdr *msgs, struct iovec *iov);
 
 static void loop_drop_sources(Loop *self) {
     stop_ticker(self);
@@ -1720,7 +1720,7 @@ static PyObject *loop_add_source(Loop *self, PyObject *arg) {
      * interpreter's thread: libsrtp adds the new SSRC's stream to its session's list on
      * the first protect, and the session's own RTCP (aiortc's, protected on this thread)
      * walks that list. From then on the ticker only protects in a stream that exists. */
-    int failed = self->ticker_running && send_due(self, src, self->smsgs, self->siov) < 0;
+    int failed = self->ticker_running && send_due(src, self->smsgs, self->siov) < 0;
     pthread_mutex_unlock(&self->sources_lock);
     if (failed)
         return PyErr_NoMemory();
@@ -1752,8 +1752,7 @@ static PyObject *loop_remove_source(Loop *self, PyObject *arg) {
  * calls it without the interpreter (the payloads tuple and its bytes are immutable and
  * kept alive by the source, which the loop holds). The sent count, or -1 if the send
  * times could not grow. */
-static int send_due(Loop *self, Source *src, struct mmsghdr *msgs, struct iovec *iov) {
-    (void)self;
+static int send_due(Source *src, struct mmsghdr *msgs, struct iovec *iov) {
     double now = monotonic_s();
     int count = 0;
     long long queued[8];
@@ -1812,7 +1811,7 @@ static int send_due(Loop *self, Source *src, struct mmsghdr *msgs, struct iovec 
 static long long send_all_due(Loop *self, struct mmsghdr *msgs, struct iovec *iov) {
     long long total = 0;
     for (Py_ssize_t k = 0; k < self->n_sources; k++) {
-        int sent = send_due(self, (Source *)self->sources[k], msgs, iov);
+        int sent = send_due((Source *)self->sources[k], msgs, iov);
         if (sent < 0)
             return -1;
         total += sent;

@@ -128,10 +128,9 @@ async def save_failed_page(page: Page, test_name: str, console: list[str]) -> No
     its status and error lines, under tests/artifacts/ (listed at the end of the run), and
     the lines in the test's output. A test that failed on a timeout says little more than
     what it waited for."""
-    ARTIFACTS_DIR.mkdir(exist_ok=True)
     name = "failed-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in test_name)
     with contextlib.suppress(Exception):  # the page may be gone: the log still helps
-        await page.screenshot(path=ARTIFACTS_DIR / f"{name}.png", full_page=True)
+        await page.screenshot(path=artifact_file(f"{name}.png"), full_page=True)
     lines = [f"url: {page.url}"]
     with contextlib.suppress(Exception):
         shown = await page.evaluate(
@@ -141,11 +140,12 @@ async def save_failed_page(page: Page, test_name: str, console: list[str]) -> No
             })"""
         )
         lines += shown
+    state = len(lines)
     lines += ["console:", *console]
-    await asyncio.to_thread((ARTIFACTS_DIR / f"{name}.log").write_text, "\n".join(lines) + "\n")
+    await asyncio.to_thread(artifact_file(f"{name}.log").write_text, "\n".join(lines) + "\n")
     # In the run's output too (pytest shows a failed test's teardown output): a CI run
-    # keeps its log, not its files.
-    print("\n".join(["the page when the test failed:", *lines[:5], *lines[5:][-40:]]))
+    # keeps its log, not its files. The page's state, then the end of its console.
+    print("\n".join(["the page when the test failed:", *lines[:state], *lines[state:][-40:]]))
 
 
 # ---------------------------------------------------------------------- artifacts
@@ -155,12 +155,13 @@ async def save_failed_page(page: Page, test_name: str, console: list[str]) -> No
 def artifact_path() -> Callable[[str], Path]:
     """``artifact_path("name.png")``: a file under tests/artifacts/ (git-ignored), listed
     at the end of the test run (tests/conftest.py)."""
+    return artifact_file
 
-    def make(name: str) -> Path:
-        ARTIFACTS_DIR.mkdir(exist_ok=True)
-        return ARTIFACTS_DIR / name
 
-    return make
+def artifact_file(name: str) -> Path:
+    """A file under tests/artifacts/ (created), listed at the end of the run."""
+    ARTIFACTS_DIR.mkdir(exist_ok=True)
+    return ARTIFACTS_DIR / name
 
 
 def collect_page_errors(page: Page) -> list[str]:

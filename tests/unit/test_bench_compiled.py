@@ -57,6 +57,9 @@ async def test_compiled_endpoints_carry_the_audio_both_ways_byte_for_byte() -> N
         # The kernel's receive times follow the compiled sources' send times closely.
         assert 0 <= float(result["latency_p50_ms"]) < 20  # type: ignore[arg-type]
         assert media.counts()["send_refused"] == 0
+        # The sources' ticker kept their pace: each packet left within 20 ms of its due time.
+        late = media.lateness_summary()
+        assert 0 <= late["generator_send_late_p50_ms"] <= late["generator_send_late_max_ms"] < 20  # type: ignore[operator]
         assert media.hops([pair]) == [
             (browser.source.ssrc, upstream.sink.ssrc),
             (upstream.source.ssrc, browser.sink.ssrc),
