@@ -59,8 +59,12 @@ class Hook(asyncio.DatagramProtocol):
 class Rig:
     """``count`` receiving sockets with their forwarders, one sending socket, a sink."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, count: int, compiled: bool) -> None:
-        self.sockets = udp.MediaSockets(loop, 0.0, compiled=compiled)
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, count: int, compiled: bool, threaded: bool = False
+    ) -> None:
+        """``threaded``: the compiled loop's forwarder thread reads the sockets (the tests'
+        rig); the per-packet harness pumps on the event loop's thread, as it times."""
+        self.sockets = udp.MediaSockets(loop, 0.0, compiled=compiled, threaded=threaded)
         self.sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sink.bind(("127.0.0.1", 0))
         self.sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)

@@ -24,9 +24,11 @@ OPERATOR_TOKEN = "op_bench_" + "x" * 24
 # Relay modes: (media.fast_path, recording.enabled, media.receive_batch_ms or None for the
 # shipped window). "fast", "watch" and "aiortc" record nothing, so they compare forwarding
 # alone; "watch" is the fast path woken for every datagram (no batching); "rec" is the
-# fast path with recording on (as shipped).
+# fast path with recording on (as shipped); "inline" is "fast" with the compiled loop on
+# the event loop's thread (media.forwarding_thread = false, as before the forwarder thread).
 RELAY_MODES: dict[str, tuple[bool, bool, str | None]] = {
     "fast": (True, False, None),
+    "inline": (True, False, None),
     # The same with a 2 ms receive batching window (the default before the compiled loop).
     "fast2": (True, False, "2"),
     "pyfast": (True, False, None),
@@ -72,6 +74,7 @@ def relay_env(data_dir: Path, mode: str) -> dict[str, str]:
         RELAY__MEDIA__COMPILED_FAST_PATH="false" if mode == "pyfast" else "true",
         RELAY__MEDIA__FAST_PATH="true" if fast_path else "false",
         RELAY__RECORDING__ENABLED="true" if recording else "false",
+        RELAY__MEDIA__FORWARDING_THREAD="false" if mode == "inline" else "true",
     )
     env.update(EXTRA_RELAY_ENV)
     return env

@@ -16,8 +16,10 @@ user token), the exchange (``POST /api/webrtc-exchange``), both legs, events, ha
 
 Modes, interleaved per N in one run: ``direct`` (the browser peer talks straight to the
 upstream peer: the same peers and packets without a relay, the control), ``fast`` (the
-relay with ``media.fast_path = true``, as shipped: the compiled loop when it is built),
-``pyfast`` (the same fast path in Python, ``media.compiled_fast_path = false``) and
+relay with ``media.fast_path = true``, as shipped: the compiled loop when it is built, on
+its forwarder thread), ``inline`` (the compiled loop on the event loop's thread,
+``media.forwarding_thread = false``), ``pyfast`` (the same fast path in Python,
+``media.compiled_fast_path = false``) and
 ``aiortc`` (``media.fast_path = false``: aiortc's receiver and sender carry the packets).
 ``--generator compiled`` hands the endpoints' audio to compiled code once each session
 is up (``bench/compiled_endpoints.py``), so the generator carries hundreds of sessions;
@@ -78,7 +80,7 @@ from bench.session_setup import open_session, probe_hops
 from bench.shipped_report import GENERATOR_SATURATED, first_audio_table, table
 from bench.wire import WireProbe
 
-MODES = ("direct", "fast", "fast2", "pyfast", "watch", "aiortc", "rec")
+MODES = ("direct", "fast", "inline", "fast2", "pyfast", "watch", "aiortc", "rec")
 
 
 def wire_pids(wire: WireProbe | None) -> set[int]:

@@ -381,7 +381,9 @@ def _doctor_media(settings: Settings) -> None:
     from relay.media.capabilities import probe
     from relay.upstream.doctor import Check
 
-    fastloop.configure(settings.media.compiled_fast_path, probe())
+    fastloop.configure(
+        settings.media.compiled_fast_path, probe(), threaded=settings.media.forwarding_thread
+    )
     outcome, detail, todo = fastloop.doctor_check()
     print(Check(outcome, "media forwarding", detail, todo).line(), flush=True)
 

@@ -549,6 +549,10 @@ class MediaConfig(_Section):
     # The fast path's per-packet work in compiled code (relay.media._fastloop) when it was
     # built at install; false (or not built): the same fast path in Python.
     compiled_fast_path: bool = True
+    # The compiled loop reads and forwards on a thread of its own, without the interpreter,
+    # so the audio does not wait for the event loop's other work (a full collection, a
+    # burst of callbacks); false: on the event loop's thread.
+    forwarding_thread: bool = True
 
 
 class RecordingConfig(_Section):

@@ -53,22 +53,33 @@ from tests.support.workspace import make_workspace, remove_workspace
 LEFTOVER_GRACE_S = 15.0
 
 MEDIA_PATHS = ("compiled", "python")
+# The compiled loop on the event loop's thread (``media.forwarding_thread = false``): the
+# tests of the event loop's own reading run on it (``@pytest.mark.media_paths``), and
+# ``--media-paths`` can name it.
+INLINE_PATH = "compiled-inline"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--media-paths",
         default=",".join(MEDIA_PATHS),
-        help="forwarding paths the media tests run on (compiled, python; default both)",
+        help="forwarding paths the media tests run on (compiled, python; default both; "
+        "compiled-inline: the compiled loop on the event loop's thread)",
     )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "media_path" in metafunc.fixturenames:
         paths = [p.strip() for p in metafunc.config.getoption("media_paths").split(",")]
-        unknown = set(paths) - set(MEDIA_PATHS)
+        known = (*MEDIA_PATHS, INLINE_PATH)
+        unknown = set(paths) - set(known)
         if unknown or not paths:
-            raise pytest.UsageError(f"--media-paths: choose from {', '.join(MEDIA_PATHS)}")
+            raise pytest.UsageError(f"--media-paths: choose from {', '.join(known)}")
+        marker = metafunc.definition.get_closest_marker("media_paths")
+        if marker is not None:
+            # The test's own paths, of those the run takes (the inline one with compiled).
+            runs = set(paths) | ({INLINE_PATH} if "compiled" in paths else set())
+            paths = [p for p in marker.args if p in runs]
         metafunc.parametrize("media_path", paths, indirect=True)
 
 
@@ -76,17 +87,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def media_path(request: pytest.FixtureRequest) -> Iterator[str]:
     """The forwarding path this test runs on; media socket sets made during it use it."""
     path: str = request.param
-    if path == "compiled" and not fastloop.built():
+    if path != "python" and not fastloop.built():
         pytest.fail(
             f"{fastloop.describe()['reason']}: build it (pip install -e . with a C compiler"
             " and Python's headers) or run with --media-paths=python"
         )
-    before = fastloop.enabled()
-    fastloop.configure(path == "compiled")
+    before = fastloop.enabled(), fastloop.thread_enabled()
+    fastloop.configure(path != "python", threaded=path != INLINE_PATH)
     try:
         yield path
     finally:
-        fastloop.configure(before)
+        fastloop.configure(before[0], threaded=before[1])
 
 
 # Screenshots and recordings the browser tests save (tests/e2e: ``artifact_path``).
@@ -110,6 +121,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "allow_blocking: do not fail the test on blocking calls made on the event loop",
+    )
+    config.addinivalue_line(
+        "markers",
+        "media_paths(*paths): the forwarding paths this media test runs on, of the run's",
     )
 
 

@@ -9,9 +9,10 @@
 # so every heap object (the loop's buffers and the Route objects alike) is checked. Any
 # report fails the run (halt_on_error). Default tests: the hostile datagrams, the fast
 # path end to end, the media sockets, the endpoints (receive times read from each
-# datagram's control message), the far ends' SRTCP read in the loop (hostile too) and the
-# route syncs spread over pumps. Needs the test venv (bash tests/run.sh once) and gcc's
-# libasan; runs in a private network namespace when root, as tests/run.sh does.
+# datagram's control message), the far ends' SRTCP read in the loop (hostile too), the
+# route syncs spread over pumps and the forwarder thread. Needs the test venv (bash
+# tests/run.sh once) and gcc's libasan; runs in a private network namespace when root, as
+# tests/run.sh does.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -34,7 +35,8 @@ ls relay/media/_fastloop*.so >/dev/null
 if [ $# -eq 0 ]; then
     set -- tests/unit/test_fastpath_hostile.py tests/unit/test_media_fastpath.py \
         tests/unit/test_media_udp.py tests/unit/test_fastloop_endpoints.py \
-        tests/unit/test_fastloop_rtcp.py tests/unit/test_fastloop_sync.py
+        tests/unit/test_fastloop_rtcp.py tests/unit/test_fastloop_sync.py \
+        tests/unit/test_fastloop_thread.py
 fi
 export LD_PRELOAD=$asan PYTHONMALLOC=malloc
 # Leaks: CPython and the libraries it loads keep memory until exit on purpose. Reports go

@@ -43,10 +43,16 @@
  * ``clear_tick``; relay.media.udp.MediaSockets watches it beside the sockets' epoll set), so
  * that a poll can be due a window after the previous one started, to the microsecond.
  *
+ * The loop can also do all of this on a thread of its own, without the interpreter
+ * (``Loop.start_forwarding``, the relay's default): the punts are then queued as records
+ * (Punt) and made into the same tuples when the event loop takes them (``take_punts``),
+ * woken through ``notify_fd``. A pump queues them the same way and makes them at its end.
+ * One lock, "the media lock" below, keeps the thread and the interpreter apart.
+ *
  * The libsrtp used is the one pylibsrtp loaded: its srtp_protect/srtp_unprotect
  * addresses are handed in once (set_srtp) and every route gets the srtp_t contexts of
  * its legs' pylibsrtp sessions, holding a reference to the session objects so that the
- * contexts outlive the route. Nothing here calls back into Python while a pump runs.
+ * contexts outlive the route. Nothing here calls back into Python while a pump reads.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -59,9 +65,11 @@
 #include <signal.h>
 #include <math.h>
 #include <netinet/in.h>
+#include <limits.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/socket.h>
@@ -134,6 +142,32 @@ typedef int (*srtp_fn)(void *ctx, void *header, int *length);
 static srtp_fn srtp_protect_fn = NULL;
 static srtp_fn srtp_unprotect_fn = NULL;
 static srtp_fn srtp_unprotect_rtcp_fn = NULL;
+
+/* ------------------------------------------------------------------ the media lock */
+
+/* One lock, recursive, for every loop's routes and queues and for the libsrtp contexts the
+ * routes share with aiortc. A loop's forwarder thread (start_forwarding) reads, forwards
+ * and queues under it without the interpreter; the interpreter's side takes it in every
+ * method that touches what the forwarder does, and around its own use of those libsrtp
+ * contexts (relay.media.fastloop.locked, aiortc_private.LockedSrtpSession): libsrtp adds a
+ * stream to its session's list on a new SSRC's first packet, and aiortc protects its RTCP
+ * with the very session whose RTP the forwarder protects.
+ *
+ * Order: the interpreter's threads take the GIL first, then this lock; the forwarder takes
+ * only this lock. A thread of the interpreter that cannot have it at once lets go of the
+ * GIL while it waits (lock_media), so no two of them can hold one each and wait for the
+ * other; the forwarder never waits for the GIL, so whoever holds the lock lets go of it. */
+static pthread_mutex_t media_lock;
+
+static void lock_media(void) {
+    if (pthread_mutex_trylock(&media_lock) == 0)
+        return;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&media_lock);
+    Py_END_ALLOW_THREADS
+}
+
+static void unlock_media(void) { pthread_mutex_unlock(&media_lock); }
 
 /* ------------------------------------------------------------------ clocks */
 
@@ -259,8 +293,8 @@ static int route_clear(Route *self) {
 static void route_dealloc(Route *self) {
     PyObject_GC_UnTrack(self);
     route_clear(self);
-    PyMem_Free(self->records);
-    PyMem_Free(self->payloads);
+    PyMem_RawFree(self->records); /* grown by a forwarder thread too (grow) */
+    PyMem_RawFree(self->payloads);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -394,6 +428,7 @@ static PyObject *route_set_rewrite(Route *self, PyObject *args, PyObject *kwds) 
     }
     if (PyErr_Occurred())
         goto done;
+    lock_media();
     self->out_ssrc = out_ssrc;
     self->out_pt = out_pt;
     memcpy(self->opus, bitmap, sizeof(bitmap));
@@ -403,6 +438,7 @@ static PyObject *route_set_rewrite(Route *self, PyObject *args, PyObject *kwds) 
     memcpy(self->ext_level, level.buf, (size_t)level.len);
     self->ext_level_len = level.len;
     self->level_at = level.len ? level_at : 0;
+    unlock_media();
     result = Py_NewRef(Py_None);
 done:
     Py_XDECREF(iter);
@@ -413,6 +449,7 @@ done:
 
 /* A sink's records and payloads so far, as bytes; the sink starts empty again. */
 static PyObject *route_take_records(Route *self, PyObject *unused) {
+    lock_media();
     PyObject *out = Py_BuildValue("(y#y#)", self->records ? self->records : "",
                                   self->records_len, self->payloads ? self->payloads : "",
                                   self->payloads_len);
@@ -420,6 +457,7 @@ static PyObject *route_take_records(Route *self, PyObject *unused) {
         self->records_len = 0;
         self->payloads_len = 0;
     }
+    unlock_media();
     return out;
 }
 
@@ -428,9 +466,12 @@ static PyObject *route_take_records(Route *self, PyObject *unused) {
  * (1, ssrc, arrival, block_ssrc, fraction_lost, packets_lost, highest, jitter, lsr, dlsr)
  * for a report block (of an SR or an RR). */
 static PyObject *route_take_rtcp(Route *self, PyObject *unused) {
+    lock_media();
     PyObject *out = PyTuple_New(self->rtcp_pending);
-    if (out == NULL)
+    if (out == NULL) {
+        unlock_media();
         return NULL;
+    }
     for (int i = 0; i < self->rtcp_pending; i++) {
         const RtcpEvent *e = &self->rtcp[i];
         PyObject *item;
@@ -441,12 +482,14 @@ static PyObject *route_take_rtcp(Route *self, PyObject *unused) {
             item = Py_BuildValue("(iIdIIiIIII)", e->kind, e->ssrc, e->arrival, e->block_ssrc,
                                  e->fraction, e->lost, e->highest, e->jitter, e->lsr, e->dlsr);
         if (item == NULL) {
+            unlock_media();
             Py_DECREF(out);
             return NULL;
         }
         PyTuple_SET_ITEM(out, i, item);
     }
     self->rtcp_pending = 0;
+    unlock_media();
     return out;
 }
 
@@ -678,7 +721,19 @@ typedef struct {
     struct mmsghdr smsgs[VLEN];
     struct iovec siov[VLEN];
     struct epoll_event events[MAX_EVENTS];
-    PyObject *punts; /* during a pump */
+    /* What is for Python (the punts), queued as records (Punt) until a pump or take_punts
+     * turns them into tuples: the forwarder thread cannot make Python objects. */
+    char *queue;
+    size_t queue_len, queue_cap;
+    char *spare; /* the last queue taken, kept for reuse */
+    size_t spare_cap;
+    unsigned long long punts_dropped; /* the queue was full (Python not draining it) */
+    int converting;                   /* a pump or take_punts is making the tuples */
+    int out_of_memory;                /* a sink's records could not grow */
+    /* Routes detached while records naming them may be queued or being converted: their
+     * references are dropped once those are (release_retired). Owned references. */
+    Route **retired;
+    Py_ssize_t n_retired, retired_cap;
     /* Sinks: the kernel's receive time of each datagram (SO_TIMESTAMPNS on their sockets). */
     int timestamps;
     /* Each message's control buffer, aligned for the cmsghdr the kernel writes at its
@@ -723,6 +778,25 @@ typedef struct {
     char *tbuf;
     struct mmsghdr tmsgs[VLEN];
     struct iovec tiov[VLEN];
+    /* The forwarder (start_forwarding): a thread of the loop's own that waits for the
+     * sockets, reads and forwards them, and queues the rest for Python, which it wakes
+     * through notify_fd (an eventfd) when the queue was empty. On the event loop's thread
+     * the forwarding waited behind whatever else the loop ran (callbacks, a full
+     * collection: a third of a second at 500 interviews; docs/media.md, "The forwarder
+     * thread"). */
+    pthread_t forwarder;
+    int forwarding;
+    int forwarder_stop; /* __atomic */
+    int notify_fd;      /* -1: none yet */
+    int stop_fd;        /* wakes the forwarder to stop */
+    int wait_fd;        /* the forwarder's epoll: the sockets' set and stop_fd */
+    int forward_epfd;   /* the sockets' set */
+    int forward_rounds;
+    long long forward_batch_ns; /* __atomic: busy polls every this often; 0 never */
+    int forward_raised;
+    int forward_priority; /* what it got: 0 as the process, 1 nice -10, 2 SCHED_FIFO */
+    int forward_error;    /* errno that stopped it, 0 none */
+    unsigned long long wakeups, polls;
 } Loop;
 
 static PyTypeObject LoopType;
@@ -732,11 +806,42 @@ static int loop_traverse(Loop *self, visitproc visit, void *arg) {
         Py_VISIT((PyObject *)self->routes[i]);
     for (Py_ssize_t i = 0; i < self->n_sources; i++)
         Py_VISIT(self->sources[i]);
-    Py_VISIT(self->punts);
+    for (Py_ssize_t i = 0; i < self->n_retired; i++)
+        Py_VISIT((PyObject *)self->retired[i]);
     return 0;
 }
 
+/* ``r`` was detached (under the media lock): its reference goes now, or, while records
+ * may name it (the forwarder runs, or a queue is being converted), once they are turned
+ * into tuples. Records name only attached routes, so every record naming ``r`` was queued
+ * before this: the next drain converts them, then drops it. */
+static void retire(Loop *self, Route *r) {
+    if (!self->forwarding && !self->converting && self->queue_len == 0) {
+        Py_DECREF(r);
+        return;
+    }
+    if (self->n_retired == self->retired_cap) {
+        Py_ssize_t cap = self->retired_cap ? self->retired_cap * 2 : 16;
+        Route **grown = PyMem_Realloc(self->retired, (size_t)cap * sizeof(Route *));
+        if (grown == NULL)
+            return; /* its reference is kept for good: leaked, never freed while named */
+        self->retired = grown;
+        self->retired_cap = cap;
+    }
+    self->retired[self->n_retired++] = r;
+}
+
+/* Drop the references of ``routes`` (taken from ``retired``), without the media lock. */
+static void release_retired(Route **routes, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++)
+        Py_DECREF(routes[i]);
+    PyMem_Free(routes);
+}
+
+static void stop_forwarder(Loop *self);
+
 static void loop_drop_routes(Loop *self) {
+    lock_media();
     for (Py_ssize_t i = 0; i < self->fd_cap; i++)
         self->by_fd[i] = NULL;
     self->n_dirty = 0;
@@ -744,8 +849,9 @@ static void loop_drop_routes(Loop *self) {
         Route *r = self->routes[--self->n_routes];
         r->index = -1;
         r->dirty_index = -1;
-        Py_DECREF(r);
+        retire(self, r);
     }
+    unlock_media();
 }
 
 static void stop_ticker(Loop *self);
@@ -760,15 +866,26 @@ static void loop_drop_sources(Loop *self) {
 }
 
 static int loop_clear(Loop *self) {
+    stop_forwarder(self);
     loop_drop_routes(self);
     loop_drop_sources(self);
-    Py_CLEAR(self->punts);
+    /* Nothing converts the queue any more: what it names goes with it. */
+    self->queue_len = 0;
+    Py_ssize_t n = self->n_retired;
+    Route **retired = self->retired;
+    self->retired = NULL;
+    self->n_retired = self->retired_cap = 0;
+    release_retired(retired, n);
     return 0;
 }
 
 static void loop_dealloc(Loop *self) {
     PyObject_GC_UnTrack(self);
     loop_clear(self);
+    PyMem_RawFree(self->queue);
+    PyMem_RawFree(self->spare);
+    if (self->rbuf != NULL && self->notify_fd >= 0)
+        close(self->notify_fd);
     PyMem_Free(self->by_fd);
     PyMem_Free(self->held);
     PyMem_Free(self->routes);
@@ -799,7 +916,9 @@ static int loop_init(Loop *self, PyObject *args, PyObject *kwds) {
     }
     self->sync_interval = sync_interval;
     self->timestamps = timestamps;
-    self->tick_fd = -1; /* from here on rbuf set means tick_fd is ours to close */
+    /* From here on rbuf set means tick_fd and notify_fd are ours to close. */
+    self->tick_fd = -1;
+    self->notify_fd = self->stop_fd = self->wait_fd = -1;
     pthread_mutex_init(&self->sources_lock, NULL);
     self->rbuf = PyMem_Malloc((size_t)VLEN * RECV_STRIDE);
     self->sbuf = PyMem_Malloc((size_t)VLEN * SEND_STRIDE);
@@ -860,19 +979,13 @@ static void dirty_remove(Loop *self, Route *r) {
     r->dirty_index = -1;
 }
 
+/* The dirty array has room for every attached route (add_route grows it): nothing is
+ * allocated here, where the forwarder runs without the interpreter. */
 static int dirty_add(Loop *self, Route *r) {
     if (r->dirty_index >= 0)
         return 0;
-    if (self->n_dirty == self->dirty_cap) {
-        Py_ssize_t cap = self->dirty_cap ? self->dirty_cap * 2 : 64;
-        Route **dirty = PyMem_Realloc(self->dirty, (size_t)cap * sizeof(Route *));
-        if (dirty == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        self->dirty = dirty;
-        self->dirty_cap = cap;
-    }
+    if (self->n_dirty == self->dirty_cap)
+        return -1; /* cannot be: a route is dirty once at most */
     r->dirty_index = self->n_dirty;
     self->dirty[self->n_dirty++] = r;
     return 0;
@@ -906,27 +1019,41 @@ static PyObject *loop_add_route(Loop *self, PyObject *arg) {
         PyErr_SetString(PyExc_ValueError, "the route is not initialised");
         return NULL;
     }
+    lock_media();
     if (ensure_fd(self, r->in_fd) < 0 || (r->out_fd >= 0 && ensure_fd(self, r->out_fd) < 0))
-        return NULL;
+        goto fail;
     if (self->n_routes == self->routes_cap) {
         Py_ssize_t cap = self->routes_cap ? self->routes_cap * 2 : 64;
         Route **routes = PyMem_Realloc(self->routes, (size_t)cap * sizeof(Route *));
         if (routes == NULL)
-            return PyErr_NoMemory();
+            goto no_memory;
         self->routes = routes;
         self->routes_cap = cap;
+    }
+    if (self->dirty_cap < self->routes_cap) {
+        Route **dirty = PyMem_Realloc(self->dirty, (size_t)self->routes_cap * sizeof(Route *));
+        if (dirty == NULL)
+            goto no_memory;
+        self->dirty = dirty;
+        self->dirty_cap = self->routes_cap;
     }
     Route *old = self->by_fd[r->in_fd];
     if (old != NULL) {
         detach(self, old);
-        Py_DECREF(old);
+        retire(self, old);
     }
     Py_INCREF(r);
     r->index = self->n_routes;
     self->routes[self->n_routes++] = r;
     self->by_fd[r->in_fd] = r;
     r->paused = 0;
+    unlock_media();
     Py_RETURN_NONE;
+no_memory:
+    PyErr_NoMemory();
+fail:
+    unlock_media();
+    return NULL;
 }
 
 static PyObject *loop_remove_route(Loop *self, PyObject *arg) {
@@ -935,12 +1062,14 @@ static PyObject *loop_remove_route(Loop *self, PyObject *arg) {
         return NULL;
     }
     Route *r = (Route *)arg;
-    if (r->index >= 0 && r->index < self->n_routes && self->routes[r->index] == r) {
+    lock_media();
+    int attached = r->index >= 0 && r->index < self->n_routes && self->routes[r->index] == r;
+    if (attached) {
         detach(self, r);
-        Py_DECREF(r);
-        Py_RETURN_TRUE;
+        retire(self, r);
     }
-    Py_RETURN_FALSE;
+    unlock_media();
+    return PyBool_FromLong(attached);
 }
 
 /* A socket is closing: routes reading it go, routes sending on it stop sending (their
@@ -950,13 +1079,16 @@ static PyObject *loop_forget_fd(Loop *self, PyObject *arg) {
     int fd;
     if (!PyArg_Parse(arg, "i", &fd))
         return NULL;
-    if (fd < 0 || fd >= self->fd_cap)
+    lock_media();
+    if (fd < 0 || fd >= self->fd_cap) {
+        unlock_media();
         Py_RETURN_NONE;
+    }
     self->held[fd] = 0;
     Route *r = self->by_fd[fd];
     if (r != NULL) {
         detach(self, r);
-        Py_DECREF(r);
+        retire(self, r);
     }
     for (Py_ssize_t i = 0; i < self->n_routes; i++) {
         if (self->routes[i]->out_fd == fd)
@@ -972,6 +1104,7 @@ static PyObject *loop_forget_fd(Loop *self, PyObject *arg) {
             i++;
         }
     }
+    unlock_media();
     Py_RETURN_NONE;
 }
 
@@ -979,9 +1112,13 @@ static PyObject *loop_hold(Loop *self, PyObject *args) {
     int fd, flag;
     if (!PyArg_ParseTuple(args, "ip", &fd, &flag))
         return NULL;
-    if (ensure_fd(self, fd) < 0)
+    lock_media();
+    int rc = ensure_fd(self, fd);
+    if (rc == 0)
+        self->held[fd] = (uint8_t)flag;
+    unlock_media();
+    if (rc < 0)
         return NULL;
-    self->held[fd] = (uint8_t)flag;
     Py_RETURN_NONE;
 }
 
@@ -1006,6 +1143,7 @@ static PyObject *loop_take_due(Loop *self, PyObject *arg) {
     double min_age = PyFloat_AsDouble(arg);
     if (min_age == -1.0 && PyErr_Occurred())
         return NULL;
+    lock_media();
     double now = monotonic_s();
     Py_ssize_t n = 0;
     for (Py_ssize_t i = 0; i < self->n_dirty; i++) {
@@ -1014,8 +1152,10 @@ static PyObject *loop_take_due(Loop *self, PyObject *arg) {
     }
     /* Made before any route is marked: a failure leaves every route as it was. */
     PyObject *out = PyList_New(n);
-    if (out == NULL)
+    if (out == NULL) {
+        unlock_media();
         return NULL;
+    }
     Py_ssize_t k = 0;
     for (Py_ssize_t i = 0; i < self->n_dirty && k < n;) {
         Route *r = self->dirty[i];
@@ -1026,24 +1166,99 @@ static PyObject *loop_take_due(Loop *self, PyObject *arg) {
         PyList_SET_ITEM(out, k++, Py_NewRef((PyObject *)r));
         mark_synced(self, r, now); /* the next one is at i now */
     }
+    unlock_media();
     return out;
 }
 
 /* ------------------------------------------------------------------ punts */
 
-static int punt(Loop *self, PyObject *item) {
-    if (item == NULL)
-        return -1;
-    if (self->punts == NULL) {
-        self->punts = PyList_New(0);
-        if (self->punts == NULL) {
-            Py_DECREF(item);
-            return -1;
+/* One punt, queued: the header, then ``addrlen`` bytes of address, then ``len`` of data,
+ * the whole rounded up to 8 bytes. Made without the interpreter (the forwarder queues
+ * them); convert_punts makes the tuples the module docstring lists. */
+typedef struct {
+    uint32_t size;
+    uint8_t kind;
+    uint8_t marker;
+    uint16_t addrlen;
+    int fd;
+    int err;
+    uint32_t len;
+    unsigned int seq, ts, ssrc;
+    double arrival;
+    Route *route; /* borrowed: retire() keeps a detached route until its records are made */
+} Punt;
+
+/* The queue's limit: beyond it (Python has not drained it for seconds) a punt is dropped
+ * and counted, as a full socket buffer would. A route whose new-SSRC packet is dropped
+ * stays paused, and its next packet goes to Python instead. */
+#define PUNT_QUEUE_MAX ((size_t)64 << 20)
+
+static Punt *punt_add(Loop *self, int kind, size_t addrlen, size_t len) {
+    size_t size = (sizeof(Punt) + addrlen + len + 7) & ~(size_t)7;
+    if (self->queue_len + size > self->queue_cap) {
+        if (self->queue_len + size > PUNT_QUEUE_MAX) {
+            self->punts_dropped++;
+            return NULL;
+        }
+        if (self->queue == NULL && self->spare != NULL) {
+            self->queue = self->spare;
+            self->queue_cap = self->spare_cap;
+            self->spare = NULL;
+            self->spare_cap = 0;
+        }
+        size_t cap = self->queue_cap ? self->queue_cap : 65536;
+        while (cap < self->queue_len + size)
+            cap *= 2;
+        if (cap != self->queue_cap) {
+            char *grown = PyMem_RawRealloc(self->queue, cap);
+            if (grown == NULL) {
+                self->punts_dropped++;
+                return NULL;
+            }
+            self->queue = grown;
+            self->queue_cap = cap;
         }
     }
-    int rc = PyList_Append(self->punts, item);
-    Py_DECREF(item);
-    return rc;
+    Punt *p = (Punt *)(self->queue + self->queue_len);
+    memset(p, 0, sizeof(*p));
+    p->size = (uint32_t)size;
+    p->kind = (uint8_t)kind;
+    p->addrlen = (uint16_t)addrlen;
+    p->len = (uint32_t)len;
+    self->queue_len += size;
+    return p;
+}
+
+static inline char *punt_data(Punt *p) { return (char *)(p + 1) + p->addrlen; }
+
+static void punt_datagram(Loop *self, int kind, int fd, const char *data, size_t len,
+                          const struct sockaddr_storage *addr, socklen_t addrlen) {
+    if (addrlen > sizeof(*addr))
+        addrlen = sizeof(*addr);
+    Punt *p = punt_add(self, kind, addrlen, len);
+    if (p == NULL)
+        return;
+    p->fd = fd;
+    memcpy(p + 1, addr, addrlen);
+    memcpy(punt_data(p), data, len);
+}
+
+/* PUNT_PLAIN, PUNT_RTCP_PLAIN, PUNT_SYNC (no data). */
+static void punt_route(Loop *self, int kind, Route *r, const uint8_t *data, size_t len) {
+    Punt *p = punt_add(self, kind, 0, len);
+    if (p == NULL)
+        return;
+    p->route = r;
+    if (len)
+        memcpy(punt_data(p), data, len);
+}
+
+static void punt_error(Loop *self, int fd, int err) {
+    Punt *p = punt_add(self, PUNT_ERROR, 0, 0);
+    if (p == NULL)
+        return;
+    p->fd = fd;
+    p->err = err;
 }
 
 static PyObject *address_tuple(const struct sockaddr_storage *addr, socklen_t len) {
@@ -1066,22 +1281,90 @@ static PyObject *address_tuple(const struct sockaddr_storage *addr, socklen_t le
     Py_RETURN_NONE;
 }
 
-static int punt_datagram(Loop *self, int kind, int fd, const char *data, size_t len,
-                         const struct sockaddr_storage *addr, socklen_t addrlen) {
-    PyObject *payload = PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
-    if (payload == NULL)
-        return -1;
-    PyObject *where = address_tuple(addr, addrlen);
-    if (where == NULL) {
-        Py_DECREF(payload);
-        return -1;
+static PyObject *punt_tuple(Punt *p) {
+    const char *data = punt_data(p);
+    Py_ssize_t len = (Py_ssize_t)p->len;
+    PyObject *route = (PyObject *)p->route;
+    switch (p->kind) {
+    case PUNT_RAW:
+    case PUNT_SEND: {
+        struct sockaddr_storage addr;
+        memset(&addr, 0, sizeof(addr));
+        memcpy(&addr, p + 1, p->addrlen); /* the record's bytes need not be aligned for it */
+        PyObject *where = address_tuple(&addr, p->addrlen);
+        if (where == NULL)
+            return NULL;
+        return Py_BuildValue("(iiy#N)", (int)p->kind, p->fd, data, len, where);
     }
-    return punt(self, Py_BuildValue("(iiNN)", kind, fd, payload, where));
+    case PUNT_PLAIN:
+    case PUNT_RTCP_PLAIN:
+        return Py_BuildValue("(iOy#)", (int)p->kind, route, data, len);
+    case PUNT_SYNC:
+        return Py_BuildValue("(iO)", PUNT_SYNC, route);
+    case PUNT_TAP:
+        return Py_BuildValue("(iOy#IIIOd)", PUNT_TAP, route, data, len, p->seq, p->ts, p->ssrc,
+                             p->marker ? Py_True : Py_False, p->arrival);
+    case PUNT_ERROR:
+        return Py_BuildValue("(iii)", PUNT_ERROR, p->fd, p->err);
+    }
+    PyErr_SetString(PyExc_SystemError, "unknown punt");
+    return NULL;
 }
 
-static int punt_plain(Loop *self, Route *r, const uint8_t *plain, int len) {
-    return punt(self, Py_BuildValue("(iOy#)", PUNT_PLAIN, (PyObject *)r, (const char *)plain,
-                                    (Py_ssize_t)len));
+/* A taken queue's punts as a list of tuples, in arrival order (None: empty). */
+static PyObject *convert_punts(char *queue, size_t len) {
+    if (len == 0)
+        Py_RETURN_NONE;
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    for (size_t at = 0; at < len;) {
+        Punt *p = (Punt *)(queue + at);
+        at += p->size;
+        PyObject *item = punt_tuple(p);
+        if (item == NULL || PyList_Append(out, item) < 0) {
+            Py_XDECREF(item);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(item);
+    }
+    return out;
+}
+
+/* What one drain takes under the media lock, to convert and release without it. */
+typedef struct {
+    char *queue;
+    size_t len, cap;
+    Route **retired;
+    Py_ssize_t n_retired;
+} Taken;
+
+static Taken take_queue(Loop *self) {
+    Taken t = {self->queue, self->queue_len, self->queue_cap, self->retired, self->n_retired};
+    self->queue = NULL;
+    self->queue_len = self->queue_cap = 0;
+    self->retired = NULL;
+    self->n_retired = self->retired_cap = 0;
+    self->converting = 1;
+    return t;
+}
+
+/* The tuples of a taken queue (NULL: an error is set), its retired routes released and its
+ * buffer kept for the next queue. */
+static PyObject *finish_take(Loop *self, Taken *t) {
+    PyObject *punts = convert_punts(t->queue, t->len);
+    lock_media();
+    self->converting = 0;
+    if (self->spare == NULL && t->queue != NULL) {
+        self->spare = t->queue;
+        self->spare_cap = t->cap;
+        t->queue = NULL;
+    }
+    unlock_media();
+    PyMem_RawFree(t->queue);
+    release_retired(t->retired, t->n_retired);
+    return punts;
 }
 
 static int mark(Loop *self, Route *r, int urgent) {
@@ -1207,7 +1490,8 @@ static int forward_plain(Loop *self, Route *r, uint8_t *p, int n, double now, do
          * and hands the route back. Until then every packet of the route goes there too,
          * so nothing overtakes this one. */
         r->paused = 1;
-        return punt_plain(self, r, p, n) < 0 ? -1 : 0;
+        punt_route(self, PUNT_PLAIN, r, p, (size_t)n);
+        return 0;
     }
     size_t plen = (size_t)end - offset;
     int first = isnan(r->first_packet_at);
@@ -1228,11 +1512,16 @@ static int forward_plain(Loop *self, Route *r, uint8_t *p, int n, double now, do
         return 0; /* padding only */
     const uint8_t *payload = p + offset;
     if (r->tap) {
-        PyObject *item = Py_BuildValue("(iOy#IIIOd)", PUNT_TAP, (PyObject *)r,
-                                       (const char *)payload, (Py_ssize_t)plen, seq, ts, ssrc,
-                                       b1 > 127 ? Py_True : Py_False, now);
-        if (punt(self, item) < 0)
-            return -1;
+        Punt *t = punt_add(self, PUNT_TAP, 0, plen);
+        if (t != NULL) {
+            t->route = r;
+            t->seq = seq;
+            t->ts = ts;
+            t->ssrc = ssrc;
+            t->marker = b1 > 127;
+            t->arrival = now;
+            memcpy(punt_data(t), payload, plen);
+        }
     }
     /* _send: the rewrite. */
     unsigned int out_seq = (seq + r->seq_off) & 0xFFFF;
@@ -1300,9 +1589,8 @@ static int send_batch(Loop *self, int fd, int count) {
     }
     for (int i = sent; i < count; i++) {
         struct msghdr *h = &self->smsgs[i].msg_hdr;
-        if (punt_datagram(self, PUNT_SEND, fd, h->msg_iov->iov_base, h->msg_iov->iov_len,
-                          (const struct sockaddr_storage *)h->msg_name, h->msg_namelen) < 0)
-            return -1;
+        punt_datagram(self, PUNT_SEND, fd, h->msg_iov->iov_base, h->msg_iov->iov_len,
+                      (const struct sockaddr_storage *)h->msg_name, h->msg_namelen);
     }
     return 0;
 }
@@ -1313,11 +1601,9 @@ static int grow(char **buffer, Py_ssize_t *cap, Py_ssize_t need) {
     Py_ssize_t cap2 = *cap ? *cap : 4096;
     while (cap2 < need)
         cap2 *= 2;
-    char *grown = PyMem_Realloc(*buffer, (size_t)cap2);
-    if (grown == NULL) {
-        PyErr_NoMemory();
+    char *grown = PyMem_RawRealloc(*buffer, (size_t)cap2); /* without the interpreter too */
+    if (grown == NULL)
         return -1;
-    }
     *buffer = grown;
     *cap = cap2;
     return 0;
@@ -1346,9 +1632,8 @@ static int sink_batch(Loop *self, Route *r, int fd, int got) {
         uint8_t *d = (uint8_t *)self->riov[i].iov_base;
         size_t n = self->rmsgs[i].msg_len;
         if (!is_rtp(d, n)) {
-            if (punt_datagram(self, PUNT_RAW, fd, (const char *)d, n, &self->raddr[i],
-                              self->rmsgs[i].msg_hdr.msg_namelen) < 0)
-                return -1;
+            punt_datagram(self, PUNT_RAW, fd, (const char *)d, n, &self->raddr[i],
+                          self->rmsgs[i].msg_hdr.msg_namelen);
             continue;
         }
         int len = (int)n;
@@ -1533,8 +1818,8 @@ static int handle_rtcp(Loop *self, Route *r, uint8_t *d, size_t n, double wall) 
     if (verdict == RTCP_FOR_PYTHON) {
         r->rtcp_to_python++;
         self->rtcp_to_python++;
-        return punt(self, Py_BuildValue("(iOy#)", PUNT_RTCP_PLAIN, (PyObject *)r,
-                                        (const char *)d, (Py_ssize_t)len));
+        punt_route(self, PUNT_RTCP_PLAIN, r, d, (size_t)len);
+        return 0;
     }
     r->rtcp_read++;
     self->rtcp_read++;
@@ -1569,7 +1854,8 @@ static int read_socket(Loop *self, int fd) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
             return 0;
         /* An ICMP error reported on the socket: the socket itself is fine. */
-        return punt(self, Py_BuildValue("(iii)", PUNT_ERROR, fd, errno)) < 0 ? -1 : 0;
+        punt_error(self, fd, errno);
+        return 0;
     }
     Route *r = fd < self->fd_cap ? self->by_fd[fd] : NULL;
     if (r != NULL && r->kind == KIND_SINK)
@@ -1589,9 +1875,8 @@ static int read_socket(Loop *self, int fd) {
             continue;
         }
         if (r == NULL || !is_rtp(d, n)) {
-            if (punt_datagram(self, PUNT_RAW, fd, (const char *)d, n, &self->raddr[i],
-                              self->rmsgs[i].msg_hdr.msg_namelen) < 0)
-                return -1;
+            punt_datagram(self, PUNT_RAW, fd, (const char *)d, n, &self->raddr[i],
+                          self->rmsgs[i].msg_hdr.msg_namelen);
             continue;
         }
         int len = (int)n;
@@ -1604,8 +1889,7 @@ static int read_socket(Loop *self, int fd) {
             continue;
         }
         if (r->paused || r->out_fd < 0) {
-            if (punt_plain(self, r, d, len) < 0)
-                return -1;
+            punt_route(self, PUNT_PLAIN, r, d, (size_t)len);
             continue;
         }
         uint8_t *out = (uint8_t *)self->siov[nsend].iov_base;
@@ -1629,6 +1913,54 @@ static int read_socket(Loop *self, int fd) {
     return got;
 }
 
+/* Up to ``rounds`` rounds of "poll the set, read every ready socket"; the datagrams read.
+ * Under the media lock. ``*error``: the errno that stopped it (the set is gone), else 0. */
+static long long read_rounds(Loop *self, int epfd, int rounds, int *error) {
+    long long count = 0;
+    *error = 0;
+    for (int round = 0; round < rounds; round++) {
+        int ready = epoll_wait(epfd, self->events, MAX_EVENTS, 0);
+        if (ready < 0) {
+            if (errno == EINTR)
+                continue;
+            *error = errno;
+            break;
+        }
+        if (ready == 0)
+            break;
+        for (int i = 0; i < ready; i++) {
+            int got = read_socket(self, self->events[i].data.fd);
+            if (got < 0)
+                self->out_of_memory = 1; /* a sink's records; the pump raises it */
+            else
+                count += got;
+        }
+    }
+    self->datagrams += (unsigned long long)count;
+    return count;
+}
+
+/* Routes whose counters are due in Python: at once after something rare (a first packet,
+ * a drop), else every sync_interval while packets flow, ``most`` at most (SYNCS_PER_PUMP
+ * after a read; every due one when the forwarder wakes for them alone). Under the media
+ * lock. */
+static void queue_syncs(Loop *self, int most) {
+    if (self->n_dirty == 0)
+        return;
+    double now = monotonic_s();
+    int synced = 0;
+    for (Py_ssize_t i = 0; i < self->n_dirty;) {
+        Route *r = self->dirty[i];
+        if (r->urgent || (synced < most && route_due(r, now, self->sync_interval))) {
+            synced += !r->urgent;
+            mark_synced(self, r, now); /* the next one is at i now */
+            punt_route(self, PUNT_SYNC, r, NULL, 0);
+        } else {
+            i++;
+        }
+    }
+}
+
 static PyObject *loop_pump(Loop *self, PyObject *args) {
     int epfd, max_rounds;
     if (!PyArg_ParseTuple(args, "ii", &epfd, &max_rounds))
@@ -1641,53 +1973,280 @@ static PyObject *loop_pump(Loop *self, PyObject *args) {
         PyErr_SetString(PyExc_RuntimeError, "Loop not initialised");
         return NULL;
     }
-    if (self->punts != NULL) {
+    if (self->forwarding) {
+        PyErr_SetString(PyExc_RuntimeError, "the loop's forwarder reads its sockets");
+        return NULL;
+    }
+    if (self->converting) {
         PyErr_SetString(PyExc_RuntimeError, "pump is not reentrant");
         return NULL;
     }
+    lock_media();
     self->pumps++;
-    long long count = 0;
-    for (int round = 0; round < max_rounds; round++) {
-        int ready = epoll_wait(epfd, self->events, MAX_EVENTS, 0);
-        if (ready < 0) {
-            if (errno == EINTR)
-                continue;
+    int error;
+    long long count = read_rounds(self, epfd, max_rounds, &error);
+    queue_syncs(self, SYNCS_PER_PUMP);
+    int out_of_memory = self->out_of_memory;
+    self->out_of_memory = 0;
+    Taken taken = take_queue(self);
+    unlock_media();
+    PyObject *punts = finish_take(self, &taken);
+    if (punts != NULL && (error || out_of_memory)) {
+        Py_DECREF(punts);
+        punts = NULL;
+        if (error) {
+            errno = error;
             PyErr_SetFromErrno(PyExc_OSError);
-            goto fail;
-        }
-        if (ready == 0)
-            break;
-        for (int i = 0; i < ready; i++) {
-            int got = read_socket(self, self->events[i].data.fd);
-            if (got < 0)
-                goto fail;
-            count += got;
+        } else {
+            PyErr_NoMemory();
         }
     }
-    self->datagrams += (unsigned long long)count;
-    /* Routes whose counters are due in Python: at once after something rare (a first
-     * packet, a drop), else every sync_interval while packets flow, SYNCS_PER_PUMP at most. */
-    if (self->n_dirty > 0) {
-        double now = monotonic_s();
-        int synced = 0;
-        for (Py_ssize_t i = 0; i < self->n_dirty;) {
-            Route *r = self->dirty[i];
-            if (r->urgent || (synced < SYNCS_PER_PUMP && route_due(r, now, self->sync_interval))) {
-                synced += !r->urgent;
-                mark_synced(self, r, now); /* the next one is at i now */
-                if (punt(self, Py_BuildValue("(iO)", PUNT_SYNC, (PyObject *)r)) < 0)
-                    goto fail;
-            } else {
-                i++;
+    if (punts == NULL)
+        return NULL;
+    return Py_BuildValue("(LN)", count, punts);
+}
+
+/* ------------------------------------------------------------------ the forwarder */
+
+/* The media lock for the forwarder: it gives up waiting when asked to stop (the thread
+ * stopping it may hold the lock). 0: stop. */
+static int forwarder_lock(Loop *self) {
+    for (;;) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_nsec += 5000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_nsec -= 1000000000L;
+            until.tv_sec++;
+        }
+        int rc = pthread_mutex_timedlock(&media_lock, &until);
+        if (rc == 0)
+            return 1;
+        if (__atomic_load_n(&self->forwarder_stop, __ATOMIC_ACQUIRE))
+            return 0;
+    }
+}
+
+static void sleep_until(double at) {
+    struct timespec t;
+    double whole = floor(at);
+    t.tv_sec = (time_t)whole;
+    t.tv_nsec = (long)((at - whole) * 1e9);
+    if (t.tv_nsec >= 1000000000L)
+        t.tv_nsec = 999999999L;
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &t, NULL) == EINTR)
+        ;
+}
+
+/* Ahead of the process's other threads when both want the core, as browsers run their
+ * audio threads: real-time (SCHED_FIFO, its lowest priority) where the process may, else a
+ * lower nice value, else as it is. What it got: 2, 1, 0. */
+static int raise_priority(void) {
+    struct sched_param param = {.sched_priority = 1};
+    if (pthread_setschedparam(pthread_self(), SCHED_FIFO, &param) == 0)
+        return 2;
+    if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), -10) == 0)
+        return 1;
+    return 0;
+}
+
+/* The forwarder's thread. Quiet, it waits for any socket (or stop_fd); woken, it reads
+ * every ready socket; once two wake-ups come closer than the batching window it polls
+ * every window instead, from each poll's start, until a poll finds nothing (as
+ * relay.media.udp.MediaSockets does on the event loop). Between two polls it sleeps at
+ * least a quarter of the window: raised above the event loop's thread, a forwarder that
+ * could not keep up must still leave it the core. */
+static void *forwarder_main(void *arg) {
+    Loop *self = (Loop *)arg;
+    if (self->forward_raised)
+        self->forward_priority = raise_priority();
+    double last_wake = -1e9, next = 0.0;
+    int busy = 0;
+    struct epoll_event woken[2];
+    int dirty = 0;
+    while (!__atomic_load_n(&self->forwarder_stop, __ATOMIC_ACQUIRE)) {
+        int timed_out = 0;
+        if (busy) {
+            sleep_until(next);
+        } else {
+            /* Routes with counters Python has not seen, and no packet to wake for: they are
+             * synced when half a sync interval has passed without one (the flush timer's
+             * job on the event loop's thread, fastloop.sync_due). */
+            int timeout = dirty ? (int)(self->sync_interval * 500.0) + 1 : -1;
+            int n = epoll_wait(self->wait_fd, woken, 2, timeout);
+            if (n < 0 && errno != EINTR) {
+                self->forward_error = errno;
+                break;
+            }
+            timed_out = n == 0;
+        }
+        if (__atomic_load_n(&self->forwarder_stop, __ATOMIC_ACQUIRE))
+            break;
+        double started = monotonic_s();
+        if (!forwarder_lock(self))
+            break;
+        if (busy)
+            self->polls++;
+        else if (!timed_out)
+            self->wakeups++;
+        size_t queued_before = self->queue_len;
+        int error;
+        long long count = read_rounds(self, self->forward_epfd, self->forward_rounds, &error);
+        queue_syncs(self, timed_out ? INT_MAX : SYNCS_PER_PUMP);
+        dirty = self->n_dirty > 0;
+        int wake_python = queued_before == 0 && self->queue_len > 0;
+        unlock_media();
+        if (wake_python) {
+            uint64_t one = 1;
+            /* EAGAIN: the counter is at its maximum, so Python is woken anyway. */
+            if (write(self->notify_fd, &one, sizeof(one)) < 0) {
             }
         }
+        if (error) {
+            self->forward_error = error; /* the set was closed under it */
+            break;
+        }
+        double now = monotonic_s();
+        double batch = (double)__atomic_load_n(&self->forward_batch_ns, __ATOMIC_RELAXED) * 1e-9;
+        if (timed_out) {
+            /* nothing arrived: still quiet */
+        } else if (!busy) {
+            busy = batch > 0.0 && started - last_wake < batch;
+            last_wake = now;
+        } else if (count == 0) {
+            busy = 0;
+            last_wake = now;
+        }
+        if (busy) {
+            next = started + batch;
+            if (next < now + batch / 4)
+                next = now + batch / 4;
+        }
     }
-    PyObject *punts = self->punts;
-    self->punts = NULL;
-    return Py_BuildValue("(LN)", count, punts != NULL ? punts : Py_NewRef(Py_None));
-fail:
-    Py_CLEAR(self->punts);
     return NULL;
+}
+
+static PyObject *loop_start_forwarding(Loop *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"epoll_fd", "batch", "max_rounds", "raised", NULL};
+    int epfd, max_rounds, raised = 0;
+    double batch;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "idi|p", kwlist, &epfd, &batch, &max_rounds,
+                                     &raised))
+        return NULL;
+    if (!(batch >= 0.0 && batch <= 0.01) || max_rounds < 1) {
+        PyErr_SetString(PyExc_ValueError, "batch must be 0..0.01 s, max_rounds at least 1");
+        return NULL;
+    }
+    if (srtp_protect_fn == NULL || srtp_unprotect_fn == NULL || self->rbuf == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "set_srtp() was not called, or no buffers");
+        return NULL;
+    }
+    if (self->forwarding) {
+        PyErr_SetString(PyExc_RuntimeError, "the forwarder is running");
+        return NULL;
+    }
+    if (self->n_sources > 0) {
+        /* Sources send from the buffers the forwarder sends from (tick, add_source). */
+        PyErr_SetString(PyExc_RuntimeError, "a loop with sources cannot forward on a thread");
+        return NULL;
+    }
+    if (self->notify_fd < 0) {
+        self->notify_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (self->notify_fd < 0)
+            return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    self->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    self->wait_fd = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event on_set = {.events = EPOLLIN, .data.fd = epfd};
+    struct epoll_event on_stop = {.events = EPOLLIN, .data.fd = self->stop_fd};
+    if (self->stop_fd < 0 || self->wait_fd < 0 ||
+        epoll_ctl(self->wait_fd, EPOLL_CTL_ADD, epfd, &on_set) < 0 ||
+        epoll_ctl(self->wait_fd, EPOLL_CTL_ADD, self->stop_fd, &on_stop) < 0)
+        goto os_error;
+    self->forward_epfd = epfd;
+    self->forward_rounds = max_rounds;
+    __atomic_store_n(&self->forward_batch_ns, (long long)(batch * 1e9), __ATOMIC_RELAXED);
+    self->forward_raised = raised;
+    self->forward_priority = 0;
+    self->forward_error = 0;
+    __atomic_store_n(&self->forwarder_stop, 0, __ATOMIC_RELEASE);
+    /* Signals are the interpreter's thread's: the forwarder starts with all of them blocked. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    int rc = pthread_create(&self->forwarder, NULL, forwarder_main, self);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        errno = rc;
+        goto os_error;
+    }
+    lock_media();
+    self->forwarding = 1;
+    unlock_media();
+    Py_RETURN_NONE;
+os_error:
+    PyErr_SetFromErrno(PyExc_OSError);
+    if (self->stop_fd >= 0)
+        close(self->stop_fd);
+    if (self->wait_fd >= 0)
+        close(self->wait_fd);
+    self->stop_fd = self->wait_fd = -1;
+    return NULL;
+}
+
+/* Waits for the forwarder's current round at most: it never waits for the interpreter, and
+ * gives up waiting for the media lock once asked to stop, so joining it with either held
+ * cannot deadlock. The punts it queued stay for take_punts. */
+static void stop_forwarder(Loop *self) {
+    if (!self->forwarding)
+        return;
+    __atomic_store_n(&self->forwarder_stop, 1, __ATOMIC_RELEASE);
+    uint64_t one = 1;
+    if (write(self->stop_fd, &one, sizeof(one)) < 0) {
+        /* the counter is full: it is readable already */
+    }
+    pthread_join(self->forwarder, NULL);
+    close(self->stop_fd);
+    close(self->wait_fd);
+    self->stop_fd = self->wait_fd = -1;
+    lock_media();
+    self->forwarding = 0;
+    unlock_media();
+}
+
+static PyObject *loop_stop_forwarding(Loop *self, PyObject *unused) {
+    stop_forwarder(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *loop_set_batch(Loop *self, PyObject *arg) {
+    double batch = PyFloat_AsDouble(arg);
+    if (batch == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (!(batch >= 0.0 && batch <= 0.01)) {
+        PyErr_SetString(PyExc_ValueError, "batch must be 0..0.01 s");
+        return NULL;
+    }
+    __atomic_store_n(&self->forward_batch_ns, (long long)(batch * 1e9), __ATOMIC_RELAXED);
+    Py_RETURN_NONE;
+}
+
+/* Everything the forwarder queued for Python since the last call, as pump's punts (None:
+ * nothing); notify_fd is not ready after. */
+static PyObject *loop_take_punts(Loop *self, PyObject *unused) {
+    if (self->converting) {
+        PyErr_SetString(PyExc_RuntimeError, "take_punts is not reentrant");
+        return NULL;
+    }
+    if (self->notify_fd >= 0) {
+        uint64_t count;
+        while (read(self->notify_fd, &count, sizeof(count)) < 0 && errno == EINTR)
+            ;
+    }
+    lock_media();
+    Taken taken = take_queue(self);
+    unlock_media();
+    return finish_take(self, &taken);
 }
 
 static PyObject *loop_add_source(Loop *self, PyObject *arg) {
@@ -1701,6 +2260,10 @@ static PyObject *loop_add_source(Loop *self, PyObject *arg) {
     }
     if (self->rbuf == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Loop not initialised");
+        return NULL;
+    }
+    if (self->forwarding) {
+        PyErr_SetString(PyExc_RuntimeError, "a forwarding loop cannot send sources");
         return NULL;
     }
     pthread_mutex_lock(&self->sources_lock);
@@ -1994,24 +2557,32 @@ static PyObject *loop_clear_tick(Loop *self, PyObject *unused) {
 }
 
 static PyObject *loop_stats(Loop *self, PyObject *unused) {
-    return Py_BuildValue("{sKsKsKsKsKsnsnsKsKsK}", "datagrams", self->datagrams, "forwarded",
-                         self->compiled_forwarded, "pumps", self->pumps, "recvmmsg",
-                         self->recvmmsg_calls, "sendmmsg", self->sendmmsg_calls, "routes",
-                         self->n_routes, "dirty", self->n_dirty, "rtcp_read", self->rtcp_read,
-                         "rtcp_to_python", self->rtcp_to_python, "rtcp_dropped",
-                         self->rtcp_dropped);
+    lock_media();
+    PyObject *out = Py_BuildValue(
+        "{sKsKsKsKsKsnsnsKsKsKsKsKsKsisisi}", "datagrams", self->datagrams, "forwarded",
+        self->compiled_forwarded, "pumps", self->pumps, "recvmmsg", self->recvmmsg_calls,
+        "sendmmsg", self->sendmmsg_calls, "routes", self->n_routes, "dirty", self->n_dirty,
+        "rtcp_read", self->rtcp_read, "rtcp_to_python", self->rtcp_to_python, "rtcp_dropped",
+        self->rtcp_dropped, "wakeups", self->wakeups, "polls", self->polls, "punts_dropped",
+        self->punts_dropped, "forwarding", self->forwarding, "priority",
+        self->forward_priority, "forward_error", self->forward_error);
+    unlock_media();
+    return out;
 }
 
 static PyObject *loop_routes(Loop *self, PyObject *unused) {
+    lock_media();
     PyObject *out = PyList_New(self->n_routes);
-    if (out == NULL)
-        return NULL;
-    for (Py_ssize_t i = 0; i < self->n_routes; i++)
-        PyList_SET_ITEM(out, i, Py_NewRef((PyObject *)self->routes[i]));
+    if (out != NULL) {
+        for (Py_ssize_t i = 0; i < self->n_routes; i++)
+            PyList_SET_ITEM(out, i, Py_NewRef((PyObject *)self->routes[i]));
+    }
+    unlock_media();
     return out;
 }
 
 static PyObject *loop_close(Loop *self, PyObject *unused) {
+    stop_forwarder(self);
     loop_drop_routes(self);
     loop_drop_sources(self);
     Py_RETURN_NONE;
@@ -2041,6 +2612,17 @@ static PyMethodDef loop_methods[] = {
     {"arm_tick", (PyCFunction)loop_arm_tick, METH_O,
      "arm_tick(at): tick_fd is ready at ``at`` (time.monotonic() clock), or at once if past"},
     {"disarm_tick", (PyCFunction)loop_disarm_tick, METH_NOARGS, "tick_fd never ready"},
+    {"start_forwarding", (PyCFunction)(void (*)(void))loop_start_forwarding,
+     METH_VARARGS | METH_KEYWORDS,
+     "start_forwarding(epoll_fd, batch, max_rounds, raised=False): a thread of the loop's "
+     "own reads the set's sockets and forwards as pump does, without the interpreter; the "
+     "rest waits for take_punts, and notify_fd is ready when there is some"},
+    {"stop_forwarding", (PyCFunction)loop_stop_forwarding, METH_NOARGS,
+     "stop that thread (after its current round); nothing if it is not running"},
+    {"set_batch", (PyCFunction)loop_set_batch, METH_O,
+     "set_batch(seconds): the forwarder's batching window from now on"},
+    {"take_punts", (PyCFunction)loop_take_punts, METH_NOARGS,
+     "what the forwarder queued for Python since the last call, as pump's punts (or None)"},
     {"clear_tick", (PyCFunction)loop_clear_tick, METH_NOARGS,
      "read tick_fd's expiries (0 if none): no longer ready"},
     {NULL}};
@@ -2054,6 +2636,10 @@ static PyMemberDef loop_members[] = {
      "a timerfd ready when arm_tick says (for an event loop's reader)"},
     {"ticker_running", T_INT, offsetof(Loop, ticker_running), READONLY,
      "whether start_ticker's thread sends the sources"},
+    {"notify_fd", T_INT, offsetof(Loop, notify_fd), READONLY,
+     "an eventfd ready while the forwarder has queued punts (-1 before start_forwarding)"},
+    {"forwarding", T_INT, offsetof(Loop, forwarding), READONLY,
+     "whether start_forwarding's thread reads the sockets"},
     {NULL}};
 
 static PyTypeObject LoopType = {
@@ -2131,7 +2717,23 @@ static PyObject *new_sink(PyObject *module, PyObject *args, PyObject *kwds) {
     return (PyObject *)r;
 }
 
+static PyObject *media_acquire(PyObject *module, PyObject *unused) {
+    lock_media();
+    Py_RETURN_NONE;
+}
+
+static PyObject *media_release(PyObject *module, PyObject *unused) {
+    if (pthread_mutex_unlock(&media_lock) != 0) {
+        PyErr_SetString(PyExc_RuntimeError, "the media lock is not held by this thread");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
+    {"acquire", media_acquire, METH_NOARGS,
+     "take the media lock (recursive; the forwarders wait while it is held)"},
+    {"release", media_release, METH_NOARGS, "let go of the media lock once"},
     {"new_sink", (PyCFunction)(void (*)(void))new_sink, METH_VARARGS | METH_KEYWORDS,
      "new_sink(in_fd, rx_session, rx_context, keep_payloads=False): a route that records "
      "the authentic RTP its socket receives (Route.take_records) instead of forwarding it"},
@@ -2146,6 +2748,14 @@ static struct PyModuleDef module_def = {
     module_methods};
 
 PyMODINIT_FUNC PyInit__fastloop(void) {
+    /* Recursive: Python code that holds it (relay.media.fastloop.locked) calls the loops'
+     * and routes' methods, which take it too. Error-checking within that: unlocking a lock
+     * this thread does not hold fails instead of corrupting it. */
+    pthread_mutexattr_t attr;
+    pthread_mutexattr_init(&attr);
+    pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE);
+    pthread_mutex_init(&media_lock, &attr);
+    pthread_mutexattr_destroy(&attr);
     if (PyType_Ready(&RouteType) < 0 || PyType_Ready(&LoopType) < 0 ||
         PyType_Ready(&SourceType) < 0)
         return NULL;

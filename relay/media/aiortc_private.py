@@ -430,7 +430,60 @@ def pair_endpoint(pair: Any) -> tuple[Any, tuple[str, int]]:
 
 def srtp_sessions(dtls: RTCDtlsTransport) -> tuple[Any, Any]:
     """The leg's (receive, transmit) pylibsrtp sessions; ``None`` before the handshake."""
-    return dtls._rx_srtp, dtls._tx_srtp
+    return _unlocked(dtls._rx_srtp), _unlocked(dtls._tx_srtp)
+
+
+# A lock as two functions (take, let go): the media lock's (relay.media.fastloop).
+LockPair = tuple[Callable[[], Any], Callable[[], Any]]
+
+
+class LockedSrtpSession:
+    """A leg's pylibsrtp session whose every use by aiortc takes a lock first.
+
+    A compiled route uses the leg's libsrtp contexts on the compiled loop's forwarder
+    thread (relay/media/_fastloop.c, "the media lock"), while aiortc keeps using the same
+    sessions on the event loop's: it unprotects what reaches it on the leg's other sockets
+    and protects its RTCP, a new SSRC's first packet adding a stream to the session's list
+    that the forwarder walks. ``guard_srtp`` puts this in place of ``RTCDtlsTransport``'s
+    ``_rx_srtp`` and ``_tx_srtp``; aiortc calls only the four methods below."""
+
+    __slots__ = ("session", "_acquire", "_release")
+
+    def __init__(self, session: Any, lock: LockPair) -> None:
+        self.session = session
+        self._acquire, self._release = lock
+
+    def _call(self, method: Callable[[bytes], bytes], packet: bytes) -> bytes:
+        self._acquire()
+        try:
+            return method(packet)
+        finally:
+            self._release()
+
+    def protect(self, packet: bytes) -> bytes:
+        return self._call(self.session.protect, packet)
+
+    def protect_rtcp(self, packet: bytes) -> bytes:
+        return self._call(self.session.protect_rtcp, packet)
+
+    def unprotect(self, packet: bytes) -> bytes:
+        return self._call(self.session.unprotect, packet)
+
+    def unprotect_rtcp(self, packet: bytes) -> bytes:
+        return self._call(self.session.unprotect_rtcp, packet)
+
+
+def guard_srtp(dtls: RTCDtlsTransport, lock: LockPair) -> None:
+    """aiortc's own use of the leg's SRTP sessions under ``lock`` from now on (idempotent;
+    nothing before the handshake)."""
+    for name in ("_rx_srtp", "_tx_srtp"):
+        session = getattr(dtls, name)
+        if session is not None and not isinstance(session, LockedSrtpSession):
+            setattr(dtls, name, LockedSrtpSession(session, lock))
+
+
+def _unlocked(session: Any) -> Any:
+    return session.session if isinstance(session, LockedSrtpSession) else session
 
 
 def bind_remote_ssrc(receiver: RTCRtpReceiver, ssrc: int) -> None:
@@ -598,10 +651,13 @@ class SrtpCodec:
         "_length",
         "_protect",
         "_unprotect",
+        "_lock",
         "refused",
     )
 
-    def __init__(self, session: Any) -> None:
+    def __init__(self, session: Any, lock: LockPair | None = None) -> None:
+        """``lock``: taken around each call into libsrtp (the media lock, when a compiled
+        route may use the same context on its forwarder thread; ``LockedSrtpSession``)."""
         binding = _srtp_binding()
         ffi = binding.ffi
         self._session = session  # keeps the context alive: pylibsrtp frees it with the session
@@ -611,7 +667,20 @@ class SrtpCodec:
         self._length = ffi.new("int *")
         self._protect = binding.lib.srtp_protect
         self._unprotect = binding.lib.srtp_unprotect
+        self._lock = lock
         self.refused = 0
+
+    def _run(self, function: Any) -> int:
+        lock = self._lock
+        if lock is None:
+            status: int = function(self._context, self._cdata, self._length)
+            return status
+        lock[0]()
+        try:
+            status = function(self._context, self._cdata, self._length)
+        finally:
+            lock[1]()
+        return status
 
     def protect(self, packet: bytes) -> bytes | None:
         n = len(packet)
@@ -620,7 +689,7 @@ class SrtpCodec:
             return None
         self._buffer[0:n] = packet
         self._length[0] = n
-        status = self._protect(self._context, self._cdata, self._length)
+        status = self._run(self._protect)
         if status:
             self.refused = status
             return None
@@ -634,7 +703,7 @@ class SrtpCodec:
             return None
         self._buffer[0:n] = packet
         self._length[0] = n
-        status = self._unprotect(self._context, self._cdata, self._length)
+        status = self._run(self._unprotect)
         if status:
             self.refused = status
             return None

@@ -28,10 +28,11 @@ handshake; docs/benchmarks.md has the two measured side by side.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -72,6 +73,9 @@ FLUSH_INTERVAL_S = SYNC_INTERVAL_S / 2
 MAX_ROUNDS = 8
 
 _enabled = True
+# ``media.forwarding_thread``: the compiled loop reads and forwards on a thread of its own
+# (``Loop.start_forwarding``) instead of on the event loop's.
+_threaded = True
 # Why the loop cannot run in this process although built: the private names it needs are
 # missing (the start-up check, ``relay.media.capabilities``), or libsrtp's functions could
 # not be found. None: nothing stops it.
@@ -81,12 +85,16 @@ _unavailable: str | None = None
 _srtp_given = False
 
 
-def configure(enabled: bool, capabilities: MediaCapabilities | None = None) -> None:
+def configure(
+    enabled: bool, capabilities: MediaCapabilities | None = None, *, threaded: bool = True
+) -> None:
     """``media.compiled_fast_path``: forward with the compiled loop when it is built and
-    (when ``capabilities`` are given) the names it needs are there. Applies to media
-    socket sets made afterwards (one per event loop)."""
-    global _enabled, _unavailable
+    (when ``capabilities`` are given) the names it needs are there; ``threaded``
+    (``media.forwarding_thread``): on a thread of its own. Applies to media socket sets
+    made afterwards (one per event loop)."""
+    global _enabled, _unavailable, _threaded
     _enabled = enabled
+    _threaded = threaded
     _unavailable = None
     if capabilities is not None:
         state = capabilities.state("compiled_loop")
@@ -99,6 +107,11 @@ def configure(enabled: bool, capabilities: MediaCapabilities | None = None) -> N
 def enabled() -> bool:
     """``media.compiled_fast_path`` as configured (whether or not the module is built)."""
     return _enabled
+
+
+def thread_enabled() -> bool:
+    """``media.forwarding_thread`` as configured (whether or not the loop is active)."""
+    return _threaded
 
 
 def built() -> bool:
@@ -114,6 +127,36 @@ def path() -> Path:
     return "compiled" if active() else "python"
 
 
+def threaded() -> bool:
+    """Whether new media socket sets forward on a thread of their own (the compiled loop's
+    forwarder) rather than on the event loop's."""
+    return active() and _threaded
+
+
+def srtp_lock() -> aiortc_private.LockPair | None:
+    """The media lock as (take, let go), for Python's own use of libsrtp contexts a route
+    may share (``aiortc_private.SrtpCodec``, ``guard_srtp``); None when no compiled loop
+    forwards (nothing else uses them then)."""
+    if _compiled is None or not active():
+        return None
+    return (_compiled.acquire, _compiled.release)
+
+
+@contextlib.contextmanager
+def locked() -> Iterator[None]:
+    """Hold the media lock: the forwarders wait while Python reads or writes a route's
+    state or uses a libsrtp context a route shares (``_fastloop.c``, "the media lock").
+    Recursive; a no-op when the module is not built (nothing else forwards then)."""
+    if _compiled is None:
+        yield
+        return
+    _compiled.acquire()
+    try:
+        yield
+    finally:
+        _compiled.release()
+
+
 def describe() -> dict[str, Any]:
     """Which path forwards, and why (``/api/stats`` ``media_receive.forwarding``)."""
     if active():
@@ -126,6 +169,7 @@ def describe() -> dict[str, Any]:
         reason = _unavailable
     return {
         "path": path(),
+        "thread": threaded(),
         "compiled_built": _compiled is not None,
         "compiled_enabled": _enabled,
         "srtp": aiortc_private.srtp_library_version(),
@@ -137,7 +181,8 @@ def doctor_check() -> tuple[Literal["OK", "WARN"], str, str]:
     """``relay doctor``'s line: (outcome, detail, what to do)."""
     srtp = aiortc_private.srtp_library_version()
     if active():
-        return "OK", f"compiled loop (relay.media._fastloop, {srtp} from pylibsrtp)", ""
+        where = "on a thread of its own" if _threaded else "on the event loop's thread"
+        return "OK", f"compiled loop (relay.media._fastloop, {srtp} from pylibsrtp), {where}", ""
     if _compiled is not None and not _enabled:
         return "OK", "Python fast path (media.compiled_fast_path = false)", ""
     if _compiled is not None:

@@ -299,7 +299,7 @@ class FastOpusForwarder:
             if session is None or aiortc_private.queued_datagrams(self._in_dtls):
                 original(data, component)
                 return
-            rx = self._rx = aiortc_private.SrtpCodec(session)
+            rx = self._rx = aiortc_private.SrtpCodec(session, fastloop.srtp_lock())
         plain = rx.unprotect(data)
         if plain is None:  # authentication or replay check failed
             count_refused(self._stats, rx.refused)
@@ -387,7 +387,7 @@ class FastOpusForwarder:
         if tx is None and aiortc_private.sender_started(self._sender):
             session = aiortc_private.srtp_sessions(self._out_dtls)[1]
             if session is not None:
-                tx = self._tx = aiortc_private.SrtpCodec(session)
+                tx = self._tx = aiortc_private.SrtpCodec(session, fastloop.srtp_lock())
         pair = self._pairs.get(1)
         if tx is None or pair is None:
             return False
@@ -441,8 +441,12 @@ class FastOpusForwarder:
         compiled = udp.compiled_loop_of(in_end, self._sock)
         rx_session = aiortc_private.srtp_sessions(self._in_dtls)[0]
         tx_session = aiortc_private.srtp_sessions(self._out_dtls)[1]
-        if compiled is None or rx_session is None or tx_session is None:
+        lock = fastloop.srtp_lock()
+        if compiled is None or rx_session is None or tx_session is None or lock is None:
             return  # a TURN leg, no compiled loop, or not this loop's sockets
+        # aiortc's own use of these sessions waits for the loop's forwarder from now on.
+        aiortc_private.guard_srtp(self._in_dtls, lock)
+        aiortc_private.guard_srtp(self._out_dtls, lock)
         try:
             route = fastloop.new_route(
                 in_fd=in_end.fileno,
@@ -524,6 +528,14 @@ class FastOpusForwarder:
 
     def _load(self, route: Any) -> None:
         """``route``'s counters into the objects that publish them (and this forwarder)."""
+        # Read together, while the loop's forwarder thread (if any) waits: it updates them
+        # per packet.
+        with fastloop.locked():
+            self._load_counters(route)
+        if route.rtcp_pending:
+            rtcp_in.apply_reports(self._in_dtls, route.take_rtcp())
+
+    def _load_counters(self, route: Any) -> None:
         stats = self._stats
         stats.packets_in = route.packets_in
         stats.bytes_in = route.bytes_in
@@ -566,8 +578,6 @@ class FastOpusForwarder:
                 None if timestamp < 0 else timestamp,
             ),
         )
-        if route.rtcp_pending:
-            rtcp_in.apply_reports(self._in_dtls, route.take_rtcp())
 
     def refresh(self) -> None:
         if self._route is not None:
@@ -596,8 +606,9 @@ class FastOpusForwarder:
         if route.out_fd < 0 or pairs != self._route_pairs or self._ssrc is None:
             self._detach()  # the sending socket closed, or a leg changed its pair
             return
-        self._store(route)
-        route.paused = False
+        with fastloop.locked():  # the forwarder thread goes on from this state
+            self._store(route)
+            route.paused = False
 
     def compiled_rtcp(self, route: Any, plain: bytes) -> None:
         if route is self._route:

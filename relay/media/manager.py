@@ -171,7 +171,11 @@ class BridgeManager:
             log.warning("%s", too_small)
         # Process-wide, like the other aioice adaptations: every relay media socket.
         udp.configure(settings.media.receive_batch_ms / 1000)
-        fastloop.configure(settings.media.compiled_fast_path, self.capabilities)
+        fastloop.configure(
+            settings.media.compiled_fast_path,
+            self.capabilities,
+            threaded=settings.media.forwarding_thread,
+        )
         self.metrics.set_forwarding_path(fastloop.path())
         self._force_decode = force_decode
         self._bridges: dict[str, Bridge] = {}

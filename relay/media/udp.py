@@ -37,6 +37,14 @@ over a non-blocking socket, which both event loops can drive. aioice creates the
 When the compiled loop is built and enabled (``relay.media.fastloop``), a set reads its
 sockets through it: the same rounds, with ``recvmmsg``, forwarding the fast path's RTP in C
 and handing everything else to the same protocols.
+
+With ``media.forwarding_thread`` (the default) the compiled loop does all of the above on
+a thread of its own, without the interpreter (``Loop.start_forwarding``): the same
+watching, the same polls every ``batch_s`` while busy, the same rounds. The event loop
+then never reads the sockets; it wakes only when the forwarder has queued something for
+Python (STUN, DTLS, a new SSRC, the taps, the routes' syncs) and hands it on as above. The
+forwarding no longer waits for whatever else the event loop runs (docs/media.md, "The
+forwarder thread").
 """
 
 from __future__ import annotations
@@ -213,14 +221,19 @@ class MediaSockets:
     """Every media socket of one event loop, read together (see the module docstring)."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, batch_s: float, *, compiled: bool | None = None
+        self,
+        loop: asyncio.AbstractEventLoop,
+        batch_s: float,
+        *,
+        compiled: bool | None = None,
+        threaded: bool | None = None,
     ) -> None:
         if not 0 <= batch_s <= 0.01:
             raise ValueError(f"batch_s must be 0..0.01, not {batch_s}")
         # Weakly: the registry below maps each loop to its set, and a set holding its
         # loop strongly would keep every loop (and its epoll descriptor) alive forever.
         self._loop_ref = weakref.ref(loop)
-        self.batch_s = batch_s
+        self._batch_s = batch_s
         self._epoll = select.epoll()
         # What the event loop watches: an epoll set holding ``_epoll`` alone, for good.
         # Watching and polling switch by changing ``_epoll``'s mask in it (EPOLL_CTL_MOD, a
@@ -249,6 +262,13 @@ class MediaSockets:
         use_compiled = fastloop.active() if compiled is None else compiled
         self._compiled: Any = None
         self.compiled = fastloop.new_loop() if use_compiled else None
+        # Whether the compiled loop's forwarder thread reads the sockets (``threaded`` None:
+        # as configured when ``compiled`` is too, else not), and whether it runs now (from
+        # the first socket to the last).
+        if threaded is None:
+            threaded = compiled is None and fastloop.threaded()
+        self.threaded = self.compiled is not None and threaded
+        self._forwarding = False
         self._sync: asyncio.TimerHandle | None = None
         # Counters for /api/stats and the benchmarks.
         self.wakeups = 0
@@ -266,8 +286,10 @@ class MediaSockets:
         # ``_epoll``, ready only while armed (``_timed``), and then ``_epoll`` is not
         # watched, so the gate waking means a poll is due. A loop put in later (the
         # benchmark's endpoints read with one of their own) brings its own timer.
-        if self._timed:
-            raise RuntimeError("the compiled loop cannot change while polls run on its timer")
+        if self._timed or getattr(self, "_forwarding", False):
+            raise RuntimeError("the compiled loop cannot change while it reads the sockets")
+        # A loop put in from outside is read on the event loop (the benchmark's endpoints).
+        self.threaded = False
         if self._compiled is not None:
             self._gate.unregister(self._compiled.tick_fd)
         self._compiled = compiled
@@ -285,21 +307,41 @@ class MediaSockets:
         return len(self._transports)
 
     @property
+    def batch_s(self) -> float:
+        return self._batch_s
+
+    @batch_s.setter
+    def batch_s(self, batch_s: float) -> None:
+        self._batch_s = batch_s
+        if self._forwarding:
+            self._compiled.set_batch(batch_s)
+
+    @property
     def batching(self) -> bool:
         """Whether the loop is polling on a timer right now (busy) rather than watching."""
         return self._tick is not None or self._timed
 
     def snapshot(self) -> dict[str, Any]:
-        """For /api/stats: the window, the state, and the counts since start."""
-        woken = self.wakeups + self.polls
+        """For /api/stats: the window, the state, and the counts since start (the
+        forwarder's, when it reads the sockets)."""
+        wakeups, polls, datagrams = self.wakeups, self.polls, self.datagrams
+        thread: dict[str, Any] = {"running": self._forwarding}
+        if self.threaded:
+            totals = self.compiled.stats()
+            wakeups, polls, datagrams = totals["wakeups"], totals["polls"], totals["datagrams"]
+            thread |= {
+                "priority": _PRIORITIES.get(totals["priority"], "default"),
+                "punts_dropped": totals["punts_dropped"],
+            }
+        woken = wakeups + polls
         return {
             "batch_ms": round(self.batch_s * 1000, 3),
             "sockets": len(self._transports),
             "batching": self.batching,
-            "wakeups": self.wakeups,
-            "polls": self.polls,
-            "datagrams": self.datagrams,
-            "datagrams_per_wakeup": round(self.datagrams / woken, 2) if woken else None,
+            "wakeups": wakeups,
+            "polls": polls,
+            "datagrams": datagrams,
+            "datagrams_per_wakeup": round(datagrams / woken, 2) if woken else None,
             # Which path reads and forwards (relay.media.fastloop).
             "forwarding": fastloop.describe()
             | {
@@ -309,6 +351,8 @@ class MediaSockets:
                 # loop, handed to aiortc's handlers (feedback, BYE), refused (SRTCP checks,
                 # malformed).
                 "rtcp": self._rtcp_counts(),
+                # The forwarder thread (None: the event loop reads the sockets).
+                "thread": thread if self.threaded else None,
             },
             # SRTP/SRTCP datagrams too large for pylibsrtp, kept from aiortc's DTLS task
             # (aiortc_private.refuse_oversized_srtp); process-wide.
@@ -327,7 +371,10 @@ class MediaSockets:
         fd = transport.fileno
         self._epoll.register(fd, select.EPOLLIN)
         self._transports[fd] = transport
-        if not self._watching and not self.batching:
+        if self.threaded:
+            if not self._forwarding:
+                self._start_forwarding()
+        elif not self._watching and not self.batching:
             self._watch()
 
     def remove(self, transport: MediaDatagramTransport) -> None:
@@ -349,6 +396,8 @@ class MediaSockets:
         for transport in list(self._transports.values()):
             transport.abort()
         self._stop()
+        if self.threaded:
+            self._take_punts()  # the forwarder's last ones (its routes' references go)
         if self.compiled is not None:
             self.compiled.close()
         self._gate.close()
@@ -366,7 +415,33 @@ class MediaSockets:
         self._gate.modify(self._epoll.fileno(), 0)
         self._watching = False
 
+    def _start_forwarding(self) -> None:
+        compiled = self._compiled
+        compiled.start_forwarding(self._epoll.fileno(), self.batch_s, _MAX_ROUNDS, raised=True)
+        self._forwarding = True
+        self._loop.add_reader(compiled.notify_fd, self._take_punts)
+
+    def _stop_forwarding(self) -> None:
+        self._compiled.stop_forwarding()
+        self._forwarding = False
+        loop = self._loop_ref()
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(self._compiled.notify_fd)
+            # What it queued last (for sockets now closed, mostly) is handed on after the
+            # callback that closed the last socket, not in the middle of it.
+            loop.call_soon(self._take_punts)
+
+    def _take_punts(self) -> None:
+        """Hand on what the forwarder queued for Python (``notify_fd`` is ready)."""
+        punts = self._compiled.take_punts()
+        loop = self._loop_ref()
+        if punts is not None and loop is not None:
+            fastloop.dispatch(punts, self._transports, loop)
+        self._arm_flush()
+
     def _stop(self) -> None:
+        if self._forwarding:
+            self._stop_forwarding()
         if self._watching:
             self._unwatch()
         if self._gate_watched:
@@ -503,7 +578,13 @@ class MediaSockets:
     def _arm_flush(self) -> None:
         """Counters not yet synced reach Python even if packets stop (fastloop.sync_due)."""
         if self.compiled is not None and self.compiled.dirty and self._sync is None:
-            self._sync = self._loop.call_later(fastloop.FLUSH_INTERVAL_S, self._on_sync)
+            loop = self._loop_ref()
+            if loop is not None and not loop.is_closed():
+                self._sync = loop.call_later(fastloop.FLUSH_INTERVAL_S, self._on_sync)
+
+
+# What ``Loop.stats()["priority"]`` means: the forwarder thread's scheduling.
+_PRIORITIES = {0: "default", 1: "nice -10", 2: "SCHED_FIFO"}
 
 
 def compiled_loop_of(receiving: Any, sending: Any) -> Any:

@@ -59,7 +59,9 @@ def relay_settings(
     s = s.replace("recording", directory=tempfile.mkdtemp(prefix="recordings-"))
     s = s.replace("cluster", state_key=STATE_KEY, heartbeat_interval_s=0.5)
     # The forwarding path of the test (the ``media_path`` fixture sets it process-wide).
-    s = s.replace("media", compiled_fast_path=fastloop.enabled())
+    s = s.replace(
+        "media", compiled_fast_path=fastloop.enabled(), forwarding_thread=fastloop.thread_enabled()
+    )
     for section, changes in (overrides or {}).items():
         s = s.replace(section, **changes)
     return s

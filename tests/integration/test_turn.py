@@ -149,7 +149,7 @@ async def assert_audio_both_ways(
     # The compiled loop carries a direction only between two of the relay's own sockets:
     # a leg on the relay's TURN allocation stays with the Python fast path.
     compiled = (
-        media_path == "compiled"
+        media_path != "python"
         and not on_a_turn_allocation(bridge.browser_pc)
         and not on_a_turn_allocation(bridge.upstream_pc)
     )

@@ -75,7 +75,7 @@ def test_media_totals_sum_the_relays_counters() -> None:
 def test_arguments_are_bounded() -> None:
     args = parse_args(["--sessions", "10,40", "--duration", "20"])
     assert args.sessions == [10, 40]
-    assert args.modes == ["direct", "fast", "fast2", "pyfast", "watch", "aiortc", "rec"]
+    assert args.modes == ["direct", "fast", "inline", "fast2", "pyfast", "watch", "aiortc", "rec"]
     assert args.generator == "aiortc"
     # The compiled generator carries more sessions (bench/compiled_endpoints.py).
     assert parse_args(["--sessions", "600", "--generator", "compiled"]).sessions == [600]

@@ -198,7 +198,7 @@ async def test_far_end_reports_reach_the_relays_receivers_and_senders(
         assert figures["packets_sent"] > 10, figures
 
     counts = _rtcp_counts()
-    if media_path == "compiled":
+    if media_path != "python":
         # Read in the loop: aiortc's DTLS task saw none of these compounds.
         assert aiortc_calls == [[], []]
         assert counts["read"] - counts_before["read"] >= 4  # at least two per leg

@@ -28,7 +28,11 @@ from tests.unit.test_media_fastpath import Session, _audio, _contiguous, open_se
 
 __all__ = ["open_session"]  # the fixture, shared with test_media_fastpath
 
-pytestmark = pytest.mark.usefixtures("media_path")
+# Each path, and the compiled loop on the event loop's thread too (media.forwarding_thread).
+pytestmark = [
+    pytest.mark.usefixtures("media_path"),
+    pytest.mark.media_paths("compiled", "compiled-inline", "python"),
+]
 
 PAYLOADS = encode_opus(speech_like(0.4, f0=260.0))
 SSRC = 0x5151
@@ -205,7 +209,7 @@ async def test_hostile_datagrams_are_refused_counted_and_forwarding_goes_on(
     # refused only when rewritten (too large to protect again).
     assert after["packets_in"] - before["packets_in"] == len(good) + 3
     assert after["forwarded"] - before["forwarded"] == len(good)
-    assert after["compiled"] is (media_path == "compiled")
+    assert after["compiled"] is (media_path != "python")
 
     # The browser's own audio goes on through the same relay socket.
     forwarded = up.forwarded

@@ -15,7 +15,11 @@ import pytest
 from relay.media import fastloop, udp
 from tests.integration.media_helpers import wait_until
 
-pytestmark = pytest.mark.usefixtures("media_path")
+# Each path, and the compiled loop on the event loop's thread too (media.forwarding_thread).
+pytestmark = [
+    pytest.mark.usefixtures("media_path"),
+    pytest.mark.media_paths("compiled", "compiled-inline", "python"),
+]
 
 
 class Recorder(asyncio.DatagramProtocol):
@@ -287,6 +291,7 @@ async def test_a_busy_relay_reads_every_socket_per_wakeup_and_a_quiet_one_per_da
         sockets.close()
 
 
+@pytest.mark.media_paths("compiled-inline", "python")  # the event loop reads the set
 async def test_a_busy_polls_next_window_counts_from_when_the_poll_started(
     far_end: socket.socket, media_path: str
 ) -> None:
@@ -330,7 +335,7 @@ async def test_a_busy_polls_next_window_counts_from_when_the_poll_started(
         sockets.close()
     busy = [(s, e) for s, e in polls if e - s >= slow]
     assert busy, polls
-    if media_path == "compiled":
+    if media_path != "python":
         # Each arming after a poll that read something: the poll's start plus the window.
         assert len(armed) >= len(busy)
         for started, ended in busy:
@@ -348,6 +353,7 @@ async def test_a_busy_polls_next_window_counts_from_when_the_poll_started(
                 assert following >= ended + window - 0.0011, (ended, following)
 
 
+@pytest.mark.media_paths("compiled-inline", "python")  # the event loop reads the set
 @pytest.mark.parametrize("reopen", ["after", "in-the-poll"])
 async def test_a_set_whose_last_socket_closed_in_a_busy_poll_reads_the_next_one(
     far_end: socket.socket, reopen: str
@@ -390,6 +396,7 @@ async def test_a_set_whose_last_socket_closed_in_a_busy_poll_reads_the_next_one(
         sockets.close()
 
 
+@pytest.mark.media_paths("compiled-inline", "python")  # the event loop reads the set
 async def test_a_poll_that_raised_leaves_the_set_watching(far_end: socket.socket) -> None:
     """A poll that fails is reported, and the set watches again: nothing would wake a set
     left polling, and every datagram after it must still be read."""
@@ -446,6 +453,7 @@ async def test_the_window_is_bounded_and_applies_to_open_sets() -> None:
         udp.configure(before)
 
 
+@pytest.mark.media_paths("compiled-inline", "python")  # the event loop reads the set
 def test_the_standard_event_loop_drives_it_too() -> None:
     """``server.event_loop = "asyncio"``: the same transport and batching on asyncio's loop."""
 
@@ -473,6 +481,7 @@ def test_the_standard_event_loop_drives_it_too() -> None:
     assert datagrams == 200 and woken < 200
 
 
+@pytest.mark.media_paths("compiled-inline", "python")  # the event loop reads the set
 def test_switching_between_watching_and_polling_keeps_one_reader_on_the_loop() -> None:
     """Watching and polling switch inside the set (its gate's mask), not by adding and
     removing a reader: adding an epoll set to the loop's costs the kernel a walk over every
