@@ -105,6 +105,8 @@
 #define PUNT_ERROR 4
 #define PUNT_SYNC 5
 #define PUNT_RTCP_PLAIN 6
+/* A queued record of a socket that closed since (forget_fd): never made into a tuple. */
+#define PUNT_SKIP 255
 
 /* RTCP packet types (RFC 3550, RFC 4585). */
 #define RTCP_SR 200
@@ -226,7 +228,8 @@ typedef struct Route {
     Py_ssize_t ext_level_len;   /* 0: the level is not carried over */
     Py_ssize_t level_at;        /* where the level byte goes in ext_level */
     char tap;    /* T_BOOL members are a char */
-    char paused; /* Python owns the route's packets until it clears this */
+    char paused; /* Python owns the route's packets until plain_handled resumes it */
+    int plain_pending; /* PUNT_PLAIN records queued (or taken) and not yet handled */
     /* Counters (DirectionStats). */
     unsigned long long packets_in;
     unsigned long long bytes_in;
@@ -493,7 +496,28 @@ static PyObject *route_take_rtcp(Route *self, PyObject *unused) {
     return out;
 }
 
+/* A PUNT_PLAIN of the route is handled; ``resume``: the loop may go on with the route's
+ * packets, which it does once no other is waiting in Python (with the forwarder thread,
+ * later packets of the paused route may be queued behind this one, and must not be
+ * overtaken by packets the loop forwards). Whether the route is forwarding again. */
+static PyObject *route_plain_handled(Route *self, PyObject *arg) {
+    int resume = PyObject_IsTrue(arg);
+    if (resume < 0)
+        return NULL;
+    lock_media();
+    if (self->plain_pending > 0)
+        self->plain_pending--;
+    if (resume && self->plain_pending == 0)
+        self->paused = 0;
+    int forwarding = !self->paused;
+    unlock_media();
+    return PyBool_FromLong(forwarding);
+}
+
 static PyMethodDef route_methods[] = {
+    {"plain_handled", (PyCFunction)route_plain_handled, METH_O,
+     "plain_handled(resume): a PUNT_PLAIN of the route is handled; with resume, the loop "
+     "forwards its packets again once none is waiting in Python; whether it does"},
     {"take_rtcp", (PyCFunction)route_take_rtcp, METH_NOARGS,
      "the far end's report events queued since the last call, oldest first: "
      "(0, ssrc, arrival, ntp, rtp_ts, packets, octets) for an SR's sender info, "
@@ -546,6 +570,7 @@ static PyMemberDef route_members[] = {
     RW(last_timestamp, T_LONGLONG),
     RW(clock_rate, T_INT),
     RO(rtcp_pending, T_INT),
+    RO(plain_pending, T_INT),
     RO(rtcp_read, T_ULONGLONG),
     RO(rtcp_to_python, T_ULONGLONG),
     RO(rtcp_dropped, T_ULONGLONG),
@@ -703,6 +728,23 @@ static PyTypeObject SourceType = {
 
 /* ------------------------------------------------------------------ Loop */
 
+/* One punt, queued: the header, then ``addrlen`` bytes of address, then ``len`` of data,
+ * the whole rounded up to 8 bytes. Made without the interpreter (the forwarder queues
+ * them); convert_punts makes the tuples the module docstring lists. */
+typedef struct {
+    uint32_t size;
+    uint8_t kind;
+    uint8_t marker;
+    uint16_t addrlen;
+    int fd;
+    int err;
+    uint32_t len;
+    unsigned int seq, ts, ssrc;
+    double arrival;
+    Route *route; /* borrowed: retire() keeps a detached route until its records are made */
+} Punt;
+
+
 typedef struct {
     PyObject_HEAD
     Route **by_fd; /* borrowed from routes[] */
@@ -728,7 +770,7 @@ typedef struct {
     char *spare; /* the last queue taken, kept for reuse */
     size_t spare_cap;
     unsigned long long punts_dropped; /* the queue was full (Python not draining it) */
-    int converting;                   /* a pump or take_punts is making the tuples */
+    int converting;                   /* pumps or take_punts making tuples now (a count) */
     int out_of_memory;                /* a sink's records could not grow */
     /* Routes detached while records naming them may be queued or being converted: their
      * references are dropped once those are (release_retired). Owned references. */
@@ -802,8 +844,14 @@ typedef struct {
 static PyTypeObject LoopType;
 
 static int loop_traverse(Loop *self, visitproc visit, void *arg) {
-    for (Py_ssize_t i = 0; i < self->n_routes; i++)
-        Py_VISIT((PyObject *)self->routes[i]);
+    /* While the forwarder runs, its routes are not the collector's to find: clearing one
+     * in a cycle of garbage would free libsrtp contexts the thread is using. They count as
+     * referenced from outside until stop_forwarding (the media socket set stops it with
+     * its last socket). */
+    if (!self->forwarding) {
+        for (Py_ssize_t i = 0; i < self->n_routes; i++)
+            Py_VISIT((PyObject *)self->routes[i]);
+    }
     for (Py_ssize_t i = 0; i < self->n_sources; i++)
         Py_VISIT(self->sources[i]);
     for (Py_ssize_t i = 0; i < self->n_retired; i++)
@@ -1085,6 +1133,15 @@ static PyObject *loop_forget_fd(Loop *self, PyObject *arg) {
         Py_RETURN_NONE;
     }
     self->held[fd] = 0;
+    /* What the socket's queued records hold (a datagram for its protocol, one to send
+     * through its transport, an error) must not reach a new socket given the same number
+     * before the queue is taken. */
+    for (size_t at = 0; at < self->queue_len;) {
+        Punt *p = (Punt *)(self->queue + at);
+        at += p->size;
+        if ((p->kind == PUNT_RAW || p->kind == PUNT_SEND || p->kind == PUNT_ERROR) && p->fd == fd)
+            p->kind = PUNT_SKIP;
+    }
     Route *r = self->by_fd[fd];
     if (r != NULL) {
         detach(self, r);
@@ -1172,22 +1229,6 @@ static PyObject *loop_take_due(Loop *self, PyObject *arg) {
 
 /* ------------------------------------------------------------------ punts */
 
-/* One punt, queued: the header, then ``addrlen`` bytes of address, then ``len`` of data,
- * the whole rounded up to 8 bytes. Made without the interpreter (the forwarder queues
- * them); convert_punts makes the tuples the module docstring lists. */
-typedef struct {
-    uint32_t size;
-    uint8_t kind;
-    uint8_t marker;
-    uint16_t addrlen;
-    int fd;
-    int err;
-    uint32_t len;
-    unsigned int seq, ts, ssrc;
-    double arrival;
-    Route *route; /* borrowed: retire() keeps a detached route until its records are made */
-} Punt;
-
 /* The queue's limit: beyond it (Python has not drained it for seconds) a punt is dropped
  * and counted, as a full socket buffer would. A route whose new-SSRC packet is dropped
  * stays paused, and its next packet goes to Python instead. */
@@ -1249,6 +1290,8 @@ static void punt_route(Loop *self, int kind, Route *r, const uint8_t *data, size
     if (p == NULL)
         return;
     p->route = r;
+    if (kind == PUNT_PLAIN)
+        r->plain_pending++;
     if (len)
         memcpy(punt_data(p), data, len);
 }
@@ -1321,6 +1364,8 @@ static PyObject *convert_punts(char *queue, size_t len) {
     for (size_t at = 0; at < len;) {
         Punt *p = (Punt *)(queue + at);
         at += p->size;
+        if (p->kind == PUNT_SKIP)
+            continue;
         PyObject *item = punt_tuple(p);
         if (item == NULL || PyList_Append(out, item) < 0) {
             Py_XDECREF(item);
@@ -1328,6 +1373,10 @@ static PyObject *convert_punts(char *queue, size_t len) {
             return NULL;
         }
         Py_DECREF(item);
+    }
+    if (PyList_GET_SIZE(out) == 0) { /* every record skipped */
+        Py_DECREF(out);
+        Py_RETURN_NONE;
     }
     return out;
 }
@@ -1346,7 +1395,7 @@ static Taken take_queue(Loop *self) {
     self->queue_len = self->queue_cap = 0;
     self->retired = NULL;
     self->n_retired = self->retired_cap = 0;
-    self->converting = 1;
+    self->converting++;
     return t;
 }
 
@@ -1355,7 +1404,7 @@ static Taken take_queue(Loop *self) {
 static PyObject *finish_take(Loop *self, Taken *t) {
     PyObject *punts = convert_punts(t->queue, t->len);
     lock_media();
-    self->converting = 0;
+    self->converting--;
     if (self->spare == NULL && t->queue != NULL) {
         self->spare = t->queue;
         self->spare_cap = t->cap;
@@ -1592,6 +1641,11 @@ static int send_batch(Loop *self, int fd, int count) {
         punt_datagram(self, PUNT_SEND, fd, h->msg_iov->iov_base, h->msg_iov->iov_len,
                       (const struct sockaddr_storage *)h->msg_name, h->msg_namelen);
     }
+    /* Until Python has sent those (its transport clears this when its queue is empty:
+     * MediaDatagramTransport.send_handed_over), later packets follow them there rather
+     * than overtake them. */
+    if (sent < count && fd < self->fd_cap)
+        self->held[fd] = 1;
     return 0;
 }
 
@@ -2075,7 +2129,7 @@ static void *forwarder_main(void *arg) {
             int timeout = dirty ? (int)(self->sync_interval * 500.0) + 1 : -1;
             int n = epoll_wait(self->wait_fd, woken, 2, timeout);
             if (n < 0 && errno != EINTR) {
-                self->forward_error = errno;
+                __atomic_store_n(&self->forward_error, errno, __ATOMIC_RELEASE);
                 break;
             }
             timed_out = n == 0;
@@ -2103,7 +2157,8 @@ static void *forwarder_main(void *arg) {
             }
         }
         if (error) {
-            self->forward_error = error; /* the set was closed under it */
+            /* the set was closed under it */
+            __atomic_store_n(&self->forward_error, error, __ATOMIC_RELEASE);
             break;
         }
         double now = monotonic_s();
@@ -2121,6 +2176,12 @@ static void *forwarder_main(void *arg) {
             next = started + batch;
             if (next < now + batch / 4)
                 next = now + batch / 4;
+        }
+    }
+    if (__atomic_load_n(&self->forward_error, __ATOMIC_ACQUIRE)) {
+        /* Python must know (forward_error): wake it, whatever the queue holds. */
+        uint64_t one = 1;
+        if (write(self->notify_fd, &one, sizeof(one)) < 0) {
         }
     }
     return NULL;
@@ -2640,6 +2701,8 @@ static PyMemberDef loop_members[] = {
      "an eventfd ready while the forwarder has queued punts (-1 before start_forwarding)"},
     {"forwarding", T_INT, offsetof(Loop, forwarding), READONLY,
      "whether start_forwarding's thread reads the sockets"},
+    {"forward_error", T_INT, offsetof(Loop, forward_error), READONLY,
+     "the errno that stopped the forwarder (its sockets' set failed), else 0"},
     {NULL}};
 
 static PyTypeObject LoopType = {

@@ -57,6 +57,7 @@ class Route:
     last_timestamp: int
     clock_rate: int
     rtcp_pending: int
+    plain_pending: int
     rtcp_read: int
     rtcp_to_python: int
     rtcp_dropped: int
@@ -85,6 +86,7 @@ class Route:
     ) -> None: ...
     def take_records(self) -> tuple[bytes, bytes]: ...
     def take_rtcp(self) -> tuple[tuple[Any, ...], ...]: ...
+    def plain_handled(self, resume: bool) -> bool: ...
 
 class Source:
     next: int
@@ -120,6 +122,7 @@ class Loop:
     ticker_running: int
     notify_fd: int
     forwarding: int
+    forward_error: int
     def __init__(self, sync_interval: float = ..., timestamps: bool = ...) -> None: ...
     def pump(self, epoll_fd: int, max_rounds: int) -> tuple[int, list[tuple[Any, ...]] | None]: ...
     def add_route(self, route: Route) -> None: ...

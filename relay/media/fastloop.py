@@ -340,7 +340,7 @@ class DatagramEnd(Protocol):
 
     def report_error(self, exc: OSError) -> None: ...
 
-    def sendto(self, data: Any, addr: Any = None) -> None: ...
+    def send_handed_over(self, data: bytes, addr: Any) -> None: ...
 
 
 def dispatch(
@@ -370,7 +370,7 @@ def dispatch(
             elif kind == 2:  # PUNT_SEND: the socket did not take it; its transport queues
                 transport = transports.get(item[1])
                 if transport is not None:
-                    transport.sendto(item[2], item[3])
+                    transport.send_handed_over(item[2], item[3])
             elif kind == 4:  # PUNT_ERROR
                 transport = transports.get(item[1])
                 if transport is not None:

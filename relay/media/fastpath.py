@@ -49,6 +49,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import operator
 import random
 import struct
 import time
@@ -489,8 +490,9 @@ class FastOpusForwarder:
         """Take the direction back from the compiled loop, with its counters."""
         route = self._route
         if route is not None:
-            self._load(route)
-            self._detach()
+            with fastloop.locked():  # no packet forwarded between the two uncounted
+                self._load(route)
+                self._detach()
 
     def _store(self, route: Any) -> None:
         """This forwarder's state into ``route`` (the loop goes on from it)."""
@@ -528,44 +530,34 @@ class FastOpusForwarder:
 
     def _load(self, route: Any) -> None:
         """``route``'s counters into the objects that publish them (and this forwarder)."""
-        # Read together, while the loop's forwarder thread (if any) waits: it updates them
-        # per packet.
+        # Read together in one call while the loop's forwarder thread (if any) waits: it
+        # updates them per packet. Nothing else runs under the lock, so the interpreter
+        # never hands itself to another thread while the forwarder waits.
         with fastloop.locked():
-            self._load_counters(route)
-        if route.rtcp_pending:
-            rtcp_in.apply_reports(self._in_dtls, route.take_rtcp())
-
-    def _load_counters(self, route: Any) -> None:
+            (
+                packets_in, bytes_in, forwarded, forwarded_bytes, dropped_invalid,
+                dropped_duplicate, dropped_late, dropped_other_codec, first_packet_at,
+                last_packet_at, hi_seq, hi_ts, last_forward_at, sent, octets_sent, sr_ntp,
+                sr_rtp_ts, base, top, cycles, received, jitter_q4, arrival, timestamp,
+            ) = _route_counters(route)  # fmt: skip
         stats = self._stats
-        stats.packets_in = route.packets_in
-        stats.bytes_in = route.bytes_in
-        stats.forwarded = route.forwarded
-        stats.forwarded_bytes = route.forwarded_bytes
-        stats.dropped_invalid = route.dropped_invalid
-        stats.dropped_duplicate = route.dropped_duplicate
-        stats.dropped_late = route.dropped_late
-        stats.dropped_other_codec = route.dropped_other_codec
-        stats.first_packet_at = _or_none(route.first_packet_at)
-        stats.last_packet_at = _or_none(route.last_packet_at)
-        self._hi_seq = route.hi_seq
-        self._hi_ts = route.hi_ts
-        self._last_forward_at = _or_none(route.last_forward_at)
-        sent = route.packets_sent
+        stats.packets_in = packets_in
+        stats.bytes_in = bytes_in
+        stats.forwarded = forwarded
+        stats.forwarded_bytes = forwarded_bytes
+        stats.dropped_invalid = dropped_invalid
+        stats.dropped_duplicate = dropped_duplicate
+        stats.dropped_late = dropped_late
+        stats.dropped_other_codec = dropped_other_codec
+        stats.first_packet_at = _or_none(first_packet_at)
+        stats.last_packet_at = _or_none(last_packet_at)
+        self._hi_seq = hi_seq
+        self._hi_ts = hi_ts
+        self._last_forward_at = _or_none(last_forward_at)
         if sent != self.packets_sent:
             self.packets_sent = sent
-            self.octets_sent = route.octets_sent
-            self._report.record(
-                route.sr_ntp, route.sr_rtp_ts, sent & 0xFFFFFFFF, self.octets_sent & 0xFFFFFFFF
-            )
-        base, top, cycles, received, jitter_q4, arrival, timestamp = (
-            route.base_seq,
-            route.max_seq,
-            route.cycles,
-            route.received,
-            route.jitter_q4,
-            route.last_arrival,
-            route.last_timestamp,
-        )
+            self.octets_sent = octets_sent
+            self._report.record(sr_ntp, sr_rtp_ts, sent & 0xFFFFFFFF, octets_sent & 0xFFFFFFFF)
         aiortc_private.set_statistics_state(
             self._rtcp_stats,
             (
@@ -578,6 +570,8 @@ class FastOpusForwarder:
                 None if timestamp < 0 else timestamp,
             ),
         )
+        if route.rtcp_pending:
+            rtcp_in.apply_reports(self._in_dtls, route.take_rtcp())
 
     def refresh(self) -> None:
         if self._route is not None:
@@ -586,29 +580,37 @@ class FastOpusForwarder:
     def compiled_sync(self, route: Any) -> None:
         if route is not self._route:
             return  # taken back meanwhile (its counters were loaded then)
-        self._load(route)
         if (self._in_pairs.get(1), self._pairs.get(1)) != self._route_pairs:
-            self._detach()  # a leg selected another pair: Python's path picks it up
+            self._release()  # a leg selected another pair: Python's path picks it up
+        else:
+            self._load(route)
 
     def compiled_plain(self, route: Any, plain: bytes) -> None:
-        current = route is self._route
-        if current:
-            self._load(route)
-        try:
-            self._forward(plain)
-        except Exception:
-            self.errors += 1
-            if self.errors == 1:
-                log.exception("fast path: packet forwarding failed")
-        if not current or self._route is not route:
-            return
-        pairs = (self._in_pairs.get(1), self._pairs.get(1))
-        if route.out_fd < 0 or pairs != self._route_pairs or self._ssrc is None:
-            self._detach()  # the sending socket closed, or a leg changed its pair
-            return
-        with fastloop.locked():  # the forwarder thread goes on from this state
-            self._store(route)
-            route.paused = False
+        # Under the media lock throughout: the route is paused, so its forwarder thread
+        # neither forwards nor counts for it, and nothing it counts (a refusal) is lost
+        # between the load and the store.
+        with fastloop.locked():
+            current = route is self._route
+            if current:
+                self._load(route)
+            try:
+                self._forward(plain)
+            except Exception:
+                self.errors += 1
+                if self.errors == 1:
+                    log.exception("fast path: packet forwarding failed")
+            resume = False
+            if current and self._route is route:
+                pairs = (self._in_pairs.get(1), self._pairs.get(1))
+                if route.out_fd < 0 or pairs != self._route_pairs or self._ssrc is None:
+                    self._detach()  # the sending socket closed, or a leg changed its pair
+                else:
+                    self._store(route)
+                    resume = True
+            # The loop goes on from this state once every packet it handed over is handled
+            # (others of the route may be queued behind this one: they must not be
+            # overtaken).
+            route.plain_handled(resume)
 
     def compiled_rtcp(self, route: Any, plain: bytes) -> None:
         if route is self._route:
@@ -653,6 +655,36 @@ def count_refused(stats: DirectionStats, status: int) -> None:
 
 def _or_nan(value: float | None) -> float:
     return math.nan if value is None else value
+
+
+# Every counter ``_load`` reads from a route, in one call (one C-level call: no bytecode
+# runs between the reads, so the interpreter cannot switch threads under the media lock).
+_route_counters = operator.attrgetter(
+    "packets_in",
+    "bytes_in",
+    "forwarded",
+    "forwarded_bytes",
+    "dropped_invalid",
+    "dropped_duplicate",
+    "dropped_late",
+    "dropped_other_codec",
+    "first_packet_at",
+    "last_packet_at",
+    "hi_seq",
+    "hi_ts",
+    "last_forward_at",
+    "packets_sent",
+    "octets_sent",
+    "sr_ntp",
+    "sr_rtp_ts",
+    "base_seq",
+    "max_seq",
+    "cycles",
+    "received",
+    "jitter_q4",
+    "last_arrival",
+    "last_timestamp",
+)
 
 
 def _or_none(value: float) -> float | None:

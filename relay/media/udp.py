@@ -51,6 +51,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
+import os
 import select
 import socket
 import time
@@ -58,6 +60,8 @@ import weakref
 from typing import Any
 
 from relay.media import aiortc_private, fastloop
+
+log = logging.getLogger("relay.media")
 
 # The largest UDP payload: a datagram is never truncated.
 _MAX_DATAGRAM = 65535
@@ -144,6 +148,15 @@ class MediaDatagramTransport(asyncio.DatagramTransport):
             self.dropped_sends += 1
             return
         self._queue.append((bytes(data), addr))
+
+    def send_handed_over(self, data: bytes, addr: Any) -> None:
+        """A datagram the compiled loop could not send now (the socket refused it): as
+        ``sendto``. The loop sends this socket's later datagrams through here from then on
+        (``hold``), so that none overtakes it; once nothing waits here, it sends them itself
+        again."""
+        self.sendto(data, addr)
+        if not self._queue:
+            self._sockets.hold(self._fd, False)
 
     def _send(self, data: Any, addr: Any) -> None:
         if addr is None:
@@ -433,10 +446,22 @@ class MediaSockets:
 
     def _take_punts(self) -> None:
         """Hand on what the forwarder queued for Python (``notify_fd`` is ready)."""
-        punts = self._compiled.take_punts()
+        compiled = self._compiled
+        punts = compiled.take_punts()
         loop = self._loop_ref()
         if punts is not None and loop is not None:
             fastloop.dispatch(punts, self._transports, loop)
+        if self._forwarding and compiled.forward_error:
+            # Its sockets' set failed under it (it cannot, unless closed): the event loop
+            # reads the set from now on, as with media.forwarding_thread = false.
+            log.error(
+                "the media forwarder thread stopped (%s); the event loop reads the sockets",
+                os.strerror(compiled.forward_error),
+            )
+            self._stop_forwarding()
+            self.threaded = False
+            if self._transports:
+                self._watch()
         self._arm_flush()
 
     def _stop(self) -> None:

@@ -168,65 +168,129 @@ def test_the_forwarder_runs_from_the_first_socket_to_the_last(rig: Rig) -> None:
     assert compiled.forwarding
 
 
-def test_a_route_removed_with_punts_queued_lives_until_they_are_taken() -> None:
-    """A packet of a new SSRC is queued for Python with its route; the route is detached
-    and every Python reference to it dropped before the event loop takes the queue: the
-    punt still names the route, alive (retired until then; tests/fastloop_asan.sh runs
-    this under AddressSanitizer)."""
-    if not fastloop.built():
-        pytest.fail(f"{fastloop.describe()['reason']}: build it (pip install -e .)")
-    compiled = fastloop.endpoint_loop()  # any compiled loop: libsrtp handed in
-    epoll = select.epoll()
-    receiving = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    receiving.bind(("127.0.0.1", 0))
-    receiving.setblocking(False)
-    out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    out.bind(("127.0.0.1", 0))
-    feeder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    tx, rx = srtp_pair()
-    relay_tx, _ = srtp_pair()
+class Owner:
+    """Nothing is handed to it: the tests below take the queue themselves."""
 
-    class Owner:
-        """Nothing is handed to it: the test takes the queue itself."""
+    def compiled_plain(self, route: object, plain: bytes) -> None: ...
 
-        def compiled_plain(self, route: object, plain: bytes) -> None: ...
+    def compiled_tap(
+        self, payload: bytes, seq: int, ts: int, ssrc: int, marker: bool, arrival: float
+    ) -> None: ...
 
-        def compiled_tap(
-            self, payload: bytes, seq: int, ts: int, ssrc: int, marker: bool, arrival: float
-        ) -> None: ...
+    def compiled_sync(self, route: object) -> None: ...
 
-        def compiled_sync(self, route: object) -> None: ...
+    def compiled_rtcp(self, route: object, plain: bytes) -> None: ...
 
-        def compiled_rtcp(self, route: object, plain: bytes) -> None: ...
 
-    try:
-        epoll.register(receiving.fileno(), select.EPOLLIN)
-        route = fastloop.new_route(
-            in_fd=receiving.fileno(),
-            out_fd=out.fileno(),
-            out_addr=out.getsockname(),
+class Bare:
+    """A compiled loop's forwarder over one receiving socket with a route to another, the
+    route waiting for another SSRC than the feeder's (so each packet goes to Python)."""
+
+    def __init__(self) -> None:
+        self.loop = fastloop.endpoint_loop()  # any compiled loop: libsrtp handed in
+        self.epoll = select.epoll()
+        self.receiving = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.receiving.bind(("127.0.0.1", 0))
+        self.receiving.setblocking(False)
+        self.out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.out.bind(("127.0.0.1", 0))
+        self.feeder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.tx, rx = srtp_pair()
+        relay_tx, _ = srtp_pair()
+        self.epoll.register(self.receiving.fileno(), select.EPOLLIN)
+        self.route = fastloop.new_route(
+            in_fd=self.receiving.fileno(),
+            out_fd=self.out.fileno(),
+            out_addr=self.out.getsockname(),
             rx_session=rx,
             tx_session=relay_tx,
             owner=Owner(),
         )
-        route.ssrc = 1  # the packets' SSRC is another: a new source, for Python
-        compiled.add_route(route)
-        compiled.start_forwarding(epoll.fileno(), 0.0, 8)
-        packet = rtp_packets(1)[0]
-        feeder.sendto(tx.protect(packet), receiving.getsockname())
-        ready, _, _ = select.select([compiled.notify_fd], [], [], 5)
-        assert ready, "the forwarder queued nothing"
-        assert compiled.remove_route(route)
-        del route
-        gc.collect()
-        punts = compiled.take_punts()
-        assert punts is not None and len(punts) == 1
-        kind, named, plain = punts[0]
-        assert kind == 1  # PUNT_PLAIN
-        assert named.in_fd == receiving.fileno() and isinstance(named.owner, Owner)
-        assert plain == packet
-    finally:
-        compiled.close()
-        for sock in (receiving, out, feeder):
+        self.route.ssrc = 1  # the packets' SSRC is another: a new source, for Python
+        self.loop.add_route(self.route)
+        self.loop.start_forwarding(self.epoll.fileno(), 0.0, 8)
+        self.packets = rtp_packets(4)
+
+    def send(self, *indexes: int) -> None:
+        for i in indexes:
+            self.feeder.sendto(self.tx.protect(self.packets[i]), self.receiving.getsockname())
+
+    def wait_queued(self, count: int) -> None:
+        """Until ``count`` packets of the route wait for Python."""
+        deadline = time.monotonic() + 5
+        while self.route.plain_pending < count:
+            assert time.monotonic() < deadline, "the forwarder queued too little"
+            select.select([self.loop.notify_fd], [], [], 0.05)
+
+    def close(self) -> None:
+        self.loop.close()
+        for sock in (self.receiving, self.out, self.feeder):
             sock.close()
-        epoll.close()
+        self.epoll.close()
+
+
+@pytest.fixture
+def bare() -> Iterator[Bare]:
+    if not fastloop.built():
+        pytest.fail(f"{fastloop.describe()['reason']}: build it (pip install -e .)")
+    bare = Bare()
+    try:
+        yield bare
+    finally:
+        bare.close()
+
+
+def test_a_route_removed_with_punts_queued_lives_until_they_are_taken(bare: Bare) -> None:
+    """A packet of a new SSRC is queued for Python with its route; the route is detached
+    and every Python reference to it dropped before the event loop takes the queue: the
+    punt still names the route, alive (retired until then; tests/fastloop_asan.sh runs
+    this under AddressSanitizer)."""
+    bare.send(0)
+    bare.wait_queued(1)
+    route = bare.route
+    assert bare.loop.remove_route(route)
+    del route, bare.route
+    gc.collect()
+    punts = bare.loop.take_punts()
+    assert punts is not None and len(punts) == 1
+    kind, named, plain = punts[0]
+    assert kind == 1  # PUNT_PLAIN
+    assert named.in_fd == bare.receiving.fileno() and isinstance(named.owner, Owner)
+    assert plain == bare.packets[0]
+
+
+def test_a_paused_route_resumes_once_every_packet_it_handed_over_is_handled(bare: Bare) -> None:
+    """Two packets of a new source wait for Python: handling the first must not let the
+    loop forward the route's later packets past the second."""
+    bare.send(0, 1)
+    bare.wait_queued(2)
+    punts = bare.loop.take_punts()
+    assert punts is not None and [p[2] for p in punts] == bare.packets[:2]
+    route = bare.route
+    assert route.paused
+    # (forwarding again, paused) after each: one is still to handle after the first.
+    assert [(route.plain_handled(True), bool(route.paused)) for _ in range(2)] == [
+        (False, True),
+        (True, False),
+    ]
+    assert route.plain_pending == 0
+
+
+def test_a_closed_sockets_queued_datagrams_never_reach_its_successor(bare: Bare) -> None:
+    """Datagrams of a socket without a route wait for Python with its descriptor; the
+    socket closes (``forget_fd``) before they are taken: they are dropped, not handed to
+    whichever socket gets the number next."""
+    loose = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    loose.bind(("127.0.0.1", 0))
+    loose.setblocking(False)
+    fd = loose.fileno()
+    bare.epoll.register(fd, select.EPOLLIN)
+    bare.feeder.sendto(b"\x00\x01stun-ish", loose.getsockname())
+    deadline = time.monotonic() + 5
+    while bare.loop.stats()["datagrams"] < 1:
+        assert time.monotonic() < deadline, "the forwarder never read it"
+        select.select([bare.loop.notify_fd], [], [], 0.05)
+    bare.epoll.unregister(fd)
+    bare.loop.forget_fd(fd)
+    loose.close()
+    assert bare.loop.take_punts() is None
