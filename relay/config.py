@@ -553,6 +553,9 @@ class MediaConfig(_Section):
     # so the audio does not wait for the event loop's other work (a full collection, a
     # burst of callbacks); false: on the event loop's thread.
     forwarding_thread: bool = True
+    # "raised": that thread asks for real-time priority (SCHED_FIFO 1) where the process may,
+    # else nice -10; "default": it runs as the process does.
+    forwarding_priority: Literal["raised", "default"] = "raised"
 
 
 class RecordingConfig(_Section):

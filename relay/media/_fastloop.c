@@ -835,8 +835,8 @@ typedef struct {
     int forward_epfd;   /* the sockets' set */
     int forward_rounds;
     long long forward_batch_ns; /* __atomic: busy polls every this often; 0 never */
-    int forward_raised;
-    int forward_priority; /* what it got: 0 as the process, 1 nice -10, 2 SCHED_FIFO */
+    int forward_nice;     /* the thread lowers its nice value when it starts */
+    int forward_priority; /* __atomic; what it got: 0 as the process, 1 nice -10, 2 FIFO */
     int forward_error;    /* errno that stopped it, 0 none */
     unsigned long long wakeups, polls;
 } Loop;
@@ -2092,18 +2092,6 @@ static void sleep_until(double at) {
         ;
 }
 
-/* Ahead of the process's other threads when both want the core, as browsers run their
- * audio threads: real-time (SCHED_FIFO, its lowest priority) where the process may, else a
- * lower nice value, else as it is. What it got: 2, 1, 0. */
-static int raise_priority(void) {
-    struct sched_param param = {.sched_priority = 1};
-    if (pthread_setschedparam(pthread_self(), SCHED_FIFO, &param) == 0)
-        return 2;
-    if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), -10) == 0)
-        return 1;
-    return 0;
-}
-
 /* The forwarder's thread. Quiet, it waits for any socket (or stop_fd); woken, it reads
  * every ready socket; once two wake-ups come closer than the batching window it polls
  * every window instead, from each poll's start, until a poll finds nothing (as
@@ -2112,8 +2100,8 @@ static int raise_priority(void) {
  * could not keep up must still leave it the core. */
 static void *forwarder_main(void *arg) {
     Loop *self = (Loop *)arg;
-    if (self->forward_raised)
-        self->forward_priority = raise_priority();
+    if (self->forward_nice && setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), -10) == 0)
+        __atomic_store_n(&self->forward_priority, 1, __ATOMIC_RELEASE);
     double last_wake = -1e9, next = 0.0;
     int busy = 0;
     struct epoll_event woken[2];
@@ -2227,15 +2215,39 @@ static PyObject *loop_start_forwarding(Loop *self, PyObject *args, PyObject *kwd
     self->forward_epfd = epfd;
     self->forward_rounds = max_rounds;
     __atomic_store_n(&self->forward_batch_ns, (long long)(batch * 1e9), __ATOMIC_RELAXED);
-    self->forward_raised = raised;
-    self->forward_priority = 0;
     self->forward_error = 0;
     __atomic_store_n(&self->forwarder_stop, 0, __ATOMIC_RELEASE);
     /* Signals are the interpreter's thread's: the forwarder starts with all of them blocked. */
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);
-    int rc = pthread_create(&self->forwarder, NULL, forwarder_main, self);
+    /* raised: ahead of the process's other threads when both want the core, as browsers
+     * run their audio threads. Real-time (SCHED_FIFO, its lowest priority) from its start
+     * where the process may (root, CAP_SYS_NICE, or RLIMIT_RTPRIO of 1 or more: compose.yaml
+     * gives the relays that), else the thread lowers its nice value, else it runs as the
+     * process does. */
+    int rc = EPERM;
+    __atomic_store_n(&self->forward_priority, 0, __ATOMIC_RELEASE);
+    self->forward_nice = 0; /* read by the thread as it starts: set before each create */
+    /* Real-time only with a batching window: without one the thread wakes for every
+     * datagram and has no sleep between polls to leave the core to others, so a flood
+     * could hold a core against the event loop. */
+    if (raised && batch > 0.0) {
+        pthread_attr_t attr;
+        struct sched_param param = {.sched_priority = 1};
+        pthread_attr_init(&attr);
+        if (pthread_attr_setinheritsched(&attr, PTHREAD_EXPLICIT_SCHED) == 0 &&
+            pthread_attr_setschedpolicy(&attr, SCHED_FIFO) == 0 &&
+            pthread_attr_setschedparam(&attr, &param) == 0)
+            rc = pthread_create(&self->forwarder, &attr, forwarder_main, self);
+        pthread_attr_destroy(&attr);
+        if (rc == 0)
+            __atomic_store_n(&self->forward_priority, 2, __ATOMIC_RELEASE);
+    }
+    if (rc != 0) {
+        self->forward_nice = raised;
+        rc = pthread_create(&self->forwarder, NULL, forwarder_main, self);
+    }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc != 0) {
         errno = rc;
@@ -2626,7 +2638,8 @@ static PyObject *loop_stats(Loop *self, PyObject *unused) {
         "rtcp_read", self->rtcp_read, "rtcp_to_python", self->rtcp_to_python, "rtcp_dropped",
         self->rtcp_dropped, "wakeups", self->wakeups, "polls", self->polls, "punts_dropped",
         self->punts_dropped, "forwarding", self->forwarding, "priority",
-        self->forward_priority, "forward_error", self->forward_error);
+        __atomic_load_n(&self->forward_priority, __ATOMIC_ACQUIRE), "forward_error",
+        self->forward_error);
     unlock_media();
     return out;
 }

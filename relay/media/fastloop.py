@@ -76,6 +76,8 @@ _enabled = True
 # ``media.forwarding_thread``: the compiled loop reads and forwards on a thread of its own
 # (``Loop.start_forwarding``) instead of on the event loop's.
 _threaded = True
+# ``media.forwarding_priority == "raised"``: the forwarder thread asks for real-time.
+_raised = True
 # Why the loop cannot run in this process although built: the private names it needs are
 # missing (the start-up check, ``relay.media.capabilities``), or libsrtp's functions could
 # not be found. None: nothing stops it.
@@ -86,15 +88,21 @@ _srtp_given = False
 
 
 def configure(
-    enabled: bool, capabilities: MediaCapabilities | None = None, *, threaded: bool = True
+    enabled: bool,
+    capabilities: MediaCapabilities | None = None,
+    *,
+    threaded: bool = True,
+    raised: bool = True,
 ) -> None:
     """``media.compiled_fast_path``: forward with the compiled loop when it is built and
     (when ``capabilities`` are given) the names it needs are there; ``threaded``
-    (``media.forwarding_thread``): on a thread of its own. Applies to media socket sets
-    made afterwards (one per event loop)."""
-    global _enabled, _unavailable, _threaded
+    (``media.forwarding_thread``): on a thread of its own, ``raised``
+    (``media.forwarding_priority``) at a raised priority where permitted. Applies to media
+    socket sets made afterwards (one per event loop)."""
+    global _enabled, _unavailable, _threaded, _raised
     _enabled = enabled
     _threaded = threaded
+    _raised = raised
     _unavailable = None
     if capabilities is not None:
         state = capabilities.state("compiled_loop")
@@ -107,6 +115,11 @@ def configure(
 def enabled() -> bool:
     """``media.compiled_fast_path`` as configured (whether or not the module is built)."""
     return _enabled
+
+
+def raised_priority() -> bool:
+    """``media.forwarding_priority == "raised"`` as configured."""
+    return _raised
 
 
 def thread_enabled() -> bool:

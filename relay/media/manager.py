@@ -175,6 +175,7 @@ class BridgeManager:
             settings.media.compiled_fast_path,
             self.capabilities,
             threaded=settings.media.forwarding_thread,
+            raised=settings.media.forwarding_priority == "raised",
         )
         self.metrics.set_forwarding_path(fastloop.path())
         self._force_decode = force_decode

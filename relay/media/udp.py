@@ -430,7 +430,9 @@ class MediaSockets:
 
     def _start_forwarding(self) -> None:
         compiled = self._compiled
-        compiled.start_forwarding(self._epoll.fileno(), self.batch_s, _MAX_ROUNDS, raised=True)
+        compiled.start_forwarding(
+            self._epoll.fileno(), self.batch_s, _MAX_ROUNDS, raised=fastloop.raised_priority()
+        )
         self._forwarding = True
         self._loop.add_reader(compiled.notify_fd, self._take_punts)
 

@@ -10,6 +10,7 @@ is listed and fetched through the operator API.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -54,6 +55,7 @@ COMPOSE_VARIABLES = frozenset(
 class Stack:
     url: str
     token: str
+    env: dict[str, str]
 
 
 def compose(*args: str, timeout: float = 600, check: bool = True, env: dict[str, str]) -> str:
@@ -86,7 +88,7 @@ def stack(relay_image: BuiltImage, standin_images: list[str]) -> Iterator[Stack]
         )  # fmt: skip
         token = added.strip().splitlines()[-1]
         assert token.startswith("rt_"), added
-        yield Stack(url=f"http://127.0.0.1:{port}/", token=token)
+        yield Stack(url=f"http://127.0.0.1:{port}/", token=token, env=env)
     except BaseException:
         say(compose("logs", "--no-color", "--tail", "60", env=env, check=False))
         raise
@@ -130,6 +132,11 @@ async def test_an_interview_through_caddy_ends_in_a_recording_in_seaweedfs(
             await browser.wait_type("session.created", within=15)
             # The simulated interviewer heard the candidate and answered, audibly.
             await browser.wait_type("response.done", within=30)
+            # The relay carrying it forwards on its media thread, real-time as compose.yaml
+            # lets the unprivileged user (ulimits: rtprio); the other relay has no media.
+            threads = await asyncio.to_thread(forwarder_threads, stack.env)
+            running = [t for t in threads if t is not None and t["running"]]
+            assert len(running) == 1 and running[0]["priority"] == "SCHED_FIFO", threads
         finally:
             await browser.close()
         status, body, _ = await caddy.call("DELETE", f"api/sessions/{sid}", token=stack.token)
@@ -159,6 +166,24 @@ async def test_an_interview_through_caddy_ends_in_a_recording_in_seaweedfs(
     say(f"interview {sid}: recording {recording['id']} ({len(audio)} bytes) fetched via Caddy")
 
 
+# Each relay's own /api/stats, from inside its container: the forwarder thread's state.
+_THREAD_STATE = (
+    "import json, os, urllib.request; request = urllib.request.Request("
+    "f\"http://127.0.0.1:{os.environ['RELAY__SERVER__PORT']}/api/stats\", headers="
+    "{'Authorization': 'Bearer ' + os.environ['RELAY_OPERATOR_TOKEN']}); print(json.dumps("
+    "json.load(urllib.request.urlopen(request, timeout=5))['media_receive']['forwarding']"
+    "['thread']))"
+)
+
+
+def forwarder_threads(env: dict[str, str]) -> list[dict[str, Any] | None]:
+    out: list[dict[str, Any] | None] = []
+    for relay in ("relay-1", "relay-2"):
+        printed = compose("exec", "-T", relay, "python", "-c", _THREAD_STATE, env=env)
+        out.append(json.loads(printed.strip().splitlines()[-1]))
+    return out
+
+
 async def fetch(http: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> bytes:
     async with http.get(url, headers=headers) as response:
         assert response.status == 200, await response.text()
@@ -170,6 +195,9 @@ def test_compose_config_resolves_with_the_plugin_these_tests_install() -> None:
     missing required one is refused by name."""
     full = json.loads(compose("config", "--format", "json", env=SECRETS))
     assert full["services"]["relay-1"]["network_mode"] == "host"
+    for relay in ("relay-1", "relay-2"):  # the media thread may run real-time, nothing more
+        rtprio = full["services"][relay]["ulimits"]["rtprio"]
+        assert rtprio in (1, {"single": 1}, {"soft": 1, "hard": 1}), rtprio
     missing = {k: v for k, v in SECRETS.items() if k != "TURN_SECRET"}
     with pytest.raises(docker.CommandFailed, match="TURN_SECRET"):
         compose("config", "--quiet", env=missing)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import select
 import socket
 import struct
@@ -294,3 +295,36 @@ def test_a_closed_sockets_queued_datagrams_never_reach_its_successor(bare: Bare)
     bare.loop.forget_fd(fd)
     loose.close()
     assert bare.loop.take_punts() is None
+
+
+def _fifo_threads() -> int:
+    """This process's threads the kernel runs SCHED_FIFO (policy 1, /proc's stat field 41)."""
+    count = 0
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        count += fields[41 - 3] == "1"  # fields after the name start at the third
+    return count
+
+
+@pytest.mark.parametrize("raised", [True, False])
+def test_the_forwarder_runs_real_time_where_permitted_and_as_the_process_when_asked(
+    raised: bool,
+) -> None:
+    """``media.forwarding_priority``: raised, the thread runs SCHED_FIFO from its start
+    where the process may (these tests run as root); "default", as the process does."""
+    if not fastloop.built():
+        pytest.fail(f"{fastloop.describe()['reason']}: build it (pip install -e .)")
+    assert os.geteuid() == 0, "the test command runs as root (tests/run.sh)"
+    compiled = fastloop.endpoint_loop()
+    epoll = select.epoll()
+    try:
+        before = _fifo_threads()
+        compiled.start_forwarding(epoll.fileno(), 0.001, 8, raised=raised)
+        assert compiled.stats()["priority"] == (2 if raised else 0)
+        assert _fifo_threads() - before == (1 if raised else 0)
+        compiled.stop_forwarding()
+        assert _fifo_threads() == before
+    finally:
+        compiled.close()
+        epoll.close()
