@@ -2223,9 +2223,8 @@ static PyObject *loop_start_forwarding(Loop *self, PyObject *args, PyObject *kwd
     pthread_sigmask(SIG_BLOCK, &all, &old);
     /* raised: ahead of the process's other threads when both want the core, as browsers
      * run their audio threads. Real-time (SCHED_FIFO, its lowest priority) from its start
-     * where the process may (root, CAP_SYS_NICE, or RLIMIT_RTPRIO of 1 or more: compose.yaml
-     * gives the relays that), else the thread lowers its nice value, else it runs as the
-     * process does. */
+     * where the process may (root, CAP_SYS_NICE, or RLIMIT_RTPRIO of 1 or more), else the
+     * thread lowers its nice value, else it runs as the process does. */
     int rc = EPERM;
     __atomic_store_n(&self->forward_priority, 0, __ATOMIC_RELEASE);
     self->forward_nice = 0; /* read by the thread as it starts: set before each create */
