@@ -64,12 +64,13 @@ def _arrivals(sink: socket.socket) -> list[float]:
         except BlockingIOError:
             return times
         for level, kind, data in ancillary:
-            if level == socket.SOL_SOCKET and kind == fastloop_timestamp():
+            if level == socket.SOL_SOCKET and kind == _receive_time_kind():
                 seconds, nanoseconds = struct.unpack("qq", data[:16])
                 times.append(seconds + nanoseconds * 1e-9)
 
 
-def fastloop_timestamp() -> int:
+def _receive_time_kind() -> int:
+    """SCM_TIMESTAMPNS (the same number as the option that asks for it)."""
     from relay.media import _fastloop
 
     value: int = _fastloop.SO_TIMESTAMPNS
@@ -77,9 +78,9 @@ def fastloop_timestamp() -> int:
 
 
 def test_packets_are_forwarded_while_the_interpreter_is_busy(rig: Rig) -> None:
-    """The interpreter never lets go for 0.4 s (no event loop turn, no GIL released), and
-    sends a packet to every route every 20 ms meanwhile: each is forwarded within
-    milliseconds. On the event loop's thread the first ones would wait the whole 0.4 s."""
+    """The interpreter spins for 0.4 s without returning to the event loop, and sends a
+    packet to every route every 20 ms meanwhile: each is forwarded within milliseconds. On
+    the event loop's thread the first ones would wait the whole 0.4 s."""
     rounds = 20
     protected = [[tx.protect(p) for p in rtp_packets(rounds + 1)] for tx in rig.senders]
     _hand_over(rig, protected)
@@ -112,21 +113,21 @@ def test_python_holding_the_media_lock_holds_the_forwarder(rig: Rig) -> None:
     protected = [[tx.protect(p) for p in rtp_packets(2)] for tx in rig.senders]
     _hand_over(rig, protected)
     fastloop.enable_receive_times(rig.sink)
-    with fastloop.locked():
-        with fastloop.locked():  # recursive: the loops' own methods take it inside
-            for i, target in enumerate(rig.targets):
-                rig.feeder.sendto(protected[i][1], target)
-            held = time.monotonic() + 0.2
-            while time.monotonic() < held:
-                pass
-            assert _arrivals(rig.sink) == []
-        let_go = time.time()
+    # Twice: recursive, as the loops' own methods take it inside.
+    with fastloop.locked(), fastloop.locked():
+        for i, target in enumerate(rig.targets):
+            rig.feeder.sendto(protected[i][1], target)
+        held = time.monotonic() + 0.2
+        while time.monotonic() < held:
+            pass
+        assert _arrivals(rig.sink) == []
+        held_until = time.time()  # still held: nothing can be forwarded before this
     deadline = time.monotonic() + 5
     arrived: list[float] = []
     while len(arrived) < ROUTES and time.monotonic() < deadline:
         select.select([rig.sink], [], [], 0.1)
         arrived += _arrivals(rig.sink)
-    assert len(arrived) == ROUTES and min(arrived) >= let_go
+    assert len(arrived) == ROUTES and min(arrived) >= held_until
 
 
 def test_the_media_lock_is_released_only_by_its_holder() -> None:
