@@ -305,16 +305,16 @@ class FastOpusForwarder:
         if plain is None:  # authentication or replay check failed
             count_refused(self._stats, rx.refused)
             return
-        try:
-            self._forward(plain)
-        except Exception:  # never let one odd packet raise into the socket callback
-            self.errors += 1
-            if self.errors == 1:
-                log.exception("fast path: packet forwarding failed")
+        self._forward_guarded(plain)
 
     async def _on_decrypted(self, plain: bytes, arrival_time_ms: int) -> None:
         """RTP that arrived before this leg's SRTP keys, decrypted later by aiortc's task."""
         self._release()
+        self._forward_guarded(plain)
+
+    def _forward_guarded(self, plain: bytes) -> None:
+        """``_forward``, counting (and logging the first of) what it raises: one odd packet
+        never raises into the socket callback or the task that hands it over."""
         try:
             self._forward(plain)
         except Exception:
@@ -593,12 +593,7 @@ class FastOpusForwarder:
             current = route is self._route
             if current:
                 self._load(route)
-            try:
-                self._forward(plain)
-            except Exception:
-                self.errors += 1
-                if self.errors == 1:
-                    log.exception("fast path: packet forwarding failed")
+            self._forward_guarded(plain)
             resume = False
             if current and self._route is route:
                 pairs = (self._in_pairs.get(1), self._pairs.get(1))
