@@ -343,7 +343,10 @@ class MediaSockets:
             totals = self.compiled.stats()
             wakeups, polls, datagrams = totals["wakeups"], totals["polls"], totals["datagrams"]
             thread |= {
-                "priority": _PRIORITIES.get(totals["priority"], "default"),
+                # What the running thread got (None: none runs, no socket is open).
+                "priority": (
+                    _PRIORITIES.get(totals["priority"], "default") if self._forwarding else None
+                ),
                 "punts_dropped": totals["punts_dropped"],
             }
         woken = wakeups + polls

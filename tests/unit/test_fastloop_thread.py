@@ -157,7 +157,8 @@ def test_the_forwarder_runs_from_the_first_socket_to_the_last(rig: Rig) -> None:
     for transport in list(rig.sockets._transports.values()):
         transport.close()
     assert not compiled.forwarding
-    assert not rig.sockets.snapshot()["forwarding"]["thread"]["running"]
+    stopped = rig.sockets.snapshot()["forwarding"]["thread"]
+    assert not stopped["running"] and stopped["priority"] is None
     assert threading.active_count() == threads
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
