@@ -274,14 +274,14 @@ class MediaSockets:
         # The compiled loop reading this set (``compiled`` None: as configured), if any.
         use_compiled = fastloop.active() if compiled is None else compiled
         self._compiled: Any = None
+        # Whether the compiled loop's forwarder thread runs now (from the first socket to
+        # the last), and whether it reads the sockets at all (``threaded`` None: as
+        # configured when ``compiled`` is too, else not).
+        self._forwarding = False
         self.compiled = fastloop.new_loop() if use_compiled else None
-        # Whether the compiled loop's forwarder thread reads the sockets (``threaded`` None:
-        # as configured when ``compiled`` is too, else not), and whether it runs now (from
-        # the first socket to the last).
         if threaded is None:
             threaded = compiled is None and fastloop.threaded()
         self.threaded = self.compiled is not None and threaded
-        self._forwarding = False
         self._sync: asyncio.TimerHandle | None = None
         # Counters for /api/stats and the benchmarks.
         self.wakeups = 0
@@ -299,7 +299,7 @@ class MediaSockets:
         # ``_epoll``, ready only while armed (``_timed``), and then ``_epoll`` is not
         # watched, so the gate waking means a poll is due. A loop put in later (the
         # benchmark's endpoints read with one of their own) brings its own timer.
-        if self._timed or getattr(self, "_forwarding", False):
+        if self._timed or self._forwarding:
             raise RuntimeError("the compiled loop cannot change while it reads the sockets")
         # A loop put in from outside is read on the event loop (the benchmark's endpoints).
         self.threaded = False
