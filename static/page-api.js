@@ -15,6 +15,8 @@ export class ApiFailure extends Error {
     this.retryable = Boolean(err.retryable);
     this.retryAfter = retryAfter;
     this.requestId = body && body.request_id;
+    // A 410 session_ended's relay.session.ending ({reason, message}) when the relay ended it.
+    this.ending = err.ending || null;
   }
 }
 

@@ -83,9 +83,13 @@ function refusedForGood(err) {
     err.code !== "resume_in_progress";
 }
 
+// [reason, the relay's message]: a session the relay ended says why (the ending event the
+// page may have missed when its channel closed first); else it ended while the page was away.
 function refusedResumeReason(err) {
-  if (err.status === 410) return "browser_gone";
-  return "resume_refused";
+  if (err.status === 410) {
+    return err.ending ? [err.ending.reason, err.ending.message] : ["browser_gone", null];
+  }
+  return ["resume_refused", null];
 }
 
 export class Interview {
@@ -288,7 +292,7 @@ export class Interview {
       } catch (err) {
         if (this.phase !== "reconnecting") return;
         if (refusedForGood(err)) {
-          this.finish(refusedResumeReason(err));
+          this.finish(...refusedResumeReason(err));
           return;
         }
         // Anything else, or a connection that did not come up: again.

@@ -15,7 +15,7 @@ import time
 from relay.config import IceConfig, Settings
 from relay.db import DatabaseUnavailable
 from relay.errors import ApiError
-from relay.media import fastloop, udp
+from relay.media import fastloop, relay_events, udp
 from relay.media.bridge import (
     Bridge,
     BridgeClosed,
@@ -394,10 +394,17 @@ def token_invalid() -> ApiError:
 
 
 def session_ended_error(reason: str | None) -> ApiError:
-    """410 ``session_ended``: there is nothing left to resume (its end reason in details)."""
+    """410 ``session_ended``: there is nothing left to resume (its end reason in details,
+    and, where the relay decided it, the ``relay.session.ending`` the page would have been
+    sent: a page whose data channel closed before that event arrived reads it here)."""
+    details: dict[str, object] = {"end_reason": reason}
+    announced = relay_events.page_reason(reason) if reason is not None else None
+    if announced is not None:
+        ending = relay_events.ending(announced)
+        details["ending"] = {"reason": ending["reason"], "message": ending["message"]}
     return ApiError(
         410,
         "session_ended",
         "This interview session has ended and cannot be resumed.",
-        details={"end_reason": reason},
+        details=details,
     )

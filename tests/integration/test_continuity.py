@@ -176,6 +176,9 @@ async def test_after_the_grace_the_session_ends_browser_gone(
     assert status == 410, body
     assert body["error"]["code"] == "session_ended"
     assert body["error"]["end_reason"] == "browser_gone"
+    # What relay.session.ending would have told the page, for a page that missed it.
+    assert body["error"]["ending"]["reason"] == "browser_gone", body
+    assert "lost for too long" in body["error"]["ending"]["message"], body
 
 
 async def test_a_resume_token_is_single_use_rotates_and_needs_the_credential(

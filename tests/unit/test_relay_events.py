@@ -150,3 +150,19 @@ def test_the_page_has_its_own_message_for_every_reason_the_relay_announces() -> 
     on_the_page = set(re.findall(r"^\s+(\w+):", block, re.MULTILINE))
     assert set(relay_events.PAGE_REASONS.values()) <= on_the_page
     assert set(relay_events.MESSAGES) <= on_the_page
+
+
+def test_a_session_ended_answer_carries_the_ending_the_page_may_have_missed() -> None:
+    """The 410 to a resume says why, as ``relay.session.ending`` would have (a page whose
+    data channel closed before that event arrived shows the right end); nothing for an
+    end the relay did not decide."""
+    from relay.media.manager import session_ended_error
+
+    operator = session_ended_error("operator_hangup")
+    assert operator.status == 410 and operator.details["end_reason"] == "operator_hangup"
+    assert operator.details["ending"] == {
+        "reason": "operator",
+        "message": relay_events.MESSAGES["operator"],
+    }
+    assert "ending" not in session_ended_error("hangup").details
+    assert "ending" not in session_ended_error(None).details
