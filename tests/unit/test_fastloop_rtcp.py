@@ -526,13 +526,16 @@ async def test_more_reports_than_a_route_keeps_go_to_aiortc_in_order(
         ]
         return bytes(RtcpRrPacket(ssrc=_REPORTER, reports=reports))
 
-    # Sent back to back: read in one pump, before any sync.
+    # Read in one round, before any sync: sent while Python holds the media lock, so the
+    # forwarder thread reads both once it is let go, in one recvmmsg (on the event loop's
+    # thread the next pump would read them together anyway).
     small = 3
     big = _fastloop.RTCP_PENDING
     datagrams = [browser_tx.protect_rtcp(blocks(500, small))]
     datagrams.append(browser_tx.protect_rtcp(blocks(600, big)))
-    for datagram in datagrams:
-        attacker.sendto(datagram, target)
+    with fastloop.locked():
+        for datagram in datagrams:
+            attacker.sendto(datagram, target)
     wanted = [500 + i for i in range(small)] + [600 + i for i in range(big)]
 
     def seen() -> list[int]:
