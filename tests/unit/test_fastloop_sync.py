@@ -77,7 +77,9 @@ def _forward_two_rounds(rig: Rig) -> None:
     assert rig.sockets.compiled is not None
     rig.sockets.compiled.take_due(0.0)  # start from every route synced
     _feed_round(rig, protected, 1)
-    assert rig.sockets.read_ready() == ROUTES
+    # At least these (a stray datagram of another test's socket may land on a port of the
+    # rig's: the tests share loopback); exactly one forwarded per route.
+    assert rig.sockets.read_ready() >= ROUTES
     assert rig.drain() == ROUTES
 
 
