@@ -2081,6 +2081,14 @@ static int forwarder_lock(Loop *self) {
     }
 }
 
+/* Make an eventfd readable. A failed write (EAGAIN) means its counter is at its maximum:
+ * it is readable already. */
+static void signal_eventfd(int fd) {
+    uint64_t one = 1;
+    if (write(fd, &one, sizeof(one)) < 0) {
+    }
+}
+
 static void sleep_until(double at) {
     struct timespec t;
     double whole = floor(at);
@@ -2138,12 +2146,8 @@ static void *forwarder_main(void *arg) {
         dirty = self->n_dirty > 0;
         int wake_python = queued_before == 0 && self->queue_len > 0;
         unlock_media();
-        if (wake_python) {
-            uint64_t one = 1;
-            /* EAGAIN: the counter is at its maximum, so Python is woken anyway. */
-            if (write(self->notify_fd, &one, sizeof(one)) < 0) {
-            }
-        }
+        if (wake_python)
+            signal_eventfd(self->notify_fd);
         if (error) {
             /* the set was closed under it */
             __atomic_store_n(&self->forward_error, error, __ATOMIC_RELEASE);
@@ -2168,9 +2172,7 @@ static void *forwarder_main(void *arg) {
     }
     if (__atomic_load_n(&self->forward_error, __ATOMIC_ACQUIRE)) {
         /* Python must know (forward_error): wake it, whatever the queue holds. */
-        uint64_t one = 1;
-        if (write(self->notify_fd, &one, sizeof(one)) < 0) {
-        }
+        signal_eventfd(self->notify_fd);
     }
     return NULL;
 }
@@ -2273,10 +2275,7 @@ static void stop_forwarder(Loop *self) {
     if (!self->forwarding)
         return;
     __atomic_store_n(&self->forwarder_stop, 1, __ATOMIC_RELEASE);
-    uint64_t one = 1;
-    if (write(self->stop_fd, &one, sizeof(one)) < 0) {
-        /* the counter is full: it is readable already */
-    }
+    signal_eventfd(self->stop_fd);
     pthread_join(self->forwarder, NULL);
     close(self->stop_fd);
     close(self->wait_fd);

@@ -182,7 +182,6 @@ def describe() -> dict[str, Any]:
         reason = _unavailable
     return {
         "path": path(),
-        "thread": threaded(),
         "compiled_built": _compiled is not None,
         "compiled_enabled": _enabled,
         "srtp": aiortc_private.srtp_library_version(),
