@@ -2135,13 +2135,15 @@ static void *forwarder_main(void *arg) {
         double started = monotonic_s();
         if (!forwarder_lock(self))
             break;
-        if (busy)
-            self->polls++;
-        else if (!timed_out)
-            self->wakeups++;
         size_t queued_before = self->queue_len;
         int error;
         long long count = read_rounds(self, self->forward_epfd, self->forward_rounds, &error);
+        /* A poll counts whatever it found; a wake-up only when it read a datagram (it may
+         * wake for an ICMP error alone, or for readiness gone by the time it reads). */
+        if (busy)
+            self->polls++;
+        else if (!timed_out && count > 0)
+            self->wakeups++;
         queue_syncs(self, timed_out ? INT_MAX : SYNCS_PER_PUMP);
         dirty = self->n_dirty > 0;
         int wake_python = queued_before == 0 && self->queue_len > 0;
