@@ -838,6 +838,8 @@ typedef struct {
     int forward_nice;     /* the thread lowers its nice value when it starts */
     int forward_priority; /* __atomic; what it got: 0 as the process, 1 nice -10, 2 FIFO */
     int forward_error;    /* errno that stopped it, 0 none */
+    int forward_busy;     /* __atomic: polling every window (busy) rather than waiting */
+    pid_t forward_tid;    /* __atomic: the thread's id once it runs, 0 before */
     unsigned long long wakeups, polls;
 } Loop;
 
@@ -2108,7 +2110,9 @@ static void sleep_until(double at) {
  * could not keep up must still leave it the core. */
 static void *forwarder_main(void *arg) {
     Loop *self = (Loop *)arg;
-    if (self->forward_nice && setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), -10) == 0)
+    pid_t tid = (pid_t)syscall(SYS_gettid);
+    __atomic_store_n(&self->forward_tid, tid, __ATOMIC_RELEASE);
+    if (self->forward_nice && setpriority(PRIO_PROCESS, (id_t)tid, -10) == 0)
         __atomic_store_n(&self->forward_priority, 1, __ATOMIC_RELEASE);
     double last_wake = -1e9, next = 0.0;
     int busy = 0;
@@ -2171,7 +2175,9 @@ static void *forwarder_main(void *arg) {
             if (next < now + batch / 4)
                 next = now + batch / 4;
         }
+        __atomic_store_n(&self->forward_busy, busy, __ATOMIC_RELAXED);
     }
+    __atomic_store_n(&self->forward_busy, 0, __ATOMIC_RELAXED);
     if (__atomic_load_n(&self->forward_error, __ATOMIC_ACQUIRE)) {
         /* Python must know (forward_error): wake it, whatever the queue holds. */
         signal_eventfd(self->notify_fd);
@@ -2231,6 +2237,7 @@ static PyObject *loop_start_forwarding(Loop *self, PyObject *args, PyObject *kwd
      * thread lowers its nice value, else it runs as the process does. */
     int rc = EPERM;
     __atomic_store_n(&self->forward_priority, 0, __ATOMIC_RELEASE);
+    __atomic_store_n(&self->forward_tid, 0, __ATOMIC_RELEASE);
     self->forward_nice = 0; /* read by the thread as it starts: set before each create */
     /* Real-time only with a batching window: without one the thread wakes for every
      * datagram and has no sleep between polls to leave the core to others, so a flood
@@ -2256,6 +2263,9 @@ static PyObject *loop_start_forwarding(Loop *self, PyObject *args, PyObject *kwd
         errno = rc;
         goto os_error;
     }
+    /* Named for the operator's tools (top -H, ps -L, perf --sort comm); 15 characters at
+     * most, and a failure only leaves the process's name. */
+    pthread_setname_np(self->forwarder, "relay-forward");
     lock_media();
     self->forwarding = 1;
     unlock_media();
@@ -2301,6 +2311,21 @@ static PyObject *loop_set_batch(Loop *self, PyObject *arg) {
         return NULL;
     }
     __atomic_store_n(&self->forward_batch_ns, (long long)(batch * 1e9), __ATOMIC_RELAXED);
+    /* No window, no real-time, as at start: without one the thread never sleeps between
+     * polls, and a flood could hold a core against the event loop. It falls back to nice
+     * -10 where it may (its id is known: it got real-time at creation and has run since). */
+    if (batch == 0.0 && self->forwarding &&
+        __atomic_load_n(&self->forward_priority, __ATOMIC_ACQUIRE) == 2) {
+        struct sched_param param = {.sched_priority = 0};
+        int rc = pthread_setschedparam(self->forwarder, SCHED_OTHER, &param);
+        if (rc != 0) {
+            errno = rc;
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        pid_t tid = __atomic_load_n(&self->forward_tid, __ATOMIC_ACQUIRE);
+        int niced = tid > 0 && setpriority(PRIO_PROCESS, (id_t)tid, -10) == 0;
+        __atomic_store_n(&self->forward_priority, niced, __ATOMIC_RELEASE);
+    }
     Py_RETURN_NONE;
 }
 
@@ -2632,14 +2657,14 @@ static PyObject *loop_clear_tick(Loop *self, PyObject *unused) {
 static PyObject *loop_stats(Loop *self, PyObject *unused) {
     lock_media();
     PyObject *out = Py_BuildValue(
-        "{sKsKsKsKsKsnsnsKsKsKsKsKsKsisisi}", "datagrams", self->datagrams, "forwarded",
+        "{sKsKsKsKsKsnsnsKsKsKsKsKsKsisisisi}", "datagrams", self->datagrams, "forwarded",
         self->compiled_forwarded, "pumps", self->pumps, "recvmmsg", self->recvmmsg_calls,
         "sendmmsg", self->sendmmsg_calls, "routes", self->n_routes, "dirty", self->n_dirty,
         "rtcp_read", self->rtcp_read, "rtcp_to_python", self->rtcp_to_python, "rtcp_dropped",
         self->rtcp_dropped, "wakeups", self->wakeups, "polls", self->polls, "punts_dropped",
         self->punts_dropped, "forwarding", self->forwarding, "priority",
         __atomic_load_n(&self->forward_priority, __ATOMIC_ACQUIRE), "forward_error",
-        self->forward_error);
+        self->forward_error, "busy", __atomic_load_n(&self->forward_busy, __ATOMIC_RELAXED));
     unlock_media();
     return out;
 }

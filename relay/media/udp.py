@@ -338,10 +338,13 @@ class MediaSockets:
         """For /api/stats: the window, the state, and the counts since start (the
         forwarder's, when it reads the sockets)."""
         wakeups, polls, datagrams = self.wakeups, self.polls, self.datagrams
+        batching = self.batching
         thread: dict[str, Any] = {"running": self._forwarding}
         if self.threaded:
             totals = self.compiled.stats()
             wakeups, polls, datagrams = totals["wakeups"], totals["polls"], totals["datagrams"]
+            # The thread's own state: the event loop's timer never runs while it reads.
+            batching = bool(totals["busy"])
             thread |= {
                 # What the running thread got (None: none runs, no socket is open).
                 "priority": (
@@ -353,7 +356,7 @@ class MediaSockets:
         return {
             "batch_ms": round(self.batch_s * 1000, 3),
             "sockets": len(self._transports),
-            "batching": self.batching,
+            "batching": batching,
             "wakeups": wakeups,
             "polls": polls,
             "datagrams": datagrams,

@@ -330,3 +330,105 @@ def test_the_forwarder_runs_real_time_where_permitted_and_as_the_process_when_as
     finally:
         compiled.close()
         epoll.close()
+
+
+def _forwarder_tasks() -> list[str]:
+    """This process's threads named as the forwarder names itself."""
+    named = []
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/comm") as comm:
+            if comm.read().strip() == "relay-forward":
+                named.append(task)
+    return named
+
+
+def _nice(task: str) -> int:
+    with open(f"/proc/self/task/{task}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return int(fields[19 - 3])
+
+
+def test_a_window_set_to_zero_takes_the_running_thread_out_of_real_time() -> None:
+    """Without a batching window the thread never sleeps between polls, so it is never
+    real-time (as at its start): set to 0 while it runs real-time, it drops to nice -10.
+    The thread carries its name for the operator's tools (top -H, perf --sort comm)."""
+    if not fastloop.built():
+        pytest.fail(f"{fastloop.describe()['reason']}: build it (pip install -e .)")
+    assert os.geteuid() == 0, "the test command runs as root (tests/run.sh)"
+    compiled = fastloop.endpoint_loop()
+    epoll = select.epoll()
+    try:
+        before = _fifo_threads()
+        assert _forwarder_tasks() == []
+        compiled.start_forwarding(epoll.fileno(), 0.001, 8, raised=True)
+        (task,) = _forwarder_tasks()
+        assert compiled.stats()["priority"] == 2 and _fifo_threads() == before + 1
+        compiled.set_batch(0.001)  # a window: stays real-time
+        assert compiled.stats()["priority"] == 2 and _fifo_threads() == before + 1
+        compiled.set_batch(0.0)
+        assert compiled.stats()["priority"] == 1 and _fifo_threads() == before
+        assert _nice(task) == -10
+        compiled.stop_forwarding()
+        assert _forwarder_tasks() == []
+    finally:
+        compiled.close()
+        epoll.close()
+
+
+def test_the_set_reports_the_threads_busy_polling_while_datagrams_come_fast(rig: Rig) -> None:
+    """``/api/stats`` → ``media_receive.batching``: while the thread reads, it is the
+    thread's state (polling every window), not the event loop's timer, which never runs."""
+    rig.sockets.batch_s = 0.002  # handed to the running thread
+    protected = [[tx.protect(p) for p in rtp_packets(401)] for tx in rig.senders]
+    _hand_over(rig, protected)
+    assert rig.sockets.snapshot()["batching"] is False
+    seen_busy = False
+    for r in range(1, 401):  # one datagram every ~0.25 ms: many per window
+        rig.feeder.sendto(protected[r % ROUTES][r], rig.targets[r % ROUTES])
+        if r % 20 == 0:
+            seen_busy = seen_busy or rig.sockets.snapshot()["batching"]
+            time.sleep(0.005)  # pacing the feed, not waiting for a result
+    assert seen_busy
+    assert rig.sockets.snapshot()["forwarding"]["thread"]["running"]
+    # The feed stops: the next poll finds nothing and the thread waits again.
+    loop = rig.sockets._loop
+    loop.run_until_complete(
+        wait_until(lambda: not rig.sockets.snapshot()["batching"], 5, "waiting again")
+    )
+
+
+def test_a_set_failing_under_the_thread_is_read_on_the_event_loop_from_then_on(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Fault injection: the thread's descriptor of the sockets' set goes away under it (it
+    cannot in the relay, whose set lives as long as its thread). The thread stops, wakes
+    the event loop, and the event loop reads the set from then on: the datagram that woke
+    the thread and every later one are forwarded, and the log says why."""
+    rounds = 5
+    protected = [[tx.protect(p) for p in rtp_packets(rounds + 1)] for tx in rig.senders]
+    _hand_over(rig, protected)
+    sockets, compiled = rig.sockets, rig.sockets.compiled
+    # Behind the set's back: the thread restarted on a second descriptor of the same set,
+    # then that descriptor closed. The set stays registered in the thread's own epoll (its
+    # file is still open), so the next datagram wakes the thread, whose poll then fails.
+    compiled.stop_forwarding()
+    doomed = os.dup(sockets._epoll.fileno())
+    compiled.start_forwarding(doomed, 0.0, 8)
+    os.close(doomed)
+    loop = sockets._loop
+    with caplog.at_level("ERROR", logger="relay.media.udp"):
+        for r in range(1, rounds + 1):
+            for i, target in enumerate(rig.targets):
+                rig.feeder.sendto(protected[i][r], target)
+            if r == 1:
+                loop.run_until_complete(
+                    wait_until(lambda: not sockets.threaded, 5, "back on the event loop")
+                )
+        loop.run_until_complete(
+            wait_until(lambda: all(s.forwarded == rounds + 1 for s in rig.stats), 5, "all")
+        )
+    assert not compiled.forwarding and compiled.forward_error != 0
+    assert sockets.snapshot()["forwarding"]["thread"] is None
+    assert sockets._watching
+    assert rig.drain() == rounds * ROUTES
+    assert any("forwarder thread stopped" in r.getMessage() for r in caplog.records)
