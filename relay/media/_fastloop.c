@@ -839,7 +839,7 @@ typedef struct {
     int forward_priority; /* __atomic; what it got: 0 as the process, 1 nice -10, 2 FIFO */
     int forward_error;    /* errno that stopped it, 0 none */
     int forward_busy;     /* __atomic: polling every window (busy) rather than waiting */
-    pid_t forward_tid;    /* __atomic: the thread's id once it runs, 0 before */
+    int forward_demote;   /* __atomic: leave real-time at the next wake-up (set_batch(0)) */
     unsigned long long wakeups, polls;
 } Loop;
 
@@ -2091,6 +2091,16 @@ static void signal_eventfd(int fd) {
     }
 }
 
+/* From SCHED_FIFO to the default policy, then nice -10 where the process may (what a
+ * raised thread gets at start when real-time is refused). On the forwarder's own thread. */
+static void leave_real_time(Loop *self) {
+    struct sched_param param = {.sched_priority = 0};
+    if (pthread_setschedparam(pthread_self(), SCHED_OTHER, &param) != 0)
+        return;
+    int niced = setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), -10) == 0;
+    __atomic_store_n(&self->forward_priority, niced, __ATOMIC_RELEASE);
+}
+
 static void sleep_until(double at) {
     struct timespec t;
     double whole = floor(at);
@@ -2110,9 +2120,7 @@ static void sleep_until(double at) {
  * could not keep up must still leave it the core. */
 static void *forwarder_main(void *arg) {
     Loop *self = (Loop *)arg;
-    pid_t tid = (pid_t)syscall(SYS_gettid);
-    __atomic_store_n(&self->forward_tid, tid, __ATOMIC_RELEASE);
-    if (self->forward_nice && setpriority(PRIO_PROCESS, (id_t)tid, -10) == 0)
+    if (self->forward_nice && setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), -10) == 0)
         __atomic_store_n(&self->forward_priority, 1, __ATOMIC_RELEASE);
     double last_wake = -1e9, next = 0.0;
     int busy = 0;
@@ -2136,6 +2144,8 @@ static void *forwarder_main(void *arg) {
         }
         if (__atomic_load_n(&self->forwarder_stop, __ATOMIC_ACQUIRE))
             break;
+        if (__atomic_exchange_n(&self->forward_demote, 0, __ATOMIC_ACQ_REL))
+            leave_real_time(self);
         double started = monotonic_s();
         if (!forwarder_lock(self))
             break;
@@ -2237,7 +2247,7 @@ static PyObject *loop_start_forwarding(Loop *self, PyObject *args, PyObject *kwd
      * thread lowers its nice value, else it runs as the process does. */
     int rc = EPERM;
     __atomic_store_n(&self->forward_priority, 0, __ATOMIC_RELEASE);
-    __atomic_store_n(&self->forward_tid, 0, __ATOMIC_RELEASE);
+    __atomic_store_n(&self->forward_demote, 0, __ATOMIC_RELEASE);
     self->forward_nice = 0; /* read by the thread as it starts: set before each create */
     /* Real-time only with a batching window: without one the thread wakes for every
      * datagram and has no sleep between polls to leave the core to others, so a flood
@@ -2312,20 +2322,12 @@ static PyObject *loop_set_batch(Loop *self, PyObject *arg) {
     }
     __atomic_store_n(&self->forward_batch_ns, (long long)(batch * 1e9), __ATOMIC_RELAXED);
     /* No window, no real-time, as at start: without one the thread never sleeps between
-     * polls, and a flood could hold a core against the event loop. It falls back to nice
-     * -10 where it may (its id is known: it got real-time at creation and has run since). */
+     * polls, and a flood could hold a core against the event loop. The thread itself leaves
+     * it when it next wakes, which is before it reads anything more (acting on it from here
+     * would race with a thread exiting on an error, whose id may be reused). */
     if (batch == 0.0 && self->forwarding &&
-        __atomic_load_n(&self->forward_priority, __ATOMIC_ACQUIRE) == 2) {
-        struct sched_param param = {.sched_priority = 0};
-        int rc = pthread_setschedparam(self->forwarder, SCHED_OTHER, &param);
-        if (rc != 0) {
-            errno = rc;
-            return PyErr_SetFromErrno(PyExc_OSError);
-        }
-        pid_t tid = __atomic_load_n(&self->forward_tid, __ATOMIC_ACQUIRE);
-        int niced = tid > 0 && setpriority(PRIO_PROCESS, (id_t)tid, -10) == 0;
-        __atomic_store_n(&self->forward_priority, niced, __ATOMIC_RELEASE);
-    }
+        __atomic_load_n(&self->forward_priority, __ATOMIC_ACQUIRE) == 2)
+        __atomic_store_n(&self->forward_demote, 1, __ATOMIC_RELEASE);
     Py_RETURN_NONE;
 }
 

@@ -350,13 +350,18 @@ def _nice(task: str) -> int:
 
 def test_a_window_set_to_zero_takes_the_running_thread_out_of_real_time() -> None:
     """Without a batching window the thread never sleeps between polls, so it is never
-    real-time (as at its start): set to 0 while it runs real-time, it drops to nice -10.
-    The thread carries its name for the operator's tools (top -H, perf --sort comm)."""
+    real-time (as at its start): set to 0 while it runs real-time, it drops to nice -10
+    when it next wakes, before it reads anything more. The thread carries its name for
+    the operator's tools (top -H, perf --sort comm)."""
     if not fastloop.built():
         pytest.fail(f"{fastloop.describe()['reason']}: build it (pip install -e .)")
     assert os.geteuid() == 0, "the test command runs as root (tests/run.sh)"
     compiled = fastloop.endpoint_loop()
     epoll = select.epoll()
+    waker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    waker.bind(("127.0.0.1", 0))
+    waker.setblocking(False)
+    epoll.register(waker.fileno(), select.EPOLLIN)
     try:
         before = _fifo_threads()
         assert _forwarder_tasks() == []
@@ -364,8 +369,13 @@ def test_a_window_set_to_zero_takes_the_running_thread_out_of_real_time() -> Non
         (task,) = _forwarder_tasks()
         assert compiled.stats()["priority"] == 2 and _fifo_threads() == before + 1
         compiled.set_batch(0.001)  # a window: stays real-time
-        assert compiled.stats()["priority"] == 2 and _fifo_threads() == before + 1
         compiled.set_batch(0.0)
+        # The next datagram wakes it: it leaves real-time, then reads (and queues) it.
+        waker.sendto(b"wake", waker.getsockname())
+        deadline = time.monotonic() + 5
+        while compiled.stats()["datagrams"] < 1:
+            assert time.monotonic() < deadline, "the forwarder never woke"
+            select.select([compiled.notify_fd], [], [], 0.05)
         assert compiled.stats()["priority"] == 1 and _fifo_threads() == before
         assert _nice(task) == -10
         compiled.stop_forwarding()
@@ -373,21 +383,29 @@ def test_a_window_set_to_zero_takes_the_running_thread_out_of_real_time() -> Non
     finally:
         compiled.close()
         epoll.close()
+        waker.close()
 
 
 def test_the_set_reports_the_threads_busy_polling_while_datagrams_come_fast(rig: Rig) -> None:
     """``/api/stats`` → ``media_receive.batching``: while the thread reads, it is the
     thread's state (polling every window), not the event loop's timer, which never runs."""
-    rig.sockets.batch_s = 0.002  # handed to the running thread
-    protected = [[tx.protect(p) for p in rtp_packets(401)] for tx in rig.senders]
+    rig.sockets.batch_s = 0.01  # handed to the running thread
+    count = 2000
+    protected = [[tx.protect(p) for p in rtp_packets(count + 1)] for tx in rig.senders]
     _hand_over(rig, protected)
     assert rig.sockets.snapshot()["batching"] is False
+    # One datagram about every 0.5 ms (the interpreter spins between them, pacing the
+    # feed), until the thread reports busy: two of its wake-ups come within the 10 ms
+    # window however late a loaded machine wakes it.
     seen_busy = False
-    for r in range(1, 401):  # one datagram every ~0.25 ms: many per window
+    for r in range(1, count + 1):
         rig.feeder.sendto(protected[r % ROUTES][r], rig.targets[r % ROUTES])
-        if r % 20 == 0:
-            seen_busy = seen_busy or rig.sockets.snapshot()["batching"]
-            time.sleep(0.005)  # pacing the feed, not waiting for a result
+        if rig.sockets.snapshot()["batching"]:
+            seen_busy = True
+            break
+        paced = time.monotonic() + 0.0005
+        while time.monotonic() < paced:
+            pass
     assert seen_busy
     assert rig.sockets.snapshot()["forwarding"]["thread"]["running"]
     # The feed stops: the next poll finds nothing and the thread waits again.
@@ -400,34 +418,42 @@ def test_the_set_reports_the_threads_busy_polling_while_datagrams_come_fast(rig:
 def test_a_set_failing_under_the_thread_is_read_on_the_event_loop_from_then_on(
     rig: Rig, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Fault injection: the thread's descriptor of the sockets' set goes away under it (it
-    cannot in the relay, whose set lives as long as its thread). The thread stops, wakes
-    the event loop, and the event loop reads the set from then on: the datagram that woke
-    the thread and every later one are forwarded, and the log says why."""
+    """Fault injection: the thread's descriptor of the sockets' set stops being an epoll set
+    under it (it cannot in the relay, whose set lives as long as its thread). The thread
+    stops, wakes the event loop, and the event loop reads the set from then on: the
+    datagram that woke the thread and every later one are forwarded, and the log says why."""
     rounds = 5
     protected = [[tx.protect(p) for p in rtp_packets(rounds + 1)] for tx in rig.senders]
     _hand_over(rig, protected)
     sockets, compiled = rig.sockets, rig.sockets.compiled
     # Behind the set's back: the thread restarted on a second descriptor of the same set,
-    # then that descriptor closed. The set stays registered in the thread's own epoll (its
-    # file is still open), so the next datagram wakes the thread, whose poll then fails.
+    # which then becomes /dev/null (not closed: the number must not go to another set
+    # while the thread may still poll it). The set stays registered in the thread's own
+    # epoll (its file is still open), so the next datagram wakes the thread, whose poll
+    # then fails (EINVAL).
     compiled.stop_forwarding()
     doomed = os.dup(sockets._epoll.fileno())
     compiled.start_forwarding(doomed, 0.0, 8)
-    os.close(doomed)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, doomed)
+    os.close(null)
     loop = sockets._loop
-    with caplog.at_level("ERROR", logger="relay.media.udp"):
-        for r in range(1, rounds + 1):
-            for i, target in enumerate(rig.targets):
-                rig.feeder.sendto(protected[i][r], target)
-            if r == 1:
-                loop.run_until_complete(
-                    wait_until(lambda: not sockets.threaded, 5, "back on the event loop")
-                )
-        loop.run_until_complete(
-            wait_until(lambda: all(s.forwarded == rounds + 1 for s in rig.stats), 5, "all")
-        )
-    assert not compiled.forwarding and compiled.forward_error != 0
+    try:
+        with caplog.at_level("ERROR", logger="relay.media.udp"):
+            for r in range(1, rounds + 1):
+                for i, target in enumerate(rig.targets):
+                    rig.feeder.sendto(protected[i][r], target)
+                if r == 1:
+                    loop.run_until_complete(
+                        wait_until(lambda: not sockets.threaded, 5, "back on the event loop")
+                    )
+            loop.run_until_complete(
+                wait_until(lambda: all(s.forwarded == rounds + 1 for s in rig.stats), 5, "all")
+            )
+    finally:
+        compiled.stop_forwarding()  # joined: the number is free to close
+        os.close(doomed)
+    assert compiled.forward_error != 0
     assert sockets.snapshot()["forwarding"]["thread"] is None
     assert sockets._watching
     assert rig.drain() == rounds * ROUTES
