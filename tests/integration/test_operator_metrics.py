@@ -120,7 +120,10 @@ async def test_metrics_are_histograms_and_feed_the_json_stats(make_relay: MakeRe
         # The relay's media sockets (both legs of the session) and how they are read.
         receive = body["media_receive"]
         assert receive["batch_ms"] == 1.0 and receive["sockets"] >= 2
-        assert receive["datagrams"] > 0 and receive["datagrams_per_wakeup"] >= 1
+        # Every counted wake-up read a datagram; a busy spell's last poll finds none, so
+        # with few datagrams the ratio over wake-ups and polls may dip under 1.
+        assert receive["datagrams"] >= receive["wakeups"] > 0
+        assert receive["datagrams_per_wakeup"] > 0
         await wait_until(
             lambda: (
                 relay.services.loop_monitor is not None
