@@ -22,6 +22,11 @@ Private names used (aiortc 1.16.0):
 * ``aiortc.rtcrtpreceiver.StreamStatistics``: the per-SSRC loss/jitter bookkeeping.
 * ``RTCRtpReceiver._RTCRtpReceiver__decoder_thread`` / ``__decoder_queue``: the decoder
   thread ``receive()`` starts for every receiver, and its (unbounded) input queue.
+* ``aiortc.rtcrtpreceiver.threading`` and ``decoder_worker(loop, input_q, output_q,
+  decode_error)``: ``receive()`` makes the decoder thread with
+  ``threading.Thread(target=decoder_worker, name=..., args=(...))``, looking
+  ``threading`` up in its module when it runs; the worker ends the track by putting None
+  on ``output_q`` when it takes None from ``input_q`` (``install_lazy_decoder_threads``).
 * ``RTCRtpSender._RTCRtpSender__rtp_history``: the last 128 sent RTP packets per sender,
   kept for NACK retransmission (which aiortc only negotiates for video).
 * ``aiortc.rtp.compute_audio_level_dbov``: a module-level function the sender calls per
@@ -131,6 +136,7 @@ loop noted, and hands every other compound (feedback, BYE) to aiortc's own handl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import datetime
 import functools
@@ -249,6 +255,8 @@ def detach_decoder_thread(receiver: RTCRtpReceiver) -> threading.Thread | None:
         return None  # none started, or an aiortc without these names: it joins its own
     decoder_queue.put(None)
     setattr(receiver, _DECODER_THREAD, None)
+    if thread.ident is None:
+        return None  # a LazyDecoderThread that never got a frame: nothing to join
     return thread
 
 
@@ -266,6 +274,101 @@ def decoder_thread(receiver: RTCRtpReceiver) -> threading.Thread | None:
     """The receiver's decoder thread, if it has one (tests and stats)."""
     thread: threading.Thread | None = getattr(receiver, _DECODER_THREAD, None)
     return thread
+
+
+def _never_started(timeout: float | None = None) -> None:
+    """A ``LazyDecoderThread``'s join while no thread runs: nothing to wait for."""
+
+
+class LazyDecoderThread(threading.Thread):
+    """aiortc's decoder thread for one receiver, started by the first frame queued for it.
+
+    ``RTCRtpReceiver.receive()`` starts a decoder thread for every receiver. On the fast
+    path the raw hook takes every packet, so that thread would wait idle for the whole
+    interview: two per interview (1,007 threads at 500 interviews), each started at setup
+    and joined at close. This one is started by the first item put on its input queue:
+    a frame (the decode path) starts the real thread; the stop sentinel before any frame
+    ends the receiver's track as ``decoder_worker`` would, and no thread ever runs.
+    ``receive()`` and every put run on the event loop's thread, so start and the first
+    put cannot race.
+    """
+
+    def __init__(
+        self,
+        group: None = None,
+        target: Callable[..., object] | None = None,
+        name: str | None = None,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        daemon: bool | None = None,
+    ) -> None:
+        super().__init__(group, target, name, args, kwargs, daemon=daemon)
+        # decoder_worker(loop, input_q, output_q, decode_error)
+        self._event_loop: asyncio.AbstractEventLoop = args[0]
+        self._input: Any = args[1]
+        self._output: asyncio.Queue[Any] = args[2]
+
+    def start(self) -> None:
+        """Armed: the input queue's first put starts the thread (or ends the track)."""
+        input_queue = self._input
+
+        def first_put(item: Any, block: bool = True, timeout: float | None = None) -> None:
+            del input_queue.put  # the queue's own put again, for this item and the rest
+            if item is None:
+                self._end_track()
+                return
+            del self.join  # threading.Thread's own join from now on
+            threading.Thread.start(self)
+            input_queue.put(item, block, timeout)
+
+        # Instance attributes shadowing the methods: queue.Queue.put for this one queue,
+        # and join, which returns at once while no thread was started (aiortc joins its
+        # decoder thread when the receiver stops; Thread.join would raise). A started
+        # thread is joined by Thread.join itself, not through a frame of the relay's.
+        input_queue.put = first_put
+        self.join = _never_started  # type: ignore[method-assign]
+
+    def _end_track(self) -> None:
+        """What ``decoder_worker`` does with the stop sentinel: the track's queue gets
+        None (its ``recv`` then ends the track)."""
+        with contextlib.suppress(RuntimeError):  # the event loop closed: nobody waits
+            self._event_loop.call_soon_threadsafe(self._output.put_nowait, None)
+
+
+class _ReceiverThreading:
+    """The ``threading`` module as ``aiortc.rtcrtpreceiver`` sees it once
+    ``install_lazy_decoder_threads`` ran: its decoder threads are ``LazyDecoderThread``s,
+    everything else is the module itself."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(threading, name)
+
+    @staticmethod
+    def Thread(*args: Any, **kwargs: Any) -> threading.Thread:  # noqa: N802 (the module's name)
+        worker = getattr(aiortc.rtcrtpreceiver, "decoder_worker", None)
+        if kwargs.get("target") is worker and worker is not None and not args:
+            return LazyDecoderThread(**kwargs)
+        return threading.Thread(*args, **kwargs)
+
+
+_RECEIVER_THREADING = _ReceiverThreading()
+
+
+def install_lazy_decoder_threads() -> bool:
+    """Start each receiver's decoder thread with its first frame (``LazyDecoderThread``).
+    Process-wide and idempotent: ``receive()`` looks ``threading`` up in its module when it
+    runs. False (aiortc starts its threads as ever) when that module lacks ``threading`` or
+    ``decoder_worker``."""
+    module = aiortc.rtcrtpreceiver
+    if not hasattr(module, "threading") or not hasattr(module, "decoder_worker"):
+        return False
+    setattr(module, "threading", _RECEIVER_THREADING)  # noqa: B010
+    return True
+
+
+def lazy_decoder_threads_installed() -> bool:
+    return getattr(aiortc.rtcrtpreceiver, "threading", None) is _RECEIVER_THREADING
 
 
 # ----------------------------------------------------------------------- fast path

@@ -275,6 +275,12 @@ FEATURES: tuple[Feature, ...] = (
         _m("aioice.ice", "get_host_addresses"),
     ),
     Feature(
+        "lazy_decoder_threads",
+        "a receiver's decoder thread starts with its first frame to decode (none on the fast path)",
+        "aiortc starts an idle decoder thread per receiver: two threads per interview",
+        _m("aiortc.rtcrtpreceiver", "threading", "decoder_worker"),
+    ),
+    Feature(
         "prompt_ice_completion",
         "ICE ends as soon as its checks are done",
         "aioice's own pacing: each connection takes at least 20 ms more",

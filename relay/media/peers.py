@@ -55,6 +55,9 @@ def new_peer(
     if caps.available("prompt_ice_completion"):
         # ICE ends as soon as its checks are done, not at the next 20 ms pacing tick.
         aiortc_private.install_prompt_ice_completion()
+    if caps.available("lazy_decoder_threads"):
+        # No idle decoder thread per receiver on the fast path (two per interview).
+        aiortc_private.install_lazy_decoder_threads()
     if caps.available("srtp_replay_window"):
         # libsrtp shifts its replay bitmap per packet: 128 packets, not aiortc's 1,024.
         aiortc_private.install_srtp_replay_window()

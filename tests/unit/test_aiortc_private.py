@@ -57,6 +57,22 @@ def test_receiver_internals_exist() -> None:
     # receive() starts the decoder thread on the queue; stop paths join it.
     assert "decoder_worker" in inspect.getsource(RTCRtpReceiver.receive)
     assert "self.__decoder_thread.join()" in source
+    # LazyDecoderThread: receive() makes it through its module's ``threading`` with these
+    # keywords and starts it at once; the worker takes (loop, input, output, error) and
+    # ends the track with None on its output when None comes in.
+    from aiortc import rtcrtpreceiver
+
+    receive = inspect.getsource(RTCRtpReceiver.receive)
+    assert "self.__decoder_thread = threading.Thread(" in receive
+    assert "target=decoder_worker," in receive and "self.__decoder_thread.start()" in receive
+    assert list(inspect.signature(rtcrtpreceiver.decoder_worker).parameters) == [
+        "loop",
+        "input_q",
+        "output_q",
+        "decode_error",
+    ]
+    worker = inspect.getsource(rtcrtpreceiver.decoder_worker)
+    assert "asyncio.run_coroutine_threadsafe(output_q.put(None), loop)" in worker
     for name in ("add", "packets_lost", "jitter", "fraction_lost"):
         assert hasattr(StreamStatistics, name), name
 
@@ -90,8 +106,11 @@ async def test_private_accessors_work_on_a_live_receiver() -> None:
         await browser.accept(str(call.pc.localDescription.sdp))
         await browser.wait_connected()
         receiver = call.pc.getTransceivers()[0].receiver
+        # The upstream decodes what it hears: its decoder thread starts with the first frame.
         await wait_until(
-            lambda: aiortc_private.decoder_thread(receiver) is not None, 5, "receive() started"
+            lambda: (t := aiortc_private.decoder_thread(receiver)) is not None and t.is_alive(),
+            5,
+            "the decoder thread started",
         )
         thread = aiortc_private.decoder_thread(receiver)
         assert isinstance(thread, threading.Thread) and thread.is_alive()
@@ -700,3 +719,68 @@ def test_the_rtcp_handlers_that_run_in_one_step_never_suspend() -> None:
     sender_source = inspect.getsource(RTCRtpSender._handle_rtcp_packet)
     awaits = [line.strip() for line in sender_source.splitlines() if "await" in line]
     assert awaits == ["await self._retransmit(seq)"]
+
+
+def _lazy_thread(
+    loop: asyncio.AbstractEventLoop,
+) -> tuple[aiortc_private.LazyDecoderThread, queue.Queue[Any], asyncio.Queue[Any], list[Any]]:
+    """A LazyDecoderThread as receive() makes it, over a worker that records what it takes."""
+    taken: list[Any] = []
+    input_q: queue.Queue[Any] = queue.Queue()
+    output_q: asyncio.Queue[Any] = asyncio.Queue()
+
+    def worker(loop: Any, input_q: Any, output_q: Any, decode_error: Any) -> None:
+        while (item := input_q.get()) is not None:
+            taken.append(item)
+        asyncio.run_coroutine_threadsafe(output_q.put(None), loop)
+
+    thread = aiortc_private.LazyDecoderThread(
+        target=worker, name="audio-decoder", args=(loop, input_q, output_q, threading.Event())
+    )
+    return thread, input_q, output_q, taken
+
+
+async def test_a_lazy_decoder_thread_starts_with_its_first_frame() -> None:
+    thread, input_q, output_q, taken = _lazy_thread(asyncio.get_running_loop())
+    thread.start()
+    assert thread.ident is None and not thread.is_alive()  # armed, not running
+    input_q.put("frame 1")
+    assert thread.is_alive()
+    input_q.put("frame 2")
+    input_q.put(None)  # aiortc's stop
+    await asyncio.to_thread(thread.join, 5)
+    assert not thread.is_alive() and taken == ["frame 1", "frame 2"]
+    assert await asyncio.wait_for(output_q.get(), 5) is None  # the track ended
+
+
+async def test_a_lazy_decoder_thread_stopped_before_any_frame_never_runs() -> None:
+    """aiortc's stop puts None and joins: the track still ends, no thread ever ran, and the
+    join returns at once (Thread.join would raise for a thread never started)."""
+    threads = threading.active_count()
+    thread, input_q, output_q, taken = _lazy_thread(asyncio.get_running_loop())
+    thread.start()
+    input_q.put(None)
+    thread.join()
+    assert thread.ident is None and threading.active_count() == threads and taken == []
+    assert await asyncio.wait_for(output_q.get(), 5) is None
+    assert "put" not in vars(input_q)  # the queue's own put again
+
+
+async def test_lazy_decoder_threads_install_idempotently_for_receivers_only() -> None:
+    from aiortc import rtcrtpreceiver
+
+    assert aiortc_private.install_lazy_decoder_threads()
+    assert aiortc_private.install_lazy_decoder_threads()
+    assert aiortc_private.lazy_decoder_threads_installed()
+    # What the receiver module sees: its decoder threads lazy, every other name the
+    # threading module's own.
+    seen: Any = vars(rtcrtpreceiver)["threading"]
+    made = seen.Thread(
+        target=rtcrtpreceiver.decoder_worker,
+        name="audio-decoder",
+        args=(asyncio.get_running_loop(), queue.Queue(), asyncio.Queue(), threading.Event()),
+    )
+    assert isinstance(made, aiortc_private.LazyDecoderThread)
+    other = seen.Thread(target=print)
+    assert type(other) is threading.Thread
+    assert seen.Event is threading.Event

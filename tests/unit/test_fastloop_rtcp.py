@@ -326,8 +326,9 @@ async def test_feedback_and_bye_reach_aiortcs_handlers(
     compiled_path: None, open_session: Any, attacker: socket.socket
 ) -> None:
     """Compounds with feedback (PLI, NACK) or a BYE are handed over decrypted: aiortc's
-    handlers get every packet of them once; the BYE stops the receiver's decoder thread,
-    joined off the event loop (the blocking-call guard fails a join on it)."""
+    handlers get every packet of them once; the BYE stops the receiver's decoder (never
+    started on the fast path; a started one is joined off the event loop, and the
+    blocking-call guard fails a join on it)."""
     s: Session = await open_session()
     await _forwarding_both_ways(s)
     browser_tx, relay_ssrc = _browser_rtcp(s)
@@ -365,7 +366,9 @@ async def test_feedback_and_bye_reach_aiortcs_handlers(
 
     receiver = _audio(s.bridge.browser_pc).receiver
     thread = aiortc_private.decoder_thread(receiver)
-    assert thread is not None and thread.is_alive()
+    # aiortc's decoder thread for the receiver, never started: the fast path gives it no
+    # frame (LazyDecoderThread).
+    assert thread is not None and thread.ident is None
     browser_sender = _audio(s.browser.pc).sender
     bye = bytes(RtcpByePacket(sources=[aiortc_private.sender_ssrc(browser_sender)]))
     at_receiver = _record_handled(receiver)
@@ -373,8 +376,10 @@ async def test_feedback_and_bye_reach_aiortcs_handlers(
     await wait_until(
         lambda: any(isinstance(p, RtcpByePacket) for p in at_receiver), 10, "the BYE handled"
     )
-    await wait_until(lambda: not thread.is_alive(), 10, "the decoder thread joined")
-    assert aiortc_private.decoder_thread(receiver) is None
+    await wait_until(
+        lambda: aiortc_private.decoder_thread(receiver) is None, 10, "the decoder stopped"
+    )
+    assert thread.ident is None
     assert _rtcp_counts()["to_aiortc"] - before["to_aiortc"] == 3
     assert _rtcp_counts()["dropped"] == before["dropped"]
 

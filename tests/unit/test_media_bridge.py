@@ -144,12 +144,14 @@ async def test_opus_passthrough_forwards_packets_unchanged_both_ways(rig: Rig) -
         assert d["dropped"]["queue_full"] == 0
         assert d["last_media_age_s"] is not None and d["last_media_age_s"] < 1.0
     assert stats["time_to_first_upstream_audio_ms"] > 0
-    # The relay's receivers hold an idle decoder thread each (started by aiortc), and its
-    # senders keep no retransmission history (audio has no NACK).
+    # The relay's receivers hold a decoder thread each that never started (aiortc makes
+    # one per receiver; the fast path gives it no frame), and its senders keep no
+    # retransmission history (audio has no NACK).
     for pc in (bridge.browser_pc, bridge.upstream_pc):
         assert pc is not None
         receiver = pc.getTransceivers()[0].receiver
-        assert aiortc_private.decoder_thread(receiver) is not None
+        thread = aiortc_private.decoder_thread(receiver)
+        assert thread is not None and thread.ident is None
         sender = pc.getTransceivers()[0].sender
         assert len(vars(sender)["_RTCRtpSender__rtp_history"]) == 0
 
@@ -183,6 +185,16 @@ async def test_pcmu_upstream_falls_back_to_decoding(rig: Rig) -> None:
     assert stats["upstream_to_browser"]["frames_decoded"] > 20
     assert aiortc_private.fast_audio_level_installed()
     assert rig.counter("relay_media_directions_total", mode="decode") == 2
+    # Decoding, the relay's receivers started their decoder threads with the first frame
+    # (LazyDecoderThread); closing joins them off the event loop.
+    threads = []
+    for pc in (bridge.browser_pc, bridge.upstream_pc):
+        assert pc is not None
+        thread = aiortc_private.decoder_thread(pc.getTransceivers()[0].receiver)
+        assert thread is not None and thread.is_alive()
+        threads.append(thread)
+    await bridge.close("hangup")
+    assert not any(thread.is_alive() for thread in threads)
 
 
 async def test_browser_preferring_pcmu_is_honoured_and_decoded(rig: Rig) -> None:

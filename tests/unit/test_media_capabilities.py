@@ -38,8 +38,9 @@ def _using(name: PrivateName) -> set[str]:
 
 
 # Names the library itself needs to make the throwaway objects (aioice's Connection makes
-# an asyncio.Queue): without them every feature on those objects is down too.
-_NEEDED_BY_THE_LIBRARY = {"aioice.ice.asyncio"}
+# an asyncio.Queue, aiortc's RTCRtpReceiver a threading.Event): without them every
+# feature on those objects is down too.
+_NEEDED_BY_THE_LIBRARY = {"aioice.ice.asyncio", "aiortc.rtcrtpreceiver.threading"}
 
 
 class _Without:
