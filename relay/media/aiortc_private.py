@@ -140,6 +140,7 @@ import contextlib
 import ctypes
 import datetime
 import functools
+import logging
 import threading
 import types
 from collections.abc import Awaitable, Callable, Coroutine
@@ -160,6 +161,8 @@ from aiortc.rtcrtpsender import RTCRtpSender
 from aiortc.rtp import RtpPacket
 
 from relay.media.audio_level import compute_audio_level_dbov
+
+log = logging.getLogger(__name__)
 
 # The exact version these internals were read from. The guard test checks it.
 PINNED_AIORTC_VERSION = "1.16.0"
@@ -280,6 +283,10 @@ def _never_started(timeout: float | None = None) -> None:
     """A ``LazyDecoderThread``'s join while no thread runs: nothing to wait for."""
 
 
+def _dropped(item: object, block: bool = True, timeout: float | None = None) -> None:
+    """The input queue's put once its decoder thread could not start: nobody reads it."""
+
+
 class LazyDecoderThread(threading.Thread):
     """aiortc's decoder thread for one receiver, started by the first frame queued for it.
 
@@ -308,9 +315,13 @@ class LazyDecoderThread(threading.Thread):
         self._event_loop: asyncio.AbstractEventLoop = args[0]
         self._input: Any = args[1]
         self._output: asyncio.Queue[Any] = args[2]
+        self._armed = False
 
     def start(self) -> None:
         """Armed: the input queue's first put starts the thread (or ends the track)."""
+        if self._armed or self.ident is not None:
+            raise RuntimeError("threads can only be started once")
+        self._armed = True
         input_queue = self._input
 
         def first_put(item: Any, block: bool = True, timeout: float | None = None) -> None:
@@ -318,15 +329,29 @@ class LazyDecoderThread(threading.Thread):
             if item is None:
                 self._end_track()
                 return
+            try:
+                threading.Thread.start(self)
+            except RuntimeError as exc:
+                # No thread to be had (a task limit): this receiver cannot decode. Its
+                # track ends, so the relay sees that leg end, and what aiortc queues from
+                # now on is dropped; raised here, the error would reach aiortc's DTLS task
+                # and close the transport.
+                log.error("a decoder thread could not start (%s): its track ends", exc)
+                input_queue.put = _dropped
+                self._end_track()
+                return
             del self.join  # threading.Thread's own join from now on
-            threading.Thread.start(self)
             input_queue.put(item, block, timeout)
 
         # Instance attributes shadowing the methods: queue.Queue.put for this one queue,
         # and join, which returns at once while no thread was started (aiortc joins its
         # decoder thread when the receiver stops; Thread.join would raise). A started
         # thread is joined by Thread.join itself, not through a frame of the relay's.
-        input_queue.put = first_put
+        try:
+            input_queue.put = first_put
+        except AttributeError:  # a queue whose methods cannot be shadowed: as aiortc does
+            threading.Thread.start(self)
+            return
         self.join = _never_started  # type: ignore[method-assign]
 
     def _end_track(self) -> None:

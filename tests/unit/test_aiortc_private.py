@@ -784,3 +784,28 @@ async def test_lazy_decoder_threads_install_idempotently_for_receivers_only() ->
     other = seen.Thread(target=print)
     assert type(other) is threading.Thread
     assert seen.Event is threading.Event
+
+
+async def test_a_lazy_decoder_thread_that_cannot_start_ends_its_track(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No thread to be had (a task limit): the first frame ends the receiver's track instead
+    of raising into aiortc's DTLS task (which would close the transport); what comes after
+    is dropped, and aiortc's stop still returns."""
+    thread, input_q, output_q, taken = _lazy_thread(asyncio.get_running_loop())
+    thread.start()
+
+    def refused(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading, "_start_new_thread", refused)  # fault injection
+    with caplog.at_level("ERROR", logger="relay.media.aiortc_private"):
+        input_q.put("frame 1")
+    assert await asyncio.wait_for(output_q.get(), 5) is None
+    input_q.put("frame 2")
+    input_q.put(None)
+    thread.join()
+    assert thread.ident is None and input_q.qsize() == 0 and taken == []
+    assert any("could not start" in r.getMessage() for r in caplog.records)
+    with pytest.raises(RuntimeError, match="once"):
+        thread.start()
