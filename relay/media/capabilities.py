@@ -223,8 +223,8 @@ FEATURES: tuple[Feature, ...] = (
     ),
     Feature(
         "decoder_thread",
-        "each receiver's idle decoder thread stopped and joined off the event loop; the "
-        "decoder's backlog bounded on the decode path",
+        "each receiver's decoder thread stopped and, if it ran, joined off the event loop; "
+        "the decoder's backlog bounded on the decode path",
         "aiortc joins decoder threads on the event loop when a peer closes (a short stall); "
         "the decode path does not shed packets when its decoder falls behind",
         _i(_RECEIVER, "_RTCRtpReceiver__decoder_thread", "_RTCRtpReceiver__decoder_queue"),
