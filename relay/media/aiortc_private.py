@@ -22,6 +22,8 @@ Private names used (aiortc 1.16.0):
 * ``aiortc.rtcrtpreceiver.StreamStatistics``: the per-SSRC loss/jitter bookkeeping.
 * ``RTCRtpReceiver._RTCRtpReceiver__decoder_thread`` / ``__decoder_queue``: the decoder
   thread ``receive()`` starts for every receiver, and its (unbounded) input queue.
+* ``RTCSctpTransport._data_channel_queue``, ``_outbound_queue``, ``_sent_queue``: what
+  an association has not had acknowledged yet (``sctp_unacknowledged``).
 * ``aiortc.rtcrtpreceiver.threading`` and ``decoder_worker(loop, input_q, output_q,
   decode_error)``: ``receive()`` makes the decoder thread with
   ``threading.Thread(target=decoder_worker, name=..., args=(...))``, looking
@@ -155,6 +157,7 @@ import aiortc.rtcrtpreceiver
 import aiortc.rtcrtpsender
 import aiortc.rtp
 import pylibsrtp
+from aiortc.rtcdatachannel import RTCDataChannel
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtcrtpsender import RTCRtpSender
@@ -394,6 +397,22 @@ def install_lazy_decoder_threads() -> bool:
 
 def lazy_decoder_threads_installed() -> bool:
     return getattr(aiortc.rtcrtpreceiver, "threading", None) is _RECEIVER_THREADING
+
+
+def sctp_unacknowledged(channel: RTCDataChannel) -> int:
+    """Messages and chunks of ``channel``'s SCTP association not yet acknowledged by the far
+    end: waiting for the association, waiting for the congestion window, or sent.
+
+    ``bufferedAmount`` reaches 0 as soon as a message is handed to SCTP's outbound queue,
+    where it may still wait for the congestion window; closing the association then
+    aborts it and the message is lost. Every data channel of the association counts
+    (a relay leg has one)."""
+    sctp = channel.transport
+    return (
+        len(getattr(sctp, "_data_channel_queue"))  # noqa: B009 (private: named here)
+        + len(getattr(sctp, "_outbound_queue"))  # noqa: B009
+        + len(getattr(sctp, "_sent_queue"))  # noqa: B009
+    )
 
 
 # ----------------------------------------------------------------------- fast path

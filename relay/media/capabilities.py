@@ -52,6 +52,7 @@ Where = Literal["module", "class", "instance"]
 _RECEIVER = "aiortc.rtcrtpreceiver.RTCRtpReceiver"
 _SENDER = "aiortc.rtcrtpsender.RTCRtpSender"
 _DTLS = "aiortc.rtcdtlstransport.RTCDtlsTransport"
+_SCTP = "aiortc.rtcsctptransport.RTCSctpTransport"
 _ROUTER = "aiortc.rtcdtlstransport.RtpRouter"
 _ICE_TRANSPORT = "aiortc.rtcicetransport.RTCIceTransport"
 _CONNECTION = "aioice.ice.Connection"
@@ -281,6 +282,13 @@ FEATURES: tuple[Feature, ...] = (
         _m("aiortc.rtcrtpreceiver", "threading", "decoder_worker"),
     ),
     Feature(
+        "ending_acknowledged",
+        "the ending event waits (up to its flush time) for the page's SCTP to acknowledge it",
+        "the ending waits only for the channel's buffer: a message still waiting for SCTP's "
+        "congestion window is lost when the leg closes (the resume's 410 still says why)",
+        _i(_SCTP, "_data_channel_queue", "_outbound_queue", "_sent_queue"),
+    ),
+    Feature(
         "prompt_ice_completion",
         "ICE ends as soon as its checks are done",
         "aioice's own pacing: each connection takes at least 20 ms more",
@@ -334,6 +342,7 @@ _MAKERS: dict[str, Callable[[_Specimens], Any]] = {
     _CONNECTION: lambda _: _resolve(_CONNECTION)(ice_controlling=True),
     _SRTP_SESSION: _make_srtp_session,
     _STREAM_STATISTICS: lambda _: _resolve(_STREAM_STATISTICS)(48000),
+    _SCTP: lambda s: _resolve(_SCTP)(s.get(_DTLS)),
 }
 
 

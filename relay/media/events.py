@@ -46,6 +46,7 @@ from aiortc import RTCDataChannel
 from aiortc.exceptions import InvalidStateError
 
 from relay.config import EventsConfig
+from relay.media import aiortc_private
 from relay.media.event_filter import ServerEventFilter
 from relay.media.event_rate import TypeRateLimiter
 from relay.media.event_schema import (
@@ -83,6 +84,7 @@ class EventRelay:
         clock: Callable[[], float] = time.monotonic,
         observer: Callable[[Message], None] | None = None,
         on_browser_open: Callable[[], None] | None = None,
+        drain_until_acknowledged: bool = False,
     ) -> None:
         self._allowed = frozenset(config.browser_allowed) - ALWAYS_REFUSED
         self._max_bytes = config.max_message_bytes
@@ -108,6 +110,8 @@ class EventRelay:
         self._session_id = session_id
         self.browser: RTCDataChannel | None = None
         self.upstream: RTCDataChannel | None = None
+        # drain_browser waits for the page's SCTP to acknowledge (ending_acknowledged).
+        self._drain_until_acknowledged = drain_until_acknowledged
         # Sees every upstream server event (the recorder's transcript source); O(1) per call.
         self.observer = observer
         # Called when the browser's channel is open (each channel of a resumed session).
@@ -217,14 +221,22 @@ class EventRelay:
 
     async def drain_browser(self, timeout_s: float) -> bool:
         """Wait (at most ``timeout_s``) until what was sent to the browser has left the
-        channel's buffer; True if it did."""
+        channel's buffer, and (``drain_until_acknowledged``) until the browser's SCTP has
+        acknowledged it; True if it did."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while True:
             channel = self.browser
             if channel is None or channel.readyState != "open":
                 return False
-            if not self._to_browser and channel.bufferedAmount == 0:
+            if (
+                not self._to_browser
+                and channel.bufferedAmount == 0
+                and not (
+                    self._drain_until_acknowledged
+                    and aiortc_private.sctp_unacknowledged(channel) > 0
+                )
+            ):
                 return True
             if loop.time() >= deadline:
                 return False

@@ -77,6 +77,23 @@ def test_receiver_internals_exist() -> None:
         assert hasattr(StreamStatistics, name), name
 
 
+def test_sctp_internals_exist() -> None:
+    """sctp_unacknowledged: a data channel's message leaves ``bufferedAmount`` once handed
+    to the association's outbound queue (it may wait there for the congestion window), and
+    a chunk sent stays in the sent queue until acknowledged."""
+    from aiortc.rtcsctptransport import RTCSctpTransport
+
+    flush = inspect.getsource(RTCSctpTransport._data_channel_flush)
+    assert "while self._data_channel_queue and not self._outbound_queue:" in flush
+    assert flush.index("await self._send(") < flush.index("channel._addBufferedAmount(-len(")
+    transmit = inspect.getsource(RTCSctpTransport._transmit)
+    assert "while self._outbound_queue and self._flight_size < cwnd:" in transmit
+    assert "self._sent_queue.append(chunk)" in transmit
+    assert "self._sent_queue.popleft()" in inspect.getsource(RTCSctpTransport._receive_sack_chunk)
+    # What closing does with whatever was not acknowledged: an ABORT.
+    assert "await self._abort()" in inspect.getsource(RTCSctpTransport.stop)
+
+
 def test_sender_internals_exist() -> None:
     init = inspect.getsource(RTCRtpSender.__init__)
     assert "self.__rtp_history: dict[int, RtpPacket] = {}" in init

@@ -167,6 +167,7 @@ class Bridge:
             on_flood=lambda: self.begin_close("event_flood"),
             observer=self._observe_upstream,
             on_browser_open=self._try_greet,
+            drain_until_acknowledged=settings.capabilities.available("ending_acknowledged"),
         )
         if seed is not None:
             self.events.detach_browser()  # nothing before the greeting (_try_greet)
