@@ -49,6 +49,22 @@ TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 # ---------------------------------------------------------------------- audio material
 
 
+def transcript_delta(i: int) -> str:
+    """The upstream's ``response.output_audio_transcript.delta`` number ``i`` (about 250
+    bytes of JSON): a stream of them fills a data channel quickly."""
+    return json.dumps(
+        {
+            "type": "response.output_audio_transcript.delta",
+            "event_id": f"event_d{i}",
+            "response_id": "resp_1",
+            "item_id": "item_1",
+            "output_index": 0,
+            "content_index": 0,
+            "delta": "word " * 40,
+        }
+    )
+
+
 def speech_like(seconds: float, *, f0: float = 140.0, level: float = 0.3) -> np.ndarray:
     """Mono int16 voice-like audio: a harmonic-rich buzz with ~4 syllables per second."""
     n = int(seconds * SAMPLE_RATE)

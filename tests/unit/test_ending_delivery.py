@@ -6,28 +6,13 @@ the congestion window, and closing the association would abort it."""
 
 from __future__ import annotations
 
-import json
 import time
 
 from relay.media import aiortc_private, relay_events
-from tests.integration.media_helpers import stop_reading_events, wait_until
+from tests.integration.media_helpers import stop_reading_events, transcript_delta, wait_until
 from tests.unit.test_media_bridge import Rig, rig  # noqa: F401  (the fixture)
 
 BURST = 400
-
-
-def _delta(i: int) -> str:
-    return json.dumps(
-        {
-            "type": "response.output_audio_transcript.delta",
-            "event_id": f"event_d{i}",
-            "response_id": "resp_1",
-            "item_id": "item_1",
-            "output_index": 0,
-            "content_index": 0,
-            "delta": "word " * 40,
-        }
-    )
 
 
 async def test_the_ending_follows_a_burst_of_events_to_the_page(rig: Rig) -> None:  # noqa: F811
@@ -39,7 +24,7 @@ async def test_the_ending_follows_a_burst_of_events_to_the_page(rig: Rig) -> Non
     await browser.wait_type("session.created")
     call = rig.upstream.calls[0]
     for i in range(BURST):
-        call.channel.send(_delta(i))
+        call.channel.send(transcript_delta(i))
     await wait_until(
         lambda: "response.output_audio_transcript.delta" in browser.event_types(),
         5,

@@ -5,13 +5,12 @@ interview's audio goes on."""
 
 from __future__ import annotations
 
-import json
-
 from relay.config import EventsConfig
 from tests.integration.media_helpers import (
     encode_opus,
     speech_like,
     stop_reading_events,
+    transcript_delta,
     wait_until,
 )
 from tests.unit.test_media_bridge import Rig, rig  # noqa: F401  (the fixture)
@@ -19,20 +18,6 @@ from tests.unit.test_media_bridge import Rig, rig  # noqa: F401  (the fixture)
 SPEECH = encode_opus(speech_like(1.5))
 LIMIT = 4096
 MESSAGES = 200
-
-
-def _delta(i: int) -> str:
-    return json.dumps(
-        {
-            "type": "response.output_audio_transcript.delta",
-            "event_id": f"event_d{i}",
-            "response_id": "resp_1",
-            "item_id": "item_1",
-            "output_index": 0,
-            "content_index": 0,
-            "delta": "word " * 40,
-        }
-    )
 
 
 def _user_text(i: int) -> dict[str, object]:
@@ -57,7 +42,7 @@ async def test_events_for_a_browser_that_stopped_reading_are_bounded_then_droppe
     call = rig.upstream.calls[0]
     stop_reading_events(browser.pc)
     for i in range(MESSAGES):
-        call.channel.send(_delta(i))
+        call.channel.send(transcript_delta(i))
     counts = bridge.events.counts
     # Every message reached the relay and was either sent on or dropped (session.created
     # was sent before the stall).
