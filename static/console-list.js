@@ -4,7 +4,9 @@
 //
 // A refresh asks for the items on screen again (and those that arrived since), so the pages
 // already shown stay; rows whose item did not change are kept as they are (a focused
-// button keeps its focus), the others are rebuilt.
+// button keeps its focus), the others are rebuilt, and a control focused in a rebuilt row
+// hands its focus to the same control of the new row (a live session's row changes at
+// every refresh, its duration, and a keyboard user on its End must stay there).
 
 import { api, listPath } from "./console-api.js";
 
@@ -107,11 +109,14 @@ export class PagedList {
   render() {
     const next = new Map();
     const order = [];
+    const focused = document.activeElement;
+    let refocus = null;
     for (const item of this.items) {
       const key = this.key(item);
       const sig = this.signature(item);
       const old = this.rows.get(key);
       const tr = old && old.sig === sig ? old.tr : this.row(item);
+      if (old && tr !== old.tr && focused && old.tr.contains(focused)) refocus = { tr, focused };
       tr.dataset.key = key;
       next.set(key, { sig, tr });
       order.push(tr);
@@ -127,6 +132,17 @@ export class PagedList {
     this.rows = next;
     this.empty.hidden = this.items.length > 0;
     this.more.hidden = !this.cursor;
+    if (refocus) focusLike(refocus.tr, refocus.focused);
     this.afterRender(this.items);
   }
+}
+
+// The control of a rebuilt row that stands where the focused one stood (the same element
+// and accessible name, else the same text), focused if it can be.
+function focusLike(tr, old) {
+  const label = old.getAttribute("aria-label");
+  const match = [...tr.querySelectorAll(old.tagName)].find((candidate) => (label !== null
+    ? candidate.getAttribute("aria-label") === label
+    : candidate.textContent === old.textContent));
+  if (match && !match.disabled) match.focus({ preventScroll: true });
 }

@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from playwright.async_api import Page, expect
+from playwright.async_api import Page, Route, expect
 
 from relay.upstream.simulator.server import RunningSimulator
 from tests.e2e.conftest import collect_page_errors
@@ -326,6 +326,26 @@ async def test_end_and_delete_ask_first_and_leave_nothing_to_press(
         await expect(dialog).to_be_hidden()
         await expect(end).to_be_focused()
         assert relay.services.registry.get(sid) is not None
+
+        # The list refreshes every 5 s, and a row whose item changed is rebuilt (here one
+        # field of the session is altered in the refresh's answer): the new row's End
+        # takes the focus over, so a keyboard user stays where they were.
+        async def altered(route: Route) -> None:
+            response = await route.fetch()
+            body = await response.json()
+            for item in body["items"]:
+                if item["session_id"] == sid:
+                    item["debited_seconds"] = (item["debited_seconds"] or 0) + 1
+            await route.fulfill(response=response, json=body)
+
+        def is_list(url: str) -> bool:
+            return "/api/sessions?" in url
+
+        await end.evaluate("button => { button.dataset.probe = 'before'; }")
+        await page.route(is_list, altered)
+        await expect(end).not_to_have_attribute("data-probe", "before", timeout=LISTED_WITHIN_MS)
+        await page.unroute(is_list, altered)
+        await expect(end).to_be_focused()
         # Then, with the keyboard: Enter opens it, and End session ends it.
         await page.keyboard.press("Enter")
         await expect(dialog).to_be_visible()
