@@ -5,8 +5,8 @@
 // A refresh asks for the items on screen again (and those that arrived since), so the pages
 // already shown stay; rows whose item did not change are kept as they are (a focused
 // button keeps its focus), the others are rebuilt, and a control focused in a rebuilt row
-// hands its focus to the same control of the new row (a live session's row changes at
-// every refresh, its duration, and a keyboard user on its End must stay there).
+// hands its focus to the same control of the new row (a live session's item changes while
+// it runs, its recording and connection, and a keyboard user on its End must stay there).
 
 import { api, listPath } from "./console-api.js";
 

@@ -399,6 +399,11 @@ def lazy_decoder_threads_installed() -> bool:
     return getattr(aiortc.rtcrtpreceiver, "threading", None) is _RECEIVER_THREADING
 
 
+# An SCTP association's messages waiting for it, chunks waiting for the congestion window,
+# and chunks sent and not yet acknowledged.
+_SCTP_QUEUES = ("_data_channel_queue", "_outbound_queue", "_sent_queue")
+
+
 def sctp_unacknowledged(channel: RTCDataChannel) -> int:
     """Messages and chunks of ``channel``'s SCTP association not yet acknowledged by the far
     end: waiting for the association, waiting for the congestion window, or sent.
@@ -408,11 +413,7 @@ def sctp_unacknowledged(channel: RTCDataChannel) -> int:
     aborts it and the message is lost. Every data channel of the association counts
     (a relay leg has one)."""
     sctp = channel.transport
-    return (
-        len(getattr(sctp, "_data_channel_queue"))  # noqa: B009 (private: named here)
-        + len(getattr(sctp, "_outbound_queue"))  # noqa: B009
-        + len(getattr(sctp, "_sent_queue"))  # noqa: B009
-    )
+    return sum(len(getattr(sctp, name)) for name in _SCTP_QUEUES)
 
 
 # ----------------------------------------------------------------------- fast path

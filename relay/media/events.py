@@ -229,19 +229,19 @@ class EventRelay:
             channel = self.browser
             if channel is None or channel.readyState != "open":
                 return False
-            if (
-                not self._to_browser
-                and channel.bufferedAmount == 0
-                and not (
-                    self._drain_until_acknowledged
-                    and aiortc_private.sctp_unacknowledged(channel) > 0
-                )
-            ):
+            if not self._to_browser and channel.bufferedAmount == 0 and self._acknowledged(channel):
                 return True
             if loop.time() >= deadline:
                 return False
             # aiortc hands the buffer to SCTP in a task of its own: poll it briefly.
             await asyncio.sleep(DRAIN_POLL_S)
+
+    def _acknowledged(self, channel: RTCDataChannel) -> bool:
+        """Whether the far end's SCTP has acknowledged everything sent (always, when the
+        drain does not wait for that)."""
+        return (
+            not self._drain_until_acknowledged or aiortc_private.sctp_unacknowledged(channel) == 0
+        )
 
     async def send_upstream_paced(self, events: list[dict[str, Any]], timeout_s: float) -> int:
         """Send ``events`` upstream once its channel is open, each when the channel's

@@ -299,14 +299,16 @@ def test_a_closed_sockets_queued_datagrams_never_reach_its_successor(bare: Bare)
     assert bare.loop.take_punts() is None
 
 
+def _stat_field(task: str, number: int) -> str:
+    """Field ``number`` (1-based, as proc(5) counts) of a thread's /proc stat line."""
+    with open(f"/proc/self/task/{task}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return fields[number - 3]  # fields after the name start at the third
+
+
 def _fifo_threads() -> int:
     """This process's threads the kernel runs SCHED_FIFO (policy 1, /proc's stat field 41)."""
-    count = 0
-    for task in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{task}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        count += fields[41 - 3] == "1"  # fields after the name start at the third
-    return count
+    return sum(_stat_field(task, 41) == "1" for task in os.listdir("/proc/self/task"))
 
 
 @pytest.mark.parametrize("raised", [True, False])
@@ -343,9 +345,7 @@ def _forwarder_tasks() -> list[str]:
 
 
 def _nice(task: str) -> int:
-    with open(f"/proc/self/task/{task}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return int(fields[19 - 3])
+    return int(_stat_field(task, 19))
 
 
 def test_a_window_set_to_zero_takes_the_running_thread_out_of_real_time() -> None:
