@@ -120,6 +120,9 @@ class EventRelay:
         # (nothing is forwarded), until a resumed leg's channel opens and the bridge has
         # sent it the relay's own events first (``resume_browser_delivery``).
         self._browser_paused = False
+        # Set once the relay's ending event is on its way: it is the page's last event, so
+        # nothing is forwarded to the page after it (``end_browser_delivery``).
+        self._browser_ended = False
         # The upstream's channel is open (a new upstream session is seeded after that).
         self.upstream_open = asyncio.Event()
         # What waits for a channel to open, each with the direction it is counted in.
@@ -140,6 +143,8 @@ class EventRelay:
             "relay_to_upstream": 0,
             # Upstream events not forwarded because the browser's leg was lost.
             "dropped_while_lost": 0,
+            # Upstream events not forwarded because the page was told the interview ends.
+            "dropped_after_ending": 0,
             # The page's session.update events answered by the relay (never forwarded).
             "session_updates_answered": 0,
         }
@@ -200,6 +205,13 @@ class EventRelay:
         """Forward upstream events to the (new) browser channel again."""
         self._browser_paused = False
 
+    def end_browser_delivery(self, last: dict[str, Any]) -> None:
+        """Send ``last`` (the relay's ending event) to the browser and nothing after it:
+        the upstream's events still arriving while the leg closes (the rest of a reply in
+        progress) reach the recorder's observer, not the page."""
+        self.send_to_browser(last)
+        self._browser_ended = True
+
     @property
     def browser_open(self) -> bool:
         channel = self.browser
@@ -210,7 +222,7 @@ class EventRelay:
         """A ``relay.*`` event to the browser (bounded like every event to it; it waits
         for the channel to open or, at the start, to arrive; dropped while the browser's
         leg is lost and no resumed leg's channel has arrived)."""
-        if self.browser is None and self._browser_paused:
+        if self._browser_ended or (self.browser is None and self._browser_paused):
             return
         self._deliver(self.browser, self._to_browser, json.dumps(event), "relay_to_browser")
 
@@ -277,6 +289,9 @@ class EventRelay:
             self.observer(message)  # the recorder's transcript: what upstream said, unfiltered
         if self._browser_paused:
             self.counts["dropped_while_lost"] += 1
+            return
+        if self._browser_ended:
+            self.counts["dropped_after_ending"] += 1
             return
         filtered = self._filter.apply(message)
         if filtered is None:

@@ -17,7 +17,8 @@ BURST = 400
 
 async def test_the_ending_follows_a_burst_of_events_to_the_page(rig: Rig) -> None:  # noqa: F811
     """A burst of transcript deltas is on its way to the page when the team ends the
-    interview: the ending event and every delta reach the page."""
+    interview: every delta forwarded before the ending reaches the page, in order, then the
+    ending, and nothing after it."""
     bridge = rig.bridge()
     browser = rig.browser()
     await rig.connect(bridge, browser)
@@ -31,14 +32,31 @@ async def test_the_ending_follows_a_burst_of_events_to_the_page(rig: Rig) -> Non
         "the burst reaching the page",
     )
     await bridge.close("operator_hangup")
-    ending = await browser.wait_type("relay.session.ending", 2)
-    assert ending["reason"] == "operator"
-    # The deltas still arriving from the upstream are forwarded while the bridge drains.
-    await wait_until(
-        lambda: browser.event_types().count("response.output_audio_transcript.delta") == BURST,
-        5,
-        "every delta at the page",
-    )
+    await wait_until(lambda: browser.channel.readyState == "closed", 5, "the page's channel closed")
+    assert browser.event_types()[-1] == "relay.session.ending"
+    assert browser.events[-1]["reason"] == "operator"
+    deltas = [e["event_id"] for e in browser.events if e["type"].endswith("transcript.delta")]
+    assert deltas == [f"event_d{i}" for i in range(len(deltas))]
+    assert len(deltas) + bridge.events.counts["dropped_after_ending"] <= BURST
+
+
+async def test_nothing_reaches_the_page_after_the_ending(rig: Rig) -> None:  # noqa: F811
+    """Once the ending event is on its way, what the upstream still sends (the rest of a
+    reply in progress) is held back from the page and counted."""
+    bridge = rig.bridge()
+    browser = rig.browser()
+    await rig.connect(bridge, browser)
+    await browser.wait_type("session.created")
+    events = bridge.events
+    events.end_browser_delivery(relay_events.ending("operator"))
+    call = rig.upstream.calls[0]
+    for i in range(10):
+        call.channel.send(transcript_delta(i))
+    await wait_until(lambda: events.counts["dropped_after_ending"] == 10, 5, "the deltas held back")
+    events.send_to_browser(relay_events.time_left(30))  # the relay's own events too
+    assert await events.drain_browser(2)
+    assert browser.event_types()[-1] == "relay.session.ending"  # not the time left
+    assert "response.output_audio_transcript.delta" not in browser.event_types()
 
 
 async def test_draining_waits_for_the_pages_acknowledgement(rig: Rig) -> None:  # noqa: F811

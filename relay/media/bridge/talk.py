@@ -73,7 +73,7 @@ class Talk:
         page_reason = relay_events.page_reason(reason)
         if page_reason is None or not self._events.browser_open:
             return
-        self._events.send_to_browser(relay_events.ending(page_reason))
+        self._events.end_browser_delivery(relay_events.ending(page_reason))
         await self._events.drain_browser(ENDING_FLUSH_S)
 
     # ------------------------------------------------------------------ to the upstream
