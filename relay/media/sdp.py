@@ -41,7 +41,9 @@ class InvalidOffer(ValueError):
 
 def invalid_offer_error(exc: InvalidOffer) -> ApiError:
     """The 400 a browser gets for an offer the relay will not answer."""
-    return ApiError(400, "invalid_offer", f"Invalid SDP offer: {exc.reason}")
+    return ApiError(
+        400, "invalid_offer", f"Invalid SDP offer: {exc.reason}", details={"param": "sdp"}
+    )
 
 
 @dataclass

@@ -37,7 +37,7 @@ from relay.admission.service import Caller
 from relay.errors import ApiError
 from relay.services import SERVICES, Services
 from relay.web import idempotency
-from relay.web.body import parse_json_object, read_body
+from relay.web.body import read_body, validate_json_object
 from relay.web.caller import authenticate, require_operator, require_scope
 
 # Who may call an operation:
@@ -258,9 +258,8 @@ def _errors(exc: ValidationError) -> list[dict[str, str]]:
 
 
 def _validate_body(model: type[BaseModel], raw: bytes, *, optional: bool) -> BaseModel:
-    data = parse_json_object(raw, allow_empty=optional)
     try:
-        return model.model_validate(data)
+        return validate_json_object(model, raw, allow_empty=optional)
     except ValidationError as exc:
         errors = _errors(exc)
         first = errors[0]

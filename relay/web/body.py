@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
+from pydantic import BaseModel
 
 from relay.errors import ApiError
 from relay.services import SERVICES
@@ -69,6 +70,19 @@ def parse_json_object(raw: bytes, *, allow_empty: bool = False) -> dict[str, Any
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_json", "The request body must be a JSON object.")
     return data
+
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def validate_json_object(model: type[Model], raw: bytes, *, allow_empty: bool = False) -> Model:
+    """``raw``, a JSON object (400 ``invalid_json`` otherwise), as ``model``, taking JSON's
+    types as they are: ``"yes"`` or ``1`` is not a boolean, ``"30"`` not a number (pydantic
+    would convert them by default; a consent flag must be a real ``true``). Raises
+    pydantic's ``ValidationError`` for the caller to shape."""
+    parse_json_object(raw, allow_empty=allow_empty)
+    # Strict in JSON mode: JSON's own types only, and date-times as ISO 8601 strings.
+    return model.model_validate_json(raw if raw.strip() else b"{}", strict=True)
 
 
 def _too_large(max_bytes: int) -> ApiError:

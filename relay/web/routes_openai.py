@@ -45,7 +45,7 @@ from relay.sessions.registry import SessionEntry
 from relay.sessions.service import interview_overrides
 from relay.web import idempotency
 from relay.web.api import Api, Operation, PathParam, RequestBody, Response
-from relay.web.body import parse_json_object, read_body
+from relay.web.body import read_body, validate_json_object
 from relay.web.caller import authenticate_client_secret, call_owner
 from relay.web.models_openai import (
     CALL_ID_PATTERN,
@@ -102,7 +102,7 @@ def _invalid(exc: ValidationError) -> ApiError:
 
 def _client_secret_request(raw: bytes) -> ClientSecretRequest:
     try:
-        return ClientSecretRequest.model_validate(parse_json_object(raw, allow_empty=True))
+        return validate_json_object(ClientSecretRequest, raw, allow_empty=True)
     except ValidationError as exc:
         raise _invalid(exc) from None
 

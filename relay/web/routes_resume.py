@@ -60,7 +60,12 @@ def _resume_fields(body: dict[str, Any]) -> tuple[str, str]:
         raise ApiError(400, "invalid_request", 'type must be "offer".')
     sdp = body.get("sdp")
     if not isinstance(sdp, str):
-        raise ApiError(400, "invalid_offer", "Invalid SDP offer: sdp must be a string.")
+        raise ApiError(
+            400,
+            "invalid_offer",
+            "Invalid SDP offer: sdp must be a string.",
+            details={"param": "sdp"},
+        )
     return token, sdp
 
 

@@ -275,6 +275,17 @@ async def test_bad_interviews_are_refused_with_the_field_named(make_relay: MakeR
             "expires_at",
         ),
         ({"candidate": {"email": "x@e.t"}, "instructions": "x", "colour": "red"}, "colour"),
+        # JSON's types as they are: no "no" for false, no "60" for 60, no true for 1.
+        ({"candidate": {"email": "x@e.t"}, "instructions": "x", "recording": "no"}, "recording"),
+        ({"candidate": {"email": "x@e.t"}, "instructions": "x", "recording": 0}, "recording"),
+        (
+            {"candidate": {"email": "x@e.t"}, "instructions": "x", "max_duration_s": "60"},
+            "max_duration_s",
+        ),
+        (
+            {"candidate": {"email": "x@e.t"}, "instructions": "x", "max_duration_s": True},
+            "max_duration_s",
+        ),
     ]
     for spec, field in cases:
         status, body, headers = await call(relay, "POST", "/api/interviews", json=spec)

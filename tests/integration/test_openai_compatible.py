@@ -218,6 +218,17 @@ async def test_errors_reach_the_sdk_as_its_own_exceptions_and_final_ones_are_not
         )
     assert (top_level.value.code, top_level.value.param) == ("unknown_parameter", "model")
 
+    # The consent flag is a real true: "yes" or 1 shows the candidate nothing.
+    for shown in ("yes", 1, "true"):
+        with pytest.raises(openai.BadRequestError) as not_a_boolean:
+            await client.realtime.client_secrets.create(
+                extra_body={"recording_notice_shown": shown}
+            )
+        assert (not_a_boolean.value.code, not_a_boolean.value.param) == (
+            "invalid_value",
+            "recording_notice_shown",
+        )
+
     # The candidate's own credential does not open a call: the ek_ does.
     with pytest.raises(openai.AuthenticationError) as not_a_secret:
         await client.realtime.calls.create(sdp="v=0\r\n")
@@ -228,7 +239,7 @@ async def test_errors_reach_the_sdk_as_its_own_exceptions_and_final_ones_are_not
     # A bad offer is refused before the session is claimed: the secret still opens the call.
     with pytest.raises(openai.BadRequestError) as bad_offer:
         await caller.realtime.calls.create(sdp="not an offer")
-    assert bad_offer.value.code == "invalid_offer"
+    assert (bad_offer.value.code, bad_offer.value.param) == ("invalid_offer", "sdp")
     browser = BrowserPeer(payloads=SPEECH)
     try:
         offer = await browser.offer()
