@@ -157,16 +157,8 @@ class Admission:
 
     def check_policy(self, caller: Caller) -> None:
         """Active, has credit, within the request rate. Raises 403/429."""
-        user = caller.user
-        if not user.active:
-            self._outcomes.inc(outcome="user_inactive")
-            raise ApiError(403, "user_inactive", "This account is not active.")
-        if caller.interview is not None:
-            check_open(caller.interview)
-        if caller.credit_s < self._settings.limits.min_remaining_seconds:
-            self._outcomes.inc(outcome="no_credit")
-            raise ApiError(403, "no_credit", "No interview time left on this account.")
-        wait = self._limiter.acquire(user.id)
+        self.check_standing(caller)
+        wait = self._limiter.acquire(caller.user.id)
         if wait is not None:
             self._outcomes.inc(outcome="rate_limited")
             raise ApiError(
@@ -177,6 +169,20 @@ class Admission:
                 retry_after_s=max(1, math.ceil(wait)),
             )
         self._outcomes.inc(outcome="admitted")
+
+    def check_standing(self, caller: Caller) -> None:
+        """The refusals nothing the caller sends can change (403): an inactive account, a
+        closed interview, no credit left. Checked before what a request could mend (the
+        recording notice), so that a candidate is never told to do what cannot help."""
+        user = caller.user
+        if not user.active:
+            self._outcomes.inc(outcome="user_inactive")
+            raise ApiError(403, "user_inactive", "This account is not active.")
+        if caller.interview is not None:
+            check_open(caller.interview)
+        if caller.credit_s < self._settings.limits.min_remaining_seconds:
+            self._outcomes.inc(outcome="no_credit")
+            raise ApiError(403, "no_credit", "No interview time left on this account.")
 
     async def forget(self, token_hash: str) -> None:
         """Drop a user's cached record (credit or status changed)."""

@@ -64,6 +64,8 @@ async def admitting(request: web.Request) -> AsyncIterator[Caller]:
 async def start_session(services: Services, caller: Caller, notice_shown: bool) -> SessionEntry:
     """A new pending session for ``caller``: the recording-notice rule, admission and the
     upstream mint (relay.sessions.service), the candidate's consent noted."""
+    # A closed interview's link, an inactive account: 403 before asking for the notice.
+    services.admission.check_standing(caller)
     require_notice_shown(
         services.settings.recording,
         notice_shown,
