@@ -209,13 +209,16 @@ async def get_transcript(request: web.Request) -> web.StreamResponse:
 
 
 async def delete_recording(request: web.Request) -> web.Response:
-    service = await _service(request, "admin")
+    principal = await require_scope(request, "admin")
+    service = request.app[SERVICES].recordings
     row = await _row(request, service)
     if row["status"] in ("recording", "rendering"):
         raise ApiError(409, "recording_busy", f"The recording is {row['status']}; retry later.")
     if row["status"] != "deleted":
         try:
-            await service.delete(row, reason="deleted by operator")
+            # Who deleted it, as interviews and keys name their creator (a key's id, or
+            # "operator").
+            await service.delete(row, reason=f"deleted by {principal.id}")
         except StorageError as exc:
             raise ApiError(502, "storage_error", "The object store did not answer.") from exc
     fresh = await service.rows.get(row["id"])

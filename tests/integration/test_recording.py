@@ -17,6 +17,7 @@ import pytest
 
 from relay.upstream.simulator.server import RunningSimulator
 from tests.integration.conftest import MakeRelay
+from tests.integration.interview_helpers import bearer, call, create_key
 from tests.integration.media_helpers import encode_opus, speech_like, wait_until
 from tests.integration.recording_helpers import (
     OPERATOR,
@@ -234,10 +235,18 @@ async def test_recordings_api_lists_serves_ranges_deletes_and_expires(
     directory = Path(relay.services.settings.recording_path)
     session_dirs = await asyncio.to_thread(lambda: {p.name for p in directory.iterdir()})
     assert len(session_dirs) == 2
-    async with relay.client.delete(f"/api/recordings/{ids[0]}", headers=OPERATOR) as resp:
+    # An admin key deletes it: the row says which key, as interviews and keys name their
+    # creator.
+    key = await create_key(relay)
+    status, current, _ = await call(relay, "GET", "/api/keys/current", bearer(key))
+    assert status == 200, current
+    async with relay.client.delete(
+        f"/api/recordings/{ids[0]}", headers={"Authorization": f"Bearer {key}"}
+    ) as resp:
         deleted = await resp.json()
         assert resp.status == 200, deleted
     assert deleted["status"] == "deleted" and deleted["deleted_at"]
+    assert deleted["status_reason"] == f"deleted by {current['id']}"
     assert len(await asyncio.to_thread(lambda: list(directory.iterdir()))) == 1
     status, _, _ = await fetch(relay, f"/api/recordings/{ids[0]}/audio")
     assert status == 409
