@@ -13,6 +13,12 @@ from relay.fields import Email, Text, UtcDatetime, storable_json
 
 METADATA_MAX_BYTES = 8192
 MAX_INSTRUCTIONS_CHARS = 50_000
+# The largest interview a client may send, as JSON: every instruction character and
+# metadata byte escaped (\uXXXX, six bytes: what Python's json.dumps writes for any
+# non-ASCII character of the Basic Multilingual Plane, so 50,000 characters of Japanese
+# or Arabic fit), and room for the other fields. server.max_body_bytes (64 KiB) alone would
+# cap such instructions near 10,000 characters.
+CREATE_BODY_MAX_BYTES = 6 * (MAX_INSTRUCTIONS_CHARS + METADATA_MAX_BYTES) + 16 * 1024
 INTERVIEW_ID_PATTERN = r"^iv_[0-9a-f]{32}$"
 Status = Literal["scheduled", "in_progress", "completed", "expired", "cancelled", "failed"]
 

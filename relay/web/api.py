@@ -159,6 +159,9 @@ class Operation:
     description: str = ""
     # Accepts Idempotency-Key (every POST does; relay.web.idempotency).
     idempotent: bool = False
+    # The body this operation must be able to take whatever server.max_body_bytes says
+    # (what its model allows at most, as JSON), for typed handlers.
+    body_floor_bytes: int = 0
 
     def __post_init__(self) -> None:
         if (self.run is None) == (self.raw is None):
@@ -214,7 +217,7 @@ def _typed(op: Operation) -> RawHandler:
         call = Call(request, services, principal, caller, _query=query)
         if op.body is None and op.method not in ("POST", "PATCH"):
             return _response(await run(call))
-        raw = await read_body(request)
+        raw = await read_body(request, at_least=op.body_floor_bytes)
         if op.body is not None:
             call._body = _validate_body(op.body, raw, optional=op.body_optional)
         if not op.idempotent:

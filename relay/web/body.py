@@ -22,11 +22,12 @@ from relay.errors import ApiError
 from relay.services import SERVICES
 
 
-async def read_body(request: web.Request) -> bytes:
-    """The raw body, refusing more than ``server.max_body_bytes`` (413) without reading it
-    all, and a body that takes longer than ``server.body_timeout_s`` to arrive (408)."""
+async def read_body(request: web.Request, *, at_least: int = 0) -> bytes:
+    """The raw body, refusing more than ``server.max_body_bytes`` (or ``at_least``, an
+    operation's own floor, if larger) with a 413 without reading it all, and a body that
+    takes longer than ``server.body_timeout_s`` to arrive (408)."""
     server = request.app[SERVICES].settings.server
-    max_bytes = server.max_body_bytes
+    max_bytes = max(server.max_body_bytes, at_least)
     if request.content_length is not None and request.content_length > max_bytes:
         raise _too_large(max_bytes)
     chunks: list[bytes] = []

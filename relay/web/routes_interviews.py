@@ -18,7 +18,13 @@ from pydantic import Field
 
 from relay.errors import ApiError
 from relay.fields import Email, UtcDatetime
-from relay.interviews.models import INTERVIEW_ID_PATTERN, Interview, InterviewCreate, Status
+from relay.interviews.models import (
+    CREATE_BODY_MAX_BYTES,
+    INTERVIEW_ID_PATTERN,
+    Interview,
+    InterviewCreate,
+    Status,
+)
 from relay.interviews.rows import CandidateInactive, InterviewRecord
 from relay.interviews.service import effective_status, view
 from relay.services import SERVICES
@@ -157,6 +163,7 @@ def register(api: Api) -> None:
             tag="interviews",
             run=create_interview,
             body=InterviewCreate,
+            body_floor_bytes=CREATE_BODY_MAX_BYTES,
             idempotent=True,
             description="The candidate (by e-mail) is found or created. candidate_url carries "
             "the invite, a bearer credential for this interview's candidate endpoints only, "

@@ -9,6 +9,7 @@ import json
 import time
 from typing import Any
 
+from relay.interviews.models import MAX_INSTRUCTIONS_CHARS
 from relay.upstream.simulator.server import RunningSimulator
 from tests.integration.conftest import MakeRelay
 from tests.integration.interview_helpers import (
@@ -296,6 +297,26 @@ async def test_bad_interviews_are_refused_with_the_field_named(make_relay: MakeR
         assert body["error"]["errors"][0]["field"] == field, body
         assert body["request_id"] == headers["X-Request-ID"]
     assert await relay.sql("SELECT id FROM interviews") == []
+
+
+async def test_the_longest_instructions_fit_in_any_script(make_relay: MakeRelay) -> None:
+    """50,000 characters of Japanese, sent as Python's json.dumps writes them (every one
+    escaped, six bytes: 300 kB), create an interview, past server.max_body_bytes (64 KiB),
+    which still bounds every other body."""
+    relay = await make_relay()
+    longest = "面接" * (MAX_INSTRUCTIONS_CHARS // 2)
+    spec = {"candidate": {"email": "ja@example.test"}, "instructions": longest}
+    assert len(json.dumps(spec)) > 4 * relay.services.settings.server.max_body_bytes
+    status, body, _ = await call(relay, "POST", "/api/interviews", json=spec)
+    assert status == 201, body
+    rows = await relay.sql("SELECT instructions FROM interviews WHERE id = $1", body["id"])
+    assert rows[0]["instructions"] == longest
+    status, body, _ = await call(
+        relay, "POST", "/api/interviews", json={**spec, "instructions": longest + "。"}
+    )
+    assert status == 400 and body["error"]["errors"][0]["field"] == "instructions", body
+    status, body, _ = await call(relay, "POST", "/api/keys", json={"name": "k" * 70_000})
+    assert status == 413 and body["error"]["code"] == "body_too_large", body
 
 
 async def test_lists_filter_and_page_with_cursors(make_relay: MakeRelay) -> None:
