@@ -42,6 +42,13 @@ def utc(value: datetime) -> datetime:
         raise ValueError("out of range") from None
 
 
+def iso_utc(value: datetime) -> str:
+    """``value`` as the relay writes every time it answers with (API bodies, webhook
+    payloads, recordings' files): ISO 8601 in UTC with ``Z``, as pydantic serialises the
+    API's models, so a client sees one form everywhere."""
+    return utc(value).isoformat().replace("+00:00", "Z")
+
+
 Text = Annotated[str, AfterValidator(storable_text)]
 UtcDatetime = Annotated[datetime, AfterValidator(utc)]
 # An e-mail address as the relay keys users by it: one @, no spaces, of a sane length.

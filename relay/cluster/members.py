@@ -31,6 +31,7 @@ from typing import Any
 import asyncpg
 
 from relay.db import Store
+from relay.fields import iso_utc
 
 log = logging.getLogger("relay.cluster")
 
@@ -107,8 +108,8 @@ async def view(store: Store, interval_s: float) -> list[dict[str, Any]]:
                 "address": row["address"],
                 "version": row["version"],
                 "pid": row["pid"],
-                "started_at": row["started_at"].isoformat(),
-                "heartbeat_at": row["heartbeat_at"].isoformat(),
+                "started_at": iso_utc(row["started_at"]),
+                "heartbeat_at": iso_utc(row["heartbeat_at"]),
                 "heartbeat_age_s": round(max(0.0, row["heartbeat_age"]), 2),
                 "draining": row["draining"],
                 "live_sessions": row["live"],

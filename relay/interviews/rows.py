@@ -18,6 +18,7 @@ import asyncpg
 
 from relay.admission.invites import USED_SECONDS_SQL
 from relay.db import Store
+from relay.fields import iso_utc
 from relay.interviews import transitions
 
 STATUSES = ("scheduled", "in_progress", "completed", "expired", "cancelled", "failed")
@@ -322,7 +323,7 @@ class InterviewRows:
                     batch,
                 )
                 for row in expired:
-                    extra = {"expires_at": row["expires_at"].isoformat()}
+                    extra = {"expires_at": iso_utc(row["expires_at"])}
                     await transitions.close(conn, row["id"], "expired", "expired", extra=extra)
                     closed.append(Closed(row["id"], "expired"))
                 failed = await conn.fetch(

@@ -21,13 +21,14 @@ from typing import Any
 import asyncpg
 
 from relay.admission.invites import USED_SECONDS_SQL
+from relay.fields import iso_utc
 from relay.webhooks.outbox import enqueue
 
 LIVE_SESSION_STATES = ("pending", "connecting", "active")
 
 
 def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
+    return iso_utc(value) if value is not None else None
 
 
 async def session_started(conn: asyncpg.Connection, interview_id: str, session_id: str) -> None:

@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from relay.fields import iso_utc
 from relay.media.tap import TappedPacket
 from relay.private_files import open_private, private_dir, write_private
 from relay.recording import packetlog, transcript
@@ -200,7 +201,7 @@ class SessionRecorder:
             "instance_id": self.instance_id,
             "format": self.audio_format,
             "part": self.part,
-            "created_at": datetime.fromtimestamp(self.origin_wall, UTC).isoformat(),
+            "created_at": iso_utc(datetime.fromtimestamp(self.origin_wall, UTC)),
             "origin_wall": self.origin_wall,
         }
         write_private(self.directory / META, json.dumps(meta))

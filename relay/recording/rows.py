@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 
 from relay.db import Store
+from relay.fields import iso_utc
 from relay.webhooks.outbox import enqueue
 
 STATUSES = ("recording", "rendering", "ready", "failed", "deleted")
@@ -31,7 +32,7 @@ _FROM = """recordings r JOIN interview_sessions s ON s.id = r.session_id
 
 
 def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
+    return None if value is None else iso_utc(value)
 
 
 def _json(value: Any) -> Any:

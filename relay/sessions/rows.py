@@ -18,6 +18,7 @@ import asyncpg
 
 from relay.config import SessionConfig
 from relay.db import Store
+from relay.fields import iso_utc
 from relay.interviews import transitions
 
 SessionState = Literal["pending", "connecting", "active", "ended", "failed"]
@@ -58,7 +59,7 @@ class SessionRecord:
 
     def to_json(self) -> dict[str, Any]:
         def iso(value: datetime | None) -> str | None:
-            return value.isoformat() if value else None
+            return iso_utc(value) if value else None
 
         return {
             "session_id": self.id,

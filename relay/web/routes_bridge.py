@@ -15,6 +15,7 @@ from aiohttp import web
 
 from relay.admission.service import Caller
 from relay.errors import ApiError
+from relay.fields import iso_utc
 from relay.media.bridge import Bridge
 from relay.media.sdp import InvalidOffer, invalid_offer_error, validate_offer
 from relay.observability.logging import request_banner, stage
@@ -118,7 +119,7 @@ async def get_session(request: web.Request) -> web.Response:
             "session_id": entry.session_id,
             "state": entry.state,
             "end_reason": None,
-            "expires_at": services.sessions.expires_at(entry).isoformat(),
+            "expires_at": iso_utc(services.sessions.expires_at(entry)),
             "max_duration_seconds": int(entry.max_duration_s),
             "parts": entry.part,
         }

@@ -19,6 +19,7 @@ from relay.admission.service import Caller
 from relay.admission.tokens import INVITE_PREFIX, bearer_token
 from relay.config import LimitsConfig
 from relay.errors import ApiError
+from relay.fields import iso_utc
 from relay.media.ice import browser_ice_servers
 from relay.observability.logging import request_banner
 from relay.observability.metrics import MetricsRegistry
@@ -92,7 +93,7 @@ async def create_realtime_session(request: web.Request) -> web.Response:
                 ctx = current()
                 body: dict[str, object] = {
                     "session_id": entry.session_id,
-                    "expires_at": services.sessions.expires_at(entry).isoformat(),
+                    "expires_at": iso_utc(services.sessions.expires_at(entry)),
                     "model": entry.minted.model if entry.minted else services.upstream.model,
                     "ice_servers": browser_ice_servers(services.settings.ice, entry.session_id),
                     "max_duration_seconds": int(entry.max_duration_s),

@@ -17,7 +17,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -25,6 +25,7 @@ from aiohttp.abc import AbstractResolver
 
 from relay import __version__
 from relay.config import WebhooksConfig
+from relay.fields import iso_utc
 from relay.webhooks import signing
 from relay.webhooks.ssrf import (
     AddressPolicy,
@@ -55,7 +56,7 @@ def payload(event_id: str, event_type: str, created_at: datetime, data: dict[str
     envelope = {
         "id": event_id,
         "type": event_type,
-        "timestamp": created_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "timestamp": iso_utc(created_at),
         "data": data,
     }
     return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False).encode()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import datetime
 from typing import Any
 
 from relay.interviews.models import MAX_INSTRUCTIONS_CHARS
@@ -115,6 +116,10 @@ async def test_the_invite_drives_a_whole_interview_to_completed_with_its_recordi
     assert types == ["interview.started", "interview.completed", "recording.ready"]
     completed = dict(await events_of(relay, interview_id))["interview.completed"]
     assert completed["end_reason"] == "hangup" and completed["duration_s"] > 0
+    # Every time the relay answers with is in one form, UTC with Z, as its models write
+    # them: the webhook's, the recording's, the interview's own.
+    for when in (completed["ended_at"], item["created_at"], done["ended_at"], done["created_at"]):
+        assert when.endswith("Z") and datetime.fromisoformat(when).tzinfo is not None, when
     # The candidate's own seconds were never touched (the interview's budget was spent).
     users = await relay.sql(
         "SELECT remaining_seconds FROM users WHERE email = $1", item["candidate_email"]
