@@ -16,7 +16,10 @@ type is also rate-limited on its own (relay.media.event_rate): beyond ``browser_
 once and ``browser_rate_per_s`` after, an event is refused as ``rate_limited``.
 
 Upstream server events reach the browser through relay.media.event_filter: default-deny
-by type, and the session configuration (instructions, tools, ...) redacted.
+by type, the session configuration (instructions, tools, ...) redacted, and items other
+than user/assistant messages hidden. A page's ``conversation.item.retrieve`` / ``.delete``
+/ ``.truncate`` naming a hidden item is answered here, as OpenAI answers an unknown item,
+and never forwarded.
 
 Messages that arrive before the other side's channel is open wait in a small bounded
 buffer (the upstream usually sends ``session.created`` before the browser's channel
@@ -47,7 +50,7 @@ from aiortc.exceptions import InvalidStateError
 
 from relay.config import EventsConfig
 from relay.media import aiortc_private
-from relay.media.event_filter import ServerEventFilter
+from relay.media.event_filter import ITEM_NOT_FOUND_CODES, ServerEventFilter, item_not_found
 from relay.media.event_rate import TypeRateLimiter
 from relay.media.event_schema import (
     ALWAYS_REFUSED,
@@ -147,6 +150,8 @@ class EventRelay:
             "dropped_after_ending": 0,
             # The page's session.update events answered by the relay (never forwarded).
             "session_updates_answered": 0,
+            # The page's retrieve / delete / truncate of a hidden item, answered by the relay.
+            "hidden_item_requests_answered": 0,
         }
 
     # ------------------------------------------------------------------ wiring
@@ -287,13 +292,16 @@ class EventRelay:
     def _from_upstream(self, message: Message) -> None:
         if self.observer is not None:
             self.observer(message)  # the recorder's transcript: what upstream said, unfiltered
+        # Every event, even one the page will not get: the filter remembers hidden items
+        # (a wrap-up's system message sent while the leg is lost must stay hidden after a
+        # resume) and the latest session.
+        filtered = self._filter.apply(message)
         if self._browser_paused:
             self.counts["dropped_while_lost"] += 1
             return
         if self._browser_ended:
             self.counts["dropped_after_ending"] += 1
             return
-        filtered = self._filter.apply(message)
         if filtered is None:
             self.counts["filtered"] += 1
             self._metrics.events_filtered.inc()
@@ -312,6 +320,8 @@ class EventRelay:
             if self._rate.allow(kind):
                 if isinstance(checked, SessionUpdate):
                     self._answer_session_update()
+                elif self._names_hidden_item(checked[0]):
+                    self._answer_hidden_item(checked[0], kind, event_id)
                 else:
                     self._deliver(
                         self.upstream, self._to_upstream, checked[1], "browser_to_upstream"
@@ -344,6 +354,28 @@ class EventRelay:
         }
         # Behind what already waits for the page (the session.created it answers after).
         self.send_to_browser(event)
+
+    def _names_hidden_item(self, event: dict[str, Any]) -> bool:
+        item_id = event.get("item_id")
+        return (
+            event.get("type") in ITEM_NOT_FOUND_CODES
+            and isinstance(item_id, str)
+            and self._filter.is_hidden(item_id)
+        )
+
+    def _answer_hidden_item(self, event: dict[str, Any], kind: str, event_id: str | None) -> None:
+        """The answer OpenAI gives for an item that does not exist: for the page, a hidden
+        item does not (upstream, the retrieve would be answered with the item, which the
+        filter drops, and the page would wait for an answer that never comes). Not a
+        refusal: the page did nothing wrong, so it does not count towards a flood."""
+        self.counts["hidden_item_requests_answered"] += 1
+        error = item_not_found(
+            kind,
+            str(event["item_id"]),
+            event_id="event_relay_" + secrets.token_hex(8),
+            client_event_id=event_id,
+        )
+        self._reply(error)
 
     def _browser_closed(self, channel: RTCDataChannel | None = None) -> None:
         if channel is not None and channel is not self.browser:
@@ -475,17 +507,22 @@ class EventRelay:
         return checked, serialise(checked)
 
     def _reply_error(self, code: str, message: str, event_id: str | None) -> None:
-        error = {
-            "type": "error",
-            "event_id": "event_relay_" + secrets.token_hex(8),
-            "error": {
-                "type": "invalid_request_error",
-                "code": code,
-                "message": message,
-                "param": None,
-                "event_id": event_id,
-            },
-        }
+        self._reply(
+            {
+                "type": "error",
+                "event_id": "event_relay_" + secrets.token_hex(8),
+                "error": {
+                    "type": "invalid_request_error",
+                    "code": code,
+                    "message": message,
+                    "param": None,
+                    "event_id": event_id,
+                },
+            }
+        )
+
+    def _reply(self, error: dict[str, Any]) -> None:
+        """The relay's own answer to a page's event (an error), sent at once."""
         channel = self.browser
         if channel is not None and channel.readyState == "open":
             # Bounded like every event to the browser: replies to a stalled page are dropped.

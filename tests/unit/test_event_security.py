@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from relay.app import create_app
-from relay.config import ConfigError, EventsConfig, Settings
-from relay.media.event_filter import ServerEventFilter, redact_session
+from relay.config import DEFAULT_SERVER_EVENTS, ConfigError, EventsConfig, Settings
+from relay.media.event_filter import HIDDEN_ITEMS_KEPT, ServerEventFilter, redact_session
 from relay.media.event_schema import Refusal, check_event, loads_strict, unknown_types
 from relay.media.events import EventRelay, Side
 from relay.media.metrics import MediaMetrics
@@ -274,6 +274,173 @@ def test_server_event_types_are_configurable() -> None:
     flt = ServerEventFilter(["rate_limits.updated"], [])
     assert flt.apply('{"type":"rate_limits.updated"}') == '{"type": "rate_limits.updated"}'
     assert flt.apply('{"type":"response.done"}') is None
+
+
+# ---------------------------------------------------------------------- hidden items
+def _item(item_id: str, role: str = "assistant", kind: str = "message") -> dict[str, Any]:
+    if kind != "message":
+        return {"id": item_id, "type": kind, "name": "score_candidate", "arguments": SECRET}
+    return {"id": item_id, "type": "message", "role": role, "content": []}
+
+
+def _added(item: dict[str, Any], previous: str | None) -> str:
+    return json.dumps(
+        {"type": "conversation.item.added", "previous_item_id": previous, "item": item}
+    )
+
+
+def _forwarded(flt: ServerEventFilter, message: str) -> dict[str, Any] | None:
+    text = flt.apply(message)
+    return None if text is None else json.loads(text)
+
+
+def test_previous_item_id_never_names_a_hidden_item() -> None:
+    flt = ServerEventFilter(DEFAULT_SERVER_EVENTS, [])
+    assert flt.apply(_added(_item("sys_first", "system"), None)) is None
+    # The first visible item follows only a hidden one: it follows nothing the page saw.
+    first = _forwarded(flt, _added(_item("msg_1", "user"), "sys_first"))
+    assert first is not None and first["previous_item_id"] is None
+    # A run of hidden items (the wrap-up's system message, a tool call announced first
+    # without its place, then with it) is skipped back to the last item the page saw.
+    assert flt.apply(_added(_item("sys_wrap", "system"), "msg_1")) is None
+    call = _item("fc_1", kind="function_call")
+    assert flt.apply(json.dumps({"type": "response.output_item.added", "item": call})) is None
+    assert flt.apply(_added(call, "sys_wrap")) is None
+    assert flt.apply(json.dumps({"type": "conversation.item.done", "item": call})) is None
+    for kind in ("conversation.item.added", "conversation.item.done", "conversation.item.created"):
+        event = json.dumps({"type": kind, "previous_item_id": "fc_1", "item": _item("msg_2")})
+        forwarded = _forwarded(flt, event)
+        assert forwarded is not None and forwarded["previous_item_id"] == "msg_1", kind
+    committed = {"type": "input_audio_buffer.committed", "previous_item_id": "fc_1", "item_id": "u"}
+    assert _forwarded(flt, json.dumps(committed)) == {**committed, "previous_item_id": "msg_1"}
+    # Ids of visible items, and a null, pass unchanged.
+    visible = _forwarded(flt, _added(_item("msg_3"), "msg_2"))
+    assert visible is not None and visible["previous_item_id"] == "msg_2"
+    assert flt.is_hidden("sys_wrap") and flt.is_hidden("fc_1") and not flt.is_hidden("msg_2")
+
+
+def test_events_about_a_hidden_item_by_id_are_dropped() -> None:
+    flt = ServerEventFilter(DEFAULT_SERVER_EVENTS, [])
+    flt.apply(_added(_item("sys_wrap", "system"), "msg_1"))
+    deleted = {"type": "conversation.item.deleted", "item_id": "sys_wrap"}
+    assert flt.apply(json.dumps(deleted)) is None
+    assert flt.apply(json.dumps({**deleted, "item_id": "msg_1"})) is not None
+
+
+def test_hidden_items_are_remembered_even_when_their_events_are_not_for_the_page() -> None:
+    flt = ServerEventFilter(["conversation.item.done"], [])
+    assert flt.apply(_added(_item("sys_wrap", "system"), "msg_1")) is None  # type not shown
+    done = _forwarded(
+        flt,
+        json.dumps(
+            {"type": "conversation.item.done", "previous_item_id": "sys_wrap", "item": _item("a")}
+        ),
+    )
+    assert done is not None and done["previous_item_id"] == "msg_1"
+
+
+def test_the_hidden_items_remembered_are_bounded() -> None:
+    flt = ServerEventFilter(DEFAULT_SERVER_EVENTS, [])
+    total = HIDDEN_ITEMS_KEPT + 50
+    previous = "msg_0"
+    for i in range(total):
+        flt.apply(_added(_item(f"sys_{i}", "system"), previous))
+        previous = f"sys_{i}"
+    assert not flt.is_hidden("sys_49") and flt.is_hidden("sys_50")
+    assert flt.is_hidden(f"sys_{total - 1}")
+    # The walk stops where the memory does (sys_49 is forgotten), never beyond it.
+    last = _forwarded(flt, _added(_item("msg_1"), previous))
+    assert last is not None and last["previous_item_id"] == "sys_49"
+
+
+def test_a_loop_of_previous_item_ids_ends_the_walk() -> None:
+    flt = ServerEventFilter(DEFAULT_SERVER_EVENTS, [])
+    flt.apply(_added(_item("sys_a", "system"), "sys_b"))
+    flt.apply(_added(_item("sys_b", "system"), "sys_a"))
+    looped = _forwarded(flt, _added(_item("msg_1"), "sys_a"))
+    assert looped is not None and looped["previous_item_id"] is None
+
+
+def test_the_upstreams_retrieved_hidden_item_becomes_not_found() -> None:
+    """The page asked (the relay retrieves nothing itself) and must get an answer, but not
+    the item."""
+    flt = ServerEventFilter(DEFAULT_SERVER_EVENTS, [])
+    retrieved = {
+        "type": "conversation.item.retrieved",
+        "event_id": "event_9",
+        "item": {**_item("sys_x", "system"), "content": [{"type": "input_text", "text": SECRET}]},
+    }
+    text = flt.apply(json.dumps(retrieved))
+    assert text is not None and SECRET not in text
+    assert json.loads(text) == {
+        "type": "error",
+        "event_id": "event_9",
+        "error": {
+            "type": "invalid_request_error",
+            "code": "item_not_found",
+            "message": "Item with item_id not found: sys_x",
+            "param": "item_id",
+            "event_id": None,
+        },
+    }
+    # Other events about a hidden item are still just dropped.
+    assert flt.apply(json.dumps({**retrieved, "type": "conversation.item.done"})) is None
+
+
+@pytest.mark.parametrize(
+    ("event", "code"),
+    [
+        ({"type": "conversation.item.retrieve"}, "item_not_found"),
+        ({"type": "conversation.item.delete"}, "item_delete_invalid_item_id"),
+        (
+            {"type": "conversation.item.truncate", "content_index": 0, "audio_end_ms": 10},
+            "item_truncate_invalid_item_id",
+        ),
+    ],
+)
+def test_a_page_cannot_retrieve_delete_or_truncate_a_hidden_item(
+    event: dict[str, Any], code: str
+) -> None:
+    allowed = (
+        "conversation.item.retrieve",
+        "conversation.item.delete",
+        "conversation.item.truncate",
+    )
+    relay, upstream, browser, *_ = _wired(browser_allowed=allowed)
+    upstream.emit("message", _added(_item("sys_wrap", "system"), "msg_1"))
+    upstream.emit("message", _added(_item("msg_2"), "sys_wrap"))
+    browser.sent.clear()
+    browser.emit("message", json.dumps({**event, "event_id": "evt_page", "item_id": "sys_wrap"}))
+    assert upstream.sent == []
+    [answer] = [json.loads(m) for m in browser.sent]
+    assert answer["type"] == "error" and answer["event_id"].startswith("event_relay_")
+    assert answer["error"] == {
+        "type": "invalid_request_error",
+        "code": code,
+        "message": "Item with item_id not found: sys_wrap",
+        "param": "item_id",
+        "event_id": "evt_page",
+    }
+    assert relay.counts["hidden_item_requests_answered"] == 1 and relay.counts["refused"] == 0
+    # A visible item's request goes upstream as before.
+    browser.emit("message", json.dumps({**event, "item_id": "msg_2"}))
+    assert len(upstream.sent) == 1 and json.loads(upstream.sent[0])["item_id"] == "msg_2"
+
+
+def test_a_hidden_item_sent_while_the_page_is_away_stays_hidden() -> None:
+    relay, upstream, browser, *_ = _wired()
+    relay.detach_browser()  # the leg is lost: the wrap-up's system message arrives meanwhile
+    upstream.emit("message", _added(_item("sys_wrap", "system"), "msg_1"))
+    resumed = FakeChannel()
+    relay.attach_browser(resumed)  # type: ignore[arg-type]
+    relay.resume_browser_delivery()
+    upstream.emit("message", _added(_item("msg_2"), "sys_wrap"))
+    assert json.loads(resumed.sent[-1])["previous_item_id"] == "msg_1"
+    resumed.emit(
+        "message", json.dumps({"type": "conversation.item.retrieve", "item_id": "sys_wrap"})
+    )
+    assert upstream.sent == []
+    assert json.loads(resumed.sent[-1])["error"]["code"] == "item_not_found"
 
 
 # ---------------------------------------------------------------------- item 4: floods
