@@ -89,6 +89,10 @@ def _as_json_error(response: web.Response) -> None:
     response.content_type = "application/json"
     response.headers["Content-Length"] = str(len(body))
     response.headers["X-Request-ID"] = request_id
+    # What the middleware gives every other response: a JSON answer is never cached, and
+    # Server-Timing is there (no stage ran: the request never reached a handler).
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Server-Timing"] = "total;dur=0.0"
     apply_security_headers(response.headers)
 
 

@@ -121,6 +121,7 @@ async def test_malformed_http_gets_a_json_400_and_no_traceback(
         REQUEST_ID.fullmatch(body["request_id"]) and headers["x-request-id"] == body["request_id"]
     )
     assert headers["x-content-type-options"] == "nosniff"
+    assert headers["cache-control"] == "no-store" and headers["server-timing"].startswith("total;")
     assert "aiohttp" not in headers.get("server", "")
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info], [
         (r.levelname, r.getMessage()) for r in caplog.records
