@@ -29,7 +29,12 @@ from relay.observability.metrics import MetricsRegistry
 from relay.observability.request_context import bind_session, current_request_id, record_stage
 from relay.sessions.drain import DrainState
 from relay.sessions.finishes import Finish, FinishQueue, finish_record
-from relay.sessions.registry import SessionEntry, SessionRegistry, superseded_error
+from relay.sessions.registry import (
+    SessionEntry,
+    SessionRegistry,
+    credit_refused,
+    superseded_error,
+)
 from relay.sessions.rows import SessionRows
 from relay.sessions.shared_state import Claimed, new_claim_token
 from relay.tasks import TaskGroup
@@ -194,7 +199,7 @@ class SessionService:
             caller.user.id, interview_id=interview_id
         )
         if available < settings.limits.min_remaining_seconds:
-            raise ApiError(403, "no_credit", "No interview time left beyond your running sessions.")
+            raise credit_refused(caller.credit_s, settings.limits.min_remaining_seconds)
         # A reloaded page: its earlier, never-exchanged session gives way to this one.
         # Their rows are closed by an owned task, queued as unwritten finishes before any
         # await (so housekeeping lands them even if this request is cancelled or the

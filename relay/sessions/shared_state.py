@@ -42,7 +42,7 @@ from relay.db import DatabaseUnavailable, Store
 from relay.errors import ApiError
 from relay.observability.metrics import MetricsRegistry
 from relay.sealing import SealError
-from relay.sessions.registry import SessionEntry, superseded_error
+from relay.sessions.registry import SessionEntry, credit_refused, superseded_error
 from relay.tasks import TaskGroup
 from relay.upstream.base import (
     MintedSession,
@@ -197,9 +197,7 @@ async def claim_row(
                 credit = float(row["remaining_seconds"])
             available = credit - float(promised)
             if available < min_remaining_s:
-                return ApiError(
-                    403, "no_credit", "No interview time left beyond your running sessions."
-                )
+                return credit_refused(credit, min_remaining_s)
             max_duration = min(float(row["max_duration_s"]), available)
             await conn.execute(
                 """UPDATE interview_sessions

@@ -222,6 +222,7 @@ def register(api: Api) -> None:
                     "session_already_exchanged",
                     "session_not_ready",
                     "session_closed",
+                    "credit_in_use",
                     "idempotency_key_in_use",
                 ),
                 410: ("session_superseded",),

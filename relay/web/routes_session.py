@@ -171,7 +171,12 @@ def register(
                 **CANDIDATE_ERRORS,
                 400: ("invalid_json", "invalid_field", "invalid_idempotency_key"),
                 403: ("user_inactive", "no_credit", "interview_closed"),
-                409: ("recording_notice_required", "session_closed", "idempotency_key_in_use"),
+                409: (
+                    "recording_notice_required",
+                    "session_closed",
+                    "credit_in_use",
+                    "idempotency_key_in_use",
+                ),
                 410: ("session_superseded",),
                 413: ("body_too_large",),
                 422: ("idempotency_key_reused",),
