@@ -53,7 +53,7 @@ from relay.cluster.runtime import ClusterRuntime
 from relay.cluster.sealing import Sealer
 from relay.cluster.setup import advertise_address, state_key
 from relay.config import ConfigError, Settings
-from relay.db import Store
+from relay.db import DatabaseUnavailable, Store
 from relay.db.bootstrap import BootstrapFailed, StartupStatus, bootstrap_database
 from relay.interviews.service import InterviewService
 from relay.media.ephemeral_ports import ephemeral_overlap
@@ -544,6 +544,10 @@ async def _housekeeping(
                 if rounds % IDEMPOTENCY_PURGE_ROUNDS == 0:
                     await idempotency.purge(store)
                     await client_secrets.purge(store)
+        except DatabaseUnavailable as exc:
+            # An outage the store's retries already logged (DATABASE_RETRY), and /readyz
+            # shows: one line, not a traceback per round (nor an error event per outage).
+            log.warning("housekeeping: %s; the next round retries", exc)
         except Exception:  # housekeeping must never die; the next round retries
             log.exception("housekeeping failed")
 

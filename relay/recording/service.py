@@ -439,6 +439,8 @@ class RecordingService:
                 if self.s3 is not None and now >= upload_at:
                     upload_at = now + UPLOAD_RETRY_INTERVAL_S
                     await self.retry_uploads()
+            except DatabaseUnavailable as exc:  # an outage, logged by the store's retries
+                log.warning("recording housekeeping: %s; the next round retries", exc)
             except Exception:  # the next round retries
                 log.exception("recording housekeeping failed")
             await idle(min(RETENTION_INTERVAL_S, UPLOAD_RETRY_INTERVAL_S))

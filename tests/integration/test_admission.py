@@ -14,10 +14,12 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+import relay.app as relay_app
 from relay.admission.tokens import hash_token
 from relay.db.migrate import MIGRATION_LOCK_ID
 from relay.errors import ApiError
 from tests.integration.conftest import MakeRelay
+from tests.integration.media_helpers import wait_until
 from tests.integration.relay_harness import OPERATOR_TOKEN
 
 REQUEST_ID = re.compile(r"^req_[0-9a-f]{32}$")
@@ -688,3 +690,32 @@ async def test_current_models_raise_no_warning(make_relay: MakeRelay) -> None:
     operator = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
     async with relay.client.get("/api/stats", headers=operator) as resp:
         assert (await resp.json())["upstream"]["model_currency"] == []
+
+
+async def test_housekeeping_logs_a_database_outage_as_one_warning_line(
+    make_relay: MakeRelay,
+    private_postgres: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An outage is expected and handled (the store's retries, /readyz): housekeeping's
+    rounds say so in one WARNING line each, not an ERROR with a traceback per round (which
+    error tracking would turn into an event per outage)."""
+    monkeypatch.setattr(relay_app, "HOUSEKEEPING_INTERVAL_S", 0.1)
+    relay = await make_relay(dsn=private_postgres.dsn())
+    caplog.set_level(logging.INFO, logger="relay")
+    await private_postgres.astop()
+    try:
+        await wait_until(
+            lambda: any(r.getMessage().startswith("housekeeping: ") for r in caplog.records),
+            20,
+            "a housekeeping round during the outage",
+        )
+    finally:
+        await private_postgres.astart()
+    rounds = [r for r in caplog.records if r.getMessage().startswith("housekeeping")]
+    assert all(r.levelno == logging.WARNING and r.exc_info is None for r in rounds), [
+        (r.levelname, r.getMessage()) for r in rounds
+    ]
+    assert "database_unavailable" in rounds[0].getMessage()
+    assert relay.services.store.schema_ready
