@@ -73,7 +73,7 @@ export async function api(method, path, { body, idempotencyKey, raw = false, sig
 
 // What the credential may do (GET /api/keys/current): "operator", "admin" or "read";
 // ApiFailure 401 when it is none of them. Only the operator token opens /api/stats, so a
-// key never asks for it (each refusal there would count as a failed authentication).
+// key never asks for it (it would get 403 insufficient_scope).
 export async function checkRole() {
   const me = await api("GET", "/api/keys/current");
   credential.role = me.kind === "operator" ? "operator" : me.scope === "admin" ? "admin" : "read";

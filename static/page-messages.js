@@ -5,6 +5,8 @@
 export const API_MESSAGES = {
   missing_token: "Please enter your interview token.",
   invalid_token: "This token is not valid. Check the link or token you were given.",
+  // A valid credential that is not a candidate's (an API key, the operator token).
+  insufficient_scope: "This is not an interview token. Check the link or token you were given.",
   user_inactive: "This account is not active. Please contact the recruiter.",
   no_credit: "No interview time is left on this account.",
   interview_closed:

@@ -103,7 +103,8 @@ async function signIn(token) {
   try {
     await checkRole();
   } catch (err) {
-    if (err instanceof ApiFailure && err.status === 401) refuse(err);
+    // 403: a valid credential that is not the console's (a candidate's token).
+    if (err instanceof ApiFailure && (err.status === 401 || err.status === 403)) refuse(err);
     else {
       showError(`Could not reach the relay: ${err.message}`);
       setStatus("Not signed in.");

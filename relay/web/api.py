@@ -48,6 +48,8 @@ from relay.web.caller import authenticate, require_operator, require_scope
 #   operator   the operator token only;
 #   client_secret  the relay's own ek_ client secret of one session (raw handlers only:
 #              relay.web.caller.authenticate_client_secret).
+# A valid credential of a kind the operation does not take gets 403 insufficient_scope;
+# only an unknown (or revoked) one is a failed authentication (relay.web.caller).
 Auth = Literal["anyone", "candidate", "read", "admin", "operator", "client_secret"]
 
 M = TypeVar("M", bound=BaseModel)

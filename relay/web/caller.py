@@ -15,6 +15,15 @@ most the limit's worth of an address's guesses is ever under lookup or failed wi
 minute. Requests carrying the same token share one reservation: a page's parallel
 requests are not guesses.
 
+A credential that is valid, but not of a kind the route takes (an API key on an
+operator-only route, a candidate's credential on the management API, the operator token
+on a candidate-only route), is no guess: 403 ``insufficient_scope`` naming what the route
+takes, not counted. A token a route refuses is looked up as the kind its prefix says
+(``rk_`` an API key, ``ek_`` a client secret, ``rt_``/``ri_`` a candidate's; any token is
+compared with the operator token's digest) unless the route looked it up so already: one
+store lookup per attempt at most (a guess with such a prefix on an operator route now costs
+one), made while the attempt holds its reserved place, so the limit bounds it as before.
+
 The address is the TCP peer, or behind a proxy listed in ``server.trusted_proxies`` the
 client it forwarded for (relay.web.forwarded); see docs/deploy.md.
 """
@@ -26,6 +35,7 @@ import hmac
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Literal
 
 from aiohttp import web
 
@@ -37,7 +47,14 @@ from relay.admission.client_secrets import (
 )
 from relay.admission.rate_limit import FailedAuthLimiter
 from relay.admission.service import Caller
-from relay.admission.tokens import API_KEY_PREFIX, bearer_token, hash_token, plausible_token
+from relay.admission.tokens import (
+    API_KEY_PREFIX,
+    INVITE_PREFIX,
+    USER_TOKEN_PREFIX,
+    bearer_token,
+    hash_token,
+    plausible_token,
+)
 from relay.config import LimitsConfig
 from relay.errors import ApiError
 from relay.services import SERVICES
@@ -45,6 +62,20 @@ from relay.web import forwarded
 
 # This process's count of failed authentications per client address.
 FAILED_AUTH = web.AppKey("failed_auth", FailedAuthLimiter)
+
+# The kinds of credential, each checked against its own store.
+Kind = Literal["operator", "api_key", "candidate", "client_secret"]
+_KIND_NAMES: dict[Kind, str] = {
+    "operator": "the operator token",
+    "api_key": "an API key",
+    "candidate": "a candidate's credential",
+    "client_secret": "a client secret",
+}
+CANDIDATE: tuple[Kind, ...] = ("candidate",)
+CLIENT_SECRET: tuple[Kind, ...] = ("client_secret",)
+OPERATOR: tuple[Kind, ...] = ("operator",)
+MANAGEMENT: tuple[Kind, ...] = ("api_key", "operator")
+OWNER_OR_MANAGEMENT: tuple[Kind, ...] = ("candidate", "api_key", "operator")
 
 
 def install(app: web.Application, limits: LimitsConfig) -> None:
@@ -68,11 +99,67 @@ def _too_many(wait: float) -> ApiError:
     )
 
 
+def _kind_by_prefix(token: str) -> Kind | None:
+    """The kind a token's prefix says it is (the operator token has no prefix of its own)."""
+    if token.startswith(API_KEY_PREFIX):
+        return "api_key"
+    if token.startswith(CLIENT_SECRET_PREFIX):
+        return "client_secret"
+    if token.startswith((USER_TOKEN_PREFIX, INVITE_PREFIX)):
+        return "candidate"
+    return None
+
+
+def _wrong_kind(kind: Kind, takes: tuple[Kind, ...]) -> ApiError:
+    if takes == CLIENT_SECRET:
+        wanted = "the ek_ client secret from POST /v1/realtime/client_secrets"
+    else:
+        wanted = " or ".join(_KIND_NAMES[k] for k in takes)
+    return ApiError(
+        403,
+        "insufficient_scope",
+        f"This operation takes {wanted}; the token sent is {_KIND_NAMES[kind]}.",
+        details={"credential": kind},
+    )
+
+
+async def _valid_as(request: web.Request, token: str, tried: tuple[Kind, ...]) -> Kind | None:
+    """The kind of credential a token the route refused is valid as (None: none, a guess).
+    The kinds in ``tried`` were looked up already; at most one other lookup, by prefix."""
+    if "operator" not in tried and _operator_token_matches(request, token):
+        return "operator"
+    kind = _kind_by_prefix(token)
+    if kind is None or kind in tried or not plausible_token(token):
+        return None
+    services = request.app[SERVICES]
+    token_hash = hash_token(token)
+    if kind == "api_key":
+        valid = await services.api_keys.authenticate(token_hash) is not None
+    elif kind == "client_secret":
+        # An expired one too: the relay issued it, nobody guessed it.
+        valid = await ClientSecretRows(services.store).find(token_hash) is not None
+    else:
+        try:
+            await services.admission.authenticate_hash(
+                token_hash, invite=token.startswith(INVITE_PREFIX)
+            )
+        except ApiError as exc:
+            if exc.status != 401:
+                raise
+            return None
+        valid = True
+    return kind if valid else None
+
+
 @asynccontextmanager
-async def _attempt(request: web.Request, token: str | None) -> AsyncIterator[None]:
-    """One authentication attempt with ``token`` from this request's client address: 429
-    when the address may not try now; a 401 ``invalid_token`` raised inside counts as a
-    failure."""
+async def _attempt(
+    request: web.Request, token: str | None, takes: tuple[Kind, ...]
+) -> AsyncIterator[None]:
+    """One authentication attempt with ``token`` from this request's client address, by a
+    route that takes the credentials ``takes`` (each looked up inside): 429 when the
+    address may not try now. A 401 ``invalid_token`` raised inside counts as a failure,
+    unless the token is a valid credential of another kind: then 403
+    ``insufficient_scope``, not counted."""
     services = request.app[SERVICES]
     local = request.app[FAILED_AUTH]
     shared = services.cluster.limits
@@ -91,7 +178,11 @@ async def _attempt(request: web.Request, token: str | None) -> AsyncIterator[Non
     try:
         yield
     except ApiError as exc:
-        failed = exc.status == 401 and exc.code == "invalid_token"
+        if exc.status == 401 and exc.code == "invalid_token":
+            kind = await _valid_as(request, token, takes) if token is not None else None
+            if kind is not None:
+                raise _wrong_kind(kind, takes) from None
+            failed = True
         raise
     finally:
         local.settle(address, key, failed=failed)
@@ -106,10 +197,19 @@ def _operator_token_matches(request: web.Request, token: str) -> bool:
 
 
 async def authenticate(request: web.Request) -> Caller:
-    """The candidate the request's bearer token belongs to (401 otherwise)."""
+    """The candidate the request's bearer token belongs to (401 otherwise; 403
+    ``insufficient_scope`` for another kind of valid credential)."""
     header = request.headers.get("Authorization")
-    async with _attempt(request, bearer_token(header)):
-        return await request.app[SERVICES].admission.authenticate(header)
+    async with _attempt(request, bearer_token(header), CANDIDATE):
+        return await _candidate(request, header)
+
+
+async def _candidate(request: web.Request, header: str | None) -> Caller:
+    token = bearer_token(header)
+    if token is not None and _kind_by_prefix(token) in ("api_key", "client_secret"):
+        # Never a candidate's: not looked up as one (_attempt looks it up as what it is).
+        raise ApiError(401, "invalid_token", "The token is not valid.")
+    return await request.app[SERVICES].admission.authenticate(header)
 
 
 def _client_secret_of(token: str | None) -> str:
@@ -142,7 +242,7 @@ async def authenticate_client_secret(request: web.Request) -> tuple[ClientSecret
     credential the secret was asked for with, authenticated again (401 when the secret is
     unknown or expired, or the credential no longer opens anything)."""
     token = bearer_token(request.headers.get("Authorization"))
-    async with _attempt(request, token):
+    async with _attempt(request, token, CLIENT_SECRET):
         grant = await _client_secret_grant(request, _client_secret_of(token))
         if grant.expired:
             raise ApiError(
@@ -164,7 +264,7 @@ async def call_owner(request: web.Request) -> tuple[Caller | None, str | None]:
     token = bearer_token(request.headers.get("Authorization"))
     if token is None or not token.startswith(CLIENT_SECRET_PREFIX):
         return await owner_or_operator(request), None
-    async with _attempt(request, token):
+    async with _attempt(request, token, CLIENT_SECRET):
         grant = await _client_secret_grant(request, _client_secret_of(token))
         caller = await request.app[SERVICES].admission.authenticate_hash(
             grant.credential_hash, invite=grant.invite
@@ -173,9 +273,10 @@ async def call_owner(request: web.Request) -> tuple[Caller | None, str | None]:
 
 
 async def require_operator(request: web.Request) -> None:
-    """The request carries the operator token (401 otherwise)."""
+    """The request carries the operator token (401 otherwise; 403 ``insufficient_scope``
+    for another kind of valid credential, an API key included)."""
     token = bearer_token(request.headers.get("Authorization"))
-    async with _attempt(request, token):
+    async with _attempt(request, token, OPERATOR):
         if token is None:
             raise ApiError(401, "missing_token", "Send 'Authorization: Bearer <operator token>'.")
         if not _operator_token_matches(request, token):
@@ -186,26 +287,39 @@ async def owner_or_operator(request: web.Request) -> Caller | None:
     """The candidate of the request's token, or None for the operator: the operator token
     or an admin API key (the console signed in with one ends sessions as the operator
     does). 401 otherwise, 403 ``insufficient_scope`` for a read key."""
-    header = request.headers.get("Authorization")
-    token = bearer_token(header)
-    async with _attempt(request, token):
-        if token is not None and _operator_token_matches(request, token):
-            return None
-        if token is not None and token.startswith(API_KEY_PREFIX):
-            principal = await _principal(request, token)
-        else:
-            return await request.app[SERVICES].admission.authenticate(header)
-    if not principal.allows("admin"):
+    who = await _owner_or_principal(request)
+    if isinstance(who, Caller):
+        return who
+    if not who.allows("admin"):
         raise ApiError(403, "insufficient_scope", "Ending a session needs an admin key.")
     return None
+
+
+async def owner_or_reader(request: web.Request) -> Caller | None:
+    """The candidate of the request's token, or None for the management API: the operator
+    token or an API key of either scope (reading a session is a read). 401 otherwise."""
+    who = await _owner_or_principal(request)
+    return who if isinstance(who, Caller) else None
+
+
+async def _owner_or_principal(request: web.Request) -> Caller | Principal:
+    header = request.headers.get("Authorization")
+    token = bearer_token(header)
+    async with _attempt(request, token, OWNER_OR_MANAGEMENT):
+        if token is not None and _operator_token_matches(request, token):
+            return Principal.operator()
+        if token is not None and token.startswith(API_KEY_PREFIX):
+            return await _principal(request, token)
+        return await _candidate(request, header)
 
 
 async def require_scope(request: web.Request, needed: Scope) -> Principal:
     """The management API's caller: an API key allowing ``needed`` (``read`` or ``admin``),
     or the operator token (an admin key). 401 for a missing or unknown key, 403
-    ``insufficient_scope`` for a read key on an admin operation."""
+    ``insufficient_scope`` for a read key on an admin operation, or a candidate's
+    credential."""
     token = bearer_token(request.headers.get("Authorization"))
-    async with _attempt(request, token):
+    async with _attempt(request, token, MANAGEMENT):
         if token is None:
             raise ApiError(
                 401, "missing_token", "Send 'Authorization: Bearer <API key or operator token>'."

@@ -64,6 +64,8 @@ _SECURITY: dict[Auth, str] = {
 
 _AUTH_ERRORS: dict[int, tuple[str, ...]] = {
     401: ("missing_token", "invalid_token"),
+    # A valid credential of a kind the operation does not take (relay.web.caller).
+    403: ("insufficient_scope",),
     429: ("too_many_failed_authentications",),
 }
 _BODY_ERRORS: dict[int, tuple[str, ...]] = {

@@ -25,7 +25,7 @@ from relay.sessions.registry import is_session_id
 from relay.web import idempotency
 from relay.web.api import Api, Operation, PathParam, Response
 from relay.web.body import parse_json_object, read_body
-from relay.web.caller import authenticate, owner_or_operator
+from relay.web.caller import authenticate, owner_or_operator, owner_or_reader
 from relay.web.routes_session import CANDIDATE_ERRORS
 from relay.web.schemas import ExchangeAnswer, ExchangeRequest, SessionState
 
@@ -109,12 +109,15 @@ async def webrtc_exchange(request: web.Request) -> web.Response:
 
 
 async def get_session(request: web.Request) -> web.Response:
+    """A session's state: for its candidate, or for the management API (the operator
+    token, an API key of either scope: any session). Both get the same body, which holds
+    no credential (the resume token is the page's alone and is never in it)."""
     services = request.app[SERVICES]
-    caller = await authenticate(request)
+    caller = await owner_or_reader(request)
     session_id = _path_session_id(request)
     entry = services.registry.get(session_id)
     body: dict[str, Any]
-    if entry is not None and caller.owns(entry.user_id, entry.interview_id):
+    if entry is not None and (caller is None or caller.owns(entry.user_id, entry.interview_id)):
         body = {
             "session_id": entry.session_id,
             "state": entry.state,
@@ -130,7 +133,9 @@ async def get_session(request: web.Request) -> web.Response:
             body["media"] = media
     else:
         record = await services.session_rows.get_session(session_id)
-        if record is None or not caller.owns(record.user_id, record.interview_id):
+        if record is None or not (
+            caller is None or caller.owns(record.user_id, record.interview_id)
+        ):
             raise ApiError(404, "session_not_found", "No such session for this user.")
         body = record.to_json()
     body["request_id"] = current_request_id()
@@ -237,11 +242,15 @@ def register(api: Api) -> None:
             "GET",
             "/api/sessions/{session_id}",
             "getOwnSession",
-            "A session's state, for its candidate",
+            "A session's state; its candidate, the operator or an API key",
             auth="candidate",
+            also_auth=("read",),
             tag="candidate",
             raw=get_session,
             path_params=(_SESSION_ID,),
+            description="The operator token or an API key of either scope reads any "
+            "session (the session_id of an interview.started event, say); a candidate reads "
+            "its own. The same body for all.",
             responses=(Response(200, "The session's state and end reason.", SessionState),),
             errors={**CANDIDATE_ERRORS, 404: ("session_not_found",)},
         ),
@@ -251,6 +260,7 @@ def register(api: Api) -> None:
             "endSession",
             "Hang up a session (both legs); its candidate, the operator or an admin key",
             auth="candidate",
+            also_auth=("admin",),
             tag="candidate",
             raw=delete_session,
             path_params=(_SESSION_ID,),

@@ -102,7 +102,8 @@ class ResumeAnswer(_Answer):
 
 
 class SessionState(_Answer):
-    """A session as its owner sees it: live on this member, or its row."""
+    """A session as its owner (or the management API) sees it: live on this member, or its
+    row."""
 
     session_id: str
     state: Literal["pending", "connecting", "active", "ended", "failed"]

@@ -48,9 +48,10 @@ async def test_a_credential_learns_what_it_may_do(make_relay: MakeRelay) -> None
         assert status == 200, body
         assert (body["kind"], body["name"], body["scope"]) == ("api_key", name, scope)
         assert body["id"].startswith("key_")
-    # Neither a wrong key nor a candidate's credential is told anything.
+    # A wrong key is told nothing; a candidate's credential, that it is not a key.
     status, body, _ = await call(relay, "GET", "/api/keys/current", bearer("rk_" + "x" * 43))
     assert status == 401 and body["error"]["code"] == "invalid_token", body
     token = await relay.add_user(email="someone@example.com")
     status, body, _ = await call(relay, "GET", "/api/keys/current", bearer(token))
-    assert status == 401, body
+    assert status == 403 and body["error"]["code"] == "insufficient_scope", body
+    assert set(body["error"]) == {"code", "message", "retryable", "credential"}, body

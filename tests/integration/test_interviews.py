@@ -149,7 +149,8 @@ async def test_the_invite_opens_its_interviews_candidate_endpoints_and_nothing_e
         ("POST", "/api/keys"),
     ):
         status, body, _ = await call(relay, method, path, bearer(invite), json={})
-        assert status == 401, (method, path, body)
+        assert status == 403, (method, path, body)
+        assert body["error"]["code"] == "insufficient_scope", (method, path, body)
     # Another interview's session is as unknown to it as a made-up one.
     status, body, _ = await call(
         relay, "POST", "/api/realtime-session", bearer(invite_of(other)), json=NOTICE_CONFIRMED

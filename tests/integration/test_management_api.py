@@ -40,9 +40,9 @@ async def test_keys_open_what_their_scope_allows_until_revoked(make_relay: MakeR
     assert status == 200 and len(body["items"]) == 1
     status, body, _ = await call(relay, "POST", "/api/interviews", bearer(reader), json=SPEC)
     assert status == 403 and body["error"]["code"] == "insufficient_scope"
-    # Operator-only routes are not an API key's.
-    status, _, _ = await call(relay, "GET", "/api/stats", bearer(admin))
-    assert status == 401
+    # Operator-only routes are not an API key's: refused as a valid key (not a guess).
+    status, body, _ = await call(relay, "GET", "/api/stats", bearer(admin))
+    assert status == 403 and body["error"]["code"] == "insufficient_scope", body
 
     status, listed, _ = await call(relay, "GET", "/api/keys")
     assert status == 200 and [k["name"] for k in listed["items"]] == ["dashboard", "backend"]

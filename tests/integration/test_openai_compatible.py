@@ -229,10 +229,12 @@ async def test_errors_reach_the_sdk_as_its_own_exceptions_and_final_ones_are_not
             "recording_notice_shown",
         )
 
-    # The candidate's own credential does not open a call: the ek_ does.
-    with pytest.raises(openai.AuthenticationError) as not_a_secret:
+    # The candidate's own credential does not open a call: the ek_ does. It is valid, so
+    # no failed authentication: 403, saying which credential the call takes.
+    with pytest.raises(openai.PermissionDeniedError) as not_a_secret:
         await client.realtime.calls.create(sdp="v=0\r\n")
-    assert not_a_secret.value.code == "invalid_token"
+    assert not_a_secret.value.code == "insufficient_scope"
+    assert "POST /v1/realtime/client_secrets" in not_a_secret.value.message
 
     secret = await client.realtime.client_secrets.create(extra_body=NOTICE_CONFIRMED)
     caller = openai_client(relay, secret.value)
