@@ -151,7 +151,9 @@ class UserRows:
     async def find_user_by_email(self, email: str) -> UserRecord | None:
         async def op(conn: asyncpg.Connection) -> asyncpg.Record | None:
             return await conn.fetchrow(
-                "SELECT id, email, active, remaining_seconds FROM users WHERE email = $1", email
+                """SELECT id, email, active, remaining_seconds FROM users
+                   WHERE lower(email) = lower($1) ORDER BY id LIMIT 1""",
+                email,
             )
 
         row = await self._store.run("user_by_email", op)
@@ -232,7 +234,7 @@ class UserAdmin:
             return list(
                 await conn.fetch(
                     f"""SELECT {_DETAIL} FROM users u
-                        WHERE ($2::text IS NULL OR u.email = $2)
+                        WHERE ($2::text IS NULL OR lower(u.email) = lower($2))
                           AND ($3::boolean IS NULL OR u.active = $3)
                           AND ($4::timestamptz IS NULL OR (u.created_at, u.id) < ($4, $5))
                         ORDER BY u.created_at DESC, u.id DESC LIMIT $1""",
@@ -255,7 +257,11 @@ class UserAdmin:
 
     async def get_by_email(self, email: str) -> UserDetail | None:
         async def op(conn: asyncpg.Connection) -> asyncpg.Record | None:
-            return await conn.fetchrow(f"SELECT {_DETAIL} FROM users u WHERE u.email = $1", email)
+            return await conn.fetchrow(
+                f"""SELECT {_DETAIL} FROM users u WHERE lower(u.email) = lower($1)
+                    ORDER BY u.id LIMIT 1""",
+                email,
+            )
 
         row = await self._store.run("user_get_by_email", op)
         return _detail(row) if row is not None else None

@@ -21,7 +21,9 @@ async def revoke_user(store: Store, email: str) -> str | None:
     async def op(conn: asyncpg.Connection) -> str | None:
         async with conn.transaction():
             row = await conn.fetchrow(
-                """UPDATE users SET active = FALSE, revoked_at = now() WHERE email = $1
+                """UPDATE users SET active = FALSE, revoked_at = now()
+                   WHERE id = (SELECT id FROM users WHERE lower(email) = lower($1)
+                               ORDER BY id LIMIT 1)
                    RETURNING id, token_hash""",
                 email,
             )

@@ -138,14 +138,18 @@ class InterviewRows:
                 existing = await conn.fetchrow(_BY_ID, new.interview_id)
                 if existing is not None:  # an earlier attempt of this very call committed
                     return existing
+                # No target: an address already there in another case conflicts too
+                # (migration 012's index), and is the user found below.
                 await conn.execute(
                     """INSERT INTO users (email, token_hash, remaining_seconds)
-                       VALUES ($1, $2, 0) ON CONFLICT (email) DO NOTHING""",
+                       VALUES ($1, $2, 0) ON CONFLICT DO NOTHING""",
                     new.email,
                     new.user_token_hash,
                 )
                 user = await conn.fetchrow(
-                    "SELECT id, active FROM users WHERE email = $1", new.email
+                    """SELECT id, active FROM users WHERE lower(email) = lower($1)
+                       ORDER BY id LIMIT 1""",
+                    new.email,
                 )
                 assert user is not None
                 if not user["active"]:
@@ -200,7 +204,7 @@ class InterviewRows:
                 await conn.fetch(
                     f"""SELECT {_COLUMNS} FROM {_FROM}
                         WHERE ($2::text IS NULL OR i.status = $2)
-                          AND ($3::text IS NULL OR u.email = $3)
+                          AND ($3::text IS NULL OR lower(u.email) = lower($3))
                           AND ($4::bigint IS NULL OR i.user_id = $4)
                           AND ($5::timestamptz IS NULL OR i.created_at >= $5)
                           AND ($6::timestamptz IS NULL OR i.created_at < $6)

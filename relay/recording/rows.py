@@ -108,7 +108,7 @@ def _filters(first: int) -> str:
     n = [f"${first + i}" for i in range(5)]
     return f"""({n[0]}::text IS NULL OR s.interview_id = {n[0]})
         AND ({n[1]}::bigint IS NULL OR s.user_id = {n[1]})
-        AND ({n[2]}::text IS NULL OR u.email = {n[2]})
+        AND ({n[2]}::text IS NULL OR lower(u.email) = lower({n[2]}))
         AND ({n[3]}::timestamptz IS NULL OR r.created_at >= {n[3]})
         AND ({n[4]}::timestamptz IS NULL OR r.created_at < {n[4]})"""
 

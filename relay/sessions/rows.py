@@ -379,7 +379,7 @@ class SessionList:
                               s.recording_status
                        FROM interview_sessions s JOIN users u ON u.id = s.user_id
                        WHERE ($2::bigint IS NULL OR s.user_id = $2)
-                         AND ($3::text IS NULL OR u.email = $3)
+                         AND ($3::text IS NULL OR lower(u.email) = lower($3))
                          AND ($4::text IS NULL OR s.interview_id = $4)
                          AND ($5::text IS NULL OR s.state = $5)
                          AND ($6::timestamptz IS NULL OR s.created_at >= $6)

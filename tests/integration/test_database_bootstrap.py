@@ -11,9 +11,11 @@ from typing import Any
 import asyncpg
 import pytest
 
-from relay.db.migrate import MIGRATION_LOCK_ID
+from relay.admission.users import UserRows
+from relay.db.migrate import MIGRATION_LOCK_ID, migrate
+from relay.observability.metrics import MetricsRegistry
 from tests.integration.conftest import MakeRelay
-from tests.integration.relay_harness import RelayHarness
+from tests.integration.relay_harness import RelayHarness, migrated_store
 from tests.support.postgres import PostgresServer
 
 # Bounds the polling below; the bootstraps under test end within a few seconds.
@@ -148,3 +150,35 @@ async def test_a_database_that_stays_down_is_retried_a_bounded_number_of_times(
         "database bootstrap attempt 1/3",
         "database bootstrap attempt 2/3",
     ]
+
+
+async def test_a_database_with_one_address_in_two_cases_migrates_and_finds_the_oldest(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Users made before migration 012 may hold one address in two cases: it cannot take
+    the unique index, so it gets a plain one and says so, and lookups take the oldest."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await migrate(conn, timeout_s=30)
+        await conn.execute("DROP INDEX users_email_any_case")
+        await conn.execute("DELETE FROM schema_migrations WHERE version = 12")
+        for email, token in (("ana@example.test", "a" * 64), ("Ana@Example.test", "b" * 64)):
+            await conn.execute(
+                "INSERT INTO users (email, token_hash, remaining_seconds) VALUES ($1, $2, 9)",
+                email,
+                token,
+            )
+        warnings: list[str] = []
+        conn.add_log_listener(lambda _c, message: warnings.append(str(message)))
+        applied = await migrate(conn, timeout_s=30)
+        assert [m.version for m in applied] == [12]
+        assert any("1 e-mail addresses have users in more than one case" in w for w in warnings)
+        index = await conn.fetchval(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'users_email_any_case'"
+        )
+        assert "UNIQUE" not in index and "lower(email)" in index
+    finally:
+        await conn.close()
+    async with migrated_store(database_url, MetricsRegistry()) as store:
+        found = await UserRows(store).find_user_by_email("ANA@example.TEST")
+        assert found is not None and found.email == "ana@example.test"

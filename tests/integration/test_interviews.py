@@ -325,6 +325,29 @@ async def test_the_longest_instructions_fit_in_any_script(make_relay: MakeRelay)
     assert status == 413 and body["error"]["code"] == "body_too_large", body
 
 
+async def test_one_candidate_whatever_the_case_of_their_email(make_relay: MakeRelay) -> None:
+    """Ana@Example.TEST and ana@example.test are one person: one user, stored as first
+    written, found by either spelling in every list."""
+    relay = await make_relay()
+    first = await create_interview(relay, candidate={"email": "Ana@Example.TEST"})
+    second = await create_interview(relay, candidate={"email": "ana@example.test"})
+    assert first["candidate"]["user_id"] == second["candidate"]["user_id"]
+    assert second["candidate"]["email"] == "Ana@Example.TEST"
+    assert len(await relay.sql("SELECT id FROM users")) == 1
+    for path in ("/api/users", "/api/interviews", "/api/sessions", "/api/recordings"):
+        status, page, _ = await call(relay, "GET", f"{path}?email=ANA@example.Test")
+        assert status == 200, (path, page)
+        if path == "/api/users":
+            assert [u["id"] for u in page["items"]] == [first["candidate"]["user_id"]]
+        elif path == "/api/interviews":
+            assert {i["id"] for i in page["items"]} == {first["id"], second["id"]}
+    # The migration's index keeps a second spelling out whoever writes it.
+    users = await relay.sql(
+        "SELECT indexdef FROM pg_indexes WHERE indexname = 'users_email_any_case'"
+    )
+    assert "UNIQUE" in users[0]["indexdef"]
+
+
 async def test_lists_filter_and_page_with_cursors(make_relay: MakeRelay) -> None:
     relay = await make_relay()
     ids = [

@@ -73,6 +73,13 @@ async def test_import_creates_every_user_with_a_working_token(
     assert code == 1 and "b@example.test" in err and "nothing imported" in err
     assert not out2.exists()
     assert set(await _users(database_url)) == set(users)
+    # In another case, it is the same address, taken all the same.
+    again.write_text("email\nnew@example.test\nB@Example.TEST\n")
+    code, _, err = await run_relay(
+        "users", "import", "--file", str(again), "--tokens-out", str(out2), env=env, cwd=tmp_path
+    )
+    assert code == 1 and "B@Example.TEST" in err and "nothing imported" in err
+    assert set(await _users(database_url)) == set(users)
 
     # An existing tokens file is never overwritten.
     code, _, err = await run_relay(
