@@ -61,7 +61,9 @@ class InterviewCreate(BaseModel):
     )
     recording: bool = Field(default=True, description="Record its sessions.")
     metadata: Annotated[dict[str, Any], AfterValidator(_small_metadata)] = Field(
-        default_factory=dict, description=f"Yours, returned as given (≤ {METADATA_MAX_BYTES} B)."
+        default_factory=dict,
+        description=f"Yours, returned with the same keys and values (≤ {METADATA_MAX_BYTES} B; "
+        "as jsonb: key order is not kept).",
     )
     expires_at: UtcDatetime | None = Field(
         default=None,

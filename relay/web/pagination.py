@@ -28,9 +28,11 @@ T = TypeVar("T")
 
 
 class PageQuery(BaseModel):
-    """``limit`` and ``cursor``; lists add their filters to it."""
+    """``limit`` and ``cursor``; lists add their filters to it. A parameter the list does
+    not take is refused (400 ``invalid_parameter``): a misspelt filter (``?statuss=``) would
+    otherwise answer the whole unfiltered list as if it had been applied."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     limit: Annotated[int, Field(ge=1, le=MAX_LIMIT, description="Items per page.")] = DEFAULT_LIMIT
     cursor: Annotated[

@@ -325,6 +325,18 @@ async def test_the_longest_instructions_fit_in_any_script(make_relay: MakeRelay)
     assert status == 413 and body["error"]["code"] == "body_too_large", body
 
 
+async def test_a_misspelt_filter_is_refused_not_ignored(make_relay: MakeRelay) -> None:
+    relay = await make_relay()
+    await create_interview(relay)
+    for path in ("/api/interviews?statuss=completed", "/api/users?emial=a@b.c", "/api/keys?x=1"):
+        status, body, headers = await call(relay, "GET", path)
+        assert status == 400 and body["error"]["code"] == "invalid_parameter", (path, body)
+        assert body["error"]["errors"][0]["field"] == path.split("?")[1].split("=")[0]
+        assert body["request_id"] == headers["X-Request-ID"]
+    status, page, _ = await call(relay, "GET", "/api/interviews?status=scheduled&limit=5")
+    assert status == 200 and len(page["items"]) == 1, page
+
+
 async def test_one_candidate_whatever_the_case_of_their_email(make_relay: MakeRelay) -> None:
     """Ana@Example.TEST and ana@example.test are one person: one user, stored as first
     written, found by either spelling in every list."""
