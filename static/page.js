@@ -262,7 +262,10 @@ function init() {
     e.preventDefault();
     e.returnValue = ""; // older browsers ask only when this is set
   });
-  window.addEventListener("pagehide", () => interview.save());
+  window.addEventListener("pagehide", (e) => {
+    interview.save();
+    if (!e.persisted) interview.leave(); // tells the relay now, not ~30 s later
+  });
   // A link opened in this tab while the page is already there changes only the fragment
   // (no new page load): take its credential and start afresh, unless an interview runs.
   window.addEventListener("hashchange", () => {

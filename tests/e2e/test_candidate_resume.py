@@ -225,3 +225,34 @@ async def test_a_resume_whose_answer_was_lost_is_recovered_with_its_idempotency_
     assert simulator.state.last_call is call and not call.hung_up
     segments = len(call.vad_segments)
     await simulator.state.wait_for(lambda: len(call.vad_segments) > segments, TURN_S)
+
+
+# A page the candidate closes is noticed by the relay at once (the page closes its
+# connection on pagehide: Chromium sends SCTP ABORT and DTLS close_notify), not after ICE
+# consent fails (about 30 s) as for a network that just vanishes.
+CLOSED_PAGE_NOTICED_S = 5
+
+
+async def test_a_closed_page_is_noticed_by_the_relay_at_once(
+    make_relay: MakeRelay, simulator: RunningSimulator, page: Page
+) -> None:
+    relay = await make_relay()
+    session_id = await start_interview(page, relay)
+    bridge = relay.services.bridges.get(session_id)
+    assert bridge is not None
+    # The candidate closes the tab and confirms the browser's "Leave site?": Chromium runs
+    # beforeunload, then pagehide, as for a tab closed by hand. (A plain page.close() skips
+    # beforeunload but runs pagehide too: without the page's close on pagehide, either way
+    # the relay noticed the leg lost only after about 32 s, when ICE consent failed.)
+    page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    closed = asyncio.Event()
+    page.on("close", lambda _: closed.set())
+    await page.close(run_before_unload=True)
+    await asyncio.wait_for(closed.wait(), CONNECT_S)
+    gone = time.monotonic()
+    await wait_until(
+        lambda: bridge.state == "browser_lost", CLOSED_PAGE_NOTICED_S, "the browser leg lost"
+    )
+    print(f"the relay noticed the closed page after {time.monotonic() - gone:.2f} s")
+    # Lost, not ended: the session waits for a resume within the grace, as after a reload.
+    assert relay.services.registry.get(session_id) is not None
