@@ -23,7 +23,12 @@ export function showScreen(name) {
   const preflight = name === "preflight";
   $("check").hidden = !preflight;
   $("start").hidden = !preflight;
-  $("transcript-section").hidden = preflight;
+  // On the end screen only with something in it: after a reload the transcript is gone (it
+  // is not kept), and a bare heading reads as if it were lost. In the call it is there from
+  // the start, empty: a live region already rendered when its first line arrives is read
+  // out; one shown together with it may not be.
+  const transcriptEmpty = !$("transcript").querySelector("li:not([hidden])");
+  $("transcript-section").hidden = preflight || (name === "ended" && transcriptEmpty);
   $("connection").hidden = preflight;
   document.body.dataset.screen = name;
 }
@@ -35,7 +40,12 @@ export function setConnection(state, detail) {
   el.textContent = detail ? `${CONNECTION_TEXT[state]} ${detail}` : CONNECTION_TEXT[state];
 }
 
-export function setStatus(text) { $("status").textContent = text; }
+// The same text again is left alone: a live region whose text is replaced, even by the
+// same words, may be read out again (a wait that says the same thing every few seconds).
+export function setStatus(text) {
+  const el = $("status");
+  if (el.textContent !== text) el.textContent = text;
+}
 
 export function showError(text) {
   const el = $("error");

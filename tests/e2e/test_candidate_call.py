@@ -190,8 +190,11 @@ async def test_an_interview_ended_by_the_relay_shows_the_end_screen_at_once(
     print(f"end screen {shown_after * 1000:.0f} ms after the operator's DELETE")
     await expect(page.get_by_role("button", name="Start interview")).to_have_count(0)
 
-    # A reload shows the same end, not a new Start.
+    # A reload shows the same end, not a new Start, and no empty "Transcript" (the
+    # transcript is not kept across a reload).
     await page.reload()
     await expect(ended).to_be_visible()
     await expect(page.locator("#start")).to_be_hidden()
+    await expect(page.locator("#transcript-section")).to_be_hidden()
+    assert await page.locator("#transcript li").count() == 0
     assert await page.evaluate("sessionStorage.getItem('interviewSession')") is None
