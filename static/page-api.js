@@ -78,19 +78,47 @@ export async function once(token, method, path, body, options = {}) {
   }
 }
 
-// Retry retryable failures with Retry-After (or exponential backoff); `onWait(text)` tells
-// the candidate what is going on, once a second.
+// How long a refusal with one of these codes is waited out, in seconds of waiting, instead
+// of MAX_ATTEMPTS attempts: the answer changes only when something else ends.
+// credit_in_use: the candidate's time is held by another session of theirs, typically the
+// interview still open in another tab (or one closed a moment ago). A closed page tells the
+// relay at once (page.js, on pagehide), but a crashed browser or a lost network is noticed
+// only when ICE consent fails (about 30 s), and then the relay keeps the session for a
+// resume for session.reconnect_grace_s (30 s by default): 90 s covers both with room for
+// the requests themselves. A relay configured with a longer grace outlasts it: the
+// candidate presses Start again.
+export const WAIT_BOUND_S = { credit_in_use: 90 };
+
+// Retry retryable failures with Retry-After (or exponential backoff), MAX_ATTEMPTS in all,
+// or for up to WAIT_BOUND_S for the codes there. `onWait(text)` tells the candidate what is
+// going on: the countdown once a second, then that the retry is under way (a request may
+// take a while to answer). A wait bounded by time says its message once, without a
+// countdown: a status line that changed every second for a minute and a half would be
+// read out every second.
 export async function withRetries(label, fn, onWait) {
-  for (let attempt = 1; ; attempt++) {
+  let waitedS = 0; // waiting for the codes of WAIT_BOUND_S
+  for (let attempt = 1; ; ) {
     try {
       return await fn();
     } catch (err) {
-      if (!(err instanceof ApiFailure) || !err.retryable || attempt >= MAX_ATTEMPTS) throw err;
-      const waitS = err.retryAfter || Math.min(8, 2 ** attempt);
+      if (!(err instanceof ApiFailure) || !err.retryable) throw err;
+      const bound = WAIT_BOUND_S[err.code];
+      if (bound !== undefined) {
+        const waitS = err.retryAfter || 5;
+        if (waitedS + waitS > bound) throw err;
+        onWait(err.message);
+        await sleep(waitS * 1000);
+        waitedS += waitS;
+        continue;
+      }
+      if (attempt >= MAX_ATTEMPTS) throw err;
+      attempt++;
+      const waitS = err.retryAfter || Math.min(8, 2 ** (attempt - 1));
       for (let left = waitS; left > 0; left--) {
-        onWait(`${err.message} Retrying ${label} in ${left} s (attempt ${attempt + 1} of ${MAX_ATTEMPTS})…`);
+        onWait(`${err.message} Retrying ${label} in ${left} s (attempt ${attempt} of ${MAX_ATTEMPTS})…`);
         await sleep(1000);
       }
+      onWait(`Trying again (attempt ${attempt} of ${MAX_ATTEMPTS})…`);
     }
   }
 }

@@ -9,6 +9,11 @@ export const API_MESSAGES = {
   insufficient_scope: "This is not an interview token. Check the link or token you were given.",
   user_inactive: "This account is not active. Please contact the recruiter.",
   no_credit: "No interview time is left on this account.",
+  // Waited out (page-api.js WAIT_BOUND_S): the time is held by another session of the same
+  // candidate, typically this interview open in another tab or window.
+  credit_in_use:
+    "This interview is already open in another tab or window. Close it there, or wait: it " +
+    "starts here once that one has ended.",
   interview_closed:
     "This interview is no longer open (it is finished, expired or cancelled). If that seems " +
     "wrong, contact whoever sent you the link.",
@@ -25,6 +30,11 @@ export const API_MESSAGES = {
   invalid_offer: "Your browser's audio setup was not accepted.",
   recording_notice_required: "Please read the recording notice above, then press Start again.",
 };
+
+// credit_in_use still, once the page has stopped waiting for the other session to end.
+export const CREDIT_STILL_IN_USE =
+  "This interview is still open in another tab or window. Close it there, then press Start " +
+  "again.";
 
 // The link carried a credential that the relay refused: there is no field to type another
 // one into, so say where a good one comes from.

@@ -6,12 +6,13 @@
 // lost connection (or a reload) resumes through POST /api/sessions/{id}/resume
 // (page-interview.js). Retryable errors (429/502/503/504 with retryable=true) are retried
 // automatically, honouring Retry-After, a bounded number of times, with a clear message
-// meanwhile.
+// meanwhile; 409 credit_in_use (the interview open in another tab) is waited out for up to
+// 90 s (page-api.js WAIT_BOUND_S).
 
 import { ApiFailure } from "./page-api.js";
 import { Interview } from "./page-interview.js";
 import {
-  API_MESSAGES, LINK_REFUSED, endMessage, microphoneProblem,
+  API_MESSAGES, CREDIT_STILL_IN_USE, LINK_REFUSED, endMessage, microphoneProblem,
 } from "./page-messages.js";
 import {
   LevelMeter, Microphone, microphonePermission, microphoneUnavailable,
@@ -221,7 +222,11 @@ async function start() {
   } catch (err) {
     const refusedLink = page.fromLink && err instanceof ApiFailure && err.status === 401;
     const ref = err.requestId ? ` (reference ${err.requestId})` : "";
-    view.showError(refusedLink ? `${LINK_REFUSED}${ref}` : `${err.message}${ref}`);
+    let text = err.message;
+    if (refusedLink) text = LINK_REFUSED;
+    // The page waited as long as it does for the other session: it waits no more.
+    else if (err instanceof ApiFailure && err.code === "credit_in_use") text = CREDIT_STILL_IN_USE;
+    view.showError(`${text}${ref}`);
     view.setStatus("Not connected.");
     $("stop").disabled = true;
     $("mute").disabled = true;

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 import asyncpg
-from playwright.async_api import Page, Response, Route, expect
+from playwright.async_api import Browser, Page, Response, Route, expect
 
 from relay.upstream.simulator.server import RunningSimulator
 from tests.integration.conftest import MakeRelay
@@ -20,6 +20,10 @@ from tests.integration.relay_harness import RelayHarness
 
 INVALID_TOKEN_MESSAGE = "This token is not valid. Check the link or token you were given."
 LINK_REFUSED_MESSAGE = "This interview link is not valid (or no longer valid)."
+CREDIT_IN_USE_MESSAGE = (
+    "This interview is already open in another tab or window. Close it there, or wait: it "
+    "starts here once that one has ended."
+)
 # Bounds for a loaded machine; a healthy run needs a fraction of each.
 CONNECT_S = 10
 TURN_S = 15
@@ -332,3 +336,103 @@ async def test_a_401_is_not_retried(
     await expect(page.locator("#status")).to_have_text("Not connected.")
     assert len(requests) == 1
     assert "Retrying" not in await page.locator("#status").inner_text()
+
+
+async def test_a_retry_under_way_says_so(
+    make_relay: MakeRelay, simulator: RunningSimulator, page: Page
+) -> None:
+    relay = await make_relay()
+    token = await relay.add_user(seconds=600)
+    release = asyncio.Event()
+    requests: list[str] = []
+
+    async def busy_then_slow(route: Route) -> None:
+        # The first start is shed (as by an overloaded relay); the retry is held, as a slow
+        # answer would be, until the page's status has been read.
+        requests.append(route.request.url)
+        if len(requests) == 1:
+            await route.fulfill(
+                status=503,
+                headers={"Retry-After": "1"},
+                json={"error": {"code": "overloaded", "message": "busy", "retryable": True}},
+            )
+            return
+        await release.wait()
+        await route.continue_()
+
+    await page.route("**/api/realtime-session", busy_then_slow)
+    await page.goto(str(relay.client.make_url(f"/?token={token}")))
+    await page.click("#start")
+    status = page.locator("#status")
+    await expect(status).to_contain_text("Retrying the session in 1 s (attempt 2 of 4)")
+    # While the retry is in flight the countdown is not left on screen at "1 s".
+    await expect(status).to_have_text("Trying again (attempt 2 of 4)…", timeout=CONNECT_S * 1000)
+    assert len(requests) == 2
+    release.set()
+    await expect(page.locator("#connection")).to_have_text("Live", timeout=CONNECT_S * 1000)
+    await page.click("#stop")
+    await expect(page.locator("#status")).to_have_text("Interview ended.")
+
+
+# The relay's Retry-After for credit_in_use (relay/sessions/registry.py).
+CREDIT_IN_USE_RETRY_S = 5
+# Refusals waited out before the other page ends: more than the four attempts other
+# retryable errors get, so the page is seen to wait longer for this one.
+CREDIT_IN_USE_REFUSALS = 5
+
+
+async def test_the_interview_open_in_another_tab_starts_here_once_that_one_ends(
+    make_relay: MakeRelay, simulator: RunningSimulator, page: Page, browser: Browser
+) -> None:
+    relay = await make_relay()
+    token = await relay.add_user(seconds=600)
+    link = str(relay.client.make_url("/")) + f"#token={token}"
+    await page.goto(link)
+    await page.click("#start")
+    await expect(page.locator("#connection")).to_have_text("Live", timeout=CONNECT_S * 1000)
+
+    # The same link in another window: the time is held by the first page's session.
+    other_context = await browser.new_context()
+    try:
+        other = await other_context.new_page()
+        answers: list[tuple[float, int, str | None, str | None]] = []
+
+        async def on_response(response: Response) -> None:
+            if response.url.endswith("/api/realtime-session"):
+                code = (await response.json()).get("error", {}).get("code")
+                answers.append(
+                    (time.monotonic(), response.status, code, response.headers.get("retry-after"))
+                )
+
+        other.on("response", on_response)
+        await other.goto(link)
+        await other.click("#start")
+        await expect(other.locator("#status")).to_have_text(CREDIT_IN_USE_MESSAGE)
+        await expect(other.locator("#error")).to_be_hidden()
+        await wait_until(
+            lambda: len(answers) >= CREDIT_IN_USE_REFUSALS,
+            CREDIT_IN_USE_REFUSALS * CREDIT_IN_USE_RETRY_S + CONNECT_S,
+            "the refusals while the first page is live",
+        )
+        # Still waiting, still saying why.
+        await expect(other.locator("#status")).to_have_text(CREDIT_IN_USE_MESSAGE)
+        await expect(other.locator("#error")).to_be_hidden()
+        await expect(other.locator("#start")).to_be_disabled()
+
+        # The first page ends its interview: the second starts at its next attempt.
+        await page.click("#stop")
+        await expect(page.locator("#ended")).to_be_visible()
+        await expect(other.locator("#connection")).to_have_text(
+            "Live", timeout=(CREDIT_IN_USE_RETRY_S + CONNECT_S) * 1000
+        )
+        await wait_until(lambda: answers[-1][1] == 201, CONNECT_S, "the 201 noted")
+        refused = answers[:-1]
+        assert len(refused) >= CREDIT_IN_USE_REFUSALS, answers
+        assert all(a[1:] == (409, "credit_in_use", str(CREDIT_IN_USE_RETRY_S)) for a in refused)
+        # Retry-After honoured.
+        for (t_prev, *_), (t_next, *_) in itertools.pairwise(answers):
+            assert t_next - t_prev >= CREDIT_IN_USE_RETRY_S - 0.25, answers
+        await other.click("#stop")
+        await expect(other.locator("#status")).to_have_text("Interview ended.")
+    finally:
+        await other_context.close()
