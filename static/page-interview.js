@@ -13,7 +13,7 @@
 
 import { api, ApiFailure, once, sleep, withRetries } from "./page-api.js";
 import { Call } from "./page-call.js";
-import { endMessage } from "./page-messages.js";
+import { SERVICE_HICCUP, endMessage } from "./page-messages.js";
 import { store } from "./page-storage.js";
 import * as view from "./page-view.js";
 
@@ -439,10 +439,17 @@ export class Interview {
         break;
       case "error": {
         const code = event.error && event.error.code;
-        // Not the candidate's concern: a refused browser event, or a cancel that raced the end.
-        if (code !== "event_not_allowed" && code !== "response_cancel_not_active") {
-          view.showError((event.error && event.error.message) || "Error.");
-        }
+        // Not the candidate's concern at all: a refused browser event, or a cancel that
+        // raced the end.
+        if (code === "event_not_allowed" || code === "response_cancel_not_active") break;
+        // Anything else the service reports ("Item with item_id not found: item_0", an event
+        // it could not take…) is nothing the candidate can act on, and the interview mostly
+        // goes on: no alert (role=alert, left on screen, would say something went wrong for
+        // the rest of the interview), but a calm word in the status line, which the next
+        // turn replaces. What it was goes to the console, for whoever helps the candidate.
+        // An error that ends the interview arrives as relay.session.ending, with its reason.
+        console.warn(`interviewer service error ${code || ""}: ${event.error && event.error.message}`);
+        view.setStatus(SERVICE_HICCUP);
         break;
       }
       default:

@@ -36,6 +36,11 @@ export const CREDIT_STILL_IN_USE =
   "This interview is still open in another tab or window. Close it there, then press Start " +
   "again.";
 
+// The status line after an error event from the interviewer's service during the interview
+// (page-interview.js): nothing the candidate can act on but repeating themselves.
+export const SERVICE_HICCUP =
+  "The interviewer had a brief problem. If you get no answer, say it again.";
+
 // The link carried a credential that the relay refused: there is no field to type another
 // one into, so say where a good one comes from.
 export const LINK_REFUSED =

@@ -198,3 +198,53 @@ async def test_an_interview_ended_by_the_relay_shows_the_end_screen_at_once(
     await expect(page.locator("#transcript-section")).to_be_hidden()
     assert await page.locator("#transcript li").count() == 0
     assert await page.evaluate("sessionStorage.getItem('interviewSession')") is None
+
+
+# The page's events channel, kept where a test can send on it (what a page of another
+# version, or a race, might send).
+KEEP_CHANNEL = """
+const create = RTCPeerConnection.prototype.createDataChannel;
+RTCPeerConnection.prototype.createDataChannel = function (...args) {
+    window.eventsChannel = create.apply(this, args);
+    return window.eventsChannel;
+};
+"""
+SERVICE_HICCUP = "The interviewer had a brief problem. If you get no answer, say it again."
+
+
+async def test_a_service_error_is_a_calm_status_not_an_alert_left_on_screen(
+    make_relay: MakeRelay, simulator: RunningSimulator, page: Page
+) -> None:
+    relay = await make_relay()
+    errors = collect_page_errors(page)
+    await page.add_init_script(KEEP_CHANNEL)
+    await page.add_init_script(
+        """window.statusTexts = [];
+        document.addEventListener("DOMContentLoaded", () => {
+            const status = document.getElementById("status");
+            new MutationObserver(() => window.statusTexts.push(status.textContent.trim()))
+                .observe(status, { childList: true, characterData: true, subtree: true });
+        });"""
+    )
+    await start_interview(page, relay)
+    call = simulator.state.last_call
+    assert call is not None
+    # An item the service does not know: it answers with an error event
+    # ("Item with item_id not found: item_gone").
+    await page.evaluate(
+        """() => window.eventsChannel.send(JSON.stringify(
+            { type: "conversation.item.retrieve", item_id: "item_gone" }))"""
+    )
+    await page.wait_for_function(
+        "(text) => window.statusTexts.includes(text)", arg=SERVICE_HICCUP, timeout=CONNECT_S * 1000
+    )
+    await expect(page.locator("#error")).to_be_hidden()
+    # The interview goes on, and the next turn's status replaces the word.
+    segments = len(call.vad_segments)
+    await simulator.state.wait_for(lambda: len(call.vad_segments) > segments, TURN_S)
+    await expect(page.locator("#status")).not_to_have_text(SERVICE_HICCUP, timeout=TURN_S * 1000)
+    await expect(page.locator("#connection")).to_have_text("Live")
+    await expect(page.locator("#error")).to_be_hidden()
+    await page.click("#stop")
+    await expect(page.locator("#ended")).to_be_visible()
+    assert errors == []
