@@ -49,6 +49,10 @@ def iso_utc(value: datetime) -> str:
     return utc(value).isoformat().replace("+00:00", "Z")
 
 
+def iso_utc_or_none(value: datetime | None) -> str | None:
+    return None if value is None else iso_utc(value)
+
+
 Text = Annotated[str, AfterValidator(storable_text)]
 UtcDatetime = Annotated[datetime, AfterValidator(utc)]
 # An e-mail address as the relay keys users by it: one @, no spaces, of a sane length.

@@ -344,12 +344,13 @@ export class Interview {
   // browser keeps in its back/forward cache): close the connection now, while the page can
   // still send. Chromium then sends SCTP ABORT and DTLS close_notify, and the relay knows
   // the leg is lost at once; a tab closed without that is noticed only when ICE consent
-  // fails, about 30 s later, and a reopened link is refused credit_in_use meanwhile. The
+  // fails, about 30 s later, and a reopened link is refused credit_in_use for that long on
+  // top of the grace. The
   // session stays saved: to the relay a closed leg is a lost one, kept for its grace, so
   // a reload still rejoins it.
   leave() {
-    if (!this.holdsPage || !this.call) return;
     this.save();
+    if (!this.holdsPage || !this.call) return;
     const call = this.call;
     this.call = null;
     call.close();

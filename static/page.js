@@ -224,7 +224,8 @@ async function start() {
     const ref = err.requestId ? ` (reference ${err.requestId})` : "";
     let text = err.message;
     if (refusedLink) text = LINK_REFUSED;
-    // The page waited as long as it does for the other session: it waits no more.
+    // Refused after the page's wait for the other session (or at the exchange, when two
+    // pages pressed Start together, which is not waited out): the candidate decides.
     else if (err instanceof ApiFailure && err.code === "credit_in_use") text = CREDIT_STILL_IN_USE;
     view.showError(`${text}${ref}`);
     view.setStatus("Not connected.");
@@ -268,8 +269,9 @@ function init() {
     e.returnValue = ""; // older browsers ask only when this is set
   });
   window.addEventListener("pagehide", (e) => {
-    interview.save();
-    if (!e.persisted) interview.leave(); // tells the relay now, not ~30 s later
+    // leave() saves too; a page kept in the back/forward cache only saves.
+    if (e.persisted) interview.save();
+    else interview.leave(); // tells the relay now, not ~30 s later
   });
   // A link opened in this tab while the page is already there changes only the fragment
   // (no new page load): take its credential and start afresh, unless an interview runs.

@@ -49,10 +49,12 @@ def parse_users_csv(text: str, default_seconds: int) -> list[NewUser]:
         if "@" not in email or any(c.isspace() for c in email):
             problems.append(f"line {line}: {email!r} is not an email address")
             continue
-        if email in first_line:
-            problems.append(f"line {line}: {email} already on line {first_line[email]}")
+        # One address in any case (migration 012): Ana@x.test repeats ana@x.test.
+        key = email.lower()
+        if key in first_line:
+            problems.append(f"line {line}: {email} already on line {first_line[key]}")
             continue
-        first_line[email] = line
+        first_line[key] = line
         seconds = default_seconds
         if raw_seconds:
             try:

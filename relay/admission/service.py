@@ -155,9 +155,10 @@ class Admission:
         user, grant = found
         return Caller(user, token_hash, interview=grant)
 
-    def check_policy(self, caller: Caller) -> None:
-        """Active, has credit, within the request rate. Raises 403/429."""
-        self.check_standing(caller)
+    def check_rate(self, caller: Caller) -> None:
+        """Within the per-user request rate (429 otherwise); the last check of a start, so
+        that a start refused for another reason first (``check_standing``, credit held by a
+        running session, which a page waits out every few seconds) spends none of it."""
         wait = self._limiter.acquire(caller.user.id)
         if wait is not None:
             self._outcomes.inc(outcome="rate_limited")

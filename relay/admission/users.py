@@ -77,22 +77,33 @@ class UserRows:
     ) -> UserRecord:
         """Insert a user. With ``replace``, an existing user of that email gets this token,
         these seconds and is re-activated instead (the demo user on every start)."""
-        conflict = (
-            """ON CONFLICT (email) DO UPDATE SET token_hash = EXCLUDED.token_hash,
-                   remaining_seconds = EXCLUDED.remaining_seconds, active = TRUE,
-                   revoked_at = NULL"""
-            if replace
-            else "ON CONFLICT DO NOTHING"
-        )
 
         async def op(conn: asyncpg.Connection) -> asyncpg.Record:
-            row: asyncpg.Record | None = await conn.fetchrow(
-                f"""INSERT INTO users (email, token_hash, remaining_seconds) VALUES ($1, $2, $3)
-                    {conflict} RETURNING id, email, active, remaining_seconds""",
-                email,
-                token_hash,
-                seconds,
-            )
+            row: asyncpg.Record | None = None
+            if replace:
+                # The user of this address in any case (migration 012), this spelling first:
+                # an upsert on the email column would miss another spelling and then fail on
+                # the lower(email) index.
+                row = await conn.fetchrow(
+                    """UPDATE users SET token_hash = $2, remaining_seconds = $3, active = TRUE,
+                           revoked_at = NULL
+                       WHERE id = (SELECT id FROM users WHERE lower(email) = lower($1)
+                                   ORDER BY email = $1 DESC, id LIMIT 1)
+                       RETURNING id, email, active, remaining_seconds""",
+                    email,
+                    token_hash,
+                    seconds,
+                )
+            if row is None:
+                # No conflict target: another spelling of the address conflicts too.
+                row = await conn.fetchrow(
+                    """INSERT INTO users (email, token_hash, remaining_seconds)
+                       VALUES ($1, $2, $3) ON CONFLICT DO NOTHING
+                       RETURNING id, email, active, remaining_seconds""",
+                    email,
+                    token_hash,
+                    seconds,
+                )
             if row is not None:
                 return row
             # Nothing inserted. A retry whose first attempt committed finds its own row
@@ -152,7 +163,7 @@ class UserRows:
         async def op(conn: asyncpg.Connection) -> asyncpg.Record | None:
             return await conn.fetchrow(
                 """SELECT id, email, active, remaining_seconds FROM users
-                   WHERE lower(email) = lower($1) ORDER BY id LIMIT 1""",
+                   WHERE lower(email) = lower($1) ORDER BY email = $1 DESC, id LIMIT 1""",
                 email,
             )
 
@@ -259,7 +270,7 @@ class UserAdmin:
         async def op(conn: asyncpg.Connection) -> asyncpg.Record | None:
             return await conn.fetchrow(
                 f"""SELECT {_DETAIL} FROM users u WHERE lower(u.email) = lower($1)
-                    ORDER BY u.id LIMIT 1""",
+                    ORDER BY u.email = $1 DESC, u.id LIMIT 1""",
                 email,
             )
 

@@ -23,7 +23,7 @@ async def revoke_user(store: Store, email: str) -> str | None:
             row = await conn.fetchrow(
                 """UPDATE users SET active = FALSE, revoked_at = now()
                    WHERE id = (SELECT id FROM users WHERE lower(email) = lower($1)
-                               ORDER BY id LIMIT 1)
+                               ORDER BY email = $1 DESC, id LIMIT 1)
                    RETURNING id, token_hash""",
                 email,
             )

@@ -138,19 +138,21 @@ class InterviewRows:
                 existing = await conn.fetchrow(_BY_ID, new.interview_id)
                 if existing is not None:  # an earlier attempt of this very call committed
                     return existing
-                # No target: an address already there in another case conflicts too
-                # (migration 012's index), and is the user found below.
-                await conn.execute(
-                    """INSERT INTO users (email, token_hash, remaining_seconds)
-                       VALUES ($1, $2, 0) ON CONFLICT DO NOTHING""",
-                    new.email,
-                    new.user_token_hash,
-                )
-                user = await conn.fetchrow(
-                    """SELECT id, active FROM users WHERE lower(email) = lower($1)
-                       ORDER BY id LIMIT 1""",
-                    new.email,
-                )
+                # The candidate in any case of the address (migration 012), this spelling
+                # first; created only when there is none. The insert takes no conflict
+                # target: another spelling written meanwhile conflicts on the lower(email)
+                # index too, and is then found by the second look.
+                find = """SELECT id, active FROM users WHERE lower(email) = lower($1)
+                          ORDER BY email = $1 DESC, id LIMIT 1"""
+                user = await conn.fetchrow(find, new.email)
+                if user is None:
+                    await conn.execute(
+                        """INSERT INTO users (email, token_hash, remaining_seconds)
+                           VALUES ($1, $2, 0) ON CONFLICT DO NOTHING""",
+                        new.email,
+                        new.user_token_hash,
+                    )
+                    user = await conn.fetchrow(find, new.email)
                 assert user is not None
                 if not user["active"]:
                     raise CandidateInactive(new.email)

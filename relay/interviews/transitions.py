@@ -21,14 +21,10 @@ from typing import Any
 import asyncpg
 
 from relay.admission.invites import USED_SECONDS_SQL
-from relay.fields import iso_utc
+from relay.fields import iso_utc, iso_utc_or_none
 from relay.webhooks.outbox import enqueue
 
 LIVE_SESSION_STATES = ("pending", "connecting", "active")
-
-
-def _iso(value: datetime | None) -> str | None:
-    return iso_utc(value) if value is not None else None
 
 
 async def session_started(conn: asyncpg.Connection, interview_id: str, session_id: str) -> None:
@@ -42,7 +38,7 @@ async def session_started(conn: asyncpg.Connection, interview_id: str, session_i
         data = {
             "interview_id": interview_id,
             "session_id": session_id,
-            "started_at": _iso(started_at),
+            "started_at": iso_utc_or_none(started_at),
         }
         await enqueue(conn, "interview.started", interview_id=interview_id, data=data)
 
@@ -91,7 +87,7 @@ async def complete(conn: asyncpg.Connection, interview_id: str, reason: str) -> 
         "interview_id": interview_id,
         "duration_s": round(float(row["duration_s"]), 1),
         "end_reason": reason,
-        "ended_at": _iso(row["ended_at"]),
+        "ended_at": iso_utc_or_none(row["ended_at"]),
     }
     await enqueue(conn, "interview.completed", interview_id=interview_id, data=data)
 
@@ -110,6 +106,6 @@ async def close(
     )
     if ended_at is None:
         return None
-    data = {"interview_id": interview_id, "end_reason": reason, "ended_at": _iso(ended_at)}
+    data = {"interview_id": interview_id, "end_reason": reason, "ended_at": iso_utc(ended_at)}
     await enqueue(conn, f"interview.{status}", interview_id=interview_id, data=data | extra)
     return ended_at

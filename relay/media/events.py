@@ -522,7 +522,10 @@ class EventRelay:
         )
 
     def _reply(self, error: dict[str, Any]) -> None:
-        """The relay's own answer to a page's event (an error), sent at once."""
+        """The relay's own answer to a page's event (an error), sent at once; none after
+        the ending, the page's last event."""
+        if self._browser_ended:
+            return
         channel = self.browser
         if channel is not None and channel.readyState == "open":
             # Bounded like every event to the browser: replies to a stalled page are dropped.

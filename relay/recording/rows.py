@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 
 from relay.db import Store
-from relay.fields import iso_utc
+from relay.fields import iso_utc_or_none
 from relay.webhooks.outbox import enqueue
 
 STATUSES = ("recording", "rendering", "ready", "failed", "deleted")
@@ -29,10 +29,6 @@ _COLUMNS = """r.id, r.session_id, r.status, r.status_reason, r.format, r.storage
 # Every recording with its session and candidate (who, and for which interview).
 _FROM = """recordings r JOIN interview_sessions s ON s.id = r.session_id
     JOIN users u ON u.id = s.user_id"""
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else iso_utc(value)
 
 
 def _json(value: Any) -> Any:
@@ -65,9 +61,9 @@ def to_json(row: asyncpg.Record) -> dict[str, Any]:
         # browser's absences kept as silence.
         "part": row["part"],
         "disconnections": manifest.get("disconnections"),
-        "created_at": _iso(row["created_at"]),
-        "finished_at": _iso(row["finished_at"]),
-        "deleted_at": _iso(row["deleted_at"]),
+        "created_at": iso_utc_or_none(row["created_at"]),
+        "finished_at": iso_utc_or_none(row["finished_at"]),
+        "deleted_at": iso_utc_or_none(row["deleted_at"]),
     }
 
 
@@ -328,7 +324,7 @@ class RecordingRows:
                         "id": r["id"],
                         "session_id": r["session_id"],
                         "reason": r["status_reason"],
-                        "at": _iso(r["updated_at"]),
+                        "at": iso_utc_or_none(r["updated_at"]),
                     }
                     for r in failures
                 ],

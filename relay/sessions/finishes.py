@@ -118,7 +118,9 @@ class FinishQueue:
             written = True
         except DatabaseUnavailable as exc:
             self._failures.inc()
-            log.error("could not close session %s yet (%s); will retry", finish.session_id, exc)
+            # An outage, retried by housekeeping until it lands: a warning per attempt, not
+            # an error (nor an error-tracking event per session and round).
+            log.warning("could not close session %s yet (%s); will retry", finish.session_id, exc)
         except Exception:
             # Not only an outage: whatever the database (or the driver) raised, the
             # registry has let the session go already, so the finish must not be lost.

@@ -18,7 +18,7 @@ import asyncpg
 
 from relay.config import SessionConfig
 from relay.db import Store
-from relay.fields import iso_utc
+from relay.fields import iso_utc_or_none
 from relay.interviews import transitions
 
 SessionState = Literal["pending", "connecting", "active", "ended", "failed"]
@@ -58,18 +58,15 @@ class SessionRecord:
     interview_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        def iso(value: datetime | None) -> str | None:
-            return iso_utc(value) if value else None
-
         return {
             "session_id": self.id,
             "state": self.state,
             "model": self.model,
             "dialect": self.dialect,
-            "created_at": iso(self.created_at),
-            "expires_at": iso(self.expires_at),
-            "connected_at": iso(self.connected_at),
-            "ended_at": iso(self.ended_at),
+            "created_at": iso_utc_or_none(self.created_at),
+            "expires_at": iso_utc_or_none(self.expires_at),
+            "connected_at": iso_utc_or_none(self.connected_at),
+            "ended_at": iso_utc_or_none(self.ended_at),
             "end_reason": self.end_reason,
             "duration_seconds": self.duration_seconds,
             "debited_seconds": self.debited_seconds,

@@ -189,7 +189,7 @@ class SessionService:
 
     async def create(self, caller: Caller) -> SessionEntry:
         self.refuse_if_draining()
-        self._admission.check_policy(caller)
+        self._admission.check_standing(caller)
         settings = self._settings
         grant = caller.interview
         interview_id = grant.id if grant is not None else None
@@ -200,6 +200,9 @@ class SessionService:
         )
         if available < settings.limits.min_remaining_seconds:
             raise credit_refused(caller.credit_s, settings.limits.min_remaining_seconds)
+        # After the credit: a page waiting out credit_in_use (every Retry-After) must not
+        # run into the rate limit meant for a page that starts sessions in a loop.
+        self._admission.check_rate(caller)
         # A reloaded page: its earlier, never-exchanged session gives way to this one.
         # Their rows are closed by an owned task, queued as unwritten finishes before any
         # await (so housekeeping lands them even if this request is cancelled or the

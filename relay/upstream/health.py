@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from relay.config import UpstreamConfig
+from relay.fields import iso_utc
 from relay.observability.metrics import MetricsRegistry
 from relay.upstream.base import (
     MintedSession,
@@ -109,13 +110,13 @@ class UpstreamHealth:
             body["last"] = {
                 "stage": last.stage,
                 "outcome": last.outcome,
-                "at": last.at.isoformat(),
+                "at": iso_utc(last.at),
             }
             if operator:
                 body["last"]["code"] = last.code
         body["consecutive_failures"] = self._streak
         if self._streak_since is not None:
-            body["failing_since"] = self._streak_since.isoformat()
+            body["failing_since"] = iso_utc(self._streak_since)
         return body
 
 

@@ -49,7 +49,8 @@ from relay.web.caller import authenticate, require_operator, require_scope
 #   client_secret  the relay's own ek_ client secret of one session (raw handlers only:
 #              relay.web.caller.authenticate_client_secret).
 # A valid credential of a kind the operation does not take gets 403 insufficient_scope;
-# only an unknown (or revoked) one is a failed authentication (relay.web.caller).
+# only an unknown token, a revoked API key or a replaced token or link is a failed
+# authentication (relay.web.caller); a revoked candidate's own token is refused with 403.
 Auth = Literal["anyone", "candidate", "read", "admin", "operator", "client_secret"]
 
 M = TypeVar("M", bound=BaseModel)

@@ -16,7 +16,7 @@ import json
 from typing import Any, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from relay.errors import ApiError
 from relay.services import SERVICES
@@ -83,7 +83,18 @@ def validate_json_object(model: type[Model], raw: bytes, *, allow_empty: bool = 
     pydantic's ``ValidationError`` for the caller to shape."""
     parse_json_object(raw, allow_empty=allow_empty)
     # Strict in JSON mode: JSON's own types only, and date-times as ISO 8601 strings.
-    return model.model_validate_json(raw if raw.strip() else b"{}", strict=True)
+    try:
+        return model.model_validate_json(raw if raw.strip() else b"{}", strict=True)
+    except ValidationError as exc:
+        # pydantic's own parser refuses a little more than json.loads: nesting deeper than
+        # 200 levels, a lone surrogate. That is malformed JSON to the client, not a field.
+        for error in exc.errors():
+            if error["type"] == "json_invalid":
+                reason = str(error.get("msg", "")).removeprefix("Invalid JSON: ")
+                raise ApiError(
+                    400, "invalid_json", f"The request body is not valid JSON: {reason}."
+                ) from None
+        raise
 
 
 def _too_large(max_bytes: int) -> ApiError:

@@ -60,12 +60,7 @@ def _resume_fields(body: dict[str, Any]) -> tuple[str, str]:
         raise ApiError(400, "invalid_request", 'type must be "offer".')
     sdp = body.get("sdp")
     if not isinstance(sdp, str):
-        raise ApiError(
-            400,
-            "invalid_offer",
-            "Invalid SDP offer: sdp must be a string.",
-            details={"param": "sdp"},
-        )
+        raise invalid_offer_error(InvalidOffer("sdp must be a string."))
     return token, sdp
 
 

@@ -180,5 +180,13 @@ async def test_a_database_with_one_address_in_two_cases_migrates_and_finds_the_o
     finally:
         await conn.close()
     async with migrated_store(database_url, MetricsRegistry()) as store:
-        found = await UserRows(store).find_user_by_email("ANA@example.TEST")
+        users = UserRows(store)
+        # Another spelling: the oldest; one of the two spellings: that one.
+        found = await users.find_user_by_email("ANA@example.TEST")
         assert found is not None and found.email == "ana@example.test"
+        found = await users.find_user_by_email("Ana@Example.test")
+        assert found is not None and found.email == "Ana@Example.test"
+        # Reissued (the demo user's upsert): that spelling's user, nobody new.
+        again = await users.create_user("Ana@Example.test", "c" * 64, 30, replace=True)
+        assert again.id == found.id and again.remaining_seconds == 30
+        assert await store.run("count", lambda c: c.fetchval("SELECT count(*) FROM users")) == 2

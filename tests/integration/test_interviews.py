@@ -10,10 +10,12 @@ import time
 from datetime import datetime
 from typing import Any
 
+from relay.admission.users import UserRows
 from relay.interviews.models import MAX_INSTRUCTIONS_CHARS
 from relay.upstream.simulator.server import RunningSimulator
 from tests.integration.conftest import MakeRelay
 from tests.integration.interview_helpers import (
+    OPERATOR,
     bearer,
     call,
     create_interview,
@@ -302,6 +304,19 @@ async def test_bad_interviews_are_refused_with_the_field_named(make_relay: MakeR
         assert body["error"]["code"] == "invalid_request"
         assert body["error"]["errors"][0]["field"] == field, body
         assert body["request_id"] == headers["X-Request-ID"]
+    # Nested deeper than JSON parsers take (200 levels): malformed JSON, not a field.
+    deep = "[" * 250 + "]" * 250
+    raw = '{"candidate": {"email": "x@e.t"}, "instructions": "x", "metadata": {"a": ' + deep + "}}"
+    status, body, headers = await call(
+        relay,
+        "POST",
+        "/api/interviews",
+        data=raw,
+        headers={**OPERATOR, "Content-Type": "application/json"},
+    )
+    assert status == 400 and body["error"]["code"] == "invalid_json", body
+    assert "recursion limit" in body["error"]["message"]
+    assert body["request_id"] == headers["X-Request-ID"]
     assert await relay.sql("SELECT id FROM interviews") == []
 
 
@@ -353,6 +368,11 @@ async def test_one_candidate_whatever_the_case_of_their_email(make_relay: MakeRe
             assert [u["id"] for u in page["items"]] == [first["candidate"]["user_id"]]
         elif path == "/api/interviews":
             assert {i["id"] for i in page["items"]} == {first["id"], second["id"]}
+    # The demo user's upsert (every start) finds an address in another case too, rather
+    # than failing on the index.
+    store = relay.services.store
+    again = await UserRows(store).create_user("ANA@EXAMPLE.TEST", "d" * 64, 60, replace=True)
+    assert again.id == first["candidate"]["user_id"] and again.email == "Ana@Example.TEST"
     # The migration's index keeps a second spelling out whoever writes it.
     users = await relay.sql(
         "SELECT indexdef FROM pg_indexes WHERE indexname = 'users_email_any_case'"

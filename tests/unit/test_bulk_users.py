@@ -21,6 +21,7 @@ def test_email_only() -> None:
         ("email\n", "no users"),
         ("email\n\nno-at\n", "line 3"),
         ("email\na@x.test\na@x.test\n", "already on line 2"),
+        ("email\nana@x.test\nAna@X.test\n", "line 3: Ana@X.test already on line 2"),
         ("email,seconds\na@x.test,1.5\n", "whole number"),
         ("email,seconds\na@x.test,-1\n", "within"),
         ("email,seconds\n,3\n", "no email"),

@@ -58,9 +58,12 @@ async def test_events_for_a_browser_that_stopped_reading_are_bounded_then_droppe
     assert rig.counter(
         "relay_media_events_backlog_dropped_total", direction="upstream_to_browser"
     ) == counts.get("dropped_backlog")
-    assert (
-        rig.counter("relay_media_event_channel_stalls_total", direction="upstream_to_browser") == 1
-    )
+    # A stall is counted once per episode (the channel over the limit until it drains to
+    # half), not per dropped event. One episode, as a rule; CI on a busy machine once
+    # counted two (the buffer went below half and over the limit again before the burst
+    # ended): at least one, and far fewer than the drops.
+    stalls = rig.counter("relay_media_event_channel_stalls_total", direction="upstream_to_browser")
+    assert 1 <= stalls <= counts["dropped_backlog"] // 10, (stalls, counts)
     # The interview goes on: audio still flows both ways.
     forwarded = bridge.stats()["upstream_to_browser"]["forwarded"]
     await wait_until(

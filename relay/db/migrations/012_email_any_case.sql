@@ -11,6 +11,9 @@ DO $$
 DECLARE
     pairs integer;
 BEGIN
+    -- Held to the end of the migration's transaction: a member still running the older
+    -- code cannot add a second spelling between the count and the index.
+    LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE;
     SELECT count(*) INTO pairs FROM (
         SELECT lower(email) FROM users GROUP BY lower(email) HAVING count(*) > 1
     ) AS duplicated;
