@@ -280,15 +280,31 @@ class RecordingRows:
 
         return await self._store.run("recording_page", op)
 
-    async def expired(self, older_than: datetime, limit: int = 100) -> list[asyncpg.Record]:
+    async def expired(
+        self,
+        older_than: datetime,
+        relay_instance: str,
+        *,
+        after: tuple[datetime, str] | None = None,
+        limit: int = 100,
+    ) -> list[asyncpg.Record]:
+        """Recordings older than ``older_than`` this instance can delete (in an object
+        store, or on this instance's disk), oldest first, after ``after`` (created_at, id)
+        when given: a pass goes on past those it could not delete."""
+
         async def op(conn: asyncpg.Connection) -> list[asyncpg.Record]:
             return list(
                 await conn.fetch(
                     f"""SELECT {_COLUMNS} FROM {_FROM}
                         WHERE r.status <> 'deleted' AND r.created_at < $1
-                        ORDER BY r.created_at LIMIT $2""",
+                          AND (r.storage <> 'local' OR r.relay_instance = $3)
+                          AND ($4::timestamptz IS NULL OR (r.created_at, r.id) > ($4, $5))
+                        ORDER BY r.created_at, r.id LIMIT $2""",
                     older_than,
                     limit,
+                    relay_instance,
+                    after[0] if after else None,
+                    after[1] if after else None,
                 )
             )
 

@@ -21,6 +21,7 @@ Nothing here can fail an interview: every error ends up in the row's ``status_re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -48,6 +49,9 @@ from relay.tasks import TaskGroup, idle
 log = logging.getLogger("relay.recording")
 
 RETENTION_INTERVAL_S = 3600.0
+# Recordings looked at per statement of a retention pass (a pass takes batches until none
+# is left).
+RETENTION_BATCH = 100
 UPLOAD_RETRY_INTERVAL_S = 60.0
 CLOSE_TIMEOUT_S = 60.0
 # Recordings listed in /api/stats (the dashboard's list; the API pages through all).
@@ -95,6 +99,24 @@ def _list_unfinished(root: Path) -> list[tuple[Path, dict[str, Any]]]:
         if isinstance(meta, dict) and "recording_id" in meta and "session_id" in meta:
             out.append((child, meta))
     return out
+
+
+class RecordingElsewhere(Exception):
+    """A recording's files are on another instance's disk (local storage, not shared)."""
+
+    def __init__(self, relay_instance: str) -> None:
+        super().__init__(f"its files are on instance {relay_instance}")
+        self.relay_instance = relay_instance
+
+
+class DeletionFailed(Exception):
+    """A recording's files could not be removed (a read-only or failing disk)."""
+
+
+def _remove_tree(path: Path) -> None:
+    """``path`` and everything under it; gone already is fine, anything else raises."""
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(path)
 
 
 def part_directory(session_id: str, part: int) -> str:
@@ -517,23 +539,51 @@ class RecordingService:
         return count
 
     async def apply_retention(self, now: datetime | None = None) -> int:
+        """Delete every recording past ``retention_days`` that this instance can (batches
+        of RETENTION_BATCH until none is left: an hourly pass keeps up with any rate). A
+        recording on another instance's disk is that instance's to delete; one whose files
+        could not be removed is logged and tried again at the next pass."""
         cutoff = (now or datetime.now(UTC)) - timedelta(days=self.config.retention_days)
         count = 0
-        for row in await self.rows.expired(cutoff):
-            await self.delete(row, reason="retention")
-            count += 1
-        return count
+        after: tuple[datetime, str] | None = None
+        while True:
+            batch = await self.rows.expired(
+                cutoff, self.instance_id, after=after, limit=RETENTION_BATCH
+            )
+            for row in batch:
+                try:
+                    await self.delete(row, reason="retention")
+                    count += 1
+                except (DeletionFailed, RecordingElsewhere, StorageError) as exc:
+                    log.warning("recording %s: retention could not delete it: %s", row["id"], exc)
+            if len(batch) < RETENTION_BATCH:
+                return count
+            after = (batch[-1]["created_at"], batch[-1]["id"])
 
     # ------------------------------------------------------------------ operator API
     async def delete(self, row: asyncpg.Record, *, reason: str) -> None:
-        """Remove a recording's files/objects and mark its row deleted."""
+        """Remove a recording's files/objects and mark its row deleted: this recording's
+        own (a session taken over has a directory per part, and each part is a recording
+        of its own). Raises ``RecordingElsewhere`` for files on another instance's disk
+        (not reachable from here), ``DeletionFailed`` when files could not be removed
+        (the row stays as it was), ``StorageError`` from the object store."""
         session_id, recording_id = row["session_id"], row["id"]
+        directory = self.root / part_directory(session_id, row["part"])
+        local = Path(row["location"]) if row["storage"] == "local" and row["location"] else None
+        paths = {directory, *([local] if local else [])}
+        if (
+            row["storage"] == "local"
+            and row["relay_instance"] != self.instance_id
+            and not await asyncio.to_thread(lambda: any(p.exists() for p in paths))
+        ):
+            raise RecordingElsewhere(row["relay_instance"])
         if row["storage"] == "s3" and self.s3 is not None:
             await self.s3.delete_prefix(self.s3.key(session_id, recording_id, ""))
-        directory = self.root / session_id
-        local = row["location"] if row["storage"] == "local" else None
-        for path in {directory, *([Path(local)] if local else [])}:
-            await asyncio.to_thread(shutil.rmtree, path, True)
+        for path in paths:
+            try:
+                await asyncio.to_thread(_remove_tree, path)
+            except OSError as exc:
+                raise DeletionFailed(f"{path.name}: {exc.strerror or exc}") from exc
         await self.rows.set_status(recording_id, "deleted", reason=reason)
 
     def local_file(self, row: asyncpg.Record, name: str) -> Path:

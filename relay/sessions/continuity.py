@@ -135,8 +135,12 @@ class ContinuityRows:
     async def add_transcript_item(self, session_id: str, item: TranscriptItem) -> None:
         async def op(conn: asyncpg.Connection) -> None:
             await conn.execute(
+                # Only while the session is live: its end deletes the text (migration
+                # 013), and an item written late must not outlive it.
                 """INSERT INTO session_transcript (session_id, position, role, text, at_s)
-                   VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING""",
+                   SELECT $1, $2, $3, $4, $5 FROM interview_sessions
+                   WHERE id = $1 AND state IN ('pending', 'connecting', 'active')
+                   ON CONFLICT DO NOTHING""",
                 session_id,
                 item.position,
                 item.role,

@@ -27,7 +27,12 @@ from relay.errors import ApiError
 from relay.observability.request_context import current_request_id
 from relay.recording import render, rows
 from relay.recording.s3 import StorageError
-from relay.recording.service import CONTENT_TYPES, RecordingService
+from relay.recording.service import (
+    CONTENT_TYPES,
+    DeletionFailed,
+    RecordingElsewhere,
+    RecordingService,
+)
 from relay.services import SERVICES
 from relay.web.api import Api, Call, Operation, PathParam, Reply, Response
 from relay.web.caller import require_scope
@@ -114,21 +119,22 @@ def _file_name(row: asyncpg.Record) -> str:
     return render.AUDIO_NAMES.get(row["format"], "recording.ogg")
 
 
-def download_name(email: str | None, created_at: datetime, suffix: str) -> str:
-    """``interview-<candidate>-<YYYY-MM-DD-HHMM>.<suffix>``: the candidate's e-mail reduced to
-    ``[a-z0-9._-]`` (anything else, "@" included, becomes "-"), the recording's start in UTC
-    (two recordings of one candidate on one day keep apart). Plain ASCII, so the header needs
-    no RFC 5987 ``filename*`` and no quoting beyond the quotes."""
+def download_name(email: str | None, created_at: datetime, suffix: str, part: int = 1) -> str:
+    """``interview-<candidate>-<YYYY-MM-DD-HHMMSS>[-part<N>].<suffix>``: the candidate's
+    e-mail reduced to ``[a-z0-9._-]`` (anything else, "@" included, becomes "-"), the
+    recording's start in UTC to the second, and after a take-over the part (two recordings
+    of one candidate keep apart, the parts of one session too). Plain ASCII, so the header
+    needs no RFC 5987 ``filename*`` and no quoting beyond the quotes."""
     candidate = _NAME_UNSAFE.sub("-", (email or "").lower())[:_NAME_MAX].strip("-._")
-    when = created_at.astimezone(UTC).strftime("%Y-%m-%d-%H%M")
-    return f"interview-{candidate or 'candidate'}-{when}.{suffix}"
+    when = created_at.astimezone(UTC).strftime("%Y-%m-%d-%H%M%S")
+    of_part = f"-part{part}" if part > 1 else ""
+    return f"interview-{candidate or 'candidate'}-{when}{of_part}.{suffix}"
 
 
 def _disposition(row: asyncpg.Record, name: str) -> str:
     suffix = name.rsplit(".", 1)[-1]
-    return (
-        f'attachment; filename="{download_name(row["candidate_email"], row["created_at"], suffix)}"'
-    )
+    name = download_name(row["candidate_email"], row["created_at"], suffix, row["part"])
+    return f'attachment; filename="{name}"'
 
 
 async def _serve(
@@ -221,6 +227,22 @@ async def delete_recording(request: web.Request) -> web.Response:
             await service.delete(row, reason=f"deleted by {principal.id}")
         except StorageError as exc:
             raise ApiError(502, "storage_error", "The object store did not answer.") from exc
+        except RecordingElsewhere as exc:
+            # Only the instance that holds the files can remove them (as only it serves
+            # them): marking the row deleted here would leave them there for good.
+            raise ApiError(
+                409,
+                "recording_on_another_instance",
+                f"The recording's files are on instance {exc.relay_instance}: delete it "
+                "through that instance.",
+                details={"relay_instance": exc.relay_instance},
+            ) from None
+        except DeletionFailed as exc:
+            raise ApiError(
+                500,
+                "recording_not_deleted",
+                f"The recording's files could not be removed ({exc}); it is kept as it was.",
+            ) from exc
     fresh = await service.rows.get(row["id"])
     body: dict[str, Any] = rows.to_json(fresh if fresh is not None else row)
     return web.json_response(body | {"request_id": current_request_id()})
@@ -229,9 +251,9 @@ async def delete_recording(request: web.Request) -> web.Response:
 _DOWNLOAD = (
     "Sent as an attachment named after the candidate and the recording's start in UTC, "
     "`Content-Disposition: attachment; "
-    'filename="interview-<candidate>-<YYYY-MM-DD-HHMM>.{suffix}"`: the candidate\'s e-mail '
-    "reduced to `[a-z0-9._-]` (anything else, `@` included, becomes `-`), e.g. "
-    "`interview-ana-example.com-2026-07-01-0930.{suffix}`."
+    'filename="interview-<candidate>-<YYYY-MM-DD-HHMMSS>[-part<N>].{suffix}"`: the '
+    "candidate's e-mail reduced to `[a-z0-9._-]` (anything else, `@` included, becomes `-`), "
+    "and the part after a take-over, e.g. `interview-ana-example.com-2026-07-01-093012.{suffix}`."
 )
 _REC_ID = PathParam("id", "The recording's id.", r"^rec_[0-9a-f]{16}$")
 _READ_ERRORS: dict[int, tuple[str, ...]] = {
@@ -320,6 +342,11 @@ def register(api: Api) -> None:
             raw=delete_recording,
             path_params=(_REC_ID,),
             responses=(Response(200, "The recording, deleted.", RecordingOne),),
-            errors={**_READ_ERRORS, 409: ("recording_busy",), 502: ("storage_error",)},
+            errors={
+                **_READ_ERRORS,
+                409: ("recording_busy", "recording_on_another_instance"),
+                500: ("recording_not_deleted",),
+                502: ("storage_error",),
+            },
         ),
     )

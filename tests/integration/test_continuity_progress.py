@@ -10,8 +10,10 @@ import asyncpg
 import pytest
 
 from relay.admission.tokens import hash_token, new_token
+from relay.media.conversation import Role, TranscriptItem
 from relay.observability.metrics import MetricsRegistry
-from relay.sessions.continuity import ContinuityKeeper
+from relay.sessions.continuity import ContinuityKeeper, ContinuityRows
+from relay.sessions.rows import SessionRows
 from tests.integration.cluster_helpers import poll
 from tests.integration.relay_harness import migrated_store
 
@@ -119,3 +121,52 @@ async def test_progress_waiting_for_its_flush_is_written_at_close(database_url: 
         keeper.session("s_late", None).on_progress(7.0)
         await keeper.close()
         assert (await Kept(keeper, metrics, database_url).used()) == {"s_late": 7.0}
+
+
+async def test_the_conversation_is_kept_while_the_session_is_live_only(database_url: str) -> None:
+    """session_transcript serves continuity (a resume, a take-over): whatever ends a session
+    deletes its text, and an item written after the end is not kept (migration 013)."""
+    metrics = MetricsRegistry(process_metrics=False)
+    async with migrated_store(database_url, metrics) as store:
+        await _sessions(
+            database_url,
+            [
+                ("is_ended", "active", None),
+                ("is_failed", "active", None),
+                ("is_live", "active", None),
+            ],
+        )
+        continuity = ContinuityRows(store)
+        for session_id in ("is_ended", "is_failed", "is_live"):
+            roles: tuple[Role, Role] = ("user", "assistant")
+            for position, role in enumerate(roles):
+                item = TranscriptItem(role, f"{session_id} says {position}", position, position)
+                await continuity.add_transcript_item(session_id, item)
+        # The relay's own finish, and a close by housekeeping's kind of statement.
+        await SessionRows(store).finish_session(
+            "is_ended", state="ended", end_reason="hangup", duration_seconds=3.0
+        )
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(
+                "UPDATE interview_sessions SET state = 'failed', end_reason = 'relay_lost'"
+                " WHERE id = 'is_failed'"
+            )
+            kept = await conn.fetch(
+                "SELECT session_id, count(*) AS n FROM session_transcript GROUP BY session_id"
+            )
+            assert {r["session_id"]: r["n"] for r in kept} == {"is_live": 2}
+            # Late: the bridge's last item after the row closed.
+            await continuity.add_transcript_item("is_ended", TranscriptItem("user", "late", 9.0, 2))
+            assert (
+                await conn.fetchval(
+                    "SELECT count(*) FROM session_transcript WHERE session_id = 'is_ended'"
+                )
+                == 0
+            )
+        finally:
+            await conn.close()
+        assert [i.text for i in await continuity.transcript("is_live")] == [
+            "is_live says 0",
+            "is_live says 1",
+        ]

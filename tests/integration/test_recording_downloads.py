@@ -31,7 +31,7 @@ async def test_audio_and_transcript_are_attachments_named_after_the_candidate_an
     item = await wait_recording(relay, joined.session_id, "ready")
     # The name keeps [a-z0-9._-] of the e-mail, lower-cased, and the start in UTC.
     assert item["candidate_email"] == "Ana.Lopez+jobs@Example.test"
-    stamp = datetime.fromisoformat(item["created_at"]).strftime("%Y-%m-%d-%H%M")
+    stamp = datetime.fromisoformat(item["created_at"]).strftime("%Y-%m-%d-%H%M%S")
     stem = f"interview-ana.lopez-jobs-example.test-{stamp}"
     audio = f"/api/recordings/{item['id']}/audio"
 

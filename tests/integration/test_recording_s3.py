@@ -140,7 +140,7 @@ async def test_s3_storage_uploads_under_the_session_id_and_serves_ranges(
             assert await resp.read() == audio[:100]
             # Named as the local files are (the name itself: tests/unit).
             created = datetime.fromisoformat(item["created_at"])
-            name = download_name(item["candidate_email"], created, "ogg")
+            name = download_name(item["candidate_email"], created, "ogg", item.get("part", 1))
             assert resp.headers["Content-Disposition"] == f'attachment; filename="{name}"'
     manifest = json.loads(await read_object(endpoint, stored[0]))
     assert manifest["session_id"] == session_id
