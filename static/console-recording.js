@@ -135,7 +135,11 @@ function transcriptLine(line, index) {
     className: `turn ${line.speaker === "candidate" ? "candidate" : "interviewer"}`,
     "data-start": String(start), "data-index": String(index),
   }, [
-    el("p", { className: "who" }, [el("span", { className: "speaker", text: speaker }), " ", at]),
+    el("p", { className: "who" }, [
+      el("span", { className: "speaker", text: speaker }), " ", at,
+      // Cut short by the candidate: its text may run past what was heard (written ahead).
+      ...(line.interrupted ? [" ", el("span", { className: "cut", text: "(interrupted)" })] : []),
+    ]),
     el("p", { className: "text", text: line.text }),
   ]);
   // The whole line answers a click; its time is the button keyboards reach.

@@ -194,3 +194,62 @@ def test_transcript_lines_from_both_speakers_clamped_into_the_audio() -> None:
         {"speaker": "candidate", "item_id": "item_u", "start": 0.2, "end": 2.0, "text": "Hi"},
         {"speaker": "interviewer", "item_id": "item_a", "start": 2.6, "end": 7.0, "text": "Hello"},
     ]
+
+
+def test_a_reply_is_timed_by_its_voice_and_one_cut_short_says_so() -> None:
+    """The model writes a reply's transcript ahead of its voice: the line runs from when the
+    voice started to when it stopped (output_audio_buffer.*, by response id), and a reply
+    the candidate cut short (.cleared) says it was interrupted."""
+
+    def event(kind: str, offset: float, **fields: str) -> dict[str, object]:
+        record = transcript.extract(json.dumps({"type": kind, **fields}), offset)
+        assert record is not None, kind
+        return record
+
+    assert transcript.might_matter('{"type":"output_audio_buffer.cleared","response_id":"r"}')
+    assert transcript.extract('{"type": "output_audio_buffer.started"}', 1.0) is None
+    records = [
+        # A whole reply: its text done at 2.5 s, its voice from 2.2 s to 6.0 s.
+        event("output_audio_buffer.started", 2.2, response_id="resp_1"),
+        event(
+            "response.output_audio_transcript.delta",
+            2.0,
+            item_id="item_1",
+            response_id="resp_1",
+            delta="All ",
+        ),
+        event(
+            "response.output_audio_transcript.done",
+            2.5,
+            item_id="item_1",
+            response_id="resp_1",
+            transcript="All of it.",
+        ),
+        event("output_audio_buffer.stopped", 6.0, response_id="resp_1"),
+        # Cut short at 7.8 s, after the whole text was written.
+        event(
+            "response.output_audio_transcript.delta",
+            7.0,
+            item_id="item_2",
+            response_id="resp_2",
+            delta="Thank you. Could you",
+        ),
+        event("output_audio_buffer.started", 7.3, response_id="resp_2"),
+        event(
+            "response.output_audio_transcript.done",
+            7.5,
+            item_id="item_2",
+            response_id="resp_2",
+            transcript="Thank you. Could you tell me more?",
+        ),
+        event("output_audio_buffer.cleared", 7.8, response_id="resp_2"),
+        # Beta: no response id on the transcript: timed by its deltas, as before.
+        event("response.audio_transcript.delta", 9.0, item_id="item_3", delta="Bye"),
+        event("response.audio_transcript.done", 9.4, item_id="item_3", transcript="Bye"),
+    ]
+    lines = transcript.build_lines(records, start=1.0, end=20.0)
+    assert [(x["item_id"], x["start"], x["end"], x.get("interrupted")) for x in lines] == [
+        ("item_1", 1.2, 5.0, None),
+        ("item_2", 6.3, 6.8, True),
+        ("item_3", 8.0, 8.4, None),
+    ]
