@@ -148,7 +148,9 @@ async def _serve(
     path = service.local_file(row, name)
     if not await asyncio.to_thread(path.is_file):
         raise ApiError(404, "recording_file_missing", f"{name} is not on this instance.")
-    # FileResponse answers Range requests (206, Content-Range) and If-Range itself.
+    # FileResponse answers Range requests itself (206, Content-Range; 416 for a Range it
+    # cannot parse or satisfy, one range only) and If-Range given as a date; an If-Range
+    # that is not a date (an entity tag) it does not read, and serves the range.
     response = web.FileResponse(path, headers={"Content-Type": content_type})
     response.headers["Cache-Control"] = "no-store"
     response.headers["Content-Disposition"] = _disposition(row, name)
