@@ -298,8 +298,12 @@ class UserAdmin:
                     return None
                 await conn.execute(
                     """UPDATE users SET
+                           -- In bigint: the sum may pass the column's integer range,
+                           -- which the cap then brings back (integer arithmetic would
+                           -- overflow before it).
                            remaining_seconds = LEAST(2147483647, GREATEST(0,
-                               COALESCE($2, remaining_seconds) + COALESCE($3, 0))),
+                               COALESCE($2, remaining_seconds)::bigint
+                               + COALESCE($3::bigint, 0))),
                            active = COALESCE($4, active),
                            revoked_at = CASE WHEN $4 IS NULL THEN revoked_at
                                              WHEN $4 THEN NULL

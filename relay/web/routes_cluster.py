@@ -51,6 +51,16 @@ async def drain(request: web.Request) -> web.Response:
     member = body.get("member")
     if not isinstance(member, str) or not 0 < len(member) <= 200:
         raise ApiError(400, "invalid_request", 'member must be a member id or "*".')
+    if member != ALL_MEMBERS:
+        # A command to nobody is no drain: a mistyped id must not pass for one right
+        # before a machine is taken out.
+        live = {m["id"] for m in await services.cluster.cluster_view()}
+        if member not in live:
+            raise ApiError(
+                404,
+                "member_not_found",
+                f"No live member {member!r}; GET /api/stats?scope=cluster lists them.",
+            )
 
     async def publish() -> tuple[int, dict[str, object], dict[str, str]]:
         await services.cluster.publish({"op": "drain", "member": member})
@@ -76,6 +86,7 @@ def register(api: Api) -> None:
             errors={
                 **OPERATOR_ERRORS,
                 400: ("invalid_json", "invalid_request", "invalid_idempotency_key"),
+                404: ("member_not_found",),
                 409: ("idempotency_key_in_use",),
                 413: ("body_too_large",),
                 422: ("idempotency_key_reused",),

@@ -239,6 +239,11 @@ async def test_operator_delete_and_drain_reach_the_other_instance(pair: Pair) ->
         assert final["end_reason"] == "operator_hangup"
         assert time.monotonic() - started < 2
 
+        # A mistyped member is said to be unknown, not taken for a drain.
+        status, body, _ = await a.call(
+            "POST", "api/cluster/drain", headers=OPERATOR, json={"member": member_id(pair.b) + "x"}
+        )
+        assert status == 404 and body["error"]["code"] == "member_not_found", body
         status, body, _ = await a.call(
             "POST", "api/cluster/drain", headers=OPERATOR, json={"member": member_id(pair.b)}
         )

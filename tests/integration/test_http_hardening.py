@@ -267,12 +267,15 @@ async def test_authenticated_json_responses_are_never_stored(make_relay: MakeRel
         await call("GET", "/api/recordings", operator)
         await call("GET", "/api/stats", operator)
         await call("GET", "/api/stats?scope=cluster", operator)
-        await call("POST", "/api/cluster/drain", operator, json={"member": "no-such-member"})
     finally:
         await browser.close()
     # Errors too: a refusal says nothing a cache should keep either.
     async with relay.client.post("/api/realtime-session") as resp:
         assert resp.status == 401 and resp.headers.get("Cache-Control") == "no-store"
+    drain = {"member": "no-such-member"}
+    async with relay.client.post("/api/cluster/drain", headers=operator, json=drain) as resp:
+        assert resp.status == 404 and resp.headers.get("Cache-Control") == "no-store"
+        assert (await resp.json())["error"]["code"] == "member_not_found"
 
 
 HSTS = "max-age=31536000"

@@ -178,6 +178,12 @@ async def test_credit_and_deactivation_through_the_users_resource(make_relay: Ma
         path = f"/api/users/{user['id']}"
         status, body, _ = await call(relay, "PATCH", path, json={"add_seconds": 60})
         assert status == 200 and body["remaining_seconds"] == 1860
+        # Past the most a user may hold: capped there, twice (not an integer overflow).
+        for _ in range(2):
+            status, body, _ = await call(relay, "PATCH", path, json={"add_seconds": 2**31 - 1})
+            assert status == 200 and body["remaining_seconds"] == 2**31 - 1, body
+        status, body, _ = await call(relay, "PATCH", path, json={"remaining_seconds": 1860})
+        assert status == 200 and body["remaining_seconds"] == 1860
         status, body, _ = await call(
             relay, "PATCH", path, json={"add_seconds": 1, "remaining_seconds": 5}
         )

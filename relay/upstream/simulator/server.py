@@ -107,7 +107,13 @@ async def _serve(host: str, port: int, dialect: str, options: SimulatorOptions) 
                 "(application/sdp, Bearer ek_…)",
                 flush=True,
             )
-        print("standard key: any Bearer sk-… (e.g. sk-sim-local)", flush=True)
+        # What KeyStore.is_standard takes here: the default key, or any that has a real
+        # key's shape (a key like sk-bogus is refused, as OpenAI would).
+        print(
+            "standard key: Bearer sk-sim-local, or any Bearer sk- with 16 or more of "
+            "[A-Za-z0-9_-] after it",
+            flush=True,
+        )
         if options.control_token:
             print("control API /_sim/*: Bearer <the given control token>", flush=True)
         else:
