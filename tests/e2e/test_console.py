@@ -63,7 +63,7 @@ async def transcript_of(relay: RelayHarness, recording_id: str) -> list[dict[str
 
 
 def stamp_of(created_at: str) -> str:
-    return datetime.fromisoformat(created_at).strftime("%Y-%m-%d-%H%M")
+    return datetime.fromisoformat(created_at).strftime("%Y-%m-%d-%H%M%S")
 
 
 async def test_an_interview_made_in_the_console_is_listed_with_its_link_and_its_recording_plays(
