@@ -182,6 +182,13 @@ class Gauge(_Metric):
             # Used in multiprocess mode only: each live worker's own series.
             multiprocess_mode=worker_metrics.GAUGE_MODE,
         )
+        if worker is not None and not self.labelnames:
+            # prometheus-client exports an unlabelled gauge at 0 from its creation, but the
+            # ``worker`` label makes this one labelled: without its child made now it would
+            # have no series until first set, and ``max(relay_upstream_consecutive_failures)``
+            # none for a worker (re)started since. (A labelled gauge's label values are not
+            # known in advance: its series appear when first set, as in a single process.)
+            self._prom.labels(worker)
         self._values: dict[LabelValues, float] = {}
 
     def _child(self, key: LabelValues) -> Any:

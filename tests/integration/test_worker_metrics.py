@@ -25,6 +25,13 @@ from tests.integration.cluster_helpers import (
 pytestmark = pytest.mark.slow
 
 SCRAPES = 8
+# Unlabelled gauges nothing sets in these tests: a single process exports them at 0 from its
+# start, so every worker must too (docs: ``max(relay_upstream_consecutive_failures)``).
+UNSET_GAUGES = (
+    "relay_upstream_consecutive_failures",
+    "relay_admission_inflight",
+    "relay_admission_waiting",
+)
 
 
 async def _scrape(client: Client) -> dict[str, Any]:
@@ -47,6 +54,16 @@ def _stats_requests(families: dict[str, Any]) -> float:
 
 def _workers_of(families: dict[str, Any], name: str) -> list[str]:
     return sorted({s.labels["worker"] for s in families[name].samples})
+
+
+def _unset_gauges(families: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Each of ``UNSET_GAUGES``: its value by worker (empty: no series at all)."""
+    return {
+        name: {s.labels["worker"]: s.value for s in families[name].samples}
+        if name in families
+        else {}
+        for name in UNSET_GAUGES
+    }
 
 
 async def _ask_stats_until_both_answered(client: Client) -> tuple[dict[int, int], dict[int, int]]:
@@ -88,6 +105,7 @@ async def test_one_scrape_covers_every_worker_and_stats_say_which_answered(
                 assert _stats_requests(families) == asked
                 assert _workers_of(families, "relay_media_capability_available") == ["0", "1"]
                 assert _workers_of(families, "process_resident_memory_bytes") == ["0", "1"]
+                assert _unset_gauges(families) == dict.fromkeys(UNSET_GAUGES, {"0": 0, "1": 0})
                 (build,) = families["relay_build_info"].samples
                 assert build.value == 1
 
@@ -107,5 +125,7 @@ async def test_one_scrape_covers_every_worker_and_stats_say_which_answered(
             assert {s.labels["worker"] for s in capability} == {"0", "1"}
             assert all(s.value == 1 for s in capability), capability
             assert _workers_of(families, "process_resident_memory_bytes") == ["0", "1"]
+            # The new worker's unlabelled gauges are there before anything sets them.
+            assert _unset_gauges(families) == dict.fromkeys(UNSET_GAUGES, {"0": 0, "1": 0})
     finally:
         await relay.stop()
