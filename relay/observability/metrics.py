@@ -342,6 +342,8 @@ class MetricsRegistry:
         self._multiprocess_dir = (
             worker_metrics.multiprocess_directory() if worker is not None else None
         )
+        if self._multiprocess_dir is not None:
+            worker_metrics.create_value_files(self._multiprocess_dir)
         # The process metrics of every worker come from the scrape registry instead.
         if process_metrics and self._multiprocess_dir is None:
             ProcessCollector(registry=self.registry)

@@ -33,8 +33,11 @@ from typing import Final, Literal
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client import Info as PromInfo
 from prometheus_client.metrics_core import Metric
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
+
+from relay.private_files import open_private, write_private
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 WORKER_LABEL = "worker"
@@ -42,6 +45,9 @@ WORKER_LABEL = "worker"
 # one worker alone writes is its value; "live": a worker that exited drops out).
 GAUGE_MODE: Final[Literal["livesum"]] = "livesum"
 _PID_FILE = "worker-{index}.pid"
+# The files prometheus-client's multiprocess mode writes a process's values to,
+# ``<kind>_<pid>.db``: one per kind the relay uses (no summaries; gauges all ``GAUGE_MODE``).
+_VALUE_FILE_KINDS = ("counter", "histogram", f"gauge_{GAUGE_MODE}")
 
 
 def multiprocess_directory() -> Path | None:
@@ -62,10 +68,7 @@ def remove_directory(path: Path) -> None:
 
 def worker_started(path: Path, index: int, pid: int) -> None:
     """Record which process is worker ``index`` (for its process metrics and gauges)."""
-    target = path / _PID_FILE.format(index=index)
-    partial = target.with_suffix(".tmp")
-    partial.write_text(str(pid))
-    partial.replace(target)
+    write_private(path / _PID_FILE.format(index=index), str(pid))
 
 
 def worker_exited(path: Path, pid: int) -> None:
@@ -74,6 +77,22 @@ def worker_exited(path: Path, pid: int) -> None:
 
 
 # ---------------------------------------------------------------------- worker side
+def create_value_files(path: Path) -> None:
+    """Create this process's value files 0600 before prometheus-client opens them.
+
+    It creates them with ``open(…, "a+b")``, so their mode would be the umask's (0644 for
+    the usual 022); the directory is 0700 already, but the relay's files are 0600 whatever
+    the umask (docs/operations.md, "Local files and their modes"). An existing file (a
+    dead worker's, its pid reused) is kept as it is, counts included, and narrowed: the
+    counters of the instance never go backwards. Call before the first metric is made."""
+    for kind in _VALUE_FILE_KINDS:
+        target = path / f"{kind}_{os.getpid()}.db"
+        open_private(target, "ab").close()
+        # Laid out at once (prometheus-client's own header, no values): another worker's
+        # scrape reads every file here, and an empty one would fail it.
+        MmapedDict(str(target)).close()  # type: ignore[no-untyped-call]  # untyped upstream
+
+
 def _live_workers(path: Path) -> Iterator[tuple[str, int]]:
     for pid_file in sorted(path.glob(_PID_FILE.format(index="*"))):
         index = pid_file.name[len("worker-") : -len(".pid")]

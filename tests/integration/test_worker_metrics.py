@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -127,5 +128,33 @@ async def test_one_scrape_covers_every_worker_and_stats_say_which_answered(
             assert _workers_of(families, "process_resident_memory_bytes") == ["0", "1"]
             # The new worker's unlabelled gauges are there before anything sets them.
             assert _unset_gauges(families) == dict.fromkeys(UNSET_GAUGES, {"0": 0, "1": 0})
+    finally:
+        await relay.stop()
+
+
+async def test_the_workers_metric_files_are_private_whatever_the_umask(
+    traversable_tmp_path: Path, database_url: str
+) -> None:
+    # The supervisor makes the run's metrics directory under TMPDIR: here, to look in it.
+    tmp = traversable_tmp_path / "tmp"
+    tmp.mkdir()
+    env = relay_env(
+        traversable_tmp_path / "state", {"DATABASE_URL": database_url, "TMPDIR": str(tmp)}
+    )
+    umask = os.umask(0o022)  # the usual one, inherited by the relay: files would be 0644
+    try:
+        relay = await RelayProcess.start(traversable_tmp_path, env, "--workers", "2")
+    finally:
+        os.umask(umask)
+    try:
+        async with fresh_connections() as http:
+            # Both workers answered: each has written counters, histograms and gauges.
+            await _ask_stats_until_both_answered(Client(http, relay.url))
+        (directory,) = tmp.glob("relay-worker-metrics-*")
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in directory.iterdir()}
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+        assert sum(name.endswith(".db") for name in modes) == 6, modes  # 3 kinds, 2 workers
+        assert sum(name.endswith(".pid") for name in modes) == 2, modes
+        assert {n: oct(m) for n, m in modes.items() if m != 0o600} == {}
     finally:
         await relay.stop()
