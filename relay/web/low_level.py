@@ -8,8 +8,12 @@ lets anyone on the network fill the error log. Here:
 * **logging**: the connection handler's logger (aiohttp's public ``handler_args``
   ``logger`` option) is wrapped: a parse error (``HttpProcessingError``) becomes one INFO
   line without a traceback and a counter; anything else keeps aiohttp's ERROR + traceback;
+* **request id**: that line and the response carry the same one. aiohttp logs the error
+  before it builds the response, both in the task it runs that one request in (its own
+  copy of the context: #3406), so the logger opens a request context with a fresh id and
+  the response takes the id from it;
 * **body**: the error response is rewritten, just before its headers go out, into the
-  relay's JSON error shape with a fresh request id and the security headers. aiohttp has
+  relay's JSON error shape with that request id and the security headers. aiohttp has
   no public hook for this: its protocol builds such requests through the application's
   request factory (``Application._make_request``, which takes the request class as
   ``_cls``) and calls ``Request._prepare_hook`` right before writing the headers; a
@@ -39,6 +43,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from relay.config import ServerConfig
 from relay.errors import ApiError
+from relay.observability import request_context
 from relay.observability.metrics import Counter, MetricsRegistry
 from relay.web.middleware import new_request_id
 from relay.web.security_headers import apply_security_headers
@@ -66,6 +71,9 @@ class _ProtocolLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         if not isinstance(exc, HttpProcessingError):
             return False
         self._counter.inc()
+        # The id the 400 will carry (_as_json_error), on this line too. No end(): the
+        # context is this request's task's own and goes with it (module docstring).
+        request_context.begin(new_request_id())
         # The parser's message names what was wrong; never the whole request.
         reason = (exc.message or type(exc).__name__).splitlines()[0][:200]
         log.info("malformed HTTP request (%s %s): %s", exc.code, type(exc).__name__, reason)
@@ -83,7 +91,10 @@ def _as_json_error(response: web.Response) -> None:
     status = response.status
     code = "bad_request" if status == 400 else f"http_{status}"
     message = "Malformed HTTP request." if status < 500 else "Unexpected error."
-    request_id = new_request_id()
+    # The id the log line of a parse error has (_ProtocolLogger), else a fresh one.
+    request_id = request_context.current_request_id()
+    if request_id == "-":
+        request_id = new_request_id()
     body = json.dumps(ApiError(status, code, message).body(request_id)).encode()
     response.body = body
     response.content_type = "application/json"

@@ -25,6 +25,7 @@ from cryptography.x509.oid import NameOID
 
 from relay.app import create_app
 from relay.config import Settings
+from relay.observability.logging import RequestContextFilter
 from relay.upstream.simulator.server import RunningSimulator
 from tests.integration.conftest import MakeRelay
 from tests.integration.media_helpers import BrowserPeer
@@ -108,6 +109,8 @@ async def test_malformed_http_gets_a_json_400_and_no_traceback(
     port = relay.client.port
     assert port is not None
     caplog.set_level(logging.DEBUG)
+    # What configure_logging's handler does: each record gets the request id of its context.
+    caplog.handler.addFilter(RequestContextFilter())
     raw = await _raw_request(port, garbage)
     head, _, payload = raw.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
@@ -126,7 +129,9 @@ async def test_malformed_http_gets_a_json_400_and_no_traceback(
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info], [
         (r.levelname, r.getMessage()) for r in caplog.records
     ]
-    assert "malformed HTTP request (400" in caplog.text
+    (line,) = [r for r in caplog.records if "malformed HTTP request (400" in r.getMessage()]
+    # The line is found by the id the client was given.
+    assert line.request_id == headers["x-request-id"]  # type: ignore[attr-defined]
     assert relay.counter("relay_http_malformed_requests_total") == 1
     # The relay still serves ordinary requests.
     async with relay.client.get("/healthz") as resp:
