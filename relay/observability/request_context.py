@@ -74,3 +74,19 @@ def bind_session(session_id: str) -> None:
     ctx = _current.get()
     if ctx is not None:
         ctx.session_id = session_id
+
+
+def begin_session_task(session_id: str) -> None:
+    """At the start of a task that works for ``session_id`` (a bridge's teardown): tag every
+    later line of this task (and of tasks it starts) with that session, keeping the request
+    id of the context it was started in, if any.
+
+    Such a task may be started where no request is being served (a timer, a drain, a
+    cluster command), or by a request about another session (a new one superseding it):
+    ``bind_session`` would then tag nothing, or relabel that request. Setting a context of
+    its own changes neither: a task runs in its own copy of the context."""
+    ctx = _current.get()
+    if ctx is None:
+        _current.set(RequestContext("-", session_id=session_id))
+    elif ctx.session_id != session_id:
+        _current.set(RequestContext(ctx.request_id, started=ctx.started, session_id=session_id))

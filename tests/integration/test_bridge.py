@@ -14,6 +14,7 @@ import pytest
 
 from relay.media.bridge import Bridge
 from relay.media.peers import open_peer_count
+from relay.observability.logging import RequestContextFilter
 from relay.upstream.simulator.server import RunningSimulator
 from relay.upstream.simulator.state import CallRecord
 from tests.integration.conftest import MakeRelay
@@ -370,17 +371,25 @@ async def test_get_and_delete_belong_to_the_owner_or_an_operator(start: Start) -
 
 
 async def test_drain_hangs_up_live_bridges_at_the_deadline(
-    start: Start, simulator: RunningSimulator
+    start: Start, simulator: RunningSimulator, caplog: pytest.LogCaptureFixture
 ) -> None:
     interview: Interview = await start()
     call = upstream_call(simulator)
     manager = interview.relay.services.bridges
     assert manager is not None
+    caplog.set_level(logging.INFO)
+    # What configure_logging's handler does: each record gets the ids of its context.
+    caplog.handler.addFilter(RequestContextFilter())
+    # No request is being served here (as for a drain on SIGTERM).
     await manager.drain(0.2)
     assert len(manager) == 0
     await simulator.state.wait_for(lambda: call.hung_up, 5)
     row = await interview.row()
     assert row["state"] == "ended" and row["end_reason"] == "relay_shutdown"
+    # The teardown's lines, the upstream hang-up's included, say whose they are.
+    await wait_until(lambda: "OPENAI_HANGUP_COMPLETE" in caplog.text, 5, "hang-up logged")
+    (hangup,) = [r for r in caplog.records if "OPENAI_HANGUP_COMPLETE" in r.getMessage()]
+    assert hangup.session_id == interview.session_id  # type: ignore[attr-defined]
 
 
 class _ExplodingSummary:

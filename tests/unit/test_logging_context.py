@@ -86,6 +86,35 @@ async def _log_later(log: logging.Logger) -> None:
     log.info("bridge line")
 
 
+async def test_a_session_task_logs_as_its_session_and_relabels_no_request(
+    captured: tuple[io.StringIO, io.StringIO],
+) -> None:
+    text, _ = captured
+    log = logging.getLogger("relay.test_ctx")
+    # Started outside any request (a timer, a drain): the session only.
+    await asyncio.create_task(_session_task(log, "is_gone", "teardown line"))
+    # Started by a request about another session (one superseding it): the request's id
+    # on its lines, its own session id, and the request's context left as it was.
+    token = request_context.begin("req_0123")
+    try:
+        request_context.bind_session("is_new")
+        await asyncio.create_task(_session_task(log, "is_old", "old teardown line"))
+        log.info("new session line")
+    finally:
+        request_context.end(token)
+
+    lines = text.getvalue().splitlines()
+    assert lines[0].endswith("teardown line [session_id=is_gone]")
+    assert lines[1].endswith("old teardown line [request_id=req_0123 session_id=is_old]")
+    assert lines[2].endswith("new session line [request_id=req_0123 session_id=is_new]")
+
+
+async def _session_task(log: logging.Logger, session_id: str, message: str) -> None:
+    request_context.begin_session_task(session_id)
+    await asyncio.sleep(0)
+    log.info(message)
+
+
 def test_mask_email_keeps_the_shape_not_the_address() -> None:
     assert mask_email("jane.doe@example.com") == "j***e@example.com"
     assert mask_email("ab@x.org") == "a***@x.org"

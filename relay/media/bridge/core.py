@@ -65,6 +65,7 @@ from relay.media.ice import announce_public_address
 from relay.media.metrics import MediaMetrics
 from relay.media.peers import close_peer, new_peer
 from relay.media.tracks import BoundedQueueTrack
+from relay.observability import request_context
 from relay.tasks import TaskGroup
 from relay.upstream.base import MintedSession, UpstreamClient
 
@@ -387,6 +388,9 @@ class Bridge:
         """The work of ``closing``: tell the page why (when the relay decided it), release
         everything, → closed, report to the session layer exactly once (whatever failed
         before)."""
+        # Its lines (the upstream hang-up's among them) are this session's, whoever began
+        # the close: a timer, a drain, another session's request (a task of its own).
+        request_context.begin_session_task(self.session_id)
         self._ended_at = time.monotonic()
         self._clock.stop(self._ended_at)
         self._end_state, self._end_reason = end_state, reason
