@@ -51,7 +51,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from relay.observability.metrics import FAST_BUCKETS, Histogram, MetricsRegistry
+from relay.observability.metrics import GC_BUCKETS, Histogram, MetricsRegistry
 from relay.tasks import TaskGroup
 
 log = logging.getLogger("relay.memory")
@@ -101,7 +101,7 @@ class GcPauseMeter:
             "relay_gc_pause_seconds",
             "Garbage collections, how long each paused the process, by generation",
             ["generation"],
-            buckets=FAST_BUCKETS,
+            buckets=GC_BUCKETS,
             # Collections come with time and allocations, not with requests: Prometheus
             # buckets only, so nothing here grows while the process runs.
             keep_samples=False,

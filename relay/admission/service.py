@@ -16,7 +16,7 @@ from relay.config import Settings
 from relay.db import DatabaseUnavailable
 from relay.errors import ApiError
 from relay.observability.logging import stage
-from relay.observability.metrics import FAST_BUCKETS, MetricsRegistry
+from relay.observability.metrics import DATABASE_BUCKETS, MetricsRegistry
 from relay.observability.request_context import current_request_id
 
 log = logging.getLogger("relay.admission")
@@ -76,7 +76,7 @@ class Admission:
         self._latency = metrics.histogram(
             "relay_admission_duration_seconds",
             "Credential check latency (cache, then the database on a miss), any outcome",
-            buckets=FAST_BUCKETS,
+            buckets=DATABASE_BUCKETS,
         )
 
     async def authenticate(self, authorization: str | None) -> Caller:

@@ -31,7 +31,7 @@ import backoff
 
 from relay.config import DatabaseConfig
 from relay.db.migrate import migrate
-from relay.observability.metrics import FAST_BUCKETS, MetricsRegistry
+from relay.observability.metrics import DATABASE_BUCKETS, MetricsRegistry
 from relay.observability.request_context import record_stage
 from relay.tasks import TaskGroup, idle
 
@@ -94,7 +94,7 @@ class Store:
             "relay_db_query_duration_seconds",
             "Database statement latency incl. retries, by query name",
             ["query"],
-            buckets=FAST_BUCKETS,
+            buckets=DATABASE_BUCKETS,
         )
         self._pool_warm = metrics.gauge("relay_db_pool_warm_connections", "Idle warm connections")
 

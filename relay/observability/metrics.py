@@ -6,7 +6,8 @@ Prometheus conventions (``relay_<area>_<what>_<unit>``, latencies in seconds).
 
 One ``observe`` call feeds both views of a latency:
 - ``/metrics``: a Prometheus histogram with buckets chosen for that latency (``FAST_BUCKETS``
-  for in-process and database work, ``SLOW_BUCKETS`` for the upstream and media set-up),
+  for in-process work, ``DATABASE_BUCKETS`` for database work and its retries,
+  ``SLOW_BUCKETS`` for the upstream and media set-up, ``GC_BUCKETS`` for collections),
   aggregatable across instances;
 - ``/api/stats``: percentiles for people, from a small bounded reservoir of the most recent
   observations (exact for what it holds, and windowed in time so a chart shows the present).
@@ -69,6 +70,30 @@ FAST_BUCKETS: tuple[float, ...] = (
     2.5,
     5.0,
     10.0,
+)
+# Database statements and what waits for one (the credential check on a cache miss): as
+# fast as FAST_BUCKETS when all is well, but each retries on a timeout, and the worst case
+# with the defaults (docs/operations.md, "Failure modes": 3 attempts of 5 s connect + 8 s
+# query, plus backoff) is about 40 s: that, and one or two failed attempts (13-26 s), each
+# get a bucket of their own instead of all landing in +Inf past 10 s.
+DATABASE_BUCKETS: tuple[float, ...] = (*FAST_BUCKETS, 20.0, 30.0, 45.0)
+# Garbage collections: a young generation's takes microseconds (a median of about 7 us
+# measured), a full one "well under a millisecond" with no interview live and about half a
+# millisecond per live interview (a third of a second at 500; docs/operations.md, "Memory
+# per session"). FAST_BUCKETS start at 1 ms, where nearly all of them would land; these go
+# from 10 us to 1 s in steps of about 3x.
+GC_BUCKETS: tuple[float, ...] = (
+    0.00001,
+    0.00003,
+    0.0001,
+    0.0003,
+    0.001,
+    0.003,
+    0.01,
+    0.03,
+    0.1,
+    0.3,
+    1.0,
 )
 # Tens of milliseconds to a minute: upstream mint/SDP exchange, media connect, first audio.
 SLOW_BUCKETS: tuple[float, ...] = (

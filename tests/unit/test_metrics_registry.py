@@ -1,4 +1,5 @@
-"""The metrics registry on prometheus-client: histograms with their own buckets, one
+"""The metrics registry on prometheus-client: histograms with their own buckets (the
+relay's own fitting the documented ranges of what they time), one
 observe feeding both the Prometheus text and the JSON percentiles, bounded label sets,
 one isolated registry per instance."""
 
@@ -7,11 +8,18 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from relay.admission.cache import UserCache
+from relay.admission.service import Admission
+from relay.admission.users import UserRows
+from relay.config import DatabaseConfig, Settings
+from relay.db.store import Store
+from relay.memory import GcPauseMeter
 from relay.observability.metrics import (
     FAST_BUCKETS,
     MAX_SERIES,
     OTHER,
     SLOW_BUCKETS,
+    Histogram,
     MetricsRegistry,
     bounded,
 )
@@ -92,3 +100,35 @@ def test_build_info_and_process_metrics_and_no_summaries() -> None:
     assert sample.value == 1 and sample.labels == {"version": "1.2.3", "python": "3.11"}
     assert "process_cpu_seconds" in fams
     assert all(f.type != "summary" for f in fams.values())  # type: ignore[attr-defined]
+
+
+def _buckets(registry: MetricsRegistry, name: str) -> tuple[float, ...]:
+    metric = registry.get(name)
+    assert isinstance(metric, Histogram), name
+    return metric.buckets
+
+
+def test_retried_database_work_and_gc_pauses_have_buckets_for_their_whole_range() -> None:
+    registry = MetricsRegistry(process_metrics=False)
+    settings = Settings()
+    store = Store("postgresql://unused", settings.database, registry)
+    Admission(settings, UserRows(store), UserCache(settings.cache, registry), registry)
+    GcPauseMeter(registry)
+
+    # A statement that times out on every attempt (docs/operations.md, "Failure modes":
+    # about 40 s with the defaults) still lands in a bucket, and a fast one in the first.
+    db = DatabaseConfig()  # the defaults the docs' figure is for
+    backoff = sum(min(db.backoff_max_s, db.backoff_base_s * 2**i) for i in range(db.retries))
+    worst = (db.retries + 1) * (db.connect_timeout_s + db.query_timeout_s) + backoff
+    assert 35 < worst < 45
+    for name in ("relay_db_query_duration_seconds", "relay_admission_duration_seconds"):
+        buckets = _buckets(registry, name)
+        assert min(buckets) <= 0.001 and max(buckets) >= worst, name
+        assert len(buckets) <= 20, name
+
+    # Collections of microseconds (a young generation) to a third of a second (a full one
+    # with 500 interviews live: docs/operations.md, "Memory per session").
+    gc_buckets = _buckets(registry, "relay_gc_pause_seconds")
+    assert min(gc_buckets) <= 0.00001 and max(gc_buckets) >= 0.5
+    assert len([b for b in gc_buckets if b < 0.001]) >= 3
+    assert len(gc_buckets) <= 20
