@@ -77,6 +77,9 @@ FAST_BUCKETS: tuple[float, ...] = (
 # query, plus backoff) is about 40 s: that, and one or two failed attempts (13-26 s), each
 # get a bucket of their own instead of all landing in +Inf past 10 s.
 DATABASE_BUCKETS: tuple[float, ...] = (*FAST_BUCKETS, 20.0, 30.0, 45.0)
+# HTTP handlers: a session request may wait for the database's worst case and then the
+# upstream's mint with its own timeouts and retries.
+HTTP_BUCKETS: tuple[float, ...] = (*DATABASE_BUCKETS, 60.0)
 # Garbage collections: a young generation's takes microseconds (a median of about 7 us
 # measured), a full one "well under a millisecond" with no interview live and about half a
 # millisecond per live interview (a third of a second at 500; docs/operations.md, "Memory

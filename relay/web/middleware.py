@@ -29,7 +29,7 @@ from relay.config import DatabaseConfig
 from relay.db import DatabaseUnavailable
 from relay.errors import ApiError
 from relay.observability import error_tracking, request_context
-from relay.observability.metrics import FAST_BUCKETS, MetricsRegistry, bounded
+from relay.observability.metrics import HTTP_BUCKETS, MetricsRegistry, bounded
 from relay.web.openai_shape import is_openai_path, openai_error_body, openai_error_headers
 
 log = logging.getLogger("relay.http")
@@ -95,7 +95,7 @@ def make_middleware(
         "relay_http_request_duration_seconds",
         "HTTP handler latency by route template and method",
         ["route", "method"],
-        buckets=FAST_BUCKETS,
+        buckets=HTTP_BUCKETS,
     )
     errors = metrics.counter(
         "relay_http_errors_total",
