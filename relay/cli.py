@@ -7,7 +7,6 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import socket
 import sys
 from collections.abc import Sequence
@@ -34,6 +33,7 @@ from relay.manage import (
     users_command,
 )
 from relay.observability.logging import configure_logging
+from relay.process_lifetime import StoppedDuringStartUp, StopSignals
 from relay.upstream.simulator_process import (
     CONTROL_TOKEN_ENV,
     SIMULATOR_API_KEY,
@@ -197,6 +197,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_migrate(settings, create=args.create))
         if args.command == "webhooks":
             return asyncio.run(_webhooks(settings, args))
+    except StoppedDuringStartUp as exc:
+        # SIGTERM or SIGHUP before `serve` was listening: as for Ctrl-C below, what had
+        # started has been stopped; the shell's status for that signal (143, 129).
+        print(f"stopped during start-up ({exc.name})", file=sys.stderr)
+        return exc.exit_status
     except KeyboardInterrupt:
         # Ctrl-C during a command, or before `serve` listens (afterwards it drains
         # instead): asyncio.run has cancelled the main task, whose clean-up stopped what
@@ -257,6 +262,16 @@ def _worker_argv(args: argparse.Namespace) -> list[str]:
 
 
 async def _serve(settings: Settings) -> int:
+    # First: a stop signal from here on ends the start-up cleanly (relay.process_lifetime).
+    signals = StopSignals()
+    try:
+        return await _start_and_serve(settings, signals)
+    except asyncio.CancelledError:
+        signals.raise_if_stopped()
+        raise
+
+
+async def _start_and_serve(settings: Settings, signals: StopSignals) -> int:
     from aiohttp import web
 
     from relay.app import create_app
@@ -290,16 +305,14 @@ async def _serve(settings: Settings) -> int:
     try:
         site = web.SockSite(runner, sock)
         await site.start()
+        # Listening: a stop signal now drains (one during the banner too, right after it).
+        signals.started()
         services = app[SERVICES]
         if worker is None:
             await _announce(services, runner)
         else:
             print(f"{READY_PREFIX} {instance_id}", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await signals.stop.wait()
         services.drain.start()
         log.info(
             "draining: no new sessions; waiting up to %.0fs for live ones",

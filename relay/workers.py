@@ -20,8 +20,9 @@ Each worker is a whole relay (``relay serve`` with RELAY_WORKER_INDEX set): its 
 event loop, media sockets, and its own member id
 (``<host>:<port>/w<i>``) in the cluster view. They share pending sessions, limits and
 commands through PostgreSQL (and Redis when configured), so any worker answers any
-request. SIGTERM (or SIGINT) to the supervisor is passed to every worker, which drains
-as a single relay does; the supervisor then stops the embedded database. A worker that
+request. SIGTERM, SIGHUP or SIGINT to the supervisor is passed on to every worker (as
+SIGTERM), which drains as a single relay does; the supervisor then stops the embedded
+database. One before the workers are started stops what the supervisor had started. A worker that
 exits on its own is started again (at most once per second).
 
 Workers are started with a plain fork/exec: no Python runs in the child between the two.
@@ -46,7 +47,7 @@ from pathlib import Path
 
 from relay.config import Settings
 from relay.observability import worker_metrics
-from relay.process_lifetime import ParentGone, die_with_parent
+from relay.process_lifetime import ParentGone, StopSignals, die_with_parent
 from relay.sealing import load_or_create_key
 from relay.tasks import TaskGroup
 from relay.upstream.simulation import uses_simulator
@@ -125,6 +126,17 @@ class Supervisor:
         self._metrics_dir: Path | None = None
 
     async def run(self, announce: Announce) -> int:
+        # First: a stop signal while the shared parts start stops them and exits cleanly
+        # (the embedded PostgreSQL, the simulator, the metrics directory are not left
+        # behind); once the workers are started, it stops them (relay.process_lifetime).
+        signals = StopSignals()
+        try:
+            return await self._run(announce, signals)
+        except asyncio.CancelledError:
+            signals.raise_if_stopped()
+            raise
+
+    async def _run(self, announce: Announce, signals: StopSignals) -> int:
         settings = self.settings
         async with contextlib.AsyncExitStack() as stack:
             dsn = settings.database.url
@@ -174,10 +186,8 @@ class Supervisor:
                 "RELAY__SERVER__CREATE_DEMO_USER": "false",
                 **upstream_env,
             }
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, stop.set)
+            signals.started()
+            stop = signals.stop
             for index in range(self.count):
                 self._spawn_watch(index, env)
             ready = asyncio.create_task(self._all_ready())
