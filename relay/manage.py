@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from pydantic import ValidationError
 
 from relay.admission.api_keys import ApiKeyRows, new_key_id
@@ -27,11 +28,20 @@ from relay.admission.tokens import hash_token, new_api_key, new_token
 from relay.admission.users import UserAdmin, UserDetail
 from relay.cluster.bus import notify
 from relay.config import Settings
-from relay.db import Store
+from relay.db import RETRYABLE_ERRORS, Store
+from relay.db.migrate import MigrationTimeout
+from relay.db.store import connection_failure
 from relay.interviews.models import InterviewCreate
 from relay.interviews.rows import CandidateInactive
 from relay.interviews.service import InterviewService, effective_status, view
 from relay.observability.metrics import MetricsRegistry
+
+# A server that answers but refuses the connection: a wrong role or password, no such
+# database. No retry fixes them, but they say no more than "not connected" either.
+REFUSED_CONNECTION: tuple[type[Exception], ...] = (
+    asyncpg.InvalidAuthorizationSpecificationError,
+    asyncpg.InvalidCatalogNameError,
+)
 
 # Who a command acts as (an interview's created_by, a key's created_by).
 CLI_PRINCIPAL = "cli"
@@ -73,7 +83,14 @@ async def open_store(settings: Settings, *, create: bool = False) -> AsyncIterat
         store = Store(dsn, settings.database, MetricsRegistry())
         await store.open()
         stack.push_async_callback(store.close)
-        await store.migrate()
+        try:
+            await store.migrate()
+        except MigrationTimeout:
+            raise  # connected, but the migrations did not finish: its own message
+        except (*RETRYABLE_ERRORS, *REFUSED_CONNECTION) as exc:
+            # The first connection of the command: a database that is down, refuses us or
+            # does not answer is one line and exit 3 (relay.cli), not a traceback.
+            raise connection_failure(exc, settings.database) from exc
         yield store
 
 

@@ -55,10 +55,30 @@ class DatabaseUnavailable(Exception):
     """The database did not answer after all retries (``code``: database_timeout or
     database_unavailable)."""
 
-    def __init__(self, code: str, attempts: int, cause: BaseException) -> None:
-        super().__init__(f"{code} after {attempts} attempts: {type(cause).__name__}")
+    def __init__(
+        self, code: str, attempts: int, cause: BaseException, detail: str | None = None
+    ) -> None:
+        tries = f"{attempts} attempt" + ("" if attempts == 1 else "s")
+        super().__init__(f"{code} after {tries}: {detail or type(cause).__name__}")
         self.code = code
         self.attempts = attempts
+
+
+def no_answer(config: DatabaseConfig) -> str:
+    """What a timeout while connecting means (SIGSTOPped or hung server, dropped packets):
+    not a lock or a slow migration."""
+    return (
+        "the database did not answer within database.connect_timeout_s = "
+        f"{config.connect_timeout_s:g} s"
+    )
+
+
+def connection_failure(exc: BaseException, config: DatabaseConfig) -> DatabaseUnavailable:
+    """A failed connection (``RETRYABLE_ERRORS``) outside ``run``, as ``DatabaseUnavailable``
+    with what went wrong in one line (the management commands print it and exit 3)."""
+    if isinstance(exc, TimeoutError):
+        return DatabaseUnavailable("database_timeout", 1, exc, no_answer(config))
+    return DatabaseUnavailable("database_unavailable", 1, exc, f"{type(exc).__name__}: {exc}")
 
 
 async def keep_session(conn: asyncpg.Connection) -> None:

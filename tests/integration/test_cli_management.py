@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from relay.admission.tokens import hash_token
 from tests.support.relay_cli import run_relay
+from tests.support.silent_database import silent_database
 
 
 def _env(database_url: str | None, data_dir: Path) -> dict[str, str]:
@@ -177,3 +180,34 @@ async def test_the_lost_token_recovery_works(database_url: str, tmp_path: Path) 
     assert code == 0 and "active" in out, err
     code, _, err = await _relay(env, tmp_path, "users", "reissue", "--email", "no@example.test")
     assert code == 1 and "no user" in err
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["db", "migrate"],
+        ["users", "add", "--email", "a@example.test"],
+        ["users", "list"],
+        ["keys", "list"],
+    ],
+)
+async def test_a_database_that_is_down_or_silent_exits_3_with_one_line(
+    tmp_path: Path, command: list[str]
+) -> None:
+    env = _env(None, tmp_path / "state")
+    env["RELAY__DATABASE__CONNECT_TIMEOUT_S"] = "0.5"
+    refused = f"postgresql://relay@127.0.0.1:{_closed_port()}/relay"
+    code, _, err = await run_relay(*command, env={**env, "DATABASE_URL": refused}, cwd=tmp_path)
+    assert code == 3, err
+    assert err.startswith("database unavailable: ") and err.count("\n") == 1, err
+    async with silent_database() as silent:
+        code, _, err = await run_relay(*command, env={**env, "DATABASE_URL": silent}, cwd=tmp_path)
+    assert code == 3, err
+    assert err.count("\n") == 1, err
+    assert "did not answer within database.connect_timeout_s = 0.5 s" in err, err
