@@ -18,7 +18,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from relay.config import DatabaseConfig
-from relay.db.store import RETRYABLE_ERRORS, Store
+from relay.db.migrate import MigrationTimeout
+from relay.db.store import RETRYABLE_ERRORS, Store, no_answer
 from relay.tasks import idle
 
 log = logging.getLogger("relay.db")
@@ -110,10 +111,14 @@ async def bootstrap_database(
 
 
 def _describe(exc: BaseException, step: str, config: DatabaseConfig) -> str:
-    if step == "migrate" and isinstance(exc, TimeoutError):
+    if isinstance(exc, MigrationTimeout):
         return (
             f"not done within database.migration_timeout_s = "
             f"{config.migration_timeout_s:g} s: another instance migrating, "
             "or a lock held on the schema"
         )
+    if step == "migrate" and isinstance(exc, TimeoutError):
+        # Any other timeout of this step is its connection's (Store.migrate): the server
+        # is down, stopped (SIGSTOP) or unreachable, not busy migrating.
+        return no_answer(config)
     return f"{type(exc).__name__}: {exc}"

@@ -27,7 +27,9 @@ async def readyz(request: web.Request) -> web.Response:
     except Exception as exc:  # any failure means "not reachable"; say which kind
         checks["database"] = {"ok": False, "error": type(exc).__name__}
     startup = services.startup
-    if not services.store.schema_ready:
+    if not services.store.schema_ready and checks["database"]["ok"]:
+        # Only a database that answers is waiting for migrations; one that does not is
+        # named by the ping's error above (a timeout, a refused connection).
         checks["database"] = {"ok": False, "error": "migrations_pending"}
     if startup.database_last_error is not None:
         # The bootstrap is retrying (or gave up): which step failed, how, how many tries.

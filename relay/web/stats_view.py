@@ -70,13 +70,14 @@ def _errors_by_code(services: Services) -> dict[str, float]:
 async def _database(services: Services) -> dict[str, Any]:
     state = "up"
     error = None
-    if not services.store.schema_ready:
-        state, error = "down", "migrations_pending"
+    try:
+        await services.store.ping(timeout_s=DB_PING_TIMEOUT_S)
+    except (Exception, asyncio.TimeoutError) as exc:  # any failure means unreachable
+        state, error = "down", type(exc).__name__
     else:
-        try:
-            await services.store.ping(timeout_s=DB_PING_TIMEOUT_S)
-        except (Exception, asyncio.TimeoutError) as exc:  # any failure means unreachable
-            state, error = "down", type(exc).__name__
+        # Only a database that answers is waiting for migrations (as in /readyz).
+        if not services.store.schema_ready:
+            state, error = "down", "migrations_pending"
     return {
         "state": state,
         "error": error,

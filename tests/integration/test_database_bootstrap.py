@@ -17,6 +17,7 @@ from relay.observability.metrics import MetricsRegistry
 from tests.integration.conftest import MakeRelay
 from tests.integration.relay_harness import RelayHarness, migrated_store
 from tests.support.postgres import PostgresServer
+from tests.support.silent_database import silent_database
 
 # Bounds the polling below; the bootstraps under test end within a few seconds.
 DEADLINE_S = 30.0
@@ -150,6 +151,30 @@ async def test_a_database_that_stays_down_is_retried_a_bounded_number_of_times(
         "database bootstrap attempt 1/3",
         "database bootstrap attempt 2/3",
     ]
+
+
+async def test_a_database_that_does_not_answer_is_named_so_not_a_migration_lock(
+    make_relay: MakeRelay, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server that takes the connection and never answers (PostgreSQL stopped with
+    SIGSTOP): the log names the connect timeout, not another instance's migration, and
+    /readyz names the failing ping, not pending migrations."""
+    async with silent_database() as dsn:
+        relay = await make_relay(
+            dsn=dsn, overrides={"database": {"connect_timeout_s": 0.3, "bootstrap_attempts": 2}}
+        )
+        ready = await _until_startup_failed(relay)
+    database = ready["checks"]["database"]
+    assert database["error"] == "TimeoutError", ready
+    assert database["bootstrap"]["last_error"] == "migrate: timeout", ready
+    retries = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "database bootstrap attempt" in r.getMessage()
+    ]
+    assert len(retries) == 1, retries
+    assert "the database did not answer within database.connect_timeout_s = 0.3 s" in retries[0]
+    assert "migration_timeout_s" not in retries[0], retries
 
 
 async def test_a_database_with_one_address_in_two_cases_migrates_and_finds_the_oldest(
