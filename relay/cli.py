@@ -369,14 +369,24 @@ async def _announce(services: Services, runner: web.AppRunner) -> None:
 
 # ---------------------------------------------------------------------- doctor
 async def _doctor(settings: Settings) -> int:
-    """``relay doctor``: the configured upstream, or (no key) the built-in simulator the
-    relay would use, checked end to end."""
+    """``relay doctor``: the configured upstream, or (no key, or upstream.simulate) the
+    simulator the relay would use, checked end to end: the shared one at
+    upstream.simulator_url, else the built-in one."""
     from relay.upstream.doctor import doctor_main
 
     _doctor_media(settings)
     upstream = settings.upstream
-    if upstream.api_key:
+    # As the relay chooses (relay.upstream.simulation): asked-for simulation wins over a key.
+    if upstream.api_key and not upstream.simulate:
         return await doctor_main(upstream)
+    if upstream.simulator_url:
+        # The shared simulator every relay uses (`relay simulate`): checked there, as they
+        # reach it; it names itself, so the verdict still says SIMULATED, and one that is
+        # down fails (starting another here would say all is well).
+        shared = upstream.model_copy(
+            update={"api_key": SIMULATOR_API_KEY, "base_url": upstream.simulator_url}
+        )
+        return await doctor_main(shared)
     # The same simulator the relay would start, in a process of its own as the relay runs it.
     simulator = await start_simulator_process(simulator_spec(settings))
     try:

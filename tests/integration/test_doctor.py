@@ -176,3 +176,29 @@ async def test_a_simulator_at_the_configured_url_says_simulated(
     code, lines, _ = await _doctor(tmp_path, named_sim.base_url)
     assert code == 1 and lines[-1] == "1 check(s) failed"
     assert any(line.startswith("WARN  upstream: SIMULATED") for line in lines)
+
+
+async def test_a_shared_simulator_url_is_checked_where_the_relays_reach_it(
+    named_sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """upstream.simulator_url (the simulator every relay shares): the doctor checks that
+    one, not a simulator of its own: down, it fails; up, it answers as SIMULATED."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    simulate = {"OPENAI_API_KEY": "", "RELAY__UPSTREAM__SIMULATE": "true"}
+    code, lines, err = await _doctor(
+        tmp_path, "https://api.openai.com/v1", **simulate, RELAY__UPSTREAM__SIMULATOR_URL=closed
+    )
+    assert code == 1, (lines, err)
+    assert _outcomes(lines)["key"] == "FAIL", lines
+    assert lines[-1].endswith("check(s) failed"), lines
+    code, lines, err = await _doctor(
+        tmp_path,
+        "https://api.openai.com/v1",
+        **simulate,
+        RELAY__UPSTREAM__SIMULATOR_URL=named_sim.base_url,
+    )
+    assert code == 4, (lines, err)
+    upstream = next(line for line in lines if line.startswith("WARN  upstream:"))
+    assert f"SIMULATED: {named_sim.base_url}" in upstream, lines
