@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from relay.admission.bulk_users import MAX_SECONDS
 from relay.admission.tokens import hash_token, new_token
 from relay.admission.users import UserAdmin, UserExists, UserRows, UsersExist
 from relay.cluster.bus import notify
@@ -20,6 +21,7 @@ from relay.config import ConfigError, Settings, load_settings
 from relay.db import DatabaseUnavailable, Store
 from relay.db.embedded_pg import EmbeddedPostgresError
 from relay.db.migrate import MigrationTimeout
+from relay.fields import email_problem
 from relay.manage import (
     NoDatabase,
     add_database_options,
@@ -452,8 +454,8 @@ async def _import_users(settings: Settings, args: argparse.Namespace) -> int:
     """All or nothing: a bad line or a taken email adds nobody and leaves no tokens file."""
     from relay.admission.bulk_users import ImportFileError, parse_users_csv, write_tokens
 
-    if not 0 <= args.seconds <= 2**31 - 1:
-        print("--seconds must be within 0..2147483647", file=sys.stderr)
+    if not 0 <= args.seconds <= MAX_SECONDS:
+        print(f"--seconds must be within 0..{MAX_SECONDS}", file=sys.stderr)
         return 2
     try:
         text = await asyncio.to_thread(args.file.read_text, encoding="utf-8")
@@ -489,12 +491,19 @@ async def _users(settings: Settings, args: argparse.Namespace) -> int:
         return await _import_users(settings, args)
     if args.users_command not in ("add", "revoke"):
         return await users_command(settings, args)
+    if args.users_command == "add":
+        # Checked as `users import` and the API check them, before the database is opened
+        # (an out-of-range number would only fail there, as a DataError).
+        args.email = args.email.strip()
+        if (problem := email_problem(args.email)) is not None:
+            print(f"--email: {problem}", file=sys.stderr)
+            return 2
+        if not 0 <= args.seconds <= MAX_SECONDS:
+            print(f"--seconds must be within 0..{MAX_SECONDS}", file=sys.stderr)
+            return 2
     async with open_store(settings, create=args.create) as store:
         users = UserRows(store)
         if args.users_command == "add":
-            if args.seconds < 0:
-                print("--seconds must be >= 0", file=sys.stderr)
-                return 2
             existing = await users.find_user_by_email(args.email)
             if existing is not None and not existing.active:
                 return await _reactivate_with_token(settings, store, existing.id, args)

@@ -6,6 +6,7 @@ UTF-8 (no lone surrogates, which JSON can spell), JSON whose strings hold no ``\
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -56,8 +57,27 @@ def iso_utc_or_none(value: datetime | None) -> str | None:
 Text = Annotated[str, AfterValidator(storable_text)]
 UtcDatetime = Annotated[datetime, AfterValidator(utc)]
 # An e-mail address as the relay keys users by it: one @, no spaces, of a sane length.
+# One rule for the API (``Email``), `relay users add` and `relay users import`
+# (``email_problem``): an address one of them refuses, none accepts.
+EMAIL_MIN_LENGTH = 3
+EMAIL_MAX_LENGTH = 320
+EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+$"
 Email = Annotated[
     str,
-    Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$"),
+    Field(min_length=EMAIL_MIN_LENGTH, max_length=EMAIL_MAX_LENGTH, pattern=EMAIL_PATTERN),
     AfterValidator(storable_text),
 ]
+
+
+def email_problem(value: str) -> str | None:
+    """Why ``value`` is not an address ``Email`` accepts, or None. Callers strip first
+    (the command line and a CSV file do; the API takes exactly what it is sent)."""
+    if not EMAIL_MIN_LENGTH <= len(value) <= EMAIL_MAX_LENGTH:
+        return f"{value!r} is not an email address (3 to {EMAIL_MAX_LENGTH} characters)"
+    if re.fullmatch(EMAIL_PATTERN, value) is None:
+        return f"{value!r} is not an email address (one @, no spaces)"
+    try:
+        storable_text(value)
+    except ValueError as exc:
+        return f"{value!r} is not an email address: it {exc}"
+    return None

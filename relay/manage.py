@@ -24,6 +24,7 @@ import asyncpg
 from pydantic import ValidationError
 
 from relay.admission.api_keys import ApiKeyRows, new_key_id
+from relay.admission.bulk_users import MAX_SECONDS
 from relay.admission.tokens import hash_token, new_api_key, new_token
 from relay.admission.users import UserAdmin, UserDetail
 from relay.cluster.bus import notify
@@ -404,8 +405,12 @@ async def reissue(settings: Settings, store: Store, email: str) -> tuple[UserDet
 
 async def users_command(settings: Settings, args: argparse.Namespace) -> int:
     command = args.users_command
-    if command in ("credit",) and args.seconds is not None and args.seconds < 0:
-        return _fail("--seconds must be >= 0", 2)
+    # The API's bounds (PATCH /api/users/{id}): beyond them PostgreSQL's INTEGER column
+    # would refuse the number with a DataError.
+    if command == "credit" and args.seconds is not None and not 0 <= args.seconds <= MAX_SECONDS:
+        return _fail(f"--seconds must be within 0..{MAX_SECONDS}", 2)
+    if command == "credit" and args.add is not None and not abs(args.add) <= MAX_SECONDS:
+        return _fail(f"--add must be within -{MAX_SECONDS}..{MAX_SECONDS}", 2)
     async with open_store(settings, create=args.create) as store:
         admin = UserAdmin(store)
         if command == "list":

@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from relay.fields import email_problem
+
 # One import is one transaction; larger lists can be split into several files.
 MAX_USERS_PER_IMPORT = 100_000
 MAX_SECONDS = 2**31 - 1  # the column is a PostgreSQL INTEGER
@@ -46,8 +48,8 @@ def parse_users_csv(text: str, default_seconds: int) -> list[NewUser]:
         if not email:
             problems.append(f"line {line}: no email")
             continue
-        if "@" not in email or any(c.isspace() for c in email):
-            problems.append(f"line {line}: {email!r} is not an email address")
+        if (problem := email_problem(email)) is not None:
+            problems.append(f"line {line}: {problem}")
             continue
         # One address in any case (migration 012): Ana@x.test repeats ana@x.test.
         key = email.lower()

@@ -182,6 +182,46 @@ async def test_the_lost_token_recovery_works(database_url: str, tmp_path: Path) 
     assert code == 1 and "no user" in err
 
 
+async def test_users_add_checks_the_address_and_seconds_as_import_and_the_api_do(
+    database_url: str, tmp_path: Path
+) -> None:
+    env = _env(database_url, tmp_path / "state")
+    for email in ("", "notanemail", "a b@x.test", "a@b@x.test", "@x.test"):
+        code, _, err = await _relay(env, tmp_path, "users", "add", "--email", email)
+        assert code == 2 and err.startswith("--email: ") and "Traceback" not in err, err
+        assert "is not an email address" in err, err
+        # The same address in a file is refused by `users import` too: one rule.
+        csv_file = tmp_path / "users.csv"
+        csv_file.write_text(f'email\n"{email}"\n', encoding="utf-8")
+        out_file = tmp_path / "tokens.csv"
+        code, _, err = await _relay(
+            env, tmp_path, "users", "import", "--file", str(csv_file), "--tokens-out", str(out_file)
+        )
+        assert code == 2 and ("is not an email address" in err or "no email" in err), err
+    # Spaces around an address are dropped, as import drops them.
+    code, out, err = await _relay(env, tmp_path, "users", "add", "--email", " spaced@x.test ")
+    assert code == 0 and "<spaced@x.test>" in out, err
+    for seconds in ("99999999999", "-1", "2147483648"):
+        code, _, err = await _relay(
+            env, tmp_path, "users", "add", "--email", "n@x.test", "--seconds", seconds
+        )
+        assert (code, err) == (2, "--seconds must be within 0..2147483647\n")
+        code, _, err = await _relay(
+            env, tmp_path, "users", "credit", "--email", "spaced@x.test", "--seconds", seconds
+        )
+        assert (code, err) == (2, "--seconds must be within 0..2147483647\n")
+    code, _, err = await _relay(
+        env, tmp_path, "users", "credit", "--email", "spaced@x.test", "--add", "99999999999"
+    )
+    assert (code, err) == (2, "--add must be within -2147483647..2147483647\n")
+    conn = await asyncpg.connect(database_url)
+    try:
+        emails = await conn.fetch("SELECT email, remaining_seconds FROM users")
+    finally:
+        await conn.close()
+    assert [tuple(r) for r in emails] == [("spaced@x.test", 1800)]
+
+
 def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
