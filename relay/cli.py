@@ -356,7 +356,8 @@ async def _announce(services: Services, runner: web.AppRunner) -> None:
     print(f"Operator dashboard: {url}stats", flush=True)
     if services.generated_operator_token:
         print(f"Operator token (generated for this run): {services.generated_operator_token}")
-    if services.settings.server.create_demo_user:
+    settings = services.settings
+    if settings.server.demo_user_wanted(settings.database.url):
         token = new_token()
         try:
             await services.users.create_user(
@@ -423,7 +424,7 @@ async def _supervise(settings: Settings, workers: int, argv: list[str]) -> int:
         print(line, flush=True)
         if operator_token:
             print(f"Operator token (generated for this run): {operator_token}")
-        if settings.server.create_demo_user:
+        if settings.server.demo_user_wanted(settings.database.url):
             await _demo_user(settings.replace("database", url=dsn))
 
     return await Supervisor(settings, workers, argv).run(announce)

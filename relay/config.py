@@ -112,8 +112,18 @@ class ServerConfig(_Section):
     drain_timeout_s: Annotated[float, Field(ge=0, le=86400)] = 30.0
     # Seconds advertised in Retry-After while draining.
     drain_retry_after_s: Annotated[int, Field(ge=1, le=3600)] = 30
-    # Create a demo user on first start and print its token (local runs).
-    create_demo_user: bool = True
+    # Create (or refresh) the demo user at every start and print its token: "auto" only
+    # with the embedded PostgreSQL (database.url empty: a try-out on one machine, README's
+    # first run), never in a database configured for production, shared by a cluster
+    # (docs/deploy.md) where each start would invalidate the token another printed; true
+    # or false decide it outright.
+    create_demo_user: bool | Literal["auto"] = "auto"
+
+    def demo_user_wanted(self, database_url: str) -> bool:
+        if self.create_demo_user == "auto":
+            return not database_url
+        return self.create_demo_user
+
     # Once started, move every object alive to the garbage collector's permanent
     # generation (relay.memory): collections then scan live interviews only.
     gc_freeze: bool = True

@@ -202,6 +202,34 @@ async def test_users_add_and_revoke_share_the_served_database(
     assert code == 0 and "up to date" in out, err
 
 
+async def test_a_configured_database_gets_no_demo_user_unless_asked(
+    traversable_tmp_path: Path, database_url: str
+) -> None:
+    """server.create_demo_user = "auto" (the default): the demo user only with the embedded
+    PostgreSQL (the `served` tests above); a configured database (production, a cluster)
+    gets none, and no token is printed."""
+    env = {**_env(traversable_tmp_path / "state"), "DATABASE_URL": database_url}
+    proc = await start_serving("--port", "0", env=env, cwd=traversable_tmp_path)
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        while not any("Operator dashboard" in line for line in lines):
+            raw = await asyncio.wait_for(proc.stdout.readline(), 90)
+            assert raw, lines
+            lines.append(raw.decode())
+    finally:
+        await stop_serving(proc)
+    # A stop during the banner drains after it: the rest of it is there.
+    lines += (await proc.stdout.read()).decode().splitlines()
+    assert proc.returncode == 0, lines
+    assert not any("Demo candidate" in line or line.startswith("rt_") for line in lines), lines
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM users") == 0
+    finally:
+        await conn.close()
+
+
 async def test_ctrl_c_during_start_up_stops_what_started_and_exits_130_quietly(
     traversable_tmp_path: Path,
 ) -> None:

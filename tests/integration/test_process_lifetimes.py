@@ -113,6 +113,8 @@ async def test_a_relay_killed_with_sigkill_leaves_none_of_its_processes(
         "RELAY__SERVER__DATA_DIR": str(traversable_tmp_path / "state"),
         "RELAY_OPERATOR_TOKEN": OPERATOR,
         "DATABASE_URL": database_url,
+        # A configured database gets no demo user unless asked for (server.create_demo_user).
+        "RELAY__SERVER__CREATE_DEMO_USER": "true",
     }
     operator = {"Authorization": f"Bearer {OPERATOR}"}
     peer = BrowserPeer()

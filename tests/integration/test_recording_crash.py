@@ -51,6 +51,8 @@ async def test_kill_9_mid_interview_then_restart_finalises_a_playable_recording(
         "RELAY__SERVER__DRAIN_TIMEOUT_S": "2",
         "RELAY_OPERATOR_TOKEN": OPERATOR,
         "DATABASE_URL": database_url,
+        # A configured database gets no demo user unless asked for (server.create_demo_user).
+        "RELAY__SERVER__CREATE_DEMO_USER": "true",
     }
     port = free_port()  # the same port again after the crash: the same instance id
     operator = {"Authorization": f"Bearer {OPERATOR}"}

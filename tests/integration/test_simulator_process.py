@@ -75,6 +75,8 @@ async def test_serve_without_a_key_runs_the_simulator_as_a_child_and_never_impor
         "RELAY__SERVER__DRAIN_TIMEOUT_S": "2",
         "RELAY_OPERATOR_TOKEN": OPERATOR,
         "DATABASE_URL": database_url,
+        # A configured database gets no demo user unless asked for (server.create_demo_user).
+        "RELAY__SERVER__CREATE_DEMO_USER": "true",
     }
     log_path = traversable_tmp_path / "relay.log"
     peer = BrowserPeer()

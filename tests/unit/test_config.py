@@ -319,3 +319,23 @@ def test_cors_origins_are_kept_as_browsers_send_them() -> None:
         "http://[::1]:9000",
     )
     assert Settings().server.cors_origins == ()
+
+
+@pytest.mark.parametrize(
+    ("value", "database_url", "wanted"),
+    [
+        (None, "", True),  # the default ("auto"), embedded PostgreSQL: README's first run
+        (None, "postgresql://db/relay", False),  # a configured (production) database
+        ("true", "postgresql://db/relay", True),
+        ("false", "", False),
+        ("auto", "", True),
+    ],
+)
+def test_the_demo_user_is_made_only_with_the_embedded_database_unless_asked(
+    value: str | None, database_url: str, wanted: bool
+) -> None:
+    env = {"DATABASE_URL": database_url} if database_url else {}
+    if value is not None:
+        env["RELAY__SERVER__CREATE_DEMO_USER"] = value
+    settings = load_settings(environ=env)
+    assert settings.server.demo_user_wanted(settings.database.url) is wanted
