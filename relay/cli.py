@@ -59,6 +59,7 @@ DEMO_EMAIL = "demo@localhost"
 # The simulator's control token (relay simulate); there is deliberately no option for it.
 SIM_CONTROL_TOKEN_ENV = CONTROL_TOKEN_ENV
 DEFAULT_USER_SECONDS = 1800
+SIMULATED_LINE = "SIMULATED upstream: candidates talk to the built-in simulator, not OpenAI."
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -349,10 +350,7 @@ async def _announce(services: Services, runner: web.AppRunner) -> None:
     line, url = listening_banner(str(host), int(port))
     print(line, flush=True)
     if services.simulated:
-        print(
-            "SIMULATED upstream: candidates talk to the built-in simulator, not OpenAI.",
-            flush=True,
-        )
+        print(SIMULATED_LINE, flush=True)
     print(f"Operator dashboard: {url}stats", flush=True)
     if services.generated_operator_token:
         print(f"Operator token (generated for this run): {services.generated_operator_token}")
@@ -415,13 +413,18 @@ def _doctor_media(settings: Settings) -> None:
 
 
 async def _supervise(settings: Settings, workers: int, argv: list[str]) -> int:
+    from relay.upstream.simulation import uses_simulator
     from relay.workers import Supervisor
 
     async def announce(
         settings: Settings, dsn: str, port: int, operator_token: str | None, count: int
     ) -> None:
-        line, _ = listening_banner(settings.server.host, port, f" ({count} workers)")
+        line, url = listening_banner(settings.server.host, port, f" ({count} workers)")
         print(line, flush=True)
+        # The same lines as a single relay's (_announce).
+        if uses_simulator(settings):
+            print(SIMULATED_LINE, flush=True)
+        print(f"Operator dashboard: {url}stats", flush=True)
         if operator_token:
             print(f"Operator token (generated for this run): {operator_token}")
         if settings.server.demo_user_wanted(settings.database.url):

@@ -157,6 +157,9 @@ async def test_sighup_drains_every_worker_and_the_supervisor_leaves_nothing(
     env = _env(data_dir, TMPDIR=str(tmp))
     async with _serving(traversable_tmp_path, env, "--workers", "2") as served:
         await served.until(served.out, "(2 workers)")
+        # The banner says what a single relay's says (no key: the simulator).
+        await served.until(served.out, "Operator dashboard: http://127.0.0.1:")
+        assert any(line.startswith("SIMULATED upstream") for line in served.out), served.out
         assert list(tmp.glob("relay-worker-metrics-*")), served.text()
         served.proc.send_signal(signal.SIGHUP)
         code = await served.exit_status()
