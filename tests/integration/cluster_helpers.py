@@ -25,6 +25,7 @@ from tests.integration.relay_harness import (
     SIMULATOR_KEY,
     STATE_KEY,
 )
+from tests.support.relay_cli import foreign_free_environ
 
 URL_LINE = re.compile(r"listening on (http://127\.0\.0\.1:\d+/)")
 OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
@@ -33,11 +34,7 @@ HEARTBEAT_S = 0.5
 
 
 def relay_env(data_dir: Path, extra: dict[str, str]) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("RELAY", "OPENAI", "DATABASE", "REDIS"))
-    }
+    env = foreign_free_environ()
     env.update(
         {
             "RELAY__SERVER__DATA_DIR": str(data_dir),

@@ -19,17 +19,19 @@ import pytest
 from relay.cli import _parser
 from relay.db.migrate import MIGRATION_LOCK_ID
 from tests.integration.relay_harness import NOTICE_CONFIRMED
-from tests.support.relay_cli import read_banner, run_relay, start_serving, stop_serving
+from tests.support.relay_cli import (
+    foreign_free_environ,
+    read_banner,
+    run_relay,
+    start_serving,
+    stop_serving,
+)
 
 OPERATOR = "cli-test-operator-token-0123456789"
 
 
 def _env(data_dir: Path) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("RELAY", "OPENAI", "DATABASE", "REDIS"))
-    }
+    env = foreign_free_environ()
     env["RELAY__SERVER__DATA_DIR"] = str(data_dir)
     env["RELAY__SERVER__DRAIN_TIMEOUT_S"] = "2"
     env["RELAY_OPERATOR_TOKEN"] = OPERATOR

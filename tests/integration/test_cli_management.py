@@ -5,7 +5,6 @@ and the refusal to create a new embedded database where none exists."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 from pathlib import Path
 
@@ -13,16 +12,12 @@ import asyncpg
 import pytest
 
 from relay.admission.tokens import hash_token
-from tests.support.relay_cli import run_relay
+from tests.support.relay_cli import foreign_free_environ, run_relay
 from tests.support.silent_database import silent_database
 
 
 def _env(database_url: str | None, data_dir: Path) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("RELAY", "OPENAI", "DATABASE", "REDIS"))
-    }
+    env = foreign_free_environ()
     env["RELAY__SERVER__DATA_DIR"] = str(data_dir)
     if database_url:
         env["DATABASE_URL"] = database_url

@@ -5,7 +5,6 @@ PostgreSQL), a real aiortc browser joining through the invite."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from tests.integration.interview_helpers import (
 )
 from tests.integration.media_helpers import wait_until
 from tests.integration.relay_harness import NOTICE_CONFIRMED, RelayHarness
-from tests.support.relay_cli import run_relay
+from tests.support.relay_cli import foreign_free_environ, run_relay
 
 
 async def _start(relay: RelayHarness, invite: str) -> tuple[int, Any]:
@@ -188,11 +187,7 @@ async def test_a_live_session_keeps_running_and_resumes_with_the_new_link_only(
 async def test_the_cli_prints_a_link_that_works(make_relay: MakeRelay, tmp_path: Path) -> None:
     relay = await make_relay()
     interview = await create_interview(relay)
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("RELAY", "OPENAI", "DATABASE", "REDIS"))
-    }
+    env = foreign_free_environ()
     env["DATABASE_URL"] = relay.database_url
     code, out, err = await run_relay(
         "interviews",

@@ -30,7 +30,7 @@ from tests.integration.media_helpers import BrowserPeer, wait_until
 from tests.integration.relay_harness import NOTICE_CONFIRMED
 from tests.support import leftovers
 from tests.support.processes import wait_exited
-from tests.support.relay_cli import read_banner, stop_serving
+from tests.support.relay_cli import foreign_free_environ, read_banner, stop_serving
 
 OPERATOR = "simulator-process-operator-token"
 CHILD = "relay.upstream.simulator.child"
@@ -65,11 +65,7 @@ def _environment(pid: int) -> dict[str, str]:
 async def test_serve_without_a_key_runs_the_simulator_as_a_child_and_never_imports_it(
     traversable_tmp_path: Path, database_url: str
 ) -> None:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("RELAY", "OPENAI", "DATABASE", "REDIS"))
-    }
+    env = foreign_free_environ()
     env |= {
         "RELAY__SERVER__DATA_DIR": str(traversable_tmp_path / "state"),
         "RELAY__SERVER__DRAIN_TIMEOUT_S": "2",

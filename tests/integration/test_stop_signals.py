@@ -16,17 +16,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.relay_cli import foreign_free_environ
+
 pytestmark = pytest.mark.slow
 
 OPERATOR = "stop-signal-test-operator-token-0123456789"
 
 
 def _env(data_dir: Path, **extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("RELAY", "OPENAI", "DATABASE", "REDIS"))
-    }
+    env = foreign_free_environ()
     env.update(
         {
             "RELAY__SERVER__DATA_DIR": str(data_dir),

@@ -4,22 +4,17 @@ a taken email or a bad line adds nobody and leaves no tokens file behind."""
 from __future__ import annotations
 
 import csv
-import os
 import stat
 from pathlib import Path
 
 import asyncpg
 
 from relay.admission.tokens import hash_token
-from tests.support.relay_cli import run_relay
+from tests.support.relay_cli import foreign_free_environ, run_relay
 
 
 def _env(database_url: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("RELAY", "OPENAI", "DATABASE", "REDIS"))
-    }
+    env = foreign_free_environ()
     env["DATABASE_URL"] = database_url
     return env
 

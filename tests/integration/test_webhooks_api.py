@@ -4,7 +4,6 @@ shown once, disable/enable, test events, the delivery log, redelivery, metrics."
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from tests.integration.conftest import MakeRelay
 from tests.integration.relay_harness import OPERATOR_TOKEN, STATE_KEY, RelayHarness
 from tests.integration.test_webhooks import LOOPBACK, emit
 from tests.integration.webhook_receiver import OPERATOR, deliveries, receiver, register
-from tests.support.relay_cli import run_relay
+from tests.support.relay_cli import foreign_free_environ, run_relay
 
 
 async def call(
@@ -256,11 +255,7 @@ async def test_a_delivery_is_given_up_after_retry_for_s(
 
 @pytest.fixture
 def cli_env(database_url: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("RELAY", "OPENAI", "DATABASE", "REDIS"))
-    }
+    env = foreign_free_environ()
     return env | {
         "DATABASE_URL": database_url,
         # The relays of these tests seal with this key: an endpoint added by the command

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import sys
@@ -13,6 +14,17 @@ from pathlib import Path
 URL_LINE = re.compile(
     r"listening on (?:http://0\.0\.0\.0:\d+/ \(.*from this machine: )?(http://127\.0\.0\.1:\d+/)"
 )
+
+
+def foreign_free_environ() -> dict[str, str]:
+    """This process's environment without the relay's own settings (``RELAY…``,
+    ``OPENAI…``, ``DATABASE…``, ``REDIS…``): a relay started with it and the test's settings
+    sees those alone, whatever the machine running the tests has set."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RELAY", "OPENAI", "DATABASE", "REDIS"))
+    }
 
 
 async def run_relay(
