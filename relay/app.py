@@ -46,6 +46,7 @@ from relay.admission.invalidation import CacheInvalidationListener
 from relay.admission.invites import InviteRows
 from relay.admission.service import Admission
 from relay.admission.users import UserAdmin, UserRows
+from relay.cluster import members
 from relay.cluster.bus import notify
 from relay.cluster.limits import SharedLimits
 from relay.cluster.resume import ResumeService
@@ -64,7 +65,7 @@ from relay.observability.loop_monitor import LoopMonitor
 from relay.observability.metrics import MetricsRegistry
 from relay.recording.service import RecordingService
 from relay.services import SERVICES, Services
-from relay.sessions.continuity import ContinuityKeeper
+from relay.sessions.continuity import ContinuityKeeper, ContinuityRows
 from relay.sessions.drain import DrainState
 from relay.sessions.registry import SessionRegistry
 from relay.sessions.rows import SessionList, SessionRows, abandoned_after_s
@@ -118,6 +119,8 @@ STATIC_FILES = (
     else frozenset()
 )
 HOUSEKEEPING_INTERVAL_S = 5.0
+# Items of ended sessions' conversations deleted per housekeeping round (see _housekeeping).
+TRANSCRIPT_PURGE_BATCH = 5000
 # Expired Idempotency-Keys (and client secrets of ended sessions) are purged every this many
 # rounds.
 IDEMPOTENCY_PURGE_ROUNDS = 60
@@ -333,7 +336,15 @@ async def _start(
 
     # 7. recordings, closed after the bridges (the stack unwinds in reverse), so their
     # recordings finalise
-    recordings = RecordingService(settings, store, instance, metrics)
+    recordings = RecordingService(
+        settings,
+        store,
+        instance,
+        metrics,
+        is_live_member=lambda member: members.is_live(
+            store, member, settings.cluster.heartbeat_interval_s
+        ),
+    )
     recordings.start()
     stack.push_async_callback(recordings.close)
     # Webhooks: the endpoints, and the dispatcher that delivers the outbox's events (it
@@ -531,12 +542,18 @@ async def _housekeeping(
     sessions: SessionService, interviews: InterviewService, store: Store
 ) -> None:
     rounds = 0
+    # The conversations that sessions ended before migration 013 left: deleted a batch a
+    # round until none is left, once per process (the trigger keeps it so from then on).
+    transcripts_left = True
     while True:
         await idle(HOUSEKEEPING_INTERVAL_S)
         rounds += 1
         try:
             await sessions.expire_pending()
             await sessions.retry_unwritten()
+            if store.schema_ready and transcripts_left:
+                purged = await ContinuityRows(store).purge_ended(TRANSCRIPT_PURGE_BATCH)
+                transcripts_left = purged == TRANSCRIPT_PURGE_BATCH
             if store.schema_ready:
                 # Interviews past their expiry or their rejoin window (each closed once
                 # across the cluster), and Idempotency-Keys past their 24 hours.

@@ -94,6 +94,10 @@ class StopSignals:
         """From now on a stop signal, or SIGINT, asks for a drain (``stop``)."""
         self._started = True
         self._loop.add_signal_handler(signal.SIGINT, self.stop.set)
+        if self._received is not None:
+            # A signal during start-up whose cancellation was swallowed on the way (3.11's
+            # asyncio.wait_for can drop one): it still asks for the drain.
+            self.stop.set()
 
     def raise_if_stopped(self) -> None:
         """In an ``except CancelledError``: raise ``StoppedDuringStartUp`` when a stop

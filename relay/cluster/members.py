@@ -84,6 +84,21 @@ async def leave(store: Store, member_id: str) -> None:
     await store.run("member_leave", op)
 
 
+async def is_live(store: Store, member_id: str, interval_s: float) -> bool:
+    """Whether ``member_id`` was heard from within 3 heartbeats (as ``view`` lists it)."""
+
+    async def op(conn: asyncpg.Connection) -> bool:
+        found: bool = await conn.fetchval(
+            """SELECT EXISTS (SELECT 1 FROM relay_members WHERE id = $1
+                              AND heartbeat_at >= now() - make_interval(secs => $2))""",
+            member_id,
+            interval_s * DEAD_AFTER_HEARTBEATS,
+        )
+        return found
+
+    return await store.run("member_is_live", op)
+
+
 async def view(store: Store, interval_s: float) -> list[dict[str, Any]]:
     """The members heard from within 3 heartbeats, oldest first."""
 

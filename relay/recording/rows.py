@@ -283,26 +283,22 @@ class RecordingRows:
     async def expired(
         self,
         older_than: datetime,
-        relay_instance: str,
         *,
         after: tuple[datetime, str] | None = None,
         limit: int = 100,
     ) -> list[asyncpg.Record]:
-        """Recordings older than ``older_than`` this instance can delete (in an object
-        store, or on this instance's disk), oldest first, after ``after`` (created_at, id)
-        when given: a pass goes on past those it could not delete."""
+        """Recordings older than ``older_than``, oldest first, after ``after`` (created_at,
+        id) when given: a pass goes on past those it could not delete."""
 
         async def op(conn: asyncpg.Connection) -> list[asyncpg.Record]:
             return list(
                 await conn.fetch(
                     f"""SELECT {_COLUMNS} FROM {_FROM}
                         WHERE r.status <> 'deleted' AND r.created_at < $1
-                          AND (r.storage <> 'local' OR r.relay_instance = $3)
-                          AND ($4::timestamptz IS NULL OR (r.created_at, r.id) > ($4, $5))
+                          AND ($3::timestamptz IS NULL OR (r.created_at, r.id) > ($3, $4))
                         ORDER BY r.created_at, r.id LIMIT $2""",
                     older_than,
                     limit,
-                    relay_instance,
                     after[0] if after else None,
                     after[1] if after else None,
                 )

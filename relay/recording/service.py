@@ -27,6 +27,7 @@ import json
 import logging
 import secrets
 import shutil
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -134,11 +135,20 @@ def _masked(item: dict[str, Any]) -> dict[str, Any]:
 
 class RecordingService:
     def __init__(
-        self, settings: Settings, store: Store, instance_id: str, metrics: MetricsRegistry
+        self,
+        settings: Settings,
+        store: Store,
+        instance_id: str,
+        metrics: MetricsRegistry,
+        *,
+        is_live_member: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         self.config = settings.recording
         self.root = settings.recording_path
         self.instance_id = instance_id
+        # Whether another instance is alive (the cluster's view; relay.app passes it, as
+        # recording does not import the cluster). Without it, every other one counts as live.
+        self._is_live_member = is_live_member
         self.rows = RecordingRows(store)
         self._store = store
         self.s3 = S3Storage(self.config) if self.config.storage == "s3" else None
@@ -541,15 +551,14 @@ class RecordingService:
     async def apply_retention(self, now: datetime | None = None) -> int:
         """Delete every recording past ``retention_days`` that this instance can (batches
         of RETENTION_BATCH until none is left: an hourly pass keeps up with any rate). A
-        recording on another instance's disk is that instance's to delete; one whose files
-        could not be removed is logged and tried again at the next pass."""
+        recording on a live instance's disk is that instance's to delete (``delete`` says
+        so); one whose files could not be removed is logged and tried again at the next
+        pass."""
         cutoff = (now or datetime.now(UTC)) - timedelta(days=self.config.retention_days)
         count = 0
         after: tuple[datetime, str] | None = None
         while True:
-            batch = await self.rows.expired(
-                cutoff, self.instance_id, after=after, limit=RETENTION_BATCH
-            )
+            batch = await self.rows.expired(cutoff, after=after, limit=RETENTION_BATCH)
             for row in batch:
                 try:
                     await self.delete(row, reason="retention")
@@ -569,21 +578,30 @@ class RecordingService:
         (the row stays as it was), ``StorageError`` from the object store."""
         session_id, recording_id = row["session_id"], row["id"]
         directory = self.root / part_directory(session_id, row["part"])
-        local = Path(row["location"]) if row["storage"] == "local" and row["location"] else None
+        # A local recording's directory, or an S3 one's kept after a failed upload: the
+        # location is then a path on its instance's disk, not an object key.
+        location = row["location"] or ""
+        local = Path(location) if location.startswith("/") else None
         paths = {directory, *([local] if local else [])}
+        holder = row["relay_instance"]
         if (
-            row["storage"] == "local"
-            and row["relay_instance"] != self.instance_id
+            local is not None
+            and holder != self.instance_id
             and not await asyncio.to_thread(lambda: any(p.exists() for p in paths))
+            and (self._is_live_member is None or await self._is_live_member(holder))
         ):
-            raise RecordingElsewhere(row["relay_instance"])
-        if row["storage"] == "s3" and self.s3 is not None:
-            await self.s3.delete_prefix(self.s3.key(session_id, recording_id, ""))
+            # Only that instance reaches them. One that is gone took them with it (or
+            # left them where nobody serves them): the row is marked deleted.
+            raise RecordingElsewhere(holder)
+        # The local files first: if they cannot be removed, the object store's copy and
+        # the row stay as they were.
         for path in paths:
             try:
                 await asyncio.to_thread(_remove_tree, path)
             except OSError as exc:
                 raise DeletionFailed(f"{path.name}: {exc.strerror or exc}") from exc
+        if row["storage"] == "s3" and self.s3 is not None:
+            await self.s3.delete_prefix(self.s3.key(session_id, recording_id, ""))
         await self.rows.set_status(recording_id, "deleted", reason=reason)
 
     def local_file(self, row: asyncpg.Record, name: str) -> Path:

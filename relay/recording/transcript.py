@@ -135,9 +135,11 @@ def build_lines(records: list[dict[str, Any]], start: float, end: float) -> list
         interrupted = False
         if "audio_start" in voice:
             begin = voice["audio_start"]
-            cut = voice.get("audio_cleared")
-            interrupted = cut is not None
-            finish = cut if cut is not None else voice.get("audio_stop", finish)
+            cut, stop = voice.get("audio_cleared"), voice.get("audio_stop")
+            # Cleared before it finished playing (a clear after .stopped, at teardown, say,
+            # cut nothing).
+            interrupted = cut is not None and (stop is None or cut < stop)
+            finish = cut if interrupted else (stop if stop is not None else finish)
         if finish is None or finish < begin:
             finish = begin
         line: dict[str, Any] = {

@@ -140,6 +140,9 @@ class ContinuityRows:
                 """INSERT INTO session_transcript (session_id, position, role, text, at_s)
                    SELECT $1, $2, $3, $4, $5 FROM interview_sessions
                    WHERE id = $1 AND state IN ('pending', 'connecting', 'active')
+                   -- Racing the session's end: this waits for it (then finds it ended), or
+                   -- the end waits for this insert, and its trigger then deletes it.
+                   FOR SHARE
                    ON CONFLICT DO NOTHING""",
                 session_id,
                 item.position,
@@ -149,6 +152,22 @@ class ContinuityRows:
             )
 
         await self._store.run("add_transcript_item", op)
+
+    async def purge_ended(self, limit: int) -> int:
+        """Delete up to ``limit`` items of sessions that have ended (what they left before
+        migration 013's trigger deleted them at the end); how many were deleted."""
+
+        async def op(conn: asyncpg.Connection) -> int:
+            status: str = await conn.execute(
+                """DELETE FROM session_transcript WHERE ctid IN (
+                       SELECT t.ctid FROM session_transcript t
+                       JOIN interview_sessions s ON s.id = t.session_id
+                       WHERE s.state IN ('ended', 'failed') LIMIT $1)""",
+                limit,
+            )
+            return int(status.split()[-1])
+
+        return await self._store.run("purge_ended_transcripts", op)
 
     async def transcript(self, session_id: str) -> list[TranscriptItem]:
         async def op(conn: asyncpg.Connection) -> list[asyncpg.Record]:

@@ -243,7 +243,8 @@ async def delete_recording(request: web.Request) -> web.Response:
             raise ApiError(
                 500,
                 "recording_not_deleted",
-                f"The recording's files could not be removed ({exc}); it is kept as it was.",
+                f"The recording's files could not all be removed ({exc}); it is not marked "
+                "deleted (its copy in the object store, if any, is kept): try again.",
             ) from exc
     fresh = await service.rows.get(row["id"])
     body: dict[str, Any] = rows.to_json(fresh if fresh is not None else row)

@@ -164,6 +164,17 @@ async def test_the_conversation_is_kept_while_the_session_is_live_only(database_
                 )
                 == 0
             )
+            # What sessions ended before migration 013 left (written straight, as then):
+            # housekeeping deletes it in batches, and never a live session's.
+            for position in range(3):
+                await conn.execute(
+                    "INSERT INTO session_transcript (session_id, position, role, text, at_s)"
+                    " VALUES ('is_failed', $1, 'user', 'left behind', 0)",
+                    position,
+                )
+            assert await continuity.purge_ended(2) == 2
+            assert await continuity.purge_ended(2) == 1
+            assert await continuity.purge_ended(2) == 0
         finally:
             await conn.close()
         assert [i.text for i in await continuity.transcript("is_live")] == [

@@ -18,11 +18,13 @@ from tests.integration.interview_helpers import call
 from tests.integration.relay_harness import RelayHarness
 
 INSTANCE = "test-instance"  # make_relay's
-OTHER = "other-instance"
+OTHER = "other-instance"  # a live member (its heartbeat is fresh)
+GONE = "gone-instance"  # a member that never came back
 REC_PART1 = "rec_1111111111111111"
 REC_PART2 = "rec_2222222222222222"
 REC_AWAY = "rec_aaaaaaaaaaaaaaaa"
 REC_BROKEN = "rec_bbbbbbbbbbbbbbbb"
+REC_GONE = "rec_cccccccccccccccc"
 
 
 def _files(directory: Path) -> Path:
@@ -64,6 +66,12 @@ async def _rows(
                 part,
                 created_at,
             )
+        # The other instance is alive: its heartbeat is now.
+        await conn.execute(
+            "INSERT INTO relay_members (id, address, version, pid, started_at)"
+            " VALUES ($1, 'http://10.0.0.2:8080', 'test', 1, now())",
+            OTHER,
+        )
     finally:
         await conn.close()
 
@@ -92,6 +100,7 @@ async def test_deleting_one_part_leaves_the_others_and_refuses_what_it_cannot_re
             (REC_PART2, "is_taken", 2, part2, INSTANCE, now),
             (REC_AWAY, "is_away", 1, elsewhere, OTHER, now),
             (REC_BROKEN, "is_broken", 1, broken, INSTANCE, now),
+            (REC_GONE, "is_gone", 1, tmp_path / "another-machine" / "is_gone", GONE, now),
         ],
     )
 
@@ -106,11 +115,14 @@ async def test_deleting_one_part_leaves_the_others_and_refuses_what_it_cannot_re
     ]
     assert await _status(relay, REC_PART1) == "ready"
 
-    # On another instance's disk: that instance's to delete; the row stays.
+    # On a live instance's disk: that instance's to delete; the row stays.
     status, body, _ = await call(relay, "DELETE", "/api/recordings/" + REC_AWAY)
     assert status == 409 and body["error"]["code"] == "recording_on_another_instance", body
     assert body["error"]["relay_instance"] == OTHER
     assert await _status(relay, REC_AWAY) == "ready"
+    # On the disk of an instance that is gone: unreachable from anywhere, marked deleted.
+    status, body, _ = await call(relay, "DELETE", "/api/recordings/" + REC_GONE)
+    assert status == 200 and body["status"] == "deleted", body
 
     # Files that cannot be removed: said so, and the row is not marked deleted.
     status, body, _ = await call(relay, "DELETE", "/api/recordings/" + REC_BROKEN)
@@ -137,12 +149,15 @@ async def test_retention_deletes_in_batches_until_none_is_left(
         + [
             (REC_BROKEN, "is_broken", 1, broken, INSTANCE, old),
             (REC_AWAY, "is_away", 1, tmp_path / "elsewhere", OTHER, old),
+            (REC_GONE, "is_gone", 1, tmp_path / "elsewhere-too", GONE, old),
         ],
     )
     service = relay.services.recordings
     assert service is not None
-    # More than a batch, one that fails on the way: every other one is deleted.
-    assert await service.apply_retention() == 5
+    # More than a batch, one that fails on the way, one a live instance holds: every other
+    # one is deleted (the gone instance's too), past those it could not.
+    assert await service.apply_retention() == 6
     assert not any(await asyncio.to_thread(lambda: [d.exists() for d in expired]))
     assert await _status(relay, REC_BROKEN) == "ready"  # tried again at the next pass
-    assert await _status(relay, REC_AWAY) == "ready"  # the other instance's
+    assert await _status(relay, REC_AWAY) == "ready"  # the live instance's
+    assert await _status(relay, REC_GONE) == "deleted"

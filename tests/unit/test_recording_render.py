@@ -253,3 +253,25 @@ def test_a_reply_is_timed_by_its_voice_and_one_cut_short_says_so() -> None:
         ("item_2", 6.3, 6.8, True),
         ("item_3", 8.0, 8.4, None),
     ]
+
+
+def test_a_clear_after_the_voice_stopped_cut_nothing() -> None:
+    def event(kind: str, offset: float, **fields: str) -> dict[str, object]:
+        record = transcript.extract(json.dumps({"type": kind, **fields}), offset)
+        assert record is not None, kind
+        return record
+
+    records = [
+        event("output_audio_buffer.started", 2.0, response_id="r"),
+        event(
+            "response.output_audio_transcript.done",
+            2.5,
+            item_id="i",
+            response_id="r",
+            transcript="Done.",
+        ),
+        event("output_audio_buffer.stopped", 4.0, response_id="r"),
+        event("output_audio_buffer.cleared", 9.0, response_id="r"),  # at teardown, say
+    ]
+    [line] = transcript.build_lines(records, start=0.0, end=10.0)
+    assert (line["start"], line["end"], line.get("interrupted")) == (2.0, 4.0, None)
