@@ -34,7 +34,7 @@ from relay.manage import (
     settings_for,
     users_command,
 )
-from relay.observability.logging import configure_logging
+from relay.observability.logging import configure_logging, json_entry
 from relay.process_lifetime import StoppedDuringStartUp, StopSignals
 from relay.upstream.simulator_process import (
     CONTROL_TOKEN_ENV,
@@ -344,17 +344,31 @@ def listening_banner(host: str, port: int, suffix: str = "") -> tuple[str, str]:
     return line, here
 
 
+def _say(settings: Settings, *lines: str) -> None:
+    """Start-up lines on stdout: as they are, or with ``server.log_format = "json"`` one
+    JSON log entry (logger ``relay.banner``) holding them, so that a log shipper reading
+    the relay's output parses every line (stdout and stderr often end up in one journal)."""
+    if settings.server.log_format == "json":
+        print(json_entry("relay.banner", " ".join(lines)), flush=True)
+        return
+    for line in lines:
+        print(line, flush=True)
+
+
 async def _announce(services: Services, runner: web.AppRunner) -> None:
     """Print the page URL, the operator token if generated, and a fresh demo token."""
+    settings = services.settings
     host, port = runner.addresses[0][:2]
     line, url = listening_banner(str(host), int(port))
-    print(line, flush=True)
+    _say(settings, line)
     if services.simulated:
-        print(SIMULATED_LINE, flush=True)
-    print(f"Operator dashboard: {url}stats", flush=True)
+        _say(settings, SIMULATED_LINE)
+    _say(settings, f"Operator dashboard: {url}stats")
     if services.generated_operator_token:
-        print(f"Operator token (generated for this run): {services.generated_operator_token}")
-    settings = services.settings
+        _say(
+            settings,
+            f"Operator token (generated for this run): {services.generated_operator_token}",
+        )
     if settings.server.demo_user_wanted(settings.database.url):
         token = new_token()
         try:
@@ -364,8 +378,7 @@ async def _announce(services: Services, runner: web.AppRunner) -> None:
         except DatabaseUnavailable as exc:
             log.error("could not create the demo user: %s", exc)
             return
-        print(f"Demo candidate {DEMO_EMAIL}; token (new for this run):")
-        print(token, flush=True)
+        _say(settings, f"Demo candidate {DEMO_EMAIL}; token (new for this run):", token)
 
 
 # ---------------------------------------------------------------------- doctor
@@ -420,13 +433,13 @@ async def _supervise(settings: Settings, workers: int, argv: list[str]) -> int:
         settings: Settings, dsn: str, port: int, operator_token: str | None, count: int
     ) -> None:
         line, url = listening_banner(settings.server.host, port, f" ({count} workers)")
-        print(line, flush=True)
+        _say(settings, line)
         # The same lines as a single relay's (_announce).
         if uses_simulator(settings):
-            print(SIMULATED_LINE, flush=True)
-        print(f"Operator dashboard: {url}stats", flush=True)
+            _say(settings, SIMULATED_LINE)
+        _say(settings, f"Operator dashboard: {url}stats")
         if operator_token:
-            print(f"Operator token (generated for this run): {operator_token}")
+            _say(settings, f"Operator token (generated for this run): {operator_token}")
         if settings.server.demo_user_wanted(settings.database.url):
             await _demo_user(settings.replace("database", url=dsn))
 
@@ -443,8 +456,7 @@ async def _demo_user(settings: Settings) -> None:
     except DatabaseUnavailable as exc:
         log.error("could not create the demo user: %s", exc)
         return
-    print(f"Demo candidate {DEMO_EMAIL}; token (new for this run):")
-    print(token, flush=True)
+    _say(settings, f"Demo candidate {DEMO_EMAIL}; token (new for this run):", token)
 
 
 # ---------------------------------------------------------------------- users, db

@@ -58,6 +58,13 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+def json_entry(logger: str, message: str) -> str:
+    """``message`` as one line of the JSON log (an INFO entry of ``logger``): for what is
+    printed rather than logged, so that a JSON log's reader parses every line."""
+    record = logging.LogRecord(logger, logging.INFO, __file__, 0, message, None, None)
+    return JsonFormatter().format(record)
+
+
 def configure_logging(level: str = "INFO", fmt: Literal["text", "json"] = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RequestContextFilter())

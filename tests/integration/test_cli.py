@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -116,6 +117,32 @@ async def test_serve_on_the_standard_library_event_loop_when_configured(
         async with http.get(url + "api/stats", headers=operator) as resp:
             stats = await resp.json()
     assert stats["process"]["event_loop"] == "asyncio"
+
+
+async def test_with_json_logs_every_start_up_line_is_a_json_entry(
+    traversable_tmp_path: Path,
+) -> None:
+    """A log shipper reading the relay's output (stdout and stderr in one journal) parses
+    every line: with log_format json the banner is JSON entries too, and its demo token
+    still opens a session."""
+    lines: list[str] = []
+    extra = {"RELAY__SERVER__LOG_FORMAT": "json"}
+    async with (
+        _serving(traversable_tmp_path, extra, banner=lines) as (url, token, _),
+        aiohttp.ClientSession() as http,
+        http.post(
+            url + "api/realtime-session",
+            headers={"Authorization": f"Bearer {token}"},
+            json=NOTICE_CONFIRMED,
+        ) as resp,
+    ):
+        assert resp.status == 201, await resp.text()
+    entries = [json.loads(line) for line in lines]
+    assert {e["logger"] for e in entries} == {"relay.banner"}
+    messages = [e["message"] for e in entries]
+    assert any(m.startswith("Interview relay listening on ") for m in messages), messages
+    assert any(m.startswith("Operator dashboard: ") for m in messages), messages
+    assert messages[-1].endswith(token)
 
 
 async def test_serve_without_a_key_off_loopback_refuses_to_start(tmp_path: Path) -> None:

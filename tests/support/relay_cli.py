@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -69,7 +70,8 @@ async def read_banner(
     proc: asyncio.subprocess.Process, lines: list[str], timeout_s: float = 90
 ) -> tuple[str, str]:
     """The start-up lines up to the demo token: (page URL, demo token); every line read is
-    appended to ``lines``."""
+    appended to ``lines``. With ``server.log_format = "json"`` each is a JSON log entry,
+    read by its message (the demo token ends the entry that names it)."""
     assert proc.stdout is not None
     stdout = proc.stdout
 
@@ -80,10 +82,12 @@ async def read_banner(
             assert raw, f"relay exited early: {lines}"
             line = raw.decode().strip()
             lines.append(line)
-            if match := URL_LINE.search(line):
+            text = str(json.loads(line)["message"]) if line.startswith("{") else line
+            if match := URL_LINE.search(text):
                 url = match[1]
-            if line.startswith("rt_") and url:
-                return url, line
+            last = text.rsplit(" ", 1)[-1]
+            if last.startswith("rt_") and url:
+                return url, last
 
     return await asyncio.wait_for(banner(), timeout=timeout_s)
 
