@@ -170,21 +170,26 @@ def test_torn_log_and_no_end_mark_after_a_crash_give_an_ogg_up_to_the_last_packe
     assert not (d / render.SCRATCH).exists()
 
 
-def test_transcript_lines_from_both_speakers_clamped_into_the_audio() -> None:
-    def event(kind: str, item: str, offset: float, **fields: str) -> dict[str, object]:
-        record = transcript.extract(json.dumps({"type": kind, "item_id": item, **fields}), offset)
-        assert record is not None
-        return record
+def _record(kind: str, offset: float, **fields: str) -> dict[str, object]:
+    """What the recorder keeps of the upstream event ``kind`` arriving at ``offset``."""
+    record = transcript.extract(json.dumps({"type": kind, **fields}), offset)
+    assert record is not None, kind
+    return record
 
+
+def test_transcript_lines_from_both_speakers_clamped_into_the_audio() -> None:
     records = [
-        event("input_audio_buffer.speech_started", "item_u", 1.2),
-        event("input_audio_buffer.speech_stopped", "item_u", 3.0),
-        event(
-            "conversation.item.input_audio_transcription.completed", "item_u", 3.4, transcript="Hi"
+        _record("input_audio_buffer.speech_started", 1.2, item_id="item_u"),
+        _record("input_audio_buffer.speech_stopped", 3.0, item_id="item_u"),
+        _record(
+            "conversation.item.input_audio_transcription.completed",
+            3.4,
+            item_id="item_u",
+            transcript="Hi",
         ),
-        event("response.output_audio_transcript.delta", "item_a", 3.6, delta="Hel"),
-        event("response.audio_transcript.delta", "item_a", 3.7, delta="lo"),
-        event("response.output_audio_transcript.done", "item_a", 9.0, transcript="Hello"),
+        _record("response.output_audio_transcript.delta", 3.6, item_id="item_a", delta="Hel"),
+        _record("response.audio_transcript.delta", 3.7, item_id="item_a", delta="lo"),
+        _record("response.output_audio_transcript.done", 9.0, item_id="item_a", transcript="Hello"),
     ]
     assert transcript.extract('{"type": "response.done"}', 1.0) is None
     assert transcript.extract("not json", 1.0) is None
@@ -201,51 +206,46 @@ def test_a_reply_is_timed_by_its_voice_and_one_cut_short_says_so() -> None:
     voice started to when it stopped (output_audio_buffer.*, by response id), and a reply
     the candidate cut short (.cleared) says it was interrupted."""
 
-    def event(kind: str, offset: float, **fields: str) -> dict[str, object]:
-        record = transcript.extract(json.dumps({"type": kind, **fields}), offset)
-        assert record is not None, kind
-        return record
-
     assert transcript.might_matter('{"type":"output_audio_buffer.cleared","response_id":"r"}')
     assert transcript.extract('{"type": "output_audio_buffer.started"}', 1.0) is None
     records = [
         # A whole reply: its text done at 2.5 s, its voice from 2.2 s to 6.0 s.
-        event("output_audio_buffer.started", 2.2, response_id="resp_1"),
-        event(
+        _record("output_audio_buffer.started", 2.2, response_id="resp_1"),
+        _record(
             "response.output_audio_transcript.delta",
             2.0,
             item_id="item_1",
             response_id="resp_1",
             delta="All ",
         ),
-        event(
+        _record(
             "response.output_audio_transcript.done",
             2.5,
             item_id="item_1",
             response_id="resp_1",
             transcript="All of it.",
         ),
-        event("output_audio_buffer.stopped", 6.0, response_id="resp_1"),
+        _record("output_audio_buffer.stopped", 6.0, response_id="resp_1"),
         # Cut short at 7.8 s, after the whole text was written.
-        event(
+        _record(
             "response.output_audio_transcript.delta",
             7.0,
             item_id="item_2",
             response_id="resp_2",
             delta="Thank you. Could you",
         ),
-        event("output_audio_buffer.started", 7.3, response_id="resp_2"),
-        event(
+        _record("output_audio_buffer.started", 7.3, response_id="resp_2"),
+        _record(
             "response.output_audio_transcript.done",
             7.5,
             item_id="item_2",
             response_id="resp_2",
             transcript="Thank you. Could you tell me more?",
         ),
-        event("output_audio_buffer.cleared", 7.8, response_id="resp_2"),
+        _record("output_audio_buffer.cleared", 7.8, response_id="resp_2"),
         # Beta: no response id on the transcript: timed by its deltas, as before.
-        event("response.audio_transcript.delta", 9.0, item_id="item_3", delta="Bye"),
-        event("response.audio_transcript.done", 9.4, item_id="item_3", transcript="Bye"),
+        _record("response.audio_transcript.delta", 9.0, item_id="item_3", delta="Bye"),
+        _record("response.audio_transcript.done", 9.4, item_id="item_3", transcript="Bye"),
     ]
     lines = transcript.build_lines(records, start=1.0, end=20.0)
     assert [(x["item_id"], x["start"], x["end"], x.get("interrupted")) for x in lines] == [
@@ -256,22 +256,17 @@ def test_a_reply_is_timed_by_its_voice_and_one_cut_short_says_so() -> None:
 
 
 def test_a_clear_after_the_voice_stopped_cut_nothing() -> None:
-    def event(kind: str, offset: float, **fields: str) -> dict[str, object]:
-        record = transcript.extract(json.dumps({"type": kind, **fields}), offset)
-        assert record is not None, kind
-        return record
-
     records = [
-        event("output_audio_buffer.started", 2.0, response_id="r"),
-        event(
+        _record("output_audio_buffer.started", 2.0, response_id="r"),
+        _record(
             "response.output_audio_transcript.done",
             2.5,
             item_id="i",
             response_id="r",
             transcript="Done.",
         ),
-        event("output_audio_buffer.stopped", 4.0, response_id="r"),
-        event("output_audio_buffer.cleared", 9.0, response_id="r"),  # at teardown, say
+        _record("output_audio_buffer.stopped", 4.0, response_id="r"),
+        _record("output_audio_buffer.cleared", 9.0, response_id="r"),  # at teardown, say
     ]
     [line] = transcript.build_lines(records, start=0.0, end=10.0)
     assert (line["start"], line["end"], line.get("interrupted")) == (2.0, 4.0, None)
