@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -81,20 +82,32 @@ def validate_json_object(model: type[Model], raw: bytes, *, allow_empty: bool = 
     types as they are: ``"yes"`` or ``1`` is not a boolean, ``"30"`` not a number (pydantic
     would convert them by default; a consent flag must be a real ``true``). Raises
     pydantic's ``ValidationError`` for the caller to shape."""
-    parse_json_object(raw, allow_empty=allow_empty)
-    # Strict in JSON mode: JSON's own types only, and date-times as ISO 8601 strings.
+    if not raw.strip():
+        parse_json_object(raw, allow_empty=allow_empty)  # 400 unless an empty body is allowed
+        raw = b"{}"
+    # Strict in JSON mode: JSON's own types only, and date-times as ISO 8601 strings. The
+    # body is parsed once; json.loads reads it again only to word a refusal.
     try:
-        return model.model_validate_json(raw if raw.strip() else b"{}", strict=True)
+        return model.model_validate_json(raw, strict=True)
     except ValidationError as exc:
-        # pydantic's own parser refuses a little more than json.loads: nesting deeper than
-        # 200 levels, a lone surrogate. That is malformed JSON to the client, not a field.
-        for error in exc.errors():
-            if error["type"] == "json_invalid":
-                reason = str(error.get("msg", "")).removeprefix("Invalid JSON: ")
-                raise ApiError(
-                    400, "invalid_json", f"The request body is not valid JSON: {reason}."
-                ) from None
-        raise
+        errors = exc.errors()
+        if not any(_unreadable(error) for error in errors):
+            raise
+        # Malformed, or not an object: refused as every JSON body is (parse_json_object).
+        parse_json_object(raw)
+        # json.loads took it: pydantic's parser refuses a little more (nesting deeper than
+        # 200 levels, a lone surrogate). That is malformed JSON to the client, not a field.
+        reason = next(str(e.get("msg", "")) for e in errors if e["type"] == "json_invalid")
+        raise ApiError(
+            400,
+            "invalid_json",
+            f"The request body is not valid JSON: {reason.removeprefix('Invalid JSON: ')}.",
+        ) from None
+
+
+def _unreadable(error: Mapping[str, Any]) -> bool:
+    """A pydantic error about the body as a whole: not JSON, or not an object."""
+    return error["type"] == "json_invalid" or (error["type"] == "model_type" and not error["loc"])
 
 
 def _too_large(max_bytes: int) -> ApiError:
