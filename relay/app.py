@@ -545,6 +545,7 @@ async def _housekeeping(
     # The conversations that sessions ended before migration 013 left: deleted a batch a
     # round until none is left, once per process (the trigger keeps it so from then on).
     transcripts_left = True
+    continuity = ContinuityRows(store)
     while True:
         await idle(HOUSEKEEPING_INTERVAL_S)
         rounds += 1
@@ -552,7 +553,7 @@ async def _housekeeping(
             await sessions.expire_pending()
             await sessions.retry_unwritten()
             if store.schema_ready and transcripts_left:
-                purged = await ContinuityRows(store).purge_ended(TRANSCRIPT_PURGE_BATCH)
+                purged = await continuity.purge_ended(TRANSCRIPT_PURGE_BATCH)
                 transcripts_left = purged == TRANSCRIPT_PURGE_BATCH
             if store.schema_ready:
                 # Interviews past their expiry or their rejoin window (each closed once
