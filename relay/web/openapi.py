@@ -75,7 +75,8 @@ _BODY_ERRORS: dict[int, tuple[str, ...]] = {
 }
 _IDEMPOTENCY_ERRORS: dict[int, tuple[str, ...]] = {
     400: ("invalid_idempotency_key",),
-    409: ("idempotency_key_in_use",),
+    # unreadable: the stored answer was sealed under another cluster.state_key.
+    409: ("idempotency_key_in_use", "idempotency_key_unreadable"),
     422: ("idempotency_key_reused",),
 }
 _DATABASE_ERRORS: dict[int, tuple[str, ...]] = {503: ("database_unavailable", "database_timeout")}

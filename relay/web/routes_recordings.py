@@ -272,6 +272,8 @@ _FILE_ERRORS: dict[int, tuple[str, ...]] = {
     409: ("recording_not_ready",),
     416: ("invalid_range",),
     502: ("storage_error",),
+    # A recording kept in S3, asked of an instance configured without S3.
+    503: (*_READ_ERRORS[503], "storage_unavailable"),
 }
 
 

@@ -155,6 +155,8 @@ def register(api: Api) -> None:
                 410: ("session_ended",),
                 413: ("body_too_large",),
                 422: ("idempotency_key_reused",),
+                # The member holding the session answered a forwarded resume with no JSON.
+                502: ("resume_forward_failed",),
                 503: ("resume_unavailable", "resume_failed", "database_unavailable", "draining"),
             },
         )

@@ -83,7 +83,7 @@ def test_the_document_carries_models_auth_and_every_error_of_the_operations_kind
     assert doc["components"]["schemas"]["_Body"]["required"] == ["name"]
     errors = errors_of(op)
     assert errors[401] == ("missing_token", "invalid_token")
-    assert errors[409] == ("idempotency_key_in_use", "thing_exists")
+    assert errors[409] == ("idempotency_key_in_use", "idempotency_key_unreadable", "thing_exists")
     assert errors[422] == ("idempotency_key_reused",)
     assert {400, 408, 413, 429, 503} <= set(errors)
     assert "`thing_exists`" in post["responses"]["409"]["description"]
