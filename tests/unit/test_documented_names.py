@@ -1,10 +1,12 @@
 """The names the docs promise, pinned to the code: every error code the relay raises is in
 the OpenAPI document (docs/api.md: "Each operation's codes are listed in the OpenAPI
-document") and every code there is raised; every ``section.key`` setting the docs name
-exists.
+document") and every code there is raised; every Prometheus metric is documented with
+its labels (docs/operations.md, "Metrics"; the media counters in docs/media.md); every
+``section.key`` setting the docs name exists.
 
-The code side is read from the source (``ast``): the relay raises its errors with literal
-codes, so a new one cannot be missed by a run that does not happen to reach it."""
+The code side is read from the source (``ast``): the relay raises its errors and makes
+its metrics with literal names, so a new one cannot be missed by a run that does not
+happen to reach it."""
 
 from __future__ import annotations
 
@@ -122,6 +124,97 @@ def test_every_error_the_relay_raises_is_in_the_openapi_document_and_back() -> N
     assert not undeclared, f"raised, not in /api/openapi.json: {sorted(undeclared)}"
     never_raised = declared - raised
     assert not never_raised, f"in /api/openapi.json, raised nowhere: {sorted(never_raised)}"
+
+
+# ------------------------------------------------------------------------------ metrics
+_METRIC_CALLS = ("counter", "gauge", "histogram")
+
+
+def _labels(node: ast.expr | None, tree: ast.Module) -> tuple[str, ...] | None:
+    if node is None:
+        return ()
+    value = _literal(node)
+    if isinstance(node, ast.Name):  # e.g. ``labels = ["direction"]`` in the same module
+        for assign in ast.walk(tree):
+            if (
+                isinstance(assign, ast.Assign)
+                and [ast.unparse(t) for t in assign.targets] == [node.id]
+                and isinstance(assign.value, ast.List | ast.Tuple)
+            ):
+                value = _literal(assign.value)
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    return None
+
+
+def _metrics_in_code() -> dict[str, tuple[str, ...] | None]:
+    """Every relay_* metric the source makes, with its label names (None: not literal)."""
+    found: dict[str, tuple[str, ...] | None] = {}
+    for _, tree in _modules():
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in _METRIC_CALLS
+                and node.args
+            ):
+                name = _literal(node.args[0])
+                if not (isinstance(name, str) and name.startswith("relay_")):
+                    continue
+                labels = node.args[2] if len(node.args) > 2 else None
+                for keyword in node.keywords:
+                    if keyword.arg == "labelnames":
+                        labels = keyword.value
+                found[name] = _labels(labels, tree)
+    # relay.media.metrics publishes DirectionStats fields under these names.
+    media = ast.parse((SOURCE / "media" / "metrics.py").read_text(encoding="utf-8"))
+    for node in ast.walk(media):
+        if isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) == "_COUNTED":
+            counted = _literal(node.value)
+            assert isinstance(counted, dict)
+            for name in counted.values():
+                found[name] = ("direction",)
+    found["relay_build_info"] = ("version", "python", "dialect")
+    return found
+
+
+def _documented_metrics() -> dict[str, set[tuple[str, ...]]]:
+    """Every ``relay_name`` or ``relay_name{a,b}`` in backquotes in the docs, with the label
+    sets each mention gives (an empty tuple: named without labels)."""
+    mentions: dict[str, set[tuple[str, ...]]] = {}
+    for doc in DOCS:
+        text = doc.read_text(encoding="utf-8")
+        for match in re.finditer(r"`(relay_[a-z0-9_]+)(\{([a-z_,]*)[^}]*\})?`", text):
+            labels = tuple(sorted(filter(None, (match[3] or "").split(","))))
+            mentions.setdefault(match[1], set()).add(labels)
+    return mentions
+
+
+def test_every_metric_is_documented_with_its_labels() -> None:
+    code = _metrics_in_code()
+    assert len(code) > 60
+    documented = _documented_metrics()
+    undocumented = sorted(set(code) - set(documented))
+    assert not undocumented, f"metrics no doc names: {undocumented}"
+    for name, label_sets in documented.items():
+        if name not in code:
+            continue  # not a metric: an end reason, a channel, a table (relay_lost, ...)
+        labels = code[name]
+        assert labels is not None, f"{name}: labels not literal in the source"
+        for given in label_sets:
+            # A doc may name a metric without its labels, or with a label it filters on
+            # (``{reason="overloaded"}``); every label it names must be one of the metric's.
+            assert set(given) <= set(labels), f"{name}{{{','.join(given)}}}: labels {labels}"
+
+
+def test_the_metrics_table_names_only_metrics_the_relay_makes() -> None:
+    code = _metrics_in_code()
+    text = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    section = text.split("## Metrics", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `relay_")]
+    assert len(rows) > 30
+    named = {m for row in rows for m in re.findall(r"`(relay_[a-z0-9_]+)", row.split("|")[1])}
+    assert named - set(code) == set(), sorted(named - set(code))
 
 
 # ----------------------------------------------------------------------------- settings
