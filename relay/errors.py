@@ -21,6 +21,7 @@ class ApiError(Exception):
         retry_after_s: int | None = None,
         details: dict[str, Any] | None = None,
         close_connection: bool = False,
+        extra_headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -33,6 +34,8 @@ class ApiError(Exception):
         # The connection cannot carry another request (e.g. part of a body is still to
         # come): the response says "Connection: close" and the connection is closed.
         self.close_connection = close_connection
+        # Headers the answer needs besides Retry-After (a 416's Content-Range).
+        self.extra_headers = extra_headers or {}
 
     def body(self, request_id: str) -> dict[str, Any]:
         error: dict[str, Any] = {
@@ -45,8 +48,8 @@ class ApiError(Exception):
 
     def headers(self) -> dict[str, str]:
         if self.retry_after_s is None:
-            return {}
-        return {"Retry-After": str(self.retry_after_s)}
+            return dict(self.extra_headers)
+        return {**self.extra_headers, "Retry-After": str(self.retry_after_s)}
 
 
 def bad_request(code: str, message: str) -> ApiError:

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 from datetime import UTC, datetime
+from pathlib import Path
+from stat import S_ISREG
 from typing import Annotated, Any
 
 import asyncpg
@@ -146,15 +149,52 @@ async def _serve(
             raise ApiError(503, "storage_unavailable", "S3 storage is not configured here.")
         return await _serve_s3(request, service, row, name, content_type)
     path = service.local_file(row, name)
-    if not await asyncio.to_thread(path.is_file):
+    stat = await asyncio.to_thread(_file_stat, path)
+    if stat is None:
         raise ApiError(404, "recording_file_missing", f"{name} is not on this instance.")
-    # FileResponse answers Range requests itself (206, Content-Range; 416 for a Range it
-    # cannot parse or satisfy, one range only) and If-Range given as a date; an If-Range
-    # that is not a date (an entity tag) it does not read, and serves the range.
+    # FileResponse answers Range requests itself (206, Content-Range) and If-Range given as
+    # a date; an If-Range that is not a date (an entity tag) it does not read, and serves
+    # the range. Its 416 is an empty body: refused here first, as the JSON error.
+    if _unsatisfiable_range(request, stat):
+        raise ApiError(
+            416,
+            "invalid_range",
+            "The range cannot be served: one 'bytes=a-b' range within the file.",
+            extra_headers={"Content-Range": f"bytes */{stat.st_size}"},
+        )
     response = web.FileResponse(path, headers={"Content-Type": content_type})
     response.headers["Cache-Control"] = "no-store"
     response.headers["Content-Disposition"] = _disposition(row, name)
     return response
+
+
+def _file_stat(path: Path) -> os.stat_result | None:
+    """The file's stat, or None when it is not a regular file (missing)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat if S_ISREG(stat.st_mode) else None
+
+
+def _unsatisfiable_range(request: web.Request, stat: os.stat_result) -> bool:
+    """Whether aiohttp's FileResponse would answer this request 416 (its own checks: a
+    Range applies unless an If-Range date is older than the file; one that does not parse,
+    or starts at or past the end, cannot be served)."""
+    if "Range" not in request.headers:
+        return False
+    if_range = request.if_range
+    if if_range is not None and stat.st_mtime > if_range.timestamp():
+        return False  # the whole file is served (200): the Range is ignored
+    try:
+        start: int | None = request.http_range.start
+    except ValueError:
+        return True
+    if start is None:
+        return False
+    if start < 0:  # the last -start bytes: only an empty file has none
+        return stat.st_size == 0
+    return start >= stat.st_size
 
 
 async def _serve_s3(

@@ -42,6 +42,19 @@ async def test_audio_and_transcript_are_attachments_named_after_the_candidate_an
     status, _, headers = await call(relay, "GET", audio, {**OPERATOR, "Range": "bytes=0-99"})
     assert status == 206 and headers["Content-Range"].startswith("bytes 0-99/")
     assert headers["Content-Disposition"] == f'attachment; filename="{stem}.ogg"'
+    # A range past the end, or one that does not parse, is a JSON error like any other
+    # (README: every error is JSON), still saying the file's length.
+    size = int(headers["Content-Range"].rsplit("/", 1)[1])
+    for unsatisfiable in (f"bytes={size}-", f"bytes={size + 10}-{size + 20}", "bytes=x-y"):
+        request_headers = {**OPERATOR, "Range": unsatisfiable}
+        status, body, headers = await call(relay, "GET", audio, request_headers)
+        assert status == 416 and body is not None, (unsatisfiable, headers)
+        assert body["error"]["code"] == "invalid_range", body
+        assert body["request_id"] == headers["X-Request-ID"]
+        assert headers["Content-Range"] == f"bytes */{size}"
+    # The last bytes (a suffix range) are served as before.
+    status, _, headers = await call(relay, "GET", audio, {**OPERATOR, "Range": "bytes=-10"})
+    assert status == 206 and headers["Content-Range"] == f"bytes {size - 10}-{size - 1}/{size}"
 
     status, _, headers = await call(relay, "GET", f"/api/recordings/{item['id']}/transcript")
     assert status == 200
