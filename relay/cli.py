@@ -182,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             except ValueError:
                 print("--workers must be a number within 1..256 or auto", file=sys.stderr)
                 return 2
+            # SENTRY_* checked here, before any worker starts (each would fail alike).
+            error_tracking.check_environment(os.environ)
             event_loop.install(settings.server.event_loop)
             if workers > 1 and worker_index() is None:
                 return asyncio.run(_supervise(settings, workers, _worker_argv(args)))

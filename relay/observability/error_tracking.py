@@ -11,11 +11,13 @@ When ``SENTRY_DSN`` is unset, nothing is imported or initialised and nothing is 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
 
+from relay.config import ConfigError
 from relay.observability.request_context import current_request_id, current_session_id
 
 if TYPE_CHECKING:
@@ -96,9 +98,10 @@ def scrub_breadcrumb(crumb: dict[str, Any], hint: dict[str, Any] | None = None) 
 def init_error_tracking(environ: Mapping[str, str], *, release: str) -> bool:
     """Initialise Sentry when ``SENTRY_DSN`` is set; return whether it is on."""
     global _enabled
-    dsn = environ.get("SENTRY_DSN", "").strip()
+    dsn = check_environment(environ)
     if not dsn:
         return False
+    traces_sample_rate = _sample_rate(environ.get("SENTRY_TRACES_SAMPLE_RATE", ""))
     import sentry_sdk
     from sentry_sdk.integrations.aiohttp import AioHttpIntegration
 
@@ -113,11 +116,41 @@ def init_error_tracking(environ: Mapping[str, str], *, release: str) -> bool:
         # such as RTCSessionDescription under names no key filter knows): never send them.
         include_local_variables=False,
         # Errors only; performance tracing stays off unless asked for.
-        traces_sample_rate=float(environ.get("SENTRY_TRACES_SAMPLE_RATE", "0") or 0),
+        traces_sample_rate=traces_sample_rate,
     )
     _enabled = True
     log.info("error tracking on (Sentry)")
     return True
+
+
+def check_environment(environ: Mapping[str, str]) -> str:
+    """The SENTRY_DSN to use (empty: none), after checking the variables as settings are
+    checked: a bad one is a ``ConfigError`` naming it (``relay serve`` exits 2), found
+    before any worker starts. The DSN is never echoed: it carries the project's key."""
+    dsn = environ.get("SENTRY_DSN", "").strip()
+    if not dsn:
+        return ""
+    from sentry_sdk.utils import BadDsn, Dsn
+
+    try:
+        Dsn(dsn)
+    except BadDsn:
+        raise ConfigError("SENTRY_DSN: not a Sentry DSN") from None
+    _sample_rate(environ.get("SENTRY_TRACES_SAMPLE_RATE", ""))
+    return dsn
+
+
+def _sample_rate(value: str) -> float:
+    """SENTRY_TRACES_SAMPLE_RATE (empty: 0), refused as a setting would be."""
+    if not value.strip():
+        return 0.0
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = math.nan
+    if not 0 <= rate <= 1:  # NaN included
+        raise ConfigError("SENTRY_TRACES_SAMPLE_RATE: a number within 0..1")
+    return rate
 
 
 def enabled() -> bool:

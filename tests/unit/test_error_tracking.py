@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
+import pytest
 import sentry_sdk
 
+from relay.cli import main
+from relay.config import ConfigError
 from relay.observability import error_tracking, request_context
 from relay.observability.error_tracking import FILTERED, scrub_event, scrub_text
 
@@ -89,4 +93,42 @@ def test_nothing_initialises_without_sentry_dsn() -> None:
     assert not error_tracking.enabled()
     assert not sentry_sdk.get_client().is_active()
     error_tracking.tag_request("req_1")  # a no-op, not an error
+    assert not sentry_sdk.get_client().is_active()
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        (
+            {"SENTRY_DSN": "https://k@o1.ingest.example/1", "SENTRY_TRACES_SAMPLE_RATE": "lots"},
+            "SENTRY_TRACES_SAMPLE_RATE: a number within 0..1",
+        ),
+        (
+            {"SENTRY_DSN": "https://k@o1.ingest.example/1", "SENTRY_TRACES_SAMPLE_RATE": "2"},
+            "SENTRY_TRACES_SAMPLE_RATE: a number within 0..1",
+        ),
+        ({"SENTRY_DSN": "sentry-key-k9 in the wrong place"}, "SENTRY_DSN: not a Sentry DSN"),
+    ],
+)
+def test_a_bad_sentry_variable_is_a_configuration_error_naming_it(
+    environ: dict[str, str], message: str
+) -> None:
+    # As for a setting (README: a bad value stops the relay with a message naming it):
+    # `relay serve` prints it and exits 2, no traceback; the DSN itself is not echoed.
+    with pytest.raises(ConfigError) as caught:
+        error_tracking.init_error_tracking(environ, release="1")
+    assert str(caught.value) == message
+    assert not error_tracking.enabled()
+    assert not sentry_sdk.get_client().is_active()
+
+
+def test_relay_serve_stops_on_a_bad_sentry_variable_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no config.toml: the defaults
+    monkeypatch.setenv("SENTRY_DSN", "https://k@o1.ingest.example/1")
+    monkeypatch.setenv("SENTRY_TRACES_SAMPLE_RATE", "lots")
+    assert main(["serve", "--workers", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err == "configuration error: SENTRY_TRACES_SAMPLE_RATE: a number within 0..1\n"
     assert not sentry_sdk.get_client().is_active()
