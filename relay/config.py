@@ -8,8 +8,8 @@ numeric key carries its bounds (``Field(ge=..., le=...)``) and a failure raises
 Environment overrides (read by pydantic-settings): ``RELAY__SECTION__KEY``, e.g.
 ``RELAY__SERVER__PORT=9090``; list values are JSON
 (``RELAY__ICE__HOST_ADDRESSES='["127.0.0.1"]'``). The conventional names
-``DATABASE_URL``, ``REDIS_URL``, ``OPENAI_API_KEY``, ``OPENAI_BASE_URL`` and
-``RELAY_OPERATOR_TOKEN`` are read too; ``RELAY__...`` wins over them.
+``DATABASE_URL``, ``REDIS_URL``, ``OPENAI_API_KEY``, ``OPENAI_BASE_URL``,
+``RELAY_OPERATOR_TOKEN`` and ``RELAY_TURN_SECRET`` are read too; ``RELAY__...`` wins over them.
 
 Every section is a frozen model; add a key as one line, ``name: type = default``, with
 ``Annotated[int, Field(ge=1)]`` (or ``le``/``gt``) for its bounds.

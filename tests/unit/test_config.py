@@ -52,6 +52,27 @@ def test_environment_overrides_file_and_conventional_names(tmp_path: Path) -> No
     assert s.server.operator_token == "op-" + "o" * 30
 
 
+def test_relay_names_win_over_the_conventional_ones_config_toml_lists() -> None:
+    # config.toml's header: the conventional names, RELAY_TURN_SECRET among them, are read
+    # and RELAY__SECTION__KEY wins over them.
+    header = (ROOT / "config.toml").read_text().split("[server]", 1)[0]
+    conventional = {
+        "DATABASE_URL": ("database", "url"),
+        "REDIS_URL": ("cache", "redis_url"),
+        "OPENAI_API_KEY": ("upstream", "api_key"),
+        "OPENAI_BASE_URL": ("upstream", "base_url"),
+        "RELAY_OPERATOR_TOKEN": ("server", "operator_token"),
+        "RELAY_TURN_SECRET": ("ice", "turn_secret"),
+    }
+    for name, (section, key) in conventional.items():
+        assert name in header, name
+        value = "http://127.0.0.1:1/" + "c" * 32
+        wins = "http://127.0.0.1:2/" + "r" * 32
+        assert getattr(getattr(load_settings(environ={name: value}), section), key) == value
+        both = {name: value, f"RELAY__{section.upper()}__{key.upper()}": wins}
+        assert getattr(getattr(load_settings(environ=both), section), key) == wins, name
+
+
 def test_secrets_are_not_in_repr() -> None:
     s = load_settings(
         environ={"OPENAI_API_KEY": "sk-very-secret", "DATABASE_URL": "postgresql://u:pw@h/d"}
