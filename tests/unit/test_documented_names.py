@@ -217,6 +217,25 @@ def test_the_metrics_table_names_only_metrics_the_relay_makes() -> None:
     assert named - set(code) == set(), sorted(named - set(code))
 
 
+def test_every_owner_of_background_tasks_is_listed_with_their_failures_metric() -> None:
+    owners = set()
+    for _, tree in _modules():
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Call)
+                and ast.unparse(node.func) == "TaskGroup"
+                and any(k.arg == "metrics" for k in node.keywords)
+            ):
+                owner = _literal(node.args[0])
+                assert isinstance(owner, str)
+                owners.add(owner)
+    assert len(owners) > 10
+    text = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    (row,) = [r for r in text.splitlines() if r.startswith("| `relay_background_task_failures")]
+    listed = set(re.findall(r"`([a-z-]+)`", row))
+    assert owners <= listed, sorted(owners - listed)
+
+
 # ----------------------------------------------------------------------------- settings
 # Dotted names in the docs that look like ``section.key`` but name something else: event
 # types, files, fields of /api/stats or GET /api/sessions/{id}, a function.
