@@ -240,6 +240,7 @@ async def test_dashboard_page_has_a_strict_csp_and_no_inline_code(make_relay: Ma
 
 
 GRAFANA = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "relay-dashboard.json"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 _SUFFIXES = ("_bucket", "_sum", "_count", "_total")
 
 
@@ -250,7 +251,12 @@ def _base(name: str) -> str:
     return name
 
 
-async def test_the_grafana_dashboard_uses_only_exported_metric_names(
+def _metric_docs() -> str:
+    names = ("operations.md", "media.md", "webhooks.md")
+    return "".join((DOCS / n).read_text() for n in names) + (DOCS.parent / "README.md").read_text()
+
+
+async def test_the_dashboard_uses_only_exported_metrics_and_the_docs_name_them_all(
     make_relay: MakeRelay,
 ) -> None:
     dashboard = json.loads(await asyncio.to_thread(GRAFANA.read_text))
@@ -259,7 +265,14 @@ async def test_the_grafana_dashboard_uses_only_exported_metric_names(
     assert len(used) >= 15
     relay = await make_relay()
     async with live_session(relay):
-        exported = {_base(name) for name in await scrape(relay)}
+        families = await scrape(relay)
+    exported = {_base(name) for name in families}
     assert used <= exported, used - exported
+    # And every relay metric a relay exports with an interview done is in the docs
+    # (docs/operations.md, "Metrics"; the media counters in docs/media.md).
+    docs = await asyncio.to_thread(_metric_docs)
+    named = {_base(m) for m in re.findall(r"`(relay_[a-z0-9_]+)", docs)}
+    undocumented = {n for n in exported if n.startswith("relay_")} - named
+    assert not undocumented, sorted(undocumented)
     # Latency panels read histograms: quantiles over _bucket series.
     assert all("_bucket" in e for e in exprs if "histogram_quantile" in e)
