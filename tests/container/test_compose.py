@@ -166,6 +166,30 @@ async def test_an_interview_through_caddy_ends_in_a_recording_in_seaweedfs(
     say(f"interview {sid}: recording {recording['id']} ({len(audio)} bytes) fetched via Caddy")
 
 
+def test_compose_up_again_on_the_running_stack_keeps_it_up(stack: Stack) -> None:
+    """The second `docker compose up` (an upgrade, a changed .env) runs the one-shot
+    bucket job again, on a store that has the bucket: the relays depend on its success."""
+    compose(
+        "up", "-d", "--no-build", "--wait", "--wait-timeout", str(UP_WITHIN_S),
+        env=stack.env, timeout=UP_WITHIN_S + 60,
+    )  # fmt: skip
+    states = compose("ps", "-a", "--format", "json", env=stack.env)
+    bucket = [s for s in parse_ps(states) if s["Service"] == "seaweedfs-bucket"]
+    assert bucket and all(s["ExitCode"] == 0 for s in bucket), states
+    # It did run again (a container's log keeps every run's lines), and found the bucket.
+    runs = compose("logs", "--no-color", "seaweedfs-bucket", env=stack.env)
+    assert runs.count("bucket recordings: ready") == 2, runs
+
+
+def parse_ps(printed: str) -> list[dict[str, Any]]:
+    """`docker compose ps --format json`: one JSON array, or one object per line."""
+    printed = printed.strip()
+    if printed.startswith("["):
+        items: list[dict[str, Any]] = json.loads(printed)
+        return items
+    return [json.loads(line) for line in printed.splitlines() if line.strip()]
+
+
 # Each relay's own /api/stats, from inside its container: the forwarder thread's state.
 _THREAD_STATE = (
     "import json, os, urllib.request; request = urllib.request.Request("
