@@ -572,3 +572,20 @@ def test_the_proxy_closes_idle_connections_before_the_relays_do() -> None:
     for name, service in relay_services(data).items():
         env = {k: str(v) for k, v in service["environment"].items()}
         assert int(keepalive[1]) < load_settings(environ=env).server.header_timeout_s, name
+
+
+def test_compose_gives_the_relays_the_public_url_for_candidate_links() -> None:
+    """`relay interviews create` inside a relay container prints the candidate's link: with
+    PUBLIC_URL it is the site's address, not the relay's own loopback port."""
+    from argparse import Namespace
+
+    from relay.manage import _base_url
+
+    site = {**COMPOSE_ENV, "PUBLIC_URL": "https://relay.example.com"}
+    for name, service in relay_services(compose(site)).items():
+        settings = relay_settings(service)
+        assert settings.server.public_url == "https://relay.example.com", name
+        assert _base_url(settings, Namespace(public_url=None)) == "https://relay.example.com"
+    # Optional: unset, the relays load and take the origin of the request.
+    for service in relay_services(compose()).values():
+        assert relay_settings(service).server.public_url == ""
