@@ -6,6 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
+from relay.errors import ApiError
 from relay.observability.request_context import current_request_id
 from relay.services import SERVICES
 from relay.upstream.model_currency import check_models, worst_level
@@ -15,6 +16,17 @@ DEFAULT_RETRY_AFTER_S = 5
 
 
 async def healthz(request: web.Request) -> web.Response:
+    failure = request.app[SERVICES].startup.failure
+    if failure is not None:
+        # Start-up gave up (out of attempts, or an error no retry fixes): this process will
+        # never be ready, and a restart is the next attempt. Failing liveness is what makes
+        # an orchestrator restart it (Kubernetes' livenessProbe; Docker marks it unhealthy);
+        # while the bootstrap still retries, or the database is down later, it stays 200.
+        raise ApiError(
+            503,
+            "startup_failed",
+            f"Start-up failed and will not be retried: {failure}. Restart the relay.",
+        )
     return web.json_response({"status": "ok", "request_id": current_request_id()})
 
 

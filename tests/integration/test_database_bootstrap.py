@@ -29,6 +29,12 @@ async def _readiness(relay: RelayHarness) -> tuple[int, dict[str, Any]]:
         return resp.status, body
 
 
+async def _liveness(relay: RelayHarness) -> tuple[int, dict[str, Any]]:
+    async with relay.client.get("/healthz") as resp:
+        body: dict[str, Any] = await resp.json()
+        return resp.status, body
+
+
 async def _until_startup_failed(relay: RelayHarness) -> dict[str, Any]:
     """Poll /readyz until it reports a start-up failure (with a deadline)."""
     loop = asyncio.get_running_loop()
@@ -151,6 +157,34 @@ async def test_a_database_that_stays_down_is_retried_a_bounded_number_of_times(
         "database bootstrap attempt 1/3",
         "database bootstrap attempt 2/3",
     ]
+    # Never ready again without a restart: liveness fails, so an orchestrator restarts it.
+    status, alive = await _liveness(relay)
+    assert status == 503, alive
+    assert alive["error"]["code"] == "startup_failed" and alive["error"]["retryable"] is False
+    assert "gave up after 3 attempts" in alive["error"]["message"], alive
+    assert alive["request_id"]
+
+
+async def test_a_relay_still_retrying_its_bootstrap_stays_alive(
+    make_relay: MakeRelay, private_postgres: PostgresServer
+) -> None:
+    """Liveness fails only once start-up gave up: while the bootstrap retries a database
+    that is down, a restart would only start the count again."""
+    await private_postgres.astop()
+    relay = await make_relay(
+        dsn=private_postgres.dsn(), overrides={"database": {"bootstrap_attempts": 1000}}
+    )
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DEADLINE_S
+    while True:
+        status, ready = await _readiness(relay)
+        assert status == 503 and "startup" not in ready["checks"], ready
+        if ready["checks"]["database"].get("bootstrap", {}).get("attempts", 0) >= 2:
+            break
+        assert loop.time() < deadline, ready
+        await asyncio.sleep(0.05)  # polling for a condition, with a deadline
+    status, alive = await _liveness(relay)
+    assert status == 200 and alive["status"] == "ok", alive
 
 
 async def test_a_database_that_does_not_answer_is_named_so_not_a_migration_lock(
