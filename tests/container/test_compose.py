@@ -166,6 +166,27 @@ async def test_an_interview_through_caddy_ends_in_a_recording_in_seaweedfs(
     say(f"interview {sid}: recording {recording['id']} ({len(audio)} bytes) fetched via Caddy")
 
 
+def test_no_service_logs_a_secret(stack: Stack) -> None:
+    """What `docker compose logs` shows (every service, after the interview above when run
+    with it) carries none of the .env secrets nor the candidate's token: coturn and
+    SeaweedFS get theirs in files, the relays never log them."""
+    logs = compose("logs", "--no-color", env=stack.env)
+    assert "relay-1" in logs and "coturn" in logs, logs[-2000:]
+    secrets = {
+        name: SECRETS[name]
+        for name in (
+            "POSTGRES_PASSWORD",
+            "RELAY_OPERATOR_TOKEN",
+            "RELAY_STATE_KEY",
+            "TURN_SECRET",
+            "S3_SECRET_KEY",
+        )
+    }
+    secrets["candidate token"] = stack.token
+    leaked = [name for name, value in secrets.items() if value in logs]
+    assert not leaked, leaked
+
+
 def test_compose_up_again_on_the_running_stack_keeps_it_up(stack: Stack) -> None:
     """The second `docker compose up` (an upgrade, a changed .env) runs the one-shot
     bucket job again, on a store that has the bucket: the relays depend on its success."""
