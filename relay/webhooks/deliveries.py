@@ -179,11 +179,21 @@ class DeliveryRows:
         """Log ``attempt`` and move the delivery on: delivered; pending again in
         ``retry_in_s`` (None: no retry, failed); failed once its ``give_up_at`` has passed.
         Its status now, or None when this instance no longer held its lease (another took
-        it over: the attempt is logged, its outcome is the other's to write)."""
+        it over: the attempt is logged, its outcome is the other's to write) or the delivery
+        is gone (its endpoint was deleted while the attempt ran: nothing is logged)."""
         delivered = attempt.outcome == "delivered"
 
         async def op(conn: asyncpg.Connection) -> str | None:
             async with conn.transaction():
+                # Held until commit, so that a DELETE of the endpoint waits for the log
+                # line instead of removing the delivery between this check and its insert
+                # (the attempt log's foreign key would fail the insert).
+                exists = await conn.fetchval(
+                    "SELECT true FROM webhook_deliveries WHERE id = $1 FOR KEY SHARE",
+                    delivery_id,
+                )
+                if not exists:
+                    return None
                 await conn.execute(
                     """INSERT INTO webhook_attempts
                            (delivery_id, outcome, status_code, duration_ms, error, instance)

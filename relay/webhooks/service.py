@@ -150,7 +150,11 @@ class Webhooks:
         except LookupError:
             raise not_found(endpoint_id) from None
         await self.dispatcher.attempt(claimed)
-        return await self.delivery(endpoint_id, claimed.id)
+        row = await self.deliveries.get(endpoint_id=endpoint_id, delivery_id=claimed.id)
+        if row is None:
+            # The endpoint was deleted while its test was sent (its deliveries went too).
+            raise not_found(endpoint_id)
+        return row
 
     async def delivery(self, endpoint_id: str, delivery_id: str) -> asyncpg.Record:
         row = await self.deliveries.get(endpoint_id=endpoint_id, delivery_id=delivery_id)

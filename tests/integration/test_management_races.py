@@ -1,0 +1,76 @@
+"""The management API under adversarial timing: requests racing each other, and writes whose
+reply is lost after their commit. Real PostgreSQL and real HTTP; every race is forced into
+its bad order with events, row locks or a proxy that loses a reply, never left to timing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from aiohttp import web
+
+from tests.integration.conftest import MakeRelay
+from tests.integration.relay_harness import RelayHarness
+from tests.integration.test_webhooks import LOOPBACK
+from tests.integration.webhook_receiver import OPERATOR
+
+
+async def call(
+    relay: RelayHarness, method: str, path: str, body: Any = None, **kwargs: Any
+) -> tuple[int, Any]:
+    headers = kwargs.pop("headers", OPERATOR)
+    async with relay.client.request(method, path, json=body, headers=headers, **kwargs) as resp:
+        return resp.status, (await resp.json() if resp.status != 204 else None)
+
+
+@asynccontextmanager
+async def held_receiver() -> AsyncIterator[tuple[str, asyncio.Event, asyncio.Event]]:
+    """A webhook receiver that holds every request until released: its URL, the event set
+    when a request arrived, and the one that releases them (answered 200)."""
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def handle(request: web.Request) -> web.Response:
+        await request.read()
+        arrived.set()
+        await release.wait()
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hook", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}/hook", arrived, release
+    finally:
+        release.set()
+        await runner.cleanup()
+
+
+async def test_a_test_event_whose_endpoint_is_deleted_while_it_is_sent_is_a_404(
+    make_relay: MakeRelay,
+) -> None:
+    """POST …/test holds its delivery while the receiver answers; a DELETE of the endpoint
+    meanwhile takes the delivery with it. The test's outcome then has nowhere to go: the
+    answer is the endpoint's 404, not a 500 from the attempt log's foreign key."""
+    async with held_receiver() as (url, arrived, release):
+        relay = await make_relay(overrides={"webhooks": LOOPBACK})
+        status, endpoint = await call(relay, "POST", "/api/webhooks", {"url": url, "events": ["*"]})
+        assert status == 201, endpoint
+        path = f"/api/webhooks/{endpoint['id']}"
+
+        test = asyncio.create_task(call(relay, "POST", f"{path}/test"))
+        async with asyncio.timeout(10):
+            await arrived.wait()
+        status, _ = await call(relay, "DELETE", path)
+        assert status == 204
+        release.set()
+        status, body = await test
+        assert status == 404, body
+        assert body["error"]["code"] == "webhook_not_found"
+        assert body["request_id"].startswith("req_")
+        assert await relay.sql("SELECT id FROM webhook_attempts") == []
