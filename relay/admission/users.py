@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncpg
 
-from relay.db import Store
+from relay.db import Landed, Store
 
 # Sends a cluster command on a connection, inside its transaction (relay.cluster.bus.notify).
 Notify = Callable[[asyncpg.Connection, dict[str, Any]], Awaitable[None]]
@@ -287,15 +287,22 @@ class UserAdmin:
         active: bool | None = None,
         token_hash: str | None = None,
     ) -> UserChange | None:
-        """Change credit (set, or add to), status and/or the token; None: no such user."""
+        """Change credit (set, or add to), status and/or the token; None: no such user.
+        Applied once: a retry whose earlier attempt committed (its reply lost) answers that
+        attempt's result instead of adding ``add_seconds`` again (relay.db.landed)."""
+        landed: Landed[UserChange | None] = Landed()
 
         async def op(conn: asyncpg.Connection) -> UserChange | None:
+            done, earlier = await landed.earlier(conn)
+            if done:
+                return earlier
             async with conn.transaction():
+                await landed.begin(conn)
                 before = await conn.fetchrow(
                     "SELECT active, token_hash FROM users WHERE id = $1 FOR UPDATE", user_id
                 )
                 if before is None:
-                    return None
+                    return landed.result(None)
                 await conn.execute(
                     """UPDATE users SET
                            -- In bigint: the sum may pass the column's integer range,
@@ -336,6 +343,6 @@ class UserAdmin:
                     )
                 row = await conn.fetchrow(f"SELECT {_DETAIL} FROM users u WHERE u.id = $1", user_id)
                 assert row is not None
-                return UserChange(_detail(row), before["token_hash"], deactivated)
+                return landed.result(UserChange(_detail(row), before["token_hash"], deactivated))
 
         return await self._store.run("user_update", op)

@@ -2,10 +2,12 @@
 migrations, start-up's database steps and the embedded PostgreSQL.
 
 It knows no domain: each domain keeps its statements beside it and runs them through
-``Store.run``. Import the store's names from here; ``relay.db.migrate``,
+``Store.run`` (an op that adds to a value keeps a ``Landed`` across its attempts). Import
+the store's names from here; ``relay.db.migrate``,
 ``relay.db.bootstrap`` and ``relay.db.embedded_pg`` are imported by name where needed.
 """
 
+from relay.db.landed import Landed
 from relay.db.store import RETRYABLE_ERRORS, DatabaseUnavailable, Store
 
-__all__ = ["RETRYABLE_ERRORS", "DatabaseUnavailable", "Store"]
+__all__ = ["RETRYABLE_ERRORS", "DatabaseUnavailable", "Landed", "Store"]

@@ -8,13 +8,16 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
+import pytest
 from aiohttp import web
 
 from tests.integration.conftest import MakeRelay
 from tests.integration.relay_harness import RelayHarness
 from tests.integration.test_webhooks import LOOPBACK
 from tests.integration.webhook_receiver import OPERATOR
+from tests.support.reply_cutter import ReplyCutter
 
 
 async def call(
@@ -23,6 +26,27 @@ async def call(
     headers = kwargs.pop("headers", OPERATOR)
     async with relay.client.request(method, path, json=body, headers=headers, **kwargs) as resp:
         return resp.status, (await resp.json() if resp.status != 204 else None)
+
+
+@pytest.fixture
+async def cutter(database_url: str) -> AsyncIterator[ReplyCutter]:
+    parts = urlsplit(database_url)
+    assert parts.hostname is not None and parts.port is not None
+    proxy = ReplyCutter(parts.hostname, parts.port)
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.close()
+
+
+async def relay_behind(
+    make_relay: MakeRelay, cutter: ReplyCutter, database_url: str
+) -> RelayHarness:
+    relay = await make_relay(dsn=cutter.dsn(database_url))
+    async with asyncio.timeout(10):
+        await relay.services.store.wait_schema_ready()
+    return relay
 
 
 @asynccontextmanager
@@ -74,3 +98,23 @@ async def test_a_test_event_whose_endpoint_is_deleted_while_it_is_sent_is_a_404(
         assert body["error"]["code"] == "webhook_not_found"
         assert body["request_id"].startswith("req_")
         assert await relay.sql("SELECT id FROM webhook_attempts") == []
+
+
+@pytest.mark.parametrize("seconds", [60, -60])
+async def test_seconds_added_once_when_the_commit_landed_and_its_reply_was_lost(
+    cutter: ReplyCutter, make_relay: MakeRelay, database_url: str, seconds: int
+) -> None:
+    """PATCH {"add_seconds": N} commits, the reply is lost, the store retries: the retry
+    finds the first attempt committed and answers its result; N is added once (twice
+    would grant, or take, the candidate's seconds twice)."""
+    relay = await relay_behind(make_relay, cutter, database_url)
+    await relay.add_user(seconds=100, email="ana@example.test")
+    [user] = await relay.sql("SELECT id FROM users WHERE email = 'ana@example.test'")
+
+    cutter.arm(b"remaining_seconds = LEAST", then=b"COMMIT")
+    status, body = await call(relay, "PATCH", f"/api/users/{user['id']}", {"add_seconds": seconds})
+    assert cutter.cuts == 1  # the reply of the first attempt's commit was lost
+    assert status == 200, body
+    assert body["remaining_seconds"] == 100 + seconds
+    [row] = await relay.sql("SELECT remaining_seconds FROM users WHERE id = $1", user["id"])
+    assert row["remaining_seconds"] == 100 + seconds
