@@ -29,7 +29,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 from aiohttp import web
@@ -48,6 +48,9 @@ RETENTION = timedelta(hours=24)
 # Longer than any request can run (the upstream's timeouts, retries included).
 STALE_CLAIM = timedelta(minutes=5)
 _KEY = re.compile(r"[\x21-\x7e]{1,255}")
+# Claims of a key released under a duplicate each time it looks (requests failing one after
+# the other): after this many, the duplicate is told the key is in use (retryable).
+_CLAIM_TRIES = 3
 
 Execute = Callable[[], Awaitable[tuple[int, dict[str, Any] | None, Mapping[str, str]]]]
 # How an answer (status, payload, headers) becomes the response: JSON unless the route
@@ -135,53 +138,53 @@ async def _claim(
 ) -> web.Response | None:
     """Claim the key for this request (None), or the answer a duplicate gets."""
 
-    async def op(conn: asyncpg.Connection) -> asyncpg.Record | None:
+    async def op(conn: asyncpg.Connection) -> asyncpg.Record | Literal["in_use"] | None:
         async with conn.transaction():
-            claimed = await conn.fetchval(
-                """INSERT INTO idempotency_keys (principal, key, request_hash, status)
-                   VALUES ($1, $2, $3, 'in_progress') ON CONFLICT DO NOTHING RETURNING 1""",
-                principal,
-                key,
-                fingerprint,
-            )
-            if claimed:
-                return None
-            row: asyncpg.Record | None = await conn.fetchrow(
-                """SELECT request_hash, status, response_status, response_sealed,
-                          created_at < now() - $3::interval AS expired,
-                          status = 'in_progress' AND created_at < now() - $4::interval AS stale
-                   FROM idempotency_keys WHERE principal = $1 AND key = $2 FOR UPDATE""",
-                principal,
-                key,
-                RETENTION,
-                STALE_CLAIM,
-            )
-            if row is None:
-                # Released between the INSERT and the SELECT: this request claims it now.
-                await conn.execute(
+            # A claim released between the INSERT and the SELECT (its request failed) is
+            # claimed again with the same INSERT: another duplicate that saw it go may be
+            # claiming it too, and one of the two then finds the other's claim.
+            for _ in range(_CLAIM_TRIES):
+                claimed = await conn.fetchval(
                     """INSERT INTO idempotency_keys (principal, key, request_hash, status)
-                       VALUES ($1, $2, $3, 'in_progress')""",
+                       VALUES ($1, $2, $3, 'in_progress') ON CONFLICT DO NOTHING RETURNING 1""",
                     principal,
                     key,
                     fingerprint,
                 )
-                return None
-            if row["expired"] or row["stale"]:
-                await conn.execute(
-                    """UPDATE idempotency_keys
-                       SET request_hash = $3, status = 'in_progress', response_status = NULL,
-                           response_sealed = NULL, created_at = now()
-                       WHERE principal = $1 AND key = $2""",
+                if claimed:
+                    return None
+                row: asyncpg.Record | None = await conn.fetchrow(
+                    """SELECT request_hash, status, response_status, response_sealed,
+                              created_at < now() - $3::interval AS expired,
+                              status = 'in_progress'
+                                  AND created_at < now() - $4::interval AS stale
+                       FROM idempotency_keys WHERE principal = $1 AND key = $2 FOR UPDATE""",
                     principal,
                     key,
-                    fingerprint,
+                    RETENTION,
+                    STALE_CLAIM,
                 )
-                return None
-            return row
+                if row is None:
+                    continue
+                if row["expired"] or row["stale"]:
+                    await conn.execute(
+                        """UPDATE idempotency_keys
+                           SET request_hash = $3, status = 'in_progress', response_status = NULL,
+                               response_sealed = NULL, created_at = now()
+                           WHERE principal = $1 AND key = $2""",
+                        principal,
+                        key,
+                        fingerprint,
+                    )
+                    return None
+                return row
+            return "in_use"
 
     row = await store.run("idempotency_claim", op)
     if row is None:
         return None
+    if isinstance(row, str):  # "in_use"
+        raise _in_use()
     if row["request_hash"] != fingerprint:
         raise ApiError(
             422,
@@ -189,13 +192,7 @@ async def _claim(
             f"This {HEADER} was used for another request; use a new key for a new request.",
         )
     if row["status"] == "in_progress":
-        raise ApiError(
-            409,
-            "idempotency_key_in_use",
-            f"A request with this {HEADER} is still running; retry shortly.",
-            retryable=True,
-            retry_after_s=1,
-        )
+        raise _in_use()
     try:
         payload = json.loads(sealer.open_bytes(_context(principal, key), row["response_sealed"]))
     except SealError:
@@ -208,6 +205,16 @@ async def _claim(
     response = render(int(row["response_status"]), payload, {})
     response.headers[REPLAYED_HEADER] = "true"
     return response
+
+
+def _in_use() -> ApiError:
+    return ApiError(
+        409,
+        "idempotency_key_in_use",
+        f"A request with this {HEADER} is still running; retry shortly.",
+        retryable=True,
+        retry_after_s=1,
+    )
 
 
 async def _complete(

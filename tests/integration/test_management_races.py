@@ -10,9 +10,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
+import asyncpg
 import pytest
 from aiohttp import web
 
+from tests.integration.cluster_helpers import poll
 from tests.integration.conftest import MakeRelay
 from tests.integration.relay_harness import RelayHarness
 from tests.integration.test_webhooks import LOOPBACK
@@ -118,3 +120,56 @@ async def test_seconds_added_once_when_the_commit_landed_and_its_reply_was_lost(
     assert body["remaining_seconds"] == 100 + seconds
     [row] = await relay.sql("SELECT remaining_seconds FROM users WHERE id = $1", user["id"])
     assert row["remaining_seconds"] == 100 + seconds
+
+
+async def test_duplicates_finding_a_key_released_under_them_run_once_and_never_500(
+    make_relay: MakeRelay, database_url: str
+) -> None:
+    """Two duplicates wait on a key's claim (a row lock stands in for the request holding
+    it) that is released under them, as a first request's failure releases it. Both find
+    it gone and claim it again: one runs, the other is told the key is in use (or gets the
+    replay); neither is a 500 from the key's primary key."""
+    # Statements may wait on the lock for as long as the test holds it.
+    overrides = {"webhooks": LOOPBACK, "database": {"query_timeout_s": 30.0}}
+    relay = await make_relay(overrides=overrides)
+    async with asyncio.timeout(10):
+        await relay.services.store.wait_schema_ready()
+    key = "race-released-key"
+    holder = await asyncpg.connect(database_url)
+    try:
+        await holder.execute(
+            """INSERT INTO idempotency_keys (principal, key, request_hash, status)
+               VALUES ('operator', $1, 'first', 'in_progress')""",
+            key,
+        )
+        lock = holder.transaction()
+        await lock.start()
+        await holder.execute("SELECT 1 FROM idempotency_keys WHERE key = $1 FOR UPDATE", key)
+        body = {"url": "http://127.0.0.1:9/hook", "events": ["*"]}
+        headers = OPERATOR | {"Idempotency-Key": key}
+        duplicates = [
+            asyncio.create_task(call(relay, "POST", "/api/webhooks", body, headers=headers))
+            for _ in range(2)
+        ]
+
+        async def both_wait() -> bool:
+            assert not any(task.done() for task in duplicates), [
+                task.result() for task in duplicates if task.done()
+            ]
+            waiting = await holder.fetchval(
+                "SELECT count(DISTINCT pid) FROM pg_locks WHERE NOT granted"
+            )
+            return bool(waiting == 2)
+
+        await poll(both_wait, 10, "both duplicates waiting on the claim")
+        await holder.execute("DELETE FROM idempotency_keys WHERE key = $1", key)
+        await lock.commit()
+        answers = await asyncio.gather(*duplicates)
+    finally:
+        await holder.close()
+    statuses = sorted(status for status, _ in answers)
+    assert statuses in ([201, 201], [201, 409]), answers
+    if statuses == [201, 409]:
+        [refused] = [body for status, body in answers if status == 409]
+        assert refused["error"]["code"] == "idempotency_key_in_use"
+    assert len(await relay.sql("SELECT id FROM webhook_endpoints")) == 1
