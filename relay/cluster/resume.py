@@ -46,6 +46,7 @@ from relay.media.bridge import Seed
 from relay.media.manager import BridgeManager, session_ended_error, token_invalid
 from relay.sessions.continuity import (
     ContinuityKeeper,
+    InterviewClosed,
     ResumeTarget,
     hash_resume_token,
     new_resume_token,
@@ -306,6 +307,9 @@ class ResumeService:
             )
         except DatabaseUnavailable as exc:
             raise database_error(exc, self._settings.database.retry_after_s) from exc
+        except InterviewClosed as exc:
+            log.info("session %s: its interview closed while no member held it", session_id)
+            raise session_ended_error(exc.reason) from None
         if taken is None:
             # Another member took it over first, or the token was spent meanwhile.
             raise token_invalid()

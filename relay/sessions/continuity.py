@@ -106,6 +106,15 @@ class TakenOver:
     overrides: SessionOverrides | None = None
 
 
+class InterviewClosed(Exception):
+    """The session's interview was closed while no member held the session (its cancel's
+    command to end it reached nobody): the take-over closed the row instead."""
+
+    def __init__(self, reason: str | None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class ContinuityRows:
     """The statements of continuity (``interview_sessions`` columns of migration 008 and
     ``session_transcript``)."""
@@ -249,9 +258,14 @@ class ContinuityRows:
     ) -> TakenOver | None:
         """Move the live session from ``holder`` (dead) to ``instance``, if its token is
         still ``old_hash`` and nobody moved it first: one conditional UPDATE, retried
-        safely (a retry whose first attempt landed finds its own claim)."""
+        safely (a retry whose first attempt landed finds its own claim).
 
-        async def op(conn: asyncpg.Connection) -> asyncpg.Record | None:
+        An interview's session is moved only while its interview is open. One cancelled
+        while its holder was dead was never ended (the cancel's command reached no
+        member): its row is closed here, with the interview's end reason and the seconds
+        charged until the holder was lost, and ``InterviewClosed`` is raised."""
+
+        async def op(conn: asyncpg.Connection) -> asyncpg.Record | str | None:
             async with conn.transaction():
                 await conn.execute(
                     """UPDATE interview_sessions s
@@ -260,7 +274,11 @@ class ContinuityRows:
                        FROM users u
                        WHERE s.id = $1 AND s.user_id = $2 AND u.id = s.user_id
                          AND s.state IN ('connecting', 'active')
-                         AND s.resume_token_hash = $3 AND s.relay_instance = $7 AND u.active""",
+                         AND s.resume_token_hash = $3 AND s.relay_instance = $7 AND u.active
+                         AND (s.interview_id IS NULL
+                              OR EXISTS (SELECT 1 FROM interviews i
+                                         WHERE i.id = s.interview_id
+                                           AND i.status IN ('scheduled', 'in_progress')))""",
                     session_id,
                     user_id,
                     old_hash,
@@ -283,9 +301,42 @@ class ContinuityRows:
                     claim_token,
                     instance,
                 )
-                return row
+                if row is not None:
+                    return row
+                # A closed interview's live row nobody holds (or a retry of this very
+                # close, whose first attempt landed: the row says so).
+                reason: str | None = await conn.fetchval(
+                    """WITH closed AS (
+                           UPDATE interview_sessions s
+                           SET state = 'ended', end_reason = i.end_reason, ended_at = now(),
+                               duration_seconds = COALESCE(s.used_seconds, 0),
+                               debited_seconds = CEIL(COALESCE(s.used_seconds, 0))::int
+                           FROM interviews i
+                           WHERE s.id = $1 AND s.user_id = $2 AND i.id = s.interview_id
+                             AND s.state IN ('connecting', 'active')
+                             AND s.resume_token_hash = $3 AND s.relay_instance = $4
+                             AND i.status NOT IN ('scheduled', 'in_progress')
+                           RETURNING s.end_reason)
+                       SELECT end_reason FROM closed
+                       UNION ALL
+                       SELECT s.end_reason FROM interview_sessions s
+                       WHERE s.id = $1 AND s.user_id = $2 AND s.state = 'ended'
+                         AND s.resume_token_hash = $3 AND s.relay_instance = $4
+                         AND s.end_reason IS NOT DISTINCT FROM
+                             (SELECT i.end_reason FROM interviews i
+                              WHERE i.id = s.interview_id
+                                AND i.status NOT IN ('scheduled', 'in_progress'))
+                       LIMIT 1""",
+                    session_id,
+                    user_id,
+                    old_hash,
+                    holder,
+                )
+                return reason
 
         row = await self._store.run("take_over_session", op)
+        if isinstance(row, str):
+            raise InterviewClosed(row)
         if row is None:
             return None
         return TakenOver(

@@ -6,6 +6,7 @@ upstream session seeded with the conversation so far, recording it as part 2."""
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
 import time
@@ -225,3 +226,78 @@ async def test_the_holder_killed_the_interview_continues_on_the_survivor(
 
         recordings = await poll(parts, 30, "part 2 of the recording to be ready")
         assert sorted(i["part"] for i in recordings) == [1, 2]
+
+
+async def test_an_interview_cancelled_while_its_holder_is_dead_is_not_taken_over(
+    pair: Pair,  # noqa: F811
+    simulator: RunningSimulator,
+) -> None:
+    """The cancel's "end this session" reaches no member (its holder was killed), so the
+    row is still live when the page's resume reaches the survivor. The take-over must not
+    bring the cancelled interview back: 410 ``session_ended`` (``cancelled``), the row
+    closed with the seconds charged until the kill, no new upstream session."""
+    async with fresh_connections() as http:
+        a, b = Client(http, pair.a.url), Client(http, pair.b.url)
+        status, interview, _ = await a.call(
+            "POST",
+            "api/interviews",
+            headers=OPERATOR,
+            json={
+                "candidate": {"email": "cancelled-meanwhile@example.test"},
+                "instructions": INTERVIEWER,
+                "max_duration_s": 600,
+                "recording": False,
+            },
+        )
+        assert status == 201, interview
+        token = str(interview["candidate_url"]).split("#invite=", 1)[1]
+        status, created, _ = await b.create(token)
+        assert status == 201, created
+        sid = created["session_id"]
+        page, resume_token = await go_live_at(b, token, sid, pair.browsers)
+        await a_full_turn(page)
+
+        async def charged() -> float | None:
+            rows = await sql(
+                pair.dsn, "SELECT used_seconds FROM interview_sessions WHERE id=$1", sid
+            )
+            return float(rows[0]["used_seconds"]) if rows[0]["used_seconds"] else None
+
+        await poll(charged, 20, "B to write the time charged")
+        os.kill(pair.b.pid, signal.SIGKILL)
+        status, cancelled, _ = await a.call(
+            "POST", f"api/interviews/{interview['id']}/cancel", headers=OPERATOR
+        )
+        assert status == 200 and cancelled["status"] == "cancelled", cancelled
+        calls = len(simulator.state.calls)
+        await page.pc.close()
+
+        again = Page(payloads=SPEECH)
+        pair.browsers.append(again)
+        body = {"resume_token": resume_token, "type": "offer", "sdp": await again.offer()}
+        for backoff_s in (0.5, 1.0, 2.0, 0.0):
+            status, answer, _ = await a.call(
+                "POST", f"api/sessions/{sid}/resume", token=token, json=body
+            )
+            if status != 503 or not backoff_s:
+                break
+            await asyncio.sleep(backoff_s)
+        assert status == 410, answer
+        assert answer["error"]["code"] == "session_ended"
+        assert answer["error"]["end_reason"] == "cancelled"
+        assert len(simulator.state.calls) == calls  # no interviewer minted for it
+
+        [row] = await sql(
+            pair.dsn,
+            "SELECT state, end_reason, used_seconds, debited_seconds, relay_instance"
+            " FROM interview_sessions WHERE id=$1",
+            sid,
+        )
+        assert (row["state"], row["end_reason"]) == ("ended", "cancelled")
+        assert row["relay_instance"] == member_id(pair.b)
+        assert row["debited_seconds"] == math.ceil(row["used_seconds"])
+        status, after, _ = await a.call(
+            "GET", f"api/interviews/{interview['id']}", headers=OPERATOR
+        )
+        assert status == 200 and after["status"] == "cancelled", after
+        assert after["used_seconds"] == row["debited_seconds"]
