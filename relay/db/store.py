@@ -51,6 +51,20 @@ RETRYABLE_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+def _lost_in_transaction(exc: asyncpg.InterfaceError) -> BaseException | None:
+    """The connection error a transaction's exit hid, if that is what ``exc`` is.
+
+    A connection lost in the middle of ``async with conn.transaction()`` raises the
+    statement's connection error; the block's exit then finds the connection closed and
+    raises ``InterfaceError`` ("the underlying connection is closed") in its place. The
+    transaction did not commit (its COMMIT was never sent): retryable, as the error it hid.
+    """
+    cause = exc.__context__
+    if isinstance(cause, RETRYABLE_ERRORS) and "connection is closed" in str(exc):
+        return cause
+    return None
+
+
 class DatabaseUnavailable(Exception):
     """The database did not answer after all retries (``code``: database_timeout or
     database_unavailable)."""
@@ -240,6 +254,12 @@ class Store:
                     # task (a heartbeat, a background loop) would not stop when cancelled.
                     async with asyncio.timeout(config.query_timeout_s):
                         result = await op(conn)
+            except asyncpg.InterfaceError as exc:
+                lost = _lost_in_transaction(exc)
+                if lost is None:
+                    raise
+                self._attempts.inc(query=query, outcome="connection_error")
+                raise lost from None
             except RETRYABLE_ERRORS as exc:
                 outcome = "timeout" if isinstance(exc, TimeoutError) else "connection_error"
                 self._attempts.inc(query=query, outcome=outcome)

@@ -45,7 +45,7 @@ async def cutter(database_url: str) -> AsyncIterator[ReplyCutter]:
 async def relay_behind(
     make_relay: MakeRelay, cutter: ReplyCutter, database_url: str
 ) -> RelayHarness:
-    relay = await make_relay(dsn=cutter.dsn(database_url))
+    relay = await make_relay(dsn=cutter.dsn(database_url), overrides={"webhooks": LOOPBACK})
     async with asyncio.timeout(10):
         await relay.services.store.wait_schema_ready()
     return relay
@@ -130,7 +130,10 @@ async def test_duplicates_finding_a_key_released_under_them_run_once_and_never_5
     it gone and claim it again: one runs, the other is told the key is in use (or gets the
     replay); neither is a 500 from the key's primary key."""
     # Statements may wait on the lock for as long as the test holds it.
-    overrides = {"webhooks": LOOPBACK, "database": {"query_timeout_s": 30.0}}
+    overrides: dict[str, dict[str, Any]] = {
+        "webhooks": LOOPBACK,
+        "database": {"query_timeout_s": 30.0},
+    }
     relay = await make_relay(overrides=overrides)
     async with asyncio.timeout(10):
         await relay.services.store.wait_schema_ready()
@@ -173,3 +176,20 @@ async def test_duplicates_finding_a_key_released_under_them_run_once_and_never_5
         [refused] = [body for status, body in answers if status == 409]
         assert refused["error"]["code"] == "idempotency_key_in_use"
     assert len(await relay.sql("SELECT id FROM webhook_endpoints")) == 1
+
+
+async def test_a_connection_lost_inside_a_transaction_is_retried_not_a_500(
+    cutter: ReplyCutter, make_relay: MakeRelay, database_url: str
+) -> None:
+    """The connection dies in the middle of a transaction (a statement's reply lost, as
+    when the database restarts or the network fails): the transaction never committed, and
+    the store's retry runs it again. asyncpg reports the loss from the transaction's exit
+    as an InterfaceError ("the underlying connection is closed"), which must count as the
+    connection error it is, not as an unexpected 500."""
+    relay = await relay_behind(make_relay, cutter, database_url)
+    body = {"candidate": {"email": "ana@example.test"}, "instructions": "Hello."}
+    cutter.arm(b"INSERT INTO interviews")
+    status, created = await call(relay, "POST", "/api/interviews", body)
+    assert cutter.cuts == 1
+    assert status == 201, created
+    assert [r["id"] for r in await relay.sql("SELECT id FROM interviews")] == [created["id"]]
