@@ -14,7 +14,7 @@ from datetime import datetime
 
 import asyncpg
 
-from relay.db import Store
+from relay.db import Landed, Store
 from relay.sealing import SecretBox
 from relay.webhooks.outbox import EVENT_TYPES, notify_due
 from relay.webhooks.signing import new_secret
@@ -187,12 +187,20 @@ class EndpointRows:
         return None if row is None else Endpoint.from_row(row)
 
     async def delete(self, endpoint_id: str) -> bool:
-        """Remove the endpoint with its deliveries and their log."""
+        """Remove the endpoint with its deliveries and their log; False: there was none.
+        A retry whose earlier attempt committed (its reply lost) answers that attempt's
+        True, not the False its own DELETE would find (relay.db.landed)."""
+        landed: Landed[bool] = Landed()
 
         async def op(conn: asyncpg.Connection) -> bool:
-            status: str = await conn.execute(
-                "DELETE FROM webhook_endpoints WHERE id = $1", endpoint_id
-            )
-            return status != "DELETE 0"
+            done, earlier = await landed.earlier(conn)
+            if done:
+                return bool(earlier)
+            async with conn.transaction():
+                await landed.begin(conn)
+                status: str = await conn.execute(
+                    "DELETE FROM webhook_endpoints WHERE id = $1", endpoint_id
+                )
+                return landed.result(status != "DELETE 0")
 
         return await self._store.run("webhook_endpoint_delete", op)

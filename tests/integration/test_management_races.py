@@ -178,6 +178,27 @@ async def test_duplicates_finding_a_key_released_under_them_run_once_and_never_5
     assert len(await relay.sql("SELECT id FROM webhook_endpoints")) == 1
 
 
+@pytest.mark.parametrize("lost", ["the delete's reply", "the commit's reply"])
+async def test_a_webhook_deleted_whose_reply_was_lost_answers_204_not_404(
+    cutter: ReplyCutter, make_relay: MakeRelay, database_url: str, lost: str
+) -> None:
+    """The DELETE lands, its reply is lost, the store retries: the retry must not answer
+    404 ``webhook_not_found`` for the endpoint its own first attempt removed."""
+    relay = await relay_behind(make_relay, cutter, database_url)
+    hook = {"url": "http://127.0.0.1:9/hook", "events": ["*"]}
+    status, endpoint = await call(relay, "POST", "/api/webhooks", hook)
+    assert status == 201, endpoint
+
+    if lost == "the delete's reply":
+        cutter.arm(b"DELETE FROM webhook_endpoints")
+    else:
+        cutter.arm(b"DELETE FROM webhook_endpoints", then=b"COMMIT")
+    status, body = await call(relay, "DELETE", f"/api/webhooks/{endpoint['id']}")
+    assert cutter.cuts == 1
+    assert status == 204, body
+    assert await relay.sql("SELECT id FROM webhook_endpoints") == []
+
+
 async def test_a_connection_lost_inside_a_transaction_is_retried_not_a_500(
     cutter: ReplyCutter, make_relay: MakeRelay, database_url: str
 ) -> None:
