@@ -29,7 +29,7 @@ from typing import Any
 
 import asyncpg
 
-from relay.db import Store
+from relay.db import Landed, Store
 from relay.webhooks.outbox import TEST_EVENT, new_event_id, notify_due
 
 STATUSES = ("pending", "delivered", "failed")
@@ -182,9 +182,16 @@ class DeliveryRows:
         it over: the attempt is logged, its outcome is the other's to write) or the delivery
         is gone (its endpoint was deleted while the attempt ran: nothing is logged)."""
         delivered = attempt.outcome == "delivered"
+        # A retry whose earlier attempt committed (its reply lost) answers that attempt's
+        # status, and logs the attempt once (relay.db.landed).
+        landed: Landed[str | None] = Landed()
 
         async def op(conn: asyncpg.Connection) -> str | None:
+            done, earlier = await landed.earlier(conn)
+            if done:
+                return earlier
             async with conn.transaction():
+                await landed.begin(conn)
                 # Held until commit, so that a DELETE of the endpoint waits for the log
                 # line instead of removing the delivery between this check and its insert
                 # (the attempt log's foreign key would fail the insert).
@@ -193,7 +200,7 @@ class DeliveryRows:
                     delivery_id,
                 )
                 if not exists:
-                    return None
+                    return landed.result(None)
                 await conn.execute(
                     """INSERT INTO webhook_attempts
                            (delivery_id, outcome, status_code, duration_ms, error, instance)
@@ -230,7 +237,7 @@ class DeliveryRows:
                     delivered,
                     retry_in_s,
                 )
-                return status
+                return landed.result(status)
 
         return await self._store.run("webhook_record", op)
 

@@ -214,3 +214,22 @@ async def test_a_connection_lost_inside_a_transaction_is_retried_not_a_500(
     assert cutter.cuts == 1
     assert status == 201, created
     assert [r["id"] for r in await relay.sql("SELECT id FROM interviews")] == [created["id"]]
+
+
+async def test_an_attempt_recorded_whose_reply_was_lost_is_logged_once(
+    cutter: ReplyCutter, make_relay: MakeRelay, database_url: str
+) -> None:
+    """The outcome of an attempt commits, its reply is lost, the store retries: the log
+    shows the one attempt there was (not two), and the answer its status."""
+    async with held_receiver() as (url, _, release):
+        release.set()
+        relay = await relay_behind(make_relay, cutter, database_url)
+        status, endpoint = await call(relay, "POST", "/api/webhooks", {"url": url, "events": ["*"]})
+        assert status == 201, endpoint
+
+        cutter.arm(b"INSERT INTO webhook_attempts", then=b"COMMIT")
+        status, tested = await call(relay, "POST", f"/api/webhooks/{endpoint['id']}/test")
+        assert cutter.cuts == 1
+        assert status == 200, tested
+        assert (tested["status"], tested["attempts"]) == ("delivered", 1)
+        assert [a["outcome"] for a in tested["attempt_log"]] == ["delivered"]
