@@ -19,6 +19,9 @@ log = logging.getLogger("relay.db")
 # An arbitrary constant shared by every relay process: "the migration lock".
 MIGRATION_LOCK_ID = 0x7E1A_0001
 _NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+# The oldest PostgreSQL the relay runs on: relay.db.landed asks pg_xact_status whether a
+# write whose reply was lost committed, and pg_current_xact_id; both came in 13.
+MIN_SERVER_MAJOR = 13
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,21 @@ def available_migrations() -> list[Migration]:
     return sorted(out, key=lambda m: m.version)
 
 
+class UnsupportedServer(Exception):
+    """The database server is older than ``MIN_SERVER_MAJOR``: no retry fixes it."""
+
+
+def check_server_version(conn: asyncpg.Connection) -> None:
+    """Raise ``UnsupportedServer`` naming the server's version when it is too old (asyncpg
+    has the version from the connection's start-up: no query)."""
+    version = conn.get_server_version()
+    if version.major < MIN_SERVER_MAJOR:
+        raise UnsupportedServer(
+            f"PostgreSQL {version.major}.{version.minor} is older than {MIN_SERVER_MAJOR},"
+            " the oldest the relay runs on (docs/deploy.md)"
+        )
+
+
 class MigrationTimeout(TimeoutError):
     """The migrations did not finish within ``database.migration_timeout_s`` (a lock held
     elsewhere, or a slow statement); nothing of them was committed."""
@@ -49,6 +67,7 @@ async def migrate(conn: asyncpg.Connection, *, timeout_s: float) -> list[Migrati
     server and the transaction rolls back cleanly (the pool's ``command_timeout``, the
     per-query limit, is meant for candidates' queries, not for a lock wait or a rewrite).
     """
+    check_server_version(conn)
     applied_now: list[Migration] = []
     # Reading the package's SQL files is file I/O: keep it off the event loop.
     migrations = await asyncio.to_thread(available_migrations)
