@@ -215,7 +215,11 @@ class ResumeService:
 
     async def _target(self, session_id: str, caller: Caller) -> ResumeTarget | None:
         try:
-            return await self._continuity.rows.resume_target(session_id, caller.user.id)
+            # Whose the session is, as Caller.owns says it (an invite: its interview's only).
+            interview_id = caller.interview.id if caller.interview is not None else None
+            return await self._continuity.rows.resume_target(
+                session_id, caller.user.id, interview_id
+            )
         except DatabaseUnavailable as exc:
             raise database_error(exc, self._settings.database.retry_after_s) from exc
 

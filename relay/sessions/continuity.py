@@ -214,8 +214,12 @@ class ContinuityRows:
         result: bool = await self._store.run("rotate_resume_token", op)
         return result
 
-    async def resume_target(self, session_id: str, user_id: int) -> ResumeTarget | None:
-        """The row of the user's session and its holder's place in the cluster view."""
+    async def resume_target(
+        self, session_id: str, user_id: int, interview_id: str | None = None
+    ) -> ResumeTarget | None:
+        """The row of the user's session and its holder's place in the cluster view.
+        ``interview_id``: the caller is that interview's invite, which opens that
+        interview's sessions only (not the same candidate's other interviews')."""
 
         async def op(conn: asyncpg.Connection) -> asyncpg.Record | None:
             row: asyncpg.Record | None = await conn.fetchrow(
@@ -225,9 +229,11 @@ class ContinuityRows:
                           EXTRACT(EPOCH FROM now() - s.holder_lost_at)::float8 AS lost_age
                    FROM interview_sessions s
                    LEFT JOIN relay_members m ON m.id = s.relay_instance
-                   WHERE s.id = $1 AND s.user_id = $2""",
+                   WHERE s.id = $1 AND s.user_id = $2
+                     AND ($3::text IS NULL OR s.interview_id = $3)""",
                 session_id,
                 user_id,
+                interview_id,
             )
             return row
 

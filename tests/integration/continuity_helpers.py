@@ -49,9 +49,15 @@ class Live:
 
 
 async def go_live(
-    relay: RelayHarness, *, seconds: int = 1800, payloads: list[bytes] | None = None
+    relay: RelayHarness,
+    token: str | None = None,
+    *,
+    seconds: int = 1800,
+    payloads: list[bytes] | None = None,
 ) -> Live:
-    token = await relay.add_user(seconds=seconds)
+    """A live session of ``token`` (by default, a new user's with ``seconds``)."""
+    if token is None:
+        token = await relay.add_user(seconds=seconds)
     status, body, _ = await relay.create_session(token)
     assert status == 201, body
     session_id = str(body["session_id"])

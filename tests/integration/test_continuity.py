@@ -21,6 +21,7 @@ from relay.upstream.simulator.server import RunningSimulator
 from relay.upstream.simulator.state import CallRecord
 from tests.integration.conftest import MakeRelay
 from tests.integration.continuity_helpers import SPEECH, Live, Page, go_live, resume
+from tests.integration.interview_helpers import call
 from tests.integration.media_helpers import wait_until
 from tests.integration.recording_helpers import OPERATOR, wait_recording
 from tests.integration.relay_harness import SIMULATOR_KEY, RelayHarness
@@ -234,6 +235,46 @@ async def test_a_resume_token_is_single_use_rotates_and_needs_the_credential(
     assert stored is not None and len(stored) == 64
     await again.accept(second["sdp"])
     await wait_until(lambda: bridge.state == "active", 10, "resumed again")
+
+
+async def test_an_invite_resumes_its_own_interview_only(
+    make_relay: MakeRelay, pages: list[Page]
+) -> None:
+    """Two interviews of one candidate: the link of one, with the other's resume token,
+    finds no session to resume (404, as for a stranger), whether this member holds it or
+    the row says its holder is lost (the take-over path reads the row alone)."""
+    relay = await make_relay()
+    interviews = []
+    for _ in range(2):
+        status, body, _ = await call(
+            relay,
+            "POST",
+            "/api/interviews",
+            json={"candidate": {"email": "both@example.test"}, "instructions": "Interview."},
+        )
+        assert status == 201, body
+        interviews.append(body["candidate_url"].split("#invite=", 1)[1])
+    mine, other = interviews
+    live = await go_live(relay, other)
+    pages.append(live.page)
+    bridge = bridge_of(relay, live.session_id)
+    await live.page.pc.close()
+    await wait_until(lambda: bridge.state == "browser_lost", 10, "the browser leg lost")
+    probe = Page()
+    pages.append(probe)
+    sdp = await probe.offer()
+    sid = live.session_id
+    status, body = await resume(
+        relay, sid, token=mine, resume_token=live.resume_token, page=probe, sdp=sdp
+    )
+    assert (status, body["error"]["code"]) == (404, "session_not_found"), body
+    await relay.sql("UPDATE interview_sessions SET holder_lost_at = now() WHERE id = $1", sid)
+    status, body = await resume(
+        relay, sid, token=mine, resume_token=live.resume_token, page=probe, sdp=sdp
+    )
+    assert (status, body["error"]["code"]) == (404, "session_not_found"), body
+    assert state_of(bridge) == "browser_lost"  # neither touched the interview
+    assert (await row(relay, sid))["relay_instance"] == relay.services.instance_id
 
 
 # ---------------------------------------------------------------------- endings
