@@ -3,7 +3,8 @@
 An endpoint's URL is https, or plain http to loopback only when
 ``webhooks.allow_insecure_loopback`` is set. Every address the host resolves to must be
 public (``ipaddress``'s ``is_global``: not private, loopback, link-local, shared, reserved
-or unspecified; never multicast) unless it lies in ``webhooks.allowed_networks``, or is
+or unspecified; never multicast; an IPv6 form of an IPv4 address, mapped, NAT64 or 6to4,
+judged as that IPv4 address) unless it lies in ``webhooks.allowed_networks``, or is
 loopback with ``allow_insecure_loopback``.
 
 The check runs at registration and again at every delivery, on the addresses the delivery
@@ -55,9 +56,12 @@ class AddressPolicy:
 
     def refusal(self, address: IpAddress, scheme: str) -> str | None:
         """Why a request of ``scheme`` may not go to ``address`` (None: it may)."""
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            # ::ffff:10.0.0.1 reaches 10.0.0.1: judge the address it reaches.
-            address = address.ipv4_mapped
+        if isinstance(address, ipaddress.IPv6Address):
+            if address in _NAT64_LOCAL:
+                return f"{address} is a local-use NAT64 address (its IPv4 form is not checkable)"
+            # ::ffff:10.0.0.1 reaches 10.0.0.1, and so may 64:ff9b::a00:1 through a NAT64
+            # gateway or 2002:a00:1:: through a 6to4 relay: judge the address it reaches.
+            address = _embedded_ipv4(address) or address
         if address.is_multicast or address.is_unspecified:
             return f"{address} is not a unicast address"
         loopback = address.is_loopback
@@ -69,10 +73,30 @@ class AddressPolicy:
             return None
         if loopback:
             return f"{address} is loopback (webhooks.allow_insecure_loopback is off)"
-        if not address.is_global:
+        # is_global alone lets reserved IPv6 ranges through on some Pythons (3.11:
+        # ::127.0.0.1, an IPv4-compatible address, and fec0::/10, site-local).
+        site_local = isinstance(address, ipaddress.IPv6Address) and address.is_site_local
+        if not address.is_global or address.is_reserved or site_local:
             kind = "link-local" if address.is_link_local else "private or reserved"
             return f"{address} is {kind} (not in webhooks.allowed_networks)"
         return None
+
+
+# RFC 6052's well-known NAT64 prefix: the IPv4 address is the last 32 bits.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+# RFC 8215's local-use NAT64 prefix: the IPv4 address's place depends on the operator's
+# prefix length, so it cannot be judged; never global (IANA).
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address reaches through a translation (IPv4-mapped, the
+    well-known NAT64 prefix, 6to4), or None."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address.sixtofour
 
 
 @dataclass(frozen=True)

@@ -217,6 +217,14 @@ async def tcp_listener() -> AsyncIterator[tuple[int, list[int]]]:
         ("https://169.254.169.254/latest/meta-data/", "169.254.169.254 is link-local"),
         ("https://[fe80::1]/hook", "fe80::1 is link-local"),
         ("https://[::ffff:10.0.0.1]/hook", "10.0.0.1 is private or reserved"),
+        # Through a NAT64 gateway or a 6to4 relay, to the address embedded in them.
+        ("https://[64:ff9b::a9fe:a9fe]/hook", "169.254.169.254 is link-local"),
+        ("https://[64:ff9b::a00:1]/hook", "10.0.0.1 is private or reserved"),
+        ("https://[2002:7f00:1::1]/hook", "127.0.0.1 is loopback"),
+        ("https://[64:ff9b:1::a9fe:a9fe]/hook", "local-use NAT64"),
+        # Reserved IPv6 ranges Python 3.11's is_global lets through.
+        ("https://[::127.0.0.1]/hook", "is private or reserved"),
+        ("https://[fec0::1]/hook", "is private or reserved"),
         ("https://127.0.0.1:9/hook", "127.0.0.1 is loopback"),
         ("https://localhost:9/hook", "is loopback"),
         ("https://0.0.0.0/hook", "not a unicast address"),

@@ -56,6 +56,17 @@ def policy(**kwargs: object) -> AddressPolicy:
         ("fc00::1", "https", False),
         ("::ffff:192.168.1.1", "https", False),
         ("::ffff:93.184.216.34", "https", True),
+        # NAT64 (well-known prefix) and 6to4 reach their embedded IPv4 address.
+        ("64:ff9b::a9fe:a9fe", "https", False),
+        ("64:ff9b::7f00:1", "https", False),
+        ("64:ff9b::5db8:d822", "https", True),
+        ("64:ff9b:1::a9fe:a9fe", "https", False),
+        ("2002:a00:1::1", "https", False),
+        ("2002:5db8:d822::1", "https", True),
+        # Reserved and deprecated site-local IPv6.
+        ("::127.0.0.1", "https", False),
+        ("::ffff:0:7f00:1", "https", False),
+        ("fec0::1", "https", False),
         ("127.0.0.1", "https", False),
         ("::1", "https", False),
         ("0.0.0.0", "https", False),
