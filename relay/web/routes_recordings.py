@@ -27,6 +27,7 @@ from pydantic import Field
 
 from relay.admission.api_keys import Scope
 from relay.errors import ApiError
+from relay.fields import Email, UtcDatetime
 from relay.observability.request_context import current_request_id
 from relay.recording import render, rows
 from relay.recording.s3 import StorageError
@@ -54,11 +55,13 @@ class RecordingsQuery(PageQuery):
     offset: Annotated[
         int, Field(ge=0, le=10_000_000, description="Skip this many (instead of a cursor).")
     ] = 0
-    interview_id: Annotated[str | None, Field(max_length=64)] = None
+    # The same types as GET /api/sessions' filters: what passes is something PostgreSQL
+    # takes (no NUL, no time outside its range), so a hostile value is a 400, not a 500.
+    interview_id: Annotated[str | None, Field(pattern=r"^iv_[0-9a-f]{32}$")] = None
     user_id: Annotated[int | None, Field(ge=1, le=2**63 - 1)] = None
-    email: Annotated[str | None, Field(max_length=320, description="The candidate's.")] = None
-    since: datetime | None = Field(default=None, description="Created at or after (ISO 8601).")
-    until: datetime | None = Field(default=None, description="Created before (ISO 8601).")
+    email: Email | None = Field(default=None, description="The candidate's.")
+    since: UtcDatetime | None = Field(default=None, description="Created at or after (ISO 8601).")
+    until: UtcDatetime | None = Field(default=None, description="Created before (ISO 8601).")
 
 
 async def _service(request: web.Request, scope: Scope = "read") -> RecordingService:

@@ -206,6 +206,33 @@ async def test_deeply_nested_json_is_a_400_never_a_500(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
+# Filter values PostgreSQL cannot take: a NUL character, a time outside its range.
+HOSTILE_FILTERS = [
+    ("email", "a%00b@example.test"),
+    ("interview_id", "iv_%00"),
+    ("since", "0001-01-01T00:00:00%2B01:00"),
+    ("until", "9999-12-31T23:59:59-01:00"),
+]
+
+
+@pytest.mark.parametrize("path", ["/api/recordings", "/api/sessions", "/api/interviews"])
+async def test_hostile_list_filters_are_a_400_naming_them_never_a_500(
+    make_relay: MakeRelay, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    relay = await make_relay()
+    headers = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+    for name, value in HOSTILE_FILTERS:
+        if path == "/api/interviews" and name == "interview_id":
+            continue  # not a filter of this list
+        async with relay.client.get(f"{path}?{name}={value}", headers=headers) as resp:
+            body = await resp.json()
+        assert resp.status == 400, (name, body)
+        assert body["error"]["code"] == "invalid_parameter", body
+        assert body["error"]["errors"][0]["field"] == name, body
+    assert relay.counter("relay_http_errors_total", status=500) == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
 async def test_a_deeply_nested_drain_body_is_a_400(make_relay: MakeRelay) -> None:
     relay = await make_relay()
     status, payload = await _post_raw(relay, "/api/cluster/drain", DEEP_ARRAY, OPERATOR_TOKEN)
