@@ -10,6 +10,7 @@ from typing import Any, Literal
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field
 
+from relay.fields import Text
 from relay.web.pagination import Page, PageQuery
 from relay.webhooks.endpoints import Endpoint
 
@@ -26,14 +27,14 @@ class WebhookCreate(_Request):
     events: list[str] = Field(
         min_length=1, max_length=32, description="event types, or '*' for every type"
     )
-    description: str = Field(default="", max_length=500)
+    description: Text = Field(default="", max_length=500)
     enabled: bool = True
 
 
 class WebhookUpdate(_Request):
     url: str | None = Field(default=None, min_length=1, max_length=2048)
     events: list[str] | None = Field(default=None, min_length=1, max_length=32)
-    description: str | None = Field(default=None, max_length=500)
+    description: Text | None = Field(default=None, max_length=500)
     enabled: bool | None = None
 
 

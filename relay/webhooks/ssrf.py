@@ -112,6 +112,10 @@ def parse_url(url: str) -> Target:
     """The URL's parts, or ``UrlRefused`` for anything but a plain http(s) URL."""
     if len(url) > MAX_URL_CHARS:
         raise UrlRefused(f"longer than {MAX_URL_CHARS} characters")
+    # urlsplit silently drops tabs and line breaks, and PostgreSQL refuses NUL: a URL
+    # holding any of them (or a space) is refused as written, not stored or half-parsed.
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
+        raise UrlRefused("must not contain spaces or control characters")
     try:
         parts = urlsplit(url)
         port = parts.port

@@ -41,6 +41,11 @@ async def test_endpoints_are_managed_and_the_secret_is_shown_once(make_relay: Ma
         ({**hook, "colour": "blue"}, "invalid_request"),
         ({**hook, "enabled": "yes"}, "invalid_request"),
         ({"events": ["*"]}, "invalid_request"),
+        # Text PostgreSQL refuses (NUL) and URLs urlsplit would read only in part.
+        ({**hook, "description": "a\u0000b"}, "invalid_request"),
+        ({**hook, "url": "http://127.0.0.1:9/\u0000"}, "invalid_url"),
+        ({**hook, "url": "http://127.0.0.1:9/a\r\nX-Injected: 1"}, "invalid_url"),
+        ({**hook, "url": "http://127.0.0.1:9/a b"}, "invalid_url"),
     ]:
         status, body = await call(relay, "POST", "/api/webhooks", bad)
         assert (status, body["error"]["code"]) == (400, code), (bad, body)
@@ -79,6 +84,10 @@ async def test_endpoints_are_managed_and_the_secret_is_shown_once(make_relay: Ma
         relay, "PATCH", f"/api/webhooks/{created['id']}", {"url": "http://10.0.0.1/x"}
     )
     assert status == 400 and body["error"]["code"] == "invalid_url"
+    status, body = await call(
+        relay, "PATCH", f"/api/webhooks/{created['id']}", {"description": "a\u0000b"}
+    )
+    assert status == 400 and body["error"]["code"] == "invalid_request", body
 
     status, _ = await call(relay, "DELETE", f"/api/webhooks/{created['id']}")
     assert status == 204
