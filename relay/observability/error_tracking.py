@@ -3,7 +3,8 @@
 The official SDK's aiohttp integration reports unhandled errors and error-level log lines;
 every event is tagged with the request id (and session id) of the request it happened in,
 and passes through ``scrub_event`` first, which removes anything that could be a secret:
-bearer tokens, user tokens (``rt_…``), upstream keys (``sk-…``, ``ek_…``), SDP bodies,
+bearer tokens, every credential the relay issues by its prefix (``rt_``, ``ri_``, ``rk_``,
+``rs_``, ``ek_``, ``whsec_``), upstream keys (``sk-…``), SDP bodies,
 and the values of fields whose names say token/secret/key/password/authorization/sdp.
 When ``SENTRY_DSN`` is unset, nothing is imported or initialised and nothing is sent.
 """
@@ -39,9 +40,16 @@ _PATTERNS = (
     # ICE credentials on their own (an SDP fragment without its "v=0" line).
     (re.compile(r"(a=ice-(?:pwd|ufrag):)[^\s\\'\"]+", re.IGNORECASE), r"\1" + FILTERED),
     (re.compile(r"(Bearer)\s+[^\s,;\"']+", re.IGNORECASE), r"\1 " + FILTERED),
-    (re.compile(r"\b(rt_|ek_|sk-)[A-Za-z0-9_\-]{6,}"), r"\1" + FILTERED),
-    # Secrets in URLs: ?token=…, #token=…, &key=…
-    (re.compile(r"([?#&](?:token|key|secret)=)[^&#\s]+", re.IGNORECASE), r"\1" + FILTERED),
+    # Every credential the relay issues, by its prefix: user tokens, invites (in a
+    # candidate_url), API keys, resume tokens, client secrets; and upstream keys.
+    (re.compile(r"\b(rt_|ri_|rk_|rs_|ek_|sk-)[A-Za-z0-9_\-]{6,}"), r"\1" + FILTERED),
+    # Webhook signing secrets (base64).
+    (re.compile(r"\b(whsec_)[A-Za-z0-9+/=_\-]{6,}"), r"\1" + FILTERED),
+    # Secrets in URLs: ?token=…, #token=…, &key=…, a candidate link's #invite=…
+    (
+        re.compile(r"([?#&](?:token|key|secret|invite)=)[^&#\s]+", re.IGNORECASE),
+        r"\1" + FILTERED,
+    ),
 )
 _MAX_DEPTH = 20
 

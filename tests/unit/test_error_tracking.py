@@ -9,10 +9,13 @@ from typing import Any
 import pytest
 import sentry_sdk
 
+from relay.admission.tokens import new_api_key, new_invite_token, new_token
 from relay.cli import main
 from relay.config import ConfigError
 from relay.observability import error_tracking, request_context
 from relay.observability.error_tracking import FILTERED, scrub_event, scrub_text
+from relay.sessions.continuity import new_resume_token
+from relay.webhooks.signing import new_secret
 
 OFFER = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\na=ice-pwd:secretpassword1234\r\n"
 
@@ -28,6 +31,26 @@ def test_scrub_text_removes_tokens_keys_and_sdp() -> None:
     assert "op-secret" not in out and "secretpassword" not in out and "a=ice-pwd" not in out
     assert "Bearer [Filtered]" in out and "#token=[Filtered]&x=1" in out
     assert out.endswith("then [SDP]")
+
+
+def test_scrub_text_removes_every_credential_the_relay_issues() -> None:
+    """Values a stack frame's locals hold under names that say nothing (a reply, a row):
+    an interview's candidate_url, a new API key, a resume token, a webhook secret."""
+    invite, key, whsec = new_invite_token(), new_api_key(), new_secret()
+    resume, _ = new_resume_token()
+    user = new_token()
+    frame: dict[str, Any] = {
+        "reply": {"candidate_url": f"https://relay.example/#invite={invite}"},
+        "created": f"({key!r}, 'admin')",
+        "answer": f"resumed with {resume}",
+        "endpoint": f"Created(secret={whsec!r})",
+        "user": user,
+    }
+    event: Any = {"exception": {"values": [{"stacktrace": {"frames": [{"vars": frame}]}}]}}
+    out = str(scrub_event(event))
+    for secret in (invite, key, resume, whsec, user):
+        assert secret[3:] not in out, secret
+        assert secret[6:] not in out, secret
 
 
 def test_scrub_text_removes_escaped_sdp_and_ice_credentials() -> None:
