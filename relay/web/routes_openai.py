@@ -397,13 +397,14 @@ def register(api: Api) -> None:
             "hangupRealtimeCall",
             "OpenAI-compatible: hang up a call (both legs)",
             auth="client_secret",
-            also_auth=("candidate", "operator"),
+            also_auth=("candidate", "operator", "admin"),
             tag="openai",
             raw=hangup_call,
             path_params=(_CALL,),
             idempotent=True,
             description="With the call's ek_ (also once expired: the call outlasts it), the "
-            "candidate's credential, or the operator token.",
+            "candidate's credential, or the operator token or an admin API key (a read key: "
+            "403 insufficient_scope).",
             responses=(Response(200, "Hung up (or ending where the call is held).", None),),
             errors={**_SECRET_ERRORS, 404: ("call_id_not_found",)},
         ),

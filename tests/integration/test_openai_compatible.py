@@ -24,6 +24,7 @@ from tests.integration.interview_helpers import (
     bearer,
     call,
     create_interview,
+    create_key,
     invite_of,
 )
 from tests.integration.media_helpers import BrowserPeer, wait_until
@@ -297,12 +298,22 @@ async def test_a_secret_asked_for_before_the_interview_was_cancelled_opens_no_ca
         await browser.close()
 
 
-async def test_the_candidate_or_the_operator_may_hang_up_a_call_and_secrets_go_once_ended(
+async def test_a_call_is_hung_up_by_its_candidate_the_operator_or_an_admin_key(
     make_relay: MakeRelay, simulator: RunningSimulator
 ) -> None:
     relay = await make_relay()
     token = await relay.add_user(seconds=600)
-    for credential in (token, OPERATOR["Authorization"].removeprefix("Bearer ")):
+    admin, reader = await create_key(relay, "admin"), await create_key(relay, "read")
+    # Documented as it is: an admin key hangs up as the operator does (as DELETE
+    # /api/sessions/{id}); a read key may not.
+    status, doc, _ = await call(relay, "GET", "/api/openapi.json")
+    hangup = doc["paths"]["/v1/realtime/calls/{call_id}/hangup"]["post"]
+    assert {"apiKey": []} in hangup["security"], hangup["security"]
+    status, refused, _ = await call(
+        relay, "POST", f"/v1/realtime/calls/rtc_{'0' * 32}/hangup", bearer(reader)
+    )
+    assert status == 403 and refused["error"]["code"] == "insufficient_scope", refused
+    for credential in (token, OPERATOR["Authorization"].removeprefix("Bearer "), admin):
         secret = await openai_client(relay, token).realtime.client_secrets.create(
             extra_body=NOTICE_CONFIRMED
         )
@@ -319,12 +330,12 @@ async def test_the_candidate_or_the_operator_may_hang_up_a_call_and_secrets_go_o
         finally:
             await browser.close()
     reasons = await relay.sql("SELECT end_reason FROM interview_sessions ORDER BY created_at")
-    assert [r["end_reason"] for r in reasons] == ["hangup", "operator_hangup"]
+    assert [r["end_reason"] for r in reasons] == ["hangup", "operator_hangup", "operator_hangup"]
     # Housekeeping forgets the secrets of ended sessions once expired.
     from relay.admission import client_secrets
 
     await relay.sql("UPDATE realtime_client_secrets SET expires_at = now() - interval '1 second'")
-    assert await client_secrets.purge(relay.services.store) == 2
+    assert await client_secrets.purge(relay.services.store) == 3
     assert await relay.sql("SELECT 1 FROM realtime_client_secrets") == []
 
 
