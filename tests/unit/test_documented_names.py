@@ -30,11 +30,14 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 DOCS = [d for d in DOCS if not d.name.startswith("benchmarks")]
 
 # Raised, but by no operation of the document: a client that left before its answer (never
-# sent), a CORS preflight refused (OPTIONS, no operation), and any route's unexpected error.
+# sent), a CORS preflight refused (OPTIONS, no operation), any route's unexpected error, and
+# the liveness probe's answer once start-up gave up (/healthz, documented in
+# docs/operations.md, is for orchestrators, not in the API's document).
 NOT_AN_OPERATIONS_ERROR = {
     (499, "client_closed_request"),
     (403, "cors_not_allowed"),
     (500, "internal_error"),
+    (503, "startup_failed"),
 }
 
 

@@ -184,7 +184,12 @@ def test_the_openapi_document_describes_the_openai_operations() -> None:
     error = calls["responses"]["401"]["content"]["application/json"]["schema"]["$ref"]
     assert error.endswith("/OpenAIErrorBody")
     hangup = document["paths"]["/v1/realtime/calls/{call_id}/hangup"]["post"]
-    assert hangup["security"] == [{"clientSecret": []}, {"candidate": []}, {"operator": []}]
+    assert hangup["security"] == [
+        {"clientSecret": []},
+        {"candidate": []},
+        {"operator": []},
+        {"apiKey": []},
+    ]
     names = [p["name"] for p in calls["parameters"]]
     assert "Idempotency-Key" in names
     assert set(cors.cross_origin_paths(api)) == set(document["paths"])
