@@ -10,6 +10,9 @@ Environment overrides (read by pydantic-settings): ``RELAY__SECTION__KEY``, e.g.
 (``RELAY__ICE__HOST_ADDRESSES='["127.0.0.1"]'``). The conventional names
 ``DATABASE_URL``, ``REDIS_URL``, ``OPENAI_API_KEY``, ``OPENAI_BASE_URL``,
 ``RELAY_OPERATOR_TOKEN`` and ``RELAY_TURN_SECRET`` are read too; ``RELAY__...`` wins over them.
+Any of these names with ``_FILE`` appended (``OPENAI_API_KEY_FILE``,
+``RELAY__CLUSTER__STATE_KEY_FILE``) names a file holding the value instead, as Docker's and
+Kubernetes' secrets are mounted; setting both is an error.
 
 Every section is a frozen model; add a key as one line, ``name: type = default``, with
 ``Annotated[int, Field(ge=1)]`` (or ``le``/``gt``) for its bounds.
@@ -796,7 +799,7 @@ def load_settings(
     path: str | Path | None = None, environ: Mapping[str, str] | None = None
 ) -> Settings:
     """Defaults, then the TOML file (if any), then the environment; validated."""
-    env = dict(os.environ if environ is None else environ)
+    env = _read_value_files(dict(os.environ if environ is None else environ))
     file: Path | None = None
     if path is not None:
         file = Path(path)
@@ -816,6 +819,48 @@ def load_settings(
         raise ConfigError(str(exc)) from None
     finally:
         _loading.reset(token)
+
+
+FILE_SUFFIX = "_FILE"
+
+
+def _read_value_files(env: dict[str, str]) -> dict[str, str]:
+    """``NAME_FILE=/run/secrets/x`` for a setting's variable (``RELAY__...`` or a
+    conventional name) becomes ``NAME`` with the file's text, one trailing newline removed
+    (what ``echo`` and most secret stores leave). Read once at start-up, before the event
+    loop runs. Neither the path's contents nor the value appear in an error."""
+    out = dict(env)
+    for name, path in env.items():
+        if not name.endswith(FILE_SUFFIX):
+            continue
+        target = name[: -len(FILE_SUFFIX)]
+        if not (target.upper().startswith(ENV_PREFIX) or target in _CONVENTIONAL_ENV):
+            continue  # another program's variable
+        if _names_a_setting(name):
+            continue  # a setting whose own name ends in _file
+        if target in env:
+            raise ConfigError(f"{name} and {target} are both set: set one")
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigError(f"{name}: cannot read {path}: {reason}") from None
+        out[target] = text[:-1] if text.endswith("\n") else text
+        del out[name]
+    return out
+
+
+def _names_a_setting(name: str) -> bool:
+    parts = name[len(ENV_PREFIX) :].lower().split("__")
+    if not name.upper().startswith(ENV_PREFIX) or len(parts) != 2:
+        return False
+    model = Settings.model_fields.get(parts[0])
+    annotation = model.annotation if model is not None else None
+    return (
+        isinstance(annotation, type)
+        and issubclass(annotation, BaseModel)
+        and parts[1] in annotation.model_fields
+    )
 
 
 def _check_env_names(env: Mapping[str, str]) -> None:

@@ -360,3 +360,35 @@ def test_the_demo_user_is_made_only_with_the_embedded_database_unless_asked(
         env["RELAY__SERVER__CREATE_DEMO_USER"] = value
     settings = load_settings(environ=env)
     assert settings.server.demo_user_wanted(settings.database.url) is wanted
+
+
+def test_a_value_can_come_from_a_file_as_secrets_are_mounted(tmp_path: Path) -> None:
+    # Docker's and Kubernetes' secrets are files: NAME_FILE names one, for the conventional
+    # names and for RELAY__ ones alike; the trailing newline an editor or echo leaves goes.
+    (tmp_path / "openai").write_text("sk-from-a-file\n")
+    (tmp_path / "state").write_text("k" * 44)
+    (tmp_path / "token").write_text("t" * 40 + "\n")
+    settings = load_settings(
+        environ={
+            "OPENAI_API_KEY_FILE": str(tmp_path / "openai"),
+            "RELAY__CLUSTER__STATE_KEY_FILE": str(tmp_path / "state"),
+            "RELAY_OPERATOR_TOKEN_FILE": str(tmp_path / "token"),
+            "SOME_OTHER_PROGRAM_FILE": "/nonexistent",  # not ours: left alone
+        }
+    )
+    assert settings.upstream.api_key == "sk-from-a-file"
+    assert settings.cluster.state_key == "k" * 44
+    assert settings.server.operator_token == "t" * 40
+
+
+def test_a_value_file_that_cannot_be_read_or_doubles_a_variable_is_refused(
+    tmp_path: Path,
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("sk-do-not-echo")
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY_FILE and OPENAI_API_KEY") as both:
+        load_settings(environ={"OPENAI_API_KEY_FILE": str(secret), "OPENAI_API_KEY": "sk-x"})
+    missing = tmp_path / "missing"
+    with pytest.raises(ConfigError, match=r"RELAY__UPSTREAM__API_KEY_FILE: cannot read") as gone:
+        load_settings(environ={"RELAY__UPSTREAM__API_KEY_FILE": str(missing)})
+    assert "sk-do-not-echo" not in str(both.value) + str(gone.value)
