@@ -534,7 +534,13 @@ class Bridge:
             if self._state == "active" and self._may_resume():
                 self._lose_browser(what)
                 return
-        self.begin_close(f"{leg}_{what}")
+            # The candidate's side went away: the interview ended (it completes).
+            self.begin_close(f"browser_{what}")
+            return
+        # The interviewer's service dropped the call: a failure, not an end, so an
+        # interview stays open for the candidate to rejoin (interviews.rejoin_window_s)
+        # rather than completing with a conversation cut short.
+        self.begin_close(f"upstream_{what}", state="failed")
 
     def _both_connected(self) -> None:
         """Both peers are connected: the exchange's legs, or a resumed browser leg."""
