@@ -306,8 +306,10 @@ class InterviewRows:
     async def close_due(self, *, rejoin_window_s: int, batch: int = 100) -> list[Closed]:
         """Housekeeping: scheduled interviews past ``expires_at`` → expired; interviews in
         progress with no live session, past ``expires_at`` or idle since their last
-        session ended for ``rejoin_window_s`` → failed (that session's end reason). Each
-        interview is closed by one member (SKIP LOCKED), with its event.
+        session ended for ``rejoin_window_s`` → failed (that session's end reason), or
+        completed when that session ended rather than failed (the candidate's connection
+        lost for good: ``transitions.CONNECTION_LOST_REASONS``). Each interview is closed
+        by one member (SKIP LOCKED), with its event.
 
         Every member calls this every few seconds and there is rarely anything to close:
         one statement looks first (the same conditions), and the transaction that locks
@@ -333,17 +335,23 @@ class InterviewRows:
                     await transitions.close(conn, row["id"], "expired", "expired", extra=extra)
                     closed.append(Closed(row["id"], "expired"))
                 failed = await conn.fetch(
-                    f"""SELECT i.id,
-                               (SELECT s.end_reason FROM interview_sessions s
-                                WHERE s.interview_id = i.id AND s.state IN ('ended', 'failed')
-                                ORDER BY s.ended_at DESC NULLS LAST LIMIT 1) AS last_reason
-                        FROM interviews i WHERE {_ABANDONED}
+                    f"""SELECT i.id, last.end_reason AS last_reason, last.state AS last_state
+                        FROM interviews i
+                        LEFT JOIN LATERAL (
+                            SELECT s.end_reason, s.state FROM interview_sessions s
+                            WHERE s.interview_id = i.id AND s.state IN ('ended', 'failed')
+                            ORDER BY s.ended_at DESC NULLS LAST LIMIT 1) last ON true
+                        WHERE {_ABANDONED}
                         ORDER BY i.expires_at LIMIT $2 FOR UPDATE OF i SKIP LOCKED""",
                     rejoin_window_s,
                     batch,
                 )
                 for row in failed:
                     reason = row["last_reason"] or "abandoned"
+                    if row["last_state"] == "ended":
+                        await transitions.complete(conn, row["id"], reason)
+                        closed.append(Closed(row["id"], "completed"))
+                        continue
                     await transitions.close(conn, row["id"], "failed", reason, extra={})
                     closed.append(Closed(row["id"], "failed"))
             return closed

@@ -6,6 +6,8 @@ transactions, with the webhook event of each change in the same transaction
     in_progress ──(a session ends normally, or the budget is spent)──▶ completed
     in_progress ──(a session fails: the candidate may rejoin with the same link within
                    interviews.rejoin_window_s; then housekeeping)──▶ failed
+    in_progress ──(the candidate's connection was lost for good: they may rejoin within
+                   interviews.rejoin_window_s too; then housekeeping)──▶ completed
     scheduled ──(expires_at passes; housekeeping)──▶ expired
     scheduled | in_progress ──(cancel)──▶ cancelled
 
@@ -25,6 +27,15 @@ from relay.fields import iso_utc, iso_utc_or_none
 from relay.webhooks.outbox import enqueue
 
 LIVE_SESSION_STATES = ("pending", "connecting", "active")
+# A session ended because the candidate's connection was lost and did not come back
+# (``browser_gone`` after the reconnect grace; ``browser_*`` without one). Not the
+# candidate's choice: a closed tab, a crashed browser or a long network cut may be followed
+# by the candidate opening the link again, which must continue the interview rather than
+# find it completed. So the interview stays open for ``interviews.rejoin_window_s``, as
+# after a failure; housekeeping then completes it with this reason.
+CONNECTION_LOST_REASONS = frozenset(
+    {"browser_gone", "browser_disconnected", "browser_failed", "browser_channel_closed"}
+)
 
 
 async def session_started(conn: asyncpg.Connection, interview_id: str, session_id: str) -> None:
@@ -67,13 +78,19 @@ async def session_finished(
     )
     if row is None or row["status"] != "in_progress" or row["others_live"]:
         return
-    if state == "ended" or float(row["left_s"]) < min_remaining_s:
+    ended = state == "ended" and reason not in CONNECTION_LOST_REASONS
+    if ended or float(row["left_s"]) < min_remaining_s:
         await complete(conn, interview_id, reason)
 
 
 async def complete(conn: asyncpg.Connection, interview_id: str, reason: str) -> None:
+    # Ended when its last session did: housekeeping completes an interview whose
+    # candidate's connection was lost only after the rejoin window.
     row = await conn.fetchrow(
-        """UPDATE interviews SET status = 'completed', ended_at = now(), end_reason = $2
+        """UPDATE interviews
+           SET status = 'completed', end_reason = $2,
+               ended_at = COALESCE((SELECT max(s.ended_at) FROM interview_sessions s
+                                    WHERE s.interview_id = $1), now())
            WHERE id = $1 AND status = 'in_progress'
            RETURNING ended_at,
                      (SELECT COALESCE(SUM(s.duration_seconds), 0) FROM interview_sessions s

@@ -1,7 +1,9 @@
 """An interview (a candidate link) across what cuts a session short, through the whole
 relay (real PostgreSQL, the simulator over HTTP, aiortc peers as the page): a candidate
-whose interviewer's service dropped the call can open the link again and go on with what
-is left of the budget."""
+whose tab closed, whose browser crashed or whose network stayed away past the grace can
+open the link again and go on with what is left of the budget; so can one whose
+interviewer's service dropped the call. Nobody rejoining, housekeeping closes the
+interview with the reason of its last session."""
 
 from __future__ import annotations
 
@@ -54,6 +56,68 @@ async def start_again(relay: RelayHarness, invite: str, within: float) -> dict[s
         assert status == 409 and body["error"]["code"] == "credit_in_use", body
         assert time.monotonic() < deadline, f"no new session within {within}s: {body}"
         await asyncio.sleep(0.2)
+
+
+async def test_a_candidate_whose_tab_closed_opens_the_link_again_and_goes_on(
+    make_relay: MakeRelay,
+) -> None:
+    relay = await make_relay(overrides={"session": {"reconnect_grace_s": 1.0}})
+    interview = await create_interview(relay, max_duration_s=BUDGET_S)
+    invite = invite_of(interview)
+    async with join(relay, invite) as first:
+        await first.browser.wait_type("relay.session.time_left")
+        # The tab closes (or the browser crashes): its connection is gone, no resume comes.
+        await first.browser.pc.close()
+        again = await start_again(relay, invite, within=15)
+    lost = await session_row(relay, first.session_id)
+    assert lost["end_reason"] == "browser_gone"
+    # The interview is still the candidate's, with what is left of its budget.
+    assert (await interview_status(relay, interview["id"]))["status"] == "in_progress"
+    assert again["max_duration_seconds"] == BUDGET_S - lost["debited_seconds"]
+    assert [t for t, _ in await interview_events(relay, interview["id"])] == ["interview.started"]
+    # The page that asked exchanges it (a new session of the same interview), then hangs up.
+    async with join(relay, invite) as second:
+        status, _, _ = await call(
+            relay, "DELETE", f"/api/sessions/{second.session_id}", bearer(invite)
+        )
+        assert status == 204
+    await relay.wait_session_closed(second.session_id)
+    done = await interview_status(relay, interview["id"])
+    assert (done["status"], done["end_reason"]) == ("completed", "hangup")
+    assert {s["session_id"] for s in done["sessions"]} >= {first.session_id, second.session_id}
+    events = await interview_events(relay, interview["id"])
+    assert [t for t, _ in events] == ["interview.started", "interview.completed"]
+
+
+async def test_nobody_rejoining_the_interview_completes_as_the_candidate_left_it(
+    make_relay: MakeRelay,
+) -> None:
+    relay = await make_relay(
+        overrides={"session": {"reconnect_grace_s": 0.5}, "interviews": {"rejoin_window_s": 1}}
+    )
+    interview = await create_interview(relay, max_duration_s=BUDGET_S)
+    async with join(relay, invite_of(interview)) as joined:
+        await joined.browser.wait_type("relay.session.time_left")
+        await joined.browser.pc.close()
+        await relay.wait_session_closed(joined.session_id)
+    lost = await session_row(relay, joined.session_id)
+    assert (lost["state"], lost["end_reason"]) == ("ended", "browser_gone")
+    assert (await interview_status(relay, interview["id"]))["status"] == "in_progress"
+
+    # Past the rejoin window, housekeeping completes it, as ended by its last session.
+    deadline = time.monotonic() + 15
+    while (await interview_status(relay, interview["id"]))["status"] == "in_progress":
+        assert time.monotonic() < deadline, "not closed after the rejoin window"
+        await relay.services.interviews.close_due()
+        await asyncio.sleep(0.2)
+    done = await interview_status(relay, interview["id"])
+    assert (done["status"], done["end_reason"]) == ("completed", "browser_gone")
+    events = await interview_events(relay, interview["id"])
+    assert [t for t, _ in events] == ["interview.started", "interview.completed"]
+    completed = events[1][1]
+    assert completed["end_reason"] == "browser_gone"
+    # When the candidate's session ended, not when housekeeping noticed.
+    assert completed["ended_at"] == lost["ended_at"].isoformat().replace("+00:00", "Z")
 
 
 async def test_the_interviewers_service_dropping_the_call_leaves_the_link_open(
