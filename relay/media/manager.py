@@ -379,7 +379,12 @@ class BridgeManager:
         if not live:
             return
         log.info("closing %d bridges (%s)", len(live), reason)
-        results = await asyncio.gather(*(b.close(reason) for b in live), return_exceptions=True)
+        # Failed, not ended: the relay stopped them, not the candidate nor the time, so an
+        # interview stays open for its candidate to go on through another member or the
+        # restarted relay (interviews.rejoin_window_s) instead of completing cut short.
+        results = await asyncio.gather(
+            *(b.close(reason, state="failed") for b in live), return_exceptions=True
+        )
         for result in results:
             if isinstance(result, BaseException):
                 log.error("closing a bridge failed: %s: %s", type(result).__name__, result)

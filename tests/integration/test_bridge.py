@@ -385,7 +385,7 @@ async def test_drain_hangs_up_live_bridges_at_the_deadline(
     assert len(manager) == 0
     await simulator.state.wait_for(lambda: call.hung_up, 5)
     row = await interview.row()
-    assert row["state"] == "ended" and row["end_reason"] == "relay_shutdown"
+    assert row["state"] == "failed" and row["end_reason"] == "relay_shutdown"
     # The teardown's lines, the upstream hang-up's included, say whose they are.
     await wait_until(lambda: "OPENAI_HANGUP_COMPLETE" in caplog.text, 5, "hang-up logged")
     (hangup,) = [r for r in caplog.records if "OPENAI_HANGUP_COMPLETE" in r.getMessage()]

@@ -143,3 +143,23 @@ async def test_the_interviewers_service_dropping_the_call_leaves_the_link_open(
         await wait_until(
             lambda: len(rejoined.browser.speaker.levels) > 10, 10, "the interviewer heard again"
         )
+
+
+async def test_a_drained_relay_leaves_the_interview_to_its_candidate_on_another_member(
+    make_relay: MakeRelay,
+) -> None:
+    draining = await make_relay(instance_id="member-a")
+    interview = await create_interview(draining, max_duration_s=BUDGET_S)
+    invite = invite_of(interview)
+    async with join(draining, invite) as joined:
+        ending = asyncio.ensure_future(joined.browser.wait_type("relay.session.ending", 10))
+        await draining.services.bridges.drain(0.2)  # a rolling deploy's SIGTERM
+        assert (await ending)["reason"] == "relay_shutdown"
+        await draining.wait_session_closed(joined.session_id)
+    stopped = await session_row(draining, joined.session_id)
+    assert (stopped["state"], stopped["end_reason"]) == ("failed", "relay_shutdown")
+    assert (await interview_status(draining, interview["id"]))["status"] == "in_progress"
+    # The candidate opens the link again; the balancer sends it to a member still serving.
+    serving = await make_relay(instance_id="member-b")
+    async with join(serving, invite) as rejoined:
+        assert rejoined.session["max_duration_seconds"] == BUDGET_S - stopped["debited_seconds"]

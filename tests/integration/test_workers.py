@@ -128,7 +128,7 @@ async def test_two_workers_share_one_port_and_one_embedded_database(
             list(live_on.values()),
         )
         assert sorted(r["relay_instance"] for r in rows) == workers
-        assert {(r["state"], r["end_reason"]) for r in rows} == {("ended", "relay_shutdown")}
+        assert {(r["state"], r["end_reason"]) for r in rows} == {("failed", "relay_shutdown")}
         left = await sql(embedded.dsn, "SELECT count(*) AS n FROM relay_members")
         assert left[0]["n"] == 0
     finally:
