@@ -26,6 +26,18 @@ const RESUME_REQUEST_TIMEOUT_MS = 15000;
 // down from the default, and the relay's 410 ends it sooner if it is set shorter.
 const RECONNECT_GRACE_S = 30;
 
+// How long after a network cut the relay may only notice that the page's leg is gone: it
+// counts a leg lost when ICE consent fails (aiortc: about 30 s without an answer), and
+// keeps the interview for its grace from then. A page that cannot reach the relay at all
+// keeps trying that much longer: giving up after the grace alone lost interviews the relay
+// still held (a 40 s cut). The relay's 410 ends the wait as soon as it has ended.
+const LOSS_NOTICE_S = 30;
+
+// Until when a page that lost its connection now keeps trying to resume.
+function resumeDeadline(graceS) {
+  return Date.now() + (graceFrom(null, graceS) + LOSS_NOTICE_S) * 1000;
+}
+
 function graceFrom(answer, previous) {
   const said = answer && answer.reconnect_grace_s;
   if (typeof said === "number" && Number.isFinite(said) && said >= 0) return said;
@@ -258,7 +270,7 @@ export class Interview {
       return;
     }
     console.info(`connection lost (${why}): resuming`);
-    this.reconnect(Date.now() + graceFrom(null, this.session.grace_s) * 1000);
+    this.reconnect(resumeDeadline(this.session.grace_s));
   }
 
   // After a reload: the interview of this tab, if it was still going.
@@ -266,8 +278,7 @@ export class Interview {
     this.session = saved;
     if (typeof saved.time_left === "number") this.clock.set(saved.time_left);
     view.showScreen("call");
-    this.reconnect(Date.now() + graceFrom(null, this.session.grace_s) * 1000,
-      "Rejoining your interview…");
+    this.reconnect(resumeDeadline(this.session.grace_s), "Rejoining your interview…");
   }
 
   // Resume attempts until one connects, the relay refuses for good, or the grace is over.
