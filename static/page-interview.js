@@ -13,7 +13,7 @@
 
 import { api, ApiFailure, once, sleep, withRetries } from "./page-api.js";
 import { Call } from "./page-call.js";
-import { SERVICE_HICCUP, endMessage } from "./page-messages.js";
+import { SERVICE_HICCUP, endMessage, mayGoOn } from "./page-messages.js";
 import { store } from "./page-storage.js";
 import * as view from "./page-view.js";
 
@@ -219,7 +219,7 @@ export class Interview {
     this.mic.close();
     store.clearSession();
     store.setEnded({ reason, message: relayMessage || null });
-    view.showEnded(endMessage(reason, relayMessage));
+    view.showEnded(endMessage(reason, relayMessage), mayGoOn(reason));
     view.setStatus("Interview ended.");
     this.onEnded();
   }

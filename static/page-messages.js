@@ -66,6 +66,19 @@ export const END_MESSAGES = {
   resume_refused: "The connection was lost and the interview could not be resumed.",
 };
 
+// Ends that were no choice of the candidate's nor the end of their time: the interview may
+// go on with a new connection (the relay keeps an interview's link open for
+// interviews.rejoin_window_s after them, and a candidate's own seconds are still theirs).
+const MAY_GO_ON = new Set([
+  "upstream_error", "relay_shutdown", "internal_error", "connect_timeout", "browser_gone",
+  "connection_lost", "resume_refused",
+]);
+
+export const GO_ON_NEXT =
+  "Your interview may not be over: if you still have time, you can go on with it.";
+
+export function mayGoOn(reason) { return MAY_GO_ON.has(reason); }
+
 export function endMessage(reason, relayMessage) {
   return END_MESSAGES[reason] || relayMessage || "The interview has ended.";
 }

@@ -2,6 +2,8 @@
 // connection state, the time left, and the status, error and microphone-problem lines.
 // Text only ever goes in through textContent.
 
+import { GO_ON_NEXT } from "./page-messages.js";
+
 export const $ = (id) => document.getElementById(id);
 
 // Which sections each screen shows.
@@ -81,11 +83,13 @@ export function showWrapUp(text) {
   $("wrap-up").hidden = !text;
 }
 
-export function showEnded(message, next) {
+// goOn: the interview may go on (page-messages.js mayGoOn): say so and offer the button.
+export function showEnded(message, goOn = false) {
   showScreen("ended");
   setConnection("ended");
   $("end-reason").textContent = message;
-  $("end-next").textContent = next || "You can close this tab.";
+  $("end-next").textContent = goOn ? GO_ON_NEXT : "You can close this tab.";
+  $("go-on").hidden = !goOn;
   $("ended-title").focus({ preventScroll: true });
 }
 

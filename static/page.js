@@ -12,7 +12,7 @@
 import { ApiFailure } from "./page-api.js";
 import { Interview } from "./page-interview.js";
 import {
-  API_MESSAGES, CREDIT_STILL_IN_USE, LINK_REFUSED, endMessage, microphoneProblem,
+  API_MESSAGES, CREDIT_STILL_IN_USE, LINK_REFUSED, endMessage, mayGoOn, microphoneProblem,
 } from "./page-messages.js";
 import {
   LevelMeter, Microphone, microphonePermission, microphoneUnavailable,
@@ -257,6 +257,12 @@ function init() {
   $("check").addEventListener("click", () => checkMicrophone());
   $("start").addEventListener("click", start);
   $("stop").addEventListener("click", () => interview.hangUp());
+  // An end that was not the interview's (page-messages.js mayGoOn): back to pre-flight with
+  // the same credential; Start then asks the relay for a new session of the interview.
+  $("go-on").addEventListener("click", () => {
+    store.clearEnded();
+    location.reload();
+  });
   $("mute").addEventListener("click", toggleMute);
   $("mic").addEventListener("change", chooseMicrophone);
   $("play").addEventListener("click", () => {
@@ -312,7 +318,7 @@ function init() {
     return;
   }
   if (ended) {
-    view.showEnded(endMessage(ended.reason, ended.message));
+    view.showEnded(endMessage(ended.reason, ended.message), mayGoOn(ended.reason));
     view.setStatus("Interview ended.");
     return;
   }

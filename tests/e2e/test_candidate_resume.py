@@ -16,6 +16,7 @@ from pathlib import Path
 from aiortc import RTCPeerConnection
 from playwright.async_api import Dialog, Page, Route, expect
 
+from relay.upstream.simulator.app import SIMULATOR_KEY
 from relay.upstream.simulator.server import RunningSimulator
 from tests.integration.conftest import MakeRelay
 from tests.integration.media_helpers import wait_until
@@ -316,3 +317,31 @@ async def test_a_network_cut_longer_than_the_grace_resumes_while_the_relay_holds
     await status_shown(page, "Reconnected.")
     assert simulator.state.last_call is call and not call.hung_up
     assert relay.services.registry.get(session_id) is not None
+
+
+async def test_after_the_interviewers_service_dropped_the_call_the_candidate_can_go_on(
+    make_relay: MakeRelay, simulator: RunningSimulator, page: Page
+) -> None:
+    relay = await make_relay()
+    first = await start_interview(page, relay)
+    [upstream] = simulator.app[SIMULATOR_KEY].calls.live.values()
+    await upstream.close("dropped")  # the service ends the call mid-interview
+    await expect(page.locator("#end-reason")).to_have_text(
+        "The interviewer service had a problem, so the interview had to stop.",
+        timeout=CONNECT_S * 1000,
+    )
+    # Not the end of the candidate's interview, and the page says so.
+    await expect(page.locator("#end-next")).to_have_text(
+        "Your interview may not be over: if you still have time, you can go on with it."
+    )
+    await page.click("#go-on")
+    async with page.expect_response("**/api/realtime-session") as created:
+        await page.click("#start")
+    second = (await (await created.value).json())["session_id"]
+    assert second != first
+    await expect(page.locator("#connection")).to_have_text("Live", timeout=CONNECT_S * 1000)
+    await page.click("#stop")
+    await expect(page.locator("#end-reason")).to_have_text("You ended the interview. Thank you!")
+    # The candidate's own end: nothing to go on with.
+    await expect(page.locator("#end-next")).to_have_text("You can close this tab.")
+    await expect(page.locator("#go-on")).to_be_hidden()
