@@ -655,8 +655,9 @@ class Bridge:
         self._set_state("browser_lost")
         self._resume_started_at = None
         self._greet_pending = False
-        # The clock's pause is when the leg was lost: its grace runs from there.
-        self._clock.pause(now)
+        # The clock's pause is when the leg was lost: its grace runs from there. What is
+        # charged stops when the browser went, if that was clearly earlier.
+        self._clock.pause(now, away_since=self._browser_went_at(now))
         self.events.detach_browser()
         self._talk.cancel_reply()
         if self.recorder is not None:
@@ -671,6 +672,20 @@ class Bridge:
         if self._continuity is not None:
             self._continuity.on_progress(self._clock.used(now))
         self._release_browser_leg_soon()
+
+    def _browser_went_at(self, now: float) -> float | None:
+        """When the browser's leg went quiet, if well before ``now``: its last packet.
+
+        A browser sends audio all the time (silence too, muted or not), so a leg silent for
+        over ``BROWSER_QUIET_S`` was gone from then: a network that vanished (noticed here
+        when ICE consent fails, about 30 s on) or a page that resumes on a new leg after a
+        cut this leg did not notice. A page that closes or reloads is noticed at once and
+        its last packet is recent: nothing is moved. The figure may be ``SYNC_INTERVAL_S``
+        old on the compiled path, hence the margin."""
+        last = self.browser_to_upstream.last_packet_at
+        if last is None or now - last <= BROWSER_QUIET_S:
+            return None
+        return last
 
     def _resume_leg_failed(self, what: str) -> None:
         """resuming → browser_lost: the resumed leg failed; the grace of the first loss
@@ -781,4 +796,7 @@ class Bridge:
 
 
 # The causes of a lost browser leg counted apart (the rest count as ``other``).
+# A browser's leg without a packet for longer than this was gone by then (``_browser_went_at``):
+# well above a packet's interval (20 ms) and the compiled path's copy of its counters (1.5 s).
+BROWSER_QUIET_S = 3.0
 _LOSS_CAUSES = frozenset({"disconnected", "failed", "channel_closed", "replaced"})
