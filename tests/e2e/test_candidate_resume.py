@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import re
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from aiortc import RTCPeerConnection
 from playwright.async_api import Dialog, Page, Route, expect
 
 from relay.upstream.simulator.app import SIMULATOR_KEY
@@ -22,6 +20,7 @@ from tests.integration.conftest import MakeRelay
 from tests.integration.media_helpers import wait_until
 from tests.integration.recording_helpers import wait_recording
 from tests.integration.relay_harness import OPERATOR_TOKEN, RelayHarness
+from tests.support.netcut import cut, require_netcut, udp_ports_of
 
 CONNECT_S = 10
 TURN_S = 15
@@ -261,22 +260,6 @@ async def test_a_closed_page_is_noticed_by_the_relay_at_once(
     assert relay.services.registry.get(session_id) is not None
 
 
-def udp_ports_of(pc: RTCPeerConnection) -> list[int]:
-    """The local UDP ports of an aiortc peer's ICE connection (the relay's end of a leg)."""
-    sctp = pc.sctp
-    assert sctp is not None
-    connection = sctp.transport.transport.iceGatherer._connection
-    return sorted({candidate.port for candidate in connection.local_candidates})
-
-
-def cut(ports: list[int], *, on: bool) -> None:
-    """Drop every UDP datagram to and from ``ports`` (this test's network namespace)."""
-    for port in ports:
-        for chain, match in (("INPUT", "--dport"), ("OUTPUT", "--sport")):
-            rule = ["-p", "udp", match, str(port), "-j", "DROP"]
-            subprocess.run(["iptables", "-A" if on else "-D", chain, *rule], check=True)
-
-
 # A network cut longer than the relay's grace but shorter than the time the relay needs to
 # notice it (ICE consent: about 30 s): the relay still holds the interview when it ends.
 GRACE_S = 3
@@ -286,6 +269,7 @@ CUT_S = GRACE_S + 9
 async def test_a_network_cut_longer_than_the_grace_resumes_while_the_relay_holds_it(
     make_relay: MakeRelay, simulator: RunningSimulator, page: Page
 ) -> None:
+    require_netcut()
     relay = await make_relay(overrides={"session": {"reconnect_grace_s": GRACE_S}})
     session_id = await start_interview(page, relay)
     call = simulator.state.last_call
@@ -301,14 +285,11 @@ async def test_a_network_cut_longer_than_the_grace_resumes_while_the_relay_holds
 
     # Nothing gets through: the media and the page's resume requests.
     await page.route(f"**/api/sessions/{session_id}/resume", no_network)
-    cut(ports, on=True)
-    try:
+    async with cut(ports):
         await expect(page.locator("#connection")).to_have_attribute(
             "data-state", "reconnecting", timeout=CONNECT_S * 1000
         )
         await asyncio.sleep(CUT_S)  # the cut lasts this long
-    finally:
-        cut(ports, on=False)
     assert refused, "the page did not try to resume during the cut"
     # The relay never noticed (consent had not failed yet): the page takes its leg back.
     assert bridge.state == "active"
