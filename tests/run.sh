@@ -14,7 +14,8 @@
 # with esbuild (`npm ci` into tests/e2e/openai_sdk/node_modules; npm itself from apt-get
 # when missing).
 # As root, pytest runs in a private network namespace that has only loopback (unshare -n),
-# installing util-linux/iproute2 with apt-get if unshare/ip are missing. It runs on
+# installing util-linux/iproute2/iptables with apt-get if unshare/ip/iptables are missing
+# (iptables cuts a peer's network there, for the continuity tests). It runs on
 # three parallel workers (pytest-xdist, whole test files per worker); RELAY_TEST_WORKERS=1
 # runs it in one process, RELAY_TEST_WORKERS=N on N.
 #
@@ -82,6 +83,8 @@ ensure_netns_tools() {
     local missing=()
     command -v unshare >/dev/null || missing+=(util-linux)
     command -v ip >/dev/null || missing+=(iproute2)
+    # The continuity tests cut a peer's network inside the namespace (tests/support/netcut.py).
+    command -v iptables >/dev/null || missing+=(iptables)
     if [ ${#missing[@]} -gt 0 ]; then
         apt_install "${missing[@]}"
     fi
