@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -87,6 +88,19 @@ def client_address(request: web.Request) -> str:
     return forwarded.client_address(
         request.remote, request.headers.getall("X-Forwarded-For", []), proxies
     )
+
+
+def failed_auth_key(address: str) -> str:
+    """Whose failures ``address`` counts among: itself, or for IPv6 its /64. One IPv6
+    host is usually given a whole /64 (SLAAC, privacy addresses, a VPS's range), so a
+    guesser keyed by full address would have 2**64 fresh addresses to try from."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address  # not an address (a Unix socket's peer): as it is
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is None:
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip.ipv4_mapped) if isinstance(ip, ipaddress.IPv6Address) else str(ip)
 
 
 def _too_many(wait: float) -> ApiError:
@@ -163,7 +177,7 @@ async def _attempt(
     services = request.app[SERVICES]
     local = request.app[FAILED_AUTH]
     shared = services.cluster.limits
-    address = client_address(request)
+    address = failed_auth_key(client_address(request))
     # The reservation's key: a token's hash, never the token (it may reach Redis).
     key = hash_token(token)[:32] if token is not None else None
     wait = local.reserve(address, key)

@@ -338,3 +338,24 @@ async def test_a_renewal_sent_before_a_release_does_not_bring_the_lease_back(
 
     status, second, _ = await relay.create_session(token)
     assert status == 201, second  # no lease of the ended session counts against the cap
+
+
+async def test_an_ipv6_guesser_cannot_step_around_the_limit_within_its_64(
+    make_relay: MakeRelay,
+) -> None:
+    # One IPv6 host usually holds a whole /64: its failures are counted together.
+    relay = await make_relay(
+        overrides={
+            "limits": {"failed_auth_per_minute": 2},
+            "server": {"trusted_proxies": ["127.0.0.0/8"]},
+        }
+    )
+    good = await relay.add_user()
+    for host in ("2001:db8:1:2::a", "2001:db8:1:2:ffff::b"):
+        assert await post_from(relay, host, UNKNOWN) == (401, "invalid_token")
+    assert await post_from(relay, "2001:db8:1:2:1234:5678:9abc:def0", UNKNOWN) == (
+        429,
+        "too_many_failed_authentications",
+    )
+    # The next /64 is someone else.
+    assert (await post_from(relay, "2001:db8:1:3::a", good))[0] == 201
