@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from relay.fields import Text
 from relay.web.pagination import Page, PageQuery
-from relay.webhooks.endpoints import Endpoint
+from relay.webhooks.endpoints import DEFAULT_PREVIOUS_SECRET_S, MAX_PREVIOUS_SECRET_S, Endpoint
 
 DeliveryStatus = Literal["pending", "delivered", "failed"]
 Outcome = Literal["delivered", "rejected", "timeout", "network", "refused", "error"]
@@ -38,6 +38,16 @@ class WebhookUpdate(_Request):
     enabled: bool | None = None
 
 
+class SecretRotation(_Request):
+    expire_previous_in_s: int = Field(
+        default=DEFAULT_PREVIOUS_SECRET_S,
+        ge=0,
+        le=MAX_PREVIOUS_SECRET_S,
+        description="how long the replaced secret keeps signing every delivery beside the "
+        "new one, in seconds (0: it stops now); at most 7 days",
+    )
+
+
 class Webhook(BaseModel):
     id: str
     url: str
@@ -47,6 +57,13 @@ class Webhook(BaseModel):
     created_by: str
     created_at: datetime
     updated_at: datetime
+    secret_rotated_at: datetime | None = Field(
+        description="when the signing secret was last rotated; null: never"
+    )
+    previous_secret_expires_at: datetime | None = Field(
+        description="until when deliveries are signed with the replaced secret too; null: "
+        "no rotation's overlap is running"
+    )
 
     @classmethod
     def of(cls, endpoint: Endpoint) -> Webhook:
@@ -59,12 +76,20 @@ class Webhook(BaseModel):
             created_by=endpoint.created_by,
             created_at=endpoint.created_at,
             updated_at=endpoint.updated_at,
+            secret_rotated_at=endpoint.secret_rotated_at,
+            previous_secret_expires_at=endpoint.previous_secret_expires_at,
         )
 
 
 class WebhookCreated(Webhook):
     secret: str = Field(
         description="whsec_…: verifies the webhook-signature header; shown only here"
+    )
+
+
+class WebhookSecretRotated(Webhook):
+    secret: str = Field(
+        description="the new whsec_…: deliveries are signed with it from now on; shown only here"
     )
 
 

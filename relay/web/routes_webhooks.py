@@ -6,6 +6,7 @@ POST   /api/webhooks                                       201, with the secret 
 GET    /api/webhooks/{id}
 PATCH  /api/webhooks/{id}                                  url, events, description, enabled
 DELETE /api/webhooks/{id}                                  204; its deliveries and log too
+POST   /api/webhooks/{id}/rotate-secret                    a new secret (shown once)
 POST   /api/webhooks/{id}/test                             a webhook.test event, sent now
 GET    /api/webhooks/{id}/deliveries?limit=&cursor=&status=
 GET    /api/webhooks/{id}/deliveries/{delivery_id}
@@ -24,10 +25,12 @@ from relay.web.models_webhooks import (
     Delivery,
     DeliveryList,
     DeliveryQuery,
+    SecretRotation,
     Webhook,
     WebhookCreate,
     WebhookCreated,
     WebhookList,
+    WebhookSecretRotated,
     WebhookUpdate,
 )
 from relay.web.pagination import PageQuery, decode_cursor, page_of
@@ -96,6 +99,15 @@ async def update_webhook(call: Call) -> Reply:
 async def delete_webhook(call: Call) -> Reply:
     await call.services.webhooks.remove(_endpoint_id(call))
     return Reply(204)
+
+
+async def rotate_secret(call: Call) -> Reply:
+    body = call.body(SecretRotation)
+    endpoint, secret = await call.services.webhooks.rotate_secret(
+        _endpoint_id(call), expire_previous_in_s=body.expire_previous_in_s
+    )
+    rotated = WebhookSecretRotated(**Webhook.of(endpoint).model_dump(), secret=secret)
+    return Reply(200, rotated)
 
 
 async def send_test(call: Call) -> Reply:
@@ -197,6 +209,29 @@ def register(api: Api) -> None:
             path_params=(_ENDPOINT,),
             responses=(Response(204, "Deleted."),),
             errors={**admin, **unknown},
+        ),
+        Operation(
+            "POST",
+            "/api/webhooks/{id}/rotate-secret",
+            "rotateWebhookSecret",
+            "A new signing secret; the old one keeps signing beside it for a while",
+            auth="admin",
+            tag="webhooks",
+            run=rotate_secret,
+            body=SecretRotation,
+            body_optional=True,
+            idempotent=True,
+            path_params=(_ENDPOINT,),
+            description="For a secret that leaked, or a rotation by policy. The new secret "
+            "is in this answer only (again with the same Idempotency-Key). For "
+            "expire_previous_in_s seconds (default a day, at most 7 days, 0: none) every "
+            "delivery's webhook-signature carries a signature with the new secret and one "
+            "with the old, so a receiver verifying with either accepts it and may switch "
+            "whenever it likes within that time; after it, only the new secret signs. "
+            "Rotating again during that time drops the older secret: only the one just "
+            "replaced keeps signing. Pending deliveries stay, and are signed the new way.",
+            responses=(Response(200, "The endpoint, with its new secret.", WebhookSecretRotated),),
+            errors={**admin, **unknown, 400: ("invalid_request", "invalid_json")},
         ),
         Operation(
             "POST",

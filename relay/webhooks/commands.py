@@ -1,11 +1,11 @@
-"""``relay webhooks add | list | test | enable | disable | remove``: the endpoints of
-``/api/webhooks`` from the command line, on the database the relay uses (relay.cli opens
-it as for ``relay users``).
+"""``relay webhooks add | list | test | enable | disable | rotate-secret | remove``: the
+endpoints of ``/api/webhooks`` from the command line, on the database the relay uses
+(relay.cli opens it as for ``relay users``).
 
-``add`` prints the new endpoint's signing secret alone on the last line of stdout (shown
-this once, like ``relay users add``'s token). The secret is sealed with the state key of
-the same data directory the relay reads (or ``cluster.state_key``), so run the command
-from the relay's folder, or give it the same settings.
+``add`` and ``rotate-secret`` print the endpoint's (new) signing secret alone on the last
+line of stdout (shown this once, like ``relay users add``'s token). The secret is sealed
+with the state key of the same data directory the relay reads (or ``cluster.state_key``),
+so run the command from the relay's folder, or give it the same settings.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from collections.abc import Callable
 from relay.config import Settings
 from relay.db import Store
 from relay.errors import ApiError
+from relay.fields import iso_utc
 from relay.observability.metrics import MetricsRegistry
 from relay.sealing import load_or_create_key
-from relay.webhooks.endpoints import Endpoint
+from relay.webhooks.endpoints import DEFAULT_PREVIOUS_SECRET_S, Endpoint
 from relay.webhooks.outbox import EVENT_TYPES
 from relay.webhooks.service import Webhooks
 
@@ -53,6 +54,22 @@ def add_parser(
     ):
         command = with_config(commands.add_parser(name, help=text))
         command.add_argument("id", help="the endpoint's id (wh_…)")
+    rotate = with_config(
+        commands.add_parser(
+            "rotate-secret",
+            help="give the endpoint a new signing secret and print it; the old one signs "
+            "beside it until --expire-previous-in has passed",
+        )
+    )
+    rotate.add_argument("id", help="the endpoint's id (wh_…)")
+    rotate.add_argument(
+        "--expire-previous-in",
+        type=int,
+        default=DEFAULT_PREVIOUS_SECRET_S,
+        metavar="SECONDS",
+        help="how long deliveries are signed with the old secret too (0: not at all; "
+        f"at most 7 days; default {DEFAULT_PREVIOUS_SECRET_S})",
+    )
 
 
 def _line(endpoint: Endpoint) -> str:
@@ -98,6 +115,19 @@ async def run(settings: Settings, store: Store, args: argparse.Namespace) -> int
         if command in ("enable", "disable"):
             endpoint = await webhooks.update(args.id, enabled=command == "enable")
             print(_line(endpoint))
+            return 0
+        if command == "rotate-secret":
+            endpoint, secret = await webhooks.rotate_secret(
+                args.id, expire_previous_in_s=args.expire_previous_in
+            )
+            print(f"rotated the secret of {_line(endpoint)}")
+            if endpoint.previous_secret_expires_at is None:
+                print("the previous secret signs nothing any more")
+            else:
+                until = iso_utc(endpoint.previous_secret_expires_at)
+                print(f"the previous secret also signs every delivery until {until}")
+            print("new signing secret (shown this once; verify webhook-signature with it):")
+            print(secret)
             return 0
         await webhooks.remove(args.id)
         print(f"removed {args.id}")

@@ -54,6 +54,9 @@ class Claimed:
     data: dict[str, Any]
     url: str
     secret_sealed: bytes
+    # The secret a rotation replaced, while its overlap lasts (by the database's clock at
+    # the claim); None otherwise.
+    previous_secret_sealed: bytes | None
     attempts: int
 
 
@@ -79,7 +82,9 @@ def _json(value: Any) -> Any:
 
 
 _CLAIMED = """d.id, d.endpoint_id, d.event_id, d.attempts, e.type, e.data,
-    e.created_at AS event_created_at, w.url, w.secret_sealed"""
+    e.created_at AS event_created_at, w.url, w.secret_sealed,
+    CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret_sealed END
+        AS previous_secret_sealed"""
 
 
 def _claimed(row: asyncpg.Record) -> Claimed:
@@ -92,6 +97,7 @@ def _claimed(row: asyncpg.Record) -> Claimed:
         data=_json(row["data"]),
         url=row["url"],
         secret_sealed=row["secret_sealed"],
+        previous_secret_sealed=row["previous_secret_sealed"],
         attempts=row["attempts"],
     )
 

@@ -246,6 +246,8 @@ class Dispatcher:
         cutoff = datetime.now(UTC) - timedelta(days=self._config.retention_days)
         while await self._rows.forget_older_than(cutoff):
             pass
+        # Unused already (claims ignore them); gone, they are not in the next dump either.
+        await self._endpoints.forget_expired_secrets()
 
     async def _attempt_claimed(self, delivery: Claimed) -> None:
         try:
@@ -263,6 +265,13 @@ class Dispatcher:
         the attempt and the delivery's status after it."""
         try:
             secret = self._endpoints.open_secret(delivery.endpoint_id, delivery.secret_sealed)
+            previous = (
+                None
+                if delivery.previous_secret_sealed is None
+                else self._endpoints.open_secret(
+                    delivery.endpoint_id, delivery.previous_secret_sealed
+                )
+            )
         except SealError:
             result = Attempt(
                 "error",
@@ -275,7 +284,9 @@ class Dispatcher:
             body = payload(
                 delivery.event_id, delivery.event_type, delivery.event_created_at, delivery.data
             )
-            result = await self._sender.send(delivery.url, secret, delivery.event_id, body)
+            result = await self._sender.send(
+                delivery.url, secret, delivery.event_id, body, previous=previous
+            )
         self._attempts_total.inc(outcome=result.outcome)
         self._latency.observe(result.duration_s, outcome=result.outcome)
         retry_in_s = None

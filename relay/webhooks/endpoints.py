@@ -21,7 +21,13 @@ from relay.webhooks.signing import new_secret
 
 # Subscribes an endpoint to every event type, those added in later versions too.
 ALL_EVENTS = "*"
-_COLUMNS = "id, url, description, events, enabled, created_by, created_at, updated_at"
+# How long a rotated-out secret keeps signing by default, and at most (7 days).
+DEFAULT_PREVIOUS_SECRET_S = 24 * 3600
+MAX_PREVIOUS_SECRET_S = 7 * 24 * 3600
+_COLUMNS = """id, url, description, events, enabled, created_by, created_at, updated_at,
+    secret_rotated_at,
+    CASE WHEN previous_secret_expires_at > now() THEN previous_secret_expires_at END
+        AS previous_secret_expires_at"""
 
 
 def new_endpoint_id() -> str:
@@ -42,6 +48,10 @@ class Endpoint:
     created_by: str
     created_at: datetime
     updated_at: datetime
+    # When the secret was last rotated (None: never), and until when the secret that
+    # rotation replaced signs too (None: no overlap, or it is over).
+    secret_rotated_at: datetime | None
+    previous_secret_expires_at: datetime | None
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> Endpoint:
@@ -54,6 +64,8 @@ class Endpoint:
             created_by=row["created_by"],
             created_at=row["created_at"],
             updated_at=row["updated_at"],
+            secret_rotated_at=row["secret_rotated_at"],
+            previous_secret_expires_at=row["previous_secret_expires_at"],
         )
 
 
@@ -185,6 +197,60 @@ class EndpointRows:
 
         row = await self._store.run("webhook_endpoint_update", op)
         return None if row is None else Endpoint.from_row(row)
+
+    async def rotate_secret(
+        self, endpoint_id: str, *, expire_previous_in_s: int
+    ) -> tuple[Endpoint, str] | None:
+        """A new signing secret for the endpoint (None: no such endpoint), shown this once.
+        The one it replaces keeps signing too for ``expire_previous_in_s`` seconds (0: it
+        stops now); a previous secret still in its overlap is dropped (one is kept)."""
+        secret = new_secret()
+        sealed = self._box.seal(endpoint_id, secret.encode())
+        # A retry whose earlier attempt committed (its reply lost) must not rotate again:
+        # the secret it made would become the "previous" one, and the real previous one,
+        # which receivers still verify with, would be lost (relay.db.landed).
+        landed: Landed[asyncpg.Record | None] = Landed()
+
+        async def op(conn: asyncpg.Connection) -> asyncpg.Record | None:
+            done, earlier = await landed.earlier(conn)
+            if done:
+                return earlier
+            async with conn.transaction():
+                await landed.begin(conn)
+                # The current sealed value moves as it is: it is bound to the same id.
+                row: asyncpg.Record | None = await conn.fetchrow(
+                    f"""UPDATE webhook_endpoints SET
+                            previous_secret_sealed =
+                                CASE WHEN $3::integer > 0 THEN secret_sealed END,
+                            previous_secret_expires_at = CASE WHEN $3::integer > 0
+                                THEN now() + make_interval(secs => $3::integer) END,
+                            secret_sealed = $2,
+                            secret_rotated_at = now(),
+                            updated_at = now()
+                        WHERE id = $1
+                        RETURNING {_COLUMNS}""",
+                    endpoint_id,
+                    sealed,
+                    expire_previous_in_s,
+                )
+                return landed.result(row)
+
+        row = await self._store.run("webhook_endpoint_rotate_secret", op)
+        return None if row is None else (Endpoint.from_row(row), secret)
+
+    async def forget_expired_secrets(self) -> int:
+        """Drop the previous secrets whose overlap is over (they sign nothing any more);
+        how many."""
+
+        async def op(conn: asyncpg.Connection) -> int:
+            status: str = await conn.execute(
+                """UPDATE webhook_endpoints
+                   SET previous_secret_sealed = NULL, previous_secret_expires_at = NULL
+                   WHERE previous_secret_expires_at <= now()"""
+            )
+            return int(status.split()[-1])
+
+        return await self._store.run("webhook_endpoint_forget_secrets", op)
 
     async def delete(self, endpoint_id: str) -> bool:
         """Remove the endpoint with its deliveries and their log; False: there was none.

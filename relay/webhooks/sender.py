@@ -81,7 +81,11 @@ class Sender:
     def resolver(self) -> AbstractResolver:
         return self._resolver()
 
-    async def send(self, url: str, secret: str, msg_id: str, body: bytes) -> Attempt:
+    async def send(
+        self, url: str, secret: str, msg_id: str, body: bytes, *, previous: str | None = None
+    ) -> Attempt:
+        """POST ``body`` signed with ``secret`` (and ``previous``, during a rotation's
+        overlap)."""
         started = time.monotonic()
 
         def done(outcome: str, status: int | None = None, error: str | None = None) -> Attempt:
@@ -92,7 +96,7 @@ class Sender:
             check_literal(target, self._policy)
         except UrlRefused as exc:
             return done("refused", error=f"refused: {exc}")
-        headers = signing.headers(secret, msg_id, int(time.time()), body)
+        headers = signing.headers(secret, msg_id, int(time.time()), body, previous=previous)
         headers |= {"Content-Type": "application/json", "User-Agent": USER_AGENT}
         # A connector per attempt: its resolver checks this URL's scheme, and nothing
         # (a cached address, a pooled connection) outlives the check it passed.

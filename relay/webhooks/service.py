@@ -21,7 +21,13 @@ from relay.observability.metrics import MetricsRegistry
 from relay.sealing import SecretBox
 from relay.webhooks.deliveries import DeliveryRows
 from relay.webhooks.dispatcher import Dispatcher
-from relay.webhooks.endpoints import Endpoint, EndpointRows, unknown_events
+from relay.webhooks.endpoints import (
+    DEFAULT_PREVIOUS_SECRET_S,
+    MAX_PREVIOUS_SECRET_S,
+    Endpoint,
+    EndpointRows,
+    unknown_events,
+)
 from relay.webhooks.outbox import EVENT_TYPES
 from relay.webhooks.sender import Sender
 from relay.webhooks.ssrf import UrlRefused, check_url
@@ -131,6 +137,24 @@ class Webhooks:
         if enabled:
             self.dispatcher.wake()  # its backlog is due again
         return endpoint
+
+    async def rotate_secret(
+        self, endpoint_id: str, *, expire_previous_in_s: int = DEFAULT_PREVIOUS_SECRET_S
+    ) -> tuple[Endpoint, str]:
+        """A new signing secret (shown this once); the replaced one also signs every
+        delivery for ``expire_previous_in_s`` seconds (0: not at all)."""
+        if not 0 <= expire_previous_in_s <= MAX_PREVIOUS_SECRET_S:
+            raise ApiError(
+                400,
+                "invalid_request",
+                f"expire_previous_in_s: from 0 to {MAX_PREVIOUS_SECRET_S} (7 days).",
+            )
+        rotated = await self.endpoints.rotate_secret(
+            endpoint_id, expire_previous_in_s=expire_previous_in_s
+        )
+        if rotated is None:
+            raise not_found(endpoint_id)
+        return rotated
 
     async def remove(self, endpoint_id: str) -> None:
         if not await self.endpoints.delete(endpoint_id):

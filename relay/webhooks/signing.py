@@ -5,6 +5,12 @@ redelivery: the receiver's key for "seen it already"), ``webhook-timestamp`` (Un
 of this attempt: receivers refuse old ones, which stops replays) and ``webhook-signature``
 (``v1,<base64 of HMAC-SHA256(secret, "<id>.<timestamp>.<body>")>``). The secret is
 ``whsec_<base64 of 24 random bytes>``, as the spec's libraries expect it.
+
+While an endpoint's secret is being rotated, a request is signed with the new secret and
+the previous one: ``webhook-signature`` carries one ``v1,<sig>`` per secret, separated by
+spaces, as the spec allows, and a receiver accepts it when any of them verifies with its
+secret (the spec's libraries do), so it may switch to the new secret at any time of the
+overlap.
 """
 
 from __future__ import annotations
@@ -42,9 +48,16 @@ def signature(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
-def headers(secret: str, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+def headers(
+    secret: str, msg_id: str, timestamp: int, body: bytes, *, previous: str | None = None
+) -> dict[str, str]:
+    """The three headers, signed with ``secret`` and, while a rotation's overlap lasts,
+    with the ``previous`` secret too (after the current one's signature)."""
+    signatures = [signature(secret, msg_id, timestamp, body)]
+    if previous is not None:
+        signatures.append(signature(previous, msg_id, timestamp, body))
     return {
         "webhook-id": msg_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": signature(secret, msg_id, timestamp, body),
+        "webhook-signature": " ".join(signatures),
     }

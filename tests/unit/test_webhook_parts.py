@@ -37,6 +37,21 @@ def test_signatures_verify_with_the_reference_implementation() -> None:
     assert secret_key("whsec_" + base64.b64encode(b"k").decode()) == b"k"
 
 
+def test_during_a_rotation_each_secret_verifies_and_no_other() -> None:
+    new, previous = new_secret(), new_secret()
+    body = payload("evt_" + "1" * 32, "webhook.test", datetime.now(UTC), {})
+    now = int(datetime.now(UTC).timestamp())
+    signed = headers(new, "evt_" + "1" * 32, now, body, previous=previous)
+    assert signed["webhook-signature"].count("v1,") == 2
+    for secret in (new, previous):
+        assert Webhook(secret).verify(body, signed)["type"] == "webhook.test"
+    with pytest.raises(WebhookVerificationError):
+        Webhook(new_secret()).verify(body, signed)
+    alone = headers(new, "evt_" + "1" * 32, now, body)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(previous).verify(body, alone)
+
+
 def policy(**kwargs: object) -> AddressPolicy:
     return AddressPolicy.from_config(Settings().replace("webhooks", **kwargs).webhooks)
 
