@@ -40,6 +40,22 @@ def available_migrations() -> list[Migration]:
     return sorted(out, key=lambda m: m.version)
 
 
+def _warn_of_newer(done: set[int], known: list[Migration]) -> None:
+    """A schema a newer relay migrated: this one runs on it (every migration so far only
+    adds: docs/operations.md, "Upgrades and rollback"), but the operator should know that
+    this relay is the older one (a rollback, or one instance left behind)."""
+    newest = max((m.version for m in known), default=0)
+    newer = sorted(v for v in done if v > newest)
+    if newer:
+        log.warning(
+            "the database has migrations this relay does not know (%s, beyond its %03d):"
+            " a newer relay migrated it; this older one runs on it as long as those"
+            " migrations only added to the schema",
+            ", ".join(f"{v:03d}" for v in newer),
+            newest,
+        )
+
+
 class UnsupportedServer(Exception):
     """The database server is older than ``MIN_SERVER_MAJOR``: no retry fixes it."""
 
@@ -94,6 +110,7 @@ async def migrate(conn: asyncpg.Connection, *, timeout_s: float) -> list[Migrati
             )
             rows = await conn.fetch("SELECT version FROM schema_migrations", timeout=left())
             done = {r["version"] for r in rows}
+            _warn_of_newer(done, migrations)
             for migration in migrations:
                 if migration.version in done:
                     continue

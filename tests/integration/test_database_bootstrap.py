@@ -249,3 +249,21 @@ async def test_a_database_with_one_address_in_two_cases_migrates_and_finds_the_o
         again = await users.create_user("Ana@Example.test", "c" * 64, 30, replace=True)
         assert again.id == found.id and again.remaining_seconds == 30
         assert await store.run("count", lambda c: c.fetchval("SELECT count(*) FROM users")) == 2
+
+
+async def test_a_schema_a_newer_relay_migrated_is_run_on_with_a_warning(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A rollback: the database was migrated by a newer relay (a version this one lacks).
+    conn = await asyncpg.connect(database_url)
+    try:
+        await migrate(conn, timeout_s=30.0)
+        await conn.execute(
+            "INSERT INTO schema_migrations (version, name) VALUES (998, 'from_the_future')"
+        )
+        with caplog.at_level(logging.WARNING, logger="relay.db"):
+            assert await migrate(conn, timeout_s=30.0) == []
+    finally:
+        await conn.close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("does not know (998" in m and "newer relay" in m for m in warnings), warnings
