@@ -542,8 +542,10 @@ async def _housekeeping(
     sessions: SessionService, interviews: InterviewService, store: Store
 ) -> None:
     rounds = 0
-    # The conversations that sessions ended before migration 013 left: deleted a batch a
-    # round until none is left, once per process (the trigger keeps it so from then on).
+    # The conversations no rejoin can need that the triggers did not delete (sessions ended
+    # before migration 013; an interview's close racing its last session's end, migration
+    # 015): deleted a batch a round until none is left, then looked for again every
+    # IDEMPOTENCY_PURGE_ROUNDS rounds.
     transcripts_left = True
     continuity = ContinuityRows(store)
     while True:
@@ -560,6 +562,7 @@ async def _housekeeping(
                 # across the cluster), and Idempotency-Keys past their 24 hours.
                 await interviews.close_due()
                 if rounds % IDEMPOTENCY_PURGE_ROUNDS == 0:
+                    transcripts_left = True
                     await idempotency.purge(store)
                     await client_secrets.purge(store)
         except DatabaseUnavailable as exc:

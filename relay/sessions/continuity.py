@@ -163,15 +163,20 @@ class ContinuityRows:
         await self._store.run("add_transcript_item", op)
 
     async def purge_ended(self, limit: int) -> int:
-        """Delete up to ``limit`` items of sessions that have ended (what they left before
-        migration 013's trigger deleted them at the end); how many were deleted."""
+        """Delete up to ``limit`` items no rejoin can need: of sessions that have ended,
+        unless their interview is still in progress (what sessions left before migration
+        013's trigger deleted them at the end, and what an interview's close racing its
+        session's end left, migration 015); how many were deleted."""
 
         async def op(conn: asyncpg.Connection) -> int:
             status: str = await conn.execute(
                 """DELETE FROM session_transcript WHERE ctid IN (
                        SELECT t.ctid FROM session_transcript t
                        JOIN interview_sessions s ON s.id = t.session_id
-                       WHERE s.state IN ('ended', 'failed') LIMIT $1)""",
+                       LEFT JOIN interviews i ON i.id = s.interview_id
+                       WHERE s.state IN ('ended', 'failed')
+                         AND i.status IS DISTINCT FROM 'in_progress'
+                       LIMIT $1)""",
                 limit,
             )
             return int(status.split()[-1])

@@ -181,3 +181,67 @@ async def test_the_conversation_is_kept_while_the_session_is_live_only(database_
             "is_live says 0",
             "is_live says 1",
         ]
+
+
+async def test_an_interviews_conversation_outlives_its_sessions_until_it_closes(
+    database_url: str,
+) -> None:
+    """An interview's sessions keep their text past their end while the interview is in
+    progress (a rejoin seeds the next session with it), and lose it when the interview
+    closes, whichever ends first (migration 015); housekeeping's purge leaves it too."""
+    metrics = MetricsRegistry(process_metrics=False)
+    async with migrated_store(database_url, metrics) as store:
+        await _sessions(
+            database_url,
+            [("is_first", "active", None), ("is_second", "active", None)],
+        )
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(
+                "INSERT INTO interviews (id, user_id, invite_token_hash, instructions,"
+                " max_duration_s, expires_at, status, created_by)"
+                " SELECT $1, id, $2, 'Ask.', 600, now() + interval '1 day', 'in_progress',"
+                " 'operator' FROM users",
+                "iv_" + "a" * 32,
+                "b" * 64,
+            )
+            await conn.execute("UPDATE interview_sessions SET interview_id = $1", "iv_" + "a" * 32)
+            continuity = ContinuityRows(store)
+            for session_id in ("is_first", "is_second"):
+                item = TranscriptItem("user", f"{session_id} says", 1.0, 0)
+                await continuity.add_transcript_item(session_id, item)
+
+            async def kept() -> dict[str, int]:
+                rows = await conn.fetch(
+                    "SELECT session_id, count(*) AS n FROM session_transcript GROUP BY 1"
+                )
+                return {r["session_id"]: r["n"] for r in rows}
+
+            # The first fails (the candidate may rejoin): its text stays, purge or not.
+            await SessionRows(store).finish_session(
+                "is_first", state="failed", end_reason="upstream_error", duration_seconds=3.0
+            )
+            assert await continuity.purge_ended(10) == 0
+            assert await kept() == {"is_first": 1, "is_second": 1}
+            # The interview closes while its second session is still live: all of it goes,
+            # and what the live one writes later goes at its end.
+            await conn.execute(
+                "UPDATE interviews SET status = 'cancelled', end_reason = 'cancelled'"
+            )
+            assert await kept() == {}
+            await continuity.add_transcript_item(
+                "is_second", TranscriptItem("assistant", "late", 2.0, 1)
+            )
+            assert await kept() == {"is_second": 1}
+            await SessionRows(store).finish_session(
+                "is_second", state="ended", end_reason="cancelled", duration_seconds=4.0
+            )
+            assert await kept() == {}
+            # Left behind by a close racing a session's end (written straight): purged.
+            await conn.execute(
+                "INSERT INTO session_transcript (session_id, position, role, text, at_s)"
+                " VALUES ('is_first', 5, 'user', 'left behind', 0)"
+            )
+            assert await continuity.purge_ended(10) == 1
+        finally:
+            await conn.close()
