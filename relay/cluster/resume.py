@@ -347,6 +347,11 @@ class ResumeService:
         charged = taken.used_seconds
         try:
             items = await rows.transcript(session_id)
+            if taken.interview_id is not None:
+                # A rejoined interview's session: what its earlier sessions said first, as
+                # its own upstream session was seeded with it (relay.media.manager).
+                earlier = await rows.earlier_conversation(taken.interview_id, session_id)
+                items = [*earlier.items, *items]
             entry.minted = await self._upstream.mint(
                 request_id=request_id, overrides=taken.overrides
             )

@@ -204,6 +204,27 @@ class BridgeManager:
         entry.resume_token_hash = token_hash
         return token
 
+    async def rejoin_seed(self, session_id: str, interview_id: str) -> Seed | None:
+        """What a new session of an interview rejoined (its candidate opened the link again
+        after an earlier session failed or lost its connection for good) is seeded with:
+        the conversation of the interview's earlier sessions, kept while the interview is
+        in progress (migration 014), as a take-over seeds its new upstream session. None:
+        nothing was said before (or continuity is off: nothing was kept). Read before the
+        claim (nothing may await between the claim and the bridge); raises
+        ``DatabaseUnavailable``."""
+        if self.continuity is None:
+            return None
+        earlier = await self.continuity.rows.earlier_conversation(interview_id, session_id)
+        if not earlier.items:
+            return None
+        log.info(
+            "session %s: a rejoin of interview %s, seeded with %d earlier items",
+            session_id,
+            interview_id,
+            len(earlier.items),
+        )
+        return Seed(items=earlier.items, charged_s=0.0, gap_s=earlier.gap_s)
+
     async def open(
         self, entry: SessionEntry, offer_sdp: str, request_id: str, *, seed: Seed | None = None
     ) -> Bridge:
@@ -211,7 +232,8 @@ class BridgeManager:
 
         ``seed``: a session taken over from a member that died (relay.cluster.resume): its
         new upstream session is given the conversation so far, its recording continues in
-        part ``entry.part``.
+        part ``entry.part``; or a new session of a rejoined interview (``rejoin_seed``): its
+        upstream session is given the interview's earlier conversation, its page too.
 
         Raises ``ApiError``; the session is finished as failed on every error path (its
         slot, row, promised credit and shared lease released, its recorder stopped):

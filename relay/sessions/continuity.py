@@ -106,6 +106,15 @@ class TakenOver:
     overrides: SessionOverrides | None = None
 
 
+@dataclass(frozen=True)
+class EarlierConversation:
+    """What an interview's earlier sessions said (``ContinuityRows.earlier_conversation``)."""
+
+    items: tuple[TranscriptItem, ...]
+    # Seconds since the last of them ended (the candidate's time without an interviewer).
+    gap_s: float
+
+
 class InterviewClosed(Exception):
     """The session's interview was closed while no member held the session (its cancel's
     command to end it reached nobody): the take-over closed the row instead."""
@@ -196,6 +205,43 @@ class ContinuityRows:
             TranscriptItem(r["role"], r["text"], float(r["at_s"]), int(r["position"]))
             for r in await self._store.run("read_transcript", op)
         ]
+
+    async def earlier_conversation(self, interview_id: str, session_id: str) -> EarlierConversation:
+        """The conversation of ``interview_id``'s sessions created before ``session_id``
+        that have ended (kept while the interview is in progress, migration 014), in order:
+        each session's items in their order, the sessions by their start. Their positions
+        are -n..-1, so that they come before whatever ``session_id`` says (its own positions
+        start at 0, or after those of a part before a take-over), whichever they were."""
+
+        async def op(conn: asyncpg.Connection) -> tuple[list[asyncpg.Record], float | None]:
+            rows: list[asyncpg.Record] = await conn.fetch(
+                """SELECT t.role, t.text, t.at_s
+                   FROM session_transcript t JOIN interview_sessions s ON s.id = t.session_id
+                   WHERE s.interview_id = $1 AND s.id <> $2 AND s.state IN ('ended', 'failed')
+                     AND s.created_at <= (SELECT created_at FROM interview_sessions
+                                          WHERE id = $2 AND interview_id = $1)
+                   ORDER BY s.created_at, s.id, t.position""",
+                interview_id,
+                session_id,
+            )
+            gap: float | None = None
+            if rows:
+                gap = await conn.fetchval(
+                    """SELECT EXTRACT(EPOCH FROM now() - max(ended_at))::float8
+                       FROM interview_sessions
+                       WHERE interview_id = $1 AND id <> $2 AND state IN ('ended', 'failed')""",
+                    interview_id,
+                    session_id,
+                )
+            return rows, gap
+
+        rows, gap = await self._store.run("read_earlier_conversation", op)
+        first = -len(rows)
+        items = tuple(
+            TranscriptItem(r["role"], r["text"], float(r["at_s"]), first + index)
+            for index, r in enumerate(rows)
+        )
+        return EarlierConversation(items, max(0.0, gap or 0.0))
 
     async def set_resume_token(
         self, session_id: str, new_hash: str, *, old_hash: str | None, claim_token: str | None

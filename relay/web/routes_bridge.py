@@ -13,7 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
-from relay.admission.service import Caller
+from relay.admission.service import Caller, database_error
+from relay.db import DatabaseUnavailable
 from relay.errors import ApiError
 from relay.fields import iso_utc
 from relay.media.bridge import Bridge
@@ -58,6 +59,14 @@ async def open_bridge(
         raise invalid_offer_error(exc) from None
     manager = services.bridges
     manager.refuse_if_no_media_ports()
+    seed = None
+    if resumable and caller.interview is not None:
+        # A rejoin goes on with what the interview's earlier sessions said (the candidate
+        # page only: it is told the transcript; an OpenAI-shaped call gets no relay.*).
+        try:
+            seed = await manager.rejoin_seed(session_id, caller.interview.id)
+        except DatabaseUnavailable as exc:
+            raise database_error(exc, services.settings.database.retry_after_s) from exc
     # Nothing awaits between the claim and the bridge: each of the two releases
     # everything the session holds when it fails (relay.sessions.service,
     # relay.media.manager), and a failure between them would have no owner.
@@ -66,7 +75,7 @@ async def open_bridge(
     # Synchronous (its hash is kept on the entry and written with the next state):
     # what the page resumes this session with (POST /api/sessions/{id}/resume).
     resume_token = manager.issue_resume_token(entry) if resumable else None
-    return await manager.open(entry, sdp, current_request_id()), resume_token
+    return await manager.open(entry, sdp, current_request_id(), seed=seed), resume_token
 
 
 async def webrtc_exchange(request: web.Request) -> web.Response:

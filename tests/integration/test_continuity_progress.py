@@ -245,3 +245,78 @@ async def test_an_interviews_conversation_outlives_its_sessions_until_it_closes(
             assert await continuity.purge_ended(10) == 1
         finally:
             await conn.close()
+
+
+async def test_a_rejoin_reads_the_earlier_sessions_conversation_in_order(
+    database_url: str,
+) -> None:
+    """What a new session of an interview is seeded with: the ended sessions created before
+    it, each in its own order, the sessions by their start; not a later or a live one's,
+    not another interview's."""
+    metrics = MetricsRegistry(process_metrics=False)
+    async with migrated_store(database_url, metrics) as store:
+        await _sessions(
+            database_url,
+            [
+                ("is_a", "active", None),
+                ("is_b", "active", None),
+                ("is_new", "pending", None),
+                ("is_other", "active", None),
+            ],
+        )
+        mine, other = "iv_" + "c" * 32, "iv_" + "d" * 32
+        conn = await asyncpg.connect(database_url)
+        try:
+            for interview_id, token_hash in ((mine, "e" * 64), (other, "f" * 64)):
+                await conn.execute(
+                    "INSERT INTO interviews (id, user_id, invite_token_hash, instructions,"
+                    " max_duration_s, expires_at, status, created_by)"
+                    " SELECT $1, id, $2, 'Ask.', 600, now() + interval '1 day', 'in_progress',"
+                    " 'operator' FROM users",
+                    interview_id,
+                    token_hash,
+                )
+            # Started one after the other (a, b, then the rejoin's new one).
+            for offset, session_id in enumerate(("is_a", "is_b", "is_new")):
+                await conn.execute(
+                    "UPDATE interview_sessions SET interview_id = $2,"
+                    " created_at = now() - make_interval(secs => 100 - $3)"
+                    " WHERE id = $1",
+                    session_id,
+                    mine,
+                    float(offset),
+                )
+            await conn.execute(
+                "UPDATE interview_sessions SET interview_id = $1 WHERE id = 'is_other'", other
+            )
+        finally:
+            await conn.close()
+        continuity = ContinuityRows(store)
+        # b was itself seeded with a's two items: its own positions start after them.
+        for session_id, said in (
+            ("is_a", [(0, "a0"), (3, "a1")]),
+            ("is_b", [(2, "b0"), (4, "b1")]),
+            ("is_other", [(0, "x")]),
+        ):
+            for position, text in said:
+                await continuity.add_transcript_item(
+                    session_id, TranscriptItem("user", text, 1.0, position)
+                )
+        assert (await continuity.earlier_conversation(mine, "is_new")).items == ()
+        rows = SessionRows(store)
+        for session_id in ("is_b", "is_a", "is_other"):
+            await rows.finish_session(
+                session_id, state="failed", end_reason="upstream_error", duration_seconds=1.0
+            )
+        earlier = await continuity.earlier_conversation(mine, "is_new")
+        assert [i.text for i in earlier.items] == ["a0", "a1", "b0", "b1"]
+        # Before whatever the new session says (its own positions start at 0).
+        assert [i.position for i in earlier.items] == [-4, -3, -2, -1]
+        assert 0 <= earlier.gap_s < 60
+        # A take-over of b reads what came before b only; a session of another interview
+        # reads nothing of this one.
+        assert [i.text for i in (await continuity.earlier_conversation(mine, "is_b")).items] == [
+            "a0",
+            "a1",
+        ]
+        assert (await continuity.earlier_conversation(mine, "is_other")).items == ()

@@ -8,12 +8,17 @@ interview with the reason of its last session."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
+from relay.media.bridge.talk import CONTINUE_NOTE
 from relay.upstream.simulator.app import SIMULATOR_KEY
+from relay.upstream.simulator.options import DEFAULT_REPLY_LINES
 from relay.upstream.simulator.server import RunningSimulator
+from tests.integration.cluster_helpers import poll
 from tests.integration.conftest import MakeRelay
+from tests.integration.continuity_helpers import a_full_turn
 from tests.integration.interview_helpers import (
     bearer,
     call,
@@ -23,6 +28,7 @@ from tests.integration.interview_helpers import (
     invite_of,
     join,
 )
+from tests.integration.live_session import live_session
 from tests.integration.media_helpers import wait_until
 from tests.integration.relay_harness import NOTICE_CONFIRMED, RelayHarness
 
@@ -56,6 +62,29 @@ async def start_again(relay: RelayHarness, invite: str, within: float) -> dict[s
         assert status == 409 and body["error"]["code"] == "credit_in_use", body
         assert time.monotonic() < deadline, f"no new session within {within}s: {body}"
         await asyncio.sleep(0.2)
+
+
+async def conversation(relay: RelayHarness, *session_ids: str) -> list[tuple[str, str]]:
+    """The kept conversation (session_transcript) of these sessions: (role, text)."""
+    rows = await relay.sql(
+        "SELECT t.role, t.text FROM session_transcript t"
+        " JOIN interview_sessions s ON s.id = t.session_id"
+        " WHERE t.session_id = ANY($1::text[]) ORDER BY s.created_at, t.position",
+        list(session_ids),
+    )
+    return [(r["role"], r["text"]) for r in rows]
+
+
+async def kept_a_turn(relay: RelayHarness, session_id: str) -> list[tuple[str, str]]:
+    """Once the session's candidate line and the interviewer's reply are written (the
+    writes are asynchronous)."""
+
+    async def both() -> list[tuple[str, str]] | None:
+        said = await conversation(relay, session_id)
+        return said if {role for role, _ in said} == {"user", "assistant"} else None
+
+    result: list[tuple[str, str]] = await poll(both, 15, f"{session_id}'s turn kept")
+    return result
 
 
 async def test_a_candidate_whose_tab_closed_opens_the_link_again_and_goes_on(
@@ -97,12 +126,15 @@ async def test_nobody_rejoining_the_interview_completes_as_the_candidate_left_it
     )
     interview = await create_interview(relay, max_duration_s=BUDGET_S)
     async with join(relay, invite_of(interview)) as joined:
-        await joined.browser.wait_type("relay.session.time_left")
+        await a_full_turn(joined.browser)
+        said = await kept_a_turn(relay, joined.session_id)
         await joined.browser.pc.close()
         await relay.wait_session_closed(joined.session_id)
     lost = await session_row(relay, joined.session_id)
     assert (lost["state"], lost["end_reason"]) == ("ended", "browser_gone")
     assert (await interview_status(relay, interview["id"]))["status"] == "in_progress"
+    # Kept for a rejoin while the interview is in progress.
+    assert await conversation(relay, joined.session_id) == said
 
     # Past the rejoin window, housekeeping completes it, as ended by its last session.
     deadline = time.monotonic() + 15
@@ -118,6 +150,8 @@ async def test_nobody_rejoining_the_interview_completes_as_the_candidate_left_it
     assert completed["end_reason"] == "browser_gone"
     # When the candidate's session ended, not when housekeeping noticed.
     assert completed["ended_at"] == lost["ended_at"].isoformat().replace("+00:00", "Z")
+    # Closed: nobody can rejoin it any more, so its conversation's text is gone.
+    assert await conversation(relay, joined.session_id) == []
 
 
 async def test_the_interviewers_service_dropping_the_call_leaves_the_link_open(
@@ -163,3 +197,79 @@ async def test_a_drained_relay_leaves_the_interview_to_its_candidate_on_another_
     serving = await make_relay(instance_id="member-b")
     async with join(serving, invite) as rejoined:
         assert rejoined.session["max_duration_seconds"] == BUDGET_S - stopped["debited_seconds"]
+
+
+async def test_a_rejoin_after_a_failure_goes_on_with_the_conversation_so_far(
+    make_relay: MakeRelay, simulator: RunningSimulator
+) -> None:
+    """The candidate opens the link again after the interviewer's service dropped the call:
+    the new session's upstream session is seeded with what was said (and told to go on,
+    not to greet anew), the page is given the transcript back, as after a take-over; the
+    interview's close then deletes the conversation of both sessions."""
+    relay = await make_relay()
+    interview = await create_interview(relay, max_duration_s=BUDGET_S)
+    invite = invite_of(interview)
+    calls = simulator.app[SIMULATOR_KEY].calls
+    async with join(relay, invite) as first:
+        await a_full_turn(first.browser)
+        said = await kept_a_turn(relay, first.session_id)
+        [upstream] = calls.live.values()
+        await upstream.close("dropped")
+        await first.browser.wait_type("relay.session.ending", 10)
+        await relay.wait_session_closed(first.session_id)
+    assert (await session_row(relay, first.session_id))["state"] == "failed"
+    # Kept past the session's end: the interview is in progress, the link open.
+    assert await conversation(relay, first.session_id) == said
+    before = set(simulator.state.calls)
+
+    async with join(relay, invite) as second:
+        # The page: back, with the conversation so far, then the time left.
+        await second.browser.wait_type("relay.session.reconnected", 10)
+        transcript = await second.browser.wait_type("relay.transcript", 10)
+        assert [(i["role"], i["text"]) for i in transcript["items"]] == said
+        # The new upstream session: the earlier items, then the note to go on.
+        [new_call] = [c for cid, c in simulator.state.calls.items() if cid not in before]
+        await simulator.state.wait_for(lambda: new_call.items_created == len(said) + 1, 10)
+        created = [
+            e["item"] for e in new_call.client_events if e.get("type") == "conversation.item.create"
+        ]
+        assert [(i["role"], i["content"][0]["text"]) for i in created] == [
+            *said,
+            ("system", CONTINUE_NOTE),
+        ]
+        # The interviewer goes on with its next line, not its first one.
+        await a_full_turn(second.browser)
+        replies = [
+            e["transcript"]
+            for e in second.browser.events
+            if e.get("type") == "response.output_audio_transcript.done"
+        ]
+        already = sum(1 for role, _ in said if role == "assistant")
+        assert replies[0] == DEFAULT_REPLY_LINES[already]
+        # The relay's note to the interviewer stays hidden from the page.
+        assert CONTINUE_NOTE not in json.dumps(second.browser.events)
+        await kept_a_turn(relay, second.session_id)
+        status, _, _ = await call(
+            relay, "DELETE", f"/api/sessions/{second.session_id}", bearer(invite)
+        )
+        assert status == 204
+    await relay.wait_session_closed(second.session_id)
+    done = await interview_status(relay, interview["id"])
+    assert (done["status"], done["end_reason"]) == ("completed", "hangup")
+    # Closed with the second session's end: the text of both sessions went with it.
+    assert await conversation(relay, first.session_id, second.session_id) == []
+
+
+async def test_a_session_of_no_interview_loses_its_conversation_at_its_end(
+    make_relay: MakeRelay,
+) -> None:
+    relay = await make_relay()
+    async with live_session(relay, email="no-interview@example.test") as live:
+        await a_full_turn(live.browser)
+        await kept_a_turn(relay, live.session_id)
+        status, _, _ = await call(
+            relay, "DELETE", f"/api/sessions/{live.session_id}", bearer(live.token)
+        )
+        assert status == 204
+    await relay.wait_session_closed(live.session_id)
+    assert await conversation(relay, live.session_id) == []

@@ -52,12 +52,14 @@ class ContinuityHooks(Protocol):
 
 @dataclass(frozen=True)
 class Seed:
-    """A session taken over from a member that died: what its new upstream session and
-    its page are given back."""
+    """A session taken over from a member that died, or a new session of an interview its
+    candidate rejoined after an earlier one ended (relay.media.manager.rejoin_seed): what
+    its new upstream session and its page are given back."""
 
     # The conversation so far, in order.
     items: tuple[TranscriptItem, ...]
-    # Seconds charged on the members that held it before.
+    # Seconds charged on the members that held it before (0 for a rejoin: the new session
+    # has its own budget, what the interview has left).
     charged_s: float
     # How long the candidate was without an interviewer (for relay.session.reconnected).
     gap_s: float
