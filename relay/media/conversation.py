@@ -13,8 +13,8 @@ keeps two things:
   beta ``response.audio_transcript.done``). Items keep their place in the conversation
   (the order in which their ids were first seen: a candidate's transcription often
   arrives after the reply began). A resumed page is given them back
-  (``relay.transcript``); a member taking the session over seeds a new upstream session
-  with them.
+  (``relay.transcript``); a member taking the session over (or a rejoin of the interview in
+  a new session) seeds a new upstream session with them.
 
 A substring pre-filter skips the events that matter to neither (audio deltas, rate
 limits, ...) before any parsing. Pure logic: no I/O.

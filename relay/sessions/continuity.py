@@ -9,7 +9,9 @@
 * **Progress.** The seconds charged so far (``used_seconds``) and the conversation so far
   (``session_transcript``, text items) are written as the interview goes, so that a
   member taking the session over from a dead one charges the time already used and seeds
-  its new upstream session with the conversation.
+  its new upstream session with the conversation. An interview's conversation is kept past
+  its sessions' ends while the interview is in progress (migration 014), so that the new
+  session of a candidate who rejoins it is seeded the same way (``earlier_conversation``).
 * **Taking over.** One conditional UPDATE moves a live session from a dead member to this
   one, if the token matches and nobody took it first; it rotates the token and writes a
   new claim, so the old holder (were it alive after all) can no longer close or debit the

@@ -4,7 +4,8 @@ To the page, the ``relay.*`` events (relay.media.relay_events): the time left, t
 the ending before a hang-up, and a resumed leg's greeting (reconnected, the transcript,
 the time left). To the upstream: the reply in progress cancelled when nobody hears it,
 the wrap-up (a system message, then a response once the reply in progress is over), and a
-taken-over session's new upstream session seeded with the conversation so far.
+taken-over session's (or a rejoined interview's new session's) new upstream session seeded
+with the conversation so far.
 
 ``Talk`` decides nothing about the bridge's state: the bridge says when (it alone knows
 its state) and ``Talk`` says what, through the bridge's ``EventRelay``.
@@ -107,7 +108,8 @@ class Talk:
             self._events.send_upstream({"type": "response.create"})
 
     async def seed(self, items: Sequence[TranscriptItem]) -> None:
-        """A taken-over session's new upstream session gets the conversation so far."""
+        """A taken-over session's (or a rejoined interview's new session's) new upstream
+        session gets the conversation so far."""
         events = seed_events(list(items)[-SEED_MAX_ITEMS:], self._dialect, note=CONTINUE_NOTE)
         sent = await self._events.send_upstream_paced(events, SEED_TIMEOUT_S)
         log.info(
