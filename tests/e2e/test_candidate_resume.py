@@ -15,8 +15,11 @@ from pathlib import Path
 from playwright.async_api import Dialog, Page, Route, expect
 
 from relay.upstream.simulator.app import SIMULATOR_KEY
+from relay.upstream.simulator.options import DEFAULT_REPLY_LINES
 from relay.upstream.simulator.server import RunningSimulator
+from tests.integration.cluster_helpers import poll
 from tests.integration.conftest import MakeRelay
+from tests.integration.interview_helpers import create_interview, invite_of
 from tests.integration.media_helpers import wait_until
 from tests.integration.recording_helpers import wait_recording
 from tests.integration.relay_harness import OPERATOR_TOKEN, RelayHarness
@@ -326,3 +329,69 @@ async def test_after_the_interviewers_service_dropped_the_call_the_candidate_can
     # The candidate's own end: nothing to go on with.
     await expect(page.locator("#end-next")).to_have_text("You can close this tab.")
     await expect(page.locator("#go-on")).to_be_hidden()
+
+
+async def test_going_on_with_an_interview_continues_its_conversation(
+    make_relay: MakeRelay, simulator: RunningSimulator, page: Page
+) -> None:
+    """An interview's link (an invite): after the interviewer's service dropped the call,
+    "Go on with the interview" starts a new session that shows the conversation so far,
+    and the interviewer goes on from it rather than starting over."""
+    relay = await make_relay()
+    interview = await create_interview(relay, max_duration_s=600, recording=False)
+    await page.add_init_script(NOTE_STATUS)
+    await page.goto(str(relay.client.make_url("/")) + f"#invite={invite_of(interview)}")
+    async with page.expect_response("**/api/realtime-session") as created:
+        await page.click("#start")
+    first = (await (await created.value).json())["session_id"]
+    await expect(page.locator("#connection")).to_have_text("Live", timeout=CONNECT_S * 1000)
+    # (Lines not shown yet, or never: hidden.)
+    interviewer = page.locator("#transcript li.interviewer:not([hidden])")
+    await expect(interviewer.first).to_have_text(
+        f"Interviewer: {DEFAULT_REPLY_LINES[0]}", timeout=TURN_S * 1000
+    )
+    # Its rows are written as it goes: the rejoin reads them.
+    await wait_until_kept(relay, first)
+    [upstream] = simulator.app[SIMULATOR_KEY].calls.live.values()
+    await upstream.close("dropped")
+    await expect(page.locator("#go-on")).to_be_visible(timeout=CONNECT_S * 1000)
+    await relay.wait_session_closed(first)
+    kept = await relay.sql(
+        "SELECT text FROM session_transcript WHERE session_id = $1 AND role = 'assistant'"
+        " ORDER BY position",
+        first,
+    )
+    said = [r["text"] for r in kept]
+    assert said == list(DEFAULT_REPLY_LINES[: len(said)])
+    before = set(simulator.state.calls)
+    await page.click("#go-on")
+    await page.click("#start")
+    await expect(page.locator("#connection")).to_have_text("Live", timeout=CONNECT_S * 1000)
+    # The new upstream session's first reply is the interviewer's next line, not its first.
+    [second] = [c for cid, c in simulator.state.calls.items() if cid not in before]
+    await simulator.state.wait_for(
+        lambda: bool(second.events_of("response.output_audio_transcript.done")), TURN_S
+    )
+    following = DEFAULT_REPLY_LINES[len(said) % len(DEFAULT_REPLY_LINES)]
+    first_reply = second.events_of("response.output_audio_transcript.done")[0]
+    assert first_reply["transcript"] == following
+    # The page: the first session's lines are back (the relay's transcript replaced what it
+    # showed), then that reply.
+    await expect(interviewer.nth(len(said))).to_have_text(
+        f"Interviewer: {following}", timeout=TURN_S * 1000
+    )
+    for index, line in enumerate(said):
+        await expect(interviewer.nth(index)).to_have_text(f"Interviewer: {line}")
+    await status_shown(page, "Reconnected.")
+
+
+async def wait_until_kept(relay: RelayHarness, session_id: str) -> None:
+    async def kept() -> bool:
+        rows = await relay.sql(
+            "SELECT count(*) AS n FROM session_transcript WHERE session_id = $1"
+            " AND role = 'assistant'",
+            session_id,
+        )
+        return bool(rows[0]["n"])
+
+    await poll(kept, TURN_S, "the interviewer's line kept")
