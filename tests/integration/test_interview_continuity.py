@@ -18,7 +18,7 @@ from relay.upstream.simulator.options import DEFAULT_REPLY_LINES
 from relay.upstream.simulator.server import RunningSimulator
 from tests.integration.cluster_helpers import poll
 from tests.integration.conftest import MakeRelay
-from tests.integration.continuity_helpers import a_full_turn
+from tests.integration.continuity_helpers import SPEECH, Page, a_full_turn, resume
 from tests.integration.interview_helpers import (
     bearer,
     call,
@@ -273,3 +273,62 @@ async def test_a_session_of_no_interview_loses_its_conversation_at_its_end(
         assert status == 204
     await relay.wait_session_closed(live.session_id)
     assert await conversation(relay, live.session_id) == []
+
+
+async def test_a_rejoined_session_taken_over_is_seeded_with_the_whole_interview(
+    make_relay: MakeRelay, simulator: RunningSimulator
+) -> None:
+    """A rejoined interview's session whose member is lost: the member taking it over seeds
+    its new upstream session with the earlier session's conversation, then this one's."""
+    holder = await make_relay(instance_id="member-a")
+    interview = await create_interview(holder, max_duration_s=BUDGET_S)
+    invite = invite_of(interview)
+    async with join(holder, invite) as first:
+        await a_full_turn(first.browser)
+        await kept_a_turn(holder, first.session_id)
+        [upstream] = simulator.app[SIMULATOR_KEY].calls.live.values()
+        await upstream.close("dropped")
+        await first.browser.wait_type("relay.session.ending", 10)
+        await holder.wait_session_closed(first.session_id)
+    async with join(holder, invite) as second:
+        await a_full_turn(second.browser)
+        await kept_a_turn(holder, second.session_id)
+        # The page's leg drops (nothing more is said), and the row says its holder is lost.
+        await second.browser.pc.close()
+        bridge = holder.services.bridges.get(second.session_id)
+        assert bridge is not None
+        await wait_until(lambda: bridge.state == "browser_lost", 10, "the browser leg lost")
+        whole = await conversation(holder, first.session_id, second.session_id)
+        await holder.sql(
+            "UPDATE interview_sessions SET holder_lost_at = now() WHERE id = $1",
+            second.session_id,
+        )
+        survivor = await make_relay(instance_id="member-b")
+        before = set(simulator.state.calls)
+        page = Page(payloads=SPEECH)
+        try:
+            status, answer = await resume(
+                survivor,
+                second.session_id,
+                token=invite,
+                resume_token=second.resume_token,
+                page=page,
+            )
+            assert status == 201, answer
+            await page.accept(answer["sdp"])
+            # The page is given the whole interview's conversation back.
+            transcript = await page.wait_type("relay.transcript", 10)
+            assert [(i["role"], i["text"]) for i in transcript["items"]] == whole
+            [new_call] = [c for cid, c in simulator.state.calls.items() if cid not in before]
+            await simulator.state.wait_for(lambda: new_call.items_created == len(whole) + 1, 10)
+            created = [
+                e["item"]
+                for e in new_call.client_events
+                if e.get("type") == "conversation.item.create"
+            ]
+            assert [(i["role"], i["content"][0]["text"]) for i in created] == [
+                *whole,
+                ("system", CONTINUE_NOTE),
+            ]
+        finally:
+            await page.close()
