@@ -208,7 +208,7 @@ class BridgeManager:
         """What a new session of an interview rejoined (its candidate opened the link again
         after an earlier session failed or lost its connection for good) is seeded with:
         the conversation of the interview's earlier sessions, kept while the interview is
-        in progress (migration 014), as a take-over seeds its new upstream session. None:
+        in progress (migration 015), as a take-over seeds its new upstream session. None:
         nothing was said before (or continuity is off: nothing was kept). Read before the
         claim (nothing may await between the claim and the bridge); raises
         ``DatabaseUnavailable``."""

@@ -10,7 +10,7 @@
   (``session_transcript``, text items) are written as the interview goes, so that a
   member taking the session over from a dead one charges the time already used and seeds
   its new upstream session with the conversation. An interview's conversation is kept past
-  its sessions' ends while the interview is in progress (migration 014), so that the new
+  its sessions' ends while the interview is in progress (migration 015), so that the new
   session of a candidate who rejoins it is seeded the same way (``earlier_conversation``).
 * **Taking over.** One conditional UPDATE moves a live session from a dead member to this
   one, if the token matches and nobody took it first; it rotates the token and writes a
@@ -210,7 +210,7 @@ class ContinuityRows:
 
     async def earlier_conversation(self, interview_id: str, session_id: str) -> EarlierConversation:
         """The conversation of ``interview_id``'s sessions created before ``session_id``
-        that have ended (kept while the interview is in progress, migration 014), in order:
+        that have ended (kept while the interview is in progress, migration 015), in order:
         each session's items in their order, the sessions by their start. Their positions
         are -n..-1, so that they come before whatever ``session_id`` says (its own positions
         start at 0, or after those of a part before a take-over), whichever they were."""
