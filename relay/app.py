@@ -248,7 +248,9 @@ async def _start(
     stack.push_async_callback(store.close)
     users = UserRows(store)
     session_rows = SessionRows(store, min_remaining_s=settings.limits.min_remaining_seconds)
-    startup = await _bootstrap_database(settings, store, session_rows, instance, stack, tasks)
+    startup = await _bootstrap_database(
+        settings, store, session_rows, instance, stack, tasks, metrics
+    )
 
     # 2. cache, and its invalidation by the database (closed before the cache)
     cache = UserCache(settings.cache, metrics)
@@ -446,10 +448,19 @@ async def _bootstrap_database(
     instance: str,
     stack: contextlib.AsyncExitStack,
     tasks: TaskGroup,
+    metrics: MetricsRegistry,
 ) -> StartupStatus:
     """Migrate, warm and hand over (or close) the rows a crash left live, in the
     background (relay.db.bootstrap); the returned status tells /readyz how it goes."""
     startup = StartupStatus()
+    # /readyz and /healthz say it to a probe; this says it to Prometheus, which cannot
+    # alert on a one-off failure counter that a restart resets (docs/operations.md,
+    # "Alerts": RelayStartupFailed). 0 from the start, so the series always exists.
+    failed_gauge = metrics.gauge(
+        "relay_startup_failed",
+        "1 once start-up gave up (an error no retry fixes, or out of attempts): restart needed",
+    )
+    failed_gauge.set(0)
     started_at = datetime.now(UTC)
     # Started again after a crash under the same instance id (a worker by its supervisor,
     # an instance by systemd or docker): the interviews the crashed process held are
@@ -481,6 +492,7 @@ async def _bootstrap_database(
             startup.failure = exc.reason
         else:
             startup.failure = f"database_bootstrap: {type(exc).__name__}"
+        failed_gauge.set(1)
 
     bootstrap = tasks.spawn(
         bootstrap_database(store, settings.database, startup, recover=recover_sessions),

@@ -10,12 +10,13 @@ from typing import Any
 
 import asyncpg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from relay.admission.users import UserRows
 from relay.db.migrate import MIGRATION_LOCK_ID, migrate
 from relay.observability.metrics import MetricsRegistry
 from tests.integration.conftest import MakeRelay
-from tests.integration.relay_harness import RelayHarness, migrated_store
+from tests.integration.relay_harness import OPERATOR_TOKEN, RelayHarness, migrated_store
 from tests.support.postgres import PostgresServer
 from tests.support.silent_database import silent_database
 
@@ -33,6 +34,19 @@ async def _liveness(relay: RelayHarness) -> tuple[int, dict[str, Any]]:
     async with relay.client.get("/healthz") as resp:
         body: dict[str, Any] = await resp.json()
         return resp.status, body
+
+
+async def _startup_failed_gauge(relay: RelayHarness) -> float:
+    """``relay_startup_failed`` as Prometheus scrapes it (what RelayStartupFailed reads)."""
+    headers = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+    async with relay.client.get("/metrics", headers=headers) as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    (family,) = [
+        f for f in text_string_to_metric_families(text) if f.name == "relay_startup_failed"
+    ]
+    (sample,) = family.samples
+    return float(sample.value)
 
 
 async def _until_startup_failed(relay: RelayHarness) -> dict[str, Any]:
@@ -163,6 +177,8 @@ async def test_a_database_that_stays_down_is_retried_a_bounded_number_of_times(
     assert alive["error"]["code"] == "startup_failed" and alive["error"]["retryable"] is False
     assert "gave up after 3 attempts" in alive["error"]["message"], alive
     assert alive["request_id"]
+    # And Prometheus sees it as a state, not as a one-off count a restart resets.
+    assert await _startup_failed_gauge(relay) == 1
 
 
 async def test_a_relay_still_retrying_its_bootstrap_stays_alive(
@@ -185,6 +201,7 @@ async def test_a_relay_still_retrying_its_bootstrap_stays_alive(
         await asyncio.sleep(0.05)  # polling for a condition, with a deadline
     status, alive = await _liveness(relay)
     assert status == 200 and alive["status"] == "ok", alive
+    assert await _startup_failed_gauge(relay) == 0  # still retrying: not (yet) failed
 
 
 async def test_a_database_that_does_not_answer_is_named_so_not_a_migration_lock(
