@@ -49,6 +49,9 @@ from relay.tasks import TaskGroup, idle
 
 log = logging.getLogger("relay.recording")
 
+# The stages of relay_recordings_failed_total (docs/recording.md).
+FAILURE_STAGES = ("write", "render", "verify", "upload")
+
 RETENTION_INTERVAL_S = 3600.0
 # Recordings looked at per statement of a retention pass (a pass takes batches until none
 # is left).
@@ -169,6 +172,10 @@ class RecordingService:
             "rendered files against the manifest), upload",
             ["stage"],
         )
+        # Every stage's series at 0 from the start: an alert on increase() cannot see
+        # a series' first sample as an increase (docs/operations.md, "Alerts").
+        for stage in FAILURE_STAGES:
+            self._failures.inc(0, stage=stage)
 
     @property
     def enabled(self) -> bool:

@@ -276,3 +276,26 @@ async def test_the_dashboard_uses_only_exported_metrics_and_the_docs_name_them_a
     assert not undocumented, sorted(undocumented)
     # Latency panels read histograms: quantiles over _bucket series.
     assert all("_bucket" in e for e in exprs if "histogram_quantile" in e)
+
+
+async def test_counters_alerts_watch_for_a_first_increase_exist_at_zero_from_the_start(
+    make_relay: MakeRelay,
+) -> None:
+    """deploy/prometheus/alerts.yml alerts on ``increase(...) > 0``; Prometheus sees no
+    increase in a series' first sample, so a counter whose series appeared only with its
+    first failure would never fire for the first failure after a start."""
+    relay = await make_relay()
+    families = await scrape(relay)
+    tasks = {
+        s.labels["owner"]: s.value
+        for s in families["relay_background_task_failures"].samples
+        if s.name == "relay_background_task_failures_total"
+    }
+    assert {"app", "database", "cluster", "sessions", "webhooks"} <= set(tasks), tasks
+    assert set(tasks.values()) == {0.0}
+    stages = {
+        s.labels["stage"]: s.value
+        for s in families["relay_recordings_failed"].samples
+        if s.name == "relay_recordings_failed_total"
+    }
+    assert stages == {"write": 0.0, "render": 0.0, "verify": 0.0, "upload": 0.0}
