@@ -87,6 +87,11 @@ class UserCache:
             "relay_cache_redis_up", "1 when Redis is in use, 0 when down or disabled"
         )
         self._redis_up.set(1 if self._redis else 0)
+        # Whether Redis is configured at all: an alert on relay_cache_redis_up == 0 must not
+        # fire for ever on a deployment that runs without Redis on purpose.
+        metrics.gauge(
+            "relay_cache_redis_configured", "1 when cache.redis_url is set, 0 when Redis is off"
+        ).set(1 if self._redis else 0)
         self._latency = metrics.histogram(
             "relay_cache_lookup_duration_seconds",
             "User cache lookup latency (Redis, or the local fallback)",

@@ -116,6 +116,10 @@ async def test_cached_user_is_admitted_without_postgres(
     assert relay.counter("relay_db_queries_total", query="user_by_token") == 1
     source = "redis" if with_redis else "local"
     assert relay.counter("relay_cache_lookups_total", result="hit", source=source) == 2
+    # Redis's gauges say whether it is in use and whether it is configured at all (the
+    # RelayRedisDown alert fires only where it is).
+    assert relay.counter("relay_cache_redis_up") == int(with_redis)
+    assert relay.counter("relay_cache_redis_configured") == int(with_redis)
 
 
 async def test_a_session_ended_unused_keeps_the_user_cached_a_debit_drops_it(
