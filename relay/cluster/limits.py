@@ -143,6 +143,9 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+# The limits shared through Redis (relay_limits_redis_fallback_total{limit}).
+SHARED_LIMITS = ("sessions", "request_rate", "failed_auth")
+
 class SharedLimits:
     """Redis-backed limits; every method answers None when Redis could not decide."""
 
@@ -169,6 +172,12 @@ class SharedLimits:
             "Shared-limit checks decided in-process because Redis failed (fail open)",
             ["limit"],
         )
+        if self._redis is not None:
+            # Each limit's series at 0 from the start: Prometheus's increase() sees no
+            # increase in a series' first sample, so the first fallback after a start would
+            # not fire RelayLimitsRedisFallback (docs/operations.md, "Alerts").
+            for limit in SHARED_LIMITS:
+                self._fallback.inc(0, limit=limit)
 
     @property
     def enabled(self) -> bool:

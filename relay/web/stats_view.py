@@ -63,7 +63,8 @@ def _cache(services: Services) -> dict[str, Any]:
 def _errors_by_code(services: Services) -> dict[str, float]:
     out: dict[str, float] = {}
     for row in _counter_rows(services, "relay_http_errors_total"):
-        out[row["code"]] = out.get(row["code"], 0.0) + row["value"]
+        if row["value"]:  # not a series declared at 0 for the alerts (relay.web.middleware)
+            out[row["code"]] = out.get(row["code"], 0.0) + row["value"]
     return out
 
 

@@ -19,6 +19,7 @@ from tests.integration.conftest import MakeRelay
 from tests.integration.live_session import live_session
 from tests.integration.media_helpers import wait_until
 from tests.integration.relay_harness import OPERATOR_TOKEN, RelayHarness
+from tests.support.redis_server import RedisServer
 
 OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 HISTOGRAMS = {
@@ -299,3 +300,33 @@ async def test_counters_alerts_watch_for_a_first_increase_exist_at_zero_from_the
         if s.name == "relay_recordings_failed_total"
     }
     assert stages == {"write": 0.0, "render": 0.0, "verify": 0.0, "upload": 0.0}
+
+
+async def test_more_alerted_series_exist_at_zero_from_the_start(
+    make_relay: MakeRelay, redis_server: RedisServer
+) -> None:
+    """The other series alerts.yml watches for a first increase: the shared limits'
+    fallbacks (with Redis configured), the session limits' refusals, no media ports."""
+    relay = await make_relay(redis_url=redis_server.url)
+    families = await scrape(relay)
+
+    def series(family: str, label: str) -> dict[str, float]:
+        return {
+            s.labels[label]: s.value
+            for s in families[family].samples
+            if s.name == f"{family}_total"
+        }
+
+    assert series("relay_limits_redis_fallback", "limit") == {
+        "sessions": 0.0,
+        "request_rate": 0.0,
+        "failed_auth": 0.0,
+    }
+    assert series("relay_sessions_rejected", "reason") == {
+        "global_cap": 0.0,
+        "user_concurrency": 0.0,
+    }
+    assert series("relay_http_errors", "code") == {"no_media_ports": 0.0}
+    # A series declared at 0 is no error to report in /api/stats.
+    async with relay.client.get("/api/stats", headers=OPERATOR) as resp:
+        assert (await resp.json())["errors_by_code"] == {}
