@@ -838,7 +838,9 @@ def _read_value_files(env: dict[str, str]) -> dict[str, str]:
             continue  # another program's variable
         if _names_a_setting(name):
             continue  # a setting whose own name ends in _file
-        if target in env:
+        # Empty is unset, as for the conventional names' own source: compose passes
+        # OPENAI_API_KEY="${OPENAI_API_KEY:-}" to its relays whether it is set or not.
+        if env.get(target):
             raise ConfigError(f"{name} and {target} are both set: set one")
         try:
             text = Path(path).read_text(encoding="utf-8")

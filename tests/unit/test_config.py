@@ -392,3 +392,14 @@ def test_a_value_file_that_cannot_be_read_or_doubles_a_variable_is_refused(
     with pytest.raises(ConfigError, match=r"RELAY__UPSTREAM__API_KEY_FILE: cannot read") as gone:
         load_settings(environ={"RELAY__UPSTREAM__API_KEY_FILE": str(missing)})
     assert "sk-do-not-echo" not in str(both.value) + str(gone.value)
+
+
+def test_a_value_file_beside_an_empty_variable_is_read(tmp_path: Path) -> None:
+    # compose.yaml passes OPENAI_API_KEY="${OPENAI_API_KEY:-}": empty when the key is not in
+    # the .env, as when it is mounted as a secret (OPENAI_API_KEY_FILE in an override).
+    # Empty is unset for the conventional names, so it is no second value.
+    (tmp_path / "openai").write_text("sk-from-a-file\n")
+    settings = load_settings(
+        environ={"OPENAI_API_KEY": "", "OPENAI_API_KEY_FILE": str(tmp_path / "openai")}
+    )
+    assert settings.upstream.api_key == "sk-from-a-file"
