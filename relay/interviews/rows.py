@@ -306,10 +306,10 @@ class InterviewRows:
     async def close_due(self, *, rejoin_window_s: int, batch: int = 100) -> list[Closed]:
         """Housekeeping: scheduled interviews past ``expires_at`` → expired; interviews in
         progress with no live session, past ``expires_at`` or idle since their last
-        session ended for ``rejoin_window_s`` → failed (that session's end reason), or
-        completed when that session ended rather than failed (the candidate's connection
-        lost for good: ``transitions.CONNECTION_LOST_REASONS``). Each interview is closed
-        by one member (SKIP LOCKED), with its event.
+        session ended for ``rejoin_window_s`` → failed (the end reason of the last session
+        that carried media), or completed when that session ended rather than failed (the
+        candidate's connection lost for good: ``transitions.CONNECTION_LOST_REASONS``).
+        Each interview is closed by one member (SKIP LOCKED), with its event.
 
         Every member calls this every few seconds and there is rarely anything to close:
         one statement looks first (the same conditions), and the transaction that locks
@@ -338,8 +338,13 @@ class InterviewRows:
                     f"""SELECT i.id, last.end_reason AS last_reason, last.state AS last_state
                         FROM interviews i
                         LEFT JOIN LATERAL (
+                            -- The last session that carried media: one that never did (a
+                            -- start the page gave up and hung up, a superseded one) changed
+                            -- nothing, and must not turn a failed interview into a
+                            -- completed one ("hangup") or name its end.
                             SELECT s.end_reason, s.state FROM interview_sessions s
                             WHERE s.interview_id = i.id AND s.state IN ('ended', 'failed')
+                              AND s.connected_at IS NOT NULL
                             ORDER BY s.ended_at DESC NULLS LAST LIMIT 1) last ON true
                         WHERE {_ABANDONED}
                         ORDER BY i.expires_at LIMIT $2 FOR UPDATE OF i SKIP LOCKED""",

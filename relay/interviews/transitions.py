@@ -84,13 +84,15 @@ async def session_finished(
 
 
 async def complete(conn: asyncpg.Connection, interview_id: str, reason: str) -> None:
-    # Ended when its last session did: housekeeping completes an interview whose
-    # candidate's connection was lost only after the rejoin window.
+    # Ended when its last session that carried media did: housekeeping completes an
+    # interview whose candidate's connection was lost only after the rejoin window (a
+    # session started meanwhile that never connected changed nothing).
     row = await conn.fetchrow(
         """UPDATE interviews
            SET status = 'completed', end_reason = $2,
                ended_at = COALESCE((SELECT max(s.ended_at) FROM interview_sessions s
-                                    WHERE s.interview_id = $1), now())
+                                    WHERE s.interview_id = $1
+                                      AND s.connected_at IS NOT NULL), now())
            WHERE id = $1 AND status = 'in_progress'
            RETURNING ended_at,
                      (SELECT COALESCE(SUM(s.duration_seconds), 0) FROM interview_sessions s

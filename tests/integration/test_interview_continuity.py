@@ -332,3 +332,77 @@ async def test_a_rejoined_session_taken_over_is_seeded_with_the_whole_interview(
             ]
         finally:
             await page.close()
+
+
+async def abandoned_start(relay: RelayHarness, invite: str) -> str:
+    """The link opened again, and the start given up before any media (the page's
+    ``abandon``: an exchange refused, e.g. 503 while the member drains): the session is
+    hung up (``ended``, ``hangup``) without ever connecting."""
+    created = await start_again(relay, invite, within=15)
+    status, _, _ = await call(
+        relay, "DELETE", f"/api/sessions/{created['session_id']}", bearer(invite)
+    )
+    assert status == 204
+    await relay.wait_session_closed(created["session_id"])
+    never = await session_row(relay, created["session_id"])
+    assert (never["state"], never["end_reason"]) == ("ended", "hangup")
+    return str(created["session_id"])
+
+
+async def past_the_rejoin_window(relay: RelayHarness, interview_id: str) -> None:
+    """The interview's sessions ended long ago (the whole window later), in their order."""
+    await relay.sql(
+        """UPDATE interview_sessions SET ended_at = ended_at - interval '1 hour'
+           WHERE interview_id = $1""",
+        interview_id,
+    )
+
+
+async def test_a_start_given_up_before_any_media_does_not_complete_a_failed_interview(
+    make_relay: MakeRelay,
+) -> None:
+    relay = await make_relay()
+    interview = await create_interview(relay, max_duration_s=BUDGET_S)
+    invite = invite_of(interview)
+    async with join(relay, invite) as joined:
+        await joined.browser.wait_type("relay.session.time_left")
+        bridge = relay.services.bridges.get(joined.session_id)
+        assert bridge is not None
+        await bridge.close("upstream_error", state="failed")  # the service dropped it
+    await abandoned_start(relay, invite)
+    assert (await interview_status(relay, interview["id"]))["status"] == "in_progress"
+
+    await past_the_rejoin_window(relay, interview["id"])
+    closed = {c.id: c.status for c in await relay.services.interviews.close_due()}
+    # Failed as its last conversation did; not completed by the hang-up of a session that
+    # never carried media ("changes nothing", docs/api.md).
+    assert closed == {interview["id"]: "failed"}
+    done = await interview_status(relay, interview["id"])
+    assert (done["status"], done["end_reason"]) == ("failed", "upstream_error")
+    events = await interview_events(relay, interview["id"])
+    assert [t for t, _ in events] == ["interview.started", "interview.failed"]
+
+
+async def test_a_lost_candidate_whose_restart_was_given_up_completes_as_left(
+    make_relay: MakeRelay,
+) -> None:
+    relay = await make_relay(overrides={"session": {"reconnect_grace_s": 0.5}})
+    interview = await create_interview(relay, max_duration_s=BUDGET_S)
+    invite = invite_of(interview)
+    async with join(relay, invite) as joined:
+        await joined.browser.wait_type("relay.session.time_left")
+        await joined.browser.pc.close()
+        await relay.wait_session_closed(joined.session_id)
+    lost = await session_row(relay, joined.session_id)
+    assert lost["end_reason"] == "browser_gone"
+    await abandoned_start(relay, invite)
+
+    await past_the_rejoin_window(relay, interview["id"])
+    await relay.services.interviews.close_due()
+    done = await interview_status(relay, interview["id"])
+    assert (done["status"], done["end_reason"]) == ("completed", "browser_gone")
+    events = await interview_events(relay, interview["id"])
+    assert [t for t, _ in events] == ["interview.started", "interview.completed"]
+    # When the conversation ended (its session), not when the given-up start was hung up.
+    lost = await session_row(relay, joined.session_id)
+    assert events[1][1]["ended_at"] == lost["ended_at"].isoformat().replace("+00:00", "Z")
