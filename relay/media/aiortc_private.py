@@ -66,6 +66,9 @@ For the forwarding fast path (``relay.media.fastpath``), which receives datagram
 aiortc's DTLS task and sends them below aiortc's sender:
 
 * ``RTCIceTransport._connection``: the aioice ``Connection`` of a leg.
+* aioice ``Connection.check_incoming(message, addr, protocol)``: called (attribute lookup)
+  for each STUN binding request of the far end that passed authentication; an instance
+  attribute shadows it (``note_ice_checks``: when the browser was last heard).
 * aioice ``Connection.data_received(data, component)``: where every non-STUN datagram
   of a leg arrives (called by the aioice protocol through an attribute lookup, so an
   instance attribute shadows it); it queues the datagram for the DTLS transport's task.
@@ -497,6 +500,25 @@ def oversized_srtp_refused() -> int:
 def ice_connection(dtls: RTCDtlsTransport) -> Any:
     """The aioice ``Connection`` under a leg's DTLS transport."""
     return dtls.transport._connection
+
+
+def note_ice_checks(dtls: RTCDtlsTransport, heard: Callable[[], None]) -> None:
+    """Call ``heard()`` on each authenticated ICE check (STUN binding request) the far end
+    of the leg sends: its connectivity checks and consent freshness (RFC 7675), which every
+    WebRTC endpoint sends every few seconds while its network reaches the relay, whether it
+    sends audio or not. A page cannot stop them, unlike its RTP."""
+    connection = ice_connection(dtls)
+    method = getattr(type(connection), "check_incoming", None)
+    if method is None:
+        return  # another aioice: the audio alone says when it was heard (bounded)
+    checked = method.__get__(connection)
+
+    def check_incoming(message: Any, addr: Any, protocol: Any) -> None:
+        heard()
+        checked(message, addr, protocol)
+
+    # setattr: an instance attribute deliberately shadowing the method.
+    setattr(connection, "check_incoming", check_incoming)  # noqa: B010
 
 
 def install_datagram_hook(dtls: RTCDtlsTransport, hook: DatagramHook) -> DatagramHook:

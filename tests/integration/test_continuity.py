@@ -277,6 +277,40 @@ async def test_an_invite_resumes_its_own_interview_only(
     assert (await row(relay, sid))["relay_instance"] == relay.services.instance_id
 
 
+# Longer than an ICE check's interval (aioice: 4 to 6 s) with a margin on either side.
+SILENT_S = 15.0
+
+
+async def test_a_page_that_stops_sending_audio_is_charged_while_it_is_there(
+    make_relay: MakeRelay, pages: list[Page]
+) -> None:
+    """A page that removes its microphone's track (no RTP; its connection up, its ICE
+    checks going on) while the interviewer talks, then resumes on a new leg: the time it
+    was there, listening, is charged. Its last audio packet is not when it went, or any
+    client could stop its audio, resume, and have the interviewer's turns for free."""
+    relay = await make_relay()
+    live = await go_live(relay, seconds=600)
+    pages.append(live.page)
+    await live.page.wait_type("relay.session.time_left")
+    bridge = bridge_of(relay, live.session_id)
+    [transceiver] = live.page.pc.getTransceivers()
+    transceiver.sender.replaceTrack(None)
+    await asyncio.sleep(SILENT_S)  # it listens this long, sending no audio
+    assert state_of(bridge) == "active"
+    page = Page(payloads=SPEECH)
+    pages.append(page)
+    status, answer = await resume(
+        relay, live.session_id, token=live.token, resume_token=live.resume_token, page=page
+    )
+    assert status == 201, answer
+    await page.accept(answer["sdp"])
+    await page.wait_connected()
+    greeting = await page.wait_type("relay.session.reconnected")
+    # Uncharged: at most since its last ICE check and the new leg's set-up, not the
+    # SILENT_S since its last packet.
+    assert greeting["gap_ms"] / 1000 < SILENT_S - 6, greeting
+
+
 # ---------------------------------------------------------------------- endings
 async def _end_by(
     reason: str, relay: RelayHarness, live: Live, simulator: RunningSimulator

@@ -412,6 +412,23 @@ def test_fast_path_internals_exist() -> None:
     }
 
 
+def test_ice_check_internals_exist() -> None:
+    from aioice.ice import Connection
+
+    # note_ice_checks: an authenticated binding request reaches check_incoming through an
+    # attribute lookup (an instance attribute shadows it), early checks too.
+    received = inspect.getsource(Connection.request_received)
+    assert "message.check_message_integrity(" in received
+    assert "self.check_incoming(message, addr, protocol)" in received
+    assert "self.check_incoming(*early_check)" in inspect.getsource(Connection)
+    assert list(inspect.signature(Connection.check_incoming).parameters) == [
+        "self",
+        "message",
+        "addr",
+        "protocol",
+    ]
+
+
 def test_rtcp_task_internals_exist() -> None:
     """What relay.media.rtcp_reports relies on to stand in for aiortc's RTCP tasks."""
     from aiortc import RTCPeerConnection

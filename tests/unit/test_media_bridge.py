@@ -9,6 +9,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -451,3 +452,24 @@ async def test_teardown_releases_even_if_the_supervisor_already_died(rig: Rig) -
     await bridge.close("hangup")
     assert rig.hooks.finished and rig.hooks.finished[0][:2] == ("ended", "hangup")
     assert bridge.browser_pc.connectionState == "closed"
+
+
+@pytest.mark.parametrize(
+    ("packet_at", "checked_at", "went"),
+    [
+        (None, None, None),  # nothing heard yet: nothing moved
+        (98.0, None, None),  # heard within BROWSER_QUIET_S: noticed at once
+        (50.0, 98.5, None),  # no audio, but its ICE checks go on: it was there
+        (50.0, 70.0, 70.0),  # gone after its last check, audio stopped before
+        (80.0, 70.0, 80.0),  # gone after its last packet
+        (10.0, None, 60.0),  # no checks of its own: at most LOSS_NOTICE_MAX_S back
+    ],
+)
+def test_the_browser_went_when_it_was_last_heard(
+    packet_at: float | None, checked_at: float | None, went: float | None
+) -> None:
+    heard = SimpleNamespace(
+        browser_to_upstream=SimpleNamespace(last_packet_at=packet_at),
+        _browser_checked_at=checked_at,
+    )
+    assert Bridge._browser_went_at(heard, 100.0) == went  # type: ignore[arg-type]

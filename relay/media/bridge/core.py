@@ -32,9 +32,11 @@ from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCPeerConnection
 
+from relay.media import aiortc_private
 from relay.media.bridge.audio_wiring import (
     AudioEnds,
     NegotiatedCodecs,
+    audio_receiver,
     park_upstream_audio,
     resumed_codecs,
     start_audio,
@@ -160,6 +162,8 @@ class Bridge:
         self.to_browser = BoundedQueueTrack(queue_max)
         self.browser_to_upstream = DirectionStats("browser_to_upstream")
         self.upstream_to_browser = DirectionStats("upstream_to_browser")
+        # When the browser's leg last sent an ICE check (``_browser_went_at``).
+        self._browser_checked_at: float | None = None
         self.events = EventRelay(
             settings.events,
             metrics,
@@ -485,6 +489,11 @@ class Bridge:
     def _wire_audio(self, codecs: NegotiatedCodecs, previous: Forwarder | None = None) -> None:
         assert self._upstream_pc is not None  # negotiation created it
         self._codecs = codecs
+        # The browser's ICE checks say it is there when its audio does not (muted by
+        # removing its track, or a client that sends none): _browser_went_at.
+        aiortc_private.note_ice_checks(
+            audio_receiver(self.browser_pc).transport, self._browser_checked
+        )
         recorder = self.recorder
         ends = AudioEnds(
             browser_pc=self.browser_pc,
@@ -674,18 +683,30 @@ class Bridge:
         self._release_browser_leg_soon()
 
     def _browser_went_at(self, now: float) -> float | None:
-        """When the browser's leg went quiet, if well before ``now``: its last packet.
+        """When the browser's leg went quiet, if well before ``now``: the later of its last
+        packet and its last ICE check.
 
-        A browser sends audio all the time (silence too, muted or not), so a leg silent for
-        over ``BROWSER_QUIET_S`` was gone from then: a network that vanished (noticed here
-        when ICE consent fails, about 30 s on) or a page that resumes on a new leg after a
-        cut this leg did not notice. A page that closes or reloads is noticed at once and
-        its last packet is recent: nothing is moved. The figure may be ``SYNC_INTERVAL_S``
-        old on the compiled path, hence the margin."""
-        last = self.browser_to_upstream.last_packet_at
-        if last is None or now - last <= BROWSER_QUIET_S:
+        A leg from which neither came for over ``BROWSER_QUIET_S`` was gone from then: a
+        network that vanished (noticed here when ICE consent fails, about 30 s on) or a
+        page that resumes on a new leg after a cut this leg did not notice. A page that
+        closes or reloads is noticed at once and was heard recently: nothing is moved.
+        Audio alone would not do: a client that stops sending it (its track removed) while
+        it listens, then resumes or closes, would have had all that time for free; its
+        ICE checks (every 2.5 to 6 s, whatever it sends) go on while it is there. Never
+        more than ``LOSS_NOTICE_MAX_S`` back, what consent takes to fail (a client that
+        sends no checks of its own). The packet's time may be ``SYNC_INTERVAL_S`` old on
+        the compiled path, hence the margin."""
+        heard = [
+            t
+            for t in (self.browser_to_upstream.last_packet_at, self._browser_checked_at)
+            if t is not None
+        ]
+        if not heard or now - max(heard) <= BROWSER_QUIET_S:
             return None
-        return last
+        return max(max(heard), now - LOSS_NOTICE_MAX_S)
+
+    def _browser_checked(self) -> None:
+        self._browser_checked_at = time.monotonic()
 
     def _resume_leg_failed(self, what: str) -> None:
         """resuming → browser_lost: the resumed leg failed; the grace of the first loss
@@ -799,4 +820,7 @@ class Bridge:
 # A browser's leg without a packet for longer than this was gone by then (``_browser_went_at``):
 # well above a packet's interval (20 ms) and the compiled path's copy of its counters (1.5 s).
 BROWSER_QUIET_S = 3.0
+# The longest a vanished network goes unnoticed: aioice's consent fails after 6 checks
+# unanswered, 4 to 6 s apart, after the last answered one.
+LOSS_NOTICE_MAX_S = 40.0
 _LOSS_CAUSES = frozenset({"disconnected", "failed", "channel_closed", "replaced"})
