@@ -42,10 +42,10 @@ import secrets
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
-from relay.config import Settings
+from relay.config import FILE_SUFFIX, Settings
 from relay.observability import worker_metrics
 from relay.process_lifetime import ParentGone, StopSignals, die_with_parent
 from relay.sealing import load_or_create_key
@@ -177,15 +177,17 @@ class Supervisor:
             # One scrape of any worker covers them all (relay.observability.worker_metrics).
             metrics_dir = self._metrics_dir = worker_metrics.create_directory()
             stack.callback(worker_metrics.remove_directory, metrics_dir)
-            env = {
-                **os.environ,
-                worker_metrics.MULTIPROC_ENV: str(metrics_dir),
-                "DATABASE_URL": dsn,
-                "RELAY_OPERATOR_TOKEN": token,
-                "RELAY__SERVER__PORT": str(port),
-                "RELAY__SERVER__CREATE_DEMO_USER": "false",
-                **upstream_env,
-            }
+            env = worker_environment(
+                os.environ,
+                {
+                    worker_metrics.MULTIPROC_ENV: str(metrics_dir),
+                    "DATABASE_URL": dsn,
+                    "RELAY_OPERATOR_TOKEN": token,
+                    "RELAY__SERVER__PORT": str(port),
+                    "RELAY__SERVER__CREATE_DEMO_USER": "false",
+                    **upstream_env,
+                },
+            )
             signals.started()
             stop = signals.stop
             for index in range(self.count):
@@ -268,3 +270,16 @@ class Supervisor:
                         proc.kill()
             await asyncio.gather(*waits, return_exceptions=True)
         await self._watches.close()
+
+
+def worker_environment(base: Mapping[str, str], decided: Mapping[str, str]) -> dict[str, str]:
+    """The workers' environment: the supervisor's, with what it decided for them
+    (``decided``) in place of the same names given as files (``NAME_FILE``,
+    relay.config): a worker that found both (``RELAY_OPERATOR_TOKEN_FILE`` from a Docker
+    secret beside the ``RELAY_OPERATOR_TOKEN`` set here) would refuse to start."""
+    kept = {
+        name: value
+        for name, value in base.items()
+        if not (name.endswith(FILE_SUFFIX) and name[: -len(FILE_SUFFIX)] in decided)
+    }
+    return {**kept, **decided}

@@ -39,6 +39,7 @@ from tests.integration.cluster_helpers import (
 )
 from tests.integration.continuity_helpers import Page, a_full_turn, go_live_at, told_it_resumed
 from tests.integration.media_helpers import BrowserPeer, encode_opus, speech_like
+from tests.integration.relay_harness import OPERATOR_TOKEN
 from tests.support.processes import wait_exited
 
 pytestmark = pytest.mark.slow
@@ -136,6 +137,37 @@ async def test_two_workers_share_one_port_and_one_embedded_database(
             await browser.close()
         await relay.stop()
         await asyncio.to_thread(embedded.stop)
+
+
+async def test_workers_start_with_the_operator_token_in_a_file(
+    traversable_tmp_path: Path,
+) -> None:
+    """The operator token as a Docker secret (RELAY_OPERATOR_TOKEN_FILE): the supervisor
+    hands its workers the token it read as RELAY_OPERATOR_TOKEN, and a worker that also
+    found the _FILE name refused to start ("both set"), again and again."""
+    secret = traversable_tmp_path / "operator-token"
+    secret.write_text(OPERATOR_TOKEN + "\n")
+    env = relay_env(traversable_tmp_path / "state", {})
+    env.pop("RELAY_OPERATOR_TOKEN")
+    env["RELAY_OPERATOR_TOKEN_FILE"] = str(secret)
+    try:
+        # Two workers are up in seconds; without them the banner never comes.
+        relay = await asyncio.wait_for(
+            RelayProcess.start(traversable_tmp_path, env, "--workers", "2"), 60
+        )
+    except TimeoutError:
+        raise AssertionError("the workers did not start (the relay's log says why)") from None
+    try:
+        assert any("(2 workers)" in line for line in relay.lines)
+        async with fresh_connections() as http:
+            client = Client(http, relay.url)  # the token of the file opens the workers
+
+            async def both_workers() -> bool:
+                return len((await client.cluster())["instances"]) == 2
+
+            await poll(both_workers, 15, "both workers in the cluster view")
+    finally:
+        assert await relay.stop() == 0
 
 
 # Resumes in a row until both ways were seen, each landing on either worker (p = 1/2): at
