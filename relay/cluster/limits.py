@@ -146,6 +146,7 @@ def _now_ms() -> int:
 # The limits shared through Redis (relay_limits_redis_fallback_total{limit}).
 SHARED_LIMITS = ("sessions", "request_rate", "failed_auth")
 
+
 class SharedLimits:
     """Redis-backed limits; every method answers None when Redis could not decide."""
 
