@@ -847,7 +847,8 @@ def _read_value_files(env: dict[str, str]) -> dict[str, str]:
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
             raise ConfigError(f"{name}: cannot read {path}: {reason}") from None
-        out[target] = text[:-1] if text.endswith("\n") else text
+        # One line ending removed, a Windows one too (a file saved by a Windows editor).
+        out[target] = text.removesuffix("\n").removesuffix("\r") if text.endswith("\n") else text
         del out[name]
     return out
 

@@ -367,7 +367,7 @@ def test_a_value_can_come_from_a_file_as_secrets_are_mounted(tmp_path: Path) -> 
     # names and for RELAY__ ones alike; the trailing newline an editor or echo leaves goes.
     (tmp_path / "openai").write_text("sk-from-a-file\n")
     (tmp_path / "state").write_text("k" * 44)
-    (tmp_path / "token").write_text("t" * 40 + "\n")
+    (tmp_path / "token").write_bytes(b"t" * 40 + b"\r\n")  # saved by a Windows editor
     settings = load_settings(
         environ={
             "OPENAI_API_KEY_FILE": str(tmp_path / "openai"),
