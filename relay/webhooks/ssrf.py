@@ -56,21 +56,27 @@ class AddressPolicy:
 
     def refusal(self, address: IpAddress, scheme: str) -> str | None:
         """Why a request of ``scheme`` may not go to ``address`` (None: it may)."""
+        original = address
+        translated = False
         if isinstance(address, ipaddress.IPv6Address):
-            if address in _NAT64_LOCAL:
-                return f"{address} is a local-use NAT64 address (its IPv4 form is not checkable)"
             # ::ffff:10.0.0.1 reaches 10.0.0.1, and so may 64:ff9b::a00:1 through a NAT64
             # gateway or 2002:a00:1:: through a 6to4 relay: judge the address it reaches.
-            address = _embedded_ipv4(address) or address
+            embedded = _embedded_ipv4(address)
+            translated = embedded is not None and address.ipv4_mapped is None
+            address = embedded or address
         if address.is_multicast or address.is_unspecified:
             return f"{address} is not a unicast address"
-        loopback = address.is_loopback
+        # Loopback is this host's: a NAT64 or 6to4 form of 127.0.0.1 goes to a gateway.
+        loopback = address.is_loopback and not translated
         if scheme == "http" and not (loopback and self.allow_insecure_loopback):
             return "plain http is allowed only to loopback, with webhooks.allow_insecure_loopback"
         if loopback and self.allow_insecure_loopback:
             return None
-        if any(address in network for network in self.allowed_networks):
+        # A network the operator opened, named in either form (an IPv6 NAT64 prefix too).
+        if any(address in net or original in net for net in self.allowed_networks):
             return None
+        if original in _NAT64_LOCAL:
+            return f"{original} is a local-use NAT64 address (its IPv4 form is not checkable)"
         if loopback:
             return f"{address} is loopback (webhooks.allow_insecure_loopback is off)"
         # is_global alone lets reserved IPv6 ranges through on some Pythons (3.11:

@@ -104,6 +104,17 @@ def test_configuration_opens_named_networks_and_loopback_only() -> None:
     assert lenient.refusal(ipaddress.ip_address("127.0.0.1"), "http") is None
     assert lenient.refusal(ipaddress.ip_address("::1"), "https") is None
     assert lenient.refusal(ipaddress.ip_address("169.254.1.1"), "https") is not None
+    # A NAT64 form of 127.0.0.1 goes to the gateway, not to this host's loopback.
+    assert lenient.refusal(ipaddress.ip_address("64:ff9b::7f00:1"), "http") is not None
+
+
+def test_an_allowed_network_may_be_named_in_its_ipv6_translated_form() -> None:
+    # An IPv6-only host reaching an internal receiver through its NAT64 gateway: the
+    # operator opens the gateway's prefix (or a local-use one) as such.
+    nat64 = policy(allowed_networks=["64:ff9b::a14:0/120", "64:ff9b:1::/48"])
+    assert nat64.refusal(ipaddress.ip_address("64:ff9b::a14:1"), "https") is None
+    assert nat64.refusal(ipaddress.ip_address("64:ff9b:1::a14:1"), "https") is None
+    assert nat64.refusal(ipaddress.ip_address("64:ff9b::a15:1"), "https") is not None
 
 
 @pytest.mark.parametrize(
