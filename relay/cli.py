@@ -71,8 +71,8 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     serve = with_config(sub.add_parser("serve", help="run the relay"))
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
+    serve.add_argument("--host", help="address to listen on (default: server.host, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default: server.port, 8080)")
     serve.add_argument(
         "--simulate",
         action="store_true",
