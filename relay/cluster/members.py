@@ -195,7 +195,9 @@ async def recover_dead(
             if dead:
                 rows = await conn.fetch(
                     """UPDATE interview_sessions s
-                       SET state = 'failed', end_reason = 'relay_lost', ended_at = now(),
+                       SET state = CASE WHEN s.end_reason IS NULL THEN 'failed' ELSE 'ended' END,
+                           -- a hang-up written on the row (request_hangup) is how it ended
+                           end_reason = COALESCE(s.end_reason, 'relay_lost'), ended_at = now(),
                            duration_seconds = CASE WHEN s.connected_at IS NULL THEN 0 ELSE
                                GREATEST(0, EXTRACT(EPOCH FROM d.heartbeat_at - s.connected_at))
                                END,
@@ -215,7 +217,8 @@ async def recover_dead(
             # Resumable sessions of dead members that nobody resumed within the grace.
             rows = await conn.fetch(
                 """UPDATE interview_sessions
-                   SET state = 'failed', end_reason = 'relay_lost', ended_at = now(),
+                   SET state = CASE WHEN end_reason IS NULL THEN 'failed' ELSE 'ended' END,
+                       end_reason = COALESCE(end_reason, 'relay_lost'), ended_at = now(),
                        duration_seconds = COALESCE(used_seconds, 0),
                        debited_seconds = CEIL(COALESCE(used_seconds, 0))::int
                    WHERE holder_lost_at IS NOT NULL AND state IN ('connecting', 'active')

@@ -46,6 +46,7 @@ from relay.media.bridge import Seed
 from relay.media.manager import BridgeManager, session_ended_error, token_invalid
 from relay.sessions.continuity import (
     ContinuityKeeper,
+    HangUpRequested,
     InterviewClosed,
     ResumeTarget,
     hash_resume_token,
@@ -313,6 +314,15 @@ class ResumeService:
             raise database_error(exc, self._settings.database.retry_after_s) from exc
         except InterviewClosed as exc:
             log.info("session %s: its interview closed while no member held it", session_id)
+            raise session_ended_error(exc.reason) from None
+        except HangUpRequested as exc:
+            log.info("session %s: hung up (%s) while no member held it", session_id, exc.reason)
+            try:
+                await self._sessions.close_unheld(
+                    session_id, reason=exc.reason, duration_s=exc.used_seconds
+                )
+            except DatabaseUnavailable as db_exc:
+                raise database_error(db_exc, self._settings.database.retry_after_s) from db_exc
             raise session_ended_error(exc.reason) from None
         if taken is None:
             # Another member took it over first, or the token was spent meanwhile.

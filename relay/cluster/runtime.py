@@ -246,6 +246,10 @@ class ClusterRuntime:
             elif row["state"] in ("ended", "failed") and entry.bridge is not None:
                 # Closed by the cluster (e.g. this member was taken for dead).
                 await self.end_local(entry, str(row["end_reason"] or "relay_lost"))
+            elif row["end_reason"] is not None and entry.bridge is not None:
+                # Hung up on another member, whose command did not arrive here (the hang-up
+                # is written on the live row too: SessionRows.request_hangup).
+                await self.end_local(entry, str(row["end_reason"]))
             elif entry.bridge is not None and row["relay_instance"] != self.member.id:
                 # Taken over by another member that took this one for dead (a resume
                 # found it unreachable): that member holds the interview now.

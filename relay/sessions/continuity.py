@@ -126,6 +126,18 @@ class InterviewClosed(Exception):
         self.reason = reason
 
 
+class HangUpRequested(Exception):
+    """The session was hung up (its candidate, the operator or an admin key) while no
+    member held it: the hang-up is written on its live row (``SessionRows.request_hangup``)
+    and the take-over closes it instead of moving it. ``used_seconds``: what was charged
+    until its holder was lost."""
+
+    def __init__(self, reason: str, used_seconds: float) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.used_seconds = used_seconds
+
+
 class ContinuityRows:
     """The statements of continuity (``interview_sessions`` columns of migration 008 and
     ``session_transcript``)."""
@@ -322,9 +334,12 @@ class ContinuityRows:
         An interview's session is moved only while its interview is open. One cancelled
         while its holder was dead was never ended (the cancel's command reached no
         member): its row is closed here, with the interview's end reason and the seconds
-        charged until the holder was lost, and ``InterviewClosed`` is raised."""
+        charged until the holder was lost, and ``InterviewClosed`` is raised. One hung up
+        while its holder was dead is not moved either: ``HangUpRequested``."""
 
-        async def op(conn: asyncpg.Connection) -> asyncpg.Record | str | None:
+        async def op(
+            conn: asyncpg.Connection,
+        ) -> asyncpg.Record | str | HangUpRequested | None:
             async with conn.transaction():
                 await conn.execute(
                     """UPDATE interview_sessions s
@@ -334,6 +349,7 @@ class ContinuityRows:
                        WHERE s.id = $1 AND s.user_id = $2 AND u.id = s.user_id
                          AND s.state IN ('connecting', 'active')
                          AND s.resume_token_hash = $3 AND s.relay_instance = $7 AND u.active
+                         AND s.end_reason IS NULL
                          AND (s.interview_id IS NULL
                               OR EXISTS (SELECT 1 FROM interviews i
                                          WHERE i.id = s.interview_id
@@ -391,11 +407,29 @@ class ContinuityRows:
                     old_hash,
                     holder,
                 )
-                return reason
+                if reason is not None:
+                    return reason
+                # Hung up while nobody held it: closed by the caller, as any end is.
+                hung_up: asyncpg.Record | None = await conn.fetchrow(
+                    """SELECT end_reason, COALESCE(used_seconds, 0)::float8 AS used_seconds
+                       FROM interview_sessions
+                       WHERE id = $1 AND user_id = $2 AND state IN ('connecting', 'active')
+                         AND resume_token_hash = $3 AND relay_instance = $4
+                         AND end_reason IS NOT NULL""",
+                    session_id,
+                    user_id,
+                    old_hash,
+                    holder,
+                )
+                if hung_up is not None:
+                    return HangUpRequested(hung_up["end_reason"], hung_up["used_seconds"])
+                return None
 
         row = await self._store.run("take_over_session", op)
         if isinstance(row, str):
             raise InterviewClosed(row)
+        if isinstance(row, HangUpRequested):
+            raise row
         if row is None:
             return None
         return TakenOver(

@@ -261,6 +261,24 @@ class SessionRows:
 
         return await self._store.run("finish_session", op)
 
+    async def request_hangup(self, session_id: str, reason: str) -> None:
+        """Write a hang-up on the live row of a session another member holds, beside the
+        command sent to it: a holder that is dead (the command reaches no one) leaves the
+        row live for a take-over, and the take-over, its reconciliation and the dead
+        members' recovery read the reason here (``end_reason`` on a live row: asked to
+        end). The first request's reason stays."""
+
+        async def op(conn: asyncpg.Connection) -> None:
+            await conn.execute(
+                """UPDATE interview_sessions SET end_reason = $2
+                   WHERE id = $1 AND state IN ('connecting', 'active')
+                     AND end_reason IS NULL""",
+                session_id,
+                reason,
+            )
+
+        await self._store.run("request_hangup", op)
+
     async def get_session(self, session_id: str) -> SessionRecord | None:
         async def op(conn: asyncpg.Connection) -> asyncpg.Record | None:
             return await conn.fetchrow(

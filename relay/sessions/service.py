@@ -547,6 +547,16 @@ class SessionService:
         # Queued before the write: a write that fails, or is cancelled, still lands later.
         return await self._finishes.land(self._record_end(entry, state, reason, duration_s))
 
+    async def close_unheld(self, session_id: str, *, reason: str, duration_s: float) -> None:
+        """Close the live row of a session no member holds (hung up while its holder was
+        dead: relay.sessions.continuity.HangUpRequested), debiting what was charged
+        until the holder was lost, as any end does (the interview's transition included)."""
+        closed = await self._rows.finish_session(
+            session_id, state="ended", end_reason=reason, duration_seconds=duration_s
+        )
+        if closed is not None:
+            self._ended.inc(state="ended", reason=reason)
+
     def _close_soon(
         self, entry: SessionEntry, *, state: str, reason: str, duration_s: float
     ) -> None:

@@ -179,6 +179,9 @@ async def end_session(services: Services, session_id: str, caller: Caller | None
         # Held by another member: it hangs up when the command reaches it.
         reason = "operator_hangup" if operator else "hangup"
         log.info("[%s] SESSION_HANGUP %s (%s, elsewhere)", current_request_id(), session_id, reason)
+        # Written on the row too: a holder that died takes the command with it, and the
+        # page's resume would take the session over and go on (relay.sessions.continuity).
+        await services.session_rows.request_hangup(session_id, reason)
         await _end_elsewhere(services, session_id, reason)
     return True
 

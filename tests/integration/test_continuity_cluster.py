@@ -301,3 +301,76 @@ async def test_an_interview_cancelled_while_its_holder_is_dead_is_not_taken_over
         )
         assert status == 200 and after["status"] == "cancelled", after
         assert after["used_seconds"] == row["debited_seconds"]
+
+
+async def test_a_session_hung_up_while_its_holder_is_dead_is_not_taken_over(
+    pair: Pair,  # noqa: F811
+    simulator: RunningSimulator,
+) -> None:
+    """The operator hangs up a session whose holder was just killed: the command reaches no
+    member, but the hang-up is written on the row, so the page's resume on the survivor
+    closes it (410 ``session_ended``, ``operator_hangup``) instead of taking it over, and
+    the interview completes with that reason."""
+    async with fresh_connections() as http:
+        a, b = Client(http, pair.a.url), Client(http, pair.b.url)
+        status, interview, _ = await a.call(
+            "POST",
+            "api/interviews",
+            headers=OPERATOR,
+            json={
+                "candidate": {"email": "hung-up-meanwhile@example.test"},
+                "instructions": INTERVIEWER,
+                "max_duration_s": 600,
+                "recording": False,
+            },
+        )
+        assert status == 201, interview
+        token = str(interview["candidate_url"]).split("#invite=", 1)[1]
+        status, created, _ = await b.create(token)
+        assert status == 201, created
+        sid = created["session_id"]
+        page, resume_token = await go_live_at(b, token, sid, pair.browsers)
+        await a_full_turn(page)
+
+        async def charged() -> float | None:
+            rows = await sql(
+                pair.dsn, "SELECT used_seconds FROM interview_sessions WHERE id=$1", sid
+            )
+            return float(rows[0]["used_seconds"]) if rows[0]["used_seconds"] else None
+
+        await poll(charged, 20, "B to write the time charged")
+        os.kill(pair.b.pid, signal.SIGKILL)
+        status, _, _ = await a.call("DELETE", f"api/sessions/{sid}", headers=OPERATOR)
+        assert status == 204
+        calls = len(simulator.state.calls)
+        await page.pc.close()
+
+        again = Page(payloads=SPEECH)
+        pair.browsers.append(again)
+        body = {"resume_token": resume_token, "type": "offer", "sdp": await again.offer()}
+        for backoff_s in (0.5, 1.0, 2.0, 4.0, 0.0):
+            status, answer, _ = await a.call(
+                "POST", f"api/sessions/{sid}/resume", token=token, json=body
+            )
+            if status != 503 or not backoff_s:
+                break
+            await asyncio.sleep(backoff_s)  # retrying as the page does, until B is found dead
+        assert status == 410, answer
+        assert answer["error"]["code"] == "session_ended"
+        assert answer["error"]["end_reason"] == "operator_hangup"
+        assert len(simulator.state.calls) == calls  # no interviewer minted for it
+
+        [row] = await sql(
+            pair.dsn,
+            "SELECT state, end_reason, used_seconds, debited_seconds"
+            " FROM interview_sessions WHERE id=$1",
+            sid,
+        )
+        assert (row["state"], row["end_reason"]) == ("ended", "operator_hangup")
+        assert row["debited_seconds"] == math.ceil(row["used_seconds"])
+        status, after, _ = await a.call(
+            "GET", f"api/interviews/{interview['id']}", headers=OPERATOR
+        )
+        assert status == 200, after
+        assert (after["status"], after["end_reason"]) == ("completed", "operator_hangup")
+        assert after["used_seconds"] == row["debited_seconds"]
