@@ -506,11 +506,16 @@ def note_ice_checks(dtls: RTCDtlsTransport, heard: Callable[[], None]) -> None:
     """Call ``heard()`` on each authenticated ICE check (STUN binding request) the far end
     of the leg sends: its connectivity checks and consent freshness (RFC 7675), which every
     WebRTC endpoint sends every few seconds while its network reaches the relay, whether it
-    sends audio or not. A page cannot stop them, unlike its RTP."""
-    connection = ice_connection(dtls)
+    sends audio or not. A page cannot stop them, unlike its RTP.
+
+    Without either name (another aiortc or aioice) nothing is noted and the audio alone
+    says when the browser was heard (bounded): ``RTCIceTransport._connection`` is a fast
+    path name, whose absence turns only that feature off (relay.media.capabilities), so it
+    must not fail the bridge's wiring of every leg here."""
+    connection = getattr(dtls.transport, "_connection", None)
     method = getattr(type(connection), "check_incoming", None)
-    if method is None:
-        return  # another aioice: the audio alone says when it was heard (bounded)
+    if connection is None or method is None:
+        return
     checked = method.__get__(connection)
 
     def check_incoming(message: Any, addr: Any, protocol: Any) -> None:

@@ -429,6 +429,27 @@ def test_ice_check_internals_exist() -> None:
     ]
 
 
+async def test_ice_checks_are_not_noted_without_the_leg_s_ice_connection() -> None:
+    """``RTCIceTransport._connection`` is one of the fast path's names: a release without it
+    turns the fast path off and interviews go on through aiortc's own path
+    (relay.media.capabilities), so the bridge's wiring, which notes the browser's ICE checks
+    on every leg, must go on without it too (the audio alone then says when it was heard)."""
+    pc = RTCPeerConnection()
+    try:
+        dtls = pc.addTransceiver("audio").receiver.transport
+        connection = vars(dtls.transport).pop("_connection")  # as if renamed
+        try:
+            aiortc_private.note_ice_checks(dtls, lambda: None)
+        finally:
+            dtls.transport._connection = connection
+        assert "check_incoming" not in vars(connection)
+        # With it, the check is noted (an instance attribute in front of the method).
+        aiortc_private.note_ice_checks(dtls, lambda: None)
+        assert "check_incoming" in vars(connection)
+    finally:
+        await pc.close()
+
+
 def test_rtcp_task_internals_exist() -> None:
     """What relay.media.rtcp_reports relies on to stand in for aiortc's RTCP tasks."""
     from aiortc import RTCPeerConnection
