@@ -95,6 +95,8 @@ class Dispatcher:
         self._loop_tasks = TaskGroup("webhooks", log=log, metrics=metrics)
         self._attempts = TaskGroup("webhook-attempts", log=log, metrics=metrics)
         self._in_flight: set[str] = set()
+        # Endpoints whose previous secret did not open here (warned about once).
+        self._previous_unopened: set[str] = set()
         self._wake = asyncio.Event()
         self._attempts_total = metrics.counter(
             "relay_webhooks_attempts_total",
@@ -260,18 +262,33 @@ class Dispatcher:
             self._wake.set()
 
     # ------------------------------------------------------------------ one attempt
+    def _open_previous(self, delivery: Claimed) -> str | None:
+        """The secret a rotation replaced, while its overlap lasts, if it opens. One that
+        does not (sealed under a state key this relay lacks: a lost key, the very thing a
+        rotation mends) cannot sign; the new secret signs alone rather than not at all."""
+        if delivery.previous_secret_sealed is None:
+            return None
+        try:
+            return self._endpoints.open_secret(
+                delivery.endpoint_id, delivery.previous_secret_sealed
+            )
+        except SealError:
+            if delivery.endpoint_id not in self._previous_unopened:  # once, not per attempt
+                self._previous_unopened.add(delivery.endpoint_id)
+                log.warning(
+                    "webhook endpoint %s: its previous signing secret does not open with"
+                    " this relay's state key; its deliveries are signed with its current"
+                    " secret only",
+                    delivery.endpoint_id,
+                )
+            return None
+
     async def attempt(self, delivery: Claimed) -> tuple[Attempt, str | None]:
         """Attempt a delivery this instance holds the lease of, and record the outcome;
         the attempt and the delivery's status after it."""
         try:
             secret = self._endpoints.open_secret(delivery.endpoint_id, delivery.secret_sealed)
-            previous = (
-                None
-                if delivery.previous_secret_sealed is None
-                else self._endpoints.open_secret(
-                    delivery.endpoint_id, delivery.previous_secret_sealed
-                )
-            )
+            previous = self._open_previous(delivery)
         except SealError:
             result = Attempt(
                 "error",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import secrets
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from relay.sealing import SecretBox
 from tests.integration.conftest import MakeRelay
 from tests.integration.interview_helpers import bearer, create_key
 from tests.integration.relay_harness import OPERATOR_TOKEN, STATE_KEY, RelayHarness
@@ -271,3 +273,34 @@ async def test_the_command_line_rotates_and_prints_the_new_secret_once(
             "webhooks", "rotate-secret", f"wh_{'0' * 32}", env=env, cwd=tmp_path
         )
         assert code == 1 and "No webhook endpoint" in err
+
+
+async def test_a_rotation_mends_an_endpoint_whose_secret_no_longer_opens(
+    make_relay: MakeRelay, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The state key that sealed an endpoint's secret is lost (docs/operations.md,
+    "Backups"): every attempt fails ``error``. Rotating gives it a secret sealed with this
+    relay's key, and deliveries go out at once, signed with it, whatever the overlap: the
+    replaced secret, which does not open, cannot sign beside it anyway."""
+    async with receiver() as rec:
+        relay = await make_relay(overrides={"webhooks": LOOPBACK})
+        endpoint = await register(relay, rec)
+        lost_key = SecretBox(secrets.token_bytes(32))
+        await relay.sql(
+            "UPDATE webhook_endpoints SET secret_sealed = $2 WHERE id = $1",
+            endpoint["id"],
+            lost_key.seal(endpoint["id"], rec.secret.encode()),
+        )
+        status, tested, _ = await call(relay, "POST", f"/api/webhooks/{endpoint['id']}/test")
+        assert (status, tested["attempt_log"][0]["outcome"]) == (200, "error"), tested
+        assert rec.received == []
+
+        rotated = await rotate(relay, endpoint["id"])  # the default overlap: a day
+        assert rotated["previous_secret_expires_at"] is not None
+        rec.secret = rotated["secret"]
+        with caplog.at_level(logging.WARNING, logger="relay.webhooks"):
+            tested_after = await probe(relay, rec, endpoint["id"])
+        assert verifies(tested_after, rotated["secret"])
+        assert " " not in tested_after.headers["webhook-signature"]
+        warned = [r.getMessage() for r in caplog.records]
+        assert any("previous signing secret does not open" in m for m in warned), warned
