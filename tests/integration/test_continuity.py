@@ -306,9 +306,10 @@ async def test_a_page_that_stops_sending_audio_is_charged_while_it_is_there(
     await page.accept(answer["sdp"])
     await page.wait_connected()
     greeting = await page.wait_type("relay.session.reconnected")
-    # Uncharged: at most since its last ICE check and the new leg's set-up, not the
-    # SILENT_S since its last packet.
-    assert greeting["gap_ms"] / 1000 < SILENT_S - 6, greeting
+    # Uncharged: since its last ICE check (at most about 6 s before) plus the new leg's
+    # set-up, not the SILENT_S since its last packet (which alone is 15 s: the set-up
+    # comes on top). The margin is for the set-up on a busy machine.
+    assert greeting["gap_ms"] / 1000 < SILENT_S - 2, greeting
 
 
 # ---------------------------------------------------------------------- endings
