@@ -182,12 +182,17 @@ async def test_the_holder_killed_the_interview_continues_on_the_survivor(
             [survivor_created] = second.events_of("session.created")
             assert survivor_created["session"]["instructions"].startswith(INTERVIEWER)
 
-        rows = await sql(
-            pair.dsn,
-            "SELECT relay_instance, parts, state FROM interview_sessions WHERE id=$1",
-            sid,
-        )
-        assert dict(rows[0]) == {
+        async def moved_and_active() -> dict[str, object] | None:
+            # The row turns active by a write of its own after the leg connects: the page
+            # may hear it resumed a moment before that write lands.
+            rows = await sql(
+                pair.dsn,
+                "SELECT relay_instance, parts, state FROM interview_sessions WHERE id=$1",
+                sid,
+            )
+            return dict(rows[0]) if rows[0]["state"] == "active" else None
+
+        assert await poll(moved_and_active, 10, "the taken-over row to be active") == {
             "relay_instance": member_id(pair.a),
             "parts": 2,
             "state": "active",
