@@ -20,7 +20,7 @@ from relay.cluster.bus import notify
 from relay.config import ConfigError, Settings, load_settings
 from relay.db import DatabaseUnavailable, Store
 from relay.db.embedded_pg import EmbeddedPostgresError
-from relay.db.migrate import MigrationTimeout
+from relay.db.migrate import MigrationTimeout, UnsupportedServer
 from relay.fields import email_problem
 from relay.manage import (
     NoDatabase,
@@ -236,6 +236,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 3
+    except UnsupportedServer as exc:
+        print(f"database: {exc}", file=sys.stderr)
+        return 2
     return 1
 
 

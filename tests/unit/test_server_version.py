@@ -31,3 +31,20 @@ def test_older_server_refused_by_name() -> None:
 @pytest.mark.parametrize("major", [MIN_SERVER_MAJOR, 16, 17])
 def test_supported_servers_pass(major: int) -> None:
     check_server_version(cast(asyncpg.Connection, _Connection(major, 0)))
+
+
+def test_a_management_command_on_an_older_server_is_one_line_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from relay import cli
+
+    async def refused(*args: object, **kwargs: object) -> int:
+        check_server_version(cast(asyncpg.Connection, _Connection(12, 17)))
+        return 0
+
+    monkeypatch.setattr(cli, "_migrate", refused)
+    assert cli.main(["db", "migrate"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        "database: PostgreSQL 12.17 is older than 13, the oldest the relay runs on (docs/deploy.md)"
+    )
