@@ -28,6 +28,7 @@ starts must end with it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import tempfile
 import time
 import uuid
@@ -35,6 +36,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
+from _pytest.logging import LogCaptureHandler
 
 from relay.config import ServerConfig
 from relay.db.embedded_pg import postgres_os_user
@@ -282,3 +284,25 @@ def _no_blocking_calls_on_the_loop(request: pytest.FixtureRequest) -> Iterator[N
         return
     with blocking_call_guard():
         yield
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was() -> Iterator[None]:
+    """Undo what a test's ``relay.cli.main`` did to logging (``configure_logging``
+    replaces the root's handlers with one on that test's captured stderr and sets INFO):
+    left in place, every later test of the same worker would write to a closed stream and
+    keep an INFO record of every line in its report (which the memory tests count).
+    pytest's own capturing handlers come and go with each phase of a test: left to it."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    quiet = {name: logging.getLogger(name).level for name in ("aioice", "aiortc")}
+    yield
+    for handler in root.handlers[:]:
+        if handler not in handlers and not isinstance(handler, LogCaptureHandler):
+            root.removeHandler(handler)
+    for handler in handlers:
+        if handler not in root.handlers and not isinstance(handler, LogCaptureHandler):
+            root.addHandler(handler)
+    root.setLevel(level)
+    for name, saved in quiet.items():
+        logging.getLogger(name).setLevel(saved)
