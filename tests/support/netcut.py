@@ -13,7 +13,6 @@ import shutil
 import subprocess
 from collections.abc import AsyncIterator
 
-import pytest
 from aiortc import RTCPeerConnection
 
 # Looked up once, at import (a lookup stats files: not on the event loop of a test).
@@ -21,9 +20,13 @@ _IPTABLES = shutil.which("iptables")
 
 
 def require_netcut() -> None:
-    """Skip the test where iptables cannot be used (not root, or not installed)."""
-    if os.geteuid() != 0 or _IPTABLES is None:
-        pytest.skip("needs root and iptables (a private network namespace) to cut the network")
+    """Fail at once, saying why, where iptables cannot be used (not root, or not installed):
+    the test command runs as root in a private namespace and installs iptables
+    (tests/run.sh), so every run there cuts for real; nothing is skipped."""
+    assert os.geteuid() == 0 and _IPTABLES is not None, (
+        "cutting the network needs root and iptables (bash tests/run.sh as root installs"
+        " iptables and runs the tests in a private network namespace)"
+    )
 
 
 def udp_ports_of(pc: RTCPeerConnection) -> list[int]:
