@@ -6,6 +6,7 @@ import asyncio
 import io
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -15,6 +16,7 @@ from relay.app import create_app
 from relay.services import SERVICES
 from relay.upstream.simulator.server import RunningSimulator, start_simulator
 from tests.integration.relay_harness import RelayHarness, relay_settings
+from tests.support.reply_cutter import ReplyCutter
 
 MakeRelay = Callable[..., Awaitable[RelayHarness]]
 # Longer than any bounded wait of the relay's own shut-down on a loaded machine.
@@ -68,3 +70,17 @@ async def make_relay(
             pytest.fail(
                 f"relay shut-down took over {SHUTDOWN_BOUND_S} s; tasks:\n{stacks.getvalue()}"
             )
+
+
+@pytest.fixture
+async def cutter(database_url: str) -> AsyncIterator[ReplyCutter]:
+    """A proxy in front of the test's database that can drop the reply to a chosen
+    statement (a commit that landed, its answer lost): tests.support.reply_cutter."""
+    parts = urlsplit(database_url)
+    assert parts.hostname is not None and parts.port is not None
+    proxy = ReplyCutter(parts.hostname, parts.port)
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.close()

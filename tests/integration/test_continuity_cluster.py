@@ -10,6 +10,7 @@ import math
 import os
 import signal
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -233,6 +234,69 @@ async def test_the_holder_killed_the_interview_continues_on_the_survivor(
         assert sorted(i["part"] for i in recordings) == [1, 2]
 
 
+@dataclass
+class KilledHolder:
+    """An interview live on member B, charged there, and B killed (SIGKILL)."""
+
+    interview: dict[str, Any]
+    token: str
+    sid: str
+    page: Page
+    resume_token: str
+
+
+async def live_at_b_then_killed(members: Pair, a: Client, b: Client, email: str) -> KilledHolder:
+    """An interview (its own interviewer, no recording) created on A, live on B after a
+    full turn and a progress write, then B killed: what reaches A next finds its holder
+    dead."""
+    status, interview, _ = await a.call(
+        "POST",
+        "api/interviews",
+        headers=OPERATOR,
+        json={
+            "candidate": {"email": email},
+            "instructions": INTERVIEWER,
+            "max_duration_s": 600,
+            "recording": False,
+        },
+    )
+    assert status == 201, interview
+    token = str(interview["candidate_url"]).split("#invite=", 1)[1]
+    status, created, _ = await b.create(token)
+    assert status == 201, created
+    sid = created["session_id"]
+    page, resume_token = await go_live_at(b, token, sid, members.browsers)
+    await a_full_turn(page)
+
+    async def charged() -> float | None:
+        rows = await sql(
+            members.dsn, "SELECT used_seconds FROM interview_sessions WHERE id=$1", sid
+        )
+        return float(rows[0]["used_seconds"]) if rows[0]["used_seconds"] else None
+
+    await poll(charged, 20, "B to write the time charged")
+    os.kill(members.b.pid, signal.SIGKILL)
+    return KilledHolder(interview, token, sid, page, resume_token)
+
+
+async def resume_as_the_page_does(
+    members: Pair, a: Client, token: str, sid: str, resume_token: str
+) -> tuple[int, Any]:
+    """A new page's resume at A, retried with the page's backoff while A answers 503 (its
+    holder not yet found dead)."""
+    again = Page(payloads=SPEECH)
+    members.browsers.append(again)
+    body = {"resume_token": resume_token, "type": "offer", "sdp": await again.offer()}
+    for backoff_s in (0.5, 1.0, 2.0, 4.0, 0.0):
+        status, answer, _ = await a.call(
+            "POST", f"api/sessions/{sid}/resume", token=token, json=body
+        )
+        if status != 503 or not backoff_s:
+            break
+        await asyncio.sleep(backoff_s)  # the page's backoff, until B is found dead
+    return status, answer
+
+
 async def test_an_interview_cancelled_while_its_holder_is_dead_is_not_taken_over(
     pair: Pair,  # noqa: F811
     simulator: RunningSimulator,
@@ -243,33 +307,9 @@ async def test_an_interview_cancelled_while_its_holder_is_dead_is_not_taken_over
     closed with the seconds charged until the kill, no new upstream session."""
     async with fresh_connections() as http:
         a, b = Client(http, pair.a.url), Client(http, pair.b.url)
-        status, interview, _ = await a.call(
-            "POST",
-            "api/interviews",
-            headers=OPERATOR,
-            json={
-                "candidate": {"email": "cancelled-meanwhile@example.test"},
-                "instructions": INTERVIEWER,
-                "max_duration_s": 600,
-                "recording": False,
-            },
-        )
-        assert status == 201, interview
-        token = str(interview["candidate_url"]).split("#invite=", 1)[1]
-        status, created, _ = await b.create(token)
-        assert status == 201, created
-        sid = created["session_id"]
-        page, resume_token = await go_live_at(b, token, sid, pair.browsers)
-        await a_full_turn(page)
-
-        async def charged() -> float | None:
-            rows = await sql(
-                pair.dsn, "SELECT used_seconds FROM interview_sessions WHERE id=$1", sid
-            )
-            return float(rows[0]["used_seconds"]) if rows[0]["used_seconds"] else None
-
-        await poll(charged, 20, "B to write the time charged")
-        os.kill(pair.b.pid, signal.SIGKILL)
+        live = await live_at_b_then_killed(pair, a, b, "cancelled-meanwhile@example.test")
+        interview, token, sid = live.interview, live.token, live.sid
+        page, resume_token = live.page, live.resume_token
         status, cancelled, _ = await a.call(
             "POST", f"api/interviews/{interview['id']}/cancel", headers=OPERATOR
         )
@@ -277,16 +317,7 @@ async def test_an_interview_cancelled_while_its_holder_is_dead_is_not_taken_over
         calls = len(simulator.state.calls)
         await page.pc.close()
 
-        again = Page(payloads=SPEECH)
-        pair.browsers.append(again)
-        body = {"resume_token": resume_token, "type": "offer", "sdp": await again.offer()}
-        for backoff_s in (0.5, 1.0, 2.0, 0.0):
-            status, answer, _ = await a.call(
-                "POST", f"api/sessions/{sid}/resume", token=token, json=body
-            )
-            if status != 503 or not backoff_s:
-                break
-            await asyncio.sleep(backoff_s)
+        status, answer = await resume_as_the_page_does(pair, a, token, sid, resume_token)
         assert status == 410, answer
         assert answer["error"]["code"] == "session_ended"
         assert answer["error"]["end_reason"] == "cancelled"
@@ -318,48 +349,15 @@ async def test_a_session_hung_up_while_its_holder_is_dead_is_not_taken_over(
     the interview completes with that reason."""
     async with fresh_connections() as http:
         a, b = Client(http, pair.a.url), Client(http, pair.b.url)
-        status, interview, _ = await a.call(
-            "POST",
-            "api/interviews",
-            headers=OPERATOR,
-            json={
-                "candidate": {"email": "hung-up-meanwhile@example.test"},
-                "instructions": INTERVIEWER,
-                "max_duration_s": 600,
-                "recording": False,
-            },
-        )
-        assert status == 201, interview
-        token = str(interview["candidate_url"]).split("#invite=", 1)[1]
-        status, created, _ = await b.create(token)
-        assert status == 201, created
-        sid = created["session_id"]
-        page, resume_token = await go_live_at(b, token, sid, pair.browsers)
-        await a_full_turn(page)
-
-        async def charged() -> float | None:
-            rows = await sql(
-                pair.dsn, "SELECT used_seconds FROM interview_sessions WHERE id=$1", sid
-            )
-            return float(rows[0]["used_seconds"]) if rows[0]["used_seconds"] else None
-
-        await poll(charged, 20, "B to write the time charged")
-        os.kill(pair.b.pid, signal.SIGKILL)
+        live = await live_at_b_then_killed(pair, a, b, "hung-up-meanwhile@example.test")
+        interview, token, sid = live.interview, live.token, live.sid
+        page, resume_token = live.page, live.resume_token
         status, _, _ = await a.call("DELETE", f"api/sessions/{sid}", headers=OPERATOR)
         assert status == 204
         calls = len(simulator.state.calls)
         await page.pc.close()
 
-        again = Page(payloads=SPEECH)
-        pair.browsers.append(again)
-        body = {"resume_token": resume_token, "type": "offer", "sdp": await again.offer()}
-        for backoff_s in (0.5, 1.0, 2.0, 4.0, 0.0):
-            status, answer, _ = await a.call(
-                "POST", f"api/sessions/{sid}/resume", token=token, json=body
-            )
-            if status != 503 or not backoff_s:
-                break
-            await asyncio.sleep(backoff_s)  # retrying as the page does, until B is found dead
+        status, answer = await resume_as_the_page_does(pair, a, token, sid, resume_token)
         assert status == 410, answer
         assert answer["error"]["code"] == "session_ended"
         assert answer["error"]["end_reason"] == "operator_hangup"

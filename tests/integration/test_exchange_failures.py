@@ -12,12 +12,9 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import asyncpg
-import pytest
 import redis.asyncio as aioredis
 
 from relay.upstream.simulator.server import RunningSimulator
@@ -147,18 +144,6 @@ async def test_leaving_during_the_upstream_sdp_exchange_releases_everything(
         "the upstream SDP exchange",
     )
     await assert_all_released(relay, redis_server.url, session_id, user_id, "cancelled")
-
-
-@pytest.fixture
-async def cutter(database_url: str) -> AsyncIterator[ReplyCutter]:
-    parts = urlsplit(database_url)
-    assert parts.hostname is not None and parts.port is not None
-    proxy = ReplyCutter(parts.hostname, parts.port)
-    await proxy.start()
-    try:
-        yield proxy
-    finally:
-        await proxy.close()
 
 
 async def test_a_claim_committed_then_cut_off_from_the_database_releases_everything(

@@ -10,9 +10,7 @@ The cutter is set up before ``make_relay`` so that it outlives the relay's shut-
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -27,18 +25,6 @@ from tests.support.reply_cutter import ReplyCutter
 
 # The claim's UPDATE (relay.sessions.shared_state): its transaction's COMMIT is what lands.
 CLAIM_UPDATE = b"SET state = 'connecting', relay_instance"
-
-
-@pytest.fixture
-async def cutter(database_url: str) -> AsyncIterator[ReplyCutter]:
-    parts = urlsplit(database_url)
-    assert parts.hostname is not None and parts.port is not None
-    proxy = ReplyCutter(parts.hostname, parts.port)
-    await proxy.start()
-    try:
-        yield proxy
-    finally:
-        await proxy.close()
 
 
 async def relay_behind(

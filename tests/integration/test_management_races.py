@@ -8,7 +8,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -28,18 +27,6 @@ async def call(
     headers = kwargs.pop("headers", OPERATOR)
     async with relay.client.request(method, path, json=body, headers=headers, **kwargs) as resp:
         return resp.status, (await resp.json() if resp.status != 204 else None)
-
-
-@pytest.fixture
-async def cutter(database_url: str) -> AsyncIterator[ReplyCutter]:
-    parts = urlsplit(database_url)
-    assert parts.hostname is not None and parts.port is not None
-    proxy = ReplyCutter(parts.hostname, parts.port)
-    await proxy.start()
-    try:
-        yield proxy
-    finally:
-        await proxy.close()
 
 
 async def relay_behind(
