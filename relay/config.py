@@ -40,6 +40,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -853,17 +854,21 @@ def _read_value_files(env: dict[str, str]) -> dict[str, str]:
     return out
 
 
+def _setting_field(section: str, key: str) -> FieldInfo | None:
+    """The field of setting ``section.key`` (None when there is none)."""
+    model = Settings.model_fields.get(section)
+    if model is None:
+        return None
+    annotation = model.annotation
+    assert isinstance(annotation, type) and issubclass(annotation, BaseModel)
+    return annotation.model_fields.get(key)
+
+
 def _names_a_setting(name: str) -> bool:
     parts = name[len(ENV_PREFIX) :].lower().split("__")
     if not name.upper().startswith(ENV_PREFIX) or len(parts) != 2:
         return False
-    model = Settings.model_fields.get(parts[0])
-    annotation = model.annotation if model is not None else None
-    return (
-        isinstance(annotation, type)
-        and issubclass(annotation, BaseModel)
-        and parts[1] in annotation.model_fields
-    )
+    return _setting_field(*parts) is not None
 
 
 def _check_env_names(env: Mapping[str, str]) -> None:
@@ -875,12 +880,9 @@ def _check_env_names(env: Mapping[str, str]) -> None:
         if len(parts) != 2 or not all(parts):
             raise ConfigError(f"{name}: expected RELAY__SECTION__KEY")
         section, key = parts
-        model = Settings.model_fields.get(section)
-        if model is None:
+        if section not in Settings.model_fields:
             raise ConfigError(f"unknown setting {section}")
-        annotation = model.annotation
-        assert isinstance(annotation, type) and issubclass(annotation, BaseModel)
-        field = annotation.model_fields.get(key)
+        field = _setting_field(section, key)
         if field is None:
             raise ConfigError(f"unknown setting {section}.{key}")
         if typing.get_origin(field.annotation) is tuple:
