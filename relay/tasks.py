@@ -139,10 +139,7 @@ class TaskGroup:
             else None
         )
         if self._failures is not None:
-            # The owner's series exists at 0 from the start: Prometheus's increase() sees
-            # no increase in a series' first sample, so an alert on the first failure
-            # after a start would otherwise never fire (docs/operations.md, "Alerts").
-            self._failures.inc(0, owner=owner)
+            self._failures.declare(owner=(owner,))
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
 

@@ -69,8 +69,7 @@ class AdmissionGate:
             " or client_gone (the client left while waiting)",
             ["reason"],
         )
-        for reason in SHED_REASONS:
-            self._shed.inc(0, reason=reason)  # both series exist from the start
+        self._shed.declare(reason=SHED_REASONS)
         self._inflight_gauge = metrics.gauge(
             "relay_admission_inflight", "Session requests being admitted now (bounded)"
         )

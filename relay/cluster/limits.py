@@ -174,11 +174,7 @@ class SharedLimits:
             ["limit"],
         )
         if self._redis is not None:
-            # Each limit's series at 0 from the start: Prometheus's increase() sees no
-            # increase in a series' first sample, so the first fallback after a start would
-            # not fire RelayLimitsRedisFallback (docs/operations.md, "Alerts").
-            for limit in SHARED_LIMITS:
-                self._fallback.inc(0, limit=limit)
+            self._fallback.declare(limit=SHARED_LIMITS)  # for RelayLimitsRedisFallback
 
     @property
     def enabled(self) -> bool:

@@ -23,6 +23,7 @@ worker's own.
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import time
@@ -172,6 +173,15 @@ class Counter(_Metric):
         self._child(key).inc(amount)
         with self._lock:
             self._values[key] = self._values.get(key, 0.0) + amount
+
+    def declare(self, **values: Iterable[str]) -> None:
+        """Make every series of these label values (each combination) exist at 0 from now.
+        For series alerted on with ``increase()``: Prometheus sees no increase in a
+        series' first sample, so a series born with its first event would not fire on it
+        (docs/operations.md, "Alerts")."""
+        names = list(values)
+        for combination in itertools.product(*(values[n] for n in names)):
+            self.inc(0, **dict(zip(names, combination, strict=True)))
 
     def value(self, **labels: Any) -> float:
         return self._values.get(tuple(str(labels[n]) for n in self.labelnames), 0.0)

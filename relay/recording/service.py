@@ -172,10 +172,7 @@ class RecordingService:
             "rendered files against the manifest), upload",
             ["stage"],
         )
-        # Every stage's series at 0 from the start: an alert on increase() cannot see
-        # a series' first sample as an increase (docs/operations.md, "Alerts").
-        for stage in FAILURE_STAGES:
-            self._failures.inc(0, stage=stage)
+        self._failures.declare(stage=FAILURE_STAGES)
 
     @property
     def enabled(self) -> bool:

@@ -106,9 +106,7 @@ class SessionRegistry:
         self._rejected = metrics.counter(
             "relay_sessions_rejected_total", "Sessions refused by a limit", ["reason"]
         )
-        # At 0 from the start, for alerts on increase() (docs/operations.md, "Alerts").
-        for reason in ("global_cap", "user_concurrency"):
-            self._rejected.inc(0, reason=reason)
+        self._rejected.declare(reason=("global_cap", "user_concurrency"))
 
     def _update_gauge(self) -> None:
         counts = dict.fromkeys(LIVE_STATES, 0)

@@ -102,9 +102,7 @@ def make_middleware(
         "JSON error responses by status and error code (codes are the relay's own)",
         ["status", "code"],
     )
-    # The codes an alert watches for a first increase exist at 0 from the start
-    # (Prometheus's increase() sees no increase in a series' first sample).
-    errors.inc(0, status="503", code="no_media_ports")
+    errors.declare(status=("503",), code=("no_media_ports",))  # for RelayNoMediaPorts
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
