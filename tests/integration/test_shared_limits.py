@@ -98,16 +98,21 @@ async def post_from(relay: RelayHarness, forwarded_for: str, token: str) -> tupl
         return resp.status, body["error"]["code"] if resp.status >= 400 else ""
 
 
-async def test_behind_a_trusted_proxy_one_guesser_does_not_lock_out_the_others(
-    make_relay: MakeRelay,
-) -> None:
-    # The test client connects from 127.0.0.1, as a reverse proxy on this host would.
-    relay = await make_relay(
+async def relay_behind_a_proxy(make_relay: MakeRelay) -> RelayHarness:
+    """A relay that believes X-Forwarded-For from loopback (the test client connects from
+    127.0.0.1, as a reverse proxy on this host would), two failed logins a minute."""
+    return await make_relay(
         overrides={
             "limits": {"failed_auth_per_minute": 2},
             "server": {"trusted_proxies": ["127.0.0.0/8"]},
         }
     )
+
+
+async def test_behind_a_trusted_proxy_one_guesser_does_not_lock_out_the_others(
+    make_relay: MakeRelay,
+) -> None:
+    relay = await relay_behind_a_proxy(make_relay)
     good = await relay.add_user()
     for _ in range(2):
         assert await post_from(relay, "203.0.113.9", UNKNOWN) == (401, "invalid_token")
@@ -344,12 +349,7 @@ async def test_an_ipv6_guesser_cannot_step_around_the_limit_within_its_64(
     make_relay: MakeRelay,
 ) -> None:
     # One IPv6 host usually holds a whole /64: its failures are counted together.
-    relay = await make_relay(
-        overrides={
-            "limits": {"failed_auth_per_minute": 2},
-            "server": {"trusted_proxies": ["127.0.0.0/8"]},
-        }
-    )
+    relay = await relay_behind_a_proxy(make_relay)
     good = await relay.add_user()
     for host in ("2001:db8:1:2::a", "2001:db8:1:2:ffff::b"):
         assert await post_from(relay, host, UNKNOWN) == (401, "invalid_token")
