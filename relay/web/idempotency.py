@@ -19,6 +19,13 @@ error the claim is given back, so the client may retry with the same key once it
 fixed what was wrong. A claim left by a
 relay that died mid-request is taken over after ``STALE_CLAIM``. Housekeeping deletes keys
 older than ``RETENTION`` (``purge``).
+
+Every claim carries a token of its own request (migration 016), chosen before the claim's
+first attempt: a claim whose commit landed with its reply lost is recognised as this
+request's when the store retries it (not a duplicate's, 409); and the answer is stored, and
+the claim released, only where the key still carries this request's token. A request that
+ran past ``STALE_CLAIM`` and whose claim a later request took over can neither overwrite
+that request's answer nor release its claim: its own answer goes to its own client only.
 """
 
 from __future__ import annotations
@@ -27,7 +34,9 @@ import hashlib
 import json
 import logging
 import re
+import secrets
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -56,6 +65,16 @@ Execute = Callable[[], Awaitable[tuple[int, dict[str, Any] | None, Mapping[str, 
 # How an answer (status, payload, headers) becomes the response: JSON unless the route
 # answers in another content type (the OpenAI-compatible call answers SDP).
 Render = Callable[[int, dict[str, Any] | None, Mapping[str, str]], web.Response]
+
+
+@dataclass(frozen=True)
+class _Claim:
+    """One request's hold on (principal, key): ``token`` is written with the claim, and
+    every later write of this request to the key matches it."""
+
+    principal: str
+    key: str
+    token: str
 
 
 def request_hash(method: str, path: str, body: bytes) -> str:
@@ -103,23 +122,24 @@ async def run(
     store = services.store
     sealer = services.sealer
     fingerprint = request_hash(request.method, request.path, body)
-    stored = await _claim(store, sealer, principal, key, fingerprint, render)
+    claim = _Claim(principal, key, secrets.token_hex(16))
+    stored = await _claim(store, sealer, claim, fingerprint, render)
     if stored is not None:
         return stored
     try:
         status, payload, headers = await execute()
     except BaseException:
-        await _release(store, principal, key)
+        await _release(store, claim)
         raise
     if 200 <= status < 300:
         try:
-            await _complete(store, sealer, principal, key, status, payload)
+            await _complete(store, sealer, claim, status, payload)
         except DatabaseUnavailable:
             # The work is done and answered; a retry with this key waits for the claim to
             # go stale, then runs again (at worst once more, never concurrently).
             log.warning("idempotency key: answer not stored (database unavailable)")
     else:
-        await _release(store, principal, key)
+        await _release(store, claim)
     return render(status, payload, headers)
 
 
@@ -134,9 +154,10 @@ def _context(principal: str, key: str) -> str:
 
 
 async def _claim(
-    store: Store, sealer: Sealer, principal: str, key: str, fingerprint: str, render: Render
+    store: Store, sealer: Sealer, claim: _Claim, fingerprint: str, render: Render
 ) -> web.Response | None:
     """Claim the key for this request (None), or the answer a duplicate gets."""
+    principal, key = claim.principal, claim.key
 
     async def op(conn: asyncpg.Connection) -> asyncpg.Record | Literal["in_use"] | None:
         async with conn.transaction():
@@ -145,17 +166,20 @@ async def _claim(
             # claiming it too, and one of the two then finds the other's claim.
             for _ in range(_CLAIM_TRIES):
                 claimed = await conn.fetchval(
-                    """INSERT INTO idempotency_keys (principal, key, request_hash, status)
-                       VALUES ($1, $2, $3, 'in_progress') ON CONFLICT DO NOTHING RETURNING 1""",
+                    """INSERT INTO idempotency_keys
+                           (principal, key, request_hash, status, claim_token)
+                       VALUES ($1, $2, $3, 'in_progress', $4)
+                       ON CONFLICT DO NOTHING RETURNING 1""",
                     principal,
                     key,
                     fingerprint,
+                    claim.token,
                 )
                 if claimed:
                     return None
                 row: asyncpg.Record | None = await conn.fetchrow(
                     """SELECT request_hash, status, response_status, response_sealed,
-                              created_at < now() - $3::interval AS expired,
+                              claim_token, created_at < now() - $3::interval AS expired,
                               status = 'in_progress'
                                   AND created_at < now() - $4::interval AS stale
                        FROM idempotency_keys WHERE principal = $1 AND key = $2 FOR UPDATE""",
@@ -166,15 +190,20 @@ async def _claim(
                 )
                 if row is None:
                     continue
+                if row["status"] == "in_progress" and row["claim_token"] == claim.token:
+                    return None  # this request's own claim: an earlier attempt committed it
                 if row["expired"] or row["stale"]:
+                    # Taken over: from now on only this request's token matches, so the
+                    # request that held the claim can no longer store or release it.
                     await conn.execute(
                         """UPDATE idempotency_keys
                            SET request_hash = $3, status = 'in_progress', response_status = NULL,
-                               response_sealed = NULL, created_at = now()
+                               response_sealed = NULL, created_at = now(), claim_token = $4
                            WHERE principal = $1 AND key = $2""",
                         principal,
                         key,
                         fingerprint,
+                        claim.token,
                     )
                     return None
                 return row
@@ -220,34 +249,42 @@ def _in_use() -> ApiError:
 async def _complete(
     store: Store,
     sealer: Sealer,
-    principal: str,
-    key: str,
+    claim: _Claim,
     status: int,
     payload: dict[str, Any] | None,
 ) -> None:
-    sealed = sealer.seal_bytes(_context(principal, key), json.dumps(payload).encode())
+    sealed = sealer.seal_bytes(_context(claim.principal, claim.key), json.dumps(payload).encode())
 
-    async def op(conn: asyncpg.Connection) -> None:
-        await conn.execute(
+    async def op(conn: asyncpg.Connection) -> bool:
+        # Not conditional on the status: a retry whose first attempt landed writes the
+        # same answer again.
+        stored: bool = await conn.fetchval(
             """UPDATE idempotency_keys
-               SET status = 'done', response_status = $3, response_sealed = $4
-               WHERE principal = $1 AND key = $2""",
-            principal,
-            key,
+               SET status = 'done', response_status = $4, response_sealed = $5
+               WHERE principal = $1 AND key = $2 AND claim_token = $3 RETURNING true""",
+            claim.principal,
+            claim.key,
+            claim.token,
             status,
             sealed,
         )
+        return bool(stored)
 
-    await store.run("idempotency_complete", op)
+    if not await store.run("idempotency_complete", op):
+        # This request outlived its claim and another took it over: that one's answer
+        # (or its claim) stays; this answer goes to this request's client only.
+        log.warning("idempotency key: answer not stored (the claim was taken over)")
 
 
-async def _release(store: Store, principal: str, key: str) -> None:
+async def _release(store: Store, claim: _Claim) -> None:
     async def op(conn: asyncpg.Connection) -> None:
         await conn.execute(
             """DELETE FROM idempotency_keys
-               WHERE principal = $1 AND key = $2 AND status = 'in_progress'""",
-            principal,
-            key,
+               WHERE principal = $1 AND key = $2 AND claim_token = $3
+                 AND status = 'in_progress'""",
+            claim.principal,
+            claim.key,
+            claim.token,
         )
 
     try:
