@@ -17,7 +17,7 @@ from typing import Literal
 
 import asyncpg
 
-from relay.db import Store
+from relay.db import Store, Within
 
 Scope = Literal["admin", "read"]
 # last_used_at is written at most this often per key (a busy key costs no write per call).
@@ -81,26 +81,39 @@ class ApiKeyRows:
         self._store = store
 
     async def create(
-        self, *, key_id: str, name: str, scope: Scope, key_hash: str, created_by: str
+        self,
+        *,
+        key_id: str,
+        name: str,
+        scope: Scope,
+        key_hash: str,
+        created_by: str,
+        within: Within[ApiKeyRecord] | None = None,
     ) -> ApiKeyRecord:
-        """Insert a key; ``key_id`` is chosen before the first attempt, so a retry whose
-        first attempt committed finds its own row."""
+        """Insert a key, and ``within`` in its transaction (relay.db.within); ``key_id`` is
+        chosen before the first attempt, so a retry whose first attempt committed finds
+        its own row (and does not call ``within`` again)."""
 
         async def op(conn: asyncpg.Connection) -> asyncpg.Record:
-            row: asyncpg.Record | None = await conn.fetchrow(
-                f"""INSERT INTO api_keys (id, name, scope, key_hash, created_by)
-                    VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING
-                    RETURNING {_COLUMNS}""",
-                key_id,
-                name,
-                scope,
-                key_hash,
-                created_by,
-            )
-            if row is None:
-                row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM api_keys WHERE id = $1", key_id)
-            assert row is not None
-            return row
+            async with conn.transaction():
+                row: asyncpg.Record | None = await conn.fetchrow(
+                    f"""INSERT INTO api_keys (id, name, scope, key_hash, created_by)
+                        VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING
+                        RETURNING {_COLUMNS}""",
+                    key_id,
+                    name,
+                    scope,
+                    key_hash,
+                    created_by,
+                )
+                if row is None:
+                    found = f"SELECT {_COLUMNS} FROM api_keys WHERE id = $1"
+                    row = await conn.fetchrow(found, key_id)
+                    assert row is not None
+                    return row
+                if within is not None:
+                    await within(conn, _record(row))
+                return row
 
         return _record(await self._store.run("api_key_create", op))
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncpg
 
-from relay.db import Landed, Store
+from relay.db import Landed, Store, Within
 
 # Sends a cluster command on a connection, inside its transaction (relay.cluster.bus.notify).
 Notify = Callable[[asyncpg.Connection, dict[str, Any]], Awaitable[None]]
@@ -286,10 +286,12 @@ class UserAdmin:
         add_seconds: int | None = None,
         active: bool | None = None,
         token_hash: str | None = None,
+        within: Within[UserChange] | None = None,
     ) -> UserChange | None:
         """Change credit (set, or add to), status and/or the token; None: no such user.
         Applied once: a retry whose earlier attempt committed (its reply lost) answers that
-        attempt's result instead of adding ``add_seconds`` again (relay.db.landed)."""
+        attempt's result instead of adding ``add_seconds`` again (relay.db.landed).
+        ``within`` is given the change in its transaction (relay.db.within)."""
         landed: Landed[UserChange | None] = Landed()
 
         async def op(conn: asyncpg.Connection) -> UserChange | None:
@@ -343,6 +345,9 @@ class UserAdmin:
                     )
                 row = await conn.fetchrow(f"SELECT {_DETAIL} FROM users u WHERE u.id = $1", user_id)
                 assert row is not None
-                return landed.result(UserChange(_detail(row), before["token_hash"], deactivated))
+                change = UserChange(_detail(row), before["token_hash"], deactivated)
+                if within is not None:
+                    await within(conn, change)
+                return landed.result(change)
 
         return await self._store.run("user_update", op)

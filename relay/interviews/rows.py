@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 
 from relay.admission.invites import USED_SECONDS_SQL
-from relay.db import Store
+from relay.db import Store, Within
 from relay.fields import iso_utc
 from relay.interviews import transitions
 
@@ -129,9 +129,12 @@ class InterviewRows:
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    async def create(self, new: NewInterview) -> InterviewRecord:
+    async def create(
+        self, new: NewInterview, within: Within[InterviewRecord] | None = None
+    ) -> InterviewRecord:
         """The candidate's user found by e-mail (or created without a usable token), then
-        the interview; one transaction. Raises ``CandidateInactive``."""
+        the interview, then ``within`` (relay.db.within); one transaction. Raises
+        ``CandidateInactive``."""
 
         async def op(conn: asyncpg.Connection) -> asyncpg.Record:
             async with conn.transaction():
@@ -177,6 +180,8 @@ class InterviewRows:
                 )
                 row = await conn.fetchrow(_BY_ID, new.interview_id)
                 assert row is not None
+                if within is not None:
+                    await within(conn, _record(row))
                 return row
 
         return _record(await self._store.run("interview_create", op))
@@ -226,12 +231,15 @@ class InterviewRows:
         return [_record(r) for r in await self._store.run("interview_page", op)]
 
     async def cancel(
-        self, interview_id: str, notify: Notify
+        self,
+        interview_id: str,
+        notify: Notify,
+        within: Within[tuple[InterviewRecord, bool]] | None = None,
     ) -> tuple[InterviewRecord, bool] | None:
         """Cancel an open interview: its status and event, its pending sessions failed,
         and a command to every member to end its live sessions (reason ``cancelled``; sent
-        at commit), in one transaction. Returns the interview and whether this call
-        cancelled it (False: it was closed already); None: no such interview."""
+        at commit), in one transaction (``within`` last). Returns the interview and whether
+        this call cancelled it (False: it was closed already); None: no such interview."""
 
         async def op(conn: asyncpg.Connection) -> tuple[asyncpg.Record, bool] | None:
             async with conn.transaction():
@@ -267,6 +275,8 @@ class InterviewRows:
                         await notify(conn, command)
                 row = await conn.fetchrow(_BY_ID, interview_id)
                 assert row is not None
+                if within is not None:
+                    await within(conn, (_record(row), changed))
                 return row, changed
 
         result = await self._store.run("interview_cancel", op)
@@ -275,28 +285,38 @@ class InterviewRows:
         return _record(result[0]), result[1]
 
     async def replace_invite(
-        self, interview_id: str, invite_hash: str
+        self,
+        interview_id: str,
+        invite_hash: str,
+        within: Within[tuple[InterviewRecord, bool]] | None = None,
     ) -> tuple[InterviewRecord, bool] | None:
         """Give an open interview (scheduled or in progress, before ``expires_at``) a new
         invite: one conditional UPDATE, so the old invite opens nothing from its commit on
-        (invites are read from PostgreSQL on every use). Returns the interview and whether
-        this call replaced it (False: it is not open); None: no such interview. A retry
-        whose first attempt committed writes the same hash again."""
+        (invites are read from PostgreSQL on every use), and ``within`` in its transaction.
+        Returns the interview and whether this call replaced it (False: it is not open);
+        None: no such interview. A retry whose first attempt committed writes the same hash
+        again."""
 
         async def op(conn: asyncpg.Connection) -> tuple[asyncpg.Record, bool] | None:
-            row = await conn.fetchrow(
-                f"""UPDATE interviews i SET invite_token_hash = $2
-                    FROM users u
-                    WHERE i.id = $1 AND u.id = i.user_id
-                      AND i.status IN ('scheduled', 'in_progress') AND i.expires_at > now()
-                    RETURNING {_COLUMNS}""",
-                interview_id,
-                invite_hash,
-            )
-            if row is not None:
-                return row, True
-            found = await conn.fetchrow(_BY_ID, interview_id)
-            return (found, False) if found is not None else None
+            async with conn.transaction():
+                row = await conn.fetchrow(
+                    f"""UPDATE interviews i SET invite_token_hash = $2
+                        FROM users u
+                        WHERE i.id = $1 AND u.id = i.user_id
+                          AND i.status IN ('scheduled', 'in_progress')
+                          AND i.expires_at > now()
+                        RETURNING {_COLUMNS}""",
+                    interview_id,
+                    invite_hash,
+                )
+                replaced = row is not None
+                if row is None:
+                    row = await conn.fetchrow(_BY_ID, interview_id)
+                    if row is None:
+                        return None
+                if within is not None:
+                    await within(conn, (_record(row), replaced))
+                return row, replaced
 
         result = await self._store.run("interview_replace_invite", op)
         if result is None:

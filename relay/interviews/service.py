@@ -12,7 +12,7 @@ import asyncpg
 
 from relay.admission.tokens import hash_token, new_invite_token, unusable_token_hash
 from relay.config import InterviewsConfig
-from relay.db import Store
+from relay.db import Store, Within
 from relay.interviews.models import (
     CandidateOut,
     Interview,
@@ -85,10 +85,16 @@ class InterviewService:
         self._notify = notify
 
     async def create(
-        self, spec: InterviewCreate, *, created_by: str, base_url: str
+        self,
+        spec: InterviewCreate,
+        *,
+        created_by: str,
+        base_url: str,
+        within: Within[tuple[InterviewRecord, str]] | None = None,
     ) -> tuple[InterviewRecord, str]:
-        """The new interview and its candidate link (shown once). Raises
-        ``CandidateInactive`` (relay.interviews.rows)."""
+        """The new interview and its candidate link (shown once); ``within`` is given both
+        in the interview's transaction (relay.db.within). Raises ``CandidateInactive``
+        (relay.interviews.rows)."""
         invite = new_invite_token()
         expires_at = spec.expires_at or datetime.now(UTC) + timedelta(
             seconds=self.config.default_expires_s
@@ -108,9 +114,15 @@ class InterviewService:
             expires_at=expires_at,
             created_by=created_by,
         )
-        record = await self.rows.create(new)
+        url = candidate_url(base_url, invite)
+
+        async def with_url(conn: asyncpg.Connection, record: InterviewRecord) -> None:
+            assert within is not None
+            await within(conn, (record, url))
+
+        record = await self.rows.create(new, None if within is None else with_url)
         log.info("interview %s created by %s", record.id, created_by)
-        return record, candidate_url(base_url, invite)
+        return record, url
 
     async def detail(self, interview_id: str) -> Interview | None:
         """One interview with its sessions and recordings."""
@@ -163,29 +175,44 @@ class InterviewService:
             ],
         )
 
-    async def cancel(self, interview_id: str) -> tuple[InterviewRecord, bool] | None:
+    async def cancel(
+        self, interview_id: str, within: Within[tuple[InterviewRecord, bool]] | None = None
+    ) -> tuple[InterviewRecord, bool] | None:
         """Cancel (its live sessions end with reason ``cancelled`` wherever they are held);
         see ``InterviewRows.cancel``."""
-        result = await self.rows.cancel(interview_id, self._notify)
+        result = await self.rows.cancel(interview_id, self._notify, within)
         if result is not None and result[1]:
             log.info("interview %s cancelled", interview_id)
         return result
 
     async def new_link(
-        self, interview_id: str, *, base_url: str
+        self,
+        interview_id: str,
+        *,
+        base_url: str,
+        within: Within[tuple[InterviewRecord, str | None]] | None = None,
     ) -> tuple[InterviewRecord, str | None] | None:
         """A new candidate link for an open interview; the old one stops opening anything
         at once (sessions already live keep running). Returns the interview and its new
-        link (None: the interview is not open, nothing changed); None: no such interview."""
+        link (None: the interview is not open, nothing changed); None: no such interview.
+        ``within`` is given the same in the replacement's transaction."""
         invite = new_invite_token()
-        result = await self.rows.replace_invite(interview_id, hash_token(invite))
+        url = candidate_url(base_url, invite)
+
+        async def with_url(conn: asyncpg.Connection, found: tuple[InterviewRecord, bool]) -> None:
+            assert within is not None
+            await within(conn, (found[0], url if found[1] else None))
+
+        result = await self.rows.replace_invite(
+            interview_id, hash_token(invite), None if within is None else with_url
+        )
         if result is None:
             return None
         record, replaced = result
         if not replaced:
             return record, None
         log.info("interview %s has a new candidate link", interview_id)
-        return record, candidate_url(base_url, invite)
+        return record, url
 
     async def close_due(self) -> list[Closed]:
         closed = await self.rows.close_due(rejoin_window_s=self.config.rejoin_window_s)

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ValidationError
 
 from relay.admission.api_keys import Principal
 from relay.admission.service import Caller
+from relay.db import Within
 from relay.errors import ApiError
 from relay.services import SERVICES, Services
 from relay.web import idempotency
@@ -54,6 +55,7 @@ from relay.web.caller import authenticate, require_operator, require_scope
 Auth = Literal["anyone", "candidate", "read", "admin", "operator", "client_secret"]
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,18 @@ class Call:
         if self.caller is None:
             raise TypeError("the operation has no candidate")
         return self.caller
+
+    def answer_within(self, build: Callable[[T], Reply | None]) -> Within[T] | None:
+        """For the domain write that does this operation's work in one transaction: the
+        ``Idempotency-Key``'s answer (the ``Reply`` ``build`` makes of what the write
+        returns; None: no answer to store) is stored in that transaction, with the work
+        (relay.web.idempotency). None without a key."""
+
+        def answer(value: T) -> idempotency.Answer | None:
+            reply = build(value)
+            return None if reply is None else (reply.status, _dump(reply.model))
+
+        return idempotency.within(answer)
 
 
 TypedHandler = Callable[[Call], Awaitable[Reply]]

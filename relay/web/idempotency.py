@@ -16,7 +16,20 @@ Only a successful (2xx) answer is stored, sealed with the cluster's state key
 (relay.sealing): an answer can carry a credential shown once (an interview's
 candidate link, a new API key), which must not sit readable in the database. After an
 error the claim is given back, so the client may retry with the same key once it has
-fixed what was wrong. A claim left by a
+fixed what was wrong.
+
+**The answer commits with the work** where the work is one transaction: the route passes
+``within(build)`` (a ``relay.db.Within``) to the domain's write, which calls it last in its
+transaction; it stores the sealed answer in the key's row there. A commit that landed, its
+reply lost and the database unreachable through the store's retries (the request answers
+503), has therefore always left its answer: a retry with the key, once the database is
+back, replays it (after ``STALE_CLAIM`` as before it), and never runs the work again. The
+write in the transaction matches this request's claim: when the claim is no longer this
+request's (``ClaimGone``), the transaction rolls back, nothing is done, and the request
+answers the answer its own earlier attempt stored (a store retry of a write whose first
+attempt landed) or 409 ``idempotency_key_in_use`` (a later request took the claim over).
+Routes whose work is not one transaction (an upstream call, a webhook delivery, a cluster
+command) store their answer after it, as a separate write (``_complete``). A claim left by a
 relay that died mid-request is taken over after ``STALE_CLAIM``. Housekeeping deletes keys
 older than ``RETENTION`` (``purge``).
 
@@ -36,15 +49,16 @@ import logging
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import asyncpg
 from aiohttp import web
 
 from relay.cluster.sealing import Sealer
-from relay.db import DatabaseUnavailable, Store
+from relay.db import DatabaseUnavailable, Store, Within
 from relay.errors import ApiError
 from relay.sealing import SealError
 from relay.services import SERVICES
@@ -61,6 +75,8 @@ _KEY = re.compile(r"[\x21-\x7e]{1,255}")
 # the other): after this many, the duplicate is told the key is in use (retryable).
 _CLAIM_TRIES = 3
 
+T = TypeVar("T")
+Answer = tuple[int, dict[str, Any] | None]
 Execute = Callable[[], Awaitable[tuple[int, dict[str, Any] | None, Mapping[str, str]]]]
 # How an answer (status, payload, headers) becomes the response: JSON unless the route
 # answers in another content type (the OpenAI-compatible call answers SDP).
@@ -75,6 +91,60 @@ class _Claim:
     principal: str
     key: str
     token: str
+
+
+class ClaimGone(Exception):
+    """The key's claim is no longer this request's when its work's transaction would store
+    the answer: raised inside that transaction, so the work rolls back."""
+
+
+@dataclass
+class _Running:
+    """The request running under a claim, as its work's transaction sees it."""
+
+    claim: _Claim
+    sealer: Sealer
+    # Its answer was written in its work's transaction (nothing to store after it).
+    answered: bool = False
+
+
+_RUNNING: ContextVar[_Running | None] = ContextVar("idempotency_running", default=None)
+
+
+def within(build: Callable[[T], Answer | None]) -> Within[T] | None:
+    """For the domain write that does the request's work: stores the answer ``build``
+    makes of what the write returns (None, or a status that is no success: nothing) in the
+    write's own transaction. None when the request has no key (nothing to store)."""
+    running = _RUNNING.get()
+    if running is None:
+        return None
+    holder = running
+
+    async def store_answer(conn: asyncpg.Connection, value: T) -> None:
+        answer = build(value)
+        if answer is None or not 200 <= answer[0] < 300:
+            return
+        status, payload = answer
+        sealed = holder.sealer.seal_bytes(
+            _context(holder.claim.principal, holder.claim.key), json.dumps(payload).encode()
+        )
+        stored = await conn.fetchval(
+            """UPDATE idempotency_keys
+               SET status = 'done', response_status = $4, response_sealed = $5
+               WHERE principal = $1 AND key = $2 AND claim_token = $3
+                 AND status = 'in_progress'
+               RETURNING true""",
+            holder.claim.principal,
+            holder.claim.key,
+            holder.claim.token,
+            status,
+            sealed,
+        )
+        if not stored:
+            raise ClaimGone(holder.claim.key)
+        holder.answered = True
+
+    return store_answer
 
 
 def request_hash(method: str, path: str, body: bytes) -> str:
@@ -126,20 +196,27 @@ async def run(
     stored = await _claim(store, sealer, claim, fingerprint, render)
     if stored is not None:
         return stored
+    running = _Running(claim, sealer)
+    reset = _RUNNING.set(running)
     try:
         status, payload, headers = await execute()
+    except ClaimGone:
+        return await _claim_gone(store, sealer, claim, render)
     except BaseException:
         await _release(store, claim)
         raise
-    if 200 <= status < 300:
+    finally:
+        _RUNNING.reset(reset)
+    if not 200 <= status < 300:
+        await _release(store, claim)
+    elif not running.answered:  # (else it was stored with the work, in its transaction)
         try:
             await _complete(store, sealer, claim, status, payload)
         except DatabaseUnavailable:
-            # The work is done and answered; a retry with this key waits for the claim to
-            # go stale, then runs again (at worst once more, never concurrently).
+            # A route whose work is not one transaction: the work is done and answered; a
+            # retry with this key waits for the claim to go stale, then runs again (at
+            # worst once more, never concurrently).
             log.warning("idempotency key: answer not stored (database unavailable)")
-    else:
-        await _release(store, claim)
     return render(status, payload, headers)
 
 
@@ -222,8 +299,17 @@ async def _claim(
         )
     if row["status"] == "in_progress":
         raise _in_use()
+    response = _stored(sealer, claim, row, render)
+    response.headers[REPLAYED_HEADER] = "true"
+    return response
+
+
+def _stored(sealer: Sealer, claim: _Claim, row: asyncpg.Record, render: Render) -> web.Response:
+    """The answer stored in the key's ``row``, rendered."""
     try:
-        payload = json.loads(sealer.open_bytes(_context(principal, key), row["response_sealed"]))
+        payload = json.loads(
+            sealer.open_bytes(_context(claim.principal, claim.key), row["response_sealed"])
+        )
     except SealError:
         raise ApiError(
             409,
@@ -231,9 +317,37 @@ async def _claim(
             "The stored answer for this key was sealed by a member with another state key "
             "(cluster.state_key); use a new key.",
         ) from None
-    response = render(int(row["response_status"]), payload, {})
-    response.headers[REPLAYED_HEADER] = "true"
-    return response
+    return render(int(row["response_status"]), payload, {})
+
+
+async def _claim_gone(store: Store, sealer: Sealer, claim: _Claim, render: Render) -> web.Response:
+    """The answer of a request whose work's transaction found the claim no longer its own
+    (and rolled back): the answer its own earlier attempt stored with the work (the store
+    retried a write whose commit landed, its reply lost), or 409 (a later request took the
+    claim over; nothing of this one was done)."""
+
+    async def op(conn: asyncpg.Connection) -> asyncpg.Record | None:
+        row: asyncpg.Record | None = await conn.fetchrow(
+            """SELECT status, response_status, response_sealed FROM idempotency_keys
+               WHERE principal = $1 AND key = $2 AND claim_token = $3""",
+            claim.principal,
+            claim.key,
+            claim.token,
+        )
+        return row
+
+    row = await store.run("idempotency_claim_gone", op)
+    if row is not None and row["status"] == "done":
+        return _stored(sealer, claim, row, render)
+    log.warning("idempotency key: claim taken over while its request ran; nothing done")
+    raise ApiError(
+        409,
+        "idempotency_key_in_use",
+        f"This request ran so long that a later request with its {HEADER} took the key "
+        "over; nothing of this one was done. Retry to get the other request's answer.",
+        retryable=True,
+        retry_after_s=1,
+    )
 
 
 def _in_use() -> ApiError:

@@ -72,9 +72,17 @@ def _interview_id(call: Call) -> str:
 async def create_interview(call: Call) -> Reply:
     spec = call.body(InterviewCreate)
     principal = call.require_principal()
+
+    def answer(created: tuple[InterviewRecord, str]) -> Reply:
+        record, url = created
+        return Reply(201, view(record, url=url, sessions=[], recordings=[]))
+
     try:
-        record, url = await call.services.interviews.create(
-            spec, created_by=principal.id, base_url=public_base(call.request)
+        created = await call.services.interviews.create(
+            spec,
+            created_by=principal.id,
+            base_url=public_base(call.request),
+            within=call.answer_within(answer),
         )
     except CandidateInactive:
         raise ApiError(
@@ -82,7 +90,7 @@ async def create_interview(call: Call) -> Reply:
             "user_inactive",
             "The candidate's user is deactivated; reactivate it (PATCH /api/users/{id}) first.",
         ) from None
-    return Reply(201, view(record, url=url, sessions=[], recordings=[]))
+    return answer(created)
 
 
 async def list_interviews(call: Call) -> Reply:
@@ -115,7 +123,12 @@ async def get_interview(call: Call) -> Reply:
 
 async def cancel_interview(call: Call) -> Reply:
     interview_id = _interview_id(call)
-    result = await call.services.interviews.cancel(interview_id)
+
+    def answer(found: tuple[InterviewRecord, bool]) -> Reply | None:
+        # Only a cancelled interview is a success (closed otherwise: 409, below).
+        return Reply(200, view(found[0])) if found[0].status == "cancelled" else None
+
+    result = await call.services.interviews.cancel(interview_id, within=call.answer_within(answer))
     if result is None:
         raise ApiError(404, "interview_not_found", "No such interview.")
     record, _ = result
@@ -131,8 +144,13 @@ async def cancel_interview(call: Call) -> Reply:
 
 async def new_invite(call: Call) -> Reply:
     interview_id = _interview_id(call)
+
+    def answer(found: tuple[InterviewRecord, str | None]) -> Reply | None:
+        record, url = found
+        return None if url is None else Reply(200, view(record, url=url))
+
     result = await call.services.interviews.new_link(
-        interview_id, base_url=public_base(call.request)
+        interview_id, base_url=public_base(call.request), within=call.answer_within(answer)
     )
     if result is None:
         raise ApiError(404, "interview_not_found", "No such interview.")

@@ -78,15 +78,20 @@ def key_view(record: ApiKeyRecord) -> ApiKey:
 async def create_key(call: Call) -> Reply:
     spec = call.body(KeyCreate)
     key = new_api_key()
+
+    def answer(record: ApiKeyRecord) -> Reply:
+        shown = key_view(record).model_dump()
+        return Reply(201, ApiKeyCreated(**shown, key=key))
+
     record = await call.services.api_keys.create(
         key_id=new_key_id(),
         name=spec.name,
         scope=spec.scope,
         key_hash=hash_token(key),
         created_by=call.require_principal().id,
+        within=call.answer_within(answer),
     )
-    shown = key_view(record).model_dump()
-    return Reply(201, ApiKeyCreated(**shown, key=key))
+    return answer(record)
 
 
 async def list_keys(call: Call) -> Reply:

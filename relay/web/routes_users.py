@@ -137,11 +137,16 @@ async def patch_user(call: Call) -> Reply:
 
 async def reissue_token(call: Call) -> Reply:
     token = new_token()
+
+    def answer(change: UserChange) -> Reply:
+        return Reply(201, UserToken(user=user_view(change.user), token=token))
+
     change = await call.services.user_admin.update(
-        _user_id(call), notify, token_hash=hash_token(token)
+        _user_id(call), notify, token_hash=hash_token(token), within=call.answer_within(answer)
     )
-    user = await _apply(call, change)
-    return Reply(201, UserToken(user=user_view(user), token=token))
+    await _apply(call, change)
+    assert change is not None  # (_apply answers 404 otherwise)
+    return answer(change)
 
 
 _USER_ID = PathParam("user_id", "The user's id.", r"^[0-9]{1,19}$")

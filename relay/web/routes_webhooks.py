@@ -34,6 +34,7 @@ from relay.web.models_webhooks import (
     WebhookUpdate,
 )
 from relay.web.pagination import PageQuery, decode_cursor, page_of
+from relay.webhooks.endpoints import Endpoint
 from relay.webhooks.service import not_found
 
 _ENDPOINT_PATTERN = r"^wh_[0-9a-f]{32}$"
@@ -69,15 +70,21 @@ async def list_webhooks(call: Call) -> Reply:
 
 async def create_webhook(call: Call) -> Reply:
     body = call.body(WebhookCreate)
-    endpoint, secret = await call.services.webhooks.register(
+
+    def answer(made: tuple[Endpoint, str]) -> Reply:
+        endpoint, secret = made
+        created = WebhookCreated(**Webhook.of(endpoint).model_dump(), secret=secret)
+        return Reply(201, created, headers={"Location": f"/api/webhooks/{endpoint.id}"})
+
+    made = await call.services.webhooks.register(
         url=body.url,
         events=body.events,
         description=body.description,
         enabled=body.enabled,
         created_by=call.require_principal().id,
+        within=call.answer_within(answer),
     )
-    created = WebhookCreated(**Webhook.of(endpoint).model_dump(), secret=secret)
-    return Reply(201, created, headers={"Location": f"/api/webhooks/{endpoint.id}"})
+    return answer(made)
 
 
 async def get_webhook(call: Call) -> Reply:
@@ -103,11 +110,17 @@ async def delete_webhook(call: Call) -> Reply:
 
 async def rotate_secret(call: Call) -> Reply:
     body = call.body(SecretRotation)
-    endpoint, secret = await call.services.webhooks.rotate_secret(
-        _endpoint_id(call), expire_previous_in_s=body.expire_previous_in_s
+
+    def answer(made: tuple[Endpoint, str]) -> Reply:
+        endpoint, secret = made
+        return Reply(200, WebhookSecretRotated(**Webhook.of(endpoint).model_dump(), secret=secret))
+
+    made = await call.services.webhooks.rotate_secret(
+        _endpoint_id(call),
+        expire_previous_in_s=body.expire_previous_in_s,
+        within=call.answer_within(answer),
     )
-    rotated = WebhookSecretRotated(**Webhook.of(endpoint).model_dump(), secret=secret)
-    return Reply(200, rotated)
+    return answer(made)
 
 
 async def send_test(call: Call) -> Reply:

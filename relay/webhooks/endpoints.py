@@ -14,7 +14,7 @@ from datetime import datetime
 
 import asyncpg
 
-from relay.db import Landed, Store
+from relay.db import Landed, Store, Within
 from relay.sealing import SecretBox
 from relay.webhooks.outbox import EVENT_TYPES, notify_due
 from relay.webhooks.signing import new_secret
@@ -82,32 +82,37 @@ class EndpointRows:
         description: str,
         enabled: bool,
         created_by: str,
+        within: Within[tuple[Endpoint, str]] | None = None,
     ) -> tuple[Endpoint, str]:
-        """A new endpoint and its secret (the only time the secret leaves the relay)."""
+        """A new endpoint and its secret (the only time the secret leaves the relay);
+        ``within`` is given both in the endpoint's transaction (relay.db.within)."""
         endpoint_id = new_endpoint_id()
         secret = new_secret()
         sealed = self._box.seal(endpoint_id, secret.encode())
 
         async def op(conn: asyncpg.Connection) -> asyncpg.Record:
-            # ON CONFLICT: a retry after a lost connection finds what the first attempt
-            # committed instead of failing on its own row.
-            await conn.execute(
-                """INSERT INTO webhook_endpoints
-                       (id, url, description, events, secret_sealed, enabled, created_by)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7)
-                   ON CONFLICT (id) DO NOTHING""",
-                endpoint_id,
-                url,
-                description,
-                list(events),
-                sealed,
-                enabled,
-                created_by,
-            )
-            row: asyncpg.Record = await conn.fetchrow(
-                f"SELECT {_COLUMNS} FROM webhook_endpoints WHERE id = $1", endpoint_id
-            )
-            return row
+            async with conn.transaction():
+                # ON CONFLICT: a retry after a lost connection finds what the first attempt
+                # committed instead of failing on its own row (and calls no ``within``).
+                inserted = await conn.fetchval(
+                    """INSERT INTO webhook_endpoints
+                           (id, url, description, events, secret_sealed, enabled, created_by)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7)
+                       ON CONFLICT (id) DO NOTHING RETURNING true""",
+                    endpoint_id,
+                    url,
+                    description,
+                    list(events),
+                    sealed,
+                    enabled,
+                    created_by,
+                )
+                row: asyncpg.Record = await conn.fetchrow(
+                    f"SELECT {_COLUMNS} FROM webhook_endpoints WHERE id = $1", endpoint_id
+                )
+                if inserted and within is not None:
+                    await within(conn, (Endpoint.from_row(row), secret))
+                return row
 
         return Endpoint.from_row(await self._store.run("webhook_endpoint_create", op)), secret
 
@@ -199,11 +204,16 @@ class EndpointRows:
         return None if row is None else Endpoint.from_row(row)
 
     async def rotate_secret(
-        self, endpoint_id: str, *, expire_previous_in_s: int
+        self,
+        endpoint_id: str,
+        *,
+        expire_previous_in_s: int,
+        within: Within[tuple[Endpoint, str]] | None = None,
     ) -> tuple[Endpoint, str] | None:
         """A new signing secret for the endpoint (None: no such endpoint), shown this once.
         The one it replaces keeps signing too for ``expire_previous_in_s`` seconds (0: it
-        stops now); a previous secret still in its overlap is dropped (one is kept)."""
+        stops now); a previous secret still in its overlap is dropped (one is kept).
+        ``within`` is given both in the rotation's transaction (relay.db.within)."""
         secret = new_secret()
         sealed = self._box.seal(endpoint_id, secret.encode())
         # A retry whose earlier attempt committed (its reply lost) must not rotate again:
@@ -233,6 +243,8 @@ class EndpointRows:
                     sealed,
                     expire_previous_in_s,
                 )
+                if row is not None and within is not None:
+                    await within(conn, (Endpoint.from_row(row), secret))
                 return landed.result(row)
 
         row = await self._store.run("webhook_endpoint_rotate_secret", op)

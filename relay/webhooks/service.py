@@ -15,7 +15,7 @@ import asyncpg
 from aiohttp.abc import AbstractResolver
 
 from relay.config import WebhooksConfig
-from relay.db import Store
+from relay.db import Store, Within
 from relay.errors import ApiError
 from relay.observability.metrics import MetricsRegistry
 from relay.sealing import SecretBox
@@ -99,8 +99,10 @@ class Webhooks:
         description: str = "",
         enabled: bool = True,
         created_by: str,
+        within: Within[tuple[Endpoint, str]] | None = None,
     ) -> tuple[Endpoint, str]:
-        """A new endpoint and its signing secret (shown this once)."""
+        """A new endpoint and its signing secret (shown this once); ``within`` as
+        ``EndpointRows.create``."""
         checked = self.check_events(events)
         await self.check_url(url)
         return await self.endpoints.create(
@@ -109,6 +111,7 @@ class Webhooks:
             description=description,
             enabled=enabled,
             created_by=created_by,
+            within=within,
         )
 
     async def get(self, endpoint_id: str) -> Endpoint:
@@ -139,7 +142,11 @@ class Webhooks:
         return endpoint
 
     async def rotate_secret(
-        self, endpoint_id: str, *, expire_previous_in_s: int = DEFAULT_PREVIOUS_SECRET_S
+        self,
+        endpoint_id: str,
+        *,
+        expire_previous_in_s: int = DEFAULT_PREVIOUS_SECRET_S,
+        within: Within[tuple[Endpoint, str]] | None = None,
     ) -> tuple[Endpoint, str]:
         """A new signing secret (shown this once); the replaced one also signs every
         delivery for ``expire_previous_in_s`` seconds (0: not at all)."""
@@ -150,7 +157,7 @@ class Webhooks:
                 f"expire_previous_in_s: from 0 to {MAX_PREVIOUS_SECRET_S} (7 days).",
             )
         rotated = await self.endpoints.rotate_secret(
-            endpoint_id, expire_previous_in_s=expire_previous_in_s
+            endpoint_id, expire_previous_in_s=expire_previous_in_s, within=within
         )
         if rotated is None:
             raise not_found(endpoint_id)

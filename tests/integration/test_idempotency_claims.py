@@ -11,8 +11,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
+import pytest
 from aiohttp import web
 
+from relay.admission.tokens import hash_token, unusable_token_hash
+from tests.integration.cluster_helpers import poll
 from tests.integration.conftest import MakeRelay
 from tests.integration.relay_harness import RelayHarness
 from tests.integration.test_webhooks import LOOPBACK
@@ -40,13 +44,24 @@ async def relay_behind(
 
 
 async def go_stale(relay: RelayHarness, key: str) -> None:
-    """The key's claim as old as one whose request ran past ``STALE_CLAIM`` (5 minutes)."""
+    """The key's row as old as a claim whose request ran past ``STALE_CLAIM`` (5 minutes)."""
     aged = await relay.sql(
         """UPDATE idempotency_keys SET created_at = now() - interval '6 minutes'
-           WHERE key = $1 AND status = 'in_progress' RETURNING 1""",
+           WHERE key = $1 RETURNING 1""",
         key,
     )
-    assert aged, "no claim in progress to age"
+    assert aged, "no row for the key to age"
+
+
+async def waiting_on_locks(conn: asyncpg.Connection) -> int:
+    """How many statements of this test's database wait on a lock."""
+    # Inside a transaction pg_stat_activity is a snapshot: cleared first.
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
+    waiting: int = await conn.fetchval(
+        """SELECT count(*) FROM pg_stat_activity
+           WHERE datname = current_database() AND wait_event_type = 'Lock'"""
+    )
+    return waiting
 
 
 @asynccontextmanager
@@ -126,3 +141,175 @@ async def test_a_claim_whose_commit_landed_and_reply_was_lost_is_its_own_on_retr
     )
     assert (status, replayed) == (201, "true") and again == created
     assert len(await relay.sql("SELECT id FROM api_keys WHERE name = 'ci'")) == 1
+
+
+INTERVIEW = {
+    "candidate": {"email": "ana@example.test", "name": "Ana"},
+    "instructions": "You interview Ana for the backend role.",
+}
+
+
+async def test_an_interview_whose_commit_landed_unanswered_is_replayed_not_created_twice(
+    cutter: ReplyCutter, make_relay: MakeRelay, database_url: str
+) -> None:
+    """The interview's transaction commits; its reply is lost and the database stays
+    unreachable through the store's retries, so the request answers 503 and cannot give its
+    claim back. Once the database is back and the claim is past its staleness, a retry
+    with the same key replays the answer the work's own transaction stored: one interview,
+    and the candidate_url whose invite is the one stored (it was shown nowhere before)."""
+    relay = await relay_behind(make_relay, cutter, database_url)
+    cutter.arm(b"INSERT INTO interviews", then=b"COMMIT", outage=True)
+    status, body, _ = await call(relay, "POST", "/api/interviews", INTERVIEW, key="iv-ana")
+    assert cutter.cuts == 1
+    assert status == 503 and body["error"]["code"] == "database_unavailable", body
+    [created] = await relay.sql("SELECT id, invite_token_hash FROM interviews")  # it landed
+
+    cutter.restore()
+    await go_stale(relay, "iv-ana")
+    for _ in range(2):
+        status, body, replayed = await call(
+            relay, "POST", "/api/interviews", INTERVIEW, key="iv-ana"
+        )
+        assert (status, replayed) == (201, "true"), body
+        assert body["id"] == created["id"]
+        invite = body["candidate_url"].split("#invite=", 1)[1]
+        assert hash_token(invite) == created["invite_token_hash"]
+    assert len(await relay.sql("SELECT id FROM interviews")) == 1
+
+
+async def test_a_work_transaction_whose_claim_was_taken_over_rolls_back(
+    make_relay: MakeRelay, database_url: str
+) -> None:
+    """An interview's creation waits on a row lock (the candidate's user being inserted by
+    another transaction) past its claim's staleness; a retry with the same key takes the
+    claim over and waits too. When the lock goes, the first request's transaction finds
+    the claim no longer its own and rolls back (409, retryable): one interview, and the
+    key's answer is the second request's."""
+    # Statements may wait on the lock for as long as the test holds it.
+    overrides: dict[str, dict[str, Any]] = {"database": {"query_timeout_s": 30.0}}
+    relay = await make_relay(overrides=overrides)
+    async with asyncio.timeout(10):
+        await relay.services.store.wait_schema_ready()
+    holder = await asyncpg.connect(database_url)
+    try:
+        lock = holder.transaction()
+        await lock.start()
+        await holder.execute(
+            "INSERT INTO users (email, token_hash) VALUES ('ana@example.test', $1)",
+            unusable_token_hash(),
+        )
+        first = asyncio.create_task(
+            call(relay, "POST", "/api/interviews", INTERVIEW, key="iv-slow")
+        )
+
+        async def waiting(count: int) -> bool:
+            assert not first.done(), first.result()
+            return await waiting_on_locks(holder) == count
+
+        await poll(lambda: waiting(1), 10, "the first creation waiting on the user's row")
+        await go_stale(relay, "iv-slow")
+        second = asyncio.create_task(
+            call(relay, "POST", "/api/interviews", INTERVIEW, key="iv-slow")
+        )
+        await poll(lambda: waiting(2), 10, "the second creation waiting on it too")
+        await lock.rollback()
+        (status, own, _), (status2, answer, _) = await asyncio.gather(first, second)
+    finally:
+        await holder.close()
+    assert status == 409 and own["error"]["code"] == "idempotency_key_in_use", own
+    assert own["error"]["retryable"] is True
+    assert status2 == 201, answer
+    assert [r["id"] for r in await relay.sql("SELECT id FROM interviews")] == [answer["id"]]
+
+    status, again, replayed = await call(relay, "POST", "/api/interviews", INTERVIEW, key="iv-slow")
+    assert (status, replayed) == (201, "true") and again == answer
+
+
+async def replace_invite(relay: RelayHarness) -> tuple[str, Any]:
+    status, interview, _ = await call(relay, "POST", "/api/interviews", INTERVIEW, key="setup")
+    assert status == 201, interview
+    return f"/api/interviews/{interview['id']}/invite", None
+
+
+async def rotate_secret(relay: RelayHarness) -> tuple[str, Any]:
+    hook = {"url": "http://127.0.0.1:9/hook", "events": ["*"]}
+    status, endpoint, _ = await call(relay, "POST", "/api/webhooks", hook, key="setup")
+    assert status == 201, endpoint
+    return f"/api/webhooks/{endpoint['id']}/rotate-secret", {"expire_previous_in_s": 60}
+
+
+async def reissue_token(relay: RelayHarness) -> tuple[str, Any]:
+    await relay.add_user(email="ana@example.test")
+    [user] = await relay.sql("SELECT id FROM users")
+    return f"/api/users/{user['id']}/token", None
+
+
+async def create_key(relay: RelayHarness) -> tuple[str, Any]:
+    return "/api/keys", {"name": "ci"}
+
+
+async def create_webhook(relay: RelayHarness) -> tuple[str, Any]:
+    return "/api/webhooks", {"url": "http://127.0.0.1:9/hook", "events": ["*"]}
+
+
+# Each route whose work is one transaction: how to set it up, the statement of its work
+# (its transaction's COMMIT is what lands), and the rows that show the work done once.
+LANDED_CASES = {
+    "new invite": (
+        replace_invite,
+        b"SET invite_token_hash",
+        "SELECT invite_token_hash FROM interviews",
+    ),
+    "rotated secret": (
+        rotate_secret,
+        b"UPDATE webhook_endpoints SET",
+        "SELECT secret_sealed, previous_secret_sealed FROM webhook_endpoints",
+    ),
+    "reissued token": (reissue_token, b"UPDATE users SET", "SELECT token_hash FROM users"),
+    "new key": (create_key, b"INSERT INTO api_keys", "SELECT id, key_hash FROM api_keys"),
+    "new webhook": (
+        create_webhook,
+        b"INSERT INTO webhook_endpoints",
+        "SELECT id FROM webhook_endpoints",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", LANDED_CASES)
+async def test_every_one_transaction_route_replays_a_commit_that_landed_unanswered(
+    cutter: ReplyCutter, make_relay: MakeRelay, database_url: str, case: str
+) -> None:
+    """As for an interview: the work commits, its reply is lost, the database stays out of
+    reach (503); past the claim's staleness a retry with the key replays the answer stored
+    with the work, and the work's rows are as that one commit left them."""
+    setup, marker, rows = LANDED_CASES[case]
+    relay = await relay_behind(make_relay, cutter, database_url)
+    path, body = await setup(relay)
+    cutter.arm(marker, then=b"COMMIT", outage=True)
+    status, answer, _ = await call(relay, "POST", path, body, key="landed")
+    assert cutter.cuts == 1
+    assert status == 503 and answer["error"]["code"] == "database_unavailable", answer
+    landed = [tuple(r) for r in await relay.sql(rows)]
+
+    cutter.restore()
+    await go_stale(relay, "landed")
+    status, replay, replayed = await call(relay, "POST", path, body, key="landed")
+    assert status in (200, 201) and replayed == "true", replay
+    assert [tuple(r) for r in await relay.sql(rows)] == landed  # not done a second time
+
+
+async def test_a_store_retry_after_its_work_landed_answers_the_stored_answer(
+    cutter: ReplyCutter, make_relay: MakeRelay, database_url: str
+) -> None:
+    """A new invite's commit lands with its reply lost; the store's retry writes the same
+    hash again, and its transaction finds the key already answered, by this request's own
+    first attempt: it rolls back and the request answers that stored answer (not a 409)."""
+    relay = await relay_behind(make_relay, cutter, database_url)
+    path, _ = await replace_invite(relay)
+    cutter.arm(b"SET invite_token_hash", then=b"COMMIT")
+    status, answer, replayed = await call(relay, "POST", path, key="invite-once")
+    assert cutter.cuts == 1
+    assert status == 200 and replayed is None, answer
+    [row] = await relay.sql("SELECT invite_token_hash FROM interviews")
+    invite = answer["candidate_url"].split("#invite=", 1)[1]
+    assert hash_token(invite) == row["invite_token_hash"]
