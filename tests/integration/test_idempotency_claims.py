@@ -64,6 +64,11 @@ async def waiting_on_locks(conn: asyncpg.Connection) -> int:
     return waiting
 
 
+async def waiting_on(conn: asyncpg.Connection, count: int) -> bool:
+    """Whether ``count`` statements of this test's database wait on a lock."""
+    return await waiting_on_locks(conn) == count
+
+
 @asynccontextmanager
 async def first_request_held() -> AsyncIterator[tuple[str, asyncio.Event, asyncio.Event]]:
     """A webhook receiver that holds the first request it gets until released and answers
@@ -313,3 +318,50 @@ async def test_a_store_retry_after_its_work_landed_answers_the_stored_answer(
     [row] = await relay.sql("SELECT invite_token_hash FROM interviews")
     invite = answer["candidate_url"].split("#invite=", 1)[1]
     assert hash_token(invite) == row["invite_token_hash"]
+
+
+async def test_a_request_whose_claim_was_taken_over_does_not_release_it_when_it_fails(
+    make_relay: MakeRelay, database_url: str
+) -> None:
+    """A creation waits on a row lock past its claim's staleness; a later request with the
+    key (another candidate) takes the claim over and waits on a lock of its own. The first
+    then fails (its candidate turns out deactivated: 409). Its failure must not give back
+    the claim the second now holds, which would let a third request with the key run
+    beside the second: the key's row stays the second's, and ends with its answer."""
+    overrides: dict[str, dict[str, Any]] = {"database": {"query_timeout_s": 30.0}}
+    relay = await make_relay(overrides=overrides)
+    async with asyncio.timeout(10):
+        await relay.services.store.wait_schema_ready()
+    bob = INTERVIEW | {"candidate": {"email": "bob@example.test"}}
+    holders = [await asyncpg.connect(database_url) for _ in range(2)]
+    try:
+        locks = [holder.transaction() for holder in holders]
+        for lock in locks:
+            await lock.start()
+        # Ana is inserted deactivated (her creation fails once it sees her); Bob is held.
+        await holders[0].execute(
+            "INSERT INTO users (email, token_hash, active) VALUES ('ana@example.test', $1, false)",
+            unusable_token_hash(),
+        )
+        await holders[1].execute(
+            "INSERT INTO users (email, token_hash) VALUES ('bob@example.test', $1)",
+            unusable_token_hash(),
+        )
+        first = asyncio.create_task(call(relay, "POST", "/api/interviews", INTERVIEW, key="k"))
+        await poll(lambda: waiting_on(holders[0], 1), 10, "the first creation waiting")
+        await go_stale(relay, "k")
+        second = asyncio.create_task(call(relay, "POST", "/api/interviews", bob, key="k"))
+        await poll(lambda: waiting_on(holders[0], 2), 10, "the second creation waiting")
+        await locks[0].commit()
+        status, failed, _ = await first
+        assert status == 409 and failed["error"]["code"] == "user_inactive", failed
+        [row] = await relay.sql("SELECT status FROM idempotency_keys WHERE key = 'k'")
+        assert row["status"] == "in_progress"  # still the second's claim
+        await locks[1].rollback()
+        status, answer, _ = await second
+    finally:
+        for holder in holders:
+            await holder.close()
+    assert status == 201 and answer["candidate"]["email"] == "bob@example.test", answer
+    status, again, replayed = await call(relay, "POST", "/api/interviews", bob, key="k")
+    assert (status, replayed) == (201, "true") and again == answer
