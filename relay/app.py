@@ -56,6 +56,7 @@ from relay.cluster.setup import advertise_address, state_key
 from relay.config import ConfigError, Settings
 from relay.db import DatabaseUnavailable, Store
 from relay.db.bootstrap import BootstrapFailed, StartupStatus, bootstrap_database
+from relay.erasure.service import Erasure
 from relay.interviews.service import InterviewService
 from relay.media.ephemeral_ports import ephemeral_overlap
 from relay.media.event_schema import unknown_types
@@ -349,6 +350,15 @@ async def _start(
     )
     recordings.start()
     stack.push_async_callback(recordings.close)
+    erasure = Erasure(
+        store,
+        recordings,
+        notify,
+        instance_id=instance,
+        is_live_member=lambda member: members.is_live(
+            store, member, settings.cluster.heartbeat_interval_s
+        ),
+    )
     # Webhooks: the endpoints, and the dispatcher that delivers the outbox's events (it
     # waits for the schema; what it has not delivered at shut-down stays in the database).
     webhooks.start()
@@ -393,7 +403,9 @@ async def _start(
     stack.push_async_callback(bridges.close_all)
 
     # 9. housekeeping, memory, and the event-loop/CPU monitor the dashboard charts
-    housekeeping = tasks.spawn(_housekeeping(sessions, interviews, store), name="housekeeping")
+    housekeeping = tasks.spawn(
+        _housekeeping(sessions, interviews, erasure, store), name="housekeeping"
+    )
     stack.push_async_callback(cancel_and_wait, housekeeping)
     gc_pauses = GcPauseMeter(metrics)
     gc_pauses.install()
@@ -430,6 +442,7 @@ async def _start(
         recordings_summary=recordings.summary,
         api_keys=ApiKeyRows(store),
         interviews=interviews,
+        erasure=erasure,
         user_admin=UserAdmin(store),
         session_list=SessionList(store),
         sealer=sealer,
@@ -551,7 +564,7 @@ async def _upstream_endpoint(
 
 
 async def _housekeeping(
-    sessions: SessionService, interviews: InterviewService, store: Store
+    sessions: SessionService, interviews: InterviewService, erasure: Erasure, store: Store
 ) -> None:
     rounds = 0
     # The conversations no rejoin can need that the triggers did not delete (sessions ended
@@ -573,6 +586,10 @@ async def _housekeeping(
                 # Interviews past their expiry or their rejoin window (each closed once
                 # across the cluster), and Idempotency-Keys past their 24 hours.
                 await interviews.close_due()
+                # Interviews and users marked for erasure: whatever their first try could
+                # not finish (a session still live, an object store down, files on this
+                # member's disk).
+                await erasure.erase_due()
                 if rounds % IDEMPOTENCY_PURGE_ROUNDS == 0:
                     transcripts_left = True
                     await idempotency.purge(store)

@@ -24,6 +24,7 @@ from relay.cluster.sealing import Sealer
 from relay.config import Settings
 from relay.db import Store
 from relay.db.bootstrap import StartupStatus
+from relay.erasure.service import Erasure
 from relay.interviews.service import InterviewService
 from relay.media.manager import BridgeManager
 from relay.memory import MemoryKeeper
@@ -83,6 +84,8 @@ class Services:
     # The management API's parts: API keys, interviews, the users and sessions resources.
     api_keys: ApiKeyRows
     interviews: InterviewService
+    # Erasure of interviews and users (DELETE /api/interviews/{id}, /api/users/{id}).
+    erasure: Erasure
     user_admin: UserAdmin
     session_list: SessionList
     # Seals what must not sit readable in the database (relay.cluster.sealing).

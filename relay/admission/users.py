@@ -245,7 +245,8 @@ class UserAdmin:
             return list(
                 await conn.fetch(
                     f"""SELECT {_DETAIL} FROM users u
-                        WHERE ($2::text IS NULL OR lower(u.email) = lower($2))
+                        WHERE u.erase_requested_at IS NULL
+                          AND ($2::text IS NULL OR lower(u.email) = lower($2))
                           AND ($3::boolean IS NULL OR u.active = $3)
                           AND ($4::timestamptz IS NULL OR (u.created_at, u.id) < ($4, $5))
                         ORDER BY u.created_at DESC, u.id DESC LIMIT $1""",
@@ -261,7 +262,10 @@ class UserAdmin:
 
     async def get(self, user_id: int) -> UserDetail | None:
         async def op(conn: asyncpg.Connection) -> asyncpg.Record | None:
-            return await conn.fetchrow(f"SELECT {_DETAIL} FROM users u WHERE u.id = $1", user_id)
+            return await conn.fetchrow(
+                f"SELECT {_DETAIL} FROM users u WHERE u.id = $1 AND u.erase_requested_at IS NULL",
+                user_id,
+            )
 
         row = await self._store.run("user_get", op)
         return _detail(row) if row is not None else None
@@ -269,7 +273,8 @@ class UserAdmin:
     async def get_by_email(self, email: str) -> UserDetail | None:
         async def op(conn: asyncpg.Connection) -> asyncpg.Record | None:
             return await conn.fetchrow(
-                f"""SELECT {_DETAIL} FROM users u WHERE lower(u.email) = lower($1)
+                f"""SELECT {_DETAIL} FROM users u
+                    WHERE lower(u.email) = lower($1) AND u.erase_requested_at IS NULL
                     ORDER BY u.email = $1 DESC, u.id LIMIT 1""",
                 email,
             )
@@ -301,7 +306,9 @@ class UserAdmin:
             async with conn.transaction():
                 await landed.begin(conn)
                 before = await conn.fetchrow(
-                    "SELECT active, token_hash FROM users WHERE id = $1 FOR UPDATE", user_id
+                    """SELECT active, token_hash FROM users
+                       WHERE id = $1 AND erase_requested_at IS NULL FOR UPDATE""",
+                    user_id,
                 )
                 if before is None:
                     return landed.result(None)

@@ -46,6 +46,11 @@ class CandidateInactive(Exception):
     """The candidate's user is deactivated: reactivate it before inviting it again."""
 
 
+class CandidateErasing(Exception):
+    """The candidate's user is being erased (``DELETE /api/users/{id}``): until its row is
+    gone, the address cannot get a new interview (it would be erased with the user)."""
+
+
 @dataclass(frozen=True)
 class NewInterview:
     interview_id: str
@@ -90,7 +95,9 @@ _COLUMNS = f"""i.id, i.user_id, u.email, i.candidate_name, i.instructions, i.voi
     i.max_duration_s, i.recording, i.metadata, i.expires_at, i.status, i.end_reason,
     i.created_at, i.started_at, i.ended_at, i.created_by, {USED_SECONDS_SQL} AS used_seconds"""
 _FROM = "interviews i JOIN users u ON u.id = i.user_id"
-_BY_ID = f"SELECT {_COLUMNS} FROM {_FROM} WHERE i.id = $1"
+# An interview marked for erasure (migration 017) is gone for every reader: only the
+# erasure itself (relay.erasure) still sees its rows.
+_BY_ID = f"SELECT {_COLUMNS} FROM {_FROM} WHERE i.id = $1 AND i.erase_requested_at IS NULL"
 
 
 def _record(row: asyncpg.Record) -> InterviewRecord:
@@ -115,6 +122,29 @@ def _record(row: asyncpg.Record) -> InterviewRecord:
         created_by=row["created_by"],
         used_seconds=int(row["used_seconds"]),
     )
+
+
+async def end_sessions(conn: asyncpg.Connection, interview_id: str, notify: Notify) -> None:
+    """End the interview's sessions (reason ``cancelled``), inside the caller's transaction
+    (which holds the interview's row and has just closed it): its pending sessions fail, so
+    nobody may claim them any more (the claim re-checks the interview too), and every
+    member holding one of its pending or live sessions is told, at commit, to let it go."""
+    pending = await conn.fetch(
+        """UPDATE interview_sessions
+           SET state = 'failed', end_reason = 'cancelled', ended_at = now(),
+               duration_seconds = 0, debited_seconds = 0
+           WHERE interview_id = $1 AND state = 'pending' RETURNING id""",
+        interview_id,
+    )
+    live = await conn.fetch(
+        """SELECT id FROM interview_sessions
+           WHERE interview_id = $1 AND state IN ('connecting', 'active')""",
+        interview_id,
+    )
+    for session in [*pending, *live]:
+        await notify(
+            conn, {"op": "end_session", "session_id": session["id"], "reason": "cancelled"}
+        )
 
 
 @dataclass(frozen=True)
@@ -145,7 +175,8 @@ class InterviewRows:
                 # first; created only when there is none. The insert takes no conflict
                 # target: another spelling written meanwhile conflicts on the lower(email)
                 # index too, and is then found by the second look.
-                find = """SELECT id, active FROM users WHERE lower(email) = lower($1)
+                find = """SELECT id, active, erase_requested_at FROM users
+                          WHERE lower(email) = lower($1)
                           ORDER BY email = $1 DESC, id LIMIT 1"""
                 user = await conn.fetchrow(find, new.email)
                 if user is None:
@@ -157,6 +188,8 @@ class InterviewRows:
                     )
                     user = await conn.fetchrow(find, new.email)
                 assert user is not None
+                if user["erase_requested_at"] is not None:
+                    raise CandidateErasing(new.email)
                 if not user["active"]:
                     raise CandidateInactive(new.email)
                 await conn.execute(
@@ -210,7 +243,8 @@ class InterviewRows:
             return list(
                 await conn.fetch(
                     f"""SELECT {_COLUMNS} FROM {_FROM}
-                        WHERE ($2::text IS NULL OR i.status = $2)
+                        WHERE i.erase_requested_at IS NULL
+                          AND ($2::text IS NULL OR i.status = $2)
                           AND ($3::text IS NULL OR lower(u.email) = lower($3))
                           AND ($4::bigint IS NULL OR i.user_id = $4)
                           AND ($5::timestamptz IS NULL OR i.created_at >= $5)
@@ -244,7 +278,9 @@ class InterviewRows:
         async def op(conn: asyncpg.Connection) -> tuple[asyncpg.Record, bool] | None:
             async with conn.transaction():
                 found = await conn.fetchval(
-                    "SELECT status FROM interviews WHERE id = $1 FOR UPDATE", interview_id
+                    """SELECT status FROM interviews
+                       WHERE id = $1 AND erase_requested_at IS NULL FOR UPDATE""",
+                    interview_id,
                 )
                 if found is None:
                     return None
@@ -252,27 +288,7 @@ class InterviewRows:
                 if found in OPEN:
                     await transitions.close(conn, interview_id, "cancelled", "cancelled", extra={})
                     changed = True
-                    # Nobody may claim its pending sessions any more (the claim re-checks
-                    # the interview too); the members holding them let them go.
-                    pending = await conn.fetch(
-                        """UPDATE interview_sessions
-                           SET state = 'failed', end_reason = 'cancelled', ended_at = now(),
-                               duration_seconds = 0, debited_seconds = 0
-                           WHERE interview_id = $1 AND state = 'pending' RETURNING id""",
-                        interview_id,
-                    )
-                    live = await conn.fetch(
-                        """SELECT id FROM interview_sessions
-                           WHERE interview_id = $1 AND state IN ('connecting', 'active')""",
-                        interview_id,
-                    )
-                    for session in [*pending, *live]:
-                        command = {
-                            "op": "end_session",
-                            "session_id": session["id"],
-                            "reason": "cancelled",
-                        }
-                        await notify(conn, command)
+                    await end_sessions(conn, interview_id, notify)
                 row = await conn.fetchrow(_BY_ID, interview_id)
                 assert row is not None
                 if within is not None:
@@ -302,7 +318,7 @@ class InterviewRows:
                 row = await conn.fetchrow(
                     f"""UPDATE interviews i SET invite_token_hash = $2
                         FROM users u
-                        WHERE i.id = $1 AND u.id = i.user_id
+                        WHERE i.id = $1 AND u.id = i.user_id AND i.erase_requested_at IS NULL
                           AND i.status IN ('scheduled', 'in_progress')
                           AND i.expires_at > now()
                         RETURNING {_COLUMNS}""",

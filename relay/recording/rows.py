@@ -344,6 +344,15 @@ class RecordingRows:
 
         return await self._store.run("recording_summary", op)
 
+    async def session_exists(self, session_id: str) -> bool:
+        async def op(conn: asyncpg.Connection) -> bool:
+            found: bool = await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM interview_sessions WHERE id = $1)", session_id
+            )
+            return found
+
+        return await self._store.run("recording_session_exists", op)
+
     async def note_consent(self, session_id: str, shown: bool) -> None:
         async def op(conn: asyncpg.Connection) -> None:
             await conn.execute(

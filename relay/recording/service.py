@@ -192,6 +192,10 @@ class RecordingService:
         """No recorder open and nothing being finalised, stored or deleted."""
         return not self.live and not len(self._tasks)
 
+    def busy(self, recording_id: str) -> bool:
+        """Whether this instance still records or finalises that recording."""
+        return recording_id in self.live or recording_id in self._finalising
+
     async def close(self) -> None:
         """Let stopped recorders close and finalisations finish (bounded), then stop the
         writer and the pool. Whatever is left unfinished is recovered at the next start."""
@@ -493,6 +497,8 @@ class RecordingService:
             row = await self.rows.get(recording_id)
             if row is not None and row["status"] not in ("recording", "rendering"):
                 continue  # failed (its reason stays), deleted, or already finished
+            if row is None and await self._erased(session_id, directory):
+                continue
             log.warning("recording %s: unfinished (relay stopped); finalising", recording_id)
             await self._create_row(
                 recording_id,
@@ -515,6 +521,8 @@ class RecordingService:
             if recording_id in self._finalising:
                 continue
             row = await self.rows.get(recording_id)
+            if row is None and await self._erased(session_id, directory):
+                continue
             if row is None or row["relay_instance"] != self.instance_id:
                 continue
             if row["status"] in ("recording", "rendering"):
@@ -535,6 +543,16 @@ class RecordingService:
                 else:
                     await asyncio.to_thread(sources.remove_sources, directory)
         return count
+
+    async def _erased(self, session_id: str, directory: Path) -> bool:
+        """A recording left on this disk whose session was erased while this instance was
+        away (relay.erasure: its rows go once no live member holds it): its files go too,
+        never finalised into a recording nobody may keep."""
+        if await self.rows.session_exists(session_id):
+            return False
+        log.warning("recording in %s: its session was erased; removing it", directory.name)
+        await asyncio.to_thread(_remove_tree, directory)
+        return True
 
     async def retry_uploads(self) -> int:
         if self.s3 is None:

@@ -5,6 +5,7 @@ GET  /api/interviews?status=&email=&…    read    newest first, cursor paginati
 GET  /api/interviews/{interview_id}      read    with its sessions and recordings
 POST /api/interviews/{interview_id}/cancel admin its live sessions end (reason cancelled)
 POST /api/interviews/{interview_id}/invite admin a new candidate link; the old one stops
+DELETE /api/interviews/{interview_id}    admin   erase it and everything of it (204)
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from relay.interviews.models import (
     InterviewCreate,
     Status,
 )
-from relay.interviews.rows import CandidateInactive, InterviewRecord
+from relay.interviews.rows import CandidateErasing, CandidateInactive, InterviewRecord
 from relay.interviews.service import effective_status, view
 from relay.services import SERVICES
 from relay.web.api import Api, Call, Operation, PathParam, Reply, Response
@@ -84,6 +85,14 @@ async def create_interview(call: Call) -> Reply:
             base_url=public_base(call.request),
             within=call.answer_within(answer),
         )
+    except CandidateErasing:
+        raise ApiError(
+            409,
+            "user_being_erased",
+            "The candidate's user is being erased (DELETE /api/users/{id}); once it is gone, "
+            "the address can be invited again.",
+            retryable=True,
+        ) from None
     except CandidateInactive:
         raise ApiError(
             409,
@@ -167,6 +176,13 @@ async def new_invite(call: Call) -> Reply:
     return Reply(200, view(record, url=url))
 
 
+async def delete_interview(call: Call) -> Reply:
+    interview_id = _interview_id(call)
+    if not await call.services.erasure.request_interview(interview_id):
+        raise ApiError(404, "interview_not_found", "No such interview.")
+    return Reply(204)
+
+
 _INTERVIEW_ID = PathParam("interview_id", "The interview's id.", INTERVIEW_ID_PATTERN)
 
 
@@ -187,7 +203,7 @@ def register(api: Api) -> None:
             "the invite, a bearer credential for this interview's candidate endpoints only, "
             "shown in this answer only.",
             responses=(Response(201, "The interview, with candidate_url.", Interview),),
-            errors={403: ("insufficient_scope",), 409: ("user_inactive",)},
+            errors={403: ("insufficient_scope",), 409: ("user_inactive", "user_being_erased")},
         ),
         Operation(
             "GET",
@@ -252,5 +268,27 @@ def register(api: Api) -> None:
                 404: _NOT_FOUND,
                 409: ("interview_not_open",),
             },
+        ),
+        Operation(
+            "DELETE",
+            "/api/interviews/{interview_id}",
+            "deleteInterview",
+            "Erase an interview and everything of it: sessions, transcripts, recordings",
+            auth="admin",
+            tag="interviews",
+            run=delete_interview,
+            path_params=(_INTERVIEW_ID,),
+            description="From this answer on the interview is gone for the API (404 "
+            "interview_not_found, a second DELETE too) and its candidate link opens nothing. "
+            "A live session of it ends first, on whichever member holds it (reason "
+            "cancelled). Its sessions, their conversation's text, its recordings (files and "
+            "rows) and its stored webhook events (with their deliveries and delivery log) are "
+            "deleted at once when nothing is in the way, else as soon as it is (the session "
+            "has ended and its recording is finalised, an object store that did not answer "
+            "answers again): files first, rows last. Then the webhook event "
+            "interview.deleted {interview_id, deleted_at} says it is done. The candidate's "
+            "user stays (DELETE /api/users/{user_id} erases it).",
+            responses=(Response(204, "Erased, or being erased (see the description)."),),
+            errors={403: ("insufficient_scope",), 404: _NOT_FOUND},
         ),
     )

@@ -4,6 +4,7 @@ GET   /api/users?email=&active=&…     read
 GET   /api/users/{user_id}            read
 PATCH /api/users/{user_id}            admin  {remaining_seconds | add_seconds, active}
 POST  /api/users/{user_id}/token      admin  a new token, shown once (the old one stops)
+DELETE /api/users/{user_id}           admin  erase the user and everything of theirs (204)
 
 Deactivating ends the user's live interviews on every member (as ``relay users revoke``);
 a reissued token replaces the old one everywhere at once (the database tells every
@@ -149,6 +150,13 @@ async def reissue_token(call: Call) -> Reply:
     return answer(change)
 
 
+async def delete_user(call: Call) -> Reply:
+    user_id = _user_id(call)
+    if not await call.services.erasure.request_user(user_id):
+        raise ApiError(404, "user_not_found", "No such user.")
+    return Reply(204)
+
+
 _USER_ID = PathParam("user_id", "The user's id.", r"^[0-9]{1,19}$")
 _NOT_FOUND = ("user_not_found",)
 
@@ -205,6 +213,25 @@ def register(api: Api) -> None:
             description="The recovery of a lost token; also gives a user created by an "
             "interview a token of its own.",
             responses=(Response(201, "The user and its new token (shown once).", UserToken),),
+            errors={403: ("insufficient_scope",), 404: _NOT_FOUND},
+        ),
+        Operation(
+            "DELETE",
+            "/api/users/{user_id}",
+            "deleteUser",
+            "Erase a user (a candidate, or any token holder) and everything of theirs",
+            auth="admin",
+            tag="users",
+            run=delete_user,
+            path_params=(_USER_ID,),
+            description="Every interview of the user is erased as DELETE "
+            "/api/interviews/{interview_id} erases one (each with its interview.deleted "
+            "event), and so are the user's sessions of no interview with their recordings, "
+            "and the user's row last. From this answer on the user is gone for the API (404 "
+            "user_not_found), its token opens nothing and its live sessions end everywhere "
+            "(reason revoked). Until the row is gone, a new interview for the address is "
+            "refused (409 user_being_erased).",
+            responses=(Response(204, "Erased, or being erased (see the description)."),),
             errors={403: ("insufficient_scope",), 404: _NOT_FOUND},
         ),
     )

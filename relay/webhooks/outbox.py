@@ -22,6 +22,8 @@ EVENT_TYPES = (
     "interview.expired",
     "interview.cancelled",
     "interview.failed",
+    # Written when an erased interview's rows are gone (relay.erasure): its id only.
+    "interview.deleted",
     "recording.ready",
     "recording.failed",
 )
