@@ -568,7 +568,12 @@ async def _reactivate_with_token(
         active=True,
         token_hash=hash_token(token),
     )
-    assert change is not None
+    if change is None:  # being erased (`relay users delete`): its address is not free yet
+        print(
+            f"the user with email {args.email} is being erased; add it again once it is gone",
+            file=sys.stderr,
+        )
+        return 1
     await evict_shared_cache(settings, change.old_token_hash)
     user = change.user
     print(f"reactivated user {user.id} <{user.email}> with {user.remaining_seconds} seconds")

@@ -32,6 +32,7 @@ from relay.config import Settings
 from relay.db import RETRYABLE_ERRORS, Store
 from relay.db.migrate import MigrationTimeout
 from relay.db.store import connection_failure
+from relay.erasure.rows import ErasureRows
 from relay.interviews.models import InterviewCreate
 from relay.interviews.rows import CandidateInactive
 from relay.interviews.service import InterviewService, effective_status, view
@@ -168,6 +169,13 @@ def add_parsers(sub: Any, with_config: Any) -> None:
     )
     link.add_argument("--id", required=True)
     public_url_option(link)
+    delete = command(
+        iv_sub,
+        "delete",
+        "erase an interview and everything of it (sessions, transcripts, recordings, its "
+        "webhook events); its live session ends",
+    )
+    delete.add_argument("--id", required=True)
 
 
 def add_user_parsers(users_sub: Any, with_config: Any) -> None:
@@ -191,6 +199,19 @@ def add_user_parsers(users_sub: Any, with_config: Any) -> None:
     command(
         "reissue", "give a user a new token (the old one stops); prints it on the last line"
     ).add_argument("--email", required=True)
+    command(
+        "delete",
+        "erase a user and everything of theirs (every interview, session, transcript and "
+        "recording); their live sessions end",
+    ).add_argument("--email", required=True)
+
+
+# What a delete command says: it marks (one transaction, as the API does); the relays'
+# housekeeping removes the files and the rows (a command cannot reach a relay's disk).
+_ERASING = (
+    "gone for the API now; the running relays remove its recordings' files and its rows "
+    "within seconds (the webhook event interview.deleted says when, for each interview)"
+)
 
 
 def settings_for(settings: Settings, args: argparse.Namespace) -> Settings:
@@ -341,6 +362,11 @@ async def interviews_command(settings: Settings, args: argparse.Namespace) -> in
             return 0
         if args.interviews_command == "new-link":
             return await _new_link(service, args.id, _base_url(settings, args))
+        if args.interviews_command == "delete":
+            if not await ErasureRows(store).mark_interview(args.id, notify):
+                return _fail(f"no interview {args.id}")
+            print(f"deleting {args.id}: {_ERASING}")
+            return 0
         result = await service.cancel(args.id)
         if result is None:
             return _fail(f"no interview {args.id}")
@@ -432,6 +458,13 @@ async def users_command(settings: Settings, args: argparse.Namespace) -> int:
         found = await admin.get_by_email(args.email)
         if found is None:
             return _fail(f"no user with email {args.email}")
+        if command == "delete":
+            old_token_hash = await ErasureRows(store).mark_user(found.id, notify)
+            if old_token_hash is None:
+                return _fail(f"no user with email {args.email}")
+            await evict_shared_cache(settings, old_token_hash)
+            print(f"deleting user {found.id} ({found.email}) and their interviews: {_ERASING}")
+            return 0
         if command == "show":
             print(_user_json(found))
             return 0

@@ -97,21 +97,22 @@ class ErasureRows:
 
         return await self._store.run("erasure_mark_interview", op)
 
-    async def mark_user(self, user_id: int, notify: Notify) -> bool:
-        """Mark a user and every interview of theirs; False: no such user (or marked
-        already). The user is deactivated and given a token hash of nothing (its token
-        opens nothing from the commit on; the database tells every member's cache), and
-        every member ends its live sessions (as ``relay users revoke``)."""
+    async def mark_user(self, user_id: int, notify: Notify) -> str | None:
+        """Mark a user and every interview of theirs; the token hash it had (what caches
+        know it by), None: no such user (or marked already). The user is deactivated and
+        given a token hash of nothing (its token opens nothing from the commit on; the
+        database tells every member's cache), and every member ends its live sessions (as
+        ``relay users revoke``)."""
 
-        async def op(conn: asyncpg.Connection) -> bool:
+        async def op(conn: asyncpg.Connection) -> str | None:
             async with conn.transaction():
-                token_hash = await conn.fetchval(
+                token_hash: str | None = await conn.fetchval(
                     """SELECT token_hash FROM users
                        WHERE id = $1 AND erase_requested_at IS NULL FOR UPDATE""",
                     user_id,
                 )
                 if token_hash is None:
-                    return False
+                    return None
                 await conn.execute(
                     """UPDATE users SET active = false, token_hash = $2,
                            revoked_at = COALESCE(revoked_at, now()),
@@ -131,7 +132,7 @@ class ErasureRows:
                     conn, {"op": "revoke_user", "user_id": user_id, "token_hash": token_hash}
                 )
                 await _mark_interviews_of(conn, user_id, notify)
-                return True
+                return token_hash
 
         return await self._store.run("erasure_mark_user", op)
 

@@ -67,7 +67,7 @@ class Erasure:
 
     async def request_user(self, user_id: int) -> bool:
         """Mark the user and its interviews, try to finish at once; False: no such user."""
-        if not await self.rows.mark_user(user_id, self._notify):
+        if await self.rows.mark_user(user_id, self._notify) is None:
             return False
         log.info("user %s: erasure requested", user_id)
         await self._try(self.erase_user(user_id), f"user {user_id}")

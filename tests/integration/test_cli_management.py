@@ -246,3 +246,54 @@ async def test_a_database_that_is_down_or_silent_exits_3_with_one_line(
     assert code == 3, err
     assert err.count("\n") == 1, err
     assert "did not answer within database.connect_timeout_s = 0.5 s" in err, err
+
+
+async def test_interviews_delete_and_users_delete_erase_through_the_relays(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The commands mark (one transaction, as the API does); a running relay's
+    housekeeping removes the rest. Here no relay runs: the rows stay marked, gone for
+    every command and the API, the candidate link and the user's token dead."""
+    env = _env(database_url, tmp_path / "state")
+    email = "erase@example.test"
+    code, out, err = await _relay(
+        env, tmp_path, "interviews", "create", "--email", email, "--instructions", "Hi."
+    )
+    assert code == 0, err
+    first = out.split("created interview ", 1)[1].split()[0]
+    code, out, err = await _relay(
+        env, tmp_path, "interviews", "create", "--email", email, "--instructions", "Again."
+    )
+    assert code == 0, err
+    second = out.split("created interview ", 1)[1].split()[0]
+
+    code, out, err = await _relay(env, tmp_path, "interviews", "delete", "--id", first)
+    assert code == 0 and f"deleting {first}" in out, err
+    code, _, err = await _relay(env, tmp_path, "interviews", "delete", "--id", first)
+    assert code == 1 and f"no interview {first}" in err
+    code, _, err = await _relay(env, tmp_path, "interviews", "show", "--id", first)
+    assert code == 1, err
+    code, out, err = await _relay(env, tmp_path, "interviews", "list", "--email", email)
+    assert code == 0 and first not in out and second in out, err
+
+    code, out, err = await _relay(env, tmp_path, "users", "delete", "--email", email)
+    assert code == 0 and "deleting user" in out, err
+    code, _, err = await _relay(env, tmp_path, "users", "show", "--email", email)
+    assert code == 1 and "no user" in err
+    code, _, err = await _relay(env, tmp_path, "users", "delete", "--email", email)
+    assert code == 1 and "no user" in err
+    # Not brought back while it is erased.
+    code, _, err = await _relay(env, tmp_path, "users", "add", "--email", email)
+    assert code == 1 and "being erased" in err
+    conn = await asyncpg.connect(database_url)
+    try:
+        marked = await conn.fetch(
+            "SELECT id FROM interviews WHERE erase_requested_at IS NOT NULL ORDER BY id"
+        )
+        user = await conn.fetchrow(
+            "SELECT active, erase_requested_at FROM users WHERE email = $1", email
+        )
+    finally:
+        await conn.close()
+    assert sorted(r["id"] for r in marked) == sorted([first, second])
+    assert user is not None and not user["active"] and user["erase_requested_at"] is not None
