@@ -265,3 +265,121 @@ async def test_a_candidate_erased_while_the_object_store_is_down_loses_every_fil
     # The address is free again: a new candidate of that address is a new user.
     fresh = await create_interview(relay, candidate={"email": email})
     assert fresh["candidate"]["user_id"] != user_id
+
+
+def _files(directory: Path) -> Path:
+    directory.mkdir(parents=True)
+    for name in ("recording.ogg", "transcript.jsonl", "manifest.json"):
+        (directory / name).write_bytes(b"x")
+    return directory
+
+
+async def _session_with_recording(
+    relay: RelayHarness,
+    interview: dict[str, Any],
+    session_id: str,
+    recording_id: str,
+    location: Path,
+    instance: str,
+) -> None:
+    """A session of the interview that ended, with a ready recording at ``location``."""
+    await relay.sql(
+        """INSERT INTO interview_sessions (id, user_id, request_id, state, model, dialect,
+               relay_instance, expires_at, interview_id)
+           VALUES ($1, $2, 'req_e', 'ended', 'm', 'ga', $3, now(), $4)""",
+        session_id,
+        interview["candidate"]["user_id"],
+        instance,
+        interview["id"],
+    )
+    await relay.sql(
+        """INSERT INTO recordings (id, session_id, status, storage, location, relay_instance)
+           VALUES ($1, $2, 'ready', 'local', $3, $4)""",
+        recording_id,
+        session_id,
+        str(location),
+        instance,
+    )
+
+
+async def test_files_another_member_holds_or_that_cannot_be_removed_keep_the_rows_until_gone(
+    make_relay: MakeRelay, tmp_path: Path
+) -> None:
+    here_dir, there_dir = tmp_path / "here", tmp_path / "there"
+    here = await make_relay(overrides={"recording": {"directory": str(here_dir)}})
+    there = await make_relay(
+        overrides={"recording": {"directory": str(there_dir)}}, instance_id="member-b"
+    )
+    interview = await create_interview(here)
+    # Files on member-b's disk, which this member does not see (another machine).
+    on_b = await asyncio.to_thread(_files, there_dir / "is_on_b")
+    unseen = tmp_path / "not-on-this-machine" / "is_on_b"
+    # A file where the recording's directory belongs: its removal fails.
+    broken = here_dir / "is_broken"
+    await asyncio.to_thread(broken.parent.mkdir, parents=True, exist_ok=True)
+    await asyncio.to_thread(broken.write_bytes, b"not a directory")
+    await _session_with_recording(here, interview, "is_on_b", "rec_" + "b" * 16, unseen, "member-b")
+    await _session_with_recording(
+        here, interview, "is_broken", "rec_" + "c" * 16, broken, "test-instance"
+    )
+    # member-b is alive (its heartbeat), so only it can reach its disk.
+    deadline = time.monotonic() + 10
+    while not await here.services.erasure._is_live_member("member-b"):
+        assert time.monotonic() < deadline, "member-b never beat"
+        await asyncio.sleep(0.05)
+
+    status, body, _ = await call(here, "DELETE", f"/api/interviews/{interview['id']}")
+    assert status == 204, body
+    for _ in range(2):  # retried: the rows stay while their files do
+        assert await here.services.erasure.erase_due() == 0
+        statuses = dict(
+            (r["id"][-1], r["status"]) for r in await here.sql("SELECT id, status FROM recordings")
+        )
+        assert statuses["c"] == "ready"
+        # (member-b's own housekeeping may have run meanwhile: never deleted with files.)
+        assert (statuses["b"] == "deleted") != await asyncio.to_thread(on_b.exists)
+    assert not await _erased(here, "interviews", "id", interview["id"])
+
+    # member-b's own pass removes its files; the broken one still holds the rows back.
+    assert await there.services.erasure.erase_due() == 0
+    assert not await asyncio.to_thread(on_b.exists)
+    statuses = dict(
+        (r["id"][-1], r["status"]) for r in await here.sql("SELECT id, status FROM recordings")
+    )
+    assert statuses == {"b": "deleted", "c": "ready"}
+    # The disk is mended: the next pass finishes.
+    await asyncio.to_thread(broken.unlink)
+    await asyncio.to_thread(_files, broken)
+    await _erase_until(here, "interviews", "id", interview["id"])
+    assert not await asyncio.to_thread(broken.exists)
+    assert await _everything_of(here, interview["id"], interview["candidate"]["user_id"]) == {
+        "interviews": 0,
+        "sessions": 0,
+        "transcript": 0,
+        "recordings": 0,
+        "events": 0,
+    }
+
+
+async def test_a_member_back_after_its_recordings_session_was_erased_removes_the_files(
+    make_relay: MakeRelay, tmp_path: Path
+) -> None:
+    """A member that died while recording: its session's interview was erased meanwhile
+    (the dead member's files out of reach, its rows deleted). Back, it finds the
+    unfinished recording and removes it instead of finalising (and uploading) it."""
+    root = tmp_path / "recordings"
+    relay = await make_relay(overrides={"recording": {"directory": str(root)}})
+    left = root / "is_erased_meanwhile"
+    await asyncio.to_thread(left.mkdir, parents=True)
+    meta: dict[str, Any] = {
+        "recording_id": "rec_" + "d" * 16,
+        "session_id": "is_erased_meanwhile",
+        "instance_id": "test-instance",
+        "part": 1,
+    }
+    await asyncio.to_thread((left / "meta.json").write_text, json.dumps(meta))
+    await asyncio.to_thread((left / "candidate.rlog").write_bytes, b"\x00" * 64)
+    recordings = relay.services.recordings
+    await recordings.recover()
+    assert not await asyncio.to_thread(left.exists)
+    assert await relay.sql("SELECT id FROM recordings") == []
