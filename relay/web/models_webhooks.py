@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from relay.fields import Text
 from relay.web.pagination import Page, PageQuery
 from relay.webhooks.endpoints import DEFAULT_PREVIOUS_SECRET_S, MAX_PREVIOUS_SECRET_S, Endpoint
+from relay.webhooks.outbox import EVENT_TYPES
 
 DeliveryStatus = Literal["pending", "delivered", "failed"]
 Outcome = Literal["delivered", "rejected", "timeout", "network", "refused", "error"]
@@ -25,7 +26,10 @@ class _Request(BaseModel):
 class WebhookCreate(_Request):
     url: str = Field(min_length=1, max_length=2048, description="https (or http to loopback)")
     events: list[str] = Field(
-        min_length=1, max_length=32, description="event types, or '*' for every type"
+        min_length=1,
+        max_length=32,
+        description=f"event types ({', '.join(EVENT_TYPES)}; docs/webhooks.md), or '*' for "
+        "every type",
     )
     description: Text = Field(default="", max_length=500)
     enabled: bool = True
