@@ -52,7 +52,7 @@ from relay.cluster.limits import SharedLimits
 from relay.cluster.resume import ResumeService
 from relay.cluster.runtime import ClusterRuntime
 from relay.cluster.sealing import Sealer
-from relay.cluster.setup import advertise_address, state_key
+from relay.cluster.setup import advertise_address, state_keys
 from relay.config import ConfigError, Settings
 from relay.db import DatabaseUnavailable, Store
 from relay.db.bootstrap import BootstrapFailed, StartupStatus, bootstrap_database
@@ -280,8 +280,16 @@ async def _start(
     stack.push_async_callback(limits.close)
     # Seals the secrets kept in the database: pending sessions', webhook endpoints',
     # idempotent answers.
-    key = await state_key(settings)
-    sealer = Sealer(key)
+    keys = await state_keys(settings)
+    if keys.previous:
+        # The operator's reminder that a rotation is under way (docs/operations.md,
+        # "Rotating the state key"): the previous keys go once nothing opens with them.
+        log.info(
+            "state key: %d previous key(s) configured (cluster.previous_state_keys); values "
+            "opened with them are counted in relay_state_key_previous_opens_total",
+            len(keys.previous),
+        )
+    sealer = Sealer(keys, metrics)
     shared_sessions = SharedSessions(
         settings,
         store=store,
@@ -313,7 +321,7 @@ async def _start(
     # Webhooks: the endpoints, and the dispatcher (started and closed with the recordings,
     # below), built here because the cluster's command channel wakes it: the outbox's
     # notifications arrive there, rather than the dispatcher polling the outbox.
-    webhooks = Webhooks(settings.webhooks, store, key, metrics, instance)
+    webhooks = Webhooks(settings.webhooks, store, keys, metrics, instance)
     wake_on = {DUE_OP: webhooks.dispatcher.wake} if settings.webhooks.deliver else {}
 
     # 6. this member's heartbeat and commands (relay.cluster)

@@ -20,6 +20,8 @@ Every section is a frozen model; add a key as one line, ``name: type = default``
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import json
 import os
@@ -80,6 +82,25 @@ ProxyNetwork = Annotated[Network, BeforeValidator(_network)]
 
 # A web origin: http(s), a host name or an IP literal (IPv6 in brackets), an optional port.
 _ORIGIN = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?")
+
+
+# Keys a value may still be sealed with besides the current one (each is tried in turn).
+MAX_PREVIOUS_STATE_KEYS = 8
+STATE_KEY_BYTES = 32
+
+
+def _state_key_problem(text: str) -> str | None:
+    """Why ``text`` is not a state key (base64 of 32 bytes), never quoting it."""
+    try:
+        key = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return f"not base64 of {STATE_KEY_BYTES} bytes (generate one: relay state-key generate)"
+    if len(key) != STATE_KEY_BYTES:
+        return (
+            f"must decode to {STATE_KEY_BYTES} bytes, got {len(key)} "
+            "(generate one: relay state-key generate)"
+        )
+    return None
 
 
 class ConfigError(ValueError):
@@ -267,15 +288,41 @@ class ClusterConfig(_Section):
     # silent for 3 intervals is dead: it leaves the cluster view and its sessions'
     # rows are closed.
     heartbeat_interval_s: Annotated[float, Field(gt=0, le=60)] = 2.0
-    # Key sealing the upstream secret of pending sessions in the database (base64 of
-    # 32 bytes). Empty: generated once into server.data_dir (fine for workers on one
-    # machine; several machines must share one). Prefer RELAY__CLUSTER__STATE_KEY.
+    # Key sealing what the relay stores and must read back (webhook signing secrets,
+    # pending sessions' upstream secrets, idempotent answers) (base64 of 32 bytes). Empty:
+    # generated once into server.data_dir (fine for workers on one machine; several
+    # machines must share one). Prefer RELAY__CLUSTER__STATE_KEY.
     state_key: str = Field(default="", repr=False)
+    # Keys that sealed values before state_key replaced them (relay.sealing): values open
+    # with any of them, and are sealed with state_key only. Dropped once `relay state-key
+    # reseal` has run (docs/operations.md, "Rotating the state key").
+    previous_state_keys: tuple[str, ...] = Field(
+        default=(), max_length=MAX_PREVIOUS_STATE_KEYS, repr=False
+    )
     # This member's address in the cluster view. Empty: http://<host>:<port>.
     advertise_address: str = ""
     # A member silent for 3 heartbeats plus this long is removed and its connecting or
     # active sessions' rows are closed (relay_lost); the grace spares a short DB outage.
     recover_after_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+
+    @field_validator("state_key")
+    @classmethod
+    def _a_key(cls, value: str) -> str:
+        # Checked here so that a malformed key is one line at start (exit 2), as any
+        # setting; relay.sealing decodes it (and the generated file's).
+        problem = _state_key_problem(value) if value else None
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("previous_state_keys")
+    @classmethod
+    def _keys(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        for index, value in enumerate(values):
+            problem = _state_key_problem(value)
+            if problem:
+                raise ValueError(f"key number {index + 1}: {problem}")
+        return values
 
 
 class UpstreamConfig(_Section):

@@ -10,14 +10,29 @@ time instead (relay.sessions.shared_state).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
-from relay.sealing import SecretBox
+from relay.observability.metrics import MetricsRegistry
+from relay.sealing import SecretBox, StateKeys, count_previous_opens
 from relay.upstream.base import MintedSession
 
 
+def answer_context(principal: str, key: str) -> str:
+    """What an idempotent answer (relay.web.idempotency) is sealed bound to: its
+    principal's Idempotency-Key (``relay state-key reseal`` binds it alike)."""
+    return f"idempotency\n{principal}\n{key}"
+
+
 class Sealer:
-    def __init__(self, key: bytes) -> None:
-        self._box = SecretBox(key)
+    """``metrics``: counts what opens with a previous state key (relay.sealing)."""
+
+    def __init__(self, keys: StateKeys | bytes, metrics: MetricsRegistry | None = None) -> None:
+        def counting(value: str) -> Callable[[], None] | None:
+            return None if metrics is None else count_previous_opens(metrics, value)
+
+        self._box = SecretBox(keys, counting("session_secret"))
+        # seal_bytes' only user is the idempotent answers (relay.web.idempotency).
+        self._bytes_box = SecretBox(keys, counting("idempotent_answer"))
 
     def seal(self, session_id: str, minted: MintedSession) -> bytes:
         payload = json.dumps(
@@ -32,11 +47,11 @@ class Sealer:
 
     def seal_bytes(self, context: str, payload: bytes) -> bytes:
         """Any payload, bound to ``context`` (associated data: it opens under that one only)."""
-        return self._box.seal(context, payload)
+        return self._bytes_box.seal(context, payload)
 
     def open_bytes(self, context: str, sealed: bytes) -> bytes:
         """``relay.sealing.SealError`` when it does not open (another key, another context)."""
-        return self._box.open(context, sealed)
+        return self._bytes_box.open(context, sealed)
 
     def open(self, session_id: str, sealed: bytes) -> MintedSession:
         """The minted session; ``relay.sealing.SealError`` when it does not open."""

@@ -9,16 +9,14 @@ import asyncio
 import backoff
 
 from relay.config import Settings
-from relay.sealing import StateKeyError, load_or_create_key
+from relay.sealing import StateKeyError, StateKeys, load_state_keys
 
 
 @backoff.on_exception(backoff.constant, StateKeyError, interval=0.05, max_tries=40, logger=None)
-async def state_key(settings: Settings) -> bytes:
-    """The key sealing the secrets stored in the database (relay.sealing)."""
+async def state_keys(settings: Settings) -> StateKeys:
+    """The keys sealing the secrets stored in the database, and opening them (relay.sealing)."""
     # Retried: a worker starting beside another may find the key file not written yet.
-    return await asyncio.to_thread(
-        load_or_create_key, settings.cluster.state_key, settings.data_path
-    )
+    return await asyncio.to_thread(load_state_keys, settings.cluster, settings.data_path)
 
 
 def advertise_address(settings: Settings) -> str:

@@ -57,7 +57,7 @@ from typing import Any, Literal, TypeVar
 import asyncpg
 from aiohttp import web
 
-from relay.cluster.sealing import Sealer
+from relay.cluster.sealing import Sealer, answer_context
 from relay.db import DatabaseUnavailable, Store, Within
 from relay.errors import ApiError
 from relay.sealing import SealError
@@ -126,7 +126,7 @@ def within(build: Callable[[T], Answer | None]) -> Within[T] | None:
             return
         status, payload = answer
         sealed = holder.sealer.seal_bytes(
-            _context(holder.claim.principal, holder.claim.key), json.dumps(payload).encode()
+            answer_context(holder.claim.principal, holder.claim.key), json.dumps(payload).encode()
         )
         stored = await conn.fetchval(
             """UPDATE idempotency_keys
@@ -226,10 +226,6 @@ def _json(status: int, payload: dict[str, Any] | None, headers: Mapping[str, str
     return web.json_response(payload, status=status, headers=dict(headers))
 
 
-def _context(principal: str, key: str) -> str:
-    return f"idempotency\n{principal}\n{key}"
-
-
 async def _claim(
     store: Store, sealer: Sealer, claim: _Claim, fingerprint: str, render: Render
 ) -> web.Response | None:
@@ -308,7 +304,7 @@ def _stored(sealer: Sealer, claim: _Claim, row: asyncpg.Record, render: Render) 
     """The answer stored in the key's ``row``, rendered."""
     try:
         payload = json.loads(
-            sealer.open_bytes(_context(claim.principal, claim.key), row["response_sealed"])
+            sealer.open_bytes(answer_context(claim.principal, claim.key), row["response_sealed"])
         )
     except SealError:
         raise ApiError(
@@ -367,7 +363,9 @@ async def _complete(
     status: int,
     payload: dict[str, Any] | None,
 ) -> None:
-    sealed = sealer.seal_bytes(_context(claim.principal, claim.key), json.dumps(payload).encode())
+    sealed = sealer.seal_bytes(
+        answer_context(claim.principal, claim.key), json.dumps(payload).encode()
+    )
 
     async def op(conn: asyncpg.Connection) -> bool:
         # Not conditional on the status: a retry whose first attempt landed writes the

@@ -4,8 +4,9 @@ endpoints of ``/api/webhooks`` from the command line, on the database the relay 
 
 ``add`` and ``rotate-secret`` print the endpoint's (new) signing secret alone on the last
 line of stdout (shown this once, like ``relay users add``'s token). The secret is sealed
-with the state key of the same data directory the relay reads (or ``cluster.state_key``),
-so run the command from the relay's folder, or give it the same settings.
+with the state key of the same data directory the relay reads (or ``cluster.state_key``;
+``cluster.previous_state_keys`` open the secret ``test`` signs with, as for the relay), so
+run the command from the relay's folder, or give it the same settings.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from relay.db import Store
 from relay.errors import ApiError
 from relay.fields import iso_utc
 from relay.observability.metrics import MetricsRegistry
-from relay.sealing import load_or_create_key
+from relay.sealing import load_state_keys
 from relay.webhooks.endpoints import DEFAULT_PREVIOUS_SECRET_S, Endpoint
 from relay.webhooks.outbox import EVENT_TYPES
 from relay.webhooks.service import Webhooks
@@ -79,10 +80,8 @@ def _line(endpoint: Endpoint) -> str:
 
 
 async def run(settings: Settings, store: Store, args: argparse.Namespace) -> int:
-    key = await asyncio.to_thread(
-        load_or_create_key, settings.cluster.state_key, settings.data_path
-    )
-    webhooks = Webhooks(settings.webhooks, store, key, MetricsRegistry(), "cli")
+    keys = await asyncio.to_thread(load_state_keys, settings.cluster, settings.data_path)
+    webhooks = Webhooks(settings.webhooks, store, keys, MetricsRegistry(), "cli")
     command = args.webhooks_command
     try:
         if command == "add":

@@ -18,7 +18,7 @@ from relay.config import WebhooksConfig
 from relay.db import Store, Within
 from relay.errors import ApiError
 from relay.observability.metrics import MetricsRegistry
-from relay.sealing import SecretBox
+from relay.sealing import SecretBox, StateKeys, count_previous_opens
 from relay.webhooks.deliveries import DeliveryRows
 from relay.webhooks.dispatcher import Dispatcher
 from relay.webhooks.endpoints import (
@@ -44,14 +44,15 @@ class Webhooks:
         self,
         config: WebhooksConfig,
         store: Store,
-        state_key: bytes,
+        state_keys: StateKeys | bytes,
         metrics: MetricsRegistry,
         instance_id: str,
         *,
         resolver: Callable[[], AbstractResolver] = aiohttp.ThreadedResolver,
     ) -> None:
         self.config = config
-        self.endpoints = EndpointRows(store, SecretBox(state_key))
+        box = SecretBox(state_keys, count_previous_opens(metrics, "webhook_secret"))
+        self.endpoints = EndpointRows(store, box)
         self.deliveries = DeliveryRows(store)
         self.sender = Sender(config, resolver)
         self.instance_id = instance_id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
 import tomllib
@@ -15,6 +16,9 @@ from relay.config import ConfigError, Settings, load_settings, model_for, voice_
 from relay.upstream import model_currency
 
 ROOT = Path(__file__).resolve().parents[2]
+# State keys (base64 of 32 bytes).
+KEY_A = base64.b64encode(bytes(range(32))).decode()
+KEY_B = base64.b64encode(bytes(range(32, 64))).decode()
 
 
 def test_config_toml_lists_every_key_with_its_default() -> None:
@@ -366,7 +370,7 @@ def test_a_value_can_come_from_a_file_as_secrets_are_mounted(tmp_path: Path) -> 
     # Docker's and Kubernetes' secrets are files: NAME_FILE names one, for the conventional
     # names and for RELAY__ ones alike; the trailing newline an editor or echo leaves goes.
     (tmp_path / "openai").write_text("sk-from-a-file\n")
-    (tmp_path / "state").write_text("k" * 44)
+    (tmp_path / "state").write_text(KEY_A)
     (tmp_path / "token").write_bytes(b"t" * 40 + b"\r\n")  # saved by a Windows editor
     settings = load_settings(
         environ={
@@ -377,7 +381,7 @@ def test_a_value_can_come_from_a_file_as_secrets_are_mounted(tmp_path: Path) -> 
         }
     )
     assert settings.upstream.api_key == "sk-from-a-file"
-    assert settings.cluster.state_key == "k" * 44
+    assert settings.cluster.state_key == KEY_A
     assert settings.server.operator_token == "t" * 40
 
 
@@ -403,3 +407,64 @@ def test_a_value_file_beside_an_empty_variable_is_read(tmp_path: Path) -> None:
         environ={"OPENAI_API_KEY": "", "OPENAI_API_KEY_FILE": str(tmp_path / "openai")}
     )
     assert settings.upstream.api_key == "sk-from-a-file"
+
+
+# ---------------------------------------------------------------------- state keys
+
+
+def test_previous_state_keys_are_a_json_list_set_like_the_key_itself(tmp_path: Path) -> None:
+    settings = load_settings(
+        environ={
+            "RELAY__CLUSTER__STATE_KEY": KEY_B,
+            "RELAY__CLUSTER__PREVIOUS_STATE_KEYS": json.dumps([KEY_A]),
+        }
+    )
+    assert (settings.cluster.state_key, settings.cluster.previous_state_keys) == (KEY_B, (KEY_A,))
+    assert KEY_A not in repr(settings)
+    # The NAME_FILE form, as a secret is mounted: the file holds the same JSON list.
+    (tmp_path / "previous").write_text(json.dumps([KEY_A, KEY_B]) + "\n")
+    from_file = load_settings(
+        environ={"RELAY__CLUSTER__PREVIOUS_STATE_KEYS_FILE": str(tmp_path / "previous")}
+    )
+    assert from_file.cluster.previous_state_keys == (KEY_A, KEY_B)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"RELAY__CLUSTER__STATE_KEY": "short-key"}, "cluster.state_key: not base64"),
+        (
+            {"RELAY__CLUSTER__STATE_KEY": base64.b64encode(b"x" * 16).decode()},
+            "cluster.state_key: must decode to 32 bytes, got 16",
+        ),
+        (
+            {"RELAY__CLUSTER__PREVIOUS_STATE_KEYS": json.dumps([KEY_A, "short-key"])},
+            "cluster.previous_state_keys: key number 2: not base64",
+        ),
+        (
+            {"RELAY__CLUSTER__PREVIOUS_STATE_KEYS": json.dumps([KEY_A[:-4]])},
+            "cluster.previous_state_keys: key number 1: must decode to 32 bytes, got 30",
+        ),
+        ({"RELAY__CLUSTER__PREVIOUS_STATE_KEYS": KEY_A}, "expected a JSON list"),
+    ],
+)
+def test_a_malformed_state_key_is_refused_naming_it_not_quoting_it(
+    env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        load_settings(environ=env)
+    assert "short-key" not in str(info.value) and KEY_A[:20] not in str(info.value)
+
+
+def test_the_cli_refuses_a_malformed_previous_state_key_in_one_line_exit_2(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RELAY__CLUSTER__PREVIOUS_STATE_KEYS", json.dumps(["not-a-key"]))
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "configuration error: cluster.previous_state_keys: key number 1: not base64 of 32 "
+        "bytes (generate one: relay state-key generate)"
+    ]
+    assert not (tmp_path / ".relay").exists()  # refused before anything started
