@@ -1,5 +1,6 @@
 """Command line: ``relay serve | simulate | doctor | users | keys | interviews | db migrate |
-webhooks`` (the management commands: relay.manage, relay.webhooks.commands)."""
+webhooks | state-key`` (the management commands: relay.manage, relay.webhooks.commands,
+relay.state_key)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from relay import state_key
 from relay.admission.bulk_users import MAX_SECONDS
 from relay.admission.tokens import hash_token, new_token
 from relay.admission.users import UserAdmin, UserExists, UserRows, UsersExist
@@ -141,6 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     add_database_options(with_config(db_sub.add_parser("migrate", help="apply schema migrations")))
 
     webhook_commands.add_parser(sub, lambda p: add_database_options(with_config(p)))
+    state_key.add_parser(sub, lambda p: add_database_options(with_config(p)))
     return parser
 
 
@@ -170,6 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             control_token = os.environ.get(SIM_CONTROL_TOKEN_ENV, "")
             run_simulator(args.host, args.port, args.dialect, control_token)
             return 0
+        if args.command == "state-key" and args.state_key_command == "generate":
+            # No settings: a key is generated to replace one, which may be the one wrong.
+            return state_key.generate()
         settings = _settings(args)
         configure_logging(settings.server.log_level, settings.server.log_format)
         if args.command == "serve":
@@ -202,6 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_migrate(settings, create=args.create))
         if args.command == "webhooks":
             return asyncio.run(_webhooks(settings, args))
+        if args.command == "state-key":
+            return asyncio.run(_reseal(settings, args))
     except StoppedDuringStartUp as exc:
         # SIGTERM or SIGHUP before `serve` was listening: as for Ctrl-C below, what had
         # started has been stopped; the shell's status for that signal (143, 129).
@@ -584,3 +592,8 @@ async def _reactivate_with_token(
 async def _webhooks(settings: Settings, args: argparse.Namespace) -> int:
     async with open_store(settings, create=args.create) as store:
         return await webhook_commands.run(settings, store, args)
+
+
+async def _reseal(settings: Settings, args: argparse.Namespace) -> int:
+    async with open_store(settings, create=args.create) as store:
+        return await state_key.reseal(settings, store, args)

@@ -468,3 +468,17 @@ def test_the_cli_refuses_a_malformed_previous_state_key_in_one_line_exit_2(
         "bytes (generate one: relay state-key generate)"
     ]
     assert not (tmp_path / ".relay").exists()  # refused before anything started
+
+
+def test_state_key_generate_prints_a_key_the_settings_take_whatever_they_hold(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    # The key being replaced may be the malformed one: generating reads no settings.
+    monkeypatch.setenv("RELAY__CLUSTER__STATE_KEY", "not-a-key")
+    assert main(["state-key", "generate"]) == 0
+    (key,) = capsys.readouterr().out.splitlines()
+    assert len(base64.b64decode(key, validate=True)) == 32
+    assert load_settings(environ={"RELAY__CLUSTER__STATE_KEY": key}).cluster.state_key == key
+    assert main(["state-key", "generate"]) == 0
+    assert capsys.readouterr().out.strip() != key
