@@ -4,8 +4,12 @@ per client address.
 Each failed authentication (an unknown or malformed token, a wrong operator token) counts
 against the client's address over a sliding minute, in this process and, with Redis,
 across the cluster; at ``limits.failed_auth_per_minute`` further attempts from that
-address get 429 with Retry-After before any token is looked at, so guessing tokens costs
-the guesser time and costs the database nothing.
+address get 429 with Retry-After before any token reaches the database, so guessing
+tokens costs the guesser time and costs the database nothing. Only credentials known valid
+without the database pass a locked address (the operator token, a user token the user
+cache holds as a known user): behind a shared NAT, or a proxy not in
+``server.trusted_proxies``, one guesser must not keep the operator and the candidates the
+relay has seen lately out. They take no place in the budget.
 
 The count cannot be outrun by sending guesses in parallel: each attempt reserves its place
 before its token is looked up and settles it afterwards (a failure stays, anything else is
@@ -186,8 +190,11 @@ async def _attempt(
         if shared_wait:  # None (Redis undecided: this process decides) or 0.0 go ahead
             local.settle(address, key, failed=False)
             wait = shared_wait
-    if wait is not None:
+    if wait is not None and (token is None or not await _valid_without_database(request, token)):
         raise _too_many(wait)
+    # Whether this attempt holds a place in the address's budget (the lockout's pass holds
+    # none: it must not give back, or take, the place of another request with its token).
+    held = wait is None
     failed = False
     try:
         yield
@@ -199,9 +206,27 @@ async def _attempt(
             failed = True
         raise
     finally:
-        local.settle(address, key, failed=failed)
-        if key is not None:
-            await shared.auth_settle(address, key, failed=failed)
+        if held:
+            local.settle(address, key, failed=failed)
+            if key is not None:
+                await shared.auth_settle(address, key, failed=failed)
+        elif failed:  # known a moment ago, gone since (a cache entry evicted): it counts
+            local.settle(address, None, failed=True)
+            await shared.auth_settle(address, "", failed=True)
+
+
+async def _valid_without_database(request: web.Request, token: str) -> bool:
+    """Whether a token is known valid without asking PostgreSQL, so that it passes its
+    address's lockout: the operator token, or a user token the user cache (Redis, or this
+    process's fallback) holds as a known user. Anything else from a locked address waits,
+    so the lockout still keeps guesses away from the database; API keys, invites and
+    client secrets are read from PostgreSQL only (no cache), so they wait too."""
+    if _operator_token_matches(request, token):
+        return True
+    if not token.startswith(USER_TOKEN_PREFIX) or not plausible_token(token):
+        return False
+    cached = await request.app[SERVICES].cache.get(hash_token(token))
+    return cached is not None and cached.user is not None
 
 
 def _operator_token_matches(request: web.Request, token: str) -> bool:

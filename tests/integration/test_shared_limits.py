@@ -13,8 +13,10 @@ from contextlib import asynccontextmanager
 import asyncpg
 import pytest
 
+from relay.admission.tokens import hash_token
 from relay.cluster.limits import USER_CAP
 from tests.integration.conftest import MakeRelay
+from tests.integration.interview_helpers import create_key
 from tests.integration.media_helpers import wait_until
 from tests.integration.relay_harness import NOTICE_CONFIRMED, OPERATOR_TOKEN, RelayHarness
 from tests.support.redis_server import RedisServer
@@ -271,9 +273,9 @@ async def test_wrong_operator_tokens_are_limited_per_address(
     status, code, headers = await operator_call(relay, method, path, wrong)
     assert (status, code) == (429, "too_many_failed_authentications")
     assert 1 <= int(headers["Retry-After"]) <= 60
-    # The address waits whatever it sends next, the right token included.
+    # The right token passes the lockout (test_credentials_known_without_the_database_…).
     status, code, _ = await operator_call(relay, method, path, OPERATOR_TOKEN)
-    assert (status, code) == (429, "too_many_failed_authentications")
+    assert code != "too_many_failed_authentications"
 
 
 async def test_operator_and_candidate_guesses_share_one_budget(
@@ -286,7 +288,7 @@ async def test_operator_and_candidate_guesses_share_one_budget(
     assert (await operator_call(b, "GET", "/api/stats", "w" * 40))[:2] == (401, "invalid_token")
     assert (await attempt(b, guesses(1)[0]))[:2] == (401, "invalid_token")
     for relay in (a, b):
-        status, code, _ = await operator_call(relay, "GET", "/metrics", OPERATOR_TOKEN)
+        status, code, _ = await operator_call(relay, "GET", "/metrics", "w" * 40)
         assert (status, code) == (429, "too_many_failed_authentications")
 
 
@@ -359,3 +361,64 @@ async def test_an_ipv6_guesser_cannot_step_around_the_limit_within_its_64(
     )
     # The next /64 is someone else.
     assert (await post_from(relay, "2001:db8:1:3::a", good))[0] == 201
+
+
+# -- what passes a lockout ---------------------------------------------------------------
+
+
+async def _lock_out(relay: RelayHarness) -> None:
+    for _ in range(2):
+        assert (await attempt(relay, UNKNOWN))[:2] == (401, "invalid_token")
+    assert (await attempt(relay, UNKNOWN))[:2] == (429, "too_many_failed_authentications")
+
+
+def _token_lookups(relay: RelayHarness) -> float:
+    return relay.counter("relay_db_queries_total", query="user_by_token") + relay.counter(
+        "relay_db_queries_total", query="api_key_authenticate"
+    )
+
+
+async def test_credentials_known_without_the_database_pass_a_lockout(
+    make_relay: MakeRelay,
+) -> None:
+    # Behind a shared NAT one guesser locks its address out: the operator and a candidate
+    # whose token the cache holds (seen lately) still get in, without a database lookup;
+    # any token the relay would have to look up in PostgreSQL still waits.
+    relay = await make_relay(overrides={"limits": {"failed_auth_per_minute": 2}})
+    seen = await relay.add_user()
+    unseen = await relay.add_user()
+    key = await create_key(relay)
+    assert await get_unknown_session(relay, seen) == 404  # now in the cache
+    await _lock_out(relay)
+    lookups = _token_lookups(relay)
+
+    status, code, _ = await operator_call(relay, "GET", "/api/stats", OPERATOR_TOKEN)
+    assert (status, code) == (200, "")
+    assert await get_unknown_session(relay, seen) == 404
+    status, body, _ = await relay.create_session(seen)
+    assert status == 201, body
+    # A valid credential of another kind is still told so (no lookup: the cache knows it).
+    status, code, _ = await operator_call(relay, "GET", "/api/stats", seen)
+    assert (status, code) == (403, "insufficient_scope")
+    for token in (unseen, key, UNKNOWN, "w" * 40):
+        status, code, headers = await attempt(relay, token)
+        assert (status, code) == (429, "too_many_failed_authentications"), token
+        assert int(headers["Retry-After"]) >= 1
+    assert _token_lookups(relay) == lookups
+    # The passes freed nothing: the guesser still waits.
+    assert (await attempt(relay, UNKNOWN))[:2] == (429, "too_many_failed_authentications")
+
+
+async def test_a_token_cached_in_redis_passes_a_lockout_at_another_member(
+    make_relay: MakeRelay, redis_server: RedisServer
+) -> None:
+    overrides = {"limits": {"failed_auth_per_minute": 2}}
+    a = await make_relay(redis_url=redis_server.url, overrides=overrides)
+    b = await make_relay(redis_url=redis_server.url, overrides=overrides)
+    seen = await a.add_user()
+    assert await get_unknown_session(a, seen) == 404  # cached in Redis by a
+    await _lock_out(a)
+    assert (await attempt(b, UNKNOWN))[:2] == (429, "too_many_failed_authentications")
+    assert not b.services.cache.cached_locally(hash_token(seen))
+    assert await get_unknown_session(b, seen) == 404
+    assert _token_lookups(b) == 0
