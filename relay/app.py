@@ -301,7 +301,7 @@ async def _start(
     stack.push_async_callback(shared_sessions.close)
 
     # 5. admission and sessions
-    drain = DrainState()
+    drain = DrainState(metrics)
     admission = Admission(settings, users, cache, metrics, invites=InviteRows(store))
     interviews = InterviewService(settings.interviews, store, notify)
     registry = SessionRegistry(settings.limits, metrics)

@@ -131,6 +131,12 @@ class Store:
             buckets=DATABASE_BUCKETS,
         )
         self._pool_warm = metrics.gauge("relay_db_pool_warm_connections", "Idle warm connections")
+        # /readyz's migrations_pending, for Prometheus: 1 until ``migrate`` has run.
+        self._migrations_pending = metrics.gauge(
+            "relay_db_migrations_pending",
+            "1 until this process has brought the database schema to its version, 0 after",
+        )
+        self._migrations_pending.set(1)
 
     # ------------------------------------------------------------------ lifecycle
     async def open(self) -> None:
@@ -177,6 +183,7 @@ class Store:
         async with pool.acquire(timeout=self._config.connect_timeout_s) as conn:
             await migrate(conn, timeout_s=self._config.migration_timeout_s)
         self._schema_ready.set()
+        self._migrations_pending.set(0)
 
     @property
     def schema_ready(self) -> bool:

@@ -12,9 +12,11 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from relay.db.migrate import MIGRATION_LOCK_ID
 from tests.integration.conftest import MakeRelay
 from tests.integration.live_session import live_session
 from tests.integration.media_helpers import wait_until
@@ -330,3 +332,40 @@ async def test_more_alerted_series_exist_at_zero_from_the_start(
     # A series declared at 0 is no error to report in /api/stats.
     async with relay.client.get("/api/stats", headers=OPERATOR) as resp:
         assert (await resp.json())["errors_by_code"] == {}
+
+
+def _gauge(families: dict[str, Any], name: str) -> float:
+    (sample,) = families[name].samples
+    return float(sample.value)
+
+
+async def test_pending_migrations_and_a_drain_show_in_the_metrics(
+    make_relay: MakeRelay, database_url: str
+) -> None:
+    """What makes /readyz red for a while, seen by Prometheus too (which does not probe
+    /readyz): migrations not yet applied, and a drain (deploy/prometheus/alerts.yml:
+    RelayDrainingTooLong)."""
+    # Another process holds the migration lock, so this relay starts without its schema.
+    blocker = await asyncpg.connect(database_url)
+    try:
+        await blocker.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
+        relay = await make_relay()
+        families = await scrape(relay)
+        assert _gauge(families, "relay_db_migrations_pending") == 1
+        assert _gauge(families, "relay_draining") == 0
+        await blocker.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
+        async with asyncio.timeout(10):
+            await relay.services.store.wait_schema_ready()
+    finally:
+        await blocker.close()
+    assert _gauge(await scrape(relay), "relay_db_migrations_pending") == 0
+
+    async with relay.client.post(
+        "/api/cluster/drain", headers=OPERATOR, json={"member": "*"}
+    ) as resp:
+        assert resp.status == 202
+    await wait_until(lambda: relay.services.drain.draining, 10.0, "the drain to arrive")
+    families = await scrape(relay)
+    assert _gauge(families, "relay_draining") == 1
+    async with relay.client.get("/readyz") as resp:
+        assert resp.status == 503  # the same state /readyz reports
