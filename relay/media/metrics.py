@@ -15,6 +15,8 @@ _COUNTED = {
     "forwarded_bytes": "relay_media_bytes_forwarded_total",
     "frames_decoded": "relay_media_frames_decoded_total",
 }
+# The directions events are relayed in (relay.media.events).
+EVENT_DIRECTIONS = ("upstream_to_browser", "browser_to_upstream")
 
 
 @dataclass
@@ -78,6 +80,7 @@ class MediaMetrics:
             "Times a data channel reached events.max_buffered_bytes unsent, by direction",
             labels,
         )
+        self.event_channel_stalls.declare(direction=EVENT_DIRECTIONS)  # RelayEventChannelStalls
         self.events_filtered = registry.counter(
             "relay_media_events_filtered_total",
             "Upstream server events withheld from the browser by the event filter",

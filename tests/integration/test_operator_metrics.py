@@ -308,7 +308,8 @@ async def test_more_alerted_series_exist_at_zero_from_the_start(
     make_relay: MakeRelay, redis_server: RedisServer
 ) -> None:
     """The other series alerts.yml watches for a first increase: the shared limits'
-    fallbacks (with Redis configured), the session limits' refusals, no media ports."""
+    fallbacks (with Redis configured), the session limits' refusals, no media ports, the
+    event channels' stalls."""
     relay = await make_relay(redis_url=redis_server.url)
     families = await scrape(relay)
 
@@ -329,6 +330,10 @@ async def test_more_alerted_series_exist_at_zero_from_the_start(
         "user_concurrency": 0.0,
     }
     assert series("relay_http_errors", "code") == {"no_media_ports": 0.0}
+    assert series("relay_media_event_channel_stalls", "direction") == {
+        "upstream_to_browser": 0.0,
+        "browser_to_upstream": 0.0,
+    }
     # A series declared at 0 is no error to report in /api/stats.
     async with relay.client.get("/api/stats", headers=OPERATOR) as resp:
         assert (await resp.json())["errors_by_code"] == {}

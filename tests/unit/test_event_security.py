@@ -562,11 +562,14 @@ def test_a_channel_over_its_backlog_drops_until_it_drains() -> None:
         upstream.emit("message", delta)
     assert browser.sent == [] and relay.counts["dropped_backlog"] == 3
     stalls = registry.snapshot()["relay_media_event_channel_stalls_total"]
-    assert [(r["direction"], r["value"]) for r in stalls] == [("upstream_to_browser", 1)]
+    assert {r["direction"]: r["value"] for r in stalls} == {
+        "upstream_to_browser": 1,
+        "browser_to_upstream": 0,
+    }
     browser.bufferedAmount = 0  # drained
     upstream.emit("message", delta)
     assert len(browser.sent) == 1
     browser.bufferedAmount = 1024  # a second stall is counted as one more
     upstream.emit("message", delta)
     stalls = registry.snapshot()["relay_media_event_channel_stalls_total"]
-    assert [r["value"] for r in stalls] == [2]
+    assert {r["direction"]: r["value"] for r in stalls}["upstream_to_browser"] == 2
