@@ -1,9 +1,11 @@
 """API keys: create (the key shown once), list, revoke. Admin only; but any credential of
-the management API may ask what it is.
+the management API may ask what it is, and any key may revoke itself.
 
 POST   /api/keys            {name, scope}  201 with the key (rk_…)
 GET    /api/keys            newest first (revoked ones with ?include_revoked=true)
 GET    /api/keys/current    the calling credential: the operator or a key, and its scope
+DELETE /api/keys/current    the calling key revoked at once (204), a read key too: whoever
+                            holds a key that may have leaked can end it without an admin
 DELETE /api/keys/{key_id}   revoked at once: the key opens nothing from then on
 """
 
@@ -117,6 +119,23 @@ async def current_key(call: Call) -> Reply:
     )
 
 
+async def revoke_current_key(call: Call) -> Reply:
+    principal = call.require_principal()
+    if principal.kind != "api_key":
+        # The operator token is configuration (server.operator_token), not a row to revoke.
+        raise ApiError(
+            403,
+            "insufficient_scope",
+            "DELETE /api/keys/current revokes the calling API key; the operator token is not"
+            " one (change server.operator_token and restart to replace it).",
+            details={"credential": "operator"},
+        )
+    if await call.services.api_keys.revoke(principal.id) is None:
+        # Authenticated a moment ago, so the row exists; deleted since by hand in the database.
+        raise ApiError(404, "key_not_found", "No such API key.")
+    return Reply(204)
+
+
 async def revoke_key(call: Call) -> Reply:
     key_id = call.path("key_id")
     if not _ID.fullmatch(key_id):
@@ -164,6 +183,19 @@ def register(api: Api) -> None:
             tag="keys",
             run=current_key,
             responses=(Response(200, "Who is asking.", CurrentCredential),),
+        ),
+        # Right after its GET, so that both share one route: registered after
+        # /api/keys/{key_id}, "current" would be taken for a key id there (404).
+        Operation(
+            "DELETE",
+            "/api/keys/current",
+            "revokeCurrentApiKey",
+            "Revoke the calling API key, at once (a read key too)",
+            auth="read",
+            tag="keys",
+            run=revoke_current_key,
+            responses=(Response(204, "The key is revoked: it opens nothing from now on."),),
+            errors={403: ("insufficient_scope",), 404: ("key_not_found",)},
         ),
         Operation(
             "DELETE",

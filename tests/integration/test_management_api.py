@@ -58,6 +58,35 @@ async def test_keys_open_what_their_scope_allows_until_revoked(make_relay: MakeR
     assert [k["name"] for k in listed["items"]] == ["backend"]
 
 
+async def test_a_key_revokes_itself_through_keys_current(make_relay: MakeRelay) -> None:
+    # Whoever holds a key that may have leaked ends it, a read key too, without an admin.
+    relay = await make_relay()
+    admin = await create_key(relay, "admin", "backend")
+    reader = await create_key(relay, "read", "dashboard")
+    status, me, _ = await call(relay, "GET", "/api/keys/current", bearer(reader))
+    assert status == 200 and me["name"] == "dashboard", me
+    status, body, _ = await call(relay, "DELETE", "/api/keys/current", bearer(reader))
+    assert (status, body) == (204, None), body
+    status, body, _ = await call(relay, "GET", "/api/keys/current", bearer(reader))
+    assert status == 401 and body["error"]["code"] == "invalid_token", body
+    status, listed, _ = await call(relay, "GET", "/api/keys?include_revoked=true")
+    revoked = {k["name"]: k["revoked_at"] is not None for k in listed["items"]}
+    assert revoked == {"dashboard": True, "backend": False}
+    # Only the caller's own key: the other one still works.
+    status, body, _ = await call(relay, "GET", "/api/interviews", bearer(admin))
+    assert status == 200, body
+    # The operator token is no key: said so, and it keeps working.
+    status, body, _ = await call(relay, "DELETE", "/api/keys/current", OPERATOR)
+    assert status == 403 and body["error"]["code"] == "insufficient_scope", body
+    assert body["error"]["credential"] == "operator" and "request_id" in body, body
+    status, body, _ = await call(relay, "GET", "/api/keys/current", OPERATOR)
+    assert status == 200 and body["kind"] == "operator", body
+    status, body, _ = await call(relay, "DELETE", "/api/keys/current", bearer(admin))
+    assert status == 204, body
+    status, body, _ = await call(relay, "GET", "/api/interviews", bearer(admin))
+    assert status == 401 and body["error"]["code"] == "invalid_token", body
+
+
 async def test_wrong_api_keys_count_as_failed_authentications(make_relay: MakeRelay) -> None:
     relay = await make_relay(overrides={"limits": {"failed_auth_per_minute": 3}})
     key = await create_key(relay)

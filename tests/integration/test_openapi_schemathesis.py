@@ -118,6 +118,8 @@ async def _config(relay: RelayHarness, key: str) -> str:
     )
     assert status == 201, pending
     spare = await create_key(relay, "read", "revoked by the run, perhaps")
+    # DELETE /api/keys/current revokes the key it is sent with: its own, not the run's.
+    itself = await create_key(relay, "read", "its own revocation")
     status, keys, _ = await call(relay, "GET", "/api/keys")
     spare_id = next(k["id"] for k in keys["items"] if k["name"].startswith("revoked"))
     assert spare
@@ -142,5 +144,11 @@ async def _config(relay: RelayHarness, key: str) -> str:
             f'include-tag = "{tag}"',
             f"headers = {{ Authorization = {json.dumps('Bearer ' + invite)} }}",
         ]
+    lines += [
+        "",
+        "[[operations]]",
+        'include-operation-id = "revokeCurrentApiKey"',
+        f"headers = {{ Authorization = {json.dumps('Bearer ' + itself)} }}",
+    ]
     lines.append("")
     return "\n".join(lines)
