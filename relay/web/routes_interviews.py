@@ -3,7 +3,8 @@
 POST /api/interviews                     admin   201 Interview with candidate_url (once)
 GET  /api/interviews?status=&email=&…    read    newest first, cursor pagination
 GET  /api/interviews/{interview_id}      read    with its sessions and recordings
-POST /api/interviews/{interview_id}/cancel admin its live sessions end (reason cancelled)
+POST /api/interviews/{interview_id}/cancel admin its live sessions end (reason cancelled);
+                                                 no body, or {} (a field: 400, as elsewhere)
 POST /api/interviews/{interview_id}/invite admin a new candidate link; the old one stops
 DELETE /api/interviews/{interview_id}    admin   erase it and everything of it (204)
 """
@@ -15,7 +16,7 @@ from datetime import datetime
 from typing import Annotated
 
 from aiohttp import web
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from relay.errors import ApiError
 from relay.fields import Email, UtcDatetime
@@ -47,6 +48,14 @@ class InterviewQuery(PageQuery):
 
 class InterviewList(Page):
     items: list[Interview]
+
+
+class InterviewCancel(BaseModel):
+    """A cancel takes no fields. Refused rather than ignored, as the routes with a body
+    refuse a field they do not know: a client sending {"reason": …} must not believe it
+    was kept."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 def public_base(request: web.Request) -> str:
@@ -238,6 +247,8 @@ def register(api: Api) -> None:
             tag="interviews",
             run=cancel_interview,
             path_params=(_INTERVIEW_ID,),
+            body=InterviewCancel,
+            body_optional=True,
             idempotent=True,
             responses=(Response(200, "The interview, cancelled.", Interview),),
             errors={

@@ -206,6 +206,27 @@ async def test_cancel_ends_the_live_session_and_closes_the_link(make_relay: Make
     assert body["error"]["interview_status"] == "cancelled"
 
 
+async def test_a_cancel_with_fields_is_refused_not_taken_for_a_plain_cancel(
+    make_relay: MakeRelay,
+) -> None:
+    # A cancel takes no fields: one sent (a reason, say) is refused as every management
+    # route refuses a field it does not know, and nothing is cancelled.
+    relay = await make_relay()
+    interview = await create_interview(relay)
+    path = f"/api/interviews/{interview['id']}/cancel"
+    status, body, _ = await call(relay, "POST", path, json={"reason": "position filled"})
+    assert status == 400 and body["error"]["code"] == "invalid_request", body
+    assert body["error"]["message"].startswith("reason:"), body
+    assert body["error"]["errors"][0]["field"] == "reason" and "request_id" in body, body
+    status, body, _ = await call(relay, "POST", path, data=b"[]")
+    assert status == 400 and body["error"]["code"] == "invalid_json", body
+    status, body, _ = await call(relay, "GET", f"/api/interviews/{interview['id']}")
+    assert body["status"] == "scheduled", body
+    assert [t for t, _ in await events_of(relay, interview["id"])] == []
+    status, body, _ = await call(relay, "POST", path, json={})
+    assert status == 200 and body["status"] == "cancelled", body
+
+
 async def test_an_interview_without_recording_records_nothing_and_asks_no_notice(
     make_relay: MakeRelay,
 ) -> None:
