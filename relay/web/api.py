@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from relay.admission.api_keys import Principal
 from relay.admission.service import Caller
@@ -149,6 +149,14 @@ class PathParam:
     # A pattern the handler enforces itself (a malformed id gets the same 404 as an
     # unknown one); documented, not used to refuse the request before the handler.
     pattern: str | None = None
+
+
+class NoFields(BaseModel):
+    """The body of a POST that takes no fields: none, or ``{}``. A field is refused (400
+    ``invalid_request`` naming it), as the routes with a body refuse a field they do not
+    know: a client sending ``{"reason": …}`` must not believe it was kept."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Annotated
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from relay.errors import ApiError
 from relay.fields import Email, UtcDatetime
@@ -30,7 +30,7 @@ from relay.interviews.models import (
 from relay.interviews.rows import CandidateErasing, CandidateInactive, InterviewRecord
 from relay.interviews.service import effective_status, view
 from relay.services import SERVICES
-from relay.web.api import Api, Call, Operation, PathParam, Reply, Response
+from relay.web.api import Api, Call, NoFields, Operation, PathParam, Reply, Response
 from relay.web.forwarded import forwarded_over_tls
 from relay.web.pagination import Page, PageQuery, decode_cursor, page_of
 
@@ -48,14 +48,6 @@ class InterviewQuery(PageQuery):
 
 class InterviewList(Page):
     items: list[Interview]
-
-
-class InterviewCancel(BaseModel):
-    """A cancel takes no fields. Refused rather than ignored, as the routes with a body
-    refuse a field they do not know: a client sending {"reason": …} must not believe it
-    was kept."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 def public_base(request: web.Request) -> str:
@@ -247,7 +239,7 @@ def register(api: Api) -> None:
             tag="interviews",
             run=cancel_interview,
             path_params=(_INTERVIEW_ID,),
-            body=InterviewCancel,
+            body=NoFields,
             body_optional=True,
             idempotent=True,
             responses=(Response(200, "The interview, cancelled.", Interview),),
@@ -266,6 +258,8 @@ def register(api: Api) -> None:
             tag="interviews",
             run=new_invite,
             path_params=(_INTERVIEW_ID,),
+            body=NoFields,
+            body_optional=True,
             idempotent=True,
             description="For a candidate who lost the link, or a link that leaked. The "
             "interview must be scheduled or in progress and before its expires_at. From this "

@@ -23,7 +23,7 @@ from relay.admission.users import UserChange, UserDetail
 from relay.cluster.bus import notify
 from relay.errors import ApiError
 from relay.fields import Email
-from relay.web.api import Api, Call, Operation, PathParam, Reply, Response
+from relay.web.api import Api, Call, NoFields, Operation, PathParam, Reply, Response
 from relay.web.pagination import Page, PageQuery, decode_cursor, encode_cursor
 
 MAX_SECONDS = 2**31 - 1
@@ -209,6 +209,8 @@ def register(api: Api) -> None:
             tag="users",
             run=reissue_token,
             path_params=(_USER_ID,),
+            body=NoFields,
+            body_optional=True,
             idempotent=True,
             description="The recovery of a lost token; also gives a user created by an "
             "interview a token of its own.",

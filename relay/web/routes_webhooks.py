@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 
 from relay.errors import ApiError
-from relay.web.api import Api, Call, Operation, PathParam, Reply, Response
+from relay.web.api import Api, Call, NoFields, Operation, PathParam, Reply, Response
 from relay.web.models_webhooks import (
     Delivery,
     DeliveryList,
@@ -295,6 +295,8 @@ def register(api: Api) -> None:
             run=redeliver,
             idempotent=True,
             path_params=(_ENDPOINT, _DELIVERY),
+            body=NoFields,
+            body_optional=True,
             responses=(Response(202, "The delivery, due now.", Delivery),),
             errors={**admin, 404: ("webhook_not_found", "delivery_not_found")},
         ),

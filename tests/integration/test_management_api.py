@@ -200,6 +200,39 @@ async def test_reissue_is_the_recovery_of_a_lost_token(make_relay: MakeRelay) ->
     assert status == 201, body
 
 
+async def test_posts_that_take_no_fields_refuse_one_and_do_nothing(make_relay: MakeRelay) -> None:
+    # A new link, a new token and a redelivery take no body: a field sent with one (a
+    # reason, say) is refused as every route refuses a field it does not know, before
+    # anything is done, so a client never believes it was kept.
+    relay = await make_relay()
+    old = await relay.add_user(seconds=300, email="fields@example.test")
+    [user] = (await call(relay, "GET", "/api/users?email=fields@example.test"))[1]["items"]
+    interview = await create_interview(relay)
+    posts = [
+        f"/api/users/{user['id']}/token",
+        f"/api/interviews/{interview['id']}/invite",
+        "/api/webhooks/wh_00000000000000000000000000000000/deliveries/1/redeliver",
+    ]
+    for path in posts:
+        status, body, _ = await call(relay, "POST", path, json={"reason": "lost it"})
+        assert status == 400 and body["error"]["code"] == "invalid_request", (path, body)
+        assert body["error"]["errors"][0]["field"] == "reason" and body["request_id"], body
+    # Nothing was replaced: the old token and the old link still open.
+    status, body, _ = await call(
+        relay, "POST", "/api/realtime-session", bearer(old), json=NOTICE_CONFIRMED
+    )
+    assert status == 201, body
+    status, body, _ = await call(
+        relay, "GET", "/api/recording-notice", bearer(invite_of(interview))
+    )
+    assert status == 200 and body["recording"] is True, body
+    # No body, or {}, as before.
+    status, body, _ = await call(relay, "POST", posts[0])
+    assert status == 201 and body["token"].startswith("rt_"), body
+    status, body, _ = await call(relay, "POST", posts[1], json={})
+    assert status == 200 and body["candidate_url"], body
+
+
 async def test_credit_and_deactivation_through_the_users_resource(make_relay: MakeRelay) -> None:
     relay = await make_relay()
     async with live_session(relay, email="jo@example.test") as live:
