@@ -117,6 +117,11 @@ class DeletionFailed(Exception):
     """A recording's files could not be removed (a read-only or failing disk)."""
 
 
+class NoObjectStore(StorageError):
+    """A recording kept in the object store, on an instance configured without one: only a
+    member with S3 configured can remove its objects."""
+
+
 def _remove_tree(path: Path) -> None:
     """``path`` and everything under it; gone already is fine, anything else raises."""
     with contextlib.suppress(FileNotFoundError):
@@ -164,6 +169,9 @@ class RecordingService:
         self._created: dict[str, asyncio.Task[bool]] = {}
         self.live: dict[str, SessionRecorder] = {}
         self._finalising: set[str] = set()
+        # Set once the background's first round (recovery, retention) has run, done or not:
+        # what a caller that must not race that round (a test writing expired rows) awaits.
+        self.first_round_done = asyncio.Event()
         # Set once close() stops taking work: late callbacks start nothing new.
         self._closing = False
         self._failures = metrics.counter(
@@ -483,6 +491,7 @@ class RecordingService:
                 log.warning("recording housekeeping: %s; the next round retries", exc)
             except Exception:  # the next round retries
                 log.exception("recording housekeeping failed")
+            self.first_round_done.set()
             await idle(min(RETENTION_INTERVAL_S, UPLOAD_RETRY_INTERVAL_S))
 
     async def recover(self) -> int:
@@ -578,6 +587,7 @@ class RecordingService:
         pass."""
         cutoff = (now or datetime.now(UTC)) - timedelta(days=self.config.retention_days)
         count = 0
+        in_object_store = 0
         after: tuple[datetime, str] | None = None
         while True:
             batch = await self.rows.expired(cutoff, after=after, limit=RETENTION_BATCH)
@@ -585,9 +595,17 @@ class RecordingService:
                 try:
                     await self.delete(row, reason="retention")
                     count += 1
+                except NoObjectStore:
+                    in_object_store += 1  # a member with S3 configured deletes them
                 except (DeletionFailed, RecordingElsewhere, StorageError) as exc:
                     log.warning("recording %s: retention could not delete it: %s", row["id"], exc)
             if len(batch) < RETENTION_BATCH:
+                if in_object_store:
+                    log.info(
+                        "retention: %d recording(s) in the object store left to a member "
+                        "with S3 configured",
+                        in_object_store,
+                    )
                 return count
             after = (batch[-1]["created_at"], batch[-1]["id"])
 
@@ -597,8 +615,13 @@ class RecordingService:
         own (a session taken over has a directory per part, and each part is a recording
         of its own). Raises ``RecordingElsewhere`` for files on another instance's disk
         (not reachable from here), ``DeletionFailed`` when files could not be removed
-        (the row stays as it was), ``StorageError`` from the object store."""
+        (the row stays as it was), ``StorageError`` from the object store (``NoObjectStore``
+        for objects this instance cannot reach: no S3 configured here)."""
         session_id, recording_id = row["session_id"], row["id"]
+        if row["storage"] == "s3" and self.s3 is None:
+            # Marking the row deleted here would leave its objects in the bucket for good,
+            # with nothing left to find them by.
+            raise NoObjectStore("S3 storage is not configured on this instance")
         directory = self.root / part_directory(session_id, row["part"])
         # A local recording's directory, or an S3 one's kept after a failed upload: the
         # location is then a path on its instance's disk, not an object key.
@@ -622,7 +645,7 @@ class RecordingService:
                 await asyncio.to_thread(_remove_tree, path)
             except OSError as exc:
                 raise DeletionFailed(f"{path.name}: {exc.strerror or exc}") from exc
-        if row["storage"] == "s3" and self.s3 is not None:
+        if self.s3 is not None and row["storage"] == "s3":
             await self.s3.delete_prefix(self.s3.key(session_id, recording_id, ""))
         await self.rows.set_status(recording_id, "deleted", reason=reason)
 

@@ -34,6 +34,7 @@ from relay.recording.s3 import StorageError
 from relay.recording.service import (
     CONTENT_TYPES,
     DeletionFailed,
+    NoObjectStore,
     RecordingElsewhere,
     RecordingService,
 )
@@ -270,6 +271,13 @@ async def delete_recording(request: web.Request) -> web.Response:
             # Who deleted it, as interviews and keys name their creator (a key's id, or
             # "operator").
             await service.delete(row, reason=f"deleted by {principal.id}")
+        except NoObjectStore:
+            raise ApiError(
+                503,
+                "storage_unavailable",
+                "The recording is kept in S3, which is not configured on this instance: "
+                "delete it through one that has it.",
+            ) from None
         except StorageError as exc:
             raise ApiError(502, "storage_error", "The object store did not answer.") from exc
         except RecordingElsewhere as exc:
@@ -395,6 +403,8 @@ def register(api: Api) -> None:
                 409: ("recording_busy", "recording_on_another_instance"),
                 500: ("recording_not_deleted",),
                 502: ("storage_error",),
+                # A recording kept in S3, on an instance configured without S3.
+                503: (*_READ_ERRORS[503], "storage_unavailable"),
             },
         ),
     )

@@ -35,9 +35,15 @@ def _files(directory: Path) -> Path:
 
 
 async def _rows(
-    relay: RelayHarness, recordings: list[tuple[str, str, int, Path, str, datetime]]
+    relay: RelayHarness,
+    recordings: list[tuple[str, str, int, Path, str, datetime]],
+    storage: str = "local",
 ) -> None:
-    """(recording id, session id, part, location, instance, created_at), sessions made."""
+    """(recording id, session id, part, location, instance, created_at), sessions made;
+    once the relay's own first retention pass is over, so that it cannot take rows made
+    expired here before the test's own pass does."""
+    assert relay.services.recordings is not None
+    await asyncio.wait_for(relay.services.recordings.first_round_done.wait(), 30)
     conn = await asyncpg.connect(relay.database_url)
     try:
         user = await conn.fetchval(
@@ -57,7 +63,7 @@ async def _rows(
         for recording_id, session_id, part, location, instance, created_at in recordings:
             await conn.execute(
                 "INSERT INTO recordings (id, session_id, status, storage, location,"
-                " relay_instance, part, created_at) VALUES ($1, $2, 'ready', 'local', $3, $4,"
+                " relay_instance, part, created_at) VALUES ($1, $2, 'ready', $7, $3, $4,"
                 " $5, $6)",
                 recording_id,
                 session_id,
@@ -65,6 +71,7 @@ async def _rows(
                 instance,
                 part,
                 created_at,
+                storage,
             )
         # The other instance is alive: its heartbeat is now.
         await conn.execute(
@@ -161,3 +168,23 @@ async def test_retention_deletes_in_batches_until_none_is_left(
     assert await _status(relay, REC_BROKEN) == "ready"  # tried again at the next pass
     assert await _status(relay, REC_AWAY) == "ready"  # the live instance's
     assert await _status(relay, REC_GONE) == "deleted"
+
+
+async def test_a_recording_in_s3_is_not_marked_deleted_where_s3_is_not_configured(
+    make_relay: MakeRelay, tmp_path: Path
+) -> None:
+    # An instance configured without S3 cannot remove a recording's objects: marking its
+    # row deleted there would leave them in the bucket with nothing to find them by. The
+    # API says so (503, as a download there does) and retention leaves it to a member
+    # with S3; the row stays as it was.
+    relay = await make_relay(overrides={"recording": {"directory": str(tmp_path / "rec")}})
+    old = datetime.now(UTC) - timedelta(days=400)
+    await _rows(relay, [(REC_AWAY, "is_in_s3", 1, tmp_path / "unused", INSTANCE, old)], "s3")
+    status, body, _ = await call(relay, "DELETE", "/api/recordings/" + REC_AWAY)
+    assert status == 503 and body["error"]["code"] == "storage_unavailable", body
+    assert "request_id" in body
+    assert await _status(relay, REC_AWAY) == "ready"
+    service = relay.services.recordings
+    assert service is not None
+    assert await service.apply_retention() == 0
+    assert await _status(relay, REC_AWAY) == "ready"
