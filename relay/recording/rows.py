@@ -29,6 +29,11 @@ _COLUMNS = """r.id, r.session_id, r.status, r.status_reason, r.format, r.storage
 # Every recording with its session and candidate (who, and for which interview).
 _FROM = """recordings r JOIN interview_sessions s ON s.id = r.session_id
     JOIN users u ON u.id = s.user_id"""
+# Not of a candidate or an interview marked for erasure (migration 017): from the erasure's
+# answer on, the API neither lists nor serves them, while their files are being removed.
+NOT_ERASED = """u.erase_requested_at IS NULL AND NOT EXISTS (
+    SELECT 1 FROM interviews ie WHERE ie.id = s.interview_id
+      AND ie.erase_requested_at IS NOT NULL)"""
 
 
 def _json(value: Any) -> Any:
@@ -102,7 +107,8 @@ def _filters(first: int) -> str:
     """The list's filters as SQL, their parameters numbered from ``$first``: interview id,
     user id, candidate e-mail, created since, created until."""
     n = [f"${first + i}" for i in range(5)]
-    return f"""({n[0]}::text IS NULL OR s.interview_id = {n[0]})
+    return f"""{NOT_ERASED}
+        AND ({n[0]}::text IS NULL OR s.interview_id = {n[0]})
         AND ({n[1]}::bigint IS NULL OR s.user_id = {n[1]})
         AND ({n[2]}::text IS NULL OR lower(u.email) = lower({n[2]}))
         AND ({n[3]}::timestamptz IS NULL OR r.created_at >= {n[3]})
@@ -239,10 +245,14 @@ class RecordingRows:
 
         await self._store.run("recording_discard", op)
 
-    async def get(self, recording_id: str) -> asyncpg.Record | None:
+    async def get(self, recording_id: str, *, erased_too: bool = True) -> asyncpg.Record | None:
+        """The recording's row; with ``erased_too=False`` (the API's reads), None for one
+        of an interview or candidate marked for erasure."""
+        hidden = "" if erased_too else f" AND {NOT_ERASED}"
+
         async def op(conn: asyncpg.Connection) -> asyncpg.Record | None:
             return await conn.fetchrow(
-                f"SELECT {_COLUMNS} FROM {_FROM} WHERE r.id = $1", recording_id
+                f"SELECT {_COLUMNS} FROM {_FROM} WHERE r.id = $1{hidden}", recording_id
             )
 
         return await self._store.run("recording_get", op)

@@ -393,7 +393,11 @@ class SessionList:
                               s.ended_at, s.end_reason, s.duration_seconds, s.debited_seconds,
                               s.recording_status
                        FROM interview_sessions s JOIN users u ON u.id = s.user_id
-                       WHERE ($2::bigint IS NULL OR s.user_id = $2)
+                       WHERE u.erase_requested_at IS NULL
+                         AND NOT EXISTS (SELECT 1 FROM interviews ie
+                                         WHERE ie.id = s.interview_id
+                                           AND ie.erase_requested_at IS NOT NULL)
+                         AND ($2::bigint IS NULL OR s.user_id = $2)
                          AND ($3::text IS NULL OR lower(u.email) = lower($3))
                          AND ($4::text IS NULL OR s.interview_id = $4)
                          AND ($5::text IS NULL OR s.state = $5)

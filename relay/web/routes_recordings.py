@@ -74,7 +74,7 @@ async def _row(request: web.Request, service: RecordingService) -> asyncpg.Recor
     recording_id = request.match_info["id"]
     if not _ID.match(recording_id):
         raise ApiError(404, "recording_not_found", "No such recording.")
-    row = await service.rows.get(recording_id)
+    row = await service.rows.get(recording_id, erased_too=False)
     if row is None:
         raise ApiError(404, "recording_not_found", "No such recording.")
     return row

@@ -235,6 +235,18 @@ async def test_a_candidate_erased_while_the_object_store_is_down_loses_every_fil
         json={"candidate": {"email": email}, "instructions": "Again."},
     )
     assert status == 409 and body["error"]["code"] == "user_being_erased", body
+    # Its recording and session, whose rows wait for the store, are neither listed nor
+    # served from the erasure's answer on.
+    for path in (
+        f"/api/recordings/{item['id']}",
+        f"/api/recordings/{item['id']}/audio",
+        f"/api/recordings/{item['id']}/transcript",
+    ):
+        status, body, _ = await call(relay, "GET", path)
+        assert status == 404 and body["error"]["code"] == "recording_not_found", (path, body)
+    for path in ("/api/recordings", "/api/sessions", f"/api/recordings?email={email}"):
+        status, body, _ = await call(relay, "GET", path)
+        assert status == 200 and body["items"] == [], (path, body)
     # The interview had no files: erased by the request itself.
     assert await _erased(relay, "interviews", "id", interview["id"])
     # The store does not answer: the files stay, and so does every row that says so (the
