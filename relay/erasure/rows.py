@@ -153,6 +153,19 @@ class ErasureRows:
         row = await self._store.run("erasure_marked", op)
         return Marked(list(row["interviews"]), [int(u) for u in row["users"]])
 
+    async def interviews_of(self, user_id: int) -> list[str]:
+        """The user's interviews marked for erasure (all of them, once the user is)."""
+
+        async def op(conn: asyncpg.Connection) -> list[str]:
+            rows = await conn.fetch(
+                """SELECT id FROM interviews
+                   WHERE user_id = $1 AND erase_requested_at IS NOT NULL ORDER BY id""",
+                user_id,
+            )
+            return [str(r["id"]) for r in rows]
+
+        return await self._store.run("erasure_interviews_of", op)
+
     async def pending(
         self, *, interview_id: str | None = None, user_id: int | None = None
     ) -> Pending:

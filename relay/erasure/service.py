@@ -102,7 +102,11 @@ class Erasure:
         return True
 
     async def erase_user(self, user_id: int) -> bool:
-        """True once the user's row is gone (its interviews first)."""
+        """True once the user's row is gone (its interviews first: each one that can be is
+        erased here, so a request erasing a candidate finishes what it can at once, not at
+        housekeeping's next round)."""
+        for interview_id in await self.rows.interviews_of(user_id):
+            await self.erase_interview(interview_id)
         if not await self._remove_files(await self.rows.pending(user_id=user_id)):
             return False
         if not await self.rows.finish_user(user_id, self._notify):
