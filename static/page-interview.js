@@ -11,7 +11,7 @@
 // (single use, rotated by every answer), kept in this tab's sessionStorage so a reload can
 // resume too.
 
-import { api, ApiFailure, once, sleep, withRetries } from "./page-api.js";
+import { api, ApiFailure, NetworkFailure, once, sleep, withRetries } from "./page-api.js";
 import { Call } from "./page-call.js";
 import { SERVICE_HICCUP, endMessage, mayGoOn } from "./page-messages.js";
 import { store } from "./page-storage.js";
@@ -45,6 +45,13 @@ function graceFrom(answer, previous) {
 }
 // Waits between resume attempts: 1, 2, 4, 8, 8… s (the first attempt is immediate).
 const BACKOFF_MAX_S = 8;
+// The candidate's End: the hang-up is sent again while the relay answers it with a
+// retryable refusal (503 database_unavailable…) or not at all, after its Retry-After (at
+// most HANGUP_WAIT_MAX_S), this many times in all; then the page closes its connection
+// anyway (the relay then ends the session browser_gone after its grace).
+const HANGUP_ATTEMPTS = 5;
+const HANGUP_WAIT_MAX_S = 10;
+const HANGUP_REQUEST_TIMEOUT_MS = 10000;
 // After speech_started, give the service this long to cancel/clear on its own (server VAD
 // with interrupt_response does) before the page does it.
 const BARGE_IN_GRACE_MS = 300;
@@ -201,10 +208,35 @@ export class Interview {
     this.phase = "ending";
     // Hang up through the API before closing the connection: otherwise the relay sees the
     // connection drop first and records a lost browser instead of the candidate's hang-up.
-    try {
-      await this.api("DELETE", `/api/sessions/${this.session.session_id}`);
-    } catch (_) { /* already gone */ }
+    await this.hangUpOnRelay(this.session.session_id);
     this.finish("hangup");
+  }
+
+  // DELETE /api/sessions/{id}, sent again while the relay cannot record it yet (its
+  // database briefly down: 503 database_unavailable with Retry-After; no answer): the end
+  // is then the candidate's (hangup), not a lost browser's. A refusal for good (401 after
+  // a new link, 404, 410: already over) is not retried.
+  async hangUpOnRelay(sessionId) {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.api("DELETE", `/api/sessions/${sessionId}`, undefined,
+          { timeoutMs: HANGUP_REQUEST_TIMEOUT_MS });
+        return;
+      } catch (err) {
+        if (this.phase !== "ending") return; // the relay ended it first (relay.session.ending)
+        const again = err instanceof NetworkFailure ||
+          (err instanceof ApiFailure && (err.retryable || err.status === 429 || err.status >= 500));
+        if (!again || attempt >= HANGUP_ATTEMPTS) {
+          console.info(`hang-up not recorded: ${err.message}`);
+          return;
+        }
+        const waitS = Math.min(HANGUP_WAIT_MAX_S, (err.retryAfter || 0) || 2 ** (attempt - 1));
+        view.setStatus(`Ending the interview… ${err.message} Trying again in ${waitS} s.`);
+        await sleep(waitS * 1000);
+        if (this.phase !== "ending") return;
+        view.setStatus("Ending the interview…");
+      }
+    }
   }
 
   // The end, whatever its reason: shown at once, nothing left open, nothing to resume.

@@ -1,0 +1,64 @@
+"""The candidate page carries the candidate through failures that are not theirs, in
+headless Chromium against the whole relay: an End pressed while the relay's database is
+briefly down is still recorded as the candidate's hang-up."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from playwright.async_api import Page, Response, expect
+
+from relay.upstream.simulator.server import RunningSimulator
+from tests.e2e.test_candidate_resume import (
+    CONNECT_S,
+    NOTE_STATUS,
+)
+from tests.integration.conftest import MakeRelay
+from tests.integration.interview_helpers import create_interview, invite_of
+
+# The relay's Retry-After while its database is down: short, so the test is too.
+RETRY_AFTER_S = 2
+
+
+async def test_an_end_pressed_while_the_database_is_down_is_recorded_as_the_candidates(
+    make_relay: MakeRelay, simulator: RunningSimulator, page: Page, private_postgres: Any
+) -> None:
+    relay = await make_relay(
+        dsn=private_postgres.dsn(), overrides={"database": {"retry_after_s": RETRY_AFTER_S}}
+    )
+    # An interview's link: its invite is read from PostgreSQL on every use (docs/api.md),
+    # so the hang-up cannot be served from the credential cache while the database is down.
+    interview = await create_interview(relay, max_duration_s=600, recording=False)
+    await page.add_init_script(NOTE_STATUS)
+    await page.goto(str(relay.client.make_url("/")) + f"#invite={invite_of(interview)}")
+    async with page.expect_response("**/api/realtime-session") as created:
+        await page.click("#start")
+    session_id: str = (await (await created.value).json())["session_id"]
+    await expect(page.locator("#connection")).to_have_text("Live", timeout=CONNECT_S * 1000)
+    answers: list[tuple[int, str | None]] = []
+    restarted = asyncio.Event()
+
+    async def on_response(response: Response) -> None:
+        if response.request.method != "DELETE" or not response.url.endswith(session_id):
+            return
+        answers.append((response.status, response.headers.get("retry-after")))
+        if response.status == 503 and not restarted.is_set():
+            restarted.set()
+            await private_postgres.astart()  # back after the first refusal
+
+    page.on("response", on_response)
+    await private_postgres.astop()  # a real fault: the relay answers 503 + Retry-After
+    await page.click("#stop")
+    await expect(page.locator("#end-reason")).to_have_text(
+        "You ended the interview. Thank you!", timeout=(4 * RETRY_AFTER_S + 20) * 1000
+    )
+    # Refused while the database was down, then sent again after Retry-After and taken.
+    assert answers[0] == (503, str(RETRY_AFTER_S)), answers
+    assert answers[-1][0] == 204, answers
+    said = await page.evaluate("() => window.statusTexts")
+    assert any(t.startswith("Ending the interview…") for t in said), said
+    # The relay recorded the candidate's hang-up, not a lost browser.
+    await relay.wait_session_closed(session_id, within=30)
+    rows = await relay.sql("SELECT end_reason FROM interview_sessions WHERE id = $1", session_id)
+    assert rows[0]["end_reason"] == "hangup"
