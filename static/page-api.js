@@ -95,7 +95,10 @@ export const WAIT_BOUND_S = { credit_in_use: 90 };
 // take a while to answer). A wait bounded by time says its message once, without a
 // countdown: a status line that changed every second for a minute and a half would be
 // read out every second.
-export async function withRetries(label, fn, onWait) {
+// `pollS` ({code: seconds}) asks again sooner than Retry-After for a code the caller
+// expects to clear within moments (a rejoin's credit_in_use: the session that just failed
+// is still being closed); onWait then gets the failure too, to say something else.
+export async function withRetries(label, fn, onWait, { pollS = {} } = {}) {
   let waitedS = 0; // waiting for the codes of WAIT_BOUND_S
   for (let attempt = 1; ; ) {
     try {
@@ -104,9 +107,9 @@ export async function withRetries(label, fn, onWait) {
       if (!(err instanceof ApiFailure) || !err.retryable) throw err;
       const bound = WAIT_BOUND_S[err.code];
       if (bound !== undefined) {
-        const waitS = err.retryAfter || 5;
+        const waitS = pollS[err.code] || err.retryAfter || 5;
         if (waitedS + waitS > bound) throw err;
-        onWait(err.message);
+        onWait(err.message, err);
         await sleep(waitS * 1000);
         waitedS += waitS;
         continue;

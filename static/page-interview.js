@@ -3,6 +3,10 @@
 //
 // Phases: idle (pre-flight) → connecting → live ⇄ reconnecting → ended. "ending" is the short
 // moment of the candidate's own hang-up (the DELETE) during which a drop means nothing.
+// live → rejoining → live: an end that was not the interview's (page-messages.js mayGoOn:
+// the interviewer's service or the relay failed, the connection could not be kept) is
+// followed by a new session of the same interview, by itself (rejoin() below), a bounded
+// number of times; only when those fail does the end screen offer "Go on with the interview".
 //
 // The relay speaks to the page in its own namespace on the events channel (relay.*, see
 // docs/operations.md, "The candidate's page"): time left, wrap-up, ending with a reason
@@ -13,7 +17,7 @@
 
 import { api, ApiFailure, NetworkFailure, once, sleep, withRetries } from "./page-api.js";
 import { Call } from "./page-call.js";
-import { SERVICE_HICCUP, endMessage, mayGoOn } from "./page-messages.js";
+import { SERVICE_HICCUP, endMessage, mayGoOn, rejoinMessage } from "./page-messages.js";
 import { store } from "./page-storage.js";
 import * as view from "./page-view.js";
 
@@ -45,6 +49,13 @@ function graceFrom(answer, previous) {
 }
 // Waits between resume attempts: 1, 2, 4, 8, 8… s (the first attempt is immediate).
 const BACKOFF_MAX_S = 8;
+// Automatic rejoins after an end that was not the interview's: this many new sessions in
+// a row, the first at once, then after these waits (s). A rejoined session that stays up
+// REJOIN_SETTLED_MS starts the count afresh; one that fails sooner counts as an attempt
+// (an interviewer's service that keeps failing must not be retried forever).
+const REJOIN_ATTEMPTS = 4;
+const REJOIN_BACKOFF_S = [2, 4, 8];
+const REJOIN_SETTLED_MS = 60000;
 // The candidate's End: the hang-up is sent again while the relay answers it with a
 // retryable refusal (503 database_unavailable…) or not at all, after its Retry-After (at
 // most HANGUP_WAIT_MAX_S), this many times in all; then the page closes its connection
@@ -113,15 +124,23 @@ function refusedResumeReason(err) {
 
 export class Interview {
   // mic: the Microphone; transcript: the Transcript; token(): the credential;
+  // onCreated(session): a session was created (the start, or a rejoin);
   // onRemoteStream(stream): the interviewer's audio; onEnded(): after the end screen.
-  constructor({ mic, transcript, token, onRemoteStream, onEnded }) {
+  constructor({ mic, transcript, token, onCreated, onRemoteStream, onEnded }) {
     this.mic = mic;
     this.transcript = transcript;
     this.token = token;
+    this.onCreated = onCreated;
     this.onRemoteStream = onRemoteStream;
     this.onEnded = onEnded;
     this.phase = "idle";
-    this.session = null; // {session_id, resume_token, grace_s, ice_servers, time_left}
+    // {session_id, resume_token, grace_s, ice_servers, time_left, notice_shown}
+    this.session = null;
+    // Whether the recording notice was on screen before the interview's first Start: a
+    // rejoin goes on with the same interview, so it says the same.
+    this.noticeShown = false;
+    // The automatic rejoin under way or just done: {reason, message, attempts, settled}.
+    this.rejoining = null;
     this.call = null;
     this.clock = new Clock();
     // What the upstream is doing: generating a response (response.created .. done) and
@@ -131,7 +150,9 @@ export class Interview {
   }
 
   // The page must not be left without asking while an interview runs.
-  get holdsPage() { return ["connecting", "live", "reconnecting"].includes(this.phase); }
+  get holdsPage() {
+    return ["connecting", "live", "reconnecting", "rejoining"].includes(this.phase);
+  }
 
   api(method, path, body, options) { return api(this.token(), method, path, body, options); }
 
@@ -142,48 +163,72 @@ export class Interview {
 
   // Creates the session and connects. Throws (back in pre-flight, nothing left open) if it
   // could not; once the exchange succeeded, a lost connection is resumed instead.
-  async start({ noticeShown, onCreated }) {
+  async start({ noticeShown }) {
     this.phase = "connecting";
-    let sessionId = null;
+    this.noticeShown = noticeShown;
     try {
-      view.setStatus("Checking your access…");
-      // Tells the relay whether the recording notice was on screen before Start.
-      const created = await withRetries(
-        "the session",
-        () => this.api("POST", "/api/realtime-session", { recording_notice_shown: noticeShown }),
-        view.setStatus,
-      );
-      sessionId = created.session_id;
-      onCreated(created);
-      this.session = {
-        session_id: sessionId,
-        resume_token: null,
-        ice_servers: created.ice_servers || [],
-        time_left: Number.isFinite(created.max_duration_seconds) ? created.max_duration_seconds : null,
-      };
-      this.clock.left = this.session.time_left;
-      view.showScreen("call");
-      view.setConnection("connecting");
-      view.setStatus("Connecting…");
-      const call = this.newCall();
-      const sdp = await call.offer();
-      // A session id is usable once: the exchange is only sent again, with the same
-      // Idempotency-Key, when its answer was lost.
-      const answer = await this.once("POST", "/api/webrtc-exchange", {
-        session_id: sessionId, type: "offer", sdp,
-      });
-      this.session.resume_token = answer.resume_token || null;
-      this.session.grace_s = graceFrom(answer, null);
-      this.save();
-      await call.answer(answer.sdp);
-      this.awaitConnection(call);
+      this.awaitConnection(await this.openSession("Checking your access…"));
     } catch (err) {
       // The candidate's End, or the relay's, came first: that is the outcome, not this.
       if (this.phase !== "connecting") return;
-      await this.abandon(sessionId);
+      await this.abandon(this.session && this.session.session_id);
       throw err;
     }
   }
+
+  // A new session of the interview, exchanged: the start's, or a rejoin's. Returns its
+  // call, not connected yet.
+  async openSession(status) {
+    this.session = null;
+    view.setStatus(status);
+    // A rejoin may find the session that just failed still holding the interview for a
+    // moment (credit_in_use, until the relay has closed it): asked again every second,
+    // and not worded as another tab.
+    const rejoin = this.phase === "rejoining";
+    // Tells the relay whether the recording notice was on screen before Start.
+    const created = await withRetries(
+      "the session",
+      () => this.api("POST", "/api/realtime-session", { recording_notice_shown: this.noticeShown }),
+      (text, err) => view.setStatus(rejoin && err && err.code === "credit_in_use" ? status : text),
+      rejoin ? { pollS: { credit_in_use: 1 } } : {},
+    );
+    const sessionId = created.session_id;
+    if (!this.opening) {
+      // The candidate's End (or the relay's) came while it was being created: not wanted.
+      this.api("DELETE", `/api/sessions/${sessionId}`).catch(() => {});
+      throw new Error("ended meanwhile");
+    }
+    this.session = {
+      session_id: sessionId,
+      resume_token: null,
+      ice_servers: created.ice_servers || [],
+      time_left: Number.isFinite(created.max_duration_seconds) ? created.max_duration_seconds : null,
+      notice_shown: this.noticeShown,
+    };
+    this.onCreated(created);
+    this.clock.left = this.session.time_left;
+    this.clock.render();
+    view.showScreen("call");
+    if (this.phase === "connecting") {
+      view.setConnection("connecting");
+      view.setStatus("Connecting…");
+    }
+    const call = this.newCall();
+    const sdp = await call.offer();
+    // A session id is usable once: the exchange is only sent again, with the same
+    // Idempotency-Key, when its answer was lost.
+    const answer = await this.once("POST", "/api/webrtc-exchange", {
+      session_id: sessionId, type: "offer", sdp,
+    });
+    this.session.resume_token = answer.resume_token || null;
+    this.session.grace_s = graceFrom(answer, null);
+    this.save();
+    await call.answer(answer.sdp);
+    return call;
+  }
+
+  // Still starting or rejoining: nothing else (an End, an end) came meanwhile.
+  get opening() { return this.phase === "connecting" || this.phase === "rejoining"; }
 
   // A start that failed before the exchange: hang the session up (if any) and go back.
   async abandon(sessionId) {
@@ -206,9 +251,11 @@ export class Interview {
     if (!this.holdsPage) return;
     this.interrupt(); // End while the interviewer speaks: stop it before hanging up
     this.phase = "ending";
+    this.stopRejoining();
     // Hang up through the API before closing the connection: otherwise the relay sees the
     // connection drop first and records a lost browser instead of the candidate's hang-up.
-    await this.hangUpOnRelay(this.session.session_id);
+    // (A rejoin under way may have no session yet: its earlier sessions are over already.)
+    if (this.session) await this.hangUpOnRelay(this.session.session_id);
     this.finish("hangup");
   }
 
@@ -240,9 +287,16 @@ export class Interview {
   }
 
   // The end, whatever its reason: shown at once, nothing left open, nothing to resume.
-  finish(reason, relayMessage) {
+  // An end that was not the interview's is followed by a rejoin instead (rejoin() below),
+  // unless the automatic attempts are spent (auto: false).
+  finish(reason, relayMessage, { auto = true, next = null } = {}) {
     if (this.phase === "ended") return;
+    if (auto && mayGoOn(reason) && this.phase !== "ending") {
+      this.rejoin(reason, relayMessage);
+      return;
+    }
     this.phase = "ended";
+    this.stopRejoining();
     clearTimeout(this.reply.bargeTimer);
     this.clock.pause();
     const call = this.call;
@@ -251,9 +305,97 @@ export class Interview {
     this.mic.close();
     store.clearSession();
     store.setEnded({ reason, message: relayMessage || null });
-    view.showEnded(endMessage(reason, relayMessage), mayGoOn(reason));
+    view.showEnded(endMessage(reason, relayMessage), mayGoOn(reason) && !next, next);
     view.setStatus("Interview ended.");
     this.onEnded();
+  }
+
+  // ------------------------------------------------------------------ rejoining
+
+  // An end that was not the interview's: a new session of the same interview, by itself
+  // (the relay keeps an interview in progress for interviews.rejoin_window_s after such an
+  // end, and seeds the new session with the conversation so far, so the interviewer goes
+  // on rather than greeting the candidate again). The call screen stays, with what
+  // happened and the attempts in the status and connection lines; after REJOIN_ATTEMPTS
+  // the end screen with its "Go on with the interview" button, or at once the refusal of
+  // a relay that will not have it (the interview closed, the credential refused…).
+  async rejoin(reason, relayMessage) {
+    const r = this.rejoining || { attempts: 0, settled: null };
+    clearTimeout(r.settled);
+    r.reason = reason;
+    r.message = relayMessage;
+    this.rejoining = r;
+    const again = this.phase === "rejoining"; // an attempt's session ended as it started
+    this.phase = "rejoining";
+    this.dropSession();
+    // A reload meanwhile shows this end and its button, rather than a lost interview.
+    store.setEnded({ reason, message: relayMessage || null });
+    if (again) return; // the attempt's own loop goes on (its call was just closed)
+    view.setConnection("reconnecting");
+    view.setStatus(rejoinMessage(reason));
+    while (this.phase === "rejoining" && this.rejoining === r) {
+      if (r.attempts >= REJOIN_ATTEMPTS) break;
+      r.attempts++;
+      if (r.attempts > 1) {
+        await this.rejoinCountdown(REJOIN_BACKOFF_S[Math.min(r.attempts - 2, REJOIN_BACKOFF_S.length - 1)], r);
+        if (this.phase !== "rejoining" || this.rejoining !== r) return;
+      }
+      view.setConnection("reconnecting", `Trying now (attempt ${r.attempts} of ${REJOIN_ATTEMPTS}).`);
+      try {
+        const call = await this.openSession(rejoinMessage(r.reason));
+        await call.waitConnected(CONNECT_TIMEOUT_MS);
+        if (this.phase !== "rejoining" || call !== this.call) throw new Error("ended meanwhile");
+        this.goLive(call, true);
+        // Up that long: the next failure is a new one, with its attempts afresh.
+        r.settled = setTimeout(() => { if (this.rejoining === r) this.rejoining = null; },
+          REJOIN_SETTLED_MS);
+        return;
+      } catch (err) {
+        if (this.phase !== "rejoining" || this.rejoining !== r) return;
+        console.info(`rejoin attempt ${r.attempts} failed: ${err.message}`);
+        const sessionId = this.session && this.session.session_id;
+        this.dropSession();
+        // A session created (or exchanged) that did not come up: hang it up, so the
+        // next attempt is not refused because this one still holds the interview.
+        if (sessionId) this.api("DELETE", `/api/sessions/${sessionId}`).catch(() => {});
+        if (!rejoinMayRetry(err)) {
+          this.rejoining = null;
+          this.finish(r.reason, r.message, { auto: false, next: err.message });
+          return;
+        }
+      }
+    }
+    if (this.phase !== "rejoining" || this.rejoining !== r) return;
+    this.rejoining = null;
+    this.finish(r.reason, r.message, { auto: false });
+  }
+
+  // Waits `seconds` before the next rejoin attempt, saying so each second in the
+  // connection line (not the status line: a live region read out every second).
+  async rejoinCountdown(seconds, r) {
+    for (let left = seconds; left > 0; left--) {
+      if (this.phase !== "rejoining" || this.rejoining !== r) return;
+      view.setConnection("reconnecting",
+        `Trying again in ${left} s (attempt ${r.attempts} of ${REJOIN_ATTEMPTS}).`);
+      await sleep(1000);
+    }
+  }
+
+  stopRejoining() {
+    if (this.rejoining) clearTimeout(this.rejoining.settled);
+    this.rejoining = null;
+  }
+
+  // The session is over for this page: its call closed, nothing kept for a reload.
+  dropSession() {
+    clearTimeout(this.reply.bargeTimer);
+    this.resetReply();
+    this.clock.pause();
+    const call = this.call;
+    this.call = null;
+    if (call) call.close();
+    this.session = null;
+    store.clearSession();
   }
 
   // ------------------------------------------------------------------ the connection
@@ -308,6 +450,9 @@ export class Interview {
   // After a reload: the interview of this tab, if it was still going.
   resumeStored(saved) {
     this.session = saved;
+    // Saved by a page from before notice_shown was kept: the interview was started, so
+    // its notice (if any) was on screen then.
+    this.noticeShown = saved.notice_shown !== false;
     if (typeof saved.time_left === "number") this.clock.set(saved.time_left);
     view.showScreen("call");
     this.reconnect(resumeDeadline(this.session.grace_s), "Rejoining your interview…");
@@ -510,6 +655,15 @@ export class Interview {
       view.setStatus(seconds === 60 ? "One minute left." : `${seconds} seconds left.`);
     }
   }
+}
+
+// A failed rejoin attempt worth another: no answer, a relay failing or busy (5xx, 429,
+// retryable refusals the page's own retries gave up on), a connection that did not come up.
+// Not a refusal for good (the interview closed, the credential refused, no time left).
+function rejoinMayRetry(err) {
+  if (err instanceof NetworkFailure) return true;
+  if (err instanceof ApiFailure) return err.retryable || err.status === 429 || err.status >= 500;
+  return true;
 }
 
 function secondsUntil(deadline) { return Math.max(0, Math.ceil((deadline - Date.now()) / 1000)); }

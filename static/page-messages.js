@@ -79,6 +79,17 @@ export const GO_ON_NEXT =
 
 export function mayGoOn(reason) { return MAY_GO_ON.has(reason); }
 
+// While the page rejoins by itself after such an end (page-interview.js rejoin()): what
+// happened, and that it is being taken care of.
+const REJOIN_MESSAGES = {
+  upstream_error: "The interviewer's connection dropped. Reconnecting…",
+  relay_shutdown: "The interview service restarted. Reconnecting…",
+  internal_error: "Something went wrong on our side. Reconnecting…",
+};
+const REJOIN_DEFAULT = "The connection was lost. Reconnecting…";
+
+export function rejoinMessage(reason) { return REJOIN_MESSAGES[reason] || REJOIN_DEFAULT; }
+
 export function endMessage(reason, relayMessage) {
   return END_MESSAGES[reason] || relayMessage || "The interview has ended.";
 }

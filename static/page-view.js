@@ -84,14 +84,16 @@ export function showWrapUp(text) {
 }
 
 // goOn: the interview may go on (page-messages.js mayGoOn): say so and offer the button.
-export function showEnded(message, goOn = false) {
+// next: what to say instead of the default second sentence (a refusal to go on).
+export function showEnded(message, goOn = false, next = null) {
   showScreen("ended");
   setConnection("ended");
   $("end-reason").textContent = message;
-  $("end-next").textContent = goOn ? GO_ON_NEXT : "You can close this tab.";
+  $("end-next").textContent = next || (goOn ? GO_ON_NEXT : "You can close this tab.");
   $("go-on").hidden = !goOn;
   $("ended-title").focus({ preventScroll: true });
 }
+
 
 // The microphone list: one option per device, the current one selected; `emptyText` says
 // why there is none.

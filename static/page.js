@@ -7,7 +7,9 @@
 // (page-interview.js). Retryable errors (429/502/503/504 with retryable=true) are retried
 // automatically, honouring Retry-After, a bounded number of times, with a clear message
 // meanwhile; 409 credit_in_use (the interview open in another tab) is waited out for up to
-// 90 s (page-api.js WAIT_BOUND_S).
+// 90 s (page-api.js WAIT_BOUND_S). An end that was not the interview's (the interviewer's
+// service or the relay failed) is followed by a new session of it, by itself
+// (page-interview.js rejoin()).
 
 import { ApiFailure } from "./page-api.js";
 import { Interview } from "./page-interview.js";
@@ -42,6 +44,14 @@ const interview = new Interview({
   mic,
   transcript,
   token: () => page.token,
+  onCreated: (session) => {
+    // Kept for this tab only (a reload), never in localStorage.
+    store.setToken(page.token);
+    store.clearEnded();
+    $("simulated").hidden = !session.simulated;
+    $("stop").disabled = false;
+    $("mute").disabled = false;
+  },
   onRemoteStream: playInterviewer,
   onEnded: () => { meter.detach(); $("stop").disabled = true; $("mute").disabled = true; },
 });
@@ -208,17 +218,7 @@ async function start() {
   setStartEnabled(false);
   try {
     if (!microphoneReady() && !(await checkMicrophone())) return;
-    await interview.start({
-      noticeShown: page.noticeShown === true,
-      onCreated: (session) => {
-        // Kept for this tab only (a reload), never in localStorage.
-        store.setToken(page.token);
-        store.clearEnded();
-        $("simulated").hidden = !session.simulated;
-        $("stop").disabled = false;
-        $("mute").disabled = false;
-      },
-    });
+    await interview.start({ noticeShown: page.noticeShown === true });
   } catch (err) {
     const refusedLink = page.fromLink && err instanceof ApiFailure && err.status === 401;
     const ref = err.requestId ? ` (reference ${err.requestId})` : "";

@@ -1,6 +1,8 @@
 """The candidate page carries the candidate through failures that are not theirs, in
 headless Chromium against the whole relay: an End pressed while the relay's database is
-briefly down is still recorded as the candidate's hang-up."""
+briefly down is still recorded as the candidate's hang-up; an end that is the interview's
+starts nothing again. (The automatic rejoin after the interviewer's service failed:
+test_candidate_resume.py.)"""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from tests.e2e.test_candidate_resume import (
     NOTE_STATUS,
 )
 from tests.integration.conftest import MakeRelay
-from tests.integration.interview_helpers import create_interview, invite_of
+from tests.integration.interview_helpers import OPERATOR, call, create_interview, invite_of
 
 # The relay's Retry-After while its database is down: short, so the test is too.
 RETRY_AFTER_S = 2
@@ -62,3 +64,31 @@ async def test_an_end_pressed_while_the_database_is_down_is_recorded_as_the_cand
     await relay.wait_session_closed(session_id, within=30)
     rows = await relay.sql("SELECT end_reason FROM interview_sessions WHERE id = $1", session_id)
     assert rows[0]["end_reason"] == "hangup"
+
+
+async def test_an_end_that_is_the_interviews_starts_nothing_again(
+    make_relay: MakeRelay, simulator: RunningSimulator, page: Page
+) -> None:
+    relay = await make_relay()
+    interview = await create_interview(relay, max_duration_s=600, recording=False)
+    await page.add_init_script(NOTE_STATUS)
+    created: list[int] = []
+    page.on(
+        "response",
+        lambda r: created.append(r.status) if r.url.endswith("/api/realtime-session") else None,
+    )
+    await page.goto(str(relay.client.make_url("/")) + f"#invite={invite_of(interview)}")
+    await page.click("#start")
+    await expect(page.locator("#connection")).to_have_text("Live", timeout=CONNECT_S * 1000)
+    status, body, _ = await call(
+        relay, "POST", f"/api/interviews/{interview['id']}/cancel", OPERATOR
+    )
+    assert status == 200, body
+    await expect(page.locator("#end-reason")).to_have_text(
+        "This interview was cancelled by the team running it.", timeout=CONNECT_S * 1000
+    )
+    # The decision is taken with the end: a rejoin would have kept the call screen.
+    await expect(page.locator("#go-on")).to_be_hidden()
+    said = await page.evaluate("() => window.statusTexts")
+    assert not [t for t in said if "Reconnecting" in t], said
+    assert created == [201]

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from playwright.async_api import Dialog, Page, Route, expect
+from playwright.async_api import Dialog, Page, Response, Route, expect
 
 from relay.upstream.simulator.app import SIMULATOR_KEY
 from relay.upstream.simulator.options import DEFAULT_REPLY_LINES
@@ -303,21 +303,42 @@ async def test_a_network_cut_longer_than_the_grace_resumes_while_the_relay_holds
     assert relay.services.registry.get(session_id) is not None
 
 
-async def test_after_the_interviewers_service_dropped_the_call_the_candidate_can_go_on(
+# The page's automatic rejoins (static/page-interview.js REJOIN_ATTEMPTS, waits 2, 4, 8 s).
+REJOIN_ATTEMPTS = 4
+REJOINS_S = 2 + 4 + 8 + REJOIN_ATTEMPTS * CONNECT_S
+
+
+async def test_when_going_on_by_itself_fails_the_candidate_can_go_on(
     make_relay: MakeRelay, simulator: RunningSimulator, page: Page
 ) -> None:
+    """The interviewer's service drops the call and keeps refusing new ones: the page's
+    automatic rejoins are bounded, then the end screen offers "Go on with the interview",
+    which works once the service is back."""
     relay = await make_relay()
     first = await start_interview(page, relay)
+    exchanges: list[int] = []
+    page.on(
+        "response",
+        lambda r: exchanges.append(r.status) if r.url.endswith("/api/webrtc-exchange") else None,
+    )
+    # Every new call is refused by the service (the exchange's SDP post).
+    await simulator.state.update_faults({"calls": {"status": 500}})
     [upstream] = simulator.app[SIMULATOR_KEY].calls.live.values()
     await upstream.close("dropped")  # the service ends the call mid-interview
+    await status_shown(page, "The interviewer's connection dropped. Reconnecting…")
     await expect(page.locator("#end-reason")).to_have_text(
         "The interviewer service had a problem, so the interview had to stop.",
-        timeout=CONNECT_S * 1000,
+        timeout=REJOINS_S * 1000,
     )
+    # Tried by itself, a bounded number of times, each refused.
+    assert exchanges == [502] * REJOIN_ATTEMPTS, exchanges
     # Not the end of the candidate's interview, and the page says so.
     await expect(page.locator("#end-next")).to_have_text(
         "Your interview may not be over: if you still have time, you can go on with it."
     )
+    # The attempts' sessions were hung up: none is left holding the candidate's time.
+    await wait_until(lambda: len(relay.services.registry) == 0, CONNECT_S, "registry empty")
+    await simulator.state.update_faults({"calls": {"status": None}})
     await page.click("#go-on")
     async with page.expect_response("**/api/realtime-session") as created:
         await page.click("#start")
@@ -331,20 +352,27 @@ async def test_after_the_interviewers_service_dropped_the_call_the_candidate_can
     await expect(page.locator("#go-on")).to_be_hidden()
 
 
-async def test_going_on_with_an_interview_continues_its_conversation(
+async def test_after_the_interviewers_service_dropped_the_call_the_interview_goes_on_by_itself(
     make_relay: MakeRelay, simulator: RunningSimulator, page: Page
 ) -> None:
-    """An interview's link (an invite): after the interviewer's service dropped the call,
-    "Go on with the interview" starts a new session that shows the conversation so far,
-    and the interviewer goes on from it rather than starting over."""
+    """An interview's link (an invite): the interviewer's service drops the call; the page
+    says so and starts a new session of the interview by itself (the candidate presses
+    nothing), which shows the conversation so far, and the interviewer goes on from it
+    rather than starting over."""
     relay = await make_relay()
     interview = await create_interview(relay, max_duration_s=600, recording=False)
     await page.add_init_script(NOTE_STATUS)
     await page.goto(str(relay.client.make_url("/")) + f"#invite={invite_of(interview)}")
-    async with page.expect_response("**/api/realtime-session") as created:
-        await page.click("#start")
-    first = (await (await created.value).json())["session_id"]
+    created: list[str] = []
+
+    async def on_response(response: Response) -> None:
+        if response.url.endswith("/api/realtime-session") and response.status == 201:
+            created.append((await response.json())["session_id"])
+
+    page.on("response", on_response)
+    await page.click("#start")
     await expect(page.locator("#connection")).to_have_text("Live", timeout=CONNECT_S * 1000)
+    [first] = created
     # (Lines not shown yet, or never: hidden.)
     interviewer = page.locator("#transcript li.interviewer:not([hidden])")
     await expect(interviewer.first).to_have_text(
@@ -352,10 +380,20 @@ async def test_going_on_with_an_interview_continues_its_conversation(
     )
     # Its rows are written as it goes: the rejoin reads them.
     await wait_until_kept(relay, first)
+    before = set(simulator.state.calls)
     [upstream] = simulator.app[SIMULATOR_KEY].calls.live.values()
     await upstream.close("dropped")
-    await expect(page.locator("#go-on")).to_be_visible(timeout=CONNECT_S * 1000)
+    await status_shown(page, "The interviewer's connection dropped. Reconnecting…")
+    await wait_until(lambda: len(created) == 2, CONNECT_S, "a new session, by itself")
+    await expect(page.locator("#connection")).to_have_text("Live", timeout=CONNECT_S * 1000)
+    await status_shown(page, "Reconnected.")
+    # Never the end screen nor its button: nothing for the candidate to do.
+    ended_shown = await page.evaluate("() => window.statusTexts.includes('Interview ended.')")
+    assert not ended_shown
+    await expect(page.locator("#ended")).to_be_hidden()
     await relay.wait_session_closed(first)
+    rows = await relay.sql("SELECT end_reason FROM interview_sessions WHERE id = $1", first)
+    assert rows[0]["end_reason"] == "upstream_channel_closed"
     kept = await relay.sql(
         "SELECT text FROM session_transcript WHERE session_id = $1 AND role = 'assistant'"
         " ORDER BY position",
@@ -363,10 +401,6 @@ async def test_going_on_with_an_interview_continues_its_conversation(
     )
     said = [r["text"] for r in kept]
     assert said == list(DEFAULT_REPLY_LINES[: len(said)])
-    before = set(simulator.state.calls)
-    await page.click("#go-on")
-    await page.click("#start")
-    await expect(page.locator("#connection")).to_have_text("Live", timeout=CONNECT_S * 1000)
     # The new upstream session's first reply is the interviewer's next line, not its first.
     [second] = [c for cid, c in simulator.state.calls.items() if cid not in before]
     await simulator.state.wait_for(
@@ -382,7 +416,12 @@ async def test_going_on_with_an_interview_continues_its_conversation(
     )
     for index, line in enumerate(said):
         await expect(interviewer.nth(index)).to_have_text(f"Interviewer: {line}")
-    await status_shown(page, "Reconnected.")
+    # The candidate's End then ends the interview as theirs.
+    await page.click("#stop")
+    await expect(page.locator("#end-reason")).to_have_text("You ended the interview. Thank you!")
+    await relay.wait_session_closed(created[1])
+    rows = await relay.sql("SELECT end_reason FROM interview_sessions WHERE id = $1", created[1])
+    assert rows[0]["end_reason"] == "hangup"
 
 
 async def wait_until_kept(relay: RelayHarness, session_id: str) -> None:
