@@ -17,7 +17,9 @@
 
 import { api, ApiFailure, NetworkFailure, once, sleep, withRetries } from "./page-api.js";
 import { Call } from "./page-call.js";
-import { SERVICE_HICCUP, endMessage, mayGoOn, rejoinMessage } from "./page-messages.js";
+import {
+  ENDED_ELSEWHERE, SERVICE_HICCUP, endMessage, mayGoOn, rejoinMessage,
+} from "./page-messages.js";
 import { store } from "./page-storage.js";
 import * as view from "./page-view.js";
 
@@ -308,6 +310,37 @@ export class Interview {
     view.showEnded(endMessage(reason, relayMessage), mayGoOn(reason) && !next, next);
     view.setStatus("Interview ended.");
     this.onEnded();
+  }
+
+  // Another tab of this browser took the interview over (page-tab.js): this one lets go
+  // of it without ending it; the relay counts this leg lost at once and the other tab
+  // resumes. What is handed over: the session as saved for a reload (its current resume
+  // token), or null when this tab holds none (not started, ended, or between sessions).
+  handOver() {
+    const state = this.session && this.phase !== "ended" && this.phase !== "idle" &&
+      this.session.resume_token ? { ...this.session } : null;
+    if (state) {
+      const left = this.clock.now();
+      state.time_left = left === null ? state.time_left : Math.ceil(left);
+    }
+    if (this.phase !== "idle" && this.phase !== "ended") {
+      this.phase = "ended";
+      this.stopRejoining();
+      clearTimeout(this.reply.bargeTimer);
+      this.clock.pause();
+      const call = this.call;
+      this.call = null;
+      if (call) call.close();
+      this.mic.close();
+      // A reload of this tab then shows the pre-flight: its Start waits for the other tab
+      // (credit_in_use) rather than taking the interview back by itself.
+      store.clearSession();
+      store.clearEnded();
+      view.showElsewhere(ENDED_ELSEWHERE);
+      view.setStatus(ENDED_ELSEWHERE);
+      this.onEnded();
+    }
+    return state;
   }
 
   // ------------------------------------------------------------------ rejoining

@@ -90,6 +90,18 @@ const REJOIN_DEFAULT = "The connection was lost. Reconnecting…";
 
 export function rejoinMessage(reason) { return REJOIN_MESSAGES[reason] || REJOIN_DEFAULT; }
 
+// This tab let another tab of the same browser take the interview over (page-tab.js).
+export const ENDED_ELSEWHERE = "This interview continued in another tab.";
+export const ELSEWHERE_NEXT =
+  "Nothing was lost: go on in that tab. You can close this one.";
+
+// A copy of a tab that runs the interview (Chrome's "Duplicate tab" copies what the tab
+// kept): it does not take the interview over unless the candidate asks.
+export const OPEN_ELSEWHERE_TITLE = "This interview is open in another tab";
+export const OPEN_ELSEWHERE_TEXT =
+  "Go on in that tab, or continue here: the interview then moves to this tab and stops " +
+  "in the other one.";
+
 export function endMessage(reason, relayMessage) {
   return END_MESSAGES[reason] || relayMessage || "The interview has ended.";
 }

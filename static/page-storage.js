@@ -12,6 +12,7 @@ const TOKEN_KEY = "interviewToken";
 const SESSION_KEY = "interviewSession";
 const ENDED_KEY = "interviewEnded";
 const MIC_KEY = "interviewMicrophone";
+const TAB_KEY = "interviewTab";
 const LINK_NAMES = ["invite", "token"];
 
 // {token, fromLink} or null. A credential read from the address replaces whatever this
@@ -52,6 +53,10 @@ export const store = {
   ended: () => readJson(ENDED_KEY),
   setEnded: (e) => sessionStorage.setItem(ENDED_KEY, JSON.stringify(e)),
   clearEnded: () => sessionStorage.removeItem(ENDED_KEY),
+
+  // This tab's id (page-tab.js): random, nothing else. A duplicated tab starts with a copy.
+  tab: () => sessionStorage.getItem(TAB_KEY),
+  setTab: (id) => sessionStorage.setItem(TAB_KEY, id),
 
   microphone: () => sessionStorage.getItem(MIC_KEY),
   setMicrophone: (deviceId) => sessionStorage.setItem(MIC_KEY, deviceId),

@@ -2,15 +2,17 @@
 // connection state, the time left, and the status, error and microphone-problem lines.
 // Text only ever goes in through textContent.
 
-import { GO_ON_NEXT } from "./page-messages.js";
+import { ELSEWHERE_NEXT, GO_ON_NEXT } from "./page-messages.js";
 
 export const $ = (id) => document.getElementById(id);
 
 // Which sections each screen shows.
 const SCREENS = {
-  preflight: { preflight: true, microphone: true, call: false, ended: false },
-  call: { preflight: false, microphone: true, call: true, ended: false },
-  ended: { preflight: false, microphone: false, call: false, ended: true },
+  preflight: { preflight: true, microphone: true, call: false, ended: false, elsewhere: false },
+  call: { preflight: false, microphone: true, call: true, ended: false, elsewhere: false },
+  ended: { preflight: false, microphone: false, call: false, ended: true, elsewhere: false },
+  // A copy of a tab that runs the interview (page-tab.js): nothing but the question.
+  elsewhere: { preflight: false, microphone: false, call: false, ended: false, elsewhere: true },
 };
 
 export const CONNECTION_TEXT = {
@@ -30,8 +32,9 @@ export function showScreen(name) {
   // the start, empty: a live region already rendered when its first line arrives is read
   // out; one shown together with it may not be.
   const transcriptEmpty = !$("transcript").querySelector("li:not([hidden])");
-  $("transcript-section").hidden = preflight || (name === "ended" && transcriptEmpty);
-  $("connection").hidden = preflight;
+  $("transcript-section").hidden = preflight || name === "elsewhere" ||
+    (name === "ended" && transcriptEmpty);
+  $("connection").hidden = preflight || name === "elsewhere";
   document.body.dataset.screen = name;
 }
 
@@ -88,12 +91,18 @@ export function showWrapUp(text) {
 export function showEnded(message, goOn = false, next = null) {
   showScreen("ended");
   setConnection("ended");
+  $("ended-title").textContent = "The interview has ended";
   $("end-reason").textContent = message;
   $("end-next").textContent = next || (goOn ? GO_ON_NEXT : "You can close this tab.");
   $("go-on").hidden = !goOn;
   $("ended-title").focus({ preventScroll: true });
 }
 
+// This tab handed the interview over to another tab (not an end of the interview).
+export function showElsewhere(message) {
+  showEnded(message, false, ELSEWHERE_NEXT);
+  $("ended-title").textContent = "The interview moved to another tab";
+}
 
 // The microphone list: one option per device, the current one selected; `emptyText` says
 // why there is none.

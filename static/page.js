@@ -9,17 +9,20 @@
 // meanwhile; 409 credit_in_use (the interview open in another tab) is waited out for up to
 // 90 s (page-api.js WAIT_BOUND_S). An end that was not the interview's (the interviewer's
 // service or the relay failed) is followed by a new session of it, by itself
-// (page-interview.js rejoin()).
+// (page-interview.js rejoin()). A copy of a tab that runs the interview (Chrome's
+// "Duplicate tab") asks before taking it over (page-tab.js).
 
 import { ApiFailure } from "./page-api.js";
 import { Interview } from "./page-interview.js";
 import {
-  API_MESSAGES, CREDIT_STILL_IN_USE, LINK_REFUSED, endMessage, mayGoOn, microphoneProblem,
+  API_MESSAGES, CREDIT_STILL_IN_USE, LINK_REFUSED, OPEN_ELSEWHERE_TEXT, OPEN_ELSEWHERE_TITLE,
+  endMessage, mayGoOn, microphoneProblem,
 } from "./page-messages.js";
 import {
   LevelMeter, Microphone, microphonePermission, microphoneUnavailable,
 } from "./page-microphone.js";
 import { credentialFromAddress, forgetLegacyStorage, store } from "./page-storage.js";
+import { Tabs } from "./page-tab.js";
 import { Transcript } from "./page-transcript.js";
 import * as view from "./page-view.js";
 
@@ -241,8 +244,49 @@ async function start() {
 
 // ------------------------------------------------------------------ load
 
+// Another tab (a copy of this one) takes the interview over: this one lets it go.
+const tabs = new Tabs(() => interview.handOver());
+
+// The interview kept for a reload, after a reload: rejoin it.
+function rejoinSaved(saved) {
+  loadNotice();
+  view.setStatus("Rejoining your interview…");
+  view.showScreen("call");
+  $("stop").disabled = false;
+  $("mute").disabled = false;
+  checkMicrophone().then((ready) => {
+    if (ready) { interview.resumeStored(saved); return; }
+    // The connection waits for a while: allowing the microphone and reloading rejoins it.
+    view.showScreen("preflight");
+    setStartEnabled(false);
+    view.showError("Your interview is waiting: allow the microphone, then reload this page to rejoin it.");
+  });
+}
+
+// A copy of a tab that runs the interview: it says so, and takes the interview over only
+// when the candidate presses "Continue here".
+function offerToContinueHere(saved) {
+  view.showScreen("elsewhere");
+  $("elsewhere-title").textContent = OPEN_ELSEWHERE_TITLE;
+  $("elsewhere-text").textContent = OPEN_ELSEWHERE_TEXT;
+  view.setStatus(OPEN_ELSEWHERE_TITLE);
+  $("elsewhere-title").focus({ preventScroll: true });
+  $("continue-here").addEventListener("click", async () => {
+    $("continue-here").disabled = true;
+    view.setStatus("Moving the interview to this tab…");
+    const handed = await tabs.takeOver();
+    // The other tab's session is the current one (its resume token); without an answer
+    // (that tab was closed or frozen) the copy's own is tried, and the relay decides.
+    const session = handed || saved;
+    store.setSession(session);
+    rejoinSaved(session);
+  }, { once: true });
+}
+
 function init() {
   forgetLegacyStorage();
+  // Decided in the background: only an interview to rejoin waits for it (below).
+  const claimed = tabs.claim();
   const linked = credentialFromAddress();
   if (linked) {
     store.startOver(linked);
@@ -302,19 +346,10 @@ function init() {
   const saved = !linked && page.token ? store.session() : null;
   const ended = !linked ? store.ended() : null;
   if (saved) {
-    // A reload during the interview: rejoin it.
-    loadNotice();
-    view.setStatus("Rejoining your interview…");
-    view.showScreen("call");
-    $("stop").disabled = false;
-    $("mute").disabled = false;
-    checkMicrophone().then((ready) => {
-      if (ready) { interview.resumeStored(saved); return; }
-      // The connection waits for a while: allowing the microphone and reloading rejoins it.
-      view.showScreen("preflight");
-      setStartEnabled(false);
-      view.showError("Your interview is waiting: allow the microphone, then reload this page to rejoin it.");
-    });
+    // A reload during the interview: rejoin it. A copy of the tab that runs it (Chrome's
+    // "Duplicate tab"): ask first. (The lock is free at once but for a copy, or for a
+    // reload whose page has not quite gone yet.)
+    claimed.then(() => (tabs.copyOf ? offerToContinueHere(saved) : rejoinSaved(saved)));
     return;
   }
   if (ended) {

@@ -1,12 +1,14 @@
 """The candidate page carries the candidate through failures that are not theirs, in
 headless Chromium against the whole relay: an End pressed while the relay's database is
 briefly down is still recorded as the candidate's hang-up; an end that is the interview's
-starts nothing again. (The automatic rejoin after the interviewer's service failed:
-test_candidate_resume.py.)"""
+starts nothing again; a duplicated tab (Chrome's "Duplicate tab" copies sessionStorage)
+does not take the interview over from the original unless the candidate asks.
+(The automatic rejoin after the interviewer's service failed: test_candidate_resume.py.)"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from playwright.async_api import Page, Response, expect
@@ -15,6 +17,9 @@ from relay.upstream.simulator.server import RunningSimulator
 from tests.e2e.test_candidate_resume import (
     CONNECT_S,
     NOTE_STATUS,
+    TURN_S,
+    start_interview,
+    status_shown,
 )
 from tests.integration.conftest import MakeRelay
 from tests.integration.interview_helpers import OPERATOR, call, create_interview, invite_of
@@ -92,3 +97,71 @@ async def test_an_end_that_is_the_interviews_starts_nothing_again(
     said = await page.evaluate("() => window.statusTexts")
     assert not [t for t in said if "Reconnecting" in t], said
     assert created == [201]
+
+
+def duplicate_of(storage: str) -> str:
+    """An init script that gives a new tab a copy of another tab's sessionStorage, as
+    Chrome's "Duplicate tab" does (on its first load only)."""
+    return (
+        "if (!sessionStorage.length) {"
+        f" for (const [k, v] of Object.entries(JSON.parse({json.dumps(storage)})))"
+        " sessionStorage.setItem(k, v); }"
+    )
+
+
+async def test_a_duplicated_tab_asks_before_taking_the_interview_over(
+    make_relay: MakeRelay, simulator: RunningSimulator, page: Page
+) -> None:
+    relay = await make_relay()
+    session_id = await start_interview(page, relay)
+    upstream = simulator.state.last_call
+    assert upstream is not None
+    bridge = relay.services.bridges.get(session_id)
+    assert bridge is not None
+    storage = await page.evaluate(
+        "() => JSON.stringify(Object.fromEntries(Object.entries(sessionStorage)))"
+    )
+    copy = await page.context.new_page()
+    await copy.add_init_script(duplicate_of(storage))
+    await copy.add_init_script(NOTE_STATUS)
+    resumes: list[str] = []
+    copy.on("request", lambda r: resumes.append(r.url) if r.url.endswith("/resume") else None)
+    await copy.goto(page.url)
+
+    # The copy says where the interview is, and takes nothing by itself.
+    await expect(copy.locator("#elsewhere-title")).to_have_text(
+        "This interview is open in another tab"
+    )
+    await expect(copy.locator("#continue-here")).to_be_visible()
+    await expect(copy.locator("#call")).to_be_hidden()
+    assert resumes == []
+    await expect(page.locator("#connection")).to_have_text("Live")
+    assert bridge.state == "active"
+
+    # Asked to, it takes the interview over: the same session and upstream call, resumed
+    # with the original tab's current resume token; the original tab lets it go.
+    async with copy.expect_response(f"**/api/sessions/{session_id}/resume") as resumed:
+        await copy.click("#continue-here")
+    assert (await resumed.value).status == 201
+    await expect(copy.locator("#connection")).to_have_text("Live", timeout=CONNECT_S * 1000)
+    await status_shown(copy, "Reconnected.")
+    await expect(page.locator("#ended-title")).to_have_text("The interview moved to another tab")
+    await expect(page.locator("#end-reason")).to_have_text(
+        "This interview continued in another tab."
+    )
+    await expect(page.locator("#go-on")).to_be_hidden()
+    assert simulator.state.last_call is upstream and not upstream.hung_up
+    assert relay.services.registry.get(session_id) is not None
+    segments = len(upstream.vad_segments)
+    await simulator.state.wait_for(lambda: len(upstream.vad_segments) > segments, TURN_S)
+
+    # A reload of the copy is a reload, not a copy: it rejoins without asking.
+    copy.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await copy.reload()
+    await expect(copy.locator("#connection")).to_have_text("Live", timeout=CONNECT_S * 1000)
+    await expect(copy.locator("#elsewhere")).to_be_hidden()
+    await copy.click("#stop")
+    await expect(copy.locator("#end-reason")).to_have_text("You ended the interview. Thank you!")
+    await relay.wait_session_closed(session_id)
+    rows = await relay.sql("SELECT end_reason FROM interview_sessions WHERE id = $1", session_id)
+    assert rows[0]["end_reason"] == "hangup"
