@@ -644,7 +644,7 @@ export class Interview {
         this.reply.responding = false;
         break;
       case "input_audio_buffer.speech_started":
-        view.setStatus("Listening…");
+        view.setActivity("Listening…");
         // Barge-in: if the service has not stopped the interviewer by itself, the page does.
         clearTimeout(this.reply.bargeTimer);
         if (this.reply.responding || this.reply.playing) {
@@ -653,7 +653,7 @@ export class Interview {
         break;
       case "output_audio_buffer.started":
         this.reply.playing = true;
-        view.setStatus("The interviewer is speaking…");
+        view.setActivity("The interviewer is speaking…");
         break;
       case "output_audio_buffer.stopped":
       case "output_audio_buffer.cleared":

@@ -29,8 +29,8 @@ export function showScreen(name) {
   $("start").hidden = !preflight;
   // On the end screen only with something in it: after a reload the transcript is gone (it
   // is not kept), and a bare heading reads as if it were lost. In the call it is there from
-  // the start, empty: a live region already rendered when its first line arrives is read
-  // out; one shown together with it may not be.
+  // the start, empty. It is no live region (see setActivity): a screen reader reads it when
+  // the candidate goes there, not over the interviewer's voice.
   const transcriptEmpty = !$("transcript").querySelector("li:not([hidden])");
   $("transcript-section").hidden = preflight || name === "elsewhere" ||
     (name === "ended" && transcriptEmpty);
@@ -48,8 +48,20 @@ export function setConnection(state, detail) {
 // The same text again is left alone: a live region whose text is replaced, even by the
 // same words, may be read out again (a wait that says the same thing every few seconds).
 export function setStatus(text) {
+  $("activity").textContent = "";
   const el = $("status");
   if (el.textContent !== text) el.textContent = text;
+}
+
+// What the conversation is doing, turn by turn ("Listening…", "The interviewer is
+// speaking…"): shown in the status's place, but outside its live region, and the status
+// is emptied (a removal is not read out). Read out on every turn, it would talk over the
+// interviewer (who is heard anyway), and a screen reader's voice from the speakers reaches
+// the microphone, which sends it to the interviewer as the candidate speaking. The
+// transcript is no live region for the same reason.
+export function setActivity(text) {
+  $("status").textContent = "";
+  $("activity").textContent = text;
 }
 
 export function showError(text) {

@@ -134,7 +134,7 @@ async def save_failed_page(page: Page, test_name: str, console: list[str]) -> No
     lines = [f"url: {page.url}"]
     with contextlib.suppress(Exception):
         shown = await page.evaluate(
-            """() => ["status", "error", "connection", "mic-problem"].map((id) => {
+            """() => ["status", "activity", "error", "connection", "mic-problem"].map((id) => {
                 const el = document.getElementById(id);
                 return `#${id}: ${el ? JSON.stringify(el.textContent.trim()) : "(none)"}`;
             })"""

@@ -1,6 +1,7 @@
 """axe-core finds nothing wrong with the candidate page in any of its states (pre-flight,
 a blocked microphone, the interview, the end), on a desktop and on a phone, in headless
-Chromium against the whole relay; a screenshot of each state goes to tests/artifacts/."""
+Chromium against the whole relay; a screenshot of each state goes to tests/artifacts/.
+And what axe cannot see: what a screen reader is told as the interview goes on."""
 
 from __future__ import annotations
 
@@ -15,8 +16,39 @@ from tests.e2e.conftest import axe_violations, chromium_args, describe_violation
 from tests.integration.conftest import MakeRelay
 
 CONNECT_S = 10
+TURN_S = 15
 # A desktop browser window, and a phone (an iPhone 12–15's CSS width).
 SIZES = {"desktop": (1280, 800), "phone": (390, 844)}
+
+# Every text the page puts on screen, as it changes, in window.pageTexts: {id, live, text}.
+# `live` is how a screen reader is told of it: the politeness of the live region it is in
+# (aria-live, or role status, log or alert), "off" when it is in none (read only when the
+# candidate goes there). `id`: the live region's, else the nearest element's with one. An
+# alert counts also when it is shown, the text already in it.
+RECORD_TEXTS = """
+window.pageTexts = [];
+const LIVE = '[aria-live], [role="status"], [role="log"], [role="alert"]';
+const liveness = (region) => region.getAttribute("aria-live") ||
+    (region.getAttribute("role") === "alert" ? "assertive" : "polite");
+document.addEventListener("DOMContentLoaded", () => {
+    new MutationObserver((mutations) => {
+        for (const m of mutations) {
+            const el = m.target.nodeType === Node.ELEMENT_NODE ? m.target : m.target.parentElement;
+            if (!el) continue;
+            const region = el.closest(LIVE);
+            const shown = m.type === "attributes";
+            if (shown && (el.hidden || !region || liveness(region) !== "assertive")) continue;
+            const live = region && region.checkVisibility() ? liveness(region) : "off";
+            const text = el.textContent.trim();
+            const id = (region || el.closest("[id]") || el).id;
+            if (text) window.pageTexts.push({ id, live, text });
+        }
+    }).observe(document.body, {
+        childList: true, characterData: true, subtree: true,
+        attributes: true, attributeFilter: ["hidden"],
+    });
+});
+"""
 
 
 async def check_state(
@@ -79,3 +111,41 @@ async def test_the_microphone_guidance_is_accessible(
         await page.click("#check")
         await expect(page.locator("#mic-problem")).to_have_attribute("data-code", "denied")
         await check_state(page, artifact_path, "preflight-denied", size)
+
+
+async def test_the_conversation_is_not_read_out_over_the_interviewer(
+    make_relay: MakeRelay, simulator: RunningSimulator, page: Page
+) -> None:
+    """The transcript, delta by delta, and the turn's "Listening…" / "The interviewer is
+    speaking…" are on screen but in no live region: read out, they would talk over the
+    interviewer, and a screen reader's voice from the speakers reaches the microphone. What
+    the candidate must be told still is."""
+    relay = await make_relay(overrides={"upstream": {"simulate": True}})
+    token = await relay.add_user(seconds=600)
+    await page.add_init_script(RECORD_TEXTS)
+    await page.goto(str(relay.client.make_url("/")) + f"#token={token}")
+    await page.click("#start")
+    await expect(page.locator("#connection")).to_have_text("Live", timeout=CONNECT_S * 1000)
+    # A whole turn: the candidate heard, the interviewer's answer spoken and written.
+    await page.wait_for_function(
+        """() => ["Listening…", "The interviewer is speaking…"].every(
+            (text) => window.pageTexts.some((t) => t.text === text))""",
+        timeout=TURN_S * 1000,
+    )
+    await expect(page.locator("#transcript li.you").first).to_be_visible(timeout=TURN_S * 1000)
+    await expect(page.locator("#transcript li.interviewer").first).to_be_visible()
+    texts: list[dict[str, str]] = await page.evaluate("window.pageTexts")
+    announced = [t for t in texts if t["live"] != "off"]
+    connected = "Connected. Say hello when you are ready."
+    assert {"id": "status", "live": "polite", "text": connected} in announced, announced
+    # The interviewer's line was written in several steps (the deltas), all on screen.
+    interviewer = [t["text"] for t in texts if t["text"].startswith("Interviewer:")]
+    assert len(interviewer) > 1, texts
+    read_out = [
+        t
+        for t in announced
+        if t["id"] == "transcript"
+        or t["text"].startswith(("Interviewer:", "You:"))
+        or t["text"] in ("Listening…", "The interviewer is speaking…")
+    ]
+    assert read_out == [], read_out
