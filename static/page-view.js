@@ -23,6 +23,7 @@ export const CONNECTION_TEXT = {
 };
 
 export function showScreen(name) {
+  const from = document.body.dataset.screen;
   for (const [id, shown] of Object.entries(SCREENS[name])) $(id).hidden = !shown;
   const preflight = name === "preflight";
   $("check").hidden = !preflight;
@@ -36,6 +37,19 @@ export function showScreen(name) {
     (name === "ended" && transcriptEmpty);
   $("connection").hidden = preflight || name === "elsewhere";
   document.body.dataset.screen = name;
+  // Into the interview: the focus went with the Start button (disabled, then hidden), and
+  // left so, a screen reader says nothing and Tab starts again from the browser's toolbar.
+  // The call's heading takes it: where the candidate is, then Tab to Mute and End. Not at
+  // load (a rejoin): a screen reader reads a new page from its top.
+  if (name === "call" && from && from !== name && focusLost()) {
+    $("call-title").focus({ preventScroll: true });
+  }
+}
+
+// Nothing on screen has the focus: the body has it, or what had it was hidden.
+export function focusLost() {
+  const el = document.activeElement;
+  return !el || el === document.body || !el.checkVisibility();
 }
 
 // state: connecting | live | reconnecting | ended; detail: an optional second sentence.

@@ -238,6 +238,9 @@ async function start() {
     if (interview.phase === "idle") {
       if (typed) page.token = null; // read from the field again next time
       setStartEnabled(true);
+      // Back where it was (it went with Start, disabled meanwhile, or hidden with the call):
+      // a keyboard or screen reader user is left on Start, with the error read out.
+      if (view.focusLost()) $("start").focus();
     }
   }
 }

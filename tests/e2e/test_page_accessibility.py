@@ -149,3 +149,49 @@ async def test_the_conversation_is_not_read_out_over_the_interviewer(
         or t["text"] in ("Listening…", "The interviewer is speaking…")
     ]
     assert read_out == [], read_out
+
+
+async def tab_to(page: Page, target: str) -> list[str]:
+    """Presses Tab until the element with id ``target`` has the focus (at most ten times):
+    the ids of what took it on the way, in order."""
+    order: list[str] = []
+    for _ in range(10):
+        await page.keyboard.press("Tab")
+        order.append(await page.evaluate("document.activeElement.id"))
+        if order[-1] == target:
+            break
+    return order
+
+
+async def test_the_interview_goes_from_start_to_end_with_the_keyboard(
+    make_relay: MakeRelay, simulator: RunningSimulator, page: Page
+) -> None:
+    """Start, Mute and End with the keyboard alone; the focus follows each screen (the call's
+    heading, the end's), never left behind on a control that went away."""
+    relay = await make_relay(overrides={"upstream": {"simulate": True}})
+    token = await relay.add_user(seconds=600)
+    await page.goto(str(relay.client.make_url("/")) + f"#token={token}")
+    await expect(page.locator("#heard")).to_have_text("We can hear you.")
+    assert await tab_to(page, "start") == ["mic", "check", "start"]
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#connection")).to_have_text("Live", timeout=CONNECT_S * 1000)
+    await expect(page.get_by_role("heading", name="Interview", exact=True)).to_be_focused()
+    assert await tab_to(page, "mute") == ["mute"]
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#mute")).to_have_text("Unmute microphone")
+    assert await tab_to(page, "stop") == ["stop"]
+    await page.keyboard.press("Enter")
+    await expect(page.get_by_role("heading", name="The interview has ended")).to_be_focused()
+
+
+async def test_a_failed_start_leaves_the_focus_on_start(make_relay: MakeRelay, page: Page) -> None:
+    relay = await make_relay()
+    await page.goto(str(relay.client.make_url("/")))
+    await expect(page.locator("#heard")).to_have_text("We can hear you.")
+    await page.fill("#token", "rt_not-a-token")
+    await page.focus("#token")
+    assert await tab_to(page, "start") == ["mic", "check", "start"]
+    await page.keyboard.press("Enter")
+    await expect(page.get_by_role("alert")).to_contain_text("This token is not valid.")
+    await expect(page.locator("#start")).to_be_enabled()
+    await expect(page.locator("#start")).to_be_focused()
