@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.async_api import Page, expect
@@ -49,6 +50,26 @@ document.addEventListener("DOMContentLoaded", () => {
     });
 });
 """
+
+
+async def chrome_ax_node(page: Page, selector: str) -> dict[str, Any]:
+    """The node of ``selector``'s element in Chromium's own accessibility tree (what a screen
+    reader is given): its role, name, description and properties."""
+    cdp = await page.context.new_cdp_session(page)
+    try:
+        root = (await cdp.send("DOM.getDocument", {"depth": 0}))["root"]["nodeId"]
+        node = await cdp.send("DOM.querySelector", {"nodeId": root, "selector": selector})
+        tree = await cdp.send(
+            "Accessibility.getPartialAXTree", {"nodeId": node["nodeId"], "fetchRelatives": False}
+        )
+    finally:
+        await cdp.detach()
+    found: dict[str, Any] = tree["nodes"][0]
+    return found
+
+
+def ax_text(node: dict[str, Any], field: str) -> str:
+    return " ".join(str(node.get(field, {}).get("value", "")).split())
 
 
 async def check_state(
@@ -195,3 +216,20 @@ async def test_a_failed_start_leaves_the_focus_on_start(make_relay: MakeRelay, p
     await expect(page.get_by_role("alert")).to_contain_text("This token is not valid.")
     await expect(page.locator("#start")).to_be_enabled()
     await expect(page.locator("#start")).to_be_focused()
+
+
+async def test_start_is_described_by_the_recording_notice_and_the_practice_banner(
+    make_relay: MakeRelay, page: Page
+) -> None:
+    """A screen reader user going from control to control with Tab never lands on the
+    notice (plain text): Start itself says it, as its description."""
+    relay = await make_relay(overrides={"upstream": {"simulate": True}})
+    token = await relay.add_user(seconds=600)
+    await page.goto(str(relay.client.make_url("/")) + f"#token={token}")
+    await expect(page.locator("#recording-notice")).to_be_visible()
+    await expect(page.locator("#start")).to_be_enabled()
+    start = await chrome_ax_node(page, "#start")
+    assert ax_text(start, "name") == "Start interview"
+    notice = " ".join(relay.services.settings.recording.notice_text.split())
+    banner = "Practice mode: you are talking to a simulated interviewer, not the real one."
+    assert ax_text(start, "description") == f"{banner} {notice}"
