@@ -233,3 +233,54 @@ async def test_start_is_described_by_the_recording_notice_and_the_practice_banne
     notice = " ".join(relay.services.settings.recording.notice_text.split())
     banner = "Practice mode: you are talking to a simulated interviewer, not the real one."
     assert ax_text(start, "description") == f"{banner} {notice}"
+
+
+async def horizontal_overflow(page: Page) -> list[str]:
+    """What sticks out to the right of a 320 px wide page (WCAG 1.4.10, Reflow: no scrolling
+    sideways at 320 CSS px, a 1280 px window at 400 % zoom): the page itself, and each
+    element wider than the window."""
+    found: list[str] = await page.evaluate(
+        """() => {
+            const width = document.documentElement.clientWidth;
+            const out = [];
+            if (document.documentElement.scrollWidth > width) {
+                out.push(`page: ${document.documentElement.scrollWidth} px`);
+            }
+            for (const el of document.body.querySelectorAll("*")) {
+                const box = el.getBoundingClientRect();
+                if (box.width > 0 && box.right > width + 0.5) {
+                    out.push(`${el.tagName.toLowerCase()}#${el.id}: right edge ${box.right} px`);
+                }
+            }
+            return out;
+        }"""
+    )
+    return found
+
+
+async def test_the_page_reflows_at_320_px(
+    make_relay: MakeRelay, simulator: RunningSimulator, page: Page
+) -> None:
+    """A phone held upright, or a window zoomed in: nothing scrolls sideways, the error with
+    its long reference (req_ and 32 hex digits, no space to break at) included."""
+    relay = await make_relay(overrides={"upstream": {"simulate": True}})
+    token = await relay.add_user(seconds=600)
+    await page.set_viewport_size({"width": 320, "height": 640})
+    await page.goto(str(relay.client.make_url("/")))
+    await expect(page.locator("#heard")).to_have_text("We can hear you.")
+    await page.fill("#token", "rt_not-a-token")
+    await page.click("#start")
+    await expect(page.locator("#error")).to_contain_text("(reference req_")
+    assert await horizontal_overflow(page) == []
+
+    await page.goto(str(relay.client.make_url("/")) + f"#token={token}")
+    await expect(page.locator("#recording-notice")).to_be_visible()
+    assert await horizontal_overflow(page) == []
+    await page.click("#start")
+    await expect(page.locator("#connection")).to_have_text("Live", timeout=CONNECT_S * 1000)
+    interviewer = page.locator("#transcript li.interviewer").first
+    await expect(interviewer).to_be_visible(timeout=TURN_S * 1000)
+    assert await horizontal_overflow(page) == []
+    await page.click("#stop")
+    await expect(page.locator("#ended")).to_be_visible()
+    assert await horizontal_overflow(page) == []
