@@ -191,3 +191,43 @@ async def axe_violations(page: Page) -> list[dict[str, Any]]:
 
 def describe_violations(found: list[dict[str, Any]]) -> str:
     return json.dumps(found, indent=1)
+
+
+def _relative_luminance(rgb: list[int]) -> float:
+    def channel(c: int) -> float:
+        s = c / 255
+        return s / 12.92 if s <= 0.04045 else ((s + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (channel(c) for c in rgb)
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def contrast_ratio(a: list[int], b: list[int]) -> float:
+    """WCAG's contrast ratio of two sRGB colours ([r, g, b], 0-255)."""
+    la, lb = sorted((_relative_luminance(a), _relative_luminance(b)), reverse=True)
+    return (la + 0.05) / (lb + 0.05)
+
+
+async def assert_focus_ring_seen(page: Page, where: str) -> None:
+    """What has the keyboard's focus now shows a solid ring (2 px at least) that contrasts
+    3:1 at least with the background behind it (WCAG 1.4.11, Non-text Contrast: the ring is
+    drawn outside the control, on what is behind it)."""
+    ring = await page.evaluate(
+        """() => {
+            const rgb = (c) => c.match(/[\\d.]+/g).slice(0, 3).map(Number);
+            const el = document.activeElement;
+            const style = getComputedStyle(el);
+            let behind = el.parentElement;
+            while (behind && getComputedStyle(behind).backgroundColor === "rgba(0, 0, 0, 0)") {
+                behind = behind.parentElement;
+            }
+            return {
+                focusVisible: el.matches(":focus-visible"), style: style.outlineStyle,
+                width: parseFloat(style.outlineWidth), color: rgb(style.outlineColor),
+                behind: behind ? rgb(getComputedStyle(behind).backgroundColor) : [255, 255, 255],
+            };
+        }"""
+    )
+    assert ring["focusVisible"] and ring["style"] == "solid" and ring["width"] >= 2, (where, ring)
+    ratio = contrast_ratio(ring["color"], ring["behind"])
+    assert ratio >= 3, f"{where}: focus ring {ring['color']} on {ring['behind']}: {ratio:.2f}:1"

@@ -15,7 +15,7 @@ from typing import Any
 from playwright.async_api import Page, Route, expect
 
 from relay.upstream.simulator.server import RunningSimulator
-from tests.e2e.conftest import collect_page_errors
+from tests.e2e.conftest import assert_focus_ring_seen, collect_page_errors
 from tests.e2e.console_helpers import (
     DESKTOP,
     assert_accessible,
@@ -560,3 +560,32 @@ async def test_new_link_asks_first_shows_the_new_link_once_and_the_old_one_stops
     await assert_accessible(page, "the interviews view with a new link")
     assert errors == []
     assert failed == []
+
+
+async def test_the_keyboard_focus_is_seen_in_the_console(make_relay: MakeRelay, page: Page) -> None:
+    """Every control the keyboard reaches, from the sign-in to the interviews view, shows a
+    ring that stands out from what is behind it (3:1, WCAG 1.4.11)."""
+    relay = await make_relay()
+    await create_interview(relay, candidate={"email": "ana@example.test"})
+    await page.goto(str(relay.client.make_url("/stats")))
+    await page.get_by_label("Operator token or API key").focus()
+    await assert_focus_ring_seen(page, "the token field")
+    await page.keyboard.type(OPERATOR_TOKEN)
+    await page.keyboard.press("Tab")
+    await assert_focus_ring_seen(page, "Sign in")
+    await page.keyboard.press("Enter")
+    await page.goto(str(relay.client.make_url("/stats#/interviews")))
+    row = page.locator("#interviews tbody tr").first
+    await expect(row).to_contain_text("ana@example.test", timeout=LISTED_WITHIN_MS)
+    # From the navigation to the last row's buttons, as the keyboard goes.
+    await page.locator("#nav-live").focus()
+    seen: list[str] = []
+    while not seen or not seen[-1].startswith("button# Cancel"):
+        assert len(seen) < 15, seen
+        await page.keyboard.press("Tab")
+        where = await page.evaluate(
+            "(() => { const el = document.activeElement; return "
+            "`${el.tagName.toLowerCase()}#${el.id} ${el.textContent.trim().slice(0, 20)}`; })()"
+        )
+        seen.append(where)
+        await assert_focus_ring_seen(page, where)

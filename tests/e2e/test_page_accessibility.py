@@ -13,7 +13,13 @@ import pytest
 from playwright.async_api import Page, expect
 
 from relay.upstream.simulator.server import RunningSimulator
-from tests.e2e.conftest import axe_violations, chromium_args, describe_violations, launch_chromium
+from tests.e2e.conftest import (
+    assert_focus_ring_seen,
+    axe_violations,
+    chromium_args,
+    describe_violations,
+    launch_chromium,
+)
 from tests.integration.conftest import MakeRelay
 
 CONNECT_S = 10
@@ -286,20 +292,6 @@ async def test_the_page_reflows_at_320_px(
     assert await horizontal_overflow(page) == []
 
 
-def relative_luminance(rgb: tuple[int, int, int]) -> float:
-    def channel(c: int) -> float:
-        s = c / 255
-        return s / 12.92 if s <= 0.04045 else ((s + 0.055) / 1.055) ** 2.4
-
-    r, g, b = (channel(c) for c in rgb)
-    return 0.2126 * r + 0.7152 * g + 0.0722 * b
-
-
-def contrast(a: tuple[int, int, int], b: tuple[int, int, int]) -> float:
-    la, lb = sorted((relative_luminance(a), relative_luminance(b)), reverse=True)
-    return (la + 0.05) / (lb + 0.05)
-
-
 async def test_the_keyboard_focus_is_seen_against_the_page(
     make_relay: MakeRelay, page: Page
 ) -> None:
@@ -312,24 +304,4 @@ async def test_the_keyboard_focus_is_seen_against_the_page(
     await page.focus("#token")
     for target in ("mic", "check", "start"):
         await tab_to(page, target)
-        ring = await page.evaluate(
-            """() => {
-                const rgb = (c) => c.match(/\\d+/g).slice(0, 3).map(Number);
-                const el = document.activeElement;
-                const style = getComputedStyle(el);
-                let behind = el.parentElement;
-                while (getComputedStyle(behind).backgroundColor === "rgba(0, 0, 0, 0)") {
-                    behind = behind.parentElement;
-                }
-                return {
-                    matches: el.matches(":focus-visible"), style: style.outlineStyle,
-                    width: parseFloat(style.outlineWidth), color: rgb(style.outlineColor),
-                    behind: rgb(getComputedStyle(behind).backgroundColor),
-                };
-            }"""
-        )
-        assert ring["matches"] and ring["style"] == "solid" and ring["width"] >= 2, (target, ring)
-        ratio = contrast(tuple(ring["color"]), tuple(ring["behind"]))
-        assert ratio >= 3, (
-            f"#{target}: focus ring {ring['color']} on {ring['behind']}: {ratio:.2f}:1"
-        )
+        await assert_focus_ring_seen(page, f"#{target}")
