@@ -209,6 +209,25 @@ function setStartEnabled(enabled) {
   $("check").disabled = !enabled;
 }
 
+// The relay refused the credential itself (not the candidate's account or time).
+function tokenRefused(err) {
+  return err instanceof ApiFailure && (err.status === 401 || err.code === "insufficient_scope");
+}
+
+// A typed token that is missing or refused: the field says so (aria-invalid, described by
+// the error line) and takes the focus, to be typed again; typing clears the mark.
+function markTokenField(invalid) {
+  const field = $("token");
+  if (!invalid) {
+    field.removeAttribute("aria-invalid");
+    field.removeAttribute("aria-describedby");
+    return;
+  }
+  field.setAttribute("aria-invalid", "true");
+  field.setAttribute("aria-describedby", "error");
+  field.focus();
+}
+
 async function start() {
   const unavailable = microphoneUnavailable();
   if (unavailable) { view.showMicProblem(microphoneProblem(unavailable)); return; }
@@ -217,7 +236,12 @@ async function start() {
   const typed = !page.token;
   if (typed) {
     page.token = $("token").value.trim();
-    if (!page.token) { page.token = null; view.showError(API_MESSAGES.missing_token); return; }
+    if (!page.token) {
+      page.token = null;
+      view.showError(API_MESSAGES.missing_token);
+      markTokenField(true);
+      return;
+    }
   }
   // A recorded interview starts only once its notice was on screen before Start (the relay
   // refuses it otherwise): if the notice is still loading, or appears only now, the
@@ -238,6 +262,7 @@ async function start() {
     const ref = err.requestId ? ` (reference ${err.requestId})` : "";
     let text = err.message;
     if (refusedLink) text = LINK_REFUSED;
+    else if (typed && tokenRefused(err)) markTokenField(true);
     // Refused after the page's wait for the other session (or at the exchange, when two
     // pages pressed Start together, which is not waited out): the candidate decides.
     else if (err instanceof ApiFailure && err.code === "credit_in_use") text = CREDIT_STILL_IN_USE;
@@ -313,6 +338,7 @@ function init() {
   $("token-field").hidden = page.fromLink;
 
   $("check").addEventListener("click", () => checkMicrophone());
+  $("token").addEventListener("input", () => markTokenField(false));
   $("start").addEventListener("click", start);
   $("stop").addEventListener("click", () => interview.hangUp());
   // An end that was not the interview's (page-messages.js mayGoOn): back to pre-flight with

@@ -213,15 +213,41 @@ async def test_the_interview_goes_from_start_to_end_with_the_keyboard(
 
 async def test_a_failed_start_leaves_the_focus_on_start(make_relay: MakeRelay, page: Page) -> None:
     relay = await make_relay()
-    await page.goto(str(relay.client.make_url("/")))
+    token = await relay.add_user(seconds=0)
+    await page.goto(str(relay.client.make_url("/")) + f"#token={token}")
     await expect(page.locator("#heard")).to_have_text("We can hear you.")
-    await page.fill("#token", "rt_not-a-token")
-    await page.focus("#token")
     assert await tab_to(page, "start") == ["mic", "check", "start"]
     await page.keyboard.press("Enter")
-    await expect(page.get_by_role("alert")).to_contain_text("This token is not valid.")
+    await expect(page.get_by_role("alert")).to_contain_text("No interview time is left")
     await expect(page.locator("#start")).to_be_enabled()
     await expect(page.locator("#start")).to_be_focused()
+
+
+async def test_a_missing_or_refused_token_marks_its_field(
+    make_relay: MakeRelay, page: Page
+) -> None:
+    """The field itself says what is wrong (invalid, described by the error) and has the
+    focus, to type the token again; typing clears the mark."""
+    relay = await make_relay()
+    await page.goto(str(relay.client.make_url("/")))
+    await expect(page.locator("#heard")).to_have_text("We can hear you.")
+    field = page.get_by_label("Your interview token")
+    for typed, error in [
+        ("", "Please enter your interview token."),
+        ("rt_not-a-token", "This token is not valid. Check the link or token you were given."),
+    ]:
+        await field.fill(typed)
+        await expect(field).not_to_have_attribute("aria-invalid", "true")
+        await page.focus("#start")
+        await page.keyboard.press("Enter")
+        await expect(page.get_by_role("alert")).to_contain_text(error)
+        await expect(field).to_be_focused()
+        node = await chrome_ax_node(page, "#token")
+        invalid = {p["name"]: p["value"].get("value") for p in node["properties"]}["invalid"]
+        assert invalid == "true", node
+        assert ax_text(node, "description").startswith(error), node
+    await page.keyboard.type("rt_")
+    await expect(field).not_to_have_attribute("aria-invalid", "true")
 
 
 async def test_start_is_described_by_the_recording_notice_and_the_practice_banner(
