@@ -70,6 +70,24 @@ export function stopLive() {
   if (state.timer) clearInterval(state.timer);
   state.timer = null;
   state.generation += 1;
+  $("updated").textContent = "";
+}
+
+// The Live view refreshes every POLL_MS, and a live region whose text is replaced, even by
+// the same words, is read out again: a screen reader would say the status (and, while the
+// stats fail, the error) every 2 s. So each is set only when it says something new, and
+// the refresh time goes in #updated, outside the live region.
+function sayOnce(text) {
+  if ($("status").textContent !== text) setStatus(text);
+}
+
+function showErrorOnce(text) {
+  const box = $("error");
+  if (box.hidden || box.textContent !== text) showError(text);
+}
+
+function showUpdated(at) {
+  $("updated").textContent = `updated ${new Date(at).toLocaleTimeString("en-GB")}`;
 }
 
 export function startLive() {
@@ -102,8 +120,8 @@ async function poll() {
   } catch (err) {
     if (err instanceof ApiFailure && err.status === 401) state.onUnauthorized(err);
     else if (gen === state.generation) {
-      showError(`Could not load ${cluster ? "cluster " : ""}stats: ${err.message} Retrying every ${POLL_MS / 1000} s.`);
-      setStatus("Stale: the last refresh failed.");
+      showErrorOnce(`Could not load ${cluster ? "cluster " : ""}stats: ${err.message} Retrying every ${POLL_MS / 1000} s.`);
+      sayOnce("Stale: the last refresh failed.");
     }
   } finally {
     if (state.inFlight === gen) state.inFlight = null;
@@ -114,7 +132,8 @@ async function poll() {
 function render(stats) {
   $("dashboard").hidden = false;
   const now = Date.now();
-  setStatus(`${stats.instance} · version ${stats.version} · updated ${new Date(now).toLocaleTimeString("en-GB")}`);
+  sayOnce(`${stats.instance} · version ${stats.version}`);
+  showUpdated(now);
   addSample(stats, now);
   renderHealth(stats);
   renderCharts();
@@ -344,8 +363,9 @@ function renderCluster(body) {
   const instances = body.instances || [];
   const sessions = body.sessions || [];
   const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
-  setStatus(`Cluster · ${plural(instances.length, "instance")} · ${plural(sessions.length, "live session")} · ` +
-    `via ${body.member} · updated ${new Date().toLocaleTimeString("en-GB")}`);
+  sayOnce(`Cluster · ${plural(instances.length, "instance")} · ${plural(sessions.length, "live session")} · ` +
+    `via ${body.member}`);
+  showUpdated(Date.now());
   renderInstances(instances, body.member);
   renderClusterSessions(sessions);
 }

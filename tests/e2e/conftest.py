@@ -164,6 +164,41 @@ def artifact_file(name: str) -> Path:
     return ARTIFACTS_DIR / name
 
 
+# Every text the page puts on screen, as it changes, in window.pageTexts: {id, live, text}.
+# `live` is how a screen reader is told of it: the politeness of the live region it is in
+# (aria-live, or role status, log or alert), "off" when it is in none (read only when the
+# candidate goes there). `id`: the live region's, else the nearest element's with one. An
+# alert counts also when it is shown, the text already in it. Changes made together (in one
+# task) count once.
+RECORD_TEXTS = """
+window.pageTexts = [];
+const LIVE = '[aria-live], [role="status"], [role="log"], [role="alert"]';
+const liveness = (region) => region.getAttribute("aria-live") ||
+    (region.getAttribute("role") === "alert" ? "assertive" : "polite");
+document.addEventListener("DOMContentLoaded", () => {
+    new MutationObserver((mutations) => {
+        // One entry per element and batch: an alert filled then shown is one announcement.
+        const batch = new Map();
+        for (const m of mutations) {
+            const el = m.target.nodeType === Node.ELEMENT_NODE ? m.target : m.target.parentElement;
+            if (!el) continue;
+            const region = el.closest(LIVE);
+            const shown = m.type === "attributes";
+            if (shown && (el.hidden || !region || liveness(region) !== "assertive")) continue;
+            const live = region && region.checkVisibility() ? liveness(region) : "off";
+            const text = el.textContent.trim();
+            const id = (region || el.closest("[id]") || el).id;
+            if (text) batch.set(id, { id, live, text });
+        }
+        window.pageTexts.push(...batch.values());
+    }).observe(document.body, {
+        childList: true, characterData: true, subtree: true,
+        attributes: true, attributeFilter: ["hidden"],
+    });
+});
+"""
+
+
 def collect_page_errors(page: Page) -> list[str]:
     """Console errors and uncaught exceptions of ``page`` (CSP violations included)."""
     errors: list[str] = []

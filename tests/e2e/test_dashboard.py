@@ -4,15 +4,16 @@ the simulator)."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
 
-from playwright.async_api import Page, expect
+from playwright.async_api import Page, Route, expect
 
 from relay.cluster.runtime import RELAY_VERSION
 from relay.upstream.simulator.server import RunningSimulator
-from tests.e2e.conftest import collect_page_errors
+from tests.e2e.conftest import RECORD_TEXTS, collect_page_errors
 from tests.e2e.console_helpers import DESKTOP, assert_accessible, collect_failed_responses
 from tests.integration.conftest import MakeRelay
 from tests.integration.live_session import live_session
@@ -322,3 +323,38 @@ async def test_cluster_mode_on_one_member_ends_a_session_held_by_another(
         assert [tuple(r) for r in rows] == [("ended", "operator_hangup")]
 
     assert errors == []
+
+
+async def test_the_live_view_is_not_read_out_at_every_refresh(
+    make_relay: MakeRelay, page: Page
+) -> None:
+    """The Live view refreshes every 2 s. Its status line (a live region) is read out when
+    it says something new, not at each refresh: the refresh time is shown beside it, out of
+    the region. A refresh failing again and again is said once too (role=alert)."""
+    relay = await make_relay()
+    await page.add_init_script(RECORD_TEXTS)
+    answers: list[int] = []
+    page.on("response", lambda r: answers.append(r.status) if "/api/stats" in r.url else None)
+    await page.goto(str(relay.client.make_url(f"/stats#token={OPERATOR_TOKEN}")))
+    await expect(page.locator("#status")).to_contain_text("version")
+    seen = len(answers)
+    await wait_until(lambda: len(answers) >= seen + 3, 15, "three more refreshes")
+    texts = await page.evaluate("window.pageTexts")
+    said = [t["text"] for t in texts if t["id"] == "status" and t["live"] != "off"]
+    after = said[said.index("Loading…") + 1 :]
+    assert len(after) == 1 and "version" in after[0], said
+    await expect(page.locator("#updated")).to_contain_text("updated")
+
+    async def stats_fail(route: Route) -> None:
+        body = {"error": {"code": "test", "message": "Down for the test."}}
+        await route.fulfill(status=503, content_type="application/json", body=json.dumps(body))
+
+    await page.route("**/api/stats", stats_fail)
+    seen = len(answers)
+    await wait_until(lambda: answers[seen:].count(503) >= 3, 15, "three failed refreshes")
+    await expect(page.get_by_role("alert")).to_contain_text("Down for the test.")
+    texts = await page.evaluate("window.pageTexts")
+    alerts = [t["text"] for t in texts if t["live"] == "assertive"]
+    assert len(alerts) == 1 and "Down for the test." in alerts[0], alerts
+    said = [t["text"] for t in texts if t["id"] == "status" and t["live"] != "off"]
+    assert said.count("Stale: the last refresh failed.") == 1, said

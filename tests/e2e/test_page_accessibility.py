@@ -14,6 +14,7 @@ from playwright.async_api import Page, expect
 
 from relay.upstream.simulator.server import RunningSimulator
 from tests.e2e.conftest import (
+    RECORD_TEXTS,
     assert_focus_ring_seen,
     axe_violations,
     chromium_args,
@@ -26,36 +27,6 @@ CONNECT_S = 10
 TURN_S = 15
 # A desktop browser window, and a phone (an iPhone 12–15's CSS width).
 SIZES = {"desktop": (1280, 800), "phone": (390, 844)}
-
-# Every text the page puts on screen, as it changes, in window.pageTexts: {id, live, text}.
-# `live` is how a screen reader is told of it: the politeness of the live region it is in
-# (aria-live, or role status, log or alert), "off" when it is in none (read only when the
-# candidate goes there). `id`: the live region's, else the nearest element's with one. An
-# alert counts also when it is shown, the text already in it.
-RECORD_TEXTS = """
-window.pageTexts = [];
-const LIVE = '[aria-live], [role="status"], [role="log"], [role="alert"]';
-const liveness = (region) => region.getAttribute("aria-live") ||
-    (region.getAttribute("role") === "alert" ? "assertive" : "polite");
-document.addEventListener("DOMContentLoaded", () => {
-    new MutationObserver((mutations) => {
-        for (const m of mutations) {
-            const el = m.target.nodeType === Node.ELEMENT_NODE ? m.target : m.target.parentElement;
-            if (!el) continue;
-            const region = el.closest(LIVE);
-            const shown = m.type === "attributes";
-            if (shown && (el.hidden || !region || liveness(region) !== "assertive")) continue;
-            const live = region && region.checkVisibility() ? liveness(region) : "off";
-            const text = el.textContent.trim();
-            const id = (region || el.closest("[id]") || el).id;
-            if (text) window.pageTexts.push({ id, live, text });
-        }
-    }).observe(document.body, {
-        childList: true, characterData: true, subtree: true,
-        attributes: true, attributeFilter: ["hidden"],
-    });
-});
-"""
 
 
 async def chrome_ax_node(page: Page, selector: str) -> dict[str, Any]:
