@@ -28,6 +28,8 @@ export class PagedList {
     this.cursor = null;
     this.rows = new Map(); // key -> {sig, tr}
     this.generation = 0;
+    // The message of the failure the refreshes keep meeting, said once (see fetch).
+    this.failing = null;
     this.timer = null;
     this.busy = false;
     more.addEventListener("click", () => this.loadMore());
@@ -50,6 +52,7 @@ export class PagedList {
   // New filters: start again from the first page.
   reset() {
     this.generation += 1;
+    this.failing = null;
     this.busy = false;
     this.items = [];
     this.cursor = null;
@@ -97,9 +100,16 @@ export class PagedList {
     this.busy = true;
     try {
       const page = await api("GET", listPath(this.path, { ...this.filters(), ...position }));
+      if (gen === this.generation) this.failing = null;
       return gen === this.generation ? page : null;
     } catch (err) {
-      if (gen === this.generation) this.onError(err);
+      // A refresh failing again the same way (every 5 s while the relay is down) is said
+      // once: the error line is an alert, which a screen reader would read out each time
+      // (its reference changes every time). The first one's stays on screen.
+      if (gen === this.generation && err.message !== this.failing) {
+        this.failing = err.message;
+        this.onError(err);
+      }
       return null;
     } finally {
       if (gen === this.generation) this.busy = false;

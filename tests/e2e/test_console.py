@@ -15,7 +15,7 @@ from typing import Any
 from playwright.async_api import Page, Route, expect
 
 from relay.upstream.simulator.server import RunningSimulator
-from tests.e2e.conftest import assert_focus_ring_seen, collect_page_errors
+from tests.e2e.conftest import RECORD_TEXTS, assert_focus_ring_seen, collect_page_errors
 from tests.e2e.console_helpers import (
     DESKTOP,
     assert_accessible,
@@ -589,3 +589,36 @@ async def test_the_keyboard_focus_is_seen_in_the_console(make_relay: MakeRelay, 
         )
         seen.append(where)
         await assert_focus_ring_seen(page, where)
+
+
+async def test_a_list_that_keeps_failing_to_refresh_says_so_once(
+    make_relay: MakeRelay, page: Page
+) -> None:
+    """The lists refresh every 5 s: while the relay keeps failing them, the error (an alert,
+    read out by a screen reader) is said once, not at every refresh; failing again after a
+    refresh that worked is said again."""
+    relay = await make_relay()
+    await page.add_init_script(RECORD_TEXTS)
+    answers: list[int] = []
+    page.on("response", lambda r: answers.append(r.status) if "/api/interviews" in r.url else None)
+    await page.goto(str(relay.client.make_url(f"/stats#token={OPERATOR_TOKEN}")))
+    await page.goto(str(relay.client.make_url("/stats#/interviews")))
+    await expect(page.locator("#interviews-empty")).to_be_visible(timeout=LISTED_WITHIN_MS)
+
+    async def interviews_fail(route: Route) -> None:
+        body = {"error": {"code": "test", "message": "Down for the test."}, "request_id": "req_x"}
+        await route.fulfill(status=503, content_type="application/json", body=json.dumps(body))
+
+    def answered(status: int, times: int) -> Callable[[], bool]:
+        """From now on, ``status`` answered ``times`` times."""
+        start = len(answers)
+        return lambda: answers[start:].count(status) >= times
+
+    for outage in (1, 2):
+        await page.route("**/api/interviews*", interviews_fail)
+        await wait_until(answered(503, 2), 20, "two failed refreshes")
+        texts = await page.evaluate("window.pageTexts")
+        alerts = [t["text"] for t in texts if t["live"] == "assertive"]
+        assert len(alerts) == outage and "Down for the test." in alerts[-1], alerts
+        await page.unroute("**/api/interviews*")
+        await wait_until(answered(200, 1), 20, "a refresh that worked")
