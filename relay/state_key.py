@@ -25,7 +25,14 @@ import asyncpg
 from relay.cluster.sealing import answer_context
 from relay.config import Settings
 from relay.db import Store
-from relay.sealing import SealError, SecretBox, StateKeys, load_state_keys, new_key_text
+from relay.sealing import (
+    KEY_FILE,
+    SealError,
+    SecretBox,
+    StateKeys,
+    load_state_keys,
+    new_key_text,
+)
 
 DEFAULT_BATCH = 500
 MAX_BATCH = 10_000
@@ -219,9 +226,21 @@ def generate() -> int:
 
 async def reseal(settings: Settings, store: Store, args: argparse.Namespace) -> int:
     """0 when every stored value is now sealed with the current key; 1 when some open with
-    no configured key (reported, left as they are); 2 for a bad option."""
+    no configured key (reported, left as they are); 2 for a bad option, or no current key
+    (never made up here, unlike ``serve``)."""
     if not 1 <= args.batch_size <= MAX_BATCH:
         print(f"--batch-size: from 1 to {MAX_BATCH}", file=sys.stderr)
+        return 2
+    key_file = settings.data_path / KEY_FILE
+    if not settings.cluster.state_key and not await asyncio.to_thread(key_file.is_file):
+        # `serve` makes a key where there is none; here that key would be one no relay
+        # has, and every value would be sealed again under it (lost to the relays).
+        print(
+            f"no current state key: cluster.state_key is not set and {key_file} does not "
+            "exist; run this with the relays' settings (RELAY__CLUSTER__STATE_KEY, or from "
+            "their folder)",
+            file=sys.stderr,
+        )
         return 2
     keys: StateKeys = await asyncio.to_thread(load_state_keys, settings.cluster, settings.data_path)
     if not keys.previous:

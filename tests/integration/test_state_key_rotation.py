@@ -215,3 +215,30 @@ async def test_a_value_rewritten_between_the_read_and_the_write_keeps_its_writer
         opened = {r["id"]: box.open_with(r["id"], bytes(r["secret_sealed"])) for r in rows}
         assert opened[endpoints[0]["id"]] == (rotated["secret"].encode(), 0)  # the rotation's
         assert opened[endpoints[1]["id"]] == (endpoints[1]["secret"].encode(), 0)  # resealed
+
+
+async def test_reseal_without_a_current_key_refuses_instead_of_making_one(
+    make_relay: MakeRelay, database_url: str, tmp_path: Path
+) -> None:
+    """`relay state-key reseal` run where no state key is configured and none is in the
+    data directory (another folder, RELAY__CLUSTER__STATE_KEY forgotten) must not make up a
+    key, as `serve` does: it would seal every value again under a key no relay has, and
+    every webhook endpoint's secret would be lost."""
+    async with receiver() as rec:
+        relay = await make_relay(overrides=with_keys(KEY_A))
+        endpoint = await register(relay, rec)
+        (before,) = await relay.sql(
+            "SELECT secret_sealed FROM webhook_endpoints WHERE id = $1", endpoint["id"]
+        )
+        env = foreign_free_environ() | {
+            "DATABASE_URL": database_url,
+            "RELAY__CLUSTER__PREVIOUS_STATE_KEYS": json.dumps([KEY_A]),
+        }
+        code, out, err = await run_relay("state-key", "reseal", env=env, cwd=tmp_path)
+        assert code == 2, out + err
+        assert "cluster.state_key" in err
+        assert not (tmp_path / ".relay" / "state.key").exists()
+        (after,) = await relay.sql(
+            "SELECT secret_sealed FROM webhook_endpoints WHERE id = $1", endpoint["id"]
+        )
+        assert bytes(after["secret_sealed"]) == bytes(before["secret_sealed"])
