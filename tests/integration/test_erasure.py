@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from relay import app as relay_app
 from tests.integration.conftest import MakeRelay
 from tests.integration.interview_helpers import (
     bearer,
@@ -395,3 +396,24 @@ async def test_a_member_back_after_its_recordings_session_was_erased_removes_the
     await recordings.recover()
     assert not await asyncio.to_thread(left.exists)
     assert await relay.sql("SELECT id FROM recordings") == []
+
+
+async def test_a_candidate_with_an_interview_and_nothing_in_the_way_is_gone_when_204_answers(
+    make_relay: MakeRelay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DELETE /api/users/{id} finishes what it can at once, as DELETE /api/interviews/{id}
+    does: the user's interviews (no session, no file) and then the user's row, before the
+    204, not at housekeeping's next round (held off here, so that it cannot do it)."""
+    monkeypatch.setattr(relay_app, "HOUSEKEEPING_INTERVAL_S", 3600.0)
+    relay = await make_relay()
+    interview = await create_interview(relay, candidate={"email": EMAIL, "name": "Ana"})
+    user_id = interview["candidate"]["user_id"]
+
+    status, body, _ = await call(relay, "DELETE", f"/api/users/{user_id}")
+    assert status == 204, body
+    assert await _erased(relay, "interviews", "id", interview["id"])
+    assert await _erased(relay, "users", "id", user_id)
+    events = await relay.sql(
+        "SELECT type FROM webhook_events WHERE interview_id = $1", interview["id"]
+    )
+    assert [e["type"] for e in events] == ["interview.deleted"]
