@@ -366,6 +366,7 @@ async def _start(
         is_live_member=lambda member: members.is_live(
             store, member, settings.cluster.heartbeat_interval_s
         ),
+        forget=admission.forget,
     )
     # Webhooks: the endpoints, and the dispatcher that delivers the outbox's events (it
     # waits for the schema; what it has not delivered at shut-down stays in the database).

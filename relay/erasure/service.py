@@ -38,6 +38,8 @@ log = logging.getLogger("relay.erasure")
 # Why a recording's row is marked deleted (its status_reason, until the row goes).
 REASON = "erased"
 IsLiveMember = Callable[[str], Awaitable[bool]]
+# Drops a token hash from this member's user caches and Redis (Admission.forget).
+Forget = Callable[[str], Awaitable[None]]
 
 
 class Erasure:
@@ -49,8 +51,10 @@ class Erasure:
         *,
         instance_id: str,
         is_live_member: IsLiveMember,
+        forget: Forget | None = None,
     ) -> None:
         self.rows = ErasureRows(store)
+        self._forget = forget
         self._recordings = recordings
         self._notify = notify
         self._instance_id = instance_id
@@ -67,8 +71,14 @@ class Erasure:
 
     async def request_user(self, user_id: int) -> bool:
         """Mark the user and its interviews, try to finish at once; False: no such user."""
-        if await self.rows.mark_user(user_id, self._notify) is None:
+        token_hash = await self.rows.mark_user(user_id, self._notify)
+        if token_hash is None:
             return False
+        if self._forget is not None:
+            # At once, as a deactivation does: the database's notification and the
+            # revoke_user command reach the caches a moment later, and until then the
+            # cached token would still open a session (of a user whose row may be gone).
+            await self._forget(token_hash)
         log.info("user %s: erasure requested", user_id)
         await self._try(self.erase_user(user_id), f"user {user_id}")
         return True

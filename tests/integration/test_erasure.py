@@ -417,3 +417,37 @@ async def test_a_candidate_with_an_interview_and_nothing_in_the_way_is_gone_when
         "SELECT type FROM webhook_events WHERE interview_id = $1", interview["id"]
     )
     assert [e["type"] for e in events] == ["interview.deleted"]
+
+
+async def test_an_erased_users_token_opens_nothing_from_the_204_on(
+    make_relay: MakeRelay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The token stops at the answer, as a deactivation's does (PATCH, `relay users delete`
+    evict the cache themselves): not only once the database's notification has reached
+    this member's caches and Redis, which is asynchronous (held back here)."""
+    relay = await make_relay()
+    token = await relay.add_user(email=EMAIL)
+    status, created, _ = await relay.create_session(token)  # now in the user cache
+    assert status == 201, created
+    (user,) = await relay.sql("SELECT id FROM users WHERE email = $1", EMAIL)
+    cache = relay.services.cache
+
+    async def held_back(token_hashes: Any) -> bool:
+        return True
+
+    monkeypatch.setattr(cache, "forget_locally", lambda token_hashes: None)
+    monkeypatch.setattr(cache, "evict_shared", held_back)
+    # The cluster's revoke_user command (which evicts too) arrives late as well.
+    listener = relay.services.cluster.listener
+    handler = listener._handler
+
+    async def without_revocations(message: dict[str, Any]) -> None:
+        if message.get("op") != "revoke_user":
+            await handler(message)
+
+    monkeypatch.setattr(listener, "_handler", without_revocations)
+
+    status, body, _ = await call(relay, "DELETE", f"/api/users/{user['id']}")
+    assert status == 204, body
+    status, body, _ = await relay.create_session(token)
+    assert status == 401 and body["error"]["code"] == "invalid_token", body
