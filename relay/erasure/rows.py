@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from relay.admission.tokens import unusable_token_hash
-from relay.db import Store
+from relay.db import Landed, Store
 from relay.fields import iso_utc
 from relay.interviews.rows import Notify, end_sessions
 from relay.webhooks.outbox import enqueue
@@ -91,9 +91,17 @@ class ErasureRows:
         self._store = store
 
     async def mark_interview(self, interview_id: str, notify: Notify) -> bool:
+        # A retry whose earlier attempt committed (its reply lost) would find the interview
+        # marked, by this very call, and answer "no such interview" (relay.db.landed).
+        landed: Landed[bool] = Landed()
+
         async def op(conn: asyncpg.Connection) -> bool:
+            done, earlier = await landed.earlier(conn)
+            if done:
+                return bool(earlier)
             async with conn.transaction():
-                return await mark_interview_on(conn, interview_id, notify)
+                await landed.begin(conn)
+                return landed.result(await mark_interview_on(conn, interview_id, notify))
 
         return await self._store.run("erasure_mark_interview", op)
 
@@ -104,15 +112,21 @@ class ErasureRows:
         database tells every member's cache), and every member ends its live sessions (as
         ``relay users revoke``)."""
 
+        landed: Landed[str | None] = Landed()  # as in mark_interview
+
         async def op(conn: asyncpg.Connection) -> str | None:
+            done, earlier = await landed.earlier(conn)
+            if done:
+                return earlier
             async with conn.transaction():
+                await landed.begin(conn)
                 token_hash: str | None = await conn.fetchval(
                     """SELECT token_hash FROM users
                        WHERE id = $1 AND erase_requested_at IS NULL FOR UPDATE""",
                     user_id,
                 )
                 if token_hash is None:
-                    return None
+                    return landed.result(None)
                 await conn.execute(
                     """UPDATE users SET active = false, token_hash = $2,
                            revoked_at = COALESCE(revoked_at, now()),
@@ -132,7 +146,7 @@ class ErasureRows:
                     conn, {"op": "revoke_user", "user_id": user_id, "token_hash": token_hash}
                 )
                 await _mark_interviews_of(conn, user_id, notify)
-                return token_hash
+                return landed.result(token_hash)
 
         return await self._store.run("erasure_mark_user", op)
 

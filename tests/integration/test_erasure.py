@@ -28,12 +28,14 @@ from tests.integration.interview_helpers import (
 from tests.integration.media_helpers import wait_until
 from tests.integration.recording_helpers import TimedBrowser, wait_recording
 from tests.integration.relay_harness import NOTICE_CONFIRMED, RelayHarness
+from tests.integration.test_idempotency_claims import relay_behind
 from tests.integration.test_recording_s3 import (
     keys,
     make_bucket,
     record,
     s3_overrides,
 )
+from tests.support.reply_cutter import ReplyCutter
 from tests.support.seaweedfs import ACCESS_KEY, SECRET_KEY, SeaweedServer
 
 EMAIL = "ana@example.test"
@@ -451,3 +453,32 @@ async def test_an_erased_users_token_opens_nothing_from_the_204_on(
     assert status == 204, body
     status, body, _ = await relay.create_session(token)
     assert status == 401 and body["error"]["code"] == "invalid_token", body
+
+
+async def test_a_delete_whose_mark_committed_with_its_reply_lost_answers_204(
+    cutter: ReplyCutter, make_relay: MakeRelay, database_url: str
+) -> None:
+    """The store retries a marking whose COMMIT landed while its reply was lost: the retry
+    finds the interview marked by this very request, which is erased (204), not unknown
+    (404, and nothing of it erased by the request)."""
+    relay = await relay_behind(make_relay, cutter, database_url)
+    interview = await create_interview(relay)
+    cutter.arm(b"erase_requested_at = now()", then=b"COMMIT")
+    status, body, _ = await call(relay, "DELETE", f"/api/interviews/{interview['id']}")
+    assert cutter.cuts == 1
+    assert status == 204, body
+    assert await _erased(relay, "interviews", "id", interview["id"])
+
+
+async def test_a_user_delete_whose_mark_committed_with_its_reply_lost_answers_204(
+    cutter: ReplyCutter, make_relay: MakeRelay, database_url: str
+) -> None:
+    """As for an interview: the user marked by this very request is erased (204)."""
+    relay = await relay_behind(make_relay, cutter, database_url)
+    interview = await create_interview(relay)
+    user_id = interview["candidate"]["user_id"]
+    cutter.arm(b"revoked_at = COALESCE(revoked_at, now())", then=b"COMMIT")
+    status, body, _ = await call(relay, "DELETE", f"/api/users/{user_id}")
+    assert cutter.cuts == 1
+    assert status == 204, body
+    assert await _erased(relay, "users", "id", user_id)
