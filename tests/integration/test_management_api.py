@@ -201,7 +201,7 @@ async def test_reissue_is_the_recovery_of_a_lost_token(make_relay: MakeRelay) ->
 
 
 async def test_posts_that_take_no_fields_refuse_one_and_do_nothing(make_relay: MakeRelay) -> None:
-    # A new link, a new token and a redelivery take no body: a field sent with one (a
+    # A new link, a new token, a redelivery and a test take no body: a field sent with one (a
     # reason, say) is refused as every route refuses a field it does not know, before
     # anything is done, so a client never believes it was kept.
     relay = await make_relay()
@@ -212,6 +212,8 @@ async def test_posts_that_take_no_fields_refuse_one_and_do_nothing(make_relay: M
         f"/api/users/{user['id']}/token",
         f"/api/interviews/{interview['id']}/invite",
         "/api/webhooks/wh_00000000000000000000000000000000/deliveries/1/redeliver",
+        # A test takes no event type: one sent must not look like it was the one sent.
+        "/api/webhooks/wh_00000000000000000000000000000000/test",
     ]
     for path in posts:
         status, body, _ = await call(relay, "POST", path, json={"reason": "lost it"})
