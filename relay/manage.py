@@ -34,7 +34,7 @@ from relay.db.migrate import MigrationTimeout
 from relay.db.store import connection_failure
 from relay.erasure.rows import ErasureRows
 from relay.interviews.models import InterviewCreate
-from relay.interviews.rows import CandidateInactive
+from relay.interviews.rows import CandidateErasing, CandidateInactive
 from relay.interviews.service import InterviewService, effective_status, view
 from relay.observability.metrics import MetricsRegistry
 
@@ -335,6 +335,8 @@ async def interviews_command(settings: Settings, args: argparse.Namespace) -> in
                 record, url = await service.create(
                     spec, created_by=CLI_PRINCIPAL, base_url=_base_url(settings, args)
                 )
+            except CandidateErasing:
+                return _fail(f"{args.email} is being erased; invite it again once it is gone")
             except CandidateInactive:
                 return _fail(
                     f"{args.email} is deactivated: `relay users reactivate --email {args.email}`"

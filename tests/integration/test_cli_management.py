@@ -285,6 +285,11 @@ async def test_interviews_delete_and_users_delete_erase_through_the_relays(
     # Not brought back while it is erased.
     code, _, err = await _relay(env, tmp_path, "users", "add", "--email", email)
     assert code == 1 and "being erased" in err
+    # Nor invited again (the API's 409 user_being_erased): one line, no traceback.
+    code, _, err = await _relay(
+        env, tmp_path, "interviews", "create", "--email", email, "--instructions", "Third."
+    )
+    assert code == 1 and "being erased" in err and "Traceback" not in err, err
     conn = await asyncpg.connect(database_url)
     try:
         marked = await conn.fetch(
