@@ -504,8 +504,11 @@ class RecordingService:
             if recording_id in live or meta.get("instance_id") not in (None, self.instance_id):
                 continue
             row = await self.rows.get(recording_id)
+            if row is not None and row["status"] == "deleted":
+                await self._deleted_meanwhile(recording_id, directory)
+                continue
             if row is not None and row["status"] not in ("recording", "rendering"):
-                continue  # failed (its reason stays), deleted, or already finished
+                continue  # failed (its reason stays), or already finished
             if row is None and await self._erased(session_id, directory):
                 continue
             log.warning("recording %s: unfinished (relay stopped); finalising", recording_id)
@@ -534,6 +537,9 @@ class RecordingService:
                 continue
             if row is None or row["relay_instance"] != self.instance_id:
                 continue
+            if row["status"] == "deleted":
+                await self._deleted_meanwhile(recording_id, directory)
+                continue
             if row["status"] in ("recording", "rendering"):
                 log.warning(
                     "recording %s: rendered but not stored (relay stopped); storing", recording_id
@@ -552,6 +558,13 @@ class RecordingService:
                 else:
                     await asyncio.to_thread(sources.remove_sources, directory)
         return count
+
+    async def _deleted_meanwhile(self, recording_id: str, directory: Path) -> None:
+        """A recording left on this disk whose row was marked deleted while this instance
+        was away (a DELETE, retention or an erasure found its files out of reach): nobody
+        will ask this instance for them again, so they go now."""
+        log.warning("recording %s: deleted while this relay was away; removing it", recording_id)
+        await asyncio.to_thread(_remove_tree, directory)
 
     async def _erased(self, session_id: str, directory: Path) -> bool:
         """A recording left on this disk whose session was erased while this instance was

@@ -5,6 +5,7 @@ batches until none is left. Real rows in PostgreSQL, real directories, the relay
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -188,3 +189,39 @@ async def test_a_recording_in_s3_is_not_marked_deleted_where_s3_is_not_configure
     assert service is not None
     assert await service.apply_retention() == 0
     assert await _status(relay, REC_AWAY) == "ready"
+
+
+async def test_a_relay_back_removes_what_was_deleted_while_it_was_away(
+    make_relay: MakeRelay, tmp_path: Path
+) -> None:
+    # A relay that died while recording, or before it stored a rendered recording: its
+    # files were out of reach, so a DELETE (retention, an erasure still waiting on other
+    # rows) marked the row deleted. Back, it removes them instead of leaving them on its
+    # disk for good (nobody will ask it for them again).
+    root = tmp_path / "recordings"
+    relay = await make_relay(overrides={"recording": {"directory": str(root)}})
+    unfinished = root / "is_unfinished"
+    rendered = await asyncio.to_thread(_files, root / "is_rendered")
+    await asyncio.to_thread(unfinished.mkdir, parents=True)
+    meta = {"recording_id": REC_PART1, "session_id": "is_unfinished", "part": 1}
+    meta["instance_id"] = INSTANCE
+    await asyncio.to_thread((unfinished / "meta.json").write_text, json.dumps(meta))
+    await asyncio.to_thread((unfinished / "candidate.rlog").write_bytes, b"\x00" * 64)
+    manifest = {"recording_id": REC_PART2, "session_id": "is_rendered"}
+    await asyncio.to_thread((rendered / "manifest.json").write_text, json.dumps(manifest))
+    now = datetime.now(UTC)
+    await _rows(
+        relay,
+        [
+            (REC_PART1, "is_unfinished", 1, unfinished, INSTANCE, now),
+            (REC_PART2, "is_rendered", 1, rendered, INSTANCE, now),
+        ],
+    )
+    await relay.sql("UPDATE recordings SET status = 'deleted', deleted_at = now()")
+    service = relay.services.recordings
+    assert service is not None
+    assert await service.recover() == 0
+    assert not await asyncio.to_thread(unfinished.exists)
+    assert not await asyncio.to_thread(rendered.exists)
+    statuses = await relay.sql("SELECT status FROM recordings ORDER BY id")
+    assert [r["status"] for r in statuses] == ["deleted", "deleted"]
