@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from relay.db import Store
+from relay.db import DatabaseUnavailable, Store
 from relay.erasure.rows import ErasureRows, Pending
 from relay.interviews.rows import Notify
 from relay.recording.s3 import StorageError
@@ -97,10 +97,22 @@ class Erasure:
         marked = await self.rows.marked()
         done = 0
         for interview_id in marked.interviews:
-            done += await self.erase_interview(interview_id)
+            done += await self._isolated(self.erase_interview(interview_id), interview_id)
         for user_id in marked.users:
-            done += await self.erase_user(user_id)
+            done += await self._isolated(self.erase_user(user_id), f"user {user_id}")
         return done
+
+    async def _isolated(self, work: Awaitable[bool], what: str) -> bool:
+        # One erasure that fails in a way nobody foresaw must not hold up every other one
+        # (nor the rest of housekeeping's round) round after round: it is logged and
+        # tried again at the next round. An outage is everyone's: it ends the round.
+        try:
+            return await work
+        except DatabaseUnavailable:
+            raise
+        except Exception:
+            log.exception("%s: erasure failed; retried at the next round", what)
+            return False
 
     async def erase_interview(self, interview_id: str) -> bool:
         """True once the interview's rows are gone."""
