@@ -166,17 +166,22 @@ class RecordingRows:
         location: str | None = None,
         recovered: bool | None = None,
         session_note: str | None = None,
-    ) -> None:
+    ) -> str | None:
         """Move a row to ``status``; the session row's ``recording_status`` follows
-        (``session_note`` when given, e.g. "ready (recovered after a relay crash)")."""
+        (``session_note`` when given, e.g. "ready (recovered after a relay crash)").
+        Returns the row's status after it: ``deleted`` stays (a DELETE, retention or an
+        erasure that marked it while it was being finalised or uploaded wins); None: no
+        such row (its session was erased)."""
         audio = (files or [{}])[0]
         duration = manifest.get("duration_s") if manifest else None
 
-        async def op(conn: asyncpg.Connection) -> None:
+        async def op(conn: asyncpg.Connection) -> str | None:
             async with conn.transaction():
                 before = await conn.fetchval(
                     "SELECT status FROM recordings WHERE id = $1 FOR UPDATE", recording_id
                 )
+                if before is None or before == "deleted":
+                    return before  # type: ignore[no-any-return]
                 changed = await conn.fetchrow(
                     """UPDATE recordings SET
                            status = $2, status_reason = $3,
@@ -205,7 +210,7 @@ class RecordingRows:
                     recovered,
                 )
                 if changed is None:
-                    return
+                    return None
                 session_id = changed["session_id"]
                 note = session_note or (f"{status}: {reason}" if reason else status)
                 interview_id = await conn.fetchval(
@@ -226,8 +231,9 @@ class RecordingRows:
                         reason,
                         changed["duration_seconds"],
                     )
+                return status
 
-        await self._store.run("recording_status", op)
+        return await self._store.run("recording_status", op)
 
     async def discard(self, recording_id: str) -> None:
         """Forget a recording that holds no audio at all (the session never carried any)."""

@@ -113,6 +113,11 @@ class RecordingElsewhere(Exception):
         self.relay_instance = relay_instance
 
 
+# What ``_status`` answers when the row's new status could not be written (the database):
+# not "gone", so nothing is removed on its account.
+UNWRITTEN = "unwritten"
+
+
 class DeletionFailed(Exception):
     """A recording's files could not be removed (a read-only or failing disk)."""
 
@@ -294,11 +299,29 @@ class RecordingService:
         if task is not None:
             await asyncio.shield(task)
 
-    async def _status(self, recording_id: str, status: str, **kwargs: Any) -> None:
+    async def _status(self, recording_id: str, status: str, **kwargs: Any) -> str | None:
+        """The row's status after (``set_status``), or ``UNWRITTEN``."""
         try:
-            await self.rows.set_status(recording_id, status, **kwargs)
+            return await self.rows.set_status(recording_id, status, **kwargs)
         except (DatabaseUnavailable, asyncpg.PostgresError) as exc:
             log.warning("recording %s: status %s not written (%s)", recording_id, status, exc)
+            return UNWRITTEN
+
+    async def _remove_if_gone(
+        self, after: str | None, recording_id: str, session_id: str, directory: Path
+    ) -> None:
+        """Files stored while their row was marked deleted (a DELETE, retention or an
+        erasure during the upload) or deleted with its erased session: nobody will ask
+        for them again, so they go now, here and in the object store."""
+        if after is not None and after != "deleted":
+            return
+        log.warning("recording %s: deleted while it was being stored; removing it", recording_id)
+        await asyncio.to_thread(_remove_tree, directory)
+        if self.s3 is not None:
+            try:
+                await self.s3.delete_prefix(self.s3.key(session_id, recording_id, ""))
+            except StorageError as exc:
+                log.warning("recording %s: objects not removed (%s)", recording_id, exc)
 
     def _on_failed(self, recorder: SessionRecorder) -> None:
         # The writer has already let go of the recorder and closed its files.
@@ -433,7 +456,7 @@ class RecordingService:
             except StorageError as exc:
                 log.warning("recording %s: %s (local files kept)", recording_id, exc)
                 self._failures.inc(stage="upload")
-                await self._status(
+                after = await self._status(
                     recording_id,
                     "failed",
                     reason=f"upload failed (local files kept for a retry): {exc}",
@@ -441,12 +464,13 @@ class RecordingService:
                     files=files,
                     location=str(directory),
                 )
+                await self._remove_if_gone(after, recording_id, session_id, directory)
                 return
             for f in files:
                 f["key"] = self.s3.key(session_id, recording_id, f["name"])
             await asyncio.to_thread(shutil.rmtree, directory, True)
         note = "ready (recovered after a relay crash)" if recovered else "ready"
-        await self._status(
+        after = await self._status(
             recording_id,
             "ready",
             manifest=manifest,
@@ -454,6 +478,9 @@ class RecordingService:
             location=self._location(session_id, recording_id, directory),
             session_note=note,
         )
+        if after != "ready":
+            await self._remove_if_gone(after, recording_id, session_id, directory)
+            return
         log.info(
             "recording %s ready: %.1fs, %s",
             recording_id,
