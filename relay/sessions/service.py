@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, NoReturn
 
+import asyncpg
+
 from relay.admission.invites import InterviewGrant
 from relay.admission.service import Admission, Caller, check_open, database_error
 from relay.config import Settings, model_for
@@ -257,6 +259,13 @@ class SessionService:
         except DatabaseUnavailable as exc:
             await self._release(entry)
             raise database_error(exc, settings.database.retry_after_s) from exc
+        except asyncpg.ForeignKeyViolationError:
+            # The user's row is gone (erased, on another member) while this member's
+            # cache still held its token, the database's notice not here yet: the token
+            # opens nothing any more, as it will once the notice arrives.
+            await self._release(entry)
+            await self._admission.forget(caller.token_hash)
+            raise ApiError(401, "invalid_token", "The token is not valid.") from None
         except BaseException:
             await self._release(entry)
             raise

@@ -513,3 +513,29 @@ async def test_one_erasure_failing_unforeseen_holds_up_no_other(
     monkeypatch.setattr(erasure.rows, "finish_interview", finish)
     assert await erasure.erase_due() == 1
     assert await _erased(relay, "interviews", "id", first["id"])
+
+
+async def test_a_token_cached_here_of_a_user_erased_elsewhere_is_refused_not_a_500(
+    make_relay: MakeRelay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another member finished a candidate's erasure (the user's row is gone) before the
+    database's notice reached this member's cache, which still holds the token as valid:
+    a session it starts is refused as an unknown token's (401), not a 500 from the
+    session row's foreign key."""
+    relay = await make_relay()
+    token = await relay.add_user(email=EMAIL)
+    status, created, _ = await relay.create_session(token)  # now in the user cache
+    assert status == 201, created
+    (user,) = await relay.sql("SELECT id FROM users WHERE email = $1", EMAIL)
+    cache = relay.services.cache
+
+    async def held_back(token_hashes: Any) -> bool:
+        return True
+
+    monkeypatch.setattr(cache, "forget_locally", lambda token_hashes: None)
+    monkeypatch.setattr(cache, "evict_shared", held_back)
+    await relay.sql("DELETE FROM interview_sessions WHERE user_id = $1", user["id"])
+    await relay.sql("DELETE FROM users WHERE id = $1", user["id"])
+    status, body, _ = await relay.create_session(token)
+    assert status == 401 and body["error"]["code"] == "invalid_token", body
+    assert body["request_id"]
