@@ -97,7 +97,9 @@ export const WAIT_BOUND_S = { credit_in_use: 90 };
 // read out every second.
 // `pollS` ({code: seconds}) asks again sooner than Retry-After for a code the caller
 // expects to clear within moments (a rejoin's credit_in_use: the session that just failed
-// is still being closed); onWait then gets the failure too, to say something else.
+// is still being closed; its draining: the relay that just stopped it still answers, and
+// the next request reaches another member or the restarted relay); onWait then gets the
+// failure too, to say something else.
 export async function withRetries(label, fn, onWait, { pollS = {} } = {}) {
   let waitedS = 0; // waiting for the codes of WAIT_BOUND_S
   for (let attempt = 1; ; ) {
@@ -116,7 +118,7 @@ export async function withRetries(label, fn, onWait, { pollS = {} } = {}) {
       }
       if (attempt >= MAX_ATTEMPTS) throw err;
       attempt++;
-      const waitS = err.retryAfter || Math.min(8, 2 ** (attempt - 1));
+      const waitS = pollS[err.code] || err.retryAfter || Math.min(8, 2 ** (attempt - 1));
       for (let left = waitS; left > 0; left--) {
         onWait(`${err.message} Retrying ${label} in ${left} s (attempt ${attempt} of ${MAX_ATTEMPTS})…`);
         await sleep(1000);

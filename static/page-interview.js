@@ -58,6 +58,8 @@ const BACKOFF_MAX_S = 8;
 const REJOIN_ATTEMPTS = 4;
 const REJOIN_BACKOFF_S = [2, 4, 8];
 const REJOIN_SETTLED_MS = 60000;
+// A rejoin refused 503 draining (the relay that just stopped the session) asks again this soon.
+const DRAINING_POLL_S = 2;
 // The candidate's End: the hang-up is sent again while the relay answers it with a
 // retryable refusal (503 database_unavailable…) or not at all, after its Retry-After (at
 // most HANGUP_WAIT_MAX_S), this many times in all; then the page closes its connection
@@ -185,14 +187,17 @@ export class Interview {
     view.setStatus(status);
     // A rejoin may find the session that just failed still holding the interview for a
     // moment (credit_in_use, until the relay has closed it): asked again every second,
-    // and not worded as another tab.
+    // and not worded as another tab. After relay_shutdown it may reach the relay that is
+    // stopping, still answering while it closes its sessions (503 draining): asked again
+    // every 2 s rather than after its Retry-After (server.drain_retry_after_s, 30 s by
+    // default), as the next request reaches another member or the restarted relay.
     const rejoin = this.phase === "rejoining";
     // Tells the relay whether the recording notice was on screen before Start.
     const created = await withRetries(
       "the session",
       () => this.api("POST", "/api/realtime-session", { recording_notice_shown: this.noticeShown }),
       (text, err) => view.setStatus(rejoin && err && err.code === "credit_in_use" ? status : text),
-      rejoin ? { pollS: { credit_in_use: 1 } } : {},
+      rejoin ? { pollS: { credit_in_use: 1, draining: DRAINING_POLL_S } } : {},
     );
     const sessionId = created.session_id;
     if (!this.opening) {

@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,10 +28,13 @@ from tests.e2e.test_candidate_resume import CONNECT_S, NOTE_STATUS, TURN_S, stat
 from tests.integration.cluster_helpers import (
     OPERATOR,
     Client,
+    RelayProcess,
     add_user,
     fresh_connections,
     poll,
+    relay_env,
     row_if_ended,
+    simulator_env,
     sql,
 )
 from tests.integration.test_cluster import Pair, member_id, pair  # noqa: F401  (the fixture)
@@ -228,3 +233,113 @@ def _count(items: list[str], n: int) -> Any:
         return len(items) >= n
 
     return check
+
+
+@pytest.fixture
+async def lone_relay(
+    traversable_tmp_path: Path, database_url: str, simulator: RunningSimulator
+) -> AsyncIterator[LoneRelay]:
+    env = relay_env(
+        traversable_tmp_path / "state",
+        {"DATABASE_URL": database_url, **simulator_env(simulator.base_url)},
+    )
+    running = LoneRelay(
+        traversable_tmp_path, env, await RelayProcess.start(traversable_tmp_path, env)
+    )
+    try:
+        yield running
+    finally:
+        await running.process.stop()
+
+
+class LoneRelay:
+    """One `relay serve` (no cluster), restarted on the same port with the same data
+    directory and settings: the smallest rolling deploy."""
+
+    def __init__(self, cwd: Path, env: dict[str, str], process: RelayProcess) -> None:
+        self.cwd, self.env, self.process = cwd, env, process
+
+    async def restart(self) -> None:
+        port = self.process.port
+        assert await self.process.stop() == 0  # SIGTERM: it drains, then exits
+        self.process = await RelayProcess.start(self.cwd, self.env, port=port)
+        assert self.process.port == port
+
+
+async def test_a_lone_relay_restarted_under_the_interview_goes_on_by_itself(
+    lone_relay: LoneRelay, database_url: str, simulator: RunningSimulator, page: Page
+) -> None:
+    """No other member: the page's first rejoin reaches the relay that is stopping, still
+    answering while it closes its sessions (503 draining, Retry-After 30 s); the page asks
+    again every 2 s instead, so it goes on with the restarted relay (seeded) within moments
+    of its start, by itself, rather than half a minute later."""
+    async with fresh_connections() as http:
+        relay = Client(http, lone_relay.process.url)
+        status, interview, _ = await relay.call(
+            "POST",
+            "api/interviews",
+            headers=OPERATOR,
+            json={
+                "candidate": {"email": "restarted@example.test"},
+                "instructions": INTERVIEWER,
+                "max_duration_s": BUDGET_S,
+                "recording": False,
+            },
+        )
+        assert status == 201, interview
+        invite = str(interview["candidate_url"]).split("#invite=", 1)[1]
+        await page.add_init_script(NOTE_STATUS)
+        created: list[str] = []
+
+        async def on_response(response: Response) -> None:
+            if response.url.endswith("/api/realtime-session") and response.status == 201:
+                created.append((await response.json())["session_id"])
+
+        page.on("response", on_response)
+        await page.goto(lone_relay.process.url + f"#invite={invite}")
+        await page.click("#start")
+        await expect(page.locator("#connection")).to_have_text("Live", timeout=CONNECT_S * 1000)
+        [first] = created
+        interviewer = page.locator("#transcript li.interviewer:not([hidden])")
+        await expect(interviewer.first).to_have_text(
+            f"Interviewer: {DEFAULT_REPLY_LINES[0]}", timeout=TURN_S * 1000
+        )
+        await poll(lambda: kept_lines(database_url, first), TURN_S, "the interviewer's line kept")
+        [upstream] = simulator.state.calls.values()
+
+        await lone_relay.restart()
+        restarted = time.monotonic()
+        await status_shown(page, "The interview service restarted. Reconnecting…")
+        # (Waiting out the Retry-After, it was live again some 25 s after the restart.)
+        await expect(page.locator("#connection")).to_have_text("Live", timeout=CONNECT_S * 1000)
+        await status_shown(page, "Reconnected.")
+        print(f"live again {time.monotonic() - restarted:.1f} s after the restart")
+        said = await page.evaluate("() => window.statusTexts")
+        assert "Interview ended." not in said, said
+        second = created[-1]
+        assert second != first
+        [row] = await sql(
+            database_url, "SELECT state, end_reason FROM interview_sessions WHERE id = $1", first
+        )
+        assert (row["state"], row["end_reason"]) == ("failed", "relay_shutdown")
+        [second_call] = [c for c in simulator.state.calls.values() if c is not upstream]
+        await simulator.state.wait_for(
+            lambda: bool(second_call.events_of("response.output_audio_transcript.done")), TURN_S
+        )
+        kept = await kept_lines(database_url, first)
+        following = DEFAULT_REPLY_LINES[len(kept) % len(DEFAULT_REPLY_LINES)]
+        first_reply = second_call.events_of("response.output_audio_transcript.done")[0]
+        assert first_reply["transcript"] == following
+
+        await page.click("#stop")
+        await expect(page.locator("#end-reason")).to_have_text(
+            "You ended the interview. Thank you!"
+        )
+        final = await poll(lambda: row_if_ended(database_url, second), 10, "the session's end")
+        assert (final["state"], final["end_reason"]) == ("ended", "hangup")
+        events = await sql(
+            database_url,
+            "SELECT type FROM webhook_events WHERE interview_id = $1 ORDER BY seq",
+            interview["id"],
+        )
+        assert [e["type"] for e in events] == ["interview.started", "interview.completed"]
