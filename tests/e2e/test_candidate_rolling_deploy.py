@@ -186,6 +186,11 @@ async def test_a_rolling_deploy_under_the_interview_goes_on_by_itself(
                 await expect(interviewer.nth(index)).to_have_text(f"Interviewer: {line}")
         else:
             assert first_reply["transcript"] == DEFAULT_REPLY_LINES[0]
+            # The page keeps what it showed of the first conversation, the greeting again
+            # after it (no relay.transcript replaces it: there is nothing to restore).
+            greetings = interviewer.filter(has_text=DEFAULT_REPLY_LINES[0])
+            await expect(greetings).to_have_count(2, timeout=TURN_S * 1000)
+            await expect(interviewer.first).to_have_text(f"Interviewer: {DEFAULT_REPLY_LINES[0]}")
 
         # The candidate's End ends it as theirs.
         await page.click("#stop")
