@@ -90,17 +90,18 @@ export async function once(token, method, path, body, options = {}) {
 export const WAIT_BOUND_S = { credit_in_use: 90 };
 
 // Retry retryable failures with Retry-After (or exponential backoff), MAX_ATTEMPTS in all,
-// or for up to WAIT_BOUND_S for the codes there. `onWait(text)` tells the candidate what is
-// going on: the countdown once a second, then that the retry is under way (a request may
-// take a while to answer). A wait bounded by time says its message once, without a
-// countdown: a status line that changed every second for a minute and a half would be
-// read out every second.
+// or for up to WAIT_BOUND_S for the codes there. `onWait(text)` tells the candidate, once
+// per refusal, what went wrong and that it is retried (the status line: a live region, read
+// out); `onCountdown(text)` shows the seconds until the next attempt, then that it is under
+// way (a request may take a while to answer), each second: outside the live region, since
+// a screen reader would read out a live line that changed every second. A wait bounded by
+// time says its message once, without a countdown.
 // `pollS` ({code: seconds}) asks again sooner than Retry-After for a code the caller
 // expects to clear within moments (a rejoin's credit_in_use: the session that just failed
 // is still being closed; its draining: the relay that just stopped it still answers, and
 // the next request reaches another member or the restarted relay); onWait then gets the
 // failure too, to say something else.
-export async function withRetries(label, fn, onWait, { pollS = {} } = {}) {
+export async function withRetries(label, fn, onWait, { pollS = {}, onCountdown = () => {} } = {}) {
   let waitedS = 0; // waiting for the codes of WAIT_BOUND_S
   for (let attempt = 1; ; ) {
     try {
@@ -119,11 +120,12 @@ export async function withRetries(label, fn, onWait, { pollS = {} } = {}) {
       if (attempt >= MAX_ATTEMPTS) throw err;
       attempt++;
       const waitS = pollS[err.code] || err.retryAfter || Math.min(8, 2 ** (attempt - 1));
+      onWait(`${err.message} Retrying ${label} (attempt ${attempt} of ${MAX_ATTEMPTS})…`, err);
       for (let left = waitS; left > 0; left--) {
-        onWait(`${err.message} Retrying ${label} in ${left} s (attempt ${attempt} of ${MAX_ATTEMPTS})…`);
+        onCountdown(`Next attempt in ${left} s.`);
         await sleep(1000);
       }
-      onWait(`Trying again (attempt ${attempt} of ${MAX_ATTEMPTS})…`);
+      onCountdown(`Trying again now (attempt ${attempt} of ${MAX_ATTEMPTS})…`);
     }
   }
 }

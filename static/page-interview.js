@@ -197,7 +197,7 @@ export class Interview {
       "the session",
       () => this.api("POST", "/api/realtime-session", { recording_notice_shown: this.noticeShown }),
       (text, err) => view.setStatus(rejoin && err && err.code === "credit_in_use" ? status : text),
-      rejoin ? { pollS: { credit_in_use: 1, draining: DRAINING_POLL_S } } : {},
+      { pollS: rejoin ? { credit_in_use: 1, draining: DRAINING_POLL_S } : {}, onCountdown: view.setCountdown },
     );
     const sessionId = created.session_id;
     if (!this.opening) {

@@ -78,6 +78,13 @@ export function setActivity(text) {
   $("activity").textContent = text;
 }
 
+// A wait's seconds counting down (page-api.js withRetries), under the status line that
+// said why, once: in the activity line, outside the live region, so that it is not read
+// out every second. The next status replaces it.
+export function setCountdown(text) {
+  $("activity").textContent = text;
+}
+
 export function showError(text) {
   const el = $("error");
   el.textContent = text || "";

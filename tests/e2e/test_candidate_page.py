@@ -233,7 +233,11 @@ async def test_the_page_waits_out_a_stopped_database_then_connects(
     # The waiting message, with the countdown taken from Retry-After.
     status = page.locator("#status")
     await expect(status).to_contain_text("Our service is briefly unavailable.", timeout=10_000)
-    await expect(status).to_contain_text(re.compile(r"Retrying the session in \d s"))
+    await expect(status).to_contain_text(re.compile(r"Retrying the session \(attempt \d of 4\)"))
+    # The seconds count down beside it, outside the live region (test_page_accessibility.py).
+    await expect(page.locator("#activity")).to_have_text(
+        re.compile(r"Next attempt in \d s\.|Trying again now")
+    )
     await expect(page.locator("#error")).to_be_hidden()
 
     # Then it connects once the database is back.
@@ -296,7 +300,11 @@ async def test_the_page_waits_out_an_overloaded_relay_then_connects(
         await page.click("#start")
         status = page.locator("#status")
         await expect(status).to_contain_text("The service is very busy right now.")
-        await expect(status).to_contain_text(re.compile(r"Retrying the session in \d s"))
+        retrying = re.compile(r"Retrying the session \(attempt \d of 4\)")
+        await expect(status).to_contain_text(retrying)
+        await expect(page.locator("#activity")).to_have_text(
+            re.compile(r"Next attempt in \d s\.|Trying again now")
+        )
         await expect(page.locator("#error")).to_be_hidden()
         await lock.rollback()
     finally:
@@ -367,9 +375,13 @@ async def test_a_retry_under_way_says_so(
     await page.goto(str(relay.client.make_url(f"/?token={token}")))
     await page.click("#start")
     status = page.locator("#status")
-    await expect(status).to_contain_text("Retrying the session in 1 s (attempt 2 of 4)")
+    await expect(status).to_contain_text("Retrying the session (attempt 2 of 4)…")
+    activity = page.locator("#activity")
+    await expect(activity).to_have_text("Next attempt in 1 s.")
     # While the retry is in flight the countdown is not left on screen at "1 s".
-    await expect(status).to_have_text("Trying again (attempt 2 of 4)…", timeout=CONNECT_S * 1000)
+    await expect(activity).to_have_text(
+        "Trying again now (attempt 2 of 4)…", timeout=CONNECT_S * 1000
+    )
     assert len(requests) == 2
     release.set()
     await expect(page.locator("#connection")).to_have_text("Live", timeout=CONNECT_S * 1000)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Page, expect
+from playwright.async_api import Page, Route, expect
 
 from relay.upstream.simulator.server import RunningSimulator
 from tests.e2e.conftest import (
@@ -147,6 +147,51 @@ async def test_the_conversation_is_not_read_out_over_the_interviewer(
         or t["text"] in ("Listening…", "The interviewer is speaking…")
     ]
     assert read_out == [], read_out
+
+
+async def page_texts(page: Page, since: int = 0) -> list[dict[str, str]]:
+    """What the text recorder (RECORD_TEXTS) saw since entry ``since``."""
+    texts: list[dict[str, str]] = await page.evaluate("(n) => window.pageTexts.slice(n)", since)
+    return texts
+
+
+async def test_a_retry_is_announced_once_and_its_countdown_is_not_read_out(
+    make_relay: MakeRelay, simulator: RunningSimulator, page: Page
+) -> None:
+    """A refused start waiting for its next attempt: the refusal and the retry are said once
+    (the status line, a live region), the seconds counting down are on screen only (a screen
+    reader would read out a live line that changed every second)."""
+    relay = await make_relay(overrides={"upstream": {"simulate": True}})
+    token = await relay.add_user(seconds=600)
+    shed: list[str] = []
+
+    async def busy_once(route: Route) -> None:
+        if not shed:
+            shed.append(route.request.url)
+            await route.fulfill(
+                status=503,
+                headers={"Retry-After": "3"},
+                json={"error": {"code": "overloaded", "message": "busy", "retryable": True}},
+            )
+            return
+        await route.continue_()
+
+    await page.route("**/api/realtime-session", busy_once)
+    await page.add_init_script(RECORD_TEXTS)
+    await page.goto(str(relay.client.make_url("/")) + f"#token={token}")
+    await page.click("#start")
+    await expect(page.locator("#connection")).to_have_text("Live", timeout=CONNECT_S * 1000)
+    texts = await page_texts(page)
+    retry = "The service is very busy right now. Retrying the session (attempt 2 of 4)…"
+    waiting = [t for t in texts if t["live"] != "off" and "attempt" in t["text"]]
+    assert waiting == [{"id": "status", "live": "polite", "text": retry}], texts
+    shown = [t for t in texts if t["live"] == "off" and t["id"] == "activity"]
+    assert [t["text"] for t in shown][:4] == [
+        "Next attempt in 3 s.",
+        "Next attempt in 2 s.",
+        "Next attempt in 1 s.",
+        "Trying again now (attempt 2 of 4)…",
+    ], texts
 
 
 async def tab_to(page: Page, target: str) -> list[str]:
