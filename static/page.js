@@ -159,12 +159,29 @@ function toggleMute() {
 
 // ------------------------------------------------------------------ the interviewer's voice
 
+const SOUND_BLOCKED =
+  "Your browser blocked the interviewer’s voice: press “Play the interviewer’s voice” to hear it.";
+
 function playInterviewer(stream) {
   const audio = $("remote");
   audio.srcObject = stream;
   // A browser that blocks sound until the candidate clicks (after a reload, say) gets a
-  // button to click.
-  audio.play().then(() => { $("play").hidden = true; }, () => { $("play").hidden = false; });
+  // button to click. It comes with a word why (its own live region: the status line is
+  // replaced by "Reconnected." a moment later) and takes the focus, so that a keyboard or
+  // screen reader user, who hears nothing either, is on it at once.
+  audio.play().then(soundPlaying, () => {
+    $("play").hidden = false;
+    $("play-note").textContent = SOUND_BLOCKED;
+    $("play").focus();
+  });
+}
+
+function soundPlaying() {
+  const had = document.activeElement === $("play");
+  $("play").hidden = true;
+  $("play-note").textContent = "";
+  // The button went away with the focus: back to the call's heading (then Mute and End).
+  if (had) $("call-title").focus({ preventScroll: true });
 }
 
 // ------------------------------------------------------------------ start
@@ -349,9 +366,7 @@ function init() {
   });
   $("mute").addEventListener("click", toggleMute);
   $("mic").addEventListener("change", chooseMicrophone);
-  $("play").addEventListener("click", () => {
-    $("remote").play().then(() => { $("play").hidden = true; }, () => {});
-  });
+  $("play").addEventListener("click", () => { $("remote").play().then(soundPlaying, () => {}); });
   if (navigator.mediaDevices) navigator.mediaDevices.addEventListener("devicechange", showDevices);
   window.addEventListener("beforeunload", (e) => {
     if (!interview.holdsPage) return;

@@ -194,6 +194,50 @@ async def test_a_retry_is_announced_once_and_its_countdown_is_not_read_out(
     ], texts
 
 
+# The browser's own autoplay policy, once: headless Chromium plays without a click (the
+# tests' --autoplay-policy), a browser after a reload may not. The first play() is refused
+# as such a browser refuses it.
+REFUSE_SOUND_ONCE = """
+(() => {
+    const play = HTMLMediaElement.prototype.play;
+    let refused = false;
+    HTMLMediaElement.prototype.play = function () {
+        if (refused) return play.call(this);
+        refused = true;
+        return Promise.reject(new DOMException(
+            "play() failed because the user didn't interact with the document first.",
+            "NotAllowedError"));
+    };
+})();
+"""
+
+
+async def test_sound_blocked_by_the_browser_is_said_and_its_button_has_the_focus(
+    make_relay: MakeRelay, simulator: RunningSimulator, page: Page
+) -> None:
+    """The candidate hears nothing: the page says why (a live region) and puts the focus on
+    "Play the interviewer's voice", which plays it."""
+    relay = await make_relay(overrides={"upstream": {"simulate": True}})
+    token = await relay.add_user(seconds=600)
+    await page.add_init_script(REFUSE_SOUND_ONCE)
+    await page.add_init_script(RECORD_TEXTS)
+    await page.goto(str(relay.client.make_url("/")) + f"#token={token}")
+    await page.click("#start")
+    await expect(page.locator("#connection")).to_have_text("Live", timeout=CONNECT_S * 1000)
+    play = page.get_by_role("button", name="Play the interviewer’s voice")
+    await expect(play).to_be_focused()
+    said = (
+        "Your browser blocked the interviewer’s voice: press “Play the interviewer’s voice” "
+        "to hear it."
+    )
+    assert {"id": "play-note", "live": "polite", "text": said} in await page_texts(page)
+    await page.keyboard.press("Enter")
+    await expect(play).to_be_hidden()
+    await expect(page.locator("#play-note")).to_be_empty()
+    assert await page.evaluate("document.getElementById('remote').paused") is False
+    await expect(page.get_by_role("heading", name="Interview", exact=True)).to_be_focused()
+
+
 async def tab_to(page: Page, target: str) -> list[str]:
     """Presses Tab until the element with id ``target`` has the focus (at most ten times):
     the ids of what took it on the way, in order."""
