@@ -122,6 +122,9 @@ export function showWrapUp(text) {
 // goOn: the interview may go on (page-messages.js mayGoOn): say so and offer the button.
 // next: what to say instead of the default second sentence (a refusal to go on).
 export function showEnded(message, goOn = false, next = null) {
+  // The question "End the interview?" has no object any more (the relay ended it, the
+  // time is up…), and a modal dialog left open would keep the focus from the end screen.
+  if ($("end-confirm").open) $("end-confirm").close("end");
   showScreen("ended");
   setConnection("ended");
   $("ended-title").textContent = "The interview has ended";

@@ -157,6 +157,18 @@ function toggleMute() {
   }
 }
 
+// ------------------------------------------------------------------ the end
+
+// End asks first, the safe answer focused: a mistaken tap (on a phone Mute and End are
+// stacked close together) would end the interview for good.
+function askToEnd() {
+  const confirm = $("end-confirm");
+  if (!interview.holdsPage || confirm.open) return;
+  confirm.returnValue = "";
+  confirm.showModal();
+  $("keep-talking").focus();
+}
+
 // ------------------------------------------------------------------ the interviewer's voice
 
 const SOUND_BLOCKED =
@@ -357,7 +369,19 @@ function init() {
   $("check").addEventListener("click", () => checkMicrophone());
   $("token").addEventListener("input", () => markTokenField(false));
   $("start").addEventListener("click", start);
-  $("stop").addEventListener("click", () => interview.hangUp());
+  $("stop").addEventListener("click", askToEnd);
+  $("keep-talking").addEventListener("click", () => $("end-confirm").close());
+  $("end-now").addEventListener("click", () => {
+    $("end-confirm").close("end");
+    interview.hangUp();
+  });
+  $("end-confirm").addEventListener("close", () => {
+    // Kept talking (the button, or Escape): back on End, where the candidate was.
+    const stop = $("stop");
+    if ($("end-confirm").returnValue !== "end" && !stop.disabled && stop.checkVisibility()) {
+      stop.focus();
+    }
+  });
   // An end that was not the interview's (page-messages.js mayGoOn): back to pre-flight with
   // the same credential; Start then asks the relay for a new session of the interview.
   $("go-on").addEventListener("click", () => {

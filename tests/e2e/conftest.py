@@ -23,6 +23,7 @@ from tests.integration.media_helpers import SAMPLE_RATE, silence, speech_like
 __all__ = [
     "artifact_path",
     "browser",
+    "end_interview",
     "fake_mic_wav",
     "make_relay",
     "page",
@@ -146,6 +147,13 @@ async def save_failed_page(page: Page, test_name: str, console: list[str]) -> No
     # In the run's output too (pytest shows a failed test's teardown output): a CI run
     # keeps its log, not its files. The page's state, then the end of its console.
     print("\n".join(["the page when the test failed:", *lines[:state], *lines[state:][-40:]]))
+
+
+async def end_interview(page: Page) -> None:
+    """The candidate's End, as the page takes it: End, then "End now" in the question it
+    asks first ("End the interview? You cannot come back to it.")."""
+    await page.click("#stop")
+    await page.click("#end-now")
 
 
 # ---------------------------------------------------------------------- artifacts

@@ -15,7 +15,7 @@ from playwright.async_api import Dialog, Page, expect
 
 from relay.upstream.simulator.server import RunningSimulator
 from relay.upstream.simulator.state import CallRecord
-from tests.e2e.conftest import collect_page_errors
+from tests.e2e.conftest import collect_page_errors, end_interview
 from tests.integration.conftest import MakeRelay
 from tests.integration.relay_harness import OPERATOR_TOKEN, RelayHarness
 
@@ -130,7 +130,7 @@ async def test_live_state_time_left_and_mute(
     await simulator.state.wait_for(lambda: len(call.vad_segments) > switched, TURN_S)
     assert await page.evaluate("sessionStorage.getItem('interviewMicrophone')") == other
 
-    await page.click("#stop")
+    await end_interview(page)
     await expect(page.locator("#ended")).to_be_visible()
     await page.screenshot(path=str(artifact_path("page-ended.png")), full_page=True)
     assert errors == []
@@ -159,7 +159,7 @@ async def test_leaving_a_live_interview_asks_first_and_an_ended_one_does_not(
     assert not page.is_closed()
     assert relay.services.registry.get(session_id) is not None
 
-    await page.click("#stop")
+    await end_interview(page)
     await expect(page.locator("#ended")).to_be_visible()
     closed = asyncio.Event()
     page.on("close", lambda _: closed.set())
@@ -245,6 +245,6 @@ async def test_a_service_error_is_a_calm_status_not_an_alert_left_on_screen(
     await expect(page.locator("#status")).not_to_have_text(SERVICE_HICCUP, timeout=TURN_S * 1000)
     await expect(page.locator("#connection")).to_have_text("Live")
     await expect(page.locator("#error")).to_be_hidden()
-    await page.click("#stop")
+    await end_interview(page)
     await expect(page.locator("#ended")).to_be_visible()
     assert errors == []

@@ -14,6 +14,7 @@ from typing import Any
 from playwright.async_api import Page, Response, expect
 
 from relay.upstream.simulator.server import RunningSimulator
+from tests.e2e.conftest import end_interview
 from tests.e2e.test_candidate_resume import (
     CONNECT_S,
     NOTE_STATUS,
@@ -56,7 +57,7 @@ async def test_an_end_pressed_while_the_database_is_down_is_recorded_as_the_cand
 
     page.on("response", on_response)
     await private_postgres.astop()  # a real fault: the relay answers 503 + Retry-After
-    await page.click("#stop")
+    await end_interview(page)
     await expect(page.locator("#end-reason")).to_have_text(
         "You ended the interview. Thank you!", timeout=(4 * RETRY_AFTER_S + 20) * 1000
     )
@@ -160,7 +161,7 @@ async def test_a_duplicated_tab_asks_before_taking_the_interview_over(
     await copy.reload()
     await expect(copy.locator("#connection")).to_have_text("Live", timeout=CONNECT_S * 1000)
     await expect(copy.locator("#elsewhere")).to_be_hidden()
-    await copy.click("#stop")
+    await end_interview(copy)
     await expect(copy.locator("#end-reason")).to_have_text("You ended the interview. Thank you!")
     await relay.wait_session_closed(session_id)
     rows = await relay.sql("SELECT end_reason FROM interview_sessions WHERE id = $1", session_id)

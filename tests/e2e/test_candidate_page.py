@@ -14,6 +14,7 @@ import asyncpg
 from playwright.async_api import Browser, Page, Response, Route, expect
 
 from relay.upstream.simulator.server import RunningSimulator
+from tests.e2e.conftest import end_interview
 from tests.integration.conftest import MakeRelay
 from tests.integration.media_helpers import wait_until
 from tests.integration.relay_harness import RelayHarness
@@ -105,7 +106,7 @@ async def test_candidate_talks_with_the_interviewer_and_hangs_up(
     async with page.expect_response(
         lambda r: r.request.method == "DELETE" and r.url.endswith(f"/api/sessions/{session_id}")
     ) as deleted:
-        await page.click("#stop")
+        await end_interview(page)
     assert (await deleted.value).status == 204
     await expect(page.locator("#status")).to_have_text("Interview ended.")
     await expect(page.locator("#error")).to_be_hidden()
@@ -158,7 +159,7 @@ async def test_a_simulated_interview_says_so_to_the_candidate(
     await expect(banner).to_be_visible()
     await expect(banner).to_contain_text("simulated interviewer")
     await expect(page.locator("#stop")).to_be_enabled(timeout=CONNECT_S * 1000)
-    await page.click("#stop")
+    await end_interview(page)
     await expect(page.locator("#status")).to_have_text("Interview ended.")
 
 
@@ -198,7 +199,7 @@ async def test_the_page_starts_a_recorded_interview_only_after_showing_its_notic
     session_id = (await (await response.value).json())["session_id"]
     await expect(page.locator("#stop")).to_be_enabled(timeout=CONNECT_S * 1000)
     assert (await interview_row(relay, session_id))["recording_notice_shown"] is True
-    await page.click("#stop")
+    await end_interview(page)
     await expect(page.locator("#status")).to_have_text("Interview ended.")
 
 
@@ -252,7 +253,7 @@ async def test_the_page_waits_out_a_stopped_database_then_connects(
         assert t_next - t_prev >= int(after) - 0.25, (t_next - t_prev, after)
     await expect(page.locator("#error")).to_be_hidden()
 
-    await page.click("#stop")
+    await end_interview(page)
     await expect(page.locator("#status")).to_have_text("Interview ended.")
     await wait_until(lambda: len(relay.services.registry) == 0, CONNECT_S, "registry empty")
 
@@ -323,7 +324,7 @@ async def test_the_page_waits_out_an_overloaded_relay_then_connects(
     shed = sum(1 for answer in answers if answer[0] == 503)
     assert relay.counter("relay_admission_shed_total", reason="overloaded") == shed
 
-    await page.click("#stop")
+    await end_interview(page)
     await expect(page.locator("#status")).to_have_text("Interview ended.")
     await wait_until(lambda: len(relay.services.registry) == 1, CONNECT_S, "only the other left")
 
@@ -385,7 +386,7 @@ async def test_a_retry_under_way_says_so(
     assert len(requests) == 2
     release.set()
     await expect(page.locator("#connection")).to_have_text("Live", timeout=CONNECT_S * 1000)
-    await page.click("#stop")
+    await end_interview(page)
     await expect(page.locator("#status")).to_have_text("Interview ended.")
 
 
@@ -435,7 +436,7 @@ async def test_the_interview_open_in_another_tab_starts_here_once_that_one_ends(
         await expect(other.locator("#start")).to_be_disabled()
 
         # The first page ends its interview: the second starts at its next attempt.
-        await page.click("#stop")
+        await end_interview(page)
         await expect(page.locator("#ended")).to_be_visible()
         await expect(other.locator("#connection")).to_have_text(
             "Live", timeout=(CREDIT_IN_USE_RETRY_S + CONNECT_S) * 1000
@@ -447,7 +448,7 @@ async def test_the_interview_open_in_another_tab_starts_here_once_that_one_ends(
         # Retry-After honoured.
         for (t_prev, *_), (t_next, *_) in itertools.pairwise(answers):
             assert t_next - t_prev >= CREDIT_IN_USE_RETRY_S - 0.25, answers
-        await other.click("#stop")
+        await end_interview(other)
         await expect(other.locator("#status")).to_have_text("Interview ended.")
     finally:
         await other_context.close()

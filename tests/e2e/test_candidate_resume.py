@@ -17,6 +17,7 @@ from playwright.async_api import Dialog, Page, Response, Route, expect
 from relay.upstream.simulator.app import SIMULATOR_KEY
 from relay.upstream.simulator.options import DEFAULT_REPLY_LINES
 from relay.upstream.simulator.server import RunningSimulator
+from tests.e2e.conftest import end_interview
 from tests.integration.cluster_helpers import poll
 from tests.integration.conftest import MakeRelay
 from tests.integration.interview_helpers import create_interview, invite_of
@@ -119,7 +120,7 @@ async def test_a_reload_rejoins_the_same_interview(
     segments = len(call.vad_segments)
     await simulator.state.wait_for(lambda: len(call.vad_segments) > segments, TURN_S)
 
-    await page.click("#stop")
+    await end_interview(page)
     await expect(page.locator("#end-reason")).to_have_text("You ended the interview. Thank you!")
     rows = await relay.sql("SELECT id, state, end_reason FROM interview_sessions")
     assert [(r["id"], r["state"], r["end_reason"]) for r in rows] == [
@@ -190,7 +191,7 @@ async def test_a_dropped_connection_is_resumed_by_itself(
     await expect(page.locator("#transcript li.interviewer").first).to_be_visible()
     segments = len(call.vad_segments)
     await simulator.state.wait_for(lambda: len(call.vad_segments) > segments, TURN_S)
-    await page.click("#stop")
+    await end_interview(page)
     await expect(page.locator("#ended")).to_be_visible()
 
 
@@ -345,7 +346,7 @@ async def test_when_going_on_by_itself_fails_the_candidate_can_go_on(
     second = (await (await created.value).json())["session_id"]
     assert second != first
     await expect(page.locator("#connection")).to_have_text("Live", timeout=CONNECT_S * 1000)
-    await page.click("#stop")
+    await end_interview(page)
     await expect(page.locator("#end-reason")).to_have_text("You ended the interview. Thank you!")
     # The candidate's own end: nothing to go on with.
     await expect(page.locator("#end-next")).to_have_text("You can close this tab.")
@@ -417,7 +418,7 @@ async def test_after_the_interviewers_service_dropped_the_call_the_interview_goe
     for index, line in enumerate(said):
         await expect(interviewer.nth(index)).to_have_text(f"Interviewer: {line}")
     # The candidate's End then ends the interview as theirs.
-    await page.click("#stop")
+    await end_interview(page)
     await expect(page.locator("#end-reason")).to_have_text("You ended the interview. Thank you!")
     await relay.wait_session_closed(created[1])
     rows = await relay.sql("SELECT end_reason FROM interview_sessions WHERE id = $1", created[1])

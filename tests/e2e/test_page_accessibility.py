@@ -19,9 +19,11 @@ from tests.e2e.conftest import (
     axe_violations,
     chromium_args,
     describe_violations,
+    end_interview,
     launch_chromium,
 )
 from tests.integration.conftest import MakeRelay
+from tests.integration.relay_harness import OPERATOR_TOKEN
 
 CONNECT_S = 10
 TURN_S = 15
@@ -92,6 +94,9 @@ async def test_every_state_is_accessible(
     await check_state(page, artifact_path, "live-muted", size)
 
     await page.click("#stop")
+    await expect(page.get_by_role("dialog", name="End the interview?")).to_be_visible()
+    await check_state(page, artifact_path, "end-confirm", size)
+    await page.click("#end-now")
     await expect(page.locator("#ended")).to_be_visible()
     await check_state(page, artifact_path, "ended", size)
 
@@ -268,7 +273,68 @@ async def test_the_interview_goes_from_start_to_end_with_the_keyboard(
     await expect(page.locator("#mute")).to_have_text("Unmute microphone")
     assert await tab_to(page, "stop") == ["stop"]
     await page.keyboard.press("Enter")
+    await expect(page.locator("#keep-talking")).to_be_focused()
+    assert await tab_to(page, "end-now") == ["end-now"]
+    await page.keyboard.press("Enter")
     await expect(page.get_by_role("heading", name="The interview has ended")).to_be_focused()
+
+
+async def test_end_asks_first(
+    make_relay: MakeRelay, simulator: RunningSimulator, page: Page
+) -> None:
+    """End is for good, and on a phone it is stacked 8 px from Mute: it asks first, in a
+    dialog a screen reader names and describes, with "Keep talking" (the focus, and Escape)
+    and "End now". A practice interview too. Nothing is sent to the relay before "End now";
+    an end from the relay meanwhile closes the question."""
+    relay = await make_relay(overrides={"upstream": {"simulate": True}})
+    token = await relay.add_user(seconds=600)
+    await page.set_viewport_size({"width": 390, "height": 844})
+    hang_ups: list[str] = []
+    page.on("request", lambda r: hang_ups.append(r.url) if r.method == "DELETE" else None)
+    await page.goto(str(relay.client.make_url("/")) + f"#token={token}")
+    async with page.expect_response("**/api/realtime-session") as created:
+        await page.click("#start")
+    session_id: str = (await (await created.value).json())["session_id"]
+    await expect(page.locator("#simulated")).to_be_visible()
+    await expect(page.locator("#connection")).to_have_text("Live", timeout=CONNECT_S * 1000)
+    stop, dialog = page.locator("#stop"), page.get_by_role("dialog")
+
+    # Escape: "Keep talking".
+    await page.focus("#stop")
+    await page.keyboard.press("Enter")
+    await expect(dialog).to_be_visible()
+    await expect(page.get_by_role("button", name="Keep talking")).to_be_focused()
+    node = await chrome_ax_node(page, "#end-confirm")
+    assert node["role"]["value"] == "dialog", node
+    assert ax_text(node, "name") == "End the interview?", node
+    assert ax_text(node, "description") == "You cannot come back to it.", node
+    modal = {p["name"]: p["value"].get("value") for p in node.get("properties", [])}
+    assert modal.get("modal") is True, node
+    await page.keyboard.press("Escape")
+    await expect(dialog).to_be_hidden()
+    await expect(stop).to_be_focused()
+
+    # A tap on "Keep talking": the same.
+    await stop.click()
+    await page.get_by_role("button", name="Keep talking").click()
+    await expect(dialog).to_be_hidden()
+    await expect(stop).to_be_focused()
+    await expect(page.locator("#connection")).to_have_text("Live")
+    assert hang_ups == []
+
+    # The relay ends it while the question is open: the end screen, with the focus.
+    await stop.click()
+    await expect(dialog).to_be_visible()
+    async with relay.client.delete(
+        f"/api/sessions/{session_id}", headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+    ) as resp:
+        assert resp.status == 204
+    await expect(page.locator("#end-reason")).to_have_text(
+        "The interview was ended by the team running it."
+    )
+    await expect(dialog).to_be_hidden()
+    await expect(page.get_by_role("heading", name="The interview has ended")).to_be_focused()
+    assert hang_ups == []
 
 
 async def test_a_failed_start_leaves_the_focus_on_start(make_relay: MakeRelay, page: Page) -> None:
@@ -373,7 +439,7 @@ async def test_the_page_reflows_at_320_px(
     interviewer = page.locator("#transcript li.interviewer").first
     await expect(interviewer).to_be_visible(timeout=TURN_S * 1000)
     assert await horizontal_overflow(page) == []
-    await page.click("#stop")
+    await end_interview(page)
     await expect(page.locator("#ended")).to_be_visible()
     assert await horizontal_overflow(page) == []
 

@@ -14,7 +14,7 @@ import pytest
 from playwright.async_api import Page, expect
 
 from relay.upstream.simulator.server import RunningSimulator
-from tests.e2e.conftest import _write_wav
+from tests.e2e.conftest import _write_wav, end_interview
 from tests.integration.conftest import MakeRelay
 from tests.integration.media_helpers import silence, speech_like
 from tests.support.openai_oracle import validate_client_event
@@ -69,7 +69,7 @@ async def test_transcript_order_and_end_while_the_interviewer_speaks(
     # End while the reply's audio plays.
     await simulator.state.wait_for(lambda: _audio_playing(call.events_sent), TURN_S)
     sent_before = len(call.client_events)
-    await page.click("#stop")
+    await end_interview(page)
     await expect(page.locator("#status")).to_have_text("Interview ended.")
     # The stops travel on the event channel and the hang-up over HTTP: the call can hear
     # the hang-up before it has read the stops, so wait for its answer to the clear too.

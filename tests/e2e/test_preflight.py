@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 from playwright.async_api import Page, Request, Response, expect
 
-from tests.e2e.conftest import _write_wav, chromium_args, collect_page_errors, launch_chromium
+from tests.e2e.conftest import (
+    _write_wav,
+    chromium_args,
+    collect_page_errors,
+    end_interview,
+    launch_chromium,
+)
 from tests.integration.conftest import MakeRelay
 from tests.integration.media_helpers import silence
 
@@ -186,7 +192,7 @@ async def test_a_link_with_a_credential_shows_no_token_field(
     await page.click("#start")
     if name == "token":
         await expect(page.locator("#stop")).to_be_enabled(timeout=10_000)
-        await page.click("#stop")
+        await end_interview(page)
         await expect(page.locator("#ended")).to_be_visible()
     else:
         await expect(page.locator("#error")).to_contain_text(LINK_REFUSED)
