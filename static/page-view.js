@@ -36,6 +36,11 @@ export function showScreen(name) {
   $("transcript-section").hidden = preflight || name === "elsewhere" ||
     (name === "ended" && transcriptEmpty);
   $("connection").hidden = preflight || name === "elsewhere";
+  // The microphone's hint ("We can hear you.") is read out in the pre-flight, where it is
+  // the answer to the check. In the call it is not: Mute and Unmute say so themselves in the
+  // status line, and a hint read out with it (then "Say a few words…", then "We can hear
+  // you.") made two or three announcements of one press, over the interviewer's voice.
+  $("heard").setAttribute("aria-live", name === "call" ? "off" : "polite");
   document.body.dataset.screen = name;
   // Into the interview: the focus went with the Start button (disabled, then hidden), and
   // left so, a screen reader says nothing and Tab starts again from the browser's toolbar.

@@ -243,6 +243,37 @@ async def test_sound_blocked_by_the_browser_is_said_and_its_button_has_the_focus
     await expect(page.get_by_role("heading", name="Interview", exact=True)).to_be_focused()
 
 
+async def test_mute_and_unmute_are_each_said_once(
+    make_relay: MakeRelay, simulator: RunningSimulator, page: Page
+) -> None:
+    """One press, one announcement: "Microphone muted." / "Microphone on." (the status
+    line). The microphone's hint beside the meter changes too, on screen only."""
+    relay = await make_relay(overrides={"upstream": {"simulate": True}})
+    token = await relay.add_user(seconds=600)
+    await page.add_init_script(RECORD_TEXTS)
+    await page.goto(str(relay.client.make_url("/")) + f"#token={token}")
+    await page.click("#start")
+    await expect(page.locator("#connection")).to_have_text("Live", timeout=CONNECT_S * 1000)
+    heard = page.locator("#heard")
+    await expect(heard).to_have_text("We can hear you.")
+
+    since = len(await page_texts(page))
+    await page.click("#mute")
+    await expect(heard).to_have_text("Muted: nothing you say is sent.")
+    texts = await page_texts(page, since)
+    announced = [t for t in texts if t["live"] != "off"]
+    assert announced == [{"id": "status", "live": "polite", "text": "Microphone muted."}], texts
+
+    since += len(texts)
+    await page.click("#mute")
+    # Speaking again: the hint goes from "Say a few words…" to "We can hear you.".
+    await expect(heard).to_have_text("We can hear you.", timeout=TURN_S * 1000)
+    texts = await page_texts(page, since)
+    assert any(t["text"].startswith("Say a few words") for t in texts), texts
+    announced = [t for t in texts if t["live"] != "off"]
+    assert announced == [{"id": "status", "live": "polite", "text": "Microphone on."}], texts
+
+
 async def tab_to(page: Page, target: str) -> list[str]:
     """Presses Tab until the element with id ``target`` has the focus (at most ten times):
     the ids of what took it on the way, in order."""
