@@ -36,6 +36,8 @@ export function showScreen(name) {
   $("transcript-section").hidden = preflight || name === "elsewhere" ||
     (name === "ended" && transcriptEmpty);
   $("connection").hidden = preflight || name === "elsewhere";
+  if (preflight) setTitle(null);
+  else if (name === "elsewhere") setTitle("open in another tab");
   // The microphone's hint ("We can hear you.") is read out in the pre-flight, where it is
   // the answer to the check. In the call it is not: Mute and Unmute say so themselves in the
   // status line, and a hint read out with it (then "Say a few words…", then "We can hear
@@ -59,6 +61,7 @@ export function focusLost() {
 
 // state: connecting | live | reconnecting | ended; detail: an optional second sentence.
 export function setConnection(state, detail) {
+  setTitle(TITLE_STATE[state]);
   const el = $("connection");
   el.dataset.state = state;
   el.textContent = detail ? `${CONNECTION_TEXT[state]} ${detail}` : CONNECTION_TEXT[state];
@@ -115,8 +118,35 @@ export function formatSeconds(total) {
   return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
 }
 
+// "9 minutes 58 seconds": what a screen reader says for "9:58".
+export function spokenSeconds(total) {
+  const s = Math.max(0, Math.round(total));
+  const [minutes, seconds] = [Math.floor(s / 60), s % 60];
+  const unit = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+  if (minutes === 0) return unit(seconds, "second");
+  return seconds === 0 ? unit(minutes, "minute") :
+    `${unit(minutes, "minute")} ${unit(seconds, "second")}`;
+}
+
+// Called four times a second: the text is only replaced when it changes.
 export function setTimeLeft(seconds) {
-  $("time-left").textContent = seconds === null ? "–" : formatSeconds(seconds);
+  const shown = seconds === null ? "–" : formatSeconds(seconds);
+  const words = seconds === null ? "" : spokenSeconds(seconds);
+  if ($("time-left").textContent !== shown) $("time-left").textContent = shown;
+  if ($("time-left-words").textContent !== words) $("time-left-words").textContent = words;
+}
+
+// The tab's title says where the interview is (a tab list, a window switcher), in a word.
+const TITLE = "Voice interview";
+const TITLE_STATE = {
+  connecting: "connecting",
+  live: "in progress",
+  reconnecting: "reconnecting",
+  ended: "ended",
+};
+
+export function setTitle(state) {
+  document.title = state ? `${TITLE} — ${state}` : TITLE;
 }
 
 export function showWrapUp(text) {
@@ -142,6 +172,7 @@ export function showEnded(message, goOn = false, next = null) {
 // This tab handed the interview over to another tab (not an end of the interview).
 export function showElsewhere(message) {
   showEnded(message, false, ELSEWHERE_NEXT);
+  setTitle("moved to another tab");
   $("ended-title").textContent = "The interview moved to another tab";
 }
 

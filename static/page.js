@@ -368,6 +368,10 @@ function init() {
 
   $("check").addEventListener("click", () => checkMicrophone());
   $("token").addEventListener("input", () => markTokenField(false));
+  $("token-field").addEventListener("submit", (e) => {
+    e.preventDefault();
+    if (!$("start").disabled) start();
+  });
   $("start").addEventListener("click", start);
   $("stop").addEventListener("click", askToEnd);
   $("keep-talking").addEventListener("click", () => $("end-confirm").close());

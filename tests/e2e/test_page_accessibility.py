@@ -5,6 +5,7 @@ And what axe cannot see: what a screen reader is told as the interview goes on."
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,37 @@ async def chrome_ax_node(page: Page, selector: str) -> dict[str, Any]:
         await cdp.detach()
     found: dict[str, Any] = tree["nodes"][0]
     return found
+
+
+async def chrome_ax_reads(page: Page, selector: str) -> list[str]:
+    """The text a screen reader is given inside ``selector``'s element, read from
+    Chromium's accessibility tree: its text nodes in order, those hidden from it
+    (aria-hidden) left out."""
+    cdp = await page.context.new_cdp_session(page)
+    try:
+        root = (await cdp.send("DOM.getDocument", {"depth": 0}))["root"]["nodeId"]
+        node_id = await cdp.send("DOM.querySelector", {"nodeId": root, "selector": selector})
+        described = await cdp.send("DOM.describeNode", {"nodeId": node_id["nodeId"]})
+        backend = described["node"]["backendNodeId"]
+        nodes = (await cdp.send("Accessibility.getFullAXTree"))["nodes"]
+    finally:
+        await cdp.detach()
+    by_id = {n["nodeId"]: n for n in nodes}
+    read: list[str] = []
+
+    def walk(node: dict[str, Any]) -> None:
+        if node.get("ignored"):
+            return
+        if node.get("role", {}).get("value") == "StaticText":
+            read.append(ax_text(node, "name"))
+        for child in node.get("childIds", []):
+            if child in by_id:
+                walk(by_id[child])
+
+    [start] = [n for n in nodes if n.get("backendDOMNodeId") == backend]
+    for child in start.get("childIds", []):
+        walk(by_id[child])
+    return read
 
 
 def ax_text(node: dict[str, Any], field: str) -> str:
@@ -272,6 +304,44 @@ async def test_mute_and_unmute_are_each_said_once(
     assert any(t["text"].startswith("Say a few words") for t in texts), texts
     announced = [t for t in texts if t["live"] != "off"]
     assert announced == [{"id": "status", "live": "polite", "text": "Microphone on."}], texts
+
+
+async def test_the_time_left_is_read_in_words_and_the_title_says_the_state(
+    make_relay: MakeRelay, simulator: RunningSimulator, page: Page
+) -> None:
+    """The time left, "9:58" on screen, is read "nine fifty-eight" (and the dash before the
+    time is known "en dash"): a screen reader is given "9 minutes 58 seconds", in no live
+    region (it changes every second). The tab's title says where the interview is. Enter in
+    the token field starts."""
+    relay = await make_relay(overrides={"upstream": {"simulate": True}})
+    token = await relay.add_user(seconds=600)
+    await page.add_init_script(RECORD_TEXTS)
+    await page.goto(str(relay.client.make_url("/")))
+    await expect(page).to_have_title("Voice interview")
+    await expect(page.locator("#heard")).to_have_text("We can hear you.")
+    await page.fill("#token", token)
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#connection")).to_have_text("Live", timeout=CONNECT_S * 1000)
+    await expect(page).to_have_title("Voice interview — in progress")
+
+    # The digits (and the dash before them) are hidden from the accessibility tree.
+    assert (await chrome_ax_node(page, "#time-left")).get("ignored") is True
+    shown = await page.locator("#time-left").inner_text()
+    read = await chrome_ax_reads(page, "#call dd")
+    assert len(read) == 1 and re.fullmatch(r"(10 minutes|9 minutes \d{1,2} seconds?)", read[0]), (
+        shown,
+        read,
+    )
+    # It counts down, in words too, and is never read out by itself.
+    await expect(page.locator("#time-left")).not_to_have_text(shown, timeout=3000)
+    assert await chrome_ax_reads(page, "#call dd") != read
+    texts = await page_texts(page)
+    ticking = [t for t in texts if t["id"].startswith("time-left")]
+    assert ticking and all(t["live"] == "off" for t in ticking), ticking
+
+    await end_interview(page)
+    await expect(page.locator("#ended")).to_be_visible()
+    await expect(page).to_have_title("Voice interview — ended")
 
 
 async def tab_to(page: Page, target: str) -> list[str]:
