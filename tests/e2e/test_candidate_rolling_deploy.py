@@ -24,6 +24,7 @@ from playwright.async_api import Page, Response, expect
 
 from relay.upstream.simulator.options import DEFAULT_REPLY_LINES
 from relay.upstream.simulator.server import RunningSimulator
+from tests.e2e.conftest import end_interview
 from tests.e2e.test_candidate_resume import CONNECT_S, NOTE_STATUS, TURN_S, status_shown
 from tests.integration.cluster_helpers import (
     OPERATOR,
@@ -193,7 +194,7 @@ async def test_a_rolling_deploy_under_the_interview_goes_on_by_itself(
             await expect(interviewer.first).to_have_text(f"Interviewer: {DEFAULT_REPLY_LINES[0]}")
 
         # The candidate's End ends it as theirs.
-        await page.click("#stop")
+        await end_interview(page)
         await expect(page.locator("#end-reason")).to_have_text(
             "You ended the interview. Thank you!"
         )
@@ -336,7 +337,7 @@ async def test_a_lone_relay_restarted_under_the_interview_goes_on_by_itself(
         first_reply = second_call.events_of("response.output_audio_transcript.done")[0]
         assert first_reply["transcript"] == following
 
-        await page.click("#stop")
+        await end_interview(page)
         await expect(page.locator("#end-reason")).to_have_text(
             "You ended the interview. Thank you!"
         )
