@@ -1,7 +1,8 @@
 // The Interviews view: GET /api/interviews (candidate, status, created, started, time
 // used, recording), the form that creates one (POST /api/interviews) and shows its
 // candidate link, Copy link, New link (POST /api/interviews/{id}/invite: the old link stops
-// working) and Cancel (POST /api/interviews/{id}/cancel), both after asking.
+// working) and Cancel (POST /api/interviews/{id}/cancel), both after asking; Delete
+// interview and Delete candidate (erasure: console-erasure.js) on every row.
 //
 // The candidate link is in the create answer only (the relay keeps the invite hashed), so
 // the console keeps the links it created in this tab's sessionStorage, next to the token
@@ -14,6 +15,7 @@
 import { credential, api, newIdempotencyKey } from "./console-api.js";
 import { confirmAction } from "./console-confirm.js";
 import { $, el, fmtDateTime, fmtSeconds, setStatus, showError, timeEl } from "./console-core.js";
+import { eraseCandidate, eraseInterview } from "./console-erasure.js";
 import { PagedList } from "./console-list.js";
 
 const LINKS_KEY = "relayConsoleLinks";
@@ -110,6 +112,19 @@ function interviewRow(iv) {
     cancel.addEventListener("click", () => cancelInterview(iv, cancel));
     actions.append(cancel);
   }
+  if (credential.canChange) {
+    const del = el("button", { type: "button", className: "danger", text: "Delete interview…", "aria-label": `Delete interview with ${email}` });
+    del.addEventListener("click", () => deleteInterview(iv, del));
+    actions.append(del);
+    if (iv.candidate && iv.candidate.user_id !== undefined) {
+      const erase = el("button", {
+        type: "button", className: "danger", text: "Delete candidate…",
+        "aria-label": `Delete candidate ${email} and all their data`,
+      });
+      erase.addEventListener("click", () => deleteCandidate(iv, erase));
+      actions.append(erase);
+    }
+  }
   return el("tr", { "data-interview": iv.id, className: OPEN.has(iv.status) ? "" : "settled" }, [
     candidateCell(iv),
     el("td", {}, [statusBadge(iv.status)]),
@@ -161,6 +176,29 @@ async function cancelInterview(iv, button) {
   } catch (err) {
     button.disabled = false;
     onError(err, `Could not cancel the interview with ${email}`);
+  }
+}
+
+// Erased: its row goes at once (the relay's lists no longer have it), its kept link and
+// known recordings with it. A 404 (erased already) takes it off the screen too.
+function forgetInterviews(gone) {
+  const kept = links();
+  for (const iv of list.items.filter(gone)) { delete kept[iv.id]; recordings.delete(iv.id); }
+  sessionStorage.setItem(LINKS_KEY, JSON.stringify(kept));
+  list.forget(gone);
+}
+
+async function deleteInterview(iv, button) {
+  const outcome = await eraseInterview(iv, onError, button);
+  if (outcome === "erased" || outcome === "gone") forgetInterviews((item) => item.id === iv.id);
+}
+
+// Every interview of the candidate goes with them.
+async function deleteCandidate(iv, button) {
+  const userId = iv.candidate.user_id;
+  const outcome = await eraseCandidate(iv, onError, button);
+  if (outcome === "erased" || outcome === "gone") {
+    forgetInterviews((item) => Boolean(item.candidate) && item.candidate.user_id === userId);
   }
 }
 

@@ -95,6 +95,17 @@ export class PagedList {
   // Redraw what changed (the row function may depend on more than the item).
   redraw() { this.render(); }
 
+  // Items erased through the console: off the screen at once, then the list as the relay
+  // has it. A refresh already under way may have read them before the erasure: its
+  // answer is dropped (a new generation), so they do not come back for one refresh.
+  forget(gone) {
+    this.generation += 1;
+    this.busy = false;
+    this.items = this.items.filter((item) => !gone(item));
+    this.render();
+    this.refresh();
+  }
+
   async fetch(position) {
     const gen = this.generation;
     this.busy = true;

@@ -182,8 +182,9 @@ async def test_an_interview_made_in_the_console_is_listed_with_its_link_and_its_
         assert status == 204
     item = await wait_recording(relay, joined.session_id, "ready")
     await expect(row).to_contain_text("completed", timeout=LISTED_WITHIN_MS)
-    # Done: no link to copy, nothing to cancel; its recording is a link to its page.
-    await expect(row.get_by_role("button")).to_have_count(0)
+    # Done: no link to copy, nothing to cancel (only the erasure is left to press); its
+    # recording is a link to its page.
+    await expect(row.get_by_role("button")).to_have_text(["Delete interview…", "Delete candidate…"])
     play = row.get_by_role("link", name=re.compile(r"^Play the recording of ana@example\.test"))
     await expect(play).to_be_visible(timeout=LISTED_WITHIN_MS)
     await expect(row).to_contain_text(re.compile(r"[1-9][0-9]*(\.[0-9])? s of 12 min"))
@@ -434,7 +435,8 @@ async def test_api_keys_sign_in_as_the_operator_token_does(
     await cancel.click()
     await dialog.get_by_role("button", name="Cancel interview").click()
     await expect(row).to_contain_text("cancelled", timeout=LISTED_WITHIN_MS)
-    await expect(row.get_by_role("button")).to_have_count(0)
+    # Only the erasure is left to press on a cancelled interview.
+    await expect(row.get_by_role("button")).to_have_text(["Delete interview…", "Delete candidate…"])
     assert [r["status"] for r in await relay.sql("SELECT status FROM interviews")] == ["cancelled"]
     await create_interview(relay, candidate={"email": "ana@example.test"})
     # Asked for Live by address: the key has none, Interviews instead.
@@ -451,6 +453,7 @@ async def test_api_keys_sign_in_as_the_operator_token_does(
     await expect(page.locator("#read-only-note")).to_be_visible()
     await expect(page.get_by_text("New interview")).to_be_hidden()
     await expect(row.get_by_role("button")).to_have_count(0)
+    await expect(page.get_by_role("button", name=re.compile("^Delete"))).to_have_count(0)
     await assert_accessible(page, "the interviews view of a read key")
     assert stats_calls == []
     assert errors == []
@@ -622,3 +625,96 @@ async def test_a_list_that_keeps_failing_to_refresh_says_so_once(
         assert len(alerts) == outage and "Down for the test." in alerts[-1], alerts
         await page.unroute("**/api/interviews*")
         await wait_until(answered(200, 1), 20, "a refresh that worked")
+
+
+async def test_delete_interview_and_candidate_ask_first_and_leave_no_row(
+    make_relay: MakeRelay, page: Page, artifact_path: Callable[[str], Path]
+) -> None:
+    """Erasure from the Interviews view (DELETE /api/interviews/{id}, DELETE /api/users/{id}):
+    each asks first and says what goes for good; after the 204 its rows leave the list, and
+    the relay's rows are gone. A failed one is said with the relay's reference."""
+    relay = await make_relay()
+    admin = await create_key(relay, "admin", name="team")
+    ben = await create_interview(relay, candidate={"email": "ben@example.test"})
+    for _ in range(2):
+        await create_interview(relay, candidate={"email": "ana@example.test", "name": "Ana"})
+    errors = collect_page_errors(page)
+    deletes: list[tuple[int, str]] = []
+    page.on(
+        "response",
+        lambda r: deletes.append((r.status, r.url)) if r.request.method == "DELETE" else None,
+    )
+    await page.set_viewport_size(DESKTOP)
+    await page.goto(str(relay.client.make_url(f"/stats#token={admin}")))
+    rows = page.locator("#interviews tbody tr")
+    await expect(rows).to_have_count(3, timeout=LISTED_WITHIN_MS)
+    ben_row = page.locator(f'#interviews tr[data-interview="{ben["id"]}"]')
+    await assert_accessible(page, "the interviews view with its Delete actions")
+
+    # One interview: it asks, and "Keep it" keeps it.
+    delete = ben_row.get_by_role("button", name="Delete interview with ben@example.test")
+    await delete.click()
+    dialog = page.get_by_role("dialog", name="Delete this interview?")
+    await expect(dialog).to_contain_text("deleted for good")
+    await expect(dialog).to_contain_text("its recordings (audio and transcripts)")
+    await expect(dialog).to_contain_text("ben@example.test")
+    await assert_accessible(page, "the Delete interview dialog")
+    await dialog.get_by_role("button", name="Keep it").click()
+    await expect(dialog).to_be_hidden()
+    await expect(delete).to_be_focused()
+    assert len(await relay.sql("SELECT id FROM interviews")) == 3
+    assert deletes == []
+    await delete.click()
+    await dialog.get_by_role("button", name="Delete interview").click()
+    await expect(ben_row).to_have_count(0)
+    await expect(rows).to_have_count(2)
+    assert [status for status, _ in deletes] == [204], deletes
+    assert await relay.sql("SELECT id FROM interviews WHERE id = $1", ben["id"]) == []
+    await expect(page.locator("#status")).to_contain_text("ben@example.test is deleted")
+
+    # The candidate: every interview of theirs, said in the dialog, goes with them.
+    erase = rows.first.get_by_role(
+        "button", name="Delete candidate ana@example.test and all their data"
+    )
+    await erase.click()
+    dialog = page.get_by_role("dialog", name="Delete the candidate and all their data?")
+    await expect(dialog).to_contain_text("all 2 of their interviews")
+    await expect(dialog).to_contain_text("every recording of theirs (audio and transcripts)")
+    await expect(dialog).to_contain_text("deleted for good")
+    await screenshots(page, artifact_path, "console-delete-candidate", then=dialog)
+    await dialog.get_by_role("button", name="Keep it").click()
+    assert len(await relay.sql("SELECT id FROM users WHERE email = 'ana@example.test'")) == 1
+    await erase.click()
+    await dialog.get_by_role("button", name="Delete candidate and data").click()
+    await expect(rows).to_have_count(0)
+    await expect(page.locator("#interviews-empty")).to_be_visible()
+    assert [status for status, _ in deletes] == [204, 204], deletes
+    assert "/api/users/" in deletes[-1][1]
+    assert await relay.sql("SELECT id FROM interviews") == []
+    assert await relay.sql("SELECT id FROM users WHERE email = 'ana@example.test'") == []
+    # The relay's lists agree: nothing comes back.
+    await page.reload()
+    await expect(page.locator("#interviews-empty")).to_be_visible(timeout=LISTED_WITHIN_MS)
+
+    # Refused (503 here): said in the error line with the reference; the row stays.
+    cy = await create_interview(relay, candidate={"email": "cy@example.test"})
+    cy_row = page.locator(f'#interviews tr[data-interview="{cy["id"]}"]')
+    await expect(cy_row).to_be_visible(timeout=LISTED_WITHIN_MS)
+
+    async def unavailable(route: Route) -> None:
+        body = {
+            "error": {"code": "database_unavailable", "message": "Try again.", "retryable": True},
+            "request_id": "req_erase503",
+        }
+        await route.fulfill(status=503, content_type="application/json", body=json.dumps(body))
+
+    await page.route(f"**/api/interviews/{cy['id']}", unavailable)
+    await cy_row.get_by_role("button", name="Delete interview with cy@example.test").click()
+    await page.get_by_role("dialog").get_by_role("button", name="Delete interview").click()
+    error = page.locator("#error")
+    await expect(error).to_contain_text("Could not delete the interview with cy@example.test")
+    await expect(error).to_contain_text("(reference req_erase503)")
+    await expect(cy_row).to_be_visible()
+    assert len(await relay.sql("SELECT id FROM interviews WHERE id = $1", cy["id"])) == 1
+    # Chromium logs the 503 as a failed resource; nothing else may fail.
+    assert [e for e in errors if "503" not in e] == []
