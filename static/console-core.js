@@ -19,10 +19,41 @@ export function el(tag, props = {}, children = []) {
 }
 
 export function setStatus(text) { $("status").textContent = text; }
+
+// Two error lines (both alerts). #error says what an action could not do (a Cancel, a
+// Delete, a form): it stays until the next action or view, so a refresh working again
+// never takes away a failure the operator has not read. #refresh-error says what a
+// background refresh could not do (a list, the Live view's stats), and goes as soon as the
+// refresh that failed works again.
 export function showError(text) {
   const box = $("error");
   box.textContent = text || "";
   box.hidden = !text;
+}
+
+// Who said what on #refresh-error: {owner, said}.
+let refreshShown = null;
+
+// `owner` names the refresher ("/api/interviews", "live"); `said` is the failure without
+// its reference: said again the same way (every few seconds while the relay is down), it
+// is not written again, since an alert is read out by a screen reader at every change
+// (the reference changes each time). The first failure's text stays.
+export function showRefreshError(owner, text, said = text) {
+  if (refreshShown && refreshShown.owner === owner && refreshShown.said === said) return;
+  refreshShown = { owner, said };
+  const box = $("refresh-error");
+  box.textContent = text;
+  box.hidden = false;
+}
+
+// The refresher `owner` worked: its failure goes (another's stays). No owner: any (a new
+// view, a sign-out).
+export function clearRefreshError(owner) {
+  if (owner !== undefined && (!refreshShown || refreshShown.owner !== owner)) return;
+  refreshShown = null;
+  const box = $("refresh-error");
+  box.textContent = "";
+  box.hidden = true;
 }
 
 // ------------------------------------------------------------------ numbers and times

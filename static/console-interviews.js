@@ -14,11 +14,13 @@
 
 import { credential, api, newIdempotencyKey } from "./console-api.js";
 import { confirmAction } from "./console-confirm.js";
-import { $, el, fmtDateTime, fmtSeconds, setStatus, showError, timeEl } from "./console-core.js";
+import { $, clearRefreshError, el, fmtDateTime, fmtSeconds, setStatus, showError, timeEl } from "./console-core.js";
 import { eraseCandidate, eraseInterview } from "./console-erasure.js";
 import { PagedList } from "./console-list.js";
 
 const LINKS_KEY = "relayConsoleLinks";
+// Whose failure the refresh line says when the Recording column's requests fail.
+const RECORDINGS_REFRESHER = "interview-recordings";
 const OPEN = new Set(["scheduled", "in_progress"]);
 const SETTLED_RECORDING = new Set(["ready", "failed", "deleted"]);
 const STATUS_TEXT = {
@@ -148,9 +150,10 @@ function askRecordings(items) {
         const before = JSON.stringify(known ? known.items : null);
         const settled = !OPEN.has(iv.status) && page.items.every((r) => SETTLED_RECORDING.has(r.status));
         recordings.set(iv.id, { items: page.items, settled });
+        clearRefreshError(RECORDINGS_REFRESHER);
         if (JSON.stringify(page.items) !== before) list.redraw();
       })
-      .catch(onError)
+      .catch((err) => onError(err, "Could not refresh the Recording column", RECORDINGS_REFRESHER))
       .finally(() => asking.delete(iv.id));
   }
 }

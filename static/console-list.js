@@ -9,6 +9,7 @@
 // it runs, its recording and connection, and a keyboard user on its End must stay there).
 
 import { api, listPath } from "./console-api.js";
+import { clearRefreshError } from "./console-core.js";
 
 const PAGE = 50;
 const MAX_LIMIT = 200;
@@ -18,7 +19,8 @@ const SLACK = 20;
 
 export class PagedList {
   // path: "/api/interviews"; filters(): the query's filters; row(item): its <tr>;
-  // key(item): its id; signature(item): what, changed, redraws its row; onError(err);
+  // key(item): its id; signature(item): what, changed, redraws its row;
+  // onError(err, context, refresher) (stats.js, handleError);
   // afterRender(items): called after each draw.
   constructor({ path, filters, tbody, empty, more, row, key, signature, onError, afterRender }) {
     Object.assign(this, { path, filters, tbody, empty, more, row, key, onError });
@@ -28,8 +30,6 @@ export class PagedList {
     this.cursor = null;
     this.rows = new Map(); // key -> {sig, tr}
     this.generation = 0;
-    // The message of the failure the refreshes keep meeting, said once (see fetch).
-    this.failing = null;
     this.timer = null;
     this.busy = false;
     more.addEventListener("click", () => this.loadMore());
@@ -52,7 +52,6 @@ export class PagedList {
   // New filters: start again from the first page.
   reset() {
     this.generation += 1;
-    this.failing = null;
     this.busy = false;
     this.items = [];
     this.cursor = null;
@@ -70,7 +69,7 @@ export class PagedList {
     if (this.busy) return;
     const shown = this.items.length;
     const last = shown ? this.key(this.items[shown - 1]) : null;
-    const page = await this.fetch({ limit: shown ? Math.min(MAX_LIMIT, shown + SLACK) : PAGE });
+    const page = await this.fetch({ limit: shown ? Math.min(MAX_LIMIT, shown + SLACK) : PAGE }, true);
     if (!page) return;
     const at = last === null ? -1 : page.items.findIndex((item) => this.key(item) === last);
     if (at >= 0) {
@@ -84,7 +83,7 @@ export class PagedList {
 
   async loadMore() {
     if (this.busy || !this.cursor) return;
-    const page = await this.fetch({ limit: PAGE, cursor: this.cursor });
+    const page = await this.fetch({ limit: PAGE, cursor: this.cursor }, false);
     if (!page) return;
     const seen = new Set(this.items.map(this.key));
     this.items = this.items.concat(page.items.filter((item) => !seen.has(this.key(item))));
@@ -106,21 +105,21 @@ export class PagedList {
     this.refresh();
   }
 
-  async fetch(position) {
+  // A refresh's failure goes to the refresh line, under this list's path: said once while
+  // it keeps failing the same way, and cleared by the next refresh that works (an action's
+  // failure on the other line stays). "Show more" is the operator's own action.
+  async fetch(position, refreshing) {
     const gen = this.generation;
     this.busy = true;
     try {
       const page = await api("GET", listPath(this.path, { ...this.filters(), ...position }));
-      if (gen === this.generation) this.failing = null;
-      return gen === this.generation ? page : null;
+      if (gen !== this.generation) return null;
+      if (refreshing) clearRefreshError(this.path);
+      return page;
     } catch (err) {
-      // A refresh failing again the same way (every 5 s while the relay is down) is said
-      // once: the error line is an alert, which a screen reader would read out each time
-      // (its reference changes every time). The first one's stays on screen.
-      if (gen === this.generation && err.message !== this.failing) {
-        this.failing = err.message;
-        this.onError(err);
-      }
+      if (gen !== this.generation) return null;
+      if (refreshing) this.onError(err, `Could not refresh the ${this.path.split("/").pop()}`, this.path);
+      else this.onError(err, "Could not show more");
       return null;
     } finally {
       if (gen === this.generation) this.busy = false;

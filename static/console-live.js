@@ -7,7 +7,8 @@
 import { ApiFailure, api } from "./console-api.js";
 import { confirmAction } from "./console-confirm.js";
 import {
-  $, el, fmtBytes, fmtMs, fmtNumber, fmtSeconds, fmtTime, setStatus, showError,
+  $, clearRefreshError, el, fmtBytes, fmtMs, fmtNumber, fmtSeconds, fmtTime, setStatus, showError,
+  showRefreshError,
 } from "./console-core.js";
 
 const POLL_MS = 2000;
@@ -81,11 +82,6 @@ function sayOnce(text) {
   if ($("status").textContent !== text) setStatus(text);
 }
 
-function showErrorOnce(text) {
-  const box = $("error");
-  if (box.hidden || box.textContent !== text) showError(text);
-}
-
 function showUpdated(at) {
   $("updated").textContent = `updated ${new Date(at).toLocaleTimeString("en-GB")}`;
 }
@@ -114,13 +110,15 @@ async function poll() {
   try {
     const stats = await api("GET", cluster ? "/api/stats?scope=cluster" : "/api/stats");
     if (gen !== state.generation) return;
-    showError("");
+    // Its own failure goes; a failed End's (the error line) stays until the next action.
+    clearRefreshError("live");
     if (cluster) renderCluster(stats);
     else render(stats);
   } catch (err) {
     if (err instanceof ApiFailure && err.status === 401) state.onUnauthorized(err);
     else if (gen === state.generation) {
-      showErrorOnce(`Could not load ${cluster ? "cluster " : ""}stats: ${err.message} Retrying every ${POLL_MS / 1000} s.`);
+      // Said once while it keeps failing the same way (showRefreshError).
+      showRefreshError("live", `Could not load ${cluster ? "cluster " : ""}stats: ${err.message} Retrying every ${POLL_MS / 1000} s.`);
       sayOnce("Stale: the last refresh failed.");
     }
   } finally {
@@ -336,7 +334,9 @@ async function endLiveSession(s, button) {
     poll();
   } catch (err) {
     if (err instanceof ApiFailure && err.status === 401) { state.onUnauthorized(err); return; }
-    showError(`Could not end ${s.session_id}: ${err.message}`);
+    const reference = err instanceof ApiFailure && err.requestId ? ` (reference ${err.requestId})` : "";
+    // On the action line: the next refresh, 2 s later, leaves it there.
+    showError(`Could not end ${s.session_id}: ${err.message}${reference}`);
     button.disabled = false;
   }
 }

@@ -7,7 +7,7 @@
 
 import { ApiFailure, checkRole, credential, setToken, storedToken, tokenFromFragment } from "./console-api.js";
 import { installConfirm } from "./console-confirm.js";
-import { $, setStatus, showError } from "./console-core.js";
+import { $, clearRefreshError, setStatus, showError, showRefreshError } from "./console-core.js";
 import { clearInterviews, forgetLinks, hideInterviews, installInterviews, showInterviews } from "./console-interviews.js";
 import { clearLive, installLive, startLive, stopLive } from "./console-live.js";
 import { hideRecording, installRecording, showRecording } from "./console-recording.js";
@@ -49,6 +49,7 @@ function show() {
   if (current) leave(current);
   current = target.view;
   showError("");
+  clearRefreshError();
   for (const view of VIEWS) $(`view-${view}`).hidden = view !== target.view;
   // The navigation marks where you are (a recording belongs to Recordings).
   const section = target.view === "recording" ? "recordings" : target.view;
@@ -65,11 +66,15 @@ function show() {
 
 // ------------------------------------------------------------------ errors
 // Any view's failure: a refused token signs out; anything else is said with the relay's
-// request id (the reference to look up in its logs).
-function handleError(err, context) {
+// request id (the reference to look up in its logs): an action's on the error line, a
+// background refresh's (`refresher` names it) on the refresh line, which the same refresher
+// clears when it works again (console-core.js).
+function handleError(err, context, refresher) {
   if (err instanceof ApiFailure && err.status === 401) { refuse(err); return; }
   const reference = err instanceof ApiFailure && err.requestId ? ` (reference ${err.requestId})` : "";
-  showError(`${context ? `${context}: ` : ""}${err.message}${reference}`);
+  const said = `${context ? `${context}: ` : ""}${err.message}`;
+  if (refresher) showRefreshError(refresher, `${said}${reference}`, said);
+  else showError(`${said}${reference}`);
 }
 
 // ------------------------------------------------------------------ sign-in
@@ -81,6 +86,7 @@ function signedOut() {
   clearSessions();
   clearRecordings();
   forgetLinks();
+  clearRefreshError();
   for (const view of VIEWS) $(`view-${view}`).hidden = true;
   $("nav").hidden = true;
   $("signed-in").hidden = true;

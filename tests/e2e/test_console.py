@@ -718,3 +718,67 @@ async def test_delete_interview_and_candidate_ask_first_and_leave_no_row(
     assert len(await relay.sql("SELECT id FROM interviews WHERE id = $1", cy["id"])) == 1
     # Chromium logs the 503 as a failed resource; nothing else may fail.
     assert [e for e in errors if "503" not in e] == []
+
+
+async def test_a_refresh_error_goes_when_the_list_recovers_and_an_action_error_stays(
+    make_relay: MakeRelay, page: Page
+) -> None:
+    """A list's refresh failing is said on its own line, which the next refresh that works
+    clears; a failed action (Cancel here) is said on the other, which no refresh clears."""
+    relay = await make_relay()
+    await create_interview(relay, candidate={"email": "ana@example.test"})
+    answers: list[int] = []
+
+    def is_list(url: str) -> bool:
+        return "/api/interviews?" in url
+
+    page.on("response", lambda r: answers.append(r.status) if is_list(r.url) else None)
+    await page.goto(str(relay.client.make_url(f"/stats#token={OPERATOR_TOKEN}")))
+    await page.goto(str(relay.client.make_url("/stats#/interviews")))
+    row = page.locator("#interviews tbody tr").first
+    await expect(row).to_contain_text("ana@example.test", timeout=LISTED_WITHIN_MS)
+
+    def failing(code: str, request_id: str) -> Callable[[Route], Any]:
+        async def answer(route: Route) -> None:
+            body = {"error": {"code": code, "message": "Down for the test."}}
+            await route.fulfill(
+                status=503,
+                content_type="application/json",
+                body=json.dumps({**body, "request_id": request_id}),
+            )
+
+        return answer
+
+    # An action fails: said with its reference.
+    cancel_fails = failing("database_unavailable", "req_cancel")
+    await page.route("**/api/interviews/*/cancel", cancel_fails)
+    await row.get_by_role("button", name="Cancel the interview with ana@example.test").click()
+    await page.get_by_role("dialog").get_by_role("button", name="Cancel interview").click()
+    action_error = page.locator("#error")
+    await expect(action_error).to_contain_text(
+        "Could not cancel the interview with ana@example.test"
+    )
+    await expect(action_error).to_contain_text("(reference req_cancel)")
+
+    # Then the refreshes fail: said on the refresh line, the action's failure still there.
+    list_fails = failing("test", "req_list")
+    await page.route(is_list, list_fails)
+    refresh_error = page.locator("#refresh-error")
+    await expect(refresh_error).to_contain_text(
+        "Could not refresh the interviews: Down for the test. (reference req_list)",
+        timeout=LISTED_WITHIN_MS,
+    )
+    await expect(action_error).to_contain_text("(reference req_cancel)")
+
+    # The relay answers again: the refresh's failure goes at the next refresh, the
+    # action's stays until the operator acts or leaves the view.
+    await page.unroute(is_list, list_fails)
+    start = len(answers)
+    await wait_until(lambda: 200 in answers[start:], 20, "a refresh that worked")
+    await expect(refresh_error).to_be_hidden()
+    await expect(action_error).to_be_visible()
+    await expect(action_error).to_contain_text("(reference req_cancel)")
+    # Leaving the view clears both.
+    await page.get_by_role("link", name="Sessions").click()
+    await expect(action_error).to_be_hidden()
+    await expect(refresh_error).to_be_hidden()

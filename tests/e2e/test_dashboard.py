@@ -358,3 +358,38 @@ async def test_the_live_view_is_not_read_out_at_every_refresh(
     assert len(alerts) == 1 and "Down for the test." in alerts[0], alerts
     said = [t["text"] for t in texts if t["id"] == "status" and t["live"] != "off"]
     assert said.count("Stale: the last refresh failed.") == 1, said
+
+
+async def test_a_failed_end_stays_said_while_the_live_view_refreshes(
+    make_relay: MakeRelay, simulator: RunningSimulator, page: Page
+) -> None:
+    """The Live view refreshes every 2 s: a refresh that works clears a refresh's failure,
+    not a failed End's, which stays (with its reference) until the operator acts again."""
+    relay = await make_relay()
+    answers: list[int] = []
+    page.on("response", lambda r: answers.append(r.status) if "/api/stats" in r.url else None)
+    async with live_session(relay, email="jane.doe@example.com") as live:
+        sid = live.session_id
+        await page.goto(str(relay.client.make_url(f"/stats#token={OPERATOR_TOKEN}")))
+        row = page.locator(f'#live tr.session[data-session="{sid}"]')
+        await expect(row).to_be_visible(timeout=SHOWS_WITHIN_MS)
+
+        async def refused(route: Route) -> None:
+            body = {"error": {"code": "test", "message": "Down for the test."}}
+            await route.fulfill(
+                status=503,
+                content_type="application/json",
+                body=json.dumps({**body, "request_id": "req_end503"}),
+            )
+
+        await page.route(f"**/api/sessions/{sid}", refused)
+        await row.get_by_role("button", name=f"End session {sid}").click()
+        await page.get_by_role("dialog").get_by_role("button", name="End session").click()
+        error = page.locator("#error")
+        await expect(error).to_contain_text(f"Could not end {sid}: Down for the test.")
+        await expect(error).to_contain_text("(reference req_end503)")
+        seen = len(answers)
+        await wait_until(lambda: answers[seen:].count(200) >= 2, 15, "two refreshes that worked")
+        await expect(error).to_contain_text("(reference req_end503)")
+        await expect(page.locator("#refresh-error")).to_be_hidden()
+        assert relay.services.registry.get(sid) is not None
