@@ -1,21 +1,23 @@
 // One recording's page (#/recordings/rec_…): the stereo player, the transcript as a
 // conversation (a line plays the recording from where it was said), downloads named by the
-// relay (Content-Disposition), the recording's details and its interview's.
+// relay (Content-Disposition), the recording's details and its interview's, with Delete
+// interview and Delete candidate (console-erasure.js) for the operator token or an admin key.
 //
 // An <audio> element cannot send the Authorization header, so the audio is fetched with
 // the token (progress shown) and played from a blob URL (the CSP allows media from blob:);
 // seeking then needs no further request. The download hands the same blob to the browser
 // under the relay's file name.
 
-import { api, attachmentName, readWithProgress, saveBlob } from "./console-api.js";
+import { api, attachmentName, credential, readWithProgress, saveBlob } from "./console-api.js";
 import { $, el, fmtBytes, fmtClock, fmtDateTime, fmtSeconds, setStatus } from "./console-core.js";
+import { eraseCandidate, eraseInterview } from "./console-erasure.js";
 
 const SPEAKERS = { candidate: "Candidate", interviewer: "Interviewer" };
 
 // What the page shows now; `generation` drops the answers of a page already left, and
 // `aborter` stops its downloads.
 const EMPTY = {
-  id: null, audio: null, audioName: null, objectUrl: null, lines: [],
+  id: null, interview: null, audio: null, audioName: null, objectUrl: null, lines: [],
   transcriptText: null, transcriptName: null, aborter: null,
 };
 const page = { generation: 0, ...EMPTY };
@@ -82,6 +84,27 @@ function showInterview(iv) {
   ]);
   $("interview-instructions").hidden = !iv.instructions;
   $("interview-instructions-text").textContent = iv.instructions || "";
+  page.interview = iv;
+  $("interview-erase").hidden = !credential.canChange;
+  $("erase-candidate").hidden = c.user_id === undefined;
+}
+
+// Erased from this page: the recording went with the interview, so nothing of it stays on
+// screen (its audio and transcript least of all); the way back to Recordings is above.
+async function erase(which, button) {
+  const iv = page.interview;
+  if (!iv) return;
+  const gen = page.generation;
+  const outcome = await which(iv, onError, button);
+  if (stale(gen) || (outcome !== "erased" && outcome !== "gone")) return;
+  reset();
+  const email = (iv.candidate && iv.candidate.email) || iv.id;
+  $("recording-title").textContent = "Deleted";
+  $("recording-subtitle").textContent = which === eraseCandidate
+    ? `The candidate ${email} is deleted, with all their interviews and recordings, this one included.`
+    : `The interview with ${email} is deleted, with its recordings, this one included.`;
+  setPlayerState("Deleted: there is nothing to play.");
+  $("recording-back").focus();
 }
 
 // ------------------------------------------------------------------ audio
@@ -188,6 +211,7 @@ function reset() {
   $("interview-meta-title").hidden = true;
   $("interview-meta").hidden = true;
   $("interview-instructions").hidden = true;
+  $("interview-erase").hidden = true;
   $("transcript-empty").hidden = true;
   $("download-audio").disabled = true;
   $("download-transcript").disabled = true;
@@ -226,6 +250,8 @@ export function hideRecording() { reset(); document.title = "Relay console"; }
 
 export function installRecording({ handleError }) {
   onError = handleError;
+  $("erase-interview").addEventListener("click", (event) => erase(eraseInterview, event.currentTarget));
+  $("erase-candidate").addEventListener("click", (event) => erase(eraseCandidate, event.currentTarget));
   $("player").addEventListener("timeupdate", markCurrent);
   $("player").addEventListener("seeked", markCurrent);
   $("download-audio").addEventListener("click", () => {

@@ -4,6 +4,7 @@ interviewer, real aiortc candidates joining through the links the console made."
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
@@ -60,6 +61,11 @@ async def transcript_of(relay: RelayHarness, recording_id: str) -> list[dict[str
         assert resp.status == 200
         text = await resp.text()
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def listing(directory: Path) -> list[str]:
+    """The names in ``directory``; [] when it is gone."""
+    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
 
 
 def stamp_of(created_at: str) -> str:
@@ -782,3 +788,56 @@ async def test_a_refresh_error_goes_when_the_list_recovers_and_an_action_error_s
     await page.get_by_role("link", name="Sessions").click()
     await expect(action_error).to_be_hidden()
     await expect(refresh_error).to_be_hidden()
+
+
+async def test_delete_interview_on_its_recordings_page_takes_its_files_and_rows(
+    make_relay: MakeRelay, simulator: RunningSimulator, page: Page
+) -> None:
+    """The recording's page shows its interview: Delete interview there (not for a read key)
+    asks, and after the 204 nothing of the recording is on screen, and the relay has neither
+    its files nor its rows (no session was live: the request finished the erasure)."""
+    relay = await make_relay()
+    interview = await create_interview(relay, candidate={"email": "dee@example.test"})
+    async with join(relay, invite_of(interview)) as joined:
+        sid = joined.session_id
+        assert (await call(relay, "DELETE", f"/api/sessions/{sid}"))[0] == 204
+    item = await wait_recording(relay, sid, "ready")
+    [stored] = await relay.sql("SELECT location FROM recordings WHERE id = $1", item["id"])
+    files = Path(stored["location"])
+    assert await asyncio.to_thread(listing, files) != [], files
+    read = await create_key(relay, "read", name="reports")
+    errors = collect_page_errors(page)
+    failed = collect_failed_responses(page)
+    # A read key plays it, and has no Delete.
+    await page.goto(str(relay.client.make_url(f"/stats#token={read}")))
+    await expect(page.locator("#role")).to_have_text("Signed in with a read key")
+    await page.goto(str(relay.client.make_url(f"/stats#/recordings/{item['id']}")))
+    await expect(page.locator("#interview-meta")).to_contain_text("dee@example.test")
+    await expect(page.locator("#download-audio")).to_be_enabled()
+    await expect(page.get_by_role("button", name=re.compile("^Delete"))).to_have_count(0)
+    await page.get_by_role("button", name="Sign out").click()
+
+    await page.goto(str(relay.client.make_url(f"/stats#token={OPERATOR_TOKEN}")))
+    await page.goto(str(relay.client.make_url(f"/stats#/recordings/{item['id']}")))
+    await expect(page.locator("#interview-meta")).to_contain_text("dee@example.test")
+    await expect(page.locator("#download-audio")).to_be_enabled()
+    await assert_accessible(page, "a recording's page with Delete interview")
+
+    await page.get_by_role("button", name="Delete interview…").click()
+    dialog = page.get_by_role("dialog", name="Delete this interview?")
+    await expect(dialog).to_contain_text("its recordings (audio and transcripts)")
+    await dialog.get_by_role("button", name="Delete interview").click()
+    await expect(page.locator("#recording-title")).to_have_text("Deleted")
+    await expect(page.locator("#recording-subtitle")).to_contain_text("dee@example.test")
+    await expect(page.locator("#transcript li")).to_have_count(0)
+    await expect(page.locator("#download-audio")).to_be_disabled()
+    await expect(page.get_by_role("link", name="← Recordings")).to_be_focused()
+    assert await relay.sql("SELECT id FROM interviews") == []
+    assert await relay.sql("SELECT id FROM interview_sessions") == []
+    assert await relay.sql("SELECT id FROM recordings") == []
+    assert await asyncio.to_thread(listing, files) == []
+    # The recordings list no longer has it.
+    await page.get_by_role("link", name="← Recordings").click()
+    await expect(page.locator("#recordings-empty")).to_be_visible(timeout=LISTED_WITHIN_MS)
+    assert errors == []
+    assert failed == []
