@@ -171,7 +171,7 @@ class RecordingRows:
         (``session_note`` when given, e.g. "ready (recovered after a relay crash)").
         Returns the row's status after it: ``deleted`` stays (a DELETE, retention or an
         erasure that marked it while it was being finalised or uploaded wins); None: no
-        such row (its session was erased)."""
+        such row (its session was erased, or the row was never written)."""
         audio = (files or [{}])[0]
         duration = manifest.get("duration_s") if manifest else None
 

@@ -315,6 +315,16 @@ class RecordingService:
         for them again, so they go now, here and in the object store."""
         if after is not None and after != "deleted":
             return
+        if after is None and not await self._session_erased(session_id):
+            # No row, but its session is there: the row was never written (the database
+            # refused it or was away when the recording began). The files are all that is
+            # left of the interview's recording: kept.
+            log.warning(
+                "recording %s: no row was ever written for it; its files are kept in %s",
+                recording_id,
+                self._location(session_id, recording_id, directory),
+            )
+            return
         log.warning("recording %s: deleted while it was being stored; removing it", recording_id)
         await asyncio.to_thread(_remove_tree, directory)
         if self.s3 is not None:
@@ -322,6 +332,15 @@ class RecordingService:
                 await self.s3.delete_prefix(self.s3.key(session_id, recording_id, ""))
             except StorageError as exc:
                 log.warning("recording %s: objects not removed (%s)", recording_id, exc)
+
+    async def _session_erased(self, session_id: str) -> bool:
+        """Whether the session's row is gone (erased with its recordings' rows); False when
+        the database cannot tell: nothing is removed on a guess."""
+        try:
+            return not await self.rows.session_exists(session_id)
+        except (DatabaseUnavailable, asyncpg.PostgresError) as exc:
+            log.warning("session %s: not known whether it was erased (%s)", session_id, exc)
+            return False
 
     def _on_failed(self, recorder: SessionRecorder) -> None:
         # The writer has already let go of the recorder and closed its files.

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from relay.upstream.simulator.server import RunningSimulator
@@ -373,3 +374,44 @@ async def test_a_full_disk_fails_the_recording_not_the_interview(
     assert "No space left on device" in item["status_reason"], item
     rows = await relay.sql("SELECT state FROM interview_sessions WHERE id = $1", session_id)
     assert rows[0]["state"] == "ended"
+
+
+REFUSE_RECORDING_ROWS = """
+CREATE FUNCTION refuse_recording_rows() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'recording row refused';
+END $$;
+CREATE TRIGGER refuse_recording_rows BEFORE INSERT ON recordings
+    FOR EACH ROW EXECUTE FUNCTION refuse_recording_rows();
+"""
+
+
+async def test_a_recording_whose_row_was_never_written_keeps_its_files(
+    make_relay: MakeRelay, browsers: list[TimedBrowser]
+) -> None:
+    # The database refuses the recording's row when the session starts (an outage past
+    # the store's retries does the same): the interview and its recording go on, and the
+    # rendered files are what is left of it. No row is not a row deleted with an erased
+    # session (its session is there): the files must stay, not be removed as erased.
+    relay = await make_relay()
+    service = relay.services.recordings
+    assert service is not None
+    async with asyncio.timeout(10):
+        await relay.services.store.wait_schema_ready()
+    conn = await asyncpg.connect(relay.database_url)
+    try:
+        await conn.execute(REFUSE_RECORDING_ROWS)
+    finally:
+        await conn.close()
+    browser = new_browser(browsers)
+    session_id = await connect(relay, browser)
+    mic = browser.peer.mic
+    assert mic is not None
+    mic.play(TONE)
+    await wait_until(lambda: len(browser.sent) > 40, 5, "tone sent")
+    await hang_up(relay, session_id)
+    await wait_until(lambda: service.idle, 30, "the recording finalised")
+    assert await relay.sql("SELECT id FROM recordings WHERE session_id = $1", session_id) == []
+    directory = relay.services.settings.recording_path / session_id
+    names = await asyncio.to_thread(lambda: sorted(p.name for p in directory.iterdir()))
+    assert "manifest.json" in names and any(n.startswith("recording.") for n in names), names

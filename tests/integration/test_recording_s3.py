@@ -188,15 +188,18 @@ async def test_s3_down_fails_the_recording_keeps_local_files_and_retries(
     assert not local.exists()
 
 
+@pytest.mark.parametrize("meanwhile", ["marked deleted", "erased"])
 async def test_a_recording_deleted_while_it_goes_up_is_not_brought_back(
     make_relay: MakeRelay,
     browsers: list[TimedBrowser],
     seaweedfs: SeaweedServer,
     s3_credentials: None,
+    meanwhile: str,
 ) -> None:
     # A DELETE (or retention, or an erasure) marks the recording deleted while its upload
-    # is under way: the upload's end must neither mark it ready again nor leave its
-    # objects in the bucket and its files on the disk.
+    # is under way, or an erasure removes its rows with its session's: the upload's end
+    # must neither mark it ready again nor leave its objects in the bucket and its files
+    # on the disk.
     endpoint = seaweedfs.endpoint_url
     await make_bucket(endpoint)
     await asyncio.to_thread(seaweedfs.stop)
@@ -213,17 +216,21 @@ async def test_a_recording_deleted_while_it_goes_up_is_not_brought_back(
     async def deleted_meanwhile(path: Path, key: str, content_type: str) -> None:
         if not marked:  # the first file: another member's DELETE lands now
             marked.append(key)
-            await relay.sql(
-                "UPDATE recordings SET status = 'deleted', deleted_at = now() WHERE id = $1",
-                item["id"],
-            )
+            if meanwhile == "erased":  # as relay.erasure.rows removes them
+                await relay.sql("DELETE FROM recordings WHERE id = $1", item["id"])
+                await relay.sql("DELETE FROM interview_sessions WHERE id = $1", session_id)
+            else:
+                await relay.sql(
+                    "UPDATE recordings SET status = 'deleted', deleted_at = now() WHERE id = $1",
+                    item["id"],
+                )
         await upload(path, key, content_type)
 
     service.s3.upload = deleted_meanwhile  # type: ignore[method-assign]
     assert await service.retry_uploads() == 1
     assert marked
     rows = await relay.sql("SELECT status FROM recordings WHERE id = $1", item["id"])
-    assert [r["status"] for r in rows] == ["deleted"]
+    assert [r["status"] for r in rows] == ([] if meanwhile == "erased" else ["deleted"])
     assert not any(session_id in key for key in await keys(endpoint))
     assert not await asyncio.to_thread(local.exists)
 
