@@ -259,6 +259,11 @@ export class Interview {
     this.interrupt(); // End while the interviewer speaks: stop it before hanging up
     this.phase = "ending";
     this.stopRejoining();
+    // Over for this tab from now on: a reload while the hang-up is sent (again) shows the
+    // end, rather than resuming what the candidate ended or, the relay having ended it
+    // (its 410 then reads like a lost connection), starting a new session by itself.
+    store.clearSession();
+    store.setEnded({ reason: "hangup", message: null });
     // Hang up through the API before closing the connection: otherwise the relay sees the
     // connection drop first and records a lost browser instead of the candidate's hang-up.
     // (A rejoin under way may have no session yet: its earlier sessions are over already.)
@@ -584,7 +589,7 @@ export class Interview {
 
   // Kept for a reload: the session, its current resume token, and the time left.
   save() {
-    if (!this.session || this.phase === "ended") return;
+    if (!this.session || this.phase === "ended" || this.phase === "ending") return;
     const left = this.clock.now();
     this.session.time_left = left === null ? null : Math.ceil(left);
     store.setSession(this.session);

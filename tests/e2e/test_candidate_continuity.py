@@ -11,7 +11,7 @@ import asyncio
 import json
 from typing import Any
 
-from playwright.async_api import Page, Response, expect
+from playwright.async_api import Page, Response, Route, expect
 
 from relay.upstream.simulator.server import RunningSimulator
 from tests.e2e.conftest import end_interview
@@ -24,6 +24,7 @@ from tests.e2e.test_candidate_resume import (
 )
 from tests.integration.conftest import MakeRelay
 from tests.integration.interview_helpers import OPERATOR, call, create_interview, invite_of
+from tests.integration.media_helpers import wait_until
 
 # The relay's Retry-After while its database is down: short, so the test is too.
 RETRY_AFTER_S = 2
@@ -166,3 +167,44 @@ async def test_a_duplicated_tab_asks_before_taking_the_interview_over(
     await relay.wait_session_closed(session_id)
     rows = await relay.sql("SELECT end_reason FROM interview_sessions WHERE id = $1", session_id)
     assert rows[0]["end_reason"] == "hangup"
+
+
+async def test_a_reload_while_the_end_is_being_sent_again_starts_nothing(
+    make_relay: MakeRelay, simulator: RunningSimulator, page: Page
+) -> None:
+    # The candidate presses End; the relay takes the hang-up but its answer is lost on the
+    # way back, so the page sends it again a moment later ("Ending the interview…").
+    # Reloading meanwhile must not bring the ended interview back: the relay's 410 for a
+    # session the candidate hung up is not a lost connection to go on from by itself (a
+    # user token has time left: a new session would start, the interviewer greeting again).
+    relay = await make_relay()
+    session_id = await start_interview(page, relay)
+    calls_before = len(simulator.state.calls)
+    served: list[int] = []
+    created: list[int] = []
+    page.on(
+        "response",
+        lambda r: created.append(r.status) if r.url.endswith("/api/realtime-session") else None,
+    )
+
+    async def lose_the_answers(route: Route) -> None:
+        served.append((await route.fetch()).status)
+        await route.abort("connectionreset")
+
+    await page.route(f"**/api/sessions/{session_id}", lose_the_answers)
+    await page.click("#stop")
+    await wait_until(lambda: len(served) >= 1, CONNECT_S, "the hang-up served")
+    await relay.wait_session_closed(session_id, within=30)
+    rows = await relay.sql("SELECT end_reason FROM interview_sessions WHERE id = $1", session_id)
+    assert rows[0]["end_reason"] == "hangup"
+    await status_shown(page, "Ending the interview…")
+
+    await page.reload()
+    await expect(page.locator("#end-reason")).to_have_text(
+        "You ended the interview. Thank you!", timeout=CONNECT_S * 1000
+    )
+    await expect(page.locator("#go-on")).to_be_hidden()
+    assert created == []
+    assert len(simulator.state.calls) == calls_before
+    rows = await relay.sql("SELECT id FROM interview_sessions")
+    assert [r["id"] for r in rows] == [session_id]
