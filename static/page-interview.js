@@ -257,6 +257,10 @@ export class Interview {
   async hangUp() {
     if (!this.holdsPage) return;
     this.interrupt(); // End while the interviewer speaks: stop it before hanging up
+    // The call may stay up a while yet (the hang-up sent again): from now on it carries
+    // silence, not what the candidate says after ending (to the interviewer, who would
+    // answer it, and to the recording).
+    this.mic.setMuted(true);
     this.phase = "ending";
     this.stopRejoining();
     // Over for this tab from now on: a reload while the hang-up is sent (again) shows the

@@ -208,3 +208,40 @@ async def test_a_reload_while_the_end_is_being_sent_again_starts_nothing(
     assert len(simulator.state.calls) == calls_before
     rows = await relay.sql("SELECT id FROM interview_sessions")
     assert [r["id"] for r in rows] == [session_id]
+
+
+async def test_nothing_the_candidate_says_after_end_is_sent_while_it_is_sent_again(
+    make_relay: MakeRelay, simulator: RunningSimulator, page: Page
+) -> None:
+    # The candidate presses End while the relay cannot be reached: the page keeps the call
+    # up while it sends the hang-up again (so the relay records the candidate's end), for
+    # up to a minute and more. What the candidate says meanwhile must not reach the
+    # interviewer (who would answer it) nor the recording: they ended the interview.
+    relay = await make_relay()
+    session_id = await start_interview(page, relay)
+    upstream = simulator.state.last_call
+    assert upstream is not None
+    # The fake microphone loops 2 s of speech and 2 s of silence: any 5 s of it holds speech.
+    window = 250  # 20 ms frames: 5 s
+
+    async def mean_level() -> float:
+        frames, total = upstream.frames_received, upstream.rms_sum
+        await simulator.state.wait_for(
+            lambda: upstream.frames_received >= frames + window, CONNECT_S
+        )
+        return (upstream.rms_sum - total) / (upstream.frames_received - frames)
+
+    speaking = await mean_level()
+    assert speaking > 0.01, speaking
+
+    async def unreachable(route: Route) -> None:
+        await route.abort("connectionrefused")
+
+    await page.route(f"**/api/sessions/{session_id}", unreachable)
+    await page.click("#stop")
+    await status_shown(page, "Ending the interview…")  # the second attempt is under way
+    after_end = await mean_level()
+    assert after_end < speaking / 20, (speaking, after_end)
+    await expect(page.locator("#end-reason")).to_have_text(
+        "You ended the interview. Thank you!", timeout=30_000
+    )
