@@ -192,7 +192,7 @@ async def test_a_reload_while_the_end_is_being_sent_again_starts_nothing(
         await route.abort("connectionreset")
 
     await page.route(f"**/api/sessions/{session_id}", lose_the_answers)
-    await page.click("#stop")
+    await end_interview(page)
     await wait_until(lambda: len(served) >= 1, CONNECT_S, "the hang-up served")
     await relay.wait_session_closed(session_id, within=30)
     rows = await relay.sql("SELECT end_reason FROM interview_sessions WHERE id = $1", session_id)
@@ -238,7 +238,7 @@ async def test_nothing_the_candidate_says_after_end_is_sent_while_it_is_sent_aga
         await route.abort("connectionrefused")
 
     await page.route(f"**/api/sessions/{session_id}", unreachable)
-    await page.click("#stop")
+    await end_interview(page)
     await status_shown(page, "Ending the interview…")  # the second attempt is under way
     after_end = await mean_level()
     assert after_end < speaking / 20, (speaking, after_end)
