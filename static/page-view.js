@@ -56,7 +56,13 @@ export function showScreen(name) {
 // Nothing on screen has the focus: the body has it, or what had it was hidden.
 export function focusLost() {
   const el = document.activeElement;
-  return !el || el === document.body || !el.checkVisibility();
+  return !el || el === document.body || !shown(el);
+}
+
+// Whether an element is rendered. Element.checkVisibility is missing before Safari 17.4 and
+// Firefox 106: there, an element that is not rendered has no boxes.
+export function shown(el) {
+  return el.checkVisibility ? el.checkVisibility() : el.getClientRects().length > 0;
 }
 
 // state: connecting | live | reconnecting | ended; detail: an optional second sentence.

@@ -377,12 +377,16 @@ function init() {
   $("keep-talking").addEventListener("click", () => $("end-confirm").close());
   $("end-now").addEventListener("click", () => {
     $("end-confirm").close("end");
+    // Ended for the candidate: the microphone is muted at once (hangUp) and stays so while
+    // the hang-up may be sent again; Mute would unmute it, End would ask again.
+    $("mute").disabled = true;
+    $("stop").disabled = true;
     interview.hangUp();
   });
   $("end-confirm").addEventListener("close", () => {
     // Kept talking (the button, or Escape): back on End, where the candidate was.
     const stop = $("stop");
-    if ($("end-confirm").returnValue !== "end" && !stop.disabled && stop.checkVisibility()) {
+    if ($("end-confirm").returnValue !== "end" && !stop.disabled && view.shown(stop)) {
       stop.focus();
     }
   });

@@ -240,6 +240,9 @@ async def test_nothing_the_candidate_says_after_end_is_sent_while_it_is_sent_aga
     await page.route(f"**/api/sessions/{session_id}", unreachable)
     await end_interview(page)
     await status_shown(page, "Ending the interview…")  # the second attempt is under way
+    # Mute would unmute the microphone End muted, End would ask again: neither is offered.
+    await expect(page.locator("#mute")).to_be_disabled()
+    await expect(page.locator("#stop")).to_be_disabled()
     after_end = await mean_level()
     assert after_end < speaking / 20, (speaking, after_end)
     await expect(page.locator("#end-reason")).to_have_text(

@@ -19,6 +19,7 @@ from tests.e2e.conftest import (
     assert_focus_ring_seen,
     axe_violations,
     chromium_args,
+    collect_page_errors,
     describe_violations,
     end_interview,
     launch_chromium,
@@ -378,6 +379,37 @@ async def test_the_interview_goes_from_start_to_end_with_the_keyboard(
     assert await tab_to(page, "end-now") == ["end-now"]
     await page.keyboard.press("Enter")
     await expect(page.get_by_role("heading", name="The interview has ended")).to_be_focused()
+
+
+async def test_the_page_works_where_the_browser_lacks_check_visibility(
+    make_relay: MakeRelay, simulator: RunningSimulator, page: Page
+) -> None:
+    """Element.checkVisibility is missing before Safari 17.4 and Firefox 106: the focus
+    still follows the screens there (Start into the call's heading; "Keep talking" back to
+    End), where the page threw."""
+    await page.add_init_script("Element.prototype.checkVisibility = undefined;")
+    errors = collect_page_errors(page)
+    relay = await make_relay(overrides={"upstream": {"simulate": True}})
+    token = await relay.add_user(seconds=600)
+    await page.goto(str(relay.client.make_url("/")) + f"#token={token}")
+    await expect(page.locator("#heard")).to_have_text("We can hear you.")
+    assert await tab_to(page, "start") == ["mic", "check", "start"]
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#connection")).to_have_text("Live", timeout=CONNECT_S * 1000)
+    await expect(page.get_by_role("heading", name="Interview", exact=True)).to_be_focused()
+    assert await page.evaluate("typeof document.body.checkVisibility") == "undefined"
+    # What the page's focus handling asks of an element: End is shown, Start is not.
+    shown = await page.evaluate(
+        """import("/static/page-view.js").then((view) => [
+               view.shown(document.getElementById("stop")),
+               view.shown(document.getElementById("start")),
+           ])"""
+    )
+    assert shown == [True, False]
+    await page.click("#stop")
+    await page.click("#keep-talking")
+    await expect(page.locator("#stop")).to_be_focused()
+    assert errors == [], errors
 
 
 async def test_end_asks_first(
