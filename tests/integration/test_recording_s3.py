@@ -188,51 +188,58 @@ async def test_s3_down_fails_the_recording_keeps_local_files_and_retries(
     assert not local.exists()
 
 
-@pytest.mark.parametrize("meanwhile", ["marked deleted", "erased"])
 async def test_a_recording_deleted_while_it_goes_up_is_not_brought_back(
     make_relay: MakeRelay,
     browsers: list[TimedBrowser],
     seaweedfs: SeaweedServer,
     s3_credentials: None,
-    meanwhile: str,
 ) -> None:
-    # A DELETE (or retention, or an erasure) marks the recording deleted while its upload
-    # is under way, or an erasure removes its rows with its session's: the upload's end
-    # must neither mark it ready again nor leave its objects in the bucket and its files
-    # on the disk.
+    # A DELETE (or retention, or an erasure) marks a recording deleted while its upload is
+    # under way, or an erasure removes its rows with its session's: the upload's end must
+    # neither mark it ready again nor leave its objects in the bucket and its files on the
+    # disk. Both at once, one recording each (their uploads fail and are retried together).
     endpoint = seaweedfs.endpoint_url
     await make_bucket(endpoint)
     await asyncio.to_thread(seaweedfs.stop)
     relay = await make_relay(overrides=s3_overrides(endpoint))
-    session_id = await record(relay, browsers)
-    item = await wait_recording(relay, session_id, "failed", within=60)
-    local = Path(relay.services.settings.recording_path) / session_id
+    marked_id = await record(relay, browsers)
+    erased_id = await record(relay, browsers)
+    marked, erased = await asyncio.gather(
+        wait_recording(relay, marked_id, "failed", within=60),
+        wait_recording(relay, erased_id, "failed", within=60),
+    )
     await asyncio.to_thread(seaweedfs.start)
     service = relay.services.recordings
     assert service is not None and service.s3 is not None
     upload = service.s3.upload
-    marked: list[str] = []
+    meanwhile: set[str] = set()
 
     async def deleted_meanwhile(path: Path, key: str, content_type: str) -> None:
-        if not marked:  # the first file: another member's DELETE lands now
-            marked.append(key)
-            if meanwhile == "erased":  # as relay.erasure.rows removes them
-                await relay.sql("DELETE FROM recordings WHERE id = $1", item["id"])
-                await relay.sql("DELETE FROM interview_sessions WHERE id = $1", session_id)
-            else:
-                await relay.sql(
-                    "UPDATE recordings SET status = 'deleted', deleted_at = now() WHERE id = $1",
-                    item["id"],
-                )
+        # At each recording's first file, another member's DELETE or erasure lands.
+        if marked_id in key and marked_id not in meanwhile:
+            meanwhile.add(marked_id)
+            await relay.sql(
+                "UPDATE recordings SET status = 'deleted', deleted_at = now() WHERE id = $1",
+                marked["id"],
+            )
+        if erased_id in key and erased_id not in meanwhile:
+            meanwhile.add(erased_id)  # as relay.erasure.rows removes them
+            await relay.sql("DELETE FROM recordings WHERE id = $1", erased["id"])
+            await relay.sql("DELETE FROM interview_sessions WHERE id = $1", erased_id)
         await upload(path, key, content_type)
 
     service.s3.upload = deleted_meanwhile  # type: ignore[method-assign]
-    assert await service.retry_uploads() == 1
-    assert marked
-    rows = await relay.sql("SELECT status FROM recordings WHERE id = $1", item["id"])
-    assert [r["status"] for r in rows] == ([] if meanwhile == "erased" else ["deleted"])
-    assert not any(session_id in key for key in await keys(endpoint))
-    assert not await asyncio.to_thread(local.exists)
+    assert await service.retry_uploads() == 2
+    assert meanwhile == {marked_id, erased_id}
+    rows = await relay.sql(
+        "SELECT id, status FROM recordings WHERE id = ANY($1::text[])", [marked["id"], erased["id"]]
+    )
+    assert [(r["id"], r["status"]) for r in rows] == [(marked["id"], "deleted")]
+    stored = await keys(endpoint)
+    root = Path(relay.services.settings.recording_path)
+    for session_id in (marked_id, erased_id):
+        assert not any(session_id in key for key in stored), (session_id, stored)
+        assert not await asyncio.to_thread((root / session_id).exists)
 
 
 async def test_large_files_go_up_in_parts(
