@@ -151,21 +151,23 @@ class ErasureRows:
         return await self._store.run("erasure_mark_user", op)
 
     async def marked(self, *, limit: int = 100) -> Marked:
-        """One statement (partial indexes): what housekeeping has to finish."""
+        """What housekeeping has to finish (partial indexes: nothing to read when nothing
+        is marked)."""
 
-        async def op(conn: asyncpg.Connection) -> asyncpg.Record:
-            row: asyncpg.Record = await conn.fetchrow(
-                """SELECT
-                       ARRAY(SELECT id FROM interviews WHERE erase_requested_at IS NOT NULL
-                             ORDER BY erase_requested_at LIMIT $1) AS interviews,
-                       ARRAY(SELECT id FROM users WHERE erase_requested_at IS NOT NULL
-                             ORDER BY erase_requested_at LIMIT $1) AS users""",
+        async def op(conn: asyncpg.Connection) -> Marked:
+            interviews = await conn.fetch(
+                """SELECT id FROM interviews WHERE erase_requested_at IS NOT NULL
+                   ORDER BY erase_requested_at LIMIT $1""",
                 limit,
             )
-            return row
+            users = await conn.fetch(
+                """SELECT id FROM users WHERE erase_requested_at IS NOT NULL
+                   ORDER BY erase_requested_at LIMIT $1""",
+                limit,
+            )
+            return Marked([str(r["id"]) for r in interviews], [int(r["id"]) for r in users])
 
-        row = await self._store.run("erasure_marked", op)
-        return Marked(list(row["interviews"]), [int(u) for u in row["users"]])
+        return await self._store.run("erasure_marked", op)
 
     async def interviews_of(self, user_id: int) -> list[str]:
         """The user's interviews marked for erasure (all of them, once the user is)."""
