@@ -311,6 +311,17 @@ export class Interview {
       this.rejoin(reason, relayMessage);
       return;
     }
+    this.letGo();
+    store.clearSession();
+    store.setEnded({ reason, message: relayMessage || null });
+    view.showEnded(endMessage(reason, relayMessage), mayGoOn(reason) && !next, next);
+    view.setStatus("Interview ended.");
+    this.onEnded();
+  }
+
+  // Over for this page, whether ended or handed to another tab: no rejoin, no barge-in
+  // timer, the clock stopped, the call and the microphone closed.
+  letGo() {
     this.phase = "ended";
     this.stopRejoining();
     clearTimeout(this.reply.bargeTimer);
@@ -319,11 +330,6 @@ export class Interview {
     this.call = null;
     if (call) call.close();
     this.mic.close();
-    store.clearSession();
-    store.setEnded({ reason, message: relayMessage || null });
-    view.showEnded(endMessage(reason, relayMessage), mayGoOn(reason) && !next, next);
-    view.setStatus("Interview ended.");
-    this.onEnded();
   }
 
   // Another tab of this browser took the interview over (page-tab.js): this one lets go
@@ -338,14 +344,7 @@ export class Interview {
       state.time_left = left === null ? state.time_left : Math.ceil(left);
     }
     if (this.phase !== "idle" && this.phase !== "ended") {
-      this.phase = "ended";
-      this.stopRejoining();
-      clearTimeout(this.reply.bargeTimer);
-      this.clock.pause();
-      const call = this.call;
-      this.call = null;
-      if (call) call.close();
-      this.mic.close();
+      this.letGo();
       // A reload of this tab then shows the pre-flight: its Start waits for the other tab
       // (credit_in_use) rather than taking the interview back by itself.
       store.clearSession();
