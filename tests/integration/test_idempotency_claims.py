@@ -7,20 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp import web
 
 from relay.admission.tokens import hash_token, unusable_token_hash
 from tests.integration.cluster_helpers import poll
 from tests.integration.conftest import MakeRelay
 from tests.integration.relay_harness import RelayHarness
 from tests.integration.test_webhooks import LOOPBACK
-from tests.integration.webhook_receiver import OPERATOR
+from tests.integration.webhook_receiver import OPERATOR, held_receiver
 from tests.support.reply_cutter import ReplyCutter
 
 
@@ -69,34 +66,6 @@ async def waiting_on(conn: asyncpg.Connection, count: int) -> bool:
     return await waiting_on_locks(conn) == count
 
 
-@asynccontextmanager
-async def first_request_held() -> AsyncIterator[tuple[str, asyncio.Event, asyncio.Event]]:
-    """A webhook receiver that holds the first request it gets until released and answers
-    every later one at once: its URL, the event set when the first arrived, and the one
-    that releases it."""
-    arrived, release = asyncio.Event(), asyncio.Event()
-
-    async def handle(request: web.Request) -> web.Response:
-        await request.read()
-        if not arrived.is_set():
-            arrived.set()
-            await release.wait()
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_post("/hook", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}/hook", arrived, release
-    finally:
-        release.set()
-        await runner.cleanup()
-
-
 async def test_a_request_whose_stale_claim_was_taken_over_does_not_overwrite_its_answer(
     make_relay: MakeRelay,
 ) -> None:
@@ -104,7 +73,7 @@ async def test_a_request_whose_stale_claim_was_taken_over_does_not_overwrite_its
     receiver past the claim's staleness; a retry with the same key takes the claim over
     and is answered. When the first one finishes, its answer must not replace the one the
     key now holds: a third request with the key replays the second's delivery."""
-    async with first_request_held() as (url, arrived, release):
+    async with held_receiver(first_only=True) as (url, arrived, release):
         relay = await make_relay(overrides={"webhooks": LOOPBACK})
         status, endpoint, _ = await call(
             relay, "POST", "/api/webhooks", {"url": url, "events": ["*"]}, key="make-hook"

@@ -5,19 +5,16 @@ its bad order with events, row locks or a proxy that loses a reply, never left t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp import web
 
 from tests.integration.cluster_helpers import poll
 from tests.integration.conftest import MakeRelay
 from tests.integration.relay_harness import RelayHarness
 from tests.integration.test_webhooks import LOOPBACK
-from tests.integration.webhook_receiver import OPERATOR
+from tests.integration.webhook_receiver import OPERATOR, held_receiver
 from tests.support.reply_cutter import ReplyCutter
 
 
@@ -36,32 +33,6 @@ async def relay_behind(
     async with asyncio.timeout(10):
         await relay.services.store.wait_schema_ready()
     return relay
-
-
-@asynccontextmanager
-async def held_receiver() -> AsyncIterator[tuple[str, asyncio.Event, asyncio.Event]]:
-    """A webhook receiver that holds every request until released: its URL, the event set
-    when a request arrived, and the one that releases them (answered 200)."""
-    arrived, release = asyncio.Event(), asyncio.Event()
-
-    async def handle(request: web.Request) -> web.Response:
-        await request.read()
-        arrived.set()
-        await release.wait()
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_post("/hook", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}/hook", arrived, release
-    finally:
-        release.set()
-        await runner.cleanup()
 
 
 async def test_a_test_event_whose_endpoint_is_deleted_while_it_is_sent_is_a_404(

@@ -136,3 +136,35 @@ async def deliveries(relay: RelayHarness, endpoint_id: str) -> list[dict[str, An
         body: dict[str, Any] = await resp.json()
         assert resp.status == 200, body
     return list(body["items"])
+
+
+@asynccontextmanager
+async def held_receiver(
+    *, first_only: bool = False
+) -> AsyncIterator[tuple[str, asyncio.Event, asyncio.Event]]:
+    """A receiver that holds every request (``first_only``: the first one, answering every
+    later one at once) until released, for races with a delivery in flight: its URL, the
+    event set when a held request arrived, and the one that releases them (answered 200).
+    No signature check: what is raced is the relay's side."""
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def handle(request: web.Request) -> web.Response:
+        await request.read()
+        if first_only and arrived.is_set():
+            return web.Response(text="ok")
+        arrived.set()
+        await release.wait()
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hook", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}/hook", arrived, release
+    finally:
+        release.set()
+        await runner.cleanup()
