@@ -22,6 +22,9 @@ _NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 # The oldest PostgreSQL the relay runs on: relay.db.landed asks pg_xact_status whether a
 # write whose reply was lost committed, and pg_current_xact_id; both came in 13.
 MIN_SERVER_MAJOR = 13
+# How long past the deadline the client waits for a server that does not answer at all;
+# the server's own lock_timeout and statement_timeout end every wait before (migrate()).
+CLIENT_GRACE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -79,9 +82,15 @@ class MigrationTimeout(TimeoutError):
 async def migrate(conn: asyncpg.Connection, *, timeout_s: float) -> list[Migration]:
     """Apply pending migrations within ``timeout_s``; return the ones applied now.
 
-    Each statement gets the time left as its own timeout: asyncpg then cancels it on the
-    server and the transaction rolls back cleanly (the pool's ``command_timeout``, the
-    per-query limit, is meant for candidates' queries, not for a lock wait or a rewrite).
+    The server bounds every wait itself: before each statement the transaction's
+    ``lock_timeout`` and ``statement_timeout`` are set to the time left, so a lock held
+    elsewhere or a slow rewrite ends on the server with an error and the transaction rolls
+    back cleanly. A client-side timeout alone is not enough: asyncpg then sends a cancel
+    request, which PostgreSQL drops when it arrives before the statement has started (a
+    loaded server), and the backend went on waiting for the lock after the relay had given
+    up (CI saw it). The client-side timeout stays as the backstop for a server that does
+    not answer at all (``CLIENT_GRACE_S`` later). The pool's ``command_timeout``, the
+    per-query limit, is meant for candidates' queries, not for a lock wait or a rewrite.
     """
     check_server_version(conn)
     applied_now: list[Migration] = []
@@ -96,35 +105,51 @@ async def migrate(conn: asyncpg.Connection, *, timeout_s: float) -> list[Migrati
             raise MigrationTimeout(f"migrations took over {timeout_s:g} s")
         return remaining
 
+    async def bounded(sql: str, *args: object) -> None:
+        remaining = left()
+        # set_config(..., true) is SET LOCAL: it ends with the transaction. Whole
+        # milliseconds, at least 1 (0 would mean "no limit").
+        limit = f"{max(1, int(remaining * 1000))}ms"
+        await conn.execute(
+            "SELECT set_config('lock_timeout', $1, true),"
+            " set_config('statement_timeout', $1, true)",
+            limit,
+            timeout=remaining + CLIENT_GRACE_S,
+        )
+        await conn.execute(sql, *args, timeout=remaining + CLIENT_GRACE_S)
+
     try:
         async with conn.transaction():
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID, timeout=left()
-            )
-            await conn.execute(
+            await bounded("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)
+            await bounded(
                 """CREATE TABLE IF NOT EXISTS schema_migrations (
                        version    INTEGER PRIMARY KEY,
                        name       TEXT NOT NULL,
-                       applied_at TIMESTAMPTZ NOT NULL DEFAULT now())""",
-                timeout=left(),
+                       applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"""
             )
-            rows = await conn.fetch("SELECT version FROM schema_migrations", timeout=left())
+            rows = await conn.fetch(
+                "SELECT version FROM schema_migrations", timeout=left() + CLIENT_GRACE_S
+            )
             done = {r["version"] for r in rows}
             _warn_of_newer(done, migrations)
             for migration in migrations:
                 if migration.version in done:
                     continue
-                await conn.execute(migration.sql, timeout=left())
-                await conn.execute(
+                await bounded(migration.sql)
+                await bounded(
                     "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
                     migration.version,
                     migration.name,
-                    timeout=left(),
                 )
                 log.info("applied migration %03d_%s", migration.version, migration.name)
                 applied_now.append(migration)
     except MigrationTimeout:
         raise
-    except TimeoutError as exc:
+    except (
+        TimeoutError,
+        # The server's own limits (see the docstring): lock_timeout, statement_timeout.
+        asyncpg.LockNotAvailableError,
+        asyncpg.QueryCanceledError,
+    ) as exc:
         raise MigrationTimeout(f"migrations took over {timeout_s:g} s") from exc
     return applied_now
