@@ -95,15 +95,22 @@ def connection_failure(exc: BaseException, config: DatabaseConfig) -> DatabaseUn
     return DatabaseUnavailable("database_unavailable", 1, exc, f"{type(exc).__name__}: {exc}")
 
 
+# How long after the relay's own query timeout the server ends a statement by itself
+# (``Store.open``'s ``init``): the client's timeout normally comes first, as before.
+SERVER_STATEMENT_GRACE_S = 0.5
+
+
 async def keep_session(conn: asyncpg.Connection) -> None:
     """The pool's reset on release: nothing to do.
 
     asyncpg's default reset sends ``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
     RESET ALL`` on every release, one more round trip after each statement. The relay leaves
     none of that on a pooled connection: its advisory locks are taken per transaction
-    (``pg_advisory_xact_lock``), its LISTENs run on connections of their own, it sets no
-    session variable and opens no cursor. asyncpg still does its own part before calling
-    this (a transaction left open is rolled back, listeners are dropped)."""
+    (``pg_advisory_xact_lock``), its LISTENs run on connections of their own, the one
+    session variable it sets is the same on every connection (``statement_timeout``, set
+    once when the pool opens the connection) and it opens no cursor. asyncpg still does
+    its own part before calling this (a transaction left open is rolled back, listeners
+    are dropped)."""
 
 
 class Store:
@@ -150,8 +157,26 @@ class Store:
             # Warm connections stay warm: the keep-warm task, not idleness, retires them.
             max_inactive_connection_lifetime=0,
             reset=keep_session,
+            init=self._bound_statements,
         )
         self._tasks.spawn(self._keep_warm(), name="db-keep-warm")
+
+    async def _bound_statements(self, conn: asyncpg.Connection) -> None:
+        """The server ends a statement by itself shortly after the relay's query timeout.
+
+        On a timeout asyncpg sends a cancel request on a connection of its own, and
+        PostgreSQL drops one that arrives before the statement has started (a loaded
+        server): the statement then went on after the relay had given up and retried, a
+        lock wait for as long as the lock was held, an UPDATE applied once more when it
+        got the lock. Set per connection rather than in the start-up packet
+        (``server_settings``), which a connection pooler in session mode refuses.
+        Migrations set their own limits per transaction (relay.db.migrate)."""
+        limit_ms = int((self._config.query_timeout_s + SERVER_STATEMENT_GRACE_S) * 1000)
+        await conn.execute(
+            "SELECT set_config('statement_timeout', $1, false)",
+            f"{limit_ms}ms",
+            timeout=self._config.connect_timeout_s,
+        )
 
     async def close(self) -> None:
         await self._tasks.close()

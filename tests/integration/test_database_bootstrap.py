@@ -4,12 +4,9 @@ bounded number of attempts, and the reason in /readyz and the log when they give
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -20,6 +17,7 @@ from relay.db.migrate import MIGRATION_LOCK_ID, MigrationTimeout, migrate
 from relay.observability.metrics import MetricsRegistry
 from tests.integration.conftest import MakeRelay
 from tests.integration.relay_harness import OPERATOR_TOKEN, RelayHarness, migrated_store
+from tests.support.lost_cancels import cancel_requests_lost
 from tests.support.postgres import PostgresServer
 from tests.support.silent_database import silent_database
 
@@ -121,44 +119,6 @@ async def test_a_migration_blocked_by_a_lock_times_out_and_readyz_says_why(
     )
 
 
-@contextlib.asynccontextmanager
-async def _cancel_requests_lost(database_url: str) -> AsyncIterator[str]:
-    """A loopback proxy to PostgreSQL that carries the first connection and closes every
-    later one at once: asyncpg's cancel request (a connection of its own) never arrives, as
-    when PostgreSQL drops one that comes before the statement has started. Yields the
-    proxy's URL."""
-    target = urlsplit(database_url)
-    pipes: set[asyncio.Task[None]] = set()
-    carried = False
-
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
-    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal carried
-        if carried:
-            writer.close()
-            return
-        carried = True
-        up_r, up_w = await asyncio.open_connection(target.hostname, target.port)
-        for task in (pipe(reader, up_w), pipe(up_r, writer)):
-            pipes.add(asyncio.create_task(task))
-
-    server = await asyncio.start_server(accept, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield database_url.replace(f":{target.port}/", f":{port}/", 1)
-    finally:
-        server.close()
-        for task in pipes:
-            task.cancel()
-        await asyncio.gather(*pipes, return_exceptions=True)
-
-
 async def test_a_migration_lock_wait_ends_on_the_server_when_the_cancel_is_lost(
     database_url: str,
 ) -> None:
@@ -168,7 +128,7 @@ async def test_a_migration_lock_wait_ends_on_the_server_when_the_cancel_is_lost(
     blocker = await asyncpg.connect(database_url)
     try:
         await blocker.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
-        async with _cancel_requests_lost(database_url) as proxied:
+        async with cancel_requests_lost(database_url) as proxied:
             conn = await asyncpg.connect(proxied)
             try:
                 async with asyncio.timeout(10):
