@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncpg
 
-from relay.db import Landed, Store, Within
+from relay.db import Store, Within, landed_once
 
 # Sends a cluster command on a connection, inside its transaction (relay.cluster.bus.notify).
 Notify = Callable[[asyncpg.Connection, dict[str, Any]], Awaitable[None]]
@@ -297,64 +297,58 @@ class UserAdmin:
         Applied once: a retry whose earlier attempt committed (its reply lost) answers that
         attempt's result instead of adding ``add_seconds`` again (relay.db.landed).
         ``within`` is given the change in its transaction (relay.db.within)."""
-        landed: Landed[UserChange | None] = Landed()
 
-        async def op(conn: asyncpg.Connection) -> UserChange | None:
-            done, earlier = await landed.earlier(conn)
-            if done:
-                return earlier
-            async with conn.transaction():
-                await landed.begin(conn)
-                before = await conn.fetchrow(
-                    """SELECT active, token_hash FROM users
-                       WHERE id = $1 AND erase_requested_at IS NULL FOR UPDATE""",
-                    user_id,
-                )
-                if before is None:
-                    return landed.result(None)
+        async def work(conn: asyncpg.Connection) -> UserChange | None:
+            before = await conn.fetchrow(
+                """SELECT active, token_hash FROM users
+                   WHERE id = $1 AND erase_requested_at IS NULL FOR UPDATE""",
+                user_id,
+            )
+            if before is None:
+                return None
+            await conn.execute(
+                """UPDATE users SET
+                       -- In bigint: the sum may pass the column's integer range,
+                       -- which the cap then brings back (integer arithmetic would
+                       -- overflow before it).
+                       remaining_seconds = LEAST(2147483647, GREATEST(0,
+                           COALESCE($2, remaining_seconds)::bigint
+                           + COALESCE($3::bigint, 0))),
+                       active = COALESCE($4, active),
+                       revoked_at = CASE WHEN $4 IS NULL THEN revoked_at
+                                         WHEN $4 THEN NULL
+                                         ELSE COALESCE(revoked_at, now()) END,
+                       token_hash = COALESCE($5, token_hash)
+                   WHERE id = $1""",
+                user_id,
+                remaining_seconds,
+                add_seconds,
+                active,
+                token_hash,
+            )
+            deactivated = bool(before["active"]) and active is False
+            if deactivated:
+                # As `relay users revoke`: pending sessions can no longer be claimed.
                 await conn.execute(
-                    """UPDATE users SET
-                           -- In bigint: the sum may pass the column's integer range,
-                           -- which the cap then brings back (integer arithmetic would
-                           -- overflow before it).
-                           remaining_seconds = LEAST(2147483647, GREATEST(0,
-                               COALESCE($2, remaining_seconds)::bigint
-                               + COALESCE($3::bigint, 0))),
-                           active = COALESCE($4, active),
-                           revoked_at = CASE WHEN $4 IS NULL THEN revoked_at
-                                             WHEN $4 THEN NULL
-                                             ELSE COALESCE(revoked_at, now()) END,
-                           token_hash = COALESCE($5, token_hash)
-                       WHERE id = $1""",
+                    """UPDATE interview_sessions
+                       SET state = 'failed', end_reason = 'revoked', ended_at = now(),
+                           duration_seconds = 0, debited_seconds = 0
+                       WHERE user_id = $1 AND state = 'pending'""",
                     user_id,
-                    remaining_seconds,
-                    add_seconds,
-                    active,
-                    token_hash,
                 )
-                deactivated = bool(before["active"]) and active is False
-                if deactivated:
-                    # As `relay users revoke`: pending sessions can no longer be claimed.
-                    await conn.execute(
-                        """UPDATE interview_sessions
-                           SET state = 'failed', end_reason = 'revoked', ended_at = now(),
-                               duration_seconds = 0, debited_seconds = 0
-                           WHERE user_id = $1 AND state = 'pending'""",
-                        user_id,
-                    )
-                    await notify(
-                        conn,
-                        {
-                            "op": "revoke_user",
-                            "user_id": user_id,
-                            "token_hash": before["token_hash"],
-                        },
-                    )
-                row = await conn.fetchrow(f"SELECT {_DETAIL} FROM users u WHERE u.id = $1", user_id)
-                assert row is not None
-                change = UserChange(_detail(row), before["token_hash"], deactivated)
-                if within is not None:
-                    await within(conn, change)
-                return landed.result(change)
+                await notify(
+                    conn,
+                    {
+                        "op": "revoke_user",
+                        "user_id": user_id,
+                        "token_hash": before["token_hash"],
+                    },
+                )
+            row = await conn.fetchrow(f"SELECT {_DETAIL} FROM users u WHERE u.id = $1", user_id)
+            assert row is not None
+            change = UserChange(_detail(row), before["token_hash"], deactivated)
+            if within is not None:
+                await within(conn, change)
+            return change
 
-        return await self._store.run("user_update", op)
+        return await self._store.run("user_update", landed_once(work))

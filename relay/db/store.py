@@ -244,7 +244,7 @@ class Store:
         ``query`` names the statement in the metrics (``relay_db_*{query=...}``). ``op``
         may run more than once (a retry after a lost connection): it must be idempotent,
         or written so that a retry finds what an earlier attempt committed (for an op that
-        adds to a value, ``relay.db.landed.Landed`` asks PostgreSQL).
+        adds to a value, ``relay.db.landed.landed_once`` asks PostgreSQL).
         """
         pool = self._require_pool()
         config = self._config

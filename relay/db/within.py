@@ -8,7 +8,7 @@ write that takes a ``Within`` calls it last inside its transaction, on the same 
 with what the write will return; it may raise to roll the work back.
 
 On a retry whose earlier attempt committed, a write that finds its own earlier result
-(ids chosen before the first attempt, ``Landed``) returns it without calling ``Within``
+(ids chosen before the first attempt, ``landed_once``) returns it without calling ``Within``
 again: what it wrote committed with that attempt.
 """
 

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from relay.admission.tokens import unusable_token_hash
-from relay.db import Landed, Store
+from relay.db import Store, landed_once
 from relay.fields import iso_utc
 from relay.interviews.rows import Notify, end_sessions
 from relay.webhooks.outbox import enqueue
@@ -93,17 +93,10 @@ class ErasureRows:
     async def mark_interview(self, interview_id: str, notify: Notify) -> bool:
         # A retry whose earlier attempt committed (its reply lost) would find the interview
         # marked, by this very call, and answer "no such interview" (relay.db.landed).
-        landed: Landed[bool] = Landed()
+        async def work(conn: asyncpg.Connection) -> bool:
+            return await mark_interview_on(conn, interview_id, notify)
 
-        async def op(conn: asyncpg.Connection) -> bool:
-            done, earlier = await landed.earlier(conn)
-            if done:
-                return bool(earlier)
-            async with conn.transaction():
-                await landed.begin(conn)
-                return landed.result(await mark_interview_on(conn, interview_id, notify))
-
-        return await self._store.run("erasure_mark_interview", op)
+        return await self._store.run("erasure_mark_interview", landed_once(work))
 
     async def mark_user(self, user_id: int, notify: Notify) -> str | None:
         """Mark a user and every interview of theirs; the token hash it had (what caches
@@ -112,43 +105,35 @@ class ErasureRows:
         database tells every member's cache), and every member ends its live sessions (as
         ``relay users revoke``)."""
 
-        landed: Landed[str | None] = Landed()  # as in mark_interview
+        # Applied once, as in mark_interview.
+        async def work(conn: asyncpg.Connection) -> str | None:
+            token_hash: str | None = await conn.fetchval(
+                """SELECT token_hash FROM users
+                   WHERE id = $1 AND erase_requested_at IS NULL FOR UPDATE""",
+                user_id,
+            )
+            if token_hash is None:
+                return None
+            await conn.execute(
+                """UPDATE users SET active = false, token_hash = $2,
+                       revoked_at = COALESCE(revoked_at, now()),
+                       erase_requested_at = now()
+                   WHERE id = $1""",
+                user_id,
+                unusable_token_hash(),
+            )
+            await conn.execute(
+                """UPDATE interview_sessions
+                   SET state = 'failed', end_reason = 'revoked', ended_at = now(),
+                       duration_seconds = 0, debited_seconds = 0
+                   WHERE user_id = $1 AND interview_id IS NULL AND state = 'pending'""",
+                user_id,
+            )
+            await notify(conn, {"op": "revoke_user", "user_id": user_id, "token_hash": token_hash})
+            await _mark_interviews_of(conn, user_id, notify)
+            return token_hash
 
-        async def op(conn: asyncpg.Connection) -> str | None:
-            done, earlier = await landed.earlier(conn)
-            if done:
-                return earlier
-            async with conn.transaction():
-                await landed.begin(conn)
-                token_hash: str | None = await conn.fetchval(
-                    """SELECT token_hash FROM users
-                       WHERE id = $1 AND erase_requested_at IS NULL FOR UPDATE""",
-                    user_id,
-                )
-                if token_hash is None:
-                    return landed.result(None)
-                await conn.execute(
-                    """UPDATE users SET active = false, token_hash = $2,
-                           revoked_at = COALESCE(revoked_at, now()),
-                           erase_requested_at = now()
-                       WHERE id = $1""",
-                    user_id,
-                    unusable_token_hash(),
-                )
-                await conn.execute(
-                    """UPDATE interview_sessions
-                       SET state = 'failed', end_reason = 'revoked', ended_at = now(),
-                           duration_seconds = 0, debited_seconds = 0
-                       WHERE user_id = $1 AND interview_id IS NULL AND state = 'pending'""",
-                    user_id,
-                )
-                await notify(
-                    conn, {"op": "revoke_user", "user_id": user_id, "token_hash": token_hash}
-                )
-                await _mark_interviews_of(conn, user_id, notify)
-                return landed.result(token_hash)
-
-        return await self._store.run("erasure_mark_user", op)
+        return await self._store.run("erasure_mark_user", landed_once(work))
 
     async def marked(self, *, limit: int = 100) -> Marked:
         """What housekeeping has to finish (partial indexes: nothing to read when nothing

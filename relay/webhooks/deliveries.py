@@ -29,7 +29,7 @@ from typing import Any
 
 import asyncpg
 
-from relay.db import Landed, Store
+from relay.db import Store, landed_once
 from relay.webhooks.outbox import TEST_EVENT, new_event_id, notify_due
 
 STATUSES = ("pending", "delivered", "failed")
@@ -188,64 +188,58 @@ class DeliveryRows:
         it over: the attempt is logged, its outcome is the other's to write) or the delivery
         is gone (its endpoint was deleted while the attempt ran: nothing is logged)."""
         delivered = attempt.outcome == "delivered"
+
         # A retry whose earlier attempt committed (its reply lost) answers that attempt's
         # status, and logs the attempt once (relay.db.landed).
-        landed: Landed[str | None] = Landed()
+        async def work(conn: asyncpg.Connection) -> str | None:
+            # Held until commit, so that a DELETE of the endpoint waits for the log
+            # line instead of removing the delivery between this check and its insert
+            # (the attempt log's foreign key would fail the insert).
+            exists = await conn.fetchval(
+                "SELECT true FROM webhook_deliveries WHERE id = $1 FOR KEY SHARE",
+                delivery_id,
+            )
+            if not exists:
+                return None
+            await conn.execute(
+                """INSERT INTO webhook_attempts
+                       (delivery_id, outcome, status_code, duration_ms, error, instance)
+                   VALUES ($1, $2, $3, $4, $5, $6)""",
+                delivery_id,
+                attempt.outcome,
+                attempt.status_code,
+                attempt.duration_ms,
+                attempt.error,
+                instance,
+            )
+            status: str | None = await conn.fetchval(
+                """UPDATE webhook_deliveries SET
+                       attempts = attempts + 1,
+                       last_attempt_at = now(),
+                       last_status_code = $3,
+                       last_error = $4,
+                       status = CASE
+                           WHEN $5 THEN 'delivered'
+                           WHEN $6::float8 IS NULL OR now() >= give_up_at THEN 'failed'
+                           ELSE 'pending' END,
+                       delivered_at = CASE WHEN $5 THEN now() ELSE delivered_at END,
+                       next_attempt_at = CASE WHEN $5 OR $6::float8 IS NULL
+                           THEN next_attempt_at
+                           ELSE now() + make_interval(secs => $6::float8) END,
+                       claimed_by = NULL,
+                       claimed_until = NULL
+                   WHERE id = $1 AND claimed_by = $2
+                   RETURNING status""",
+                delivery_id,
+                instance,
+                attempt.status_code,
+                attempt.error,
+                delivered,
+                retry_in_s,
+            )
+            return status
 
-        async def op(conn: asyncpg.Connection) -> str | None:
-            done, earlier = await landed.earlier(conn)
-            if done:
-                return earlier
-            async with conn.transaction():
-                await landed.begin(conn)
-                # Held until commit, so that a DELETE of the endpoint waits for the log
-                # line instead of removing the delivery between this check and its insert
-                # (the attempt log's foreign key would fail the insert).
-                exists = await conn.fetchval(
-                    "SELECT true FROM webhook_deliveries WHERE id = $1 FOR KEY SHARE",
-                    delivery_id,
-                )
-                if not exists:
-                    return landed.result(None)
-                await conn.execute(
-                    """INSERT INTO webhook_attempts
-                           (delivery_id, outcome, status_code, duration_ms, error, instance)
-                       VALUES ($1, $2, $3, $4, $5, $6)""",
-                    delivery_id,
-                    attempt.outcome,
-                    attempt.status_code,
-                    attempt.duration_ms,
-                    attempt.error,
-                    instance,
-                )
-                status: str | None = await conn.fetchval(
-                    """UPDATE webhook_deliveries SET
-                           attempts = attempts + 1,
-                           last_attempt_at = now(),
-                           last_status_code = $3,
-                           last_error = $4,
-                           status = CASE
-                               WHEN $5 THEN 'delivered'
-                               WHEN $6::float8 IS NULL OR now() >= give_up_at THEN 'failed'
-                               ELSE 'pending' END,
-                           delivered_at = CASE WHEN $5 THEN now() ELSE delivered_at END,
-                           next_attempt_at = CASE WHEN $5 OR $6::float8 IS NULL
-                               THEN next_attempt_at
-                               ELSE now() + make_interval(secs => $6::float8) END,
-                           claimed_by = NULL,
-                           claimed_until = NULL
-                       WHERE id = $1 AND claimed_by = $2
-                       RETURNING status""",
-                    delivery_id,
-                    instance,
-                    attempt.status_code,
-                    attempt.error,
-                    delivered,
-                    retry_in_s,
-                )
-                return landed.result(status)
-
-        return await self._store.run("webhook_record", op)
+        return await self._store.run("webhook_record", landed_once(work))
 
     async def release(self, instance: str) -> int:
         """Let go of every lease ``instance`` holds (its shut-down, or its start after a

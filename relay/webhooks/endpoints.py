@@ -14,7 +14,7 @@ from datetime import datetime
 
 import asyncpg
 
-from relay.db import Landed, Store, Within
+from relay.db import Store, Within, landed_once
 from relay.sealing import SecretBox
 from relay.webhooks.outbox import EVENT_TYPES, notify_due
 from relay.webhooks.signing import new_secret
@@ -216,38 +216,32 @@ class EndpointRows:
         ``within`` is given both in the rotation's transaction (relay.db.within)."""
         secret = new_secret()
         sealed = self._box.seal(endpoint_id, secret.encode())
+
         # A retry whose earlier attempt committed (its reply lost) must not rotate again:
         # the secret it made would become the "previous" one, and the real previous one,
         # which receivers still verify with, would be lost (relay.db.landed).
-        landed: Landed[asyncpg.Record | None] = Landed()
+        async def work(conn: asyncpg.Connection) -> asyncpg.Record | None:
+            # The current sealed value moves as it is: it is bound to the same id.
+            row: asyncpg.Record | None = await conn.fetchrow(
+                f"""UPDATE webhook_endpoints SET
+                        previous_secret_sealed =
+                            CASE WHEN $3::integer > 0 THEN secret_sealed END,
+                        previous_secret_expires_at = CASE WHEN $3::integer > 0
+                            THEN now() + make_interval(secs => $3::integer) END,
+                        secret_sealed = $2,
+                        secret_rotated_at = now(),
+                        updated_at = now()
+                    WHERE id = $1
+                    RETURNING {_COLUMNS}""",
+                endpoint_id,
+                sealed,
+                expire_previous_in_s,
+            )
+            if row is not None and within is not None:
+                await within(conn, (Endpoint.from_row(row), secret))
+            return row
 
-        async def op(conn: asyncpg.Connection) -> asyncpg.Record | None:
-            done, earlier = await landed.earlier(conn)
-            if done:
-                return earlier
-            async with conn.transaction():
-                await landed.begin(conn)
-                # The current sealed value moves as it is: it is bound to the same id.
-                row: asyncpg.Record | None = await conn.fetchrow(
-                    f"""UPDATE webhook_endpoints SET
-                            previous_secret_sealed =
-                                CASE WHEN $3::integer > 0 THEN secret_sealed END,
-                            previous_secret_expires_at = CASE WHEN $3::integer > 0
-                                THEN now() + make_interval(secs => $3::integer) END,
-                            secret_sealed = $2,
-                            secret_rotated_at = now(),
-                            updated_at = now()
-                        WHERE id = $1
-                        RETURNING {_COLUMNS}""",
-                    endpoint_id,
-                    sealed,
-                    expire_previous_in_s,
-                )
-                if row is not None and within is not None:
-                    await within(conn, (Endpoint.from_row(row), secret))
-                return landed.result(row)
-
-        row = await self._store.run("webhook_endpoint_rotate_secret", op)
+        row = await self._store.run("webhook_endpoint_rotate_secret", landed_once(work))
         return None if row is None else (Endpoint.from_row(row), secret)
 
     async def forget_expired_secrets(self) -> int:
@@ -268,17 +262,11 @@ class EndpointRows:
         """Remove the endpoint with its deliveries and their log; False: there was none.
         A retry whose earlier attempt committed (its reply lost) answers that attempt's
         True, not the False its own DELETE would find (relay.db.landed)."""
-        landed: Landed[bool] = Landed()
 
-        async def op(conn: asyncpg.Connection) -> bool:
-            done, earlier = await landed.earlier(conn)
-            if done:
-                return bool(earlier)
-            async with conn.transaction():
-                await landed.begin(conn)
-                status: str = await conn.execute(
-                    "DELETE FROM webhook_endpoints WHERE id = $1", endpoint_id
-                )
-                return landed.result(status != "DELETE 0")
+        async def work(conn: asyncpg.Connection) -> bool:
+            status: str = await conn.execute(
+                "DELETE FROM webhook_endpoints WHERE id = $1", endpoint_id
+            )
+            return status != "DELETE 0"
 
-        return await self._store.run("webhook_endpoint_delete", op)
+        return await self._store.run("webhook_endpoint_delete", landed_once(work))
