@@ -8,6 +8,8 @@ transactions, with the webhook event of each change in the same transaction
                    interviews.rejoin_window_s; then housekeeping)──▶ failed
     in_progress ──(the candidate's connection was lost for good: they may rejoin within
                    interviews.rejoin_window_s too; then housekeeping)──▶ completed
+    in_progress ──(after either, the candidate ends it instead of rejoining: End while
+                   the page rejoins by itself)──▶ completed, end reason hangup
     scheduled ──(expires_at passes; housekeeping)──▶ expired
     scheduled | in_progress ──(cancel)──▶ cancelled
 
@@ -81,6 +83,43 @@ async def session_finished(
     ended = state == "ended" and reason not in CONNECTION_LOST_REASONS
     if ended or float(row["left_s"]) < min_remaining_s:
         await complete(conn, interview_id, reason)
+
+
+async def hung_up_while_away(conn: asyncpg.Connection, interview_id: str, session_id: str) -> bool:
+    """The candidate's End while the interview waits for a rejoin after ``session_id``: the
+    candidate's page lost that session to a failure that was not theirs (the interviewer's
+    service dropped the call, the relay stopped) or lost its connection, and was rejoining
+    by itself when the candidate ended the interview instead. Completed now, end reason
+    ``hangup``, rather than failed (or completed ``browser_gone``) once the rejoin window has
+    passed with nobody back.
+
+    Only when ``session_id`` is the interview's last session that carried media, no session
+    of it is connecting or live, and that session ended so (``failed``, or the connection
+    lost): the hang-up of a start given up before any media (the page's clean-up of a
+    rejoin attempt that did not come up) changes nothing, as it never did. True: completed."""
+    row = await conn.fetchrow(
+        """SELECT i.status,
+                  EXISTS (SELECT 1 FROM interview_sessions s
+                          WHERE s.interview_id = i.id
+                            AND s.state IN ('connecting', 'active')) AS others_live,
+                  last.id AS last_id, last.state AS last_state, last.end_reason AS last_reason
+           FROM interviews i
+           LEFT JOIN LATERAL (
+               SELECT s.id, s.state, s.end_reason FROM interview_sessions s
+               WHERE s.interview_id = i.id AND s.state IN ('ended', 'failed')
+                 AND s.connected_at IS NOT NULL
+               ORDER BY s.ended_at DESC NULLS LAST LIMIT 1) last ON true
+           WHERE i.id = $1 FOR UPDATE OF i""",
+        interview_id,
+    )
+    if row is None or row["status"] != "in_progress" or row["others_live"]:
+        return False
+    if row["last_id"] != session_id:
+        return False
+    if row["last_state"] != "failed" and row["last_reason"] not in CONNECTION_LOST_REASONS:
+        return False
+    await complete(conn, interview_id, "hangup")
+    return True
 
 
 async def complete(conn: asyncpg.Connection, interview_id: str, reason: str) -> None:

@@ -279,6 +279,22 @@ class SessionRows:
 
         await self._store.run("request_hangup", op)
 
+    async def hang_up_interview(self, session_id: str) -> bool:
+        """The candidate hung up ``session_id``, which had already ended: if its interview
+        waits for a rejoin after it, the interview is completed as the candidate's hang-up
+        (``transitions.hung_up_while_away``). True: completed now."""
+
+        async def op(conn: asyncpg.Connection) -> bool:
+            async with conn.transaction():
+                interview_id = await conn.fetchval(
+                    "SELECT interview_id FROM interview_sessions WHERE id = $1", session_id
+                )
+                if interview_id is None:
+                    return False
+                return await transitions.hung_up_while_away(conn, interview_id, session_id)
+
+        return await self._store.run("hang_up_interview", op)
+
     async def get_session(self, session_id: str) -> SessionRecord | None:
         async def op(conn: asyncpg.Connection) -> asyncpg.Record | None:
             return await conn.fetchrow(

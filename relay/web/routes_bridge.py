@@ -183,6 +183,22 @@ async def end_session(services: Services, session_id: str, caller: Caller | None
         # page's resume would take the session over and go on (relay.sessions.continuity).
         await services.session_rows.request_hangup(session_id, reason)
         await _end_elsewhere(services, session_id, reason)
+    elif (
+        not operator
+        and record.interview_id is not None
+        # Over already (the interviewer's service dropped it, the relay stopped, the
+        # connection was lost): the candidate's page was rejoining by itself and the
+        # candidate pressed End meanwhile. The interview then ends as theirs now, rather
+        # than failed when its rejoin window has passed.
+        and await services.session_rows.hang_up_interview(session_id)
+    ):
+        bind_session(session_id)
+        log.info(
+            "[%s] INTERVIEW_HANGUP %s after %s",
+            current_request_id(),
+            record.interview_id,
+            session_id,
+        )
     return True
 
 
@@ -272,8 +288,18 @@ def register(api: Api) -> None:
             raw=delete_session,
             path_params=(_SESSION_ID,),
             description="The operator token or an admin API key may end any session (end "
-            "reason operator_hangup); a read key may not (403 insufficient_scope).",
-            responses=(Response(204, "Both legs hung up (or ending where the session is held)."),),
+            "reason operator_hangup); a read key may not (403 insufficient_scope). A session "
+            "already over answers 204 too; its candidate hanging up an interview's session "
+            "that failed or lost the candidate's connection (the page was rejoining by "
+            "itself) completes the interview with end reason hangup, when that session was "
+            "its last that carried media and none of it is live.",
+            responses=(
+                Response(
+                    204,
+                    "Both legs hung up (or ending where the session is held), or the "
+                    "session was over already.",
+                ),
+            ),
             errors={
                 **CANDIDATE_ERRORS,
                 403: ("insufficient_scope",),

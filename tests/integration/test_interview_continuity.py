@@ -20,6 +20,7 @@ from tests.integration.cluster_helpers import poll
 from tests.integration.conftest import MakeRelay
 from tests.integration.continuity_helpers import SPEECH, Page, a_full_turn, resume
 from tests.integration.interview_helpers import (
+    OPERATOR,
     bearer,
     call,
     create_interview,
@@ -406,3 +407,68 @@ async def test_a_lost_candidate_whose_restart_was_given_up_completes_as_left(
     # When the conversation ended (its session), not when the given-up start was hung up.
     lost = await session_row(relay, joined.session_id)
     assert events[1][1]["ended_at"] == lost["ended_at"].isoformat().replace("+00:00", "Z")
+
+
+async def test_the_candidates_end_while_rejoining_completes_the_interview_as_theirs(
+    make_relay: MakeRelay, simulator: RunningSimulator
+) -> None:
+    """The interviewer's service dropped the call and the page was rejoining by itself when
+    the candidate pressed End: the page hangs up the session that failed (its browser leg
+    gone), and the interview is completed as the candidate's hang-up at once, not failed
+    once its rejoin window has passed; the link starts nothing from then on."""
+    relay = await make_relay()
+    interview = await create_interview(relay, max_duration_s=BUDGET_S)
+    invite = invite_of(interview)
+    async with join(relay, invite) as joined:
+        await joined.browser.wait_type("relay.session.time_left")
+        [upstream] = simulator.app[SIMULATOR_KEY].calls.live.values()
+        await upstream.close("dropped")
+        await joined.browser.wait_type("relay.session.ending", 10)
+        await relay.wait_session_closed(joined.session_id)
+    cut = await session_row(relay, joined.session_id)
+    assert cut["state"] == "failed", dict(cut)
+    # The operator's DELETE of an ended session is no candidate's End: nothing changes.
+    status, _, _ = await call(relay, "DELETE", f"/api/sessions/{joined.session_id}", OPERATOR)
+    assert status == 204
+    assert (await interview_status(relay, interview["id"]))["status"] == "in_progress"
+    # A start given up before any media (the page's clean-up of an attempt) neither.
+    given_up = await abandoned_start(relay, invite)
+    status, _, _ = await call(relay, "DELETE", f"/api/sessions/{given_up}", bearer(invite))
+    assert status == 204
+    assert (await interview_status(relay, interview["id"]))["status"] == "in_progress"
+
+    status, _, _ = await call(relay, "DELETE", f"/api/sessions/{joined.session_id}", bearer(invite))
+    assert status == 204
+    done = await interview_status(relay, interview["id"])
+    assert (done["status"], done["end_reason"]) == ("completed", "hangup")
+    # The session keeps its own end; the interview ended when its conversation did.
+    assert (await session_row(relay, joined.session_id))["end_reason"] == cut["end_reason"]
+    events = await interview_events(relay, interview["id"])
+    assert [t for t, _ in events] == ["interview.started", "interview.completed"]
+    assert events[1][1]["end_reason"] == "hangup"
+    assert events[1][1]["ended_at"] == cut["ended_at"].isoformat().replace("+00:00", "Z")
+    # Sent again (the page retries a hang-up whose answer it missed): the same, no event.
+    status, _, _ = await call(relay, "DELETE", f"/api/sessions/{joined.session_id}", bearer(invite))
+    assert status == 204
+    assert len(await interview_events(relay, interview["id"])) == 2
+    status, body, _ = await call(
+        relay, "POST", "/api/realtime-session", bearer(invite), json=NOTICE_CONFIRMED
+    )
+    assert (status, body["error"]["code"]) == (403, "interview_closed"), body
+
+
+async def test_the_candidates_end_after_a_lost_connection_completes_the_interview_as_theirs(
+    make_relay: MakeRelay,
+) -> None:
+    relay = await make_relay(overrides={"session": {"reconnect_grace_s": 0.5}})
+    interview = await create_interview(relay, max_duration_s=BUDGET_S)
+    invite = invite_of(interview)
+    async with join(relay, invite) as joined:
+        await joined.browser.wait_type("relay.session.time_left")
+        await joined.browser.pc.close()
+        await relay.wait_session_closed(joined.session_id)
+    assert (await session_row(relay, joined.session_id))["end_reason"] == "browser_gone"
+    status, _, _ = await call(relay, "DELETE", f"/api/sessions/{joined.session_id}", bearer(invite))
+    assert status == 204
+    done = await interview_status(relay, interview["id"])
+    assert (done["status"], done["end_reason"]) == ("completed", "hangup")
