@@ -143,7 +143,8 @@ export class Interview {
     // Whether the recording notice was on screen before the interview's first Start: a
     // rejoin goes on with the same interview, so it says the same.
     this.noticeShown = false;
-    // The automatic rejoin under way or just done: {reason, message, attempts, settled}.
+    // The automatic rejoin under way or just done: {reason, message, attempts, settled,
+    // sessionId (the session that ended, which an End meanwhile hangs up)}.
     this.rejoining = null;
     this.call = null;
     this.clock = new Clock();
@@ -261,6 +262,10 @@ export class Interview {
     // silence, not what the candidate says after ending (to the interviewer, who would
     // answer it, and to the recording).
     this.mic.setMuted(true);
+    // Between two rejoin attempts there is no live session to hang up: the session that
+    // ended (failed, or its connection lost) is hung up instead, and the relay records the
+    // interview as ended by the candidate, not failed when its rejoin window has passed.
+    const ended = this.phase === "rejoining" && this.rejoining ? this.rejoining.sessionId : null;
     this.phase = "ending";
     this.stopRejoining();
     // Over for this tab from now on: a reload while the hang-up is sent (again) shows the
@@ -270,8 +275,13 @@ export class Interview {
     store.setEnded({ reason: "hangup", message: null });
     // Hang up through the API before closing the connection: otherwise the relay sees the
     // connection drop first and records a lost browser instead of the candidate's hang-up.
-    // (A rejoin under way may have no session yet: its earlier sessions are over already.)
+    // A rejoin attempt's session first (it never carried media: its hang-up changes
+    // nothing of the interview, but a live one would keep the relay from recording the
+    // next), then the session that ended.
     if (this.session) await this.hangUpOnRelay(this.session.session_id);
+    if (ended && this.phase === "ending" && !(this.session && this.session.session_id === ended)) {
+      await this.hangUpOnRelay(ended);
+    }
     this.finish("hangup");
   }
 
@@ -366,12 +376,15 @@ export class Interview {
   // the end screen with its "Go on with the interview" button, or at once the refusal of
   // a relay that will not have it (the interview closed, the credential refused…).
   async rejoin(reason, relayMessage) {
-    const r = this.rejoining || { attempts: 0, settled: null };
+    const r = this.rejoining || { attempts: 0, settled: null, sessionId: null };
     clearTimeout(r.settled);
     r.reason = reason;
     r.message = relayMessage;
     this.rejoining = r;
     const again = this.phase === "rejoining"; // an attempt's session ended as it started
+    // The session that ended, which the candidate's End meanwhile hangs up (hangUp()): the
+    // last that went live, not an attempt's that never came up.
+    if (!again && this.session) r.sessionId = this.session.session_id;
     this.phase = "rejoining";
     this.dropSession();
     // A reload meanwhile shows this end and its button, rather than a lost interview.

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from playwright.async_api import Dialog, Page, Response, Route, expect
+from playwright.async_api import Dialog, Page, Request, Response, Route, expect
 
 from relay.upstream.simulator.app import SIMULATOR_KEY
 from relay.upstream.simulator.options import DEFAULT_REPLY_LINES
@@ -20,7 +20,7 @@ from relay.upstream.simulator.server import RunningSimulator
 from tests.e2e.conftest import end_interview
 from tests.integration.cluster_helpers import poll
 from tests.integration.conftest import MakeRelay
-from tests.integration.interview_helpers import create_interview, invite_of
+from tests.integration.interview_helpers import create_interview, interview_status, invite_of
 from tests.integration.media_helpers import wait_until
 from tests.integration.recording_helpers import wait_recording
 from tests.integration.relay_harness import OPERATOR_TOKEN, RelayHarness
@@ -423,6 +423,82 @@ async def test_after_the_interviewers_service_dropped_the_call_the_interview_goe
     await relay.wait_session_closed(created[1])
     rows = await relay.sql("SELECT end_reason FROM interview_sessions WHERE id = $1", created[1])
     assert rows[0]["end_reason"] == "hangup"
+
+
+# How long the page waits before its second rejoin attempt (REJOIN_BACKOFF_S[0]).
+SECOND_ATTEMPT_WAIT_S = 2
+
+
+async def test_the_candidates_end_while_the_page_rejoins_ends_the_interview_as_theirs(
+    make_relay: MakeRelay, simulator: RunningSimulator, page: Page
+) -> None:
+    """The interviewer's service drops the call and refuses new ones, so the page's rejoin
+    does not come up; the candidate presses End between two attempts. The page stops, and
+    the relay records the interview as ended by the candidate (completed, hangup) at once,
+    not failed once its rejoin window has passed; no session is opened after the End, and
+    a reload shows the end."""
+    relay = await make_relay()
+    interview = await create_interview(relay, max_duration_s=600, recording=False)
+    await page.add_init_script(NOTE_STATUS)
+    await page.goto(str(relay.client.make_url("/")) + f"#invite={invite_of(interview)}")
+    asked: list[str] = []  # every session asked for, and every resume
+    hang_ups: list[tuple[str, int]] = []
+    exchanges: list[int] = []
+
+    def on_request(request: Request) -> None:
+        if request.url.endswith(("/api/realtime-session", "/resume")):
+            asked.append(request.url)
+
+    def on_response(response: Response) -> None:
+        if response.url.endswith("/api/webrtc-exchange"):
+            exchanges.append(response.status)
+        elif response.request.method == "DELETE":
+            hang_ups.append((response.url.rsplit("/", 1)[-1], response.status))
+
+    page.on("request", on_request)
+    page.on("response", on_response)
+    async with page.expect_response("**/api/realtime-session") as started:
+        await page.click("#start")
+    first: str = (await (await started.value).json())["session_id"]
+    await expect(page.locator("#connection")).to_have_text("Live", timeout=CONNECT_S * 1000)
+
+    # Every new call is refused by the service (the exchange's SDP post): no rejoin comes up.
+    await simulator.state.update_faults({"calls": {"status": 500}})
+    exchanges.clear()  # the start's
+    [upstream] = simulator.app[SIMULATOR_KEY].calls.live.values()
+    await upstream.close("dropped")  # the service ends the call mid-interview
+    await status_shown(page, "The interviewer's connection dropped. Reconnecting…")
+    # The first attempt (at once) refused; the page counts down to the second.
+    await expect(page.locator("#connection")).to_contain_text(
+        "Trying again in", timeout=CONNECT_S * 1000
+    )
+    await end_interview(page)
+    ended_at = len(asked)
+    assert exchanges == [502], exchanges  # pressed between the first and second attempts
+    await expect(page.locator("#end-reason")).to_have_text("You ended the interview. Thank you!")
+
+    # The relay recorded the candidate's end: completed at once, not left in progress for
+    # its rejoin window (10 minutes) and then failed.
+    async def closed() -> dict[str, object] | None:
+        found = await interview_status(relay, interview["id"])
+        return found if found["status"] != "in_progress" else None
+
+    done = await poll(closed, CONNECT_S, "the interview closed")
+    assert (done["status"], done["end_reason"]) == ("completed", "hangup"), done
+    assert (first, 204) in hang_ups, hang_ups
+    rows = await relay.sql("SELECT state, end_reason FROM interview_sessions WHERE id = $1", first)
+    assert rows[0]["state"] == "failed", dict(rows[0])
+    # Nothing asked for after the End: not when the second attempt was due (an absence,
+    # so watched for as long as that wait), and not on a reload, which shows the end.
+    sessions = await relay.sql("SELECT id FROM interview_sessions")
+    await asyncio.sleep(SECOND_ATTEMPT_WAIT_S + 1)
+    await page.reload()
+    await expect(page.locator("#end-reason")).to_have_text("You ended the interview. Thank you!")
+    await expect(page.locator("#go-on")).to_be_hidden()
+    await expect(page.locator("#call")).to_be_hidden()
+    assert len(asked) == ended_at, asked[ended_at:]
+    assert await relay.sql("SELECT id FROM interview_sessions") == sessions
+    assert (await interview_status(relay, interview["id"]))["status"] == "completed"
 
 
 async def wait_until_kept(relay: RelayHarness, session_id: str) -> None:
