@@ -30,6 +30,7 @@ const { $ } = view;
 
 // No sound this long after the check started: say what to try.
 const NOT_HEARD_HINT_MS = 6000;
+const NOT_HEARD = "We cannot hear you yet. Speak up, or choose another microphone.";
 
 const page = {
   token: null, // the credential: a user token or an invite token
@@ -61,23 +62,34 @@ const interview = new Interview({
 
 // ------------------------------------------------------------------ microphone check
 
+// The microphone's hint beside the meter is the check's one voice in the pre-flight (a
+// live region there, page-view.js showScreen): each state of the check (checking, ready,
+// heard, not heard yet) is said once, there, and the status line says nothing of it (the
+// two together were read out one after the other, four announcements for one check). In
+// the call the hint is on screen only.
+function setHint(text, heard = false) {
+  $("heard").dataset.heard = String(heard);
+  $("heard").textContent = text;
+}
+
 function onHeard() {
   if (page.heard) return;
   page.heard = true;
   clearTimeout(page.notHeardTimer);
-  $("heard").textContent = "We can hear you.";
-  $("heard").dataset.heard = "true";
+  setHint("We can hear you.", true);
 }
 
+// The microphone is ready (just opened, or unmuted): the hint asks for a few words.
 function listenForVoice() {
   page.heard = false;
-  $("heard").dataset.heard = "false";
-  $("heard").textContent = "Say a few words: the bar moves when we can hear you.";
+  setHint("Say a few words: the bar moves when we can hear you.");
   clearTimeout(page.notHeardTimer);
   page.notHeardTimer = setTimeout(() => {
-    if (!page.heard && !mic.muted) {
-      $("heard").textContent = "We cannot hear you yet. Speak up, or choose another microphone.";
-    }
+    if (page.heard || mic.muted) return;
+    setHint(NOT_HEARD);
+    // In the interview the hint is not read out: this is, in the status line (after
+    // "Microphone on."), as a candidate who cannot see the meter must know it.
+    if (interview.phase === "live") view.setStatus(NOT_HEARD);
   }, NOT_HEARD_HINT_MS);
 }
 
@@ -101,16 +113,18 @@ function checkMicrophone(deviceId) {
 async function openMicrophone(deviceId) {
   const unavailable = microphoneUnavailable();
   if (unavailable) { view.showMicProblem(microphoneProblem(unavailable)); return false; }
-  const idle = interview.phase === "idle"; // in an interview the status tells about the call
-  if (idle) view.setStatus("Checking your microphone…");
+  clearTimeout(page.notHeardTimer);
+  setHint("Checking your microphone…");
   let track;
   try {
     track = await mic.open(deviceId || store.microphone() || undefined);
   } catch (err) {
     meter.detach();
     const problem = microphoneProblem(err);
+    // The problem's alert says it (with what to do); the hint, emptied, adds nothing (a
+    // removal is not read out).
     view.showMicProblem(problem);
-    if (idle) view.setStatus("The microphone is not ready.");
+    setHint("");
     // Without the permission the browser lists devices without names: no choice to offer.
     if (problem.code === "denied") view.showDevices([], null, "Microphone blocked");
     else await showDevices();
@@ -121,7 +135,6 @@ async function openMicrophone(deviceId) {
   meter.attach(mic.stream);
   listenForVoice();
   await showDevices();
-  if (interview.phase === "idle") view.setStatus("Microphone ready.");
   return true;
 }
 
@@ -150,8 +163,7 @@ function toggleMute() {
   view.setStatus(muted ? "Microphone muted." : "Microphone on.");
   if (muted) {
     clearTimeout(page.notHeardTimer);
-    $("heard").dataset.heard = "false";
-    $("heard").textContent = "Muted: nothing you say is sent.";
+    setHint("Muted: nothing you say is sent.");
   } else {
     listenForVoice();
   }

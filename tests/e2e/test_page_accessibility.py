@@ -5,6 +5,7 @@ And what axe cannot see: what a screen reader is told as the interview goes on."
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ from playwright.async_api import Page, Route, expect
 from relay.upstream.simulator.server import RunningSimulator
 from tests.e2e.conftest import (
     RECORD_TEXTS,
+    _write_wav,
     assert_focus_ring_seen,
     axe_violations,
     chromium_args,
@@ -25,6 +27,7 @@ from tests.e2e.conftest import (
     launch_chromium,
 )
 from tests.integration.conftest import MakeRelay
+from tests.integration.media_helpers import silence
 from tests.integration.relay_harness import OPERATOR_TOKEN
 
 CONNECT_S = 10
@@ -305,6 +308,52 @@ async def test_mute_and_unmute_are_each_said_once(
     assert any(t["text"].startswith("Say a few words") for t in texts), texts
     announced = [t for t in texts if t["live"] != "off"]
     assert announced == [{"id": "status", "live": "polite", "text": "Microphone on."}], texts
+
+
+READY = "Say a few words: the bar moves when we can hear you."
+NOT_HEARD = "We cannot hear you yet. Speak up, or choose another microphone."
+
+
+async def test_the_microphone_check_says_each_of_its_states_once(
+    make_relay: MakeRelay, simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """A microphone that hears nothing (a silent one): the check says "checking", then
+    "ready", then "not heard yet", each once, in one live region (not the status line and
+    the hint both); in the call, where the hint is on screen only, "not heard yet" after
+    Unmute is said in the status line, after "Microphone on."."""
+    relay = await make_relay(overrides={"upstream": {"simulate": True}})
+    token = await relay.add_user(seconds=600)
+    wav = tmp_path / "silent.wav"
+    await asyncio.to_thread(_write_wav, wav, silence(4.0))
+    async with launch_chromium(chromium_args(wav)) as chromium:
+        page = await (await chromium.new_context()).new_page()
+        await page.add_init_script(RECORD_TEXTS)
+        # The site may use the microphone (the fake UI grants it): checked at once.
+        await page.goto(str(relay.client.make_url("/")) + f"#token={token}")
+        heard = page.locator("#heard")
+        await expect(heard).to_have_text(NOT_HEARD, timeout=CONNECT_S * 1000)
+        texts = await page_texts(page)
+        announced = [t for t in texts if t["live"] != "off"]
+        assert announced == [
+            {"id": "heard", "live": "polite", "text": "Checking your microphone…"},
+            {"id": "heard", "live": "polite", "text": READY},
+            {"id": "heard", "live": "polite", "text": NOT_HEARD},
+        ], texts
+
+        await page.click("#start")
+        await expect(page.locator("#connection")).to_have_text("Live", timeout=CONNECT_S * 1000)
+        await page.click("#mute")
+        await expect(heard).to_have_text("Muted: nothing you say is sent.")
+        since = len(await page_texts(page))
+        await page.click("#mute")
+        await expect(page.locator("#status")).to_have_text(NOT_HEARD, timeout=CONNECT_S * 1000)
+        await expect(heard).to_have_text(NOT_HEARD)
+        texts = await page_texts(page, since)
+        announced = [t for t in texts if t["live"] != "off"]
+        assert announced == [
+            {"id": "status", "live": "polite", "text": "Microphone on."},
+            {"id": "status", "live": "polite", "text": NOT_HEARD},
+        ], texts
 
 
 async def test_the_time_left_is_read_in_words_and_the_title_says_the_state(

@@ -80,8 +80,19 @@ async def test_the_microphone_check_lists_the_device_and_the_meter_follows_the_v
     # Another device: opened, remembered for this tab, and the meter moves again.
     other = await mic.locator("option", has_text="Fake Audio Input 1").get_attribute("value")
     assert other
+    await page.evaluate(
+        """() => {
+            const heard = document.getElementById("heard");
+            window.heardTexts = [];
+            new MutationObserver(() => window.heardTexts.push(heard.textContent))
+                .observe(heard, { childList: true, characterData: true, subtree: true });
+        }"""
+    )
     await mic.select_option(other)
-    await expect(page.locator("#status")).to_have_text("Microphone ready.")
+    # Opened again: the check's hint goes through its states once more.
+    await page.wait_for_function(
+        "() => window.heardTexts.some((t) => t.startsWith('Say a few words'))", timeout=10_000
+    )
     assert await page.evaluate("sessionStorage.getItem('interviewMicrophone')") == other
     await expect(mic).to_have_value(other)
     assert max(await meter_readings(page, 50)) > SPEECH_LEVEL
@@ -234,7 +245,7 @@ async def test_the_practice_banner_is_there_before_start(
     await expect(banner).to_contain_text("simulated interviewer")
     await expect(page.locator("#recording-notice")).to_be_visible()
     assert created == []
-    await expect(page.locator("#status")).to_have_text("Microphone ready.")
+    await expect(page.locator("#heard")).to_have_text("We can hear you.")
     await page.screenshot(path=str(artifact_path("page-preflight-practice.png")), full_page=True)
 
 
