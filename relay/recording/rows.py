@@ -322,6 +322,27 @@ class RecordingRows:
 
         return await self._store.run("recording_expired", op)
 
+    async def unfinished(self, relay_instance: str, *, skip: list[str]) -> list[asyncpg.Record]:
+        """This instance's recordings still ``recording`` or ``rendering``, but those in
+        ``skip`` (the ones it works on), oldest first. Not limited: past its live ones,
+        only what an outage left behind is there, and a limit would let those that cannot
+        be taken up (no files left) hide the others for good."""
+
+        async def op(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+            return list(
+                await conn.fetch(
+                    """SELECT id, session_id, status, storage, location, part, recovered
+                       FROM recordings
+                       WHERE status IN ('recording', 'rendering') AND relay_instance = $1
+                         AND NOT (id = ANY($2::text[]))
+                       ORDER BY created_at, id""",
+                    relay_instance,
+                    skip,
+                )
+            )
+
+        return await self._store.run("recording_unfinished", op)
+
     async def upload_pending(self, relay_instance: str) -> list[asyncpg.Record]:
         """Failed S3 uploads of this instance whose local files were kept for a retry."""
 

@@ -6,9 +6,12 @@
   (``relay.recording.render`` in ``relay.recording.render_pool``'s workers); the rendered
   files are checked against the manifest and what they were rendered from (the packet
   logs, the event log) removed (``relay.recording.sources``); then (``storage = "s3"``)
-  the files are uploaded and the local copy removed; the row goes recording → rendering →
-  ready, or failed with a reason.
+  the files are uploaded, and the local copy removed once the row says so; the row goes
+  recording → rendering → ready, or failed with a reason.
   A failed upload keeps the local files; a periodic task retries it.
+* A status write lost to a database outage leaves a row recording/rendering: a periodic
+  pass (``resume_unfinished``) takes up this instance's rows that nothing here works on
+  any more, from the files kept on disk, once the database answers.
 * At start, directories without a ``manifest.json`` (a relay killed mid-interview, or
   during rendering) are finalised from what was written, and marked recovered; those
   rendered but not yet marked ready are checked and stored; ready ones that still hold
@@ -57,6 +60,9 @@ RETENTION_INTERVAL_S = 3600.0
 # is left).
 RETENTION_BATCH = 100
 UPLOAD_RETRY_INTERVAL_S = 60.0
+# How often this instance looks for its recordings left recording/rendering that nothing
+# here works on any more (a status write lost to a database outage): resume_unfinished.
+RESUME_INTERVAL_S = 60.0
 CLOSE_TIMEOUT_S = 60.0
 # Recordings listed in /api/stats (the dashboard's list; the API pages through all).
 LATEST_IN_STATS = 10
@@ -84,6 +90,15 @@ def _list_rendered(root: Path) -> list[tuple[Path, dict[str, Any]]]:
         if isinstance(manifest, dict) and "recording_id" in manifest and "session_id" in manifest:
             out.append((child, manifest))
     return out
+
+
+def _read_manifest(directory: Path) -> dict[str, Any] | None:
+    """A rendered directory's manifest; None when there is none (or it cannot be read)."""
+    try:
+        manifest = json.loads((directory / render.MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
 
 
 def _list_unfinished(root: Path) -> list[tuple[Path, dict[str, Any]]]:
@@ -173,7 +188,16 @@ class RecordingService:
         self._tasks = TaskGroup("recordings", log=log, metrics=metrics)
         self._created: dict[str, asyncio.Task[bool]] = {}
         self.live: dict[str, SessionRecorder] = {}
+        # Recordings claimed by a piece of work here (``_claim``): recorded no more, but
+        # being finalised, stored, failed or discarded.
         self._finalising: set[str] = set()
+        # What this run could not write (the database away) and no file on disk records:
+        # a write failure's reason, a discard (the files gone already). The resuming pass
+        # writes them once the database answers; a restart forgets them (docs/recording.md).
+        self._unwritten_failures: dict[str, str] = {}
+        self._unwritten_discards: set[str] = set()
+        # Rows the resuming pass found nothing to finish from (said once, not every pass).
+        self._nothing_to_resume: set[str] = set()
         # Set once the background's first round (recovery, retention) has run, done or not:
         # what a caller that must not race that round (a test writing expired rows) awaits.
         self.first_round_done = asyncio.Event()
@@ -206,7 +230,8 @@ class RecordingService:
         return not self.live and not len(self._tasks)
 
     def busy(self, recording_id: str) -> bool:
-        """Whether this instance still records or finalises that recording."""
+        """Whether this instance still records that recording, or works on it (finalises,
+        stores, fails or discards it: ``_claim``)."""
         return recording_id in self.live or recording_id in self._finalising
 
     async def close(self) -> None:
@@ -342,15 +367,41 @@ class RecordingService:
             log.warning("session %s: not known whether it was erased (%s)", session_id, exc)
             return False
 
+    def _claim(self, recording_id: str) -> bool:
+        """Mark a recording worked on here (``busy``) unless it already is: one piece of
+        work at a time per recording, and the resuming pass (``resume_unfinished``) and an
+        erasure leave it alone meanwhile. Claimed synchronously, in the callback that
+        starts the work: no moment between the recorder leaving ``live`` and the task's
+        start where the recording looks abandoned."""
+        if recording_id in self._finalising:
+            return False
+        self._finalising.add(recording_id)
+        return True
+
+    async def _holding(self, recording_id: str, work: Awaitable[None]) -> None:
+        """``work`` on a claimed recording, then let go of it."""
+        try:
+            await work
+        finally:
+            self._finalising.discard(recording_id)
+
     def _on_failed(self, recorder: SessionRecorder) -> None:
         # The writer has already let go of the recorder and closed its files.
         self._failures.inc(stage="write")
         reason = f"write failed: {recorder.failure}"
-        self._tasks.spawn(self._mark_failed(recorder.recording_id, reason), name="recording-failed")
+        recording_id = recorder.recording_id
+        if self._claim(recording_id):
+            self._tasks.spawn(
+                self._holding(recording_id, self._mark_failed(recording_id, reason)),
+                name="recording-failed",
+            )
 
     async def _mark_failed(self, recording_id: str, reason: str) -> None:
         await self._row_ready(recording_id)
-        await self._status(recording_id, "failed", reason=reason)
+        if await self._status(recording_id, "failed", reason=reason) == UNWRITTEN:
+            # Kept for the resuming pass: a write failure is final, and the files it left
+            # must not be finalised into a recording as if nothing had failed.
+            self._unwritten_failures[recording_id] = reason
 
     def _on_closed(self, recorder: SessionRecorder) -> None:
         self.live.pop(recorder.recording_id, None)
@@ -358,66 +409,82 @@ class RecordingService:
             return  # shutting down: the next start finalises it from the directory
         if recorder.failure is not None:
             return  # already marked failed; nothing to finalise
+        recording_id = recorder.recording_id
+        if not self._claim(recording_id):
+            return
         if not any(recorder.packets_written.values()):
             # The session never carried audio (a refused offer, a leg that never
             # connected): nothing to keep, no row to show.
-            self._tasks.spawn(self._discard(recorder), name="recording-discard")
+            self._tasks.spawn(
+                self._holding(recording_id, self._discard(recorder)), name="recording-discard"
+            )
             return
         self._tasks.spawn(
-            self._finalise(
-                recorder.recording_id,
-                recorder.session_id,
-                recorder.directory,
-                recovered=False,
+            self._holding(
+                recording_id,
+                self._render_and_store(
+                    recording_id, recorder.session_id, recorder.directory, recovered=False
+                ),
             ),
-            name=f"recording-finalise-{recorder.recording_id}",
+            name=f"recording-finalise-{recording_id}",
         )
 
     async def _discard(self, recorder: SessionRecorder) -> None:
         await self._row_ready(recorder.recording_id)
         await asyncio.to_thread(shutil.rmtree, recorder.directory, True)
+        await self._discard_row(recorder.recording_id)
+
+    async def _discard_row(self, recording_id: str) -> None:
         try:
-            await self.rows.discard(recorder.recording_id)
+            await self.rows.discard(recording_id)
+            self._unwritten_discards.discard(recording_id)
         except (DatabaseUnavailable, asyncpg.PostgresError) as exc:
-            log.warning("recording %s: row not removed (%s)", recorder.recording_id, exc)
+            # Its files are gone: only this memory says the row is to go (the resuming
+            # pass removes it once the database answers).
+            log.warning("recording %s: row not removed (%s)", recording_id, exc)
+            self._unwritten_discards.add(recording_id)
 
     # ------------------------------------------------------------------ finalisation
     def _submit(self, fn: Any, *args: Any) -> Future[Any]:
-        """Runs in a worker thread (see ``_finalise``)."""
+        """Runs in a worker thread (see ``_render_and_store``)."""
         return self._pool.submit(fn, *args)
 
     async def _finalise(
         self, recording_id: str, session_id: str, directory: Path, *, recovered: bool
     ) -> None:
-        if recording_id in self._finalising:
-            return
-        self._finalising.add(recording_id)
+        if self._claim(recording_id):
+            await self._holding(
+                recording_id,
+                self._render_and_store(recording_id, session_id, directory, recovered=recovered),
+            )
+
+    async def _render_and_store(
+        self, recording_id: str, session_id: str, directory: Path, *, recovered: bool
+    ) -> None:
+        """Render a claimed recording's files, check them, store them."""
+        await self._row_ready(recording_id)
+        await self._status(recording_id, "rendering", recovered=recovered or None)
+        location = self._location(session_id, recording_id, directory)
         try:
-            await self._row_ready(recording_id)
-            await self._status(recording_id, "rendering", recovered=recovered or None)
-            location = self._location(session_id, recording_id, directory)
-            try:
-                # Creating the pool and submitting start worker processes (semaphores,
-                # pipes, fork/exec): off the loop.
-                future = await asyncio.to_thread(
-                    self._submit,
-                    render.render,
-                    str(directory),
-                    self.config.format,
-                    location,
-                    recovered,
-                )
-                manifest: dict[str, Any] = await asyncio.wrap_future(future)
-            except Exception as exc:
-                log.exception("recording %s: finalisation failed", recording_id)
-                self._failures.inc(stage="render")
-                await self._status(
-                    recording_id, "failed", reason=f"render failed: {type(exc).__name__}: {exc}"
-                )
-                return
-            await self._complete(recording_id, session_id, directory, manifest, recovered)
-        finally:
-            self._finalising.discard(recording_id)
+            # Creating the pool and submitting start worker processes (semaphores,
+            # pipes, fork/exec): off the loop.
+            future = await asyncio.to_thread(
+                self._submit,
+                render.render,
+                str(directory),
+                self.config.format,
+                location,
+                recovered,
+            )
+            manifest: dict[str, Any] = await asyncio.wrap_future(future)
+        except Exception as exc:
+            log.exception("recording %s: finalisation failed", recording_id)
+            self._failures.inc(stage="render")
+            await self._status(
+                recording_id, "failed", reason=f"render failed: {type(exc).__name__}: {exc}"
+            )
+            return
+        await self._complete(recording_id, session_id, directory, manifest, recovered)
 
     async def _complete(
         self,
@@ -487,7 +554,6 @@ class RecordingService:
                 return
             for f in files:
                 f["key"] = self.s3.key(session_id, recording_id, f["name"])
-            await asyncio.to_thread(shutil.rmtree, directory, True)
         note = "ready (recovered after a relay crash)" if recovered else "ready"
         after = await self._status(
             recording_id,
@@ -497,6 +563,14 @@ class RecordingService:
             location=self._location(session_id, recording_id, directory),
             session_note=note,
         )
+        if after == UNWRITTEN:
+            # The row still says rendering: the files stay where they are (with S3, the
+            # local copy too), so the resuming pass, or the next start, finds them and
+            # stores the recording again once the database answers.
+            return
+        if self.s3 is not None:
+            # Uploaded and its row written: the local copy goes only now.
+            await asyncio.to_thread(shutil.rmtree, directory, True)
         if after != "ready":
             await self._remove_if_gone(after, recording_id, session_id, directory)
             return
@@ -523,6 +597,8 @@ class RecordingService:
         except Exception:
             log.exception("recovering unfinished recordings failed")
         retention_at = upload_at = 0.0
+        # The first pass a round after start-up recovery, which has just done the same.
+        resume_at = asyncio.get_running_loop().time() + RESUME_INTERVAL_S
         loop = asyncio.get_running_loop()
         while True:
             now = loop.time()
@@ -533,12 +609,15 @@ class RecordingService:
                 if self.s3 is not None and now >= upload_at:
                     upload_at = now + UPLOAD_RETRY_INTERVAL_S
                     await self.retry_uploads()
+                if now >= resume_at:
+                    resume_at = now + RESUME_INTERVAL_S
+                    await self.resume_unfinished()
             except DatabaseUnavailable as exc:  # an outage, logged by the store's retries
                 log.warning("recording housekeeping: %s; the next round retries", exc)
             except Exception:  # the next round retries
                 log.exception("recording housekeeping failed")
             self.first_round_done.set()
-            await idle(min(RETENTION_INTERVAL_S, UPLOAD_RETRY_INTERVAL_S))
+            await idle(min(RETENTION_INTERVAL_S, UPLOAD_RETRY_INTERVAL_S, RESUME_INTERVAL_S))
 
     async def recover(self) -> int:
         """Finalise the recordings a previous run of this instance left unfinished."""
@@ -621,6 +700,82 @@ class RecordingService:
         log.warning("recording in %s: its session was erased; removing it", directory.name)
         await asyncio.to_thread(_remove_tree, directory)
         return True
+
+    async def resume_unfinished(self) -> int:
+        """This instance's recordings still ``recording`` or ``rendering`` although nothing
+        here works on them any more (not recorded, not claimed: ``busy``): a status write
+        that failed while the database was away (the ready row after the files were
+        stored, the failed row of a render, a check or an upload) left them so. Each is
+        taken up again from what is on disk, as start-up recovery does: rendered ones are
+        checked and stored, unrendered ones finalised. What only this run's memory holds
+        (a write failure's reason, a discard) is written. How many were taken up."""
+        count = 0
+        for recording_id, reason in list(self._unwritten_failures.items()):
+            if self._claim(recording_id):
+                try:
+                    after = await self._status(recording_id, "failed", reason=reason)
+                finally:
+                    self._finalising.discard(recording_id)
+                if after != UNWRITTEN:
+                    self._unwritten_failures.pop(recording_id, None)
+                    count += 1
+        for recording_id in list(self._unwritten_discards):
+            await self._discard_row(recording_id)
+            count += recording_id not in self._unwritten_discards
+        skip = sorted(
+            self._finalising
+            | set(self.live)
+            | set(self._unwritten_failures)
+            | self._unwritten_discards
+        )
+        for row in await self.rows.unfinished(self.instance_id, skip=skip):
+            if self.busy(row["id"]) or row["id"] in self._unwritten_failures:
+                continue  # claimed since the query
+            count += await self._resume(row)
+        return count
+
+    async def _resume(self, row: asyncpg.Record) -> bool:
+        recording_id, session_id = row["id"], row["session_id"]
+        recovered = bool(row["recovered"])
+        directory = self.root / part_directory(session_id, row["part"])
+        if not self._claim(recording_id):
+            return False
+        try:
+            # Looked at again under the claim: a DELETE, retention or an erasure may have
+            # taken it since the query (its row deleted or gone: nothing to bring back).
+            fresh = await self.rows.get(recording_id)
+            if fresh is None or fresh["status"] not in ("recording", "rendering"):
+                return False
+            manifest = await asyncio.to_thread(_read_manifest, directory)
+            if manifest is not None and manifest.get("recording_id") == recording_id:
+                log.warning(
+                    "recording %s: rendered, its status not written (the database was "
+                    "away); storing it",
+                    recording_id,
+                )
+                await self._complete(recording_id, session_id, directory, manifest, recovered)
+                return True
+            if await asyncio.to_thread((directory / META).is_file):
+                log.warning(
+                    "recording %s: not finalised, its status not written (the database was "
+                    "away); finalising it",
+                    recording_id,
+                )
+                await self._render_and_store(
+                    recording_id, session_id, directory, recovered=recovered
+                )
+                return True
+            if recording_id not in self._nothing_to_resume:  # said once per run
+                self._nothing_to_resume.add(recording_id)
+                log.warning(
+                    "recording %s: still %s, and nothing in %s to finish it from",
+                    recording_id,
+                    fresh["status"],
+                    directory,
+                )
+            return False
+        finally:
+            self._finalising.discard(recording_id)
 
     async def retry_uploads(self) -> int:
         if self.s3 is None:
