@@ -101,6 +101,17 @@ def _read_manifest(directory: Path) -> dict[str, Any] | None:
     return manifest if isinstance(manifest, dict) else None
 
 
+def _files_listed(manifest: dict[str, Any], manifest_bytes: bytes) -> list[dict[str, Any]]:
+    """A stored recording's files, as its row lists them: the manifest's, and the manifest."""
+    return list(manifest["files"]) + [
+        {
+            "name": render.MANIFEST,
+            "bytes": len(manifest_bytes),
+            "sha256": hashlib.sha256(manifest_bytes).hexdigest(),
+        }
+    ]
+
+
 def _list_unfinished(root: Path) -> list[tuple[Path, dict[str, Any]]]:
     out: list[tuple[Path, dict[str, Any]]] = []
     if not root.is_dir():
@@ -524,13 +535,7 @@ class RecordingService:
     ) -> None:
         names = [f["name"] for f in manifest["files"]] + [render.MANIFEST]
         manifest_bytes = await asyncio.to_thread((directory / render.MANIFEST).read_bytes)
-        files = list(manifest["files"]) + [
-            {
-                "name": render.MANIFEST,
-                "bytes": len(manifest_bytes),
-                "sha256": hashlib.sha256(manifest_bytes).hexdigest(),
-            }
-        ]
+        files = _files_listed(manifest, manifest_bytes)
         if self.s3 is not None:
             try:
                 for name in names:
@@ -707,7 +712,8 @@ class RecordingService:
         that failed while the database was away (the ready row after the files were
         stored, the failed row of a render, a check or an upload) left them so. Each is
         taken up again from what is on disk, as start-up recovery does: rendered ones are
-        checked and stored, unrendered ones finalised. What only this run's memory holds
+        checked and stored, unrendered ones finalised; with S3, one whose local copy is
+        gone is marked ready from what the store holds. What only this run's memory holds
         (a write failure's reason, a discard) is written. How many were taken up."""
         count = 0
         for recording_id, reason in list(self._unwritten_failures.items()):
@@ -765,10 +771,15 @@ class RecordingService:
                     recording_id, session_id, directory, recovered=recovered
                 )
                 return True
+            if fresh["storage"] == "s3" and await self._ready_from_store(
+                recording_id, session_id, directory, recovered
+            ):
+                return True
             if recording_id not in self._nothing_to_resume:  # said once per run
                 self._nothing_to_resume.add(recording_id)
                 log.warning(
-                    "recording %s: still %s, and nothing in %s to finish it from",
+                    "recording %s: still %s, and nothing in %s (nor, with S3, in the "
+                    "store, or it did not answer) to finish it from",
                     recording_id,
                     fresh["status"],
                     directory,
@@ -776,6 +787,44 @@ class RecordingService:
             return False
         finally:
             self._finalising.discard(recording_id)
+
+    async def _ready_from_store(
+        self, recording_id: str, session_id: str, directory: Path, recovered: bool
+    ) -> bool:
+        """An S3 recording whose files all went up but whose ready write was lost, and
+        whose local copy is gone (an older version removed it before that write): the
+        manifest, uploaded last, says the upload finished and what the row lists. False:
+        not in the store (or it did not answer: the next pass asks again)."""
+        if self.s3 is None:
+            return False  # S3 not configured here (any more): nothing to look in
+        try:
+            data = await self.s3.read(self.s3.key(session_id, recording_id, render.MANIFEST))
+            manifest = json.loads(data)
+        except (StorageError, ValueError):
+            return False
+        if not isinstance(manifest, dict) or manifest.get("recording_id") != recording_id:
+            return False
+        files = _files_listed(manifest, data)
+        for f in files:
+            f["key"] = self.s3.key(session_id, recording_id, f["name"])
+            if not await self.s3.exists(f["key"]):
+                return False
+        log.warning(
+            "recording %s: in the store, its ready status not written; marking it ready",
+            recording_id,
+        )
+        note = "ready (recovered after a relay crash)" if recovered else "ready"
+        after = await self._status(
+            recording_id,
+            "ready",
+            manifest=manifest,
+            files=files,
+            location=self.s3.location(session_id, recording_id),
+            session_note=note,
+        )
+        if after not in ("ready", UNWRITTEN):
+            await self._remove_if_gone(after, recording_id, session_id, directory)
+        return True
 
     async def retry_uploads(self) -> int:
         if self.s3 is None:

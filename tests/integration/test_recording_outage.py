@@ -257,3 +257,45 @@ def _packet(seq: int) -> TappedPacket:
     return TappedPacket(
         "opus", 48000, b"\xf8\xff\xfe", seq, seq * 960, 1234, False, time.monotonic()
     )
+
+
+async def test_s3_a_row_left_rendering_with_only_the_store_holding_it_is_marked_ready(
+    make_relay: MakeRelay,
+    seaweedfs: SeaweedServer,
+    browsers: list[TimedBrowser],
+    quick_resume: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What an older version left when its ready write failed: it removed the local copy
+    # right after the upload, before that write. The row says rendering, the disk has
+    # nothing, the store has all of it (the manifest went up last).
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    endpoint = seaweedfs.endpoint_url
+    await make_bucket(endpoint)
+    relay = await make_relay(overrides=s3_overrides(endpoint))
+    session_id = await record(relay, browsers)
+    stored = await wait_recording(relay, session_id, "ready")
+    rid = stored["id"]
+    await relay.sql(
+        """UPDATE recordings SET status = 'rendering', files = '[]', manifest = NULL,
+               duration_seconds = NULL, bytes = NULL, sha256 = NULL, finished_at = NULL
+           WHERE id = $1""",
+        rid,
+    )
+    await relay.sql(
+        "UPDATE interview_sessions SET recording_status = 'rendering' WHERE id = $1", session_id
+    )
+    await relay.sql("DELETE FROM webhook_events WHERE data->>'recording_id' = $1", rid)
+    local = Path(relay.services.settings.recording_path) / session_id
+    assert not await asyncio.to_thread(local.exists)
+
+    item = await wait_recording(relay, session_id, "ready", within=30)
+    for field in ("files", "sha256", "bytes", "duration_s", "packets_recorded", "storage"):
+        assert item[field] == stored[field], field
+    rows = await relay.sql(
+        "SELECT recording_status FROM interview_sessions WHERE id = $1", session_id
+    )
+    assert rows[0]["recording_status"] == "ready"
+    await assert_served_and_deleted(relay, item)
+    assert await keys(endpoint) == []
