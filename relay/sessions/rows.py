@@ -20,6 +20,7 @@ from relay.config import SessionConfig
 from relay.db import Store
 from relay.fields import iso_utc_or_none
 from relay.interviews import transitions
+from relay.sessions.shared_state import USER_LOCK_NAMESPACE
 
 SessionState = Literal["pending", "connecting", "active", "ended", "failed"]
 
@@ -286,12 +287,23 @@ class SessionRows:
 
         async def op(conn: asyncpg.Connection) -> bool:
             async with conn.transaction():
-                interview_id = await conn.fetchval(
-                    "SELECT interview_id FROM interview_sessions WHERE id = $1", session_id
+                row = await conn.fetchrow(
+                    "SELECT interview_id, user_id FROM interview_sessions WHERE id = $1",
+                    session_id,
                 )
-                if interview_id is None:
+                if row is None or row["interview_id"] is None:
                     return False
-                return await transitions.hung_up_while_away(conn, interview_id, session_id)
+                # The claim of a rejoin's session (its exchange, on any member) takes this
+                # lock first and reads the interview open without locking its row: taken
+                # here too, either that claim has committed (the session connecting: the
+                # interview is not completed) or it comes after and finds the interview
+                # closed. Without it, a claim under way went live in a completed interview.
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock($1, $2)",
+                    USER_LOCK_NAMESPACE,
+                    row["user_id"] & 0x7FFFFFFF,
+                )
+                return await transitions.hung_up_while_away(conn, row["interview_id"], session_id)
 
         return await self._store.run("hang_up_interview", op)
 

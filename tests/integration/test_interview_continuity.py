@@ -12,7 +12,10 @@ import json
 import time
 from typing import Any
 
+import asyncpg
+
 from relay.media.bridge.talk import CONTINUE_NOTE
+from relay.sessions.shared_state import claim_row
 from relay.upstream.simulator.app import SIMULATOR_KEY
 from relay.upstream.simulator.options import DEFAULT_REPLY_LINES
 from relay.upstream.simulator.server import RunningSimulator
@@ -472,3 +475,77 @@ async def test_the_candidates_end_after_a_lost_connection_completes_the_intervie
     assert status == 204
     done = await interview_status(relay, interview["id"])
     assert (done["status"], done["end_reason"]) == ("completed", "hangup")
+
+
+async def test_the_candidates_end_does_not_complete_an_interview_a_claim_is_taking_up(
+    make_relay: MakeRelay, simulator: RunningSimulator
+) -> None:
+    """End pressed in one tab while another tab's rejoin is being exchanged: the exchange's
+    claim reads the interview open without locking its row. Either the claim lands first
+    (its session connecting: the End completes nothing) or it finds the interview closed;
+    never a session going live in an interview already completed. The interleaving is
+    forced: the claim is held on its session's row lock after it has read the interview,
+    while the End runs."""
+    relay = await make_relay()
+    interview = await create_interview(relay, max_duration_s=BUDGET_S)
+    invite = invite_of(interview)
+    async with join(relay, invite) as joined:
+        await joined.browser.wait_type("relay.session.time_left")
+        [upstream] = simulator.app[SIMULATOR_KEY].calls.live.values()
+        await upstream.close("dropped")
+        await joined.browser.wait_type("relay.session.ending", 10)
+        await relay.wait_session_closed(joined.session_id)
+    # The other tab's rejoin: a new session, its exchange about to claim it.
+    attempt = (await start_again(relay, invite, within=15))["session_id"]
+    [owner] = await relay.sql("SELECT user_id FROM interview_sessions WHERE id = $1", attempt)
+    holder = await asyncpg.connect(relay.database_url)
+    try:
+        hold = holder.transaction()
+        await hold.start()
+        await holder.execute("SELECT 1 FROM interview_sessions WHERE id = $1 FOR UPDATE", attempt)
+        claim = asyncio.create_task(
+            claim_row(
+                relay.services.store,
+                attempt,
+                owner["user_id"],
+                instance="elsewhere:1",
+                token="t" * 16,
+                min_remaining_s=1,
+                interview_id=interview["id"],
+            )
+        )
+        await poll(
+            lambda: waiting_for(relay, "tuple", "transactionid"),
+            10,
+            "the claim waiting for its session's row",
+        )
+        end = asyncio.create_task(relay.services.session_rows.hang_up_interview(joined.session_id))
+
+        # The End either done (no lock to wait for) or waiting for the claim's.
+        async def end_done_or_waiting() -> bool:
+            return end.done() or await waiting_for(relay, "advisory")
+
+        await poll(end_done_or_waiting, 10, "the End done or waiting for the claim")
+        await hold.commit()
+        claimed = await asyncio.gather(claim, end, return_exceptions=True)
+    finally:
+        await holder.close()
+    state = (await session_row(relay, attempt))["state"]
+    status = (await interview_status(relay, interview["id"]))["status"]
+    assert not (state == "connecting" and status == "completed"), (claimed, state, status)
+    assert (state, status, claimed[1]) == ("connecting", "in_progress", False), claimed
+    # Let the row go: nothing holds it (the claim named another member).
+    await relay.sql(
+        "UPDATE interview_sessions SET state = 'failed', end_reason = 'test', ended_at = now()"
+        " WHERE id = $1",
+        attempt,
+    )
+
+
+async def waiting_for(relay: RelayHarness, *locktypes: str) -> bool:
+    """Whether some backend waits for a lock of one of these kinds (pg_locks)."""
+    rows = await relay.sql(
+        "SELECT 1 FROM pg_locks WHERE NOT granted AND locktype = ANY($1::text[])",
+        list(locktypes),
+    )
+    return bool(rows)
