@@ -150,14 +150,22 @@ async def delete_session(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     caller = await owner_or_operator(request)
     session_id = _path_session_id(request)
-    if not await end_session(services, session_id, caller):
+    if not await end_session(services, session_id, caller, ends_interview=True):
         raise ApiError(404, "session_not_found", "No such session for this user.")
     return web.Response(status=204)  # over, or ending where it is held
 
 
-async def end_session(services: Services, session_id: str, caller: Caller | None) -> bool:
+async def end_session(
+    services: Services, session_id: str, caller: Caller | None, *, ends_interview: bool = False
+) -> bool:
     """Hang up ``session_id`` for its candidate (``caller``) or the operator (None): both
-    legs here, or where another member holds it. False: no such session of theirs."""
+    legs here, or where another member holds it. False: no such session of theirs.
+
+    ``ends_interview``: the candidate page's End (``DELETE /api/sessions/{id}``), which
+    also completes an interview waiting for a rejoin after that session (below). Not the
+    OpenAI-compatible hang-up: a client's clean-up of a call that failed or lost its
+    connection is no candidate's choice, and the interview stays open for a new call
+    (docs/openai-compatible.md)."""
     operator = caller is None
     entry = services.registry.get(session_id)
     if entry is not None and (caller is None or caller.owns(entry.user_id, entry.interview_id)):
@@ -184,7 +192,8 @@ async def end_session(services: Services, session_id: str, caller: Caller | None
         await services.session_rows.request_hangup(session_id, reason)
         await _end_elsewhere(services, session_id, reason)
     elif (
-        not operator
+        ends_interview
+        and not operator
         and record.interview_id is not None
         # Over already (the interviewer's service dropped it, the relay stopped, the
         # connection was lost): the candidate's page was rejoining by itself and the

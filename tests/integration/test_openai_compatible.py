@@ -16,6 +16,7 @@ from openai import AsyncOpenAI
 from openai.types.realtime import RealtimeSessionCreateResponse
 
 from relay.admission.tokens import hash_token
+from relay.upstream.simulator.app import SIMULATOR_KEY
 from relay.upstream.simulator.server import RunningSimulator
 from tests.integration.conftest import MakeRelay
 from tests.integration.interview_helpers import (
@@ -25,6 +26,7 @@ from tests.integration.interview_helpers import (
     call,
     create_interview,
     create_key,
+    interview_status,
     invite_of,
 )
 from tests.integration.media_helpers import BrowserPeer, wait_until
@@ -391,3 +393,34 @@ async def test_a_dropped_call_ends_at_once_for_a_client_that_cannot_resume(
     row = await _session_row(relay)
     assert row["state"] == "ended" and row["end_reason"].startswith("browser_"), row
     assert row["end_reason"] != "browser_gone"  # ended at the drop, not after a grace
+
+
+async def test_hanging_up_a_call_that_failed_leaves_the_interview_open_for_a_new_call(
+    make_relay: MakeRelay, simulator: RunningSimulator
+) -> None:
+    """The interviewer's service dropped the call, and the client hangs it up afterwards
+    (an SDK's clean-up): the call was over already, and the interview stays in progress
+    for a new call within its rejoin window (docs/openai-compatible.md), not completed as
+    the candidate's hang-up (that is the candidate page's End, DELETE /api/sessions)."""
+    relay = await make_relay()
+    interview = await create_interview(relay, recording=False)
+    invite = invite_of(interview)
+    secret = await openai_client(relay, invite).realtime.client_secrets.create()
+    browser = BrowserPeer(payloads=SPEECH)
+    try:
+        answered = await openai_client(relay, secret.value).realtime.calls.with_raw_response.create(
+            sdp=await browser.offer()
+        )
+        call_id = answered.headers["location"].rsplit("/", 1)[-1]
+        await browser.accept(answered.text)
+        await browser.wait_type("session.created", WITHIN_S)
+        [upstream] = simulator.app[SIMULATOR_KEY].calls.live.values()
+        await upstream.close("dropped")
+        await wait_until(lambda: len(relay.services.registry) == 0, WITHIN_S, "ended")
+    finally:
+        await browser.close()
+    row = await _session_row(relay)
+    await relay.wait_session_closed(row["id"])
+    assert (await _session_row(relay))["state"] == "failed"
+    await openai_client(relay, invite).realtime.calls.hangup(call_id)
+    assert (await interview_status(relay, interview["id"]))["status"] == "in_progress"
