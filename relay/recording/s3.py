@@ -180,9 +180,15 @@ class S3Storage:
         )
 
     async def read(self, key: str) -> bytes:
+        """The whole object; ``StorageError`` when it cannot be read, also part-way
+        through its body (a connection reset there is the store's failure like any other:
+        callers catch ``StorageError`` only)."""
         obj, stack = await self.get(key, None)
         async with stack:
-            data: bytes = await obj.body.read()
+            try:
+                data: bytes = await obj.body.read()
+            except Exception as exc:
+                raise StorageError(f"read of {key} failed: {_describe(exc)}") from exc
             return data
 
     async def delete_prefix(self, prefix: str) -> int:
