@@ -114,6 +114,10 @@ class SeaweedServer:
             "-s3.port.lance=0",
             "-volume.max=4",
             "-master.volumeSizeLimitMB=64",
+            # One master, no Raft quorum to wait for: a restart after stop() (the store
+            # coming back, in the tests of an unreachable store) answers in about 2 s where
+            # the master's leader election on its recovered state took 15-20 s.
+            "-master.peers=none",
             *(f"-{name}={port}" for name, port in ports.items()),
         ]
         log = open(self.workdir / "weed.log", "wb")  # noqa: SIM115 (the child owns it)
