@@ -269,6 +269,9 @@ class LimitsConfig(_Section):
     # Sessions (pending, connecting, active) this instance accepts at once.
     global_max_sessions: Annotated[int, Field(ge=1, le=100_000)] = 200
     retry_after_s: Annotated[int, Field(ge=1, le=3600)] = 10
+    # Retry-After of 409 credit_in_use (the candidate's time held by another running
+    # session of theirs): how often a waiting page asks again, within its 90 s bound.
+    credit_in_use_retry_after_s: Annotated[int, Field(ge=1, le=60)] = 5
     # Interview seconds a user must still have to start a session.
     min_remaining_seconds: Annotated[int, Field(ge=1, le=86400)] = 1
     # Failed authentications per client address per minute before 429 (sliding window).

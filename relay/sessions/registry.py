@@ -257,7 +257,7 @@ class SessionRegistry:
             user_id, exclude=session_id, interview_id=entry.interview_id
         )
         if available < self._limits.min_remaining_seconds:
-            raise credit_refused(entry.credit_s, self._limits.min_remaining_seconds)
+            raise credit_refused(entry.credit_s, self._limits)
         entry.max_duration_s = min(entry.max_duration_s, available)
         entry.state = "connecting"
         self._update_gauge()
@@ -300,19 +300,16 @@ class SessionRegistry:
         return len(self._sessions)
 
 
-# How soon a start refused for credit held by a running session is worth trying again: a
-# page that was closed is noticed at once, or after ICE consent fails (about 30 s), and
-# then its grace runs (session.reconnect_grace_s).
-CREDIT_IN_USE_RETRY_S = 5
-
-
-def credit_refused(credit_s: float, min_remaining_s: float) -> ApiError:
+def credit_refused(credit_s: float, limits: LimitsConfig) -> ApiError:
     """The refusal of a session whose credit (``credit_s``: the interview's budget left, or
     the user's seconds) is held by running sessions of the same candidate: 403
     ``no_credit`` if the credit alone is short (nothing will change that), else 409
     ``credit_in_use``, retryable: typically the same interview open in another tab or
-    window (or one closed a moment ago, not yet noticed), which frees it when it ends."""
-    if credit_s < min_remaining_s:
+    window (or one closed a moment ago, not yet noticed), which frees it when it ends.
+    Its Retry-After is ``limits.credit_in_use_retry_after_s``: a page that was closed is
+    noticed at once, or after ICE consent fails (about 30 s), and then its grace runs
+    (session.reconnect_grace_s)."""
+    if credit_s < limits.min_remaining_seconds:
         return ApiError(403, "no_credit", "No interview time left on this account.")
     return ApiError(
         409,
@@ -320,7 +317,7 @@ def credit_refused(credit_s: float, min_remaining_s: float) -> ApiError:
         "The time left is held by an interview already running (in another tab or window?); "
         "it is free again once that one has ended.",
         retryable=True,
-        retry_after_s=CREDIT_IN_USE_RETRY_S,
+        retry_after_s=limits.credit_in_use_retry_after_s,
     )
 
 

@@ -201,7 +201,7 @@ class SessionService:
             caller.user.id, interview_id=interview_id
         )
         if available < settings.limits.min_remaining_seconds:
-            raise credit_refused(caller.credit_s, settings.limits.min_remaining_seconds)
+            raise credit_refused(caller.credit_s, settings.limits)
         # After the credit: a page waiting out credit_in_use (every Retry-After) must not
         # run into the rate limit meant for a page that starts sessions in a loop.
         self._admission.check_rate(caller)

@@ -37,7 +37,7 @@ import asyncpg
 from relay.admission.invites import OPEN_STATUSES, USED_SECONDS_SQL
 from relay.cluster.bus import publish
 from relay.cluster.sealing import Sealer
-from relay.config import Settings
+from relay.config import LimitsConfig, Settings
 from relay.db import DatabaseUnavailable, Store
 from relay.errors import ApiError
 from relay.observability.metrics import MetricsRegistry
@@ -112,7 +112,7 @@ async def claim_row(
     *,
     instance: str,
     token: str,
-    min_remaining_s: int,
+    limits: LimitsConfig,
     interview_id: str | None = None,
 ) -> Claimed:
     """Claim the row for this member with ``token``: one transaction, retried by the store.
@@ -196,8 +196,8 @@ async def claim_row(
                 )
                 credit = float(row["remaining_seconds"])
             available = credit - float(promised)
-            if available < min_remaining_s:
-                return credit_refused(credit, min_remaining_s)
+            if available < limits.min_remaining_seconds:
+                return credit_refused(credit, limits)
             max_duration = min(float(row["max_duration_s"]), available)
             await conn.execute(
                 """UPDATE interview_sessions
@@ -275,7 +275,7 @@ class SharedSessions:
             user_id,
             instance=self._instance_id,
             token=token,
-            min_remaining_s=self._settings.limits.min_remaining_seconds,
+            limits=self._settings.limits,
             interview_id=interview_id,
         )
 
