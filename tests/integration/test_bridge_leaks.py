@@ -169,7 +169,10 @@ async def test_sessions_leave_nothing_behind(
             },
             # The sessions whose page vanishes wait briefly for a resume (browser_lost:
             # the lost leg released, the upstream's audio parked), then end browser_gone.
-            "session": {"reconnect_grace_s": 0.5},
+            # The bridge's monitor notices that end at its next tick, a quarter of the idle
+            # media timeout (at most 5 s, the default's): 4 s makes it 1 s, so half the
+            # sessions no longer take 5 s each (no session here is quiet for that long).
+            "session": {"reconnect_grace_s": 0.5, "idle_media_timeout_s": 4.0},
             # The memory keeper's collection is awaited before each footprint: a short
             # delay keeps that wait short (and no pause share: the test process's own
             # objects would make its bound wait longer).
