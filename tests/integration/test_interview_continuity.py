@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 
+from relay.config import LimitsConfig
 from relay.media.bridge.talk import CONTINUE_NOTE
 from relay.sessions.shared_state import claim_row
 from relay.upstream.simulator.app import SIMULATOR_KEY
@@ -510,7 +511,7 @@ async def test_the_candidates_end_does_not_complete_an_interview_a_claim_is_taki
                 owner["user_id"],
                 instance="elsewhere:1",
                 token="t" * 16,
-                min_remaining_s=1,
+                limits=LimitsConfig(min_remaining_seconds=1),
                 interview_id=interview["id"],
             )
         )
