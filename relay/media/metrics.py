@@ -138,16 +138,22 @@ class MediaMetrics:
             self.forwarding_path.set(1 if name == path else 0, path=name)
 
     def publish(self, stats: DirectionStats, queue_drops: int, before_start: int = 0) -> None:
-        """Add what changed since the last call for this ``stats`` object."""
+        """Add what grew since the last call for this ``stats`` object.
+
+        Only growth is added, and what was published is the high-water mark: a value may
+        go back down (a packet held before the leg started is counted dropped until it is
+        sent after all: ``BoundedQueueTrack.recv``), and a Prometheus counter raises on a
+        negative increment, which failed the session's monitor (a resume's round came
+        while a packet was held)."""
         seen = self._published.setdefault(id(stats), _Published())
         direction = stats.direction
         for key, counter in self._counters.items():
             value = getattr(stats, key)
             delta = value - seen.values.get(key, 0)
-            if delta:
+            if delta > 0:
                 counter.inc(delta, direction=direction)
                 seen.values[key] = value
-        if queue_drops != seen.queue_drops:
+        if queue_drops > seen.queue_drops:
             self.queue_drops.inc(queue_drops - seen.queue_drops, direction=direction)
             seen.queue_drops = queue_drops
         for reason, value in (
@@ -159,7 +165,7 @@ class MediaMetrics:
             ("invalid", stats.dropped_invalid),  # the fast path: SRTP/RTP checks failed
         ):
             delta = value - seen.dropped.get(reason, 0)
-            if delta:
+            if delta > 0:
                 self.packets_dropped.inc(delta, direction=direction, reason=reason)
                 seen.dropped[reason] = value
 

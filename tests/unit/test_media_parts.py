@@ -524,3 +524,19 @@ def test_metrics_are_published_as_deltas() -> None:
     metrics.forget(stats)
     metrics.publish(DirectionStats("browser_to_upstream", bytes_in=5), queue_drops=0)
     assert math.isclose(received.value(direction="browser_to_upstream"), 805)
+
+
+async def test_a_held_packet_sent_after_all_is_published_without_a_negative_count() -> None:
+    """A packet held before the leg starts counts as dropped until it is sent; a round of
+    the monitor between the two published it, and the next saw the count go down: a
+    negative increment, which a Prometheus counter refuses (the session's monitor failed)."""
+    metrics = MediaMetrics(MetricsRegistry(process_metrics=False))
+    stats = DirectionStats("browser_to_upstream")
+    track = BoundedQueueTrack(3, held_max_age_s=60)
+    track.put("held")
+    metrics.publish(stats, track.dropped, track.dropped_before_start)
+    assert await asyncio.wait_for(track.recv(), 1) == "held"  # sent after all
+    metrics.publish(stats, track.dropped, track.dropped_before_start)
+    dropped = metrics.packets_dropped
+    # The high-water mark stays published (a counter cannot go down).
+    assert dropped.value(direction="browser_to_upstream", reason="before_connect") == 1
