@@ -182,6 +182,27 @@ async def test_after_the_grace_the_session_ends_browser_gone(
     assert "lost for too long" in body["error"]["ending"]["message"], body
 
 
+async def test_the_end_of_the_grace_is_noticed_when_it_comes(
+    make_relay: MakeRelay, pages: list[Page]
+) -> None:
+    """The monitor sleeps up to 5 s between its rounds when nothing is due sooner; a lost
+    leg's grace ends at a time of its own, which it waits for from the loss on (it noticed
+    it up to 5 s late: at its next round)."""
+    grace_s = 1.0
+    relay = await make_relay(
+        overrides={"session": {"reconnect_grace_s": grace_s, "idle_media_timeout_s": 30.0}}
+    )
+    live = await go_live(relay)
+    pages.append(live.page)
+    bridge = bridge_of(relay, live.session_id)
+    await live.page.pc.close()
+    await wait_until(lambda: state_of(bridge) != "active", 10, "browser leg lost")
+    lost_at = time.monotonic()
+    await wait_until(lambda: state_of(bridge) not in ("browser_lost", "resuming"), 15, "grace over")
+    assert time.monotonic() - lost_at < grace_s + 1.0
+    assert (await row(relay, live.session_id))["end_reason"] == "browser_gone"
+
+
 async def test_a_resume_token_is_single_use_rotates_and_needs_the_credential(
     make_relay: MakeRelay, pages: list[Page]
 ) -> None:

@@ -680,6 +680,8 @@ class Bridge:
         )
         if self._continuity is not None:
             self._continuity.on_progress(self._clock.used(now))
+        # Its grace runs out at a time of its own: the monitor waits for that now.
+        self._supervisor.recheck()
         self._release_browser_leg_soon()
 
     def _browser_went_at(self, now: float) -> float | None:
@@ -778,6 +780,8 @@ class Bridge:
             self.recorder.mark("browser_resumed", now)
         self.metrics.resumes.inc(outcome="resumed")
         log.info("session %s: resumed after %.1fs away", self.session_id, self._gap_s)
+        # The clock runs again: the time announcements and the limit are due from now.
+        self._supervisor.recheck()
         self._try_greet()
 
     def _lost_deadline(self) -> float | None:

@@ -111,8 +111,12 @@ class Supervisor:
         # Set once the limit is reached while a reply goes on (it may finish).
         self.overrunning = False
         self._both_connected = asyncio.Event()
-        # Set when the bridge's teardown begins, so the waits below end at once.
-        self._woken = asyncio.Event()
+        # True once the bridge's teardown begins (``wake``).
+        self._stop = False
+        # Ends the monitor's wait at once: set by ``wake`` (teardown) and by ``recheck``
+        # (what the next wake-up depends on changed). One event rather than two: waiting
+        # on either of two would cost each live interview a task per tick.
+        self._nudged = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -129,7 +133,15 @@ class Supervisor:
 
     def wake(self) -> None:
         """The bridge is closing: stop waiting and return."""
-        self._woken.set()
+        self._stop = True
+        self._nudged.set()
+
+    def recheck(self) -> None:
+        """What the monitor's next wake-up depends on changed (the browser's leg was lost,
+        so its grace now runs out at a time of its own, or it came back): work it out
+        again now rather than at the end of a wait of up to ``MAX_TICK_S`` (the grace's end
+        was noticed up to 5 s late)."""
+        self._nudged.set()
 
     async def stop(self) -> None:
         """Cancel the task and wait for it; never raises its own failure (logged and counted
@@ -138,7 +150,7 @@ class Supervisor:
 
     def _stopping(self) -> bool:
         """A call, not a property: mypy would keep a property narrowed across awaits."""
-        return self._woken.is_set()
+        return self._stop
 
     async def _run(self) -> None:
         session = self._session
@@ -217,9 +229,10 @@ class Supervisor:
             wait = min(wait, quality_due - now, progress_due - now)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, wait)):
-                    await self._woken.wait()
+                    await self._nudged.wait()
             if self._stopping():
                 return
+            self._nudged.clear()
             now = time.monotonic()
             if (
                 idle_timeout > 0
