@@ -416,6 +416,13 @@ class SessionConfig(_Section):
     # How often an interview's holder saves the seconds used so far (one database write
     # per interview each time): what a crash of its process can leave uncharged.
     progress_interval_s: Annotated[float, Field(ge=1, le=300)] = 10.0
+    # An active interview whose upstream leg (the interviewer's service) drops is healed
+    # in place: a new upstream session is minted, seeded with the conversation so far and
+    # swapped in under the same browser leg, at most this many times per loss (0: the
+    # loss ends the session as ``upstream_*``, as before). The time away is not charged.
+    upstream_reconnect_attempts: Annotated[int, Field(ge=0, le=10)] = 3
+    # Wait before the second attempt; doubled before each later one.
+    upstream_reconnect_backoff_s: Annotated[float, Field(ge=0, le=30)] = 0.5
 
 
 class IceServerConfig(_Section):

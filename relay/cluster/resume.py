@@ -352,6 +352,7 @@ class ResumeService:
                 part=taken.part,
                 interview_id=taken.interview_id,
                 recording=taken.recording,
+                overrides=taken.overrides,
             )
         )
         charged = taken.used_seconds

@@ -96,6 +96,12 @@ class ConversationLog:
         return self.generating is not None or self.playing is not None
 
     # ------------------------------------------------------------------ feeding
+    def upstream_gone(self) -> None:
+        """The upstream's leg was lost: its reply in progress is over (cut), and no event
+        of it will say so."""
+        self.generating = None
+        self.playing = None
+
     def on_upstream_event(self, message: str | bytes) -> None:
         if not isinstance(message, str) or not any(m in message for m in _MARKERS):
             return

@@ -128,6 +128,9 @@ class EventRelay:
         self._browser_ended = False
         # The upstream's channel is open (a new upstream session is seeded after that).
         self.upstream_open = asyncio.Event()
+        # While the upstream's leg is lost and a new one is being opened (relay.media.
+        # bridge): nothing is sent or queued upstream (``detach_upstream``).
+        self._upstream_paused = False
         # What waits for a channel to open, each with the direction it is counted in.
         self._to_browser: deque[Pending] = deque(maxlen=PENDING_MAX)
         self._to_upstream: deque[Pending] = deque(maxlen=PENDING_MAX)
@@ -156,14 +159,33 @@ class EventRelay:
 
     # ------------------------------------------------------------------ wiring
     def attach_upstream(self, channel: RTCDataChannel) -> None:
+        """Use ``channel`` for the upstream's events (the exchange's leg, or a new upstream
+        leg healing a lost one: the old channel's late events and close are ignored)."""
         self.upstream = channel
-        channel.on("message", self._from_upstream)
+        self._upstream_paused = False
+        channel.on("message", lambda message: self._from_upstream(message, channel))
         channel.on("open", lambda: self._upstream_opened(channel))
-        channel.on("close", lambda: self._on_closed("upstream"))
+        channel.on("close", lambda: self._upstream_closed(channel))
 
     def _upstream_opened(self, channel: RTCDataChannel) -> None:
+        if channel is not self.upstream:
+            return
         self._flush(channel, self._to_upstream)
         self.upstream_open.set()
+
+    def _upstream_closed(self, channel: RTCDataChannel) -> None:
+        if channel is self.upstream:
+            self._on_closed("upstream")
+
+    def detach_upstream(self) -> None:
+        """The upstream's leg is lost (a new one will be attached): nothing goes upstream
+        until then (the page's events and the relay's own are dropped, not queued for a
+        session that never saw what they refer to), and the lost channel is ignored."""
+        self.upstream = None
+        self._upstream_paused = True
+        self._to_upstream.clear()
+        self.upstream_open.clear()
+        self._stalled.discard("browser_to_upstream")
 
     def attach_browser(self, channel: RTCDataChannel) -> bool:
         """Use ``channel`` for events; False if the browser already has one (ignored)."""
@@ -289,7 +311,9 @@ class EventRelay:
         return sent
 
     # ------------------------------------------------------------------ directions
-    def _from_upstream(self, message: Message) -> None:
+    def _from_upstream(self, message: Message, channel: RTCDataChannel | None = None) -> None:
+        if channel is not None and channel is not self.upstream:
+            return  # a lost upstream leg's channel, already replaced or detached
         if self.observer is not None:
             self.observer(message)  # the recorder's transcript: what upstream said, unfiltered
         # Every event, even one the page will not get: the filter remembers hidden items
@@ -427,6 +451,9 @@ class EventRelay:
         message: Message,
         direction: str,
     ) -> None:
+        if channel is None and pending is self._to_upstream and self._upstream_paused:
+            self._drop(direction)  # the upstream's leg is being replaced
+            return
         if channel is not None and channel.readyState == "open" and not pending:
             if self._send_bounded(channel, message, direction):
                 self.counts[direction] += 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from relay.config import IceConfig, Settings
 from relay.db import DatabaseUnavailable
@@ -60,6 +61,12 @@ class _SessionHooks:
         self._manager.registry.set_state(self._entry.session_id, "active")
         await self._write_state("active", upstream_call_id)
 
+    async def on_upstream_replaced(
+        self, upstream_call_id: str | None, upstream_session_id: str | None
+    ) -> None:
+        # The row names the upstream call (and session) in use: the new one, once healed.
+        await self._write_state("active", upstream_call_id, upstream_session_id=upstream_session_id)
+
     async def on_finished(self, state: EndState, reason: str, duration_s: float) -> None:
         try:
             await self._manager.sessions.finish(
@@ -68,15 +75,23 @@ class _SessionHooks:
         finally:
             self._manager.forget(self._entry.session_id)
 
-    async def _write_state(self, state: SessionState, upstream_call_id: str | None = None) -> None:
+    async def _write_state(
+        self,
+        state: SessionState,
+        upstream_call_id: str | None = None,
+        *,
+        upstream_session_id: str | None = None,
+    ) -> None:
         try:
             entry = self._entry
             minted = entry.minted
+            if upstream_session_id is None and minted is not None:
+                upstream_session_id = minted.upstream_session_id
             await self._manager.session_rows.set_session_state(
                 entry.session_id,
                 state,
                 upstream_call_id=upstream_call_id,
-                upstream_session_id=minted.upstream_session_id if minted else None,
+                upstream_session_id=upstream_session_id,
                 resume_token_hash=entry.resume_token_hash,
                 claim_token=entry.claim_token,
             )
@@ -300,6 +315,7 @@ class BridgeManager:
                 if entry.recording
                 else None
             )
+            hooks = _SessionHooks(self, entry)
             bridge = Bridge(
                 continuity=continuity,
                 resumable=entry.resume_token_hash is not None,
@@ -312,8 +328,10 @@ class BridgeManager:
                 minted=minted,
                 max_duration_s=entry.max_duration_s,
                 metrics=self.metrics,
-                hooks=_SessionHooks(self, entry),
+                hooks=hooks,
                 force_decode=self._force_decode,
+                mint_upstream=self._minter(entry),
+                on_upstream_replaced=hooks.on_upstream_replaced,
             )
         except BaseException:
             log.exception("session %s: could not set up its bridge", entry.session_id)
@@ -330,6 +348,15 @@ class BridgeManager:
         self._bridges[entry.session_id] = bridge
         self.metrics.bridges_live.set(len(self._bridges))
         return bridge
+
+    def _minter(self, entry: SessionEntry) -> Callable[[str], Awaitable[MintedSession]]:
+        """How a lost upstream leg of ``entry`` gets a new upstream session: minted as at
+        its start (the same interviewer; the upstream client's timeouts and retries)."""
+
+        async def mint(request_id: str) -> MintedSession:
+            return await self.upstream.mint(request_id=request_id, overrides=entry.overrides)
+
+        return mint
 
     async def resume(self, entry: SessionEntry, resume_token: str, offer_sdp: str) -> str:
         """Resume ``entry``'s bridge on this member with a new browser leg; return the

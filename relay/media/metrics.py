@@ -100,6 +100,12 @@ class MediaMetrics:
             "Resumed browser legs: resumed (connected again) or failed (an attempt)",
             ["outcome"],
         )
+        self.upstream_reconnects = registry.counter(
+            "relay_media_upstream_reconnects_total",
+            "Lost upstream legs healed in place: healed (a new one swapped in), "
+            "attempt_failed (one attempt), gave_up (every attempt failed; the session ended)",
+            ["outcome"],
+        )
         self.bridges_live = registry.gauge("relay_media_bridges_live", "Live media bridges")
         self.forwarding_path = registry.gauge(
             "relay_media_forwarding_path",

@@ -11,7 +11,12 @@ upstream; a page that sends one is refused like any other type off the allow-lis
 * ``relay.session.ending {reason, message}``: before every hang-up the relay decides, the
   reason being one of ``PAGE_REASONS``' values;
 * ``relay.session.reconnected {gap_ms}``: first on a resumed leg's channel;
-* ``relay.transcript {items: [{role, text, at_s}]}``: the conversation so far, after a resume.
+* ``relay.transcript {items: [{role, text, at_s}]}``: the conversation so far, after a resume;
+* ``relay.upstream.reconnecting {attempt}``: the interviewer's connection (the upstream leg)
+  dropped and the relay is opening a new one (the reply in progress is cut); sent again
+  before each further attempt;
+* ``relay.upstream.reconnected {gap_ms}``: the new one is up and goes on from the
+  conversation so far (the time without it is not charged).
 
 Pure logic: no I/O, no aiortc.
 """
@@ -101,6 +106,14 @@ def wrap_up(seconds: float) -> dict[str, Any]:
 
 def reconnected(gap_s: float) -> dict[str, Any]:
     return {"type": "relay.session.reconnected", "gap_ms": max(0, round(gap_s * 1000))}
+
+
+def upstream_reconnecting(attempt: int) -> dict[str, Any]:
+    return {"type": "relay.upstream.reconnecting", "attempt": attempt}
+
+
+def upstream_reconnected(gap_s: float) -> dict[str, Any]:
+    return {"type": "relay.upstream.reconnected", "gap_ms": max(0, round(gap_s * 1000))}
 
 
 def transcript(items: Iterable[TranscriptItem]) -> dict[str, Any]:

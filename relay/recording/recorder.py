@@ -148,7 +148,8 @@ class SessionRecorder:
             self.events.append(record)
 
     def mark(self, event: str, at: float | None) -> None:
-        """A clock mark (``active``, ``end``, ``browser_lost``, ``browser_resumed``) at
+        """A clock mark (``active``, ``end``, ``browser_lost``, ``browser_resumed``,
+        ``upstream_lost``, ``upstream_resumed``) at
         monotonic time ``at``."""
         if at is not None:
             self.events.append({"kind": "clock", "event": event, "offset": at - self.origin})

@@ -233,18 +233,19 @@ def render(directory: str, audio_format: str, location: str, recovered: bool) ->
     events = _read_events(root)
     active = end = None
     dropped = dict.fromkeys(LEGS, 0)
-    # (lost, resumed) offsets of the browser leg's absences (resumed None: never came back)
-    away: list[list[float | None]] = []
+    # (lost, resumed, leg) of each leg's absences (resumed None: never came back): the
+    # browser's (a resume) and the upstream's (a new upstream leg swapped in)
+    away: list[tuple[str, list[float | None]]] = []
     for item in events:
         if item.get("kind") == "clock" and item.get("event") == "active":
             active = float(item["offset"])
         elif item.get("kind") == "clock" and item.get("event") == "end":
             end = float(item["offset"])
-        elif item.get("kind") == "clock" and item.get("event") == "browser_lost":
-            away.append([float(item["offset"]), None])
-        elif item.get("kind") == "clock" and item.get("event") == "browser_resumed":
-            if away and away[-1][1] is None:
-                away[-1][1] = float(item["offset"])
+        elif item.get("kind") == "clock" and item.get("event") in _LOST:
+            away.append((_LOST[item["event"]], [float(item["offset"]), None]))
+        elif item.get("kind") == "clock" and item.get("event") in _BACK:
+            if away and away[-1][0] == _BACK[item["event"]] and away[-1][1][1] is None:
+                away[-1][1][1] = float(item["offset"])
         elif item.get("kind") == "dropped":
             dropped.update({k: int(v) for k, v in item["dropped"].items() if k in dropped})
     records = {}
@@ -308,8 +309,8 @@ def render(directory: str, audio_format: str, location: str, recovered: bool) ->
         "packets_recorded": {leg: legs[leg].packets for leg in LEGS},
         "ssrcs": {leg: legs[leg].ssrcs for leg in LEGS},
         "gaps_filled": gaps,
-        # The browser's leg away and resumed (docs/operations.md, "Continuity"): silence
-        # in the file, not charged to the candidate.
+        # The browser's leg away and resumed, or the upstream's replaced (docs/operations.md,
+        # "Continuity"): silence in the file, not charged to the candidate.
         "disconnections": _disconnections(away, start, end),
         "packets_dropped": dropped,
         "transcript_lines": len(lines),
@@ -320,14 +321,20 @@ def render(directory: str, audio_format: str, location: str, recovered: bool) ->
     return manifest
 
 
+# The clock marks of a leg's absence (relay.media.bridge), by the leg they are about.
+_LOST = {"browser_lost": "browser", "upstream_lost": "upstream"}
+_BACK = {"browser_resumed": "browser", "upstream_resumed": "upstream"}
+
+
 def _disconnections(
-    away: list[list[float | None]], start: float, end: float
+    away: list[tuple[str, list[float | None]]], start: float, end: float
 ) -> list[dict[str, Any]]:
-    """Each absence of the browser's leg: from its loss to its resume (or the end), in
-    seconds from the start of the file."""
+    """Each absence of a leg (``leg``: the browser's, or the upstream's while a new one was
+    opened): from its loss to its return (or the end), in seconds from the start of the
+    file."""
     span = max(0.0, end - start)
     out: list[dict[str, Any]] = []
-    for lost, resumed in away:
+    for leg, (lost, resumed) in away:
         assert lost is not None
         back = end if resumed is None else resumed
         begin_s = round(min(span, max(0.0, lost - start)), 3)
@@ -338,6 +345,7 @@ def _disconnections(
                 "end_s": end_s,
                 "duration_s": round(end_s - begin_s, 3),
                 "resumed": resumed is not None,
+                "leg": leg,
             }
         )
     return out

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from relay.config import LimitsConfig
 from relay.errors import ApiError
 from relay.observability.metrics import MetricsRegistry
-from relay.upstream.base import MintedSession
+from relay.upstream.base import MintedSession, SessionOverrides
 
 if TYPE_CHECKING:
     # Only for the annotation: the session layer does not import the media layer.
@@ -71,6 +71,9 @@ class SessionEntry:
     interview_id: str | None = None
     # Record it (false for an interview created with ``recording: false``).
     recording: bool = True
+    # The interviewer it was minted with (an interview's; None: the configured one): a
+    # lost upstream leg's new upstream session is minted with it again.
+    overrides: SessionOverrides | None = field(default=None, repr=False)
 
     def elapsed_s(self) -> float:
         return time.monotonic() - self.created_monotonic

@@ -274,9 +274,10 @@ class SessionService:
             await self._abandon_ended(entry)  # while its row was written: do not mint
         # The upstream client logs the OPENAI_SESSION_* stage lines itself.
         started = time.perf_counter()
+        entry.overrides = interview_overrides(grant)
         try:
             entry.minted = await self._upstream.mint(
-                request_id=entry.request_id, overrides=interview_overrides(grant)
+                request_id=entry.request_id, overrides=entry.overrides
             )
         except (UpstreamTimeout, UpstreamError) as exc:
             reason = "upstream_timeout" if isinstance(exc, UpstreamTimeout) else "upstream_error"
@@ -414,6 +415,7 @@ class SessionService:
                 claim_token=token,
                 interview_id=claimed.interview_id,
                 recording=claimed.recording,
+                overrides=claimed.overrides,
             )
         )
         shared.tell_creator(session_id)

@@ -11,6 +11,7 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from playwright.async_api import Dialog, Page, Request, Response, Route, expect
 
@@ -308,6 +309,10 @@ async def test_a_network_cut_longer_than_the_grace_resumes_while_the_relay_holds
     assert relay.services.registry.get(session_id) is not None
 
 
+# The page's own rejoin after the interviewer's service dropped the call: the relay is not to
+# heal it in place (tests/e2e/test_candidate_upstream_heal.py is the other way).
+NO_HEAL: dict[str, dict[str, Any]] = {"session": {"upstream_reconnect_attempts": 0}}
+
 # The page's automatic rejoins (static/page-interview.js REJOIN_ATTEMPTS, waits 2, 4, 8 s).
 REJOIN_ATTEMPTS = 4
 REJOINS_S = 2 + 4 + 8 + REJOIN_ATTEMPTS * CONNECT_S
@@ -319,7 +324,7 @@ async def test_when_going_on_by_itself_fails_the_candidate_can_go_on(
     """The interviewer's service drops the call and keeps refusing new ones: the page's
     automatic rejoins are bounded, then the end screen offers "Go on with the interview",
     which works once the service is back."""
-    relay = await make_relay()
+    relay = await make_relay(overrides=NO_HEAL)
     first = await start_interview(page, relay)
     exchanges: list[int] = []
     page.on(
@@ -364,7 +369,7 @@ async def test_after_the_interviewers_service_dropped_the_call_the_interview_goe
     says so and starts a new session of the interview by itself (the candidate presses
     nothing), which shows the conversation so far, and the interviewer goes on from it
     rather than starting over."""
-    relay = await make_relay()
+    relay = await make_relay(overrides=NO_HEAL)
     interview = await create_interview(relay, max_duration_s=600, recording=False)
     await page.add_init_script(NOTE_STATUS)
     await page.goto(str(relay.client.make_url("/")) + f"#invite={invite_of(interview)}")
@@ -441,7 +446,7 @@ async def test_the_candidates_end_while_the_page_rejoins_ends_the_interview_as_t
     the relay records the interview as ended by the candidate (completed, hangup) at once,
     not failed once its rejoin window has passed; no session is opened after the End, and
     a reload shows the end."""
-    relay = await make_relay()
+    relay = await make_relay(overrides=NO_HEAL)
     interview = await create_interview(relay, max_duration_s=600, recording=False)
     await page.add_init_script(NOTE_STATUS)
     await page.goto(str(relay.client.make_url("/")) + f"#invite={invite_of(interview)}")

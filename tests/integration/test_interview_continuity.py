@@ -40,6 +40,12 @@ from tests.integration.relay_harness import NOTICE_CONFIRMED, RelayHarness
 BUDGET_S = 300
 
 
+# These tests are about what follows a failed session (the rejoin): a dropped upstream call
+# must end it, as it does when the relay is not to heal it in place
+# (tests/integration/test_upstream_heal.py).
+NO_HEAL: dict[str, dict[str, Any]] = {"session": {"upstream_reconnect_attempts": 0}}
+
+
 async def session_row(relay: RelayHarness, session_id: str) -> Any:
     rows = await relay.sql(
         "SELECT state, end_reason, debited_seconds, ended_at FROM interview_sessions WHERE id = $1",
@@ -162,7 +168,7 @@ async def test_nobody_rejoining_the_interview_completes_as_the_candidate_left_it
 async def test_the_interviewers_service_dropping_the_call_leaves_the_link_open(
     make_relay: MakeRelay, simulator: RunningSimulator
 ) -> None:
-    relay = await make_relay()
+    relay = await make_relay(overrides=NO_HEAL)
     interview = await create_interview(relay, max_duration_s=BUDGET_S)
     invite = invite_of(interview)
     async with join(relay, invite) as joined:
@@ -211,7 +217,7 @@ async def test_a_rejoin_after_a_failure_goes_on_with_the_conversation_so_far(
     the new session's upstream session is seeded with what was said (and told to go on,
     not to greet anew), the page is given the transcript back, as after a take-over; the
     interview's close then deletes the conversation of both sessions."""
-    relay = await make_relay()
+    relay = await make_relay(overrides=NO_HEAL)
     interview = await create_interview(relay, max_duration_s=BUDGET_S)
     invite = invite_of(interview)
     calls = simulator.app[SIMULATOR_KEY].calls
@@ -285,7 +291,7 @@ async def test_a_rejoined_session_taken_over_is_seeded_with_the_whole_interview(
 ) -> None:
     """A rejoined interview's session whose member is lost: the member taking it over seeds
     its new upstream session with the earlier session's conversation, then this one's."""
-    holder = await make_relay(instance_id="member-a")
+    holder = await make_relay(instance_id="member-a", overrides=NO_HEAL)
     interview = await create_interview(holder, max_duration_s=BUDGET_S)
     invite = invite_of(interview)
     async with join(holder, invite) as first:
@@ -420,7 +426,7 @@ async def test_the_candidates_end_while_rejoining_completes_the_interview_as_the
     the candidate pressed End: the page hangs up the session that failed (its browser leg
     gone), and the interview is completed as the candidate's hang-up at once, not failed
     once its rejoin window has passed; the link starts nothing from then on."""
-    relay = await make_relay()
+    relay = await make_relay(overrides=NO_HEAL)
     interview = await create_interview(relay, max_duration_s=BUDGET_S)
     invite = invite_of(interview)
     async with join(relay, invite) as joined:

@@ -16,6 +16,7 @@ import pytest
 
 from relay.media.bridge import TRANSITIONS, Bridge, BridgeClosed, BridgeState, InvalidTransition
 from relay.media.bridge.state import STATES, check_transition
+from relay.upstream.base import MintedSession
 from tests.integration.media_helpers import encode_opus, speech_like, wait_until
 from tests.unit.test_media_bridge import Rig, rig  # noqa: F401  (the fixture)
 from tests.unit.test_media_bridge_races import HeldUpstream
@@ -38,6 +39,9 @@ ALLOWED: set[Move] = {
     ("resuming", "active"),
     ("resuming", "browser_lost"),
     ("resuming", "closing"),
+    ("active", "upstream_lost"),
+    ("upstream_lost", "active"),
+    ("upstream_lost", "closing"),
     ("closing", "closed"),
 }
 
@@ -60,11 +64,19 @@ PATHS: dict[BridgeState, list[Move]] = {
         ("active", "browser_lost"),
         ("browser_lost", "resuming"),
     ],
+    "upstream_lost": [
+        ("new", "negotiating"),
+        ("negotiating", "connecting"),
+        ("connecting", "active"),
+        ("active", "upstream_lost"),
+    ],
 }
 CLOSING: list[Move] = [("closing", "closed")]
 # Taken by the resume tests (tests/unit/test_bridge_resume.py): a resumed leg connected,
 # and one that failed.
 RESUMED: set[Move] = {("resuming", "active"), ("resuming", "browser_lost")}
+# Taken by the heal tests (tests/unit/test_bridge_heal.py): a new upstream leg connected.
+HEALED: set[Move] = {("upstream_lost", "active")}
 
 
 # ---------------------------------------------------------------------- the table
@@ -86,7 +98,15 @@ def test_the_table_allows_exactly_the_lifecycle_moves(
 
 def test_closing_is_reachable_from_every_state_before_it_and_closed_is_final() -> None:
     assert set(TRANSITIONS) == set(STATES)
-    for state in ("new", "negotiating", "connecting", "active", "browser_lost", "resuming"):
+    for state in (
+        "new",
+        "negotiating",
+        "connecting",
+        "active",
+        "browser_lost",
+        "resuming",
+        "upstream_lost",
+    ):
         assert "closing" in TRANSITIONS[state]
     assert TRANSITIONS["closing"] == {"closed"}
     assert TRANSITIONS["closed"] == frozenset()
@@ -96,7 +116,7 @@ def test_the_bridges_below_take_every_allowed_transition() -> None:
     """``test_teardown_runs_exactly_once_from_every_state`` checks each of these paths,
     then closing and closed, on a real bridge: together they are the whole table."""
     taken = {move for state, path in PATHS.items() for move in [*path, (state, "closing")]}
-    assert taken | set(CLOSING) | RESUMED == ALLOWED
+    assert taken | set(CLOSING) | RESUMED | HEALED == ALLOWED
 
 
 # ---------------------------------------------------------------------- real bridges
@@ -137,7 +157,13 @@ async def _bring_to(rig: Rig, state: BridgeState) -> tuple[Bridge, Callable[[], 
 
         return bridge, finish_negotiating
 
-    bridge = rig.bridge()
+    held_mint = asyncio.Event()
+
+    async def mint_held(request_id: str) -> MintedSession:
+        await held_mint.wait()  # the new upstream session never comes: stays upstream_lost
+        raise AssertionError("never released")
+
+    bridge = rig.bridge(mint_upstream=mint_held)
     browser = rig.browser(payloads=SPEECH)
 
     async def nothing() -> None:
@@ -154,6 +180,10 @@ async def _bring_to(rig: Rig, state: BridgeState) -> tuple[Bridge, Callable[[], 
         if state == "resuming":
             # A new page's offer, answered; it never applies the answer.
             await bridge.resume(await rig.browser(payloads=SPEECH).offer())
+    elif state == "upstream_lost":
+        await rig.connect(bridge, browser)
+        await rig.upstream.calls[0].pc.close()  # the interviewer's service dropped the call
+        await wait_until(lambda: bridge.state == "upstream_lost", 10, "upstream leg lost")
     return bridge, nothing
 
 

@@ -7,7 +7,7 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -68,6 +68,7 @@ class Rig:
         session: SessionConfig | None = None,
         max_duration_s: float = 60,
         events: EventsConfig | None = None,
+        mint_upstream: Callable[[str], Awaitable[MintedSession]] | None = None,
     ) -> Bridge:
         settings = BridgeSettings(
             session=session or SessionConfig(connect_timeout_s=5.0, idle_media_timeout_s=10.0),
@@ -84,6 +85,7 @@ class Rig:
             max_duration_s=max_duration_s,
             metrics=MediaMetrics(self.metrics),
             hooks=self.hooks,
+            mint_upstream=mint_upstream,
         )
         self.bridges.append(bridge)
         return bridge

@@ -23,7 +23,13 @@ from relay.config import MediaConfig
 from relay.media import aiortc_private
 from relay.media.capabilities import MediaCapabilities, probe
 from relay.media.fastpath import FastOpusForwarder
-from relay.media.forwarding import DecodedRelay, DirectionStats, Forwarder, OpusPassthrough
+from relay.media.forwarding import (
+    DecodedRelay,
+    Direction,
+    DirectionStats,
+    Forwarder,
+    OpusPassthrough,
+)
 from relay.media.metrics import MediaMetrics
 from relay.media.sdp import AudioNegotiation, InvalidOffer, RtpLeg, audio_negotiation, rtp_leg
 from relay.media.tap import PacketTap
@@ -143,12 +149,16 @@ def wire_audio(
     capabilities: MediaCapabilities,
     force_decode: bool = False,
     previous: Sequence[Forwarder] = (),
+    previous_down: Forwarder | None = None,
 ) -> list[Forwarder]:
     """Both directions' forwarders (browser → upstream first), chosen but not started.
 
     ``previous``: the forwarders of a browser leg that was lost, when ``ends`` holds the
     resumed one: the browser → upstream direction sends on the same upstream leg, so it
-    continues the previous forwarder's outgoing stream (``carry_over``)."""
+    continues the previous forwarder's outgoing stream (``carry_over``).
+    ``previous_down``: the upstream → browser forwarder of an upstream leg that was lost,
+    when ``ends`` holds the new one: it sends on the same browser leg, so the browser
+    hears one stream with a pause (``carry_over``)."""
     up, down = ends.browser_to_upstream, ends.upstream_to_browser
     # ``DirectionStats`` is the direction's counters record, written by its forwarder;
     # the codecs are known only here.
@@ -191,7 +201,29 @@ def wire_audio(
     ]
     if previous:
         carry_over(previous[0], forwarders[0])
+    if previous_down is not None:
+        carry_over(previous_down, forwarders[1])
     return forwarders
+
+
+def healed_codecs(
+    first: NegotiatedCodecs,
+    upstream: AudioNegotiation,
+    our_upstream_opus: frozenset[int],
+    upstream_rtp: RtpLeg,
+) -> NegotiatedCodecs | None:
+    """The codecs once a new upstream leg replaced a lost one: the browser leg's as they
+    were, with the new upstream leg's. None if it does not allow the forwarding of the
+    first (the browser leg's outgoing stream continues: ``carry_over``; the upstream
+    answered another codec), so that attempt is given up."""
+    codecs = NegotiatedCodecs(
+        browser=first.browser,
+        upstream=upstream,
+        our_upstream_opus=our_upstream_opus,
+        browser_rtp=first.browser_rtp,
+        upstream_rtp=upstream_rtp,
+    )
+    return codecs if codecs.passthrough == first.passthrough else None
 
 
 def resumed_codecs(first: NegotiatedCodecs, answer_sdp: str) -> NegotiatedCodecs:
@@ -237,8 +269,52 @@ def park_upstream_audio(
     """While the browser's leg is lost: a forwarder that takes the upstream's audio and
     drops it (into a queue nobody reads, which holds one packet), so that nothing piles up
     in aiortc's receive path. Not recorded: the gap is silence in the recording."""
-    stats = DirectionStats("upstream_to_browser")
-    receiver = audio_receiver(upstream_pc)
+    return _parking(
+        "upstream_to_browser",
+        audio_receiver(upstream_pc),
+        codecs.upstream.opus_payload_types | codecs.our_upstream_opus,
+        codecs.upstream.primary,
+        codecs,
+        media=media,
+        capabilities=capabilities,
+        force_decode=force_decode,
+    )
+
+
+def park_browser_audio(
+    browser_pc: RTCPeerConnection,
+    codecs: NegotiatedCodecs,
+    *,
+    media: MediaConfig,
+    capabilities: MediaCapabilities,
+    force_decode: bool = False,
+) -> Forwarder:
+    """While the upstream's leg is lost (a new one is being opened): the same for the
+    candidate's audio, which nobody hears meanwhile. Not recorded either."""
+    return _parking(
+        "browser_to_upstream",
+        audio_receiver(browser_pc),
+        codecs.browser.opus_payload_types,
+        codecs.browser.primary,
+        codecs,
+        media=media,
+        capabilities=capabilities,
+        force_decode=force_decode,
+    )
+
+
+def _parking(
+    direction: Direction,
+    receiver: RTCRtpReceiver,
+    opus_payload_types: frozenset[int],
+    codec: str | None,
+    codecs: NegotiatedCodecs,
+    *,
+    media: MediaConfig,
+    capabilities: MediaCapabilities,
+    force_decode: bool,
+) -> Forwarder:
+    stats = DirectionStats(direction)
     sink = BoundedQueueTrack(1)
     caps = capabilities
     if codecs.passthrough and not force_decode and caps.available("rtp_hook"):
@@ -246,7 +322,7 @@ def park_upstream_audio(
             receiver,
             sink,
             stats,
-            codecs.upstream.opus_payload_types | codecs.our_upstream_opus,
+            opus_payload_types,
             keep_receiver_reports=caps.available("receiver_reports"),
         )
     return DecodedRelay(
@@ -254,7 +330,7 @@ def park_upstream_audio(
         sink,
         stats,
         max_backlog=media.queue_max_frames,
-        codec=codecs.upstream.primary or "opus",
+        codec=codec or "opus",
         count_packets=caps.available("rtp_hook"),
         bound_backlog=caps.available("decoder_thread"),
         fast_audio_level=caps.available("audio_level"),

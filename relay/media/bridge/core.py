@@ -12,6 +12,10 @@ transition, and every transition goes through ``_set_state``, which checks it ag
 * browser_lost → resuming: ``resume``, which answers a resumed leg's offer on a new
   browser peer; resuming → active: ``_resumed`` once it is connected; resuming →
   browser_lost: ``_resume_leg_failed``;
+* active → upstream_lost: ``_lose_upstream``, when the upstream's leg drops and it may be
+  healed (``session.upstream_reconnect_attempts``); the browser's leg stays while a task
+  (``_heal_upstream``) mints a new upstream session, opens a new upstream leg and seeds it;
+  upstream_lost → active: ``_upstream_healed`` once that leg is connected;
 * any state before it → closing: ``begin_close`` (once; the first reason wins); the page
   is told why first (``relay.session.ending``) when the relay decided it;
 * closing → closed: ``_teardown``, once everything is released.
@@ -27,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCPeerConnection
@@ -37,6 +41,8 @@ from relay.media.bridge.audio_wiring import (
     AudioEnds,
     NegotiatedCodecs,
     audio_receiver,
+    healed_codecs,
+    park_browser_audio,
     park_upstream_audio,
     resumed_codecs,
     start_audio,
@@ -50,6 +56,7 @@ from relay.media.bridge.base import (
     EndState,
     ResumeRefused,
     Seed,
+    UpstreamAnswerInvalid,
     failure_reason,
 )
 from relay.media.bridge.clock import InterviewClock
@@ -68,7 +75,7 @@ from relay.media.metrics import MediaMetrics
 from relay.media.peers import close_peer, new_peer
 from relay.media.tracks import BoundedQueueTrack
 from relay.observability import request_context
-from relay.tasks import TaskGroup
+from relay.tasks import TaskGroup, cancel_and_wait
 from relay.upstream.base import MintedSession, UpstreamClient
 
 if TYPE_CHECKING:
@@ -96,6 +103,8 @@ class Bridge:
         continuity: ContinuityHooks | None = None,
         resumable: bool = True,
         seed: Seed | None = None,
+        mint_upstream: Callable[[str], Awaitable[MintedSession]] | None = None,
+        on_upstream_replaced: Callable[[str | None, str | None], Awaitable[None]] | None = None,
     ) -> None:
         self.session_id = session_id
         # Both voices and the transcript (relay.recording), fed by the forwarders' taps.
@@ -155,6 +164,29 @@ class Bridge:
         self._greet_pending = seed is not None
         self._gap_s = seed.gap_s if seed is not None else 0.0
         self._seeding: asyncio.Task[None] | None = None
+        # Healing a lost upstream leg in place (``_lose_upstream``): a new upstream session
+        # is minted with this (None: a lost upstream leg ends the session), the lost leg is
+        # released in a task of its own, the heal runs in another; the browser's audio is
+        # parked meanwhile, and its upstream → browser forwarder's stream is continued.
+        self._mint_upstream = mint_upstream
+        # The session layer's note of the new upstream call and session (its row).
+        self._on_upstream_replaced = on_upstream_replaced
+        self._upstream_release: asyncio.Task[None] | None = None
+        self._upstream_hangups: list[asyncio.Task[None]] = []
+        self._healing: asyncio.Task[None] | None = None
+        self._browser_parking: Forwarder | None = None
+        self._sent_browser: Forwarder | None = None
+        # Set by peer events while a new upstream leg connects: True up, False failed.
+        self._upstream_attempt: asyncio.Future[bool] | None = None
+        # The upstream session the current attempt minted (the row names it once healed).
+        self._healing_minted: MintedSession | None = None
+        # When the upstream last sent an event (with its last audio packet: when it was
+        # last heard, ``_upstream_went_at``).
+        self._upstream_event_at: float | None = None
+        # The browser peer whose ICE checks are noted (once per peer: ``_wire_audio``).
+        self._ice_noted: RTCPeerConnection | None = None
+        # How the upstream's leg was lost (the end reason if it cannot be healed).
+        self._upstream_lost_what = "failed"
 
         # The parts: both legs' peers, what each leg sends, each direction's counters.
         queue_max = settings.media.queue_max_frames
@@ -238,7 +270,7 @@ class Bridge:
     @property
     def state(self) -> BridgeState:
         """``new``, ``negotiating``, ``connecting``, ``active``, ``browser_lost``,
-        ``resuming``, ``closing`` or ``closed``."""
+        ``resuming``, ``upstream_lost``, ``closing`` or ``closed``."""
         return self._state
 
     @property
@@ -407,8 +439,16 @@ class Bridge:
             duration,
         )
         try:
+            # A heal under way stops where it is: what it created is the bridge's (its
+            # peer and call, released below); a lost leg's release is awaited.
+            await cancel_and_wait(self._healing)
             await self._talk.ending(reason)
-            for task in (self._seeding, self._browser_release):
+            for task in (
+                self._seeding,
+                self._browser_release,
+                self._upstream_release,
+                *self._upstream_hangups,
+            ):
                 if task is not None:
                     # Its own failure was logged and counted by the task group.
                     await asyncio.gather(asyncio.shield(task), return_exceptions=True)
@@ -475,7 +515,7 @@ class Bridge:
         )
         self._upstream_pc = pc
         self._watch.watch_upstream(pc)
-        self._quality.attach_upstream(pc)
+        self._quality.attach_upstream(pc, self.to_upstream)
         return pc
 
     def _on_upstream_call(self, call_id: str | None) -> None:
@@ -486,14 +526,22 @@ class Bridge:
         if self.is_closing():
             raise BridgeClosed(self._end_reason or "closed")
 
-    def _wire_audio(self, codecs: NegotiatedCodecs, previous: Forwarder | None = None) -> None:
+    def _wire_audio(
+        self,
+        codecs: NegotiatedCodecs,
+        previous: Forwarder | None = None,
+        previous_down: Forwarder | None = None,
+    ) -> None:
         assert self._upstream_pc is not None  # negotiation created it
         self._codecs = codecs
         # The browser's ICE checks say it is there when its audio does not (muted by
-        # removing its track, or a client that sends none): _browser_went_at.
-        aiortc_private.note_ice_checks(
-            audio_receiver(self.browser_pc).transport, self._browser_checked
-        )
+        # removing its track, or a client that sends none): _browser_went_at. Once per
+        # peer: a healed upstream leg is wired to the same browser peer.
+        if self._ice_noted is not self.browser_pc:
+            self._ice_noted = self.browser_pc
+            aiortc_private.note_ice_checks(
+                audio_receiver(self.browser_pc).transport, self._browser_checked
+            )
         recorder = self.recorder
         ends = AudioEnds(
             browser_pc=self.browser_pc,
@@ -514,6 +562,7 @@ class Bridge:
             capabilities=capabilities,
             force_decode=self._force_decode,
             previous=(previous,) if previous is not None else (),
+            previous_down=previous_down,
         )
         start_audio(
             self._forwarders,
@@ -535,6 +584,12 @@ class Bridge:
             self.begin_close(f"{leg}_connect_failed", state="failed")
             return
         if leg == "browser":
+            if self._state == "upstream_lost":
+                # The candidate's leg went too while the interviewer's was being replaced
+                # (often one network cut): a failure like the upstream's own, so that an
+                # interview stays open for the page's rejoin.
+                self.begin_close(f"upstream_{self._upstream_lost_what}", state="failed")
+                return
             if self._state == "browser_lost":
                 return  # the lost leg's own peer and channel closing after it
             if self._state == "resuming":
@@ -546,9 +601,16 @@ class Bridge:
             # The candidate's side went away: the interview ended (it completes).
             self.begin_close(f"browser_{what}")
             return
-        # The interviewer's service dropped the call: a failure, not an end, so an
-        # interview stays open for the candidate to rejoin (interviews.rejoin_window_s)
-        # rather than completing with a conversation cut short.
+        if self._state == "upstream_lost":
+            self._upstream_attempt_over(False)  # the new leg failed while connecting
+            return
+        if self._state == "active" and self._may_heal():
+            self._lose_upstream(what)
+            return
+        # The interviewer's service dropped the call (and it cannot be healed, or the
+        # browser's leg is away): a failure, not an end, so an interview stays open for
+        # the candidate to rejoin (interviews.rejoin_window_s) rather than completing with
+        # a conversation cut short.
         self.begin_close(f"upstream_{what}", state="failed")
 
     def _both_connected(self) -> None:
@@ -557,6 +619,8 @@ class Bridge:
             self._supervisor.legs_connected()
         elif self._state == "resuming":
             self._resumed()
+        elif self._state == "upstream_lost":
+            self._upstream_attempt_over(True)
 
     def _leg_states(self) -> tuple[str, str]:
         upstream = self._upstream_pc
@@ -807,6 +871,7 @@ class Bridge:
 
     def _observe_upstream(self, message: Message) -> None:
         """Every upstream server event: the recorder's transcript and the conversation."""
+        self._upstream_event_at = time.monotonic()
         if self._record_event is not None:
             self._record_event(message)
         self.conversation.on_upstream_event(message)
@@ -819,6 +884,232 @@ class Bridge:
         if self._state == "active":  # a wrap-up's response is for a page that hears it
             self._talk.reply_over()
 
+    # ------------------------------------------------------------------ the upstream healed
+    def _may_heal(self) -> bool:
+        # Past the limit (a reply finishing) the interview ends rather than waits.
+        return (
+            self._mint_upstream is not None
+            and self._settings.session.upstream_reconnect_attempts > 0
+            and not self._supervisor.overrunning
+        )
+
+    def _lose_upstream(self, what: str) -> None:
+        """active → upstream_lost: keep the browser's leg, forward nothing, pause the clock,
+        tell the page, release the lost upstream leg and open a new one (a task)."""
+        now = time.monotonic()
+        self._set_state("upstream_lost")
+        self._upstream_lost_what = what
+        self._clock.pause(now)
+        # The reply in progress is cut with its leg (no event of it will say so).
+        self.conversation.upstream_gone()
+        self.events.detach_upstream()
+        self._talk.upstream_reconnecting(1)
+        if self.recorder is not None:
+            self.recorder.mark("upstream_lost", now)
+        log.warning(
+            "session %s: upstream leg lost (%s); opening a new one (at most %d attempts)",
+            self.session_id,
+            what,
+            self._settings.session.upstream_reconnect_attempts,
+        )
+        if self._continuity is not None:
+            self._continuity.on_progress(self._clock.used(now))
+        self._release_upstream_leg_soon()
+        self._healing = self._tasks.spawn(
+            self._heal_upstream(what), name=f"bridge-heal-upstream-{self.session_id}"
+        )
+
+    def _release_upstream_leg_soon(self) -> None:
+        """Stop the upstream leg's forwarders, close its peer and hang its call up, in a
+        task of its own (teardown waits for it); keep the browser's audio parked."""
+        pc, call_id = self._upstream_pc, self._upstream_call_id
+        self._upstream_pc, self._upstream_call_id = None, None
+        if pc is not None:
+            self._watch.forget_upstream(pc)
+        self.events.detach_upstream()
+        parking = self._browser_parking
+        forwarders = [f for f in self._forwarders if f is not parking]
+        self._forwarders = [f for f in self._forwarders if f is parking]
+        if len(forwarders) == 2:
+            # Upstream → browser (wire_audio's order): the next one continues its stream.
+            self._sent_browser = forwarders[1]
+        self._upstream_release = self._tasks.spawn(
+            self._release_upstream_leg(pc, forwarders, call_id),
+            name=f"bridge-release-upstream-{self.session_id}",
+        )
+
+    async def _release_upstream_leg(
+        self, pc: RTCPeerConnection | None, forwarders: list[Forwarder], call_id: str | None
+    ) -> None:
+        if call_id:
+            # The call may still be up on the upstream's side (a leg that failed here). Its
+            # own task: the next attempt does not wait for the upstream to answer it (up to
+            # upstream.hangup_timeout_s); teardown does.
+            self._upstream_hangups.append(
+                self._tasks.spawn(
+                    self._upstream.hangup(call_id),
+                    name=f"bridge-hangup-lost-upstream-{self.session_id}",
+                )
+            )
+        await settle(self.session_id, [forwarder.stop() for forwarder in forwarders])
+        if pc is not None:
+            await settle(self.session_id, [close_peer(pc)])
+        if self._state == "upstream_lost" and self._browser_parking is None:
+            self._park_browser_audio()
+
+    def _park_browser_audio(self) -> None:
+        codecs = self._codecs
+        if codecs is None:
+            return
+        parking = park_browser_audio(
+            self.browser_pc,
+            codecs,
+            media=self._settings.media,
+            capabilities=self._settings.capabilities,
+            force_decode=self._force_decode,
+        )
+        self._browser_parking = parking
+        self._forwarders.append(parking)
+        parking.start()
+
+    async def _stop_browser_parking(self) -> None:
+        parking, self._browser_parking = self._browser_parking, None
+        if parking is not None:
+            self._forwarders = [f for f in self._forwarders if f is not parking]
+            await parking.stop()
+
+    async def _heal_upstream(self, what: str) -> None:
+        """Open a new upstream leg, at most ``upstream_reconnect_attempts`` times (waiting
+        ``upstream_reconnect_backoff_s``, doubled each time, between them); when every
+        attempt failed, the session ends with the loss's own reason, as without healing."""
+        session = self._settings.session
+        attempts = session.upstream_reconnect_attempts
+        delay = session.upstream_reconnect_backoff_s
+        for attempt in range(1, attempts + 1):
+            released = self._upstream_release
+            if released is not None:
+                await asyncio.gather(asyncio.shield(released), return_exceptions=True)
+            if attempt > 1:
+                await asyncio.sleep(delay)
+                delay *= 2
+                self._talk.upstream_reconnecting(attempt)
+            try:
+                await self._open_new_upstream_leg()
+            except BridgeClosed:
+                return
+            except Exception as exc:
+                self.metrics.upstream_reconnects.inc(outcome="attempt_failed")
+                log.warning(
+                    "session %s: upstream reconnect attempt %d of %d failed (%s: %s)",
+                    self.session_id,
+                    attempt,
+                    attempts,
+                    failure_reason(exc),
+                    exc,
+                )
+                self._release_upstream_leg_soon()
+                continue
+            self._upstream_healed()
+            return
+        released = self._upstream_release
+        if released is not None:
+            await asyncio.gather(asyncio.shield(released), return_exceptions=True)
+        self.metrics.upstream_reconnects.inc(outcome="gave_up")
+        log.warning(
+            "session %s: the upstream leg could not be reopened in %d attempts",
+            self.session_id,
+            attempts,
+        )
+        self.begin_close(f"upstream_{what}", state="failed")
+
+    async def _open_new_upstream_leg(self) -> None:
+        """Mint a new upstream session (as at the start: the upstream client's own
+        timeouts and retries), offer it a new leg, wire audio to it and wait (at most
+        ``connect_timeout_s``) until it is connected. Raises on any failure; what it
+        created is the bridge's (released by the caller, or by teardown)."""
+        assert self._mint_upstream is not None and self._codecs is not None
+        minted = await self._mint_upstream(self._request_id)
+        self._raise_unless_upstream_lost()
+        self._healing_minted = minted
+        settings = self._settings
+        # aiortc stopped the lost leg's queue track with its sender: a new one.
+        to_upstream = BoundedQueueTrack(settings.media.queue_max_frames)
+        to_upstream.count_on_from(self.to_upstream)
+        self.to_upstream = to_upstream
+        attempt: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._upstream_attempt = attempt
+        leg = await Negotiation(
+            browser_pc=self.browser_pc,
+            to_browser=self.to_browser,
+            to_upstream=to_upstream,
+            events=self.events,
+            upstream=self._upstream,
+            minted=minted,
+            request_id=self._request_id,
+            gather_timeout_s=settings.session.ice_gather_timeout_s,
+            open_upstream_peer=self._open_upstream_peer,
+            on_upstream_call=self._on_upstream_call,
+            check_open=self._raise_unless_upstream_lost,
+        ).run_upstream()
+        codecs = healed_codecs(self._codecs, leg.codecs, leg.our_opus, leg.rtp)
+        if codecs is None:
+            raise UpstreamAnswerInvalid(
+                f"the new upstream leg answered {leg.codecs.primary}, the first "
+                f"{self._codecs.upstream.primary}: its audio cannot continue the same stream"
+            )
+        await self._stop_browser_parking()
+        self._raise_unless_upstream_lost()
+        self._wire_audio(codecs, previous_down=self._sent_browser)
+        async with asyncio.timeout(settings.session.connect_timeout_s):
+            connected = await attempt
+        if not connected:
+            raise UpstreamLegFailed("the new upstream leg failed while connecting")
+        self._raise_unless_upstream_lost()
+
+    def _upstream_attempt_over(self, connected: bool) -> None:
+        attempt = self._upstream_attempt
+        if attempt is not None and not attempt.done():
+            attempt.set_result(connected)
+
+    def _raise_unless_upstream_lost(self) -> None:
+        self._raise_if_closing()
+        if self._state_now() != "upstream_lost":
+            raise BridgeClosed(self._end_reason or "closed")
+
+    def _upstream_healed(self) -> None:
+        """upstream_lost → active: the new upstream leg is connected; the clock runs
+        again, the page is told, the new upstream session is seeded with the conversation
+        so far (as a take-over's: the relay's own transcript and a note to continue)."""
+        now = time.monotonic()
+        self._set_state("active")
+        self._upstream_attempt = None
+        gap = self._clock.resume(now)
+        if self.recorder is not None:
+            self.recorder.mark("upstream_resumed", now)
+        self.metrics.upstream_reconnects.inc(outcome="healed")
+        log.info(
+            "session %s: upstream leg replaced after %.1fs (call %s)",
+            self.session_id,
+            gap,
+            self._upstream_call_id,
+        )
+        self._talk.upstream_reconnected(gap, self.time_left(now))
+        minted = self._healing_minted
+        self._seeding = self._tasks.spawn(
+            self._seed_healed(minted.upstream_session_id if minted is not None else None),
+            name=f"bridge-seed-healed-{self.session_id}",
+        )
+
+    async def _seed_healed(self, upstream_session_id: str | None) -> None:
+        if self._on_upstream_replaced is not None:
+            await self._call_hook(
+                "on_upstream_replaced",
+                self._on_upstream_replaced(self._upstream_call_id, upstream_session_id),
+            )
+        await self._talk.seed(self.conversation.items)
+        if self._state == "active":
+            self._talk.reply_over()  # a wrap-up that waited for the cut reply
+
 
 # The causes of a lost browser leg counted apart (the rest count as ``other``).
 # A browser's leg without a packet for longer than this was gone by then (``_browser_went_at``):
@@ -828,3 +1119,7 @@ BROWSER_QUIET_S = 3.0
 # unanswered, 4 to 6 s apart, after the last answered one.
 LOSS_NOTICE_MAX_S = 40.0
 _LOSS_CAUSES = frozenset({"disconnected", "failed", "channel_closed", "replaced"})
+
+
+class UpstreamLegFailed(Exception):
+    """A new upstream leg (healing a lost one) failed before it was connected."""

@@ -22,7 +22,7 @@ from relay.media.bridge.audio_wiring import NegotiatedCodecs
 from relay.media.bridge.base import UpstreamAnswerInvalid
 from relay.media.events import UPSTREAM_LABEL, EventRelay
 from relay.media.peers import set_local_description
-from relay.media.sdp import InvalidOffer, audio_negotiation, rtp_leg
+from relay.media.sdp import AudioNegotiation, InvalidOffer, RtpLeg, audio_negotiation, rtp_leg
 from relay.media.tracks import BoundedQueueTrack
 from relay.observability.logging import stage
 from relay.observability.request_context import record_stage
@@ -37,6 +37,16 @@ class Negotiated:
 
     answer_sdp: str
     codecs: NegotiatedCodecs
+
+
+@dataclass(frozen=True)
+class UpstreamLeg:
+    """The upstream leg negotiated: its answer's codecs, the Opus payload types of our
+    offer, its answer's RTP parameters."""
+
+    codecs: AudioNegotiation
+    our_opus: frozenset[int]
+    rtp: RtpLeg
 
 
 class Negotiation:
@@ -73,6 +83,21 @@ class Negotiation:
         """Answer the browser, offer to the upstream, apply its answer."""
         answer = await self._answer_browser(offer_sdp)
         self._check_open()
+        upstream = await self.run_upstream()
+        return Negotiated(
+            answer_sdp=str(answer.sdp),
+            codecs=NegotiatedCodecs(
+                browser=audio_negotiation(answer.sdp),
+                upstream=upstream.codecs,
+                our_upstream_opus=upstream.our_opus,
+                browser_rtp=rtp_leg(answer.sdp),
+                upstream_rtp=upstream.rtp,
+            ),
+        )
+
+    async def run_upstream(self) -> UpstreamLeg:
+        """The upstream leg alone: our offer to the upstream, its answer applied (the
+        exchange's, and a new leg healing a lost one: ``Bridge._heal_upstream``)."""
         upstream_pc, offer = await self._offer_upstream()
         self._check_open()
         reply_sdp = await self._exchange(offer.sdp)
@@ -86,15 +111,10 @@ class Negotiation:
         except Exception as exc:
             raise UpstreamAnswerInvalid(f"{type(exc).__name__}: {exc}") from None
         self._check_open()
-        return Negotiated(
-            answer_sdp=str(answer.sdp),
-            codecs=NegotiatedCodecs(
-                browser=audio_negotiation(answer.sdp),
-                upstream=upstream_codecs,
-                our_upstream_opus=audio_negotiation(offer.sdp).opus_payload_types,
-                browser_rtp=rtp_leg(answer.sdp),
-                upstream_rtp=upstream_rtp,
-            ),
+        return UpstreamLeg(
+            codecs=upstream_codecs,
+            our_opus=audio_negotiation(offer.sdp).opus_payload_types,
+            rtp=upstream_rtp,
         )
 
     async def _answer_browser(self, offer_sdp: str) -> RTCSessionDescription:

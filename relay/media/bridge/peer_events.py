@@ -3,8 +3,9 @@
 ``PeerWatch`` listens to both peers and turns their events into two callbacks to the
 bridge: ``on_both_connected()`` and ``on_lost(leg, what)``. Whether a loss ends the bridge,
 and how, depends on the bridge's state, so the bridge decides (``Bridge._leg_lost``).
-``watch_browser`` again (a resumed leg) replaces the browser's peer: the events of the one
-it replaced are ignored from then on.
+``watch_browser`` again (a resumed leg) replaces the browser's peer, ``watch_upstream`` again
+(a healed upstream leg) the upstream's: the events of the one replaced are ignored from
+then on.
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ class PeerWatch:
         """``pc`` is a lost leg's: its events (it is being closed) are nobody's concern."""
         if self._peers.get("browser") is pc:
             del self._peers["browser"]
+
+    def forget_upstream(self, pc: RTCPeerConnection) -> None:
+        """``pc`` is a lost upstream leg's (a new one replaces it): its events are ignored."""
+        if self._peers.get("upstream") is pc:
+            del self._peers["upstream"]
 
     def watch_upstream(self, pc: RTCPeerConnection) -> None:
         self._peers["upstream"] = pc

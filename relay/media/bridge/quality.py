@@ -57,9 +57,16 @@ class Quality:
         # Loss, jitter and RTT per leg, refreshed by the supervisor every few seconds.
         self._legs: dict[str, dict[str, Any]] = {}
 
-    def attach_upstream(self, pc: RTCPeerConnection) -> None:
-        """The upstream leg's peer, once negotiation created it."""
+    def attach_upstream(
+        self, pc: RTCPeerConnection, to_upstream: BoundedQueueTrack | None = None
+    ) -> None:
+        """The upstream leg's peer, once negotiation created it; a new upstream leg healing
+        a lost one also brings the queue it sends from (counting on from the one before)."""
         self._peers["upstream"] = pc
+        if to_upstream is not None:
+            self._legs.pop("upstream", None)
+            stats, _ = self._directions["browser_to_upstream"]
+            self._directions["browser_to_upstream"] = (stats, to_upstream)
 
     def attach_browser(self, pc: RTCPeerConnection, to_browser: BoundedQueueTrack) -> None:
         """A resumed browser leg's peer and the queue it sends from (which counts on from

@@ -1,7 +1,8 @@
 """The bridge's states and the transitions allowed between them (docs/media.md, "Lifecycle").
 
 ``Bridge`` (``core``) is the only writer of its state, through one method per transition
-(``start``, ``_activate``, ``_lose_browser``, ``resume``, ``_resumed``, ``begin_close``,
+(``start``, ``_activate``, ``_lose_browser``, ``resume``, ``_resumed``, ``_lose_upstream``,
+``_upstream_healed``, ``begin_close``,
 the end of teardown), each of which goes through
 ``Bridge._set_state`` and so through ``check_transition`` here: a transition the table does
 not allow is a bug, and raises ``InvalidTransition``, in production as in the tests (the
@@ -14,6 +15,7 @@ reasons are in docs/media.md).
      │                  │                        │         browser lost│  │new browser leg
      │                  │                        │                     ▼  │ connected
      │                  │                        │              browser_lost ⇄ resuming
+     │                  │                        │          (or) upstream_lost ──healed──▶ active
      │                  │                        │                     │         │
      └──────────────────┴────── begin_close ─────┴─────────────────────┴─────────┘
                                      ▼
@@ -22,7 +24,10 @@ reasons are in docs/media.md).
 ``browser_lost``: the browser's leg dropped and ``session.reconnect_grace_s`` > 0; the
 upstream leg is kept, nothing is forwarded, the interview's clock is paused. ``resuming``:
 a resume's offer is being answered on a new browser peer; it becomes ``active`` once that
-peer is connected, or falls back to ``browser_lost`` if it fails.
+peer is connected, or falls back to ``browser_lost`` if it fails. ``upstream_lost``: the
+upstream leg dropped and ``session.upstream_reconnect_attempts`` > 0; the browser's leg is
+kept, nothing is forwarded, the clock is paused while a new upstream leg is opened, seeded
+and swapped in (``active`` again), or, when every attempt failed, the session closes.
 """
 
 from __future__ import annotations
@@ -32,7 +37,15 @@ from types import MappingProxyType
 from typing import Final, Literal, get_args
 
 BridgeState = Literal[
-    "new", "negotiating", "connecting", "active", "browser_lost", "resuming", "closing", "closed"
+    "new",
+    "negotiating",
+    "connecting",
+    "active",
+    "browser_lost",
+    "resuming",
+    "upstream_lost",
+    "closing",
+    "closed",
 ]
 
 STATES: Final[tuple[BridgeState, ...]] = get_args(BridgeState)
@@ -44,9 +57,10 @@ TRANSITIONS: Final[Mapping[BridgeState, frozenset[BridgeState]]] = MappingProxyT
         "new": frozenset({"negotiating", "closing"}),
         "negotiating": frozenset({"connecting", "closing"}),
         "connecting": frozenset({"active", "closing"}),
-        "active": frozenset({"browser_lost", "closing"}),
+        "active": frozenset({"browser_lost", "upstream_lost", "closing"}),
         "browser_lost": frozenset({"resuming", "closing"}),
         "resuming": frozenset({"active", "browser_lost", "closing"}),
+        "upstream_lost": frozenset({"active", "closing"}),
         "closing": frozenset({"closed"}),
         "closed": frozenset(),
     }

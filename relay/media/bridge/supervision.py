@@ -12,7 +12,8 @@ calls ``legs_connected`` when both peers are connected, ``wake`` when its teardo
 
 While the browser's leg is lost (``Limits.lost_deadline`` says until when it may come back)
 the interview's clock is paused: no limit, no idle-media check, no time announcements; at
-the deadline the session ends ``browser_gone``.
+the deadline the session ends ``browser_gone``. While the upstream's leg is being replaced
+(``upstream_lost``) the clock is paused too: no limit, no idle-media check.
 """
 
 from __future__ import annotations
@@ -237,6 +238,8 @@ class Supervisor:
             if (
                 idle_timeout > 0
                 and limits.lost_deadline() is None
+                # (nor while the upstream's leg is being replaced: the clock is paused)
+                and not clock.paused
                 and not self.overrunning
                 and now - self._last_media_at(connected_at) >= idle_timeout
             ):

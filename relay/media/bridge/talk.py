@@ -68,6 +68,16 @@ class Talk:
         events.send_to_browser(relay_events.time_left(time_left_s))
         events.resume_browser_delivery()
 
+    def upstream_reconnecting(self, attempt: int) -> None:
+        """The interviewer's leg dropped: a new one is being opened (attempt 1, 2, ...)."""
+        self._events.send_to_browser(relay_events.upstream_reconnecting(attempt))
+
+    def upstream_reconnected(self, gap_s: float, time_left_s: float) -> None:
+        """A new upstream leg is up: the page clears its notice; the time left (unchanged
+        while it was away)."""
+        self._events.send_to_browser(relay_events.upstream_reconnected(gap_s))
+        self._events.send_to_browser(relay_events.time_left(time_left_s))
+
     async def ending(self, reason: str) -> None:
         """``relay.session.ending`` before the hang-up, when the relay decided it and the
         page can hear it; then up to ``ENDING_FLUSH_S`` for it to leave."""
@@ -102,14 +112,16 @@ class Talk:
             self._events.send_upstream({"type": "response.create"})
 
     def reply_over(self) -> None:
-        """The reply in progress is over (the bridge calls it only while the page hears)."""
+        """The reply in progress is over (the bridge calls it only while the page hears;
+        also once a healed upstream leg is seeded: a wrap-up that waited for the cut reply
+        asks the new session for its response)."""
         if self._response_waiting:
             self._response_waiting = False
             self._events.send_upstream({"type": "response.create"})
 
     async def seed(self, items: Sequence[TranscriptItem]) -> None:
-        """A taken-over session's (or a rejoined interview's new session's) new upstream
-        session gets the conversation so far."""
+        """A taken-over session's (or a rejoined interview's new session's, or a healed
+        upstream leg's) new upstream session gets the conversation so far."""
         events = seed_events(list(items)[-SEED_MAX_ITEMS:], self._dialect, note=CONTINUE_NOTE)
         sent = await self._events.send_upstream_paced(events, SEED_TIMEOUT_S)
         log.info(
