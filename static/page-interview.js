@@ -18,7 +18,8 @@
 import { api, ApiFailure, NetworkFailure, once, sleep, withRetries } from "./page-api.js";
 import { Call } from "./page-call.js";
 import {
-  ENDED_ELSEWHERE, SERVICE_HICCUP, endMessage, mayGoOn, rejoinMessage,
+  ENDED_ELSEWHERE, SERVICE_HICCUP, UPSTREAM_RECONNECTED, UPSTREAM_RECONNECTING, endMessage,
+  mayGoOn, rejoinMessage,
 } from "./page-messages.js";
 import { store } from "./page-storage.js";
 import * as view from "./page-view.js";
@@ -645,6 +646,15 @@ export class Interview {
         break;
       case "relay.session.reconnected":
         if (this.phase === "live") view.setStatus("Reconnected.");
+        break;
+      case "relay.upstream.reconnecting":
+        // The interviewer's side dropped; the relay opens a new one under this same
+        // connection. Its reply in progress was cut: nothing of it is left to cancel.
+        this.resetReply();
+        if (this.phase === "live") view.setStatus(UPSTREAM_RECONNECTING);
+        break;
+      case "relay.upstream.reconnected":
+        if (this.phase === "live") view.setStatus(UPSTREAM_RECONNECTED);
         break;
       case "relay.transcript":
         t.restore(event.items);

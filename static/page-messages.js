@@ -41,6 +41,11 @@ export const CREDIT_STILL_IN_USE =
 export const SERVICE_HICCUP =
   "The interviewer had a brief problem. If you get no answer, say it again.";
 
+// The interviewer's side dropped and the relay is reconnecting it under the same
+// connection (relay.upstream.reconnecting): the candidate waits; nothing to do.
+export const UPSTREAM_RECONNECTING = "Reconnecting the interviewer…";
+export const UPSTREAM_RECONNECTED = "The interviewer is back.";
+
 // The link carried a credential that the relay refused: there is no field to type another
 // one into, so say where a good one comes from.
 export const LINK_REFUSED =
