@@ -6,6 +6,7 @@ every attempt fails, the session ends ``upstream_*`` as before."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -26,6 +27,9 @@ from tests.integration.relay_harness import RelayHarness
 
 # Long enough to measure the time away against the charged seconds.
 BACKOFF_S = 1.5
+# How long the upstream stays hung (connected, silent) before its call ends: above the 3 s
+# within which a leg counts as heard (relay.media.bridge.core.BROWSER_QUIET_S).
+HUNG_S = 5.0
 
 
 @pytest.fixture
@@ -218,3 +222,52 @@ async def test_with_healing_off_a_dropped_upstream_call_ends_the_session(
     assert ended["state"] == "failed" and ended["end_reason"].startswith("upstream_")
     assert len(simulator.state.calls) == 1
     assert "relay.upstream.reconnecting" not in live.page.event_types()
+
+
+async def test_a_hung_upstream_is_not_charged_from_when_it_was_last_heard(
+    make_relay: MakeRelay, simulator: RunningSimulator, pages: list[Page]
+) -> None:
+    """The upstream stops sending anything (no audio, no events) while its connection stays
+    up; its call is ended only later. From its last packet on, the candidate is not
+    charged, not only from when the relay noticed."""
+    relay = await make_relay(
+        overrides={"session": {"upstream_reconnect_attempts": 1, "idle_media_timeout_s": 0}}
+    )
+    live = await go_live(relay, seconds=600)
+    pages.append(live.page)
+    await a_full_turn(live.page)
+    bridge = bridge_of(relay, live.session_id)
+    [call] = simulator.app[SIMULATOR_KEY].calls.live.values()
+    hung = asyncio.Event()
+
+    async def hang() -> Any:
+        await hung.wait()  # never set: the simulator's sender waits here for good
+        raise AssertionError("unreachable")
+
+    # Its sender asks its track for the next frame: from now on nothing more comes (the
+    # frame clock that drives its replies and events stops with it).
+    call._track.recv = hang  # type: ignore[method-assign]
+    await wait_until(
+        lambda: (
+            bridge.upstream_to_browser.last_packet_at is not None
+            and time.monotonic() - bridge.upstream_to_browser.last_packet_at > 0.5
+        ),
+        5,
+        "the upstream silent",
+    )
+    silent_since = bridge.upstream_to_browser.last_packet_at
+    assert silent_since is not None
+    await asyncio.sleep(HUNG_S)  # the stretch under test: hung, not yet noticed
+    await call.close("dropped")
+    reconnected = await live.page.wait_type("relay.upstream.reconnected", 20)
+    gap_s = reconnected["gap_ms"] / 1000
+    # The time away counts from the upstream's last packet, not from the drop.
+    assert gap_s >= HUNG_S
+    assert gap_s == pytest.approx(time.monotonic() - silent_since, abs=1.0)
+
+    async with relay.client.delete(f"/api/sessions/{live.session_id}", headers=OPERATOR) as r:
+        assert r.status == 204
+    ended = await row(relay, live.session_id)
+    wall = (ended["ended_at"] - ended["connected_at"]).total_seconds()
+    assert ended["duration_seconds"] == pytest.approx(wall - gap_s, abs=1.0)
+    assert ended["duration_seconds"] < wall - HUNG_S + 0.5

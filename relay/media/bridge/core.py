@@ -899,7 +899,9 @@ class Bridge:
         now = time.monotonic()
         self._set_state("upstream_lost")
         self._upstream_lost_what = what
-        self._clock.pause(now)
+        # The clock's pause is when the loss was noticed; what is charged stops when the
+        # upstream was last heard, if that was clearly earlier (a hung upstream).
+        self._clock.pause(now, away_since=self._upstream_went_at(now))
         # The reply in progress is cut with its leg (no event of it will say so).
         self.conversation.upstream_gone()
         self.events.detach_upstream()
@@ -918,6 +920,27 @@ class Bridge:
         self._healing = self._tasks.spawn(
             self._heal_upstream(what), name=f"bridge-heal-upstream-{self.session_id}"
         )
+
+    def _upstream_went_at(self, now: float) -> float | None:
+        """When the upstream's leg went quiet, if well before ``now``: the later of its
+        last audio packet and its last event.
+
+        An upstream that hung (its connection up, nothing arriving) is found lost only when
+        ICE consent fails or its call is ended, maybe tens of seconds on: that stretch is
+        not the candidate's to pay. An upstream sending the codec's silence between replies
+        (the simulator does) is heard every 20 ms while it is there; one that sends nothing
+        between replies leaves its quiet time before a loss uncharged too, in the
+        candidate's favour, as for the browser's leg. ``BROWSER_QUIET_S`` is the margin for
+        the compiled path's copy of its counters; never more than ``LOSS_NOTICE_MAX_S``
+        back."""
+        heard = [
+            t
+            for t in (self.upstream_to_browser.last_packet_at, self._upstream_event_at)
+            if t is not None
+        ]
+        if not heard or now - max(heard) <= BROWSER_QUIET_S:
+            return None
+        return max(max(heard), now - LOSS_NOTICE_MAX_S)
 
     def _release_upstream_leg_soon(self) -> None:
         """Stop the upstream leg's forwarders, close its peer and hang its call up, in a
@@ -1112,7 +1135,8 @@ class Bridge:
 
 
 # The causes of a lost browser leg counted apart (the rest count as ``other``).
-# A browser's leg without a packet for longer than this was gone by then (``_browser_went_at``):
+# A leg without a packet for longer than this was gone by then (``_browser_went_at``,
+# ``_upstream_went_at``):
 # well above a packet's interval (20 ms) and the compiled path's copy of its counters (1.5 s).
 BROWSER_QUIET_S = 3.0
 # The longest a vanished network goes unnoticed: aioice's consent fails after 6 checks
