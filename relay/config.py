@@ -423,6 +423,20 @@ class SessionConfig(_Section):
     upstream_reconnect_attempts: Annotated[int, Field(ge=0, le=10)] = 3
     # Wait before the second attempt; doubled before each later one.
     upstream_reconnect_backoff_s: Annotated[float, Field(ge=0, le=30)] = 0.5
+    # An upstream leg from which nothing arrived (no audio packet, no event) for this long
+    # while the interview is active counts as lost (``upstream_silent``): healed as above,
+    # or the session ends. 0: off (the default), since it suits only an upstream that sends
+    # audio all the time, the codec's silence between replies (the simulator does).
+    upstream_silence_timeout_s: Annotated[float, Field(ge=0, le=600)] = 0.0
+
+    @field_validator("upstream_silence_timeout_s")
+    @classmethod
+    def _silence_long_enough(cls, value: float) -> float:
+        # The compiled path copies a direction's last-packet time every second or so: a
+        # shorter watch would take a leg that is up for silent.
+        if 0 < value < 5:
+            raise ValueError("0 (off) or at least 5 seconds")
+        return value
 
 
 class IceServerConfig(_Section):

@@ -43,6 +43,7 @@ PAGE_REASONS: Final[Mapping[str, str]] = {
     "upstream_disconnected": "upstream_error",
     "upstream_failed": "upstream_error",
     "upstream_channel_closed": "upstream_error",
+    "upstream_silent": "upstream_error",
     "upstream_connect_failed": "upstream_error",
     "upstream_error": "upstream_error",
     "upstream_timeout": "upstream_error",

@@ -30,6 +30,8 @@ BACKOFF_S = 1.5
 # How long the upstream stays hung (connected, silent) before its call ends: above the 3 s
 # within which a leg counts as heard (relay.media.bridge.core.BROWSER_QUIET_S).
 HUNG_S = 5.0
+# The silence watch under test (its least allowed value).
+SILENCE_S = 5.0
 
 
 @pytest.fixture
@@ -271,3 +273,41 @@ async def test_a_hung_upstream_is_not_charged_from_when_it_was_last_heard(
     wall = (ended["ended_at"] - ended["connected_at"]).total_seconds()
     assert ended["duration_seconds"] == pytest.approx(wall - gap_s, abs=1.0)
     assert ended["duration_seconds"] < wall - HUNG_S + 0.5
+
+
+async def test_an_upstream_silent_past_the_watch_is_replaced_without_waiting_for_ice(
+    make_relay: MakeRelay, simulator: RunningSimulator, pages: list[Page]
+) -> None:
+    """``session.upstream_silence_timeout_s``: an upstream whose connection stays up (ICE
+    consent holds) while nothing arrives is taken for lost after that long and healed;
+    the silence is not charged."""
+    relay = await make_relay(
+        overrides={"session": {"upstream_silence_timeout_s": SILENCE_S, "idle_media_timeout_s": 0}}
+    )
+    live = await go_live(relay, seconds=600)
+    pages.append(live.page)
+    await a_full_turn(live.page)
+    bridge = bridge_of(relay, live.session_id)
+    [call] = simulator.app[SIMULATOR_KEY].calls.live.values()
+    first = simulator.state.call(call.call_id)
+    hung = asyncio.Event()
+
+    async def hang() -> Any:
+        await hung.wait()  # never set
+        raise AssertionError("unreachable")
+
+    call._track.recv = hang  # type: ignore[method-assign]
+    reconnecting = await live.page.wait_type("relay.upstream.reconnecting", SILENCE_S + 5)
+    noticed = time.monotonic()
+    assert reconnecting["attempt"] == 1
+    silent_since = bridge.upstream_to_browser.last_packet_at
+    assert silent_since is not None
+    # Noticed after the watch's time (within a quarter of it: the supervision tick).
+    assert SILENCE_S <= noticed - silent_since < SILENCE_S * 1.25 + 1.0
+    reconnected = await live.page.wait_type("relay.upstream.reconnected", 15)
+    assert reconnected["gap_ms"] / 1000 >= SILENCE_S
+    assert state_of(bridge) == "active"
+    # The silent call was hung up by the relay; a new one is in use.
+    await wait_until(lambda: first.hung_up, 10, "the silent call hung up")
+    assert bridge.upstream_call_id not in (None, first.call_id)
+    assert relay.counter("relay_media_upstream_reconnects_total", outcome="healed") == 1

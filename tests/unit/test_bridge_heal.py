@@ -8,6 +8,9 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+from pydantic import ValidationError
+
 from relay.config import SessionConfig
 from relay.media.bridge import Bridge
 from relay.media.bridge.talk import CONTINUE_NOTE
@@ -130,3 +133,10 @@ async def test_a_page_lost_while_the_upstream_is_replaced_fails_the_session(
     await asyncio.wait_for(rig.hooks.done.wait(), 10)
     state, reason, _ = rig.hooks.finished[0]
     assert state == "failed" and reason.startswith("upstream_")
+
+
+def test_a_silence_watch_shorter_than_the_counters_refresh_is_refused() -> None:
+    with pytest.raises(ValidationError, match="at least 5 seconds"):
+        SessionConfig(upstream_silence_timeout_s=2)
+    assert SessionConfig(upstream_silence_timeout_s=0).upstream_silence_timeout_s == 0
+    assert SessionConfig(upstream_silence_timeout_s=5).upstream_silence_timeout_s == 5

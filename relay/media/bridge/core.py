@@ -256,6 +256,8 @@ class Bridge:
                 on_wrap_up=self._talk.wrap_up,
                 lost_deadline=self._lost_deadline,
                 on_progress=continuity.on_progress if continuity is not None else None,
+                upstream_heard_at=self._upstream_heard_at,
+                on_upstream_silent=lambda: self._leg_lost("upstream", "silent"),
             ),
         )
         self._watch = PeerWatch(
@@ -921,6 +923,16 @@ class Bridge:
             self._heal_upstream(what), name=f"bridge-heal-upstream-{self.session_id}"
         )
 
+    def _upstream_heard_at(self) -> float | None:
+        """When the upstream was last heard: the later of its last audio packet and its
+        last event (None: never yet)."""
+        heard = [
+            t
+            for t in (self.upstream_to_browser.last_packet_at, self._upstream_event_at)
+            if t is not None
+        ]
+        return max(heard) if heard else None
+
     def _upstream_went_at(self, now: float) -> float | None:
         """When the upstream's leg went quiet, if well before ``now``: the later of its
         last audio packet and its last event.
@@ -933,14 +945,10 @@ class Bridge:
         candidate's favour, as for the browser's leg. ``BROWSER_QUIET_S`` is the margin for
         the compiled path's copy of its counters; never more than ``LOSS_NOTICE_MAX_S``
         back."""
-        heard = [
-            t
-            for t in (self.upstream_to_browser.last_packet_at, self._upstream_event_at)
-            if t is not None
-        ]
-        if not heard or now - max(heard) <= BROWSER_QUIET_S:
+        heard = self._upstream_heard_at()
+        if heard is None or now - heard <= BROWSER_QUIET_S:
             return None
-        return max(max(heard), now - LOSS_NOTICE_MAX_S)
+        return max(heard, now - LOSS_NOTICE_MAX_S)
 
     def _release_upstream_leg_soon(self) -> None:
         """Stop the upstream leg's forwarders, close its peer and hang its call up, in a

@@ -13,7 +13,9 @@ calls ``legs_connected`` when both peers are connected, ``wake`` when its teardo
 While the browser's leg is lost (``Limits.lost_deadline`` says until when it may come back)
 the interview's clock is paused: no limit, no idle-media check, no time announcements; at
 the deadline the session ends ``browser_gone``. While the upstream's leg is being replaced
-(``upstream_lost``) the clock is paused too: no limit, no idle-media check.
+(``upstream_lost``) the clock is paused too: no limit, no idle-media check. With
+``session.upstream_silence_timeout_s`` an active interview's upstream that sent nothing
+(no audio, no event) for that long is reported (``Limits.on_upstream_silent``).
 """
 
 from __future__ import annotations
@@ -71,6 +73,10 @@ class Limits:
     lost_deadline: Callable[[], float | None]
     # The seconds charged so far, every ``session.progress_interval_s`` (None: not wanted).
     on_progress: Callable[[float], None] | None = None
+    # When the upstream was last heard (its last audio packet or event), and what to do
+    # when that was ``session.upstream_silence_timeout_s`` ago (None: not watched).
+    upstream_heard_at: Callable[[], float | None] | None = None
+    on_upstream_silent: Callable[[], None] | None = None
 
 
 class Supervisor:
@@ -185,6 +191,11 @@ class Supervisor:
         clock = limits.clock
         idle_timeout = session.idle_media_timeout_s
         tick = min(MAX_TICK_S, idle_timeout / 4) if idle_timeout > 0 else MAX_TICK_S
+        silence_timeout = session.upstream_silence_timeout_s
+        if limits.on_upstream_silent is None:
+            silence_timeout = 0.0
+        if silence_timeout > 0:
+            tick = min(tick, silence_timeout / 4)
         reported_first_audio = False
         # The periodic work is due at these times; the tick is no shorter than it, so each
         # is waited for to its time rather than left to the next tick after it.
@@ -245,6 +256,15 @@ class Supervisor:
             ):
                 self._on_end("idle_media", "ended")
                 return
+            if (
+                silence_timeout > 0
+                and limits.lost_deadline() is None
+                and not clock.paused
+                and now - self._upstream_heard_at(connected_at) >= silence_timeout
+                and limits.on_upstream_silent is not None
+            ):
+                # A hung upstream: its connection up (ICE consent holds), nothing arriving.
+                limits.on_upstream_silent()
             first = self._upstream_to_browser.first_packet_at
             if not reported_first_audio and first is not None:
                 reported_first_audio = True
@@ -270,6 +290,20 @@ class Supervisor:
                 grace,
             )
         return True
+
+    def _upstream_heard_at(self, connected_at: float) -> float:
+        heard_at = self._limits.upstream_heard_at
+        times = [
+            t
+            for t in (
+                connected_at,
+                # A healed (or resumed) leg starts its own wait.
+                self._limits.clock.resumed_at,
+                heard_at() if heard_at is not None else None,
+            )
+            if t is not None
+        ]
+        return max(times)
 
     def _last_media_at(self, connected_at: float) -> float:
         times = [
