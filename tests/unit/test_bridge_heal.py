@@ -140,3 +140,27 @@ def test_a_silence_watch_shorter_than_the_counters_refresh_is_refused() -> None:
         SessionConfig(upstream_silence_timeout_s=2)
     assert SessionConfig(upstream_silence_timeout_s=0).upstream_silence_timeout_s == 0
     assert SessionConfig(upstream_silence_timeout_s=5).upstream_silence_timeout_s == 5
+
+
+async def test_a_wrapping_up_interview_is_asked_again_to_close_by_the_new_session(
+    rig: Rig,  # noqa: F811
+) -> None:
+    async def mint(request_id: str) -> MintedSession:
+        return await rig.upstream.mint(request_id=request_id)
+
+    session = healing().model_copy(update={"wrap_up_s": 58.5})
+    bridge = rig.bridge(session=session, max_duration_s=60, mint_upstream=mint)
+    browser = rig.browser(payloads=SPEECH)
+    await rig.connect(bridge, browser)
+    await browser.wait_type("relay.session.wrap_up", 5)
+    first = rig.upstream.calls[0]
+    await wait_until(lambda: len(first.events) >= 2, 5, "the wrap-up upstream")
+    note = first.events[0]["item"]["content"][0]["text"]
+    assert note.startswith("About ")
+    await first.pc.close()
+    await browser.wait_type("relay.upstream.reconnected", 15)
+    second = rig.upstream.calls[1]
+    # Nothing was said yet: the note to continue, then the wrap-up's note again.
+    await wait_until(lambda: len(second.events) >= 2, 10, "the seed")
+    texts = [e["item"]["content"][0]["text"] for e in second.events]
+    assert texts == [CONTINUE_NOTE, note]

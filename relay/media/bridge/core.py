@@ -1137,8 +1137,8 @@ class Bridge:
                 "on_upstream_replaced",
                 self._on_upstream_replaced(self._upstream_call_id, upstream_session_id),
             )
-        await self._talk.seed(self.conversation.items)
-        if self._state == "active":
+        await self._talk.seed_healed(self.conversation.items)
+        if self._state_now() == "active":
             self._talk.reply_over()  # a wrap-up that waited for the cut reply
 
 

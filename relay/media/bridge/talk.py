@@ -54,6 +54,9 @@ class Talk:
         self._dialect = dialect
         # The wrap-up's response waits for the reply in progress to be over.
         self._response_waiting = False
+        # The wrap-up's system message, once sent: a new upstream session healing a lost
+        # leg is given it again after the conversation (the seed holds no system items).
+        self._wrap_up_note: str | None = None
 
     # ------------------------------------------------------------------ to the page
     def time_left(self, seconds: float) -> None:
@@ -105,6 +108,7 @@ class Talk:
         )
         self._events.send_to_browser(relay_events.wrap_up(seconds))
         note = WRAP_UP_NOTE.format(seconds=relay_events.whole_seconds(seconds))
+        self._wrap_up_note = note
         self._events.send_upstream(system_message(note))
         if self._conversation.replying:
             self._response_waiting = True
@@ -118,6 +122,16 @@ class Talk:
         if self._response_waiting:
             self._response_waiting = False
             self._events.send_upstream({"type": "response.create"})
+
+    async def seed_healed(self, items: Sequence[TranscriptItem]) -> None:
+        """A new upstream session replacing a lost leg: the conversation so far, then the
+        wrap-up's note again if it was given (the interview is closing). (The bridge then
+        calls ``reply_over``: a wrap-up that waited for the cut reply asks for its
+        response.)"""
+        await self.seed(items)
+        note = self._wrap_up_note
+        if note is not None:
+            await self._events.send_upstream_paced([system_message(note)], SEED_TIMEOUT_S)
 
     async def seed(self, items: Sequence[TranscriptItem]) -> None:
         """A taken-over session's (or a rejoined interview's new session's, or a healed
