@@ -34,6 +34,7 @@ def healing(attempts: int = 3, backoff_s: float = 0.05) -> SessionConfig:
     )
 
 
+@pytest.mark.usefixtures("media_path")  # the compiled loop and the Python fast path
 async def test_a_lost_upstream_leg_is_replaced_and_seeded(rig: Rig) -> None:  # noqa: F811
     mints: list[str] = []
 
