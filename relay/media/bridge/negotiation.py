@@ -11,6 +11,7 @@ after teardown would be closed by it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -26,7 +27,8 @@ from relay.media.sdp import AudioNegotiation, InvalidOffer, RtpLeg, audio_negoti
 from relay.media.tracks import BoundedQueueTrack
 from relay.observability.logging import stage
 from relay.observability.request_context import record_stage
-from relay.upstream.base import MintedSession, UpstreamClient
+from relay.tasks import spawn
+from relay.upstream.base import MintedSession, SdpAnswer, UpstreamClient
 
 log = logging.getLogger("relay.media")
 
@@ -138,14 +140,33 @@ class Negotiation:
     async def _exchange(self, offer_sdp: str) -> str:
         """Our offer to the upstream; its answer SDP (the call is reported first)."""
         started = time.perf_counter()
-        reply = await self._upstream.exchange_sdp(
-            self._minted, offer_sdp, request_id=self._request_id
+        # In a task of its own: should this wait be cancelled (a heal cut short by the
+        # session's end, a start whose caller went away), the upstream may open the call
+        # all the same, and nobody would learn its id to hang it up.
+        exchange = asyncio.ensure_future(
+            self._upstream.exchange_sdp(self._minted, offer_sdp, request_id=self._request_id)
         )
+        try:
+            reply = await asyncio.shield(exchange)
+        except asyncio.CancelledError:
+            exchange.add_done_callback(self._hang_up_late_answer)
+            raise
         self._on_upstream_call(reply.call_id)
         elapsed_ms = (time.perf_counter() - started) * 1000
         record_stage("upstream", elapsed_ms)
         stage(log, "UPSTREAM_SDP_COMPLETE", elapsed_ms)
         return reply.sdp
+
+    def _hang_up_late_answer(self, exchange: asyncio.Future[SdpAnswer]) -> None:
+        """The answer of an exchange given up on: its call is hung up (nobody uses it)."""
+        if exchange.cancelled() or exchange.exception() is not None:
+            return  # no call (its failure was the client's to log)
+        call_id = exchange.result().call_id
+        if call_id:
+            log.info(
+                "hanging up upstream call %s, answered after its exchange was given up", call_id
+            )
+            spawn(self._upstream.hangup(call_id), name="negotiation-hangup-late-call", log=log)
 
 
 async def answer_browser(
