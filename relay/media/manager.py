@@ -365,7 +365,8 @@ class BridgeManager:
         Raises ``ApiError``: 409 ``resume_token_invalid`` (not the current token: wrong, or
         spent by an earlier resume), 409 ``resume_in_progress`` / ``session_not_resumable``,
         410 ``session_ended`` (it ended meanwhile), 400 ``invalid_offer``, 503
-        ``resume_failed`` (the new leg failed at once; the token is still valid)."""
+        ``resume_failed`` (the new leg failed at once; the token is still valid) or
+        ``resume_unavailable`` (the upstream's leg is being replaced: try again)."""
         bridge = entry.bridge
         if bridge is None or bridge.is_closing():
             raise session_ended_error(bridge.end_reason if bridge is not None else None)
@@ -374,7 +375,7 @@ class BridgeManager:
         try:
             answer = await bridge.resume(offer_sdp)
         except ResumeRefused as exc:
-            status = 503 if exc.code == "resume_failed" else 409
+            status = 503 if exc.code in ("resume_failed", "resume_unavailable") else 409
             raise ApiError(status, exc.code, exc.message, retryable=status == 503) from None
         except InvalidOffer as exc:
             raise invalid_offer_error(exc) from None

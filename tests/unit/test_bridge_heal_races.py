@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
+from relay.media.bridge.base import ResumeRefused
 from relay.media.peers import open_peer_count
 from relay.upstream.base import MintedSession, SdpAnswer
 from tests.integration.media_helpers import LoopbackUpstream, encode_opus, speech_like, wait_until
@@ -103,3 +106,35 @@ async def test_a_hang_up_while_the_new_call_is_being_answered_hangs_that_call_up
     # The call the upstream opened for the heal is not left up on its side.
     await wait_until(lambda: second.call_id in upstream.hangups, 5, "the new call hung up")
     assert open_peer_count() == peers_before
+
+
+async def test_a_resume_while_the_upstream_is_replaced_is_refused_for_now_not_for_good(
+    rig: Rig,  # noqa: F811
+) -> None:
+    held = asyncio.Event()
+
+    async def slow(request_id: str) -> MintedSession:
+        await held.wait()
+        return await rig.upstream.mint(request_id=request_id)
+
+    bridge = rig.bridge(session=healing(), mint_upstream=slow)
+    browser = rig.browser(payloads=SPEECH)
+    await rig.connect(bridge, browser)
+    await rig.upstream.calls[0].pc.close()
+    await wait_until(lambda: bridge.state == "upstream_lost", 10, "upstream lost")
+
+    # The page's own leg was cut too and it asks to resume before the relay noticed: the
+    # page tries again on a retryable refusal (page-interview.js refusedForGood), and
+    # gives the interview up on a 409 session_not_resumable.
+    page = rig.browser(payloads=SPEECH)
+    with pytest.raises(ResumeRefused) as refused:
+        await bridge.resume(await page.offer())
+    assert refused.value.code == "resume_unavailable"
+    assert state_of(bridge) == "upstream_lost"
+
+    held.set()  # the heal goes on; the page's next attempt takes the leg over
+    await wait_until(lambda: bridge.state == "active", 15, "healed")
+    answer = await bridge.resume(await page.offer())
+    await page.accept(answer)
+    await page.wait_connected()
+    await wait_until(lambda: bridge.state == "active", 10, "resumed")

@@ -67,8 +67,9 @@ class Seed:
 
 class ResumeRefused(Exception):
     """A resume this bridge cannot serve: ``code`` is ``resume_in_progress``,
-    ``session_not_resumable`` (not live yet, or resuming is switched off) or
-    ``resume_failed`` (the new leg failed while its offer was being answered)."""
+    ``session_not_resumable`` (not live yet, or resuming is switched off),
+    ``resume_failed`` (the new leg failed while its offer was being answered) or
+    ``resume_unavailable`` (the upstream's leg is being replaced: try again)."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)

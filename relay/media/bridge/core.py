@@ -656,12 +656,20 @@ class Bridge:
 
         An active bridge is first taken for lost (a page reloaded before the relay saw its
         old leg go). Raises ``ResumeRefused`` (in progress, not resumable, the new leg
-        failed meanwhile), ``BridgeClosed`` (closing), ``InvalidOffer``; any other failure
-        leaves the bridge in ``browser_lost`` for another attempt within the grace."""
+        failed meanwhile, the upstream's leg being replaced: ``resume_unavailable``),
+        ``BridgeClosed`` (closing), ``InvalidOffer``; any other failure leaves the bridge
+        in ``browser_lost`` for another attempt within the grace."""
         if self.is_closing():
             raise BridgeClosed(self._end_reason or "closed")
         if self._state == "resuming":
             raise ResumeRefused("resume_in_progress", "A resume of this session is under way.")
+        if self._state == "upstream_lost":
+            # Not for good: the heal ends soon, one way or the other (active again: the
+            # next attempt takes the leg; given up: the session ended, 410).
+            raise ResumeRefused(
+                "resume_unavailable",
+                "The interviewer's connection is being restored; try again in a moment.",
+            )
         if self._state == "active" and self._may_resume():
             self._lose_browser("replaced")
         if self._state != "browser_lost":
