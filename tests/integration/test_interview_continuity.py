@@ -493,7 +493,7 @@ async def test_the_candidates_end_does_not_complete_an_interview_a_claim_is_taki
     never a session going live in an interview already completed. The interleaving is
     forced: the claim is held on its session's row lock after it has read the interview,
     while the End runs."""
-    relay = await make_relay()
+    relay = await make_relay(overrides=NO_HEAL)
     interview = await create_interview(relay, max_duration_s=BUDGET_S)
     invite = invite_of(interview)
     async with join(relay, invite) as joined:
