@@ -138,3 +138,33 @@ async def test_a_resume_while_the_upstream_is_replaced_is_refused_for_now_not_fo
     await page.accept(answer)
     await page.wait_connected()
     await wait_until(lambda: bridge.state == "active", 10, "resumed")
+
+
+async def test_a_slow_session_row_write_does_not_hold_up_the_new_sessions_seed(
+    rig: Rig,  # noqa: F811
+) -> None:
+    """The row's note of the new call waits for the database (slow, or retrying): the new
+    upstream session, which hears the candidate already, gets the conversation first."""
+    database = asyncio.Event()
+    noted: list[str | None] = []
+
+    async def mint(request_id: str) -> MintedSession:
+        return await rig.upstream.mint(request_id=request_id)
+
+    async def slow_row(call_id: str | None, upstream_session_id: str | None) -> None:
+        await database.wait()
+        noted.append(call_id)
+
+    bridge = rig.bridge(session=healing(), mint_upstream=mint)
+    bridge._on_upstream_replaced = slow_row  # the session layer's hook (the manager's)
+    browser = rig.browser(payloads=SPEECH)
+    await rig.connect(bridge, browser)
+    await rig.upstream.calls[0].pc.close()
+    await browser.wait_type("relay.upstream.reconnected", 15)
+    second = rig.upstream.calls[1]
+    try:
+        await wait_until(lambda: len(second.events) >= 1, 5, "the seed, the database still slow")
+        assert noted == []
+    finally:
+        database.set()  # (the teardown waits for the seeding)
+    await wait_until(lambda: noted == [second.call_id], 5, "the row's note of the new call")

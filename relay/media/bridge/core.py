@@ -1140,14 +1140,16 @@ class Bridge:
         )
 
     async def _seed_healed(self, upstream_session_id: str | None) -> None:
-        if self._on_upstream_replaced is not None:
-            await self._call_hook(
-                "on_upstream_replaced",
-                self._on_upstream_replaced(self._upstream_call_id, upstream_session_id),
-            )
+        # The seed first: the new session hears the candidate from now on, and must not
+        # answer without the conversation while the row's write waits for the database.
+        call_id = self._upstream_call_id
         await self._talk.seed_healed(self.conversation.items)
         if self._state_now() == "active":
             self._talk.reply_over()  # a wrap-up that waited for the cut reply
+        if self._on_upstream_replaced is not None:
+            await self._call_hook(
+                "on_upstream_replaced", self._on_upstream_replaced(call_id, upstream_session_id)
+            )
 
 
 # The causes of a lost browser leg counted apart (the rest count as ``other``).
