@@ -330,7 +330,14 @@ class BridgeManager:
                 metrics=self.metrics,
                 hooks=hooks,
                 force_decode=self._force_decode,
-                mint_upstream=self._minter(entry),
+                # Healed in place only for clients given a resume token (the candidate
+                # page, the relay's own API): they speak the relay's events. An
+                # OpenAI-shaped client builds its history from the upstream's item events,
+                # and a healed session announces the conversation again as the new
+                # session's seed (it would show it twice), with a second session.created:
+                # its dropped call ends as before, and an interview stays open for a new
+                # call (docs/openai-compatible.md).
+                mint_upstream=self._minter(entry) if entry.resume_token_hash is not None else None,
                 on_upstream_replaced=hooks.on_upstream_replaced,
             )
         except BaseException:

@@ -402,8 +402,9 @@ async def test_hanging_up_a_call_that_failed_leaves_the_interview_open_for_a_new
     (an SDK's clean-up): the call was over already, and the interview stays in progress
     for a new call within its rejoin window (docs/openai-compatible.md), not completed as
     the candidate's hang-up (that is the candidate page's End, DELETE /api/sessions)."""
-    # (the dropped call is not healed in place: tests/integration/test_upstream_heal.py)
-    relay = await make_relay(overrides={"session": {"upstream_reconnect_attempts": 0}})
+    # Healing on (the default): an OpenAI-shaped call is not healed in place; its
+    # dropped call ends (docs/openai-compatible.md).
+    relay = await make_relay()
     interview = await create_interview(relay, recording=False)
     invite = invite_of(interview)
     secret = await openai_client(relay, invite).realtime.client_secrets.create()
