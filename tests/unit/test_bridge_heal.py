@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from relay.config import SessionConfig
 from relay.media.bridge import Bridge
+from relay.media.bridge.core import MAX_HEALS
 from relay.media.bridge.talk import CONTINUE_NOTE
 from relay.upstream.base import MintedSession, UpstreamError
 from tests.integration.media_helpers import encode_opus, speech_like, wait_until
@@ -165,3 +166,31 @@ async def test_a_wrapping_up_interview_is_asked_again_to_close_by_the_new_sessio
     await wait_until(lambda: len(second.events) >= 2, 10, "the seed")
     texts = [e["item"]["content"][0]["text"] for e in second.events]
     assert texts == [CONTINUE_NOTE, note]
+
+
+async def test_an_upstream_that_keeps_dropping_is_healed_a_bounded_number_of_times(
+    rig: Rig,  # noqa: F811
+) -> None:
+    async def mint(request_id: str) -> MintedSession:
+        return await rig.upstream.mint(request_id=request_id)
+
+    bridge = rig.bridge(session=healing(), mint_upstream=mint)
+    browser = rig.browser(payloads=SPEECH)
+    await rig.connect(bridge, browser)
+    await browser.wait_type("session.created")
+
+    def heals() -> int:
+        return browser.event_types().count("relay.upstream.reconnected")
+
+    for healed in range(1, MAX_HEALS + 1):
+        await rig.upstream.calls[-1].pc.close()
+        await wait_until(lambda: heals() == healed, 15, f"heal {healed}")  # noqa: B023
+    # One loss more than a session heals: it ends as without healing.
+    await rig.upstream.calls[-1].pc.close()
+    ending = await browser.wait_type("relay.session.ending", 10)
+    assert ending["reason"] == "upstream_error"
+    await asyncio.wait_for(rig.hooks.done.wait(), 10)
+    state, reason, _ = rig.hooks.finished[0]
+    assert state == "failed" and reason.startswith("upstream_")
+    assert len(rig.upstream.calls) == MAX_HEALS + 1
+    assert rig.counter("relay_media_upstream_reconnects_total", outcome="healed") == MAX_HEALS

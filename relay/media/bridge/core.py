@@ -187,6 +187,8 @@ class Bridge:
         self._ice_noted: RTCPeerConnection | None = None
         # How the upstream's leg was lost (the end reason if it cannot be healed).
         self._upstream_lost_what = "failed"
+        # Losses of the upstream leg taken up so far (at most MAX_HEALS).
+        self._heals = 0
 
         # The parts: both legs' peers, what each leg sends, each direction's counters.
         queue_max = settings.media.queue_max_frames
@@ -896,11 +898,14 @@ class Bridge:
 
     # ------------------------------------------------------------------ the upstream healed
     def _may_heal(self) -> bool:
-        # Past the limit (a reply finishing) the interview ends rather than waits.
+        # Past the limit (a reply finishing) the interview ends rather than waits; an
+        # upstream that keeps dropping is not given new sessions without end (each loss
+        # pauses the clock and mints anew): after MAX_HEALS the session ends as before.
         return (
             self._mint_upstream is not None
             and self._settings.session.upstream_reconnect_attempts > 0
             and not self._supervisor.overrunning
+            and self._heals < MAX_HEALS
         )
 
     def _lose_upstream(self, what: str) -> None:
@@ -908,6 +913,7 @@ class Bridge:
         tell the page, release the lost upstream leg and open a new one (a task)."""
         now = time.monotonic()
         self._set_state("upstream_lost")
+        self._heals += 1
         self._upstream_lost_what = what
         # The clock's pause is when the loss was noticed; what is charged stops when the
         # upstream was last heard, if that was clearly earlier (a hung upstream).
@@ -1104,6 +1110,12 @@ class Bridge:
         if not connected:
             raise UpstreamLegFailed("the new upstream leg failed while connecting")
         self._raise_unless_upstream_lost()
+        # Connected, then lost again before this task went on: that loss's signal found
+        # the attempt already answered (``_upstream_attempt_over``) and was dropped, so it
+        # is looked for here rather than going active on a dead leg.
+        pc = self._upstream_pc
+        if pc is None or pc.connectionState != "connected":
+            raise UpstreamLegFailed("the new upstream leg was lost as it connected")
 
     def _upstream_attempt_over(self, connected: bool) -> None:
         attempt = self._upstream_attempt
@@ -1161,6 +1173,8 @@ BROWSER_QUIET_S = 3.0
 # unanswered, 4 to 6 s apart, after the last answered one.
 LOSS_NOTICE_MAX_S = 40.0
 _LOSS_CAUSES = frozenset({"disconnected", "failed", "channel_closed", "replaced"})
+# The most losses of the upstream leg one session heals (each with its own attempts).
+MAX_HEALS = 5
 
 
 class UpstreamLegFailed(Exception):
