@@ -933,6 +933,8 @@ class Bridge:
         if self._continuity is not None:
             self._continuity.on_progress(self._clock.used(now))
         self._release_upstream_leg_soon()
+        # The clock is paused: the monitor works out its next wake-up again.
+        self._supervisor.recheck()
         self._healing = self._tasks.spawn(
             self._heal_upstream(what), name=f"bridge-heal-upstream-{self.session_id}"
         )
@@ -1145,6 +1147,8 @@ class Bridge:
             self._upstream_call_id,
         )
         self._talk.upstream_reconnected(gap, self.time_left(now))
+        # The clock runs again: the time announcements and the limit are due from now.
+        self._supervisor.recheck()
         minted = self._healing_minted
         self._seeding = self._tasks.spawn(
             self._seed_healed(minted.upstream_session_id if minted is not None else None),
