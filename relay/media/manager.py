@@ -18,6 +18,7 @@ from relay.db import DatabaseUnavailable
 from relay.errors import ApiError
 from relay.media import fastloop, relay_events, udp
 from relay.media.bridge import (
+    RETRYABLE_RESUME_REFUSALS,
     Bridge,
     BridgeClosed,
     BridgeSettings,
@@ -382,7 +383,7 @@ class BridgeManager:
         try:
             answer = await bridge.resume(offer_sdp)
         except ResumeRefused as exc:
-            status = 503 if exc.code in ("resume_failed", "resume_unavailable") else 409
+            status = 503 if exc.code in RETRYABLE_RESUME_REFUSALS else 409
             raise ApiError(status, exc.code, exc.message, retryable=status == 503) from None
         except InvalidOffer as exc:
             raise invalid_offer_error(exc) from None

@@ -22,6 +22,7 @@ from aiohttp.test_utils import make_mocked_request
 
 from relay.app import create_app
 from relay.config import Settings
+from relay.media.bridge import RETRYABLE_RESUME_REFUSALS
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ROOT / "relay"
@@ -87,8 +88,9 @@ def _raised_errors() -> set[tuple[int, str]]:
             elif callee == "DatabaseUnavailable" and args and isinstance(args[0], str):
                 raised.add((503, args[0]))  # relay.web.middleware renders it as 503
             elif callee == "ResumeRefused" and args and isinstance(args[0], str):
-                # relay.media.manager: resume_failed is 503 (retryable), the others 409.
-                raised.add((503 if args[0] == "resume_failed" else 409, args[0]))
+                # relay.media.manager: the retryable ones are 503, the others 409.
+                retryable = args[0] in RETRYABLE_RESUME_REFUSALS
+                raised.add((503 if retryable else 409, args[0]))
     return raised
 
 

@@ -36,6 +36,7 @@ or report through callbacks. Read them one at a time, in this order:
 """
 
 from relay.media.bridge.base import (
+    RETRYABLE_RESUME_REFUSALS,
     BridgeClosed,
     BridgeHooks,
     BridgeSettings,
@@ -58,6 +59,7 @@ __all__ = [
     "ContinuityHooks",
     "EndState",
     "InvalidTransition",
+    "RETRYABLE_RESUME_REFUSALS",
     "ResumeRefused",
     "Seed",
     "TRANSITIONS",

@@ -65,6 +65,10 @@ class Seed:
     gap_s: float
 
 
+# The refusals a page may retry (503): the others are 409, final for that resume.
+RETRYABLE_RESUME_REFUSALS = frozenset({"resume_failed", "resume_unavailable"})
+
+
 class ResumeRefused(Exception):
     """A resume this bridge cannot serve: ``code`` is ``resume_in_progress``,
     ``session_not_resumable`` (not live yet, or resuming is switched off),
