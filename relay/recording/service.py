@@ -335,6 +335,26 @@ class RecordingService:
         if task is not None:
             await asyncio.shield(task)
 
+    async def _mark_ready(
+        self,
+        recording_id: str,
+        manifest: dict[str, Any],
+        files: list[dict[str, Any]],
+        location: str,
+        *,
+        recovered: bool,
+    ) -> str | None:
+        """The row's ``ready``, with what the session says of it (``_status``'s answer)."""
+        note = "ready (recovered after a relay crash)" if recovered else "ready"
+        return await self._status(
+            recording_id,
+            "ready",
+            manifest=manifest,
+            files=files,
+            location=location,
+            session_note=note,
+        )
+
     async def _status(self, recording_id: str, status: str, **kwargs: Any) -> str | None:
         """The row's status after (``set_status``), or ``UNWRITTEN``."""
         try:
@@ -559,14 +579,12 @@ class RecordingService:
                 return
             for f in files:
                 f["key"] = self.s3.key(session_id, recording_id, f["name"])
-        note = "ready (recovered after a relay crash)" if recovered else "ready"
-        after = await self._status(
+        after = await self._mark_ready(
             recording_id,
-            "ready",
-            manifest=manifest,
-            files=files,
-            location=self._location(session_id, recording_id, directory),
-            session_note=note,
+            manifest,
+            files,
+            self._location(session_id, recording_id, directory),
+            recovered=recovered,
         )
         if after == UNWRITTEN:
             # The row still says rendering: the files stay where they are (with S3, the
@@ -813,14 +831,12 @@ class RecordingService:
             "recording %s: in the store, its ready status not written; marking it ready",
             recording_id,
         )
-        note = "ready (recovered after a relay crash)" if recovered else "ready"
-        after = await self._status(
+        after = await self._mark_ready(
             recording_id,
-            "ready",
-            manifest=manifest,
-            files=files,
-            location=self.s3.location(session_id, recording_id),
-            session_note=note,
+            manifest,
+            files,
+            self.s3.location(session_id, recording_id),
+            recovered=recovered,
         )
         if after not in ("ready", UNWRITTEN):
             await self._remove_if_gone(after, recording_id, session_id, directory)
