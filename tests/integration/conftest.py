@@ -15,6 +15,7 @@ from aiohttp.web import Application, Request
 from relay.app import create_app
 from relay.services import SERVICES
 from relay.upstream.simulator.server import RunningSimulator, start_simulator
+from tests.integration.continuity_helpers import Page
 from tests.integration.relay_harness import RelayHarness, relay_settings
 from tests.support.reply_cutter import ReplyCutter
 
@@ -84,3 +85,13 @@ async def cutter(database_url: str) -> AsyncIterator[ReplyCutter]:
         yield proxy
     finally:
         await proxy.close()
+
+
+@pytest.fixture
+async def pages() -> AsyncIterator[list[Page]]:
+    """The continuity tests' pages (aiortc peers standing for the candidate's page),
+    closed at the end whatever happened."""
+    made: list[Page] = []
+    yield made
+    for page in made:
+        await page.close()

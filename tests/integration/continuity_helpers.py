@@ -7,11 +7,23 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from relay.media.bridge import Bridge
 from tests.integration.cluster_helpers import Client
 from tests.integration.media_helpers import BrowserPeer, encode_opus, speech_like, wait_until
 from tests.integration.relay_harness import RelayHarness
 
 SPEECH = encode_opus(speech_like(1.6))
+
+
+def bridge_of(relay: RelayHarness, session_id: str) -> Bridge:
+    bridge = relay.services.bridges.get(session_id)
+    assert bridge is not None
+    return bridge
+
+
+def state_of(bridge: Bridge) -> str:
+    # A call, not an attribute: mypy would keep ``bridge.state`` narrowed across awaits.
+    return bridge.state
 
 
 class Page(BrowserPeer):

@@ -7,43 +7,30 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 
 from relay.cluster.revoke import revoke_user
-from relay.media.bridge import Bridge
 from relay.sessions.continuity import PROGRESS_FLUSH_S
 from relay.upstream.simulator.options import DEFAULT_REPLY_LINES
 from relay.upstream.simulator.server import RunningSimulator
 from relay.upstream.simulator.state import CallRecord
 from tests.integration.conftest import MakeRelay
-from tests.integration.continuity_helpers import SPEECH, Live, Page, go_live, resume
+from tests.integration.continuity_helpers import (
+    SPEECH,
+    Live,
+    Page,
+    bridge_of,
+    go_live,
+    resume,
+    state_of,
+)
 from tests.integration.interview_helpers import call
 from tests.integration.media_helpers import wait_until
 from tests.integration.recording_helpers import OPERATOR, wait_recording
 from tests.integration.relay_harness import SIMULATOR_KEY, RelayHarness
-
-
-@pytest.fixture
-async def pages() -> AsyncIterator[list[Page]]:
-    made: list[Page] = []
-    yield made
-    for page in made:
-        await page.close()
-
-
-def bridge_of(relay: RelayHarness, session_id: str) -> Bridge:
-    bridge = relay.services.bridges.get(session_id)
-    assert bridge is not None
-    return bridge
-
-
-def state_of(bridge: Bridge) -> str:
-    # A call, not an attribute: mypy would keep ``bridge.state`` narrowed across awaits.
-    return bridge.state
 
 
 def only_call(simulator: RunningSimulator) -> CallRecord:

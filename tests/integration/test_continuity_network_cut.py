@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -20,14 +19,6 @@ from tests.support.netcut import cut, require_netcut, udp_ports_of
 
 # Longer than the relay's BROWSER_QUIET_S, far shorter than ICE consent's ~30 s.
 CUT_S = 6.0
-
-
-@pytest.fixture
-async def pages() -> AsyncIterator[list[Page]]:
-    made: list[Page] = []
-    yield made
-    for page in made:
-        await page.close()
 
 
 async def test_a_cut_the_relay_did_not_notice_is_not_charged(

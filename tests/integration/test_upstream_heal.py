@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from relay.media.bridge import Bridge
 from relay.media.bridge.talk import CONTINUE_NOTE
 from relay.upstream.simulator.app import SIMULATOR_KEY
 from relay.upstream.simulator.options import DEFAULT_REPLY_LINES
 from relay.upstream.simulator.server import RunningSimulator
 from relay.upstream.simulator.state import CallRecord
 from tests.integration.conftest import MakeRelay
-from tests.integration.continuity_helpers import SPEECH, Page, a_full_turn, go_live
+from tests.integration.continuity_helpers import (
+    SPEECH,
+    Page,
+    a_full_turn,
+    bridge_of,
+    go_live,
+    state_of,
+)
 from tests.integration.media_helpers import wait_until
 from tests.integration.recording_helpers import OPERATOR, wait_recording
 from tests.integration.relay_harness import RelayHarness
@@ -32,25 +37,6 @@ BACKOFF_S = 1.5
 HUNG_S = 5.0
 # The silence watch under test (its least allowed value).
 SILENCE_S = 5.0
-
-
-@pytest.fixture
-async def pages() -> AsyncIterator[list[Page]]:
-    made: list[Page] = []
-    yield made
-    for page in made:
-        await page.close()
-
-
-def bridge_of(relay: RelayHarness, session_id: str) -> Bridge:
-    bridge = relay.services.bridges.get(session_id)
-    assert bridge is not None
-    return bridge
-
-
-def state_of(bridge: Bridge) -> str:
-    # A call, not an attribute: mypy would keep ``bridge.state`` narrowed across awaits.
-    return bridge.state
 
 
 async def drop_the_call(simulator: RunningSimulator) -> CallRecord:
