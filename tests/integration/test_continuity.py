@@ -187,6 +187,8 @@ async def test_the_end_of_the_grace_is_noticed_when_it_comes(
     lost_at = time.monotonic()
     await wait_until(lambda: state_of(bridge) not in ("browser_lost", "resuming"), 15, "grace over")
     assert time.monotonic() - lost_at < grace_s + 1.0
+    # The row's closing write lands after the bridge has closed (CI cc100 read it first).
+    await relay.wait_session_closed(live.session_id)
     assert (await row(relay, live.session_id))["end_reason"] == "browser_gone"
 
 
