@@ -471,6 +471,15 @@ async def test_the_candidates_end_while_the_page_rejoins_ends_the_interview_as_t
     first: str = (await (await started.value).json())["session_id"]
     await expect(page.locator("#connection")).to_have_text("Live", timeout=CONNECT_S * 1000)
 
+    # The session's start is written after the page shows Live: a session that failed
+    # before that write counts as a start given up before any media, which leaves the
+    # interview scheduled and which End does not complete (CI cc101 dropped it first).
+    async def started_in_db() -> object | None:
+        rows = await relay.sql("SELECT connected_at FROM interview_sessions WHERE id = $1", first)
+        return rows[0]["connected_at"] if rows else None
+
+    await poll(started_in_db, CONNECT_S, "the session's start written")
+
     # Every new call is refused by the service (the exchange's SDP post): no rejoin comes up.
     await simulator.state.update_faults({"calls": {"status": 500}})
     exchanges.clear()  # the start's
